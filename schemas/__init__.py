@@ -1,0 +1,29 @@
+"""Contracts that cross evalstream's ports: pydantic v2 models, no I/O."""
+
+from schemas.appconfig import AppConfig, AppDirectory, AppMetadata, DetectorConfig, SloConfig
+from schemas.breach import Breach, BreachKind, BreachSource, BreachState, Severity
+from schemas.document import DerivedSizes, IngestInfo, TelemetryDocument
+from schemas.quarantine import QuarantineRecord, ValidationIssue
+from schemas.telemetry import SourcePosition, Status, TelemetryEvent, Tokens
+
+__all__ = [
+    "AppConfig",
+    "AppDirectory",
+    "AppMetadata",
+    "Breach",
+    "BreachKind",
+    "BreachSource",
+    "BreachState",
+    "DerivedSizes",
+    "DetectorConfig",
+    "IngestInfo",
+    "QuarantineRecord",
+    "Severity",
+    "SloConfig",
+    "SourcePosition",
+    "Status",
+    "TelemetryDocument",
+    "TelemetryEvent",
+    "Tokens",
+    "ValidationIssue",
+]

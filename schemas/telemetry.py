@@ -1,0 +1,118 @@
+"""TelemetryEvent: what producers send, one per request of the monitored app."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+APP_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 32_768
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MAX_SCORES = 64
+# Producers' clocks drift; beyond this an event is from the future and rejected.
+DEFAULT_MAX_FUTURE_SKEW = timedelta(minutes=15)
+
+AppId = Annotated[str, StringConstraints(pattern=APP_ID_PATTERN)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = (
+    Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)] | bool | int | float
+)
+
+
+class Status(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class Tokens(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: int = Field(default=0, ge=0)
+    output: int = Field(default=0, ge=0)
+
+
+class SourcePosition(BaseModel):
+    """Where an event was read from: enough to find it again and to order it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    partition: str
+    sequence: int
+    offset: str | None = None
+    enqueued_time: datetime
+
+
+class TelemetryEvent(BaseModel):
+    """One request of a monitored app, as its producer reports it.
+
+    Unknown top-level fields are rejected so that a producer's typo is visible in quarantine
+    instead of silently losing a field; free-form tags belong in ``metadata``.
+    Validation takes an optional context ``{"now": datetime, "max_future_skew": timedelta}``
+    for the future-timestamp check (defaults: the wall clock, 15 minutes).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    app_id: AppId
+    timestamp: AwareDatetime
+    trace_id: Identifier
+    event_id: Identifier | None = None
+    span_id: Identifier | None = None
+    model_id: Identifier | None = None
+    model_version: Identifier | None = None
+    input_text: Text | None = None
+    output_text: Text | None = None
+    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    status: Status = Status.OK
+    error_type: Identifier | None = None
+    tokens: Tokens | None = None
+    scores: dict[MetadataKey, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, max_length=MAX_SCORES
+    )
+    user_id: Identifier | None = None
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=MAX_METADATA_ENTRIES
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trace_id_from_metadata(cls, data: Any) -> Any:
+        # The seed contract lets producers put the trace id in metadata; both shapes dedupe
+        # the same way once it is lifted to the top level.
+        if isinstance(data, dict) and not data.get("trace_id"):
+            metadata = data.get("metadata")
+            if isinstance(metadata, dict) and isinstance(metadata.get("trace_id"), str):
+                return {**data, "trace_id": metadata["trace_id"]}
+        return data
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
+        context = info.context or {}
+        now: datetime = context.get("now") or datetime.now(UTC)
+        skew: timedelta = context.get("max_future_skew", DEFAULT_MAX_FUTURE_SKEW)
+        if value > now + skew:
+            raise ValueError(
+                f"timestamp is {value - now} in the future (allowed clock skew is {skew})"
+            )
+        return value.astimezone(UTC)

@@ -1,0 +1,5 @@
+"""Shared pytest configuration: fixture plugins of the local test servers."""
+
+# Each local server's fixtures live beside the server (tests/emulators/...); list them here so
+# every test module can use them.
+pytest_plugins: list[str] = []
