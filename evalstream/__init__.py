@@ -1,0 +1,1 @@
+"""evalstream's composition root: settings, CLI, and the wiring of adapters from settings."""
