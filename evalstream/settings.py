@@ -59,6 +59,9 @@ class ProcessorSettings(BaseModel):
     batch_size: PositiveInt = Field(default=1000, le=100_000)
     # How long a partition waits for a batch to fill before processing what it has.
     batch_wait_s: PositiveFloat = 0.1
+    # Detector snapshot + checkpoint cadence per partition; after a crash at most this much
+    # processing is repeated (idempotently).
+    checkpoint_interval_s: float = Field(default=1.0, ge=0)
     status_interval_s: PositiveFloat = 10.0
     # Event-time lateness allowance: older events are stored and flagged late.
     lateness_s: PositiveFloat = 300.0

@@ -18,6 +18,8 @@ class IngestInfo(BaseModel):
     source: str
     partition: str
     sequence: int
+    # Position of the event inside its message when a message carried several.
+    index: int = 0
     offset: str | None = None
     enqueued_time: datetime
     processed_at: datetime

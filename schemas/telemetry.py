@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 APP_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -112,7 +113,23 @@ class TelemetryEvent(BaseModel):
         now: datetime = context.get("now") or datetime.now(UTC)
         skew: timedelta = context.get("max_future_skew", DEFAULT_MAX_FUTURE_SKEW)
         if value > now + skew:
-            raise ValueError(
-                f"timestamp is {value - now} in the future (allowed clock skew is {skew})"
+            raise PydanticCustomError(
+                "timestamp_in_future",
+                "timestamp {timestamp} is {ahead} ahead of the clock (allowed skew {skew})",
+                {"timestamp": value.isoformat(), "ahead": str(value - now), "skew": str(skew)},
             )
         return value.astimezone(UTC)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _scalar_metadata(cls, value: Any) -> Any:
+        # One clear error per nested value instead of one per member of the scalar union.
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, dict | list) or item is None:
+                    raise PydanticCustomError(
+                        "metadata_not_scalar",
+                        "metadata[{key}] must be a string, number or boolean, got {kind}",
+                        {"key": str(key)[:64], "kind": type(item).__name__},
+                    )
+        return value

@@ -1,0 +1,28 @@
+"""How every embedded SQLite file is opened: WAL, a busy timeout, durable commits."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open (creating folders) a SQLite file for concurrent use by several processes.
+
+    WAL lets readers and one writer work at once; synchronous=NORMAL in WAL mode keeps every
+    committed transaction across a process crash (kill -9), which is the failure the
+    processor's checkpoint-last ordering is built for. Power loss may drop the last commits.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=check_same_thread,
+    )
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return connection

@@ -1,0 +1,204 @@
+"""Turn raw bytes into TelemetryEvents, or into specific reasons why they are not.
+
+Accepted transport shapes: one object, an array of objects, or ``{"events": [...]}``. Each item
+is judged alone, so one bad event never takes its valid neighbours down with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas import TelemetryEvent, ValidationIssue
+from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_EVENTS_PER_BODY = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    index: int
+    event: TelemetryEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input that is not a valid event; ``raw`` is the part that was rejected."""
+
+    index: int
+    raw: bytes
+    issues: tuple[ValidationIssue, ...]
+    app_id: str | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    accepted: list[Accepted] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_events_per_body: int = DEFAULT_MAX_EVENTS_PER_BODY
+    max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW
+
+
+def _issue(code: str, message: str, location: str = "$") -> ValidationIssue:
+    return ValidationIssue(code=code, location=location, message=message)
+
+
+def issues_from_validation_error(
+    exc: ValidationError, prefix: str = "$"
+) -> tuple[ValidationIssue, ...]:
+    return tuple(
+        _issue(
+            error["type"],
+            error["msg"],
+            prefix
+            + "".join(
+                f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+            ),
+        )
+        for error in exc.errors(include_url=False)
+    )
+
+
+def _json_error(body: bytes, exc: orjson.JSONDecodeError) -> ValidationIssue:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as utf8_error:
+        return _issue(
+            "invalid_utf8",
+            f"body is not valid UTF-8: {utf8_error.reason} at byte {utf8_error.start}",
+        )
+    if "depth" in str(exc) or "recursion" in str(exc):
+        return _issue("too_deeply_nested", f"JSON nests too deeply: {exc}")
+    return _issue("malformed_json", f"malformed JSON: {exc}")
+
+
+def _guess_app_id(item: Any) -> str | None:
+    app_id = item.get("app_id") if isinstance(item, dict) else None
+    return app_id if isinstance(app_id, str) and len(app_id) <= 128 else None
+
+
+class Decoder:
+    """Validates bodies against TelemetryEvent with the configured limits."""
+
+    def __init__(self, limits: DecodeLimits | None = None) -> None:
+        self.limits = limits or DecodeLimits()
+
+    def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
+        now = now or datetime.now(UTC)
+        context = {"now": now, "max_future_skew": self.limits.max_future_skew}
+        if len(body) > self.limits.max_body_bytes:
+            return self._reject_whole(
+                body,
+                _issue(
+                    "body_too_large",
+                    f"body is {len(body)} bytes, the limit is {self.limits.max_body_bytes}",
+                ),
+            )
+        # Fast path: the common single-object body validates straight from bytes.
+        try:
+            return Decoded(
+                accepted=[Accepted(0, TelemetryEvent.model_validate_json(body, context=context))]
+            )
+        except ValidationError:
+            pass
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return self._reject_whole(body, _json_error(body, exc))
+        return self.decode_value(parsed, now, raw=body)
+
+    def decode_value(self, parsed: Any, now: datetime, raw: bytes | None = None) -> Decoded:
+        """Validate an already parsed JSON value of any transport shape."""
+        context = {"now": now, "max_future_skew": self.limits.max_future_skew}
+        items, location, shape_issue = self._items(parsed)
+        if shape_issue is not None:
+            return self._reject_whole(raw if raw is not None else orjson.dumps(parsed), shape_issue)
+        if len(items) > self.limits.max_events_per_body:
+            return self._reject_whole(
+                raw if raw is not None else orjson.dumps(parsed),
+                _issue(
+                    "too_many_events",
+                    f"{len(items)} events in one body, "
+                    f"the limit is {self.limits.max_events_per_body}",
+                ),
+            )
+        decoded = Decoded()
+        for index, item in enumerate(items):
+            item_location = f"{location}[{index}]" if location else "$"
+            if not isinstance(item, dict):
+                decoded.rejected.append(
+                    Rejected(
+                        index,
+                        orjson.dumps(item),
+                        (
+                            _issue(
+                                "not_an_object",
+                                f"an event must be a JSON object, got {type(item).__name__}",
+                                item_location,
+                            ),
+                        ),
+                    )
+                )
+                continue
+            try:
+                decoded.accepted.append(
+                    Accepted(index, TelemetryEvent.model_validate(item, context=context))
+                )
+            except ValidationError as exc:
+                decoded.rejected.append(
+                    Rejected(
+                        index,
+                        orjson.dumps(item),
+                        issues_from_validation_error(exc, item_location),
+                        _guess_app_id(item),
+                    )
+                )
+        return decoded
+
+    @staticmethod
+    def _items(parsed: Any) -> tuple[list[Any], str, ValidationIssue | None]:
+        if isinstance(parsed, list):
+            return parsed, "$", None
+        if isinstance(parsed, dict):
+            if "events" in parsed and "app_id" not in parsed:
+                events = parsed["events"]
+                if isinstance(events, list):
+                    return events, "$.events", None
+                return (
+                    [],
+                    "",
+                    _issue("not_an_array", "'events' must be an array of events", "$.events"),
+                )
+            return [parsed], "", None
+        return (
+            [],
+            "",
+            _issue(
+                "not_an_object",
+                "expected a JSON object, an array of objects or "
+                f'{{"events": [...]}}, got {type(parsed).__name__}',
+            ),
+        )
+
+    @staticmethod
+    def _reject_whole(body: bytes, issue: ValidationIssue) -> Decoded:
+        return Decoded(rejected=[Rejected(0, body, (issue,))])
+
+
+def split_ndjson(lines: Iterable[bytes]) -> Iterable[bytes]:
+    """Non-blank lines of an NDJSON stream, without their line endings."""
+    for line in lines:
+        stripped = line.strip()
+        if stripped:
+            yield stripped

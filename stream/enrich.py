@@ -1,0 +1,145 @@
+"""Enrichment: a validated event becomes the document the store keeps.
+
+Adds the deterministic id, the synthetic partition key, the ingest position and lag, the
+owner's app metadata, derived sizes, and replaces user_id with a keyed hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from datetime import datetime
+
+from schemas import (
+    AppDirectory,
+    DerivedSizes,
+    IngestInfo,
+    QuarantineRecord,
+    TelemetryDocument,
+    TelemetryEvent,
+)
+from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
+from stream.decode import Rejected
+from stream.ports import ReceivedEvent
+
+
+def content_id(*parts: bytes | str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\x1f")
+    return digest.hexdigest()
+
+
+def document_id(event: TelemetryEvent) -> str:
+    """The producer's event_id, else a hash of the canonical (validated, normalised) event."""
+    if event.event_id:
+        return event.event_id
+    return content_id(event.model_dump_json())
+
+
+def partition_key(app_id: str, when: datetime) -> str:
+    return f"{app_id}:{when.strftime('%Y-%m-%d')}"
+
+
+class Enricher:
+    def __init__(self, apps: AppDirectory, user_hash_key: bytes, source: str) -> None:
+        self.apps = apps
+        self.user_hash_key = user_hash_key
+        self.source = source
+        self._app_fields: dict[str, dict[str, str]] = {}
+
+    def user_hash(self, user_id: str) -> str:
+        return hmac.new(self.user_hash_key, user_id.encode(), hashlib.blake2b).hexdigest()[:32]
+
+    def _app(self, app_id: str) -> dict[str, str]:
+        fields = self._app_fields.get(app_id)
+        if fields is None:
+            fields = self.apps.resolve(app_id).metadata.as_document_fields()
+            self._app_fields[app_id] = fields
+        return fields
+
+    def document(
+        self,
+        event: TelemetryEvent,
+        position: ReceivedEvent,
+        index: int,
+        processed_at: datetime,
+        late: bool,
+    ) -> TelemetryDocument:
+        tokens = event.tokens
+        ingest = IngestInfo.model_construct(
+            source=self.source,
+            partition=position.partition,
+            sequence=position.sequence,
+            index=index,
+            offset=position.offset,
+            enqueued_time=position.enqueued_time,
+            processed_at=processed_at,
+            lag_ms=(processed_at - position.enqueued_time).total_seconds() * 1000.0,
+            late=late,
+        )
+        derived = DerivedSizes.model_construct(
+            input_chars=len(event.input_text or ""),
+            output_chars=len(event.output_text or ""),
+            tokens_total=(tokens.input + tokens.output) if tokens else 0,
+        )
+        # Inputs were validated as a TelemetryEvent already: construct without re-validating.
+        return TelemetryDocument.model_construct(
+            id=document_id(event),
+            pk=partition_key(event.app_id, event.timestamp),
+            type="telemetry",
+            schema_version=event.schema_version,
+            app_id=event.app_id,
+            timestamp=event.timestamp,
+            trace_id=event.trace_id,
+            event_id=event.event_id,
+            span_id=event.span_id,
+            model_id=event.model_id,
+            model_version=event.model_version,
+            input_text=event.input_text,
+            output_text=event.output_text,
+            latency_ms=event.latency_ms,
+            status=event.status,
+            error_type=event.error_type,
+            tokens=tokens,
+            scores=event.scores,
+            user_hash=self.user_hash(event.user_id) if event.user_id else None,
+            metadata=event.metadata,
+            app=self._app(event.app_id),
+            derived=derived,
+            ingest=ingest,
+        )
+
+    def quarantine(
+        self, rejected: Rejected, position: ReceivedEvent | None, received_at: datetime
+    ) -> QuarantineRecord:
+        raw = rejected.raw[:MAX_QUARANTINE_RAW_BYTES]
+        try:
+            text, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        if position is not None:
+            record_id = content_id(
+                self.source, position.partition, str(position.sequence), str(rejected.index)
+            )
+            day = position.enqueued_time
+        else:
+            record_id = content_id("direct", rejected.raw)
+            day = received_at
+        return QuarantineRecord(
+            id=record_id,
+            pk=f"quarantine:{day.strftime('%Y-%m-%d')}",
+            raw=text,
+            raw_encoding=encoding,  # type: ignore[arg-type]
+            raw_size=len(rejected.raw),
+            truncated=len(rejected.raw) > MAX_QUARANTINE_RAW_BYTES,
+            issues=list(rejected.issues),
+            source=self.source if position is not None else "direct",
+            partition=position.partition if position else None,
+            sequence=position.sequence if position else None,
+            offset=position.offset if position else None,
+            app_id=rejected.app_id,
+            received_at=received_at,
+        )

@@ -1,0 +1,178 @@
+"""HTTP ingest: ``POST /api/telemetry`` validates events and appends the valid ones to the source.
+
+A request may carry one event, an array, or ``{"events": [...]}``. The answer lists what was
+accepted and, per rejected event, every reason; rejected events are quarantined as well.
+Status: 202 all accepted, 207 some rejected, 422 none accepted, 400 unreadable body,
+413 body or event count over the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Generator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from store.ports import TelemetryStore
+from stream.decode import Decoded, Decoder, Rejected
+from stream.enrich import Enricher, document_id
+from stream.ports import EventSink
+
+logger = logging.getLogger(__name__)
+
+WHOLE_BODY_CODES = {"body_too_large": 413, "too_many_events": 413}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _json(payload: dict[str, Any], status: int) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge(int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _rejection(rejected: Rejected) -> dict[str, Any]:
+    return {
+        "index": rejected.index,
+        "errors": [issue.model_dump() for issue in rejected.issues],
+    }
+
+
+class IngestApp:
+    """The Starlette application; ``sink`` and ``store`` must be open while it serves."""
+
+    def __init__(
+        self, decoder: Decoder, enricher: Enricher, sink: EventSink, store: TelemetryStore
+    ) -> None:
+        self.decoder = decoder
+        self.enricher = enricher
+        self.sink = sink
+        self.store = store
+        self.app = Starlette(
+            routes=[
+                Route("/api/telemetry", self.post_telemetry, methods=["POST"]),
+                Route("/healthz", self.health, methods=["GET"]),
+            ]
+        )
+
+    async def health(self, request: Request) -> Response:
+        return _json({"status": "ok"}, 200)
+
+    async def post_telemetry(self, request: Request) -> Response:
+        now = datetime.now(UTC)
+        limit = self.decoder.limits.max_body_bytes
+        try:
+            body = await _read_limited(request, limit)
+        except _BodyTooLarge as exc:
+            return _json(
+                {
+                    "error": "body_too_large",
+                    "message": f"request body exceeds {limit} bytes ({exc.args[0]} seen)",
+                },
+                413,
+            )
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            decoded = self.decoder.decode(body, now)
+            await self._quarantine(decoded, now)
+            issue = decoded.rejected[0].issues[0]
+            return _json({"error": issue.code, "message": issue.message, "accepted": 0}, 400)
+        decoded = self.decoder.decode_value(parsed, now, raw=body)
+        whole = (
+            decoded.rejected[0].issues[0].code
+            if decoded.rejected and not decoded.accepted
+            else None
+        )
+        await self._quarantine(decoded, now)
+        if whole in WHOLE_BODY_CODES:
+            issue = decoded.rejected[0].issues[0]
+            return _json(
+                {"error": issue.code, "message": issue.message, "accepted": 0},
+                WHOLE_BODY_CODES[whole],
+            )
+        if decoded.accepted:
+            await self.sink.append(
+                [
+                    (
+                        accepted.event.app_id,
+                        accepted.event.model_dump_json(exclude_defaults=True).encode(),
+                    )
+                    for accepted in decoded.accepted
+                ]
+            )
+        status = 202 if not decoded.rejected else (207 if decoded.accepted else 422)
+        return _json(
+            {
+                "accepted": len(decoded.accepted),
+                "rejected": [_rejection(rejected) for rejected in decoded.rejected],
+                "ids": [document_id(accepted.event) for accepted in decoded.accepted],
+            },
+            status,
+        )
+
+    async def _quarantine(self, decoded: Decoded, now: datetime) -> None:
+        if decoded.rejected:
+            records = [
+                self.enricher.quarantine(rejected, None, now) for rejected in decoded.rejected
+            ]
+            await self.store.write([], records)
+            logger.info("ingest rejected events", extra={"rejected": len(records)})
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the CLI owns SIGTERM/SIGINT for the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(app: IngestApp, host: str, port: int) -> AsyncIterator[_EmbeddedServer]:
+    """Serve ``app`` in the current event loop until the block exits."""
+    server = _EmbeddedServer(
+        uvicorn.Config(app.app, host=host, port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the startup error, e.g. the port is taken
+            raise RuntimeError(f"ingest server on {host}:{port} stopped during start")
+        await asyncio.sleep(0.01)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port actually bound (useful with port 0)."""
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    raise RuntimeError("ingest server is not listening")

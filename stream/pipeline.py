@@ -1,0 +1,208 @@
+"""The per-partition pipeline: decode → validate → enrich → store → detect → publish → checkpoint.
+
+The order is the processing promise: a checkpoint never runs ahead of a durable write, breaches
+are published (durably, idempotently) before the snapshot that covers them, and detector
+snapshots record the position they cover so a restart neither double counts nor forgets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import orjson
+
+from schemas import Breach, QuarantineRecord, TelemetryDocument
+from store.ports import StateSnapshot, TelemetryStore
+from stream.decode import Decoder
+from stream.enrich import Enricher
+from stream.ports import CloseReason, PartitionContext, ReceivedEvent
+from stream.stats import ProcessorStats
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_VERSION = 1
+
+
+class HotPathState(Protocol):
+    """What the pipeline needs of the hot path (stream.hotpath.HotPath)."""
+
+    def observe(self, doc: TelemetryDocument) -> list[Breach]: ...
+
+    def snapshot(self) -> bytes: ...
+
+
+class BreachPublisher(Protocol):
+    async def publish(self, breaches: Sequence[Breach]) -> None:
+        """Durable when it returns; idempotent by Breach.message_id."""
+        ...
+
+
+HotPathFactory = Callable[[bytes | None], HotPathState]
+
+
+@dataclass
+class _Partition:
+    covered: int = -1
+    # Highest sequence fed to detectors; above ``covered`` until the next snapshot.
+    observed: int = -1
+    # Breaches detected but not yet durably published (kept across a failed batch's retry).
+    outbox: list[Breach] = field(default_factory=list)
+    watermark: datetime | None = None
+    hot: HotPathState | None = None
+    pending: ReceivedEvent | None = None
+    last_checkpoint: float = field(default_factory=time.monotonic)
+
+
+def _encode_snapshot(partition: _Partition) -> bytes:
+    header = {
+        "version": SNAPSHOT_VERSION,
+        "watermark": partition.watermark.isoformat() if partition.watermark else None,
+        "hot": partition.hot is not None,
+    }
+    hot = partition.hot.snapshot() if partition.hot is not None else b""
+    return orjson.dumps(header) + b"\n" + hot
+
+
+def _decode_snapshot(blob: bytes) -> tuple[datetime | None, bytes | None]:
+    header_bytes, _, hot = blob.partition(b"\n")
+    header = orjson.loads(header_bytes)
+    if header.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"unsupported processor snapshot version {header.get('version')!r}")
+    watermark = datetime.fromisoformat(header["watermark"]) if header["watermark"] else None
+    return watermark, (hot if header["hot"] else None)
+
+
+class Pipeline:
+    """BatchHandler that every source drives; one _Partition of state per owned partition."""
+
+    def __init__(
+        self,
+        *,
+        store: TelemetryStore,
+        decoder: Decoder,
+        enricher: Enricher,
+        consumer_group: str,
+        lateness: timedelta,
+        checkpoint_interval_s: float,
+        stats: ProcessorStats,
+        hot_path: HotPathFactory | None = None,
+        publisher: BreachPublisher | None = None,
+    ) -> None:
+        if hot_path is not None and publisher is None:
+            raise ValueError("a hot path needs a publisher for its breaches")
+        self.store = store
+        self.decoder = decoder
+        self.enricher = enricher
+        self.consumer_group = consumer_group
+        self.lateness = lateness
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.stats = stats
+        self.hot_path = hot_path
+        self.publisher = publisher
+        self._partitions: dict[str, _Partition] = {}
+
+    async def on_partition_initialize(self, context: PartitionContext) -> None:
+        partition_id = context.partition_id
+        snapshot = await self.store.load_state(self.consumer_group, partition_id)
+        state = _Partition()
+        hot_blob: bytes | None = None
+        if snapshot is not None:
+            state.covered = snapshot.covered_sequence
+            state.watermark, hot_blob = _decode_snapshot(snapshot.blob)
+        state.observed = state.covered
+        if self.hot_path is not None:
+            state.hot = self.hot_path(hot_blob)
+        self._partitions[partition_id] = state
+        self.stats.attach(context)
+        logger.info(
+            "partition initialised",
+            extra={"partition": partition_id, "covered_sequence": state.covered},
+        )
+
+    async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
+        state = self._partitions[context.partition_id]
+        now = datetime.now(UTC)
+        documents, quarantined = self._transform(state, events, now)
+        await self.store.write(documents, quarantined)
+        state.outbox.extend(self._detect(state, documents))
+        breaches = state.outbox
+        if breaches:
+            assert self.publisher is not None
+            await self.publisher.publish(breaches)
+            state.outbox = []
+        self.stats.record(
+            context.partition_id, events[-1], len(documents), len(quarantined), breaches
+        )
+        state.pending = events[-1]
+        if time.monotonic() - state.last_checkpoint >= self.checkpoint_interval_s:
+            await self._checkpoint(context, state)
+
+    async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
+        state = self._partitions.pop(context.partition_id, None)
+        # After losing ownership another instance checkpoints this partition: writing ours
+        # could move its checkpoint backwards.
+        if state is not None and reason is CloseReason.SHUTDOWN:
+            await self._checkpoint(context, state)
+        self.stats.detach(context.partition_id)
+        logger.info(
+            "partition closed", extra={"partition": context.partition_id, "reason": reason.value}
+        )
+
+    def _transform(
+        self, state: _Partition, events: list[ReceivedEvent], now: datetime
+    ) -> tuple[list[TelemetryDocument], list[QuarantineRecord]]:
+        documents: list[TelemetryDocument] = []
+        quarantined: list[QuarantineRecord] = []
+        decode, document, quarantine = (
+            self.decoder.decode,
+            self.enricher.document,
+            self.enricher.quarantine,
+        )
+        watermark = state.watermark
+        for event in events:
+            decoded = decode(event.body, now)
+            for accepted in decoded.accepted:
+                timestamp = accepted.event.timestamp
+                late = watermark is not None and timestamp < watermark - self.lateness
+                if watermark is None or timestamp > watermark:
+                    watermark = timestamp
+                documents.append(document(accepted.event, event, accepted.index, now, late))
+            for rejected in decoded.rejected:
+                quarantined.append(quarantine(rejected, event, now))
+        state.watermark = watermark
+        return documents, quarantined
+
+    def _detect(self, state: _Partition, documents: list[TelemetryDocument]) -> list[Breach]:
+        hot = state.hot
+        if hot is None:
+            return []
+        observed = state.observed
+        breaches: list[Breach] = []
+        for doc in documents:
+            # Events a restored snapshot already covers, or that a failed attempt of this batch
+            # already fed, update documents but not detectors.
+            sequence = doc.ingest.sequence
+            if sequence > observed:
+                breaches.extend(hot.observe(doc))
+        if documents:
+            state.observed = max(observed, documents[-1].ingest.sequence)
+        return breaches
+
+    async def _checkpoint(self, context: PartitionContext, state: _Partition) -> None:
+        event = state.pending
+        if event is None:
+            return
+        state.covered = max(state.covered, event.sequence)
+        await self.store.save_state(
+            StateSnapshot(
+                self.consumer_group, context.partition_id, state.covered, _encode_snapshot(state)
+            )
+        )
+        await context.checkpoint(event)
+        state.pending = None
+        state.last_checkpoint = time.monotonic()

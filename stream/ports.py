@@ -1,0 +1,78 @@
+"""The event source port: where raw telemetry is read from, partition by partition.
+
+A source drives the processing (like Event Hubs' EventProcessor): it calls a BatchHandler for
+each partition it owns, and the handler checkpoints through the PartitionContext once its
+effects are durable. Implementations: stream.local_log (SQLite, embedded) and the Event Hubs
+adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """One message as the source delivered it: raw bytes plus its position."""
+
+    body: bytes
+    partition: str
+    sequence: int
+    enqueued_time: datetime
+    offset: str | None = None
+
+
+class CloseReason(StrEnum):
+    SHUTDOWN = "shutdown"
+    OWNERSHIP_LOST = "ownership_lost"
+
+
+class PartitionContext(Protocol):
+    @property
+    def partition_id(self) -> str: ...
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        """Record that every event up to and including ``event`` is fully processed."""
+        ...
+
+    async def last_enqueued_sequence(self) -> int | None:
+        """The newest sequence number in the partition, for lag reporting (None = unknown)."""
+        ...
+
+
+class BatchHandler(Protocol):
+    async def on_partition_initialize(self, context: PartitionContext) -> None:
+        """Runs before the first batch of a partition this instance now owns."""
+        ...
+
+    async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
+        """Process one batch. If it raises, the batch is not checkpointed and is delivered again."""
+        ...
+
+    async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
+        """Runs when the partition is released: on shutdown (after the last batch) or when
+        another instance took it over (its writes may race: everything must be idempotent)."""
+        ...
+
+
+class EventSource(Protocol):
+    async def run(self, handler: BatchHandler, stop: asyncio.Event) -> None:
+        """Deliver batches to ``handler`` until ``stop`` is set; then finish the batches in
+        flight, close each partition with CloseReason.SHUTDOWN and return."""
+        ...
+
+
+class EventSink(Protocol):
+    """The producer side: append raw event bodies to the source (send, simulate, ingest)."""
+
+    async def __aenter__(self) -> EventSink: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
+        """Append (partition key, body) pairs; durable when it returns."""
+        ...
