@@ -1,0 +1,225 @@
+"""Alert handlers for subscribers: print each breach to a console, or POST it to a webhook.
+
+Each is an ``AlertHandler`` (``alerts.ports``) for ``alerts.listener.AlertListener``: returning
+means delivered, raising means the listener retries the alert later (and dead-letters it after
+the subscription's max delivery count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Self, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from rich.console import Console
+from rich.text import Text
+
+from alerts.exceptions import AlertClientClosedError, AlertDeliveryError, WebhookRejectedError
+from alerts.ports import AlertHandler, ReceivedAlert
+from schemas import Breach, BreachState, Severity
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
+DEFAULT_WEBHOOK_ATTEMPTS = 3
+DEFAULT_WEBHOOK_BACKOFF_INITIAL_S = 0.5
+DEFAULT_WEBHOOK_BACKOFF_MAX_S = 8.0
+# 408 and 429 say "not now" rather than "never": retried like 5xx.
+TRANSIENT_4XX = frozenset({408, 429})
+
+_SEVERITY_STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow"}
+_STATE_STYLE = {BreachState.OPENED: "bold", BreachState.RESOLVED: "green"}
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def render_breach(breach: Breach) -> Text:
+    """One readable line: time, severity, app, signal, kind, state, observed vs threshold, id."""
+    when = breach.resolved_at if breach.state is BreachState.RESOLVED else breach.opened_at
+    when = when or breach.opened_at
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(when.strftime("%Y-%m-%d %H:%M:%S%z"), style="dim")
+    line.append("  ")
+    line.append(f"{breach.severity.value.upper():<8}", style=_SEVERITY_STYLE[breach.severity])
+    line.append("  ")
+    line.append(f"{breach.state.value:<8}", style=_STATE_STYLE[breach.state])
+    line.append("  ")
+    line.append(breach.app_id, style="cyan")
+    line.append(f"  {breach.signal}  {breach.kind.value}  ")
+    line.append(f"observed {_number(breach.observed)}")
+    line.append(f" vs threshold {_number(breach.threshold)}")
+    if breach.baseline is not None:
+        line.append(f" (baseline {_number(breach.baseline)})", style="dim")
+    line.append(f"  breach {breach.breach_id}", style="dim")
+    return line
+
+
+class ConsoleHandler:
+    """Prints each alert: a coloured line (rich), or one JSON object per line (``json_lines``)."""
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        json_lines: bool = False,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.json_lines = json_lines
+        self.stream = stream if stream is not None else sys.stdout
+        # highlight off: rich's number/URL highlighting would recolour parts of the line.
+        self.console = console or Console(file=self.stream, highlight=False, soft_wrap=True)
+
+    async def handle(self, alert: ReceivedAlert) -> None:
+        if self.json_lines:
+            # Plain write, not rich: JSON lines must never be wrapped or styled.
+            self.stream.write(alert.breach.model_dump_json() + "\n")
+            self.stream.flush()
+        else:
+            self.console.print(render_breach(alert.breach))
+
+
+class HandlerChain:
+    """Runs handlers in order; the first that raises stops the chain (and fails the alert)."""
+
+    def __init__(self, handlers: Sequence[AlertHandler]) -> None:
+        self.handlers = tuple(handlers)
+
+    async def handle(self, alert: ReceivedAlert) -> None:
+        for handler in self.handlers:
+            await handler.handle(alert)
+
+
+def _display_url(url: str) -> str:
+    # Webhook URLs often carry a secret in the query or userinfo: never log those parts.
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None  # an HTTP date: rare for webhooks; our own backoff applies
+
+
+class WebhookHandler:
+    """POSTs each breach as JSON to ``url``; an async context manager.
+
+    One delivery attempt makes up to ``max_attempts`` requests: transport errors (connect,
+    timeout, ...), 5xx, 408 and 429 are retried after an exponential backoff (or the
+    ``Retry-After`` the server asks for, capped at ``backoff_max_s``); other 4xx raise
+    ``WebhookRejectedError`` at once. When all requests fail, ``AlertDeliveryError`` is raised
+    and the listener retries the alert later. Each request carries ``X-Evalstream-Message-Id``
+    (also as ``Idempotency-Key``) so a receiver can drop the duplicates that at-least-once
+    delivery allows.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        timeout_s: float = DEFAULT_WEBHOOK_TIMEOUT_S,
+        max_attempts: int = DEFAULT_WEBHOOK_ATTEMPTS,
+        backoff_initial_s: float = DEFAULT_WEBHOOK_BACKOFF_INITIAL_S,
+        backoff_max_s: float = DEFAULT_WEBHOOK_BACKOFF_MAX_S,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"webhook URL must be http(s), got {_display_url(url)!r}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.headers = dict(headers or {})
+        self._client = client
+        self._owns_client = client is None
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise AlertClientClosedError("WebhookHandler was closed; create a new one")
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout_s)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+        self._client = None
+
+    async def handle(self, alert: ReceivedAlert) -> None:
+        if self._client is None:
+            raise AlertClientClosedError("WebhookHandler is not open; use it inside 'async with'")
+        body = alert.breach.model_dump_json().encode()
+        headers = {
+            **self.headers,
+            "content-type": "application/json",
+            "x-evalstream-message-id": alert.message_id,
+            "idempotency-key": alert.message_id,
+            "x-evalstream-delivery-count": str(alert.delivery_count),
+        }
+        target = _display_url(self.url)
+        failure: AlertDeliveryError | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            if failure is not None:
+                delay = self.backoff_initial_s * 2 ** (attempt - 2)
+                if failure.retry_after is not None:
+                    delay = failure.retry_after
+                await asyncio.sleep(min(delay, self.backoff_max_s))
+            try:
+                response = await self._client.post(
+                    self.url, content=body, headers=headers, timeout=self.timeout_s
+                )
+            except httpx.TransportError as exc:
+                failure = AlertDeliveryError(
+                    f"POST {target} failed: {type(exc).__name__}: {exc}", retryable=True
+                )
+                failure.__cause__ = exc
+            except httpx.HTTPError as exc:
+                raise AlertDeliveryError(f"POST {target} failed: {exc}") from exc
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return
+                message = f"POST {target} answered {status}: {response.text[:200]}"
+                if status >= 500 or status in TRANSIENT_4XX:
+                    failure = AlertDeliveryError(
+                        message,
+                        retryable=True,
+                        status_code=status,
+                        retry_after=_retry_after_s(response),
+                    )
+                else:
+                    raise WebhookRejectedError(message, status_code=status)
+            logger.info(
+                "webhook attempt %d of %d for alert %s failed: %s",
+                attempt,
+                self.max_attempts,
+                alert.message_id,
+                failure,
+            )
+        assert failure is not None  # the loop ran at least once and only falls through failed
+        raise failure

@@ -1,0 +1,160 @@
+"""Ports of the alert bus: what the processor publishes through and subscribers receive from.
+
+The embedded SQLite topic (``alerts.sqlite_bus``) and the Service Bus adapter implement the same
+Protocols, so the listener, the handlers and the CLI never know which bus they talk to. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+from schemas import Breach
+
+DEFAULT_MAX_DELIVERY_COUNT = 5
+DEFAULT_LOCK_DURATION_S = 30.0
+
+# Service Bus's own name for the reason, kept so dead-letter queues read alike on both backends.
+MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+# The message body is not a valid Breach (written by something else, or a contract mismatch).
+INVALID_BODY = "InvalidBody"
+# The keys of ``Breach.routing_properties``: the only ones a subscription filter can use.
+ROUTING_KEYS = frozenset({"app_id", "severity", "kind", "state"})
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """One subscription of the alert topic: which breaches it gets and how they are delivered.
+
+    ``filter`` matches ``Breach.routing_properties`` exactly; every key must match (empty = all).
+    """
+
+    name: str
+    filter: Mapping[str, str] = field(default_factory=dict)
+    max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT
+    lock_duration_s: float = DEFAULT_LOCK_DURATION_S
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("subscription name must not be empty")
+        if self.max_delivery_count < 1:
+            raise ValueError(f"max_delivery_count must be >= 1, got {self.max_delivery_count}")
+        if self.lock_duration_s <= 0:
+            raise ValueError(f"lock_duration_s must be > 0, got {self.lock_duration_s}")
+        unknown = set(self.filter) - ROUTING_KEYS
+        if unknown:
+            raise ValueError(
+                f"subscription {self.name!r} filters on unknown keys {sorted(unknown)}; "
+                f"known keys: {sorted(ROUTING_KEYS)}"
+            )
+
+    def matches(self, breach: Breach) -> bool:
+        properties = breach.routing_properties
+        return all(properties.get(key) == value for key, value in self.filter.items())
+
+
+@dataclass(frozen=True)
+class ReceivedAlert:
+    """A breach under a peek-lock: settle it with the receiver before ``locked_until``."""
+
+    breach: Breach
+    message_id: str
+    delivery_count: int
+    lock_token: str
+    enqueued_time: datetime
+    locked_until: datetime
+
+
+@dataclass(frozen=True)
+class DeadLetteredAlert:
+    """A message in a subscription's dead-letter queue.
+
+    ``breach`` is None when the body could not be read as a Breach; ``raw`` then holds it.
+    """
+
+    breach: Breach | None
+    message_id: str
+    reason: str
+    description: str
+    delivery_count: int
+    dead_lettered_at: datetime
+    raw: bytes | None
+
+
+class AlertPublisher(Protocol):
+    """Publishes breaches to the topic. An async context manager; reuse after close raises."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def publish(self, breaches: Sequence[Breach]) -> None:
+        """Durable when it returns. Idempotent by ``Breach.message_id``.
+
+        A second publish of the same message id within the duplicate-detection window is
+        recognised as a duplicate and not delivered again. Raises an ``AlertError``; when its
+        ``retryable`` is true the whole call may be repeated safely.
+        """
+        ...
+
+
+class AlertReceiver(Protocol):
+    """Receives from one subscription with peek-lock. An async context manager."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def receive(self, max_count: int, max_wait_s: float) -> list[ReceivedAlert]:
+        """Lock and return up to ``max_count`` alerts; wait up to ``max_wait_s`` for the first.
+
+        Returns an empty list when nothing arrived in time. Each returned alert's delivery
+        count already includes this delivery (the first delivery is 1).
+        """
+        ...
+
+    async def complete(self, alert: ReceivedAlert) -> None:
+        """Remove the alert for good. Raises ``LockLostError`` when its lock expired."""
+        ...
+
+    async def abandon(self, alert: ReceivedAlert) -> None:
+        """Release the lock now so the alert is redelivered (or dead-lettered at the limit)."""
+        ...
+
+    async def dead_letter(self, alert: ReceivedAlert, reason: str, description: str) -> None:
+        """Move the alert to the dead-letter queue with a reason and description."""
+        ...
+
+    async def renew_lock(self, alert: ReceivedAlert) -> datetime:
+        """Extend the lock by the subscription's lock duration; return the new expiry."""
+        ...
+
+    async def dead_letters(self, max_count: int = 100) -> list[DeadLetteredAlert]:
+        """Peek at the dead-letter queue, oldest first, without removing anything."""
+        ...
+
+
+class AlertHandler(Protocol):
+    """What a subscriber does with each alert (print it, forward it to a webhook, ...).
+
+    Called by ``alerts.listener.AlertListener`` while the alert's lock is held (and renewed).
+    Returning means handled: the alert is completed. Raising means not handled: the alert is
+    abandoned and redelivered later, and dead-lettered with the error once it has reached the
+    subscription's max delivery count. A handler may therefore see the same alert more than
+    once; ``alert.message_id`` is stable across deliveries for idempotent destinations.
+    """
+
+    async def handle(self, alert: ReceivedAlert) -> None: ...
