@@ -1,0 +1,122 @@
+"""Helpers to read and rewrite encoded AMQP messages section by section.
+
+Entities store messages as the bytes the client sent and only rewrite the sections they own
+(message annotations, header), so everything else reaches consumers byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proton import Data, Message
+
+from .codec import (
+    SECTION_DATA,
+    SECTION_DELIVERY_ANNOTATIONS,
+    SECTION_HEADER,
+    SECTION_MESSAGE_ANNOTATIONS,
+    composite_value,
+    decode_value,
+    encode_value,
+)
+
+Section = tuple[int, bytes]
+
+
+def split_sections(payload: bytes) -> list[Section]:
+    """Split an encoded message into (descriptor code, raw bytes) per section."""
+    sections: list[Section] = []
+    rest = bytes(payload)
+    while rest:
+        data = Data()
+        consumed = data.decode(rest)
+        data.rewind()
+        data.next()
+        described = data.get_object()
+        sections.append((int(described.descriptor), rest[:consumed]))
+        rest = rest[consumed:]
+    return sections
+
+
+def section_value(raw: bytes) -> Any:
+    """The decoded value inside one raw section."""
+    value, _ = decode_value(raw)
+    return value.value
+
+
+def batch_parts(payload: bytes) -> list[bytes]:
+    """The inner messages of a batch (message-format 0x80013700): one per data section."""
+    return [
+        bytes(section_value(raw)) for code, raw in split_sections(payload) if code == SECTION_DATA
+    ]
+
+
+def read_section(payload: bytes, code: int) -> Any:
+    for found, raw in split_sections(payload):
+        if found == code:
+            return section_value(raw)
+    return None
+
+
+def annotations_of(payload: bytes) -> dict[Any, Any]:
+    """The message annotations as a dict with str keys (symbols are str subclasses)."""
+    value = read_section(payload, SECTION_MESSAGE_ANNOTATIONS)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def with_annotations(payload: bytes, extra: dict[Any, Any]) -> bytes:
+    """Return payload with `extra` merged into its message annotations (keys must be symbols)."""
+    sections = split_sections(payload)
+    merged: dict[Any, Any] = {}
+    index = None
+    for i, (code, raw) in enumerate(sections):
+        if code == SECTION_MESSAGE_ANNOTATIONS:
+            merged = dict(section_value(raw) or {})
+            index = i
+    merged.update(extra)
+    new_raw = encode_value(composite_value(SECTION_MESSAGE_ANNOTATIONS, merged))
+    if index is not None:
+        sections[index] = (SECTION_MESSAGE_ANNOTATIONS, new_raw)
+    else:
+        # Annotations come after header and delivery annotations, before everything else.
+        position = sum(
+            1 for code, _ in sections if code in (SECTION_HEADER, SECTION_DELIVERY_ANNOTATIONS)
+        )
+        sections.insert(position, (SECTION_MESSAGE_ANNOTATIONS, new_raw))
+    return b"".join(raw for _, raw in sections)
+
+
+def with_header(payload: bytes, **fields: Any) -> bytes:
+    """Return payload with header fields set (durable, priority, ttl, first_acquirer,
+    delivery_count); the header is written at full length (5 fields)."""
+    from proton import ubyte, uint
+
+    names = ["durable", "priority", "ttl", "first_acquirer", "delivery_count"]
+    sections = split_sections(payload)
+    current: list[Any] = [None] * 5
+    rest = []
+    for code, raw in sections:
+        if code == SECTION_HEADER:
+            value = list(section_value(raw) or [])
+            current = value + [None] * (5 - len(value))
+        else:
+            rest.append((code, raw))
+    for name, value in fields.items():
+        i = names.index(name)
+        if value is not None and name == "priority":
+            value = ubyte(value)
+        elif value is not None and name in ("ttl", "delivery_count"):
+            value = uint(value)
+        current[i] = value
+    header = encode_value(composite_value(SECTION_HEADER, current))
+    return header + b"".join(raw for _, raw in rest)
+
+
+def decode_message(payload: bytes) -> Message:
+    message = Message()
+    message.decode(bytes(payload))
+    return message
+
+
+def encode_message(message: Message) -> bytes:
+    return bytes(message.encode())
