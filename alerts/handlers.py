@@ -44,7 +44,7 @@ def render_breach(breach: Breach) -> Text:
     """One readable line: time, severity, app, signal, kind, state, observed vs threshold, id."""
     when = breach.resolved_at if breach.state is BreachState.RESOLVED else breach.opened_at
     when = when or breach.opened_at
-    line = Text(no_wrap=True, overflow="ellipsis")
+    line = Text()
     line.append(when.strftime("%Y-%m-%d %H:%M:%S%z"), style="dim")
     line.append("  ")
     line.append(f"{breach.severity.value.upper():<8}", style=_SEVERITY_STYLE[breach.severity])
