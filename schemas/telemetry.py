@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
+    AliasChoices,
+    AliasPath,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -14,7 +16,6 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -76,7 +77,11 @@ class TelemetryEvent(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     app_id: AppId
     timestamp: AwareDatetime
-    trace_id: Identifier
+    # The seed contract lets producers put the trace id in metadata; both shapes dedupe the
+    # same way once it is lifted to the top level (resolved inside pydantic-core: no Python).
+    trace_id: Identifier = Field(
+        validation_alias=AliasChoices("trace_id", AliasPath("metadata", "trace_id"))
+    )
     event_id: Identifier | None = None
     span_id: Identifier | None = None
     model_id: Identifier | None = None
@@ -95,17 +100,6 @@ class TelemetryEvent(BaseModel):
         default_factory=dict, max_length=MAX_METADATA_ENTRIES
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _trace_id_from_metadata(cls, data: Any) -> Any:
-        # The seed contract lets producers put the trace id in metadata; both shapes dedupe
-        # the same way once it is lifted to the top level.
-        if isinstance(data, dict) and not data.get("trace_id"):
-            metadata = data.get("metadata")
-            if isinstance(metadata, dict) and isinstance(metadata.get("trace_id"), str):
-                return {**data, "trace_id": metadata["trace_id"]}
-        return data
-
     @field_validator("timestamp")
     @classmethod
     def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
@@ -119,17 +113,3 @@ class TelemetryEvent(BaseModel):
                 {"timestamp": value.isoformat(), "ahead": str(value - now), "skew": str(skew)},
             )
         return value.astimezone(UTC)
-
-    @field_validator("metadata", mode="before")
-    @classmethod
-    def _scalar_metadata(cls, value: Any) -> Any:
-        # One clear error per nested value instead of one per member of the scalar union.
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(item, dict | list) or item is None:
-                    raise PydanticCustomError(
-                        "metadata_not_scalar",
-                        "metadata[{key}] must be a string, number or boolean, got {kind}",
-                        {"key": str(key)[:64], "kind": type(item).__name__},
-                    )
-        return value

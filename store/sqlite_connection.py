@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 30_000
+CACHE_KIB = 32 * 1024
 
 
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -25,4 +26,5 @@ def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     return connection

@@ -54,20 +54,40 @@ def _issue(code: str, message: str, location: str = "$") -> ValidationIssue:
     return ValidationIssue(code=code, location=location, message=message)
 
 
+def _location(prefix: str, loc: tuple[int | str, ...]) -> str:
+    return prefix + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
 def issues_from_validation_error(
     exc: ValidationError, prefix: str = "$"
 ) -> tuple[ValidationIssue, ...]:
-    return tuple(
-        _issue(
-            error["type"],
-            error["msg"],
-            prefix
-            + "".join(
-                f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
-            ),
-        )
-        for error in exc.errors(include_url=False)
-    )
+    """One issue per error, except that a metadata value failing every member of the scalar
+    union (one error each) becomes a single issue: the string member's when the value is a
+    string (e.g. too long), else "not a scalar"."""
+    issues: list[ValidationIssue] = []
+    seen_metadata: set[str] = set()
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if len(loc) == 3 and loc[0] == "metadata":
+            key = str(loc[1])
+            if key in seen_metadata:
+                continue
+            seen_metadata.add(key)
+            value = error["input"]
+            if isinstance(value, str):
+                issues.append(_issue(error["type"], error["msg"], _location(prefix, loc[:2])))
+            else:
+                issues.append(
+                    _issue(
+                        "metadata_not_scalar",
+                        "metadata values must be strings, numbers or booleans, "
+                        f"got {type(value).__name__}",
+                        _location(prefix, loc[:2]),
+                    )
+                )
+            continue
+        issues.append(_issue(error["type"], error["msg"], _location(prefix, loc)))
+    return tuple(issues)
 
 
 def _json_error(body: bytes, exc: orjson.JSONDecodeError) -> ValidationIssue:

@@ -20,6 +20,7 @@ from schemas import (
     TelemetryEvent,
 )
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
+from schemas.trusted import construct_trusted
 from stream.decode import Rejected
 from stream.ports import ReceivedEvent
 
@@ -69,48 +70,43 @@ class Enricher:
         late: bool,
     ) -> TelemetryDocument:
         tokens = event.tokens
-        ingest = IngestInfo.model_construct(
-            source=self.source,
-            partition=position.partition,
-            sequence=position.sequence,
-            index=index,
-            offset=position.offset,
-            enqueued_time=position.enqueued_time,
-            processed_at=processed_at,
-            lag_ms=(processed_at - position.enqueued_time).total_seconds() * 1000.0,
-            late=late,
+        ingest = construct_trusted(
+            IngestInfo,
+            {
+                "source": self.source,
+                "partition": position.partition,
+                "sequence": position.sequence,
+                "index": index,
+                "offset": position.offset,
+                "enqueued_time": position.enqueued_time,
+                "processed_at": processed_at,
+                "lag_ms": (processed_at - position.enqueued_time).total_seconds() * 1000.0,
+                "late": late,
+            },
         )
-        derived = DerivedSizes.model_construct(
-            input_chars=len(event.input_text or ""),
-            output_chars=len(event.output_text or ""),
-            tokens_total=(tokens.input + tokens.output) if tokens else 0,
+        derived = construct_trusted(
+            DerivedSizes,
+            {
+                "input_chars": len(event.input_text or ""),
+                "output_chars": len(event.output_text or ""),
+                "tokens_total": (tokens.input + tokens.output) if tokens else 0,
+            },
         )
-        # Inputs were validated as a TelemetryEvent already: construct without re-validating.
-        return TelemetryDocument.model_construct(
-            id=document_id(event),
-            pk=partition_key(event.app_id, event.timestamp),
+        # The event's fields were validated as a TelemetryEvent already; the document takes
+        # them as they are (all but user_id, which only leaves as its keyed hash).
+        fields = dict(event.__dict__)
+        user_id = fields.pop("user_id")
+        timestamp = event.timestamp
+        fields.update(
+            id=event.event_id or content_id(event.model_dump_json()),
+            pk=f"{event.app_id}:{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d}",
             type="telemetry",
-            schema_version=event.schema_version,
-            app_id=event.app_id,
-            timestamp=event.timestamp,
-            trace_id=event.trace_id,
-            event_id=event.event_id,
-            span_id=event.span_id,
-            model_id=event.model_id,
-            model_version=event.model_version,
-            input_text=event.input_text,
-            output_text=event.output_text,
-            latency_ms=event.latency_ms,
-            status=event.status,
-            error_type=event.error_type,
-            tokens=tokens,
-            scores=event.scores,
-            user_hash=self.user_hash(event.user_id) if event.user_id else None,
-            metadata=event.metadata,
+            user_hash=self.user_hash(user_id) if user_id else None,
             app=self._app(event.app_id),
             derived=derived,
             ingest=ingest,
         )
+        return construct_trusted(TelemetryDocument, fields)
 
     def quarantine(
         self, rejected: Rejected, position: ReceivedEvent | None, received_at: datetime

@@ -35,7 +35,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     partition INTEGER NOT NULL, sequence INTEGER NOT NULL, enqueued REAL NOT NULL,
     body BLOB NOT NULL, PRIMARY KEY (partition, sequence)
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS heads (partition INTEGER PRIMARY KEY, next_sequence INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     consumer_group TEXT NOT NULL, partition INTEGER NOT NULL, sequence INTEGER NOT NULL,

@@ -1,0 +1,329 @@
+"""The ``evalstream`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+
+from evalstream import logs, wiring
+from evalstream.settings import Settings, SettingsError, load_settings
+from schemas import TelemetryEvent
+from stream.decode import split_ndjson
+
+app = typer.Typer(
+    help=(
+        "evalstream: validated telemetry, real-time alerts and evaluations for AI apps.\n\n"
+        "Settings come from EVALSTREAM_* environment variables over a TOML file (--config); "
+        "the default backend is embedded (SQLite under var/evalstream)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="EVALSTREAM_CONFIG",
+        help="TOML config file (see README).",
+        show_default=False,
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Embedded backend folder [default: var/evalstream].", show_default=False
+    ),
+]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def _settings(config: Path | None, data_dir: Path | None = None) -> Settings:
+    overrides: dict[str, object] = {"config": config}
+    try:
+        settings = load_settings(**overrides)
+        if data_dir is not None:
+            embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
+            settings = settings.model_copy(update={"embedded": embedded})
+        return settings
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _incidents(values: list[str]) -> list[object]:
+    from stream.simulator import Incident
+
+    try:
+        return [Incident.parse(value) for value in values]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--incident") from exc
+
+
+@app.command()
+def process(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Also run the traffic simulator in-process (demo).")
+    ] = False,
+    apps: Annotated[int, typer.Option(help="Simulated apps.")] = 5,
+    rate: Annotated[float, typer.Option(help="Simulated events per second.")] = 200.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Scripted incident KIND:APP@START+DURATIONxMAGNITUDE (seconds), e.g. "
+            "latency_regression:app-001@60+120x4. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    ingest: Annotated[
+        bool, typer.Option("--ingest/--no-ingest", help="Serve POST /api/telemetry.")
+    ] = True,
+    ingest_port: Annotated[
+        int | None, typer.Option(help="Ingest port (0 = any free port) [default: ingest.port].")
+    ] = None,
+    until_idle: Annotated[
+        float | None,
+        typer.Option(help="Stop after every partition is caught up and idle this many seconds."),
+    ] = None,
+    log_level: LogLevelOption = "INFO",
+) -> None:
+    """Run the processor: consume, validate, store, detect, alert, checkpoint.
+
+    Stops gracefully on SIGTERM or Ctrl-C (finishes the batch in flight and checkpoints);
+    a second Ctrl-C exits at once.
+    """
+    from evalstream.runtime import run_processor
+
+    logs.configure(log_level)
+    settings = _settings(config, data_dir)
+    if simulate and not incident:
+        incident = ["latency_regression:app-001@60+120x4", "error_burst:app-002@150+60x0.3"]
+    options = (
+        {"apps": apps, "rate": rate, "seed": seed, "incidents": _incidents(incident or [])}
+        if simulate
+        else None
+    )
+    console.print(
+        f"evalstream processor: backend {settings.backend}, data in {settings.embedded.data_dir}, "
+        f"{settings.embedded.partitions} partitions; Ctrl-C to stop"
+    )
+    try:
+        asyncio.run(
+            run_processor(
+                settings,
+                ingest=ingest,
+                ingest_port=ingest_port,
+                simulate=options,
+                until_idle_s=until_idle,
+                on_status=lambda line: console.print(
+                    f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}"
+                ),
+            )
+        )
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def send(
+    path: Annotated[str, typer.Argument(help="NDJSON file, one event per line; - for stdin.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    batch: Annotated[int, typer.Option(help="Events appended per transaction.")] = 1000,
+) -> None:
+    """Append NDJSON events to the configured source, as a producer would.
+
+    Lines are sent as they are: the processor validates them and quarantines bad ones.
+    """
+    settings = _settings(config, data_dir)
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    try:
+        sent = asyncio.run(_send(settings, split_ndjson(stream), batch))
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    console.print(f"sent {sent} events")
+
+
+def _partition_key(line: bytes) -> str | None:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    app_id = value.get("app_id") if isinstance(value, dict) else None
+    return app_id if isinstance(app_id, str) else None
+
+
+async def _send(settings: Settings, lines: object, batch: int) -> int:
+    sent = 0
+    async with wiring.sink(settings) as sink:
+        chunk: list[tuple[str | None, bytes]] = []
+        for line in lines:  # type: ignore[attr-defined]
+            chunk.append((_partition_key(line), line))
+            if len(chunk) >= batch:
+                await sink.append(chunk)
+                sent += len(chunk)
+                chunk = []
+        if chunk:
+            await sink.append(chunk)
+            sent += len(chunk)
+    return sent
+
+
+@app.command()
+def simulate(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    count: Annotated[
+        int | None, typer.Option(help="Events to produce [default: until stopped].")
+    ] = None,
+    apps: Annotated[int, typer.Option(help="Number of apps.")] = 5,
+    rate: Annotated[float, typer.Option(help="Events per second of event time.")] = 200.0,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same events.")] = 7,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Scripted incident KIND:APP@START+DURATIONxMAGNITUDE. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    invalid_fraction: Annotated[
+        float, typer.Option(help="Share of deliberately broken events.")
+    ] = 0.0,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write NDJSON here (- = stdout) instead of sending.",
+            show_default=False,
+        ),
+    ] = None,
+    start: Annotated[
+        datetime | None,
+        typer.Option(help="Event time of the first event [default: now].", show_default=False),
+    ] = None,
+    no_pace: Annotated[bool, typer.Option("--no-pace", help="Send as fast as possible.")] = False,
+) -> None:
+    """Produce realistic, deterministic telemetry (to the source, or NDJSON with --output)."""
+    from evalstream.runtime import install_signal_handlers, pace_simulator
+    from stream.simulator import Simulator
+
+    first = (start or datetime.now(UTC)).astimezone(UTC) if start and start.tzinfo else start
+    simulator = Simulator(
+        apps=apps,
+        rate=rate,
+        seed=seed,
+        start=first or datetime.now(UTC),
+        incidents=_incidents(incident or []),  # type: ignore[arg-type]
+        invalid_fraction=invalid_fraction,
+    )
+    if output is not None:
+        target = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
+        try:
+            for event in simulator.events(count):
+                target.write(event.body.replace(b"\n", b" ") + b"\n")
+        finally:
+            if target is not sys.stdout.buffer:
+                target.close()
+        return
+    if count is None and no_pace:
+        raise typer.BadParameter("--no-pace needs --count", param_hint="--no-pace")
+    settings = _settings(config, data_dir)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        async with wiring.sink(settings) as sink:
+            if no_pace:
+                return await _send(
+                    settings, (event.body for event in simulator.events(count)), 1000
+                )
+            return await pace_simulator(simulator, sink, rate, stop, count)
+
+    console.print(f"sent {asyncio.run(run())} events")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of TelemetryEvent (what producers send)."""
+    sys.stdout.write(
+        orjson.dumps(TelemetryEvent.model_json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n"
+    )
+
+
+@app.command()
+def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Counts in the store and the processor's position in each partition."""
+    from stream.local_log import LocalLog
+
+    settings = _settings(config, data_dir)
+
+    async def run() -> tuple[int, int]:
+        async with wiring.store(settings) as store:
+            return await store.count("telemetry"), await store.count("quarantine")
+
+    telemetry, quarantined = asyncio.run(run())
+    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
+    try:
+        for partition in range(settings.embedded.partitions):
+            last = log.last_sequence(partition)
+            done = log.checkpoint(settings.processor.consumer_group, partition)
+            typer.echo(f"partition {partition}: last {last} checkpoint {done} lag {last - done}")
+    finally:
+        log.close()
+    typer.echo(f"telemetry documents {telemetry}, quarantined {quarantined}")
+
+
+@app.command()
+def quarantine(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    limit: Annotated[int, typer.Option(help="Most recent records to show.")] = 20,
+    json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
+) -> None:
+    """Show quarantined inputs with every reason they were rejected."""
+    settings = _settings(config, data_dir)
+
+    async def run() -> None:
+        async with wiring.store(settings) as store:
+            async for record in store.quarantine_records(limit):
+                if json:
+                    typer.echo(record.model_dump_json())
+                else:
+                    where = (
+                        f"p{record.partition}#{record.sequence}"
+                        if record.partition
+                        else record.source
+                    )
+                    typer.echo(f"{record.received_at:%Y-%m-%d %H:%M:%S} {where} {record.reason}")
+
+    asyncio.run(run())
+
+
+def _mount_alerts() -> None:
+    from evalstream.cli_alerts import alerts_app
+
+    app.add_typer(alerts_app, name="alerts", help="Alert subscriptions: listen, dead letters.")
+
+
+def main() -> None:
+    with contextlib.suppress(ImportError):
+        _mount_alerts()
+    app()

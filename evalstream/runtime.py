@@ -1,0 +1,156 @@
+"""Long-running commands: signal handling, the processor with optional ingest and simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from evalstream import wiring
+from evalstream.settings import Settings
+from stream.ingest import IngestApp, bound_port, serving
+from stream.ports import EventSink
+from stream.processor import Processor
+from stream.simulator import Incident, Simulator
+from stream.stats import ProcessorStats
+
+logger = logging.getLogger(__name__)
+
+# Appends per second while pacing the simulator: small enough to look continuous.
+PACE_TICKS_PER_S = 20
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT: graceful stop. A second SIGINT exits at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if stop.is_set():
+            logger.warning("second interrupt: exiting without finishing the batch in flight")
+            os._exit(130)
+        logger.info(
+            "interrupt: finishing the batches in flight, then checkpointing (again to abort)"
+        )
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+
+async def pace_simulator(
+    simulator: Simulator,
+    sink: EventSink,
+    rate: float,
+    stop: asyncio.Event,
+    count: int | None = None,
+) -> int:
+    """Append simulated events in real time at ``rate``; return how many were sent."""
+    sent = 0
+    started = time.monotonic()
+    chunk: list[tuple[str | None, bytes]] = []
+    per_tick = max(1, int(rate / PACE_TICKS_PER_S))
+    for event in simulator.events(count):
+        if stop.is_set():
+            break
+        chunk.append((event.app_id, event.body))
+        if len(chunk) >= per_tick:
+            await sink.append(chunk)
+            sent += len(chunk)
+            chunk = []
+            ahead = started + sent / rate - time.monotonic()
+            if ahead > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ahead):
+                        await stop.wait()
+    if chunk and not stop.is_set():
+        await sink.append(chunk)
+        sent += len(chunk)
+    return sent
+
+
+async def run_processor(
+    settings: Settings,
+    *,
+    ingest: bool,
+    ingest_port: int | None,
+    simulate: dict[str, object] | None,
+    until_idle_s: float | None,
+    on_status: Callable[[str], None],
+) -> ProcessorStats:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    stats = ProcessorStats()
+    async with (
+        wiring.store(settings) as store,
+        wiring.publisher(settings) as publisher,
+        wiring.sink(settings) as sink,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        pipeline = wiring.pipeline(settings, store, stats, publisher)
+        processor = Processor(
+            wiring.source(settings),
+            pipeline,
+            stats,
+            settings.processor.status_interval_s,
+            on_status,
+        )
+        if ingest:
+            app = IngestApp(
+                wiring.decoder(settings), wiring.enricher(settings, "ingest"), sink, store
+            )
+            port = settings.ingest.port if ingest_port is None else ingest_port
+            server = await stack.enter_async_context(serving(app, settings.ingest.host, port))
+            on_status(
+                f"ingest: POST http://{settings.ingest.host}:{bound_port(server)}/api/telemetry"
+            )
+        async with asyncio.TaskGroup() as group:
+            if simulate is not None:
+                group.create_task(_simulate(simulate, sink, stop, on_status))
+            if until_idle_s is not None:
+                group.create_task(_stop_when_idle(stats, until_idle_s, stop))
+            await processor.run(stop)
+            stop.set()
+    return stats
+
+
+async def _simulate(
+    options: dict[str, object],
+    sink: EventSink,
+    stop: asyncio.Event,
+    on_status: Callable[[str], None],
+) -> None:
+    rate = float(options["rate"])  # type: ignore[arg-type]
+    incidents: Sequence[Incident] = options.get("incidents") or ()  # type: ignore[assignment]
+    simulator = Simulator(
+        apps=int(options["apps"]),  # type: ignore[call-overload]
+        rate=rate,
+        seed=int(options["seed"]),  # type: ignore[call-overload]
+        start=datetime.now(UTC),
+        incidents=incidents,
+        invalid_fraction=float(options.get("invalid_fraction", 0.0)),  # type: ignore[arg-type]
+    )
+    on_status(
+        f"simulator: {len(simulator.app_ids)} apps at {rate:g} events/s"
+        + "".join(f"; incident {incident}" for incident in incidents)
+    )
+    await pace_simulator(simulator, sink, rate, stop, options.get("count"))  # type: ignore[arg-type]
+
+
+async def _stop_when_idle(stats: ProcessorStats, idle_s: float, stop: asyncio.Event) -> None:
+    """Stop once every partition is caught up and nothing new arrived for ``idle_s``."""
+    last_events, last_change = -1, time.monotonic()
+    while not stop.is_set():
+        lags = await stats.lag()
+        if stats.events != last_events or any(lag for lag in lags.values()):
+            last_events, last_change = stats.events, time.monotonic()
+        elif time.monotonic() - last_change >= idle_s:
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(0.2, idle_s)):
+                await stop.wait()

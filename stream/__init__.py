@@ -1,0 +1,1 @@
+"""The processor: event sources, pipeline, enrichment, hot-path detectors, replay."""
