@@ -1,0 +1,676 @@
+"""The Batch account's state (pools, jobs, tasks) and the scheduler that runs tasks locally.
+
+Everything runs on one asyncio loop, so the state needs no locks. A pool's capacity is its node
+count times ``taskSlotsPerNode``; nodes are "allocated" the moment a pool is created or its
+autoscale formula is evaluated. Autoscale formulas are re-evaluated whenever tasks are added or
+finish (the service does so every ``autoScaleEvaluationInterval``), so a formula driven by
+``$PendingTasks`` scales a pool up as soon as work arrives. Each task's command line runs as
+``/bin/sh -c <commandLine>`` in ``<work_dir>/jobs/<job>/<task>/wd`` with stdout.txt and
+stderr.txt beside ``wd``, the server's own environment plus the ``AZ_BATCH_*`` variables, the
+job's common settings and the task's settings. A non-zero exit is retried up to the task's
+``constraints.maxTaskRetryCount`` (the job's when the task sets none; -1 means without limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.emulators.batch import autoscale
+from tests.emulators.batch.errors import (
+    BatchServiceError,
+    exists,
+    invalid_property,
+    missing_property,
+    not_found,
+)
+
+logger = logging.getLogger(__name__)
+
+Json = dict[str, object]
+
+MAX_TASKS_PER_COLLECTION = 100
+MAX_COLLECTION_BYTES = 1024 * 1024
+NODE_ID = "tvmps_local_0"
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_etag_counter = itertools.count(1)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_etag() -> str:
+    # Batch ETags look like 0x8DC3A1B2C3D4E5F; only uniqueness matters to clients.
+    return f"0x8D{time.time_ns():X}{next(_etag_counter):04X}"
+
+
+def _require_id(body: Json, kind: str) -> str:
+    ident = body.get("id")
+    if not isinstance(ident, str) or not ident:
+        raise missing_property("id")
+    if not _ID.match(ident):
+        raise invalid_property("id", f"{kind} ids are 1-64 letters, digits, '-' or '_'")
+    return ident
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+@dataclass
+class Pool:
+    body: Json
+
+    @property
+    def id(self) -> str:
+        return str(self.body["id"])
+
+    @property
+    def slots(self) -> int:
+        nodes = _int(self.body.get("currentDedicatedNodes"), 0) + _int(
+            self.body.get("currentLowPriorityNodes"), 0
+        )
+        return nodes * max(1, _int(self.body.get("taskSlotsPerNode"), 1))
+
+
+@dataclass(eq=False)
+class Task:
+    job_id: str
+    body: Json
+    process: asyncio.subprocess.Process | None = None
+    runner: asyncio.Task[None] | None = None
+    killed_reason: str | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.body["id"])
+
+    @property
+    def state(self) -> str:
+        return str(self.body["state"])
+
+    @property
+    def required_slots(self) -> int:
+        return max(1, _int(self.body.get("requiredSlots"), 1))
+
+    @property
+    def execution(self) -> Json:
+        info = self.body.setdefault("executionInfo", {"retryCount": 0, "requeueCount": 0})
+        assert isinstance(info, dict)
+        return info
+
+
+@dataclass
+class Job:
+    body: Json
+    tasks: dict[str, Task] = field(default_factory=dict)  # by lower-cased id, in creation order
+
+    @property
+    def id(self) -> str:
+        return str(self.body["id"])
+
+    @property
+    def state(self) -> str:
+        return str(self.body["state"])
+
+    @property
+    def pool_id(self) -> str | None:
+        info = self.body.get("poolInfo")
+        pool_id = info.get("poolId") if isinstance(info, dict) else None
+        return pool_id if isinstance(pool_id, str) else None
+
+
+def _set_state(entity: Json, state: str) -> None:
+    stamp = now()
+    if entity.get("state") != state:
+        entity["previousState"] = entity.get("state")
+        entity["previousStateTransitionTime"] = entity.get("stateTransitionTime")
+    entity["state"] = state
+    entity["stateTransitionTime"] = stamp
+    entity["lastModified"] = stamp
+    entity["eTag"] = new_etag()
+
+
+class BatchService:
+    """One Batch account: its pools and jobs, and the local "compute node" running tasks."""
+
+    def __init__(
+        self, *, account_name: str, work_dir: Path, base_url: str, max_concurrency: int = 16
+    ) -> None:
+        self.account_name = account_name
+        self.work_dir = work_dir
+        self.base_url = base_url.rstrip("/")
+        self.max_concurrency = max_concurrency
+        self.pools: dict[str, Pool] = {}
+        self.jobs: dict[str, Job] = {}
+        self._running: set[Task] = set()
+
+    # -- pools ---------------------------------------------------------------------------
+
+    def pool(self, pool_id: str) -> Pool:
+        pool = self.pools.get(pool_id.lower())
+        if pool is None:
+            raise not_found("Pool", pool_id)
+        return pool
+
+    def create_pool(self, body: Json) -> Pool:
+        pool_id = _require_id(body, "pool")
+        if pool_id.lower() in self.pools:
+            raise exists("Pool", pool_id)
+        if not body.get("vmSize"):
+            raise missing_property("vmSize")
+        autoscaled = bool(body.get("enableAutoScale"))
+        if autoscaled and not body.get("autoScaleFormula"):
+            raise missing_property("autoScaleFormula")
+        stamp = now()
+        pool_body: Json = {
+            **body,
+            "url": f"{self.base_url}/pools/{pool_id}",
+            "eTag": new_etag(),
+            "lastModified": stamp,
+            "creationTime": stamp,
+            "state": "active",
+            "stateTransitionTime": stamp,
+            "allocationState": "steady",
+            "allocationStateTransitionTime": stamp,
+            "enableAutoScale": autoscaled,
+            "taskSlotsPerNode": _int(body.get("taskSlotsPerNode"), 1),
+            "targetDedicatedNodes": _int(body.get("targetDedicatedNodes"), 0),
+            "targetLowPriorityNodes": _int(body.get("targetLowPriorityNodes"), 0),
+        }
+        pool = Pool(pool_body)
+        if autoscaled:
+            pool_body.setdefault("autoScaleEvaluationInterval", "PT15M")
+            self._autoscale(pool, str(body["autoScaleFormula"]), apply=True, strict=True)
+        self._allocate(pool)
+        self.pools[pool_id.lower()] = pool
+        self.schedule()
+        return pool
+
+    def enable_autoscale(self, pool_id: str, body: Json) -> Pool:
+        pool = self.pool(pool_id)
+        formula = body.get("autoScaleFormula") or pool.body.get("autoScaleFormula")
+        if not isinstance(formula, str) or not formula:
+            raise missing_property("autoScaleFormula")
+        self._autoscale(pool, formula, apply=True, strict=True)
+        pool.body["enableAutoScale"] = True
+        pool.body["autoScaleFormula"] = formula
+        if body.get("autoScaleEvaluationInterval"):
+            pool.body["autoScaleEvaluationInterval"] = body["autoScaleEvaluationInterval"]
+        pool.body.setdefault("autoScaleEvaluationInterval", "PT15M")
+        self._touch(pool.body)
+        self._allocate(pool)
+        self.schedule()
+        return pool
+
+    def evaluate_autoscale(self, pool_id: str, body: Json) -> Json:
+        pool = self.pool(pool_id)
+        formula = body.get("autoScaleFormula")
+        if not isinstance(formula, str) or not formula:
+            raise missing_property("autoScaleFormula")
+        return self._autoscale(pool, formula, apply=False, strict=False)
+
+    def _service_variables(self, pool: Pool) -> dict[str, float]:
+        counts = {"active": 0, "running": 0, "succeeded": 0, "failed": 0}
+        for job in self.jobs.values():
+            if job.pool_id is None or job.pool_id.lower() != pool.id.lower():
+                continue
+            for task in job.tasks.values():
+                if task.state == "completed":
+                    result = task.execution.get("result")
+                    counts["succeeded" if result == "success" else "failed"] += 1
+                elif task.state in counts:
+                    counts[task.state] += 1
+        return {
+            "$ActiveTasks": counts["active"],
+            "$RunningTasks": counts["running"],
+            "$PendingTasks": counts["active"] + counts["running"],
+            "$SucceededTasks": counts["succeeded"],
+            "$FailedTasks": counts["failed"],
+            "$CurrentDedicatedNodes": _int(pool.body.get("currentDedicatedNodes"), 0),
+            "$CurrentLowPriorityNodes": _int(pool.body.get("currentLowPriorityNodes"), 0),
+            "$TargetDedicatedNodes": _int(pool.body.get("targetDedicatedNodes"), 0),
+            "$TargetLowPriorityNodes": _int(pool.body.get("targetLowPriorityNodes"), 0),
+            "$TaskSlotsPerNode": max(1, _int(pool.body.get("taskSlotsPerNode"), 1)),
+        }
+
+    def _autoscale(self, pool: Pool, formula: str, *, apply: bool, strict: bool) -> Json:
+        """Evaluate `formula` for `pool`: the AutoScaleRun, with any error inside unless strict."""
+        variables = self._service_variables(pool)
+        run: Json = {"timestamp": now()}
+        try:
+            result = autoscale.evaluate(formula, variables)
+            dedicated = max(
+                0, int(result.number("$TargetDedicatedNodes", variables["$TargetDedicatedNodes"]))
+            )
+            low = max(
+                0,
+                int(result.number("$TargetLowPriorityNodes", variables["$TargetLowPriorityNodes"])),
+            )
+        except BatchServiceError as exc:
+            if strict:
+                raise
+            run["error"] = {
+                "code": exc.code,
+                "message": exc.message,
+                "values": [{"name": k, "value": v} for k, v in exc.values.items()],
+            }
+            return run
+        shown = {
+            "$TargetDedicatedNodes": float(dedicated),
+            "$TargetLowPriorityNodes": float(low),
+            "$NodeDeallocationOption": "requeue",
+            **result.variables,
+        }
+        run["results"] = autoscale.AutoScaleResult(shown).results_text()
+        if apply:
+            pool.body["targetDedicatedNodes"] = dedicated
+            pool.body["targetLowPriorityNodes"] = low
+            pool.body["autoScaleRun"] = run
+        return run
+
+    def _allocate(self, pool: Pool) -> None:
+        # Nodes appear at once: there is no VM to boot here.
+        pool.body["currentDedicatedNodes"] = pool.body.get("targetDedicatedNodes", 0)
+        pool.body["currentLowPriorityNodes"] = pool.body.get("targetLowPriorityNodes", 0)
+
+    def _touch(self, entity: Json) -> None:
+        entity["lastModified"] = now()
+        entity["eTag"] = new_etag()
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id.lower())
+        if job is None:
+            raise not_found("Job", job_id)
+        return job
+
+    def create_job(self, body: Json) -> Job:
+        job_id = _require_id(body, "job")
+        if job_id.lower() in self.jobs:
+            raise exists("Job", job_id)
+        pool_info = body.get("poolInfo")
+        if not isinstance(pool_info, dict):
+            raise missing_property("poolInfo")
+        stamp = now()
+        job_body: Json = {
+            "priority": 0,
+            "maxParallelTasks": -1,
+            "onAllTasksComplete": "noaction",
+            "onTaskFailure": "noaction",
+            **body,
+            "url": f"{self.base_url}/jobs/{job_id}",
+            "eTag": new_etag(),
+            "lastModified": stamp,
+            "creationTime": stamp,
+            "state": "active",
+            "stateTransitionTime": stamp,
+            "executionInfo": {"startTime": stamp, "poolId": pool_info.get("poolId")},
+        }
+        job_body.setdefault("constraints", {"maxTaskRetryCount": 0})
+        job = Job(job_body)
+        self.jobs[job_id.lower()] = job
+        return job
+
+    def list_jobs(self) -> list[Json]:
+        return [job.body for job in self.jobs.values()]
+
+    def terminate_job(self, job_id: str, reason: str | None) -> None:
+        job = self.job(job_id)
+        if job.state in ("completed", "terminating"):
+            code = "JobCompleted" if job.state == "completed" else "JobBeingTerminated"
+            raise BatchServiceError(409, code, f"The job is already {job.state}.")
+        _set_state(job.body, "terminating")
+        for task in job.tasks.values():
+            if task.state == "running":
+                self._kill(task, "terminate")
+        asyncio.get_running_loop().create_task(
+            self._finish_termination(job, reason or "UserTerminate")
+        )
+
+    async def _finish_termination(self, job: Job, reason: str) -> None:
+        runners = [t.runner for t in job.tasks.values() if t.runner is not None]
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
+        self._complete_job(job, reason)
+
+    def _complete_job(self, job: Job, reason: str) -> None:
+        _set_state(job.body, "completed")
+        info = job.body["executionInfo"]
+        assert isinstance(info, dict)
+        info["endTime"] = now()
+        info["terminateReason"] = reason
+
+    def delete_job(self, job_id: str) -> None:
+        job = self.job(job_id)
+        _set_state(job.body, "deleting")
+        for task in job.tasks.values():
+            if task.state == "running":
+                self._kill(task, "delete")
+        asyncio.get_running_loop().create_task(self._finish_delete(job))
+
+    async def _finish_delete(self, job: Job) -> None:
+        runners = [t.runner for t in job.tasks.values() if t.runner is not None]
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
+        self.jobs.pop(job.id.lower(), None)
+
+    def task_counts(self, job_id: str) -> Json:
+        job = self.job(job_id)
+        counts = {"active": 0, "running": 0, "completed": 0, "succeeded": 0, "failed": 0}
+        slots = dict(counts)
+        for task in job.tasks.values():
+            state = "active" if task.state in ("active", "preparing") else task.state
+            keys = [state]
+            if state == "completed":
+                keys.append("succeeded" if task.execution.get("result") == "success" else "failed")
+            for key in keys:
+                counts[key] += 1
+                slots[key] += task.required_slots
+        return {"taskCounts": counts, "taskSlotCounts": slots}
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def task(self, job_id: str, task_id: str) -> Task:
+        task = self.job(job_id).tasks.get(task_id.lower())
+        if task is None:
+            raise not_found("Task", task_id)
+        return task
+
+    def _check_job_accepts_tasks(self, job: Job) -> None:
+        if job.state == "completed":
+            raise BatchServiceError(
+                409, "JobCompleted", "The specified job is already in a completed state."
+            )
+        if job.state == "terminating":
+            raise BatchServiceError(
+                409, "JobBeingTerminated", "The specified job is being terminated."
+            )
+        if job.state == "deleting":
+            raise BatchServiceError(409, "JobBeingDeleted", "The specified job is being deleted.")
+
+    def _new_task(self, job: Job, body: Json) -> Task:
+        task_id = _require_id(body, "task")
+        if not isinstance(body.get("commandLine"), str) or not body["commandLine"]:
+            raise missing_property("commandLine")
+        if task_id.lower() in job.tasks:
+            raise exists("Task", task_id)
+        stamp = now()
+        task_body: Json = {
+            **body,
+            "url": f"{self.base_url}/jobs/{job.id}/tasks/{task_id}",
+            "eTag": new_etag(),
+            "lastModified": stamp,
+            "creationTime": stamp,
+            "state": "active",
+            "stateTransitionTime": stamp,
+            "requiredSlots": max(1, _int(body.get("requiredSlots"), 1)),
+            "executionInfo": {"retryCount": 0, "requeueCount": 0},
+        }
+        constraints = dict(body.get("constraints") or {})  # type: ignore[call-overload]
+        if "maxTaskRetryCount" not in constraints:
+            job_constraints = job.body.get("constraints") or {}
+            assert isinstance(job_constraints, dict)
+            constraints["maxTaskRetryCount"] = _int(job_constraints.get("maxTaskRetryCount"), 0)
+        task_body["constraints"] = constraints
+        task = Task(job.id, task_body)
+        job.tasks[task_id.lower()] = task
+        return task
+
+    def add_task(self, job_id: str, body: Json) -> Task:
+        job = self.job(job_id)
+        self._check_job_accepts_tasks(job)
+        task = self._new_task(job, body)
+        self.schedule()
+        return task
+
+    def add_task_collection(self, job_id: str, body: object) -> list[Json]:
+        job = self.job(job_id)
+        if not isinstance(body, dict) or not isinstance(body.get("value"), list):
+            raise missing_property("value")
+        values: list[object] = body["value"]
+        if len(values) > MAX_TASKS_PER_COLLECTION:
+            raise invalid_property(
+                "value",
+                f"The maximum number of tasks in a collection is {MAX_TASKS_PER_COLLECTION};"
+                f" the request has {len(values)}.",
+            )
+        self._check_job_accepts_tasks(job)
+        results: list[Json] = []
+        for item in values:
+            task_id = item.get("id") if isinstance(item, dict) else None
+            try:
+                if not isinstance(item, dict):
+                    raise invalid_property("value", "each task must be an object")
+                task = self._new_task(job, item)
+            except BatchServiceError as exc:
+                results.append(
+                    {
+                        "status": "clienterror",
+                        "taskId": task_id,
+                        "error": {
+                            "code": exc.code,
+                            "message": {"lang": "en-US", "value": exc.message},
+                            "values": [{"key": k, "value": v} for k, v in exc.values.items()],
+                        },
+                    }
+                )
+                continue
+            results.append(
+                {
+                    "status": "success",
+                    "taskId": task.id,
+                    "eTag": task.body["eTag"],
+                    "lastModified": task.body["lastModified"],
+                    "location": task.body["url"],
+                }
+            )
+        self.schedule()
+        return results
+
+    def task_dir(self, job_id: str, task_id: str) -> Path:
+        return self.work_dir / "jobs" / job_id / task_id
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        """Start every active task that fits into its pool's free slots, oldest job first."""
+        for pool in self.pools.values():
+            formula = pool.body.get("autoScaleFormula")
+            if pool.body.get("enableAutoScale") and isinstance(formula, str):
+                with contextlib.suppress(BatchServiceError):
+                    self._autoscale(pool, formula, apply=True, strict=True)
+                self._allocate(pool)
+        used: dict[str, int] = {}
+        for task in self._running:
+            pool_id = (self.jobs.get(task.job_id.lower()) or Job({})).pool_id or ""
+            used[pool_id.lower()] = used.get(pool_id.lower(), 0) + task.required_slots
+        jobs = sorted(
+            (j for j in self.jobs.values() if j.state == "active"),
+            key=lambda j: -_int(j.body.get("priority"), 0),
+        )
+        for job in jobs:
+            pool = self.pools.get((job.pool_id or "").lower())
+            if pool is None:
+                continue
+            cap = _int(job.body.get("maxParallelTasks"), -1)
+            running_here = sum(1 for t in job.tasks.values() if t.state == "running")
+            for task in job.tasks.values():
+                if task.state != "active" or task.runner is not None:
+                    continue
+                if cap >= 0 and running_here >= cap:
+                    break
+                free = pool.slots - used.get(pool.id.lower(), 0)
+                if task.required_slots > free or len(self._running) >= self.max_concurrency:
+                    break
+                used[pool.id.lower()] = used.get(pool.id.lower(), 0) + task.required_slots
+                running_here += 1
+                self._start(job, pool, task)
+
+    def _start(self, job: Job, pool: Pool, task: Task) -> None:
+        _set_state(task.body, "running")
+        info = task.execution
+        info["startTime"] = now()
+        for key in ("endTime", "exitCode", "result", "failureInfo"):
+            info.pop(key, None)
+        task.body["nodeInfo"] = {
+            "affinityId": f"TVM:{NODE_ID}",
+            "nodeUrl": f"{self.base_url}/pools/{pool.id}/nodes/{NODE_ID}",
+            "poolId": pool.id,
+            "nodeId": NODE_ID,
+            "taskRootDirectory": f"workitems/{job.id}/job-1/{task.id}",
+        }
+        self._running.add(task)
+        task.runner = asyncio.get_running_loop().create_task(self._run(job, pool, task))
+
+    def _environment(self, job: Job, pool: Pool, task: Task, task_dir: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "AZ_BATCH_ACCOUNT_NAME": self.account_name,
+                "AZ_BATCH_ACCOUNT_URL": self.base_url,
+                "AZ_BATCH_POOL_ID": pool.id,
+                "AZ_BATCH_NODE_ID": NODE_ID,
+                "AZ_BATCH_JOB_ID": job.id,
+                "AZ_BATCH_TASK_ID": task.id,
+                "AZ_BATCH_NODE_ROOT_DIR": str(self.work_dir),
+                "AZ_BATCH_NODE_SHARED_DIR": str(self.work_dir / "shared"),
+                "AZ_BATCH_TASK_DIR": str(task_dir),
+                "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
+            }
+        )
+        for source in (
+            job.body.get("commonEnvironmentSettings"),
+            task.body.get("environmentSettings"),
+        ):
+            for setting in source or []:  # type: ignore[attr-defined]
+                if isinstance(setting, dict) and isinstance(setting.get("name"), str):
+                    env[setting["name"]] = str(setting.get("value") or "")
+        return env
+
+    async def _run(self, job: Job, pool: Pool, task: Task) -> None:
+        task_dir = self.task_dir(job.id, task.id)
+        (task_dir / "wd").mkdir(parents=True, exist_ok=True)
+        (self.work_dir / "shared").mkdir(parents=True, exist_ok=True)
+        exit_code: int | None = None
+        launch_error: str | None = None
+        try:
+            with (
+                (task_dir / "stdout.txt").open("wb") as out,
+                (task_dir / "stderr.txt").open("wb") as err,
+            ):
+                try:
+                    task.process = await asyncio.create_subprocess_exec(
+                        "/bin/sh",
+                        "-c",
+                        str(task.body["commandLine"]),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        cwd=task_dir / "wd",
+                        env=self._environment(job, pool, task, task_dir),
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    launch_error = str(exc)
+                else:
+                    exit_code = await task.process.wait()
+        except asyncio.CancelledError:
+            self._kill(task, "shutdown")
+            raise
+        finally:
+            task.process = None
+            task.runner = None
+            self._running.discard(task)
+        self._finish_attempt(job, task, exit_code, launch_error)
+        self.schedule()
+
+    def _finish_attempt(
+        self, job: Job, task: Task, exit_code: int | None, launch_error: str | None
+    ) -> None:
+        info = task.execution
+        stamp = now()
+        info["endTime"] = stamp
+        if task.killed_reason is not None:
+            info["exitCode"] = exit_code if exit_code is not None else -1
+            info["result"] = "failure"
+            info["failureInfo"] = {
+                "category": "usererror",
+                "code": "TaskEnded",
+                "message": "Task Was Ended by User Request",
+            }
+            task.killed_reason = None
+            _set_state(task.body, "completed")
+            return
+        if launch_error is not None:
+            info["result"] = "failure"
+            info["failureInfo"] = {
+                "category": "usererror",
+                "code": "CommandLaunchFailed",
+                "message": launch_error,
+            }
+            _set_state(task.body, "completed")
+            self._after_completion(job)
+            return
+        info["exitCode"] = exit_code
+        if exit_code == 0:
+            info["result"] = "success"
+            _set_state(task.body, "completed")
+            self._after_completion(job)
+            return
+        constraints = task.body.get("constraints") or {}
+        assert isinstance(constraints, dict)
+        max_retries = _int(constraints.get("maxTaskRetryCount"), 0)
+        retries = _int(info.get("retryCount"), 0)
+        if job.state == "active" and (max_retries == -1 or retries < max_retries):
+            info["retryCount"] = retries + 1
+            info["lastRetryTime"] = stamp
+            _set_state(task.body, "active")
+            logger.info("task %s/%s exited %s; retry %d", job.id, task.id, exit_code, retries + 1)
+            return
+        info["result"] = "failure"
+        info["failureInfo"] = {
+            "category": "usererror",
+            "code": "FailureExitCode",
+            "message": "The task process exited with an unexpected exit code",
+            "details": [
+                {
+                    "name": "Message",
+                    "value": f"The task process exited with an unexpected exit code: {exit_code}",
+                }
+            ],
+        }
+        _set_state(task.body, "completed")
+        self._after_completion(job)
+
+    def _after_completion(self, job: Job) -> None:
+        if job.state != "active" or job.body.get("onAllTasksComplete") != "terminatejob":
+            return
+        if job.tasks and all(t.state == "completed" for t in job.tasks.values()):
+            self._complete_job(job, "AllTasksComplete")
+
+    def _kill(self, task: Task, reason: str) -> None:
+        task.killed_reason = reason
+        process = task.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    async def shutdown(self) -> None:
+        """Kill every running task and wait for their runners to end."""
+        runners = [t.runner for t in self._running if t.runner is not None]
+        for task in list(self._running):
+            self._kill(task, "shutdown")
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
