@@ -1,8 +1,18 @@
-"""Per-app settings of the hot path: SLOs, burn-rate rules and drift detector parameters."""
+"""Per-app settings of the hot path: SLOs, burn-rate rules and drift detector parameters.
+
+The drift parameters are in units of the signal's own baseline standard deviation: every drift
+detector standardises its input with the mean and deviation it learnt during its warm-up, so one
+set of defaults serves latencies in milliseconds and scores in [0, 1] alike. The defaults are
+tuned on bench/detectors.py (see bench/results/detectors.md).
+"""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+DriftDetectorName = Literal["adwin", "page_hinkley", "ks"]
 
 
 class BurnRateRule(BaseModel):
@@ -35,17 +45,46 @@ class SloConfig(BaseModel):
     burn_rate_rules: tuple[BurnRateRule, ...] = DEFAULT_BURN_RATE_RULES
     # Events an app must have produced before its SLOs can alert.
     warmup_events: PositiveInt = 200
+    # A rule only fires when its short window holds at least this many events, so that a
+    # quiet hour with two requests and one error is not a 50 % error rate.
+    min_window_events: PositiveInt = 20
+    # Each window is counted in this many event-time buckets (a ring per window): the window
+    # slides in steps of window/buckets and its state stays a few hundred bytes.
+    buckets_per_window: int = Field(default=12, ge=2, le=120)
+    # Hysteresis: an open burn-rate breach resolves once no rule of its severity has fired for
+    # this long in event time.
+    resolve_after_s: PositiveInt = 600
 
 
 class DetectorConfig(BaseModel):
-    """Drift detection parameters (river's ADWIN / PageHinkley and windowed KS)."""
+    """Drift detection parameters (river's ADWIN / PageHinkley and windowed KS).
+
+    Thresholds and deltas are in units of the baseline standard deviation (see module doc).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
+    detectors: tuple[DriftDetectorName, ...] = ("adwin", "page_hinkley", "ks")
     adwin_delta: float = Field(default=0.002, gt=0, lt=1)
+    adwin_clock: PositiveInt = 32
+    # ADWIN's state grows with log(width); past this width it starts a fresh window so that
+    # the state of one (app, signal) stays under 2 KB.
+    adwin_max_width: PositiveInt = 10_000
     page_hinkley_threshold: PositiveFloat = 50.0
     page_hinkley_delta: float = Field(default=0.005, ge=0)
+    page_hinkley_min_instances: PositiveInt = 30
+    page_hinkley_alpha: float = Field(default=1 - 0.0001, gt=0, le=1)
     ks_window: PositiveInt = 500
     ks_alpha: float = Field(default=0.001, gt=0, lt=1)
+    # The KS test compares histograms over this many equal-probability bins of a standard
+    # normal (in baseline units); bins keep the state small and the per-event cost a bisect.
+    ks_bins: int = Field(default=32, ge=4, le=256)
     warmup_events: PositiveInt = 200
+    # Standardised values are clipped to ±this many deviations so that one heavy-tailed
+    # outlier cannot move a mean-shift detector on its own.
+    winsorize_sigma: PositiveFloat = 4.0
+    # Hysteresis: an open drift breach resolves after this many events without a detection.
+    resolve_after_events: PositiveInt = 1000
+    # Score names are producer-chosen; beyond this many per app new names are not tracked.
+    max_score_signals: PositiveInt = 16

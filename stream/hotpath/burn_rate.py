@@ -1,0 +1,250 @@
+"""SLO burn rates in event time: multi-window, multi-burn-rate rules over bounded buckets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from schemas.breach import BreachKind, Severity
+from schemas.detection import BurnRateRule
+
+
+class BurnRate:
+    """Alarms while any of its rules burns the error budget too fast over both windows.
+
+    A value is bad when it is above ``bad_above`` (latency over its SLO threshold, or an error
+    flag of 1 with ``bad_above=0.5``). A rule fires when the bad fraction divided by ``budget``
+    is at least ``factor`` over its long and its short window, and the short window holds at
+    least ``min_window_events`` events; nothing fires before ``warmup`` events. One detector
+    serves the rules of one severity (the SRE workbook's pattern: fast and slow critical
+    rules page as one alert, the slow warning rule tickets).
+
+    Each window is a ring of ``buckets`` event-time buckets of ``window/buckets`` seconds, so a
+    window slides in those steps and holds at most ``window`` seconds of events. Events of the
+    current finest bucket are counted in a pending pair and added to every ring when event time
+    moves on: an event costs a comparison and two additions; rules are evaluated on bad events
+    and at bucket boundaries. Events older than a ring's span are not counted in that ring.
+    """
+
+    def __init__(
+        self,
+        rules: tuple[BurnRateRule, ...],
+        budget: float,
+        bad_above: float,
+        kind: BreachKind,
+        severity: Severity,
+        warmup: int = 200,
+        min_window_events: int = 20,
+        buckets: int = 12,
+    ) -> None:
+        if not rules:
+            raise ValueError("a burn-rate detector needs at least one rule")
+        self.rules = rules
+        self.budget = budget
+        self.bad_above = bad_above
+        self.kind = kind
+        self.severity = severity
+        self.warmup = warmup
+        self.min_window_events = min_window_events
+        self.buckets = buckets
+        self.name = f"burn_{severity.value}"
+        windows = sorted({w for r in rules for w in (r.long_window_s, r.short_window_s)})
+        self._windows = windows
+        self._widths = [w / buckets for w in windows]
+        self._fine = self._widths[0]
+        # (long ring, short ring, rule, bad fraction at which the rule fires)
+        self._checks = [
+            (windows.index(r.long_window_s), windows.index(r.short_window_s), r, r.factor * budget)
+            for r in rules
+        ]
+        self._seen = 0
+        self._alarm = False
+        self._offending = False
+        self._totals = [[0] * buckets for _ in windows]
+        self._bads = [[0] * buckets for _ in windows]
+        self._heads: list[int | None] = [None for _ in windows]
+        self._sum_total = [0] * len(windows)
+        self._sum_bad = [0] * len(windows)
+        self._pending_idx: int | None = None
+        self._pending_t = 0.0
+        self._pending_total = 0
+        self._pending_bad = 0
+        self._observed = 0.0
+        self._short_burn = 0.0
+        self._window_start = 0.0
+        self._window_id: str | None = None
+        self._rule: BurnRateRule | None = None
+
+    # -- rings -----------------------------------------------------------------------------
+    def _advance(self, ring: int, idx: int) -> None:
+        head = self._heads[ring]
+        if head is not None and idx <= head:
+            return
+        totals, bads = self._totals[ring], self._bads[ring]
+        k = self.buckets
+        steps = k if head is None else min(idx - head, k)
+        for step in range(steps):
+            slot = (idx - step) % k
+            self._sum_total[ring] -= totals[slot]
+            self._sum_bad[ring] -= bads[slot]
+            totals[slot] = 0
+            bads[slot] = 0
+        self._heads[ring] = idx
+
+    def _add(self, t: float, total: int, bad: int) -> None:
+        for ring, width in enumerate(self._widths):
+            idx = int(t // width)
+            self._advance(ring, idx)
+            head = self._heads[ring]
+            assert head is not None
+            if idx <= head - self.buckets:
+                continue  # older than this ring's span
+            slot = idx % self.buckets
+            self._totals[ring][slot] += total
+            self._bads[ring][slot] += bad
+            self._sum_total[ring] += total
+            self._sum_bad[ring] += bad
+
+    def _flush(self, t: float) -> None:
+        if self._pending_total:
+            self._add(self._pending_t, self._pending_total, self._pending_bad)
+        for ring, width in enumerate(self._widths):
+            self._advance(ring, int(t // width))
+
+    # -- rules -----------------------------------------------------------------------------
+    def _evaluate(self, t: float) -> bool:
+        if self._seen < self.warmup:
+            return False
+        pending_total, pending_bad = self._pending_total, self._pending_bad
+        sum_total, sum_bad = self._sum_total, self._sum_bad
+        for long_ring, short_ring, rule, limit in self._checks:
+            short_total = sum_total[short_ring] + pending_total
+            if short_total < self.min_window_events:
+                continue
+            short_bad = sum_bad[short_ring] + pending_bad
+            if short_bad < limit * short_total:
+                continue
+            long_total = sum_total[long_ring] + pending_total
+            long_bad = sum_bad[long_ring] + pending_bad
+            if not long_total or long_bad < limit * long_total:
+                continue
+            self._rule = rule
+            self._observed = long_bad / long_total / self.budget
+            self._short_burn = short_bad / short_total / self.budget
+            # The window is identified by the end of the current finest bucket, so every
+            # replay of the same events names it the same way.
+            end = (int(t // self._fine) + 1) * self._fine
+            self._window_start = end - rule.long_window_s
+            start = datetime.fromtimestamp(self._window_start, UTC).isoformat()
+            self._window_id = f"{rule.long_window_s}s/{rule.short_window_s}s@{start}"
+            return True
+        return False
+
+    # -- the protocol ------------------------------------------------------------------------
+    def update(self, x: float, t: float) -> Self:
+        self._seen += 1
+        bad = x > self.bad_above
+        self._offending = bad
+        idx = int(t // self._fine)
+        pending = self._pending_idx
+        if idx == pending:
+            # The common case: same finest bucket as the previous event.
+            self._pending_total += 1
+            if bad:
+                self._pending_bad += 1
+                self._alarm = self._evaluate(t)
+            return self
+        if pending is not None and idx < pending:
+            # Late event: straight into the rings it still fits in.
+            self._add(t, 1, int(bad))
+            if bad:
+                self._alarm = self._evaluate(self._pending_t)
+            return self
+        self._flush(t)
+        self._pending_idx = idx
+        self._pending_t = t
+        self._pending_total = 1
+        self._pending_bad = int(bad)
+        self._alarm = self._evaluate(t)
+        return self
+
+    @property
+    def alarm(self) -> bool:
+        return self._alarm
+
+    @property
+    def observed(self) -> float:
+        """Burn rate of the firing rule's long window (1.0 = exactly on budget)."""
+        return self._observed
+
+    @property
+    def baseline(self) -> float | None:
+        return self.budget
+
+    @property
+    def limit(self) -> float | None:
+        return None if self._rule is None else self._rule.factor
+
+    @property
+    def window_start(self) -> float:
+        return self._window_start
+
+    @property
+    def window_id(self) -> str | None:
+        return self._window_id
+
+    @property
+    def offending(self) -> bool:
+        return self._offending
+
+    def describe(self) -> str:
+        rule = self._rule
+        if rule is None:
+            return "burn rate"
+        return (
+            f"error budget ({self.budget:.2%} bad) burning {self._observed:.1f}× over "
+            f"{rule.long_window_s}s and {self._short_burn:.1f}× over {rule.short_window_s}s "
+            f"(rule: ≥ {rule.factor}× on both)"
+        )
+
+    def state(self) -> dict[str, Any]:
+        rule = self._rule
+        return {
+            "seen": self._seen,
+            "alarm": self._alarm,
+            "offending": self._offending,
+            "totals": self._totals,
+            "bads": self._bads,
+            "heads": self._heads,
+            "pending": [self._pending_idx, self._pending_t, self._pending_total, self._pending_bad],
+            "observed": self._observed,
+            "short_burn": self._short_burn,
+            "window_start": self._window_start,
+            "window_id": self._window_id,
+            "rule": None if rule is None else self.rules.index(rule),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._seen = int(state["seen"])
+        self._alarm = bool(state["alarm"])
+        self._offending = bool(state["offending"])
+        self._totals = [[int(c) for c in ring] for ring in state["totals"]]
+        self._bads = [[int(c) for c in ring] for ring in state["bads"]]
+        if len(self._totals) != len(self._windows) or any(
+            len(ring) != self.buckets for ring in self._totals
+        ):
+            raise ValueError("burn-rate state does not match this detector's rules")
+        self._heads = [None if h is None else int(h) for h in state["heads"]]
+        self._sum_total = [sum(ring) for ring in self._totals]
+        self._sum_bad = [sum(ring) for ring in self._bads]
+        idx, pending_t, pending_total, pending_bad = state["pending"]
+        self._pending_idx = None if idx is None else int(idx)
+        self._pending_t = float(pending_t)
+        self._pending_total = int(pending_total)
+        self._pending_bad = int(pending_bad)
+        self._observed = float(state["observed"])
+        self._short_burn = float(state["short_burn"])
+        self._window_start = float(state["window_start"])
+        self._window_id = state["window_id"]
+        rule = state["rule"]
+        self._rule = None if rule is None else self.rules[int(rule)]

@@ -1,0 +1,198 @@
+"""The Detector protocol every hot-path detector implements, and the standardising base of the
+drift detectors.
+
+A detector sees one signal of one app, one value at a time, in partition order. ``update(x, t)``
+takes the value and its event time (seconds since the epoch) and returns the detector; the
+outcome of that update is read from properties. ``alarm`` is the only thing the breach
+lifecycle acts on: for a drift detector it is true on the update that detected a change, for a
+burn-rate detector while its condition holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, Self
+
+from schemas.breach import BreachKind, Severity
+
+
+class Detector(Protocol):
+    @property
+    def name(self) -> str:
+        """Stable name: part of the breach id, so never rename a shipped detector."""
+        ...
+
+    @property
+    def kind(self) -> BreachKind: ...
+
+    def update(self, x: float, t: float) -> Self: ...
+
+    @property
+    def alarm(self) -> bool:
+        """The condition holds after the last update."""
+        ...
+
+    @property
+    def severity(self) -> Severity: ...
+
+    @property
+    def observed(self) -> float:
+        """The value the alarm is about, in the signal's units (or a rate for burn rules)."""
+        ...
+
+    @property
+    def baseline(self) -> float | None: ...
+
+    @property
+    def limit(self) -> float | None:
+        """What ``observed`` was compared against (the breach's threshold), if comparable."""
+        ...
+
+    @property
+    def window_start(self) -> float:
+        """Event time where the evidence of the current alarm begins."""
+        ...
+
+    @property
+    def window_id(self) -> str | None:
+        """Identity of the event-time window that raised the alarm; None for event-based
+        detectors, whose breaches are identified by the document that opened them."""
+        ...
+
+    @property
+    def offending(self) -> bool:
+        """The last value counts against the signal (its trace id is a useful sample)."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the breach message."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """Explicit, JSON-serialisable state; ``load_state`` of a fresh detector built with the
+        same configuration continues exactly."""
+        ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+class StandardizedDrift:
+    """Base of the drift detectors: learns a baseline, then tests standardised values.
+
+    The first ``warmup`` values give the baseline mean and standard deviation (Welford); after
+    that each value becomes ``z = (x - mean) / sd`` clipped to ±``clip`` and goes to the
+    subclass's test. After a detection the detector starts over: the new level becomes the
+    next baseline, so one change is reported once. Subclasses write ``update`` out in full
+    (standardise, test) because one more Python call per value is a measurable share of the
+    hot path's budget; ``_learn`` handles the warm-up.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[BreachKind] = BreachKind.DRIFT
+
+    def __init__(self, warmup: int, clip: float) -> None:
+        self.warmup = warmup
+        self.clip = clip
+        self._alarm = False
+        self._start_over(0.0)
+
+    def _start_over(self, t: float) -> None:
+        self._ready = False
+        self._seen = 0
+        self._mean = 0.0
+        self._m2 = 0.0
+        self._sd = 1.0
+        self._start_t = t
+        self._level = 0.0
+        self._reset_test()
+
+    def _learn(self, x: float, t: float) -> None:
+        """Warm-up step (also the first step after a detection)."""
+        if self._alarm:
+            self._alarm = False
+            self._start_over(t)
+        seen = self._seen
+        if seen == 0:
+            self._start_t = t
+        seen += 1
+        self._seen = seen
+        delta = x - self._mean
+        self._mean += delta / seen
+        self._m2 += delta * (x - self._mean)
+        if seen >= self.warmup:
+            sd = (self._m2 / (seen - 1)) ** 0.5 if seen > 1 else 0.0
+            # A constant baseline still needs a scale: any change from it is large.
+            self._sd = max(sd, 1e-9 * max(1.0, abs(self._mean)))
+            self._ready = True
+
+    # -- hooks of the subclasses -------------------------------------------------------------
+    def _reset_test(self) -> None:
+        raise NotImplementedError
+
+    def _test_state(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _load_test_state(self, state: list[Any]) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    # -- the protocol --------------------------------------------------------------------------
+    @property
+    def alarm(self) -> bool:
+        return self._alarm
+
+    @property
+    def severity(self) -> Severity:
+        return Severity.WARNING
+
+    @property
+    def observed(self) -> float:
+        """Recent level of the signal, in its units (``_level`` is in baseline deviations)."""
+        return self._mean + self._sd * self._level
+
+    @property
+    def baseline(self) -> float | None:
+        return self._mean
+
+    @property
+    def limit(self) -> float | None:
+        return None
+
+    @property
+    def window_start(self) -> float:
+        return self._start_t
+
+    @property
+    def window_id(self) -> str | None:
+        return None
+
+    @property
+    def offending(self) -> bool:
+        return True
+
+    @property
+    def warmed_up(self) -> bool:
+        return self._ready
+
+    def state(self) -> dict[str, Any]:
+        # Lists rather than objects: this is most of a snapshot, and keys would double it.
+        # While warming up the second number is the running sum of squares, after it the
+        # deviation (the sum is no longer needed).
+        spread = self._sd if self._ready else self._m2
+        return {
+            "base": [self._alarm, self._seen, self._mean, spread, self._start_t, self._level],
+            "test": self._test_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        alarm, seen, mean, spread, start_t, level = state["base"]
+        self._alarm = bool(alarm)
+        self._seen = int(seen)
+        self._ready = self._seen >= self.warmup
+        self._mean = float(mean)
+        self._m2 = 0.0 if self._ready else float(spread)
+        self._sd = float(spread) if self._ready else 1.0
+        self._start_t = float(start_t)
+        self._level = float(level)
+        self._load_test_state(state["test"])

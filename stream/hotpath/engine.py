@@ -1,0 +1,231 @@
+"""HotPath: every detector of one source partition, fed one stored document at a time."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from functools import cache
+from importlib.metadata import version
+from typing import Any
+
+import orjson
+
+from schemas.appconfig import AppConfig, AppDirectory
+from schemas.breach import MAX_SAMPLE_TRACE_IDS, Breach
+from schemas.document import TelemetryDocument
+from schemas.telemetry import Status
+from stream.hotpath.detector import Detector
+from stream.hotpath.errors import SnapshotError
+from stream.hotpath.factory import (
+    ERROR,
+    LATENCY,
+    OUTPUT_CHARS,
+    SCORE_PREFIX,
+    TOKENS_TOTAL,
+    detectors_for,
+)
+from stream.hotpath.lifecycle import BreachTracker
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = "evalstream.hotpath"
+SNAPSHOT_VERSION = 1
+# Name under which ``state_sizes`` reports the per-app part (watermark, recent trace ids).
+APP_STATE = "*"
+
+_ERROR_FLAG = {Status.OK: 0.0, Status.ERROR: 1.0}
+
+
+@cache
+def _river_version() -> str:
+    return version("river")
+
+
+class _Track:
+    """The detectors of one (app, signal), each with its breach tracker."""
+
+    __slots__ = ("entries", "pairs")
+
+    def __init__(self, pairs: list[tuple[Detector, BreachTracker]]) -> None:
+        self.pairs = pairs
+        # Bound methods looked up once: this loop runs for every detector of every event.
+        self.entries = [(d.update, d, t, t.keep_samples) for d, t in pairs]
+
+
+class _App:
+    __slots__ = ("config", "ignored", "recent", "scores", "tracks", "watermark")
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.tracks: dict[str, _Track] = {}
+        self.recent: deque[str] = deque(maxlen=MAX_SAMPLE_TRACE_IDS)
+        self.watermark = float("-inf")
+        self.scores = 0
+        self.ignored: set[str] = set()
+
+
+class HotPath:
+    """Drift and SLO detectors per (app, signal) of one partition, and their breaches.
+
+    Signals of an event: ``latency_ms``; ``error`` (1 for status error); and for successful
+    requests ``output_chars``, ``tokens_total`` (when tokens were reported) and every score as
+    ``score:<name>``. ``observe`` is deterministic: the same documents in the same order give
+    the same breaches with the same ids, and ``restore(snapshot())`` at any document boundary
+    continues exactly as if nothing had happened.
+    """
+
+    def __init__(self, apps: AppDirectory) -> None:
+        self._directory = apps
+        self._apps: dict[str, _App] = {}
+
+    # -- feeding ---------------------------------------------------------------------------
+    def observe(self, doc: TelemetryDocument) -> list[Breach]:
+        """Feed one stored event (in partition order); return breaches opened/resolved by it."""
+        app = self._apps.get(doc.app_id)
+        if app is None:
+            app = self._app(doc.app_id)
+        t = doc.timestamp.timestamp()
+        if t > app.watermark:
+            app.watermark = t
+        app.recent.append(doc.trace_id)
+        out: list[Breach] = []
+        if doc.latency_ms is not None:
+            self._feed(app, LATENCY, doc.latency_ms, t, doc, out)
+        self._feed(app, ERROR, _ERROR_FLAG[doc.status], t, doc, out)
+        if doc.status is Status.OK:
+            self._feed(app, OUTPUT_CHARS, doc.derived.output_chars, t, doc, out)
+            if doc.tokens is not None:
+                self._feed(app, TOKENS_TOTAL, doc.derived.tokens_total, t, doc, out)
+            for name, value in doc.scores.items():
+                self._feed(app, SCORE_PREFIX + name, value, t, doc, out)
+        return out
+
+    def _feed(
+        self,
+        app: _App,
+        signal: str,
+        x: float,
+        t: float,
+        doc: TelemetryDocument,
+        out: list[Breach],
+    ) -> None:
+        track = app.tracks.get(signal)
+        if track is None:
+            track = self._track(app, doc.app_id, signal)
+            if track is None:
+                return
+        for update, detector, tracker, keep_samples in track.entries:
+            update(x, t)
+            if detector.alarm or tracker.open is not None or (keep_samples and detector.offending):
+                breach = tracker.step(detector, app.watermark, doc, app.recent)
+                if breach is not None:
+                    out.append(breach)
+
+    def _app(self, app_id: str) -> _App:
+        app = _App(self._directory.resolve(app_id))
+        self._apps[app_id] = app
+        return app
+
+    def _track(self, app: _App, app_id: str, signal: str) -> _Track | None:
+        if signal.startswith(SCORE_PREFIX):
+            if signal in app.ignored:
+                return None
+            if app.scores >= app.config.detectors.max_score_signals:
+                app.ignored.add(signal)
+                logger.warning(
+                    "score not tracked: app has too many score names",
+                    extra={"app_id": app_id, "signal": signal, "limit": app.scores},
+                )
+                return None
+            app.scores += 1
+        pairs = []
+        for detector in detectors_for(app.config, signal):
+            is_slo = signal in (LATENCY, ERROR) and detector.name.startswith("burn_")
+            tracker = BreachTracker(
+                app_id,
+                signal,
+                quiet_events=1 if is_slo else app.config.detectors.resolve_after_events,
+                quiet_seconds=app.config.slo.resolve_after_s if is_slo else 0.0,
+                keep_samples=is_slo,
+            )
+            pairs.append((detector, tracker))
+        track = _Track(pairs)
+        app.tracks[signal] = track
+        return track
+
+    # -- state -----------------------------------------------------------------------------
+    @staticmethod
+    def _track_state(track: _Track) -> dict[str, Any]:
+        return {
+            detector.name: {"detector": detector.state(), "breach": tracker.state()}
+            for detector, tracker in track.pairs
+        }
+
+    @staticmethod
+    def _app_state(app: _App) -> dict[str, Any]:
+        return {"watermark": app.watermark, "recent": list(app.recent)}
+
+    def snapshot(self) -> bytes:
+        """Compact, deterministic JSON of every detector's explicit state (keys sorted)."""
+        apps = {}
+        for app_id, app in self._apps.items():
+            state = self._app_state(app)
+            state["signals"] = {
+                signal: self._track_state(track) for signal, track in app.tracks.items()
+            }
+            apps[app_id] = state
+        document = {
+            "format": SNAPSHOT_FORMAT,
+            "version": SNAPSHOT_VERSION,
+            "river": _river_version(),
+            "apps": apps,
+        }
+        # A watermark of -inf cannot occur once an app exists (it saw an event).
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def restore(cls, apps: AppDirectory, blob: bytes) -> HotPath:
+        """Rebuild from ``snapshot()`` bytes; detectors are built from ``apps`` and loaded."""
+        try:
+            document = orjson.loads(blob)
+        except orjson.JSONDecodeError as exc:
+            raise SnapshotError(f"hot-path snapshot is not valid JSON: {exc}") from exc
+        if not isinstance(document, dict) or document.get("format") != SNAPSHOT_FORMAT:
+            raise SnapshotError("not a hot-path snapshot")
+        if document.get("version") != SNAPSHOT_VERSION:
+            raise SnapshotError(f"unsupported hot-path snapshot version {document.get('version')}")
+        running = _river_version()
+        if document.get("river") != running:
+            # ADWIN's state is river's own binary encoding and may change between releases.
+            raise SnapshotError(
+                f"snapshot written with river {document.get('river')}, running {running}"
+            )
+        engine = cls(apps)
+        try:
+            for app_id, app_state in document["apps"].items():
+                app = engine._app(app_id)
+                app.watermark = float(app_state["watermark"])
+                app.recent.extend(app_state["recent"])
+                for signal, detectors in app_state["signals"].items():
+                    track = engine._track(app, app_id, signal)
+                    if track is None:
+                        continue
+                    for detector, tracker in track.pairs:
+                        saved = detectors.get(detector.name)
+                        if saved is None:
+                            continue  # detector enabled since the snapshot: starts fresh
+                        tracker.load_state(saved["breach"])
+                        detector.load_state(saved["detector"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"hot-path snapshot does not fit the configuration: {exc}") from exc
+        return engine
+
+    @property
+    def state_sizes(self) -> dict[tuple[str, str], int]:
+        """Bytes of snapshot state per (app_id, signal); the per-app part is under ``"*"``."""
+        sizes: dict[tuple[str, str], int] = {}
+        for app_id, app in self._apps.items():
+            sizes[(app_id, APP_STATE)] = len(orjson.dumps(self._app_state(app)))
+            for signal, track in app.tracks.items():
+                sizes[(app_id, signal)] = len(orjson.dumps(self._track_state(track)))
+        return sizes
