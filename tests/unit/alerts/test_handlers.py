@@ -1,0 +1,233 @@
+"""Console and webhook handlers; the webhook against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+from rich.console import Console
+
+from alerts import AlertDeliveryError, ReceivedAlert, SubscriptionSpec, WebhookRejectedError
+from alerts.handlers import ConsoleHandler, HandlerChain, WebhookHandler, render_breach
+from alerts.listener import AlertListener
+from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from schemas import Breach, BreachState, Severity
+from tests.unit.alerts.conftest import make_breach
+
+
+def received(breach: Breach, delivery_count: int = 1) -> ReceivedAlert:
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    return ReceivedAlert(
+        breach=breach,
+        message_id=breach.message_id,
+        delivery_count=delivery_count,
+        lock_token="token",
+        enqueued_time=now,
+        locked_until=now,
+    )
+
+
+# --- console -------------------------------------------------------------------------------
+
+
+def test_render_breach_shows_what_a_person_needs() -> None:
+    line = render_breach(make_breach(3, severity=Severity.CRITICAL))
+    assert line.plain == (
+        "2026-11-22 02:00:00+0000  CRITICAL  opened    chat-bot  latency_ms  latency  "
+        "observed 1234.5 vs threshold 800 (baseline 400)  breach breach-00003"
+    )
+    severity_styles = {
+        str(span.style) for span in line.spans if "CRITICAL" in line.plain[span.start : span.end]
+    }
+    assert severity_styles == {"bold red"}
+
+
+def test_render_resolved_breach_uses_the_resolution_time() -> None:
+    breach = make_breach(3, state=BreachState.RESOLVED).model_copy(
+        update={"resolved_at": datetime(2026, 11, 22, 3, 30, tzinfo=UTC), "threshold": None}
+    )
+    plain = render_breach(breach).plain
+    assert plain.startswith("2026-11-22 03:30:00+0000  WARNING   resolved")
+    assert "vs threshold -" in plain
+
+
+async def test_console_handler_prints_one_line_per_alert() -> None:
+    out = io.StringIO()
+    handler = ConsoleHandler(Console(file=out, width=300, highlight=False))
+    await handler.handle(received(make_breach(1)))
+    await handler.handle(received(make_breach(2)))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1].endswith("breach breach-00002")
+
+
+async def test_console_handler_json_lines_are_the_breach() -> None:
+    out = io.StringIO()
+    handler = ConsoleHandler(json_lines=True, stream=out)
+    breaches = [make_breach(1), make_breach(2, severity=Severity.CRITICAL)]
+    for breach in breaches:
+        await handler.handle(received(breach))
+    lines = out.getvalue().splitlines()
+    assert [Breach.model_validate_json(line) for line in lines] == breaches
+    assert json.loads(lines[1])["severity"] == "critical"
+
+
+# --- webhook -------------------------------------------------------------------------------
+
+
+@dataclass
+class Hook:
+    url: str
+    statuses: deque[int] = field(default_factory=deque)  # answered in order, then 200
+    delay_s: float = 0.0
+    requests: list[tuple[Mapping[str, str], bytes]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Hook]:
+    state = Hook(url="")
+
+    async def receive(request: web.Request) -> web.Response:
+        state.requests.append((request.headers.copy(), await request.read()))
+        if state.delay_s:
+            await asyncio.sleep(state.delay_s)
+        status = state.statuses.popleft() if state.statuses else 200
+        headers = {"Retry-After": "0"} if status == 429 else {}
+        return web.Response(status=status, text=f"status {status}", headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    state.url = f"http://127.0.0.1:{port}/hook?token=s3cret"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+def webhook(url: str, **kw: object) -> WebhookHandler:
+    options: dict[str, object] = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
+    options.update(kw)
+    return WebhookHandler(url, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+async def test_webhook_posts_the_breach_json_with_its_message_id(hook: Hook) -> None:
+    breach = make_breach(1)
+    async with webhook(hook.url) as handler:
+        await handler.handle(received(breach, delivery_count=2))
+    [(headers, body)] = hook.requests
+    assert Breach.model_validate_json(body) == breach
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Evalstream-Message-Id"] == breach.message_id
+    assert headers["Idempotency-Key"] == breach.message_id
+    assert headers["X-Evalstream-Delivery-Count"] == "2"
+
+
+@pytest.mark.integration
+async def test_webhook_retries_5xx_and_429_within_one_delivery(hook: Hook) -> None:
+    hook.statuses.extend([503, 429, 502])
+    async with webhook(hook.url, max_attempts=4) as handler:
+        await handler.handle(received(make_breach(1)))
+    assert len(hook.requests) == 4
+
+
+@pytest.mark.integration
+async def test_webhook_does_not_retry_4xx(hook: Hook) -> None:
+    hook.statuses.extend([404, 404])
+    async with webhook(hook.url, max_attempts=3) as handler:
+        with pytest.raises(WebhookRejectedError) as caught:
+            await handler.handle(received(make_breach(1)))
+    assert len(hook.requests) == 1
+    assert caught.value.status_code == 404
+    assert caught.value.retryable is False
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.integration
+async def test_webhook_raises_when_every_attempt_fails(hook: Hook) -> None:
+    hook.statuses.extend([500, 500, 500, 500])
+    async with webhook(hook.url, max_attempts=3) as handler:
+        with pytest.raises(AlertDeliveryError) as caught:
+            await handler.handle(received(make_breach(1)))
+    assert len(hook.requests) == 3
+    assert (caught.value.status_code, caught.value.retryable) == (500, True)
+    assert "answered 500" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.integration
+async def test_webhook_retries_timeouts(hook: Hook) -> None:
+    hook.delay_s = 0.5
+    async with webhook(hook.url, max_attempts=2, timeout_s=0.1) as handler:
+        with pytest.raises(AlertDeliveryError) as caught:
+            await handler.handle(received(make_breach(1)))
+    assert isinstance(caught.value.__cause__, httpx.TimeoutException)
+    assert caught.value.retryable is True
+    await_requests = asyncio.get_running_loop().time() + 5
+    while len(hook.requests) < 2:  # the server may see the second request a moment later
+        assert asyncio.get_running_loop().time() < await_requests
+        await asyncio.sleep(0.01)
+    assert len(hook.requests) == 2
+
+
+@pytest.mark.integration
+async def test_webhook_retries_connection_errors() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on that port now: every attempt is refused.
+    async with webhook(f"http://127.0.0.1:{port}/hook", max_attempts=3) as handler:
+        with pytest.raises(AlertDeliveryError) as caught:
+            await handler.handle(received(make_breach(1)))
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert caught.value.retryable is True
+
+
+def test_webhook_rejects_non_http_urls() -> None:
+    with pytest.raises(ValueError, match="http"):
+        WebhookHandler("ftp://example.org/hook")
+
+
+@pytest.mark.integration
+async def test_listener_forwards_through_a_failing_webhook_until_it_recovers(
+    hook: Hook, tmp_path: Path
+) -> None:
+    spec = SubscriptionSpec("hooks", max_delivery_count=3)
+    hook.statuses.extend([500, 500])  # the whole first delivery (2 attempts) fails
+    out = io.StringIO()
+    async with (
+        SqliteAlertPublisher(tmp_path / "alerts.db", [spec]) as pub,
+        SqliteAlertReceiver(tmp_path / "alerts.db", spec, poll_interval_s=0.01) as rx,
+        webhook(hook.url, max_attempts=2) as forward,
+    ):
+        chain = HandlerChain([forward, ConsoleHandler(json_lines=True, stream=out)])
+        subscriber = AlertListener(
+            rx, chain, max_delivery_count=3, receive_wait_s=0.05, backoff_initial_s=0.01
+        )
+        task = asyncio.create_task(subscriber.run())
+        await pub.publish([make_breach(1)])
+        deadline = asyncio.get_running_loop().time() + 10
+        while subscriber.completed < 1:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        subscriber.stop()
+        await asyncio.wait_for(task, 5)
+    delivery_counts = [headers["X-Evalstream-Delivery-Count"] for headers, _ in hook.requests]
+    assert delivery_counts == ["1", "1", "2"]
+    # Printed once: only after the webhook accepted it.
+    assert len(out.getvalue().splitlines()) == 1
