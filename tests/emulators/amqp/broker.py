@@ -592,12 +592,9 @@ class Connection:
                 refusal = exc
         source = composite(codec.SOURCE, *link.source) if link.source is not None else None
         target = composite(codec.TARGET, *link.target) if link.target is not None else None
-        if refusal is not None:
-            # A refused attach answers with a null terminus for the broker's own end.
-            if role == "sender":
-                source = None
-            else:
-                target = None
+        # A refused attach still echoes both termini (pyamqp treats a null terminus as a broken
+        # link and retries without ever seeing the error) and is followed by a detach with the
+        # error, which is what the service does too.
         self.send(
             session.channel,
             composite(
@@ -829,10 +826,14 @@ class Broker:
             self._server.close()
         for connection in list(self.connections):
             connection.abort()
-        for task in list(self._tasks):
-            task.cancel()
+        # Aborted connections finish on their own; cancel only what is still stuck after that
+        # (cancelling a stream handler task makes asyncio log a spurious error).
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(list(self._tasks), timeout=2.0)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
         if self._server is not None:
             await self._server.wait_closed()
 
