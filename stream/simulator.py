@@ -149,14 +149,17 @@ class Incident:
             raise ValueError(
                 f"unknown incident kind {kind!r} in {text!r}; expected one of {INCIDENT_KINDS}"
             )
-        return cls(
-            kind=cast(IncidentKind, kind),
-            app_id=match["app"],
-            start_s=float(match["start"]),
-            duration_s=float(match["duration"]),
-            magnitude=float(match["magnitude"]),
-            score=match["score"],
-        )
+        try:
+            return cls(
+                kind=cast(IncidentKind, kind),
+                app_id=match["app"],
+                start_s=float(match["start"]),
+                duration_s=float(match["duration"]),
+                magnitude=float(match["magnitude"]),
+                score=match["score"],
+            )
+        except ValueError as exc:
+            raise ValueError(f"invalid incident {text!r}: {exc}") from exc
 
     def __str__(self) -> str:
         # The inverse of parse(), so a CLI can echo the incidents it was given.
