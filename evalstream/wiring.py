@@ -87,26 +87,10 @@ async def publisher(settings: Settings) -> AsyncIterator[BreachPublisher | None]
     if not settings.processor.hot_path:
         yield None
         return
-    from alerts.sqlite_bus import SqliteAlertPublisher
+    from evalstream.cli_alerts import open_publisher
 
-    async with SqliteAlertPublisher(
-        settings.embedded.alerts_path, subscription_specs(settings)
-    ) as bus:
+    async with open_publisher(settings) as bus:
         yield bus
-
-
-def subscription_specs(settings: Settings) -> list[object]:
-    from alerts.ports import SubscriptionSpec
-
-    return [
-        SubscriptionSpec(
-            name=sub.name,
-            filter=dict(sub.filter),
-            max_delivery_count=sub.max_delivery_count,
-            lock_duration_s=sub.lock_duration_s,
-        )
-        for sub in settings.alerts.subscriptions
-    ]
 
 
 def pipeline(

@@ -144,6 +144,11 @@ class Decoder:
         items, location, shape_issue = self._items(parsed)
         if shape_issue is not None:
             return self._reject_whole(raw if raw is not None else orjson.dumps(parsed), shape_issue)
+        if not items:
+            return self._reject_whole(
+                raw if raw is not None else orjson.dumps(parsed),
+                _issue("no_events", "the body holds no events", location or "$"),
+            )
         if len(items) > self.limits.max_events_per_body:
             return self._reject_whole(
                 raw if raw is not None else orjson.dumps(parsed),

@@ -93,19 +93,34 @@ class Enricher:
             },
         )
         # The event's fields were validated as a TelemetryEvent already; the document takes
-        # them as they are (all but user_id, which only leaves as its keyed hash).
-        fields = dict(event.__dict__)
-        user_id = fields.pop("user_id")
+        # them as they are (all but user_id, which only leaves as its keyed hash), in the
+        # declared field order so the stored JSON has one canonical layout.
         timestamp = event.timestamp
-        fields.update(
-            id=event.event_id or content_id(event.model_dump_json()),
-            pk=f"{event.app_id}:{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d}",
-            type="telemetry",
-            user_hash=self.user_hash(user_id) if user_id else None,
-            app=self._app(event.app_id),
-            derived=derived,
-            ingest=ingest,
-        )
+        fields = {
+            "id": event.event_id or content_id(event.model_dump_json()),
+            "pk": f"{event.app_id}:{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d}",
+            "type": "telemetry",
+            "schema_version": event.schema_version,
+            "app_id": event.app_id,
+            "timestamp": timestamp,
+            "trace_id": event.trace_id,
+            "event_id": event.event_id,
+            "span_id": event.span_id,
+            "model_id": event.model_id,
+            "model_version": event.model_version,
+            "input_text": event.input_text,
+            "output_text": event.output_text,
+            "latency_ms": event.latency_ms,
+            "status": event.status,
+            "error_type": event.error_type,
+            "tokens": tokens,
+            "scores": event.scores,
+            "user_hash": self.user_hash(event.user_id) if event.user_id else None,
+            "metadata": event.metadata,
+            "app": self._app(event.app_id),
+            "derived": derived,
+            "ingest": ingest,
+        }
         return construct_trusted(TelemetryDocument, fields)
 
     def quarantine(

@@ -1,0 +1,33 @@
+"""Documents built by the enricher equal validated documents, field for field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas import AppDirectory, TelemetryDocument, TelemetryEvent
+from stream.enrich import Enricher
+from stream.ports import ReceivedEvent
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def test_trusted_construction_equals_validated_construction() -> None:
+    event = TelemetryEvent.model_validate(
+        {
+            "app_id": "a",
+            "timestamp": "2026-11-22T11:00:00Z",
+            "trace_id": "t",
+            "tokens": {"input": 1, "output": 2},
+            "scores": {"g": 0.5},
+            "user_id": "u",
+            "metadata": {"channel": "web"},
+        },
+        context={"now": NOW},
+    )
+    position = ReceivedEvent(b"{}", "3", 42, NOW, "42")
+    built = Enricher(AppDirectory(), b"key", "local").document(event, position, 0, NOW, False)
+    validated = TelemetryDocument.model_validate(built.model_dump())
+    assert built == validated
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert built.model_fields_set == validated.model_fields_set
+    assert "user_id" not in built.model_dump()

@@ -1,0 +1,121 @@
+"""Enrichment: deterministic ids, partition keys, keyed user hashes, quarantine records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+
+from schemas import AppDirectory, TelemetryEvent
+from stream.decode import Decoder
+from stream.enrich import Enricher
+from stream.ports import ReceivedEvent
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+APPS = AppDirectory(overrides={"checkout-bot": {"metadata": {"owner": "payments", "tier": "gold"}}})
+
+
+def enrich(body: bytes, key: bytes = b"k1", sequence: int = 7) -> list:
+    decoded = Decoder().decode(body, NOW)
+    position = ReceivedEvent(
+        body, "2", sequence, datetime(2026, 11, 22, 11, 59, 59, tzinfo=UTC), "7"
+    )
+    enricher = Enricher(APPS, key, "local")
+    return [enricher.document(a.event, position, a.index, NOW, False) for a in decoded.accepted]
+
+
+BODY = orjson.dumps(
+    {
+        "app_id": "checkout-bot",
+        "timestamp": "2026-11-21T23:30:00-01:00",
+        "trace_id": "t-1",
+        "user_id": "alice@example.com",
+        "input_text": "hello",
+        "output_text": "hi there",
+        "tokens": {"input": 3, "output": 5},
+    }
+)
+
+
+def test_same_bytes_give_the_same_id() -> None:
+    assert enrich(BODY)[0].id == enrich(BODY)[0].id
+
+
+def test_same_event_in_other_bytes_gives_the_same_id() -> None:
+    reformatted = orjson.dumps(
+        orjson.loads(BODY), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+    )
+    utc_spelling = BODY.replace(b"2026-11-21T23:30:00-01:00", b"2026-11-22T00:30:00Z")
+    as_array = b"[" + BODY + b"]"
+    ids = {enrich(body)[0].id for body in (BODY, reformatted, utc_spelling, as_array)}
+    assert len(ids) == 1
+
+
+def test_id_does_not_depend_on_position_or_key() -> None:
+    assert enrich(BODY, key=b"other", sequence=99)[0].id == enrich(BODY)[0].id
+
+
+def test_different_content_gives_a_different_id() -> None:
+    other = BODY.replace(b"t-1", b"t-2")
+    assert enrich(other)[0].id != enrich(BODY)[0].id
+
+
+def test_event_id_is_used_when_present() -> None:
+    body = BODY.replace(b'"trace_id"', b'"event_id":"evt-9","trace_id"')
+    assert enrich(body)[0].id == "evt-9"
+
+
+def test_partition_key_is_app_and_utc_day_of_event_time() -> None:
+    # 23:30 at UTC-1 is 00:30 UTC on the next day.
+    assert enrich(BODY)[0].pk == "checkout-bot:2026-11-22"
+
+
+def test_user_id_is_replaced_by_a_keyed_hash() -> None:
+    doc = enrich(BODY)[0]
+    assert "alice" not in doc.model_dump_json()
+    assert doc.user_hash == enrich(BODY)[0].user_hash
+    assert doc.user_hash != enrich(BODY, key=b"k2")[0].user_hash
+
+
+def test_ingest_position_lag_metadata_and_sizes() -> None:
+    doc = enrich(BODY)[0]
+    assert (doc.ingest.source, doc.ingest.partition, doc.ingest.sequence) == ("local", "2", 7)
+    assert doc.ingest.lag_ms == 1000.0
+    assert doc.app == {"project_code": "unassigned", "owner": "payments", "tier": "gold"}
+    assert (doc.derived.input_chars, doc.derived.output_chars, doc.derived.tokens_total) == (
+        5,
+        8,
+        8,
+    )
+
+
+def test_unknown_app_gets_default_metadata() -> None:
+    doc = enrich(BODY.replace(b"checkout-bot", b"other-app"))[0]
+    assert doc.app["owner"] == "unknown"
+
+
+def test_quarantine_ids_follow_the_source_position() -> None:
+    enricher = Enricher(APPS, b"k", "local")
+    (rejected,) = Decoder().decode(b"{broken", NOW).rejected
+    at = ReceivedEvent(b"{broken", "1", 5, NOW)
+    first = enricher.quarantine(rejected, at, NOW)
+    again = enricher.quarantine(rejected, at, datetime(2027, 1, 1, tzinfo=UTC))
+    elsewhere = enricher.quarantine(rejected, ReceivedEvent(b"{broken", "1", 6, NOW), NOW)
+    assert first.id == again.id != elsewhere.id
+    assert first.pk == "quarantine:2026-11-22"
+    assert first.raw == "{broken"
+    assert first.issues[0].code == "malformed_json"
+
+
+def test_quarantine_keeps_undecodable_bytes_as_base64() -> None:
+    enricher = Enricher(APPS, b"k", "local")
+    (rejected,) = Decoder().decode(b"\xff\xfe\x00", NOW).rejected
+    record = enricher.quarantine(rejected, None, NOW)
+    assert (record.raw_encoding, record.raw, record.source) == ("base64", "//4A", "direct")
+
+
+def test_canonical_event_roundtrip_is_stable() -> None:
+    event = TelemetryEvent.model_validate_json(BODY, context={"now": NOW})
+    assert (
+        TelemetryEvent.model_validate_json(event.model_dump_json(), context={"now": NOW}) == event
+    )

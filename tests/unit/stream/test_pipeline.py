@@ -1,0 +1,255 @@
+"""The pipeline's ordering promises, with the SQLite store and a recording hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from schemas import (
+    AppDirectory,
+    Breach,
+    BreachKind,
+    BreachSource,
+    BreachState,
+    Severity,
+    TelemetryDocument,
+)
+from store.sqlite import SqliteStore
+from stream.decode import Decoder
+from stream.enrich import Enricher
+from stream.pipeline import Pipeline
+from stream.ports import CloseReason, ReceivedEvent
+from stream.stats import ProcessorStats
+
+# Event times an hour back: the pipeline validates against the wall clock.
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+def body(i: int, **extra: object) -> bytes:
+    ts = (T0 + timedelta(seconds=i)).isoformat()
+    return orjson.dumps({"app_id": "a", "timestamp": ts, "trace_id": f"t{i}", **extra})
+
+
+def received(i: int, payload: bytes | None = None) -> ReceivedEvent:
+    return ReceivedEvent(payload or body(i), "0", i, T0 + timedelta(seconds=i), str(i))
+
+
+@dataclass
+class Context:
+    partition_id: str = "0"
+    checkpoints: list[int] = field(default_factory=list)
+    log: list[str] | None = None
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        self.checkpoints.append(event.sequence)
+        if self.log is not None:
+            self.log.append(f"checkpoint {event.sequence}")
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return None
+
+
+@dataclass
+class RecordingHotPath:
+    """Counts what it observed and opens a breach on every tenth event."""
+
+    seen: list[int] = field(default_factory=list)
+
+    def observe(self, doc: TelemetryDocument) -> list[Breach]:
+        self.seen.append(doc.ingest.sequence)
+        if len(self.seen) % 10:
+            return []
+        return [
+            Breach(
+                breach_id=f"b{len(self.seen)}",
+                state=BreachState.OPENED,
+                severity=Severity.WARNING,
+                kind=BreachKind.DRIFT,
+                source=BreachSource.HOT,
+                app_id=doc.app_id,
+                signal="latency_ms",
+                detector="count",
+                observed=len(self.seen),
+                window_start=doc.timestamp,
+                window_end=doc.timestamp,
+                opened_at=doc.timestamp,
+            )
+        ]
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps(self.seen)
+
+    @classmethod
+    def restore(cls, blob: bytes | None) -> RecordingHotPath:
+        return cls(seen=orjson.loads(blob) if blob else [])
+
+
+@dataclass
+class Publisher:
+    published: list[str] = field(default_factory=list)
+    failures: int = 0
+    log: list[str] | None = None
+
+    async def publish(self, breaches: Sequence[Breach]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("bus down")
+        self.published.extend(b.breach_id for b in breaches)
+        if self.log is not None:
+            self.log.append("publish")
+
+
+class FailingStore(SqliteStore):
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    async def write(self, documents, quarantined) -> None:  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store down")
+        await super().write(documents, quarantined)
+
+
+def make_pipeline(
+    store: SqliteStore, publisher: Publisher | None = None, hot: bool = True
+) -> Pipeline:
+    return Pipeline(
+        store=store,
+        decoder=Decoder(),
+        enricher=Enricher(AppDirectory(), b"k", "local"),
+        consumer_group="$Default",
+        lateness=timedelta(seconds=60),
+        checkpoint_interval_s=0,
+        stats=ProcessorStats(),
+        hot_path=RecordingHotPath.restore if hot else None,
+        publisher=publisher or Publisher() if hot else None,
+    )
+
+
+async def test_bad_events_are_quarantined_and_neighbours_stored(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        batch = [
+            received(0),
+            received(1, b"{oops"),
+            received(2, body(2, latency_ms=-1)),
+            received(3),
+        ]
+        await pipeline.on_batch(context, batch)
+        assert await store.count("telemetry") == 2
+        assert await store.count("quarantine") == 2
+        assert context.checkpoints == [3]
+        reasons = [r.issues[0].code async for r in store.quarantine_records()]
+        assert sorted(reasons) == ["greater_than_equal", "malformed_json"]
+
+
+async def test_a_failed_write_is_not_checkpointed(tmp_path: Path) -> None:
+    async with FailingStore(tmp_path / "s.db", failures=1) as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        with pytest.raises(ConnectionError):
+            await pipeline.on_batch(context, [received(0), received(1)])
+        assert context.checkpoints == []
+        await pipeline.on_batch(context, [received(0), received(1)])
+        assert context.checkpoints == [1]
+        assert await store.count("telemetry") == 2
+
+
+async def test_publish_happens_before_snapshot_and_checkpoint(tmp_path: Path) -> None:
+    log: list[str] = []
+    async with SqliteStore(tmp_path / "s.db") as store:
+        publisher = Publisher(log=log)
+        pipeline = make_pipeline(store, publisher)
+        context = Context(log=log)
+        await pipeline.on_partition_initialize(context)
+        await pipeline.on_batch(context, [received(i) for i in range(10)])
+        assert log == ["publish", "checkpoint 9"]
+        snapshot = await store.load_state("$Default", "0")
+        assert snapshot is not None and snapshot.covered_sequence == 9
+
+
+async def test_failed_publish_keeps_breaches_and_does_not_double_count(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        publisher = Publisher(failures=1)
+        pipeline = make_pipeline(store, publisher)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        batch = [received(i) for i in range(10)]
+        with pytest.raises(ConnectionError):
+            await pipeline.on_batch(context, batch)
+        assert context.checkpoints == []
+        await pipeline.on_batch(context, batch)  # the source delivers the batch again
+        assert publisher.published == ["b10"]
+        assert context.checkpoints == [9]
+        hot = pipeline._partitions["0"].hot
+        assert isinstance(hot, RecordingHotPath)
+        assert hot.seen == list(range(10))
+
+
+async def test_restart_skips_detectors_for_covered_events(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        first = make_pipeline(store)
+        context = Context()
+        await first.on_partition_initialize(context)
+        await first.on_batch(context, [received(i) for i in range(5)])
+        # Crash: the source redelivers from an older checkpoint (here: from the start).
+        second = make_pipeline(store)
+        await second.on_partition_initialize(context)
+        await second.on_batch(context, [received(i) for i in range(8)])
+        hot = second._partitions["0"].hot
+        assert isinstance(hot, RecordingHotPath)
+        assert hot.seen == list(range(8))  # 0-4 from the snapshot, 5-7 newly observed
+        assert await store.count("telemetry") == 8
+
+
+async def test_shutdown_checkpoints_pending_work(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        pipeline.checkpoint_interval_s = 3600
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        await pipeline.on_batch(context, [received(0), received(1)])
+        assert context.checkpoints == []
+        await pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
+        assert context.checkpoints == [1]
+
+
+async def test_lost_partition_is_not_checkpointed(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        pipeline.checkpoint_interval_s = 3600
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        await pipeline.on_batch(context, [received(0)])
+        await pipeline.on_partition_close(context, CloseReason.OWNERSHIP_LOST)
+        assert context.checkpoints == []
+
+
+async def test_late_events_are_stored_and_flagged(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        late = ReceivedEvent(body(-600), "0", 2, T0, "2")
+        await pipeline.on_batch(context, [received(0), received(1), late])
+        docs = [
+            doc
+            async for page in store.telemetry_window(
+                ["a"], T0 - timedelta(hours=1), T0 + timedelta(hours=1)
+            )
+            for doc in page
+        ]
+        assert [(doc.trace_id, doc.ingest.late) for doc in docs] == [
+            ("t-600", True),
+            ("t0", False),
+            ("t1", False),
+        ]
