@@ -120,7 +120,7 @@ def test_invalid_events_name_the_field_and_reason(
 def test_future_skew_comes_from_context() -> None:
     data = event(timestamp="2026-11-22T12:10:00Z")
     assert validate(data).timestamp.minute == 10  # within the default 15 minutes
-    with pytest.raises(ValidationError, match="timestamp_in_future|ahead of the clock"):
+    with pytest.raises(ValidationError, match=r"ahead of the clock"):
         TelemetryEvent.model_validate(
             data, context={"now": NOW, "max_future_skew": timedelta(minutes=5)}
         )
