@@ -331,7 +331,22 @@ class Simulator:
         self._error_rates = np.array([p.error_rate for p in profiles])
         self._system_tokens = np.array([p.system_tokens for p in profiles])
         self._app_id_list = [p.app_id for p in profiles]
-        self._app_versions = [p.app_version for p in profiles]
+        self._metadata_json: dict[int, orjson.Fragment] = {}
+
+    def _metadata(self, tag: int) -> dict[str, Any]:
+        rest, locale = divmod(tag, len(_LOCALES))
+        app, channel = divmod(rest, len(_CHANNELS))
+        return {
+            "channel": _CHANNELS[channel],
+            "locale": _LOCALES[locale],
+            "app_version": self._profiles[app].app_version,
+            "environment": "prod",
+        }
+
+    def _metadata_fragment(self, tag: int) -> orjson.Fragment:
+        fragment = orjson.Fragment(orjson.dumps(self._metadata(tag)))
+        self._metadata_json[tag] = fragment
+        return fragment
 
     def _block(self, rng: np.random.Generator, first: int, n: int) -> Iterator[SimulatedEvent]:
         size = _BLOCK
@@ -391,9 +406,11 @@ class Simulator:
         micros = np.round(index * (1e6 / self.rate)).astype(np.int64)
         tokens_in = self._system_tokens[app] + self._prompt_tokens[prompt_idx]
         tokens_out = self._answer_tokens[answer_idx]
+        # One number names the metadata combination (app, channel, locale).
+        tag = (app * len(_CHANNELS) + channel) * len(_LOCALES) + locale
 
         app_ids = self._app_id_list
-        app_versions = self._app_versions
+        metadata_json = self._metadata_json
         model_names = self._model_names
         score_cols = self._score_cols
         prompts, answers = self._prompt_json, self._answer_json
@@ -417,8 +434,7 @@ class Simulator:
             answer_idx[:n].tolist(),
             tokens_in[:n].tolist(),
             tokens_out[:n].tolist(),
-            channel[:n].tolist(),
-            locale[:n].tolist(),
+            tag[:n].tolist(),
             has_event_id[:n].tolist(),
             user_idx[:n].tolist(),
             meta_trace[:n].tolist(),
@@ -427,17 +443,14 @@ class Simulator:
             range(n),
             strict=True,
         )
-        for (a, m, us, trace_id, span_id, lat, err, score_row, pi, ai, t_in, t_out, ch, lo,
+        for (a, m, us, trace_id, span_id, lat, err, score_row, pi, ai, t_in, t_out, tag,
              with_event_id, ui, in_metadata, is_broken, ic, j) in columns:  # fmt: skip
             event_time = start + timedelta(0, 0, us)
             app_id = app_ids[a]
             model_id, model_version = model_names[m]
-            metadata: dict[str, Any] = {
-                "channel": _CHANNELS[ch],
-                "locale": _LOCALES[lo],
-                "app_version": app_versions[a],
-                "environment": "prod",
-            }
+            metadata: Any = metadata_json.get(tag)
+            if metadata is None:
+                metadata = self._metadata_fragment(tag)
             if err < 0:
                 doc: dict[str, Any] = {
                     "schema_version": 1,
@@ -473,6 +486,9 @@ class Simulator:
                     "metadata": metadata,
                 }
             # The optional fields go last so the common shape is one dict literal.
+            if in_metadata or is_broken:
+                # Only these need a metadata dict of their own; the rest share an encoded one.
+                doc["metadata"] = metadata = self._metadata(tag)
             if in_metadata:
                 del doc["trace_id"]
                 metadata["trace_id"] = trace_id
