@@ -85,6 +85,7 @@ _OVERSIZED_TEXT_CHARS: Final = 40_000
 _TOO_MANY_METADATA: Final = 40
 _NESTING_DEPTH: Final = 40
 _FUTURE_OFFSET: Final = timedelta(days=1)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 _NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
 _INCIDENT_RE: Final = re.compile(
@@ -280,15 +281,23 @@ class Simulator:
         """Yield ``count`` events (forever when None), always starting from event 0."""
         if count is not None and count < 0:
             raise ValueError("count must be >= 0")
+        return self._generate(count)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _generate(self, count: int | None) -> Iterator[SimulatedEvent]:
         rng = np.random.default_rng([self.seed, 1])
+        # Ids come from their own stream keyed by the start as well: two runs of the same
+        # seed at different starts (a demo run twice) must not collide on event or trace ids,
+        # while everything else about the traffic stays the same.
+        start_us = (self.start - _EPOCH) // timedelta(microseconds=1)
+        id_rng = np.random.default_rng([self.seed, 2, start_us % (1 << 64)])
         first = 0
         while count is None or first < count:
             n = _BLOCK if count is None else min(_BLOCK, count - first)
             # Always draw a full block: a shorter draw would change later blocks' numbers.
-            yield from self._block(rng, first, n)
+            yield from self._block(rng, id_rng, first, n)
             first += _BLOCK
-
-    # -- internals ------------------------------------------------------------------------
 
     def _check_incident(self, incident: Incident) -> None:
         if incident.app_id not in self._index:
@@ -348,7 +357,9 @@ class Simulator:
         self._metadata_json[tag] = fragment
         return fragment
 
-    def _block(self, rng: np.random.Generator, first: int, n: int) -> Iterator[SimulatedEvent]:
+    def _block(
+        self, rng: np.random.Generator, id_rng: np.random.Generator, first: int, n: int
+    ) -> Iterator[SimulatedEvent]:
         size = _BLOCK
         # The draw order below is part of the output format: changing it changes every byte.
         app = np.searchsorted(self._share_cum, rng.random(size), side="right")
@@ -371,8 +382,8 @@ class Simulator:
         broken = rng.random(size) < self.invalid_fraction
         defect_idx = rng.integers(0, len(DEFECTS), size)
         variant = rng.integers(0, 1 << 30, size)
-        trace_ids = _hex_strings(rng, size, 32)
-        span_ids = _hex_strings(rng, size, 16)
+        trace_ids = _hex_strings(id_rng, size, 32)
+        span_ids = _hex_strings(id_rng, size, 16)
 
         index = np.arange(first, first + size, dtype=np.int64)
         offsets = index / self.rate

@@ -75,6 +75,23 @@ def test_different_seed_gives_different_bytes() -> None:
     assert all(a.body != b.body for a, b in zip(first, second, strict=True))
 
 
+def test_ids_depend_on_start_and_nothing_else_does() -> None:
+    later = START + timedelta(days=1, microseconds=3)
+    first = [orjson.loads(e.body) for e in simulate(2000, seed=3)]
+    second = [orjson.loads(e.body) for e in simulate(2000, seed=3, start=later)]
+    ids = ("trace_id", "span_id", "event_id", "timestamp")
+    for a, b in zip(first, second, strict=True):
+        assert a["span_id"] != b["span_id"]
+        assert a.get("trace_id", a["metadata"].get("trace_id")) != b.get(
+            "trace_id", b["metadata"].get("trace_id")
+        )
+        a["metadata"].pop("trace_id", None)
+        b["metadata"].pop("trace_id", None)
+        assert {k: v for k, v in a.items() if k not in ids} == {
+            k: v for k, v in b.items() if k not in ids
+        }
+
+
 def test_every_call_restarts_and_shorter_runs_are_prefixes() -> None:
     sim = Simulator(start=START, seed=5)
     long = [e.body for e in sim.events(2500)]
@@ -82,6 +99,8 @@ def test_every_call_restarts_and_shorter_runs_are_prefixes() -> None:
     assert [e.body for e in sim.events(1500)] == long[:1500]
     assert [e.body for e in itertools.islice(sim.events(), 2500)] == long
     assert list(sim.events(0)) == []
+    with pytest.raises(ValueError, match="count"):
+        sim.events(-1)
 
 
 def test_event_time_is_start_plus_index_over_rate(clean: list[SimulatedEvent]) -> None:
