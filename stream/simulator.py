@@ -1,8 +1,8 @@
 """Deterministic synthetic telemetry: realistic event bodies for demos, tests and benchmarks.
 
 Pure: no I/O and no wall clock. Event ``i`` carries the event time ``start + i / rate``
-(aggregate over all apps); the caller paces delivery. The same arguments always give
-byte-identical output.
+(aggregate over all apps, rounded to the microsecond); the caller paces delivery. The same
+arguments always give byte-identical output.
 """
 
 from __future__ import annotations
@@ -414,7 +414,8 @@ class Simulator:
         error = np.where(error_u < error_rate, error_kind, -1)
         raw_scores = self._score_mean[app] + self._score_sigma[app] * (score_z + score_shift)
         scores = np.round(np.clip(raw_scores, 0.0, 1.0), 3)
-        micros = np.round(index * (1e6 / self.rate)).astype(np.int64)
+        # i * 10**6 is exact in float64, so this is one rounding of the true i / rate in µs.
+        micros = np.round(index * 1e6 / self.rate).astype(np.int64)
         tokens_in = self._system_tokens[app] + self._prompt_tokens[prompt_idx]
         tokens_out = self._answer_tokens[answer_idx]
         # One number names the metadata combination (app, channel, locale).

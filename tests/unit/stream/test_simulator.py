@@ -7,6 +7,7 @@ import itertools
 import re
 import statistics
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import orjson
@@ -106,9 +107,13 @@ def test_every_call_restarts_and_shorter_runs_are_prefixes() -> None:
 def test_event_time_is_start_plus_index_over_rate(clean: list[SimulatedEvent]) -> None:
     for i, event in enumerate(clean):
         assert event.event_time == START + timedelta(seconds=i / RATE)
-    # A different rate spaces the same events differently.
+    # A different rate spaces the same events differently; odd rates round to the nearest µs.
     fast = simulate(100, seed=7, rate=1000.0)
     assert fast[99].event_time == START + timedelta(seconds=0.099)
+    odd = Simulator(start=START, seed=7, rate=3.0)
+    for i, event in enumerate(itertools.islice(odd.events(), 0, 3000, 7)):
+        exact = Fraction(7 * i * 10**6, 3)
+        assert event.event_time == START + timedelta(microseconds=round(exact))
 
 
 def test_fast_constructed_events_behave_like_dataclass_instances(
