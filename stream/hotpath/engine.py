@@ -88,38 +88,36 @@ class HotPath:
         if t > app.watermark:
             app.watermark = t
         app.recent.append(doc.trace_id)
-        out: list[Breach] = []
+        signals = [(ERROR, _ERROR_FLAG[doc.status])]
         if doc.latency_ms is not None:
-            self._feed(app, LATENCY, doc.latency_ms, t, doc, out)
-        self._feed(app, ERROR, _ERROR_FLAG[doc.status], t, doc, out)
+            signals.append((LATENCY, doc.latency_ms))
         if doc.status is Status.OK:
-            self._feed(app, OUTPUT_CHARS, doc.derived.output_chars, t, doc, out)
+            signals.append((OUTPUT_CHARS, doc.derived.output_chars))
             if doc.tokens is not None:
-                self._feed(app, TOKENS_TOTAL, doc.derived.tokens_total, t, doc, out)
+                signals.append((TOKENS_TOTAL, doc.derived.tokens_total))
             for name, value in doc.scores.items():
-                self._feed(app, SCORE_PREFIX + name, value, t, doc, out)
-        return out
-
-    def _feed(
-        self,
-        app: _App,
-        signal: str,
-        x: float,
-        t: float,
-        doc: TelemetryDocument,
-        out: list[Breach],
-    ) -> None:
-        track = app.tracks.get(signal)
-        if track is None:
-            track = self._track(app, doc.app_id, signal)
+                signals.append((SCORE_PREFIX + name, value))
+        out: list[Breach] = []
+        tracks = app.tracks
+        # One loop over every detector of the event, without a call per signal: this is the
+        # hottest code of the processor.
+        for signal, x in signals:
+            track = tracks.get(signal)
             if track is None:
-                return
-        for update, detector, tracker, keep_samples in track.entries:
-            update(x, t)
-            if detector.alarm or tracker.open is not None or (keep_samples and detector.offending):
-                breach = tracker.step(detector, app.watermark, doc, app.recent)
-                if breach is not None:
-                    out.append(breach)
+                track = self._track(app, doc.app_id, signal)
+                if track is None:
+                    continue
+            for update, detector, tracker, keep_samples in track.entries:
+                update(x, t)
+                if (
+                    detector.alarm
+                    or tracker.open is not None
+                    or (keep_samples and detector.offending)
+                ):
+                    breach = tracker.step(detector, app.watermark, doc, app.recent)
+                    if breach is not None:
+                        out.append(breach)
+        return out
 
     def _app(self, app_id: str) -> _App:
         app = _App(self._directory.resolve(app_id))
