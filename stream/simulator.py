@@ -419,7 +419,7 @@ class Simulator:
         tokens_in = self._system_tokens[app] + self._prompt_tokens[prompt_idx]
         tokens_out = self._answer_tokens[answer_idx]
         # One number names the metadata combination (app, channel, locale).
-        tag = (app * len(_CHANNELS) + channel) * len(_LOCALES) + locale
+        tags = (app * len(_CHANNELS) + channel) * len(_LOCALES) + locale
 
         app_ids = self._app_id_list
         metadata_json = self._metadata_json
@@ -446,7 +446,7 @@ class Simulator:
             answer_idx[:n].tolist(),
             tokens_in[:n].tolist(),
             tokens_out[:n].tolist(),
-            tag[:n].tolist(),
+            tags[:n].tolist(),
             has_event_id[:n].tolist(),
             user_idx[:n].tolist(),
             meta_trace[:n].tolist(),
