@@ -232,9 +232,7 @@ class FaultProxy:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0, ssl_context=tls)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # started above
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = int(self._runner.addresses[0][1])
 
     async def _close(self) -> None:
         if self._runner is not None:

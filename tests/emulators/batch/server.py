@@ -401,9 +401,7 @@ async def serve(
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # started above
-        bound = server.sockets[0].getsockname()[1]
+        bound = int(runner.addresses[0][1])
         service.base_url = f"http://{host}:{bound}"
         ready(bound)
         await asyncio.Event().wait()
