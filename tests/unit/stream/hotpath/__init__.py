@@ -1,0 +1,1 @@
+"""Tests of the hot-path detectors, their lifecycle and the HotPath engine."""

@@ -1,0 +1,63 @@
+"""Seeded test streams: plain values for detectors, stored documents for the engine."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.document import TelemetryDocument
+
+# Aligned to 1800 s, so every default burn-rate bucket starts on an event.
+T0 = 1_699_999_200.0
+
+
+def normal(seed: int, count: int, mean: float = 0.0, sd: float = 1.0) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.gauss(mean, sd) for _ in range(count)]
+
+
+def shifted(seed: int, before: int, after: int, shift: float, sd: float = 1.0) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.gauss(0.0, sd) for _ in range(before)] + [
+        rng.gauss(shift, sd) for _ in range(after)
+    ]
+
+
+def document(
+    i: int,
+    *,
+    app_id: str = "app-a",
+    seconds: float | None = None,
+    latency_ms: float | None = 300.0,
+    error: bool = False,
+    output_chars: int = 800,
+    tokens: bool = True,
+    scores: dict[str, float] | None = None,
+) -> TelemetryDocument:
+    """Document ``i`` of a stream (one per second unless ``seconds`` says otherwise)."""
+    when = datetime.fromtimestamp(T0, UTC) + timedelta(seconds=i if seconds is None else seconds)
+    data: dict[str, Any] = {
+        "id": f"{app_id}-doc-{i}",
+        "pk": f"{app_id}:{when.date().isoformat()}",
+        "schema_version": 1,
+        "app_id": app_id,
+        "timestamp": when,
+        "trace_id": f"{app_id}-trace-{i}",
+        "latency_ms": latency_ms,
+        "status": "error" if error else "ok",
+        "tokens": {"input": 100, "output": output_chars // 4} if tokens else None,
+        "scores": scores or {},
+        "metadata": {},
+        "app": {},
+        "derived": {"output_chars": output_chars, "tokens_total": 100 + output_chars // 4},
+        "ingest": {
+            "source": "test",
+            "partition": "0",
+            "sequence": i,
+            "enqueued_time": when,
+            "processed_at": when,
+            "lag_ms": 0.0,
+        },
+    }
+    return TelemetryDocument.model_validate(data)

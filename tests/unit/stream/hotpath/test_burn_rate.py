@@ -1,0 +1,119 @@
+"""Burn-rate rules fire at the windows they document, in event time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.breach import BreachKind, Severity
+from schemas.detection import BurnRateRule
+from stream.hotpath.burn_rate import BurnRate
+
+from .streams import T0
+
+FAST = BurnRateRule(long_window_s=3600, short_window_s=300, factor=14.4, severity="critical")
+SLOW = BurnRateRule(long_window_s=6 * 3600, short_window_s=1800, factor=6.0, severity="critical")
+TICKET = BurnRateRule(
+    long_window_s=3 * 86400, short_window_s=6 * 3600, factor=1.0, severity="warning"
+)
+
+
+def errors(rules: tuple[BurnRateRule, ...], **options: int) -> BurnRate:
+    return BurnRate(
+        rules,
+        budget=0.01,
+        bad_above=0.5,
+        kind=BreachKind.ERROR_RATE,
+        severity=Severity(rules[0].severity),
+        **options,
+    )
+
+
+def first_alarm(detector: BurnRate, flags: list[float], step: float = 1.0) -> int | None:
+    for i, x in enumerate(flags):
+        if detector.update(x, T0 + step * i).alarm:
+            return i
+    return None
+
+
+# Two clean hours at one request per second, then every request fails.
+OUTAGE = [0.0] * 7200 + [1.0] * 3000
+
+
+def test_fast_rule_fires_when_the_hour_has_burnt_14_4_times_the_budget() -> None:
+    # Worked by hand: at 7200 + k the 1 h ring (12 buckets of 300 s) covers 4200 s..now, so
+    # it holds 3001 + k requests and k + 1 failures; 14.4 % of them fail first at k = 504
+    # (an exact sliding hour would need k = 519: the ring's window is up to 300 s shorter).
+    assert first_alarm(errors((FAST,)), OUTAGE) == 7200 + 504
+
+
+def test_slow_rule_fires_when_six_hours_burnt_6_times_the_budget() -> None:
+    # Only two hours of history: the 6 h window holds all 7201 + k requests; 6 % fail first
+    # at k = 459.
+    assert first_alarm(errors((SLOW,)), OUTAGE) == 7200 + 459
+
+
+def test_both_rules_fire_as_one_detector_named_by_the_first_window() -> None:
+    detector = errors((FAST, SLOW))
+    at = first_alarm(detector, OUTAGE)
+    assert at == 7200 + 459
+    # Window identity: the end of the current 25 s bucket, minus the long window.
+    end = T0 + (at // 25 + 1) * 25
+    start = datetime.fromtimestamp(end - 21600, UTC)
+    assert detector.window_id == f"21600s/1800s@{start.isoformat()}"
+    assert detector.window_start == end - 21600
+    assert detector.limit == 6.0
+    assert detector.observed == pytest.approx(460 / 7660 / 0.01)
+
+
+def test_ticket_rule_is_one_times_the_budget() -> None:
+    # 1 % of all 7201 + k requests fail first at k = 72.
+    assert first_alarm(errors((TICKET,)), OUTAGE) == 7200 + 72
+
+
+def test_no_alarm_while_warming_up() -> None:
+    assert first_alarm(errors((FAST,), warmup=200), [1.0] * 500) == 199
+
+
+def test_short_window_needs_enough_requests() -> None:
+    # One request every 30 s: the 5 min window never holds 20, so a failing app that is
+    # nearly idle does not page; with a lower minimum it does. At 400 + k (k < 20) the 1 h
+    # ring holds k + 101 requests (k ≥ 10) and k + 1 failures: 14.4 % first at k = 16.
+    flags = [0.0] * 400 + [1.0] * 400
+    assert first_alarm(errors((FAST,), warmup=10), flags, step=30.0) is None
+    lenient = errors((FAST,), warmup=10, min_window_events=5)
+    assert first_alarm(lenient, flags, step=30.0) == 400 + 16
+
+
+def test_stable_error_rate_under_budget_stays_quiet() -> None:
+    flags = [1.0 if i % 200 == 0 else 0.0 for i in range(40_000)]  # 0.5 %, budget 1 %
+    assert first_alarm(errors((FAST, SLOW)), flags) is None
+    assert first_alarm(errors((TICKET,)), flags) is None
+
+
+def test_alarm_clears_when_the_short_window_recovers() -> None:
+    detector = errors((FAST,))
+    flags = [0.0] * 7200 + [1.0] * 1200 + [0.0] * 1200
+    states = [detector.update(x, T0 + i).alarm for i, x in enumerate(flags)]
+    first_on = states.index(True)
+    last_on = len(states) - 1 - states[::-1].index(True)
+    assert first_on == 7704
+    # Once no request fails the rule is re-evaluated at each 25 s bucket. At 8649 the 5 min
+    # ring starts at 8350: 50 failures of 300 (16.7 %); at 8650 it starts at 8375: 25 of 276.
+    assert last_on == 8649
+    assert not any(states[last_on + 1 :])
+
+
+def test_late_events_count_in_windows_that_still_hold_them() -> None:
+    detector = errors((FAST,), warmup=1, min_window_events=1)
+    for i in range(600):
+        detector.update(0.0, T0 + i)
+    # A failure from 100 s ago still belongs to the 5 min and the 1 h window; one from 2 h
+    # ago belongs to neither (each ring counts an event once).
+    detector.update(1.0, T0 + 500)
+    detector.update(1.0, T0 + 599 - 7200)
+    state = detector.state()
+    assert [sum(ring) for ring in state["bads"]] == [1, 1]
+    assert sum(state["totals"][0]) < 600
+    assert detector.offending

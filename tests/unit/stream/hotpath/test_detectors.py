@@ -1,0 +1,154 @@
+"""Contract and behaviour of every detector: seeded streams, exact detection indices."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from schemas.breach import BreachKind, Severity
+from schemas.detection import DEFAULT_BURN_RATE_RULES
+from stream.hotpath.adwin import Adwin
+from stream.hotpath.burn_rate import BurnRate
+from stream.hotpath.detector import Detector
+from stream.hotpath.ks import WindowedKS, critical_distance
+from stream.hotpath.page_hinkley import PageHinkley
+
+from .streams import T0, normal, shifted
+
+FACTORIES: dict[str, Callable[[], Detector]] = {
+    "adwin": lambda: Adwin(delta=1e-4),
+    "page_hinkley": lambda: PageHinkley(threshold=25.0, delta=0.25, alpha=1.0),
+    "ks": lambda: WindowedKS(window=300, alpha=1e-4),
+    "burn_critical": lambda: BurnRate(
+        DEFAULT_BURN_RATE_RULES[:2],
+        budget=0.05,
+        bad_above=2.0,
+        kind=BreachKind.LATENCY,
+        severity=Severity.CRITICAL,
+    ),
+    "burn_warning": lambda: BurnRate(
+        DEFAULT_BURN_RATE_RULES[2:],
+        budget=0.05,
+        bad_above=2.0,
+        kind=BreachKind.LATENCY,
+        severity=Severity.WARNING,
+    ),
+}
+
+
+# One value every ten seconds: enough event time for the burn-rate windows to fill.
+STEP = 10.0
+
+
+def alarms(detector: Detector, values: list[float], start: int = 0) -> list[int]:
+    found = []
+    for i, x in enumerate(values, start):
+        if detector.update(x, T0 + STEP * i).alarm:
+            found.append(i)
+    return found
+
+
+# A stream on which every detector fires: stable, then a 3σ jump that also pushes most values
+# over the latency SLO's bad threshold (2.0 with budget 5 %).
+CHANGE = 3000
+INCIDENT = shifted(seed=11, before=CHANGE, after=1500, shift=3.0)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+class TestContract:
+    def test_update_returns_self_and_starts_quiet(self, name: str) -> None:
+        detector = FACTORIES[name]()
+        assert detector.update(0.5, T0) is detector
+        assert detector.alarm is False
+        assert detector.name == name
+
+    def test_quiet_on_a_stable_stream(self, name: str) -> None:
+        assert alarms(FACTORIES[name](), normal(seed=3, count=20_000)) == []
+
+    def test_fires_after_the_change_and_not_before(self, name: str) -> None:
+        found = alarms(FACTORIES[name](), INCIDENT)
+        assert found, "no alarm on a 3σ shift"
+        assert found[0] >= CHANGE
+
+    def test_state_is_json_and_restores_exactly(self, name: str) -> None:
+        # Cut the stream at random boundaries; a fresh detector loaded with the state must go
+        # on exactly like the uninterrupted one (same alarms, same state at the end).
+        reference = FACTORIES[name]()
+        expected = alarms(reference, INCIDENT)
+        cuts = sorted(random.Random(5).sample(range(1, len(INCIDENT)), 12))
+        detector = FACTORIES[name]()
+        found: list[int] = []
+        previous = 0
+        for cut in [*cuts, len(INCIDENT)]:
+            found += alarms(detector, INCIDENT[previous:cut], previous)
+            blob = orjson.dumps(detector.state())
+            detector = FACTORIES[name]()
+            detector.load_state(orjson.loads(blob))
+            previous = cut
+        assert found == expected
+        assert orjson.dumps(detector.state()) == orjson.dumps(reference.state())
+
+    def test_breach_fields_are_readable_after_an_alarm(self, name: str) -> None:
+        detector = FACTORIES[name]()
+        for i, x in enumerate(INCIDENT):
+            if detector.update(x, T0 + STEP * i).alarm:
+                break
+        assert detector.alarm
+        assert isinstance(detector.observed, float)
+        assert detector.window_start <= T0 + STEP * i
+        assert detector.describe()
+        assert detector.kind in (BreachKind.DRIFT, BreachKind.LATENCY)
+        assert isinstance(detector.severity, Severity)
+
+
+class TestExactDetections:
+    """Pinned indices on seeded streams (river's habit): a change of behaviour shows here."""
+
+    def test_adwin(self) -> None:
+        assert alarms(Adwin(delta=1e-4), shifted(1, 2000, 1000, 1.0)) == [2055]
+
+    def test_page_hinkley(self) -> None:
+        detector = PageHinkley(threshold=25.0, delta=0.25, alpha=1.0)
+        assert alarms(detector, shifted(1, 2000, 1000, 1.0)) == [2032]
+
+    def test_ks(self) -> None:
+        detector = WindowedKS(window=500, alpha=1e-4)
+        # Windows close at 200 + 500·k; the reference is 200..699.
+        assert alarms(detector, shifted(1, 2000, 1000, 1.0)) == [2199]
+
+    def test_ks_sees_a_variance_change_that_adwin_does_not(self) -> None:
+        values = normal(seed=2, count=2000) + normal(seed=9, count=2000, sd=2.5)
+        # The window closing at 2199 is half old, half new; the next one rejects.
+        assert alarms(WindowedKS(window=500, alpha=1e-4), values) == [2699]
+        assert alarms(Adwin(delta=1e-4), values) == []
+
+
+def test_drift_detectors_are_scale_free() -> None:
+    # Standardising on the baseline: latency in ms and a score in [0, 1] behave alike.
+    unit = shifted(4, 2000, 1000, 1.0)
+    for factory in (FACTORIES["adwin"], FACTORIES["page_hinkley"], FACTORIES["ks"]):
+        small = alarms(factory(), unit)
+        large = alarms(factory(), [300.0 + 80.0 * x for x in unit])
+        assert small == large != []
+
+
+def test_drift_starts_over_after_a_detection() -> None:
+    detector = Adwin(delta=1e-4)
+    found = alarms(detector, shifted(6, 2000, 4000, 2.0))
+    # One detection for one change: afterwards the new level is the baseline.
+    assert len(found) == 1
+    assert detector.baseline == pytest.approx(2.0, abs=0.2)
+
+
+def test_constant_signal_then_change() -> None:
+    # A constant baseline has no spread; any later change must still be seen.
+    values = [5.0] * 1000 + [6.0] * 200
+    assert alarms(Adwin(delta=1e-4), values)[0] >= 1000
+
+
+def test_ks_critical_distance() -> None:
+    # Textbook value: c(0.05) = 1.358, n = m = 100 → 0.192.
+    assert critical_distance(0.05, 100, 100) == pytest.approx(0.1921, abs=1e-4)
