@@ -250,7 +250,7 @@ def test_task_slots_bound_concurrency(client: BatchClient, tmp_path: Path) -> No
     pool_id = _pool(client, nodes=1, slots=2)
     job_id = _job(client, pool_id)
     log = tmp_path / "intervals.log"
-    command = f'echo "start $(date +%s.%N)" >> {log}; sleep 0.4; echo "end $(date +%s.%N)" >> {log}'
+    command = f'echo "start $(date +%s.%N)" >> {log}; sleep 0.8; echo "end $(date +%s.%N)" >> {log}'
     tasks = [batch.BatchTaskCreateOptions(id=f"s{i}", command_line=command) for i in range(4)]
 
     client.create_task_collection(job_id, batch.BatchTaskGroup(task_values=tasks))
