@@ -187,6 +187,9 @@ class MessageStore:
         self._available: dict[int, StoredMessage] = {}
         self._order: list[int] = []  # heap of sequence numbers, lazily pruned
         self._locked: dict[uuid.UUID, _Lock] = {}
+        # (locked_until, token) per lock taken or renewed; stale entries are skipped lazily,
+        # so expiry and "next expiry" stay cheap with thousands of messages locked.
+        self._expiries: list[tuple[float, uuid.UUID]] = []
         self._deferred: dict[int, StoredMessage] = {}
         self._deferred_locks: dict[int, uuid.UUID] = {}
         self._listeners: list[Callable[[MessageStore], None]] = []
@@ -233,9 +236,16 @@ class MessageStore:
 
     def next_lock_expiry(self) -> float | None:
         """When the earliest lock runs out (epoch seconds), for the wire layer's timer."""
-        if not self._locked:
-            return None
-        return min(lock.locked_until for lock in self._locked.values())
+        self._prune_expiries()
+        return self._expiries[0][0] if self._expiries else None
+
+    def _prune_expiries(self) -> None:
+        while self._expiries:
+            until, token = self._expiries[0]
+            lock = self._locked.get(token)
+            if lock is not None and lock.locked_until == until:
+                return
+            heapq.heappop(self._expiries)
 
     # ----------------------------------------------------------------- enqueue
     def enqueue(self, message: StoredMessage) -> None:
@@ -272,6 +282,7 @@ class MessageStore:
         token = uuid.uuid4()
         locked_until = self.clock() + self.lock_duration_s
         self._locked[token] = _Lock(message, locked_until)
+        heapq.heappush(self._expiries, (locked_until, token))
         return Delivery(message=message.clone(), lock_token=token, locked_until=locked_until)
 
     def receive_deferred(
@@ -360,6 +371,7 @@ class MessageStore:
         if lock is None:
             raise MessageLockLost(f"The lock supplied is invalid (lock token {token}).")
         lock.locked_until = self.clock() + self.lock_duration_s
+        heapq.heappush(self._expiries, (lock.locked_until, token))
         return lock.locked_until
 
     def locked_until(self, token: uuid.UUID) -> float | None:
@@ -370,11 +382,17 @@ class MessageStore:
     def expire_locks(self) -> int:
         """Return messages whose lock ran out to the entity (or its DLQ); returns how many."""
         if not self._locked:
+            self._expiries.clear()
             return 0
         now = self.clock()
-        expired = [token for token, lock in self._locked.items() if lock.locked_until <= now]
-        for token in expired:
+        expired = 0
+        while True:
+            self._prune_expiries()
+            if not self._expiries or self._expiries[0][0] > now:
+                break
+            _, token = heapq.heappop(self._expiries)
             lock = self._locked.pop(token)
+            expired += 1
             sequence_number = lock.message.sequence_number
             if self._deferred_locks.get(sequence_number) == token:
                 # Counts as an attempt like any other; the message goes back to deferred.
@@ -382,9 +400,9 @@ class MessageStore:
                 del self._deferred[sequence_number]
             self._retry_or_dead_letter(lock.message)
         if expired:
-            logger.debug("lock expiry", extra={"entity": self.path, "expired": len(expired)})
+            logger.debug("lock expiry", extra={"entity": self.path, "expired": expired})
             self._notify()
-        return len(expired)
+        return expired
 
     def _retry_or_dead_letter(self, message: StoredMessage) -> None:
         message.delivery_count += 1

@@ -369,3 +369,144 @@ def test_namespace_expire_locks_and_listeners(ns: Namespace, clock: FakeClock) -
     assert ns.expire_locks() == 1
     assert woken == ["q"]
     assert ns.next_lock_expiry() is None
+
+
+# ----------------------------------------------------------------------------- wire helpers
+# The translation between encoded AMQP messages and the model, and the management node's
+# answers, checked without a network.
+def _encoded(body: str, **fields: object) -> bytes:
+    from proton import Message
+
+    return bytes(Message(body=body.encode(), inferred=True, **fields).encode())
+
+
+def test_parse_single_and_batch_transfers() -> None:
+    from tests.emulators.amqp.codec import (
+        BATCH_MESSAGE_FORMAT,
+        SECTION_DATA,
+        composite_value,
+        encode_value,
+    )
+    from tests.emulators.amqp.servicebus_messages import parse_transfer
+
+    one = _encoded(
+        "a",
+        id="m1",
+        correlation_id="c1",
+        subject="drift",
+        properties={"severity": "critical"},
+    )
+    two = _encoded("b", id="m2")
+    [single] = parse_transfer(one, 0)
+    assert single.message_id == "m1"
+    assert single.correlation_id == "c1"
+    assert single.subject == "drift"
+    assert single.application_properties == {"severity": "critical"}
+    assert single.payload == one
+    batch = b"".join(encode_value(composite_value(SECTION_DATA, part)) for part in (one, two))
+    parsed = parse_transfer(batch, BATCH_MESSAGE_FORMAT)
+    assert [m.message_id for m in parsed] == ["m1", "m2"]
+    assert parsed[1].payload == two
+
+
+def test_render_adds_broker_annotations_header_and_dead_letter_properties() -> None:
+    from proton import Message, symbol
+
+    from tests.emulators.amqp.servicebus_messages import render
+
+    stored = StoredMessage(
+        payload=_encoded("x", id="m1", properties={"k": "v"}),
+        sequence_number=7,
+        enqueued_time=1_700_000_000.5,
+        delivery_count=2,
+        dead_letter_reason="bad",
+        dead_letter_description="very bad",
+        dead_letter_source="q",
+    )
+    out = Message()
+    out.decode(render(stored, locked_until=1_700_000_030.25))
+    assert out.id == "m1"
+    assert out.body == b"x"
+    assert out.delivery_count == 2
+    assert out.annotations[symbol("x-opt-sequence-number")] == 7
+    assert out.annotations[symbol("x-opt-enqueued-time")] == 1_700_000_000_500
+    assert out.annotations[symbol("x-opt-locked-until")] == 1_700_000_030_250
+    assert out.annotations[symbol("x-opt-deadletter-source")] == "q"
+    assert out.properties == {
+        "k": "v",
+        "DeadLetterReason": "bad",
+        "DeadLetterErrorDescription": "very bad",
+    }
+
+
+def test_management_renew_peek_receive_deferred_and_update_disposition(
+    ns: Namespace, clock: FakeClock
+) -> None:
+    from proton import Array, Message
+
+    from tests.emulators.amqp.servicebus_management import (
+        PEEK_MESSAGE,
+        RECEIVE_BY_SEQUENCE_NUMBER,
+        RENEW_LOCK,
+        UPDATE_DISPOSITION,
+        handle_request,
+    )
+
+    queue = ns.create_queue("q", lock_duration_s=10)
+    store = ns.store("q")
+    assert handle_request(store, PEEK_MESSAGE, {"from-sequence-number": 1}).status_code == 204
+    queue.send(StoredMessage(payload=_encoded("a", id="a"), message_id="a"))
+    queue.send(StoredMessage(payload=_encoded("b", id="b"), message_id="b"))
+
+    peek = handle_request(store, PEEK_MESSAGE, {"from-sequence-number": 2, "message-count": 5})
+    assert peek.status_code == 200
+    assert peek.body is not None
+    [entry] = peek.body["messages"]
+    decoded = Message()
+    decoded.decode(entry["message"])
+    assert decoded.id == "b"
+
+    first = store.receive()
+    assert first and first.lock_token
+    clock.advance(5)
+    renew = handle_request(store, RENEW_LOCK, {"lock-tokens": [first.lock_token]})
+    assert renew.status_code == 200
+    assert renew.body is not None
+    expirations = renew.body["expirations"]
+    assert isinstance(expirations, Array)
+    assert list(expirations.elements) == [round((clock.now + 10) * 1000)]
+
+    store.defer(first.lock_token)
+    deferred = handle_request(
+        store, RECEIVE_BY_SEQUENCE_NUMBER, {"sequence-numbers": [1], "receiver-settle-mode": 1}
+    )
+    assert deferred.status_code == 200
+    assert deferred.body is not None
+    [entry] = deferred.body["messages"]
+    token = entry["lock-token"]
+    done = handle_request(
+        store,
+        UPDATE_DISPOSITION,
+        {
+            "disposition-status": "suspended",
+            "lock-tokens": [token],
+            "deadletter-reason": "r",
+            "deadletter-description": "d",
+        },
+    )
+    assert done.status_code == 200
+    [dead] = ns.store("q/$DeadLetterQueue").peek(1, 10)
+    assert (dead.message_id, dead.dead_letter_reason, dead.dead_letter_description) == (
+        "a",
+        "r",
+        "d",
+    )
+
+    lost = handle_request(
+        store, UPDATE_DISPOSITION, {"disposition-status": "completed", "lock-tokens": [token]}
+    )
+    assert lost.status_code == 410
+    assert lost.application_properties()["errorCondition"] == "com.microsoft:message-lock-lost"
+    missing = handle_request(store, RECEIVE_BY_SEQUENCE_NUMBER, {"sequence-numbers": [99]})
+    assert missing.status_code == 404
+    assert handle_request(store, "com.microsoft:schedule-message", {}).status_code == 501
