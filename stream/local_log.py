@@ -208,6 +208,10 @@ class _LocalPartitionContext:
     async def last_enqueued_sequence(self) -> int | None:
         return self._log.last_sequence(self._partition)
 
+    async def checkpointed_sequence(self) -> int | None:
+        sequence = self._log.checkpoint(self._consumer_group, self._partition)
+        return None if sequence < 0 else sequence
+
 
 class ProcessorLock:
     """An exclusive lock file: two processors on one log would checkpoint over each other."""

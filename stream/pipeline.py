@@ -118,7 +118,7 @@ class Pipeline:
         if self.hot_path is not None:
             state.hot = self.hot_path(hot_blob)
         self._partitions[partition_id] = state
-        self.stats.attach(context)
+        await self.stats.attach(context)
         logger.info(
             "partition initialised",
             extra={"partition": partition_id, "covered_sequence": state.covered},

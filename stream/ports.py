@@ -43,6 +43,10 @@ class PartitionContext(Protocol):
         """The newest sequence number in the partition, for lag reporting (None = unknown)."""
         ...
 
+    async def checkpointed_sequence(self) -> int | None:
+        """The sequence of the last checkpoint (None = no checkpoint yet)."""
+        ...
+
 
 class BatchHandler(Protocol):
     async def on_partition_initialize(self, context: PartitionContext) -> None:

@@ -27,8 +27,11 @@ class ProcessorStats:
     _partitions: dict[str, _PartitionProgress] = field(default_factory=dict)
     _last_report: tuple[float, int] = (0.0, 0)
 
-    def attach(self, context: PartitionContext) -> None:
-        self._partitions[context.partition_id] = _PartitionProgress(context)
+    async def attach(self, context: PartitionContext) -> None:
+        checkpointed = await context.checkpointed_sequence()
+        self._partitions[context.partition_id] = _PartitionProgress(
+            context, -1 if checkpointed is None else checkpointed
+        )
 
     def detach(self, partition_id: str) -> None:
         self._partitions.pop(partition_id, None)

@@ -53,6 +53,9 @@ class Context:
     async def last_enqueued_sequence(self) -> int | None:
         return None
 
+    async def checkpointed_sequence(self) -> int | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
 
 @dataclass
 class RecordingHotPath:

@@ -1,0 +1,138 @@
+"""Run the real processor as a subprocess over a prepared embedded data dir, and inspect it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from schemas import AppDirectory
+from stream.decode import Decoder
+from stream.enrich import Enricher, document_id
+from stream.local_log import LocalLog
+from stream.ports import ReceivedEvent
+
+PARTITIONS = 4
+
+
+@dataclass
+class Expected:
+    """What the store must hold after processing the appended bodies exactly once."""
+
+    telemetry: set[tuple[str, str]] = field(default_factory=set)
+    quarantine: set[str] = field(default_factory=set)
+    last_sequence: dict[int, int] = field(default_factory=dict)
+
+
+def prepare(data_dir: Path, bodies: Iterable[tuple[str | None, bytes]]) -> Expected:
+    """Append bodies to the data dir's log and work out the exact expected store contents."""
+    items = list(bodies)
+    log = LocalLog(data_dir / "log.db", PARTITIONS)
+    try:
+        positions = log.append(items)
+    finally:
+        log.close()
+    now = datetime.now(UTC)
+    decoder = Decoder()
+    enricher = Enricher(AppDirectory(), b"unused", "local")
+    expected = Expected()
+    for (_, body), (partition, sequence) in zip(items, positions, strict=True):
+        decoded = decoder.decode(body, now)
+        for accepted in decoded.accepted:
+            event = accepted.event
+            expected.telemetry.add((enricher_pk(event.app_id, event.timestamp), document_id(event)))
+        position = ReceivedEvent(body, str(partition), sequence, now, str(sequence))
+        for rejected in decoded.rejected:
+            expected.quarantine.add(enricher.quarantine(rejected, position, now).id)
+        expected.last_sequence[partition] = max(expected.last_sequence.get(partition, -1), sequence)
+    return expected
+
+
+def enricher_pk(app_id: str, timestamp: datetime) -> str:
+    return f"{app_id}:{timestamp:%Y-%m-%d}"
+
+
+def processor_command(data_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "evalstream",
+        "process",
+        "--data-dir",
+        str(data_dir),
+        "--no-ingest",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+
+
+def start_processor(data_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        processor_command(data_dir, *extra),
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stored_count(data_dir: Path) -> int:
+    """Telemetry plus quarantine rows, read through a separate connection."""
+    path = data_dir / "store.db"
+    if not path.exists():
+        return 0
+    connection = sqlite3.connect(path, timeout=30)
+    try:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        if not {"telemetry", "quarantine"} <= tables:
+            return 0
+        return sum(
+            connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+            for table in ("telemetry", "quarantine")
+        )
+    finally:
+        connection.close()
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.01
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def kill_hard(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def store_contents(data_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    connection = sqlite3.connect(data_dir / "store.db")
+    try:
+        telemetry = [(pk, id_) for pk, id_ in connection.execute("SELECT pk, id FROM telemetry")]
+        quarantine = [row[0] for row in connection.execute("SELECT id FROM quarantine")]
+    finally:
+        connection.close()
+    return telemetry, quarantine
+
+
+def checkpoints(data_dir: Path, consumer_group: str = "$Default") -> dict[int, int]:
+    connection = sqlite3.connect(data_dir / "log.db")
+    try:
+        rows = connection.execute(
+            "SELECT partition, sequence FROM checkpoints WHERE consumer_group = ?",
+            (consumer_group,),
+        ).fetchall()
+    finally:
+        connection.close()
+    return dict(rows)
