@@ -41,7 +41,7 @@ alerts_app = typer.Typer(
     name="alerts",
     help=(
         "Follow breach alerts. Breaches (drift, latency, error-rate and evaluation alerts) are "
-        "published to a topic; each subscription from the config ([[alerts.subscriptions]]) "
+        "published to a topic; each subscription from the config (\\[\\[alerts.subscriptions]]) "
         "receives the breaches its filter matches. On the embedded backend the topic is the "
         "SQLite file embedded.data_dir/alerts.db."
     ),
@@ -55,7 +55,7 @@ SubscriptionOption = Annotated[
         "--subscription",
         "-s",
         metavar="NAME",
-        help="Subscription to read, by name as configured in [[alerts.subscriptions]].",
+        help="Subscription to read, by name as configured in \\[\\[alerts.subscriptions]].",
         show_default=False,
     ),
 ]
@@ -180,7 +180,16 @@ def _where(settings: Settings) -> str:
     return str(settings.embedded.alerts_path) if settings.backend == "embedded" else "azure"
 
 
-@alerts_app.command()
+@alerts_app.command(
+    help=(
+        "Print the alerts of a subscription as they arrive (and optionally forward them)."
+        "\n\n"
+        "Each alert is settled only after it was printed (and forwarded): an alert whose "
+        "handling fails comes back later with backoff, and is dead-lettered after the "
+        "subscription's max_delivery_count. Several listeners may share a subscription; "
+        "each alert goes to one of them."
+    )
+)
 def listen(
     subscription: SubscriptionOption,
     json_output: Annotated[
@@ -210,12 +219,7 @@ def listen(
         ),
     ] = None,
 ) -> None:
-    """Print the alerts of a subscription as they arrive (and optionally forward them).
-
-    Each alert is settled only after it was printed (and forwarded): an alert whose handling
-    fails comes back later with backoff, and is dead-lettered after the subscription's
-    max_delivery_count. Several listeners may share a subscription; each alert goes to one.
-    """
+    """Print the alerts of a subscription as they arrive (and optionally forward them)."""
     settings, spec = _load(config, subscription)
     try:
         asyncio.run(
@@ -248,7 +252,15 @@ def _dead_letter_json(dead: DeadLetteredAlert) -> bytes:
     )
 
 
-@alerts_app.command()
+@alerts_app.command(
+    help=(
+        "Show the dead-lettered alerts of a subscription, oldest first, without removing them."
+        "\n\n"
+        "Each entry says why it was dead-lettered (the handler's error, or "
+        "MaxDeliveryCountExceeded when its locks kept expiring), after how many deliveries, "
+        "and which breach it carries."
+    )
+)
 def dlq(
     subscription: SubscriptionOption,
     json_output: Annotated[
@@ -259,11 +271,7 @@ def dlq(
         int, typer.Option("--max", min=1, metavar="N", help="Show at most N, oldest first.")
     ] = 100,
 ) -> None:
-    """Show the dead-lettered alerts of a subscription, oldest first, without removing them.
-
-    Each entry says why it was dead-lettered (the handler's error, or MaxDeliveryCountExceeded
-    when its locks kept expiring), after how many deliveries, and which breach it carries.
-    """
+    """Show the dead-lettered alerts of a subscription, oldest first, without removing them."""
     settings, spec = _load(config, subscription)
     try:
         dead_letters = asyncio.run(_dead_letters(settings, spec, max_count))

@@ -66,8 +66,9 @@ Detaching with an error
     `"com.microsoft:server-busy"`); on_detach is then called with error None.
 
 Fault injection (admin, any thread): `drop_connections()`, `stall(seconds)`,
-`server_busy(seconds)`; entities may consult `broker.is_busy()` themselves. CBS (`$cbs`)
-accepts every put-token.
+`server_busy(seconds)`, `clear_faults()`; `fault_count(name)` says how often a fault hit a
+client ("dropped_connections", "server_busy_attach", "server_busy_transfer"). Entities may
+consult `broker.is_busy()` themselves. CBS (`$cbs`) accepts every put-token.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ import os
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -421,7 +422,8 @@ class Connection:
     def write(self, data: bytes) -> None:
         if self.closed:
             return
-        if self.broker.stalled():
+        if self.broker.stalled() or self.held:
+            # Keep frame order: once something is held, everything after it waits too.
             self.held.append(data)
             self.broker.schedule_release(self)
             return
@@ -429,8 +431,8 @@ class Connection:
 
     def release_held(self) -> None:
         held, self.held = self.held, []
-        for data in held:
-            self.write(data)
+        if not self.closed:
+            self.writer.write(b"".join(held))
 
     def send(
         self, channel: int, performative: Described, payload: bytes = b"", kind: int = FRAME_AMQP
@@ -584,6 +586,7 @@ class Connection:
             refusal = LinkRefused("amqp:not-found", f"no entity at {link.path!r}")
         elif self.broker.is_busy() and not self.broker.is_service_node(link.path):
             refusal = LinkRefused(SERVER_BUSY, "the test broker is injecting server-busy")
+            self.broker.fault_hits["server_busy_attach"] += 1
         else:
             try:
                 await handler.on_attach(link)
@@ -685,6 +688,11 @@ class Connection:
         if link.handler is None:
             return
         if self.broker.is_busy() and not self.broker.is_service_node(link.path):
+            self.broker.fault_hits["server_busy_transfer"] += 1
+            if self.broker.busy_mode == "detach":
+                # The delivery stays unsettled; the client sees the link error and resends.
+                link.detach(SERVER_BUSY, "the test broker is injecting server-busy")
+                return
             outcome: Any = codec.rejected(SERVER_BUSY, "the test broker is injecting server-busy")
         else:
             try:
@@ -811,7 +819,10 @@ class Broker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stalled_until = 0.0
         self._busy_until = 0.0
+        self.busy_mode = "detach"
         self._release_scheduled: set[Connection] = set()
+        # How often each injected fault actually hit a client (tests assert on these).
+        self.fault_hits: Counter[str] = Counter()
         self.port = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -929,9 +940,13 @@ class Broker:
             connections = list(self.connections)
             for connection in connections:
                 connection.abort()
+            self.fault_hits["dropped_connections"] += len(connections)
             return len(connections)
 
         return self.call(drop)
+
+    def fault_count(self, name: str) -> int:
+        return self.call(lambda: self.fault_hits[name])
 
     def stall(self, seconds: float) -> None:
         """Stop reading and answering on every connection for `seconds`."""
@@ -941,11 +956,17 @@ class Broker:
 
         self.call(set_stall)
 
-    def server_busy(self, seconds: float) -> None:
-        """Refuse entity attaches and reject entity transfers with server-busy for `seconds`."""
+    def server_busy(self, seconds: float, mode: str = "detach") -> None:
+        """Answer "server busy" (`com.microsoft:server-busy`) for `seconds`: entity attaches are
+        refused, and an entity transfer either gets its link detached with that error
+        (mode "detach": the SDKs treat it as retryable and resend) or is settled as rejected
+        with it (mode "reject": azure-eventhub 5.15 raises EventDataSendError without retrying)."""
+        if mode not in ("detach", "reject"):
+            raise ValueError(f"mode must be 'detach' or 'reject', not {mode!r}")
 
         def set_busy() -> None:
             self._busy_until = time.monotonic() + seconds
+            self.busy_mode = mode
 
         self.call(set_busy)
 

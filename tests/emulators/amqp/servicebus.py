@@ -19,6 +19,16 @@ what azure-servicebus 7.15 needs (see shared/notes/azure-wire-contract.md):
 - lock expiry runs on a timer on the broker loop, so expired messages go back to waiting
   receivers without any client activity.
 
+Admin API (any thread): `create_queue`, `create_topic`, `create_subscription` (correlation
+filter as a dict), `delete_servicebus_entity`; inspection: `servicebus_counts(path)`,
+`servicebus_peek(path)`, `servicebus_peek_rendered(path)`, `servicebus_sent(name)`; faults:
+`servicebus_lose_locks(enabled)`, `servicebus_pause_deliveries(paused)` besides the core's
+`drop_connections`, `stall`, `server_busy`.
+
+Not implemented (a real namespace has them): sessions, scheduled messages, message TTL and
+expiry, auto-forwarding, SQL filters and rule management over AMQP, the HTTP management API
+(`ServiceBusAdministrationClient`), partitioned entities.
+
 All model state is touched on the broker loop only: admin calls from test threads hop onto it
 with `broker.call`.
 """
@@ -350,6 +360,12 @@ class ServiceBusAdmin:
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
         lock_duration_s: float = DEFAULT_LOCK_DURATION_S,
     ) -> Subscription:
+        """A subscription with one correlation filter (None or {} = every message).
+
+        Filter keys name application properties, or system properties with a `sys.` prefix
+        (`sys.subject`, `sys.message_id`, `sys.correlation_id`, `sys.content_type`, `sys.to`,
+        `sys.reply_to`, `sys.session_id`); all listed properties must match (as text).
+        """
         return self._broker.call(
             self.servicebus_namespace.create_subscription,
             topic,

@@ -391,3 +391,138 @@ async def test_retention_drops_oldest_events(amqp_broker: Any) -> None:
     assert [e.sequence_number for e in stored] == [2, 3, 4]
     assert props["beginning_sequence_number"] == 2
     assert props["last_enqueued_sequence_number"] == 4
+
+
+class BalancedConsumer:
+    """One load-balanced EventHubConsumerClient with a BlobCheckpointStore, checkpointing every
+    event, recording what it received and any errors."""
+
+    def __init__(self, name: str, connection_string: str, store: Any) -> None:
+        self.name = name
+        self.client = EventHubConsumerClient.from_connection_string(
+            connection_string,
+            consumer_group="$Default",
+            checkpoint_store=store,
+            load_balancing_interval=0.5,
+            partition_ownership_expiration_interval=3,
+        )
+        self.received: list[tuple[str, int, str]] = []
+        self.errors: list[Exception] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def on_event(self, context: Any, event: EventData | None) -> None:
+        if event is None:
+            return
+        self.received.append((context.partition_id, event.sequence_number, event.body_as_str()))
+        await context.update_checkpoint(event)
+
+    async def on_error(self, _context: Any, error: Exception) -> None:
+        self.errors.append(error)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(
+            self.client.receive(
+                self.on_event, on_error=self.on_error, starting_position="-1"
+            )
+        )
+
+    async def stop(self) -> None:
+        # close() stops the processor gracefully: it relinquishes its ownerships.
+        await self.client.close()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, WAIT_S)
+
+    def bodies(self) -> set[str]:
+        return {body for _, _, body in self.received}
+
+
+async def _ownership(store: Any, namespace: str, hub_name: str) -> dict[str, str]:
+    """partition id → owner id of the current, non-relinquished ownerships."""
+    rows = await store.list_ownership(namespace, hub_name, "$Default")
+    return {r["partition_id"]: r["owner_id"] for r in rows if r.get("owner_id")}
+
+
+async def test_load_balanced_receive_with_blob_checkpoints(amqp_broker: Any, azurite: Any) -> None:
+    from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+    from azure.storage.blob.aio import BlobServiceClient
+
+    hub_name = "balanced"
+    amqp_broker.create_hub(hub_name, 4)
+    container = "checkpoints-balanced"
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as blobs:
+        await blobs.create_container(container)
+    store = BlobCheckpointStore.from_connection_string(azurite.connection_string, container)
+    connection_string = amqp_broker.eventhubs_connection_string(hub_name)
+    # The SDK keys ownerships and checkpoints by the namespace it parsed: host and port here.
+    namespace = f"127.0.0.1:{amqp_broker.port}"
+
+    async def send_round(label: str) -> set[str]:
+        async with EventHubProducerClient.from_connection_string(connection_string) as p:
+            sent: set[str] = set()
+            for partition in ("0", "1", "2", "3"):
+                bodies = [f"{label}-p{partition}-{i}" for i in range(2)]
+                await send_to_partition(p, partition, bodies)
+                sent.update(bodies)
+        return sent
+
+    first_round = await send_round("r1")
+    a = BalancedConsumer("a", connection_string, store)
+    b = BalancedConsumer("b", connection_string, store)
+    async with store:
+        try:
+            a.start()
+            await wait_for(lambda: a.bodies() >= first_round, "consumer a to read round 1")
+            b.start()
+            owners: dict[str, str] = {}
+
+            async def balanced() -> bool:
+                nonlocal owners
+                owners = await _ownership(store, namespace, hub_name)
+                counts = sorted(list(owners.values()).count(o) for o in set(owners.values()))
+                return len(owners) == 4 and counts == [2, 2]
+
+            deadline = time.monotonic() + 30
+            while not await balanced():
+                assert time.monotonic() < deadline, f"never balanced: {owners}"
+                await asyncio.sleep(0.2)
+            # Both clients read from their own partitions now.
+            second_round = await send_round("r2")
+            await wait_for(
+                lambda: (a.bodies() | b.bodies()) >= second_round, "round 2 across both clients"
+            )
+            assert b.bodies() & second_round, "consumer b received nothing after balancing"
+            assert a.bodies() & second_round, "consumer a received nothing after balancing"
+
+            # Takeover: b stops (relinquishing), a takes every partition and reads on.
+            await b.stop()
+            deadline = time.monotonic() + 30
+            while True:
+                owners = await _ownership(store, namespace, hub_name)
+                if len(owners) == 4 and len(set(owners.values())) == 1:
+                    break
+                assert time.monotonic() < deadline, "a never took over b's partitions"
+                await asyncio.sleep(0.2)
+            third_round = await send_round("r3")
+            await wait_for(lambda: a.bodies() >= third_round, "a to read round 3 everywhere")
+            await wait_for(
+                lambda: len(a.received) + len(b.received) >= 24, "every event checkpointed"
+            )
+        finally:
+            await a.stop()
+            if b.task is not None and not b.task.done():
+                await b.stop()
+
+        checkpoints = await store.list_checkpoints(namespace, hub_name, "$Default")
+        assert {c["partition_id"]: c["sequence_number"] for c in checkpoints} == {
+            p: 5 for p in ("0", "1", "2", "3")
+        }
+
+        # Resume: a fresh client starts from the checkpoints and sees only newer events.
+        fourth_round = await send_round("r4")
+        c = BalancedConsumer("c", connection_string, store)
+        c.start()
+        try:
+            await wait_for(lambda: c.bodies() >= fourth_round, "c to read round 4")
+        finally:
+            await c.stop()
+        assert c.bodies() == fourth_round
