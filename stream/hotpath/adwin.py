@@ -51,11 +51,13 @@ class Adwin(StandardizedDrift):
     def _reset_test(self) -> None:
         self._engine = self._fresh_engine()
         self._width = 0
+        self._shift = 0.0
 
     def update(self, x: float, t: float) -> Self:
         if not self._ready:
             self._learn(x, t)
             return self
+        self._level += self.LEVEL_WEIGHT * (x - self._level)
         z = (x - self._mean) / self._sd
         clip = self.clip
         if z > clip:
@@ -72,7 +74,7 @@ class Adwin(StandardizedDrift):
             # After a cut the window holds the values since the change: their mean, in
             # baseline deviations, is the new level.
             kept = engine.get_width()
-            self._level = engine.get_total() / kept if kept else 0.0
+            self._shift = engine.get_total() / kept if kept else 0.0
             self._alarm = True
             self._ready = False
         return self
@@ -80,7 +82,7 @@ class Adwin(StandardizedDrift):
     def describe(self) -> str:
         return (
             f"ADWIN cut its window (delta={self.delta}): recent mean "
-            f"{self._level:+.2f} baseline deviations from the baseline"
+            f"{self._shift:+.2f} baseline deviations (clipped at ±{self.clip}) from the baseline"
         )
 
     def _test_state(self) -> list[Any]:
@@ -88,10 +90,11 @@ class Adwin(StandardizedDrift):
         # the bucket rows, no Python objects. It is tied to river's version; the snapshot
         # records that version and refuses another.
         raw = zlib.compress(self._engine.__getstate__(), 9)
-        return [self._width, base64.b64encode(raw).decode("ascii")]
+        return [self._width, self._shift, base64.b64encode(raw).decode("ascii")]
 
     def _load_test_state(self, state: list[Any]) -> None:
-        width, encoded = state
+        width, shift, encoded = state
+        self._shift = float(shift)
         engine = self._fresh_engine()
         engine.__setstate__(zlib.decompress(base64.b64decode(encoded)))
         self._engine = engine

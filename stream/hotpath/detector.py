@@ -88,6 +88,9 @@ class StandardizedDrift:
 
     name: ClassVar[str] = ""
     kind: ClassVar[BreachKind] = BreachKind.DRIFT
+    # Weight of the moving average of raw values reported as the observed level of an alarm
+    # (about the last ten values; the tests themselves see clipped, standardised values).
+    LEVEL_WEIGHT: ClassVar[float] = 0.1
 
     def __init__(self, warmup: int, clip: float) -> None:
         self.warmup = warmup
@@ -113,6 +116,9 @@ class StandardizedDrift:
         seen = self._seen
         if seen == 0:
             self._start_t = t
+            self._level = x
+        else:
+            self._level += self.LEVEL_WEIGHT * (x - self._level)
         seen += 1
         self._seen = seen
         delta = x - self._mean
@@ -148,8 +154,8 @@ class StandardizedDrift:
 
     @property
     def observed(self) -> float:
-        """Recent level of the signal, in its units (``_level`` is in baseline deviations)."""
-        return self._mean + self._sd * self._level
+        """Recent level of the signal, in its units (moving average of the raw values)."""
+        return self._level
 
     @property
     def baseline(self) -> float | None:

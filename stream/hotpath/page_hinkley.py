@@ -33,9 +33,6 @@ class PageHinkley(StandardizedDrift):
         self.alpha = alpha
         super().__init__(warmup, clip)
 
-    # Weight of the moving average reported as the level of an alarm (about 20 values).
-    _LEVEL_WEIGHT = 0.05
-
     def _reset_test(self) -> None:
         self._n = 0.0
         self._x_mean = 0.0
@@ -49,13 +46,13 @@ class PageHinkley(StandardizedDrift):
         if not self._ready:
             self._learn(x, t)
             return self
+        self._level += self.LEVEL_WEIGHT * (x - self._level)
         z = (x - self._mean) / self._sd
         clip = self.clip
         if z > clip:
             z = clip
         elif z < -clip:
             z = -clip
-        self._level += self._LEVEL_WEIGHT * (z - self._level)
         # river.drift.PageHinkley.update from here on.
         n = self._n + 1.0
         self._n = n
