@@ -18,6 +18,7 @@ from evalstream import logs, wiring
 from evalstream.settings import Settings, SettingsError, load_settings
 from schemas import TelemetryEvent
 from stream.decode import split_ndjson
+from stream.exceptions import StreamError
 
 app = typer.Typer(
     help=(
@@ -29,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -135,9 +136,16 @@ def process(
                 ),
             )
         )
-    except SettingsError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except* (SettingsError, StreamError) as group:
+        for exc in _leaves(group):
+            console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 @app.command()

@@ -1,0 +1,124 @@
+"""HTTP ingest over a real socket: clear answers, quarantine of rejects, valid events appended."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from schemas import AppDirectory
+from store.sqlite import SqliteStore
+from stream.decode import DecodeLimits, Decoder
+from stream.enrich import Enricher
+from stream.ingest import IngestApp, bound_port, serving
+from stream.local_log import LocalLog, LocalLogSink
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+GOOD = {"app_id": "web-app", "timestamp": (NOW - timedelta(minutes=1)).isoformat(), "trace_id": "t"}
+
+
+@dataclass
+class Ingest:
+    client: httpx.AsyncClient
+    store: SqliteStore
+    log_path: Path
+
+    def logged(self) -> list[bytes]:
+        log = LocalLog(self.log_path, 2)
+        try:
+            return [event.body for p in range(2) for event in log.read(p, -1, 10_000)]
+        finally:
+            log.close()
+
+
+@pytest.fixture
+async def ingest(tmp_path: Path) -> AsyncIterator[Ingest]:
+    decoder = Decoder(DecodeLimits(max_body_bytes=64 * 1024, max_events_per_body=20))
+    enricher = Enricher(AppDirectory(), b"k", "ingest")
+    async with (
+        SqliteStore(tmp_path / "store.db") as store,
+        LocalLogSink(tmp_path / "log.db", 2) as sink,
+        serving(IngestApp(decoder, enricher, sink, store), "127.0.0.1", 0) as server,
+    ):
+        url = f"http://127.0.0.1:{bound_port(server)}"
+        async with httpx.AsyncClient(base_url=url) as client:
+            yield Ingest(client, store, tmp_path / "log.db")
+
+
+async def test_one_valid_event_is_accepted_and_appended(ingest: Ingest) -> None:
+    response = await ingest.client.post("/api/telemetry", content=orjson.dumps(GOOD))
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 1 and body["rejected"] == []
+    assert len(body["ids"]) == 1
+    (logged,) = ingest.logged()
+    assert orjson.loads(logged)["trace_id"] == "t"
+
+
+async def test_mixed_batch_reports_each_rejection_and_quarantines_it(ingest: Ingest) -> None:
+    events = [GOOD, {**GOOD, "latency_ms": "slow"}, {**GOOD, "trace_id": "t2"}, 3]
+    response = await ingest.client.post("/api/telemetry", content=orjson.dumps({"events": events}))
+    assert response.status_code == 207
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [
+        (r["index"], r["errors"][0]["code"], r["errors"][0]["location"]) for r in body["rejected"]
+    ] == [
+        (1, "float_parsing", "$.events[1].latency_ms"),
+        (3, "not_an_object", "$.events[3]"),
+    ]
+    assert len(ingest.logged()) == 2
+    assert await ingest.store.count("quarantine") == 2
+
+
+async def test_all_rejected_is_422(ingest: Ingest) -> None:
+    naive = {**GOOD, "timestamp": "2026-11-22T10:00:00"}
+    response = await ingest.client.post("/api/telemetry", content=orjson.dumps([naive]))
+    assert response.status_code == 422
+    assert response.json()["rejected"][0]["errors"][0]["code"] == "timezone_aware"
+    assert ingest.logged() == []
+
+
+async def test_malformed_json_is_400_and_quarantined(ingest: Ingest) -> None:
+    response = await ingest.client.post("/api/telemetry", content=b'{"app_id": ')
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed_json"
+    records = [r async for r in ingest.store.quarantine_records()]
+    assert records[0].raw == '{"app_id": '
+
+
+async def test_invalid_utf8_is_400(ingest: Ingest) -> None:
+    response = await ingest.client.post("/api/telemetry", content=b'{"app_id": "\xff"}')
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_utf8")
+
+
+async def test_too_many_events_is_413(ingest: Ingest) -> None:
+    response = await ingest.client.post("/api/telemetry", content=orjson.dumps([GOOD] * 21))
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_many_events"
+    assert ingest.logged() == []
+    assert await ingest.store.count("quarantine") == 1
+
+
+async def test_oversized_body_is_413_without_reading_it_all(ingest: Ingest) -> None:
+    big = orjson.dumps({**GOOD, "output_text": "x" * 70_000})
+    response = await ingest.client.post("/api/telemetry", content=big)
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+
+
+async def test_deeply_nested_body_is_400(ingest: Ingest) -> None:
+    response = await ingest.client.post("/api/telemetry", content=b"[" * 3000 + b"]" * 3000)
+    assert (response.status_code, response.json()["error"]) == (400, "too_deeply_nested")
+
+
+async def test_health(ingest: Ingest) -> None:
+    response = await ingest.client.get("/healthz")
+    assert response.json() == {"status": "ok"}

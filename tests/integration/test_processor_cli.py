@@ -1,0 +1,132 @@
+"""The processor and producer commands as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.integration.processor_harness import (
+    checkpoints,
+    start_processor,
+    store_contents,
+    stored_count,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+ENV = {"EVALSTREAM_PROCESSOR__HOT_PATH": "false", "EVALSTREAM_PROCESSOR__BATCH_SIZE": "100"}
+
+
+def evalstream(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "evalstream", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_schema_prints_the_producer_contract() -> None:
+    result = evalstream("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "TelemetryEvent"
+    assert "app_id" in schema["required"]
+
+
+def test_simulate_to_ndjson_is_deterministic() -> None:
+    args = (
+        "simulate",
+        "--count",
+        "50",
+        "--seed",
+        "3",
+        "--start",
+        "2026-11-22T00:00:00Z",
+        "-o",
+        "-",
+    )
+    first, second = evalstream(*args), evalstream(*args)
+    assert first.returncode == 0
+    lines = first.stdout.splitlines()
+    assert len(lines) == 50
+    assert first.stdout == second.stdout
+
+
+def test_send_then_process_stores_valid_and_quarantines_invalid(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    when = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    ndjson = "\n".join(
+        [
+            json.dumps({"app_id": "a1", "timestamp": when, "trace_id": "x1"}),
+            "{not json",
+            json.dumps({"app_id": "a1", "timestamp": when}),
+            "",
+            json.dumps({"app_id": "a2", "timestamp": when, "trace_id": "x2", "latency_ms": 5}),
+        ]
+    ).encode()
+    sent = evalstream("send", "-", "--data-dir", str(data_dir), stdin=ndjson)
+    assert sent.returncode == 0, sent.stderr.decode()
+    assert b"sent 4 events" in sent.stderr
+    process = start_processor(data_dir, ENV, "--until-idle", "0.5")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output.decode()
+    telemetry, quarantine = store_contents(data_dir)
+    assert len(telemetry) == 2 and len(quarantine) == 2
+    shown = evalstream("quarantine", "--data-dir", str(data_dir))
+    assert b"malformed JSON" in shown.stdout
+    assert b"$.trace_id: Field required" in shown.stdout
+
+
+def test_sigterm_finishes_the_batch_and_checkpoints(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    simulated = evalstream(
+        "simulate",
+        "--data-dir",
+        str(data_dir),
+        "--count",
+        "20000",
+        "--no-pace",
+        "--seed",
+        "5",
+        "--start",
+        (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+    )
+    assert simulated.returncode == 0, simulated.stderr.decode()
+    process = start_processor(data_dir, ENV)
+    wait_until(lambda: stored_count(data_dir) >= 3000, timeout=120, what="3000 stored records")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output.decode()
+    assert b"stopped:" in output
+    # Everything up to each partition's checkpoint is stored, nothing beyond it is missing:
+    # the checkpoint covers exactly what was processed when the batch in flight finished.
+    processed = sum(sequence + 1 for sequence in checkpoints(data_dir).values())
+    assert stored_count(data_dir) >= processed > 0
+
+
+def test_second_processor_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = start_processor(data_dir, ENV)
+    try:
+        wait_until(lambda: (data_dir / "processor.lock").exists(), timeout=60, what="the lock")
+        wait_until(
+            lambda: (data_dir / "processor.lock").read_text().strip() == str(first.pid),
+            timeout=60,
+            what="the lock to name the first processor",
+        )
+        second = start_processor(data_dir, ENV)
+        output, _ = second.communicate(timeout=60)
+        assert second.returncode != 0
+        assert f"another evalstream processor (pid {first.pid})".encode() in output
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
