@@ -1,0 +1,118 @@
+"""Breach lifecycle: one open breach per detector, hysteresis, no storms, exact ids."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from schemas.breach import BreachKind, BreachState, Severity, breach_id_for
+from stream.hotpath.lifecycle import BreachTracker
+
+from .streams import T0, document
+
+
+class Scripted:
+    """A detector whose alarms and offending values are given in advance."""
+
+    name = "scripted"
+    kind = BreachKind.DRIFT
+    severity = Severity.WARNING
+    observed = 2.0
+    baseline = 1.0
+    limit = None
+    window_id: str | None = None
+
+    def __init__(self, alarms: set[int], offending: set[int] | None = None) -> None:
+        self._alarms = alarms
+        self._offending = offending or set()
+        self._i = -1
+
+    def update(self, x: float, t: float) -> Self:
+        self._i += 1
+        return self
+
+    @property
+    def alarm(self) -> bool:
+        return self._i in self._alarms
+
+    @property
+    def offending(self) -> bool:
+        return self._i in self._offending
+
+    @property
+    def window_start(self) -> float:
+        return T0
+
+    def describe(self) -> str:
+        return "scripted"
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def drive(
+    detector: Scripted, tracker: BreachTracker, count: int, step: float = 1.0
+) -> list[tuple[int, str, str]]:
+    out = []
+    for i in range(count):
+        detector.update(0.0, T0 + step * i)
+        doc = document(i, seconds=step * i)
+        breach = tracker.step(detector, T0 + step * i, doc, [doc.trace_id])  # type: ignore[arg-type]
+        if breach is not None:
+            out.append((i, breach.state.value, breach.breach_id))
+    return out
+
+
+def test_a_storm_of_alarms_is_one_breach() -> None:
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0, keep_samples=False)
+    found = drive(Scripted({5, 6, 8, 12, 20}), tracker, 100)
+    opened_id = breach_id_for("app-a", "x", "scripted", "app-a-doc-5")
+    # Opens on the first alarm; resolves after 10 quiet updates following the last one.
+    assert found == [(5, "opened", opened_id), (30, "resolved", opened_id)]
+
+
+def test_a_new_incident_after_resolution_is_a_new_breach() -> None:
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0, keep_samples=False)
+    found = drive(Scripted({5, 50}), tracker, 100)
+    assert [(i, s) for i, s, _ in found] == [
+        (5, "opened"),
+        (15, "resolved"),
+        (50, "opened"),
+        (60, "resolved"),
+    ]
+    assert found[0][2] != found[2][2]
+
+
+def test_resolution_waits_for_quiet_event_time_too() -> None:
+    tracker = BreachTracker("app-a", "x", quiet_events=1, quiet_seconds=600, keep_samples=False)
+    found = drive(Scripted({3}), tracker, 200, step=10.0)
+    assert [(i, s) for i, s, _ in found] == [(3, "opened"), (63, "resolved")]
+
+
+def test_samples_are_the_latest_offending_requests() -> None:
+    tracker = BreachTracker("app-a", "x", quiet_events=1, quiet_seconds=0, keep_samples=True)
+    offending = {2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24}
+    detector = Scripted({24}, offending)
+    opened = None
+    for i in range(30):
+        detector.update(0.0, T0 + i)
+        doc = document(i)
+        breach = tracker.step(detector, T0 + i, doc, [])  # type: ignore[arg-type]
+        if breach is not None and breach.state is BreachState.OPENED:
+            opened = breach
+    assert opened is not None
+    assert opened.sample_trace_ids == [f"app-a-trace-{i}" for i in sorted(offending)[-10:]]
+    assert opened.observed == 2.0
+    assert opened.baseline == 1.0
+
+
+def test_state_round_trip_keeps_the_open_breach() -> None:
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0, keep_samples=True)
+    detector = Scripted({5})
+    drive(detector, tracker, 8)
+    restored = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0, keep_samples=True)
+    restored.load_state(tracker.state())
+    assert restored.open == tracker.open
+    assert restored.state() == tracker.state()
