@@ -421,9 +421,7 @@ class BalancedConsumer:
 
     def start(self) -> None:
         self.task = asyncio.create_task(
-            self.client.receive(
-                self.on_event, on_error=self.on_error, starting_position="-1"
-            )
+            self.client.receive(self.on_event, on_error=self.on_error, starting_position="-1")
         )
 
     async def stop(self) -> None:
@@ -504,18 +502,19 @@ async def test_load_balanced_receive_with_blob_checkpoints(amqp_broker: Any, azu
                 await asyncio.sleep(0.2)
             third_round = await send_round("r3")
             await wait_for(lambda: a.bodies() >= third_round, "a to read round 3 everywhere")
-            await wait_for(
-                lambda: len(a.received) + len(b.received) >= 24, "every event checkpointed"
-            )
+            # Checkpoints land after the events (each one is awaited in on_event).
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                rows = await store.list_checkpoints(namespace, hub_name, "$Default")
+                checkpoints = {c["partition_id"]: c["sequence_number"] for c in rows}
+                if checkpoints == {p: 5 for p in ("0", "1", "2", "3")}:
+                    break
+                assert time.monotonic() < deadline, f"checkpoints stuck at {checkpoints}"
+                await asyncio.sleep(0.1)
         finally:
             await a.stop()
             if b.task is not None and not b.task.done():
                 await b.stop()
-
-        checkpoints = await store.list_checkpoints(namespace, hub_name, "$Default")
-        assert {c["partition_id"]: c["sequence_number"] for c in checkpoints} == {
-            p: 5 for p in ("0", "1", "2", "3")
-        }
 
         # Resume: a fresh client starts from the checkpoints and sees only newer events.
         fourth_round = await send_round("r4")
