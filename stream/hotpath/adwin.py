@@ -89,7 +89,7 @@ class Adwin(StandardizedDrift):
         # The engine's own serialisation (what its pickle support uses): compact bincode of
         # the bucket rows, no Python objects. It is tied to river's version; the snapshot
         # records that version and refuses another.
-        raw = zlib.compress(self._engine.__getstate__(), 9)
+        raw = zlib.compress(self._engine.__getstate__())
         return [self._width, self._shift, base64.b64encode(raw).decode("ascii")]
 
     def _load_test_state(self, state: list[Any]) -> None:

@@ -53,10 +53,13 @@ class _Track:
 
 
 class _App:
-    __slots__ = ("config", "ignored", "recent", "scores", "tracks", "watermark")
+    __slots__ = ("config", "ignored", "recent", "saved", "scores", "tracks", "watermark")
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
+        # This app's snapshot JSON, kept until its next event: a snapshot re-encodes only the
+        # apps that changed since the previous one.
+        self.saved: bytes | None = None
         self.tracks: dict[str, _Track] = {}
         self.recent: deque[str] = deque(maxlen=MAX_SAMPLE_TRACE_IDS)
         self.watermark = float("-inf")
@@ -84,6 +87,7 @@ class HotPath:
         app = self._apps.get(doc.app_id)
         if app is None:
             app = self._app(doc.app_id)
+        app.saved = None
         t = doc.timestamp.timestamp()
         if t > app.watermark:
             app.watermark = t
@@ -167,11 +171,13 @@ class HotPath:
         """Compact, deterministic JSON of every detector's explicit state (keys sorted)."""
         apps = {}
         for app_id, app in self._apps.items():
-            state = self._app_state(app)
-            state["signals"] = {
-                signal: self._track_state(track) for signal, track in app.tracks.items()
-            }
-            apps[app_id] = state
+            if app.saved is None:
+                state = self._app_state(app)
+                state["signals"] = {
+                    signal: self._track_state(track) for signal, track in app.tracks.items()
+                }
+                app.saved = orjson.dumps(state, option=orjson.OPT_SORT_KEYS)
+            apps[app_id] = orjson.Fragment(app.saved)
         document = {
             "format": SNAPSHOT_FORMAT,
             "version": SNAPSHOT_VERSION,

@@ -277,3 +277,17 @@ def test_state_per_signal_stays_small() -> None:
         if (app_id, signal) == ("app-b", "error"):
             limit += 1024  # its warning breach is still open at the end of the stream
         assert size <= limit, (app_id, signal, size)
+
+
+def test_snapshots_along_the_way_see_every_event() -> None:
+    # Each app's JSON is cached until its next event: taking snapshots in between must not
+    # leave a stale app behind.
+    docs = incident_stream()
+    engine = HotPath(AppDirectory())
+    previous = 0
+    for cut in [*sorted(random.Random(8).sample(range(1, len(docs)), 20)), len(docs)]:
+        run(engine, docs[previous:cut])
+        blob = engine.snapshot()
+        assert HotPath.restore(AppDirectory(), blob).snapshot() == blob
+        previous = cut
+    assert engine.snapshot() == uninterrupted()[1]
