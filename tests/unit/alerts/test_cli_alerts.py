@@ -1,0 +1,153 @@
+"""``evalstream alerts`` through typer's CliRunner, on the embedded bus in a tmp dir."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from evalstream.cli_alerts import alerts_app, find_subscription, subscription_specs
+from evalstream.settings import load_settings
+from schemas import Breach, Severity
+from tests.unit.alerts.conftest import make_breach
+
+
+@pytest.fixture(autouse=True)
+def no_evalstream_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("EVALSTREAM_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "evalstream.toml"
+    path.write_text(
+        f"""
+[embedded]
+data_dir = "{tmp_path / "data"}"
+
+[[alerts.subscriptions]]
+name = "all"
+
+[[alerts.subscriptions]]
+name = "critical"
+filter = {{ severity = "critical" }}
+max_delivery_count = 2
+lock_duration_s = 10
+"""
+    )
+    return path
+
+
+def bus(config: Path) -> Path:
+    return load_settings(config=config).embedded.alerts_path
+
+
+def publish(config: Path, breaches: list[Breach]) -> None:
+    settings = load_settings(config=config)
+
+    async def run() -> None:
+        async with SqliteAlertPublisher(bus(config), subscription_specs(settings)) as pub:
+            await pub.publish(breaches)
+
+    asyncio.run(run())
+
+
+def dead_letter(config: Path, subscription: str, reason: str, description: str) -> None:
+    spec = find_subscription(load_settings(config=config), subscription)
+
+    async def run() -> None:
+        async with SqliteAlertReceiver(bus(config), spec) as rx:
+            [alert] = await rx.receive(1, 0)
+            await rx.dead_letter(alert, reason, description)
+
+    asyncio.run(run())
+
+
+def test_unknown_subscription_lists_the_known_ones(config: Path) -> None:
+    for command in ("dlq", "listen"):
+        result = CliRunner().invoke(
+            alerts_app, [command, "--subscription", "nope", "--config", str(config)]
+        )
+        assert result.exit_code == 2, result.output
+        assert "unknown subscription 'nope'; known subscriptions: all, critical" in result.stderr
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        alerts_app, ["dlq", "-s", "all", "--config", str(tmp_path / "missing.toml")]
+    )
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+
+
+def test_dlq_when_empty(config: Path) -> None:
+    result = CliRunner().invoke(alerts_app, ["dlq", "-s", "all", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "no dead-lettered alerts in subscription 'all'"
+
+
+def test_dlq_shows_reason_description_and_breach(config: Path) -> None:
+    breach = make_breach(4, severity=Severity.CRITICAL)
+    publish(config, [breach])
+    dead_letter(config, "critical", "WebhookRejectedError", "POST https://hooks/x answered 404")
+    runner = CliRunner()
+
+    result = runner.invoke(alerts_app, ["dlq", "-s", "critical", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "WebhookRejectedError  after 1 deliveries  message breach-00004:opened" in lines[0]
+    assert lines[1].strip() == "POST https://hooks/x answered 404"
+    assert "CRITICAL" in lines[2] and "breach breach-00004" in lines[2]
+    assert lines[3] == "1 dead-lettered alert(s) in subscription 'critical'"
+
+    result = runner.invoke(alerts_app, ["dlq", "-s", "critical", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.splitlines()
+    entry = json.loads(line)
+    assert entry["reason"] == "WebhookRejectedError"
+    assert entry["delivery_count"] == 1
+    assert Breach.model_validate(entry["breach"]) == breach
+    assert entry["raw_base64"] is None
+
+    # The other subscription's dead-letter queue is its own.
+    result = runner.invoke(alerts_app, ["dlq", "-s", "all", "--json", "--config", str(config)])
+    assert result.stdout == ""
+
+
+@pytest.mark.integration
+def test_listen_prints_json_lines_and_settles(config: Path) -> None:
+    breaches = [make_breach(n) for n in range(3)]
+    publish(config, breaches)
+    result = CliRunner().invoke(
+        alerts_app,
+        ["listen", "-s", "all", "--json", "--max-alerts", "2", "--config", str(config)],
+    )
+    assert result.exit_code == 0, result.output
+    printed = [Breach.model_validate_json(line) for line in result.stdout.splitlines()]
+    assert printed == breaches[:2]
+    assert "listening to subscription 'all'" in result.stderr
+
+    # The two printed alerts were completed; the third is still there for the next listener.
+    result = CliRunner().invoke(
+        alerts_app, ["listen", "-s", "all", "--max-alerts", "1", "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "breach breach-00002" in result.stdout
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_help_texts_name_the_options() -> None:
+    result = CliRunner().invoke(alerts_app, ["listen", "--help"])
+    assert result.exit_code == 0
+    for option in ("--subscription", "--json", "--webhook", "--config", "--max-alerts"):
+        assert option in result.stdout
+    result = CliRunner().invoke(alerts_app, ["dlq", "--help"])
+    assert result.exit_code == 0
+    assert "dead-lettered alerts" in result.stdout
