@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from schemas.telemetry import MetadataValue, Status, Tokens
 
@@ -70,3 +70,25 @@ class TelemetryDocument(BaseModel):
     app: dict[str, str]
     derived: DerivedSizes
     ingest: IngestInfo
+    # The stored JSON, when whoever built the document serialised it already (the enricher
+    # does, to serialise each event once).
+    _json: bytes | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal documents are equal whether or not one of them has cached its JSON.
+        if isinstance(other, TelemetryDocument):
+            return self.__dict__ == other.__dict__
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.pk, self.id))
+
+    def json_bytes(self) -> bytes:
+        """The document as stored: JSON, UTF-8."""
+        # Through the private dict: attribute access to private fields is a slow path.
+        private = self.__pydantic_private__
+        cached = private.get("_json") if private is not None else None
+        if cached is None:
+            cached = self.model_dump_json().encode()
+            self._json = cached
+        return cached

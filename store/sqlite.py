@@ -88,7 +88,7 @@ class SqliteStore:
                             doc.pk,
                             doc.app_id,
                             doc.timestamp.timestamp(),
-                            doc.model_dump_json(),
+                            doc.json_bytes(),
                         )
                         for doc in documents
                     ],

@@ -11,6 +11,8 @@ import hashlib
 import hmac
 from datetime import datetime
 
+import orjson
+
 from schemas import (
     AppDirectory,
     DerivedSizes,
@@ -33,15 +35,24 @@ def content_id(*parts: bytes | str) -> str:
     return digest.hexdigest()
 
 
-def document_id(event: TelemetryEvent) -> str:
-    """The producer's event_id, else a hash of the canonical (validated, normalised) event."""
+_WITHOUT_USER_ID = frozenset({"user_id"})
+
+
+def canonical_json(event: TelemetryEvent) -> bytes:
+    """The validated, normalised event as JSON, without user_id (which is never stored)."""
+    return event.model_dump_json(exclude=_WITHOUT_USER_ID).encode()
+
+
+def document_id(event: TelemetryEvent, canonical: bytes | None = None) -> str:
+    """The producer's event_id, else a hash of the canonical event (user_id included)."""
     if event.event_id:
         return event.event_id
-    return content_id(event.model_dump_json())
+    return content_id(canonical or canonical_json(event), event.user_id or "")
 
 
 def partition_key(app_id: str, when: datetime) -> str:
-    return f"{app_id}:{when.strftime('%Y-%m-%d')}"
+    """``<app_id>:<YYYY-MM-DD>`` of the (UTC) event time (f-string: 5× cheaper than strftime)."""
+    return f"{app_id}:{when.year:04d}-{when.month:02d}-{when.day:02d}"
 
 
 class Enricher:
@@ -70,6 +81,10 @@ class Enricher:
         late: bool,
     ) -> TelemetryDocument:
         tokens = event.tokens
+        lag_ms = (processed_at - position.enqueued_time).total_seconds() * 1000.0
+        input_chars = len(event.input_text or "")
+        output_chars = len(event.output_text or "")
+        tokens_total = (tokens.input + tokens.output) if tokens else 0
         ingest = construct_trusted(
             IngestInfo,
             {
@@ -80,25 +95,44 @@ class Enricher:
                 "offset": position.offset,
                 "enqueued_time": position.enqueued_time,
                 "processed_at": processed_at,
-                "lag_ms": (processed_at - position.enqueued_time).total_seconds() * 1000.0,
+                "lag_ms": lag_ms,
                 "late": late,
             },
         )
         derived = construct_trusted(
             DerivedSizes,
             {
-                "input_chars": len(event.input_text or ""),
-                "output_chars": len(event.output_text or ""),
-                "tokens_total": (tokens.input + tokens.output) if tokens else 0,
+                "input_chars": input_chars,
+                "output_chars": output_chars,
+                "tokens_total": tokens_total,
             },
         )
-        # The event's fields were validated as a TelemetryEvent already; the document takes
-        # them as they are (all but user_id, which only leaves as its keyed hash), in the
-        # declared field order so the stored JSON has one canonical layout.
+        # The event is serialised once: its canonical JSON gives the content id and, with the
+        # enrichment appended, the stored JSON.
+        canonical = canonical_json(event)
+        document_id_ = document_id(event, canonical)
         timestamp = event.timestamp
+        pk = partition_key(event.app_id, timestamp)
+        user_hash = self.user_hash(event.user_id) if event.user_id else None
+        app = self._app(event.app_id)
+        enrichment = orjson.dumps(
+            {
+                "id": document_id_,
+                "pk": pk,
+                "type": "telemetry",
+                "user_hash": user_hash,
+                "app": app,
+                "derived": derived.__dict__,
+                "ingest": ingest.__dict__,
+            },
+            option=orjson.OPT_UTC_Z,
+        )
+        stored = canonical[:-1] + b"," + enrichment[1:]
+        # The event's fields were validated as a TelemetryEvent already; the document takes
+        # them as they are (all but user_id), in the declared field order.
         fields = {
-            "id": event.event_id or content_id(event.model_dump_json()),
-            "pk": f"{event.app_id}:{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d}",
+            "id": document_id_,
+            "pk": pk,
             "type": "telemetry",
             "schema_version": event.schema_version,
             "app_id": event.app_id,
@@ -115,13 +149,13 @@ class Enricher:
             "error_type": event.error_type,
             "tokens": tokens,
             "scores": event.scores,
-            "user_hash": self.user_hash(event.user_id) if event.user_id else None,
+            "user_hash": user_hash,
             "metadata": event.metadata,
-            "app": self._app(event.app_id),
+            "app": app,
             "derived": derived,
             "ingest": ingest,
         }
-        return construct_trusted(TelemetryDocument, fields)
+        return construct_trusted(TelemetryDocument, fields, {"_json": stored})
 
     def quarantine(
         self, rejected: Rejected, position: ReceivedEvent | None, received_at: datetime

@@ -124,16 +124,15 @@ class LocalLog:
             (partition, after, limit),
         ).fetchall()
         name = str(partition)
-        return [
-            ReceivedEvent(
-                body=bytes(body),
-                partition=name,
-                sequence=sequence,
-                enqueued_time=datetime.fromtimestamp(enqueued, UTC),
-                offset=str(sequence),
-            )
-            for sequence, enqueued, body in rows
-        ]
+        # Events appended together share their enqueued time: convert each value once.
+        times: dict[float, datetime] = {}
+        events = []
+        for sequence, enqueued, body in rows:
+            when = times.get(enqueued)
+            if when is None:
+                when = times[enqueued] = datetime.fromtimestamp(enqueued, UTC)
+            events.append(ReceivedEvent(body, name, sequence, when, str(sequence)))
+        return events
 
     def last_sequence(self, partition: int) -> int:
         row = self.connection.execute(

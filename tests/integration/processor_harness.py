@@ -15,7 +15,7 @@ from pathlib import Path
 
 from schemas import AppDirectory
 from stream.decode import Decoder
-from stream.enrich import Enricher, document_id
+from stream.enrich import Enricher, document_id, partition_key
 from stream.local_log import LocalLog
 from stream.ports import ReceivedEvent
 
@@ -47,16 +47,14 @@ def prepare(data_dir: Path, bodies: Iterable[tuple[str | None, bytes]]) -> Expec
         decoded = decoder.decode(body, now)
         for accepted in decoded.accepted:
             event = accepted.event
-            expected.telemetry.add((enricher_pk(event.app_id, event.timestamp), document_id(event)))
+            expected.telemetry.add(
+                (partition_key(event.app_id, event.timestamp), document_id(event))
+            )
         position = ReceivedEvent(body, str(partition), sequence, now, str(sequence))
         for rejected in decoded.rejected:
             expected.quarantine.add(enricher.quarantine(rejected, position, now).id)
         expected.last_sequence[partition] = max(expected.last_sequence.get(partition, -1), sequence)
     return expected
-
-
-def enricher_pk(app_id: str, timestamp: datetime) -> str:
-    return f"{app_id}:{timestamp:%Y-%m-%d}"
 
 
 def processor_command(data_dir: Path, *extra: str) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
+
 from schemas import AppDirectory, TelemetryDocument, TelemetryEvent
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
@@ -29,5 +31,8 @@ def test_trusted_construction_equals_validated_construction() -> None:
     validated = TelemetryDocument.model_validate(built.model_dump())
     assert built == validated
     assert built.model_dump_json() == validated.model_dump_json()
+    # The JSON the enricher serialised while building is the same document.
+    assert TelemetryDocument.model_validate_json(built.json_bytes()) == validated
+    assert orjson.loads(built.json_bytes()) == orjson.loads(validated.model_dump_json())
     assert built.model_fields_set == validated.model_fields_set
     assert "user_id" not in built.model_dump()
