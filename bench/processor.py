@@ -151,7 +151,8 @@ def main() -> None:
         f"Command: `python -m bench.processor --events {args.events} --repeats {args.repeats}"
         + (" --hot-path`" if args.hot_path else "`"),
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"Python {platform.python_version()}, shared 2-core box (noisy: medians of {args.repeats}).",
+        f"Python {platform.python_version()}, shared 2-core box "
+        f"(noisy: medians of {args.repeats}).",
         f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, 4 partitions.",
         "",
         f"Reference `orjson.loads` of the same bytes: {ref:.2f} µs/event "
