@@ -19,6 +19,7 @@ Handler (`EntityHandler`; subclass it and override what you need; all run on the
         `"sender"` when the broker sends (client receiver; `link.address` = source address) or
         `"receiver"` when the broker receives (client sender; `link.address` = target address).
         Read `link.path` (normalised address), `link.properties` (str keys),
+        `link.desired_capabilities` (list of str),
         `link.filters` (source filter set, str keys → values, described values unwrapped to
         `Described`), `link.snd_settle_mode` / `link.rcv_settle_mode` (0 unsettled/first,
         1 settled/second). Raise `LinkRefused(condition, description)` to refuse: the broker
@@ -88,7 +89,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from proton import Described, Message, ubyte, uint, ulong, ushort
+from proton import Array, Described, Message, ubyte, uint, ulong, ushort
 
 from . import codec
 from .codec import (
@@ -200,6 +201,15 @@ def _str_keys(mapping: Any) -> dict[str, Any]:
     return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in mapping.items()}
 
 
+def _symbol_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    items = value.elements if isinstance(value, Array) else value
+    if not isinstance(items, list | tuple):
+        items = [items]
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in items]
+
+
 class Link:
     """One attached link, seen from the broker. `role` is the broker's role."""
 
@@ -223,6 +233,7 @@ class Link:
         self.target = codec.fields_of(fields[6], codec.TARGET) if fields[6] is not None else None
         self.initial_delivery_count = fields[9]
         self.properties = _str_keys(fields[13])
+        self.desired_capabilities = _symbol_list(fields[12])
         terminus = self.source if role == "sender" else self.target
         self.address: str = str(terminus[0]) if terminus and terminus[0] is not None else ""
         self.path = normalise_address(self.address)

@@ -26,7 +26,7 @@ from .broker import (
     ManagementReply,
     ManagementRequest,
 )
-from .message import annotations_of, batch_parts, with_annotations
+from .message import annotations_of, batch_parts, with_annotations, with_delivery_annotations
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ DEFAULT_CONSUMER_GROUP = "$Default"
 SELECTOR_FILTER = "apache.org:selector-filter:string"
 EPOCH = "com.microsoft:epoch"
 LINK_STOLEN = "amqp:link:stolen"
+# A receiver desiring this capability gets the partition's last-enqueued event with every event.
+RUNTIME_METRIC = "com.microsoft:enable-receiver-runtime-metric"
 # Real Event Hubs allows at most 5 non-epoch receivers per consumer group and partition.
 MAX_NON_EPOCH_RECEIVERS = 5
 
@@ -416,7 +418,21 @@ class EventHubs(EntityHandler):
             if index >= len(events):
                 return
             event = events[index]
-            link.send(event.delivered)
+            payload = event.delivered
+            if RUNTIME_METRIC in link.desired_capabilities:
+                last = events[-1]
+                payload = with_delivery_annotations(
+                    payload,
+                    {
+                        symbol("last_enqueued_sequence_number"): last.sequence_number,
+                        symbol("last_enqueued_offset"): str(last.offset),
+                        symbol("last_enqueued_time_utc"): timestamp(last.enqueued_time_ms),
+                        symbol("runtime_info_retrieval_time_utc"): timestamp(
+                            int(time.time() * 1000)
+                        ),
+                    },
+                )
+            link.send(payload)
             link.state["next_sequence"] = event.sequence_number + 1
 
     def on_detach(self, link: Link, error: Any) -> None:

@@ -66,23 +66,30 @@ def annotations_of(payload: bytes) -> dict[Any, Any]:
 
 def with_annotations(payload: bytes, extra: dict[Any, Any]) -> bytes:
     """Return payload with `extra` merged into its message annotations (keys must be symbols)."""
+    return _with_map_section(payload, SECTION_MESSAGE_ANNOTATIONS, extra)
+
+
+def with_delivery_annotations(payload: bytes, extra: dict[Any, Any]) -> bytes:
+    """Return payload with `extra` merged into its delivery annotations (keys must be symbols)."""
+    return _with_map_section(payload, SECTION_DELIVERY_ANNOTATIONS, extra)
+
+
+def _with_map_section(payload: bytes, code: int, extra: dict[Any, Any]) -> bytes:
     sections = split_sections(payload)
     merged: dict[Any, Any] = {}
     index = None
-    for i, (code, raw) in enumerate(sections):
-        if code == SECTION_MESSAGE_ANNOTATIONS:
+    for i, (found, raw) in enumerate(sections):
+        if found == code:
             merged = dict(section_value(raw) or {})
             index = i
     merged.update(extra)
-    new_raw = encode_value(composite_value(SECTION_MESSAGE_ANNOTATIONS, merged))
+    new_raw = encode_value(composite_value(code, merged))
     if index is not None:
-        sections[index] = (SECTION_MESSAGE_ANNOTATIONS, new_raw)
+        sections[index] = (code, new_raw)
     else:
-        # Annotations come after header and delivery annotations, before everything else.
-        position = sum(
-            1 for code, _ in sections if code in (SECTION_HEADER, SECTION_DELIVERY_ANNOTATIONS)
-        )
-        sections.insert(position, (SECTION_MESSAGE_ANNOTATIONS, new_raw))
+        # Sections keep their AMQP order: header, delivery annotations, message annotations, ...
+        position = sum(1 for found, _ in sections if found < code)
+        sections.insert(position, (code, new_raw))
     return b"".join(raw for _, raw in sections)
 
 

@@ -525,3 +525,35 @@ async def test_load_balanced_receive_with_blob_checkpoints(amqp_broker: Any, azu
         finally:
             await c.stop()
         assert c.bodies() == fourth_round
+
+
+async def test_last_enqueued_event_properties_when_tracked(
+    amqp_broker: Any, positions_consumer: EventHubConsumerClient
+) -> None:
+    stored = amqp_broker.events("positions", "1")
+    seen: list[dict[str, Any] | None] = []
+
+    async def on_batch(context: Any, events: list[EventData]) -> None:
+        if events:
+            seen.append(context.last_enqueued_event_properties)
+
+    task = asyncio.create_task(
+        positions_consumer.receive_batch(
+            on_batch,
+            partition_id="1",
+            starting_position="-1",
+            track_last_enqueued_event_properties=True,
+            max_wait_time=0.5,
+        )
+    )
+    try:
+        await wait_for(lambda: bool(seen), "a batch with runtime metrics")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    last = stored[-1]
+    assert seen[0] is not None
+    assert seen[0]["sequence_number"] == last.sequence_number
+    assert seen[0]["offset"] == str(last.offset)
+    assert seen[0]["enqueued_time"] == datetime.fromtimestamp(last.enqueued_time_ms / 1000, UTC)
