@@ -124,7 +124,8 @@ class AlertListener:
         renewal = _LockRenewal(self.receiver, alert)
         try:
             try:
-                async with self._handler_slots, renewal.running():
+                # Renewal first: an alert waiting for a handler slot must keep its lock too.
+                async with renewal.running(), self._handler_slots:
                     await self.handler.handle(alert)
             except asyncio.CancelledError:
                 raise

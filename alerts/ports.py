@@ -33,7 +33,8 @@ class SubscriptionSpec:
     """
 
     name: str
-    filter: Mapping[str, str] = field(default_factory=dict)
+    # Left out of the hash: a mapping is not hashable, the name identifies the subscription.
+    filter: Mapping[str, str] = field(default_factory=dict, hash=False)
     max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT
     lock_duration_s: float = DEFAULT_LOCK_DURATION_S
 
