@@ -135,7 +135,10 @@ def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        connection.execute("ROLLBACK")
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, ...): then there is nothing
+        # to roll back, and trying would hide the original error.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
 
@@ -414,7 +417,7 @@ class SqliteAlertReceiver(_SqliteClient):
         if poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
         self.poll_interval_s = poll_interval_s
-        self._requested = subscription
+        self.subscription = subscription
         self._spec: SubscriptionSpec | None = (
             subscription if isinstance(subscription, SubscriptionSpec) else None
         )
@@ -427,14 +430,14 @@ class SqliteAlertReceiver(_SqliteClient):
         return self._spec
 
     def _on_open(self, connection: sqlite3.Connection) -> None:
-        if isinstance(self._requested, SubscriptionSpec):
+        if isinstance(self.subscription, SubscriptionSpec):
             with _write_transaction(connection):
-                _upsert_subscriptions(connection, [self._requested], self.clock())
+                _upsert_subscriptions(connection, [self.subscription], self.clock())
             return
         specs = {spec.name: spec for spec in _load_subscriptions(connection)}
-        if self._requested not in specs:
-            raise UnknownSubscriptionError(self._requested, list(specs))
-        self._spec = specs[self._requested]
+        if self.subscription not in specs:
+            raise UnknownSubscriptionError(self.subscription, list(specs))
+        self._spec = specs[self.subscription]
 
     async def receive(self, max_count: int, max_wait_s: float) -> list[ReceivedAlert]:
         if max_count < 1:

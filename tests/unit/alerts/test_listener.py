@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts import ReceivedAlert, SubscriptionSpec
+from alerts import AlertBusBusyError, ReceivedAlert, SubscriptionSpec
 from alerts.listener import AlertListener
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from tests.unit.alerts.conftest import make_breach
@@ -178,6 +178,37 @@ async def test_cancellation_hands_the_alert_back_at_once(bus_path: Path) -> None
         [again] = await rx.receive(1, 0)
     assert again.message_id == "breach-00001:opened"
     assert again.delivery_count == 2
+
+
+async def test_a_busy_bus_pauses_the_listener_without_failing_it(bus_path: Path) -> None:
+    class BusyOnce:
+        def __init__(self, inner: SqliteAlertReceiver) -> None:
+            self.inner = inner
+            self.failures = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        async def receive(self, max_count: int, max_wait_s: float) -> list[ReceivedAlert]:
+            if self.failures == 0:
+                self.failures += 1
+                raise AlertBusBusyError("locked by another process", retry_after=0.01)
+            return await self.inner.receive(max_count, max_wait_s)
+
+    handler = RecordingHandler()
+    async with (
+        SqliteAlertPublisher(bus_path, [SPEC]) as pub,
+        SqliteAlertReceiver(bus_path, SPEC, poll_interval_s=0.01) as rx,
+    ):
+        flaky = BusyOnce(rx)
+        subscriber = listener(rx, handler)
+        subscriber.receiver = flaky  # type: ignore[assignment]
+        task = asyncio.create_task(subscriber.run())
+        await pub.publish([make_breach(1)])
+        await until(lambda: subscriber.completed == 1)
+        await stop(task, subscriber)
+    assert flaky.failures == 1
+    assert handler.handled == ["breach-00001:opened"]
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:

@@ -11,6 +11,7 @@ import pytest
 from alerts import (
     INVALID_BODY,
     MAX_DELIVERY_COUNT_EXCEEDED,
+    AlertBusBusyError,
     AlertClientClosedError,
     LockLostError,
     SubscriptionSpec,
@@ -346,3 +347,21 @@ async def test_reuse_after_close_raises(bus_path: Path, clock: FakeClock) -> Non
 def test_subscription_spec_rejects_unknown_filter_keys() -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         SubscriptionSpec("x", {"team": "a"})
+
+
+async def test_a_long_held_write_lock_raises_a_retryable_busy_error(
+    bus_path: Path, clock: FakeClock
+) -> None:
+    async with publisher(bus_path, clock, busy_timeout_s=0.1) as pub:
+        other = sqlite3.connect(bus_path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+            with pytest.raises(AlertBusBusyError) as caught:
+                await pub.publish([make_breach(1)])
+            assert caught.value.retryable is True
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await pub.publish([make_breach(1)])  # the failed call is simply repeated
+    async with receiver(bus_path, clock) as rx:
+        assert await drain(rx) == ["breach-00001:opened"]
