@@ -65,7 +65,7 @@ class BurnRate:
         self._heads: list[int | None] = [None for _ in windows]
         self._sum_total = [0] * len(windows)
         self._sum_bad = [0] * len(windows)
-        self._pending_idx: int | None = None
+        self._pending_idx: float | None = None
         self._pending_t = 0.0
         self._pending_total = 0
         self._pending_bad = 0
@@ -145,7 +145,9 @@ class BurnRate:
         self._seen += 1
         bad = x > self.bad_above
         self._offending = bad
-        idx = int(t // self._fine)
+        # Bucket numbers stay floats here (integral values, compared exactly): int() per
+        # event is a measurable cost.
+        idx = t // self._fine
         pending = self._pending_idx
         if idx == pending:
             # The common case: same finest bucket as the previous event.
@@ -208,26 +210,29 @@ class BurnRate:
         )
 
     def state(self) -> dict[str, Any]:
-        rule = self._rule
+        # Counts per ring; everything else in one list (keys would double a small state).
+        rule = None if self._rule is None else self.rules.index(self._rule)
         return {
-            "seen": self._seen,
-            "alarm": self._alarm,
-            "offending": self._offending,
             "totals": self._totals,
             "bads": self._bads,
             "heads": self._heads,
-            "pending": [self._pending_idx, self._pending_t, self._pending_total, self._pending_bad],
-            "observed": self._observed,
-            "short_burn": self._short_burn,
-            "window_start": self._window_start,
-            "window_id": self._window_id,
-            "rule": None if rule is None else self.rules.index(rule),
+            "rest": [
+                self._seen,
+                self._alarm,
+                self._offending,
+                self._pending_idx,
+                self._pending_t,
+                self._pending_total,
+                self._pending_bad,
+                self._observed,
+                self._short_burn,
+                self._window_start,
+                self._window_id,
+                rule,
+            ],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self._seen = int(state["seen"])
-        self._alarm = bool(state["alarm"])
-        self._offending = bool(state["offending"])
         self._totals = [[int(c) for c in ring] for ring in state["totals"]]
         self._bads = [[int(c) for c in ring] for ring in state["bads"]]
         if len(self._totals) != len(self._windows) or any(
@@ -237,14 +242,29 @@ class BurnRate:
         self._heads = [None if h is None else int(h) for h in state["heads"]]
         self._sum_total = [sum(ring) for ring in self._totals]
         self._sum_bad = [sum(ring) for ring in self._bads]
-        idx, pending_t, pending_total, pending_bad = state["pending"]
-        self._pending_idx = None if idx is None else int(idx)
+        (
+            seen,
+            alarm,
+            offending,
+            pending_idx,
+            pending_t,
+            pending_total,
+            pending_bad,
+            observed,
+            short_burn,
+            window_start,
+            window_id,
+            rule,
+        ) = state["rest"]
+        self._seen = int(seen)
+        self._alarm = bool(alarm)
+        self._offending = bool(offending)
+        self._pending_idx = None if pending_idx is None else float(pending_idx)
         self._pending_t = float(pending_t)
         self._pending_total = int(pending_total)
         self._pending_bad = int(pending_bad)
-        self._observed = float(state["observed"])
-        self._short_burn = float(state["short_burn"])
-        self._window_start = float(state["window_start"])
-        self._window_id = state["window_id"]
-        rule = state["rule"]
+        self._observed = float(observed)
+        self._short_burn = float(short_burn)
+        self._window_start = float(window_start)
+        self._window_id = window_id
         self._rule = None if rule is None else self.rules[int(rule)]

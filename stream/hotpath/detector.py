@@ -129,10 +129,14 @@ class StandardizedDrift:
             # A constant baseline still needs a scale: any change from it is large.
             self._sd = max(sd, 1e-9 * max(1.0, abs(self._mean)))
             self._ready = True
+            self._on_ready()
 
     # -- hooks of the subclasses -------------------------------------------------------------
     def _reset_test(self) -> None:
         raise NotImplementedError
+
+    def _on_ready(self) -> None:
+        """The baseline is known (end of warm-up, or a restored detector past it)."""
 
     def _test_state(self) -> list[Any]:
         raise NotImplementedError
@@ -202,3 +206,5 @@ class StandardizedDrift:
         self._start_t = float(start_t)
         self._level = float(level)
         self._load_test_state(state["test"])
+        if self._ready:
+            self._on_ready()

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from schemas.appconfig import AppConfig, AppDirectory
-from schemas.breach import MAX_SAMPLE_TRACE_IDS, Breach
+from schemas.breach import MAX_SAMPLE_TRACE_IDS, Breach, BreachKind
 from schemas.document import TelemetryDocument
 from schemas.telemetry import Status
 from stream.hotpath.detector import Detector
@@ -32,6 +32,8 @@ SNAPSHOT_FORMAT = "evalstream.hotpath"
 SNAPSHOT_VERSION = 1
 # Name under which ``state_sizes`` reports the per-app part (watermark, recent trace ids).
 APP_STATE = "*"
+# Key of a signal's offending trace ids in its snapshot (not a detector name).
+SAMPLES = "samples"
 
 _ERROR_FLAG = {Status.OK: 0.0, Status.ERROR: 1.0}
 
@@ -42,14 +44,40 @@ def _river_version() -> str:
 
 
 class _Track:
-    """The detectors of one (app, signal), each with its breach tracker."""
+    """The detectors of one (app, signal), each with its breach tracker.
 
-    __slots__ = ("entries", "pairs")
+    ``samples`` holds the trace ids of the signal's latest offending requests (over the SLO
+    threshold, or failed) when burn-rate detectors watch it; drift breaches take the app's
+    latest requests instead, which are the ones that revealed the change.
+    """
 
-    def __init__(self, pairs: list[tuple[Detector, BreachTracker]]) -> None:
+    __slots__ = ("entries", "pairs", "samples")
+
+    def __init__(
+        self,
+        pairs: list[tuple[Detector, BreachTracker]],
+        slo: set[str],
+        recent: deque[str],
+    ) -> None:
         self.pairs = pairs
+        self.samples: deque[str] | None = deque(maxlen=MAX_SAMPLE_TRACE_IDS) if slo else None
         # Bound methods looked up once: this loop runs for every detector of every event.
-        self.entries = [(d.update, d, t, t.keep_samples) for d, t in pairs]
+        # The first burn-rate detector collects the samples that every one of them reports.
+        self.entries: list[tuple[Any, Detector, BreachTracker, bool, deque[str]]] = []
+        collector = None
+        for detector, tracker in pairs:
+            if detector.name in slo and self.samples is not None:
+                collector = collector or detector.name
+                entry = (
+                    detector.update,
+                    detector,
+                    tracker,
+                    collector == detector.name,
+                    self.samples,
+                )
+            else:
+                entry = (detector.update, detector, tracker, False, recent)
+            self.entries.append(entry)
 
 
 class _App:
@@ -111,14 +139,12 @@ class HotPath:
                 track = self._track(app, doc.app_id, signal)
                 if track is None:
                     continue
-            for update, detector, tracker, keep_samples in track.entries:
+            for update, detector, tracker, collects, samples in track.entries:
                 update(x, t)
-                if (
-                    detector.alarm
-                    or tracker.open is not None
-                    or (keep_samples and detector.offending)
-                ):
-                    breach = tracker.step(detector, app.watermark, doc, app.recent)
+                if collects and detector.offending:
+                    samples.append(doc.trace_id)
+                if detector.alarm or tracker.open is not None:
+                    breach = tracker.step(detector, app.watermark, doc, samples)
                     if breach is not None:
                         out.append(breach)
         return out
@@ -141,27 +167,32 @@ class HotPath:
                 return None
             app.scores += 1
         pairs = []
+        slo = set()
         for detector in detectors_for(app.config, signal):
-            is_slo = signal in (LATENCY, ERROR) and detector.name.startswith("burn_")
+            is_slo = detector.kind is not BreachKind.DRIFT
+            if is_slo:
+                slo.add(detector.name)
             tracker = BreachTracker(
                 app_id,
                 signal,
                 quiet_events=1 if is_slo else app.config.detectors.resolve_after_events,
                 quiet_seconds=app.config.slo.resolve_after_s if is_slo else 0.0,
-                keep_samples=is_slo,
             )
             pairs.append((detector, tracker))
-        track = _Track(pairs)
+        track = _Track(pairs, slo, app.recent)
         app.tracks[signal] = track
         return track
 
     # -- state -----------------------------------------------------------------------------
     @staticmethod
     def _track_state(track: _Track) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             detector.name: {"detector": detector.state(), "breach": tracker.state()}
             for detector, tracker in track.pairs
         }
+        if track.samples is not None:
+            state[SAMPLES] = list(track.samples)
+        return state
 
     @staticmethod
     def _app_state(app: _App) -> dict[str, Any]:
@@ -214,6 +245,8 @@ class HotPath:
                     track = engine._track(app, app_id, signal)
                     if track is None:
                         continue
+                    if track.samples is not None:
+                        track.samples.extend(detectors.get(SAMPLES) or ())
                     for detector, tracker in track.pairs:
                         saved = detectors.get(detector.name)
                         if saved is None:

@@ -58,20 +58,21 @@ class WindowedKS(StandardizedDrift):
         self._reference: list[int] | None = None
         self._counts = [0] * self.bins
         self._filled = 0
+        self._total = 0.0
         self._statistic = 0.0
+        self._raw_edges: tuple[float, ...] = ()
+
+    def _on_ready(self) -> None:
+        # The cut points in the signal's own units: binning a value is then one bisect, with
+        # no standardising (and no clipping: the outer bins are open-ended anyway).
+        self._raw_edges = tuple(self._mean + self._sd * edge for edge in self._edges)
 
     def update(self, x: float, t: float) -> Self:
         if not self._ready:
             self._learn(x, t)
             return self
-        self._level += self.LEVEL_WEIGHT * (x - self._level)
-        z = (x - self._mean) / self._sd
-        clip = self.clip
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
-        self._counts[bisect_right(self._edges, z)] += 1
+        self._counts[bisect_right(self._raw_edges, x)] += 1
+        self._total += x
         self._filled += 1
         if self._filled >= self.window:
             self._close_window()
@@ -79,8 +80,10 @@ class WindowedKS(StandardizedDrift):
 
     def _close_window(self) -> None:
         counts = self._counts
+        level = self._total / self._filled
         self._counts = [0] * self.bins
         self._filled = 0
+        self._total = 0.0
         if self._reference is None:
             self._reference = counts
             return
@@ -88,6 +91,7 @@ class WindowedKS(StandardizedDrift):
         current = np.cumsum(np.asarray(counts, dtype=np.float64)) / self.window
         self._statistic = float(np.max(np.abs(current - reference)))
         if self._statistic > self._critical:
+            self._level = level  # the mean of the window that differed
             self._alarm = True
             self._ready = False
 
@@ -98,11 +102,12 @@ class WindowedKS(StandardizedDrift):
         )
 
     def _test_state(self) -> list[Any]:
-        return [self._reference, self._counts, self._filled, self._statistic]
+        return [self._reference, self._counts, self._filled, self._total, self._statistic]
 
     def _load_test_state(self, state: list[Any]) -> None:
-        reference, counts, filled, statistic = state
+        reference, counts, filled, total, statistic = state
         self._reference = None if reference is None else [int(c) for c in reference]
         self._counts = [int(c) for c in counts]
         self._filled = int(filled)
+        self._total = float(total)
         self._statistic = float(statistic)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -24,42 +23,29 @@ class BreachTracker:
     An alarm while nothing is open opens a breach; further alarms only keep it open. It
     resolves once the detector has been quiet for ``quiet_events`` updates *and*
     ``quiet_seconds`` of event time (the partition's watermark, so a late event cannot move it
-    backwards). With ``keep_samples`` the tracker remembers the trace ids of the last offending
-    values (bad requests of a burn-rate rule); otherwise a breach gets the app's most recent
-    trace ids, which for a drift are the values that revealed it.
+    backwards). The caller only needs to call ``step`` while the detector alarms or a breach
+    is open: otherwise it is a no-op.
     """
 
-    def __init__(
-        self,
-        app_id: str,
-        signal: str,
-        quiet_events: int,
-        quiet_seconds: float,
-        keep_samples: bool,
-    ) -> None:
+    def __init__(self, app_id: str, signal: str, quiet_events: int, quiet_seconds: float) -> None:
         self.app_id = app_id
         self.signal = signal
         self.quiet_events = quiet_events
         self.quiet_seconds = quiet_seconds
-        self.keep_samples = keep_samples
         self.open: Breach | None = None
         self._quiet = 0
         self._last_alarm_t = 0.0
-        self.samples: deque[str] | None = (
-            deque(maxlen=MAX_SAMPLE_TRACE_IDS) if keep_samples else None
-        )
 
     def step(
-        self, detector: Detector, t: float, doc: TelemetryDocument, recent: Iterable[str]
+        self, detector: Detector, t: float, doc: TelemetryDocument, samples: Iterable[str]
     ) -> Breach | None:
-        """Account for the detector's last update (of ``doc``); ``t`` is the watermark."""
-        if self.samples is not None and detector.offending:
-            self.samples.append(doc.trace_id)
+        """Account for the detector's last update (of ``doc``); ``t`` is the watermark and
+        ``samples`` the trace ids of recent offending requests, should a breach open."""
         if detector.alarm:
             self._quiet = 0
             self._last_alarm_t = t
             if self.open is None:
-                self.open = self._opened(detector, doc, recent)
+                self.open = self._opened(detector, doc, samples)
                 return self.open
             return None
         if self.open is None:
@@ -77,9 +63,8 @@ class BreachTracker:
             )
         return None
 
-    def _opened(self, detector: Detector, doc: TelemetryDocument, recent: Iterable[str]) -> Breach:
+    def _opened(self, detector: Detector, doc: TelemetryDocument, samples: Iterable[str]) -> Breach:
         opened_by = detector.window_id or doc.id
-        samples = list(self.samples if self.samples is not None else recent)
         return Breach(
             breach_id=breach_id_for(self.app_id, self.signal, detector.name, opened_by),
             state=BreachState.OPENED,
@@ -95,23 +80,16 @@ class BreachTracker:
             window_start=datetime.fromtimestamp(detector.window_start, UTC),
             window_end=doc.timestamp,
             opened_at=doc.timestamp,
-            sample_trace_ids=samples[-MAX_SAMPLE_TRACE_IDS:],
+            sample_trace_ids=list(samples)[-MAX_SAMPLE_TRACE_IDS:],
             message=detector.describe(),
         )
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "open": None if self.open is None else self.open.model_dump(mode="json"),
-            "quiet": self._quiet,
-            "last_alarm_t": self._last_alarm_t,
-            "samples": None if self.samples is None else list(self.samples),
-        }
+    def state(self) -> list[Any]:
+        opened = None if self.open is None else self.open.model_dump(mode="json")
+        return [self._quiet, self._last_alarm_t, opened]
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        opened = state["open"]
+    def load_state(self, state: list[Any]) -> None:
+        quiet, last_alarm_t, opened = state
+        self._quiet = int(quiet)
+        self._last_alarm_t = float(last_alarm_t)
         self.open = None if opened is None else Breach.model_validate(opened)
-        self._quiet = int(state["quiet"])
-        self._last_alarm_t = float(state["last_alarm_t"])
-        if self.samples is not None:
-            self.samples.clear()
-            self.samples.extend(state["samples"] or ())

@@ -259,9 +259,14 @@ def test_drift_detectors_follow_the_configuration() -> None:
         "page_hinkley",
         "burn_critical",
         "burn_warning",
+        "samples",
     }
     assert set(state["app-a"]["signals"]["output_chars"]) == {"page_hinkley"}
-    assert set(state["app-b"]["signals"]["latency_ms"]) == {"burn_critical", "burn_warning"}
+    assert set(state["app-b"]["signals"]["latency_ms"]) == {
+        "burn_critical",
+        "burn_warning",
+        "samples",
+    }
     assert state["app-b"]["signals"]["output_chars"] == {}
 
 

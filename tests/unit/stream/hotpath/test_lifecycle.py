@@ -66,7 +66,7 @@ def drive(
 
 
 def test_a_storm_of_alarms_is_one_breach() -> None:
-    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0, keep_samples=False)
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
     found = drive(Scripted({5, 6, 8, 12, 20}), tracker, 100)
     opened_id = breach_id_for("app-a", "x", "scripted", "app-a-doc-5")
     # Opens on the first alarm; resolves after 10 quiet updates following the last one.
@@ -74,7 +74,7 @@ def test_a_storm_of_alarms_is_one_breach() -> None:
 
 
 def test_a_new_incident_after_resolution_is_a_new_breach() -> None:
-    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0, keep_samples=False)
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
     found = drive(Scripted({5, 50}), tracker, 100)
     assert [(i, s) for i, s, _ in found] == [
         (5, "opened"),
@@ -86,33 +86,30 @@ def test_a_new_incident_after_resolution_is_a_new_breach() -> None:
 
 
 def test_resolution_waits_for_quiet_event_time_too() -> None:
-    tracker = BreachTracker("app-a", "x", quiet_events=1, quiet_seconds=600, keep_samples=False)
+    tracker = BreachTracker("app-a", "x", quiet_events=1, quiet_seconds=600)
     found = drive(Scripted({3}), tracker, 200, step=10.0)
     assert [(i, s) for i, s, _ in found] == [(3, "opened"), (63, "resolved")]
 
 
-def test_samples_are_the_latest_offending_requests() -> None:
-    tracker = BreachTracker("app-a", "x", quiet_events=1, quiet_seconds=0, keep_samples=True)
-    offending = {2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24}
-    detector = Scripted({24}, offending)
-    opened = None
-    for i in range(30):
-        detector.update(0.0, T0 + i)
-        doc = document(i)
-        breach = tracker.step(detector, T0 + i, doc, [])  # type: ignore[arg-type]
-        if breach is not None and breach.state is BreachState.OPENED:
-            opened = breach
+def test_breach_carries_the_last_ten_samples_it_is_given() -> None:
+    tracker = BreachTracker("app-a", "x", quiet_events=1, quiet_seconds=0)
+    detector = Scripted({0})
+    detector.update(0.0, T0)
+    samples = [f"trace-{i}" for i in range(25)]
+    opened = tracker.step(detector, T0, document(0), samples)  # type: ignore[arg-type]
     assert opened is not None
-    assert opened.sample_trace_ids == [f"app-a-trace-{i}" for i in sorted(offending)[-10:]]
+    assert opened.state is BreachState.OPENED
+    assert opened.sample_trace_ids == samples[-10:]
     assert opened.observed == 2.0
     assert opened.baseline == 1.0
 
 
 def test_state_round_trip_keeps_the_open_breach() -> None:
-    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0, keep_samples=True)
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
     detector = Scripted({5})
     drive(detector, tracker, 8)
-    restored = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0, keep_samples=True)
+    assert tracker.open is not None
+    restored = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
     restored.load_state(tracker.state())
     assert restored.open == tracker.open
     assert restored.state() == tracker.state()
