@@ -90,12 +90,12 @@ class Adwin(StandardizedDrift):
         # the bucket rows, no Python objects. It is tied to river's version; the snapshot
         # records that version and refuses another.
         raw = zlib.compress(self._engine.__getstate__())
-        return [self._width, self._shift, base64.b64encode(raw).decode("ascii")]
+        return [self._width, self._shift, base64.b85encode(raw).decode("ascii")]
 
     def _load_test_state(self, state: list[Any]) -> None:
         width, shift, encoded = state
         self._shift = float(shift)
         engine = self._fresh_engine()
-        engine.__setstate__(zlib.decompress(base64.b64decode(encoded)))
+        engine.__setstate__(zlib.decompress(base64.b85decode(encoded)))
         self._engine = engine
         self._width = int(width)
