@@ -135,6 +135,8 @@ async def test_queue_send_peek_lock_complete_and_receive_and_delete(
     sb.create_queue("sbc-work")
     async with client.get_queue_sender("sbc-work") as sender:
         await sender.send_messages([ServiceBusMessage(f"job-{i}") for i in range(3)])
+        # Larger than a frame both ways: multi-frame transfers in and out.
+        await sender.send_messages(ServiceBusMessage("b" * 300_000))
 
     async with client.get_queue_receiver("sbc-work") as receiver:
         [first] = await receive(receiver, 1)
@@ -143,18 +145,18 @@ async def test_queue_send_peek_lock_complete_and_receive_and_delete(
         assert first.locked_until_utc is not None
         assert first.locked_until_utc > datetime.now(UTC)
         peeked = await receiver.peek_messages(10, sequence_number=1)
-        assert [body_text(m) for m in peeked] == ["job-0", "job-1", "job-2"]
+        assert [body_text(m)[:5] for m in peeked] == ["job-0", "job-1", "job-2", "bbbbb"]
         await receiver.complete_message(first)
     counts = await eventually(
         lambda: asyncio.to_thread(sb.servicebus_counts, "sbc-work"), lambda c: c["locked"] == 0
     )
-    assert counts == {"active": 2, "locked": 0, "deferred": 0, "dead_lettered": 0}
+    assert counts == {"active": 3, "locked": 0, "deferred": 0, "dead_lettered": 0}
 
     async with client.get_queue_receiver(
         "sbc-work", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
     ) as receiver:
-        got = await receive(receiver, 2)
-        assert [body_text(m) for m in got] == ["job-1", "job-2"]
+        got = await receive(receiver, 3)
+        assert [body_text(m) for m in got] == ["job-1", "job-2", "b" * 300_000]
         assert all(m.lock_token is None for m in got)
     assert sb.servicebus_counts("sbc-work")["active"] == 0
 
