@@ -14,6 +14,7 @@ import orjson
 import typer
 from rich.console import Console
 
+from alerts.handlers import render_breach
 from evalstream import logs, wiring
 from evalstream.settings import Settings, SettingsError, load_settings
 from schemas import TelemetryEvent
@@ -134,6 +135,7 @@ def process(
                 on_status=lambda line: console.print(
                     f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}"
                 ),
+                on_breach=lambda breach: console.print(render_breach(breach)),
             )
         )
     except* (SettingsError, StreamError) as group:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from evalstream import wiring
 from evalstream.settings import Settings
+from schemas import Breach
 from stream.ingest import IngestApp, bound_port, serving
 from stream.ports import EventSink
 from stream.processor import Processor
@@ -81,10 +82,11 @@ async def run_processor(
     simulate: dict[str, object] | None,
     until_idle_s: float | None,
     on_status: Callable[[str], None],
+    on_breach: Callable[[Breach], None] | None = None,
 ) -> ProcessorStats:
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    stats = ProcessorStats()
+    stats = ProcessorStats(on_breach=on_breach)
     async with (
         wiring.store(settings) as store,
         wiring.publisher(settings) as publisher,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from schemas import Breach, BreachState
@@ -24,6 +24,8 @@ class ProcessorStats:
     breaches_opened: int = 0
     breaches_resolved: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Called with every breach the processor published (the CLI prints them).
+    on_breach: Callable[[Breach], None] | None = None
     _partitions: dict[str, _PartitionProgress] = field(default_factory=dict)
     _last_report: tuple[float, int] = (0.0, 0)
 
@@ -51,6 +53,8 @@ class ProcessorStats:
         self.quarantined += quarantined
         self.events += documents + quarantined
         for breach in breaches:
+            if self.on_breach is not None:
+                self.on_breach(breach)
             if breach.state is BreachState.OPENED:
                 self.breaches_opened += 1
             else:
