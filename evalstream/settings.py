@@ -95,6 +95,71 @@ class AlertSettings(BaseModel):
     subscriptions: tuple[SubscriptionSettings, ...] = (SubscriptionSettings(name="all"),)
 
 
+class EventHubsSettings(BaseModel):
+    """Event Hubs source (and producer for send/simulate), with Blob checkpoints.
+
+    Authenticate with ``connection_string``, or with ``fully_qualified_namespace`` and
+    DefaultAzureCredential (managed identity: role "Azure Event Hubs Data Receiver", and
+    "Data Sender" for producers). Checkpoints likewise: ``checkpoint_connection_string`` or
+    ``checkpoint_account_url`` with "Storage Blob Data Contributor".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection_string: SecretStr | None = None
+    fully_qualified_namespace: str | None = None
+    eventhub_name: str = "telemetry"
+    checkpoint_connection_string: SecretStr | None = None
+    checkpoint_account_url: str | None = None
+    checkpoint_container: str = "evalstream-checkpoints"
+    # Where a partition without a checkpoint starts: the oldest retained event or new ones only.
+    starting_position: Literal["earliest", "latest"] = "earliest"
+    load_balancing_interval_s: PositiveFloat = 10.0
+    partition_ownership_expiration_s: PositiveFloat = 60.0
+    prefetch: PositiveInt = 300
+
+
+class CosmosSettings(BaseModel):
+    """Cosmos DB store. ``key``, or DefaultAzureCredential with the data-plane role
+    "Cosmos DB Built-in Data Contributor"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str | None = None
+    key: SecretStr | None = None
+    database: str = "evalstream"
+    telemetry_container: str = "telemetry"
+    quarantine_container: str = "quarantine"
+    state_container: str = "state"
+    evaluations_container: str = "evaluations"
+    create_if_missing: bool = True
+    # Concurrent upserts per batch: bounded so a throttled account slows the processor down
+    # instead of queueing without limit.
+    max_concurrency: PositiveInt = Field(default=32, le=512)
+    max_retries: int = Field(default=8, ge=0)
+    # Local emulators use self-signed certificates.
+    connection_verify: bool = True
+
+
+class ServiceBusSettings(BaseModel):
+    """Service Bus alert topic. ``connection_string``, or ``fully_qualified_namespace`` with
+    DefaultAzureCredential (roles "Azure Service Bus Data Sender" / "Data Receiver")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection_string: SecretStr | None = None
+    fully_qualified_namespace: str | None = None
+    topic: str = "breaches"
+
+
+class AzureSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eventhubs: EventHubsSettings = Field(default_factory=EventHubsSettings)
+    cosmos: CosmosSettings = Field(default_factory=CosmosSettings)
+    servicebus: ServiceBusSettings = Field(default_factory=ServiceBusSettings)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EVALSTREAM_",
@@ -112,6 +177,7 @@ class Settings(BaseSettings):
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
     apps: AppDirectory = Field(default_factory=AppDirectory)
 
     @classmethod
