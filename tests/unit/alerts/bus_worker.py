@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alerts import SubscriptionSpec
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
-from tests.unit.alerts.conftest import make_breach
+from tests.unit.alerts.factories import make_breach
 
 SPEC = SubscriptionSpec("all", lock_duration_s=30.0)
 

@@ -14,7 +14,7 @@ from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from evalstream.cli_alerts import alerts_app, find_subscription, subscription_specs
 from evalstream.settings import load_settings
 from schemas import Breach, Severity
-from tests.unit.alerts.conftest import make_breach
+from tests.unit.alerts.factories import make_breach
 
 
 @pytest.fixture(autouse=True)

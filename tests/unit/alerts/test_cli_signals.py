@@ -14,7 +14,7 @@ import pytest
 
 from alerts import SubscriptionSpec
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
-from tests.unit.alerts.conftest import make_breach
+from tests.unit.alerts.factories import make_breach
 
 ROOT = Path(__file__).resolve().parents[3]
 SPEC = SubscriptionSpec("all")

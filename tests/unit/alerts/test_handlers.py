@@ -22,7 +22,7 @@ from alerts.handlers import ConsoleHandler, HandlerChain, WebhookHandler, render
 from alerts.listener import AlertListener
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from schemas import Breach, BreachState, Severity
-from tests.unit.alerts.conftest import make_breach
+from tests.unit.alerts.factories import make_breach
 
 
 def received(breach: Breach, delivery_count: int = 1) -> ReceivedAlert:

@@ -12,7 +12,7 @@ import pytest
 from alerts import AlertBusBusyError, ReceivedAlert, SubscriptionSpec
 from alerts.listener import AlertListener
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
-from tests.unit.alerts.conftest import make_breach
+from tests.unit.alerts.factories import make_breach
 
 SPEC = SubscriptionSpec("all", max_delivery_count=3, lock_duration_s=30.0)
 

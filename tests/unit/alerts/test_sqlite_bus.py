@@ -19,7 +19,7 @@ from alerts import (
 )
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from schemas import BreachKind, BreachState, Severity
-from tests.unit.alerts.conftest import FakeClock, make_breach
+from tests.unit.alerts.factories import FakeClock, make_breach
 
 ALL = SubscriptionSpec("all", max_delivery_count=3, lock_duration_s=30.0)
 CRITICAL = SubscriptionSpec("critical", {"severity": "critical"})
