@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from alerts.exceptions import AlertError, LockLostError
 from alerts.ports import DEFAULT_MAX_DELIVERY_COUNT, AlertHandler, AlertReceiver, ReceivedAlert
@@ -134,8 +134,8 @@ class AlertListener:
                 # this alert's failure, never the listener's.
                 await self._handler_failed(alert, exc, renewal)
                 return
-            await self._settle("complete", alert)
-            self.completed += 1
+            if await self._settle(self.receiver.complete, alert):
+                self.completed += 1
         except asyncio.CancelledError:
             # Cancelled mid-flight: hand the alert back now rather than at lock expiry.
             await self._release(alert)
@@ -156,7 +156,8 @@ class AlertListener:
                 f"{exc} (handler failed on delivery {alert.delivery_count} "
                 f"of {self.max_delivery_count})"
             )
-            if await self._settle("dead_letter", alert, type(exc).__name__, description):
+            reason = type(exc).__name__
+            if await self._settle(self.receiver.dead_letter, alert, reason, description):
                 self.dead_lettered += 1
             return
         delay = self.backoff_s(alert.delivery_count)
@@ -170,20 +171,25 @@ class AlertListener:
         )
         async with renewal.running():
             await self._sleep_unless_stopping(delay)
-        if await self._settle("abandon", alert):
+        if await self._settle(self.receiver.abandon, alert):
             self.abandoned += 1
 
-    async def _settle(self, operation: str, alert: ReceivedAlert, *args: str) -> bool:
+    async def _settle(
+        self,
+        operation: Callable[..., Awaitable[None]],
+        alert: ReceivedAlert,
+        *args: str,
+    ) -> bool:
         """Complete, abandon or dead-letter; a failure is logged, the bus redelivers later."""
         try:
-            await getattr(self.receiver, operation)(alert, *args)
+            await operation(alert, *args)
         except asyncio.CancelledError:
             raise
         except LockLostError as exc:
-            logger.warning("could not %s alert %s: %s", operation, alert.message_id, exc)
+            logger.warning("could not %s alert %s: %s", operation.__name__, alert.message_id, exc)
             return False
         except AlertError as exc:
-            logger.error("could not %s alert %s: %s", operation, alert.message_id, exc)
+            logger.error("could not %s alert %s: %s", operation.__name__, alert.message_id, exc)
             return False
         return True
 
