@@ -5,9 +5,11 @@ The wire half (`servicebus.py`) translates links and frames into calls on these 
 this module is what decides what a real namespace would do with a message.
 
 Conventions that follow the Service Bus wire behaviour of azure-servicebus 7.15:
-- `delivery_count` is the AMQP header value: 0 on the first delivery, +1 for every abandon
-  or lock expiry. A message whose count reaches `max_delivery_count` is dead-lettered with
-  reason `MaxDeliveryCountExceeded` instead of being offered again.
+- `delivery_count` is the AMQP header value: how many times the message was handed out under
+  a lock before, so 0 on the first delivery and +1 after every abandon, lock expiry, defer or
+  dead-letter. A message whose count reaches `max_delivery_count` through abandons or lock
+  expiries is dead-lettered with reason `MaxDeliveryCountExceeded` instead of being offered
+  again.
 - A release (the client handing back a message it never showed to the application) does
   not count as a delivery attempt.
 - Sequence numbers are assigned by the entity that accepts the send (queue or topic) and
@@ -353,6 +355,7 @@ class MessageStore:
 
     def defer(self, token: uuid.UUID) -> None:
         lock = self._take_lock(token)
+        lock.message.delivery_count += 1
         lock.message.deferred = True
         self._deferred[lock.message.sequence_number] = lock.message
 
@@ -362,6 +365,7 @@ class MessageStore:
         if self.dead_letter is None:
             raise InvalidOperation(f"{self.path} has no dead-letter queue.")
         lock = self._take_lock(token)
+        lock.message.delivery_count += 1
         self._move_to_dead_letter(lock.message, reason, description)
 
     def renew_lock(self, token: uuid.UUID) -> float:

@@ -323,3 +323,39 @@ async def test_receiver_on_a_missing_entity_is_refused(client: ServiceBusClient)
     with pytest.raises(MessagingEntityNotFoundError):
         async with client.get_queue_receiver("sbc-no-such-queue") as receiver:
             await receiver.receive_messages(max_message_count=1, max_wait_time=1)
+
+
+def _sync_round_trip(connection_string: str) -> list[tuple[str | None, int, str | None]]:
+    from azure.servicebus import ServiceBusClient as SyncClient
+
+    seen: list[tuple[str | None, int, str | None]] = []
+    with SyncClient.from_connection_string(connection_string) as sync_client:
+        with sync_client.get_queue_sender("sbc-sync") as sender:
+            sender.send_messages(ServiceBusMessage("s", message_id="s-1"))
+        with sync_client.get_queue_receiver("sbc-sync") as receiver:
+            [message] = receiver.receive_messages(max_message_count=1, max_wait_time=WAIT_S)
+            seen.append((message.message_id, message.delivery_count, None))
+            receiver.abandon_message(message)
+            [message] = receiver.receive_messages(max_message_count=1, max_wait_time=WAIT_S)
+            seen.append((message.message_id, message.delivery_count, None))
+            receiver.dead_letter_message(message, reason="sync-reason")
+        with sync_client.get_queue_receiver(
+            "sbc-sync", sub_queue=ServiceBusSubQueue.DEAD_LETTER
+        ) as dlq:
+            [message] = dlq.receive_messages(max_message_count=1, max_wait_time=WAIT_S)
+            seen.append((message.message_id, message.delivery_count, message.dead_letter_reason))
+            dlq.complete_message(message)
+    return seen
+
+
+async def test_sync_client_round_trip(sb: ServiceBusAdmin) -> None:
+    # The synchronous SDK drives its own pyamqp connection; run it off the event loop.
+    sb.create_queue("sbc-sync")
+    seen = await asyncio.to_thread(_sync_round_trip, sb.servicebus_connection_string())
+    assert seen == [("s-1", 0, None), ("s-1", 1, None), ("s-1", 2, "sync-reason")]
+    assert sb.servicebus_counts("sbc-sync") == {
+        "active": 0,
+        "locked": 0,
+        "deferred": 0,
+        "dead_lettered": 0,
+    }

@@ -184,6 +184,7 @@ def test_dead_letter_with_reason_and_description(ns: Namespace) -> None:
     dead = dlq.receive()
     assert dead is not None
     assert dead.message.dead_letter_description == "field x missing"
+    assert dead.message.delivery_count == 1
     with pytest.raises(InvalidOperation):
         dlq.dead_letter_message(dead.lock_token)  # type: ignore[arg-type]
     dlq.complete(dead.lock_token)  # type: ignore[arg-type]
@@ -207,13 +208,14 @@ def test_defer_then_receive_by_sequence_number(ns: Namespace) -> None:
         store.receive_deferred([2])
     [deferred] = store.receive_deferred([1])
     assert deferred.message.message_id == "a"
+    assert deferred.message.delivery_count == 1  # deferring counts as a delivery
     with pytest.raises(MessageNotFound):
         store.receive_deferred([1])  # already locked
     assert deferred.lock_token is not None
     store.abandon(deferred.lock_token)
     assert store.deferred_count == 1  # an abandoned deferred message stays deferred
     [again] = store.receive_deferred([1])
-    assert again.message.delivery_count == 1
+    assert again.message.delivery_count == 2
     store.complete(again.lock_token)  # type: ignore[arg-type]
     assert store.deferred_count == 0
 
