@@ -1,0 +1,98 @@
+"""Restart exactness of the hot path: SIGKILLed runs deliver the same breaches, each once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from alerts.sqlite_bus import SqliteAlertReceiver
+from stream.simulator import Incident, Simulator
+from tests.integration.processor_harness import (
+    kill_hard,
+    prepare,
+    start_processor,
+    stored_count,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 24_000
+RATE = 20.0  # events/s of event time: the stream spans 20 minutes
+KILLS = 6
+ENV = {
+    "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
+    "EVALSTREAM_PROCESSOR__BATCH_SIZE": "250",
+    "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.05",
+}
+INCIDENTS = [
+    Incident.parse("latency_regression:app-000@200+240x5"),
+    Incident.parse("error_burst:app-001@400+200x0.4"),
+    Incident.parse("score_drift:app-002@600+300x-4"),
+]
+
+
+def bodies() -> list[tuple[str | None, bytes]]:
+    simulator = Simulator(
+        apps=4,
+        rate=RATE,
+        seed=99,
+        start=datetime.now(UTC) - timedelta(hours=2),
+        incidents=INCIDENTS,
+        invalid_fraction=0.01,
+    )
+    return [(event.app_id, event.body) for event in simulator.events(EVENTS)]
+
+
+async def delivered(data_dir: Path) -> list[str]:
+    """Drain the `all` subscription: the message id of every delivery, in order."""
+    ids: list[str] = []
+    async with SqliteAlertReceiver(data_dir / "alerts.db", "all") as receiver:
+        while alerts := await receiver.receive(max_count=100, max_wait_s=0.2):
+            for alert in alerts:
+                ids.append(alert.message_id)
+                await receiver.complete(alert)
+    return ids
+
+
+def run_to_end(data_dir: Path) -> None:
+    process = start_processor(data_dir, ENV, "--until-idle", "1")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output.decode()
+
+
+def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(tmp_path: Path) -> None:
+    stream = bodies()
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    expected = prepare(reference_dir, stream)
+    assert prepare(killed_dir, stream).telemetry == expected.telemetry
+    total = len(expected.telemetry) + len(expected.quarantine)
+
+    run_to_end(reference_dir)
+    reference = asyncio.run(delivered(reference_dir))
+    states = Counter(message_id.rsplit(":", 1)[1] for message_id in reference)
+    assert states["opened"] >= 3 and states["resolved"] >= 1, states
+
+    rng = random.Random(3)
+    for point in sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS)):
+        process = start_processor(killed_dir, ENV)
+        try:
+            wait_until(
+                lambda point=point: stored_count(killed_dir) >= point,
+                timeout=180,
+                what=f"{point} stored records",
+                interval=0.005,
+            )
+        finally:
+            kill_hard(process)
+    run_to_end(killed_dir)
+    after_kills = asyncio.run(delivered(killed_dir))
+
+    assert len(after_kills) == len(set(after_kills)), "a breach was delivered twice"
+    assert set(after_kills) == set(reference)
+    assert len(reference) == len(set(reference))
