@@ -11,11 +11,22 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from proton import Array, Data, symbol, timestamp
+from proton import UNDESCRIBED, Array, Data, symbol, timestamp
 
-from .codec import BATCH_MESSAGE_FORMAT, SECTION_APPLICATION_PROPERTIES, composite_value
-from .codec import encode_value as _encode_value
-from .message import batch_parts, decode_message, split_sections, with_annotations, with_header
+from .codec import (
+    BATCH_MESSAGE_FORMAT,
+    SECTION_APPLICATION_PROPERTIES,
+    composite_value,
+    encode_value,
+)
+from .message import (
+    batch_parts,
+    decode_message,
+    section_value,
+    split_sections,
+    with_annotations,
+    with_header,
+)
 from .servicebus_model import Delivery, StoredMessage
 
 SEQUENCE_NUMBER = symbol("x-opt-sequence-number")
@@ -42,7 +53,8 @@ def _ms(epoch_seconds: float) -> timestamp:
 def parse_message(payload: bytes) -> StoredMessage:
     """One encoded message as the model sees it (the bytes are kept as the payload)."""
     decoded = decode_message(payload)
-    properties = {str(k): v for k, v in (decoded.properties or {}).items()}
+    raw_properties: dict[Any, Any] = decoded.properties or {}
+    properties = {str(k): v for k, v in raw_properties.items()}
     return StoredMessage(
         payload=bytes(payload),
         message_id=_text(decoded.id),
@@ -71,14 +83,10 @@ def with_application_properties(payload: bytes, extra: dict[str, Any]) -> bytes:
     index = None
     for i, (code, raw) in enumerate(sections):
         if code == SECTION_APPLICATION_PROPERTIES:
-            data = Data()
-            data.decode(raw)
-            data.rewind()
-            data.next()
-            merged = dict(data.get_object().value or {})
+            merged = dict(section_value(raw) or {})
             index = i
     merged.update(extra)
-    new_raw = _encode_value(composite_value(SECTION_APPLICATION_PROPERTIES, merged))
+    new_raw = encode_value(composite_value(SECTION_APPLICATION_PROPERTIES, merged))
     if index is not None:
         sections[index] = (SECTION_APPLICATION_PROPERTIES, new_raw)
     else:
@@ -126,10 +134,6 @@ def lock_token_of(tag: bytes) -> uuid.UUID:
 
 
 def timestamp_array(epoch_seconds: list[float]) -> Array:
-    from proton import UNDESCRIBED
-
-    return Array(UNDESCRIBED, Data.TIMESTAMP, *[_ms(s) for s in epoch_seconds])
-
-
-def encode_value(value: Any) -> bytes:
-    return _encode_value(value)
+    """An AMQP array of timestamps (what renew-lock answers with)."""
+    # proton's stubs type the descriptor narrower than its documented UNDESCRIBED sentinel.
+    return Array(UNDESCRIBED, Data.TIMESTAMP, *[_ms(s) for s in epoch_seconds])  # type: ignore[arg-type]
