@@ -53,7 +53,7 @@ from .broker import (
     ManagementRequest,
     OutgoingDelivery,
 )
-from .servicebus_management import handle_request
+from .servicebus_management import error_reply, handle_request, unsupported
 from .servicebus_messages import (
     DEAD_LETTER_DESCRIPTION,
     DEAD_LETTER_REASON,
@@ -266,19 +266,23 @@ class ServiceBusHandler(EntityHandler):
 
     # ----------------------------------------------------------------- management
     async def on_management(self, request: ManagementRequest) -> ManagementReply:
-        try:
-            store = self.namespace.store(request.entity or "")
-        except EntityNotFound as exc:
-            return ManagementReply(
-                404, description=exc.description, properties={"errorCondition": exc.condition}
-            )
-        reply = handle_request(store, request.operation, request.body)
+        entity = request.entity or ""
+        if self.namespace.is_sendable(entity) and not self.namespace.is_receivable(entity):
+            # A topic's management node serves sender operations (scheduled messages).
+            reply = unsupported(request.operation)
+        else:
+            try:
+                store = self.namespace.store(entity)
+            except EntityNotFound as exc:
+                reply = error_reply(exc)
+            else:
+                reply = handle_request(store, request.operation, request.body)
         self._arm_timer()
         return ManagementReply(
             reply.status_code,
             body=reply.body,
             description=reply.description,
-            properties={k: v for k, v in reply.application_properties().items() if "rror" in k},
+            properties=reply.error_properties(),
         )
 
     # ----------------------------------------------------------------- lock expiry timer

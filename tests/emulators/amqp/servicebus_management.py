@@ -43,15 +43,38 @@ class ManagementReply:
     description: str = ""
     error_condition: str | None = None
 
+    def error_properties(self) -> dict[str, Any]:
+        """The error condition under both names the SDK reads (the Service Bus handlers read
+        `errorCondition`, pyamqp's management link `error-condition`)."""
+        if self.error_condition is None:
+            return {}
+        return {"errorCondition": self.error_condition, "error-condition": self.error_condition}
+
     def application_properties(self) -> dict[str, Any]:
-        properties: dict[str, Any] = {
+        return {
             "statusCode": self.status_code,
             "statusDescription": self.description,
+            **self.error_properties(),
         }
-        if self.error_condition is not None:
-            properties["errorCondition"] = self.error_condition
-            properties["error-condition"] = self.error_condition
-        return properties
+
+
+def error_reply(exc: ServiceBusModelError) -> ManagementReply:
+    return ManagementReply(
+        status_code=exc.status_code,
+        body=None,
+        description=exc.description,
+        error_condition=exc.condition,
+    )
+
+
+def unsupported(operation: str) -> ManagementReply:
+    logger.info("unsupported management operation", extra={"operation": operation})
+    return ManagementReply(
+        status_code=501,
+        body=None,
+        description=f"The test broker does not implement {operation!r}.",
+        error_condition="amqp:not-implemented",
+    )
 
 
 def _elements(value: Any) -> list[Any]:
@@ -97,19 +120,8 @@ def handle_request(store: MessageStore, operation: str, body: Any) -> Management
         if operation == UPDATE_DISPOSITION:
             return _update_disposition(store, request)
     except ServiceBusModelError as exc:
-        return ManagementReply(
-            status_code=exc.status_code,
-            body=None,
-            description=exc.description,
-            error_condition=exc.condition,
-        )
-    logger.info("unsupported management operation", extra={"operation": operation})
-    return ManagementReply(
-        status_code=501,
-        body=None,
-        description=f"The test broker does not implement {operation!r}.",
-        error_condition="amqp:not-implemented",
-    )
+        return error_reply(exc)
+    return unsupported(operation)
 
 
 def _renew_lock(store: MessageStore, request: dict[Any, Any]) -> ManagementReply:
