@@ -51,7 +51,7 @@ class _Track:
     latest requests instead, which are the ones that revealed the change.
     """
 
-    __slots__ = ("entries", "pairs", "samples")
+    __slots__ = ("entries", "pairs", "recent", "samples", "slo")
 
     def __init__(
         self,
@@ -60,13 +60,19 @@ class _Track:
         recent: deque[str],
     ) -> None:
         self.pairs = pairs
+        self.slo = slo
+        self.recent = recent
         self.samples: deque[str] | None = deque(maxlen=MAX_SAMPLE_TRACE_IDS) if slo else None
+        self.entries: list[tuple[Any, Detector, BreachTracker, bool, deque[str]]] = []
+        self._link()
+
+    def _link(self) -> None:
         # Bound methods looked up once: this loop runs for every detector of every event.
         # The first burn-rate detector collects the samples that every one of them reports.
-        self.entries: list[tuple[Any, Detector, BreachTracker, bool, deque[str]]] = []
+        self.entries = []
         collector = None
-        for detector, tracker in pairs:
-            if detector.name in slo and self.samples is not None:
+        for detector, tracker in self.pairs:
+            if detector.name in self.slo and self.samples is not None:
                 collector = collector or detector.name
                 entry = (
                     detector.update,
@@ -76,8 +82,12 @@ class _Track:
                     self.samples,
                 )
             else:
-                entry = (detector.update, detector, tracker, False, recent)
+                entry = (detector.update, detector, tracker, False, self.recent)
             self.entries.append(entry)
+
+    def replace(self, index: int, detector: Detector) -> None:
+        self.pairs[index] = (detector, self.pairs[index][1])
+        self._link()
 
 
 class _App:
@@ -247,14 +257,34 @@ class HotPath:
                         continue
                     if track.samples is not None:
                         track.samples.extend(detectors.get(SAMPLES) or ())
-                    for detector, tracker in track.pairs:
+                    for index, (detector, tracker) in enumerate(list(track.pairs)):
                         saved = detectors.get(detector.name)
                         if saved is None:
                             continue  # detector enabled since the snapshot: starts fresh
                         tracker.load_state(saved["breach"])
-                        detector.load_state(saved["detector"])
+                        try:
+                            detector.load_state(saved["detector"])
+                        except (KeyError, TypeError, ValueError) as exc:
+                            # The app's configuration changed shape (other burn-rate rules,
+                            # bucket count, ...): this detector starts over, the others and
+                            # any open breach carry on.
+                            logger.warning(
+                                "detector state does not fit its configuration, starting fresh",
+                                extra={
+                                    "app_id": app_id,
+                                    "signal": signal,
+                                    "detector": detector.name,
+                                    "error": str(exc),
+                                },
+                            )
+                            fresh = next(
+                                d
+                                for d in detectors_for(app.config, signal)
+                                if d.name == detector.name
+                            )
+                            track.replace(index, fresh)
         except (KeyError, TypeError, ValueError) as exc:
-            raise SnapshotError(f"hot-path snapshot does not fit the configuration: {exc}") from exc
+            raise SnapshotError(f"hot-path snapshot is malformed: {exc}") from exc
         return engine
 
     @property

@@ -197,12 +197,32 @@ def test_restore_rejects_what_it_cannot_continue_from(blob: bytes) -> None:
         HotPath.restore(AppDirectory(), blob)
 
 
-def test_restore_rejects_state_that_does_not_fit_the_configuration() -> None:
+def test_a_detector_whose_configuration_changed_starts_fresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    docs = incident_stream()
     engine = HotPath(AppDirectory())
-    for i in range(50):
-        engine.observe(document(i))
+    run(engine, docs[:2000])
+    # Four buckets per window instead of twelve: the burn-rate state no longer fits.
+    changed = AppDirectory(defaults={"slo": {"buckets_per_window": 4}})
+    with caplog.at_level(logging.WARNING, logger="stream.hotpath.engine"):
+        restored = HotPath.restore(changed, engine.snapshot())
+    assert len([r for r in caplog.records if "starting fresh" in r.getMessage()]) == 8
+    state = orjson.loads(restored.snapshot())["apps"]["app-a"]["signals"]
+    assert state["error"]["burn_critical"]["detector"]["rest"][0] == 0  # seen nothing yet
+    assert (
+        state["latency_ms"]["adwin"]
+        == orjson.loads(engine.snapshot())["apps"]["app-a"]["signals"]["latency_ms"]["adwin"]
+    )
+    # It keeps working.
+    run(restored, docs[2000:2100])
+
+
+def test_restore_rejects_a_malformed_snapshot() -> None:
+    engine = HotPath(AppDirectory())
+    engine.observe(document(0))
     document_ = orjson.loads(engine.snapshot())
-    document_["apps"]["app-a"]["signals"]["error"]["burn_critical"]["detector"]["totals"] = [[1]]
+    del document_["apps"]["app-a"]["watermark"]
     with pytest.raises(SnapshotError):
         HotPath.restore(AppDirectory(), orjson.dumps(document_))
 
