@@ -14,12 +14,14 @@ from stream.hotpath.detector import StandardizedDrift
 class Adwin(StandardizedDrift):
     """river's ADWIN (Bifet & Gavaldà 2007) behind the hot-path protocol.
 
-    This drives the Rust engine that ``river.drift.ADWIN`` wraps, with the same reset-on-next-
-    update behaviour, because the Python wrapper doubles the cost of an update (0.25 → 0.55 µs
-    here); tests/unit/stream/hotpath checks that detections match ``river.drift.ADWIN`` index
-    for index. ADWIN's own bound has a term that does not scale with the data, so it is fed
-    standardised values. Past ``max_width`` values it starts a fresh window: state stays
-    bounded (it grows with the log of the width).
+    This drives the Rust engine that ``river.drift.ADWIN`` wraps (a private module of the
+    pinned river release) because the Python wrapper doubles the cost of an update (0.25 →
+    0.55 µs here); tests/unit/stream/hotpath checks that detections match
+    ``river.drift.ADWIN`` index for index. ADWIN's own bound has a term that does not scale
+    with the data, so it is fed standardised values. After a detection it starts over with a
+    new baseline and a fresh engine (river's wrapper also resets its engine after a drift).
+    Past ``max_width`` values it starts a fresh window, so the state stays bounded (it grows
+    with the log of the width).
     """
 
     name: ClassVar[str] = "adwin"

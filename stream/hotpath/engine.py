@@ -110,9 +110,20 @@ class HotPath:
 
     Signals of an event: ``latency_ms``; ``error`` (1 for status error); and for successful
     requests ``output_chars``, ``tokens_total`` (when tokens were reported) and every score as
-    ``score:<name>``. ``observe`` is deterministic: the same documents in the same order give
-    the same breaches with the same ids, and ``restore(snapshot())`` at any document boundary
-    continues exactly as if nothing had happened.
+    ``score:<name>`` (at most ``max_score_signals`` names per app). Detectors, from the app's
+    configuration (``AppDirectory.resolve``): the drift detectors on every signal but
+    ``error``; burn-rate rules (one detector per severity) on ``latency_ms`` and ``error``.
+
+    Breaches: a drift breach opens on a detection (id from the detecting document) and
+    resolves after ``resolve_after_events`` values of that signal without one; a burn-rate
+    breach opens when a rule fires (id from the event-time window) and resolves once no rule
+    of its severity has fired for ``resolve_after_s`` of event time. Every time field of a
+    breach is event time, never the wall clock.
+
+    ``observe`` is deterministic: the same documents in the same order give the same breaches
+    with the same ids, and ``restore(snapshot())`` at any document boundary continues exactly
+    as if nothing had happened (with the same configuration; a detector whose configuration
+    changed shape starts over, with a warning). Not thread-safe: one per partition.
     """
 
     def __init__(self, apps: AppDirectory) -> None:

@@ -1,4 +1,4 @@
-"""Distribution drift: a two-sample Kolmogorov-Smirnov test on windows of standardised values."""
+"""Distribution drift: a two-sample Kolmogorov-Smirnov test on windows of binned values."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from stream.hotpath.detector import StandardizedDrift
 
 @cache
 def bin_edges(bins: int) -> tuple[float, ...]:
-    """Equal-probability cut points of a standard normal: values are binned in baseline
-    deviations, so a window costs ``bins`` counters instead of its values."""
+    """Equal-probability cut points of a standard normal, in baseline deviations: a window
+    costs ``bins`` counters instead of its values."""
     unit = NormalDist()
     return tuple(unit.inv_cdf(k / bins) for k in range(1, bins))
 
@@ -29,12 +29,15 @@ def critical_distance(alpha: float, n: int, m: int) -> float:
 class WindowedKS(StandardizedDrift):
     """Compares each window of ``window`` values with a reference window.
 
-    After the warm-up, the next ``window`` values form the reference histogram; every further
-    ``window`` values form a current histogram, and the largest distance between the two
-    cumulative distributions is tested at level ``alpha`` (numpy, once per window, never per
-    event). Per event this is a bisect and a counter. Distances are measured at the bin edges
-    only, so the statistic is a lower bound of the unbinned one: the test is conservative.
-    Catches changes of spread and shape that mean-shift detectors miss.
+    The bins are cut at the baseline mean ± the normal quantiles times the baseline deviation
+    (``bins`` equal-probability bins for a normal baseline; any baseline works, only the
+    resolution changes). After the warm-up, the next ``window`` values form the reference
+    histogram; every further ``window`` values form a current histogram, and the largest
+    distance between the two cumulative distributions is tested at level ``alpha`` (numpy,
+    once per window, never per event). Per event this is a bisect and a counter. Distances
+    are measured at the bin edges only, so the statistic is a lower bound of the unbinned
+    one: the test is conservative. Catches changes of spread and shape that mean-shift
+    detectors miss. ``clip`` is unused here (open-ended outer bins need no clipping).
     """
 
     name: ClassVar[str] = "ks"
