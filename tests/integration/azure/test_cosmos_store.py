@@ -1,0 +1,337 @@
+"""CosmosStore against cosmosdb-server, and through the fault proxy for throttling and outages.
+
+Documents come from the simulator through the real decoder and enricher, so the stored shapes
+are the processor's own. Each test gets its own database: counts see only its own writes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas import AppDirectory, QuarantineRecord, TelemetryDocument
+from store.cosmos import CosmosStore, cosmos_store
+from store.cosmos_errors import RetryPolicy
+from store.exceptions import StoreError, StoreUnavailable
+from store.ports import StateSnapshot
+from store.sqlite import SqliteStore
+from stream.decode import Decoder
+from stream.enrich import Enricher
+from stream.ports import ReceivedEvent
+from stream.simulator import Simulator
+from tests.emulators.fault_proxy import FaultProxy
+from tests.emulators.npm_fixtures import CosmosServer
+
+pytestmark = pytest.mark.integration
+
+# Fifteen seconds either side of a UTC midnight: windows span two partitions per app, and at
+# 10 events/s every tenth event falls on a whole second ("…:00Z" sorts after "…:00.1Z" as text).
+MIDNIGHT = datetime(2026, 11, 21, tzinfo=UTC)
+START = MIDNIGHT - timedelta(seconds=15)
+FAST_RETRY = RetryPolicy(max_retries=8, backoff_s=0.01, backoff_max_s=0.2)
+
+
+@dataclass(frozen=True)
+class Batch:
+    documents: list[TelemetryDocument]
+    quarantined: list[QuarantineRecord]
+
+
+def simulated_batch(
+    count: int, *, seed: int = 1, invalid_fraction: float = 0.0, apps: int = 3
+) -> Batch:
+    """``count`` simulated inputs decoded and enriched as the processor does."""
+    simulator = Simulator(
+        apps=apps, rate=10.0, seed=seed, start=START, invalid_fraction=invalid_fraction
+    )
+    decoder = Decoder()
+    enricher = Enricher(AppDirectory(), b"test-key", "eventhubs")
+    now = datetime.now(UTC)
+    batch = Batch([], [])
+    for sequence, simulated in enumerate(simulator.events(count)):
+        position = ReceivedEvent(simulated.body, "0", sequence, now, str(sequence * 100))
+        decoded = decoder.decode(simulated.body, now)
+        for accepted in decoded.accepted:
+            batch.documents.append(
+                enricher.document(accepted.event, position, accepted.index, now, False)
+            )
+        for rejected in decoded.rejected:
+            # Distinct received times, so "newest first" has one right answer.
+            received = now - timedelta(milliseconds=sequence)
+            batch.quarantined.append(enricher.quarantine(rejected, position, received))
+    return batch
+
+
+def open_store(endpoint: str, key: str, database: str, **options: object) -> CosmosStore:
+    return CosmosStore(endpoint, key, database=database, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(cosmos_server: CosmosServer) -> AsyncIterator[CosmosStore]:
+    database = f"store-{uuid.uuid4().hex[:12]}"
+    async with open_store(cosmos_server.endpoint, cosmos_server.key, database) as opened:
+        try:
+            yield opened
+        finally:
+            await _drop(cosmos_server.endpoint, cosmos_server.key, database)
+
+
+@pytest.fixture
+async def proxied_store(
+    cosmos_fault_proxy: FaultProxy, cosmos_server: CosmosServer
+) -> AsyncIterator[CosmosStore]:
+    database = f"faults-{uuid.uuid4().hex[:12]}"
+    async with open_store(
+        cosmos_fault_proxy.endpoint, cosmos_server.key, database, retry=FAST_RETRY
+    ) as opened:
+        try:
+            yield opened
+        finally:
+            cosmos_fault_proxy.reset()
+            await _drop(cosmos_server.endpoint, cosmos_server.key, database)
+
+
+async def _drop(endpoint: str, key: str, database: str) -> None:
+    from azure.cosmos.aio import CosmosClient
+
+    async with CosmosClient(endpoint, key) as client:
+        await client.delete_database(database)
+
+
+async def _stored_ids(store: CosmosStore) -> list[tuple[str, str]]:
+    container = store._container_named(store.telemetry_container)
+    return [
+        (item["pk"], item["id"]) async for item in container.query_items("SELECT c.pk, c.id FROM c")
+    ]
+
+
+async def test_written_documents_read_back_equal(store: CosmosStore) -> None:
+    batch = simulated_batch(60, invalid_fraction=0.2)
+    assert batch.documents and batch.quarantined  # the batch really has both kinds
+
+    await store.write(batch.documents, batch.quarantined)
+
+    for document in batch.documents:
+        assert await store.get_telemetry(document.id, document.pk) == document
+    assert await store.count("telemetry") == len(batch.documents)
+    assert await store.count("quarantine") == len(batch.quarantined)
+
+
+async def test_rewriting_a_batch_changes_nothing(store: CosmosStore) -> None:
+    batch = simulated_batch(40, invalid_fraction=0.2)
+    await store.write(batch.documents, batch.quarantined)
+
+    await store.write(batch.documents, batch.quarantined)
+    await store.write(batch.documents[:10], [])
+
+    assert await store.count("telemetry") == len(batch.documents)
+    assert await store.count("quarantine") == len(batch.quarantined)
+    ids = await _stored_ids(store)
+    assert sorted(ids) == sorted((d.pk, d.id) for d in batch.documents)
+
+
+async def test_missing_document_is_none(store: CosmosStore) -> None:
+    batch = simulated_batch(1)
+    await store.write(batch.documents, [])
+    document = batch.documents[0]
+
+    assert await store.get_telemetry("no-such-id", document.pk) is None
+    assert await store.get_telemetry(document.id, "no-such-pk") is None
+    assert await store.get_telemetry(document.id, document.pk) == document
+
+
+async def test_quarantine_records_newest_first(store: CosmosStore) -> None:
+    batch = simulated_batch(80, invalid_fraction=0.3)
+    assert len(batch.quarantined) > 5
+    await store.write([], batch.quarantined)
+
+    newest_first = sorted(batch.quarantined, key=lambda r: r.received_at, reverse=True)
+    assert [r async for r in store.quarantine_records(limit=5)] == newest_first[:5]
+    everything = [r async for r in store.quarantine_records(limit=1000)]
+    assert everything == newest_first
+
+
+async def test_state_round_trip(store: CosmosStore) -> None:
+    blob = bytes(range(256)) * 40
+    first = StateSnapshot("$Default", "3", 2**62 + 1, blob)
+
+    assert await store.load_state("$Default", "3") is None
+    await store.save_state(first)
+    assert await store.load_state("$Default", "3") == first
+
+    second = StateSnapshot("$Default", "3", 2**62 + 900, b"")
+    await store.save_state(second)
+    other_group = StateSnapshot("replay", "3", 7, b"x")
+    await store.save_state(other_group)
+
+    assert await store.load_state("$Default", "3") == second
+    assert await store.load_state("replay", "3") == other_group
+    assert await store.load_state("$Default", "4") is None
+
+
+async def test_window_pages_in_time_order_across_days(store: CosmosStore, tmp_path: Path) -> None:
+    batch = simulated_batch(300, apps=3)
+    days = {d.pk.rsplit(":", 1)[1] for d in batch.documents}
+    assert days == {"2026-11-20", "2026-11-21"}
+    await store.write(batch.documents, [])
+    # The embedded store is the reference behaviour: same pages, same order.
+    async with SqliteStore(tmp_path / "reference.db") as reference:
+        await reference.write(batch.documents, [])
+
+        apps = sorted({d.app_id for d in batch.documents}, reverse=True)
+        # Both bounds on whole seconds that carry an event: start is inclusive, end exclusive.
+        start, end = START + timedelta(seconds=5), MIDNIGHT + timedelta(seconds=8)
+        assert any(d.timestamp == start for d in batch.documents)
+        assert any(d.timestamp == end for d in batch.documents)
+
+        pages = [page async for page in store.telemetry_window(apps, start, end, page_size=7)]
+        expected = [
+            page async for page in reference.telemetry_window(apps, start, end, page_size=7)
+        ]
+
+    assert pages == expected
+    flat = [doc for page in pages for doc in page]
+    wanted = sorted(
+        (d for d in batch.documents if start <= d.timestamp < end),
+        key=lambda d: (apps.index(d.app_id), d.timestamp, d.id),
+    )
+    assert flat == wanted
+    assert len(flat) > 3 * 7  # several pages per app
+    for app in apps:
+        sizes = [len(page) for page in pages if page[0].app_id == app]
+        assert all(size == 7 for size in sizes[:-1]) and 1 <= sizes[-1] <= 7
+        assert all(doc.app_id == app for page in pages if page[0].app_id == app for doc in page)
+
+
+async def test_empty_and_unknown_windows(store: CosmosStore) -> None:
+    batch = simulated_batch(30)
+    await store.write(batch.documents, [])
+    app = batch.documents[0].app_id
+
+    assert [p async for p in store.telemetry_window([app], START, START)] == []
+    assert [p async for p in store.telemetry_window(["no-such-app"], START, MIDNIGHT)] == []
+    future = MIDNIGHT + timedelta(days=3)
+    assert [p async for p in store.telemetry_window([app], future, future + timedelta(1))] == []
+
+
+async def test_count_of_an_unknown_kind_is_an_error(store: CosmosStore) -> None:
+    with pytest.raises(StoreError, match="unknown record kind"):
+        await store.count("breaches")
+
+
+async def test_closed_or_unopened_store_raises(cosmos_server: CosmosServer) -> None:
+    database = f"closed-{uuid.uuid4().hex[:12]}"
+    unopened = open_store(cosmos_server.endpoint, cosmos_server.key, database)
+    with pytest.raises(StoreError, match="not open"):
+        await unopened.count("telemetry")
+
+    async with open_store(cosmos_server.endpoint, cosmos_server.key, database) as store:
+        assert await store.count("telemetry") == 0
+    with pytest.raises(StoreError, match="closed"):
+        await store.count("telemetry")
+    with pytest.raises(StoreError, match="closed"):
+        await store.write(simulated_batch(1).documents, [])
+    with pytest.raises(StoreError, match="closed"):
+        await store.__aenter__()
+    await _drop(cosmos_server.endpoint, cosmos_server.key, database)
+
+
+async def test_factory_opens_existing_containers_without_creating(
+    cosmos_server: CosmosServer, store: CosmosStore
+) -> None:
+    from pydantic import SecretStr
+
+    from evalstream.settings import CosmosSettings
+
+    batch = simulated_batch(5)
+    await store.write(batch.documents, [])
+    settings = CosmosSettings(
+        endpoint=cosmos_server.endpoint,
+        key=SecretStr(cosmos_server.key),
+        database=store.database,
+        create_if_missing=False,
+    )
+    async with cosmos_store(settings) as existing:
+        assert await existing.count("telemetry") == len(batch.documents)
+
+    missing = settings.model_copy(update={"database": f"absent-{uuid.uuid4().hex[:8]}"})
+    with pytest.raises(StoreError) as failure:
+        async with cosmos_store(missing):
+            pass
+    assert failure.value.retryable is False
+
+
+async def test_throttle_burst_while_writing_stores_every_document_once(
+    cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore
+) -> None:
+    batch = simulated_batch(200)
+    cosmos_fault_proxy.throttle(60, retry_after_ms=20, methods={"POST"})
+
+    await proxied_store.write(batch.documents, [])
+
+    assert cosmos_fault_proxy.injected("throttle") == 60
+    assert await proxied_store.count("telemetry") == len(batch.documents)
+    ids = await _stored_ids(proxied_store)
+    assert sorted(ids) == sorted((d.pk, d.id) for d in batch.documents)
+
+
+async def test_unavailable_burst_while_writing_stores_every_document_once(
+    cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore
+) -> None:
+    batch = simulated_batch(200)
+    # More 503s than the SDK's one retry per request absorbs: the store's own retries must
+    # carry the batch through.
+    cosmos_fault_proxy.unavailable(60, methods={"POST"})
+
+    await proxied_store.write(batch.documents, [])
+
+    assert cosmos_fault_proxy.injected("unavailable") == 60
+    assert await proxied_store.count("telemetry") == len(batch.documents)
+    ids = await _stored_ids(proxied_store)
+    assert sorted(ids) == sorted((d.pk, d.id) for d in batch.documents)
+
+
+async def test_long_outage_raises_unavailable_and_a_retry_after_recovery_stores_all(
+    cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore
+) -> None:
+    batch = simulated_batch(200)
+    proxied_store.retry = RetryPolicy(max_retries=2, backoff_s=0.01, backoff_max_s=0.05)
+    cosmos_fault_proxy.unavailable(100_000, methods={"POST"})
+
+    with pytest.raises(StoreUnavailable) as failure:
+        await proxied_store.write(batch.documents, [])
+
+    assert failure.value.retryable is True
+    assert failure.value.retry_after is not None and failure.value.retry_after > 0
+    assert "503" in str(failure.value)
+    cosmos_fault_proxy.reset()
+
+    await proxied_store.write(batch.documents, [])
+
+    assert await proxied_store.count("telemetry") == len(batch.documents)
+    ids = await _stored_ids(proxied_store)
+    assert sorted(ids) == sorted((d.pk, d.id) for d in batch.documents)
+
+
+async def test_throttled_reads_and_state_are_retried(
+    cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore
+) -> None:
+    batch = simulated_batch(20)
+    await proxied_store.write(batch.documents, [])
+    snapshot = StateSnapshot("$Default", "0", 19, b"state")
+    cosmos_fault_proxy.throttle(3, retry_after_ms=10)
+    cosmos_fault_proxy.unavailable(3)
+
+    await proxied_store.save_state(snapshot)
+    assert await proxied_store.load_state("$Default", "0") == snapshot
+    document = batch.documents[0]
+    assert await proxied_store.get_telemetry(document.id, document.pk) == document
+    assert await proxied_store.count("telemetry") == len(batch.documents)
+
+    assert cosmos_fault_proxy.injected("throttle") == 3
+    assert cosmos_fault_proxy.injected("unavailable") == 3
