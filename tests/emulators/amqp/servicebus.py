@@ -123,7 +123,6 @@ class ServiceBusHandler(EntityHandler):
         # Fault hooks (admin): reject settlements with lock-lost, hold back deliveries.
         self.lose_locks = False
         self.paused = False
-        self.delivered_count = 0
 
     # ----------------------------------------------------------------- attach / detach
     async def on_attach(self, link: Link) -> None:
@@ -202,7 +201,6 @@ class ServiceBusHandler(EntityHandler):
     def _send(self, link: Link, store: MessageStore, delivery: Delivery) -> None:
         outgoing = link.send(render_delivery(delivery), tag=delivery_tag(delivery))
         outgoing.context = (store, delivery.lock_token)
-        self.delivered_count += 1
 
     # ----------------------------------------------------------------- settlement
     def on_disposition(
@@ -309,11 +307,6 @@ class ServiceBusHandler(EntityHandler):
         except Exception:
             logger.exception("service bus lock expiry failed")
         self._arm_timer()
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 def _lock_lost(token: uuid.UUID) -> ServiceBusModelError:
