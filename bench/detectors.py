@@ -34,8 +34,11 @@ from stream.hotpath.factory import burn_rate_detectors, drift_detectors
 from stream.hotpath.lifecycle import BreachTracker
 
 START = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
-PRE = 2000  # events before a change (warm-up, reference window, then live)
-POST = 2000  # events after it; a detection later than this is a miss
+# Events before a change: drawn per series, so that changes fall at every phase of the
+# detectors' windows (ADWIN restarts its window every adwin_max_width values, KS tests every
+# ks_window values); at least warm-up + reference window + a few test windows.
+PRE_RANGE = (2000, 8000)
+POST = 2000  # events after a change; a detection later than this is a miss
 
 
 # -- river's detectors with their defaults, behind the same protocol -----------------------
@@ -110,48 +113,60 @@ def run_series(
 class Scenario:
     name: str
     kind: str  # "drift" or "slo" (different detectors watch them)
-    change: int | None  # index of the first changed event; None for stable streams
-    make: Callable[[np.random.Generator], np.ndarray]
+    changes: bool  # False for stable streams
+    # Returns the values and the index of the first changed one (None on stable streams).
+    make: Callable[[np.random.Generator], tuple[np.ndarray, int | None]]
     rate_per_s: float = 1.0
     note: str = ""
 
 
-def _shift(size: float) -> Callable[[np.random.Generator], np.ndarray]:
-    def make(rng: np.random.Generator) -> np.ndarray:
-        x = rng.standard_normal(PRE + POST)
-        x[PRE:] += size
-        return x
+Made = tuple[np.ndarray, int | None]
+
+
+def _change(
+    alter: Callable[[np.ndarray], None],
+) -> Callable[[np.random.Generator], Made]:
+    """N(0, 1) with ``alter`` applied in place to the part after a random change point."""
+
+    def make(rng: np.random.Generator) -> Made:
+        pre = int(rng.integers(*PRE_RANGE))
+        x = rng.standard_normal(pre + POST)
+        alter(x[pre:])
+        return x, pre
 
     return make
 
 
-def _gradual(rng: np.random.Generator) -> np.ndarray:
-    x = rng.standard_normal(PRE + POST)
-    x[PRE:] += np.minimum(np.arange(POST) / 1000.0, 1.0) * 2.0
-    return x
+def _shift(size: float) -> Callable[[np.random.Generator], Made]:
+    def alter(after: np.ndarray) -> None:
+        after += size
+
+    return _change(alter)
 
 
-def _variance(rng: np.random.Generator) -> np.ndarray:
-    x = rng.standard_normal(PRE + POST)
-    x[PRE:] *= 2.0
-    return x
+def _gradual(after: np.ndarray) -> None:
+    after += np.minimum(np.arange(len(after)) / 1000.0, 1.0) * 2.0
 
 
-def _stable(length: int) -> Callable[[np.random.Generator], np.ndarray]:
-    return lambda rng: rng.standard_normal(length)
+def _variance(after: np.ndarray) -> None:
+    after *= 2.0
 
 
-def _seasonal(length: int, amplitude: float) -> Callable[[np.random.Generator], np.ndarray]:
-    def make(rng: np.random.Generator) -> np.ndarray:
+def _stable(length: int) -> Callable[[np.random.Generator], Made]:
+    return lambda rng: (rng.standard_normal(length), None)
+
+
+def _seasonal(length: int, amplitude: float) -> Callable[[np.random.Generator], Made]:
+    def make(rng: np.random.Generator) -> Made:
         phase = rng.uniform(0, 2 * math.pi)
         wave = amplitude * np.sin(2 * math.pi * np.arange(length) / 20_000 + phase)
-        return rng.standard_normal(length) + wave
+        return rng.standard_normal(length) + wave, None
 
     return make
 
 
-def _lognormal(length: int) -> Callable[[np.random.Generator], np.ndarray]:
-    return lambda rng: rng.lognormal(mean=0.0, sigma=1.0, size=length)
+def _lognormal(length: int) -> Callable[[np.random.Generator], Made]:
+    return lambda rng: (rng.lognormal(mean=0.0, sigma=1.0, size=length), None)
 
 
 SLO_RATE = 5.0  # events per second in the SLO scenarios
@@ -159,54 +174,55 @@ SLO_PRE = int(2 * 3600 * SLO_RATE)  # two quiet hours first
 SLO_POST = int(3600 * SLO_RATE)  # then an hour of incident
 
 
-def _latency_regression(factor: float) -> Callable[[np.random.Generator], np.ndarray]:
-    def make(rng: np.random.Generator) -> np.ndarray:
+def _latency_regression(factor: float) -> Callable[[np.random.Generator], Made]:
+    def make(rng: np.random.Generator) -> Made:
         x = rng.lognormal(mean=math.log(300.0), sigma=0.5, size=SLO_PRE + SLO_POST)
         x[SLO_PRE:] *= factor
-        return x
+        return x, SLO_PRE
 
     return make
 
 
-def _error_burst(rate: float) -> Callable[[np.random.Generator], np.ndarray]:
-    def make(rng: np.random.Generator) -> np.ndarray:
+def _error_burst(rate: float, changes: bool = True) -> Callable[[np.random.Generator], Made]:
+    def make(rng: np.random.Generator) -> Made:
         p = np.full(SLO_PRE + SLO_POST, 0.002)
         p[SLO_PRE:] = rate
-        return (rng.random(SLO_PRE + SLO_POST) < p).astype(np.float64)
+        flags = (rng.random(SLO_PRE + SLO_POST) < p).astype(np.float64)
+        return flags, (SLO_PRE if changes else None)
 
     return make
 
 
 def scenarios(stable_length: int) -> list[Scenario]:
     return [
-        Scenario("shift 0.5σ", "drift", PRE, _shift(0.5)),
-        Scenario("shift 1σ", "drift", PRE, _shift(1.0)),
-        Scenario("shift 2σ", "drift", PRE, _shift(2.0)),
-        Scenario("gradual 0→2σ over 1000", "drift", PRE, _gradual),
-        Scenario("variance ×2", "drift", PRE, _variance),
-        Scenario("stable normal", "drift", None, _stable(stable_length)),
+        Scenario("shift 0.5σ", "drift", True, _shift(0.5)),
+        Scenario("shift 1σ", "drift", True, _shift(1.0)),
+        Scenario("shift 2σ", "drift", True, _shift(2.0)),
+        Scenario("gradual 0→2σ over 1000", "drift", True, _change(_gradual)),
+        Scenario("variance ×2", "drift", True, _change(_variance)),
+        Scenario("stable normal", "drift", False, _stable(stable_length)),
         Scenario(
             "stable seasonal 0.1σ",
             "drift",
-            None,
+            False,
             _seasonal(stable_length, 0.1),
             note="N(0,1) + 0.1σ·sin, period 20,000 events",
         ),
         Scenario(
             "stable seasonal 0.25σ",
             "drift",
-            None,
+            False,
             _seasonal(stable_length, 0.25),
             note="N(0,1) + 0.25σ·sin, period 20,000 events (a swing of half a σ, the "
             "size of the smallest shift above)",
         ),
         Scenario(
-            "stable lognormal", "drift", None, _lognormal(stable_length), note="lognormal(0, 1)"
+            "stable lognormal", "drift", False, _lognormal(stable_length), note="lognormal(0, 1)"
         ),
         Scenario(
             "latency ×3 (p95 ok → 5.5% over)",
             "latency",
-            SLO_PRE,
+            True,
             _latency_regression(3.0),
             rate_per_s=SLO_RATE,
             note="lognormal median 300 ms σ=0.5, SLO 2000 ms / 5%",
@@ -214,33 +230,31 @@ def scenarios(stable_length: int) -> list[Scenario]:
         Scenario(
             "latency ×10 (79% over)",
             "latency",
-            SLO_PRE,
+            True,
             _latency_regression(10.0),
             rate_per_s=SLO_RATE,
         ),
         Scenario(
             "error outage 0.2% → 100%",
             "error",
-            SLO_PRE,
+            True,
             _error_burst(1.0),
             rate_per_s=SLO_RATE,
         ),
         Scenario(
             "error burst 0.2% → 30%",
             "error",
-            SLO_PRE,
+            True,
             _error_burst(0.30),
             rate_per_s=SLO_RATE,
             note="budget 1%",
         ),
-        Scenario(
-            "error creep 0.2% → 3%", "error", SLO_PRE, _error_burst(0.03), rate_per_s=SLO_RATE
-        ),
+        Scenario("error creep 0.2% → 3%", "error", True, _error_burst(0.03), rate_per_s=SLO_RATE),
         Scenario(
             "stable errors 0.5%",
             "error",
-            None,
-            _error_burst(0.005),
+            False,
+            _error_burst(0.005, changes=False),
             rate_per_s=SLO_RATE,
             note="0.2% then 0.5%, budget 1%",
         ),
@@ -312,7 +326,8 @@ def evaluate(
     union = Row(scenario.name, UNION, rate_per_s=scenario.rate_per_s)
     for k in range(series):
         rng = np.random.default_rng([seed, k])
-        values = scenario.make(rng).tolist()
+        made, change_at = scenario.make(rng)
+        values = made.tolist()
         times = (START + np.arange(len(values)) / scenario.rate_per_s).tolist()
         first: list[int] = []
         alarms_before = 0
@@ -321,12 +336,12 @@ def evaluate(
             opened = run_series(factory(), values, times, resolve_events).opened
             row.series += 1
             row.events += len(values)
-            change = scenario.change if scenario.change is not None else len(values)
+            change = change_at if change_at is not None else len(values)
             before = [i for i in opened if i < change]
             after = [i for i in opened if i >= change]
             row.false_alarms += len(before)
             row.stable_events += change
-            if scenario.change is not None and after:
+            if change_at is not None and after:
                 row.detected += 1
                 row.delays.append(after[0] - change)
             if union_of is not None and name in union_of:
@@ -334,12 +349,12 @@ def evaluate(
                 if after:
                     first.append(after[0] - change)
         if union_of is not None:
-            change = scenario.change if scenario.change is not None else len(values)
+            change = change_at if change_at is not None else len(values)
             union.series += 1
             union.events += len(values)
             union.false_alarms += alarms_before
             union.stable_events += change
-            if scenario.change is not None and first:
+            if change_at is not None and first:
                 union.detected += 1
                 union.delays.append(min(first))
     out = list(rows.values())
@@ -530,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
     slo_rows: list[Row] = []
     for scenario in scenarios(stable_length):
         if scenario.kind == "drift":
-            count = stable_series if scenario.change is None else change_series
+            count = change_series if scenario.changes else stable_series
             drift_rows += evaluate(
                 scenario, drift_configs, count, args.seed, resolve, union_of=enabled
             )
@@ -579,7 +594,8 @@ def main(argv: list[str] | None = None) -> None:
         "timings are noisy, compare rows of the same run).",
         "",
         "Drift streams are N(0, 1) (river's defaults see unit-scale data, the shipped detectors",
-        f"standardise on their own); {PRE} events before the change, {POST} after it. A change is",
+        f"standardise on their own); {PRE_RANGE[0]}–{PRE_RANGE[1]} events (drawn per series)",
+        f"before the change, {POST} after it. A change is",
         f"detected when a breach opens within the {POST} events after it; every breach before",
         "the change, and every breach on a stable stream, is a false alarm. All detections go",
         f"through the breach lifecycle (resolve after {resolve} quiet events), so a false alarm",
