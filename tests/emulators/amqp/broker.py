@@ -381,22 +381,18 @@ class Session:
         for index, start in enumerate(offsets):
             first = index == 0
             more = index < len(offsets) - 1
-            performative = composite(
-                codec.TRANSFER,
-                uint(link.handle),
-                uint(delivery.delivery_id) if first else None,
+            body = codec.encode_transfer(
+                link.handle,
+                delivery.delivery_id if first else None,
                 delivery.tag if first else None,
-                uint(delivery.message_format) if first else None,
+                delivery.message_format if first else None,
                 delivery.settled,
                 more,
-                None,
-                None,
-                False,
-                False,
-                False,
             )
             self.next_outgoing_id = (self.next_outgoing_id + 1) & 0xFFFFFFFF
-            self.connection.send(self.channel, performative, payload[start : start + chunk])
+            self.connection.write(
+                codec.frame_bytes(FRAME_AMQP, self.channel, body + payload[start : start + chunk])
+            )
 
     def send_disposition(
         self, role_receiver: bool, delivery_id: int, settled: bool, state: Any

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from proton import Data, Message
+from proton import Message
 
 from .codec import (
     SECTION_DATA,
     SECTION_DELIVERY_ANNOTATIONS,
     SECTION_HEADER,
     SECTION_MESSAGE_ANNOTATIONS,
+    FrameError,
     composite_value,
     decode_value,
     encode_value,
+    skip_value,
 )
 
 Section = tuple[int, bytes]
@@ -26,15 +28,20 @@ Section = tuple[int, bytes]
 def split_sections(payload: bytes) -> list[Section]:
     """Split an encoded message into (descriptor code, raw bytes) per section."""
     sections: list[Section] = []
-    rest = bytes(payload)
-    while rest:
-        data = Data()
-        consumed = data.decode(rest)
-        data.rewind()
-        data.next()
-        described = data.get_object()
-        sections.append((int(described.descriptor), rest[:consumed]))
-        rest = rest[consumed:]
+    view = memoryview(payload)
+    position = 0
+    while position < len(view):
+        # A section is a described value: 0x00, a ulong descriptor, then the value.
+        if view[position] != 0x00:
+            raise FrameError(f"message section does not start with a descriptor at {position}")
+        end = skip_value(view, position)
+        if view[position + 1] == 0x53:  # smallulong, what every client writes
+            descriptor = view[position + 2]
+        else:
+            value, _ = decode_value(bytes(view[position + 1 : skip_value(view, position + 1)]))
+            descriptor = int(value)
+        sections.append((descriptor, bytes(view[position:end])))
+        position = end
     return sections
 
 
@@ -46,9 +53,13 @@ def section_value(raw: bytes) -> Any:
 
 def batch_parts(payload: bytes) -> list[bytes]:
     """The inner messages of a batch (message-format 0x80013700): one per data section."""
-    return [
-        bytes(section_value(raw)) for code, raw in split_sections(payload) if code == SECTION_DATA
-    ]
+    parts = []
+    for code, raw in split_sections(payload):
+        if code == SECTION_DATA:
+            # 0x00 0x53 0x75, then vbin8 (1-byte length) or vbin32 (4-byte length).
+            header = 3 + (2 if raw[3] == 0xA0 else 5)
+            parts.append(raw[header:])
+    return parts
 
 
 def read_section(payload: bytes, code: int) -> Any:

@@ -174,3 +174,58 @@ def test_retention_by_count_and_by_age() -> None:
         time.sleep(0.01)
     # Sequence numbers continue after retention dropped everything.
     assert hubs.append("kept", "0", _message(b"later")).sequence_number == 4
+
+
+@pytest.mark.parametrize(
+    ("delivery_id", "tag", "message_format", "settled", "more"),
+    [
+        (5, b"\x01" * 16, 0, True, False),
+        (None, None, None, False, True),
+        (7, b"x" * 300, 2, False, False),
+    ],
+)
+def test_hand_encoded_transfer_matches_the_generic_encoder(
+    delivery_id: int | None,
+    tag: bytes | None,
+    message_format: int | None,
+    settled: bool,
+    more: bool,
+) -> None:
+    fast = codec.encode_transfer(3, delivery_id, tag, message_format, settled, more)
+    generic = codec.encode_value(
+        codec.composite(
+            codec.TRANSFER,
+            uint(3),
+            None if delivery_id is None else uint(delivery_id),
+            tag,
+            None if message_format is None else uint(message_format),
+            settled,
+            more,
+            None,
+            None,
+            False,
+            False,
+            False,
+        )
+    )
+    # Same values; integer widths may differ (proton picks the smallest encoding).
+    assert codec.decode_value(fast)[0] == codec.decode_value(generic)[0]
+    assert codec.skip_value(fast, 0) == len(fast)
+    _, fields = decode_frame(memoryview(fast + b"payload"))
+    assert fields[:6] == [3, delivery_id, tag, message_format, settled, more]
+    assert fields[-1] == b"payload"
+
+
+def test_skip_value_steps_over_every_section_kind() -> None:
+    message = Message(body={"k": [1, 2.5, "s"]}, id="m1", properties={"p": True})
+    message.annotations = {symbol("a"): 1}
+    encoded = encode_message(message)
+    codes = [code for code, _ in split_sections(encoded)]
+    assert codes == [
+        codec.SECTION_HEADER,
+        codec.SECTION_MESSAGE_ANNOTATIONS,
+        codec.SECTION_PROPERTIES,
+        codec.SECTION_APPLICATION_PROPERTIES,
+        codec.SECTION_AMQP_VALUE,
+    ]
+    assert b"".join(raw for _, raw in split_sections(encoded)) == encoded
