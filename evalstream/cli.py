@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from rich.console import Console
 
 from alerts.handlers import render_breach
 from evalstream import logs, wiring
+from evalstream.cli_alerts import alerts_app
 from evalstream.settings import Settings, SettingsError, load_settings
 from schemas import TelemetryEvent
 from stream.decode import split_ndjson
@@ -327,13 +327,8 @@ def quarantine(
     asyncio.run(run())
 
 
-def _mount_alerts() -> None:
-    from evalstream.cli_alerts import alerts_app
-
-    app.add_typer(alerts_app, name="alerts", help="Alert subscriptions: listen, dead letters.")
+app.add_typer(alerts_app, name="alerts", help="Alert subscriptions: listen, dead letters.")
 
 
 def main() -> None:
-    with contextlib.suppress(ImportError):
-        _mount_alerts()
     app()
