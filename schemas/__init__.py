@@ -1,7 +1,8 @@
 """Contracts that cross evalstream's ports: pydantic v2 models, no I/O."""
 
-from schemas.appconfig import AppConfig, AppDirectory, AppMetadata, DetectorConfig, SloConfig
+from schemas.appconfig import AppConfig, AppDirectory, AppMetadata
 from schemas.breach import Breach, BreachKind, BreachSource, BreachState, Severity
+from schemas.detection import DetectorConfig, SloConfig
 from schemas.document import DerivedSizes, IngestInfo, TelemetryDocument
 from schemas.quarantine import QuarantineRecord, ValidationIssue
 from schemas.telemetry import SourcePosition, Status, TelemetryEvent, Tokens

@@ -19,7 +19,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 APP_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 32_768

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import Protocol
 
 from schemas import QuarantineRecord, TelemetryDocument
@@ -32,7 +33,12 @@ class StateSnapshot:
 class TelemetryStore(Protocol):
     async def __aenter__(self) -> TelemetryStore: ...
 
-    async def __aexit__(self, *exc_info: object) -> None: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
 
     async def write(
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]

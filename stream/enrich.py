@@ -35,7 +35,7 @@ def content_id(*parts: bytes | str) -> str:
     return digest.hexdigest()
 
 
-_WITHOUT_USER_ID = frozenset({"user_id"})
+_WITHOUT_USER_ID = {"user_id"}
 
 
 def canonical_json(event: TelemetryEvent) -> bytes:
@@ -177,7 +177,7 @@ class Enricher:
             id=record_id,
             pk=f"quarantine:{day.strftime('%Y-%m-%d')}",
             raw=text,
-            raw_encoding=encoding,  # type: ignore[arg-type]
+            raw_encoding=encoding,
             raw_size=len(rejected.raw),
             truncated=len(rejected.raw) > MAX_QUARANTINE_RAW_BYTES,
             issues=list(rejected.issues),

@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from types import TracebackType
 from typing import Protocol
 
 
@@ -75,7 +76,12 @@ class EventSink(Protocol):
 
     async def __aenter__(self) -> EventSink: ...
 
-    async def __aexit__(self, *exc_info: object) -> None: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
 
     async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
         """Append (partition key, body) pairs; durable when it returns."""
