@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import signal
 
 from .broker import Broker
 from .eventhubs import EventHubs
@@ -47,8 +48,12 @@ async def serve(args: argparse.Namespace) -> None:
         f"Endpoint=sb://{args.host}:{broker.port}/;SharedAccessKeyName=k;SharedAccessKey=a2V5;"
         "UseDevelopmentEmulator=true;"
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await broker.stop()
 

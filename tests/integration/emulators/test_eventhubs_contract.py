@@ -358,6 +358,48 @@ async def test_epoch_receiver_steals_partition(
                 await first
 
 
+async def test_lower_epoch_and_plain_receivers_are_refused_while_an_epoch_owns(
+    amqp_broker: Any, consumer: EventHubConsumerClient, hub: str
+) -> None:
+    async def ignore(_context: Any, _event: Any) -> None:
+        return None
+
+    owner = asyncio.create_task(
+        consumer.receive(ignore, partition_id="1", owner_level=5, starting_position="@latest")
+    )
+    try:
+        await wait_for(
+            lambda: [r["epoch"] for r in amqp_broker.receivers(hub, "1")] == [5], "the owner"
+        )
+        async with EventHubConsumerClient.from_connection_string(
+            amqp_broker.eventhubs_connection_string(hub), consumer_group="$Default"
+        ) as other:
+            for owner_level, expected in ((3, "lower than the current epoch 5"), (None, "owns")):
+                errors: list[Exception] = []
+
+                async def on_error(_context: Any, error: Exception, errors: Any = errors) -> None:
+                    errors.append(error)
+
+                attempt = asyncio.create_task(
+                    other.receive(
+                        ignore, partition_id="1", owner_level=owner_level, on_error=on_error
+                    )
+                )
+                try:
+                    await wait_for(lambda errors=errors: bool(errors), f"refusal of {owner_level}")
+                finally:
+                    attempt.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await attempt
+                assert "amqp:link:stolen" in str(errors[0])
+                assert expected in str(errors[0])
+        assert [r["epoch"] for r in amqp_broker.receivers(hub, "1")] == [5]
+    finally:
+        owner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await owner
+
+
 async def test_consumer_group_must_exist(amqp_broker: Any, hub: str) -> None:
     errors: list[Exception] = []
 
