@@ -599,3 +599,18 @@ async def test_last_enqueued_event_properties_when_tracked(
     assert seen[0]["sequence_number"] == last.sequence_number
     assert seen[0]["offset"] == str(last.offset)
     assert seen[0]["enqueued_time"] == datetime.fromtimestamp(last.enqueued_time_ms / 1000, UTC)
+
+
+async def test_large_event_spans_several_frames_both_ways(
+    amqp_broker: Any, producer: EventHubProducerClient, consumer: EventHubConsumerClient, hub: str
+) -> None:
+    # 300 KB: more than four 64 KB frames on the way in (client) and out (broker).
+    body = bytes(range(256)) * 1200
+    start = len(amqp_broker.events(hub, "2"))
+    await producer.send_event(EventData(body), partition_id="2")
+    stored = amqp_broker.events(hub, "2")
+    assert len(stored) == start + 1
+    received = await receive_from(
+        consumer, "2", 1, starting_position=stored[start].sequence_number, inclusive=True
+    )
+    assert b"".join(received[0].body) == body
