@@ -26,6 +26,8 @@ Handler (`EntityHandler`; subclass it and override what you need; all run on the
         answers the attach and immediately detaches with that error. Set
         `link.reply_properties` (dict with symbol keys) to send attach properties back.
         Broker-receiver links get `credit_window` credit from the broker automatically.
+        `link.state` is a dict for the handler's own bookkeeping; `OutgoingDelivery.context`
+        likewise per delivery.
     `async on_transfer(link, delivery) -> outcome | None`: a complete incoming message on a
         broker-receiver link. `delivery` is an `IncomingDelivery` (`.tag` bytes,
         `.message_format` int — 0x80013700 (`BATCH_MESSAGE_FORMAT`) is a batch, see
@@ -67,9 +69,10 @@ Detaching with an error
     `"com.microsoft:server-busy"`); on_detach is then called with error None.
 
 Fault injection (admin, any thread): `drop_connections()`, `stall(seconds)`,
-`server_busy(seconds)`, `clear_faults()`; `fault_count(name)` says how often a fault hit a
-client ("dropped_connections", "server_busy_attach", "server_busy_transfer"). Entities may
-consult `broker.is_busy()` themselves. CBS (`$cbs`) accepts every put-token.
+`server_busy(seconds, mode="detach"|"reject")`, `clear_faults()`; `fault_count(name)` says
+how often a fault hit a client ("dropped_connections", "server_busy_attach",
+"server_busy_transfer"). Entities may consult `broker.is_busy()` themselves. CBS (`$cbs`)
+accepts every put-token.
 """
 
 from __future__ import annotations
