@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from evalstream.settings import Settings, load_settings
 
@@ -58,14 +59,22 @@ def iso_seconds(duration: str) -> int:
     return int(match["m"] or 0) * 60 + int(match["s"] or 0)
 
 
-@pytest.fixture
-def compose_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings_from_env_file(
+    monkeypatch: pytest.MonkeyPatch, only: tuple[str, ...] | None = None
+) -> Settings:
+    """The Settings a container gets from the compose env file (or from some of its keys)."""
     for key in list(os.environ):
         if key.startswith("EVALSTREAM_"):
             monkeypatch.delenv(key)
     for key, value in read_env_file(ENV_FILE).items():
-        monkeypatch.setenv(key, value)
+        if only is None or key in only:
+            monkeypatch.setenv(key, value)
     return load_settings()
+
+
+@pytest.fixture
+def compose_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return settings_from_env_file(monkeypatch)
 
 
 # --- emulator configs -----------------------------------------------------------------------
@@ -87,8 +96,10 @@ def test_eventhubs_config_declares_the_hub_with_four_partitions() -> None:
 
 
 def test_servicebus_config_declares_the_topic_and_filtered_subscriptions(
-    compose_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    keys = ("EVALSTREAM_AZURE__SERVICEBUS__TOPIC", "EVALSTREAM_ALERTS__SUBSCRIPTIONS")
+    compose_settings = settings_from_env_file(monkeypatch, only=keys)
     config = json.loads((EMULATORS / "servicebus-config.json").read_text())["UserConfig"]
     (namespace,) = config["Namespaces"]
     assert namespace["Name"] == "sbemulatorns"
@@ -288,3 +299,48 @@ def test_init_names_what_is_not_ready_after_the_deadline(health_endpoint: Health
     assert "Service Bus emulator" in result.stderr
     assert "Event Hubs emulator" not in result.stderr
     assert "Cosmos DB emulator" not in result.stderr
+
+
+# --- docs/azure.md ---------------------------------------------------------------------------
+
+DOCS = ROOT / "docs" / "azure.md"
+
+
+def setting_exists(variable: str) -> bool:
+    """Whether EVALSTREAM_A__B__C names a field of Settings (a.b.c)."""
+    model: type[BaseModel] = Settings
+    parts = variable.removeprefix("EVALSTREAM_").lower().split("__")
+    for index, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        if index < len(parts) - 1:
+            annotation = field.annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True
+
+
+def test_docs_name_only_real_settings() -> None:
+    variables = set(re.findall(r"\bEVALSTREAM_[A-Z_]*[A-Z]\b", DOCS.read_text()))
+    assert len(variables) >= 20
+    unknown = sorted(v for v in variables if not setting_exists(v))
+    assert unknown == []
+
+
+def test_docs_toml_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("EVALSTREAM_"):
+            monkeypatch.delenv(key)
+    (example,) = re.findall(r"```toml\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+    config = tmp_path / "evalstream.toml"
+    config.write_text(example)
+    settings = load_settings(config=config)
+    assert settings.backend == "azure"
+    assert settings.azure.cosmos.create_if_missing is False
+    assert settings.azure.eventhubs.fully_qualified_namespace == (
+        "evalstream-ns.servicebus.windows.net"
+    )
+    assert [sub.name for sub in settings.alerts.subscriptions] == ["all", "oncall"]
+    assert dict(settings.alerts.subscriptions[1].filter) == {"severity": "critical"}
