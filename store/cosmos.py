@@ -14,12 +14,14 @@ import asyncio
 import base64
 import functools
 import logging
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import ContainerProxy, CosmosClient, DatabaseProxy
 from azure.cosmos.exceptions import CosmosResourceNotFoundError
@@ -197,7 +199,10 @@ class CosmosStore:
 
     async def _open(self) -> None:
         client = CosmosClient(
-            self.endpoint, self.credential, connection_verify=self.connection_verify
+            self.endpoint,
+            self.credential,
+            connection_verify=self.connection_verify,
+            **_transport_options(),
         )
         try:
             await client.__aenter__()
@@ -266,34 +271,7 @@ class CosmosStore:
         quarantine = self._container_named(self.quarantine_container)
         items = [(telemetry, telemetry_item(doc)) for doc in documents]
         items += [(quarantine, quarantine_item(rec)) for rec in quarantined]
-        await self._upsert_all(items)
-
-    async def _upsert_all(self, items: list[tuple[ContainerProxy, dict[str, Any]]]) -> None:
-        if not items:
-            return
-        pending = iter(items)
-
-        async def upsert_pending() -> None:
-            # Workers share one iterator: at most max_concurrency requests in flight, and no
-            # task per item.
-            for container, item in pending:
-                await self.retry.call(
-                    f"upsert {container.id}/{item['id']}",
-                    functools.partial(container.upsert_item, item, no_response=True),
-                )
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(min(self.max_concurrency, len(items))):
-                    group.create_task(upsert_pending())
-        except BaseExceptionGroup as failures:
-            # The first worker to give up cancelled the others; the batch is not durable and
-            # the caller retries all of it (upserts are idempotent).
-            store_errors, others = failures.split(StoreError)
-            if others is not None or store_errors is None:
-                raise
-            error = _first_leaf(store_errors)
-            raise error from error.__cause__
+        await upsert_all(items, max_concurrency=self.max_concurrency, retry=self.retry)
 
     async def save_state(self, snapshot: StateSnapshot) -> None:
         state = self._container_named(self.state_container)
@@ -412,6 +390,52 @@ def cosmos_store(settings: CosmosSettings) -> CosmosStore:
         connection_verify=settings.connection_verify,
         close_credential=close_credential,
     )
+
+
+async def upsert_all(
+    items: Sequence[tuple[ContainerProxy, dict[str, Any]]],
+    *,
+    max_concurrency: int,
+    retry: RetryPolicy,
+) -> None:
+    """Upsert every (container, item) with at most ``max_concurrency`` requests in flight;
+    return once all are acknowledged, or raise the StoreError of the first that gave up."""
+    if not items:
+        return
+    pending = iter(items)
+
+    async def upsert_pending() -> None:
+        # Workers share one iterator: bounded concurrency without a task per item.
+        for container, item in pending:
+            await retry.call(
+                f"upsert {container.id}/{item['id']}",
+                functools.partial(container.upsert_item, item, no_response=True),
+            )
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(max_concurrency, len(items))):
+                group.create_task(upsert_pending())
+    except BaseExceptionGroup as failures:
+        # The first worker to give up cancelled the others; the batch is not durable and the
+        # caller retries all of it (upserts are idempotent).
+        store_errors, others = failures.split(StoreError)
+        if others is not None or store_errors is None:
+            raise
+        error = _first_leaf(store_errors)
+        raise error from error.__cause__
+
+
+def _transport_options() -> dict[str, Any]:
+    """No per-request environment lookups unless the environment names a proxy.
+
+    With ``trust_env`` aiohttp looks up proxies and ~/.netrc in a worker thread on every
+    request; measured against the local server that is 2.3 instead of 1.4 ms of client CPU per
+    upsert. Cosmos authenticates by header, so only a configured proxy needs the lookups.
+    """
+    if urllib.request.getproxies():
+        return {}
+    return {"transport": AioHttpTransport(use_env_settings=False)}
 
 
 async def _read_or_none(container: ContainerProxy, item_id: str, pk: str) -> dict[str, Any] | None:

@@ -1,0 +1,138 @@
+"""Cosmos SDK errors become store errors with the right retryability; the retry loop's rules."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
+from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
+
+from store.cosmos_errors import RetryPolicy, map_error, retry_after_s
+from store.exceptions import StoreConflict, StoreError, StoreUnavailable
+
+
+def http_error(status: int, retry_after_ms: str | None = None) -> CosmosHttpResponseError:
+    error = CosmosHttpResponseError(status_code=status, message=f"status {status}\nsecond line")
+    if retry_after_ms is not None:
+        error.headers = {"x-ms-retry-after-ms": retry_after_ms}
+    return error
+
+
+@pytest.mark.parametrize("status", [408, 410, 429, 449, 500, 502, 503, 504])
+def test_transient_statuses_are_retryable(status: int) -> None:
+    error = map_error(http_error(status), "upsert x")
+    assert isinstance(error, StoreUnavailable)
+    assert error.retryable is True
+    assert f"upsert x: Cosmos DB answered {status}" in str(error)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413])
+def test_client_errors_are_not_retryable(status: int) -> None:
+    error = map_error(http_error(status), "upsert x")
+    assert type(error) is StoreError
+    assert error.retryable is False
+
+
+@pytest.mark.parametrize("status", [409, 412])
+def test_lost_conditions_are_conflicts(status: int) -> None:
+    error = map_error(http_error(status), "upsert x")
+    assert isinstance(error, StoreConflict)
+    assert error.retryable is False
+
+
+def test_retry_after_header_is_carried_in_seconds() -> None:
+    error = map_error(http_error(429, "250"), "upsert x")
+    assert error.retry_after == pytest.approx(0.25)
+    assert retry_after_s(http_error(429, "not-a-number")) is None
+    assert retry_after_s(http_error(429)) is None
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ServiceRequestError("connection refused"),
+        ServiceResponseError("connection reset"),
+        CosmosClientTimeoutError(),
+    ],
+)
+def test_transport_failures_are_retryable(exc: AzureError) -> None:
+    error = map_error(exc, "read y")
+    assert isinstance(error, StoreUnavailable)
+    assert str(error).startswith("read y: Cosmos DB unreachable")
+
+
+def test_other_sdk_errors_are_not_retryable() -> None:
+    error = map_error(AzureError("odd"), "read y")
+    assert type(error) is StoreError
+    assert error.retryable is False
+
+
+def test_delay_grows_is_capped_and_honours_retry_after() -> None:
+    policy = RetryPolicy(max_retries=10, backoff_s=0.1, backoff_max_s=1.0)
+    for attempt, ceiling in [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0), (9, 1.0)]:
+        delays = [policy.delay(attempt, None) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+    assert policy.delay(0, 3.0) == 3.0
+
+
+class Flaky:
+    """An operation failing with the given errors in turn, then answering "ok"."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+FAST = RetryPolicy(max_retries=3, backoff_s=0.001, backoff_max_s=0.002)
+
+
+async def test_retryable_failures_are_retried_until_success() -> None:
+    operation = Flaky(http_error(429, "1"), http_error(503), ServiceRequestError("down"))
+    assert await FAST.call("op", operation) == "ok"
+    assert operation.calls == 4
+
+
+async def test_retries_spent_raise_unavailable_from_the_sdk_error() -> None:
+    errors = [http_error(503) for _ in range(4)]
+    operation = Flaky(*errors)
+    with pytest.raises(StoreUnavailable) as failure:
+        await FAST.call("op", operation)
+    assert operation.calls == 4
+    assert failure.value.__cause__ is errors[-1]
+    assert failure.value.retry_after is not None and failure.value.retry_after > 0
+
+
+async def test_non_retryable_failure_is_raised_at_once() -> None:
+    operation = Flaky(http_error(400))
+    with pytest.raises(StoreError) as failure:
+        await FAST.call("op", operation)
+    assert operation.calls == 1
+    assert failure.value.retryable is False
+
+
+async def test_zero_retries_means_one_attempt() -> None:
+    operation = Flaky(http_error(429, "5"))
+    with pytest.raises(StoreUnavailable) as failure:
+        await RetryPolicy(max_retries=0).call("op", operation)
+    assert operation.calls == 1
+    assert failure.value.retry_after == pytest.approx(0.005)
+
+
+async def test_cancellation_during_backoff_propagates() -> None:
+    policy = RetryPolicy(max_retries=5, backoff_s=60, backoff_max_s=60)
+    operation = Flaky(http_error(503))
+    task = asyncio.create_task(policy.call("op", operation))
+    async with asyncio.timeout(5):
+        while operation.calls == 0:
+            await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert operation.calls == 1
