@@ -43,10 +43,11 @@ async def serve(args: argparse.Namespace) -> None:
         count, _, groups = rest.partition(":")
         hubs.create_hub(name, int(count or 2), tuple(g for g in groups.split(",") if g))
     # CLI output. Event Hubs clients append `EntityPath=<hub>`; Service Bus uses it as it is.
-    print(f"AMQP test broker on {args.host}:{broker.port}")
+    print(f"AMQP test broker on {args.host}:{broker.port}", flush=True)
     print(
         f"Endpoint=sb://{args.host}:{broker.port}/;SharedAccessKeyName=k;SharedAccessKey=a2V5;"
-        "UseDevelopmentEmulator=true;"
+        "UseDevelopmentEmulator=true;",
+        flush=True,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
