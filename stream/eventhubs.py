@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
@@ -102,10 +103,8 @@ def map_error(exc: Exception, action: str) -> SourceError:
 
 
 def _retry_after(exc: HttpResponseError) -> float | None:
-    response = exc.response
-    if response is None:
-        return None
-    value = response.headers.get("Retry-After")
+    headers = getattr(exc.response, "headers", None) or {}
+    value = headers.get("Retry-After")
     try:
         return float(value) if value is not None else None
     except ValueError:
@@ -160,6 +159,9 @@ class _Partition:
         self.closed = False
         self.in_flight: asyncio.Future[None] | None = None
         self.last_sequence = -1
+        # Received but not yet delivered: gathered into batches (see EventHubsSource).
+        self.pending: list[ReceivedEvent] = []
+        self.pending_since = 0.0
         self._times: dict[int, datetime] = {}
 
     @property
@@ -191,6 +193,24 @@ class _Partition:
         task = self.in_flight
         if task is not None and not task.done():
             await asyncio.wait([task])
+
+    def add(self, events: list[ReceivedEvent]) -> None:
+        if events and not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.extend(events)
+
+    def ready(self, size: int, wait_s: float) -> list[list[ReceivedEvent]]:
+        """Take the gathered events that make full batches, and the rest once it is old."""
+        pending = self.pending
+        if not pending:
+            return []
+        batches = [pending[i : i + size] for i in range(0, len(pending) - size + 1, size)]
+        rest = pending[len(batches) * size :]
+        if rest and time.monotonic() - self.pending_since >= wait_s:
+            batches.append(rest)
+            rest = []
+        self.pending = rest
+        return batches
 
     def received(self, events: list[EventData]) -> list[ReceivedEvent]:
         """Convert the SDK's events, dropping any this ownership has seen already: after a
@@ -388,20 +408,27 @@ class EventHubsSource:
             return
 
     async def _on_event_batch(self, sdk: SdkPartitionContext, events: list[EventData]) -> None:
-        if not events:
-            return
         partition = self._partitions.get(str(sdk.partition_id))
         if partition is None or not partition.initialized or partition.abandoned:
             return
-        batch = partition.received(events)
-        if not batch:
-            return
+        if events:
+            partition.add(partition.received(events))
+        # The SDK hands over whatever its buffer holds, often a single event when the
+        # processor keeps up: batches are gathered here, up to batch_size or batch_wait_s.
+        # An empty call (nothing arrived for max_wait_time) lets the last events go.
+        for batch in partition.ready(self.processor.batch_size, self.processor.batch_wait_s):
+            if not await self._deliver(partition, batch):
+                return
+
+    async def _deliver(self, partition: _Partition, batch: list[ReceivedEvent]) -> bool:
+        """Run the handler on ``batch`` until it succeeds (True) or the partition is closing
+        or the source stopping (False: the batch is abandoned, and so are later ones)."""
         assert self._handler is not None
         failures = 0
         while not partition.closing:
             try:
                 await partition.attempt(self._handler.on_batch(partition, batch))
-                return
+                return True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -418,8 +445,9 @@ class EventHubsSource:
                     },
                 )
                 if await _wait(self._stop, delay):
-                    partition.abandoned = True
-                    return
+                    break
+        partition.abandoned = True
+        return False
 
     async def _on_partition_close(self, sdk: SdkPartitionContext, reason: SdkCloseReason) -> None:
         partition = self._partitions.pop(str(sdk.partition_id), None)
@@ -510,7 +538,10 @@ class EventHubsSource:
             )
         assert settings.fully_qualified_namespace is not None and credential is not None
         return EventHubConsumerClient(
-            settings.fully_qualified_namespace, settings.eventhub_name, credential, **options
+            fully_qualified_namespace=settings.fully_qualified_namespace,
+            eventhub_name=settings.eventhub_name,
+            credential=credential,
+            **options,
         )
 
 
@@ -550,9 +581,9 @@ class EventHubsSink:
             assert settings.fully_qualified_namespace is not None
             self._credential = self.credential_factory()
             self._client = EventHubProducerClient(
-                settings.fully_qualified_namespace,
-                settings.eventhub_name,
-                self._credential,
+                fully_qualified_namespace=settings.fully_qualified_namespace,
+                eventhub_name=settings.eventhub_name,
+                credential=self._credential,
                 **self.client_options,
             )
         self._state = "open"
