@@ -263,7 +263,9 @@ def test_init_waits_for_every_emulator_and_creates_the_checkpoint_container(
         env = {
             "EVENTHUBS_HEALTH_URL": health_endpoint.url,
             "SERVICEBUS_HEALTH_URL": health_endpoint.url,
-            "COSMOS_URL": cosmos.endpoint,  # HTTPS with a self-signed certificate
+            # HTTPS with a self-signed certificate; any key is accepted there.
+            "EVALSTREAM_AZURE__COSMOS__ENDPOINT": cosmos.endpoint,
+            "EVALSTREAM_AZURE__COSMOS__KEY": cosmos.key,
             "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING": azurite.connection_string,
             "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONTAINER": "compose-checkpoints",
             "EMULATORS_TIMEOUT_S": "60",
@@ -290,15 +292,18 @@ def test_init_names_what_is_not_ready_after_the_deadline(health_endpoint: Health
         {
             "EVENTHUBS_HEALTH_URL": health_endpoint.url,
             "SERVICEBUS_HEALTH_URL": closed_port_url(),
-            "COSMOS_URL": health_endpoint.url,
+            "EVALSTREAM_AZURE__COSMOS__ENDPOINT": closed_port_url().replace("/health", "/"),
+            "EVALSTREAM_AZURE__COSMOS__KEY": read_env_file(ENV_FILE)[
+                "EVALSTREAM_AZURE__COSMOS__KEY"
+            ],
             "EMULATORS_TIMEOUT_S": "6",
         }
     )
     assert result.returncode == 1
     assert "not ready after 6s" in result.stderr
     assert "Service Bus emulator" in result.stderr
+    assert "Cosmos DB emulator" in result.stderr
     assert "Event Hubs emulator" not in result.stderr
-    assert "Cosmos DB emulator" not in result.stderr
 
 
 # --- docs/azure.md ---------------------------------------------------------------------------

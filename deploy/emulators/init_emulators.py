@@ -9,7 +9,9 @@ naming what is not.
 Readiness, as each emulator documents it:
 - Event Hubs emulator: ``GET :5300/health`` answers 200 (health API since 2.1.0).
 - Service Bus emulator: ``GET :5300/health`` answers 200 (health check and management port).
-- Cosmos DB emulator (Linux, vNext): its gateway answers HTTP; 503 while it is still starting.
+- Cosmos DB emulator (Linux, vNext): listing databases with the configured endpoint and key
+  succeeds (the gateway answers before its storage engine is up and returns 503 meanwhile).
+  Without a configured key: its gateway answers HTTP below 500.
 - Azurite: the checkpoint container can be created (or already exists).
 
 Every URL and the deadline can be overridden with the environment variables below.
@@ -84,6 +86,35 @@ def checkpoint_container(connection_string: str, container: str) -> Callable[[],
     return probe
 
 
+def cosmos_databases(endpoint: str, key: str) -> Callable[[], str | None]:
+    def probe() -> str | None:
+        import warnings
+
+        from azure.core.exceptions import AzureError
+        from azure.cosmos import CosmosClient
+
+        with warnings.catch_warnings():
+            # urllib3 warns on every unverified HTTPS request; the emulator's certificate is
+            # self-signed by design.
+            warnings.simplefilter("ignore")
+            try:
+                # The emulator advertises 127.0.0.1 as its regional endpoint: stay on ours.
+                client = CosmosClient(
+                    endpoint,
+                    key,
+                    connection_verify=False,
+                    enable_endpoint_discovery=False,
+                    retry_total=0,
+                    connection_timeout=REQUEST_TIMEOUT_S,
+                )
+                list(client.list_databases(max_item_count=1))
+            except AzureError as exc:
+                return f"{endpoint}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return None
+
+    return probe
+
+
 def checks_from_environment(env: dict[str, str]) -> list[Check]:
     checks = [
         Check(
@@ -98,12 +129,15 @@ def checks_from_environment(env: dict[str, str]) -> list[Check]:
                 env.get("SERVICEBUS_HEALTH_URL", SERVICEBUS_HEALTH_URL), lambda s: s == 200
             ),
         ),
-        # Unauthenticated requests get 401: that still proves the gateway is serving.
-        Check(
-            "Cosmos DB emulator",
-            expect_status(env.get("COSMOS_URL", COSMOS_URL), lambda s: s < 500),
-        ),
     ]
+    cosmos_endpoint = env.get("EVALSTREAM_AZURE__COSMOS__ENDPOINT")
+    cosmos_key = env.get("EVALSTREAM_AZURE__COSMOS__KEY")
+    if cosmos_endpoint and cosmos_key:
+        checks.append(Check("Cosmos DB emulator", cosmos_databases(cosmos_endpoint, cosmos_key)))
+    else:
+        # Unauthenticated requests get 401: that still proves the gateway is serving.
+        cosmos_url = env.get("COSMOS_URL", COSMOS_URL)
+        checks.append(Check("Cosmos DB emulator", expect_status(cosmos_url, lambda s: s < 500)))
     connection_string = env.get("EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING")
     if connection_string:
         container = env.get(
