@@ -127,6 +127,8 @@ DEFAULT_ATTEMPT_TIMEOUT_S = 10.0
 MAX_REASON_CHARS = 4096
 # A received message whose lock ran out this long ago is forgotten even if never settled.
 FORGET_AFTER_S = 300.0
+# The AMQP error condition of a refused link to a missing entity.
+NOT_FOUND = b"amqp:not-found"
 # receive_messages refuses a wait of 0; the smallest wait that still means "do not wait".
 MIN_WAIT_S = 0.01
 
@@ -431,9 +433,8 @@ class ServiceBusAlertReceiver(_Connection):
     objects, the port passes ``ReceivedAlert``s). A message whose body is not a Breach is
     dead-lettered with reason ``InvalidBody`` and never returned.
 
-    A subscription that does not exist raises ``UnknownSubscriptionError`` from the first
-    ``receive`` rather than from ``async with``: Service Bus refuses the link only after the SDK
-    considers it open, and probing earlier would need a receive that locks a message.
+    A subscription that does not exist raises ``UnknownSubscriptionError`` from ``async with``
+    (and, should that probe not catch it, from the first ``receive``).
     """
 
     def __init__(
@@ -469,9 +470,43 @@ class ServiceBusAlertReceiver(_Connection):
             if isinstance(exc, _SDK_ERRORS):
                 raise mapped_error(exc, f"opening a receiver for {self.path}") from exc
             raise
+        try:
+            await self._confirm_attached(receiver)
+        except BaseException:
+            await self._close()
+            raise
         self._client = client
         self._receiver = receiver
         return self
+
+    async def _confirm_attached(self, receiver: ServiceBusReceiver) -> None:
+        """Fail here, not at the first receive, when the subscription does not exist.
+
+        Service Bus answers the attach of a missing entity with an attach and an immediate
+        detach (``amqp:not-found``), and the SDK's open returns between the two. One turn of
+        the SDK's frame loop reads the detach; with no prefetch the link has no credit, so this
+        cannot receive a message. It reaches into the SDK's private handler (azure-servicebus
+        is pinned to 7.15); without it the first receive reports the same error.
+        """
+        handler = getattr(receiver, "_handler", None)
+        do_work = getattr(handler, "do_work_async", None)
+        if do_work is None:
+            return
+        try:
+            await do_work()
+            # The first turn reads the detach and marks the link failed; the next raises.
+            state = getattr(getattr(handler, "_link", None), "state", None)
+            if getattr(state, "name", None) == "ERROR":
+                await do_work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The SDK's private AMQP layer: its errors are not ServiceBusErrors yet.
+            condition = getattr(exc, "condition", None)
+            if getattr(condition, "value", condition) == NOT_FOUND:
+                raise _MissingSubscriptionError(self.spec.name, self.topic, self.where) from exc
+            # Anything else is for the first receive to retry or report.
+            logger.debug("probing the link of %s failed: %r", self.path, exc)
 
     async def __aexit__(
         self,
@@ -641,6 +676,7 @@ class ServiceBusAlertReceiver(_Connection):
             await self._call(
                 "opening the dead-letter queue", self._stack.enter_async_context(receiver)
             )
+            await self._confirm_attached(receiver)
             self._dead_letter_receiver = receiver
         return self._dead_letter_receiver
 

@@ -95,6 +95,11 @@ def open_receiver(settings: Settings, spec: SubscriptionSpec) -> AlertReceiver:
     """The receiver for one subscription on the configured backend (not yet entered)."""
     if settings.backend == "embedded":
         return SqliteAlertReceiver(settings.embedded.alerts_path, spec)
+    if settings.backend == "azure":
+        # Imported here: the embedded backend must not need the Azure SDK loaded.
+        from alerts.servicebus import servicebus_receiver
+
+        return servicebus_receiver(settings.azure.servicebus, spec)
     raise AlertError(f"alerts on the {settings.backend!r} backend are not available yet")
 
 
@@ -102,6 +107,11 @@ def open_publisher(settings: Settings) -> AlertPublisher:
     """The publisher for the configured backend (not yet entered), for the processor's wiring."""
     if settings.backend == "embedded":
         return SqliteAlertPublisher(settings.embedded.alerts_path, subscription_specs(settings))
+    if settings.backend == "azure":
+        # Subscriptions are provisioned with the topic on Azure, not passed to the publisher.
+        from alerts.servicebus import servicebus_publisher
+
+        return servicebus_publisher(settings.azure.servicebus)
     raise AlertError(f"alerts on the {settings.backend!r} backend are not available yet")
 
 
