@@ -14,6 +14,7 @@ import asyncio
 import base64
 import functools
 import logging
+import re
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -80,6 +81,27 @@ _QUARANTINE_QUERY = "SELECT TOP @limit * FROM c ORDER BY c.received_us DESC"
 _COUNT_QUERY = "SELECT VALUE COUNT(1) FROM c"
 
 
+# What azure-cosmos refuses in an id (a ValueError before any request), '%' (point reads put the
+# id in the URL path, where the service would decode it) and '~', the escape character itself.
+_ID_UNSAFE = re.compile(r"[/\\#?\t\r\n%~]| \Z")
+_ID_ESCAPE = re.compile(r"~([0-9A-F]{2})")
+
+
+def cosmos_id(value: str) -> str:
+    """The Cosmos item id of a record id: the same string unless it holds characters Cosmos
+    refuses, which become ``~XX`` (hex); reversible, and the identity for the usual ids."""
+    if _ID_UNSAFE.search(value) is None:
+        return value
+    return _ID_UNSAFE.sub(lambda m: f"~{ord(m.group()):02X}", value)
+
+
+def record_id(item_id: str) -> str:
+    """The record id of a Cosmos item id (inverse of ``cosmos_id``)."""
+    if "~" not in item_id:
+        return item_id
+    return _ID_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), item_id)
+
+
 def epoch_us(when: datetime) -> int:
     """Microseconds since the epoch (a naive datetime is taken as local time, like
     ``datetime.timestamp``)."""
@@ -88,19 +110,21 @@ def epoch_us(when: datetime) -> int:
 
 def telemetry_item(document: TelemetryDocument) -> dict[str, Any]:
     item: dict[str, Any] = orjson.loads(document.json_bytes())
+    item["id"] = cosmos_id(document.id)
     item[EVENT_TIME_FIELD] = epoch_us(document.timestamp)
     return item
 
 
 def quarantine_item(record: QuarantineRecord) -> dict[str, Any]:
     item = record.model_dump(mode="json")
+    item["id"] = cosmos_id(record.id)
     item[RECEIVED_FIELD] = epoch_us(record.received_at)
     return item
 
 
 def state_item(snapshot: StateSnapshot) -> dict[str, Any]:
     return {
-        "id": snapshot.partition,
+        "id": cosmos_id(snapshot.partition),
         "pk": snapshot.consumer_group,
         "consumer_group": snapshot.consumer_group,
         "partition": snapshot.partition,
@@ -108,6 +132,16 @@ def state_item(snapshot: StateSnapshot) -> dict[str, Any]:
         "covered_sequence": str(snapshot.covered_sequence),
         "blob": base64.b64encode(snapshot.blob).decode("ascii"),
     }
+
+
+def document_from_item(item: dict[str, Any]) -> TelemetryDocument:
+    item["id"] = record_id(item["id"])
+    return TelemetryDocument.model_validate(item)
+
+
+def quarantine_from_item(item: dict[str, Any]) -> QuarantineRecord:
+    item["id"] = record_id(item["id"])
+    return QuarantineRecord.model_validate(item)
 
 
 def snapshot_from_item(item: dict[str, Any]) -> StateSnapshot:
@@ -286,7 +320,7 @@ class CosmosStore:
         state = self._container_named(self.state_container)
         item = await self.retry.call(
             f"load state {consumer_group}/{partition}",
-            functools.partial(_read_or_none, state, partition, consumer_group),
+            functools.partial(_read_or_none, state, cosmos_id(partition), consumer_group),
         )
         return None if item is None else snapshot_from_item(item)
 
@@ -294,9 +328,9 @@ class CosmosStore:
         telemetry = self._container_named(self.telemetry_container)
         item = await self.retry.call(
             f"read telemetry {pk}/{document_id}",
-            functools.partial(_read_or_none, telemetry, document_id, pk),
+            functools.partial(_read_or_none, telemetry, cosmos_id(document_id), pk),
         )
-        return None if item is None else TelemetryDocument.model_validate(item)
+        return None if item is None else document_from_item(item)
 
     async def count(self, kind: str) -> int:
         if kind not in ("telemetry", "quarantine"):
@@ -338,7 +372,7 @@ class CosmosStore:
                             _query_page, telemetry, _WINDOW_QUERY, parameters, pk, page_size, token
                         ),
                     )
-                    page.extend(TelemetryDocument.model_validate(item) for item in items)
+                    page.extend(document_from_item(item) for item in items)
                     while len(page) >= page_size:
                         yield page[:page_size]
                         page = page[page_size:]
@@ -356,7 +390,7 @@ class CosmosStore:
             ),
         )
         for item in items:
-            yield QuarantineRecord.model_validate(item)
+            yield quarantine_from_item(item)
 
 
 def cosmos_store(settings: CosmosSettings) -> CosmosStore:

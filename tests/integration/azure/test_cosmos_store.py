@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from schemas import AppDirectory, QuarantineRecord, TelemetryDocument
@@ -44,9 +45,15 @@ class Batch:
 
 
 def simulated_batch(
-    count: int, *, seed: int = 1, invalid_fraction: float = 0.0, apps: int = 3
+    count: int,
+    *,
+    seed: int = 1,
+    invalid_fraction: float = 0.0,
+    apps: int = 3,
+    event_ids: list[str] | None = None,
 ) -> Batch:
-    """``count`` simulated inputs decoded and enriched as the processor does."""
+    """``count`` simulated inputs decoded and enriched as the processor does (the first events
+    carrying ``event_ids`` when given)."""
     simulator = Simulator(
         apps=apps, rate=10.0, seed=seed, start=START, invalid_fraction=invalid_fraction
     )
@@ -55,8 +62,11 @@ def simulated_batch(
     now = datetime.now(UTC)
     batch = Batch([], [])
     for sequence, simulated in enumerate(simulator.events(count)):
-        position = ReceivedEvent(simulated.body, "0", sequence, now, str(sequence * 100))
-        decoded = decoder.decode(simulated.body, now)
+        body = simulated.body
+        if event_ids and sequence < len(event_ids):
+            body = orjson.dumps({**orjson.loads(body), "event_id": event_ids[sequence]})
+        position = ReceivedEvent(body, "0", sequence, now, str(sequence * 100))
+        decoded = decoder.decode(body, now)
         for accepted in decoded.accepted:
             batch.documents.append(
                 enricher.document(accepted.event, position, accepted.index, now, False)
@@ -139,6 +149,30 @@ async def test_rewriting_a_batch_changes_nothing(store: CosmosStore) -> None:
     assert await store.count("quarantine") == len(batch.quarantined)
     ids = await _stored_ids(store)
     assert sorted(ids) == sorted((d.pk, d.id) for d in batch.documents)
+
+
+async def test_ids_cosmos_refuses_are_stored_and_read_back(store: CosmosStore) -> None:
+    # Producers choose event_id; azure-cosmos refuses some characters in ids outright.
+    awkward = ["order/42", "a?b#c", "back\\slash", "tab\there", "trailing ", "100%", "~7E"]
+    batch = simulated_batch(len(awkward) + 3, event_ids=awkward)
+    assert sorted(d.id for d in batch.documents[: len(awkward)]) == sorted(awkward)
+
+    await store.write(batch.documents, [])
+    await store.write(batch.documents, [])
+
+    for document in batch.documents:
+        assert await store.get_telemetry(document.id, document.pk) == document
+    assert await store.count("telemetry") == len(batch.documents)
+    apps = sorted({d.app_id for d in batch.documents})
+    window = [
+        doc
+        async for page in store.telemetry_window(apps, START, MIDNIGHT + timedelta(1))
+        for doc in page
+    ]
+    assert sorted(d.id for d in window) == sorted(d.id for d in batch.documents)
+    state = StateSnapshot("group/with?odd#chars", "partition/0", 5, b"s")
+    await store.save_state(state)
+    assert await store.load_state(state.consumer_group, state.partition) == state
 
 
 async def test_missing_document_is_none(store: CosmosStore) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -11,11 +12,15 @@ import orjson
 import pytest
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos.exceptions import CosmosHttpResponseError
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas import AppDirectory, TelemetryDocument, TelemetryEvent
 from store.cosmos import (
     _transport_options,
+    cosmos_id,
     epoch_us,
+    record_id,
     snapshot_from_item,
     state_item,
     telemetry_item,
@@ -152,3 +157,28 @@ def test_a_proxy_in_the_environment_keeps_the_sdk_default(monkeypatch: pytest.Mo
     _clear_proxies(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert _transport_options() == {}
+
+
+# What azure-cosmos 4.17.1 accepts as an id (azure/cosmos/_base.py, _validate_resource).
+SDK_VALID_ID = re.compile(r"^[^/\\#?\t\r\n]*$")
+
+
+@given(st.text())
+def test_cosmos_ids_round_trip_and_are_valid(value: str) -> None:
+    escaped = cosmos_id(value)
+    assert record_id(escaped) == value
+    assert SDK_VALID_ID.match(escaped)
+    assert "%" not in escaped
+    assert not escaped.endswith((" ", "\n"))
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="/\\#?\t\r\n%~")))
+def test_ids_without_unsafe_characters_are_unchanged(value: str) -> None:
+    if not value.endswith(" "):
+        assert cosmos_id(value) == value
+
+
+def test_awkward_ids_are_escaped_readably() -> None:
+    assert cosmos_id("order/42?x#1") == "order~2F42~3Fx~231"
+    assert cosmos_id("~7E") == "~7E7E"
+    assert record_id("~7E7E") == "~7E"
