@@ -207,7 +207,12 @@ class CosmosStore:
         if self._closed:
             raise StoreError(f"Cosmos store {self.endpoint} is closed")
         if self._client is None:
-            await self._open()
+            try:
+                await self._open()
+            except BaseException:
+                # `async with` calls no __aexit__ when __aenter__ fails: release the credential.
+                await self.close()
+                raise
         return self
 
     async def __aexit__(
@@ -290,11 +295,6 @@ class CosmosStore:
         if container is None:
             raise StoreError(f"Cosmos store {self.endpoint} is not open: use `async with`")
         return container
-
-    @property
-    def evaluations(self) -> ContainerProxy:
-        """The evaluations container, for the cold path's result writer."""
-        return self._container_named(self.evaluations_container)
 
     # -- writes --------------------------------------------------------------------------------
 

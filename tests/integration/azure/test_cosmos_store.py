@@ -306,6 +306,27 @@ async def test_factory_opens_existing_containers_without_creating(
     assert failure.value.retryable is False
 
 
+async def test_a_failed_open_releases_the_credential(cosmos_server: CosmosServer) -> None:
+    closed: list[bool] = []
+
+    async def close_credential() -> None:
+        closed.append(True)
+
+    absent = CosmosStore(
+        cosmos_server.endpoint,
+        cosmos_server.key,
+        database=f"absent-{uuid.uuid4().hex[:8]}",
+        create_if_missing=False,
+        close_credential=close_credential,
+    )
+    with pytest.raises(StoreError, match="answered 404"):
+        async with absent:
+            pass
+    assert closed == [True]
+    with pytest.raises(StoreError, match="closed"):
+        await absent.__aenter__()
+
+
 async def test_throttle_burst_while_writing_stores_every_document_once(
     cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore
 ) -> None:
