@@ -141,10 +141,11 @@ class HotPath:
         if t > app.watermark:
             app.watermark = t
         app.recent.append(doc.trace_id)
-        signals = [(ERROR, _ERROR_FLAG[doc.status])]
+        failed = _ERROR_FLAG[doc.status]
+        signals = [(ERROR, failed)]
         if doc.latency_ms is not None:
             signals.append((LATENCY, doc.latency_ms))
-        if doc.status is Status.OK:
+        if not failed:
             signals.append((OUTPUT_CHARS, doc.derived.output_chars))
             if doc.tokens is not None:
                 signals.append((TOKENS_TOTAL, doc.derived.tokens_total))
