@@ -381,3 +381,79 @@ async def test_settings_without_credentials_are_refused() -> None:
         EventHubsSource(
             EventHubsSettings(connection_string=SecretStr("Endpoint=sb://x/")), ProcessorSettings()
         )
+
+
+async def test_sdk_errors_map_to_retryable_or_permanent_source_errors() -> None:
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError
+    from azure.eventhub.exceptions import (
+        AuthenticationError,
+        ConnectionLostError,
+        EventDataSendError,
+    )
+
+    from stream.eventhubs import map_error
+    from stream.exceptions import SourceUnavailable
+
+    assert isinstance(map_error(ConnectionLostError("gone"), "receive"), SourceUnavailable)
+    assert isinstance(map_error(ServiceRequestError("refused"), "checkpoint"), SourceUnavailable)
+    busy = EventDataSendError("com.microsoft:server-busy: try later")
+    assert map_error(busy, "send").retryable is True
+    too_big = EventDataSendError("amqp:link:message-size-exceeded")
+    assert map_error(too_big, "send").retryable is False
+    denied = map_error(AuthenticationError("bad key"), "receive")
+    assert type(denied) is SourceError and denied.retryable is False
+    throttled = HttpResponseError("slow down")
+    throttled.status_code = 503
+    assert map_error(throttled, "checkpoint").retryable is True
+    forbidden = HttpResponseError("no")
+    forbidden.status_code = 403
+    assert map_error(forbidden, "checkpoint").retryable is False
+
+
+async def test_sink_refuses_use_outside_its_context_and_reuse(harness: Harness) -> None:
+    sink = EventHubsSink(harness.settings)
+    with pytest.raises(SourceError, match="outside 'async with'"):
+        await sink.append([("app", b"{}")])
+    async with sink:
+        pass
+    with pytest.raises(SourceError, match="outside 'async with'"):
+        await sink.append([("app", b"{}")])
+    with pytest.raises(SourceError, match="opened once"):
+        await sink.__aenter__()
+
+
+async def test_sink_splits_full_batches_and_keeps_one_key_in_order(
+    harness: Harness, sink: EventHubsSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.emulators.amqp.eventhubs import partition_for_key
+
+    client = sink._client
+    assert client is not None
+    sent_batches: list[int] = []
+    send_batch = client.send_batch
+
+    async def counting_send(batch: Any, **kwargs: Any) -> None:
+        sent_batches.append(len(batch))
+        await send_batch(batch, **kwargs)
+
+    monkeypatch.setattr(client, "send_batch", counting_send)
+
+    padding = b"x" * 4000
+    bodies: list[tuple[str | None, bytes]] = [
+        ("big-app", b"marker-%04d-" % i + padding) for i in range(400)
+    ]
+    await sink.append(bodies)
+    home = str(partition_for_key("big-app", len(PARTITIONS)))
+    stored = harness.broker.events(harness.hub, home)
+    assert len(stored) == 400
+    # ~1.6 MB cannot travel as one batch: several sends, still in order on one partition.
+    assert len(sent_batches) >= 2 and sum(sent_batches) == 400
+    order = [int(event.message.split(b"marker-")[1][:4]) for event in stored]
+    assert order == list(range(400))
+    for other in PARTITIONS:
+        if other != home:
+            assert harness.broker.events(harness.hub, other) == []
+
+    with pytest.raises(SourceError, match="exceeds the hub's maximum message size") as caught:
+        await sink.append([("big-app", b"y" * (2 * 1024 * 1024))])
+    assert caught.value.retryable is False
