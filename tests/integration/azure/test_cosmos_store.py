@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import gc
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 
-from schemas import AppDirectory, QuarantineRecord, TelemetryDocument
+from schemas import AppDirectory, Breach, QuarantineRecord, TelemetryDocument
 from store.cosmos import CosmosStore, cosmos_store
 from store.cosmos_errors import RetryPolicy
 from store.exceptions import StoreError, StoreUnavailable
@@ -24,8 +24,11 @@ from store.ports import StateSnapshot
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
-from stream.ports import ReceivedEvent
+from stream.hotpath import HotPath
+from stream.pipeline import Pipeline
+from stream.ports import CloseReason, ReceivedEvent
 from stream.simulator import Simulator
+from stream.stats import ProcessorStats
 from tests.emulators.fault_proxy import FaultProxy
 from tests.emulators.npm_fixtures import CosmosServer
 
@@ -396,3 +399,77 @@ async def test_throttled_reads_and_state_are_retried(
 
     assert cosmos_fault_proxy.injected("throttle") == 3
     assert cosmos_fault_proxy.injected("unavailable") == 3
+
+
+@dataclass
+class Context:
+    partition_id: str = "0"
+    checkpoints: list[int] = field(default_factory=list)
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        self.checkpoints.append(event.sequence)
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return None
+
+    async def checkpointed_sequence(self) -> int | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+
+@dataclass
+class Publisher:
+    published: list[str] = field(default_factory=list)
+
+    async def publish(self, breaches: Sequence[Breach]) -> None:
+        self.published.extend(b.breach_id for b in breaches)
+
+
+def cosmos_pipeline(store: CosmosStore, publisher: Publisher) -> Pipeline:
+    apps = AppDirectory()
+    return Pipeline(
+        store=store,
+        decoder=Decoder(),
+        enricher=Enricher(apps, b"test-key", "eventhubs"),
+        consumer_group="$Default",
+        lateness=timedelta(seconds=300),
+        checkpoint_interval_s=0,
+        stats=ProcessorStats(),
+        hot_path=lambda blob: HotPath.restore(apps, blob) if blob else HotPath(apps),
+        publisher=publisher,
+    )
+
+
+async def test_pipeline_checkpoints_after_durable_writes_and_resumes_from_cosmos_state(
+    cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore
+) -> None:
+    simulator = Simulator(apps=3, rate=10.0, seed=5, start=START, invalid_fraction=0.05)
+    enqueued = datetime.now(UTC)
+    events = [
+        ReceivedEvent(e.body, "0", n, enqueued, str(n)) for n, e in enumerate(simulator.events(300))
+    ]
+    valid = sum(1 for e in simulator.events(300) if e.valid)
+    first = cosmos_pipeline(proxied_store, Publisher())
+    context = Context()
+    await first.on_partition_initialize(context)
+    cosmos_fault_proxy.throttle(20, retry_after_ms=10, methods={"POST"})
+    cosmos_fault_proxy.unavailable(20, methods={"POST"})
+    for start in range(0, 200, 100):
+        await first.on_batch(context, events[start : start + 100])
+    await first.on_partition_close(context, CloseReason.SHUTDOWN)
+
+    assert context.checkpoints == [99, 199]
+    assert cosmos_fault_proxy.injected() == 40
+    saved = await proxied_store.load_state("$Default", "0")
+    assert saved is not None and saved.covered_sequence == 199 and len(saved.blob) > 100
+
+    # A new owner restores the detectors from the Cosmos snapshot and goes on from there;
+    # re-delivered events are stored again (idempotently) but not counted twice.
+    second = cosmos_pipeline(proxied_store, Publisher())
+    resumed = Context()
+    await second.on_partition_initialize(resumed)
+    await second.on_batch(resumed, events[150:300])
+    await second.on_partition_close(resumed, CloseReason.SHUTDOWN)
+
+    assert resumed.checkpoints == [299]
+    assert await proxied_store.count("telemetry") == valid
+    assert await proxied_store.count("quarantine") == 300 - valid
