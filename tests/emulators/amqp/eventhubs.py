@@ -233,10 +233,15 @@ class EventHubs(EntityHandler):
             del events[:drop]
 
     def _append(
-        self, hub: Hub, partition: Partition, message: bytes, partition_key: str | None
+        self,
+        hub: Hub,
+        partition: Partition,
+        message: bytes,
+        partition_key: str | None,
+        enqueued_ms: int | None = None,
     ) -> StoredEvent:
         # Enqueued times never go backwards within a partition, even if the clock does.
-        now = max(int(time.time() * 1000), partition.last_enqueued_ms)
+        now = max(enqueued_ms or int(time.time() * 1000), partition.last_enqueued_ms)
         annotations: dict[Any, Any] = {
             symbol("x-opt-sequence-number"): partition.next_sequence,
             symbol("x-opt-offset"): str(partition.next_offset),
@@ -312,8 +317,10 @@ class EventHubs(EntityHandler):
                 partition = hub.partitions[partition_for_key(str(key), len(hub.partitions))]
             else:
                 partition = hub.partitions[next(self._round_robin) % len(hub.partitions)]
+        # A batch is enqueued at one instant: every event in it gets the same enqueued time.
+        enqueued_ms = int(time.time() * 1000)
         for message in messages:
-            self._append(hub, partition, message, None if key is None else str(key))
+            self._append(hub, partition, message, None if key is None else str(key), enqueued_ms)
         return codec.accepted()
 
     # -- consumers ------------------------------------------------------------------------
