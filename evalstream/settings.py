@@ -139,6 +139,9 @@ class CosmosSettings(BaseModel):
     max_retries: int = Field(default=8, ge=0)
     # Local emulators use self-signed certificates.
     connection_verify: bool = True
+    # The SDK follows the endpoints the account advertises; the Linux emulator advertises
+    # 127.0.0.1, which is wrong from another container, so compose turns this off.
+    enable_endpoint_discovery: bool = True
 
 
 class ServiceBusSettings(BaseModel):
