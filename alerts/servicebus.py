@@ -154,7 +154,7 @@ class RetryPolicy:
 
     Each attempt is bounded by ``attempt_timeout_s``; between attempts it waits an exponential
     backoff from ``backoff_initial_s`` up to ``backoff_max_s`` (with jitter). With the defaults
-    a publish rides out about 30 s of unavailability before raising a retryable error.
+    the waits between the 8 attempts add up to 25-31.5 s, plus the attempts themselves.
     """
 
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -217,6 +217,8 @@ def _body_bytes(message: ServiceBusReceivedMessage) -> bytes:
     body_type = message.body_type
     if body_type == AmqpMessageBodyType.DATA:
         return b"".join(bytes(part) for part in message.body)
+    if body_type == AmqpMessageBodyType.SEQUENCE:
+        return repr(list(message.body)).encode()
     body = message.body
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body)
@@ -302,12 +304,12 @@ class ServiceBusAlertPublisher(_Connection):
 
     async def __aenter__(self) -> Self:
         stack, client = await self._open_client()
+        sender = client.get_topic_sender(self.topic)
         try:
-            sender = await stack.enter_async_context(client.get_topic_sender(self.topic))
-        except BaseException as exc:
+            # Retried like a send: a processor starting during a short outage waits it out.
+            await self._attempts("opening a sender", lambda: stack.enter_async_context(sender))
+        except BaseException:
             await self._close()
-            if isinstance(exc, _SDK_ERRORS):
-                raise self._open_error(exc) from exc
             raise
         self._sender = sender
         return self
@@ -321,13 +323,11 @@ class ServiceBusAlertPublisher(_Connection):
         self._sender = None
         await self._close()
 
-    def _open_error(self, exc: BaseException) -> AlertError:
-        if isinstance(exc, MessagingEntityNotFoundError):
-            return AlertBusError(
-                f"Service Bus topic {self.topic!r} does not exist in {self.where}; topics are "
-                "provisioned infrastructure (see alerts/servicebus.py)"
-            )
-        return mapped_error(exc, f"opening a sender for topic {self.topic!r}")
+    def _missing_topic(self) -> AlertError:
+        return AlertBusError(
+            f"Service Bus topic {self.topic!r} does not exist in {self.where}; topics are "
+            "provisioned infrastructure (see alerts/servicebus.py)"
+        )
 
     async def publish(self, breaches: Sequence[Breach]) -> None:
         """Send every breach; durable when it returns (Service Bus acknowledged each batch).
@@ -391,9 +391,11 @@ class ServiceBusAlertPublisher(_Connection):
             except asyncio.CancelledError:
                 raise
             except _SDK_ERRORS as exc:
-                error = mapped_error(exc, f"{doing} to topic {self.topic!r}")
-                if isinstance(exc, MessagingEntityNotFoundError):
-                    error = self._open_error(exc)
+                error = (
+                    self._missing_topic()
+                    if isinstance(exc, MessagingEntityNotFoundError)
+                    else mapped_error(exc, f"{doing} for topic {self.topic!r}")
+                )
                 if not error.retryable or attempt >= self.retry.max_attempts:
                     if error.retryable:
                         error = AlertBusError(
