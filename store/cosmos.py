@@ -183,6 +183,7 @@ class CosmosStore:
         max_concurrency: int = 32,
         retry: RetryPolicy | None = None,
         connection_verify: bool = True,
+        enable_endpoint_discovery: bool = True,
         close_credential: Callable[[], Any] | None = None,
     ) -> None:
         if max_concurrency < 1:
@@ -198,6 +199,7 @@ class CosmosStore:
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()
         self.connection_verify = connection_verify
+        self.enable_endpoint_discovery = enable_endpoint_discovery
         self._close_credential = close_credential
         self._client: CosmosClient | None = None
         self._containers: dict[str, ContainerProxy] = {}
@@ -241,6 +243,7 @@ class CosmosStore:
             self.endpoint,
             self.credential,
             connection_verify=self.connection_verify,
+            enable_endpoint_discovery=self.enable_endpoint_discovery,
             **_transport_options(),
         )
         try:
@@ -422,6 +425,7 @@ def cosmos_store(settings: CosmosSettings) -> CosmosStore:
             backoff_max_s=DEFAULT_BACKOFF_MAX_S,
         ),
         connection_verify=settings.connection_verify,
+        enable_endpoint_discovery=settings.enable_endpoint_discovery,
         close_credential=close_credential,
     )
 

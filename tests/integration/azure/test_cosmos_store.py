@@ -298,9 +298,16 @@ async def test_factory_opens_existing_containers_without_creating(
         key=SecretStr(cosmos_server.key),
         database=store.database,
         create_if_missing=False,
+        max_concurrency=4,
+        max_retries=2,
+        enable_endpoint_discovery=False,
     )
     async with cosmos_store(settings) as existing:
+        assert (existing.max_concurrency, existing.retry.max_retries) == (4, 2)
+        assert existing.enable_endpoint_discovery is False
         assert await existing.count("telemetry") == len(batch.documents)
+        document = batch.documents[0]
+        assert await existing.get_telemetry(document.id, document.pk) == document
 
     missing = settings.model_copy(update={"database": f"absent-{uuid.uuid4().hex[:8]}"})
     with pytest.raises(StoreError) as failure:
