@@ -289,10 +289,14 @@ class LocalLogSource:
                 await handler.on_batch(context, events)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # Supervision boundary: the batch was not checkpointed; deliver it again
-                # after a pause instead of skipping it or crashing the other partitions.
-                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+                # after a pause (the one a throttled store asked for, if it did) instead of
+                # skipping it or crashing the other partitions.
+                delay = (
+                    getattr(exc, "retry_after", None)
+                    or RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+                )
                 failures += 1
                 logger.exception(
                     "batch failed; retrying",
