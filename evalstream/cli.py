@@ -16,6 +16,7 @@ from rich.console import Console
 from alerts.handlers import render_breach
 from evalstream import logs, wiring
 from evalstream.cli_alerts import alerts_app
+from evalstream.errors import leaves
 from evalstream.settings import Settings, SettingsError, load_settings
 from schemas import TelemetryEvent
 from stream.decode import split_ndjson
@@ -139,15 +140,9 @@ def process(
             )
         )
     except* (SettingsError, StreamError) as group:
-        for exc in _leaves(group):
+        for exc in leaves(group):
             console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
-    return [error]
 
 
 @app.command()

@@ -32,6 +32,7 @@ from alerts.ports import (
     SubscriptionSpec,
 )
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from evalstream.errors import leaves
 from evalstream.settings import Settings, SettingsError, load_settings
 
 EXIT_USAGE = 2
@@ -57,6 +58,14 @@ SubscriptionOption = Annotated[
         metavar="NAME",
         help="Subscription to read, by name as configured in \\[\\[alerts.subscriptions]].",
         show_default=False,
+    ),
+]
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        metavar="embedded|azure",
+        help="Override the configured backend (embedded SQLite topic or Azure Service Bus).",
     ),
 ]
 ConfigOption = Annotated[
@@ -124,9 +133,11 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(config: Path | None, subscription: str) -> tuple[Settings, SubscriptionSpec]:
+def _load(
+    config: Path | None, subscription: str, backend: str | None
+) -> tuple[Settings, SubscriptionSpec]:
     try:
-        settings = load_settings(config=config)
+        settings = load_settings(config=config, backend=backend)
         return settings, find_subscription(settings, subscription)
     except (SettingsError, UnknownSubscriptionError) as exc:
         raise _fail(str(exc)) from exc
@@ -187,7 +198,9 @@ async def _listen(
 
 
 def _where(settings: Settings) -> str:
-    return str(settings.embedded.alerts_path) if settings.backend == "embedded" else "azure"
+    if settings.backend == "embedded":
+        return str(settings.embedded.alerts_path)
+    return f"Service Bus topic {settings.azure.servicebus.topic!r}"
 
 
 @alerts_app.command(
@@ -219,6 +232,7 @@ def listen(
         ),
     ] = None,
     config: ConfigOption = None,
+    backend: BackendOption = None,
     max_alerts: Annotated[
         int | None,
         typer.Option(
@@ -230,15 +244,19 @@ def listen(
     ] = None,
 ) -> None:
     """Print the alerts of a subscription as they arrive (and optionally forward them)."""
-    settings, spec = _load(config, subscription)
+    settings, spec = _load(config, subscription, backend)
     try:
-        asyncio.run(
-            _listen(settings, spec, json_lines=json_output, webhook=webhook, max_alerts=max_alerts)
-        )
+        try:
+            asyncio.run(
+                _listen(
+                    settings, spec, json_lines=json_output, webhook=webhook, max_alerts=max_alerts
+                )
+            )
+        except* (AlertError, ValueError) as group:
+            # The listener supervises a task group: its errors arrive grouped.
+            raise _fail("; ".join(str(leaf) for leaf in leaves(group)), code=1) from None
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (AlertError, ValueError) as exc:
-        raise _fail(str(exc), code=1) from exc
 
 
 async def _dead_letters(
@@ -277,12 +295,13 @@ def dlq(
         bool, typer.Option("--json", help="Print one JSON object per dead-lettered alert.")
     ] = False,
     config: ConfigOption = None,
+    backend: BackendOption = None,
     max_count: Annotated[
         int, typer.Option("--max", min=1, metavar="N", help="Show at most N, oldest first.")
     ] = 100,
 ) -> None:
     """Show the dead-lettered alerts of a subscription, oldest first, without removing them."""
-    settings, spec = _load(config, subscription)
+    settings, spec = _load(config, subscription, backend)
     try:
         dead_letters = asyncio.run(_dead_letters(settings, spec, max_count))
     except AlertError as exc:
