@@ -59,10 +59,16 @@ class Run:
     total_s: float
     steady_s: float
     steady_events: int
+    # Process CPU seconds over the steady part (this process only: not the broker's).
+    steady_cpu_s: float
 
     @property
     def steady_rate(self) -> float:
         return self.steady_events / self.steady_s
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.steady_cpu_s / self.steady_events * 1e6
 
     def rate(self, events: int) -> float:
         return events / self.total_s
@@ -75,22 +81,29 @@ class Clock:
         self.expected = expected
         self.count = 0
         self.first: float | None = None
+        self.first_cpu = 0.0
         self.first_size = 0
         self.done = asyncio.Event()
         self.finished = 0.0
+        self.finished_cpu = 0.0
 
     def add(self, size: int) -> None:
         if self.first is None:
             self.first, self.first_size = time.perf_counter(), size
+            self.first_cpu = time.process_time()
         self.count += size
         if self.count >= self.expected and not self.done.is_set():
             self.finished = time.perf_counter()
+            self.finished_cpu = time.process_time()
             self.done.set()
 
     def run(self, started: float) -> Run:
         assert self.first is not None
         return Run(
-            self.finished - started, self.finished - self.first, self.count - self.first_size
+            self.finished - started,
+            self.finished - self.first,
+            self.count - self.first_size,
+            self.finished_cpu - self.first_cpu,
         )
 
 
@@ -227,6 +240,49 @@ async def processor_run(
     return run
 
 
+class _Context:
+    """A PartitionContext with nothing behind it, for the pipeline measured alone."""
+
+    def __init__(self, partition_id: str) -> None:
+        self.partition_id = partition_id
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        return None
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return None
+
+    async def checkpointed_sequence(self) -> int | None:
+        return None
+
+
+async def pipeline_alone(
+    bodies: list[tuple[str | None, bytes]], processor: ProcessorSettings
+) -> float:
+    """CPU µs per event of Pipeline.on_batch over the same bodies, without any source."""
+    now = datetime.now(UTC)
+    events = [ReceivedEvent(body, "0", i, now, str(i)) for i, (_, body) in enumerate(bodies)]
+    with tempfile.TemporaryDirectory() as folder:
+        async with SqliteStore(Path(folder) / "store.db") as store:
+            pipeline = Pipeline(
+                store=store,
+                decoder=Decoder(),
+                enricher=Enricher(AppDirectory(), b"bench-key", SOURCE_NAME),
+                consumer_group=processor.consumer_group,
+                lateness=timedelta(seconds=processor.lateness_s),
+                checkpoint_interval_s=processor.checkpoint_interval_s,
+                stats=ProcessorStats(),
+            )
+            context = _Context("0")
+            await pipeline.on_partition_initialize(context)
+            cpu = time.process_time()
+            for start in range(0, len(events), 250):
+                await pipeline.on_batch(context, events[start : start + 250])
+            cpu = time.process_time() - cpu
+            await pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
+    return cpu / len(events) * 1e6
+
+
 def start_broker(log_dir: Path) -> ServerProcess:
     command = [sys.executable, "-m", "tests.emulators.amqp", "--port", "0"]
     command += ["--hub", f"{HUB}:{PARTITIONS}"]
@@ -265,9 +321,12 @@ async def measure(
         processor_runs.append(await processor_run(hub, processor, events, hot_path))
         print(
             f"repeat {repeat + 1}/{repeats}: sdk {sdk_runs[-1].steady_rate:,.0f} ev/s, "
-            f"processor {processor_runs[-1].steady_rate:,.0f} ev/s (from the first batch)",
+            f"processor {processor_runs[-1].steady_rate:,.0f} ev/s (from the first batch); "
+            f"cpu/event sdk {sdk_runs[-1].cpu_us_per_event:,.0f} µs, "
+            f"processor {processor_runs[-1].cpu_us_per_event:,.0f} µs",
             file=sys.stderr,
         )
+    alone = [await pipeline_alone(bodies, processor) for _ in range(repeats)]
     mean_size = statistics.fmean(len(body) for _, body in bodies)
     return {
         "events": events,
@@ -278,6 +337,9 @@ async def measure(
         "processor_steady": statistics.median(r.steady_rate for r in processor_runs),
         "sdk_total": statistics.median(r.rate(events) for r in sdk_runs),
         "processor_total": statistics.median(r.rate(events) for r in processor_runs),
+        "sdk_cpu": statistics.median(r.cpu_us_per_event for r in sdk_runs),
+        "processor_cpu": statistics.median(r.cpu_us_per_event for r in processor_runs),
+        "pipeline_cpu": statistics.median(alone),
         "sdk_runs": [r.steady_rate for r in sdk_runs],
         "processor_runs": [r.steady_rate for r in processor_runs],
         "hot_path": hot_path,
@@ -287,6 +349,7 @@ async def measure(
 def report(result: dict[str, Any]) -> str:
     steady = result["sdk_steady"] / result["processor_steady"] - 1
     total = result["sdk_total"] / result["processor_total"] - 1
+    remainder = result["processor_cpu"] - result["sdk_cpu"] - result["pipeline_cpu"]
     runs_sdk = ", ".join(f"{r:,.0f}" for r in result["sdk_runs"])
     runs_proc = ", ".join(f"{r:,.0f}" for r in result["processor_runs"])
     return "\n".join(
@@ -314,8 +377,25 @@ def report(result: dict[str, Any]) -> str:
             f"{result['processor_total']:,.0f} |",
             f"| **processor overhead** (time per event) | **{steady:+.1%}** | {total:+.1%} |",
             "",
+            "CPU of the consuming process per event over the same span (median; the broker runs "
+            f"in its own process): bare SDK {result['sdk_cpu']:,.0f} µs, processor "
+            f"{result['processor_cpu']:,.0f} µs; the Pipeline alone on the same bodies "
+            f"(batches of 250, SQLite store, no source) {result['pipeline_cpu']:,.0f} µs; the "
+            f"remainder, {remainder:,.0f} µs, is the adapter (event conversion, batch "
+            "gathering, Blob checkpoints) plus "
+            "the interference of the two workloads in one process.",
+            "",
             f"Per repeat, from the first batch: SDK {runs_sdk}; processor {runs_proc}.",
-            "Target (DESIGN.md): overhead ≤ 20% over the SDK's own receive-only rate.",
+            "",
+            "Target (DESIGN.md): overhead ≤ 20% over the SDK's own receive-only rate: "
+            + ("met." if steady <= 0.20 else "**not met**."),
+            "Reading: the consuming process is CPU-bound on this shared machine, so the "
+            "overhead in time follows the CPU added per event. The SDK's pure-Python AMQP "
+            "receive and the Pipeline (decode, validate, enrich, SQLite upsert) run in one "
+            "event loop, one after the other; the Pipeline's own cost per event is of the "
+            "same order as the SDK's receive cost, and the adapter's share is the remainder "
+            "above. A ratio of 20% would need the Pipeline at a fifth of the SDK's receive "
+            "cost per event, or the two on separate cores.",
             "",
         ]
     )
