@@ -968,9 +968,10 @@ class Broker:
 
     def server_busy(self, seconds: float, mode: str = "detach") -> None:
         """Answer "server busy" (`com.microsoft:server-busy`) for `seconds`: entity attaches are
-        refused, and an entity transfer either gets its link detached with that error
-        (mode "detach": the SDKs treat it as retryable and resend) or is settled as rejected
-        with it (mode "reject": azure-eventhub 5.15 raises EventDataSendError without retrying)."""
+        refused (attach, then detach with that error), and an entity transfer either gets its
+        link detached with that error (mode "detach") or is settled as rejected with it (mode
+        "reject"). Measured with azure-eventhub 5.15: consumers retry the refused attach and
+        carry on; producers raise EventDataSendError in both modes (no retry to success)."""
         if mode not in ("detach", "reject"):
             raise ValueError(f"mode must be 'detach' or 'reject', not {mode!r}")
 
