@@ -8,6 +8,7 @@ uses its own hub so tests do not interfere.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -614,3 +615,45 @@ async def test_large_event_spans_several_frames_both_ways(
         consumer, "2", 1, starting_position=stored[start].sequence_number, inclusive=True
     )
     assert b"".join(received[0].body) == body
+
+
+def _sync_round_trip(connection_string: str) -> tuple[dict[str, Any], list[str]]:
+    """The sync SDK (pyamqp's blocking transport): send a keyed batch, read partition
+    properties, then receive the batch back."""
+    from azure.eventhub import EventHubConsumerClient as SyncConsumer
+    from azure.eventhub import EventHubProducerClient as SyncProducer
+
+    with SyncProducer.from_connection_string(connection_string) as producer:
+        batch = producer.create_batch(partition_id="0")
+        for i in range(3):
+            batch.add(EventData(f"sync-{i}"))
+        producer.send_batch(batch)
+        props = producer.get_partition_properties("0")
+    received: list[EventData] = []
+    with SyncConsumer.from_connection_string(
+        connection_string, consumer_group="$Default"
+    ) as consumer:
+
+        def on_batch(_context: Any, events: list[EventData]) -> None:
+            received.extend(events)
+            if len(received) >= 3:
+                consumer.close()  # makes receive_batch return
+
+        # receive_batch blocks until the client is closed: bound it in case events never come.
+        guard = threading.Timer(WAIT_S, consumer.close)
+        guard.start()
+        try:
+            consumer.receive_batch(on_batch, partition_id="0", starting_position="-1")
+        finally:
+            guard.cancel()
+    bodies = [e.body_as_str() for e in received]
+    return props, bodies
+
+
+async def test_sync_clients_round_trip(amqp_broker: Any) -> None:
+    amqp_broker.create_hub("sync", 1)
+    props, bodies = await asyncio.to_thread(
+        _sync_round_trip, amqp_broker.eventhubs_connection_string("sync")
+    )
+    assert props["last_enqueued_sequence_number"] == 2
+    assert bodies == ["sync-0", "sync-1", "sync-2"]
