@@ -96,6 +96,8 @@ class Recorder:
         self.failures = 0
         self.failed = 0
         self.empty_batches = 0
+        # Skip the pipeline's close (and so its final checkpoint), as a crash would.
+        self.crash_on_close = False
         # When set, batches wait at the door once this many events were processed.
         self.hold_after: int | None = None
         self.held = 0
@@ -119,7 +121,8 @@ class Recorder:
 
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         self.closes.append((context.partition_id, reason))
-        await self.pipeline.on_partition_close(context, reason)
+        if not self.crash_on_close:
+            await self.pipeline.on_partition_close(context, reason)
 
     def owned(self) -> set[str]:
         return set(self.pipeline._partitions)
@@ -282,6 +285,29 @@ async def test_restart_resumes_after_the_checkpoints(harness: Harness, sink: Eve
         assert delivered == list(range(checkpoints[p] + 1, harness.last_sequences()[p] + 1))
     await harness.assert_store_exact()
     assert await harness.checkpoints() == harness.last_sequences()
+
+    # A crash: the processor checkpoints on its cadence only (its close never runs). The
+    # restart repeats exactly the events after each partition's last checkpoint.
+    await harness.send(sink, simulated(600, seed=11))
+    crashing = harness.recorder(checkpoint_interval_s=0.3)
+    crashing.crash_on_close = True
+    running = Running(harness.source(batch_size=50), crashing)
+    await wait_for(lambda: running.events >= 600, "the round before the crash")
+    await running.stop()
+    last = harness.last_sequences()
+    at_crash = await harness.checkpoints()
+    assert all(at_crash[p] <= last[p] for p in PARTITIONS)
+    repeated = sum(last[p] - at_crash[p] for p in PARTITIONS)
+
+    third = harness.recorder()
+    running = Running(harness.source(), third)
+    await wait_for(lambda: running.events >= repeated, "the events after the checkpoints")
+    await running.stop()
+    assert running.events == repeated
+    for p in PARTITIONS:
+        assert third.delivered.get(p, []) == list(range(at_crash[p] + 1, last[p] + 1))
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == last
 
 
 async def test_abandoned_failed_batch_is_delivered_again_after_restart(
