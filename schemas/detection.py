@@ -51,6 +51,9 @@ class SloConfig(BaseModel):
     # Each window is counted in this many event-time buckets (a ring per window): the window
     # slides in steps of window/buckets and its state stays a few hundred bytes.
     buckets_per_window: int = Field(default=12, ge=2, le=120)
+    # A rule fires only after as much event time as its short window has been seen: a fresh
+    # app's 3-day window holds minutes, and a 1× ticket rule would fire on early noise.
+    require_full_windows: bool = True
     # Hysteresis: an open burn-rate breach resolves once no rule of its severity has fired for
     # this long in event time.
     resolve_after_s: PositiveInt = 600

@@ -15,7 +15,10 @@ class BurnRate:
     A value is bad when it is above ``bad_above`` (latency over its SLO threshold, or an error
     flag of 1 with ``bad_above=0.5``). A rule fires when the bad fraction divided by ``budget``
     is at least ``factor`` over its long and its short window, and the short window holds at
-    least ``min_window_events`` events; nothing fires before ``warmup`` events. One detector
+    least ``min_window_events`` events; nothing fires before ``warmup`` events, and with
+    ``full_windows`` a rule fires only once the detector has seen as much event time as its
+    short window (a fresh app's "3 day" window holds minutes, and a ticket rule at 1× the
+    budget would fire on the noise of its first few hundred requests). One detector
     serves the rules of one severity (the SRE workbook's pattern: fast and slow critical
     rules page as one alert, the slow warning rule tickets).
 
@@ -36,6 +39,7 @@ class BurnRate:
         warmup: int = 200,
         min_window_events: int = 20,
         buckets: int = 12,
+        full_windows: bool = True,
     ) -> None:
         if not rules:
             raise ValueError("a burn-rate detector needs at least one rule")
@@ -47,6 +51,7 @@ class BurnRate:
         self.warmup = warmup
         self.min_window_events = min_window_events
         self.buckets = buckets
+        self.full_windows = full_windows
         self.name = f"burn_{severity.value}"
         windows = sorted({w for r in rules for w in (r.long_window_s, r.short_window_s)})
         self._windows = windows
@@ -58,6 +63,7 @@ class BurnRate:
             for r in rules
         ]
         self._seen = 0
+        self._first_t: float | None = None
         self._alarm = False
         self._offending = False
         self._totals = [[0] * buckets for _ in windows]
@@ -117,7 +123,11 @@ class BurnRate:
             return False
         pending_total, pending_bad = self._pending_total, self._pending_bad
         sum_total, sum_bad = self._sum_total, self._sum_bad
+        # _first_t is set by the first update; evaluation only follows updates.
+        history = t - (self._first_t if self._first_t is not None else t)
         for long_ring, short_ring, rule, limit in self._checks:
+            if self.full_windows and history < rule.short_window_s:
+                continue
             short_total = sum_total[short_ring] + pending_total
             if short_total < self.min_window_events:
                 continue
@@ -142,6 +152,8 @@ class BurnRate:
 
     # -- the protocol ------------------------------------------------------------------------
     def update(self, x: float, t: float) -> Self:
+        if self._seen == 0:
+            self._first_t = t
         self._seen += 1
         bad = x > self.bad_above
         self._offending = bad
@@ -218,6 +230,7 @@ class BurnRate:
             "heads": self._heads,
             "rest": [
                 self._seen,
+                self._first_t,
                 self._alarm,
                 self._offending,
                 self._pending_idx,
@@ -244,6 +257,7 @@ class BurnRate:
         self._sum_bad = [sum(ring) for ring in self._bads]
         (
             seen,
+            first_t,
             alarm,
             offending,
             pending_idx,
@@ -257,6 +271,7 @@ class BurnRate:
             rule,
         ) = state["rest"]
         self._seen = int(seen)
+        self._first_t = None if first_t is None else float(first_t)
         self._alarm = bool(alarm)
         self._offending = bool(offending)
         self._pending_idx = None if pending_idx is None else float(pending_idx)

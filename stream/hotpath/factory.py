@@ -79,6 +79,7 @@ def burn_rate_detectors(config: AppConfig, signal: str) -> list[Detector]:
                     warmup=slo.warmup_events,
                     min_window_events=slo.min_window_events,
                     buckets=slo.buckets_per_window,
+                    full_windows=slo.require_full_windows,
                 )
             )
     return built
