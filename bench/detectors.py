@@ -170,7 +170,8 @@ def _lognormal(length: int) -> Callable[[np.random.Generator], Made]:
 
 
 SLO_RATE = 5.0  # events per second in the SLO scenarios
-SLO_PRE = int(2 * 3600 * SLO_RATE)  # two quiet hours first
+# Seven quiet hours first: more than the longest short window (6 h), so every rule can fire.
+SLO_PRE = int(7 * 3600 * SLO_RATE)
 SLO_POST = int(3600 * SLO_RATE)  # then an hour of incident
 
 
@@ -636,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## SLO burn rates (event time)",
         "",
-        f"{SLO_RATE:g} events/s; {SLO_PRE:,} events (2 h) before the incident, {SLO_POST:,}",
+        f"{SLO_RATE:g} events/s; {SLO_PRE:,} events (7 h) before the incident, {SLO_POST:,}",
         "(1 h) of incident. Delays in seconds of event time. Burn rules: the defaults",
         "(1 h/5 m ×14.4 and 6 h/30 m ×6 critical, 3 d/6 h ×1 warning). The shipped drift",
         "detectors also watch latency and are listed for the latency streams.",
