@@ -285,6 +285,9 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
             return await store.count("telemetry"), await store.count("quarantine")
 
     telemetry, quarantined = asyncio.run(run())
+    typer.echo(f"telemetry documents {telemetry}, quarantined {quarantined}")
+    if settings.backend != "embedded":
+        return
     log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
     try:
         for partition in range(settings.embedded.partitions):
@@ -293,7 +296,6 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
             typer.echo(f"partition {partition}: last {last} checkpoint {done} lag {last - done}")
     finally:
         log.close()
-    typer.echo(f"telemetry documents {telemetry}, quarantined {quarantined}")
 
 
 @app.command()

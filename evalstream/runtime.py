@@ -90,9 +90,14 @@ async def run_processor(
     async with (
         wiring.store(settings) as store,
         wiring.publisher(settings) as publisher,
-        wiring.sink(settings) as sink,
         contextlib.AsyncExitStack() as stack,
     ):
+        # A producer only when something in this process produces (ingest, simulator).
+        sink = (
+            await stack.enter_async_context(wiring.sink(settings))
+            if ingest or simulate is not None
+            else None
+        )
         pipeline = wiring.pipeline(settings, store, stats, publisher)
         processor = Processor(
             wiring.source(settings),
@@ -101,7 +106,7 @@ async def run_processor(
             settings.processor.status_interval_s,
             on_status,
         )
-        if ingest:
+        if ingest and sink is not None:
             app = IngestApp(
                 wiring.decoder(settings), wiring.enricher(settings, "ingest"), sink, store
             )
@@ -111,7 +116,7 @@ async def run_processor(
                 f"ingest: POST http://{settings.ingest.host}:{bound_port(server)}/api/telemetry"
             )
         async with asyncio.TaskGroup() as group:
-            if simulate is not None:
+            if simulate is not None and sink is not None:
                 group.create_task(_simulate(simulate, sink, stop, on_status))
             if until_idle_s is not None:
                 group.create_task(_stop_when_idle(stats, until_idle_s, stop))

@@ -7,23 +7,29 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from pathlib import Path
 
-from evalstream.settings import Settings
+from evalstream.settings import Settings, SettingsError
+from store.ports import TelemetryStore
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
 from stream.local_log import SOURCE_NAME, LocalLogSink, LocalLogSource
 from stream.pipeline import BreachPublisher, HotPathFactory, Pipeline
+from stream.ports import EventSink, EventSource
 from stream.stats import ProcessorStats
 
 USER_HASH_KEY_FILE = "user-hash.key"
 
 
 def user_hash_key(settings: Settings) -> bytes:
-    """The configured key, else one created once in the data dir (so hashes stay stable)."""
+    """The configured key; on the embedded backend, else one created once in the data dir."""
     if settings.user_hash_key is not None:
         return settings.user_hash_key.get_secret_value().encode()
+    if settings.backend != "embedded":
+        raise SettingsError(
+            "user_hash_key: required on the azure backend (every processor instance must hash "
+            "user ids with the same key); set EVALSTREAM_USER_HASH_KEY"
+        )
     path = settings.embedded.data_dir / USER_HASH_KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,22 +49,37 @@ def decoder(settings: Settings) -> Decoder:
     )
 
 
-def enricher(settings: Settings, source: str = SOURCE_NAME) -> Enricher:
-    return Enricher(settings.apps, user_hash_key(settings), source)
+def enricher(settings: Settings, source: str | None = None) -> Enricher:
+    return Enricher(settings.apps, user_hash_key(settings), source or _source_name(settings))
 
 
-def store(settings: Settings) -> SqliteStore:
-    _require_embedded(settings)
+def _source_name(settings: Settings) -> str:
+    return SOURCE_NAME if settings.backend == "embedded" else "eventhubs"
+
+
+def store(settings: Settings) -> TelemetryStore:
+    """The telemetry store of the configured backend (an async context manager)."""
+    if settings.backend == "azure":
+        from store.cosmos import cosmos_store
+
+        return cosmos_store(settings.azure.cosmos)
     return SqliteStore(settings.embedded.store_path)
 
 
-def sink(settings: Settings) -> LocalLogSink:
-    _require_embedded(settings)
+def sink(settings: Settings) -> EventSink:
+    """Where producers (send, simulate, ingest) append events."""
+    if settings.backend == "azure":
+        from stream.eventhubs import eventhubs_sink
+
+        return eventhubs_sink(settings.azure.eventhubs)
     return LocalLogSink(settings.embedded.log_path, settings.embedded.partitions)
 
 
-def source(settings: Settings) -> LocalLogSource:
-    _require_embedded(settings)
+def source(settings: Settings) -> EventSource:
+    if settings.backend == "azure":
+        from stream.eventhubs import eventhubs_source
+
+        return eventhubs_source(settings.azure.eventhubs, settings.processor)
     return LocalLogSource(
         settings.embedded.log_path,
         settings.embedded.partitions,
@@ -95,7 +116,7 @@ async def publisher(settings: Settings) -> AsyncIterator[BreachPublisher | None]
 
 def pipeline(
     settings: Settings,
-    store_: SqliteStore,
+    store_: TelemetryStore,
     stats: ProcessorStats,
     publisher_: BreachPublisher | None,
 ) -> Pipeline:
@@ -110,17 +131,3 @@ def pipeline(
         hot_path=hot_path(settings) if publisher_ is not None else None,
         publisher=publisher_,
     )
-
-
-def _require_embedded(settings: Settings) -> None:
-    if settings.backend != "embedded":
-        from evalstream.settings import SettingsError
-
-        raise SettingsError(
-            f"backend {settings.backend!r} is not available in this build yet: "
-            'use backend = "embedded"'
-        )
-
-
-def data_dir(settings: Settings) -> Path:
-    return settings.embedded.data_dir
