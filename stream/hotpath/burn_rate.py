@@ -25,8 +25,10 @@ class BurnRate:
     Each window is a ring of ``buckets`` event-time buckets of ``window/buckets`` seconds, so a
     window slides in those steps and holds at most ``window`` seconds of events. Events of the
     current finest bucket are counted in a pending pair and added to every ring when event time
-    moves on: an event costs a comparison and two additions; rules are evaluated on bad events
-    and at bucket boundaries. Events older than a ring's span are not counted in that ring.
+    moves on (in the bucket of the first of them: exact when every window/buckets is a multiple
+    of the finest, as with the default rules): an event costs a comparison and two additions;
+    rules are evaluated on bad events and at bucket boundaries. Events older than a ring's span
+    are not counted in that ring.
     """
 
     def __init__(
