@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.breach import BreachKind, Severity
 from schemas.detection import BurnRateRule
@@ -129,3 +131,29 @@ def test_late_events_count_in_windows_that_still_hold_them() -> None:
     assert [sum(ring) for ring in state["bads"]] == [1, 1]
     assert sum(state["totals"][0]) < 600
     assert detector.offending
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gaps=st.lists(st.integers(min_value=0, max_value=400), min_size=1, max_size=300),
+    bad=st.lists(st.booleans(), min_size=300, max_size=300),
+)
+def test_ring_counts_match_a_brute_force_count(gaps: list[int], bad: list[bool]) -> None:
+    # After any in-order sequence (gaps in seconds, bursts and silences), each ring plus the
+    # pending bucket holds exactly the events whose bucket lies within the ring's last
+    # ``buckets`` buckets.
+    detector = errors((FAST, SLOW))
+    times: list[float] = []
+    t = T0
+    for gap, failed in zip(gaps, bad, strict=False):
+        t += gap
+        times.append(t)
+        detector.update(1.0 if failed else 0.0, t)
+    state = detector.state()
+    pending_total, pending_bad = state["rest"][6], state["rest"][7]
+    for ring, window in enumerate((300, 1800, 3600, 21600)):
+        width = window / 12
+        newest = int(times[-1] // width)
+        inside = [i for i, when in enumerate(times) if int(when // width) > newest - 12]
+        assert sum(state["totals"][ring]) + pending_total == len(inside)
+        assert sum(state["bads"][ring]) + pending_bad == sum(bad[i] for i in inside)
