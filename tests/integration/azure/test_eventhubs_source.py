@@ -483,3 +483,31 @@ async def test_sink_splits_full_batches_and_keeps_one_key_in_order(
     with pytest.raises(SourceError, match="exceeds the hub's maximum message size") as caught:
         await sink.append([("big-app", b"y" * (2 * 1024 * 1024))])
     assert caught.value.retryable is False
+
+
+async def test_stop_finishes_the_batches_in_flight_before_closing(
+    harness: Harness, sink: EventHubsSink
+) -> None:
+    await harness.send(sink, simulated(200, seed=12))
+    recorder = harness.recorder(checkpoint_interval_s=3600)
+    recorder.hold_after = 0  # every partition's first batch waits at the door
+    source = harness.source()
+    running = Running(source, recorder)
+    await wait_for(lambda: recorder.held == len(PARTITIONS), "a batch held on every partition")
+    running.stop_event.set()
+    client = source._client
+    assert client is not None
+    # The SDK's close has begun: it cancels the partition tasks while the batches are held.
+    await wait_for(
+        lambda: all(not p._running for p in client._event_processors.values()),
+        "the consumer client to start closing",
+    )
+    assert recorder.closes == []
+    recorder.release.set()
+    await asyncio.wait_for(running.task, WAIT_S)
+    # Each held batch was processed, then its partition closed and checkpointed it.
+    assert sorted(recorder.closes) == [(p, CloseReason.SHUTDOWN) for p in PARTITIONS]
+    checkpoints = await harness.checkpoints()
+    for p in PARTITIONS:
+        assert recorder.delivered[p], f"the held batch of partition {p} was not processed"
+        assert checkpoints[p] == max(recorder.delivered[p])
