@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -19,6 +20,8 @@ from stream.ports import EventSink, EventSource
 from stream.stats import ProcessorStats
 
 USER_HASH_KEY_FILE = "user-hash.key"
+
+logger = logging.getLogger(__name__)
 
 
 def user_hash_key(settings: Settings) -> bytes:
@@ -93,12 +96,20 @@ def source(settings: Settings) -> EventSource:
 def hot_path(settings: Settings) -> HotPathFactory | None:
     if not settings.processor.hot_path:
         return None
-    from stream.hotpath import HotPath
+    from stream.hotpath import HotPath, SnapshotError
 
     apps = settings.apps
 
     def build(blob: bytes | None) -> HotPath:
-        return HotPath.restore(apps, blob) if blob else HotPath(apps)
+        if not blob:
+            return HotPath(apps)
+        try:
+            return HotPath.restore(apps, blob)
+        except SnapshotError:
+            # A snapshot from an incompatible version (or damaged) must not stop the
+            # processor: detectors start over and warm up again, which is logged loudly.
+            logger.exception("detector snapshot unusable; starting the hot path afresh")
+            return HotPath(apps)
 
     return build
 
