@@ -257,6 +257,8 @@ async def test_processes_every_event_once_and_checkpoints_the_last_sequence(
     recorder.failures = 3
     running = Running(harness.source(), recorder)
     await wait_for(lambda: running.events >= harness.expected.events, "every event processed")
+    # Lag from the service's last enqueued sequence (partition properties) and our progress.
+    assert await recorder.pipeline.stats.lag() == {p: 0 for p in PARTITIONS}
     await running.stop()
 
     await harness.assert_store_exact()
