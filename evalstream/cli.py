@@ -50,6 +50,19 @@ DataDirOption = Annotated[
         "--data-dir", help="Embedded backend folder [default: var/evalstream].", show_default=False
     ),
 ]
+# The simulator's options, shared by `simulate` and `process --simulate`.
+AppsOption = Annotated[int, typer.Option(help="Simulated apps.")]
+RateOption = Annotated[float, typer.Option(help="Simulated events per second (event time).")]
+SeedOption = Annotated[int, typer.Option(help="Simulator seed: the same seed, the same events.")]
+IncidentOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Scripted incident KIND:APP@START+DURATIONxMAGNITUDE (seconds after the start), "
+        "e.g. latency_regression:app-001@60+120x4; kinds latency_regression, score_drift, "
+        "error_burst. Repeatable.",
+        show_default=False,
+    ),
+]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
 
@@ -82,17 +95,10 @@ def process(
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Also run the traffic simulator in-process (demo).")
     ] = False,
-    apps: Annotated[int, typer.Option(help="Simulated apps.")] = 5,
-    rate: Annotated[float, typer.Option(help="Simulated events per second.")] = 200.0,
-    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
-    incident: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Scripted incident KIND:APP@START+DURATIONxMAGNITUDE (seconds), e.g. "
-            "latency_regression:app-001@60+120x4. Repeatable.",
-            show_default=False,
-        ),
-    ] = None,
+    apps: AppsOption = 5,
+    rate: RateOption = 200.0,
+    seed: SeedOption = 7,
+    incident: IncidentOption = None,
     ingest: Annotated[
         bool, typer.Option("--ingest/--no-ingest", help="Serve POST /api/telemetry.")
     ] = True,
@@ -198,16 +204,10 @@ def simulate(
     count: Annotated[
         int | None, typer.Option(help="Events to produce [default: until stopped].")
     ] = None,
-    apps: Annotated[int, typer.Option(help="Number of apps.")] = 5,
-    rate: Annotated[float, typer.Option(help="Events per second of event time.")] = 200.0,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same events.")] = 7,
-    incident: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Scripted incident KIND:APP@START+DURATIONxMAGNITUDE. Repeatable.",
-            show_default=False,
-        ),
-    ] = None,
+    apps: AppsOption = 5,
+    rate: RateOption = 200.0,
+    seed: SeedOption = 7,
+    incident: IncidentOption = None,
     invalid_fraction: Annotated[
         float, typer.Option(help="Share of deliberately broken events.")
     ] = 0.0,

@@ -134,3 +134,39 @@ def checkpoints(data_dir: Path, consumer_group: str = "$Default") -> dict[int, i
     finally:
         connection.close()
     return dict(rows)
+
+
+def kill_at_points(data_dir: Path, env: dict[str, str], points: list[int]) -> None:
+    """Start the processor and SIGKILL it once ``point`` records are stored, for each point."""
+    for point in points:
+        process = start_processor(data_dir, env)
+        try:
+            wait_until(
+                lambda point=point: stored_count(data_dir) >= point,
+                timeout=180,
+                what=f"{point} stored records",
+                interval=0.005,
+            )
+        finally:
+            kill_hard(process)
+        assert process.returncode == -9
+
+
+def run_until_idle(data_dir: Path, env: dict[str, str]) -> None:
+    process = start_processor(data_dir, env, "--until-idle", "1")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output.decode()
+
+
+async def drain_subscription(data_dir: Path, name: str = "all") -> list[str]:
+    """Receive and complete everything in an embedded subscription: the message id of every
+    delivery, in order."""
+    from alerts.sqlite_bus import SqliteAlertReceiver
+
+    ids: list[str] = []
+    async with SqliteAlertReceiver(data_dir / "alerts.db", name) as receiver:
+        while alerts := await receiver.receive(max_count=100, max_wait_s=0.2):
+            for alert in alerts:
+                ids.append(alert.message_id)
+                await receiver.complete(alert)
+    return ids

@@ -11,12 +11,10 @@ import pytest
 from stream.simulator import Simulator
 from tests.integration.processor_harness import (
     checkpoints,
-    kill_hard,
+    kill_at_points,
     prepare,
-    start_processor,
+    run_until_idle,
     store_contents,
-    stored_count,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -57,22 +55,8 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
 
     rng = random.Random(7)
     kill_points = sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS))
-    for point in kill_points:
-        process = start_processor(data_dir, ENV)
-        try:
-            wait_until(
-                lambda point=point: stored_count(data_dir) >= point,
-                timeout=120,
-                what=f"{point} stored records",
-                interval=0.005,
-            )
-        finally:
-            kill_hard(process)
-        assert process.returncode == -9
-
-    final = start_processor(data_dir, ENV, "--until-idle", "1")
-    output, _ = final.communicate(timeout=300)
-    assert final.returncode == 0, output.decode()
+    kill_at_points(data_dir, ENV, kill_points)
+    run_until_idle(data_dir, ENV)
 
     telemetry, quarantine = store_contents(data_dir)
     assert len(telemetry) == len(set(telemetry)), "duplicate telemetry documents"

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from alerts.sqlite_bus import SqliteAlertReceiver
 from stream.simulator import Incident, Simulator
 from tests.integration.processor_harness import (
-    kill_hard,
+    drain_subscription,
+    kill_at_points,
     prepare,
-    start_processor,
-    stored_count,
-    wait_until,
+    run_until_idle,
 )
 
 pytestmark = pytest.mark.integration
@@ -49,23 +47,6 @@ def bodies() -> list[tuple[str | None, bytes]]:
     return [(event.app_id, event.body) for event in simulator.events(EVENTS)]
 
 
-async def delivered(data_dir: Path) -> list[str]:
-    """Drain the `all` subscription: the message id of every delivery, in order."""
-    ids: list[str] = []
-    async with SqliteAlertReceiver(data_dir / "alerts.db", "all") as receiver:
-        while alerts := await receiver.receive(max_count=100, max_wait_s=0.2):
-            for alert in alerts:
-                ids.append(alert.message_id)
-                await receiver.complete(alert)
-    return ids
-
-
-def run_to_end(data_dir: Path) -> None:
-    process = start_processor(data_dir, ENV, "--until-idle", "1")
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output.decode()
-
-
 def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(tmp_path: Path) -> None:
     stream = bodies()
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
@@ -73,25 +54,15 @@ def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(tmp_path: Path) 
     assert prepare(killed_dir, stream).telemetry == expected.telemetry
     total = len(expected.telemetry) + len(expected.quarantine)
 
-    run_to_end(reference_dir)
-    reference = asyncio.run(delivered(reference_dir))
+    run_until_idle(reference_dir, ENV)
+    reference = asyncio.run(drain_subscription(reference_dir))
     states = Counter(message_id.rsplit(":", 1)[1] for message_id in reference)
     assert states["opened"] >= 3 and states["resolved"] >= 1, states
 
     rng = random.Random(3)
-    for point in sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS)):
-        process = start_processor(killed_dir, ENV)
-        try:
-            wait_until(
-                lambda point=point: stored_count(killed_dir) >= point,
-                timeout=180,
-                what=f"{point} stored records",
-                interval=0.005,
-            )
-        finally:
-            kill_hard(process)
-    run_to_end(killed_dir)
-    after_kills = asyncio.run(delivered(killed_dir))
+    kill_at_points(killed_dir, ENV, sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS)))
+    run_until_idle(killed_dir, ENV)
+    after_kills = asyncio.run(drain_subscription(killed_dir))
 
     assert len(after_kills) == len(set(after_kills)), "a breach was delivered twice"
     assert set(after_kills) == set(reference)

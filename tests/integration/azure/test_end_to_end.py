@@ -21,12 +21,11 @@ from pydantic import SecretStr
 
 from alerts.ports import SubscriptionSpec
 from alerts.servicebus import servicebus_receiver
-from alerts.sqlite_bus import SqliteAlertReceiver
 from evalstream.settings import CosmosSettings, EventHubsSettings, ServiceBusSettings
 from store.cosmos import cosmos_store
 from stream.eventhubs import eventhubs_sink
 from stream.simulator import Incident, Simulator
-from tests.integration.processor_harness import prepare
+from tests.integration.processor_harness import drain_subscription, prepare
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -76,16 +75,6 @@ async def wait_for(
         await asyncio.sleep(0.2)
 
 
-async def drain_embedded(data_dir: Path) -> list[str]:
-    ids: list[str] = []
-    async with SqliteAlertReceiver(data_dir / "alerts.db", "all") as receiver:
-        while alerts := await receiver.receive(max_count=100, max_wait_s=0.2):
-            for alert in alerts:
-                ids.append(alert.message_id)
-                await receiver.complete(alert)
-    return ids
-
-
 async def drain_servicebus(settings: ServiceBusSettings) -> list[str]:
     ids: list[str] = []
     async with servicebus_receiver(settings, SubscriptionSpec(name="all", filter={})) as receiver:
@@ -111,7 +100,7 @@ def test_two_processors_on_azure_match_the_embedded_reference(
         tmp_path / "reference.log",
     )
     assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
-    reference_breaches = asyncio.run(drain_embedded(reference_dir))
+    reference_breaches = asyncio.run(drain_subscription(reference_dir))
     assert len(reference_breaches) >= 2
 
     amqp_broker.create_hub(name, 4)
