@@ -655,6 +655,20 @@ def _check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:
             "azure.eventhubs needs connection_string or fully_qualified_namespace "
             "(DefaultAzureCredential)"
         )
+    if settings.connection_string is not None:
+        # The SDK lets eventhub_name override the connection string's EntityPath silently:
+        # a mismatch would read the wrong hub.
+        parts = dict(
+            part.split("=", 1)
+            for part in settings.connection_string.get_secret_value().split(";")
+            if "=" in part
+        )
+        entity = parts.get("EntityPath")
+        if entity and entity != settings.eventhub_name:
+            raise SourceError(
+                f"azure.eventhubs.eventhub_name is {settings.eventhub_name!r} but the connection "
+                f"string names the hub {entity!r}: make them agree"
+            )
     if (
         checkpoints
         and settings.checkpoint_connection_string is None
