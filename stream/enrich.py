@@ -28,14 +28,13 @@ from stream.ports import ReceivedEvent
 
 
 def content_id(*parts: bytes | str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for part in parts:
-        digest.update(part.encode() if isinstance(part, str) else part)
-        digest.update(b"\x1f")
-    return digest.hexdigest()
+    """128-bit hash of the parts, each followed by a unit separator (one hashing call)."""
+    data = b"\x1f".join(part.encode() if isinstance(part, str) else part for part in parts)
+    return hashlib.blake2b(data + b"\x1f", digest_size=16).hexdigest()
 
 
 _WITHOUT_USER_ID = {"user_id"}
+ISO_CACHE_SIZE = 4096
 
 
 def canonical_json(event: TelemetryEvent) -> bytes:
@@ -61,6 +60,18 @@ class Enricher:
         self.user_hash_key = user_hash_key
         self.source = source
         self._app_fields: dict[str, dict[str, str]] = {}
+        self._iso_cache: dict[datetime, str] = {}
+
+    def _iso(self, when: datetime) -> str:
+        # A batch shares its processing time and mostly its enqueued times: format each once.
+        text = self._iso_cache.get(when)
+        if text is None:
+            if len(self._iso_cache) > ISO_CACHE_SIZE:
+                self._iso_cache.clear()
+            text = self._iso_cache[when] = orjson.dumps(when, option=orjson.OPT_UTC_Z)[
+                1:-1
+            ].decode()
+        return text
 
     def user_hash(self, user_id: str) -> str:
         return hmac.new(self.user_hash_key, user_id.encode(), hashlib.blake2b).hexdigest()[:32]
@@ -123,9 +134,12 @@ class Enricher:
                 "user_hash": user_hash,
                 "app": app,
                 "derived": derived.__dict__,
-                "ingest": ingest.__dict__,
+                "ingest": {
+                    **ingest.__dict__,
+                    "enqueued_time": self._iso(position.enqueued_time),
+                    "processed_at": self._iso(processed_at),
+                },
             },
-            option=orjson.OPT_UTC_Z,
         )
         stored = canonical[:-1] + b"," + enrichment[1:]
         # The event's fields were validated as a TelemetryEvent already; the document takes
