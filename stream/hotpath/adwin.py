@@ -59,13 +59,7 @@ class Adwin(StandardizedDrift):
         if not self._ready:
             self._learn(x, t)
             return self
-        self._level += self.LEVEL_WEIGHT * (x - self._level)
-        z = (x - self._mean) / self._sd
-        clip = self.clip
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
+        z = self._standardise(x)
         width = self._width + 1
         if width > self.max_width:
             self._engine = self._fresh_engine()

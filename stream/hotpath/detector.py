@@ -131,6 +131,18 @@ class StandardizedDrift:
             self._ready = True
             self._on_ready()
 
+    def _standardise(self, x: float) -> float:
+        """Past warm-up: track the raw level and return ``x`` in baseline deviations,
+        clipped to ±clip (so one outlier cannot carry a mean-shift test)."""
+        self._level += self.LEVEL_WEIGHT * (x - self._level)
+        z = (x - self._mean) / self._sd
+        clip = self.clip
+        if z > clip:
+            return clip
+        if z < -clip:
+            return -clip
+        return z
+
     # -- hooks of the subclasses -------------------------------------------------------------
     def _reset_test(self) -> None:
         raise NotImplementedError

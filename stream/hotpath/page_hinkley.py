@@ -46,13 +46,7 @@ class PageHinkley(StandardizedDrift):
         if not self._ready:
             self._learn(x, t)
             return self
-        self._level += self.LEVEL_WEIGHT * (x - self._level)
-        z = (x - self._mean) / self._sd
-        clip = self.clip
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
+        z = self._standardise(x)
         # river.drift.PageHinkley.update from here on.
         n = self._n + 1.0
         self._n = n

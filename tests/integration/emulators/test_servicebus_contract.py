@@ -10,33 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
-import pytest_asyncio
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import MessageLockLostError, MessagingEntityNotFoundError
 
-from tests.emulators.amqp.servicebus import ServiceBusAdmin, install
+from tests.emulators.amqp.servicebus import ServiceBusAdmin
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 T = TypeVar("T")
 WAIT_S = 10.0
-
-
-@pytest.fixture(scope="module")
-def sb(amqp_broker: Any) -> ServiceBusAdmin:
-    return install(amqp_broker)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(sb: ServiceBusAdmin) -> AsyncIterator[ServiceBusClient]:
-    async with ServiceBusClient.from_connection_string(sb.servicebus_connection_string()) as c:
-        yield c
 
 
 async def eventually(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:

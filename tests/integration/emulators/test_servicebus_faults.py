@@ -10,31 +10,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import MessageLockLostError
 
-from tests.emulators.amqp.servicebus import ServiceBusAdmin, install
+from tests.emulators.amqp.servicebus import ServiceBusAdmin
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 WAIT_S = 20.0
-
-
-@pytest.fixture(scope="module")
-def sb(amqp_broker: Any) -> ServiceBusAdmin:
-    return install(amqp_broker)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(sb: ServiceBusAdmin) -> AsyncIterator[ServiceBusClient]:
-    async with ServiceBusClient.from_connection_string(sb.servicebus_connection_string()) as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)
