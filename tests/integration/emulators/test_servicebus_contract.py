@@ -20,6 +20,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import MessageLockLostError, MessagingEntityNotFoundError
 
 from tests.emulators.amqp.servicebus import ServiceBusAdmin
+from tests.integration.emulators.servicebus_helpers import receive_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -38,17 +39,7 @@ async def eventually(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool])
 
 
 async def receive(receiver: ServiceBusReceiver, count: int, wait_s: float = WAIT_S) -> list[Any]:
-    """Receive until `count` messages arrived or `wait_s` passed."""
-    received: list[Any] = []
-    deadline = time.monotonic() + wait_s
-    while len(received) < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        received += await receiver.receive_messages(
-            max_message_count=count - len(received), max_wait_time=max(left, 0.1)
-        )
-    return received
+    return await receive_until(receiver, count, wait_s)
 
 
 def body_text(message: Any) -> str:

@@ -18,6 +18,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import MessageLockLostError
 
 from tests.emulators.amqp.servicebus import ServiceBusAdmin
+from tests.integration.emulators.servicebus_helpers import receive_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -38,16 +39,7 @@ def no_faults_left(amqp_broker: Any, sb: ServiceBusAdmin) -> Any:
 
 
 async def receive(receiver: ServiceBusReceiver, count: int, wait_s: float = WAIT_S) -> list[Any]:
-    received: list[Any] = []
-    deadline = time.monotonic() + wait_s
-    while len(received) < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        received += await receiver.receive_messages(
-            max_message_count=count - len(received), max_wait_time=max(left, 0.1)
-        )
-    return received
+    return await receive_until(receiver, count, wait_s)
 
 
 async def test_sender_and_receiver_recover_after_connections_are_dropped(
