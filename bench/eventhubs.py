@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import re
@@ -40,9 +41,10 @@ from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.eventhubs import SOURCE_NAME, EventHubsSink, EventHubsSource
 from stream.pipeline import HotPathFactory, Pipeline
-from stream.ports import CloseReason, PartitionContext, ReceivedEvent
+from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
 from stream.simulator import Simulator
 from stream.stats import ProcessorStats
+from stream.subprocess_source import SubprocessSource
 from tests.emulators.npm_fixtures import Azurite, start_azurite
 from tests.emulators.processes import ServerProcess, start_server
 
@@ -195,7 +197,11 @@ class MemoryPublisher:
 
 
 async def processor_run(
-    hub: EventHubsSettings, processor: ProcessorSettings, expected: int, hot_path: bool
+    hub: EventHubsSettings,
+    processor: ProcessorSettings,
+    expected: int,
+    hot_path: bool,
+    in_process: bool,
 ) -> Run:
     """EventHubsSource + Pipeline + SqliteStore, until every event is processed."""
     clock = Clock(expected)
@@ -224,7 +230,11 @@ async def processor_run(
                 publisher=publisher,
             )
             stop = asyncio.Event()
-            source = EventHubsSource(hub, processor)
+            source: EventSource = (
+                EventHubsSource(hub, processor)
+                if in_process
+                else SubprocessSource(functools.partial(EventHubsSource, hub, processor))
+            )
             started = time.perf_counter()
             task = asyncio.create_task(source.run(CountingPipeline(pipeline, clock), stop))
             async with asyncio.timeout(TIMEOUT_S):
@@ -307,7 +317,7 @@ def start_broker(log_dir: Path) -> ServerProcess:
 
 
 async def measure(
-    broker_port: int, blob: str, events: int, repeats: int, hot_path: bool
+    broker_port: int, blob: str, events: int, repeats: int, hot_path: bool, in_process: bool
 ) -> dict[str, Any]:
     connection = (
         f"Endpoint=sb://127.0.0.1:{broker_port}/;SharedAccessKeyName=k;"
@@ -327,7 +337,7 @@ async def measure(
         hub = settings(connection, blob, f"bench-sdk-{repeat}")
         sdk_runs.append(await bare_sdk(hub, processor, events))
         hub = settings(connection, blob, f"bench-proc-{repeat}")
-        processor_runs.append(await processor_run(hub, processor, events, hot_path))
+        processor_runs.append(await processor_run(hub, processor, events, hot_path, in_process))
         print(
             f"repeat {repeat + 1}/{repeats}: sdk {sdk_runs[-1].steady_rate:,.0f} ev/s, "
             f"processor {processor_runs[-1].steady_rate:,.0f} ev/s (from the first batch); "
@@ -418,6 +428,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hot-path", action="store_true")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="receive in the processor's own process (the default receives in a child process)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not write results")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as logs:
@@ -426,7 +441,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             blob = Azurite(port=azurite.port).connection_string
             result = asyncio.run(
-                measure(broker.port, blob, args.events, args.repeats, args.hot_path)
+                measure(
+                    broker.port, blob, args.events, args.repeats, args.hot_path, args.in_process
+                )
             )
         finally:
             azurite.stop()

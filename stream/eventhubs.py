@@ -10,7 +10,6 @@ twice after a reconnect is delivered once. EventHubsSink sends per partition key
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +45,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from stream.exceptions import SourceError, SourceUnavailable
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
+from stream.retry import backoff, deliver
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -56,8 +56,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SOURCE_NAME = "eventhubs"
-# Pauses between attempts of a failed batch (and of a failed partition initialisation).
-RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 # The checkpoint store pins this Storage API version; the container check uses the same one
 # so both work against the same services (Azurite included).
 CHECKPOINT_API_VERSION = "2019-07-07"
@@ -109,20 +107,6 @@ def _retry_after(exc: HttpResponseError) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _backoff(failures: int, exc: BaseException) -> float:
-    delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-    retry_after = getattr(exc, "retry_after", None)
-    return max(delay, retry_after) if isinstance(retry_after, (int, float)) else delay
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to ``seconds``; True when ``stop`` was set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    return stop.is_set()
 
 
 def _body(event: EventData) -> bytes:
@@ -396,7 +380,7 @@ class EventHubsSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = _backoff(failures, exc)
+                delay = backoff(failures, exc)
                 failures += 1
                 logger.exception(
                     "partition initialisation failed; retrying",
@@ -423,31 +407,18 @@ class EventHubsSource:
     async def _deliver(self, partition: _Partition, batch: list[ReceivedEvent]) -> bool:
         """Run the handler on ``batch`` until it succeeds (True) or the partition is closing
         or the source stopping (False: the batch is abandoned, and so are later ones)."""
-        assert self._handler is not None
-        failures = 0
-        while not partition.closing:
-            try:
-                await partition.attempt(self._handler.on_batch(partition, batch))
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Supervision boundary: the batch was not checkpointed. Deliver the same batch
-                # again after a pause: returning would let the SDK move past it.
-                delay = _backoff(failures, exc)
-                failures += 1
-                logger.exception(
-                    "batch failed; retrying",
-                    extra={
-                        "partition": partition.partition_id,
-                        "first_sequence": batch[0].sequence,
-                        "retry_in_s": delay,
-                    },
-                )
-                if await _wait(self._stop, delay):
-                    break
-        partition.abandoned = True
-        return False
+        handler = self._handler
+        assert handler is not None
+        delivered = await deliver(
+            lambda: partition.attempt(handler.on_batch(partition, batch)),
+            partition_id=partition.partition_id,
+            first_sequence=batch[0].sequence,
+            closing=lambda: partition.closing,
+            stop=self._stop,
+        )
+        if not delivered:
+            partition.abandoned = True
+        return delivered
 
     async def _on_partition_close(self, sdk: SdkPartitionContext, reason: SdkCloseReason) -> None:
         partition = self._partitions.pop(str(sdk.partition_id), None)

@@ -8,8 +8,8 @@ keep their own checkpoints. One processor at a time owns a log (a file lock says
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -24,12 +24,12 @@ from typing import IO
 from store.sqlite_connection import connect
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
+from stream.retry import deliver, wait_or_stop
 
 logger = logging.getLogger(__name__)
 
 SOURCE_NAME = "local"
 RETENTION_SWEEP_INTERVAL_S = 60.0
-RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -279,36 +279,20 @@ class LocalLogSource:
     ) -> None:
         context = _LocalPartitionContext(log, self.consumer_group, partition)
         await handler.on_partition_initialize(context)
-        failures = 0
         while not stop.is_set():
             events = log.read(partition, context.position, self.batch_size)
             if not events:
-                await _wait(stop, self.batch_wait_s)
+                await wait_or_stop(stop, self.batch_wait_s)
                 continue
-            try:
-                await handler.on_batch(context, events)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Supervision boundary: the batch was not checkpointed; deliver it again
-                # after a pause (the one a throttled store asked for, if it did) instead of
-                # skipping it or crashing the other partitions.
-                delay = (
-                    getattr(exc, "retry_after", None)
-                    or RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-                )
-                failures += 1
-                logger.exception(
-                    "batch failed; retrying",
-                    extra={
-                        "partition": partition,
-                        "first_sequence": events[0].sequence,
-                        "retry_in_s": delay,
-                    },
-                )
-                await _wait(stop, delay)
-                continue
-            failures = 0
+            delivered = await deliver(
+                functools.partial(handler.on_batch, context, events),
+                partition_id=context.partition_id,
+                first_sequence=events[0].sequence,
+                closing=lambda: False,
+                stop=stop,
+            )
+            if not delivered:
+                break
             context.position = events[-1].sequence
         await handler.on_partition_close(context, CloseReason.SHUTDOWN)
 
@@ -317,10 +301,4 @@ class LocalLogSource:
             deleted = log.sweep(self.retention_s)
             if deleted:
                 logger.info("retention removed events", extra={"deleted": deleted})
-            await _wait(stop, RETENTION_SWEEP_INTERVAL_S)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
+            await wait_or_stop(stop, RETENTION_SWEEP_INTERVAL_S)
