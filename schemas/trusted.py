@@ -8,6 +8,13 @@ from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
 
+# BaseModel's slot setters, called directly: object.__setattr__ looks each one up by name.
+_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+
 
 def construct_trusted(
     cls: type[M], values: dict[str, Any], private: dict[str, Any] | None = None
@@ -21,9 +28,9 @@ def construct_trusted(
     loop alone would exceed the processor's whole per-event budget. tests/unit/schemas checks
     that the result equals a validated construction.
     """
-    model = cls.__new__(cls)
-    object.__setattr__(model, "__dict__", values)
-    object.__setattr__(model, "__pydantic_fields_set__", set(values))
-    object.__setattr__(model, "__pydantic_extra__", None)
-    object.__setattr__(model, "__pydantic_private__", private)
+    model: M = _new(cls)
+    _set_dict(model, values)
+    _set_fields_set(model, set(values))
+    _set_extra(model, None)
+    _set_private(model, private)
     return model

@@ -33,12 +33,41 @@ def content_id(*parts: bytes | str) -> str:
     return hashlib.blake2b(data + b"\x1f", digest_size=16).hexdigest()
 
 
+def _event_content_id(canonical: bytes, user_id: str | None) -> str:
+    """``content_id(canonical, user_id or "")`` without copying the canonical bytes."""
+    digest = _blake2b(canonical, digest_size=16)
+    digest.update(b"\x1f" + (user_id or "").encode() + b"\x1f")
+    return digest.hexdigest()
+
+
+_blake2b = hashlib.blake2b
+_dumps = orjson.dumps
+_UTC_Z = orjson.OPT_UTC_Z
 _WITHOUT_USER_ID = {"user_id"}
-ISO_CACHE_SIZE = 4096
+# A validated event's __dict__ holds its fields in this (declared) order; the canonical JSON
+# lists them in the same order, so orjson can serialise a copy of that dict directly.
+_EVENT_FIELDS = tuple(TelemetryEvent.model_fields)
+USER_HASH_CACHE_SIZE = 4096
 
 
 def canonical_json(event: TelemetryEvent) -> bytes:
-    """The validated, normalised event as JSON, without user_id (which is never stored)."""
+    """The validated, normalised event as JSON, without user_id (which is never stored).
+
+    Byte for byte what ``event.model_dump_json(exclude={"user_id"})`` gives (pinned by
+    tests/unit/stream/test_output_golden.py and test_enrich.py), through orjson: 3-4× cheaper
+    per event. pydantic serialises what orjson refuses (integers beyond 64 bits, lone
+    surrogates) and any event whose fields are not in declared order (model_construct).
+    """
+    values = event.__dict__.copy()
+    if tuple(values) == _EVENT_FIELDS:
+        del values["user_id"]
+        tokens = values["tokens"]
+        if tokens is not None:
+            values["tokens"] = {"input": tokens.input, "output": tokens.output}
+        try:
+            return _dumps(values, option=_UTC_Z)
+        except orjson.JSONEncodeError:
+            pass
     return event.model_dump_json(exclude=_WITHOUT_USER_ID).encode()
 
 
@@ -46,7 +75,7 @@ def document_id(event: TelemetryEvent, canonical: bytes | None = None) -> str:
     """The producer's event_id, else a hash of the canonical event (user_id included)."""
     if event.event_id:
         return event.event_id
-    return content_id(canonical or canonical_json(event), event.user_id or "")
+    return _event_content_id(canonical or canonical_json(event), event.user_id)
 
 
 def partition_key(app_id: str, when: datetime) -> str:
@@ -60,21 +89,21 @@ class Enricher:
         self.user_hash_key = user_hash_key
         self.source = source
         self._app_fields: dict[str, dict[str, str]] = {}
-        self._iso_cache: dict[datetime, str] = {}
-
-    def _iso(self, when: datetime) -> str:
-        # A batch shares its processing time and mostly its enqueued times: format each once.
-        text = self._iso_cache.get(when)
-        if text is None:
-            if len(self._iso_cache) > ISO_CACHE_SIZE:
-                self._iso_cache.clear()
-            text = self._iso_cache[when] = orjson.dumps(when, option=orjson.OPT_UTC_Z)[
-                1:-1
-            ].decode()
-        return text
+        # HMAC state after the key, copied per user (hmac.new re-derives the key pads per call).
+        self._user_hmac = hmac.new(user_hash_key, digestmod=hashlib.blake2b)
+        # Users repeat across events; their hashes are kept (bounded) rather than recomputed.
+        self._user_hashes: dict[str, str] = {}
 
     def user_hash(self, user_id: str) -> str:
-        return hmac.new(self.user_hash_key, user_id.encode(), hashlib.blake2b).hexdigest()[:32]
+        cached = self._user_hashes.get(user_id)
+        if cached is None:
+            mac = self._user_hmac.copy()
+            mac.update(user_id.encode())
+            cached = mac.hexdigest()[:32]
+            if len(self._user_hashes) >= USER_HASH_CACHE_SIZE:
+                self._user_hashes.clear()
+            self._user_hashes[user_id] = cached
+        return cached
 
     def _app(self, app_id: str) -> dict[str, str]:
         fields = self._app_fields.get(app_id)
@@ -92,54 +121,47 @@ class Enricher:
         late: bool,
     ) -> TelemetryDocument:
         tokens = event.tokens
-        lag_ms = (processed_at - position.enqueued_time).total_seconds() * 1000.0
-        input_chars = len(event.input_text or "")
-        output_chars = len(event.output_text or "")
-        tokens_total = (tokens.input + tokens.output) if tokens else 0
-        ingest = construct_trusted(
-            IngestInfo,
-            {
-                "source": self.source,
-                "partition": position.partition,
-                "sequence": position.sequence,
-                "index": index,
-                "offset": position.offset,
-                "enqueued_time": position.enqueued_time,
-                "processed_at": processed_at,
-                "lag_ms": lag_ms,
-                "late": late,
-            },
-        )
-        derived = construct_trusted(
-            DerivedSizes,
-            {
-                "input_chars": input_chars,
-                "output_chars": output_chars,
-                "tokens_total": tokens_total,
-            },
-        )
+        input_text = event.input_text
+        output_text = event.output_text
+        enqueued_time = position.enqueued_time
+        ingest_values = {
+            "source": self.source,
+            "partition": position.partition,
+            "sequence": position.sequence,
+            "index": index,
+            "offset": position.offset,
+            "enqueued_time": enqueued_time,
+            "processed_at": processed_at,
+            "lag_ms": (processed_at - enqueued_time).total_seconds() * 1000.0,
+            "late": late,
+        }
+        derived_values = {
+            "input_chars": len(input_text) if input_text else 0,
+            "output_chars": len(output_text) if output_text else 0,
+            "tokens_total": (tokens.input + tokens.output) if tokens else 0,
+        }
         # The event is serialised once: its canonical JSON gives the content id and, with the
         # enrichment appended, the stored JSON.
         canonical = canonical_json(event)
-        document_id_ = document_id(event, canonical)
+        user_id = event.user_id
+        document_id_ = event.event_id or _event_content_id(canonical, user_id)
         timestamp = event.timestamp
-        pk = partition_key(event.app_id, timestamp)
-        user_hash = self.user_hash(event.user_id) if event.user_id else None
-        app = self._app(event.app_id)
-        enrichment = orjson.dumps(
+        app_id = event.app_id
+        pk = f"{app_id}:{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d}"
+        user_hash = self.user_hash(user_id) if user_id else None
+        app = self._app(app_id)
+        # orjson formats the ingest datetimes itself (UTC as "Z", like pydantic would).
+        enrichment = _dumps(
             {
                 "id": document_id_,
                 "pk": pk,
                 "type": "telemetry",
                 "user_hash": user_hash,
                 "app": app,
-                "derived": derived.__dict__,
-                "ingest": {
-                    **ingest.__dict__,
-                    "enqueued_time": self._iso(position.enqueued_time),
-                    "processed_at": self._iso(processed_at),
-                },
+                "derived": derived_values,
+                "ingest": ingest_values,
             },
+            option=_UTC_Z,
         )
         stored = canonical[:-1] + b"," + enrichment[1:]
         # The event's fields were validated as a TelemetryEvent already; the document takes
@@ -149,15 +171,15 @@ class Enricher:
             "pk": pk,
             "type": "telemetry",
             "schema_version": event.schema_version,
-            "app_id": event.app_id,
+            "app_id": app_id,
             "timestamp": timestamp,
             "trace_id": event.trace_id,
             "event_id": event.event_id,
             "span_id": event.span_id,
             "model_id": event.model_id,
             "model_version": event.model_version,
-            "input_text": event.input_text,
-            "output_text": event.output_text,
+            "input_text": input_text,
+            "output_text": output_text,
             "latency_ms": event.latency_ms,
             "status": event.status,
             "error_type": event.error_type,
@@ -166,8 +188,8 @@ class Enricher:
             "user_hash": user_hash,
             "metadata": event.metadata,
             "app": app,
-            "derived": derived,
-            "ingest": ingest,
+            "derived": construct_trusted(DerivedSizes, derived_values),
+            "ingest": construct_trusted(IngestInfo, ingest_values),
         }
         return construct_trusted(TelemetryDocument, fields, {"_json": stored})
 

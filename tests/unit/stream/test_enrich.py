@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
 
 import orjson
 
 from schemas import AppDirectory, TelemetryEvent
 from stream.decode import Decoder
-from stream.enrich import Enricher
+from stream.enrich import USER_HASH_CACHE_SIZE, Enricher, canonical_json
 from stream.ports import ReceivedEvent
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -119,3 +121,48 @@ def test_canonical_event_roundtrip_is_stable() -> None:
     assert (
         TelemetryEvent.model_validate_json(event.model_dump_json(), context={"now": NOW}) == event
     )
+
+
+def _pydantic_canonical(event: TelemetryEvent) -> bytes:
+    return event.model_dump_json(exclude={"user_id"}).encode()
+
+
+def test_canonical_json_is_byte_identical_to_pydantic_serialisation() -> None:
+    bodies = [
+        BODY,
+        b'{"app_id":"a","timestamp":"2026-11-22T10:00:00.000001+02:00","trace_id":"t",'
+        b'"latency_ms":1e-7,"scores":{"x":1,"y":1e300,"z":0.30000000000000004},'
+        b'"metadata":{"b":false,"i":-9223372036854775808,"f":-0.0,"n":NaN,"s":"\\u2028\\u0000"},'
+        b'"tokens":{"output":2},"status":"error","error_type":"Timeout"}',
+        b'{"app_id":"a","timestamp":1795000000,"metadata":{"trace_id":"m","u":18446744073709551615}}',
+    ]
+    for body in bodies:
+        event = TelemetryEvent.model_validate_json(body, context={"now": NOW})
+        assert canonical_json(event) == _pydantic_canonical(event)
+
+
+def test_canonical_json_falls_back_to_pydantic_where_orjson_refuses() -> None:
+    # Integers beyond 64 bits validate as metadata values; orjson refuses them.
+    body = b'{"app_id":"a","timestamp":"2026-11-22T10:00:00Z","trace_id":"t",'
+    body += b'"metadata":{"i":123456789012345678901234567890,"j":-18446744073709551616}}'
+    event = TelemetryEvent.model_validate_json(body, context={"now": NOW})
+    assert canonical_json(event) == _pydantic_canonical(event)
+    assert b"123456789012345678901234567890" in canonical_json(event)
+
+
+def test_canonical_json_of_a_constructed_event_follows_declared_order() -> None:
+    # model_construct keeps the caller's key order; the canonical form must not.
+    event = TelemetryEvent.model_validate_json(BODY, context={"now": NOW})
+    shuffled = TelemetryEvent.model_construct(**dict(reversed(event.__dict__.items())))
+    assert canonical_json(shuffled) == canonical_json(event)
+
+
+def test_user_hash_is_the_keyed_hmac_and_stays_so_from_its_cache() -> None:
+    enricher = Enricher(APPS, b"k1", "local")
+    expected = hmac.new(b"k1", b"alice", hashlib.blake2b).hexdigest()[:32]
+    assert enricher.user_hash("alice") == expected
+    assert enricher.user_hash("alice") == expected
+    for number in range(USER_HASH_CACHE_SIZE + 5):
+        enricher.user_hash(f"user-{number}")
+    assert enricher.user_hash("alice") == expected
+    assert enricher.user_hash("bob") == hmac.new(b"k1", b"bob", hashlib.blake2b).hexdigest()[:32]
