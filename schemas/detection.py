@@ -76,6 +76,18 @@ class DetectorConfig(BaseModel):
     # ADWIN's state grows with log(width); past this width it starts a fresh window so that
     # the state of one (app, signal) stays small.
     adwin_max_width: PositiveInt = 5_000
+    # Smallest change worth an alert, in baseline deviations: ADWIN cuts its window on any
+    # significant difference of means, and given a few thousand values a slow seasonal swing
+    # of ±0.25σ is significant. A cut whose dropped and kept parts differ by less than this
+    # is adaptation (the window follows the signal), not an alarm. 0.3 keeps seasonal
+    # ±0.25σ streams quiet (0 false alarms in bench/detectors.py; 0.25 gave 0.3 per 100k)
+    # and still finds every 1σ step; half of 0.5σ steps are then left to the KS test.
+    # 0 alerts on every cut, as river's ADWIN does.
+    adwin_min_effect: float = Field(default=0.3, ge=0)
+    # Buckets of each size ADWIN keeps (river's default is 5): its state is about
+    # 16 bytes × this × log2(width). 2 halves the state of 5; steps of 1σ and more are found
+    # as fast (bench/detectors.py), cut points are coarser for small, slow changes.
+    adwin_max_buckets: int = Field(default=2, ge=2, le=20)
     # CUSUM-style: reference value 0.25σ (half the smallest shift worth finding), threshold
     # 25σ. No fading (alpha 1): river's default 0.9999 turns the cumulative sums into a
     # stationary process whose swings cross any useful threshold on stable data.
@@ -85,6 +97,12 @@ class DetectorConfig(BaseModel):
     page_hinkley_alpha: float = Field(default=1.0, gt=0, le=1)
     ks_window: PositiveInt = 500
     ks_alpha: float = Field(default=1e-4, gt=0, lt=1)
+    # Each window is compared with the window this many windows before it (a sliding
+    # reference). A fixed reference eventually differs from any signal with a slow seasonal
+    # swing; 2 (skip the previous window) still compares a change that starts mid-window as
+    # a whole window against one from before it. 1 loses such changes (recall 0.70 on 0.5σ
+    # steps against 1.00 for 2, in bench/detectors.py).
+    ks_reference_lag: int = Field(default=2, ge=1, le=8)
     # The KS test compares histograms over this many equal-probability bins of a standard
     # normal (in baseline units); bins keep the state small and the per-event cost a bisect.
     ks_bins: int = Field(default=32, ge=4, le=256)

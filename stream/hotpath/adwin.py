@@ -18,10 +18,18 @@ class Adwin(StandardizedDrift):
     pinned river release) because the Python wrapper doubles the cost of an update (0.25 →
     0.55 µs here); tests/unit/stream/hotpath checks that detections match
     ``river.drift.ADWIN`` index for index. ADWIN's own bound has a term that does not scale
-    with the data, so it is fed standardised values. After a detection it starts over with a
+    with the data, so it is fed standardised values.
+
+    ADWIN cuts its window whenever the means of an old and a recent part differ
+    significantly, however small the difference: given enough values, a slow seasonal swing
+    of a quarter of a deviation is "significant". A cut is only an alarm when the dropped
+    and the kept part differ by at least ``min_effect`` baseline deviations; a smaller cut is
+    adaptation: the window keeps the recent part and detection carries on, with no alarm
+    (so a slow drift is followed, a step is reported). After an alarm it starts over with a
     new baseline and a fresh engine (river's wrapper also resets its engine after a drift).
     Past ``max_width`` values it starts a fresh window, so the state stays bounded (it grows
-    with the log of the width).
+    with the log of the width, times ``max_buckets``: buckets kept per size, river's
+    default is 5).
     """
 
     name: ClassVar[str] = "adwin"
@@ -33,19 +41,23 @@ class Adwin(StandardizedDrift):
         max_width: int = 10_000,
         warmup: int = 200,
         clip: float = 4.0,
+        min_effect: float = 0.0,
+        max_buckets: int = 5,
     ) -> None:
         self.delta = delta
         self.clock = clock
         self.max_width = max_width
+        self.min_effect = min_effect
+        self.max_buckets = max_buckets
         super().__init__(warmup, clip)
 
     def _fresh_engine(self) -> AdaptiveWindowing:
-        # river's defaults for the other arguments (max_buckets=5, min_window_length=5, and a
-        # grace period of 10 values).
+        # river's defaults for the other arguments (min_window_length=5, and a grace period
+        # of 10 values).
         return AdaptiveWindowing(
             delta=self.delta,
             clock=self.clock,
-            max_buckets=5,
+            max_buckets=self.max_buckets,
             min_window_length=5,
             grace_period=10,
         )
@@ -54,6 +66,13 @@ class Adwin(StandardizedDrift):
         self._engine = self._fresh_engine()
         self._width = 0
         self._shift = 0.0
+        self._effect = 0.0
+        # Sum and count of what the engine holds, kept alongside it: at a cut, the engine
+        # only tells what it kept, and the dropped part is the difference. The engine adds
+        # the same values in the same order, so its own total is this one, bit for bit: a
+        # restored detector reads both back from the engine instead of the snapshot.
+        self._held_total = 0.0
+        self._held = 0
 
     def update(self, x: float, t: float) -> Self:
         if not self._ready:
@@ -64,21 +83,34 @@ class Adwin(StandardizedDrift):
         if width > self.max_width:
             self._engine = self._fresh_engine()
             width = 1
+            self._held_total = 0.0
+            self._held = 0
         self._width = width
+        self._held_total += z
+        self._held += 1
         if self._engine.update(z):
             engine = self._engine
             # After a cut the window holds the values since the change: their mean, in
             # baseline deviations, is the new level.
             kept = engine.get_width()
-            self._shift = engine.get_total() / kept if kept else 0.0
-            self._alarm = True
-            self._ready = False
+            kept_total = engine.get_total()
+            dropped = self._held - kept
+            kept_mean = kept_total / kept if kept else 0.0
+            dropped_mean = (self._held_total - kept_total) / dropped if dropped else 0.0
+            self._held_total = kept_total
+            self._held = int(kept)
+            self._effect = kept_mean - dropped_mean
+            if abs(self._effect) >= self.min_effect:
+                self._shift = kept_mean
+                self._alarm = True
+                self._ready = False
         return self
 
     def describe(self) -> str:
         return (
             f"ADWIN cut its window (delta={self.delta}): recent mean "
-            f"{self._shift:+.2f} baseline deviations (clipped at ±{self.clip}) from the baseline"
+            f"{self._shift:+.2f} baseline deviations (clipped at ±{self.clip}) from the "
+            f"baseline, {self._effect:+.2f} from the values before the cut"
         )
 
     def _test_state(self) -> list[Any]:
@@ -86,12 +118,15 @@ class Adwin(StandardizedDrift):
         # the bucket rows, no Python objects. It is tied to river's version; the snapshot
         # records that version and refuses another.
         raw = zlib.compress(self._engine.__getstate__())
-        return [self._width, self._shift, base64.b85encode(raw).decode("ascii")]
+        return [self._width, self._shift, self._effect, base64.b85encode(raw).decode("ascii")]
 
     def _load_test_state(self, state: list[Any]) -> None:
-        width, shift, encoded = state
+        width, shift, effect, encoded = state
         self._shift = float(shift)
+        self._effect = float(effect)
         engine = self._fresh_engine()
         engine.__setstate__(zlib.decompress(base64.b85decode(encoded)))
         self._engine = engine
         self._width = int(width)
+        self._held_total = engine.get_total()
+        self._held = int(engine.get_width())

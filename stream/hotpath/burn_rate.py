@@ -7,6 +7,7 @@ from typing import Any, Self
 
 from schemas.breach import BreachKind, Severity
 from schemas.detection import BurnRateRule
+from stream.hotpath.packing import pack_varints, unpack_varints
 
 
 class BurnRate:
@@ -224,11 +225,12 @@ class BurnRate:
         )
 
     def state(self) -> dict[str, Any]:
-        # Counts per ring; everything else in one list (keys would double a small state).
+        # Counts per ring, packed (totals of every ring, then bad counts); everything else in
+        # one list (keys would double a small state).
         rule = None if self._rule is None else self.rules.index(self._rule)
+        counts = [c for rings in (self._totals, self._bads) for ring in rings for c in ring]
         return {
-            "totals": self._totals,
-            "bads": self._bads,
+            "counts": pack_varints(counts),
             "heads": self._heads,
             "rest": [
                 self._seen,
@@ -248,12 +250,12 @@ class BurnRate:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self._totals = [[int(c) for c in ring] for ring in state["totals"]]
-        self._bads = [[int(c) for c in ring] for ring in state["bads"]]
-        if len(self._totals) != len(self._windows) or any(
-            len(ring) != self.buckets for ring in self._totals
-        ):
+        counts = unpack_varints(state["counts"])
+        rings, k = len(self._windows), self.buckets
+        if len(counts) != 2 * rings * k or len(state["heads"]) != rings:
             raise ValueError("burn-rate state does not match this detector's rules")
+        self._totals = [counts[i * k : (i + 1) * k] for i in range(rings)]
+        self._bads = [counts[(rings + i) * k : (rings + i + 1) * k] for i in range(rings)]
         self._heads = [None if h is None else int(h) for h in state["heads"]]
         self._sum_total = [sum(ring) for ring in self._totals]
         self._sum_bad = [sum(ring) for ring in self._bads]

@@ -29,7 +29,8 @@ from stream.hotpath.lifecycle import BreachTracker
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "evalstream.hotpath"
-SNAPSHOT_VERSION = 1
+# 2: sliding KS reference, ADWIN's minimum effect, packed counts, [detector, breach] pairs.
+SNAPSHOT_VERSION = 2
 # Name under which ``state_sizes`` reports the per-app part (watermark, recent trace ids).
 APP_STATE = "*"
 # Key of a signal's offending trace ids in its snapshot (not a detector name).
@@ -208,9 +209,10 @@ class HotPath:
     # -- state -----------------------------------------------------------------------------
     @staticmethod
     def _track_state(track: _Track) -> dict[str, Any]:
+        # [detector, breach] rather than an object with those two keys: this is repeated for
+        # every detector of every signal.
         state: dict[str, Any] = {
-            detector.name: {"detector": detector.state(), "breach": tracker.state()}
-            for detector, tracker in track.pairs
+            detector.name: [detector.state(), tracker.state()] for detector, tracker in track.pairs
         }
         if track.samples is not None:
             state[SAMPLES] = list(track.samples)
@@ -273,9 +275,10 @@ class HotPath:
                         saved = detectors.get(detector.name)
                         if saved is None:
                             continue  # detector enabled since the snapshot: starts fresh
-                        tracker.load_state(saved["breach"])
+                        saved_detector, saved_breach = saved
+                        tracker.load_state(saved_breach)
                         try:
-                            detector.load_state(saved["detector"])
+                            detector.load_state(saved_detector)
                         except (KeyError, TypeError, ValueError) as exc:
                             # The app's configuration changed shape (other burn-rate rules,
                             # bucket count, ...): this detector starts over, the others and

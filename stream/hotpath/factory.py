@@ -32,6 +32,8 @@ def drift_detectors(config: AppConfig) -> list[Detector]:
                     max_width=settings.adwin_max_width,
                     warmup=warmup,
                     clip=clip,
+                    min_effect=settings.adwin_min_effect,
+                    max_buckets=settings.adwin_max_buckets,
                 )
             )
         elif name == "page_hinkley":
@@ -53,6 +55,7 @@ def drift_detectors(config: AppConfig) -> list[Detector]:
                     bins=settings.ks_bins,
                     warmup=warmup,
                     clip=clip,
+                    lag=settings.ks_reference_lag,
                 )
             )
     return built

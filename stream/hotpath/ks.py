@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from stream.hotpath.detector import StandardizedDrift
+from stream.hotpath.packing import pack_varints, unpack_varints
 
 
 @cache
@@ -27,17 +28,24 @@ def critical_distance(alpha: float, n: int, m: int) -> float:
 
 
 class WindowedKS(StandardizedDrift):
-    """Compares each window of ``window`` values with a reference window.
+    """Compares each window of ``window`` values with the window ``lag`` windows before it.
 
     The bins are cut at the baseline mean ± the normal quantiles times the baseline deviation
     (``bins`` equal-probability bins for a normal baseline; any baseline works, only the
-    resolution changes). After the warm-up, the next ``window`` values form the reference
-    histogram; every further ``window`` values form a current histogram, and the largest
-    distance between the two cumulative distributions is tested at level ``alpha`` (numpy,
-    once per window, never per event). Per event this is a bisect and a counter. Distances
-    are measured at the bin edges only, so the statistic is a lower bound of the unbinned
-    one: the test is conservative. Catches changes of spread and shape that mean-shift
-    detectors miss. ``clip`` is unused here (open-ended outer bins need no clipping).
+    resolution changes). After the warm-up every ``window`` values form a histogram; once
+    ``lag`` of them are kept, each new one is compared with the oldest kept (the reference):
+    the largest distance between the two cumulative distributions is tested at level
+    ``alpha`` (numpy, once per window, never per event). Per event this is a bisect and a
+    counter. Distances are measured at the bin edges only, so the statistic is a lower bound
+    of the unbinned one: the test is conservative. Catches changes of spread and shape that
+    mean-shift detectors miss. ``clip`` is unused here (open-ended outer bins need no
+    clipping).
+
+    Why a sliding reference: a reference kept for ever is eventually far from a signal with a
+    slow seasonal swing, and the test then fires on the season. With ``lag=2`` the reference
+    is the window before the previous one, so a change that starts inside a window is still
+    compared whole, one window later, against a reference from before it, while the season
+    moves the two only by what it moves in two windows.
     """
 
     name: ClassVar[str] = "ks"
@@ -49,16 +57,19 @@ class WindowedKS(StandardizedDrift):
         bins: int = 32,
         warmup: int = 200,
         clip: float = 4.0,
+        lag: int = 2,
     ) -> None:
         self.window = window
         self.alpha = alpha
         self.bins = bins
+        self.lag = lag
         self._edges = bin_edges(bins)
         self._critical = critical_distance(alpha, window, window)
         super().__init__(warmup, clip)
 
     def _reset_test(self) -> None:
-        self._reference: list[int] | None = None
+        # The last ``lag`` closed windows, oldest first: the first is the reference.
+        self._past: list[list[int]] = []
         self._counts = [0] * self.bins
         self._filled = 0
         self._total = 0.0
@@ -87,30 +98,41 @@ class WindowedKS(StandardizedDrift):
         self._counts = [0] * self.bins
         self._filled = 0
         self._total = 0.0
-        if self._reference is None:
-            self._reference = counts
-            return
-        reference = np.cumsum(np.asarray(self._reference, dtype=np.float64)) / self.window
-        current = np.cumsum(np.asarray(counts, dtype=np.float64)) / self.window
-        self._statistic = float(np.max(np.abs(current - reference)))
-        if self._statistic > self._critical:
-            self._level = level  # the mean of the window that differed
-            self._alarm = True
-            self._ready = False
+        past = self._past
+        if len(past) >= self.lag:
+            reference = np.cumsum(np.asarray(past[0], dtype=np.float64)) / self.window
+            current = np.cumsum(np.asarray(counts, dtype=np.float64)) / self.window
+            self._statistic = float(np.max(np.abs(current - reference)))
+            if self._statistic > self._critical:
+                self._level = level  # the mean of the window that differed
+                self._alarm = True
+                self._ready = False
+                return
+            del past[0]
+        past.append(counts)
 
     def describe(self) -> str:
         return (
             f"KS distance {self._statistic:.3f} > {self._critical:.3f} between the last "
-            f"{self.window} values and the reference window (alpha={self.alpha})"
+            f"{self.window} values and the {self.window} before the previous "
+            f"{(self.lag - 1) * self.window} (alpha={self.alpha})"
         )
 
     def _test_state(self) -> list[Any]:
-        return [self._reference, self._counts, self._filled, self._total, self._statistic]
+        # The kept windows and the current counts in one packed string (this detector is on
+        # every signal, and JSON integers would cost twice as much).
+        packed = pack_varints([c for row in (*self._past, self._counts) for c in row])
+        return [packed, self._filled, self._total, self._statistic]
 
     def _load_test_state(self, state: list[Any]) -> None:
-        reference, counts, filled, total, statistic = state
-        self._reference = None if reference is None else [int(c) for c in reference]
-        self._counts = [int(c) for c in counts]
+        packed, filled, total, statistic = state
+        flat = unpack_varints(packed)
+        bins = self.bins
+        rows = [flat[i : i + bins] for i in range(0, len(flat), bins)]
+        if len(flat) % bins or not rows or len(rows) > self.lag + 1:
+            raise ValueError("KS state does not match this detector's bins and lag")
+        self._past = rows[:-1]
+        self._counts = rows[-1]
         self._filled = int(filled)
         self._total = float(total)
         self._statistic = float(statistic)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from schemas.breach import BreachKind, Severity
 from schemas.detection import BurnRateRule
 from stream.hotpath.burn_rate import BurnRate
+from stream.hotpath.packing import pack_varints, unpack_varints
 
 from .streams import T0
 
@@ -127,10 +128,23 @@ def test_late_events_count_in_windows_that_still_hold_them() -> None:
     # ago belongs to neither (each ring counts an event once).
     detector.update(1.0, T0 + 500)
     detector.update(1.0, T0 + 599 - 7200)
-    state = detector.state()
-    assert [sum(ring) for ring in state["bads"]] == [1, 1]
-    assert sum(state["totals"][0]) < 600
+    totals, bads = rings(detector)
+    assert [sum(ring) for ring in bads] == [1, 1]
+    assert sum(totals[0]) < 600
     assert detector.offending
+
+
+def rings(detector: BurnRate) -> tuple[list[list[int]], list[list[int]]]:
+    """The ring counts as the snapshot holds them (totals per ring, bad counts per ring)."""
+    counts = unpack_varints(detector.state()["counts"])
+    k = detector.buckets
+    rows = [counts[i : i + k] for i in range(0, len(counts), k)]
+    return rows[: len(rows) // 2], rows[len(rows) // 2 :]
+
+
+@pytest.mark.parametrize("values", [[], [0], [127, 128, 300, 16_384, 2**40]])
+def test_varints_round_trip(values: list[int]) -> None:
+    assert unpack_varints(pack_varints(values)) == values
 
 
 @settings(max_examples=60, deadline=None)
@@ -150,10 +164,11 @@ def test_ring_counts_match_a_brute_force_count(gaps: list[int], bad: list[bool])
         times.append(t)
         detector.update(1.0 if failed else 0.0, t)
     state = detector.state()
+    totals, bads = rings(detector)
     pending_total, pending_bad = state["rest"][6], state["rest"][7]
     for ring, window in enumerate((300, 1800, 3600, 21600)):
         width = window / 12
         newest = int(times[-1] // width)
         inside = [i for i, when in enumerate(times) if int(when // width) > newest - 12]
-        assert sum(state["totals"][ring]) + pending_total == len(inside)
-        assert sum(state["bads"][ring]) + pending_bad == sum(bad[i] for i in inside)
+        assert sum(totals[ring]) + pending_total == len(inside)
+        assert sum(bads[ring]) + pending_bad == sum(bad[i] for i in inside)

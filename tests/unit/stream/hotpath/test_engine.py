@@ -193,7 +193,7 @@ def test_snapshot_and_restore_at_random_boundaries_is_exact() -> None:
 def test_snapshot_is_versioned_json() -> None:
     document = orjson.loads(uninterrupted()[1])
     assert document["format"] == "evalstream.hotpath"
-    assert document["version"] == 1
+    assert document["version"] == 2
     assert set(document["apps"]) == {"app-a", "app-b"}
 
 
@@ -203,7 +203,8 @@ def test_snapshot_is_versioned_json() -> None:
         b"not json",
         b"[]",
         b'{"format": "evalstream.hotpath", "version": 99, "apps": {}}',
-        b'{"format": "evalstream.hotpath", "version": 1, "river": "0.1", "apps": {}}',
+        b'{"format": "evalstream.hotpath", "version": 1, "apps": {}}',
+        b'{"format": "evalstream.hotpath", "version": 2, "river": "0.1", "apps": {}}',
     ],
 )
 def test_restore_rejects_what_it_cannot_continue_from(blob: bytes) -> None:
@@ -223,7 +224,7 @@ def test_a_detector_whose_configuration_changed_starts_fresh(
         restored = HotPath.restore(changed, engine.snapshot())
     assert len([r for r in caplog.records if "starting fresh" in r.getMessage()]) == 8
     state = orjson.loads(restored.snapshot())["apps"]["app-a"]["signals"]
-    assert state["error"]["burn_critical"]["detector"]["rest"][0] == 0  # seen nothing yet
+    assert state["error"]["burn_critical"][0]["rest"][0] == 0  # seen nothing yet
     assert (
         state["latency_ms"]["adwin"]
         == orjson.loads(engine.snapshot())["apps"]["app-a"]["signals"]["latency_ms"]["adwin"]
@@ -315,7 +316,7 @@ def test_state_per_signal_stays_small() -> None:
         limit = 3072 if signal == "latency_ms" else 2048
         if signal != "*":
             track = apps[app_id]["signals"][signal]
-            opened = [v for k, v in track.items() if k != "samples" and v["breach"][2]]
+            opened = [v for k, v in track.items() if k != "samples" and v[1][2]]
             limit += 1024 * len(opened)
         assert size <= limit, (app_id, signal, size)
 
