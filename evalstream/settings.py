@@ -117,6 +117,9 @@ class EventHubsSettings(BaseModel):
     load_balancing_interval_s: PositiveFloat = 10.0
     partition_ownership_expiration_s: PositiveFloat = 60.0
     prefetch: PositiveInt = 300
+    # Receive in a child process: the SDK's pure-Python AMQP receive costs about as much CPU
+    # per event as the pipeline, and in one process the two would share one core.
+    receive_in_child_process: bool = True
 
 
 class CosmosSettings(BaseModel):

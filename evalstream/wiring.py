@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+from evalstream import logs
 from evalstream.settings import Settings, SettingsError
 from store.ports import TelemetryStore
 from store.sqlite import SqliteStore
@@ -82,7 +84,16 @@ def source(settings: Settings) -> EventSource:
     if settings.backend == "azure":
         from stream.eventhubs import eventhubs_source
 
-        return eventhubs_source(settings.azure.eventhubs, settings.processor)
+        if not settings.azure.eventhubs.receive_in_child_process:
+            return eventhubs_source(settings.azure.eventhubs, settings.processor)
+        from stream.subprocess_source import SubprocessSource
+
+        # The child logs like this process (its stderr is ours).
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        return SubprocessSource(
+            functools.partial(eventhubs_source, settings.azure.eventhubs, settings.processor),
+            setup=functools.partial(logs.configure, level),
+        )
     return LocalLogSource(
         settings.embedded.log_path,
         settings.embedded.partitions,

@@ -243,6 +243,8 @@ class _ParentSession:
         self.stop = stop
         self.channel = _Channel(process.stdout, process.stdin)
         self.partitions: dict[str, _RemotePartition] = {}
+        # Set on stop, or when the child is gone: ends the pauses between retries of a batch.
+        self.interrupt = asyncio.Event()
         # Set by the child's last message: its source returned (with this error, if any).
         self.finished = False
         self.error: _Error | None = None
@@ -265,12 +267,16 @@ class _ParentSession:
             # checkpointed through it, so its calls fail at once and its partitions close as
             # lost. Closes already under way (answers to the child) are let finish.
             channel.fail_calls()
+            self.interrupt.set()
+            for partition in self.partitions.values():
+                partition.closing = True
             for partition_id in list(self.partitions):
                 await self._close(partition_id, CloseReason.OWNERSHIP_LOST)
             await channel.close(cancel_answers=False)
 
     async def _forward_stop(self) -> None:
         await self.stop.wait()
+        self.interrupt.set()
         try:
             self.channel.send("stop")
             await self.channel.flush()
@@ -329,7 +335,7 @@ class _ParentSession:
                     partition_id=partition.partition_id,
                     first_sequence=events[0].sequence,
                     closing=lambda: partition.closing,
-                    stop=self.stop,
+                    stop=self.interrupt,
                 )
                 partition.abandoned = partition.abandoned or not delivered
             self._ack(partition.partition_id)
@@ -379,6 +385,8 @@ class SubprocessSource:
         self.setup = setup
         self.window = window
         self.restarts = 0
+        # The current child's pid (None between children), for status and tests.
+        self.child_pid: int | None = None
 
     async def run(self, handler: BatchHandler, stop: asyncio.Event) -> None:
         failures = 0
@@ -412,6 +420,7 @@ class SubprocessSource:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
+        self.child_pid = process.pid
         session = _ParentSession(process, handler, stop)
         try:
             await session.run(self.factory, self.setup)
@@ -419,6 +428,7 @@ class SubprocessSource:
             if process.returncode is None and not session.finished:
                 process.kill()
             session.exit_code = await process.wait()
+            self.child_pid = None
         return session
 
     @staticmethod
