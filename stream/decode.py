@@ -37,6 +37,20 @@ class Rejected:
     app_id: str | None = None
 
 
+# Accepted without the frozen dataclass __init__ (one object.__setattr__ per field, 2.5× the
+# cost): the decoder makes one per event. The slots' own setters fill the instance instead.
+_new_accepted = object.__new__
+_set_index = Accepted.__dict__["index"].__set__
+_set_event = Accepted.__dict__["event"].__set__
+
+
+def _accepted(index: int, event: TelemetryEvent) -> Accepted:
+    accepted: Accepted = _new_accepted(Accepted)
+    _set_index(accepted, index)
+    _set_event(accepted, event)
+    return accepted
+
+
 @dataclass(slots=True)
 class Decoded:
     accepted: list[Accepted] = field(default_factory=list)
@@ -108,15 +122,28 @@ def _guess_app_id(item: Any) -> str | None:
     return app_id if isinstance(app_id, str) and len(app_id) <= 128 else None
 
 
+# The model's validator, called directly: model_validate_json adds a Python frame and keyword
+# handling per call, measurable at the processor's event rate.
+_validate_json = TelemetryEvent.__pydantic_validator__.validate_json
+_validate_python = TelemetryEvent.__pydantic_validator__.validate_python
+
+
 class Decoder:
     """Validates bodies against TelemetryEvent with the configured limits."""
 
     def __init__(self, limits: DecodeLimits | None = None) -> None:
         self.limits = limits or DecodeLimits()
+        self._context: dict[str, Any] = {}
+
+    def _context_for(self, now: datetime) -> dict[str, Any]:
+        # A batch decodes all its bodies with one ``now``: build its validation context once.
+        context = self._context
+        if context.get("now") is not now:
+            context = self._context = {"now": now, "max_future_skew": self.limits.max_future_skew}
+        return context
 
     def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
-        now = now or datetime.now(UTC)
-        context = {"now": now, "max_future_skew": self.limits.max_future_skew}
+        context = self._context_for(now or datetime.now(UTC))
         if len(body) > self.limits.max_body_bytes:
             return self._reject_whole(
                 body,
@@ -127,20 +154,18 @@ class Decoder:
             )
         # Fast path: the common single-object body validates straight from bytes.
         try:
-            return Decoded(
-                accepted=[Accepted(0, TelemetryEvent.model_validate_json(body, context=context))]
-            )
+            return Decoded([_accepted(0, _validate_json(body, context=context))], [])
         except ValidationError:
             pass
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return self._reject_whole(body, _json_error(body, exc))
-        return self.decode_value(parsed, now, raw=body)
+        return self.decode_value(parsed, context["now"], raw=body)
 
     def decode_value(self, parsed: Any, now: datetime, raw: bytes | None = None) -> Decoded:
         """Validate an already parsed JSON value of any transport shape."""
-        context = {"now": now, "max_future_skew": self.limits.max_future_skew}
+        context = self._context_for(now)
         items, location, shape_issue = self._items(parsed)
         if shape_issue is not None:
             return self._reject_whole(raw if raw is not None else orjson.dumps(parsed), shape_issue)
@@ -177,9 +202,7 @@ class Decoder:
                 )
                 continue
             try:
-                decoded.accepted.append(
-                    Accepted(index, TelemetryEvent.model_validate(item, context=context))
-                )
+                decoded.accepted.append(_accepted(index, _validate_python(item, context=context)))
             except ValidationError as exc:
                 decoded.rejected.append(
                     Rejected(
