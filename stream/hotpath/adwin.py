@@ -106,6 +106,12 @@ class Adwin(StandardizedDrift):
                 self._ready = False
         return self
 
+    @property
+    def effect(self) -> float:
+        """Mean of the kept minus mean of the dropped part at the last cut, in baseline
+        deviations (0 before any cut); an alarm needs ``abs(effect) >= min_effect``."""
+        return self._effect
+
     def describe(self) -> str:
         return (
             f"ADWIN cut its window (delta={self.delta}): recent mean "

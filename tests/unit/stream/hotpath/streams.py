@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,3 +63,19 @@ def document(
         },
     }
     return TelemetryDocument.model_validate(data)
+
+
+def seasonal(seed: int, count: int, amplitude: float, period: int = 20_000) -> list[float]:
+    """N(0, 1) plus ``amplitude``·sin with a random phase: stable, with a slow seasonal swing
+    (bench/detectors.py's "stable seasonal" streams)."""
+    rng = random.Random(seed)
+    phase = rng.uniform(0.0, 2.0 * math.pi)
+    return [
+        rng.gauss(0.0, 1.0) + amplitude * math.sin(2.0 * math.pi * i / period + phase)
+        for i in range(count)
+    ]
+
+
+def trace_id(i: int, app_id: str = "") -> str:
+    """A W3C-shaped trace id (32 hex digits), deterministic."""
+    return hashlib.blake2b(f"{app_id}/{i}".encode(), digest_size=16).hexdigest()

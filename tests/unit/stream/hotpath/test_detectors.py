@@ -8,15 +8,17 @@ from collections.abc import Callable
 import orjson
 import pytest
 
+from schemas.appconfig import AppConfig
 from schemas.breach import BreachKind, Severity
 from schemas.detection import DEFAULT_BURN_RATE_RULES
 from stream.hotpath.adwin import Adwin
 from stream.hotpath.burn_rate import BurnRate
 from stream.hotpath.detector import Detector
+from stream.hotpath.factory import drift_detectors
 from stream.hotpath.ks import WindowedKS, critical_distance
 from stream.hotpath.page_hinkley import PageHinkley
 
-from .streams import T0, normal, shifted
+from .streams import T0, normal, seasonal, shifted
 
 FACTORIES: dict[str, Callable[[], Detector]] = {
     "adwin": lambda: Adwin(delta=1e-4),
@@ -152,3 +154,71 @@ def test_constant_signal_then_change() -> None:
 def test_ks_critical_distance() -> None:
     # Textbook value: c(0.05) = 1.358, n = m = 100 → 0.192.
     assert critical_distance(0.05, 100, 100) == pytest.approx(0.1921, abs=1e-4)
+
+
+class TestShippedDefaults:
+    """The detectors as the default configuration builds them (schemas/detection.py)."""
+
+    @staticmethod
+    def shipped() -> tuple[Detector, Detector]:
+        adwin, ks = drift_detectors(AppConfig())
+        assert isinstance(adwin, Adwin) and isinstance(ks, WindowedKS)
+        return adwin, ks
+
+    @pytest.mark.parametrize("seed", [1, 2, 3])
+    def test_a_seasonal_stream_stays_quiet(self, seed: int) -> None:
+        # ±0.25σ over a period of 20,000 values: river's ADWIN (any cut alarms) fires on it
+        # again and again; the shipped ADWIN only adapts, and the sliding KS reference moves
+        # with the season.
+        values = seasonal(seed, 100_000, 0.25)
+        adwin, ks = self.shipped()
+        assert alarms(adwin, values) == []
+        assert alarms(ks, values) == []
+        assert len(alarms(Adwin(delta=1e-4, max_width=5000), values)) >= 5
+
+    def test_adwin_adapts_to_the_season_without_alarming(self) -> None:
+        adwin, _ = self.shipped()
+        assert isinstance(adwin, Adwin)
+        cuts = []
+        for i, x in enumerate(seasonal(2, 40_000, 0.25)):
+            before = adwin.effect
+            adwin.update(x, T0 + i)
+            if adwin.effect != before:
+                cuts.append(adwin.effect)
+        assert cuts, "the window was never cut"
+        assert all(abs(effect) < adwin.min_effect for effect in cuts)
+        assert not adwin.alarm
+
+    @pytest.mark.parametrize(("shift", "adwin_at"), [(1.0, [2151]), (2.0, [2055])])
+    def test_steps_fire_at_exact_indices(self, shift: float, adwin_at: list[int]) -> None:
+        adwin, ks = self.shipped()
+        values = shifted(1, 2000, 1000, shift)
+        assert alarms(adwin, values) == adwin_at
+        # Windows close at 200 + 500·k: the one closing at 2199 holds 200 changed values,
+        # at 1σ and 2σ enough for the test against the window 700..1199.
+        assert alarms(ks, values) == [2199]
+        # Read at the alarm (the next update starts over).
+        detector, _ = self.shipped()
+        assert alarms(detector, values[: adwin_at[0] + 1]) == adwin_at
+        assert isinstance(detector, Adwin) and abs(detector.effect) >= detector.min_effect
+
+    def test_a_cut_below_the_minimum_effect_is_not_an_alarm(self) -> None:
+        values = shifted(1, 2000, 1000, 0.5)
+        # With min_effect 0 every cut alarms, the first at 2311 (early in the step, the two
+        # parts differ by less than 0.3σ); at 0.3σ that cut is adaptation and the step is
+        # reported at the next, larger one.
+        assert alarms(Adwin(delta=1e-4, max_width=5000, max_buckets=2), values) == [2311]
+        at_03 = Adwin(delta=1e-4, max_width=5000, max_buckets=2, min_effect=0.3)
+        assert alarms(at_03, values) == [2631]
+        # Demanding 2σ turns every cut of this 0.5σ step into adaptation.
+        strict = Adwin(delta=1e-4, max_width=5000, max_buckets=2, min_effect=2.0)
+        assert alarms(strict, values) == []
+        assert 0.0 < abs(strict.effect) < 2.0
+
+    def test_ks_lag_two_compares_a_mid_window_change_as_a_whole(self) -> None:
+        # 0.5σ from 2000: the window 1700..2199 is mostly old and passes; the next one is all
+        # new. With lag 2 it is compared with 1200..1699 and rejects; with lag 1 its
+        # reference is the mixed window and it passes too: the change is never reported.
+        values = shifted(1, 2000, 1000, 0.5)
+        assert alarms(WindowedKS(window=500, alpha=1e-4, lag=2), values) == [2699]
+        assert alarms(WindowedKS(window=500, alpha=1e-4, lag=1), values) == []
