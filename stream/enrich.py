@@ -79,8 +79,12 @@ def document_id(event: TelemetryEvent, canonical: bytes | None = None) -> str:
 
 
 def partition_key(app_id: str, when: datetime) -> str:
-    """``<app_id>:<YYYY-MM-DD>`` of the (UTC) event time (f-string: 5× cheaper than strftime)."""
-    return f"{app_id}:{when.year:04d}-{when.month:02d}-{when.day:02d}"
+    """``<app_id>:<YYYY-MM-DD>`` of the (UTC) event time.
+
+    ``date().isoformat()`` pads the year to four digits like ``%04d`` and costs a third of the
+    equivalent f-string (strftime is slower still).
+    """
+    return app_id + ":" + when.date().isoformat()
 
 
 class Enricher:
@@ -147,7 +151,7 @@ class Enricher:
         document_id_ = event.event_id or _event_content_id(canonical, user_id)
         timestamp = event.timestamp
         app_id = event.app_id
-        pk = f"{app_id}:{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d}"
+        pk = app_id + ":" + timestamp.date().isoformat()  # partition_key, inlined
         user_hash = self.user_hash(user_id) if user_id else None
         app = self._app(app_id)
         # orjson formats the ingest datetimes itself (UTC as "Z", like pydantic would).

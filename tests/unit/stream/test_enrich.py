@@ -10,7 +10,7 @@ import orjson
 
 from schemas import AppDirectory, TelemetryEvent
 from stream.decode import Decoder
-from stream.enrich import USER_HASH_CACHE_SIZE, Enricher, canonical_json
+from stream.enrich import USER_HASH_CACHE_SIZE, Enricher, canonical_json, partition_key
 from stream.ports import ReceivedEvent
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -166,3 +166,8 @@ def test_user_hash_is_the_keyed_hmac_and_stays_so_from_its_cache() -> None:
         enricher.user_hash(f"user-{number}")
     assert enricher.user_hash("alice") == expected
     assert enricher.user_hash("bob") == hmac.new(b"k1", b"bob", hashlib.blake2b).hexdigest()[:32]
+
+
+def test_partition_key_pads_the_year_to_four_digits() -> None:
+    assert partition_key("a", datetime(999, 1, 2, 23, 59, tzinfo=UTC)) == "a:0999-01-02"
+    assert partition_key("a", datetime(2026, 11, 22, tzinfo=UTC)) == "a:2026-11-22"
