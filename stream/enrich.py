@@ -36,7 +36,7 @@ def content_id(*parts: bytes | str) -> str:
 def _event_content_id(canonical: bytes, user_id: str | None) -> str:
     """``content_id(canonical, user_id or "")`` without copying the canonical bytes."""
     digest = _blake2b(canonical, digest_size=16)
-    digest.update(b"\x1f" + (user_id or "").encode() + b"\x1f")
+    digest.update(b"\x1f" + user_id.encode() + b"\x1f" if user_id else b"\x1f\x1f")
     return digest.hexdigest()
 
 

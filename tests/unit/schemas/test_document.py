@@ -36,3 +36,23 @@ def test_trusted_construction_equals_validated_construction() -> None:
     assert orjson.loads(built.json_bytes()) == orjson.loads(validated.model_dump_json())
     assert built.model_fields_set == validated.model_fields_set
     assert "user_id" not in built.model_dump()
+
+
+def test_trusted_documents_share_a_fields_set_that_copies_never_change() -> None:
+    enricher = Enricher(AppDirectory(), b"key", "local")
+    position = ReceivedEvent(b"{}", "3", 42, NOW, "42")
+    events = [
+        TelemetryEvent.model_validate(
+            {"app_id": "a", "timestamp": "2026-11-22T11:00:00Z", "trace_id": trace},
+            context={"now": NOW},
+        )
+        for trace in ("t1", "t2")
+    ]
+    first, second = (enricher.document(e, position, 0, NOW, False) for e in events)
+    copied = first.model_copy(update={"trace_id": "t3"})
+    assert copied.trace_id == "t3"
+    assert first.trace_id == "t1"
+    every_field = set(TelemetryDocument.model_fields)
+    assert first.model_fields_set == second.model_fields_set == every_field
+    assert copied.model_fields_set == every_field
+    assert copied.model_fields_set is not first.model_fields_set
