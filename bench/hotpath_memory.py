@@ -18,6 +18,7 @@ import hashlib
 import math
 import platform
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--apps", type=int, default=200)
     parser.add_argument("--pool", type=int, default=40_000, help="distinct documents")
     parser.add_argument("--samples", type=int, default=12, help="RSS samples over the run")
-    parser.add_argument("--snapshot-every", type=int, default=1000)
+    parser.add_argument("--snapshot-every", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=20260105)
     parser.add_argument("--out", type=Path, default=Path("bench/results/hotpath_memory.md"))
     args = parser.parse_args(argv)
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     span = timedelta(milliseconds=20 * args.pool)  # event time covered by one pass
     rows: list[tuple[int, int, int, int, float]] = []
     breaches = 0
+    kinds: Counter[str] = Counter()
     snapshot_bytes = 0
     cpu = time.process_time()
     passes = math.ceil(args.events / args.pool)
@@ -116,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
                 break
             # A copy with a later event time (and its own ids): the windows keep moving.
             moved = doc.model_copy(update={"timestamp": doc.timestamp + shift}) if k else doc
-            breaches += len(engine.observe(moved))
+            for breach in engine.observe(moved):
+                breaches += 1
+                kinds[f"{breach.detector} {breach.state.value}"] += 1
             fed += 1
             if fed % args.snapshot_every == 0:
                 snapshot_bytes = len(engine.snapshot())
@@ -155,6 +159,13 @@ def main(argv: list[str] | None = None) -> None:
         f"(max − min of the later samples); the snapshot is {snapshot_bytes / signals:,.0f} "
         "bytes per (app, signal) at the end. CPU per document, whole loop (copy, observe, "
         f"snapshots): {rows[-1][4] / rows[-1][0] * 1e6:.1f} µs.",
+        "",
+        "Breaches by detector: "
+        + (", ".join(f"{name}: {count}" for name, count in sorted(kinds.items())) or "none")
+        + ". App latency medians run from 200 to 1000 ms; the apps at 911 and 1000 ms have"
+        " 5.8% and 8.3% of requests over the 2000 ms SLO (budget 5%), so the 3 d/6 h ticket"
+        " rule (burn_warning) rightly fires once 6 h of event time (1.08 million documents"
+        " at 50/s) are seen.",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

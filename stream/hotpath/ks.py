@@ -112,10 +112,11 @@ class WindowedKS(StandardizedDrift):
         past.append(counts)
 
     def describe(self) -> str:
+        gap = (self.lag - 1) * self.window
+        reference = f"the {self.window} before them" + (f" but {gap}" if gap else "")
         return (
             f"KS distance {self._statistic:.3f} > {self._critical:.3f} between the last "
-            f"{self.window} values and the {self.window} before the previous "
-            f"{(self.lag - 1) * self.window} (alpha={self.alpha})"
+            f"{self.window} values and {reference} (alpha={self.alpha})"
         )
 
     def _test_state(self) -> list[Any]:
