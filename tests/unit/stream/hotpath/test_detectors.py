@@ -222,3 +222,39 @@ class TestShippedDefaults:
         values = shifted(1, 2000, 1000, 0.5)
         assert alarms(WindowedKS(window=500, alpha=1e-4, lag=2), values) == [2699]
         assert alarms(WindowedKS(window=500, alpha=1e-4, lag=1), values) == []
+
+
+def test_adaptation_cuts_survive_restores_exactly() -> None:
+    # The shipped ADWIN on a seasonal stream cuts without alarming; the sum it keeps beside
+    # the engine is read back from the engine on restore, so a restored detector cuts,
+    # adapts and alarms exactly like the uninterrupted one.
+    values = seasonal(5, 30_000, 0.25) + [x + 1.0 for x in normal(seed=6, count=3000)]
+
+    def shipped() -> Adwin:
+        adwin = drift_detectors(AppConfig())[0]
+        assert isinstance(adwin, Adwin)
+        return adwin
+
+    def run(detector: Adwin, start: int, stop: int) -> list[tuple[int, float, bool]]:
+        out = []
+        for i in range(start, stop):
+            before = detector.effect
+            detector.update(values[i], T0 + i)
+            if detector.effect != before or detector.alarm:
+                out.append((i, detector.effect, detector.alarm))
+        return out
+
+    reference = shipped()
+    expected = run(reference, 0, len(values))
+    assert any(not alarm for _, _, alarm in expected), "no adaptation cut"
+    assert any(alarm for _, _, alarm in expected), "the 1σ step was not reported"
+    cuts = sorted(random.Random(9).sample(range(1, len(values)), 25))
+    detector, found, previous = shipped(), [], 0
+    for cut in [*cuts, len(values)]:
+        found += run(detector, previous, cut)
+        blob = orjson.dumps(detector.state())
+        detector = shipped()
+        detector.load_state(orjson.loads(blob))
+        previous = cut
+    assert found == expected
+    assert orjson.dumps(detector.state()) == orjson.dumps(reference.state())
