@@ -112,12 +112,22 @@ class Adwin(StandardizedDrift):
         deviations (0 before any cut); an alarm needs ``abs(effect) >= min_effect``."""
         return self._effect
 
-    def describe(self) -> str:
+    @property
+    def message_args(self) -> list[Any]:
+        """Everything ``describe`` prints: a snapshot keeps these instead of the text."""
+        return [self.delta, self._shift, self.clip, self._effect]
+
+    @staticmethod
+    def format_message(args: list[Any]) -> str:
+        delta, shift, clip, effect = args
         return (
-            f"ADWIN cut its window (delta={self.delta}): recent mean "
-            f"{self._shift:+.2f} baseline deviations (clipped at ±{self.clip}) from the "
-            f"baseline, {self._effect:+.2f} from the values before the cut"
+            f"ADWIN cut its window (delta={delta}): recent mean "
+            f"{shift:+.2f} baseline deviations (clipped at ±{clip}) from the "
+            f"baseline, {effect:+.2f} from the values before the cut"
         )
+
+    def describe(self) -> str:
+        return self.format_message(self.message_args)
 
     def _test_state(self) -> list[Any]:
         # The engine's own serialisation (what its pickle support uses): compact bincode of

@@ -214,15 +214,34 @@ class BurnRate:
     def offending(self) -> bool:
         return self._offending
 
-    def describe(self) -> str:
+    @property
+    def message_args(self) -> list[Any]:
+        """Everything ``describe`` prints: a snapshot keeps these instead of the text."""
         rule = self._rule
         if rule is None:
+            return []
+        return [
+            self.budget,
+            self._observed,
+            rule.long_window_s,
+            self._short_burn,
+            rule.short_window_s,
+            rule.factor,
+        ]
+
+    @staticmethod
+    def format_message(args: list[Any]) -> str:
+        if not args:
             return "burn rate"
+        budget, observed, long_window_s, short_burn, short_window_s, factor = args
         return (
-            f"error budget ({self.budget:.2%} bad) burning {self._observed:.1f}× over "
-            f"{rule.long_window_s}s and {self._short_burn:.1f}× over {rule.short_window_s}s "
-            f"(rule: ≥ {rule.factor}× on both)"
+            f"error budget ({budget:.2%} bad) burning {observed:.1f}× over "
+            f"{long_window_s}s and {short_burn:.1f}× over {short_window_s}s "
+            f"(rule: ≥ {factor}× on both)"
         )
+
+    def describe(self) -> str:
+        return self.format_message(self.message_args)
 
     def state(self) -> dict[str, Any]:
         # Counts per ring, packed (totals of every ring, then bad counts); everything else in

@@ -25,12 +25,14 @@ from stream.hotpath.factory import (
     detectors_for,
 )
 from stream.hotpath.lifecycle import BreachTracker
+from stream.hotpath.packing import pack_ids, unpack_ids
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "evalstream.hotpath"
 # 2: sliding KS reference, ADWIN's minimum effect, packed counts, [detector, breach] pairs.
-SNAPSHOT_VERSION = 2
+# 3: trace ids packed as bytes, open breaches compact (lifecycle.BreachTracker.state).
+SNAPSHOT_VERSION = 3
 # Name under which ``state_sizes`` reports the per-app part (watermark, recent trace ids).
 APP_STATE = "*"
 # Key of a signal's offending trace ids in its snapshot (not a detector name).
@@ -212,15 +214,16 @@ class HotPath:
         # [detector, breach] rather than an object with those two keys: this is repeated for
         # every detector of every signal.
         state: dict[str, Any] = {
-            detector.name: [detector.state(), tracker.state()] for detector, tracker in track.pairs
+            detector.name: [detector.state(), tracker.state(detector)]
+            for detector, tracker in track.pairs
         }
         if track.samples is not None:
-            state[SAMPLES] = list(track.samples)
+            state[SAMPLES] = pack_ids(track.samples)
         return state
 
     @staticmethod
     def _app_state(app: _App) -> dict[str, Any]:
-        return {"watermark": app.watermark, "recent": list(app.recent)}
+        return {"watermark": app.watermark, "recent": pack_ids(app.recent)}
 
     def snapshot(self) -> bytes:
         """Compact, deterministic JSON of every detector's explicit state (keys sorted)."""
@@ -264,19 +267,19 @@ class HotPath:
             for app_id, app_state in document["apps"].items():
                 app = engine._app(app_id)
                 app.watermark = float(app_state["watermark"])
-                app.recent.extend(app_state["recent"])
+                app.recent.extend(unpack_ids(app_state["recent"]))
                 for signal, detectors in app_state["signals"].items():
                     track = engine._track(app, app_id, signal)
                     if track is None:
                         continue
                     if track.samples is not None:
-                        track.samples.extend(detectors.get(SAMPLES) or ())
+                        track.samples.extend(unpack_ids(detectors.get(SAMPLES) or []))
                     for index, (detector, tracker) in enumerate(list(track.pairs)):
                         saved = detectors.get(detector.name)
                         if saved is None:
                             continue  # detector enabled since the snapshot: starts fresh
                         saved_detector, saved_breach = saved
-                        tracker.load_state(saved_breach)
+                        tracker.load_state(saved_breach, detector)
                         try:
                             detector.load_state(saved_detector)
                         except (KeyError, TypeError, ValueError) as exc:

@@ -111,13 +111,23 @@ class WindowedKS(StandardizedDrift):
             del past[0]
         past.append(counts)
 
-    def describe(self) -> str:
-        gap = (self.lag - 1) * self.window
-        reference = f"the {self.window} before them" + (f" but {gap}" if gap else "")
+    @property
+    def message_args(self) -> list[Any]:
+        """Everything ``describe`` prints: a snapshot keeps these instead of the text."""
+        return [self._statistic, self._critical, self.window, self.lag, self.alpha]
+
+    @staticmethod
+    def format_message(args: list[Any]) -> str:
+        statistic, critical, window, lag, alpha = args
+        gap = (lag - 1) * window
+        reference = f"the {window} before them" + (f" but {gap}" if gap else "")
         return (
-            f"KS distance {self._statistic:.3f} > {self._critical:.3f} between the last "
-            f"{self.window} values and {reference} (alpha={self.alpha})"
+            f"KS distance {statistic:.3f} > {critical:.3f} between the last "
+            f"{window} values and {reference} (alpha={alpha})"
         )
+
+    def describe(self) -> str:
+        return self.format_message(self.message_args)
 
     def _test_state(self) -> list[Any]:
         # The kept windows and the current counts in one packed string (this detector is on

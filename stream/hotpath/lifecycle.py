@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from schemas.breach import (
     MAX_SAMPLE_TRACE_IDS,
@@ -15,6 +17,7 @@ from schemas.breach import (
 )
 from schemas.document import TelemetryDocument
 from stream.hotpath.detector import Detector
+from stream.hotpath.packing import pack_ids, unpack_ids
 
 
 class BreachTracker:
@@ -35,6 +38,9 @@ class BreachTracker:
         self.open: Breach | None = None
         self._quiet = 0
         self._last_alarm_t = 0.0
+        # (open breach, its snapshot form): encoded once per breach, not per snapshot.
+        self._packed: tuple[Breach, Any] | None = None
+        self._open_args: list[Any] | None = None
 
     def step(
         self, detector: Detector, t: float, doc: TelemetryDocument, samples: Iterable[str]
@@ -65,6 +71,8 @@ class BreachTracker:
 
     def _opened(self, detector: Detector, doc: TelemetryDocument, samples: Iterable[str]) -> Breach:
         opened_by = detector.window_id or doc.id
+        # What the message was made of: a snapshot keeps these rather than the text.
+        self._open_args = getattr(detector, "message_args", None)
         return Breach(
             breach_id=breach_id_for(self.app_id, self.signal, detector.name, opened_by),
             state=BreachState.OPENED,
@@ -84,12 +92,96 @@ class BreachTracker:
             message=detector.describe(),
         )
 
-    def state(self) -> list[Any]:
-        opened = None if self.open is None else self.open.model_dump(mode="json")
+    def state(self, detector: Detector | None = None) -> list[Any]:
+        """``[quiet events, last alarm time, open breach]``; the open breach is compact when
+        ``detector`` (the one this tracker follows) is given, else its full JSON."""
+        if self.open is None:
+            opened: Any = None
+        elif detector is None:
+            opened = self.open.model_dump(mode="json")
+        else:
+            if self._packed is None or self._packed[0] is not self.open:
+                self._packed = (self.open, self._pack(self.open, detector))
+            opened = self._packed[1]
         return [self._quiet, self._last_alarm_t, opened]
 
-    def load_state(self, state: list[Any]) -> None:
+    def load_state(self, state: list[Any], detector: Detector | None = None) -> None:
         quiet, last_alarm_t, opened = state
         self._quiet = int(quiet)
         self._last_alarm_t = float(last_alarm_t)
-        self.open = None if opened is None else Breach.model_validate(opened)
+        if opened is None:
+            self.open = None
+        elif isinstance(opened, dict):
+            self.open = Breach.model_validate(opened)
+        elif detector is None:
+            raise ValueError("a compact open breach needs its detector to be restored")
+        else:
+            self.open = self._unpack(opened, detector)
+            if isinstance(opened[-1], list):
+                self._open_args = opened[-1]
+
+    # -- compact open breach -----------------------------------------------------------------
+    # An open breach is kept for as long as it is open, in every snapshot: most of its JSON
+    # (state, severity, kind, source, app, signal, detector, window end, the message text) is
+    # known from the tracker and its detector, so only the rest is written, as
+    # [id, observed, baseline, threshold, window start µs, opened at µs, samples, message].
+    # The encoding is checked once per breach by decoding it: anything it would not give back
+    # exactly (a timestamp in another zone, a detector without message arguments) keeps the
+    # full JSON instead.
+    def _pack(self, opened: Breach, detector: Detector) -> Any:
+        args = self._open_args
+        message: Any = opened.message
+        if args is not None and type(detector).format_message(args) == opened.message:  # type: ignore[attr-defined]
+            message = args
+        packed = [
+            pack_ids([opened.breach_id]),
+            opened.observed,
+            opened.baseline,
+            opened.threshold,
+            _micros(opened.window_start),
+            _micros(opened.opened_at),
+            pack_ids(opened.sample_trace_ids),
+            message,
+        ]
+        full = opened.model_dump(mode="json")
+        try:
+            same = self._unpack(orjson.loads(orjson.dumps(packed)), detector).model_dump(
+                mode="json"
+            )
+        except (TypeError, ValueError):
+            same = None
+        return packed if same == full else full
+
+    def _unpack(self, packed: list[Any], detector: Detector) -> Breach:
+        breach_id, observed, baseline, threshold, start_us, opened_us, samples, message = packed
+        ids = unpack_ids(breach_id)
+        if len(ids) != 1:
+            raise ValueError("a compact breach holds one breach id")
+        if isinstance(message, list):
+            message = type(detector).format_message(message)  # type: ignore[attr-defined]
+        opened_at = _EPOCH + timedelta(microseconds=int(opened_us))
+        return Breach(
+            breach_id=ids[0],
+            state=BreachState.OPENED,
+            severity=detector.severity,
+            kind=detector.kind,
+            source=BreachSource.HOT,
+            app_id=self.app_id,
+            signal=self.signal,
+            detector=detector.name,
+            observed=observed,
+            baseline=baseline,
+            threshold=threshold,
+            window_start=_EPOCH + timedelta(microseconds=int(start_us)),
+            window_end=opened_at,
+            opened_at=opened_at,
+            sample_trace_ids=unpack_ids(samples),
+            message=str(message),
+        )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)

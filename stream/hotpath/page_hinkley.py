@@ -70,12 +70,21 @@ class PageHinkley(StandardizedDrift):
                 self._ready = False
         return self
 
-    def describe(self) -> str:
-        direction = "up" if self._statistic > 0 else "down"
+    @property
+    def message_args(self) -> list[Any]:
+        """Everything ``describe`` prints: a snapshot keeps these instead of the text."""
+        return [self._statistic, self.threshold]
+
+    @staticmethod
+    def format_message(args: list[Any]) -> str:
+        statistic, threshold = args
+        direction = "up" if statistic > 0 else "down"
         return (
-            f"Page-Hinkley statistic {abs(self._statistic):.1f} > {self.threshold} "
-            f"(mean shifted {direction})"
+            f"Page-Hinkley statistic {abs(statistic):.1f} > {threshold} (mean shifted {direction})"
         )
+
+    def describe(self) -> str:
+        return self.format_message(self.message_args)
 
     def _test_state(self) -> list[Any]:
         # JSON has no infinity: the initial minimum is sent as null.

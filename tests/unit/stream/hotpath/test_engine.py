@@ -22,6 +22,7 @@ from schemas.breach import (
 )
 from schemas.document import TelemetryDocument
 from stream.hotpath import HotPath, SnapshotError
+from stream.hotpath.packing import unpack_ids
 
 from .streams import document, trace_id
 
@@ -193,7 +194,7 @@ def test_snapshot_and_restore_at_random_boundaries_is_exact() -> None:
 def test_snapshot_is_versioned_json() -> None:
     document = orjson.loads(uninterrupted()[1])
     assert document["format"] == "evalstream.hotpath"
-    assert document["version"] == 2
+    assert document["version"] == 3
     assert set(document["apps"]) == {"app-a", "app-b"}
 
 
@@ -328,7 +329,10 @@ def test_state_per_signal_stays_small() -> None:
             state = orjson.loads(engine.snapshot())["apps"]["app-a"]["signals"]
             for (_, signal), size in engine.state_sizes.items():
                 largest[signal] = max(largest.get(signal, 0), size)
-                if len(state.get(signal, {}).get("samples", ())) == MAX_SAMPLE_TRACE_IDS:
+                if (
+                    len(unpack_ids(state.get(signal, {}).get("samples", [])))
+                    == MAX_SAMPLE_TRACE_IDS
+                ):
                     full.add(signal)
     assert full == {"latency_ms", "error"}
     assert set(largest) == {
