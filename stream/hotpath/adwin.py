@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Self
 
 from river._river_rust.drift import AdaptiveWindowing
 
-from stream.hotpath.detector import StandardizedDrift
+from stream.hotpath.detector import StandardizedDrift, printed
 
 
 class Adwin(StandardizedDrift):
@@ -115,7 +115,7 @@ class Adwin(StandardizedDrift):
     @property
     def message_args(self) -> list[Any]:
         """Everything ``describe`` prints: a snapshot keeps these instead of the text."""
-        return [self.delta, self._shift, self.clip, self._effect]
+        return [self.delta, printed(self._shift, 2), self.clip, printed(self._effect, 2)]
 
     @staticmethod
     def format_message(args: list[Any]) -> str:
@@ -133,7 +133,9 @@ class Adwin(StandardizedDrift):
         # The engine's own serialisation (what its pickle support uses): compact bincode of
         # the bucket rows, no Python objects. It is tied to river's version; the snapshot
         # records that version and refuses another.
-        raw = zlib.compress(self._engine.__getstate__())
+        # Raw deflate (no zlib header and checksum: the snapshot is checked as a whole).
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+        raw = deflate.compress(self._engine.__getstate__()) + deflate.flush()
         return [self._width, self._shift, self._effect, base64.b85encode(raw).decode("ascii")]
 
     def _load_test_state(self, state: list[Any]) -> None:
@@ -141,7 +143,7 @@ class Adwin(StandardizedDrift):
         self._shift = float(shift)
         self._effect = float(effect)
         engine = self._fresh_engine()
-        engine.__setstate__(zlib.decompress(base64.b85decode(encoded)))
+        engine.__setstate__(zlib.decompress(base64.b85decode(encoded), -15))
         self._engine = engine
         self._width = int(width)
         self._held_total = engine.get_total()

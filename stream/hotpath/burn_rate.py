@@ -7,6 +7,7 @@ from typing import Any, Self
 
 from schemas.breach import BreachKind, Severity
 from schemas.detection import BurnRateRule
+from stream.hotpath.detector import printed as _printed
 from stream.hotpath.packing import pack_varints, unpack_varints
 
 
@@ -83,6 +84,11 @@ class BurnRate:
         self._window_start = 0.0
         self._window_id: str | None = None
         self._rule: BurnRateRule | None = None
+
+    def _derived_heads(self) -> list[int | None]:
+        if self._pending_idx is None:
+            return [None for _ in self._widths]
+        return [int(self._pending_t // width) for width in self._widths]
 
     # -- rings -----------------------------------------------------------------------------
     def _advance(self, ring: int, idx: int) -> None:
@@ -222,9 +228,9 @@ class BurnRate:
             return []
         return [
             self.budget,
-            self._observed,
+            _printed(self._observed, 1),
             rule.long_window_s,
-            self._short_burn,
+            _printed(self._short_burn, 1),
             rule.short_window_s,
             rule.factor,
         ]
@@ -243,20 +249,28 @@ class BurnRate:
     def describe(self) -> str:
         return self.format_message(self.message_args)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> list[Any]:
         # Counts per ring, packed (totals of every ring, then bad counts); everything else in
         # one list (keys would double a small state).
         rule = None if self._rule is None else self.rules.index(self._rule)
         counts = [c for rings in (self._totals, self._bads) for ring in rings for c in ring]
-        return {
-            "counts": pack_varints(counts),
-            "heads": self._heads,
-            "rest": [
+        # The ring heads and the pending bucket follow from the pending event's time (every
+        # flush advances each ring to it): written only when they do not.
+        heads: list[int | None] | None = self._heads
+        pending_idx = self._pending_idx
+        if self._derived_heads() == self._heads:
+            heads = None
+            if pending_idx is not None and pending_idx == self._pending_t // self._fine:
+                pending_idx = -1.0
+        return [
+            pack_varints(counts),
+            heads,
+            [
                 self._seen,
                 self._first_t,
-                self._alarm,
-                self._offending,
-                self._pending_idx,
+                int(self._alarm),
+                int(self._offending),
+                pending_idx,
                 self._pending_t,
                 self._pending_total,
                 self._pending_bad,
@@ -266,16 +280,16 @@ class BurnRate:
                 self._window_id,
                 rule,
             ],
-        }
+        ]
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        counts = unpack_varints(state["counts"])
+    def load_state(self, state: list[Any]) -> None:
+        packed, heads, rest = state
+        counts = unpack_varints(packed)
         rings, k = len(self._windows), self.buckets
-        if len(counts) != 2 * rings * k or len(state["heads"]) != rings:
+        if len(counts) != 2 * rings * k or (heads is not None and len(heads) != rings):
             raise ValueError("burn-rate state does not match this detector's rules")
         self._totals = [counts[i * k : (i + 1) * k] for i in range(rings)]
         self._bads = [counts[(rings + i) * k : (rings + i + 1) * k] for i in range(rings)]
-        self._heads = [None if h is None else int(h) for h in state["heads"]]
         self._sum_total = [sum(ring) for ring in self._totals]
         self._sum_bad = [sum(ring) for ring in self._bads]
         (
@@ -292,13 +306,19 @@ class BurnRate:
             window_start,
             window_id,
             rule,
-        ) = state["rest"]
+        ) = rest
         self._seen = int(seen)
         self._first_t = None if first_t is None else float(first_t)
         self._alarm = bool(alarm)
         self._offending = bool(offending)
         self._pending_idx = None if pending_idx is None else float(pending_idx)
         self._pending_t = float(pending_t)
+        if heads is None:
+            self._heads = self._derived_heads()
+            if self._pending_idx == -1.0:
+                self._pending_idx = self._pending_t // self._fine
+        else:
+            self._heads = [None if h is None else int(h) for h in heads]
         self._pending_total = int(pending_total)
         self._pending_bad = int(pending_bad)
         self._observed = float(observed)

@@ -13,6 +13,14 @@ from __future__ import annotations
 from typing import Any, ClassVar, Protocol, Self
 
 from schemas.breach import BreachKind, Severity
+from stream.hotpath.packing import pack_floats, unpack_floats
+
+
+def printed(value: float, decimals: int) -> float:
+    """``value`` as a message prints it with ``decimals`` fixed decimals: formatting the result
+    the same way gives the same text (the shortest double of a decimal prints back to it), and
+    a snapshot keeps fewer digits of it."""
+    return float(f"{value:.{decimals}f}")
 
 
 class Detector(Protocol):
@@ -67,12 +75,13 @@ class Detector(Protocol):
         """One line for the breach message."""
         ...
 
-    def state(self) -> dict[str, Any]:
-        """Explicit, JSON-serialisable state; ``load_state`` of a fresh detector built with the
-        same configuration continues exactly."""
+    def state(self) -> Any:
+        """Explicit, JSON-serialisable state (lists for the shipped detectors: no keys);
+        ``load_state`` of a fresh detector built with the same configuration continues
+        exactly."""
         ...
 
-    def load_state(self, state: dict[str, Any]) -> None: ...
+    def load_state(self, state: Any) -> None: ...
 
 
 class StandardizedDrift:
@@ -201,14 +210,16 @@ class StandardizedDrift:
         # Lists rather than objects: this is most of a snapshot, and keys would double it.
         # While warming up the second number is the running sum of squares, after it the
         # deviation (the sum is no longer needed).
+        # The four floats as their bytes (packing): full-precision means and deviations
+        # cost up to 18 digits each in JSON.
         spread = self._sd if self._ready else self._m2
-        return {
-            "base": [self._alarm, self._seen, self._mean, spread, self._start_t, self._level],
-            "test": self._test_state(),
-        }
+        numbers = pack_floats([self._mean, spread, self._start_t, self._level])
+        # The flag as 0/1: "false" is five bytes, on every detector of every signal.
+        return [int(self._alarm), self._seen, numbers, self._test_state()]
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        alarm, seen, mean, spread, start_t, level = state["base"]
+    def load_state(self, state: list[Any]) -> None:
+        alarm, seen, numbers, test = state
+        mean, spread, start_t, level = unpack_floats(numbers)
         self._alarm = bool(alarm)
         self._seen = int(seen)
         self._ready = self._seen >= self.warmup
@@ -217,6 +228,6 @@ class StandardizedDrift:
         self._sd = float(spread) if self._ready else 1.0
         self._start_t = float(start_t)
         self._level = float(level)
-        self._load_test_state(state["test"])
+        self._load_test_state(test)
         if self._ready:
             self._on_ready()

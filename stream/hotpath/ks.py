@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from stream.hotpath.detector import StandardizedDrift
+from stream.hotpath.detector import StandardizedDrift, printed
 from stream.hotpath.packing import pack_varints, unpack_varints
 
 
@@ -114,7 +114,13 @@ class WindowedKS(StandardizedDrift):
     @property
     def message_args(self) -> list[Any]:
         """Everything ``describe`` prints: a snapshot keeps these instead of the text."""
-        return [self._statistic, self._critical, self.window, self.lag, self.alpha]
+        return [
+            printed(self._statistic, 3),
+            printed(self._critical, 3),
+            self.window,
+            self.lag,
+            self.alpha,
+        ]
 
     @staticmethod
     def format_message(args: list[Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from schemas.breach import (
 )
 from schemas.document import TelemetryDocument
 from stream.hotpath.detector import Detector
-from stream.hotpath.packing import pack_ids, unpack_ids
+from stream.hotpath.packing import pack_floats, pack_ids, unpack_floats, unpack_ids
 
 
 class BreachTracker:
@@ -124,7 +125,7 @@ class BreachTracker:
     # An open breach is kept for as long as it is open, in every snapshot: most of its JSON
     # (state, severity, kind, source, app, signal, detector, window end, the message text) is
     # known from the tracker and its detector, so only the rest is written, as
-    # [id, observed, baseline, threshold, window start µs, opened at µs, samples, message].
+    # [(id, samples), (observed, baseline, window start µs, opened at µs), threshold, message].
     # The encoding is checked once per breach by decoding it: anything it would not give back
     # exactly (a timestamp in another zone, a detector without message arguments) keeps the
     # full JSON instead.
@@ -133,14 +134,18 @@ class BreachTracker:
         message: Any = opened.message
         if args is not None and type(detector).format_message(args) == opened.message:  # type: ignore[attr-defined]
             message = args
-        packed = [
-            pack_ids([opened.breach_id]),
+        # Observed, baseline (NaN for none) and both times in µs (exact in a double) as bytes.
+        baseline = math.nan if opened.baseline is None else opened.baseline
+        numbers = [
             opened.observed,
-            opened.baseline,
-            opened.threshold,
+            baseline,
             _micros(opened.window_start),
             _micros(opened.opened_at),
-            pack_ids(opened.sample_trace_ids),
+        ]
+        packed = [
+            pack_ids([opened.breach_id, *opened.sample_trace_ids]),
+            pack_floats(numbers),
+            opened.threshold,
             message,
         ]
         full = opened.model_dump(mode="json")
@@ -153,15 +158,14 @@ class BreachTracker:
         return packed if same == full else full
 
     def _unpack(self, packed: list[Any], detector: Detector) -> Breach:
-        breach_id, observed, baseline, threshold, start_us, opened_us, samples, message = packed
-        ids = unpack_ids(breach_id)
-        if len(ids) != 1:
-            raise ValueError("a compact breach holds one breach id")
+        ids, numbers, threshold, message = packed
+        observed, baseline, start_us, opened_us = unpack_floats(numbers)
+        breach_id, *samples = unpack_ids(ids)
         if isinstance(message, list):
             message = type(detector).format_message(message)  # type: ignore[attr-defined]
         opened_at = _EPOCH + timedelta(microseconds=int(opened_us))
         return Breach(
-            breach_id=ids[0],
+            breach_id=breach_id,
             state=BreachState.OPENED,
             severity=detector.severity,
             kind=detector.kind,
@@ -170,12 +174,12 @@ class BreachTracker:
             signal=self.signal,
             detector=detector.name,
             observed=observed,
-            baseline=baseline,
+            baseline=None if math.isnan(baseline) else baseline,
             threshold=threshold,
             window_start=_EPOCH + timedelta(microseconds=int(start_us)),
             window_end=opened_at,
             opened_at=opened_at,
-            sample_trace_ids=unpack_ids(samples),
+            sample_trace_ids=samples,
             message=str(message),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import struct
 from collections.abc import Iterable
 
 
@@ -58,3 +59,16 @@ def unpack_ids(packed: str | list[str]) -> list[str]:
     if len(raw) % _ID_BYTES:
         raise ValueError("packed ids are not whole 16-byte ids")
     return [raw[i : i + _ID_BYTES].hex() for i in range(0, len(raw), _ID_BYTES)]
+
+
+def pack_floats(values: list[float]) -> str:
+    """Floats as their 8 IEEE bytes, base85: 10 characters each, exact, where JSON needs up
+    to 18 digits for a mean or a deviation."""
+    return base64.b85encode(struct.pack(f"<{len(values)}d", *values)).decode("ascii")
+
+
+def unpack_floats(text: str) -> list[float]:
+    raw = base64.b85decode(text)
+    if len(raw) % 8:
+        raise ValueError("packed floats are not whole 8-byte floats")
+    return list(struct.unpack(f"<{len(raw) // 8}d", raw))

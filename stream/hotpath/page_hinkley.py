@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Self
 
-from stream.hotpath.detector import StandardizedDrift
+from stream.hotpath.detector import StandardizedDrift, printed
 
 
 class PageHinkley(StandardizedDrift):
@@ -73,15 +73,13 @@ class PageHinkley(StandardizedDrift):
     @property
     def message_args(self) -> list[Any]:
         """Everything ``describe`` prints: a snapshot keeps these instead of the text."""
-        return [self._statistic, self.threshold]
+        return [printed(abs(self._statistic), 1), self.threshold, self._statistic > 0]
 
     @staticmethod
     def format_message(args: list[Any]) -> str:
-        statistic, threshold = args
-        direction = "up" if statistic > 0 else "down"
-        return (
-            f"Page-Hinkley statistic {abs(statistic):.1f} > {threshold} (mean shifted {direction})"
-        )
+        size, threshold, up = args
+        direction = "up" if up else "down"
+        return f"Page-Hinkley statistic {size:.1f} > {threshold} (mean shifted {direction})"
 
     def describe(self) -> str:
         return self.format_message(self.message_args)

@@ -136,7 +136,7 @@ def test_late_events_count_in_windows_that_still_hold_them() -> None:
 
 def rings(detector: BurnRate) -> tuple[list[list[int]], list[list[int]]]:
     """The ring counts as the snapshot holds them (totals per ring, bad counts per ring)."""
-    counts = unpack_varints(detector.state()["counts"])
+    counts = unpack_varints(detector.state()[0])
     k = detector.buckets
     rows = [counts[i : i + k] for i in range(0, len(counts), k)]
     return rows[: len(rows) // 2], rows[len(rows) // 2 :]
@@ -165,7 +165,7 @@ def test_ring_counts_match_a_brute_force_count(gaps: list[int], bad: list[bool])
         detector.update(1.0 if failed else 0.0, t)
     state = detector.state()
     totals, bads = rings(detector)
-    pending_total, pending_bad = state["rest"][6], state["rest"][7]
+    pending_total, pending_bad = state[2][6], state[2][7]
     for ring, window in enumerate((300, 1800, 3600, 21600)):
         width = window / 12
         newest = int(times[-1] // width)

@@ -225,7 +225,7 @@ def test_a_detector_whose_configuration_changed_starts_fresh(
         restored = HotPath.restore(changed, engine.snapshot())
     assert len([r for r in caplog.records if "starting fresh" in r.getMessage()]) == 8
     state = orjson.loads(restored.snapshot())["apps"]["app-a"]["signals"]
-    assert state["error"]["burn_critical"][0]["rest"][0] == 0  # seen nothing yet
+    assert state["error"]["burn_critical"][0][2][0] == 0  # seen nothing yet
     assert (
         state["latency_ms"]["adwin"]
         == orjson.loads(engine.snapshot())["apps"]["app-a"]["signals"]["latency_ms"]["adwin"]
