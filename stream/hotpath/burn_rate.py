@@ -68,7 +68,8 @@ class BurnRate:
         ]
         self._seen = 0
         self._first_t: float | None = None
-        self._alarm = False
+        # A plain attribute, not a property: the engine reads it after every update.
+        self.alarm = False
         self._offending = False
         self._totals = [[0] * buckets for _ in windows]
         self._bads = [[0] * buckets for _ in windows]
@@ -161,9 +162,10 @@ class BurnRate:
 
     # -- the protocol ------------------------------------------------------------------------
     def update(self, x: float, t: float) -> Self:
-        if self._seen == 0:
+        seen = self._seen
+        if seen == 0:
             self._first_t = t
-        self._seen += 1
+        self._seen = seen + 1
         bad = x > self.bad_above
         self._offending = bad
         # Bucket numbers stay floats here (integral values, compared exactly): int() per
@@ -175,25 +177,21 @@ class BurnRate:
             self._pending_total += 1
             if bad:
                 self._pending_bad += 1
-                self._alarm = self._evaluate(t)
+                self.alarm = self._evaluate(t)
             return self
         if pending is not None and idx < pending:
             # Late event: straight into the rings it still fits in.
             self._add(t, 1, int(bad))
             if bad:
-                self._alarm = self._evaluate(self._pending_t)
+                self.alarm = self._evaluate(self._pending_t)
             return self
         self._flush(t)
         self._pending_idx = idx
         self._pending_t = t
         self._pending_total = 1
         self._pending_bad = int(bad)
-        self._alarm = self._evaluate(t)
+        self.alarm = self._evaluate(t)
         return self
-
-    @property
-    def alarm(self) -> bool:
-        return self._alarm
 
     @property
     def observed(self) -> float:
@@ -268,7 +266,7 @@ class BurnRate:
             [
                 self._seen,
                 self._first_t,
-                int(self._alarm),
+                int(self.alarm),
                 int(self._offending),
                 pending_idx,
                 self._pending_t,
@@ -309,7 +307,7 @@ class BurnRate:
         ) = rest
         self._seen = int(seen)
         self._first_t = None if first_t is None else float(first_t)
-        self._alarm = bool(alarm)
+        self.alarm = bool(alarm)
         self._offending = bool(offending)
         self._pending_idx = None if pending_idx is None else float(pending_idx)
         self._pending_t = float(pending_t)

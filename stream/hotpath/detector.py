@@ -104,7 +104,8 @@ class StandardizedDrift:
     def __init__(self, warmup: int, clip: float) -> None:
         self.warmup = warmup
         self.clip = clip
-        self._alarm = False
+        # A plain attribute, not a property: the engine reads it after every update.
+        self.alarm = False
         self._start_over(0.0)
 
     def _start_over(self, t: float) -> None:
@@ -119,8 +120,8 @@ class StandardizedDrift:
 
     def _learn(self, x: float, t: float) -> None:
         """Warm-up step (also the first step after a detection)."""
-        if self._alarm:
-            self._alarm = False
+        if self.alarm:
+            self.alarm = False
             self._start_over(t)
         seen = self._seen
         if seen == 0:
@@ -170,10 +171,6 @@ class StandardizedDrift:
 
     # -- the protocol --------------------------------------------------------------------------
     @property
-    def alarm(self) -> bool:
-        return self._alarm
-
-    @property
     def severity(self) -> Severity:
         return Severity.WARNING
 
@@ -206,7 +203,7 @@ class StandardizedDrift:
     def warmed_up(self) -> bool:
         return self._ready
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> list[Any]:
         # Lists rather than objects: this is most of a snapshot, and keys would double it.
         # While warming up the second number is the running sum of squares, after it the
         # deviation (the sum is no longer needed).
@@ -215,12 +212,12 @@ class StandardizedDrift:
         spread = self._sd if self._ready else self._m2
         numbers = pack_floats([self._mean, spread, self._start_t, self._level])
         # The flag as 0/1: "false" is five bytes, on every detector of every signal.
-        return [int(self._alarm), self._seen, numbers, self._test_state()]
+        return [int(self.alarm), self._seen, numbers, self._test_state()]
 
     def load_state(self, state: list[Any]) -> None:
         alarm, seen, numbers, test = state
         mean, spread, start_t, level = unpack_floats(numbers)
-        self._alarm = bool(alarm)
+        self.alarm = bool(alarm)
         self._seen = int(seen)
         self._ready = self._seen >= self.warmup
         self._mean = float(mean)

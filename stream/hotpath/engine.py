@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from functools import cache
 from importlib.metadata import version
@@ -38,7 +39,6 @@ APP_STATE = "*"
 # Key of a signal's offending trace ids in its snapshot (not a detector name).
 SAMPLES = "samples"
 
-_ERROR_FLAG = {Status.OK: 0.0, Status.ERROR: 1.0}
 
 
 @cache
@@ -54,7 +54,7 @@ class _Track:
     latest requests instead, which are the ones that revealed the change.
     """
 
-    __slots__ = ("entries", "pairs", "recent", "samples", "slo")
+    __slots__ = ("above", "entries", "pairs", "recent", "samples", "slo")
 
     def __init__(
         self,
@@ -66,26 +66,25 @@ class _Track:
         self.slo = slo
         self.recent = recent
         self.samples: deque[str] | None = deque(maxlen=MAX_SAMPLE_TRACE_IDS) if slo else None
-        self.entries: list[tuple[Any, Detector, BreachTracker, bool, deque[str]]] = []
+        # A value above this is offending: its trace id goes to ``samples`` (inf: none is).
+        self.above = math.inf
+        self.entries: list[tuple[Any, Detector, BreachTracker, deque[str]]] = []
         self._link()
 
     def _link(self) -> None:
         # Bound methods looked up once: this loop runs for every detector of every event.
-        # The first burn-rate detector collects the samples that every one of them reports.
         self.entries = []
-        collector = None
+        self.above = math.inf
         for detector, tracker in self.pairs:
             if detector.name in self.slo and self.samples is not None:
-                collector = collector or detector.name
-                entry = (
-                    detector.update,
-                    detector,
-                    tracker,
-                    collector == detector.name,
-                    self.samples,
-                )
+                # Every burn-rate detector of a signal has the same bad threshold (the
+                # signal's SLO), and a value offends exactly when it is above it: the engine
+                # collects the sample before the updates instead of asking after each one.
+                if self.above == math.inf:
+                    self.above = detector.bad_above  # type: ignore[attr-defined]
+                entry = (detector.update, detector, tracker, self.samples)
             else:
-                entry = (detector.update, detector, tracker, False, self.recent)
+                entry = (detector.update, detector, tracker, self.recent)
             self.entries.append(entry)
 
     def replace(self, index: int, detector: Detector) -> None:
@@ -94,7 +93,20 @@ class _Track:
 
 
 class _App:
-    __slots__ = ("config", "ignored", "recent", "saved", "scores", "tracks", "watermark")
+    __slots__ = (
+        "by_score",
+        "config",
+        "error",
+        "ignored",
+        "latency",
+        "output",
+        "recent",
+        "saved",
+        "scores",
+        "tokens",
+        "tracks",
+        "watermark",
+    )
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
@@ -106,6 +118,14 @@ class _App:
         self.watermark = float("-inf")
         self.scores = 0
         self.ignored: set[str] = set()
+        # The tracks of ``tracks`` again, for observe: the fixed signals by attribute and the
+        # scores by their bare name (None: not tracked), so an event costs no signal-name
+        # strings and no lookups of them.
+        self.error: _Track | None = None
+        self.latency: _Track | None = None
+        self.output: _Track | None = None
+        self.tokens: _Track | None = None
+        self.by_score: dict[str, _Track | None] = {}
 
 
 class HotPath:
@@ -143,31 +163,40 @@ class HotPath:
         t = doc.timestamp.timestamp()
         if t > app.watermark:
             app.watermark = t
-        app.recent.append(doc.trace_id)
-        failed = _ERROR_FLAG[doc.status]
-        signals = [(ERROR, failed)]
-        if doc.latency_ms is not None:
-            signals.append((LATENCY, doc.latency_ms))
+        trace_id = doc.trace_id
+        app.recent.append(trace_id)
+        # Not a dict of the enum: Enum.__hash__ is Python code.
+        failed = 1.0 if doc.status is Status.ERROR else 0.0
+        # (track, value) of every signal of the event, in a fixed order: error, latency,
+        # output length, tokens, scores.
+        work = [(app.error or self._track(app, doc.app_id, ERROR), failed)]
+        latency = doc.latency_ms
+        if latency is not None:
+            work.append((app.latency or self._track(app, doc.app_id, LATENCY), latency))
         if not failed:
-            signals.append((OUTPUT_CHARS, doc.derived.output_chars))
+            derived = doc.derived
+            output = app.output or self._track(app, doc.app_id, OUTPUT_CHARS)
+            work.append((output, derived.output_chars))
             if doc.tokens is not None:
-                signals.append((TOKENS_TOTAL, doc.derived.tokens_total))
-            for name, value in doc.scores.items():
-                signals.append((SCORE_PREFIX + name, value))
+                tokens = app.tokens or self._track(app, doc.app_id, TOKENS_TOTAL)
+                work.append((tokens, derived.tokens_total))
+            if doc.scores:
+                by_score = app.by_score
+                for name, value in doc.scores.items():
+                    if name in by_score:
+                        track = by_score[name]
+                    else:
+                        track = self._track(app, doc.app_id, SCORE_PREFIX + name)
+                    if track is not None:
+                        work.append((track, value))
         out: list[Breach] = []
-        tracks = app.tracks
         # One loop over every detector of the event, without a call per signal: this is the
         # hottest code of the processor.
-        for signal, x in signals:
-            track = tracks.get(signal)
-            if track is None:
-                track = self._track(app, doc.app_id, signal)
-                if track is None:
-                    continue
-            for update, detector, tracker, collects, samples in track.entries:
+        for track, x in work:
+            if x > track.above:  # type: ignore[union-attr]
+                track.samples.append(trace_id)  # type: ignore[union-attr]
+            for update, detector, tracker, samples in track.entries:  # type: ignore[union-attr]
                 update(x, t)
-                if collects and detector.offending:
-                    samples.append(doc.trace_id)
                 if detector.alarm or tracker.open is not None:
                     breach = tracker.step(detector, app.watermark, doc, samples)
                     if breach is not None:
@@ -185,6 +214,7 @@ class HotPath:
                 return None
             if app.scores >= app.config.detectors.max_score_signals:
                 app.ignored.add(signal)
+                app.by_score[signal.removeprefix(SCORE_PREFIX)] = None
                 logger.warning(
                     "score not tracked: app has too many score names",
                     extra={"app_id": app_id, "signal": signal, "limit": app.scores},
@@ -206,6 +236,16 @@ class HotPath:
             pairs.append((detector, tracker))
         track = _Track(pairs, slo, app.recent)
         app.tracks[signal] = track
+        if signal == ERROR:
+            app.error = track
+        elif signal == LATENCY:
+            app.latency = track
+        elif signal == OUTPUT_CHARS:
+            app.output = track
+        elif signal == TOKENS_TOTAL:
+            app.tokens = track
+        else:
+            app.by_score[signal.removeprefix(SCORE_PREFIX)] = track
         return track
 
     # -- state -----------------------------------------------------------------------------

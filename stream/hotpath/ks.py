@@ -87,8 +87,9 @@ class WindowedKS(StandardizedDrift):
             return self
         self._counts[bisect_right(self._raw_edges, x)] += 1
         self._total += x
-        self._filled += 1
-        if self._filled >= self.window:
+        filled = self._filled + 1
+        self._filled = filled
+        if filled >= self.window:
             self._close_window()
         return self
 
@@ -105,7 +106,7 @@ class WindowedKS(StandardizedDrift):
             self._statistic = float(np.max(np.abs(current - reference)))
             if self._statistic > self._critical:
                 self._level = level  # the mean of the window that differed
-                self._alarm = True
+                self.alarm = True
                 self._ready = False
                 return
             del past[0]

@@ -66,7 +66,7 @@ class PageHinkley(StandardizedDrift):
             down = self._max_decrease - dec
             if up > self.threshold or down > self.threshold:
                 self._statistic = up if up > down else -down
-                self._alarm = True
+                self.alarm = True
                 self._ready = False
         return self
 
