@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta, timezone
 from typing import Any, Self
+
+import orjson
 
 from schemas.breach import BreachKind, BreachState, Severity, breach_id_for
 from stream.hotpath.lifecycle import BreachTracker
 
-from .streams import T0, document
+from .streams import T0, document, trace_id
 
 
 class Scripted:
@@ -113,3 +116,68 @@ def test_state_round_trip_keeps_the_open_breach() -> None:
     restored.load_state(tracker.state())
     assert restored.open == tracker.open
     assert restored.state() == tracker.state()
+
+
+class Described(Scripted):
+    """A scripted detector whose message is made from arguments, as the shipped ones are."""
+
+    def __init__(self, alarms: set[int]) -> None:
+        super().__init__(alarms)
+        self.message_args: list[Any] = [0.25, 7]
+
+    @staticmethod
+    def format_message(args: list[Any]) -> str:
+        return f"shift {args[0]:+.2f} after {args[1]} values"
+
+    def describe(self) -> str:
+        return self.format_message(self.message_args)
+
+
+def drive_hex(detector: Scripted, tracker: BreachTracker, count: int, zone: timezone = UTC) -> None:
+    for i in range(count):
+        detector.update(0.0, T0 + i)
+        doc = document(i).model_copy(update={"timestamp": document(i).timestamp.astimezone(zone)})
+        samples = [trace_id(k) for k in range(max(0, i - 11), i + 1)]
+        tracker.step(detector, T0 + i, doc, samples)  # type: ignore[arg-type]
+
+
+def test_compact_state_restores_the_open_breach_exactly() -> None:
+    detector = Described({5})
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
+    drive_hex(detector, tracker, 8)
+    assert tracker.open is not None
+    detector.message_args = [3.5, 99]  # the detector moved on since the breach opened
+    state = orjson.loads(orjson.dumps(tracker.state(detector)))  # type: ignore[arg-type]
+    # Compact: a list, the message as its arguments, no key names, no hex text.
+    assert isinstance(state[2], list)
+    assert state[2][-1] == [0.25, 7]
+    assert len(orjson.dumps(state)) < len(orjson.dumps(tracker.state())) / 2
+    restored = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
+    restored.load_state(state, detector)  # type: ignore[arg-type]
+    assert restored.open is not None
+    assert restored.open.model_dump(mode="json") == tracker.open.model_dump(mode="json")
+    assert restored.open.message == "shift +0.25 after 7 values"
+    assert restored.state(detector) == state  # type: ignore[arg-type]
+
+
+def test_compact_state_keeps_what_it_cannot_rebuild() -> None:
+    # A detector without message arguments: the text is kept.
+    detector = Scripted({5})
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
+    drive_hex(detector, tracker, 8)
+    state = orjson.loads(orjson.dumps(tracker.state(detector)))  # type: ignore[arg-type]
+    assert state[2][-1] == "scripted"
+    restored = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
+    restored.load_state(state, detector)  # type: ignore[arg-type]
+    assert restored.open == tracker.open
+    # Event times in another zone than UTC: the full breach, so its JSON does not change.
+    detector = Scripted({5})
+    tracker = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
+    drive_hex(detector, tracker, 8, zone=timezone(timedelta(hours=2)))
+    state = orjson.loads(orjson.dumps(tracker.state(detector)))  # type: ignore[arg-type]
+    assert isinstance(state[2], dict)
+    restored = BreachTracker("app-a", "x", quiet_events=10, quiet_seconds=0)
+    restored.load_state(state, detector)  # type: ignore[arg-type]
+    assert restored.open is not None and tracker.open is not None
+    assert restored.open.model_dump_json() == tracker.open.model_dump_json()
+    assert restored.open.opened_at.utcoffset() == timedelta(hours=2)
