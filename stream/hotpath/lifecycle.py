@@ -58,7 +58,9 @@ class BreachTracker:
         if self.open is None:
             return None
         self._quiet += 1
-        if self._quiet >= self.quiet_events and t - self._last_alarm_t >= self.quiet_seconds:
+        if self._quiet >= self.quiet_events and (
+            not self.quiet_seconds or t - self._last_alarm_t >= self.quiet_seconds
+        ):
             opened, self.open = self.open, None
             return opened.model_copy(
                 update={
@@ -104,7 +106,9 @@ class BreachTracker:
             if self._packed is None or self._packed[0] is not self.open:
                 self._packed = (self.open, self._pack(self.open, detector))
             opened = self._packed[1]
-        return [self._quiet, self._last_alarm_t, opened]
+        # Without a quiet time (drift breaches) the last alarm's time is never read: 0.
+        last_alarm_t = self._last_alarm_t if self.quiet_seconds else 0
+        return [self._quiet, last_alarm_t, opened]
 
     def load_state(self, state: list[Any], detector: Detector | None = None) -> None:
         quiet, last_alarm_t, opened = state
