@@ -295,10 +295,8 @@ def shipped_drift(config: AppConfig) -> dict[str, Factory]:
 
 def river_defaults() -> dict[str, Factory]:
     return {
-        "river ADWIN()": lambda: RiverDefault("adwin", drift.ADWIN),  # type: ignore[return-value]
-        "river PageHinkley()": lambda: RiverDefault(  # type: ignore[return-value]
-            "page_hinkley", drift.PageHinkley
-        ),
+        "river ADWIN()": lambda: RiverDefault("adwin", drift.ADWIN),
+        "river PageHinkley()": lambda: RiverDefault("page_hinkley", drift.PageHinkley),
     }
 
 
