@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Self
 from river._river_rust.drift import AdaptiveWindowing
 
 from stream.hotpath.detector import StandardizedDrift, printed
+from stream.hotpath.packing import b85
 
 
 class Adwin(StandardizedDrift):
@@ -142,10 +143,11 @@ class Adwin(StandardizedDrift):
         # The engine's own serialisation (what its pickle support uses): compact bincode of
         # the bucket rows, no Python objects. It is tied to river's version; the snapshot
         # records that version and refuses another.
-        # Raw deflate (no zlib header and checksum: the snapshot is checked as a whole).
-        deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+        # Raw deflate (no zlib header and checksum: the snapshot is checked as a whole), at
+        # the default level: level 9 saves 6 bytes and doubles the time.
+        deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
         raw = deflate.compress(self._engine.__getstate__()) + deflate.flush()
-        return [self._width, self._shift, self._effect, base64.b85encode(raw).decode("ascii")]
+        return [self._width, self._shift, self._effect, b85(raw)]
 
     def _load_test_state(self, state: list[Any]) -> None:
         width, shift, effect, encoded = state

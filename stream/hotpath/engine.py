@@ -40,7 +40,6 @@ APP_STATE = "*"
 SAMPLES = "samples"
 
 
-
 @cache
 def _river_version() -> str:
     return version("river")

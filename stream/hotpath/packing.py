@@ -7,6 +7,29 @@ import re
 import struct
 from collections.abc import Iterable
 
+import numpy as np
+
+# base64.b85encode's alphabet, and the weights of a 4-byte word's five digits.
+_ALPHABET = np.frombuffer(
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~",
+    dtype=np.uint8,
+)
+_WEIGHTS = np.array([85**4, 85**3, 85**2, 85, 1], dtype=np.uint64)
+# Below this many bytes base64's own encoder is quicker than numpy's fixed cost.
+_NUMPY_FROM = 64
+
+
+def b85(data: bytes) -> str:
+    """``base64.b85encode(data)`` as text, the same characters: base64's encoder is pure Python
+    (70 µs for an ADWIN state here, most of a snapshot's time); whole words at once in numpy
+    take a third of that."""
+    if len(data) < _NUMPY_FROM:
+        return base64.b85encode(data).decode("ascii")
+    pad = -len(data) % 4
+    words = np.frombuffer(data + bytes(pad), dtype=">u4").astype(np.uint64)
+    text: bytes = _ALPHABET[(words[:, None] // _WEIGHTS) % 85].tobytes()
+    return (text[: len(text) - pad] if pad else text).decode("ascii")
+
 
 def pack_varints(values: list[int]) -> str:
     """Non-negative integers as LEB128 varints (7 bits a byte), base85. Counters of windows
@@ -20,7 +43,7 @@ def pack_varints(values: list[int]) -> str:
             out.append((value & 0x7F) | 0x80)
             value >>= 7
         out.append(value)
-    return base64.b85encode(bytes(out)).decode("ascii")
+    return b85(bytes(out))
 
 
 def unpack_varints(text: str) -> list[int]:
@@ -49,7 +72,7 @@ def pack_ids(ids: Iterable[str]) -> str | list[str]:
     ids = list(ids)
     if not all(_HEX_ID.fullmatch(i) for i in ids):
         return ids
-    return base64.b85encode(b"".join(bytes.fromhex(i) for i in ids)).decode("ascii")
+    return b85(b"".join(bytes.fromhex(i) for i in ids))
 
 
 def unpack_ids(packed: str | list[str]) -> list[str]:
@@ -64,7 +87,7 @@ def unpack_ids(packed: str | list[str]) -> list[str]:
 def pack_floats(values: list[float]) -> str:
     """Floats as their 8 IEEE bytes, base85: 10 characters each, exact, where JSON needs up
     to 18 digits for a mean or a deviation."""
-    return base64.b85encode(struct.pack(f"<{len(values)}d", *values)).decode("ascii")
+    return b85(struct.pack(f"<{len(values)}d", *values))
 
 
 def unpack_floats(text: str) -> list[float]:

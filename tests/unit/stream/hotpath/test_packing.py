@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import math
+import random
 
 import pytest
 
 from stream.hotpath.packing import (
+    b85,
     pack_floats,
     pack_ids,
     pack_varints,
@@ -56,3 +59,10 @@ def test_floats_round_trip_bit_for_bit() -> None:
 def test_varints_round_trip() -> None:
     values = [0, 1, 127, 128, 300, 2**40]
     assert unpack_varints(pack_varints(values)) == values
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 63, 64, 65, 66, 67, 440, 1001])
+def test_b85_is_base64_b85encode(size: int) -> None:
+    data = bytes(random.Random(size).getrandbits(8) for _ in range(size))
+    assert b85(data) == base64.b85encode(data).decode("ascii")
+    assert b85(b"\xff" * size) == base64.b85encode(b"\xff" * size).decode("ascii")
