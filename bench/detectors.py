@@ -416,6 +416,44 @@ def loop_overhead_us(values: list[float], repeats: int) -> Timing:
     return per_update_us(Nothing, values, repeats)  # type: ignore[arg-type]
 
 
+def bench_document(
+    i: int,
+    app_id: str,
+    when: datetime,
+    latency: float,
+    error: bool,
+    chars: int,
+    scores: dict[str, float],
+) -> TelemetryDocument:
+    """Document ``i`` as the processor stores it, with a 32-hex trace id (W3C, as the
+    simulator sends them); shared by the detector and memory benchmarks."""
+    return TelemetryDocument.model_validate(
+        {
+            "id": f"doc-{i}",
+            "pk": f"{app_id}:{when.date().isoformat()}",
+            "schema_version": 1,
+            "app_id": app_id,
+            "timestamp": when,
+            "trace_id": hashlib.blake2b(i.to_bytes(8, "little"), digest_size=16).hexdigest(),
+            "latency_ms": latency,
+            "status": "error" if error else "ok",
+            "tokens": {"input": 200, "output": chars // 4},
+            "scores": scores,
+            "metadata": {},
+            "app": {},
+            "derived": {"output_chars": chars, "tokens_total": 200 + chars // 4},
+            "ingest": {
+                "source": "bench",
+                "partition": "0",
+                "sequence": i,
+                "enqueued_time": when,
+                "processed_at": when,
+                "lag_ms": 0.0,
+            },
+        }
+    )
+
+
 def synthetic_documents(
     count: int,
     apps: int,
@@ -442,38 +480,8 @@ def synthetic_documents(
     for i in range(count):
         when = datetime.fromtimestamp(START, UTC) + timedelta(milliseconds=200 * i)
         app_id = f"app-{i % apps}"
-        docs.append(
-            TelemetryDocument.model_validate(
-                {
-                    "id": f"doc-{i}",
-                    "pk": f"{app_id}:{when.date().isoformat()}",
-                    "schema_version": 1,
-                    "app_id": app_id,
-                    "timestamp": when,
-                    "trace_id": hashlib.blake2b(
-                        i.to_bytes(8, "little"), digest_size=16
-                    ).hexdigest(),
-                    "latency_ms": latency[i],
-                    "status": "error" if errors[i] else "ok",
-                    "tokens": {"input": 200, "output": chars[i] // 4},
-                    "scores": {"relevance": relevance[i], "safety": safety[i]},
-                    "metadata": {},
-                    "app": {},
-                    "derived": {
-                        "output_chars": chars[i],
-                        "tokens_total": 200 + chars[i] // 4,
-                    },
-                    "ingest": {
-                        "source": "bench",
-                        "partition": "0",
-                        "sequence": i,
-                        "enqueued_time": when,
-                        "processed_at": when,
-                        "lag_ms": 0.0,
-                    },
-                }
-            )
-        )
+        scores = {"relevance": relevance[i], "safety": safety[i]}
+        docs.append(bench_document(i, app_id, when, latency[i], errors[i], chars[i], scores))
     return docs
 
 

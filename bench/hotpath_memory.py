@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import math
 import platform
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.detectors import bench_document
 from schemas.appconfig import AppDirectory
 from schemas.document import TelemetryDocument
 from stream.hotpath import HotPath
@@ -55,34 +55,8 @@ def document_pool(size: int, apps: int, seed: int) -> list[TelemetryDocument]:
     for i in range(size):
         when = START + timedelta(milliseconds=20 * i)
         app_id = f"app-{app_index[i]:03d}"
-        trace = hashlib.blake2b(i.to_bytes(8, "little"), digest_size=16).hexdigest()
-        docs.append(
-            TelemetryDocument.model_validate(
-                {
-                    "id": f"doc-{i}",
-                    "pk": f"{app_id}:{when.date().isoformat()}",
-                    "schema_version": 1,
-                    "app_id": app_id,
-                    "timestamp": when,
-                    "trace_id": trace,
-                    "latency_ms": latency[i],
-                    "status": "error" if errors[i] else "ok",
-                    "tokens": {"input": 200, "output": chars[i] // 4},
-                    "scores": dict(zip(SCORES, scores[i], strict=True)),
-                    "metadata": {},
-                    "app": {},
-                    "derived": {"output_chars": chars[i], "tokens_total": 200 + chars[i] // 4},
-                    "ingest": {
-                        "source": "bench",
-                        "partition": "0",
-                        "sequence": i,
-                        "enqueued_time": when,
-                        "processed_at": when,
-                        "lag_ms": 0.0,
-                    },
-                }
-            )
-        )
+        row = dict(zip(SCORES, scores[i], strict=True))
+        docs.append(bench_document(i, app_id, when, latency[i], errors[i], chars[i], row))
     return docs
 
 
