@@ -190,6 +190,26 @@ async def bare_sdk(hub: EventHubsSettings, processor: ProcessorSettings, expecte
     return run
 
 
+def bench_pipeline(
+    store: SqliteStore,
+    processor: ProcessorSettings,
+    hot: HotPathFactory | None = None,
+    publisher: MemoryPublisher | None = None,
+) -> Pipeline:
+    """The processor's Pipeline as the benchmark measures it: SQLite store, default apps."""
+    return Pipeline(
+        store=store,
+        decoder=Decoder(),
+        enricher=Enricher(AppDirectory(), b"bench-key", SOURCE_NAME),
+        consumer_group=processor.consumer_group,
+        lateness=timedelta(seconds=processor.lateness_s),
+        checkpoint_interval_s=processor.checkpoint_interval_s,
+        stats=ProcessorStats(),
+        hot_path=hot,
+        publisher=publisher,
+    )
+
+
 class CountingPipeline:
     """The real Pipeline, with the clock told after each processed batch."""
 
@@ -243,17 +263,7 @@ async def processor_run(
         hot, publisher = build, MemoryPublisher()
     with tempfile.TemporaryDirectory() as folder:
         async with SqliteStore(Path(folder) / "store.db") as store:
-            pipeline = Pipeline(
-                store=store,
-                decoder=Decoder(),
-                enricher=Enricher(AppDirectory(), b"bench-key", SOURCE_NAME),
-                consumer_group=processor.consumer_group,
-                lateness=timedelta(seconds=processor.lateness_s),
-                checkpoint_interval_s=processor.checkpoint_interval_s,
-                stats=ProcessorStats(),
-                hot_path=hot,
-                publisher=publisher,
-            )
+            pipeline = bench_pipeline(store, processor, hot, publisher)
             stop = asyncio.Event()
             started = time.perf_counter()
             task = asyncio.create_task(source.run(CountingPipeline(pipeline, clock), stop))
@@ -295,15 +305,7 @@ async def pipeline_alone(
     events = [ReceivedEvent(body, "0", i, now, str(i)) for i, (_, body) in enumerate(bodies)]
     with tempfile.TemporaryDirectory() as folder:
         async with SqliteStore(Path(folder) / "store.db") as store:
-            pipeline = Pipeline(
-                store=store,
-                decoder=Decoder(),
-                enricher=Enricher(AppDirectory(), b"bench-key", SOURCE_NAME),
-                consumer_group=processor.consumer_group,
-                lateness=timedelta(seconds=processor.lateness_s),
-                checkpoint_interval_s=processor.checkpoint_interval_s,
-                stats=ProcessorStats(),
-            )
+            pipeline = bench_pipeline(store, processor)
             context = _Context("0")
             await pipeline.on_partition_initialize(context)
             cpu = time.process_time()
