@@ -76,8 +76,35 @@ class BreachTracker:
         opened_by = detector.window_id or doc.id
         # What the message was made of: a snapshot keeps these rather than the text.
         self._open_args = getattr(detector, "message_args", None)
+        return self._open_breach(
+            detector,
+            breach_id_for(self.app_id, self.signal, detector.name, opened_by),
+            observed=detector.observed,
+            baseline=detector.baseline,
+            threshold=detector.limit,
+            window_start=datetime.fromtimestamp(detector.window_start, UTC),
+            opened_at=doc.timestamp,
+            samples=list(samples)[-MAX_SAMPLE_TRACE_IDS:],
+            message=detector.describe(),
+        )
+
+    def _open_breach(
+        self,
+        detector: Detector,
+        breach_id: str,
+        *,
+        observed: float,
+        baseline: float | None,
+        threshold: float | None,
+        window_start: datetime,
+        opened_at: datetime,
+        samples: list[str],
+        message: str,
+    ) -> Breach:
+        """The opened breach of this tracker's (app, signal) and ``detector``; what the
+        tracker and detector know is taken from them, the rest is given."""
         return Breach(
-            breach_id=breach_id_for(self.app_id, self.signal, detector.name, opened_by),
+            breach_id=breach_id,
             state=BreachState.OPENED,
             severity=detector.severity,
             kind=detector.kind,
@@ -85,14 +112,14 @@ class BreachTracker:
             app_id=self.app_id,
             signal=self.signal,
             detector=detector.name,
-            observed=detector.observed,
-            baseline=detector.baseline,
-            threshold=detector.limit,
-            window_start=datetime.fromtimestamp(detector.window_start, UTC),
-            window_end=doc.timestamp,
-            opened_at=doc.timestamp,
-            sample_trace_ids=list(samples)[-MAX_SAMPLE_TRACE_IDS:],
-            message=detector.describe(),
+            observed=observed,
+            baseline=baseline,
+            threshold=threshold,
+            window_start=window_start,
+            window_end=opened_at,
+            opened_at=opened_at,
+            sample_trace_ids=samples,
+            message=message,
         )
 
     def state(self, detector: Detector | None = None) -> list[Any]:
@@ -168,22 +195,15 @@ class BreachTracker:
         if isinstance(message, list):
             message = type(detector).format_message(message)  # type: ignore[attr-defined]
         opened_at = _EPOCH + timedelta(microseconds=int(opened_us))
-        return Breach(
-            breach_id=breach_id,
-            state=BreachState.OPENED,
-            severity=detector.severity,
-            kind=detector.kind,
-            source=BreachSource.HOT,
-            app_id=self.app_id,
-            signal=self.signal,
-            detector=detector.name,
+        return self._open_breach(
+            detector,
+            breach_id,
             observed=observed,
             baseline=None if math.isnan(baseline) else baseline,
             threshold=threshold,
             window_start=_EPOCH + timedelta(microseconds=int(start_us)),
-            window_end=opened_at,
             opened_at=opened_at,
-            sample_trace_ids=samples,
+            samples=samples,
             message=str(message),
         )
 
