@@ -1,0 +1,41 @@
+"""The one error root of evalstream.
+
+Every package raises subclasses of ``EvalstreamError``; adapters map their library's errors into
+them with ``raise ... from exc``. ``retryable`` says whether the same call may succeed later,
+``retry_after`` how long the cause asked us to wait (seconds), when it said so::
+
+    EvalstreamError
+    ├── SettingsError            a setting is invalid (evalstream.settings)
+    ├── StoreError               store adapters (store.exceptions)
+    ├── StreamError              sources, decoding, processing (stream.exceptions)
+    ├── AlertError               alert buses and handlers (alerts.exceptions)
+    └── ColdpathError            policies, shards, executors (coldpath.exceptions)
+"""
+
+from __future__ import annotations
+
+
+class EvalstreamError(Exception):
+    """Root of every error evalstream raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors that say so; anything else is not worth repeating as is."""
+    return bool(getattr(exc, "retryable", False))
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The leaf exceptions of a (possibly nested) exception group, or the error itself."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
