@@ -1,0 +1,1 @@
+"""The cold path: evaluation policies over stored time windows, sharded and idempotent."""

@@ -1,0 +1,1 @@
+"""The metric catalogue: versioned metrics that evaluation policies compute over a window."""
