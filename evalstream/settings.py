@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from coldpath.config import ColdpathSettings
 from schemas import AppDirectory
 
 DEFAULT_DATA_DIR = Path("var/evalstream")
@@ -185,6 +186,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     azure: AzureSettings = Field(default_factory=AzureSettings)
     apps: AppDirectory = Field(default_factory=AppDirectory)
+    coldpath: ColdpathSettings = Field(default_factory=ColdpathSettings)
 
     @classmethod
     def settings_customise_sources(

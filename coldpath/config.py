@@ -1,0 +1,155 @@
+"""Settings of the cold path: the policies, how jobs are cut into shards and run locally.
+
+Composed into ``evalstream.settings.Settings`` as ``coldpath`` (TOML ``[coldpath]``, environment
+``EVALSTREAM_COLDPATH__...``). Pydantic checks each policy's shape when settings load (window
+length, inverted bounds); ``check_policies`` checks what needs the metric catalogue (unknown
+metrics, wrong parameters) and raises ``PolicyConfigError`` naming the setting
+(``coldpath.policies[0].metrics[1].metric: ...``). Per-app overrides of thresholds and
+parameters live in each policy's ``overrides``; apps without one get the policy as written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from coldpath.exceptions import PolicyConfigError
+from coldpath.policies.base import Metric
+from schemas.evaluation import EvaluationPolicy, MetricSpec, Thresholds
+
+DEFAULT_CATALOGUE = "coldpath.policies.catalogue:CATALOGUE"
+DEFAULT_GROUP_SIZE = 25
+DEFAULT_SHARD_RETRIES = 3
+
+
+def _thresholds(warning_max: float, critical_max: float) -> Thresholds:
+    return Thresholds.model_validate(
+        {"warning": {"max": warning_max}, "critical": {"max": critical_max}}
+    )
+
+
+QUALITY_POLICY = EvaluationPolicy(
+    name="quality",
+    version=1,
+    window=timedelta(hours=1),
+    lateness=timedelta(minutes=10),
+    metrics=(
+        MetricSpec(metric="latency", thresholds={"p95": _thresholds(2000.0, 5000.0)}),
+        MetricSpec(metric="errors", thresholds={"rate": _thresholds(0.05, 0.2)}),
+        MetricSpec(metric="usage"),
+        MetricSpec(metric="scores"),
+        MetricSpec(metric="drift", thresholds={"psi.latency_ms": _thresholds(0.2, 0.5)}),
+    ),
+    min_sample_size=50,
+)
+
+# The `make run` demo: one-minute windows, so the first results appear within minutes.
+DEMO_POLICY = EvaluationPolicy(
+    name="demo",
+    version=1,
+    window=timedelta(minutes=1),
+    lateness=timedelta(seconds=15),
+    metrics=(
+        MetricSpec(metric="latency", thresholds={"p95": _thresholds(1500.0, 3000.0)}),
+        MetricSpec(metric="errors", thresholds={"rate": _thresholds(0.05, 0.15)}),
+    ),
+    min_sample_size=20,
+)
+
+
+class ColdpathSettings(BaseModel):
+    """The cold path's part of the settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policies: tuple[EvaluationPolicy, ...] = (QUALITY_POLICY,)
+    # Where metric names resolve: ``module:attribute``, a mapping of name to Metric.
+    catalogue: str = DEFAULT_CATALOGUE
+    group_size: PositiveInt = DEFAULT_GROUP_SIZE
+    # Local executor processes; None = every core.
+    workers: PositiveInt | None = None
+    # Attempts after the first for a failed shard, with backoff, before it is reported.
+    shard_retries: int = Field(default=DEFAULT_SHARD_RETRIES, ge=0)
+    shard_backoff_s: float = Field(default=0.5, ge=0)
+    page_size: PositiveInt = Field(default=1000, le=100_000)
+    # Run the trigger periodically inside `evalstream process` (embedded demo). None = only
+    # when the processor runs its simulator.
+    schedule_in_process: bool | None = None
+    schedule_interval_s: float = Field(default=15.0, gt=0)
+
+    @field_validator("policies")
+    @classmethod
+    def _unique_names(cls, policies: tuple[EvaluationPolicy, ...]) -> tuple[EvaluationPolicy, ...]:
+        names = [policy.name for policy in policies]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"[{index}].name: policy {name!r} is defined twice")
+        return policies
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def policy(self, name: str) -> EvaluationPolicy:
+        for policy in self.policies:
+            if policy.name == name:
+                return policy
+        known = ", ".join(policy.name for policy in self.policies) or "none"
+        raise PolicyConfigError(f"coldpath.policies: no policy named {name!r} (known: {known})")
+
+
+def load_catalogue(reference: str) -> Mapping[str, Metric]:
+    """The metric catalogue at ``module:attribute`` (a mapping, or a function returning one)."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        found: Any = getattr(module, attribute or "CATALOGUE")
+    except (ImportError, AttributeError) as exc:
+        raise PolicyConfigError(f"coldpath.catalogue: cannot load {reference!r}: {exc}") from exc
+    catalogue = found() if callable(found) else found
+    if not isinstance(catalogue, Mapping):
+        raise PolicyConfigError(f"coldpath.catalogue: {reference!r} is not a mapping of metrics")
+    return catalogue
+
+
+def check_policies(policies: tuple[EvaluationPolicy, ...], catalogue: Mapping[str, Metric]) -> None:
+    """Refuse unknown metrics and wrong parameters, naming the setting; called at start."""
+    for index, policy in enumerate(policies):
+        where = f"coldpath.policies[{index}]"
+        for position, spec in enumerate(policy.metrics):
+            metric = catalogue.get(spec.metric)
+            if metric is None:
+                known = ", ".join(sorted(catalogue)) or "none"
+                raise PolicyConfigError(
+                    f"{where}.metrics[{position}].metric: unknown metric {spec.metric!r} "
+                    f"(known: {known})"
+                )
+            _check_params(metric, spec.params, f"{where}.metrics[{position}].params")
+        for app_id, per_metric in policy.overrides.items():
+            for name, override in per_metric.items():
+                merged = {**_spec(policy, name).params, **override.params}
+                _check_params(catalogue[name], merged, f"{where}.overrides.{app_id}.{name}.params")
+
+
+def _spec(policy: EvaluationPolicy, name: str) -> MetricSpec:
+    return next(spec for spec in policy.metrics if spec.metric == name)
+
+
+def _check_params(metric: Metric, params: Mapping[str, Any], where: str) -> None:
+    try:
+        metric.validate_params(params)
+    except (ValueError, TypeError) as exc:
+        raise PolicyConfigError(f"{where}: {exc}") from exc
+
+
+def setting_path(location: tuple[int | str, ...]) -> str:
+    """``("coldpath", "policies", 0, "window")`` as ``coldpath.policies[0].window``."""
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) or str(part).isdigit() else f".{part}"
+    return text.lstrip(".")
