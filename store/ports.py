@@ -13,7 +13,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol
 
-from schemas import QuarantineRecord, TelemetryDocument
+from schemas import (
+    EvaluationResult,
+    JobManifest,
+    QuarantineRecord,
+    ShardProgress,
+    TelemetryDocument,
+)
 
 
 @dataclass(frozen=True)
@@ -63,3 +69,49 @@ class TelemetryStore(Protocol):
         ...
 
     def quarantine_records(self, limit: int = 100) -> AsyncIterator[QuarantineRecord]: ...
+
+
+class EvaluationStore(Protocol):
+    """Where the cold path keeps results, shard progress and job manifests.
+
+    Results are upserts by their deterministic id, so a retried shard never makes a second
+    result. Progress is written only after a unit's results and breaches are durable; it saves
+    work, the results are the truth. Every write is durable when it returns.
+    """
+
+    async def __aenter__(self) -> EvaluationStore: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    async def upsert_results(self, results: Sequence[EvaluationResult]) -> None: ...
+
+    async def results(
+        self,
+        app_id: str | None = None,
+        policy: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[EvaluationResult]:
+        """Stored results, newest window first (``since``: windows starting at or after)."""
+        ...
+
+    async def done_units(self, manifest_id: str) -> set[str]:
+        """Keys (``Unit.key``) of the manifest's units marked done."""
+        ...
+
+    async def mark_done(self, progress: ShardProgress) -> None: ...
+
+    async def stage_manifest(self, manifest: JobManifest) -> None:
+        """Keep the manifest under its id; staging the same manifest again changes nothing."""
+        ...
+
+    async def load_manifest(self, manifest_id: str) -> JobManifest | None: ...
+
+    async def app_ids(self, start: datetime, end: datetime) -> list[str]:
+        """Apps with telemetry timestamped in ``[start, end)`` (planning, not window reads)."""
+        ...
