@@ -96,7 +96,9 @@ def start_server(
     stdout_path = log_dir / f"{name}.stdout.log"
     stderr_path = log_dir / f"{name}.stderr.log"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        process = subprocess.Popen(
+        # The command is the caller's own argv list (no shell): the launchers in this package
+        # build it from fixed program paths, so there is nothing untrusted to inject.
+        process = subprocess.Popen(  # noqa: S603 - argv list from our launchers, no shell
             command,
             stdout=out,
             stderr=err,

@@ -809,7 +809,8 @@ class _RequestResponseNode(EntityHandler):
             if reply_to and link.target and link.target[0] == reply_to:
                 return link
         same_session = [c for c in candidates if c.session is request_link.session]
-        return (same_session or candidates or [None])[0]
+        preferred = same_session or candidates
+        return preferred[0] if preferred else None
 
 
 class Broker:
@@ -870,12 +871,12 @@ class Broker:
         self.connections.add(connection)
         task = asyncio.current_task()
         if task is not None:
-            self._tasks.add(task)  # type: ignore[arg-type]
+            self._tasks.add(task)
         try:
             await connection.run()
         finally:
             if task is not None:
-                self._tasks.discard(task)  # type: ignore[arg-type]
+                self._tasks.discard(task)
 
     # -- threading -------------------------------------------------------------------
     def call(self, fn: Callable[..., T], *args: Any) -> T:

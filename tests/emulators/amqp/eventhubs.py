@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from proton import UNDESCRIBED, Array, Data, Described, symbol, timestamp
+from proton import Data, Described, symbol, timestamp
 
 from . import codec
 from .broker import (
@@ -467,8 +467,8 @@ class EventHubs(EntityHandler):
                     "type": "com.microsoft:eventhub",
                     "created_at": timestamp(hub.created_at_ms),
                     "partition_count": len(hub.partitions),
-                    "partition_ids": Array(
-                        UNDESCRIBED, Data.STRING, *[p.partition_id for p in hub.partitions]
+                    "partition_ids": codec.undescribed_array(
+                        Data.STRING, *[p.partition_id for p in hub.partitions]
                     ),
                 },
             )

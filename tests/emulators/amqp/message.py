@@ -122,10 +122,11 @@ def with_header(payload: bytes, **fields: Any) -> bytes:
     for name, value in fields.items():
         i = names.index(name)
         if value is not None and name == "priority":
-            value = ubyte(value)
+            current[i] = ubyte(value)
         elif value is not None and name in ("ttl", "delivery_count"):
-            value = uint(value)
-        current[i] = value
+            current[i] = uint(value)
+        else:
+            current[i] = value
     header = encode_value(composite_value(SECTION_HEADER, current))
     return header + b"".join(raw for _, raw in rest)
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from proton import UNDESCRIBED, Array, Data, symbol, timestamp
+from proton import Array, Data, symbol, timestamp
 
 from .codec import (
     BATCH_MESSAGE_FORMAT,
     SECTION_APPLICATION_PROPERTIES,
     composite_value,
     encode_value,
+    undescribed_array,
 )
 from .message import (
     batch_parts,
@@ -135,5 +136,4 @@ def lock_token_of(tag: bytes) -> uuid.UUID:
 
 def timestamp_array(epoch_seconds: list[float]) -> Array:
     """An AMQP array of timestamps (what renew-lock answers with)."""
-    # proton's stubs type the descriptor narrower than its documented UNDESCRIBED sentinel.
-    return Array(UNDESCRIBED, Data.TIMESTAMP, *[_ms(s) for s in epoch_seconds])  # type: ignore[arg-type]
+    return undescribed_array(Data.TIMESTAMP, *[_ms(s) for s in epoch_seconds])

@@ -244,24 +244,24 @@ class _Parser:
         return args
 
     def atom(self) -> Value:
-        token = self.take()
-        if token == "(":
+        lexeme = self.take()
+        if lexeme == "(":
             value = self.ternary()
             self.take(")")
             return value
-        if token[0].isdigit():
-            return float(token)
-        if token.startswith("$"):
-            if token not in self.variables:
-                raise _syntax_error(f"unknown variable {token}")
-            return self.variables[token]
-        if token in TIME_INTERVALS:
-            return TIME_INTERVALS[token]
-        if token in _FUNCTIONS and self.peek() == "(":
+        if lexeme[0].isdigit():
+            return float(lexeme)
+        if lexeme.startswith("$"):
+            if lexeme not in self.variables:
+                raise _syntax_error(f"unknown variable {lexeme}")
+            return self.variables[lexeme]
+        if lexeme in TIME_INTERVALS:
+            return TIME_INTERVALS[lexeme]
+        if lexeme in _FUNCTIONS and self.peek() == "(":
             values = _flatten(self.arguments())
             if not values:
-                raise _syntax_error(f"{token}() needs arguments")
-            return _FUNCTIONS[token](values)
-        if re.fullmatch(r"[A-Za-z_]\w*", token) and self.peek() != "(":
-            return token
-        raise _syntax_error(f"unexpected {token!r}")
+                raise _syntax_error(f"{lexeme}() needs arguments")
+            return _FUNCTIONS[lexeme](values)
+        if re.fullmatch(r"[A-Za-z_]\w*", lexeme) and self.peek() != "(":
+            return lexeme
+        raise _syntax_error(f"unexpected {lexeme!r}")

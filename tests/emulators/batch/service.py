@@ -486,12 +486,7 @@ class BatchService:
 
     def schedule(self) -> None:
         """Start every active task that fits into its pool's free slots, oldest job first."""
-        for pool in self.pools.values():
-            formula = pool.body.get("autoScaleFormula")
-            if pool.body.get("enableAutoScale") and isinstance(formula, str):
-                with contextlib.suppress(BatchServiceError):
-                    self._autoscale(pool, formula, apply=True, strict=True)
-                self._allocate(pool)
+        self._apply_autoscale()
         used: dict[str, int] = {}
         for task in self._running:
             pool_id = (self.jobs.get(task.job_id.lower()) or Job({})).pool_id or ""
@@ -517,6 +512,15 @@ class BatchService:
                 used[pool.id.lower()] = used.get(pool.id.lower(), 0) + task.required_slots
                 running_here += 1
                 self._start(job, pool, task)
+
+    def _apply_autoscale(self) -> None:
+        """Re-evaluate every autoscaled pool's formula; a formula that fails keeps its size."""
+        for pool in self.pools.values():
+            formula = pool.body.get("autoScaleFormula")
+            if pool.body.get("enableAutoScale") and isinstance(formula, str):
+                with contextlib.suppress(BatchServiceError):
+                    self._autoscale(pool, formula, apply=True, strict=True)
+                self._allocate(pool)
 
     def _start(self, job: Job, pool: Pool, task: Task) -> None:
         _set_state(task.body, "running")

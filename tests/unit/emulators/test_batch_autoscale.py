@@ -52,7 +52,7 @@ def test_invalid_formulas_are_syntax_errors(formula: str) -> None:
 
 
 def test_filter_and_select() -> None:
-    tasks = [
+    tasks: list[dict[str, object]] = [
         {"id": "a", "state": "completed", "executionInfo": {"result": "failure", "exitCode": 3}},
         {"id": "b", "state": "completed", "executionInfo": {"result": "success", "exitCode": 0}},
         {"id": "c", "state": "active"},
