@@ -1,0 +1,181 @@
+"""The shard runner over the SQLite stores, on a small fixed dataset with exact expectations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coldpath.runner import ShardRunner
+from coldpath.shards import build_manifest
+from schemas import AppDirectory, EvaluationPolicy, JobManifest, Severity, Window
+from schemas.breach import breach_id_for
+from store.sqlite import SqliteStore
+from store.sqlite_evaluations import SqliteEvaluationStore
+from tests.unit.coldpath.fakes import CATALOGUE, RecordingPublisher, doc
+
+START = datetime(2026, 3, 1, 10, tzinfo=UTC)
+WINDOW = Window(start=START, end=START + timedelta(hours=1))
+POLICY = EvaluationPolicy.model_validate(
+    {
+        "name": "quality",
+        "version": 3,
+        "window": "PT1H",
+        "min_sample_size": 10,
+        "metrics": [
+            {
+                "metric": "latency",
+                "thresholds": {"p95": {"warning": {"max": 300}, "critical": {"max": 1000}}},
+            },
+            {"metric": "errors", "thresholds": {"rate": {"warning": {"max": 0.1}}}},
+            {"metric": "shift", "thresholds": {"shift": {"critical": {"max": 50}}}},
+        ],
+    }
+)
+# app "a": 40 documents, latencies 10..400 (p95 above the warning bound), 5 errors (12.5 %),
+# one late-flagged; the hour before: 20 documents at 100 ms.
+A_LATENCIES = [10.0 * (n + 1) for n in range(40)]
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteEvaluationStore]]:
+    path = tmp_path / "store.db"
+    documents = [
+        doc(
+            "a",
+            START + timedelta(seconds=60 * n),
+            latency_ms=value,
+            error=n % 8 == 0,
+            number=n,
+            late=n == 3,
+        )
+        for n, value in enumerate(A_LATENCIES)
+    ]
+    documents += [
+        doc("a", START - timedelta(minutes=n + 1), latency_ms=100.0, number=100 + n)
+        for n in range(20)
+    ]
+    # Outside the window on both sides: never read.
+    documents += [doc("a", WINDOW.end, latency_ms=1e9, number=999)]
+    # app "b": three documents (too few); app "c": 12 without latency, 12 with.
+    documents += [doc("b", START + timedelta(minutes=n), number=n) for n in range(3)]
+    documents += [
+        doc("c", START + timedelta(minutes=n), latency_ms=None if n % 2 else 50.0, number=n)
+        for n in range(24)
+    ]
+    async with SqliteStore(path) as telemetry, SqliteEvaluationStore(path) as evaluations:
+        await telemetry.write(documents, [])
+        yield telemetry, evaluations
+
+
+def manifest(run: int = 0) -> JobManifest:
+    return build_manifest(
+        WINDOW, [POLICY], ["a", "b", "c", "d"], group_size=2, code_version="test", run=run
+    )
+
+
+def runner(
+    stores: tuple[SqliteStore, SqliteEvaluationStore], bus: RecordingPublisher
+) -> ShardRunner:
+    telemetry, evaluations = stores
+    return ShardRunner(
+        telemetry=telemetry,
+        evaluations=evaluations,
+        publisher=bus,
+        catalogue=CATALOGUE,
+        apps=AppDirectory(),
+        page_size=7,
+    )
+
+
+async def run_all(shard_runner: ShardRunner, job: JobManifest) -> None:
+    for index in range(job.shard_count):
+        await shard_runner.run_shard(job, index)
+
+
+async def test_values_statuses_and_breaches_are_exact(
+    stores: tuple[SqliteStore, SqliteEvaluationStore],
+) -> None:
+    bus = RecordingPublisher()
+    await run_all(runner(stores, bus), manifest())
+    results = {(r.app_id, r.metric): r for r in await stores[1].results()}
+    assert len(results) == 4 * 3
+
+    latency = results["a", "latency"]
+    assert latency.values["p95"] == pytest.approx(float(np.percentile(A_LATENCIES, 95)))
+    assert latency.sample_size == 40 and latency.status == "warning"
+    assert latency.pk == "a:2026-03-01" and latency.policy_version == 3
+    errors = results["a", "errors"]
+    assert errors.values["rate"] == 5 / 40 and errors.status == "warning"
+    shift = results["a", "shift"]
+    assert shift.values["shift"] == pytest.approx(np.mean(A_LATENCIES) - 100.0)
+    assert shift.status == "critical"
+
+    expected = {
+        breach_id_for("a", "quality:latency", "p95", WINDOW.key): Severity.WARNING,
+        breach_id_for("a", "quality:errors", "rate", WINDOW.key): Severity.WARNING,
+        breach_id_for("a", "quality:shift", "shift", WINDOW.key): Severity.CRITICAL,
+    }
+    assert {b.breach_id: b.severity for b in bus.published.values()} == expected
+    assert all(b.kind == "evaluation" and b.source == "cold" for b in bus.published.values())
+
+
+async def test_too_few_or_no_documents_are_insufficient_data_without_breach(
+    stores: tuple[SqliteStore, SqliteEvaluationStore],
+) -> None:
+    bus = RecordingPublisher()
+    await run_all(runner(stores, bus), manifest())
+    for app_id, count in (("b", 3), ("d", 0)):
+        for result in await stores[1].results(app_id=app_id):
+            assert result.status == "insufficient_data", result
+            assert result.sample_size == count
+            assert "fewer than the minimum 10" in result.reason or result.metric == "shift"
+    assert {b.app_id for b in bus.published.values()} == {"a"}
+
+
+async def test_missing_optional_fields_are_counted_not_fatal(
+    stores: tuple[SqliteStore, SqliteEvaluationStore],
+) -> None:
+    await run_all(runner(stores, RecordingPublisher()), manifest())
+    results = {r.metric: r for r in await stores[1].results(app_id="c")}
+    assert results["latency"].sample_size == 12 and results["latency"].values["p95"] == 50.0
+    assert results["errors"].sample_size == 24 and results["errors"].status == "ok"
+
+
+async def test_rerun_skips_done_units_and_a_forced_rerun_changes_nothing_but_run_fields(
+    stores: tuple[SqliteStore, SqliteEvaluationStore],
+) -> None:
+    bus = RecordingPublisher()
+    shard_runner = runner(stores, bus)
+    await run_all(shard_runner, manifest())
+    first = {r.id: r for r in await stores[1].results()}
+    calls = bus.calls
+    outcomes = await shard_runner.run_shard(manifest(), 0)
+    assert all(outcome.skipped for outcome in outcomes) and bus.calls == calls
+
+    await run_all(shard_runner, manifest(run=1))
+    second = {r.id: r for r in await stores[1].results()}
+    assert second.keys() == first.keys()
+    ignored = {"computed_at", "manifest_id", "run"}
+    for key, result in first.items():
+        assert second[key].model_dump(exclude=ignored) == result.model_dump(exclude=ignored)
+        assert second[key].run == 1
+    assert len(bus.published) == 3
+
+
+async def test_manifests_are_staged_once_and_progress_is_per_manifest(
+    stores: tuple[SqliteStore, SqliteEvaluationStore],
+) -> None:
+    evaluations = stores[1]
+    job = manifest()
+    await evaluations.stage_manifest(job)
+    await evaluations.stage_manifest(job)
+    assert await evaluations.load_manifest(job.id) == job
+    assert await evaluations.load_manifest("nope") is None
+    assert await evaluations.app_ids(WINDOW.start, WINDOW.end) == ["a", "b", "c"]
+    await runner(stores, RecordingPublisher()).run_shard(job, 0)
+    assert await evaluations.done_units(job.id) == {u.key for u in job.shard(0)}
+    assert await evaluations.done_units(manifest(run=1).id) == set()
