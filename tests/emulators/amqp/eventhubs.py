@@ -17,15 +17,15 @@ from typing import Any
 from proton import Data, Described, symbol, timestamp
 
 from . import codec
-from .broker import (
-    Broker,
+from .broker import Broker
+from .entity import (
     EntityHandler,
     IncomingDelivery,
-    Link,
     LinkRefused,
     ManagementReply,
     ManagementRequest,
 )
+from .links import Link
 from .message import annotations_of, batch_parts, with_annotations, with_delivery_annotations
 
 logger = logging.getLogger(__name__)

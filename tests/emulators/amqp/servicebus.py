@@ -43,16 +43,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import codec
-from .broker import (
-    Broker,
+from .broker import Broker
+from .entity import (
     EntityHandler,
     IncomingDelivery,
-    Link,
     LinkRefused,
     ManagementReply,
     ManagementRequest,
     OutgoingDelivery,
 )
+from .links import Link
 from .servicebus_management import error_reply, handle_request, unsupported
 from .servicebus_messages import (
     DEAD_LETTER_DESCRIPTION,

@@ -22,9 +22,10 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from tests.emulators.batch.auth import check_shared_key
+from tests.emulators.batch.entities import MAX_COLLECTION_BYTES, Json
 from tests.emulators.batch.errors import BatchServiceError, not_found
 from tests.emulators.batch.odata import compile_filter, select
-from tests.emulators.batch.service import MAX_COLLECTION_BYTES, BatchService, Json
+from tests.emulators.batch.service import BatchService
 
 logger = logging.getLogger(__name__)
 

@@ -15,17 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import re
 import signal
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.emulators.batch import autoscale
+from tests.emulators.batch.entities import (
+    MAX_TASKS_PER_COLLECTION,
+    NODE_ID,
+    Job,
+    Json,
+    Pool,
+    Task,
+    as_int,
+    new_etag,
+    now,
+    require_id,
+    set_state,
+)
 from tests.emulators.batch.errors import (
     BatchServiceError,
     exists,
@@ -33,112 +41,9 @@ from tests.emulators.batch.errors import (
     missing_property,
     not_found,
 )
+from tests.emulators.batch.tasks import record_attempt, task_environment
 
 logger = logging.getLogger(__name__)
-
-Json = dict[str, object]
-
-MAX_TASKS_PER_COLLECTION = 100
-MAX_COLLECTION_BYTES = 1024 * 1024
-NODE_ID = "tvmps_local_0"
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_etag_counter = itertools.count(1)
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def new_etag() -> str:
-    # Batch ETags look like 0x8DC3A1B2C3D4E5F; only uniqueness matters to clients.
-    return f"0x8D{time.time_ns():X}{next(_etag_counter):04X}"
-
-
-def _require_id(body: Json, kind: str) -> str:
-    ident = body.get("id")
-    if not isinstance(ident, str) or not ident:
-        raise missing_property("id")
-    if not _ID.match(ident):
-        raise invalid_property("id", f"{kind} ids are 1-64 letters, digits, '-' or '_'")
-    return ident
-
-
-def _int(value: object, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-@dataclass
-class Pool:
-    body: Json
-
-    @property
-    def id(self) -> str:
-        return str(self.body["id"])
-
-    @property
-    def slots(self) -> int:
-        nodes = _int(self.body.get("currentDedicatedNodes"), 0) + _int(
-            self.body.get("currentLowPriorityNodes"), 0
-        )
-        return nodes * max(1, _int(self.body.get("taskSlotsPerNode"), 1))
-
-
-@dataclass(eq=False)
-class Task:
-    job_id: str
-    body: Json
-    process: asyncio.subprocess.Process | None = None
-    runner: asyncio.Task[None] | None = None
-    killed_reason: str | None = None
-
-    @property
-    def id(self) -> str:
-        return str(self.body["id"])
-
-    @property
-    def state(self) -> str:
-        return str(self.body["state"])
-
-    @property
-    def required_slots(self) -> int:
-        return max(1, _int(self.body.get("requiredSlots"), 1))
-
-    @property
-    def execution(self) -> Json:
-        info = self.body.setdefault("executionInfo", {"retryCount": 0, "requeueCount": 0})
-        assert isinstance(info, dict)
-        return info
-
-
-@dataclass
-class Job:
-    body: Json
-    tasks: dict[str, Task] = field(default_factory=dict)  # by lower-cased id, in creation order
-
-    @property
-    def id(self) -> str:
-        return str(self.body["id"])
-
-    @property
-    def state(self) -> str:
-        return str(self.body["state"])
-
-    @property
-    def pool_id(self) -> str | None:
-        info = self.body.get("poolInfo")
-        pool_id = info.get("poolId") if isinstance(info, dict) else None
-        return pool_id if isinstance(pool_id, str) else None
-
-
-def _set_state(entity: Json, state: str) -> None:
-    stamp = now()
-    if entity.get("state") != state:
-        entity["previousState"] = entity.get("state")
-        entity["previousStateTransitionTime"] = entity.get("stateTransitionTime")
-    entity["state"] = state
-    entity["stateTransitionTime"] = stamp
-    entity["lastModified"] = stamp
-    entity["eTag"] = new_etag()
 
 
 class BatchService:
@@ -164,7 +69,7 @@ class BatchService:
         return pool
 
     def create_pool(self, body: Json) -> Pool:
-        pool_id = _require_id(body, "pool")
+        pool_id = require_id(body, "pool")
         if pool_id.lower() in self.pools:
             raise exists("Pool", pool_id)
         if not body.get("vmSize"):
@@ -184,9 +89,9 @@ class BatchService:
             "allocationState": "steady",
             "allocationStateTransitionTime": stamp,
             "enableAutoScale": autoscaled,
-            "taskSlotsPerNode": _int(body.get("taskSlotsPerNode"), 1),
-            "targetDedicatedNodes": _int(body.get("targetDedicatedNodes"), 0),
-            "targetLowPriorityNodes": _int(body.get("targetLowPriorityNodes"), 0),
+            "taskSlotsPerNode": as_int(body.get("taskSlotsPerNode"), 1),
+            "targetDedicatedNodes": as_int(body.get("targetDedicatedNodes"), 0),
+            "targetLowPriorityNodes": as_int(body.get("targetLowPriorityNodes"), 0),
         }
         pool = Pool(pool_body)
         if autoscaled:
@@ -237,11 +142,11 @@ class BatchService:
             "$PendingTasks": counts["active"] + counts["running"],
             "$SucceededTasks": counts["succeeded"],
             "$FailedTasks": counts["failed"],
-            "$CurrentDedicatedNodes": _int(pool.body.get("currentDedicatedNodes"), 0),
-            "$CurrentLowPriorityNodes": _int(pool.body.get("currentLowPriorityNodes"), 0),
-            "$TargetDedicatedNodes": _int(pool.body.get("targetDedicatedNodes"), 0),
-            "$TargetLowPriorityNodes": _int(pool.body.get("targetLowPriorityNodes"), 0),
-            "$TaskSlotsPerNode": max(1, _int(pool.body.get("taskSlotsPerNode"), 1)),
+            "$CurrentDedicatedNodes": as_int(pool.body.get("currentDedicatedNodes"), 0),
+            "$CurrentLowPriorityNodes": as_int(pool.body.get("currentLowPriorityNodes"), 0),
+            "$TargetDedicatedNodes": as_int(pool.body.get("targetDedicatedNodes"), 0),
+            "$TargetLowPriorityNodes": as_int(pool.body.get("targetLowPriorityNodes"), 0),
+            "$TaskSlotsPerNode": max(1, as_int(pool.body.get("taskSlotsPerNode"), 1)),
         }
 
     def _autoscale(self, pool: Pool, formula: str, *, apply: bool, strict: bool) -> Json:
@@ -297,7 +202,7 @@ class BatchService:
         return job
 
     def create_job(self, body: Json) -> Job:
-        job_id = _require_id(body, "job")
+        job_id = require_id(body, "job")
         if job_id.lower() in self.jobs:
             raise exists("Job", job_id)
         pool_info = body.get("poolInfo")
@@ -331,7 +236,7 @@ class BatchService:
         if job.state in ("completed", "terminating"):
             code = "JobCompleted" if job.state == "completed" else "JobBeingTerminated"
             raise BatchServiceError(409, code, f"The job is already {job.state}.")
-        _set_state(job.body, "terminating")
+        set_state(job.body, "terminating")
         for task in job.tasks.values():
             if task.state == "running":
                 self._kill(task, "terminate")
@@ -346,7 +251,7 @@ class BatchService:
         self._complete_job(job, reason)
 
     def _complete_job(self, job: Job, reason: str) -> None:
-        _set_state(job.body, "completed")
+        set_state(job.body, "completed")
         info = job.body["executionInfo"]
         assert isinstance(info, dict)
         info["endTime"] = now()
@@ -354,7 +259,7 @@ class BatchService:
 
     def delete_job(self, job_id: str) -> None:
         job = self.job(job_id)
-        _set_state(job.body, "deleting")
+        set_state(job.body, "deleting")
         for task in job.tasks.values():
             if task.state == "running":
                 self._kill(task, "delete")
@@ -401,7 +306,7 @@ class BatchService:
             raise BatchServiceError(409, "JobBeingDeleted", "The specified job is being deleted.")
 
     def _new_task(self, job: Job, body: Json) -> Task:
-        task_id = _require_id(body, "task")
+        task_id = require_id(body, "task")
         if not isinstance(body.get("commandLine"), str) or not body["commandLine"]:
             raise missing_property("commandLine")
         if task_id.lower() in job.tasks:
@@ -415,14 +320,15 @@ class BatchService:
             "creationTime": stamp,
             "state": "active",
             "stateTransitionTime": stamp,
-            "requiredSlots": max(1, _int(body.get("requiredSlots"), 1)),
+            "requiredSlots": max(1, as_int(body.get("requiredSlots"), 1)),
             "executionInfo": {"retryCount": 0, "requeueCount": 0},
         }
-        constraints = dict(body.get("constraints") or {})  # type: ignore[call-overload]
+        requested = body.get("constraints")
+        constraints: Json = dict(requested) if isinstance(requested, dict) else {}
         if "maxTaskRetryCount" not in constraints:
             job_constraints = job.body.get("constraints") or {}
             assert isinstance(job_constraints, dict)
-            constraints["maxTaskRetryCount"] = _int(job_constraints.get("maxTaskRetryCount"), 0)
+            constraints["maxTaskRetryCount"] = as_int(job_constraints.get("maxTaskRetryCount"), 0)
         task_body["constraints"] = constraints
         task = Task(job.id, task_body)
         job.tasks[task_id.lower()] = task
@@ -493,13 +399,13 @@ class BatchService:
             used[pool_id.lower()] = used.get(pool_id.lower(), 0) + task.required_slots
         jobs = sorted(
             (j for j in self.jobs.values() if j.state == "active"),
-            key=lambda j: -_int(j.body.get("priority"), 0),
+            key=lambda j: -as_int(j.body.get("priority"), 0),
         )
         for job in jobs:
             pool = self.pools.get((job.pool_id or "").lower())
             if pool is None:
                 continue
-            cap = _int(job.body.get("maxParallelTasks"), -1)
+            cap = as_int(job.body.get("maxParallelTasks"), -1)
             running_here = sum(1 for t in job.tasks.values() if t.state == "running")
             for task in job.tasks.values():
                 if task.state != "active" or task.runner is not None:
@@ -523,7 +429,7 @@ class BatchService:
                 self._allocate(pool)
 
     def _start(self, job: Job, pool: Pool, task: Task) -> None:
-        _set_state(task.body, "running")
+        set_state(task.body, "running")
         info = task.execution
         info["startTime"] = now()
         for key in ("endTime", "exitCode", "result", "failureInfo"):
@@ -537,31 +443,6 @@ class BatchService:
         }
         self._running.add(task)
         task.runner = asyncio.get_running_loop().create_task(self._run(job, pool, task))
-
-    def _environment(self, job: Job, pool: Pool, task: Task, task_dir: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                "AZ_BATCH_ACCOUNT_NAME": self.account_name,
-                "AZ_BATCH_ACCOUNT_URL": self.base_url,
-                "AZ_BATCH_POOL_ID": pool.id,
-                "AZ_BATCH_NODE_ID": NODE_ID,
-                "AZ_BATCH_JOB_ID": job.id,
-                "AZ_BATCH_TASK_ID": task.id,
-                "AZ_BATCH_NODE_ROOT_DIR": str(self.work_dir),
-                "AZ_BATCH_NODE_SHARED_DIR": str(self.work_dir / "shared"),
-                "AZ_BATCH_TASK_DIR": str(task_dir),
-                "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
-            }
-        )
-        for source in (
-            job.body.get("commonEnvironmentSettings"),
-            task.body.get("environmentSettings"),
-        ):
-            for setting in source or []:  # type: ignore[attr-defined]
-                if isinstance(setting, dict) and isinstance(setting.get("name"), str):
-                    env[setting["name"]] = str(setting.get("value") or "")
-        return env
 
     async def _run(self, job: Job, pool: Pool, task: Task) -> None:
         task_dir = self.task_dir(job.id, task.id)
@@ -583,7 +464,15 @@ class BatchService:
                         stdout=out,
                         stderr=err,
                         cwd=task_dir / "wd",
-                        env=self._environment(job, pool, task, task_dir),
+                        env=task_environment(
+                            job,
+                            pool,
+                            task,
+                            task_dir,
+                            account_name=self.account_name,
+                            account_url=self.base_url,
+                            node_root=self.work_dir,
+                        ),
                         start_new_session=True,
                     )
                 except OSError as exc:
@@ -597,66 +486,9 @@ class BatchService:
             task.process = None
             task.runner = None
             self._running.discard(task)
-        self._finish_attempt(job, task, exit_code, launch_error)
+        if record_attempt(job, task, exit_code, launch_error):
+            self._after_completion(job)
         self.schedule()
-
-    def _finish_attempt(
-        self, job: Job, task: Task, exit_code: int | None, launch_error: str | None
-    ) -> None:
-        info = task.execution
-        stamp = now()
-        info["endTime"] = stamp
-        if task.killed_reason is not None:
-            info["exitCode"] = exit_code if exit_code is not None else -1
-            info["result"] = "failure"
-            info["failureInfo"] = {
-                "category": "usererror",
-                "code": "TaskEnded",
-                "message": "Task Was Ended by User Request",
-            }
-            task.killed_reason = None
-            _set_state(task.body, "completed")
-            return
-        if launch_error is not None:
-            info["result"] = "failure"
-            info["failureInfo"] = {
-                "category": "usererror",
-                "code": "CommandLaunchFailed",
-                "message": launch_error,
-            }
-            _set_state(task.body, "completed")
-            self._after_completion(job)
-            return
-        info["exitCode"] = exit_code
-        if exit_code == 0:
-            info["result"] = "success"
-            _set_state(task.body, "completed")
-            self._after_completion(job)
-            return
-        constraints = task.body.get("constraints") or {}
-        assert isinstance(constraints, dict)
-        max_retries = _int(constraints.get("maxTaskRetryCount"), 0)
-        retries = _int(info.get("retryCount"), 0)
-        if job.state == "active" and (max_retries == -1 or retries < max_retries):
-            info["retryCount"] = retries + 1
-            info["lastRetryTime"] = stamp
-            _set_state(task.body, "active")
-            logger.info("task %s/%s exited %s; retry %d", job.id, task.id, exit_code, retries + 1)
-            return
-        info["result"] = "failure"
-        info["failureInfo"] = {
-            "category": "usererror",
-            "code": "FailureExitCode",
-            "message": "The task process exited with an unexpected exit code",
-            "details": [
-                {
-                    "name": "Message",
-                    "value": f"The task process exited with an unexpected exit code: {exit_code}",
-                }
-            ],
-        }
-        _set_state(task.body, "completed")
-        self._after_completion(job)
 
     def _after_completion(self, job: Job) -> None:
         if job.state != "active" or job.body.get("onAllTasksComplete") != "terminatejob":
