@@ -16,6 +16,8 @@ from rich.console import Console
 from alerts.handlers import render_breach
 from evalstream import logs, wiring
 from evalstream.cli_alerts import alerts_app
+from evalstream.cli_coldpath import coldpath_app
+from evalstream.cli_coldpath import evaluations as cold_evaluations
 from evalstream.errors import leaves
 from evalstream.settings import Settings, SettingsError, load_settings
 from schemas import TelemetryEvent
@@ -325,6 +327,10 @@ def quarantine(
 
 
 app.add_typer(alerts_app, name="alerts", help="Alert subscriptions: listen, dead letters.")
+app.add_typer(
+    coldpath_app, name="coldpath", help="Cold path: evaluate policies over stored windows."
+)
+app.command("evaluations")(cold_evaluations)
 
 
 def main() -> None:

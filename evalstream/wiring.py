@@ -6,13 +6,19 @@ import functools
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+from rich.console import Console
+
+from alerts.ports import AlertPublisher
+from coldpath.policies.base import Metric
+from coldpath.ports import Executor
 from evalstream import logs
 from evalstream.settings import Settings, SettingsError
-from store.ports import TelemetryStore
+from store.ports import EvaluationStore, TelemetryStore
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
@@ -152,4 +158,63 @@ def pipeline(
         stats=stats,
         hot_path=hot_path(settings) if publisher_ is not None else None,
         publisher=publisher_,
+    )
+
+
+def evaluation_store(settings: Settings) -> EvaluationStore:
+    """The cold path's store of results, progress and manifests (an async context manager)."""
+    if settings.backend == "azure":
+        from store.cosmos_evaluations import cosmos_evaluation_store
+
+        return cosmos_evaluation_store(settings.azure.cosmos)
+    from store.sqlite_evaluations import SqliteEvaluationStore
+
+    return SqliteEvaluationStore(settings.embedded.store_path)
+
+
+def alert_publisher(settings: Settings) -> AlertPublisher:
+    """The alert publisher of the configured backend (not yet entered)."""
+    from evalstream.cli_alerts import open_publisher
+
+    return open_publisher(settings)
+
+
+def metric_catalogue(settings: Settings) -> Mapping[str, Metric]:
+    """The metric catalogue, with every configured policy checked against it (raises
+    ``PolicyConfigError`` naming the setting)."""
+    from coldpath.config import check_policies, load_catalogue
+
+    catalogue = load_catalogue(settings.coldpath.catalogue)
+    check_policies(settings.coldpath.policies, catalogue)
+    return catalogue
+
+
+def shard_command(settings: Settings) -> Callable[[str, int], list[str]]:
+    """The command line of one shard task: this program's ``coldpath run-shard``."""
+    prefix = [sys.executable, "-m", "evalstream", "coldpath", "run-shard"]
+    if settings.config is not None:
+        prefix += ["--config", str(settings.config)]
+    prefix += ["--data-dir", str(settings.embedded.data_dir)]
+
+    def command(manifest_id: str, group_index: int) -> list[str]:
+        return [*prefix, "--manifest", manifest_id, "--group-index", str(group_index)]
+
+    return command
+
+
+def executor(settings: Settings, name: str, console: Console | None = None) -> Executor:
+    """The cold-path executor named ``name`` (``local``)."""
+    if name != "local":
+        raise SettingsError(f"--executor: {name!r} is not available (known: local)")
+    from coldpath.executors.local import LocalExecutor
+    from common.retry import Backoff
+
+    cold = settings.coldpath
+    backoff = Backoff(
+        initial_s=cold.shard_backoff_s,
+        max_s=max(cold.shard_backoff_s, 10.0),
+        max_retries=cold.shard_retries,
+    )
+    return LocalExecutor(
+        shard_command(settings), workers=cold.worker_count, backoff=backoff, console=console
     )

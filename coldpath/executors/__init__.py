@@ -1,0 +1,1 @@
+"""Executors: where a manifest's shard tasks run (locally here; Azure Batch later)."""

@@ -1,0 +1,411 @@
+"""The ``evalstream coldpath`` commands and ``evalstream evaluations``: plan, run and show
+evaluations of stored windows.
+
+Exit codes: 0 done, 1 some shards failed (after their retries), 2 invalid settings or options
+(one line naming the setting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from coldpath.exceptions import ColdpathError, ManifestNotFound
+from coldpath.ports import JobReport
+from coldpath.runner import ShardRunner
+from coldpath.trigger import WindowChoice, pending_units, plan, submit
+from coldpath.windows import parse_moment, parse_window, windows_between
+from common.errors import EvalstreamError
+from evalstream import logs, wiring
+from evalstream.settings import Settings, SettingsError, load_settings
+from schemas import EvaluationPolicy, EvaluationResult, JobManifest, Thresholds
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+coldpath_app = typer.Typer(
+    help=(
+        "The cold path: evaluate policies over stored time windows.\n\n"
+        "A policy (settings [[coldpath.policies]]) names metrics, thresholds and a window "
+        "length; each due window becomes a job manifest whose shards run on an executor "
+        "(local: a process per shard over every core). Re-running a window changes nothing."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", envvar="EVALSTREAM_CONFIG", help="TOML config file.", show_default=False
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Embedded backend folder [default: var/evalstream].", show_default=False
+    ),
+]
+PolicyOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--policy",
+        "-p",
+        help="Policy name (repeatable) [default: every policy].",
+        show_default=False,
+    ),
+]
+ExecutorOption = Annotated[
+    str, typer.Option("--executor", help="Where shards run: local (a process per shard).")
+]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", markup=True)
+    return typer.Exit(code)
+
+
+def _one_line(exc: SettingsError) -> str:
+    """``invalid settings:\\n  coldpath.policies.0.window: ...`` as
+    ``coldpath.policies[0].window: ...`` (the first error; they are rare together)."""
+    from coldpath.config import setting_path
+
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    if not lines:
+        return str(exc)
+    location, _, message = lines[0].partition(": ")
+    path = setting_path(tuple(location.split(".")))
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return f"{path}: {message.removeprefix('Value error, ')}{more}"
+
+
+def load(config: Path | None, data_dir: Path | None) -> Settings:
+    """Settings with the policies checked against the metric catalogue; exit 2 naming the
+    setting when anything is wrong."""
+    try:
+        settings = load_settings(config=config)
+        if data_dir is not None:
+            embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
+            settings = settings.model_copy(update={"embedded": embedded})
+        wiring.metric_catalogue(settings)
+    except SettingsError as exc:
+        message = _one_line(exc) if str(exc).startswith("invalid settings:") else str(exc)
+        raise _fail(message) from exc
+    except ColdpathError as exc:
+        raise _fail(str(exc)) from exc
+    return settings
+
+
+def _policies(settings: Settings, names: list[str] | None) -> list[EvaluationPolicy]:
+    try:
+        if not names:
+            return list(settings.coldpath.policies)
+        return [settings.coldpath.policy(name) for name in names]
+    except ColdpathError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    except* EvalstreamError as group:
+        for exc in group.exceptions:
+            console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _moment(text: str, option: str) -> datetime:
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from exc
+
+
+def code_version() -> str:
+    try:
+        return version("evalstream")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@coldpath_app.command()
+def windows(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Policy name.")],
+    start: Annotated[str, typer.Option("--from", help="ISO-8601 start (UTC if no zone).")],
+    end: Annotated[str, typer.Option("--to", help="ISO-8601 end, exclusive.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """List a policy's UTC-aligned windows overlapping [--from, --to), and which are due."""
+    settings = load(config, data_dir)
+    (chosen,) = _policies(settings, [policy])
+    from coldpath.windows import is_due
+
+    now = datetime.now(UTC)
+    for window in windows_between(chosen, _moment(start, "--from"), _moment(end, "--to")):
+        state = "due" if is_due(chosen, window, now) else "not due"
+        typer.echo(f"{window.key}  {state}")
+
+
+async def _trigger(
+    settings: Settings,
+    policies: list[EvaluationPolicy],
+    choice: WindowChoice,
+    executor_name: str,
+    rerun: bool,
+    wait: bool,
+) -> list[JobReport]:
+    executor = wiring.executor(settings, executor_name, console)
+    async with wiring.evaluation_store(settings) as store:
+        manifests = await plan(
+            policies,
+            choice,
+            store,
+            now=datetime.now(UTC),
+            group_size=settings.coldpath.group_size,
+            code_version=code_version(),
+            rerun=rerun,
+        )
+        for manifest in manifests:
+            pending = await pending_units(manifest, store)
+            console.print(
+                f"manifest {manifest.id} run {manifest.run}: {manifest.window.key}, "
+                f"{len(manifest.units)} units ({pending} pending) in {manifest.shard_count} shards"
+            )
+        if not wait:
+            return []
+        return await submit(manifests, store, executor)
+
+
+def _report(reports: list[JobReport]) -> None:
+    failed = False
+    for report in reports:
+        for index, error in sorted(report.failed.items()):
+            failed = True
+            console.print(f"[red]manifest {report.manifest_id} shard {index} failed:[/red] {error}")
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@coldpath_app.command()
+def trigger(
+    policy: PolicyOption = None,
+    window: Annotated[
+        str,
+        typer.Option(help="'last' (the latest due window per policy) or START/END in ISO-8601."),
+    ] = "last",
+    executor: ExecutorOption = "local",
+    rerun: Annotated[
+        bool, typer.Option("--rerun", help="Evaluate again under a new run number.")
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Run the shards and follow them to completion; --no-wait only stages the "
+            "manifests (run them later with run-shard or another trigger).",
+        ),
+    ] = True,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "WARNING",
+) -> None:
+    """Evaluate the due window of each policy: stage its manifest and run its shards.
+
+    Triggering a window again finds the same manifest with every unit done and does nothing.
+    """
+    logs.configure(log_level)
+    settings = load(config, data_dir)
+    policies = _policies(settings, policy)
+    if window == "last":
+        choice = WindowChoice()
+    else:
+        try:
+            choice = WindowChoice(last=False, window=parse_window(window))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--window") from exc
+    _report(_run(_trigger(settings, policies, choice, executor, rerun, wait)))
+
+
+@coldpath_app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--from", help="ISO-8601 start (UTC if no zone).")],
+    end: Annotated[str, typer.Option("--to", help="ISO-8601 end, exclusive.")],
+    policy: PolicyOption = None,
+    executor: ExecutorOption = "local",
+    rerun: Annotated[
+        bool, typer.Option("--rerun", help="Evaluate again under a new run number.")
+    ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "WARNING",
+) -> None:
+    """Evaluate every due window of the policies that overlaps [--from, --to)."""
+    logs.configure(log_level)
+    settings = load(config, data_dir)
+    policies = _policies(settings, policy)
+    choice = WindowChoice(
+        last=False, range_start=_moment(start, "--from"), range_end=_moment(end, "--to")
+    )
+    _report(_run(_trigger(settings, policies, choice, executor, rerun, True)))
+
+
+async def _load_manifest(settings: Settings, reference: str) -> JobManifest:
+    path = Path(reference)
+    if path.suffix == ".json" and path.is_file():
+        return JobManifest.model_validate_json(path.read_bytes())
+    async with wiring.evaluation_store(settings) as store:
+        manifest = await store.load_manifest(reference)
+    if manifest is None:
+        raise ManifestNotFound(f"no manifest {reference!r} staged and no such JSON file")
+    return manifest
+
+
+async def _run_shard(settings: Settings, reference: str, group_index: int) -> int:
+    manifest = await _load_manifest(settings, reference)
+    catalogue = wiring.metric_catalogue(settings)
+    async with (
+        wiring.store(settings) as telemetry,
+        wiring.evaluation_store(settings) as evaluations,
+        wiring.alert_publisher(settings) as publisher,
+    ):
+        runner = ShardRunner(
+            telemetry=telemetry,
+            evaluations=evaluations,
+            publisher=publisher,
+            catalogue=catalogue,
+            apps=settings.apps,
+            page_size=settings.coldpath.page_size,
+        )
+        outcomes = await runner.run_shard(manifest, group_index)
+    return sum(not outcome.skipped for outcome in outcomes)
+
+
+@coldpath_app.command("run-shard")
+def run_shard(
+    manifest: Annotated[
+        str, typer.Option("--manifest", help="Staged manifest id, or a manifest JSON file.")
+    ],
+    group_index: Annotated[int, typer.Option("--group-index", help="Shard number, from 0.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "WARNING",
+) -> None:
+    """Evaluate one shard of a manifest (the task executors run). Safe to repeat: units done
+    for this manifest are skipped, results and breaches are idempotent."""
+    logs.configure(log_level)
+    settings = load(config, data_dir)
+    try:
+        evaluated = _run(_run_shard(settings, manifest, group_index))
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"shard {group_index}: {evaluated} units evaluated")
+
+
+async def _status(
+    settings: Settings, policies: list[EvaluationPolicy]
+) -> list[tuple[JobManifest, int]]:
+    async with wiring.evaluation_store(settings) as store:
+        manifests = await plan(
+            policies,
+            WindowChoice(),
+            store,
+            now=datetime.now(UTC),
+            group_size=settings.coldpath.group_size,
+            code_version=code_version(),
+        )
+        return [(manifest, await pending_units(manifest, store)) for manifest in manifests]
+
+
+@coldpath_app.command()
+def status(
+    policy: PolicyOption = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Show each policy's latest due window: its manifest and how many units are done."""
+    settings = load(config, data_dir)
+    table = Table("window", "policies", "manifest", "units", "done", "shards")
+    for manifest, pending in _run(_status(settings, _policies(settings, policy))):
+        table.add_row(
+            manifest.window.key,
+            ", ".join(p.name for p in manifest.policies),
+            manifest.id[:12],
+            str(len(manifest.units)),
+            str(len(manifest.units) - pending),
+            str(manifest.shard_count),
+        )
+    Console().print(table)
+
+
+def _describe(thresholds: Thresholds | None) -> str:
+    if thresholds is None:
+        return ""
+    parts = []
+    for label, bound in (("warn", thresholds.warning), ("crit", thresholds.critical)):
+        if bound is None:
+            continue
+        if bound.min is not None:
+            parts.append(f"{label}<{bound.min:g}")
+        if bound.max is not None:
+            parts.append(f"{label}>{bound.max:g}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _values(result: EvaluationResult) -> str:
+    shown = []
+    for name, value in sorted(result.values.items()):
+        text = "—" if value is None else f"{value:.4g}"
+        shown.append(f"{name}={text}{_describe(result.thresholds.get(name))}")
+    return "; ".join(shown)
+
+
+STATUS_STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
+
+
+def evaluations(
+    app_id: Annotated[str | None, typer.Option("--app", help="Only this app.")] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Only this policy.")] = None,
+    limit: Annotated[int, typer.Option(help="Most recent results to show.")] = 50,
+    json: Annotated[bool, typer.Option("--json", help="One JSON result per line.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Show stored evaluation results, newest window first, beside their thresholds."""
+    settings = load(config, data_dir)
+
+    async def read() -> list[EvaluationResult]:
+        async with wiring.evaluation_store(settings) as store:
+            return await store.results(app_id=app_id, policy=policy, limit=limit)
+
+    results = _run(read())
+    if json:
+        for result in results:
+            sys.stdout.write(result.model_dump_json() + "\n")
+        return
+    table = Table("window start", "app", "policy", "metric", "n", "status", "values (thresholds)")
+    for result in results:
+        style = STATUS_STYLE.get(result.status, "dim")
+        table.add_row(
+            f"{result.window.start:%Y-%m-%d %H:%M}",
+            result.app_id,
+            f"{result.policy} v{result.policy_version}",
+            result.metric,
+            str(result.sample_size),
+            f"[{style}]{result.status}[/{style}]",
+            _values(result) or result.reason,
+        )
+    Console().print(table)
