@@ -35,7 +35,9 @@ class AmqpBroker:
 
     @property
     def eventhubs(self) -> EventHubs:
-        model: EventHubs = self.broker.extension("eventhubs")
+        model = self.broker.extension("eventhubs")
+        if not isinstance(model, EventHubs):
+            raise TypeError(f"the broker's eventhubs extension is a {type(model).__name__}")
         return model
 
     def eventhubs_connection_string(self, hub: str) -> str:

@@ -65,7 +65,7 @@ class Broker:
         self.credit_window = credit_window
         self.connections: set[Connection] = set()
         self._handlers: dict[str, EntityHandler] = {}
-        self._extensions: dict[str, Any] = {}
+        self._extensions: dict[str, object] = {}
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,10 +150,12 @@ class Broker:
     def unregister(self, prefix: str) -> None:
         self.call(self._handlers.pop, normalise_address(prefix).lower(), None)
 
-    def add_extension(self, name: str, admin: Any) -> None:
+    def add_extension(self, name: str, admin: object) -> None:
         self._extensions[name] = admin
 
-    def extension(self, name: str) -> Any:
+    def extension(self, name: str) -> object:
+        """The admin object registered under `name` (KeyError if none); callers narrow it with
+        isinstance to the type they registered."""
         return self._extensions[name]
 
     def __getattr__(self, name: str) -> Any:
