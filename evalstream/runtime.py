@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from evalstream import wiring
+from evalstream import coldpath_schedule, wiring
 from evalstream.settings import Settings
 from schemas import Breach
 from stream.ingest import IngestApp, bound_port, serving
@@ -120,6 +120,10 @@ async def run_processor(
                 group.create_task(_simulate(simulate, sink, stop, on_status))
             if until_idle_s is not None:
                 group.create_task(_stop_when_idle(stats, until_idle_s, stop))
+            if coldpath_schedule.enabled(settings, simulate is not None):
+                group.create_task(
+                    coldpath_schedule.run_schedule(settings, store, stop, on_status, on_breach)
+                )
             await processor.run(stop)
             stop.set()
     return stats

@@ -1,0 +1,113 @@
+"""The cold path inside ``evalstream process`` (embedded demo): every few seconds, evaluate
+the windows that became due, in this process, and report each evaluation breach.
+
+Enabled by ``coldpath.schedule_in_process`` (unset: only when the processor runs its
+simulator). When no configured policy has a window of a few minutes, the short ``demo``
+policy (one-minute windows) is added, so results appear within the demo's first minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from alerts.ports import AlertPublisher
+from coldpath.config import DEMO_POLICY
+from coldpath.executors.inline import InlineExecutor
+from coldpath.runner import ShardRunner
+from coldpath.trigger import WindowChoice, plan, submit
+from common.errors import EvalstreamError
+from evalstream import wiring
+from evalstream.cli_coldpath import code_version
+from evalstream.settings import Settings
+from schemas import Breach, EvaluationPolicy
+from store.ports import TelemetryStore
+
+logger = logging.getLogger(__name__)
+
+SHORT_WINDOW = timedelta(minutes=5)
+
+
+def enabled(settings: Settings, simulating: bool) -> bool:
+    configured = settings.coldpath.schedule_in_process
+    return simulating if configured is None else configured
+
+
+def demo_policies(settings: Settings) -> list[EvaluationPolicy]:
+    policies = list(settings.coldpath.policies)
+    if not any(policy.window <= SHORT_WINDOW for policy in policies):
+        policies.append(DEMO_POLICY)
+    return policies
+
+
+class _Reporting:
+    """An AlertPublisher wrapper that also tells the caller about each breach."""
+
+    def __init__(self, inner: AlertPublisher, on_breach: Callable[[Breach], None] | None) -> None:
+        self.inner = inner
+        self.on_breach = on_breach
+
+    async def publish(self, breaches: Sequence[Breach]) -> None:
+        await self.inner.publish(breaches)
+        for breach in breaches:
+            if self.on_breach is not None:
+                self.on_breach(breach)
+
+
+async def run_schedule(
+    settings: Settings,
+    telemetry: TelemetryStore,
+    stop: asyncio.Event,
+    on_status: Callable[[str], None],
+    on_breach: Callable[[Breach], None] | None = None,
+) -> None:
+    """Until ``stop``: evaluate the newly due windows every ``coldpath.schedule_interval_s``."""
+    try:
+        catalogue = wiring.metric_catalogue(settings)
+    except EvalstreamError as exc:
+        on_status(f"cold path: not scheduled ({exc})")
+        return
+    policies = [p for p in demo_policies(settings) if all(s.metric in catalogue for s in p.metrics)]
+    on_status(
+        "cold path: evaluating "
+        + ", ".join(f"{p.name} (every {p.window})" for p in policies)
+        + " in process"
+    )
+    async with (
+        wiring.evaluation_store(settings) as evaluations,
+        wiring.alert_publisher(settings) as publisher,
+    ):
+        runner = ShardRunner(
+            telemetry=telemetry,
+            evaluations=evaluations,
+            publisher=_Reporting(publisher, on_breach),  # type: ignore[arg-type]
+            catalogue=catalogue,
+            apps=settings.apps,
+            page_size=settings.coldpath.page_size,
+        )
+        executor = InlineExecutor(runner)
+        while not stop.is_set():
+            try:
+                manifests = await plan(
+                    policies,
+                    WindowChoice(),
+                    evaluations,
+                    now=datetime.now(UTC),
+                    group_size=settings.coldpath.group_size,
+                    code_version=code_version(),
+                )
+                for report in await submit(manifests, evaluations, executor):
+                    for index, error in report.failed.items():
+                        on_status(
+                            f"cold path: shard {index} of {report.manifest_id} failed: {error}"
+                        )
+            except asyncio.CancelledError:
+                raise
+            except EvalstreamError as exc:
+                logger.warning("cold path schedule: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.coldpath.schedule_interval_s):
+                    await stop.wait()
