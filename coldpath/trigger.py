@@ -104,7 +104,7 @@ async def submit(
     reports = []
     for manifest in manifests:
         if not manifest.units or await pending_units(manifest, store) == 0:
-            logger.info("manifest %s: nothing to do", manifest.id)
+            logger.debug("manifest %s: nothing to do", manifest.id)
             reports.append(JobReport(manifest.id, manifest.shard_count))
             continue
         reports.append(await executor.run(manifest))
