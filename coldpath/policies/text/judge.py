@@ -29,7 +29,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from coldpath.policies.base import Accumulator, MetricOutcome
-from coldpath.policies.text import _sdk, inputs
+from coldpath.policies.text import _text_sdk as _sdk
+from coldpath.policies.text import inputs
 from coldpath.policies.text.params import JudgeParams, check
 from coldpath.policies.text.sampling import BottomK
 from schemas import AppConfig, TelemetryDocument

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from coldpath.policies.base import Accumulator, MetricOutcome
-from coldpath.policies.text import _sdk, inputs
+from coldpath.policies.text import _text_sdk as _sdk
+from coldpath.policies.text import inputs
 from coldpath.policies.text.params import OverlapParams, RougeParams, check
 from schemas import AppConfig, TelemetryDocument
 
