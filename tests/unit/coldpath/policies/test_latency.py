@@ -80,7 +80,11 @@ def test_no_document_or_no_latency_is_insufficient_data_not_a_crash() -> None:
 
 @pytest.mark.parametrize(
     ("params", "named"),
-    [({"threshold_ms": -1}, "threshold_ms"), ({"threshold_ms": "x"}, "threshold_ms"), ({"p": 1}, "p")],
+    [
+        ({"threshold_ms": -1}, "threshold_ms"),
+        ({"threshold_ms": "x"}, "threshold_ms"),
+        ({"p": 1}, "p"),
+    ],
 )
 def test_bad_params_are_rejected_naming_the_parameter(params: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):

@@ -29,8 +29,12 @@ def _window() -> list:
 def _check(values: dict, name: str, raw: list[float], bar: float) -> None:
     assert values[f"{name}.count"] == len(raw)
     assert values[f"{name}.mean"] == pytest.approx(statistics.fmean(raw), rel=1e-12)
-    assert values[f"{name}.p10"] == pytest.approx(np.percentile(raw, 10, method="linear"), rel=1e-12)
-    assert values[f"{name}.p50"] == pytest.approx(np.percentile(raw, 50, method="linear"), rel=1e-12)
+    assert values[f"{name}.p10"] == pytest.approx(
+        np.percentile(raw, 10, method="linear"), rel=1e-12
+    )
+    assert values[f"{name}.p50"] == pytest.approx(
+        np.percentile(raw, 50, method="linear"), rel=1e-12
+    )
     assert values[f"{name}.below"] == sum(1 for x in raw if x < bar) / len(raw)
 
 

@@ -53,7 +53,9 @@ def test_tokens_and_cost_from_the_price_table() -> None:
     assert v["cost"] == pytest.approx(cost, rel=1e-12)
     assert v["cost"] == pytest.approx(0.003 + 0.003 + 0.002 + 0.0015 + 0.0006 + 0.0006, rel=1e-12)
     assert v["cost_per_request"] == pytest.approx(cost / 3, rel=1e-12)
-    assert outcome.details["cost_by_price"]["gpt-4o-mini"] == pytest.approx(_cost("gpt-4o-mini", (4000, 1000)))
+    assert outcome.details["cost_by_price"]["gpt-4o-mini"] == pytest.approx(
+        _cost("gpt-4o-mini", (4000, 1000))
+    )
 
 
 def test_default_price_covers_other_models() -> None:
@@ -84,7 +86,10 @@ def test_no_tokens_is_insufficient_data() -> None:
     [
         ({"prices": {"m": {"input_per_1k": -1, "output_per_1k": 0}}}, "prices.m.input_per_1k"),
         ({"prices": {"m": {"input_per_1k": 1}}}, "prices.m.output_per_1k"),
-        ({"prices": {"m": {"input_per_1k": 1, "output_per_1k": 1, "cached": 1}}}, "prices.m.cached"),
+        (
+            {"prices": {"m": {"input_per_1k": 1, "output_per_1k": 1, "cached": 1}}},
+            "prices.m.cached",
+        ),
         ({"prices": ["gpt-4o"]}, "prices"),
         ({"default": 3}, "default"),
         ({"currency": "EUR"}, "currency"),
