@@ -45,9 +45,8 @@ class Columns:
 
     @cached_property
     def error(self) -> BoolArray:
-        return np.fromiter(
-            (status is Status.ERROR for status in self.statuses), dtype=np.bool_, count=self.size
-        )
+        error = Status.ERROR
+        return np.array([status is error for status in self.statuses], dtype=np.bool_)
 
     @cached_property
     def error_types(self) -> list[str | None]:
@@ -91,17 +90,9 @@ class Columns:
 
     @cached_property
     def score_names(self) -> tuple[str, ...]:
-        # Pages usually carry one set of score names: take the first document's names and
-        # look further only when some document has others.
-        seen: dict[str, None] = {}
-        first: object = None
-        for document in self.page:
-            keys = document.scores.keys()
-            if keys == first:
-                continue
-            first = keys
-            seen.update(dict.fromkeys(keys))
-        return tuple(sorted(seen))
+        # One C-level union over the documents' score dicts (iterating a dict yields its keys).
+        names: set[str] = set().union(*(d.scores for d in self.page))
+        return tuple(sorted(names))
 
     def score(self, name: str) -> FloatArray:
         """The score ``name`` per document; NaN where the document did not carry it."""
