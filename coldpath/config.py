@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from coldpath.exceptions import PolicyConfigError
 from coldpath.policies.base import Metric
+from coldpath.policies.text.judge import JudgeModelConfig
 from schemas.evaluation import EvaluationPolicy, MetricSpec, Thresholds
 
 DEFAULT_CATALOGUE = "coldpath.policies.catalogue:CATALOGUE"
@@ -81,6 +82,9 @@ class ColdpathSettings(BaseModel):
     # when the processor runs its simulator.
     schedule_in_process: bool | None = None
     schedule_interval_s: float = Field(default=15.0, gt=0)
+    # The Azure OpenAI deployment that judges the AI-assisted text metrics (groundedness,
+    # relevance, coherence, fluency). Without one they report `unavailable` with the reason.
+    judge: JudgeModelConfig | None = None
 
     @field_validator("policies")
     @classmethod

@@ -185,6 +185,10 @@ def metric_catalogue(settings: Settings) -> Mapping[str, Metric]:
     from coldpath.config import check_policies, load_catalogue
 
     catalogue = load_catalogue(settings.coldpath.catalogue)
+    if settings.coldpath.judge is not None:
+        from coldpath.policies.text import with_judge
+
+        catalogue = with_judge(catalogue, settings.coldpath.judge)
     check_policies(settings.coldpath.policies, catalogue)
     return catalogue
 

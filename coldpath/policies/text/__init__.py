@@ -37,6 +37,15 @@ def text_metrics(judge: JudgeModelConfig | None = None) -> dict[str, Metric]:
 
 TEXT_METRICS: Mapping[str, Metric] = text_metrics()
 
+
+def with_judge(catalogue: Mapping[str, Metric], judge: JudgeModelConfig) -> dict[str, Metric]:
+    """``catalogue`` with each AI-assisted metric judged by ``judge`` (the others as they are)."""
+    return {
+        name: type(metric)(judge) if isinstance(metric, JudgeMetric) else metric
+        for name, metric in catalogue.items()
+    }
+
+
 __all__ = [
     "TEXT_METRICS",
     "CoherenceMetric",
@@ -48,4 +57,5 @@ __all__ = [
     "RelevanceMetric",
     "RougeMetric",
     "text_metrics",
+    "with_judge",
 ]

@@ -218,3 +218,32 @@ async def test_judging_from_inside_a_running_event_loop(
 ) -> None:
     outcome = run(judge, "text.fluency", [doc(0, "[[judge:score=4]]")])
     assert outcome.values["mean"] == 4.0
+
+
+def test_a_judge_in_the_settings_reaches_the_catalogue(
+    server: JudgeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator's path: the judge comes from the environment (the key never in a file),
+    # the composition root hands it to every AI-assisted metric of the catalogue.
+    from evalstream import wiring
+    from evalstream.settings import Settings
+
+    server.reset()
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__ENDPOINT", server.endpoint)
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__DEPLOYMENT", "judge-from-env")
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__API_KEY", server.key)
+    catalogue = wiring.metric_catalogue(Settings())
+    accumulator = catalogue["text.relevance"].accumulator({"sample_size": 5}, AppConfig())
+    accumulator.add([doc(i, f"[[judge:score={i + 1}]]") for i in range(3)])
+    outcome = accumulator.finish()
+    assert outcome.status == "ok", outcome.reason
+    assert outcome.values["mean"] == pytest.approx(2.0)
+    assert {r.deployment for r in server.requests} == {"judge-from-env"}
+    assert server.key not in repr(Settings())
+
+    for name in ("ENDPOINT", "DEPLOYMENT", "API_KEY"):
+        monkeypatch.delenv(f"EVALSTREAM_COLDPATH__JUDGE__{name}")
+    without = wiring.metric_catalogue(Settings())["text.relevance"]
+    unavailable = without.accumulator({}, AppConfig())
+    unavailable.add([doc(0)])
+    assert unavailable.finish().status == "unavailable"
