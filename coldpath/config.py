@@ -56,7 +56,9 @@ DEMO_POLICY = EvaluationPolicy(
     window=timedelta(minutes=1),
     lateness=timedelta(seconds=15),
     metrics=(
-        MetricSpec(metric="latency", thresholds={"p95": _thresholds(1500.0, 3000.0)}),
+        # Above the simulator's healthy apps (p95 up to ~2.3 s), below its 4x latency
+        # regression (~5.6 s): the demo's breaches are its scripted incidents.
+        MetricSpec(metric="latency", thresholds={"p95": _thresholds(3000.0, 5000.0)}),
         MetricSpec(metric="errors", thresholds={"rate": _thresholds(0.05, 0.15)}),
     ),
     min_sample_size=20,
@@ -82,6 +84,8 @@ class ColdpathSettings(BaseModel):
     # when the processor runs its simulator.
     schedule_in_process: bool | None = None
     schedule_interval_s: float = Field(default=15.0, gt=0)
+    # How far back the in-process schedule looks for due windows when it starts.
+    schedule_catch_up: timedelta = timedelta(hours=6)
     # The Azure OpenAI deployment that judges the AI-assisted text metrics (groundedness,
     # relevance, coherence, fluency). Without one they report `unavailable` with the reason.
     judge: JudgeModelConfig | None = None

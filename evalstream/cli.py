@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -23,6 +24,9 @@ from evalstream.settings import Settings, SettingsError, load_settings
 from schemas import TelemetryEvent
 from stream.decode import split_ndjson
 from stream.exceptions import StreamError
+
+if TYPE_CHECKING:
+    from stream.simulator import Incident
 
 app = typer.Typer(
     help=(
@@ -81,7 +85,7 @@ def _settings(config: Path | None, data_dir: Path | None = None) -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _incidents(values: list[str]) -> list[object]:
+def _incidents(values: list[str]) -> list[Incident]:
     from stream.simulator import Incident
 
     try:
@@ -118,14 +122,14 @@ def process(
     Stops gracefully on SIGTERM or Ctrl-C (finishes the batch in flight and checkpoints);
     a second Ctrl-C exits at once.
     """
-    from evalstream.runtime import run_processor
+    from evalstream.runtime import SimulatorRun, run_processor
 
     logs.configure(log_level)
     settings = _settings(config, data_dir)
     if simulate and not incident:
         incident = ["latency_regression:app-001@60+120x4", "error_burst:app-002@150+60x0.3"]
     options = (
-        {"apps": apps, "rate": rate, "seed": seed, "incidents": _incidents(incident or [])}
+        SimulatorRun(apps=apps, rate=rate, seed=seed, incidents=_incidents(incident or []))
         if simulate
         else None
     )
@@ -183,11 +187,11 @@ def _partition_key(line: bytes) -> str | None:
     return app_id if isinstance(app_id, str) else None
 
 
-async def _send(settings: Settings, lines: object, batch: int) -> int:
+async def _send(settings: Settings, lines: Iterable[bytes], batch: int) -> int:
     sent = 0
     async with wiring.sink(settings) as sink:
         chunk: list[tuple[str | None, bytes]] = []
-        for line in lines:  # type: ignore[attr-defined]
+        for line in lines:
             chunk.append((_partition_key(line), line))
             if len(chunk) >= batch:
                 await sink.append(chunk)
@@ -238,7 +242,7 @@ def simulate(
         rate=rate,
         seed=seed,
         start=first or datetime.now(UTC),
-        incidents=_incidents(incident or []),  # type: ignore[arg-type]
+        incidents=_incidents(incident or []),
         invalid_fraction=invalid_fraction,
     )
     if output is not None:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 
 from alerts.ports import AlertPublisher
 from coldpath.config import DEMO_POLICY
@@ -24,7 +25,7 @@ from evalstream import wiring
 from evalstream.cli_coldpath import code_version
 from evalstream.settings import Settings
 from schemas import Breach, EvaluationPolicy
-from store.ports import TelemetryStore
+from store.ports import EvaluationStore, TelemetryStore
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,18 @@ class _Reporting:
     def __init__(self, inner: AlertPublisher, on_breach: Callable[[Breach], None] | None) -> None:
         self.inner = inner
         self.on_breach = on_breach
+
+    async def __aenter__(self) -> _Reporting:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.inner.__aexit__(exc_type, exc, tb)
 
     async def publish(self, breaches: Sequence[Breach]) -> None:
         await self.inner.publish(breaches)
@@ -83,27 +96,21 @@ async def run_schedule(
         runner = ShardRunner(
             telemetry=telemetry,
             evaluations=evaluations,
-            publisher=_Reporting(publisher, on_breach),  # type: ignore[arg-type]
+            publisher=_Reporting(publisher, on_breach),
             catalogue=catalogue,
             apps=settings.apps,
             page_size=settings.coldpath.page_size,
         )
         executor = InlineExecutor(runner)
+        # Per policy, where the next pass starts looking for due windows: windows missed while
+        # the processor was down are caught up (within ``schedule_catch_up``), and each window
+        # is planned once per process rather than on every pass.
+        started = datetime.now(UTC) - settings.coldpath.schedule_catch_up
+        cursors = {policy.name: started for policy in policies}
         while not stop.is_set():
             try:
-                manifests = await plan(
-                    policies,
-                    WindowChoice(),
-                    evaluations,
-                    now=datetime.now(UTC),
-                    group_size=settings.coldpath.group_size,
-                    code_version=code_version(),
-                )
-                for report in await submit(manifests, evaluations, executor):
-                    for index, error in report.failed.items():
-                        on_status(
-                            f"cold path: shard {index} of {report.manifest_id} failed: {error}"
-                        )
+                for policy in policies:
+                    await _evaluate_due(policy, cursors, evaluations, executor, settings, on_status)
             except asyncio.CancelledError:
                 raise
             except EvalstreamError as exc:
@@ -111,3 +118,28 @@ async def run_schedule(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.coldpath.schedule_interval_s):
                     await stop.wait()
+
+
+async def _evaluate_due(
+    policy: EvaluationPolicy,
+    cursors: dict[str, datetime],
+    evaluations: EvaluationStore,
+    executor: InlineExecutor,
+    settings: Settings,
+    on_status: Callable[[str], None],
+) -> None:
+    now = datetime.now(UTC)
+    choice = WindowChoice(last=False, range_start=cursors[policy.name], range_end=now)
+    manifests = await plan(
+        [policy],
+        choice,
+        evaluations,
+        now=now,
+        group_size=settings.coldpath.group_size,
+        code_version=code_version(),
+    )
+    for report in await submit(manifests, evaluations, executor):
+        for index, error in report.failed.items():
+            on_status(f"cold path: shard {index} of {report.manifest_id} failed: {error}")
+    if manifests:
+        cursors[policy.name] = manifests[-1].window.end

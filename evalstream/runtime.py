@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from evalstream import coldpath_schedule, wiring
@@ -24,6 +25,18 @@ logger = logging.getLogger(__name__)
 
 # Appends per second while pacing the simulator: small enough to look continuous.
 PACE_TICKS_PER_S = 20
+
+
+@dataclass(frozen=True)
+class SimulatorRun:
+    """What ``process --simulate`` asks of the in-process traffic simulator."""
+
+    apps: int
+    rate: float
+    seed: int
+    incidents: Sequence[Incident] = ()
+    invalid_fraction: float = 0.0
+    count: int | None = None
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
@@ -79,7 +92,7 @@ async def run_processor(
     *,
     ingest: bool,
     ingest_port: int | None,
-    simulate: dict[str, object] | None,
+    simulate: SimulatorRun | None,
     until_idle_s: float | None,
     on_status: Callable[[str], None],
     on_breach: Callable[[Breach], None] | None = None,
@@ -130,26 +143,24 @@ async def run_processor(
 
 
 async def _simulate(
-    options: dict[str, object],
+    run: SimulatorRun,
     sink: EventSink,
     stop: asyncio.Event,
     on_status: Callable[[str], None],
 ) -> None:
-    rate = float(options["rate"])  # type: ignore[arg-type]
-    incidents: Sequence[Incident] = options.get("incidents") or ()  # type: ignore[assignment]
     simulator = Simulator(
-        apps=int(options["apps"]),  # type: ignore[call-overload]
-        rate=rate,
-        seed=int(options["seed"]),  # type: ignore[call-overload]
+        apps=run.apps,
+        rate=run.rate,
+        seed=run.seed,
         start=datetime.now(UTC),
-        incidents=incidents,
-        invalid_fraction=float(options.get("invalid_fraction", 0.0)),  # type: ignore[arg-type]
+        incidents=run.incidents,
+        invalid_fraction=run.invalid_fraction,
     )
     on_status(
-        f"simulator: {len(simulator.app_ids)} apps at {rate:g} events/s"
-        + "".join(f"; incident {incident}" for incident in incidents)
+        f"simulator: {len(simulator.app_ids)} apps at {run.rate:g} events/s"
+        + "".join(f"; incident {incident}" for incident in run.incidents)
     )
-    await pace_simulator(simulator, sink, rate, stop, options.get("count"))  # type: ignore[arg-type]
+    await pace_simulator(simulator, sink, run.rate, stop, run.count)
 
 
 async def _stop_when_idle(stats: ProcessorStats, idle_s: float, stop: asyncio.Event) -> None:
