@@ -365,12 +365,23 @@ def _describe(thresholds: Thresholds | None) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+# Values a row shows beside the judged ones; breakdowns (``rate.timeout``) only with --json.
+HEADLINE_VALUES = 5
+
+
 def _values(result: EvaluationResult) -> str:
-    shown = []
-    for name, value in sorted(result.values.items()):
+    judged = sorted(name for name in result.values if name in result.thresholds)
+    headline = sorted(name for name in result.values if "." not in name and name not in judged)
+    shown = [*judged, *headline[:HEADLINE_VALUES]]
+    texts = []
+    for name in shown:
+        value = result.values[name]
         text = "—" if value is None else f"{value:.4g}"
-        shown.append(f"{name}={text}{_describe(result.thresholds.get(name))}")
-    return "; ".join(shown)
+        texts.append(f"{name}={text}{_describe(result.thresholds.get(name))}")
+    hidden = len(result.values) - len(shown)
+    if hidden:
+        texts.append(f"+{hidden} more (--json)")
+    return "; ".join(texts)
 
 
 STATUS_STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
