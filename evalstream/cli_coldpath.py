@@ -68,7 +68,12 @@ PolicyOption = Annotated[
     ),
 ]
 ExecutorOption = Annotated[
-    str, typer.Option("--executor", help="Where shards run: local (a process per shard).")
+    str,
+    typer.Option(
+        "--executor",
+        help="Where shards run: local (a process per shard here) or batch (a task per shard "
+        "in an Azure Batch job named after the manifest; settings azure.batch).",
+    ),
 ]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
@@ -168,7 +173,10 @@ async def _trigger(
     rerun: bool,
     wait: bool,
 ) -> list[JobReport]:
-    executor = wiring.executor(settings, executor_name, console)
+    try:
+        executor = wiring.executor(settings, executor_name, console, follow=wait)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
     async with wiring.evaluation_store(settings) as store:
         manifests = await plan(
             policies,
@@ -185,8 +193,9 @@ async def _trigger(
                 f"manifest {manifest.id} run {manifest.run}: {manifest.window.key}, "
                 f"{len(manifest.units)} units ({pending} pending) in {manifest.shard_count} shards"
             )
-        if not wait:
+        if not wait and executor_name == "local":
             return []
+        # Batch without --wait: the jobs are submitted and left running.
         return await submit(manifests, store, executor)
 
 
@@ -216,7 +225,8 @@ def trigger(
         typer.Option(
             "--wait/--no-wait",
             help="Run the shards and follow them to completion; --no-wait only stages the "
-            "manifests (run them later with run-shard or another trigger).",
+            "manifests (run them later with run-shard or another trigger), or with --executor "
+            "batch submits the jobs without following them.",
         ),
     ] = True,
     config: ConfigOption = None,
@@ -274,8 +284,21 @@ async def _load_manifest(settings: Settings, reference: str) -> JobManifest:
     return manifest
 
 
-async def _run_shard(settings: Settings, reference: str, group_index: int) -> int:
-    manifest = await _load_manifest(settings, reference)
+async def _run_shard(
+    settings: Settings, reference: str | None, url: str | None, group_index: int
+) -> int:
+    if url is not None:
+        from coldpath.executors.blob_staging import fetch_manifest
+
+        manifest = await fetch_manifest(url)
+        if reference is not None and reference != manifest.id:
+            raise ManifestNotFound(
+                f"the manifest at --manifest-url is {manifest.id}, not {reference}"
+            )
+    elif reference is not None:
+        manifest = await _load_manifest(settings, reference)
+    else:
+        raise ManifestNotFound("give --manifest or --manifest-url")
     catalogue = wiring.metric_catalogue(settings)
     async with (
         wiring.store(settings) as telemetry,
@@ -296,10 +319,19 @@ async def _run_shard(settings: Settings, reference: str, group_index: int) -> in
 
 @coldpath_app.command("run-shard")
 def run_shard(
-    manifest: Annotated[
-        str, typer.Option("--manifest", help="Staged manifest id, or a manifest JSON file.")
-    ],
     group_index: Annotated[int, typer.Option("--group-index", help="Shard number, from 0.")],
+    manifest: Annotated[
+        str | None,
+        typer.Option("--manifest", help="Staged manifest id, or a manifest JSON file."),
+    ] = None,
+    manifest_url: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest-url",
+            help="Blob URL of the manifest (what Batch tasks get; a SAS URL, or read with the "
+            "node's managed identity).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = "WARNING",
@@ -309,7 +341,7 @@ def run_shard(
     logs.configure(log_level)
     settings = load(config, data_dir)
     try:
-        evaluated = _run(_run_shard(settings, manifest, group_index))
+        evaluated = _run(_run_shard(settings, manifest, manifest_url, group_index))
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"shard {group_index}: {evaluated} units evaluated")
