@@ -17,10 +17,18 @@ from typing import Any
 import pytest
 
 from coldpath.executors.batch import BatchExecutor, batch_client
+from coldpath.executors.batch_status import TaskRecord
+from coldpath.executors.inline import InlineExecutor
+from coldpath.ports import JobReport
+from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan
 from evalstream import wiring
 from evalstream.cli_coldpath import code_version
+from evalstream.settings import Settings
+from schemas import JobManifest
+from store.cosmos import CosmosStore
 from tests.emulators.batch_fixtures import BatchServer
+from tests.emulators.fault_proxy import FaultProxy
 from tests.integration.coldpath.batch_harness import (
     START,
     AzureColdpath,
@@ -28,6 +36,7 @@ from tests.integration.coldpath.batch_harness import (
     documents,
     ensure_pool,
 )
+from tests.unit.coldpath.fakes import CATALOGUE, RecordingPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -40,7 +49,7 @@ def cold(
 ) -> Iterator[AzureColdpath]:
     asyncio.run(ensure_pool(batch_server))
     harness = AzureColdpath(tmp_path, cosmos_server, amqp_broker, azurite, batch_server)
-    harness.group_size = 4
+    harness.group_size = 6
     harness.apps = 6
     yield harness
     asyncio.run(harness.drop())
@@ -125,3 +134,117 @@ def test_a_second_run_of_a_manifest_finds_its_job(cold: AzureColdpath) -> None:
     assert first.ok and second.ok
     assert first.succeeded == second.succeeded == (0, 1)
     assert tasks == ["shard-000000", "shard-000001"]
+
+
+UNIT_DONE = r"coldpath\.runner: unit \S+ done"
+
+
+async def _plan_one(settings: Settings) -> JobManifest:
+    async with wiring.evaluation_store(settings) as store:
+        (manifest,) = await plan(
+            settings.coldpath.policies,
+            WindowChoice(last=False, range_start=START, range_end=START + timedelta(hours=1)),
+            store,
+            now=START + timedelta(days=1),
+            group_size=settings.coldpath.group_size,
+            code_version=code_version(),
+        )
+    return manifest
+
+
+async def _reference(cold: AzureColdpath, settings: Settings, manifest: JobManifest) -> Any:
+    """The same manifest evaluated in this process, uninterrupted, breaches recorded."""
+    publisher = RecordingPublisher()
+    async with (
+        CosmosStore(cold.cosmos.endpoint, cold.cosmos.key, database=cold.name) as telemetry,
+        cold.evaluation_store("reference") as evaluations,
+    ):
+        runner = ShardRunner(
+            telemetry=telemetry,
+            evaluations=evaluations,
+            publisher=publisher,
+            catalogue=CATALOGUE,
+            apps=settings.apps,
+        )
+        report = await InlineExecutor(runner).run(manifest)
+    assert report.ok
+    return publisher
+
+
+def test_kills_preemptions_and_transient_errors_change_nothing(
+    cold: AzureColdpath, cosmos_fault_proxy: FaultProxy
+) -> None:
+    cold.apps, cold.group_size = 8, 3
+    cold.cosmos_endpoint = cosmos_fault_proxy.endpoint  # the tasks' way to Cosmos
+    asyncio.run(cold.seed(documents(cold.name, apps=8, hours=1)))
+    settings = cold.settings("faults")
+    manifest = asyncio.run(_plan_one(settings))
+    assert manifest.shard_count == 6
+    reference = asyncio.run(_reference(cold, settings, manifest))
+    assert reference.published
+
+    batch, job = cold.batch, manifest.id
+    batch.reset_faults()
+    # Six points: tasks killed or their node preempted after their 1st or 2nd unit was done,
+    # shard 0 twice (its retry is killed again).
+    batch.kill_task(job, task="shard-000000", pattern=UNIT_DONE, after_lines=1)
+    batch.kill_task(job, task="shard-000000", pattern=UNIT_DONE, after_lines=1)
+    batch.kill_task(job, task="shard-000001", pattern=UNIT_DONE, after_lines=2, preempt=True)
+    batch.kill_task(job, task="shard-000002", pattern=UNIT_DONE, after_lines=1, preempt=True)
+    batch.kill_task(job, task="shard-000003", pattern=UNIT_DONE, after_lines=2)
+    batch.kill_task(job, task="shard-000004", pattern=UNIT_DONE, after_lines=1, preempt=True)
+    batch.reject_collections_over(2_000)
+    batch.fail_requests(500, 1, match=r"/jobs$", method="POST")
+    batch.fail_requests(503, 2, match="addtaskcollection")
+    batch.fail_requests(429, 1, match=f"/jobs/{job}$", method="GET", retry_after_s=1)
+    cosmos_fault_proxy.throttle(4, methods={"POST"})
+    cosmos_fault_proxy.unavailable(1)
+
+    async def run() -> tuple[JobReport, list[TaskRecord]]:
+        executor = wiring.executor(settings, "batch")
+        assert isinstance(executor, BatchExecutor)
+        report = await executor.run(manifest)
+        assert executor.last_submit.split == 1 and executor.last_submit.tasks_added == 6
+        async with batch_client(settings.azure.batch) as client:
+            return report, await executor.records(client, job)
+
+    report, tasks = asyncio.run(run())
+    assert report.ok, report.failed
+    stats = batch.stats()
+    assert stats["pending_kills"] == 0
+    assert stats["injected"] == {
+        "kill": 3,
+        "preempt": 3,
+        "collection_size": 1,
+        "http_500": 1,
+        "http_503": 2,
+        "http_429": 1,
+    }
+    assert sum(t.retries for t in tasks) == 3 and sum(t.requeues for t in tasks) == 3
+    assert cosmos_fault_proxy.injected("throttle") == 4
+    assert cosmos_fault_proxy.injected("unavailable") == 1
+
+    results = asyncio.run(cold.results("faults"))
+    assert len(results) == 8 * 3 == len({r.id for r in results})
+    assert comparable(results) == comparable(asyncio.run(cold.results("reference")))
+    # Every publish the topic received, duplicates included: each breach exactly once.
+    assert cold.publishes("faults") == (len(reference.published), 0)
+    assert cold.breach_ids("faults") == sorted(reference.published)
+
+
+def test_a_task_that_always_fails_ends_failed_with_its_error(cold: AzureColdpath) -> None:
+    cold.apps, cold.group_size = 2, 4
+    asyncio.run(cold.seed(documents(cold.name, apps=2, hours=1)))
+    settings = cold.settings("failing", EVALSTREAM_COLDPATH__CATALOGUE="missing.module:CATALOGUE")
+    batch_settings = settings.azure.batch.model_copy(update={"max_task_retry_count": 1})
+    settings = settings.model_copy(
+        update={"azure": settings.azure.model_copy(update={"batch": batch_settings})}
+    )
+    manifest = asyncio.run(_plan_one(settings))
+
+    report = asyncio.run(wiring.executor(settings, "batch").run(manifest))
+
+    assert not report.ok and report.succeeded == ()
+    (error,) = report.failed.values()
+    assert "task shard-000000 failed (exit code 2, 1 retries, 0 requeues)" in error
+    assert "coldpath.catalogue: cannot load 'missing.module:CATALOGUE'" in error
