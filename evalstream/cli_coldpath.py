@@ -46,6 +46,13 @@ coldpath_app = typer.Typer(
 )
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+
+def _register_groups() -> None:
+    from evalstream.cli_pool import pool_app
+
+    coldpath_app.add_typer(pool_app, name="pool")
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -362,14 +369,66 @@ async def _status(
         return [(manifest, await pending_units(manifest, store)) for manifest in manifests]
 
 
+def _batch_status(settings: Settings, job: str, metrics: bool) -> None:
+    from coldpath.executors.batch import batch_client
+
+    executor = wiring.batch_executor(settings)
+
+    async def read() -> Any:
+        async with batch_client(settings.azure.batch) as client:
+            return await executor.status(client, job)
+
+    figures = _run(read())
+    if metrics:
+        for name, value in figures.metrics().items():
+            typer.echo(f'{name}{{job="{job}"}} {value:g}')
+        return
+    table = Table("job", "state", "active", "running", "succeeded", "failed", "retries", "requeues")
+    table.add_row(
+        job,
+        figures.state,
+        str(figures.by_state.get("active", 0)),
+        str(figures.by_state.get("running", 0)),
+        str(figures.succeeded),
+        str(figures.failed),
+        str(figures.retries),
+        str(figures.requeues),
+    )
+    Console().print(table)
+
+    def shown(values: dict[int, float]) -> str:
+        return ", ".join(f"p{p} {v:.2f} s" for p, v in values.items()) or "—"
+
+    typer.echo(f"queue latency (created → started): {shown(dict(figures.queue_latency_s))}")
+    typer.echo(f"run time: {shown(dict(figures.run_time_s))}")
+    typer.echo(f"failure rate: {figures.failure_rate:.1%}")
+    for task in figures.failed_tasks:
+        typer.echo(f"failed: {task.task_id} exit code {task.exit_code}: {task.failure}")
+
+
 @coldpath_app.command()
 def status(
+    job: Annotated[
+        str | None,
+        typer.Argument(help="A Batch job (a manifest id): its tasks' figures.", show_default=False),
+    ] = None,
     policy: PolicyOption = None,
+    metrics: Annotated[
+        bool, typer.Option("--metrics", help="With JOB: the figures as metric lines.")
+    ] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Show each policy's latest due window: its manifest and how many units are done."""
+    """Show each policy's latest due window: its manifest and how many units are done; or,
+    given a Batch JOB, its tasks by state, retries, queue latency and run time percentiles and
+    failure rate."""
     settings = load(config, data_dir)
+    if job is not None:
+        try:
+            _batch_status(settings, job, metrics)
+        except SettingsError as exc:
+            raise _fail(str(exc)) from exc
+        return
     table = Table("window", "policies", "manifest", "units", "done", "shards")
     for manifest, pending in _run(_status(settings, _policies(settings, policy))):
         table.add_row(
@@ -441,3 +500,6 @@ def evaluations(
             _values(result) or result.reason,
         )
     Console().print(table)
+
+
+_register_groups()

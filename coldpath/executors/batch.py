@@ -102,7 +102,7 @@ def batch_client(settings: BatchSettings) -> BatchClient:
     return BatchClient(settings.account_url, credential, retry_total=0)
 
 
-def _text(value: object) -> str:
+def wire_text(value: object) -> str:
     """An SDK enum member (a str subclass) or a plain string as its wire value."""
     return str(value.value) if isinstance(value, Enum) else str(value)
 
@@ -195,7 +195,7 @@ class BatchExecutor:
             except ResourceExistsError:
                 job = await client.get_job(manifest.id)
                 logger.info("job %s exists (%s): re-using it", manifest.id, job.state)
-                return _text(job.state)
+                return wire_text(job.state)
             except AzureError as exc:
                 raise map_error(exc, f"creating job {manifest.id}") from exc
             logger.info("job %s created for %s", manifest.id, manifest.window.key)
@@ -352,7 +352,7 @@ class BatchExecutor:
                 lambda: client.get_job_task_counts(job_id), f"reading task counts of {job_id}"
             )
             done = counts.task_counts.completed
-            if _text(state.state) in BATCH_DONE or (
+            if wire_text(state.state) in BATCH_DONE or (
                 done >= manifest.shard_count
                 and counts.task_counts.active == 0
                 and counts.task_counts.running == 0
@@ -417,7 +417,7 @@ class BatchExecutor:
 
     async def status(self, client: BatchClient, job_id: str) -> JobStatus:
         job = await self._call(lambda: client.get_job(job_id), f"reading job {job_id}")
-        return job_status(job_id, _text(job.state), await self.records(client, job_id))
+        return job_status(job_id, wire_text(job.state), await self.records(client, job_id))
 
     async def _call(self, operation: Callable[[], Awaitable[Any]], what: str) -> Any:
         async def attempt() -> Any:
@@ -436,8 +436,8 @@ def _record(task: models.BatchTask) -> TaskRecord:
         failure = f"{info.failure_info.code}: {info.failure_info.message}"
     return TaskRecord(
         task_id=task.id,
-        state=_text(task.state),
-        result=_text(info.result) if info is not None and info.result is not None else None,
+        state=wire_text(task.state),
+        result=wire_text(info.result) if info is not None and info.result is not None else None,
         created=task.creation_time,
         started=info.start_time if info is not None else None,
         ended=info.end_time if info is not None else None,

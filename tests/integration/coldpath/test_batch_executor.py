@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from coldpath.executors.batch import BatchExecutor, batch_client
-from coldpath.executors.batch_status import TaskRecord
+from coldpath.executors.batch_status import TaskRecord, job_status
 from coldpath.executors.inline import InlineExecutor
 from coldpath.ports import JobReport
 from coldpath.runner import ShardRunner
@@ -220,7 +220,9 @@ def test_kills_preemptions_and_transient_errors_change_nothing(
         "http_503": 2,
         "http_429": 1,
     }
-    assert sum(t.retries for t in tasks) == 3 and sum(t.requeues for t in tasks) == 3
+    figures = job_status(job, "completed", tasks)
+    assert (figures.retries, figures.requeues, figures.failure_rate) == (3, 3, 0.0)
+    assert figures.succeeded == 6 and set(figures.run_time_s) == {50, 90, 99}
     assert cosmos_fault_proxy.injected("throttle") == 4
     assert cosmos_fault_proxy.injected("unavailable") == 1
 
@@ -248,3 +250,15 @@ def test_a_task_that_always_fails_ends_failed_with_its_error(cold: AzureColdpath
     (error,) = report.failed.values()
     assert "task shard-000000 failed (exit code 2, 1 retries, 0 requeues)" in error
     assert "coldpath.catalogue: cannot load 'missing.module:CATALOGUE'" in error
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "evalstream", "coldpath", "status", manifest.id],
+        env={**os.environ, **cold.trigger_env("failing")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "failure rate: 100.0%" in shown.stdout
+    assert "failed: shard-000000 exit code 2: FailureExitCode" in shown.stdout
