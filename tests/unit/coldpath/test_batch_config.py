@@ -3,13 +3,17 @@ server's formula evaluator) and job status figures."""
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from coldpath.executors.batch_config import MAX_FORMULA_BYTES, PoolSettings, autoscale_formula
 from coldpath.executors.batch_status import TaskRecord, job_status, percentiles
+from evalstream.settings import load_settings
 from tests.emulators.batch import autoscale
 
 
@@ -72,3 +76,16 @@ def test_job_status_figures() -> None:
     assert status.run_time_s == {50: 20.0, 90: 30.0, 99: 30.0}
     assert status.metrics()["coldpath_batch_failure_rate"] == pytest.approx(1 / 3)
     assert percentiles([]) == {}
+
+
+def test_the_docs_batch_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("EVALSTREAM_")]:
+        monkeypatch.delenv(key)
+    docs = Path(__file__).resolve().parents[3] / "docs" / "azure.md"
+    (example,) = re.findall(r"```toml batch\n(.*?)```", docs.read_text(), flags=re.DOTALL)
+    config = tmp_path / "batch.toml"
+    config.write_text(example)
+    batch = load_settings(config=config).azure.batch
+    assert batch.max_wall_clock_time == timedelta(hours=1)
+    assert batch.pool.effective_spot_share == 0.0 and batch.pool.scheduling == "pack"
+    assert batch.environment["EVALSTREAM_BACKEND"].get_secret_value() == "azure"
