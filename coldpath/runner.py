@@ -142,6 +142,13 @@ class ShardRunner:
                     done_at=self.clock(),
                 )
             )
+            # After the progress mark: a task killed from here on skips this unit when retried.
+            logger.info(
+                "unit %s/%s done",
+                unit.app_id,
+                unit.policy,
+                extra={"manifest_id": manifest.id, "group_index": group_index},
+            )
             outcomes.append(outcome)
         return outcomes
 

@@ -46,6 +46,13 @@ coldpath_app = typer.Typer(
 )
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+
+def _register_groups() -> None:
+    from evalstream.cli_pool import pool_app
+
+    coldpath_app.add_typer(pool_app, name="pool")
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -68,7 +75,12 @@ PolicyOption = Annotated[
     ),
 ]
 ExecutorOption = Annotated[
-    str, typer.Option("--executor", help="Where shards run: local (a process per shard).")
+    str,
+    typer.Option(
+        "--executor",
+        help="Where shards run: local (a process per shard here) or batch (a task per shard "
+        "in an Azure Batch job named after the manifest; settings azure.batch).",
+    ),
 ]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
@@ -168,7 +180,10 @@ async def _trigger(
     rerun: bool,
     wait: bool,
 ) -> list[JobReport]:
-    executor = wiring.executor(settings, executor_name, console)
+    try:
+        executor = wiring.executor(settings, executor_name, console, follow=wait)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
     async with wiring.evaluation_store(settings) as store:
         manifests = await plan(
             policies,
@@ -185,8 +200,9 @@ async def _trigger(
                 f"manifest {manifest.id} run {manifest.run}: {manifest.window.key}, "
                 f"{len(manifest.units)} units ({pending} pending) in {manifest.shard_count} shards"
             )
-        if not wait:
+        if not wait and executor_name == "local":
             return []
+        # Batch without --wait: the jobs are submitted and left running.
         return await submit(manifests, store, executor)
 
 
@@ -216,7 +232,8 @@ def trigger(
         typer.Option(
             "--wait/--no-wait",
             help="Run the shards and follow them to completion; --no-wait only stages the "
-            "manifests (run them later with run-shard or another trigger).",
+            "manifests (run them later with run-shard or another trigger), or with --executor "
+            "batch submits the jobs without following them.",
         ),
     ] = True,
     config: ConfigOption = None,
@@ -274,8 +291,21 @@ async def _load_manifest(settings: Settings, reference: str) -> JobManifest:
     return manifest
 
 
-async def _run_shard(settings: Settings, reference: str, group_index: int) -> int:
-    manifest = await _load_manifest(settings, reference)
+async def _run_shard(
+    settings: Settings, reference: str | None, url: str | None, group_index: int
+) -> int:
+    if url is not None:
+        from coldpath.executors.blob_staging import fetch_manifest
+
+        manifest = await fetch_manifest(url)
+        if reference is not None and reference != manifest.id:
+            raise ManifestNotFound(
+                f"the manifest at --manifest-url is {manifest.id}, not {reference}"
+            )
+    elif reference is not None:
+        manifest = await _load_manifest(settings, reference)
+    else:
+        raise ManifestNotFound("give --manifest or --manifest-url")
     catalogue = wiring.metric_catalogue(settings)
     async with (
         wiring.store(settings) as telemetry,
@@ -296,10 +326,19 @@ async def _run_shard(settings: Settings, reference: str, group_index: int) -> in
 
 @coldpath_app.command("run-shard")
 def run_shard(
-    manifest: Annotated[
-        str, typer.Option("--manifest", help="Staged manifest id, or a manifest JSON file.")
-    ],
     group_index: Annotated[int, typer.Option("--group-index", help="Shard number, from 0.")],
+    manifest: Annotated[
+        str | None,
+        typer.Option("--manifest", help="Staged manifest id, or a manifest JSON file."),
+    ] = None,
+    manifest_url: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest-url",
+            help="Blob URL of the manifest (what Batch tasks get; a SAS URL, or read with the "
+            "node's managed identity).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = "WARNING",
@@ -309,7 +348,7 @@ def run_shard(
     logs.configure(log_level)
     settings = load(config, data_dir)
     try:
-        evaluated = _run(_run_shard(settings, manifest, group_index))
+        evaluated = _run(_run_shard(settings, manifest, manifest_url, group_index))
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"shard {group_index}: {evaluated} units evaluated")
@@ -330,14 +369,66 @@ async def _status(
         return [(manifest, await pending_units(manifest, store)) for manifest in manifests]
 
 
+def _batch_status(settings: Settings, job: str, metrics: bool) -> None:
+    from coldpath.executors.batch import batch_client
+
+    executor = wiring.batch_executor(settings)
+
+    async def read() -> Any:
+        async with batch_client(settings.azure.batch) as client:
+            return await executor.status(client, job)
+
+    figures = _run(read())
+    if metrics:
+        for name, value in figures.metrics().items():
+            typer.echo(f'{name}{{job="{job}"}} {value:g}')
+        return
+    table = Table("job", "state", "active", "running", "succeeded", "failed", "retries", "requeues")
+    table.add_row(
+        job,
+        figures.state,
+        str(figures.by_state.get("active", 0)),
+        str(figures.by_state.get("running", 0)),
+        str(figures.succeeded),
+        str(figures.failed),
+        str(figures.retries),
+        str(figures.requeues),
+    )
+    Console().print(table)
+
+    def shown(values: dict[int, float]) -> str:
+        return ", ".join(f"p{p} {v:.2f} s" for p, v in values.items()) or "—"
+
+    typer.echo(f"queue latency (created → started): {shown(dict(figures.queue_latency_s))}")
+    typer.echo(f"run time: {shown(dict(figures.run_time_s))}")
+    typer.echo(f"failure rate: {figures.failure_rate:.1%}")
+    for task in figures.failed_tasks:
+        typer.echo(f"failed: {task.task_id} exit code {task.exit_code}: {task.failure}")
+
+
 @coldpath_app.command()
 def status(
+    job: Annotated[
+        str | None,
+        typer.Argument(help="A Batch job (a manifest id): its tasks' figures.", show_default=False),
+    ] = None,
     policy: PolicyOption = None,
+    metrics: Annotated[
+        bool, typer.Option("--metrics", help="With JOB: the figures as metric lines.")
+    ] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Show each policy's latest due window: its manifest and how many units are done."""
+    """Show each policy's latest due window: its manifest and how many units are done; or,
+    given a Batch JOB, its tasks by state, retries, queue latency and run time percentiles and
+    failure rate."""
     settings = load(config, data_dir)
+    if job is not None:
+        try:
+            _batch_status(settings, job, metrics)
+        except SettingsError as exc:
+            raise _fail(str(exc)) from exc
+        return
     table = Table("window", "policies", "manifest", "units", "done", "shards")
     for manifest, pending in _run(_status(settings, _policies(settings, policy))):
         table.add_row(
@@ -420,3 +511,6 @@ def evaluations(
             _values(result) or result.reason,
         )
     Console().print(table)
+
+
+_register_groups()

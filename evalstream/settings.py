@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from coldpath.config import ColdpathSettings
+from coldpath.executors.batch_config import BatchSettings
 from schemas import AppDirectory
 
 DEFAULT_DATA_DIR = Path("var/evalstream")
@@ -165,6 +166,8 @@ class AzureSettings(BaseModel):
     eventhubs: EventHubsSettings = Field(default_factory=EventHubsSettings)
     cosmos: CosmosSettings = Field(default_factory=CosmosSettings)
     servicebus: ServiceBusSettings = Field(default_factory=ServiceBusSettings)
+    # The cold path's Batch executor and pool (`coldpath trigger --executor batch`).
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
 
 class Settings(BaseSettings):

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -18,6 +19,7 @@ from coldpath.policies.base import Metric
 from coldpath.ports import Executor
 from evalstream import logs
 from evalstream.settings import Settings, SettingsError
+from schemas import JobManifest
 from store.ports import EvaluationStore, TelemetryStore
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
@@ -26,6 +28,9 @@ from stream.local_log import SOURCE_NAME, LocalLogSink, LocalLogSource
 from stream.pipeline import BreachPublisher, HotPathFactory, Pipeline
 from stream.ports import EventSink, EventSource
 from stream.stats import ProcessorStats
+
+if TYPE_CHECKING:
+    from coldpath.executors.batch import BatchExecutor
 
 USER_HASH_KEY_FILE = "user-hash.key"
 
@@ -206,10 +211,15 @@ def shard_command(settings: Settings) -> Callable[[str, int], list[str]]:
     return command
 
 
-def executor(settings: Settings, name: str, console: Console | None = None) -> Executor:
-    """The cold-path executor named ``name`` (``local``)."""
+def executor(
+    settings: Settings, name: str, console: Console | None = None, *, follow: bool = True
+) -> Executor:
+    """The cold-path executor named ``name``: ``local`` (a process per shard here) or ``batch``
+    (a Batch job per manifest; ``follow`` waits for it and reports failed shards)."""
+    if name == "batch":
+        return batch_executor(settings, follow=follow)
     if name != "local":
-        raise SettingsError(f"--executor: {name!r} is not available (known: local)")
+        raise SettingsError(f"--executor: {name!r} is not available (known: local, batch)")
     from coldpath.executors.local import LocalExecutor
     from common.retry import Backoff
 
@@ -222,3 +232,19 @@ def executor(settings: Settings, name: str, console: Console | None = None) -> E
     return LocalExecutor(
         shard_command(settings), workers=cold.worker_count, backoff=backoff, console=console
     )
+
+
+def batch_executor(settings: Settings, *, follow: bool = True) -> BatchExecutor:
+    """The Azure Batch executor, staging manifests in the configured Blob container."""
+    from coldpath.executors.batch import BatchExecutor
+    from coldpath.executors.blob_staging import BlobStaging
+
+    batch = settings.azure.batch
+    if not batch.account_url:
+        raise SettingsError("azure.batch.account_url: required by --executor batch")
+
+    async def stage(manifest: JobManifest) -> str:
+        async with BlobStaging(batch.staging) as staging:
+            return await staging.stage(manifest)
+
+    return BatchExecutor(batch, stage=stage, follow=follow)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +34,68 @@ class BatchServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    # -- faults (tests/emulators/batch/faults.py) ------------------------------------------
+
+    def _control(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - the local test server
+            f"{self.url}/_test/{path}", data=data, method=method
+        )
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read() or b"null")
+
+    def fail_requests(
+        self,
+        status: int,
+        count: int,
+        *,
+        match: str = ".*",
+        method: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        """Answer the next `count` matching requests with `status` (503, 500, 429...)."""
+        fault: dict[str, object] = {"status": status, "count": count, "match": match}
+        if method is not None:
+            fault["method"] = method
+        if retry_after_s is not None:
+            fault["retry_after_s"] = retry_after_s
+        self._control("POST", "faults/http", fault)
+
+    def kill_task(
+        self,
+        job: str,
+        *,
+        pattern: str,
+        after_lines: int = 1,
+        task: str | None = None,
+        preempt: bool = False,
+    ) -> None:
+        """SIGKILL a task of `job` once an attempt wrote `after_lines` stderr lines matching
+        `pattern`: retried as a failure, or requeued as a preempted node's task."""
+        fault: dict[str, object] = {
+            "job": job,
+            "pattern": pattern,
+            "after_lines": after_lines,
+            "preempt": preempt,
+        }
+        if task is not None:
+            fault["task"] = task
+        self._control("POST", "faults/kill", fault)
+
+    def reject_collections_over(self, max_bytes: int, count: int = 1) -> None:
+        """Refuse the next `count` task collections above `max_bytes` with 413."""
+        self._control("POST", "faults/collection_size", {"max_bytes": max_bytes, "count": count})
+
+    def reset_faults(self) -> None:
+        """Drop pending faults and zero the request and fault counters."""
+        self._control("DELETE", "faults")
+
+    def stats(self) -> dict[str, Any]:
+        """``requests`` per route, ``injected`` per fault kind, ``pending_kills``."""
+        stats: dict[str, Any] = self._control("GET", "stats")
+        return stats
 
 
 def start_batch(work_dir: Path, log_dir: Path, *, max_concurrency: int = 8) -> ServerProcess:

@@ -67,6 +67,8 @@ class Task:
     process: asyncio.subprocess.Process | None = None
     runner: asyncio.Task[None] | None = None
     killed_reason: str | None = None
+    # The current attempt ends because its node was preempted (a fault): requeue, no retry.
+    preempted: bool = False
 
     @property
     def id(self) -> str:

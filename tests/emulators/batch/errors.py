@@ -15,6 +15,8 @@ class BatchServiceError(Exception):
     code: str
     message: str
     values: dict[str, str] = field(default_factory=dict)
+    # Sent as the Retry-After header (throttling faults).
+    retry_after_s: int | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"

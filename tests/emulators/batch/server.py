@@ -2,8 +2,9 @@
 
 Operations: pools create/get/enable autoscale/evaluate autoscale; jobs create/get/list/
 terminate/delete/task counts; tasks create/create collection (``addtaskcollection``)/list/get;
-task files list/properties/download. Requests need an ``api-version`` and, unless the server
-was started without a key, a valid SharedKey signature (``AzureNamedKeyCredential``).
+task files list/properties/download. Test controls under ``/_test/`` inject faults and count
+requests (tests/emulators/batch/faults.py). Requests need an ``api-version`` and, unless the
+server was started without a key, a valid SharedKey signature (``AzureNamedKeyCredential``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp import web
 from tests.emulators.batch.auth import check_shared_key
 from tests.emulators.batch.entities import MAX_COLLECTION_BYTES, Json
 from tests.emulators.batch.errors import BatchServiceError, not_found
+from tests.emulators.batch.faults import HttpFault
 from tests.emulators.batch.odata import compile_filter, select
 from tests.emulators.batch.service import BatchService
 
@@ -34,6 +36,8 @@ DEFAULT_MAX_RESULTS = 1000
 JSON_TYPE = "application/json;odata=minimalmetadata"
 SERVICE_KEY: web.AppKey[BatchService] = web.AppKey("service", BatchService)
 CREDENTIALS_KEY: web.AppKey[tuple[str, str | None]] = web.AppKey("credentials", tuple)
+
+TEST_PREFIX = "/_test/"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,7 +102,15 @@ def _object(body: object) -> Json:
 @web.middleware
 async def _batch_protocol(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = str(uuid.uuid4())
+    if request.path.startswith(TEST_PREFIX):
+        return await handler(request)
+    faults = _service(request).faults
+    route = request.match_info.route.resource
+    faults.requests[f"{request.method} {route.canonical if route else request.path}"] += 1
     try:
+        fault = faults.take_http(request.method, request.path)
+        if fault is not None:
+            raise _injected(fault)
         if request.query.get("api-version") is None:
             raise BatchServiceError(
                 400,
@@ -112,6 +124,8 @@ async def _batch_protocol(request: web.Request, handler: Handler) -> web.StreamR
         response = await handler(request)
     except BatchServiceError as exc:
         response = _json(exc.status, exc.body(request_id))
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
     except asyncio.CancelledError:
         raise
     except web.HTTPException:
@@ -128,6 +142,16 @@ async def _batch_protocol(request: web.Request, handler: Handler) -> web.StreamR
     if client_request_id:
         response.headers["client-request-id"] = client_request_id
     return response
+
+
+def _injected(fault: HttpFault) -> BatchServiceError:
+    codes = {429: "TooManyRequests", 500: "InternalError", 503: "ServerBusy"}
+    error = BatchServiceError(
+        fault.status, codes.get(fault.status, "InjectedFault"), "Injected by a test fault."
+    )
+    if fault.retry_after_s is not None:
+        error.retry_after_s = fault.retry_after_s
+    return error
 
 
 def _service(request: web.Request) -> BatchService:
@@ -235,7 +259,8 @@ async def create_task(request: web.Request) -> web.StreamResponse:
 
 
 async def create_task_collection(request: web.Request) -> web.StreamResponse:
-    body = await _read_json(request, limit=MAX_COLLECTION_BYTES)
+    limit = _service(request).faults.take_collection_size(request.content_length or 0)
+    body = await _read_json(request, limit=limit if limit is not None else MAX_COLLECTION_BYTES)
     results = _service(request).add_task_collection(request.match_info["job_id"], body)
     return _json(200, {"value": results})
 
@@ -344,6 +369,27 @@ async def download_task_file(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200, body=data, headers=headers)
 
 
+# -- test controls (not part of the Batch API; no signature needed) ------------------------
+
+
+async def add_fault(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    try:
+        _service(request).faults.add(request.match_info["kind"], _object(body))
+    except (ValueError, KeyError, BatchServiceError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response({"ok": True})
+
+
+async def reset_faults(request: web.Request) -> web.StreamResponse:
+    _service(request).faults.reset()
+    return web.json_response({"ok": True})
+
+
+async def fault_stats(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_service(request).faults.stats())
+
+
 # -- application ---------------------------------------------------------------------------
 
 
@@ -375,6 +421,10 @@ def make_app(service: BatchService, *, account_key: str | None) -> web.Applicati
     router.add_get(
         "/jobs/{job_id}/tasks/{task_id}/files/{file_path:.+}", download_task_file, allow_head=False
     )
+
+    router.add_post(TEST_PREFIX + "faults/{kind}", add_fault)
+    router.add_delete(TEST_PREFIX + "faults", reset_faults)
+    router.add_get(TEST_PREFIX + "stats", fault_stats)
 
     async def stop_tasks(_app: web.Application) -> None:
         await service.shutdown()

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import BinaryIO
 
 from tests.emulators.batch import autoscale
 from tests.emulators.batch.entities import (
@@ -41,9 +42,12 @@ from tests.emulators.batch.errors import (
     missing_property,
     not_found,
 )
+from tests.emulators.batch.faults import Faults
 from tests.emulators.batch.tasks import record_attempt, task_environment
 
 logger = logging.getLogger(__name__)
+
+STDERR_LINE_LIMIT = 1024 * 1024
 
 
 class BatchService:
@@ -59,6 +63,7 @@ class BatchService:
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self._running: set[Task] = set()
+        self.faults = Faults()
 
     # -- pools ---------------------------------------------------------------------------
 
@@ -462,7 +467,9 @@ class BatchService:
                         str(task.body["commandLine"]),
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=out,
-                        stderr=err,
+                        # Through this server, line by line, so kill faults can watch it.
+                        stderr=asyncio.subprocess.PIPE,
+                        limit=STDERR_LINE_LIMIT,
                         cwd=task_dir / "wd",
                         env=task_environment(
                             job,
@@ -478,6 +485,7 @@ class BatchService:
                 except OSError as exc:
                     launch_error = str(exc)
                 else:
+                    await self._copy_stderr(job, task, task.process, err)
                     exit_code = await task.process.wait()
         except asyncio.CancelledError:
             self._kill(task, "shutdown")
@@ -489,6 +497,31 @@ class BatchService:
         if record_attempt(job, task, exit_code, launch_error):
             self._after_completion(job)
         self.schedule()
+
+    async def _copy_stderr(
+        self, job: Job, task: Task, process: asyncio.subprocess.Process, err: BinaryIO
+    ) -> None:
+        """Copy the attempt's stderr into stderr.txt, firing kill faults on matching lines."""
+        stream = process.stderr
+        assert stream is not None
+        matched: dict[int, int] = {}
+        while line := await stream.readline():
+            err.write(line)
+            err.flush()
+            if not self.faults.watching(job.id, task.id):
+                continue
+            fault = self.faults.kill_for(job.id, task.id, matched, line.decode(errors="replace"))
+            if fault is not None:
+                logger.info(
+                    "fault: %s task %s/%s",
+                    "preempting" if fault.preempt else "killing",
+                    job.id,
+                    task.id,
+                )
+                task.preempted = fault.preempt
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
 
     def _after_completion(self, job: Job) -> None:
         if job.state != "active" or job.body.get("onAllTasksComplete") != "terminatejob":

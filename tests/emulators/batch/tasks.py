@@ -72,6 +72,18 @@ def record_attempt(job: Job, task: Task, exit_code: int | None, launch_error: st
         task.killed_reason = None
         set_state(task.body, "completed")
         return False
+    if task.preempted:
+        task.preempted = False
+        info["requeueCount"] = as_int(info.get("requeueCount"), 0) + 1
+        info["lastRequeueTime"] = stamp
+        info.pop("exitCode", None)
+        if job.state == "active":
+            set_state(task.body, "active")
+            logger.info("task %s/%s requeued after preemption", job.id, task.id)
+            return False
+        info["result"] = "failure"
+        set_state(task.body, "completed")
+        return True
     if launch_error is not None:
         info["result"] = "failure"
         info["failureInfo"] = {

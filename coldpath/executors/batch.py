@@ -1,0 +1,448 @@
+"""The Azure Batch executor: one job per manifest, one task per shard.
+
+The job id is the manifest id, so triggering the same window again finds the job instead of
+making a second one; tasks are added with the add-task-collection call in chunks of at most 100
+tasks and 1 MB (a chunk refused for its size is split in halves, one refused for a passing cause
+is retried with the common backoff, and "TaskExists" on a retried chunk counts as added). Each
+task runs ``evalstream coldpath run-shard --manifest-url <blob SAS URL> --group-index I`` under
+an explicit retry count and wall-clock limit; the job terminates when all its tasks complete.
+Following the job (``follow=True``) reports failed shards with the end of their stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shlex
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from azure.batch import models
+from azure.batch.aio import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+
+from coldpath.exceptions import ColdpathError
+from coldpath.executors.batch_config import MAX_BYTES_PER_CALL, BatchSettings
+from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
+from coldpath.ports import JobReport
+from common.retry import Backoff, retry
+from schemas import JobManifest
+
+logger = logging.getLogger(__name__)
+
+Stage = Callable[[JobManifest], Awaitable[str]]
+# Room for the request envelope ({"value": [...]}) under the service's 1 MB limit.
+CHUNK_BYTES = MAX_BYTES_PER_CALL - 4096
+TASK_ID_WIDTH = 6
+BATCH_DONE = ("completed",)
+
+
+class BatchError(ColdpathError):
+    """A Batch call failed; ``retryable`` (5xx, 429, connection) with ``retry_after``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
+        self.status = status
+        self.code = code
+
+
+class _TooLarge(Exception):
+    """A chunk the service refused for its size (413 RequestBodyTooLarge)."""
+
+
+def map_error(exc: AzureError, what: str) -> BatchError:
+    """An SDK error as ours: 408/429/5xx and connection failures are retryable."""
+    status = getattr(exc, "status_code", None)
+    code = getattr(getattr(exc, "error", None), "code", None)
+    retry_after: float | None = None
+    response = getattr(exc, "response", None)
+    if response is not None:
+        header = response.headers.get("Retry-After")
+        if header and header.isdigit():
+            retry_after = float(header)
+    retryable = status is None or status in (408, 429) or status >= 500
+    message = exc.message.splitlines()[0] if exc.message else type(exc).__name__
+    return BatchError(
+        f"{what}: {status or ''} {code or ''} {message}".replace("  ", " "),
+        status=status,
+        code=code,
+        retryable=retryable,
+        retry_after=retry_after,
+    )
+
+
+def batch_client(settings: BatchSettings) -> BatchClient:
+    """A client with the SDK's own retries off: ours (common.retry) are the only ones."""
+    if not settings.account_url:
+        raise BatchError("azure.batch.account_url is not set")
+    credential: Any
+    if settings.account_key is not None:
+        if not settings.account_name:
+            raise BatchError("azure.batch.account_name is required with account_key")
+        credential = AzureNamedKeyCredential(
+            settings.account_name, settings.account_key.get_secret_value()
+        )
+    else:
+        from azure.identity.aio import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return BatchClient(settings.account_url, credential, retry_total=0)
+
+
+def wire_text(value: object) -> str:
+    """An SDK enum member (a str subclass) or a plain string as its wire value."""
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
+def task_id(group_index: int) -> str:
+    return f"shard-{group_index:0{TASK_ID_WIDTH}d}"
+
+
+def group_index(task: str) -> int | None:
+    prefix, _, number = task.partition("-")
+    return int(number) if prefix == "shard" and number.isdigit() else None
+
+
+@dataclass
+class SubmitStats:
+    """What one submission cost: calls made (including retried and split ones)."""
+
+    calls: int = 0
+    retried: int = 0
+    split: int = 0
+    tasks_added: int = 0
+    tasks_existing: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+class BatchExecutor:
+    """Runs a staged manifest's shards as tasks of the Batch job named after it."""
+
+    def __init__(
+        self,
+        settings: BatchSettings,
+        *,
+        stage: Stage,
+        follow: bool = True,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stage = stage
+        self.follow = follow
+        self.backoff = backoff or Backoff(
+            initial_s=0.2, max_s=10.0, max_retries=settings.submit_retries
+        )
+        self.last_submit = SubmitStats()
+
+    async def run(self, manifest: JobManifest) -> JobReport:
+        url = await retry(
+            lambda: self.stage(manifest),
+            backoff=self.backoff,
+            what=f"staging manifest {manifest.id}",
+        )
+        async with batch_client(self.settings) as client:
+            state = await self._ensure_job(client, manifest)
+            if state == "active":
+                self.last_submit = await self.submit(client, manifest, url)
+            else:
+                logger.info("job %s is %s: not adding tasks", manifest.id, state)
+            if not self.follow:
+                return JobReport(manifest.id, manifest.shard_count)
+            return await self.wait(client, manifest)
+
+    # -- job -----------------------------------------------------------------------------
+
+    def _job_options(self, manifest: JobManifest) -> models.BatchJobCreateOptions:
+        s = self.settings
+        return models.BatchJobCreateOptions(
+            id=manifest.id,
+            display_name=f"coldpath {manifest.window.key} run {manifest.run}"[:1024],
+            priority=s.priority,
+            pool_info=models.BatchPoolInfo(pool_id=s.pool.id),
+            constraints=models.BatchJobConstraints(max_task_retry_count=s.max_task_retry_count),
+            common_environment_settings=[
+                models.EnvironmentSetting(name=name, value=value.get_secret_value())
+                for name, value in sorted(s.environment.items())
+            ],
+            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.TERMINATE_JOB,
+            metadata=[
+                models.BatchMetadataItem(name="window", value=manifest.window.key),
+                models.BatchMetadataItem(name="run", value=str(manifest.run)),
+                models.BatchMetadataItem(name="shards", value=str(manifest.shard_count)),
+            ],
+        )
+
+    async def _ensure_job(self, client: BatchClient, manifest: JobManifest) -> str:
+        """Create the job, or find the one a previous trigger made; its state."""
+
+        async def create() -> str:
+            try:
+                await client.create_job(self._job_options(manifest))
+            except ResourceExistsError:
+                job = await client.get_job(manifest.id)
+                logger.info("job %s exists (%s): re-using it", manifest.id, job.state)
+                return wire_text(job.state)
+            except AzureError as exc:
+                raise map_error(exc, f"creating job {manifest.id}") from exc
+            logger.info("job %s created for %s", manifest.id, manifest.window.key)
+            return "active"
+
+        return await retry(create, backoff=self.backoff, what=f"creating job {manifest.id}")
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def command_line(self, url: str, index: int) -> str:
+        s = self.settings
+        return (
+            f"{s.command} coldpath run-shard --manifest-url {shlex.quote(url)} "
+            f"--group-index {index} --log-level {s.task_log_level}"
+        )
+
+    def task(self, url: str, index: int) -> models.BatchTaskCreateOptions:
+        s = self.settings
+        elevation = models.ElevationLevel.ADMIN if s.elevated else models.ElevationLevel.NON_ADMIN
+        return models.BatchTaskCreateOptions(
+            id=task_id(index),
+            command_line=self.command_line(url, index),
+            constraints=models.BatchTaskConstraints(
+                max_task_retry_count=s.max_task_retry_count,
+                max_wall_clock_time=s.max_wall_clock_time,
+                retention_time=s.retention_time,
+            ),
+            user_identity=models.UserIdentity(
+                auto_user=models.AutoUserSpecification(
+                    scope=s.auto_user_scope, elevation_level=elevation
+                )
+            ),
+        )
+
+    def chunks(
+        self, tasks: Sequence[models.BatchTaskCreateOptions]
+    ) -> list[list[models.BatchTaskCreateOptions]]:
+        """Consecutive chunks of at most ``chunk_size`` tasks and ~1 MB of JSON each."""
+        chunks: list[list[models.BatchTaskCreateOptions]] = []
+        current: list[models.BatchTaskCreateOptions] = []
+        size = 0
+        for item in tasks:
+            item_size = len(json.dumps(item.as_dict())) + 1
+            if current and (
+                len(current) >= self.settings.chunk_size or size + item_size > CHUNK_BYTES
+            ):
+                chunks.append(current)
+                current, size = [], 0
+            current.append(item)
+            size += item_size
+        if current:
+            chunks.append(current)
+        return chunks
+
+    async def submit(self, client: BatchClient, manifest: JobManifest, url: str) -> SubmitStats:
+        """Add one task per shard; already-added tasks (a re-trigger) count as added."""
+        stats = SubmitStats()
+        started = time.perf_counter()
+        tasks = [self.task(url, index) for index in range(manifest.shard_count)]
+        slots = asyncio.Semaphore(self.settings.submit_concurrency)
+
+        async def one(chunk: list[models.BatchTaskCreateOptions]) -> None:
+            async with slots:
+                await self._add_chunk(client, manifest.id, chunk, stats)
+
+        async with asyncio.TaskGroup() as group:
+            for chunk in self.chunks(tasks):
+                group.create_task(one(chunk))
+        stats.seconds = time.perf_counter() - started
+        logger.info(
+            "job %s: %d tasks added, %d existed, %d calls (%d retried, %d split) in %.2f s",
+            manifest.id,
+            stats.tasks_added,
+            stats.tasks_existing,
+            stats.calls,
+            stats.retried,
+            stats.split,
+            stats.seconds,
+        )
+        return stats
+
+    async def _add_chunk(
+        self,
+        client: BatchClient,
+        job_id: str,
+        chunk: list[models.BatchTaskCreateOptions],
+        stats: SubmitStats,
+    ) -> None:
+        pending = list(chunk)
+
+        async def attempt() -> None:
+            nonlocal pending
+            stats.calls += 1
+            try:
+                result = await client.create_task_collection(
+                    job_id, models.BatchTaskGroup(task_values=pending)
+                )
+            except HttpResponseError as exc:
+                if exc.status_code == 413:
+                    raise _TooLarge from exc
+                stats.retried += 1
+                raise map_error(exc, f"adding {len(pending)} tasks to job {job_id}") from exc
+            except AzureError as exc:
+                stats.retried += 1
+                raise map_error(exc, f"adding {len(pending)} tasks to job {job_id}") from exc
+            by_id = {item.id: item for item in pending}
+            again: list[models.BatchTaskCreateOptions] = []
+            for outcome in result.result_values or []:
+                code = outcome.error.code if outcome.error is not None else None
+                if outcome.status == models.BatchTaskAddStatus.SUCCESS:
+                    stats.tasks_added += 1
+                elif code == "TaskExists":
+                    stats.tasks_existing += 1
+                elif outcome.status == models.BatchTaskAddStatus.SERVER_ERROR:
+                    again.append(by_id[outcome.task_id])
+                else:
+                    message = outcome.error.message if outcome.error is not None else None
+                    raise BatchError(
+                        f"task {outcome.task_id} of job {job_id} refused: {code}: {message}",
+                        code=code,
+                        retryable=False,
+                    )
+            answered = {outcome.task_id for outcome in result.result_values or []}
+            again.extend(item for item in pending if item.id not in answered)
+            if again:
+                pending = again
+                stats.retried += 1
+                raise BatchError(f"{len(again)} tasks of job {job_id} not added", retryable=True)
+
+        try:
+            await retry(attempt, backoff=self.backoff, what=f"adding tasks to job {job_id}")
+        except _TooLarge:
+            if len(pending) == 1:
+                raise BatchError(
+                    f"task {pending[0].id} of job {job_id} alone exceeds the request size limit",
+                    retryable=False,
+                ) from None
+            stats.split += 1
+            half = len(pending) // 2
+            logger.info(
+                "job %s: a chunk of %d tasks was too large; splitting", job_id, len(pending)
+            )
+            await self._add_chunk(client, job_id, pending[:half], stats)
+            await self._add_chunk(client, job_id, pending[half:], stats)
+
+    # -- following -----------------------------------------------------------------------
+
+    async def wait(self, client: BatchClient, manifest: JobManifest) -> JobReport:
+        """Follow the job until every task completed; the report names failed shards."""
+        job_id = manifest.id
+        while True:
+            state = await self._call(lambda: client.get_job(job_id), f"reading job {job_id}")
+            counts = await self._call(
+                lambda: client.get_job_task_counts(job_id), f"reading task counts of {job_id}"
+            )
+            done = counts.task_counts.completed
+            if wire_text(state.state) in BATCH_DONE or (
+                done >= manifest.shard_count
+                and counts.task_counts.active == 0
+                and counts.task_counts.running == 0
+            ):
+                break
+            logger.info(
+                "job %s: %d active, %d running, %d completed of %d",
+                job_id,
+                counts.task_counts.active,
+                counts.task_counts.running,
+                done,
+                manifest.shard_count,
+            )
+            await asyncio.sleep(self.settings.poll_interval_s)
+        return await self.report(client, manifest)
+
+    async def report(self, client: BatchClient, manifest: JobManifest) -> JobReport:
+        records = await self.records(client, manifest.id)
+        succeeded = []
+        failed: dict[int, str] = {}
+        seen = set()
+        for record in records:
+            index = group_index(record.task_id)
+            if index is None:
+                continue
+            seen.add(index)
+            if record.state == "completed" and record.result == "success":
+                succeeded.append(index)
+            elif record.state == "completed":
+                excerpt = await self.stderr_excerpt(client, manifest.id, record.task_id)
+                failed[index] = (
+                    f"task {record.task_id} failed (exit code {record.exit_code}, "
+                    f"{record.retries} retries, {record.requeues} requeues): {record.failure}"
+                    + (f"\n{excerpt}" if excerpt else "")
+                )
+            else:
+                failed[index] = f"task {record.task_id} did not complete ({record.state})"
+        for index in range(manifest.shard_count):
+            if index not in seen:
+                failed[index] = f"task {task_id(index)} was never added"
+        return JobReport(manifest.id, manifest.shard_count, tuple(sorted(succeeded)), failed)
+
+    async def records(self, client: BatchClient, job_id: str) -> list[TaskRecord]:
+        async def read() -> list[TaskRecord]:
+            try:
+                return [_record(task) async for task in client.list_tasks(job_id)]
+            except AzureError as exc:
+                raise map_error(exc, f"listing tasks of {job_id}") from exc
+
+        return await retry(read, backoff=self.backoff, what=f"listing tasks of {job_id}")
+
+    async def stderr_excerpt(self, client: BatchClient, job_id: str, task: str) -> str:
+        """The end of the task's stderr.txt ('' when it cannot be read)."""
+        try:
+            chunks = await client.download_task_file(job_id, task, "stderr.txt")
+            data = b"".join([chunk async for chunk in chunks])
+        except AzureError as exc:
+            logger.warning("stderr of %s/%s unreadable: %s", job_id, task, exc)
+            return ""
+        limit = self.settings.stderr_excerpt_bytes
+        return data[-limit:].decode(errors="replace").strip()
+
+    async def status(self, client: BatchClient, job_id: str) -> JobStatus:
+        job = await self._call(lambda: client.get_job(job_id), f"reading job {job_id}")
+        return job_status(job_id, wire_text(job.state), await self.records(client, job_id))
+
+    async def _call(self, operation: Callable[[], Awaitable[Any]], what: str) -> Any:
+        async def attempt() -> Any:
+            try:
+                return await operation()
+            except AzureError as exc:
+                raise map_error(exc, what) from exc
+
+        return await retry(attempt, backoff=self.backoff, what=what)
+
+
+def _record(task: models.BatchTask) -> TaskRecord:
+    info = task.execution_info
+    failure = None
+    if info is not None and info.failure_info is not None:
+        failure = f"{info.failure_info.code}: {info.failure_info.message}"
+    return TaskRecord(
+        task_id=task.id,
+        state=wire_text(task.state),
+        result=wire_text(info.result) if info is not None and info.result is not None else None,
+        created=task.creation_time,
+        started=info.start_time if info is not None else None,
+        ended=info.end_time if info is not None else None,
+        retries=info.retry_count if info is not None else 0,
+        requeues=info.requeue_count if info is not None else 0,
+        exit_code=info.exit_code if info is not None else None,
+        failure=failure,
+    )

@@ -1,0 +1,264 @@
+"""The Batch executor end to end on the local servers: `coldpath backfill --executor batch`
+submits a job per window to the Batch test server, whose tasks really run `evalstream coldpath
+run-shard` against the Cosmos server and the AMQP broker's Service Bus topic; results and breach
+ids equal the local executor's for the same windows. A re-trigger finds the job it made."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coldpath.executors.batch import BatchExecutor, batch_client
+from coldpath.executors.batch_status import TaskRecord, job_status
+from coldpath.executors.inline import InlineExecutor
+from coldpath.ports import JobReport
+from coldpath.runner import ShardRunner
+from coldpath.trigger import WindowChoice, plan
+from evalstream import wiring
+from evalstream.cli_coldpath import code_version
+from evalstream.settings import Settings
+from schemas import JobManifest
+from store.cosmos import CosmosStore
+from tests.emulators.batch_fixtures import BatchServer
+from tests.emulators.fault_proxy import FaultProxy
+from tests.integration.coldpath.batch_harness import (
+    START,
+    AzureColdpath,
+    comparable,
+    documents,
+    ensure_pool,
+)
+from tests.unit.coldpath.fakes import CATALOGUE, RecordingPublisher
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+HOURS = 2
+
+
+@pytest.fixture
+def cold(
+    tmp_path: Path, cosmos_server: Any, amqp_broker: Any, azurite: Any, batch_server: BatchServer
+) -> Iterator[AzureColdpath]:
+    asyncio.run(ensure_pool(batch_server))
+    harness = AzureColdpath(tmp_path, cosmos_server, amqp_broker, azurite, batch_server)
+    harness.group_size = 6
+    harness.apps = 6
+    yield harness
+    asyncio.run(harness.drop())
+
+
+def backfill(cold: AzureColdpath, executor: str, env: dict[str, str]) -> str:
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evalstream",
+            "coldpath",
+            "backfill",
+            "--from",
+            START.isoformat(),
+            "--to",
+            (START + timedelta(hours=HOURS)).isoformat(),
+            "--executor",
+            executor,
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=240,
+        check=False,
+    )
+    output = process.stderr.decode() + process.stdout.decode()
+    assert process.returncode == 0, output
+    return output
+
+
+def test_batch_jobs_give_the_local_executors_results_and_breaches(cold: AzureColdpath) -> None:
+    asyncio.run(cold.seed(documents(cold.name, apps=6, hours=HOURS)))
+
+    backfill(cold, "local", cold.env("local"))
+    output = backfill(cold, "batch", cold.trigger_env("batch"))
+    assert output.count("manifest ") == HOURS, output
+
+    local, on_batch = asyncio.run(cold.results("local")), asyncio.run(cold.results("batch"))
+    # 6 apps × (speed: 2 metrics + health: 1 metric) × 2 windows
+    assert len(local) == 6 * 3 * HOURS
+    assert comparable(on_batch) == comparable(local)
+    assert {r.status for r in local} >= {"ok", "warning", "critical"}
+    breaches = cold.breach_ids("local")
+    assert breaches and cold.breach_ids("batch") == breaches
+    assert cold.publishes("batch") == (len(breaches), 0)
+
+    # Each window's job is named after its manifest and every shard ran as its own task.
+    stats = cold.batch.stats()["requests"]
+    assert stats["POST /jobs"] == HOURS
+    # Triggering again finds every unit done: nothing is submitted.
+    backfill(cold, "batch", cold.trigger_env("batch"))
+    assert cold.batch.stats()["requests"]["POST /jobs"] == HOURS
+
+
+def test_a_second_run_of_a_manifest_finds_its_job(cold: AzureColdpath) -> None:
+    cold.apps = 2
+    cold.group_size = 2
+    asyncio.run(cold.seed(documents(cold.name, apps=2, hours=1)))
+    settings = cold.settings("again")
+
+    async def scenario() -> tuple[Any, Any, list[str]]:
+        async with wiring.evaluation_store(settings) as store:
+            (manifest,) = await plan(
+                settings.coldpath.policies,
+                WindowChoice(
+                    last=False, window=None, range_start=START, range_end=START + timedelta(hours=1)
+                ),
+                store,
+                now=START + timedelta(days=1),
+                group_size=settings.coldpath.group_size,
+                code_version=code_version(),
+            )
+        executor = wiring.executor(settings, "batch")
+        assert isinstance(executor, BatchExecutor)
+        first = await executor.run(manifest)
+        second = await executor.run(manifest)
+        async with batch_client(settings.azure.batch) as client:
+            tasks = [task.id async for task in client.list_tasks(manifest.id)]
+        return first, second, tasks
+
+    first, second, tasks = asyncio.run(scenario())
+    assert first.ok and second.ok
+    assert first.succeeded == second.succeeded == (0, 1)
+    assert tasks == ["shard-000000", "shard-000001"]
+
+
+UNIT_DONE = r"coldpath\.runner: unit \S+ done"
+
+
+async def _plan_one(settings: Settings) -> JobManifest:
+    async with wiring.evaluation_store(settings) as store:
+        (manifest,) = await plan(
+            settings.coldpath.policies,
+            WindowChoice(last=False, range_start=START, range_end=START + timedelta(hours=1)),
+            store,
+            now=START + timedelta(days=1),
+            group_size=settings.coldpath.group_size,
+            code_version=code_version(),
+        )
+    return manifest
+
+
+async def _reference(cold: AzureColdpath, settings: Settings, manifest: JobManifest) -> Any:
+    """The same manifest evaluated in this process, uninterrupted, breaches recorded."""
+    publisher = RecordingPublisher()
+    async with (
+        CosmosStore(cold.cosmos.endpoint, cold.cosmos.key, database=cold.name) as telemetry,
+        cold.evaluation_store("reference") as evaluations,
+    ):
+        runner = ShardRunner(
+            telemetry=telemetry,
+            evaluations=evaluations,
+            publisher=publisher,
+            catalogue=CATALOGUE,
+            apps=settings.apps,
+        )
+        report = await InlineExecutor(runner).run(manifest)
+    assert report.ok
+    return publisher
+
+
+def test_kills_preemptions_and_transient_errors_change_nothing(
+    cold: AzureColdpath, cosmos_fault_proxy: FaultProxy
+) -> None:
+    cold.apps, cold.group_size = 8, 3
+    cold.cosmos_endpoint = cosmos_fault_proxy.endpoint  # the tasks' way to Cosmos
+    asyncio.run(cold.seed(documents(cold.name, apps=8, hours=1)))
+    settings = cold.settings("faults")
+    manifest = asyncio.run(_plan_one(settings))
+    assert manifest.shard_count == 6
+    reference = asyncio.run(_reference(cold, settings, manifest))
+    assert reference.published
+
+    batch, job = cold.batch, manifest.id
+    batch.reset_faults()
+    # Six points: tasks killed or their node preempted after their 1st or 2nd unit was done,
+    # shard 0 twice (its retry is killed again).
+    batch.kill_task(job, task="shard-000000", pattern=UNIT_DONE, after_lines=1)
+    batch.kill_task(job, task="shard-000000", pattern=UNIT_DONE, after_lines=1)
+    batch.kill_task(job, task="shard-000001", pattern=UNIT_DONE, after_lines=2, preempt=True)
+    batch.kill_task(job, task="shard-000002", pattern=UNIT_DONE, after_lines=1, preempt=True)
+    batch.kill_task(job, task="shard-000003", pattern=UNIT_DONE, after_lines=2)
+    batch.kill_task(job, task="shard-000004", pattern=UNIT_DONE, after_lines=1, preempt=True)
+    batch.reject_collections_over(2_000)
+    batch.fail_requests(500, 1, match=r"/jobs$", method="POST")
+    batch.fail_requests(503, 2, match="addtaskcollection")
+    batch.fail_requests(429, 1, match=f"/jobs/{job}$", method="GET", retry_after_s=1)
+    cosmos_fault_proxy.throttle(4, methods={"POST"})
+    cosmos_fault_proxy.unavailable(1)
+
+    async def run() -> tuple[JobReport, list[TaskRecord]]:
+        executor = wiring.executor(settings, "batch")
+        assert isinstance(executor, BatchExecutor)
+        report = await executor.run(manifest)
+        assert executor.last_submit.split == 1 and executor.last_submit.tasks_added == 6
+        async with batch_client(settings.azure.batch) as client:
+            return report, await executor.records(client, job)
+
+    report, tasks = asyncio.run(run())
+    assert report.ok, report.failed
+    stats = batch.stats()
+    assert stats["pending_kills"] == 0
+    assert stats["injected"] == {
+        "kill": 3,
+        "preempt": 3,
+        "collection_size": 1,
+        "http_500": 1,
+        "http_503": 2,
+        "http_429": 1,
+    }
+    figures = job_status(job, "completed", tasks)
+    assert (figures.retries, figures.requeues, figures.failure_rate) == (3, 3, 0.0)
+    assert figures.succeeded == 6 and set(figures.run_time_s) == {50, 90, 99}
+    assert cosmos_fault_proxy.injected("throttle") == 4
+    assert cosmos_fault_proxy.injected("unavailable") == 1
+
+    results = asyncio.run(cold.results("faults"))
+    assert len(results) == 8 * 3 == len({r.id for r in results})
+    assert comparable(results) == comparable(asyncio.run(cold.results("reference")))
+    # Every publish the topic received, duplicates included: each breach exactly once.
+    assert cold.publishes("faults") == (len(reference.published), 0)
+    assert cold.breach_ids("faults") == sorted(reference.published)
+
+
+def test_a_task_that_always_fails_ends_failed_with_its_error(cold: AzureColdpath) -> None:
+    cold.apps, cold.group_size = 2, 4
+    asyncio.run(cold.seed(documents(cold.name, apps=2, hours=1)))
+    settings = cold.settings("failing", EVALSTREAM_COLDPATH__CATALOGUE="missing.module:CATALOGUE")
+    batch_settings = settings.azure.batch.model_copy(update={"max_task_retry_count": 1})
+    settings = settings.model_copy(
+        update={"azure": settings.azure.model_copy(update={"batch": batch_settings})}
+    )
+    manifest = asyncio.run(_plan_one(settings))
+
+    report = asyncio.run(wiring.executor(settings, "batch").run(manifest))
+
+    assert not report.ok and report.succeeded == ()
+    (error,) = report.failed.values()
+    assert "task shard-000000 failed (exit code 2, 1 retries, 0 requeues)" in error
+    assert "coldpath.catalogue: cannot load 'missing.module:CATALOGUE'" in error
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "evalstream", "coldpath", "status", manifest.id],
+        env={**os.environ, **cold.trigger_env("failing")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "failure rate: 100.0%" in shown.stdout
+    assert "failed: shard-000000 exit code 2: FailureExitCode" in shown.stdout

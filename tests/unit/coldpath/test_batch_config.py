@@ -1,0 +1,91 @@
+"""Batch settings: pool bounds, the generated autoscale formula (evaluated by the Batch test
+server's formula evaluator) and job status figures."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from coldpath.executors.batch_config import MAX_FORMULA_BYTES, PoolSettings, autoscale_formula
+from coldpath.executors.batch_status import TaskRecord, job_status, percentiles
+from evalstream.settings import load_settings
+from tests.emulators.batch import autoscale
+
+
+def targets(pool: PoolSettings, pending: int) -> tuple[float, float]:
+    variables = {"$PendingTasks": float(pending)}
+    result = autoscale.evaluate(autoscale_formula(pool), variables)
+    return result.number("$TargetDedicatedNodes", -1), result.number("$TargetLowPriorityNodes", -1)
+
+
+def test_profiles_choose_dedicated_or_spot_nodes() -> None:
+    assert targets(PoolSettings(profile="production", max_nodes=5), 17) == (5, 0)
+    assert targets(PoolSettings(profile="cost_saving", max_nodes=5), 17) == (0, 5)
+    assert targets(PoolSettings(profile="cost_saving", spot_share=0.5, max_nodes=9), 17) == (3, 2)
+
+
+def test_formula_limits_and_shape() -> None:
+    formula = autoscale_formula(PoolSettings())
+    assert len(formula.encode()) <= MAX_FORMULA_BYTES
+    assert formula.count(";") <= 100
+    assert "$NodeDeallocationOption = taskcompletion;" in formula
+
+
+def test_pool_settings_refuse_wrong_bounds() -> None:
+    with pytest.raises(ValidationError, match="min_nodes"):
+        PoolSettings(min_nodes=3, max_nodes=2)
+    with pytest.raises(ValidationError, match="at most every 5 min"):
+        PoolSettings(evaluation_interval=timedelta(minutes=1))
+
+
+def test_job_status_figures() -> None:
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def task(n: int, state: str, result: str | None, queued: int, ran: int) -> TaskRecord:
+        started = t0 + timedelta(seconds=queued)
+        return TaskRecord(
+            task_id=f"shard-{n:06d}",
+            state=state,
+            result=result,
+            created=t0,
+            started=started,
+            ended=started + timedelta(seconds=ran) if state == "completed" else None,
+            retries=n % 2,
+            requeues=1 if n == 3 else 0,
+        )
+
+    status = job_status(
+        "j",
+        "active",
+        [
+            task(0, "completed", "success", 1, 10),
+            task(1, "completed", "failure", 2, 20),
+            task(2, "running", None, 3, 0),
+            task(3, "completed", "success", 4, 30),
+        ],
+    )
+    assert status.by_state == {"active": 0, "running": 1, "completed": 3}
+    assert (status.succeeded, status.failed, status.retries, status.requeues) == (2, 1, 2, 1)
+    assert status.failure_rate == pytest.approx(1 / 3)
+    assert status.queue_latency_s == {50: 2.0, 90: 4.0, 99: 4.0}
+    assert status.run_time_s == {50: 20.0, 90: 30.0, 99: 30.0}
+    assert status.metrics()["coldpath_batch_failure_rate"] == pytest.approx(1 / 3)
+    assert percentiles([]) == {}
+
+
+def test_the_docs_batch_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("EVALSTREAM_")]:
+        monkeypatch.delenv(key)
+    docs = Path(__file__).resolve().parents[3] / "docs" / "azure.md"
+    (example,) = re.findall(r"```toml batch\n(.*?)```", docs.read_text(), flags=re.DOTALL)
+    config = tmp_path / "batch.toml"
+    config.write_text(example)
+    batch = load_settings(config=config).azure.batch
+    assert batch.max_wall_clock_time == timedelta(hours=1)
+    assert batch.pool.effective_spot_share == 0.0 and batch.pool.scheduling == "pack"
+    assert batch.environment["EVALSTREAM_BACKEND"].get_secret_value() == "azure"
