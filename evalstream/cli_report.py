@@ -51,7 +51,9 @@ def time_range(start: str | None, end: str | None, now: datetime) -> tuple[datet
     else:
         first = _moment(start, "--from")
     if first >= stop:
-        raise typer.BadParameter(f"{start} is not before --to {stop.isoformat()}", "--from")
+        raise typer.BadParameter(
+            f"{start} is not before --to {stop.isoformat()}", param_hint="--from"
+        )
     return first, stop
 
 

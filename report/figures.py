@@ -49,7 +49,7 @@ def _y(values: npt.NDArray[np.float64] | npt.NDArray[np.int64]) -> list[float | 
     return [float(v) if np.isfinite(v) else None for v in values]
 
 
-def _figure(traces: list[Trace], title: str, height: int = HEIGHT, **layout: object) -> Figure:
+def _figure(traces: list[Trace], title: str, *, height: int = HEIGHT, **layout: Any) -> Figure:
     return {
         "data": traces,
         "layout": {
@@ -144,7 +144,7 @@ def usage(series: AppSeries) -> Figure:
         {"type": "bar", "x": x, "y": _y(series.tokens_out), "name": "output tokens"},
     ]
     title = f"{series.app_id} · tokens per {series.width_s} s"
-    layout: dict[str, object] = {"barmode": "stack", "yaxis": {"title": {"text": "tokens"}}}
+    layout: dict[str, Any] = {"barmode": "stack", "yaxis": {"title": {"text": "tokens"}}}
     if series.priced:
         traces.append(
             {
@@ -229,7 +229,7 @@ def incident_timeline(incidents: Sequence[Incident], end: datetime) -> Figure:
 
 
 def _bounds(thresholds: Thresholds) -> list[tuple[str, float]]:
-    found = []
+    found: list[tuple[str, float]] = []
     for severity, bound in (("warning", thresholds.warning), ("critical", thresholds.critical)):
         if bound is None:
             continue
@@ -265,7 +265,8 @@ def evaluation(
                 "hovertext": [f"{app_id}: {r.status} {r.reason}" for r in mine],
             }
         )
-    x = _x(sorted({r.window.start for r in results}))
+    # Bounds span the windows, so they show even when there is only one window.
+    x = _x([min(r.window.start for r in results), max(r.window.end for r in results)])
     seen: set[tuple[str, float]] = set()
     for result in results:
         thresholds = result.thresholds.get(value_name)

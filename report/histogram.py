@@ -25,7 +25,8 @@ def bin_of(latencies_ms: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
     """The bin of each latency (finite, ≥ 0)."""
     with np.errstate(divide="ignore"):
         position = (np.log10(latencies_ms) - _LOG_LOW) * BINS_PER_DECADE
-    return np.clip(np.floor(position), 0, BIN_COUNT - 1).astype(np.intp)
+    bins: npt.NDArray[np.intp] = np.clip(np.floor(position), 0, BIN_COUNT - 1).astype(np.intp)
+    return bins
 
 
 def percentiles(

@@ -175,7 +175,7 @@ def _evaluations(results: Sequence[EvaluationResult], chart: _Charts) -> str:
     for result in results:
         for value_name in result.thresholds:
             judged[(result.policy, result.metric, value_name)].append(result)
-    counts = Counter((r.policy, r.metric, r.status) for r in results)
+    counts: Counter[tuple[str, str, str]] = Counter((r.policy, r.metric, r.status) for r in results)
     statuses = ["ok", "warning", "critical", "insufficient_data", "unavailable"]
     pairs = sorted({(policy, metric) for policy, metric, _ in counts})
     parts = [
@@ -232,7 +232,7 @@ def render_html(data: ReportData) -> str:
         f'<p class="meta">Event time {_e(figures.utc_text(request.start))} to '
         f"{_e(figures.utc_text(request.end))} UTC · apps: {_e(apps)}"
         + (f" · buckets of {width} s" if width else "")
-        + f" · generated {_e(figures.utc_text(data.generated_at))} UTC</p>",
+        + f" · generated {_e(figures.utc_text(data.generated_at.replace(microsecond=0)))} UTC</p>",
         *(f'<p class="note">{_e(note)}</p>' for note in data.notes),
         "<h2>Summary</h2>",
         _summary(data) if data.apps else '<p class="note">No telemetry in the range.</p>',

@@ -140,8 +140,12 @@ class SeriesAccumulator:
         while self.width_s < min_width_s:
             self.width_s = next_width(self.width_s)
         self.first_key: int | None = None
-        self._counters = {name: np.zeros(0, dtype=np.int64) for name in _COUNTERS}
-        self._sums = {name: np.zeros(0, dtype=np.float64) for name in _SUMS}
+        self._counters: dict[str, npt.NDArray[np.int64]] = {
+            name: np.zeros(0, dtype=np.int64) for name in _COUNTERS
+        }
+        self._sums: dict[str, npt.NDArray[np.float64]] = {
+            name: np.zeros(0, dtype=np.float64) for name in _SUMS
+        }
         self._latency = np.zeros((0, histogram.BIN_COUNT), dtype=np.int64)
         self._scores: dict[str, ScoreSample] = {}
 
@@ -250,7 +254,7 @@ class SeriesAccumulator:
                 np.int64
             )
         for name, sums in self._sums.items():
-            self._sums[name] = np.bincount(index, weights=sums, minlength=size)
+            self._sums[name] = np.bincount(index, weights=sums, minlength=size).astype(np.float64)
         latency = np.zeros((size, histogram.BIN_COUNT), dtype=np.int64)
         np.add.at(latency, index, self._latency)
         self._latency = latency
