@@ -66,7 +66,7 @@ def report(
         list[str] | None,
         typer.Option(
             "--app",
-            help="App id (repeatable) [default: every app with telemetry in the range].",
+            help="App id (repeatable) \\[default: every app with telemetry in the range].",
             show_default=False,
         ),
     ] = None,
@@ -75,13 +75,13 @@ def report(
         typer.Option(
             "--from",
             help="Start: ISO-8601 (UTC if no zone) or a duration before --to (6h, 90m, 2d) "
-            "[default: 24h].",
+            "\\[default: 24h].",
             show_default=False,
         ),
     ] = None,
     end: Annotated[
         str | None,
-        typer.Option("--to", help="End, exclusive [default: now].", show_default=False),
+        typer.Option("--to", help="End, exclusive \\[default: now].", show_default=False),
     ] = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -92,6 +92,10 @@ def report(
     from report import ReportRequest, render_html
 
     settings = load(config, data_dir)
+    if settings.backend == "embedded" and not settings.embedded.store_path.exists():
+        # Opening the store would create an empty one: most likely a mistyped --data-dir.
+        console.print(f"[red]error:[/red] no store at {settings.embedded.store_path}")
+        raise typer.Exit(EXIT_USAGE)
     first, stop = time_range(start, end, datetime.now(UTC))
     request = ReportRequest(start=first, end=stop, app_ids=tuple(app or ()))
     try:
