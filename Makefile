@@ -1,6 +1,7 @@
 # Two entry points for people (README): `make run` and `make test`. Everything they need is
 # installed from this repository's own files: Python packages from pyproject.toml into .venv,
-# the local Azure servers from tests/emulators/package-lock.json.
+# the local Azure servers from tests/emulators/package-lock.json, and Debian's chromium (the
+# browser tests open the HTML report in it headless) with apt-get when it is missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,10 +9,21 @@ PY_STAMP := $(VENV)/.installed
 NPM_DIR := tests/emulators
 NPM_STAMP := $(NPM_DIR)/node_modules/.installed
 RUN_ARGS ?= --simulate
+CHROMIUM ?= chromium
 
-.PHONY: install run test lint bench servers clean
+.PHONY: install run test lint bench servers clean chromium
 
-install: $(PY_STAMP) $(NPM_STAMP)
+install: $(PY_STAMP) $(NPM_STAMP) chromium
+
+# apt-get as root, else through sudo when there is one; `apt-get update` first, once, since a
+# fresh machine's package lists may be empty or old.
+chromium:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then sudo=; \
+		elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+		else echo "chromium is missing: install Debian's chromium package as root" >&2; exit 1; fi; \
+		$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	}
 
 $(PY_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -9,7 +9,8 @@ them with ``raise ... from exc``. ``retryable`` says whether the same call may s
     ├── StoreError               store adapters (store.exceptions)
     ├── StreamError              sources, decoding, processing (stream.exceptions)
     ├── AlertError               alert buses and handlers (alerts.exceptions)
-    └── ColdpathError            policies, shards, executors (coldpath.exceptions)
+    ├── ColdpathError            policies, shards, executors (coldpath.exceptions)
+    └── ReportError              reading what the HTML report shows (report.exceptions)
 """
 
 from __future__ import annotations

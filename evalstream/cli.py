@@ -19,6 +19,7 @@ from evalstream import logs, wiring
 from evalstream.cli_alerts import alerts_app
 from evalstream.cli_coldpath import coldpath_app
 from evalstream.cli_coldpath import evaluations as cold_evaluations
+from evalstream.cli_report import report
 from evalstream.errors import leaves
 from evalstream.settings import Settings, SettingsError, load_settings
 from schemas import TelemetryEvent
@@ -335,6 +336,7 @@ app.add_typer(
     coldpath_app, name="coldpath", help="Cold path: evaluate policies over stored windows."
 )
 app.command("evaluations")(cold_evaluations)
+app.command("report")(report)
 
 
 def main() -> None:

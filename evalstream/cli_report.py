@@ -1,0 +1,115 @@
+"""``evalstream report``: one self-contained HTML file of the stored telemetry, incidents and
+evaluations of a time range, to open in any browser, offline.
+
+Exit codes: 0 written, 1 a store or the breach log could not be read, 2 invalid settings or
+options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from coldpath.windows import parse_moment
+from common.errors import EvalstreamError
+from evalstream.cli_coldpath import ConfigOption, DataDirOption, load
+from evalstream.settings import SettingsError
+from store.exceptions import StoreError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+DEFAULT_SPAN = timedelta(hours=24)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _moment(text: str, option: str) -> datetime:
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from exc
+
+
+def time_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
+    """``--to`` (default now) and ``--from``: an ISO-8601 moment or a duration before ``--to``
+    (``90m``, ``6h``, ``2d``; default 24 h)."""
+    stop = _moment(end, "--to") if end else now
+    if start is None:
+        return stop - DEFAULT_SPAN, stop
+    duration = _DURATION.match(start.strip())
+    if duration:
+        back = timedelta(seconds=float(duration[1]) * _UNITS[duration[2]])
+        first = stop - back
+    else:
+        first = _moment(start, "--from")
+    if first >= stop:
+        raise typer.BadParameter(
+            f"{start} is not before --to {stop.isoformat()}", param_hint="--from"
+        )
+    return first, stop
+
+
+def report(
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="HTML file to write.", dir_okay=False),
+    ],
+    app: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--app",
+            help="App id (repeatable) \\[default: every app with telemetry in the range].",
+            show_default=False,
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Start: ISO-8601 (UTC if no zone) or a duration before --to (6h, 90m, 2d) "
+            "\\[default: 24h].",
+            show_default=False,
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--to", help="End, exclusive \\[default: now].", show_default=False),
+    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Write an HTML report: latency percentiles against the SLO, errors and budget burn,
+    tokens and cost, score distributions, the incident timeline and evaluation results."""
+    from evalstream.report_wiring import build_report
+    from report import ReportRequest, render_html
+
+    settings = load(config, data_dir)
+    if settings.backend == "embedded" and not settings.embedded.store_path.exists():
+        # Opening the store would create an empty one: most likely a mistyped --data-dir.
+        console.print(f"[red]error:[/red] no store at {settings.embedded.store_path}")
+        raise typer.Exit(EXIT_USAGE)
+    first, stop = time_range(start, end, datetime.now(UTC))
+    request = ReportRequest(start=first, end=stop, app_ids=tuple(app or ()))
+    try:
+        data = asyncio.run(build_report(settings, request))
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_USAGE) from exc
+    except (EvalstreamError, StoreError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILED) from exc
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_html(data), encoding="utf-8")
+    requests = sum(series.requests for series in data.apps)
+    console.print(
+        f"wrote {output}: {len(data.apps)} apps, {requests:,} requests, "
+        f"{len(data.incidents)} incidents, {len(data.evaluations)} evaluation results"
+    )

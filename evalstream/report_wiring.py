@@ -1,0 +1,83 @@
+"""Builds what ``evalstream report`` reads from the settings: the stores, the breach log of the
+backend and the price table; the report room itself never sees the settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from coldpath.policies.usage import parse_prices
+from evalstream import wiring
+from evalstream.settings import Settings, SettingsError
+from report import BreachLog, PriceTable, ReportData, ReportRequest, TokenPrice, gather
+from store.ports import EvaluationStore, TelemetryStore
+
+USAGE_METRIC = "usage"
+
+
+def price_table(settings: Settings, app_id: str) -> PriceTable | None:
+    """The prices of the first policy whose ``usage`` metric has any for this app (with the
+    app's overrides), so the report's cost is the cold path's; None when no policy has any."""
+    for index, policy in enumerate(settings.coldpath.policies):
+        if not policy.applies_to(app_id):
+            continue
+        for spec in policy.metrics_for(app_id):
+            if spec.metric != USAGE_METRIC:
+                continue
+            try:
+                prices, default = parse_prices(spec.params)
+            except ValueError as exc:
+                raise SettingsError(f"coldpath.policies[{index}] usage params: {exc}") from exc
+            if prices or default is not None:
+                return PriceTable(
+                    prices={
+                        model: TokenPrice(p.input_per_1k, p.output_per_1k)
+                        for model, p in prices.items()
+                    },
+                    default=(
+                        TokenPrice(default.input_per_1k, default.output_per_1k)
+                        if default is not None
+                        else None
+                    ),
+                )
+    return None
+
+
+def breach_log(settings: Settings) -> BreachLog | None:
+    """The embedded topic's file; None on Azure, where subscribers take breaches off the topic
+    and there is no history to read."""
+    if settings.backend != "embedded":
+        return None
+    from report.sqlite_breaches import SqliteBreachLog
+
+    return SqliteBreachLog(settings.embedded.alerts_path)
+
+
+@dataclass(frozen=True)
+class ReportSources:
+    telemetry: TelemetryStore
+    evaluations: EvaluationStore
+    breaches: BreachLog | None
+
+
+@asynccontextmanager
+async def report_sources(settings: Settings) -> AsyncIterator[ReportSources]:
+    async with AsyncExitStack() as stack:
+        telemetry = await stack.enter_async_context(wiring.store(settings))
+        evaluations = await stack.enter_async_context(wiring.evaluation_store(settings))
+        log = breach_log(settings)
+        breaches = await stack.enter_async_context(log) if log is not None else None
+        yield ReportSources(telemetry, evaluations, breaches)
+
+
+async def build_report(settings: Settings, request: ReportRequest) -> ReportData:
+    async with report_sources(settings) as sources:
+        return await gather(
+            request,
+            telemetry=sources.telemetry,
+            evaluations=sources.evaluations,
+            breaches=sources.breaches,
+            apps=settings.apps,
+            prices=lambda app_id: price_table(settings, app_id),
+        )

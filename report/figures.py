@@ -1,0 +1,279 @@
+"""The report's charts, one function per chart, as plotly figure specifications (plain dicts:
+``data`` traces and a ``layout``) that plotly.js draws. Times are shown in UTC.
+
+Plain dicts rather than plotly's Python figure objects: those validate every property against
+plotly's schema, which cost seconds per report; these specifications use only documented
+trace and layout attributes and are checked where it counts, by drawing them in a browser
+(tests/integration/report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from report.data import Incident
+from report.series import QUANTILES, AppSeries
+from schemas import EvaluationResult, Thresholds
+
+Figure = dict[str, Any]
+Trace = dict[str, Any]
+
+SEVERITY_COLOURS = {"critical": "#c62828", "warning": "#ef8f00"}
+STATUS_COLOURS = {
+    "ok": "#2e7d32",
+    "warning": "#ef8f00",
+    "critical": "#c62828",
+    "insufficient_data": "#9e9e9e",
+    "unavailable": "#616161",
+}
+HEIGHT = 340
+SECONDARY_AXIS = {"overlaying": "y", "side": "right", "rangemode": "tozero", "showgrid": False}
+
+
+def utc_text(moment: datetime) -> str:
+    """A moment as plotly reads dates: naive ISO text, here always UTC."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+
+
+def _x(moments: Sequence[datetime]) -> list[str]:
+    return [utc_text(m) for m in moments]
+
+
+def _y(values: npt.NDArray[np.float64] | npt.NDArray[np.int64]) -> list[float | None]:
+    """Values for JSON: NaN and infinities become gaps (null)."""
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def _figure(traces: list[Trace], title: str, *, height: int = HEIGHT, **layout: Any) -> Figure:
+    return {
+        "data": traces,
+        "layout": {
+            "title": {"text": title, "x": 0.01},
+            "height": height,
+            "margin": {"l": 60, "r": 60, "t": 50, "b": 40},
+            "legend": {"orientation": "h", "y": -0.2},
+            "xaxis": {"type": "date", "title": {"text": "UTC"}},
+            **layout,
+        },
+    }
+
+
+def _flat(x: Sequence[str], y: float, name: str, colour: str, axis: str = "y") -> Trace:
+    """A horizontal reference line across the series, as a trace: it has a legend entry and
+    can sit on a secondary axis."""
+    ends = [x[0], x[-1]] if x else []
+    return {
+        "type": "scatter",
+        "x": ends,
+        "y": [y] * len(ends),
+        "yaxis": axis,
+        "mode": "lines",
+        "name": name,
+        "line": {"color": colour, "dash": "dash", "width": 1.5},
+        "hoverinfo": "name+y",
+    }
+
+
+def latency(series: AppSeries) -> Figure:
+    x = _x(series.starts)
+    traces: list[Trace] = [
+        {
+            "type": "scatter",
+            "x": x,
+            "y": _y(series.latency_percentiles[:, column]),
+            "mode": "lines+markers",
+            "marker": {"size": 4},
+            "name": f"p{round(q * 100)}",
+        }
+        for column, q in enumerate(QUANTILES)
+    ]
+    traces.append(_flat(x, series.slo.latency_threshold_ms, "SLO threshold", "#c62828"))
+    return _figure(
+        traces,
+        f"{series.app_id} · latency percentiles per {series.width_s} s (ms)",
+        yaxis={"title": {"text": "ms"}, "rangemode": "tozero"},
+    )
+
+
+def errors(series: AppSeries) -> Figure:
+    x = _x(series.starts)
+    traces: list[Trace] = [
+        {
+            "type": "bar",
+            "x": x,
+            "y": _y(series.error_rate * 100),
+            "name": "error rate %",
+            "marker": {"color": "#ef9a9a"},
+        },
+        _flat(x, series.slo.error_budget * 100, "error budget %", "#c62828"),
+        {
+            "type": "scatter",
+            "x": x,
+            "y": _y(series.error_burn),
+            "yaxis": "y2",
+            "mode": "lines",
+            "name": "error-budget burn ×",
+        },
+        {
+            "type": "scatter",
+            "x": x,
+            "y": _y(series.latency_burn),
+            "yaxis": "y2",
+            "mode": "lines",
+            "name": "latency-budget burn ×",
+        },
+        _flat(x, 1.0, "burn 1× (budget spent at its pace)", "#555555", axis="y2"),
+    ]
+    return _figure(
+        traces,
+        f"{series.app_id} · errors and SLO budget burn per {series.width_s} s",
+        yaxis={"title": {"text": "error rate %"}, "rangemode": "tozero"},
+        yaxis2={**SECONDARY_AXIS, "title": {"text": "burn rate ×"}},
+    )
+
+
+def usage(series: AppSeries) -> Figure:
+    x = _x(series.starts)
+    traces: list[Trace] = [
+        {"type": "bar", "x": x, "y": _y(series.tokens_in), "name": "input tokens"},
+        {"type": "bar", "x": x, "y": _y(series.tokens_out), "name": "output tokens"},
+    ]
+    title = f"{series.app_id} · tokens per {series.width_s} s"
+    layout: dict[str, Any] = {"barmode": "stack", "yaxis": {"title": {"text": "tokens"}}}
+    if series.priced:
+        traces.append(
+            {
+                "type": "scatter",
+                "x": x,
+                "y": _y(series.cost),
+                "yaxis": "y2",
+                "mode": "lines+markers",
+                "marker": {"size": 4},
+                "name": "cost",
+            }
+        )
+        layout["yaxis2"] = {**SECONDARY_AXIS, "title": {"text": "cost"}}
+        title += " and cost"
+    return _figure(traces, title, **layout)
+
+
+def scores(series: AppSeries) -> Figure:
+    traces: list[Trace] = [
+        {
+            "type": "violin",
+            "y": _y(values),
+            "name": f"{name} (n={series.score_counts[name]:,})",
+            "box": {"visible": True},
+            "meanline": {"visible": True},
+            "points": False,
+        }
+        for name, values in series.scores.items()
+    ]
+    return _figure(
+        traces,
+        f"{series.app_id} · score distributions (uniform sample of ≤ 2,000 per score)",
+        showlegend=False,
+        xaxis={"type": "category"},
+    )
+
+
+def incident_timeline(incidents: Sequence[Incident], end: datetime) -> Figure:
+    """One bar per incident from opening to resolution (to ``end`` while open)."""
+    labels = sorted({i.label for i in incidents})
+    traces: list[Trace] = []
+    for severity, colour in SEVERITY_COLOURS.items():
+        chosen = [i for i in incidents if i.severity == severity]
+        if not chosen:
+            continue
+        stops = [i.resolved_at or max(end, i.opened_at + timedelta(seconds=1)) for i in chosen]
+        traces.append(
+            {
+                "type": "bar",
+                "orientation": "h",
+                "base": _x([i.opened_at for i in chosen]),
+                # Durations in milliseconds: a date axis measures bar lengths in ms.
+                "x": [
+                    (stop - i.opened_at).total_seconds() * 1000
+                    for i, stop in zip(chosen, stops, strict=True)
+                ],
+                "y": [i.label for i in chosen],
+                "name": severity,
+                "marker": {"color": colour},
+                "text": ["open" if i.resolved_at is None else "" for i in chosen],
+                "hovertext": [
+                    f"{i.app_id} {i.kind} {i.severity}<br>opened {utc_text(i.opened_at)}<br>"
+                    + (f"resolved {utc_text(i.resolved_at)}" if i.resolved_at else "open")
+                    + f"<br>{i.message}"
+                    for i in chosen
+                ],
+                "hoverinfo": "text",
+            }
+        )
+    return _figure(
+        traces,
+        "incidents (opened → resolved)",
+        height=max(HEIGHT, 120 + 28 * len(labels)),
+        barmode="overlay",
+        yaxis={
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": labels,
+            "automargin": True,
+        },
+    )
+
+
+def _bounds(thresholds: Thresholds) -> list[tuple[str, float]]:
+    found: list[tuple[str, float]] = []
+    for severity, bound in (("warning", thresholds.warning), ("critical", thresholds.critical)):
+        if bound is None:
+            continue
+        found.extend(
+            (f"{severity} {side}", value)
+            for side, value in (("min", bound.min), ("max", bound.max))
+            if value is not None
+        )
+    return found
+
+
+def evaluation(
+    policy: str, metric: str, value_name: str, results: Sequence[EvaluationResult]
+) -> Figure:
+    """One judged value over windows, a line per app, markers coloured by status, with every
+    distinct bound the results were judged against."""
+    traces: list[Trace] = []
+    for app_id in sorted({r.app_id for r in results}):
+        mine = sorted((r for r in results if r.app_id == app_id), key=lambda r: r.window.start)
+        values = [r.values.get(value_name) for r in mine]
+        traces.append(
+            {
+                "type": "scatter",
+                "x": _x([r.window.start for r in mine]),
+                "y": [float(v) if v is not None else None for v in values],
+                "mode": "lines+markers",
+                "name": app_id,
+                "marker": {
+                    "size": 9,
+                    "color": [STATUS_COLOURS.get(r.status, "#000000") for r in mine],
+                    "line": {"width": 1, "color": "#333333"},
+                },
+                "hovertext": [f"{app_id}: {r.status} {r.reason}" for r in mine],
+            }
+        )
+    # Bounds span the windows, so they show even when there is only one window.
+    x = _x([min(r.window.start for r in results), max(r.window.end for r in results)])
+    seen: set[tuple[str, float]] = set()
+    for result in results:
+        thresholds = result.thresholds.get(value_name)
+        for label, value in _bounds(thresholds) if thresholds else []:
+            if (label, value) in seen:
+                continue
+            seen.add((label, value))
+            colour = SEVERITY_COLOURS["critical" if label.startswith("critical") else "warning"]
+            traces.append(_flat(x, value, f"{label} {value:g}", colour))
+    return _figure(traces, f"evaluation {policy} · {metric} · {value_name} per window start")

@@ -1,0 +1,1 @@
+"""Test infrastructure: a headless browser to open what evalstream renders."""

@@ -1,0 +1,126 @@
+"""`evalstream report` over telemetry that went through the real pipeline, opened in headless
+Chromium: no console errors, no request leaves the file, every chart drawn, the scripted
+incident on the page. The screenshot and the page are kept in test-artifacts/report/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from evalstream.cli import app
+from tests.browser.chromium import Chromium
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
+ARTIFACTS = ROOT / "test-artifacts" / "report"
+
+# Per chart: its plotly div, the SVG plotly.js drew into it, and at least one drawn trace.
+CHART_STATES = """
+[...document.querySelectorAll('div.chart')].map(chart => ({
+    kind: chart.dataset.chart,
+    id: chart.querySelector('.plotly-graph-div')?.id ?? null,
+    svg: chart.querySelectorAll('.plotly-graph-div svg.main-svg').length,
+    traces: chart.querySelectorAll('.plotly-graph-div g.trace').length,
+}))
+"""
+ALL_DRAWN = (
+    "document.querySelectorAll('div.chart').length > 0 && "
+    "[...document.querySelectorAll('div.chart')].every(c => "
+    "c.querySelector('.plotly-graph-div svg.main-svg') && c.querySelector('g.trace'))"
+)
+
+
+def evalstream(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "evalstream", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200", **env},
+    )
+
+
+@pytest.fixture(scope="module")
+def report_of_an_incident(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two apps, 40 s of traffic that ended a few minutes ago, app-001 four times slower for
+    20 s of it; stored, evaluated by the demo policy (one-minute windows), then reported."""
+    data_dir = tmp_path_factory.mktemp("report")
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=4)
+    steps = [
+        (
+            "simulate", "--apps", "2", "--count", "8000", "--start", start.isoformat(),
+            "--incident", "latency_regression:app-001@15+20x4", "--no-pace",
+        ),
+        ("process", "--no-ingest", "--until-idle", "1"),
+    ]  # fmt: skip
+    for step in steps:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    evaluated = evalstream(
+        data_dir, "process", "--no-ingest", "--until-idle", "2",
+        EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="true",
+        EVALSTREAM_COLDPATH__SCHEDULE_INTERVAL_S="0.5",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    # The command itself, in this process: one interpreter start less than a subprocess.
+    output = data_dir / "report.html"
+    reported = CliRunner().invoke(
+        app,
+        [
+            "report", "-o", str(output), "--data-dir", str(data_dir),
+            "--from", (start - timedelta(minutes=1)).isoformat(),
+            "--to", (start + timedelta(minutes=5)).isoformat(),
+        ],
+    )  # fmt: skip
+    assert reported.exit_code == 0, reported.output
+    assert "2 apps, 8,000 requests" in reported.output, reported.output
+    return output
+
+
+async def test_the_report_renders_in_headless_chromium_with_the_incident(
+    report_of_an_incident: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_an_incident.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        charts = await page.evaluate(CHART_STATES)
+        incidents = await page.evaluate(
+            "[...document.querySelectorAll('table.incidents tbody tr')]"
+            ".map(row => [...row.cells].map(cell => cell.textContent))"
+        )
+        incident_axis = await page.evaluate(
+            "[...document.querySelectorAll('div.chart[data-chart=incidents] .yaxislayer-above "
+            "text')].map(t => t.textContent)"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        screenshot = await page.screenshot(ARTIFACTS / "report.png")
+        shutil.copy(report_of_an_incident, ARTIFACTS / "report.html")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    # Offline: the page itself is the only thing loaded.
+    assert log.requests == [report_of_an_incident.as_uri()], log.requests
+    assert drawn, charts
+    kinds = [chart["kind"] for chart in charts]
+    # Two apps × latency, errors, usage, scores; the incident timeline; evaluation charts.
+    assert sorted(set(kinds)) == ["errors", "evaluation", "incidents", "latency", "scores", "usage"]
+    assert kinds.count("latency") == 2, kinds
+    assert all(chart["svg"] > 0 and chart["traces"] > 0 for chart in charts), charts
+    # The scripted regression: app-001's latency breaches on the timeline, in the table, and
+    # nothing for the healthy app.
+    assert {row[0] for row in incidents} == {"app-001"}, incidents
+    assert any(row[2] == "drift" and row[3] == "latency_ms" for row in incidents), incidents
+    assert any(row[2] == "evaluation" for row in incidents), incidents
+    assert any(label.startswith("app-001") for label in incident_axis), incident_axis
+    assert screenshot.stat().st_size > 50_000

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import typer
+
+from coldpath.config import QUALITY_POLICY
+from evalstream.cli_report import time_range
+from evalstream.report_wiring import breach_log, price_table
+from evalstream.settings import Settings, SettingsError
+from report import PriceTable, TokenPrice
+from report.sqlite_breaches import SqliteBreachLog
+from schemas import EvaluationPolicy, MetricOverride, MetricSpec
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def with_policies(*policies: EvaluationPolicy) -> Settings:
+    settings = Settings()
+    return settings.model_copy(
+        update={"coldpath": settings.coldpath.model_copy(update={"policies": policies})}
+    )
+
+
+def test_prices_come_from_the_usage_metric_with_the_apps_overrides() -> None:
+    prices = {"prices": {"gpt": {"input_per_1k": 1.0, "output_per_1k": 2.0}}}
+    policy = EvaluationPolicy(
+        name="costs",
+        metrics=(MetricSpec(metric="usage", params=prices),),
+        overrides={
+            "cheap": {
+                "usage": MetricOverride(
+                    params={"default": {"input_per_1k": 0.1, "output_per_1k": 0.1}}
+                )
+            }
+        },
+    )
+    settings = with_policies(QUALITY_POLICY, policy)
+    gpt = TokenPrice(1.0, 2.0)
+    assert price_table(settings, "any") == PriceTable({"gpt": gpt})
+    assert price_table(settings, "cheap") == PriceTable({"gpt": gpt}, TokenPrice(0.1, 0.1))
+    # The default policy's usage metric has no prices: tokens only.
+    assert price_table(with_policies(QUALITY_POLICY), "any") is None
+
+
+def test_a_wrong_price_table_names_the_policy() -> None:
+    bad = EvaluationPolicy(
+        name="bad", metrics=(MetricSpec(metric="usage", params={"prices": {"m": {}}}),)
+    )
+    with pytest.raises(SettingsError, match=r"coldpath.policies\[0\] usage params"):
+        price_table(with_policies(bad), "any")
+
+
+def test_the_embedded_backend_has_a_breach_log_azure_has_none(tmp_path: Path) -> None:
+    settings = Settings()
+    embedded = settings.embedded.model_copy(update={"data_dir": tmp_path})
+    log = breach_log(settings.model_copy(update={"embedded": embedded}))
+    assert isinstance(log, SqliteBreachLog) and log.path == tmp_path / "alerts.db"
+    assert breach_log(settings.model_copy(update={"backend": "azure"})) is None
+
+
+def test_the_range_defaults_to_the_last_day_and_takes_durations() -> None:
+    assert time_range(None, None, NOW) == (NOW - timedelta(hours=24), NOW)
+    assert time_range("90m", "2026-03-01T10:00:00Z", NOW) == (
+        datetime(2026, 3, 1, 8, 30, tzinfo=UTC),
+        datetime(2026, 3, 1, 10, 0, tzinfo=UTC),
+    )
+    assert time_range("2026-03-01", None, NOW)[0] == datetime(2026, 3, 1, tzinfo=UTC)
+    with pytest.raises(typer.BadParameter, match="not before"):
+        time_range("2026-03-02", None, NOW)
+
+
+def test_a_data_dir_without_a_store_is_refused_and_left_alone(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from evalstream.cli import app
+
+    data_dir = tmp_path / "typo"
+    output = tmp_path / "report.html"
+    answer = CliRunner().invoke(app, ["report", "--data-dir", str(data_dir), "-o", str(output)])
+    assert answer.exit_code == 2
+    assert "no store at" in answer.output
+    assert not data_dir.exists() and not output.exists()
