@@ -101,8 +101,7 @@ def child(data: Path, page_size: int) -> dict[str, Any]:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         wall, cpu = time.perf_counter(), time.process_time()
-        found = evaluate(data, Path(folder) / "evaluations.db", page_size)
-        found = asyncio.run(found)
+        found = asyncio.run(evaluate(data, Path(folder) / "evaluations.db", page_size))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         stop.set()
         sampler.join()
