@@ -190,7 +190,7 @@ def build_store(path: Path, shape: StoreShape, seed: int = 7) -> None:
     than the reference's, so drift has something to find."""
     path.unlink(missing_ok=True)
     asyncio.run(SqliteStore(path).close())  # the store's own schema and pragmas
-    pool = document_pool()
+    pool = document_pool(POOL_SIZE)
     rng = np.random.default_rng(seed)
     connection = connect(path)
     try:

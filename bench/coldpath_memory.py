@@ -164,7 +164,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], build_s: float 
         "",
         f"**Median peak growth: {growth:.1f} MiB** (target < {TARGET_MB:.0f} MB: {verdict}).",
         "",
-        f"What was computed (run 1): {first['documents']:,} latencies, p95 "
+        f"What was computed (run 1): {int(first['documents']):,} latencies, p95 "
         f"{first['p95_ms']:.1f} ms (exact: {first['latency_exact']}), PSI of latency "
         f"{first['psi_latency']:.4f}; statuses {first['statuses']}.",
         "",
