@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             load = os.getloadavg()[0]
             runs.append({**run_child(data, args.page_size), "load": load})
+            # Each run as it ends: a long run cut short still leaves its figures in the log.
+            print(json.dumps(runs[-1]), flush=True)
         text = report(args, runs, build_s)
     print(text)
     if not args.no_write:
