@@ -15,19 +15,18 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.retry import Backoff
 from schemas import AppDirectory, TelemetryDocument, TelemetryEvent
-from store.cosmos import (
-    _transport_options,
+from store.cosmos import _transport_options, upsert_all
+from store.cosmos_items import (
     cosmos_id,
     epoch_us,
     record_id,
     snapshot_from_item,
     state_item,
     telemetry_item,
-    upsert_all,
     window_days,
 )
-from store.cosmos_errors import RetryPolicy
 from store.exceptions import StoreUnavailable
 from store.ports import StateSnapshot
 from stream.enrich import Enricher
@@ -108,7 +107,7 @@ class FakeContainer:
             self.in_flight -= 1
 
 
-NO_RETRY = RetryPolicy(max_retries=0)
+NO_RETRY = Backoff(max_retries=0)
 
 
 @pytest.mark.parametrize(("limit", "expected"), [(1, 1), (8, 8), (500, 50)])
@@ -116,7 +115,7 @@ async def test_upserts_are_bounded_and_all_acknowledged(limit: int, expected: in
     container = FakeContainer()
     items: list[tuple[Any, dict[str, Any]]] = [(container, {"id": str(i)}) for i in range(50)]
 
-    await upsert_all(items, max_concurrency=limit, retry=NO_RETRY)
+    await upsert_all(items, max_concurrency=limit, backoff=NO_RETRY)
 
     assert sorted(container.stored, key=int) == [str(i) for i in range(50)]
     assert container.most_in_flight == expected
@@ -127,7 +126,7 @@ async def test_first_failure_raises_a_store_error_and_stops_the_rest() -> None:
     items: list[tuple[Any, dict[str, Any]]] = [(container, {"id": str(i)}) for i in range(200)]
 
     with pytest.raises(StoreUnavailable, match="upsert fake/3") as failure:
-        await upsert_all(items, max_concurrency=4, retry=NO_RETRY)
+        await upsert_all(items, max_concurrency=4, backoff=NO_RETRY)
 
     assert isinstance(failure.value.__cause__, CosmosHttpResponseError)
     assert len(container.stored) < 200
@@ -135,7 +134,7 @@ async def test_first_failure_raises_a_store_error_and_stops_the_rest() -> None:
 
 
 async def test_nothing_to_write_makes_no_request() -> None:
-    await upsert_all([], max_concurrency=4, retry=NO_RETRY)
+    await upsert_all([], max_concurrency=4, backoff=NO_RETRY)
 
 
 def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
