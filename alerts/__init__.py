@@ -1,9 +1,11 @@
 """Alerts: publishing breaches to a topic, subscribing to it, and handing alerts to people.
 
-Ports in ``alerts.ports``; the embedded SQLite topic in ``alerts.sqlite_bus``; the subscriber
-loop in ``alerts.listener``; console and webhook handlers in ``alerts.handlers``.
+Ports in ``alerts.ports``; the subscription model and settings in ``alerts.config``; the embedded
+SQLite topic in ``alerts.sqlite_bus``; the Service Bus topic in ``alerts.servicebus*``; the
+subscriber loop in ``alerts.listener``; console and webhook handlers in ``alerts.handlers``.
 """
 
+from alerts.config import SubscriptionSpec
 from alerts.exceptions import (
     AlertBusBusyError,
     AlertBusError,
@@ -22,7 +24,6 @@ from alerts.ports import (
     AlertReceiver,
     DeadLetteredAlert,
     ReceivedAlert,
-    SubscriptionSpec,
 )
 
 __all__ = [

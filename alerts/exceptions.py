@@ -1,10 +1,12 @@
-"""Errors of the alerts package: one root, each with ``retryable`` so callers can decide.
+"""Errors of the alerts package, under the one error root (``common.errors.EvalstreamError``);
+each says whether it is ``retryable`` so callers can decide.
 
 ::
 
     AlertError
     ├── AlertBusError              the bus could not do what was asked (storage, protocol)
-    │   └── AlertBusBusyError      the bus is locked by another process for too long (retryable)
+    │   └── AlertBusBusyError      the bus is locked by another process too long, or the disk
+    │                              is full (retryable)
     ├── AlertClientClosedError     a publisher or receiver was used after it was closed
     ├── UnknownSubscriptionError   no subscription of that name exists
     ├── LockLostError              settle or renew after the message lock expired
@@ -19,20 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from common.errors import EvalstreamError
 
-class AlertError(Exception):
-    """Root of every alerts error."""
+# A busy bus has already made its caller wait the busy timeout: the next attempt waits at least
+# this long too, so retries do not keep the file's lock queue full.
+BUSY_RETRY_AFTER_S = 1.0
 
-    retryable: bool = False
 
-    def __init__(
-        self, message: str, *, retryable: bool | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        if retryable is not None:
-            self.retryable = retryable
-        # Seconds the caller should wait before retrying, when the cause says so.
-        self.retry_after = retry_after
+class AlertError(EvalstreamError):
+    """Root of every alerts error (below ``common.errors.EvalstreamError``)."""
 
 
 class AlertBusError(AlertError):
@@ -40,9 +37,19 @@ class AlertBusError(AlertError):
 
 
 class AlertBusBusyError(AlertBusError):
-    """Another process held the bus's write lock longer than the busy timeout."""
+    """A passing condition of the bus: another process held its write lock longer than the busy
+    timeout, or the disk is full for now."""
 
     retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        retry_after: float | None = BUSY_RETRY_AFTER_S,
+    ) -> None:
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
 
 
 class AlertClientClosedError(AlertError):

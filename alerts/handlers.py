@@ -7,7 +7,6 @@ the subscription's max delivery count).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,14 +20,14 @@ from rich.text import Text
 
 from alerts.exceptions import AlertClientClosedError, AlertDeliveryError, WebhookRejectedError
 from alerts.ports import AlertHandler, ReceivedAlert
+from common.retry import Backoff, retry
 from schemas import Breach, BreachState, Severity
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
-DEFAULT_WEBHOOK_ATTEMPTS = 3
-DEFAULT_WEBHOOK_BACKOFF_INITIAL_S = 0.5
-DEFAULT_WEBHOOK_BACKOFF_MAX_S = 8.0
+# Three requests per delivery, 0.5 s and 1 s apart (no jitter: one handler, one destination).
+DEFAULT_WEBHOOK_BACKOFF = Backoff(initial_s=0.5, max_s=8.0, jitter=False, max_retries=2)
 # 408 and 429 say "not now" rather than "never": retried like 5xx.
 TRANSIENT_4XX = frozenset({408, 429})
 
@@ -118,9 +117,9 @@ def _retry_after_s(response: httpx.Response) -> float | None:
 class WebhookHandler:
     """POSTs each breach as JSON to ``url``; an async context manager.
 
-    One delivery attempt makes up to ``max_attempts`` requests: transport errors (connect,
-    timeout, ...), 5xx, 408 and 429 are retried after an exponential backoff (or the
-    ``Retry-After`` the server asks for, capped at ``backoff_max_s``); other 4xx raise
+    One delivery attempt makes up to ``backoff.max_retries + 1`` requests: transport errors
+    (connect, timeout, ...), 5xx, 408 and 429 are retried after the backoff's wait (longer if
+    the server's ``Retry-After`` asks for it, capped at ``backoff.max_s``); other 4xx raise
     ``WebhookRejectedError`` at once. When all requests fail, ``AlertDeliveryError`` is raised
     and the listener retries the alert later. Each request carries ``X-Evalstream-Message-Id``
     (also as ``Idempotency-Key``) so a receiver can drop the duplicates that at-least-once
@@ -133,20 +132,16 @@ class WebhookHandler:
         *,
         client: httpx.AsyncClient | None = None,
         timeout_s: float = DEFAULT_WEBHOOK_TIMEOUT_S,
-        max_attempts: int = DEFAULT_WEBHOOK_ATTEMPTS,
-        backoff_initial_s: float = DEFAULT_WEBHOOK_BACKOFF_INITIAL_S,
-        backoff_max_s: float = DEFAULT_WEBHOOK_BACKOFF_MAX_S,
+        backoff: Backoff = DEFAULT_WEBHOOK_BACKOFF,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         if urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"webhook URL must be http(s), got {_display_url(url)!r}")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if backoff.max_retries is None:
+            raise ValueError("the webhook backoff needs a max_retries: a delivery must end")
         self.url = url
         self.timeout_s = timeout_s
-        self.max_attempts = max_attempts
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
+        self.backoff = backoff
         self.headers = dict(headers or {})
         self._client = client
         self._owns_client = client is None
@@ -182,44 +177,35 @@ class WebhookHandler:
             "x-evalstream-delivery-count": str(alert.delivery_count),
         }
         target = _display_url(self.url)
-        failure: AlertDeliveryError | None = None
-        for attempt in range(1, self.max_attempts + 1):
-            if failure is not None:
-                delay = self.backoff_initial_s * 2 ** (attempt - 2)
-                if failure.retry_after is not None:
-                    delay = failure.retry_after
-                await asyncio.sleep(min(delay, self.backoff_max_s))
+        client = self._client
+
+        async def post() -> None:
             try:
-                response = await self._client.post(
+                response = await client.post(
                     self.url, content=body, headers=headers, timeout=self.timeout_s
                 )
             except httpx.TransportError as exc:
-                failure = AlertDeliveryError(
+                raise AlertDeliveryError(
                     f"POST {target} failed: {type(exc).__name__}: {exc}", retryable=True
-                )
-                failure.__cause__ = exc
+                ) from exc
             except httpx.HTTPError as exc:
                 raise AlertDeliveryError(f"POST {target} failed: {exc}") from exc
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return
-                message = f"POST {target} answered {status}: {response.text[:200]}"
-                if status >= 500 or status in TRANSIENT_4XX:
-                    failure = AlertDeliveryError(
-                        message,
-                        retryable=True,
-                        status_code=status,
-                        retry_after=_retry_after_s(response),
-                    )
-                else:
-                    raise WebhookRejectedError(message, status_code=status)
-            logger.info(
-                "webhook attempt %d of %d for alert %s failed: %s",
-                attempt,
-                self.max_attempts,
-                alert.message_id,
-                failure,
-            )
-        assert failure is not None  # the loop ran at least once and only falls through failed
-        raise failure
+            status = response.status_code
+            if 200 <= status < 300:
+                return
+            message = f"POST {target} answered {status}: {response.text[:200]}"
+            if status >= 500 or status in TRANSIENT_4XX:
+                asked = _retry_after_s(response)
+                # A server asking for hours must not hold the alert's lock that long.
+                wait = None if asked is None else min(asked, self.backoff.max_s)
+                raise AlertDeliveryError(
+                    message, retryable=True, status_code=status, retry_after=wait
+                )
+            raise WebhookRejectedError(message, status_code=status)
+
+        await retry(
+            post,
+            backoff=self.backoff,
+            what=f"webhook delivery of alert {alert.message_id}",
+            log_fields={"message_id": alert.message_id},
+        )

@@ -15,20 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from alerts.config import DEFAULT_MAX_DELIVERY_COUNT
 from alerts.exceptions import AlertError, LockLostError
-from alerts.ports import DEFAULT_MAX_DELIVERY_COUNT, AlertHandler, AlertReceiver, ReceivedAlert
+from alerts.ports import AlertHandler, AlertReceiver, ReceivedAlert
+from common.retry import Backoff, Stopped, retry, sleep_or_stop
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_RECEIVE_WAIT_S = 1.0
-DEFAULT_BACKOFF_INITIAL_S = 1.0
-DEFAULT_BACKOFF_MAX_S = 60.0
-DEFAULT_BACKOFF_MULTIPLIER = 2.0
+# The pause before abandoning a failed delivery: 1, 2, 4, ... s up to a minute by delivery
+# count, 90-100% of that so alerts that failed together (one webhook outage) spread out a little.
+DEFAULT_BACKOFF = Backoff(initial_s=1.0, max_s=60.0, multiplier=2.0, jitter_fraction=0.1)
 # Renew when this fraction of the lock duration is left: room for a slow renewal call.
 RENEW_AT_REMAINING_FRACTION = 0.5
 # How long a settlement after cancellation may take before we leave it to lock expiry.
@@ -54,9 +55,7 @@ class AlertListener:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_in_flight: int | None = None,
         receive_wait_s: float = DEFAULT_RECEIVE_WAIT_S,
-        backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_S,
-        backoff_max_s: float = DEFAULT_BACKOFF_MAX_S,
-        backoff_multiplier: float = DEFAULT_BACKOFF_MULTIPLIER,
+        backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         if max_delivery_count < 1:
             raise ValueError(f"max_delivery_count must be >= 1, got {max_delivery_count}")
@@ -68,9 +67,12 @@ class AlertListener:
         self.max_concurrency = max_concurrency
         self.max_in_flight = max(max_in_flight or 2 * max_concurrency, max_concurrency)
         self.receive_wait_s = receive_wait_s
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
-        self.backoff_multiplier = backoff_multiplier
+        self.backoff = backoff
+        # A failed receive (a busy bus) is retried after the first step of the backoff, or the
+        # wait the error asks for, however often it fails: a pause, not a growing outage.
+        self.receive_backoff = Backoff(
+            initial_s=backoff.initial_s, max_s=backoff.initial_s, jitter=False
+        )
         self._stopping = asyncio.Event()
         self._handler_slots = asyncio.Semaphore(max_concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -86,11 +88,8 @@ class AlertListener:
         self._stopping.set()
 
     def backoff_s(self, delivery_count: int) -> float:
-        """Delay before abandoning a failed delivery: exponential, capped, with 10% jitter."""
-        delay = self.backoff_initial_s * self.backoff_multiplier ** max(delivery_count - 1, 0)
-        delay = min(delay, self.backoff_max_s)
-        # Jitter spreads out retries of alerts that failed together (one webhook outage).
-        return delay * random.uniform(0.9, 1.0)
+        """Delay before abandoning a failed delivery (the first delivery is 1)."""
+        return self.backoff.delay(max(delivery_count - 1, 0))
 
     async def run(self) -> None:
         """Run until ``stop()``; then settle what is in flight and return."""
@@ -107,17 +106,15 @@ class AlertListener:
                     task.add_done_callback(self._in_flight.discard)
 
     async def _receive(self, max_count: int) -> list[ReceivedAlert]:
+        # A busy bus is a pause, not a failure of the subscriber; stop() ends the pause.
         try:
-            return await self.receiver.receive(max_count, self.receive_wait_s)
-        except asyncio.CancelledError:
-            raise
-        except AlertError as exc:
-            if not exc.retryable:
-                raise
-            # A busy bus is a pause, not a failure of the subscriber.
-            delay = exc.retry_after or self.backoff_initial_s
-            logger.warning("receive failed, retrying in %.1f s: %s", delay, exc)
-            await self._sleep_unless_stopping(delay)
+            return await retry(
+                lambda: self.receiver.receive(max_count, self.receive_wait_s),
+                backoff=self.receive_backoff,
+                what="receiving alerts",
+                stop=self._stopping,
+            )
+        except Stopped:
             return []
 
     async def _process(self, alert: ReceivedAlert) -> None:
@@ -170,7 +167,7 @@ class AlertListener:
             exc,
         )
         async with renewal.running():
-            await self._sleep_unless_stopping(delay)
+            await sleep_or_stop(delay, self._stopping)
         if await self._settle(self.receiver.abandon, alert):
             self.abandoned += 1
 
@@ -202,11 +199,6 @@ class AlertListener:
             # Best effort while shutting down: the lock expires and the alert comes back.
             # Our caller re-raises its own CancelledError right after this returns.
             logger.debug("alert %s left to lock expiry: %r", alert.message_id, exc)
-
-    async def _sleep_unless_stopping(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._stopping.wait()
 
 
 class _LockRenewal:
@@ -241,16 +233,22 @@ class _LockRenewal:
         while not self.lost:
             margin = self.lock_duration_s * RENEW_AT_REMAINING_FRACTION
             await asyncio.sleep(max(self.locked_until - margin - time.time(), 0.0))
+            # A failed renewal is tried again shortly, until it succeeds or the lock is lost.
+            pause = min(1.0, margin / 2)
             try:
-                self.locked_until = (await self.receiver.renew_lock(self.alert)).timestamp()
-            except asyncio.CancelledError:
-                raise
+                locked_until = await retry(
+                    lambda: self.receiver.renew_lock(self.alert),
+                    backoff=Backoff(initial_s=pause, max_s=pause, jitter=False),
+                    what=f"renewing the lock of alert {self.alert.message_id}",
+                    retryable=_renewal_may_succeed,
+                )
             except LockLostError as exc:
                 self.lost = True
                 logger.warning("lock of alert %s lost: %s", self.alert.message_id, exc)
-            except AlertError as exc:
-                # Transient: try again shortly, the lock is probably still valid.
-                logger.warning(
-                    "renewing the lock of alert %s failed: %s", self.alert.message_id, exc
-                )
-                await asyncio.sleep(min(1.0, margin / 2))
+                continue
+            self.locked_until = locked_until.timestamp()
+
+
+def _renewal_may_succeed(exc: BaseException) -> bool:
+    # Any bus error but a lost lock: the lock is probably still valid.
+    return isinstance(exc, AlertError) and not isinstance(exc, LockLostError)

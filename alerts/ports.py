@@ -2,59 +2,23 @@
 
 The embedded SQLite topic (``alerts.sqlite_bus``) and the Service Bus adapter implement the same
 Protocols, so the listener, the handlers and the CLI never know which bus they talk to. No I/O here.
+The subscription model (``SubscriptionSpec``) is configuration and lives in ``alerts.config``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
 from schemas import Breach
 
-DEFAULT_MAX_DELIVERY_COUNT = 5
-DEFAULT_LOCK_DURATION_S = 30.0
-
 # Service Bus's own name for the reason, kept so dead-letter queues read alike on both backends.
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 # The message body is not a valid Breach (written by something else, or a contract mismatch).
 INVALID_BODY = "InvalidBody"
-# The keys of ``Breach.routing_properties``: the only ones a subscription filter can use.
-ROUTING_KEYS = frozenset({"app_id", "severity", "kind", "state"})
-
-
-@dataclass(frozen=True)
-class SubscriptionSpec:
-    """One subscription of the alert topic: which breaches it gets and how they are delivered.
-
-    ``filter`` matches ``Breach.routing_properties`` exactly; every key must match (empty = all).
-    """
-
-    name: str
-    # Left out of the hash: a mapping is not hashable, the name identifies the subscription.
-    filter: Mapping[str, str] = field(default_factory=dict, hash=False)
-    max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT
-    lock_duration_s: float = DEFAULT_LOCK_DURATION_S
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("subscription name must not be empty")
-        if self.max_delivery_count < 1:
-            raise ValueError(f"max_delivery_count must be >= 1, got {self.max_delivery_count}")
-        if self.lock_duration_s <= 0:
-            raise ValueError(f"lock_duration_s must be > 0, got {self.lock_duration_s}")
-        unknown = set(self.filter) - ROUTING_KEYS
-        if unknown:
-            raise ValueError(
-                f"subscription {self.name!r} filters on unknown keys {sorted(unknown)}; "
-                f"known keys: {sorted(ROUTING_KEYS)}"
-            )
-
-    def matches(self, breach: Breach) -> bool:
-        properties = breach.routing_properties
-        return all(properties.get(key) == value for key, value in self.filter.items())
 
 
 @dataclass(frozen=True)

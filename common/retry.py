@@ -24,32 +24,40 @@ T = TypeVar("T")
 DEFAULT_INITIAL_S = 0.1
 DEFAULT_MAX_S = 10.0
 DEFAULT_MULTIPLIER = 2.0
+DEFAULT_JITTER_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
 class Backoff:
     """Waits of ``initial_s * multiplier**attempt`` capped at ``max_s``; with ``jitter`` each is
-    drawn between half and all of that, so clients throttled together do not return in step.
-    ``max_retries=None`` retries until the caller stops."""
+    drawn between ``1 - jitter_fraction`` (default half) and all of that, so clients throttled
+    together do not return in step. ``max_retries=None`` retries until the caller stops."""
 
     initial_s: float = DEFAULT_INITIAL_S
     max_s: float = DEFAULT_MAX_S
     multiplier: float = DEFAULT_MULTIPLIER
     jitter: bool = True
     max_retries: int | None = None
+    # How much of a wait jitter may take off; some callers keep their waits closer to the
+    # schedule (a subscriber's redelivery pause, a publisher's documented total wait).
+    jitter_fraction: float = DEFAULT_JITTER_FRACTION
 
     def __post_init__(self) -> None:
         if self.initial_s < 0 or self.max_s < self.initial_s or self.multiplier < 1:
             raise ValueError("need 0 <= initial_s <= max_s and multiplier >= 1")
         if self.max_retries is not None and self.max_retries < 0:
             raise ValueError("max_retries must be >= 0 or None")
+        if not 0 <= self.jitter_fraction <= 1:
+            raise ValueError("jitter_fraction must be between 0 and 1")
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """The pause before retry number ``attempt + 1`` (``attempt`` counts from 0)."""
         ceiling = min(self.max_s, self.initial_s * self.multiplier ** min(attempt, 64))
-        # Jitter only; not a secret.
-        wait = ceiling / 2 + random.uniform(0, ceiling / 2) if self.jitter else ceiling
-        return max(wait, retry_after or 0.0)
+        if self.jitter:
+            spread = ceiling * self.jitter_fraction
+            # Jitter only; not a secret.
+            ceiling = ceiling - spread + random.uniform(0, spread)
+        return max(ceiling, retry_after or 0.0)
 
     def exhausted(self, attempt: int) -> bool:
         """True once ``attempt`` retries have been spent."""

@@ -87,14 +87,21 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def map_error(
-    exc: sqlite3.Error, what: str, error_type: type[EvalstreamError]
+    exc: sqlite3.Error,
+    what: str,
+    error_type: type[EvalstreamError],
+    transient_type: type[EvalstreamError] | None = None,
 ) -> EvalstreamError:
-    """The adapter's error for a ``sqlite3`` error; the caller raises it ``from exc``."""
+    """The adapter's error for a ``sqlite3`` error; the caller raises it ``from exc``.
+
+    A passing cause (locked, busy, disk full) is retryable, and of ``transient_type`` when the
+    adapter has a type of its own for "try again later"."""
     text = str(exc)
     transient = isinstance(exc, sqlite3.OperationalError) and any(
         marker in text.lower() for marker in _TRANSIENT
     )
-    return error_type(f"{what}: SQLite: {text}", retryable=transient)
+    kind = transient_type if transient and transient_type is not None else error_type
+    return kind(f"{what}: SQLite: {text}", retryable=transient)
 
 
 class SqliteFile:
@@ -103,7 +110,8 @@ class SqliteFile:
     ``run`` moves a blocking call onto this file's single worker thread (so calls on one
     connection never overlap and the event loop never waits on a lock or an fsync);
     ``run_blocking`` does the same work on the calling thread for sync callers. Both map
-    ``sqlite3`` errors to ``error_type``. Closing twice is harmless; use after close raises.
+    ``sqlite3`` errors to ``error_type`` (passing causes to ``transient_type``, if given).
+    Closing twice is harmless; use after close raises.
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class SqliteFile:
         path: Path,
         *,
         error_type: type[EvalstreamError],
+        transient_type: type[EvalstreamError] | None = None,
         schema: str = "",
         page_size: int = DEFAULT_PAGE_SIZE,
         synchronous: Synchronous = "NORMAL",
@@ -118,18 +127,23 @@ class SqliteFile:
     ) -> None:
         self.path = path
         self.error_type = error_type
+        self.transient_type = transient_type
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._closed = False
+        connection: sqlite3.Connection | None = None
         try:
-            self._connection = connect(
+            connection = connect(
                 path, page_size=page_size, synchronous=synchronous, busy_timeout_s=busy_timeout_s
             )
             if schema:
-                self._connection.executescript(schema)
+                connection.executescript(schema)
         except sqlite3.Error as exc:
+            if connection is not None:
+                connection.close()
             self._executor.shutdown(wait=False)
-            raise map_error(exc, f"opening {path}", error_type) from exc
+            raise map_error(exc, f"opening {path}", error_type, transient_type) from exc
+        self._connection = connection
 
     @property
     def closed(self) -> bool:
@@ -143,7 +157,7 @@ class SqliteFile:
             try:
                 return call(self._connection)
             except sqlite3.Error as exc:
-                raise map_error(exc, what, self.error_type) from exc
+                raise map_error(exc, what, self.error_type, self.transient_type) from exc
 
     async def run(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
         """``run_blocking`` on the worker thread, awaited without blocking the event loop."""

@@ -15,12 +15,12 @@ import typer
 from rich.console import Console
 
 from alerts.handlers import render_breach
+from common.errors import leaves
 from evalstream import logs, wiring
 from evalstream.cli_alerts import alerts_app
 from evalstream.cli_coldpath import coldpath_app
 from evalstream.cli_coldpath import evaluations as cold_evaluations
 from evalstream.cli_report import report
-from evalstream.errors import leaves
 from evalstream.settings import Settings, SettingsError, load_settings
 from schemas import TelemetryEvent
 from stream.decode import split_ndjson

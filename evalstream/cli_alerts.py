@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from alerts.config import SubscriptionSpec
 from alerts.exceptions import AlertError, UnknownSubscriptionError
 from alerts.handlers import ConsoleHandler, HandlerChain, WebhookHandler, render_breach
 from alerts.listener import AlertListener
@@ -29,10 +30,9 @@ from alerts.ports import (
     AlertReceiver,
     DeadLetteredAlert,
     ReceivedAlert,
-    SubscriptionSpec,
 )
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
-from evalstream.errors import leaves
+from common.errors import leaves
 from evalstream.settings import Settings, SettingsError, load_settings
 
 EXIT_USAGE = 2
@@ -79,22 +79,9 @@ ConfigOption = Annotated[
 ]
 
 
-def subscription_specs(settings: Settings) -> list[SubscriptionSpec]:
-    """The configured subscriptions as the bus's value objects."""
-    return [
-        SubscriptionSpec(
-            name=sub.name,
-            filter={str(key): value for key, value in sub.filter.items()},
-            max_delivery_count=sub.max_delivery_count,
-            lock_duration_s=sub.lock_duration_s,
-        )
-        for sub in settings.alerts.subscriptions
-    ]
-
-
 def find_subscription(settings: Settings, name: str) -> SubscriptionSpec:
     """The configured subscription ``name``; ``UnknownSubscriptionError`` lists the others."""
-    specs = {spec.name: spec for spec in subscription_specs(settings)}
+    specs = {spec.name: spec for spec in settings.alerts.subscriptions}
     if name not in specs:
         raise UnknownSubscriptionError(name, list(specs))
     return specs[name]
@@ -106,7 +93,7 @@ def open_receiver(settings: Settings, spec: SubscriptionSpec) -> AlertReceiver:
         return SqliteAlertReceiver(settings.embedded.alerts_path, spec)
     if settings.backend == "azure":
         # Imported here: the embedded backend must not need the Azure SDK loaded.
-        from alerts.servicebus import servicebus_receiver
+        from alerts.servicebus_receiver import servicebus_receiver
 
         return servicebus_receiver(settings.azure.servicebus, spec)
     raise AlertError(f"alerts on the {settings.backend!r} backend are not available yet")
@@ -115,10 +102,10 @@ def open_receiver(settings: Settings, spec: SubscriptionSpec) -> AlertReceiver:
 def open_publisher(settings: Settings) -> AlertPublisher:
     """The publisher for the configured backend (not yet entered), for the processor's wiring."""
     if settings.backend == "embedded":
-        return SqliteAlertPublisher(settings.embedded.alerts_path, subscription_specs(settings))
+        return SqliteAlertPublisher(settings.embedded.alerts_path, settings.alerts.subscriptions)
     if settings.backend == "azure":
         # Subscriptions are provisioned with the topic on Azure, not passed to the publisher.
-        from alerts.servicebus import servicebus_publisher
+        from alerts.servicebus_publisher import servicebus_publisher
 
         return servicebus_publisher(settings.azure.servicebus)
     raise AlertError(f"alerts on the {settings.backend!r} backend are not available yet")

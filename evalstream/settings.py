@@ -3,7 +3,8 @@
 Precedence, highest first: values passed by the CLI, environment variables
 (``EVALSTREAM_PROCESSOR__BATCH_SIZE=1000``; nested fields joined by ``__``), the TOML config file
 (``--config`` or ``EVALSTREAM_CONFIG``), then the defaults below. A wrong setting fails at start
-with a message naming it.
+with a message naming it. The adapters' own models (``CosmosSettings``, ``ServiceBusSettings``,
+``AlertSettings``) live beside the adapters; this module composes them.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from alerts.config import AlertSettings
+from alerts.servicebus_config import ServiceBusSettings
 from coldpath.config import ColdpathSettings
 from coldpath.executors.batch_config import BatchSettings
+from common.errors import EvalstreamError
 from schemas import AppDirectory
+from store.cosmos_config import CosmosSettings
 
 DEFAULT_DATA_DIR = Path("var/evalstream")
 
 
-class SettingsError(Exception):
+class SettingsError(EvalstreamError):
     """The configuration is invalid; the message names every offending setting."""
 
 
@@ -80,23 +85,6 @@ class IngestSettings(BaseModel):
     max_events_per_request: PositiveInt = 500
 
 
-class SubscriptionSettings(BaseModel):
-    """A named alert subscription; ``filter`` matches breach properties exactly."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    filter: dict[Literal["app_id", "severity", "kind", "state"], str] = Field(default_factory=dict)
-    max_delivery_count: PositiveInt = 5
-    lock_duration_s: PositiveFloat = 30.0
-
-
-class AlertSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    subscriptions: tuple[SubscriptionSettings, ...] = (SubscriptionSettings(name="all"),)
-
-
 class EventHubsSettings(BaseModel):
     """Event Hubs source (and producer for send/simulate), with Blob checkpoints.
 
@@ -122,42 +110,6 @@ class EventHubsSettings(BaseModel):
     # Receive in a child process: the SDK's pure-Python AMQP receive costs about as much CPU
     # per event as the pipeline, and in one process the two would share one core.
     receive_in_child_process: bool = True
-
-
-class CosmosSettings(BaseModel):
-    """Cosmos DB store. ``key``, or DefaultAzureCredential with the data-plane role
-    "Cosmos DB Built-in Data Contributor"."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    endpoint: str | None = None
-    key: SecretStr | None = None
-    database: str = "evalstream"
-    telemetry_container: str = "telemetry"
-    quarantine_container: str = "quarantine"
-    state_container: str = "state"
-    evaluations_container: str = "evaluations"
-    create_if_missing: bool = True
-    # Concurrent upserts per batch: bounded so a throttled account slows the processor down
-    # instead of queueing without limit.
-    max_concurrency: PositiveInt = Field(default=32, le=512)
-    max_retries: int = Field(default=8, ge=0)
-    # Local emulators use self-signed certificates.
-    connection_verify: bool = True
-    # The SDK follows the endpoints the account advertises; the Linux emulator advertises
-    # 127.0.0.1, which is wrong from another container, so compose turns this off.
-    enable_endpoint_discovery: bool = True
-
-
-class ServiceBusSettings(BaseModel):
-    """Service Bus alert topic. ``connection_string``, or ``fully_qualified_namespace`` with
-    DefaultAzureCredential (roles "Azure Service Bus Data Sender" / "Data Receiver")."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    connection_string: SecretStr | None = None
-    fully_qualified_namespace: str | None = None
-    topic: str = "breaches"
 
 
 class AzureSettings(BaseModel):

@@ -1,172 +1,62 @@
 """The Azure store: telemetry, quarantine and processor state in Cosmos DB (``azure.cosmos.aio``).
 
-Containers (partition key ``/pk``): ``telemetry`` (pk ``<app_id>:<YYYY-MM-DD>``),
-``quarantine`` (pk ``quarantine:<YYYY-MM-DD>``), ``state`` (pk = consumer group, id = partition)
-and ``evaluations`` (created here, written by the cold path). Items are the documents' own JSON
-plus one number this adapter adds for ordering: ISO timestamps do not sort as strings
-(``…:00Z`` sorts after ``…:00.5Z``), so telemetry carries ``event_time_us`` and quarantine
-``received_us``, microseconds since the epoch (exact in a JSON double until the year 2255).
+The containers, their indexing and the item shapes are in ``store.cosmos_items``; every call
+runs under the common retry loop with the Cosmos error mapping (``store.cosmos_errors``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import logging
-import re
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-import orjson
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import ContainerProxy, CosmosClient, DatabaseProxy
 from azure.cosmos.exceptions import CosmosResourceNotFoundError
 
+from common.retry import Backoff
 from schemas import QuarantineRecord, TelemetryDocument
-from store.cosmos_errors import DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_S, RetryPolicy
+from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
+from store.cosmos_errors import call
+from store.cosmos_items import (
+    COUNT_QUERY,
+    PARTITION_KEY_PATH,
+    QUARANTINE_INDEXING,
+    QUARANTINE_QUERY,
+    STATE_INDEXING,
+    TELEMETRY_INDEXING,
+    WINDOW_QUERY,
+    cosmos_id,
+    document_from_item,
+    epoch_us,
+    quarantine_from_item,
+    quarantine_item,
+    snapshot_from_item,
+    state_item,
+    telemetry_item,
+    window_days,
+)
 from store.exceptions import StoreError
 from store.ports import StateSnapshot
 
-if TYPE_CHECKING:
-    # Only the type: the composition root imports this module, never the other way round.
-    from evalstream.settings import CosmosSettings
-
 logger = logging.getLogger(__name__)
 
-PARTITION_KEY_PATH = "/pk"
-EVENT_TIME_FIELD = "event_time_us"
-RECEIVED_FIELD = "received_us"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-# Long texts and raw bytes are read back, never filtered on: not indexing them saves request
-# units on every write. The window query orders by (event time, id): a composite index.
-_TELEMETRY_INDEXING = {
-    "indexingMode": "consistent",
-    "includedPaths": [{"path": "/*"}],
-    "excludedPaths": [
-        {"path": "/input_text/?"},
-        {"path": "/output_text/?"},
-        {"path": '/"_etag"/?'},
-    ],
-    "compositeIndexes": [
-        [
-            {"path": f"/{EVENT_TIME_FIELD}", "order": "ascending"},
-            {"path": "/id", "order": "ascending"},
-        ]
-    ],
-}
-_QUARANTINE_INDEXING = {
-    "indexingMode": "consistent",
-    "includedPaths": [{"path": "/*"}],
-    "excludedPaths": [{"path": "/raw/?"}, {"path": '/"_etag"/?'}],
-}
-_STATE_INDEXING = {
-    "indexingMode": "consistent",
-    "includedPaths": [{"path": "/*"}],
-    "excludedPaths": [{"path": "/blob/?"}, {"path": '/"_etag"/?'}],
-}
-
-# Field names spelled out (EVENT_TIME_FIELD, RECEIVED_FIELD); values only as parameters.
-_WINDOW_QUERY = (
-    "SELECT * FROM c WHERE c.pk = @pk AND c.event_time_us >= @start "
-    "AND c.event_time_us < @end ORDER BY c.event_time_us, c.id"
-)
-_QUARANTINE_QUERY = "SELECT TOP @limit * FROM c ORDER BY c.received_us DESC"
-_COUNT_QUERY = "SELECT VALUE COUNT(1) FROM c"
-
-
-# What azure-cosmos refuses in an id (a ValueError before any request), '%' (point reads put the
-# id in the URL path, where the service would decode it) and '~', the escape character itself.
-_ID_UNSAFE = re.compile(r"[/\\#?\t\r\n%~]| \Z")
-_ID_ESCAPE = re.compile(r"~([0-9A-F]{2})")
-
-
-def cosmos_id(value: str) -> str:
-    """The Cosmos item id of a record id: the same string unless it holds characters Cosmos
-    refuses, which become ``~XX`` (hex); reversible, and the identity for the usual ids."""
-    if _ID_UNSAFE.search(value) is None:
-        return value
-    return _ID_UNSAFE.sub(lambda m: f"~{ord(m.group()):02X}", value)
-
-
-def record_id(item_id: str) -> str:
-    """The record id of a Cosmos item id (inverse of ``cosmos_id``)."""
-    if "~" not in item_id:
-        return item_id
-    return _ID_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), item_id)
-
-
-def epoch_us(when: datetime) -> int:
-    """Microseconds since the epoch (a naive datetime is taken as local time, like
-    ``datetime.timestamp``)."""
-    return (when.astimezone(UTC) - _EPOCH) // _MICROSECOND
-
-
-def telemetry_item(document: TelemetryDocument) -> dict[str, Any]:
-    item: dict[str, Any] = orjson.loads(document.json_bytes())
-    item["id"] = cosmos_id(document.id)
-    item[EVENT_TIME_FIELD] = epoch_us(document.timestamp)
-    return item
-
-
-def quarantine_item(record: QuarantineRecord) -> dict[str, Any]:
-    item = record.model_dump(mode="json")
-    item["id"] = cosmos_id(record.id)
-    item[RECEIVED_FIELD] = epoch_us(record.received_at)
-    return item
-
-
-def state_item(snapshot: StateSnapshot) -> dict[str, Any]:
-    return {
-        "id": cosmos_id(snapshot.partition),
-        "pk": snapshot.consumer_group,
-        "consumer_group": snapshot.consumer_group,
-        "partition": snapshot.partition,
-        # A string: sequence numbers are 64-bit, Cosmos numbers are doubles (exact to 2**53).
-        "covered_sequence": str(snapshot.covered_sequence),
-        "blob": base64.b64encode(snapshot.blob).decode("ascii"),
-    }
-
-
-def document_from_item(item: dict[str, Any]) -> TelemetryDocument:
-    item["id"] = record_id(item["id"])
-    return TelemetryDocument.model_validate(item)
-
-
-def quarantine_from_item(item: dict[str, Any]) -> QuarantineRecord:
-    item["id"] = record_id(item["id"])
-    return QuarantineRecord.model_validate(item)
-
-
-def snapshot_from_item(item: dict[str, Any]) -> StateSnapshot:
-    return StateSnapshot(
-        consumer_group=item["consumer_group"],
-        partition=item["partition"],
-        covered_sequence=int(item["covered_sequence"]),
-        blob=base64.b64decode(item["blob"]),
-    )
-
-
-def window_days(start: datetime, end: datetime) -> list[date]:
-    """The UTC days that [start, end) touches: one telemetry partition per app and day."""
-    first = start.astimezone(UTC).date()
-    last = (end - _MICROSECOND).astimezone(UTC).date()
-    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+T = TypeVar("T")
 
 
 class CosmosStore:
     """TelemetryStore on Cosmos DB.
 
     ``write`` upserts every item with at most ``max_concurrency`` requests in flight and returns
-    once each was acknowledged. Every call retries throttling and transient failures (see
-    store/cosmos_errors.py) before raising ``StoreUnavailable``; other failures raise
-    ``StoreError`` at once. Open with ``async with``; a closed store raises ``StoreError``.
+    once each was acknowledged. Every call retries throttling and transient failures on
+    ``backoff`` (see store/cosmos_errors.py) before raising ``StoreUnavailable``; other failures
+    raise ``StoreError`` at once. Open with ``async with``; a closed store raises ``StoreError``.
     """
 
     def __init__(
@@ -181,7 +71,7 @@ class CosmosStore:
         evaluations_container: str = "evaluations",
         create_if_missing: bool = True,
         max_concurrency: int = 32,
-        retry: RetryPolicy | None = None,
+        backoff: Backoff | None = None,
         connection_verify: bool = True,
         enable_endpoint_discovery: bool = True,
         close_credential: Callable[[], Any] | None = None,
@@ -197,7 +87,7 @@ class CosmosStore:
         self.evaluations_container = evaluations_container
         self.create_if_missing = create_if_missing
         self.max_concurrency = max_concurrency
-        self.retry = retry or RetryPolicy()
+        self.backoff = backoff or DEFAULT_BACKOFF
         self.connection_verify = connection_verify
         self.enable_endpoint_discovery = enable_endpoint_discovery
         self._close_credential = close_credential
@@ -248,16 +138,14 @@ class CosmosStore:
         )
         try:
             await client.__aenter__()
-            database = await self.retry.call(
-                "open database", functools.partial(self._database, client)
-            )
+            database = await self._call("open database", functools.partial(self._database, client))
             for name, indexing in (
-                (self.telemetry_container, _TELEMETRY_INDEXING),
-                (self.quarantine_container, _QUARANTINE_INDEXING),
-                (self.state_container, _STATE_INDEXING),
+                (self.telemetry_container, TELEMETRY_INDEXING),
+                (self.quarantine_container, QUARANTINE_INDEXING),
+                (self.state_container, STATE_INDEXING),
                 (self.evaluations_container, None),
             ):
-                self._containers[name] = await self.retry.call(
+                self._containers[name] = await self._call(
                     f"open container {name}",
                     functools.partial(self._container, database, name, indexing),
                 )
@@ -299,6 +187,9 @@ class CosmosStore:
             raise StoreError(f"Cosmos store {self.endpoint} is not open: use `async with`")
         return container
 
+    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        return await call(what, operation, self.backoff)
+
     # -- writes --------------------------------------------------------------------------------
 
     async def write(
@@ -308,11 +199,11 @@ class CosmosStore:
         quarantine = self._container_named(self.quarantine_container)
         items = [(telemetry, telemetry_item(doc)) for doc in documents]
         items += [(quarantine, quarantine_item(rec)) for rec in quarantined]
-        await upsert_all(items, max_concurrency=self.max_concurrency, retry=self.retry)
+        await upsert_all(items, max_concurrency=self.max_concurrency, backoff=self.backoff)
 
     async def save_state(self, snapshot: StateSnapshot) -> None:
         state = self._container_named(self.state_container)
-        await self.retry.call(
+        await self._call(
             f"save state {snapshot.consumer_group}/{snapshot.partition}",
             functools.partial(state.upsert_item, state_item(snapshot), no_response=True),
         )
@@ -321,7 +212,7 @@ class CosmosStore:
 
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None:
         state = self._container_named(self.state_container)
-        item = await self.retry.call(
+        item = await self._call(
             f"load state {consumer_group}/{partition}",
             functools.partial(_read_or_none, state, cosmos_id(partition), consumer_group),
         )
@@ -329,7 +220,7 @@ class CosmosStore:
 
     async def get_telemetry(self, document_id: str, pk: str) -> TelemetryDocument | None:
         telemetry = self._container_named(self.telemetry_container)
-        item = await self.retry.call(
+        item = await self._call(
             f"read telemetry {pk}/{document_id}",
             functools.partial(_read_or_none, telemetry, cosmos_id(document_id), pk),
         )
@@ -342,8 +233,8 @@ class CosmosStore:
             self.telemetry_container if kind == "telemetry" else self.quarantine_container
         )
         # Cross-partition: one partial count per partition range may come back; add them up.
-        values = await self.retry.call(
-            f"count {kind}", functools.partial(_query_all, container, _COUNT_QUERY, [])
+        values = await self._call(
+            f"count {kind}", functools.partial(_query_all, container, COUNT_QUERY, [])
         )
         return int(sum(values))
 
@@ -369,10 +260,10 @@ class CosmosStore:
                 parameters = [{"name": "@pk", "value": pk}, *bounds]
                 token: str | None = None
                 while True:
-                    items, token = await self.retry.call(
+                    items, token = await self._call(
                         f"read window {pk}",
                         functools.partial(
-                            _query_page, telemetry, _WINDOW_QUERY, parameters, pk, page_size, token
+                            _query_page, telemetry, WINDOW_QUERY, parameters, pk, page_size, token
                         ),
                     )
                     page.extend(document_from_item(item) for item in items)
@@ -386,10 +277,10 @@ class CosmosStore:
 
     async def quarantine_records(self, limit: int = 100) -> AsyncIterator[QuarantineRecord]:
         quarantine = self._container_named(self.quarantine_container)
-        items = await self.retry.call(
+        items = await self._call(
             "read quarantine",
             functools.partial(
-                _query_all, quarantine, _QUARANTINE_QUERY, [{"name": "@limit", "value": limit}]
+                _query_all, quarantine, QUARANTINE_QUERY, [{"name": "@limit", "value": limit}]
             ),
         )
         for item in items:
@@ -419,11 +310,7 @@ def cosmos_store(settings: CosmosSettings) -> CosmosStore:
         evaluations_container=settings.evaluations_container,
         create_if_missing=settings.create_if_missing,
         max_concurrency=settings.max_concurrency,
-        retry=RetryPolicy(
-            max_retries=settings.max_retries,
-            backoff_s=DEFAULT_BACKOFF_S,
-            backoff_max_s=DEFAULT_BACKOFF_MAX_S,
-        ),
+        backoff=settings.backoff,
         connection_verify=settings.connection_verify,
         enable_endpoint_discovery=settings.enable_endpoint_discovery,
         close_credential=close_credential,
@@ -434,7 +321,7 @@ async def upsert_all(
     items: Sequence[tuple[ContainerProxy, dict[str, Any]]],
     *,
     max_concurrency: int,
-    retry: RetryPolicy,
+    backoff: Backoff,
 ) -> None:
     """Upsert every (container, item) with at most ``max_concurrency`` requests in flight;
     return once all are acknowledged, or raise the StoreError of the first that gave up."""
@@ -445,9 +332,10 @@ async def upsert_all(
     async def upsert_pending() -> None:
         # Workers share one iterator: bounded concurrency without a task per item.
         for container, item in pending:
-            await retry.call(
+            await call(
                 f"upsert {container.id}/{item['id']}",
                 functools.partial(container.upsert_item, item, no_response=True),
+                backoff,
             )
 
     try:

@@ -18,14 +18,14 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import orjson
-from azure.core.exceptions import AzureError
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import ContainerProxy, CosmosClient
 from azure.cosmos.exceptions import CosmosResourceNotFoundError
 
-from common.retry import Backoff, retry
+from common.retry import Backoff
 from schemas import EvaluationResult, JobManifest, ShardProgress
-from store.cosmos_errors import map_error
+from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
+from store.cosmos_errors import call
 from store.exceptions import StoreError
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class CosmosEvaluationStore:
         self.database = database
         self.names = (evaluations_container, state_container, telemetry_container)
         self.create_if_missing = create_if_missing
-        self.backoff = backoff or Backoff(initial_s=0.1, max_s=10.0, max_retries=8)
+        self.backoff = backoff or DEFAULT_BACKOFF
         self.connection_verify = connection_verify
         self.enable_endpoint_discovery = enable_endpoint_discovery
         self._client: CosmosClient | None = None
@@ -126,10 +126,7 @@ class CosmosEvaluationStore:
         return self._containers[self.names[index]]
 
     async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        def mapped(exc: Exception) -> BaseException:
-            return map_error(exc, what) if isinstance(exc, AzureError) else exc
-
-        return await retry(operation, backoff=self.backoff, what=what, map_error=mapped)
+        return await call(what, operation, self.backoff)
 
     async def upsert_results(self, results: Sequence[EvaluationResult]) -> None:
         container = self._container(0)
@@ -257,7 +254,7 @@ def _strip(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def cosmos_evaluation_store(settings: Any) -> CosmosEvaluationStore:
+def cosmos_evaluation_store(settings: CosmosSettings) -> CosmosEvaluationStore:
     """The evaluation store the Cosmos settings describe (``key``, else DefaultAzureCredential)."""
     if not settings.endpoint:
         raise StoreError("azure.cosmos.endpoint is not set")
@@ -275,7 +272,7 @@ def cosmos_evaluation_store(settings: Any) -> CosmosEvaluationStore:
         state_container=settings.state_container,
         telemetry_container=settings.telemetry_container,
         create_if_missing=settings.create_if_missing,
-        backoff=Backoff(initial_s=0.1, max_s=10.0, max_retries=settings.max_retries),
+        backoff=settings.backoff,
         connection_verify=settings.connection_verify,
         enable_endpoint_discovery=settings.enable_endpoint_discovery,
     )

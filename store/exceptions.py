@@ -1,24 +1,25 @@
-"""Errors of the store adapters, one root for all.
+"""Errors of the store adapters, under the one error root (``common.errors``).
 
 StoreError
-├── StoreUnavailable      the backend cannot be reached or is throttling (retryable)
+├── StoreUnavailable      the backend cannot be reached, is throttling or busy (retryable)
 └── StoreConflict         a conditional write lost (not retryable as is)
 """
 
 from __future__ import annotations
 
+from common.errors import EvalstreamError
 
-class StoreError(Exception):
-    retryable: bool = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+class StoreError(EvalstreamError):
+    """Root of the store's errors."""
 
 
 class StoreUnavailable(StoreError):
+    """A passing condition: Cosmos DB throttling or unreachable, a SQLite file locked by
+    another process or a full disk. ``retry_after`` is the wait the server asked for, if any."""
+
     retryable = True
 
 
 class StoreConflict(StoreError):
-    pass
+    """A conditional write lost, or the id exists already."""

@@ -1,16 +1,23 @@
-"""The embedded store: telemetry, quarantine and processor state in one SQLite file."""
+"""The embedded store: telemetry, quarantine and processor state in one SQLite file.
+
+Opened with the shared SQLite recipe (``common.sqlite``): every call is a plain function of the
+connection run on the file's worker thread, so the event loop never waits on the write lock
+(another process writing the same file) or an fsync; ``sqlite3`` errors come out as
+``StoreError``, or ``StoreUnavailable`` (retryable) when the file is locked or the disk full.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
+from common.sqlite import SqliteFile, transaction
 from schemas import QuarantineRecord, TelemetryDocument
-from store.exceptions import StoreError
+from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot
-from store.sqlite_connection import connect
 
 # Rowid tables with a unique key rather than WITHOUT ROWID: documents are ~1-2 KB, and SQLite
 # advises WITHOUT ROWID only for rows much smaller than a page (measured: 4x slower upserts).
@@ -42,14 +49,13 @@ _UPSERT_QUARANTINE = (
 
 
 class SqliteStore:
-    """TelemetryStore on SQLite. Calls run inline: a batch upsert takes milliseconds, less
-    than a thread hand-off would cost per batch at the processor's rates."""
+    """TelemetryStore on SQLite (WAL): the processor writes while the cold path and tools read."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._connection = connect(path)
-        self._connection.executescript(_SCHEMA)
-        self._closed = False
+        self._file = SqliteFile(
+            path, error_type=StoreError, transient_type=StoreUnavailable, schema=_SCHEMA
+        )
 
     async def __aenter__(self) -> SqliteStore:
         self._check_open()
@@ -64,87 +70,98 @@ class SqliteStore:
         await self.close()
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._connection.close()
+        await self._file.aclose()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._file.closed:
             raise StoreError(f"store {self.path} is closed")
 
     async def write(
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
     ) -> None:
         self._check_open()
-        connection = self._connection
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            if documents:
-                connection.executemany(
-                    _UPSERT_TELEMETRY,
-                    [
-                        (
-                            doc.id,
-                            doc.pk,
-                            doc.app_id,
-                            doc.timestamp.timestamp(),
-                            doc.json_bytes(),
-                        )
-                        for doc in documents
-                    ],
-                )
-            if quarantined:
-                connection.executemany(
-                    _UPSERT_QUARANTINE,
-                    [
-                        (rec.id, rec.pk, rec.received_at.timestamp(), rec.model_dump_json())
-                        for rec in quarantined
-                    ],
-                )
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        telemetry = [
+            (doc.id, doc.pk, doc.app_id, doc.timestamp.timestamp(), doc.json_bytes())
+            for doc in documents
+        ]
+        quarantine = [
+            (rec.id, rec.pk, rec.received_at.timestamp(), rec.model_dump_json())
+            for rec in quarantined
+        ]
+
+        def write(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                if telemetry:
+                    connection.executemany(_UPSERT_TELEMETRY, telemetry)
+                if quarantine:
+                    connection.executemany(_UPSERT_QUARANTINE, quarantine)
+
+        await self._file.run(write, "write telemetry")
 
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None:
         self._check_open()
-        row = self._connection.execute(
-            "SELECT covered_sequence, blob FROM state WHERE consumer_group = ? AND partition = ?",
-            (consumer_group, partition),
-        ).fetchone()
-        if row is None:
-            return None
-        return StateSnapshot(consumer_group, partition, int(row[0]), bytes(row[1]))
+
+        def read(connection: sqlite3.Connection) -> tuple[int, bytes] | None:
+            row = connection.execute(
+                "SELECT covered_sequence, blob FROM state "
+                "WHERE consumer_group = ? AND partition = ?",
+                (consumer_group, partition),
+            ).fetchone()
+            return None if row is None else (int(row[0]), bytes(row[1]))
+
+        row = await self._file.run(read, "load state")
+        return None if row is None else StateSnapshot(consumer_group, partition, *row)
 
     async def save_state(self, snapshot: StateSnapshot) -> None:
         self._check_open()
-        self._connection.execute(
-            "INSERT INTO state (consumer_group, partition, covered_sequence, blob) "
-            "VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (consumer_group, partition) DO UPDATE SET "
-            "covered_sequence = excluded.covered_sequence, blob = excluded.blob",
-            (snapshot.consumer_group, snapshot.partition, snapshot.covered_sequence, snapshot.blob),
+        row = (
+            snapshot.consumer_group,
+            snapshot.partition,
+            snapshot.covered_sequence,
+            snapshot.blob,
         )
+
+        def write(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO state (consumer_group, partition, covered_sequence, blob) "
+                "VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (consumer_group, partition) DO UPDATE SET "
+                "covered_sequence = excluded.covered_sequence, blob = excluded.blob",
+                row,
+            )
+
+        await self._file.run(write, "save state")
 
     async def get_telemetry(self, document_id: str, pk: str) -> TelemetryDocument | None:
         self._check_open()
-        row = self._connection.execute(
-            "SELECT doc FROM telemetry WHERE pk = ? AND id = ?", (pk, document_id)
-        ).fetchone()
-        return TelemetryDocument.model_validate_json(row[0]) if row else None
+
+        def read(connection: sqlite3.Connection) -> bytes | None:
+            row = connection.execute(
+                "SELECT doc FROM telemetry WHERE pk = ? AND id = ?", (pk, document_id)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        doc = await self._file.run(read, "read telemetry")
+        return None if doc is None else TelemetryDocument.model_validate_json(doc)
 
     async def count(self, kind: str) -> int:
         self._check_open()
         if kind not in ("telemetry", "quarantine"):
             raise StoreError(f"unknown record kind {kind!r}: expected telemetry or quarantine")
-        return int(self._connection.execute(f"SELECT count(*) FROM {kind}").fetchone()[0])  # noqa: S608
+
+        def read(connection: sqlite3.Connection) -> int:
+            return int(connection.execute(f"SELECT count(*) FROM {kind}").fetchone()[0])  # noqa: S608
+
+        return await self._file.run(read, f"count {kind}")
 
     async def telemetry_ids(self) -> list[tuple[str, str]]:
         """Every (pk, id) stored; for verification tools and tests."""
         self._check_open()
-        return [
-            (row[0], row[1]) for row in self._connection.execute("SELECT pk, id FROM telemetry")
-        ]
+
+        def read(connection: sqlite3.Connection) -> list[tuple[str, str]]:
+            return [(row[0], row[1]) for row in connection.execute("SELECT pk, id FROM telemetry")]
+
+        return await self._file.run(read, "list telemetry ids")
 
     async def telemetry_window(
         self, app_ids: Sequence[str], start: datetime, end: datetime, page_size: int = 1000
@@ -155,11 +172,10 @@ class SqliteStore:
             # start inclusive.
             last_ts, last_id = start.timestamp(), ""
             while True:
-                rows = self._connection.execute(
-                    "SELECT ts, id, doc FROM telemetry WHERE app_id = ? AND ts < ? AND "
-                    "(ts > ? OR (ts = ? AND id > ?)) ORDER BY ts, id LIMIT ?",
-                    (app_id, end.timestamp(), last_ts, last_ts, last_id, page_size),
-                ).fetchall()
+                rows = await self._file.run(
+                    _window_page(app_id, end.timestamp(), last_ts, last_id, page_size),
+                    f"read window of {app_id}",
+                )
                 if not rows:
                     break
                 last_ts, last_id = rows[-1][0], rows[-1][1]
@@ -167,7 +183,29 @@ class SqliteStore:
 
     async def quarantine_records(self, limit: int = 100) -> AsyncIterator[QuarantineRecord]:
         self._check_open()
-        for (doc,) in self._connection.execute(
-            "SELECT doc FROM quarantine ORDER BY received DESC LIMIT ?", (limit,)
-        ):
+
+        def read(connection: sqlite3.Connection) -> list[bytes]:
+            return [
+                row[0]
+                for row in connection.execute(
+                    "SELECT doc FROM quarantine ORDER BY received DESC LIMIT ?", (limit,)
+                )
+            ]
+
+        for doc in await self._file.run(read, "read quarantine"):
             yield QuarantineRecord.model_validate_json(doc)
+
+
+def _window_page(
+    app_id: str, end: float, last_ts: float, last_id: str, page_size: int
+) -> Callable[[sqlite3.Connection], list[tuple[float, str, bytes]]]:
+    """One keyset page of an app's telemetry after (last_ts, last_id), before ``end``."""
+
+    def read(connection: sqlite3.Connection) -> list[tuple[float, str, bytes]]:
+        return connection.execute(
+            "SELECT ts, id, doc FROM telemetry WHERE app_id = ? AND ts < ? AND "
+            "(ts > ? OR (ts = ? AND id > ?)) ORDER BY ts, id LIMIT ?",
+            (app_id, end, last_ts, last_ts, last_id, page_size),
+        ).fetchall()
+
+    return read

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from common.sqlite import SqliteFile, transaction
 from schemas import EvaluationResult, JobManifest, ShardProgress
-from store.exceptions import StoreError
+from store.exceptions import StoreError, StoreUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -42,8 +42,9 @@ class SqliteEvaluationStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # StoreError joins the common error root with the store migration in flight.
-        self._file = SqliteFile(path, error_type=StoreError, schema=_SCHEMA)  # type: ignore[arg-type]
+        self._file = SqliteFile(
+            path, error_type=StoreError, transient_type=StoreUnavailable, schema=_SCHEMA
+        )
 
     async def __aenter__(self) -> SqliteEvaluationStore:
         if self._file.closed:

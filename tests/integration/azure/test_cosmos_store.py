@@ -16,9 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from common.retry import Backoff
 from schemas import AppDirectory, Breach, QuarantineRecord, TelemetryDocument
 from store.cosmos import CosmosStore, cosmos_store
-from store.cosmos_errors import RetryPolicy
 from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot
 from store.sqlite import SqliteStore
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 # 10 events/s every tenth event falls on a whole second ("…:00Z" sorts after "…:00.1Z" as text).
 MIDNIGHT = datetime(2026, 11, 21, tzinfo=UTC)
 START = MIDNIGHT - timedelta(seconds=15)
-FAST_RETRY = RetryPolicy(max_retries=8, backoff_s=0.01, backoff_max_s=0.2)
+FAST_RETRY = Backoff(initial_s=0.01, max_s=0.2, max_retries=8)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ async def proxied_store(
 ) -> AsyncIterator[CosmosStore]:
     database = f"faults-{uuid.uuid4().hex[:12]}"
     async with open_store(
-        cosmos_fault_proxy.endpoint, cosmos_server.key, database, retry=FAST_RETRY
+        cosmos_fault_proxy.endpoint, cosmos_server.key, database, backoff=FAST_RETRY
     ) as opened:
         try:
             yield opened
@@ -289,7 +289,7 @@ async def test_factory_opens_existing_containers_without_creating(
 ) -> None:
     from pydantic import SecretStr
 
-    from evalstream.settings import CosmosSettings
+    from store.cosmos_config import CosmosSettings
 
     batch = simulated_batch(5)
     await store.write(batch.documents, [])
@@ -303,7 +303,7 @@ async def test_factory_opens_existing_containers_without_creating(
         enable_endpoint_discovery=False,
     )
     async with cosmos_store(settings) as existing:
-        assert (existing.max_concurrency, existing.retry.max_retries) == (4, 2)
+        assert (existing.max_concurrency, existing.backoff.max_retries) == (4, 2)
         assert existing.enable_endpoint_discovery is False
         assert await existing.count("telemetry") == len(batch.documents)
         document = batch.documents[0]
@@ -371,7 +371,7 @@ async def test_long_outage_raises_unavailable_and_a_retry_after_recovery_stores_
     cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore
 ) -> None:
     batch = simulated_batch(200)
-    proxied_store.retry = RetryPolicy(max_retries=2, backoff_s=0.01, backoff_max_s=0.05)
+    proxied_store.backoff = Backoff(initial_s=0.01, max_s=0.05, max_retries=2)
     cosmos_fault_proxy.unavailable(100_000, methods={"POST"})
 
     with pytest.raises(StoreUnavailable) as failure:

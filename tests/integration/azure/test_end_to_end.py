@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from alerts.ports import SubscriptionSpec
-from alerts.servicebus import servicebus_receiver
-from evalstream.settings import CosmosSettings, EventHubsSettings, ServiceBusSettings
+from alerts.config import SubscriptionSpec
+from alerts.servicebus_config import ServiceBusSettings
+from alerts.servicebus_receiver import servicebus_receiver
+from evalstream.settings import EventHubsSettings
 from store.cosmos import cosmos_store
+from store.cosmos_config import CosmosSettings
 from stream.eventhubs import eventhubs_sink
 from stream.simulator import Incident, Simulator
 from tests.integration.processor_harness import drain_subscription, prepare

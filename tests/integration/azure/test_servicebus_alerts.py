@@ -1,4 +1,4 @@
-"""The Service Bus alert adapter (alerts/servicebus.py) over the real azure-servicebus aio SDK,
+"""The Service Bus alert adapter (alerts/servicebus*.py) over the real azure-servicebus aio SDK,
 against the project's AMQP test broker: routing by correlation filters, duplicate detection,
 the real AlertListener (dead-lettering, lock renewal), and publishing through an outage.
 
@@ -23,6 +23,7 @@ from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 from pydantic import SecretStr
 
+from alerts.config import SubscriptionSpec
 from alerts.exceptions import (
     AlertBusError,
     AlertClientClosedError,
@@ -30,17 +31,12 @@ from alerts.exceptions import (
     UnknownSubscriptionError,
 )
 from alerts.listener import AlertListener
-from alerts.ports import INVALID_BODY, DeadLetteredAlert, ReceivedAlert, SubscriptionSpec
-from alerts.servicebus import (
-    CONTENT_TYPE,
-    RetryPolicy,
-    ServiceBusAlertPublisher,
-    ServiceBusAlertReceiver,
-    correlation_filter,
-    servicebus_publisher,
-    servicebus_receiver,
-)
-from evalstream.settings import ServiceBusSettings
+from alerts.ports import INVALID_BODY, DeadLetteredAlert, ReceivedAlert
+from alerts.servicebus import CONTENT_TYPE, correlation_filter
+from alerts.servicebus_config import ServiceBusSettings
+from alerts.servicebus_publisher import ServiceBusAlertPublisher, servicebus_publisher
+from alerts.servicebus_receiver import ServiceBusAlertReceiver, servicebus_receiver
+from common.retry import Backoff
 from schemas import Breach, BreachKind, BreachState, Severity
 from tests.emulators.amqp.servicebus import ServiceBusAdmin, install
 from tests.unit.alerts.factories import make_breach
@@ -224,7 +220,7 @@ async def test_large_publish_is_split_into_batches(
     breaches = [make_breach(n).model_copy(update={"message": "m" * 500}) for n in range(1500)]
     size = len(breaches[0].model_dump_json())
     assert size * len(breaches) > 1024 * 1024  # more than one 1 MB batch
-    caplog.set_level(logging.DEBUG, logger="alerts.servicebus")
+    caplog.set_level(logging.DEBUG, logger="alerts.servicebus_publisher")
     async with servicebus_publisher(settings_for(sb, "sba-split")) as split_publisher:
         await split_publisher.publish(breaches)
     assert sb.servicebus_sent("sba-split") == (1500, 0)
@@ -301,8 +297,7 @@ async def test_listener_dead_letters_a_poison_alert_while_others_flow(sb: Servic
             receiver,
             handler,
             max_delivery_count=spec.max_delivery_count,
-            backoff_initial_s=0.05,
-            backoff_max_s=0.2,
+            backoff=Backoff(initial_s=0.05, max_s=0.2, jitter_fraction=0.1),
         )
         async with running(listener):
             # Alerts published while the poison alert is being retried still flow.
@@ -428,7 +423,7 @@ async def test_publish_rides_out_a_10_s_outage_and_delivers_exactly_once(
     provision(sb, "sba-outage", spec)
     settings = settings_for(sb, "sba-outage")
     first, *during = [make_breach(n) for n in range(400, 404)]
-    caplog.set_level(logging.WARNING, logger="alerts.servicebus")
+    caplog.set_level(logging.WARNING, logger="common.retry")
     loop = asyncio.get_running_loop()
     async with servicebus_publisher(settings) as topic_publisher:
         await topic_publisher.publish([first])
@@ -445,7 +440,7 @@ async def test_publish_rides_out_a_10_s_outage_and_delivers_exactly_once(
     # Nothing could get through before the outage ended: the publish retried until then.
     assert took >= OUTAGE_S - 0.5
     assert amqp_broker.fault_count("server_busy_attach") > busy_before
-    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    retries = [r for r in caplog.records if "; retry " in r.getMessage()]
     assert len(retries) >= 2
     async with servicebus_receiver(settings, spec) as receiver:
         got = await receive_all(receiver, 4)
@@ -467,10 +462,12 @@ async def test_publish_gives_up_with_a_retryable_error_then_succeeds_on_repeat(
     provision(sb, "sba-giveup", spec)
     settings = settings_for(sb, "sba-giveup")
     breaches = [make_breach(n) for n in range(500, 503)]
-    retry = RetryPolicy(
-        max_attempts=2, backoff_initial_s=0.1, backoff_max_s=0.1, attempt_timeout_s=2.0
+    impatient = ServiceBusAlertPublisher(
+        settings,
+        backoff=Backoff(initial_s=0.1, max_s=0.1, max_retries=1, jitter_fraction=0.2),
+        attempt_timeout_s=2.0,
     )
-    async with servicebus_publisher(settings, retry=retry) as topic_publisher:
+    async with impatient as topic_publisher:
         await topic_publisher.publish(breaches[:1])
         amqp_broker.server_busy(30.0)
         amqp_broker.drop_connections()

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from alerts.servicebus import ServiceBusAlertPublisher, correlation_filter
-from evalstream.cli_alerts import alerts_app, open_publisher, subscription_specs
+from alerts.servicebus import correlation_filter
+from alerts.servicebus_publisher import ServiceBusAlertPublisher
+from evalstream.cli_alerts import alerts_app, open_publisher
 from evalstream.settings import load_settings
 from schemas import Breach, Severity
 from tests.emulators.amqp.servicebus import ServiceBusAdmin, install
@@ -68,7 +69,7 @@ name = "not-provisioned"
 
 def test_listen_and_dlq_on_the_azure_backend(sb: ServiceBusAdmin, config: Path) -> None:
     settings = load_settings(config=config)
-    critical = next(s for s in subscription_specs(settings) if s.name == "critical")
+    critical = next(s for s in settings.alerts.subscriptions if s.name == "critical")
     sb.create_topic(TOPIC)
     sb.create_subscription(
         TOPIC,

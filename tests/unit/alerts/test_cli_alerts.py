@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
-from evalstream.cli_alerts import alerts_app, find_subscription, subscription_specs
+from evalstream.cli_alerts import alerts_app, find_subscription
 from evalstream.settings import load_settings
 from schemas import Breach, Severity
 from tests.unit.alerts.factories import make_breach
@@ -53,7 +53,7 @@ def publish(config: Path, breaches: list[Breach]) -> None:
     settings = load_settings(config=config)
 
     async def run() -> None:
-        async with SqliteAlertPublisher(bus(config), subscription_specs(settings)) as pub:
+        async with SqliteAlertPublisher(bus(config), settings.alerts.subscriptions) as pub:
             await pub.publish(breaches)
 
     asyncio.run(run())

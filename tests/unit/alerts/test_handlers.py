@@ -21,6 +21,7 @@ from alerts import AlertDeliveryError, ReceivedAlert, SubscriptionSpec, WebhookR
 from alerts.handlers import ConsoleHandler, HandlerChain, WebhookHandler, render_breach
 from alerts.listener import AlertListener
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from common.retry import Backoff
 from schemas import Breach, BreachState, Severity
 from tests.unit.alerts.factories import make_breach
 
@@ -119,10 +120,10 @@ async def hook() -> AsyncIterator[Hook]:
         await runner.cleanup()
 
 
-def webhook(url: str, **kw: object) -> WebhookHandler:
-    options: dict[str, object] = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
-    options.update(kw)
-    return WebhookHandler(url, **options)  # type: ignore[arg-type]
+def webhook(url: str, max_attempts: int = 3, **kw: object) -> WebhookHandler:
+    """A webhook handler making ``max_attempts`` requests per delivery, quickly."""
+    backoff = Backoff(initial_s=0.01, max_s=0.05, jitter=False, max_retries=max_attempts - 1)
+    return WebhookHandler(url, backoff=backoff, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.integration
@@ -217,7 +218,7 @@ async def test_listener_forwards_through_a_failing_webhook_until_it_recovers(
     ):
         chain = HandlerChain([forward, ConsoleHandler(json_lines=True, stream=out)])
         subscriber = AlertListener(
-            rx, chain, max_delivery_count=3, receive_wait_s=0.05, backoff_initial_s=0.01
+            rx, chain, max_delivery_count=3, receive_wait_s=0.05, backoff=Backoff(initial_s=0.01)
         )
         task = asyncio.create_task(subscriber.run())
         await pub.publish([make_breach(1)])

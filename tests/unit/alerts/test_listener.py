@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from alerts import AlertBusBusyError, ReceivedAlert, SubscriptionSpec
-from alerts.listener import AlertListener
+from alerts.listener import DEFAULT_BACKOFF, AlertListener
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from common.retry import Backoff
 from tests.unit.alerts.factories import make_breach
 
 SPEC = SubscriptionSpec("all", max_delivery_count=3, lock_duration_s=30.0)
@@ -42,12 +44,16 @@ class RecordingHandler:
         self.handled.append(alert.message_id)
 
 
+def fast(initial_s: float, max_s: float) -> Backoff:
+    """The listener's schedule (up to 10% jitter), shortened for tests."""
+    return dataclasses.replace(DEFAULT_BACKOFF, initial_s=initial_s, max_s=max_s)
+
+
 def listener(rx: SqliteAlertReceiver, handler: RecordingHandler, **kw: object) -> AlertListener:
     options: dict[str, object] = {
         "max_delivery_count": rx.spec.max_delivery_count,
         "receive_wait_s": 0.05,
-        "backoff_initial_s": 0.01,
-        "backoff_max_s": 0.05,
+        "backoff": fast(0.01, 0.05),
     }
     options.update(kw)
     return AlertListener(rx, handler, **options)  # type: ignore[arg-type]
@@ -68,9 +74,7 @@ async def test_poison_alert_is_dead_lettered_with_its_error_while_others_flow(
     ):
         # One handler at a time and a long backoff: the others can only get through if the
         # poison alert's backoff does not hold the listener.
-        subscriber = listener(
-            rx, handler, max_concurrency=1, backoff_initial_s=0.5, backoff_max_s=2
-        )
+        subscriber = listener(rx, handler, max_concurrency=1, backoff=fast(0.5, 2))
         task = asyncio.create_task(subscriber.run())
         await pub.publish([make_breach(0, app_id="poison")])
         await until(lambda: len(handler.calls) == 1)
@@ -105,7 +109,7 @@ async def test_a_failure_is_retried_after_backoff_and_then_completed(bus_path: P
         SqliteAlertPublisher(bus_path, [SPEC]) as pub,
         SqliteAlertReceiver(bus_path, SPEC, poll_interval_s=0.01) as rx,
     ):
-        subscriber = listener(rx, handler, backoff_initial_s=0.2, backoff_max_s=1.0)
+        subscriber = listener(rx, handler, backoff=fast(0.2, 1.0))
         task = asyncio.create_task(subscriber.run())
         await pub.publish([make_breach(1)])
         await until(lambda: subscriber.completed == 1)
@@ -215,9 +219,7 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
     subscriber = AlertListener(
         object(),  # type: ignore[arg-type]
         RecordingHandler(),
-        backoff_initial_s=1.0,
-        backoff_max_s=10.0,
-        backoff_multiplier=2.0,
+        backoff=dataclasses.replace(DEFAULT_BACKOFF, max_s=10.0),
     )
     delays = [subscriber.backoff_s(n) for n in range(1, 7)]
     for delay, expected in zip(delays, [1, 2, 4, 8, 10, 10], strict=True):

@@ -1,4 +1,4 @@
-"""The Service Bus adapter's pure parts: message shape, error mapping, retry backoff."""
+"""The Service Bus adapter's pure parts: message shape, error mapping, the publisher's backoff."""
 
 from __future__ import annotations
 
@@ -13,15 +13,11 @@ from azure.servicebus.exceptions import (
     ServiceBusServerBusyError,
 )
 
+from alerts.config import SubscriptionSpec
 from alerts.exceptions import AlertBusError, LockLostError
-from alerts.ports import SubscriptionSpec
-from alerts.servicebus import (
-    CONTENT_TYPE,
-    RetryPolicy,
-    breach_message,
-    correlation_filter,
-    mapped_error,
-)
+from alerts.servicebus import CONTENT_TYPE, breach_message, correlation_filter, mapped_error
+from alerts.servicebus_config import ServiceBusSettings
+from alerts.servicebus_publisher import DEFAULT_BACKOFF, ServiceBusAlertPublisher
 from schemas import Breach, BreachKind, Severity
 from tests.unit.alerts.factories import make_breach
 
@@ -69,22 +65,13 @@ def test_sdk_errors_map_to_alert_errors(
     assert str(mapped).startswith("doing it")
 
 
-def test_backoff_grows_exponentially_up_to_the_cap_with_jitter_below() -> None:
-    policy = RetryPolicy(backoff_initial_s=0.5, backoff_max_s=4.0)
-    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0), (9, 4.0)]:
-        delay = policy.backoff_s(attempt)
+def test_publisher_backoff_grows_exponentially_up_to_the_cap_with_jitter_below() -> None:
+    assert DEFAULT_BACKOFF.max_retries == 7  # eight attempts
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        delay = DEFAULT_BACKOFF.delay(attempt)
         assert 0.8 * ceiling <= delay <= ceiling
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"max_attempts": 0},
-        {"backoff_initial_s": -1.0},
-        {"backoff_initial_s": 2.0, "backoff_max_s": 1.0},
-        {"attempt_timeout_s": 0.0},
-    ],
-)
-def test_retry_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
-        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+def test_publisher_rejects_a_nonsense_attempt_timeout() -> None:
+    with pytest.raises(ValueError, match="attempt_timeout_s"):
+        ServiceBusAlertPublisher(ServiceBusSettings(connection_string="x"), attempt_timeout_s=0.0)

@@ -1,4 +1,4 @@
-"""Cosmos SDK errors become store errors with the right retryability; the retry loop's rules."""
+"""Cosmos SDK errors become store errors with the right retryability; how a Cosmos call retries."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
 from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
 
-from store.cosmos_errors import RetryPolicy, map_error, retry_after_s
+from common.retry import Backoff
+from store.cosmos_config import CosmosSettings
+from store.cosmos_errors import call, map_error, retry_after_s
 from store.exceptions import StoreConflict, StoreError, StoreUnavailable
 
 
@@ -69,11 +71,18 @@ def test_other_sdk_errors_are_not_retryable() -> None:
 
 
 def test_delay_grows_is_capped_and_honours_retry_after() -> None:
-    policy = RetryPolicy(max_retries=10, backoff_s=0.1, backoff_max_s=1.0)
+    backoff = Backoff(initial_s=0.1, max_s=1.0, max_retries=10)
     for attempt, ceiling in [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0), (9, 1.0)]:
-        delays = [policy.delay(attempt, None) for _ in range(50)]
+        delays = [backoff.delay(attempt, None) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
-    assert policy.delay(0, 3.0) == 3.0
+    assert backoff.delay(0, 3.0) == 3.0
+
+
+def test_the_max_retries_setting_sets_the_limit_of_the_default_schedule() -> None:
+    assert CosmosSettings().backoff == Backoff(initial_s=0.1, max_s=10.0, max_retries=8)
+    assert CosmosSettings(max_retries=2).backoff == Backoff(
+        initial_s=0.1, max_s=10.0, max_retries=2
+    )
 
 
 class Flaky:
@@ -90,12 +99,12 @@ class Flaky:
         return "ok"
 
 
-FAST = RetryPolicy(max_retries=3, backoff_s=0.001, backoff_max_s=0.002)
+FAST = Backoff(initial_s=0.001, max_s=0.002, max_retries=3)
 
 
 async def test_retryable_failures_are_retried_until_success() -> None:
     operation = Flaky(http_error(429, "1"), http_error(503), ServiceRequestError("down"))
-    assert await FAST.call("op", operation) == "ok"
+    assert await call("op", operation, FAST) == "ok"
     assert operation.calls == 4
 
 
@@ -103,7 +112,7 @@ async def test_retries_spent_raise_unavailable_from_the_sdk_error() -> None:
     errors = [http_error(503) for _ in range(4)]
     operation = Flaky(*errors)
     with pytest.raises(StoreUnavailable) as failure:
-        await FAST.call("op", operation)
+        await call("op", operation, FAST)
     assert operation.calls == 4
     assert failure.value.__cause__ is errors[-1]
     assert failure.value.retry_after is not None and failure.value.retry_after > 0
@@ -112,7 +121,7 @@ async def test_retries_spent_raise_unavailable_from_the_sdk_error() -> None:
 async def test_non_retryable_failure_is_raised_at_once() -> None:
     operation = Flaky(http_error(400))
     with pytest.raises(StoreError) as failure:
-        await FAST.call("op", operation)
+        await call("op", operation, FAST)
     assert operation.calls == 1
     assert failure.value.retryable is False
 
@@ -120,15 +129,15 @@ async def test_non_retryable_failure_is_raised_at_once() -> None:
 async def test_zero_retries_means_one_attempt() -> None:
     operation = Flaky(http_error(429, "5"))
     with pytest.raises(StoreUnavailable) as failure:
-        await RetryPolicy(max_retries=0).call("op", operation)
+        await call("op", operation, Backoff(max_retries=0))
     assert operation.calls == 1
     assert failure.value.retry_after == pytest.approx(0.005)
 
 
 async def test_cancellation_during_backoff_propagates() -> None:
-    policy = RetryPolicy(max_retries=5, backoff_s=60, backoff_max_s=60)
+    backoff = Backoff(initial_s=60, max_s=60, max_retries=5)
     operation = Flaky(http_error(503))
-    task = asyncio.create_task(policy.call("op", operation))
+    task = asyncio.create_task(call("op", operation, backoff))
     async with asyncio.timeout(5):
         while operation.calls == 0:
             await asyncio.sleep(0.001)

@@ -1,34 +1,24 @@
-"""What the Cosmos store writes and how it splits work, without a server."""
+"""What the Cosmos store writes (store/cosmos_items.py): items, event times, ids, window days."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Any
 
 import orjson
-import pytest
-from azure.core.pipeline.transport import AioHttpTransport
-from azure.cosmos.exceptions import CosmosHttpResponseError
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import AppDirectory, TelemetryDocument, TelemetryEvent
-from store.cosmos import (
-    _transport_options,
+from store.cosmos_items import (
     cosmos_id,
     epoch_us,
     record_id,
     snapshot_from_item,
     state_item,
     telemetry_item,
-    upsert_all,
     window_days,
 )
-from store.cosmos_errors import RetryPolicy
-from store.exceptions import StoreUnavailable
 from store.ports import StateSnapshot
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
@@ -83,80 +73,6 @@ def test_window_days_are_the_utc_days_touched() -> None:
     minus_two = timezone(timedelta(hours=-2))
     start = datetime(2026, 11, 20, 23, 0, tzinfo=minus_two)
     assert window_days(start, start + timedelta(hours=1)) == [date(2026, 11, 21)]
-
-
-class FakeContainer:
-    """Records how many upserts are in flight at once; fails the items it is told to."""
-
-    def __init__(self, fail_ids: set[str] | None = None) -> None:
-        self.id = "fake"
-        self.fail_ids = fail_ids or set()
-        self.in_flight = 0
-        self.most_in_flight = 0
-        self.stored: list[str] = []
-
-    async def upsert_item(self, item: dict[str, Any], *, no_response: bool) -> None:
-        assert no_response is True
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(0.001)
-            if item["id"] in self.fail_ids:
-                raise CosmosHttpResponseError(status_code=503, message="down")
-            self.stored.append(item["id"])
-        finally:
-            self.in_flight -= 1
-
-
-NO_RETRY = RetryPolicy(max_retries=0)
-
-
-@pytest.mark.parametrize(("limit", "expected"), [(1, 1), (8, 8), (500, 50)])
-async def test_upserts_are_bounded_and_all_acknowledged(limit: int, expected: int) -> None:
-    container = FakeContainer()
-    items: list[tuple[Any, dict[str, Any]]] = [(container, {"id": str(i)}) for i in range(50)]
-
-    await upsert_all(items, max_concurrency=limit, retry=NO_RETRY)
-
-    assert sorted(container.stored, key=int) == [str(i) for i in range(50)]
-    assert container.most_in_flight == expected
-
-
-async def test_first_failure_raises_a_store_error_and_stops_the_rest() -> None:
-    container = FakeContainer(fail_ids={"3"})
-    items: list[tuple[Any, dict[str, Any]]] = [(container, {"id": str(i)}) for i in range(200)]
-
-    with pytest.raises(StoreUnavailable, match="upsert fake/3") as failure:
-        await upsert_all(items, max_concurrency=4, retry=NO_RETRY)
-
-    assert isinstance(failure.value.__cause__, CosmosHttpResponseError)
-    assert len(container.stored) < 200
-    assert container.in_flight == 0
-
-
-async def test_nothing_to_write_makes_no_request() -> None:
-    await upsert_all([], max_concurrency=4, retry=NO_RETRY)
-
-
-def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
-
-
-def test_no_environment_lookups_per_request_without_a_proxy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    _clear_proxies(monkeypatch)
-    options = _transport_options()
-    assert isinstance(options["transport"], AioHttpTransport)
-    assert options["transport"]._use_env_settings is False
-
-
-def test_a_proxy_in_the_environment_keeps_the_sdk_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    _clear_proxies(monkeypatch)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert _transport_options() == {}
 
 
 # What azure-cosmos 4.17.1 accepts as an id (azure/cosmos/_base.py, _validate_resource).

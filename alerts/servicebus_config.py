@@ -1,0 +1,17 @@
+"""The Service Bus alert topic's settings (``azure.servicebus`` in the config), loadable
+without the SDK."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+
+class ServiceBusSettings(BaseModel):
+    """Service Bus alert topic. ``connection_string``, or ``fully_qualified_namespace`` with
+    DefaultAzureCredential (roles "Azure Service Bus Data Sender" / "Data Receiver")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection_string: SecretStr | None = None
+    fully_qualified_namespace: str | None = None
+    topic: str = "breaches"

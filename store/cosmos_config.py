@@ -1,0 +1,45 @@
+"""The Cosmos DB store's settings (``azure.cosmos`` in the config), loadable without the SDK."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
+
+from common.retry import Backoff
+
+# The SDK already retries a throttled (429) request after the server's x-ms-retry-after-ms and
+# a 503 once; this backoff comes on top, so a throttled account or a short outage slows the
+# processor down instead of failing its batch.
+DEFAULT_MAX_RETRIES = 8
+DEFAULT_BACKOFF = Backoff(initial_s=0.1, max_s=10.0, max_retries=DEFAULT_MAX_RETRIES)
+
+
+class CosmosSettings(BaseModel):
+    """Cosmos DB store. ``key``, or DefaultAzureCredential with the data-plane role
+    "Cosmos DB Built-in Data Contributor"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str | None = None
+    key: SecretStr | None = None
+    database: str = "evalstream"
+    telemetry_container: str = "telemetry"
+    quarantine_container: str = "quarantine"
+    state_container: str = "state"
+    evaluations_container: str = "evaluations"
+    create_if_missing: bool = True
+    # Concurrent upserts per batch: bounded so a throttled account slows the processor down
+    # instead of queueing without limit.
+    max_concurrency: PositiveInt = Field(default=32, le=512)
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
+    # Local emulators use self-signed certificates.
+    connection_verify: bool = True
+    # The SDK follows the endpoints the account advertises; the Linux emulator advertises
+    # 127.0.0.1, which is wrong from another container, so compose turns this off.
+    enable_endpoint_discovery: bool = True
+
+    @property
+    def backoff(self) -> Backoff:
+        """How every Cosmos call is retried: the default schedule, ``max_retries`` times."""
+        return dataclasses.replace(DEFAULT_BACKOFF, max_retries=self.max_retries)

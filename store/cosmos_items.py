@@ -1,0 +1,143 @@
+"""What the Cosmos store writes: containers' indexing, the queries, and records as items.
+
+Containers (partition key ``/pk``): ``telemetry`` (pk ``<app_id>:<YYYY-MM-DD>``),
+``quarantine`` (pk ``quarantine:<YYYY-MM-DD>``), ``state`` (pk = consumer group, id = partition)
+and ``evaluations`` (created by the store, written by the cold path). Items are the documents'
+own JSON plus one number added for ordering: ISO timestamps do not sort as strings
+(``…:00Z`` sorts after ``…:00.5Z``), so telemetry carries ``event_time_us`` and quarantine
+``received_us``, microseconds since the epoch (exact in a JSON double until the year 2255).
+Pure functions: no SDK, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from schemas import QuarantineRecord, TelemetryDocument
+from store.ports import StateSnapshot
+
+PARTITION_KEY_PATH = "/pk"
+EVENT_TIME_FIELD = "event_time_us"
+RECEIVED_FIELD = "received_us"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+# Long texts and raw bytes are read back, never filtered on: not indexing them saves request
+# units on every write. The window query orders by (event time, id): a composite index.
+TELEMETRY_INDEXING = {
+    "indexingMode": "consistent",
+    "includedPaths": [{"path": "/*"}],
+    "excludedPaths": [
+        {"path": "/input_text/?"},
+        {"path": "/output_text/?"},
+        {"path": '/"_etag"/?'},
+    ],
+    "compositeIndexes": [
+        [
+            {"path": f"/{EVENT_TIME_FIELD}", "order": "ascending"},
+            {"path": "/id", "order": "ascending"},
+        ]
+    ],
+}
+QUARANTINE_INDEXING = {
+    "indexingMode": "consistent",
+    "includedPaths": [{"path": "/*"}],
+    "excludedPaths": [{"path": "/raw/?"}, {"path": '/"_etag"/?'}],
+}
+STATE_INDEXING = {
+    "indexingMode": "consistent",
+    "includedPaths": [{"path": "/*"}],
+    "excludedPaths": [{"path": "/blob/?"}, {"path": '/"_etag"/?'}],
+}
+
+# Field names spelled out (EVENT_TIME_FIELD, RECEIVED_FIELD); values only as parameters.
+WINDOW_QUERY = (
+    "SELECT * FROM c WHERE c.pk = @pk AND c.event_time_us >= @start "
+    "AND c.event_time_us < @end ORDER BY c.event_time_us, c.id"
+)
+QUARANTINE_QUERY = "SELECT TOP @limit * FROM c ORDER BY c.received_us DESC"
+COUNT_QUERY = "SELECT VALUE COUNT(1) FROM c"
+
+
+# What azure-cosmos refuses in an id (a ValueError before any request), '%' (point reads put the
+# id in the URL path, where the service would decode it) and '~', the escape character itself.
+_ID_UNSAFE = re.compile(r"[/\\#?\t\r\n%~]| \Z")
+_ID_ESCAPE = re.compile(r"~([0-9A-F]{2})")
+
+
+def cosmos_id(value: str) -> str:
+    """The Cosmos item id of a record id: the same string unless it holds characters Cosmos
+    refuses, which become ``~XX`` (hex); reversible, and the identity for the usual ids."""
+    if _ID_UNSAFE.search(value) is None:
+        return value
+    return _ID_UNSAFE.sub(lambda m: f"~{ord(m.group()):02X}", value)
+
+
+def record_id(item_id: str) -> str:
+    """The record id of a Cosmos item id (inverse of ``cosmos_id``)."""
+    if "~" not in item_id:
+        return item_id
+    return _ID_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), item_id)
+
+
+def epoch_us(when: datetime) -> int:
+    """Microseconds since the epoch (a naive datetime is taken as local time, like
+    ``datetime.timestamp``)."""
+    return (when.astimezone(UTC) - _EPOCH) // _MICROSECOND
+
+
+def telemetry_item(document: TelemetryDocument) -> dict[str, Any]:
+    item: dict[str, Any] = orjson.loads(document.json_bytes())
+    item["id"] = cosmos_id(document.id)
+    item[EVENT_TIME_FIELD] = epoch_us(document.timestamp)
+    return item
+
+
+def quarantine_item(record: QuarantineRecord) -> dict[str, Any]:
+    item = record.model_dump(mode="json")
+    item["id"] = cosmos_id(record.id)
+    item[RECEIVED_FIELD] = epoch_us(record.received_at)
+    return item
+
+
+def state_item(snapshot: StateSnapshot) -> dict[str, Any]:
+    return {
+        "id": cosmos_id(snapshot.partition),
+        "pk": snapshot.consumer_group,
+        "consumer_group": snapshot.consumer_group,
+        "partition": snapshot.partition,
+        # A string: sequence numbers are 64-bit, Cosmos numbers are doubles (exact to 2**53).
+        "covered_sequence": str(snapshot.covered_sequence),
+        "blob": base64.b64encode(snapshot.blob).decode("ascii"),
+    }
+
+
+def document_from_item(item: dict[str, Any]) -> TelemetryDocument:
+    item["id"] = record_id(item["id"])
+    return TelemetryDocument.model_validate(item)
+
+
+def quarantine_from_item(item: dict[str, Any]) -> QuarantineRecord:
+    item["id"] = record_id(item["id"])
+    return QuarantineRecord.model_validate(item)
+
+
+def snapshot_from_item(item: dict[str, Any]) -> StateSnapshot:
+    return StateSnapshot(
+        consumer_group=item["consumer_group"],
+        partition=item["partition"],
+        covered_sequence=int(item["covered_sequence"]),
+        blob=base64.b64decode(item["blob"]),
+    )
+
+
+def window_days(start: datetime, end: datetime) -> list[date]:
+    """The UTC days that [start, end) touches: one telemetry partition per app and day."""
+    first = start.astimezone(UTC).date()
+    last = (end - _MICROSECOND).astimezone(UTC).date()
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]

@@ -1,0 +1,42 @@
+"""The embedded store's failures come out as store errors, never as ``sqlite3`` errors."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from store.exceptions import StoreError, StoreUnavailable
+from store.sqlite import SqliteStore
+
+
+def test_a_file_that_cannot_be_opened_is_a_retryable_store_error(tmp_path: Path) -> None:
+    # A folder where the file should be: SQLite cannot open it (for now).
+    with pytest.raises(StoreUnavailable) as caught:
+        SqliteStore(tmp_path)
+    assert caught.value.retryable is True
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+
+
+async def test_a_broken_table_is_a_store_error_that_is_not_retried(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStore(path) as store:
+        other = sqlite3.connect(path)
+        other.execute("DROP TABLE quarantine")
+        other.close()
+        with pytest.raises(StoreError) as caught:
+            await store.count("quarantine")
+        assert caught.value.retryable is False
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+
+
+async def test_use_after_close_raises(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db")
+    async with store:
+        assert await store.count("telemetry") == 0
+    with pytest.raises(StoreError, match="closed"):
+        await store.count("telemetry")
+    with pytest.raises(StoreError, match="closed"):
+        async with store:
+            pass
