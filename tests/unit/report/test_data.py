@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.ports import SubscriptionSpec
+from alerts.config import SubscriptionSpec
 from alerts.sqlite_bus import SqliteAlertPublisher
 from report import ReportRequest, gather, render_html
 from report.data import incidents

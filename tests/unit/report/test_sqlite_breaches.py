@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.ports import SubscriptionSpec
+from alerts.config import SubscriptionSpec
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from report.exceptions import ReportError
 from report.sqlite_breaches import SqliteBreachLog
