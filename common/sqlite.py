@@ -86,9 +86,7 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     connection.execute("COMMIT")
 
 
-def map_error(
-    exc: sqlite3.Error, what: str, error_type: type[EvalstreamError]
-) -> EvalstreamError:
+def map_error(exc: sqlite3.Error, what: str, error_type: type[EvalstreamError]) -> EvalstreamError:
     """The adapter's error for a ``sqlite3`` error; the caller raises it ``from exc``."""
     text = str(exc)
     transient = isinstance(exc, sqlite3.OperationalError) and any(

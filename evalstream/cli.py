@@ -82,7 +82,7 @@ def _settings(config: Path | None, data_dir: Path | None = None) -> Settings:
 
 
 def _incidents(values: list[str]) -> list[object]:
-    from stream.simulator import Incident
+    from stream.producers.simulator import Incident
 
     try:
         return [Incident.parse(value) for value in values]
@@ -230,7 +230,7 @@ def simulate(
 ) -> None:
     """Produce realistic, deterministic telemetry (to the source, or NDJSON with --output)."""
     from evalstream.runtime import install_signal_handlers, pace_simulator
-    from stream.simulator import Simulator
+    from stream.producers.simulator import Simulator
 
     first = (start or datetime.now(UTC)).astimezone(UTC) if start and start.tzinfo else start
     simulator = Simulator(
@@ -278,7 +278,7 @@ def schema() -> None:
 @app.command()
 def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Counts in the store and the processor's position in each partition."""
-    from stream.local_log import LocalLog
+    from stream.sources.local_log import LocalLog
 
     settings = _settings(config, data_dir)
 

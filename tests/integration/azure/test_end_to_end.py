@@ -21,10 +21,11 @@ from pydantic import SecretStr
 
 from alerts.ports import SubscriptionSpec
 from alerts.servicebus import servicebus_receiver
-from evalstream.settings import CosmosSettings, EventHubsSettings, ServiceBusSettings
+from evalstream.settings import CosmosSettings, ServiceBusSettings
 from store.cosmos import cosmos_store
-from stream.eventhubs import eventhubs_sink
-from stream.simulator import Incident, Simulator
+from stream.producers.simulator import Incident, Simulator
+from stream.sources.eventhubs_config import EventHubsSettings
+from stream.sources.eventhubs_producer import eventhubs_sink
 from tests.integration.processor_harness import drain_subscription, prepare
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

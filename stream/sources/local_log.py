@@ -21,10 +21,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from common.retry import sleep_or_stop
 from store.sqlite_connection import connect
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
-from stream.retry import deliver, wait_or_stop
+from stream.sources.retry import deliver
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ class LocalLogSource:
         while not stop.is_set():
             events = log.read(partition, context.position, self.batch_size)
             if not events:
-                await wait_or_stop(stop, self.batch_wait_s)
+                await sleep_or_stop(self.batch_wait_s, stop)
                 continue
             delivered = await deliver(
                 functools.partial(handler.on_batch, context, events),
@@ -301,4 +302,4 @@ class LocalLogSource:
             deleted = log.sweep(self.retention_s)
             if deleted:
                 logger.info("retention removed events", extra={"deleted": deleted})
-            await wait_or_stop(stop, RETENTION_SWEEP_INTERVAL_S)
+            await sleep_or_stop(RETENTION_SWEEP_INTERVAL_S, stop)
