@@ -1,64 +1,25 @@
-"""Deterministic synthetic telemetry: realistic event bodies for demos, tests and benchmarks.
+"""The simulator itself: draws events block by block from the seed and encodes them as bodies.
 
-Pure: no I/O and no wall clock. Event ``i`` carries the event time ``start + i / rate``
-(aggregate over all apps, rounded to the microsecond); the caller paces delivery. The same
-arguments always give byte-identical output.
+Each block of events is made in four steps: draw every random number (the draw order is part of
+the output format), apply the scripted incidents, derive the columns, encode one body per event.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, NamedTuple, cast
 
 import numpy as np
 import orjson
 
-IncidentKind = Literal["latency_regression", "score_drift", "error_burst"]
-INCIDENT_KINDS: Final[tuple[str, ...]] = get_args(IncidentKind)
+from stream.producers.simulator.defects import DEFECTS, broken_body
+from stream.producers.simulator.incidents import Incident
+from stream.producers.simulator.profiles import SCORE_NAMES, AppProfile, draw_profiles
+from stream.producers.simulator.texts import ANSWER_POOL, PROMPT_POOL, count_tokens, text_pools
 
-# The deliberately broken inputs, in the order the defect draw indexes them.
-DEFECTS: Final[tuple[str, ...]] = (
-    "malformed_json",
-    "wrong_type",
-    "missing_trace_id",
-    "naive_timestamp",
-    "future_timestamp",
-    "oversized_output_text",
-    "too_many_metadata",
-    "invalid_utf8",
-    "not_an_object",
-    "deeply_nested_metadata",
-)
-
-SCORE_NAMES: Final[tuple[str, ...]] = (
-    "groundedness",
-    "relevance",
-    "toxicity",
-    "coherence",
-    "fluency",
-)
-# (mean, sigma) of each score before the per-app jitter; toxicity hugs zero on purpose.
-_SCORE_BASE: Final = {
-    "groundedness": (0.82, 0.08),
-    "relevance": (0.78, 0.09),
-    "toxicity": (0.04, 0.025),
-    "coherence": (0.86, 0.05),
-    "fluency": (0.89, 0.04),
-}
-# (model_id, model_version, typical median latency in ms)
-_MODELS: Final = (
-    ("gpt-4o", "2024-08-06", 900.0),
-    ("gpt-4o-mini", "2024-07-18", 420.0),
-    ("phi-3-mini", "3.5-instruct", 320.0),
-    ("phi-3-medium", "128k-instruct", 650.0),
-    ("llama-3.1-8b", "instruct-v1", 380.0),
-    ("mistral-large", "2407", 1100.0),
-)
 _ERROR_TYPES: Final = (
     "timeout",
     "rate_limited",
@@ -72,106 +33,11 @@ _LOCALES: Final = ("en-US", "en-GB", "de-DE", "fr-FR", "es-ES", "ja-JP", "pt-BR"
 _LOCALE_P: Final = (0.50, 0.10, 0.12, 0.10, 0.08, 0.05, 0.05)
 
 _BLOCK: Final = 1024  # events drawn per vectorised block; fixed so any prefix is identical
-_PROMPT_POOL: Final = 1024
-_ANSWER_POOL: Final = 2048
 _USER_POOL: Final = 5000
 _EVENT_ID_SHARE: Final = 0.30
 _USER_ID_SHARE: Final = 0.05
 _METADATA_TRACE_SHARE: Final = 0.10  # trace id only in metadata.trace_id (a supported shape)
-_BASE_ERROR_RATE: Final = 0.005
-
-# Sizes just past the contract's limits (schemas/telemetry.py) for the broken inputs.
-_OVERSIZED_TEXT_CHARS: Final = 40_000
-_TOO_MANY_METADATA: Final = 40
-_NESTING_DEPTH: Final = 40
-_FUTURE_OFFSET: Final = timedelta(days=1)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-_NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
-_INCIDENT_RE: Final = re.compile(
-    rf"^(?P<kind>[a-z_]+):(?P<app>[A-Za-z0-9._:-]{{1,128}})(?:/(?P<score>[A-Za-z0-9._-]+))?"
-    rf"@(?P<start>{_NUMBER})\+(?P<duration>{_NUMBER})x(?P<magnitude>-?{_NUMBER})$"
-)
-
-
-@dataclass(frozen=True)
-class Incident:
-    """A scripted anomaly on one app during a span of event time.
-
-    ``magnitude`` is the latency factor (latency_regression), the shift of a score in units
-    of that score's σ (score_drift; the app's first score unless ``score`` names one), or
-    the error rate during the burst (error_burst).
-    """
-
-    kind: IncidentKind
-    app_id: str
-    start_s: float
-    duration_s: float
-    magnitude: float
-    score: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in INCIDENT_KINDS:
-            raise ValueError(
-                f"unknown incident kind {self.kind!r}; expected one of {INCIDENT_KINDS}"
-            )
-        values = (self.start_s, self.duration_s, self.magnitude)
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError("incident start, duration and magnitude must be finite")
-        if self.start_s < 0 or self.duration_s <= 0:
-            raise ValueError("incident start must be >= 0 and duration > 0 seconds")
-        if self.kind == "latency_regression" and self.magnitude <= 0:
-            raise ValueError("latency_regression magnitude is a factor and must be > 0")
-        if self.kind == "error_burst" and not 0 <= self.magnitude <= 1:
-            raise ValueError("error_burst magnitude is an error rate in [0, 1]")
-        if self.score is not None and self.kind != "score_drift":
-            raise ValueError("only score_drift incidents name a score")
-
-    @property
-    def end_s(self) -> float:
-        return self.start_s + self.duration_s
-
-    @classmethod
-    def parse(cls, text: str) -> Incident:
-        """Parse ``kind:app_id[/score]@start+duration x magnitude`` (seconds, no spaces).
-
-        Examples: ``latency_regression:app-002@120+300x3``,
-        ``score_drift:app-001/relevance@60+120x-2``, ``error_burst:app-000@0+30x0.2``.
-        """
-        match = _INCIDENT_RE.match(text.strip())
-        if match is None:
-            raise ValueError(
-                f"cannot parse incident {text!r}: expected"
-                " kind:app_id[/score]@start+durationxmagnitude,"
-                " e.g. latency_regression:app-002@120+300x3"
-            )
-        kind = match["kind"]
-        if kind not in INCIDENT_KINDS:
-            raise ValueError(
-                f"unknown incident kind {kind!r} in {text!r}; expected one of {INCIDENT_KINDS}"
-            )
-        try:
-            return cls(
-                kind=cast(IncidentKind, kind),
-                app_id=match["app"],
-                start_s=float(match["start"]),
-                duration_s=float(match["duration"]),
-                magnitude=float(match["magnitude"]),
-                score=match["score"],
-            )
-        except ValueError as exc:
-            raise ValueError(f"invalid incident {text!r}: {exc}") from exc
-
-    def __str__(self) -> str:
-        # The inverse of parse(), so a CLI can echo the incidents it was given.
-        score = f"/{self.score}" if self.score else ""
-        span = f"{_number(self.start_s)}+{_number(self.duration_s)}x{_number(self.magnitude)}"
-        return f"{self.kind}:{self.app_id}{score}@{span}"
-
-
-def _number(value: float) -> str:
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
 
 
 @dataclass(frozen=True)
@@ -186,33 +52,49 @@ class SimulatedEvent:
     incident: str | None
 
 
-@dataclass(frozen=True)
-class ModelProfile:
-    model_id: str
-    model_version: str
-    weight: float
-    median_latency_ms: float
-    latency_sigma: float
+class _Draws(NamedTuple):
+    """Every random number of one block, in the order drawn."""
+
+    app: np.ndarray
+    model: np.ndarray
+    latency_z: np.ndarray
+    error_u: np.ndarray
+    error_kind: np.ndarray
+    score_z: np.ndarray
+    prompt_idx: np.ndarray
+    answer_idx: np.ndarray
+    channel: np.ndarray
+    locale: np.ndarray
+    has_event_id: np.ndarray
+    user_idx: np.ndarray
+    meta_trace: np.ndarray
+    broken: np.ndarray
+    defect_idx: np.ndarray
+    variant: np.ndarray
+    trace_ids: list[str]
+    span_ids: list[str]
 
 
-@dataclass(frozen=True)
-class ScoreProfile:
-    name: str
-    mean: float
-    sigma: float
+class _Effects(NamedTuple):
+    """What the incidents do to one block: factors, shifts and rates per event, and which
+    incident (its index, -1 for none) names each event."""
+
+    latency_factor: np.ndarray
+    score_shift: np.ndarray
+    error_rate: np.ndarray
+    incident_code: np.ndarray
 
 
-@dataclass(frozen=True)
-class AppProfile:
-    """The traffic shape of one simulated app (drawn from the seed)."""
+class _Columns(NamedTuple):
+    """The values of one block's events, ready to encode."""
 
-    app_id: str
-    share: float
-    models: tuple[ModelProfile, ...]
-    scores: tuple[ScoreProfile, ...]
-    error_rate: float
-    system_tokens: int
-    app_version: str
+    latency: np.ndarray
+    error: np.ndarray
+    scores: np.ndarray
+    micros: np.ndarray
+    tokens_in: np.ndarray
+    tokens_out: np.ndarray
+    tags: np.ndarray
 
 
 class Simulator:
@@ -250,13 +132,13 @@ class Simulator:
         self.invalid_fraction = float(invalid_fraction)
 
         profile_rng = np.random.default_rng([seed, 0])
-        self._profiles = _draw_profiles(apps, profile_rng)
+        self._profiles = draw_profiles(apps, profile_rng)
         self._index = {p.app_id: i for i, p in enumerate(self._profiles)}
         for incident in self.incidents:
             self._check_incident(incident)
-        self._prompts, self._answers = _text_pools(profile_rng)
-        self._prompt_tokens = np.array([_count_tokens(t) for t in self._prompts])
-        self._answer_tokens = np.array([_count_tokens(t) for t in self._answers])
+        self._prompts, self._answers = text_pools(profile_rng)
+        self._prompt_tokens = np.array([count_tokens(t) for t in self._prompts])
+        self._answer_tokens = np.array([count_tokens(t) for t in self._answers])
         # Pre-encoded once: serialising the non-ASCII texts is most of orjson's work per event.
         self._prompt_json = [orjson.Fragment(orjson.dumps(t)) for t in self._prompts]
         self._answer_json = [orjson.Fragment(orjson.dumps(t)) for t in self._answers]
@@ -360,6 +242,12 @@ class Simulator:
     def _block(
         self, rng: np.random.Generator, id_rng: np.random.Generator, first: int, n: int
     ) -> Iterator[SimulatedEvent]:
+        draws = self._draw(rng, id_rng)
+        effects = self._incident_effects(draws.app, first)
+        columns = self._columns(draws, effects, first)
+        return self._encode(draws, effects, columns, n)
+
+    def _draw(self, rng: np.random.Generator, id_rng: np.random.Generator) -> _Draws:
         size = _BLOCK
         # The draw order below is part of the output format: changing it changes every byte.
         app = np.searchsorted(self._share_cum, rng.random(size), side="right")
@@ -370,8 +258,8 @@ class Simulator:
         error_u = rng.random(size)
         error_kind = rng.integers(0, len(_ERROR_TYPES), size)
         score_z = rng.standard_normal((size, len(SCORE_NAMES)))
-        prompt_idx = rng.integers(0, _PROMPT_POOL, size)
-        answer_idx = rng.integers(0, _ANSWER_POOL, size)
+        prompt_idx = rng.integers(0, PROMPT_POOL, size)
+        answer_idx = rng.integers(0, ANSWER_POOL, size)
         channel = rng.choice(len(_CHANNELS), size=size, p=_CHANNEL_P)
         locale = rng.choice(len(_LOCALES), size=size, p=_LOCALE_P)
         has_event_id = rng.random(size) < _EVENT_ID_SHARE
@@ -384,7 +272,29 @@ class Simulator:
         variant = rng.integers(0, 1 << 30, size)
         trace_ids = _hex_strings(id_rng, size, 32)
         span_ids = _hex_strings(id_rng, size, 16)
+        return _Draws(
+            app,
+            model,
+            latency_z,
+            error_u,
+            error_kind,
+            score_z,
+            prompt_idx,
+            answer_idx,
+            channel,
+            locale,
+            has_event_id,
+            user_idx,
+            meta_trace,
+            broken,
+            defect_idx,
+            variant,
+            trace_ids,
+            span_ids,
+        )
 
+    def _incident_effects(self, app: np.ndarray, first: int) -> _Effects:
+        size = _BLOCK
         index = np.arange(first, first + size, dtype=np.int64)
         offsets = index / self.rate
         latency_factor = np.ones(size)
@@ -407,20 +317,35 @@ class Simulator:
                 score_shift[mask, column] += incident.magnitude
             else:
                 error_rate = np.where(mask, incident.magnitude, error_rate)
+        return _Effects(latency_factor, score_shift, error_rate, incident_code)
 
-        raw_latency = np.exp(self._log_medians[model] + self._latency_sigmas[model] * latency_z)
-        latency = np.round(raw_latency * latency_factor, 1)
+    def _columns(self, draws: _Draws, effects: _Effects, first: int) -> _Columns:
+        app, model = draws.app, draws.model
+        index = np.arange(first, first + _BLOCK, dtype=np.int64)
+        raw_latency = np.exp(
+            self._log_medians[model] + self._latency_sigmas[model] * draws.latency_z
+        )
+        latency = np.round(raw_latency * effects.latency_factor, 1)
         # Errors are drawn as a code so one column carries both "whether" and "which".
-        error = np.where(error_u < error_rate, error_kind, -1)
-        raw_scores = self._score_mean[app] + self._score_sigma[app] * (score_z + score_shift)
+        error = np.where(draws.error_u < effects.error_rate, draws.error_kind, -1)
+        raw_scores = self._score_mean[app] + self._score_sigma[app] * (
+            draws.score_z + effects.score_shift
+        )
         scores = np.round(np.clip(raw_scores, 0.0, 1.0), 3)
         # i * 10**6 is exact in float64, so this is one rounding of the true i / rate in µs.
         micros = np.round(index * 1e6 / self.rate).astype(np.int64)
-        tokens_in = self._system_tokens[app] + self._prompt_tokens[prompt_idx]
-        tokens_out = self._answer_tokens[answer_idx]
+        tokens_in = self._system_tokens[app] + self._prompt_tokens[draws.prompt_idx]
+        tokens_out = self._answer_tokens[draws.answer_idx]
         # One number names the metadata combination (app, channel, locale).
-        tags = (app * len(_CHANNELS) + channel) * len(_LOCALES) + locale
+        tags = (app * len(_CHANNELS) + draws.channel) * len(_LOCALES) + draws.locale
+        return _Columns(latency, error, scores, micros, tokens_in, tokens_out, tags)
 
+    def _encode(
+        self, draws: _Draws, effects: _Effects, columns: _Columns, n: int
+    ) -> Iterator[SimulatedEvent]:
+        """One body per event of the block's first ``n``; the per-event loop is the simulator's
+        hot path, so it reads plain lists and builds each document as one dict literal."""
+        defect_idx, variant = draws.defect_idx, draws.variant
         app_ids = self._app_id_list
         metadata_json = self._metadata_json
         model_names = self._model_names
@@ -433,30 +358,30 @@ class Simulator:
         dumps = orjson.dumps
         new = object.__new__
         set_attribute = object.__setattr__
-        columns = zip(
-            app[:n].tolist(),
-            model[:n].tolist(),
-            micros[:n].tolist(),
-            trace_ids[:n],
-            span_ids[:n],
-            latency[:n].tolist(),
-            error[:n].tolist(),
-            scores[:n].tolist(),
-            prompt_idx[:n].tolist(),
-            answer_idx[:n].tolist(),
-            tokens_in[:n].tolist(),
-            tokens_out[:n].tolist(),
-            tags[:n].tolist(),
-            has_event_id[:n].tolist(),
-            user_idx[:n].tolist(),
-            meta_trace[:n].tolist(),
-            broken[:n].tolist(),
-            incident_code[:n].tolist(),
+        rows = zip(
+            draws.app[:n].tolist(),
+            draws.model[:n].tolist(),
+            columns.micros[:n].tolist(),
+            draws.trace_ids[:n],
+            draws.span_ids[:n],
+            columns.latency[:n].tolist(),
+            columns.error[:n].tolist(),
+            columns.scores[:n].tolist(),
+            draws.prompt_idx[:n].tolist(),
+            draws.answer_idx[:n].tolist(),
+            columns.tokens_in[:n].tolist(),
+            columns.tokens_out[:n].tolist(),
+            columns.tags[:n].tolist(),
+            draws.has_event_id[:n].tolist(),
+            draws.user_idx[:n].tolist(),
+            draws.meta_trace[:n].tolist(),
+            draws.broken[:n].tolist(),
+            effects.incident_code[:n].tolist(),
             range(n),
             strict=True,
         )
         for (a, m, us, trace_id, span_id, lat, err, score_row, pi, ai, t_in, t_out, tag,
-             with_event_id, ui, in_metadata, is_broken, ic, j) in columns:  # fmt: skip
+             with_event_id, ui, in_metadata, is_broken, ic, j) in rows:  # fmt: skip
             event_time = start + timedelta(0, 0, us)
             app_id = app_ids[a]
             model_id, model_version = model_names[m]
@@ -511,7 +436,7 @@ class Simulator:
             if is_broken:
                 defect = DEFECTS[defect_idx[j]]
                 yield SimulatedEvent(
-                    body=_broken_body(defect, doc, int(variant[j]), event_time, self._answers[ai]),
+                    body=broken_body(defect, doc, int(variant[j]), event_time, self._answers[ai]),
                     app_id=None if defect == "not_an_object" else app_id,
                     event_time=event_time,
                     valid=False,
@@ -545,228 +470,3 @@ def _hex_strings(rng: np.random.Generator, count: int, width: int) -> list[str]:
 
 
 _HEX_CODES: Final = np.array([ord(c) for c in "0123456789abcdef"], dtype=np.uint32)
-
-
-def _broken_body(
-    defect: str, doc: dict[str, Any], variant: int, event_time: datetime, answer: str
-) -> bytes:
-    """Turn a valid event into the named kind of broken input."""
-    if defect == "malformed_json":
-        body = orjson.dumps(doc)
-        # A truncated object is never valid JSON; where it is cut varies.
-        return body[: 1 + variant % (len(body) - 1)]
-    if defect == "wrong_type":
-        choice = variant % 3
-        if choice == 0:
-            doc["latency_ms"] = "fast"
-        elif choice == 1:
-            doc["tokens"] = {"input": "many", "output": 12}
-        else:
-            doc["span_id"] = 12345
-        return orjson.dumps(doc)
-    if defect == "missing_trace_id":
-        doc.pop("trace_id", None)
-        doc["metadata"].pop("trace_id", None)
-        return orjson.dumps(doc)
-    if defect == "naive_timestamp":
-        doc["timestamp"] = event_time.replace(tzinfo=None)
-        return orjson.dumps(doc)
-    if defect == "future_timestamp":
-        doc["timestamp"] = event_time + _FUTURE_OFFSET
-        return orjson.dumps(doc)
-    if defect == "oversized_output_text":
-        doc["output_text"] = (answer + " ") * (_OVERSIZED_TEXT_CHARS // (len(answer) + 1) + 1)
-        return orjson.dumps(doc)
-    if defect == "too_many_metadata":
-        doc["metadata"].update({f"tag_{k:02d}": f"value-{k}" for k in range(_TOO_MANY_METADATA)})
-        return orjson.dumps(doc)
-    if defect == "invalid_utf8":
-        doc["input_text"] = "\x00MARK\x00"
-        # orjson only writes valid UTF-8, so splice raw bytes in after encoding.
-        return orjson.dumps(doc).replace(b"\\u0000MARK\\u0000", b"caf\xc3 \xff\xfe na\xefve")
-    if defect == "not_an_object":
-        return orjson.dumps((42, "hello", None, True, 3.5)[variant % 5])
-    if defect == "deeply_nested_metadata":
-        nested: Any = "bottom"
-        for _ in range(_NESTING_DEPTH):
-            nested = {"context": nested}
-        doc["metadata"]["context"] = nested
-        return orjson.dumps(doc)
-    raise ValueError(f"unknown defect {defect!r}")
-
-
-def _draw_profiles(apps: int, rng: np.random.Generator) -> list[AppProfile]:
-    # Zipf-like traffic shares: app-000 is the busiest.
-    weights = 1.0 / np.arange(1, apps + 1) ** 1.1
-    shares = (weights / weights.sum()).tolist()
-    width = max(3, len(str(apps - 1)))
-    profiles = []
-    for a in range(apps):
-        n_models = 1 if rng.random() < 0.4 else 2
-        picks = rng.choice(len(_MODELS), size=n_models, replace=False).tolist()
-        first_weight = 1.0 if n_models == 1 else float(rng.uniform(0.6, 0.9))
-        models = []
-        for slot, pick in enumerate(picks):
-            model_id, version, median = _MODELS[pick]
-            median = float(np.clip(median * rng.uniform(0.8, 1.25), 300.0, 1200.0))
-            models.append(
-                ModelProfile(
-                    model_id=model_id,
-                    model_version=version,
-                    weight=first_weight if slot == 0 else 1.0 - first_weight,
-                    median_latency_ms=round(median, 1),
-                    latency_sigma=round(float(rng.uniform(0.45, 0.75)), 3),
-                )
-            )
-        # Every app reports relevance; the others are a per-app subset.
-        names = [n for n in SCORE_NAMES if n == "relevance" or rng.random() < 0.55]
-        scores = []
-        for name in names:
-            mean, sigma = _SCORE_BASE[name]
-            scores.append(
-                ScoreProfile(
-                    name=name,
-                    mean=round(float(mean + rng.uniform(-0.3, 0.3) * sigma), 4),
-                    sigma=round(float(sigma * rng.uniform(0.8, 1.2)), 4),
-                )
-            )
-        profiles.append(
-            AppProfile(
-                app_id=f"app-{a:0{width}d}",
-                share=shares[a],
-                models=tuple(models),
-                scores=tuple(scores),
-                error_rate=round(float(_BASE_ERROR_RATE * rng.uniform(0.6, 1.4)), 5),
-                system_tokens=int(rng.integers(60, 400)),
-                app_version=f"{rng.integers(1, 4)}.{rng.integers(0, 12)}.{rng.integers(0, 30)}",
-            )
-        )
-    return profiles
-
-
-def _count_tokens(text: str) -> int:
-    # Roughly what BPE tokenisers give for English prose: ~4 characters per token.
-    return max(1, round(len(text) / 4))
-
-
-def _text_pools(rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    """Prompts and answers for one simulator: joins of sentences from the shared pools."""
-    statements, questions = _sentences()
-    prompts = []
-    for _ in range(_PROMPT_POOL):
-        k = int(rng.integers(1, 4))
-        picked = [statements[i] for i in rng.integers(0, len(statements), k).tolist()]
-        picked.append(questions[int(rng.integers(0, len(questions)))])
-        prompts.append(" ".join(picked))
-    answers = []
-    for _ in range(_ANSWER_POOL):
-        k = int(rng.integers(3, 12))
-        answers.append(
-            " ".join(statements[i] for i in rng.integers(0, len(statements), k).tolist())
-        )
-    return prompts, answers
-
-
-def _capitalise(sentence: str) -> str:
-    sentence = _A_BEFORE_VOWEL.sub(r"\1n \2", sentence)
-    return sentence[0].upper() + sentence[1:]
-
-
-_A_BEFORE_VOWEL: Final = re.compile(r"\b([Aa]) ([aeiou])")
-
-
-def _third_person(verb: str) -> str:
-    if verb.endswith("y") and verb[-2] not in "aeiou":
-        return verb[:-1] + "ies"
-    if verb.endswith(("s", "sh", "ch", "x", "z")):
-        return verb + "es"
-    return verb + "s"
-
-
-@functools.cache
-def _sentences() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Sentence pools built once per process from the built-in vocabulary (fixed seed)."""
-    rng = np.random.default_rng(20_241_122)
-
-    def pick(words: tuple[str, ...]) -> str:
-        return words[int(rng.integers(0, len(words)))]
-
-    statements = []
-    for _ in range(1536):
-        template = pick(_STATEMENT_TEMPLATES)
-        sentence = template.format(
-            adj=pick(_ADJECTIVES),
-            adj2=pick(_ADJECTIVES),
-            noun=pick(_NOUNS),
-            noun2=pick(_NOUNS),
-            noun3=pick(_NOUNS),
-            verb=pick(_VERBS),
-            verbs=_third_person(pick(_VERBS)),
-            adv=pick(_ADVERBS),
-            prep=pick(_PREPOSITIONS),
-            place=pick(_PLACES),
-        )
-        statements.append(_capitalise(sentence))
-    questions = []
-    for _ in range(512):
-        template = pick(_QUESTION_TEMPLATES)
-        sentence = template.format(
-            adj=pick(_ADJECTIVES),
-            noun=pick(_NOUNS),
-            noun2=pick(_NOUNS),
-            verb=pick(_VERBS),
-            prep=pick(_PREPOSITIONS),
-            place=pick(_PLACES),
-        )
-        questions.append(_capitalise(sentence))
-    return tuple(statements), tuple(questions)
-
-
-_STATEMENT_TEMPLATES: Final = (
-    "the {adj} {noun} should {verb} the {noun2} {prep} the {noun3}.",
-    "you can {verb} the {noun} {adv} if the {noun2} is {adj}.",
-    "in {place}, the {noun} is usually {adj} and {adj2}.",
-    "our {noun} team will {verb} the {adj} {noun2} before the next {noun3}.",
-    "to {verb} a {noun}, open the {noun2} settings and select {adj} {noun3}.",
-    "the {noun2} {verbs} {adv} when the {adj} {noun} changes {prep} the {noun3}.",
-    "according to the {noun} policy, every {adj} {noun2} must {verb} {adv}.",
-    "please note that the {noun} for {place} can {verb} the {noun2} {adv}.",
-    "if the {noun} does not {verb}, check the {adj} {noun2} and try again.",
-    "the {adj} {noun} and the {adj2} {noun2} both {verb} {prep} the {noun3}.",
-)
-_QUESTION_TEMPLATES: Final = (
-    "how do I {verb} the {adj} {noun} {prep} my {noun2}?",
-    "why does the {noun} not {verb} in {place}?",
-    "can you explain the {adj} {noun} policy for {noun2}?",
-    "what is the fastest way to {verb} a {noun}?",
-    "is it possible to {verb} the {noun} {prep} the {noun2}?",
-    "which {noun} should I choose for a {adj} {noun2}?",
-    "when will the {adj} {noun} be available in {place}?",
-)
-_NOUNS: Final = (
-    "account", "invoice", "subscription", "order", "refund", "password", "device", "report",
-    "dashboard", "contract", "shipment", "warranty", "policy", "balance", "payment", "profile",
-    "router", "license", "ticket", "schedule", "appointment", "delivery", "plan", "upgrade",
-    "credit", "statement", "claim", "address", "catalogue", "discount", "voucher", "backup",
-    "firmware", "calendar", "workspace", "pipeline", "dataset", "model", "quota", "budget",
-    "résumé", "café", "façade", "smörgåsbord",
-)  # fmt: skip
-_VERBS: Final = (
-    "update", "cancel", "renew", "verify", "reset", "transfer", "export", "import", "review",
-    "approve", "schedule", "configure", "install", "restore", "merge", "submit", "track",
-    "compare", "download", "upload", "migrate", "archive", "activate", "replace",
-)  # fmt: skip
-_ADJECTIVES: Final = (
-    "new", "previous", "monthly", "annual", "premium", "basic", "shared", "private", "secure",
-    "pending", "overdue", "default", "custom", "regional", "corporate", "temporary", "primary",
-    "backup", "international", "digital", "refurbished", "naïve", "expired", "active",
-)  # fmt: skip
-_ADVERBS: Final = (
-    "quickly", "automatically", "manually", "safely", "immediately", "usually", "directly",
-    "online", "later", "again",
-)  # fmt: skip
-_PREPOSITIONS: Final = ("for", "with", "from", "into", "after", "before", "under", "within")
-_PLACES: Final = (
-    "Berlin", "Paris", "Madrid", "Tokyo", "São Paulo", "Zürich", "London", "Seattle",
-    "Toronto", "Sydney", "Montréal", "Kraków",
-)  # fmt: skip
