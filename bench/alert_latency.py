@@ -25,8 +25,8 @@ from pathlib import Path
 
 from alerts.sqlite_bus import SqliteAlertReceiver
 from schemas import Breach, BreachState
-from stream.local_log import LocalLogSink
-from stream.simulator import Incident, Simulator
+from stream.producers.simulator import Incident, Simulator
+from stream.sources.local_log import LocalLogSink
 
 RESULTS = Path(__file__).parent / "results" / "alert_latency.md"
 TICKS_PER_S = 50

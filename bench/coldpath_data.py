@@ -29,7 +29,7 @@ from store.sqlite_connection import connect
 from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
-from stream.simulator import Simulator
+from stream.producers.simulator import Simulator
 
 START = datetime(2026, 3, 2, 1, tzinfo=UTC)  # the evaluated window; the reference is before
 WINDOW = Window(start=START, end=START + timedelta(hours=1))

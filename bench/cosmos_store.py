@@ -30,7 +30,7 @@ from store.cosmos import CosmosStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
-from stream.simulator import Simulator
+from stream.producers.simulator import Simulator
 from tests.emulators.npm_fixtures import COSMOS_KEY, start_cosmos
 
 RESULTS = Path(__file__).parent / "results" / "cosmos_store.md"

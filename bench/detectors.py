@@ -42,7 +42,7 @@ from stream.hotpath.factory import (
 from stream.hotpath.lifecycle import BreachTracker
 from stream.hotpath.packing import unpack_ids
 from stream.ports import ReceivedEvent
-from stream.simulator import Simulator
+from stream.producers.simulator import Simulator
 
 START = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
 # Events before a change: drawn per series, so that changes fall at every phase of the

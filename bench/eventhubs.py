@@ -34,17 +34,19 @@ from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import BlobServiceClient
 from pydantic import SecretStr
 
-from evalstream.settings import EventHubsSettings, ProcessorSettings
 from schemas import AppDirectory, Breach
 from store.sqlite import SqliteStore
+from stream.config import ProcessorSettings
 from stream.decode import Decoder
 from stream.enrich import Enricher
-from stream.eventhubs import SOURCE_NAME, EventHubsSink, EventHubsSource
-from stream.pipeline import HotPathFactory, Pipeline
-from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
-from stream.simulator import Simulator
+from stream.pipeline import Pipeline
+from stream.ports import CloseReason, EventSource, HotPathFactory, PartitionContext, ReceivedEvent
+from stream.producers.simulator import Simulator
+from stream.sources.eventhubs_config import EventHubsSettings
+from stream.sources.eventhubs_consumer import SOURCE_NAME, EventHubsSource
+from stream.sources.eventhubs_producer import EventHubsSink
+from stream.sources.subprocess_source import SubprocessSource
 from stream.stats import ProcessorStats
-from stream.subprocess_source import SubprocessSource
 from tests.emulators.npm_fixtures import Azurite, start_azurite
 from tests.emulators.processes import ServerProcess, start_server
 

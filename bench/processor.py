@@ -26,10 +26,10 @@ from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
-from stream.local_log import LocalLog
 from stream.ports import ReceivedEvent
 from stream.processor import Processor
-from stream.simulator import Simulator
+from stream.producers.simulator import Simulator
+from stream.sources.local_log import LocalLog
 from stream.stats import ProcessorStats
 
 RESULTS = Path(__file__).parent / "results" / "processor.md"

@@ -89,6 +89,7 @@ async def retry(
     stop: asyncio.Event | None = None,
     giving_up: Callable[[], bool] | None = None,
     log_fields: Mapping[str, Any] | None = None,
+    log_traceback: bool = False,
 ) -> T:
     """Run ``operation`` until it succeeds and return its value.
 
@@ -97,7 +98,9 @@ async def retry(
     is raised ``from`` the original. When the retries are spent the error carries the wait the
     loop would have made next as ``retry_after``, so a caller further out can keep pacing.
     ``stop`` (an event) and ``giving_up`` (checked before each attempt) end the loop with
-    ``Stopped``. Cancellation always propagates.
+    ``Stopped``. Cancellation always propagates. ``log_traceback`` adds the failure's
+    traceback to the warning of each retry: for callers that retry any failure at a
+    supervision boundary, where the cause may be a bug rather than a passing condition.
     """
     attempt = 0
     while True:
@@ -127,6 +130,7 @@ async def retry(
                 limit,
                 wait,
                 extra={"retry_attempt": attempt, "retry_wait_s": wait, **(log_fields or {})},
+                exc_info=exc if log_traceback else None,
             )
             if await sleep_or_stop(wait, stop):
                 raise Stopped(what) from exc

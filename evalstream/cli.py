@@ -27,7 +27,7 @@ from stream.decode import split_ndjson
 from stream.exceptions import StreamError
 
 if TYPE_CHECKING:
-    from stream.simulator import Incident
+    from stream.producers.simulator import Incident
 
 app = typer.Typer(
     help=(
@@ -87,7 +87,7 @@ def _settings(config: Path | None, data_dir: Path | None = None) -> Settings:
 
 
 def _incidents(values: list[str]) -> list[Incident]:
-    from stream.simulator import Incident
+    from stream.producers.simulator import Incident
 
     try:
         return [Incident.parse(value) for value in values]
@@ -235,7 +235,7 @@ def simulate(
 ) -> None:
     """Produce realistic, deterministic telemetry (to the source, or NDJSON with --output)."""
     from evalstream.runtime import install_signal_handlers, pace_simulator
-    from stream.simulator import Simulator
+    from stream.producers.simulator import Simulator
 
     first = (start or datetime.now(UTC)).astimezone(UTC) if start and start.tzinfo else start
     simulator = Simulator(
@@ -283,7 +283,7 @@ def schema() -> None:
 @app.command()
 def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Counts in the store and the processor's position in each partition."""
-    from stream.local_log import LocalLog
+    from stream.sources.local_log import LocalLog
 
     settings = _settings(config, data_dir)
 

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from evalstream import coldpath_schedule, wiring
 from evalstream.settings import Settings
 from schemas import Breach
-from stream.ingest import IngestApp, bound_port, serving
 from stream.ports import EventSink
 from stream.processor import Processor
-from stream.simulator import Incident, Simulator
+from stream.producers.ingest import IngestApp, bound_port, serving
+from stream.producers.simulator import Incident, Simulator
 from stream.stats import ProcessorStats
 
 logger = logging.getLogger(__name__)

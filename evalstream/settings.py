@@ -28,6 +28,9 @@ from coldpath.executors.batch_config import BatchSettings
 from common.errors import EvalstreamError
 from schemas import AppDirectory
 from store.cosmos_config import CosmosSettings
+from stream.config import ProcessorSettings
+from stream.producers.ingest_config import IngestSettings
+from stream.sources.eventhubs_config import EventHubsSettings
 
 DEFAULT_DATA_DIR = Path("var/evalstream")
 
@@ -57,59 +60,6 @@ class EmbeddedSettings(BaseModel):
     @property
     def alerts_path(self) -> Path:
         return self.data_dir / "alerts.db"
-
-
-class ProcessorSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    consumer_group: str = Field(default="$Default", min_length=1)
-    batch_size: PositiveInt = Field(default=1000, le=100_000)
-    # How long a partition waits for a batch to fill before processing what it has.
-    batch_wait_s: PositiveFloat = 0.1
-    # Detector snapshot + checkpoint cadence per partition; after a crash at most this much
-    # processing is repeated (idempotently).
-    checkpoint_interval_s: float = Field(default=1.0, ge=0)
-    status_interval_s: PositiveFloat = 10.0
-    # Event-time lateness allowance: older events are stored and flagged late.
-    lateness_s: PositiveFloat = 300.0
-    max_future_skew_s: PositiveFloat = 900.0
-    hot_path: bool = True
-
-
-class IngestSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    max_request_bytes: PositiveInt = 1024 * 1024
-    max_events_per_request: PositiveInt = 500
-
-
-class EventHubsSettings(BaseModel):
-    """Event Hubs source (and producer for send/simulate), with Blob checkpoints.
-
-    Authenticate with ``connection_string``, or with ``fully_qualified_namespace`` and
-    DefaultAzureCredential (managed identity: role "Azure Event Hubs Data Receiver", and
-    "Data Sender" for producers). Checkpoints likewise: ``checkpoint_connection_string`` or
-    ``checkpoint_account_url`` with "Storage Blob Data Contributor".
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    connection_string: SecretStr | None = None
-    fully_qualified_namespace: str | None = None
-    eventhub_name: str = "telemetry"
-    checkpoint_connection_string: SecretStr | None = None
-    checkpoint_account_url: str | None = None
-    checkpoint_container: str = "evalstream-checkpoints"
-    # Where a partition without a checkpoint starts: the oldest retained event or new ones only.
-    starting_position: Literal["earliest", "latest"] = "earliest"
-    load_balancing_interval_s: PositiveFloat = 10.0
-    partition_ownership_expiration_s: PositiveFloat = 60.0
-    prefetch: PositiveInt = 300
-    # Receive in a child process: the SDK's pure-Python AMQP receive costs about as much CPU
-    # per event as the pipeline, and in one process the two would share one core.
-    receive_in_child_process: bool = True
 
 
 class AzureSettings(BaseModel):

@@ -24,9 +24,9 @@ from store.ports import EvaluationStore, TelemetryStore
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
-from stream.local_log import SOURCE_NAME, LocalLogSink, LocalLogSource
-from stream.pipeline import BreachPublisher, HotPathFactory, Pipeline
-from stream.ports import EventSink, EventSource
+from stream.pipeline import Pipeline
+from stream.ports import EventSink, EventSource, HotPathFactory
+from stream.sources.local_log import SOURCE_NAME, LocalLogSink, LocalLogSource
 from stream.stats import ProcessorStats
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def store(settings: Settings) -> TelemetryStore:
 def sink(settings: Settings) -> EventSink:
     """Where producers (send, simulate, ingest) append events."""
     if settings.backend == "azure":
-        from stream.eventhubs import eventhubs_sink
+        from stream.sources.eventhubs_producer import eventhubs_sink
 
         return eventhubs_sink(settings.azure.eventhubs)
     return LocalLogSink(settings.embedded.log_path, settings.embedded.partitions)
@@ -93,11 +93,11 @@ def sink(settings: Settings) -> EventSink:
 
 def source(settings: Settings) -> EventSource:
     if settings.backend == "azure":
-        from stream.eventhubs import eventhubs_source
+        from stream.sources.eventhubs_consumer import eventhubs_source
 
         if not settings.azure.eventhubs.receive_in_child_process:
             return eventhubs_source(settings.azure.eventhubs, settings.processor)
-        from stream.subprocess_source import SubprocessSource
+        from stream.sources.subprocess_source import SubprocessSource
 
         # The child logs like this process (its stderr is ours).
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
@@ -137,7 +137,7 @@ def hot_path(settings: Settings) -> HotPathFactory | None:
 
 
 @asynccontextmanager
-async def publisher(settings: Settings) -> AsyncIterator[BreachPublisher | None]:
+async def publisher(settings: Settings) -> AsyncIterator[AlertPublisher | None]:
     if not settings.processor.hot_path:
         yield None
         return
@@ -151,7 +151,7 @@ def pipeline(
     settings: Settings,
     store_: TelemetryStore,
     stats: ProcessorStats,
-    publisher_: BreachPublisher | None,
+    publisher_: AlertPublisher | None,
 ) -> Pipeline:
     return Pipeline(
         store=store_,

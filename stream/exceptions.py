@@ -1,19 +1,20 @@
-"""Errors of the stream package, one root for all.
+"""Errors of the stream package, below the project's one error root.
 
-StreamError
-└── SourceError           an event source cannot be opened or used as configured
-    └── SourceUnavailable the source's service cannot be reached or is busy (retryable)
+EvalstreamError (common.errors)
+└── StreamError            sources, decoding, processing
+    ├── SourceError        an event source cannot be opened or used as configured; retryable
+    │   │                  only when the cause says so (e.g. a SQLite file locked for now)
+    │   └── SourceUnavailable  the source's service cannot be reached or is busy (retryable)
+    └── SnapshotError      a detector snapshot cannot be restored (stream.hotpath.errors)
 """
 
 from __future__ import annotations
 
+from common.errors import EvalstreamError
 
-class StreamError(Exception):
-    retryable: bool = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+class StreamError(EvalstreamError):
+    """Root of the stream package's errors; not retryable unless a subclass or cause says so."""
 
 
 class SourceError(StreamError):

@@ -9,40 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 import orjson
 
+from alerts.ports import AlertPublisher
 from schemas import Breach, QuarantineRecord, TelemetryDocument
 from store.ports import StateSnapshot, TelemetryStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
-from stream.ports import CloseReason, PartitionContext, ReceivedEvent
+from stream.ports import CloseReason, HotPathFactory, HotPathState, PartitionContext, ReceivedEvent
 from stream.stats import ProcessorStats
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 1
-
-
-class HotPathState(Protocol):
-    """What the pipeline needs of the hot path (stream.hotpath.HotPath)."""
-
-    def observe(self, doc: TelemetryDocument) -> list[Breach]: ...
-
-    def snapshot(self) -> bytes: ...
-
-
-class BreachPublisher(Protocol):
-    async def publish(self, breaches: Sequence[Breach]) -> None:
-        """Durable when it returns; idempotent by Breach.message_id."""
-        ...
-
-
-HotPathFactory = Callable[[bytes | None], HotPathState]
 
 
 @dataclass
@@ -91,7 +73,7 @@ class Pipeline:
         checkpoint_interval_s: float,
         stats: ProcessorStats,
         hot_path: HotPathFactory | None = None,
-        publisher: BreachPublisher | None = None,
+        publisher: AlertPublisher | None = None,
     ) -> None:
         if hot_path is not None and publisher is None:
             raise ValueError("a hot path needs a publisher for its breaches")

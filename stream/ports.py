@@ -2,18 +2,23 @@
 
 A source drives the processing (like Event Hubs' EventProcessor): it calls a BatchHandler for
 each partition it owns, and the handler checkpoints through the PartitionContext once its
-effects are durable. Implementations: stream.local_log (SQLite, embedded) and the Event Hubs
-adapter.
+effects are durable. Implementations: stream.sources.local_log (SQLite, embedded) and the
+Event Hubs adapter (stream.sources.eventhubs_consumer). Also here: what the pipeline needs of
+the hot path, which the composition root hands in. Breaches leave the pipeline through
+``alerts.ports.AlertPublisher``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import Protocol
+
+from schemas import Breach, TelemetryDocument
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +91,20 @@ class EventSink(Protocol):
     async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
         """Append (partition key, body) pairs; durable when it returns."""
         ...
+
+
+class HotPathState(Protocol):
+    """What the pipeline needs of the hot path of one partition (stream.hotpath.HotPath)."""
+
+    def observe(self, doc: TelemetryDocument) -> list[Breach]:
+        """Feed one stored document to the detectors; return the breaches it opened or
+        resolved. Deterministic: the same documents in the same order give the same breaches."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The detectors' state, to restore after a restart (stored with the checkpoint)."""
+        ...
+
+
+# Builds a partition's hot path: from its last snapshot, or fresh (None).
+HotPathFactory = Callable[[bytes | None], HotPathState]

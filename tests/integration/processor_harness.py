@@ -16,8 +16,8 @@ from pathlib import Path
 from schemas import AppDirectory
 from stream.decode import Decoder
 from stream.enrich import Enricher, document_id, partition_key
-from stream.local_log import LocalLog
 from stream.ports import ReceivedEvent
+from stream.sources.local_log import LocalLog
 
 PARTITIONS = 4
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.simulator import Simulator
+from stream.producers.simulator import Simulator
 from tests.integration.processor_harness import (
     checkpoints,
     kill_at_points,

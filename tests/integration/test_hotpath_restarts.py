@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.simulator import Incident, Simulator
+from stream.producers.simulator import Incident, Simulator
 from tests.integration.processor_harness import (
     drain_subscription,
     kill_at_points,

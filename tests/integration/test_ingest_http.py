@@ -15,8 +15,8 @@ from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
-from stream.ingest import IngestApp, bound_port, serving
-from stream.local_log import LocalLog, LocalLogSink
+from stream.producers.ingest import IngestApp, bound_port, serving
+from stream.sources.local_log import LocalLog, LocalLogSink
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from evalstream.settings import EventHubsSettings, ProcessorSettings
-from stream.eventhubs import eventhubs_source
+from stream.config import ProcessorSettings
 from stream.exceptions import SourceError
-from stream.local_log import LocalLog, LocalLogSource
 from stream.ports import CloseReason, PartitionContext, ReceivedEvent
-from stream.subprocess_source import SubprocessSource
+from stream.sources.eventhubs_config import EventHubsSettings
+from stream.sources.eventhubs_consumer import eventhubs_source
+from stream.sources.local_log import LocalLog, LocalLogSource
+from stream.sources.subprocess_source import SubprocessSource
 
 pytestmark = pytest.mark.integration
 
@@ -213,8 +214,8 @@ async def test_a_configuration_error_in_the_child_ends_the_run_with_its_message(
 PARENT = """
 import asyncio, functools, sys
 from pathlib import Path
-from stream.local_log import LocalLogSource
-from stream.subprocess_source import SubprocessSource
+from stream.sources.local_log import LocalLogSource
+from stream.sources.subprocess_source import SubprocessSource
 
 class Stuck:
     async def on_partition_initialize(self, context):

@@ -27,7 +27,7 @@ from stream.enrich import Enricher
 from stream.hotpath import HotPath
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
-from stream.simulator import Simulator
+from stream.producers.simulator import Simulator
 from stream.stats import ProcessorStats
 from tests.emulators.fault_proxy import FaultProxy
 from tests.emulators.npm_fixtures import CosmosServer

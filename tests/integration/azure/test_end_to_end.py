@@ -22,11 +22,11 @@ from pydantic import SecretStr
 from alerts.config import SubscriptionSpec
 from alerts.servicebus_config import ServiceBusSettings
 from alerts.servicebus_receiver import servicebus_receiver
-from evalstream.settings import EventHubsSettings
 from store.cosmos import cosmos_store
 from store.cosmos_config import CosmosSettings
-from stream.eventhubs import eventhubs_sink
-from stream.simulator import Incident, Simulator
+from stream.producers.simulator import Incident, Simulator
+from stream.sources.eventhubs_config import EventHubsSettings
+from stream.sources.eventhubs_producer import eventhubs_sink
 from tests.integration.processor_harness import drain_subscription, prepare
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

@@ -24,19 +24,21 @@ import pytest_asyncio
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from pydantic import SecretStr
 
-from evalstream.settings import EventHubsSettings, ProcessorSettings
 from schemas import AppDirectory
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
 from store.sqlite import SqliteStore
+from stream.config import ProcessorSettings
 from stream.decode import Decoder
 from stream.enrich import Enricher, document_id, partition_key
-from stream.eventhubs import SOURCE_NAME, EventHubsSink, EventHubsSource
 from stream.exceptions import SourceError
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
-from stream.simulator import Simulator
+from stream.producers.simulator import Simulator
+from stream.sources.eventhubs_config import EventHubsSettings
+from stream.sources.eventhubs_consumer import SOURCE_NAME, EventHubsSource
+from stream.sources.eventhubs_producer import EventHubsSink
+from stream.sources.subprocess_source import SubprocessSource
 from stream.stats import ProcessorStats
-from stream.subprocess_source import SubprocessSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -476,8 +478,8 @@ async def test_sdk_errors_map_to_retryable_or_permanent_source_errors() -> None:
         EventDataSendError,
     )
 
-    from stream.eventhubs import map_error
     from stream.exceptions import SourceUnavailable
+    from stream.sources.eventhubs_sdk import map_error
 
     assert isinstance(map_error(ConnectionLostError("gone"), "receive"), SourceUnavailable)
     assert isinstance(map_error(ServiceRequestError("refused"), "checkpoint"), SourceUnavailable)

@@ -11,7 +11,7 @@ from evalstream import wiring
 from evalstream.settings import SettingsError, load_settings
 from store.sqlite import SqliteStore
 from stream.hotpath import HotPath
-from stream.local_log import LocalLogSink, LocalLogSource
+from stream.sources.local_log import LocalLogSink, LocalLogSource
 
 
 def test_embedded_backend_builds_sqlite_adapters(tmp_path: Path) -> None:

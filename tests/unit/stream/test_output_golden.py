@@ -19,7 +19,7 @@ from schemas import AppDirectory, TelemetryDocument
 from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
-from stream.simulator import Simulator
+from stream.producers.simulator import Simulator
 
 GOLDEN = Path(__file__).with_name("golden_output.txt")
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)

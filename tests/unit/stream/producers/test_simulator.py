@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import TelemetryEvent
-from stream.simulator import DEFECTS, SCORE_NAMES, Incident, SimulatedEvent, Simulator
+from stream.producers.simulator import DEFECTS, SCORE_NAMES, Incident, SimulatedEvent, Simulator
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RATE = 200.0

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from evalstream.settings import EventHubsSettings
-from stream.eventhubs import _check_settings
 from stream.exceptions import SourceError
+from stream.sources.eventhubs_config import EventHubsSettings, check_settings
 
 CONNECTION = "Endpoint=sb://ns.example/;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0;"
 CHECKPOINTS = SecretStr("UseDevelopmentStorage=true")
@@ -20,7 +19,7 @@ def test_connection_string_naming_another_hub_is_refused() -> None:
         checkpoint_connection_string=CHECKPOINTS,
     )
     with pytest.raises(SourceError, match="names the hub 'orders'"):
-        _check_settings(settings, checkpoints=True)
+        check_settings(settings, checkpoints=True)
 
 
 @pytest.mark.parametrize("suffix", ["EntityPath=telemetry", ""])
@@ -30,5 +29,5 @@ def test_matching_or_absent_entity_path_is_accepted(suffix: str) -> None:
         eventhub_name="telemetry",
         checkpoint_connection_string=CHECKPOINTS,
     )
-    _check_settings(settings, checkpoints=True)
+    check_settings(settings, checkpoints=True)
     assert settings.eventhub_name == "telemetry"

@@ -1,0 +1,22 @@
+"""The processor's settings: batching, checkpoint cadence and event-time allowances."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+
+class ProcessorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    consumer_group: str = Field(default="$Default", min_length=1)
+    batch_size: PositiveInt = Field(default=1000, le=100_000)
+    # How long a partition waits for a batch to fill before processing what it has.
+    batch_wait_s: PositiveFloat = 0.1
+    # Detector snapshot + checkpoint cadence per partition; after a crash at most this much
+    # processing is repeated (idempotently).
+    checkpoint_interval_s: float = Field(default=1.0, ge=0)
+    status_interval_s: PositiveFloat = 10.0
+    # Event-time lateness allowance: older events are stored and flagged late.
+    lateness_s: PositiveFloat = 300.0
+    max_future_skew_s: PositiveFloat = 900.0
+    hot_path: bool = True

@@ -1,0 +1,1 @@
+"""Producers that append events to a source: HTTP ingest and the simulator."""

@@ -1,0 +1,14 @@
+"""Settings of the HTTP ingest endpoint: where it listens and how much one request may carry."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class IngestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_request_bytes: PositiveInt = 1024 * 1024
+    max_events_per_request: PositiveInt = 500

@@ -1,0 +1,69 @@
+"""Settings of the Event Hubs source and sink, and their checks; no SDK import, so settings
+load (and fail early with a clear message) on machines without the Azure SDK."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, SecretStr
+
+from stream.exceptions import SourceError
+
+
+class EventHubsSettings(BaseModel):
+    """Event Hubs source (and producer for send/simulate), with Blob checkpoints.
+
+    Authenticate with ``connection_string``, or with ``fully_qualified_namespace`` and
+    DefaultAzureCredential (managed identity: role "Azure Event Hubs Data Receiver", and
+    "Data Sender" for producers). Checkpoints likewise: ``checkpoint_connection_string`` or
+    ``checkpoint_account_url`` with "Storage Blob Data Contributor".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection_string: SecretStr | None = None
+    fully_qualified_namespace: str | None = None
+    eventhub_name: str = "telemetry"
+    checkpoint_connection_string: SecretStr | None = None
+    checkpoint_account_url: str | None = None
+    checkpoint_container: str = "evalstream-checkpoints"
+    # Where a partition without a checkpoint starts: the oldest retained event or new ones only.
+    starting_position: Literal["earliest", "latest"] = "earliest"
+    load_balancing_interval_s: PositiveFloat = 10.0
+    partition_ownership_expiration_s: PositiveFloat = 60.0
+    prefetch: PositiveInt = 300
+    # Receive in a child process: the SDK's pure-Python AMQP receive costs about as much CPU
+    # per event as the pipeline, and in one process the two would share one core.
+    receive_in_child_process: bool = True
+
+
+def check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:
+    """Raise SourceError for settings that cannot work (``checkpoints``: for the source)."""
+    if settings.connection_string is None and not settings.fully_qualified_namespace:
+        raise SourceError(
+            "azure.eventhubs needs connection_string or fully_qualified_namespace "
+            "(DefaultAzureCredential)"
+        )
+    if settings.connection_string is not None:
+        # The SDK lets eventhub_name override the connection string's EntityPath silently:
+        # a mismatch would read the wrong hub.
+        parts = dict(
+            part.split("=", 1)
+            for part in settings.connection_string.get_secret_value().split(";")
+            if "=" in part
+        )
+        entity = parts.get("EntityPath")
+        if entity and entity != settings.eventhub_name:
+            raise SourceError(
+                f"azure.eventhubs.eventhub_name is {settings.eventhub_name!r} but the connection "
+                f"string names the hub {entity!r}: make them agree"
+            )
+    if (
+        checkpoints
+        and settings.checkpoint_connection_string is None
+        and not settings.checkpoint_account_url
+    ):
+        raise SourceError(
+            "azure.eventhubs needs checkpoint_connection_string or checkpoint_account_url "
+            "(DefaultAzureCredential) for its Blob checkpoints"
+        )

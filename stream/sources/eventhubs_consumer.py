@@ -1,0 +1,284 @@
+"""The Azure event source: Event Hubs (``azure.eventhub.aio``) with Blob checkpoints.
+
+EventHubsSource runs the SDK's load-balanced EventProcessor (``receive_batch``) and drives a
+BatchHandler with it, keeping the port's promises the SDK alone does not keep: a failed batch is
+retried in place (the SDK would carry on after it), a batch in flight is finished before its
+partition closes (the SDK cancels it), empty batches are not delivered, and an event delivered
+twice after a reconnect is delivered once. The sink is in ``eventhubs_producer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.eventhub import CloseReason as SdkCloseReason
+from azure.eventhub import EventData
+from azure.eventhub.aio import EventHubConsumerClient
+from azure.eventhub.exceptions import EventHubError
+from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+from azure.storage.blob.aio import ContainerClient
+
+from common.retry import retry
+from stream.config import ProcessorSettings
+from stream.exceptions import SourceError
+from stream.ports import BatchHandler, CloseReason, ReceivedEvent
+from stream.sources.eventhubs_config import EventHubsSettings, check_settings
+from stream.sources.eventhubs_partition import EventHubsPartition
+from stream.sources.eventhubs_sdk import default_credential, map_error
+from stream.sources.retry import HANDLER_BACKOFF, any_failure, deliver
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.eventhub.aio import PartitionContext as SdkPartitionContext
+
+logger = logging.getLogger(__name__)
+
+SOURCE_NAME = "eventhubs"
+# The checkpoint store pins this Storage API version; the container check uses the same one
+# so both work against the same services (Azurite included).
+CHECKPOINT_API_VERSION = "2019-07-07"
+
+_STARTING_POSITIONS: dict[str, str] = {"earliest": "-1", "latest": "@latest"}
+_CLOSE_REASONS: dict[SdkCloseReason, CloseReason] = {
+    SdkCloseReason.SHUTDOWN: CloseReason.SHUTDOWN,
+    SdkCloseReason.OWNERSHIP_LOST: CloseReason.OWNERSHIP_LOST,
+}
+
+
+class EventHubsSource:
+    """EventSource over an Event Hub, load-balanced with other instances through Blob storage.
+
+    ``run`` opens the checkpoint store (creating its container when missing) and a consumer
+    client, delivers batches until ``stop`` is set, then closes the client: each owned
+    partition finishes its batch in flight and closes with CloseReason.SHUTDOWN.
+    """
+
+    def __init__(
+        self,
+        settings: EventHubsSettings,
+        processor: ProcessorSettings,
+        *,
+        credential_factory: Callable[[], AsyncTokenCredential] | None = None,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        check_settings(settings, checkpoints=True)
+        self.settings = settings
+        self.processor = processor
+        self.credential_factory = credential_factory or default_credential
+        # Extra EventHubConsumerClient keyword arguments (retry policy, transport, ...).
+        self.client_options = dict(client_options or {})
+        self._handler: BatchHandler | None = None
+        self._stop = asyncio.Event()
+        self._client: EventHubConsumerClient | None = None
+        self._store: BlobCheckpointStore | None = None
+        self._partitions: dict[str, EventHubsPartition] = {}
+        self.errors = 0
+
+    @property
+    def needs_credential(self) -> bool:
+        settings = self.settings
+        return settings.connection_string is None or settings.checkpoint_connection_string is None
+
+    async def run(self, handler: BatchHandler, stop: asyncio.Event) -> None:
+        if self._handler is not None:
+            raise SourceError("EventHubsSource.run is already running")
+        self._handler, self._stop = handler, stop
+        credential = self.credential_factory() if self.needs_credential else None
+        try:
+            store = self._checkpoint_store(credential)
+            async with store:
+                await self._ensure_container(credential)
+                client = self._consumer_client(store, credential)
+                self._client, self._store = client, store
+                async with client:
+                    await self._receive(client, stop)
+        finally:
+            self._handler, self._client, self._store = None, None, None
+            self._partitions.clear()
+            if credential is not None:
+                await credential.close()
+
+    async def _receive(self, client: EventHubConsumerClient, stop: asyncio.Event) -> None:
+        receiving = asyncio.create_task(
+            client.receive_batch(
+                self._on_event_batch,
+                max_batch_size=self.processor.batch_size,
+                max_wait_time=self.processor.batch_wait_s,
+                starting_position=_STARTING_POSITIONS[self.settings.starting_position],
+                prefetch=self.settings.prefetch,
+                on_error=self._on_error,
+                on_partition_initialize=self._on_partition_initialize,
+                on_partition_close=self._on_partition_close,
+            ),
+            name="eventhubs-receive",
+        )
+        stopping = asyncio.create_task(stop.wait(), name="eventhubs-stop")
+        try:
+            await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if receiving.done():
+                # receive_batch only returns on close; anything else is a configuration error.
+                try:
+                    receiving.result()
+                except (EventHubError, AzureError) as exc:
+                    raise map_error(exc, "receive") from exc
+                except ValueError as exc:
+                    raise SourceError(f"Event Hubs receive refused: {exc}") from exc
+                raise SourceError("Event Hubs receive ended before stop was requested")
+            # close() stops the processor: partitions finish their batch, close with SHUTDOWN
+            # and release their ownership. receive_batch itself would only notice at its next
+            # load-balancing round, so it is cancelled once close has returned.
+            await client.close()
+        finally:
+            for task in (stopping, receiving):
+                if not task.done():
+                    task.cancel()
+            await asyncio.wait({receiving, stopping})
+
+    async def _on_partition_initialize(self, sdk: SdkPartitionContext) -> None:
+        assert self._handler is not None and self._client is not None and self._store is not None
+        partition = EventHubsPartition(sdk, self._client, self._store)
+        self._partitions[partition.partition_id] = partition
+        handler = self._handler
+        # The SDK would log a failed initialisation and deliver batches anyway: retry until it
+        # works (or the partition is closed, which cancels this).
+        await retry(
+            lambda: handler.on_partition_initialize(partition),
+            backoff=HANDLER_BACKOFF,
+            what="partition initialisation",
+            retryable=any_failure,
+            log_fields={"partition": partition.partition_id},
+            log_traceback=True,
+        )
+        partition.initialized = True
+
+    async def _on_event_batch(self, sdk: SdkPartitionContext, events: list[EventData]) -> None:
+        partition = self._partitions.get(str(sdk.partition_id))
+        if partition is None or not partition.initialized or partition.abandoned:
+            return
+        if events:
+            partition.add(partition.received(events))
+        # The SDK hands over whatever its buffer holds, often a single event when the
+        # processor keeps up: batches are gathered here, up to batch_size or batch_wait_s.
+        # An empty call (nothing arrived for max_wait_time) lets the last events go.
+        for batch in partition.ready(self.processor.batch_size, self.processor.batch_wait_s):
+            if not await self._deliver(partition, batch):
+                return
+
+    async def _deliver(self, partition: EventHubsPartition, batch: list[ReceivedEvent]) -> bool:
+        """Run the handler on ``batch`` until it succeeds (True) or the partition is closing
+        or the source stopping (False: the batch is abandoned, and so are later ones)."""
+        handler = self._handler
+        assert handler is not None
+        delivered = await deliver(
+            lambda: partition.attempt(handler.on_batch(partition, batch)),
+            partition_id=partition.partition_id,
+            first_sequence=batch[0].sequence,
+            closing=lambda: partition.closing,
+            stop=self._stop,
+        )
+        if not delivered:
+            partition.abandoned = True
+        return delivered
+
+    async def _on_partition_close(self, sdk: SdkPartitionContext, reason: SdkCloseReason) -> None:
+        partition = self._partitions.pop(str(sdk.partition_id), None)
+        if partition is None:
+            return
+        partition.closing = True
+        if not partition.initialized:
+            partition.closed = True
+            return
+        # Never close a partition under a batch still running (see EventHubsPartition.checkpoint).
+        await partition.settled()
+        assert self._handler is not None
+        try:
+            await self._handler.on_partition_close(partition, _CLOSE_REASONS[reason])
+        finally:
+            partition.closed = True
+
+    async def _on_error(self, sdk: SdkPartitionContext | None, error: Exception) -> None:
+        # The SDK recovers by itself (reconnects, re-claims partitions from their checkpoint);
+        # this is where its errors become visible.
+        self.errors += 1
+        logger.warning(
+            "Event Hubs error",
+            extra={
+                "partition": None if sdk is None else sdk.partition_id,
+                "error": f"{type(error).__name__}: {error}",
+            },
+        )
+
+    def _checkpoint_store(self, credential: AsyncTokenCredential | None) -> BlobCheckpointStore:
+        settings = self.settings
+        if settings.checkpoint_connection_string is not None:
+            return BlobCheckpointStore.from_connection_string(
+                settings.checkpoint_connection_string.get_secret_value(),
+                settings.checkpoint_container,
+            )
+        assert settings.checkpoint_account_url is not None
+        return BlobCheckpointStore(
+            settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
+        )
+
+    async def _ensure_container(self, credential: AsyncTokenCredential | None) -> None:
+        # With a missing container the checkpoint store fails its ownership claims quietly.
+        settings = self.settings
+        if settings.checkpoint_connection_string is not None:
+            container = ContainerClient.from_connection_string(
+                settings.checkpoint_connection_string.get_secret_value(),
+                settings.checkpoint_container,
+                api_version=CHECKPOINT_API_VERSION,
+            )
+        else:
+            assert settings.checkpoint_account_url is not None
+            container = ContainerClient(
+                settings.checkpoint_account_url,
+                settings.checkpoint_container,
+                credential=credential,
+                api_version=CHECKPOINT_API_VERSION,
+            )
+        async with container:
+            try:
+                await container.get_container_properties()
+            except ResourceNotFoundError:
+                try:
+                    await container.create_container()
+                except ResourceExistsError:
+                    pass
+                except AzureError as exc:
+                    raise map_error(exc, "checkpoint container creation") from exc
+            except AzureError as exc:
+                raise map_error(exc, "checkpoint container check") from exc
+
+    def _consumer_client(
+        self, store: BlobCheckpointStore, credential: AsyncTokenCredential | None
+    ) -> EventHubConsumerClient:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "consumer_group": self.processor.consumer_group,
+            "checkpoint_store": store,
+            "load_balancing_interval": settings.load_balancing_interval_s,
+            "partition_ownership_expiration_interval": settings.partition_ownership_expiration_s,
+            **self.client_options,
+        }
+        if settings.connection_string is not None:
+            return EventHubConsumerClient.from_connection_string(
+                settings.connection_string.get_secret_value(),
+                eventhub_name=settings.eventhub_name,
+                **options,
+            )
+        assert settings.fully_qualified_namespace is not None and credential is not None
+        return EventHubConsumerClient(
+            fully_qualified_namespace=settings.fully_qualified_namespace,
+            eventhub_name=settings.eventhub_name,
+            credential=credential,
+            **options,
+        )
+
+
+def eventhubs_source(settings: EventHubsSettings, processor: ProcessorSettings) -> EventHubsSource:
+    return EventHubsSource(settings, processor)

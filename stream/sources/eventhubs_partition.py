@@ -1,0 +1,201 @@
+"""One owned Event Hubs partition: the PartitionContext the handler checkpoints through (into
+Blob storage), and the source's delivery state for it (events gathered into batches, the batch
+in flight, duplicates after a reconnect dropped)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from azure.core.exceptions import AzureError
+from azure.eventhub import EventData
+from azure.eventhub.aio import EventHubConsumerClient
+from azure.eventhub.amqp import AmqpMessageBodyType
+from azure.eventhub.exceptions import EventHubError
+from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+
+from stream.exceptions import SourceError
+from stream.ports import ReceivedEvent
+from stream.sources.eventhubs_sdk import map_error
+
+if TYPE_CHECKING:
+    from azure.eventhub.aio import PartitionContext as SdkPartitionContext
+
+logger = logging.getLogger(__name__)
+
+_SEQUENCE = b"x-opt-sequence-number"
+_OFFSET = b"x-opt-offset"
+_ENQUEUED = b"x-opt-enqueued-time"
+
+
+def _body(event: EventData) -> bytes:
+    message = event.raw_amqp_message
+    if message.body_type == AmqpMessageBodyType.DATA:
+        return b"".join(message.body)
+    # Producers of other SDKs may send value or sequence bodies: keep their text so the
+    # decoder quarantines (or accepts) it instead of the event vanishing.
+    try:
+        return event.body_as_str().encode()
+    except TypeError:
+        return repr(message.body).encode()
+
+
+class EventHubsPartition:
+    """Our PartitionContext for one owned partition, plus the source's delivery state."""
+
+    def __init__(
+        self,
+        sdk: SdkPartitionContext,
+        client: EventHubConsumerClient,
+        store: BlobCheckpointStore,
+    ) -> None:
+        self._sdk = sdk
+        self._client = client
+        self._store = store
+        self.initialized = False
+        # Set when a failed batch was abandoned on stop: later batches must not be delivered,
+        # their checkpoint would cover the abandoned one.
+        self.abandoned = False
+        # closing: the SDK is closing the partition (stop retrying); closed: our handler's
+        # close ran, so nothing may checkpoint through this context any more.
+        self.closing = False
+        self.closed = False
+        self.in_flight: asyncio.Future[None] | None = None
+        self.last_sequence = -1
+        # Received but not yet delivered: gathered into batches (see EventHubsSource).
+        self.pending: list[ReceivedEvent] = []
+        self.pending_since = 0.0
+        self._times: dict[int, datetime] = {}
+
+    @property
+    def partition_id(self) -> str:
+        return str(self._sdk.partition_id)
+
+    async def attempt(self, work: Awaitable[None]) -> None:
+        """Await one handler call; if cancelled meanwhile, let it finish first, then re-raise.
+
+        The SDK cancels a partition's task on close and on ownership loss. A batch cut off
+        half-way would leave detector state ahead of the checkpoint the close handler writes.
+        """
+        task = self.in_flight = asyncio.ensure_future(work)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning(
+                    "batch in flight failed while its partition closed",
+                    exc_info=task.exception(),
+                    extra={"partition": self.partition_id},
+                )
+            raise
+
+    async def settled(self) -> None:
+        """Wait until no handler call of this partition is running."""
+        task = self.in_flight
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+
+    def add(self, events: list[ReceivedEvent]) -> None:
+        if events and not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.extend(events)
+
+    def ready(self, size: int, wait_s: float) -> list[list[ReceivedEvent]]:
+        """Take the gathered events that make full batches, and the rest once it is old."""
+        pending = self.pending
+        if not pending:
+            return []
+        batches = [pending[i : i + size] for i in range(0, len(pending) - size + 1, size)]
+        rest = pending[len(batches) * size :]
+        if rest and time.monotonic() - self.pending_since >= wait_s:
+            batches.append(rest)
+            rest = []
+        self.pending = rest
+        return batches
+
+    def received(self, events: list[EventData]) -> list[ReceivedEvent]:
+        """Convert the SDK's events, dropping any this ownership has seen already: after a
+        reconnect the SDK may hand over events that were still buffered once more."""
+        partition = self.partition_id
+        times = self._times
+        if len(times) > 4096:
+            times.clear()
+        last = self.last_sequence
+        out: list[ReceivedEvent] = []
+        for event in events:
+            annotations = event.raw_amqp_message.annotations or {}
+            sequence = annotations.get(_SEQUENCE)
+            if sequence is None:
+                raise SourceError(f"an event of partition {partition} has no sequence number")
+            if sequence <= last:
+                continue
+            last = sequence
+            offset = annotations.get(_OFFSET)
+            if isinstance(offset, bytes):
+                offset = offset.decode()
+            millis = annotations.get(_ENQUEUED) or 0
+            # Events enqueued together share their time: convert each value once.
+            when = times.get(millis)
+            if when is None:
+                when = times[millis] = datetime.fromtimestamp(millis / 1000, UTC)
+            out.append(
+                ReceivedEvent(
+                    _body(event), partition, sequence, when, None if offset is None else str(offset)
+                )
+            )
+        self.last_sequence = last
+        return out
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        if self.closed:
+            # A batch the SDK left running after closing the partition (it waits for a
+            # failed receive's batch one second only): its owner may have moved on.
+            raise SourceError(f"partition {self.partition_id} is closed: checkpoint not written")
+        if event.offset is None:
+            raise SourceError(
+                f"cannot checkpoint partition {self.partition_id} at sequence {event.sequence}: "
+                "the event has no offset"
+            )
+        sdk = self._sdk
+        checkpoint = {
+            "fully_qualified_namespace": sdk.fully_qualified_namespace,
+            "eventhub_name": sdk.eventhub_name,
+            "consumer_group": sdk.consumer_group,
+            "partition_id": self.partition_id,
+            "offset": event.offset,
+            "sequence_number": event.sequence,
+        }
+        try:
+            await self._store.update_checkpoint(checkpoint)
+        except AzureError as exc:
+            raise map_error(exc, "checkpoint update") from exc
+
+    async def last_enqueued_sequence(self) -> int | None:
+        try:
+            properties = await self._client.get_partition_properties(self.partition_id)
+        except asyncio.CancelledError:
+            raise
+        except (EventHubError, AzureError) as exc:
+            # Lag is reporting only: an unreachable service must not stop processing.
+            logger.debug("partition properties unavailable", extra={"error": str(exc)})
+            return None
+        return int(properties["last_enqueued_sequence_number"])
+
+    async def checkpointed_sequence(self) -> int | None:
+        sdk = self._sdk
+        try:
+            rows = await self._store.list_checkpoints(
+                sdk.fully_qualified_namespace, sdk.eventhub_name, sdk.consumer_group
+            )
+        except AzureError as exc:
+            raise map_error(exc, "checkpoint listing") from exc
+        for row in rows:
+            if row["partition_id"] == self.partition_id:
+                return int(row["sequence_number"])
+        return None

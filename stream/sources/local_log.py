@@ -1,0 +1,368 @@
+"""The embedded event source: a partitioned, append-only log in one SQLite file.
+
+Partition = stable hash of the partition key (the app_id), so one app's events stay in order in
+one partition, as with Event Hubs. Each partition numbers its events from 0; consumer groups
+keep their own checkpoints. One processor at a time owns a log (a file lock says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import functools
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TypeVar
+
+from common.retry import sleep_or_stop
+from common.sqlite import SqliteFile, transaction
+from stream.exceptions import SourceError
+from stream.ports import BatchHandler, CloseReason, ReceivedEvent
+from stream.sources.retry import deliver
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SOURCE_NAME = "local"
+RETENTION_SWEEP_INTERVAL_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    partition INTEGER NOT NULL, sequence INTEGER NOT NULL, enqueued REAL NOT NULL,
+    body BLOB NOT NULL, PRIMARY KEY (partition, sequence)
+);
+CREATE TABLE IF NOT EXISTS heads (partition INTEGER PRIMARY KEY, next_sequence INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    consumer_group TEXT NOT NULL, partition INTEGER NOT NULL, sequence INTEGER NOT NULL,
+    PRIMARY KEY (consumer_group, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def partition_for(key: str | bytes, partitions: int) -> int:
+    """Stable across processes and Python versions (unlike ``hash``)."""
+    data = key.encode() if isinstance(key, str) else key
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") % partitions
+
+
+# The log's queries: plain functions of a connection, run on the file's worker thread (from
+# the source and sink) or on the caller's thread (CLI, scripts) by LocalLog.
+
+
+def _check_partitions(connection: sqlite3.Connection, partitions: int) -> int:
+    """Record the partition count of a new log; return the count the log was created with."""
+    with transaction(connection):
+        row = connection.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+        if row is None:
+            connection.execute("INSERT INTO meta VALUES ('partitions', ?)", (str(partitions),))
+            connection.executemany(
+                "INSERT OR IGNORE INTO heads VALUES (?, 0)", [(p,) for p in range(partitions)]
+            )
+            return partitions
+    return int(row[0])
+
+
+def _append(
+    connection: sqlite3.Connection, items: Sequence[tuple[str | None, bytes]], partitions: int
+) -> list[tuple[int, int]]:
+    now = time.time()
+    positions: list[tuple[int, int]] = []
+    with transaction(connection):
+        heads = dict(connection.execute("SELECT partition, next_sequence FROM heads").fetchall())
+        rows = []
+        for key, body in items:
+            partition = partition_for(key if key is not None else body, partitions)
+            sequence = heads[partition]
+            heads[partition] = sequence + 1
+            rows.append((partition, sequence, now, body))
+            positions.append((partition, sequence))
+        connection.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+        connection.executemany(
+            "UPDATE heads SET next_sequence = ? WHERE partition = ?",
+            [(sequence, partition) for partition, sequence in heads.items()],
+        )
+    return positions
+
+
+def _read(
+    connection: sqlite3.Connection, partition: int, after: int, limit: int
+) -> list[ReceivedEvent]:
+    rows = connection.execute(
+        "SELECT sequence, enqueued, body FROM events WHERE partition = ? AND sequence > ? "
+        "ORDER BY sequence LIMIT ?",
+        (partition, after, limit),
+    ).fetchall()
+    name = str(partition)
+    # Events appended together share their enqueued time: convert each value once.
+    times: dict[float, datetime] = {}
+    events = []
+    for sequence, enqueued, body in rows:
+        when = times.get(enqueued)
+        if when is None:
+            when = times[enqueued] = datetime.fromtimestamp(enqueued, UTC)
+        events.append(ReceivedEvent(body, name, sequence, when, str(sequence)))
+    return events
+
+
+def _last_sequence(connection: sqlite3.Connection, partition: int) -> int:
+    row = connection.execute(
+        "SELECT next_sequence FROM heads WHERE partition = ?", (partition,)
+    ).fetchone()
+    return int(row[0]) - 1
+
+
+def _checkpoint(connection: sqlite3.Connection, consumer_group: str, partition: int) -> int:
+    row = connection.execute(
+        "SELECT sequence FROM checkpoints WHERE consumer_group = ? AND partition = ?",
+        (consumer_group, partition),
+    ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def _update_checkpoint(
+    connection: sqlite3.Connection, consumer_group: str, partition: int, sequence: int
+) -> None:
+    connection.execute(
+        "INSERT INTO checkpoints VALUES (?, ?, ?) ON CONFLICT (consumer_group, partition) "
+        "DO UPDATE SET sequence = excluded.sequence",
+        (consumer_group, partition, sequence),
+    )
+
+
+def _sweep(connection: sqlite3.Connection, retention_s: float) -> int:
+    cursor = connection.execute(
+        "DELETE FROM events WHERE enqueued < ?", (time.time() - retention_s,)
+    )
+    return cursor.rowcount
+
+
+class LocalLog:
+    """Opens the log file and checks it was created with the same partition count.
+
+    The plain methods block the calling thread (CLI, scripts, tests); their ``_async`` forms
+    run on the file's worker thread, so the event loop never waits on SQLite. ``sqlite3``
+    errors come out as SourceError (retryable when the cause is passing: locked, busy, full).
+    """
+
+    def __init__(self, path: Path, partitions: int) -> None:
+        self.path = path
+        self.partitions = partitions
+        self._file = SqliteFile(path, error_type=SourceError, schema=_SCHEMA)
+        try:
+            created_with = self._file.run_blocking(
+                functools.partial(_check_partitions, partitions=partitions), "open the event log"
+            )
+        except BaseException:
+            self._file.close()
+            raise
+        if created_with != partitions:
+            self._file.close()
+            raise SourceError(
+                f"the event log {path} has {created_with} partitions but "
+                f"embedded.partitions is {partitions}: use the same setting or a new data_dir"
+            )
+
+    def close(self) -> None:
+        self._file.close()
+
+    async def aclose(self) -> None:
+        await self._file.aclose()
+
+    def _blocking(self, what: str, call: Callable[..., T], /, *args: object) -> T:
+        return self._file.run_blocking(lambda connection: call(connection, *args), what)
+
+    async def _async(self, what: str, call: Callable[..., T], /, *args: object) -> T:
+        return await self._file.run(lambda connection: call(connection, *args), what)
+
+    def append(self, items: Sequence[tuple[str | None, bytes]]) -> list[tuple[int, int]]:
+        """Append (partition key, body) pairs in one transaction; return their positions."""
+        return self._blocking("append to the event log", _append, items, self.partitions)
+
+    async def append_async(
+        self, items: Sequence[tuple[str | None, bytes]]
+    ) -> list[tuple[int, int]]:
+        return await self._async("append to the event log", _append, items, self.partitions)
+
+    def read(self, partition: int, after: int, limit: int) -> list[ReceivedEvent]:
+        """Up to ``limit`` events of ``partition`` after sequence ``after``, in order."""
+        return self._blocking("read the event log", _read, partition, after, limit)
+
+    async def read_async(self, partition: int, after: int, limit: int) -> list[ReceivedEvent]:
+        return await self._async("read the event log", _read, partition, after, limit)
+
+    def last_sequence(self, partition: int) -> int:
+        return self._blocking("read the log head", _last_sequence, partition)
+
+    async def last_sequence_async(self, partition: int) -> int:
+        return await self._async("read the log head", _last_sequence, partition)
+
+    def checkpoint(self, consumer_group: str, partition: int) -> int:
+        """The last processed sequence of a partition (-1: nothing processed yet)."""
+        return self._blocking("read a checkpoint", _checkpoint, consumer_group, partition)
+
+    async def checkpoint_async(self, consumer_group: str, partition: int) -> int:
+        return await self._async("read a checkpoint", _checkpoint, consumer_group, partition)
+
+    async def update_checkpoint_async(
+        self, consumer_group: str, partition: int, sequence: int
+    ) -> None:
+        await self._async(
+            "write a checkpoint", _update_checkpoint, consumer_group, partition, sequence
+        )
+
+    async def sweep_async(self, retention_s: float) -> int:
+        """Delete events enqueued before the retention horizon; return how many."""
+        return await self._async("sweep the event log", _sweep, retention_s)
+
+
+class LocalLogSink:
+    """EventSink appending to the local log (``evalstream send``, the simulator, ingest)."""
+
+    def __init__(self, path: Path, partitions: int) -> None:
+        self.path = path
+        self.partitions = partitions
+        self._log: LocalLog | None = None
+
+    async def __aenter__(self) -> LocalLogSink:
+        self._log = LocalLog(self.path, self.partitions)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._log is not None:
+            await self._log.aclose()
+
+    async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
+        if self._log is None:
+            raise SourceError("LocalLogSink used outside 'async with'")
+        await self._log.append_async(bodies)
+
+
+class _LocalPartitionContext:
+    def __init__(self, log: LocalLog, consumer_group: str, partition: int, position: int) -> None:
+        self._log = log
+        self._consumer_group = consumer_group
+        self._partition = partition
+        self.position = position
+
+    @property
+    def partition_id(self) -> str:
+        return str(self._partition)
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        await self._log.update_checkpoint_async(
+            self._consumer_group, self._partition, event.sequence
+        )
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return await self._log.last_sequence_async(self._partition)
+
+    async def checkpointed_sequence(self) -> int | None:
+        sequence = await self._log.checkpoint_async(self._consumer_group, self._partition)
+        return None if sequence < 0 else sequence
+
+
+class ProcessorLock:
+    """An exclusive lock file: two processors on one log would checkpoint over each other."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> ProcessorLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise SourceError(
+                f"another evalstream processor (pid {holder}) is running on {self.path.parent}"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class LocalLogSource:
+    """EventSource over the local log: one task per partition, bounded batches."""
+
+    def __init__(
+        self,
+        path: Path,
+        partitions: int,
+        consumer_group: str,
+        batch_size: int,
+        batch_wait_s: float,
+        retention_s: float,
+    ) -> None:
+        self.path = path
+        self.partitions = partitions
+        self.consumer_group = consumer_group
+        self.batch_size = batch_size
+        self.batch_wait_s = batch_wait_s
+        self.retention_s = retention_s
+
+    async def run(self, handler: BatchHandler, stop: asyncio.Event) -> None:
+        with ProcessorLock(self.path.with_name("processor.lock")):
+            log = LocalLog(self.path, self.partitions)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for partition in range(self.partitions):
+                        group.create_task(self._run_partition(log, partition, handler, stop))
+                    group.create_task(self._sweep(log, stop))
+            finally:
+                await log.aclose()
+
+    async def _run_partition(
+        self, log: LocalLog, partition: int, handler: BatchHandler, stop: asyncio.Event
+    ) -> None:
+        position = await log.checkpoint_async(self.consumer_group, partition)
+        context = _LocalPartitionContext(log, self.consumer_group, partition, position)
+        await handler.on_partition_initialize(context)
+        while not stop.is_set():
+            events = await log.read_async(partition, context.position, self.batch_size)
+            if not events:
+                await sleep_or_stop(self.batch_wait_s, stop)
+                continue
+            delivered = await deliver(
+                functools.partial(handler.on_batch, context, events),
+                partition_id=context.partition_id,
+                first_sequence=events[0].sequence,
+                closing=lambda: False,
+                stop=stop,
+            )
+            if not delivered:
+                break
+            context.position = events[-1].sequence
+        await handler.on_partition_close(context, CloseReason.SHUTDOWN)
+
+    async def _sweep(self, log: LocalLog, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            deleted = await log.sweep_async(self.retention_s)
+            if deleted:
+                logger.info("retention removed events", extra={"deleted": deleted})
+            await sleep_or_stop(RETENTION_SWEEP_INTERVAL_S, stop)

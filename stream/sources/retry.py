@@ -1,0 +1,49 @@
+"""Delivering a batch to a handler until it succeeds: how every source retries its handler.
+
+The loop itself is ``common.retry.retry``; this module only says what the sources retry (any
+failure of the handler: the batch was not checkpointed, and moving on would let a later
+checkpoint cover it) and when they stop (the partition is closing, or the source stopping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from common.retry import Backoff, Stopped, retry
+
+# Pauses between attempts of a failed batch (and of a failed partition initialisation):
+# 0.1 s doubling up to 5 s, or longer when the error asks for it (``retry_after``).
+HANDLER_BACKOFF = Backoff(initial_s=0.1, max_s=5.0)
+
+
+def any_failure(_: BaseException) -> bool:
+    """The handler is the supervision boundary: whatever it raised, the batch is due again."""
+    return True
+
+
+async def deliver(
+    attempt: Callable[[], Awaitable[None]],
+    *,
+    partition_id: str,
+    first_sequence: int,
+    closing: Callable[[], bool],
+    stop: asyncio.Event,
+) -> bool:
+    """Run ``attempt`` until it succeeds (True), or until the partition is closing or the
+    source stopping (False: the batch is abandoned, and the caller must abandon later ones,
+    whose checkpoint would cover it)."""
+    try:
+        await retry(
+            attempt,
+            backoff=HANDLER_BACKOFF,
+            what="batch",
+            retryable=any_failure,
+            stop=stop,
+            giving_up=closing,
+            log_fields={"partition": partition_id, "first_sequence": first_sequence},
+            log_traceback=True,
+        )
+    except Stopped:
+        return False
+    return True

@@ -1,0 +1,183 @@
+"""The child side of SubprocessSource: runs the real source in this process and forwards its
+batches to the parent, which processes them and asks back for checkpoints.
+
+Started by the parent as ``python -m stream.sources.subprocess_worker WINDOW``; the source
+itself comes over the pipe as a picklable factory (see ``subprocess_source``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from stream.exceptions import SourceError, SourceUnavailable
+from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
+from stream.sources.subprocess_channel import (
+    DEFAULT_WINDOW,
+    Channel,
+    encode_batch,
+    encode_error,
+    unknown_call,
+)
+
+logger = logging.getLogger(__name__)
+
+# How long a child whose parent is gone may take to cancel its source before it exits anyway.
+ORPHAN_EXIT_S = 5.0
+# Capacity asked for the child-to-parent pipe (Linux's default pipe-max-size).
+PIPE_BYTES = 1 << 20
+# The PartitionContext methods the parent may call on the child's contexts.
+_CONTEXT_CALLS = frozenset({"checkpoint", "last_enqueued_sequence", "checkpointed_sequence"})
+
+
+class _Forwarder:
+    """The BatchHandler of the child's source: hands everything to the parent."""
+
+    def __init__(self, channel: Channel, window: int) -> None:
+        self.channel = channel
+        self.window = window
+        self.contexts: dict[str, PartitionContext] = {}
+        self._room: dict[str, asyncio.Semaphore] = {}
+
+    async def on_partition_initialize(self, context: PartitionContext) -> None:
+        partition_id = context.partition_id
+        self.contexts[partition_id] = context
+        self._room[partition_id] = asyncio.Semaphore(self.window)
+        await self.channel.call("initialize", partition_id)
+
+    async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
+        room = self._room[context.partition_id]
+        await room.acquire()
+        # Not flushed: the pipe empties only when the parent's event loop is between batches,
+        # and waiting for that here would stall the SDK's receiving. The window bounds what
+        # waits in the buffer.
+        self.channel.send("batch", context.partition_id, encode_batch(events))
+
+    async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
+        try:
+            await self.channel.call("close", context.partition_id, reason.value)
+        finally:
+            self.contexts.pop(context.partition_id, None)
+            self._room.pop(context.partition_id, None)
+
+    def ack(self, partition_id: str) -> None:
+        room = self._room.get(partition_id)
+        if room is not None:
+            room.release()
+
+    def context(self, partition_id: str) -> PartitionContext:
+        context = self.contexts.get(partition_id)
+        if context is None:
+            raise SourceError(f"partition {partition_id} is not owned by this receiver")
+        return context
+
+    def serve(self, call_id: int, name: str, args: tuple[Any, ...]) -> None:
+        if name in _CONTEXT_CALLS:
+            self.channel.answer(call_id, self._call_context(name, *args))
+        else:
+            self.channel.answer(call_id, unknown_call(name))
+
+    async def _call_context(self, name: str, partition_id: str, *args: Any) -> Any:
+        context = self.contexts.get(partition_id)
+        if context is None:
+            raise SourceError(f"partition {partition_id} is not owned by this receiver")
+        return await getattr(context, name)(*args)
+
+
+async def _open_pipes(read_fd: int, write_fd: int) -> Channel:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb", buffering=0)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return Channel(reader, writer)
+
+
+async def _child(read_fd: int, write_fd: int, window: int) -> int:
+    channel = await _open_pipes(read_fd, write_fd)
+    spec = await channel.receive()
+    if spec is None or spec[0] != "spec":
+        return 2
+    _, factory, setup = spec
+    if setup is not None:
+        setup()
+    stop = asyncio.Event()
+    forwarder = _Forwarder(channel, window)
+    try:
+        source: EventSource = factory()
+    except Exception as exc:
+        channel.send("finished", encode_error(exc))
+        await channel.flush()
+        return 1
+    running = asyncio.create_task(source.run(forwarder, stop), name="source")
+    reading = asyncio.create_task(_child_read(channel, forwarder, stop), name="parent-messages")
+    await asyncio.wait({running, reading}, return_when=asyncio.FIRST_COMPLETED)
+    if not running.done():
+        # The parent is gone: nobody can process or checkpoint any more.
+        logger.warning("parent process gone; the receiver exits")
+        running.cancel()
+        await asyncio.wait({running}, timeout=ORPHAN_EXIT_S)
+        return 1
+    error = running.exception()
+    if error is not None:
+        logger.error("source failed in the receiver process", exc_info=error)
+    try:
+        channel.send("finished", None if error is None else encode_error(error))
+        await channel.flush()
+    except SourceUnavailable:
+        return 1
+    reading.cancel()
+    await asyncio.wait({reading})
+    await channel.close(cancel_answers=True)
+    return 0 if error is None else 1
+
+
+async def _child_read(channel: Channel, forwarder: _Forwarder, stop: asyncio.Event) -> None:
+    while (message := await channel.receive()) is not None:
+        kind = message[0]
+        if kind == "ack":
+            forwarder.ack(message[1])
+        elif kind == "call":
+            _, call_id, name, args = message
+            forwarder.serve(call_id, name, args)
+        elif kind == "reply":
+            _, call_id, error, value = message
+            channel.resolve(call_id, error, value)
+        elif kind == "stop":
+            stop.set()
+    channel.fail_calls()
+
+
+def main() -> None:
+    """Entry point of the child: ``python -m stream.sources.subprocess_worker WINDOW``."""
+    window = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_WINDOW
+    # The protocol owns the pipes: keep private copies and point fd 0 and 1 elsewhere, so a
+    # library that prints cannot corrupt a message.
+    read_fd, write_fd = os.dup(0), os.dup(1)
+    with contextlib.suppress(OSError):
+        # A batch of 1,000 events is about 1.2 MB: let the pipe hold one (the default 64 KiB
+        # makes the sender wait for the parent after every 64 KiB). Capped by the system's
+        # pipe-max-size; a refusal only costs speed.
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    # Interrupts are the parent's to handle (a terminal sends them to both): it asks this
+    # process to stop once its batches are processed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(asyncio.run(_child(read_fd, write_fd, window)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The embedded event log: positions per partition, checkpoints, and SQLite errors as ours."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from stream.exceptions import SourceError
+from stream.sources.local_log import LocalLog, partition_for
+
+
+async def test_appended_events_read_back_in_order_from_either_thread(tmp_path: Path) -> None:
+    log = LocalLog(tmp_path / "log.db", 3)
+    partition = partition_for("app-1", 3)
+    try:
+        positions = await log.append_async([("app-1", b"a"), ("app-1", b"b")])
+        positions += log.append([("app-1", b"c")])
+        assert positions == [(partition, 0), (partition, 1), (partition, 2)]
+        events = await log.read_async(partition, 0, 10)
+        assert [(event.body, event.sequence) for event in events] == [(b"b", 1), (b"c", 2)]
+        assert events == log.read(partition, 0, 10)
+        assert await log.last_sequence_async(partition) == log.last_sequence(partition) == 2
+    finally:
+        await log.aclose()
+
+
+async def test_checkpoints_are_kept_per_consumer_group(tmp_path: Path) -> None:
+    log = LocalLog(tmp_path / "log.db", 2)
+    try:
+        assert await log.checkpoint_async("g", 0) == -1
+        await log.update_checkpoint_async("g", 0, 41)
+        assert log.checkpoint("g", 0) == 41
+        assert log.checkpoint("other", 0) == -1
+    finally:
+        log.close()
+
+
+def test_a_log_opened_with_another_partition_count_is_refused(tmp_path: Path) -> None:
+    LocalLog(tmp_path / "log.db", 4).close()
+    with pytest.raises(SourceError, match="has 4 partitions"):
+        LocalLog(tmp_path / "log.db", 2)
+
+
+def test_a_locked_log_fails_as_a_retryable_source_error(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    log = LocalLog(path, 1)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA busy_timeout=0")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        # A short busy timeout so the test does not wait the default 30 s.
+        log._file.run_blocking(lambda connection: connection.execute("PRAGMA busy_timeout=50"))
+        with pytest.raises(SourceError) as caught:
+            log.append([(None, b"x")])
+        assert caught.value.retryable
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        log.close()
+
+
+def test_a_closed_log_raises_source_error(tmp_path: Path) -> None:
+    log = LocalLog(tmp_path / "log.db", 1)
+    log.close()
+    with pytest.raises(SourceError, match="closed"):
+        log.read(0, -1, 1)
