@@ -58,7 +58,8 @@ INSTANCE_ID = "evalstream-coldpath"
 # after these attempts is counted in the summary and evaluated again at the next tick.
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=3)
 
-app = df.DFApp()
+# The Durable decorators live on a blueprint, registered in the FunctionApp the host indexes.
+bp = df.Blueprint()
 
 
 def _schedule(setting: str) -> str:
@@ -67,8 +68,8 @@ def _schedule(setting: str) -> str:
     return f"%{setting}%" if setting in os.environ else DEFAULT_SCHEDULE
 
 
-@app.function_name("coldpath_timer")
-@app.timer_trigger(schedule=_schedule(SCHEDULE_SETTING), arg_name="timer", use_monitor=True)
+@bp.function_name("coldpath_timer")
+@bp.timer_trigger(schedule=_schedule(SCHEDULE_SETTING), arg_name="timer", use_monitor=True)
 async def coldpath_timer(timer: func.TimerRequest) -> None:
     """Plan the latest due window of every policy and run it; a re-run window is a no-op."""
     if timer.past_due:
@@ -86,9 +87,9 @@ async def coldpath_timer(timer: func.TimerRequest) -> None:
         raise ColdpathError("shards failed: " + "; ".join(failed))
 
 
-@app.function_name("coldpath_durable_timer")
-@app.timer_trigger(schedule=_schedule(DURABLE_SCHEDULE_SETTING), arg_name="timer", use_monitor=True)
-@app.durable_client_input(client_name="client")
+@bp.function_name("coldpath_durable_timer")
+@bp.timer_trigger(schedule=_schedule(DURABLE_SCHEDULE_SETTING), arg_name="timer", use_monitor=True)
+@bp.durable_client_input(client_name="client")
 async def coldpath_durable_timer(
     timer: func.TimerRequest, client: df.DurableOrchestrationClient
 ) -> None:
@@ -101,7 +102,7 @@ async def coldpath_durable_timer(
     await client.start_new(ORCHESTRATOR, INSTANCE_ID)
 
 
-@app.orchestration_trigger(context_name="context")
+@bp.orchestration_trigger(context_name="context")
 def coldpath_orchestrator(
     context: df.DurableOrchestrationContext,
 ) -> Generator[Any, Any, dict[str, Any]]:
@@ -172,14 +173,14 @@ def summary(
     }
 
 
-@app.activity_trigger(input_name="now")
+@bp.activity_trigger(input_name="now")
 async def coldpath_plan(now: str) -> list[dict[str, Any]]:
     """Stage the due windows' manifests (light and heavy apart); return their pending units."""
     planned = await plan_due(load_settings(), datetime.fromisoformat(now))
     return [manifest.model_dump(mode="json") for manifest in planned]
 
 
-@app.activity_trigger(input_name="payload")
+@bp.activity_trigger(input_name="payload")
 async def coldpath_evaluate_unit(payload: dict[str, Any]) -> dict[str, Any]:
     """Evaluate one (app_id, policy) of a staged manifest; a done unit is skipped."""
     unit = Unit.model_validate(payload["unit"])
@@ -187,10 +188,14 @@ async def coldpath_evaluate_unit(payload: dict[str, Any]) -> dict[str, Any]:
     return report.model_dump(mode="json")
 
 
-@app.activity_trigger(input_name="manifest_ids")
+@bp.activity_trigger(input_name="manifest_ids")
 async def coldpath_submit_heavy(manifest_ids: list[str]) -> list[dict[str, Any]]:
     """Hand the heavy policies' manifests to the heavy executor (a Batch job each on Azure)."""
     reports: list[ManifestReport] = await submit_manifests(
         load_settings(), manifest_ids, os.environ.get(HEAVY_EXECUTOR_SETTING)
     )
     return [report.model_dump(mode="json") for report in reports]
+
+
+app = func.FunctionApp()
+app.register_functions(bp)
