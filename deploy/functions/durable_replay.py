@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import azure.functions as func
 from azure.functions import meta
 from azure.functions.durable_functions import ActivityTriggerConverter
 
@@ -39,11 +38,6 @@ MAX_EPISODES = 1000
 
 class OrchestrationFailed(Exception):
     """The orchestrator function raised (the host would mark the instance failed)."""
-
-
-def user_functions(app: func.FunctionApp) -> dict[str, Callable[..., Any]]:
-    """The app's user functions by name, as the worker indexes them."""
-    return {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
 
 
 @dataclass

@@ -29,7 +29,7 @@ from durable_replay import ReplayHost
 
 from coldpath.exceptions import ColdpathError
 from coldpath.windows import last_due
-from evalstream.coldpath_entry import UnitReport
+from evalstream.coldpath_entry import UnitReport, evaluate_unit
 from evalstream.settings import load_settings
 from schemas import TelemetryDocument, Unit
 from store.sqlite import SqliteStore
@@ -151,7 +151,7 @@ def statuses(found: dict[str, dict[str, Any]]) -> dict[tuple[str, str], str]:
 
 
 # The host indexes the app once (a second get_functions() refuses the names as duplicates).
-INDEXED = {f.get_function_name(): f for f in function_app.app.get_functions()}
+INDEXED = {str(f.get_function_name()): f for f in function_app.app.get_functions()}
 FUNCTIONS = {name: f.get_user_function() for name, f in INDEXED.items()}
 
 EXPECTED_STATUSES = {
@@ -264,7 +264,7 @@ class Faults:
 
     def __init__(self, failures: dict[tuple[str, str], int]) -> None:
         self.failures = dict(failures)
-        self.real = function_app.evaluate_unit
+        self.real = evaluate_unit
 
     async def __call__(self, settings: Any, manifest_id: str, unit: Unit) -> UnitReport:
         key = (unit.app_id, unit.policy)
@@ -304,9 +304,9 @@ async def test_orchestrator_fans_out_retries_and_fans_in(
     # times (max_number_of_attempts) when it always fails; plan and the heavy hand-off once.
     retry = function_app.RETRY
     runs = {
-        (json.loads(k[1])["unit"]["app_id"], json.loads(k[1])["unit"]["policy"]): n
-        for k, n in host.attempts.items()
-        if k[0] == function_app.EVALUATE_UNIT
+        (json.loads(payload)["unit"]["app_id"], json.loads(payload)["unit"]["policy"]): n
+        for (name, payload), n in host.attempts.items()
+        if name == function_app.EVALUATE_UNIT and payload is not None
     }
     assert runs == {
         **{(app, policy): 1 for app in APPS for policy in LIGHT},
