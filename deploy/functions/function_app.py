@@ -9,8 +9,9 @@
   (``AzureWebJobs.<name>.Disabled``).
 
 Each function is a thin layer over ``evalstream.coldpath_entry`` (the trigger API composed
-from settings). Settings are read per invocation from the app settings (``EVALSTREAM_*``),
-never at import, except the schedules, which the host binds when it indexes the functions.
+from settings). evalstream's settings are read per invocation from the app settings
+(``EVALSTREAM_*``), never at import; the host's own ``COLDPATH_*`` settings choose the
+executors and the schedules (these bound when the host indexes the functions).
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ from schemas import Unit
 
 logger = logging.getLogger(__name__)
 
-SCHEDULE_SETTING = "EVALSTREAM_COLDPATH_SCHEDULE"
-DURABLE_SCHEDULE_SETTING = "EVALSTREAM_COLDPATH_DURABLE_SCHEDULE"
+# The function host's own settings (not evalstream Settings, hence no EVALSTREAM_ prefix).
+SCHEDULE_SETTING = "COLDPATH_SCHEDULE"
+DURABLE_SCHEDULE_SETTING = "COLDPATH_DURABLE_SCHEDULE"
 # inline | local | batch; unset: batch on the azure backend, inline on the embedded one.
-EXECUTOR_SETTING = "EVALSTREAM_COLDPATH_EXECUTOR"
-HEAVY_EXECUTOR_SETTING = "EVALSTREAM_COLDPATH_HEAVY_EXECUTOR"
+EXECUTOR_SETTING = "COLDPATH_EXECUTOR"
+HEAVY_EXECUTOR_SETTING = "COLDPATH_HEAVY_EXECUTOR"
 # NCRONTAB with seconds: every five minutes.
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 
