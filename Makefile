@@ -44,6 +44,7 @@ test: install
 lint: $(PY_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy deploy/functions deploy/k8s
 
 bench: $(PY_STAMP)
 	$(PY) -m bench.processor
