@@ -23,7 +23,6 @@ from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan, submit
 from coldpath.units import run_one_unit
 from evalstream import wiring
-from evalstream.cli_coldpath import code_version
 from evalstream.settings import Settings, SettingsError
 from schemas import EvaluationPolicy, Unit, Window
 from schemas.evaluation import ComputeClass
@@ -146,7 +145,7 @@ async def trigger_due(
             store,
             now=now,
             group_size=settings.coldpath.group_size,
-            code_version=code_version(),
+            code_version=wiring.code_version(),
         )
         async with _executor(settings, name, store) as chosen:
             reports = await submit(manifests, store, chosen)
@@ -165,7 +164,7 @@ async def plan_due(settings: Settings, now: datetime) -> list[PlannedManifest]:
                 store,
                 now=now,
                 group_size=settings.coldpath.group_size,
-                code_version=code_version(),
+                code_version=wiring.code_version(),
             )
             for manifest in manifests:
                 done = await store.done_units(manifest.id)

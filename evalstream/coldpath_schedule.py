@@ -22,7 +22,6 @@ from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan, submit
 from common.errors import EvalstreamError
 from evalstream import wiring
-from evalstream.cli_coldpath import code_version
 from evalstream.settings import Settings
 from schemas import Breach, EvaluationPolicy
 from store.ports import EvaluationStore, TelemetryStore
@@ -136,7 +135,7 @@ async def _evaluate_due(
         evaluations,
         now=now,
         group_size=settings.coldpath.group_size,
-        code_version=code_version(),
+        code_version=wiring.code_version(),
     )
     for report in await submit(manifests, evaluations, executor):
         for index, error in report.failed.items():

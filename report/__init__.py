@@ -3,7 +3,7 @@ renders them as one self-contained HTML file (plotly, its JavaScript inlined) th
 
 ``report.data.gather`` reads through the ports (``store.ports``, ``report.ports``) and returns a
 ``ReportData``; ``report.render.render_html`` turns that into the page. The composition root
-(``evalstream.report_wiring``) picks the adapters.
+(``evalstream.wiring.report``) picks the adapters.
 """
 
 from report.data import AppSeries, Incident, ReportData, ReportRequest, gather

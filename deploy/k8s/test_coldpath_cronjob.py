@@ -22,7 +22,7 @@ import typer
 import yaml
 
 from evalstream import wiring
-from evalstream.cli_coldpath import coldpath_app
+from evalstream.cli.coldpath import coldpath_app
 from evalstream.settings import load_settings
 
 MANIFEST = Path(__file__).parent / "coldpath-cronjob.yaml"

@@ -1,5 +1,5 @@
 """``evalstream alerts`` on the Azure backend: the CLI's receiver and publisher wiring
-(``open_receiver`` / ``open_publisher``) against the AMQP test broker's Service Bus.
+(``wiring.alert_receiver`` / ``wiring.alert_publisher``) against the AMQP test broker's Service Bus.
 
 Entities are named `sbcli-*` (the broker is shared by the whole session).
 """
@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from alerts.servicebus import correlation_filter
 from alerts.servicebus_publisher import ServiceBusAlertPublisher
-from evalstream.cli_alerts import alerts_app, open_publisher
+from evalstream import wiring
+from evalstream.cli.alerts import alerts_app
 from evalstream.settings import load_settings
 from schemas import Breach, Severity
 from tests.emulators.amqp.servicebus import ServiceBusAdmin, install
@@ -84,7 +85,7 @@ def test_listen_and_dlq_on_the_azure_backend(sb: ServiceBusAdmin, config: Path) 
     ]
 
     async def publish(batch: list[Breach]) -> None:
-        async with open_publisher(settings) as publisher:
+        async with wiring.alert_publisher(settings) as publisher:
             assert isinstance(publisher, ServiceBusAlertPublisher)
             await publisher.publish(batch)
 

@@ -23,7 +23,6 @@ from coldpath.ports import JobReport
 from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan
 from evalstream import wiring
-from evalstream.cli_coldpath import code_version
 from evalstream.settings import Settings
 from schemas import JobManifest
 from store.cosmos import CosmosStore
@@ -120,7 +119,7 @@ def test_a_second_run_of_a_manifest_finds_its_job(cold: AzureColdpath) -> None:
                 store,
                 now=START + timedelta(days=1),
                 group_size=settings.coldpath.group_size,
-                code_version=code_version(),
+                code_version=wiring.code_version(),
             )
         executor = wiring.executor(settings, "batch")
         assert isinstance(executor, BatchExecutor)
@@ -147,7 +146,7 @@ async def _plan_one(settings: Settings) -> JobManifest:
             store,
             now=START + timedelta(days=1),
             group_size=settings.coldpath.group_size,
-            code_version=code_version(),
+            code_version=wiring.code_version(),
         )
     return manifest
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
-from evalstream.cli_alerts import alerts_app, find_subscription
+from evalstream.cli.alerts import alerts_app, find_subscription
 from evalstream.settings import load_settings
 from schemas import Breach, Severity
 from tests.unit.alerts.factories import make_breach

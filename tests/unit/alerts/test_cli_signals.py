@@ -18,7 +18,7 @@ from tests.unit.alerts.factories import make_breach
 
 ROOT = Path(__file__).resolve().parents[3]
 SPEC = SubscriptionSpec("all")
-CLI = "from evalstream.cli_alerts import alerts_app; alerts_app()"
+CLI = "from evalstream.cli.alerts import alerts_app; alerts_app()"
 
 
 def start_listener(tmp_path: Path) -> subprocess.Popen[str]:

@@ -7,9 +7,9 @@ import pytest
 import typer
 
 from coldpath.config import QUALITY_POLICY
-from evalstream.cli_report import time_range
-from evalstream.report_wiring import breach_log, price_table
+from evalstream.cli.report import time_range
 from evalstream.settings import Settings, SettingsError
+from evalstream.wiring.report import breach_log, price_table
 from report import PriceTable, TokenPrice
 from report.sqlite_breaches import SqliteBreachLog
 from schemas import EvaluationPolicy, MetricOverride, MetricSpec

@@ -1,8 +1,8 @@
 """``evalstream alerts``: follow an alert subscription (console, webhook), read its dead letters.
 
 Mounted by the main CLI with ``app.add_typer(alerts_app, name="alerts")``. The bus behind a
-subscription is chosen by ``open_receiver`` from the settings, the one place that knows the
-backends.
+subscription is chosen by ``evalstream.wiring.alert_receiver`` from the settings, the one
+place that knows the backends.
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ from alerts.handlers import ConsoleHandler, HandlerChain, WebhookHandler, render
 from alerts.listener import AlertListener
 from alerts.ports import (
     AlertHandler,
-    AlertPublisher,
-    AlertReceiver,
     DeadLetteredAlert,
     ReceivedAlert,
 )
-from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from common.errors import leaves
+from evalstream import wiring
 from evalstream.settings import Settings, SettingsError, load_settings
 
 EXIT_USAGE = 2
@@ -87,30 +85,6 @@ def find_subscription(settings: Settings, name: str) -> SubscriptionSpec:
     return specs[name]
 
 
-def open_receiver(settings: Settings, spec: SubscriptionSpec) -> AlertReceiver:
-    """The receiver for one subscription on the configured backend (not yet entered)."""
-    if settings.backend == "embedded":
-        return SqliteAlertReceiver(settings.embedded.alerts_path, spec)
-    if settings.backend == "azure":
-        # Imported here: the embedded backend must not need the Azure SDK loaded.
-        from alerts.servicebus_receiver import servicebus_receiver
-
-        return servicebus_receiver(settings.azure.servicebus, spec)
-    raise AlertError(f"alerts on the {settings.backend!r} backend are not available yet")
-
-
-def open_publisher(settings: Settings) -> AlertPublisher:
-    """The publisher for the configured backend (not yet entered), for the processor's wiring."""
-    if settings.backend == "embedded":
-        return SqliteAlertPublisher(settings.embedded.alerts_path, settings.alerts.subscriptions)
-    if settings.backend == "azure":
-        # Subscriptions are provisioned with the topic on Azure, not passed to the publisher.
-        from alerts.servicebus_publisher import servicebus_publisher
-
-        return servicebus_publisher(settings.azure.servicebus)
-    raise AlertError(f"alerts on the {settings.backend!r} backend are not available yet")
-
-
 def _errors() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -155,7 +129,7 @@ async def _listen(
     max_alerts: int | None,
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        receiver = await stack.enter_async_context(open_receiver(settings, spec))
+        receiver = await stack.enter_async_context(wiring.alert_receiver(settings, spec))
         handler: AlertHandler = ConsoleHandler(json_lines=json_lines)
         if webhook is not None:
             forward = await stack.enter_async_context(WebhookHandler(webhook))
@@ -249,7 +223,7 @@ def listen(
 async def _dead_letters(
     settings: Settings, spec: SubscriptionSpec, max_count: int
 ) -> list[DeadLetteredAlert]:
-    async with open_receiver(settings, spec) as receiver:
+    async with wiring.alert_receiver(settings, spec) as receiver:
         return await receiver.dead_letters(max_count)
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from alerts.ports import AlertPublisher
+from alerts.config import SubscriptionSpec
+from alerts.ports import AlertPublisher, AlertReceiver
 from coldpath.policies.base import Metric
 from coldpath.ports import Executor
 from evalstream import logs
@@ -141,9 +142,7 @@ async def publisher(settings: Settings) -> AsyncIterator[AlertPublisher | None]:
     if not settings.processor.hot_path:
         yield None
         return
-    from evalstream.cli_alerts import open_publisher
-
-    async with open_publisher(settings) as bus:
+    async with alert_publisher(settings) as bus:
         yield bus
 
 
@@ -179,9 +178,26 @@ def evaluation_store(settings: Settings) -> EvaluationStore:
 
 def alert_publisher(settings: Settings) -> AlertPublisher:
     """The alert publisher of the configured backend (not yet entered)."""
-    from evalstream.cli_alerts import open_publisher
+    if settings.backend == "embedded":
+        from alerts.sqlite_bus import SqliteAlertPublisher
 
-    return open_publisher(settings)
+        return SqliteAlertPublisher(settings.embedded.alerts_path, settings.alerts.subscriptions)
+    # Subscriptions are provisioned with the topic on Azure, not passed to the publisher; the
+    # SDK is imported only here, so the embedded backend never loads it.
+    from alerts.servicebus_publisher import servicebus_publisher
+
+    return servicebus_publisher(settings.azure.servicebus)
+
+
+def alert_receiver(settings: Settings, spec: SubscriptionSpec) -> AlertReceiver:
+    """The receiver for one subscription on the configured backend (not yet entered)."""
+    if settings.backend == "embedded":
+        from alerts.sqlite_bus import SqliteAlertReceiver
+
+        return SqliteAlertReceiver(settings.embedded.alerts_path, spec)
+    from alerts.servicebus_receiver import servicebus_receiver
+
+    return servicebus_receiver(settings.azure.servicebus, spec)
 
 
 def metric_catalogue(settings: Settings) -> Mapping[str, Metric]:
@@ -248,3 +264,28 @@ def batch_executor(settings: Settings, *, follow: bool = True) -> BatchExecutor:
             return await staging.stage(manifest)
 
     return BatchExecutor(batch, stage=stage, follow=follow)
+
+
+def code_version() -> str:
+    """This program's version, frozen into each manifest (results say what computed them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("evalstream")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def log_positions(settings: Settings) -> list[tuple[int, int, int]]:
+    """Per partition of the embedded log: (partition, last sequence, checkpoint)."""
+    from stream.sources.local_log import LocalLog
+
+    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
+    try:
+        group = settings.processor.consumer_group
+        return [
+            (partition, log.last_sequence(partition), log.checkpoint(group, partition))
+            for partition in range(settings.embedded.partitions)
+        ]
+    finally:
+        log.close()

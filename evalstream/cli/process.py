@@ -1,4 +1,4 @@
-"""The ``evalstream`` command line."""
+"""Commands that run or feed the processor: ``process``, ``send``, ``simulate``, ``schema``."""
 
 from __future__ import annotations
 
@@ -7,21 +7,16 @@ import sys
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
-from rich.console import Console
 
 from alerts.handlers import render_breach
 from common.errors import leaves
 from evalstream import logs, wiring
-from evalstream.cli_alerts import alerts_app
-from evalstream.cli_coldpath import coldpath_app
-from evalstream.cli_coldpath import evaluations as cold_evaluations
-from evalstream.cli_report import report
-from evalstream.settings import Settings, SettingsError, load_settings
+from evalstream.cli.options import ConfigOption, DataDirOption, LogLevelOption, console, load
+from evalstream.settings import Settings, SettingsError
 from schemas import TelemetryEvent
 from stream.decode import split_ndjson
 from stream.exceptions import StreamError
@@ -29,34 +24,6 @@ from stream.exceptions import StreamError
 if TYPE_CHECKING:
     from stream.producers.simulator import Incident
 
-app = typer.Typer(
-    help=(
-        "evalstream: validated telemetry, real-time alerts and evaluations for AI apps.\n\n"
-        "Settings come from EVALSTREAM_* environment variables over a TOML file (--config); "
-        "the default backend is embedded (SQLite under var/evalstream)."
-    ),
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="EVALSTREAM_CONFIG",
-        help="TOML config file (see README).",
-        show_default=False,
-    ),
-]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Embedded backend folder [default: var/evalstream].", show_default=False
-    ),
-]
 # The simulator's options, shared by `simulate` and `process --simulate`.
 AppsOption = Annotated[int, typer.Option(help="Simulated apps.")]
 RateOption = Annotated[float, typer.Option(help="Simulated events per second (event time).")]
@@ -70,20 +37,6 @@ IncidentOption = Annotated[
         show_default=False,
     ),
 ]
-LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
-
-
-def _settings(config: Path | None, data_dir: Path | None = None) -> Settings:
-    overrides: dict[str, object] = {"config": config}
-    try:
-        settings = load_settings(**overrides)
-        if data_dir is not None:
-            embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
-            settings = settings.model_copy(update={"embedded": embedded})
-        return settings
-    except SettingsError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _incidents(values: list[str]) -> list[Incident]:
@@ -95,7 +48,6 @@ def _incidents(values: list[str]) -> list[Incident]:
         raise typer.BadParameter(str(exc), param_hint="--incident") from exc
 
 
-@app.command()
 def process(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -126,7 +78,7 @@ def process(
     from evalstream.runtime import SimulatorRun, run_processor
 
     logs.configure(log_level)
-    settings = _settings(config, data_dir)
+    settings = load(config, data_dir)
     if simulate and not incident:
         incident = ["latency_regression:app-001@60+120x4", "error_burst:app-002@150+60x0.3"]
     options = (
@@ -158,7 +110,6 @@ def process(
         raise typer.Exit(2) from None
 
 
-@app.command()
 def send(
     path: Annotated[str, typer.Argument(help="NDJSON file, one event per line; - for stdin.")],
     config: ConfigOption = None,
@@ -169,7 +120,7 @@ def send(
 
     Lines are sent as they are: the processor validates them and quarantines bad ones.
     """
-    settings = _settings(config, data_dir)
+    settings = load(config, data_dir)
     stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     try:
         sent = asyncio.run(_send(settings, split_ndjson(stream), batch))
@@ -204,7 +155,6 @@ async def _send(settings: Settings, lines: Iterable[bytes], batch: int) -> int:
     return sent
 
 
-@app.command()
 def simulate(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -257,7 +207,7 @@ def simulate(
         return
     if count is None and no_pace:
         raise typer.BadParameter("--no-pace needs --count", param_hint="--no-pace")
-    settings = _settings(config, data_dir)
+    settings = load(config, data_dir)
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -272,72 +222,8 @@ def simulate(
     console.print(f"sent {asyncio.run(run())} events")
 
 
-@app.command()
 def schema() -> None:
     """Print the JSON Schema of TelemetryEvent (what producers send)."""
     sys.stdout.write(
         orjson.dumps(TelemetryEvent.model_json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n"
     )
-
-
-@app.command()
-def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Counts in the store and the processor's position in each partition."""
-    from stream.sources.local_log import LocalLog
-
-    settings = _settings(config, data_dir)
-
-    async def run() -> tuple[int, int]:
-        async with wiring.store(settings) as store:
-            return await store.count("telemetry"), await store.count("quarantine")
-
-    telemetry, quarantined = asyncio.run(run())
-    typer.echo(f"telemetry documents {telemetry}, quarantined {quarantined}")
-    if settings.backend != "embedded":
-        return
-    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
-    try:
-        for partition in range(settings.embedded.partitions):
-            last = log.last_sequence(partition)
-            done = log.checkpoint(settings.processor.consumer_group, partition)
-            typer.echo(f"partition {partition}: last {last} checkpoint {done} lag {last - done}")
-    finally:
-        log.close()
-
-
-@app.command()
-def quarantine(
-    config: ConfigOption = None,
-    data_dir: DataDirOption = None,
-    limit: Annotated[int, typer.Option(help="Most recent records to show.")] = 20,
-    json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
-) -> None:
-    """Show quarantined inputs with every reason they were rejected."""
-    settings = _settings(config, data_dir)
-
-    async def run() -> None:
-        async with wiring.store(settings) as store:
-            async for record in store.quarantine_records(limit):
-                if json:
-                    typer.echo(record.model_dump_json())
-                else:
-                    where = (
-                        f"p{record.partition}#{record.sequence}"
-                        if record.partition
-                        else record.source
-                    )
-                    typer.echo(f"{record.received_at:%Y-%m-%d %H:%M:%S} {where} {record.reason}")
-
-    asyncio.run(run())
-
-
-app.add_typer(alerts_app, name="alerts", help="Alert subscriptions: listen, dead letters.")
-app.add_typer(
-    coldpath_app, name="coldpath", help="Cold path: evaluate policies over stored windows."
-)
-app.command("evaluations")(cold_evaluations)
-app.command("report")(report)
-
-
-def main() -> None:
-    app()

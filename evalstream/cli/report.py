@@ -18,7 +18,8 @@ from rich.console import Console
 
 from coldpath.windows import parse_moment
 from common.errors import EvalstreamError
-from evalstream.cli_coldpath import ConfigOption, DataDirOption, load
+from evalstream.cli.coldpath import load
+from evalstream.cli.options import ConfigOption, DataDirOption
 from evalstream.settings import SettingsError
 from store.exceptions import StoreError
 
@@ -88,7 +89,7 @@ def report(
 ) -> None:
     """Write an HTML report: latency percentiles against the SLO, errors and budget burn,
     tokens and cost, score distributions, the incident timeline and evaluation results."""
-    from evalstream.report_wiring import build_report
+    from evalstream.wiring.report import build_report
     from report import ReportRequest, render_html
 
     settings = load(config, data_dir)

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from coldpath.executors.batch_config import autoscale_formula
+from evalstream.cli.options import ConfigOption, fail, run
 from evalstream.settings import Settings
 
 pool_app = typer.Typer(
@@ -22,20 +23,14 @@ pool_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", envvar="EVALSTREAM_CONFIG", help="TOML config file.", show_default=False
-    ),
-]
 
 
 def _settings(config: Path | None) -> Settings:
-    from evalstream.cli_coldpath import _fail, load
+    from evalstream.cli.coldpath import load
 
     settings = load(config, None)
     if not settings.azure.batch.account_url:
-        raise _fail("azure.batch.account_url: required for the pool commands")
+        raise fail("azure.batch.account_url: required for the pool commands")
     return settings
 
 
@@ -59,7 +54,6 @@ def ensure(config: ConfigOption = None) -> None:
     """Create the pool, or re-apply its autoscale formula; report what cannot change in place."""
     from coldpath.executors import batch_pool
     from coldpath.executors.batch import batch_client
-    from evalstream.cli_coldpath import _run
 
     settings = _settings(config)
 
@@ -67,7 +61,7 @@ def ensure(config: ConfigOption = None) -> None:
         async with batch_client(settings.azure.batch) as client:
             return await batch_pool.ensure(client, settings.azure.batch.pool)
 
-    action, view = _run(go())
+    action, view = run(go())
     typer.echo(f"pool {settings.azure.batch.pool.id}: {action}")
     _print(view)
 
@@ -77,7 +71,6 @@ def show(config: ConfigOption = None) -> None:
     """The pool's state, node counts (dedicated and Spot) and last autoscale evaluation."""
     from coldpath.executors import batch_pool
     from coldpath.executors.batch import batch_client
-    from evalstream.cli_coldpath import _run
 
     settings = _settings(config)
 
@@ -85,7 +78,7 @@ def show(config: ConfigOption = None) -> None:
         async with batch_client(settings.azure.batch) as client:
             return await batch_pool.show(client, settings.azure.batch.pool)
 
-    _print(_run(go()))
+    _print(run(go()))
 
 
 @pool_app.command()
@@ -99,7 +92,7 @@ def formula(
     config: ConfigOption = None,
 ) -> None:
     """Print the autoscale formula the settings generate (and, with --evaluate, its values)."""
-    from evalstream.cli_coldpath import load
+    from evalstream.cli.coldpath import load
 
     settings = load(config, None)
     pool = settings.azure.batch.pool
@@ -109,7 +102,6 @@ def formula(
         return
     from coldpath.executors import batch_pool
     from coldpath.executors.batch import batch_client
-    from evalstream.cli_coldpath import _run
 
     settings = _settings(config)
 
@@ -117,5 +109,5 @@ def formula(
         async with batch_client(settings.azure.batch) as client:
             return await batch_pool.evaluate(client, pool.id, text)
 
-    for name, value in _run(go()).items():
+    for name, value in run(go()).items():
         typer.echo(f"{name} = {value}")

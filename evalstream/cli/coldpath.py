@@ -7,13 +7,9 @@ Exit codes: 0 done, 1 some shards failed (after their retries), 2 invalid settin
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Coroutine
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,15 +20,19 @@ from coldpath.ports import JobReport
 from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, pending_units, plan, submit
 from coldpath.windows import parse_moment, parse_window, windows_between
-from common.errors import EvalstreamError
 from evalstream import logs, wiring
-from evalstream.settings import Settings, SettingsError, load_settings
-from schemas import EvaluationPolicy, EvaluationResult, JobManifest, Thresholds
-
-T = TypeVar("T")
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from evalstream.cli import options
+from evalstream.cli.options import (
+    EXIT_FAILED,
+    ConfigOption,
+    DataDirOption,
+    LogLevelOption,
+    console,
+    fail,
+    run,
+)
+from evalstream.settings import Settings, SettingsError
+from schemas import EvaluationPolicy, JobManifest
 
 coldpath_app = typer.Typer(
     help=(
@@ -44,27 +44,8 @@ coldpath_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _register_groups() -> None:
-    from evalstream.cli_pool import pool_app
-
-    coldpath_app.add_typer(pool_app, name="pool")
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", envvar="EVALSTREAM_CONFIG", help="TOML config file.", show_default=False
-    ),
-]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Embedded backend folder [default: var/evalstream].", show_default=False
-    ),
-]
 PolicyOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -82,42 +63,18 @@ ExecutorOption = Annotated[
         "in an Azure Batch job named after the manifest; settings azure.batch).",
     ),
 ]
-LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", markup=True)
-    return typer.Exit(code)
-
-
-def _one_line(exc: SettingsError) -> str:
-    """``invalid settings:\\n  coldpath.policies.0.window: ...`` as
-    ``coldpath.policies[0].window: ...`` (the first error; they are rare together)."""
-    from coldpath.config import setting_path
-
-    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-    if not lines:
-        return str(exc)
-    location, _, message = lines[0].partition(": ")
-    path = setting_path(tuple(location.split(".")))
-    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-    return f"{path}: {message.removeprefix('Value error, ')}{more}"
 
 
 def load(config: Path | None, data_dir: Path | None) -> Settings:
     """Settings with the policies checked against the metric catalogue; exit 2 naming the
     setting when anything is wrong."""
+    settings = options.load(config, data_dir)
     try:
-        settings = load_settings(config=config)
-        if data_dir is not None:
-            embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
-            settings = settings.model_copy(update={"embedded": embedded})
         wiring.metric_catalogue(settings)
     except SettingsError as exc:
-        message = _one_line(exc) if str(exc).startswith("invalid settings:") else str(exc)
-        raise _fail(message) from exc
+        raise fail(options.one_line(exc)) from exc
     except ColdpathError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     return settings
 
 
@@ -127,16 +84,7 @@ def _policies(settings: Settings, names: list[str] | None) -> list[EvaluationPol
             return list(settings.coldpath.policies)
         return [settings.coldpath.policy(name) for name in names]
     except ColdpathError as exc:
-        raise _fail(str(exc)) from exc
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coroutine)
-    except* EvalstreamError as group:
-        for exc in group.exceptions:
-            console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_FAILED) from None
+        raise fail(str(exc)) from exc
 
 
 def _moment(text: str, option: str) -> datetime:
@@ -144,13 +92,6 @@ def _moment(text: str, option: str) -> datetime:
         return parse_moment(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from exc
-
-
-def code_version() -> str:
-    try:
-        return version("evalstream")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 @coldpath_app.command()
@@ -183,7 +124,7 @@ async def _trigger(
     try:
         executor = wiring.executor(settings, executor_name, console, follow=wait)
     except SettingsError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     async with wiring.evaluation_store(settings) as store:
         manifests = await plan(
             policies,
@@ -191,7 +132,7 @@ async def _trigger(
             store,
             now=datetime.now(UTC),
             group_size=settings.coldpath.group_size,
-            code_version=code_version(),
+            code_version=wiring.code_version(),
             rerun=rerun,
         )
         for manifest in manifests:
@@ -254,7 +195,7 @@ def trigger(
             choice = WindowChoice(last=False, window=parse_window(window))
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--window") from exc
-    _report(_run(_trigger(settings, policies, choice, executor, rerun, wait)))
+    _report(run(_trigger(settings, policies, choice, executor, rerun, wait)))
 
 
 @coldpath_app.command()
@@ -277,7 +218,7 @@ def backfill(
     choice = WindowChoice(
         last=False, range_start=_moment(start, "--from"), range_end=_moment(end, "--to")
     )
-    _report(_run(_trigger(settings, policies, choice, executor, rerun, True)))
+    _report(run(_trigger(settings, policies, choice, executor, rerun, True)))
 
 
 async def _load_manifest(settings: Settings, reference: str) -> JobManifest:
@@ -348,9 +289,9 @@ def run_shard(
     logs.configure(log_level)
     settings = load(config, data_dir)
     try:
-        evaluated = _run(_run_shard(settings, manifest, manifest_url, group_index))
+        evaluated = run(_run_shard(settings, manifest, manifest_url, group_index))
     except ValueError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     typer.echo(f"shard {group_index}: {evaluated} units evaluated")
 
 
@@ -364,7 +305,7 @@ async def _status(
             store,
             now=datetime.now(UTC),
             group_size=settings.coldpath.group_size,
-            code_version=code_version(),
+            code_version=wiring.code_version(),
         )
         return [(manifest, await pending_units(manifest, store)) for manifest in manifests]
 
@@ -378,7 +319,7 @@ def _batch_status(settings: Settings, job: str, metrics: bool) -> None:
         async with batch_client(settings.azure.batch) as client:
             return await executor.status(client, job)
 
-    figures = _run(read())
+    figures = run(read())
     if metrics:
         for name, value in figures.metrics().items():
             typer.echo(f'{name}{{job="{job}"}} {value:g}')
@@ -427,10 +368,10 @@ def status(
         try:
             _batch_status(settings, job, metrics)
         except SettingsError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc)) from exc
         return
     table = Table("window", "policies", "manifest", "units", "done", "shards")
-    for manifest, pending in _run(_status(settings, _policies(settings, policy))):
+    for manifest, pending in run(_status(settings, _policies(settings, policy))):
         table.add_row(
             manifest.window.key,
             ", ".join(p.name for p in manifest.policies),
@@ -440,77 +381,3 @@ def status(
             str(manifest.shard_count),
         )
     Console().print(table)
-
-
-def _describe(thresholds: Thresholds | None) -> str:
-    if thresholds is None:
-        return ""
-    parts = []
-    for label, bound in (("warn", thresholds.warning), ("crit", thresholds.critical)):
-        if bound is None:
-            continue
-        if bound.min is not None:
-            parts.append(f"{label}<{bound.min:g}")
-        if bound.max is not None:
-            parts.append(f"{label}>{bound.max:g}")
-    return f" ({', '.join(parts)})" if parts else ""
-
-
-# Values a row shows beside the judged ones; breakdowns (``rate.timeout``) only with --json.
-HEADLINE_VALUES = 5
-
-
-def _values(result: EvaluationResult) -> str:
-    judged = sorted(name for name in result.values if name in result.thresholds)
-    headline = sorted(name for name in result.values if "." not in name and name not in judged)
-    shown = [*judged, *headline[:HEADLINE_VALUES]]
-    texts = []
-    for name in shown:
-        value = result.values[name]
-        text = "—" if value is None else f"{value:.4g}"
-        texts.append(f"{name}={text}{_describe(result.thresholds.get(name))}")
-    hidden = len(result.values) - len(shown)
-    if hidden:
-        texts.append(f"+{hidden} more (--json)")
-    return "; ".join(texts)
-
-
-STATUS_STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
-
-
-def evaluations(
-    app_id: Annotated[str | None, typer.Option("--app", help="Only this app.")] = None,
-    policy: Annotated[str | None, typer.Option("--policy", help="Only this policy.")] = None,
-    limit: Annotated[int, typer.Option(help="Most recent results to show.")] = 50,
-    json: Annotated[bool, typer.Option("--json", help="One JSON result per line.")] = False,
-    config: ConfigOption = None,
-    data_dir: DataDirOption = None,
-) -> None:
-    """Show stored evaluation results, newest window first, beside their thresholds."""
-    settings = load(config, data_dir)
-
-    async def read() -> list[EvaluationResult]:
-        async with wiring.evaluation_store(settings) as store:
-            return await store.results(app_id=app_id, policy=policy, limit=limit)
-
-    results = _run(read())
-    if json:
-        for result in results:
-            sys.stdout.write(result.model_dump_json() + "\n")
-        return
-    table = Table("window start", "app", "policy", "metric", "n", "status", "values (thresholds)")
-    for result in results:
-        style = STATUS_STYLE.get(result.status, "dim")
-        table.add_row(
-            f"{result.window.start:%Y-%m-%d %H:%M}",
-            result.app_id,
-            f"{result.policy} v{result.policy_version}",
-            result.metric,
-            str(result.sample_size),
-            f"[{style}]{result.status}[/{style}]",
-            _values(result) or result.reason,
-        )
-    Console().print(table)
-
-
-_register_groups()

@@ -1,0 +1,94 @@
+"""What every command group shares: the common options, exit codes, loading the settings
+with one line naming a bad setting, and running a coroutine with the project's errors shown
+as one line each."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from common.errors import EvalstreamError, leaves
+from evalstream.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="EVALSTREAM_CONFIG",
+        help="TOML config file (see README).",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+# Rich reads "[default: ...]" as markup: the brackets are escaped so --help shows them.
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Embedded backend folder \\[default: var/evalstream].",
+        show_default=False,
+    ),
+]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print ``error: message`` on stderr; the caller raises the returned Exit."""
+    console.print(Text(f"error: {message}", style="red"))
+    return typer.Exit(code)
+
+
+def one_line(exc: SettingsError) -> str:
+    """``invalid settings:\\n  coldpath.policies.0.window: ...`` as
+    ``coldpath.policies[0].window: ...`` (the first error; they are rare together)."""
+    from coldpath.config import setting_path
+
+    text = str(exc)
+    if not text.startswith("invalid settings:"):
+        return text
+    lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+    if not lines:
+        return text
+    location, _, message = lines[0].partition(": ")
+    path = setting_path(tuple(location.split(".")))
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return f"{path}: {message.removeprefix('Value error, ')}{more}"
+
+
+def load(
+    config: Path | None, data_dir: Path | None = None, *, backend: str | None = None
+) -> Settings:
+    """The settings, ``--data-dir`` applied; exit 2 with one line naming a bad setting."""
+    try:
+        settings = load_settings(config=config, backend=backend)
+    except SettingsError as exc:
+        raise fail(one_line(exc)) from exc
+    if data_dir is not None:
+        embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
+        settings = settings.model_copy(update={"embedded": embedded})
+    return settings
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``; the project's errors end the command with one line each (exit 1)."""
+    try:
+        return asyncio.run(coroutine)
+    except* EvalstreamError as group:
+        for exc in leaves(group):
+            console.print(Text(f"error: {exc}", style="red"))
+        raise typer.Exit(EXIT_FAILED) from None
