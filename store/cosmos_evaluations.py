@@ -11,26 +11,24 @@ briefly unavailable account slows the shard down instead of failing it.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
 import orjson
-from azure.cosmos import PartitionKey
 from azure.cosmos.aio import ContainerProxy, CosmosClient
 from azure.cosmos.exceptions import CosmosResourceNotFoundError
 
 from common.retry import Backoff
 from schemas import EvaluationResult, JobManifest, ShardProgress
 from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
+from store.cosmos_connection import credential_from, open_containers
 from store.cosmos_errors import call
 from store.exceptions import StoreError
 
 T = TypeVar("T")
 
-PARTITION_KEY_PATH = "/pk"
 WINDOW_START_FIELD = "window_start_us"
 MAX_CONCURRENCY = 16
 
@@ -61,7 +59,9 @@ class CosmosEvaluationStore:
         backoff: Backoff | None = None,
         connection_verify: bool = True,
         enable_endpoint_discovery: bool = True,
+        close_credential: Callable[[], Any] | None = None,
     ) -> None:
+        self._close_credential = close_credential
         self.endpoint = endpoint
         self.credential = credential
         self.database = database
@@ -77,36 +77,16 @@ class CosmosEvaluationStore:
     async def __aenter__(self) -> CosmosEvaluationStore:
         if self._closed:
             raise StoreError(f"Cosmos evaluation store {self.endpoint} is closed")
-        client = CosmosClient(
+        self._client, self._containers = await open_containers(
             self.endpoint,
             self.credential,
+            self.database,
+            [(name, None) for name in self.names],
+            create_if_missing=self.create_if_missing,
             connection_verify=self.connection_verify,
             enable_endpoint_discovery=self.enable_endpoint_discovery,
+            backoff=self.backoff,
         )
-        try:
-            await client.__aenter__()
-            if self.create_if_missing:
-                database = await self._call(
-                    "open database", lambda: client.create_database_if_not_exists(self.database)
-                )
-            else:
-                database = client.get_database_client(self.database)
-            for name in self.names:
-                if self.create_if_missing:
-                    self._containers[name] = await self._call(
-                        f"open container {name}",
-                        functools.partial(
-                            database.create_container_if_not_exists,
-                            name,
-                            PartitionKey(path=PARTITION_KEY_PATH),
-                        ),
-                    )
-                else:
-                    self._containers[name] = database.get_container_client(name)
-        except BaseException:
-            await asyncio.shield(client.close())
-            raise
-        self._client = client
         return self
 
     async def __aexit__(
@@ -117,8 +97,12 @@ class CosmosEvaluationStore:
     ) -> None:
         self._closed = True
         client, self._client = self._client, None
-        if client is not None:
-            await asyncio.shield(client.close())
+        try:
+            if client is not None:
+                await asyncio.shield(client.close())
+        finally:
+            if self._close_credential is not None:
+                await asyncio.shield(self._close_credential())
 
     def _container(self, index: int) -> ContainerProxy:
         if self._closed or self._client is None:
@@ -256,16 +240,9 @@ def _strip(item: dict[str, Any]) -> dict[str, Any]:
 
 def cosmos_evaluation_store(settings: CosmosSettings) -> CosmosEvaluationStore:
     """The evaluation store the Cosmos settings describe (``key``, else DefaultAzureCredential)."""
-    if not settings.endpoint:
-        raise StoreError("azure.cosmos.endpoint is not set")
-    if settings.key is not None:
-        credential: Any = settings.key.get_secret_value()
-    else:
-        from azure.identity.aio import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
+    endpoint, credential, close_credential = credential_from(settings)
     return CosmosEvaluationStore(
-        settings.endpoint,
+        endpoint,
         credential,
         database=settings.database,
         evaluations_container=settings.evaluations_container,
@@ -275,4 +252,5 @@ def cosmos_evaluation_store(settings: CosmosSettings) -> CosmosEvaluationStore:
         backoff=settings.backoff,
         connection_verify=settings.connection_verify,
         enable_endpoint_discovery=settings.enable_endpoint_discovery,
+        close_credential=close_credential,
     )

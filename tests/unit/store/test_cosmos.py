@@ -12,7 +12,8 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from common.retry import Backoff
-from store.cosmos import _transport_options, upsert_all
+from store.cosmos import upsert_all
+from store.cosmos_connection import transport_options
 from store.exceptions import StoreUnavailable
 
 
@@ -79,7 +80,7 @@ def test_no_environment_lookups_per_request_without_a_proxy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _clear_proxies(monkeypatch)
-    options = _transport_options()
+    options = transport_options()
     assert isinstance(options["transport"], AioHttpTransport)
     assert options["transport"]._use_env_settings is False
 
@@ -87,4 +88,4 @@ def test_no_environment_lookups_per_request_without_a_proxy(
 def test_a_proxy_in_the_environment_keeps_the_sdk_default(monkeypatch: pytest.MonkeyPatch) -> None:
     _clear_proxies(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert _transport_options() == {}
+    assert transport_options() == {}
