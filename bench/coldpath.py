@@ -1,453 +1,465 @@
-"""Cold-path throughput: evaluating stored windows against reading them, against the pandas
+"""Cold-path throughput: evaluating a stored window against reading it, against the pandas
 script an analyst would write, and the local executor on 1 worker against 2.
 
-Run ``python -m bench.coldpath`` (``--apps``, ``--documents`` and ``--reference`` per app,
-``--measure-apps``, ``--repeats``; ``--data DIR`` keeps the generated store for later runs;
-``--out PATH`` for the report, bench/results/coldpath.md by default). The store is built first
-(simulator documents bulk-inserted, ``bench.coldpath_data``), outside every measurement. Then,
-per repeat and interleaved, over the first ``--measure-apps`` apps' units (each unit reads the
-previous hour, the drift reference, then its hour), CPU time in this process:
+Run ``python -m bench.coldpath`` (``--documents``, ``--reference``, ``--repeats``; ``--apps``
+and ``--per-app`` size the executor part, ``--skip-executor`` leaves it out). Everything is
+generated into a temporary embedded store first (bench/coldpath_data.py), outside any figure.
+Per repeat, interleaved, over the same app's window plus its reference window (the hour
+before, which drift compares against), each in CPU time of this process:
 
-* **floor** — the window reads alone: ``telemetry_window`` pages of both hours, nothing computed;
-* **evaluation** — ``ShardRunner.run_unit``: the same reads plus latency, errors, usage, scores
-  and drift (results upserted into a scratch evaluation store, breaches to a null publisher);
-* **pandas** — ``pandas.read_sql`` of the same rows, ``orjson`` + ``json_normalize``, then the
-  same figures vectorised (percentiles, SLO attainment, error rate overall and by type, tokens
-  and cost per model from the price table, score mean/p10/p50/share below the bar, PSI and KS of
-  latency and Jensen–Shannon of model_version against the reference hour).
+* floor — the store's own reader, ``telemetry_window`` page by page, nothing computed;
+* evaluation — ``ShardRunner.run_unit`` over the unit: the same reads plus the built-in
+  metrics of the default ``quality`` policy (latency, errors, usage with a price table,
+  scores, drift), results upserted;
+* pandas — ``pandas_metrics``: rows read with ``pandas.read_sql``, JSON flattened with
+  ``json_normalize``, the same values computed vectorised (and checked against the
+  evaluation's).
 
-Executor scaling: one manifest of every app's unit (``group_size`` 5) run by ``LocalExecutor``
-with 1 worker, then 2 (alternating per repeat), each shard a ``evalstream coldpath run-shard``
-process; wall time. Every repeat records the 1-minute load average (the box is shared).
+Then the local executor runs one manifest of ``--apps`` apps × 2 policies with ``workers=1``
+and ``workers=2``, alternating, in wall time (each shard is a process). Results: medians,
+written to bench/results/coldpath.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
+import json
 import os
 import platform
+import resource
 import sqlite3
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from bench.coldpath_data import (
-    POLICY,
     PRICES,
     REFERENCE,
-    SCORE_BAR,
-    SLO_MS,
     WINDOW,
-    NullPublisher,
-    StoreShape,
-    app_ids,
-    ensure_store,
-    manifest,
-    policy_toml,
+    bench_policy,
+    check_readable,
+    document_pool,
+    fill,
+    settings_for,
+    write_config,
 )
 from coldpath.executors.local import LocalExecutor
-from coldpath.policies.catalogue import CATALOGUE
-from coldpath.runner import DEFAULT_PAGE_SIZE, ShardRunner
-from common.retry import Backoff
+from coldpath.runner import ShardRunner
+from coldpath.shards import build_manifest
+from coldpath.trigger import WindowChoice, plan
 from evalstream import wiring
-from evalstream.settings import load_settings
-from schemas import AppDirectory, Unit, Window
+from evalstream.settings import Settings
+from schemas import EvaluationPolicy, MetricSpec, Window
 from store.sqlite import SqliteStore
-from store.sqlite_evaluations import SqliteEvaluationStore
 
 RESULTS = Path(__file__).parent / "results" / "coldpath.md"
-GROUP_SIZE = 5
-PSI_FLOOR = 1e-4
+APP = "app-bench"
+SLO_MS = 2000.0  # the default app's latency_threshold_ms
+BAR = 0.5  # the scores metric's default bar
 PSI_BINS = 10
+PSI_FLOOR = 1e-4
 
 
-# --- (a) floor and (b) evaluation ---------------------------------------------------------
+# --- (a) the floor --------------------------------------------------------------------------
 
 
-async def read_only(store: SqliteStore, apps: list[str], page_size: int) -> int:
-    """Every page of each app's reference hour then its hour; the documents read."""
-    read = 0
-    for app_id in apps:
+async def read_only(path: Path, page_size: int) -> int:
+    """Read the reference window and the window through the store; compute nothing."""
+    count = 0
+    async with SqliteStore(path) as store:
         for window in (REFERENCE, WINDOW):
-            async for page in store.telemetry_window([app_id], window.start, window.end, page_size):
-                read += len(page)
-    return read
+            async for page in store.telemetry_window([APP], window.start, window.end, page_size):
+                count += len(page)
+    return count
 
 
-async def evaluate(runner: ShardRunner, apps: list[str]) -> dict[str, dict[str, Any]]:
-    """Each app's unit through the shard runner; the values per metric of the last app."""
-    plan = manifest(len(apps), GROUP_SIZE)
-    found: dict[str, dict[str, Any]] = {}
-    for app_id in apps:
-        outcome = await runner.run_unit(plan, Unit(app_id=app_id, policy=POLICY.name))
-        found = {result.metric: dict(result.values) for result in outcome.results}
-    return found
+# --- (b) the evaluation ---------------------------------------------------------------------
 
 
-# --- (c) the analyst's pandas script ------------------------------------------------------
+async def evaluate(settings: Settings, run: int) -> dict[str, dict[str, Any]]:
+    """One unit through the shard runner; the values of each metric by name."""
+    policy = settings.coldpath.policies[0]
+    manifest = build_manifest(WINDOW, [policy], [APP], group_size=1, code_version="bench", run=run)
+    async with (
+        wiring.store(settings) as telemetry,
+        wiring.evaluation_store(settings) as evaluations,
+        wiring.alert_publisher(settings) as publisher,
+    ):
+        runner = ShardRunner(
+            telemetry=telemetry,
+            evaluations=evaluations,
+            publisher=publisher,
+            catalogue=wiring.metric_catalogue(settings),
+            apps=settings.apps,
+            page_size=settings.coldpath.page_size,
+        )
+        outcome = await runner.run_unit(manifest, manifest.units[0])
+    return {result.metric: dict(result.values) for result in outcome.results}
 
 
-def _frame(connection: sqlite3.Connection, app_id: str, window: Window) -> pd.DataFrame:
+# --- (c) the pandas script ------------------------------------------------------------------
+
+
+def load_frame(connection: sqlite3.Connection, window: Window) -> pd.DataFrame:
     rows = pd.read_sql(
-        "SELECT doc FROM telemetry WHERE app_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+        "SELECT doc FROM telemetry WHERE app_id = ? AND ts >= ? AND ts < ?",
         connection,
-        params=(app_id, window.start.timestamp(), window.end.timestamp()),
+        params=(APP, window.start.timestamp(), window.end.timestamp()),
     )
-    return pd.json_normalize([orjson.loads(doc) for doc in rows["doc"]])
+    return pd.json_normalize(rows["doc"].map(json.loads).tolist())
 
 
-def _psi(reference: pd.Series, current: pd.Series) -> float:
-    edges = np.unique(reference.quantile([k / PSI_BINS for k in range(1, PSI_BINS)]).to_numpy())
-    shares = []
-    for values in (reference, current):
-        counts = np.bincount(np.searchsorted(edges, values.to_numpy()), minlength=len(edges) + 1)
-        shares.append(np.maximum(counts / counts.sum(), PSI_FLOOR))
-    r, c = shares
+def numeric_signals(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    signals = {
+        "latency_ms": frame["latency_ms"],
+        "output_chars": frame["derived.output_chars"].where(frame["output_text"].notna()),
+        "tokens_total": frame["tokens.input"] + frame["tokens.output"],
+    }
+    for column in sorted(c for c in frame.columns if c.startswith("scores.")):
+        signals[f"score.{column.removeprefix('scores.')}"] = frame[column]
+    return {name: series.dropna().to_numpy(dtype=np.float64) for name, series in signals.items()}
+
+
+def psi(reference: np.ndarray, current: np.ndarray) -> float:
+    edges = np.unique(np.quantile(reference, np.arange(1, PSI_BINS) / PSI_BINS))
+    r = np.bincount(np.searchsorted(edges, reference), minlength=len(edges) + 1) / len(reference)
+    c = np.bincount(np.searchsorted(edges, current), minlength=len(edges) + 1) / len(current)
+    r, c = np.maximum(r, PSI_FLOOR), np.maximum(c, PSI_FLOOR)
     return float(np.sum((c - r) * np.log(c / r)))
 
 
-def _ks(reference: pd.Series, current: pd.Series) -> float:
-    a, b = np.sort(reference.to_numpy()), np.sort(current.to_numpy())
+def ks(reference: np.ndarray, current: np.ndarray) -> float:
+    a, b = np.sort(reference), np.sort(current)
     points = np.concatenate([a, b])
     cdf_a = np.searchsorted(a, points, side="right") / len(a)
     cdf_b = np.searchsorted(b, points, side="right") / len(b)
     return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
-def _js_bits(reference: pd.Series, current: pd.Series) -> float:
+def js(reference: pd.Series, current: pd.Series) -> float:
     shares = pd.concat(
-        [reference.value_counts(normalize=True), current.value_counts(normalize=True)], axis=1
-    ).fillna(0.0)
-    p, q = shares.iloc[:, 0].to_numpy(), shares.iloc[:, 1].to_numpy()
+        [reference.fillna("<missing>").value_counts(normalize=True),
+         current.fillna("<missing>").value_counts(normalize=True)],
+        axis=1,
+    ).fillna(0.0).to_numpy().T  # fmt: skip
+    p, q = shares
     m = (p + q) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        kl_p = np.nansum(np.where(p > 0, p * np.log2(p / m), 0.0))
-        kl_q = np.nansum(np.where(q > 0, q * np.log2(q / m), 0.0))
-    return float((kl_p + kl_q) / 2)
+        kl_p = np.where(p > 0, p * np.log2(p / m), 0.0).sum()
+        kl_q = np.where(q > 0, q * np.log2(q / m), 0.0).sum()
+    return float(kl_p / 2 + kl_q / 2)
 
 
-def analyst(connection: sqlite3.Connection, app_id: str) -> dict[str, Any]:
-    """The built-in metrics of one app's hour, as a pandas script."""
-    df = _frame(connection, app_id, WINDOW)
-    ref = _frame(connection, app_id, REFERENCE)
+def pandas_metrics(path: Path) -> dict[str, Any]:
+    """What an analyst's notebook computes for the window (and drift against the hour
+    before): the whole window in memory, every statistic vectorised."""
+    connection = sqlite3.connect(path)
+    try:
+        frame = load_frame(connection, WINDOW)
+        reference = load_frame(connection, REFERENCE)
+    finally:
+        connection.close()
     out: dict[str, Any] = {}
 
-    latency = df["latency_ms"].dropna()
-    quantiles = latency.quantile([0.5, 0.9, 0.95, 0.99]).to_numpy()
+    latency = frame["latency_ms"].dropna()
     out["latency"] = {
-        "count": len(latency),
-        **dict(zip(("p50", "p90", "p95", "p99"), quantiles.tolist(), strict=True)),
+        **latency.quantile([0.5, 0.9, 0.95, 0.99]).set_axis(["p50", "p90", "p95", "p99"]),
         "mean": latency.mean(),
         "slo_attainment": (latency <= SLO_MS).mean(),
     }
 
-    error = df["status"].eq("error")
-    by_type = df.loc[error, "error_type"].fillna("unspecified").value_counts()
-    out["errors"] = {"rate": error.mean(), **{f"rate.{k}": v / len(df) for k, v in by_type.items()}}
+    failed = frame["status"].eq("error")
+    by_type = frame.loc[failed, "error_type"].fillna("unspecified").value_counts() / len(frame)
+    out["errors"] = {"rate": failed.mean(), **{f"rate.{k}": v for k, v in by_type.items()}}
 
-    prices = pd.DataFrame.from_dict(PRICES, orient="index")
-    usage = df.loc[df["tokens.input"].notna(), ["model_id", "tokens.input", "tokens.output"]]
-    priced = usage.join(prices, on="model_id")
-    priced["cost"] = (
-        priced["tokens.input"] * priced["input_per_1k"]
-        + priced["tokens.output"] * priced["output_per_1k"]
-    ) / 1000
-    per_model = priced.groupby("model_id")[["tokens.input", "tokens.output", "cost"]].sum()
+    prices = pd.DataFrame.from_dict(PRICES, orient="index") / 1000.0
+    used = frame.dropna(subset=["tokens.input"])
+    cost = used["tokens.input"] * used["model_id"].map(prices["input_per_1k"]) + used[
+        "tokens.output"
+    ] * used["model_id"].map(prices["output_per_1k"])
+    per_model = (
+        used.assign(cost=cost).groupby("model_id")[["tokens.input", "tokens.output", "cost"]].sum()
+    )
     out["usage"] = {
-        "tokens_in_total": usage["tokens.input"].sum(),
-        "tokens_out_total": usage["tokens.output"].sum(),
-        "cost": priced["cost"].sum(),
+        "tokens_in_total": per_model["tokens.input"].sum(),
+        "tokens_out_total": per_model["tokens.output"].sum(),
+        "cost": per_model["cost"].sum(),
+        "cost_per_request": cost.mean(),
         "per_model": per_model.to_dict(orient="index"),
     }
 
-    scores = df.filter(like="scores.")
-    low_high = scores.quantile([0.1, 0.5])
+    scores = frame[[c for c in frame.columns if c.startswith("scores.")]]
+    summary = pd.DataFrame(
+        {
+            "mean": scores.mean(),
+            "p10": scores.quantile(0.1),
+            "p50": scores.quantile(0.5),
+            "below": scores.lt(BAR).sum() / scores.count(),
+        }
+    )
     out["scores"] = {
-        f"{column.removeprefix('scores.')}.{name}": value
-        for column in scores.columns
-        for name, value in (
-            ("mean", scores[column].mean()),
-            ("p10", low_high.loc[0.1, column]),
-            ("p50", low_high.loc[0.5, column]),
-            ("below", (scores[column] < SCORE_BAR).sum() / scores[column].count()),
-        )
+        f"{column.removeprefix('scores.')}.{stat}": value
+        for column, row in summary.iterrows()
+        for stat, value in row.items()
     }
 
-    ref_latency = ref["latency_ms"].dropna()
-    out["drift"] = {
-        "psi.latency_ms": _psi(ref_latency, latency),
-        "ks.latency_ms": _ks(ref_latency, latency),
-        "js.model_version": _js_bits(
-            ref["model_version"].fillna("missing"), df["model_version"].fillna("missing")
-        ),
-    }
+    drift: dict[str, float] = {}
+    before, now = numeric_signals(reference), numeric_signals(frame)
+    for name in sorted(before.keys() & now.keys()):
+        drift[f"psi.{name}"] = psi(before[name], now[name])
+        drift[f"ks.{name}"] = ks(before[name], now[name])
+    for field in ("model_version", "status"):
+        drift[f"js.{field}"] = js(reference[field], frame[field])
+    out["drift"] = drift
     return out
 
 
-# --- (d) executor scaling ------------------------------------------------------------------
+COMPARED = (
+    ("latency", ("p50", "p95", "p99", "mean", "slo_attainment")),
+    ("errors", ("rate",)),
+    ("usage", ("tokens_in_total", "cost")),
+    ("scores", ("groundedness.p10", "relevance.below")),
+    ("drift", ("psi.latency_ms", "ks.latency_ms", "js.model_version", "ks.score.fluency")),
+)
 
 
-async def run_executor(config: Path, data_dir: Path, apps: int, workers: int, run: int) -> float:
-    """Wall seconds for the local executor to run a fresh manifest (run number ``run``)."""
-    settings = load_settings(config=config)
-    settings = settings.model_copy(
-        update={"embedded": settings.embedded.model_copy(update={"data_dir": data_dir})}
-    )
-    plan = manifest(apps, GROUP_SIZE, run=run)
-    async with SqliteEvaluationStore(settings.embedded.store_path) as store:
-        await store.stage_manifest(plan)
-    executor = LocalExecutor(
-        wiring.shard_command(settings),
-        workers=workers,
-        backoff=Backoff(initial_s=0.1, max_s=1.0, max_retries=0),
-    )
-    began = time.perf_counter()
-    report = await executor.run(plan)
-    wall = time.perf_counter() - began
+def differences(ours: dict[str, dict[str, Any]], theirs: dict[str, Any]) -> list[str]:
+    """The checked values where the two disagree by more than 1e-9 relative."""
+    found = []
+    for metric, names in COMPARED:
+        for name in names:
+            a, b = ours[metric].get(name), theirs[metric].get(name)
+            if a is None or b is None or abs(a - b) > 1e-9 * max(1.0, abs(a), abs(b)):
+                found.append(f"{metric}.{name}: evaluation {a!r}, pandas {b!r}")
+    return found
+
+
+# --- (d) the executor -----------------------------------------------------------------------
+
+
+def speed_policy() -> EvaluationPolicy:
+    """A second, lighter policy: latency and errors only."""
+    policy = bench_policy("speed")
+    metrics = tuple(s for s in policy.metrics if s.metric in ("latency", "errors"))
+    assert all(isinstance(s, MetricSpec) for s in metrics)
+    return policy.model_copy(update={"metrics": metrics})
+
+
+@dataclass(frozen=True)
+class ExecutorRun:
+    wall_s: float
+    shard_cpu_s: float  # user + system CPU of the shard processes
+    load: float  # the machine's 1-minute load average when the run ended
+    units: int
+    shards: int
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_executor(settings: Settings, workers: int) -> ExecutorRun:
+    """A fresh run (new run number) of the window's manifest on the local executor."""
+    async with wiring.evaluation_store(settings) as store:
+        (manifest,) = await plan(
+            settings.coldpath.policies,
+            WindowChoice(last=False, window=WINDOW),
+            store,
+            now=datetime.now(UTC),
+            group_size=settings.coldpath.group_size,
+            code_version="bench",
+            rerun=True,
+        )
+    executor = LocalExecutor(wiring.shard_command(settings), workers=workers)
+    began, cpu = time.perf_counter(), children_cpu()
+    report = await executor.run(manifest)
+    wall, cpu = time.perf_counter() - began, children_cpu() - cpu
     if not report.ok:
-        raise RuntimeError(f"executor run failed: {report.failed}")
-    return wall
+        raise RuntimeError(f"shards failed: {report.failed}")
+    return ExecutorRun(wall, cpu, os.getloadavg()[0], len(manifest.units), manifest.shard_count)
 
 
-# --- the run ---------------------------------------------------------------------------------
+# --- the run --------------------------------------------------------------------------------
 
 
-def cpu_of(action: Callable[[], Any]) -> tuple[float, Any]:
-    began = time.process_time()
-    result = action()
-    return time.process_time() - began, result
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
+def cpu_of(call: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.process_time()
+    found = call()
+    return time.process_time() - start, found
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--apps", type=int, default=40, help="apps in the store and manifest")
-    parser.add_argument("--documents", type=int, default=10_000, help="per app, evaluated hour")
-    parser.add_argument("--reference", type=int, default=2_500, help="per app, hour before")
-    parser.add_argument("--measure-apps", type=int, default=8, help="units timed for a/b/c")
+    parser.add_argument("--documents", type=int, default=100_000)
+    parser.add_argument("--reference", type=int, default=25_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
-    parser.add_argument("--no-executor", action="store_true", help="Skip executor scaling.")
-    parser.add_argument("--data", type=Path, help="data folder to build or reuse (kept)")
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--pool", type=int, default=5_000, help="distinct simulated documents")
+    parser.add_argument("--apps", type=int, default=48, help="apps of the executor's manifest")
+    parser.add_argument("--per-app", type=int, default=3_000, help="documents per app window")
+    parser.add_argument("--group-size", type=int, default=12, help="units per shard")
+    parser.add_argument("--skip-executor", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="Do not write the report.")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as folder:
-        data_dir = args.data or Path(folder) / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        store_path = data_dir / "store.db"
-        shape = StoreShape(args.apps, args.documents, args.reference)
+        root = Path(folder)
         began = time.perf_counter()
-        built = ensure_store(store_path, shape)
-        build_s = time.perf_counter() - began
-        config = Path(folder) / "bench.toml"
-        config.write_text(policy_toml(), encoding="utf-8")
-        measured = app_ids(args.apps)[: args.measure_apps]
-        documents = len(measured) * (args.documents + args.reference)
+        pool = document_pool(args.pool, seed=11)
+        one = root / "one"
+        one.mkdir()
+        fill(one / "store.db", pool, APP, REFERENCE, args.reference, seed=1)
+        rows = fill(one / "store.db", pool, APP, WINDOW, args.documents, seed=2)
+        check_readable(one / "store.db", APP, WINDOW)
+        config = write_config(root / "one.toml", [bench_policy()])
+        settings = settings_for(one, config, args.page_size)
+        many = root / "many"
+        many.mkdir()
+        many_config = write_config(
+            root / "many.toml", [bench_policy(), speed_policy()], group_size=args.group_size
+        )
+        many_settings = settings_for(many, many_config)
+        if not args.skip_executor:
+            for index in range(args.apps):
+                app_id = f"app-{index:03d}"
+                fill(many / "store.db", pool, app_id, REFERENCE, args.per_app // 3, seed=index)
+                fill(many / "store.db", pool, app_id, WINDOW, args.per_app, seed=1000 + index)
+        generation = time.perf_counter() - began
 
-        async def floor_pass() -> int:
-            async with SqliteStore(store_path) as store:
-                return await read_only(store, measured, args.page_size)
-
-        async def evaluation_pass() -> dict[str, dict[str, Any]]:
-            async with (
-                SqliteStore(store_path) as telemetry,
-                SqliteEvaluationStore(Path(folder) / "scratch.db") as evaluations,
-            ):
-                runner = ShardRunner(
-                    telemetry=telemetry,
-                    evaluations=evaluations,
-                    publisher=NullPublisher(),
-                    catalogue=CATALOGUE,
-                    apps=AppDirectory(),
-                    page_size=args.page_size,
-                )
-                return await evaluate(runner, measured)
-
-        def pandas_pass() -> dict[str, Any]:
-            connection = sqlite3.connect(store_path)
-            try:
-                found: dict[str, Any] = {}
-                for app_id in measured:
-                    found = analyst(connection, app_id)
-                return found
-            finally:
-                connection.close()
-
-        modes: dict[str, Callable[[], Any]] = {
-            "floor": lambda: asyncio.run(floor_pass()),
-            "evaluation": lambda: asyncio.run(evaluation_pass()),
-            "pandas": pandas_pass,
-        }
-        runs: dict[str, list[float]] = {name: [] for name in modes}
-        loads: list[float] = []
-        last: dict[str, Any] = {}
+        documents = args.documents + args.reference
+        wiring.metric_catalogue(settings)  # imports the catalogue before anything is timed
+        timings: dict[str, list[float]] = {"floor": [], "evaluation": [], "pandas": []}
+        mismatches: list[str] = []
         for repeat in range(args.repeats):
-            loads.append(os.getloadavg()[0])
-            # Rotate the order so no mode always runs first (warm page cache, quiet box).
-            names = list(modes)
-            names = names[repeat % 3 :] + names[: repeat % 3]
-            for name in names:
-                seconds, last[name] = cpu_of(modes[name])
-                runs[name].append(seconds)
-            print(
-                f"repeat {repeat + 1}: load {loads[-1]:.2f} "
-                + ", ".join(f"{n} {runs[n][-1] / documents * 1e6:.1f} µs/doc" for n in modes),
-                flush=True,
+            seconds, count = cpu_of(
+                lambda: asyncio.run(read_only(one / "store.db", args.page_size))
             )
-        if last["floor"] != documents:
-            raise RuntimeError(f"floor read {last['floor']} documents, expected {documents}")
+            assert count == documents, count
+            timings["floor"].append(seconds)
+            run = int(time.time()) * 100 + repeat
+            seconds, ours = cpu_of(lambda: asyncio.run(evaluate(settings, run)))  # noqa: B023
+            timings["evaluation"].append(seconds)
+            seconds, theirs = cpu_of(lambda: pandas_metrics(one / "store.db"))
+            timings["pandas"].append(seconds)
+            mismatches = differences(ours, theirs)
+            print(
+                f"repeat {repeat + 1}: "
+                + ", ".join(f"{k} {v[-1] / documents * 1e6:.1f} µs/doc" for k, v in timings.items())
+            )
 
-        walls: dict[int, list[float]] = {1: [], 2: []}
-        executor_loads: list[tuple[float, float]] = []
-        if not args.no_executor:
-            run_number = int(time.time())  # fresh manifests even on a kept store
+        runs: dict[int, list[ExecutorRun]] = {1: [], 2: []}
+        if not args.skip_executor:
             for repeat in range(args.repeats):
-                order = (1, 2) if repeat % 2 == 0 else (2, 1)
-                pair = []
-                for workers in order:
-                    pair.append(os.getloadavg()[0])
-                    run_number += 1
-                    walls[workers].append(
-                        asyncio.run(run_executor(config, data_dir, args.apps, workers, run_number))
-                    )
-                executor_loads.append((pair[0], pair[1]) if order == (1, 2) else (pair[1], pair[0]))
-                print(
-                    f"executor repeat {repeat + 1}: 1 worker {walls[1][-1]:.1f} s, "
-                    f"2 workers {walls[2][-1]:.1f} s",
-                    flush=True,
-                )
+                # Alternate which goes first, so neither always meets the same machine state.
+                for workers in (1, 2) if repeat % 2 == 0 else (2, 1):
+                    found = asyncio.run(run_executor(many_settings, workers))
+                    runs[workers].append(found)
+                    print(f"executor repeat {repeat + 1}, {workers} worker(s): {found}")
 
-    text = report(args, runs, loads, documents, last, walls, executor_loads, built, build_s)
+    text = report(args, timings, documents, rows.bytes / rows.documents, mismatches, runs,
+                  generation)  # fmt: skip
     print(text)
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
 
 
-def _agreement(last: dict[str, Any]) -> list[str]:
-    """The last unit's values from the runner beside the pandas script's (same documents)."""
-    ours, theirs = last["evaluation"], last["pandas"]
-    pairs = [
-        ("latency p50", ours["latency"]["p50"], theirs["latency"]["p50"]),
-        ("latency p95", ours["latency"]["p95"], theirs["latency"]["p95"]),
-        ("latency p99", ours["latency"]["p99"], theirs["latency"]["p99"]),
-        ("SLO attainment", ours["latency"]["slo_attainment"], theirs["latency"]["slo_attainment"]),
-        ("error rate", ours["errors"]["rate"], theirs["errors"]["rate"]),
-        ("cost", ours["usage"]["cost"], theirs["usage"]["cost"]),
-        ("PSI latency", ours["drift"]["psi.latency_ms"], theirs["drift"]["psi.latency_ms"]),
-        ("KS latency", ours["drift"]["ks.latency_ms"], theirs["drift"]["ks.latency_ms"]),
-        (
-            "JS model_version",
-            ours["drift"]["js.model_version"],
-            theirs["drift"]["js.model_version"],
-        ),
-    ]
-    for name, value in theirs["scores"].items():
-        if name.endswith((".p10", ".below")):
-            pairs.append((f"score {name}", ours["scores"].get(name), value))
-    return [
-        f"{name} {a:.6g} / {b:.6g}"
-        + ("" if a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) else " (differ)")
-        for name, a, b in pairs
-    ]
-
-
 def report(
     args: argparse.Namespace,
-    runs: dict[str, list[float]],
-    loads: list[float],
+    timings: dict[str, list[float]],
     documents: int,
-    last: dict[str, Any],
-    walls: dict[int, list[float]],
-    executor_loads: list[tuple[float, float]],
-    built: bool,
-    build_s: float,
+    mean_bytes: float,
+    mismatches: list[str],
+    runs: dict[int, list[ExecutorRun]],
+    generation: float,
 ) -> str:
-    us = {name: [s / documents * 1e6 for s in values] for name, values in runs.items()}
-    med = {name: _median(values) for name, values in us.items()}
-    store = f"built in {build_s:.0f} s" if built else "kept from an earlier run"
+    us = {name: [s / documents * 1e6 for s in runs] for name, runs in timings.items()}
+    median = {name: statistics.median(runs) for name, runs in us.items()}
+    over_floor = median["evaluation"] / median["floor"]
+    vs_pandas = median["pandas"] / median["evaluation"]
     lines = [
         "# Cold path throughput",
         "",
-        f"Command: `python -m bench.coldpath --apps {args.apps} --documents {args.documents} "
-        f"--reference {args.reference} --measure-apps {args.measure_apps} "
-        f"--repeats {args.repeats}` — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}, pandas "
-        f"{pd.__version__}, 2 shared cores.",
+        f"Command: `python -m bench.coldpath --documents {args.documents} --reference "
+        f"{args.reference} --repeats {args.repeats} --page-size {args.page_size} --apps "
+        f"{args.apps} --per-app {args.per_app} --group-size {args.group_size}"
+        + (" --skip-executor`" if args.skip_executor else "`"),
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"Python {platform.python_version()}, pandas {pd.__version__}, shared 2-core box "
+        f"(noisy: medians of {args.repeats}, interleaved). Data generated in {generation:.0f} s.",
         "",
-        f"Store: {args.apps} apps × ({args.documents:,} documents in the evaluated hour + "
-        f"{args.reference:,} in the hour before), simulator documents of ~1.7 KB in the "
-        f"embedded SQLite store ({store}). Timed per repeat, interleaved (order rotated): "
-        f"{args.measure_apps} units, {documents:,} documents read (both hours), page size "
-        f"{args.page_size}; CPU time of this process per document read.",
+        f"One app's window of {args.documents:,} stored documents (mean {mean_bytes:,.0f} bytes "
+        f"of JSON) plus its reference window of {args.reference:,} (drift compares against "
+        f"it): {documents:,} documents read by each mode. CPU time of this process.",
         "",
-        "| repeat | load (1 min) | floor µs/doc | evaluation µs/doc | pandas µs/doc | "
-        "eval ÷ floor | pandas ÷ eval |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | "
+        + " | ".join(f"run {i + 1} µs/doc" for i in range(args.repeats))
+        + " | median µs/doc | docs/s per core | × floor |",
+        "| --- | " + " | ".join("---" for _ in range(args.repeats)) + " | --- | --- | --- |",
     ]
-    for index, load in enumerate(loads):
-        f, e, p = us["floor"][index], us["evaluation"][index], us["pandas"][index]
+    labels = {
+        "floor": "(a) floor: `telemetry_window` pages, nothing computed",
+        "evaluation": "(b) evaluation: `ShardRunner.run_unit`, quality policy",
+        "pandas": "(c) pandas: read_sql + json_normalize + vectorised metrics",
+    }
+    for name, per_doc in us.items():
         lines.append(
-            f"| {index + 1} | {load:.2f} | {f:.1f} | {e:.1f} | {p:.1f} | {e / f:.2f}× | "
-            f"{p / e:.2f}× |"
-        )
-    lines.append(
-        f"| **median** | | **{med['floor']:.1f}** | **{med['evaluation']:.1f}** | "
-        f"**{med['pandas']:.1f}** | **{med['evaluation'] / med['floor']:.2f}×** | "
-        f"**{med['pandas'] / med['evaluation']:.2f}×** |"
-    )
+            f"| {labels[name]} | " + " | ".join(f"{v:.1f}" for v in per_doc)
+            + f" | {median[name]:.1f} | {1e6 / median[name]:,.0f} "
+            f"| {median[name] / median['floor']:.2f}× |"
+        )  # fmt: skip
     lines += [
         "",
-        "Documents/s per core (median): "
-        + ", ".join(f"{name} {1e6 / value:,.0f}" for name, value in med.items())
-        + ".",
+        f"- Evaluation ÷ floor: **{over_floor:.2f}×** (target ≤ 1.5×: "
+        f"{'met' if over_floor <= 1.5 else 'NOT met'}).",
+        f"- pandas ÷ evaluation: **{vs_pandas:.2f}×** (target: evaluation ahead, > 1: "
+        f"{'met' if vs_pandas > 1 else 'NOT met'}).",
+        "- Checked values (latency p50/p95/p99/mean/SLO, error rate, tokens, cost, a score's "
+        "p10 and share below the bar, PSI/KS on latency, JS on model_version, KS on a score): "
+        + ("all equal between evaluation and pandas (1e-9 relative)." if not mismatches
+           else "differ: " + "; ".join(mismatches)),
         "",
-        f"Evaluation ÷ floor: {med['evaluation'] / med['floor']:.2f}× (target ≤ 1.5×). "
-        f"Pandas ÷ evaluation: {med['pandas'] / med['evaluation']:.2f}× (target > 1: "
-        "evaluation ahead).",
-        "",
-        "Same values (last unit, evaluation / pandas): " + "; ".join(_agreement(last)) + ".",
-        "",
-    ]
-    if walls[1]:
-        speedups = [one / two for one, two in zip(walls[1], walls[2], strict=True)]
-        units = args.apps
+    ]  # fmt: skip
+    if not args.skip_executor:
+        one = statistics.median(run.wall_s for run in runs[1])
+        two = statistics.median(run.wall_s for run in runs[2])
+        first = runs[1][0]
         lines += [
-            f"## Executor scaling: {units} units in {math.ceil(units / GROUP_SIZE)} shards "
-            f"({units * (args.documents + args.reference):,} documents), LocalExecutor",
+            f"Local executor: one manifest of {first.units} units ({args.apps} apps × 2 "
+            f"policies: `quality` and the lighter `speed`; {args.per_app:,} documents per app "
+            f"window, {args.per_app // 3:,} in each reference) in {first.shards} shards of "
+            f"{args.group_size}, each shard a `run-shard` process; wall time, alternating which "
+            "goes first. In brackets: CPU seconds of the shard processes, and the machine's "
+            "1-minute load average at the end of the run (2 cores).",
             "",
-            "| repeat | load before 1 w | 1 worker s | load before 2 w | 2 workers s | speed-up |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for index, (one, two) in enumerate(zip(walls[1], walls[2], strict=True)):
-            load_one, load_two = executor_loads[index]
-            lines.append(
-                f"| {index + 1} | {load_one:.2f} | {one:.1f} | {load_two:.2f} | {two:.1f} | "
-                f"{one / two:.2f}× |"
-            )
-        lines += [
-            f"| **median** | | **{_median(walls[1]):.1f}** | | **{_median(walls[2]):.1f}** | "
-            f"**{_median(walls[1]) / _median(walls[2]):.2f}×** (median of ratios "
-            f"{_median(speedups):.2f}×) |",
+            "| workers | " + " | ".join(f"run {i + 1} s" for i in range(args.repeats))
+            + " | median s |",
+            "| --- | " + " | ".join("---" for _ in range(args.repeats)) + " | --- |",
+            *[
+                f"| {w} | "
+                + " | ".join(
+                    f"{r.wall_s:.1f} ({r.shard_cpu_s:.0f} CPU s, load {r.load:.1f})"
+                    for r in runs[w]
+                )
+                + f" | {statistics.median(r.wall_s for r in runs[w]):.1f} |"
+                for w in (1, 2)
+            ],
             "",
-            "Target ≥ 1.7× on 2 cores.",
+            f"Speed-up 2 workers vs 1: **{one / two:.2f}×** (target ≥ 1.7×: "
+            f"{'met' if one / two >= 1.7 else 'NOT met'}).",
             "",
-        ]
+        ]  # fmt: skip
     return "\n".join(lines)
 
 

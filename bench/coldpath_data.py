@@ -1,20 +1,20 @@
-"""Stored windows for the cold-path benchmarks: simulator documents bulk-inserted into the
-embedded store, the built-in-metrics policy that evaluates them, and a publisher that drops
-breaches.
+"""Stored windows for the cold-path benchmarks: many realistic telemetry rows, written fast.
 
-Documents start as the processor would store them (simulator bodies through the real decoder
-and enricher, ~1.7 KB of JSON each). A pool of those is then replayed with its own id,
-timestamp and a jittered latency per row and inserted as the rows ``SqliteStore.write``
-writes (same table, same columns, same JSON), which is ~20× faster than the write path and
-stays out of every measurement.
+A pool of documents comes from the real simulator, decoder and enricher (the processor's own
+path: ~2 KB JSON with prompt and answer texts, scores, metadata and tokens). Window rows are
+copies of pool documents with their own id, trace id, event time (spread evenly over the
+window) and a jittered latency, serialised with orjson and bulk-inserted into a file the
+``SqliteStore`` created: the same table, columns and values its ``write`` stores, at a
+fraction of the cost of building a pydantic model per row. ``check_readable`` reads a page
+back through the store, so a row the store could not read fails the benchmark up front.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,113 +22,50 @@ from typing import Any
 import numpy as np
 import orjson
 
-from coldpath.shards import build_manifest
-from schemas import AppDirectory, Breach, EvaluationPolicy, JobManifest, Window
+from coldpath.config import QUALITY_POLICY
+from evalstream.settings import Settings, load_settings
+from schemas import AppDirectory, EvaluationPolicy, Window
 from store.sqlite import SqliteStore
-from store.sqlite_connection import connect
 from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
 from stream.producers.simulator import Simulator
 
-START = datetime(2026, 3, 2, 1, tzinfo=UTC)  # the evaluated window; the reference is before
-WINDOW = Window(start=START, end=START + timedelta(hours=1))
-REFERENCE = Window(start=START - timedelta(hours=1), end=START)
-POOL_SIZE = 20_000
-INSERT_CHUNK = 50_000
-# USD per 1,000 tokens for the simulator's models (any table does: the cost is what is timed).
+WINDOW = Window(
+    start=datetime(2026, 1, 5, 10, tzinfo=UTC), end=datetime(2026, 1, 5, 11, tzinfo=UTC)
+)
+REFERENCE = Window(start=WINDOW.start - timedelta(hours=1), end=WINDOW.start)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Currency per 1,000 tokens for every model the simulator reports.
 PRICES = {
+    "gpt-4o": {"input_per_1k": 0.0025, "output_per_1k": 0.01},
+    "gpt-4o-mini": {"input_per_1k": 0.00015, "output_per_1k": 0.0006},
     "phi-3-mini": {"input_per_1k": 0.00013, "output_per_1k": 0.00052},
     "phi-3-medium": {"input_per_1k": 0.00017, "output_per_1k": 0.00068},
+    "llama-3.1-8b": {"input_per_1k": 0.0003, "output_per_1k": 0.00061},
+    "mistral-large": {"input_per_1k": 0.002, "output_per_1k": 0.006},
 }
-SCORE_BAR = 0.5
-SLO_MS = 2000.0  # the default app's latency SLO (schemas.appconfig), used by the pandas script
-
-POLICY_SPEC: dict[str, Any] = {
-    "name": "bench",
-    "window": "PT1H",
-    "lateness": "PT0S",
-    "min_sample_size": 20,
-    "metrics": [
-        {"metric": "latency", "thresholds": {"p95": {"warning": {"max": 5000.0}}}},
-        {"metric": "errors", "thresholds": {"rate": {"warning": {"max": 0.2}}}},
-        {"metric": "usage", "params": {"prices": PRICES}},
-        {"metric": "scores", "params": {"bar": SCORE_BAR}},
-        {
-            "metric": "drift",
-            "params": {"numeric": ["latency_ms"], "categorical": ["model_version"]},
-            "thresholds": {"psi.latency_ms": {"warning": {"max": 10.0}}},
-        },
-    ],
-}
-POLICY = EvaluationPolicy.model_validate(POLICY_SPEC)
+_INSERT = "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?)"
+_BATCH = 20_000
 
 
-def policy_toml() -> str:
-    """The same policy as a settings file, for ``evalstream coldpath run-shard``."""
-    prices = ", ".join(
-        f'"{model}" = {{ input_per_1k = {price["input_per_1k"]}, '
-        f"output_per_1k = {price['output_per_1k']} }}"
-        for model, price in PRICES.items()
+def bench_policy(name: str = "quality") -> EvaluationPolicy:
+    """The default ``quality`` policy (latency, errors, usage, scores, drift against the
+    previous window) with a price table, so usage computes costs too."""
+    metrics = tuple(
+        spec.model_copy(update={"params": {"prices": PRICES}}) if spec.metric == "usage" else spec
+        for spec in QUALITY_POLICY.metrics
     )
-    return f"""
-[coldpath]
-group_size = 5
-shard_retries = 0
-
-[[coldpath.policies]]
-name = "bench"
-window = "PT1H"
-lateness = "PT0S"
-min_sample_size = 20
-[[coldpath.policies.metrics]]
-metric = "latency"
-thresholds = {{ p95 = {{ warning = {{ max = 5000.0 }} }} }}
-[[coldpath.policies.metrics]]
-metric = "errors"
-thresholds = {{ rate = {{ warning = {{ max = 0.2 }} }} }}
-[[coldpath.policies.metrics]]
-metric = "usage"
-params = {{ prices = {{ {prices} }} }}
-[[coldpath.policies.metrics]]
-metric = "scores"
-params = {{ bar = {SCORE_BAR} }}
-[[coldpath.policies.metrics]]
-metric = "drift"
-params = {{ numeric = ["latency_ms"], categorical = ["model_version"] }}
-thresholds = {{ "psi.latency_ms" = {{ warning = {{ max = 10.0 }} }} }}
-"""
+    return QUALITY_POLICY.model_copy(update={"name": name, "metrics": metrics})
 
 
-def app_ids(apps: int) -> list[str]:
-    return [f"app-{index:03d}" for index in range(apps)]
-
-
-def manifest(apps: int, group_size: int, run: int = 0) -> JobManifest:
-    return build_manifest(
-        WINDOW, [POLICY], app_ids(apps), group_size=group_size, code_version="bench", run=run
-    )
-
-
-class NullPublisher:
-    """An AlertPublisher that keeps nothing: the bus is not what these benchmarks time."""
-
-    async def __aenter__(self) -> NullPublisher:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        pass
-
-    async def publish(self, breaches: Sequence[Breach]) -> None:
-        pass
-
-
-def document_pool(size: int = POOL_SIZE, seed: int = 42) -> list[dict[str, Any]]:
-    """``size`` simulated documents of one app, as the processor stores them, as JSON dicts."""
-    now = datetime.now(UTC)
-    simulator = Simulator(apps=1, rate=200.0, seed=seed, start=now - timedelta(hours=2))
+def document_pool(size: int, seed: int) -> list[dict[str, Any]]:
+    """``size`` stored documents (as JSON objects) from the simulator, decoder and enricher;
+    four simulated apps, so several models, error types and score sets are mixed."""
+    now = WINDOW.end + timedelta(hours=1)
+    simulator = Simulator(apps=4, rate=200.0, seed=seed, start=REFERENCE.start)
     decoder = Decoder()
-    enricher = Enricher(AppDirectory(), b"k", "local")
+    enricher = Enricher(AppDirectory(), b"bench", "local")
     position = ReceivedEvent(b"", "0", 0, now, "0")
     pool = []
     for event in simulator.events(size):
@@ -138,91 +75,141 @@ def document_pool(size: int = POOL_SIZE, seed: int = 42) -> list[dict[str, Any]]
     return pool
 
 
-def window_rows(
-    pool: list[dict[str, Any]],
-    app_id: str,
-    window: Window,
-    count: int,
-    rng: np.random.Generator,
-    latency_scale: float,
-    first: int = 0,
-) -> list[tuple[str, str, str, float, bytes]]:
-    """``count`` rows of ``app_id`` spread over ``window``, in the store's column layout;
-    ``first`` numbers them (ids are unique per app, window and number)."""
-    span = (window.end - window.start).total_seconds()
-    offsets = np.sort(rng.random(count)) * span
-    base = window.start.timestamp()
-    stamps = base + offsets
-    micros = np.round(stamps * 1e6).astype("datetime64[us]")
-    texts = np.datetime_as_string(micros, unit="us").tolist()
-    factors = (rng.lognormal(0.0, 0.15, count) * latency_scale).tolist()
-    picks = rng.integers(0, len(pool), count).tolist()
-    pk = f"{app_id}:{window.start.date().isoformat()}"
-    rows = []
-    for k in range(count):
-        document = dict(pool[picks[k]])
-        key = f"{app_id}/{window.start.timestamp():.0f}/{first + k}".encode()
-        document_id = hashlib.blake2b(key, digest_size=16).hexdigest()
-        document["id"] = document_id
-        document["app_id"] = app_id
-        document["pk"] = pk
-        document["timestamp"] = texts[k] + "Z"
-        latency = document.get("latency_ms")
-        if latency is not None:
-            document["latency_ms"] = round(latency * factors[k], 1)
-        rows.append((document_id, pk, app_id, float(stamps[k]), orjson.dumps(document)))
-    return rows
-
-
 @dataclass(frozen=True)
-class StoreShape:
-    apps: int
-    current: int  # documents per app in WINDOW
-    reference: int  # documents per app in REFERENCE
+class Rows:
+    """What one ``fill`` wrote."""
 
-    @property
-    def documents(self) -> int:
-        return self.apps * (self.current + self.reference)
+    documents: int
+    bytes: int
 
 
-def build_store(path: Path, shape: StoreShape, seed: int = 7) -> None:
-    """A fresh SQLite store holding ``shape``; the current window's latencies run 5 % slower
-    than the reference's, so drift has something to find."""
-    path.unlink(missing_ok=True)
-    asyncio.run(SqliteStore(path).close())  # the store's own schema and pragmas
-    pool = document_pool(POOL_SIZE)
+_VARIABLE = ("id", "pk", "app_id", "timestamp", "trace_id", "latency_ms", "ingest")
+
+
+def _templates(pool: list[dict[str, Any]]) -> list[tuple[bytes, float | None, dict[str, Any]]]:
+    """Each pool document as (JSON of its fixed fields without the closing brace, latency,
+    ingest): rows splice their own values in front, so a row costs one join, not a dump."""
+    templates = []
+    for doc in pool:
+        fixed = orjson.dumps({k: v for k, v in doc.items() if k not in _VARIABLE})
+        templates.append((fixed[1:], doc["latency_ms"], doc["ingest"]))
+    return templates
+
+
+def _rows(
+    pool: list[dict[str, Any]], app_id: str, window: Window, count: int, seed: int
+) -> Iterator[tuple[str, str, str, float, bytes]]:
     rng = np.random.default_rng(seed)
-    connection = connect(path)
+    templates = _templates(pool)
+    picks = rng.integers(0, len(templates), count).tolist()
+    jitter = rng.lognormal(0.0, 0.15, count).tolist()
+    trace = rng.integers(0, 2**63, (count, 2)).tolist()
+    start_us = (window.start - EPOCH) // timedelta(microseconds=1)
+    span_us = (window.end - window.start) // timedelta(microseconds=1)
+    day = window.start.replace(hour=0, minute=0, second=0, microsecond=0)
+    day_us = (day - EPOCH) // timedelta(microseconds=1)
+    date = day.date().isoformat()
+    pk = f"{app_id}:{date}"
+    head = orjson.dumps({"pk": pk, "app_id": app_id})[1:-1]
+    for i in range(count):
+        fixed, latency, ingest = templates[picks[i]]
+        moment_us = start_us + (span_us * i) // count
+        seconds, micros = divmod(moment_us - day_us, 1_000_000)
+        minutes, second = divmod(seconds, 60)
+        hour, minute = divmod(minutes, 60)
+        text = f"{date}T{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}Z"
+        high, low = trace[i]
+        doc_id = f"{high:016x}{low:016x}"
+        variable = {
+            "id": doc_id,
+            "timestamp": text,
+            "trace_id": f"{low:016x}{high:016x}",
+            "latency_ms": None if latency is None else round(latency * jitter[i], 1),
+            "ingest": {**ingest, "sequence": i, "enqueued_time": text, "processed_at": text},
+        }
+        body = b"".join((orjson.dumps(variable)[:-1], b",", head, b",", fixed))
+        yield doc_id, pk, app_id, moment_us / 1e6, body
+
+
+def fill(
+    path: Path, pool: list[dict[str, Any]], app_id: str, window: Window, count: int, seed: int
+) -> Rows:
+    """Insert ``count`` documents of ``app_id`` spread over ``window`` into the store file at
+    ``path`` (created by ``SqliteStore`` if new), in transactions of 20,000 rows."""
+    asyncio.run(SqliteStore(path).close())  # creates the file with the store's schema
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA synchronous=OFF")  # generation, not part of any figure
+    written = 0
+    batch: list[tuple[str, str, str, float, bytes]] = []
     try:
-        insert = "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?)"
-        for app_id in app_ids(shape.apps):
-            for window, count, scale in (
-                (REFERENCE, shape.reference, 1.0),
-                (WINDOW, shape.current, 1.05),
-            ):
-                for first in range(0, count, INSERT_CHUNK):
-                    size = min(INSERT_CHUNK, count - first)
-                    rows = window_rows(pool, app_id, window, size, rng, scale, first)
-                    connection.execute("BEGIN")
-                    connection.executemany(insert, rows)
-                    connection.execute("COMMIT")
+        for row in _rows(pool, app_id, window, count, seed):
+            batch.append(row)
+            written += len(row[4])
+            if len(batch) == _BATCH:
+                _insert(connection, batch)
+                batch = []
+        if batch:
+            _insert(connection, batch)
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         connection.close()
+    return Rows(count, written)
 
 
-def _shape_file(path: Path) -> Path:
-    return path.with_name(path.name + ".shape")
+def _insert(
+    connection: sqlite3.Connection, batch: list[tuple[str, str, str, float, bytes]]
+) -> None:
+    connection.execute("BEGIN")
+    connection.executemany(_INSERT, batch)
+    connection.execute("COMMIT")
 
 
-def ensure_store(path: Path, shape: StoreShape) -> bool:
-    """Build the store unless ``path`` was built with this ``shape`` already (a data file kept
-    from an earlier run: ``--data`` of the benchmarks); True when it was built."""
-    marker = _shape_file(path)
-    wanted = orjson.dumps(asdict(shape))
-    if path.exists() and marker.exists() and marker.read_bytes() == wanted:
-        return False
-    marker.unlink(missing_ok=True)
-    build_store(path, shape)
-    marker.write_bytes(wanted)
-    return True
+async def _first_page(path: Path, app_id: str, window: Window) -> int:
+    async with SqliteStore(path) as store:
+        async for page in store.telemetry_window([app_id], window.start, window.end, 100):
+            return len(page)
+    return 0
+
+
+def check_readable(path: Path, app_id: str, window: Window) -> None:
+    """Read (and validate) the first page of the window through the store."""
+    if asyncio.run(_first_page(path, app_id, window)) == 0:
+        raise RuntimeError(f"no document of {app_id} readable in {window.key}")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return (
+            "{ "
+            + ", ".join(f"{orjson.dumps(k).decode()} = {_toml(v)}" for k, v in value.items())
+            + " }"
+        )
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()
+    return repr(value)
+
+
+def write_config(path: Path, policies: list[EvaluationPolicy], *, group_size: int = 25) -> Path:
+    """A TOML config holding ``policies`` (what shard processes load with ``--config``)."""
+    lines = ["[coldpath]", f"group_size = {group_size}", ""]
+    for policy in policies:
+        lines.append("[[coldpath.policies]]")
+        for key, value in policy.model_dump(mode="json", exclude_none=True).items():
+            lines.append(f"{key} = {_toml(value)}")
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def settings_for(data_dir: Path, config: Path, page_size: int | None = None) -> Settings:
+    """The settings a shard process would build from ``config`` and ``--data-dir``."""
+    settings = load_settings(config=config)
+    embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
+    update: dict[str, Any] = {"embedded": embedded}
+    if page_size is not None:
+        update["coldpath"] = settings.coldpath.model_copy(update={"page_size": page_size})
+    return settings.model_copy(update=update)

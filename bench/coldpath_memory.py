@@ -1,14 +1,16 @@
-"""Memory of the cold path on one large window: peak RSS growth while the shard runner
-evaluates ≥ 1,000,000 stored documents of one app with the built-in metrics.
+"""Bounded memory of the cold path: peak RSS growth while one app's window of a million
+stored documents is evaluated with the built-in metrics.
 
 Run ``python -m bench.coldpath_memory`` (``--documents``, ``--reference``, ``--repeats``;
-``--data PATH`` keeps the generated store for later runs; ``--out PATH`` for the report,
-bench/results/coldpath_memory.md by default). The store is built first (simulator documents
-bulk-inserted, see ``bench.coldpath_data``), outside every measurement. Each repeat is a fresh
-child process that imports everything, collects garbage, reads its RSS (the baseline), resets
-the kernel's peak-RSS mark (``/proc/self/clear_refs``), then runs the real ``ShardRunner`` over
-one unit (latency, errors, usage, scores and drift against the previous window) and reads the
-peak (``VmHWM``). Growth = peak − baseline.
+``--data-dir`` keeps the generated store for later runs; ``--out PATH`` for the report,
+bench/results/coldpath_memory.md by default). The window (and a smaller reference window, the
+hour before, for drift) is written into the embedded SQLite store first, outside any figure.
+Each repeat then starts a fresh child process that imports everything and opens the stores,
+takes its RSS as the baseline, and runs the real ``ShardRunner`` over one unit (the default
+``quality`` policy with a price table: latency, errors, usage/cost, scores, drift). Peak RSS
+is the kernel's high-water mark (``VmHWM``, reset to the baseline through
+``/proc/self/clear_refs`` when the kernel allows it) and, as a cross-check, the largest of
+``VmRSS`` samples taken every 10 ms by a thread.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -29,28 +30,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.coldpath_data import NullPublisher, StoreShape, ensure_store, manifest
-from coldpath.policies.catalogue import CATALOGUE
-from coldpath.runner import DEFAULT_PAGE_SIZE, ShardRunner
-from schemas import AppDirectory
-from store.sqlite import SqliteStore
-from store.sqlite_evaluations import SqliteEvaluationStore
+from bench.coldpath_data import (
+    REFERENCE,
+    WINDOW,
+    bench_policy,
+    check_readable,
+    document_pool,
+    fill,
+    settings_for,
+    write_config,
+)
+from coldpath.runner import ShardRunner
+from coldpath.shards import build_manifest
+from evalstream import wiring
 
-RESULTS = Path(__file__).parent / "results" / "coldpath_memory.md"
-TARGET_MB = 200.0
-MIB = 1024 * 1024
+APP = "app-bench"
+TARGET_MIB = 200.0
 
 
-def status_bytes(field: str) -> int:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes (Linux)."""
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` figure in KiB (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux ≥ 4.0); False if refused."""
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0); False when not allowed."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -58,154 +65,183 @@ def reset_peak() -> bool:
     return True
 
 
-async def evaluate(data: Path, evaluations_path: Path, page_size: int) -> dict[str, Any]:
-    """One unit through the shard runner; a few of its values, to show what was computed."""
+class Sampler(threading.Thread):
+    """The largest VmRSS seen, sampled every ``interval_s``."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.interval_s = interval_s
+        self.peak_kib = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak_kib = max(self.peak_kib, status_kib("VmRSS"))
+            self.stop.wait(self.interval_s)
+
+
+async def evaluate(data_dir: Path, config: Path, page_size: int, run: int) -> dict[str, Any]:
+    settings = settings_for(data_dir, config, page_size)
+    policy = settings.coldpath.policies[0]
+    manifest = build_manifest(WINDOW, [policy], [APP], group_size=1, code_version="bench", run=run)
+    catalogue = wiring.metric_catalogue(settings)
     async with (
-        SqliteStore(data) as telemetry,
-        SqliteEvaluationStore(evaluations_path) as evaluations,
+        wiring.store(settings) as telemetry,
+        wiring.evaluation_store(settings) as evaluations,
+        wiring.alert_publisher(settings) as publisher,
     ):
         runner = ShardRunner(
             telemetry=telemetry,
             evaluations=evaluations,
-            publisher=NullPublisher(),
-            catalogue=CATALOGUE,
-            apps=AppDirectory(),
-            page_size=page_size,
+            publisher=publisher,
+            catalogue=catalogue,
+            apps=settings.apps,
+            page_size=settings.coldpath.page_size,
         )
-        (outcome,) = await runner.run_shard(manifest(1, 1), 0)
-    by_metric = {result.metric: result for result in outcome.results}
-    latency, drift = by_metric["latency"], by_metric["drift"]
-    return {
-        "documents": latency.values["count"],
-        "p95_ms": latency.values["p95"],
-        "latency_exact": latency.details["exact"],
-        "psi_latency": drift.values["psi.latency_ms"],
-        "statuses": {name: result.status for name, result in sorted(by_metric.items())},
-    }
-
-
-def child(data: Path, page_size: int) -> dict[str, Any]:
-    """Runs in the measured process: baseline after imports, then evaluate, then the peak."""
-    with tempfile.TemporaryDirectory() as folder:
         gc.collect()
-        baseline = status_bytes("VmRSS")
-        peak_before = status_bytes("VmHWM")
+        baseline = status_kib("VmRSS")
         reset = reset_peak()
-        samples: list[int] = []
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.wait(0.5):
-                samples.append(status_bytes("VmRSS"))
-
-        sampler = threading.Thread(target=sample, daemon=True)
+        sampler = Sampler()
         sampler.start()
         wall, cpu = time.perf_counter(), time.process_time()
-        found = asyncio.run(evaluate(data, Path(folder) / "evaluations.db", page_size))
+        outcomes = await runner.run_shard(manifest, 0)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        stop.set()
+        sampler.stop.set()
         sampler.join()
-        peak = status_bytes("VmHWM")
+    hwm = status_kib("VmHWM")
+    results = {result.metric: result for result in outcomes[0].results}
     return {
-        **found,
-        "baseline_mib": baseline / MIB,
-        "peak_mib": peak / MIB,
-        "growth_mib": (peak - baseline) / MIB if reset else (peak - max(baseline, peak_before)),
-        "peak_reset": reset,
-        "import_peak_mib": peak_before / MIB,
-        "rss_samples_mib": [round(value / MIB, 1) for value in samples],
+        "baseline_kib": baseline,
+        "hwm_kib": hwm,
+        "hwm_reset": reset,
+        "sampled_peak_kib": sampler.peak_kib,
         "wall_s": wall,
         "cpu_s": cpu,
+        "documents": int(results["errors"].values["count"] or 0),
+        "reference_documents": results["drift"].details["sizes"]["latency_ms"]["reference"],
+        "latency_exact": results["latency"].details["exact"],
+        "p95": results["latency"].values["p95"],
+        "statuses": {name: result.status for name, result in results.items()},
     }
 
 
-def run_child(data: Path, page_size: int) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "bench.coldpath_memory", "--child", "--data", str(data)]
-    argv += ["--page-size", str(page_size)]
-    done = subprocess.run(argv, check=True, capture_output=True, text=True)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def child(args: argparse.Namespace) -> None:
+    found = asyncio.run(evaluate(args.data_dir, args.config, args.page_size, args.run))
+    sys.stdout.write(json.dumps(found) + "\n")
 
 
-def report(args: argparse.Namespace, runs: list[dict[str, Any]], build_s: float | None) -> str:
-    growth = statistics.median(run["growth_mib"] for run in runs)
-    first = runs[0]
-    built = f"built in {build_s:.0f} s" if build_s is not None else "kept from an earlier run"
-    lines = [
-        "# Cold path memory on one large window",
-        "",
-        f"Command: `python -m bench.coldpath_memory --documents {args.documents} "
-        f"--reference {args.reference} --repeats {args.repeats}` — "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}, 2 shared cores.",
-        "",
-        f"One app: {args.documents:,} documents in the evaluated hour and {args.reference:,} in "
-        f"the hour before (the drift reference), simulator documents of ~1.7 KB in the "
-        f"embedded SQLite store (store {built}). Each run is a fresh process evaluating the "
-        f"unit with the shard runner (page size {args.page_size}): latency, errors, usage, "
-        "scores, drift (PSI/KS on latency, JS on model_version). Baseline = RSS after imports "
-        "and `gc.collect()`; peak = `VmHWM` after resetting it at the baseline; growth = peak − "
-        "baseline. (`ru_maxrss` is not used: Linux carries it over `execve`, so a child "
-        "reports its parent's peak.)",
-        "",
-        "| run | load (1 min) | baseline MiB | peak MiB | growth MiB | peak of imports MiB "
-        "| wall s | CPU s | µs/doc CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    total = args.documents + args.reference
-    for index, run in enumerate(runs, 1):
-        lines.append(
-            f"| {index} | {run['load']:.2f} | {run['baseline_mib']:.1f} | {run['peak_mib']:.1f} "
-            f"| {run['growth_mib']:.1f} | {run['import_peak_mib']:.1f} | {run['wall_s']:.1f} | "
-            f"{run['cpu_s']:.1f} | {run['cpu_s'] / total * 1e6:.1f} |"
-        )
-    verdict = "met" if growth < TARGET_MB else "NOT met"
-    lines += [
-        "",
-        f"**Median peak growth: {growth:.1f} MiB** (target < {TARGET_MB:.0f} MB: {verdict}).",
-        "",
-        f"What was computed (run 1): {int(first['documents']):,} latencies, p95 "
-        f"{first['p95_ms']:.1f} ms (exact: {first['latency_exact']}), PSI of latency "
-        f"{first['psi_latency']:.4f}; statuses {first['statuses']}.",
-        "",
-        "RSS sampled every 0.5 s in run 1 (MiB): "
-        + ", ".join(f"{value:.0f}" for value in first["rss_samples_mib"]),
-        "",
-    ]
-    return "\n".join(lines)
+def prepare(data_dir: Path, documents: int, reference: int, pool_size: int) -> str:
+    """Write the window and the reference window unless ``data_dir`` holds them already."""
+    marker = data_dir / "coldpath_memory.json"
+    wanted = {"documents": documents, "reference": reference, "pool": pool_size}
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
+        return "reused"
+    store = data_dir / "store.db"
+    for leftover in data_dir.glob("*.db*"):
+        leftover.unlink()
+    began = time.perf_counter()
+    pool = document_pool(pool_size, seed=11)
+    ref = fill(store, pool, APP, REFERENCE, reference, seed=1)
+    window = fill(store, pool, APP, WINDOW, documents, seed=2)
+    check_readable(store, APP, WINDOW)
+    marker.write_text(json.dumps(wanted))
+    size = store.stat().st_size
+    return (
+        f"generated in {time.perf_counter() - began:.0f} s: {window.documents:,} + "
+        f"{ref.documents:,} documents, mean {window.bytes / window.documents:,.0f} bytes of "
+        f"JSON, store file {size / 2**30:.2f} GiB"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=1_000_000)
     parser.add_argument("--reference", type=int, default=100_000)
+    parser.add_argument("--pool", type=int, default=5_000, help="distinct simulated documents")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
-    parser.add_argument("--data", type=Path, help="store file to build or reuse (kept)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--data-dir", type=Path, help="keep (and reuse) the generated store")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/coldpath_memory.md"))
     parser.add_argument("--no-write", action="store_true", help="Do not write the report.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.data, args.page_size)))
+        child(args)
         return
 
     with tempfile.TemporaryDirectory() as folder:
-        data = args.data or Path(folder) / "store.db"
-        began = time.perf_counter()
-        built = ensure_store(data, StoreShape(1, args.documents, args.reference))
-        build_s = time.perf_counter() - began if built else None
+        data_dir = args.data_dir or Path(folder)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        generation = prepare(data_dir, args.documents, args.reference, args.pool)
+        config = write_config(Path(folder) / "evalstream.toml", [bench_policy()])
         runs = []
-        for _ in range(args.repeats):
-            load = os.getloadavg()[0]
-            runs.append({**run_child(data, args.page_size), "load": load})
-            # Each run as it ends: a long run cut short still leaves its figures in the log.
-            print(json.dumps(runs[-1]), flush=True)
-        text = report(args, runs, build_s)
+        for repeat in range(args.repeats):
+            command = [
+                sys.executable, "-m", "bench.coldpath_memory", "--child",
+                "--data-dir", str(data_dir), "--config", str(config),
+                "--page-size", str(args.page_size),
+                # A new run number per repeat and per invocation: every unit is evaluated.
+                "--run", str(int(time.time()) * 100 + repeat),
+            ]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, check=True, text=True)
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"run {repeat + 1}: {runs[-1]}", file=sys.stderr)
+    text = report(args, runs, generation)
     print(text)
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
+
+
+def growth_mib(run: dict[str, Any]) -> float:
+    peak = run["hwm_kib"] if run["hwm_reset"] else run["sampled_peak_kib"]
+    return float(peak - run["baseline_kib"]) / 1024
+
+
+def report(args: argparse.Namespace, runs: list[dict[str, Any]], generation: str) -> str:
+    growths = [growth_mib(run) for run in runs]
+    median = statistics.median(growths)
+    docs = runs[0]["documents"] + runs[0]["reference_documents"]
+    verdict = "met" if median < TARGET_MIB else "NOT met"
+    lines = [
+        "# Cold path memory: one window of one app",
+        "",
+        f"Command: `python -m bench.coldpath_memory --documents {args.documents} "
+        f"--reference {args.reference} --repeats {args.repeats} --page-size {args.page_size}` "
+        f"— {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}, 2 shared cores.",
+        f"Store: embedded SQLite, {generation}.",
+        "",
+        f"Each run is a fresh process evaluating app `{APP}` over {WINDOW.key} "
+        f"({int(runs[0]['documents']):,} documents) with drift against the hour before "
+        f"({runs[0]['reference_documents']:,} documents) through `ShardRunner.run_shard`: "
+        "the default `quality` policy (latency, errors, usage with a price table, scores, "
+        f"drift), pages of {args.page_size}. Baseline RSS is taken after imports and after "
+        "opening the stores, before the first page; the peak is the kernel's VmHWM reset to "
+        "the baseline (`/proc/self/clear_refs`), cross-checked by 10 ms VmRSS samples.",
+        "",
+        "| run | baseline RSS MiB | peak RSS MiB (VmHWM) | sampled peak MiB | growth MiB "
+        "| wall s | CPU s | CPU µs/doc | latency exact |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for index, (run, growth) in enumerate(zip(runs, growths, strict=True), 1):
+        lines.append(
+            f"| {index} | {run['baseline_kib'] / 1024:.1f} | {run['hwm_kib'] / 1024:.1f}"
+            f"{'' if run['hwm_reset'] else ' (not reset)'} | "
+            f"{run['sampled_peak_kib'] / 1024:.1f} | {growth:+.1f} | {run['wall_s']:.1f} | "
+            f"{run['cpu_s']:.1f} | {run['cpu_s'] / docs * 1e6:.1f} | {run['latency_exact']} |"
+        )
+    lines += [
+        "",
+        f"**Median peak RSS growth: {median:.1f} MiB** (target < {TARGET_MIB:.0f} MB: "
+        f"{verdict}). p95 latency {runs[0]['p95']:.1f} ms; statuses "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(runs[0]["statuses"].items()))
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

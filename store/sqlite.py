@@ -203,8 +203,10 @@ def _window_page(
 
     def read(connection: sqlite3.Connection) -> list[tuple[float, str, bytes]]:
         return connection.execute(
-            "SELECT ts, id, doc FROM telemetry WHERE app_id = ? AND ts < ? AND "
-            "(ts > ? OR (ts = ? AND id > ?)) ORDER BY ts, id LIMIT ?",
+            # `ts >= ?` on its own gives the index scan its lower bound: with only the OR, SQLite
+            # bounds it from above and every page walks the app's whole earlier history.
+            "SELECT ts, id, doc FROM telemetry WHERE app_id = ? AND ts < ? AND ts >= ? AND "
+            "(ts > ? OR id > ?) ORDER BY ts, id LIMIT ?",
             (app_id, end, last_ts, last_ts, last_id, page_size),
         ).fetchall()
 

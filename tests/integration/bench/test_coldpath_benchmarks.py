@@ -1,47 +1,43 @@
-"""The cold-path benchmarks run end to end at a tiny size and write their figures (no timing
+"""The cold-path benchmarks run end to end on tiny sizes and report their figures (no timing
 is asserted: benchmarks are not timed tests)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from bench import coldpath, coldpath_data, coldpath_memory
+from bench import coldpath, coldpath_memory
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(autouse=True)
-def small_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coldpath_data, "POOL_SIZE", 200)
-
-
-def test_throughput_benchmark_reports_every_figure(tmp_path: Path) -> None:
+def test_throughput_benchmark_reports_every_mode_and_the_executor(tmp_path: Path) -> None:
     out = tmp_path / "coldpath.md"
     coldpath.main(
         [
-            *("--apps", "2", "--documents", "300", "--reference", "100"),
-            *("--measure-apps", "2", "--repeats", "1"),
-            *("--data", str(tmp_path / "data"), "--out", str(out)),
+            "--documents", "600", "--reference", "200", "--pool", "100", "--repeats", "1",
+            "--apps", "2", "--per-app", "90", "--group-size", "2", "--out", str(out),
         ]
-    )
-    text = out.read_text(encoding="utf-8")
-    assert "| **median** |" in text
-    assert "Evaluation ÷ floor" in text
-    assert "Pandas ÷ evaluation" in text
-    assert "(differ)" not in text  # the runner and the pandas script agree on every value
-    assert "## Executor scaling: 2 units in 1 shards" in text
+    )  # fmt: skip
+    text = out.read_text()
+    for mode in ("(a) floor", "(b) evaluation", "(c) pandas"):
+        assert re.search(rf"\| {re.escape(mode)}[^|]*\| [\d.]+ \| [\d.]+ \| [\d,]+ \|", text), mode
+    assert re.search(r"Evaluation ÷ floor: \*\*[\d.]+×\*\*", text)
+    assert re.search(r"pandas ÷ evaluation: \*\*[\d.]+×\*\*", text)
+    assert "all equal between evaluation and pandas" in text
+    assert re.search(r"Speed-up 2 workers vs 1: \*\*[\d.]+×\*\*", text)
+    assert "4 units (2 apps × 2 policies" in text
 
 
-def test_memory_benchmark_reports_growth(tmp_path: Path) -> None:
+def test_memory_benchmark_reports_growth_per_run(tmp_path: Path) -> None:
     out = tmp_path / "coldpath_memory.md"
     coldpath_memory.main(
-        [
-            *("--documents", "300", "--reference", "100", "--repeats", "1"),
-            *("--data", str(tmp_path / "store.db"), "--out", str(out)),
-        ]
-    )
-    text = out.read_text(encoding="utf-8")
-    assert "**Median peak growth:" in text
-    assert "300 latencies" in text
+        ["--documents", "500", "--reference", "100", "--pool", "100", "--repeats", "1",
+         "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    )  # fmt: skip
+    text = out.read_text()
+    assert re.search(r"\| 1 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \|", text)
+    assert re.search(r"Median peak RSS growth: [\d.]+ MiB", text)
+    assert "(500 documents)" in text and "(100 documents)" in text
