@@ -53,7 +53,6 @@ from bench.coldpath_data import (
     write_config,
 )
 from coldpath.executors.local import LocalExecutor
-from coldpath.runner import ShardRunner
 from coldpath.shards import build_manifest
 from coldpath.trigger import WindowChoice, plan
 from evalstream import wiring
@@ -89,19 +88,7 @@ async def evaluate(settings: Settings, run: int) -> dict[str, dict[str, Any]]:
     """One unit through the shard runner; the values of each metric by name."""
     policy = settings.coldpath.policies[0]
     manifest = build_manifest(WINDOW, [policy], [APP], group_size=1, code_version="bench", run=run)
-    async with (
-        wiring.store(settings) as telemetry,
-        wiring.evaluation_store(settings) as evaluations,
-        wiring.alert_publisher(settings) as publisher,
-    ):
-        runner = ShardRunner(
-            telemetry=telemetry,
-            evaluations=evaluations,
-            publisher=publisher,
-            catalogue=wiring.metric_catalogue(settings),
-            apps=settings.apps,
-            page_size=settings.coldpath.page_size,
-        )
+    async with wiring.shard_runner(settings) as runner:
         outcome = await runner.run_unit(manifest, manifest.units[0])
     return {result.metric: dict(result.values) for result in outcome.results}
 

@@ -40,7 +40,6 @@ from bench.coldpath_data import (
     settings_for,
     write_config,
 )
-from coldpath.runner import ShardRunner
 from coldpath.shards import build_manifest
 from evalstream import wiring
 
@@ -84,20 +83,7 @@ async def evaluate(data_dir: Path, config: Path, page_size: int, run: int) -> di
     settings = settings_for(data_dir, config, page_size)
     policy = settings.coldpath.policies[0]
     manifest = build_manifest(WINDOW, [policy], [APP], group_size=1, code_version="bench", run=run)
-    catalogue = wiring.metric_catalogue(settings)
-    async with (
-        wiring.store(settings) as telemetry,
-        wiring.evaluation_store(settings) as evaluations,
-        wiring.alert_publisher(settings) as publisher,
-    ):
-        runner = ShardRunner(
-            telemetry=telemetry,
-            evaluations=evaluations,
-            publisher=publisher,
-            catalogue=catalogue,
-            apps=settings.apps,
-            page_size=settings.coldpath.page_size,
-        )
+    async with wiring.shard_runner(settings) as runner:
         gc.collect()
         baseline = status_kib("VmRSS")
         reset = reset_peak()

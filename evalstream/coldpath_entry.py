@@ -19,14 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from coldpath.exceptions import ManifestNotFound
 from coldpath.executors.inline import InlineExecutor
 from coldpath.ports import Executor, JobReport
-from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan, submit
 from coldpath.units import run_one_unit
 from evalstream import wiring
 from evalstream.settings import Settings, SettingsError
 from schemas import EvaluationPolicy, Unit, Window
 from schemas.evaluation import ComputeClass
-from store.ports import EvaluationStore, TelemetryStore
+from store.ports import EvaluationStore
 
 logger = logging.getLogger(__name__)
 
@@ -100,32 +99,11 @@ def by_compute_class(
 
 
 @asynccontextmanager
-async def open_runner(
-    settings: Settings, evaluations: EvaluationStore
-) -> AsyncIterator[ShardRunner]:
-    """A shard runner over the configured telemetry store and alert publisher."""
-    catalogue = wiring.metric_catalogue(settings)
-    telemetry: TelemetryStore
-    async with (
-        wiring.store(settings) as telemetry,
-        wiring.alert_publisher(settings) as publisher,
-    ):
-        yield ShardRunner(
-            telemetry=telemetry,
-            evaluations=evaluations,
-            publisher=publisher,
-            catalogue=catalogue,
-            apps=settings.apps,
-            page_size=settings.coldpath.page_size,
-        )
-
-
-@asynccontextmanager
 async def _executor(
     settings: Settings, name: str, evaluations: EvaluationStore
 ) -> AsyncIterator[Executor]:
     if name == "inline":
-        async with open_runner(settings, evaluations) as runner:
+        async with wiring.shard_runner(settings, evaluations) as runner:
             yield InlineExecutor(runner)
         return
     # Batch is submitted and left running: a function invocation must not outlive its job.
@@ -187,7 +165,7 @@ async def evaluate_unit(settings: Settings, manifest_id: str, unit: Unit) -> Uni
         manifest = await store.load_manifest(manifest_id)
         if manifest is None:
             raise ManifestNotFound(f"no manifest {manifest_id!r} staged")
-        async with open_runner(settings, store) as runner:
+        async with wiring.shard_runner(settings, store) as runner:
             outcome = await run_one_unit(runner, manifest, unit)
     return UnitReport(
         manifest_id=manifest_id,

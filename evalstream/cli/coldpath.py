@@ -17,7 +17,6 @@ from rich.table import Table
 
 from coldpath.exceptions import ColdpathError, ManifestNotFound
 from coldpath.ports import JobReport
-from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, pending_units, plan, submit
 from coldpath.windows import parse_moment, parse_window, windows_between
 from evalstream import logs, wiring
@@ -247,20 +246,7 @@ async def _run_shard(
         manifest = await _load_manifest(settings, reference)
     else:
         raise ManifestNotFound("give --manifest or --manifest-url")
-    catalogue = wiring.metric_catalogue(settings)
-    async with (
-        wiring.store(settings) as telemetry,
-        wiring.evaluation_store(settings) as evaluations,
-        wiring.alert_publisher(settings) as publisher,
-    ):
-        runner = ShardRunner(
-            telemetry=telemetry,
-            evaluations=evaluations,
-            publisher=publisher,
-            catalogue=catalogue,
-            apps=settings.apps,
-            page_size=settings.coldpath.page_size,
-        )
+    async with wiring.shard_runner(settings) as runner:
         outcomes = await runner.run_shard(manifest, group_index)
     return sum(not outcome.skipped for outcome in outcomes)
 

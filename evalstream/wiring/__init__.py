@@ -8,7 +8,7 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from stream.stats import ProcessorStats
 
 if TYPE_CHECKING:
     from coldpath.executors.batch import BatchExecutor
+    from coldpath.runner import ShardRunner
 
 USER_HASH_KEY_FILE = "user-hash.key"
 
@@ -289,3 +290,27 @@ def log_positions(settings: Settings) -> list[tuple[int, int, int]]:
         ]
     finally:
         log.close()
+
+
+@asynccontextmanager
+async def shard_runner(
+    settings: Settings, evaluations: EvaluationStore | None = None
+) -> AsyncIterator[ShardRunner]:
+    """The cold path's shard runner over the configured telemetry store, evaluation store
+    (``evaluations`` when the caller has it open already) and alert publisher."""
+    from coldpath.runner import ShardRunner
+
+    catalogue = metric_catalogue(settings)
+    async with AsyncExitStack() as stack:
+        telemetry = await stack.enter_async_context(store(settings))
+        if evaluations is None:
+            evaluations = await stack.enter_async_context(evaluation_store(settings))
+        publisher = await stack.enter_async_context(alert_publisher(settings))
+        yield ShardRunner(
+            telemetry=telemetry,
+            evaluations=evaluations,
+            publisher=publisher,
+            catalogue=catalogue,
+            apps=settings.apps,
+            page_size=settings.coldpath.page_size,
+        )
