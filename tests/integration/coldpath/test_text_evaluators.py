@@ -123,7 +123,9 @@ def test_call_cap_stops_the_window_after_max_calls(
     docs = [doc(i) for i in range(10)]
     outcome = run(judge, "text.coherence", docs, {"sample_size": 10, "max_calls": 3})
     assert len(server.requests) == 3
-    assert [r.doc for r in server.requests] == bottom(docs, 3, 0)  # cut in priority order
+    # The cap keeps the three highest-priority documents of the sample. They are sent
+    # concurrently (concurrency 4), so the order they reach the judge is not theirs.
+    assert sorted(r.doc or "" for r in server.requests) == sorted(bottom(docs, 3, 0))
     assert (outcome.values["evaluated"], outcome.values["capped"]) == (3, 7)
     assert outcome.status == "ok"
 
