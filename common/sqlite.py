@@ -3,13 +3,14 @@ the event loop, how ``sqlite3`` errors become the caller's own errors.
 
 Every SQLite adapter (store, alert topic, local event log, cold-path progress) holds a
 ``SqliteFile`` and does its work in plain functions of a ``sqlite3.Connection`` passed to
-``run`` (from async code: on the file's own worker thread, one call at a time) or
-``run_blocking`` (from sync code). Errors come out as the adapter's error type.
+``run`` (from async code) or ``run_blocking`` (from sync code), one call at a time. Errors come
+out as the adapter's error type.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from typing import Literal, TypeVar
 from common.errors import EvalstreamError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
 CACHE_KIB = 32 * 1024
@@ -35,6 +38,11 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 # write lock, or the disk is full or failing for now. Anything else (constraint, corrupt file,
 # bad SQL) will fail the same way again.
 _TRANSIENT = ("locked", "busy", "disk is full", "disk i/o error", "unable to open")
+
+# Rows changed between two WAL checkpoints. SQLite's own automatic checkpoint (1,000 pages) runs
+# inside whichever commit crosses it, fsync included; ``SqliteFile`` turns it off and runs the
+# checkpoint itself on its worker thread after about as much work (~1-2 KB rows: 10-20 MB).
+CHECKPOINT_EVERY_CHANGES = 10_000
 
 
 def connect(
@@ -107,10 +115,15 @@ def map_error(
 class SqliteFile:
     """One SQLite file, opened with ``connect`` and the adapter's ``schema``.
 
-    ``run`` moves a blocking call onto this file's single worker thread (so calls on one
-    connection never overlap and the event loop never waits on a lock or an fsync);
-    ``run_blocking`` does the same work on the calling thread for sync callers. Both map
-    ``sqlite3`` errors to ``error_type`` (passing causes to ``transient_type``, if given).
+    ``run`` (async callers) does the call on the calling thread when it can finish without
+    waiting, and otherwise on this file's single worker thread, so the event loop never sleeps
+    on another process's write lock nor on an fsync. Handing every call to the thread would
+    be simpler, but its CPU cost is not small: the sqlite3 module releases the GIL around each
+    row step, and the two threads' hand-offs cost ~20% more CPU per processed event than the
+    same work on the loop thread (measured, bench/results/layout_processor.md).
+    ``run_blocking`` does the work on the calling thread for sync callers. Both map ``sqlite3``
+    errors to ``error_type`` (passing causes to ``transient_type``, if given). WAL checkpoints
+    run on the worker thread (or the sync caller's), never inside a call made from the loop.
     Closing twice is harmless; use after close raises.
     """
 
@@ -128,14 +141,17 @@ class SqliteFile:
         self.path = path
         self.error_type = error_type
         self.transient_type = transient_type
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._closed = False
+        self._checkpoint_queued = False
         connection: sqlite3.Connection | None = None
         try:
             connection = connect(
                 path, page_size=page_size, synchronous=synchronous, busy_timeout_s=busy_timeout_s
             )
+            connection.execute("PRAGMA wal_autocheckpoint=0")
             if schema:
                 connection.executescript(schema)
         except sqlite3.Error as exc:
@@ -144,6 +160,7 @@ class SqliteFile:
             self._executor.shutdown(wait=False)
             raise map_error(exc, f"opening {path}", error_type, transient_type) from exc
         self._connection = connection
+        self._changes_at_checkpoint = connection.total_changes
 
     @property
     def closed(self) -> bool:
@@ -155,16 +172,81 @@ class SqliteFile:
             if self._closed:
                 raise self.error_type(f"{what}: {self.path} is closed")
             try:
-                return call(self._connection)
+                result = call(self._connection)
             except sqlite3.Error as exc:
-                raise map_error(exc, what, self.error_type, self.transient_type) from exc
+                raise self._error(exc, what) from exc
+            self._checkpoint_if_due()
+            return result
 
     async def run(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
-        """``run_blocking`` on the worker thread, awaited without blocking the event loop."""
+        """``call(connection)`` without blocking the event loop: here if the file is free now,
+        else on the worker thread."""
         if self._closed:
             raise self.error_type(f"{what}: {self.path} is closed")
+        if self._lock.acquire(blocking=False):
+            try:
+                done, result = self._run_without_waiting(call, what)
+            finally:
+                self._lock.release()
+            if done:
+                return result  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_blocking, call, what)
+
+    def _run_without_waiting(
+        self, call: Callable[[sqlite3.Connection], T], what: str
+    ) -> tuple[bool, T | None]:
+        """(True, result), or (False, None) when the file was busy before the call changed
+        anything, so running it again on the worker thread is safe. Called holding the lock."""
+        if self._closed:
+            raise self.error_type(f"{what}: {self.path} is closed")
+        connection = self._connection
+        changes = connection.total_changes
+        # Busy timeout 0: a locked file answers SQLITE_BUSY at once instead of sleeping here.
+        connection.execute("PRAGMA busy_timeout=0")
+        try:
+            return True, call(connection)
+        except sqlite3.OperationalError as exc:
+            untouched = connection.total_changes == changes and not connection.in_transaction
+            if untouched and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return False, None
+            raise self._error(exc, what) from exc
+        except sqlite3.Error as exc:
+            raise self._error(exc, what) from exc
+        finally:
+            connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            self._queue_checkpoint_if_due()
+
+    def _error(self, exc: sqlite3.Error, what: str) -> EvalstreamError:
+        return map_error(exc, what, self.error_type, self.transient_type)
+
+    def _checkpoint_due(self) -> bool:
+        return (
+            self._connection.total_changes - self._changes_at_checkpoint >= CHECKPOINT_EVERY_CHANGES
+        )
+
+    def _checkpoint_if_due(self) -> None:
+        """A passive WAL checkpoint, on this (non-loop) thread; called holding the lock."""
+        if not self._checkpoint_due() or self._connection.in_transaction:
+            return
+        self._changes_at_checkpoint = self._connection.total_changes
+        try:
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            # The WAL keeps the data; the next checkpoint (or closing) copies it over.
+            log.warning("checkpoint of %s failed: %s", self.path, exc)
+
+    def _queue_checkpoint_if_due(self) -> None:
+        if self._checkpoint_queued or not self._checkpoint_due():
+            return
+        self._checkpoint_queued = True
+        self._executor.submit(self._checkpoint_on_worker)
+
+    def _checkpoint_on_worker(self) -> None:
+        with self._lock:
+            self._checkpoint_queued = False
+            if not self._closed:
+                self._checkpoint_if_due()
 
     def close(self) -> None:
         with self._lock:
