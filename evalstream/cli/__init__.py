@@ -3,20 +3,59 @@
 process.py (process, send, simulate, schema), store.py (status, quarantine), alerts.py,
 coldpath.py (+ pool.py), evaluations.py, report.py; options.py holds what they share. Commands
 get their adapters from ``evalstream.wiring`` only.
+
+A command's module is imported when that command runs, not before: a Batch node starts a
+fresh ``evalstream coldpath run-shard`` per shard task, and importing every command's module
+(the processor, the alert handlers with httpx, ...) took about half of that start-up.
 """
 
 from __future__ import annotations
 
-import typer
+import importlib
+from typing import Any
 
-from evalstream.cli import process, store
-from evalstream.cli.alerts import alerts_app
-from evalstream.cli.coldpath import coldpath_app
-from evalstream.cli.evaluations import evaluations
-from evalstream.cli.pool import pool_app
-from evalstream.cli.report import report
+import typer
+import typer.core
+import typer.main
+
+# Command name -> (module, attribute): a Typer app (a command group) or a command function.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "process": ("evalstream.cli.process", "process"),
+    "send": ("evalstream.cli.process", "send"),
+    "simulate": ("evalstream.cli.process", "simulate"),
+    "schema": ("evalstream.cli.process", "schema"),
+    "status": ("evalstream.cli.store", "status"),
+    "quarantine": ("evalstream.cli.store", "quarantine"),
+    "alerts": ("evalstream.cli.alerts", "alerts_app"),
+    "coldpath": ("evalstream.cli.coldpath", "coldpath_app"),
+    "evaluations": ("evalstream.cli.evaluations", "evaluations"),
+    "report": ("evalstream.cli.report", "report"),
+}
+
+
+class LazyCommands(typer.core.TyperGroup):
+    """The root group: lists ``COMMANDS`` and imports a command's module only when asked."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name]
+        target = getattr(importlib.import_module(module), attribute)
+        if not isinstance(target, typer.Typer):
+            # A Typer app holding one command converts to that command itself.
+            single = typer.Typer(pretty_exceptions_enable=False)
+            single.command(cmd_name)(target)
+            target = single
+        command = typer.main.get_command(target)
+        command.name = cmd_name
+        return command
+
 
 app = typer.Typer(
+    cls=LazyCommands,
     help=(
         "evalstream: validated telemetry, real-time alerts and evaluations for AI apps.\n\n"
         "Settings come from EVALSTREAM_* environment variables over a TOML file (--config); "
@@ -27,17 +66,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for command in (process.process, process.send, process.simulate, process.schema):
-    app.command()(command)
-app.command()(store.status)
-app.command()(store.quarantine)
-app.add_typer(alerts_app, name="alerts", help="Alert subscriptions: listen, dead letters.")
-app.add_typer(
-    coldpath_app, name="coldpath", help="Cold path: evaluate policies over stored windows."
-)
-coldpath_app.add_typer(pool_app, name="pool")
-app.command("evaluations")(evaluations)
-app.command("report")(report)
+
+@app.callback()
+def evalstream() -> None:
+    # A callback makes the root a group even though its commands are only known by name.
+    pass
 
 
 def main() -> None:

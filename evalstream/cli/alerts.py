@@ -38,6 +38,7 @@ EXIT_INTERRUPTED = 130
 
 alerts_app = typer.Typer(
     name="alerts",
+    short_help="Alert subscriptions: listen, dead letters.",
     help=(
         "Follow breach alerts. Breaches (drift, latency, error-rate and evaluation alerts) are "
         "published to a topic; each subscription from the config (\\[\\[alerts.subscriptions]]) "

@@ -30,18 +30,21 @@ from evalstream.cli.options import (
     fail,
     run,
 )
+from evalstream.cli.pool import pool_app
 from evalstream.settings import Settings, SettingsError
 from schemas import EvaluationPolicy, JobManifest
 
 coldpath_app = typer.Typer(
     help=(
         "The cold path: evaluate policies over stored time windows.\n\n"
-        "A policy (settings [[coldpath.policies]]) names metrics, thresholds and a window "
+        "A policy (settings \\[\\[coldpath.policies]]) names metrics, thresholds and a window "
         "length; each due window becomes a job manifest whose shards run on an executor "
         "(local: a process per shard over every core). Re-running a window changes nothing."
     ),
+    short_help="Cold path: evaluate policies over stored windows.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
 
 
@@ -367,3 +370,6 @@ def status(
             str(manifest.shard_count),
         )
     Console().print(table)
+
+
+coldpath_app.add_typer(pool_app, name="pool")
