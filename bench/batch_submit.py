@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from schemas import EvaluationPolicy, JobManifest, Window
 from tests.emulators.batch import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME
 from tests.emulators.batch_fixtures import start_batch
 
+RESULTS = Path(__file__).parent / "results" / "batch_submit.md"
 SHARDS = 10_000
 RUNS = 5
 
@@ -59,12 +61,14 @@ async def submit(url: str, manifest: JobManifest) -> tuple[float, int, int]:
     return seconds, executor.last_submit.calls, executor.last_submit.tasks_added
 
 
-def startup(argv: list[str]) -> list[float]:
-    times = []
+def startup(commands: dict[str, list[str]]) -> dict[str, list[float]]:
+    """Seconds per run of each command, the commands interleaved round by round."""
+    times: dict[str, list[float]] = {label: [] for label in commands}
     for _ in range(RUNS):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True)
-        times.append(time.perf_counter() - started)
+        for label, argv in commands.items():
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            times[label].append(time.perf_counter() - started)
     return times
 
 
@@ -81,26 +85,50 @@ def main() -> None:
             seconds, calls, added = asyncio.run(submit(url, manifest))
         finally:
             server.stop()
-    print(f"submit {SHARDS} shards: {added} tasks added in {calls} calls, {seconds:.2f} s")
+    lines = [
+        f"run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"submit {SHARDS} shards: {added} tasks added in {calls} calls, {seconds:.2f} s",
+    ]
     python = [sys.executable]
-    for label, argv in (
-        ("python -c pass", [*python, "-c", "pass"]),
-        ("run-shard --help", [*python, "-m", "evalstream", "coldpath", "run-shard", "--help"]),
+    commands = dict(
         (
-            "imports of run-shard + azure adapters",
-            [
-                *python,
-                "-c",
-                "import evalstream.cli, store.cosmos_evaluations, store.cosmos, "
-                "alerts.servicebus, coldpath.executors.blob_staging",
-            ],
-        ),
-    ):
-        times = startup(argv)
-        print(
+            ("python -c pass", [*python, "-c", "pass"]),
+            ("run-shard --help", [*python, "-m", "evalstream", "coldpath", "run-shard", "--help"]),
+            (
+                # What every command paid before the root command imported modules lazily.
+                "imports of every command's module",
+                [
+                    *python,
+                    "-c",
+                    "import evalstream.cli.process, evalstream.cli.store, evalstream.cli.alerts, "
+                    "evalstream.cli.coldpath, evalstream.cli.evaluations, evalstream.cli.report",
+                ],
+            ),
+            (
+                "imports of run-shard + azure adapters",
+                [
+                    *python,
+                    "-c",
+                    "import evalstream.cli.coldpath, store.cosmos_evaluations, store.cosmos, "
+                    "alerts.servicebus, coldpath.executors.blob_staging",
+                ],
+            ),
+        )
+    )
+    lines.append(
+        "load average before the start-up runs: "
+        + " ".join(f"{value:.2f}" for value in os.getloadavg())
+    )
+    for label, times in startup(commands).items():
+        lines.append(
             f"{label}: median {statistics.median(times):.3f} s, min {min(times):.3f} s "
             f"({', '.join(f'{t:.3f}' for t in times)})"
         )
+    RESULTS.write_text(
+        "# bench.batch_submit\n\n`python -m bench.batch_submit`; start-up commands interleaved, "
+        f"{RUNS} rounds.\n\n```\n" + "\n".join(lines) + "\n```\n"
+    )
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from coldpath.exceptions import ColdpathError, ManifestNotFound
 from coldpath.ports import JobReport
+from coldpath.result_files import result_file_name, result_lines, shard_results
 from coldpath.trigger import WindowChoice, pending_units, plan, submit
 from coldpath.windows import parse_moment, parse_window, windows_between
 from evalstream import logs, wiring
@@ -251,6 +252,11 @@ async def _run_shard(
         raise ManifestNotFound("give --manifest or --manifest-url")
     async with wiring.shard_runner(settings) as runner:
         outcomes = await runner.run_shard(manifest, group_index)
+        if settings.azure.batch.staging.result_files:
+            results = await shard_results(runner.evaluations, manifest, group_index)
+            await wiring.put_staged_text(
+                settings, result_file_name(manifest.id, group_index), result_lines(results)
+            )
     return sum(not outcome.skipped for outcome in outcomes)
 
 

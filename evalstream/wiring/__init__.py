@@ -267,6 +267,14 @@ def batch_executor(settings: Settings, *, follow: bool = True) -> BatchExecutor:
     return BatchExecutor(batch, stage=stage, follow=follow)
 
 
+async def put_staged_text(settings: Settings, name: str, text: str) -> None:
+    """Write a text file (a shard's results) to the Batch staging container."""
+    from coldpath.executors.blob_staging import BlobStaging
+
+    async with BlobStaging(settings.azure.batch.staging) as staging:
+        await staging.put_text(name, text)
+
+
 def code_version() -> str:
     """This program's version, frozen into each manifest (results say what computed them)."""
     from importlib.metadata import PackageNotFoundError, version

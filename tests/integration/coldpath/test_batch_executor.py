@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.storage.blob.aio import BlobServiceClient
 
 from coldpath.executors.batch import BatchExecutor, batch_client
 from coldpath.executors.batch_status import TaskRecord, job_status
@@ -24,7 +25,7 @@ from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan
 from evalstream import wiring
 from evalstream.settings import Settings
-from schemas import JobManifest
+from schemas import EvaluationResult, JobManifest
 from store.cosmos import CosmosStore
 from tests.emulators.batch_fixtures import BatchServer
 from tests.emulators.fault_proxy import FaultProxy
@@ -83,13 +84,30 @@ def test_batch_jobs_give_the_local_executors_results_and_breaches(cold: AzureCol
     asyncio.run(cold.seed(documents(cold.name, apps=6, hours=HOURS)))
 
     backfill(cold, "local", cold.env("local"))
-    output = backfill(cold, "batch", cold.trigger_env("batch"))
+    result_files = {
+        "EVALSTREAM_AZURE__BATCH__STAGING__RESULT_FILES": "true",
+        "EVALSTREAM_AZURE__BATCH__STAGING__CONNECTION_STRING": cold.azurite.connection_string,
+        "EVALSTREAM_AZURE__BATCH__STAGING__CONTAINER": cold.name,
+    }
+    output = backfill(cold, "batch", cold.trigger_env("batch", **result_files))
     assert output.count("manifest ") == HOURS, output
 
     local, on_batch = asyncio.run(cold.results("local")), asyncio.run(cold.results("batch"))
     # 6 apps × (speed: 2 metrics + health: 1 metric) × 2 windows
     assert len(local) == 6 * 3 * HOURS
     assert comparable(on_batch) == comparable(local)
+    # One result file per shard (12 units, 6 a shard: two per window), exactly their results.
+    files = asyncio.run(result_files_of(cold))
+    assert sorted(name.rsplit("/", 1)[1] for name in files) == sorted(
+        ["shard-00000.jsonl", "shard-00001.jsonl"] * HOURS
+    )
+    from_files = [
+        EvaluationResult.model_validate_json(line)
+        for text in files.values()
+        for line in text.splitlines()
+    ]
+    assert sorted(r.id for r in from_files) == sorted(r.id for r in on_batch)
+    assert comparable(from_files) == comparable(on_batch)
     assert {r.status for r in local} >= {"ok", "warning", "critical"}
     breaches = cold.breach_ids("local")
     assert breaches and cold.breach_ids("batch") == breaches
@@ -101,6 +119,17 @@ def test_batch_jobs_give_the_local_executors_results_and_breaches(cold: AzureCol
     # Triggering again finds every unit done: nothing is submitted.
     backfill(cold, "batch", cold.trigger_env("batch"))
     assert cold.batch.stats()["requests"]["POST /jobs"] == HOURS
+
+
+async def result_files_of(cold: AzureColdpath) -> dict[str, str]:
+    service = BlobServiceClient.from_connection_string(cold.azurite.connection_string)
+    async with service:
+        container = service.get_container_client(cold.name)
+        files = {}
+        async for blob in container.list_blobs(name_starts_with="results/"):
+            stream = await container.download_blob(blob.name)
+            files[blob.name] = (await stream.readall()).decode()
+        return files
 
 
 def test_a_second_run_of_a_manifest_finds_its_job(cold: AzureColdpath) -> None:
