@@ -59,24 +59,6 @@ class JobStatus:
         done = self.succeeded + self.failed
         return self.failed / done if done else 0.0
 
-    def metrics(self) -> dict[str, float]:
-        """The same figures as flat metric values (``coldpath_batch_*``)."""
-        values: dict[str, float] = {
-            "coldpath_batch_tasks": float(self.tasks),
-            "coldpath_batch_tasks_succeeded": float(self.succeeded),
-            "coldpath_batch_tasks_failed": float(self.failed),
-            "coldpath_batch_task_retries": float(self.retries),
-            "coldpath_batch_task_requeues": float(self.requeues),
-            "coldpath_batch_failure_rate": self.failure_rate,
-        }
-        for state, count in self.by_state.items():
-            values[f"coldpath_batch_tasks_{state}"] = float(count)
-        for p, value in self.queue_latency_s.items():
-            values[f"coldpath_batch_queue_latency_p{p}_seconds"] = value
-        for p, value in self.run_time_s.items():
-            values[f"coldpath_batch_run_time_p{p}_seconds"] = value
-        return values
-
 
 def job_status(job_id: str, state: str, tasks: Sequence[TaskRecord]) -> JobStatus:
     by_state = Counter({"active": 0, "running": 0, "completed": 0})

@@ -305,7 +305,14 @@ async def _status(
         return [(manifest, await pending_units(manifest, store)) for manifest in manifests]
 
 
-def _batch_status(settings: Settings, job: str, metrics: bool) -> None:
+def _batch_status(
+    settings: Settings,
+    job: str,
+    metrics: bool,
+    textfile: Path | None = None,
+    push_gateway: str | None = None,
+) -> None:
+    from coldpath.executors import batch_metrics
     from coldpath.executors.batch import batch_client
 
     executor = wiring.batch_executor(settings)
@@ -315,9 +322,15 @@ def _batch_status(settings: Settings, job: str, metrics: bool) -> None:
             return await executor.status(client, job)
 
     figures = run(read())
+    if textfile is not None:
+        batch_metrics.write_textfile(figures, textfile)
+    if push_gateway is not None:
+        try:
+            batch_metrics.push(figures, push_gateway)
+        except OSError as exc:
+            raise fail(f"pushing the job's metrics to {push_gateway}: {exc}") from exc
     if metrics:
-        for name, value in figures.metrics().items():
-            typer.echo(f'{name}{{job="{job}"}} {value:g}')
+        typer.echo(batch_metrics.exposition(figures), nl=False)
         return
     table = Table("job", "state", "active", "running", "succeeded", "failed", "retries", "requeues")
     table.add_row(
@@ -350,8 +363,25 @@ def status(
     ] = None,
     policy: PolicyOption = None,
     metrics: Annotated[
-        bool, typer.Option("--metrics", help="With JOB: the figures as metric lines.")
+        bool,
+        typer.Option("--metrics", help="With JOB: print the figures as Prometheus metrics."),
     ] = False,
+    textfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--textfile",
+            help="With JOB: also write the metrics to this file (node exporter's textfile "
+            "collector; written atomically).",
+        ),
+    ] = None,
+    push_gateway: Annotated[
+        str | None,
+        typer.Option(
+            "--push-gateway",
+            help="With JOB: also push the metrics to this Prometheus Pushgateway "
+            "(job evalstream_coldpath, grouped by job_id).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -361,7 +391,7 @@ def status(
     settings = load(config, data_dir)
     if job is not None:
         try:
-            _batch_status(settings, job, metrics)
+            _batch_status(settings, job, metrics, textfile, push_gateway)
         except SettingsError as exc:
             raise fail(str(exc)) from exc
         return

@@ -6,9 +6,12 @@ ids equal the local executor's for the same windows. A re-trigger finds the job 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from coldpath.executors.batch import BatchExecutor, batch_client
 from coldpath.executors.batch_status import TaskRecord, job_status
@@ -290,3 +294,52 @@ def test_a_task_that_always_fails_ends_failed_with_its_error(cold: AzureColdpath
     assert shown.returncode == 0, shown.stderr
     assert "failure rate: 100.0%" in shown.stdout
     assert "failed: shard-000000 exit code 2: FailureExitCode" in shown.stdout
+
+    # The same figures exported: printed, written for a textfile collector, pushed to a gateway.
+    textfile = cold.tmp / "coldpath.prom"
+    with recording_http_server() as (gateway, received):
+        exported = subprocess.run(
+            [sys.executable, "-m", "evalstream", "coldpath", "status", manifest.id, "--metrics",
+             "--textfile", str(textfile), "--push-gateway", gateway],
+            env={**os.environ, **cold.trigger_env("failing")},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    ((method, path, body),) = received
+    assert (method, path) == ("PUT", f"/metrics/job/evalstream_coldpath/job_id/{manifest.id}")
+    for text in (exported.stdout, textfile.read_text(), body):
+        values = {
+            (sample.name, sample.labels.get("result", sample.labels.get("state"))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.labels["job_id"] == manifest.id
+        }
+        assert values[("evalstream_coldpath_batch_failure_ratio", None)] == 1.0
+        assert values[("evalstream_coldpath_batch_tasks_completed", "failure")] == 1
+        assert values[("evalstream_coldpath_batch_tasks_completed", "success")] == 0
+        assert values[("evalstream_coldpath_batch_task_retries", None)] == 1
+
+
+@contextlib.contextmanager
+def recording_http_server() -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
+    """A stand-in Pushgateway: records (method, path, body) of every request, answers 200."""
+    received: list[tuple[str, str, str]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            received.append(("PUT", self.path, self.rfile.read(length).decode()))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()

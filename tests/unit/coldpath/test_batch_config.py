@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from coldpath.executors.batch_config import MAX_FORMULA_BYTES, PoolSettings, autoscale_formula
+from coldpath.executors.batch_metrics import exposition
 from coldpath.executors.batch_status import TaskRecord, job_status, percentiles
 from evalstream.settings import load_settings
 from tests.emulators.batch import autoscale
@@ -74,8 +76,26 @@ def test_job_status_figures() -> None:
     assert status.failure_rate == pytest.approx(1 / 3)
     assert status.queue_latency_s == {50: 2.0, 90: 4.0, 99: 4.0}
     assert status.run_time_s == {50: 20.0, 90: 30.0, 99: 30.0}
-    assert status.metrics()["coldpath_batch_failure_rate"] == pytest.approx(1 / 3)
     assert percentiles([]) == {}
+
+    # The same figures as Prometheus metrics, parsed back from the exposition text.
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition(status))
+        for sample in family.samples
+    }
+    job = ("job_id", "j")
+    assert samples[("evalstream_coldpath_batch_failure_ratio", (job,))] == pytest.approx(1 / 3)
+    assert samples[("evalstream_coldpath_batch_tasks", (job, ("state", "running")))] == 1
+    assert samples[("evalstream_coldpath_batch_tasks", (job, ("state", "completed")))] == 3
+    completed = "evalstream_coldpath_batch_tasks_completed"
+    assert samples[(completed, (job, ("result", "failure")))] == 1
+    assert samples[(completed, (job, ("result", "success")))] == 2
+    assert samples[("evalstream_coldpath_batch_task_retries", (job,))] == 2
+    assert samples[("evalstream_coldpath_batch_task_requeues", (job,))] == 1
+    latency = "evalstream_coldpath_batch_queue_latency_seconds"
+    assert samples[(latency, (job, ("quantile", "0.9")))] == 4.0
+    assert samples[("evalstream_coldpath_batch_run_time_seconds", (job, ("quantile", "0.5")))] == 20
 
 
 def test_the_docs_batch_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
