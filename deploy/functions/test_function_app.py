@@ -103,7 +103,8 @@ def seed(data_dir: Path, hours: list[datetime]) -> None:
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """App settings of the function host: the config file, the embedded data dir, and the heavy
-    policies' executor (inline here: the Batch path has its own tests)."""
+    policies' executor (inline here; the same hand-off to the Batch test server is
+    tests/integration/coldpath/test_batch_executor.py::test_the_durable_hand_off_of_heavy_manifests_runs_them_on_batch)."""
     import os
 
     for key in list(os.environ):

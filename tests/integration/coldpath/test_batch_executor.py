@@ -22,12 +22,13 @@ from azure.storage.blob.aio import BlobServiceClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from coldpath.executors.batch import BatchExecutor, batch_client
-from coldpath.executors.batch_status import TaskRecord, job_status
+from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
 from coldpath.executors.inline import InlineExecutor
 from coldpath.ports import JobReport
 from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan
 from evalstream import wiring
+from evalstream.coldpath_entry import plan_due, submit_manifests
 from evalstream.settings import Settings
 from schemas import EvaluationResult, JobManifest
 from store.cosmos import CosmosStore
@@ -343,3 +344,35 @@ def recording_http_server() -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_durable_hand_off_of_heavy_manifests_runs_them_on_batch(cold: AzureColdpath) -> None:
+    """What the Durable orchestration's heavy-policy activity does (``submit_manifests`` with the
+    Batch executor: submitted, not followed) gives the local executor's results."""
+    cold.apps, cold.group_size = 2, 2
+    asyncio.run(cold.seed(documents(cold.name, apps=2, hours=1)))
+    settings = cold.settings("durable")
+    planned = asyncio.run(plan_due(settings, now=START + timedelta(hours=1, minutes=5)))
+    assert [p.window.start for p in planned] == [START]
+
+    reports = asyncio.run(submit_manifests(settings, [p.id for p in planned], executor="batch"))
+    assert [report.manifest_id for report in reports] == [p.id for p in planned]
+
+    async def finished(job: str) -> JobStatus:
+        executor = wiring.batch_executor(settings)
+        async with batch_client(settings.azure.batch) as client, asyncio.timeout(120):
+            while True:
+                status = await executor.status(client, job)
+                if status.tasks and status.by_state.get("completed") == status.tasks:
+                    return status
+                await asyncio.sleep(0.2)
+
+    for manifest in planned:
+        status = asyncio.run(finished(manifest.id))
+        assert (status.succeeded, status.failed) == (manifest.shards, 0)
+
+    backfill(cold, "local", cold.env("local"))
+    local = [r for r in asyncio.run(cold.results("local")) if r.window.start == START]
+    on_batch = asyncio.run(cold.results("durable"))
+    assert len(on_batch) == 2 * 3
+    assert comparable(on_batch) == comparable(local)
