@@ -30,7 +30,7 @@ from tests.emulators.batch_fixtures import start_batch
 
 RESULTS = Path(__file__).parent / "results" / "batch_submit.md"
 SHARDS = 10_000
-RUNS = 5
+RUNS = 7
 
 
 async def submit(url: str, manifest: JobManifest) -> tuple[float, int, int]:
@@ -94,6 +94,10 @@ def main() -> None:
         (
             ("python -c pass", [*python, "-c", "pass"]),
             ("run-shard --help", [*python, "-m", "evalstream", "coldpath", "run-shard", "--help"]),
+            (
+                "imports of the run-shard command's module",
+                [*python, "-c", "import evalstream.cli.coldpath"],
+            ),
             (
                 # What every command paid before the root command imported modules lazily.
                 "imports of every command's module",
