@@ -8,7 +8,9 @@
 //     404 NotFound, as Cosmos DB does;
 //   * transactional batch operations carry no per-operation partition key in azure-cosmos's
 //     requests (it sends the key once, as a header), and the server needs it per operation for
-//     upsert/replace/delete/read: copy the header into each operation.
+//     upsert/replace/delete/read: copy the header into each operation;
+//   * `SELECT DISTINCT VALUE …` is a parser error in the server's query library: such a query runs
+//     as `SELECT VALUE …` over every match in one page and repeats are dropped, as Cosmos DB does.
 //
 // Usage: node cosmos_launcher.js [--port N] [--host 127.0.0.1] [--no-ssl]
 // Port and host also come from COSMOS_PORT / COSMOS_HOST; port 0 picks a free port. Prints one
@@ -62,6 +64,25 @@ jsonBody.default = async (req) => {
     }
   }
   return body;
+};
+
+const Items = require(path.join(lib, "account", "items")).default;
+const DISTINCT_VALUE = /^(\s*SELECT\s+)DISTINCT\s+(VALUE\s)/i;
+const query = Items.prototype.query;
+Items.prototype.query = function distinctAware(params, options) {
+  if (!params || typeof params.query !== "string" || !DISTINCT_VALUE.test(params.query)) {
+    return query.call(this, params, options);
+  }
+  const plain = { ...params, query: params.query.replace(DISTINCT_VALUE, "$1$2") };
+  const page = query.call(this, plain, { ...options, maxItemCount: undefined, continuation: null });
+  if (page) {
+    const seen = new Set();
+    page.result = page.result.filter((value) => {
+      const key = JSON.stringify(value);
+      return seen.has(key) ? false : (seen.add(key), true);
+    });
+  }
+  return page;
 };
 
 function fixRequest(req) {

@@ -76,3 +76,24 @@ async def test_manifests_and_progress(store: CosmosEvaluationStore) -> None:
     await store.mark_done(progress)
     await store.mark_done(progress)
     assert await store.done_units(manifest.id) == {unit.key}
+
+
+async def test_the_apps_of_a_window_are_listed_once_each(
+    store: CosmosEvaluationStore, cosmos_server: CosmosServer
+) -> None:
+    async with CosmosClient(cosmos_server.endpoint, cosmos_server.key) as client:
+        telemetry = client.get_database_client(store.database).get_container_client("telemetry")
+        start_us = int(WINDOW.start.timestamp() * 1_000_000)
+        day = WINDOW.start.date().isoformat()
+        inside = [("b", 0), ("a", 1), ("b", 2), ("c", 3_599_999_999)]
+        outside = [("d", -1), ("e", 3_600_000_000)]
+        for n, (app, offset) in enumerate(inside + outside):
+            await telemetry.upsert_item(
+                {
+                    "id": f"e{n}",
+                    "pk": f"{app}:{day}",
+                    "app_id": app,
+                    "event_time_us": start_us + offset,
+                }
+            )
+    assert await store.app_ids(WINDOW.start, WINDOW.end) == ["a", "b", "c"]

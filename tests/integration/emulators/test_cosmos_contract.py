@@ -110,6 +110,21 @@ async def test_query_pages_with_continuation_tokens(container: ContainerProxy) -
     assert sizes == [10, 5]
 
 
+async def test_cross_partition_distinct_value_lists_each_value_once(
+    container: ContainerProxy,
+) -> None:
+    # The launcher's addition: the query library has no DISTINCT.
+    for i in range(12):
+        await container.upsert_item(
+            {"id": f"d{i}", "pk": f"app-{i % 3}:day", "app": f"app-{i % 3}", "n": i}
+        )
+    query = "SELECT DISTINCT VALUE c.app FROM c WHERE c.n % 3 != 0"
+
+    values = [v async for v in container.query_items(query, max_item_count=2)]
+
+    assert sorted(values) == ["app-1", "app-2"]
+
+
 async def test_patch_item(container: ContainerProxy) -> None:
     await container.create_item({"id": "w", "pk": "p", "count": 1, "status": "open"})
 
