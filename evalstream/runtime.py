@@ -17,7 +17,8 @@ from evalstream.settings import Settings
 from schemas import Breach
 from stream.ports import EventSink
 from stream.processor import Processor
-from stream.producers.ingest import IngestApp, bound_port, serving
+from stream.producers.ingest import IngestApp
+from stream.producers.ingest_server import bound_port, serving
 from stream.producers.simulator import Incident, Simulator
 from stream.stats import ProcessorStats
 
@@ -121,10 +122,21 @@ async def run_processor(
         )
         if ingest and sink is not None:
             app = IngestApp(
-                wiring.decoder(settings), wiring.enricher(settings, "ingest"), sink, store
+                wiring.decoder(settings),
+                wiring.enricher(settings, "ingest"),
+                sink,
+                store,
+                body_timeout_s=settings.ingest.body_timeout_s,
             )
             port = settings.ingest.port if ingest_port is None else ingest_port
-            server = await stack.enter_async_context(serving(app, settings.ingest.host, port))
+            server = await stack.enter_async_context(
+                serving(
+                    app.app,
+                    settings.ingest.host,
+                    port,
+                    header_timeout_s=settings.ingest.header_timeout_s,
+                )
+            )
             on_status(
                 f"ingest: POST http://{settings.ingest.host}:{bound_port(server)}/api/telemetry"
             )

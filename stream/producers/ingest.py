@@ -3,22 +3,21 @@
 A request may carry one event, an array, or ``{"events": [...]}``. The answer lists what was
 accepted and, per rejected event, every reason; rejected events are quarantined as well.
 Status: 202 all accepted, 207 some rejected, 422 none accepted, 400 unreadable body,
-413 body or event count over the limit.
+408 body not complete within ``body_timeout_s`` of the request's start, 413 body or event count
+over the limit. A client that disconnects before its body is complete gets no answer; nothing
+of that request is kept. Serving (socket, header deadline) is ``ingest_server``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Generator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -36,11 +35,20 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _json(payload: dict[str, Any], status: int) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+def _json(payload: dict[str, Any], status: int, *, close: bool = False) -> Response:
+    # close: the request's body was not read to its end, so the connection cannot carry another.
+    headers = {"connection": "close"} if close else None
+    return Response(
+        orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers
+    )
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: int, timeout_s: float) -> bytes:
+    async with asyncio.timeout(timeout_s):
+        return await _read_all(request, limit)
+
+
+async def _read_all(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _BodyTooLarge(int(declared))
@@ -65,8 +73,15 @@ class IngestApp:
     """The Starlette application; ``sink`` and ``store`` must be open while it serves."""
 
     def __init__(
-        self, decoder: Decoder, enricher: Enricher, sink: EventSink, store: TelemetryStore
+        self,
+        decoder: Decoder,
+        enricher: Enricher,
+        sink: EventSink,
+        store: TelemetryStore,
+        *,
+        body_timeout_s: float = 30.0,
     ) -> None:
+        self.body_timeout_s = body_timeout_s
         self.decoder = decoder
         self.enricher = enricher
         self.sink = sink
@@ -85,7 +100,19 @@ class IngestApp:
         now = datetime.now(UTC)
         limit = self.decoder.limits.max_body_bytes
         try:
-            body = await _read_limited(request, limit)
+            body = await _read_limited(request, limit, self.body_timeout_s)
+        except TimeoutError:
+            return _json(
+                {
+                    "error": "body_timeout",
+                    "message": f"request body not complete within {self.body_timeout_s:g} s",
+                },
+                408,
+                close=True,
+            )
+        except ClientDisconnect:
+            logger.info("ingest client disconnected before its body was complete")
+            return _json({"error": "client_disconnected"}, 400, close=True)
         except _BodyTooLarge as exc:
             return _json(
                 {
@@ -141,38 +168,3 @@ class IngestApp:
             ]
             await self.store.write([], records)
             logger.info("ingest rejected events", extra={"rejected": len(records)})
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the CLI owns SIGTERM/SIGINT for the process."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving(app: IngestApp, host: str, port: int) -> AsyncIterator[_EmbeddedServer]:
-    """Serve ``app`` in the current event loop until the block exits."""
-    server = _EmbeddedServer(
-        uvicorn.Config(app.app, host=host, port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # raises the startup error, e.g. the port is taken
-            raise RuntimeError(f"ingest server on {host}:{port} stopped during start")
-        await asyncio.sleep(0.01)
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        await task
-
-
-def bound_port(server: uvicorn.Server) -> int:
-    """The port actually bound (useful with port 0)."""
-    for listener in server.servers:
-        for sock in listener.sockets:
-            return int(sock.getsockname()[1])
-    raise RuntimeError("ingest server is not listening")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 
 class IngestSettings(BaseModel):
@@ -12,3 +12,7 @@ class IngestSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     max_request_bytes: PositiveInt = 1024 * 1024
     max_events_per_request: PositiveInt = 500
+    # A client gets this long from its first header byte to its last, and from the end of its
+    # headers to the end of its body: a slow or stalled client cannot hold a connection longer.
+    header_timeout_s: PositiveFloat = 10.0
+    body_timeout_s: PositiveFloat = 30.0

@@ -15,7 +15,8 @@ from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
-from stream.producers.ingest import IngestApp, bound_port, serving
+from stream.producers.ingest import IngestApp
+from stream.producers.ingest_server import bound_port, serving
 from stream.sources.local_log import LocalLog, LocalLogSink
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ async def ingest(tmp_path: Path) -> AsyncIterator[Ingest]:
     async with (
         SqliteStore(tmp_path / "store.db") as store,
         LocalLogSink(tmp_path / "log.db", 2) as sink,
-        serving(IngestApp(decoder, enricher, sink, store), "127.0.0.1", 0) as server,
+        serving(IngestApp(decoder, enricher, sink, store).app, "127.0.0.1", 0) as server,
     ):
         url = f"http://127.0.0.1:{bound_port(server)}"
         async with httpx.AsyncClient(base_url=url) as client:

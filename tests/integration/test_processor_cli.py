@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -130,3 +131,18 @@ def test_second_processor_on_the_same_data_dir_is_refused(tmp_path: Path) -> Non
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=60)
+
+
+def test_a_taken_ingest_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = evalstream(
+            "process", "--data-dir", str(tmp_path / "data"), "--ingest-port", str(port)
+        )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    error_lines = [line for line in output.splitlines() if b"error" in line]
+    assert error_lines == [
+        f"error: ingest cannot listen on 127.0.0.1:{port}: Address already in use".encode()
+    ]
+    assert b"Traceback" not in output

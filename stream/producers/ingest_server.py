@@ -1,0 +1,149 @@
+"""Serving the ingest app: a socket we bind ourselves and an HTTP protocol with read deadlines.
+
+uvicorn reads request headers without a deadline and closes a half-closed connection without an
+answer, so one slow or broken client holds a connection (and a task) for as long as it likes.
+``TimedH11Protocol`` adds the two missing rules:
+
+* headers must be complete ``header_timeout_s`` after their first byte (or after the connection
+  opens); otherwise the connection is answered 408 and closed;
+* a client that half-closes while its body is shorter than its ``Content-Length`` is answered 400
+  before the connection closes, and the app sees a disconnect.
+
+The body's own deadline is the app's (``ingest.read_limited``): it knows which request it is
+answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Generator
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from stream.exceptions import StreamError
+
+_LATE_BODY = b"request headers not complete in time"
+_HEADERS_LATE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_LATE_BODY), _LATE_BODY)
+)
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header deadline and an answer for half-closed bodies."""
+
+    header_timeout_s = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm_header_deadline()  # the first byte of a next request on a kept connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and not cycle.response_started
+            and self.conn.their_state is h11.SEND_BODY
+        ):
+            self.send_400_response("request body ended before its declared Content-Length")
+            cycle.disconnected = True
+            cycle.message_event.set()
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a response is still being written; the keep-alive rules take over after
+        if self.conn.our_state is h11.IDLE:
+            self.transport.write(_HEADERS_LATE)
+        self.transport.close()
+
+
+def _timed_protocol(header_timeout_s: float) -> type[TimedH11Protocol]:
+    return type("IngestH11Protocol", (TimedH11Protocol,), {"header_timeout_s": header_timeout_s})
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the CLI owns SIGTERM/SIGINT for the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        return socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StreamError(f"ingest cannot listen on {host}:{port}: {reason}") from exc
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: Any, host: str, port: int, *, header_timeout_s: float = 10.0
+) -> AsyncIterator[_EmbeddedServer]:
+    """Serve the ASGI ``app`` in the current event loop until the block exits.
+
+    A port that cannot be bound (taken, not allowed) raises ``StreamError`` naming it.
+    """
+    sock = _listen(host, port)
+    server = _EmbeddedServer(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            http=_timed_protocol(header_timeout_s),
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise StreamError(f"ingest server on {host}:{port} stopped during start")
+        await asyncio.sleep(0.01)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port actually bound (useful with port 0)."""
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    raise StreamError("ingest server is not listening")

@@ -1,0 +1,145 @@
+"""Ingest under slow, stalled and half-closed clients, over a real socket; and a taken port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from schemas import AppDirectory
+from store.sqlite import SqliteStore
+from stream.decode import DecodeLimits, Decoder
+from stream.enrich import Enricher
+from stream.exceptions import StreamError
+from stream.producers.ingest import IngestApp
+from stream.producers.ingest_server import bound_port, serving
+from stream.sources.local_log import LocalLogSink
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 0.5
+GOOD = orjson.dumps(
+    {
+        "app_id": "web-app",
+        "timestamp": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+        "trace_id": "t",
+    }
+)
+
+
+@dataclass
+class Server:
+    port: int
+    store: SqliteStore
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def post_good(self) -> int:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}") as client:
+            return (await client.post("/api/telemetry", content=GOOD)).status_code
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    app = IngestApp(
+        Decoder(DecodeLimits(max_body_bytes=64 * 1024, max_events_per_body=20)),
+        Enricher(AppDirectory(), b"k", "ingest"),
+        sink := LocalLogSink(tmp_path / "log.db", 2),
+        store := SqliteStore(tmp_path / "store.db"),
+        body_timeout_s=TIMEOUT_S,
+    )
+    async with (
+        store,
+        sink,
+        serving(app.app, "127.0.0.1", 0, header_timeout_s=TIMEOUT_S) as running,
+    ):
+        yield Server(bound_port(running), store)
+
+
+async def _trickle(
+    writer: asyncio.StreamWriter, data: bytes, reader: asyncio.StreamReader
+) -> bytes:
+    """Send ``data`` a byte every 50 ms until the server answers or closes; return its answer."""
+    for byte in data:
+        if reader.at_eof():
+            break
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+        except ConnectionError:
+            break
+        try:
+            return await asyncio.wait_for(reader.read(), 0.05)
+        except TimeoutError:
+            continue
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+async def test_headers_sent_a_byte_at_a_time_are_cut_off_while_others_are_served(
+    server: Server,
+) -> None:
+    reader, writer = await server.connect()
+    headers = b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\n" + b"x-padding: " + b"p" * 400
+    started = time.monotonic()
+    slow = asyncio.create_task(_trickle(writer, headers, reader))
+    assert await server.post_good() == 202
+    answer = await slow
+    elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert TIMEOUT_S <= elapsed < 10  # the whole header would take 20 s at this pace
+    writer.close()
+
+
+async def test_a_body_sent_a_byte_at_a_time_is_answered_408(server: Server) -> None:
+    reader, writer = await server.connect()
+    body = GOOD * 10
+    writer.write(
+        b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    )
+    started = time.monotonic()
+    answer = await _trickle(writer, body, reader)
+    elapsed = time.monotonic() - started
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout"
+    assert orjson.loads(rest.partition(b"\r\n\r\n")[2])["error"] == "body_timeout"
+    assert TIMEOUT_S <= elapsed < 10
+    assert await server.store.count("telemetry") == 0
+    writer.close()
+
+
+async def test_a_half_closed_short_body_is_answered_and_nothing_is_kept(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    reader, writer = await server.connect()
+    writer.write(
+        b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % (len(GOOD) * 3)
+        + GOOD
+    )
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"request body ended before its declared Content-Length" in answer
+    assert await server.post_good() == 202  # the server goes on
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert await server.store.count("quarantine") == 0
+    writer.close()
+
+
+async def test_a_taken_port_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(StreamError, match=rf"ingest cannot listen on 127\.0\.0\.1:{port}: "):
+            async with serving(object(), "127.0.0.1", port):
+                pass
