@@ -23,7 +23,9 @@ RUN /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
 
-# Inside a container the ingest endpoint must listen beyond loopback to be published.
+# Inside a container the ingest endpoint must listen beyond loopback to be published, so
+# `process` needs EVALSTREAM_INGEST__AUTH__API_KEYS (`evalstream ingest-key NAME` prints it)
+# or --no-ingest; it refuses to start otherwise.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

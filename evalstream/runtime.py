@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from evalstream import coldpath_schedule, wiring
-from evalstream.settings import Settings
+from evalstream.settings import Settings, SettingsError
 from schemas import Breach
 from stream.ports import EventSink
 from stream.processor import Processor
 from stream.producers.ingest import IngestApp
+from stream.producers.ingest_auth import Authorizer, require_auth_beyond_loopback
 from stream.producers.ingest_server import bound_port, serving
 from stream.producers.simulator import Incident, Simulator
 from stream.stats import ProcessorStats
@@ -98,6 +99,9 @@ async def run_processor(
     on_status: Callable[[str], None],
     on_breach: Callable[[Breach], None] | None = None,
 ) -> ProcessorStats:
+    refused = ingest and require_auth_beyond_loopback(settings.ingest.host, settings.ingest.auth)
+    if refused:
+        raise SettingsError(refused)
     stop = asyncio.Event()
     install_signal_handlers(stop)
     stats = ProcessorStats(on_breach=on_breach)
@@ -127,6 +131,7 @@ async def run_processor(
                 sink,
                 store,
                 body_timeout_s=settings.ingest.body_timeout_s,
+                authorizer=Authorizer(settings.ingest.auth),
             )
             port = settings.ingest.port if ingest_port is None else ingest_port
             server = await stack.enter_async_context(

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("evalstream.cli.process", "send"),
     "simulate": ("evalstream.cli.process", "simulate"),
     "schema": ("evalstream.cli.process", "schema"),
+    "ingest-key": ("evalstream.cli.ingest", "ingest_key"),
     "status": ("evalstream.cli.store", "status"),
     "quarantine": ("evalstream.cli.store", "quarantine"),
     "alerts": ("evalstream.cli.alerts", "alerts_app"),

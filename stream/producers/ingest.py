@@ -4,14 +4,16 @@ A request may carry one event, an array, or ``{"events": [...]}``. The answer li
 accepted and, per rejected event, every reason; rejected events are quarantined as well.
 Status: 202 all accepted, 207 some rejected, 422 none accepted, 400 unreadable body,
 408 body not complete within ``body_timeout_s`` of the request's start, 413 body or event count
-over the limit. A client that disconnects before its body is complete gets no answer; nothing
-of that request is kept. Serving (socket, header deadline) is ``ingest_server``'s.
+over the limit; with API keys configured also 401, 403 and 429 (``ingest_auth``). A client that
+disconnects before its body is complete keeps nothing of that request. Serving (socket, header
+deadline, half-closed bodies) is ``ingest_server``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +27,7 @@ from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected
 from stream.enrich import Enricher, document_id
 from stream.ports import EventSink
+from stream.producers.ingest_auth import ApiKey, Authorizer, Denied
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,15 @@ async def _read_all(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _denied(denied: Denied) -> Response:
+    response = _json({"error": denied.error, "message": denied.message}, denied.status)
+    if denied.status == 401:
+        response.headers["www-authenticate"] = "Bearer"
+    if denied.retry_after_s is not None:
+        response.headers["retry-after"] = str(denied.retry_after_s)
+    return response
+
+
 def _rejection(rejected: Rejected) -> dict[str, Any]:
     return {
         "index": rejected.index,
@@ -80,8 +92,10 @@ class IngestApp:
         store: TelemetryStore,
         *,
         body_timeout_s: float = 30.0,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.body_timeout_s = body_timeout_s
+        self.authorizer = authorizer
         self.decoder = decoder
         self.enricher = enricher
         self.sink = sink
@@ -98,6 +112,12 @@ class IngestApp:
 
     async def post_telemetry(self, request: Request) -> Response:
         now = datetime.now(UTC)
+        key: ApiKey | None = None
+        if self.authorizer is not None and self.authorizer.enabled:
+            identified = self.authorizer.identify(request.headers)
+            if isinstance(identified, Denied):
+                return _denied(identified)
+            key = identified
         limit = self.decoder.limits.max_body_bytes
         try:
             body = await _read_limited(request, limit, self.body_timeout_s)
@@ -129,6 +149,11 @@ class IngestApp:
             issue = decoded.rejected[0].issues[0]
             return _json({"error": issue.code, "message": issue.message, "accepted": 0}, 400)
         decoded = self.decoder.decode_value(parsed, now, raw=body)
+        if key is not None and self.authorizer is not None:
+            apps = Counter(accepted.event.app_id for accepted in decoded.accepted)
+            denied = self.authorizer.admit(key, apps)
+            if denied is not None:
+                return _denied(denied)
         whole = (
             decoded.rejected[0].issues[0].code
             if decoded.rejected and not decoded.accepted

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
+from stream.producers.ingest_auth import IngestAuthSettings
+
 
 class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -16,3 +18,4 @@ class IngestSettings(BaseModel):
     # headers to the end of its body: a slow or stalled client cannot hold a connection longer.
     header_timeout_s: PositiveFloat = 10.0
     body_timeout_s: PositiveFloat = 30.0
+    auth: IngestAuthSettings = Field(default_factory=IngestAuthSettings)

@@ -1,0 +1,45 @@
+"""``ingest-key``: make an API key for HTTP ingest and print the setting that admits it."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+import orjson
+import typer
+
+from stream.producers.ingest_auth import ALL_APPS, hash_key
+
+
+def ingest_key(
+    name: Annotated[str, typer.Argument(help="A name for the key's holder, shown in errors.")],
+    app: Annotated[
+        list[str] | None,
+        typer.Option("--app", help="An app_id the key may post for (repeat); default: every app."),
+    ] = None,
+    events_per_s: Annotated[
+        float | None,
+        typer.Option(help="Events per second per app before 429 (default: no limit).", min=0.001),
+    ] = None,
+    burst: Annotated[int, typer.Option(help="Events per app allowed at once.", min=1)] = 1000,
+) -> None:
+    """Make a new random API key for POST /api/telemetry.
+
+    Prints the key once (give it to the sender; it is not stored) and the TOML entry to add under
+    \\[ingest.auth], which holds only the key's SHA-256, plus the same entry as JSON for
+    EVALSTREAM_INGEST__AUTH__API_KEYS. Senders present it as `Authorization: Bearer KEY`.
+    """
+    key = secrets.token_urlsafe(32)
+    entry: dict[str, object] = {
+        "name": name,
+        "key_sha256": hash_key(key),
+        "apps": list(app or [ALL_APPS]),
+        "burst": burst,
+    }
+    if events_per_s is not None:
+        entry["events_per_s"] = events_per_s
+    typer.echo(f"key (shown once): {key}\n")
+    typer.echo("[[ingest.auth.api_keys]]")
+    for field, value in entry.items():
+        typer.echo(f"{field} = {orjson.dumps(value).decode()}")
+    typer.echo(f"\nEVALSTREAM_INGEST__AUTH__API_KEYS='{orjson.dumps([entry]).decode()}'")

@@ -1,0 +1,162 @@
+"""Who may post to ingest, for which apps, and how fast: API keys and per-(key, app) rates.
+
+Keys are configured by their SHA-256 only (``evalstream ingest-key`` makes a key and prints the
+setting), so a leaked config file leaks no key. A request names its key as
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``:
+
+* no key, or a key that is not configured → 401 (``WWW-Authenticate: Bearer``);
+* an event for an app the key does not list → 403, nothing of the request is kept;
+* more events for an app than the key's rate allows → 429 with ``Retry-After`` (seconds until
+  the bucket holds enough), nothing of the request is kept; more than its ``burst`` in one
+  request → 413 (no wait would let it through).
+
+Binding ingest beyond loopback without keys is refused at start (``require_auth_beyond_loopback``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+ALL_APPS = "*"
+
+
+class ApiKey(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    apps: tuple[str, ...] = (ALL_APPS,)
+    # Events per second per app, refilled continuously; ``burst`` events may come at once.
+    events_per_s: PositiveFloat | None = None
+    burst: PositiveInt = 1000
+
+    def allows(self, app_id: str) -> bool:
+        return ALL_APPS in self.apps or app_id in self.apps
+
+
+class IngestAuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_keys: tuple[ApiKey, ...] = ()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def require_auth_beyond_loopback(host: str, auth: IngestAuthSettings) -> str | None:
+    """The reason ingest must not start on ``host`` as configured, or None."""
+    if auth.api_keys or _is_loopback(host):
+        return None
+    return (
+        f"ingest.host {host} is reachable beyond this machine and no ingest.auth.api_keys are "
+        "configured: add a key (evalstream ingest-key NAME) or bind ingest.host to 127.0.0.1"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve to anything
+
+
+@dataclass(frozen=True)
+class Denied:
+    status: int
+    error: str
+    message: str
+    retry_after_s: int | None = None
+
+
+class _Bucket:
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.at = now
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def wait_for(self, n: int) -> float:
+        """Seconds until ``n`` tokens are there (0 when they are), inf when they never fit."""
+        if n > self.burst:
+            return math.inf
+        return max(0.0, (n - self.tokens) / self.rate)
+
+
+class Authorizer:
+    """Checks one request's key, apps and rate; keeps the rate buckets of the process."""
+
+    def __init__(
+        self, settings: IngestAuthSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._keys = {key.key_sha256: key for key in settings.api_keys}
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, headers: Mapping[str, str]) -> ApiKey | Denied:
+        presented = headers.get("x-api-key")
+        authorization = headers.get("authorization", "")
+        if presented is None and authorization[:7].lower() == "bearer ":
+            presented = authorization[7:].strip()
+        if not presented:
+            return Denied(401, "unauthenticated", "an API key is required (Authorization: Bearer)")
+        key = self._keys.get(hash_key(presented))
+        if key is None:
+            return Denied(401, "unauthenticated", "the API key is not known")
+        return key
+
+    def admit(self, key: ApiKey, apps: Counter[str]) -> Denied | None:
+        """None when every app is allowed and within rate; then the events are counted."""
+        refused = sorted(app for app in apps if not key.allows(app))
+        if refused:
+            return Denied(
+                403, "forbidden_app", f"key {key.name!r} may not post for {', '.join(refused)}"
+            )
+        if key.events_per_s is None:
+            return None
+        now = self._clock()
+        buckets = {app: self._bucket(key, app, now) for app in apps}
+        waits = {app: buckets[app].wait_for(n) for app, n in apps.items()}
+        app, wait = max(waits.items(), key=lambda item: item[1])
+        if wait == math.inf:  # waiting would not help: the request must be split
+            return Denied(
+                413,
+                "too_many_events",
+                f"{apps[app]} events for {app} exceed key {key.name!r}'s burst of {key.burst}",
+            )
+        if wait > 0:
+            return Denied(
+                429,
+                "rate_limited",
+                f"key {key.name!r} is over {key.events_per_s:g} events/s for {app}",
+                retry_after_s=max(1, math.ceil(wait)),
+            )
+        for app, n in apps.items():
+            buckets[app].tokens -= n
+        return None
+
+    def _bucket(self, key: ApiKey, app: str, now: float) -> _Bucket:
+        bucket = self._buckets.get((key.name, app))
+        if bucket is None:
+            assert key.events_per_s is not None
+            bucket = self._buckets[(key.name, app)] = _Bucket(key.events_per_s, key.burst, now)
+        bucket.refill(now)
+        return bucket

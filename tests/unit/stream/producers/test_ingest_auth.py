@@ -1,0 +1,105 @@
+"""API keys, app allow-lists and per-(key, app) token buckets, on a clock the test moves."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from stream.producers.ingest_auth import (
+    ApiKey,
+    Authorizer,
+    Denied,
+    IngestAuthSettings,
+    hash_key,
+    require_auth_beyond_loopback,
+)
+
+KEY = ApiKey(name="web", key_sha256=hash_key("s3cret"), apps=("web-app",), events_per_s=2, burst=4)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def auth(clock: Clock) -> Authorizer:
+    return Authorizer(IngestAuthSettings(api_keys=(KEY,)), clock)
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "an API key is required"),
+        ({"authorization": "Basic czNjcmV0"}, "an API key is required"),
+        ({"authorization": "Bearer nope"}, "the API key is not known"),
+        ({"x-api-key": "S3CRET"}, "the API key is not known"),
+    ],
+)
+def test_missing_or_unknown_keys_are_401(
+    auth: Authorizer, headers: dict[str, str], message: str
+) -> None:
+    denied = auth.identify(headers)
+    assert isinstance(denied, Denied)
+    assert (denied.status, denied.message.startswith(message)) == (401, True)
+
+
+@pytest.mark.parametrize("headers", [{"authorization": "bearer s3cret"}, {"x-api-key": "s3cret"}])
+def test_a_known_key_is_found_by_its_hash(auth: Authorizer, headers: dict[str, str]) -> None:
+    assert auth.identify(headers) == KEY
+
+
+def test_an_app_the_key_does_not_list_is_403(auth: Authorizer) -> None:
+    denied = auth.admit(KEY, Counter({"web-app": 1, "billing": 1}))
+    assert denied == Denied(403, "forbidden_app", "key 'web' may not post for billing")
+
+
+def test_the_bucket_allows_its_burst_then_429_until_refilled(
+    auth: Authorizer, clock: Clock
+) -> None:
+    assert auth.admit(KEY, Counter({"web-app": 3})) is None
+    denied = auth.admit(KEY, Counter({"web-app": 3}))  # 1 token left, 2 missing at 2/s
+    assert denied is not None and (denied.status, denied.retry_after_s) == (429, 1)
+    clock.now += 0.9
+    assert auth.admit(KEY, Counter({"web-app": 3})) is not None  # 2.8 tokens
+    clock.now += 0.1
+    assert auth.admit(KEY, Counter({"web-app": 3})) is None
+    assert auth.admit(KEY, Counter({"web-app": 1})) is not None  # refused requests took nothing
+
+
+def test_more_than_the_burst_in_one_request_is_413(auth: Authorizer) -> None:
+    denied = auth.admit(KEY, Counter({"web-app": 5}))
+    assert denied is not None and (denied.status, denied.retry_after_s) == (413, None)
+
+
+def test_buckets_are_per_app() -> None:
+    key = KEY.model_copy(update={"apps": ("*",)})
+    auth = Authorizer(IngestAuthSettings(api_keys=(key,)), Clock())
+    assert auth.admit(key, Counter({"a": 4})) is None
+    assert auth.admit(key, Counter({"b": 4})) is None
+    assert auth.admit(key, Counter({"a": 1})) is not None
+
+
+@pytest.mark.parametrize(
+    ("host", "refused"),
+    [
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("localhost", False),
+        ("0.0.0.0", True),
+        ("10.1.2.3", True),
+        ("ingest.example.com", True),
+    ],
+)
+def test_beyond_loopback_needs_a_key(host: str, refused: bool) -> None:
+    assert (require_auth_beyond_loopback(host, IngestAuthSettings()) is not None) == refused
+    assert require_auth_beyond_loopback(host, IngestAuthSettings(api_keys=(KEY,))) is None
