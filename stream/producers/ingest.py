@@ -27,7 +27,7 @@ from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected
 from stream.enrich import Enricher, document_id
 from stream.ports import EventSink
-from stream.producers.ingest_auth import ApiKey, Authorizer, Denied
+from stream.producers.ingest_auth import Authorizer, Denied, Sender
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,9 @@ class IngestApp:
 
     async def post_telemetry(self, request: Request) -> Response:
         now = datetime.now(UTC)
-        key: ApiKey | None = None
+        key: Sender | None = None
         if self.authorizer is not None and self.authorizer.enabled:
-            identified = self.authorizer.identify(request.headers)
+            identified = await self.authorizer.identify(request.headers)
             if isinstance(identified, Denied):
                 return _denied(identified)
             key = identified

@@ -1,10 +1,15 @@
-"""Who may post to ingest, for which apps, and how fast: API keys and per-(key, app) rates.
+"""Who may post to ingest, for which apps, and how fast: API keys, Microsoft Entra ID tokens and
+per-(sender, app) rates.
 
 Keys are configured by their SHA-256 only (``evalstream ingest-key`` makes a key and prints the
 setting), so a leaked config file leaks no key. A request names its key as
-``Authorization: Bearer <key>`` or ``X-API-Key: <key>``:
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. With ``entra`` configured, a bearer
+value that is a JWT is checked as an Entra ID access token instead: RS256 signature against the
+tenant's JWKS (fetched, cached, fetched again for an unknown ``kid`` so key rotation works),
+``iss``, ``aud``, ``exp``/``nbf``; the sender is its ``azp``/``appid`` claim.
 
-* no key, or a key that is not configured → 401 (``WWW-Authenticate: Bearer``);
+* no credentials, an unknown key or a token that fails a check → 401 (``WWW-Authenticate:
+  Bearer``), the reason in the body;
 * an event for an app the key does not list → 403, nothing of the request is kept;
 * more events for an app than the key's rate allows → 429 with ``Retry-After`` (seconds until
   the bucket holds enough), nothing of the request is kept; more than its ``burst`` in one
@@ -15,6 +20,7 @@ Binding ingest beyond loopback without keys is refused at start (``require_auth_
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import math
@@ -23,16 +29,18 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import jwt
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 ALL_APPS = "*"
 
 
-class ApiKey(BaseModel):
+class Sender(BaseModel):
+    """Who posts (an API key's holder or a token's client) and what it may post."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
-    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     apps: tuple[str, ...] = (ALL_APPS,)
     # Events per second per app, refilled continuously; ``burst`` events may come at once.
     events_per_s: PositiveFloat | None = None
@@ -42,10 +50,35 @@ class ApiKey(BaseModel):
         return ALL_APPS in self.apps or app_id in self.apps
 
 
+class ApiKey(Sender):
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class EntraIdSettings(BaseModel):
+    """Access tokens of one Entra ID tenant for one API (``audience``); every client the
+    tenant issues tokens to for it gets ``apps`` and the rate below."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(min_length=1, examples=["https://login.microsoftonline.com/TENANT/v2.0"])
+    audience: str = Field(min_length=1, examples=["api://evalstream-ingest"])
+    jwks_url: str = Field(
+        min_length=1, examples=["https://login.microsoftonline.com/TENANT/discovery/v2.0/keys"]
+    )
+    apps: tuple[str, ...] = (ALL_APPS,)
+    events_per_s: PositiveFloat | None = None
+    burst: PositiveInt = 1000
+    leeway_s: float = Field(default=60.0, ge=0)
+    # A token with an unknown kid fetches the JWKS again, at most this often (so made-up kids
+    # cannot make us hammer the tenant's endpoint); Entra publishes new keys before using them.
+    jwks_refresh_cooldown_s: float = Field(default=30.0, ge=0)
+
+
 class IngestAuthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     api_keys: tuple[ApiKey, ...] = ()
+    entra: EntraIdSettings | None = None
 
 
 def hash_key(key: str) -> str:
@@ -54,11 +87,12 @@ def hash_key(key: str) -> str:
 
 def require_auth_beyond_loopback(host: str, auth: IngestAuthSettings) -> str | None:
     """The reason ingest must not start on ``host`` as configured, or None."""
-    if auth.api_keys or _is_loopback(host):
+    if auth.api_keys or auth.entra is not None or _is_loopback(host):
         return None
     return (
-        f"ingest.host {host} is reachable beyond this machine and no ingest.auth.api_keys are "
-        "configured: add a key (evalstream ingest-key NAME) or bind ingest.host to 127.0.0.1"
+        f"ingest.host {host} is reachable beyond this machine and no ingest.auth.api_keys or "
+        "ingest.auth.entra are configured: add a key (evalstream ingest-key NAME) or bind "
+        "ingest.host to 127.0.0.1"
     )
 
 
@@ -104,31 +138,70 @@ class Authorizer:
         self, settings: IngestAuthSettings, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._keys = {key.key_sha256: key for key in settings.api_keys}
+        self._entra = settings.entra
+        self._jwks = (
+            jwt.PyJWKClient(
+                settings.entra.jwks_url,
+                cache_keys=True,
+                timeout=10,
+                cooldown_duration=settings.entra.jwks_refresh_cooldown_s,
+            )
+            if settings.entra is not None
+            else None
+        )
         self._clock = clock
         self._buckets: dict[tuple[str, str], _Bucket] = {}
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        return bool(self._keys) or self._entra is not None
 
-    def identify(self, headers: Mapping[str, str]) -> ApiKey | Denied:
+    async def identify(self, headers: Mapping[str, str]) -> Sender | Denied:
         presented = headers.get("x-api-key")
         authorization = headers.get("authorization", "")
         if presented is None and authorization[:7].lower() == "bearer ":
             presented = authorization[7:].strip()
         if not presented:
-            return Denied(401, "unauthenticated", "an API key is required (Authorization: Bearer)")
+            return Denied(
+                401, "unauthenticated", "credentials are required (Authorization: Bearer)"
+            )
+        if self._entra is not None and presented.count(".") == 2:
+            return await self._token_sender(presented, self._entra)
         key = self._keys.get(hash_key(presented))
         if key is None:
             return Denied(401, "unauthenticated", "the API key is not known")
         return key
 
-    def admit(self, key: ApiKey, apps: Counter[str]) -> Denied | None:
+    async def _token_sender(self, token: str, entra: EntraIdSettings) -> Sender | Denied:
+        assert self._jwks is not None
+        try:
+            # The JWKS fetch is a blocking urllib call (cached after the first).
+            signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            claims = jwt.decode(
+                token,
+                signing.key,
+                algorithms=["RS256"],
+                audience=entra.audience,
+                issuer=entra.issuer,
+                leeway=entra.leeway_s,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            return Denied(401, "invalid_token", f"the bearer token is not accepted: {exc}")
+        client = claims.get("azp") or claims.get("appid") or claims.get("sub") or "token"
+        return Sender(
+            name=f"entra:{client}",
+            apps=entra.apps,
+            events_per_s=entra.events_per_s,
+            burst=entra.burst,
+        )
+
+    def admit(self, key: Sender, apps: Counter[str]) -> Denied | None:
         """None when every app is allowed and within rate; then the events are counted."""
         refused = sorted(app for app in apps if not key.allows(app))
         if refused:
             return Denied(
-                403, "forbidden_app", f"key {key.name!r} may not post for {', '.join(refused)}"
+                403, "forbidden_app", f"{key.name!r} may not post for {', '.join(refused)}"
             )
         if key.events_per_s is None:
             return None
@@ -140,20 +213,20 @@ class Authorizer:
             return Denied(
                 413,
                 "too_many_events",
-                f"{apps[app]} events for {app} exceed key {key.name!r}'s burst of {key.burst}",
+                f"{apps[app]} events for {app} exceed {key.name!r}'s burst of {key.burst}",
             )
         if wait > 0:
             return Denied(
                 429,
                 "rate_limited",
-                f"key {key.name!r} is over {key.events_per_s:g} events/s for {app}",
+                f"{key.name!r} is over {key.events_per_s:g} events/s for {app}",
                 retry_after_s=max(1, math.ceil(wait)),
             )
         for app, n in apps.items():
             buckets[app].tokens -= n
         return None
 
-    def _bucket(self, key: ApiKey, app: str, now: float) -> _Bucket:
+    def _bucket(self, key: Sender, app: str, now: float) -> _Bucket:
         bucket = self._buckets.get((key.name, app))
         if bucket is None:
             assert key.events_per_s is not None
