@@ -1,25 +1,85 @@
-"""Logging for the CLI: one line per record, structured ``extra`` fields appended as key=value."""
+"""Logging for the CLI: one line per record on stderr, human (default) or JSON (``--log-format
+json``) for collectors.
+
+Every line has the time, level, component (the logger's name without the package noise) and the
+record's fields: those given with ``extra=`` and those of the surrounding ``log_context``
+(partition, request_id, job id…). Raw user ids never reach a line: a field named like one is
+replaced, whatever logged it.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
+from typing import Literal
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+import orjson
+
+from common.log_context import ContextFilter
+
+LogFormat = Literal["text", "json"]
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_PRIVATE = {"user_id", "userid", "user"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    return {
+        key: "<redacted>" if key.lower() in _PRIVATE else value
+        for key, value in vars(record).items()
+        if key not in _STANDARD
+    }
 
 
 class KeyValueFormatter(logging.Formatter):
+    """``2026-12-04 00:40:00,123 INFO stream.pipeline: partition initialised partition=2``."""
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = " ".join(
-            f"{key}={value}" for key, value in vars(record).items() if key not in _STANDARD
-        )
+        fields = " ".join(f"{key}={value}" for key, value in _fields(record).items())
         return f"{line} {fields}" if fields else line
 
 
-def configure(level: str = "INFO") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``component``, ``message``, the fields,
+    and ``error`` with the traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "component": record.name,
+            "message": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+_chosen: LogFormat = "text"
+
+
+def chosen_format() -> LogFormat:
+    """The format ``configure`` last set (child processes log the same way)."""
+    return _chosen
+
+
+def configure(level: str = "INFO", log_format: LogFormat = "text") -> None:
+    global _chosen
+    _chosen = log_format
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

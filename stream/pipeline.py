@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from alerts.ports import AlertPublisher
+from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument
 from store.ports import StateSnapshot, TelemetryStore
 from stream.decode import Decoder
@@ -107,6 +108,10 @@ class Pipeline:
         )
 
     async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
+        with log_context(partition=context.partition_id):
+            await self._on_batch(context, events)
+
+    async def _on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         state = self._partitions[context.partition_id]
         now = datetime.now(UTC)
         documents, quarantined = self._transform(state, events, now)

@@ -26,6 +26,7 @@ from evalstream.cli.options import (
     EXIT_FAILED,
     ConfigOption,
     DataDirOption,
+    LogFormatOption,
     LogLevelOption,
     console,
     fail,
@@ -183,12 +184,13 @@ def trigger(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = "WARNING",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Evaluate the due window of each policy: stage its manifest and run its shards.
 
     Triggering a window again finds the same manifest with every unit done and does nothing.
     """
-    logs.configure(log_level)
+    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     policies = _policies(settings, policy)
     if window == "last":
@@ -213,9 +215,10 @@ def backfill(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = "WARNING",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Evaluate every due window of the policies that overlaps [--from, --to)."""
-    logs.configure(log_level)
+    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     policies = _policies(settings, policy)
     choice = WindowChoice(
@@ -278,10 +281,11 @@ def run_shard(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = "WARNING",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Evaluate one shard of a manifest (the task executors run). Safe to repeat: units done
     for this manifest are skipped, results and breaches are idempotent."""
-    logs.configure(log_level)
+    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     try:
         evaluated = run(_run_shard(settings, manifest, manifest_url, group_index))

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from common.errors import EvalstreamError, leaves
+from evalstream.logs import LogFormat
 from evalstream.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -45,6 +46,12 @@ DataDirOption = Annotated[
     ),
 ]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format", help="text: one readable line per record; json: one object per line."
+    ),
+]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:

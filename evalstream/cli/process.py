@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Iterable
@@ -15,9 +16,16 @@ import typer
 from alerts.handlers import render_breach
 from common.errors import leaves
 from evalstream import logs, wiring
-from evalstream.cli.options import ConfigOption, DataDirOption, LogLevelOption, console, load
+from evalstream.cli.options import (
+    ConfigOption,
+    DataDirOption,
+    LogFormatOption,
+    LogLevelOption,
+    console,
+    load,
+)
 from evalstream.settings import Settings, SettingsError
-from schemas import TelemetryEvent
+from schemas import Breach, TelemetryEvent
 from stream.decode import split_ndjson
 from stream.exceptions import StreamError
 
@@ -69,6 +77,7 @@ def process(
         typer.Option(help="Stop after every partition is caught up and idle this many seconds."),
     ] = None,
     log_level: LogLevelOption = "INFO",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Run the processor: consume, validate, store, detect, alert, checkpoint.
 
@@ -77,7 +86,7 @@ def process(
     """
     from evalstream.runtime import SimulatorRun, run_processor
 
-    logs.configure(log_level)
+    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     if simulate and not incident:
         incident = ["latency_regression:app-001@60+120x4", "error_burst:app-002@150+60x0.3"]
@@ -86,7 +95,8 @@ def process(
         if simulate
         else None
     )
-    console.print(
+    say = _JsonLines() if log_format == "json" else _Terminal()
+    say.status(
         f"evalstream processor: backend {settings.backend}, data in {settings.embedded.data_dir}, "
         f"{settings.embedded.partitions} partitions; Ctrl-C to stop"
     )
@@ -98,16 +108,52 @@ def process(
                 ingest_port=ingest_port,
                 simulate=options,
                 until_idle_s=until_idle,
-                on_status=lambda line: console.print(
-                    f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}"
-                ),
-                on_breach=lambda breach: console.print(render_breach(breach)),
+                on_status=say.status,
+                on_breach=say.breach,
             )
         )
     except* (SettingsError, StreamError) as group:
         for exc in leaves(group):
-            console.print(f"[red]error:[/red] {exc}")
+            say.error(str(exc))
         raise typer.Exit(2) from None
+
+
+class _Terminal:
+    """What the processor says, for a person at a terminal."""
+
+    def status(self, line: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}", markup=True)
+
+    def breach(self, breach: Breach) -> None:
+        console.print(render_breach(breach))
+
+    def error(self, message: str) -> None:
+        console.print(f"[red]error:[/red] {message}")
+
+
+class _JsonLines:
+    """The same as log records, so ``--log-format json`` gives only JSON lines on stderr."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("evalstream.process")
+
+    def status(self, line: str) -> None:
+        self.logger.info(line)
+
+    def breach(self, breach: Breach) -> None:
+        self.logger.warning(
+            f"breach {breach.state.value}: {breach.message or breach.kind.value}",
+            extra={
+                "breach_id": breach.breach_id,
+                "app": breach.app_id,
+                "signal": breach.signal,
+                "severity": breach.severity.value,
+                "detector": breach.detector,
+            },
+        )
+
+    def error(self, message: str) -> None:
+        self.logger.error(message)
 
 
 def send(

@@ -105,7 +105,7 @@ def source(settings: Settings) -> EventSource:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         return SubprocessSource(
             functools.partial(eventhubs_source, settings.azure.eventhubs, settings.processor),
-            setup=functools.partial(logs.configure, level),
+            setup=functools.partial(logs.configure, level, logs.chosen_format()),
         )
     return LocalLogSource(
         settings.embedded.log_path,

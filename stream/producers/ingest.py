@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.log_context import log_context
 from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected
 from stream.enrich import Enricher, document_id
@@ -81,6 +87,33 @@ def _rejection(rejected: Rejected) -> dict[str, Any]:
     }
 
 
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIds:
+    """ASGI middleware: each request gets an id — the client's ``X-Request-ID`` when it is a
+    plain token, else a new one — echoed in the answer's ``X-Request-ID`` and on every log line
+    logged while answering (``request_id``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        with log_context(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
 class IngestApp:
     """The Starlette application; ``sink`` and ``store`` must be open while it serves."""
 
@@ -104,7 +137,8 @@ class IngestApp:
             routes=[
                 Route("/api/telemetry", self.post_telemetry, methods=["POST"]),
                 Route("/healthz", self.health, methods=["GET"]),
-            ]
+            ],
+            middleware=[Middleware(RequestIds)],
         )
 
     async def health(self, request: Request) -> Response:

@@ -123,6 +123,7 @@ async def serving(
         uvicorn.Config(
             app,
             log_level="warning",
+            log_config=None,  # uvicorn's records go through the process's own handlers
             lifespan="off",
             http=_timed_protocol(header_timeout_s),
         )

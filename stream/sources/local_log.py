@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TypeVar
 
+from common.log_context import log_context
 from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, transaction
 from stream.exceptions import SourceError
@@ -332,7 +333,8 @@ class LocalLogSource:
             try:
                 async with asyncio.TaskGroup() as group:
                     for partition in range(self.partitions):
-                        group.create_task(self._run_partition(log, partition, handler, stop))
+                        with log_context(partition=str(partition)):  # the task keeps it
+                            group.create_task(self._run_partition(log, partition, handler, stop))
                     group.create_task(self._sweep(log, stop))
             finally:
                 await log.aclose()

@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+from common.log_context import ContextFilter
 from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
@@ -143,3 +144,21 @@ async def test_a_taken_port_is_a_one_line_error_naming_it(tmp_path: Path) -> Non
         with pytest.raises(StreamError, match=rf"ingest cannot listen on 127\.0\.0\.1:{port}: "):
             async with serving(object(), "127.0.0.1", port):
                 pass
+
+
+async def test_a_request_id_is_echoed_and_on_the_lines_logged_while_answering(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(ContextFilter())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        given = await client.post(
+            "/api/telemetry", content=b"[1]", headers={"x-request-id": "abc-123"}
+        )
+        made = await client.post("/api/telemetry", content=GOOD)
+        unsafe = await client.post("/api/telemetry", content=GOOD, headers={"x-request-id": "a b"})
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(made.headers["x-request-id"]) == 32
+    assert unsafe.headers["x-request-id"] not in ("a b", made.headers["x-request-id"])
+    rejected = [r for r in caplog.records if r.getMessage() == "ingest rejected events"]
+    assert [getattr(r, "request_id", None) for r in rejected] == ["abc-123"]

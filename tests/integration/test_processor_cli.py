@@ -146,3 +146,26 @@ def test_a_taken_ingest_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
         f"error: ingest cannot listen on 127.0.0.1:{port}: Address already in use".encode()
     ]
     assert b"Traceback" not in output
+
+
+def test_log_format_json_gives_only_json_lines_with_component_and_partition(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    when = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    event = {"app_id": "a1", "timestamp": when, "trace_id": "x1", "user_id": "u-secret-7"}
+    sent = evalstream("send", "-", "--data-dir", str(data_dir), stdin=json.dumps(event).encode())
+    assert sent.returncode == 0, sent.stderr.decode()
+    process = start_processor(
+        data_dir, ENV, "--until-idle", "0.5", "--log-format", "json", "--log-level", "INFO"
+    )
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output.decode()
+    lines = [json.loads(line) for line in output.decode().splitlines()]
+    assert all({"time", "level", "component", "message"} <= set(line) for line in lines)
+    initialised = [line for line in lines if line["message"] == "partition initialised"]
+    assert sorted(line["partition"] for line in initialised) == ["0", "1", "2", "3"]
+    assert lines[-1]["component"] == "evalstream.process"
+    assert lines[-1]["message"].startswith("stopped: ")
+    assert "stored 1" in lines[-1]["message"]
+    assert b"u-secret-7" not in output

@@ -54,9 +54,7 @@ async def test_missing_or_unknown_keys_are_401(
 
 
 @pytest.mark.parametrize("headers", [{"authorization": "bearer s3cret"}, {"x-api-key": "s3cret"}])
-async def test_a_known_key_is_found_by_its_hash(
-    auth: Authorizer, headers: dict[str, str]
-) -> None:
+async def test_a_known_key_is_found_by_its_hash(auth: Authorizer, headers: dict[str, str]) -> None:
     assert await auth.identify(headers) == KEY
 
 

@@ -1,0 +1,93 @@
+"""Log lines: JSON and text formats, fields from the surrounding context, no raw user ids."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from common.log_context import ContextFilter, log_context
+from evalstream.logs import JsonFormatter, KeyValueFormatter
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[io.StringIO, logging.Handler]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("tests.logs")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield stream, handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_json_lines_carry_the_context_of_the_task_that_logs(
+    captured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, handler = captured
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.logs")
+
+    async def partition(n: int) -> None:
+        with log_context(partition=str(n)):
+            await asyncio.sleep(0)
+            logger.info("batch stored", extra={"documents": n * 10})
+
+    with log_context(job_id="job-1"):
+        await asyncio.gather(partition(1), partition(2))
+    logger.info("outside")
+
+    lines = _lines(stream)
+    assert [(line["partition"], line["documents"], line["job_id"]) for line in lines[:2]] == [
+        ("1", 10, "job-1"),
+        ("2", 20, "job-1"),
+    ]
+    assert {"time", "level", "component", "message"} <= set(lines[0])
+    assert lines[0]["component"] == "tests.logs" and lines[0]["level"] == "INFO"
+    assert "partition" not in lines[2] and "job_id" not in lines[2]
+
+
+def test_extra_fields_win_over_the_context_and_user_ids_are_redacted(
+    captured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, handler = captured
+    handler.setFormatter(JsonFormatter())
+    with log_context(partition="1", user_id="u-123"):
+        logging.getLogger("tests.logs").info("x", extra={"partition": "7"})
+    (line,) = _lines(stream)
+    assert line["partition"] == "7"
+    assert line["user_id"] == "<redacted>"
+    assert "u-123" not in stream.getvalue()
+
+
+def test_errors_keep_their_traceback_in_json(captured: tuple[io.StringIO, logging.Handler]) -> None:
+    stream, handler = captured
+    handler.setFormatter(JsonFormatter())
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("tests.logs").exception("failed")
+    (line,) = _lines(stream)
+    assert line["level"] == "ERROR"
+    assert "ValueError: boom" in str(line["error"])
+
+
+def test_text_lines_append_fields_as_key_value(
+    captured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, handler = captured
+    handler.setFormatter(KeyValueFormatter("%(levelname)s %(name)s: %(message)s"))
+    with log_context(request_id="r1"):
+        logging.getLogger("tests.logs").warning("slow", extra={"user_id": "u-9"})
+    assert stream.getvalue() == "WARNING tests.logs: slow user_id=<redacted> request_id=r1\n"
