@@ -12,9 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from starlette.applications import Starlette
+
 from evalstream import coldpath_schedule, wiring
 from evalstream.settings import Settings, SettingsError
 from schemas import Breach
+from stream.metrics import IngestMetrics
+from stream.ops import OpsRoutes
 from stream.ports import EventSink
 from stream.processor import Processor
 from stream.producers.ingest import IngestApp
@@ -124,6 +128,7 @@ async def run_processor(
             settings.processor.status_interval_s,
             on_status,
         )
+        ops = OpsRoutes(stats, store, max_silence_s=settings.processor.ready_max_silence_s)
         if ingest and sink is not None:
             app = IngestApp(
                 wiring.decoder(settings),
@@ -132,6 +137,8 @@ async def run_processor(
                 store,
                 body_timeout_s=settings.ingest.body_timeout_s,
                 authorizer=Authorizer(settings.ingest.auth),
+                metrics=IngestMetrics(stats.metrics.registry),
+                extra_routes=ops.routes,
             )
             port = settings.ingest.port if ingest_port is None else ingest_port
             server = await stack.enter_async_context(
@@ -144,6 +151,20 @@ async def run_processor(
             )
             on_status(
                 f"ingest: POST http://{settings.ingest.host}:{bound_port(server)}/api/telemetry"
+                " (and /healthz, /readyz, /metrics)"
+            )
+        elif settings.processor.ops_port is not None:
+            server = await stack.enter_async_context(
+                serving(
+                    Starlette(routes=ops.routes),
+                    settings.ingest.host,
+                    settings.processor.ops_port,
+                    header_timeout_s=settings.ingest.header_timeout_s,
+                )
+            )
+            on_status(
+                f"health and metrics: http://{settings.ingest.host}:{bound_port(server)}"
+                "/healthz, /readyz, /metrics"
             )
         async with asyncio.TaskGroup() as group:
             if simulate is not None and sink is not None:

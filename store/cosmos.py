@@ -157,6 +157,15 @@ class CosmosStore:
     async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         return await call(what, operation, self.backoff)
 
+    async def ping(self) -> None:
+        """Raise ``StoreError`` unless the state container can be read now (one try, no retry:
+        readiness wants the present answer)."""
+        state = self._container_named(self.state_container)
+        try:
+            await state.read()
+        except Exception as exc:
+            raise StoreError(f"Cosmos store {self.endpoint} cannot be reached: {exc}") from exc
+
     # -- writes --------------------------------------------------------------------------------
 
     async def write(

@@ -8,6 +8,7 @@ connection run on the file's worker thread, so the event loop never waits on the
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -153,6 +154,23 @@ class SqliteStore:
             return int(connection.execute(f"SELECT count(*) FROM {kind}").fetchone()[0])  # noqa: S608
 
         return await self._file.run(read, f"count {kind}")
+
+    async def ping(self) -> None:
+        """Raise ``StoreError`` unless the store's file can be opened and read now (a fresh
+        connection: the open one keeps working on a file that was removed or unmounted)."""
+        self._check_open()
+
+        def read() -> None:
+            try:
+                connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)
+                try:
+                    connection.execute("SELECT 1 FROM state LIMIT 1").fetchall()
+                finally:
+                    connection.close()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path} cannot be read: {exc}") from exc
+
+        await asyncio.to_thread(read)
 
     async def telemetry_ids(self) -> list[tuple[str, str]]:
         """Every (pk, id) stored; for verification tools and tests."""

@@ -20,3 +20,8 @@ class ProcessorSettings(BaseModel):
     lateness_s: PositiveFloat = 300.0
     max_future_skew_s: PositiveFloat = 900.0
     hot_path: bool = True
+    # Without ingest, /healthz, /readyz and /metrics are served on this port (with ingest, on
+    # ingest's port); None: not served.
+    ops_port: int | None = Field(default=None, ge=0, le=65535)
+    # /readyz: a partition with events waiting and no batch or checkpoint for this long.
+    ready_max_silence_s: PositiveFloat = 60.0

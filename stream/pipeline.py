@@ -112,18 +112,36 @@ class Pipeline:
             await self._on_batch(context, events)
 
     async def _on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
+        started = time.perf_counter()
         state = self._partitions[context.partition_id]
         now = datetime.now(UTC)
         documents, quarantined = self._transform(state, events, now)
-        await self.store.write(documents, quarantined)
+        try:
+            await self.store.write(documents, quarantined)
+        except Exception as exc:
+            self.stats.store_failed(exc)
+            raise
+        self.stats.store_error = None
+        detecting = time.perf_counter()
         state.outbox.extend(self._detect(state, documents))
+        self.stats.metrics.detector_seconds.inc(time.perf_counter() - detecting)
         breaches = state.outbox
         if breaches:
             assert self.publisher is not None
-            await self.publisher.publish(breaches)
+            try:
+                await self.publisher.publish(breaches)
+            except Exception as exc:
+                self.stats.publish_failed(exc)
+                raise
+            self.stats.publish_error = None
             state.outbox = []
         self.stats.record(
-            context.partition_id, events[-1], len(documents), len(quarantined), breaches
+            context.partition_id,
+            events[-1],
+            len(documents),
+            quarantined,
+            breaches,
+            time.perf_counter() - started,
         )
         state.pending = events[-1]
         if time.monotonic() - state.last_checkpoint >= self.checkpoint_interval_s:
@@ -193,3 +211,4 @@ class Pipeline:
         await context.checkpoint(event)
         state.pending = None
         state.last_checkpoint = time.monotonic()
+        self.stats.checkpointed(context.partition_id)

@@ -1,12 +1,16 @@
-"""Counters of a running processor and the periodic one-line status built from them."""
+"""Counters of a running processor: the periodic one-line status, the Prometheus metrics
+(``stream.metrics``) and what readiness looks at (last batch, last checkpoint, failing writes and
+publishes per partition)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from schemas import Breach, BreachState
+from schemas import Breach, BreachState, QuarantineRecord
+from stream.metrics import ProcessorMetrics
 from stream.ports import PartitionContext, ReceivedEvent
 
 
@@ -14,6 +18,9 @@ from stream.ports import PartitionContext, ReceivedEvent
 class _PartitionProgress:
     context: PartitionContext
     last_sequence: int = -1
+    attached_at: float = field(default_factory=time.monotonic)
+    last_batch_at: float | None = None
+    last_checkpoint_at: float | None = None
 
 
 @dataclass
@@ -26,7 +33,12 @@ class ProcessorStats:
     started: float = field(default_factory=time.monotonic)
     # Called with every breach the processor published (the CLI prints them).
     on_breach: Callable[[Breach], None] | None = None
+    metrics: ProcessorMetrics = field(default_factory=ProcessorMetrics)
+    # Set while the latest attempt failed, cleared by the next success: readiness reports them.
+    store_error: str | None = None
+    publish_error: str | None = None
     _partitions: dict[str, _PartitionProgress] = field(default_factory=dict)
+    _open: dict[str, str] = field(default_factory=dict)
     _last_report: tuple[float, int] = (0.0, 0)
 
     async def attach(self, context: PartitionContext) -> None:
@@ -35,30 +47,104 @@ class ProcessorStats:
             context, -1 if checkpointed is None else checkpointed
         )
 
+        self.metrics.partitions.set(len(self._partitions))
+
     def detach(self, partition_id: str) -> None:
         self._partitions.pop(partition_id, None)
+        self.metrics.partitions.set(len(self._partitions))
+        for gauge in (self.metrics.lag, self.metrics.checkpoint_age):
+            with contextlib.suppress(KeyError):  # never scraped while owned
+                gauge.remove(partition_id)
 
     def record(
         self,
         partition_id: str,
         last: ReceivedEvent,
         documents: int,
-        quarantined: int,
+        quarantined: Sequence[QuarantineRecord],
         breaches: Sequence[Breach],
+        seconds: float = 0.0,
     ) -> None:
         progress = self._partitions.get(partition_id)
         if progress is not None:
             progress.last_sequence = last.sequence
+            progress.last_batch_at = time.monotonic()
         self.documents += documents
-        self.quarantined += quarantined
-        self.events += documents + quarantined
+        self.quarantined += len(quarantined)
+        self.events += documents + len(quarantined)
+        metrics = self.metrics
+        metrics.events.labels("stored").inc(documents)
+        metrics.events.labels("quarantined").inc(len(quarantined))
+        for record in quarantined:
+            metrics.quarantined.labels(record.issues[0].code if record.issues else "none").inc()
+        metrics.batch_seconds.observe(seconds)
         for breach in breaches:
             if self.on_breach is not None:
                 self.on_breach(breach)
+            metrics.breaches.labels(breach.state.value, breach.severity.value).inc()
             if breach.state is BreachState.OPENED:
                 self.breaches_opened += 1
+                self._open[breach.breach_id] = breach.severity.value
             else:
                 self.breaches_resolved += 1
+                self._open.pop(breach.breach_id, None)
+        for severity in ("warning", "critical"):
+            metrics.open_breaches.labels(severity).set(
+                sum(1 for value in self._open.values() if value == severity)
+            )
+
+    def checkpointed(self, partition_id: str) -> None:
+        progress = self._partitions.get(partition_id)
+        if progress is not None:
+            progress.last_checkpoint_at = time.monotonic()
+
+    def store_failed(self, error: BaseException) -> None:
+        self.store_error = f"{type(error).__name__}: {error}"
+        self.metrics.store_failures.inc()
+
+    def publish_failed(self, error: BaseException) -> None:
+        self.publish_error = f"{type(error).__name__}: {error}"
+        self.metrics.publish_failures.inc()
+
+    async def refresh(self) -> None:
+        """Set the gauges read from the source (lag) and the clock (checkpoint age)."""
+        lags = await self.lag()
+        now = time.monotonic()
+        for partition_id, progress in self._partitions.items():
+            lag = lags.get(partition_id)
+            if lag is not None:
+                self.metrics.lag.labels(partition_id).set(lag)
+            since = progress.last_checkpoint_at or progress.attached_at
+            self.metrics.checkpoint_age.labels(partition_id).set(now - since)
+
+    async def problems(self, max_silence_s: float) -> list[str]:
+        """Why this processor is not ready, or nothing: no partition owned, a partition with
+        work waiting but no batch or checkpoint for ``max_silence_s``, failing writes or
+        publishes."""
+        found: list[str] = []
+        if not self._partitions:
+            found.append("no partition owned")
+        lags = await self.lag()
+        now = time.monotonic()
+        for partition_id, progress in sorted(self._partitions.items()):
+            if not lags.get(partition_id):
+                continue  # caught up: silence is fine
+            batch = progress.last_batch_at or progress.attached_at
+            checkpoint = progress.last_checkpoint_at or progress.attached_at
+            if now - batch > max_silence_s:
+                found.append(
+                    f"partition {partition_id}: {lags[partition_id]} events waiting, "
+                    f"no batch for {now - batch:.0f} s"
+                )
+            elif now - checkpoint > max_silence_s:
+                found.append(
+                    f"partition {partition_id}: no checkpoint for {now - checkpoint:.0f} s"
+                )
+        if self.store_error:
+            found.append(f"store: {self.store_error}")
+        if self.publish_error:
+            found.append(f"alert bus: {self.publish_error}")
+        return found
 
     async def lag(self) -> dict[str, int | None]:
         """Events enqueued but not yet processed, per owned partition."""

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,13 +27,14 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.log_context import log_context
 from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected
 from stream.enrich import Enricher, document_id
+from stream.metrics import IngestMetrics
 from stream.ports import EventSink
 from stream.producers.ingest_auth import Authorizer, Denied, Sender
 
@@ -114,6 +117,33 @@ class RequestIds:
             await self.app(scope, receive, send_with_id)
 
 
+class CountRequests:
+    """ASGI middleware: ingest requests by answer status and their duration."""
+
+    def __init__(self, app: ASGIApp, metrics: IngestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/api/telemetry":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers when the app raises before answering
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            self.metrics.requests.labels(str(status)).inc()
+            self.metrics.seconds.observe(time.perf_counter() - started)
+
+
 class IngestApp:
     """The Starlette application; ``sink`` and ``store`` must be open while it serves."""
 
@@ -126,6 +156,8 @@ class IngestApp:
         *,
         body_timeout_s: float = 30.0,
         authorizer: Authorizer | None = None,
+        metrics: IngestMetrics | None = None,
+        extra_routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.body_timeout_s = body_timeout_s
         self.authorizer = authorizer
@@ -134,11 +166,16 @@ class IngestApp:
         self.sink = sink
         self.store = store
         self.app = Starlette(
+            # Routes given by the process (health, metrics) come first: theirs win.
             routes=[
+                *extra_routes,
                 Route("/api/telemetry", self.post_telemetry, methods=["POST"]),
                 Route("/healthz", self.health, methods=["GET"]),
             ],
-            middleware=[Middleware(RequestIds)],
+            middleware=[
+                Middleware(RequestIds),
+                *([Middleware(CountRequests, metrics=metrics)] if metrics is not None else []),
+            ],
         )
 
     async def health(self, request: Request) -> Response:

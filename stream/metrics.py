@@ -1,0 +1,88 @@
+"""The processor's Prometheus metrics, in a registry of its own (one per processor, so tests and
+several processors in one interpreter do not share counters).
+
+Counters move as batches are processed (``ProcessorStats`` calls these); the per-partition
+gauges (lag, checkpoint age) are set when the registry is scraped (``ProcessorStats.refresh``),
+because lag is read from the source.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ProcessorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "evalstream_events", "Events processed, by outcome.", ["outcome"], registry=r
+        )
+        self.quarantined = Counter(
+            "evalstream_quarantined_events",
+            "Quarantined inputs, by the code of their first issue.",
+            ["code"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "evalstream_batch_duration_seconds",
+            "Time to process one batch (transform, store, detect, publish).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.detector_seconds = Counter(
+            "evalstream_detector_seconds", "Time spent in the hot-path detectors.", registry=r
+        )
+        self.breaches = Counter(
+            "evalstream_breaches",
+            "Breach messages published, by state and severity.",
+            ["state", "severity"],
+            registry=r,
+        )
+        self.open_breaches = Gauge(
+            "evalstream_open_breaches",
+            "Breaches opened by this processor and not resolved, by severity.",
+            ["severity"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "evalstream_publish_failures", "Failed attempts to publish breaches.", registry=r
+        )
+        self.store_failures = Counter(
+            "evalstream_store_failures", "Failed attempts to write a batch.", registry=r
+        )
+        self.lag = Gauge(
+            "evalstream_partition_lag_events",
+            "Events enqueued in a partition and not yet processed.",
+            ["partition"],
+            registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            "evalstream_checkpoint_age_seconds",
+            "Seconds since the partition's last checkpoint (or since it was taken).",
+            ["partition"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "evalstream_partitions_owned", "Partitions this processor owns.", registry=r
+        )
+
+
+class IngestMetrics:
+    """HTTP ingest's requests, registered in the registry of the process that serves it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "evalstream_ingest_requests",
+            "Requests to POST /api/telemetry, by answer status.",
+            ["status"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "evalstream_ingest_request_duration_seconds",
+            "Time from a request's start to its answer.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
