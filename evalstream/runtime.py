@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from starlette.applications import Starlette
 
 from evalstream import coldpath_schedule, wiring
+from evalstream.live_report import LiveReport
 from evalstream.settings import Settings, SettingsError
 from schemas import Breach
 from stream.metrics import IngestMetrics
@@ -129,6 +130,7 @@ async def run_processor(
             on_status,
         )
         ops = OpsRoutes(stats, store, max_silence_s=settings.processor.ready_max_silence_s)
+        ops.routes.extend(LiveReport(settings).routes)
         if ingest and sink is not None:
             app = IngestApp(
                 wiring.decoder(settings),
@@ -151,7 +153,7 @@ async def run_processor(
             )
             on_status(
                 f"ingest: POST http://{settings.ingest.host}:{bound_port(server)}/api/telemetry"
-                " (and /healthz, /readyz, /metrics)"
+                " (and /healthz, /readyz, /metrics, /report)"
             )
         elif settings.processor.ops_port is not None:
             server = await stack.enter_async_context(
@@ -164,7 +166,7 @@ async def run_processor(
             )
             on_status(
                 f"health and metrics: http://{settings.ingest.host}:{bound_port(server)}"
-                "/healthz, /readyz, /metrics"
+                "/healthz, /readyz, /metrics, /report"
             )
         async with asyncio.TaskGroup() as group:
             if simulate is not None and sink is not None:

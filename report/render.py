@@ -247,6 +247,8 @@ def render_html(data: ReportData) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         "<title>evalstream report</title>"
+        # An empty icon: served live (/report), a browser would otherwise fetch /favicon.ico.
+        '<link rel="icon" href="data:,">'
         f"<style>{_STYLE}</style>"
         f'<script type="text/javascript">{get_plotlyjs()}</script>'
         "</head><body>\n" + "\n".join(body) + "\n</body></html>\n"

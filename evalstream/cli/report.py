@@ -8,15 +8,13 @@ options.
 from __future__ import annotations
 
 import asyncio
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from coldpath.windows import parse_moment
 from common.errors import EvalstreamError
 from evalstream.cli.coldpath import load
 from evalstream.cli.options import ConfigOption, DataDirOption
@@ -25,37 +23,18 @@ from store.exceptions import StoreError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-DEFAULT_SPAN = timedelta(hours=24)
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _moment(text: str, option: str) -> datetime:
-    try:
-        return parse_moment(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=option) from exc
-
-
 def time_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
-    """``--to`` (default now) and ``--from``: an ISO-8601 moment or a duration before ``--to``
-    (``90m``, ``6h``, ``2d``; default 24 h)."""
-    stop = _moment(end, "--to") if end else now
-    if start is None:
-        return stop - DEFAULT_SPAN, stop
-    duration = _DURATION.match(start.strip())
-    if duration:
-        back = timedelta(seconds=float(duration[1]) * _UNITS[duration[2]])
-        first = stop - back
-    else:
-        first = _moment(start, "--from")
-    if first >= stop:
-        raise typer.BadParameter(
-            f"{start} is not before --to {stop.isoformat()}", param_hint="--from"
-        )
-    return first, stop
+    """``--from``/``--to`` as ``report_range`` reads them, errors as the option's."""
+    from evalstream.wiring.report import RangeError, report_range
+
+    try:
+        return report_range(start, end, now)
+    except RangeError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
 
 
 def report(

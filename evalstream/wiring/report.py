@@ -3,11 +3,14 @@ backend and the price table; the report room itself never sees the settings."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from coldpath.policies.usage import parse_prices
+from coldpath.windows import parse_moment
 from evalstream import wiring
 from evalstream.settings import Settings, SettingsError
 from report import BreachLog, PriceTable, ReportData, ReportRequest, TokenPrice, gather
@@ -81,3 +84,39 @@ async def build_report(settings: Settings, request: ReportRequest) -> ReportData
             apps=settings.apps,
             prices=lambda app_id: price_table(settings, app_id),
         )
+
+
+DEFAULT_SPAN = timedelta(hours=24)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+class RangeError(ValueError):
+    """A report's ``from``/``to`` cannot be read; ``field`` says which."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def report_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
+    """``to`` (default now) and ``from``: an ISO-8601 moment or a duration before ``to``
+    (``90m``, ``6h``, ``2d``; default 24 h)."""
+    stop = _moment(end, "to") if end else now
+    if start is None:
+        return stop - DEFAULT_SPAN, stop
+    duration = _DURATION.match(start.strip())
+    if duration:
+        first = stop - timedelta(seconds=float(duration[1]) * _UNITS[duration[2]])
+    else:
+        first = _moment(start, "from")
+    if first >= stop:
+        raise RangeError("from", f"{start} is not before to {stop.isoformat()}")
+    return first, stop
+
+
+def _moment(text: str, field: str) -> datetime:
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise RangeError(field, str(exc)) from exc
