@@ -24,6 +24,10 @@ class EventHubsSettings(BaseModel):
     connection_string: SecretStr | None = None
     fully_qualified_namespace: str | None = None
     eventhub_name: str = "telemetry"
+    # The hub's partition count (set it to the hub's): at most this many processors share the
+    # work, so an autoscaler must not go past it (deploy/k8s's KEDA maximum is checked against
+    # this setting).
+    partitions: PositiveInt = 4
     checkpoint_connection_string: SecretStr | None = None
     checkpoint_account_url: str | None = None
     checkpoint_container: str = "evalstream-checkpoints"
