@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from common.errors import EvalstreamError
+from common.errors import EvalstreamError, Misconfigured
 
 # A busy bus has already made its caller wait the busy timeout: the next attempt waits at least
 # this long too, so retries do not keep the file's lock queue full.
@@ -34,6 +34,10 @@ class AlertError(EvalstreamError):
 
 class AlertBusError(AlertError):
     """The bus failed to store, lock or settle a message."""
+
+
+class AlertBusMisconfigured(AlertBusError, Misconfigured):
+    pass
 
 
 class AlertBusBusyError(AlertBusError):

@@ -88,7 +88,13 @@ from azure.servicebus.exceptions import (
 )
 
 from alerts.config import SubscriptionSpec
-from alerts.exceptions import AlertBusError, AlertClientClosedError, AlertError, LockLostError
+from alerts.exceptions import (
+    AlertBusError,
+    AlertBusMisconfigured,
+    AlertClientClosedError,
+    AlertError,
+    LockLostError,
+)
 from alerts.servicebus_config import ServiceBusSettings
 from schemas import Breach
 
@@ -167,7 +173,7 @@ class ServiceBusConnection:
 
     def __init__(self, settings: ServiceBusSettings, *, retry_total: int, backoff_max_s: float):
         if settings.connection_string is None and not settings.fully_qualified_namespace:
-            raise AlertBusError(
+            raise AlertBusMisconfigured(
                 "the Service Bus alert bus needs azure.servicebus.connection_string or "
                 "azure.servicebus.fully_qualified_namespace (with DefaultAzureCredential)"
             )

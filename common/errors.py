@@ -5,6 +5,8 @@ them with ``raise ... from exc``. ``retryable`` says whether the same call may s
 ``retry_after`` how long the cause asked us to wait (seconds), when it said so::
 
     EvalstreamError
+    ├── Misconfigured            a setting is missing or contradicts another (mixed into
+    │                            the packages' errors below; SettingsError is one)
     ├── SettingsError            a setting is invalid (evalstream.settings)
     ├── StoreError               store adapters (store.exceptions)
     ├── StreamError              sources, decoding, processing (stream.exceptions)
@@ -28,6 +30,13 @@ class EvalstreamError(Exception):
         if retryable is not None:
             self.retryable = retryable
         self.retry_after = retry_after
+
+
+class Misconfigured(EvalstreamError):
+    """A setting is missing or contradicts another; the message names it. Packages raise it
+    mixed into their own error (``class StoreMisconfigured(StoreError, Misconfigured)``), so
+    callers catching the package's error still do; the command line answers it with one line
+    and exit 2, whichever command met it."""
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -25,7 +25,7 @@ from alerts.config import AlertSettings
 from alerts.servicebus_config import ServiceBusSettings
 from coldpath.config import ColdpathSettings
 from coldpath.executors.batch_config import BatchSettings
-from common.errors import EvalstreamError
+from common.errors import Misconfigured
 from schemas import AppDirectory
 from store.cosmos_config import CosmosSettings
 from stream.config import ProcessorSettings
@@ -35,7 +35,7 @@ from stream.sources.eventhubs_config import EventHubsSettings
 DEFAULT_DATA_DIR = Path("var/evalstream")
 
 
-class SettingsError(EvalstreamError):
+class SettingsError(Misconfigured):
     """The configuration is invalid; the message names every offending setting."""
 
 

@@ -19,13 +19,13 @@ from common.retry import Backoff
 from store.cosmos_config import CosmosSettings
 from store.cosmos_errors import call
 from store.cosmos_items import PARTITION_KEY_PATH
-from store.exceptions import StoreError
+from store.exceptions import StoreMisconfigured
 
 
 def credential_from(settings: CosmosSettings) -> tuple[str, Any, Callable[[], Any] | None]:
     """The endpoint; ``key``, else DefaultAzureCredential; how to close it (None for a key)."""
     if not settings.endpoint:
-        raise StoreError("azure.cosmos.endpoint is not set")
+        raise StoreMisconfigured("azure.cosmos.endpoint is not set")
     if settings.key is not None:
         return settings.endpoint, settings.key.get_secret_value(), None
     from azure.identity.aio import DefaultAzureCredential

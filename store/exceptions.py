@@ -7,11 +7,15 @@ StoreError
 
 from __future__ import annotations
 
-from common.errors import EvalstreamError
+from common.errors import EvalstreamError, Misconfigured
 
 
 class StoreError(EvalstreamError):
     """Root of the store's errors."""
+
+
+class StoreMisconfigured(StoreError, Misconfigured):
+    pass
 
 
 class StoreUnavailable(StoreError):

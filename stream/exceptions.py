@@ -10,7 +10,7 @@ EvalstreamError (common.errors)
 
 from __future__ import annotations
 
-from common.errors import EvalstreamError
+from common.errors import EvalstreamError, Misconfigured
 
 
 class StreamError(EvalstreamError):
@@ -18,6 +18,10 @@ class StreamError(EvalstreamError):
 
 
 class SourceError(StreamError):
+    pass
+
+
+class SourceMisconfigured(SourceError, Misconfigured):
     pass
 
 

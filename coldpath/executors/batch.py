@@ -30,6 +30,7 @@ from coldpath.exceptions import ColdpathError
 from coldpath.executors.batch_config import MAX_BYTES_PER_CALL, BatchSettings
 from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
 from coldpath.ports import JobReport
+from common.errors import Misconfigured
 from common.retry import Backoff, retry
 from schemas import JobManifest
 
@@ -40,6 +41,10 @@ Stage = Callable[[JobManifest], Awaitable[str]]
 CHUNK_BYTES = MAX_BYTES_PER_CALL - 4096
 TASK_ID_WIDTH = 6
 BATCH_DONE = ("completed",)
+
+
+class BatchMisconfigured(ColdpathError, Misconfigured):
+    """A Batch setting is missing."""
 
 
 class BatchError(ColdpathError):
@@ -87,7 +92,7 @@ def map_error(exc: AzureError, what: str) -> BatchError:
 def batch_client(settings: BatchSettings) -> BatchClient:
     """A client with the SDK's own retries off: ours (common.retry) are the only ones."""
     if not settings.account_url:
-        raise BatchError("azure.batch.account_url is not set")
+        raise BatchMisconfigured("azure.batch.account_url is not set")
     credential: Any
     if settings.account_key is not None:
         if not settings.account_name:

@@ -12,11 +12,14 @@ fresh ``evalstream coldpath run-shard`` per shard task, and importing every comm
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import typer
 import typer.core
 import typer.main
+
+from common.errors import EvalstreamError, Misconfigured, leaves
 
 # Command name -> (module, attribute): a Typer app (a command group) or a command function.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -75,4 +78,14 @@ def evalstream() -> None:
 
 
 def main() -> None:
-    app()
+    """Run the command; a project error no command handled is one line on stderr, never a
+    traceback: exit 2 for a missing or contradictory setting, 1 for anything else."""
+    try:
+        app()
+    except BaseException as exc:
+        errors = leaves(exc)
+        if not errors or not all(isinstance(error, EvalstreamError) for error in errors):
+            raise
+        for error in errors:
+            sys.stderr.write(f"error: {error}\n")
+        sys.exit(2 if all(isinstance(error, Misconfigured) for error in errors) else 1)

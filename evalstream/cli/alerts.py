@@ -29,9 +29,10 @@ from alerts.ports import (
     DeadLetteredAlert,
     ReceivedAlert,
 )
-from common.errors import leaves
+from common.errors import Misconfigured, leaves
 from evalstream import wiring
-from evalstream.settings import Settings, SettingsError, load_settings
+from evalstream.cli.options import DataDirOption, load
+from evalstream.settings import Settings
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -96,13 +97,17 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def _load(
-    config: Path | None, subscription: str, backend: str | None
+    config: Path | None, subscription: str, backend: str | None, data_dir: Path | None = None
 ) -> tuple[Settings, SubscriptionSpec]:
+    settings = load(config, data_dir, backend=backend)
     try:
-        settings = load_settings(config=config, backend=backend)
         return settings, find_subscription(settings, subscription)
-    except (SettingsError, UnknownSubscriptionError) as exc:
+    except UnknownSubscriptionError as exc:
         raise _fail(str(exc)) from exc
+
+
+def _exit_code(errors: list[BaseException]) -> int:
+    return EXIT_USAGE if all(isinstance(error, Misconfigured) for error in errors) else 1
 
 
 class _StopAfter:
@@ -194,6 +199,7 @@ def listen(
         ),
     ] = None,
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     backend: BackendOption = None,
     max_alerts: Annotated[
         int | None,
@@ -206,7 +212,7 @@ def listen(
     ] = None,
 ) -> None:
     """Print the alerts of a subscription as they arrive (and optionally forward them)."""
-    settings, spec = _load(config, subscription, backend)
+    settings, spec = _load(config, subscription, backend, data_dir)
     try:
         try:
             asyncio.run(
@@ -216,7 +222,8 @@ def listen(
             )
         except* (AlertError, ValueError) as group:
             # The listener supervises a task group: its errors arrive grouped.
-            raise _fail("; ".join(str(leaf) for leaf in leaves(group)), code=1) from None
+            errors = leaves(group)
+            raise _fail("; ".join(map(str, errors)), code=_exit_code(errors)) from None
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -257,17 +264,18 @@ def dlq(
         bool, typer.Option("--json", help="Print one JSON object per dead-lettered alert.")
     ] = False,
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     backend: BackendOption = None,
     max_count: Annotated[
         int, typer.Option("--max", min=1, metavar="N", help="Show at most N, oldest first.")
     ] = 100,
 ) -> None:
     """Show the dead-lettered alerts of a subscription, oldest first, without removing them."""
-    settings, spec = _load(config, subscription, backend)
+    settings, spec = _load(config, subscription, backend, data_dir)
     try:
         dead_letters = asyncio.run(_dead_letters(settings, spec, max_count))
     except AlertError as exc:
-        raise _fail(str(exc), code=1) from exc
+        raise _fail(str(exc), code=_exit_code([exc])) from exc
     if json_output:
         for dead in dead_letters:
             sys.stdout.write(_dead_letter_json(dead).decode() + "\n")

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from common.errors import EvalstreamError, leaves
+from common.errors import EvalstreamError, Misconfigured, leaves
 from evalstream.logs import LogFormat
 from evalstream.settings import Settings, SettingsError, load_settings
 
@@ -92,10 +92,13 @@ def load(
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run``; the project's errors end the command with one line each (exit 1)."""
+    """``asyncio.run``; the project's errors end the command with one line each (exit 2 when
+    every one is a missing or contradictory setting, else 1)."""
     try:
         return asyncio.run(coroutine)
     except* EvalstreamError as group:
-        for exc in leaves(group):
+        errors = leaves(group)
+        for exc in errors:
             console.print(Text(f"error: {exc}", style="red"))
-        raise typer.Exit(EXIT_FAILED) from None
+        misconfigured = all(isinstance(exc, Misconfigured) for exc in errors)
+        raise typer.Exit(EXIT_USAGE if misconfigured else EXIT_FAILED) from None

@@ -15,10 +15,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from common.errors import EvalstreamError
+from common.errors import EvalstreamError, Misconfigured
 from evalstream.cli.coldpath import load
 from evalstream.cli.options import ConfigOption, DataDirOption
-from evalstream.settings import SettingsError
 from store.exceptions import StoreError
 
 EXIT_FAILED = 1
@@ -80,7 +79,7 @@ def report(
     request = ReportRequest(start=first, end=stop, app_ids=tuple(app or ()))
     try:
         data = asyncio.run(build_report(settings, request))
-    except SettingsError as exc:
+    except Misconfigured as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_USAGE) from exc
     except (EvalstreamError, StoreError) as exc:

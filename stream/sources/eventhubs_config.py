@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, SecretStr
 
-from stream.exceptions import SourceError
+from stream.exceptions import SourceMisconfigured
 
 
 class EventHubsSettings(BaseModel):
@@ -44,7 +44,7 @@ class EventHubsSettings(BaseModel):
 def check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:
     """Raise SourceError for settings that cannot work (``checkpoints``: for the source)."""
     if settings.connection_string is None and not settings.fully_qualified_namespace:
-        raise SourceError(
+        raise SourceMisconfigured(
             "azure.eventhubs needs connection_string or fully_qualified_namespace "
             "(DefaultAzureCredential)"
         )
@@ -58,7 +58,7 @@ def check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:
         )
         entity = parts.get("EntityPath")
         if entity and entity != settings.eventhub_name:
-            raise SourceError(
+            raise SourceMisconfigured(
                 f"azure.eventhubs.eventhub_name is {settings.eventhub_name!r} but the connection "
                 f"string names the hub {entity!r}: make them agree"
             )
@@ -67,7 +67,7 @@ def check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:
         and settings.checkpoint_connection_string is None
         and not settings.checkpoint_account_url
     ):
-        raise SourceError(
+        raise SourceMisconfigured(
             "azure.eventhubs needs checkpoint_connection_string or checkpoint_account_url "
             "(DefaultAzureCredential) for its Blob checkpoints"
         )

@@ -151,3 +151,29 @@ def test_help_texts_name_the_options() -> None:
     result = CliRunner().invoke(alerts_app, ["dlq", "--help"])
     assert result.exit_code == 0
     assert "dead-lettered alerts" in result.stdout
+
+
+def test_data_dir_picks_the_embedded_bus_for_dlq_and_listen(config: Path, tmp_path: Path) -> None:
+    publish(config, [make_breach(7, severity=Severity.CRITICAL)])
+    dead_letter(config, "critical", "WebhookRejectedError", "answered 404")
+    elsewhere = tmp_path / "elsewhere"
+    runner = CliRunner()
+
+    moved = runner.invoke(
+        alerts_app, ["dlq", "-s", "critical", "--config", str(config), "--data-dir", str(elsewhere)]
+    )
+    assert moved.exit_code == 0, moved.output
+    assert moved.stdout.strip() == "no dead-lettered alerts in subscription 'critical'"
+
+    data_dir = str(bus(config).parent)
+    here = runner.invoke(
+        alerts_app, ["dlq", "-s", "critical", "--config", str(config), "--data-dir", data_dir]
+    )
+    assert "breach breach-00007" in here.stdout
+    listened = runner.invoke(
+        alerts_app,
+        ["listen", "-s", "all", "--json", "--max-alerts", "1", "--data-dir", data_dir,
+         "--config", str(config)],
+    )  # fmt: skip
+    assert listened.exit_code == 0, listened.output
+    assert json.loads(listened.stdout.splitlines()[0])["breach_id"] == "breach-00007"
