@@ -173,6 +173,10 @@ async def run_processor(
                 group.create_task(_simulate(simulate, sink, stop, on_status))
             if until_idle_s is not None:
                 group.create_task(_stop_when_idle(stats, until_idle_s, stop))
+            if settings.azure.monitor.connection_string is not None:
+                from evalstream.azure_monitor import AzureMonitorExport
+
+                group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
             if coldpath_schedule.enabled(settings, simulate is not None):
                 group.create_task(
                     coldpath_schedule.run_schedule(settings, store, stop, on_status, on_breach)

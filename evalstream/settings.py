@@ -26,6 +26,7 @@ from alerts.servicebus_config import ServiceBusSettings
 from coldpath.config import ColdpathSettings
 from coldpath.executors.batch_config import BatchSettings
 from common.errors import Misconfigured
+from evalstream.azure_monitor_config import AzureMonitorSettings
 from schemas import AppDirectory
 from store.cosmos_config import CosmosSettings
 from stream.config import ProcessorSettings
@@ -70,6 +71,8 @@ class AzureSettings(BaseModel):
     servicebus: ServiceBusSettings = Field(default_factory=ServiceBusSettings)
     # The cold path's Batch executor and pool (`coldpath trigger --executor batch`).
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    # Optional export of the processor's metrics to Application Insights.
+    monitor: AzureMonitorSettings = Field(default_factory=AzureMonitorSettings)
 
 
 class Settings(BaseSettings):

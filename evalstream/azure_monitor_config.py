@@ -1,0 +1,15 @@
+"""Settings of the optional metrics export to Azure Monitor (``evalstream.azure_monitor``),
+apart from it so that reading the settings does not import OpenTelemetry."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, PositiveFloat, SecretStr
+
+
+class AzureMonitorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Application Insights' connection string (InstrumentationKey=…;IngestionEndpoint=…);
+    # unset: no export.
+    connection_string: SecretStr | None = None
+    export_interval_s: PositiveFloat = 60.0
