@@ -21,10 +21,12 @@ from coldpath.executors.inline import InlineExecutor
 from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan, submit
 from common.errors import EvalstreamError
+from common.log_context import log_context
 from evalstream import wiring
 from evalstream.settings import Settings
 from schemas import Breach, EvaluationPolicy
 from store.ports import EvaluationStore, TelemetryStore
+from stream.metrics import ProcessorMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ async def run_schedule(
     stop: asyncio.Event,
     on_status: Callable[[str], None],
     on_breach: Callable[[Breach], None] | None = None,
+    metrics: ProcessorMetrics | None = None,
 ) -> None:
     """Until ``stop``: evaluate the newly due windows every ``coldpath.schedule_interval_s``."""
     try:
@@ -109,7 +112,9 @@ async def run_schedule(
         while not stop.is_set():
             try:
                 for policy in policies:
-                    await _evaluate_due(policy, cursors, evaluations, executor, settings, on_status)
+                    await _evaluate_due(
+                        policy, cursors, evaluations, executor, settings, on_status, metrics
+                    )
             except asyncio.CancelledError:
                 raise
             except EvalstreamError as exc:
@@ -126,6 +131,7 @@ async def _evaluate_due(
     executor: InlineExecutor,
     settings: Settings,
     on_status: Callable[[str], None],
+    metrics: ProcessorMetrics | None,
 ) -> None:
     now = datetime.now(UTC)
     choice = WindowChoice(last=False, range_start=cursors[policy.name], range_end=now)
@@ -137,8 +143,14 @@ async def _evaluate_due(
         group_size=settings.coldpath.group_size,
         code_version=wiring.code_version(),
     )
-    for report in await submit(manifests, evaluations, executor):
-        for index, error in report.failed.items():
-            on_status(f"cold path: shard {index} of {report.manifest_id} failed: {error}")
+    for manifest in manifests:
+        with log_context(job_id=manifest.id):
+            for report in await submit([manifest], evaluations, executor):
+                for index, error in report.failed.items():
+                    on_status(f"cold path: shard {index} of {report.manifest_id} failed: {error}")
+                if metrics is not None:
+                    metrics.coldpath_jobs.labels(policy.name).inc()
+                    metrics.coldpath_shards.labels("succeeded").inc(len(report.succeeded))
+                    metrics.coldpath_shards.labels("failed").inc(len(report.failed))
     if manifests:
         cursors[policy.name] = manifests[-1].window.end

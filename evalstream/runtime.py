@@ -179,7 +179,9 @@ async def run_processor(
                 group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
             if coldpath_schedule.enabled(settings, simulate is not None):
                 group.create_task(
-                    coldpath_schedule.run_schedule(settings, store, stop, on_status, on_breach)
+                    coldpath_schedule.run_schedule(
+                        settings, store, stop, on_status, on_breach, stats.metrics
+                    )
                 )
             await processor.run(stop)
             stop.set()

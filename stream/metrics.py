@@ -68,6 +68,19 @@ class ProcessorMetrics:
         self.partitions = Gauge(
             "evalstream_partitions_owned", "Partitions this processor owns.", registry=r
         )
+        # The cold path when it runs in this process (coldpath.schedule_in_process).
+        self.coldpath_jobs = Counter(
+            "evalstream_coldpath_jobs",
+            "Cold-path jobs (manifests) run, by policy.",
+            ["policy"],
+            registry=r,
+        )
+        self.coldpath_shards = Counter(
+            "evalstream_coldpath_shards",
+            "Cold-path shards finished, by outcome (succeeded, failed).",
+            ["outcome"],
+            registry=r,
+        )
 
 
 class IngestMetrics:

@@ -19,7 +19,13 @@ from tests.integration.processor_harness import start_processor, store_contents,
 
 pytestmark = pytest.mark.integration
 
-ENV = {"EVALSTREAM_PROCESSOR__HOT_PATH": "false", "EVALSTREAM_PROCESSOR__BATCH_SIZE": "7"}
+ENV = {
+    "EVALSTREAM_PROCESSOR__HOT_PATH": "false",
+    "EVALSTREAM_PROCESSOR__BATCH_SIZE": "7",
+    # The demo policy evaluates the stored minutes in process: its jobs show in /metrics.
+    "EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS": "true",
+    "EVALSTREAM_COLDPATH__SCHEDULE_INTERVAL_S": "0.5",
+}
 WHEN = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
 
 
@@ -101,6 +107,16 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
             _value(samples, "evalstream_partition_lag_events", partition=str(p)) == 0
             for p in range(4)
         )
+
+        wait_until(
+            lambda: any(name == "evalstream_coldpath_jobs_total" for name, _ in _samples(url)),
+            timeout=60,
+            what="a cold-path job in the metrics",
+            interval=0.2,
+        )
+        samples = _samples(url)
+        assert _value(samples, "evalstream_coldpath_shards_total", outcome="failed") == 0
+        assert _value(samples, "evalstream_coldpath_shards_total", outcome="succeeded") >= 1
 
         ready = httpx.get(f"{url}/readyz", timeout=10)
         assert (ready.status_code, ready.json()["status"]) == (200, "ready")
