@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
-from alerts.handlers import render_breach
 from common.errors import leaves
 from evalstream import logs, wiring
 from evalstream.cli.options import (
@@ -95,7 +93,7 @@ def process(
         if simulate
         else None
     )
-    say = _JsonLines() if log_format == "json" else _Terminal()
+    say = _Lines(log_format)
     say.status(
         f"evalstream processor: backend {settings.backend}, data in {settings.embedded.data_dir}, "
         f"{settings.embedded.partitions} partitions; Ctrl-C to stop"
@@ -118,31 +116,22 @@ def process(
         raise typer.Exit(2) from None
 
 
-class _Terminal:
-    """What the processor says, for a person at a terminal."""
+class _Lines:
+    """What the processor says: log records of ``evalstream.process``, so a terminal shows one
+    format (``--log-format text``) and a collector gets only JSON lines (``json``). Errors
+    that end the command are the CLI's one ``error:`` line on a terminal."""
 
-    def status(self, line: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}", markup=True)
-
-    def breach(self, breach: Breach) -> None:
-        console.print(render_breach(breach))
-
-    def error(self, message: str) -> None:
-        console.print(f"[red]error:[/red] {message}")
-
-
-class _JsonLines:
-    """The same as log records, so ``--log-format json`` gives only JSON lines on stderr."""
-
-    def __init__(self) -> None:
+    def __init__(self, log_format: str) -> None:
         self.logger = logging.getLogger("evalstream.process")
+        self.json = log_format == "json"
 
     def status(self, line: str) -> None:
         self.logger.info(line)
 
     def breach(self, breach: Breach) -> None:
         self.logger.warning(
-            f"breach {breach.state.value}: {breach.message or breach.kind.value}",
+            f"{breach.severity.value} {breach.kind.value} breach {breach.state.value}: "
+            f"{breach.app_id} {breach.signal} {breach.message}".rstrip(),
             extra={
                 "breach_id": breach.breach_id,
                 "app": breach.app_id,
@@ -153,7 +142,10 @@ class _JsonLines:
         )
 
     def error(self, message: str) -> None:
-        self.logger.error(message)
+        if self.json:
+            self.logger.error(message)
+        else:
+            console.print(f"[red]error:[/red] {message}")
 
 
 def send(

@@ -102,7 +102,7 @@ def test_sigterm_finishes_the_batch_and_checkpoints(tmp_path: Path) -> None:
         (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
     )
     assert simulated.returncode == 0, simulated.stderr.decode()
-    process = start_processor(data_dir, ENV)
+    process = start_processor(data_dir, ENV, "--log-level", "INFO")  # the status lines are INFO
     wait_until(lambda: stored_count(data_dir) >= 3000, timeout=120, what="3000 stored records")
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
