@@ -217,50 +217,75 @@ def claim(
     locked_until = now + spec.lock_duration_s
     alerts: list[ReceivedAlert] = []
     with transaction(connection):
-        rows = connection.execute(
+        # Every visible message whose last lock expired at the limit goes first, so that none
+        # of them takes the place of a deliverable one in this receive.
+        for seq, delivery_count in connection.execute(
             """
-            SELECT seq, message_id, body, enqueued_at, delivery_count FROM messages
-            WHERE subscription = ? AND visible_at <= ?
-            ORDER BY visible_at, seq LIMIT ?
+            SELECT seq, delivery_count FROM messages
+            WHERE subscription = ? AND visible_at <= ? AND delivery_count >= ?
             """,
-            (spec.name, now, max_count),
-        ).fetchall()
-        for seq, message_id, body, enqueued_at, delivery_count in rows:
-            if delivery_count >= spec.max_delivery_count:
-                # Its last lock expired without settlement: the limit is reached.
-                _move_to_dead_letters(
-                    connection,
-                    seq,
-                    MAX_DELIVERY_COUNT_EXCEEDED,
-                    f"not settled after {delivery_count} deliveries "
-                    f"(max_delivery_count {spec.max_delivery_count})",
-                    now,
-                )
-                continue
-            try:
-                breach = Breach.model_validate_json(body)
-            except ValidationError as exc:
-                _move_to_dead_letters(connection, seq, INVALID_BODY, str(exc), now)
-                continue
-            lock_token = str(uuid.uuid4())
-            connection.execute(
-                """
-                UPDATE messages SET delivery_count = ?, lock_token = ?, visible_at = ?
-                WHERE seq = ?
-                """,
-                (delivery_count + 1, lock_token, locked_until, seq),
+            (spec.name, now, spec.max_delivery_count),
+        ).fetchall():
+            _move_to_dead_letters(
+                connection,
+                seq,
+                MAX_DELIVERY_COUNT_EXCEEDED,
+                f"not settled after {delivery_count} deliveries "
+                f"(max_delivery_count {spec.max_delivery_count})",
+                now,
             )
-            alerts.append(
-                ReceivedAlert(
-                    breach=breach,
-                    message_id=message_id,
-                    delivery_count=delivery_count + 1,
-                    lock_token=lock_token,
-                    enqueued_time=utc(enqueued_at),
-                    locked_until=utc(locked_until),
-                )
-            )
+        while len(alerts) < max_count and not _lock_some(
+            connection, spec, max_count - len(alerts), now, locked_until, alerts
+        ):
+            pass
     return alerts
+
+
+def _lock_some(
+    connection: sqlite3.Connection,
+    spec: SubscriptionSpec,
+    count: int,
+    now: float,
+    locked_until: float,
+    alerts: list[ReceivedAlert],
+) -> bool:
+    """Lock up to ``count`` more messages into ``alerts``; True when none is left to try
+    (a body that is not a Breach is dead-lettered and the next message tried instead)."""
+    rows = connection.execute(
+        """
+        SELECT seq, message_id, body, enqueued_at, delivery_count FROM messages
+        WHERE subscription = ? AND visible_at <= ?
+        ORDER BY visible_at, seq LIMIT ?
+        """,
+        (spec.name, now, count),
+    ).fetchall()
+    if not rows:
+        return True
+    for seq, message_id, body, enqueued_at, delivery_count in rows:
+        try:
+            breach = Breach.model_validate_json(body)
+        except ValidationError as exc:
+            _move_to_dead_letters(connection, seq, INVALID_BODY, str(exc), now)
+            continue
+        lock_token = str(uuid.uuid4())
+        connection.execute(
+            """
+            UPDATE messages SET delivery_count = ?, lock_token = ?, visible_at = ?
+            WHERE seq = ?
+            """,
+            (delivery_count + 1, lock_token, locked_until, seq),
+        )
+        alerts.append(
+            ReceivedAlert(
+                breach=breach,
+                message_id=message_id,
+                delivery_count=delivery_count + 1,
+                lock_token=lock_token,
+                enqueued_time=utc(enqueued_at),
+                locked_until=utc(locked_until),
+            )
+        )
+    return False
 
 
 def release(connection: sqlite3.Connection, lock_tokens: Sequence[str], now: float) -> None:
