@@ -34,8 +34,20 @@ AppId = Annotated[str, StringConstraints(pattern=APP_ID_PATTERN)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
+# Numbers every store and reader takes back: integers that fit 64 bits (signed or unsigned,
+# what the JSON writer handles) and finite floats. JSON allows more; NaN, Infinity, 1e400 and
+# 2**64 are rejected here rather than lost or refused later.
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=UINT64_MAX)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Event time bounds: before 1970 no producer clock is right, and the bounds keep every
+# derived time (watermark minus lateness, microseconds since the epoch) representable.
+MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
 MetadataValue = (
-    Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)] | bool | int | float
+    Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
+    | bool
+    | Int64
+    | FiniteFloat
 )
 
 
@@ -47,8 +59,8 @@ class Status(StrEnum):
 class Tokens(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input: int = Field(default=0, ge=0)
-    output: int = Field(default=0, ge=0)
+    input: int = Field(default=0, ge=0, le=UINT64_MAX)
+    output: int = Field(default=0, ge=0, le=UINT64_MAX)
 
 
 class SourcePosition(BaseModel):
@@ -92,7 +104,7 @@ class TelemetryEvent(BaseModel):
     status: Status = Status.OK
     error_type: Identifier | None = None
     tokens: Tokens | None = None
-    scores: dict[MetadataKey, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+    scores: dict[MetadataKey, FiniteFloat] = Field(
         default_factory=dict, max_length=MAX_SCORES
     )
     user_id: Identifier | None = None
@@ -106,10 +118,20 @@ class TelemetryEvent(BaseModel):
         context = info.context or {}
         now: datetime = context.get("now") or datetime.now(UTC)
         skew: timedelta = context.get("max_future_skew", DEFAULT_MAX_FUTURE_SKEW)
-        if value > now + skew:
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+            utc = None
+        if utc is None or utc < MIN_TIMESTAMP:
+            raise PydanticCustomError(
+                "timestamp_out_of_range",
+                "timestamp {timestamp} is outside {min} .. the clock plus the allowed skew",
+                {"timestamp": value.isoformat(), "min": MIN_TIMESTAMP.isoformat()},
+            )
+        if utc > now + skew:
             raise PydanticCustomError(
                 "timestamp_in_future",
                 "timestamp {timestamp} is {ahead} ahead of the clock (allowed skew {skew})",
-                {"timestamp": value.isoformat(), "ahead": str(value - now), "skew": str(skew)},
+                {"timestamp": value.isoformat(), "ahead": str(utc - now), "skew": str(skew)},
             )
-        return value.astimezone(UTC)
+        return utc

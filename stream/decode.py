@@ -117,6 +117,15 @@ def _json_error(body: bytes, exc: orjson.JSONDecodeError) -> ValidationIssue:
     return _issue("malformed_json", f"malformed JSON: {exc}")
 
 
+def _item_bytes(item: Any, raw: bytes | None) -> bytes:
+    """An item's JSON for its quarantine record. orjson writes less nesting than it reads
+    (its writer stops at 255 levels): such an item is kept as the whole body it came in."""
+    try:
+        return orjson.dumps(item)
+    except orjson.JSONEncodeError:
+        return raw if raw is not None else repr(item).encode()
+
+
 def _guess_app_id(item: Any) -> str | None:
     app_id = item.get("app_id") if isinstance(item, dict) else None
     return app_id if isinstance(app_id, str) and len(app_id) <= 128 else None
@@ -190,7 +199,7 @@ class Decoder:
                 decoded.rejected.append(
                     Rejected(
                         index,
-                        orjson.dumps(item),
+                        _item_bytes(item, raw),
                         (
                             _issue(
                                 "not_an_object",
@@ -207,7 +216,7 @@ class Decoder:
                 decoded.rejected.append(
                     Rejected(
                         index,
-                        orjson.dumps(item),
+                        _item_bytes(item, raw),
                         issues_from_validation_error(exc, item_location),
                         _guess_app_id(item),
                     )
@@ -220,6 +229,17 @@ class Decoder:
             return parsed, "$", None
         if isinstance(parsed, dict):
             if "events" in parsed and "app_id" not in parsed:
+                unknown = sorted(key for key in parsed if key != "events")
+                if unknown:
+                    return (
+                        [],
+                        "",
+                        _issue(
+                            "unknown_envelope_key",
+                            "beside 'events' the envelope takes no keys; got "
+                            + ", ".join(repr(key) for key in unknown),
+                        ),
+                    )
                 events = parsed["events"]
                 if isinstance(events, list):
                     return events, "$.events", None
@@ -245,8 +265,15 @@ class Decoder:
 
 
 def split_ndjson(lines: Iterable[bytes]) -> Iterable[bytes]:
-    """Non-blank lines of an NDJSON stream, without their line endings."""
-    for line in lines:
-        stripped = line.strip()
-        if stripped:
-            yield stripped
+    """Non-blank lines of an NDJSON stream, without their line endings: LF, CRLF and CR-only
+    endings all end a line (a binary file iterates on LF only), and a UTF-8 byte order mark
+    before the first line is dropped."""
+    first = True
+    for chunk in lines:
+        if first:
+            chunk = chunk.removeprefix(b"\xef\xbb\xbf")
+            first = False
+        for line in chunk.split(b"\r") if b"\r" in chunk else (chunk,):
+            stripped = line.strip()
+            if stripped:
+                yield stripped

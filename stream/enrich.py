@@ -198,8 +198,16 @@ class Enricher:
         return construct_trusted(TelemetryDocument, fields, {"_json": stored})
 
     def quarantine(
-        self, rejected: Rejected, position: ReceivedEvent | None, received_at: datetime
+        self,
+        rejected: Rejected,
+        position: ReceivedEvent | None,
+        received_at: datetime,
+        origin: bytes | None = None,
     ) -> QuarantineRecord:
+        """The record of a rejected input. Its id is its place: (source, partition, sequence,
+        index) when it was read from a source; else the request body it came in (``origin``)
+        and its index there, so two equal bad events of one request are two records and the
+        same request sent again lands on the same ones."""
         raw = rejected.raw[:MAX_QUARANTINE_RAW_BYTES]
         try:
             text, encoding = raw.decode("utf-8"), "utf-8"
@@ -211,7 +219,11 @@ class Enricher:
             )
             day = position.enqueued_time
         else:
-            record_id = content_id("direct", rejected.raw)
+            record_id = (
+                content_id("direct", rejected.raw)
+                if origin is None
+                else content_id("direct", origin, str(rejected.index))
+            )
             day = received_at
         return QuarantineRecord(
             id=record_id,

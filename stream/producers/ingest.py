@@ -215,11 +215,15 @@ class IngestApp:
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
+            # The validator reads some JSON orjson refuses (e.g. nesting beyond orjson's
+            # depth); whatever it makes of the body is answered like any other.
             decoded = self.decoder.decode(body, now)
-            await self._quarantine(decoded, now)
-            issue = decoded.rejected[0].issues[0]
-            return _json({"error": issue.code, "message": issue.message, "accepted": 0}, 400)
-        decoded = self.decoder.decode_value(parsed, now, raw=body)
+            if not decoded.accepted:
+                await self._quarantine(decoded, now, body)
+                issue = decoded.rejected[0].issues[0]
+                return _json({"error": issue.code, "message": issue.message, "accepted": 0}, 400)
+        else:
+            decoded = self.decoder.decode_value(parsed, now, raw=body)
         if key is not None and self.authorizer is not None:
             apps = Counter(accepted.event.app_id for accepted in decoded.accepted)
             denied = self.authorizer.admit(key, apps)
@@ -230,7 +234,7 @@ class IngestApp:
             if decoded.rejected and not decoded.accepted
             else None
         )
-        await self._quarantine(decoded, now)
+        await self._quarantine(decoded, now, body)
         if whole in WHOLE_BODY_CODES:
             issue = decoded.rejected[0].issues[0]
             return _json(
@@ -257,10 +261,11 @@ class IngestApp:
             status,
         )
 
-    async def _quarantine(self, decoded: Decoded, now: datetime) -> None:
+    async def _quarantine(self, decoded: Decoded, now: datetime, body: bytes) -> None:
         if decoded.rejected:
             records = [
-                self.enricher.quarantine(rejected, None, now) for rejected in decoded.rejected
+                self.enricher.quarantine(rejected, None, now, origin=body)
+                for rejected in decoded.rejected
             ]
             await self.store.write([], records)
             logger.info("ingest rejected events", extra={"rejected": len(records)})

@@ -123,3 +123,35 @@ async def test_deeply_nested_body_is_400(ingest: Ingest) -> None:
 async def test_health(ingest: Ingest) -> None:
     response = await ingest.client.get("/healthz")
     assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"app_id":"a","timestamp":"2026-11-22T10:00:00Z","trace_id":"t","metadata":{"x":NaN}}',
+        b'{"app_id":"a","timestamp":"2026-11-22T10:00:00Z","trace_id":"t","latency_ms":1e400}',
+        b'{"app_id":"a","timestamp":"0001-01-01T00:00:00+05:00","trace_id":"t"}',
+        b'{"app_id":"a","timestamp":"0001-01-01T00:00:00Z","trace_id":"t"}',
+        b'{"app_id":"a","timestamp":"2026-11-22T10:00:00Z","tokens":{"input":99999999999999999999}}',
+        b'{"app_id":"a","timestamp":"2026-11-22T10:00:00Z","x":' + b"[" * 600 + b"]" * 600 + b"}",
+        b'{"events":[{"app_id":"a"}],"more":true}',
+    ],
+)
+async def test_values_nothing_later_could_keep_are_4xx_and_quarantined(
+    ingest: Ingest, body: bytes
+) -> None:
+    response = await ingest.client.post("/api/telemetry", content=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["accepted"] == 0
+    assert ingest.logged() == []
+    assert await ingest.store.count("quarantine") == 1
+
+
+async def test_two_equal_invalid_events_of_one_request_are_two_records(ingest: Ingest) -> None:
+    bad = {"app_id": "a", "timestamp": "not a time", "trace_id": "t"}
+    body = orjson.dumps({"events": [bad, bad]})
+    for _ in range(2):  # the same request again lands on the same records
+        response = await ingest.client.post("/api/telemetry", content=body)
+        assert response.status_code == 422
+        assert [r["index"] for r in response.json()["rejected"]] == [0, 1]
+    assert await ingest.store.count("quarantine") == 2
