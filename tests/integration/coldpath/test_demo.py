@@ -49,15 +49,17 @@ def test_demo_reports_the_scripted_latency_regression_as_an_evaluation_breach(
     assert stored.returncode == 0, stored.stderr
 
     demo = evalstream(
-        tmp_path, "process", "--no-ingest", "--until-idle", "3",
+        tmp_path, "process", "--no-ingest", "--until-idle", "3", "--log-format", "json",
         EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="true",
         EVALSTREAM_COLDPATH__SCHEDULE_INTERVAL_S="0.5",
     )  # fmt: skip
     assert demo.returncode == 0, demo.stderr
     output = demo.stdout + demo.stderr
-    printed = [line.split() for line in output.splitlines() if "demo:latency" in line]
-    assert {line[4] for line in printed} == {"app-001"}, output
-    assert {line[2] for line in printed} == {"CRITICAL"}, output
+    records = [orjson.loads(line) for line in demo.stderr.splitlines() if line.startswith("{")]
+    breaches = [r for r in records if r.get("signal") == "demo:latency" and "breach_id" in r]
+    assert {r["app"] for r in breaches} == {"app-001"}, output
+    assert {r["severity"] for r in breaches} == {"critical"}, output
+    assert {r["level"] for r in breaches} == {"WARNING"}, output
 
     listed = evalstream(tmp_path, "evaluations", "--policy", "demo", "--json")
     assert listed.returncode == 0, listed.stderr

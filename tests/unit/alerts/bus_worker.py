@@ -3,8 +3,9 @@
     python -m tests.unit.alerts.bus_worker publish PATH COUNT BATCH
     python -m tests.unit.alerts.bus_worker receive PATH EXPECTED_TOTAL OUT_FILE
 
-The receiver completes everything it gets and writes one message id per line to OUT_FILE,
-until the subscription has been empty for a while after a file ``PATH.done`` appeared.
+The receiver opens, creates OUT_FILE, starts receiving once a file ``PATH.go`` appears, completes
+everything it gets and writes one message id per line to OUT_FILE, until the subscription has
+been empty for a while after a file ``PATH.done`` appeared.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ async def publish(path: Path, count: int, batch: int) -> None:
 
 async def receive(path: Path, out: Path) -> None:
     done = path.with_name(path.name + ".done")
+    go = path.with_name(path.name + ".go")
     async with SqliteAlertReceiver(path, SPEC, poll_interval_s=0.005) as rx:
         with out.open("w") as sink:
+            while not go.exists():
+                await asyncio.sleep(0.005)
             while True:
                 alerts = await rx.receive(7, 0.2)
                 for alert in alerts:
