@@ -32,6 +32,7 @@ from store.cosmos_items import (
     cosmos_id,
     document_from_item,
     epoch_us,
+    event_fields,
     quarantine_from_item,
     quarantine_item,
     snapshot_from_item,
@@ -39,7 +40,7 @@ from store.cosmos_items import (
     telemetry_item,
     window_days,
 )
-from store.exceptions import StoreError
+from store.exceptions import StoreConflict, StoreError
 from store.ports import StateSnapshot
 
 logger = logging.getLogger(__name__)
@@ -170,12 +171,19 @@ class CosmosStore:
 
     async def write(
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
-    ) -> None:
+    ) -> list[TelemetryDocument]:
         telemetry = self._container_named(self.telemetry_container)
         quarantine = self._container_named(self.quarantine_container)
-        items = [(telemetry, telemetry_item(doc)) for doc in documents]
-        items += [(quarantine, quarantine_item(rec)) for rec in quarantined]
-        await upsert_all(items, max_concurrency=self.max_concurrency, backoff=self.backoff)
+        latest, refused = _one_per_id(documents)
+        # A content-hash id names one event; an id the producer chose (event_id) may be reused
+        # for another, which must not replace the stored one: those are created, not upserted.
+        items = [(telemetry, item, doc.event_id is not None) for doc, item in latest]
+        items += [(quarantine, quarantine_item(rec), False) for rec in quarantined]
+        written = await write_all(
+            items, max_concurrency=self.max_concurrency, backoff=self.backoff
+        )
+        refused += [doc for (doc, _), ok in zip(latest, written, strict=False) if not ok]
+        return refused
 
     async def save_state(self, snapshot: StateSnapshot) -> None:
         state = self._container_named(self.state_container)
@@ -283,39 +291,93 @@ def cosmos_store(settings: CosmosSettings) -> CosmosStore:
     )
 
 
-async def upsert_all(
-    items: Sequence[tuple[ContainerProxy, dict[str, Any]]],
+def _one_per_id(
+    documents: Sequence[TelemetryDocument],
+) -> tuple[list[tuple[TelemetryDocument, dict[str, Any]]], list[TelemetryDocument]]:
+    """One item per (pk, id) of a batch, as SQLite's in-order upserts would leave it: a later
+    read of the same event replaces an earlier one, another event under a used id is refused.
+    (Concurrent writes of one id would otherwise race.)"""
+    latest: dict[tuple[str, str], tuple[TelemetryDocument, dict[str, Any]]] = {}
+    refused: list[TelemetryDocument] = []
+    for doc in documents:
+        item = telemetry_item(doc)
+        key = (doc.pk, doc.id)
+        earlier = latest.get(key)
+        if earlier is not None and event_fields(earlier[1]) != event_fields(item):
+            refused.append(doc)
+        else:
+            latest[key] = (doc, item)
+    return list(latest.values()), refused
+
+
+async def write_all(
+    items: Sequence[tuple[ContainerProxy, dict[str, Any], bool]],
     *,
     max_concurrency: int,
     backoff: Backoff,
-) -> None:
-    """Upsert every (container, item) with at most ``max_concurrency`` requests in flight;
-    return once all are acknowledged, or raise the StoreError of the first that gave up."""
+) -> list[bool]:
+    """Write every (container, item, keyed) with at most ``max_concurrency`` requests in
+    flight: upserted, or when ``keyed`` created unless an item with the same event holds the
+    id (see ``put_keyed``). Return per item whether it was written, once all are acknowledged,
+    or raise the StoreError of the first that gave up."""
+    written = [True] * len(items)
     if not items:
-        return
-    pending = iter(items)
+        return written
+    pending = iter(enumerate(items))
 
-    async def upsert_pending() -> None:
+    async def write_pending() -> None:
         # Workers share one iterator: bounded concurrency without a task per item.
-        for container, item in pending:
-            await call(
-                f"upsert {container.id}/{item['id']}",
-                functools.partial(container.upsert_item, item, no_response=True),
-                backoff,
-            )
+        for index, (container, item, keyed) in pending:
+            if keyed:
+                written[index] = await put_keyed(container, item, backoff)
+            else:
+                await call(
+                    f"upsert {container.id}/{item['id']}",
+                    functools.partial(container.upsert_item, item, no_response=True),
+                    backoff,
+                )
 
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(max_concurrency, len(items))):
-                group.create_task(upsert_pending())
+                group.create_task(write_pending())
     except BaseExceptionGroup as failures:
         # The first worker to give up cancelled the others; the batch is not durable and the
-        # caller retries all of it (upserts are idempotent).
+        # caller retries all of it (every write is idempotent).
         store_errors, others = failures.split(StoreError)
         if others is not None or store_errors is None:
             raise
         error = _first_leaf(store_errors)
         raise error from error.__cause__
+    return written
+
+
+async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Backoff) -> bool:
+    """Create the item; if its id exists, replace it only when the stored item holds the same
+    event (a re-read or replay). False: a different event holds the id, nothing written."""
+    name = f"{container.id}/{item['id']}"
+    try:
+        await call(
+            f"create {name}",
+            functools.partial(container.create_item, item, no_response=True),
+            backoff,
+        )
+        return True
+    except StoreConflict:
+        pass
+    stored = await call(
+        f"read {name}",
+        functools.partial(container.read_item, item["id"], partition_key=item["pk"]),
+        backoff,
+    )
+    if event_fields(stored) != event_fields(item):
+        return False
+    await call(
+        f"upsert {name}",
+        functools.partial(container.upsert_item, item, no_response=True),
+        backoff,
+    )
+    return True
 
 
 async def _read_or_none(container: ContainerProxy, item_id: str, pk: str) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from schemas import QuarantineRecord, TelemetryDocument
+from schemas import QuarantineRecord, TelemetryDocument, TelemetryEvent
 from store.ports import StateSnapshot
 
 PARTITION_KEY_PATH = "/pk"
@@ -96,6 +96,17 @@ def telemetry_item(document: TelemetryDocument) -> dict[str, Any]:
     item["id"] = cosmos_id(document.id)
     item[EVENT_TIME_FIELD] = epoch_us(document.timestamp)
     return item
+
+
+# The fields of a telemetry item that the producer's event decides (the raw user_id only as
+# its hash); the rest is what the processor adds and may differ between two reads of one event.
+_EVENT_KEYS = (*(name for name in TelemetryEvent.model_fields if name != "user_id"), "user_hash")
+
+
+def event_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """The part of a telemetry item that identifies its event: equal for a re-read or a
+    replay of the same event, different for another event under a reused ``event_id``."""
+    return {key: item.get(key) for key in _EVENT_KEYS}
 
 
 def quarantine_item(record: QuarantineRecord) -> dict[str, Any]:

@@ -48,8 +48,13 @@ class TelemetryStore(Protocol):
 
     async def write(
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
-    ) -> None:
-        """Upsert documents and quarantine records; durable when it returns."""
+    ) -> list[TelemetryDocument]:
+        """Upsert documents and quarantine records; durable when it returns.
+
+        A document replaces the stored one of its id only if both hold the same event (the
+        fields the producer sent; ingest, app and derived fields may differ). The documents
+        whose id is held by a different event are not written and are returned: the caller
+        quarantines them (``duplicate_event_id_conflict``)."""
         ...
 
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None: ...

@@ -38,10 +38,21 @@ CREATE TABLE IF NOT EXISTS state (
 );
 """
 
+
+# A document replaces the stored one of its id only when both carry the same event (a re-read,
+# a replay, an enrichment fix): the documents without what the processor adds are equal. The
+# WHERE runs only on a key conflict, so new ids cost nothing.
 _UPSERT_TELEMETRY = (
     "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (pk, id) DO UPDATE SET "
-    "app_id = excluded.app_id, ts = excluded.ts, doc = excluded.doc"
+    "app_id = excluded.app_id, ts = excluded.ts, doc = excluded.doc "
+    "WHERE json_remove(CAST(telemetry.doc AS TEXT), '$.ingest', '$.app', '$.derived') "
+    "= json_remove(CAST(excluded.doc AS TEXT), '$.ingest', '$.app', '$.derived')"
+)
+_SAME_EVENT = (
+    "SELECT json_remove(CAST(doc AS TEXT), '$.ingest', '$.app', '$.derived') "
+    "= json_remove(CAST(? AS TEXT), '$.ingest', '$.app', '$.derived') "
+    "FROM telemetry WHERE pk = ? AND id = ?"
 )
 _UPSERT_QUARANTINE = (
     "INSERT INTO quarantine (id, pk, received, doc) VALUES (?, ?, ?, ?) "
@@ -79,7 +90,7 @@ class SqliteStore:
 
     async def write(
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
-    ) -> None:
+    ) -> list[TelemetryDocument]:
         self._check_open()
         telemetry = [
             (doc.id, doc.pk, doc.app_id, doc.timestamp.timestamp(), doc.json_bytes())
@@ -90,14 +101,20 @@ class SqliteStore:
             for rec in quarantined
         ]
 
-        def write(connection: sqlite3.Connection) -> None:
+        def write(connection: sqlite3.Connection) -> list[int]:
             with transaction(connection):
+                conflicts: list[int] = []
                 if telemetry:
+                    before = connection.total_changes
                     connection.executemany(_UPSERT_TELEMETRY, telemetry)
+                    if connection.total_changes - before < len(telemetry):
+                        conflicts = _conflicts(connection, telemetry)
                 if quarantine:
                     connection.executemany(_UPSERT_QUARANTINE, quarantine)
+                return conflicts
 
-        await self._file.run(write, "write telemetry")
+        conflicts = await self._file.run(write, "write telemetry")
+        return [documents[index] for index in conflicts]
 
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None:
         self._check_open()
@@ -212,6 +229,18 @@ class SqliteStore:
 
         for doc in await self._file.run(read, "read quarantine"):
             yield QuarantineRecord.model_validate_json(doc)
+
+
+def _conflicts(
+    connection: sqlite3.Connection, telemetry: list[tuple[str, str, str, float, bytes]]
+) -> list[int]:
+    """Indexes of the rows the upsert left alone: another event holds their id."""
+    conflicts = []
+    for index, (doc_id, pk, _, _, doc) in enumerate(telemetry):
+        same = connection.execute(_SAME_EVENT, (doc, pk, doc_id)).fetchone()
+        if same is not None and not same[0]:
+            conflicts.append(index)
+    return conflicts
 
 
 def _window_page(

@@ -20,6 +20,7 @@ from schemas import (
     QuarantineRecord,
     TelemetryDocument,
     TelemetryEvent,
+    ValidationIssue,
 )
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
 from schemas.trusted import construct_trusted
@@ -240,3 +241,21 @@ class Enricher:
             app_id=rejected.app_id,
             received_at=received_at,
         )
+
+    def conflict(self, document: TelemetryDocument, received_at: datetime) -> QuarantineRecord:
+        """The record of a document the store refused because its ``event_id`` is held by a
+        different event: the event as sent (without user_id), at its source position."""
+        ingest = document.ingest
+        stored = orjson.loads(document.json_bytes())
+        event = {key: stored[key] for key in _EVENT_FIELDS if key in stored}
+        issue = ValidationIssue(
+            code="duplicate_event_id_conflict",
+            location="$.event_id",
+            message=f"event_id {document.event_id!r} is already stored for a different event "
+            f"of {document.pk}; this one was not stored",
+        )
+        position = ReceivedEvent(
+            b"", ingest.partition, ingest.sequence, ingest.enqueued_time, ingest.offset
+        )
+        rejected = Rejected(ingest.index, _dumps(event), (issue,), document.app_id)
+        return self.quarantine(rejected, position, received_at)

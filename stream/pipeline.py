@@ -117,7 +117,11 @@ class Pipeline:
         now = datetime.now(UTC)
         documents, quarantined = self._transform(state, events, now)
         try:
-            await self.store.write(documents, quarantined)
+            conflicts = await self.store.write(documents, quarantined)
+            if conflicts:
+                documents, refused = self._refuse(documents, conflicts, now)
+                await self.store.write([], refused)
+                quarantined += refused
         except Exception as exc:
             self.stats.store_failed(exc)
             raise
@@ -181,6 +185,20 @@ class Pipeline:
                 quarantined.append(quarantine(rejected, event, now))
         state.watermark = watermark
         return documents, quarantined
+
+    def _refuse(
+        self, documents: list[TelemetryDocument], conflicts: list[TelemetryDocument], now: datetime
+    ) -> tuple[list[TelemetryDocument], list[QuarantineRecord]]:
+        """The documents the store kept, and quarantine records for those it refused (their
+        event_id is held by another event); refused ones are not fed to detectors."""
+        refused = {id(doc) for doc in conflicts}
+        for doc in conflicts:
+            logger.warning(
+                "event_id held by a different event: quarantined",
+                extra={"app": doc.app_id, "event_id": doc.event_id},
+            )
+        kept = [doc for doc in documents if id(doc) not in refused]
+        return kept, [self.enricher.conflict(doc, now) for doc in conflicts]
 
     def _detect(self, state: _Partition, documents: list[TelemetryDocument]) -> list[Breach]:
         hot = state.hot

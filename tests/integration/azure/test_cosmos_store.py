@@ -31,6 +31,7 @@ from stream.producers.simulator import Simulator
 from stream.stats import ProcessorStats
 from tests.emulators.fault_proxy import FaultProxy
 from tests.emulators.npm_fixtures import CosmosServer
+from tests.unit.store.event_id_conflicts import check_event_id_conflicts
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +177,12 @@ async def test_ids_cosmos_refuses_are_stored_and_read_back(store: CosmosStore) -
     state = StateSnapshot("group/with?odd#chars", "partition/0", 5, b"s")
     await store.save_state(state)
     assert await store.load_state(state.consumer_group, state.partition) == state
+
+
+async def test_an_event_id_held_by_another_event_is_refused_and_a_reread_replaces(
+    store: CosmosStore,
+) -> None:
+    await check_event_id_conflicts(store)
 
 
 async def test_missing_document_is_none(store: CosmosStore) -> None:

@@ -12,7 +12,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from common.retry import Backoff
-from store.cosmos import upsert_all
+from store.cosmos import write_all
 from store.cosmos_connection import transport_options
 from store.exceptions import StoreUnavailable
 
@@ -46,9 +46,11 @@ NO_RETRY = Backoff(max_retries=0)
 @pytest.mark.parametrize(("limit", "expected"), [(1, 1), (8, 8), (500, 50)])
 async def test_upserts_are_bounded_and_all_acknowledged(limit: int, expected: int) -> None:
     container = FakeContainer()
-    items: list[tuple[Any, dict[str, Any]]] = [(container, {"id": str(i)}) for i in range(50)]
+    items: list[tuple[Any, dict[str, Any], bool]] = [
+        (container, {"id": str(i)}, False) for i in range(50)
+    ]
 
-    await upsert_all(items, max_concurrency=limit, backoff=NO_RETRY)
+    await write_all(items, max_concurrency=limit, backoff=NO_RETRY)
 
     assert sorted(container.stored, key=int) == [str(i) for i in range(50)]
     assert container.most_in_flight == expected
@@ -56,10 +58,12 @@ async def test_upserts_are_bounded_and_all_acknowledged(limit: int, expected: in
 
 async def test_first_failure_raises_a_store_error_and_stops_the_rest() -> None:
     container = FakeContainer(fail_ids={"3"})
-    items: list[tuple[Any, dict[str, Any]]] = [(container, {"id": str(i)}) for i in range(200)]
+    items: list[tuple[Any, dict[str, Any], bool]] = [
+        (container, {"id": str(i)}, False) for i in range(200)
+    ]
 
     with pytest.raises(StoreUnavailable, match="upsert fake/3") as failure:
-        await upsert_all(items, max_concurrency=4, backoff=NO_RETRY)
+        await write_all(items, max_concurrency=4, backoff=NO_RETRY)
 
     assert isinstance(failure.value.__cause__, CosmosHttpResponseError)
     assert len(container.stored) < 200
@@ -67,7 +71,7 @@ async def test_first_failure_raises_a_store_error_and_stops_the_rest() -> None:
 
 
 async def test_nothing_to_write_makes_no_request() -> None:
-    await upsert_all([], max_concurrency=4, backoff=NO_RETRY)
+    await write_all([], max_concurrency=4, backoff=NO_RETRY)
 
 
 def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:

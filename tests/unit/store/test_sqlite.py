@@ -9,6 +9,7 @@ import pytest
 
 from store.exceptions import StoreError, StoreUnavailable
 from store.sqlite import SqliteStore
+from tests.unit.store.event_id_conflicts import check_event_id_conflicts
 
 
 def test_a_file_that_cannot_be_opened_is_a_retryable_store_error(tmp_path: Path) -> None:
@@ -40,3 +41,10 @@ async def test_use_after_close_raises(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="closed"):
         async with store:
             pass
+
+
+async def test_an_event_id_held_by_another_event_is_refused_and_a_reread_replaces(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "store.db") as store:
+        await check_event_id_conflicts(store)

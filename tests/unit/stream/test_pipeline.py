@@ -112,11 +112,11 @@ class FailingStore(SqliteStore):
         super().__init__(path)
         self.failures = failures
 
-    async def write(self, documents, quarantined) -> None:  # type: ignore[no-untyped-def]
+    async def write(self, documents, quarantined):  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
             raise ConnectionError("store down")
-        await super().write(documents, quarantined)
+        return await super().write(documents, quarantined)
 
 
 def make_pipeline(
@@ -152,6 +152,30 @@ async def test_bad_events_are_quarantined_and_neighbours_stored(tmp_path: Path) 
         assert context.checkpoints == [3]
         reasons = [r.issues[0].code async for r in store.quarantine_records()]
         assert sorted(reasons) == ["greater_than_equal", "malformed_json"]
+
+
+async def test_a_reused_event_id_is_quarantined_and_kept_from_the_detectors(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        hot = RecordingHotPath()
+        pipeline = make_pipeline(store)
+        pipeline.hot_path = lambda blob: hot
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        same = body(0, event_id="e-1")
+        await pipeline.on_batch(context, [received(0, same), received(1, body(1, event_id="e-1"))])
+        await pipeline.on_batch(context, [received(2, same)])  # the same event again: kept
+
+        assert await store.count("telemetry") == 1
+        stored = await store.get_telemetry("e-1", f"a:{T0.date().isoformat()}")
+        assert stored is not None and stored.trace_id == "t0" and stored.ingest.sequence == 2
+        [record] = [r async for r in store.quarantine_records()]
+        assert [issue.code for issue in record.issues] == ["duplicate_event_id_conflict"]
+        assert (record.partition, record.sequence, record.app_id) == ("0", 1, "a")
+        assert orjson.loads(record.raw)["trace_id"] == "t1"
+        assert hot.seen == [0, 2]
+        assert pipeline.stats.quarantined == 1
 
 
 async def test_a_failed_write_is_not_checkpointed(tmp_path: Path) -> None:
