@@ -148,7 +148,8 @@ def body(draw: st.DrawFn) -> list[dict[str, Any]] | dict[str, Any]:
 def events_of(parsed: list[dict[str, Any]] | dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(parsed, list):
         return parsed
-    return parsed["events"] if "events" in parsed else [parsed]
+    events: list[dict[str, Any]] = parsed.get("events", [parsed])
+    return events
 
 
 def render(parsed: list[dict[str, Any]] | dict[str, Any], marker: str) -> bytes:
