@@ -20,6 +20,7 @@ from coldpath.policies.base import Metric
 from coldpath.ports import Executor
 from evalstream import logs
 from evalstream.settings import Settings, SettingsError
+from evalstream.wiring.data_dir import usable_data_dir
 from schemas import JobManifest
 from store.ports import EvaluationStore, TelemetryStore
 from store.sqlite import SqliteStore
@@ -48,9 +49,8 @@ def user_hash_key(settings: Settings) -> bytes:
             "user_hash_key: required on the azure backend (every processor instance must hash "
             "user ids with the same key); set EVALSTREAM_USER_HASH_KEY"
         )
-    path = settings.embedded.data_dir / USER_HASH_KEY_FILE
+    path = usable_data_dir(settings.embedded.data_dir) / USER_HASH_KEY_FILE
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_hex(32))
@@ -81,6 +81,7 @@ def store(settings: Settings) -> TelemetryStore:
         from store.cosmos import cosmos_store
 
         return cosmos_store(settings.azure.cosmos)
+    usable_data_dir(settings.embedded.data_dir)
     return SqliteStore(settings.embedded.store_path)
 
 
@@ -90,6 +91,7 @@ def sink(settings: Settings) -> EventSink:
         from stream.sources.eventhubs_producer import eventhubs_sink
 
         return eventhubs_sink(settings.azure.eventhubs)
+    usable_data_dir(settings.embedded.data_dir)
     return LocalLogSink(settings.embedded.log_path, settings.embedded.partitions)
 
 
@@ -107,6 +109,7 @@ def source(settings: Settings) -> EventSource:
             functools.partial(eventhubs_source, settings.azure.eventhubs, settings.processor),
             setup=functools.partial(logs.configure, level, logs.chosen_format()),
         )
+    usable_data_dir(settings.embedded.data_dir)
     return LocalLogSource(
         settings.embedded.log_path,
         settings.embedded.partitions,
@@ -182,6 +185,7 @@ def alert_publisher(settings: Settings) -> AlertPublisher:
     if settings.backend == "embedded":
         from alerts.sqlite_bus import SqliteAlertPublisher
 
+        usable_data_dir(settings.embedded.data_dir)
         return SqliteAlertPublisher(settings.embedded.alerts_path, settings.alerts.subscriptions)
     # Subscriptions are provisioned with the topic on Azure, not passed to the publisher; the
     # SDK is imported only here, so the embedded backend never loads it.

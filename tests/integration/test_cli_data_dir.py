@@ -1,0 +1,98 @@
+"""A data dir that cannot take writes — read-only, or full — is one line naming the directory
+and the cause, exit 2, no traceback, for the commands that write there."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+COMMANDS = [
+    ["process", "--no-ingest", "--until-idle", "1"],
+    ["send", "-"],
+    ["simulate", "--count", "10", "--no-pace"],
+]
+
+
+def run(
+    args: list[str], data_dir: Path, prefix: list[str], limit: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EVALSTREAM_")}
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "evalstream", *args, "--data-dir", str(data_dir)],
+        env={**env, "COLUMNS": "300"},
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=limit,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+
+
+@pytest.fixture
+def read_only_dir() -> Iterator[tuple[Path, list[str]]]:
+    """A directory without write permission, and the command prefix that makes it one: root
+    writes anywhere, so as root the command runs as the unprivileged user ``nobody``."""
+    # Not under pytest's tmp dir: its parents are closed to other users.
+    path = Path(tempfile.mkdtemp(prefix="evalstream-ro-"))
+    path.chmod(0o555)
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    try:
+        yield path, prefix
+    finally:
+        path.chmod(0o755)
+        shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda args: args[0])
+def test_a_read_only_data_dir_is_one_line_and_exit_2(
+    read_only_dir: tuple[Path, list[str]], args: list[str]
+) -> None:
+    data_dir, prefix = read_only_dir
+    result = run(args, data_dir, prefix)
+    one_error_line(result, f"embedded.data_dir: {data_dir} is not writable")
+    assert list(data_dir.iterdir()) == []
+
+
+def _no_room_for_files() -> None:
+    # Writes beyond 64 KiB fail (EFBIG) as they would on a full disk; SIGXFSZ ignored so the
+    # write returns the error instead of killing the process.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda args: args[0])
+def test_a_data_dir_without_room_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> None:
+    result = run(args, tmp_path, [], _no_room_for_files)
+    one_error_line(result, f"embedded.data_dir: {tmp_path} is full")
+    assert [path.name for path in tmp_path.iterdir()] == []
+
+
+def test_a_read_only_database_file_is_named(read_only_dir: tuple[Path, list[str]]) -> None:
+    data_dir, prefix = read_only_dir
+    data_dir.chmod(0o777)  # the directory takes writes, one of its files does not
+    created = run(["send", "-"], data_dir, [])
+    assert created.returncode == 0, created.stderr
+    (data_dir / "log.db").chmod(0o444)
+    result = run(["send", "-"], data_dir, prefix)
+    one_error_line(result, f"embedded.data_dir: {data_dir / 'log.db'} is read-only")
