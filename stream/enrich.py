@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
+from collections.abc import Callable
 from datetime import datetime
 
 import orjson
@@ -77,6 +79,23 @@ def document_id(event: TelemetryEvent, canonical: bytes | None = None) -> str:
     if event.event_id:
         return event.event_id
     return _event_content_id(canonical or canonical_json(event), event.user_id)
+
+
+# A user_id member and its value: a JSON string, or any other scalar token.
+_USER_ID = re.compile(rb'("user_id"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
+
+
+def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
+    """``raw`` with the value of every ``"user_id"`` member replaced by its keyed hash (of the
+    value's JSON text), as a string: a rejected input stays readable, its user does not."""
+    if b"user_id" not in raw:
+        return raw
+
+    def hashed(match: re.Match[bytes]) -> bytes:
+        value = match.group(2).decode("utf-8", "surrogateescape")
+        return match.group(1) + b'"' + user_hash(value).encode() + b'"'
+
+    return _USER_ID.sub(hashed, raw)
 
 
 def partition_key(app_id: str, when: datetime) -> str:
@@ -149,11 +168,17 @@ class Enricher:
         # enrichment appended, the stored JSON.
         canonical = canonical_json(event)
         user_id = event.user_id
-        document_id_ = event.event_id or _event_content_id(canonical, user_id)
+        pseudonym = position.user
+        if pseudonym is None or user_id is not None:
+            document_id_ = event.event_id or _event_content_id(canonical, user_id)
+            user_hash = self.user_hash(user_id) if user_id else None
+        else:
+            # Logged without its user_id (stream.privacy): the producer made both from it.
+            user_hash, document_id_ = pseudonym
+            document_id_ = event.event_id or document_id_
         timestamp = event.timestamp
         app_id = event.app_id
         pk = app_id + ":" + timestamp.date().isoformat()  # partition_key, inlined
-        user_hash = self.user_hash(user_id) if user_id else None
         app = self._app(app_id)
         # orjson formats the ingest datetimes itself (UTC as "Z", like pydantic would).
         enrichment = _dumps(
@@ -209,7 +234,8 @@ class Enricher:
         index) when it was read from a source; else the request body it came in (``origin``)
         and its index there, so two equal bad events of one request are two records and the
         same request sent again lands on the same ones."""
-        raw = rejected.raw[:MAX_QUARANTINE_RAW_BYTES]
+        kept = scrub_user_ids(rejected.raw, self.user_hash)
+        raw = kept[:MAX_QUARANTINE_RAW_BYTES]
         try:
             text, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -231,8 +257,8 @@ class Enricher:
             pk=f"quarantine:{day.strftime('%Y-%m-%d')}",
             raw=text,
             raw_encoding=encoding,
-            raw_size=len(rejected.raw),
-            truncated=len(rejected.raw) > MAX_QUARANTINE_RAW_BYTES,
+            raw_size=len(kept),
+            truncated=len(kept) > MAX_QUARANTINE_RAW_BYTES,
             issues=list(rejected.issues),
             source=self.source if position is not None else "direct",
             partition=position.partition if position else None,

@@ -30,6 +30,9 @@ class ReceivedEvent:
     sequence: int
     enqueued_time: datetime
     offset: str | None = None
+    # From the embedded log, for a body whose user_id evalstream removed before keeping it:
+    # (user_hash, document id) as enrichment would have made them from the raw user_id.
+    user: tuple[str, str] | None = None
 
 
 class CloseReason(StrEnum):

@@ -28,6 +28,7 @@ from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
 from stream.pipeline import Pipeline
 from stream.ports import EventSink, EventSource, HotPathFactory
+from stream.privacy import Pseudonymizer
 from stream.sources.local_log import SOURCE_NAME, LocalLogSink, LocalLogSource
 from stream.stats import ProcessorStats
 
@@ -92,7 +93,9 @@ def sink(settings: Settings) -> EventSink:
 
         return eventhubs_sink(settings.azure.eventhubs)
     usable_data_dir(settings.embedded.data_dir)
-    return LocalLogSink(settings.embedded.log_path, settings.embedded.partitions)
+    # The log is evalstream's own file: no raw user_id is written to it.
+    pseudonymizer = Pseudonymizer(decoder(settings), enricher(settings))
+    return LocalLogSink(settings.embedded.log_path, settings.embedded.partitions, pseudonymizer)
 
 
 def source(settings: Settings) -> EventSource:

@@ -26,6 +26,7 @@ from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, transaction
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
+from stream.privacy import LogItem, Pseudonymizer
 from stream.sources.retry import deliver
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ RETENTION_SWEEP_INTERVAL_S = 60.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     partition INTEGER NOT NULL, sequence INTEGER NOT NULL, enqueued REAL NOT NULL,
-    body BLOB NOT NULL, PRIMARY KEY (partition, sequence)
+    body BLOB NOT NULL, user TEXT, PRIMARY KEY (partition, sequence)
 );
 CREATE TABLE IF NOT EXISTS heads (partition INTEGER PRIMARY KEY, next_sequence INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -47,6 +48,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# ``user``: (user_hash, document id) of a body logged without its user_id, as "<hash> <id>"
+# (see stream.privacy), NULL for every other body. Logs made before it get the column on open.
+_USER_COLUMN = "ALTER TABLE events ADD COLUMN user TEXT"
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
@@ -62,6 +66,9 @@ def partition_for(key: str | bytes, partitions: int) -> int:
 def _check_partitions(connection: sqlite3.Connection, partitions: int) -> int:
     """Record the partition count of a new log; return the count the log was created with."""
     with transaction(connection):
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
+        if "user" not in columns:
+            connection.execute(_USER_COLUMN)
         row = connection.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
         if row is None:
             connection.execute("INSERT INTO meta VALUES ('partitions', ?)", (str(partitions),))
@@ -73,20 +80,25 @@ def _check_partitions(connection: sqlite3.Connection, partitions: int) -> int:
 
 
 def _append(
-    connection: sqlite3.Connection, items: Sequence[tuple[str | None, bytes]], partitions: int
+    connection: sqlite3.Connection, items: Sequence[LogItem], partitions: int
 ) -> list[tuple[int, int]]:
     now = time.time()
     positions: list[tuple[int, int]] = []
     with transaction(connection):
         heads = dict(connection.execute("SELECT partition, next_sequence FROM heads").fetchall())
         rows = []
-        for key, body in items:
+        for key, body, *user in items:
             partition = partition_for(key if key is not None else body, partitions)
             sequence = heads[partition]
             heads[partition] = sequence + 1
-            rows.append((partition, sequence, now, body))
+            pseudonym = " ".join(user[0]) if user and user[0] is not None else None
+            rows.append((partition, sequence, now, body, pseudonym))
             positions.append((partition, sequence))
-        connection.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+        connection.executemany(
+            "INSERT INTO events (partition, sequence, enqueued, body, user) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
         connection.executemany(
             "UPDATE heads SET next_sequence = ? WHERE partition = ?",
             [(sequence, partition) for partition, sequence in heads.items()],
@@ -98,7 +110,7 @@ def _read(
     connection: sqlite3.Connection, partition: int, after: int, limit: int
 ) -> list[ReceivedEvent]:
     rows = connection.execute(
-        "SELECT sequence, enqueued, body FROM events WHERE partition = ? AND sequence > ? "
+        "SELECT sequence, enqueued, body, user FROM events WHERE partition = ? AND sequence > ? "
         "ORDER BY sequence LIMIT ?",
         (partition, after, limit),
     ).fetchall()
@@ -106,11 +118,17 @@ def _read(
     # Events appended together share their enqueued time: convert each value once.
     times: dict[float, datetime] = {}
     events = []
-    for sequence, enqueued, body in rows:
+    for sequence, enqueued, body, user in rows:
         when = times.get(enqueued)
         if when is None:
             when = times[enqueued] = datetime.fromtimestamp(enqueued, UTC)
-        events.append(ReceivedEvent(body, name, sequence, when, str(sequence)))
+        if user is None:
+            events.append(ReceivedEvent(body, name, sequence, when, str(sequence)))
+        else:
+            user_hash, _, document = user.partition(" ")
+            events.append(
+                ReceivedEvent(body, name, sequence, when, str(sequence), (user_hash, document))
+            )
     return events
 
 
@@ -184,12 +202,13 @@ class LocalLog:
     async def _async(self, what: str, call: Callable[..., T], /, *args: object) -> T:
         return await self._file.run(lambda connection: call(connection, *args), what)
 
-    def append(self, items: Sequence[tuple[str | None, bytes]]) -> list[tuple[int, int]]:
-        """Append (partition key, body) pairs in one transaction; return their positions."""
+    def append(self, items: Sequence[LogItem | tuple[str | None, bytes]]) -> list[tuple[int, int]]:
+        """Append (partition key, body[, user]) items in one transaction; return their
+        positions. Bodies are kept as given: producers go through LocalLogSink."""
         return self._blocking("append to the event log", _append, items, self.partitions)
 
     async def append_async(
-        self, items: Sequence[tuple[str | None, bytes]]
+        self, items: Sequence[LogItem | tuple[str | None, bytes]]
     ) -> list[tuple[int, int]]:
         return await self._async("append to the event log", _append, items, self.partitions)
 
@@ -226,11 +245,16 @@ class LocalLog:
 
 
 class LocalLogSink:
-    """EventSink appending to the local log (``evalstream send``, the simulator, ingest)."""
+    """EventSink appending to the local log (``evalstream send``, the simulator, ingest).
 
-    def __init__(self, path: Path, partitions: int) -> None:
+    With a Pseudonymizer (as the commands build it) no raw user_id reaches the file."""
+
+    def __init__(
+        self, path: Path, partitions: int, pseudonymizer: Pseudonymizer | None = None
+    ) -> None:
         self.path = path
         self.partitions = partitions
+        self.pseudonymizer = pseudonymizer
         self._log: LocalLog | None = None
 
     async def __aenter__(self) -> LocalLogSink:
@@ -249,7 +273,10 @@ class LocalLogSink:
     async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
         if self._log is None:
             raise SourceError("LocalLogSink used outside 'async with'")
-        await self._log.append_async(bodies)
+        if self.pseudonymizer is None:
+            await self._log.append_async(bodies)
+        else:
+            await self._log.append_async(self.pseudonymizer.items(bodies))
 
 
 class _LocalPartitionContext:

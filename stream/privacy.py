@@ -1,0 +1,66 @@
+"""Raw user ids never kept: what producers append to the embedded log, and what quarantine
+keeps of a rejected input, carry the keyed hash of a ``user_id`` instead of the value.
+
+An accepted event is logged without its ``user_id``, beside the two things enrichment needs of
+it — the keyed hash and the document id (a content hash over the raw value) — so the stored
+document is byte for byte what the raw event would have given, whichever way it came in. A
+rejected input keeps its bytes with every ``user_id`` value replaced by its keyed hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from schemas import TelemetryEvent
+from stream.decode import Decoder
+from stream.enrich import Enricher, document_id, scrub_user_ids
+
+# Bodies without either can hold no user_id (an escaped key needs a backslash).
+_MAYBE_USER_ID = (b"user_id", b"\\u")
+
+LogItem = tuple[str | None, bytes, tuple[str, str] | None]
+
+
+class Pseudonymizer:
+    """Rewrites producers' bodies for the embedded log (see the module docstring)."""
+
+    def __init__(self, decoder: Decoder, enricher: Enricher) -> None:
+        self.decoder = decoder
+        self.enricher = enricher
+
+    def items(self, bodies: Sequence[tuple[str | None, bytes]]) -> list[LogItem]:
+        now = datetime.now(UTC)
+        items: list[LogItem] = []
+        for key, body in bodies:
+            if not any(marker in body for marker in _MAYBE_USER_ID):
+                items.append((key, body, None))
+            else:
+                items.extend(self._rewrite(key, body, now))
+        return items
+
+    def _rewrite(self, key: str | None, body: bytes, now: datetime) -> list[LogItem]:
+        decoded = self.decoder.decode(body, now)
+        if not decoded.rejected and all(a.event.user_id is None for a in decoded.accepted):
+            return [(key, body, None)]
+        user_hash = self.enricher.user_hash
+        if any(rejected.raw == body for rejected in decoded.rejected):
+            # Rejected as a whole, or an item nested too deeply to write alone: the body stays
+            # one record, scrubbed (its valid events, if any, then carry a hash as user_id).
+            return [(key, scrub_user_ids(body, user_hash), None)]
+        # One record per event: each accepted one with its own hash and id, each rejected
+        # one as its scrubbed bytes, which the processor rejects (and quarantines) again.
+        items: list[LogItem] = []
+        for accepted in decoded.accepted:
+            items.append(self.event_item(accepted.event))
+        for rejected in decoded.rejected:
+            items.append((rejected.app_id or key, scrub_user_ids(rejected.raw, user_hash), None))
+        return items
+
+    def event_item(self, event: TelemetryEvent) -> LogItem:
+        """The log record of a validated event: without user_id, with its hash and id."""
+        if event.user_id is None:
+            return (event.app_id, event.model_dump_json(exclude_defaults=True).encode(), None)
+        user = (self.enricher.user_hash(event.user_id), document_id(event))
+        body = event.model_dump_json(exclude_defaults=True, exclude={"user_id"}).encode()
+        return (event.app_id, body, user)

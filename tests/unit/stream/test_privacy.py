@@ -1,0 +1,96 @@
+"""No raw user_id in what evalstream keeps: the embedded log holds a user's keyed hash (and the
+document id made from the raw value), quarantine a hash in place of the value — and the stored
+documents are byte for byte what the raw events give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from schemas import AppDirectory, TelemetryDocument
+from stream.decode import Decoder
+from stream.enrich import Enricher, scrub_user_ids
+from stream.privacy import Pseudonymizer
+from stream.sources.local_log import LocalLog, LocalLogSink
+from tests.unit.stream.test_output_golden import APPS, NOW, _bodies
+
+KEY = b"test-key"
+
+
+def _documents(enricher: Enricher, log: LocalLog) -> tuple[list[TelemetryDocument], list[bytes]]:
+    """What processing every logged body gives, and the rejected raws (as quarantine keeps)."""
+    decoder = Decoder()
+    documents, rejected = [], []
+    for partition in range(log.partitions):
+        for event in log.read(partition, -1, 100_000):
+            decoded = decoder.decode(event.body, NOW)
+            for accepted in decoded.accepted:
+                doc = enricher.document(accepted.event, event, 0, NOW, False)
+                documents.append(doc)
+            for bad in decoded.rejected:
+                rejected.append(enricher.quarantine(bad, event, NOW).raw.encode())
+    return documents, rejected
+
+
+def _without_ingest(doc: TelemetryDocument) -> bytes:
+    stored = orjson.loads(doc.json_bytes())
+    del stored["ingest"]
+    return orjson.dumps(stored)
+
+
+async def test_logged_bodies_hold_no_user_id_and_give_the_same_documents(tmp_path: Path) -> None:
+    bodies = [(None, body) for body in _bodies()]
+    users = {user for _, body in bodies for user in _user_ids(body)}
+    assert len(users) > 50  # the simulator's users, and the edge bodies' ones
+    enricher = Enricher(APPS, KEY, "local")
+
+    async with LocalLogSink(tmp_path / "raw.db", 4) as raw_sink:
+        await raw_sink.append(bodies)
+    pseudonymizer = Pseudonymizer(Decoder(), enricher)
+    async with LocalLogSink(tmp_path / "kept.db", 4, pseudonymizer) as sink:
+        await sink.append(bodies)
+
+    kept_file = (tmp_path / "kept.db").read_bytes() + _wal(tmp_path / "kept.db")
+    leaked = [user for user in users if isinstance(user, str) and user.encode() in kept_file]
+    assert leaked == []
+
+    raw_log, kept_log = LocalLog(tmp_path / "raw.db", 4), LocalLog(tmp_path / "kept.db", 4)
+    try:
+        from_raw, _ = _documents(enricher, raw_log)
+        from_kept, rejected = _documents(enricher, kept_log)
+    finally:
+        raw_log.close()
+        kept_log.close()
+    assert len(from_raw) > 1000
+    # The same documents (ids, user hashes, every byte but the log position), in any order.
+    assert sorted(map(_without_ingest, from_kept)) == sorted(map(_without_ingest, from_raw))
+    assert not any(user.encode() in raw for user in users for raw in rejected)
+
+
+def _user_ids(body: bytes) -> list[str]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    items = parsed if isinstance(parsed, list) else [parsed]
+    users = [item.get("user_id") for item in items if isinstance(item, dict)]
+    return [user for user in users if isinstance(user, str)]
+
+
+def _wal(path: Path) -> bytes:
+    wal = path.with_name(path.name + "-wal")
+    return wal.read_bytes() if wal.exists() else b""
+
+
+def test_quarantine_keeps_a_hash_in_place_of_every_user_id() -> None:
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    hashed = enricher.user_hash
+    raw = b'{"user_id": "alice@example.com", "x": [{"user_id":42}], "user_id" :"a\\"b"'
+    assert scrub_user_ids(raw, hashed) == (
+        b'{"user_id": "' + hashed('"alice@example.com"').encode() + b'", "x": [{"user_id":"'
+        + hashed("42").encode() + b'"}], "user_id" :"' + hashed('"a\\"b"').encode() + b'"'
+    )  # fmt: skip
+    rejected = Decoder().decode(b'{"app_id":"a b","user_id":"alice@example.com"}', NOW)
+    record = enricher.quarantine(rejected.rejected[0], None, NOW)
+    assert "alice" not in record.raw and hashed('"alice@example.com"') in record.raw
