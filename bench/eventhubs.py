@@ -298,6 +298,9 @@ class _Context:
     async def checkpointed_sequence(self) -> int | None:
         return None
 
+    async def resume_after(self, sequence: int) -> bool:
+        return False
+
 
 async def pipeline_alone(
     bodies: list[tuple[str | None, bytes]], processor: ProcessorSettings

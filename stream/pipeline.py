@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from alerts.ports import AlertPublisher
+from common.errors import is_retryable
 from common.log_context import log_context
-from schemas import Breach, QuarantineRecord, TelemetryDocument
+from schemas import Breach, QuarantineRecord, TelemetryDocument, ValidationIssue
 from store.ports import StateSnapshot, TelemetryStore
-from stream.decode import Decoder
+from stream.decode import Decoder, Rejected
 from stream.enrich import Enricher
 from stream.ports import CloseReason, HotPathFactory, HotPathState, PartitionContext, ReceivedEvent
 from stream.stats import ProcessorStats
@@ -39,6 +40,12 @@ class _Partition:
     hot: HotPathState | None = None
     pending: ReceivedEvent | None = None
     last_checkpoint: float = field(default_factory=time.monotonic)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure the same batch may not meet again: the store said so (unavailable,
+    throttled), or the connection to it broke."""
+    return is_retryable(exc) or isinstance(exc, ConnectionError | TimeoutError)
 
 
 def _encode_snapshot(partition: _Partition) -> bytes:
@@ -101,11 +108,51 @@ class Pipeline:
         if self.hot_path is not None:
             state.hot = self.hot_path(hot_blob)
         self._partitions[partition_id] = state
+        await self._check_positions(context, state.covered)
         await self.stats.attach(context)
         logger.info(
             "partition initialised",
             extra={"partition": partition_id, "covered_sequence": state.covered},
         )
+
+    async def _check_positions(self, context: PartitionContext, covered: int) -> None:
+        """Never continue silently past lost writes: the store's snapshot covers every event
+        up to ``covered`` and is saved before the source checkpoint, so a checkpoint beyond it
+        means the store lost writes (e.g. a power cut) and a source that ends before it lost
+        events. Either way processing resumes after ``covered``, and says so."""
+        try:
+            checkpointed = await context.checkpointed_sequence()
+            last = await context.last_enqueued_sequence()
+        except Exception as exc:
+            # A check, not processing: an unreachable checkpoint store must not stop the start.
+            logger.warning("positions not checked: %s", exc)
+            return
+        if checkpointed is not None and checkpointed > covered:
+            problem = (
+                f"the store covers this partition up to sequence {covered} but the source "
+                f"checkpoint is at {checkpointed}: the store lost writes"
+            )
+        elif last is not None and last < covered:
+            problem = (
+                f"the source ends at sequence {last} but the store covers up to {covered}: the "
+                "source lost events; new events are numbered after them"
+            )
+        else:
+            return
+        if await context.resume_after(covered):
+            logger.error(
+                "%s; reading again from sequence %d",
+                problem,
+                covered + 1,
+                extra={"partition": context.partition_id},
+            )
+        else:
+            logger.error(
+                "%s; this source cannot be rewound: replay events after sequence %d",
+                problem,
+                covered,
+                extra={"partition": context.partition_id},
+            )
 
     async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         with log_context(partition=context.partition_id):
@@ -115,16 +162,13 @@ class Pipeline:
         started = time.perf_counter()
         state = self._partitions[context.partition_id]
         now = datetime.now(UTC)
-        documents, quarantined = self._transform(state, events, now)
-        try:
-            conflicts = await self.store.write(documents, quarantined)
-            if conflicts:
-                documents, refused = self._refuse(documents, conflicts, now)
-                await self.store.write([], refused)
-                quarantined += refused
-        except Exception as exc:
-            self.stats.store_failed(exc)
-            raise
+        # Events a snapshot covers were stored before it was saved (a restart between the
+        # snapshot and the source checkpoint reads them again): stored, they stay as they are.
+        if events[0].sequence <= state.covered:
+            events = [event for event in events if event.sequence > state.covered]
+            if not events:
+                return
+        documents, quarantined = await self._store(state, events, now)
         self.stats.store_error = None
         detecting = time.perf_counter()
         state.outbox.extend(self._detect(state, documents))
@@ -162,9 +206,71 @@ class Pipeline:
             "partition closed", extra={"partition": context.partition_id, "reason": reason.value}
         )
 
-    def _transform(
+    async def _store(
         self, state: _Partition, events: list[ReceivedEvent], now: datetime
     ) -> tuple[list[TelemetryDocument], list[QuarantineRecord]]:
+        """Transform and durably write the events; the watermark moves only once they are
+        written. A failure that is not transient splits the batch until the events that fail
+        on their own are found: those are quarantined (``processing_error``), the rest stored,
+        so no event can stop a partition. A transient one (store unavailable, throttled)
+        fails the batch, which the source delivers again."""
+        try:
+            return await self._write(state, events, now)
+        except Exception as exc:
+            if is_transient(exc):
+                self.stats.store_failed(exc)
+                raise
+            if len(events) == 1:
+                return [], [await self._quarantine_failed(events[0], exc, now)]
+            logger.warning(
+                "batch failed (%s: %s); splitting it to find the events that fail",
+                type(exc).__name__,
+                exc,
+                extra={"first_sequence": events[0].sequence, "events": len(events)},
+            )
+        middle = len(events) // 2
+        first_documents, first_quarantined = await self._store(state, events[:middle], now)
+        documents, quarantined = await self._store(state, events[middle:], now)
+        return first_documents + documents, first_quarantined + quarantined
+
+    async def _write(
+        self, state: _Partition, events: list[ReceivedEvent], now: datetime
+    ) -> tuple[list[TelemetryDocument], list[QuarantineRecord]]:
+        documents, quarantined, watermark = self._transform(state.watermark, events, now)
+        conflicts = await self.store.write(documents, quarantined)
+        if conflicts:
+            documents, refused = self._refuse(documents, conflicts, now)
+            await self.store.write([], refused)
+            quarantined += refused
+        state.watermark = watermark
+        return documents, quarantined
+
+    async def _quarantine_failed(
+        self, event: ReceivedEvent, exc: Exception, now: datetime
+    ) -> QuarantineRecord:
+        issue = ValidationIssue(
+            code="processing_error",
+            location="$",
+            message=f"processing this event failed: {type(exc).__name__}: {exc}"[:2000],
+        )
+        record = self.enricher.quarantine(Rejected(0, event.body, (issue,)), event, now)
+        await self.store.write([], [record])
+        logger.error(
+            "event quarantined: processing it failed",
+            exc_info=exc,
+            extra={"sequence": event.sequence},
+        )
+        return record
+
+    def _transform(
+        self, watermark: datetime | None, events: list[ReceivedEvent], now: datetime
+    ) -> tuple[list[TelemetryDocument], list[QuarantineRecord], datetime | None]:
+        """Documents and quarantine records of the events, and the watermark after them.
+
+        Every decision depends on the event and its source position only: the future-skew
+        limit counts from the enqueued time, not from now, and an event moves the watermark
+        no further than its enqueued time (one event from a clock far ahead cannot make the
+        partition's later events late)."""
         documents: list[TelemetryDocument] = []
         quarantined: list[QuarantineRecord] = []
         decode, document, quarantine = (
@@ -172,19 +278,20 @@ class Pipeline:
             self.enricher.document,
             self.enricher.quarantine,
         )
-        watermark = state.watermark
+        lateness = self.lateness
         for event in events:
-            decoded = decode(event.body, now)
+            enqueued = event.enqueued_time
+            decoded = decode(event.body, enqueued)
             for accepted in decoded.accepted:
                 timestamp = accepted.event.timestamp
-                late = watermark is not None and timestamp < watermark - self.lateness
-                if watermark is None or timestamp > watermark:
-                    watermark = timestamp
+                late = watermark is not None and timestamp < watermark - lateness
+                seen = timestamp if timestamp < enqueued else enqueued
+                if watermark is None or seen > watermark:
+                    watermark = seen
                 documents.append(document(accepted.event, event, accepted.index, now, late))
             for rejected in decoded.rejected:
                 quarantined.append(quarantine(rejected, event, now))
-        state.watermark = watermark
-        return documents, quarantined
+        return documents, quarantined, watermark
 
     def _refuse(
         self, documents: list[TelemetryDocument], conflicts: list[TelemetryDocument], now: datetime

@@ -56,6 +56,12 @@ class PartitionContext(Protocol):
         """The sequence of the last checkpoint (None = no checkpoint yet)."""
         ...
 
+    async def resume_after(self, sequence: int) -> bool:
+        """Deliver from the event after ``sequence`` on, and number new events after it: the
+        processor found the store behind the checkpoint (lost writes), or the source behind
+        the store (lost events). False: this source cannot, the caller says what is at risk."""
+        ...
+
 
 class BatchHandler(Protocol):
     async def on_partition_initialize(self, context: PartitionContext) -> None:

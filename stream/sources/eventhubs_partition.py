@@ -187,6 +187,10 @@ class EventHubsPartition:
             return None
         return int(properties["last_enqueued_sequence_number"])
 
+    async def resume_after(self, sequence: int) -> bool:
+        # Event Hubs numbers events itself and the SDK chose the starting position already.
+        return False
+
     async def checkpointed_sequence(self) -> int | None:
         sdk = self._sdk
         try:

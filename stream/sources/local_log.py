@@ -139,6 +139,13 @@ def _last_sequence(connection: sqlite3.Connection, partition: int) -> int:
     return int(row[0]) - 1
 
 
+def _raise_head(connection: sqlite3.Connection, partition: int, next_sequence: int) -> None:
+    connection.execute(
+        "UPDATE heads SET next_sequence = ? WHERE partition = ? AND next_sequence < ?",
+        (next_sequence, partition, next_sequence),
+    )
+
+
 def _checkpoint(connection: sqlite3.Connection, consumer_group: str, partition: int) -> int:
     row = connection.execute(
         "SELECT sequence FROM checkpoints WHERE consumer_group = ? AND partition = ?",
@@ -225,6 +232,10 @@ class LocalLog:
     async def last_sequence_async(self, partition: int) -> int:
         return await self._async("read the log head", _last_sequence, partition)
 
+    async def raise_head_async(self, partition: int, next_sequence: int) -> None:
+        """New events of the partition get ``next_sequence`` or later (never a used number)."""
+        await self._async("raise the log head", _raise_head, partition, next_sequence)
+
     def checkpoint(self, consumer_group: str, partition: int) -> int:
         """The last processed sequence of a partition (-1: nothing processed yet)."""
         return self._blocking("read a checkpoint", _checkpoint, consumer_group, partition)
@@ -301,6 +312,11 @@ class _LocalPartitionContext:
     async def checkpointed_sequence(self) -> int | None:
         sequence = await self._log.checkpoint_async(self._consumer_group, self._partition)
         return None if sequence < 0 else sequence
+
+    async def resume_after(self, sequence: int) -> bool:
+        await self._log.raise_head_async(self._partition, sequence + 1)
+        self.position = sequence
+        return True
 
 
 class ProcessorLock:

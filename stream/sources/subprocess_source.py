@@ -88,6 +88,10 @@ class _RemotePartition:
             return None
         return value
 
+    async def resume_after(self, sequence: int) -> bool:
+        # Event Hubs numbers events itself and the SDK chose the starting position already.
+        return False
+
     async def checkpointed_sequence(self) -> int | None:
         value: int | None = await self._channel.call("checkpointed_sequence", self._partition_id)
         return value

@@ -429,6 +429,9 @@ class Context:
     async def checkpointed_sequence(self) -> int | None:
         return self.checkpoints[-1] if self.checkpoints else None
 
+    async def resume_after(self, sequence: int) -> bool:
+        return False
+
 
 @dataclass
 class Publisher:

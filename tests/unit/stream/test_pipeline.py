@@ -19,6 +19,7 @@ from schemas import (
     Severity,
     TelemetryDocument,
 )
+from store.exceptions import StoreError, StoreUnavailable
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
@@ -55,6 +56,10 @@ class Context:
 
     async def checkpointed_sequence(self) -> int | None:
         return self.checkpoints[-1] if self.checkpoints else None
+
+    async def resume_after(self, sequence: int) -> bool:
+        self.resumed_after = sequence
+        return True
 
 
 @dataclass
@@ -111,11 +116,12 @@ class FailingStore(SqliteStore):
     def __init__(self, path: Path, failures: int) -> None:
         super().__init__(path)
         self.failures = failures
+        self.error: Exception = ConnectionError("store down")
 
     async def write(self, documents, quarantined):  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
-            raise ConnectionError("store down")
+            raise self.error
         return await super().write(documents, quarantined)
 
 
@@ -280,3 +286,190 @@ async def test_late_events_are_stored_and_flagged(tmp_path: Path) -> None:
             ("t0", False),
             ("t1", False),
         ]
+
+
+class PoisonStore(SqliteStore):
+    """Refuses (not transiently) any write holding the document of trace ``poison``."""
+
+    async def write(self, documents, quarantined):  # type: ignore[no-untyped-def]
+        if any(doc.trace_id == "poison" for doc in documents):
+            raise StoreError("document too large")
+        return await super().write(documents, quarantined)
+
+
+def _docs_without_processing_time(docs: list[TelemetryDocument]) -> list[dict[str, object]]:
+    kept = []
+    for doc in docs:
+        fields = orjson.loads(doc.json_bytes())
+        del fields["ingest"]["processed_at"], fields["ingest"]["lag_ms"]
+        kept.append(fields)
+    return sorted(kept, key=lambda fields: str(fields["id"]))
+
+
+async def _stored(store: SqliteStore) -> list[TelemetryDocument]:
+    return [
+        doc
+        async for page in store.telemetry_window(
+            ["a"], T0 - timedelta(hours=2), T0 + timedelta(hours=2)
+        )
+        for doc in page
+    ]
+
+
+async def test_an_event_that_fails_alone_is_quarantined_and_the_rest_stored(
+    tmp_path: Path,
+) -> None:
+    async with PoisonStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        batch = [received(i) for i in range(10)]
+        batch[6] = received(6, body(6, trace_id="poison"))
+        await pipeline.on_batch(context, batch)
+
+        assert sorted(doc.ingest.sequence for doc in await _stored(store)) == [
+            0, 1, 2, 3, 4, 5, 7, 8, 9,
+        ]  # fmt: skip
+        [record] = [r async for r in store.quarantine_records()]
+        assert (record.sequence, record.issues[0].code) == (6, "processing_error")
+        assert "StoreError: document too large" in record.issues[0].message
+        assert orjson.loads(record.raw)["trace_id"] == "poison"
+        assert context.checkpoints == [9]
+        hot = pipeline._partitions["0"].hot
+        assert isinstance(hot, RecordingHotPath) and 6 not in hot.seen
+
+
+async def test_an_event_enrichment_cannot_handle_is_quarantined(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        document = pipeline.enricher.document
+
+        def broken_for_one(event, *args):  # type: ignore[no-untyped-def]
+            if event.trace_id == "t3":
+                raise ValueError("cannot enrich")
+            return document(event, *args)
+
+        pipeline.enricher.document = broken_for_one  # type: ignore[method-assign]
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        await pipeline.on_batch(context, [received(i) for i in range(5)])
+        assert await store.count("telemetry") == 4
+        [record] = [r async for r in store.quarantine_records()]
+        assert record.sequence == 3 and "ValueError: cannot enrich" in record.issues[0].message
+
+
+async def test_a_transient_failure_quarantines_nothing(tmp_path: Path) -> None:
+    async with FailingStore(tmp_path / "s.db", failures=1) as store:
+        store.error = StoreUnavailable("throttled")
+        pipeline = make_pipeline(store, hot=False)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        with pytest.raises(StoreUnavailable):
+            await pipeline.on_batch(context, [received(0), received(1)])
+        assert await store.count("quarantine") == 0 and context.checkpoints == []
+
+
+# Minutes apart, so the lateness allowance (60 s) decides which are late.
+def _spread(sequence: int, minutes: int) -> ReceivedEvent:
+    enqueued = T0 + timedelta(minutes=30)
+    payload = body(sequence, timestamp=(T0 + timedelta(minutes=minutes)).isoformat())
+    return ReceivedEvent(payload, "0", sequence, enqueued, str(sequence))
+
+
+BATCHES = [
+    [_spread(0, 0), _spread(1, 5), _spread(2, 3)],
+    [_spread(3, 4), _spread(4, 10), _spread(5, 2)],
+    [_spread(6, 11), _spread(7, 9), _spread(8, 12)],
+]
+
+
+async def _reference(tmp_path: Path) -> list[dict[str, object]]:
+    async with SqliteStore(tmp_path / "reference.db") as store:
+        pipeline = make_pipeline(store)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        for batch in BATCHES:
+            await pipeline.on_batch(context, batch)
+        stored = await _stored(store)
+    assert {doc.trace_id for doc in stored if doc.ingest.late} == {"t2", "t5", "t7"}
+    return _docs_without_processing_time(stored)
+
+
+async def test_a_failed_write_retried_stores_what_a_clean_run_stores(tmp_path: Path) -> None:
+    reference = await _reference(tmp_path)
+    async with FailingStore(tmp_path / "s.db", failures=0) as store:
+        pipeline = make_pipeline(store)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        for batch in BATCHES:
+            store.failures = 2  # the disk is full twice, then the source delivers again
+            for _ in range(2):
+                with pytest.raises(ConnectionError):
+                    await pipeline.on_batch(context, batch)
+            await pipeline.on_batch(context, batch)
+        assert _docs_without_processing_time(await _stored(store)) == reference
+
+
+class CheckpointKilled(Exception):
+    """The process died after the detector snapshot, before the source checkpoint."""
+
+
+async def test_a_kill_between_snapshot_and_checkpoint_stores_what_a_clean_run_stores(
+    tmp_path: Path,
+) -> None:
+    reference = await _reference(tmp_path)
+    async with SqliteStore(tmp_path / "s.db") as store:
+        first = make_pipeline(store)
+        context = Context()
+        await first.on_partition_initialize(context)
+        await first.on_batch(context, BATCHES[0])
+
+        async def killed(event: ReceivedEvent) -> None:
+            raise CheckpointKilled
+
+        context.checkpoint = killed  # type: ignore[method-assign]
+        with pytest.raises(CheckpointKilled):
+            await first.on_batch(context, BATCHES[1])
+        snapshot = await store.load_state("$Default", "0")
+        assert snapshot is not None and snapshot.covered_sequence == 5  # the snapshot landed
+
+        restarted, again = make_pipeline(store), Context(checkpoints=[2])
+        await restarted.on_partition_initialize(again)
+        await restarted.on_batch(again, BATCHES[1])  # read again from the checkpoint
+        await restarted.on_batch(again, BATCHES[2])
+        assert _docs_without_processing_time(await _stored(store)) == reference
+        hot = restarted._partitions["0"].hot
+        assert isinstance(hot, RecordingHotPath) and hot.seen == list(range(9))
+
+
+async def test_future_skew_counts_from_the_enqueued_time_not_from_now(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        enqueued = T0  # an hour ago: both timestamps are in the past by now
+        ahead = [
+            ReceivedEvent(body(n, timestamp=(T0 + timedelta(minutes=m)).isoformat()), "0", n,
+                          enqueued, str(n))
+            for n, m in enumerate([10, 20])
+        ]  # fmt: skip
+        await pipeline.on_batch(context, ahead)
+        assert [doc.trace_id for doc in await _stored(store)] == ["t0"]
+        [record] = [r async for r in store.quarantine_records()]
+        assert (record.sequence, record.issues[0].code) == (1, "timestamp_in_future")
+
+
+async def test_one_event_from_a_clock_far_ahead_does_not_make_the_rest_late(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        batch = [
+            received(0),
+            received(1, body(1, timestamp=(T0 + timedelta(minutes=14)).isoformat())),
+        ]
+        batch += [received(i) for i in range(2, 6)]
+        await pipeline.on_batch(context, batch)
+        assert [doc.trace_id for doc in await _stored(store) if doc.ingest.late] == []
