@@ -315,6 +315,8 @@ class _LocalPartitionContext:
 
     async def resume_after(self, sequence: int) -> bool:
         await self._log.raise_head_async(self._partition, sequence + 1)
+        # The checkpoint follows: never ahead of what the store holds, never behind new events.
+        await self._log.update_checkpoint_async(self._consumer_group, self._partition, sequence)
         self.position = sequence
         return True
 
