@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.errors import EvalstreamError
 from common.log_context import log_context
 from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected
@@ -41,6 +42,9 @@ from stream.producers.ingest_auth import Authorizer, Denied, Sender
 logger = logging.getLogger(__name__)
 
 WHOLE_BODY_CODES = {"body_too_large": 413, "too_many_events": 413}
+
+
+UNAVAILABLE_RETRY_AFTER_S = 5
 
 
 class _BodyTooLarge(Exception):
@@ -182,6 +186,23 @@ class IngestApp:
         return _json({"status": "ok"}, 200)
 
     async def post_telemetry(self, request: Request) -> Response:
+        try:
+            return await self._post_telemetry(request)
+        except EvalstreamError as exc:
+            # The log or the store cannot keep events now (disk full, locked, unreachable):
+            # nothing was answered as accepted, the producer sends again (ids are idempotent).
+            logger.error("ingest cannot keep events now: %s", exc)
+            response = _json(
+                {
+                    "error": "unavailable",
+                    "message": f"events cannot be kept now, send again later: {exc}",
+                },
+                503,
+            )
+            response.headers["retry-after"] = str(UNAVAILABLE_RETRY_AFTER_S)
+            return response
+
+    async def _post_telemetry(self, request: Request) -> Response:
         now = datetime.now(UTC)
         key: Sender | None = None
         if self.authorizer is not None and self.authorizer.enabled:

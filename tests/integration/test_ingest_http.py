@@ -15,6 +15,7 @@ from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
+from stream.exceptions import SourceError
 from stream.producers.ingest import IngestApp
 from stream.producers.ingest_server import bound_port, serving
 from stream.sources.local_log import LocalLog, LocalLogSink
@@ -155,3 +156,24 @@ async def test_two_equal_invalid_events_of_one_request_are_two_records(ingest: I
         assert response.status_code == 422
         assert [r["index"] for r in response.json()["rejected"]] == [0, 1]
     assert await ingest.store.count("quarantine") == 2
+
+
+class FullSink:
+    """A log on a full disk: every append fails as the embedded log reports it."""
+
+    async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
+        raise SourceError("append to the event log: database or disk is full", retryable=True)
+
+
+async def test_a_log_that_cannot_take_events_is_503_with_retry_after(tmp_path: Path) -> None:
+    enricher = Enricher(AppDirectory(), b"k", "ingest")
+    async with (
+        SqliteStore(tmp_path / "store.db") as store,
+        serving(IngestApp(Decoder(), enricher, FullSink(), store).app, "127.0.0.1", 0) as server,  # type: ignore[arg-type]
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{bound_port(server)}") as client,
+    ):
+        response = await client.post("/api/telemetry", json=GOOD)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"] == "unavailable"
+    assert "disk is full" in response.json()["message"]
