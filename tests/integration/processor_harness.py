@@ -170,3 +170,35 @@ async def drain_subscription(data_dir: Path, name: str = "all") -> list[str]:
                 ids.append(alert.message_id)
                 await receiver.complete(alert)
     return ids
+
+
+async def drain_breaches(data_dir: Path, name: str = "all") -> list[tuple[str, str]]:
+    """Receive and complete everything in an embedded subscription: (message id, breach JSON)
+    of every delivery, in order."""
+    from alerts.sqlite_bus import SqliteAlertReceiver
+
+    delivered: list[tuple[str, str]] = []
+    async with SqliteAlertReceiver(data_dir / "alerts.db", name) as receiver:
+        while alerts := await receiver.receive(max_count=100, max_wait_s=0.2):
+            for alert in alerts:
+                delivered.append((alert.message_id, alert.breach.model_dump_json()))
+                await receiver.complete(alert)
+    return delivered
+
+
+def stored_documents(data_dir: Path) -> dict[tuple[str, str], dict[str, object]]:
+    """Every stored document by (pk, id), without its processing-time fields (when it was
+    processed, its lag): what a crash may change, everything else must not."""
+    import orjson
+
+    connection = sqlite3.connect(data_dir / "store.db")
+    try:
+        documents = {}
+        for pk, id_, doc in connection.execute("SELECT pk, id, doc FROM telemetry"):
+            fields = orjson.loads(doc)
+            del fields["ingest"]["processed_at"], fields["ingest"]["lag_ms"]
+            documents[(pk, id_)] = fields
+    finally:
+        connection.close()
+    return documents
+
