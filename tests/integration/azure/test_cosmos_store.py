@@ -457,7 +457,7 @@ def cosmos_pipeline(store: CosmosStore, publisher: Publisher) -> Pipeline:
 
 
 async def test_pipeline_checkpoints_after_durable_writes_and_resumes_from_cosmos_state(
-    cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore
+    cosmos_fault_proxy: FaultProxy, proxied_store: CosmosStore, tmp_path: Path
 ) -> None:
     simulator = Simulator(apps=3, rate=10.0, seed=5, start=START, invalid_fraction=0.05)
     enqueued = datetime.now(UTC)
@@ -472,6 +472,9 @@ async def test_pipeline_checkpoints_after_durable_writes_and_resumes_from_cosmos
     cosmos_fault_proxy.unavailable(20, methods={"POST"})
     for start in range(0, 200, 100):
         await first.on_batch(context, events[start : start + 100])
+    first_hot = first._partitions["0"].hot
+    assert first_hot is not None
+    detectors_then = first_hot.snapshot()
     await first.on_partition_close(context, CloseReason.SHUTDOWN)
 
     assert context.checkpoints == [99, 199]
@@ -484,8 +487,19 @@ async def test_pipeline_checkpoints_after_durable_writes_and_resumes_from_cosmos
     second = cosmos_pipeline(proxied_store, Publisher())
     resumed = Context()
     await second.on_partition_initialize(resumed)
+    second_hot = second._partitions["0"].hot
+    assert second_hot is not None and second_hot.snapshot() == detectors_then
     await second.on_batch(resumed, events[150:300])
+    detectors_after = second_hot.snapshot()
     await second.on_partition_close(resumed, CloseReason.SHUTDOWN)
+
+    # The detectors end where an uninterrupted owner's end: restored, not started afresh.
+    async with SqliteStore(tmp_path / "reference.db") as reference_store:
+        reference = cosmos_pipeline(reference_store, Publisher())  # type: ignore[arg-type]
+        await reference.on_partition_initialize(Context())
+        await reference.on_batch(Context(), events[:300])
+        reference_hot = reference._partitions["0"].hot
+        assert reference_hot is not None and reference_hot.snapshot() == detectors_after
 
     assert resumed.checkpoints == [299]
     assert await proxied_store.count("telemetry") == valid

@@ -39,8 +39,16 @@ BODY = orjson.dumps(
 )
 
 
-def test_same_bytes_give_the_same_id() -> None:
-    assert enrich(BODY)[0].id == enrich(BODY)[0].id
+def test_the_id_is_the_hash_of_the_canonical_event_and_its_user() -> None:
+    event = TelemetryEvent.model_validate_json(BODY, context={"now": NOW})
+    assert event.user_id and not event.event_id
+    content = event.model_dump_json(exclude={"user_id"}).encode()
+    expected = hashlib.blake2b(
+        content + b"\x1f" + event.user_id.encode() + b"\x1f", digest_size=16
+    ).hexdigest()
+    assert enrich(BODY)[0].id == expected
+    other_user = BODY.replace(event.user_id.encode(), b"someone-else")
+    assert enrich(other_user)[0].id != expected
 
 
 def test_same_event_in_other_bytes_gives_the_same_id() -> None:
