@@ -1,4 +1,6 @@
-"""Restart exactness of the hot path: SIGKILLed runs deliver the same breaches, each once."""
+"""Restart exactness of the hot path: SIGKILLed runs deliver the same breaches, with the same
+content, as an uninterrupted run (a breach published again after a kill keeps its message id,
+which the topic keeps once: subscribers see each breach once here)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 
 from stream.producers.simulator import Incident, Simulator
 from tests.integration.processor_harness import (
-    drain_subscription,
+    drain_breaches,
     kill_at_points,
     prepare,
     run_until_idle,
@@ -55,15 +57,16 @@ def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(tmp_path: Path) 
     total = len(expected.telemetry) + len(expected.quarantine)
 
     run_until_idle(reference_dir, ENV)
-    reference = asyncio.run(drain_subscription(reference_dir))
-    states = Counter(message_id.rsplit(":", 1)[1] for message_id in reference)
+    reference = asyncio.run(drain_breaches(reference_dir))
+    states = Counter(message_id.rsplit(":", 1)[1] for message_id, _ in reference)
     assert states["opened"] >= 3 and states["resolved"] >= 1, states
 
     rng = random.Random(3)
     kill_at_points(killed_dir, ENV, sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS)))
     run_until_idle(killed_dir, ENV)
-    after_kills = asyncio.run(drain_subscription(killed_dir))
+    after_kills = asyncio.run(drain_breaches(killed_dir))
 
-    assert len(after_kills) == len(set(after_kills)), "a breach was delivered twice"
-    assert set(after_kills) == set(reference)
-    assert len(reference) == len(set(reference))
+    # Same breaches, same content (observed values, windows, sample traces): the detectors
+    # neither forgot nor double counted across the kills.
+    assert sorted(after_kills) == sorted(reference)
+    assert len({message_id for message_id, _ in reference}) == len(reference)
