@@ -123,8 +123,10 @@ async def test_a_failure_is_retried_after_backoff_and_then_completed(bus_path: P
 
 
 async def test_a_slow_handler_keeps_its_lock(bus_path: Path) -> None:
-    short_lock = SubscriptionSpec("all", max_delivery_count=3, lock_duration_s=0.3)
-    handler = RecordingHandler(delay_s=1.0)  # more than three lock durations
+    # A lock short enough that only renewals keep it, long enough that a renewal a loaded
+    # 2-core machine schedules late still comes in time.
+    short_lock = SubscriptionSpec("all", max_delivery_count=3, lock_duration_s=1.0)
+    handler = RecordingHandler(delay_s=2.5)  # two and a half lock durations
     async with (
         SqliteAlertPublisher(bus_path, [short_lock]) as pub,
         SqliteAlertReceiver(bus_path, short_lock, poll_interval_s=0.01) as rx,
@@ -135,7 +137,7 @@ async def test_a_slow_handler_keeps_its_lock(bus_path: Path) -> None:
         await pub.publish([make_breach(1)])
         await until(lambda: len(handler.calls) == 1)
         # While the handler runs, the alert must never become visible to anyone else.
-        assert await competitor.receive(1, 0.9) == []
+        assert await competitor.receive(1, 2.2) == []
         await until(lambda: subscriber.completed == 1)
         await stop(task, subscriber)
     assert len(handler.calls) == 1

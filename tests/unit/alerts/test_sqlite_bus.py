@@ -253,7 +253,9 @@ async def test_receive_returns_empty_after_max_wait(bus_path: Path) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         assert await rx.receive(10, 0.1) == []
-        assert 0.1 <= loop.time() - started < 1.0
+        # Returns once the wait is over (the upper bound only says it does not hang: a loaded
+        # machine may take a while to hand the empty answer back).
+        assert 0.1 <= loop.time() - started < 5.0
 
 
 async def test_receive_respects_max_count(bus_path: Path, clock: FakeClock) -> None:
