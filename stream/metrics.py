@@ -53,6 +53,11 @@ class ProcessorMetrics:
         self.store_failures = Counter(
             "evalstream_store_failures", "Failed attempts to write a batch.", registry=r
         )
+        self.detector_failures = Counter(
+            "evalstream_detector_failures",
+            "Stored events the hot-path detectors failed on (skipped by them).",
+            registry=r,
+        )
         self.lag = Gauge(
             "evalstream_partition_lag_events",
             "Events enqueued in a partition and not yet processed.",

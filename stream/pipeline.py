@@ -318,10 +318,24 @@ class Pipeline:
             # already fed, update documents but not detectors.
             sequence = doc.ingest.sequence
             if sequence > observed:
-                breaches.extend(hot.observe(doc))
+                try:
+                    breaches.extend(hot.observe(doc))
+                except Exception as exc:
+                    self._detector_failed(doc, exc)
         if documents:
             state.observed = max(observed, documents[-1].ingest.sequence)
         return breaches
+
+    def _detector_failed(self, doc: TelemetryDocument, exc: Exception) -> None:
+        """A detector that fails on one event must not stop the partition: the event is
+        stored already, so it is only left out of detection, loudly. Detectors are
+        deterministic, so a replay fails on the same event and ends in the same state."""
+        self.stats.metrics.detector_failures.inc()
+        logger.error(
+            "detectors failed on a stored event; it is left out of detection",
+            exc_info=exc,
+            extra={"sequence": doc.ingest.sequence, "app": doc.app_id, "document_id": doc.id},
+        )
 
     async def _checkpoint(self, context: PartitionContext, state: _Partition) -> None:
         event = state.pending

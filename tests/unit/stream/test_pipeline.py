@@ -358,6 +358,42 @@ async def test_an_event_enrichment_cannot_handle_is_quarantined(tmp_path: Path) 
         assert record.sequence == 3 and "ValueError: cannot enrich" in record.issues[0].message
 
 
+@dataclass
+class BrokenOnOneHotPath(RecordingHotPath):
+    """Fails on trace ``t3`` every time it sees it, as a detector bug would."""
+
+    def observe(self, doc: TelemetryDocument) -> list[Breach]:
+        if doc.trace_id == "t3":
+            raise ZeroDivisionError("division by zero")
+        return super().observe(doc)
+
+    @classmethod
+    def restore(cls, blob: bytes | None) -> BrokenOnOneHotPath:
+        return cls(seen=orjson.loads(blob) if blob else [])
+
+
+async def test_an_event_the_detectors_fail_on_is_stored_and_the_partition_moves_on(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        publisher = Publisher()
+        pipeline = make_pipeline(store, publisher)
+        pipeline.hot_path = BrokenOnOneHotPath.restore
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        await pipeline.on_batch(context, [received(i) for i in range(6)])
+        await pipeline.on_batch(context, [received(i) for i in range(6, 12)])
+
+        assert context.checkpoints == [5, 11]
+        assert await store.count("telemetry") == 12 and await store.count("quarantine") == 0
+        hot = pipeline._partitions["0"].hot
+        assert isinstance(hot, BrokenOnOneHotPath)
+        assert hot.seen == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+        assert publisher.published == ["b10"]  # later events still reach the detectors
+        registry = pipeline.stats.metrics.registry
+        assert registry.get_sample_value("evalstream_detector_failures_total") == 1
+
+
 async def test_a_transient_failure_quarantines_nothing(tmp_path: Path) -> None:
     async with FailingStore(tmp_path / "s.db", failures=1) as store:
         store.error = StoreUnavailable("throttled")
