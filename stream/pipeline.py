@@ -168,21 +168,24 @@ class Pipeline:
             events = [event for event in events if event.sequence > state.covered]
             if not events:
                 return
-        documents, quarantined = await self._store(state, events, now)
-        self.stats.store_error = None
-        detecting = time.perf_counter()
-        state.outbox.extend(self._detect(state, documents))
-        self.stats.metrics.detector_seconds.inc(time.perf_counter() - detecting)
-        breaches = state.outbox
-        if breaches:
-            assert self.publisher is not None
-            try:
-                await self.publisher.publish(breaches)
-            except Exception as exc:
-                self.stats.publish_failed(exc)
-                raise
-            self.stats.publish_error = None
-            state.outbox = []
+        watermark = state.watermark
+        try:
+            documents, quarantined = await self._store(state, events, now)
+            self.stats.store_error = None
+            detecting = time.perf_counter()
+            state.outbox.extend(self._detect(state, documents))
+            self.stats.metrics.detector_seconds.inc(time.perf_counter() - detecting)
+            breaches = state.outbox
+            if breaches:
+                await self._publish(breaches)
+                state.outbox = []
+        except BaseException:
+            # The source delivers this batch again (or, after a crash, from the checkpoint):
+            # its events must be decided from the watermark before it, as on a first attempt,
+            # not from the one a part of this attempt (a split half, a write before a failed
+            # publish) already moved.
+            state.watermark = watermark
+            raise
         self.stats.record(
             context.partition_id,
             events[-1],
@@ -194,6 +197,15 @@ class Pipeline:
         state.pending = events[-1]
         if time.monotonic() - state.last_checkpoint >= self.checkpoint_interval_s:
             await self._checkpoint(context, state)
+
+    async def _publish(self, breaches: list[Breach]) -> None:
+        assert self.publisher is not None
+        try:
+            await self.publisher.publish(breaches)
+        except Exception as exc:
+            self.stats.publish_failed(exc)
+            raise
+        self.stats.publish_error = None
 
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         state = self._partitions.pop(context.partition_id, None)

@@ -446,6 +446,62 @@ async def test_a_failed_write_retried_stores_what_a_clean_run_stores(tmp_path: P
         assert _docs_without_processing_time(await _stored(store)) == reference
 
 
+@dataclass
+class BreachOnEveryEvent(RecordingHotPath):
+    """Every event it observes opens a breach (so every batch publishes)."""
+
+    def observe(self, doc: TelemetryDocument) -> list[Breach]:
+        self.seen.extend([-1] * (9 - len(self.seen) % 10))
+        return super().observe(doc)
+
+
+async def test_a_failed_publish_retried_stores_what_a_clean_run_stores(tmp_path: Path) -> None:
+    reference = await _reference(tmp_path)
+    async with SqliteStore(tmp_path / "s.db") as store:
+        publisher = Publisher()
+        pipeline = make_pipeline(store, publisher)
+        pipeline.hot_path = lambda blob: BreachOnEveryEvent()
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        for batch in BATCHES:
+            publisher.failures = 1  # written, then the bus is down: the batch comes again
+            with pytest.raises(ConnectionError):
+                await pipeline.on_batch(context, batch)
+            await pipeline.on_batch(context, batch)
+        assert _docs_without_processing_time(await _stored(store)) == reference
+        assert len(publisher.published) == 9 and context.checkpoints == [2, 5, 8]
+
+
+async def test_a_transient_failure_after_a_split_retries_with_the_watermark_before_it(
+    tmp_path: Path,
+) -> None:
+    reference = await _reference(tmp_path)
+    async with PoisonStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store)
+        context = Context()
+        await pipeline.on_partition_initialize(context)
+        write = store.write
+        calls = 0
+
+        async def poison_then_unavailable(documents, quarantined):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            # The batch fails, so do its second half [t1, t2]; t0 then t1 land (the watermark
+            # passes t0 + lateness), then t2 meets a throttled store and the batch comes again.
+            if calls in (1, 3):
+                raise StoreError("document too large")
+            if calls == 5:
+                raise StoreUnavailable("throttled")
+            return await write(documents, quarantined)
+
+        store.write = poison_then_unavailable  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable):
+            await pipeline.on_batch(context, BATCHES[0])
+        for batch in BATCHES:
+            await pipeline.on_batch(context, batch)
+        assert _docs_without_processing_time(await _stored(store)) == reference
+
+
 class CheckpointKilled(Exception):
     """The process died after the detector snapshot, before the source checkpoint."""
 
