@@ -63,7 +63,7 @@ def stored(data_dir: Path) -> tuple[list[dict[str, object]], list[str]]:
         documents = []
         for (doc,) in connection.execute("SELECT doc FROM telemetry"):
             fields = orjson.loads(doc)
-            for processing_time in ("processed_at", "lag_ms", "enqueued_time"):
+            for processing_time in ("processed_at", "lag_ms"):
                 del fields["ingest"][processing_time]
             documents.append(fields)
         quarantine = sorted(row[0] for row in connection.execute("SELECT id FROM quarantine"))
