@@ -1,6 +1,7 @@
 """Writes lost under the processor — the last commits of the store, or of the event log, gone
-as after a power cut with a truncated WAL — are found on start, said in the log, and repaired:
-what ends up stored equals a run where nothing was lost (all but processing-time fields)."""
+as after a power cut: an older database file put back, or its WAL cut after the header — are
+found on start, said in the log, and repaired: what ends up stored equals a run where nothing
+was lost (all but processing-time fields)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.processor_harness import checkpoints
+from tests.integration.processor_harness import (
+    checkpoints,
+    kill_hard,
+    start_processor,
+    stored_count,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +136,71 @@ def test_a_log_that_lost_its_last_events_numbers_new_ones_after_what_was_stored(
     )
     assert len(quarantine) == len([n for n in range(1000) if n % 7 == 0])
     assert all(checkpoints(data)[p] > heads[p] for p in heads)
+
+
+def cut_wal(database: Path) -> None:
+    """Cut the WAL of a database after its 32-byte header, as power lost before any of its
+    frames reached the disk: every commit since the last checkpoint is gone."""
+    wal = database.with_name(database.name + "-wal")
+    assert wal.stat().st_size > 32 * 1024, "nothing in the WAL to lose"
+    with wal.open("r+b") as handle:
+        handle.truncate(32)
+    database.with_name(database.name + "-shm").unlink(missing_ok=True)
+
+
+# A checkpoint after every batch: the log's checkpoints follow the store closely.
+RUNNING = {"EVALSTREAM_USER_HASH_KEY": "k", "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0"}
+
+
+def checkpointed(data_dir: Path) -> int:
+    return sum(sequence + 1 for sequence in checkpoints(data_dir).values())
+
+
+def killed_once_stored(data_dir: Path, count: int) -> None:
+    process = start_processor(data_dir, RUNNING)
+    try:
+        # Fewer changes than a WAL checkpoint waits for: all of them are still in the WAL.
+        wait_until(lambda: stored_count(data_dir) >= count, 120, f"{count} stored records")
+        wait_until(lambda: checkpointed(data_dir) >= count // 2, 60, "checkpoints")
+    finally:
+        kill_hard(process)
+
+
+def test_a_cut_store_wal_is_caught_up_from_the_log(tmp_path: Path) -> None:
+    data, reference = tmp_path / "data", tmp_path / "reference"
+    evalstream(data, "send", str(ndjson(tmp_path / "a.ndjson", 0, 3000)))
+    shutil.copytree(data, reference)
+    process(reference)
+    killed_once_stored(data, 1500)
+
+    cut_wal(data / "store.db")
+    said = process(data)
+
+    assert "the store lost writes; reading again from sequence" in said
+    assert stored(data) == stored(reference)
+
+
+def test_a_cut_log_wal_numbers_new_events_after_what_was_stored(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    # The simulator in the processor appends through the processor's own long-lived log
+    # connection: its appends and checkpoints stay in the log's WAL.
+    running = start_processor(data, RUNNING, "--simulate", "--rate", "2000", "--seed", "3")
+    try:
+        wait_until(lambda: stored_count(data) >= 600, 120, "600 stored records")
+        wait_until(lambda: checkpointed(data) >= 600, 60, "checkpoints")
+    finally:
+        kill_hard(running)
+    before_documents, before_quarantine = stored(data)
+
+    cut_wal(data / "log.db")
+    said = process(data)  # the start that finds the loss (events sent before it: see README)
+    evalstream(data, "send", str(ndjson(tmp_path / "b.ndjson", 0, 400)))
+    process(data)
+
+    assert "the source lost events; new events are numbered after them" in said
+    documents, quarantine = stored(data)
+    # The new events are all kept, next to (not in place of) what was stored before the cut.
+    new = [d for d in documents if str(d["trace_id"]).startswith("t-")]
+    assert sorted(str(d["trace_id"]) for d in new) == sorted(f"t-{n}" for n in range(400) if n % 7)
+    assert len(documents) == len(before_documents) + len(new)
+    assert len(quarantine) == len(before_quarantine) + len([n for n in range(400) if n % 7 == 0])
