@@ -16,7 +16,7 @@ from azure.core.exceptions import AzureError, ServiceRequestError, ServiceRespon
 from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
 
 from common.retry import Backoff, retry
-from store.exceptions import StoreConflict, StoreError, StoreUnavailable
+from store.exceptions import StoreConflict, StoreError, StoreMisconfigured, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -25,6 +25,9 @@ T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 410, 429, 449, 500, 502, 503, 504})
 # A lost conditional write or an id that exists already: retrying as is cannot succeed.
 CONFLICT_STATUS = frozenset({409, 412})
+# Unauthorised, forbidden, or a database/container that is not there: the account's setup,
+# not the request, is wrong (the pipeline must not take it for a poison event).
+SETUP_STATUS = frozenset({401, 403, 404})
 _MAX_MESSAGE_CHARS = 300
 
 
@@ -54,6 +57,8 @@ def map_error(exc: AzureError, what: str) -> StoreError:
             return StoreUnavailable(message, retry_after=retry_after_s(exc))
         if status in CONFLICT_STATUS:
             return StoreConflict(message)
+        if status in SETUP_STATUS:
+            return StoreMisconfigured(message)
         return StoreError(message)
     if isinstance(exc, ServiceRequestError | ServiceResponseError | CosmosClientTimeoutError):
         return StoreUnavailable(f"{what}: Cosmos DB unreachable: {exc}")

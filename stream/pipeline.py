@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from alerts.ports import AlertPublisher
-from common.errors import is_retryable
+from common.errors import Misconfigured, is_retryable
 from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, ValidationIssue
 from store.ports import StateSnapshot, TelemetryStore
@@ -46,6 +46,13 @@ def is_transient(exc: BaseException) -> bool:
     """A failure the same batch may not meet again: the store said so (unavailable,
     throttled), or the connection to it broke."""
     return is_retryable(exc) or isinstance(exc, ConnectionError | TimeoutError)
+
+
+def is_not_the_events(exc: BaseException) -> bool:
+    """A failure no event causes, so splitting the batch cannot find a culprit: a transient
+    one, or a store set up wrongly (a container removed, credentials revoked) — split, every
+    event would end in quarantine."""
+    return is_transient(exc) or isinstance(exc, Misconfigured)
 
 
 def _encode_snapshot(partition: _Partition) -> bytes:
@@ -229,7 +236,7 @@ class Pipeline:
         try:
             return await self._write(state, events, now)
         except Exception as exc:
-            if is_transient(exc):
+            if is_not_the_events(exc):
                 self.stats.store_failed(exc)
                 raise
             if len(events) == 1:

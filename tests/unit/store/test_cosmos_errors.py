@@ -8,10 +8,11 @@ import pytest
 from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
 from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
 
+from common.errors import Misconfigured
 from common.retry import Backoff
 from store.cosmos_config import CosmosSettings
 from store.cosmos_errors import call, map_error, retry_after_s
-from store.exceptions import StoreConflict, StoreError, StoreUnavailable
+from store.exceptions import StoreConflict, StoreError, StoreMisconfigured, StoreUnavailable
 
 
 def http_error(status: int, retry_after_ms: str | None = None) -> CosmosHttpResponseError:
@@ -29,10 +30,17 @@ def test_transient_statuses_are_retryable(status: int) -> None:
     assert f"upsert x: Cosmos DB answered {status}" in str(error)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 413])
+@pytest.mark.parametrize("status", [400, 413])
 def test_client_errors_are_not_retryable(status: int) -> None:
     error = map_error(http_error(status), "upsert x")
     assert type(error) is StoreError
+    assert error.retryable is False
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_setup_errors_are_misconfiguration_not_a_bad_request(status: int) -> None:
+    error = map_error(http_error(status), "upsert x")
+    assert isinstance(error, StoreMisconfigured) and isinstance(error, Misconfigured)
     assert error.retryable is False
 
 

@@ -19,7 +19,7 @@ from schemas import (
     Severity,
     TelemetryDocument,
 )
-from store.exceptions import StoreError, StoreUnavailable
+from store.exceptions import StoreError, StoreMisconfigured, StoreUnavailable
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
@@ -394,15 +394,27 @@ async def test_an_event_the_detectors_fail_on_is_stored_and_the_partition_moves_
         assert registry.get_sample_value("evalstream_detector_failures_total") == 1
 
 
-async def test_a_transient_failure_quarantines_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        StoreUnavailable("throttled"),
+        # e.g. Cosmos 404: the telemetry container was removed; every event would fail alone.
+        StoreMisconfigured("upsert telemetry: Cosmos DB answered 404: container not found"),
+    ],
+)
+async def test_a_failure_no_event_causes_quarantines_nothing(
+    tmp_path: Path, error: StoreError
+) -> None:
     async with FailingStore(tmp_path / "s.db", failures=1) as store:
-        store.error = StoreUnavailable("throttled")
+        store.error = error
         pipeline = make_pipeline(store, hot=False)
         context = Context()
         await pipeline.on_partition_initialize(context)
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(type(error)):
             await pipeline.on_batch(context, [received(0), received(1)])
         assert await store.count("quarantine") == 0 and context.checkpoints == []
+        await pipeline.on_batch(context, [received(0), received(1)])  # the store is back
+        assert await store.count("telemetry") == 2 and context.checkpoints == [1]
 
 
 # Minutes apart, so the lateness allowance (60 s) decides which are late.
