@@ -28,6 +28,7 @@ CONFLICT_STATUS = frozenset({409, 412})
 # Unauthorised, forbidden, or a database/container that is not there: the account's setup,
 # not the request, is wrong (the pipeline must not take it for a poison event).
 SETUP_STATUS = frozenset({401, 403, 404})
+PK_FULL_SUB_STATUS = 1014
 _MAX_MESSAGE_CHARS = 300
 
 
@@ -57,7 +58,8 @@ def map_error(exc: AzureError, what: str) -> StoreError:
             return StoreUnavailable(message, retry_after=retry_after_s(exc))
         if status in CONFLICT_STATUS:
             return StoreConflict(message)
-        if status in SETUP_STATUS:
+        # 403/1014: this partition key (app and day) is full, which only its events meet.
+        if status in SETUP_STATUS and (status, exc.sub_status) != (403, PK_FULL_SUB_STATUS):
             return StoreMisconfigured(message)
         return StoreError(message)
     if isinstance(exc, ServiceRequestError | ServiceResponseError | CosmosClientTimeoutError):

@@ -44,6 +44,13 @@ def test_setup_errors_are_misconfiguration_not_a_bad_request(status: int) -> Non
     assert error.retryable is False
 
 
+def test_a_full_partition_key_is_a_refusal_of_its_events_not_misconfiguration() -> None:
+    full = http_error(403)
+    full.sub_status = 1014
+    error = map_error(full, "upsert x")
+    assert type(error) is StoreError and "403/1014" in str(error)
+
+
 @pytest.mark.parametrize("status", [409, 412])
 def test_lost_conditions_are_conflicts(status: int) -> None:
     error = map_error(http_error(status), "upsert x")
