@@ -141,6 +141,13 @@ def make_pipeline(
     )
 
 
+async def started(pipeline: Pipeline) -> Context:
+    """The context of partition 0, initialised as the source would."""
+    context = Context()
+    await pipeline.on_partition_initialize(context)
+    return context
+
+
 async def test_bad_events_are_quarantined_and_neighbours_stored(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as store:
         pipeline = make_pipeline(store, hot=False)
@@ -379,8 +386,7 @@ async def test_an_event_the_detectors_fail_on_is_stored_and_the_partition_moves_
         publisher = Publisher()
         pipeline = make_pipeline(store, publisher)
         pipeline.hot_path = BrokenOnOneHotPath.restore
-        context = Context()
-        await pipeline.on_partition_initialize(context)
+        context = await started(pipeline)
         await pipeline.on_batch(context, [received(i) for i in range(6)])
         await pipeline.on_batch(context, [received(i) for i in range(6, 12)])
 
@@ -473,8 +479,7 @@ async def test_a_failed_publish_retried_stores_what_a_clean_run_stores(tmp_path:
         publisher = Publisher()
         pipeline = make_pipeline(store, publisher)
         pipeline.hot_path = lambda blob: BreachOnEveryEvent()
-        context = Context()
-        await pipeline.on_partition_initialize(context)
+        context = await started(pipeline)
         for batch in BATCHES:
             publisher.failures = 1  # written, then the bus is down: the batch comes again
             with pytest.raises(ConnectionError):
@@ -488,10 +493,9 @@ async def test_a_transient_failure_after_a_split_retries_with_the_watermark_befo
     tmp_path: Path,
 ) -> None:
     reference = await _reference(tmp_path)
-    async with PoisonStore(tmp_path / "s.db") as store:
+    async with SqliteStore(tmp_path / "s.db") as store:
         pipeline = make_pipeline(store)
-        context = Context()
-        await pipeline.on_partition_initialize(context)
+        context = await started(pipeline)
         write = store.write
         calls = 0
 
@@ -524,8 +528,7 @@ async def test_a_kill_between_snapshot_and_checkpoint_stores_what_a_clean_run_st
     reference = await _reference(tmp_path)
     async with SqliteStore(tmp_path / "s.db") as store:
         first = make_pipeline(store)
-        context = Context()
-        await first.on_partition_initialize(context)
+        context = await started(first)
         await first.on_batch(context, BATCHES[0])
 
         async def killed(event: ReceivedEvent) -> None:
