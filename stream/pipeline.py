@@ -273,7 +273,22 @@ class Pipeline:
             message=f"processing this event failed: {type(exc).__name__}: {exc}"[:2000],
         )
         record = self.enricher.quarantine(Rejected(0, event.body, (issue,)), event, now)
-        await self.store.write([], [record])
+        try:
+            await self.store.write([], [record])
+        except Exception as refused:
+            if is_not_the_events(refused):
+                raise
+            # The record itself is refused (its raw bytes, most likely): keep its place, size
+            # and reason without them rather than let the event stop the partition.
+            message = f"{issue.message}; its quarantine record was refused too: {refused}"
+            record = record.model_copy(
+                update={
+                    "raw": "",
+                    "truncated": True,
+                    "issues": [issue.model_copy(update={"message": message[:2000]})],
+                }
+            )
+            await self.store.write([], [record])
         logger.error(
             "event quarantined: processing it failed",
             exc_info=exc,

@@ -346,6 +346,32 @@ async def test_an_event_that_fails_alone_is_quarantined_and_the_rest_stored(
         assert isinstance(hot, RecordingHotPath) and 6 not in hot.seen
 
 
+class PoisonRawStore(PoisonStore):
+    """Also refuses any quarantine record that holds the poison event's bytes."""
+
+    async def write(self, documents, quarantined):  # type: ignore[no-untyped-def]
+        if any("poison" in record.raw for record in quarantined):
+            raise StoreError("record too large")
+        return await super().write(documents, quarantined)
+
+
+async def test_an_event_whose_quarantine_record_is_refused_is_kept_without_its_bytes(
+    tmp_path: Path,
+) -> None:
+    async with PoisonRawStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = await started(pipeline)
+        poison = body(1, trace_id="poison")
+        await pipeline.on_batch(context, [received(0), received(1, poison), received(2)])
+
+        assert await store.count("telemetry") == 2 and context.checkpoints == [2]
+        [record] = [r async for r in store.quarantine_records()]
+        assert (record.sequence, record.raw, record.raw_size) == (1, "", len(poison))
+        assert record.truncated and record.issues[0].code == "processing_error"
+        message = record.issues[0].message
+        assert "document too large" in message and "record too large" in message
+
+
 async def test_an_event_enrichment_cannot_handle_is_quarantined(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as store:
         pipeline = make_pipeline(store, hot=False)
