@@ -286,6 +286,8 @@ async def processor_run(
 class _Context:
     """A PartitionContext with nothing behind it, for the pipeline measured alone."""
 
+    rewindable = False
+
     def __init__(self, partition_id: str) -> None:
         self.partition_id = partition_id
 

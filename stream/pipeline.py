@@ -115,7 +115,8 @@ class Pipeline:
         if self.hot_path is not None:
             state.hot = self.hot_path(hot_blob)
         self._partitions[partition_id] = state
-        await self._check_positions(context, state.covered)
+        if context.rewindable:
+            await self._check_positions(context, state.covered)
         await self.stats.attach(context)
         logger.info(
             "partition initialised",
@@ -146,20 +147,13 @@ class Pipeline:
             )
         else:
             return
-        if await context.resume_after(covered):
-            logger.error(
-                "%s; reading again from sequence %d",
-                problem,
-                covered + 1,
-                extra={"partition": context.partition_id},
-            )
-        else:
-            logger.error(
-                "%s; this source cannot be rewound: replay events after sequence %d",
-                problem,
-                covered,
-                extra={"partition": context.partition_id},
-            )
+        await context.resume_after(covered)
+        logger.error(
+            "%s; reading again from sequence %d",
+            problem,
+            covered + 1,
+            extra={"partition": context.partition_id},
+        )
 
     async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         with log_context(partition=context.partition_id):

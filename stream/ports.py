@@ -44,6 +44,12 @@ class PartitionContext(Protocol):
     @property
     def partition_id(self) -> str: ...
 
+    @property
+    def rewindable(self) -> bool:
+        """Whether ``resume_after`` can move this partition's position (the embedded log);
+        the processor checks positions on start only then."""
+        ...
+
     async def checkpoint(self, event: ReceivedEvent) -> None:
         """Record that every event up to and including ``event`` is fully processed."""
         ...

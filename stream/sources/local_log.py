@@ -291,6 +291,8 @@ class LocalLogSink:
 
 
 class _LocalPartitionContext:
+    rewindable = True
+
     def __init__(self, log: LocalLog, consumer_group: str, partition: int, position: int) -> None:
         self._log = log
         self._consumer_group = consumer_group

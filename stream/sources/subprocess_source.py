@@ -88,8 +88,11 @@ class _RemotePartition:
             return None
         return value
 
+    # Event Hubs numbers events itself and the SDK chose the starting position already; its
+    # writes and Cosmos DB's are acknowledged durable, so there is no lost tail to look for.
+    rewindable = False
+
     async def resume_after(self, sequence: int) -> bool:
-        # Event Hubs numbers events itself and the SDK chose the starting position already.
         return False
 
     async def checkpointed_sequence(self) -> int | None:

@@ -418,6 +418,7 @@ async def test_throttled_reads_and_state_are_retried(
 @dataclass
 class Context:
     partition_id: str = "0"
+    rewindable: bool = False
     checkpoints: list[int] = field(default_factory=list)
 
     async def checkpoint(self, event: ReceivedEvent) -> None:

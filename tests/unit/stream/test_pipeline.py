@@ -43,6 +43,7 @@ def received(i: int, payload: bytes | None = None) -> ReceivedEvent:
 @dataclass
 class Context:
     partition_id: str = "0"
+    rewindable: bool = True
     checkpoints: list[int] = field(default_factory=list)
     log: list[str] | None = None
 
