@@ -48,6 +48,16 @@ class SloConfig(BaseModel):
     # A rule only fires when its short window holds at least this many events, so that a
     # quiet hour with two requests and one error is not a 50 % error rate.
     min_window_events: PositiveInt = 20
+    # Low traffic: a rule also fires when its short window holds fewer than
+    # ``min_window_events`` but at least this many events, provided its long window holds
+    # ``min_window_events`` (the evidence is then the long window's count, the short window
+    # only says "still failing now"). An app at one request per minute has 5 in the 5 min
+    # window: without this floor the fast rule could never page it and a full outage waited
+    # ~20 min for the 6 h / 30 min rule; with it the page comes after ~9 failures (the 1 h
+    # window at 14.4 × 1 %). Trade-off: such an app pages on 3 recent requests when its
+    # hour already burnt the budget; a quiet hour (fewer than ``min_window_events``) still
+    # never pages. Set it equal to ``min_window_events`` for the strict count rule.
+    low_rate_min_events: PositiveInt = 3
     # Each window is counted in this many event-time buckets (a ring per window): the window
     # slides in steps of window/buckets and its state stays a few hundred bytes.
     buckets_per_window: int = Field(default=12, ge=2, le=120)

@@ -17,7 +17,10 @@ class BurnRate:
     A value is bad when it is above ``bad_above`` (latency over its SLO threshold, or an error
     flag of 1 with ``bad_above=0.5``). A rule fires when the bad fraction divided by ``budget``
     is at least ``factor`` over its long and its short window, and the short window holds at
-    least ``min_window_events`` events; nothing fires before ``warmup`` events, and with
+    least ``min_window_events`` events — or, for a low-rate app, at least
+    ``low_rate_min_events`` while its long window holds ``min_window_events`` (so an app at
+    one request a minute still pages an outage within minutes: see ``SloConfig``); nothing
+    fires before ``warmup`` events, and with
     ``full_windows`` a rule fires only once the detector has seen as much event time as its
     short window (a fresh app's "3 day" window holds minutes, and a ticket rule at 1× the
     budget would fire on the noise of its first few hundred requests). One detector
@@ -42,6 +45,7 @@ class BurnRate:
         severity: Severity,
         warmup: int = 200,
         min_window_events: int = 20,
+        low_rate_min_events: int = 3,
         buckets: int = 12,
         full_windows: bool = True,
     ) -> None:
@@ -54,6 +58,7 @@ class BurnRate:
         self.severity = severity
         self.warmup = warmup
         self.min_window_events = min_window_events
+        self.low_rate_min_events = min(low_rate_min_events, min_window_events)
         self.buckets = buckets
         self.full_windows = full_windows
         self.name = f"burn_{severity.value}"
@@ -139,12 +144,15 @@ class BurnRate:
             if self.full_windows and history < rule.short_window_s:
                 continue
             short_total = sum_total[short_ring] + pending_total
-            if short_total < self.min_window_events:
+            if short_total < self.low_rate_min_events:
                 continue
             short_bad = sum_bad[short_ring] + pending_bad
             if short_bad < limit * short_total:
                 continue
             long_total = sum_total[long_ring] + pending_total
+            # A thin short window is enough when the long window holds the evidence.
+            if short_total < self.min_window_events and long_total < self.min_window_events:
+                continue
             long_bad = sum_bad[long_ring] + pending_bad
             if not long_total or long_bad < limit * long_total:
                 continue

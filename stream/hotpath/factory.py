@@ -81,6 +81,7 @@ def burn_rate_detectors(config: AppConfig, signal: str) -> list[Detector]:
                     severity=severity,
                     warmup=slo.warmup_events,
                     min_window_events=slo.min_window_events,
+                    low_rate_min_events=slo.low_rate_min_events,
                     buckets=slo.buckets_per_window,
                     full_windows=slo.require_full_windows,
                 )

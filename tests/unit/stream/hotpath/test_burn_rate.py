@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.appconfig import AppConfig
 from schemas.breach import BreachKind, Severity
 from schemas.detection import BurnRateRule
 from stream.hotpath.burn_rate import BurnRate
+from stream.hotpath.factory import ERROR, detectors_for
 from stream.hotpath.packing import pack_varints, unpack_varints
 
 from .streams import T0
@@ -91,14 +94,65 @@ def test_no_alarm_while_warming_up() -> None:
     assert first_alarm(detector, [1.0] * 500) == 199
 
 
-def test_short_window_needs_enough_requests() -> None:
-    # One request every 30 s: the 5 min window never holds 20, so a failing app that is
-    # nearly idle does not page; with a lower minimum it does. At 400 + k (k < 20) the 1 h
-    # ring holds k + 101 requests (k ≥ 10) and k + 1 failures: 14.4 % first at k = 16.
+def test_short_window_needs_enough_requests_unless_the_long_window_holds_them() -> None:
+    # One request every 30 s: the 5 min window holds 10 (fewer than 20), the 1 h window 120.
+    # With the strict count rule (low-rate floor = the minimum) a failing, nearly idle app
+    # does not page; with the default floor of 3 it pages once the hour burns 14.4×: at
+    # 400 + k (k < 20) the 1 h ring holds k + 101 requests (k ≥ 10) and k + 1 failures,
+    # 14.4 % first at k = 16.
     flags = [0.0] * 400 + [1.0] * 400
-    assert first_alarm(errors((FAST,), warmup=10), flags, step=30.0) is None
+    strict = errors((FAST,), warmup=10, low_rate_min_events=20)
+    assert first_alarm(strict, flags, step=30.0) is None
+    assert first_alarm(errors((FAST,), warmup=10), flags, step=30.0) == 400 + 16
     lenient = errors((FAST,), warmup=10, min_window_events=5)
     assert first_alarm(lenient, flags, step=30.0) == 400 + 16
+
+
+def test_a_quiet_hour_never_pages() -> None:
+    # One request every 10 min, every one failing: the 1 h window holds 6 requests (fewer
+    # than 20), so the low-rate floor does not apply to the fast rule and nothing pages on so
+    # little. The 6 h / 30 min rule pages once its 6 h window holds 20 requests (3 in its
+    # short window): at the 20th failing request.
+    assert first_alarm(errors((FAST,), warmup=10), [1.0] * 400, step=600.0) is None
+    assert first_alarm(errors((FAST, SLOW), warmup=10), [1.0] * 400, step=600.0) == 19
+
+
+def default_error_detectors() -> list[BurnRate]:
+    """The error-rate detectors an app with the default configuration gets."""
+    built = detectors_for(AppConfig(), ERROR)
+    assert all(isinstance(d, BurnRate) for d in built)
+    return [d for d in built if isinstance(d, BurnRate)]
+
+
+def test_full_outage_of_an_app_at_one_request_a_minute_pages_within_10_minutes() -> None:
+    # Five healthy hours at one request a minute (past the 200-event warm-up), then every
+    # request fails. Worked by hand: failure k (k = 0, 1, …) arrives k minutes in; the 1 h
+    # ring (12 buckets of 5 min, so 55-60 min long) holds 56-60 requests, and 14.4 % of them
+    # fail first at the 9th failure, 8 minutes after the outage began. Without the low-rate
+    # floor the 5 min window (5 requests) never holds 20 and the 6 h / 30 min rule pages
+    # 19 minutes in (6 % of the 300 + k requests of its 6 h window).
+    healthy, failing = [0.0] * 300, [1.0] * 60
+    critical, warning = default_error_detectors()
+    assert critical.severity is Severity.CRITICAL
+    at = first_alarm(critical, healthy + failing, step=60.0)
+    assert at is not None
+    minutes_into_outage = at - len(healthy)
+    assert minutes_into_outage == 8
+    assert critical.limit == 14.4
+    strict = errors(critical.rules, low_rate_min_events=20)
+    assert first_alarm(strict, healthy + failing, step=60.0) == len(healthy) + 19
+    # The ticket rule needs 6 h of history: none here.
+    assert first_alarm(warning, healthy + failing, step=60.0) is None
+
+
+def test_low_rate_app_on_budget_does_not_page() -> None:
+    # One request a minute for a week at exactly the budget's 1 % failures, 20 seeds: the
+    # thin short window never pages (failures come one at a time; the hour would need 9).
+    for seed in range(20):
+        rng = random.Random(seed)
+        flags = [1.0 if rng.random() < 0.01 else 0.0 for _ in range(7 * 1440)]
+        critical, _ = default_error_detectors()
+        assert first_alarm(critical, flags, step=60.0) is None, seed
 
 
 def test_stable_error_rate_under_budget_stays_quiet() -> None:
