@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import math
 import zlib
 from typing import Any, ClassVar, Self
 
 from river._river_rust.drift import AdaptiveWindowing
 
 from stream.hotpath.detector import StandardizedDrift, printed
-from stream.hotpath.packing import b85
+from stream.hotpath.packing import b85, pack_floats, unpack_floats
 
 
 class Adwin(StandardizedDrift):
@@ -31,9 +32,20 @@ class Adwin(StandardizedDrift):
     Past ``max_width`` values it starts a fresh window, so the state stays bounded (it grows
     with the log of the width, times ``max_buckets``: buckets kept per size, river's
     default is 5).
+
+    A fresh window alone would be blind to a step near the restart: one that lands a few
+    dozen values before it leaves the old window too few changed values to cut on and the
+    new one none of the old level, one just after it leaves the new window too few of the old
+    level. So the old window's count, mean and variance are kept as a reference for the
+    first ``max_width // 4`` values of the new window, and every ``clock`` values the new
+    window is tested against it with ADWIN's own bound for one split (same ``delta``) and
+    the same ``min_effect``. Past that span the new window holds enough of its own history
+    for ADWIN to find a later change by itself.
     """
 
     name: ClassVar[str] = "adwin"
+    # river's min_window_length: the smallest part of a window ADWIN compares.
+    MIN_PART: ClassVar[int] = 5
 
     def __init__(
         self,
@@ -59,7 +71,7 @@ class Adwin(StandardizedDrift):
             delta=self.delta,
             clock=self.clock,
             max_buckets=self.max_buckets,
-            min_window_length=5,
+            min_window_length=self.MIN_PART,
             grace_period=10,
         )
 
@@ -76,6 +88,13 @@ class Adwin(StandardizedDrift):
         # Values of this engine's window dropped at cuts: it holds ``_width - _dropped``
         # (one counter per value fewer than counting what it holds).
         self._dropped = 0
+        # The previous window as [count, mean, variance] while the new one is tested against
+        # it (its first ``_reference_span`` values), else None.
+        self._reference: list[float] | None = None
+        self._reference_until = 0
+        # The next width at which something besides the engine's update is due (the restart,
+        # or a reference test): one comparison per value.
+        self._due = self.max_width + 1
 
     def update(self, x: float, t: float) -> Self:
         if not self._ready:
@@ -91,11 +110,10 @@ class Adwin(StandardizedDrift):
         elif z < -clip:
             z = -clip
         width = self._width + 1
-        if width > self.max_width:
-            self._engine = self._fresh_engine()
-            width = 1
-            self._held_total = 0.0
-            self._dropped = 0
+        if width >= self._due:
+            width = self._at_due(width)
+            if self.alarm:
+                return self
         self._width = width
         self._held_total += z
         if self._engine.update(z):
@@ -115,6 +133,55 @@ class Adwin(StandardizedDrift):
                 self.alarm = True
                 self._ready = False
         return self
+
+    def _at_due(self, width: int) -> int:
+        """Restart or test against the reference, as due at ``width``; the width this value
+        takes."""
+        if width > self.max_width:
+            self._restart()
+            width = 1
+        else:
+            self._test_reference()
+        self._schedule(width)
+        return width
+
+    def _schedule(self, width: int) -> None:
+        clock = self.clock
+        check = (width // clock + 1) * clock
+        self._due = check if check <= self._reference_until else self.max_width + 1
+
+    def _restart(self) -> None:
+        old = self._engine
+        kept = old.get_width()
+        self._reference = [kept, old.get_total() / kept, old.variance_in_window] if kept else None
+        self._reference_until = self.max_width // 4 if kept else 0
+        self._engine = self._fresh_engine()
+        self._held_total = 0.0
+        self._dropped = 0
+
+    def _test_reference(self) -> None:
+        """The new window against the one before the restart (ADWIN's bound for one split
+        between them); an alarm like a cut's."""
+        reference = self._reference
+        engine = self._engine
+        n1 = engine.get_width()
+        if reference is None or n1 < 2 * self.MIN_PART:
+            return
+        n0, mean0, var0 = reference
+        mean1 = engine.get_total() / n1
+        diff = mean1 - mean0
+        if abs(diff) < self.min_effect:
+            return
+        n = n0 + n1
+        variance = (n0 * var0 + n1 * engine.variance_in_window) / n + n0 * n1 * (diff / n) ** 2
+        m = 1.0 / (n0 - self.MIN_PART + 1) + 1.0 / (n1 - self.MIN_PART + 1)
+        dd = math.log(2.0 * math.log(n) / self.delta)
+        bound = math.sqrt(2.0 * m * variance * dd) + 2.0 / 3.0 * dd * m
+        if abs(diff) > bound:
+            self._effect = diff
+            self._shift = mean1
+            self.alarm = True
+            self._ready = False
 
     @property
     def effect(self) -> float:
@@ -147,10 +214,13 @@ class Adwin(StandardizedDrift):
         # the default level: level 9 saves 6 bytes and doubles the time.
         deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
         raw = deflate.compress(self._engine.__getstate__()) + deflate.flush()
-        return [self._width, self._shift, self._effect, b85(raw)]
+        state = [self._width, self._shift, self._effect, b85(raw)]
+        if self._reference is not None and self._width < self._reference_until:
+            state.append(pack_floats(self._reference))
+        return state
 
     def _load_test_state(self, state: list[Any]) -> None:
-        width, shift, effect, encoded = state
+        width, shift, effect, encoded, *reference = state
         self._shift = float(shift)
         self._effect = float(effect)
         engine = self._fresh_engine()
@@ -159,3 +229,6 @@ class Adwin(StandardizedDrift):
         self._width = int(width)
         self._held_total = engine.get_total()
         self._dropped = self._width - int(engine.get_width())
+        self._reference = unpack_floats(reference[0]) if reference else None
+        self._reference_until = self.max_width // 4 if reference else 0
+        self._schedule(self._width)

@@ -258,3 +258,61 @@ def test_adaptation_cuts_survive_restores_exactly() -> None:
         previous = cut
     assert found == expected
     assert orjson.dumps(detector.state()) == orjson.dumps(reference.state())
+
+
+class TestAdwinRestart:
+    """ADWIN starts a fresh window every ``max_width`` values; a step near that restart is
+    still reported, however it falls around it."""
+
+    WARMUP, WIDTH = 200, 5000
+    # Index of the first value of the fresh window (warm-up values do not enter ADWIN).
+    RESTART = WARMUP + WIDTH
+
+    @staticmethod
+    def shipped() -> Adwin:
+        adwin = drift_detectors(AppConfig())[0]
+        assert isinstance(adwin, Adwin)
+        assert (adwin.warmup, adwin.max_width) == (200, 5000)
+        return adwin
+
+    @pytest.mark.parametrize("shift", [1.0, -1.0, 2.0])
+    def test_a_step_at_every_offset_around_the_restart_is_caught(self, shift: float) -> None:
+        # Every offset from 150 values before the restart to 150 after it, on the same noise:
+        # the detector runs the common prefix once and each offset continues from its state.
+        # Before the restart's reference test, offsets from about -100 to +90 were never
+        # reported (the old window saw too few changed values, the new one too few old ones).
+        noise = normal(seed=21, count=self.RESTART + 1200)
+        first = self.RESTART - 150
+        prefix = self.shipped()
+        assert alarms(prefix, noise[:first]) == []
+        state = orjson.dumps(prefix.state())
+        latencies = []
+        for change in range(first, self.RESTART + 151):
+            detector = self.shipped()
+            detector.load_state(orjson.loads(state))
+            stepped = [x + (shift if i >= change else 0.0) for i, x in enumerate(noise)]
+            found = alarms(detector, stepped[first : change + 1000], start=first)
+            assert found, f"step at {change - self.RESTART:+d} from the restart not reported"
+            assert found[0] >= change
+            latencies.append(found[0] - change)
+        # Values after the step until the alarm: bounded, wherever the step falls.
+        assert max(latencies) <= (400 if abs(shift) == 1.0 else 150)
+
+    def test_the_reference_survives_a_restore_exactly(self) -> None:
+        # A step 40 values after the restart, found by the reference test; cut the stream at
+        # every few values around it: same alarms, same state.
+        values = shifted(seed=22, before=self.RESTART + 40, after=600, shift=1.0)
+        reference = self.shipped()
+        expected = alarms(reference, values)
+        assert expected and expected[0] >= self.RESTART + 40
+        detector, found, previous = self.shipped(), [], 0
+        for cut in [*range(self.RESTART - 3, self.RESTART + 400, 37), len(values)]:
+            found += alarms(detector, values[previous:cut], start=previous)
+            blob = orjson.dumps(detector.state())
+            if self.RESTART < cut < expected[0]:
+                assert len(orjson.loads(blob)[3]) == 5, "the reference is not in the state"
+            detector = self.shipped()
+            detector.load_state(orjson.loads(blob))
+            previous = cut
+        assert found == expected
+        assert orjson.dumps(detector.state()) == orjson.dumps(reference.state())
