@@ -32,7 +32,11 @@ DEFAULT_WEBHOOK_BACKOFF = Backoff(initial_s=0.5, max_s=8.0, jitter=False, max_re
 TRANSIENT_4XX = frozenset({408, 429})
 
 _SEVERITY_STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow"}
-_STATE_STYLE = {BreachState.OPENED: "bold", BreachState.RESOLVED: "green"}
+_STATE_STYLE = {
+    BreachState.OPENED: "bold",
+    BreachState.ESCALATED: "bold red",
+    BreachState.RESOLVED: "green",
+}
 
 
 def _number(value: float | None) -> str:
@@ -40,15 +44,20 @@ def _number(value: float | None) -> str:
 
 
 def render_breach(breach: Breach) -> Text:
-    """One readable line: time, severity, app, signal, kind, state, observed vs threshold, id."""
-    when = breach.resolved_at if breach.state is BreachState.RESOLVED else breach.opened_at
-    when = when or breach.opened_at
+    """One readable line: time, severity, app, signal, kind, state, observed vs threshold, the
+    detectors that agree (an incident's evidence), id."""
+    if breach.state is BreachState.RESOLVED:
+        when = breach.resolved_at or breach.opened_at
+    elif breach.state is BreachState.ESCALATED:
+        when = breach.window_end
+    else:
+        when = breach.opened_at
     line = Text()
     line.append(when.strftime("%Y-%m-%d %H:%M:%S%z"), style="dim")
     line.append("  ")
     line.append(f"{breach.severity.value.upper():<8}", style=_SEVERITY_STYLE[breach.severity])
     line.append("  ")
-    line.append(f"{breach.state.value:<8}", style=_STATE_STYLE[breach.state])
+    line.append(f"{breach.state.value:<9}", style=_STATE_STYLE[breach.state])
     line.append("  ")
     line.append(breach.app_id, style="cyan")
     line.append(f"  {breach.signal}  {breach.kind.value}  ")
@@ -56,6 +65,7 @@ def render_breach(breach: Breach) -> Text:
     line.append(f" vs threshold {_number(breach.threshold)}")
     if breach.baseline is not None:
         line.append(f" (baseline {_number(breach.baseline)})", style="dim")
+    line.append(f"  detectors {'+'.join(breach.detectors)}")
     line.append(f"  breach {breach.breach_id}", style="dim")
     return line
 

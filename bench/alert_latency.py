@@ -138,7 +138,12 @@ async def run(rate: float, seconds: float) -> dict[str, object]:
             processor.wait(timeout=60)
     latencies = []
     for breach, at in received.values():
-        trigger = breach.opened_at if breach.state is BreachState.OPENED else breach.resolved_at
+        if breach.state is BreachState.OPENED:
+            trigger = breach.opened_at
+        elif breach.state is BreachState.RESOLVED:
+            trigger = breach.resolved_at
+        else:  # escalated by the event at the end of its window
+            trigger = breach.window_end
         if trigger in appended:
             latencies.append(at - appended[trigger])
     return {

@@ -64,16 +64,18 @@ class Incident:
         return f"{self.app_id} · {self.kind} · {self.signal} · {self.detector}"
 
 
+_STATE_ORDER = {BreachState.OPENED: 0, BreachState.ESCALATED: 1, BreachState.RESOLVED: 2}
+
+
 def incidents(breaches: Sequence[Breach], start: datetime, end: datetime) -> list[Incident]:
     """Merge each breach's opened and resolved messages; keep those open at some moment of
     ``[start, end)``; ordered by opening time."""
     merged: dict[str, Breach] = {}
     for breach in breaches:
         kept = merged.get(breach.breach_id)
-        # The resolved message carries everything the opened one does, and its end.
-        if kept is None or (
-            breach.state is BreachState.RESOLVED and kept.state is not BreachState.RESOLVED
-        ):
+        # A later message of an incident carries everything an earlier one does (an
+        # escalation its new severity, the resolution its end).
+        if kept is None or _STATE_ORDER[breach.state] > _STATE_ORDER[kept.state]:
             merged[breach.breach_id] = breach
     found = [
         Incident(

@@ -1,7 +1,7 @@
 """Contracts that cross evalstream's ports: pydantic v2 models, no I/O."""
 
 from schemas.appconfig import AppConfig, AppDirectory, AppMetadata
-from schemas.breach import Breach, BreachKind, BreachSource, BreachState, Severity
+from schemas.breach import Breach, BreachKind, BreachSource, BreachState, Evidence, Severity
 from schemas.detection import DetectorConfig, SloConfig
 from schemas.document import DerivedSizes, IngestInfo, TelemetryDocument
 from schemas.evaluation import (
@@ -32,6 +32,7 @@ __all__ = [
     "DetectorConfig",
     "EvaluationPolicy",
     "EvaluationResult",
+    "Evidence",
     "IngestInfo",
     "JobManifest",
     "MetricOverride",

@@ -1,4 +1,10 @@
-"""Breach: the alert that the hot and cold paths publish when a signal leaves its bounds."""
+"""Breach: the alert that the hot and cold paths publish when a signal leaves its bounds.
+
+On the hot path a breach is an incident of one (app, signal): the first detector that fires
+opens it (and names it: ``breach_id`` and ``detector``), every other detector that fires while
+it is open adds its ``evidence``, and subscribers get one message when it opens, one when a
+more severe detector escalates it, and one when it resolves (every detector quiet).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ MAX_SAMPLE_TRACE_IDS = 10
 
 class BreachState(StrEnum):
     OPENED = "opened"
+    # A detector of a higher severity joined an open incident: same breach id, the new
+    # severity, kind and figures (subscribers filtering on severity see it from here on).
+    ESCALATED = "escalated"
     RESOLVED = "resolved"
 
 
@@ -44,6 +53,24 @@ def breach_id_for(app_id: str, signal: str, detector: str, opened_by: str) -> st
     return hashlib.blake2b(material, digest_size=16).hexdigest()
 
 
+SEVERITY_RANK = {Severity.WARNING: 0, Severity.CRITICAL: 1}
+
+
+class Evidence(BaseModel):
+    """One detector's finding within an incident: what it saw and when (event time)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    detector: str
+    kind: BreachKind
+    severity: Severity
+    observed: float
+    baseline: float | None = None
+    threshold: float | None = None
+    at: datetime
+    message: str = ""
+
+
 class Breach(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -64,6 +91,13 @@ class Breach(BaseModel):
     resolved_at: datetime | None = None
     sample_trace_ids: list[str] = Field(default_factory=list, max_length=MAX_SAMPLE_TRACE_IDS)
     message: str = ""
+    # The detectors that agree, in the order they fired (the opener first); hot path only.
+    evidence: list[Evidence] = Field(default_factory=list)
+
+    @property
+    def detectors(self) -> list[str]:
+        """Names of the detectors that agree (just ``detector`` without evidence)."""
+        return [e.detector for e in self.evidence] or [self.detector]
 
     @property
     def message_id(self) -> str:

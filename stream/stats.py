@@ -82,7 +82,7 @@ class ProcessorStats:
             if self.on_breach is not None:
                 self.on_breach(breach)
             metrics.breaches.labels(breach.state.value, breach.severity.value).inc()
-            if breach.state is BreachState.OPENED:
+            if breach.state is not BreachState.RESOLVED:  # opened or escalated
                 self.breaches_opened += 1
                 self._open[breach.breach_id] = breach.severity.value
             else:

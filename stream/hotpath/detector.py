@@ -209,7 +209,9 @@ class StandardizedDrift:
         # deviation (the sum is no longer needed).
         # The four floats as their bytes (packing): full-precision means and deviations
         # cost up to 18 digits each in JSON.
-        spread = self._sd if self._ready else self._m2
+        # After an alarm (not ready until the next update starts over) the deviation is
+        # still the one the alarm was measured with.
+        spread = self._sd if self._seen >= self.warmup else self._m2
         numbers = pack_floats([self._mean, spread, self._start_t, self._level])
         # The flag as 0/1: "false" is five bytes, on every detector of every signal.
         return [int(self.alarm), self._seen, numbers, self._test_state()]
@@ -219,10 +221,13 @@ class StandardizedDrift:
         mean, spread, start_t, level = unpack_floats(numbers)
         self.alarm = bool(alarm)
         self._seen = int(seen)
-        self._ready = self._seen >= self.warmup
+        learnt = self._seen >= self.warmup
+        # A snapshot taken on an alarm's update: the next update starts over, as it would
+        # have without the restart.
+        self._ready = learnt and not self.alarm
         self._mean = float(mean)
-        self._m2 = 0.0 if self._ready else float(spread)
-        self._sd = float(spread) if self._ready else 1.0
+        self._m2 = 0.0 if learnt else float(spread)
+        self._sd = float(spread) if learnt else 1.0
         self._start_t = float(start_t)
         self._level = float(level)
         self._load_test_state(test)

@@ -25,6 +25,7 @@ from stream.hotpath.factory import (
     TOKENS_TOTAL,
     detectors_for,
 )
+from stream.hotpath.incident import Incident
 from stream.hotpath.lifecycle import BreachTracker
 from stream.hotpath.packing import pack_ids, unpack_ids
 
@@ -33,11 +34,15 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_FORMAT = "evalstream.hotpath"
 # 2: sliding KS reference, ADWIN's minimum effect, packed counts, [detector, breach] pairs.
 # 3: trace ids packed as bytes, open breaches compact (lifecycle.BreachTracker.state).
-SNAPSHOT_VERSION = 3
+# 4: one incident per (app, signal) (stream.hotpath.incident); ADWIN's restart reference.
+# An older snapshot is refused: the processor starts the hot path afresh (evalstream.wiring).
+SNAPSHOT_VERSION = 4
 # Name under which ``state_sizes`` reports the per-app part (watermark, recent trace ids).
 APP_STATE = "*"
-# Key of a signal's offending trace ids in its snapshot (not a detector name).
+# Keys of a signal's offending trace ids and of its open incident in its snapshot (not
+# detector names).
 SAMPLES = "samples"
+INCIDENT = "incident"
 
 
 @cache
@@ -53,7 +58,7 @@ class _Track:
     latest requests instead, which are the ones that revealed the change.
     """
 
-    __slots__ = ("above", "entries", "pairs", "recent", "samples", "slo")
+    __slots__ = ("above", "entries", "incident", "pairs", "recent", "samples", "slo")
 
     def __init__(
         self,
@@ -68,6 +73,7 @@ class _Track:
         # A value above this is offending: its trace id goes to ``samples`` (inf: none is).
         self.above = math.inf
         self.entries: list[tuple[Any, Detector, BreachTracker, deque[str]]] = []
+        self.incident = Incident([tracker for _, tracker in pairs])
         self._link()
 
     def _link(self) -> None:
@@ -136,11 +142,14 @@ class HotPath:
     configuration (``AppDirectory.resolve``): the drift detectors on every signal but
     ``error``; burn-rate rules (one detector per severity) on ``latency_ms`` and ``error``.
 
-    Breaches: a drift breach opens on a detection (id from the detecting document) and
-    resolves after ``resolve_after_events`` values of that signal without one; a burn-rate
-    breach opens when a rule fires (id from the event-time window) and resolves once no rule
-    of its severity has fired for ``resolve_after_s`` of event time. Every time field of a
-    breach is event time, never the wall clock.
+    Breaches: each detector's own finding opens on a detection (drift: id from the detecting
+    document) or when a rule fires (burn rate: id from the event-time window), and ends after
+    ``resolve_after_events`` values of the signal without a detection (drift) or once no rule
+    of its severity has fired for ``resolve_after_s`` of event time (burn rate). What is
+    published is one incident per (app, signal) (``stream.hotpath.incident``): opened by the
+    first finding (with its id), escalated by a more severe one, resolved when every
+    detector's finding has ended; the others are its evidence. Every time field of a breach
+    is event time, never the wall clock.
 
     ``observe`` is deterministic: the same documents in the same order give the same breaches
     with the same ids, and ``restore(snapshot())`` at any document boundary continues exactly
@@ -199,7 +208,9 @@ class HotPath:
                 if detector.alarm or tracker.open is not None:
                     breach = tracker.step(detector, app.watermark, doc, samples)
                     if breach is not None:
-                        out.append(breach)
+                        message = track.incident.absorb(breach)  # type: ignore[union-attr]
+                        if message is not None:
+                            out.append(message)
         return out
 
     def _app(self, app_id: str) -> _App:
@@ -258,6 +269,9 @@ class HotPath:
         }
         if track.samples is not None:
             state[SAMPLES] = pack_ids(track.samples)
+        incident = track.incident.state()
+        if incident is not None:
+            state[INCIDENT] = incident
         return state
 
     @staticmethod
@@ -313,6 +327,7 @@ class HotPath:
                         continue
                     if track.samples is not None:
                         track.samples.extend(unpack_ids(detectors.get(SAMPLES) or []))
+                    track.incident.load_state(detectors.get(INCIDENT))
                     for index, (detector, tracker) in enumerate(list(track.pairs)):
                         saved = detectors.get(detector.name)
                         if saved is None:

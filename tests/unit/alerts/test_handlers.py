@@ -9,7 +9,7 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,7 +22,7 @@ from alerts.handlers import ConsoleHandler, HandlerChain, WebhookHandler, render
 from alerts.listener import AlertListener
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from common.retry import Backoff
-from schemas import Breach, BreachState, Severity
+from schemas import Breach, BreachKind, BreachState, Evidence, Severity
 from tests.unit.alerts.factories import make_breach
 
 
@@ -44,8 +44,9 @@ def received(breach: Breach, delivery_count: int = 1) -> ReceivedAlert:
 def test_render_breach_shows_what_a_person_needs() -> None:
     line = render_breach(make_breach(3, severity=Severity.CRITICAL))
     assert line.plain == (
-        "2026-11-22 02:00:00+0000  CRITICAL  opened    chat-bot  latency_ms  latency  "
-        "observed 1234.5 vs threshold 800 (baseline 400)  breach breach-00003"
+        "2026-11-22 02:00:00+0000  CRITICAL  opened     chat-bot  latency_ms  latency  "
+        "observed 1234.5 vs threshold 800 (baseline 400)  detectors slo_burn_rate  "
+        "breach breach-00003"
     )
     severity_styles = {
         str(span.style) for span in line.spans if "CRITICAL" in line.plain[span.start : span.end]
@@ -60,6 +61,31 @@ def test_render_resolved_breach_uses_the_resolution_time() -> None:
     plain = render_breach(breach).plain
     assert plain.startswith("2026-11-22 03:30:00+0000  WARNING   resolved")
     assert "vs threshold -" in plain
+
+
+def test_render_escalated_incident_shows_the_detectors_that_agree() -> None:
+    opened = make_breach(3)
+    evidence = [
+        Evidence(
+            detector=name,
+            kind=BreachKind.DRIFT if name != "burn_critical" else BreachKind.LATENCY,
+            severity=Severity.CRITICAL if name == "burn_critical" else Severity.WARNING,
+            observed=1234.5,
+            at=opened.opened_at + timedelta(minutes=minute),
+        )
+        for minute, name in enumerate(["adwin", "ks", "burn_critical"])
+    ]
+    escalated = opened.model_copy(
+        update={
+            "state": BreachState.ESCALATED,
+            "severity": Severity.CRITICAL,
+            "window_end": evidence[-1].at,
+            "evidence": evidence,
+        }
+    )
+    plain = render_breach(escalated).plain
+    assert plain.startswith("2026-11-22 02:02:00+0000  CRITICAL  escalated  chat-bot")
+    assert "detectors adwin+ks+burn_critical  breach breach-00003" in plain
 
 
 async def test_console_handler_prints_one_line_per_alert() -> None:

@@ -76,11 +76,13 @@ class TestContract:
         assert found[0] >= CHANGE
 
     def test_state_is_json_and_restores_exactly(self, name: str) -> None:
-        # Cut the stream at random boundaries; a fresh detector loaded with the state must go
-        # on exactly like the uninterrupted one (same alarms, same state at the end).
+        # Cut the stream at random boundaries and right after each alarm; a fresh detector
+        # loaded with the state must go on exactly like the uninterrupted one (same alarms,
+        # same state at the end).
         reference = FACTORIES[name]()
         expected = alarms(reference, INCIDENT)
-        cuts = sorted(random.Random(5).sample(range(1, len(INCIDENT)), 12))
+        at_alarms = {i + 1 for i in expected if i + 1 < len(INCIDENT)}
+        cuts = sorted({*random.Random(5).sample(range(1, len(INCIDENT)), 12), *at_alarms})
         detector = FACTORIES[name]()
         found: list[int] = []
         previous = 0

@@ -1,0 +1,112 @@
+"""Incidents: one open breach per (app, signal), whichever detectors found the problem.
+
+Each detector keeps its own ``BreachTracker`` (when it fired, its hysteresis); an ``Incident``
+turns their opened/resolved breaches into what subscribers receive: the first detector that
+fires opens the incident (its breach, with the same deterministic id as a lone breach would
+have), the others add their evidence to it, a more severe one escalates it, and it resolves
+once every detector's tracker is quiet again. A regression that ADWIN, the KS test and the
+latency SLO all see is one incident with three pieces of evidence and at most three
+messages (opened, escalated, resolved), not three breaches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from schemas.breach import SEVERITY_RANK, Breach, BreachState, Evidence
+from stream.hotpath.lifecycle import BreachTracker
+
+
+def evidence_of(breach: Breach) -> Evidence:
+    """What a detector's own breach says, as evidence of an incident."""
+    return Evidence(
+        detector=breach.detector,
+        kind=breach.kind,
+        severity=breach.severity,
+        observed=breach.observed,
+        baseline=breach.baseline,
+        threshold=breach.threshold,
+        at=breach.opened_at,
+        message=breach.message,
+    )
+
+
+class Incident:
+    """The incident of one (app, signal), fed with its detectors' breaches.
+
+    ``absorb`` takes a breach that a tracker of ``trackers`` just opened or resolved and
+    returns the message for subscribers, if any: the incident opened, escalated (a detector of
+    a higher severity joined; the incident takes its severity, kind, figures and samples) or
+    resolved (no tracker open any more). Evidence from a detector of the same or a lower
+    severity changes the incident silently; the next message carries it. The state is the
+    open incident, exact (its full JSON, only while one is open).
+    """
+
+    __slots__ = ("_packed", "open", "trackers")
+
+    def __init__(self, trackers: Sequence[BreachTracker]) -> None:
+        self.trackers = trackers
+        self.open: Breach | None = None
+        # (open incident, its JSON): encoded once per change, not per snapshot.
+        self._packed: tuple[Breach, Any] | None = None
+
+    def absorb(self, breach: Breach) -> Breach | None:
+        incident = self.open
+        if breach.state is BreachState.OPENED:
+            if incident is None:
+                self.open = breach.model_copy(update={"evidence": [evidence_of(breach)]})
+                return self.open
+            return self._join(incident, breach)
+        if incident is None:
+            # Cannot happen with a consistent snapshot (a tracker is only open inside an
+            # incident); a resolution is published rather than lost.
+            return breach
+        if any(tracker.open is not None for tracker in self.trackers):
+            return None
+        self.open = None
+        quiet = ", ".join(incident.detectors)
+        return incident.model_copy(
+            update={
+                "state": BreachState.RESOLVED,
+                "resolved_at": breach.resolved_at,
+                "window_end": breach.window_end,
+                "message": f"{incident.message}; resolved: {quiet} quiet",
+            }
+        )
+
+    def _join(self, incident: Breach, breach: Breach) -> Breach | None:
+        known = {e.detector for e in incident.evidence}
+        evidence = incident.evidence
+        if breach.detector not in known:
+            evidence = [*evidence, evidence_of(breach)]
+        if SEVERITY_RANK[breach.severity] <= SEVERITY_RANK[incident.severity]:
+            if evidence is not incident.evidence:
+                self.open = incident.model_copy(update={"evidence": evidence})
+            return None
+        self.open = incident.model_copy(
+            update={
+                "state": BreachState.ESCALATED,
+                "severity": breach.severity,
+                "kind": breach.kind,
+                "observed": breach.observed,
+                "baseline": breach.baseline,
+                "threshold": breach.threshold,
+                "window_end": breach.opened_at,
+                "sample_trace_ids": breach.sample_trace_ids,
+                "message": f"{breach.message} (escalated; opened by {incident.detector}: "
+                f"{incident.message})",
+                "evidence": evidence,
+            }
+        )
+        return self.open
+
+    def state(self) -> Any:
+        if self.open is None:
+            return None
+        if self._packed is None or self._packed[0] is not self.open:
+            self._packed = (self.open, self.open.model_dump(mode="json"))
+        return self._packed[1]
+
+    def load_state(self, state: Any) -> None:
+        self.open = None if state is None else Breach.model_validate(state)

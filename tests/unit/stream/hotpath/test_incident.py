@@ -1,0 +1,129 @@
+"""Incidents: one regression is one incident with every detector's evidence, across restarts."""
+
+from __future__ import annotations
+
+import math
+import random
+from functools import cache
+
+import orjson
+
+from schemas.appconfig import AppDirectory
+from schemas.breach import Breach, BreachKind, BreachState, Severity, breach_id_for
+from schemas.document import TelemetryDocument
+from stream.hotpath import HotPath
+
+from .streams import document
+
+# A p99-style SLO (1 % of requests may exceed 2000 ms), so that the latency SLO burns 6× over
+# 6 h while the drift detectors' findings are still open.
+APPS = AppDirectory(defaults={"slo": {"latency_budget": 0.01}})
+REGRESSION = range(3000, 4500)  # latency ×10
+
+
+@cache
+def regression() -> tuple[TelemetryDocument, ...]:
+    """One app, one request per second: 3000 s normal, 1500 s at ten times the latency,
+    then normal again."""
+    rng = random.Random(5)
+    docs = []
+    for i in range(9000):
+        latency = 300.0 * math.exp(0.3 * rng.gauss(0, 1))
+        if i in REGRESSION:
+            latency *= 10
+        docs.append(document(i, latency_ms=latency, output_chars=int(rng.gauss(800, 100))))
+    return tuple(docs)
+
+
+def run(
+    engine: HotPath, docs: tuple[TelemetryDocument, ...], start: int = 0
+) -> list[tuple[int, Breach]]:
+    return [(start + n, b) for n, doc in enumerate(docs) for b in engine.observe(doc)]
+
+
+@cache
+def uninterrupted() -> tuple[tuple[int, Breach], ...]:
+    return tuple(run(HotPath(APPS), regression()))
+
+
+def test_one_regression_is_one_incident_with_several_detectors_evidence() -> None:
+    docs = regression()
+    messages = uninterrupted()
+    # Nothing else in the stream: three messages of one incident, in order.
+    assert [b.state for _, b in messages] == [
+        BreachState.OPENED,
+        BreachState.ESCALATED,
+        BreachState.RESOLVED,
+    ]
+    (opened_n, opened), (escalated_n, escalated), (resolved_n, resolved) = messages
+    assert {(b.app_id, b.signal) for _, b in messages} == {("app-a", "latency_ms")}
+    assert opened_n < escalated_n < resolved_n
+    # Opened by ADWIN at the jump, with the id a lone ADWIN breach has always had.
+    assert REGRESSION.start <= opened_n < REGRESSION.start + 50
+    assert (opened.detector, opened.kind, opened.severity) == (
+        "adwin",
+        BreachKind.DRIFT,
+        Severity.WARNING,
+    )
+    incident_id = breach_id_for("app-a", "latency_ms", "adwin", docs[opened_n].id)
+    assert {b.breach_id for _, b in messages} == {incident_id}
+    assert opened.detectors == ["adwin"]
+    # The KS test agrees (silently: same severity), then the SLO escalates it to critical.
+    assert REGRESSION.start < escalated_n < REGRESSION.stop
+    assert escalated.severity is Severity.CRITICAL and escalated.kind is BreachKind.LATENCY
+    assert escalated.detectors == ["adwin", "ks", "burn_critical"]
+    assert escalated.detector == "adwin" and escalated.opened_at == opened.opened_at
+    assert escalated.threshold == 6.0
+    assert escalated.window_end == docs[escalated_n].timestamp
+    # Samples of an SLO escalation are requests over the SLO, the escalating one last.
+    assert escalated.sample_trace_ids[-1] == docs[escalated_n].trace_id
+    evidence = {e.detector: e for e in escalated.evidence}
+    assert evidence["ks"].kind is BreachKind.DRIFT
+    assert opened.opened_at < evidence["ks"].at < evidence["burn_critical"].at
+    # Resolved once every detector is quiet: after latency recovered, ADWIN and KS found the
+    # recovery (still the same incident) and the SLO stopped burning.
+    assert resolved_n > REGRESSION.stop + 1000
+    assert resolved.severity is Severity.CRITICAL
+    assert resolved.detectors == ["adwin", "ks", "burn_critical"]
+    assert resolved.resolved_at == docs[resolved_n].timestamp
+    assert resolved.message.endswith("; resolved: adwin, ks, burn_critical quiet")
+    # One message per state: the bus's duplicate detection keeps them all.
+    assert [b.message_id for _, b in messages] == [
+        f"{incident_id}:opened",
+        f"{incident_id}:escalated",
+        f"{incident_id}:resolved",
+    ]
+
+
+def test_the_incident_survives_restarts_exactly() -> None:
+    # Snapshot and restore at random boundaries, and at the boundaries around each message:
+    # the same messages with the same content, and the same final state.
+    docs = regression()
+    expected = uninterrupted()
+    around = [n + d for n, _ in expected for d in (0, 1)]
+    cuts = sorted({*random.Random(11).sample(range(1, len(docs)), 30), *around})
+    engine, found, previous = HotPath(APPS), [], 0
+    for cut in [*cuts, len(docs)]:
+        found += run(engine, docs[previous:cut], previous)
+        snapshot = engine.snapshot()
+        engine = HotPath.restore(APPS, snapshot)
+        assert engine.snapshot() == snapshot
+        previous = cut
+    assert [(n, b.model_dump()) for n, b in found] == [(n, b.model_dump()) for n, b in expected]
+    reference = HotPath(APPS)
+    run(reference, docs)
+    assert engine.snapshot() == reference.snapshot()
+
+
+def test_an_open_incident_is_in_the_snapshot() -> None:
+    docs = regression()
+    (_, opened), (escalated_n, _), _ = uninterrupted()
+    engine = HotPath(APPS)
+    run(engine, docs[: escalated_n + 1])
+    signal = orjson.loads(engine.snapshot())["apps"]["app-a"]["signals"]["latency_ms"]
+    saved = Breach.model_validate(signal["incident"])
+    assert saved.breach_id == opened.breach_id
+    assert saved.state is BreachState.ESCALATED
+    run(engine, docs[escalated_n + 1 :])
+    signal = orjson.loads(engine.snapshot())["apps"]["app-a"]["signals"]["latency_ms"]
+    assert "incident" not in signal
