@@ -31,6 +31,7 @@ from schemas import AppDirectory
 from store.cosmos_config import CosmosSettings
 from stream.config import ProcessorSettings
 from stream.producers.ingest_config import IngestSettings
+from stream.replay.config import ReplaySettings
 from stream.sources.eventhubs_config import EventHubsSettings
 
 DEFAULT_DATA_DIR = Path("var/evalstream")
@@ -95,6 +96,7 @@ class Settings(BaseSettings):
     azure: AzureSettings = Field(default_factory=AzureSettings)
     apps: AppDirectory = Field(default_factory=AppDirectory)
     coldpath: ColdpathSettings = Field(default_factory=ColdpathSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -36,15 +36,10 @@ class StateSnapshot:
     blob: bytes
 
 
-class TelemetryStore(Protocol):
-    async def __aenter__(self) -> TelemetryStore: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None: ...
+class ProcessorStore(Protocol):
+    """What the processing pipeline writes: documents, quarantine records and its snapshots.
+    A replay hands the pipeline its own (stream.replay.job_store), which keeps snapshots in
+    the replay job instead of the store."""
 
     async def write(
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
@@ -60,6 +55,17 @@ class TelemetryStore(Protocol):
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None: ...
 
     async def save_state(self, snapshot: StateSnapshot) -> None: ...
+
+
+class TelemetryStore(ProcessorStore, Protocol):
+    async def __aenter__(self) -> TelemetryStore: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
 
     async def get_telemetry(self, document_id: str, pk: str) -> TelemetryDocument | None: ...
 

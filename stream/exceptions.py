@@ -5,7 +5,9 @@ EvalstreamError (common.errors)
     ├── SourceError        an event source cannot be opened or used as configured; retryable
     │   │                  only when the cause says so (e.g. a SQLite file locked for now)
     │   └── SourceUnavailable  the source's service cannot be reached or is busy (retryable)
-    └── SnapshotError      a detector snapshot cannot be restored (stream.hotpath.errors)
+    ├── SnapshotError      a detector snapshot cannot be restored (stream.hotpath.errors)
+    └── ReplayError        a replay cannot start or resume as asked (one line for the CLI)
+        └── ReplayMisconfigured  its options contradict each other or the job (exit 2)
 """
 
 from __future__ import annotations
@@ -27,3 +29,11 @@ class SourceMisconfigured(SourceError, Misconfigured):
 
 class SourceUnavailable(SourceError):
     retryable = True
+
+
+class ReplayError(StreamError):
+    pass
+
+
+class ReplayMisconfigured(ReplayError, Misconfigured):
+    pass

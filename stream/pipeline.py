@@ -18,7 +18,7 @@ from alerts.ports import AlertPublisher
 from common.errors import Misconfigured, is_retryable
 from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, ValidationIssue
-from store.ports import StateSnapshot, TelemetryStore
+from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected
 from stream.enrich import Enricher
 from stream.ports import CloseReason, HotPathFactory, HotPathState, PartitionContext, ReceivedEvent
@@ -80,7 +80,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        store: TelemetryStore,
+        store: ProcessorStore,
         decoder: Decoder,
         enricher: Enricher,
         consumer_group: str,

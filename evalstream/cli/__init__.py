@@ -1,6 +1,6 @@
 """The ``evalstream`` command line: one module per command group, assembled here.
 
-process.py (process, send, simulate, schema), store.py (status, quarantine), alerts.py,
+process.py (process, send, simulate, schema), store.py (status, quarantine), replay.py, alerts.py,
 coldpath.py (+ pool.py), evaluations.py, report.py; options.py holds what they share. Commands
 get their adapters from ``evalstream.wiring`` only.
 
@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "coldpath": ("evalstream.cli.coldpath", "coldpath_app"),
     "evaluations": ("evalstream.cli.evaluations", "evaluations"),
     "report": ("evalstream.cli.report", "report"),
+    "replay": ("evalstream.cli.replay", "replay"),
 }
 
 

@@ -258,26 +258,39 @@ class EventHubsSource:
         self, store: BlobCheckpointStore, credential: AsyncTokenCredential | None
     ) -> EventHubConsumerClient:
         settings = self.settings
-        options: dict[str, Any] = {
-            "consumer_group": self.processor.consumer_group,
-            "checkpoint_store": store,
-            "load_balancing_interval": settings.load_balancing_interval_s,
-            "partition_ownership_expiration_interval": settings.partition_ownership_expiration_s,
+        return consumer_client(
+            settings,
+            self.processor.consumer_group,
+            credential,
+            checkpoint_store=store,
+            load_balancing_interval=settings.load_balancing_interval_s,
+            partition_ownership_expiration_interval=settings.partition_ownership_expiration_s,
             **self.client_options,
-        }
-        if settings.connection_string is not None:
-            return EventHubConsumerClient.from_connection_string(
-                settings.connection_string.get_secret_value(),
-                eventhub_name=settings.eventhub_name,
-                **options,
-            )
-        assert settings.fully_qualified_namespace is not None and credential is not None
-        return EventHubConsumerClient(
-            fully_qualified_namespace=settings.fully_qualified_namespace,
+        )
+
+
+def consumer_client(
+    settings: EventHubsSettings,
+    consumer_group: str,
+    credential: AsyncTokenCredential | None,
+    **options: Any,
+) -> EventHubConsumerClient:
+    """A consumer client of the configured hub, by connection string or by ``credential``."""
+    if settings.connection_string is not None:
+        return EventHubConsumerClient.from_connection_string(
+            settings.connection_string.get_secret_value(),
             eventhub_name=settings.eventhub_name,
-            credential=credential,
+            consumer_group=consumer_group,
             **options,
         )
+    assert settings.fully_qualified_namespace is not None and credential is not None
+    return EventHubConsumerClient(
+        fully_qualified_namespace=settings.fully_qualified_namespace,
+        eventhub_name=settings.eventhub_name,
+        consumer_group=consumer_group,
+        credential=credential,
+        **options,
+    )
 
 
 def eventhubs_source(settings: EventHubsSettings, processor: ProcessorSettings) -> EventHubsSource:

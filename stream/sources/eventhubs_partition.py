@@ -44,6 +44,29 @@ def _body(event: EventData) -> bytes:
         return repr(message.body).encode()
 
 
+def received_event(
+    event: EventData, partition: str, times: dict[int, datetime] | None = None
+) -> ReceivedEvent:
+    """Our ReceivedEvent of an SDK event; ``times`` caches converted enqueued times (events
+    enqueued together share theirs)."""
+    annotations = event.raw_amqp_message.annotations or {}
+    sequence = annotations.get(_SEQUENCE)
+    if sequence is None:
+        raise SourceError(f"an event of partition {partition} has no sequence number")
+    offset = annotations.get(_OFFSET)
+    if isinstance(offset, bytes):
+        offset = offset.decode()
+    millis = annotations.get(_ENQUEUED) or 0
+    when = times.get(millis) if times is not None else None
+    if when is None:
+        when = datetime.fromtimestamp(millis / 1000, UTC)
+        if times is not None:
+            times[millis] = when
+    return ReceivedEvent(
+        _body(event), partition, sequence, when, None if offset is None else str(offset)
+    )
+
+
 class EventHubsPartition:
     """Our PartitionContext for one owned partition, plus the source's delivery state."""
 
@@ -129,26 +152,11 @@ class EventHubsPartition:
         last = self.last_sequence
         out: list[ReceivedEvent] = []
         for event in events:
-            annotations = event.raw_amqp_message.annotations or {}
-            sequence = annotations.get(_SEQUENCE)
-            if sequence is None:
-                raise SourceError(f"an event of partition {partition} has no sequence number")
-            if sequence <= last:
+            received = received_event(event, partition, times)
+            if received.sequence <= last:
                 continue
-            last = sequence
-            offset = annotations.get(_OFFSET)
-            if isinstance(offset, bytes):
-                offset = offset.decode()
-            millis = annotations.get(_ENQUEUED) or 0
-            # Events enqueued together share their time: convert each value once.
-            when = times.get(millis)
-            if when is None:
-                when = times[millis] = datetime.fromtimestamp(millis / 1000, UTC)
-            out.append(
-                ReceivedEvent(
-                    _body(event), partition, sequence, when, None if offset is None else str(offset)
-                )
-            )
+            last = received.sequence
+            out.append(received)
         self.last_sequence = last
         return out
 

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS events (
     partition INTEGER NOT NULL, sequence INTEGER NOT NULL, enqueued REAL NOT NULL,
     body BLOB NOT NULL, user TEXT, PRIMARY KEY (partition, sequence)
 );
+-- Replays find a time range's first and last events by it (covering: no row is read).
+CREATE INDEX IF NOT EXISTS events_enqueued ON events (partition, enqueued, sequence);
 CREATE TABLE IF NOT EXISTS heads (partition INTEGER PRIMARY KEY, next_sequence INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     consumer_group TEXT NOT NULL, partition INTEGER NOT NULL, sequence INTEGER NOT NULL,
@@ -95,8 +97,7 @@ def _append(
             rows.append((partition, sequence, now, body, pseudonym))
             positions.append((partition, sequence))
         connection.executemany(
-            "INSERT INTO events (partition, sequence, enqueued, body, user) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO events (partition, sequence, enqueued, body, user) VALUES (?, ?, ?, ?, ?)",
             rows,
         )
         connection.executemany(
@@ -137,6 +138,19 @@ def _last_sequence(connection: sqlite3.Connection, partition: int) -> int:
         "SELECT next_sequence FROM heads WHERE partition = ?", (partition,)
     ).fetchone()
     return int(row[0]) - 1
+
+
+def _sequences_between(
+    connection: sqlite3.Connection, partition: int, start: float, end: float | None
+) -> tuple[int | None, int | None]:
+    """The first and last sequence of the partition's events with ``start ≤ enqueued < end``
+    (no end: up to the newest); (None, None) when there is none."""
+    row = connection.execute(
+        "SELECT MIN(sequence), MAX(sequence) FROM events "
+        "WHERE partition = ? AND enqueued >= ? AND enqueued < ?",
+        (partition, start, float("inf") if end is None else end),
+    ).fetchone()
+    return (row[0], row[1]) if row else (None, None)
 
 
 def _raise_head(connection: sqlite3.Connection, partition: int, next_sequence: int) -> None:
@@ -225,6 +239,18 @@ class LocalLog:
 
     async def read_async(self, partition: int, after: int, limit: int) -> list[ReceivedEvent]:
         return await self._async("read the event log", _read, partition, after, limit)
+
+    async def sequences_between_async(
+        self, partition: int, start: datetime, end: datetime | None
+    ) -> tuple[int | None, int | None]:
+        """First and last sequence of the events enqueued in [start, end) (None, None: none)."""
+        return await self._async(
+            "find a time range in the event log",
+            _sequences_between,
+            partition,
+            start.timestamp(),
+            None if end is None else end.timestamp(),
+        )
 
     def last_sequence(self, partition: int) -> int:
         return self._blocking("read the log head", _last_sequence, partition)

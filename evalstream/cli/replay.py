@@ -1,0 +1,453 @@
+"""``evalstream replay``: a time range of a source through the pipeline again, as a job."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+import tomllib
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from evalstream import logs, wiring
+from evalstream.cli.options import (
+    EXIT_INTERRUPTED,
+    ConfigOption,
+    DataDirOption,
+    LogFormatOption,
+    LogLevelOption,
+    console,
+    fail,
+    load,
+    run,
+)
+from evalstream.settings import Settings
+from evalstream.wiring import replay as replay_wiring
+from schemas import AppDirectory, Breach
+from stream.exceptions import ReplayMisconfigured
+from stream.replay import flow
+from stream.replay.job import QUARANTINED, STORED, JobFile
+from stream.replay.ports import TimeBasis, Window
+from stream.replay.report import table
+from stream.replay.spec import JOB_ID, Mode, ReplaySpec, SourceKind, new_job_id
+
+SOURCES = ", ".join(kind.value for kind in SourceKind)
+
+
+def _when(value: str, option: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(
+            f"{option}: {value!r} is not an ISO 8601 time (e.g. 2026-12-01T08:00Z)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _detectors(path: Path | None, settings: Settings) -> dict[str, Any]:
+    """The apps table to detect with: the file's (its ``[apps]`` table, or the whole file),
+    else the live settings'."""
+    if path is None:
+        return settings.apps.model_dump(mode="json")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise fail(f"--detectors: {path}: {exc}") from None
+    try:
+        apps = AppDirectory.model_validate(data.get("apps", data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise fail(f"--detectors: {path}: {where}: {first['msg']}") from None
+    return apps.model_dump(mode="json")
+
+
+def replay(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="NDJSON files or globs for --source ndjson; - reads stdin (kept in the job, "
+            "so it can resume).",
+            show_default=False,
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help=f"Where to read: {SOURCES} \\[default: ndjson with PATHS, else the backend's "
+            "source: log (embedded) or eventhubs (azure)].",
+            show_default=False,
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="Start of the range, ISO 8601 (no zone = UTC).", show_default=False
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--to", help="End of the range (excluded), ISO 8601.", show_default=False),
+    ] = None,
+    by: Annotated[
+        TimeBasis,
+        typer.Option(
+            "--by",
+            help="event: the events' own timestamps (late arrivals included); enqueued: when "
+            "the source received them.",
+        ),
+    ] = TimeBasis.EVENT,
+    app: Annotated[
+        list[str] | None,
+        typer.Option("--app", help="Only this app (repeatable).", show_default=False),
+    ] = None,
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            "--mode",
+            help="shadow: fresh detectors over the range, breaches to a report, nothing paged; "
+            "reprocess: decode, validate, enrich and upsert as live (same ids); both.",
+        ),
+    ] = Mode.SHADOW,
+    detectors: Annotated[
+        Path | None,
+        typer.Option(
+            "--detectors",
+            help="TOML with an [apps] table (defaults/overrides) to shadow-detect with "
+            "\\[default: the live settings].",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish",
+            help="Send the shadow breaches to the alert topic (their ids make ones the live "
+            "processor sent already duplicates the bus drops).",
+        ),
+    ] = False,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            min=1.0,
+            help="At most this many events/s (spares the store's throughput).",
+            show_default=False,
+        ),
+    ] = None,
+    consumer_group: Annotated[
+        str | None,
+        typer.Option(
+            "--consumer-group",
+            help="Event Hubs consumer group to read through \\[default: replay.consumer_group].",
+            show_default=False,
+        ),
+    ] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id", help="Name the new job (default: r<time>-<random>).", show_default=False
+        ),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume", help="Continue the job with this id where it stopped.", show_default=False
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write the JSON report here \\[default: <data_dir>/replays/<id>.json].",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "WARNING",
+    log_format: LogFormatOption = "text",
+) -> None:
+    """Re-run a time range of a source through the pipeline, as a resumable job.
+
+    Reads the embedded log, Event Hubs (through its own consumer group: the live processor's
+    checkpoints never move), Event Hubs Capture archives in Blob storage, or NDJSON files.
+    Shadow mode runs fresh detectors over the range in event-time order and writes the breaches
+    they would have raised to a report; reprocess mode upserts documents and quarantine
+    records on the ids the live processor gives them. Ctrl-C or SIGTERM stop after the batches
+    in flight and checkpoint; --resume ID continues. Exit 0 complete, 1 failed, 2 bad
+    options, 130 stopped.
+    """
+    logs.configure(log_level, log_format)
+    settings = load(config, data_dir)
+    job: JobFile | None = None
+    stdin = False
+    if resume is not None:
+        job = _open_existing(settings, resume)
+        spec = flow.load_spec(job)
+        if spec is None:
+            job.close()
+            raise fail(f"--resume: job {resume} was never planned; start it again")
+    else:
+        spec, stdin = _new_spec(
+            settings,
+            paths or [],
+            source,
+            start,
+            end,
+            by,
+            app,
+            mode,
+            detectors,
+            consumer_group,
+            job_id,
+        )
+    try:
+        outcome = run(_execute(settings, spec, job, rate, publish, report, stdin))
+    finally:
+        if job is not None:
+            job.close()
+    if outcome is None:
+        console.print(
+            f"replay {spec.id} stopped; continue it with: evalstream replay --resume {spec.id}"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _open_existing(settings: Settings, job_id: str) -> JobFile:
+    path = replay_wiring.jobs_dir(settings) / f"{job_id}.db"
+    if not path.is_file():
+        raise fail(f"--resume: no replay job {job_id!r} in {path.parent}")
+    return JobFile(path)
+
+
+def _new_spec(
+    settings: Settings,
+    paths: list[str],
+    source: str | None,
+    start: str | None,
+    end: str | None,
+    by: TimeBasis,
+    apps: list[str] | None,
+    mode: Mode,
+    detectors: Path | None,
+    consumer_group: str | None,
+    job_id: str | None,
+) -> tuple[ReplaySpec, bool]:
+    if start is None or end is None:
+        raise fail("--from and --to are required for a new replay (or --resume ID)")
+    kind_name = source or (
+        "ndjson" if paths else "log" if settings.backend == "embedded" else "eventhubs"
+    )
+    try:
+        kind = SourceKind(kind_name)
+    except ValueError:
+        raise fail(f"--source: {kind_name!r} is not a source; use one of {SOURCES}") from None
+    if paths and kind is not SourceKind.NDJSON:
+        raise fail(f"PATHS are NDJSON files: use --source ndjson, not {kind.value}")
+    if kind is SourceKind.NDJSON and not paths:
+        raise fail("--source ndjson needs files (PATHS) or - for stdin")
+    window_start, window_end = _when(start, "--from"), _when(end, "--to")
+    try:
+        Window(window_start, window_end, by)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if job_id is not None and not re.fullmatch(JOB_ID, job_id):
+        raise fail(f"--id: {job_id!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+    now = datetime.now(UTC)
+    spec = ReplaySpec(
+        id=job_id or new_job_id(now),
+        created=now,
+        source=kind,
+        paths=paths,
+        start=window_start,
+        end=window_end,
+        by=by,
+        apps=sorted(set(apps or [])),
+        mode=mode,
+        detectors_file=str(detectors) if detectors else None,
+        detectors=_detectors(detectors, settings),
+        consumer_group=consumer_group,
+    )
+    return spec, "-" in paths
+
+
+async def _execute(
+    settings: Settings,
+    spec: ReplaySpec,
+    job: JobFile | None,
+    rate: float | None,
+    publish: bool,
+    report_path: Path | None,
+    stdin: bool,
+) -> dict[str, Any] | None:
+    from evalstream.runtime import install_signal_handlers
+
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    async with AsyncExitStack() as stack:
+        publisher = (
+            await stack.enter_async_context(wiring.alert_publisher(settings)) if publish else None
+        )
+        if job is None:
+            job = await _plan(settings, spec, stdin)
+            stack.callback(job.close)
+        with _Display() as display:
+            pieces = replay_wiring.pieces(
+                settings, spec, rate=rate, publisher=publisher, watcher=display
+            )
+            store = (
+                await stack.enter_async_context(wiring.store(settings))
+                if spec.mode.stores
+                else None
+            )
+            async with pieces.reader:
+                started = asyncio.get_running_loop().time()
+                result = await flow.run(job, spec, pieces, stop, store)
+                seconds = asyncio.get_running_loop().time() - started
+        if result is None:
+            return None
+        _finish(settings, spec, result, report_path, display.read, seconds)
+        return result
+
+
+async def _plan(settings: Settings, spec: ReplaySpec, stdin: bool) -> JobFile:
+    """Create the job: its plan is fixed now, whatever the source holds later."""
+    path = replay_wiring.jobs_dir(settings) / f"{spec.id}.db"
+    if path.exists():
+        raise ReplayMisconfigured(f"--id: a replay job {spec.id!r} exists already; --resume it")
+    if stdin:
+        kept = path.with_suffix(".stdin.ndjson")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(kept, "wb") as handle:
+            shutil.copyfileobj(sys.stdin.buffer, handle)
+        spec = spec.model_copy(update={"paths": [str(kept) if p == "-" else p for p in spec.paths]})
+    if spec.source is SourceKind.NDJSON:
+        from stream.replay.readers.ndjson import expand
+
+        spec = spec.model_copy(update={"paths": [str(p) for p in expand(spec.paths)]})
+    reader = replay_wiring.reader(settings, spec)
+    skew = timedelta(seconds=settings.processor.max_future_skew_s)
+    async with reader:
+        plans = await reader.plan(spec.window(), skew)
+    for name, error in reader.unreadable.items():
+        console.print(f"warning: {name} is unreadable: {error}; the rest is replayed")
+    if sum(plan.size for plan in plans) == 0:
+        raise ReplayMisconfigured(
+            f"nothing to replay: the {spec.source.value} source holds no events between "
+            f"{spec.start.isoformat()} and {spec.end.isoformat()} (by {spec.by.value} time)"
+        )
+    job = JobFile(path)
+    flow.create(job, spec, plans)
+    job.note_unreadable(reader.unreadable)
+    console.print(
+        f"replay {spec.id}: {sum(p.size for p in plans)} events in {len(plans)} partitions "
+        f"to read from {spec.source.value}, mode {spec.mode.value}"
+    )
+    return job
+
+
+def _finish(
+    settings: Settings,
+    spec: ReplaySpec,
+    result: dict[str, Any],
+    report_path: Path | None,
+    read: int,
+    seconds: float,
+) -> None:
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2)
+    default = replay_wiring.jobs_dir(settings) / f"{spec.id}.json"
+    default.write_bytes(text)
+    if report_path is not None:
+        report_path.write_bytes(text)
+    events = result["events"]
+    if result["breaches"]:
+        console.print(table(result))
+    rate = f", {read / seconds:,.0f} events/s" if seconds > 0 and read else ""
+    console.print(
+        f"replay {spec.id} complete: {events[STORED]} stored, {events[QUARANTINED]} "
+        f"quarantined, {len(result['breaches'])} breach messages{rate}; report {default}"
+    )
+
+
+class _Display:
+    """A rich progress bar on stderr: events read of the plan, events/s, ETA and counts."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[speed]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[counts]}"),
+            console=console,
+            transient=False,
+        )
+        self.task: TaskID | None = None
+        self.read = 0
+        self.breaches = 0
+        self._counts: Callable[[], Counter[str]] = Counter
+        self._started = 0.0
+
+    def __enter__(self) -> _Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def reading(self, total: int, done: int, counts: Callable[[], Counter[str]]) -> None:
+        self._counts = counts
+        self._started = asyncio.get_running_loop().time()
+        self.task = self.progress.add_task(
+            "reading", total=total, completed=done, speed="", counts=self._describe()
+        )
+
+    def _describe(self) -> str:
+        counts = self._counts()
+        return (
+            f"stored {counts.get(STORED, 0)}, quarantined {counts.get(QUARANTINED, 0)}, "
+            f"breaches {self.breaches}"
+        )
+
+    def events(self, count: int) -> None:
+        self.read += count
+        elapsed = asyncio.get_running_loop().time() - self._started
+        if self.task is not None:
+            self.progress.update(
+                self.task,
+                advance=count,
+                speed=f"{self.read / elapsed:,.0f} ev/s" if elapsed > 0 else "",
+                counts=self._describe(),
+            )
+
+    def detecting(self, apps: int) -> None:
+        self.task = self.progress.add_task(
+            "detecting", total=apps, speed="", counts=self._describe()
+        )
+
+    def app_detected(self, app: str, breaches: list[Breach]) -> None:
+        self.breaches += len(breaches)
+        if self.task is not None:
+            self.progress.update(self.task, advance=1, counts=self._describe())

@@ -1,0 +1,109 @@
+"""The pieces of a replay job, picked from the settings and the job's description."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from alerts.ports import AlertPublisher
+from evalstream import wiring
+from evalstream.settings import Settings
+from evalstream.wiring.data_dir import usable_data_dir
+from schemas import AppDirectory
+from stream.exceptions import ReplayMisconfigured
+from stream.pipeline import Pipeline
+from stream.ports import HotPathFactory, HotPathState
+from stream.replay.flow import Pieces, Quiet, Watcher
+from stream.replay.job import JobFile
+from stream.replay.ports import ReplayReader
+from stream.replay.run import JobStore, RangeDecoder
+from stream.replay.spec import ReplaySpec, SourceKind
+from stream.stats import ProcessorStats
+
+
+def jobs_dir(settings: Settings) -> Path:
+    return usable_data_dir(settings.embedded.data_dir) / "replays"
+
+
+def job_file(settings: Settings, job_id: str) -> JobFile:
+    return JobFile(jobs_dir(settings) / f"{job_id}.db")
+
+
+def reader(settings: Settings, spec: ReplaySpec) -> ReplayReader:
+    if spec.source is SourceKind.NDJSON:
+        from stream.replay.readers.ndjson import NdjsonReader
+
+        return NdjsonReader([Path(path) for path in spec.paths], spec.created)
+    if spec.source is SourceKind.LOG:
+        from stream.replay.readers.local_log import LogReader
+
+        return LogReader(settings.embedded.log_path, settings.embedded.partitions)
+    if spec.source is SourceKind.EVENTHUBS:
+        from stream.replay.readers.eventhubs import EventHubsReader
+
+        group = spec.consumer_group or settings.replay.consumer_group
+        if group == settings.processor.consumer_group:
+            raise ReplayMisconfigured(
+                f"--consumer-group: {group!r} is the live processor's; a replay reads through "
+                "its own (replay.consumer_group)"
+            )
+        skew = timedelta(seconds=settings.processor.max_future_skew_s)
+        return EventHubsReader(settings.azure.eventhubs, group, spec.window().enqueued_from(skew))
+    from stream.replay.readers.capture import CaptureReader
+
+    window = spec.window()
+    skew = timedelta(seconds=settings.processor.max_future_skew_s)
+    return CaptureReader(
+        settings.replay.capture, window.enqueued_from(skew), window.enqueued_before()
+    )
+
+
+def shadow_hot_path(spec: ReplaySpec) -> HotPathFactory:
+    from stream.hotpath import HotPath
+
+    apps = AppDirectory.model_validate(spec.detectors)
+
+    def fresh(blob: bytes | None) -> HotPathState:
+        return HotPath(apps)
+
+    return fresh
+
+
+def pieces(
+    settings: Settings,
+    spec: ReplaySpec,
+    *,
+    rate: float | None,
+    publisher: AlertPublisher | None,
+    watcher: Watcher | None = None,
+) -> Pieces:
+    source = reader(settings, spec)
+    decoder = RangeDecoder(
+        wiring.decoder(settings),
+        spec.window(),
+        enqueued_times=spec.source is not SourceKind.NDJSON,
+    )
+    enricher = wiring.enricher(settings, source.source)
+
+    def pipeline(store: JobStore, range_decoder: RangeDecoder) -> Pipeline:
+        return Pipeline(
+            store=store,
+            decoder=range_decoder,
+            enricher=enricher,
+            consumer_group=f"replay:{spec.id}",
+            lateness=timedelta(seconds=settings.processor.lateness_s),
+            checkpoint_interval_s=settings.processor.checkpoint_interval_s,
+            stats=ProcessorStats(),
+        )
+
+    return Pieces(
+        reader=source,
+        pipeline=pipeline,
+        decoder=decoder,
+        hot_path=shadow_hot_path(spec) if spec.mode.detects else None,
+        max_future_skew=timedelta(seconds=settings.processor.max_future_skew_s),
+        batch_size=settings.replay.batch_size,
+        rate=rate,
+        publisher=publisher,
+        watcher=watcher or Quiet(),
+    )

@@ -1,0 +1,28 @@
+"""The replay's settings (``[replay]``): its own consumer group and where Capture archives are."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
+
+
+class CaptureSettings(BaseModel):
+    """Event Hubs Capture's archive: Avro files in a Blob container, named by Capture's
+    default format ``{Namespace}/{EventHub}/{PartitionId}/{Year}/.../{Second}``; ``prefix``
+    is the part before ``{PartitionId}`` (``<namespace>/<event hub>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection_string: SecretStr | None = None
+    account_url: str | None = None
+    container: str = "capture"
+    prefix: str = ""
+
+
+class ReplaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Event Hubs replays read through this consumer group, never the live processor's; its
+    # positions are kept in the replay job, not in the checkpoint store.
+    consumer_group: str = Field(default="evalstream-replay", min_length=1)
+    batch_size: PositiveInt = Field(default=1000, le=100_000)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)

@@ -1,0 +1,122 @@
+"""One replay job from start to report: plan (new jobs), read, detect, report.
+
+The pieces come from the composition root (evalstream.wiring.replay); this module only
+orders them and decides when the job is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+import orjson
+
+from alerts.ports import AlertPublisher
+from schemas import Breach
+from stream.pipeline import Pipeline
+from stream.ports import HotPathFactory
+from stream.replay import report
+from stream.replay.job import JobFile
+from stream.replay.ports import ReplayReader
+from stream.replay.run import JobStore, RangeDecoder, RateLimit, Replay
+from stream.replay.shadow import detect
+from stream.replay.spec import ReplaySpec
+
+
+class Watcher(Protocol):
+    """What the command shows while a job runs (a progress bar, or nothing)."""
+
+    def reading(self, total: int, done: int, counts: Callable[[], Counter[str]]) -> None:
+        """The read phase starts: ``total`` planned events, ``done`` of them read before (a
+        resumed job); ``counts()`` gives the stored/quarantined counts so far."""
+
+    def events(self, count: int) -> None: ...
+
+    def detecting(self, apps: int) -> None: ...
+
+    def app_detected(self, app: str, breaches: list[Breach]) -> None: ...
+
+
+class Quiet:
+    def reading(self, total: int, done: int, counts: Callable[[], Counter[str]]) -> None: ...
+
+    def events(self, count: int) -> None: ...
+
+    def detecting(self, apps: int) -> None: ...
+
+    def app_detected(self, app: str, breaches: list[Breach]) -> None: ...
+
+
+@dataclass
+class Pieces:
+    reader: ReplayReader
+    # Builds the live pipeline around the replay's store and decoder.
+    pipeline: Callable[[JobStore, RangeDecoder], Pipeline]
+    decoder: RangeDecoder
+    hot_path: HotPathFactory | None
+    max_future_skew: timedelta
+    batch_size: int
+    rate: float | None = None
+    publisher: AlertPublisher | None = None
+    watcher: Watcher = field(default_factory=Quiet)
+
+
+def create(job: JobFile, spec: ReplaySpec, plans: list[Any]) -> None:
+    job.create(spec.model_dump_json().encode(), plans)
+
+
+def load_spec(job: JobFile) -> ReplaySpec | None:
+    raw = job.get("spec")
+    return None if raw is None else ReplaySpec.model_validate_json(raw)
+
+
+async def run(
+    job: JobFile, spec: ReplaySpec, pieces: Pieces, stop: asyncio.Event, store: Any
+) -> dict[str, Any] | None:
+    """Run what is left of the job; the report when it completed, None when stopped."""
+    watcher = pieces.watcher
+    plans = job.plans()
+    remaining = [(plan, position) for plan, position, finished in plans if not finished]
+    job_store = JobStore(job, store if spec.mode.stores else None, spec.mode.detects)
+    before = job.counts()
+
+    def counts() -> Counter[str]:
+        return before + job_store.totals
+
+    watcher.reading(
+        sum(plan.size for plan, _, _ in plans),
+        sum(
+            plan.size if finished else max(0, position - plan.after)
+            for plan, position, finished in plans
+        ),
+        counts,
+    )
+    if remaining:
+        replay = Replay(
+            reader=pieces.reader,
+            pipeline=pieces.pipeline(job_store, pieces.decoder),
+            store=job_store,
+            window=spec.window(),
+            max_future_skew=pieces.max_future_skew,
+            batch_size=pieces.batch_size,
+            rate=RateLimit(pieces.rate),
+            on_events=watcher.events,
+        )
+        if not await replay.run(remaining, stop):
+            return None
+    if spec.mode.detects:
+        assert pieces.hot_path is not None
+        watcher.detecting(len(job.apps_to_detect()))
+        if not await detect(job, pieces.hot_path, stop, watcher.app_detected):
+            return None
+    job.note_unreadable(pieces.reader.unreadable)
+    breaches = job.breaches()
+    if pieces.publisher is not None and breaches:
+        await pieces.publisher.publish(breaches)
+    result = report.build(spec.for_report(), job.counts(), breaches, job.unreadable())
+    job.put("report", orjson.dumps(result))
+    return result

@@ -1,0 +1,269 @@
+"""A replay job's own file: what it replays, how far each partition got, and what it found.
+
+One SQLite file per job (``<data_dir>/replays/<id>.db``). A partition's checkpoint, the
+pipeline's snapshot that goes with it and the counts of what the events up to it gave are
+written in one transaction, so a job killed at any instant resumes with exact counts: the
+events after the checkpoint are processed again (idempotently) and counted again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from common.sqlite import SqliteFile, transaction
+from schemas import Breach, TelemetryDocument
+from store.ports import StateSnapshot
+from stream.exceptions import ReplayError
+from stream.replay.ports import PartitionPlan
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS partitions (
+    partition TEXT PRIMARY KEY, after INTEGER NOT NULL, last INTEGER NOT NULL,
+    position INTEGER NOT NULL, finished INTEGER NOT NULL DEFAULT 0,
+    covered INTEGER, snapshot BLOB
+);
+CREATE TABLE IF NOT EXISTS counts (
+    partition TEXT NOT NULL, what TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (partition, what)
+);
+CREATE TABLE IF NOT EXISTS shadow (
+    pk TEXT NOT NULL, id TEXT NOT NULL, app TEXT NOT NULL, ts REAL NOT NULL,
+    partition TEXT NOT NULL, sequence INTEGER NOT NULL, idx INTEGER NOT NULL, doc BLOB NOT NULL,
+    PRIMARY KEY (pk, id)
+);
+CREATE INDEX IF NOT EXISTS shadow_order ON shadow (app, ts, partition, sequence, idx);
+CREATE TABLE IF NOT EXISTS unreadable (name TEXT PRIMARY KEY, error TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS detected (app TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS breaches (
+    breach_id TEXT NOT NULL, state TEXT NOT NULL, app TEXT NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (breach_id, state)
+);
+"""
+
+STORED = "stored"
+QUARANTINED = "quarantined"
+
+
+@dataclass
+class Tally:
+    """What a partition's events gave since its last checkpoint: ``stored``,
+    ``quarantined`` and ``quarantined:<code>`` counts."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class JobFile:
+    """The file of one job. Plain methods block (the CLI before and after the run); the
+    ``async`` ones run through SqliteFile so the event loop never waits on the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = SqliteFile(path, error_type=ReplayError, schema=_SCHEMA)
+
+    def close(self) -> None:
+        self._file.close()
+
+    async def aclose(self) -> None:
+        await self._file.aclose()
+
+    # The job's description and status.
+
+    def get(self, key: str) -> bytes | None:
+        row = self._file.run_blocking(
+            lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone(),
+            "read the replay job",
+        )
+        return None if row is None else bytes(row[0])
+
+    def put(self, key: str, value: bytes) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value",
+                    (key, value),
+                )
+
+        self._file.run_blocking(write, "write the replay job")
+
+    def create(self, spec: bytes, plans: Sequence[PartitionPlan]) -> None:
+        """Record the job's description and plan, once: a job's range never changes."""
+
+        def write(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.execute("INSERT INTO meta VALUES ('spec', ?)", (spec,))
+                connection.executemany(
+                    "INSERT INTO partitions (partition, after, last, position) VALUES (?, ?, ?, ?)",
+                    [(p.partition, p.after, p.last, p.after) for p in plans],
+                )
+
+        self._file.run_blocking(write, "create the replay job")
+
+    def plans(self) -> list[tuple[PartitionPlan, int, bool]]:
+        """Each partition's plan, position reached, and whether it is finished."""
+        rows = self._file.run_blocking(
+            lambda c: c.execute(
+                "SELECT partition, after, last, position, finished FROM partitions ORDER BY rowid"
+            ).fetchall(),
+            "read the replay plan",
+        )
+        return [(PartitionPlan(p, a, last), pos, bool(done)) for p, a, last, pos, done in rows]
+
+    def counts(self) -> Counter[str]:
+        rows = self._file.run_blocking(
+            lambda c: c.execute("SELECT what, SUM(count) FROM counts GROUP BY what").fetchall(),
+            "read the replay counts",
+        )
+        return Counter({what: int(count) for what, count in rows})
+
+    def note_unreadable(self, found: dict[str, str]) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.executemany(
+                    "INSERT OR IGNORE INTO unreadable VALUES (?, ?)", list(found.items())
+                )
+
+        if found:
+            self._file.run_blocking(write, "record unreadable files")
+
+    def unreadable(self) -> dict[str, str]:
+        rows = self._file.run_blocking(
+            lambda c: c.execute("SELECT name, error FROM unreadable ORDER BY name").fetchall(),
+            "read unreadable files",
+        )
+        return dict(rows)
+
+    # Progress, from the run.
+
+    async def load_snapshot(self, partition: str) -> StateSnapshot | None:
+        row = await self._file.run(
+            lambda c: c.execute(
+                "SELECT covered, snapshot FROM partitions WHERE partition = ?", (partition,)
+            ).fetchone(),
+            "read a replay snapshot",
+        )
+        if row is None or row[1] is None:
+            return None
+        return StateSnapshot("replay", partition, int(row[0]), bytes(row[1]))
+
+    async def checkpoint(
+        self,
+        partition: str,
+        position: int,
+        snapshot: StateSnapshot | None,
+        tally: Counter[str],
+        finished: bool = False,
+    ) -> None:
+        """Move ``partition`` to ``position`` with the snapshot and counts that go with it."""
+
+        def write(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.execute(
+                    "UPDATE partitions SET position = MAX(position, ?), finished = ? "
+                    "WHERE partition = ?",
+                    (position, int(finished), partition),
+                )
+                if snapshot is not None:
+                    connection.execute(
+                        "UPDATE partitions SET covered = ?, snapshot = ? WHERE partition = ?",
+                        (snapshot.covered_sequence, snapshot.blob, partition),
+                    )
+                connection.executemany(
+                    "INSERT INTO counts VALUES (?, ?, ?) ON CONFLICT (partition, what) "
+                    "DO UPDATE SET count = count + excluded.count",
+                    [(partition, what, n) for what, n in tally.items() if n],
+                )
+
+        await self._file.run(write, "checkpoint the replay")
+
+    # Shadow detection.
+
+    async def collect(self, documents: Sequence[TelemetryDocument]) -> None:
+        """Keep documents for the detectors; the first document of an id wins, as in the
+        store (a replayed one is the same event)."""
+        rows = [
+            (
+                doc.pk,
+                doc.id,
+                doc.app_id,
+                doc.timestamp.timestamp(),
+                doc.ingest.partition,
+                doc.ingest.sequence,
+                doc.ingest.index,
+                doc.json_bytes(),
+            )
+            for doc in documents
+        ]
+
+        def write(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.executemany(
+                    "INSERT INTO shadow VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (pk, id) DO NOTHING",
+                    rows,
+                )
+
+        await self._file.run(write, "keep documents for shadow detection")
+
+    def apps_to_detect(self) -> list[str]:
+        rows = self._file.run_blocking(
+            lambda c: c.execute(
+                "SELECT DISTINCT app FROM shadow WHERE app NOT IN (SELECT app FROM detected) "
+                "ORDER BY app"
+            ).fetchall(),
+            "list the apps to detect",
+        )
+        return [row[0] for row in rows]
+
+    async def documents(self, app: str, page_size: int = 2000) -> AsyncIterator[list[bytes]]:
+        """The app's documents in event-time order (ties in source order), page by page."""
+        last: tuple[Any, ...] = (float("-inf"), "", -1, -1)
+        while True:
+
+            def page(connection: sqlite3.Connection, after: tuple[Any, ...] = last) -> list[Any]:
+                return connection.execute(
+                    "SELECT ts, partition, sequence, idx, doc FROM shadow WHERE app = ? AND "
+                    "(ts, partition, sequence, idx) > (?, ?, ?, ?) "
+                    "ORDER BY ts, partition, sequence, idx LIMIT ?",
+                    (app, *after, page_size),
+                ).fetchall()
+
+            rows = await self._file.run(page, "read documents for shadow detection")
+            if not rows:
+                return
+            last = tuple(rows[-1][:4])
+            yield [bytes(row[4]) for row in rows]
+
+    async def detected(self, app: str, breaches: Sequence[Breach]) -> None:
+        """Record an app's breaches and that its detection is done, together."""
+        rows = [
+            (b.breach_id, b.state.value, b.app_id, orjson.dumps(b.model_dump(mode="json")))
+            for b in breaches
+        ]
+
+        def write(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.executemany(
+                    "INSERT INTO breaches VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (breach_id, state) DO UPDATE SET body = excluded.body",
+                    rows,
+                )
+                connection.execute("INSERT OR IGNORE INTO detected VALUES (?)", (app,))
+
+        await self._file.run(write, "record shadow breaches")
+
+    def breaches(self) -> list[Breach]:
+        rows = self._file.run_blocking(
+            lambda c: c.execute("SELECT body FROM breaches ORDER BY app, rowid").fetchall(),
+            "read shadow breaches",
+        )
+        return [Breach.model_validate_json(row[0]) for row in rows]

@@ -1,0 +1,97 @@
+"""What a replay reads: a window of time (and apps), and readers that deliver it.
+
+A reader plans each partition once, when the job is created: the events it will deliver are
+the ones after ``after`` up to ``last``. The plan is kept in the job, so a resumed replay reads
+the same range, however far the source has grown since.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from types import TracebackType
+from typing import Protocol
+
+from stream.ports import ReceivedEvent
+
+
+class TimeBasis(StrEnum):
+    EVENT = "event"
+    ENQUEUED = "enqueued"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Events with ``start ≤ time < end`` of the apps in ``apps`` (all when empty)."""
+
+    start: datetime
+    end: datetime
+    by: TimeBasis = TimeBasis.EVENT
+    apps: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("the window's times must carry a time zone")
+        if self.start >= self.end:
+            raise ValueError(
+                f"--from ({self.start.isoformat()}) must be before --to ({self.end.isoformat()})"
+            )
+
+    def enqueued_from(self, max_future_skew: timedelta) -> datetime:
+        """The earliest enqueued time an event of the window can have: an event time is
+        accepted up to ``max_future_skew`` after its enqueued time."""
+        return self.start - max_future_skew if self.by is TimeBasis.EVENT else self.start
+
+    def enqueued_before(self) -> datetime | None:
+        """Events enqueued at or after this are outside the window (None: late events of the
+        window may arrive any time after it)."""
+        return self.end if self.by is TimeBasis.ENQUEUED else None
+
+    def holds_enqueued(self, when: datetime, max_future_skew: timedelta) -> bool:
+        end = self.enqueued_before()
+        return when >= self.enqueued_from(max_future_skew) and (end is None or when < end)
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """Deliver the events of ``partition`` with ``after < sequence ≤ last``."""
+
+    partition: str
+    after: int
+    last: int
+
+    @property
+    def size(self) -> int:
+        return max(0, self.last - self.after)
+
+
+class ReplayReader(Protocol):
+    """One source kind, read by position. ``source`` is the name documents and quarantine
+    records carry (``ingest.source``), the live processor's for a source it reads too, so
+    a replayed invalid event lands on its live quarantine record."""
+
+    source: str
+    # Files or parts of the source that could not be read: name -> why (the report lists them).
+    unreadable: dict[str, str]
+
+    async def __aenter__(self) -> ReplayReader: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    async def plan(self, window: Window, max_future_skew: timedelta) -> list[PartitionPlan]:
+        """The partitions and position ranges that can hold events of the window."""
+        ...
+
+    def read(
+        self, plan: PartitionPlan, after: int, batch_size: int
+    ) -> AsyncIterator[list[ReceivedEvent]]:
+        """The plan's events after ``after`` (a checkpoint, or the plan's start), in
+        sequence order, in batches of at most ``batch_size``; ends at ``plan.last``."""
+        ...

@@ -1,0 +1,1 @@
+"""One ReplayReader per source kind: the embedded log, NDJSON files, Event Hubs, Capture."""

@@ -1,0 +1,61 @@
+"""What a replay found: a JSON report (the same for an interrupted and resumed job as for an
+uninterrupted one: no timings in it) and a readable table of it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+from schemas import Breach
+from stream.replay.job import QUARANTINED, STORED
+
+
+def build(
+    spec: dict[str, Any],
+    counts: Counter[str],
+    breaches: Sequence[Breach],
+    unreadable: dict[str, str],
+) -> dict[str, Any]:
+    ordered = sorted(breaches, key=lambda b: (b.app_id, b.opened_at, b.breach_id, b.state))
+    prefix = f"{QUARANTINED}:"
+    return {
+        "job": spec["id"],
+        "source": spec["source"],
+        "window": spec["window"],
+        "mode": spec["mode"],
+        "detectors": spec["detectors_file"],
+        "events": {
+            STORED: counts.get(STORED, 0),
+            QUARANTINED: counts.get(QUARANTINED, 0),
+            "quarantined_by_code": {
+                key.removeprefix(prefix): n
+                for key, n in sorted(counts.items())
+                if key.startswith(prefix)
+            },
+        },
+        # Source files that could not be read (their readable part was replayed).
+        "unreadable": unreadable,
+        "breaches": [breach.model_dump(mode="json") for breach in ordered],
+    }
+
+
+def table(report: dict[str, Any]) -> Table:
+    """The report's breaches, one row per breach and state."""
+    result = Table(title=f"replay {report['job']}: {len(report['breaches'])} breach messages")
+    for column in ("app", "signal", "detector", "state", "severity", "opened", "observed", "id"):
+        result.add_column(column, overflow="fold")
+    for breach in report["breaches"]:
+        result.add_row(
+            breach["app_id"],
+            breach["signal"],
+            breach["detector"],
+            breach["state"],
+            breach["severity"],
+            breach["opened_at"],
+            f"{breach['observed']:.4g}",
+            breach["breach_id"],
+        )
+    return result

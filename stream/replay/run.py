@@ -1,0 +1,234 @@
+"""Driving the live pipeline over a replay's readers.
+
+The pipeline is the live one (decode → validate → enrich → upsert, the same ids); only what
+it is handed differs: a decoder that keeps the window's events (RangeDecoder), a store that
+keeps snapshots and counts in the job (JobStore), and per partition a context whose
+checkpoints are the job's (JobContext) — never the live processor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from common.retry import sleep_or_stop
+from schemas import QuarantineRecord, TelemetryDocument
+from store.ports import ProcessorStore, StateSnapshot
+from stream.decode import Decoded, Decoder
+from stream.pipeline import Pipeline
+from stream.ports import CloseReason, ReceivedEvent
+from stream.replay.job import QUARANTINED, STORED, JobFile
+from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
+from stream.sources.retry import deliver
+
+
+class RangeDecoder(Decoder):
+    """The live decoder, keeping only the window's events: accepted events of its apps and
+    (by event time) in its range; rejected ones of its apps whose enqueued time is in the
+    window (they have no event time to go by), all of them when the source has no enqueued
+    times (a file). ``skipped`` counts the events left out in this run."""
+
+    def __init__(self, decoder: Decoder, window: Window, *, enqueued_times: bool) -> None:
+        super().__init__(decoder.limits)
+        self.window = window
+        self.enqueued_times = enqueued_times
+        self.skipped = 0
+
+    def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
+        decoded = super().decode(body, now)
+        window = self.window
+        apps = window.apps
+        by_event = window.by is TimeBasis.EVENT
+        accepted = [
+            item
+            for item in decoded.accepted
+            if (not apps or item.event.app_id in apps)
+            and (not by_event or window.start <= item.event.timestamp < window.end)
+        ]
+        keep_rejected = not self.enqueued_times or (
+            now is not None and window.start <= now < window.end
+        )
+        rejected = [
+            item
+            for item in decoded.rejected
+            if (keep_rejected or not by_event) and (not apps or item.app_id in apps)
+        ]
+        self.skipped += len(decoded.accepted) - len(accepted)
+        self.skipped += len(decoded.rejected) - len(rejected)
+        return Decoded(accepted, rejected)
+
+
+class JobStore:
+    """The ProcessorStore a replay hands the pipeline: documents and quarantine records go to
+    the real store (reprocess), to the job for shadow detection (shadow), or both; snapshots
+    and counts go to the job with the partition's checkpoint."""
+
+    def __init__(self, job: JobFile, store: ProcessorStore | None, shadow: bool) -> None:
+        self.job = job
+        self.store = store
+        self.shadow = shadow
+        self.tallies: dict[str, Counter[str]] = {}
+        self.snapshots: dict[str, StateSnapshot] = {}
+        # This run's counts, checkpointed or not (what a progress display shows).
+        self.totals: Counter[str] = Counter()
+
+    async def write(
+        self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
+    ) -> list[TelemetryDocument]:
+        conflicts: list[TelemetryDocument] = []
+        if self.store is not None:
+            conflicts = await self.store.write(documents, quarantined)
+        kept = documents
+        if conflicts:
+            refused = {id(doc) for doc in conflicts}
+            kept = [doc for doc in documents if id(doc) not in refused]
+        if self.shadow and kept:
+            await self.job.collect(kept)
+        for doc in kept:
+            self._tally(doc.ingest.partition)[STORED] += 1
+        self.totals[STORED] += len(kept)
+        for record in quarantined:
+            code = f"{QUARANTINED}:{record.issues[0].code if record.issues else 'none'}"
+            tally = self._tally(record.partition or "")
+            tally[QUARANTINED] += 1
+            tally[code] += 1
+        self.totals[QUARANTINED] += len(quarantined)
+        return conflicts
+
+    def _tally(self, partition: str) -> Counter[str]:
+        tally = self.tallies.get(partition)
+        if tally is None:
+            tally = self.tallies[partition] = Counter()
+        return tally
+
+    async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None:
+        return await self.job.load_snapshot(partition)
+
+    async def save_state(self, snapshot: StateSnapshot) -> None:
+        # Written by the checkpoint that follows, with the counts: one transaction.
+        self.snapshots[snapshot.partition] = snapshot
+
+    async def checkpoint(self, partition: str, position: int, *, finished: bool = False) -> None:
+        tally = self.tallies.pop(partition, Counter())
+        await self.job.checkpoint(
+            partition, position, self.snapshots.pop(partition, None), tally, finished
+        )
+
+
+class JobContext:
+    """PartitionContext of one planned partition; its checkpoints are the job's."""
+
+    rewindable = False
+
+    def __init__(self, store: JobStore, plan: PartitionPlan, position: int) -> None:
+        self._store = store
+        self.plan = plan
+        self.position = position
+
+    @property
+    def partition_id(self) -> str:
+        return self.plan.partition
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        await self._store.checkpoint(self.plan.partition, event.sequence)
+        self.position = max(self.position, event.sequence)
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return self.plan.last
+
+    async def checkpointed_sequence(self) -> int | None:
+        return self.position if self.position > self.plan.after else None
+
+    async def resume_after(self, sequence: int) -> bool:
+        return False
+
+
+class RateLimit:
+    """At most ``per_second`` events per second over the whole replay (None: no limit)."""
+
+    def __init__(self, per_second: float | None) -> None:
+        self.per_second = per_second
+        self._next = time.monotonic()
+
+    async def take(self, events: int, stop: asyncio.Event) -> None:
+        if self.per_second is None:
+            return
+        now = time.monotonic()
+        start = max(self._next, now)
+        self._next = start + events / self.per_second
+        if start > now:
+            await sleep_or_stop(start - now, stop)
+
+
+class Replay:
+    """Runs every unfinished partition of a job through the pipeline, one task each."""
+
+    def __init__(
+        self,
+        *,
+        reader: ReplayReader,
+        pipeline: Pipeline,
+        store: JobStore,
+        window: Window,
+        max_future_skew: timedelta,
+        batch_size: int,
+        rate: RateLimit,
+        on_events: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        self.reader = reader
+        self.pipeline = pipeline
+        self.store = store
+        self.window = window
+        self.max_future_skew = max_future_skew
+        self.batch_size = batch_size
+        self.rate = rate
+        self.on_events = on_events
+
+    async def run(self, plans: Sequence[tuple[PartitionPlan, int]], stop: asyncio.Event) -> bool:
+        """Replay ``(plan, position)`` pairs; True when every partition reached its end."""
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._partition(plan, position, stop)) for plan, position in plans
+            ]
+        return all(task.result() for task in tasks)
+
+    async def _partition(self, plan: PartitionPlan, position: int, stop: asyncio.Event) -> bool:
+        context = JobContext(self.store, plan, position)
+        pipeline = self.pipeline
+        await pipeline.on_partition_initialize(context)
+        finished = False
+        batch_size = self.batch_size
+        if self.rate.per_second is not None:
+            batch_size = max(1, min(batch_size, int(self.rate.per_second)))
+        try:
+            async for events in self.reader.read(plan, position, batch_size):
+                if stop.is_set():
+                    break
+                await self.rate.take(len(events), stop)
+                window = [
+                    event
+                    for event in events
+                    if self.window.holds_enqueued(event.enqueued_time, self.max_future_skew)
+                ]
+                if window:
+                    delivered = await deliver(
+                        functools.partial(pipeline.on_batch, context, window),
+                        partition_id=plan.partition,
+                        first_sequence=window[0].sequence,
+                        closing=lambda: False,
+                        stop=stop,
+                    )
+                    if not delivered:
+                        break
+                self.on_events(len(events))
+            else:
+                finished = not stop.is_set()
+        finally:
+            await pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
+        if finished:
+            await self.store.checkpoint(plan.partition, plan.last, finished=True)
+        return finished

@@ -1,0 +1,37 @@
+"""Shadow detection: fresh detectors over a replay's documents, app by app in event-time order.
+
+Detector state is per app, so an app's breaches depend on its own documents only: each app
+gets a fresh hot path and its documents in event-time order (ties in source order). An app's
+breaches and "done" are written together; a resumed job detects the apps not done yet, and
+deterministic detectors make its breaches the ones an uninterrupted run finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from schemas import Breach, TelemetryDocument
+from stream.ports import HotPathFactory
+from stream.replay.job import JobFile
+
+
+async def detect(
+    job: JobFile,
+    hot_path: HotPathFactory,
+    stop: asyncio.Event,
+    on_app: Callable[[str, list[Breach]], None] = lambda app, breaches: None,
+) -> bool:
+    """Run detection for every app not done yet; False when stopped before the end."""
+    for app in job.apps_to_detect():
+        if stop.is_set():
+            return False
+        hot = hot_path(None)
+        breaches: list[Breach] = []
+        async for page in job.documents(app):
+            for raw in page:
+                breaches.extend(hot.observe(TelemetryDocument.model_validate_json(raw)))
+            await asyncio.sleep(0)  # let Ctrl-C's handler and the progress display run
+        await job.detected(app, breaches)
+        on_app(app, breaches)
+    return True
