@@ -103,7 +103,9 @@ class Adwin(StandardizedDrift):
         # _standardise written out (a call per value is a tenth of this update's cost).
         level = self._level
         self._level = level + self.LEVEL_WEIGHT * (x - level)
-        z = (x - self._mean) / self._sd
+        # Prewhitened (detector.StandardizedDrift): with ρ = 0 this is (x - mean) / sd.
+        z = (x - self._rho * self._prev - self._offset) / self._scale
+        self._prev = x
         clip = self.clip
         if z > clip:
             z = clip
@@ -127,9 +129,10 @@ class Adwin(StandardizedDrift):
             dropped_mean = (self._held_total - kept_total) / dropped if dropped else 0.0
             self._held_total = kept_total
             self._dropped = width - int(kept)
-            self._effect = kept_mean - dropped_mean
+            # In baseline deviations of the signal (the gain undoes the prewhitening's).
+            self._effect = (kept_mean - dropped_mean) * self._gain
             if abs(self._effect) >= self.min_effect:
-                self._shift = kept_mean
+                self._shift = kept_mean * self._gain
                 self.alarm = True
                 self._ready = False
         return self
@@ -170,7 +173,7 @@ class Adwin(StandardizedDrift):
         n0, mean0, var0 = reference
         mean1 = engine.get_total() / n1
         diff = mean1 - mean0
-        if abs(diff) < self.min_effect:
+        if abs(diff) * self._gain < self.min_effect:
             return
         n = n0 + n1
         variance = (n0 * var0 + n1 * engine.variance_in_window) / n + n0 * n1 * (diff / n) ** 2
@@ -178,8 +181,8 @@ class Adwin(StandardizedDrift):
         dd = math.log(2.0 * math.log(n) / self.delta)
         bound = math.sqrt(2.0 * m * variance * dd) + 2.0 / 3.0 * dd * m
         if abs(diff) > bound:
-            self._effect = diff
-            self._shift = mean1
+            self._effect = diff * self._gain
+            self._shift = mean1 * self._gain
             self.alarm = True
             self._ready = False
 

@@ -10,6 +10,7 @@ burn-rate detector while its condition holds.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Protocol, Self
 
 from schemas.breach import BreachKind, Severity
@@ -89,7 +90,18 @@ class StandardizedDrift:
 
     The first ``warmup`` values give the baseline mean and standard deviation (Welford); after
     that each value becomes ``z = (x - mean) / sd`` clipped to ±``clip`` and goes to the
-    subclass's test. After a detection the detector starts over: the new level becomes the
+    subclass's test.
+
+    Autocorrelation: the tests assume independent values, and a signal that drifts slowly
+    with load (AR(1) with ρ = 0.9: a mean over 100 values varies like one over 5) looks to
+    them like a run of changes. So the warm-up also measures the lag-1 autocorrelation; from
+    ``MIN_RHO`` on the tests see the prewhitened value instead, the AR(1) innovation
+    ``(x - ρ·previous - (1-ρ)·mean) / (sd·sqrt(1-ρ²))``, independent N(0, 1) on such a
+    baseline. A lasting shift of Δ deviations moves the innovations by Δ/``gain`` (``gain`` =
+    sqrt((1+ρ)/(1-ρ)), 4.4 at ρ = 0.9: the information the dependence leaves); effects
+    are reported multiplied back by ``gain``, in baseline deviations. Below ``MIN_RHO`` (an
+    independent 200-value warm-up exceeds 0.2 about once in 400) ρ is 0 and ``x - 0·previous``
+    is ``x`` exactly, so independent signals are tested as before. After a detection the detector starts over: the new level becomes the
     next baseline, so one change is reported once. Subclasses write ``update`` out in full
     (standardise, test) because one more Python call per value is a measurable share of the
     hot path's budget; ``_learn`` handles the warm-up.
@@ -100,6 +112,10 @@ class StandardizedDrift:
     # Weight of the moving average of raw values reported as the observed level of an alarm
     # (about the last ten values; the tests themselves see clipped, standardised values).
     LEVEL_WEIGHT: ClassVar[float] = 0.1
+    # Prewhitening from this lag-1 autocorrelation on (see the class docstring), capped at
+    # MAX_RHO (a warm-up inside a trend measures ρ near 1, and the gain would explode).
+    MIN_RHO: ClassVar[float] = 0.2
+    MAX_RHO: ClassVar[float] = 0.95
 
     def __init__(self, warmup: int, clip: float) -> None:
         self.warmup = warmup
@@ -116,6 +132,15 @@ class StandardizedDrift:
         self._sd = 1.0
         self._start_t = t
         self._level = 0.0
+        # Lag-1 autocorrelation: during the warm-up the first value, the sum of products of
+        # consecutive deviations from it; after it ρ and what the test standardises with.
+        self._first = 0.0
+        self._cross = 0.0
+        self._prev = 0.0
+        self._rho = 0.0
+        self._offset = 0.0
+        self._scale = 1.0
+        self._gain = 1.0
         self._reset_test()
 
     def _learn(self, x: float, t: float) -> None:
@@ -127,8 +152,11 @@ class StandardizedDrift:
         if seen == 0:
             self._start_t = t
             self._level = x
+            self._first = x
         else:
             self._level += self.LEVEL_WEIGHT * (x - self._level)
+            self._cross += (x - self._first) * (self._prev - self._first)
+        self._prev = x
         seen += 1
         self._seen = seen
         delta = x - self._mean
@@ -138,14 +166,39 @@ class StandardizedDrift:
             sd = (self._m2 / (seen - 1)) ** 0.5 if seen > 1 else 0.0
             # A constant baseline still needs a scale: any change from it is large.
             self._sd = max(sd, 1e-9 * max(1.0, abs(self._mean)))
+            self._rho = self._autocorrelation()
+            self._whiten()
             self._ready = True
             self._on_ready()
+
+    def _autocorrelation(self) -> float:
+        """Lag-1 autocorrelation of the warm-up, 0 below ``MIN_RHO``, capped at ``MAX_RHO``."""
+        n = self._seen
+        if n < 3 or not self._m2:
+            return 0.0
+        # Deviations from the first value d = x - first (d of the first value is 0), last
+        # value d_n: sum over consecutive pairs of (d_t - m)(d_t-1 - m), m their mean.
+        m = self._mean - self._first
+        last = self._prev - self._first
+        pairs = self._cross - m * (2.0 * n * m - last) + (n - 1) * m * m
+        rho = (pairs / (n - 1)) / (self._m2 / n)
+        if rho < self.MIN_RHO:
+            return 0.0
+        return min(rho, self.MAX_RHO)
+
+    def _whiten(self) -> None:
+        """What ``z`` is computed with, from mean, sd and ρ."""
+        rho = self._rho
+        self._offset = (1.0 - rho) * self._mean
+        self._scale = self._sd * math.sqrt(1.0 - rho * rho)
+        self._gain = math.sqrt((1.0 + rho) / (1.0 - rho))
 
     def _standardise(self, x: float) -> float:
         """Past warm-up: track the raw level and return ``x`` in baseline deviations,
         clipped to ±clip (so one outlier cannot carry a mean-shift test)."""
         self._level += self.LEVEL_WEIGHT * (x - self._level)
-        z = (x - self._mean) / self._sd
+        z = (x - self._rho * self._prev - self._offset) / self._scale
+        self._prev = x
         clip = self.clip
         if z > clip:
             return clip
@@ -203,6 +256,11 @@ class StandardizedDrift:
     def warmed_up(self) -> bool:
         return self._ready
 
+    @property
+    def autocorrelation(self) -> float:
+        """The lag-1 autocorrelation the tests prewhiten with (0: none), from the warm-up."""
+        return self._rho
+
     def state(self) -> list[Any]:
         # Lists rather than objects: this is most of a snapshot, and keys would double it.
         # While warming up the second number is the running sum of squares, after it the
@@ -211,14 +269,22 @@ class StandardizedDrift:
         # cost up to 18 digits each in JSON.
         # After an alarm (not ready until the next update starts over) the deviation is
         # still the one the alarm was measured with.
-        spread = self._sd if self._seen >= self.warmup else self._m2
-        numbers = pack_floats([self._mean, spread, self._start_t, self._level])
+        learnt = self._seen >= self.warmup
+        spread = self._sd if learnt else self._m2
+        floats = [self._mean, spread, self._start_t, self._level]
+        # The autocorrelation's sums while warming up; ρ and the previous value after it,
+        # when prewhitening (independent signals keep the four numbers).
+        if not learnt:
+            floats += [self._first, self._cross, self._prev]
+        elif self._rho:
+            floats += [self._rho, self._prev]
+        numbers = pack_floats(floats)
         # The flag as 0/1: "false" is five bytes, on every detector of every signal.
         return [int(self.alarm), self._seen, numbers, self._test_state()]
 
     def load_state(self, state: list[Any]) -> None:
         alarm, seen, numbers, test = state
-        mean, spread, start_t, level = unpack_floats(numbers)
+        mean, spread, start_t, level, *correlation = unpack_floats(numbers)
         self.alarm = bool(alarm)
         self._seen = int(seen)
         learnt = self._seen >= self.warmup
@@ -230,6 +296,12 @@ class StandardizedDrift:
         self._sd = float(spread) if learnt else 1.0
         self._start_t = float(start_t)
         self._level = float(level)
+        self._first = self._cross = self._prev = self._rho = 0.0
+        if not learnt:
+            self._first, self._cross, self._prev = correlation
+        elif correlation:
+            self._rho, self._prev = correlation
+        self._whiten()
         self._load_test_state(test)
         if self._ready:
             self._on_ready()

@@ -79,13 +79,16 @@ class WindowedKS(StandardizedDrift):
     def _on_ready(self) -> None:
         # The cut points in the signal's own units: binning a value is then one bisect, with
         # no standardising (and no clipping: the outer bins are open-ended anyway).
-        self._raw_edges = tuple(self._mean + self._sd * edge for edge in self._edges)
+        # Prewhitened (detector.StandardizedDrift): the bins are cut for x - ρ·previous.
+        self._raw_edges = tuple(self._offset + self._scale * edge for edge in self._edges)
 
     def update(self, x: float, t: float) -> Self:
         if not self._ready:
             self._learn(x, t)
             return self
-        self._counts[bisect_right(self._raw_edges, x)] += 1
+        # With ρ = 0, x - 0·previous is x exactly.
+        self._counts[bisect_right(self._raw_edges, x - self._rho * self._prev)] += 1
+        self._prev = x
         self._total += x
         filled = self._filled + 1
         self._filled = filled

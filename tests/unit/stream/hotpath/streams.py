@@ -76,6 +76,21 @@ def seasonal(seed: int, count: int, amplitude: float, period: int = 20_000) -> l
     ]
 
 
+def autoregressive(
+    seed: int, count: int, rho: float, shift_at: int | None = None, shift: float = 0.0
+) -> list[float]:
+    """AR(1) with unit marginal deviation (x = ρ·previous + innovation), plus ``shift`` from
+    ``shift_at`` on: latency that drifts slowly with load."""
+    rng = random.Random(seed)
+    spread = math.sqrt(1.0 - rho * rho)
+    x = rng.gauss(0.0, 1.0)
+    out = []
+    for i in range(count):
+        out.append(x + (shift if shift_at is not None and i >= shift_at else 0.0))
+        x = rho * x + rng.gauss(0.0, spread)
+    return out
+
+
 def trace_id(i: int, app_id: str = "") -> str:
     """A W3C-shaped trace id (32 hex digits), deterministic."""
     return hashlib.blake2b(f"{app_id}/{i}".encode(), digest_size=16).hexdigest()
