@@ -101,10 +101,12 @@ class StandardizedDrift:
     sqrt((1+ρ)/(1-ρ)), 4.4 at ρ = 0.9: the information the dependence leaves); effects
     are reported multiplied back by ``gain``, in baseline deviations. Below ``MIN_RHO`` (an
     independent 200-value warm-up exceeds 0.2 about once in 400) ρ is 0 and ``x - 0·previous``
-    is ``x`` exactly, so independent signals are tested as before. After a detection the detector starts over: the new level becomes the
-    next baseline, so one change is reported once. Subclasses write ``update`` out in full
-    (standardise, test) because one more Python call per value is a measurable share of the
-    hot path's budget; ``_learn`` handles the warm-up.
+    is ``x`` exactly, so independent signals are tested as before.
+
+    After a detection the detector starts over: the new level becomes the next baseline, so
+    one change is reported once. Subclasses write ``update`` out in full (standardise, test)
+    because one more Python call per value is a measurable share of the hot path's budget;
+    ``_learn`` handles the warm-up.
     """
 
     name: ClassVar[str] = ""
