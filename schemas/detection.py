@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-DriftDetectorName = Literal["adwin", "page_hinkley", "ks"]
+DriftDetectorName = Literal["adwin", "page_hinkley", "ks", "scale"]
 
 
 class BurnRateRule(BaseModel):
@@ -80,7 +80,7 @@ class DetectorConfig(BaseModel):
     enabled: bool = True
     # Page-Hinkley is shipped and tuned but not on by default: ADWIN finds the same mean
     # shifts with fewer false alarms, and each detector costs ~1 µs per signal per event.
-    detectors: tuple[DriftDetectorName, ...] = ("adwin", "ks")
+    detectors: tuple[DriftDetectorName, ...] = ("adwin", "ks", "scale")
     adwin_delta: float = Field(default=1e-4, gt=0, lt=1)
     adwin_clock: PositiveInt = 32
     # ADWIN's state grows with log(width); past this width it starts a fresh window so that
@@ -101,6 +101,14 @@ class DetectorConfig(BaseModel):
     # CUSUM-style: reference value 0.25σ (half the smallest shift worth finding), threshold
     # 25σ. No fading (alpha 1): river's default 0.9999 turns the cumulative sums into a
     # stationary process whose swings cross any useful threshold on stable data.
+    # The spread detector (Page-Hinkley on |z|, stream/hotpath/scale.py: calibration there):
+    # reference 0.15 (half the change of the mean |deviation| at variance ×2), threshold 40.
+    scale_threshold: PositiveFloat = 40.0
+    scale_delta: float = Field(default=0.15, ge=0)
+    # The spread detector watches latency and scores (where a wider spread or a slow ramp is
+    # a regression); with this also output length and token totals. Off by default: about
+    # 0.8 µs per signal per event, and their spread moves with the mix of prompts.
+    scale_on_sizes: bool = False
     page_hinkley_threshold: PositiveFloat = 25.0
     page_hinkley_delta: float = Field(default=0.25, ge=0)
     page_hinkley_min_instances: PositiveInt = 30

@@ -91,7 +91,6 @@ class Adwin(StandardizedDrift):
         # The previous window as [count, mean, variance] while the new one is tested against
         # it (its first ``_reference_span`` values), else None.
         self._reference: list[float] | None = None
-        self._reference_until = 0
         # The next width at which something besides the engine's update is due (the restart,
         # or a reference test): one comparison per value.
         self._due = self.max_width + 1
@@ -103,9 +102,13 @@ class Adwin(StandardizedDrift):
         # _standardise written out (a call per value is a tenth of this update's cost).
         level = self._level
         self._level = level + self.LEVEL_WEIGHT * (x - level)
-        # Prewhitened (detector.StandardizedDrift): with ρ = 0 this is (x - mean) / sd.
-        z = (x - self._rho * self._prev - self._offset) / self._scale
-        self._prev = x
+        # Prewhitened when autocorrelated (detector.StandardizedDrift); else (x - mean) / sd.
+        rho = self._rho
+        if rho:
+            z = (x - rho * self._prev - self._offset) / self._scale
+            self._prev = x
+        else:
+            z = (x - self._offset) / self._scale
         clip = self.clip
         if z > clip:
             z = clip
@@ -130,9 +133,9 @@ class Adwin(StandardizedDrift):
             self._held_total = kept_total
             self._dropped = width - int(kept)
             # In baseline deviations of the signal (the gain undoes the prewhitening's).
-            self._effect = (kept_mean - dropped_mean) * self._gain
+            self._effect = (kept_mean - dropped_mean) * self._gain()
             if abs(self._effect) >= self.min_effect:
-                self._shift = kept_mean * self._gain
+                self._shift = kept_mean * self._gain()
                 self.alarm = True
                 self._ready = False
         return self
@@ -151,13 +154,16 @@ class Adwin(StandardizedDrift):
     def _schedule(self, width: int) -> None:
         clock = self.clock
         check = (width // clock + 1) * clock
-        self._due = check if check <= self._reference_until else self.max_width + 1
+        self._due = check if check <= self._reference_span() else self.max_width + 1
+
+    def _reference_span(self) -> int:
+        """Values of a new window tested against the reference (0 without one)."""
+        return 0 if self._reference is None else self.max_width // 4
 
     def _restart(self) -> None:
         old = self._engine
         kept = old.get_width()
         self._reference = [kept, old.get_total() / kept, old.variance_in_window] if kept else None
-        self._reference_until = self.max_width // 4 if kept else 0
         self._engine = self._fresh_engine()
         self._held_total = 0.0
         self._dropped = 0
@@ -173,7 +179,7 @@ class Adwin(StandardizedDrift):
         n0, mean0, var0 = reference
         mean1 = engine.get_total() / n1
         diff = mean1 - mean0
-        if abs(diff) * self._gain < self.min_effect:
+        if abs(diff) * self._gain() < self.min_effect:
             return
         n = n0 + n1
         variance = (n0 * var0 + n1 * engine.variance_in_window) / n + n0 * n1 * (diff / n) ** 2
@@ -181,8 +187,8 @@ class Adwin(StandardizedDrift):
         dd = math.log(2.0 * math.log(n) / self.delta)
         bound = math.sqrt(2.0 * m * variance * dd) + 2.0 / 3.0 * dd * m
         if abs(diff) > bound:
-            self._effect = diff * self._gain
-            self._shift = mean1 * self._gain
+            self._effect = diff * self._gain()
+            self._shift = mean1 * self._gain()
             self.alarm = True
             self._ready = False
 
@@ -218,7 +224,7 @@ class Adwin(StandardizedDrift):
         deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
         raw = deflate.compress(self._engine.__getstate__()) + deflate.flush()
         state = [self._width, self._shift, self._effect, b85(raw)]
-        if self._reference is not None and self._width < self._reference_until:
+        if self._reference is not None and self._width < self._reference_span():
             state.append(pack_floats(self._reference))
         return state
 
@@ -233,5 +239,4 @@ class Adwin(StandardizedDrift):
         self._held_total = engine.get_total()
         self._dropped = self._width - int(engine.get_width())
         self._reference = unpack_floats(reference[0]) if reference else None
-        self._reference_until = self.max_width // 4 if reference else 0
         self._schedule(self._width)

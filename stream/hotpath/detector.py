@@ -101,7 +101,8 @@ class StandardizedDrift:
     sqrt((1+ρ)/(1-ρ)), 4.4 at ρ = 0.9: the information the dependence leaves); effects
     are reported multiplied back by ``gain``, in baseline deviations. Below ``MIN_RHO`` (an
     independent 200-value warm-up exceeds 0.2 about once in 400) ρ is 0 and ``x - 0·previous``
-    is ``x`` exactly, so independent signals are tested as before.
+    is ``x`` exactly, so independent signals are tested as before (the subclasses skip the
+    product then: it costs a tenth of an update).
 
     After a detection the detector starts over: the new level becomes the next baseline, so
     one change is reported once. Subclasses write ``update`` out in full (standardise, test)
@@ -142,7 +143,6 @@ class StandardizedDrift:
         self._rho = 0.0
         self._offset = 0.0
         self._scale = 1.0
-        self._gain = 1.0
         self._reset_test()
 
     def _learn(self, x: float, t: float) -> None:
@@ -193,20 +193,29 @@ class StandardizedDrift:
         rho = self._rho
         self._offset = (1.0 - rho) * self._mean
         self._scale = self._sd * math.sqrt(1.0 - rho * rho)
-        self._gain = math.sqrt((1.0 + rho) / (1.0 - rho))
 
     def _standardise(self, x: float) -> float:
         """Past warm-up: track the raw level and return ``x`` in baseline deviations,
         clipped to ±clip (so one outlier cannot carry a mean-shift test)."""
         self._level += self.LEVEL_WEIGHT * (x - self._level)
-        z = (x - self._rho * self._prev - self._offset) / self._scale
-        self._prev = x
+        rho = self._rho
+        if rho:
+            z = (x - rho * self._prev - self._offset) / self._scale
+            self._prev = x
+        else:
+            z = (x - self._offset) / self._scale
         clip = self.clip
         if z > clip:
             return clip
         if z < -clip:
             return -clip
         return z
+
+    def _gain(self) -> float:
+        """How much larger a lasting shift is in baseline deviations than in the tested
+        (prewhitened) values: sqrt((1+ρ)/(1-ρ)), 1 for independent values."""
+        rho = self._rho
+        return math.sqrt((1.0 + rho) / (1.0 - rho))
 
     # -- hooks of the subclasses -------------------------------------------------------------
     def _reset_test(self) -> None:

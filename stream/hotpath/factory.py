@@ -9,6 +9,7 @@ from stream.hotpath.burn_rate import BurnRate
 from stream.hotpath.detector import Detector
 from stream.hotpath.ks import WindowedKS
 from stream.hotpath.page_hinkley import PageHinkley
+from stream.hotpath.scale import Scale
 
 LATENCY = "latency_ms"
 ERROR = "error"
@@ -17,10 +18,11 @@ TOKENS_TOTAL = "tokens_total"
 SCORE_PREFIX = "score:"
 
 
-def drift_detectors(config: AppConfig) -> list[Detector]:
+def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
     settings = config.detectors
     if not settings.enabled:
         return []
+    sizes = signal in (OUTPUT_CHARS, TOKENS_TOTAL)
     warmup, clip = settings.warmup_events, settings.winsorize_sigma
     built: list[Detector] = []
     for name in settings.detectors:
@@ -34,6 +36,19 @@ def drift_detectors(config: AppConfig) -> list[Detector]:
                     clip=clip,
                     min_effect=settings.adwin_min_effect,
                     max_buckets=settings.adwin_max_buckets,
+                )
+            )
+        elif name == "scale":
+            if sizes and not settings.scale_on_sizes:
+                continue
+            built.append(
+                Scale(
+                    threshold=settings.scale_threshold,
+                    delta=settings.scale_delta,
+                    min_instances=settings.page_hinkley_min_instances,
+                    alpha=1.0,
+                    warmup=warmup,
+                    clip=clip,
                 )
             )
         elif name == "page_hinkley":
@@ -93,7 +108,7 @@ def detectors_for(config: AppConfig, signal: str) -> list[Detector]:
     """Latency: drift and its SLO; errors: their SLO (a 0/1 flag is judged against its budget,
     not for drift); output length, tokens and scores: drift."""
     if signal == LATENCY:
-        return drift_detectors(config) + burn_rate_detectors(config, signal)
+        return drift_detectors(config, signal) + burn_rate_detectors(config, signal)
     if signal == ERROR:
         return burn_rate_detectors(config, signal)
-    return drift_detectors(config)
+    return drift_detectors(config, signal)

@@ -86,9 +86,12 @@ class WindowedKS(StandardizedDrift):
         if not self._ready:
             self._learn(x, t)
             return self
-        # With ρ = 0, x - 0·previous is x exactly.
-        self._counts[bisect_right(self._raw_edges, x - self._rho * self._prev)] += 1
-        self._prev = x
+        rho = self._rho
+        if rho:
+            self._counts[bisect_right(self._raw_edges, x - rho * self._prev)] += 1
+            self._prev = x
+        else:
+            self._counts[bisect_right(self._raw_edges, x)] += 1
         self._total += x
         filled = self._filled + 1
         self._filled = filled

@@ -8,8 +8,9 @@ from pydantic import ValidationError
 from schemas.appconfig import AppConfig
 from schemas.detection import DetectorConfig
 from stream.hotpath.adwin import Adwin
-from stream.hotpath.factory import drift_detectors
+from stream.hotpath.factory import OUTPUT_CHARS, TOKENS_TOTAL, drift_detectors
 from stream.hotpath.ks import WindowedKS
+from stream.hotpath.scale import Scale
 
 
 def test_defaults_of_the_seasonal_safeguards() -> None:
@@ -34,7 +35,18 @@ def test_out_of_range_values_are_refused(override: dict[str, float]) -> None:
 
 
 def test_the_factory_passes_them_on() -> None:
-    detectors = DetectorConfig(adwin_min_effect=0.5, adwin_max_buckets=5, ks_reference_lag=3)
-    adwin, ks = drift_detectors(AppConfig(detectors=detectors))
-    assert isinstance(adwin, Adwin) and isinstance(ks, WindowedKS)
+    detectors = DetectorConfig(
+        adwin_min_effect=0.5,
+        adwin_max_buckets=5,
+        ks_reference_lag=3,
+        scale_threshold=30.0,
+        scale_delta=0.2,
+    )
+    adwin, ks, scale = drift_detectors(AppConfig(detectors=detectors))
+    assert isinstance(adwin, Adwin) and isinstance(ks, WindowedKS) and isinstance(scale, Scale)
     assert (adwin.min_effect, adwin.max_buckets, ks.lag) == (0.5, 5, 3)
+    assert (scale.threshold, scale.delta, scale.alpha) == (30.0, 0.2, 1.0)
+    # Output length and token totals get the spread detector only on request.
+    assert [d.name for d in drift_detectors(AppConfig(), OUTPUT_CHARS)] == ["adwin", "ks"]
+    sizes_too = AppConfig(detectors=DetectorConfig(scale_on_sizes=True))
+    assert [d.name for d in drift_detectors(sizes_too, TOKENS_TOTAL)] == ["adwin", "ks", "scale"]

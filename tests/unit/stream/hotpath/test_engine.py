@@ -137,18 +137,19 @@ def test_warning_ticket_on_a_long_history() -> None:
 
 
 def test_latency_regression_incidents_carry_every_detector_that_agreed() -> None:
-    # Latency ×10 for 1500 s with the default 5 % budget: ADWIN opens an incident at the
-    # jump and the KS test joins it; both go quiet (1000 values without a new detection)
-    # before the SLO burns 6× over 6 h, so the SLO opens a second incident, which ADWIN and
-    # KS join when latency comes back. Before incidents this was six breaches (ADWIN twice,
-    # KS twice each, the SLO once: ten messages, now four).
+    # Latency ×10 for 1500 s with the default 5 % budget: the spread detector (the size of
+    # the deviations jumps) opens an incident at the jump, ADWIN and the KS test join it;
+    # all go quiet (1000 values without a new detection) before the SLO burns 6× over 6 h,
+    # so the SLO opens a second incident, which the drift detectors join when latency comes
+    # back. Before incidents this was five breaches (ADWIN and KS twice each, the SLO once:
+    # ten messages, now four).
     docs = incident_stream()
     latency = [
         (n, b) for n, b in uninterrupted()[0] if (b.app_id, b.signal) == ("app-a", "latency_ms")
     ]
     assert [(b.state, b.detector) for _, b in latency] == [
-        (BreachState.OPENED, "adwin"),
-        (BreachState.RESOLVED, "adwin"),
+        (BreachState.OPENED, "scale"),
+        (BreachState.RESOLVED, "scale"),
         (BreachState.OPENED, "burn_critical"),
         (BreachState.RESOLVED, "burn_critical"),
     ]
@@ -156,27 +157,31 @@ def test_latency_regression_incidents_carry_every_detector_that_agreed() -> None
     index = int(docs[n].id.rsplit("-", 1)[1])
     assert LATENCY_INCIDENT.start <= index < LATENCY_INCIDENT.start + 100
     assert breach.kind is BreachKind.DRIFT
-    assert breach.breach_id == breach_id_for("app-a", "latency_ms", "adwin", docs[n].id)
+    assert breach.breach_id == breach_id_for("app-a", "latency_ms", "scale", docs[n].id)
     assert breach.observed > 5 * breach.baseline  # type: ignore[operator]
-    assert breach.detectors == ["adwin"]
+    assert breach.detectors == ["scale"]
     # Drift samples are the app's latest requests, the detecting one last.
     app_docs = [d for d in docs[: n + 1] if d.app_id == "app-a"]
     assert breach.sample_trace_ids == [d.trace_id for d in app_docs[-MAX_SAMPLE_TRACE_IDS:]]
     assert drift_resolved.breach_id == breach.breach_id
-    assert drift_resolved.detectors == ["adwin", "ks"]
-    assert drift_resolved.message.endswith("; resolved: adwin, ks quiet")
+    assert drift_resolved.detectors == ["scale", "adwin", "ks"]
+    assert drift_resolved.message.endswith("; resolved: scale, adwin, ks quiet")
     assert slo.kind is BreachKind.LATENCY and slo.severity is Severity.CRITICAL
-    assert slo_resolved.detectors == ["burn_critical", "adwin", "ks"]
+    assert slo_resolved.detectors == ["burn_critical", "scale", "adwin", "ks"]
     # Evidence times are event times, in the order the detectors fired.
     times = [e.at for e in slo_resolved.evidence]
     assert times == sorted(times) and times[0] == slo.opened_at
 
 
 def test_score_shift_is_found_on_its_own_signal() -> None:
-    found = [b for _, b in of("score:relevance", "adwin", "app-a") if b.state == "opened"]
-    assert len(found) == 1
+    found = [b for _, b in of("score:relevance", "scale", "app-a")]
+    assert [b.state for b in found] == [BreachState.OPENED, BreachState.RESOLVED]
     assert found[0].observed == pytest.approx(0.95, abs=0.03)
     assert found[0].baseline == pytest.approx(0.80, abs=0.01)
+    # ADWIN and the KS test saw the 3σ shift too: one incident, their evidence in it.
+    assert found[1].detectors == ["scale", "adwin", "ks"]
+    adwin = next(e for e in found[1].evidence if e.detector == "adwin")
+    assert adwin.observed == pytest.approx(0.95, abs=0.03)
 
 
 def test_stable_signals_stay_quiet() -> None:

@@ -58,35 +58,37 @@ def test_one_regression_is_one_incident_with_several_detectors_evidence() -> Non
     (opened_n, opened), (escalated_n, escalated), (resolved_n, resolved) = messages
     assert {(b.app_id, b.signal) for _, b in messages} == {("app-a", "latency_ms")}
     assert opened_n < escalated_n < resolved_n
-    # Opened by ADWIN at the jump, with the id a lone ADWIN breach has always had.
+    # Opened at the jump by the spread detector (the deviations' size jumps first), with
+    # the id a lone breach of that detector would have.
     assert REGRESSION.start <= opened_n < REGRESSION.start + 50
     assert (opened.detector, opened.kind, opened.severity) == (
-        "adwin",
+        "scale",
         BreachKind.DRIFT,
         Severity.WARNING,
     )
-    incident_id = breach_id_for("app-a", "latency_ms", "adwin", docs[opened_n].id)
+    incident_id = breach_id_for("app-a", "latency_ms", "scale", docs[opened_n].id)
     assert {b.breach_id for _, b in messages} == {incident_id}
-    assert opened.detectors == ["adwin"]
-    # The KS test agrees (silently: same severity), then the SLO escalates it to critical.
+    assert opened.detectors == ["scale"]
+    # ADWIN and the KS test agree (silently: same severity), then the SLO escalates it.
     assert REGRESSION.start < escalated_n < REGRESSION.stop
     assert escalated.severity is Severity.CRITICAL and escalated.kind is BreachKind.LATENCY
-    assert escalated.detectors == ["adwin", "ks", "burn_critical"]
-    assert escalated.detector == "adwin" and escalated.opened_at == opened.opened_at
+    assert escalated.detectors == ["scale", "adwin", "ks", "burn_critical"]
+    assert escalated.detector == "scale" and escalated.opened_at == opened.opened_at
     assert escalated.threshold == 6.0
     assert escalated.window_end == docs[escalated_n].timestamp
     # Samples of an SLO escalation are requests over the SLO, the escalating one last.
     assert escalated.sample_trace_ids[-1] == docs[escalated_n].trace_id
     evidence = {e.detector: e for e in escalated.evidence}
     assert evidence["ks"].kind is BreachKind.DRIFT
-    assert opened.opened_at < evidence["ks"].at < evidence["burn_critical"].at
+    assert opened.opened_at < evidence["adwin"].at < evidence["ks"].at
+    assert evidence["ks"].at < evidence["burn_critical"].at
     # Resolved once every detector is quiet: after latency recovered, ADWIN and KS found the
     # recovery (still the same incident) and the SLO stopped burning.
     assert resolved_n > REGRESSION.stop + 1000
     assert resolved.severity is Severity.CRITICAL
-    assert resolved.detectors == ["adwin", "ks", "burn_critical"]
+    assert resolved.detectors == ["scale", "adwin", "ks", "burn_critical"]
     assert resolved.resolved_at == docs[resolved_n].timestamp
-    assert resolved.message.endswith("; resolved: adwin, ks, burn_critical quiet")
+    assert resolved.message.endswith("; resolved: scale, adwin, ks, burn_critical quiet")
     # One message per state: the bus's duplicate detection keeps them all.
     assert [b.message_id for _, b in messages] == [
         f"{incident_id}:opened",
