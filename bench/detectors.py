@@ -159,8 +159,11 @@ def _gradual(after: np.ndarray) -> None:
     after += np.minimum(np.arange(len(after)) / 1000.0, 1.0) * 2.0
 
 
-def _variance(after: np.ndarray) -> None:
-    after *= 2.0
+def _scale(factor: float) -> Callable[[np.ndarray], None]:
+    def alter(after: np.ndarray) -> None:
+        after *= factor
+
+    return alter
 
 
 def _stable(length: int) -> Callable[[np.random.Generator], Made]:
@@ -211,7 +214,9 @@ def scenarios(stable_length: int) -> list[Scenario]:
         Scenario("shift 1σ", "drift", True, _shift(1.0)),
         Scenario("shift 2σ", "drift", True, _shift(2.0)),
         Scenario("gradual 0→2σ over 1000", "drift", True, _change(_gradual)),
-        Scenario("variance ×2", "drift", True, _change(_variance)),
+        # Values ×2 is variance ×4 (this scenario was once called "variance ×2").
+        Scenario("scale ×2 (variance ×4)", "drift", True, _change(_scale(2.0))),
+        Scenario("variance ×2 (sd ×√2)", "drift", True, _change(_scale(math.sqrt(2.0)))),
         Scenario("stable normal", "drift", False, _stable(stable_length)),
         Scenario(
             "stable seasonal 0.1σ",
@@ -277,7 +282,7 @@ def scenarios(stable_length: int) -> list[Scenario]:
 Factory = Callable[[], Detector]
 
 
-ALL_DRIFT = ("adwin", "page_hinkley", "ks")
+ALL_DRIFT = ("adwin", "page_hinkley", "ks", "scale")
 
 
 def shipped_drift(config: AppConfig) -> dict[str, Factory]:
