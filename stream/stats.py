@@ -82,8 +82,10 @@ class ProcessorStats:
             if self.on_breach is not None:
                 self.on_breach(breach)
             metrics.breaches.labels(breach.state.value, breach.severity.value).inc()
-            if breach.state is not BreachState.RESOLVED:  # opened or escalated
+            if breach.state is BreachState.OPENED:
                 self.breaches_opened += 1
+                self._open[breach.breach_id] = breach.severity.value
+            elif breach.state is BreachState.ESCALATED:  # same incident, higher severity
                 self._open[breach.breach_id] = breach.severity.value
             else:
                 self.breaches_resolved += 1
