@@ -48,20 +48,7 @@ class PageHinkley(StandardizedDrift):
         if not self._ready:
             self._learn(x, t)
             return self
-        # _standardise written out (a call per value is a tenth of this update's cost).
-        level = self._level
-        self._level = level + self.LEVEL_WEIGHT * (x - level)
-        rho = self._rho
-        if rho:
-            z = (x - rho * self._prev - self._offset) / self._scale
-            self._prev = x
-        else:
-            z = (x - self._offset) / self._scale
-        clip = self.clip
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
+        z = self._standardise(x)
         if self.MAGNITUDE and z < 0.0:
             z = -z
         # river.drift.PageHinkley.update from here on.

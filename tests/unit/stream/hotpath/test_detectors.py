@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 import pytest
@@ -55,6 +56,26 @@ def alarms(detector: Detector, values: list[float], start: int = 0) -> list[int]
     return found
 
 
+def restored_at(
+    factory: Callable[[], Detector],
+    values: list[float],
+    cuts: Iterable[int],
+    check: Callable[[int, list[Any]], None] | None = None,
+) -> tuple[list[int], bytes]:
+    """Alarms and final state when the stream is cut at ``cuts`` and a fresh detector loads
+    the JSON state each time (``check`` sees each cut's state)."""
+    detector, found, previous = factory(), [], 0
+    for cut in [*sorted(cuts), len(values)]:
+        found += alarms(detector, values[previous:cut], previous)
+        blob = orjson.dumps(detector.state())
+        if check is not None:
+            check(cut, orjson.loads(blob))
+        detector = factory()
+        detector.load_state(orjson.loads(blob))
+        previous = cut
+    return found, orjson.dumps(detector.state())
+
+
 # A stream on which every detector fires: stable, then a 3σ jump that also pushes most values
 # over the latency SLO's bad threshold (2.0 with budget 5 %).
 CHANGE = 3000
@@ -84,18 +105,10 @@ class TestContract:
         reference = FACTORIES[name]()
         expected = alarms(reference, INCIDENT)
         at_alarms = {i + 1 for i in expected if i + 1 < len(INCIDENT)}
-        cuts = sorted({*random.Random(5).sample(range(1, len(INCIDENT)), 12), *at_alarms})
-        detector = FACTORIES[name]()
-        found: list[int] = []
-        previous = 0
-        for cut in [*cuts, len(INCIDENT)]:
-            found += alarms(detector, INCIDENT[previous:cut], previous)
-            blob = orjson.dumps(detector.state())
-            detector = FACTORIES[name]()
-            detector.load_state(orjson.loads(blob))
-            previous = cut
+        cuts = {*random.Random(5).sample(range(1, len(INCIDENT)), 12), *at_alarms}
+        found, final = restored_at(FACTORIES[name], INCIDENT, cuts)
         assert found == expected
-        assert orjson.dumps(detector.state()) == orjson.dumps(reference.state())
+        assert final == orjson.dumps(reference.state())
 
     def test_breach_fields_are_readable_after_an_alarm(self, name: str) -> None:
         detector = FACTORIES[name]()
@@ -310,17 +323,15 @@ class TestAdwinRestart:
         reference = self.shipped()
         expected = alarms(reference, values)
         assert expected and expected[0] >= self.RESTART + 40
-        detector, found, previous = self.shipped(), [], 0
-        for cut in [*range(self.RESTART - 3, self.RESTART + 400, 37), len(values)]:
-            found += alarms(detector, values[previous:cut], start=previous)
-            blob = orjson.dumps(detector.state())
+
+        def check(cut: int, state: list[Any]) -> None:
             if self.RESTART < cut < expected[0]:
-                assert len(orjson.loads(blob)[3]) == 5, "the reference is not in the state"
-            detector = self.shipped()
-            detector.load_state(orjson.loads(blob))
-            previous = cut
+                assert len(state[3]) == 5, "the reference is not in the state"
+
+        cuts = range(self.RESTART - 3, self.RESTART + 400, 37)
+        found, final = restored_at(self.shipped, values, cuts, check)
         assert found == expected
-        assert orjson.dumps(detector.state()) == orjson.dumps(reference.state())
+        assert final == orjson.dumps(reference.state())
 
 
 class TestAutocorrelation:
@@ -373,15 +384,9 @@ class TestAutocorrelation:
             expected = alarms(reference, values)
             assert expected
             cuts = [50, 199, 200, 201, *random.Random(3).sample(range(300, len(values)), 10)]
-            detector, found, previous = factory(), [], 0
-            for cut in [*sorted(cuts), len(values)]:
-                found += alarms(detector, values[previous:cut], previous)
-                blob = orjson.dumps(detector.state())
-                detector = factory()
-                detector.load_state(orjson.loads(blob))
-                previous = cut
+            found, final = restored_at(factory, values, cuts)
             assert found == expected
-            assert orjson.dumps(detector.state()) == orjson.dumps(reference.state())
+            assert final == orjson.dumps(reference.state())
 
 
 class TestScale:
