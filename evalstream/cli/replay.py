@@ -28,6 +28,7 @@ from rich.progress import (
 
 from evalstream import logs, wiring
 from evalstream.cli.options import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     ConfigOption,
     DataDirOption,
@@ -381,6 +382,13 @@ def _finish(
     if report_path is not None:
         report_path.write_bytes(text)
     events = result["events"]
+    if events[STORED] + events[QUARANTINED] == 0:
+        raise fail(
+            f"nothing replayed: none of the {read} events read from {spec.source.value} is in "
+            f"the window {spec.start.isoformat()} – {spec.end.isoformat()} (by {spec.by.value} "
+            f"time{', apps ' + ', '.join(spec.apps) if spec.apps else ''})",
+            EXIT_FAILED,
+        )
     if result["breaches"]:
         console.print(table(result))
     rate = f", {read / seconds:,.0f} events/s" if seconds > 0 and read else ""

@@ -23,7 +23,7 @@ from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
 from stream.replay.job import QUARANTINED, STORED, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
-from stream.sources.retry import deliver
+from stream.delivery import deliver
 
 
 class RangeDecoder(Decoder):

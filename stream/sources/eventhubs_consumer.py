@@ -29,7 +29,7 @@ from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
 from stream.sources.eventhubs_partition import EventHubsPartition
 from stream.sources.eventhubs_sdk import default_credential, map_error
-from stream.sources.retry import HANDLER_BACKOFF, any_failure, deliver
+from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential

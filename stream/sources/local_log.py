@@ -27,7 +27,7 @@ from common.sqlite import SqliteFile, transaction
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.privacy import LogItem, Pseudonymizer
-from stream.sources.retry import deliver
+from stream.delivery import deliver
 
 logger = logging.getLogger(__name__)
 
