@@ -19,11 +19,11 @@ from common.retry import sleep_or_stop
 from schemas import QuarantineRecord, TelemetryDocument
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoded, Decoder
+from stream.delivery import deliver
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
 from stream.replay.job import QUARANTINED, STORED, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
-from stream.delivery import deliver
 
 
 class RangeDecoder(Decoder):

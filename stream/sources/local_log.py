@@ -24,10 +24,10 @@ from typing import IO, TypeVar
 from common.log_context import log_context
 from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, transaction
+from stream.delivery import deliver
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.privacy import LogItem, Pseudonymizer
-from stream.delivery import deliver
 
 logger = logging.getLogger(__name__)
 
