@@ -132,7 +132,7 @@ def replay(
         Path | None,
         typer.Option(
             "--detectors",
-            help="TOML with an [apps] table (defaults/overrides) to shadow-detect with "
+            help="TOML with an \\[apps] table (defaults/overrides) to shadow-detect with "
             "\\[default: the live settings].",
             show_default=False,
             dir_okay=False,

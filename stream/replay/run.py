@@ -43,23 +43,27 @@ class RangeDecoder(Decoder):
         window = self.window
         apps = window.apps
         by_event = window.by is TimeBasis.EVENT
-        accepted = [
+        start, end = window.start, window.end
+        # Most bodies hold one event of the window: keep the decoder's result as it is.
+        kept = [
             item
             for item in decoded.accepted
             if (not apps or item.event.app_id in apps)
-            and (not by_event or window.start <= item.event.timestamp < window.end)
+            and (not by_event or start <= item.event.timestamp < end)
         ]
-        keep_rejected = not self.enqueued_times or (
-            now is not None and window.start <= now < window.end
-        )
-        rejected = [
-            item
-            for item in decoded.rejected
-            if (keep_rejected or not by_event) and (not apps or item.app_id in apps)
-        ]
-        self.skipped += len(decoded.accepted) - len(accepted)
+        rejected = decoded.rejected
+        if rejected:
+            keep_rejected = not (by_event and self.enqueued_times) or (
+                now is not None and start <= now < end
+            )
+            rejected = [
+                item for item in rejected if keep_rejected and (not apps or item.app_id in apps)
+            ]
+        if len(kept) == len(decoded.accepted) and rejected is decoded.rejected:
+            return decoded
+        self.skipped += len(decoded.accepted) - len(kept)
         self.skipped += len(decoded.rejected) - len(rejected)
-        return Decoded(accepted, rejected)
+        return Decoded(kept, rejected)
 
 
 class JobStore:
