@@ -173,7 +173,8 @@ def main() -> None:
         f"{args.repeats} interleaved repeats.",
         f"Reference `orjson.loads` of the same lines: {ref:.2f} µs/event CPU.",
         "",
-        "| configuration | events/s (wall) | × process | CPU µs/event | × orjson | runs (events/s) |",
+        "| configuration | events/s (wall) | × process | CPU µs/event | × orjson "
+        "| runs (events/s) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name in names:
