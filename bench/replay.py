@@ -71,8 +71,9 @@ def configurations(window: list[str]) -> dict[str, list[str]]:
     }
 
 
-def hot_path(name: str) -> str:
-    return "false" if "store only" in name else "true"
+def detects(name: str) -> bool:
+    """Whether the configuration runs detectors (the processor's hot path, or shadow)."""
+    return "detectors on" in name or "shadow" in name
 
 
 def prepare(root: Path, count: int) -> Path:
@@ -100,7 +101,7 @@ def one_run(name: str, args: list[str], template: Path, scratch: Path) -> tuple[
         a.replace("{data}", str(data)).replace("{ndjson}", str(template.with_suffix(".ndjson")))
         for a in args
     ]
-    env = {**os.environ, **ENV, "EVALSTREAM_PROCESSOR__HOT_PATH": hot_path(name)}
+    env = {**os.environ, **ENV, "EVALSTREAM_PROCESSOR__HOT_PATH": str(detects(name)).lower()}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(
@@ -180,7 +181,7 @@ def main() -> None:
     for name in names:
         rate = statistics.median(r for r, _ in runs[name])
         cpu = statistics.median(c for _, c in runs[name])
-        live = process_rate["detectors on" if hot_path(name) == "true" else "store only"]
+        live = process_rate["detectors on" if detects(name) else "store only"]
         each = ", ".join(f"{r:,.0f}" for r, _ in runs[name])
         lines.append(
             f"| {name} | {rate:,.0f} | {rate / live:.2f} | {cpu:.1f} | {cpu / ref:.1f} | {each} |"

@@ -191,6 +191,8 @@ class Replay:
         self.batch_size = batch_size
         self.rate = rate
         self.on_events = on_events
+        self._enqueued_from = window.enqueued_from(max_future_skew)
+        self._enqueued_before = window.enqueued_before()
 
     async def run(self, plans: Sequence[tuple[PartitionPlan, int]], stop: asyncio.Event) -> bool:
         """Replay ``(plan, position)`` pairs; True when every partition reached its end."""
@@ -213,11 +215,14 @@ class Replay:
                 if stop.is_set():
                     break
                 await self.rate.take(len(events), stop)
+                low, high = self._enqueued_from, self._enqueued_before
                 window = [
                     event
                     for event in events
-                    if self.window.holds_enqueued(event.enqueued_time, self.max_future_skew)
+                    if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
                 ]
+                if len(window) == len(events):
+                    window = events
                 if window:
                     delivered = await deliver(
                         functools.partial(pipeline.on_batch, context, window),
