@@ -394,8 +394,13 @@ def _finish(
     rate = f", {read / seconds:,.0f} events/s" if seconds > 0 and read else ""
     console.print(
         f"replay {spec.id} complete: {events[STORED]} stored, {events[QUARANTINED]} "
-        f"quarantined, {len(result['breaches'])} breach messages{rate}; report {default}"
+        f"quarantined, {_plural(len(result['breaches']), 'breach message')}{rate}; "
+        f"report {default}"
     )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 class _Display:
@@ -404,7 +409,7 @@ class _Display:
     def __init__(self) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[speed]}"),
             TimeRemainingColumn(),
@@ -435,8 +440,8 @@ class _Display:
     def _describe(self) -> str:
         counts = self._counts()
         return (
-            f"stored {counts.get(STORED, 0)}, quarantined {counts.get(QUARANTINED, 0)}, "
-            f"breaches {self.breaches}"
+            f"{counts.get(STORED, 0):,} stored, {counts.get(QUARANTINED, 0):,} quarantined, "
+            f"{_plural(self.breaches, 'breach message')}"
         )
 
     def events(self, count: int) -> None:
