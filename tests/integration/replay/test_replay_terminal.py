@@ -74,7 +74,7 @@ def test_the_progress_display_shows_rate_counts_and_the_summary(tmp_path: Path) 
     reading = next(line for line in running.splitlines() if line.startswith("reading"))
     # A bar, events read of the planned total, the rate, an ETA and the counts so far.
     assert "━" in reading and "/3000" in reading and "ev/s" in reading, reading
-    assert "stored" in reading and "quarantined" in reading and "breaches" in reading, reading
+    assert "stored" in reading and "quarantined" in reading and "breach message" in reading, reading
     assert "replay shown: 3000 events in" in running
     assert "detecting" in finished
     assert "replay shown complete:" in finished and "Traceback" not in finished
