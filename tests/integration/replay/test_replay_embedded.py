@@ -83,6 +83,9 @@ def test_reprocess_from_ndjson_lands_on_the_live_documents(live: Live, tmp_path:
     from_file = [record for key, record in records.items() if key not in live_records]
     assert len(from_file) == len(live_records)
     assert {record["source"] for record in from_file} == {"ndjson"}
+    # The same inputs as kept live, user ids hashed once with the same key whichever way
+    # they came in (the log keeps rejected inputs hashed already).
+    assert sorted(r["raw"] for r in from_file) == sorted(r["raw"] for r in live_records.values())
     codes = sorted(issue["code"] for r in from_file for issue in r["issues"])
     assert codes == sorted(issue["code"] for r in live_records.values() for issue in r["issues"])
 
