@@ -13,7 +13,8 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from common.retry import sleep_or_stop
 from schemas import QuarantineRecord, TelemetryDocument
@@ -34,7 +35,11 @@ class RangeDecoder(Decoder):
 
     def __init__(self, decoder: Decoder, window: Window, *, enqueued_times: bool) -> None:
         super().__init__(decoder.limits)
-        self.window = window
+        # Bounds in the UTC of the decoded timestamps: aware datetimes of one tzinfo compare
+        # without a conversion per comparison.
+        self.window = replace(
+            window, start=window.start.astimezone(UTC), end=window.end.astimezone(UTC)
+        )
         self.enqueued_times = enqueued_times
         self.skipped = 0
 
@@ -92,8 +97,9 @@ class JobStore:
             kept = [doc for doc in documents if id(doc) not in refused]
         if self.shadow and kept:
             await self.job.collect(kept)
-        for doc in kept:
-            self._tally(doc.ingest.partition)[STORED] += 1
+        if kept:
+            # One write holds (part of) one partition's batch.
+            self._tally(kept[0].ingest.partition)[STORED] += len(kept)
         self.totals[STORED] += len(kept)
         for record in quarantined:
             code = f"{QUARANTINED}:{record.issues[0].code if record.issues else 'none'}"
@@ -191,8 +197,9 @@ class Replay:
         self.batch_size = batch_size
         self.rate = rate
         self.on_events = on_events
-        self._enqueued_from = window.enqueued_from(max_future_skew)
-        self._enqueued_before = window.enqueued_before()
+        self._enqueued_from = window.enqueued_from(max_future_skew).astimezone(UTC)
+        before = window.enqueued_before()
+        self._enqueued_before = None if before is None else before.astimezone(UTC)
 
     async def run(self, plans: Sequence[tuple[PartitionPlan, int]], stop: asyncio.Event) -> bool:
         """Replay ``(plan, position)`` pairs; True when every partition reached its end."""
