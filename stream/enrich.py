@@ -98,6 +98,23 @@ def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
     return _USER_ID.sub(hashed, raw)
 
 
+def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str]) -> str:
+    """``text`` (an error message about ``raw``) with every user_id value of ``raw`` replaced
+    by the hash ``scrub_user_ids`` gives it: an exception may quote the value."""
+    if b"user_id" not in raw:
+        return text
+    for match in _USER_ID.finditer(raw):
+        token = match.group(2).decode("utf-8", "surrogateescape")
+        try:
+            value = orjson.loads(token)
+        except orjson.JSONDecodeError:
+            value = token
+        shown = value if isinstance(value, str) else token
+        if shown and shown in text:
+            text = text.replace(shown, user_hash(token))
+    return text
+
+
 def partition_key(app_id: str, when: datetime) -> str:
     """``<app_id>:<YYYY-MM-DD>`` of the (UTC) event time.
 

@@ -20,7 +20,7 @@ from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, ValidationIssue
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected
-from stream.enrich import Enricher
+from stream.enrich import Enricher, scrub_user_ids_in_text
 from stream.ports import CloseReason, HotPathFactory, HotPathState, PartitionContext, ReceivedEvent
 from stream.stats import ProcessorStats
 
@@ -261,10 +261,12 @@ class Pipeline:
     async def _quarantine_failed(
         self, event: ReceivedEvent, exc: Exception, now: datetime
     ) -> QuarantineRecord:
+        # The exception may quote the event, user id included: that is hashed as in the raw.
+        text = scrub_user_ids_in_text(str(exc), event.body, self.enricher.user_hash)
         issue = ValidationIssue(
             code="processing_error",
             location="$",
-            message=f"processing this event failed: {type(exc).__name__}: {exc}"[:2000],
+            message=f"processing this event failed: {type(exc).__name__}: {text}"[:2000],
         )
         record = self.enricher.quarantine(Rejected(0, event.body, (issue,)), event, now)
         try:

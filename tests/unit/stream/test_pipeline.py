@@ -607,3 +607,27 @@ async def test_one_event_from_a_clock_far_ahead_does_not_make_the_rest_late(
         batch += [received(i) for i in range(2, 6)]
         await pipeline.on_batch(context, batch)
         assert [doc.trace_id for doc in await _stored(store) if doc.ingest.late] == []
+
+
+class QuotingStore(SqliteStore):
+    """Refuses a document by quoting its event, as a store's error may."""
+
+    async def write(self, documents, quarantined):  # type: ignore[no-untyped-def]
+        for doc in documents:
+            if doc.trace_id == "quoted":
+                raise StoreError(f"cannot store {doc.trace_id} of user alice@example.com")
+        return await super().write(documents, quarantined)
+
+
+async def test_a_processing_error_never_keeps_a_raw_user_id(tmp_path: Path) -> None:
+    async with QuotingStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = await started(pipeline)
+        quoted = body(1, trace_id="quoted", user_id="alice@example.com")
+        await pipeline.on_batch(context, [received(0), received(1, quoted)])
+
+        [record] = [r async for r in store.quarantine_records()]
+        message = record.issues[0].message
+        assert "alice" not in message and "alice" not in record.raw
+        hashed = pipeline.enricher.user_hash('"alice@example.com"')
+        assert f"of user {hashed}" in message and hashed in record.raw
