@@ -1,7 +1,8 @@
 # Two entry points for people (README): `make run` and `make test`. Everything they need is
 # installed from this repository's own files: Python packages from pyproject.toml into .venv,
 # the local Azure servers from tests/emulators/package-lock.json, and Debian's chromium (the
-# browser tests open the HTML report in it headless) with apt-get when it is missing.
+# browser tests open the HTML report in it headless) and tmux (the terminal tests look at the
+# progress display in it) with apt-get when they are missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,20 +10,23 @@ PY_STAMP := $(VENV)/.installed
 NPM_DIR := tests/emulators
 NPM_STAMP := $(NPM_DIR)/node_modules/.installed
 RUN_ARGS ?= --simulate
-CHROMIUM ?= chromium
+DEBIAN_PACKAGES ?= chromium tmux
 
-.PHONY: install run test lint bench servers clean chromium
+.PHONY: install run test lint bench servers clean debian
 
-install: $(PY_STAMP) $(NPM_STAMP) chromium
+install: $(PY_STAMP) $(NPM_STAMP) debian
 
 # apt-get as root, else through sudo when there is one; `apt-get update` first, once, since a
 # fresh machine's package lists may be empty or old.
-chromium:
-	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+debian:
+	@missing=; for package in $(DEBIAN_PACKAGES); do \
+		command -v $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	[ -z "$$missing" ] || { \
 		if [ "$$(id -u)" = 0 ]; then sudo=; \
 		elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
-		else echo "chromium is missing: install Debian's chromium package as root" >&2; exit 1; fi; \
-		$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+		else echo "missing:$$missing: install these Debian packages as root" >&2; exit 1; fi; \
+		$$sudo apt-get update && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	}
 
 $(PY_STAMP): pyproject.toml

@@ -104,9 +104,7 @@ class TelemetryEvent(BaseModel):
     status: Status = Status.OK
     error_type: Identifier | None = None
     tokens: Tokens | None = None
-    scores: dict[MetadataKey, FiniteFloat] = Field(
-        default_factory=dict, max_length=MAX_SCORES
-    )
+    scores: dict[MetadataKey, FiniteFloat] = Field(default_factory=dict, max_length=MAX_SCORES)
     user_id: Identifier | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=MAX_METADATA_ENTRIES

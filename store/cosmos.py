@@ -179,9 +179,7 @@ class CosmosStore:
         # for another, which must not replace the stored one: those are created, not upserted.
         items = [(telemetry, item, doc.event_id is not None) for doc, item in latest]
         items += [(quarantine, quarantine_item(rec), False) for rec in quarantined]
-        written = await write_all(
-            items, max_concurrency=self.max_concurrency, backoff=self.backoff
-        )
+        written = await write_all(items, max_concurrency=self.max_concurrency, backoff=self.backoff)
         refused += [doc for (doc, _), ok in zip(latest, written, strict=False) if not ok]
         return refused
 

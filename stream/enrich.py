@@ -27,7 +27,7 @@ from schemas import (
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
 from schemas.trusted import construct_trusted
 from stream.decode import Rejected
-from stream.ports import ReceivedEvent
+from stream.ports import SCRUBBED, ReceivedEvent
 
 
 def content_id(*parts: bytes | str) -> str:
@@ -96,6 +96,23 @@ def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
         return match.group(1) + b'"' + user_hash(value).encode() + b'"'
 
     return _USER_ID.sub(hashed, raw)
+
+
+def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str]) -> str:
+    """``text`` (an error message about ``raw``) with every user_id value of ``raw`` replaced
+    by the hash ``scrub_user_ids`` gives it: an exception may quote the value."""
+    if b"user_id" not in raw:
+        return text
+    for match in _USER_ID.finditer(raw):
+        token = match.group(2).decode("utf-8", "surrogateescape")
+        try:
+            value = orjson.loads(token)
+        except orjson.JSONDecodeError:
+            value = token
+        shown = value if isinstance(value, str) else token
+        if shown and shown in text:
+            text = text.replace(shown, user_hash(token))
+    return text
 
 
 def partition_key(app_id: str, when: datetime) -> str:
@@ -169,7 +186,7 @@ class Enricher:
         canonical = canonical_json(event)
         user_id = event.user_id
         pseudonym = position.user
-        if pseudonym is None or user_id is not None:
+        if pseudonym is None or user_id is not None or pseudonym == SCRUBBED:
             document_id_ = event.event_id or _event_content_id(canonical, user_id)
             user_hash = self.user_hash(user_id) if user_id else None
         else:
@@ -234,7 +251,10 @@ class Enricher:
         index) when it was read from a source; else the request body it came in (``origin``)
         and its index there, so two equal bad events of one request are two records and the
         same request sent again lands on the same ones."""
-        kept = scrub_user_ids(rejected.raw, self.user_hash)
+        if position is not None and position.user == SCRUBBED:
+            kept = rejected.raw
+        else:
+            kept = scrub_user_ids(rejected.raw, self.user_hash)
         raw = kept[:MAX_QUARANTINE_RAW_BYTES]
         try:
             text, encoding = raw.decode("utf-8"), "utf-8"

@@ -20,7 +20,7 @@ from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, ValidationIssue
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected
-from stream.enrich import Enricher
+from stream.enrich import Enricher, content_id, scrub_user_ids_in_text
 from stream.ports import CloseReason, HotPathFactory, HotPathState, PartitionContext, ReceivedEvent
 from stream.stats import ProcessorStats
 
@@ -200,12 +200,57 @@ class Pipeline:
             await self._checkpoint(context, state)
 
     async def _publish(self, breaches: list[Breach]) -> None:
+        """Publish durably. A failure that is passing or not the breaches' (bus unreachable,
+        busy, set up wrongly) fails the batch, which is delivered again. A bus that refuses
+        breaches for good (a message it cannot take) must not stop the partition: the batch is
+        split until they are found, and each is kept in quarantine (``breach_unpublishable``,
+        its JSON as the raw bytes) and logged, so it is not lost either."""
         assert self.publisher is not None
         try:
             await self.publisher.publish(breaches)
         except Exception as exc:
             self.stats.publish_failed(exc)
-            raise
+            if is_not_the_events(exc):
+                raise
+            if len(breaches) == 1:
+                await self._keep_unpublishable(breaches[0], exc)
+                return
+            middle = len(breaches) // 2
+            await self._publish(breaches[:middle])
+            await self._publish(breaches[middle:])
+            return
+        self.stats.publish_error = None
+
+    async def _keep_unpublishable(self, breach: Breach, exc: Exception) -> None:
+        raw = breach.model_dump_json()
+        issue = ValidationIssue(
+            code="breach_unpublishable",
+            location="$",
+            message=f"the alert bus refused this breach: {type(exc).__name__}: {exc}"[:2000],
+        )
+        await self.store.write(
+            [],
+            [
+                QuarantineRecord(
+                    id=content_id("breach", breach.message_id),
+                    pk=f"quarantine:{breach.opened_at:%Y-%m-%d}",
+                    raw=raw,
+                    raw_encoding="utf-8",
+                    raw_size=len(raw.encode()),
+                    truncated=False,
+                    issues=[issue],
+                    source="hotpath",
+                    app_id=breach.app_id,
+                    received_at=datetime.now(UTC),
+                )
+            ],
+        )
+        logger.error(
+            "the alert bus refused a breach for good; it is kept in quarantine",
+            exc_info=exc,
+            extra={"breach_id": breach.breach_id, "app": breach.app_id},
+        )
+        # Dealt with: readiness reports buses failing now, not a breach kept long ago.
         self.stats.publish_error = None
 
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
@@ -261,10 +306,12 @@ class Pipeline:
     async def _quarantine_failed(
         self, event: ReceivedEvent, exc: Exception, now: datetime
     ) -> QuarantineRecord:
+        # The exception may quote the event, user id included: that is hashed as in the raw.
+        text = scrub_user_ids_in_text(str(exc), event.body, self.enricher.user_hash)
         issue = ValidationIssue(
             code="processing_error",
             location="$",
-            message=f"processing this event failed: {type(exc).__name__}: {exc}"[:2000],
+            message=f"processing this event failed: {type(exc).__name__}: {text}"[:2000],
         )
         record = self.enricher.quarantine(Rejected(0, event.body, (issue,)), event, now)
         try:

@@ -31,8 +31,14 @@ class ReceivedEvent:
     enqueued_time: datetime
     offset: str | None = None
     # From the embedded log, for a body whose user_id evalstream removed before keeping it:
-    # (user_hash, document id) as enrichment would have made them from the raw user_id.
+    # (user_hash, document id) as enrichment would have made them from the raw user_id; or
+    # SCRUBBED for a rejected body kept with each user_id value replaced by its hash already.
     user: tuple[str, str] | None = None
+
+
+# ``ReceivedEvent.user`` of a rejected body whose user_id values are keyed hashes already:
+# its quarantine record keeps it as it is (hashing them again would hide which user it was).
+SCRUBBED: tuple[str, str] = ("", "")
 
 
 class CloseReason(StrEnum):

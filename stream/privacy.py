@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from schemas import TelemetryEvent
 from stream.decode import Decoder
 from stream.enrich import Enricher, document_id, scrub_user_ids
+from stream.ports import SCRUBBED
 
 # Bodies without either can hold no user_id (an escaped key needs a backslash).
 _MAYBE_USER_ID = (b"user_id", b"\\u")
@@ -47,14 +48,16 @@ class Pseudonymizer:
         if any(rejected.raw == body for rejected in decoded.rejected):
             # Rejected as a whole, or an item nested too deeply to write alone: the body stays
             # one record, scrubbed (its valid events, if any, then carry a hash as user_id).
-            return [(key, scrub_user_ids(body, user_hash), None)]
+            return [(key, scrub_user_ids(body, user_hash), SCRUBBED)]
         # One record per event: each accepted one with its own hash and id, each rejected
         # one as its scrubbed bytes, which the processor rejects (and quarantines) again.
         items: list[LogItem] = []
         for accepted in decoded.accepted:
             items.append(self.event_item(accepted.event))
         for rejected in decoded.rejected:
-            items.append((rejected.app_id or key, scrub_user_ids(rejected.raw, user_hash), None))
+            items.append(
+                (rejected.app_id or key, scrub_user_ids(rejected.raw, user_hash), SCRUBBED)
+            )
         return items
 
     def event_item(self, event: TelemetryEvent) -> LogItem:

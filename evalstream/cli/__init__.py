@@ -51,7 +51,7 @@ class LazyCommands(typer.core.TyperGroup):
         target = getattr(importlib.import_module(module), attribute)
         if not isinstance(target, typer.Typer):
             # A Typer app holding one command converts to that command itself.
-            single = typer.Typer(pretty_exceptions_enable=False)
+            single = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
             single.command(cmd_name)(target)
             target = single
         command = typer.main.get_command(target)

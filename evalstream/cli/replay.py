@@ -28,6 +28,7 @@ from rich.progress import (
 
 from evalstream import logs, wiring
 from evalstream.cli.options import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     ConfigOption,
     DataDirOption,
@@ -131,7 +132,7 @@ def replay(
         Path | None,
         typer.Option(
             "--detectors",
-            help="TOML with an [apps] table (defaults/overrides) to shadow-detect with "
+            help="TOML with an \\[apps] table (defaults/overrides) to shadow-detect with "
             "\\[default: the live settings].",
             show_default=False,
             dir_okay=False,
@@ -381,13 +382,25 @@ def _finish(
     if report_path is not None:
         report_path.write_bytes(text)
     events = result["events"]
+    if events[STORED] + events[QUARANTINED] == 0:
+        raise fail(
+            f"nothing replayed: none of the {read} events read from {spec.source.value} is in "
+            f"the window {spec.start.isoformat()} – {spec.end.isoformat()} (by {spec.by.value} "
+            f"time{', apps ' + ', '.join(spec.apps) if spec.apps else ''})",
+            EXIT_FAILED,
+        )
     if result["breaches"]:
         console.print(table(result))
     rate = f", {read / seconds:,.0f} events/s" if seconds > 0 and read else ""
     console.print(
         f"replay {spec.id} complete: {events[STORED]} stored, {events[QUARANTINED]} "
-        f"quarantined, {len(result['breaches'])} breach messages{rate}; report {default}"
+        f"quarantined, {_plural(len(result['breaches']), 'breach message')}{rate}; "
+        f"report {default}"
     )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 class _Display:
@@ -396,7 +409,7 @@ class _Display:
     def __init__(self) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[speed]}"),
             TimeRemainingColumn(),
@@ -427,8 +440,8 @@ class _Display:
     def _describe(self) -> str:
         counts = self._counts()
         return (
-            f"stored {counts.get(STORED, 0)}, quarantined {counts.get(QUARANTINED, 0)}, "
-            f"breaches {self.breaches}"
+            f"{counts.get(STORED, 0):,} stored, {counts.get(QUARANTINED, 0):,} quarantined, "
+            f"{_plural(self.breaches, 'breach message')}"
         )
 
     def events(self, count: int) -> None:

@@ -95,7 +95,27 @@ def sink(settings: Settings) -> EventSink:
     usable_data_dir(settings.embedded.data_dir)
     # The log is evalstream's own file: no raw user_id is written to it.
     pseudonymizer = Pseudonymizer(decoder(settings), enricher(settings))
-    return LocalLogSink(settings.embedded.log_path, settings.embedded.partitions, pseudonymizer)
+    return LocalLogSink(
+        settings.embedded.log_path,
+        settings.embedded.partitions,
+        pseudonymizer,
+        functools.partial(covered_positions, settings),
+    )
+
+
+async def covered_positions(settings: Settings) -> dict[int, int]:
+    """Per partition of the embedded log, the last sequence the store's snapshot covers (the
+    processor's consumer group; none before the store exists)."""
+    path = settings.embedded.store_path
+    if not path.exists():
+        return {}
+    covered = {}
+    async with SqliteStore(path) as store:
+        for partition in range(settings.embedded.partitions):
+            snapshot = await store.load_state(settings.processor.consumer_group, str(partition))
+            if snapshot is not None:
+                covered[partition] = snapshot.covered_sequence
+    return covered
 
 
 def source(settings: Settings) -> EventSource:

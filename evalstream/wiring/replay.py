@@ -49,7 +49,7 @@ def reader(settings: Settings, spec: ReplaySpec) -> ReplayReader:
             )
         skew = timedelta(seconds=settings.processor.max_future_skew_s)
         return EventHubsReader(settings.azure.eventhubs, group, spec.window().enqueued_from(skew))
-    from stream.replay.readers.capture import CaptureReader
+    from stream.replay.readers.capture_blob import CaptureReader
 
     window = spec.window()
     skew = timedelta(seconds=settings.processor.max_future_skew_s)

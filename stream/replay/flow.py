@@ -19,6 +19,7 @@ from alerts.ports import AlertPublisher
 from schemas import Breach
 from stream.pipeline import Pipeline
 from stream.ports import HotPathFactory
+from stream.processor import tuned_gc
 from stream.replay import report
 from stream.replay.job import JobFile
 from stream.replay.ports import ReplayReader
@@ -106,13 +107,16 @@ async def run(
             rate=RateLimit(pieces.rate),
             on_events=watcher.events,
         )
-        if not await replay.run(remaining, stop):
-            return None
+        # The processor's collector set-up: the same batches, the same allocations.
+        with tuned_gc():
+            if not await replay.run(remaining, stop):
+                return None
     if spec.mode.detects:
         assert pieces.hot_path is not None
         watcher.detecting(len(job.apps_to_detect()))
-        if not await detect(job, pieces.hot_path, stop, watcher.app_detected):
-            return None
+        with tuned_gc():
+            if not await detect(job, pieces.hot_path, stop, watcher.app_detected):
+                return None
     job.note_unreadable(pieces.reader.unreadable)
     breaches = job.breaches()
     if pieces.publisher is not None and breaches:

@@ -49,10 +49,6 @@ class Window:
         window may arrive any time after it)."""
         return self.end if self.by is TimeBasis.ENQUEUED else None
 
-    def holds_enqueued(self, when: datetime, max_future_skew: timedelta) -> bool:
-        end = self.enqueued_before()
-        return when >= self.enqueued_from(max_future_skew) and (end is None or when < end)
-
 
 @dataclass(frozen=True)
 class PartitionPlan:

@@ -13,17 +13,18 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from common.retry import sleep_or_stop
 from schemas import QuarantineRecord, TelemetryDocument
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoded, Decoder
+from stream.delivery import deliver
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
 from stream.replay.job import QUARANTINED, STORED, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
-from stream.sources.retry import deliver
 
 
 class RangeDecoder(Decoder):
@@ -34,7 +35,11 @@ class RangeDecoder(Decoder):
 
     def __init__(self, decoder: Decoder, window: Window, *, enqueued_times: bool) -> None:
         super().__init__(decoder.limits)
-        self.window = window
+        # Bounds in the UTC of the decoded timestamps: aware datetimes of one tzinfo compare
+        # without a conversion per comparison.
+        self.window = replace(
+            window, start=window.start.astimezone(UTC), end=window.end.astimezone(UTC)
+        )
         self.enqueued_times = enqueued_times
         self.skipped = 0
 
@@ -43,23 +48,27 @@ class RangeDecoder(Decoder):
         window = self.window
         apps = window.apps
         by_event = window.by is TimeBasis.EVENT
-        accepted = [
+        start, end = window.start, window.end
+        # Most bodies hold one event of the window: keep the decoder's result as it is.
+        kept = [
             item
             for item in decoded.accepted
             if (not apps or item.event.app_id in apps)
-            and (not by_event or window.start <= item.event.timestamp < window.end)
+            and (not by_event or start <= item.event.timestamp < end)
         ]
-        keep_rejected = not self.enqueued_times or (
-            now is not None and window.start <= now < window.end
-        )
-        rejected = [
-            item
-            for item in decoded.rejected
-            if (keep_rejected or not by_event) and (not apps or item.app_id in apps)
-        ]
-        self.skipped += len(decoded.accepted) - len(accepted)
+        rejected = decoded.rejected
+        if rejected:
+            keep_rejected = not (by_event and self.enqueued_times) or (
+                now is not None and start <= now < end
+            )
+            rejected = [
+                item for item in rejected if keep_rejected and (not apps or item.app_id in apps)
+            ]
+        if len(kept) == len(decoded.accepted) and rejected is decoded.rejected:
+            return decoded
+        self.skipped += len(decoded.accepted) - len(kept)
         self.skipped += len(decoded.rejected) - len(rejected)
-        return Decoded(accepted, rejected)
+        return Decoded(kept, rejected)
 
 
 class JobStore:
@@ -88,8 +97,9 @@ class JobStore:
             kept = [doc for doc in documents if id(doc) not in refused]
         if self.shadow and kept:
             await self.job.collect(kept)
-        for doc in kept:
-            self._tally(doc.ingest.partition)[STORED] += 1
+        if kept:
+            # One write holds (part of) one partition's batch.
+            self._tally(kept[0].ingest.partition)[STORED] += len(kept)
         self.totals[STORED] += len(kept)
         for record in quarantined:
             code = f"{QUARANTINED}:{record.issues[0].code if record.issues else 'none'}"
@@ -187,6 +197,9 @@ class Replay:
         self.batch_size = batch_size
         self.rate = rate
         self.on_events = on_events
+        self._enqueued_from = window.enqueued_from(max_future_skew).astimezone(UTC)
+        before = window.enqueued_before()
+        self._enqueued_before = None if before is None else before.astimezone(UTC)
 
     async def run(self, plans: Sequence[tuple[PartitionPlan, int]], stop: asyncio.Event) -> bool:
         """Replay ``(plan, position)`` pairs; True when every partition reached its end."""
@@ -209,11 +222,14 @@ class Replay:
                 if stop.is_set():
                     break
                 await self.rate.take(len(events), stop)
+                low, high = self._enqueued_from, self._enqueued_before
                 window = [
                     event
                     for event in events
-                    if self.window.holds_enqueued(event.enqueued_time, self.max_future_skew)
+                    if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
                 ]
+                if len(window) == len(events):
+                    window = events
                 if window:
                     delivered = await deliver(
                         functools.partial(pipeline.on_batch, context, window),

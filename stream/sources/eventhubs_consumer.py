@@ -24,12 +24,12 @@ from azure.storage.blob.aio import ContainerClient
 
 from common.retry import retry
 from stream.config import ProcessorSettings
+from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
 from stream.sources.eventhubs_partition import EventHubsPartition
 from stream.sources.eventhubs_sdk import default_credential, map_error
-from stream.sources.retry import HANDLER_BACKOFF, any_failure, deliver
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential

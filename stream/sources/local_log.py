@@ -15,7 +15,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -24,10 +24,10 @@ from typing import IO, TypeVar
 from common.log_context import log_context
 from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, transaction
+from stream.delivery import deliver
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.privacy import LogItem, Pseudonymizer
-from stream.sources.retry import deliver
 
 logger = logging.getLogger(__name__)
 
@@ -284,19 +284,46 @@ class LocalLog:
 class LocalLogSink:
     """EventSink appending to the local log (``evalstream send``, the simulator, ingest).
 
-    With a Pseudonymizer (as the commands build it) no raw user_id reaches the file."""
+    With a Pseudonymizer (as the commands build it) no raw user_id reaches the file. With
+    ``covered`` (the store's snapshot positions per partition, as the commands give it) a log
+    that lost its last events (a power cut) numbers new ones after what the store covers
+    before the first append: the processor skips numbers its snapshot covers."""
 
     def __init__(
-        self, path: Path, partitions: int, pseudonymizer: Pseudonymizer | None = None
+        self,
+        path: Path,
+        partitions: int,
+        pseudonymizer: Pseudonymizer | None = None,
+        covered: Callable[[], Awaitable[dict[int, int]]] | None = None,
     ) -> None:
         self.path = path
         self.partitions = partitions
         self.pseudonymizer = pseudonymizer
+        self.covered = covered
         self._log: LocalLog | None = None
 
     async def __aenter__(self) -> LocalLogSink:
         self._log = LocalLog(self.path, self.partitions)
+        try:
+            if self.covered is not None:
+                await self._number_after(self._log, await self.covered())
+        except BaseException:
+            await self._log.aclose()
+            raise
         return self
+
+    async def _number_after(self, log: LocalLog, covered: dict[int, int]) -> None:
+        for partition, sequence in covered.items():
+            last = await log.last_sequence_async(partition)
+            if last < sequence:
+                await log.raise_head_async(partition, sequence + 1)
+                logger.error(
+                    "the event log ends at sequence %d but the store covers up to %d: the log "
+                    "lost events (a power cut?); new events are numbered after them",
+                    last,
+                    sequence,
+                    extra={"partition": str(partition)},
+                )
 
     async def __aexit__(
         self,

@@ -29,10 +29,10 @@ from typing import Any
 
 from common.errors import is_retryable
 from common.retry import Backoff, Stopped, retry
+from stream.delivery import deliver
 from stream.exceptions import SourceError, SourceUnavailable
 from stream.ports import BatchHandler, CloseReason, EventSource, ReceivedEvent
 from stream.sources import subprocess_worker
-from stream.sources.retry import deliver
 from stream.sources.subprocess_channel import (
     DEFAULT_WINDOW,
     Channel,

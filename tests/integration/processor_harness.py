@@ -201,4 +201,3 @@ def stored_documents(data_dir: Path) -> dict[tuple[str, str], dict[str, object]]
     finally:
         connection.close()
     return documents
-

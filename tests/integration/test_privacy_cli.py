@@ -47,8 +47,9 @@ async def test_no_raw_user_id_is_kept_or_printed(tmp_path: Path) -> None:
     async with (
         wiring.store(settings) as store,
         wiring.sink(settings) as sink,
-        serving(IngestApp(wiring.decoder(settings), enricher, sink, store).app, "127.0.0.1", 0)
-        as server,
+        serving(
+            IngestApp(wiring.decoder(settings), enricher, sink, store).app, "127.0.0.1", 0
+        ) as server,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{bound_port(server)}") as client,
     ):
         answer = await client.post(

@@ -42,10 +42,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 # The processing core of a room must not reach into its own adapters either: the composition
 # root hands them in.
 CORE_MUST_NOT_IMPORT: dict[str, tuple[str, ...]] = {
-    "stream": ("stream.sources", "stream.producers"),
+    "stream": ("stream.sources", "stream.producers", "stream.replay.readers"),
     "coldpath": ("coldpath.executors",),
 }
-CORE_EXEMPT = ("stream.sources", "stream.producers", "coldpath.executors")
+CORE_EXEMPT = (
+    "stream.sources",
+    "stream.producers",
+    "stream.replay.readers",
+    "coldpath.executors",
+)
 
 # Only adapters talk to Azure: the modules named after the service they adapt.
 AZURE_ADAPTER_MARKERS = ("cosmos", "eventhubs", "servicebus", "batch", "blob", "text", "child")

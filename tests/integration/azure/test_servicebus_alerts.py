@@ -237,7 +237,9 @@ async def test_unknown_subscription_and_closed_clients(
     with pytest.raises(UnknownSubscriptionError, match=r"not-provisioned.*provisioned"):
         async with receiver:
             pass
-    assert time.monotonic() - started < 5.0
+    # Refused at once, not retried with backoff as if the bus were unreachable;
+    # the bound leaves room for a loaded 2-core machine.
+    assert time.monotonic() - started < 15.0
     with pytest.raises(AlertClientClosedError):
         await receiver.receive(1, 0.1)
     with pytest.raises(AlertClientClosedError):

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from alerts.exceptions import AlertBusError
 from schemas import (
     AppDirectory,
     Breach,
@@ -607,3 +608,62 @@ async def test_one_event_from_a_clock_far_ahead_does_not_make_the_rest_late(
         batch += [received(i) for i in range(2, 6)]
         await pipeline.on_batch(context, batch)
         assert [doc.trace_id for doc in await _stored(store) if doc.ingest.late] == []
+
+
+class QuotingStore(SqliteStore):
+    """Refuses a document by quoting its event, as a store's error may."""
+
+    async def write(self, documents, quarantined):  # type: ignore[no-untyped-def]
+        for doc in documents:
+            if doc.trace_id == "quoted":
+                raise StoreError(f"cannot store {doc.trace_id} of user alice@example.com")
+        return await super().write(documents, quarantined)
+
+
+async def test_a_processing_error_never_keeps_a_raw_user_id(tmp_path: Path) -> None:
+    async with QuotingStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = await started(pipeline)
+        quoted = body(1, trace_id="quoted", user_id="alice@example.com")
+        await pipeline.on_batch(context, [received(0), received(1, quoted)])
+
+        [record] = [r async for r in store.quarantine_records()]
+        message = record.issues[0].message
+        assert "alice" not in message and "alice" not in record.raw
+        hashed = pipeline.enricher.user_hash('"alice@example.com"')
+        assert f"of user {hashed}" in message and hashed in record.raw
+
+
+class RefusingPublisher(Publisher):
+    """Refuses for good every batch holding breach ``b20`` (a message the bus cannot take)."""
+
+    async def publish(self, breaches: Sequence[Breach]) -> None:
+        if any(b.breach_id == "b20" for b in breaches):
+            raise AlertBusError("breach message does not fit into an empty batch")
+        await super().publish(breaches)
+
+
+async def test_a_breach_the_bus_refuses_for_good_is_kept_and_the_partition_moves_on(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        publisher = RefusingPublisher()
+        pipeline = make_pipeline(store, publisher)
+        context = await started(pipeline)
+        await pipeline.on_batch(context, [received(i) for i in range(40)])
+
+        assert publisher.published == ["b10", "b30", "b40"]
+        assert context.checkpoints == [39] and await store.count("telemetry") == 40
+        [record] = [r async for r in store.quarantine_records()]
+        assert record.issues[0].code == "breach_unpublishable"
+        assert orjson.loads(record.raw)["breach_id"] == "b20"
+        assert "does not fit" in record.issues[0].message
+
+
+async def test_a_bus_that_is_down_still_fails_the_batch(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, Publisher(failures=1))
+        context = await started(pipeline)
+        with pytest.raises(ConnectionError):
+            await pipeline.on_batch(context, [received(i) for i in range(10)])
+        assert context.checkpoints == [] and [r async for r in store.quarantine_records()] == []

@@ -33,6 +33,16 @@ def _documents(enricher: Enricher, log: LocalLog) -> tuple[list[TelemetryDocumen
     return documents, rejected
 
 
+def _quarantined(enricher: Enricher, log: LocalLog) -> list[bytes]:
+    """The raw bytes quarantine keeps of the logged bodies, each decoded at its enqueued time."""
+    decoder, kept = Decoder(), []
+    for partition in range(log.partitions):
+        for event in log.read(partition, -1, 100_000):
+            for bad in decoder.decode(event.body, event.enqueued_time).rejected:
+                kept.append(enricher.quarantine(bad, event, NOW).raw.encode())
+    return sorted(kept)
+
+
 def _without_ingest(doc: TelemetryDocument) -> bytes:
     stored = orjson.loads(doc.json_bytes())
     del stored["ingest"]
@@ -66,6 +76,20 @@ async def test_logged_bodies_hold_no_user_id_and_give_the_same_documents(tmp_pat
     # The same documents (ids, user hashes, every byte but the log position), in any order.
     assert sorted(map(_without_ingest, from_kept)) == sorted(map(_without_ingest, from_raw))
     assert not any(user.encode() in raw for user in users for raw in rejected)
+    # Processed as the processor does (each body at its enqueued time), quarantine keeps the
+    # same bytes either way: a user id hashed once, with the same key, so a quarantined
+    # input's user matches the user_hash of that user's documents.
+    raw_log, kept_log = LocalLog(tmp_path / "raw.db", 4), LocalLog(tmp_path / "kept.db", 4)
+    try:
+        kept_records, raw_records = (
+            _quarantined(enricher, kept_log),
+            _quarantined(enricher, raw_log),
+        )
+    finally:
+        raw_log.close()
+        kept_log.close()
+    assert len([raw for raw in kept_records if b"user_id" in raw]) >= 3
+    assert kept_records == raw_records
 
 
 def _user_ids(body: bytes) -> list[str]:

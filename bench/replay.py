@@ -1,0 +1,202 @@
+"""Replay throughput beside live processing, on the same events, in the same run.
+
+Run: ``python -m bench.replay [--events N] [--repeats R]``. Every configuration runs the real
+command (``evalstream process --until-idle``, ``evalstream replay``) on a fresh copy of the
+same data dir: the simulated events appended to the embedded log by ``evalstream send``, and
+the same events as an NDJSON file; the store starts empty each time, so every run writes the
+same documents. Configurations are interleaved (their order rotates between repeats) and each
+runs on N events and on a small input: the cost per event is the difference divided by the
+difference in events, so the interpreter's start-up and the processor's idle wait at the end
+cancel out. Reference: ``orjson.loads`` of the same bytes, measured between runs. Results:
+medians, written to bench/results/replay.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from stream.producers.simulator import Simulator
+
+RESULTS = Path(__file__).parent / "results" / "replay.md"
+SMALL = 500
+ENV = {"EVALSTREAM_REPLAY__BATCH_SIZE": "1000"}
+
+
+def configurations(window: list[str]) -> dict[str, list[str]]:
+    """Name -> command arguments after ``evalstream`` (``{data}``, ``{ndjson}`` filled in)."""
+    process = ["process", "--data-dir", "{data}", "--no-ingest", "--until-idle", "0.3"]
+    return {
+        "process, store only": [*process],
+        "replay log, reprocess": ["replay", "--data-dir", "{data}", "--mode", "reprocess", *window],
+        "replay NDJSON, reprocess": [
+            "replay",
+            "{ndjson}",
+            "--data-dir",
+            "{data}",
+            "--mode",
+            "reprocess",
+            *window,
+        ],
+        "process, detectors on": [*process],
+        "replay log, reprocess + shadow": [
+            "replay",
+            "--data-dir",
+            "{data}",
+            "--mode",
+            "both",
+            *window,
+        ],
+        "replay NDJSON, reprocess + shadow": [
+            "replay",
+            "{ndjson}",
+            "--data-dir",
+            "{data}",
+            "--mode",
+            "both",
+            *window,
+        ],
+    }
+
+
+def detects(name: str) -> bool:
+    """Whether the configuration runs detectors (the processor's hot path, or shadow)."""
+    return "detectors on" in name or "shadow" in name
+
+
+def prepare(root: Path, count: int) -> Path:
+    """A data dir holding ``count`` simulated events in its log, and them as NDJSON beside."""
+    simulator = Simulator(
+        apps=20, rate=200.0, seed=42, start=datetime.now(UTC) - timedelta(hours=2)
+    )
+    template = root / f"template-{count}"
+    ndjson = template.with_suffix(".ndjson")
+    ndjson.write_bytes(b"\n".join(event.body for event in simulator.events(count)) + b"\n")
+    subprocess.run(
+        [sys.executable, "-m", "evalstream", "send", str(ndjson), "--data-dir", str(template)],
+        check=True,
+        capture_output=True,
+    )
+    return template
+
+
+def one_run(name: str, args: list[str], template: Path, scratch: Path) -> tuple[float, float]:
+    """(wall s, CPU s of the command) of one run on a fresh copy of ``template``."""
+    data = scratch / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.copytree(template, data)
+    filled = [
+        a.replace("{data}", str(data)).replace("{ndjson}", str(template.with_suffix(".ndjson")))
+        for a in args
+    ]
+    env = {**os.environ, **ENV, "EVALSTREAM_PROCESSOR__HOT_PATH": str(detects(name)).lower()}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "evalstream", *filled], env=env, check=True, capture_output=True
+    )
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def reference(ndjson: Path) -> float:
+    """CPU µs per event of ``orjson.loads`` over the same lines (best of 3 passes)."""
+    lines = ndjson.read_bytes().splitlines()
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        for line in lines:
+            orjson.loads(line)
+        best = min(best, time.process_time() - start)
+    return best / len(lines) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
+    args = parser.parse_args()
+    window = [
+        "--from", (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+        "--to", (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+    ]  # fmt: skip
+    configs = configurations(window)
+    names = list(configs)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    loads: list[str] = []
+    orjson_us: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
+        root = Path(tmp)
+        large, small = prepare(root, args.events), prepare(root, SMALL)
+        extra = args.events - SMALL
+        for repeat in range(args.repeats):
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
+            loads.append(" ".join(f"{value:.2f}" for value in os.getloadavg()))
+            orjson_us.append(reference(large.with_suffix(".ndjson")))
+            for name in order:
+                wall_large, cpu_large = one_run(name, configs[name], large, root)
+                wall_small, cpu_small = one_run(name, configs[name], small, root)
+                runs[name].append(
+                    (
+                        extra / max(wall_large - wall_small, 1e-9),
+                        (cpu_large - cpu_small) / extra * 1e6,
+                    )
+                )
+    ref = statistics.median(orjson_us)
+    process_rate = {
+        "store only": statistics.median(r for r, _ in runs["process, store only"]),
+        "detectors on": statistics.median(r for r, _ in runs["process, detectors on"]),
+    }
+    lines = [
+        "# Replay throughput beside live processing",
+        "",
+        f"Command: `python -m bench.replay --events {args.events} --repeats {args.repeats}`",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"Python {platform.python_version()}, shared 2-core box; load average (1/5/15 min) "
+        f"before each repeat: {'; '.join(loads)}.",
+        f"Events: {args.events:,} simulated (20 apps, 4 partitions) minus a {SMALL}-event run "
+        "of the same command (start-up, idle wait and report cancel out); medians of "
+        f"{args.repeats} interleaved repeats.",
+        f"Reference `orjson.loads` of the same lines: {ref:.2f} µs/event CPU.",
+        "",
+        "| configuration | events/s (wall) | × process | CPU µs/event | × orjson "
+        "| runs (events/s) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        rate = statistics.median(r for r, _ in runs[name])
+        cpu = statistics.median(c for _, c in runs[name])
+        live = process_rate["detectors on" if detects(name) else "store only"]
+        each = ", ".join(f"{r:,.0f}" for r, _ in runs[name])
+        lines.append(
+            f"| {name} | {rate:,.0f} | {rate / live:.2f} | {cpu:.1f} | {cpu / ref:.1f} | {each} |"
+        )
+    lines += [
+        "",
+        "× process: against `evalstream process` with the same detectors setting (store only, "
+        "or detectors on for the runs with shadow detection).",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""What the replay tests share: a live run to compare against, the CLI, and store readers."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.producers.simulator import Incident, Simulator
+
+INCIDENTS = [
+    Incident.parse("latency_regression:app-000@60+120x5"),
+    Incident.parse("error_burst:app-001@100+60x0.5"),
+]
+ENV = {
+    "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
+    "EVALSTREAM_PROCESSOR__BATCH_SIZE": "200",
+    "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.05",
+    "EVALSTREAM_REPLAY__BATCH_SIZE": "200",
+}
+
+
+def stream(count: int, seed: int, start: datetime) -> list[tuple[str | None, bytes]]:
+    simulator = Simulator(
+        apps=4, rate=20.0, seed=seed, start=start, incidents=INCIDENTS, invalid_fraction=0.02
+    )
+    return [(event.app_id, event.body) for event in simulator.events(count)]
+
+
+def evalstream(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "evalstream", *args],
+        env={**os.environ, **ENV, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "evalstream", *args],
+        env={**os.environ, **ENV, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@dataclass
+class Live:
+    """A data dir the live processor went through, and what it stored and published."""
+
+    data_dir: Path
+    ndjson: Path
+    start: datetime
+    end: datetime
+    breach_ids: list[str]
+
+    def window(self) -> list[str]:
+        return ["--from", self.start.isoformat(), "--to", self.end.isoformat()]
+
+
+def live_run(directory: Path, count: int, seed: int) -> Live:
+    """Send a simulated stream with the real producer path, process it with the hot path."""
+    from tests.integration.processor_harness import drain_subscription
+
+    began = datetime.now(UTC) - timedelta(hours=2)
+    bodies = stream(count, seed, began)
+    ndjson = directory / "stream.ndjson"
+    ndjson.write_bytes(b"\n".join(body for _, body in bodies) + b"\n")
+    data_dir = directory / "live"
+    sent = evalstream("send", str(ndjson), "--data-dir", str(data_dir))
+    assert sent.returncode == 0, sent.stderr
+    processed = evalstream(
+        "process",
+        "--data-dir",
+        str(data_dir),
+        "--no-ingest",
+        "--until-idle",
+        "1",
+        "--log-level",
+        "WARNING",
+    )
+    assert processed.returncode == 0, processed.stderr
+    import asyncio
+
+    breach_ids = asyncio.run(drain_subscription(data_dir))
+    return Live(
+        data_dir,
+        ndjson,
+        began - timedelta(hours=1),
+        datetime.now(UTC) + timedelta(hours=1),
+        breach_ids,
+    )
+
+
+def documents(
+    data_dir: Path, *, without: tuple[str, ...] = ("ingest",)
+) -> dict[tuple[str, str], Any]:
+    """Stored documents by (pk, id), without the given top-level fields."""
+    connection = sqlite3.connect(data_dir / "store.db")
+    try:
+        out = {}
+        for pk, id_, doc in connection.execute("SELECT pk, id, doc FROM telemetry"):
+            fields = orjson.loads(doc)
+            for name in without:
+                fields.pop(name, None)
+            out[(pk, id_)] = fields
+        return out
+    finally:
+        connection.close()
+
+
+def quarantine(data_dir: Path) -> dict[tuple[str, str], Any]:
+    """Quarantine records by (pk, id), without ``received_at`` (when it was processed)."""
+    connection = sqlite3.connect(data_dir / "store.db")
+    try:
+        out = {}
+        for pk, id_, doc in connection.execute("SELECT pk, id, doc FROM quarantine"):
+            fields = orjson.loads(doc)
+            fields.pop("received_at", None)
+            out[(pk, id_)] = fields
+        return out
+    finally:
+        connection.close()
+
+
+def report(data_dir: Path, job: str) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads((data_dir / "replays" / f"{job}.json").read_bytes())
+    return data

@@ -1,0 +1,268 @@
+"""`evalstream replay` on the embedded backend against a live run of the same stream: the
+same ids from the log and from NDJSON, shadow breaches equal to the live ones, exact resume
+after SIGKILL, filters, and bad input answered in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import signal
+import sqlite3
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from tests.integration.processor_harness import drain_subscription, wait_until
+from tests.integration.replay.harness import (
+    Live,
+    documents,
+    evalstream,
+    live_run,
+    quarantine,
+    report,
+    start,
+)
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 4_000
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    yield live_run(tmp_path_factory.mktemp("replay-live"), EVENTS, seed=404)
+
+
+def copy(live: Live, target: Path) -> Path:
+    shutil.copytree(live.data_dir, target)
+    return target
+
+
+def replay(data_dir: Path, *args: str) -> dict[str, object]:
+    result = evalstream("replay", "--data-dir", str(data_dir), *args)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return {"stderr": result.stderr}
+
+
+def test_the_live_run_stored_quarantined_and_paged(live: Live) -> None:
+    # What the comparisons below stand on: a stream with invalid events and incidents.
+    assert len(documents(live.data_dir)) > EVENTS * 0.9
+    assert len(quarantine(live.data_dir)) > 20
+    assert len(live.breach_ids) >= 2
+
+
+def test_reprocess_from_the_log_changes_nothing_but_ingest_fields(
+    live: Live, tmp_path: Path
+) -> None:
+    data_dir = copy(live, tmp_path / "d")
+    replay(data_dir, "--mode", "reprocess", "--id", "log", *live.window())
+
+    assert documents(data_dir) == documents(live.data_dir)
+    assert quarantine(data_dir) == quarantine(live.data_dir)
+    with_ingest = documents(data_dir, without=())
+    assert all(doc["ingest"]["source"] == "local" for doc in with_ingest.values())
+    got = report(data_dir, "log")["events"]
+    assert got["stored"] == len(documents(live.data_dir))
+    assert got["quarantined"] == len(quarantine(live.data_dir))
+
+
+def test_reprocess_from_ndjson_lands_on_the_live_documents(live: Live, tmp_path: Path) -> None:
+    data_dir = copy(live, tmp_path / "d")
+    replay(data_dir, str(live.ndjson), "--mode", "reprocess", "--id", "file", *live.window())
+
+    assert documents(data_dir) == documents(live.data_dir)
+    # A file carries no source position: its invalid lines are kept once each under their
+    # file and line, beside the live records, which stay as they were.
+    live_records = quarantine(live.data_dir)
+    records = quarantine(data_dir)
+    assert {key: records[key] for key in live_records} == live_records
+    from_file = [record for key, record in records.items() if key not in live_records]
+    assert len(from_file) == len(live_records)
+    assert {record["source"] for record in from_file} == {"ndjson"}
+    # The same inputs as kept live, user ids hashed once with the same key whichever way
+    # they came in (the log keeps rejected inputs hashed already).
+    assert sorted(r["raw"] for r in from_file) == sorted(r["raw"] for r in live_records.values())
+    codes = sorted(issue["code"] for r in from_file for issue in r["issues"])
+    assert codes == sorted(issue["code"] for r in live_records.values() for issue in r["issues"])
+
+    # Again: the same records, updated in place (a message may say how far ahead of the new
+    # job's time an event was).
+    replay(data_dir, str(live.ndjson), "--mode", "reprocess", "--id", "again", *live.window())
+    again = quarantine(data_dir)
+    assert again.keys() == records.keys()
+    assert all(again[key]["raw"] == records[key]["raw"] for key in records)
+    assert documents(data_dir) == documents(live.data_dir)
+
+
+def test_shadow_replays_find_exactly_the_live_breaches(live: Live, tmp_path: Path) -> None:
+    data_dir = copy(live, tmp_path / "d")
+    before = documents(data_dir, without=())
+    replay(data_dir, "--id", "shadow-log", *live.window())
+    replay(data_dir, str(live.ndjson), "--id", "shadow-file", *live.window())
+    for job in ("shadow-log", "shadow-file"):
+        found = report(data_dir, job)["breaches"]
+        ids = sorted(f"{b['breach_id']}:{b['state']}" for b in found)
+        assert ids == sorted(live.breach_ids), job
+    # Shadow mode wrote nothing to the store, and paged nobody.
+    assert documents(data_dir, without=()) == before
+    assert asyncio.run(drain_subscription(data_dir)) == []
+
+    # Published, the replayed breaches are duplicates of the live ones: the topic drops them.
+    replay(data_dir, "--id", "published", "--publish", *live.window())
+    assert asyncio.run(drain_subscription(data_dir)) == []
+
+
+def test_filters_keep_only_the_window_and_apps(live: Live, tmp_path: Path) -> None:
+    data_dir = copy(live, tmp_path / "d")
+    (data_dir / "store.db").unlink()
+    for wal in data_dir.glob("store.db-*"):
+        wal.unlink()
+    everything = documents(live.data_dir, without=())
+    times = sorted(doc["timestamp"] for doc in everything.values())
+    start_at, end_at = times[len(times) // 4], times[len(times) // 2]
+    replay(
+        data_dir,
+        "--mode",
+        "reprocess",
+        "--app",
+        "app-000",
+        "--app",
+        "app-002",
+        "--from",
+        start_at,
+        "--to",
+        end_at,
+        "--id",
+        "part",
+    )
+    expected = {
+        key
+        for key, doc in everything.items()
+        if doc["app_id"] in {"app-000", "app-002"} and start_at <= doc["timestamp"] < end_at
+    }
+    assert expected and set(documents(data_dir)) == expected
+
+
+def _stored(job: Path) -> int:
+    if not job.exists():
+        return 0
+    connection = sqlite3.connect(job, timeout=30)
+    try:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        if "counts" not in tables:
+            return 0
+        row = connection.execute("SELECT SUM(count) FROM counts WHERE what = 'stored'").fetchone()
+        return int(row[0] or 0)
+    finally:
+        connection.close()
+
+
+def _reached(job: Path, count: int) -> bool:
+    return _stored(job) >= count
+
+
+def test_a_killed_replay_resumes_to_the_same_store_and_report(live: Live, tmp_path: Path) -> None:
+    reference_dir = copy(live, tmp_path / "reference")
+    replay(reference_dir, "--mode", "both", "--id", "job", *live.window())
+    expected = report(reference_dir, "job")
+
+    data_dir = copy(live, tmp_path / "d")
+    job = data_dir / "replays" / "job.db"
+    total = len(documents(live.data_dir))
+    points = sorted(random.Random(11).sample(range(total // 10, total * 9 // 10), 3))
+    args = ["replay", "--data-dir", str(data_dir), "--rate", "1500"]
+    first = [*args, "--mode", "both", "--id", "job", *live.window()]
+    for number, point in enumerate(points):
+        process = start(*(first if number == 0 else [*args, "--resume", "job"]))
+        try:
+            wait_until(partial(_reached, job, point), 120, f"{point} stored", 0.005)
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+        assert process.returncode == -signal.SIGKILL
+    # Ctrl-C: finishes the batches in flight, checkpoints, says how to continue.
+    process = start(*args, "--resume", "job")
+    stored = _stored(job)
+    wait_until(lambda: _stored(job) > stored, 120, "progress after the last kill", 0.005)
+    process.send_signal(signal.SIGINT)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 130, errors.decode()
+    assert b"--resume job" in errors and b"Traceback" not in errors
+    replay(data_dir, "--resume", "job")
+
+    assert report(data_dir, "job") == expected
+    assert documents(data_dir) == documents(live.data_dir)
+    assert quarantine(data_dir) == quarantine(live.data_dir)
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["--from", "2026-01-02T00:00Z", "--to", "2026-01-01T00:00Z"], "must be before --to", 2),
+        (
+            ["--source", "kafka", "--from", "2026-01-01", "--to", "2026-01-02"],
+            "'kafka' is not a source",
+            2,
+        ),
+        (
+            ["--by", "enqueued", "--from", "2001-01-01", "--to", "2001-01-02"],
+            "nothing to replay",
+            2,
+        ),
+        (["--from", "2001-01-01T00:00Z", "--to", "2001-01-02T00:00Z"], "nothing replayed", 1),
+        (["--from", "yesterday", "--to", "2026-01-02"], "not an ISO 8601 time", 2),
+        (["missing-*.ndjson", "--from", "2026-01-01", "--to", "2026-01-02"], "no file matches", 2),
+        (["--resume", "nope"], "no replay job 'nope'", 2),
+    ],
+)
+def test_bad_options_get_one_line(
+    live: Live, tmp_path: Path, args: list[str], message: str, code: int
+) -> None:
+    result = evalstream("replay", "--data-dir", str(live.data_dir), *args)
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert message in lines[-1] and lines[-1].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    if code == 2:  # refused before it started: the error is all it says
+        assert len(lines) == 1, result.stderr
+
+
+def test_a_truncated_line_is_quarantined_and_the_rest_replayed(live: Live, tmp_path: Path) -> None:
+    lines = live.ndjson.read_bytes().splitlines()
+    cut = lines[10][: len(lines[10]) // 2]
+    damaged = tmp_path / "damaged.ndjson"
+    damaged.write_bytes(b"\n".join([*lines[:10], cut, *lines[11:]]) + b"\n")
+    data_dir = copy(live, tmp_path / "d")
+    replay(data_dir, str(damaged), "--mode", "reprocess", "--id", "damaged", *live.window())
+
+    records = [r for r in quarantine(data_dir).values() if r["source"] == "ndjson"]
+    truncated = [r for r in records if r["raw"] == cut.decode()]
+    assert len(truncated) == 1 and truncated[0]["sequence"] == 10
+    assert truncated[0]["issues"][0]["code"] == "malformed_json"
+    live_documents = documents(live.data_dir)
+    assert set(documents(data_dir)) == set(live_documents)
+    counts = report(data_dir, "damaged")["events"]
+    assert counts["stored"] == len(live_documents) - 1
+
+
+def test_stdin_is_kept_in_the_job_so_it_can_resume(live: Live, tmp_path: Path) -> None:
+    data_dir = copy(live, tmp_path / "d")
+    result = evalstream(
+        "replay",
+        "--data-dir",
+        str(data_dir),
+        "-",
+        "--id",
+        "piped",
+        *live.window(),
+        stdin=live.ndjson.read_bytes(),
+    )
+    assert result.returncode == 0, result.stderr
+    kept = data_dir / "replays" / "piped.stdin.ndjson"
+    assert kept.read_bytes() == live.ndjson.read_bytes()
+    ids = sorted(f"{b['breach_id']}:{b['state']}" for b in report(data_dir, "piped")["breaches"])
+    assert ids == sorted(live.breach_ids)

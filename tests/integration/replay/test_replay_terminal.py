@@ -1,0 +1,85 @@
+"""The replay's progress display as a person sees it: run in a tmux pane of a real terminal,
+captured while it reads and when it is done (kept in test-artifacts/replay/)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.replay.harness import ENV, live_run
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "replay"
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def capture(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session)
+
+
+def wait_for_screen(session: str, condition: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        screen = capture(session)
+        if condition in screen:
+            return screen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{condition!r} never appeared on the pane:\n{screen}")
+        time.sleep(0.05)
+
+
+def test_the_progress_display_shows_rate_counts_and_the_summary(tmp_path: Path) -> None:
+    live = live_run(tmp_path, 3_000, seed=5)
+    data_dir = tmp_path / "copy"
+    shutil.copytree(live.data_dir, data_dir)
+    command = [
+        sys.executable, "-m", "evalstream", "replay", "--data-dir", str(data_dir),
+        "--mode", "both", "--rate", "600", "--id", "shown", *live.window(),
+    ]  # fmt: skip
+    env = " ".join(f"{key}={shlex.quote(value)}" for key, value in ENV.items())
+    session = f"replay-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / "done"
+    # The pane's own size, not one inherited from the environment, decides the layout.
+    script = (
+        f"cd {shlex.quote(os.getcwd())} && env -u COLUMNS -u LINES {env} "
+        f"{shlex.join(command)}; touch {done}"
+    )
+    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "40", script)
+    try:
+        tmux("set-option", "-t", session, "remain-on-exit", "on")
+        running = wait_for_screen(session, "ev/s", 60)
+        deadline = time.monotonic() + 120
+        while not done.exists():
+            assert time.monotonic() < deadline, capture(session)
+            time.sleep(0.1)
+        finished = capture(session)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "progress-running.txt").write_text(running)
+    (ARTIFACTS / "progress-finished.txt").write_text(finished)
+
+    reading = next(line for line in running.splitlines() if line.startswith("reading"))
+    # A bar, events read of the planned total, the rate, an ETA and the counts so far.
+    assert "━" in reading and "/3000" in reading and "ev/s" in reading, reading
+    assert "stored" in reading and "quarantined" in reading and "breach message" in reading, reading
+    assert "replay shown: 3000 events in" in running
+    assert "detecting" in finished
+    assert "replay shown complete:" in finished and "Traceback" not in finished
+    # The breach table, one row per breach message, each cell on one line at this width.
+    header = next(line for line in finished.splitlines() if "signal" in line)
+    assert all(word in header for word in ("app", "detector", "state", "severity", "observed"))
+    rows = [line for line in finished.splitlines() if line.startswith("│ app-")]
+    assert len(rows) == len(live.breach_ids), finished

@@ -1,0 +1,150 @@
+"""The replay's parts alone: the window filter, the job file's checkpoints, the NDJSON and
+Capture readers' positions and times, the report's order."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import fastavro
+import orjson
+import pytest
+
+from schemas import Breach
+from store.ports import StateSnapshot
+from stream.decode import Decoder
+from stream.exceptions import ReplayMisconfigured
+from stream.replay import report
+from stream.replay.job import JobFile
+from stream.replay.ports import PartitionPlan, TimeBasis, Window
+from stream.replay.readers.capture_blob import CAPTURE_SCHEMA, enqueued_time, file_time
+from stream.replay.readers.ndjson import NdjsonReader, expand
+from stream.replay.run import RangeDecoder
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def event(app: str, minutes: int) -> bytes:
+    return orjson.dumps(
+        {
+            "app_id": app,
+            "timestamp": (T0 + timedelta(minutes=minutes)).isoformat(),
+            "trace_id": f"t-{app}-{minutes}",
+            "model_id": "m",
+            "latency_ms": 10.0,
+            "status": "ok",
+        }
+    )
+
+
+def test_the_window_keeps_its_apps_and_times_only() -> None:
+    window = Window(T0, T0 + timedelta(minutes=10), TimeBasis.EVENT, frozenset({"a"}))
+    decoder = RangeDecoder(Decoder(), window, enqueued_times=True)
+    body = b"[" + b",".join([event("a", -1), event("a", 0), event("a", 9), event("a", 10),
+                             event("b", 5)]) + b"]"  # fmt: skip
+    decoded = decoder.decode(body, T0 + timedelta(minutes=20))
+    assert [a.event.timestamp for a in decoded.accepted] == [T0, T0 + timedelta(minutes=9)]
+    assert decoder.skipped == 3
+
+
+def test_rejected_events_go_by_their_enqueued_time_unless_the_source_has_none() -> None:
+    window = Window(T0, T0 + timedelta(minutes=10))
+    inside, outside = T0 + timedelta(minutes=1), T0 + timedelta(hours=1)
+    with_times = RangeDecoder(Decoder(), window, enqueued_times=True)
+    assert len(with_times.decode(b"{not json", inside).rejected) == 1
+    assert with_times.decode(b"{not json", outside).rejected == []
+    file = RangeDecoder(Decoder(), window, enqueued_times=False)
+    assert len(file.decode(b"{not json", outside).rejected) == 1
+
+
+def test_a_window_must_run_forwards_and_carry_zones() -> None:
+    with pytest.raises(ValueError, match="must be before --to"):
+        Window(T0, T0)
+    with pytest.raises(ValueError, match="time zone"):
+        Window(T0.replace(tzinfo=None), T0 + timedelta(hours=1))
+    window = Window(T0, T0 + timedelta(hours=1), TimeBasis.EVENT)
+    # An event of the window may have been enqueued up to the future skew before it.
+    assert window.enqueued_from(timedelta(minutes=15)) == T0 - timedelta(minutes=15)
+    assert window.enqueued_before() is None
+    assert Window(T0, T0 + timedelta(hours=1), TimeBasis.ENQUEUED).enqueued_before() is not None
+
+
+async def test_a_checkpoint_moves_position_snapshot_and_counts_together(tmp_path: Path) -> None:
+    job = JobFile(tmp_path / "job.db")
+    job.create(b"{}", [PartitionPlan("0", -1, 99), PartitionPlan("1", 4, 9)])
+    await job.checkpoint("0", 49, StateSnapshot("g", "0", 49, b"state"), Counter(stored=40))
+    await job.checkpoint("0", 30, None, Counter(stored=2, quarantined=1))
+    await job.checkpoint("1", 9, None, Counter(stored=5), finished=True)
+    plans = job.plans()
+    # Positions never move back; counts add up; the snapshot stays with its position.
+    assert plans == [(PartitionPlan("0", -1, 99), 49, False), (PartitionPlan("1", 4, 9), 9, True)]
+    assert job.counts() == Counter(stored=47, quarantined=1)
+    snapshot = await job.load_snapshot("0")
+    assert snapshot is not None and (snapshot.covered_sequence, snapshot.blob) == (49, b"state")
+    assert await job.load_snapshot("1") is None
+    job.close()
+
+
+async def test_ndjson_lines_are_numbered_as_send_splits_them(tmp_path: Path) -> None:
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + event("a", 0) + b"\r" + event("a", 1) + b"\r\n\n" + event("a", 2)
+    )
+    reader = NdjsonReader(expand([str(tmp_path / "*.ndjson")]), T0)
+    [plan] = await reader.plan(Window(T0, T0 + timedelta(hours=1)), timedelta(minutes=15))
+    assert plan == PartitionPlan(str(path.resolve()), -1, 2)
+    batches = [batch async for batch in reader.read(plan, 0, 10)]
+    assert [e.sequence for batch in batches for e in batch] == [1, 2]
+    assert batches[0][0].body == event("a", 1) and batches[0][0].enqueued_time == T0
+    with pytest.raises(ReplayMisconfigured, match="no enqueued times"):
+        await reader.plan(Window(T0, T0 + timedelta(hours=1), TimeBasis.ENQUEUED), timedelta())
+    with pytest.raises(ReplayMisconfigured, match="no file matches"):
+        expand([str(tmp_path / "missing-*.ndjson")])
+
+
+def test_capture_records_give_the_hubs_enqueued_time() -> None:
+    millis = int((T0 + timedelta(milliseconds=250)).timestamp() * 1000)
+    record = {"EnqueuedTimeUtc": "12/1/2026 12:00:00 PM", "SystemProperties": {}}
+    assert enqueued_time(record) == T0
+    assert enqueued_time({**record, "EnqueuedTimeUtc": "2026-12-01T12:00:00Z"}) == T0
+    precise = {**record, "SystemProperties": {"x-opt-enqueued-time": millis}}
+    assert enqueued_time(precise) == T0 + timedelta(milliseconds=250)
+    assert file_time("ns/hub/3/2026/12/01/12/00/30.avro") == T0 + timedelta(seconds=30)
+    assert file_time("ns/hub/3/notes.txt") is None
+
+
+def test_the_capture_schema_round_trips_a_record() -> None:
+    buffer = io.BytesIO()
+    record = {
+        "SequenceNumber": 7, "Offset": "700", "EnqueuedTimeUtc": "12/1/2026 12:00:00 PM",
+        "SystemProperties": {}, "Properties": {"k": "v"}, "Body": event("a", 0),
+    }  # fmt: skip
+    fastavro.writer(buffer, CAPTURE_SCHEMA, [record])
+    buffer.seek(0)
+    assert list(fastavro.reader(buffer)) == [record]
+
+
+def _breach(app: str, minutes: int, breach_id: str, state: str) -> Breach:
+    when = T0 + timedelta(minutes=minutes)
+    return Breach.model_validate(
+        {
+            "breach_id": breach_id, "state": state, "severity": "warning", "kind": "drift",
+            "source": "hot", "app_id": app, "signal": "latency_ms", "detector": "adwin",
+            "observed": 1.0, "window_start": when, "window_end": when, "opened_at": when,
+        }
+    )  # fmt: skip
+
+
+def test_the_report_orders_breaches_whatever_order_they_came_in() -> None:
+    spec = {"id": "j", "source": {}, "window": {}, "mode": "shadow", "detectors_file": None}
+    breaches = [_breach("b", 1, "x", "opened"), _breach("a", 5, "y", "resolved"),
+                _breach("a", 5, "y", "opened"), _breach("a", 2, "z", "opened")]  # fmt: skip
+    one = report.build(spec, Counter(stored=3, **{"quarantined:bad": 1}), breaches, {})
+    other = report.build(spec, Counter(stored=3, **{"quarantined:bad": 1}), breaches[::-1], {})
+    assert one == other
+    assert [(b["app_id"], b["breach_id"], b["state"]) for b in one["breaches"]] == [
+        ("a", "z", "opened"), ("a", "y", "opened"), ("a", "y", "resolved"), ("b", "x", "opened"),
+    ]  # fmt: skip
+    assert one["events"] == {"stored": 3, "quarantined": 0, "quarantined_by_code": {"bad": 1}}
