@@ -22,7 +22,12 @@ def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
     settings = config.detectors
     if not settings.enabled:
         return []
-    sizes = signal in (OUTPUT_CHARS, TOKENS_TOTAL)
+    watch = settings.scale_on
+    scaled = (
+        watch == "all"
+        or signal == LATENCY
+        or (watch == "latency_and_scores" and signal.startswith(SCORE_PREFIX))
+    )
     warmup, clip = settings.warmup_events, settings.winsorize_sigma
     built: list[Detector] = []
     for name in settings.detectors:
@@ -39,7 +44,7 @@ def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
                 )
             )
         elif name == "scale":
-            if sizes and not settings.scale_on_sizes:
+            if not scaled:
                 continue
             built.append(
                 Scale(

@@ -46,7 +46,13 @@ def test_the_factory_passes_them_on() -> None:
     assert isinstance(adwin, Adwin) and isinstance(ks, WindowedKS) and isinstance(scale, Scale)
     assert (adwin.min_effect, adwin.max_buckets, ks.lag) == (0.5, 5, 3)
     assert (scale.threshold, scale.delta, scale.alpha) == (30.0, 0.2, 1.0)
-    # Output length and token totals get the spread detector only on request.
-    assert [d.name for d in drift_detectors(AppConfig(), OUTPUT_CHARS)] == ["adwin", "ks"]
-    sizes_too = AppConfig(detectors=DetectorConfig(scale_on_sizes=True))
-    assert [d.name for d in drift_detectors(sizes_too, TOKENS_TOTAL)] == ["adwin", "ks", "scale"]
+    # The spread detector watches latency; scores and sizes only on request.
+    def names(config: AppConfig, signal: str) -> list[str]:
+        return [d.name for d in drift_detectors(config, signal)]
+
+    assert names(AppConfig(), OUTPUT_CHARS) == names(AppConfig(), "score:x") == ["adwin", "ks"]
+    scores = AppConfig(detectors=DetectorConfig(scale_on="latency_and_scores"))
+    assert names(scores, "score:x") == ["adwin", "ks", "scale"]
+    assert names(scores, TOKENS_TOTAL) == ["adwin", "ks"]
+    every = AppConfig(detectors=DetectorConfig(scale_on="all"))
+    assert names(every, TOKENS_TOTAL) == ["adwin", "ks", "scale"]
