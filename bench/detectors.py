@@ -32,7 +32,7 @@ from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.hotpath import HotPath
 from stream.hotpath.detector import Detector
-from stream.hotpath.engine import APP_STATE, SAMPLES
+from stream.hotpath.engine import APP_STATE, INCIDENT, SAMPLES
 from stream.hotpath.factory import (
     SCORE_PREFIX,
     burn_rate_detectors,
@@ -527,7 +527,9 @@ def state_run(docs: list[TelemetryDocument], every: int) -> StateSizes:
                 len(orjson.dumps({k: v for k, v in app.items() if k != "signals"})),
             )
             for signal, track in app["signals"].items():
-                breaches = [pair[1][2] for name, pair in track.items() if name != SAMPLES]
+                breaches = [
+                    pair[1][2] for name, pair in track.items() if name not in (SAMPLES, INCIDENT)
+                ]
                 opened = [b for b in breaches if b is not None]
                 key = (app_id, signal)
                 if opened:
