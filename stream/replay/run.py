@@ -9,6 +9,7 @@ checkpoints are the job's (JobContext) — never the live processor's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections import Counter
@@ -211,40 +212,44 @@ class Replay:
 
     async def _partition(self, plan: PartitionPlan, position: int, stop: asyncio.Event) -> bool:
         context = JobContext(self.store, plan, position)
-        pipeline = self.pipeline
-        await pipeline.on_partition_initialize(context)
+        await self.pipeline.on_partition_initialize(context)
         finished = False
         batch_size = self.batch_size
         if self.rate.per_second is not None:
             batch_size = max(1, min(batch_size, int(self.rate.per_second)))
         try:
-            async for events in self.reader.read(plan, position, batch_size):
-                if stop.is_set():
-                    break
-                await self.rate.take(len(events), stop)
-                low, high = self._enqueued_from, self._enqueued_before
-                window = [
-                    event
-                    for event in events
-                    if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
-                ]
-                if len(window) == len(events):
-                    window = events
-                if window:
-                    delivered = await deliver(
-                        functools.partial(pipeline.on_batch, context, window),
-                        partition_id=plan.partition,
-                        first_sequence=window[0].sequence,
-                        closing=lambda: False,
-                        stop=stop,
-                    )
-                    if not delivered:
+            # Closed at once when left early (Ctrl-C): a reader holds a connection per read.
+            async with contextlib.aclosing(self.reader.read(plan, position, batch_size)) as batches:
+                async for events in batches:
+                    if stop.is_set() or not await self._deliver(context, events, stop):
                         break
-                self.on_events(len(events))
-            else:
-                finished = not stop.is_set()
+                    self.on_events(len(events))
+                else:
+                    finished = not stop.is_set()
         finally:
-            await pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
+            await self.pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
         if finished:
             await self.store.checkpoint(plan.partition, plan.last, finished=True)
         return finished
+
+    async def _deliver(
+        self, context: JobContext, events: list[ReceivedEvent], stop: asyncio.Event
+    ) -> bool:
+        """Hand the batch's events of the window to the pipeline, retried as a source does;
+        False when the replay stopped before it was processed."""
+        await self.rate.take(len(events), stop)
+        low, high = self._enqueued_from, self._enqueued_before
+        window = [
+            event
+            for event in events
+            if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
+        ]
+        if not window:
+            return True
+        return await deliver(
+            functools.partial(self.pipeline.on_batch, context, window),
+            partition_id=context.partition_id,
+            first_sequence=window[0].sequence,
+            closing=lambda: False,
+            stop=stop,
+        )
