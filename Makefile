@@ -43,7 +43,7 @@ run: $(PY_STAMP)
 	$(VENV)/bin/evalstream process $(RUN_ARGS)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: $(PY_STAMP)
 	$(VENV)/bin/ruff check .

@@ -109,25 +109,28 @@ def replay(
         typer.Option("--to", help="End of the range (excluded), ISO 8601.", show_default=False),
     ] = None,
     by: Annotated[
-        TimeBasis,
+        TimeBasis | None,
         typer.Option(
             "--by",
             help="event: the events' own timestamps (late arrivals included); enqueued: when "
-            "the source received them.",
+            "the source received them \\[default: event].",
+            show_default=False,
         ),
-    ] = TimeBasis.EVENT,
+    ] = None,
     app: Annotated[
         list[str] | None,
         typer.Option("--app", help="Only this app (repeatable).", show_default=False),
     ] = None,
     mode: Annotated[
-        Mode,
+        Mode | None,
         typer.Option(
             "--mode",
             help="shadow: fresh detectors over the range, breaches to a report, nothing paged; "
-            "reprocess: decode, validate, enrich and upsert as live (same ids); both.",
+            "reprocess: decode, validate, enrich and upsert as live (same ids); both "
+            "\\[default: shadow].",
+            show_default=False,
         ),
-    ] = Mode.SHADOW,
+    ] = None,
     detectors: Annotated[
         Path | None,
         typer.Option(
@@ -204,6 +207,16 @@ def replay(
     job: JobFile | None = None
     stdin = False
     if resume is not None:
+        given = {
+            "PATHS": paths, "--source": source, "--from": start, "--to": end, "--by": by,
+            "--app": app, "--mode": mode, "--detectors": detectors,
+            "--consumer-group": consumer_group, "--id": job_id,
+        }  # fmt: skip
+        if named := [name for name, value in given.items() if value]:
+            raise fail(
+                f"--resume continues job {resume} with the range and mode it was created with; "
+                f"drop {', '.join(named)} (--rate, --publish and --report may change)"
+            )
         job = _open_existing(settings, resume)
         spec = flow.load_spec(job)
         if spec is None:
@@ -216,9 +229,9 @@ def replay(
             source,
             start,
             end,
-            by,
+            by or TimeBasis.EVENT,
             app,
-            mode,
+            mode or Mode.SHADOW,
             detectors,
             consumer_group,
             job_id,

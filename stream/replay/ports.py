@@ -7,7 +7,7 @@ the same range, however far the source has grown since.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -87,7 +87,7 @@ class ReplayReader(Protocol):
 
     def read(
         self, plan: PartitionPlan, after: int, batch_size: int
-    ) -> AsyncIterator[list[ReceivedEvent]]:
+    ) -> AsyncGenerator[list[ReceivedEvent]]:
         """The plan's events after ``after`` (a checkpoint, or the plan's start), in
         sequence order, in batches of at most ``batch_size``; ends at ``plan.last``."""
         ...

@@ -9,6 +9,7 @@ checkpoints are the job's (JobContext) — never the live processor's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from common.retry import sleep_or_stop
-from schemas import QuarantineRecord, TelemetryDocument
+from schemas import QuarantineRecord, TelemetryDocument, TelemetryEvent
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoded, Decoder
 from stream.delivery import deliver
@@ -40,34 +41,44 @@ class RangeDecoder(Decoder):
         self.window = replace(
             window, start=window.start.astimezone(UTC), end=window.end.astimezone(UTC)
         )
+        # The fast path's tests, looked up once: by enqueued time every timestamp passes.
+        self._all_apps, self._apps = not window.apps, window.apps
+        by_event = window.by is TimeBasis.EVENT
+        self._start = self.window.start if by_event else datetime.min.replace(tzinfo=UTC)
+        self._end = self.window.end if by_event else datetime.max.replace(tzinfo=UTC)
         self.enqueued_times = enqueued_times
         self.skipped = 0
 
     def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
         decoded = super().decode(body, now)
+        accepted = decoded.accepted
+        # Most bodies are one event of the window: let them through at the cost of one test.
+        if len(accepted) == 1 and not decoded.rejected:
+            event = accepted[0].event
+            if (self._all_apps or event.app_id in self._apps) and (
+                self._start <= event.timestamp < self._end
+            ):
+                return decoded
+        return self._filter(decoded, now)
+
+    def _keeps(self, event: TelemetryEvent) -> bool:
         window = self.window
-        apps = window.apps
-        by_event = window.by is TimeBasis.EVENT
-        start, end = window.start, window.end
-        # Most bodies hold one event of the window: keep the decoder's result as it is.
-        kept = [
+        return (not window.apps or event.app_id in window.apps) and (
+            window.by is not TimeBasis.EVENT or window.start <= event.timestamp < window.end
+        )
+
+    def _filter(self, decoded: Decoded, now: datetime | None) -> Decoded:
+        window = self.window
+        kept = [item for item in decoded.accepted if self._keeps(item.event)]
+        keep_rejected = not (window.by is TimeBasis.EVENT and self.enqueued_times) or (
+            now is not None and window.start <= now < window.end
+        )
+        rejected = [
             item
-            for item in decoded.accepted
-            if (not apps or item.event.app_id in apps)
-            and (not by_event or start <= item.event.timestamp < end)
+            for item in decoded.rejected
+            if keep_rejected and (not window.apps or item.app_id in window.apps)
         ]
-        rejected = decoded.rejected
-        if rejected:
-            keep_rejected = not (by_event and self.enqueued_times) or (
-                now is not None and start <= now < end
-            )
-            rejected = [
-                item for item in rejected if keep_rejected and (not apps or item.app_id in apps)
-            ]
-        if len(kept) == len(decoded.accepted) and rejected is decoded.rejected:
-            return decoded
-        self.skipped += len(decoded.accepted) - len(kept)
-        self.skipped += len(decoded.rejected) - len(rejected)
+        self.skipped += len(decoded.accepted) - len(kept) + len(decoded.rejected) - len(rejected)
         return Decoded(kept, rejected)
 
 
@@ -211,40 +222,44 @@ class Replay:
 
     async def _partition(self, plan: PartitionPlan, position: int, stop: asyncio.Event) -> bool:
         context = JobContext(self.store, plan, position)
-        pipeline = self.pipeline
-        await pipeline.on_partition_initialize(context)
+        await self.pipeline.on_partition_initialize(context)
         finished = False
         batch_size = self.batch_size
         if self.rate.per_second is not None:
             batch_size = max(1, min(batch_size, int(self.rate.per_second)))
         try:
-            async for events in self.reader.read(plan, position, batch_size):
-                if stop.is_set():
-                    break
-                await self.rate.take(len(events), stop)
-                low, high = self._enqueued_from, self._enqueued_before
-                window = [
-                    event
-                    for event in events
-                    if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
-                ]
-                if len(window) == len(events):
-                    window = events
-                if window:
-                    delivered = await deliver(
-                        functools.partial(pipeline.on_batch, context, window),
-                        partition_id=plan.partition,
-                        first_sequence=window[0].sequence,
-                        closing=lambda: False,
-                        stop=stop,
-                    )
-                    if not delivered:
+            # Closed at once when left early (Ctrl-C): a reader holds a connection per read.
+            async with contextlib.aclosing(self.reader.read(plan, position, batch_size)) as batches:
+                async for events in batches:
+                    if stop.is_set() or not await self._deliver(context, events, stop):
                         break
-                self.on_events(len(events))
-            else:
-                finished = not stop.is_set()
+                    self.on_events(len(events))
+                else:
+                    finished = not stop.is_set()
         finally:
-            await pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
+            await self.pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
         if finished:
             await self.store.checkpoint(plan.partition, plan.last, finished=True)
         return finished
+
+    async def _deliver(
+        self, context: JobContext, events: list[ReceivedEvent], stop: asyncio.Event
+    ) -> bool:
+        """Hand the batch's events of the window to the pipeline, retried as a source does;
+        False when the replay stopped before it was processed."""
+        await self.rate.take(len(events), stop)
+        low, high = self._enqueued_from, self._enqueued_before
+        window = [
+            event
+            for event in events
+            if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
+        ]
+        if not window:
+            return True
+        return await deliver(
+            functools.partial(self.pipeline.on_batch, context, window),
+            partition_id=context.partition_id,
+            first_sequence=window[0].sequence,
+            closing=lambda: False,
+            stop=stop,
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -185,7 +185,7 @@ class CaptureReader:
 
     async def read(
         self, plan: PartitionPlan, after: int, batch_size: int
-    ) -> AsyncIterator[list[ReceivedEvent]]:
+    ) -> AsyncGenerator[list[ReceivedEvent]]:
         batch: list[ReceivedEvent] = []
         for name in (await self._files()).get(plan.partition, []):
             async for record in self._records(name):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -99,7 +99,7 @@ class EventHubsReader:
 
     async def read(
         self, plan: PartitionPlan, after: int, batch_size: int
-    ) -> AsyncIterator[list[ReceivedEvent]]:
+    ) -> AsyncGenerator[list[ReceivedEvent]]:
         if after >= plan.last:
             return
         queue: asyncio.Queue[list[EventData] | BaseException] = asyncio.Queue(maxsize=2)

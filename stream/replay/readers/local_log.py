@@ -6,7 +6,7 @@ touches the log's checkpoints: positions are the replay job's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -59,7 +59,7 @@ class LogReader:
 
     async def read(
         self, plan: PartitionPlan, after: int, batch_size: int
-    ) -> AsyncIterator[list[ReceivedEvent]]:
+    ) -> AsyncGenerator[list[ReceivedEvent]]:
         partition = int(plan.partition)
         while after < plan.last:
             events = await self.log.read_async(partition, after, min(batch_size, plan.last - after))

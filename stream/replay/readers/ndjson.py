@@ -9,7 +9,7 @@ future-skew check and ``ingest.enqueued_time`` are the same on every resume.
 from __future__ import annotations
 
 import glob
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -79,7 +79,7 @@ class NdjsonReader:
 
     async def read(
         self, plan: PartitionPlan, after: int, batch_size: int
-    ) -> AsyncIterator[list[ReceivedEvent]]:
+    ) -> AsyncGenerator[list[ReceivedEvent]]:
         batch: list[ReceivedEvent] = []
         for number, line in enumerate(_lines(Path(plan.partition))):
             if number <= after:

@@ -217,6 +217,7 @@ def test_a_killed_replay_resumes_to_the_same_store_and_report(live: Live, tmp_pa
         (["--from", "yesterday", "--to", "2026-01-02"], "not an ISO 8601 time", 2),
         (["missing-*.ndjson", "--from", "2026-01-01", "--to", "2026-01-02"], "no file matches", 2),
         (["--resume", "nope"], "no replay job 'nope'", 2),
+        (["--resume", "x", "--from", "2026-01-01"], "drop --from", 2),
     ],
 )
 def test_bad_options_get_one_line(
