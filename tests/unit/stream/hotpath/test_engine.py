@@ -385,3 +385,23 @@ def test_snapshots_along_the_way_see_every_event() -> None:
         assert HotPath.restore(AppDirectory(), blob).snapshot() == blob
         previous = cut
     assert engine.snapshot() == uninterrupted()[1]
+
+
+def test_a_low_rate_app_pages_a_full_outage_within_10_minutes() -> None:
+    # One request a minute: five healthy hours, then every request fails. The processor's
+    # hot path (default configuration) publishes a critical error-rate incident 8 minutes
+    # into the outage (the 1 h window at 14.4× the budget, its 5 min window holding 5).
+    engine = HotPath(AppDirectory())
+    healthy, outage = 300, 60
+    docs = [document(i, seconds=60.0 * i, error=i >= healthy) for i in range(healthy + outage)]
+    pages = [
+        (n, b)
+        for n, b in run(engine, tuple(docs))
+        if b.signal == "error" and b.state is BreachState.OPENED
+    ]
+    assert pages, "no page"
+    n, page = pages[0]
+    assert page.severity is Severity.CRITICAL and page.kind is BreachKind.ERROR_RATE
+    minutes = (page.opened_at - docs[healthy].timestamp).total_seconds() / 60
+    assert minutes == 8.0
+    assert page.threshold == 14.4
