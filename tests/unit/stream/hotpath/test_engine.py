@@ -400,7 +400,7 @@ def test_a_low_rate_app_pages_a_full_outage_within_10_minutes() -> None:
         if b.signal == "error" and b.state is BreachState.OPENED
     ]
     assert pages, "no page"
-    n, page = pages[0]
+    _, page = pages[0]
     assert page.severity is Severity.CRITICAL and page.kind is BreachKind.ERROR_RATE
     minutes = (page.opened_at - docs[healthy].timestamp).total_seconds() / 60
     assert minutes == 8.0
