@@ -11,11 +11,24 @@ messages (opened, escalated, resolved), not three breaches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas.breach import SEVERITY_RANK, Breach, BreachState, Evidence
+import orjson
+
+from schemas.breach import (
+    SEVERITY_RANK,
+    Breach,
+    BreachKind,
+    BreachSource,
+    BreachState,
+    Evidence,
+    Severity,
+)
 from stream.hotpath.lifecycle import BreachTracker
+from stream.hotpath.packing import pack_floats, pack_ids, unpack_floats, unpack_ids
 
 
 def evidence_of(breach: Breach) -> Evidence:
@@ -40,7 +53,8 @@ class Incident:
     a higher severity joined; the incident takes its severity, kind, figures and samples) or
     resolved (no tracker open any more). Evidence from a detector of the same or a lower
     severity changes the incident silently; the next message carries it. The state is the
-    open incident, exact (its full JSON, only while one is open).
+    open incident, exact, only while one is open: compact (no keys, ids and numbers as
+    bytes, times as µs), checked once per change by decoding it, else its full JSON.
     """
 
     __slots__ = ("_packed", "open", "trackers")
@@ -105,8 +119,110 @@ class Incident:
         if self.open is None:
             return None
         if self._packed is None or self._packed[0] is not self.open:
-            self._packed = (self.open, self.open.model_dump(mode="json"))
+            self._packed = (self.open, self._pack(self.open))
         return self._packed[1]
 
     def load_state(self, state: Any) -> None:
-        self.open = None if state is None else Breach.model_validate(state)
+        if state is None:
+            self.open = None
+        elif isinstance(state, dict):
+            self.open = Breach.model_validate(state)
+        else:
+            self.open = self._unpack(state)
+
+    # -- compact form --------------------------------------------------------------------------
+    # [ids (incident id, samples), numbers (observed, baseline, threshold, window start and
+    #  end, opened at), [state, severity, kind, detector], message, evidence rows
+    #  [detector, kind, severity, numbers (observed, baseline, threshold, at), message]];
+    # app and signal are the trackers', the source is the hot path, None is NaN.
+    def _pack(self, incident: Breach) -> Any:
+        full = incident.model_dump(mode="json")
+        packed = [
+            pack_ids([incident.breach_id, *incident.sample_trace_ids]),
+            pack_floats(
+                [
+                    incident.observed,
+                    _nan(incident.baseline),
+                    _nan(incident.threshold),
+                    _micros(incident.window_start),
+                    _micros(incident.window_end),
+                    _micros(incident.opened_at),
+                ]
+            ),
+            [incident.state.value, incident.severity.value, incident.kind.value, incident.detector],
+            incident.message,
+            [
+                [
+                    e.detector,
+                    e.kind.value,
+                    e.severity.value,
+                    pack_floats([e.observed, _nan(e.baseline), _nan(e.threshold), _micros(e.at)]),
+                    e.message,
+                ]
+                for e in incident.evidence
+            ],
+        ]
+        try:
+            same = self._unpack(orjson.loads(orjson.dumps(packed))).model_dump(mode="json")
+        except (TypeError, ValueError, IndexError):
+            same = None
+        return packed if same == full else full
+
+    def _unpack(self, packed: list[Any]) -> Breach:
+        ids, numbers, (state, severity, kind, detector), message, rows = packed
+        breach_id, *samples = unpack_ids(ids)
+        observed, baseline, threshold, start_us, end_us, opened_us = unpack_floats(numbers)
+        evidence = []
+        for name, e_kind, e_severity, e_numbers, e_message in rows:
+            e_observed, e_baseline, e_threshold, at_us = unpack_floats(e_numbers)
+            evidence.append(
+                Evidence(
+                    detector=name,
+                    kind=BreachKind(e_kind),
+                    severity=Severity(e_severity),
+                    observed=e_observed,
+                    baseline=_none(e_baseline),
+                    threshold=_none(e_threshold),
+                    at=_time(at_us),
+                    message=e_message,
+                )
+            )
+        tracker = self.trackers[0]
+        return Breach(
+            breach_id=breach_id,
+            state=BreachState(state),
+            severity=Severity(severity),
+            kind=BreachKind(kind),
+            source=BreachSource.HOT,
+            app_id=tracker.app_id,
+            signal=tracker.signal,
+            detector=detector,
+            observed=observed,
+            baseline=_none(baseline),
+            threshold=_none(threshold),
+            window_start=_time(start_us),
+            window_end=_time(end_us),
+            opened_at=_time(opened_us),
+            sample_trace_ids=samples,
+            message=message,
+            evidence=evidence,
+        )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(when: datetime) -> float:
+    return float((when - _EPOCH) // timedelta(microseconds=1))
+
+
+def _time(micros: float) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(micros))
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _none(value: float) -> float | None:
+    return None if math.isnan(value) else value
