@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -28,7 +27,14 @@ from schemas.breach import (
     Severity,
 )
 from stream.hotpath.lifecycle import BreachTracker
-from stream.hotpath.packing import pack_floats, pack_ids, unpack_floats, unpack_ids
+from stream.hotpath.packing import (
+    from_micros,
+    micros,
+    pack_floats,
+    pack_ids,
+    unpack_floats,
+    unpack_ids,
+)
 
 
 def evidence_of(breach: Breach) -> Evidence:
@@ -144,9 +150,9 @@ class Incident:
                     incident.observed,
                     _nan(incident.baseline),
                     _nan(incident.threshold),
-                    _micros(incident.window_start),
-                    _micros(incident.window_end),
-                    _micros(incident.opened_at),
+                    micros(incident.window_start),
+                    micros(incident.window_end),
+                    micros(incident.opened_at),
                 ]
             ),
             [incident.state.value, incident.severity.value, incident.kind.value, incident.detector],
@@ -156,7 +162,7 @@ class Incident:
                     e.detector,
                     e.kind.value,
                     e.severity.value,
-                    pack_floats([e.observed, _nan(e.baseline), _nan(e.threshold), _micros(e.at)]),
+                    pack_floats([e.observed, _nan(e.baseline), _nan(e.threshold), micros(e.at)]),
                     e.message,
                 ]
                 for e in incident.evidence
@@ -183,7 +189,7 @@ class Incident:
                     observed=e_observed,
                     baseline=_none(e_baseline),
                     threshold=_none(e_threshold),
-                    at=_time(at_us),
+                    at=from_micros(at_us),
                     message=e_message,
                 )
             )
@@ -200,24 +206,14 @@ class Incident:
             observed=observed,
             baseline=_none(baseline),
             threshold=_none(threshold),
-            window_start=_time(start_us),
-            window_end=_time(end_us),
-            opened_at=_time(opened_us),
+            window_start=from_micros(start_us),
+            window_end=from_micros(end_us),
+            opened_at=from_micros(opened_us),
             sample_trace_ids=samples,
             message=message,
             evidence=evidence,
         )
 
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _micros(when: datetime) -> float:
-    return float((when - _EPOCH) // timedelta(microseconds=1))
-
-
-def _time(micros: float) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(micros))
 
 
 def _nan(value: float | None) -> float:

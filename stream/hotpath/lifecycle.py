@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,7 +18,14 @@ from schemas.breach import (
 )
 from schemas.document import TelemetryDocument
 from stream.hotpath.detector import Detector
-from stream.hotpath.packing import pack_floats, pack_ids, unpack_floats, unpack_ids
+from stream.hotpath.packing import (
+    from_micros,
+    micros,
+    pack_floats,
+    pack_ids,
+    unpack_floats,
+    unpack_ids,
+)
 
 
 class BreachTracker:
@@ -170,8 +177,8 @@ class BreachTracker:
         numbers = [
             opened.observed,
             baseline,
-            _micros(opened.window_start),
-            _micros(opened.opened_at),
+            micros(opened.window_start),
+            micros(opened.opened_at),
         ]
         packed = [
             pack_ids([opened.breach_id, *opened.sample_trace_ids]),
@@ -194,22 +201,15 @@ class BreachTracker:
         breach_id, *samples = unpack_ids(ids)
         if isinstance(message, list):
             message = type(detector).format_message(message)  # type: ignore[attr-defined]
-        opened_at = _EPOCH + timedelta(microseconds=int(opened_us))
+        opened_at = from_micros(opened_us)
         return self._open_breach(
             detector,
             breach_id,
             observed=observed,
             baseline=None if math.isnan(baseline) else baseline,
             threshold=threshold,
-            window_start=_EPOCH + timedelta(microseconds=int(start_us)),
+            window_start=from_micros(start_us),
             opened_at=opened_at,
             samples=samples,
             message=str(message),
         )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _micros(when: datetime) -> int:
-    return (when - _EPOCH) // timedelta(microseconds=1)

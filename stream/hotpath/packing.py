@@ -6,6 +6,7 @@ import base64
 import re
 import struct
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -95,3 +96,16 @@ def unpack_floats(text: str) -> list[float]:
     if len(raw) % 8:
         raise ValueError("packed floats are not whole 8-byte floats")
     return list(struct.unpack(f"<{len(raw) // 8}d", raw))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(when: datetime) -> int:
+    """Microseconds since the epoch: exact in a double (snapshots pack times this way)."""
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: float) -> datetime:
+    """The UTC time ``micros`` gave ``value`` for."""
+    return _EPOCH + timedelta(microseconds=int(value))
