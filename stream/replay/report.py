@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from schemas import Breach
+from schemas import Breach, BreachState
 from stream.replay.job import QUARANTINED, STORED
 
 
@@ -19,7 +19,10 @@ def build(
     breaches: Sequence[Breach],
     unreadable: dict[str, str],
 ) -> dict[str, Any]:
-    ordered = sorted(breaches, key=lambda b: (b.app_id, b.opened_at, b.breach_id, b.state))
+    ordered = sorted(
+        breaches,
+        key=lambda b: (b.app_id, b.opened_at, b.breach_id, list(BreachState).index(b.state)),
+    )
     prefix = f"{QUARANTINED}:"
     return {
         "job": spec["id"],

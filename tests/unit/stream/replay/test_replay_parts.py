@@ -140,11 +140,13 @@ def _breach(app: str, minutes: int, breach_id: str, state: str) -> Breach:
 def test_the_report_orders_breaches_whatever_order_they_came_in() -> None:
     spec = {"id": "j", "source": {}, "window": {}, "mode": "shadow", "detectors_file": None}
     breaches = [_breach("b", 1, "x", "opened"), _breach("a", 5, "y", "resolved"),
-                _breach("a", 5, "y", "opened"), _breach("a", 2, "z", "opened")]  # fmt: skip
+                _breach("a", 5, "y", "opened"), _breach("a", 2, "z", "opened"),
+                _breach("a", 5, "y", "escalated")]  # fmt: skip
     one = report.build(spec, Counter(stored=3, **{"quarantined:bad": 1}), breaches, {})
     other = report.build(spec, Counter(stored=3, **{"quarantined:bad": 1}), breaches[::-1], {})
     assert one == other
     assert [(b["app_id"], b["breach_id"], b["state"]) for b in one["breaches"]] == [
-        ("a", "z", "opened"), ("a", "y", "opened"), ("a", "y", "resolved"), ("b", "x", "opened"),
+        ("a", "z", "opened"), ("a", "y", "opened"), ("a", "y", "escalated"),
+        ("a", "y", "resolved"), ("b", "x", "opened"),
     ]  # fmt: skip
     assert one["events"] == {"stored": 3, "quarantined": 0, "quarantined_by_code": {"bad": 1}}
