@@ -1,6 +1,7 @@
 """The ``evalstream`` command line: one module per command group, assembled here.
 
-process.py (process, send, simulate, schema), store.py (status, quarantine), replay.py, alerts.py,
+process.py (process, send, simulate, schema), store.py (status, quarantine), replay.py (+ its
+progress display in replay_display.py), alerts.py,
 coldpath.py (+ pool.py), evaluations.py, report.py; options.py holds what they share. Commands
 get their adapters from ``evalstream.wiring`` only.
 

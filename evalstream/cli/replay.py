@@ -7,8 +7,6 @@ import re
 import shutil
 import sys
 import tomllib
-from collections import Counter
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,14 +15,6 @@ from typing import Annotated, Any
 import orjson
 import typer
 from pydantic import ValidationError
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from evalstream import logs, wiring
 from evalstream.cli.options import (
@@ -39,9 +29,10 @@ from evalstream.cli.options import (
     load,
     run,
 )
+from evalstream.cli.replay_display import ReplayDisplay, plural
 from evalstream.settings import Settings
 from evalstream.wiring import replay as replay_wiring
-from schemas import AppDirectory, Breach
+from schemas import AppDirectory
 from stream.exceptions import ReplayMisconfigured
 from stream.replay import flow
 from stream.replay.job import QUARANTINED, STORED, JobFile
@@ -326,7 +317,7 @@ async def _execute(
         if job is None:
             job = await _plan(settings, spec, stdin)
             stack.callback(job.close)
-        with _Display() as display:
+        with ReplayDisplay(console) as display:
             pieces = replay_wiring.pieces(
                 settings, spec, rate=rate, publisher=publisher, watcher=display
             )
@@ -407,73 +398,6 @@ def _finish(
     rate = f", {read / seconds:,.0f} events/s" if seconds > 0 and read else ""
     console.print(
         f"replay {spec.id} complete: {events[STORED]} stored, {events[QUARANTINED]} "
-        f"quarantined, {_plural(len(result['breaches']), 'breach message')}{rate}; "
+        f"quarantined, {plural(len(result['breaches']), 'breach message')}{rate}; "
         f"report {default}"
     )
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
-class _Display:
-    """A rich progress bar on stderr: events read of the plan, events/s, ETA and counts."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=16),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[speed]}"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[counts]}"),
-            console=console,
-            transient=False,
-        )
-        self.task: TaskID | None = None
-        self.read = 0
-        self.breaches = 0
-        self._counts: Callable[[], Counter[str]] = Counter
-        self._started = 0.0
-
-    def __enter__(self) -> _Display:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.progress.stop()
-
-    def reading(self, total: int, done: int, counts: Callable[[], Counter[str]]) -> None:
-        self._counts = counts
-        self._started = asyncio.get_running_loop().time()
-        self.task = self.progress.add_task(
-            "reading", total=total, completed=done, speed="", counts=self._describe()
-        )
-
-    def _describe(self) -> str:
-        counts = self._counts()
-        return (
-            f"{counts.get(STORED, 0):,} stored, {counts.get(QUARANTINED, 0):,} quarantined, "
-            f"{_plural(self.breaches, 'breach message')}"
-        )
-
-    def events(self, count: int) -> None:
-        self.read += count
-        elapsed = asyncio.get_running_loop().time() - self._started
-        if self.task is not None:
-            self.progress.update(
-                self.task,
-                advance=count,
-                speed=f"{self.read / elapsed:,.0f} ev/s" if elapsed > 0 else "",
-                counts=self._describe(),
-            )
-
-    def detecting(self, apps: int) -> None:
-        self.task = self.progress.add_task(
-            "detecting", total=apps, speed="", counts=self._describe()
-        )
-
-    def app_detected(self, app: str, breaches: list[Breach]) -> None:
-        self.breaches += len(breaches)
-        if self.task is not None:
-            self.progress.update(self.task, advance=1, counts=self._describe())

@@ -1,0 +1,87 @@
+"""What ``evalstream replay`` shows while a job runs: a rich progress bar on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from schemas import Breach
+from stream.replay.job import QUARANTINED, STORED
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+class ReplayDisplay:
+    """A rich progress bar on stderr: events read of the plan, events/s, ETA and counts."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=16),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[speed]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[counts]}"),
+            console=console,
+            transient=False,
+        )
+        self.task: TaskID | None = None
+        self.read = 0
+        self.breaches = 0
+        self._counts: Callable[[], Counter[str]] = Counter
+        self._started = 0.0
+
+    def __enter__(self) -> ReplayDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def reading(self, total: int, done: int, counts: Callable[[], Counter[str]]) -> None:
+        self._counts = counts
+        self._started = asyncio.get_running_loop().time()
+        self.task = self.progress.add_task(
+            "reading", total=total, completed=done, speed="", counts=self._describe()
+        )
+
+    def _describe(self) -> str:
+        counts = self._counts()
+        return (
+            f"{counts.get(STORED, 0):,} stored, {counts.get(QUARANTINED, 0):,} quarantined, "
+            f"{plural(self.breaches, 'breach message')}"
+        )
+
+    def events(self, count: int) -> None:
+        self.read += count
+        elapsed = asyncio.get_running_loop().time() - self._started
+        if self.task is not None:
+            self.progress.update(
+                self.task,
+                advance=count,
+                speed=f"{self.read / elapsed:,.0f} ev/s" if elapsed > 0 else "",
+                counts=self._describe(),
+            )
+
+    def detecting(self, apps: int) -> None:
+        self.task = self.progress.add_task(
+            "detecting", total=apps, speed="", counts=self._describe()
+        )
+
+    def app_detected(self, app: str, breaches: list[Breach]) -> None:
+        self.breaches += len(breaches)
+        if self.task is not None:
+            self.progress.update(self.task, advance=1, counts=self._describe())
