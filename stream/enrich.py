@@ -17,6 +17,7 @@ import orjson
 
 from schemas import (
     AppDirectory,
+    Breach,
     DerivedSizes,
     IngestInfo,
     QuarantineRecord,
@@ -285,6 +286,32 @@ class Enricher:
             sequence=position.sequence if position else None,
             offset=position.offset if position else None,
             app_id=rejected.app_id,
+            received_at=received_at,
+        )
+
+    def unpublishable(
+        self, breach: Breach, exc: Exception, received_at: datetime
+    ) -> QuarantineRecord:
+        """The record of a breach the alert bus refused for good: its JSON, why, its app."""
+        raw = breach.model_dump_json()
+        return QuarantineRecord(
+            id=content_id("breach", breach.message_id),
+            pk=f"quarantine:{breach.opened_at:%Y-%m-%d}",
+            raw=raw,
+            raw_encoding="utf-8",
+            raw_size=len(raw.encode()),
+            truncated=False,
+            issues=[
+                ValidationIssue(
+                    code="breach_unpublishable",
+                    location="$",
+                    message=f"the alert bus refused this breach: {type(exc).__name__}: {exc}"[
+                        :2000
+                    ],
+                )
+            ],
+            source="hotpath",
+            app_id=breach.app_id,
             received_at=received_at,
         )
 

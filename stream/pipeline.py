@@ -20,7 +20,7 @@ from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, ValidationIssue
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected
-from stream.enrich import Enricher, content_id, scrub_user_ids_in_text
+from stream.enrich import Enricher, scrub_user_ids_in_text
 from stream.ports import CloseReason, HotPathFactory, HotPathState, PartitionContext, ReceivedEvent
 from stream.stats import ProcessorStats
 
@@ -222,29 +222,7 @@ class Pipeline:
         self.stats.publish_error = None
 
     async def _keep_unpublishable(self, breach: Breach, exc: Exception) -> None:
-        raw = breach.model_dump_json()
-        issue = ValidationIssue(
-            code="breach_unpublishable",
-            location="$",
-            message=f"the alert bus refused this breach: {type(exc).__name__}: {exc}"[:2000],
-        )
-        await self.store.write(
-            [],
-            [
-                QuarantineRecord(
-                    id=content_id("breach", breach.message_id),
-                    pk=f"quarantine:{breach.opened_at:%Y-%m-%d}",
-                    raw=raw,
-                    raw_encoding="utf-8",
-                    raw_size=len(raw.encode()),
-                    truncated=False,
-                    issues=[issue],
-                    source="hotpath",
-                    app_id=breach.app_id,
-                    received_at=datetime.now(UTC),
-                )
-            ],
-        )
+        await self.store.write([], [self.enricher.unpublishable(breach, exc, datetime.now(UTC))])
         logger.error(
             "the alert bus refused a breach for good; it is kept in quarantine",
             exc_info=exc,

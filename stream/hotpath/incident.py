@@ -215,7 +215,6 @@ class Incident:
         )
 
 
-
 def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -17,12 +17,13 @@ import orjson
 
 from alerts.ports import AlertPublisher
 from schemas import Breach
+from store.ports import ProcessorStore
 from stream.pipeline import Pipeline
 from stream.ports import HotPathFactory
 from stream.processor import tuned_gc
 from stream.replay import report
 from stream.replay.job import JobFile
-from stream.replay.ports import ReplayReader
+from stream.replay.ports import PartitionPlan, ReplayReader
 from stream.replay.run import JobStore, RangeDecoder, RateLimit, Replay
 from stream.replay.shadow import detect
 from stream.replay.spec import ReplaySpec
@@ -66,7 +67,7 @@ class Pieces:
     watcher: Watcher = field(default_factory=Quiet)
 
 
-def create(job: JobFile, spec: ReplaySpec, plans: list[Any]) -> None:
+def create(job: JobFile, spec: ReplaySpec, plans: Sequence[PartitionPlan]) -> None:
     job.create(spec.model_dump_json().encode(), plans)
 
 
@@ -76,9 +77,14 @@ def load_spec(job: JobFile) -> ReplaySpec | None:
 
 
 async def run(
-    job: JobFile, spec: ReplaySpec, pieces: Pieces, stop: asyncio.Event, store: Any
+    job: JobFile,
+    spec: ReplaySpec,
+    pieces: Pieces,
+    stop: asyncio.Event,
+    store: ProcessorStore | None,
 ) -> dict[str, Any] | None:
-    """Run what is left of the job; the report when it completed, None when stopped."""
+    """Run what is left of the job (``store``: where reprocessed events go); the report when
+    it completed, None when stopped."""
     watcher = pieces.watcher
     plans = job.plans()
     remaining = [(plan, position) for plan, position, finished in plans if not finished]

@@ -41,7 +41,7 @@ class RangeDecoder(Decoder):
         self.window = replace(
             window, start=window.start.astimezone(UTC), end=window.end.astimezone(UTC)
         )
-        # The fast path's tests, looked up once: by enqueued time every timestamp passes.
+        # What _keeps tests, looked up once: by enqueued time every timestamp passes.
         self._all_apps, self._apps = not window.apps, window.apps
         by_event = window.by is TimeBasis.EVENT
         self._start = self.window.start if by_event else datetime.min.replace(tzinfo=UTC)
@@ -53,18 +53,13 @@ class RangeDecoder(Decoder):
         decoded = super().decode(body, now)
         accepted = decoded.accepted
         # Most bodies are one event of the window: let them through at the cost of one test.
-        if len(accepted) == 1 and not decoded.rejected:
-            event = accepted[0].event
-            if (self._all_apps or event.app_id in self._apps) and (
-                self._start <= event.timestamp < self._end
-            ):
-                return decoded
+        if len(accepted) == 1 and not decoded.rejected and self._keeps(accepted[0].event):
+            return decoded
         return self._filter(decoded, now)
 
     def _keeps(self, event: TelemetryEvent) -> bool:
-        window = self.window
-        return (not window.apps or event.app_id in window.apps) and (
-            window.by is not TimeBasis.EVENT or window.start <= event.timestamp < window.end
+        return (self._all_apps or event.app_id in self._apps) and (
+            self._start <= event.timestamp < self._end
         )
 
     def _filter(self, decoded: Decoded, now: datetime | None) -> Decoded:
