@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from starlette.applications import Starlette
 
 from evalstream import coldpath_schedule, wiring
+from evalstream.ingest_pool import IngestPool, ingest_in_workers, worker_count
 from evalstream.live_report import LiveReport
 from evalstream.settings import Settings, SettingsError
 from schemas import Breach
@@ -103,13 +104,19 @@ async def run_processor(
     until_idle_s: float | None,
     on_status: Callable[[str], None],
     on_breach: Callable[[Breach], None] | None = None,
+    ingest_workers: int | None = None,
 ) -> ProcessorStats:
+    """``ingest_workers``: processes serving ingest (0: this one; None: ``ingest.workers``,
+    else the ``ingest_pool`` default)."""
     refused = ingest and require_auth_beyond_loopback(settings.ingest.host, settings.ingest.auth)
     if refused:
         raise SettingsError(refused)
     stop = asyncio.Event()
     install_signal_handlers(stop)
     stats = ProcessorStats(on_breach=on_breach)
+    workers = worker_count(settings.ingest.workers if ingest_workers is None else ingest_workers)
+    in_process = ingest and workers == 0
+    pool: IngestPool | None = None
     async with (
         wiring.store(settings) as store,
         wiring.publisher(settings) as publisher,
@@ -118,7 +125,7 @@ async def run_processor(
         # A producer only when something in this process produces (ingest, simulator).
         sink = (
             await stack.enter_async_context(wiring.sink(settings))
-            if ingest or simulate is not None
+            if in_process or simulate is not None
             else None
         )
         pipeline = wiring.pipeline(settings, store, stats, publisher)
@@ -131,7 +138,14 @@ async def run_processor(
         )
         ops = OpsRoutes(stats, store, max_silence_s=settings.processor.ready_max_silence_s)
         ops.routes.extend(LiveReport(settings).routes)
-        if ingest and sink is not None:
+        port = settings.ingest.port if ingest_port is None else ingest_port
+        if ingest and not in_process:
+            pool = await stack.enter_async_context(
+                ingest_in_workers(
+                    settings, workers, port, ops.routes, stats.metrics.registry, on_status
+                )
+            )
+        elif ingest and sink is not None:
             app = IngestApp(
                 wiring.decoder(settings),
                 wiring.enricher(settings, "ingest"),
@@ -142,7 +156,6 @@ async def run_processor(
                 metrics=IngestMetrics(stats.metrics.registry),
                 extra_routes=ops.routes,
             )
-            port = settings.ingest.port if ingest_port is None else ingest_port
             server = await stack.enter_async_context(
                 serving(
                     app.app,
@@ -169,6 +182,8 @@ async def run_processor(
                 "/healthz, /readyz, /metrics, /report"
             )
         async with asyncio.TaskGroup() as group:
+            if pool is not None:
+                group.create_task(pool.run(stop))
             if simulate is not None and sink is not None:
                 group.create_task(_simulate(simulate, sink, stop, on_status))
             if until_idle_s is not None:

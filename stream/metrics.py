@@ -8,7 +8,11 @@ because lag is read from the source.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -104,3 +108,69 @@ class IngestMetrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+
+
+# One sample as it crosses a process boundary: (sample name, labels, value).
+SampleRow = tuple[str, dict[str, str], float]
+# One metric family: (name, type, documentation, samples).
+FamilyRow = tuple[str, str, str, list[SampleRow]]
+
+
+def snapshot(registry: CollectorRegistry) -> list[FamilyRow]:
+    """The registry's current values, plain enough to send as JSON to another process.
+
+    ``_created`` samples are left out: they are per-process timestamps that cannot be summed."""
+    return [
+        (
+            family.name,
+            family.type,
+            family.documentation,
+            [
+                (sample.name, dict(sample.labels), sample.value)
+                for sample in family.samples
+                if not sample.name.endswith("_created")
+            ],
+        )
+        for family in registry.collect()
+    ]
+
+
+class SummedWorkers(Collector):
+    """Counters and histograms of several worker processes, exposed as one set: each sample is
+    the sum over the workers' latest snapshots plus what workers that have exited counted.
+
+    A worker sends its cumulative snapshot from time to time (``update``); when it exits its
+    last snapshot is kept (``retire``), so the sums never go down when a worker is restarted.
+    What a worker counted after its last snapshot is lost with it when it is killed."""
+
+    def __init__(self) -> None:
+        self._live: dict[int, list[FamilyRow]] = {}
+        self._retired: _Sums = {}
+
+    def update(self, worker: int, families: list[FamilyRow]) -> None:
+        self._live[worker] = families
+
+    def retire(self, worker: int) -> None:
+        _add(self._retired, self._live.pop(worker, []))
+
+    def collect(self) -> Iterator[Metric]:
+        sums = {family: dict(values) for family, values in self._retired.items()}
+        for families in self._live.values():
+            _add(sums, families)
+        for (name, kind, documentation), values in sums.items():
+            metric = Metric(name, documentation, kind)
+            for (sample, labels), value in values.items():
+                metric.add_sample(sample, dict(labels), value)
+            yield metric
+
+
+# Per family (name, type, documentation): per sample (name, sorted labels): the sum.
+_Sums = dict[tuple[str, str, str], dict[tuple[str, tuple[tuple[str, str], ...]], float]]
+
+
+def _add(sums: _Sums, families: list[FamilyRow]) -> None:
+    for name, kind, documentation, samples in families:
+        family = sums.setdefault((name, kind, documentation), {})
+        for sample, labels, value in samples:
+            key = (sample, tuple(sorted(labels.items())))
+            family[key] = family.get(key, 0.0) + value

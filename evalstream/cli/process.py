@@ -70,6 +70,15 @@ def process(
     ingest_port: Annotated[
         int | None, typer.Option(help="Ingest port (0 = any free port) [default: ingest.port].")
     ] = None,
+    ingest_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Processes serving ingest beside the processor (0 = in the processor's own "
+            "process) [default: ingest.workers, else half the cores, at least 1].",
+            show_default=False,
+        ),
+    ] = None,
     until_idle: Annotated[
         float | None,
         typer.Option(help="Stop after every partition is caught up and idle this many seconds."),
@@ -108,6 +117,7 @@ def process(
                 until_idle_s=until_idle,
                 on_status=say.status,
                 on_breach=say.breach,
+                ingest_workers=ingest_workers,
             )
         )
     except* (SettingsError, StreamError) as group:

@@ -12,8 +12,9 @@ tenant's JWKS (fetched, cached, fetched again for an unknown ``kid`` so key rota
   Bearer``), the reason in the body;
 * an event for an app the key does not list → 403, nothing of the request is kept;
 * more events for an app than the key's rate allows → 429 with ``Retry-After`` (seconds until
-  the bucket holds enough), nothing of the request is kept; more than its ``burst`` in one
-  request → 413 (no wait would let it through).
+  the bucket holds enough), nothing of the request is kept (the buckets are ``ingest_rates``':
+  with several ingest worker processes they are shared, so the rate holds for the service);
+  more than its ``burst`` in one request → 413 (no wait would let it through).
 
 Binding ingest beyond loopback without keys is refused at start (``require_auth_beyond_loopback``).
 """
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from stream.producers.ingest_rates import Buckets, MemoryBuckets
 
 ALL_APPS = "*"
 
@@ -113,29 +116,14 @@ class Denied:
     retry_after_s: int | None = None
 
 
-class _Bucket:
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.at = now
-
-    def refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-
-    def wait_for(self, n: int) -> float:
-        """Seconds until ``n`` tokens are there (0 when they are), inf when they never fit."""
-        if n > self.burst:
-            return math.inf
-        return max(0.0, (n - self.tokens) / self.rate)
-
-
 class Authorizer:
     """Checks one request's key, apps and rate; keeps the rate buckets of the process."""
 
     def __init__(
-        self, settings: IngestAuthSettings, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: IngestAuthSettings,
+        clock: Callable[[], float] = time.monotonic,
+        buckets: Buckets | None = None,
     ) -> None:
         self._keys = {key.key_sha256: key for key in settings.api_keys}
         self._entra = settings.entra
@@ -150,7 +138,8 @@ class Authorizer:
             else None
         )
         self._clock = clock
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        # Shared with other ingest processes when given (ingest_rates.SqliteBuckets).
+        self._buckets = MemoryBuckets() if buckets is None else buckets
 
     @property
     def enabled(self) -> bool:
@@ -205,31 +194,19 @@ class Authorizer:
             )
         if key.events_per_s is None:
             return None
-        now = self._clock()
-        buckets = {app: self._bucket(key, app, now) for app in apps}
-        waits = {app: buckets[app].wait_for(n) for app, n in apps.items()}
-        app, wait = max(waits.items(), key=lambda item: item[1])
+        waiting = self._buckets.take(key.name, key.events_per_s, key.burst, apps, self._clock())
+        if waiting is None:
+            return None
+        app, wait = waiting
         if wait == math.inf:  # waiting would not help: the request must be split
             return Denied(
                 413,
                 "too_many_events",
                 f"{apps[app]} events for {app} exceed {key.name!r}'s burst of {key.burst}",
             )
-        if wait > 0:
-            return Denied(
-                429,
-                "rate_limited",
-                f"{key.name!r} is over {key.events_per_s:g} events/s for {app}",
-                retry_after_s=max(1, math.ceil(wait)),
-            )
-        for app, n in apps.items():
-            buckets[app].tokens -= n
-        return None
-
-    def _bucket(self, key: Sender, app: str, now: float) -> _Bucket:
-        bucket = self._buckets.get((key.name, app))
-        if bucket is None:
-            assert key.events_per_s is not None
-            bucket = self._buckets[(key.name, app)] = _Bucket(key.events_per_s, key.burst, now)
-        bucket.refill(now)
-        return bucket
+        return Denied(
+            429,
+            "rate_limited",
+            f"{key.name!r} is over {key.events_per_s:g} events/s for {app}",
+            retry_after_s=max(1, math.ceil(wait)),
+        )

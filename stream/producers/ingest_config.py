@@ -18,4 +18,7 @@ class IngestSettings(BaseModel):
     # headers to the end of its body: a slow or stalled client cannot hold a connection longer.
     header_timeout_s: PositiveFloat = 10.0
     body_timeout_s: PositiveFloat = 30.0
+    # Processes serving ingest beside the processor's (0: in the processor's own process, on
+    # its event loop; unset: half the cores, at least one). `process --ingest-workers` wins.
+    workers: int | None = Field(default=None, ge=0, le=64)
     auth: IngestAuthSettings = Field(default_factory=IngestAuthSettings)

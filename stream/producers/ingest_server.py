@@ -102,7 +102,12 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; ``StreamError`` naming it when that fails.
+
+    Bound once by the process that owns the port, it can be handed to several serving processes
+    (``serving(..., sock=)``): they share one accept queue, so one port serves them all and a
+    worker that dies takes only the connections it had accepted."""
     try:
         return socket.create_server((host, port), reuse_port=False)
     except OSError as exc:
@@ -112,13 +117,21 @@ def _listen(host: str, port: int) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def serving(
-    app: Any, host: str, port: int, *, header_timeout_s: float = 10.0
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    header_timeout_s: float = 10.0,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[_EmbeddedServer]:
-    """Serve the ASGI ``app`` in the current event loop until the block exits.
+    """Serve the ASGI ``app`` in the current event loop until the block exits, then stop
+    accepting and finish the requests in flight before returning.
 
-    A port that cannot be bound (taken, not allowed) raises ``StreamError`` naming it.
+    Listens on ``sock`` when given (a socket from ``listen``, possibly shared with other
+    processes), else on ``host:port``: a port that cannot be bound (taken, not allowed) raises
+    ``StreamError`` naming it.
     """
-    sock = _listen(host, port)
+    sock = listen(host, port) if sock is None else sock
     server = _EmbeddedServer(
         uvicorn.Config(
             app,

@@ -82,8 +82,10 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
         def settled() -> bool:
             samples = _samples(url)
             telemetry, _ = store_contents(data_dir)
+            # Ingest workers send their counts every half second: they arrive a little later.
             return (
                 _value(samples, "evalstream_events_total", outcome="stored") == len(telemetry) == 43
+                and _value(samples, "evalstream_ingest_requests_total", status="207") == 1
             )
 
         wait_until(settled, timeout=60, what="every event processed and counted", interval=0.1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from stream.producers.ingest_auth import (
     hash_key,
     require_auth_beyond_loopback,
 )
+from stream.producers.ingest_rates import SqliteBuckets
 
 KEY = ApiKey(name="web", key_sha256=hash_key("s3cret"), apps=("web-app",), events_per_s=2, burst=4)
 
@@ -31,9 +34,15 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def auth(clock: Clock) -> Authorizer:
-    return Authorizer(IngestAuthSettings(api_keys=(KEY,)), clock)
+@pytest.fixture(params=["memory", "sqlite"])
+def auth(request: pytest.FixtureRequest, clock: Clock, tmp_path: Path) -> Iterator[Authorizer]:
+    # In the process, or in the file every ingest worker process shares: the same rules.
+    if request.param == "memory":
+        yield Authorizer(IngestAuthSettings(api_keys=(KEY,)), clock)
+        return
+    buckets = SqliteBuckets(tmp_path / "rates.db")
+    yield Authorizer(IngestAuthSettings(api_keys=(KEY,)), clock, buckets)
+    buckets.close()
 
 
 @pytest.mark.parametrize(
@@ -79,6 +88,22 @@ def test_the_bucket_allows_its_burst_then_429_until_refilled(
 def test_more_than_the_burst_in_one_request_is_413(auth: Authorizer) -> None:
     denied = auth.admit(KEY, Counter({"web-app": 5}))
     assert denied is not None and (denied.status, denied.retry_after_s) == (413, None)
+
+
+def test_workers_sharing_a_buckets_file_share_the_rate(clock: Clock, tmp_path: Path) -> None:
+    settings = IngestAuthSettings(api_keys=(KEY,))
+    first, second = SqliteBuckets(tmp_path / "rates.db"), SqliteBuckets(tmp_path / "rates.db")
+    try:
+        one, other = Authorizer(settings, clock, first), Authorizer(settings, clock, second)
+        assert one.admit(KEY, Counter({"web-app": 3})) is None
+        denied = other.admit(KEY, Counter({"web-app": 3}))  # the first took 3 of the 4
+        assert denied is not None and (denied.status, denied.retry_after_s) == (429, 1)
+        clock.now += 1.0  # 1 + 2 tokens
+        assert other.admit(KEY, Counter({"web-app": 3})) is None
+        assert one.admit(KEY, Counter({"web-app": 1})) is not None
+    finally:
+        first.close()
+        second.close()
 
 
 def test_buckets_are_per_app() -> None:

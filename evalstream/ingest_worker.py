@@ -1,0 +1,177 @@
+"""One HTTP ingest worker process: serves ``POST /api/telemetry`` on a listening socket it
+inherits from the processor's process and appends accepted events to the configured sink, so
+serving HTTP never takes time from processing.
+
+Started by ``ingest_pool`` as ``python -m evalstream.ingest_worker``. Over stdin it receives one
+``WorkerSpec``; over stdout it sends its ingest metrics (``("metrics", snapshot)``) every
+``metrics_interval_s`` and once more when it exits. ``/healthz``, ``/readyz``, ``/metrics`` and
+``/report`` are forwarded to the processor's own ops server, which answers for the whole
+(processing plus every worker's ingest metrics, summed).
+
+SIGTERM or SIGINT, or the processor's process going away (stdin closed): stop accepting, answer
+the requests in flight (their events are appended before the answer), then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+from prometheus_client import CollectorRegistry
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from evalstream import logs, wiring
+from evalstream.settings import Settings
+from stream.exceptions import SourceUnavailable
+from stream.metrics import IngestMetrics, snapshot
+from stream.producers.ingest import IngestApp
+from stream.producers.ingest_auth import Authorizer
+from stream.producers.ingest_rates import SqliteBuckets
+from stream.producers.ingest_server import serving
+from stream.sources.subprocess_channel import Channel
+
+logger = logging.getLogger(__name__)
+
+# Paths the processor's ops server answers; a worker forwards them there.
+FORWARDED_PATHS = ("/healthz", "/readyz", "/metrics", "/report")
+# How long a forwarded ops request may take (readiness pings the store for up to 5 s).
+FORWARD_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs from the processor's process."""
+
+    settings: Settings
+    fd: int  # the listening socket, inherited
+    ops_url: str  # the processor's ops server
+    rates_path: Path | None  # the token buckets shared by every worker (keys with a rate)
+    log_level: str
+    log_format: logs.LogFormat
+    metrics_interval_s: float = 0.5
+
+
+def forwarded_routes(client: httpx.AsyncClient, paths: Sequence[str]) -> list[BaseRoute]:
+    """GET routes answered by whatever ``client``'s server answers for the same path."""
+
+    async def forward(request: Request) -> Response:
+        try:
+            answer = await client.get(request.url.path, params=request.query_params)
+        except httpx.HTTPError as exc:
+            return Response(
+                orjson.dumps({"status": "unavailable", "problems": [f"processor: {exc!r}"]}),
+                status_code=503,
+                media_type="application/json",
+            )
+        return Response(
+            answer.content,
+            status_code=answer.status_code,
+            media_type=answer.headers.get("content-type"),
+        )
+
+    return [Route(path, forward, methods=["GET"]) for path in paths]
+
+
+async def serve(spec: WorkerSpec, channel: Channel) -> None:
+    settings = spec.settings
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    registry = CollectorRegistry()
+    buckets = SqliteBuckets(spec.rates_path) if spec.rates_path is not None else None
+    async with (
+        wiring.store(settings) as store,
+        wiring.sink(settings) as sink,
+        httpx.AsyncClient(base_url=spec.ops_url, timeout=FORWARD_TIMEOUT_S) as ops,
+    ):
+        app = IngestApp(
+            wiring.decoder(settings),
+            wiring.enricher(settings, "ingest"),
+            sink,
+            store,
+            body_timeout_s=settings.ingest.body_timeout_s,
+            authorizer=Authorizer(settings.ingest.auth, buckets=buckets),
+            metrics=IngestMetrics(registry),
+            extra_routes=forwarded_routes(ops, FORWARDED_PATHS),
+        )
+        sock = socket.socket(fileno=spec.fd)
+        async with serving(
+            app.app,
+            settings.ingest.host,
+            settings.ingest.port,
+            header_timeout_s=settings.ingest.header_timeout_s,
+            sock=sock,
+        ), asyncio.TaskGroup() as group:
+            group.create_task(_stop_when_orphaned(channel, stop))
+            group.create_task(_report(channel, registry, spec.metrics_interval_s, stop))
+        # Out of serving: every request in flight has been answered.
+        with contextlib.suppress(SourceUnavailable):
+            channel.send("metrics", snapshot(registry))
+            await channel.flush()
+    if buckets is not None:
+        buckets.close()
+
+
+async def _stop_when_orphaned(channel: Channel, stop: asyncio.Event) -> None:
+    """The processor's process closes our stdin only by exiting: stop then, too."""
+    receiving = asyncio.ensure_future(channel.receive())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if receiving.done() and receiving.result() is None and not stop.is_set():
+        logger.warning("the processor's process is gone: ingest worker stopping")
+        stop.set()
+    receiving.cancel()
+    stopping.cancel()
+
+
+async def _report(
+    channel: Channel, registry: CollectorRegistry, interval_s: float, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await stop.wait()
+        try:
+            channel.send("metrics", snapshot(registry))
+            await channel.flush()
+        except SourceUnavailable:
+            return  # the processor's process is gone (_stop_when_orphaned stops us)
+
+
+async def _main() -> int:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    # The channel gets stdout's pipe; anything printed goes to stderr instead of into it.
+    out = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(out, "wb", buffering=0)
+    )
+    channel = Channel(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+    message = await channel.receive()
+    if message is None or message[0] != "spec":
+        return 2
+    spec: WorkerSpec = message[1]
+    logs.configure(spec.log_level, spec.log_format)
+    # One line per forwarded health check or scrape is noise; its failures are answered 503.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    await serve(spec, channel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(_main()))
