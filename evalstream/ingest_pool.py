@@ -142,7 +142,6 @@ def worker_count(configured: int | None) -> int:
     return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
-
 @contextlib.asynccontextmanager
 async def ingest_in_workers(
     settings: Settings,

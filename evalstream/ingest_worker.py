@@ -108,13 +108,16 @@ async def serve(spec: WorkerSpec, channel: Channel) -> None:
             extra_routes=forwarded_routes(ops, FORWARDED_PATHS),
         )
         sock = socket.socket(fileno=spec.fd)
-        async with serving(
-            app.app,
-            settings.ingest.host,
-            settings.ingest.port,
-            header_timeout_s=settings.ingest.header_timeout_s,
-            sock=sock,
-        ), asyncio.TaskGroup() as group:
+        async with (
+            serving(
+                app.app,
+                settings.ingest.host,
+                settings.ingest.port,
+                header_timeout_s=settings.ingest.header_timeout_s,
+                sock=sock,
+            ),
+            asyncio.TaskGroup() as group,
+        ):
             group.create_task(_stop_when_orphaned(channel, stop))
             group.create_task(_report(channel, registry, spec.metrics_interval_s, stop))
         # Out of serving: every request in flight has been answered.
