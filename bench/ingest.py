@@ -1,0 +1,309 @@
+"""HTTP ingest while the processor runs: ingest in the processor's own process (as before issue
+15) against ingest in worker processes of its own, on this machine's cores.
+
+Run: ``python -m bench.ingest [--seconds S] [--repeats R] [--workers 1,2]``. Each run starts
+``evalstream process --ingest --ingest-workers K`` (default settings: hot path on, 4 partitions)
+on a fresh data dir; ``--clients`` closed-loop HTTP/1.1 keep-alive connections then post
+``--batch``-event bodies of simulated ~1.2 KB events (each event once) for ``--seconds``. The
+clients are raw asyncio streams writing pre-built requests, so they cost the machine little and
+the same in every configuration. Measured per run: events answered 202 per second, request
+latency (p50, p99), events the processor processed per second in the same window, its backlog
+(its lag gauge summed over partitions, from ``/metrics`` every 0.25 s), how long it needs to
+catch up after the clients stop, and the CPU of the processor's process and of the ingest
+workers per accepted event. Configurations alternate within each repeat (order rotated);
+results are medians, written to bench/results/ingest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.producers.simulator import Simulator
+
+RESULTS = Path(__file__).parent / "results" / "ingest.md"
+TICKS = os.sysconf("SC_CLK_TCK")
+BACKLOG_EVERY_S = 0.25
+CATCH_UP_LIMIT_S = 120.0
+
+
+def make_requests(events: int, batch: int) -> list[bytes]:
+    """Pre-built POST requests of ``batch`` simulated events each."""
+    simulator = Simulator(
+        apps=20, rate=5000.0, seed=42, start=datetime.now(UTC) - timedelta(minutes=10)
+    )
+    bodies = [event.body for event in simulator.events(events)]
+    requests = []
+    for start in range(0, len(bodies) - batch + 1, batch):
+        body = b'{"events":[' + b",".join(bodies[start : start + batch]) + b"]}"
+        head = (
+            b"POST /api/telemetry HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)
+        )
+        requests.append(head + body)
+    return requests
+
+
+@dataclass
+class Run:
+    accepted: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    window_s: float = 0.0
+    processed: int = 0
+    backlog: list[int] = field(default_factory=list)
+    catch_up_s: float = 0.0
+    processor_cpu_s: float = 0.0
+    workers_cpu_s: float = 0.0
+    exhausted: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.window_s
+
+    @property
+    def processed_rate(self) -> float:
+        return self.processed / self.window_s
+
+    def latency(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET %s HTTP/1.1\r\nhost: bench\r\n\r\n" % path.encode())
+        return await _read_answer(reader)
+    finally:
+        writer.close()
+
+
+async def _progress(port: int) -> tuple[float, float]:
+    """(events processed, events waiting in the log) as the processor's /metrics tell."""
+    _, text = await _get(port, "/metrics")
+    processed = backlog = 0.0
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == "evalstream_events_total":
+                processed += sample.value
+            elif sample.name == "evalstream_partition_lag_events":
+                backlog += sample.value
+    return processed, backlog
+
+
+async def _client(port: int, requests: Iterator[bytes], deadline: float, run: Run) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.monotonic() < deadline:
+            request = next(requests, None)
+            if request is None:
+                run.exhausted = True
+                return
+            started = time.perf_counter()
+            writer.write(request)
+            await writer.drain()
+            status, _ = await _read_answer(reader)
+            run.latencies.append(time.perf_counter() - started)
+            if status == 202:
+                run.accepted += request.count(b'"app_id"')
+            else:
+                run.errors += 1
+    finally:
+        writer.close()
+
+
+async def _sample_backlog(port: int, stop: asyncio.Event, run: Run) -> None:
+    while not stop.is_set():
+        run.backlog.append(int((await _progress(port))[1]))
+        try:
+            async with asyncio.timeout(BACKLOG_EVERY_S):
+                await stop.wait()
+        except TimeoutError:
+            pass
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def _workers(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+async def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"processor exited: {process.stdout.read().decode()}")  # type: ignore[union-attr]
+        try:
+            if (await _get(port, "/healthz"))[0] == 200:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the processor did not answer in time")
+
+
+async def one_run(
+    workers: int, requests: list[bytes], seconds: float, clients: int, scratch: Path
+) -> Run:
+    data_dir = Path(tempfile.mkdtemp(dir=scratch))
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "evalstream", "process", "--data-dir", str(data_dir),
+        "--ingest", "--ingest-port", str(port), "--ingest-workers", str(workers),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = Run()
+    try:
+        await _wait_ready(port, process)
+        pids = _workers(process.pid)
+        feed = iter(requests)
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(_sample_backlog(port, stop, run))
+        cpu_before = _cpu_s(process.pid), sum(_cpu_s(pid) for pid in pids)
+        done_before, _ = await _progress(port)
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(clients):
+                group.create_task(_client(port, feed, started + seconds, run))
+        run.window_s = time.monotonic() - started
+        done_after, _ = await _progress(port)
+        run.processor_cpu_s = _cpu_s(process.pid) - cpu_before[0]
+        run.workers_cpu_s = sum(_cpu_s(pid) for pid in pids) - cpu_before[1]
+        run.processed = int(done_after - done_before)
+        stop.set()
+        await sampler
+        caught_up = time.monotonic()
+        while time.monotonic() - caught_up < CATCH_UP_LIMIT_S:
+            if (await _progress(port))[0] >= run.accepted:
+                break
+            await asyncio.sleep(0.1)
+        run.catch_up_s = time.monotonic() - caught_up
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=120)
+    return run
+
+
+def _name(workers: int) -> str:
+    if workers == 0:
+        return "ingest in the processor's process (before)"
+    return f"{workers} ingest worker process{'es' if workers > 1 else ''}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--workers", default="1,2", help="Worker counts to compare with 0.")
+    parser.add_argument("--events", type=int, default=500_000, help="Simulated events made.")
+    parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
+    args = parser.parse_args()
+    configs = [0, *(int(n) for n in args.workers.split(","))]
+    print(f"making {args.events:,} simulated events ...", flush=True)
+    requests = make_requests(args.events, args.batch)
+    runs: dict[int, list[Run]] = {n: [] for n in configs}
+    loads: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        for repeat in range(args.repeats):
+            order = configs[repeat % len(configs) :] + configs[: repeat % len(configs)]
+            loads.append(" ".join(f"{value:.2f}" for value in os.getloadavg()))
+            for workers in order:
+                run = asyncio.run(one_run(workers, requests, args.seconds, args.clients, Path(tmp)))
+                runs[workers].append(run)
+                print(
+                    f"repeat {repeat + 1} {_name(workers)}: {run.rate:,.0f} events/s, p99 "
+                    f"{run.latency(0.99):.1f} ms, processed {run.processed_rate:,.0f}/s, "
+                    f"backlog max {max(run.backlog, default=0):,}, catch-up {run.catch_up_s:.1f} s"
+                    + (" (ran out of events)" if run.exhausted else ""),
+                    flush=True,
+                )
+    before = statistics.median(run.rate for run in runs[0])
+    lines = [
+        "# HTTP ingest beside the processor",
+        "",
+        f"Command: `python -m bench.ingest --seconds {args.seconds:g} --repeats {args.repeats} "
+        f"--clients {args.clients} --batch {args.batch} --workers {args.workers}`",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, shared with "
+        f"other work; load average (1/5/15 min) before each repeat: {'; '.join(loads)}.",
+        f"Load: {args.clients} closed-loop keep-alive HTTP/1.1 clients posting {args.batch} "
+        f"simulated ~1.2 KB events per request for {args.seconds:g} s per run; processor with "
+        "default settings (hot path on, 4 partitions); medians of "
+        f"{args.repeats} interleaved repeats.",
+        "",
+        "| configuration | HTTP events/s | × before | p50 ms | p99 ms | processed events/s "
+        "| backlog at end | backlog max | catch-up s | processor CPU µs/event "
+        "| ingest workers CPU µs/event | runs (HTTP events/s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for workers in configs:
+        done = runs[workers]
+        rate = statistics.median(run.rate for run in done)
+
+        def med(values: Iterator[float]) -> float:
+            return statistics.median(values)
+
+        lines.append(
+            f"| {_name(workers)} | {rate:,.0f} | {rate / before:.2f} "
+            f"| {med(run.latency(0.5) for run in done):.1f} "
+            f"| {med(run.latency(0.99) for run in done):.1f} "
+            f"| {med(run.processed_rate for run in done):,.0f} "
+            f"| {med(run.backlog[-1] if run.backlog else 0 for run in done):,.0f} "
+            f"| {med(max(run.backlog, default=0) for run in done):,.0f} "
+            f"| {med(run.catch_up_s for run in done):.1f} "
+            f"| {med(run.processor_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
+            f"| {med(run.workers_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
+            f"| {', '.join(f'{run.rate:,.0f}' for run in done)} |"
+        )
+    errors = sum(run.errors for done in runs.values() for run in done)
+    exhausted = sum(run.exhausted for done in runs.values() for run in done)
+    lines += [
+        "",
+        f"Answers other than 202: {errors}; runs that ran out of prepared events: {exhausted}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
