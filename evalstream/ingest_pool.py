@@ -59,10 +59,12 @@ class IngestPool:
         spec: WorkerSpec,
         workers: int,
         metrics: SummedWorkers,
+        port: int,
     ) -> None:
         self.spec = spec
         self.workers = workers
         self.metrics = metrics
+        self.port = port  # the one the workers serve
         # The pid of each slot's current worker (tests and operators find them here).
         self.pids: dict[int, int] = {}
 
@@ -175,9 +177,10 @@ async def ingest_in_workers(
                 log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
                 log_format=logs.chosen_format(),
             )
+            pool = IngestPool(spec, workers, summed, int(sock.getsockname()[1]))
             on_status(
                 f"ingest: {workers} worker process{'es' if workers > 1 else ''} serving POST "
-                f"http://{settings.ingest.host}:{sock.getsockname()[1]}/api/telemetry"
+                f"http://{settings.ingest.host}:{pool.port}/api/telemetry"
                 " (and /healthz, /readyz, /metrics, /report)"
             )
-            yield IngestPool(spec, workers, summed)
+            yield pool

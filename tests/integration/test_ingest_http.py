@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -10,15 +11,20 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from evalstream.ingest_pool import ingest_in_workers
+from evalstream.settings import load_settings
 from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
 from stream.exceptions import SourceError
+from stream.ops import OpsRoutes
 from stream.producers.ingest import IngestApp
 from stream.producers.ingest_server import bound_port, serving
 from stream.sources.local_log import LocalLog, LocalLogSink
+from stream.stats import ProcessorStats
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +46,14 @@ class Ingest:
             log.close()
 
 
-@pytest.fixture
-async def ingest(tmp_path: Path) -> AsyncIterator[Ingest]:
+@pytest.fixture(params=["in-process", "worker-processes"])
+async def ingest(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ingest]:
+    """The app served in the test's own process, or as `process` runs it by default: by worker
+    process sharing the port (one: the default on two cores), with /healthz forwarded to the processor's routes."""
+    if request.param == "worker-processes":
+        async for served in _in_workers(tmp_path):
+            yield served
+        return
     decoder = Decoder(DecodeLimits(max_body_bytes=64 * 1024, max_events_per_body=20))
     enricher = Enricher(AppDirectory(), b"k", "ingest")
     async with (
@@ -52,6 +64,32 @@ async def ingest(tmp_path: Path) -> AsyncIterator[Ingest]:
         url = f"http://127.0.0.1:{bound_port(server)}"
         async with httpx.AsyncClient(base_url=url) as client:
             yield Ingest(client, store, tmp_path / "log.db")
+
+
+async def _in_workers(data_dir: Path) -> AsyncIterator[Ingest]:
+    settings = load_settings(
+        embedded={"data_dir": data_dir, "partitions": 2},
+        ingest={"max_request_bytes": 64 * 1024, "max_events_per_request": 20},
+    )
+    async with (
+        SqliteStore(data_dir / "store.db") as store,
+        ingest_in_workers(
+            settings,
+            1,
+            0,
+            OpsRoutes(ProcessorStats(), store).routes,
+            CollectorRegistry(),
+            lambda _: None,
+        ) as pool,
+    ):
+        stop = asyncio.Event()
+        running = asyncio.create_task(pool.run(stop))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.port}") as client:
+                yield Ingest(client, store, data_dir / "log.db")
+        finally:
+            stop.set()
+            await running
 
 
 async def test_one_valid_event_is_accepted_and_appended(ingest: Ingest) -> None:
