@@ -48,8 +48,9 @@ class Ingest:
 
 @pytest.fixture(params=["in-process", "worker-processes"])
 async def ingest(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ingest]:
-    """The app served in the test's own process, or as `process` runs it by default: by worker
-    process sharing the port (one: the default on two cores), with /healthz forwarded to the processor's routes."""
+    """The app served in the test's own process, or as `process` runs it by default: in a worker
+    process on the pool's port (one worker: the default on two cores), /healthz forwarded to the
+    processor's routes."""
     if request.param == "worker-processes":
         async for served in _in_workers(tmp_path):
             yield served
