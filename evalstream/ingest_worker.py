@@ -36,8 +36,6 @@ from evalstream import logs, wiring
 from evalstream.settings import Settings
 from stream.exceptions import SourceUnavailable
 from stream.metrics import IngestMetrics, snapshot
-from stream.producers.ingest import IngestApp
-from stream.producers.ingest_auth import Authorizer
 from stream.producers.ingest_rates import SqliteBuckets
 from stream.producers.ingest_server import serving
 from stream.sources.subprocess_channel import Channel
@@ -97,15 +95,13 @@ async def serve(spec: WorkerSpec, channel: Channel) -> None:
         wiring.sink(settings) as sink,
         httpx.AsyncClient(base_url=spec.ops_url, timeout=FORWARD_TIMEOUT_S) as ops,
     ):
-        app = IngestApp(
-            wiring.decoder(settings),
-            wiring.enricher(settings, "ingest"),
+        app = wiring.ingest_app(
+            settings,
             sink,
             store,
-            body_timeout_s=settings.ingest.body_timeout_s,
-            authorizer=Authorizer(settings.ingest.auth, buckets=buckets),
-            metrics=IngestMetrics(registry),
-            extra_routes=forwarded_routes(ops, FORWARDED_PATHS),
+            IngestMetrics(registry),
+            forwarded_routes(ops, FORWARDED_PATHS),
+            buckets,
         )
         sock = socket.socket(fileno=spec.fd)
         async with (

@@ -23,8 +23,7 @@ from stream.metrics import IngestMetrics
 from stream.ops import OpsRoutes
 from stream.ports import EventSink
 from stream.processor import Processor
-from stream.producers.ingest import IngestApp
-from stream.producers.ingest_auth import Authorizer, require_auth_beyond_loopback
+from stream.producers.ingest_auth import require_auth_beyond_loopback
 from stream.producers.ingest_server import bound_port, serving
 from stream.producers.simulator import Incident, Simulator
 from stream.stats import ProcessorStats
@@ -146,15 +145,8 @@ async def run_processor(
                 )
             )
         elif ingest and sink is not None:
-            app = IngestApp(
-                wiring.decoder(settings),
-                wiring.enricher(settings, "ingest"),
-                sink,
-                store,
-                body_timeout_s=settings.ingest.body_timeout_s,
-                authorizer=Authorizer(settings.ingest.auth),
-                metrics=IngestMetrics(stats.metrics.registry),
-                extra_routes=ops.routes,
+            app = wiring.ingest_app(
+                settings, sink, store, IngestMetrics(stats.metrics.registry), ops.routes
             )
             server = await stack.enter_async_context(
                 serving(

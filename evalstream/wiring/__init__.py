@@ -7,12 +7,13 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from starlette.routing import BaseRoute
 
 from alerts.config import SubscriptionSpec
 from alerts.ports import AlertPublisher, AlertReceiver
@@ -26,9 +27,13 @@ from store.ports import EvaluationStore, TelemetryStore
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
+from stream.metrics import IngestMetrics
 from stream.pipeline import Pipeline
 from stream.ports import EventSink, EventSource, HotPathFactory
 from stream.privacy import Pseudonymizer
+from stream.producers.ingest import IngestApp
+from stream.producers.ingest_auth import Authorizer
+from stream.producers.ingest_rates import Buckets
 from stream.sources.local_log import SOURCE_NAME, LocalLogSink, LocalLogSource
 from stream.stats import ProcessorStats
 
@@ -100,6 +105,28 @@ def sink(settings: Settings) -> EventSink:
         settings.embedded.partitions,
         pseudonymizer,
         functools.partial(covered_positions, settings),
+    )
+
+
+def ingest_app(
+    settings: Settings,
+    sink: EventSink,
+    store_: TelemetryStore,
+    metrics: IngestMetrics,
+    extra_routes: Sequence[BaseRoute],
+    buckets: Buckets | None = None,
+) -> IngestApp:
+    """HTTP ingest as configured, in the processor's process or in a worker process of its own
+    (``buckets``: the rate buckets the workers share)."""
+    return IngestApp(
+        decoder(settings),
+        enricher(settings, "ingest"),
+        sink,
+        store_,
+        body_timeout_s=settings.ingest.body_timeout_s,
+        authorizer=Authorizer(settings.ingest.auth, buckets=buckets),
+        metrics=metrics,
+        extra_routes=extra_routes,
     )
 
 
