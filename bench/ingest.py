@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.producers.simulator import Simulator
@@ -117,10 +118,23 @@ async def _progress(port: int) -> tuple[float, float]:
     return processed, backlog
 
 
-async def _client(port: int, requests: Iterator[bytes], deadline: float, run: Run) -> None:
+async def _client(
+    port: int,
+    requests: Iterator[bytes],
+    deadline: float,
+    run: Run,
+    interval_s: float | None,
+    first_s: float,
+) -> None:
+    """Post until ``deadline``: back to back, or paced (one request every ``interval_s`` from
+    ``first_s``; a late client sends at once and does not make up for lost slots)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    next_at = first_s
     try:
         while time.monotonic() < deadline:
+            if interval_s is not None:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at + interval_s, time.monotonic())
             request = next(requests, None)
             if request is None:
                 run.exhausted = True
@@ -177,7 +191,12 @@ async def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 async def one_run(
-    workers: int, requests: list[bytes], seconds: float, clients: int, scratch: Path
+    workers: int,
+    requests: list[bytes],
+    seconds: float,
+    clients: int,
+    scratch: Path,
+    rate: float | None,
 ) -> Run:
     data_dir = Path(tempfile.mkdtemp(dir=scratch))
     port = _free_port()
@@ -197,9 +216,12 @@ async def one_run(
         cpu_before = _cpu_s(process.pid), sum(_cpu_s(pid) for pid in pids)
         done_before, _ = await _progress(port)
         started = time.monotonic()
+        batch = requests[0].count(b'"app_id"')
+        interval = clients * batch / rate if rate else None
         async with asyncio.TaskGroup() as group:
-            for _ in range(clients):
-                group.create_task(_client(port, feed, started + seconds, run))
+            for n in range(clients):
+                first = started + (interval or 0.0) * n / clients
+                group.create_task(_client(port, feed, started + seconds, run, interval, first))
         run.window_s = time.monotonic() - started
         done_after, _ = await _progress(port)
         run.processor_cpu_s = _cpu_s(process.pid) - cpu_before[0]
@@ -219,67 +241,80 @@ async def one_run(
     return run
 
 
+def reference(requests: list[bytes]) -> float:
+    """CPU µs per event of ``orjson.loads`` over the first requests' bodies (best of 3)."""
+    bodies = [request.split(b"\r\n\r\n", 1)[1] for request in requests[:100]]
+    events = sum(body.count(b'"app_id"') for body in bodies)
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        for body in bodies:
+            orjson.loads(body)
+        best = min(best, time.process_time() - started)
+    return best / events * 1e6
+
+
 def _name(workers: int) -> str:
     if workers == 0:
         return "ingest in the processor's process (before)"
     return f"{workers} ingest worker process{'es' if workers > 1 else ''}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--workers", default="1,2", help="Worker counts to compare with 0.")
-    parser.add_argument("--events", type=int, default=500_000, help="Simulated events made.")
-    parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
-    args = parser.parse_args()
-    configs = [0, *(int(n) for n in args.workers.split(","))]
-    print(f"making {args.events:,} simulated events ...", flush=True)
-    requests = make_requests(args.events, args.batch)
-    runs: dict[int, list[Run]] = {n: [] for n in configs}
-    loads: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        for repeat in range(args.repeats):
-            order = configs[repeat % len(configs) :] + configs[: repeat % len(configs)]
-            loads.append(" ".join(f"{value:.2f}" for value in os.getloadavg()))
-            for workers in order:
-                run = asyncio.run(one_run(workers, requests, args.seconds, args.clients, Path(tmp)))
-                runs[workers].append(run)
-                print(
-                    f"repeat {repeat + 1} {_name(workers)}: {run.rate:,.0f} events/s, p99 "
-                    f"{run.latency(0.99):.1f} ms, processed {run.processed_rate:,.0f}/s, "
-                    f"backlog max {max(run.backlog, default=0):,}, catch-up {run.catch_up_s:.1f} s"
-                    + (" (ran out of events)" if run.exhausted else ""),
-                    flush=True,
-                )
-    before = statistics.median(run.rate for run in runs[0])
+@dataclass
+class Phase:
+    """Every configuration ``repeats`` times, interleaved, at one load (``rate``: paced)."""
+
+    rate: float | None
+    runs: dict[int, list[Run]]
+    loads: list[str] = field(default_factory=list)
+    orjson_us: list[float] = field(default_factory=list)
+
+
+def run_phase(args: argparse.Namespace, configs: list[int], requests: list[bytes],
+              rate: float | None, scratch: Path) -> Phase:  # fmt: skip
+    phase = Phase(rate, {n: [] for n in configs})
+    for repeat in range(args.repeats):
+        order = configs[repeat % len(configs) :] + configs[: repeat % len(configs)]
+        phase.loads.append(" ".join(f"{value:.2f}" for value in os.getloadavg()))
+        for workers in order:
+            phase.orjson_us.append(reference(requests))
+            run = asyncio.run(one_run(workers, requests, args.seconds, args.clients, scratch, rate))
+            phase.runs[workers].append(run)
+            print(
+                f"{'paced ' if rate else ''}repeat {repeat + 1} {_name(workers)}: "
+                f"{run.rate:,.0f} events/s, p99 {run.latency(0.99):.1f} ms, processed "
+                f"{run.processed_rate:,.0f}/s, backlog at end {run.backlog[-1]:,}, catch-up "
+                f"{run.catch_up_s:.1f} s" + (" (ran out of events)" if run.exhausted else ""),
+                flush=True,
+            )
+    return phase
+
+
+def table(phase: Phase, args: argparse.Namespace) -> list[str]:
+    before = statistics.median(run.rate for run in phase.runs[0])
+    load = (
+        f"paced to {phase.rate:,.0f} events/s in all ({args.paced:g} × the before "
+        "configuration's median in the back-to-back runs)"
+        if phase.rate
+        else "posting back to back (each sends its next request when answered)"
+    )
     lines = [
-        "# HTTP ingest beside the processor",
-        "",
-        f"Command: `python -m bench.ingest --seconds {args.seconds:g} --repeats {args.repeats} "
-        f"--clients {args.clients} --batch {args.batch} --workers {args.workers}`",
-        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, shared with "
-        f"other work; load average (1/5/15 min) before each repeat: {'; '.join(loads)}.",
-        f"Load: {args.clients} closed-loop keep-alive HTTP/1.1 clients posting {args.batch} "
-        f"simulated ~1.2 KB events per request for {args.seconds:g} s per run; processor with "
-        "default settings (hot path on, 4 partitions); medians of "
-        f"{args.repeats} interleaved repeats.",
+        f"Load: {args.clients} keep-alive HTTP/1.1 clients {load}, {args.batch} events per "
+        f"request, {args.seconds:g} s per run. Load average (1/5/15 min) before each repeat: "
+        f"{'; '.join(phase.loads)}. `orjson.loads` of the same events, measured before each "
+        f"run: {statistics.median(phase.orjson_us):.2f} µs/event CPU (the machine's speed).",
         "",
         "| configuration | HTTP events/s | × before | p50 ms | p99 ms | processed events/s "
         "| backlog at end | backlog max | catch-up s | processor CPU µs/event "
         "| ingest workers CPU µs/event | runs (HTTP events/s) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for workers in configs:
-        done = runs[workers]
-        rate = statistics.median(run.rate for run in done)
 
-        def med(values: Iterator[float]) -> float:
-            return statistics.median(values)
+    def med(values: Iterator[float]) -> float:
+        return statistics.median(values)
 
+    for workers, done in phase.runs.items():
+        rate = med(run.rate for run in done)
         lines.append(
             f"| {_name(workers)} | {rate:,.0f} | {rate / before:.2f} "
             f"| {med(run.latency(0.5) for run in done):.1f} "
@@ -292,12 +327,58 @@ def main() -> None:
             f"| {med(run.workers_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
             f"| {', '.join(f'{run.rate:,.0f}' for run in done)} |"
         )
-    errors = sum(run.errors for done in runs.values() for run in done)
-    exhausted = sum(run.exhausted for done in runs.values() for run in done)
-    lines += [
+    errors = sum(run.errors for done in phase.runs.values() for run in done)
+    exhausted = sum(run.exhausted for done in phase.runs.values() for run in done)
+    return [
+        *lines,
         "",
         f"Answers other than 202: {errors}; runs that ran out of prepared events: {exhausted}.",
     ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--workers", default="1,2", help="Worker counts to compare with 0.")
+    parser.add_argument("--events", type=int, default=500_000, help="Simulated events made.")
+    parser.add_argument(
+        "--paced",
+        type=float,
+        default=2.0,
+        help="Then pace every configuration at this multiple of the before configuration's "
+        "back-to-back events/s (0: skip).",
+    )
+    parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
+    args = parser.parse_args()
+    configs = [0, *(int(n) for n in args.workers.split(","))]
+    print(f"making {args.events:,} simulated events ...", flush=True)
+    requests = make_requests(args.events, args.batch)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        phases = [run_phase(args, configs, requests, None, Path(tmp))]
+        if args.paced:
+            before = statistics.median(run.rate for run in phases[0].runs[0])
+            phases.append(run_phase(args, configs, requests, args.paced * before, Path(tmp)))
+    lines = [
+        "# HTTP ingest beside the processor",
+        "",
+        f"Command: `python -m bench.ingest --seconds {args.seconds:g} --repeats {args.repeats} "
+        f"--clients {args.clients} --batch {args.batch} --workers {args.workers} "
+        f"--paced {args.paced:g}`",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, shared with "
+        "other work. Processor with default settings (hot path on, 4 partitions), a fresh data "
+        "dir per run; simulated ~1.2 KB events, each posted once per run; medians of "
+        f"{args.repeats} interleaved repeats.",
+        "",
+        "## Back to back",
+        "",
+        *table(phases[0], args),
+    ]
+    if len(phases) > 1:
+        lines += ["", f"## Paced at {args.paced:g} × before", "", *table(phases[1], args)]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
