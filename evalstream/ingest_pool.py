@@ -40,7 +40,7 @@ from common.retry import Backoff
 from evalstream import ingest_worker, logs
 from evalstream.ingest_worker import WorkerSpec
 from evalstream.settings import Settings
-from stream.exceptions import StreamError
+from stream.exceptions import SourceUnavailable, StreamError
 from stream.metrics import SummedWorkers
 from stream.producers.ingest_server import bound_port, listen, serving
 from stream.sources.subprocess_channel import Channel
@@ -111,22 +111,24 @@ class IngestPool:
         assert process.stdout is not None and process.stdin is not None
         self.pids[slot] = process.pid
         channel = Channel(process.stdout, process.stdin)
+        reading = asyncio.ensure_future(self._read(slot, channel))
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            channel.send("spec", self.spec)
-            await channel.flush()
-            reading = asyncio.ensure_future(self._read(slot, channel))
-            stopping = asyncio.ensure_future(stop.wait())
+            with contextlib.suppress(SourceUnavailable):  # it exited at once: see its code
+                channel.send("spec", self.spec)
+                await channel.flush()
             await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not reading.done():
                 process.send_signal(signal.SIGTERM)  # drain: it answers what it accepted
             await reading
-            stopping.cancel()
             return await process.wait()
         except BaseException:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
             raise
         finally:
+            reading.cancel()
+            stopping.cancel()
             self.metrics.retire(slot)
             process.stdin.close()
 

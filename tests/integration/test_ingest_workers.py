@@ -104,6 +104,53 @@ class Clients:
                         self.failures[str(answer.status_code)] += 1
 
 
+class SlowRequest:
+    """A request whose headers and first half of the body are sent now, the rest on ``finish``."""
+
+    def __init__(self, port: int, event: dict[str, str]) -> None:
+        self.body = orjson.dumps({**event, "event_id": event["trace_id"]})
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        head = b"POST /api/telemetry HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n"
+        self.sock.sendall(head % len(self.body) + self.body[:10])
+        self.port = port
+        wait_until(self._taken, 30, "a worker to take the slow request")
+
+    def _taken(self) -> bool:
+        """A worker accepted the connection (its side has a socket inode: not in the queue)
+        and read what was sent (nothing waits in its receive queue)."""
+        ours = f":{self.sock.getsockname()[1]:04X}"
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{self.port:04X}") and fields[2].endswith(ours):
+                return fields[9] != "0" and int(fields[4].split(":")[1], 16) == 0
+        return False
+
+    def finish(self) -> int:
+        self.sock.sendall(self.body[10:])
+        answer = self.sock.recv(65536)
+        self.sock.close()
+        assert answer, "the connection closed without an answer: the request in flight was dropped"
+        return int(answer.split()[1])
+
+
+def listening_inode(port: int) -> str:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # LISTEN
+            return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def holds(pid: int, inode: str) -> bool:
+    """Whether process ``pid`` still has the socket ``inode`` open."""
+    try:
+        return any(
+            os.readlink(fd) == f"socket:[{inode}]" for fd in Path(f"/proc/{pid}/fd").iterdir()
+        )
+    except FileNotFoundError:
+        return False
+
+
 def logged_ids(data_dir: Path) -> tuple[Counter[str], dict[int, list[int]]]:
     """How often each event id is in the log, and each partition's sequence numbers."""
     connection = sqlite3.connect(data_dir / "log.db")
@@ -146,8 +193,18 @@ def test_a_killed_ingest_worker_is_replaced_and_no_acknowledged_event_is_lost(
             wait_until(
                 lambda: clients.acked() >= after_kill + 2_000, 60, "2,000 more after the kill"
             )
-            # Stopped while the clients keep posting: the requests in flight are answered.
+            # Stopped while the clients keep posting, with one request half sent: the workers
+            # stop accepting, and the requests in flight are still answered.
+            listener = listening_inode(port)
+            workers = ingest_workers(process.pid)
+            slow = SlowRequest(port, {"app_id": "slow", "timestamp": WHEN, "trace_id": "slow"})
             process.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: not any(holds(pid, listener) for pid in workers),
+                30,
+                "the workers to stop accepting",
+            )
+            assert slow.finish() == 202
             output, _ = process.communicate(timeout=60)
             assert process.returncode == 0, output.decode()
         assert not ingest_workers_alive(first)
@@ -157,14 +214,14 @@ def test_a_killed_ingest_worker_is_replaced_and_no_acknowledged_event_is_lost(
             process.wait()
 
     run_until_idle(data_dir, ENV)
-    acknowledged = set(clients.acknowledged)
-    assert len(acknowledged) == len(clients.acknowledged) >= 4_000
+    acknowledged = {*clients.acknowledged, "slow"}
+    assert len(acknowledged) == len(clients.acknowledged) + 1 >= 4_001
     counts, sequences = logged_ids(data_dir)
     # Every acknowledged event is in the log once; nothing was appended twice; each partition
     # numbered its events from 0 without a gap although two processes appended.
     lost = acknowledged - set(counts)
     assert not lost, f"{len(lost)} acknowledged events are not in the log, e.g. {min(lost)}"
-    assert set(counts) <= set(clients.posted)
+    assert set(counts) <= {*clients.posted, "slow"}
     assert max(counts.values()) == 1
     for numbers in sequences.values():
         assert numbers == list(range(len(numbers)))
