@@ -9,9 +9,9 @@ Each worker appends to the event log itself: the log's appends are SQLite write 
 numbering its events without gaps or repeats.
 
 ``IngestPool.run`` keeps ``workers`` processes running: a worker that exits is started again
-after a pause that grows while workers keep dying young (1 s up to 10 s); it gives up after
-``MAX_FAILED_STARTS`` in a row that died within ``HEALTHY_AFTER_S`` (a configuration that can
-never serve). When ``stop`` is set it sends each worker SIGTERM and waits: a worker stops
+after a pause that grows while workers keep dying young (1 s up to 10 s); it gives up (raises
+``StreamError``, which stops the processor) after ``MAX_FAILED_STARTS`` in a row that died
+within ``HEALTHY_AFTER_S`` (a configuration that can never serve). When ``stop`` is set it sends each worker SIGTERM and waits: a worker stops
 accepting, answers the requests in flight, then exits.
 
 Metrics: each worker sends its ingest counters here (``SummedWorkers``); the processor's
@@ -60,13 +60,16 @@ class IngestPool:
         workers: int,
         metrics: SummedWorkers,
         port: int,
+        *,
+        restart_backoff: Backoff = RESTART_BACKOFF,
+        max_failed_starts: int = MAX_FAILED_STARTS,
     ) -> None:
         self.spec = spec
         self.workers = workers
         self.metrics = metrics
         self.port = port  # the one the workers serve
-        # The pid of each slot's current worker (tests and operators find them here).
-        self.pids: dict[int, int] = {}
+        self.restart_backoff = restart_backoff
+        self.max_failed_starts = max_failed_starts
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
@@ -81,12 +84,12 @@ class IngestPool:
             if stop.is_set():
                 return
             failed = 0 if time.monotonic() - started >= HEALTHY_AFTER_S else failed + 1
-            if failed >= MAX_FAILED_STARTS:
+            if failed >= self.max_failed_starts:
                 raise StreamError(
                     f"ingest workers keep exiting at start ({failed} in a row, last exit "
                     f"code {code}): see their errors above"
                 )
-            pause = RESTART_BACKOFF.delay(failed - 1) if failed else 0.0
+            pause = self.restart_backoff.delay(failed - 1) if failed else 0.0
             logger.error(
                 "ingest worker exited (code %s); starting a new one in %.0f s",
                 code,
@@ -109,7 +112,6 @@ class IngestPool:
             start_new_session=True,
         )
         assert process.stdout is not None and process.stdin is not None
-        self.pids[slot] = process.pid
         channel = Channel(process.stdout, process.stdin)
         reading = asyncio.ensure_future(self._read(slot, channel))
         stopping = asyncio.ensure_future(stop.wait())

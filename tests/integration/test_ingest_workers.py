@@ -1,8 +1,11 @@
 """Ingest in worker processes of its own: a worker killed under load is replaced, a stop drains
-the requests in flight, and every event answered as accepted is in the log and the store once."""
+the requests in flight, every event answered as accepted is in the log and the store once; workers
+that cannot start end the run with an error instead of being restarted for ever."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import itertools
 import os
 import signal
@@ -16,7 +19,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from common.retry import Backoff
+from evalstream.ingest_pool import IngestPool, ingest_in_workers
+from evalstream.settings import load_settings
+from stream.exceptions import StreamError
 from tests.integration.processor_harness import (
     run_until_idle,
     start_processor,
@@ -233,3 +241,24 @@ def test_a_killed_ingest_worker_is_replaced_and_no_acknowledged_event_is_lost(
 
 def ingest_workers_alive(pids: set[int]) -> bool:
     return any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+async def test_workers_that_keep_failing_at_start_end_the_run_with_an_error(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(embedded={"data_dir": tmp_path})
+    async with ingest_in_workers(settings, 1, 0, [], CollectorRegistry(), lambda _: None) as pool:
+        # A rate-buckets file that cannot be made: every worker fails as it starts.
+        broken = IngestPool(
+            dataclasses.replace(pool.spec, rates_path=Path("/dev/null/rates.db")),
+            1,
+            pool.metrics,
+            pool.port,
+            restart_backoff=Backoff(initial_s=0.01, max_s=0.01, jitter=False),
+            max_failed_starts=2,
+        )
+        with pytest.raises(ExceptionGroup) as failed:
+            await broken.run(asyncio.Event())
+    (error,) = failed.value.exceptions
+    assert isinstance(error, StreamError)
+    assert "ingest workers keep exiting at start (2 in a row, last exit code 1)" in str(error)
