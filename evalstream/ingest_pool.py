@@ -11,8 +11,9 @@ numbering its events without gaps or repeats.
 ``IngestPool.run`` keeps ``workers`` processes running: a worker that exits is started again
 after a pause that grows while workers keep dying young (1 s up to 10 s); it gives up (raises
 ``StreamError``, which stops the processor) after ``MAX_FAILED_STARTS`` in a row that died
-within ``HEALTHY_AFTER_S`` (a configuration that can never serve). When ``stop`` is set it sends each worker SIGTERM and waits: a worker stops
-accepting, answers the requests in flight, then exits.
+within ``HEALTHY_AFTER_S`` (a configuration that can never serve). When ``stop`` is set it
+sends each worker SIGTERM and waits: a worker stops accepting, answers the requests in flight,
+then exits.
 
 Metrics: each worker sends its ingest counters here (``SummedWorkers``); the processor's
 ``/metrics`` shows their sums, and a worker forwards ``/metrics`` (and ``/healthz``,
