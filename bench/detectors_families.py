@@ -299,8 +299,9 @@ def incidents_opened(
     detectors: list[Detector], values: list[float], times: list[float]
 ) -> list[int]:
     """Indices where an incident opened: every detector with its tracker, one incident."""
-    resolve = AppConfig().detectors.resolve_after_events
-    trackers = [BreachTracker("bench", "x", resolve, 0.0) for _ in detectors]
+    settings = AppConfig().detectors
+    resolve, hold = settings.resolve_after_events, settings.resolve_shifted_after_events
+    trackers = [BreachTracker("bench", "x", resolve, 0.0, hold) for _ in detectors]
     incident = Incident(trackers)
     pairs = list(zip(detectors, trackers, strict=True))
     opened = []

@@ -10,6 +10,7 @@ from stream.hotpath.detector import Detector
 from stream.hotpath.ks import WindowedKS
 from stream.hotpath.page_hinkley import PageHinkley
 from stream.hotpath.scale import Scale
+from stream.hotpath.tail import Tail
 
 LATENCY = "latency_ms"
 ERROR = "error"
@@ -18,16 +19,19 @@ TOKENS_TOTAL = "tokens_total"
 SCORE_PREFIX = "score:"
 
 
-def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
-    settings = config.detectors
-    if not settings.enabled:
-        return []
-    watch = settings.scale_on
-    scaled = (
+def _watches(watch: str, signal: str) -> bool:
+    """Whether a detector on ``watch`` (latency, latency_and_scores, all) sees ``signal``."""
+    return (
         watch == "all"
         or signal == LATENCY
         or (watch == "latency_and_scores" and signal.startswith(SCORE_PREFIX))
     )
+
+
+def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
+    settings = config.detectors
+    if not settings.enabled:
+        return []
     warmup, clip = settings.warmup_events, settings.winsorize_sigma
     built: list[Detector] = []
     for name in settings.detectors:
@@ -44,7 +48,7 @@ def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
                 )
             )
         elif name == "scale":
-            if not scaled:
+            if not _watches(settings.scale_on, signal):
                 continue
             built.append(
                 Scale(
@@ -52,6 +56,20 @@ def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
                     delta=settings.scale_delta,
                     min_instances=settings.page_hinkley_min_instances,
                     alpha=1.0,
+                    warmup=warmup,
+                    clip=clip,
+                )
+            )
+        elif name == "tail":
+            if not _watches(settings.tail_on, signal):
+                continue
+            built.append(
+                Tail(
+                    sigmas=settings.tail_sigmas,
+                    window=settings.tail_window,
+                    reference=settings.tail_reference,
+                    recent=settings.tail_recent,
+                    alpha=settings.tail_alpha,
                     warmup=warmup,
                     clip=clip,
                 )
