@@ -414,6 +414,31 @@ class TestScale:
         assert found["scale"] == 10
         assert found["adwin"] + found["ks"] <= 6
 
+    def test_the_written_out_update_is_page_hinkleys_bit_for_bit(self) -> None:
+        # Scale.update is PageHinkley.update on |z| written out for speed: the same state
+        # after every value, on a stream whose spread changes every 7,000 values
+        # and an autocorrelated one (prewhitened).
+        class Reference(Scale):
+            update = PageHinkley.update
+
+        rng = random.Random(3)
+        streams = [
+            [rng.gauss(0.0, 1.0) * (1.4 if (i // 7000) % 2 else 1.0) for i in range(30_000)],
+            autoregressive(seed=4, count=20_000, rho=0.9, shift_at=10_000, shift=1.0),
+        ]
+        for values in streams:
+            fast, reference = (k(threshold=40.0, delta=0.15, alpha=1.0) for k in (Scale, Reference))
+            for i, x in enumerate(values):
+                fast.update(x, T0 + i)
+                reference.update(x, T0 + i)
+                assert fast.state() == reference.state(), i
+        assert alarms(Scale(threshold=40.0, delta=0.15, alpha=1.0), streams[0]) == [
+            7101,
+            14778,
+            21150,
+            28455,
+        ]
+
     def test_a_slow_ramp_is_found(self) -> None:
         # 1σ over 5000 values from 3000 on. On this seed (as on 4 of the first 14) ADWIN
         # follows it cut by cut, each below its minimum effect, and the KS windows never
@@ -525,8 +550,7 @@ class TestTail:
         # beyond it) 100,000 values of the heavy-tailed stream stay quiet too.
         rng = random.Random(13)
         values = [
-            rng.gauss(0.0, 1.0) / max(abs(rng.gauss(0.0, 1.0)), 1e-3) ** 0.5
-            for _ in range(100_000)
+            rng.gauss(0.0, 1.0) / max(abs(rng.gauss(0.0, 1.0)), 1e-3) ** 0.5 for _ in range(100_000)
         ]
         assert alarms(Tail(sigmas=2.0), values) == []
 
