@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from schemas.appconfig import AppConfig
 from schemas.breach import BreachKind, Severity
 from stream.hotpath.adwin import Adwin
@@ -125,6 +128,22 @@ def burn_rate_detectors(config: AppConfig, signal: str) -> list[Detector]:
                 )
             )
     return built
+
+
+def message_format(name: str) -> Callable[[list[Any]], str] | None:
+    """The ``format_message`` of the shipped detector called ``name`` (None for others): a
+    snapshot keeps a message's arguments and makes its text again with it."""
+    if name.startswith("burn_"):
+        return BurnRate.format_message
+    shipped: dict[str, Any] = {
+        "adwin": Adwin,
+        "ks": WindowedKS,
+        "scale": Scale,
+        "tail": Tail,
+        "page_hinkley": PageHinkley,
+    }
+    detector = shipped.get(name)
+    return None if detector is None else detector.format_message
 
 
 def detectors_for(config: AppConfig, signal: str) -> list[Detector]:

@@ -110,6 +110,12 @@ class BreachTracker:
             )
         return None
 
+    @property
+    def open_args(self) -> list[Any] | None:
+        """The arguments the open breach's message was made of (its detector's
+        ``message_args`` when it opened), if the detector has them."""
+        return self._open_args
+
     def _opened(self, detector: Detector, doc: Observed, samples: Iterable[str]) -> Breach:
         opened_by = detector.window_id or doc.id
         # What the message was made of: a snapshot keeps these rather than the text.

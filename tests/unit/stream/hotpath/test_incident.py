@@ -133,6 +133,11 @@ def test_an_open_incident_is_in_the_snapshot_compact_and_exact() -> None:
     # right after the escalation, the escalated message.
     assert isinstance(saved, list)
     assert len(orjson.dumps(saved)) < 0.7 * len(escalated.model_dump_json())
+    # Messages as what they are made of: each evidence row's as its detector's message
+    # arguments, the incident's as "row 4's escalating the opener's" (the SLO's is row 4).
+    assert saved[3] == [4]
+    assert all(isinstance(row[4], list) for row in saved[4])
+    assert len(orjson.dumps(saved)) < 0.4 * len(escalated.model_dump_json())
     incident = Incident([BreachTracker("app-a", "latency_ms", 1000, 0.0)])
     incident.load_state(saved)
     assert incident.open == escalated
