@@ -119,6 +119,13 @@ class StandardizedDrift:
     # MAX_RHO (a warm-up inside a trend measures ρ near 1, and the gain would explode).
     MIN_RHO: ClassVar[float] = 0.2
     MAX_RHO: ClassVar[float] = 0.95
+    # A baseline learnt after an alarm is "back" to the one the alarm was raised against
+    # when its mean is within this many of the old deviations and its deviation within this
+    # factor (``moved_from``): a 200-value warm-up's mean of an independent signal errs by
+    # 0.07σ and its deviation by 5 %, while the smallest change an alarm is about (ADWIN's
+    # minimum effect 0.3σ aside) is 1σ or variance ×2 (sd ×1.41).
+    BACK_LEVEL: ClassVar[float] = 0.5
+    BACK_SPREAD: ClassVar[float] = 1.3
 
     def __init__(self, warmup: int, clip: float) -> None:
         self.warmup = warmup
@@ -216,6 +223,29 @@ class StandardizedDrift:
         (prewhitened) values: sqrt((1+ρ)/(1-ρ)), 1 for independent values."""
         rho = self._rho
         return math.sqrt((1.0 + rho) / (1.0 - rho))
+
+    @property
+    def learnt(self) -> tuple[float, float]:
+        """(mean, deviation) of the baseline the detector tests against; on an alarm's
+        update, the one the alarm was raised against."""
+        return self._mean, self._sd
+
+    def moved_from(self, mean: float, sd: float) -> bool | None:
+        """Whether the baseline learnt since the last start-over is away from ``(mean, sd)``
+        (level or spread still shifted); None while it is being learnt."""
+        if not self._ready:
+            return None
+        spread = self._sd / sd if sd else math.inf
+        return (
+            abs(self._mean - mean) > self.BACK_LEVEL * sd
+            or not 1.0 / self.BACK_SPREAD <= spread <= self.BACK_SPREAD
+        )
+
+    def relearn(self, t: float) -> None:
+        """Start over: the next values are a new warm-up (the breach lifecycle asks for this
+        while a breach stays open on a shifted baseline, to see whether it came back)."""
+        self.alarm = False
+        self._start_over(t)
 
     # -- hooks of the subclasses -------------------------------------------------------------
     def _reset_test(self) -> None:

@@ -242,6 +242,7 @@ class HotPath:
                 signal,
                 quiet_events=1 if is_slo else app.config.detectors.resolve_after_events,
                 quiet_seconds=app.config.slo.resolve_after_s if is_slo else 0.0,
+                hold_events=0 if is_slo else app.config.detectors.resolve_shifted_after_events,
             )
             pairs.append((detector, tracker))
         track = _Track(pairs, slo, app.recent)
