@@ -90,38 +90,40 @@ async def serve(spec: WorkerSpec, channel: Channel) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     registry = CollectorRegistry()
     buckets = SqliteBuckets(spec.rates_path) if spec.rates_path is not None else None
-    async with (
-        wiring.store(settings) as store,
-        wiring.sink(settings) as sink,
-        httpx.AsyncClient(base_url=spec.ops_url, timeout=FORWARD_TIMEOUT_S) as ops,
-    ):
-        app = wiring.ingest_app(
-            settings,
-            sink,
-            store,
-            IngestMetrics(registry),
-            forwarded_routes(ops, FORWARDED_PATHS),
-            buckets,
-        )
-        sock = socket.socket(fileno=spec.fd)
+    try:
         async with (
-            serving(
-                app.app,
-                settings.ingest.host,
-                settings.ingest.port,
-                header_timeout_s=settings.ingest.header_timeout_s,
-                sock=sock,
-            ),
-            asyncio.TaskGroup() as group,
+            wiring.store(settings) as store,
+            wiring.sink(settings) as sink,
+            httpx.AsyncClient(base_url=spec.ops_url, timeout=FORWARD_TIMEOUT_S) as ops,
         ):
-            group.create_task(_stop_when_orphaned(channel, stop))
-            group.create_task(_report(channel, registry, spec.metrics_interval_s, stop))
-        # Out of serving: every request in flight has been answered.
-        with contextlib.suppress(SourceUnavailable):
-            channel.send("metrics", snapshot(registry))
-            await channel.flush()
-    if buckets is not None:
-        buckets.close()
+            app = wiring.ingest_app(
+                settings,
+                sink,
+                store,
+                IngestMetrics(registry),
+                forwarded_routes(ops, FORWARDED_PATHS),
+                buckets,
+            )
+            sock = socket.socket(fileno=spec.fd)
+            async with (
+                serving(
+                    app.app,
+                    settings.ingest.host,
+                    settings.ingest.port,
+                    header_timeout_s=settings.ingest.header_timeout_s,
+                    sock=sock,
+                ),
+                asyncio.TaskGroup() as group,
+            ):
+                group.create_task(_stop_when_orphaned(channel, stop))
+                group.create_task(_report(channel, registry, spec.metrics_interval_s, stop))
+            # Out of serving: every request in flight has been answered.
+            with contextlib.suppress(SourceUnavailable):
+                channel.send("metrics", snapshot(registry))
+                await channel.flush()
+    finally:
+        if buckets is not None:
+            buckets.close()
 
 
 async def _stop_when_orphaned(channel: Channel, stop: asyncio.Event) -> None:
