@@ -146,7 +146,9 @@ def worker_count(configured: int | None) -> int:
     left to processing."""
     if configured is not None:
         return configured
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+    # Cores this process may run on (a container's CPU set); macOS has no affinity call.
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, (len(usable) if usable is not None else os.cpu_count() or 1) // 2)
 
 
 @contextlib.asynccontextmanager
