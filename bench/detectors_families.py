@@ -83,6 +83,17 @@ def _ramp(size: float, over: int) -> Make:
     return _after(alter)
 
 
+def _for(length: int, size: float) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """A regression of ``size`` lasting ``length`` values, then the old level: one incident
+    should cover it (the detectors adapt to it long before it ends)."""
+
+    def alter(after: np.ndarray, _: np.random.Generator) -> np.ndarray:
+        after[:length] += size
+        return after
+
+    return alter
+
+
 def _restart_step(size: float) -> Make:
     def make(rng: np.random.Generator, _: int) -> Made:
         change = RESTART + int(rng.integers(-150, 151))
@@ -148,6 +159,7 @@ def families() -> list[Family]:
 
     return [
         Family("step 1σ", _after(lambda a, _: a + 1.0), True),
+        Family("step 1σ for 3k values, then back", _after(_for(3000, 1.0)), True),
         Family("step 1σ within ±150 of ADWIN's restart", _restart_step(1.0), True),
         Family("step 2σ within ±150 of ADWIN's restart", _restart_step(2.0), True),
         Family("tail only: slowest 1 % ×3", _tail_only, True),
