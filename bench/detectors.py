@@ -629,7 +629,10 @@ def targets(rows: list[Row], enabled: list[str]) -> list[str]:
     for row in rows:
         if row.config not in (UNION, *enabled):
             continue
-        if row.scenario.startswith("shift") and not row.scenario.startswith("shift 0.5"):
+        # The tail detector counts values far out in the tail: a mean shift is not its job
+        # (bench/detectors_families.py's tail family is).
+        mean_shift = row.scenario.startswith("shift") and not row.scenario.startswith("shift 0.5")
+        if mean_shift and row.config != "shipped tail":
             recall = row.recall() or 0.0
             lines.append(
                 f"| recall ≥ 0.95, {row.scenario} | {row.config} | {recall:.2f} | "

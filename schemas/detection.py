@@ -147,7 +147,7 @@ class DetectorConfig(BaseModel):
     # Hysteresis: an open drift breach resolves after this many events without a detection.
     resolve_after_events: PositiveInt = 1000
     # ... and once its detector's new baseline is back to the one it fired against (within
-    # 0.5σ in level and ×1.3 in spread): a detector that adapted to a lasting regression is
+    # 0.3σ in level and ×1.3 in spread): a detector that adapted to a lasting regression is
     # quiet while the regression goes on, and the breach (so the incident) would resolve in
     # the middle of it. A shift still there after this many quiet events is taken as the new
     # normal and the breach resolves (stream/hotpath/lifecycle.py). 0: resolve on quiet alone.

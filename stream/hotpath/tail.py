@@ -60,9 +60,10 @@ class Tail(StandardizedDrift):
     normal, AR(1) ρ 0.5/0.7/0.9, Student t3, lognormal, integer-quantised and seasonal
     streams, at 5 up to 0.17, at 8 none. ``sigmas`` from the tail family (lognormal σ 0.5,
     slowest 1 % ×3), tuning seeds: recall within 5,000 values 0.63 at 5, 0.93 at 6, 1.00 at
-    8 (median delay 598 values), 1.00 at 10 and 12; 8 is the nearest cut that finds it, so
-    the one that also finds tail growths smaller than ×3. With ``alpha`` 1e-4 recall was 0.97
-    (delay 939).
+    8 (median delay 598 values), 1.00 at 10 and 12. 8 is the closest cut that finds every
+    one: the closest is the most sensitive to growths smaller than ×3, a farther one has
+    fewer stable values beyond it to compare with. With ``alpha`` 1e-4 recall was 0.97 (median
+    delay 939 values). Held-out results: bench/results/detectors_families.md.
     """
 
     name: ClassVar[str] = "tail"
