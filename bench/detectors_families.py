@@ -179,8 +179,10 @@ def families() -> list[Family]:
         Family(
             "stable seasonal ±0.25σ",
             _stable(
-                lambda r, n: r.standard_normal(n)
-                + 0.25 * np.sin(2 * math.pi * np.arange(n) / 20_000 + r.uniform(0, 2 * math.pi))
+                lambda r, n: (
+                    r.standard_normal(n)
+                    + 0.25 * np.sin(2 * math.pi * np.arange(n) / 20_000 + r.uniform(0, 2 * math.pi))
+                )
             ),
             False,
         ),

@@ -21,7 +21,6 @@ from schemas import Breach
 from stream.metrics import IngestMetrics
 from stream.ops import OpsRoutes
 from stream.ports import EventSink
-from stream.processor import Processor
 from stream.producers.ingest import IngestApp
 from stream.producers.ingest_auth import Authorizer, require_auth_beyond_loopback
 from stream.producers.ingest_server import bound_port, serving
@@ -103,6 +102,7 @@ async def run_processor(
     until_idle_s: float | None,
     on_status: Callable[[str], None],
     on_breach: Callable[[Breach], None] | None = None,
+    workers: int = 1,
 ) -> ProcessorStats:
     refused = ingest and require_auth_beyond_loopback(settings.ingest.host, settings.ingest.auth)
     if refused:
@@ -121,14 +121,7 @@ async def run_processor(
             if ingest or simulate is not None
             else None
         )
-        pipeline = wiring.pipeline(settings, store, stats, publisher)
-        processor = Processor(
-            wiring.source(settings),
-            pipeline,
-            stats,
-            settings.processor.status_interval_s,
-            on_status,
-        )
+        processor = wiring.processor(settings, store, stats, publisher, on_status, workers)
         ops = OpsRoutes(stats, store, max_silence_s=settings.processor.ready_max_silence_s)
         ops.routes.extend(LiveReport(settings).routes)
         if ingest and sink is not None:

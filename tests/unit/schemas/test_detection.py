@@ -46,6 +46,7 @@ def test_the_factory_passes_them_on() -> None:
     assert isinstance(adwin, Adwin) and isinstance(ks, WindowedKS) and isinstance(scale, Scale)
     assert (adwin.min_effect, adwin.max_buckets, ks.lag) == (0.5, 5, 3)
     assert (scale.threshold, scale.delta, scale.alpha) == (30.0, 0.2, 1.0)
+
     # The spread detector watches latency; scores and sizes only on request.
     def names(config: AppConfig, signal: str) -> list[str]:
         return [d.name for d in drift_detectors(config, signal)]
