@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -172,8 +172,12 @@ async def run_processor(
                 group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
             if coldpath_schedule.enabled(settings, simulate is not None):
                 group.create_task(
-                    coldpath_schedule.run_schedule(
-                        settings, store, stop, on_status, on_breach, stats.metrics
+                    _once_caught_up(
+                        stats,
+                        stop,
+                        lambda: coldpath_schedule.run_schedule(
+                            settings, store, stop, on_status, on_breach, stats.metrics
+                        ),
                     )
                 )
             await processor.run(stop)
@@ -214,4 +218,20 @@ async def _stop_when_idle(stats: ProcessorStats, idle_s: float, stop: asyncio.Ev
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(0.2, idle_s)):
+                await stop.wait()
+
+
+async def _once_caught_up(
+    stats: ProcessorStats, stop: asyncio.Event, then: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``then`` once every partition has caught up with the backlog found at start: a
+    window evaluated earlier would miss its stored events (worker processes take a moment to
+    start). An unknown lag (None) does not hold it back."""
+    while not stop.is_set():
+        lags = await stats.lag()
+        if lags and not any(lags.values()):
+            await then()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
                 await stop.wait()
