@@ -23,6 +23,7 @@ from evalstream import logs, wiring
 from evalstream.settings import Settings
 from schemas import Breach
 from stream.exceptions import SourceUnavailable
+from stream.ports import PartitionContext
 from stream.processor import tuned_gc
 from stream.sources.local_log_share import LocalLogShare
 from stream.sources.subprocess_channel import Channel, encode_error, open_pipes, take_stdio
@@ -60,6 +61,11 @@ class _ReportingStats(ProcessorStats):
             self.store_error,
             self.publish_error,
         )
+
+    async def attach(self, context: PartitionContext) -> None:
+        await super().attach(context)
+        # Where this partition resumes (after the pipeline's check of lost writes or events).
+        self._tell("attached", context.partition_id, await context.checkpointed_sequence())
 
     def checkpointed(self, partition_id: str) -> None:
         super().checkpointed(partition_id)

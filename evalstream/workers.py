@@ -31,13 +31,9 @@ from common.retry import Backoff, sleep_or_stop
 from evalstream import logs
 from evalstream.settings import Settings
 from stream.exceptions import SourceError, StreamError
+from stream.ports import ReceivedEvent
 from stream.processor import report_status
-from stream.sources.local_log import (
-    LocalLog,
-    LocalPartitionContext,
-    ProcessorLock,
-    sweep_until_stopped,
-)
+from stream.sources.local_log import LocalLog, ProcessorLock, sweep_until_stopped
 from stream.sources.subprocess_channel import Channel, ErrorValue, decode_error
 from stream.stats import ProcessorStats
 
@@ -57,6 +53,35 @@ def shares(live: Sequence[int], partitions: int) -> dict[int, list[int]]:
         if slots:
             owned[slots[partition % len(slots)]].append(partition)
     return owned
+
+
+class _Watched:
+    """The supervisor's view of a partition for lag: the log's head, and where the worker that
+    took it last resumed (unknown, so all of it counts as lag, until a worker reports it:
+    ``--until-idle`` must not stop before the workers have even started)."""
+
+    rewindable = False
+
+    def __init__(self, log: LocalLog, partition: int, resumed: int | None = None) -> None:
+        self._log = log
+        self._partition = partition
+        self._resumed = resumed
+
+    @property
+    def partition_id(self) -> str:
+        return str(self._partition)
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return await self._log.last_sequence_async(self._partition)
+
+    async def checkpointed_sequence(self) -> int | None:
+        return self._resumed
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        raise SourceError("the supervisor does not checkpoint: the partition's worker does")
+
+    async def resume_after(self, sequence: int) -> bool:
+        return False
 
 
 class _Worker:
@@ -91,6 +116,7 @@ class WorkerPool:
         self.live: dict[int, _Worker] = {}
         self.restarts = 0
         self._fatal: StreamError | None = None
+        self._log: LocalLog | None = None
 
     def pids(self) -> dict[int, int]:
         """Process id of each live worker slot."""
@@ -118,9 +144,9 @@ class WorkerPool:
         with ProcessorLock(embedded.data_dir / "processor.lock"):
             log = LocalLog(embedded.log_path, embedded.partitions)
             try:
-                group_name = self.settings.processor.consumer_group
+                self._log = log
                 for partition in range(embedded.partitions):
-                    await self.stats.attach(LocalPartitionContext(log, group_name, partition, -1))
+                    await self.stats.attach(_Watched(log, partition))
                 async with asyncio.TaskGroup() as group:
                     reporter = group.create_task(
                         report_status(
@@ -192,7 +218,7 @@ class WorkerPool:
         stopper = asyncio.create_task(self._forward_stop(worker, stop))
         try:
             while (message := await worker.channel.receive()) is not None:
-                self._dispatch(worker, message)
+                await self._dispatch(worker, message)
         finally:
             stopper.cancel()
             del self.live[slot]
@@ -217,10 +243,13 @@ class WorkerPool:
             worker.channel.send("stop")
             await worker.channel.flush()
 
-    def _dispatch(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    async def _dispatch(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
         stats = self.stats
-        if kind == "batch":
+        if kind == "attached" and self._log is not None:
+            _, partition, resumed = message
+            await stats.attach(_Watched(self._log, int(partition), resumed))
+        elif kind == "batch":
             _, partition, last, documents, codes, breaches, seconds, store, publish = message
             worker.batches += 1
             stats.record_counts(partition, last, documents, codes, breaches, seconds)

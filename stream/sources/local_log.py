@@ -343,7 +343,7 @@ class LocalLogSink:
             await self._log.append_async(self.pseudonymizer.items(bodies))
 
 
-class LocalPartitionContext:
+class _LocalPartitionContext:
     rewindable = True
 
     def __init__(self, log: LocalLog, consumer_group: str, partition: int, position: int) -> None:
@@ -471,7 +471,7 @@ async def run_partition(
     """Deliver one partition's batches to ``handler`` from its checkpoint on until ``stop``;
     then close it as on shutdown (its last batch done, its checkpoint written)."""
     position = await log.checkpoint_async(consumer_group, partition)
-    context = LocalPartitionContext(log, consumer_group, partition, position)
+    context = _LocalPartitionContext(log, consumer_group, partition, position)
     await handler.on_partition_initialize(context)
     while not stop.is_set():
         events = await log.read_async(partition, context.position, batch_size)
