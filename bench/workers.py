@@ -1,0 +1,351 @@
+"""Worker-process scaling on the embedded backend: events/s of ``evalstream process --workers N``.
+
+Run: ``python -m bench.workers [--events N] [--repeats R] [--workers 1,2] [--memory-apps A]
+[--sustained-s S]``. Each repeat copies the same prepared log (simulated ~1.2 KB events, 20 apps,
+4 partitions, hot path on) to a fresh data dir and runs the real command on it, once per worker
+count, the counts interleaved (and their order alternated) so each sees the same machine load.
+events/s is counted from the first stored record to the last (the processes' start-up is not
+in it; it is reported apart, as the CPU of the whole run per event). Beside it, measured in the
+same run: the serial parts a model of more cores needs (the store's write lock held per event,
+a log read per event) and the workers' resident memory, also with ``--memory-apps`` apps, and
+optionally under a sustained simulated load. Results: medians, written to
+bench/results/workers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import resource
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+
+from schemas import AppDirectory
+from store.sqlite import SqliteStore
+from stream.decode import Decoder
+from stream.enrich import Enricher
+from stream.ports import ReceivedEvent
+from stream.producers.simulator import Simulator
+from stream.sources.local_log import LocalLog
+
+RESULTS = Path(__file__).parent / "results" / "workers.md"
+PARTITIONS = 4
+ENV = {
+    "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
+    "EVALSTREAM_USER_HASH_KEY": "bench",
+    "EVALSTREAM_EMBEDDED__PARTITIONS": str(PARTITIONS),
+}
+
+
+@dataclass
+class Run:
+    workers: int
+    events: int
+    seconds: float  # first stored record to the last
+    cpu_s: float  # whole command, every process, start-up included
+    rss: list[int] = field(default_factory=list)  # per worker, at the end
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+def bodies(count: int, apps: int) -> list[tuple[str | None, bytes]]:
+    simulator = Simulator(
+        apps=apps, rate=200.0, seed=42, start=datetime.now(UTC) - timedelta(hours=2)
+    )
+    return [(event.app_id, event.body) for event in simulator.events(count)]
+
+
+def prepared(folder: Path, items: list[tuple[str | None, bytes]]) -> Path:
+    log = LocalLog(folder / "log.db", PARTITIONS)
+    try:
+        log.append(items)
+    finally:
+        log.close()
+    return folder
+
+
+def stored(data_dir: Path) -> int:
+    path = data_dir / "store.db"
+    if not path.exists():
+        return 0
+    connection = sqlite3.connect(path, timeout=30)
+    try:
+        return int(connection.execute("SELECT count(*) FROM telemetry").fetchone()[0])
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+    finally:
+        connection.close()
+
+
+def worker_rss(process: subprocess.Popen[bytes], workers: int) -> list[int]:
+    """Resident memory of the processing processes: the workers, or the command itself."""
+    if workers == 1:
+        return [psutil.Process(process.pid).memory_info().rss]
+    sizes = []
+    for child in psutil.Process(process.pid).children():
+        try:
+            if "evalstream.worker" in child.cmdline():
+                sizes.append(child.memory_info().rss)
+        except psutil.NoSuchProcess:
+            continue
+    return sorted(sizes)
+
+
+def command(data_dir: Path, workers: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "evalstream",
+        "process",
+        "--data-dir",
+        str(data_dir),
+        "--no-ingest",
+        "--workers",
+        str(workers),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+
+
+def one_run(template: Path, workers: int, total: int) -> Run:
+    with tempfile.TemporaryDirectory() as folder:
+        data_dir = Path(folder) / "data"
+        shutil.copytree(template, data_dir)
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        process = subprocess.Popen(
+            command(data_dir, workers, "--until-idle", "0.5"),
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        first = done = None
+        rss: list[int] = []
+        while done is None:
+            count = stored(data_dir)
+            now = time.perf_counter()
+            if first is None and count > 0:
+                first = now
+            if count >= total:
+                done = now
+            if process.poll() is not None and done is None:
+                raise RuntimeError(process.stderr.read().decode() if process.stderr else "exit")
+            if first is not None:
+                rss = worker_rss(process, workers) or rss
+            time.sleep(0.02)
+        _, errors = process.communicate(timeout=300)
+        if process.returncode != 0:
+            raise RuntimeError(errors.decode())
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (
+            cpu_before.ru_utime + cpu_before.ru_stime
+        )
+        assert first is not None
+        return Run(workers, total, done - first, cpu, rss)
+
+
+def serial_parts(items: list[tuple[str | None, bytes]], repeats: int) -> dict[str, float]:
+    """Median wall µs per event of what every worker shares: the store's write transaction
+    (one writer at a time holds SQLite's lock), and a read of the log (WAL readers do not
+    block each other nor the writer: measured to show it is small, not to serialise it)."""
+    now = datetime.now(UTC)
+    decoder = Decoder()
+    enricher = Enricher(AppDirectory(), b"k", "local")
+    position = ReceivedEvent(b"", "0", 0, now, "0")
+    events = [a.event for _, body in items for a in decoder.decode(body, now).accepted]
+    documents = [enricher.document(event, position, 0, now, False) for event in events]
+    writes: list[float] = []
+    reads: list[float] = []
+
+    async def write_all(store: SqliteStore) -> float:
+        spent = 0.0
+        for offset in range(0, len(documents), 1000):
+            start = time.perf_counter()
+            await store.write(documents[offset : offset + 1000], [])
+            spent += time.perf_counter() - start
+        await store.close()
+        return spent
+
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as folder:
+            writes.append(asyncio.run(write_all(SqliteStore(Path(folder) / "store.db"))))
+            log = LocalLog(prepared(Path(folder), items) / "log.db", PARTITIONS)
+            start = time.perf_counter()
+            for partition in range(PARTITIONS):
+                after = -1
+                while batch := log.read(partition, after, 1000):
+                    after = batch[-1].sequence
+            reads.append(time.perf_counter() - start)
+            log.close()
+    return {
+        "store write transaction (serial: one writer at a time)": statistics.median(writes)
+        / len(documents)
+        * 1e6,
+        "log read (concurrent under WAL)": statistics.median(reads) / len(items) * 1e6,
+    }
+
+
+def sustained(seconds: float, apps: int, rate: float) -> list[tuple[float, int, list[int]]]:
+    """(elapsed s, stored, RSS per worker) every ~10 s of a simulated load at ``rate``."""
+    samples: list[tuple[float, int, list[int]]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        data_dir = Path(folder) / "data"
+        process = subprocess.Popen(
+            command(data_dir, 2, "--simulate", "--apps", str(apps), "--rate", str(rate)),
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started = time.monotonic()
+        try:
+            while (elapsed := time.monotonic() - started) < seconds:
+                time.sleep(10)
+                samples.append((elapsed + 10, stored(data_dir), worker_rss(process, 2)))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+    return samples
+
+
+def model(rate_1: float, speedup_2: float, write_us: float, cores: int) -> tuple[float, float]:
+    """(events/s, speedup) on ``cores`` cores with as many workers: Amdahl's law with the serial
+    share fitted to the measured 2-worker speed-up, capped by the store's single writer."""
+    serial = min(max(2 / speedup_2 - 1, 0.0), 1.0)
+    speedup = 1 / (serial + (1 - serial) / cores)
+    return min(rate_1 * speedup, 1e6 / write_us), min(speedup, 1e6 / write_us / rate_1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", default="1,2", help="Worker counts, comma-separated.")
+    parser.add_argument("--memory-apps", type=int, default=1000)
+    parser.add_argument("--sustained-s", type=float, default=0.0)
+    parser.add_argument("--sustained-rate", type=float, default=3000.0)
+    parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
+    args = parser.parse_args()
+    counts = [int(value) for value in args.workers.split(",")]
+
+    load_before = os.getloadavg()
+    started = datetime.now(UTC)
+    items = bodies(args.events, 20)
+    size = statistics.mean(len(body) for _, body in items)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory() as folder:
+        template = prepared(Path(folder) / "template", items)
+        for repeat in range(args.repeats):
+            order = counts if repeat % 2 == 0 else counts[::-1]
+            for workers in order:
+                run = one_run(template, workers, args.events)
+                print(f"repeat {repeat}: {workers} workers: {run.rate:,.0f} events/s", flush=True)
+                runs.append(run)
+        memory_template = prepared(Path(folder) / "apps", bodies(args.events, args.memory_apps))
+        many_apps = one_run(memory_template, 2, args.events)
+    parts = serial_parts(items[:20_000], args.repeats)
+    load_after = os.getloadavg()
+    long_run = sustained(args.sustained_s, 20, args.sustained_rate) if args.sustained_s else []
+
+    median = {
+        workers: statistics.median(run.rate for run in runs if run.workers == workers)
+        for workers in counts
+    }
+    base = median[counts[0]]
+    lines = [
+        "# Worker processes: scaling on the embedded backend",
+        "",
+        f"Command: `python -m bench.workers --events {args.events} --repeats {args.repeats} "
+        f"--workers {args.workers} --memory-apps {args.memory_apps}"
+        + (f" --sustained-s {args.sustained_s:g}`" if args.sustained_s else "`"),
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; load average (1, 5, "
+        f"15 min) {', '.join(f'{x:.1f}' for x in load_before)} before, "
+        f"{', '.join(f'{x:.1f}' for x in load_after)} after (other processes share the cores).",
+        f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, {PARTITIONS} "
+        "partitions, hot path on; events/s from the first stored record to the last.",
+        "",
+        "| workers | events/s (median) | × 1 worker | runs (events/s) | CPU µs/event, whole "
+        "command incl. start-up | RSS per worker (MB) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for workers in counts:
+        mine = [run for run in runs if run.workers == workers]
+        cpu = statistics.median(run.cpu_s for run in mine) / args.events * 1e6
+        rss = "+".join(f"{size / 2**20:.0f}" for size in mine[-1].rss)
+        lines.append(
+            f"| {workers} | {median[workers]:,.0f} | {median[workers] / base:.2f}× "
+            f"| {', '.join(f'{run.rate:,.0f}' for run in mine)} | {cpu:.1f} | {rss} |"
+        )
+    lines += ["", "Serial parts (each measured alone in this process, median wall µs/event):", ""]
+    lines += [f"- {name}: {value:.2f} µs" for name, value in parts.items()]
+    write_us = next(iter(parts.values()))
+    if len(counts) >= 2 and counts[:2] == [1, 2]:
+        speedup = median[2] / median[1]
+        serial = min(max(2 / speedup - 1, 0.0), 1.0)
+        lines += [
+            "",
+            f"Model: the store's writer can take at most {1e6 / write_us:,.0f} events/s "
+            f"(its write transaction alone); at 1 worker it holds the lock "
+            f"{write_us * median[1] / 1e4:.0f}% of the time. Amdahl's law with the serial "
+            f"share fitted to the measured 2-worker speed-up ({speedup:.2f}× → serial share "
+            f"{serial:.2f}), capped by that writer:",
+            "",
+            "| cores = workers | events/s (model) | × 1 worker |",
+            "| --- | --- | --- |",
+        ]
+        for cores in (1, 2, 4, 8):
+            rate, gain = model(median[1], speedup, write_us, cores)
+            lines.append(f"| {cores} | {rate:,.0f} | {gain:.2f}× |")
+    small = (
+        statistics.median(sum(run.rss) for run in runs if run.workers == 2) if 2 in counts else 0
+    )
+    lines += [
+        "",
+        f"Memory: 2 workers after {args.events:,} events of {args.memory_apps:,} apps: "
+        + "+".join(f"{size / 2**20:.0f}" for size in many_apps.rss)
+        + " MB"
+        + (
+            f"; of 20 apps: {small / 2**20:.0f} MB in all; so "
+            f"{(sum(many_apps.rss) - small) / (args.memory_apps - 20) * 1000 / 2**20:.1f} MB "
+            "per 1,000 apps across the workers (detector state, app caches)."
+            if small
+            else "."
+        ),
+    ]
+    if long_run:
+        lines += [
+            "",
+            f"Sustained load: `process --workers 2 --simulate --apps 20 --rate "
+            f"{args.sustained_rate:g}` for {args.sustained_s:g} s, RSS per worker:",
+            "",
+            "| elapsed s | stored | RSS per worker (MB) |",
+            "| --- | --- | --- |",
+        ]
+        lines += [
+            f"| {elapsed:.0f} | {count:,} | {'+'.join(f'{s / 2**20:.0f}' for s in rss)} |"
+            for elapsed, count, rss in long_run
+        ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
