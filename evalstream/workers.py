@@ -2,9 +2,9 @@
 
 One process's event loop runs on one core; the pipeline is CPU-bound. The supervisor here starts
 N worker processes (``evalstream.worker``), each running the whole pipeline over a share of the
-log's partitions, and gives every partition an owner: partition p goes to the p-th live worker
-modulo their number, so a dead worker's partitions move to the others and move back when it is
-restarted (after a pause). The promise "never two workers on one partition" does not rest on
+log's partitions, and gives every partition an owner, balancing the partitions' events over the
+live workers (``shares``): a dead worker's partitions move to the others, and move back when it
+is restarted (after a pause). The promise "never two workers on one partition" does not rest on
 this bookkeeping: a worker processes a partition only while it holds the partition's lock file
 (``stream.sources.local_log_share``), and a partition's detector snapshot and checkpoint are
 written by its owner before it lets go, so the next owner resumes from them exactly.
@@ -45,14 +45,22 @@ RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 MAX_FAILED_STARTS = 5
 
 
-def shares(live: Sequence[int], partitions: int) -> dict[int, list[int]]:
-    """Which partitions each live worker slot owns: p goes to the (p mod n)-th live slot."""
+def shares(live: Sequence[int], weights: Sequence[int]) -> dict[int, list[int]]:
+    """Which partitions each live worker slot owns. ``weights[p]``: partition p's events so far
+    (its rate, in the long run). Heaviest first, each partition goes to the slot with the least
+    weight so far (then the fewest partitions, then the lowest slot): one busy app's partition
+    does not leave a worker idle beside another with two busy ones. Equal weights (a new log)
+    give partitions round-robin."""
     slots = sorted(live)
     owned: dict[int, list[int]] = {slot: [] for slot in slots}
-    for partition in range(partitions):
-        if slots:
-            owned[slots[partition % len(slots)]].append(partition)
-    return owned
+    if not slots:
+        return owned
+    load = dict.fromkeys(slots, 0)
+    for partition in sorted(range(len(weights)), key=lambda p: (-weights[p], p)):
+        slot = min(slots, key=lambda s: (load[s], len(owned[s]), s))
+        owned[slot].append(partition)
+        load[slot] += weights[partition]
+    return {slot: sorted(partitions) for slot, partitions in owned.items()}
 
 
 class _Watched:
@@ -214,7 +222,7 @@ class WorkerPool:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         worker.channel.send("start", self.settings, level, logs.chosen_format())
         self.live[slot] = worker
-        self._rebalance()
+        await self._rebalance()
         stopper = asyncio.create_task(self._forward_stop(worker, stop))
         try:
             while (message := await worker.channel.receive()) is not None:
@@ -223,18 +231,24 @@ class WorkerPool:
             stopper.cancel()
             del self.live[slot]
             if not stop.is_set():
-                self._rebalance()
+                await self._rebalance()
             worker.channel.fail_calls()
             if not worker.finished and process.returncode is None:
                 process.kill()
             await asyncio.shield(process.wait())
         return worker
 
-    def _rebalance(self) -> None:
-        for slot, owned in shares(list(self.live), self.settings.embedded.partitions).items():
-            worker = self.live[slot]
-            with contextlib.suppress(StreamError):  # gone: its own task notices
-                worker.channel.send("assign", owned)
+    async def _rebalance(self) -> None:
+        assert self._log is not None
+        weights = [
+            await self._log.last_sequence_async(partition) + 1
+            for partition in range(self.settings.embedded.partitions)
+        ]
+        for slot, owned in shares(list(self.live), weights).items():
+            worker = self.live.get(slot)
+            if worker is not None:
+                with contextlib.suppress(StreamError):  # gone: its own task notices
+                    worker.channel.send("assign", owned)
 
     @staticmethod
     async def _forward_stop(worker: _Worker, stop: asyncio.Event) -> None:

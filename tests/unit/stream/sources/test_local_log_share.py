@@ -95,9 +95,12 @@ async def test_one_owner_at_a_time_and_a_moved_partition_resumes_from_its_checkp
     assert sum(open_now.values()) == 0
 
 
-def test_shares_spread_partitions_over_live_workers_and_move_with_them() -> None:
-    assert shares([0, 1], 4) == {0: [0, 2], 1: [1, 3]}
+def test_shares_balance_partitions_over_live_workers_and_move_with_them() -> None:
+    # A new log: round-robin.
+    assert shares([0, 1], [0, 0, 0, 0]) == {0: [0, 2], 1: [1, 3]}
+    # One busy partition gets a worker to itself rather than a busy neighbour.
+    assert shares([0, 1], [1540, 2537, 9462, 6461]) == {0: [2], 1: [0, 1, 3]}
     # Worker 1 died: its partitions go to the others; restarted, they come back.
-    assert shares([0, 2], 5) == {0: [0, 2, 4], 2: [1, 3]}
-    assert shares([2, 0, 1], 3) == {0: [0], 1: [1], 2: [2]}
-    assert shares([], 3) == {}
+    assert shares([0, 2], [5, 5, 5, 5, 5]) == {0: [0, 2, 4], 2: [1, 3]}
+    assert shares([2, 0, 1], [1, 1, 1]) == {0: [0], 1: [1], 2: [2]}
+    assert shares([], [3, 3]) == {}
