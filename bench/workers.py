@@ -56,11 +56,37 @@ class Run:
     events: int
     seconds: float  # first stored record to the last
     cpu_s: float  # whole command, every process, start-up included
+    # Per process, first stored record to the last: (seconds on a CPU, seconds waiting for one)
+    window: dict[int, tuple[float, float]]
+    pipelines: set[int]  # the processes running pipelines (workers, or the command)
     rss: list[int] = field(default_factory=list)  # per worker, at the end
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds
+
+    @property
+    def window_cpu_s(self) -> float:
+        return sum(running for running, _ in self.window.values())
+
+    @property
+    def free_cores_rate(self) -> float:
+        """events/s had the cores been free for it and CPU-bound: the busiest pipeline
+        process's CPU time, or all processes' CPU time over the cores if more. Sleeping (SQLite
+        lock waits, pipes, idle polls) is left out: ``busiest_asleep`` shows how much there was."""
+        busiest = max(self.window[pid][0] for pid in self.pipelines if pid in self.window)
+        return self.events / max(busiest, self.window_cpu_s / (os.cpu_count() or 1))
+
+    @property
+    def busiest_asleep(self) -> float:
+        """Share of the window the busiest pipeline process slept (not on nor waiting for a
+        CPU): lock waits would show here."""
+        pid = max(
+            (pid for pid in self.pipelines if pid in self.window),
+            key=lambda pid: self.window[pid][0],
+        )
+        running, waiting = self.window[pid]
+        return max(0.0, 1 - (running + waiting) / self.seconds)
 
 
 def bodies(count: int, apps: int) -> list[tuple[str | None, bytes]]:
@@ -106,6 +132,38 @@ def worker_rss(process: subprocess.Popen[bytes], workers: int) -> list[int]:
     return sorted(sizes)
 
 
+def schedstat(process: subprocess.Popen[bytes]) -> dict[int, tuple[float, float]]:
+    """Per process of the command (itself and its workers): seconds on a CPU and seconds
+    runnable but waiting for one (Linux ``/proc/PID/schedstat``, every thread counted). The
+    rest of a window the process slept: on a lock, a pipe, an idle poll."""
+    found = {}
+    root = psutil.Process(process.pid)
+    for member in [root, *root.children(recursive=True)]:
+        running = waiting = 0.0
+        try:
+            for thread in member.threads():
+                path = f"/proc/{member.pid}/task/{thread.id}/schedstat"
+                with open(path) as handle:
+                    on_cpu, queued, _ = handle.read().split()
+                running += int(on_cpu) / 1e9
+                waiting += int(queued) / 1e9
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            continue
+        found[member.pid] = (running, waiting)
+    return found
+
+
+def processing_pids(process: subprocess.Popen[bytes], workers: int) -> set[int]:
+    """The processes running pipelines: the workers, or the command itself."""
+    if workers == 1:
+        return {process.pid}
+    return {
+        child.pid
+        for child in psutil.Process(process.pid).children()
+        if "evalstream.worker" in child.cmdline()
+    }
+
+
 def command(data_dir: Path, workers: int, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -136,13 +194,16 @@ def one_run(template: Path, workers: int, total: int) -> Run:
         )
         first = done = None
         rss: list[int] = []
+        at_first: dict[int, tuple[float, float]] = {}
+        at_done: dict[int, tuple[float, float]] = {}
         while done is None:
             count = stored(data_dir)
             now = time.perf_counter()
             if first is None and count > 0:
-                first = now
+                first, at_first = now, schedstat(process)
             if count >= total:
-                done = now
+                done, at_done = now, schedstat(process)
+                pipelines = processing_pids(process, workers)
             if process.poll() is not None and done is None:
                 raise RuntimeError(process.stderr.read().decode() if process.stderr else "exit")
             if first is not None:
@@ -156,7 +217,13 @@ def one_run(template: Path, workers: int, total: int) -> Run:
             cpu_before.ru_utime + cpu_before.ru_stime
         )
         assert first is not None
-        return Run(workers, total, done - first, cpu, rss)
+        # Per process over the window: (on a CPU, waiting for one) — processes that started
+        # during the window (a late worker) count from zero.
+        shares = {
+            pid: (run - at_first.get(pid, (0.0, 0.0))[0], queue - at_first.get(pid, (0.0, 0.0))[1])
+            for pid, (run, queue) in at_done.items()
+        }
+        return Run(workers, total, done - first, cpu, shares, pipelines, rss)
 
 
 def serial_parts(items: list[tuple[str | None, bytes]], repeats: int) -> dict[str, float]:
@@ -279,18 +346,44 @@ def main() -> None:
         f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, {PARTITIONS} "
         "partitions, hot path on; events/s from the first stored record to the last.",
         "",
-        "| workers | events/s (median) | × 1 worker | runs (events/s) | CPU µs/event, whole "
-        "command incl. start-up | RSS per worker (MB) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| workers | events/s (median) | × 1 worker | runs (events/s) | CPU µs/event while "
+        "processing | cores used | a pipeline process waiting for a CPU (most, share of the "
+        "window) | busiest pipeline process asleep | events/s on free cores (see below) "
+        "| × 1 worker | CPU µs/event, whole command incl. start-up | RSS per worker (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    free = {
+        workers: statistics.median(run.free_cores_rate for run in runs if run.workers == workers)
+        for workers in counts
+    }
     for workers in counts:
         mine = [run for run in runs if run.workers == workers]
         cpu = statistics.median(run.cpu_s for run in mine) / args.events * 1e6
+        window = statistics.median(run.window_cpu_s for run in mine) / args.events * 1e6
+        busy = statistics.median(run.window_cpu_s / run.seconds for run in mine)
         rss = "+".join(f"{size / 2**20:.0f}" for size in mine[-1].rss)
+        waiting = statistics.median(
+            max(run.window[pid][1] for pid in run.pipelines if pid in run.window) / run.seconds
+            for run in mine
+        )
+        asleep = statistics.median(run.busiest_asleep for run in mine)
         lines.append(
             f"| {workers} | {median[workers]:,.0f} | {median[workers] / base:.2f}× "
-            f"| {', '.join(f'{run.rate:,.0f}' for run in mine)} | {cpu:.1f} | {rss} |"
+            f"| {', '.join(f'{run.rate:,.0f}' for run in mine)} | {window:.1f} | {busy:.2f} "
+            f"| {waiting:.0%} | {asleep:.0%} | {free[workers]:,.0f} "
+            f"| {free[workers] / free[counts[0]]:.2f}× "
+            f"| {cpu:.1f} | {rss} |"
         )
+    lines += [
+        "",
+        "events/s on free cores: the same runs' CPU work, had the cores been free and the work "
+        "CPU-bound: events over the busiest pipeline process's CPU seconds (or all processes' "
+        "CPU seconds over the cores, if more). Waiting for a CPU (Linux schedstat: other "
+        "programs on the shared machine) is what it takes out; sleeping (SQLite lock waits, "
+        "pipes, idle polls) is left out too, so the column beside it says how much the busiest "
+        "process slept. The measured events/s is the figure; this says how much of a shortfall "
+        "is the machine's load.",
+    ]
     lines += ["", "Serial parts (each measured alone in this process, median wall µs/event):", ""]
     lines += [f"- {name}: {value:.2f} µs" for name, value in parts.items()]
     write_us = next(iter(parts.values()))

@@ -1,12 +1,14 @@
 """Worker processes (``process --workers 2``): SIGKILLing one worker of two at random points
 loses and duplicates nothing (its partitions move to the other, then back to its restarted
-successor), and the breaches are exactly a single-process run's; worker memory stays flat."""
+successor), and the breaches are exactly a single-process run's; worker memory stays flat, and
+the status line adds the workers up."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -124,12 +126,18 @@ def test_worker_memory_stays_flat_under_sustained_load(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     process = start_processor(
         data_dir,
-        {"EVALSTREAM_PROCESSOR__HOT_PATH": "true", WORKERS: "2"},
+        {
+            "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
+            "EVALSTREAM_PROCESSOR__STATUS_INTERVAL_S": "2",
+            WORKERS: "2",
+        },
         "--simulate",
         "--apps",
         "50",
         "--rate",
         "3000",
+        "--log-level",
+        "INFO",  # the status lines
     )
     samples: dict[int, list[int]] = {}
     try:
@@ -146,6 +154,11 @@ def test_worker_memory_stays_flat_under_sustained_load(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output.decode()
+    # The status line adds the workers up: its final count is the store's.
+    text = output.decode()
+    assert re.search(r"\| workers 2/2 rss \d+\+\d+ MB", text), text[-2000:]
+    final = re.search(r"stopped: .* stored ([\d,]+) \|", text)
+    assert final is not None and int(final[1].replace(",", "")) == stored_count(data_dir)
     assert processed >= 25_000, processed  # the load was sustained
     for pid, rss in samples.items():
         growth = max(rss) - rss[0]
