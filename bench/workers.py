@@ -289,6 +289,44 @@ def sustained(seconds: float, apps: int, rate: float) -> list[tuple[float, int, 
     return samples
 
 
+def sustained_table(
+    samples: list[tuple[float, int, list[int]]], seconds: float, rate: float
+) -> list[str]:
+    return [
+        f"Sustained load: `process --workers 2 --simulate --apps 20 --rate {rate:g}` for "
+        f"{seconds:g} s, RSS per worker:",
+        "",
+        "| elapsed s | stored | RSS per worker (MB) |",
+        "| --- | --- | --- |",
+        *(
+            f"| {elapsed:.0f} | {count:,} | {'+'.join(f'{s / 2**20:.0f}' for s in rss)} |"
+            for elapsed, count, rss in samples
+        ),
+    ]
+
+
+def sustained_only(seconds: float, rate: float, write: bool) -> None:
+    started = datetime.now(UTC)
+    load_before = os.getloadavg()
+    samples = sustained(seconds, 20, rate)
+    lines = [
+        "# Worker processes: memory under a sustained load",
+        "",
+        f"Command: `python -m bench.workers --sustained-only --sustained-s {seconds:g} "
+        f"--sustained-rate {rate:g}`",
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} "
+        f"cores, Python {platform.python_version()}; load average (1, 5, 15 min) "
+        f"{', '.join(f'{x:.1f}' for x in load_before)} before, "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} after.",
+        "",
+        *sustained_table(samples, seconds, rate),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        (RESULTS.parent / "workers_sustained.md").write_text(text)
+
+
 def model(rate_1: float, speedup_2: float, write_us: float, cores: int) -> tuple[float, float]:
     """(events/s, speedup) on ``cores`` cores with as many workers: Amdahl's law with the serial
     share fitted to the measured 2-worker speed-up, capped by the store's single writer."""
@@ -306,8 +344,16 @@ def main() -> None:
     parser.add_argument("--sustained-s", type=float, default=0.0)
     parser.add_argument("--sustained-rate", type=float, default=3000.0)
     parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
+    parser.add_argument(
+        "--sustained-only",
+        action="store_true",
+        help="Only the sustained-load run, recorded in bench/results/workers_sustained.md.",
+    )
     args = parser.parse_args()
     counts = [int(value) for value in args.workers.split(",")]
+    if args.sustained_only:
+        sustained_only(args.sustained_s or 600.0, args.sustained_rate, not args.no_write)
+        return
 
     load_before = os.getloadavg()
     started = datetime.now(UTC)
@@ -421,18 +467,7 @@ def main() -> None:
         ),
     ]
     if long_run:
-        lines += [
-            "",
-            f"Sustained load: `process --workers 2 --simulate --apps 20 --rate "
-            f"{args.sustained_rate:g}` for {args.sustained_s:g} s, RSS per worker:",
-            "",
-            "| elapsed s | stored | RSS per worker (MB) |",
-            "| --- | --- | --- |",
-        ]
-        lines += [
-            f"| {elapsed:.0f} | {count:,} | {'+'.join(f'{s / 2**20:.0f}' for s in rss)} |"
-            for elapsed, count, rss in long_run
-        ]
+        lines += ["", *sustained_table(long_run, args.sustained_s, args.sustained_rate)]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
