@@ -11,14 +11,14 @@ the hot path, which the composition root hands in. Breaches leave the pipeline t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import Protocol
 
-from schemas import Breach, TelemetryDocument
+from schemas import Breach, DerivedSizes, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +114,34 @@ class EventSink(Protocol):
         ...
 
 
+class Observed(Protocol):
+    """What the hot path reads of a stored event: a TelemetryDocument, or the compact form a
+    replay keeps of one for shadow detection (stream.replay.observed)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def app_id(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def latency_ms(self) -> float | None: ...
+    @property
+    def tokens(self) -> object | None: ...
+    @property
+    def scores(self) -> Mapping[str, float]: ...
+    @property
+    def derived(self) -> DerivedSizes: ...
+
+
 class HotPathState(Protocol):
     """What the pipeline needs of the hot path of one partition (stream.hotpath.HotPath)."""
 
-    def observe(self, doc: TelemetryDocument) -> list[Breach]:
+    def observe(self, doc: Observed) -> list[Breach]:
         """Feed one stored document to the detectors; return the breaches it opened or
         resolved. Deterministic: the same documents in the same order give the same breaches."""
         ...

@@ -13,7 +13,6 @@ import orjson
 
 from schemas.appconfig import AppConfig, AppDirectory
 from schemas.breach import MAX_SAMPLE_TRACE_IDS, Breach, BreachKind
-from schemas.document import TelemetryDocument
 from schemas.telemetry import Status
 from stream.hotpath.detector import Detector
 from stream.hotpath.errors import SnapshotError
@@ -28,6 +27,7 @@ from stream.hotpath.factory import (
 from stream.hotpath.incident import Incident
 from stream.hotpath.lifecycle import BreachTracker
 from stream.hotpath.packing import pack_ids, unpack_ids
+from stream.ports import Observed
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class HotPath:
         self._apps: dict[str, _App] = {}
 
     # -- feeding ---------------------------------------------------------------------------
-    def observe(self, doc: TelemetryDocument) -> list[Breach]:
+    def observe(self, doc: Observed) -> list[Breach]:
         """Feed one stored event (in partition order); return breaches opened/resolved by it."""
         app = self._apps.get(doc.app_id)
         if app is None:

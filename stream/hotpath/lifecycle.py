@@ -16,7 +16,6 @@ from schemas.breach import (
     BreachState,
     breach_id_for,
 )
-from schemas.document import TelemetryDocument
 from stream.hotpath.detector import Detector
 from stream.hotpath.packing import (
     from_micros,
@@ -26,6 +25,7 @@ from stream.hotpath.packing import (
     unpack_floats,
     unpack_ids,
 )
+from stream.ports import Observed
 
 
 class BreachTracker:
@@ -51,7 +51,7 @@ class BreachTracker:
         self._open_args: list[Any] | None = None
 
     def step(
-        self, detector: Detector, t: float, doc: TelemetryDocument, samples: Iterable[str]
+        self, detector: Detector, t: float, doc: Observed, samples: Iterable[str]
     ) -> Breach | None:
         """Account for the detector's last update (of ``doc``); ``t`` is the watermark and
         ``samples`` the trace ids of recent offending requests, should a breach open."""
@@ -79,7 +79,7 @@ class BreachTracker:
             )
         return None
 
-    def _opened(self, detector: Detector, doc: TelemetryDocument, samples: Iterable[str]) -> Breach:
+    def _opened(self, detector: Detector, doc: Observed, samples: Iterable[str]) -> Breach:
         opened_by = detector.window_id or doc.id
         # What the message was made of: a snapshot keeps these rather than the text.
         self._open_args = getattr(detector, "message_args", None)

@@ -21,6 +21,7 @@ from common.sqlite import SqliteFile, transaction
 from schemas import Breach, TelemetryDocument
 from store.ports import StateSnapshot
 from stream.exceptions import ReplayError
+from stream.replay.observed import ObservedEvent, pack, unpack
 from stream.replay.ports import PartitionPlan
 
 _SCHEMA = """
@@ -34,12 +35,14 @@ CREATE TABLE IF NOT EXISTS counts (
     partition TEXT NOT NULL, what TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (partition, what)
 );
-CREATE TABLE IF NOT EXISTS shadow (
+-- Shadow detection's input: per document what the hot path reads (stream.replay.observed).
+CREATE TABLE IF NOT EXISTS observed (
     pk TEXT NOT NULL, id TEXT NOT NULL, app TEXT NOT NULL, ts REAL NOT NULL,
-    partition TEXT NOT NULL, sequence INTEGER NOT NULL, idx INTEGER NOT NULL, doc BLOB NOT NULL,
+    partition TEXT NOT NULL, sequence INTEGER NOT NULL, idx INTEGER NOT NULL,
+    packed BLOB NOT NULL,
     PRIMARY KEY (pk, id)
 );
-CREATE INDEX IF NOT EXISTS shadow_order ON shadow (app, ts, partition, sequence, idx);
+CREATE INDEX IF NOT EXISTS observed_order ON observed (app, ts, partition, sequence, idx);
 CREATE TABLE IF NOT EXISTS unreadable (name TEXT PRIMARY KEY, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS detected (app TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS breaches (
@@ -68,6 +71,21 @@ class JobFile:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = SqliteFile(path, error_type=ReplayError, schema=_SCHEMA)
+        if self._has_table("shadow"):
+            self._file.close()
+            raise ReplayError(
+                f"replay job {path.stem} was made by an older evalstream that kept whole "
+                "documents for shadow detection; this one cannot resume it: start a new job"
+            )
+
+    def _has_table(self, name: str) -> bool:
+        row = self._file.run_blocking(
+            lambda c: c.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            ).fetchone(),
+            "read the replay job's tables",
+        )
+        return row is not None
 
     def close(self) -> None:
         self._file.close()
@@ -188,8 +206,8 @@ class JobFile:
     # Shadow detection.
 
     async def collect(self, documents: Sequence[TelemetryDocument]) -> None:
-        """Keep documents for the detectors; the first document of an id wins, as in the
-        store (a replayed one is the same event)."""
+        """Keep what the detectors read of the documents; the first document of an id wins,
+        as in the store (a replayed one is the same event)."""
         rows = [
             (
                 doc.pk,
@@ -199,7 +217,7 @@ class JobFile:
                 doc.ingest.partition,
                 doc.ingest.sequence,
                 doc.ingest.index,
-                doc.json_bytes(),
+                pack(doc),
             )
             for doc in documents
         ]
@@ -207,7 +225,7 @@ class JobFile:
         def write(connection: sqlite3.Connection) -> None:
             with transaction(connection):
                 connection.executemany(
-                    "INSERT INTO shadow VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "INSERT INTO observed VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (pk, id) DO NOTHING",
                     rows,
                 )
@@ -217,21 +235,22 @@ class JobFile:
     def apps_to_detect(self) -> list[str]:
         rows = self._file.run_blocking(
             lambda c: c.execute(
-                "SELECT DISTINCT app FROM shadow WHERE app NOT IN (SELECT app FROM detected) "
+                "SELECT DISTINCT app FROM observed WHERE app NOT IN (SELECT app FROM detected) "
                 "ORDER BY app"
             ).fetchall(),
             "list the apps to detect",
         )
         return [row[0] for row in rows]
 
-    async def documents(self, app: str, page_size: int = 2000) -> AsyncIterator[list[bytes]]:
-        """The app's documents in event-time order (ties in source order), page by page."""
+    async def observed(self, app: str, page_size: int = 2000) -> AsyncIterator[list[ObservedEvent]]:
+        """The app's documents as the detectors read them, in event-time order (ties in
+        source order), page by page."""
         last: tuple[Any, ...] = (float("-inf"), "", -1, -1)
         while True:
 
             def page(connection: sqlite3.Connection, after: tuple[Any, ...] = last) -> list[Any]:
                 return connection.execute(
-                    "SELECT ts, partition, sequence, idx, doc FROM shadow WHERE app = ? AND "
+                    "SELECT ts, partition, sequence, idx, packed FROM observed WHERE app = ? AND "
                     "(ts, partition, sequence, idx) > (?, ?, ?, ?) "
                     "ORDER BY ts, partition, sequence, idx LIMIT ?",
                     (app, *after, page_size),
@@ -241,7 +260,7 @@ class JobFile:
             if not rows:
                 return
             last = tuple(rows[-1][:4])
-            yield [bytes(row[4]) for row in rows]
+            yield [unpack(app, row[4]) for row in rows]
 
     async def detected(self, app: str, breaches: Sequence[Breach]) -> None:
         """Record an app's breaches and that its detection is done, together."""

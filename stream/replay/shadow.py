@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from schemas import Breach, TelemetryDocument
+from schemas import Breach
 from stream.ports import HotPathFactory
 from stream.replay.job import JobFile
 
@@ -28,9 +28,10 @@ async def detect(
             return False
         hot = hot_path(None)
         breaches: list[Breach] = []
-        async for page in job.documents(app):
-            for raw in page:
-                breaches.extend(hot.observe(TelemetryDocument.model_validate_json(raw)))
+        observe = hot.observe
+        async for page in job.observed(app):
+            for event in page:
+                breaches.extend(observe(event))
             await asyncio.sleep(0)  # let Ctrl-C's handler and the progress display run
         await job.detected(app, breaches)
         on_app(app, breaches)

@@ -4,6 +4,7 @@ Capture readers' positions and times, the report's order."""
 from __future__ import annotations
 
 import io
+import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from schemas import Breach
 from store.ports import StateSnapshot
 from stream.decode import Decoder
-from stream.exceptions import ReplayMisconfigured
+from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.replay import report
 from stream.replay.job import JobFile
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
@@ -150,3 +151,12 @@ def test_the_report_orders_breaches_whatever_order_they_came_in() -> None:
         ("a", "y", "resolved"), ("b", "x", "opened"),
     ]  # fmt: skip
     assert one["events"] == {"stored": 3, "quarantined": 0, "quarantined_by_code": {"bad": 1}}
+
+
+def test_a_job_of_the_older_format_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "r-old.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE shadow (pk TEXT, doc BLOB)")
+    connection.close()
+    with pytest.raises(ReplayError, match="r-old was made by an older evalstream"):
+        JobFile(path)
