@@ -333,7 +333,7 @@ def model(rate_1: float, efficiency: float, write_us: float, cores: int) -> floa
     uneven partitions, more processes), capped by the one thing they all take turns at — the
     store's write lock (1 / its write transaction per event). Reading the log is not capped:
     WAL readers neither wait for each other nor for the writer."""
-    return min(cores * efficiency * rate_1, 1e6 / write_us)
+    return min(rate_1 if cores == 1 else cores * efficiency * rate_1, 1e6 / write_us)
 
 
 def main() -> None:
