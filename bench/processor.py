@@ -1,18 +1,25 @@
-"""Processor benchmark on the embedded backend: end-to-end events/s against orjson.loads.
+"""Processor benchmark on the embedded backend: CPU per event beside a floor, a peer and orjson.
 
-Run: ``python -m bench.processor [--events N] [--repeats R] [--hot-path]``. Each repeat
-processes the same simulated ~1.2 KB events from a fresh data dir through the real source,
-pipeline and SQLite store, in this process; the reference (``orjson.loads`` of the same bytes)
-and the component costs are measured in the same run. Results: medians, written to
-bench/results/processor.md.
+Run: ``python -m bench.processor [--events N] [--repeats R]``. Every configuration processes
+the same simulated ~1.2 KB events in a child process of its own, timed the same way
+(bench/processor_subjects.py): ``orjson.loads`` (DESIGN.md's reference), the hand-written
+floor (validate, id, SQLite upsert) with and without river detectors, the Bytewax + river peer
+in a virtual environment the bench makes (bench/processor_peer.py; skipped, with the reason
+written down, when it cannot be installed), and ``evalstream`` with the hot path off and on.
+Configurations are interleaved (their order rotates between repeats); results are medians,
+written to bench/results/processor.md with the load measured around each repeat. The stage
+costs below the table are measured alone, in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,17 +27,12 @@ from pathlib import Path
 
 import orjson
 
-from evalstream import wiring
-from evalstream.settings import Settings, load_settings
 from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
-from stream.processor import Processor
 from stream.producers.simulator import Simulator
-from stream.sources.local_log import LocalLog
-from stream.stats import ProcessorStats
 
 RESULTS = Path(__file__).parent / "results" / "processor.md"
 
@@ -40,41 +42,6 @@ def make_bodies(count: int) -> list[tuple[str | None, bytes]]:
         apps=20, rate=200.0, seed=42, start=datetime.now(UTC) - timedelta(hours=2)
     )
     return [(event.app_id, event.body) for event in simulator.events(count)]
-
-
-def settings_for(data_dir: Path, hot_path: bool) -> Settings:
-    base = load_settings()
-    return base.model_copy(
-        update={
-            "embedded": base.embedded.model_copy(update={"data_dir": data_dir}),
-            "processor": base.processor.model_copy(update={"hot_path": hot_path}),
-        }
-    )
-
-
-async def end_to_end(bodies: list[tuple[str | None, bytes]], hot_path: bool) -> tuple[float, float]:
-    """Seconds (wall, CPU) from start until every event is processed and checkpointed."""
-    with tempfile.TemporaryDirectory() as folder:
-        settings = settings_for(Path(folder), hot_path)
-        log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
-        log.append(bodies)
-        log.close()
-        stats = ProcessorStats()
-        stop = asyncio.Event()
-        async with wiring.store(settings) as store, wiring.publisher(settings) as publisher:
-            pipeline = wiring.pipeline(settings, store, stats, publisher)
-            processor = Processor(wiring.source(settings), pipeline, stats, 3600, lambda _: None)
-
-            async def stop_when_done() -> None:
-                while stats.events < len(bodies):
-                    await asyncio.sleep(0.001)
-                stop.set()
-
-            wall, cpu = time.perf_counter(), time.process_time()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(stop_when_done())
-                group.create_task(processor.run(stop))
-            return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def per_event(seconds: list[float], count: int) -> float:
@@ -126,68 +93,121 @@ def reference(bodies: list[bytes], repeats: int) -> float:
     return per_event(seconds, len(bodies))
 
 
+PEER_VENV = Path(tempfile.gettempdir()) / "evalstream-bench-peer"
+PEER_PACKAGES = ["bytewax==0.21.1", "river==0.26.1"]
+SUBJECTS = {
+    "orjson.loads": "orjson",
+    "floor: validate + id + SQLite upsert": "floor",
+    "floor + river ADWIN and PageHinkley on latency": "floor-river",
+    "peer: Bytewax 0.21.1 + river": "peer",
+    "evalstream process, hot path off": "evalstream",
+    "evalstream process, hot path on": "evalstream-hot",
+}
+
+
+def peer_python() -> tuple[Path | None, str]:
+    """The peer environment's interpreter (made once, kept between runs), or why not."""
+    python = PEER_VENV / "bin" / "python"
+    from importlib.metadata import version
+
+    wanted = [*PEER_PACKAGES, f"pydantic=={version('pydantic')}", f"orjson=={version('orjson')}"]
+    marker = PEER_VENV / "installed.txt"
+    if marker.exists() and marker.read_text() == "\n".join(wanted):
+        return python, ""
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--clear", str(PEER_VENV)],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *wanted],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        reason = detail.decode(errors="replace").strip().splitlines()[-1:] or [str(exc)]
+        return None, f"peer skipped: installing {' '.join(PEER_PACKAGES)} failed: {reason[0]}"
+    marker.write_text("\n".join(wanted))
+    return python, ""
+
+
+def run_subject(kind: str, events_file: Path, peer: Path | None) -> tuple[float, float]:
+    """(CPU s, wall s) of one configuration's processing window, from its child process."""
+    root = Path(__file__).resolve().parent.parent
+    if kind == "peer":
+        assert peer is not None
+        command = [str(peer), "-m", "bench.processor_peer", str(events_file)]
+    else:
+        command = [sys.executable, "-m", "bench.processor_subjects", kind, str(events_file)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(command, check=True, capture_output=True, env=env, cwd=root)
+    result = orjson.loads(done.stdout.splitlines()[-1])
+    return result["cpu_s"], result["wall_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--hot-path", action="store_true", help="Also run with detectors on.")
+    parser.add_argument("--no-peer", action="store_true", help="Leave the Bytewax peer out.")
     parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
     args = parser.parse_args()
 
     pairs = make_bodies(args.events)
     bodies = [body for _, body in pairs]
     size = statistics.mean(len(body) for body in bodies)
-    modes = [False, True] if args.hot_path else [False]
-    rows = []
-    orjson_us: list[float] = []
-    for hot in modes:
-        walls, cpus = [], []
-        for _ in range(args.repeats):
-            # Reference measured next to each repeat so both see the same machine load.
-            orjson_us.append(reference(bodies, 3))
-            wall, cpu = asyncio.run(end_to_end(pairs, hot))
-            walls.append(wall)
-            cpus.append(cpu)
-        rows.append((hot, per_event(walls, len(bodies)), per_event(cpus, len(bodies))))
-    ref = statistics.median(orjson_us)
-    parts = components(bodies[:20_000], args.repeats)
+    peer, skipped = (None, "peer left out (--no-peer)") if args.no_peer else peer_python()
+    names = [name for name, kind in SUBJECTS.items() if kind != "peer" or peer is not None]
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    loads: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-processor-") as folder:
+        events_file = Path(folder) / "events.ndjson"
+        events_file.write_bytes(b"\n".join(bodies) + b"\n")
+        for repeat in range(args.repeats):
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
+            before = os.getloadavg()[0]
+            for name in order:
+                cpu, wall = run_subject(SUBJECTS[name], events_file, peer)
+                runs[name].append((cpu / len(bodies) * 1e6, len(bodies) / wall))
+            loads.append(f"{before:.2f} → {os.getloadavg()[0]:.2f}")
+    parts = components(bodies[:20_000], 3)
+    cpu_us = {name: statistics.median(c for c, _ in values) for name, values in runs.items()}
+    ref = cpu_us["orjson.loads"]
+    floor_us = cpu_us["floor: validate + id + SQLite upsert"]
 
     lines = [
         "# Processor benchmark (embedded backend)",
         "",
         f"Command: `python -m bench.processor --events {args.events} --repeats {args.repeats}"
-        + (" --hot-path`" if args.hot_path else "`"),
+        + (" --no-peer`" if args.no_peer else "`"),
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"Python {platform.python_version()}, shared 2-core box "
-        f"(noisy: medians of {args.repeats}).",
-        f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, 4 partitions.",
+        f"Python {platform.python_version()}, {os.cpu_count()} cores; 1-minute load average "
+        f"before → after each repeat: {'; '.join(loads)}.",
+        f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, 4 partitions. "
+        "Each configuration in its own child process, timed from its first event to its last "
+        "durable write (set-up excluded, the same for all); CPU of the whole process; medians "
+        f"of {args.repeats} interleaved repeats.",
+        *([f"Note: {skipped}."] if skipped else []),
         "",
-        f"Reference `orjson.loads` of the same bytes: {ref:.2f} µs/event CPU "
-        f"({1e6 / ref:,.0f} events/s).",
-        "",
-        "| mode | wall µs/event | events/s (wall) | CPU µs/event | events/s per core | × orjson |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| configuration | CPU µs/event | × floor | × orjson | events/s per core "
+        "| events/s (wall) | runs (CPU µs/event) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for hot, wall_us, cpu_us in rows:
+    for name in names:
+        cpu = cpu_us[name]
+        wall_rate = statistics.median(r for _, r in runs[name])
+        each = ", ".join(f"{c:.1f}" for c, _ in runs[name])
         lines.append(
-            f"| {'detectors on' if hot else 'store only'} | {wall_us:.1f} | {1e6 / wall_us:,.0f} "
-            f"| {cpu_us:.1f} | {1e6 / cpu_us:,.0f} | {cpu_us / ref:.1f} |"
+            f"| {name} | {cpu:.1f} | {cpu / floor_us:.2f} | {cpu / ref:.1f} | {1e6 / cpu:,.0f} "
+            f"| {wall_rate:,.0f} | {each} |"
         )
-    lines += ["", "Where the time goes (each stage alone, median CPU µs/event):", ""]
-    lines += [
+    lines += ["", "Where the time goes (each stage alone, in this process, median CPU µs/event):"]
+    lines += [""] + [
         f"- {name}: {value:.2f} µs ({value / ref:.1f} × orjson)" for name, value in parts.items()
     ]
-    rest = rows[0][2] - sum(parts.values())
-    lines.append(
-        f"- rest of store-only mode (log read, batch loop, checkpoints; end to end minus the "
-        f"stages above): {rest:.2f} µs ({rest / ref:.1f} × orjson)"
-    )
-    if len(rows) == 2:
-        detectors = rows[1][2] - rows[0][2]
-        lines.append(
-            f"- hot path (detectors on minus store only): {detectors:.2f} µs "
-            f"({detectors / ref:.1f} × orjson)"
-        )
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

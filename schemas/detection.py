@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-DriftDetectorName = Literal["adwin", "page_hinkley", "ks", "scale"]
+DriftDetectorName = Literal["adwin", "page_hinkley", "ks", "scale", "tail"]
+Watched = Literal["latency", "latency_and_scores", "all"]
 
 
 class BurnRateRule(BaseModel):
@@ -80,7 +81,7 @@ class DetectorConfig(BaseModel):
     enabled: bool = True
     # Page-Hinkley is shipped and tuned but not on by default: ADWIN finds the same mean
     # shifts with fewer false alarms, and each detector costs ~1 µs per signal per event.
-    detectors: tuple[DriftDetectorName, ...] = ("adwin", "ks", "scale")
+    detectors: tuple[DriftDetectorName, ...] = ("adwin", "ks", "scale", "tail")
     adwin_delta: float = Field(default=1e-4, gt=0, lt=1)
     adwin_clock: PositiveInt = 32
     # ADWIN's state grows with log(width); past this width it starts a fresh window so that
@@ -111,7 +112,19 @@ class DetectorConfig(BaseModel):
     # prompts). It costs about 0.8 µs per watched signal per event: on the processor's
     # simulated traffic (7.6 signals per event) latency alone keeps the hot path within
     # +25 % of its cost without it, latency and scores do not.
-    scale_on: Literal["latency", "latency_and_scores", "all"] = "latency"
+    scale_on: Watched = "latency"
+    # The tail detector (stream/hotpath/tail.py: calibration there) counts values more than
+    # ``tail_sigmas`` baseline deviations above the baseline mean per block of
+    # ``tail_window`` values and tests the newest ``tail_recent`` blocks against up to
+    # ``tail_reference`` blocks before them (exact binomial test, level ``tail_alpha`` per
+    # block). It finds regressions of the slowest requests that leave the mean alone (p99 ×3
+    # on a lognormal latency); on latency by default, as the spread detector.
+    tail_on: Watched = "latency"
+    tail_sigmas: PositiveFloat = 8.0
+    tail_window: int = Field(default=500, ge=50)
+    tail_reference: int = Field(default=10, ge=2, le=50)
+    tail_recent: int = Field(default=4, ge=1, le=20)
+    tail_alpha: float = Field(default=1e-3, gt=0, lt=1)
     page_hinkley_threshold: PositiveFloat = 25.0
     page_hinkley_delta: float = Field(default=0.25, ge=0)
     page_hinkley_min_instances: PositiveInt = 30
@@ -133,5 +146,11 @@ class DetectorConfig(BaseModel):
     winsorize_sigma: PositiveFloat = 4.0
     # Hysteresis: an open drift breach resolves after this many events without a detection.
     resolve_after_events: PositiveInt = 1000
+    # ... and once its detector's new baseline is back to the one it fired against (within
+    # 0.3σ in level and ×1.3 in spread): a detector that adapted to a lasting regression is
+    # quiet while the regression goes on, and the breach (so the incident) would resolve in
+    # the middle of it. A shift still there after this many quiet events is taken as the new
+    # normal and the breach resolves (stream/hotpath/lifecycle.py). 0: resolve on quiet alone.
+    resolve_shifted_after_events: int = Field(default=10_000, ge=0)
     # Score names are producer-chosen; beyond this many per app new names are not tracked.
     max_score_signals: PositiveInt = 16

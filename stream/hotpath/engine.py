@@ -144,8 +144,10 @@ class HotPath:
 
     Breaches: each detector's own finding opens on a detection (drift: id from the detecting
     document) or when a rule fires (burn rate: id from the event-time window), and ends after
-    ``resolve_after_events`` values of the signal without a detection (drift) or once no rule
-    of its severity has fired for ``resolve_after_s`` of event time (burn rate). What is
+    ``resolve_after_events`` values of the signal without a detection once the detector's
+    relearnt baseline is back to the one it fired against (drift; or after
+    ``resolve_shifted_after_events``: ``lifecycle.BreachTracker``) or once no rule of its
+    severity has fired for ``resolve_after_s`` of event time (burn rate). What is
     published is one incident per (app, signal) (``stream.hotpath.incident``): opened by the
     first finding (with its id), escalated by a more severe one, resolved when every
     detector's finding has ended; the others are its evidence. Every time field of a breach
@@ -242,6 +244,7 @@ class HotPath:
                 signal,
                 quiet_events=1 if is_slo else app.config.detectors.resolve_after_events,
                 quiet_seconds=app.config.slo.resolve_after_s if is_slo else 0.0,
+                hold_events=0 if is_slo else app.config.detectors.resolve_shifted_after_events,
             )
             pairs.append((detector, tracker))
         track = _Track(pairs, slo, app.recent)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from schemas.appconfig import AppConfig
 from schemas.breach import BreachKind, Severity
 from stream.hotpath.adwin import Adwin
@@ -10,6 +13,7 @@ from stream.hotpath.detector import Detector
 from stream.hotpath.ks import WindowedKS
 from stream.hotpath.page_hinkley import PageHinkley
 from stream.hotpath.scale import Scale
+from stream.hotpath.tail import Tail
 
 LATENCY = "latency_ms"
 ERROR = "error"
@@ -18,16 +22,19 @@ TOKENS_TOTAL = "tokens_total"
 SCORE_PREFIX = "score:"
 
 
-def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
-    settings = config.detectors
-    if not settings.enabled:
-        return []
-    watch = settings.scale_on
-    scaled = (
+def _watches(watch: str, signal: str) -> bool:
+    """Whether a detector on ``watch`` (latency, latency_and_scores, all) sees ``signal``."""
+    return (
         watch == "all"
         or signal == LATENCY
         or (watch == "latency_and_scores" and signal.startswith(SCORE_PREFIX))
     )
+
+
+def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
+    settings = config.detectors
+    if not settings.enabled:
+        return []
     warmup, clip = settings.warmup_events, settings.winsorize_sigma
     built: list[Detector] = []
     for name in settings.detectors:
@@ -44,7 +51,7 @@ def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
                 )
             )
         elif name == "scale":
-            if not scaled:
+            if not _watches(settings.scale_on, signal):
                 continue
             built.append(
                 Scale(
@@ -52,6 +59,20 @@ def drift_detectors(config: AppConfig, signal: str = LATENCY) -> list[Detector]:
                     delta=settings.scale_delta,
                     min_instances=settings.page_hinkley_min_instances,
                     alpha=1.0,
+                    warmup=warmup,
+                    clip=clip,
+                )
+            )
+        elif name == "tail":
+            if not _watches(settings.tail_on, signal):
+                continue
+            built.append(
+                Tail(
+                    sigmas=settings.tail_sigmas,
+                    window=settings.tail_window,
+                    reference=settings.tail_reference,
+                    recent=settings.tail_recent,
+                    alpha=settings.tail_alpha,
                     warmup=warmup,
                     clip=clip,
                 )
@@ -107,6 +128,22 @@ def burn_rate_detectors(config: AppConfig, signal: str) -> list[Detector]:
                 )
             )
     return built
+
+
+def message_format(name: str) -> Callable[[list[Any]], str] | None:
+    """The ``format_message`` of the shipped detector called ``name`` (None for others): a
+    snapshot keeps a message's arguments and makes its text again with it."""
+    if name.startswith("burn_"):
+        return BurnRate.format_message
+    shipped: dict[str, Any] = {
+        "adwin": Adwin,
+        "ks": WindowedKS,
+        "scale": Scale,
+        "tail": Tail,
+        "page_hinkley": PageHinkley,
+    }
+    detector = shipped.get(name)
+    return None if detector is None else detector.format_message
 
 
 def detectors_for(config: AppConfig, signal: str) -> list[Detector]:

@@ -26,6 +26,7 @@ from schemas.breach import (
     Evidence,
     Severity,
 )
+from stream.hotpath.factory import message_format
 from stream.hotpath.lifecycle import BreachTracker
 from stream.hotpath.packing import (
     from_micros,
@@ -60,23 +61,32 @@ class Incident:
     resolved (no tracker open any more). Evidence from a detector of the same or a lower
     severity changes the incident silently; the next message carries it. The state is the
     open incident, exact, only while one is open: compact (no keys, ids and numbers as
-    bytes, times as µs), checked once per change by decoding it, else its full JSON.
+    bytes, times as µs, messages as their detectors' message arguments or as references to
+    the evidence they repeat), checked once per change by decoding it, else its full JSON.
     """
 
-    __slots__ = ("_packed", "open", "trackers")
+    __slots__ = ("_args", "_packed", "open", "trackers")
 
     def __init__(self, trackers: Sequence[BreachTracker]) -> None:
         self.trackers = trackers
         self.open: Breach | None = None
         # (open incident, its JSON): encoded once per change, not per snapshot.
         self._packed: tuple[Breach, Any] | None = None
+        # What each evidence row's message was made of (the detector's message arguments,
+        # when it has them): the snapshot keeps these instead of the text.
+        self._args: dict[str, list[Any]] = {}
 
     def absorb(self, breach: Breach) -> Breach | None:
         incident = self.open
         if breach.state is BreachState.OPENED:
+            opener = next((t for t in self.trackers if t.open is breach), None)
+            args = opener.open_args if opener is not None else None
             if incident is None:
+                self._args = {} if args is None else {breach.detector: args}
                 self.open = breach.model_copy(update={"evidence": [evidence_of(breach)]})
                 return self.open
+            if args is not None and breach.detector not in self._args:
+                self._args[breach.detector] = args
             return self._join(incident, breach)
         if incident is None:
             # Cannot happen with a consistent snapshot (a tracker is only open inside an
@@ -85,6 +95,7 @@ class Incident:
         if any(tracker.open is not None for tracker in self.trackers):
             return None
         self.open = None
+        self._args = {}
         quiet = ", ".join(incident.detectors)
         return incident.model_copy(
             update={
@@ -114,8 +125,7 @@ class Incident:
                 "threshold": breach.threshold,
                 "window_end": breach.opened_at,
                 "sample_trace_ids": breach.sample_trace_ids,
-                "message": f"{breach.message} (escalated; opened by {incident.detector}: "
-                f"{incident.message})",
+                "message": escalated(breach.message, incident.detector, incident.message),
                 "evidence": evidence,
             }
         )
@@ -129,6 +139,7 @@ class Incident:
         return self._packed[1]
 
     def load_state(self, state: Any) -> None:
+        self._args = {}
         if state is None:
             self.open = None
         elif isinstance(state, dict):
@@ -138,8 +149,9 @@ class Incident:
 
     # -- compact form --------------------------------------------------------------------------
     # [ids (incident id, samples), numbers (observed, baseline, threshold, window start and
-    #  end, opened at), [state, severity, kind, detector], message, evidence rows
-    #  [detector, kind, severity, numbers (observed, baseline, threshold, at), message]];
+    #  end, opened at), [state, severity, kind, detector], message (i: row i's; [i]: row i's
+    #  escalating the opener's; else the text), evidence rows [detector, kind, severity,
+    #  numbers (observed, baseline, threshold, at), message arguments or text]];
     # app and signal are the trackers', the source is the hot path, None is NaN.
     def _pack(self, incident: Breach) -> Any:
         full = incident.model_dump(mode="json")
@@ -156,14 +168,14 @@ class Incident:
                 ]
             ),
             [incident.state.value, incident.severity.value, incident.kind.value, incident.detector],
-            incident.message,
+            self._pack_message(incident),
             [
                 [
                     e.detector,
                     e.kind.value,
                     e.severity.value,
                     pack_floats([e.observed, _nan(e.baseline), _nan(e.threshold), micros(e.at)]),
-                    e.message,
+                    self._pack_evidence_message(e),
                 ]
                 for e in incident.evidence
             ],
@@ -174,6 +186,29 @@ class Incident:
             same = None
         return packed if same == full else full
 
+    def _pack_evidence_message(self, e: Evidence) -> Any:
+        """The row's message arguments when they give its text back, else the text."""
+        args = self._args.get(e.detector)
+        formatter = message_format(e.detector)
+        if args is not None and formatter is not None and formatter(args) == e.message:
+            return args
+        return e.message
+
+    @staticmethod
+    def _pack_message(incident: Breach) -> Any:
+        """The incident's message as a reference to its evidence when it is made of it: ``i``
+        for row i's message (opened), ``[i]`` for row i's escalating the opener's, else the
+        text."""
+        rows = incident.evidence
+        for i, row in enumerate(rows):
+            if incident.message == row.message:
+                return i
+            if rows and incident.message == escalated(
+                row.message, incident.detector, rows[0].message
+            ):
+                return [i]
+        return incident.message
+
     def _unpack(self, packed: list[Any]) -> Breach:
         ids, numbers, (state, severity, kind, detector), message, rows = packed
         breach_id, *samples = unpack_ids(ids)
@@ -181,6 +216,12 @@ class Incident:
         evidence = []
         for name, e_kind, e_severity, e_numbers, e_message in rows:
             e_observed, e_baseline, e_threshold, at_us = unpack_floats(e_numbers)
+            if isinstance(e_message, list):
+                formatter = message_format(name)
+                if formatter is None:
+                    raise ValueError(f"no message format for detector {name!r}")
+                self._args[name] = e_message
+                e_message = formatter(e_message)
             evidence.append(
                 Evidence(
                     detector=name,
@@ -193,6 +234,10 @@ class Incident:
                     message=e_message,
                 )
             )
+        if isinstance(message, int):
+            message = evidence[message].message
+        elif isinstance(message, list):
+            message = escalated(evidence[message[0]].message, detector, evidence[0].message)
         tracker = self.trackers[0]
         return Breach(
             breach_id=breach_id,
@@ -213,6 +258,11 @@ class Incident:
             message=message,
             evidence=evidence,
         )
+
+
+def escalated(message: str, opener: str, opened: str) -> str:
+    """An escalation's message: the escalating detector's, then the opener's."""
+    return f"{message} (escalated; opened by {opener}: {opened})"
 
 
 def _nan(value: float | None) -> float:

@@ -36,16 +36,36 @@ class BreachTracker:
     ``quiet_seconds`` of event time (the partition's watermark, so a late event cannot move it
     backwards). The caller only needs to call ``step`` while the detector alarms or a breach
     is open: otherwise it is a no-op.
+
+    A drift detector starts over after an alarm and learns the changed signal as its new
+    baseline, so it is quiet during a regression that lasts: quiet alone would resolve the
+    breach (and the incident) while the regression goes on, and the next finding would open a
+    second incident. With ``hold_events``, a drift breach resolves only once its detector's
+    baseline is back to the one the alarm was raised against (``moved_from``); while it is
+    still away, the detector relearns (``relearn``) so that it sees when the signal comes
+    back. After ``hold_events`` quiet updates a lasting shift is taken as the new normal and
+    the breach resolves anyway.
     """
 
-    def __init__(self, app_id: str, signal: str, quiet_events: int, quiet_seconds: float) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        signal: str,
+        quiet_events: int,
+        quiet_seconds: float,
+        hold_events: int = 0,
+    ) -> None:
         self.app_id = app_id
         self.signal = signal
         self.quiet_events = quiet_events
         self.quiet_seconds = quiet_seconds
+        self.hold_events = hold_events
         self.open: Breach | None = None
         self._quiet = 0
         self._last_alarm_t = 0.0
+        # (mean, deviation) of the baseline the open breach's alarm was raised against, while
+        # its detector may still be away from it (see the class docstring).
+        self._held: tuple[float, float] | None = None
         # (open breach, its snapshot form): encoded once per breach, not per snapshot.
         self._packed: tuple[Breach, Any] | None = None
         self._open_args: list[Any] | None = None
@@ -60,6 +80,8 @@ class BreachTracker:
             self._last_alarm_t = t
             if self.open is None:
                 self.open = self._opened(detector, doc, samples)
+                if self.hold_events:
+                    self._held = getattr(detector, "learnt", None)
                 return self.open
             return None
         if self.open is None:
@@ -68,6 +90,15 @@ class BreachTracker:
         if self._quiet >= self.quiet_events and (
             not self.quiet_seconds or t - self._last_alarm_t >= self.quiet_seconds
         ):
+            held = self._held
+            if held is not None and self._quiet < self.hold_events:
+                moved = detector.moved_from(*held)  # type: ignore[attr-defined]
+                if moved is None:
+                    return None
+                if moved:
+                    detector.relearn(t)  # type: ignore[attr-defined]
+                    return None
+            self._held = None
             opened, self.open = self.open, None
             return opened.model_copy(
                 update={
@@ -78,6 +109,12 @@ class BreachTracker:
                 }
             )
         return None
+
+    @property
+    def open_args(self) -> list[Any] | None:
+        """The arguments the open breach's message was made of (its detector's
+        ``message_args`` when it opened), if the detector has them."""
+        return self._open_args
 
     def _opened(self, detector: Detector, doc: Observed, samples: Iterable[str]) -> Breach:
         opened_by = detector.window_id or doc.id
@@ -142,12 +179,15 @@ class BreachTracker:
             opened = self._packed[1]
         # Without a quiet time (drift breaches) the last alarm's time is never read: 0.
         last_alarm_t = self._last_alarm_t if self.quiet_seconds else 0
-        return [self._quiet, last_alarm_t, opened]
+        if self._held is None:
+            return [self._quiet, last_alarm_t, opened]
+        return [self._quiet, last_alarm_t, opened, pack_floats(list(self._held))]
 
     def load_state(self, state: list[Any], detector: Detector | None = None) -> None:
-        quiet, last_alarm_t, opened = state
+        quiet, last_alarm_t, opened, *held = state
         self._quiet = int(quiet)
         self._last_alarm_t = float(last_alarm_t)
+        self._held = tuple(unpack_floats(held[0])) if held else None  # type: ignore[assignment]
         if opened is None:
             self.open = None
         elif isinstance(opened, dict):

@@ -65,7 +65,9 @@ def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(
     run_until_idle(reference_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "1"})
     reference = asyncio.run(drain_breaches(reference_dir))
     states = Counter(message_id.rsplit(":", 1)[1] for message_id, _ in reference)
-    assert states["opened"] >= 3 and states["resolved"] >= 1, states
+    # The latency regression is one incident (opened, resolved after latency came back), the
+    # score drift another (still open at the end).
+    assert states["opened"] >= 2 and states["resolved"] >= 1, states
 
     rng = random.Random(3)
     kill_at_points(killed_dir, env, sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS)))

@@ -52,7 +52,9 @@ def test_the_live_run_stored_quarantined_and_paged(live: Live) -> None:
     # What the comparisons below stand on: a stream with invalid events and incidents.
     assert len(documents(live.data_dir)) > EVENTS * 0.9
     assert len(quarantine(live.data_dir)) > 20
-    assert len(live.breach_ids) >= 2
+    # The latency regression's incident (still open at the end: its detectors' baseline
+    # has not come back yet).
+    assert len(live.breach_ids) >= 1
 
 
 def test_reprocess_from_the_log_changes_nothing_but_ingest_fields(

@@ -11,6 +11,7 @@ from stream.hotpath.adwin import Adwin
 from stream.hotpath.factory import OUTPUT_CHARS, TOKENS_TOTAL, drift_detectors
 from stream.hotpath.ks import WindowedKS
 from stream.hotpath.scale import Scale
+from stream.hotpath.tail import Tail
 
 
 def test_defaults_of_the_seasonal_safeguards() -> None:
@@ -41,13 +42,25 @@ def test_the_factory_passes_them_on() -> None:
         ks_reference_lag=3,
         scale_threshold=30.0,
         scale_delta=0.2,
+        tail_sigmas=6.0,
+        tail_window=400,
+        tail_reference=8,
+        tail_recent=3,
+        tail_alpha=1e-4,
     )
-    adwin, ks, scale = drift_detectors(AppConfig(detectors=detectors))
+    adwin, ks, scale, tail = drift_detectors(AppConfig(detectors=detectors))
     assert isinstance(adwin, Adwin) and isinstance(ks, WindowedKS) and isinstance(scale, Scale)
+    assert isinstance(tail, Tail)
     assert (adwin.min_effect, adwin.max_buckets, ks.lag) == (0.5, 5, 3)
     assert (scale.threshold, scale.delta, scale.alpha) == (30.0, 0.2, 1.0)
-
-    # The spread detector watches latency; scores and sizes only on request.
+    assert (tail.sigmas, tail.window, tail.reference, tail.recent, tail.alpha) == (
+        6.0,
+        400,
+        8,
+        3,
+        1e-4,
+    )
+    # The spread and tail detectors watch latency; scores and sizes only on request.
     def names(config: AppConfig, signal: str) -> list[str]:
         return [d.name for d in drift_detectors(config, signal)]
 
@@ -57,3 +70,6 @@ def test_the_factory_passes_them_on() -> None:
     assert names(scores, TOKENS_TOTAL) == ["adwin", "ks"]
     every = AppConfig(detectors=DetectorConfig(scale_on="all"))
     assert names(every, TOKENS_TOTAL) == ["adwin", "ks", "scale"]
+    tails = AppConfig(detectors=DetectorConfig(tail_on="latency_and_scores"))
+    assert names(tails, "score:x") == ["adwin", "ks", "tail"]
+    assert names(tails, OUTPUT_CHARS) == ["adwin", "ks"]

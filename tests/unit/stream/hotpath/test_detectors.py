@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +20,7 @@ from stream.hotpath.factory import drift_detectors
 from stream.hotpath.ks import WindowedKS, critical_distance
 from stream.hotpath.page_hinkley import PageHinkley
 from stream.hotpath.scale import Scale
+from stream.hotpath.tail import Tail, upper_tail
 
 from .streams import T0, autoregressive, normal, seasonal, shifted
 
@@ -27,6 +29,9 @@ FACTORIES: dict[str, Callable[[], Detector]] = {
     "page_hinkley": lambda: PageHinkley(threshold=25.0, delta=0.25, alpha=1.0),
     "ks": lambda: WindowedKS(window=300, alpha=1e-4),
     "scale": lambda: Scale(threshold=40.0, delta=0.15, alpha=1.0),
+    # A cut at 3 deviations: the contract's 3σ step puts half the values beyond it (the
+    # shipped 8 is for tails; TestTail).
+    "tail": lambda: Tail(sigmas=3.0),
     "burn_critical": lambda: BurnRate(
         DEFAULT_BURN_RATE_RULES[:2],
         budget=0.05,
@@ -178,7 +183,7 @@ class TestShippedDefaults:
 
     @staticmethod
     def shipped() -> tuple[Detector, Detector]:
-        adwin, ks, _ = drift_detectors(AppConfig())
+        adwin, ks, *_ = drift_detectors(AppConfig())
         assert isinstance(adwin, Adwin) and isinstance(ks, WindowedKS)
         return adwin, ks
 
@@ -339,7 +344,7 @@ class TestAutocorrelation:
 
     @staticmethod
     def shipped() -> tuple[Adwin, WindowedKS]:
-        adwin, ks, _ = drift_detectors(AppConfig())
+        adwin, ks, *_ = drift_detectors(AppConfig())
         assert isinstance(adwin, Adwin) and isinstance(ks, WindowedKS)
         return adwin, ks
 
@@ -399,7 +404,7 @@ class TestScale:
     def test_variance_times_two_is_found_where_adwin_and_ks_see_nothing(self) -> None:
         # sd ×√2 from 3000 on, ten seeds: the shipped spread detector finds every one within
         # 1000 values; ADWIN and the KS test (alpha 1e-4 on 500-value windows) rarely.
-        found = {"adwin": 0, "ks": 0, "scale": 0}
+        found = {"adwin": 0, "ks": 0, "scale": 0, "tail": 0}
         for seed in range(10):
             values = [x * (2**0.5 if i >= 3000 else 1.0) for i, x in enumerate(normal(seed, 4000))]
             for name, detector in self.shipped().items():
@@ -408,6 +413,14 @@ class TestScale:
                 found[name] += bool(hits)
         assert found["scale"] == 10
         assert found["adwin"] + found["ks"] <= 6
+
+    def test_spread_changes_every_7000_values_are_each_found(self) -> None:
+        # sd ×1.4 and back every 7,000 values; pinned with the update before the
+        # standardising step was written out into it (the same indices, the same state).
+        rng = random.Random(3)
+        values = [rng.gauss(0.0, 1.0) * (1.4 if (i // 7000) % 2 else 1.0) for i in range(30_000)]
+        scale = Scale(threshold=40.0, delta=0.15, alpha=1.0)
+        assert alarms(scale, values) == [7101, 14778, 21150, 28455]
 
     def test_a_slow_ramp_is_found(self) -> None:
         # 1σ over 5000 values from 3000 on. On this seed (as on 4 of the first 14) ADWIN
@@ -421,18 +434,106 @@ class TestScale:
         assert alarms(shipped["ks"], values) == []
         assert alarms(shipped["scale"], values) == [6852]
 
-    @pytest.mark.parametrize(
-        "make",
-        [
-            lambda rng: rng.lognormvariate(0.0, 1.0),
-            lambda rng: float(round(rng.lognormvariate(3.0, 0.5))),
-            lambda rng: rng.gauss(0.0, 1.0) / max(abs(rng.gauss(0.0, 1.0)), 1e-3) ** 0.5,
-        ],
-        ids=["lognormal", "integer", "heavy-tailed"],
-    )
-    def test_stable_skewed_and_heavy_tailed_streams_stay_quiet(
-        self, make: Callable[[random.Random], float]
+
+# The lognormal latency's 99th percentile (median 300 ms, σ 0.5).
+P99 = 300.0 * math.exp(0.5 * 2.326)
+
+
+def tail_regression(seed: int, before: int = 4000, after: int = 5000) -> list[float]:
+    """Lognormal latency whose slowest 1 % (above the baseline p99) take three times as long
+    from ``before`` on: p99 ×3, the mean +0.15σ."""
+    rng = random.Random(seed)
+    values = []
+    for i in range(before + after):
+        x = rng.lognormvariate(math.log(300.0), 0.5)
+        values.append(x * 3.0 if i >= before and x > P99 else x)
+    return values
+
+
+class TestTail:
+    """The tail detector: regressions of the slowest requests that leave the mean alone."""
+
+    @staticmethod
+    def shipped() -> dict[str, Detector]:
+        return {d.name: d for d in drift_detectors(AppConfig())}
+
+    def test_a_tail_only_regression_is_found_where_the_other_detectors_see_nothing(
+        self,
     ) -> None:
-        rng = random.Random(12)
-        values = [make(rng) for _ in range(100_000)]
-        assert alarms(self.shipped()["scale"], values) == []
+        # Ten seeds: the tail detector finds each within 2,000 values (blocks close at
+        # 200 + 500·k), ADWIN, KS and the spread detector none (the moved values are the
+        # ones they clip at 4σ).
+        found = {}
+        for seed in range(10):
+            shipped = self.shipped()
+            values = tail_regression(seed)
+            for name in ("adwin", "ks", "scale"):
+                assert alarms(shipped[name], values) == [], (name, seed)
+            found[seed] = alarms(shipped["tail"], values)
+        assert found == {
+            0: [4699],
+            1: [5699],
+            2: [5199],
+            3: [4699],
+            4: [5199],
+            5: [4699],
+            6: [5199],
+            7: [5199],
+            8: [5199],
+            9: [5699],
+        }
+
+    def test_the_alarm_reports_the_exceedances(self) -> None:
+        tail = self.shipped()["tail"]
+        assert alarms(tail, tail_regression(0)[:4700]) == [4699]
+        # The two blocks since 3700 (the change at 4000 is in the first) against the five
+        # before them: the observed share is the tested blocks', the baseline the
+        # reference's.
+        assert (tail.observed, tail.baseline) == (0.009, 0.0)
+        assert tail.describe() == (
+            "9 of the last 1000 values more than 8 baseline deviations above the baseline "
+            "mean, against 0 of the 2500 before them (binomial p=1.3e-05 < 0.00025: the tail "
+            "grew)"
+        )
+
+    def test_a_cut_inside_the_tail_still_keeps_its_false_alarm_rate(self) -> None:
+        # The test is exact whatever the cut: at 2 deviations (5 % of a heavy-tailed stream
+        # beyond it) 100,000 values of the heavy-tailed stream stay quiet too.
+        rng = random.Random(13)
+        values = [
+            rng.gauss(0.0, 1.0) / max(abs(rng.gauss(0.0, 1.0)), 1e-3) ** 0.5 for _ in range(100_000)
+        ]
+        assert alarms(Tail(sigmas=2.0), values) == []
+
+    def test_an_autocorrelated_stream_is_cut_on_its_innovations(self) -> None:
+        tail = Tail()
+        assert alarms(tail, autoregressive(seed=4, count=100_000, rho=0.9)) == []
+        assert isinstance(tail, StandardizedDrift) and tail.autocorrelation > 0.8
+
+    def test_the_binomial_tail_is_exact(self) -> None:
+        for hits, trials, p in [(1, 1, 0.5), (5, 6, 1 / 11), (3, 40, 0.2), (10, 10, 0.3)]:
+            exact = sum(
+                math.comb(trials, k) * p**k * (1 - p) ** (trials - k)
+                for k in range(hits, trials + 1)
+            )
+            assert upper_tail(hits, trials, p) == pytest.approx(exact, rel=1e-9)
+        assert upper_tail(0, 5, 0.5) == 1.0
+
+
+@pytest.mark.parametrize("name", ["scale", "tail"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: rng.lognormvariate(0.0, 1.0),
+        lambda rng: float(round(rng.lognormvariate(3.0, 0.5))),
+        lambda rng: rng.gauss(0.0, 1.0) / max(abs(rng.gauss(0.0, 1.0)), 1e-3) ** 0.5,
+    ],
+    ids=["lognormal", "integer", "heavy-tailed"],
+)
+def test_stable_skewed_and_heavy_tailed_streams_keep_the_spread_and_tail_quiet(
+    name: str, make: Callable[[random.Random], float]
+) -> None:
+    # The two shipped detectors that see beyond the mean: 100,000 values each.
+    rng = random.Random(12)
+    values = [make(rng) for _ in range(100_000)]
+    assert alarms(TestScale.shipped()[name], values) == []

@@ -9,8 +9,9 @@ import orjson
 
 from schemas.breach import BreachKind, BreachState, Severity, breach_id_for
 from stream.hotpath.lifecycle import BreachTracker
+from stream.hotpath.page_hinkley import PageHinkley
 
-from .streams import T0, document, trace_id
+from .streams import T0, document, normal, shifted, trace_id
 
 
 class Scripted:
@@ -181,3 +182,64 @@ def test_compact_state_keeps_what_it_cannot_rebuild() -> None:
     assert restored.open is not None and tracker.open is not None
     assert restored.open.model_dump_json() == tracker.open.model_dump_json()
     assert restored.open.opened_at.utcoffset() == timedelta(hours=2)
+
+
+class TestHeldWhileShifted:
+    """A drift breach stays open while its detector's relearnt baseline is still away from
+    the one it fired against: one breach for one long regression."""
+
+    @staticmethod
+    def follow(
+        values: list[float], hold: int, cuts: set[int] | frozenset[int] = frozenset()
+    ) -> list[tuple[int, str]]:
+        """Breach messages of a Page-Hinkley detector (resolving after 500 quiet values) fed
+        ``values``; at each cut the detector and tracker are rebuilt from their JSON state."""
+
+        def fresh() -> tuple[PageHinkley, BreachTracker]:
+            detector = PageHinkley(threshold=25.0, delta=0.25, alpha=1.0)
+            return detector, BreachTracker("app-a", "x", 500, 0, hold_events=hold)
+
+        detector, tracker = fresh()
+        found = []
+        for i, x in enumerate(values):
+            if i in cuts:
+                saved = orjson.loads(orjson.dumps([detector.state(), tracker.state(detector)]))
+                detector, tracker = fresh()
+                detector.load_state(saved[0])
+                tracker.load_state(saved[1], detector)
+            detector.update(x, T0 + i)
+            if detector.alarm or tracker.open is not None:
+                breach = tracker.step(detector, T0 + i, document(i), [])
+                if breach is not None:
+                    found.append((i, breach.state.value))
+        return found
+
+    # 2000 values at the baseline, 3000 two deviations up, 3000 back at the baseline.
+    REGRESSION = shifted(21, 2000, 3000, 2.0) + normal(121, 3000)
+
+    def test_quiet_alone_resolves_in_the_middle_and_opens_a_second_breach(self) -> None:
+        # What the hold is for: the detector learns the regressed level within 200 values
+        # and is quiet; 500 quiet values later the breach resolves, and the recovery is a
+        # second breach.
+        assert self.follow(self.REGRESSION, hold=0) == [
+            (2014, "opened"),
+            (2514, "resolved"),
+            (5011, "opened"),
+            (5511, "resolved"),
+        ]
+
+    def test_a_long_regression_is_one_breach_until_the_signal_is_back(self) -> None:
+        # Held from 2514 on: the detector relearns while its new baseline is 2σ away, and the
+        # first baseline learnt wholly after the recovery (5115-5314) is back.
+        assert self.follow(self.REGRESSION, hold=10_000) == [(2014, "opened"), (5314, "resolved")]
+
+    def test_a_lasting_shift_is_taken_as_the_new_normal_after_the_hold(self) -> None:
+        lasting = shifted(21, 2000, 6000, 2.0)
+        assert self.follow(lasting, hold=2500) == [(2014, "opened"), (4514, "resolved")]
+
+    def test_a_held_breach_survives_restores_exactly(self) -> None:
+        # Cuts while open, while relearning and just before the resolution: the baseline the
+        # breach fired against is in the tracker's state.
+        cuts = {2015, 2600, 2714, 3000, 4915, 5200, 5314}
+        expected = self.follow(self.REGRESSION, hold=10_000)
+        assert self.follow(self.REGRESSION, hold=10_000, cuts=cuts) == expected
