@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +21,6 @@ from schemas import Breach
 from stream.metrics import IngestMetrics
 from stream.ops import OpsRoutes
 from stream.ports import EventSink
-from stream.processor import Processor
 from stream.producers.ingest import IngestApp
 from stream.producers.ingest_auth import Authorizer, require_auth_beyond_loopback
 from stream.producers.ingest_server import bound_port, serving
@@ -103,6 +102,7 @@ async def run_processor(
     until_idle_s: float | None,
     on_status: Callable[[str], None],
     on_breach: Callable[[Breach], None] | None = None,
+    workers: int = 1,
 ) -> ProcessorStats:
     refused = ingest and require_auth_beyond_loopback(settings.ingest.host, settings.ingest.auth)
     if refused:
@@ -121,14 +121,7 @@ async def run_processor(
             if ingest or simulate is not None
             else None
         )
-        pipeline = wiring.pipeline(settings, store, stats, publisher)
-        processor = Processor(
-            wiring.source(settings),
-            pipeline,
-            stats,
-            settings.processor.status_interval_s,
-            on_status,
-        )
+        processor = wiring.processor(settings, store, stats, publisher, on_status, workers)
         ops = OpsRoutes(stats, store, max_silence_s=settings.processor.ready_max_silence_s)
         ops.routes.extend(LiveReport(settings).routes)
         if ingest and sink is not None:
@@ -179,8 +172,12 @@ async def run_processor(
                 group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
             if coldpath_schedule.enabled(settings, simulate is not None):
                 group.create_task(
-                    coldpath_schedule.run_schedule(
-                        settings, store, stop, on_status, on_breach, stats.metrics
+                    _once_caught_up(
+                        stats,
+                        stop,
+                        lambda: coldpath_schedule.run_schedule(
+                            settings, store, stop, on_status, on_breach, stats.metrics
+                        ),
                     )
                 )
             await processor.run(stop)
@@ -221,4 +218,20 @@ async def _stop_when_idle(stats: ProcessorStats, idle_s: float, stop: asyncio.Ev
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(0.2, idle_s)):
+                await stop.wait()
+
+
+async def _once_caught_up(
+    stats: ProcessorStats, stop: asyncio.Event, then: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``then`` once every partition has caught up with the backlog found at start: a
+    window evaluated earlier would miss its stored events (worker processes take a moment to
+    start). An unknown lag (None) does not hold it back."""
+    while not stop.is_set():
+        lags = await stats.lag()
+        if lags and not any(lags.values()):
+            await then()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
                 await stop.wait()
