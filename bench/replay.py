@@ -37,7 +37,10 @@ ENV = {"EVALSTREAM_REPLAY__BATCH_SIZE": "1000"}
 
 def configurations(window: list[str]) -> dict[str, list[str]]:
     """Name -> command arguments after ``evalstream`` (``{data}``, ``{ndjson}`` filled in)."""
-    process = ["process", "--data-dir", "{data}", "--no-ingest", "--until-idle", "0.3"]
+    # One worker process: a replay runs in one process, and the comparison is per process.
+    process = [
+        "process", "--data-dir", "{data}", "--no-ingest", "--until-idle", "0.3", "--workers", "1"
+    ]  # fmt: skip
     return {
         "process, store only": [*process],
         "replay log, reprocess": ["replay", "--data-dir", "{data}", "--mode", "reprocess", *window],
@@ -204,7 +207,8 @@ def main() -> None:
         )
     lines += [
         "",
-        "× process: against `evalstream process` with the same detectors setting (store only, "
+        "× process: against `evalstream process --workers 1` (a replay runs in one process) "
+        "with the same detectors setting (store only, "
         "or detectors on for the runs with shadow detection), events/s and CPU per event. "
         "Shadow detection does more than the live hot path: it keeps what the detectors read "
         "in the job and runs them per app in event-time order after reading.",

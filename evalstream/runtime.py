@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,7 +22,6 @@ from schemas import Breach
 from stream.metrics import IngestMetrics
 from stream.ops import OpsRoutes
 from stream.ports import EventSink
-from stream.processor import Processor
 from stream.producers.ingest_auth import require_auth_beyond_loopback
 from stream.producers.ingest_server import bound_port, serving
 from stream.producers.simulator import Incident, Simulator
@@ -103,18 +102,21 @@ async def run_processor(
     until_idle_s: float | None,
     on_status: Callable[[str], None],
     on_breach: Callable[[Breach], None] | None = None,
+    workers: int = 1,
     ingest_workers: int | None = None,
 ) -> ProcessorStats:
-    """``ingest_workers``: processes serving ingest (0: this one; None: ``ingest.workers``,
-    else the ``ingest_pool`` default)."""
+    """``workers``: processing worker processes; ``ingest_workers``: processes serving ingest
+    (0: this one; None: ``ingest.workers``, else the ``ingest_pool`` default)."""
     refused = ingest and require_auth_beyond_loopback(settings.ingest.host, settings.ingest.auth)
     if refused:
         raise SettingsError(refused)
     stop = asyncio.Event()
     install_signal_handlers(stop)
     stats = ProcessorStats(on_breach=on_breach)
-    workers = worker_count(settings.ingest.workers if ingest_workers is None else ingest_workers)
-    in_process = ingest and workers == 0
+    ingest_count = worker_count(
+        settings.ingest.workers if ingest_workers is None else ingest_workers
+    )
+    in_process = ingest and ingest_count == 0
     pool: IngestPool | None = None
     async with (
         wiring.store(settings) as store,
@@ -127,21 +129,14 @@ async def run_processor(
             if in_process or simulate is not None
             else None
         )
-        pipeline = wiring.pipeline(settings, store, stats, publisher)
-        processor = Processor(
-            wiring.source(settings),
-            pipeline,
-            stats,
-            settings.processor.status_interval_s,
-            on_status,
-        )
+        processor = wiring.processor(settings, store, stats, publisher, on_status, workers)
         ops = OpsRoutes(stats, store, max_silence_s=settings.processor.ready_max_silence_s)
         ops.routes.extend(LiveReport(settings).routes)
         port = settings.ingest.port if ingest_port is None else ingest_port
         if ingest and not in_process:
             pool = await stack.enter_async_context(
                 ingest_in_workers(
-                    settings, workers, port, ops.routes, stats.metrics.registry, on_status
+                    settings, ingest_count, port, ops.routes, stats.metrics.registry, on_status
                 )
             )
         elif ingest and sink is not None:
@@ -186,8 +181,12 @@ async def run_processor(
                 group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
             if coldpath_schedule.enabled(settings, simulate is not None):
                 group.create_task(
-                    coldpath_schedule.run_schedule(
-                        settings, store, stop, on_status, on_breach, stats.metrics
+                    _once_caught_up(
+                        stats,
+                        stop,
+                        lambda: coldpath_schedule.run_schedule(
+                            settings, store, stop, on_status, on_breach, stats.metrics
+                        ),
                     )
                 )
             await processor.run(stop)
@@ -228,4 +227,20 @@ async def _stop_when_idle(stats: ProcessorStats, idle_s: float, stop: asyncio.Ev
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(0.2, idle_s)):
+                await stop.wait()
+
+
+async def _once_caught_up(
+    stats: ProcessorStats, stop: asyncio.Event, then: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``then`` once every partition has caught up with the backlog found at start: a
+    window evaluated earlier would miss its stored events (worker processes take a moment to
+    start). An unknown lag (None) does not hold it back."""
+    while not stop.is_set():
+        lags = await stats.lag()
+        if lags and not any(lags.values()):
+            await then()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
                 await stop.wait()

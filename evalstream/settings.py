@@ -48,6 +48,9 @@ class EmbeddedSettings(BaseModel):
 
     data_dir: Path = DEFAULT_DATA_DIR
     partitions: PositiveInt = Field(default=4, le=1024)
+    # Processing worker processes, each owning a share of the partitions (``process
+    # --workers``); unset: one per core. 1 processes every partition in the command's process.
+    workers: PositiveInt | None = Field(default=None, le=1024)
     # Events older than this are deleted from the local event log (not from the store).
     retention_hours: PositiveFloat = 7 * 24
 
@@ -62,6 +65,11 @@ class EmbeddedSettings(BaseModel):
     @property
     def alerts_path(self) -> Path:
         return self.data_dir / "alerts.db"
+
+    @property
+    def partition_locks_path(self) -> Path:
+        """Where worker processes hold one lock file per partition they process."""
+        return self.data_dir / "partitions"
 
 
 class AzureSettings(BaseModel):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from stream.pipeline import Pipeline
 from stream.ports import EventSource
@@ -69,17 +69,28 @@ class Processor:
         """Process until ``stop`` is set, then finish the batches in flight and checkpoint."""
         with tuned_gc():
             async with asyncio.TaskGroup() as group:
-                reporter = group.create_task(self._report(stop))
+                reporter = group.create_task(
+                    report_status(
+                        self.stats.status_line, self.status_interval_s, self.on_status, stop
+                    )
+                )
                 try:
                     await self.source.run(self.pipeline, stop)
                 finally:
                     reporter.cancel()
         self.on_status("stopped: " + await self.stats.status_line())
 
-    async def _report(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.status_interval_s):
-                    await stop.wait()
-            if not stop.is_set():
-                self.on_status(await self.stats.status_line())
+
+async def report_status(
+    line: Callable[[], Awaitable[str]],
+    interval_s: float,
+    on_status: Callable[[str], None],
+    stop: asyncio.Event,
+) -> None:
+    """Say ``line()`` every ``interval_s`` until ``stop``."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await stop.wait()
+        if not stop.is_set():
+            on_status(await line())

@@ -65,18 +65,38 @@ class ProcessorStats:
         breaches: Sequence[Breach],
         seconds: float = 0.0,
     ) -> None:
+        self.record_counts(
+            partition_id,
+            last.sequence,
+            documents,
+            [record.issues[0].code if record.issues else "none" for record in quarantined],
+            breaches,
+            seconds,
+        )
+
+    def record_counts(
+        self,
+        partition_id: str,
+        last_sequence: int,
+        documents: int,
+        quarantine_codes: Sequence[str],
+        breaches: Sequence[Breach],
+        seconds: float = 0.0,
+    ) -> None:
+        """``record`` from what a batch's outcome reduces to (what a worker process sends its
+        supervisor): the quarantine records' first issue codes instead of the records."""
         progress = self._partitions.get(partition_id)
         if progress is not None:
-            progress.last_sequence = last.sequence
+            progress.last_sequence = last_sequence
             progress.last_batch_at = time.monotonic()
         self.documents += documents
-        self.quarantined += len(quarantined)
-        self.events += documents + len(quarantined)
+        self.quarantined += len(quarantine_codes)
+        self.events += documents + len(quarantine_codes)
         metrics = self.metrics
         metrics.events.labels("stored").inc(documents)
-        metrics.events.labels("quarantined").inc(len(quarantined))
-        for record in quarantined:
-            metrics.quarantined.labels(record.issues[0].code if record.issues else "none").inc()
+        metrics.events.labels("quarantined").inc(len(quarantine_codes))
+        for code in quarantine_codes:
+            metrics.quarantined.labels(code).inc()
         metrics.batch_seconds.observe(seconds)
         for breach in breaches:
             if self.on_breach is not None:

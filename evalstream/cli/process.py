@@ -83,6 +83,15 @@ def process(
         float | None,
         typer.Option(help="Stop after every partition is caught up and idle this many seconds."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processing worker processes on the embedded backend, each owning a share of "
+            "the partitions [default: embedded.workers, else one per core].",
+            show_default=False,
+        ),
+    ] = None,
     log_level: LogLevelOption = "INFO",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -103,9 +112,16 @@ def process(
         else None
     )
     say = _Lines(log_format)
+    try:
+        count = wiring.worker_count(settings, workers)
+    except SettingsError as refused:
+        say.error(str(refused))
+        raise typer.Exit(2) from None
     say.status(
         f"evalstream processor: backend {settings.backend}, data in {settings.embedded.data_dir}, "
-        f"{settings.embedded.partitions} partitions; Ctrl-C to stop"
+        f"{settings.embedded.partitions} partitions"
+        + (f", {count} worker processes" if count > 1 else "")
+        + "; Ctrl-C to stop"
     )
     try:
         asyncio.run(
@@ -117,6 +133,7 @@ def process(
                 until_idle_s=until_idle,
                 on_status=say.status,
                 on_breach=say.breach,
+                workers=count,
                 ingest_workers=ingest_workers,
             )
         )

@@ -31,6 +31,7 @@ from stream.metrics import IngestMetrics
 from stream.pipeline import Pipeline
 from stream.ports import EventSink, EventSource, HotPathFactory
 from stream.privacy import Pseudonymizer
+from stream.processor import Processor
 from stream.producers.ingest import IngestApp
 from stream.producers.ingest_auth import Authorizer
 from stream.producers.ingest_rates import Buckets
@@ -40,6 +41,7 @@ from stream.stats import ProcessorStats
 if TYPE_CHECKING:
     from coldpath.executors.batch import BatchExecutor
     from coldpath.runner import ShardRunner
+    from evalstream.workers import WorkerPool
 
 USER_HASH_KEY_FILE = "user-hash.key"
 
@@ -216,6 +218,44 @@ def pipeline(
         stats=stats,
         hot_path=hot_path(settings) if publisher_ is not None else None,
         publisher=publisher_,
+    )
+
+
+def worker_count(settings: Settings, requested: int | None = None) -> int:
+    """Processing worker processes: ``requested`` (``--workers``), else the setting, else one
+    per core; never more than the partitions. The Azure backend processes in this process
+    (more instances, not workers, share an event hub's partitions)."""
+    wanted = requested or settings.embedded.workers
+    if settings.backend != "embedded":
+        if wanted is not None and wanted > 1:
+            raise SettingsError(
+                "--workers: the azure backend runs one worker per process; start more "
+                "processor instances to share the event hub's partitions"
+            )
+        return 1
+    return max(1, min(wanted or os.cpu_count() or 1, settings.embedded.partitions))
+
+
+def processor(
+    settings: Settings,
+    store_: TelemetryStore,
+    stats: ProcessorStats,
+    publisher_: AlertPublisher | None,
+    on_status: Callable[[str], None],
+    workers: int = 1,
+) -> Processor | WorkerPool:
+    """The processor: in this process, or (``workers`` > 1) a supervisor of worker processes
+    each running its own pipeline (``store_`` and ``publisher_`` are then not used)."""
+    if workers > 1:
+        from evalstream.workers import WorkerPool
+
+        return WorkerPool(settings, stats, workers, on_status)
+    return Processor(
+        source(settings),
+        pipeline(settings, store_, stats, publisher_),
+        stats,
+        settings.processor.status_interval_s,
+        on_status,
     )
 
 

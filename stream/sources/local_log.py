@@ -383,6 +383,24 @@ class _LocalPartitionContext:
         return True
 
 
+def try_lock(path: Path) -> IO[str] | None:
+    """Take the exclusive lock of ``path`` (created if missing) and write our pid in it; None
+    when another process holds it. The lock lasts while the returned file is open, and the
+    kernel drops it when the process dies, however it dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 (the caller keeps it open: that is the lock)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 class ProcessorLock:
     """An exclusive lock file: two processors on one log would checkpoint over each other."""
 
@@ -391,21 +409,12 @@ class ProcessorLock:
         self._file: IO[str] | None = None
 
     def __enter__(self) -> ProcessorLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
+        handle = try_lock(self.path)
+        if handle is None:
+            holder = self.path.read_text().strip() or "unknown"
             raise SourceError(
                 f"another evalstream processor (pid {holder}) is running on {self.path.parent}"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+            )
         self._file = handle
         return self
 
@@ -449,29 +458,50 @@ class LocalLogSource:
     async def _run_partition(
         self, log: LocalLog, partition: int, handler: BatchHandler, stop: asyncio.Event
     ) -> None:
-        position = await log.checkpoint_async(self.consumer_group, partition)
-        context = _LocalPartitionContext(log, self.consumer_group, partition, position)
-        await handler.on_partition_initialize(context)
-        while not stop.is_set():
-            events = await log.read_async(partition, context.position, self.batch_size)
-            if not events:
-                await sleep_or_stop(self.batch_wait_s, stop)
-                continue
-            delivered = await deliver(
-                functools.partial(handler.on_batch, context, events),
-                partition_id=context.partition_id,
-                first_sequence=events[0].sequence,
-                closing=lambda: False,
-                stop=stop,
-            )
-            if not delivered:
-                break
-            context.position = events[-1].sequence
-        await handler.on_partition_close(context, CloseReason.SHUTDOWN)
+        await run_partition(
+            log, self.consumer_group, partition, handler, stop, self.batch_size, self.batch_wait_s
+        )
 
     async def _sweep(self, log: LocalLog, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            deleted = await log.sweep_async(self.retention_s)
-            if deleted:
-                logger.info("retention removed events", extra={"deleted": deleted})
-            await sleep_or_stop(RETENTION_SWEEP_INTERVAL_S, stop)
+        await sweep_until_stopped(log, self.retention_s, stop)
+
+
+async def run_partition(
+    log: LocalLog,
+    consumer_group: str,
+    partition: int,
+    handler: BatchHandler,
+    stop: asyncio.Event,
+    batch_size: int,
+    batch_wait_s: float,
+) -> None:
+    """Deliver one partition's batches to ``handler`` from its checkpoint on until ``stop``;
+    then close it as on shutdown (its last batch done, its checkpoint written)."""
+    position = await log.checkpoint_async(consumer_group, partition)
+    context = _LocalPartitionContext(log, consumer_group, partition, position)
+    await handler.on_partition_initialize(context)
+    while not stop.is_set():
+        events = await log.read_async(partition, context.position, batch_size)
+        if not events:
+            await sleep_or_stop(batch_wait_s, stop)
+            continue
+        delivered = await deliver(
+            functools.partial(handler.on_batch, context, events),
+            partition_id=context.partition_id,
+            first_sequence=events[0].sequence,
+            closing=lambda: False,
+            stop=stop,
+        )
+        if not delivered:
+            break
+        context.position = events[-1].sequence
+    await handler.on_partition_close(context, CloseReason.SHUTDOWN)
+
+
+async def sweep_until_stopped(log: LocalLog, retention_s: float, stop: asyncio.Event) -> None:
+    """Delete events past retention now and then (one process per log does it)."""
+    while not stop.is_set():
+        deleted = await log.sweep_async(retention_s)
+        if deleted:
+            logger.info("retention removed events", extra={"deleted": deleted})
+        await sleep_or_stop(RETENTION_SWEEP_INTERVAL_S, stop)

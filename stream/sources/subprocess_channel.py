@@ -8,8 +8,11 @@ child), over the child's private stdin and stdout, so unpickling trusts only our
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import itertools
 import logging
+import os
 import pickle
 import struct
 from collections.abc import Coroutine
@@ -23,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 # Batches a partition may have sent but not yet processed: one being processed, one waiting.
 DEFAULT_WINDOW = 2
+
+# Capacity asked for the child-to-parent pipe (Linux's default pipe-max-size).
+PIPE_BYTES = 1 << 20
 
 _LENGTH = struct.Struct("!I")
 # (retryable, message, retry_after): errors cross the pipe as values, rebuilt on the other side.
@@ -161,3 +167,33 @@ class Channel:
 
 async def unknown_call(name: str) -> None:
     raise SourceError(f"the receiver process asked for an unknown call {name!r}")
+
+
+def take_stdio() -> tuple[int, int]:
+    """In a child process: private copies of stdin and stdout for the channel (read, write),
+    with fd 0 and 1 pointed elsewhere, so a library that prints cannot corrupt a message."""
+    read_fd, write_fd = os.dup(0), os.dup(1)
+    with contextlib.suppress(OSError):
+        # A batch of 1,000 events is about 1.2 MB: let the pipe hold one (the default 64 KiB
+        # makes the sender wait for the parent after every 64 KiB). Capped by the system's
+        # pipe-max-size; a refusal only costs speed.
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    return read_fd, write_fd
+
+
+async def open_pipes(read_fd: int, write_fd: int) -> Channel:
+    """The child's Channel over the descriptors ``take_stdio`` kept."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb", buffering=0)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return Channel(reader, writer)

@@ -8,10 +8,7 @@ itself comes over the pipe as a picklable factory (see ``subprocess_source``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
-import os
 import signal
 import sys
 from typing import Any
@@ -23,6 +20,8 @@ from stream.sources.subprocess_channel import (
     Channel,
     encode_batch,
     encode_error,
+    open_pipes,
+    take_stdio,
     unknown_call,
 )
 
@@ -30,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 # How long a child whose parent is gone may take to cancel its source before it exits anyway.
 ORPHAN_EXIT_S = 5.0
-# Capacity asked for the child-to-parent pipe (Linux's default pipe-max-size).
-PIPE_BYTES = 1 << 20
 # The PartitionContext methods the parent may call on the child's contexts.
 _CONTEXT_CALLS = frozenset({"checkpoint", "last_enqueued_sequence", "checkpointed_sequence"})
 
@@ -90,21 +87,8 @@ class _Forwarder:
         return await getattr(context, name)(*args)
 
 
-async def _open_pipes(read_fd: int, write_fd: int) -> Channel:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
-    )
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb", buffering=0)
-    )
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return Channel(reader, writer)
-
-
 async def _child(read_fd: int, write_fd: int, window: int) -> int:
-    channel = await _open_pipes(read_fd, write_fd)
+    channel = await open_pipes(read_fd, write_fd)
     spec = await channel.receive()
     if spec is None or spec[0] != "spec":
         return 2
@@ -161,18 +145,7 @@ async def _child_read(channel: Channel, forwarder: _Forwarder, stop: asyncio.Eve
 def main() -> None:
     """Entry point of the child: ``python -m stream.sources.subprocess_worker WINDOW``."""
     window = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_WINDOW
-    # The protocol owns the pipes: keep private copies and point fd 0 and 1 elsewhere, so a
-    # library that prints cannot corrupt a message.
-    read_fd, write_fd = os.dup(0), os.dup(1)
-    with contextlib.suppress(OSError):
-        # A batch of 1,000 events is about 1.2 MB: let the pipe hold one (the default 64 KiB
-        # makes the sender wait for the parent after every 64 KiB). Capped by the system's
-        # pipe-max-size; a refusal only costs speed.
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(2, 1)
-    os.close(devnull)
+    read_fd, write_fd = take_stdio()
     # Interrupts are the parent's to handle (a terminal sends them to both): it asks this
     # process to stop once its batches are processed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -73,11 +73,13 @@ def processor_command(data_dir: Path, *extra: str) -> list[str]:
 
 
 def start_processor(data_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+    # Its own process group: a hard kill takes its worker processes too (``kill_hard``).
     return subprocess.Popen(
         processor_command(data_dir, *extra),
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -110,8 +112,23 @@ def wait_until(
 
 
 def kill_hard(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGKILL)
+    """SIGKILL the processor and its worker processes at once (a power cut of the command)."""
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
+
+
+def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
+    """The processing worker processes of a running ``process --workers N``."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(process.pid).children():
+        try:
+            if "evalstream.worker" in child.cmdline():
+                found.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def store_contents(data_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:

@@ -73,11 +73,11 @@ def snapshot_ahead_of_checkpoint(data_dir: Path) -> bool:
     return any(sequence > done.get(int(partition), -1) for partition, sequence in covered.items())
 
 
-def kill_between_snapshot_and_checkpoint(data_dir: Path, point: int) -> None:
+def kill_between_snapshot_and_checkpoint(data_dir: Path, point: int, env: dict[str, str]) -> None:
     """SIGKILL the processor after a snapshot landed and before its checkpoint did: the test
     holds the log's write lock, so the checkpoint waits while the store (another file) takes
     the snapshot; the kill comes once one is ahead."""
-    process = start_processor(data_dir, ENV)
+    process = start_processor(data_dir, env)
     blocker = sqlite3.connect(data_dir / "log.db", timeout=30, isolation_level=None)
     try:
         wait_until(lambda: stored_count(data_dir) >= point, 180, f"{point} stored records")
@@ -91,12 +91,18 @@ def kill_between_snapshot_and_checkpoint(data_dir: Path, point: int) -> None:
     assert process.returncode == -9
 
 
-def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+# One process, and worker processes (the kills take the supervisor and every worker at once).
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(
+    tmp_path: Path, workers: str
+) -> None:
+    env = {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": workers}
     data_dir, reference_dir = tmp_path / "data", tmp_path / "reference"
     bodies = simulated_bodies(seed=20261122)
     expected = prepare(data_dir, bodies)
     shutil.copytree(data_dir, reference_dir)  # the same log, enqueued times included
-    run_until_idle(reference_dir, ENV)
+    # The reference runs in one process: worker processes must give exactly its results.
+    run_until_idle(reference_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "1"})
     reference_breaches = dict(asyncio.run(drain_breaches(reference_dir)))
     assert len(reference_breaches) >= 2  # the incidents opened breaches: the hot path ran
     assert len(expected.quarantine) >= 0.04 * EVENTS  # the stream really contains bad input
@@ -106,11 +112,11 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
     # Snapshot-window kills in the first half: plenty of stream left, so batches (and their
     # snapshots) still come after the test takes the log's lock, however late it gets to it.
     for point in sorted(rng.sample(range(total // 20, total // 2), KILLS // 2)):
-        kill_between_snapshot_and_checkpoint(data_dir, point)
+        kill_between_snapshot_and_checkpoint(data_dir, point, env)
     kill_at_points(
-        data_dir, ENV, sorted(rng.sample(range(total // 2, total * 9 // 10), KILLS // 2))
+        data_dir, env, sorted(rng.sample(range(total // 2, total * 9 // 10), KILLS // 2))
     )
-    run_until_idle(data_dir, ENV)
+    run_until_idle(data_dir, env)
 
     telemetry, quarantine = store_contents(data_dir)
     assert len(telemetry) == len(set(telemetry)), "duplicate telemetry documents"

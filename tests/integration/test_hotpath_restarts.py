@@ -49,14 +49,20 @@ def bodies() -> list[tuple[str | None, bytes]]:
     return [(event.app_id, event.body) for event in simulator.events(EVENTS)]
 
 
-def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(tmp_path: Path) -> None:
+# One process, and worker processes (the kills take the supervisor and every worker at once).
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(
+    tmp_path: Path, workers: str
+) -> None:
+    env = {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": workers}
     stream = bodies()
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     expected = prepare(reference_dir, stream)
     assert prepare(killed_dir, stream).telemetry == expected.telemetry
     total = len(expected.telemetry) + len(expected.quarantine)
 
-    run_until_idle(reference_dir, ENV)
+    # The reference runs in one process: worker processes must give exactly its breaches.
+    run_until_idle(reference_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "1"})
     reference = asyncio.run(drain_breaches(reference_dir))
     states = Counter(message_id.rsplit(":", 1)[1] for message_id, _ in reference)
     # The latency regression is one incident (opened, resolved after latency came back), the
@@ -64,8 +70,8 @@ def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(tmp_path: Path) 
     assert states["opened"] >= 2 and states["resolved"] >= 1, states
 
     rng = random.Random(3)
-    kill_at_points(killed_dir, ENV, sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS)))
-    run_until_idle(killed_dir, ENV)
+    kill_at_points(killed_dir, env, sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS)))
+    run_until_idle(killed_dir, env)
     after_kills = asyncio.run(drain_breaches(killed_dir))
 
     # Same breaches, same content (observed values, windows, sample traces): the detectors

@@ -1,0 +1,482 @@
+"""Worker-process scaling on the embedded backend: events/s of ``evalstream process --workers N``.
+
+Run: ``python -m bench.workers [--events N] [--repeats R] [--workers 1,2] [--memory-apps A]
+[--sustained-s S]``. Each repeat copies the same prepared log (simulated ~1.2 KB events, 20 apps,
+4 partitions, hot path on) to a fresh data dir and runs the real command on it, once per worker
+count, the counts interleaved (and their order alternated) so each sees the same machine load.
+events/s is counted from the first stored record to the last (the processes' start-up is not
+in it; it is reported apart, as the CPU of the whole run per event). Beside it, measured in the
+same run: the serial parts a model of more cores needs (the store's write lock held per event,
+a log read per event) and the workers' resident memory, also with ``--memory-apps`` apps, and
+optionally under a sustained simulated load. Results: medians, written to
+bench/results/workers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import resource
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+
+from schemas import AppDirectory
+from store.sqlite import SqliteStore
+from stream.decode import Decoder
+from stream.enrich import Enricher
+from stream.ports import ReceivedEvent
+from stream.producers.simulator import Simulator
+from stream.sources.local_log import LocalLog
+
+RESULTS = Path(__file__).parent / "results" / "workers.md"
+PARTITIONS = 4
+ENV = {
+    "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
+    "EVALSTREAM_USER_HASH_KEY": "bench",
+    "EVALSTREAM_EMBEDDED__PARTITIONS": str(PARTITIONS),
+}
+
+
+@dataclass
+class Run:
+    workers: int
+    events: int
+    seconds: float  # first stored record to the last
+    cpu_s: float  # whole command, every process, start-up included
+    # Per process, first stored record to the last: (seconds on a CPU, seconds waiting for one)
+    window: dict[int, tuple[float, float]]
+    pipelines: set[int]  # the processes running pipelines (workers, or the command)
+    rss: list[int] = field(default_factory=list)  # per worker, at the end
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def window_cpu_s(self) -> float:
+        return sum(running for running, _ in self.window.values())
+
+    @property
+    def free_cores_rate(self) -> float:
+        """events/s had the cores been free for it and CPU-bound: the busiest pipeline
+        process's CPU time, or all processes' CPU time over the cores if more. Sleeping (SQLite
+        lock waits, pipes, idle polls) is left out: ``busiest_asleep`` shows how much there was."""
+        busiest = max(self.window[pid][0] for pid in self.pipelines if pid in self.window)
+        return self.events / max(busiest, self.window_cpu_s / (os.cpu_count() or 1))
+
+    @property
+    def busiest_asleep(self) -> float:
+        """Share of the window the busiest pipeline process slept (not on nor waiting for a
+        CPU): lock waits would show here."""
+        pid = max(
+            (pid for pid in self.pipelines if pid in self.window),
+            key=lambda pid: self.window[pid][0],
+        )
+        running, waiting = self.window[pid]
+        return max(0.0, 1 - (running + waiting) / self.seconds)
+
+
+def bodies(count: int, apps: int) -> list[tuple[str | None, bytes]]:
+    simulator = Simulator(
+        apps=apps, rate=200.0, seed=42, start=datetime.now(UTC) - timedelta(hours=2)
+    )
+    return [(event.app_id, event.body) for event in simulator.events(count)]
+
+
+def prepared(folder: Path, items: list[tuple[str | None, bytes]]) -> Path:
+    log = LocalLog(folder / "log.db", PARTITIONS)
+    try:
+        log.append(items)
+    finally:
+        log.close()
+    return folder
+
+
+def stored(data_dir: Path) -> int:
+    path = data_dir / "store.db"
+    if not path.exists():
+        return 0
+    connection = sqlite3.connect(path, timeout=30)
+    try:
+        return int(connection.execute("SELECT count(*) FROM telemetry").fetchone()[0])
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+    finally:
+        connection.close()
+
+
+def worker_rss(process: subprocess.Popen[bytes], workers: int) -> list[int]:
+    """Resident memory of the processing processes: the workers, or the command itself."""
+    if workers == 1:
+        return [psutil.Process(process.pid).memory_info().rss]
+    sizes = []
+    for child in psutil.Process(process.pid).children():
+        try:
+            if "evalstream.worker" in child.cmdline():
+                sizes.append(child.memory_info().rss)
+        except psutil.NoSuchProcess:
+            continue
+    return sorted(sizes)
+
+
+def schedstat(process: subprocess.Popen[bytes]) -> dict[int, tuple[float, float]]:
+    """Per process of the command (itself and its workers): seconds on a CPU and seconds
+    runnable but waiting for one (Linux ``/proc/PID/schedstat``, every thread counted). The
+    rest of a window the process slept: on a lock, a pipe, an idle poll."""
+    found = {}
+    root = psutil.Process(process.pid)
+    for member in [root, *root.children(recursive=True)]:
+        running = waiting = 0.0
+        try:
+            for thread in member.threads():
+                path = f"/proc/{member.pid}/task/{thread.id}/schedstat"
+                with open(path) as handle:
+                    on_cpu, queued, _ = handle.read().split()
+                running += int(on_cpu) / 1e9
+                waiting += int(queued) / 1e9
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            continue
+        found[member.pid] = (running, waiting)
+    return found
+
+
+def processing_pids(process: subprocess.Popen[bytes], workers: int) -> set[int]:
+    """The processes running pipelines: the workers, or the command itself."""
+    if workers == 1:
+        return {process.pid}
+    return {
+        child.pid
+        for child in psutil.Process(process.pid).children()
+        if "evalstream.worker" in child.cmdline()
+    }
+
+
+def command(data_dir: Path, workers: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "evalstream",
+        "process",
+        "--data-dir",
+        str(data_dir),
+        "--no-ingest",
+        "--workers",
+        str(workers),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+
+
+def one_run(template: Path, workers: int, total: int) -> Run:
+    with tempfile.TemporaryDirectory() as folder:
+        data_dir = Path(folder) / "data"
+        shutil.copytree(template, data_dir)
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        process = subprocess.Popen(
+            command(data_dir, workers, "--until-idle", "0.5"),
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        first = done = None
+        rss: list[int] = []
+        at_first: dict[int, tuple[float, float]] = {}
+        at_done: dict[int, tuple[float, float]] = {}
+        while done is None:
+            count = stored(data_dir)
+            now = time.perf_counter()
+            if first is None and count > 0:
+                first, at_first = now, schedstat(process)
+            if count >= total:
+                done, at_done = now, schedstat(process)
+                pipelines = processing_pids(process, workers)
+            if process.poll() is not None and done is None:
+                raise RuntimeError(process.stderr.read().decode() if process.stderr else "exit")
+            if first is not None:
+                rss = worker_rss(process, workers) or rss
+            time.sleep(0.02)
+        _, errors = process.communicate(timeout=300)
+        if process.returncode != 0:
+            raise RuntimeError(errors.decode())
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (
+            cpu_before.ru_utime + cpu_before.ru_stime
+        )
+        assert first is not None
+        # Per process over the window: (on a CPU, waiting for one) — processes that started
+        # during the window (a late worker) count from zero.
+        shares = {
+            pid: (run - at_first.get(pid, (0.0, 0.0))[0], queue - at_first.get(pid, (0.0, 0.0))[1])
+            for pid, (run, queue) in at_done.items()
+        }
+        return Run(workers, total, done - first, cpu, shares, pipelines, rss)
+
+
+def serial_parts(items: list[tuple[str | None, bytes]], repeats: int) -> dict[str, float]:
+    """Median wall µs per event of what every worker shares: the store's write transaction
+    (one writer at a time holds SQLite's lock), and a read of the log (WAL readers do not
+    block each other nor the writer: measured to show it is small, not to serialise it)."""
+    now = datetime.now(UTC)
+    decoder = Decoder()
+    enricher = Enricher(AppDirectory(), b"k", "local")
+    position = ReceivedEvent(b"", "0", 0, now, "0")
+    events = [a.event for _, body in items for a in decoder.decode(body, now).accepted]
+    documents = [enricher.document(event, position, 0, now, False) for event in events]
+    writes: list[float] = []
+    reads: list[float] = []
+
+    async def write_all(store: SqliteStore) -> float:
+        spent = 0.0
+        for offset in range(0, len(documents), 1000):
+            start = time.perf_counter()
+            await store.write(documents[offset : offset + 1000], [])
+            spent += time.perf_counter() - start
+        await store.close()
+        return spent
+
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as folder:
+            writes.append(asyncio.run(write_all(SqliteStore(Path(folder) / "store.db"))))
+            log = LocalLog(prepared(Path(folder), items) / "log.db", PARTITIONS)
+            start = time.perf_counter()
+            for partition in range(PARTITIONS):
+                after = -1
+                while batch := log.read(partition, after, 1000):
+                    after = batch[-1].sequence
+            reads.append(time.perf_counter() - start)
+            log.close()
+    return {
+        "store write transaction (serial: one writer at a time)": statistics.median(writes)
+        / len(documents)
+        * 1e6,
+        "log read (concurrent under WAL)": statistics.median(reads) / len(items) * 1e6,
+    }
+
+
+def sustained(seconds: float, apps: int, rate: float) -> list[tuple[float, int, list[int]]]:
+    """(elapsed s, stored, RSS per worker) every ~10 s of a simulated load at ``rate``."""
+    samples: list[tuple[float, int, list[int]]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        data_dir = Path(folder) / "data"
+        process = subprocess.Popen(
+            command(data_dir, 2, "--simulate", "--apps", str(apps), "--rate", str(rate)),
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started = time.monotonic()
+        try:
+            while (elapsed := time.monotonic() - started) < seconds:
+                time.sleep(10)
+                samples.append((elapsed + 10, stored(data_dir), worker_rss(process, 2)))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+    return samples
+
+
+def sustained_table(
+    samples: list[tuple[float, int, list[int]]], seconds: float, rate: float
+) -> list[str]:
+    return [
+        f"Sustained load: `process --workers 2 --simulate --apps 20 --rate {rate:g}` for "
+        f"{seconds:g} s, RSS per worker:",
+        "",
+        "| elapsed s | stored | RSS per worker (MB) |",
+        "| --- | --- | --- |",
+        *(
+            f"| {elapsed:.0f} | {count:,} | {'+'.join(f'{s / 2**20:.0f}' for s in rss)} |"
+            for elapsed, count, rss in samples
+        ),
+    ]
+
+
+def sustained_only(seconds: float, rate: float, write: bool) -> None:
+    started = datetime.now(UTC)
+    load_before = os.getloadavg()
+    samples = sustained(seconds, 20, rate)
+    lines = [
+        "# Worker processes: memory under a sustained load",
+        "",
+        f"Command: `python -m bench.workers --sustained-only --sustained-s {seconds:g} "
+        f"--sustained-rate {rate:g}`",
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} "
+        f"cores, Python {platform.python_version()}; load average (1, 5, 15 min) "
+        f"{', '.join(f'{x:.1f}' for x in load_before)} before, "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} after.",
+        "",
+        *sustained_table(samples, seconds, rate),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        (RESULTS.parent / "workers_sustained.md").write_text(text)
+
+
+def model(rate_1: float, efficiency: float, write_us: float, cores: int) -> float:
+    """events/s with ``cores`` free cores and as many workers: each worker at the 1-worker
+    CPU-bound rate times the per-worker efficiency measured with 2 (the supervisor's share,
+    uneven partitions, more processes), capped by the one thing they all take turns at — the
+    store's write lock (1 / its write transaction per event). Reading the log is not capped:
+    WAL readers neither wait for each other nor for the writer."""
+    return min(rate_1 if cores == 1 else cores * efficiency * rate_1, 1e6 / write_us)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", default="1,2", help="Worker counts, comma-separated.")
+    parser.add_argument("--memory-apps", type=int, default=1000)
+    parser.add_argument("--sustained-s", type=float, default=0.0)
+    parser.add_argument("--sustained-rate", type=float, default=3000.0)
+    parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
+    parser.add_argument(
+        "--sustained-only",
+        action="store_true",
+        help="Only the sustained-load run, recorded in bench/results/workers_sustained.md.",
+    )
+    args = parser.parse_args()
+    counts = [int(value) for value in args.workers.split(",")]
+    if args.sustained_only:
+        sustained_only(args.sustained_s or 600.0, args.sustained_rate, not args.no_write)
+        return
+
+    load_before = os.getloadavg()
+    started = datetime.now(UTC)
+    items = bodies(args.events, 20)
+    size = statistics.mean(len(body) for _, body in items)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory() as folder:
+        template = prepared(Path(folder) / "template", items)
+        for repeat in range(args.repeats):
+            order = counts if repeat % 2 == 0 else counts[::-1]
+            for workers in order:
+                run = one_run(template, workers, args.events)
+                print(f"repeat {repeat}: {workers} workers: {run.rate:,.0f} events/s", flush=True)
+                runs.append(run)
+        memory_template = prepared(Path(folder) / "apps", bodies(args.events, args.memory_apps))
+        many_apps = one_run(memory_template, 2, args.events)
+    parts = serial_parts(items[:20_000], args.repeats)
+    load_after = os.getloadavg()
+    long_run = sustained(args.sustained_s, 20, args.sustained_rate) if args.sustained_s else []
+
+    median = {
+        workers: statistics.median(run.rate for run in runs if run.workers == workers)
+        for workers in counts
+    }
+    base = median[counts[0]]
+    lines = [
+        "# Worker processes: scaling on the embedded backend",
+        "",
+        f"Command: `python -m bench.workers --events {args.events} --repeats {args.repeats} "
+        f"--workers {args.workers} --memory-apps {args.memory_apps}"
+        + (f" --sustained-s {args.sustained_s:g}`" if args.sustained_s else "`"),
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; load average (1, 5, "
+        f"15 min) {', '.join(f'{x:.1f}' for x in load_before)} before, "
+        f"{', '.join(f'{x:.1f}' for x in load_after)} after (other processes share the cores).",
+        f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, {PARTITIONS} "
+        "partitions, hot path on; events/s from the first stored record to the last.",
+        "",
+        "| workers | events/s (median) | × 1 worker | runs (events/s) | CPU µs/event while "
+        "processing | cores used | a pipeline process waiting for a CPU (most, share of the "
+        "window) | busiest pipeline process asleep | events/s on free cores (see below) "
+        "| × 1 worker | CPU µs/event, whole command incl. start-up | RSS per worker (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    free = {
+        workers: statistics.median(run.free_cores_rate for run in runs if run.workers == workers)
+        for workers in counts
+    }
+    for workers in counts:
+        mine = [run for run in runs if run.workers == workers]
+        cpu = statistics.median(run.cpu_s for run in mine) / args.events * 1e6
+        window = statistics.median(run.window_cpu_s for run in mine) / args.events * 1e6
+        busy = statistics.median(run.window_cpu_s / run.seconds for run in mine)
+        rss = "+".join(f"{size / 2**20:.0f}" for size in mine[-1].rss)
+        waiting = statistics.median(
+            max(run.window[pid][1] for pid in run.pipelines if pid in run.window) / run.seconds
+            for run in mine
+        )
+        asleep = statistics.median(run.busiest_asleep for run in mine)
+        lines.append(
+            f"| {workers} | {median[workers]:,.0f} | {median[workers] / base:.2f}× "
+            f"| {', '.join(f'{run.rate:,.0f}' for run in mine)} | {window:.1f} | {busy:.2f} "
+            f"| {waiting:.0%} | {asleep:.0%} | {free[workers]:,.0f} "
+            f"| {free[workers] / free[counts[0]]:.2f}× "
+            f"| {cpu:.1f} | {rss} |"
+        )
+    lines += [
+        "",
+        "events/s on free cores: the same runs' CPU work, had the cores been free and the work "
+        "CPU-bound: events over the busiest pipeline process's CPU seconds (or all processes' "
+        "CPU seconds over the cores, if more). Waiting for a CPU (Linux schedstat: other "
+        "programs on the shared machine) is what it takes out; sleeping (SQLite lock waits, "
+        "pipes, idle polls) is left out too, so the column beside it says how much the busiest "
+        "process slept. The measured events/s is the figure; this says how much of a shortfall "
+        "is the machine's load.",
+    ]
+    lines += ["", "Serial parts (each measured alone in this process, median wall µs/event):", ""]
+    lines += [f"- {name}: {value:.2f} µs" for name, value in parts.items()]
+    write_us = next(iter(parts.values()))
+    if len(counts) >= 2 and counts[:2] == [1, 2]:
+        efficiency = free[2] / (2 * free[1])
+        lines += [
+            "",
+            f"Model for more cores: the store's writer takes at most {1e6 / write_us:,.0f} "
+            f"events/s (its write transaction alone, {write_us:.1f} µs/event); each worker runs "
+            f"at the 1-worker rate on free cores ({free[1]:,.0f} events/s) times the per-worker "
+            f"efficiency measured with 2 workers ({efficiency:.2f}); the lower of the two. "
+            "Near the writer's cap the workers queue for its lock, so the last rows are upper "
+            "bounds:",
+            "",
+            "| cores = workers | events/s (model) | × 1 worker | store writer busy |",
+            "| --- | --- | --- | --- |",
+        ]
+        for cores in (1, 2, 4, 8):
+            rate = model(free[1], efficiency, write_us, cores)
+            lines.append(
+                f"| {cores} | {rate:,.0f} | {rate / free[1]:.2f}× | {rate * write_us / 1e6:.0%} |"
+            )
+    small = (
+        statistics.median(sum(run.rss) for run in runs if run.workers == 2) if 2 in counts else 0
+    )
+    lines += [
+        "",
+        f"Memory: 2 workers after {args.events:,} events of {args.memory_apps:,} apps: "
+        + "+".join(f"{size / 2**20:.0f}" for size in many_apps.rss)
+        + " MB"
+        + (
+            f"; of 20 apps: {small / 2**20:.0f} MB in all; so "
+            f"{(sum(many_apps.rss) - small) / (args.memory_apps - 20) * 1000 / 2**20:.1f} MB "
+            "per 1,000 apps across the workers (detector state, app caches)."
+            if small
+            else "."
+        ),
+    ]
+    if long_run:
+        lines += ["", *sustained_table(long_run, args.sustained_s, args.sustained_rate)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""One processing worker of ``evalstream process --workers N`` (embedded backend): the whole
+pipeline (decode → validate → enrich → store → hot path → alerts → checkpoint) over the share of
+the log's partitions that its supervisor (``evalstream.workers``) assigns, each batch's outcome
+reported back for the status line, ``--until-idle``, readiness and the metrics.
+
+Started by the supervisor as ``python -m evalstream.worker``; the settings, the logging set-up
+and the partitions to own come over the pipe (``stream.sources.subprocess_channel``). It stops
+gracefully (batches in flight finished, partitions checkpointed) when asked, on SIGTERM, or when
+its supervisor is gone; interrupts from the terminal are the supervisor's to handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from common.errors import leaves
+from evalstream import logs, wiring
+from evalstream.settings import Settings
+from schemas import Breach
+from stream.exceptions import SourceUnavailable
+from stream.ports import PartitionContext
+from stream.processor import tuned_gc
+from stream.sources.local_log_share import LocalLogShare
+from stream.sources.subprocess_channel import Channel, encode_error, open_pipes, take_stdio
+from stream.stats import ProcessorStats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _ReportingStats(ProcessorStats):
+    """The worker's own stats, each change also sent to the supervisor, which adds them up."""
+
+    channel: Channel | None = None
+
+    def record_counts(
+        self,
+        partition_id: str,
+        last_sequence: int,
+        documents: int,
+        quarantine_codes: Sequence[str],
+        breaches: Sequence[Breach],
+        seconds: float = 0.0,
+    ) -> None:
+        super().record_counts(
+            partition_id, last_sequence, documents, quarantine_codes, breaches, seconds
+        )
+        self._tell(
+            "batch",
+            partition_id,
+            last_sequence,
+            documents,
+            list(quarantine_codes),
+            list(breaches),
+            seconds,
+            self.store_error,
+            self.publish_error,
+        )
+
+    async def attach(self, context: PartitionContext) -> None:
+        await super().attach(context)
+        # Where this partition resumes (after the pipeline's check of lost writes or events).
+        self._tell("attached", context.partition_id, await context.checkpointed_sequence())
+
+    def checkpointed(self, partition_id: str) -> None:
+        super().checkpointed(partition_id)
+        self._tell("checkpointed", partition_id)
+
+    def store_failed(self, error: BaseException) -> None:
+        super().store_failed(error)
+        self._tell("failing", "store", self.store_error)
+
+    def publish_failed(self, error: BaseException) -> None:
+        super().publish_failed(error)
+        self._tell("failing", "publish", self.publish_error)
+
+    def _tell(self, *message: object) -> None:
+        if self.channel is None or self.channel.broken:
+            return
+        try:
+            self.channel.send(*message)
+        except SourceUnavailable:
+            logger.debug("not reported: the supervisor is gone")
+
+
+async def _listen(channel: Channel, source: LocalLogShare, stop: asyncio.Event) -> None:
+    while (message := await channel.receive()) is not None:
+        if message[0] == "assign":
+            source.assign(message[1])
+        elif message[0] == "stop":
+            stop.set()
+    # The supervisor is gone: finish what is in flight, checkpoint, and exit.
+    stop.set()
+
+
+async def _work(read_fd: int, write_fd: int) -> int:
+    channel = await open_pipes(read_fd, write_fd)
+    start = await channel.receive()
+    if start is None or start[0] != "start":
+        return 2
+    settings: Settings
+    _, settings, level, log_format = start
+    logs.configure(level, log_format)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    processor = settings.processor
+    source = LocalLogShare(
+        settings.embedded.log_path,
+        settings.embedded.partitions,
+        processor.consumer_group,
+        processor.batch_size,
+        processor.batch_wait_s,
+        settings.embedded.partition_locks_path,
+    )
+    stats = _ReportingStats(channel=channel)
+    listener = asyncio.create_task(_listen(channel, source, stop), name="supervisor-messages")
+    error = None
+    try:
+        async with wiring.store(settings) as store, wiring.publisher(settings) as publisher:
+            pipeline = wiring.pipeline(settings, store, stats, publisher)
+            with tuned_gc():
+                await source.run(pipeline, stop)
+    except Exception as exc:  # the worker's supervision boundary: reported, then exit 1
+        error = leaves(exc)[0]
+        logger.error("processing worker failed", exc_info=error)
+    listener.cancel()
+    try:
+        channel.send("finished", None if error is None else encode_error(error))
+        await channel.flush()
+    except SourceUnavailable:
+        return 1
+    await channel.close(cancel_answers=True)
+    return 0 if error is None else 1
+
+
+def main() -> None:
+    read_fd, write_fd = take_stdio()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(asyncio.run(_work(read_fd, write_fd)))
+
+
+if __name__ == "__main__":
+    main()

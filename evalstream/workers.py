@@ -1,0 +1,284 @@
+"""Several processing worker processes on the embedded backend (``process --workers N``).
+
+One process's event loop runs on one core; the pipeline is CPU-bound. The supervisor here starts
+N worker processes (``evalstream.worker``), each running the whole pipeline over a share of the
+log's partitions, and gives every partition an owner, balancing the partitions' events over the
+live workers (``shares``): a dead worker's partitions move to the others, and move back when it
+is restarted (after a pause). The promise "never two workers on one partition" does not rest on
+this bookkeeping: a worker processes a partition only while it holds the partition's lock file
+(``stream.sources.local_log_share``), and a partition's detector snapshot and checkpoint are
+written by its owner before it lets go, so the next owner resumes from them exactly.
+
+Workers report each batch's outcome over their pipe; the supervisor adds them up into one
+ProcessorStats, so the status line, ``--until-idle``, readiness and the metrics cover all of
+them. It also holds the log's processor lock (one processing command per data dir) and sweeps
+retention. Stopping (Ctrl-C, SIGTERM, ``--until-idle``): every worker finishes its batches in
+flight and checkpoints, then exits; the supervisor returns after the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psutil
+
+from common.retry import Backoff, sleep_or_stop
+from evalstream import logs
+from evalstream.settings import Settings
+from stream.exceptions import SourceError, StreamError
+from stream.ports import ReceivedEvent
+from stream.processor import report_status
+from stream.sources.local_log import LocalLog, ProcessorLock, sweep_until_stopped
+from stream.sources.subprocess_channel import Channel, ErrorValue, decode_error
+from stream.stats import ProcessorStats
+
+logger = logging.getLogger(__name__)
+
+# Pauses before restarting a worker that died: 0.5 s doubling up to 10 s.
+RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
+# Starts in a row of one worker slot that die before processing any batch, before giving up.
+MAX_FAILED_STARTS = 5
+
+
+def shares(live: Sequence[int], weights: Sequence[int]) -> dict[int, list[int]]:
+    """Which partitions each live worker slot owns. ``weights[p]``: partition p's events so far
+    (its rate, in the long run). Heaviest first, each partition goes to the slot with the least
+    weight so far (then the fewest partitions, then the lowest slot): one busy app's partition
+    does not leave a worker idle beside another with two busy ones. Equal weights (a new log)
+    give partitions round-robin."""
+    slots = sorted(live)
+    owned: dict[int, list[int]] = {slot: [] for slot in slots}
+    if not slots:
+        return owned
+    load = dict.fromkeys(slots, 0)
+    for partition in sorted(range(len(weights)), key=lambda p: (-weights[p], p)):
+        slot = min(slots, key=lambda s: (load[s], len(owned[s]), s))
+        owned[slot].append(partition)
+        load[slot] += weights[partition]
+    return {slot: sorted(partitions) for slot, partitions in owned.items()}
+
+
+class _Watched:
+    """The supervisor's view of a partition for lag: the log's head, and where the worker that
+    took it last resumed (unknown, so all of it counts as lag, until a worker reports it:
+    ``--until-idle`` must not stop before the workers have even started)."""
+
+    rewindable = False
+
+    def __init__(self, log: LocalLog, partition: int, resumed: int | None = None) -> None:
+        self._log = log
+        self._partition = partition
+        self._resumed = resumed
+
+    @property
+    def partition_id(self) -> str:
+        return str(self._partition)
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return await self._log.last_sequence_async(self._partition)
+
+    async def checkpointed_sequence(self) -> int | None:
+        return self._resumed
+
+    async def checkpoint(self, event: ReceivedEvent) -> None:
+        raise SourceError("the supervisor does not checkpoint: the partition's worker does")
+
+    async def resume_after(self, sequence: int) -> bool:
+        return False
+
+
+class _Worker:
+    """One running worker process and the pipe to it."""
+
+    def __init__(self, slot: int, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None and process.stdin is not None
+        self.slot = slot
+        self.process = process
+        self.channel = Channel(process.stdout, process.stdin)
+        self.batches = 0
+        self.finished = False
+        self.error: ErrorValue | None = None
+
+
+class WorkerPool:
+    """The supervisor: ``run(stop)`` as ``stream.processor.Processor`` has it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stats: ProcessorStats,
+        workers: int,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.settings = settings
+        self.stats = stats
+        self.workers = workers
+        self.on_status = on_status or (lambda line: logger.info(line))
+        self.live: dict[int, _Worker] = {}
+        self.restarts = 0
+        self._fatal: StreamError | None = None
+        self._log: LocalLog | None = None
+
+    def pids(self) -> dict[int, int]:
+        """Process id of each live worker slot."""
+        return {slot: worker.process.pid for slot, worker in self.live.items()}
+
+    def rss(self) -> dict[int, int]:
+        """Resident memory (bytes) of each live worker slot."""
+        sizes = {}
+        for slot, pid in self.pids().items():
+            with contextlib.suppress(psutil.Error):  # exited meanwhile
+                sizes[slot] = psutil.Process(pid).memory_info().rss
+        return sizes
+
+    async def status_line(self) -> str:
+        sizes = self.rss()
+        memory = "+".join(f"{sizes[slot] / 2**20:.0f}" for slot in sorted(sizes)) or "-"
+        return (
+            f"{await self.stats.status_line()} | workers {len(self.live)}/{self.workers} "
+            f"rss {memory} MB"
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process until ``stop`` is set, then let every worker finish and checkpoint."""
+        embedded = self.settings.embedded
+        with ProcessorLock(embedded.data_dir / "processor.lock"):
+            log = LocalLog(embedded.log_path, embedded.partitions)
+            try:
+                self._log = log
+                for partition in range(embedded.partitions):
+                    await self.stats.attach(_Watched(log, partition))
+                async with asyncio.TaskGroup() as group:
+                    reporter = group.create_task(
+                        report_status(
+                            self.status_line,
+                            self.settings.processor.status_interval_s,
+                            self.on_status,
+                            stop,
+                        )
+                    )
+                    sweeper = group.create_task(
+                        sweep_until_stopped(log, embedded.retention_hours * 3600, stop)
+                    )
+                    async with asyncio.TaskGroup() as slots:
+                        for slot in range(self.workers):
+                            slots.create_task(self._keep(slot, stop))
+                    reporter.cancel()
+                    sweeper.cancel()
+                if self._fatal is not None:
+                    raise self._fatal
+                self.on_status("stopped: " + await self.status_line())
+            finally:
+                await log.aclose()
+
+    async def _keep(self, slot: int, stop: asyncio.Event) -> None:
+        """Run a worker in ``slot`` until the stop, restarting it after a pause if it dies."""
+        failed_starts = 0
+        while not stop.is_set():
+            worker = await self._run_worker(slot, stop)
+            if worker.finished and worker.error is None and stop.is_set():
+                return
+            if worker.error is not None and not worker.error[0]:
+                # Not retryable (configuration, a log made with other settings): every worker
+                # would fail the same way; stop them all and report it.
+                self._fatal = decode_error(worker.error)
+                stop.set()
+                return
+            failed_starts = 0 if worker.batches else failed_starts + 1
+            if failed_starts >= MAX_FAILED_STARTS:
+                self._fatal = SourceError(
+                    f"processing worker {slot} failed {failed_starts} times in a row at start "
+                    f"(last exit code {worker.process.returncode})"
+                )
+                stop.set()
+                return
+            pause = RESTART_BACKOFF.delay(failed_starts)
+            logger.warning(
+                "processing worker %d exited (code %s); its partitions moved, restarting it in "
+                "%.1f s",
+                slot,
+                worker.process.returncode,
+                pause,
+            )
+            self.restarts += 1
+            await sleep_or_stop(pause, stop)
+
+    async def _run_worker(self, slot: int, stop: asyncio.Event) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "evalstream.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        worker = _Worker(slot, process)
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        worker.channel.send("start", self.settings, level, logs.chosen_format())
+        self.live[slot] = worker
+        await self._rebalance()
+        stopper = asyncio.create_task(self._forward_stop(worker, stop))
+        try:
+            while (message := await worker.channel.receive()) is not None:
+                await self._dispatch(worker, message)
+        finally:
+            stopper.cancel()
+            del self.live[slot]
+            if not stop.is_set():
+                await self._rebalance()
+            worker.channel.fail_calls()
+            if not worker.finished and process.returncode is None:
+                process.kill()
+            await asyncio.shield(process.wait())
+        return worker
+
+    async def _rebalance(self) -> None:
+        assert self._log is not None
+        weights = [
+            await self._log.last_sequence_async(partition) + 1
+            for partition in range(self.settings.embedded.partitions)
+        ]
+        for slot, owned in shares(list(self.live), weights).items():
+            worker = self.live.get(slot)
+            if worker is not None:
+                with contextlib.suppress(StreamError):  # gone: its own task notices
+                    worker.channel.send("assign", owned)
+
+    @staticmethod
+    async def _forward_stop(worker: _Worker, stop: asyncio.Event) -> None:
+        await stop.wait()
+        with contextlib.suppress(StreamError):
+            worker.channel.send("stop")
+            await worker.channel.flush()
+
+    async def _dispatch(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        stats = self.stats
+        if kind == "attached" and self._log is not None:
+            _, partition, resumed = message
+            await stats.attach(_Watched(self._log, int(partition), resumed))
+        elif kind == "batch":
+            _, partition, last, documents, codes, breaches, seconds, store, publish = message
+            worker.batches += 1
+            stats.record_counts(partition, last, documents, codes, breaches, seconds)
+            stats.store_error, stats.publish_error = store, publish
+        elif kind == "checkpointed":
+            stats.checkpointed(message[1])
+        elif kind == "failing":
+            _, what, error = message
+            if what == "store":
+                stats.store_error = error
+                stats.metrics.store_failures.inc()
+            else:
+                stats.publish_error = error
+                stats.metrics.publish_failures.inc()
+        elif kind == "finished":
+            worker.finished, worker.error = True, message[1]
+        else:
+            logger.error("unknown message from a processing worker", extra={"kind": kind})
