@@ -193,14 +193,6 @@ class SqliteFile:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_blocking, call, what)
 
-    async def run_aside(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
-        """``call(connection)`` on the worker thread even when the file is free, for a read
-        worth overlapping with the loop's own work: SQLite releases the GIL while it steps."""
-        if self._closed:
-            raise self.error_type(f"{what}: {self.path} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_blocking, call, what)
-
     def _run_without_waiting(
         self, call: Callable[[sqlite3.Connection], T], what: str
     ) -> tuple[bool, T | None]:

@@ -240,13 +240,6 @@ class LocalLog:
     async def read_async(self, partition: int, after: int, limit: int) -> list[ReceivedEvent]:
         return await self._async("read the event log", _read, partition, after, limit)
 
-    async def read_ahead(self, partition: int, after: int, limit: int) -> list[ReceivedEvent]:
-        """``read_async`` on the log's own thread: a reader that asks for its next batch
-        before it handles this one gets it while the loop works (a replay)."""
-        return await self._file.run_aside(
-            lambda connection: _read(connection, partition, after, limit), "read the event log"
-        )
-
     async def sequences_between_async(
         self, partition: int, start: datetime, end: datetime | None
     ) -> tuple[int | None, int | None]:

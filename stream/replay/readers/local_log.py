@@ -6,7 +6,6 @@ touches the log's checkpoints: positions are the replay job's.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from pathlib import Path
@@ -61,29 +60,10 @@ class LogReader:
     async def read(
         self, plan: PartitionPlan, after: int, batch_size: int
     ) -> AsyncGenerator[list[ReceivedEvent]]:
-        partition, log, last = int(plan.partition), self.log, plan.last
-        if after >= last:
-            return
-
-        def read_after(position: int) -> asyncio.Future[list[ReceivedEvent]]:
-            return asyncio.ensure_future(
-                log.read_ahead(partition, position, min(batch_size, last - position))
-            )
-
-        # The next batch is read on the log's thread while the pipeline handles this one.
-        ahead = read_after(after)
-        try:
-            while True:
-                events = await ahead
-                if not events:
-                    return  # the rest was removed by retention since the plan was made
-                after = events[-1].sequence
-                if after < last:
-                    ahead = read_after(after)
-                yield events
-                if after >= last:
-                    return
-        finally:
-            ahead.cancel()
-            if ahead.done() and not ahead.cancelled():
-                ahead.exception()  # retrieved: the reader was left early, nobody awaits it
+        partition = int(plan.partition)
+        while after < plan.last:
+            events = await self.log.read_async(partition, after, min(batch_size, plan.last - after))
+            if not events:
+                return  # the rest was removed by retention since the plan was made
+            yield events
+            after = events[-1].sequence
