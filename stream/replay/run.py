@@ -13,7 +13,7 @@ import contextlib
 import functools
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +22,7 @@ from schemas import QuarantineRecord, TelemetryDocument, TelemetryEvent
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoded, Decoder
 from stream.delivery import deliver
-from stream.pipeline import Pipeline
+from stream.pipeline import Pipeline, Prepared
 from stream.ports import CloseReason, ReceivedEvent
 from stream.replay.job import QUARANTINED, STORED, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
@@ -230,36 +230,77 @@ class Replay:
         try:
             # Closed at once when left early (Ctrl-C): a reader holds a connection per read.
             async with contextlib.aclosing(self.reader.read(plan, position, batch_size)) as batches:
-                async for events in batches:
-                    if stop.is_set() or not await self._deliver(context, events, stop):
-                        break
-                    self.on_events(len(events))
-                else:
-                    finished = not stop.is_set()
+                finished = await self._feed(context, batches, stop)
         finally:
             await self.pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
         if finished:
             await self.store.checkpoint(plan.partition, plan.last, finished=True)
         return finished
 
-    async def _deliver(
-        self, context: JobContext, events: list[ReceivedEvent], stop: asyncio.Event
+    async def _feed(
+        self,
+        context: JobContext,
+        batches: AsyncIterator[list[ReceivedEvent]],
+        stop: asyncio.Event,
     ) -> bool:
-        """Hand the batch's events of the window to the pipeline, retried as a source does;
-        False when the replay stopped before it was processed."""
-        await self.rate.take(len(events), stop)
+        """Deliver the batches in order, one at a time, transforming each while the one before
+        is still being written: a write that waits on the store's file (its WAL checkpoint
+        runs on another thread) leaves the loop free, and a replay of one partition (a file)
+        has no other partition to work on meanwhile, as the processor has. True when every
+        batch was delivered and the replay was not stopped."""
+        writing: asyncio.Task[bool] | None = None
+        written = 0  # events of the batch being written, for the progress display
+        before: Prepared | None = None
+        try:
+            async for events in batches:
+                if stop.is_set():
+                    break
+                await self.rate.take(len(events), stop)
+                window = self._in_window(events)
+                prepared = self.pipeline.prepare(context, window, before) if window else None
+                if writing is not None:
+                    if not await writing:
+                        return False
+                    self.on_events(written)
+                    writing = None
+                if prepared is None:
+                    self.on_events(len(events))
+                    continue
+                writing = asyncio.create_task(self._deliver(context, prepared, stop))
+                written, before = len(events), prepared
+                # Its turn now: a write the file takes at once is done before the next batch
+                # is read; one that has to wait lets the next batch be transformed meanwhile.
+                await asyncio.sleep(0)
+            if writing is not None:
+                if not await writing:
+                    return False
+                self.on_events(written)
+                writing = None
+        finally:
+            if writing is not None:
+                # Left by an error or a cancellation: the write in flight is abandoned, as a
+                # killed replay's is; its batch is not checkpointed and is replayed on resume.
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
+        return not stop.is_set()
+
+    def _in_window(self, events: list[ReceivedEvent]) -> list[ReceivedEvent]:
         low, high = self._enqueued_from, self._enqueued_before
-        window = [
+        return [
             event
             for event in events
             if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
         ]
-        if not window:
-            return True
+
+    async def _deliver(self, context: JobContext, prepared: Prepared, stop: asyncio.Event) -> bool:
+        """Hand a batch of the window to the pipeline, retried as a source does; False when the
+        replay stopped before it was processed."""
+        events = prepared.events
         return await deliver(
-            functools.partial(self.pipeline.on_batch, context, window),
+            functools.partial(self.pipeline.on_batch, context, events, prepared),
             partition_id=context.partition_id,
-            first_sequence=window[0].sequence,
+            first_sequence=events[0].sequence,
             closing=lambda: False,
             stop=stop,
         )
