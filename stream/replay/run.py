@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +26,10 @@ from stream.pipeline import Pipeline, Prepared
 from stream.ports import CloseReason, ReceivedEvent
 from stream.replay.job import QUARANTINED, STORED, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
+
+# Batches a replay partition may hold transformed while one is being written: enough to cover
+# a WAL checkpoint of the store (10,000 rows, tens of ms) with transforms of ~1,000 events.
+AHEAD = 3
 
 
 class RangeDecoder(Decoder):
@@ -243,41 +247,53 @@ class Replay:
         batches: AsyncIterator[list[ReceivedEvent]],
         stop: asyncio.Event,
     ) -> bool:
-        """Deliver the batches in order, one at a time, transforming each while the one before
-        is still being written: a write that waits on the store's file (its WAL checkpoint
-        runs on another thread) leaves the loop free, and a replay of one partition (a file)
-        has no other partition to work on meanwhile, as the processor has. True when every
-        batch was delivered and the replay was not stopped."""
+        """Deliver the batches in order, one at a time, transforming the next ones while one is
+        being written: a write that waits on the store's file (its WAL checkpoint runs on
+        another thread) leaves the loop free, and a replay of one partition (a file) has no
+        other partition to work on meanwhile, as the processor has. At most ``AHEAD`` batches
+        wait transformed. True when every batch was delivered and the replay not stopped."""
         writing: asyncio.Task[bool] | None = None
         written = 0  # events of the batch being written, for the progress display
-        before: Prepared | None = None
+        # Batches read: their events of the window, those transformed (None: not done), sizes.
+        ahead: deque[tuple[list[ReceivedEvent], Prepared | None, int]] = deque()
+
+        async def turn() -> bool:
+            """Wait for the write in flight, then start the next batch's; False: stopped."""
+            nonlocal writing, written
+            if writing is not None:
+                if not await writing:
+                    return False
+                self.on_events(written)
+                writing = None
+            if ahead:
+                window, prepared, written = ahead.popleft()
+                if not window:
+                    self.on_events(written)
+                    return True
+                writing = asyncio.create_task(self._deliver(context, window, prepared, stop))
+                # Its turn now: a write the file takes at once is done before the next batch
+                # is read; one that has to wait lets the next ones be transformed.
+                await asyncio.sleep(0)
+            return True
+
+        last: Prepared | None = None
         try:
             async for events in batches:
                 if stop.is_set():
                     break
                 await self.rate.take(len(events), stop)
                 window = self._in_window(events)
-                prepared = self.pipeline.prepare(context, window, before) if window else None
-                if writing is not None:
-                    if not await writing:
+                last = self._prepare(context, window, last) if window else last
+                ahead.append((window, last if window else None, len(events)))
+                # Read and transform more while a write is in flight, unless enough wait.
+                while ahead and (writing is None or writing.done() or len(ahead) >= AHEAD):
+                    if not await turn():
                         return False
-                    self.on_events(written)
-                    writing = None
-                if prepared is None:
-                    self.on_events(len(events))
-                    continue
-                writing = asyncio.create_task(self._deliver(context, prepared, stop))
-                written, before = len(events), prepared
-                # Its turn now: a write the file takes at once is done before the next batch
-                # is read; one that has to wait lets the next batch be transformed meanwhile.
-                await asyncio.sleep(0)
-            if writing is not None:
-                if not await writing:
+            while (writing is not None or ahead) and not (stop.is_set() and writing is None):
+                if not await turn():
                     return False
-                self.on_events(written)
-                writing = None
         finally:
-            if writing is not None:
+            if writing is not None and not writing.done():
                 # Left by an error or a cancellation: the write in flight is abandoned, as a
                 # killed replay's is; its batch is not checkpointed and is replayed on resume.
                 writing.cancel()
@@ -293,10 +309,26 @@ class Replay:
             if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
         ]
 
-    async def _deliver(self, context: JobContext, prepared: Prepared, stop: asyncio.Event) -> bool:
+    def _prepare(
+        self, context: JobContext, events: list[ReceivedEvent], after: Prepared | None
+    ) -> Prepared | None:
+        """``events`` transformed ahead, or None when that failed: the pipeline transforms
+        them again in their turn, where a failure is dealt with as live (the batch split until
+        the events that fail are found and quarantined)."""
+        try:
+            return self.pipeline.prepare(context, events, after)
+        except Exception:
+            return None
+
+    async def _deliver(
+        self,
+        context: JobContext,
+        events: list[ReceivedEvent],
+        prepared: Prepared | None,
+        stop: asyncio.Event,
+    ) -> bool:
         """Hand a batch of the window to the pipeline, retried as a source does; False when the
         replay stopped before it was processed."""
-        events = prepared.events
         return await deliver(
             functools.partial(self.pipeline.on_batch, context, events, prepared),
             partition_id=context.partition_id,

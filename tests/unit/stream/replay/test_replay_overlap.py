@@ -8,10 +8,11 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from schemas import AppDirectory, QuarantineRecord, TelemetryDocument
+from schemas import AppDirectory, QuarantineRecord, TelemetryDocument, TelemetryEvent
 from store.ports import StateSnapshot
 from stream.decode import Decoder
 from stream.enrich import Enricher
@@ -19,17 +20,17 @@ from stream.pipeline import Pipeline, Prepared
 from stream.ports import PartitionContext, ReceivedEvent
 from stream.replay.job import JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, Window
-from stream.replay.run import JobContext, JobStore, RateLimit, Replay
+from stream.replay.run import AHEAD, JobContext, JobStore, RateLimit, Replay
 from stream.stats import ProcessorStats
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
-def received(i: int, seconds: int | None = None) -> ReceivedEvent:
+def received(i: int, seconds: int | None = None, trace: str | None = None) -> ReceivedEvent:
     """Event ``i`` of partition 0, enqueued at its event time ``seconds`` after T0 (default
     ``i``)."""
     at = T0 + timedelta(seconds=i if seconds is None else seconds)
-    body = orjson.dumps({"app_id": "a", "timestamp": at.isoformat(), "trace_id": f"t{i}"})
+    body = orjson.dumps({"app_id": "a", "timestamp": at.isoformat(), "trace_id": trace or f"t{i}"})
     return ReceivedEvent(body, "0", i, at, str(i))
 
 
@@ -40,14 +41,16 @@ class SlowStore:
     def __init__(self, log: list[str]) -> None:
         self.log = log
         self.documents: dict[str, TelemetryDocument] = {}
+        self.quarantined: list[QuarantineRecord] = []
 
     async def write(
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
     ) -> list[TelemetryDocument]:
-        first = documents[0].ingest.sequence
+        first = documents[0].ingest.sequence if documents else "quarantine"
         self.log.append(f"write {first}")
         await asyncio.sleep(0.01)
         self.documents.update((doc.id, doc) for doc in documents)
+        self.quarantined.extend(quarantined)
         self.log.append(f"written {first}")
         return []
 
@@ -58,12 +61,21 @@ class SlowStore:
         raise AssertionError("a replay's snapshots go to its job")
 
 
+class FailingEnricher(Enricher):
+    """Fails on events of trace ``poison``, as a bug in enrichment would."""
+
+    def document(self, event: TelemetryEvent, *args: Any) -> TelemetryDocument:
+        if event.trace_id == "poison":
+            raise ValueError("enrichment bug")
+        return super().document(event, *args)
+
+
 class LoggingPipeline(Pipeline):
     def __init__(self, store: JobStore, log: list[str]) -> None:
         super().__init__(
             store=store,
             decoder=Decoder(),
-            enricher=Enricher(AppDirectory(), b"k", "local"),
+            enricher=FailingEnricher(AppDirectory(), b"k", "local"),
             consumer_group="replay",
             lateness=timedelta(seconds=60),
             checkpoint_interval_s=0,
@@ -110,7 +122,7 @@ async def replay(tmp_path: Path, events: list[ReceivedEvent]) -> tuple[list[str]
     plans = await reader.plan(Window(T0 - timedelta(days=1), T0 + timedelta(days=1)), timedelta())
     job.create(b"{}", plans)
     store = SlowStore(log)
-    job_store = JobStore(job, store, shadow=False)  # type: ignore[arg-type]
+    job_store = JobStore(job, store, shadow=False)
     run = Replay(
         reader=reader,
         pipeline=LoggingPipeline(job_store, log),
@@ -125,16 +137,31 @@ async def replay(tmp_path: Path, events: list[ReceivedEvent]) -> tuple[list[str]
     return log, store
 
 
-async def test_the_next_batch_is_transformed_while_a_write_waits(tmp_path: Path) -> None:
-    log, store = await replay(tmp_path, [received(i) for i in range(30)])
-    # Batch 10-19 is transformed while 0-9 is being written; each write starts after the one
-    # before ended, and each checkpoint follows the write it covers.
-    assert log[:4] == ["prepare 0", "write 0", "prepare 10", "written 0"]
-    assert [entry for entry in log if not entry.startswith("prepare")] == [
-        "write 0", "written 0", "checkpoint 9", "write 10", "written 10", "checkpoint 19",
-        "write 20", "written 20", "checkpoint 29", "checkpoint 29",
+async def test_the_next_batches_are_transformed_while_a_write_waits(tmp_path: Path) -> None:
+    log, store = await replay(tmp_path, [received(i) for i in range(60)])
+    # Batches 10-19 to 30-39 are transformed while 0-9 is being written (no more: AHEAD);
+    # each write starts after the one before ended, each checkpoint follows the write it
+    # covers.
+    assert log[: log.index("written 0")] == [
+        "prepare 0", "write 0", "prepare 10", "prepare 20", "prepare 30"
     ]  # fmt: skip
-    assert len(store.documents) == 30
+    assert AHEAD == 3
+    assert [entry for entry in log if not entry.startswith("prepare")] == [
+        step
+        for first in range(0, 60, 10)
+        for step in (f"write {first}", f"written {first}", f"checkpoint {first + 9}")
+    ] + ["checkpoint 59"]
+    assert len(store.documents) == 60
+
+
+async def test_an_event_that_fails_its_transform_ahead_is_quarantined_as_live(
+    tmp_path: Path,
+) -> None:
+    events = [received(i, trace="poison" if i == 15 else None) for i in range(60)]
+    _, store = await replay(tmp_path, events)
+    assert [record.issues[0].code for record in store.quarantined] == ["processing_error"]
+    assert store.quarantined[0].sequence == 15
+    assert len(store.documents) == 59
 
 
 async def test_a_batch_prepared_from_a_watermark_that_moved_is_transformed_again(
@@ -144,7 +171,7 @@ async def test_a_batch_prepared_from_a_watermark_that_moved_is_transformed_again
     job = JobFile(tmp_path / "job.db")
     job.create(b"{}", [PartitionPlan("0", -1, 1)])
     store = SlowStore(log)
-    job_store = JobStore(job, store, shadow=False)  # type: ignore[arg-type]
+    job_store = JobStore(job, store, shadow=False)
     pipeline = LoggingPipeline(job_store, log)
     context = JobContext(job_store, PartitionPlan("0", -1, 1), -1)
     await pipeline.on_partition_initialize(context)
