@@ -45,10 +45,6 @@ _TRANSIENT = ("locked", "busy", "disk is full", "disk i/o error", "unable to ope
 CHECKPOINT_EVERY_CHANGES = 10_000
 
 
-def _nothing() -> None:
-    """Queued on a file's worker thread: done once everything given to it before is."""
-
-
 def connect(
     path: Path,
     *,
@@ -183,28 +179,18 @@ class SqliteFile:
             return result
 
     async def run(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
-        """``call(connection)`` without blocking the event loop: here if the file is free now
-        or once this file's worker thread is done with it (a WAL checkpoint, most likely),
-        else (another process holds the file) on the worker thread."""
+        """``call(connection)`` without blocking the event loop: here if the file is free now,
+        else on the worker thread."""
         if self._closed:
             raise self.error_type(f"{what}: {self.path} is closed")
+        if self._lock.acquire(blocking=False):
+            try:
+                done, result = self._run_without_waiting(call, what)
+            finally:
+                self._lock.release()
+            if done:
+                return result  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
-        for waited in (False, True):
-            if self._lock.acquire(blocking=False):
-                try:
-                    done, result = self._run_without_waiting(call, what)
-                finally:
-                    self._lock.release()
-                if done:
-                    return result  # type: ignore[return-value]
-                break
-            if waited:
-                break
-            # The worker thread has the file (the loop thread never holds the lock across an
-            # await). Wait for it to finish what it was given, then run here: run there, the
-            # call would compete for the GIL with what the loop does meanwhile (a replay
-            # transforms its next batches) at a hand-off per row, much slower and costlier.
-            await loop.run_in_executor(self._executor, _nothing)
         return await loop.run_in_executor(self._executor, self.run_blocking, call, what)
 
     def _run_without_waiting(

@@ -42,20 +42,6 @@ class _Partition:
     last_checkpoint: float = field(default_factory=time.monotonic)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A batch transformed ahead of its turn (a replay transforms batch N+1 while batch N's
-    write waits for the file), from the watermark it would start from: used by ``on_batch``
-    only if the partition's watermark is still that one when the batch's turn comes, since
-    the transform depends on nothing else (the batch is its own list: the same object)."""
-
-    events: list[ReceivedEvent]
-    watermark_before: datetime | None
-    documents: list[TelemetryDocument]
-    quarantined: list[QuarantineRecord]
-    watermark: datetime | None
-
-
 def is_transient(exc: BaseException) -> bool:
     """A failure the same batch may not meet again: the store said so (unavailable,
     throttled), or the connection to it broke."""
@@ -169,32 +155,11 @@ class Pipeline:
             extra={"partition": context.partition_id},
         )
 
-    def prepare(
-        self, context: PartitionContext, events: list[ReceivedEvent], after: Prepared | None
-    ) -> Prepared:
-        """Transform ``events`` now, for an ``on_batch`` that follows the batch ``after`` (None:
-        the next batch): CPU work only, no state changes, so it can run while the previous
-        batch's write waits on the store's file."""
-        base = (
-            after.watermark
-            if after is not None
-            else self._partitions[context.partition_id].watermark
-        )
-        documents, quarantined, watermark = self._transform(base, events, datetime.now(UTC))
-        return Prepared(events, base, documents, quarantined, watermark)
-
-    async def on_batch(
-        self,
-        context: PartitionContext,
-        events: list[ReceivedEvent],
-        prepared: Prepared | None = None,
-    ) -> None:
+    async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         with log_context(partition=context.partition_id):
-            await self._on_batch(context, events, prepared)
+            await self._on_batch(context, events)
 
-    async def _on_batch(
-        self, context: PartitionContext, events: list[ReceivedEvent], prepared: Prepared | None
-    ) -> None:
+    async def _on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         started = time.perf_counter()
         state = self._partitions[context.partition_id]
         now = datetime.now(UTC)
@@ -206,7 +171,7 @@ class Pipeline:
                 return
         watermark = state.watermark
         try:
-            documents, quarantined = await self._store(state, events, now, prepared)
+            documents, quarantined = await self._store(state, events, now)
             self.stats.store_error = None
             detecting = time.perf_counter()
             state.outbox.extend(self._detect(state, documents))
@@ -278,11 +243,7 @@ class Pipeline:
         )
 
     async def _store(
-        self,
-        state: _Partition,
-        events: list[ReceivedEvent],
-        now: datetime,
-        prepared: Prepared | None = None,
+        self, state: _Partition, events: list[ReceivedEvent], now: datetime
     ) -> tuple[list[TelemetryDocument], list[QuarantineRecord]]:
         """Transform and durably write the events; the watermark moves only once they are
         written. A failure that is not transient splits the batch until the events that fail
@@ -290,7 +251,7 @@ class Pipeline:
         so no event can stop a partition. A transient one (store unavailable, throttled)
         fails the batch, which the source delivers again."""
         try:
-            return await self._write(state, events, now, prepared)
+            return await self._write(state, events, now)
         except Exception as exc:
             if is_not_the_events(exc):
                 self.stats.store_failed(exc)
@@ -309,22 +270,9 @@ class Pipeline:
         return first_documents + documents, first_quarantined + quarantined
 
     async def _write(
-        self,
-        state: _Partition,
-        events: list[ReceivedEvent],
-        now: datetime,
-        prepared: Prepared | None = None,
+        self, state: _Partition, events: list[ReceivedEvent], now: datetime
     ) -> tuple[list[TelemetryDocument], list[QuarantineRecord]]:
-        if (
-            prepared is not None
-            and prepared.events is events
-            and prepared.watermark_before == state.watermark
-        ):
-            # Copies: a failed attempt must leave the prepared lists as they were for the next.
-            documents, quarantined = list(prepared.documents), list(prepared.quarantined)
-            watermark = prepared.watermark
-        else:
-            documents, quarantined, watermark = self._transform(state.watermark, events, now)
+        documents, quarantined, watermark = self._transform(state.watermark, events, now)
         conflicts = await self.store.write(documents, quarantined)
         if conflicts:
             documents, refused = self._refuse(documents, conflicts, now)

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -22,14 +22,10 @@ from schemas import QuarantineRecord, TelemetryDocument, TelemetryEvent
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoded, Decoder
 from stream.delivery import deliver
-from stream.pipeline import Pipeline, Prepared
+from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
 from stream.replay.job import QUARANTINED, STORED, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
-
-# Batches a replay partition may hold transformed while one is being written: enough to cover
-# a WAL checkpoint of the store (10,000 rows, tens of ms) with transforms of ~1,000 events.
-AHEAD = 3
 
 
 class RangeDecoder(Decoder):
@@ -234,105 +230,36 @@ class Replay:
         try:
             # Closed at once when left early (Ctrl-C): a reader holds a connection per read.
             async with contextlib.aclosing(self.reader.read(plan, position, batch_size)) as batches:
-                finished = await self._feed(context, batches, stop)
+                async for events in batches:
+                    if stop.is_set() or not await self._deliver(context, events, stop):
+                        break
+                    self.on_events(len(events))
+                else:
+                    finished = not stop.is_set()
         finally:
             await self.pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
         if finished:
             await self.store.checkpoint(plan.partition, plan.last, finished=True)
         return finished
 
-    async def _feed(
-        self,
-        context: JobContext,
-        batches: AsyncIterator[list[ReceivedEvent]],
-        stop: asyncio.Event,
+    async def _deliver(
+        self, context: JobContext, events: list[ReceivedEvent], stop: asyncio.Event
     ) -> bool:
-        """Deliver the batches in order, one at a time, transforming the next ones while one is
-        being written: a write that waits on the store's file (its WAL checkpoint runs on
-        another thread) leaves the loop free, and a replay of one partition (a file) has no
-        other partition to work on meanwhile, as the processor has. At most ``AHEAD`` batches
-        wait transformed. True when every batch was delivered and the replay not stopped."""
-        writing: asyncio.Task[bool] | None = None
-        written = 0  # events of the batch being written, for the progress display
-        # Batches read: their events of the window, those transformed (None: not done), sizes.
-        ahead: deque[tuple[list[ReceivedEvent], Prepared | None, int]] = deque()
-
-        async def turn() -> bool:
-            """Wait for the write in flight, then start the next batch's; False: stopped."""
-            nonlocal writing, written
-            if writing is not None:
-                if not await writing:
-                    return False
-                self.on_events(written)
-                writing = None
-            if ahead:
-                window, prepared, written = ahead.popleft()
-                if not window:
-                    self.on_events(written)
-                    return True
-                writing = asyncio.create_task(self._deliver(context, window, prepared, stop))
-                # Its turn now: a write the file takes at once is done before the next batch
-                # is read; one that has to wait lets the next ones be transformed.
-                await asyncio.sleep(0)
-            return True
-
-        last: Prepared | None = None
-        try:
-            async for events in batches:
-                if stop.is_set():
-                    break
-                await self.rate.take(len(events), stop)
-                window = self._in_window(events)
-                last = self._prepare(context, window, last) if window else last
-                ahead.append((window, last if window else None, len(events)))
-                # Read and transform more while a write is in flight, unless enough wait.
-                while ahead and (writing is None or writing.done() or len(ahead) >= AHEAD):
-                    if not await turn():
-                        return False
-            while (writing is not None or ahead) and not (stop.is_set() and writing is None):
-                if not await turn():
-                    return False
-        finally:
-            if writing is not None and not writing.done():
-                # Left by an error or a cancellation: the write in flight is abandoned, as a
-                # killed replay's is; its batch is not checkpointed and is replayed on resume.
-                writing.cancel()
-                with contextlib.suppress(BaseException):
-                    await writing
-        return not stop.is_set()
-
-    def _in_window(self, events: list[ReceivedEvent]) -> list[ReceivedEvent]:
+        """Hand the batch's events of the window to the pipeline, retried as a source does;
+        False when the replay stopped before it was processed."""
+        await self.rate.take(len(events), stop)
         low, high = self._enqueued_from, self._enqueued_before
-        return [
+        window = [
             event
             for event in events
             if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
         ]
-
-    def _prepare(
-        self, context: JobContext, events: list[ReceivedEvent], after: Prepared | None
-    ) -> Prepared | None:
-        """``events`` transformed ahead, or None when that failed: the pipeline transforms
-        them again in their turn, where a failure is dealt with as live (the batch split until
-        the events that fail are found and quarantined)."""
-        try:
-            return self.pipeline.prepare(context, events, after)
-        except Exception:
-            return None
-
-    async def _deliver(
-        self,
-        context: JobContext,
-        events: list[ReceivedEvent],
-        prepared: Prepared | None,
-        stop: asyncio.Event,
-    ) -> bool:
-        """Hand a batch of the window to the pipeline, retried as a source does; False when the
-        replay stopped before it was processed."""
+        if not window:
+            return True
         return await deliver(
-            functools.partial(self.pipeline.on_batch, context, events, prepared),
+            functools.partial(self.pipeline.on_batch, context, window),
             partition_id=context.partition_id,
-            first_sequence=events[0].sequence,
+            first_sequence=window[0].sequence,
             closing=lambda: False,
             stop=stop,
         )
