@@ -127,10 +127,7 @@ class SqliteFile:
     same work on the loop thread (measured, bench/results/layout_processor.md).
     ``run_blocking`` does the work on the calling thread for sync callers. Both map ``sqlite3``
     errors to ``error_type`` (passing causes to ``transient_type``, if given). WAL checkpoints
-    run on the worker thread (or the sync caller's), never inside a call made from the loop;
-    the worker's run on a connection of their own, so calls from the loop go on meanwhile (a
-    passive checkpoint lets writers write) instead of waiting the tens of ms it takes to copy
-    10-20 MB and sync: a replay of one file has nothing else to do while it waits.
+    run on the worker thread (or the sync caller's), never inside a call made from the loop.
     Closing twice is harmless; use after close raises.
     """
 
@@ -153,9 +150,6 @@ class SqliteFile:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._closed = False
         self._checkpoint_queued = False
-        # The worker's checkpoints: their own connection (opened on first use), their own lock.
-        self._checkpoint_lock = threading.Lock()
-        self._checkpointer: sqlite3.Connection | None = None
         connection: sqlite3.Connection | None = None
         try:
             connection = connect(
@@ -247,27 +241,16 @@ class SqliteFile:
             log.warning("checkpoint of %s failed: %s", self.path, exc)
 
     def _queue_checkpoint_if_due(self) -> None:
-        """Called holding the lock, on the loop thread."""
         if self._checkpoint_queued or not self._checkpoint_due():
             return
         self._checkpoint_queued = True
-        self._changes_at_checkpoint = self._connection.total_changes
         self._executor.submit(self._checkpoint_on_worker)
 
     def _checkpoint_on_worker(self) -> None:
-        """A passive WAL checkpoint on the checkpoint connection; the main one stays free."""
-        with self._checkpoint_lock:
+        with self._lock:
             self._checkpoint_queued = False
-            if self._closed:
-                return
-            try:
-                if self._checkpointer is None:
-                    self._checkpointer = connect(self.path, check_same_thread=False)
-                    self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:
-                # The WAL keeps the data; the next checkpoint (or closing) copies it over.
-                log.warning("checkpoint of %s failed: %s", self.path, exc)
+            if not self._closed:
+                self._checkpoint_if_due()
 
     def close(self) -> None:
         with self._lock:
@@ -275,10 +258,6 @@ class SqliteFile:
                 return
             self._closed = True
             self._connection.close()
-        with self._checkpoint_lock:
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
         self._executor.shutdown(wait=False)
 
     async def aclose(self) -> None:
