@@ -303,17 +303,21 @@ def sustained_table(
             for elapsed, count, rss in samples
         ),
         "",
-        *trend_lines(samples),
+        *trend_lines(samples, 60.0),
+        "",
+        *trend_lines(samples, seconds / 2),
     ]
 
 
-def trend_lines(samples: list[tuple[float, int, list[int]]], warm_up_s: float = 60.0) -> list[str]:
+def trend_lines(samples: list[tuple[float, int, list[int]]], warm_up_s: float) -> list[str]:
     """Per worker, after the warm-up: the RSS range and its least-squares trend in MB per
-    minute (what "flat" means here: a trend near zero and a range of a few MB)."""
+    minute (what "flat" means here: a trend near zero and a range of a few MB). Printed after
+    the first minute and over the second half of the run: the page caches and the allocator's
+    per-thread arenas fill over the first minutes."""
     steady = [(elapsed, rss) for elapsed, _, rss in samples if elapsed > warm_up_s]
     if len(steady) < 3 or len({len(rss) for _, rss in steady}) != 1:
         return ["Too few samples after the warm-up for a trend."]
-    lines = [f"After the first {warm_up_s:g} s (warm-up: caches filling), per worker:", ""]
+    lines = [f"After the first {warm_up_s:g} s, per worker:", ""]
     for worker in range(len(steady[0][1])):
         times = [elapsed / 60 for elapsed, _ in steady]
         sizes = [rss[worker] / 2**20 for _, rss in steady]
