@@ -45,8 +45,7 @@ _TRANSIENT = ("locked", "busy", "disk is full", "disk i/o error", "unable to ope
 
 # Rows changed between two WAL checkpoints. SQLite's own automatic checkpoint (1,000 pages) runs
 # inside whichever commit crosses it, fsync included; ``SqliteFile`` turns it off and runs the
-# checkpoint itself, on a connection and thread of its own, after about as much work (~1-2 KB
-# rows: 10-20 MB).
+# checkpoint itself on its worker thread after about as much work (~1-2 KB rows: 10-20 MB).
 CHECKPOINT_EVERY_CHANGES = 10_000
 
 
@@ -128,10 +127,7 @@ class SqliteFile:
     same work on the loop thread (measured, bench/results/layout_processor.md).
     ``run_blocking`` does the work on the calling thread for sync callers. Both map ``sqlite3``
     errors to ``error_type`` (passing causes to ``transient_type``, if given). WAL checkpoints
-    run on a connection and thread of their own: copying 10-20 MB of WAL into the file, fsync
-    included, takes tens of milliseconds, which calls need not wait for (a passive checkpoint
-    lets writers go on). Before, a write arriving during one waited for it: the ingest's
-    slowest requests and the replay's stalls.
+    run on the worker thread (or the sync caller's), never inside a call made from the loop.
     Closing twice is harmless; use after close raises.
     """
 
@@ -154,12 +150,6 @@ class SqliteFile:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._closed = False
         self._checkpoint_queued = False
-        self._checkpointer = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"sqlite-checkpoint-{path.name}"
-        )
-        # Opened on first use, on the checkpointer's thread.
-        self._checkpoint_connection: sqlite3.Connection | None = None
-        self._page_size, self._synchronous = page_size, synchronous
         connection: sqlite3.Connection | None = None
         try:
             connection = connect(
@@ -172,7 +162,6 @@ class SqliteFile:
             if connection is not None:
                 connection.close()
             self._executor.shutdown(wait=False)
-            self._checkpointer.shutdown(wait=False)
             raise map_error(exc, f"opening {path}", error_type, transient_type) from exc
         self._connection = connection
         self._changes_at_checkpoint = connection.total_changes
@@ -190,7 +179,7 @@ class SqliteFile:
                 result = call(self._connection)
             except sqlite3.Error as exc:
                 raise self._error(exc, what) from exc
-            self._queue_checkpoint_if_due()
+            self._checkpoint_if_due()
             return result
 
     async def run(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
@@ -240,39 +229,34 @@ class SqliteFile:
             self._connection.total_changes - self._changes_at_checkpoint >= CHECKPOINT_EVERY_CHANGES
         )
 
+    def _checkpoint_if_due(self) -> None:
+        """A passive WAL checkpoint, on this (non-loop) thread; called holding the lock."""
+        if not self._checkpoint_due() or self._connection.in_transaction:
+            return
+        self._changes_at_checkpoint = self._connection.total_changes
+        try:
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            # The WAL keeps the data; the next checkpoint (or closing) copies it over.
+            log.warning("checkpoint of %s failed: %s", self.path, exc)
+
     def _queue_checkpoint_if_due(self) -> None:
         if self._checkpoint_queued or not self._checkpoint_due():
             return
         self._checkpoint_queued = True
-        self._changes_at_checkpoint = self._connection.total_changes
-        self._checkpointer.submit(self._checkpoint)
+        self._executor.submit(self._checkpoint_on_worker)
 
-    def _checkpoint(self) -> None:
-        """A passive WAL checkpoint on the checkpointer's own connection."""
-        try:
-            if self._closed:
-                return
-            if self._checkpoint_connection is None:
-                self._checkpoint_connection = connect(
-                    self.path, page_size=self._page_size, synchronous=self._synchronous
-                )
-            self._checkpoint_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:
-            # The WAL keeps the data; the next checkpoint (or closing) copies it over.
-            log.warning("checkpoint of %s failed: %s", self.path, exc)
-        finally:
+    def _checkpoint_on_worker(self) -> None:
+        with self._lock:
             self._checkpoint_queued = False
+            if not self._closed:
+                self._checkpoint_if_due()
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            # The checkpoint connection closes first: the last connection to close a WAL file
-            # checkpoints it whole.
-            self._checkpointer.shutdown(wait=True)
-            if self._checkpoint_connection is not None:
-                self._checkpoint_connection.close()
             self._connection.close()
         self._executor.shutdown(wait=False)
 
