@@ -20,6 +20,10 @@ from stream.ports import ReceivedEvent
 from stream.sources.local_log import LocalLog
 
 PARTITIONS = 4
+# Processing in the command's own process (``--workers 1``): a worker process costs each run
+# an interpreter importing the pipeline. Tests about worker processes ask for them
+# (``EVALSTREAM_EMBEDDED__WORKERS`` in their env wins over this).
+IN_PROCESS = {"EVALSTREAM_EMBEDDED__WORKERS": "1"}
 
 
 @dataclass
@@ -76,7 +80,7 @@ def start_processor(data_dir: Path, env: dict[str, str], *extra: str) -> subproc
     # Its own process group: a hard kill takes its worker processes too (``kill_hard``).
     return subprocess.Popen(
         processor_command(data_dir, *extra),
-        env={**os.environ, **env},
+        env={**os.environ, **IN_PROCESS, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

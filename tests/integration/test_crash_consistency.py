@@ -8,6 +8,7 @@ import asyncio
 import random
 import shutil
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from stream.producers.simulator import Incident, Simulator
 from tests.integration.processor_harness import (
+    Expected,
     checkpoints,
     drain_breaches,
     kill_at_points,
@@ -91,21 +93,39 @@ def kill_between_snapshot_and_checkpoint(data_dir: Path, point: int, env: dict[s
     assert process.returncode == -9
 
 
+@dataclass(frozen=True)
+class Reference:
+    log_dir: Path  # the appended log, not processed
+    expected: Expected
+    data_dir: Path  # the uninterrupted run over a copy of it
+    breaches: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """The log, and the uninterrupted run over a copy of it, once for the module: each variant
+    below processes its own copy of the same log (enqueued times included)."""
+    log_dir = tmp_path_factory.mktemp("log")
+    expected = prepare(log_dir, simulated_bodies(seed=20261122))
+    reference_dir = tmp_path_factory.mktemp("reference", numbered=True) / "data"
+    shutil.copytree(log_dir, reference_dir)
+    # The reference runs in one process: worker processes must give exactly its results.
+    run_until_idle(reference_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "1"})
+    breaches = dict(asyncio.run(drain_breaches(reference_dir)))
+    assert len(breaches) >= 2  # the incidents opened breaches: the hot path ran
+    assert len(expected.quarantine) >= 0.04 * EVENTS  # the stream really contains bad input
+    return Reference(log_dir, expected, reference_dir, breaches)
+
+
 # One process, and worker processes (the kills take the supervisor and every worker at once).
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(
-    tmp_path: Path, workers: str
+    tmp_path: Path, workers: str, reference: Reference
 ) -> None:
     env = {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": workers}
-    data_dir, reference_dir = tmp_path / "data", tmp_path / "reference"
-    bodies = simulated_bodies(seed=20261122)
-    expected = prepare(data_dir, bodies)
-    shutil.copytree(data_dir, reference_dir)  # the same log, enqueued times included
-    # The reference runs in one process: worker processes must give exactly its results.
-    run_until_idle(reference_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "1"})
-    reference_breaches = dict(asyncio.run(drain_breaches(reference_dir)))
-    assert len(reference_breaches) >= 2  # the incidents opened breaches: the hot path ran
-    assert len(expected.quarantine) >= 0.04 * EVENTS  # the stream really contains bad input
+    data_dir, reference_dir = tmp_path / "data", reference.data_dir
+    shutil.copytree(reference.log_dir, data_dir)  # the same log, enqueued times included
+    expected, reference_breaches = reference.expected, reference.breaches
     total = len(expected.telemetry) + len(expected.quarantine)
 
     rng = random.Random(7)

@@ -156,8 +156,16 @@ def test_log_format_json_gives_only_json_lines_with_component_and_partition(
     event = {"app_id": "a1", "timestamp": when, "trace_id": "x1", "user_id": "u-secret-7"}
     sent = evalstream("send", "-", "--data-dir", str(data_dir), stdin=json.dumps(event).encode())
     assert sent.returncode == 0, sent.stderr.decode()
+    # Two worker processes: their log set-up comes over the pipe, their lines must be JSON too.
     process = start_processor(
-        data_dir, ENV, "--until-idle", "0.5", "--log-format", "json", "--log-level", "INFO"
+        data_dir,
+        {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "2"},
+        "--until-idle",
+        "0.5",
+        "--log-format",
+        "json",
+        "--log-level",
+        "INFO",
     )
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output.decode()
