@@ -1,17 +1,18 @@
-"""HTTP ingest while the processor runs: ingest in the processor's own process (as before issue
-15) against ingest in worker processes of its own, on this machine's cores.
+"""HTTP ingest while the processor runs: everything in one process (as before issue 15) against
+ingest in worker processes of its own beside the processing workers, on this machine's cores.
 
 Run: ``python -m bench.ingest [--seconds S] [--repeats R] [--workers 1,2]``. Each run starts
-``evalstream process --ingest --ingest-workers K`` (default settings: hot path on, 4 partitions)
-on a fresh data dir; ``--clients`` closed-loop HTTP/1.1 keep-alive connections then post
-``--batch``-event bodies of simulated ~1.2 KB events (each event once) for ``--seconds``. The
-clients are raw asyncio streams writing pre-built requests, so they cost the machine little and
-the same in every configuration. Measured per run: events answered 202 per second, request
+``evalstream process --ingest --ingest-workers K`` (default settings: hot path on, 4 partitions;
+``--workers 1 --ingest-workers 0`` for "before", the default one processing worker per core
+otherwise) on a fresh data dir; ``--clients`` closed-loop HTTP/1.1 keep-alive connections then
+post ``--batch``-event bodies of simulated ~1.2 KB events (each event once) for ``--seconds``.
+The clients are raw asyncio streams writing pre-built requests, so they cost the machine little
+and the same in every configuration. Measured per run: events answered 202 per second, request
 latency (p50, p99), events the processor processed per second in the same window, its backlog
 (its lag gauge summed over partitions, from ``/metrics`` every 0.25 s), how long it needs to
-catch up after the clients stop, and the CPU of the processor's process and of the ingest
-workers per accepted event. Configurations alternate within each repeat (order rotated);
-results are medians, written to bench/results/ingest.md.
+catch up after the clients stop, and the CPU per accepted event of the command's process, of
+its processing workers and of its ingest workers. Configurations alternate within each repeat
+(order rotated); results are medians, written to bench/results/ingest.md.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Run:
     backlog: list[int] = field(default_factory=list)
     catch_up_s: float = 0.0
     processor_cpu_s: float = 0.0
+    processing_cpu_s: float = 0.0
     workers_cpu_s: float = 0.0
     exhausted: bool = False
 
@@ -167,8 +169,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def _workers(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def _children(pid: int) -> tuple[list[int], list[int]]:
+    """The command's processing workers and its ingest workers, by their module."""
+    processing, ingest = [], []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        (ingest if b"evalstream.ingest_worker" in command else processing).append(int(child))
+    return processing, ingest
 
 
 def _free_port() -> int:
@@ -200,20 +207,27 @@ async def one_run(
 ) -> Run:
     data_dir = Path(tempfile.mkdtemp(dir=scratch))
     port = _free_port()
+    # Before issue 15 everything ran in the command's one process; after it, processing runs
+    # in worker processes (one per core, the default) beside the ingest workers.
+    processing_workers = "1" if workers == 0 else str(os.cpu_count() or 1)
     command = [
         sys.executable, "-m", "evalstream", "process", "--data-dir", str(data_dir),
         "--ingest", "--ingest-port", str(port), "--ingest-workers", str(workers),
-        "--log-level", "WARNING",
+        "--workers", processing_workers, "--log-level", "WARNING",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     run = Run()
     try:
         await _wait_ready(port, process)
-        pids = _workers(process.pid)
+        processing, pids = _children(process.pid)
         feed = iter(requests)
         stop = asyncio.Event()
         sampler = asyncio.create_task(_sample_backlog(port, stop, run))
-        cpu_before = _cpu_s(process.pid), sum(_cpu_s(pid) for pid in pids)
+        cpu_before = (
+            _cpu_s(process.pid),
+            sum(_cpu_s(pid) for pid in processing),
+            sum(_cpu_s(pid) for pid in pids),
+        )
         done_before, _ = await _progress(port)
         started = time.monotonic()
         batch = requests[0].count(b'"app_id"')
@@ -225,7 +239,8 @@ async def one_run(
         run.window_s = time.monotonic() - started
         done_after, _ = await _progress(port)
         run.processor_cpu_s = _cpu_s(process.pid) - cpu_before[0]
-        run.workers_cpu_s = sum(_cpu_s(pid) for pid in pids) - cpu_before[1]
+        run.processing_cpu_s = sum(_cpu_s(pid) for pid in processing) - cpu_before[1]
+        run.workers_cpu_s = sum(_cpu_s(pid) for pid in pids) - cpu_before[2]
         run.processed = int(done_after - done_before)
         stop.set()
         await sampler
@@ -256,7 +271,7 @@ def reference(requests: list[bytes]) -> float:
 
 def _name(workers: int) -> str:
     if workers == 0:
-        return "ingest in the processor's process (before)"
+        return "ingest and processing in one process (before)"
     return f"{workers} ingest worker process{'es' if workers > 1 else ''}"
 
 
@@ -305,9 +320,10 @@ def table(phase: Phase, args: argparse.Namespace) -> list[str]:
         f"run: {statistics.median(phase.orjson_us):.2f} µs/event CPU (the machine's speed).",
         "",
         "| configuration | HTTP events/s | × before | p50 ms | p99 ms | processed events/s "
-        "| backlog at end | backlog max | catch-up s | processor CPU µs/event "
-        "| ingest workers CPU µs/event | runs (HTTP events/s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| backlog at end | backlog max | catch-up s | command's process CPU µs/event "
+        "| processing workers CPU µs/event | ingest workers CPU µs/event "
+        "| runs (HTTP events/s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def med(values: Iterator[float]) -> float:
@@ -324,6 +340,7 @@ def table(phase: Phase, args: argparse.Namespace) -> list[str]:
             f"| {med(max(run.backlog, default=0) for run in done):,.0f} "
             f"| {med(run.catch_up_s for run in done):.1f} "
             f"| {med(run.processor_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
+            f"| {med(run.processing_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
             f"| {med(run.workers_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
             f"| {', '.join(f'{run.rate:,.0f}' for run in done)} |"
         )

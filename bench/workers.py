@@ -302,7 +302,31 @@ def sustained_table(
             f"| {elapsed:.0f} | {count:,} | {'+'.join(f'{s / 2**20:.0f}' for s in rss)} |"
             for elapsed, count, rss in samples
         ),
+        "",
+        *trend_lines(samples, 60.0),
+        "",
+        *trend_lines(samples, seconds / 2),
     ]
+
+
+def trend_lines(samples: list[tuple[float, int, list[int]]], warm_up_s: float) -> list[str]:
+    """Per worker, after the warm-up: the RSS range and its least-squares trend in MB per
+    minute (what "flat" means here: a trend near zero and a range of a few MB). Printed after
+    the first minute and over the second half of the run: the page caches and the allocator's
+    per-thread arenas fill over the first minutes."""
+    steady = [(elapsed, rss) for elapsed, _, rss in samples if elapsed > warm_up_s]
+    if len(steady) < 3 or len({len(rss) for _, rss in steady}) != 1:
+        return ["Too few samples after the warm-up for a trend."]
+    lines = [f"After the first {warm_up_s:g} s, per worker:", ""]
+    for worker in range(len(steady[0][1])):
+        times = [elapsed / 60 for elapsed, _ in steady]
+        sizes = [rss[worker] / 2**20 for _, rss in steady]
+        slope = statistics.linear_regression(times, sizes).slope
+        lines.append(
+            f"- worker {worker + 1}: {min(sizes):.0f}–{max(sizes):.0f} MB, "
+            f"trend {slope:+.2f} MB/min over {times[-1] - times[0]:.1f} min"
+        )
+    return lines
 
 
 def sustained_only(seconds: float, rate: float, write: bool) -> None:

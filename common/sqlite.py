@@ -26,7 +26,11 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
-CACHE_KIB = 32 * 1024
+# SQLite's page cache, per connection (a processing worker holds a few). It fills as the files
+# grow and is then reused: 32 MiB kept a worker's resident memory climbing for the first ten
+# minutes of a sustained load; with 8 MiB it is flat after the first minute, at no measurable
+# cost in throughput (bench/results/workers_sustained.md).
+CACHE_KIB = 8 * 1024
 # Pages of new files. Rows here are ~1-2 KB JSON documents or event bodies: with SQLite's
 # 4 KiB default only two fit a page, and an upsert batch costs ~25% more CPU (splits, WAL
 # frames, checkpoint copies) than with 16 KiB pages (measured, bench/results/processor.md).
@@ -41,7 +45,8 @@ _TRANSIENT = ("locked", "busy", "disk is full", "disk i/o error", "unable to ope
 
 # Rows changed between two WAL checkpoints. SQLite's own automatic checkpoint (1,000 pages) runs
 # inside whichever commit crosses it, fsync included; ``SqliteFile`` turns it off and runs the
-# checkpoint itself on its worker thread after about as much work (~1-2 KB rows: 10-20 MB).
+# checkpoint itself, on a connection and thread of its own, after about as much work (~1-2 KB
+# rows: 10-20 MB).
 CHECKPOINT_EVERY_CHANGES = 10_000
 
 
@@ -123,7 +128,10 @@ class SqliteFile:
     same work on the loop thread (measured, bench/results/layout_processor.md).
     ``run_blocking`` does the work on the calling thread for sync callers. Both map ``sqlite3``
     errors to ``error_type`` (passing causes to ``transient_type``, if given). WAL checkpoints
-    run on the worker thread (or the sync caller's), never inside a call made from the loop.
+    run on a connection and thread of their own: copying 10-20 MB of WAL into the file, fsync
+    included, takes tens of milliseconds, which calls need not wait for (a passive checkpoint
+    lets writers go on). Before, a write arriving during one waited for it: the ingest's
+    slowest requests and the replay's stalls.
     Closing twice is harmless; use after close raises.
     """
 
@@ -146,6 +154,12 @@ class SqliteFile:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._closed = False
         self._checkpoint_queued = False
+        self._checkpointer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"sqlite-checkpoint-{path.name}"
+        )
+        # Opened on first use, on the checkpointer's thread.
+        self._checkpoint_connection: sqlite3.Connection | None = None
+        self._page_size, self._synchronous = page_size, synchronous
         connection: sqlite3.Connection | None = None
         try:
             connection = connect(
@@ -158,6 +172,7 @@ class SqliteFile:
             if connection is not None:
                 connection.close()
             self._executor.shutdown(wait=False)
+            self._checkpointer.shutdown(wait=False)
             raise map_error(exc, f"opening {path}", error_type, transient_type) from exc
         self._connection = connection
         self._changes_at_checkpoint = connection.total_changes
@@ -175,7 +190,7 @@ class SqliteFile:
                 result = call(self._connection)
             except sqlite3.Error as exc:
                 raise self._error(exc, what) from exc
-            self._checkpoint_if_due()
+            self._queue_checkpoint_if_due()
             return result
 
     async def run(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
@@ -225,34 +240,39 @@ class SqliteFile:
             self._connection.total_changes - self._changes_at_checkpoint >= CHECKPOINT_EVERY_CHANGES
         )
 
-    def _checkpoint_if_due(self) -> None:
-        """A passive WAL checkpoint, on this (non-loop) thread; called holding the lock."""
-        if not self._checkpoint_due() or self._connection.in_transaction:
-            return
-        self._changes_at_checkpoint = self._connection.total_changes
-        try:
-            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:
-            # The WAL keeps the data; the next checkpoint (or closing) copies it over.
-            log.warning("checkpoint of %s failed: %s", self.path, exc)
-
     def _queue_checkpoint_if_due(self) -> None:
         if self._checkpoint_queued or not self._checkpoint_due():
             return
         self._checkpoint_queued = True
-        self._executor.submit(self._checkpoint_on_worker)
+        self._changes_at_checkpoint = self._connection.total_changes
+        self._checkpointer.submit(self._checkpoint)
 
-    def _checkpoint_on_worker(self) -> None:
-        with self._lock:
+    def _checkpoint(self) -> None:
+        """A passive WAL checkpoint on the checkpointer's own connection."""
+        try:
+            if self._closed:
+                return
+            if self._checkpoint_connection is None:
+                self._checkpoint_connection = connect(
+                    self.path, page_size=self._page_size, synchronous=self._synchronous
+                )
+            self._checkpoint_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            # The WAL keeps the data; the next checkpoint (or closing) copies it over.
+            log.warning("checkpoint of %s failed: %s", self.path, exc)
+        finally:
             self._checkpoint_queued = False
-            if not self._closed:
-                self._checkpoint_if_due()
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            # The checkpoint connection closes first: the last connection to close a WAL file
+            # checkpoints it whole.
+            self._checkpointer.shutdown(wait=True)
+            if self._checkpoint_connection is not None:
+                self._checkpoint_connection.close()
             self._connection.close()
         self._executor.shutdown(wait=False)
 

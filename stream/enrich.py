@@ -82,6 +82,21 @@ def document_id(event: TelemetryEvent, canonical: bytes | None = None) -> str:
     return _event_content_id(canonical or canonical_json(event), event.user_id)
 
 
+def sent_form(event: TelemetryEvent) -> tuple[bytes, str]:
+    """What ingest passes on for a validated event (its body for the log or the hub) and its
+    document id, serialising the event once.
+
+    Without a user_id the body is the canonical JSON, which also gives the id: it reads back
+    as an equal event (tests/unit/stream/test_enrich.py), so the processor stores the same
+    document. With one, the body is the event with its user_id, for the log's pseudonymiser
+    (stream.privacy) to replace by its hash.
+    """
+    canonical = canonical_json(event)
+    user_id = event.user_id
+    body = canonical if user_id is None else event.model_dump_json(exclude_defaults=True).encode()
+    return body, event.event_id or _event_content_id(canonical, user_id)
+
+
 # A user_id member and its value: a JSON string, or any other scalar token.
 _USER_ID = re.compile(rb'("user_id"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
 

@@ -34,7 +34,7 @@ from common.errors import EvalstreamError
 from common.log_context import log_context
 from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected
-from stream.enrich import Enricher, document_id
+from stream.enrich import Enricher, sent_form
 from stream.metrics import IngestMetrics
 from stream.ports import EventSink
 from stream.producers.ingest_auth import Authorizer, Denied, Sender
@@ -262,22 +262,20 @@ class IngestApp:
                 {"error": issue.code, "message": issue.message, "accepted": 0},
                 WHOLE_BODY_CODES[whole],
             )
+        ids: list[str] = []
         if decoded.accepted:
-            await self.sink.append(
-                [
-                    (
-                        accepted.event.app_id,
-                        accepted.event.model_dump_json(exclude_defaults=True).encode(),
-                    )
-                    for accepted in decoded.accepted
-                ]
-            )
+            bodies: list[tuple[str | None, bytes]] = []
+            for accepted in decoded.accepted:
+                body_of_event, id_of_event = sent_form(accepted.event)
+                bodies.append((accepted.event.app_id, body_of_event))
+                ids.append(id_of_event)
+            await self.sink.append(bodies)
         status = 202 if not decoded.rejected else (207 if decoded.accepted else 422)
         return _json(
             {
                 "accepted": len(decoded.accepted),
                 "rejected": [_rejection(rejected) for rejected in decoded.rejected],
-                "ids": [document_id(accepted.event) for accepted in decoded.accepted],
+                "ids": ids,
             },
             status,
         )

@@ -1,5 +1,5 @@
-"""SqliteFile.run: free calls on the loop thread, waits on the worker thread, checkpoints off
-the loop."""
+"""SqliteFile.run: free calls on the loop thread, waits on the worker thread, checkpoints on a
+connection and thread of their own."""
 
 from __future__ import annotations
 
@@ -110,25 +110,56 @@ async def test_other_errors_come_out_as_the_adapter_error(file: SqliteFile) -> N
         )
 
 
-async def test_wal_checkpoints_run_on_the_worker_thread(
+async def test_calls_do_not_wait_for_a_wal_checkpoint_in_progress(
     file: SqliteFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(common.sqlite, "CHECKPOINT_EVERY_CHANGES", 5)
-    checkpoints: list[int] = []
-    file.run_blocking(
-        lambda connection: connection.set_trace_callback(
-            lambda statement: (
-                checkpoints.append(threading.get_ident()) if "wal_checkpoint" in statement else None
-            )
-        )
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+    threads: list[int] = []
+    real_connect = common.sqlite.connect
+
+    class HeldInTheMiddle:
+        """The checkpointer's connection, its checkpoint held until released."""
+
+        def __init__(self, inner: sqlite3.Connection) -> None:
+            self.inner = inner
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            if "wal_checkpoint" not in sql:
+                return self.inner.execute(sql)
+            threads.append(threading.get_ident())
+            started.set()
+            release.wait(10)
+            cursor = self.inner.execute(sql)
+            done.set()
+            return cursor
+
+        def close(self) -> None:
+            self.inner.close()
+
+    # The file's own connection is open already: only the checkpointer's is wrapped.
+    monkeypatch.setattr(
+        common.sqlite,
+        "connect",
+        lambda *args, **kwargs: HeldInTheMiddle(real_connect(*args, **kwargs)),
     )
-    # A call finding the worker busy with a checkpoint goes to the worker too: threads vary.
-    for index in range(12):
+    for index in range(6):
         await file.run(insert(str(index)))
-    # Calls made while one is queued do not queue another: one or more ran, none here.
-    await until(lambda: len(checkpoints) >= 1)
-    assert threading.get_ident() not in checkpoints
-    assert await file.run(count) == 12
+    await until(started.is_set)
+    # The checkpoint is held in the middle: writes and reads go on without it, on the loop.
+    writers = {await file.run(insert(f"during-{index}")) for index in range(20)}
+    assert writers == {threading.get_ident()}
+    assert await file.run(count) == 26
+    assert not done.is_set()
+    wal = file.path.with_name(file.path.name + "-wal")
+    size_before = file.path.stat().st_size
+    release.set()
+    await until(done.is_set)
+    # It ran on a thread of its own and copied the WAL into the file.
+    assert threading.get_ident() not in threads
+    assert file.path.stat().st_size > size_before
+    assert wal.exists()
+    assert await file.run(count) == 26
 
 
 async def test_a_closed_file_refuses_calls(file: SqliteFile) -> None:

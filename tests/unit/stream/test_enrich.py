@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import AppDirectory, TelemetryEvent
 from stream.decode import Decoder
-from stream.enrich import USER_HASH_CACHE_SIZE, Enricher, canonical_json, partition_key
+from stream.enrich import (
+    USER_HASH_CACHE_SIZE,
+    Enricher,
+    canonical_json,
+    document_id,
+    partition_key,
+    sent_form,
+)
 from stream.ports import ReceivedEvent
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -179,3 +188,79 @@ def test_user_hash_is_the_keyed_hmac_and_stays_so_from_its_cache() -> None:
 def test_partition_key_pads_the_year_to_four_digits() -> None:
     assert partition_key("a", datetime(999, 1, 2, 23, 59, tzinfo=UTC)) == "a:0999-01-02"
     assert partition_key("a", datetime(2026, 11, 22, tzinfo=UTC)) == "a:2026-11-22"
+
+
+# Valid events of every shape the model takes: optional fields present, absent or null, the
+# trace id at the top or in metadata, integers where floats are declared, any offset.
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+_identifier = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12)
+_key = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=8)
+
+
+def _with_a_trace_id(event: dict[str, object]) -> dict[str, object]:
+    """Without a top-level trace_id the event takes the one in its metadata."""
+    if "trace_id" in event:
+        return event
+    metadata = event.get("metadata")
+    return {
+        **event,
+        "metadata": {**(metadata if isinstance(metadata, dict) else {}), "trace_id": "t-m"},
+    }
+
+
+_number = st.floats(allow_nan=False, allow_infinity=False, width=64) | st.integers(-(2**53), 2**53)
+valid_events = st.fixed_dictionaries(
+    {
+        "app_id": st.from_regex(r"[A-Za-z0-9._:-]{1,16}", fullmatch=True),
+        "timestamp": st.builds(
+            lambda when, minutes: when.astimezone(timezone(timedelta(minutes=minutes))).isoformat(),
+            st.datetimes(datetime(1970, 1, 2), datetime(2026, 11, 22), timezones=st.just(UTC)),
+            st.integers(-900, 900),
+        ),
+    },
+    optional={
+        "trace_id": _identifier,
+        "event_id": _identifier | st.none(),
+        "span_id": _identifier | st.none(),
+        "model_id": _identifier,
+        "input_text": _text | st.none(),
+        "output_text": _text,
+        "latency_ms": st.floats(0, 1e9) | st.integers(0, 10**12) | st.none(),
+        "status": st.sampled_from(["ok", "error"]),
+        "error_type": _identifier,
+        "tokens": st.fixed_dictionaries(
+            {}, optional={"input": st.integers(0, 2**64 - 1), "output": st.integers(0, 10**6)}
+        )
+        | st.none(),
+        "scores": st.dictionaries(_key, _number, max_size=4),
+        "metadata": st.dictionaries(
+            _key,
+            _text | st.booleans() | st.integers(-(2**63), 2**64 - 1) | _number,
+            max_size=4,
+        ),
+    },
+).map(_with_a_trace_id)
+
+
+@settings(max_examples=150, deadline=None)
+@given(valid_events)
+def test_what_ingest_passes_on_reads_back_as_the_same_event_with_the_same_id(
+    fields: dict[str, object],
+) -> None:
+    sent = orjson.dumps(fields)
+    (accepted,) = Decoder().decode(sent, NOW).accepted
+    event = accepted.event
+    body, event_id = sent_form(event)
+    (again,) = Decoder().decode(body, NOW).accepted
+    assert again.event == event
+    assert canonical_json(again.event) == canonical_json(event)
+    assert event_id == document_id(event) == document_id(again.event)
+    # The processor stores the same document either way (ingest fields aside).
+    assert enrich(body)[0].json_bytes() == enrich(sent)[0].json_bytes()
+
+
+def test_an_event_with_a_user_id_is_passed_on_with_it_for_the_log_to_hash() -> None:
+    event = Decoder().decode(BODY, NOW).accepted[0].event
+    body, event_id = sent_form(event)
+    assert orjson.loads(body)["user_id"] == "alice@example.com"
+    assert event_id == document_id(event)
