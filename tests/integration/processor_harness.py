@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -10,16 +11,53 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from schemas import AppDirectory
 from stream.decode import Decoder
 from stream.enrich import Enricher, document_id, partition_key
 from stream.ports import ReceivedEvent
+from stream.producers.simulator import Incident, Simulator
 from stream.sources.local_log import LocalLog
 
 PARTITIONS = 4
+# Processing in the command's own process (``--workers 1``): a worker process costs each run
+# an interpreter importing the pipeline. Tests about worker processes ask for them
+# (``EVALSTREAM_EMBEDDED__WORKERS`` in their env wins over this).
+IN_PROCESS = {"EVALSTREAM_EMBEDDED__WORKERS": "1"}
+
+# The kill tests' stream (``simulated_bodies``) and settings: hot path on, small batches and
+# frequent checkpoints, so a kill has many chances to land between steps.
+SIMULATED_EVENTS = 20_000
+RESENT = 500
+KILL_ENV = {
+    "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
+    "EVALSTREAM_USER_HASH_KEY": "crash-test",
+    "EVALSTREAM_PROCESSOR__BATCH_SIZE": "200",
+    "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.05",
+}
+
+
+def simulated_bodies(seed: int) -> list[tuple[str | None, bytes]]:
+    """8 apps, 5% invalid, a latency regression and an error burst, and 500 valid events
+    resent at other positions (producers retry)."""
+    simulator = Simulator(
+        apps=8,
+        rate=50.0,
+        seed=seed,
+        start=datetime.now(UTC) - timedelta(hours=3),
+        invalid_fraction=0.05,
+        incidents=[
+            Incident.parse("latency_regression:app-001@60+200x5"),
+            Incident.parse("error_burst:app-002@120+150x0.5"),
+        ],
+    )
+    events = list(simulator.events(SIMULATED_EVENTS))
+    bodies = [(event.app_id, event.body) for event in events]
+    rng = random.Random(seed)
+    resent = rng.sample([b for b, e in zip(bodies, events, strict=True) if e.valid], RESENT)
+    return bodies + resent
 
 
 @dataclass
@@ -76,7 +114,7 @@ def start_processor(data_dir: Path, env: dict[str, str], *extra: str) -> subproc
     # Its own process group: a hard kill takes its worker processes too (``kill_hard``).
     return subprocess.Popen(
         processor_command(data_dir, *extra),
-        env={**os.environ, **env},
+        env={**os.environ, **IN_PROCESS, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stream.producers.ingest_server import bound_port, serving
+from tests.integration.processor_harness import IN_PROCESS
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +79,7 @@ async def test_the_processors_counters_reach_the_ingestion_endpoint(tmp_path: Pa
         endpoint = f"http://127.0.0.1:{bound_port(server)}/"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("EVALSTREAM_")},
+            **IN_PROCESS,
             "EVALSTREAM_PROCESSOR__HOT_PATH": "false",
             "EVALSTREAM_AZURE__MONITOR__CONNECTION_STRING": (
                 "InstrumentationKey=00000000-0000-0000-0000-000000000001;"

@@ -8,18 +8,18 @@ import asyncio
 import random
 import shutil
 import sqlite3
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from stream.producers.simulator import Incident, Simulator
+from tests.integration.conftest import SimulatedRun
 from tests.integration.processor_harness import (
+    KILL_ENV,
+    SIMULATED_EVENTS,
     checkpoints,
     drain_breaches,
     kill_at_points,
     kill_hard,
-    prepare,
     run_until_idle,
     start_processor,
     store_contents,
@@ -30,36 +30,8 @@ from tests.integration.processor_harness import (
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 20_000
-DUPLICATES = 500
 KILLS = 6
-# Small batches and frequent checkpoints: many chances for a kill to land between steps.
-ENV = {
-    "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
-    "EVALSTREAM_USER_HASH_KEY": "crash-test",
-    "EVALSTREAM_PROCESSOR__BATCH_SIZE": "200",
-    "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.05",
-}
-
-
-def simulated_bodies(seed: int) -> list[tuple[str | None, bytes]]:
-    simulator = Simulator(
-        apps=8,
-        rate=50.0,
-        seed=seed,
-        start=datetime.now(UTC) - timedelta(hours=3),
-        invalid_fraction=0.05,
-        incidents=[
-            Incident.parse("latency_regression:app-001@60+200x5"),
-            Incident.parse("error_burst:app-002@120+150x0.5"),
-        ],
-    )
-    events = list(simulator.events(EVENTS))
-    bodies = [(event.app_id, event.body) for event in events]
-    # Producers retry: the same bytes arrive again at other positions.
-    rng = random.Random(seed)
-    resent = rng.sample([b for b, e in zip(bodies, events, strict=True) if e.valid], DUPLICATES)
-    return bodies + resent
+ENV = KILL_ENV
 
 
 def snapshot_ahead_of_checkpoint(data_dir: Path) -> bool:
@@ -94,18 +66,16 @@ def kill_between_snapshot_and_checkpoint(data_dir: Path, point: int, env: dict[s
 # One process, and worker processes (the kills take the supervisor and every worker at once).
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(
-    tmp_path: Path, workers: str
+    tmp_path: Path, workers: str, simulated_run: SimulatedRun
 ) -> None:
     env = {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": workers}
-    data_dir, reference_dir = tmp_path / "data", tmp_path / "reference"
-    bodies = simulated_bodies(seed=20261122)
-    expected = prepare(data_dir, bodies)
-    shutil.copytree(data_dir, reference_dir)  # the same log, enqueued times included
-    # The reference runs in one process: worker processes must give exactly its results.
-    run_until_idle(reference_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "1"})
-    reference_breaches = dict(asyncio.run(drain_breaches(reference_dir)))
+    data_dir, reference_dir = tmp_path / "data", simulated_run.reference_dir
+    shutil.copytree(simulated_run.log_dir, data_dir)  # the same log, enqueued times included
+    expected = simulated_run.expected
+    # The reference ran in one process: worker processes must give exactly its results.
+    reference_breaches = dict(simulated_run.breaches)
     assert len(reference_breaches) >= 2  # the incidents opened breaches: the hot path ran
-    assert len(expected.quarantine) >= 0.04 * EVENTS  # the stream really contains bad input
+    assert len(expected.quarantine) >= 0.04 * SIMULATED_EVENTS  # the stream has bad input
     total = len(expected.telemetry) + len(expected.quarantine)
 
     rng = random.Random(7)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from stream.producers.simulator import Incident, Simulator
 from tests.integration.processor_harness import (
+    Expected,
     drain_breaches,
     kill_at_points,
     prepare,
@@ -49,25 +51,39 @@ def bodies() -> list[tuple[str | None, bytes]]:
     return [(event.app_id, event.body) for event in simulator.events(EVENTS)]
 
 
-# One process, and worker processes (the kills take the supervisor and every worker at once).
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(
-    tmp_path: Path, workers: str
-) -> None:
-    env = {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": workers}
-    stream = bodies()
-    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    expected = prepare(reference_dir, stream)
-    assert prepare(killed_dir, stream).telemetry == expected.telemetry
-    total = len(expected.telemetry) + len(expected.quarantine)
+@dataclass(frozen=True)
+class Reference:
+    stream: list[tuple[str | None, bytes]]
+    expected: Expected
+    breaches: list[tuple[str, str]]
 
-    # The reference runs in one process: worker processes must give exactly its breaches.
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """The uninterrupted run, in one process: worker processes must give exactly its breaches.
+    Once for the module: both variants below compare against the same stream's run."""
+    stream = bodies()
+    reference_dir = tmp_path_factory.mktemp("reference")
+    expected = prepare(reference_dir, stream)
     run_until_idle(reference_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "1"})
-    reference = asyncio.run(drain_breaches(reference_dir))
-    states = Counter(message_id.rsplit(":", 1)[1] for message_id, _ in reference)
+    breaches = asyncio.run(drain_breaches(reference_dir))
+    states = Counter(message_id.rsplit(":", 1)[1] for message_id, _ in breaches)
     # The latency regression is one incident (opened, resolved after latency came back), the
     # score drift another (still open at the end).
     assert states["opened"] >= 2 and states["resolved"] >= 1, states
+    return Reference(stream, expected, breaches)
+
+
+# One process, and worker processes (the kills take the supervisor and every worker at once).
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(
+    tmp_path: Path, workers: str, reference: Reference
+) -> None:
+    env = {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": workers}
+    killed_dir = tmp_path / "killed"
+    expected = reference.expected
+    assert prepare(killed_dir, reference.stream).telemetry == expected.telemetry
+    total = len(expected.telemetry) + len(expected.quarantine)
 
     rng = random.Random(3)
     kill_at_points(killed_dir, env, sorted(rng.sample(range(total // 20, total * 9 // 10), KILLS)))
@@ -76,5 +92,5 @@ def test_killed_runs_deliver_exactly_the_uninterrupted_breaches(
 
     # Same breaches, same content (observed values, windows, sample traces): the detectors
     # neither forgot nor double counted across the kills.
-    assert sorted(after_kills) == sorted(reference)
-    assert len({message_id for message_id, _ in reference}) == len(reference)
+    assert sorted(after_kills) == sorted(reference.breaches)
+    assert len({message_id for message_id, _ in reference.breaches}) == len(reference.breaches)

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from tests.integration.processor_harness import (
+    IN_PROCESS,
     checkpoints,
     kill_hard,
     start_processor,
@@ -48,7 +49,7 @@ def evalstream(data_dir: Path, *args: str) -> str:
     env = {key: value for key, value in os.environ.items() if not key.startswith("EVALSTREAM_")}
     result = subprocess.run(
         [sys.executable, "-m", "evalstream", *args, "--data-dir", str(data_dir)],
-        env={**env, "EVALSTREAM_USER_HASH_KEY": "k", "COLUMNS": "300"},
+        env={**env, **IN_PROCESS, "EVALSTREAM_USER_HASH_KEY": "k", "COLUMNS": "300"},
         capture_output=True,
         text=True,
         timeout=180,

@@ -17,6 +17,7 @@ from tests.integration.processor_harness import (
     start_processor,
     store_contents,
     stored_count,
+    stored_documents,
     wait_until,
 )
 
@@ -156,8 +157,16 @@ def test_log_format_json_gives_only_json_lines_with_component_and_partition(
     event = {"app_id": "a1", "timestamp": when, "trace_id": "x1", "user_id": "u-secret-7"}
     sent = evalstream("send", "-", "--data-dir", str(data_dir), stdin=json.dumps(event).encode())
     assert sent.returncode == 0, sent.stderr.decode()
+    # Two worker processes: their log set-up comes over the pipe, their lines must be JSON too.
     process = start_processor(
-        data_dir, ENV, "--until-idle", "0.5", "--log-format", "json", "--log-level", "INFO"
+        data_dir,
+        {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "2"},
+        "--until-idle",
+        "0.5",
+        "--log-format",
+        "json",
+        "--log-level",
+        "INFO",
     )
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output.decode()
@@ -171,18 +180,25 @@ def test_log_format_json_gives_only_json_lines_with_component_and_partition(
     assert b"u-secret-7" not in output
 
 
-@pytest.mark.parametrize("ending", [b"\r", b"\r\n", b"\n"])
-def test_send_reads_ndjson_with_a_bom_and_any_line_ending(tmp_path: Path, ending: bytes) -> None:
+def test_send_reads_ndjson_with_a_bom_and_any_line_ending(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     when = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
-    lines = [json.dumps({"app_id": "a1", "timestamp": when, "trace_id": f"x{i}"}) for i in range(3)]
-    path = tmp_path / "events.ndjson"
-    path.write_bytes(b"\xef\xbb\xbf" + ending.join(line.encode() for line in lines) + ending)
-    sent = evalstream("send", str(path), "--data-dir", str(data_dir))
-    assert sent.returncode == 0, sent.stderr.decode()
-    assert b"sent 3 events" in sent.stderr
+    # One file per line ending, three events each, sent to one data dir processed once.
+    endings = [b"\r", b"\r\n", b"\n"]
+    for n, ending in enumerate(endings):
+        lines = [
+            json.dumps({"app_id": "a1", "timestamp": when, "trace_id": f"x{n}-{i}"})
+            for i in range(3)
+        ]
+        path = tmp_path / f"events-{n}.ndjson"
+        path.write_bytes(b"\xef\xbb\xbf" + ending.join(line.encode() for line in lines) + ending)
+        sent = evalstream("send", str(path), "--data-dir", str(data_dir))
+        assert sent.returncode == 0, (ending, sent.stderr.decode())
+        assert b"sent 3 events" in sent.stderr, (ending, sent.stderr.decode())
     process = start_processor(data_dir, ENV, "--until-idle", "0.5")
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output.decode()
-    telemetry, quarantine = store_contents(data_dir)
-    assert (len(telemetry), len(quarantine)) == (3, 0)
+    _, quarantine = store_contents(data_dir)
+    assert quarantine == []
+    stored = sorted(str(fields["trace_id"]) for fields in stored_documents(data_dir).values())
+    assert stored == sorted(f"x{n}-{i}" for n in range(len(endings)) for i in range(3))

@@ -25,6 +25,8 @@ ENV = {
     # The demo policy evaluates the stored minutes in process: its jobs show in /metrics.
     "EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS": "true",
     "EVALSTREAM_COLDPATH__SCHEDULE_INTERVAL_S": "0.5",
+    # Two processing worker processes: /metrics adds up what each of them reports.
+    "EVALSTREAM_EMBEDDED__WORKERS": "2",
 }
 WHEN = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
 

@@ -17,19 +17,19 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.integration.conftest import SimulatedRun
 from tests.integration.processor_harness import (
+    KILL_ENV,
     Expected,
     checkpoints,
     drain_breaches,
     prepare,
-    run_until_idle,
     start_processor,
     stored_count,
     stored_documents,
     wait_until,
     worker_pids,
 )
-from tests.integration.test_crash_consistency import ENV, simulated_bodies
 
 pytestmark = pytest.mark.integration
 
@@ -62,13 +62,12 @@ def two_live_workers(process: subprocess.Popen[bytes], gone: int | None = None) 
 
 
 def test_sigkilling_one_worker_of_two_loses_nothing_and_breaches_match_one_process(
-    tmp_path: Path,
+    tmp_path: Path, simulated_run: SimulatedRun
 ) -> None:
-    stream = simulated_bodies(seed=11)
-    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    expected = prepare(reference_dir, stream)
-    run_until_idle(reference_dir, {**ENV, WORKERS: "1"})
-    reference = asyncio.run(drain_breaches(reference_dir))
+    # The uninterrupted run in one process, shared with the crash-consistency tests.
+    stream, expected = simulated_run.bodies, simulated_run.expected
+    reference_dir, killed_dir = simulated_run.reference_dir, tmp_path / "killed"
+    reference = simulated_run.breaches
     assert len(reference) >= 3
 
     # The killed run gets the same log chunk by chunk, a kill landing inside each chunk's
@@ -77,7 +76,7 @@ def test_sigkilling_one_worker_of_two_loses_nothing_and_breaches_match_one_proce
     size = -(-len(stream) // CHUNKS)
     chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
     got = Expected()
-    process = start_processor(killed_dir, {**ENV, WORKERS: "2"})
+    process = start_processor(killed_dir, {**KILL_ENV, WORKERS: "2"})
     kills = 0
     try:
         pids = two_live_workers(process)

@@ -27,7 +27,7 @@ from store.cosmos_config import CosmosSettings
 from stream.producers.simulator import Incident, Simulator
 from stream.sources.eventhubs_config import EventHubsSettings
 from stream.sources.eventhubs_producer import eventhubs_sink
-from tests.integration.processor_harness import drain_subscription, prepare
+from tests.integration.processor_harness import IN_PROCESS, drain_subscription, prepare
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -98,7 +98,7 @@ def test_two_processors_on_azure_match_the_embedded_reference(
     expected = prepare(reference_dir, bodies)
     reference = run(
         ["process", "--data-dir", str(reference_dir), "--no-ingest", "--until-idle", "1"],
-        {},
+        IN_PROCESS,
         tmp_path / "reference.log",
     )
     assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()

@@ -45,9 +45,11 @@ def test_demo_reports_the_scripted_latency_regression_as_an_evaluation_breach(
     stored = evalstream(
         tmp_path, "process", "--no-ingest", "--until-idle", "1",
         EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false",
+        EVALSTREAM_EMBEDDED__WORKERS="1",  # storing only: in this process is enough
     )  # fmt: skip
     assert stored.returncode == 0, stored.stderr
 
+    # As `make run` has it: worker processes, the cold path waiting for them to catch up.
     demo = evalstream(
         tmp_path, "process", "--no-ingest", "--until-idle", "3", "--log-format", "json",
         EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="true",

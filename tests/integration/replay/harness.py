@@ -20,6 +20,8 @@ INCIDENTS = [
     Incident.parse("error_burst:app-001@100+60x0.5"),
 ]
 ENV = {
+    # The live run processes in its own process (processor_harness.IN_PROCESS).
+    "EVALSTREAM_EMBEDDED__WORKERS": "1",
     "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
     "EVALSTREAM_PROCESSOR__BATCH_SIZE": "200",
     "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.05",

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.browser.chromium import Chromium
-from tests.integration.processor_harness import wait_until
+from tests.integration.processor_harness import IN_PROCESS, wait_until
 from tests.integration.report.test_report_browser import ALL_DRAWN, ARTIFACTS, CHART_STATES, ROOT
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ async def test_the_live_report_shows_the_simulated_incident(tmp_path: Path) -> N
             "--data-dir", str(tmp_path / "data"), "--ingest-port", str(port),
         ],
         cwd=ROOT,
-        env={**os.environ, "EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS": "false"},
+        env={**os.environ, **IN_PROCESS, "EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS": "false"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip

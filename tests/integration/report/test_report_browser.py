@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from evalstream.cli import app
 from tests.browser.chromium import Chromium
+from tests.integration.processor_harness import IN_PROCESS
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ def evalstream(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedPr
         timeout=120,
         check=False,
         cwd=ROOT,
-        env={**os.environ, "COLUMNS": "200", **env},
+        env={**os.environ, **IN_PROCESS, "COLUMNS": "200", **env},
     )
 
 
