@@ -214,19 +214,24 @@ class Enricher:
         pk = app_id + ":" + timestamp.date().isoformat()  # partition_key, inlined
         app = self._app(app_id)
         # orjson formats the ingest datetimes itself (UTC as "Z", like pydantic would).
-        enrichment = _dumps(
-            {
-                "id": document_id_,
-                "pk": pk,
-                "type": "telemetry",
-                "user_hash": user_hash,
-                "app": app,
-                "derived": derived_values,
-                "ingest": ingest_values,
-            },
-            option=_UTC_Z,
-        )
-        stored = canonical[:-1] + b"," + enrichment[1:]
+        try:
+            enrichment = _dumps(
+                {
+                    "id": document_id_,
+                    "pk": pk,
+                    "type": "telemetry",
+                    "user_hash": user_hash,
+                    "app": app,
+                    "derived": derived_values,
+                    "ingest": ingest_values,
+                },
+                option=_UTC_Z,
+            )
+            stored: bytes | None = canonical[:-1] + b"," + enrichment[1:]
+        except orjson.JSONEncodeError:
+            # Token counts that are each valid but sum beyond 64 bits: the document serialises
+            # itself through pydantic when stored (TelemetryDocument.json_bytes).
+            stored = None
         # The event's fields were validated as a TelemetryEvent already; the document takes
         # them as they are (all but user_id), in the declared field order.
         fields = {

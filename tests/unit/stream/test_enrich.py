@@ -264,3 +264,19 @@ def test_an_event_with_a_user_id_is_passed_on_with_it_for_the_log_to_hash() -> N
     body, event_id = sent_form(event)
     assert orjson.loads(body)["user_id"] == "alice@example.com"
     assert event_id == document_id(event)
+
+
+def test_token_counts_summing_beyond_64_bits_still_give_a_document() -> None:
+    # Each count is valid (≤ 2**64 - 1); their total is not a 64-bit integer.
+    body = orjson.dumps(
+        {
+            "app_id": "a",
+            "timestamp": "2026-11-22T10:00:00Z",
+            "trace_id": "t",
+            "tokens": {"input": 2**64 - 1, "output": 5},
+        }
+    )
+    (document,) = enrich(body)
+    assert document.derived.tokens_total == 2**64 + 4
+    assert orjson.loads(document.json_bytes())["tokens"] == {"input": 2**64 - 1, "output": 5}
+    assert document.json_bytes() == document.model_dump_json().encode()
