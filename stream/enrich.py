@@ -94,7 +94,7 @@ def sent_form(event: TelemetryEvent) -> tuple[bytes, str]:
     canonical = canonical_json(event)
     user_id = event.user_id
     body = canonical if user_id is None else event.model_dump_json(exclude_defaults=True).encode()
-    return body, event.event_id or _event_content_id(canonical, user_id)
+    return body, document_id(event, canonical)
 
 
 # A user_id member and its value: a JSON string, or any other scalar token.
