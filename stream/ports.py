@@ -46,6 +46,18 @@ class CloseReason(StrEnum):
     OWNERSHIP_LOST = "ownership_lost"
 
 
+class Selection(Protocol):
+    """Which decoded inputs a pipeline keeps (a replay's range; a live pipeline keeps all):
+    accepted events whose event time is in [``start``, ``end``) and, when ``apps`` is given,
+    of one of them; rejected inputs (no event time to go by) as ``keeps_rejected`` says."""
+
+    start: datetime
+    end: datetime
+    apps: frozenset[str] | None
+
+    def keeps_rejected(self, app_id: str | None, enqueued: datetime) -> bool: ...
+
+
 class PartitionContext(Protocol):
     @property
     def partition_id(self) -> str: ...

@@ -16,7 +16,7 @@ from stream.ports import HotPathFactory, HotPathState
 from stream.replay.flow import Pieces, Quiet, Watcher
 from stream.replay.job import JobFile
 from stream.replay.ports import ReplayReader
-from stream.replay.run import JobStore, RangeDecoder
+from stream.replay.run import JobStore, RangeSelection
 from stream.replay.spec import ReplaySpec, SourceKind
 from stream.stats import ProcessorStats
 
@@ -78,28 +78,25 @@ def pieces(
     watcher: Watcher | None = None,
 ) -> Pieces:
     source = reader(settings, spec)
-    decoder = RangeDecoder(
-        wiring.decoder(settings),
-        spec.window(),
-        enqueued_times=spec.source is not SourceKind.NDJSON,
-    )
+    selection = RangeSelection(spec.window(), enqueued_times=spec.source is not SourceKind.NDJSON)
+    decoder = wiring.decoder(settings)
     enricher = wiring.enricher(settings, source.source)
 
-    def pipeline(store: JobStore, range_decoder: RangeDecoder) -> Pipeline:
+    def pipeline(store: JobStore) -> Pipeline:
         return Pipeline(
             store=store,
-            decoder=range_decoder,
+            decoder=decoder,
             enricher=enricher,
             consumer_group=f"replay:{spec.id}",
             lateness=timedelta(seconds=settings.processor.lateness_s),
             checkpoint_interval_s=settings.processor.checkpoint_interval_s,
             stats=ProcessorStats(),
+            selection=selection,
         )
 
     return Pieces(
         reader=source,
         pipeline=pipeline,
-        decoder=decoder,
         hot_path=shadow_hot_path(spec) if spec.mode.detects else None,
         max_future_skew=timedelta(seconds=settings.processor.max_future_skew_s),
         batch_size=settings.replay.batch_size,

@@ -24,7 +24,7 @@ from stream.processor import tuned_gc
 from stream.replay import report
 from stream.replay.job import JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader
-from stream.replay.run import JobStore, RangeDecoder, RateLimit, Replay
+from stream.replay.run import JobStore, RateLimit, Replay
 from stream.replay.shadow import detect
 from stream.replay.spec import ReplaySpec
 
@@ -56,9 +56,8 @@ class Quiet:
 @dataclass
 class Pieces:
     reader: ReplayReader
-    # Builds the live pipeline around the replay's store and decoder.
-    pipeline: Callable[[JobStore, RangeDecoder], Pipeline]
-    decoder: RangeDecoder
+    # Builds the live pipeline around the replay's store, keeping the window's events.
+    pipeline: Callable[[JobStore], Pipeline]
     hot_path: HotPathFactory | None
     max_future_skew: timedelta
     batch_size: int
@@ -105,7 +104,7 @@ async def run(
     if remaining:
         replay = Replay(
             reader=pieces.reader,
-            pipeline=pieces.pipeline(job_store, pieces.decoder),
+            pipeline=pieces.pipeline(job_store),
             store=job_store,
             window=spec.window(),
             max_future_skew=pieces.max_future_skew,

@@ -1,7 +1,7 @@
 """Driving the live pipeline over a replay's readers.
 
 The pipeline is the live one (decode → validate → enrich → upsert, the same ids); only what
-it is handed differs: a decoder that keeps the window's events (RangeDecoder), a store that
+it is handed differs: a selection that keeps the window's events (RangeSelection), a store that
 keeps snapshots and counts in the job (JobStore), and per partition a context whose
 checkpoints are the job's (JobContext) — never the live processor's.
 """
@@ -14,13 +14,11 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from common.retry import sleep_or_stop
-from schemas import QuarantineRecord, TelemetryDocument, TelemetryEvent
+from schemas import QuarantineRecord, TelemetryDocument
 from store.ports import ProcessorStore, StateSnapshot
-from stream.decode import Decoded, Decoder
 from stream.delivery import deliver
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
@@ -28,58 +26,30 @@ from stream.replay.job import QUARANTINED, STORED, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
 
 
-class RangeDecoder(Decoder):
-    """The live decoder, keeping only the window's events: accepted events of its apps and
-    (by event time) in its range; rejected ones of its apps whose enqueued time is in the
-    window (they have no event time to go by), all of them when the source has no enqueued
-    times (a file). ``skipped`` counts the events left out in this run."""
+class RangeSelection:
+    """The window as the pipeline's selection (stream.ports.Selection): accepted events of its
+    apps and (by event time) in its range; rejected ones of its apps whose enqueued time is in
+    the window (they have no event time to go by), all of them when the source has no
+    enqueued times (a file)."""
 
-    def __init__(self, decoder: Decoder, window: Window, *, enqueued_times: bool) -> None:
-        super().__init__(decoder.limits)
+    def __init__(self, window: Window, *, enqueued_times: bool) -> None:
         # Bounds in the UTC of the decoded timestamps: aware datetimes of one tzinfo compare
-        # without a conversion per comparison.
-        self.window = replace(
-            window, start=window.start.astimezone(UTC), end=window.end.astimezone(UTC)
-        )
-        # What _keeps tests, looked up once: by enqueued time every timestamp passes.
-        self._all_apps, self._apps = not window.apps, window.apps
+        # without a conversion per comparison. By enqueued time every timestamp passes (the
+        # reader's batches are cut by enqueued time).
         by_event = window.by is TimeBasis.EVENT
-        self._start = self.window.start if by_event else datetime.min.replace(tzinfo=UTC)
-        self._end = self.window.end if by_event else datetime.max.replace(tzinfo=UTC)
-        self.enqueued_times = enqueued_times
-        self.skipped = 0
+        self.start = window.start.astimezone(UTC) if by_event else datetime.min.replace(tzinfo=UTC)
+        self.end = window.end.astimezone(UTC) if by_event else datetime.max.replace(tzinfo=UTC)
+        self.apps = frozenset(window.apps) if window.apps else None
+        self.window = window
+        # By event time from a source with enqueued times, a rejected input is kept when its
+        # enqueued time is in the window; otherwise every one is.
+        self._rejected_by_enqueued = by_event and enqueued_times
 
-    def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
-        decoded = super().decode(body, now)
-        accepted = decoded.accepted
-        # Most bodies are one event of the window: let them through at the cost of one test
-        # (written out: a call per event is a measurable share of what replay adds).
-        if len(accepted) == 1 and not decoded.rejected:
-            event = accepted[0].event
-            if (self._all_apps or event.app_id in self._apps) and (
-                self._start <= event.timestamp < self._end
-            ):
-                return decoded
-        return self._filter(decoded, now)
-
-    def _keeps(self, event: TelemetryEvent) -> bool:
-        return (self._all_apps or event.app_id in self._apps) and (
-            self._start <= event.timestamp < self._end
-        )
-
-    def _filter(self, decoded: Decoded, now: datetime | None) -> Decoded:
+    def keeps_rejected(self, app_id: str | None, enqueued: datetime) -> bool:
         window = self.window
-        kept = [item for item in decoded.accepted if self._keeps(item.event)]
-        keep_rejected = not (window.by is TimeBasis.EVENT and self.enqueued_times) or (
-            now is not None and window.start <= now < window.end
-        )
-        rejected = [
-            item
-            for item in decoded.rejected
-            if keep_rejected and (not window.apps or item.app_id in window.apps)
-        ]
-        self.skipped += len(decoded.accepted) - len(kept) + len(decoded.rejected) - len(rejected)
-        return Decoded(kept, rejected)
+        if self._rejected_by_enqueued and not window.start <= enqueued < window.end:
+            return False
+        return self.apps is None or app_id in self.apps
 
 
 class JobStore:

@@ -8,21 +8,26 @@ import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import fastavro
 import orjson
 import pytest
 
-from schemas import Breach
-from store.ports import StateSnapshot
+from schemas import AppDirectory, Breach, QuarantineRecord, TelemetryDocument
+from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder
+from stream.enrich import Enricher
 from stream.exceptions import ReplayError, ReplayMisconfigured
+from stream.pipeline import Pipeline
+from stream.ports import ReceivedEvent
 from stream.replay import report
 from stream.replay.job import JobFile
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
 from stream.replay.readers.capture_blob import CAPTURE_SCHEMA, enqueued_time, file_time
 from stream.replay.readers.ndjson import NdjsonReader, expand
-from stream.replay.run import RangeDecoder
+from stream.replay.run import RangeSelection
+from stream.stats import ProcessorStats
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -40,24 +45,49 @@ def event(app: str, minutes: int) -> bytes:
     )
 
 
+def transformed(
+    window: Window, body: bytes, enqueued: datetime, *, enqueued_times: bool = True
+) -> tuple[list[TelemetryDocument], list[QuarantineRecord]]:
+    """What the live pipeline makes of one body (its pure step), kept to the window."""
+    pipeline = Pipeline(
+        store=cast(ProcessorStore, None),  # the pure step touches no store
+        decoder=Decoder(),
+        enricher=Enricher(AppDirectory(), b"k", "log"),
+        consumer_group="replay:test",
+        lateness=timedelta(minutes=1),
+        checkpoint_interval_s=0,
+        stats=ProcessorStats(),
+        selection=RangeSelection(window, enqueued_times=enqueued_times),
+    )
+    documents, quarantined, _ = pipeline._transform(
+        None, [ReceivedEvent(body, "0", 0, enqueued)], enqueued
+    )
+    return documents, quarantined
+
+
 def test_the_window_keeps_its_apps_and_times_only() -> None:
     window = Window(T0, T0 + timedelta(minutes=10), TimeBasis.EVENT, frozenset({"a"}))
-    decoder = RangeDecoder(Decoder(), window, enqueued_times=True)
     body = b"[" + b",".join([event("a", -1), event("a", 0), event("a", 9), event("a", 10),
                              event("b", 5)]) + b"]"  # fmt: skip
-    decoded = decoder.decode(body, T0 + timedelta(minutes=20))
-    assert [a.event.timestamp for a in decoded.accepted] == [T0, T0 + timedelta(minutes=9)]
-    assert decoder.skipped == 3
+    documents, _ = transformed(window, body, T0 + timedelta(minutes=20))
+    assert [doc.timestamp for doc in documents] == [T0, T0 + timedelta(minutes=9)]
+    # Every event passes a window by enqueued time (the reader cuts batches by it); the apps
+    # filter still applies.
+    by_enqueued = Window(T0, T0 + timedelta(minutes=10), TimeBasis.ENQUEUED, frozenset({"a"}))
+    documents, _ = transformed(by_enqueued, body, T0 + timedelta(minutes=5))
+    assert len(documents) == 4
 
 
 def test_rejected_events_go_by_their_enqueued_time_unless_the_source_has_none() -> None:
     window = Window(T0, T0 + timedelta(minutes=10))
     inside, outside = T0 + timedelta(minutes=1), T0 + timedelta(hours=1)
-    with_times = RangeDecoder(Decoder(), window, enqueued_times=True)
-    assert len(with_times.decode(b"{not json", inside).rejected) == 1
-    assert with_times.decode(b"{not json", outside).rejected == []
-    file = RangeDecoder(Decoder(), window, enqueued_times=False)
-    assert len(file.decode(b"{not json", outside).rejected) == 1
+    assert len(transformed(window, b"{not json", inside)[1]) == 1
+    assert transformed(window, b"{not json", outside)[1] == []
+    assert len(transformed(window, b"{not json", outside, enqueued_times=False)[1]) == 1
+    of_b = orjson.dumps({"app_id": "b", "latency_ms": "slow"})
+    only_a = Window(T0, T0 + timedelta(minutes=10), TimeBasis.EVENT, frozenset({"a"}))
+    assert transformed(only_a, of_b, inside)[1] == []
+    assert len(transformed(window, of_b, inside)[1]) == 1
 
 
 def test_a_window_must_run_forwards_and_carry_zones() -> None:
