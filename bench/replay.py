@@ -14,6 +14,7 @@ medians, written to bench/results/replay.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import resource
@@ -29,9 +30,12 @@ from pathlib import Path
 import orjson
 
 from stream.producers.simulator import Simulator
+from stream.sources.local_log import partition_for
 
 RESULTS = Path(__file__).parent / "results" / "replay.md"
 SMALL = 500
+# The embedded log's partitions (the default): the simulated events are spread over them.
+PARTITIONS = 4
 ENV = {"EVALSTREAM_REPLAY__BATCH_SIZE": "1000"}
 
 
@@ -53,11 +57,29 @@ def configurations(window: list[str]) -> dict[str, list[str]]:
             "reprocess",
             *window,
         ],
+        "replay NDJSON ×4 files, reprocess": [
+            "replay",
+            "{ndjson4}",
+            "--data-dir",
+            "{data}",
+            "--mode",
+            "reprocess",
+            *window,
+        ],
         "process, detectors on": [*process],
         "replay log, shadow": ["replay", "--data-dir", "{data}", "--mode", "shadow", *window],
         "replay NDJSON, shadow": [
             "replay",
             "{ndjson}",
+            "--data-dir",
+            "{data}",
+            "--mode",
+            "shadow",
+            *window,
+        ],
+        "replay NDJSON ×4 files, shadow": [
+            "replay",
+            "{ndjson4}",
             "--data-dir",
             "{data}",
             "--mode",
@@ -90,19 +112,28 @@ def detects(name: str) -> bool:
 
 
 def prepare(root: Path, count: int) -> Path:
-    """A data dir holding ``count`` simulated events in its log, and them as NDJSON beside."""
+    """A data dir holding ``count`` simulated events in its log, and them as NDJSON beside:
+    in one file, and in one file per log partition (the log's four streams, as four files)."""
     simulator = Simulator(
         apps=20, rate=200.0, seed=42, start=datetime.now(UTC) - timedelta(hours=2)
     )
     template = root / f"template-{count}"
     ndjson = template.with_suffix(".ndjson")
-    ndjson.write_bytes(b"\n".join(event.body for event in simulator.events(count)) + b"\n")
+    events = list(simulator.events(count))
+    ndjson.write_bytes(b"\n".join(event.body for event in events) + b"\n")
+    for part in range(PARTITIONS):
+        kept = [e.body for e in events if partition_for(e.app_id or e.body, PARTITIONS) == part]
+        split_file(template, part).write_bytes(b"\n".join(kept) + b"\n")
     subprocess.run(
         [sys.executable, "-m", "evalstream", "send", str(ndjson), "--data-dir", str(template)],
         check=True,
         capture_output=True,
     )
     return template
+
+
+def split_file(template: Path, part: int) -> Path:
+    return template.parent / f"{template.name}-part{part}.ndjson"
 
 
 def one_run(name: str, args: list[str], template: Path, scratch: Path) -> tuple[float, float]:
@@ -115,7 +146,11 @@ def one_run(name: str, args: list[str], template: Path, scratch: Path) -> tuple[
     shutil.rmtree(data, ignore_errors=True)
     shutil.copytree(template, data)
     ndjson = shutil.copyfile(template.with_suffix(".ndjson"), scratch / "events.ndjson")
-    filled = [a.replace("{data}", str(data)).replace("{ndjson}", str(ndjson)) for a in args]
+    for part in range(PARTITIONS):
+        shutil.copyfile(split_file(template, part), scratch / f"events-part{part}.ndjson")
+    ndjson4 = str(scratch / "events-part*.ndjson")
+    fills = {"{data}": str(data), "{ndjson}": str(ndjson), "{ndjson4}": ndjson4}
+    filled = [functools.reduce(lambda a, kv: a.replace(*kv), fills.items(), arg) for arg in args]
     env = {**os.environ, **ENV, "EVALSTREAM_PROCESSOR__HOT_PATH": str(detects(name)).lower()}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -213,7 +248,10 @@ def main() -> None:
         "with the same detectors setting (store only, "
         "or detectors on for the runs with shadow detection), events/s and CPU per event. "
         "Shadow detection does more than the live hot path: it keeps what the detectors read "
-        "in the job and runs them per app in event-time order after reading.",
+        "in the job and runs them per app in event-time order after reading. "
+        "NDJSON ×4 files: the same events in one file per log partition (by app, as the log "
+        "spreads them), so a replay reads four streams concurrently as the processor reads the "
+        "log's four partitions; a single file is one stream, read and written batch after batch.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -11,14 +11,14 @@ the hot path, which the composition root hands in. Breaches leave the pipeline t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import Protocol
 
-from schemas import Breach, DerivedSizes, Status
+from schemas import Breach, DerivedSizes, Status, TelemetryEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +121,14 @@ class EventSink(Protocol):
         traceback: TracebackType | None,
     ) -> None: ...
 
-    async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
-        """Append (partition key, body) pairs; durable when it returns."""
+    async def append(
+        self,
+        bodies: list[tuple[str | None, bytes]],
+        events: Sequence[TelemetryEvent] | None = None,
+    ) -> None:
+        """Append (partition key, body) pairs; durable when it returns. ``events``: the
+        validated events the bodies were made from, one per body (ingest has them), so a
+        sink that rewrites bodies (the log's pseudonymiser) need not read them again."""
         ...
 
 

@@ -40,6 +40,16 @@ class Pseudonymizer:
                 items.extend(self._rewrite(key, body, now))
         return items
 
+    def validated_items(
+        self, bodies: Sequence[tuple[str | None, bytes]], events: Sequence[TelemetryEvent]
+    ) -> list[LogItem]:
+        """``items`` of bodies made from validated events (ingest's): an event with a user_id
+        becomes its record straight away, where ``items`` would validate its body again."""
+        return [
+            (key, body, None) if event.user_id is None else self.event_item(event)
+            for (key, body), event in zip(bodies, events, strict=True)
+        ]
+
     def _rewrite(self, key: str | None, body: bytes, now: datetime) -> list[LogItem]:
         decoded = self.decoder.decode(body, now)
         if not decoded.rejected and all(a.event.user_id is None for a in decoded.accepted):

@@ -269,7 +269,7 @@ class IngestApp:
                 body_of_event, id_of_event = sent_form(accepted.event)
                 bodies.append((accepted.event.app_id, body_of_event))
                 ids.append(id_of_event)
-            await self.sink.append(bodies)
+            await self.sink.append(bodies, [accepted.event for accepted in decoded.accepted])
         status = 202 if not decoded.rejected else (207 if decoded.accepted else 422)
         return _json(
             {

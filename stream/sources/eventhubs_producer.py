@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,6 +11,7 @@ from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubProducerClient
 from azure.eventhub.exceptions import EventHubError
 
+from schemas import TelemetryEvent
 from stream.exceptions import SourceError
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
 from stream.sources.eventhubs_sdk import default_credential, map_error
@@ -79,7 +80,11 @@ class EventHubsSink:
             if credential is not None:
                 await credential.close()
 
-    async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
+    async def append(
+        self,
+        bodies: list[tuple[str | None, bytes]],
+        events: Sequence[TelemetryEvent] | None = None,
+    ) -> None:
         client = self._client
         if client is None:
             raise SourceError(f"EventHubsSink used outside 'async with' (state: {self._state})")

@@ -24,6 +24,7 @@ from typing import IO, TypeVar
 from common.log_context import log_context
 from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, transaction
+from schemas import TelemetryEvent
 from stream.delivery import deliver
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
@@ -334,11 +335,17 @@ class LocalLogSink:
         if self._log is not None:
             await self._log.aclose()
 
-    async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
+    async def append(
+        self,
+        bodies: list[tuple[str | None, bytes]],
+        events: Sequence[TelemetryEvent] | None = None,
+    ) -> None:
         if self._log is None:
             raise SourceError("LocalLogSink used outside 'async with'")
         if self.pseudonymizer is None:
             await self._log.append_async(bodies)
+        elif events is not None:
+            await self._log.append_async(self.pseudonymizer.validated_items(bodies, events))
         else:
             await self._log.append_async(self.pseudonymizer.items(bodies))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from evalstream.ingest_pool import ingest_in_workers
 from evalstream.settings import load_settings
-from schemas import AppDirectory
+from schemas import AppDirectory, TelemetryEvent
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
@@ -200,7 +200,11 @@ async def test_two_equal_invalid_events_of_one_request_are_two_records(ingest: I
 class FullSink:
     """A log on a full disk: every append fails as the embedded log reports it."""
 
-    async def append(self, bodies: list[tuple[str | None, bytes]]) -> None:
+    async def append(
+        self,
+        bodies: list[tuple[str | None, bytes]],
+        events: Sequence[TelemetryEvent] | None = None,
+    ) -> None:
         raise SourceError("append to the event log: database or disk is full", retryable=True)
 
 

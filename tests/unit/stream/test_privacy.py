@@ -10,7 +10,7 @@ import orjson
 
 from schemas import AppDirectory, TelemetryDocument
 from stream.decode import Decoder
-from stream.enrich import Enricher, scrub_user_ids
+from stream.enrich import Enricher, scrub_user_ids, sent_form
 from stream.privacy import Pseudonymizer
 from stream.sources.local_log import LocalLog, LocalLogSink
 from tests.unit.stream.test_output_golden import APPS, NOW, _bodies
@@ -118,3 +118,34 @@ def test_quarantine_keeps_a_hash_in_place_of_every_user_id() -> None:
     rejected = Decoder().decode(b'{"app_id":"a b","user_id":"alice@example.com"}', NOW)
     record = enricher.quarantine(rejected.rejected[0], None, NOW)
     assert "alice" not in record.raw and hashed('"alice@example.com"') in record.raw
+
+
+async def test_ingest_handing_over_its_validated_events_logs_the_same_records(
+    tmp_path: Path,
+) -> None:
+    """Ingest gives the log its validated events beside their bodies, so the pseudonymiser
+    need not validate the bodies again; the records must be the ones the bodies alone give."""
+    enricher = Enricher(APPS, KEY, "local")
+    decoder = Decoder()
+    events = [
+        accepted.event for body in _bodies() for accepted in decoder.decode(body, NOW).accepted
+    ]
+    assert sum(event.user_id is not None for event in events) > 50
+    bodies = [(event.app_id, sent_form(event)[0]) for event in events]
+    rows = []
+    for name, given in (("bodies.db", None), ("events.db", events)):
+        async with LocalLogSink(tmp_path / name, 4, Pseudonymizer(Decoder(), enricher)) as sink:
+            await sink.append(bodies, given)
+        log = LocalLog(tmp_path / name, 4)
+        try:
+            rows.append(
+                [
+                    (e.partition, e.sequence, e.body, e.user)
+                    for p in range(4)
+                    for e in log.read(p, -1, 100_000)
+                ]
+            )
+        finally:
+            log.close()
+    assert len(rows[0]) == len(events)
+    assert rows[1] == rows[0]
