@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Self
 
+from scipy.special import bdtrc
+
 from stream.hotpath.detector import StandardizedDrift, printed
 from stream.hotpath.packing import pack_varints, unpack_varints
 
@@ -12,10 +14,6 @@ def upper_tail(hits: int, trials: int, p: float) -> float:
     """P(X ≥ hits) for X ~ Binomial(trials, p): the one-sided p-value of ``hits``."""
     if hits <= 0:
         return 1.0
-    # Imported at the first closed block, not with the hot path: scipy.special takes ~0.3 s
-    # to import, paid by every processor and worker start, also those that never get here.
-    from scipy.special import bdtrc
-
     return float(bdtrc(hits - 1, trials, p))
 
 
