@@ -65,8 +65,10 @@ def report(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Write an HTML report: latency percentiles against the SLO, errors and budget burn,
-    tokens and cost, score distributions, the incident timeline and evaluation results."""
+    """Write a self-contained HTML report of the stored telemetry.
+
+    Latency percentiles against the SLO, errors and budget burn, tokens and cost, score
+    distributions, the incident timeline and evaluation results."""
     from evalstream.wiring.report import build_report
     from report import ReportRequest, render_html
 

@@ -12,36 +12,37 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from starlette.routing import BaseRoute
-
-from alerts.config import SubscriptionSpec
-from alerts.ports import AlertPublisher, AlertReceiver
-from coldpath.policies.base import Metric
-from coldpath.ports import Executor
 from evalstream import logs
 from evalstream.settings import Settings, SettingsError
 from evalstream.wiring.data_dir import usable_data_dir
-from schemas import JobManifest
-from store.ports import EvaluationStore, TelemetryStore
 from store.sqlite import SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
-from stream.metrics import IngestMetrics
-from stream.pipeline import Pipeline
-from stream.ports import EventSink, EventSource, HotPathFactory
 from stream.privacy import Pseudonymizer
-from stream.processor import Processor
-from stream.producers.ingest import IngestApp
-from stream.producers.ingest_auth import Authorizer
-from stream.producers.ingest_rates import Buckets
 from stream.sources.local_log import SOURCE_NAME, LocalLogSink, LocalLogSource
-from stream.stats import ProcessorStats
 
+# Only what every command needs is imported above: a command that does not build the
+# processor or HTTP ingest (status, send, a cold-path shard task...) does not pay for them.
 if TYPE_CHECKING:
+    from rich.console import Console
+    from starlette.routing import BaseRoute
+
+    from alerts.config import SubscriptionSpec
+    from alerts.ports import AlertPublisher, AlertReceiver
     from coldpath.executors.batch import BatchExecutor
+    from coldpath.policies.base import Metric
+    from coldpath.ports import Executor
     from coldpath.runner import ShardRunner
     from evalstream.workers import WorkerPool
+    from schemas import JobManifest
+    from store.ports import EvaluationStore, TelemetryStore
+    from stream.metrics import IngestMetrics
+    from stream.pipeline import Pipeline
+    from stream.ports import EventSink, EventSource, HotPathFactory
+    from stream.processor import Processor
+    from stream.producers.ingest import IngestApp
+    from stream.producers.ingest_rates import Buckets
+    from stream.stats import ProcessorStats
 
 USER_HASH_KEY_FILE = "user-hash.key"
 
@@ -120,6 +121,9 @@ def ingest_app(
 ) -> IngestApp:
     """HTTP ingest as configured, in the processor's process or in a worker process of its own
     (``buckets``: the rate buckets the workers share)."""
+    from stream.producers.ingest import IngestApp
+    from stream.producers.ingest_auth import Authorizer
+
     return IngestApp(
         decoder(settings),
         enricher(settings, "ingest"),
@@ -208,6 +212,8 @@ def pipeline(
     stats: ProcessorStats,
     publisher_: AlertPublisher | None,
 ) -> Pipeline:
+    from stream.pipeline import Pipeline
+
     return Pipeline(
         store=store_,
         decoder=decoder(settings),
@@ -250,6 +256,8 @@ def processor(
         from evalstream.workers import WorkerPool
 
         return WorkerPool(settings, stats, workers, on_status)
+    from stream.processor import Processor
+
     return Processor(
         source(settings),
         pipeline(settings, store_, stats, publisher_),

@@ -29,11 +29,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import jwt
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from stream.producers.ingest_rates import Buckets, MemoryBuckets
+
+if TYPE_CHECKING:
+    import jwt
 
 ALL_APPS = "*"
 
@@ -127,16 +130,18 @@ class Authorizer:
     ) -> None:
         self._keys = {key.key_sha256: key for key in settings.api_keys}
         self._entra = settings.entra
-        self._jwks = (
-            jwt.PyJWKClient(
+        self._jwks: jwt.PyJWKClient | None = None
+        if settings.entra is not None:
+            # Imported only with Entra ID configured: PyJWT loads cryptography, a tenth of a
+            # second at every start of every command that reads the settings.
+            import jwt
+
+            self._jwks = jwt.PyJWKClient(
                 settings.entra.jwks_url,
                 cache_keys=True,
                 timeout=10,
                 cooldown_duration=settings.entra.jwks_refresh_cooldown_s,
             )
-            if settings.entra is not None
-            else None
-        )
         self._clock = clock
         # Shared with other ingest processes when given (ingest_rates.SqliteBuckets).
         self._buckets = MemoryBuckets() if buckets is None else buckets
@@ -163,6 +168,8 @@ class Authorizer:
 
     async def _token_sender(self, token: str, entra: EntraIdSettings) -> Sender | Denied:
         assert self._jwks is not None
+        import jwt
+
         try:
             # The JWKS fetch is a blocking urllib call (cached after the first).
             signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)

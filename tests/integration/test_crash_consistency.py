@@ -30,7 +30,10 @@ from tests.integration.processor_harness import (
 
 pytestmark = pytest.mark.integration
 
-KILLS = 6
+# Five kills (the issue asks for at least five random points): two in the window between a
+# snapshot and its checkpoint, three anywhere. Each kill costs a processor start.
+SNAPSHOT_KILLS = 2
+ANYWHERE_KILLS = 3
 ENV = KILL_ENV
 
 
@@ -81,10 +84,10 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     rng = random.Random(7)
     # Snapshot-window kills in the first half: plenty of stream left, so batches (and their
     # snapshots) still come after the test takes the log's lock, however late it gets to it.
-    for point in sorted(rng.sample(range(total // 20, total // 2), KILLS // 2)):
+    for point in sorted(rng.sample(range(total // 20, total // 2), SNAPSHOT_KILLS)):
         kill_between_snapshot_and_checkpoint(data_dir, point, env)
     kill_at_points(
-        data_dir, env, sorted(rng.sample(range(total // 2, total * 9 // 10), KILLS // 2))
+        data_dir, env, sorted(rng.sample(range(total // 2, total * 9 // 10), ANYWHERE_KILLS))
     )
     run_until_idle(data_dir, env)
 

@@ -31,7 +31,7 @@ HOURS = 3
 CONFIG = """
 [coldpath]
 catalogue = "tests.unit.coldpath.fakes:CATALOGUE"
-group_size = 20
+group_size = 25
 workers = 2
 shard_retries = 20
 shard_backoff_s = 0.05
@@ -58,6 +58,8 @@ metric = "errors"
 thresholds = { rate = { warning = { max = 0.1 }, critical = { max = 0.3 } } }
 """
 IGNORED = {"computed_at", "manifest_id", "run"}
+# group_size 25: each window's 100 units in 4 shards, two full rounds of the 2 workers (20 made
+# 5 shards, a third round with one worker idle, and a process start more per window).
 
 
 def seed_store(path: Path) -> None:

@@ -5,21 +5,47 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import click
+import typer.main
 from typer.testing import CliRunner
 
-from evalstream.cli import COMMANDS, app
+from evalstream.cli import COMMANDS, LazyCommands, app
 
-HEAVY = ("evalstream.cli.process", "alerts.handlers", "httpx", "stream.hotpath", "plotly")
+app_command = typer.main.get_command(app)
+HEAVY = ("evalstream.cli.process", "alerts.handlers", "httpx", "stream.hotpath", "plotly", "jwt")
 
 
 def test_every_command_is_listed_and_resolves() -> None:
-    result = CliRunner().invoke(app, ["--help"], terminal_width=200)
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for name in COMMANDS:
+    for name, command in COMMANDS.items():
         assert f" {name} " in result.output
+        assert command.summary in result.output
         help_result = CliRunner().invoke(app, [name, "--help"])
         assert help_result.exit_code == 0, (name, help_result.output)
         assert "Usage:" in help_result.output
+        # The root lists the table's summary; it must be the command's own first line.
+        resolved = LazyCommands(name="evalstream").get_command(click.Context(app_command), name)
+        own = resolved.short_help or resolved.help
+        assert own.splitlines()[0] == command.summary, name
+
+
+def test_the_root_help_imports_no_command() -> None:
+    script = (
+        "import sys\n"
+        "from evalstream.cli import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "ours = ('evalstream.', 'stream', 'store', 'alerts', 'coldpath')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(ours)))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert " replay " in output
+    assert output.strip().splitlines()[-1] == "['evalstream.cli']"
 
 
 def test_a_shard_task_does_not_import_the_other_commands() -> None:
