@@ -124,11 +124,12 @@ class EventSink(Protocol):
     async def append(
         self,
         bodies: list[tuple[str | None, bytes]],
-        events: Sequence[TelemetryEvent] | None = None,
+        validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
     ) -> None:
-        """Append (partition key, body) pairs; durable when it returns. ``events``: the
-        validated events the bodies were made from, one per body (ingest has them), so a
-        sink that rewrites bodies (the log's pseudonymiser) need not read them again."""
+        """Append (partition key, body) pairs; durable when it returns. ``validated``: the
+        events the bodies were made from and their document ids, one per body (ingest has
+        them), so a sink that rewrites bodies (the log's pseudonymiser) need not read them
+        again."""
         ...
 
 

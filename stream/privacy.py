@@ -41,13 +41,16 @@ class Pseudonymizer:
         return items
 
     def validated_items(
-        self, bodies: Sequence[tuple[str | None, bytes]], events: Sequence[TelemetryEvent]
+        self,
+        bodies: Sequence[tuple[str | None, bytes]],
+        validated: Sequence[tuple[TelemetryEvent, str]],
     ) -> list[LogItem]:
-        """``items`` of bodies made from validated events (ingest's): an event with a user_id
-        becomes its record straight away, where ``items`` would validate its body again."""
+        """``items`` of bodies made from validated events with their document ids (ingest's):
+        an event with a user_id becomes its record straight away, where ``items`` would
+        validate its body again."""
         return [
-            (key, body, None) if event.user_id is None else self.event_item(event)
-            for (key, body), event in zip(bodies, events, strict=True)
+            (key, body, None) if event.user_id is None else self.event_item(event, id_)
+            for (key, body), (event, id_) in zip(bodies, validated, strict=True)
         ]
 
     def _rewrite(self, key: str | None, body: bytes, now: datetime) -> list[LogItem]:
@@ -70,10 +73,11 @@ class Pseudonymizer:
             )
         return items
 
-    def event_item(self, event: TelemetryEvent) -> LogItem:
-        """The log record of a validated event: without user_id, with its hash and id."""
+    def event_item(self, event: TelemetryEvent, id_: str | None = None) -> LogItem:
+        """The log record of a validated event: without user_id, with its hash and id
+        (``id_`` when the caller has it already)."""
         if event.user_id is None:
             return (event.app_id, event.model_dump_json(exclude_defaults=True).encode(), None)
-        user = (self.enricher.user_hash(event.user_id), document_id(event))
+        user = (self.enricher.user_hash(event.user_id), id_ or document_id(event))
         body = event.model_dump_json(exclude_defaults=True, exclude={"user_id"}).encode()
         return (event.app_id, body, user)

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import EvalstreamError
 from common.log_context import log_context
+from schemas import TelemetryEvent
 from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected
 from stream.enrich import Enricher, sent_form
@@ -265,11 +266,13 @@ class IngestApp:
         ids: list[str] = []
         if decoded.accepted:
             bodies: list[tuple[str | None, bytes]] = []
+            validated: list[tuple[TelemetryEvent, str]] = []
             for accepted in decoded.accepted:
                 body_of_event, id_of_event = sent_form(accepted.event)
                 bodies.append((accepted.event.app_id, body_of_event))
+                validated.append((accepted.event, id_of_event))
                 ids.append(id_of_event)
-            await self.sink.append(bodies, [accepted.event for accepted in decoded.accepted])
+            await self.sink.append(bodies, validated)
         status = 202 if not decoded.rejected else (207 if decoded.accepted else 422)
         return _json(
             {

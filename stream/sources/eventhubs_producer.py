@@ -83,7 +83,7 @@ class EventHubsSink:
     async def append(
         self,
         bodies: list[tuple[str | None, bytes]],
-        events: Sequence[TelemetryEvent] | None = None,
+        validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
     ) -> None:
         client = self._client
         if client is None:

@@ -338,14 +338,14 @@ class LocalLogSink:
     async def append(
         self,
         bodies: list[tuple[str | None, bytes]],
-        events: Sequence[TelemetryEvent] | None = None,
+        validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
     ) -> None:
         if self._log is None:
             raise SourceError("LocalLogSink used outside 'async with'")
         if self.pseudonymizer is None:
             await self._log.append_async(bodies)
-        elif events is not None:
-            await self._log.append_async(self.pseudonymizer.validated_items(bodies, events))
+        elif validated is not None:
+            await self._log.append_async(self.pseudonymizer.validated_items(bodies, validated))
         else:
             await self._log.append_async(self.pseudonymizer.items(bodies))
 

@@ -203,7 +203,7 @@ class FullSink:
     async def append(
         self,
         bodies: list[tuple[str | None, bytes]],
-        events: Sequence[TelemetryEvent] | None = None,
+        validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
     ) -> None:
         raise SourceError("append to the event log: database or disk is full", retryable=True)
 

@@ -131,9 +131,11 @@ async def test_ingest_handing_over_its_validated_events_logs_the_same_records(
         accepted.event for body in _bodies() for accepted in decoder.decode(body, NOW).accepted
     ]
     assert sum(event.user_id is not None for event in events) > 50
-    bodies = [(event.app_id, sent_form(event)[0]) for event in events]
+    sent = [sent_form(event) for event in events]
+    bodies = [(event.app_id, body) for event, (body, _) in zip(events, sent, strict=True)]
+    validated = [(event, id_) for event, (_, id_) in zip(events, sent, strict=True)]
     rows = []
-    for name, given in (("bodies.db", None), ("events.db", events)):
+    for name, given in (("bodies.db", None), ("events.db", validated)):
         async with LocalLogSink(tmp_path / name, 4, Pseudonymizer(Decoder(), enricher)) as sink:
             await sink.append(bodies, given)
         log = LocalLog(tmp_path / name, 4)
