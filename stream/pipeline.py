@@ -175,9 +175,14 @@ class Pipeline:
         # Events a snapshot covers were stored before it was saved (a restart between the
         # snapshot and the source checkpoint reads them again): stored, they stay as they are.
         if events[0].sequence <= state.covered:
-            events = [event for event in events if event.sequence > state.covered]
-            if not events:
+            fresh = [event for event in events if event.sequence > state.covered]
+            if not fresh:
+                # Still progress: the lag (``--until-idle``, readiness) and the source
+                # checkpoint catch up with the snapshot, or they would stay behind until the
+                # next new event, and forever at the end of a stream.
+                await self._done(context, state, events[-1], [], [], [], 0.0)
                 return
+            events = fresh
         watermark = state.watermark
         try:
             documents, quarantined = await self._store(state, events, now)
@@ -196,15 +201,31 @@ class Pipeline:
             # publish) already moved.
             state.watermark = watermark
             raise
-        self.stats.record(
-            context.partition_id,
+        await self._done(
+            context,
+            state,
             events[-1],
-            len(documents),
+            documents,
             quarantined,
             breaches,
             time.perf_counter() - started,
         )
-        state.pending = events[-1]
+
+    async def _done(
+        self,
+        context: PartitionContext,
+        state: _Partition,
+        last: ReceivedEvent,
+        documents: list[TelemetryDocument],
+        quarantined: list[QuarantineRecord],
+        breaches: list[Breach],
+        seconds: float,
+    ) -> None:
+        """A batch is durable: count it, and checkpoint when the interval has passed."""
+        self.stats.record(
+            context.partition_id, last, len(documents), quarantined, breaches, seconds
+        )
+        state.pending = last
         if time.monotonic() - state.last_checkpoint >= self.checkpoint_interval_s:
             await self._checkpoint(context, state)
 

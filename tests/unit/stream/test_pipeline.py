@@ -577,6 +577,44 @@ async def test_a_kill_between_snapshot_and_checkpoint_stores_what_a_clean_run_st
         assert isinstance(hot, RecordingHotPath) and hot.seen == list(range(9))
 
 
+@dataclass
+class HeadContext(Context):
+    """A partition whose last enqueued event is ``head``."""
+
+    head: int = -1
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return self.head
+
+
+async def test_events_a_snapshot_covers_still_move_the_lag_and_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Killed between the snapshot and the checkpoint at the end of the stream: redelivered,
+    the covered events bring nothing new, yet the partition must catch up (``--until-idle``
+    waits for a lag of 0 and would wait forever)."""
+    async with SqliteStore(tmp_path / "s.db") as store:
+        first = make_pipeline(store)
+        context = await started(first)
+        await first.on_batch(context, BATCHES[0])
+
+        async def killed(event: ReceivedEvent) -> None:
+            raise CheckpointKilled
+
+        context.checkpoint = killed  # type: ignore[method-assign]
+        with pytest.raises(CheckpointKilled):
+            await first.on_batch(context, BATCHES[1])
+
+        restarted = make_pipeline(store)
+        again = HeadContext(checkpoints=[2], head=BATCHES[1][-1].sequence)
+        await restarted.on_partition_initialize(again)
+        assert await restarted.stats.lag() == {"0": 3}
+        await restarted.on_batch(again, BATCHES[1])
+        assert await restarted.stats.lag() == {"0": 0}
+        assert again.checkpoints == [2, 5]
+        assert await store.count("telemetry") == 6
+
+
 async def test_future_skew_counts_from_the_enqueued_time_not_from_now(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as store:
         pipeline = make_pipeline(store, hot=False)
