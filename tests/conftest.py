@@ -26,3 +26,6 @@ def _collect_garbage_between_modules() -> Iterator[None]:
     # collected, not at an arbitrary later moment.
     yield
     gc.collect()
+    # What is still alive now lives on (servers, session fixtures, modules): frozen, the next
+    # modules' collections no longer walk it again (~0.5 s per module late in the suite).
+    gc.freeze()
