@@ -550,21 +550,26 @@ class CheckpointKilled(Exception):
     """The process died after the detector snapshot, before the source checkpoint."""
 
 
+async def _killed_between_snapshot_and_checkpoint(store: SqliteStore) -> None:
+    """Batch 0 processed and checkpointed at 2; batch 1 stored and snapshotted, then killed."""
+    first = make_pipeline(store)
+    context = await started(first)
+    await first.on_batch(context, BATCHES[0])
+
+    async def killed(event: ReceivedEvent) -> None:
+        raise CheckpointKilled
+
+    context.checkpoint = killed  # type: ignore[method-assign]
+    with pytest.raises(CheckpointKilled):
+        await first.on_batch(context, BATCHES[1])
+
+
 async def test_a_kill_between_snapshot_and_checkpoint_stores_what_a_clean_run_stores(
     tmp_path: Path,
 ) -> None:
     reference = await _reference(tmp_path)
     async with SqliteStore(tmp_path / "s.db") as store:
-        first = make_pipeline(store)
-        context = await started(first)
-        await first.on_batch(context, BATCHES[0])
-
-        async def killed(event: ReceivedEvent) -> None:
-            raise CheckpointKilled
-
-        context.checkpoint = killed  # type: ignore[method-assign]
-        with pytest.raises(CheckpointKilled):
-            await first.on_batch(context, BATCHES[1])
+        await _killed_between_snapshot_and_checkpoint(store)
         snapshot = await store.load_state("$Default", "0")
         assert snapshot is not None and snapshot.covered_sequence == 5  # the snapshot landed
 
@@ -594,16 +599,7 @@ async def test_events_a_snapshot_covers_still_move_the_lag_and_the_checkpoint(
     the covered events bring nothing new, yet the partition must catch up (``--until-idle``
     waits for a lag of 0 and would wait forever)."""
     async with SqliteStore(tmp_path / "s.db") as store:
-        first = make_pipeline(store)
-        context = await started(first)
-        await first.on_batch(context, BATCHES[0])
-
-        async def killed(event: ReceivedEvent) -> None:
-            raise CheckpointKilled
-
-        context.checkpoint = killed  # type: ignore[method-assign]
-        with pytest.raises(CheckpointKilled):
-            await first.on_batch(context, BATCHES[1])
+        await _killed_between_snapshot_and_checkpoint(store)
 
         restarted = make_pipeline(store)
         again = HeadContext(checkpoints=[2], head=BATCHES[1][-1].sequence)
