@@ -13,7 +13,7 @@ import contextlib
 import functools
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from common.retry import sleep_or_stop
@@ -155,24 +155,6 @@ class RateLimit:
             await sleep_or_stop(start - now, stop)
 
 
-async def read_ahead(
-    batches: AsyncGenerator[list[ReceivedEvent]],
-) -> AsyncGenerator[list[ReceivedEvent]]:
-    """``batches`` with the next one read while the current one is processed: reading (a
-    database, a file, the network) overlaps the pipeline's work, as a live source's prefetch
-    does. The batches and their order are the reader's; left early, the read in flight is
-    cancelled and the reader closed."""
-    pending = asyncio.ensure_future(anext(batches, None))
-    try:
-        while (events := await pending) is not None:
-            pending = asyncio.ensure_future(anext(batches, None))
-            yield events
-    finally:
-        pending.cancel()
-        await asyncio.gather(pending, return_exceptions=True)
-        await batches.aclose()
-
-
 class Replay:
     """Runs every unfinished partition of a job through the pipeline, one task each."""
 
@@ -217,9 +199,7 @@ class Replay:
             batch_size = max(1, min(batch_size, int(self.rate.per_second)))
         try:
             # Closed at once when left early (Ctrl-C): a reader holds a connection per read.
-            async with contextlib.aclosing(
-                read_ahead(self.reader.read(plan, position, batch_size))
-            ) as batches:
+            async with contextlib.aclosing(self.reader.read(plan, position, batch_size)) as batches:
                 async for events in batches:
                     if stop.is_set() or not await self._deliver(context, events, stop):
                         break

@@ -3,12 +3,9 @@ Capture readers' positions and times, the report's order."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import io
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
@@ -29,7 +26,7 @@ from stream.replay.job import JobFile
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
 from stream.replay.readers.capture_blob import CAPTURE_SCHEMA, enqueued_time, file_time
 from stream.replay.readers.ndjson import NdjsonReader, expand
-from stream.replay.run import RangeSelection, read_ahead
+from stream.replay.run import RangeSelection
 from stream.stats import ProcessorStats
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -193,28 +190,3 @@ def test_a_job_of_the_older_format_is_refused_in_one_line(tmp_path: Path) -> Non
     connection.close()
     with pytest.raises(ReplayError, match="r-old was made by an older evalstream"):
         JobFile(path)
-
-
-async def test_reading_ahead_keeps_the_batches_and_closes_the_reader_when_left_early() -> None:
-    read: list[int] = []
-    closed = asyncio.Event()
-
-    async def batches() -> AsyncGenerator[list[ReceivedEvent]]:
-        try:
-            for number in range(5):
-                read.append(number)
-                yield [ReceivedEvent(b"{}", "0", number, T0)]
-        finally:
-            closed.set()
-
-    assert [b[0].sequence async for b in read_ahead(batches())] == [0, 1, 2, 3, 4]
-    read.clear()
-    closed.clear()
-    async with contextlib.aclosing(read_ahead(batches())) as ahead:
-        async for batch in ahead:
-            # While the first batch is processed, the second one has been read already.
-            await asyncio.sleep(0)
-            assert read == [0, 1]
-            break
-    assert closed.is_set()
-    assert read == [0, 1]
