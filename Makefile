@@ -12,7 +12,8 @@ NPM_STAMP := $(NPM_DIR)/node_modules/.installed
 RUN_ARGS ?= --simulate
 DEBIAN_PACKAGES ?= chromium tmux
 # Test processes: most of the suite waits on local servers and child processes, so two keep a
-# 2-core machine busy (772 s in one process, 443 s in two, on this project's 2-core machine).
+# 2-core machine busy (on this project's 2-core machine: 772 s in one process; 401-443 s in two,
+# together with the collector freeze between modules in tests/conftest.py).
 TEST_WORKERS ?= 2
 
 .PHONY: install run test lint bench servers clean debian
