@@ -56,18 +56,24 @@ numbers = st.one_of(
 texts = st.text(max_size=12) | st.sampled_from(["", " ", "é", "\u2028", "💥", "a\\b", '"q"'])
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=4)
+VALID_TIMES = [
+    "2026-11-22T11:00:00Z",
+    "2026-11-22T11:00:00.123456Z",
+    "2026-11-22T11:00:00.1234567Z",
+    "2026-11-22T13:00:00+02:00",
+    "2026-11-22T11:00:00+00:00",
+    "2026-11-22 11:00:00Z",
+    "2026-11-22T12:14:59Z",
+]
+valid_timestamps = (
+    st.sampled_from(VALID_TIMES) | st.integers(0, 1_790_000_000) | st.floats(0, 1.79e9)
+)
+# Naive, a date alone, past the allowed skew, before 1970 or before year 1 in UTC, far ahead.
 timestamps = st.one_of(
     st.sampled_from(
         [
-            "2026-11-22T11:00:00Z",
-            "2026-11-22T11:00:00.123456Z",
-            "2026-11-22T11:00:00.1234567Z",
-            "2026-11-22T13:00:00+02:00",
-            "2026-11-22T11:00:00+00:00",
-            "2026-11-22 11:00:00Z",
             "2026-11-22T11:00:00",
             "2026-11-22",
-            "2026-11-22T12:14:59Z",
             "2026-11-22T12:16:00Z",
             "1969-12-31T23:59:59Z",
             "0001-01-01T00:00:00+05:00",
@@ -75,7 +81,6 @@ timestamps = st.one_of(
         ]
     ),
     st.integers(min_value=-(10**12), max_value=10**13),
-    st.floats(min_value=0, max_value=2e9),
     scalars,
 )
 ids = st.text(min_size=1, max_size=12)
@@ -85,22 +90,7 @@ keys = st.text(min_size=1, max_size=8)
 FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     "schema_version": (st.sampled_from([1, 1.0]), st.sampled_from(["1", 2, True]) | scalars),
     "app_id": (st.from_regex(r"[A-Za-z0-9._:-]{1,20}", fullmatch=True), scalars),
-    "timestamp": (
-        st.sampled_from(
-            [
-                "2026-11-22T11:00:00Z",
-                "2026-11-22T11:00:00.123456Z",
-                "2026-11-22T11:00:00.1234567Z",
-                "2026-11-22T13:00:00+02:00",
-                "2026-11-22T11:00:00+00:00",
-                "2026-11-22 11:00:00Z",
-                "2026-11-22T12:14:59Z",
-            ]
-        )
-        | st.integers(0, 1_790_000_000)
-        | st.floats(0, 1.79e9),
-        timestamps,
-    ),
+    "timestamp": (valid_timestamps, timestamps),
     "trace_id": (ids | st.just("x" * 256), st.just("x" * 257) | scalars),
     "event_id": (ids, scalars),
     "span_id": (ids, scalars),
