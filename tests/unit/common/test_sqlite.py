@@ -135,3 +135,37 @@ async def test_a_closed_file_refuses_calls(file: SqliteFile) -> None:
     await file.aclose()
     with pytest.raises(FileError, match="closed"):
         await file.run(count)
+
+
+def test_two_writers_keep_the_wal_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers appending at once (processing workers sharing the store) while their
+    checkpoints fall due: each checkpoint restarts the WAL, so it stays near what a few
+    checkpoints' worth of writes take. A passive checkpoint never caught up with the other
+    writer, and this WAL grew to several times the data written."""
+    monkeypatch.setattr(common.sqlite, "CHECKPOINT_EVERY_CHANGES", 200)
+    path = tmp_path / "shared.db"
+    files = [SqliteFile(path, error_type=FileError, schema=SCHEMA) for _ in range(2)]
+    row = "x" * 1500
+
+    def write(connection: sqlite3.Connection) -> None:
+        with transaction(connection):
+            connection.executemany("INSERT INTO item (note) VALUES (?)", [(row,)] * 20)
+
+    def writer(file: SqliteFile) -> None:
+        for _ in range(400):
+            file.run_blocking(write)
+
+    threads = [threading.Thread(target=writer, args=(file,)) for file in files]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        written = 2 * 400 * 20 * len(row)  # 24 MB of rows
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert wal < written / 4, f"WAL {wal:,} bytes after {written:,} bytes of rows"
+        rows = files[0].run_blocking(lambda c: c.execute("SELECT count(*) FROM item").fetchone())
+        assert rows == (16_000,)
+    finally:
+        for file in files:
+            file.close()
