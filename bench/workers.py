@@ -44,6 +44,8 @@ from stream.sources.local_log import LocalLog
 RESULTS = Path(__file__).parent / "results" / "workers.md"
 PARTITIONS = 4
 RSS_EVERY_S = 0.5
+# (elapsed s, documents stored, RSS per worker, the store's WAL file size in bytes)
+Sample = tuple[float, int, list[int], int]
 ENV = {
     "EVALSTREAM_PROCESSOR__HOT_PATH": "true",
     "EVALSTREAM_USER_HASH_KEY": "bench",
@@ -242,9 +244,7 @@ def one_run(template: Path, workers: int, total: int) -> Run:
                     pipelines = processing_pids(process, workers)
                     rss = worker_rss(process, workers) or rss
                 if process.poll() is not None and done is None:
-                    raise RuntimeError(
-                        process.stderr.read().decode() if process.stderr else "exit"
-                    )
+                    raise RuntimeError(process.stderr.read().decode() if process.stderr else "exit")
                 if first is not None and now >= next_rss:
                     rss = worker_rss(process, workers) or rss
                     next_rss = now + RSS_EVERY_S
@@ -309,9 +309,10 @@ def serial_parts(items: list[tuple[str | None, bytes]], repeats: int) -> dict[st
     }
 
 
-def sustained(seconds: float, apps: int, rate: float) -> list[tuple[float, int, list[int]]]:
-    """(elapsed s, stored, RSS per worker) every ~10 s of a simulated load at ``rate``."""
-    samples: list[tuple[float, int, list[int]]] = []
+def sustained(seconds: float, apps: int, rate: float) -> list[Sample]:
+    """(elapsed s, stored, RSS per worker, the store's WAL file size) every ~10 s of a simulated
+    load at ``rate``."""
+    samples: list[Sample] = []
     with tempfile.TemporaryDirectory() as folder:
         data_dir = Path(folder) / "data"
         process = subprocess.Popen(
@@ -324,25 +325,26 @@ def sustained(seconds: float, apps: int, rate: float) -> list[tuple[float, int, 
         try:
             while (elapsed := time.monotonic() - started) < seconds:
                 time.sleep(10)
-                samples.append((elapsed + 10, stored(data_dir), worker_rss(process, 2)))
+                wal = data_dir / "store.db-wal"
+                wal_bytes = wal.stat().st_size if wal.exists() else 0
+                samples.append((elapsed + 10, stored(data_dir), worker_rss(process, 2), wal_bytes))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=120)
     return samples
 
 
-def sustained_table(
-    samples: list[tuple[float, int, list[int]]], seconds: float, rate: float
-) -> list[str]:
+def sustained_table(samples: list[Sample], seconds: float, rate: float) -> list[str]:
     return [
         f"Sustained load: `process --workers 2 --simulate --apps 20 --rate {rate:g}` for "
         f"{seconds:g} s, RSS per worker:",
         "",
-        "| elapsed s | stored | RSS per worker (MB) |",
-        "| --- | --- | --- |",
+        "| elapsed s | stored | RSS per worker (MB) | store's WAL file (MB) |",
+        "| --- | --- | --- | --- |",
         *(
-            f"| {elapsed:.0f} | {count:,} | {'+'.join(f'{s / 2**20:.0f}' for s in rss)} |"
-            for elapsed, count, rss in samples
+            f"| {elapsed:.0f} | {count:,} | {'+'.join(f'{s / 2**20:.0f}' for s in rss)} "
+            f"| {wal / 2**20:.0f} |"
+            for elapsed, count, rss, wal in samples
         ),
         "",
         *trend_lines(samples, 60.0),
@@ -351,12 +353,12 @@ def sustained_table(
     ]
 
 
-def trend_lines(samples: list[tuple[float, int, list[int]]], warm_up_s: float) -> list[str]:
+def trend_lines(samples: list[Sample], warm_up_s: float) -> list[str]:
     """Per worker, after the warm-up: the RSS range and its least-squares trend in MB per
     minute (what "flat" means here: a trend near zero and a range of a few MB). Printed after
     the first minute and over the second half of the run: the page caches and the allocator's
     per-thread arenas fill over the first minutes."""
-    steady = [(elapsed, rss) for elapsed, _, rss in samples if elapsed > warm_up_s]
+    steady = [(elapsed, rss) for elapsed, _, rss, _ in samples if elapsed > warm_up_s]
     if len(steady) < 3 or len({len(rss) for _, rss in steady}) != 1:
         return ["Too few samples after the warm-up for a trend."]
     lines = [f"After the first {warm_up_s:g} s, per worker:", ""]
