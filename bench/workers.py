@@ -146,6 +146,11 @@ class StoreWatch:
             return 0
         return int(row[0] or 0)
 
+    def counted(self) -> int:
+        """Every document, counted (once, at the end)."""
+        assert self._connection is not None
+        return int(self._connection.execute("SELECT count(*) FROM telemetry").fetchone()[0])
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
@@ -238,14 +243,14 @@ def one_run(template: Path, workers: int, total: int) -> Run:
                 if first is None and count > 0:
                     first, at_first = now, schedstat(process)
                     observer_cpu = time.process_time()
-                if count >= total and stored(data_dir) >= total:
+                if count >= total and watch.counted() >= total:
                     done, at_done = time.perf_counter(), schedstat(process)
                     observer_cpu = time.process_time() - observer_cpu
                     pipelines = processing_pids(process, workers)
                     rss = worker_rss(process, workers) or rss
                 if process.poll() is not None and done is None:
                     raise RuntimeError(process.stderr.read().decode() if process.stderr else "exit")
-                if first is not None and now >= next_rss:
+                if done is None and first is not None and now >= next_rss:
                     rss = worker_rss(process, workers) or rss
                     next_rss = now + RSS_EVERY_S
                 time.sleep(0.02)

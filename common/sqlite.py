@@ -214,10 +214,10 @@ class SqliteFile:
             raise self.error_type(f"{what}: {self.path} is closed")
         connection = self._connection
         changes = connection.total_changes
-        # Busy timeout 0: a locked file answers SQLITE_BUSY at once instead of sleeping here.
-        connection.execute("PRAGMA busy_timeout=0")
         try:
-            return True, call(connection)
+            # Busy timeout 0: a locked file answers SQLITE_BUSY at once instead of sleeping here.
+            with self._busy_timeout(0):
+                return True, call(connection)
         except sqlite3.OperationalError as exc:
             untouched = connection.total_changes == changes and not connection.in_transaction
             if untouched and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
@@ -226,8 +226,16 @@ class SqliteFile:
         except sqlite3.Error as exc:
             raise self._error(exc, what) from exc
         finally:
-            connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             self._queue_checkpoint_if_due()
+
+    @contextmanager
+    def _busy_timeout(self, milliseconds: int) -> Iterator[None]:
+        """This connection's busy timeout set to ``milliseconds`` for a call, then set back."""
+        self._connection.execute(f"PRAGMA busy_timeout={milliseconds}")
+        try:
+            yield
+        finally:
+            self._connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
 
     def _error(self, exc: sqlite3.Error, what: str) -> EvalstreamError:
         return map_error(exc, what, self.error_type, self.transient_type)
@@ -258,11 +266,8 @@ class SqliteFile:
         try:
             _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if frames * self._page_size > WAL_SIZE_LIMIT:
-                connection.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
-                try:
+                with self._busy_timeout(CHECKPOINT_WAIT_MS):
                     connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-                finally:
-                    connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
         except sqlite3.Error as exc:
             # The WAL keeps the data; the next checkpoint (or closing) copies it over.
             log.warning("checkpoint of %s failed: %s", self.path, exc)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import TelemetryEvent
-from stream.decode import Decoded, Decoder, _accepted
+from stream.decode import Decoded, Decoder, _accepted, _json_error
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 VALID = b'{"app_id": "a", "timestamp": "2026-11-22T11:00:00Z", "trace_id": "t"}'
@@ -40,8 +40,6 @@ class JsonFirstDecoder(Decoder):
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            from stream.decode import _json_error
-
             return self._reject_whole(body, _json_error(body, exc))
         return self.decode_value(parsed, context["now"], raw=body)
 
