@@ -216,17 +216,25 @@ async def _simulate(
 
 
 async def _stop_when_idle(stats: ProcessorStats, idle_s: float, stop: asyncio.Event) -> None:
-    """Stop once every partition is caught up and nothing new arrived for ``idle_s``."""
-    last_events, last_change = -1, time.monotonic()
+    """Stop once every partition is caught up and no batch was processed for ``idle_s``.
+
+    The lag is polled (every 0.2 s at most) but the quiet time counts from the last batch's
+    own time, and the last wait ends when ``idle_s`` has passed since it: the command stops
+    ``idle_s`` after its last batch, not up to a polling interval later."""
+    last_change = time.monotonic()
     while not stop.is_set():
         lags = await stats.lag()
-        if stats.events != last_events or any(lag for lag in lags.values()):
-            last_events, last_change = stats.events, time.monotonic()
-        elif time.monotonic() - last_change >= idle_s:
+        now = time.monotonic()
+        if any(lag for lag in lags.values()):
+            last_change = now
+        if stats.last_batch_at is not None:
+            last_change = max(last_change, stats.last_batch_at)
+        quiet_s = now - last_change
+        if quiet_s >= idle_s:
             stop.set()
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(0.2, idle_s)):
+            async with asyncio.timeout(min(0.2, idle_s - quiet_s)):
                 await stop.wait()
 
 

@@ -31,6 +31,8 @@ class ProcessorStats:
     breaches_opened: int = 0
     breaches_resolved: int = 0
     started: float = field(default_factory=time.monotonic)
+    # When the latest batch's outcome was recorded (monotonic; None before the first).
+    last_batch_at: float | None = None
     # Called with every breach the processor published (the CLI prints them).
     on_breach: Callable[[Breach], None] | None = None
     metrics: ProcessorMetrics = field(default_factory=ProcessorMetrics)
@@ -85,10 +87,11 @@ class ProcessorStats:
     ) -> None:
         """``record`` from what a batch's outcome reduces to (what a worker process sends its
         supervisor): the quarantine records' first issue codes instead of the records."""
+        self.last_batch_at = now = time.monotonic()
         progress = self._partitions.get(partition_id)
         if progress is not None:
             progress.last_sequence = last_sequence
-            progress.last_batch_at = time.monotonic()
+            progress.last_batch_at = now
         self.documents += documents
         self.quarantined += len(quarantine_codes)
         self.events += documents + len(quarantine_codes)
