@@ -36,13 +36,15 @@ CREATE TABLE IF NOT EXISTS counts (
     PRIMARY KEY (partition, what)
 );
 -- Shadow detection's input: per document what the hot path reads (stream.replay.observed).
+-- Kept in the order detection reads it (per app, by event time), not in arrival order: a file
+-- interleaving every app made each app's scan touch every page (0.7-1.1 µs/event more).
 CREATE TABLE IF NOT EXISTS observed (
     pk TEXT NOT NULL, id TEXT NOT NULL, app TEXT NOT NULL, ts REAL NOT NULL,
     partition TEXT NOT NULL, sequence INTEGER NOT NULL, idx INTEGER NOT NULL,
     packed BLOB NOT NULL,
-    PRIMARY KEY (pk, id)
-);
-CREATE INDEX IF NOT EXISTS observed_order ON observed (app, ts, partition, sequence, idx);
+    PRIMARY KEY (app, ts, partition, sequence, idx)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS observed_id ON observed (pk, id);
 CREATE TABLE IF NOT EXISTS unreadable (name TEXT PRIMARY KEY, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS detected (app TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS breaches (
@@ -224,10 +226,10 @@ class JobFile:
 
         def write(connection: sqlite3.Connection) -> None:
             with transaction(connection):
+                # A conflict on either key is the same event again (its id and its source
+                # position are both fixed by it): the first one stays.
                 connection.executemany(
-                    "INSERT INTO observed VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (pk, id) DO NOTHING",
-                    rows,
+                    "INSERT OR IGNORE INTO observed VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )
 
         await self._file.run(write, "keep documents for shadow detection")
