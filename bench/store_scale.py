@@ -1,0 +1,165 @@
+"""The embedded store's write cost as a day of one app fills it.
+
+Run: ``python -m bench.store_scale [--rows N] [--repeats R]``.
+
+Documents are keyed by (pk, id): pk is the app and the day, id is derived from the event (a
+trace id: random). Every write of a 1,000-document batch therefore lands its ids at random
+places in the app-day's part of the key index; once that part has more pages than a batch has
+rows, each row costs a page of its own (WAL frame, checkpoint copy, cache miss). The other
+benches start from an empty store and never get there.
+
+Each configuration writes ``--rows`` synthetic documents of one app-day (random 32-hex ids,
+1,500-byte documents, time-ordered) in 1,000-row transactions through the store's own schema
+and upsert statement, on a connection opened as the project opens its files (page size, WAL,
+synchronous=NORMAL), with a checkpoint every ``CHECKPOINT_EVERY_CHANGES`` rows as the store
+runs them (then the WAL starts over), and measures CPU (process time) and WAL bytes per row over
+each tenth of the run:
+
+- ``store``: as shipped (``common.sqlite.CACHE_KIB`` page cache);
+- ``store, 64 MiB cache``: the same with a larger page cache;
+- ``floor: no key index``: plain inserts without the (pk, id) unique index (what the rows
+  and the time index cost alone; not a correct store: duplicates would not be found).
+
+Configurations interleave, ``--repeats`` times; medians. Results: bench/results/store_scale.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import common.sqlite
+from common.sqlite import CHECKPOINT_EVERY_CHANGES, connect, transaction
+from store.sqlite import _SCHEMA, _UPSERT_TELEMETRY
+
+RESULTS = Path(__file__).parent / "results" / "store_scale.md"
+BATCH = 1_000
+DOCUMENT = b'{"pad":"' + b"x" * 1_488 + b'"}'
+_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_key ON telemetry (pk, id);"
+_INSERT = "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?)"
+
+
+class Config:
+    def __init__(self, name: str, cache_kib: int, schema: str, statement: str) -> None:
+        self.name = name
+        self.cache_kib = cache_kib
+        self.schema = schema
+        self.statement = statement
+
+
+def configurations() -> list[Config]:
+    assert _KEY_INDEX in _SCHEMA, "the store's key index changed: update this bench"
+    shipped = common.sqlite.CACHE_KIB
+    return [
+        Config("store", shipped, _SCHEMA, _UPSERT_TELEMETRY),
+        Config("store, 64 MiB cache", 64 * 1024, _SCHEMA, _UPSERT_TELEMETRY),
+        Config("floor: no key index", shipped, _SCHEMA.replace(_KEY_INDEX, ""), _INSERT),
+    ]
+
+
+def one_run(config: Config, rows: int, directory: Path) -> list[tuple[float, float]]:
+    """(CPU µs/row, WAL KiB/row) of each tenth of ``rows`` written into a new store."""
+    path = directory / "store.db"
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    shipped = common.sqlite.CACHE_KIB
+    common.sqlite.CACHE_KIB = config.cache_kib  # read by connect() as it opens the file
+    try:
+        connection = connect(path)
+    finally:
+        common.sqlite.CACHE_KIB = shipped
+    connection.execute("PRAGMA wal_autocheckpoint=0")
+    connection.executescript(config.schema)
+    page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
+    tenth = rows // 10
+    stamp = datetime(2026, 12, 4, tzinfo=UTC).timestamp()
+    parts = []
+    try:
+        for _ in range(10):
+            rows_of_tenth = []
+            for _ in range(tenth):
+                stamp += 0.001
+                rows_of_tenth.append(
+                    (secrets.token_hex(16), "app-000:2026-12-04", "app-000", stamp, DOCUMENT)
+                )
+            frames, cpu_before = 0, time.process_time()
+            for done in range(BATCH, tenth + 1, BATCH):
+                with transaction(connection):
+                    connection.executemany(config.statement, rows_of_tenth[done - BATCH : done])
+                if done % CHECKPOINT_EVERY_CHANGES == 0:
+                    frames += connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+                    connection.execute("PRAGMA wal_checkpoint(RESTART)")
+            cpu = time.process_time() - cpu_before
+            parts.append((cpu / tenth * 1e6, frames * page_size / tenth / 1024))
+    finally:
+        connection.close()
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.rows % (10 * CHECKPOINT_EVERY_CHANGES):
+        parser.error(f"--rows: a multiple of {10 * CHECKPOINT_EVERY_CHANGES}")
+    configs = configurations()
+    runs: dict[str, list[list[tuple[float, float]]]] = {c.name: [] for c in configs}
+    with tempfile.TemporaryDirectory(prefix="store-scale-") as scratch:
+        for repeat in range(args.repeats):
+            turn = configs[repeat % len(configs) :] + configs[: repeat % len(configs)]
+            for config in turn:
+                runs[config.name].append(one_run(config, args.rows, Path(scratch)))
+                print(f"repeat {repeat + 1}: {config.name} done", file=sys.stderr, flush=True)
+    report = render(args, runs)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(report)
+    print(report)
+
+
+def render(args: argparse.Namespace, runs: dict[str, list[list[tuple[float, float]]]]) -> str:
+    tenth = args.rows // 10
+    names = list(runs)
+    lines = [
+        "# The embedded store's write cost as one app-day fills it",
+        "",
+        f"Command: `python -m bench.store_scale --rows {args.rows} --repeats {args.repeats}`",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} cores; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        f"at the end. Page size {common.sqlite.DEFAULT_PAGE_SIZE // 1024} KiB; shipped page "
+        f"cache {common.sqlite.CACHE_KIB // 1024} MiB.",
+        f"{args.rows:,} documents of one app-day (random ids, 1,500 bytes), {BATCH:,} per "
+        f"transaction; medians of {args.repeats} interleaved repeats, per tenth of the run.",
+        "",
+        "| rows already stored | "
+        + " | ".join(f"{n}: CPU µs/row" for n in names)
+        + " | "
+        + " | ".join(f"{n}: WAL KiB/row" for n in names)
+        + " | store × floor (CPU) |",
+        "| --- " * (2 * len(names) + 2) + "|",
+    ]
+    for part in range(10):
+        cpu = [statistics.median(run[part][0] for run in runs[n]) for n in names]
+        wal = [statistics.median(run[part][1] for run in runs[n]) for n in names]
+        lines.append(
+            f"| {part * tenth:,}–{(part + 1) * tenth:,} | "
+            + " | ".join(f"{x:.1f}" for x in cpu)
+            + " | "
+            + " | ".join(f"{x:.1f}" for x in wal)
+            + f" | {cpu[0] / cpu[-1]:.2f}× |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
