@@ -121,9 +121,14 @@ def ingest_app(
 ) -> IngestApp:
     """HTTP ingest as configured, in the processor's process or in a worker process of its own
     (``buckets``: the rate buckets the workers share)."""
-    from stream.producers.ingest import IngestApp
+    from stream.producers.ingest import Admission, IngestApp
     from stream.producers.ingest_auth import Authorizer
 
+    admission = None
+    limit = settings.ingest.max_backlog
+    if limit is not None and isinstance(sink, LocalLogSink):
+        group = settings.processor.consumer_group
+        admission = Admission(functools.partial(sink.backlog, group), limit)
     return IngestApp(
         decoder(settings),
         enricher(settings, "ingest"),
@@ -133,6 +138,7 @@ def ingest_app(
         authorizer=Authorizer(settings.ingest.auth, buckets=buckets),
         metrics=metrics,
         extra_routes=extra_routes,
+        admission=admission,
     )
 
 

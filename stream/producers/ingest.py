@@ -4,7 +4,9 @@ A request may carry one event, an array, or ``{"events": [...]}``. The answer li
 accepted and, per rejected event, every reason; rejected events are quarantined as well.
 Status: 202 all accepted, 207 some rejected, 422 none accepted, 400 unreadable body,
 408 body not complete within ``body_timeout_s`` of the request's start, 413 body or event count
-over the limit; with API keys configured also 401, 403 and 429 (``ingest_auth``). A client that
+over the limit, 503 while the processor is more than ``max_backlog`` events behind (with
+Retry-After; nothing of the request kept); with API keys configured also 401, 403 and 429
+(``ingest_auth``). A client that
 disconnects before its body is complete keeps nothing of that request. Serving (socket, header
 deadline, half-closed bodies) is ``ingest_server``'s.
 """
@@ -17,7 +19,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +48,11 @@ WHOLE_BODY_CODES = {"body_too_large": 413, "too_many_events": 413}
 
 
 UNAVAILABLE_RETRY_AFTER_S = 5
+# A producer refused for the backlog waits this long: long enough for the processor to work
+# some of it off, short enough that it never runs dry while the producers wait.
+BACKLOG_RETRY_AFTER_S = 1
+# How old a backlog figure may be: posts between two readings share one query.
+BACKLOG_REFRESH_S = 0.2
 
 
 class _BodyTooLarge(Exception):
@@ -149,6 +156,36 @@ class CountRequests:
             self.metrics.seconds.observe(time.perf_counter() - started)
 
 
+class Admission:
+    """Whether the processor is too far behind to take more: ``backlog()`` (events waiting)
+    against ``limit``. The backlog is read at most every ``refresh_s``; between two readings
+    the events this process appended count too, so one process cannot run past the limit on
+    an old figure (others sharing the log can, by what they append in ``refresh_s``)."""
+
+    def __init__(
+        self,
+        backlog: Callable[[], Awaitable[int]],
+        limit: int,
+        refresh_s: float = BACKLOG_REFRESH_S,
+    ) -> None:
+        self.backlog = backlog
+        self.limit = limit
+        self.refresh_s = refresh_s
+        self._known = 0
+        self._read_at = float("-inf")
+
+    async def behind(self) -> int | None:
+        """The backlog if it is past the limit, else None."""
+        now = time.monotonic()
+        if now - self._read_at >= self.refresh_s:
+            self._read_at = now  # posts arriving meanwhile go by the last figure
+            self._known = await self.backlog()
+        return self._known if self._known > self.limit else None
+
+    def appended(self, events: int) -> None:
+        self._known += events
+
+
 class IngestApp:
     """The Starlette application; ``sink`` and ``store`` must be open while it serves."""
 
@@ -163,8 +200,10 @@ class IngestApp:
         authorizer: Authorizer | None = None,
         metrics: IngestMetrics | None = None,
         extra_routes: Sequence[BaseRoute] = (),
+        admission: Admission | None = None,
     ) -> None:
         self.body_timeout_s = body_timeout_s
+        self.admission = admission
         self.authorizer = authorizer
         self.decoder = decoder
         self.enricher = enricher
@@ -234,6 +273,19 @@ class IngestApp:
                 },
                 413,
             )
+        if self.admission is not None and (behind := await self.admission.behind()):
+            response = _json(
+                {
+                    "error": "backlog",
+                    "message": f"the processor is {behind:,} events behind (limit "
+                    f"{self.admission.limit:,}); nothing of this request was kept: send it "
+                    f"again after {BACKLOG_RETRY_AFTER_S} s",
+                    "accepted": 0,
+                },
+                503,
+            )
+            response.headers["retry-after"] = str(BACKLOG_RETRY_AFTER_S)
+            return response
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -273,6 +325,8 @@ class IngestApp:
                 validated.append((accepted.event, id_of_event))
                 ids.append(id_of_event)
             await self.sink.append(bodies, validated)
+            if self.admission is not None:
+                self.admission.appended(len(bodies))
         status = 202 if not decoded.rejected else (207 if decoded.accepted else 422)
         return _json(
             {

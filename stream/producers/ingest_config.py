@@ -21,4 +21,9 @@ class IngestSettings(BaseModel):
     # Processes serving ingest beside the processor's (0: in the processor's own process, on
     # its event loop; unset: half the cores, at least one). `process --ingest-workers` wins.
     workers: int | None = Field(default=None, ge=0, le=64)
+    # Embedded backend: past this many events waiting for the processor in the log, a post is
+    # answered 503 with Retry-After (its events are not kept; the producer sends them again),
+    # so that a load the processor cannot follow backs off instead of growing the log without
+    # end. None (not expressible in TOML; for programs): accept whatever the backlog.
+    max_backlog: PositiveInt | None = 100_000
     auth: IngestAuthSettings = Field(default_factory=IngestAuthSettings)

@@ -169,6 +169,16 @@ def _checkpoint(connection: sqlite3.Connection, consumer_group: str, partition: 
     return int(row[0]) if row else -1
 
 
+def _backlog(connection: sqlite3.Connection, consumer_group: str) -> int:
+    row = connection.execute(
+        "SELECT SUM(MAX(0, heads.next_sequence - 1 - COALESCE(checkpoints.sequence, -1))) "
+        "FROM heads LEFT JOIN checkpoints ON checkpoints.consumer_group = ? "
+        "AND checkpoints.partition = heads.partition",
+        (consumer_group,),
+    ).fetchone()
+    return int(row[0] or 0)
+
+
 def _update_checkpoint(
     connection: sqlite3.Connection, consumer_group: str, partition: int, sequence: int
 ) -> None:
@@ -270,6 +280,10 @@ class LocalLog:
     async def checkpoint_async(self, consumer_group: str, partition: int) -> int:
         return await self._async("read a checkpoint", _checkpoint, consumer_group, partition)
 
+    async def backlog_async(self, consumer_group: str) -> int:
+        """Events of every partition after ``consumer_group``'s checkpoint."""
+        return await self._async("read the backlog", _backlog, consumer_group)
+
     async def update_checkpoint_async(
         self, consumer_group: str, partition: int, sequence: int
     ) -> None:
@@ -334,6 +348,12 @@ class LocalLogSink:
     ) -> None:
         if self._log is not None:
             await self._log.aclose()
+
+    async def backlog(self, consumer_group: str) -> int:
+        """Events appended but not yet checkpointed by ``consumer_group`` (the processor)."""
+        if self._log is None:
+            raise SourceError("LocalLogSink used outside 'async with'")
+        return await self._log.backlog_async(consumer_group)
 
     async def append(
         self,

@@ -37,6 +37,25 @@ async def test_checkpoints_are_kept_per_consumer_group(tmp_path: Path) -> None:
         log.close()
 
 
+async def test_the_backlog_is_what_a_consumer_group_has_not_checkpointed(tmp_path: Path) -> None:
+    log = LocalLog(tmp_path / "log.db", 3)
+    try:
+        assert await log.backlog_async("g") == 0
+        keys = [f"app-{n}" for n in range(30)]
+        positions = await log.append_async([(key, b"{}") for key in keys for _ in range(4)])
+        assert await log.backlog_async("g") == 120
+        by_partition = {p: max(s for q, s in positions if q == p) for p, _ in positions}
+        first, *others = sorted(by_partition)
+        # One partition checkpointed halfway, another at its head; the third not at all.
+        await log.update_checkpoint_async("g", first, by_partition[first] // 2)
+        await log.update_checkpoint_async("g", others[0], by_partition[others[0]])
+        expected = (by_partition[first] - by_partition[first] // 2) + by_partition[others[1]] + 1
+        assert await log.backlog_async("g") == expected
+        assert await log.backlog_async("other") == 120
+    finally:
+        await log.aclose()
+
+
 def test_a_log_opened_with_another_partition_count_is_refused(tmp_path: Path) -> None:
     LocalLog(tmp_path / "log.db", 4).close()
     with pytest.raises(SourceError, match="has 4 partitions"):
