@@ -13,6 +13,12 @@ latency (p50, p99), events the processor processed per second in the same window
 catch up after the clients stop, and the CPU per accepted event of the command's process, of
 its processing workers and of its ingest workers. Configurations alternate within each repeat
 (order rotated); results are medians, written to bench/results/ingest.md.
+
+Three loads: back to back; back to back with ingest pushing back past ``--max-backlog`` events
+waiting for the processor (``ingest.max_backlog``: a post is answered 503 with Retry-After, and
+the client waits that long and sends the same request again, as a producer should); paced at
+``--paced`` × the before configuration's back-to-back rate. Latencies are those of the requests
+answered 202; refused requests are counted apart.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # load that Prometheus, scraping every 15-60 s, never puts on it.
 BACKLOG_EVERY_S = 1.0
 CATCH_UP_LIMIT_S = 120.0
+# What ingest answers in Retry-After when it pushes back (stream.producers.ingest).
+RETRY_AFTER_S = 1.0
 
 
 def make_requests(events: int, batch: int) -> list[bytes]:
@@ -68,6 +76,7 @@ def make_requests(events: int, batch: int) -> list[bytes]:
 class Run:
     accepted: int = 0
     errors: int = 0
+    refused: int = 0
     latencies: list[float] = field(default_factory=list)
     window_s: float = 0.0
     processed: int = 0
@@ -144,12 +153,20 @@ async def _client(
             if request is None:
                 run.exhausted = True
                 return
-            started = time.perf_counter()
-            writer.write(request)
-            await writer.drain()
-            status, _ = await _read_answer(reader)
-            run.latencies.append(time.perf_counter() - started)
+            while True:
+                started = time.perf_counter()
+                writer.write(request)
+                await writer.drain()
+                status, answer = await _read_answer(reader)
+                if status != 503 or orjson.loads(answer).get("error") != "backlog":
+                    break
+                # Pushed back: wait as told, then the same request again.
+                run.refused += 1
+                await asyncio.sleep(RETRY_AFTER_S)
+                if time.monotonic() >= deadline:
+                    return
             if status == 202:
+                run.latencies.append(time.perf_counter() - started)
                 run.accepted += request.count(b'"app_id"')
             else:
                 run.errors += 1
@@ -207,6 +224,7 @@ async def one_run(
     clients: int,
     scratch: Path,
     rate: float | None,
+    max_backlog: int | None = None,
 ) -> Run:
     data_dir = Path(tempfile.mkdtemp(dir=scratch))
     port = _free_port()
@@ -218,7 +236,9 @@ async def one_run(
         "--ingest", "--ingest-port", str(port), "--ingest-workers", str(workers),
         "--workers", processing_workers, "--log-level", "WARNING",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Without --max-backlog, a bound the run cannot reach: ingest never pushes back.
+    env = {**os.environ, "EVALSTREAM_INGEST__MAX_BACKLOG": str(max_backlog or 10**9)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     run = Run()
     try:
         await _wait_ready(port, process)
@@ -284,25 +304,36 @@ class Phase:
 
     rate: float | None
     runs: dict[int, list[Run]]
+    max_backlog: int | None = None
     loads: list[str] = field(default_factory=list)
     orjson_us: list[float] = field(default_factory=list)
 
 
-def run_phase(args: argparse.Namespace, configs: list[int], requests: list[bytes],
-              rate: float | None, scratch: Path) -> Phase:  # fmt: skip
-    phase = Phase(rate, {n: [] for n in configs})
+def run_phase(
+    args: argparse.Namespace,
+    configs: list[int],
+    requests: list[bytes],
+    rate: float | None,
+    scratch: Path,
+    max_backlog: int | None = None,
+) -> Phase:
+    phase = Phase(rate, {n: [] for n in configs}, max_backlog)
     for repeat in range(args.repeats):
         order = configs[repeat % len(configs) :] + configs[: repeat % len(configs)]
         phase.loads.append(" ".join(f"{value:.2f}" for value in os.getloadavg()))
         for workers in order:
             phase.orjson_us.append(reference(requests))
-            run = asyncio.run(one_run(workers, requests, args.seconds, args.clients, scratch, rate))
+            run = asyncio.run(
+                one_run(workers, requests, args.seconds, args.clients, scratch, rate, max_backlog)
+            )
             phase.runs[workers].append(run)
             print(
-                f"{'paced ' if rate else ''}repeat {repeat + 1} {_name(workers)}: "
+                f"{'paced ' if rate else 'pushing back ' if max_backlog else ''}"
+                f"repeat {repeat + 1} {_name(workers)}: "
                 f"{run.rate:,.0f} events/s, p99 {run.latency(0.99):.1f} ms, processed "
                 f"{run.processed_rate:,.0f}/s, backlog at end {run.backlog[-1]:,}, catch-up "
-                f"{run.catch_up_s:.1f} s" + (" (ran out of events)" if run.exhausted else ""),
+                f"{run.catch_up_s:.1f} s, refused {run.refused}"
+                + (" (ran out of events)" if run.exhausted else ""),
                 flush=True,
             )
     return phase
@@ -315,6 +346,12 @@ def table(phase: Phase, args: argparse.Namespace) -> list[str]:
         "configuration's median in the back-to-back runs)"
         if phase.rate
         else "posting back to back (each sends its next request when answered)"
+        + (
+            f", ingest pushing back past {phase.max_backlog:,} events waiting (503 + "
+            "Retry-After; the client waits and sends the same request again)"
+            if phase.max_backlog
+            else ", ingest never pushing back"
+        )
     )
     lines = [
         f"Load: {args.clients} keep-alive HTTP/1.1 clients {load}, {args.batch} events per "
@@ -325,8 +362,8 @@ def table(phase: Phase, args: argparse.Namespace) -> list[str]:
         "| configuration | HTTP events/s | × before | p50 ms | p99 ms | processed events/s "
         "| backlog at end | backlog max | catch-up s | command's process CPU µs/event "
         "| processing workers CPU µs/event | ingest workers CPU µs/event "
-        "| runs (HTTP events/s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| requests refused (503) | runs (HTTP events/s) |",
+        "| --- " * 14 + "|",
     ]
 
     def med(values: Iterator[float]) -> float:
@@ -345,6 +382,7 @@ def table(phase: Phase, args: argparse.Namespace) -> list[str]:
             f"| {med(run.processor_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
             f"| {med(run.processing_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
             f"| {med(run.workers_cpu_s / max(run.accepted, 1) * 1e6 for run in done):.1f} "
+            f"| {med(run.refused for run in done):,.0f} "
             f"| {', '.join(f'{run.rate:,.0f}' for run in done)} |"
         )
     errors = sum(run.errors for done in phase.runs.values() for run in done)
@@ -371,13 +409,24 @@ def main() -> None:
         help="Then pace every configuration at this multiple of the before configuration's "
         "back-to-back events/s (0: skip).",
     )
+    parser.add_argument(
+        "--max-backlog",
+        type=int,
+        default=60_000,
+        help="Then post back to back again with ingest pushing back past this many events "
+        "waiting for the processor (0: skip).",
+    )
     parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="Results file to write.")
     args = parser.parse_args()
     configs = [0, *(int(n) for n in args.workers.split(","))]
     print(f"making {args.events:,} simulated events ...", flush=True)
     requests = make_requests(args.events, args.batch)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         phases = [run_phase(args, configs, requests, None, Path(tmp))]
+        pushing = None
+        if args.max_backlog:
+            pushing = run_phase(args, configs, requests, None, Path(tmp), args.max_backlog)
         if args.paced:
             before = statistics.median(run.rate for run in phases[0].runs[0])
             phases.append(run_phase(args, configs, requests, args.paced * before, Path(tmp)))
@@ -386,7 +435,9 @@ def main() -> None:
         "",
         f"Command: `python -m bench.ingest --seconds {args.seconds:g} --repeats {args.repeats} "
         f"--clients {args.clients} --batch {args.batch} --workers {args.workers} "
-        f"--paced {args.paced:g}`",
+        f"--paced {args.paced:g} --max-backlog {args.max_backlog}"
+        + ("" if args.results == RESULTS else f" --results {args.results}")
+        + "`",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
         f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, shared with "
         "other work. Processor with default settings (hot path on, 4 partitions), a fresh data "
@@ -397,13 +448,20 @@ def main() -> None:
         "",
         *table(phases[0], args),
     ]
+    if pushing is not None:
+        lines += [
+            "",
+            f"## Back to back, ingest pushing back past {args.max_backlog:,} events waiting",
+            "",
+            *table(pushing, args),
+        ]
     if len(phases) > 1:
         lines += ["", f"## Paced at {args.paced:g} × before", "", *table(phases[1], args)]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(text)
 
 
 if __name__ == "__main__":
