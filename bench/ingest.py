@@ -51,8 +51,6 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # load that Prometheus, scraping every 15-60 s, never puts on it.
 BACKLOG_EVERY_S = 1.0
 CATCH_UP_LIMIT_S = 120.0
-# What ingest answers in Retry-After when it pushes back (stream.producers.ingest).
-RETRY_AFTER_S = 1.0
 
 
 def make_requests(events: int, batch: int) -> list[bytes]:
@@ -100,21 +98,22 @@ class Run:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    """(status, headers by lower-case name, body) of one HTTP/1.1 answer."""
     status = int((await reader.readline()).split()[1])
-    length = 0
+    headers = {}
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, await reader.readexactly(int(headers.get(b"content-length", 0)))
 
 
 async def _get(port: int, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET %s HTTP/1.1\r\nhost: bench\r\n\r\n" % path.encode())
-        return await _read_answer(reader)
+        status, _, body = await _read_answer(reader)
+        return status, body
     finally:
         writer.close()
 
@@ -157,12 +156,12 @@ async def _client(
                 started = time.perf_counter()
                 writer.write(request)
                 await writer.drain()
-                status, answer = await _read_answer(reader)
+                status, headers, answer = await _read_answer(reader)
                 if status != 503 or orjson.loads(answer).get("error") != "backlog":
                     break
                 # Pushed back: wait as told, then the same request again.
                 run.refused += 1
-                await asyncio.sleep(RETRY_AFTER_S)
+                await asyncio.sleep(float(headers[b"retry-after"]))
                 if time.monotonic() >= deadline:
                     return
             if status == 202:

@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,12 +49,12 @@ _KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_key ON telemetry (pk, 
 _INSERT = "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?)"
 
 
+@dataclass(frozen=True)
 class Config:
-    def __init__(self, name: str, cache_kib: int, schema: str, statement: str) -> None:
-        self.name = name
-        self.cache_kib = cache_kib
-        self.schema = schema
-        self.statement = statement
+    name: str
+    cache_kib: int
+    schema: str
+    statement: str
 
 
 def configurations() -> list[Config]:

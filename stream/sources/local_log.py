@@ -349,25 +349,28 @@ class LocalLogSink:
         if self._log is not None:
             await self._log.aclose()
 
-    async def backlog(self, consumer_group: str) -> int:
-        """Events appended but not yet checkpointed by ``consumer_group`` (the processor)."""
+    @property
+    def _opened(self) -> LocalLog:
         if self._log is None:
             raise SourceError("LocalLogSink used outside 'async with'")
-        return await self._log.backlog_async(consumer_group)
+        return self._log
+
+    async def backlog(self, consumer_group: str) -> int:
+        """Events appended but not yet checkpointed by ``consumer_group`` (the processor)."""
+        return await self._opened.backlog_async(consumer_group)
 
     async def append(
         self,
         bodies: list[tuple[str | None, bytes]],
         validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
     ) -> None:
-        if self._log is None:
-            raise SourceError("LocalLogSink used outside 'async with'")
+        log = self._opened
         if self.pseudonymizer is None:
-            await self._log.append_async(bodies)
+            await log.append_async(bodies)
         elif validated is not None:
-            await self._log.append_async(self.pseudonymizer.validated_items(bodies, validated))
+            await log.append_async(self.pseudonymizer.validated_items(bodies, validated))
         else:
-            await self._log.append_async(self.pseudonymizer.items(bodies))
+            await log.append_async(self.pseudonymizer.items(bodies))
 
 
 class _LocalPartitionContext:
