@@ -6,10 +6,10 @@ is judged alone, so one bad event never takes its valid neighbours down with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from pydantic import ValidationError
@@ -266,16 +266,45 @@ class Decoder:
         return Decoded(rejected=[Rejected(0, body, (issue,))])
 
 
-def split_ndjson(lines: Iterable[bytes]) -> Iterable[bytes]:
-    """Non-blank lines of an NDJSON stream, without their line endings: LF, CRLF and CR-only
-    endings all end a line (a binary file iterates on LF only), and a UTF-8 byte order mark
-    before the first line is dropped."""
-    first = True
-    for chunk in lines:
-        if first:
-            chunk = chunk.removeprefix(b"\xef\xbb\xbf")
-            first = False
-        for line in chunk.split(b"\r") if b"\r" in chunk else (chunk,):
-            stripped = line.strip()
-            if stripped:
-                yield stripped
+BOM = b"\xef\xbb\xbf"
+_LINE_ENDS = (b"\n", b"\r")
+# Read in blocks split in C: a Python loop over a file's lines cost ~1.1 µs per line.
+_BLOCK = 1 << 20
+
+
+def ndjson_lines(
+    stream: BinaryIO, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of each non-blank line of an NDJSON stream read from ``start``: the line
+    without its ending and surrounding whitespace, and the stream offset of its first byte.
+    LF, CRLF and CR-only endings all end a line, and a UTF-8 byte order mark at offset 0 is
+    dropped. ``start`` must be a line's first byte (0, or an offset this gave); reading stops
+    at offset ``end`` (None: the stream's end). The stream is read with ``read1``, so a pipe's
+    lines come as they arrive."""
+    read = getattr(stream, "read1", stream.read)
+    offset = start  # of ``pending``'s first byte
+    pending = b""
+    left = None if end is None else end - start
+    while left is None or left > 0:
+        chunk = read(_BLOCK if left is None else min(_BLOCK, left))
+        if not chunk:
+            break
+        if left is not None:
+            left -= len(chunk)
+        data = pending + chunk if pending else chunk
+        pieces = data.splitlines(keepends=True)
+        pending = b"" if data.endswith(_LINE_ENDS) else pieces.pop()
+        for piece in pieces:
+            line = (piece.removeprefix(BOM) if offset == 0 else piece).strip()
+            if line:
+                yield offset, line
+            offset += len(piece)
+    line = (pending.removeprefix(BOM) if offset == 0 else pending).strip()
+    if line:
+        yield offset, line
+
+
+def split_ndjson(stream: BinaryIO) -> Iterator[bytes]:
+    """Non-blank lines of an NDJSON stream, as ``ndjson_lines`` splits them."""
+    for _, line in ndjson_lines(stream):
+        yield line

@@ -33,7 +33,7 @@ from evalstream.cli.replay_display import ReplayDisplay, plural
 from evalstream.settings import Settings
 from evalstream.wiring import replay as replay_wiring
 from schemas import AppDirectory
-from stream.exceptions import ReplayMisconfigured
+from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.replay import flow
 from stream.replay.job import QUARANTINED, STORED, JobFile
 from stream.replay.ports import TimeBasis, Window
@@ -209,7 +209,11 @@ def replay(
                 f"drop {', '.join(named)} (--rate, --publish and --report may change)"
             )
         job = _open_existing(settings, resume)
-        spec = flow.load_spec(job)
+        try:
+            spec = flow.load_spec(job)
+        except ReplayError:
+            job.close()
+            raise
         if spec is None:
             job.close()
             raise fail(f"--resume: job {resume} was never planned; start it again")
@@ -365,9 +369,14 @@ async def _plan(settings: Settings, spec: ReplaySpec, stdin: bool) -> JobFile:
     job = JobFile(path)
     flow.create(job, spec, plans)
     job.note_unreadable(reader.unreadable)
+    total = sum(p.size for p in plans)
+    amount = (
+        f"{total:,} bytes in {plural(len(plans), 'file')}"
+        if reader.unit == "bytes"
+        else f"{total} events in {len(plans)} partitions"
+    )
     console.print(
-        f"replay {spec.id}: {sum(p.size for p in plans)} events in {len(plans)} partitions "
-        f"to read from {spec.source.value}, mode {spec.mode.value}"
+        f"replay {spec.id}: {amount} to read from {spec.source.value}, mode {spec.mode.value}"
     )
     return job
 

@@ -9,12 +9,16 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from schemas import Breach
 from stream.replay.job import QUARANTINED, STORED
@@ -24,14 +28,28 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
+class DoneColumn(ProgressColumn):
+    """How much of the plan is done: events, or the bytes of NDJSON files read so far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events = MofNCompleteColumn()
+        self.bytes = DownloadColumn()
+
+    def render(self, task: Task) -> Text:
+        column = self.bytes if task.fields.get("unit") == "bytes" else self.events
+        return column.render(task)
+
+
 class ReplayDisplay:
-    """A rich progress bar on stderr: events read of the plan, events/s, ETA and counts."""
+    """A rich progress bar on stderr: events (or bytes of files) read of the plan, events/s,
+    ETA and counts."""
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(bar_width=16),
-            MofNCompleteColumn(),
+            DoneColumn(),
             TextColumn("{task.fields[speed]}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[counts]}"),
@@ -51,11 +69,11 @@ class ReplayDisplay:
     def __exit__(self, *exc_info: object) -> None:
         self.progress.stop()
 
-    def reading(self, total: int, done: int, counts: Callable[[], Counter[str]]) -> None:
+    def reading(self, total: int, done: int, unit: str, counts: Callable[[], Counter[str]]) -> None:
         self._counts = counts
         self._started = asyncio.get_running_loop().time()
         self.task = self.progress.add_task(
-            "reading", total=total, completed=done, speed="", counts=self._describe()
+            "reading", total=total, completed=done, unit=unit, speed="", counts=self._describe()
         )
 
     def _describe(self) -> str:
@@ -65,13 +83,13 @@ class ReplayDisplay:
             f"{plural(self.breaches, 'breach message')}"
         )
 
-    def events(self, count: int) -> None:
+    def events(self, count: int, advanced: int) -> None:
         self.read += count
         elapsed = asyncio.get_running_loop().time() - self._started
         if self.task is not None:
             self.progress.update(
                 self.task,
-                advance=count,
+                advance=advanced,
                 speed=f"{self.read / elapsed:,.0f} ev/s" if elapsed > 0 else "",
                 counts=self._describe(),
             )

@@ -18,25 +18,28 @@ import orjson
 from alerts.ports import AlertPublisher
 from schemas import Breach
 from store.ports import ProcessorStore
+from stream.exceptions import ReplayError
 from stream.pipeline import Pipeline
 from stream.ports import HotPathFactory
 from stream.processor import tuned_gc
 from stream.replay import report
-from stream.replay.job import JobFile
+from stream.replay.job import FORMAT, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader
 from stream.replay.run import JobStore, RateLimit, Replay
 from stream.replay.shadow import detect
-from stream.replay.spec import ReplaySpec
+from stream.replay.spec import ReplaySpec, SourceKind
 
 
 class Watcher(Protocol):
     """What the command shows while a job runs (a progress bar, or nothing)."""
 
-    def reading(self, total: int, done: int, counts: Callable[[], Counter[str]]) -> None:
-        """The read phase starts: ``total`` planned events, ``done`` of them read before (a
-        resumed job); ``counts()`` gives the stored/quarantined counts so far."""
+    def reading(self, total: int, done: int, unit: str, counts: Callable[[], Counter[str]]) -> None:
+        """The read phase starts: ``total`` planned positions (``unit``: events, or bytes of
+        files), ``done`` of them read before (a resumed job); ``counts()`` gives the
+        stored/quarantined counts so far."""
 
-    def events(self, count: int) -> None: ...
+    def events(self, count: int, advanced: int) -> None:
+        """``count`` more events read, ``advanced`` more positions of the plan."""
 
     def detecting(self, apps: int) -> None: ...
 
@@ -44,9 +47,11 @@ class Watcher(Protocol):
 
 
 class Quiet:
-    def reading(self, total: int, done: int, counts: Callable[[], Counter[str]]) -> None: ...
+    def reading(
+        self, total: int, done: int, unit: str, counts: Callable[[], Counter[str]]
+    ) -> None: ...
 
-    def events(self, count: int) -> None: ...
+    def events(self, count: int, advanced: int) -> None: ...
 
     def detecting(self, apps: int) -> None: ...
 
@@ -72,7 +77,16 @@ def create(job: JobFile, spec: ReplaySpec, plans: Sequence[PartitionPlan]) -> No
 
 def load_spec(job: JobFile) -> ReplaySpec | None:
     raw = job.get("spec")
-    return None if raw is None else ReplaySpec.model_validate_json(raw)
+    if raw is None:
+        return None
+    spec = ReplaySpec.model_validate_json(raw)
+    if spec.source is SourceKind.NDJSON and job.get("format") != FORMAT:
+        raise ReplayError(
+            f"replay job {spec.id} was made by an older evalstream that numbered NDJSON lines; "
+            "this one keeps its place in a file by byte offset and cannot resume it: start a "
+            "new job (its events land on the same documents)"
+        )
+    return spec
 
 
 async def run(
@@ -99,6 +113,7 @@ async def run(
             plan.size if finished else max(0, position - plan.after)
             for plan, position, finished in plans
         ),
+        pieces.reader.unit,
         counts,
     )
     if remaining:

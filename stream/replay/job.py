@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS breaches (
 );
 """
 
+# Written with the plan since NDJSON positions are byte offsets: a job without it numbered
+# NDJSON lines instead, and its checkpoints mean nothing to this reader.
+FORMAT = b"2"
+
 STORED = "stored"
 QUARANTINED = "quarantined"
 
@@ -121,6 +125,7 @@ class JobFile:
         def write(connection: sqlite3.Connection) -> None:
             with transaction(connection):
                 connection.execute("INSERT INTO meta VALUES ('spec', ?)", (spec,))
+                connection.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
                 connection.executemany(
                     "INSERT INTO partitions (partition, after, last, position) VALUES (?, ?, ?, ?)",
                     [(p.partition, p.after, p.last, p.after) for p in plans],

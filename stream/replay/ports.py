@@ -52,7 +52,9 @@ class Window:
 
 @dataclass(frozen=True)
 class PartitionPlan:
-    """Deliver the events of ``partition`` with ``after < sequence ≤ last``."""
+    """Deliver the events of ``partition`` with ``after < sequence ≤ last``. Sequences are
+    the source's positions: event numbers, or byte offsets in a file (the reader's ``unit``),
+    so ``size`` counts events or bytes."""
 
     partition: str
     after: int
@@ -69,6 +71,8 @@ class ReplayReader(Protocol):
     a replayed invalid event lands on its live quarantine record."""
 
     source: str
+    # What a partition's positions count: "events", or "bytes" of a file.
+    unit: str
     # Files or parts of the source that could not be read: name -> why (the report lists them).
     unreadable: dict[str, str]
 

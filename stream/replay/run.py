@@ -168,7 +168,7 @@ class Replay:
         max_future_skew: timedelta,
         batch_size: int,
         rate: RateLimit,
-        on_events: Callable[[int], None] = lambda _: None,
+        on_events: Callable[[int, int], None] = lambda read, advanced: None,
     ) -> None:
         self.reader = reader
         self.pipeline = pipeline
@@ -177,6 +177,7 @@ class Replay:
         self.max_future_skew = max_future_skew
         self.batch_size = batch_size
         self.rate = rate
+        # (events read, positions advanced: events, or bytes of a file) after each batch.
         self.on_events = on_events
         self._enqueued_from = window.enqueued_from(max_future_skew).astimezone(UTC)
         before = window.enqueued_before()
@@ -203,13 +204,15 @@ class Replay:
                 async for events in batches:
                     if stop.is_set() or not await self._deliver(context, events, stop):
                         break
-                    self.on_events(len(events))
+                    self.on_events(len(events), events[-1].sequence - position)
+                    position = events[-1].sequence
                 else:
                     finished = not stop.is_set()
         finally:
             await self.pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
         if finished:
             await self.store.checkpoint(plan.partition, plan.last, finished=True)
+            self.on_events(0, plan.last - position)
         return finished
 
     async def _deliver(

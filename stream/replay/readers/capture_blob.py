@@ -82,6 +82,7 @@ def file_time(name: str) -> datetime | None:
 
 class CaptureReader:
     source = SOURCE_NAME
+    unit = "events"
 
     def __init__(
         self,

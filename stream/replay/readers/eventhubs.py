@@ -42,6 +42,7 @@ QUIET_S = 5.0
 
 class EventHubsReader:
     source = SOURCE_NAME
+    unit = "events"
 
     def __init__(
         self,

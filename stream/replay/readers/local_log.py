@@ -19,6 +19,7 @@ from stream.sources.local_log import SOURCE_NAME, LocalLog
 
 class LogReader:
     source = SOURCE_NAME
+    unit = "events"
 
     def __init__(self, path: Path, partitions: int) -> None:
         self.path = path

@@ -1,7 +1,10 @@
-"""Replaying NDJSON files: one partition per file, a line's number is its sequence.
+"""Replaying NDJSON files: one partition per file, a line's byte offset is its sequence.
 
 Lines are split as ``evalstream send`` splits them (LF, CRLF or CR; a leading byte order
-mark dropped; blank lines skipped), so line numbers count non-blank lines from 0. A file has
+mark dropped; blank lines skipped). A line's sequence is the offset of its first byte in the
+file, as a log shipper keeps its place in a file: the plan is the file's size when the job was
+made (no pass over the file to count its lines first), a resumed job seeks straight to its
+checkpoint, and ``tail -c +<sequence + 1> FILE | head -1`` shows a quarantined line. A file has
 no enqueued times: its events are given the job's creation time, fixed in the job, so the
 future-skew check and ``ingest.enqueued_time`` are the same on every resume.
 """
@@ -9,12 +12,13 @@ future-skew check and ``ingest.enqueued_time`` are the same on every resume.
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
-from stream.decode import split_ndjson
+from stream.decode import ndjson_lines
 from stream.exceptions import ReplayMisconfigured
 from stream.ports import ReceivedEvent
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
@@ -41,16 +45,35 @@ def expand(patterns: Sequence[str]) -> list[Path]:
     return paths
 
 
-def _lines(path: Path) -> Iterator[bytes]:
+def _size(path: Path) -> int:
+    """The file's size now; opened, so an unreadable file is found when the job is planned."""
     try:
         with open(path, "rb") as handle:
-            yield from split_ndjson(handle)
+            return os.fstat(handle.fileno()).st_size
     except OSError as exc:
-        raise ReplayMisconfigured(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _lines(path: Path, after: int, last: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of the lines that start after ``after`` and at most at ``last``."""
+    start = max(after, 0)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            for offset, line in ndjson_lines(handle, start, last + 1):
+                if offset > after:
+                    yield offset, line
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: OSError) -> ReplayMisconfigured:
+    return ReplayMisconfigured(f"{path}: cannot be read: {exc.strerror or exc}")
 
 
 class NdjsonReader:
     source = SOURCE_NAME
+    unit = "bytes"
 
     def __init__(self, paths: Sequence[Path], enqueued: datetime) -> None:
         self.paths = list(paths)
@@ -73,20 +96,14 @@ class NdjsonReader:
             raise ReplayMisconfigured(
                 "--by enqueued: NDJSON files have no enqueued times; replay them by event time"
             )
-        return [
-            PartitionPlan(str(path), -1, sum(1 for _ in _lines(path)) - 1) for path in self.paths
-        ]
+        return [PartitionPlan(str(path), -1, _size(path) - 1) for path in self.paths]
 
     async def read(
         self, plan: PartitionPlan, after: int, batch_size: int
     ) -> AsyncGenerator[list[ReceivedEvent]]:
         batch: list[ReceivedEvent] = []
-        for number, line in enumerate(_lines(Path(plan.partition))):
-            if number <= after:
-                continue
-            if number > plan.last:
-                break
-            batch.append(ReceivedEvent(line, plan.partition, number, self.enqueued))
+        for offset, line in _lines(Path(plan.partition), after, plan.last):
+            batch.append(ReceivedEvent(line, plan.partition, offset, self.enqueued))
             if len(batch) >= batch_size:
                 yield batch
                 batch = []

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
+from unittest import mock
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.decode import DecodeLimits, Decoder
+from stream import decode
+from stream.decode import DecodeLimits, Decoder, ndjson_lines
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 GOOD = {"app_id": "a", "timestamp": "2026-11-22T11:00:00Z", "trace_id": "t"}
@@ -139,3 +142,40 @@ def test_arbitrary_bytes_never_raise(body: bytes) -> None:
 @given(json_values | event_like | st.lists(event_like, max_size=4))
 def test_arbitrary_json_never_raises(value: object) -> None:
     _accounts_for_everything(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+
+
+# Pieces of NDJSON text where line splitting can go wrong: every kind of ending, blank and
+# whitespace-only lines, a byte order mark (dropped only at the very start).
+_NDJSON_PIECES = st.sampled_from(
+    [b"{}", b'{"a": 1}', b"x", b" ", b"\t", b"\n", b"\r", b"\r\n", b"\xef\xbb\xbf"]
+)
+
+
+def _lines_one_by_one(data: bytes) -> list[bytes]:
+    """The plain reading of the format: split at every ending, strip, skip what is blank."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    return [
+        line.strip()
+        for line in data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        if line.strip()
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_NDJSON_PIECES, max_size=40), st.sampled_from([1, 2, 3, 7, 1 << 20]))
+def test_ndjson_lines_split_and_place_every_line(pieces: list[bytes], block: int) -> None:
+    data = b"".join(pieces)
+    with mock.patch.object(decode, "_BLOCK", block):
+        found = list(ndjson_lines(io.BytesIO(data)))
+        assert [line for _, line in found] == _lines_one_by_one(data)
+        for index, (offset, line) in enumerate(found):
+            # Its offset is where the line starts: read from there, the rest comes back.
+            stream = io.BytesIO(data)
+            stream.seek(offset)
+            assert list(ndjson_lines(stream, offset)) == found[index:]
+            rest = data[offset:].removeprefix(b"\xef\xbb\xbf") if offset == 0 else data[offset:]
+            assert rest.lstrip().startswith(line)
+        # Bounded: the lines of the first bytes only.
+        for end in range(len(data) + 1):
+            bounded = [line for _, line in ndjson_lines(io.BytesIO(data), 0, end)]
+            assert bounded == _lines_one_by_one(data[:end])

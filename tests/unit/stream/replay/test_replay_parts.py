@@ -21,15 +21,17 @@ from stream.enrich import Enricher
 from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.pipeline import Pipeline
 from stream.ports import ReceivedEvent
-from stream.replay import report
+from stream.replay import flow, report
 from stream.replay.job import JobFile
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
 from stream.replay.readers.capture_blob import CAPTURE_SCHEMA, enqueued_time, file_time
 from stream.replay.readers.ndjson import NdjsonReader, expand
 from stream.replay.run import RangeSelection
+from stream.replay.spec import ReplaySpec, SourceKind
 from stream.stats import ProcessorStats
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
 
 def event(app: str, minutes: int) -> bytes:
@@ -118,17 +120,30 @@ async def test_a_checkpoint_moves_position_snapshot_and_counts_together(tmp_path
     job.close()
 
 
-async def test_ndjson_lines_are_numbered_as_send_splits_them(tmp_path: Path) -> None:
+async def test_ndjson_lines_are_split_as_send_splits_them_and_placed_by_offset(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "events.ndjson"
-    path.write_bytes(
-        b"\xef\xbb\xbf" + event("a", 0) + b"\r" + event("a", 1) + b"\r\n\n" + event("a", 2)
-    )
+    lines = [event("a", 0), event("a", 1), event("a", 2)]
+    content = b"\xef\xbb\xbf" + lines[0] + b"\r" + lines[1] + b"\r\n\n  " + lines[2]
+    path.write_bytes(content)
     reader = NdjsonReader(expand([str(tmp_path / "*.ndjson")]), T0)
     [plan] = await reader.plan(Window(T0, T0 + timedelta(hours=1)), timedelta(minutes=15))
-    assert plan == PartitionPlan(str(path.resolve()), -1, 2)
-    batches = [batch async for batch in reader.read(plan, 0, 10)]
-    assert [e.sequence for batch in batches for e in batch] == [1, 2]
-    assert batches[0][0].body == event("a", 1) and batches[0][0].enqueued_time == T0
+    # The plan is the file as it is now, in bytes: what is appended later is not replayed.
+    assert plan == PartitionPlan(str(path.resolve()), -1, len(content) - 1)
+    with open(path, "ab") as handle:
+        handle.write(b"\n" + event("a", 3) + b"\n")
+
+    everything = [e async for batch in reader.read(plan, plan.after, 2) for e in batch]
+    assert [e.body for e in everything] == lines
+    # A line's sequence is the offset of its first byte (the mark's, for the first line).
+    offsets = [0, content.index(lines[1]), content.index(b"  " + lines[2])]
+    assert [e.sequence for e in everything] == offsets
+    assert {e.enqueued_time for e in everything} == {T0}
+
+    # Resumed after a checkpoint: straight to the lines after it.
+    resumed = [e async for batch in reader.read(plan, offsets[1], 10) for e in batch]
+    assert [(e.sequence, e.body) for e in resumed] == [(offsets[2], lines[2])]
     with pytest.raises(ReplayMisconfigured, match="no enqueued times"):
         await reader.plan(Window(T0, T0 + timedelta(hours=1), TimeBasis.ENQUEUED), timedelta())
     with pytest.raises(ReplayMisconfigured, match="no file matches"):
@@ -190,3 +205,27 @@ def test_a_job_of_the_older_format_is_refused_in_one_line(tmp_path: Path) -> Non
     connection.close()
     with pytest.raises(ReplayError, match="r-old was made by an older evalstream"):
         JobFile(path)
+
+
+def test_an_ndjson_job_that_numbered_lines_is_refused_in_one_line(tmp_path: Path) -> None:
+    def made(source: SourceKind, name: str, *, older: bool) -> JobFile:
+        spec = ReplaySpec(
+            id=name, created=T0, source=source, paths=["a.ndjson"], start=T0, end=T0 + HOUR
+        )
+        job = JobFile(tmp_path / f"{name}.db")
+        flow.create(job, spec, [PartitionPlan("a.ndjson", -1, 10)])
+        if older:  # as a job made before the plan recorded its format
+            with sqlite3.connect(job.path) as connection:
+                connection.execute("DELETE FROM meta WHERE key = 'format'")
+            connection.close()
+        return job
+
+    current = made(SourceKind.NDJSON, "r-new", older=False)
+    assert flow.load_spec(current) is not None
+    older_log = made(SourceKind.LOG, "r-log", older=True)
+    assert flow.load_spec(older_log) is not None  # its positions are event numbers still
+    older = made(SourceKind.NDJSON, "r-lines", older=True)
+    with pytest.raises(ReplayError, match="r-lines was made by an older evalstream that numbered"):
+        flow.load_spec(older)
+    for job in (current, older_log, older):
+        job.close()
