@@ -40,12 +40,16 @@ def wait_for_screen(session: str, condition: str, timeout: float) -> str:
         time.sleep(0.05)
 
 
-def test_the_progress_display_shows_rate_counts_and_the_summary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["log", "ndjson"])
+def test_the_progress_display_shows_rate_counts_and_the_summary(
+    tmp_path: Path, source: str
+) -> None:
     live = live_run(tmp_path, 3_000, seed=5)
     data_dir = tmp_path / "copy"
     shutil.copytree(live.data_dir, data_dir)
+    files = [str(live.ndjson)] if source == "ndjson" else []
     command = [
-        sys.executable, "-m", "evalstream", "replay", "--data-dir", str(data_dir),
+        sys.executable, "-m", "evalstream", "replay", *files, "--data-dir", str(data_dir),
         "--mode", "both", "--rate", "600", "--id", "shown", *live.window(),
     ]  # fmt: skip
     env = " ".join(f"{key}={shlex.quote(value)}" for key, value in ENV.items())
@@ -67,15 +71,23 @@ def test_the_progress_display_shows_rate_counts_and_the_summary(tmp_path: Path) 
         finished = capture(session)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    suffix = "" if source == "log" else f"-{source}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "progress-running.txt").write_text(running)
-    (ARTIFACTS / "progress-finished.txt").write_text(finished)
+    (ARTIFACTS / f"progress-running{suffix}.txt").write_text(running)
+    (ARTIFACTS / f"progress-finished{suffix}.txt").write_text(finished)
 
     reading = next(line for line in running.splitlines() if line.startswith("reading"))
-    # A bar, events read of the planned total, the rate, an ETA and the counts so far.
-    assert "━" in reading and "/3000" in reading and "ev/s" in reading, reading
+    # A bar, events (or a file's bytes) read of the planned total, the rate, an ETA and the
+    # counts so far.
+    assert "━" in reading and "ev/s" in reading, reading
     assert "stored" in reading and "quarantined" in reading and "breach message" in reading, reading
-    assert "replay shown: 3000 events in" in running
+    if source == "log":
+        assert "/3000" in reading, reading
+        assert "replay shown: 3000 events in" in running
+    else:
+        size = live.ndjson.stat().st_size
+        assert f"/{size / 1e6:.1f} MB" in reading, reading
+        assert f"replay shown: {size:,} bytes in 1 file to read from ndjson" in running
     assert "detecting" in finished
     assert "replay shown complete:" in finished and "Traceback" not in finished
     # The breach table, one row per breach message, each cell on one line at this width.
