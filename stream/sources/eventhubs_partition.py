@@ -19,7 +19,7 @@ from azure.eventhub.exceptions import EventHubError
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
 from stream.exceptions import SourceError
-from stream.ports import ReceivedEvent
+from stream.ports import ReceivedEvent, received
 from stream.sources.eventhubs_sdk import map_error
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def received_event(
         when = datetime.fromtimestamp(millis / 1000, UTC)
         if times is not None:
             times[millis] = when
-    return ReceivedEvent(
+    return received(
         _body(event), partition, sequence, when, None if offset is None else str(offset)
     )
 

@@ -27,7 +27,7 @@ from common.sqlite import SqliteFile, transaction
 from schemas import TelemetryEvent
 from stream.delivery import deliver
 from stream.exceptions import SourceError
-from stream.ports import BatchHandler, CloseReason, ReceivedEvent
+from stream.ports import BatchHandler, CloseReason, ReceivedEvent, received
 from stream.privacy import LogItem, Pseudonymizer
 
 logger = logging.getLogger(__name__)
@@ -125,11 +125,11 @@ def _read(
         if when is None:
             when = times[enqueued] = datetime.fromtimestamp(enqueued, UTC)
         if user is None:
-            events.append(ReceivedEvent(body, name, sequence, when, str(sequence)))
+            events.append(received(body, name, sequence, when, str(sequence)))
         else:
             user_hash, _, document = user.partition(" ")
             events.append(
-                ReceivedEvent(body, name, sequence, when, str(sequence), (user_hash, document))
+                received(body, name, sequence, when, str(sequence), (user_hash, document))
             )
     return events
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from stream.exceptions import SourceError, SourceUnavailable, StreamError
-from stream.ports import ReceivedEvent
+from stream.ports import ReceivedEvent, received
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def encode_batch(events: list[ReceivedEvent]) -> BatchColumns:
 def decode_batch(partition_id: str, batch: BatchColumns) -> list[ReceivedEvent]:
     bodies, sequences, times, offsets = batch
     return [
-        ReceivedEvent(body, partition_id, sequence, when, offset)
+        received(body, partition_id, sequence, when, offset)
         for body, sequence, when, offset in zip(bodies, sequences, times, offsets, strict=True)
     ]
 

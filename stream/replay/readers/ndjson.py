@@ -20,7 +20,7 @@ from types import TracebackType
 
 from stream.decode import ndjson_lines
 from stream.exceptions import ReplayMisconfigured
-from stream.ports import ReceivedEvent
+from stream.ports import ReceivedEvent, received
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
 
 SOURCE_NAME = "ndjson"
@@ -101,9 +101,10 @@ class NdjsonReader:
     async def read(
         self, plan: PartitionPlan, after: int, batch_size: int
     ) -> AsyncGenerator[list[ReceivedEvent]]:
+        partition, enqueued = plan.partition, self.enqueued
         batch: list[ReceivedEvent] = []
-        for offset, line in _lines(Path(plan.partition), after, plan.last):
-            batch.append(ReceivedEvent(line, plan.partition, offset, self.enqueued))
+        for offset, line in _lines(Path(partition), after, plan.last):
+            batch.append(received(line, partition, offset, enqueued))
             if len(batch) >= batch_size:
                 yield batch
                 batch = []
