@@ -3,7 +3,7 @@ documents themselves."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from schemas.appconfig import AppDirectory
 from schemas.document import TelemetryDocument
@@ -34,7 +34,10 @@ def test_every_field_the_hot_path_reads_round_trips_exactly() -> None:
     shifted = odd.model_copy(
         update={"timestamp": datetime(2026, 12, 1, 13, 0, 0, 123456, tzinfo=plus_two)}
     )
-    for doc in (odd, shifted):
+    whole_second = odd.model_copy(update={"timestamp": datetime(2026, 12, 1, 13, 0, 0, tzinfo=UTC)})
+    odd_offset = timezone(timedelta(hours=-9, minutes=-30))
+    local = odd.model_copy(update={"timestamp": datetime(2026, 12, 1, 3, 30, 0, 5, odd_offset)})
+    for doc in (odd, shifted, whole_second, local):
         assert_same(doc)
 
 
