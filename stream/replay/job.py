@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS observed (
     packed BLOB NOT NULL,
     PRIMARY KEY (app, ts, partition, sequence, idx)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS observed_id ON observed (pk, id);
+-- Once unique by (pk, id), which kept one row of an event the source holds twice (a producer's
+-- retry) where the live hot path observes both: shadow breaches then differed from the live ones.
+DROP INDEX IF EXISTS observed_id;
 CREATE TABLE IF NOT EXISTS unreadable (name TEXT PRIMARY KEY, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS detected (app TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS breaches (
@@ -213,8 +215,8 @@ class JobFile:
     # Shadow detection.
 
     async def collect(self, documents: Sequence[TelemetryDocument]) -> None:
-        """Keep what the detectors read of the documents; the first document of an id wins,
-        as in the store (a replayed one is the same event)."""
+        """Keep what the detectors read of the documents: each one the pipeline stored, as the
+        live hot path observes each (an event a producer sent twice, at two positions, twice)."""
         rows = [
             (
                 doc.pk,
@@ -231,8 +233,8 @@ class JobFile:
 
         def write(connection: sqlite3.Connection) -> None:
             with transaction(connection):
-                # A conflict on either key is the same event again (its id and its source
-                # position are both fixed by it): the first one stays.
+                # A conflict on the key is the same position read again (after a resume): the
+                # first one stays.
                 connection.executemany(
                     "INSERT OR IGNORE INTO observed VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )

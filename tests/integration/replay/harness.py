@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -29,11 +30,21 @@ ENV = {
 }
 
 
-def stream(count: int, seed: int, start: datetime) -> list[tuple[str | None, bytes]]:
+def stream(
+    count: int, seed: int, start: datetime, resent: float = 0.0
+) -> list[tuple[str | None, bytes]]:
+    """The simulated events; a share ``resent`` of them sent again right after, as a producer
+    retrying a request whose answer it lost."""
     simulator = Simulator(
         apps=4, rate=20.0, seed=seed, start=start, incidents=INCIDENTS, invalid_fraction=0.02
     )
-    return [(event.app_id, event.body) for event in simulator.events(count)]
+    retries = random.Random(seed)
+    bodies: list[tuple[str | None, bytes]] = []
+    for event in simulator.events(count):
+        bodies.append((event.app_id, event.body))
+        if resent and retries.random() < resent:
+            bodies.append((event.app_id, event.body))
+    return bodies
 
 
 def evalstream(
@@ -74,12 +85,12 @@ class Live:
         return ["--from", self.start.isoformat(), "--to", self.end.isoformat()]
 
 
-def live_run(directory: Path, count: int, seed: int) -> Live:
+def live_run(directory: Path, count: int, seed: int, resent: float = 0.0) -> Live:
     """Send a simulated stream with the real producer path, process it with the hot path."""
     from tests.integration.processor_harness import drain_subscription
 
     began = datetime.now(UTC) - timedelta(hours=2)
-    bodies = stream(count, seed, began)
+    bodies = stream(count, seed, began, resent)
     ndjson = directory / "stream.ndjson"
     ndjson.write_bytes(b"\n".join(body for _, body in bodies) + b"\n")
     data_dir = directory / "live"

@@ -118,6 +118,24 @@ def test_shadow_replays_find_exactly_the_live_breaches(live: Live, tmp_path: Pat
     assert asyncio.run(drain_subscription(data_dir)) == []
 
 
+def test_shadow_replays_of_a_stream_with_resent_events_find_the_live_breaches(
+    tmp_path: Path,
+) -> None:
+    # 15 % of the events sent twice (a producer's retries): the live hot path observes each copy
+    # the store takes, so shadow detection must too. Keeping one row per document id found
+    # other breaches than the live ones on this stream.
+    live = live_run(tmp_path, 20_000, seed=5, resent=0.15)
+    assert live.breach_ids  # the incidents open breaches: something to compare
+    data_dir = copy(live, tmp_path / "d")
+    replay(data_dir, "--id", "resent-log", *live.window())
+    replay(data_dir, str(live.ndjson), "--id", "resent-file", *live.window())
+    for job in ("resent-log", "resent-file"):
+        found = report(data_dir, job)["breaches"]
+        assert sorted(f"{b['breach_id']}:{b['state']}" for b in found) == sorted(
+            live.breach_ids
+        ), job
+
+
 def test_filters_keep_only_the_window_and_apps(live: Live, tmp_path: Path) -> None:
     data_dir = copy(live, tmp_path / "d")
     (data_dir / "store.db").unlink()
