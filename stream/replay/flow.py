@@ -27,7 +27,7 @@ from stream.replay.job import FORMAT, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader
 from stream.replay.run import JobStore, RateLimit, Replay
 from stream.replay.shadow import detect
-from stream.replay.spec import ReplaySpec, SourceKind
+from stream.replay.spec import ReplaySpec
 
 
 class Watcher(Protocol):
@@ -80,11 +80,11 @@ def load_spec(job: JobFile) -> ReplaySpec | None:
     if raw is None:
         return None
     spec = ReplaySpec.model_validate_json(raw)
-    if spec.source is SourceKind.NDJSON and job.get("format") != FORMAT:
+    if job.get("format") != FORMAT:
         raise ReplayError(
-            f"replay job {spec.id} was made by an older evalstream that numbered NDJSON lines; "
-            "this one keeps its place in a file by byte offset and cannot resume it: start a "
-            "new job (its events land on the same documents)"
+            f"replay job {spec.id} was made by an older evalstream (it numbered NDJSON lines, "
+            "and kept shadow detection's events in another order); this one cannot resume it: "
+            "start a new job (its events land on the same documents)"
         )
     return spec
 

@@ -36,17 +36,16 @@ CREATE TABLE IF NOT EXISTS counts (
     PRIMARY KEY (partition, what)
 );
 -- Shadow detection's input: per document what the hot path reads (stream.replay.observed).
--- Kept in the order detection reads it (per app, by event time), not in arrival order: a file
--- interleaving every app made each app's scan touch every page (0.7-1.1 µs/event more).
+-- Kept per app in source order, the order detection reads an app of one partition in (as the
+-- live processor does), not in arrival order: a file interleaving every app made each app's
+-- scan touch every page (0.7-1.1 µs/event more). One row per stored document, as the live hot
+-- path observes each: an event a producer sent twice, at two positions, is observed twice.
 CREATE TABLE IF NOT EXISTS observed (
     pk TEXT NOT NULL, id TEXT NOT NULL, app TEXT NOT NULL, ts REAL NOT NULL,
     partition TEXT NOT NULL, sequence INTEGER NOT NULL, idx INTEGER NOT NULL,
     packed BLOB NOT NULL,
-    PRIMARY KEY (app, ts, partition, sequence, idx)
+    PRIMARY KEY (app, partition, sequence, idx)
 ) WITHOUT ROWID;
--- Once unique by (pk, id), which kept one row of an event the source holds twice (a producer's
--- retry) where the live hot path observes both: shadow breaches then differed from the live ones.
-DROP INDEX IF EXISTS observed_id;
 CREATE TABLE IF NOT EXISTS unreadable (name TEXT PRIMARY KEY, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS detected (app TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS breaches (
@@ -55,9 +54,26 @@ CREATE TABLE IF NOT EXISTS breaches (
 );
 """
 
-# Written with the plan since NDJSON positions are byte offsets: a job without it numbered
-# NDJSON lines instead, and its checkpoints mean nothing to this reader.
-FORMAT = b"2"
+# Written with the plan. A job without this one was made by an older evalstream: it numbered
+# NDJSON lines (its checkpoints mean nothing to this reader), or kept shadow detection's rows
+# by event time and one per document id (not what the live hot path observes).
+FORMAT = b"3"
+# Event-time order of an app's rows, built when an app's events came from several partitions.
+_BY_TIME = (
+    "CREATE INDEX IF NOT EXISTS observed_time ON observed (app, ts, partition, sequence, idx)"
+)
+
+# (query, key before the first row) of a page of an app's rows, in source or event-time order.
+_BY_SOURCE_PAGE: tuple[str, tuple[Any, ...]] = (
+    "SELECT partition, sequence, idx, packed FROM observed WHERE app = ? AND "
+    "(partition, sequence, idx) > (?, ?, ?) ORDER BY partition, sequence, idx LIMIT ?",
+    ("", -1, -1),
+)
+_BY_TIME_PAGE: tuple[str, tuple[Any, ...]] = (
+    "SELECT ts, partition, sequence, idx, packed FROM observed WHERE app = ? AND "
+    "(ts, partition, sequence, idx) > (?, ?, ?, ?) ORDER BY ts, partition, sequence, idx LIMIT ?",
+    (float("-inf"), "", -1, -1),
+)
 
 STORED = "stored"
 QUARANTINED = "quarantined"
@@ -241,6 +257,21 @@ class JobFile:
 
         await self._file.run(write, "keep documents for shadow detection")
 
+    def order_apps_spanning_partitions(self) -> None:
+        """Build the event-time index if an app's events came from several partitions (see
+        ``observed``), once the read is done: in bulk, not row by row while collecting."""
+
+        def build(connection: sqlite3.Connection) -> None:
+            spanning = connection.execute(
+                "SELECT 1 FROM observed GROUP BY app HAVING min(partition) < max(partition) "
+                "LIMIT 1"
+            ).fetchone()
+            if spanning is not None:
+                with transaction(connection):
+                    connection.execute(_BY_TIME)
+
+        self._file.run_blocking(build, "order shadow detection's events")
+
     def apps_to_detect(self) -> list[str]:
         rows = self._file.run_blocking(
             lambda c: c.execute(
@@ -252,24 +283,29 @@ class JobFile:
         return [row[0] for row in rows]
 
     async def observed(self, app: str, page_size: int = 2000) -> AsyncIterator[list[ObservedEvent]]:
-        """The app's documents as the detectors read them, in event-time order (ties in
-        source order), page by page."""
-        last: tuple[Any, ...] = (float("-inf"), "", -1, -1)
+        """The app's documents as the detectors read them, page by page. An app whose events
+        all came from one partition: in source order, the order the live processor observed
+        them in, late arrivals where they arrived. An app spread over several partitions (a
+        hub without partition keys, several files): the live order depended on how their
+        reading interleaved, which no replay can know; event-time order then, ties in source
+        order (``order_apps_spanning_partitions`` built its index)."""
+        partitions = await self._file.run(
+            lambda c: c.execute(
+                "SELECT min(partition) < max(partition) FROM observed WHERE app = ?", (app,)
+            ).fetchone(),
+            "read documents for shadow detection",
+        )
+        query, last = _BY_TIME_PAGE if partitions[0] else _BY_SOURCE_PAGE
         while True:
 
             def page(connection: sqlite3.Connection, after: tuple[Any, ...] = last) -> list[Any]:
-                return connection.execute(
-                    "SELECT ts, partition, sequence, idx, packed FROM observed WHERE app = ? AND "
-                    "(ts, partition, sequence, idx) > (?, ?, ?, ?) "
-                    "ORDER BY ts, partition, sequence, idx LIMIT ?",
-                    (app, *after, page_size),
-                ).fetchall()
+                return connection.execute(query, (app, *after, page_size)).fetchall()
 
             rows = await self._file.run(page, "read documents for shadow detection")
             if not rows:
                 return
-            last = tuple(rows[-1][:4])
-            yield [unpack(app, row[4]) for row in rows]
+            last = tuple(rows[-1][:-1])
+            yield [unpack(app, row[-1]) for row in rows]
 
     async def detected(self, app: str, breaches: Sequence[Breach]) -> None:
         """Record an app's breaches and that its detection is done, together."""

@@ -1,7 +1,8 @@
-"""Shadow detection: fresh detectors over a replay's documents, app by app in event-time order.
+"""Shadow detection: fresh detectors over a replay's documents, app by app.
 
 Detector state is per app, so an app's breaches depend on its own documents only: each app
-gets a fresh hot path and its documents in event-time order (ties in source order). An app's
+gets a fresh hot path and its documents in the order the live processor observed them (source
+order, for an app of one partition; event-time order otherwise: JobFile.observed). An app's
 breaches and "done" are written together; a resumed job detects the apps not done yet, and
 deterministic detectors make its breaches the ones an uninterrupted run finds.
 """
@@ -23,6 +24,7 @@ async def detect(
     on_app: Callable[[str, list[Breach]], None] = lambda app, breaches: None,
 ) -> bool:
     """Run detection for every app not done yet; False when stopped before the end."""
+    job.order_apps_spanning_partitions()
     for app in job.apps_to_detect():
         if stop.is_set():
             return False

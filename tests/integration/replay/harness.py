@@ -31,20 +31,28 @@ ENV = {
 
 
 def stream(
-    count: int, seed: int, start: datetime, resent: float = 0.0
+    count: int, seed: int, start: datetime, resent: float = 0.0, late: float = 0.0
 ) -> list[tuple[str | None, bytes]]:
     """The simulated events; a share ``resent`` of them sent again right after, as a producer
-    retrying a request whose answer it lost."""
+    retrying a request whose answer it lost; a share ``late`` held back and sent 1-200 events
+    later (up to ~40 s of an app's events), as a producer's buffer flushed late."""
     simulator = Simulator(
         apps=4, rate=20.0, seed=seed, start=start, incidents=INCIDENTS, invalid_fraction=0.02
     )
-    retries = random.Random(seed)
+    chance = random.Random(seed)
     bodies: list[tuple[str | None, bytes]] = []
+    held: list[tuple[int, tuple[str | None, bytes]]] = []
     for event in simulator.events(count):
-        bodies.append((event.app_id, event.body))
-        if resent and retries.random() < resent:
-            bodies.append((event.app_id, event.body))
-    return bodies
+        item = (event.app_id, event.body)
+        if late and chance.random() < late:
+            held.append((len(bodies) + chance.randint(1, 200), item))
+        else:
+            bodies.append(item)
+            if resent and chance.random() < resent:
+                bodies.append(item)
+        while held and held[0][0] <= len(bodies):
+            bodies.append(held.pop(0)[1])
+    return bodies + [item for _, item in held]
 
 
 def evalstream(
@@ -85,12 +93,14 @@ class Live:
         return ["--from", self.start.isoformat(), "--to", self.end.isoformat()]
 
 
-def live_run(directory: Path, count: int, seed: int, resent: float = 0.0) -> Live:
+def live_run(
+    directory: Path, count: int, seed: int, resent: float = 0.0, late: float = 0.0
+) -> Live:
     """Send a simulated stream with the real producer path, process it with the hot path."""
     from tests.integration.processor_harness import drain_subscription
 
     began = datetime.now(UTC) - timedelta(hours=2)
-    bodies = stream(count, seed, began, resent)
+    bodies = stream(count, seed, began, resent, late)
     ndjson = directory / "stream.ndjson"
     ndjson.write_bytes(b"\n".join(body for _, body in bodies) + b"\n")
     data_dir = directory / "live"

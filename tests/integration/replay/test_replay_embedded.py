@@ -118,18 +118,22 @@ def test_shadow_replays_find_exactly_the_live_breaches(live: Live, tmp_path: Pat
     assert asyncio.run(drain_subscription(data_dir)) == []
 
 
-def test_shadow_replays_of_a_stream_with_resent_events_find_the_live_breaches(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "disorder", [{"resent": 0.15}, {"late": 0.05}, {"late": 0.2}], ids=["resent", "late", "later"]
+)
+def test_shadow_replays_of_an_untidy_stream_find_the_live_breaches(
+    tmp_path: Path, disorder: dict[str, float]
 ) -> None:
-    # 15 % of the events sent twice (a producer's retries): the live hot path observes each copy
-    # the store takes, so shadow detection must too. Keeping one row per document id found
-    # other breaches than the live ones on this stream.
-    live = live_run(tmp_path, 20_000, seed=5, resent=0.15)
+    # Events sent twice (a producer's retries) or out of order (held back up to ~40 s of an
+    # app's events): the live hot path observes each copy the store takes, where it arrives.
+    # Keeping one row per document id, or reading an app by event time, found other breaches
+    # than the live ones on these streams.
+    live = live_run(tmp_path, 20_000, seed=5, **disorder)
     assert live.breach_ids  # the incidents open breaches: something to compare
     data_dir = copy(live, tmp_path / "d")
-    replay(data_dir, "--id", "resent-log", *live.window())
-    replay(data_dir, str(live.ndjson), "--id", "resent-file", *live.window())
-    for job in ("resent-log", "resent-file"):
+    replay(data_dir, "--id", "untidy-log", *live.window())
+    replay(data_dir, str(live.ndjson), "--id", "untidy-file", *live.window())
+    for job in ("untidy-log", "untidy-file"):
         found = report(data_dir, job)["breaches"]
         assert sorted(f"{b['breach_id']}:{b['state']}" for b in found) == sorted(
             live.breach_ids

@@ -4,10 +4,12 @@ documents themselves."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 from schemas.appconfig import AppDirectory
 from schemas.document import TelemetryDocument
 from stream.hotpath import HotPath
+from stream.replay.job import JobFile
 from stream.replay.observed import pack, unpack
 
 from ..hotpath.streams import document
@@ -47,3 +49,29 @@ def test_the_hot_path_finds_the_same_breaches_in_the_compact_form() -> None:
     expected = uninterrupted()[0]
     assert len(expected) >= 4  # the stream's incidents open and resolve
     assert breaches == list(expected)
+
+
+async def test_an_app_is_read_back_in_the_order_the_live_processor_saw_it(tmp_path: Path) -> None:
+    def at(i: int, seconds: float, partition: str) -> TelemetryDocument:
+        doc = document(i, seconds=seconds)
+        ingest = doc.ingest.model_copy(update={"partition": partition, "sequence": i})
+        return doc.model_copy(update={"ingest": ingest, "id": f"doc-{partition}-{i}"})
+
+    job = JobFile(tmp_path / "job.db")
+    # One partition, an event arriving 30 s late: read where it arrived, as live.
+    one = [at(0, 0, "0"), at(1, 40, "0"), at(2, 10, "0"), at(3, 50, "0")]
+    await job.collect(one)
+    job.order_apps_spanning_partitions()
+    assert [e.id for page in [p async for p in job.observed("app-a")] for e in page] == [
+        d.id for d in one
+    ]
+    # The app's events from a second partition: no live order to follow, so event time
+    # (ties in source order), read across pages.
+    two = [at(0, 5, "1"), at(1, 45, "1")]
+    await job.collect(two)
+    job.order_apps_spanning_partitions()
+    pages = [page async for page in job.observed("app-a", page_size=2)]
+    assert len(pages) == 3
+    by_time = sorted(one + two, key=lambda d: (d.timestamp, d.ingest.partition))
+    assert [e.id for page in pages for e in page] == [d.id for d in by_time]
+    job.close()
