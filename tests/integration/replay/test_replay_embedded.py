@@ -121,7 +121,7 @@ def test_shadow_replays_find_exactly_the_live_breaches(live: Live, tmp_path: Pat
 @pytest.mark.parametrize(
     "disorder", [{"resent": 0.15}, {"late": 0.05}, {"late": 0.2}], ids=["resent", "late", "later"]
 )
-def test_shadow_replays_of_an_untidy_stream_find_the_live_breaches(
+def test_replays_of_an_untidy_stream_find_the_live_breaches_and_documents(
     tmp_path: Path, disorder: dict[str, float]
 ) -> None:
     # Events sent twice (a producer's retries) or out of order (held back up to ~40 s of an
@@ -138,6 +138,12 @@ def test_shadow_replays_of_an_untidy_stream_find_the_live_breaches(
         assert sorted(f"{b['breach_id']}:{b['state']}" for b in found) == sorted(
             live.breach_ids
         ), job
+    # Reprocessed into an empty store, from either source: the live documents again.
+    for source in ([], [str(live.ndjson)]):
+        fresh = copy(live, tmp_path / f"fresh-{len(source)}")
+        (fresh / "store.db").unlink()
+        replay(fresh, *source, "--mode", "reprocess", "--id", "again", *live.window())
+        assert documents(fresh) == documents(live.data_dir), source
 
 
 def test_filters_keep_only_the_window_and_apps(live: Live, tmp_path: Path) -> None:
