@@ -36,10 +36,11 @@ CREATE TABLE IF NOT EXISTS counts (
     PRIMARY KEY (partition, what)
 );
 -- Shadow detection's input: per document what the hot path reads (stream.replay.observed).
--- Kept per app in source order, the order detection reads an app of one partition in (as the
--- live processor does), not in arrival order: a file interleaving every app made each app's
--- scan touch every page (0.7-1.1 µs/event more). One row per stored document, as the live hot
--- path observes each: an event a producer sent twice, at two positions, is observed twice.
+-- Clustered per app in source order, the order detection reads an app of one partition in (as
+-- the live processor does), rather than in the order rows arrive: a file interleaving every app
+-- made each app's scan touch every page (0.7-1.1 µs/event more). One row per stored document,
+-- as the live hot path observes each: an event a producer sent twice, at two positions, is
+-- observed twice.
 CREATE TABLE IF NOT EXISTS observed (
     pk TEXT NOT NULL, id TEXT NOT NULL, app TEXT NOT NULL, ts REAL NOT NULL,
     partition TEXT NOT NULL, sequence INTEGER NOT NULL, idx INTEGER NOT NULL,
@@ -257,21 +258,6 @@ class JobFile:
 
         await self._file.run(write, "keep documents for shadow detection")
 
-    def order_apps_spanning_partitions(self) -> None:
-        """Build the event-time index if an app's events came from several partitions (see
-        ``observed``), once the read is done: in bulk, not row by row while collecting."""
-
-        def build(connection: sqlite3.Connection) -> None:
-            spanning = connection.execute(
-                "SELECT 1 FROM observed GROUP BY app HAVING min(partition) < max(partition) "
-                "LIMIT 1"
-            ).fetchone()
-            if spanning is not None:
-                with transaction(connection):
-                    connection.execute(_BY_TIME)
-
-        self._file.run_blocking(build, "order shadow detection's events")
-
     def apps_to_detect(self) -> list[str]:
         rows = self._file.run_blocking(
             lambda c: c.execute(
@@ -288,14 +274,21 @@ class JobFile:
         them in, late arrivals where they arrived. An app spread over several partitions (a
         hub without partition keys, several files): the live order depended on how their
         reading interleaved, which no replay can know; event-time order then, ties in source
-        order (``order_apps_spanning_partitions`` built its index)."""
-        partitions = await self._file.run(
-            lambda c: c.execute(
+        order, through an index built for the first such app: once the read is done, in bulk,
+        not row by row while collecting."""
+
+        def spanning(connection: sqlite3.Connection) -> bool:
+            row = connection.execute(
                 "SELECT min(partition) < max(partition) FROM observed WHERE app = ?", (app,)
-            ).fetchone(),
-            "read documents for shadow detection",
-        )
-        query, last = _BY_TIME_PAGE if partitions[0] else _BY_SOURCE_PAGE
+            ).fetchone()
+            if not row[0]:
+                return False
+            with transaction(connection):
+                connection.execute(_BY_TIME)
+            return True
+
+        by_time = await self._file.run(spanning, "order documents for shadow detection")
+        query, last = _BY_TIME_PAGE if by_time else _BY_SOURCE_PAGE
         while True:
 
             def page(connection: sqlite3.Connection, after: tuple[Any, ...] = last) -> list[Any]:

@@ -24,7 +24,6 @@ async def detect(
     on_app: Callable[[str, list[Breach]], None] = lambda app, breaches: None,
 ) -> bool:
     """Run detection for every app not done yet; False when stopped before the end."""
-    job.order_apps_spanning_partitions()
     for app in job.apps_to_detect():
         if stop.is_set():
             return False

@@ -61,7 +61,6 @@ async def test_an_app_is_read_back_in_the_order_the_live_processor_saw_it(tmp_pa
     # One partition, an event arriving 30 s late: read where it arrived, as live.
     one = [at(0, 0, "0"), at(1, 40, "0"), at(2, 10, "0"), at(3, 50, "0")]
     await job.collect(one)
-    job.order_apps_spanning_partitions()
     assert [e.id for page in [p async for p in job.observed("app-a")] for e in page] == [
         d.id for d in one
     ]
@@ -69,7 +68,6 @@ async def test_an_app_is_read_back_in_the_order_the_live_processor_saw_it(tmp_pa
     # (ties in source order), read across pages.
     two = [at(0, 5, "1"), at(1, 45, "1")]
     await job.collect(two)
-    job.order_apps_spanning_partitions()
     pages = [page async for page in job.observed("app-a", page_size=2)]
     assert len(pages) == 3
     by_time = sorted(one + two, key=lambda d: (d.timestamp, d.ingest.partition))
