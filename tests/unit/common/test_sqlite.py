@@ -1,5 +1,5 @@
 """SqliteFile.run: free calls on the loop thread, waits on the worker thread, checkpoints off
-the loop."""
+the loop and out of the way."""
 
 from __future__ import annotations
 
@@ -113,25 +113,36 @@ async def test_other_errors_come_out_as_the_adapter_error(file: SqliteFile) -> N
         )
 
 
-async def test_wal_checkpoints_run_on_the_worker_thread(
-    file: SqliteFile, monkeypatch: pytest.MonkeyPatch
+async def test_wal_checkpoints_run_apart_and_writes_go_on_meanwhile(
+    file: SqliteFile, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A checkpoint due after ``run`` calls runs on a thread and connection of its own: held
+    up here, it does not hold up the next write, which still finishes on the loop thread."""
     monkeypatch.setattr(common.sqlite, "CHECKPOINT_EVERY_CHANGES", 5)
-    checkpoints: list[int] = []
-    file.run_blocking(
-        lambda connection: connection.set_trace_callback(
-            lambda statement: (
-                checkpoints.append(threading.get_ident()) if "wal_checkpoint" in statement else None
-            )
-        )
-    )
-    # A call finding the worker busy with a checkpoint goes to the worker too: threads vary.
-    for index in range(12):
+    checkpoint = SqliteFile._checkpoint
+    release = threading.Event()
+    ran: list[tuple[int, sqlite3.Connection]] = []
+
+    def held_checkpoint(self: SqliteFile, connection: sqlite3.Connection) -> None:
+        ran.append((threading.get_ident(), connection))
+        assert release.wait(10)
+        checkpoint(self, connection)
+
+    monkeypatch.setattr(SqliteFile, "_checkpoint", held_checkpoint)
+    for index in range(5):
         await file.run(insert(str(index)))
-    # Calls made while one is queued do not queue another: one or more ran, none here.
-    await until(lambda: len(checkpoints) >= 1)
-    assert threading.get_ident() not in checkpoints
-    assert await file.run(count) == 12
+    await until(lambda: len(ran) == 1)
+    loop_thread = threading.get_ident()
+    # Before, the checkpoint held the file's lock: this write went to the worker and waited.
+    assert await file.run(insert("during the checkpoint")) == loop_thread
+    release.set()
+    for index in range(5, 12):
+        await file.run(insert(str(index)))
+    await until(lambda: len(ran) == 2)
+    assert all(thread != loop_thread for thread, _ in ran)
+    assert ran[0][1] is ran[1][1] is not file._connection
+    assert await file.run(count) == 13
+    assert "checkpoint of" not in caplog.text
 
 
 async def test_a_closed_file_refuses_calls(file: SqliteFile) -> None:
