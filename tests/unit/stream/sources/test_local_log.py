@@ -1,14 +1,18 @@
-"""The embedded event log: positions per partition, checkpoints, and SQLite errors as ours."""
+"""The embedded event log: positions per partition, checkpoints, SQLite errors as ours, and a
+partition catching up that still lets the loop run."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+import stream.sources.local_log
 from stream.exceptions import SourceError
-from stream.sources.local_log import LocalLog, partition_for
+from stream.ports import CloseReason, PartitionContext, ReceivedEvent
+from stream.sources.local_log import LocalLog, partition_for, run_partition
 
 
 async def test_appended_events_read_back_in_order_from_either_thread(tmp_path: Path) -> None:
@@ -86,3 +90,41 @@ def test_a_closed_log_raises_source_error(tmp_path: Path) -> None:
     log.close()
     with pytest.raises(SourceError, match="closed"):
         log.read(0, -1, 1)
+
+
+class _StopAfterFirstBatch:
+    """A BatchHandler that never waits (as the pipeline on free files) and, at its first
+    batch, asks the loop to set ``stop``: as a Ctrl-C's handler would, it runs at the loop's
+    next turn."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.batches = 0
+
+    async def on_partition_initialize(self, context: PartitionContext) -> None:
+        pass
+
+    async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
+        self.batches += 1
+        if self.batches == 1:
+            asyncio.get_running_loop().call_soon(self.stop.set)
+
+    async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
+        pass
+
+
+async def test_a_partition_catching_up_gives_the_loop_a_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog of 40 batches whose reads and writes never wait: the stop asked for during
+    the first batch lands within a turn (patched to 0 s here: every batch), not at the end."""
+    monkeypatch.setattr(stream.sources.local_log, "TURN_S", 0.0)
+    log = LocalLog(tmp_path / "log.db", 1)
+    try:
+        log.append([("app-1", b"x")] * 2_000)
+        stop = asyncio.Event()
+        handler = _StopAfterFirstBatch(stop)
+        await run_partition(log, "g", 0, handler, stop, batch_size=50, batch_wait_s=0.01)
+        assert handler.batches == 1
+    finally:
+        await log.aclose()
