@@ -190,14 +190,18 @@ class SqliteFile:
     def run_blocking(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
         """Run ``call(connection)`` on this thread; ``sqlite3`` errors become ``error_type``."""
         with self._lock:
-            if self._closed:
-                raise self.error_type(f"{what}: {self.path} is closed")
-            try:
-                result = call(self._connection)
-            except sqlite3.Error as exc:
-                raise self._error(exc, what) from exc
+            result = self._call(call, what)
             self._checkpoint_if_due()
             return result
+
+    def _call(self, call: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """``call(connection)`` with the busy timeout; called holding the lock."""
+        if self._closed:
+            raise self.error_type(f"{what}: {self.path} is closed")
+        try:
+            return call(self._connection)
+        except sqlite3.Error as exc:
+            raise self._error(exc, what) from exc
 
     async def run(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
         """``call(connection)`` without blocking the event loop: here if the file is free now,
@@ -212,7 +216,16 @@ class SqliteFile:
             if done:
                 return result  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_blocking, call, what)
+        return await loop.run_in_executor(self._executor, self._run_when_free, call, what)
+
+    def _run_when_free(self, call: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """``run``'s call once the file was found busy, on the worker thread, with the busy
+        timeout; a checkpoint it makes due is queued like the loop's calls'."""
+        with self._lock:
+            try:
+                return self._call(call, what)
+            finally:
+                self._queue_checkpoint_if_due()
 
     def _run_without_waiting(
         self, call: Callable[[sqlite3.Connection], T], what: str
