@@ -33,16 +33,19 @@ from pathlib import Path
 
 import psutil
 
+from evalstream.workers import shares
 from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
 from stream.producers.simulator import Simulator
-from stream.sources.local_log import LocalLog
+from stream.sources.local_log import LocalLog, partition_for
 
 RESULTS = Path(__file__).parent / "results" / "workers.md"
 PARTITIONS = 4
+# A log made with more partitions, for the model: the same events, spread by the same hash.
+MODEL_PARTITIONS = 16
 RSS_EVERY_S = 0.5
 # (elapsed s, documents stored, RSS per worker, the store's WAL file size in bytes)
 Sample = tuple[float, int, list[int], int]
@@ -400,13 +403,76 @@ def sustained_only(seconds: float, rate: float, write: bool) -> None:
         (RESULTS.parent / "workers_sustained.md").write_text(text)
 
 
-def model(rate_1: float, efficiency: float, write_us: float, cores: int) -> float:
-    """events/s with ``cores`` free cores and as many workers: each worker at the 1-worker
-    CPU-bound rate times the per-worker efficiency measured with 2 (the supervisor's share,
-    uneven partitions, more processes), capped by the one thing they all take turns at — the
-    store's write lock (1 / its write transaction per event). Reading the log is not capped:
-    WAL readers neither wait for each other nor for the writer."""
-    return min(rate_1 if cores == 1 else cores * efficiency * rate_1, 1e6 / write_us)
+def busiest_share(items: list[tuple[str | None, bytes]], partitions: int, workers: int) -> float:
+    """The largest share of the events one worker holds when ``workers`` workers (at most one
+    per partition) share a log of ``partitions`` out by their events, as the supervisor does
+    (evalstream.workers.shares). A worker cannot go faster than its own partitions: this share
+    bounds the speed-up at 1 / share, however many cores there are."""
+    weights = [0] * partitions
+    for key, _ in items:
+        weights[partition_for(key or "", partitions)] += 1
+    owned = shares(list(range(min(workers, partitions))), weights)
+    return max(sum(weights[p] for p in mine) for mine in owned.values()) / sum(weights)
+
+
+def model(rate_1: float, efficiency: float, write_us: float, share: float) -> float:
+    """events/s of several workers on free cores: the busiest worker, holding ``share`` of the
+    events, runs at the 1-worker CPU-bound rate times the per-worker efficiency measured with
+    2 (the supervisor's share, more processes, their SQLite threads), and the others finish
+    no later; capped by the one thing they all take turns at — the store's write lock (1 / its
+    write transaction per event). Reading the log is not capped: WAL readers neither wait for
+    each other nor for the writer."""
+    return min(efficiency * rate_1 / share, 1e6 / write_us)
+
+
+def model_lines(
+    items: list[tuple[str | None, bytes]], rate_1: float, rate_2: float, write_us: float
+) -> list[str]:
+    # The 2-worker runs' speed-up, with their partition split taken out, is the per-worker
+    # efficiency the model carries to more workers.
+    efficiency = rate_2 * busiest_share(items, PARTITIONS, 2) / rate_1
+    lines = [
+        "",
+        f"Model for more cores: one worker per core, at most one per partition. The busiest "
+        f"worker runs at the 1-worker rate on free cores ({rate_1:,.0f} events/s) times the "
+        f"per-worker efficiency measured with 2 workers, their partition split taken out "
+        f"({efficiency:.2f}), over its share of the events (the supervisor shares partitions "
+        f"out by their events; one partition holds all of an app, and this stream's largest "
+        f"app sends {largest_app(items):.0%} of the events); the store's writer takes at most "
+        f"{1e6 / write_us:,.0f} events/s (its write transaction alone, {write_us:.1f} µs/event). "
+        f"The lower of the two. No partition count takes the speed-up past one over the "
+        f"largest app's share. Near the writer's cap the workers queue for its lock, so "
+        f"those rows are upper bounds. For the log this bench runs ({PARTITIONS} partitions, "
+        f"the default) and for the same events in a log made with {MODEL_PARTITIONS} "
+        f"(`embedded.partitions`, fixed when the log is created):",
+        "",
+        f"| cores | workers ({PARTITIONS} partitions) | busiest worker's share | events/s "
+        f"(model) | × 1 worker | workers ({MODEL_PARTITIONS} partitions) | busiest worker's "
+        f"share | events/s (model) | × 1 worker | store writer busy ({MODEL_PARTITIONS} "
+        "partitions) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for cores in (1, 2, 4, 8):
+        row = [str(cores)]
+        for partitions in (PARTITIONS, MODEL_PARTITIONS):
+            share = busiest_share(items, partitions, cores)
+            rate = rate_1 if cores == 1 else model(rate_1, efficiency, write_us, share)
+            row += [
+                str(min(cores, partitions)),
+                f"{share:.0%}",
+                f"{rate:,.0f}",
+                f"{rate / rate_1:.2f}×",
+            ]
+        row.append(f"{rate * write_us / 1e6:.0%}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def largest_app(items: list[tuple[str | None, bytes]]) -> float:
+    counts: dict[str | None, int] = {}
+    for key, _ in items:
+        counts[key] = counts.get(key, 0) + 1
+    return max(counts.values()) / len(items)
 
 
 def main() -> None:
@@ -511,24 +577,7 @@ def main() -> None:
     lines += [f"- {name}: {value:.2f} µs" for name, value in parts.items()]
     write_us = next(iter(parts.values()))
     if len(counts) >= 2 and counts[:2] == [1, 2]:
-        efficiency = free[2] / (2 * free[1])
-        lines += [
-            "",
-            f"Model for more cores: the store's writer takes at most {1e6 / write_us:,.0f} "
-            f"events/s (its write transaction alone, {write_us:.1f} µs/event); each worker runs "
-            f"at the 1-worker rate on free cores ({free[1]:,.0f} events/s) times the per-worker "
-            f"efficiency measured with 2 workers ({efficiency:.2f}); the lower of the two. "
-            "Near the writer's cap the workers queue for its lock, so the last rows are upper "
-            "bounds:",
-            "",
-            "| cores = workers | events/s (model) | × 1 worker | store writer busy |",
-            "| --- | --- | --- | --- |",
-        ]
-        for cores in (1, 2, 4, 8):
-            rate = model(free[1], efficiency, write_us, cores)
-            lines.append(
-                f"| {cores} | {rate:,.0f} | {rate / free[1]:.2f}× | {rate * write_us / 1e6:.0%} |"
-            )
+        lines += model_lines(items, free[1], free[2], write_us)
     small = (
         statistics.median(sum(run.rss) for run in runs if run.workers == 2) if 2 in counts else 0
     )
