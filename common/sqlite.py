@@ -154,6 +154,7 @@ class SqliteFile:
         self.error_type = error_type
         self.transient_type = transient_type
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._synchronous: Synchronous = synchronous
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._closed = False
@@ -301,8 +302,11 @@ class SqliteFile:
                 return
             try:
                 if self._checkpoint_connection is None:
+                    # The file's own synchronous setting: it decides the checkpoint's syncs.
                     self._checkpoint_connection = connect(
-                        self.path, busy_timeout_s=self._busy_timeout_ms / 1000
+                        self.path,
+                        synchronous=self._synchronous,
+                        busy_timeout_s=self._busy_timeout_ms / 1000,
                     )
                     # Checkpoints read the WAL and write the file: no page cache to speak of.
                     self._checkpoint_connection.execute("PRAGMA cache_size=-64")
