@@ -527,8 +527,9 @@ async def run_partition(
             # Reading and storing a batch finish without waiting when the files are free, so
             # a partition with a backlog would keep the loop until it caught up: a Ctrl-C, a
             # new share of partitions from the supervisor and the process's other partitions
-            # would all wait (a stop took 10 s over 200,000 events). A turn after every batch
-            # would interleave a worker's partitions batch by batch, for no gain measured.
+            # would all wait (Ctrl-C took 6-10 s to stop a 200,000-event catch-up). A turn
+            # after every batch would interleave a worker's partitions batch by batch, for no
+            # gain measured.
             await asyncio.sleep(0)
             turn_ends = loop.time() + TURN_S
     await handler.on_partition_close(context, CloseReason.SHUTDOWN)
