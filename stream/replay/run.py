@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from common.retry import sleep_or_stop
+from common.turns import Turns
 from schemas import QuarantineRecord, TelemetryDocument
 from store.ports import ProcessorStore, StateSnapshot
 from stream.delivery import deliver
@@ -195,6 +196,7 @@ class Replay:
         context = JobContext(self.store, plan, position)
         await self.pipeline.on_partition_initialize(context)
         finished = False
+        turns = Turns()
         batch_size = self.batch_size
         if self.rate.per_second is not None:
             batch_size = max(1, min(batch_size, int(self.rate.per_second)))
@@ -206,6 +208,7 @@ class Replay:
                         break
                     self.on_events(len(events), events[-1].sequence - position)
                     position = events[-1].sequence
+                    await turns.take()
                 else:
                     finished = not stop.is_set()
         finally:

@@ -24,6 +24,7 @@ from typing import IO, TypeVar
 from common.log_context import log_context
 from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, transaction
+from common.turns import Turns
 from schemas import TelemetryEvent
 from stream.delivery import deliver
 from stream.exceptions import SourceError
@@ -36,9 +37,6 @@ T = TypeVar("T")
 
 SOURCE_NAME = "local"
 RETENTION_SWEEP_INTERVAL_S = 60.0
-# Longest a partition catching up keeps the event loop before it lets the rest run (a stop,
-# the supervisor's messages, the process's other partitions): ~2,000 events' work.
-TURN_S = 0.1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -506,8 +504,7 @@ async def run_partition(
     position = await log.checkpoint_async(consumer_group, partition)
     context = _LocalPartitionContext(log, consumer_group, partition, position)
     await handler.on_partition_initialize(context)
-    loop = asyncio.get_running_loop()
-    turn_ends = loop.time() + TURN_S
+    turns = Turns()
     while not stop.is_set():
         events = await log.read_async(partition, context.position, batch_size)
         if not events:
@@ -523,15 +520,7 @@ async def run_partition(
         if not delivered:
             break
         context.position = events[-1].sequence
-        if loop.time() >= turn_ends:
-            # Reading and storing a batch finish without waiting when the files are free, so
-            # a partition with a backlog would keep the loop until it caught up: a Ctrl-C, a
-            # new share of partitions from the supervisor and the process's other partitions
-            # would all wait (Ctrl-C took 6-10 s to stop a 200,000-event catch-up). A turn
-            # after every batch would interleave a worker's partitions batch by batch, for no
-            # gain measured.
-            await asyncio.sleep(0)
-            turn_ends = loop.time() + TURN_S
+        await turns.take()
     await handler.on_partition_close(context, CloseReason.SHUTDOWN)
 
 

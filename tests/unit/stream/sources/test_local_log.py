@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import stream.sources.local_log
+import common.turns
 from stream.exceptions import SourceError
 from stream.ports import CloseReason, PartitionContext, ReceivedEvent
 from stream.sources.local_log import LocalLog, partition_for, run_partition
@@ -118,7 +118,7 @@ async def test_a_partition_catching_up_gives_the_loop_a_turn(
 ) -> None:
     """A backlog of 40 batches whose reads and writes never wait: the stop asked for during
     the first batch lands within a turn (patched to 0 s here: every batch), not at the end."""
-    monkeypatch.setattr(stream.sources.local_log, "TURN_S", 0.0)
+    monkeypatch.setattr(common.turns, "TURN_S", 0.0)
     log = LocalLog(tmp_path / "log.db", 1)
     try:
         log.append([("app-1", b"x")] * 2_000)
