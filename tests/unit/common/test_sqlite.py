@@ -151,9 +151,10 @@ async def test_a_closed_file_refuses_calls(file: SqliteFile) -> None:
         await file.run(count)
 
 
-def _write_rows(path: Path, rounds: int, largest: Queue[int]) -> None:
-    """One writer process: ``rounds`` transactions of 20 rows of 1,500 bytes; puts the
-    largest WAL file it saw after its writes."""
+def _write_rows(path: Path, rounds: int, largest: Queue[int], from_loop: bool) -> None:
+    """One writer process: ``rounds`` transactions of 20 rows of 1,500 bytes, through ``run``
+    from an event loop (checkpoints on their own thread and connection) or ``run_blocking``
+    (on this thread); puts the largest WAL file it saw after its writes."""
     file = SqliteFile(path, error_type=FileError, schema=SCHEMA)
     wal = path.with_name(path.name + "-wal")
     row = "x" * 1500
@@ -162,18 +163,30 @@ def _write_rows(path: Path, rounds: int, largest: Queue[int]) -> None:
         with transaction(connection):
             connection.executemany("INSERT INTO item (note) VALUES (?)", [(row,)] * 20)
 
+    async def write_all() -> int:
+        seen = 0
+        for _ in range(rounds):
+            await file.run(write)
+            seen = max(seen, wal.stat().st_size)
+            hashlib.sha256(bytes(2_000_000)).digest()
+        return seen
+
     seen = 0
-    for _ in range(rounds):
-        file.run_blocking(write)
-        seen = max(seen, wal.stat().st_size)
-        # A pipeline works between its writes (decoding the next batch): here ~1 ms of CPU.
-        hashlib.sha256(bytes(2_000_000)).digest()
+    if from_loop:
+        seen = asyncio.run(write_all())
+    else:
+        for _ in range(rounds):
+            file.run_blocking(write)
+            seen = max(seen, wal.stat().st_size)
+            # A pipeline works between its writes (decoding the next batch): ~1 ms of CPU.
+            hashlib.sha256(bytes(2_000_000)).digest()
     file.close()
     largest.put(seen)
 
 
+@pytest.mark.parametrize("from_loop", [False, True], ids=["run_blocking", "run"])
 def test_two_writer_processes_keep_the_wal_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_loop: bool
 ) -> None:
     """Two processes appending at once (processing workers sharing the store) while their
     checkpoints fall due: once past its size limit (2 MiB here) the WAL is started over, so its
@@ -185,7 +198,9 @@ def test_two_writer_processes_keep_the_wal_bounded(
     SqliteFile(path, error_type=FileError, schema=SCHEMA).close()
     context = multiprocessing.get_context("fork")  # the patched settings go with the child
     largest: Queue[int] = context.Queue()
-    writers = [context.Process(target=_write_rows, args=(path, 800, largest)) for _ in range(2)]
+    writers = [
+        context.Process(target=_write_rows, args=(path, 800, largest, from_loop)) for _ in range(2)
+    ]
     for writer in writers:
         writer.start()
     seen = [largest.get(timeout=120) for _ in writers]
