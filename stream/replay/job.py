@@ -56,8 +56,9 @@ CREATE TABLE IF NOT EXISTS breaches (
 """
 
 # Written with the plan. A job without this one was made by an older evalstream: it numbered
-# NDJSON lines (its checkpoints mean nothing to this reader), or kept shadow detection's rows
-# by event time and one per document id (not what the live hot path observes).
+# NDJSON lines (its checkpoints mean nothing to this reader), kept shadow detection's rows by
+# event time and one per document id (not what the live hot path observes), or kept whole
+# documents for it. ``flow.load_spec`` refuses to resume it.
 FORMAT = b"3"
 # Event-time order of an app's rows, built when an app's events came from several partitions.
 _BY_TIME = (
@@ -96,21 +97,6 @@ class JobFile:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = SqliteFile(path, error_type=ReplayError, schema=_SCHEMA)
-        if self._has_table("shadow"):
-            self._file.close()
-            raise ReplayError(
-                f"replay job {path.stem} was made by an older evalstream that kept whole "
-                "documents for shadow detection; this one cannot resume it: start a new job"
-            )
-
-    def _has_table(self, name: str) -> bool:
-        row = self._file.run_blocking(
-            lambda c: c.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-            ).fetchone(),
-            "read the replay job's tables",
-        )
-        return row is not None
 
     def close(self) -> None:
         self._file.close()

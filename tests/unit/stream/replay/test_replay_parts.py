@@ -198,17 +198,10 @@ def test_the_report_orders_breaches_whatever_order_they_came_in() -> None:
     assert one["events"] == {"stored": 3, "quarantined": 0, "quarantined_by_code": {"bad": 1}}
 
 
-def test_a_job_of_the_older_format_is_refused_in_one_line(tmp_path: Path) -> None:
-    path = tmp_path / "r-old.db"
-    with sqlite3.connect(path) as connection:
-        connection.execute("CREATE TABLE shadow (pk TEXT, doc BLOB)")
-    connection.close()
-    with pytest.raises(ReplayError, match="r-old was made by an older evalstream"):
-        JobFile(path)
-
-
 def test_a_job_of_an_older_format_is_refused_on_resume_in_one_line(tmp_path: Path) -> None:
-    def made(source: SourceKind, name: str, *, older: bool) -> JobFile:
+    def made(
+        source: SourceKind, name: str, *, older: bool, whole_documents: bool = False
+    ) -> JobFile:
         spec = ReplaySpec(
             id=name, created=T0, source=source, paths=["a.ndjson"], start=T0, end=T0 + HOUR
         )
@@ -217,8 +210,15 @@ def test_a_job_of_an_older_format_is_refused_on_resume_in_one_line(tmp_path: Pat
         if older:  # as a job made before the plan recorded its format
             with sqlite3.connect(job.path) as connection:
                 connection.execute("DELETE FROM meta WHERE key = 'format'")
+                if whole_documents:  # the first format kept whole documents for shadow
+                    connection.execute("CREATE TABLE shadow (pk TEXT, doc BLOB)")
             connection.close()
         return job
+
+    oldest = made(SourceKind.LOG, "r-old", older=True, whole_documents=True)
+    with pytest.raises(ReplayError, match="r-old was made by an older evalstream"):
+        flow.load_spec(oldest)
+    oldest.close()
 
     current = made(SourceKind.NDJSON, "r-new", older=False)
     assert flow.load_spec(current) is not None
