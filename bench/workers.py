@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -469,10 +470,7 @@ def model_lines(
 
 
 def largest_app(items: list[tuple[str | None, bytes]]) -> float:
-    counts: dict[str | None, int] = {}
-    for key, _ in items:
-        counts[key] = counts.get(key, 0) + 1
-    return max(counts.values()) / len(items)
+    return Counter(key for key, _ in items).most_common(1)[0][1] / len(items)
 
 
 def main() -> None:
