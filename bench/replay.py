@@ -247,11 +247,13 @@ def main() -> None:
         "× process: against `evalstream process --workers 1` (a replay runs in one process) "
         "with the same detectors setting (store only, "
         "or detectors on for the runs with shadow detection), events/s and CPU per event. "
-        "Shadow detection does more than the live hot path: it keeps what the detectors read "
-        "in the job and runs them per app in event-time order after reading. "
-        "NDJSON ×4 files: the same events in one file per log partition (by app, as the log "
-        "spreads them), so a replay reads four streams concurrently as the processor reads the "
-        "log's four partitions; a single file is one stream, read and written batch after batch.",
+        "Shadow detection from the log and from one file runs the detectors while reading, a "
+        "state per partition as the live hot path; from several files it does more: it keeps "
+        "what the detectors read in the job and runs them per app in event-time order after "
+        "reading. NDJSON ×4 files: the same events in one file per log partition (by app, as "
+        "the log spreads them), so a replay reads four streams concurrently as the processor "
+        "reads the log's four partitions; a single file is one stream, read and written batch "
+        "after batch.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

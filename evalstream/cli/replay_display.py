@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.text import Text
 
 from schemas import Breach
-from stream.replay.job import QUARANTINED, STORED
+from stream.replay.job import BREACHES, QUARANTINED, STORED
 
 
 def plural(count: int, noun: str) -> str:
@@ -80,7 +80,7 @@ class ReplayDisplay:
         counts = self._counts()
         return (
             f"{counts.get(STORED, 0):,} stored, {counts.get(QUARANTINED, 0):,} quarantined, "
-            f"{plural(self.breaches, 'breach message')}"
+            f"{plural(self.breaches + counts.get(BREACHES, 0), 'breach message')}"
         )
 
     def events(self, count: int, advanced: int) -> None:

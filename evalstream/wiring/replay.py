@@ -10,13 +10,13 @@ from evalstream import wiring
 from evalstream.settings import Settings
 from evalstream.wiring.data_dir import usable_data_dir
 from schemas import AppDirectory
-from stream.exceptions import ReplayMisconfigured
+from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.pipeline import Pipeline
 from stream.ports import HotPathFactory, HotPathState
 from stream.replay.flow import Pieces, Quiet, Watcher
 from stream.replay.job import JobFile
 from stream.replay.ports import ReplayReader
-from stream.replay.run import JobStore, RangeSelection
+from stream.replay.run import JobAlerts, JobStore, RangeSelection
 from stream.replay.spec import ReplaySpec, SourceKind
 from stream.stats import ProcessorStats
 
@@ -59,14 +59,23 @@ def reader(settings: Settings, spec: ReplaySpec) -> ReplayReader:
 
 
 def shadow_hot_path(spec: ReplaySpec) -> HotPathFactory:
-    from stream.hotpath import HotPath
+    """Fresh detectors with the job's settings, or the ones a checkpoint of this job saved."""
+    from stream.hotpath import HotPath, SnapshotError
 
     apps = AppDirectory.model_validate(spec.detectors)
 
-    def fresh(blob: bytes | None) -> HotPathState:
-        return HotPath(apps)
+    def build(blob: bytes | None) -> HotPathState:
+        if not blob:
+            return HotPath(apps)
+        try:
+            return HotPath.restore(apps, blob)
+        except SnapshotError as exc:
+            raise ReplayError(
+                f"replay job {spec.id}: its detectors' snapshot cannot be restored ({exc}); "
+                "start a new job"
+            ) from exc
 
-    return fresh
+    return build
 
 
 def pieces(
@@ -82,7 +91,9 @@ def pieces(
     decoder = wiring.decoder(settings)
     enricher = wiring.enricher(settings, source.source)
 
-    def pipeline(store: JobStore) -> Pipeline:
+    detectors = shadow_hot_path(spec) if spec.mode.detects else None
+
+    def pipeline(store: JobStore, detecting: bool) -> Pipeline:
         return Pipeline(
             store=store,
             decoder=decoder,
@@ -92,12 +103,14 @@ def pieces(
             checkpoint_interval_s=settings.processor.checkpoint_interval_s,
             stats=ProcessorStats(),
             selection=selection,
+            hot_path=detectors if detecting else None,
+            publisher=JobAlerts(store) if detecting else None,
         )
 
     return Pieces(
         reader=source,
         pipeline=pipeline,
-        hot_path=shadow_hot_path(spec) if spec.mode.detects else None,
+        hot_path=detectors,
         max_future_skew=timedelta(seconds=settings.processor.max_future_skew_s),
         batch_size=settings.replay.batch_size,
         rate=rate,

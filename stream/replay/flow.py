@@ -61,8 +61,9 @@ class Quiet:
 @dataclass
 class Pieces:
     reader: ReplayReader
-    # Builds the live pipeline around the replay's store, keeping the window's events.
-    pipeline: Callable[[JobStore], Pipeline]
+    # Builds the live pipeline around the replay's store, keeping the window's events; with
+    # the shadow detectors, their breaches kept in the job, when they run while reading.
+    pipeline: Callable[[JobStore, bool], Pipeline]
     hot_path: HotPathFactory | None
     max_future_skew: timedelta
     batch_size: int
@@ -83,8 +84,8 @@ def load_spec(job: JobFile) -> ReplaySpec | None:
     if job.get("format") != FORMAT:
         raise ReplayError(
             f"replay job {spec.id} was made by an older evalstream (it numbered NDJSON lines, "
-            "and kept shadow detection's events in another order); this one cannot resume it: "
-            "start a new job (its events land on the same documents)"
+            "or ran shadow detection otherwise); this one cannot resume it: start a new job "
+            "(its events land on the same documents)"
         )
     return spec
 
@@ -101,7 +102,11 @@ async def run(
     watcher = pieces.watcher
     plans = job.plans()
     remaining = [(plan, position) for plan, position, finished in plans if not finished]
-    job_store = JobStore(job, store if spec.mode.stores else None, spec.mode.detects)
+    # Detectors run while reading, a state per partition as live, unless the partitions are
+    # several files: then their apps are detected whole after reading (stream.replay.shadow).
+    while_reading = spec.mode.detects and pieces.reader.detects_by_partition
+    after_reading = spec.mode.detects and not while_reading
+    job_store = JobStore(job, store if spec.mode.stores else None, collect=after_reading)
     before = job.counts()
 
     def counts() -> Counter[str]:
@@ -119,7 +124,7 @@ async def run(
     if remaining:
         replay = Replay(
             reader=pieces.reader,
-            pipeline=pieces.pipeline(job_store),
+            pipeline=pieces.pipeline(job_store, while_reading),
             store=job_store,
             window=spec.window(),
             max_future_skew=pieces.max_future_skew,
@@ -131,7 +136,7 @@ async def run(
         with tuned_gc():
             if not await replay.run(remaining, stop):
                 return None
-    if spec.mode.detects:
+    if after_reading:
         assert pieces.hot_path is not None
         watcher.detecting(len(job.apps_to_detect()))
         with tuned_gc():

@@ -35,10 +35,11 @@ CREATE TABLE IF NOT EXISTS counts (
     partition TEXT NOT NULL, what TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (partition, what)
 );
--- Shadow detection's input: per document what the hot path reads (stream.replay.observed).
--- Clustered per app in source order, the order detection reads an app of one partition in (as
--- the live processor does), rather than in the order rows arrive: a file interleaving every app
--- made each app's scan touch every page (0.7-1.1 µs/event more). One row per stored document,
+-- Shadow detection's input when it runs after reading (a replay of several files): per
+-- document what the hot path reads (stream.replay.observed). Clustered per app in source
+-- order, the order detection reads an app of one file in, rather than in the order rows
+-- arrive: a file interleaving every app made each app's scan touch every page (0.7-1.1
+-- µs/event more). One row per stored document,
 -- as the live hot path observes each: an event a producer sent twice, at two positions, is
 -- observed twice.
 CREATE TABLE IF NOT EXISTS observed (
@@ -57,10 +58,11 @@ CREATE TABLE IF NOT EXISTS breaches (
 
 # Written with the plan. A job without this one was made by an older evalstream: it numbered
 # NDJSON lines (its checkpoints mean nothing to this reader), kept shadow detection's rows by
-# event time and one per document id (not what the live hot path observes), or kept whole
-# documents for it. ``flow.load_spec`` refuses to resume it.
-FORMAT = b"3"
-# Event-time order of an app's rows, built when an app's events came from several partitions.
+# event time and one per document id (not what the live hot path observes), kept whole
+# documents for it, or kept rows to detect after reading where detectors now run while it
+# reads (their snapshots are not in its checkpoints). ``flow.load_spec`` refuses to resume it.
+FORMAT = b"4"
+# Event-time order of an app's rows, built when an app's events came from several files.
 _BY_TIME = (
     "CREATE INDEX IF NOT EXISTS observed_time ON observed (app, ts, partition, sequence, idx)"
 )
@@ -79,6 +81,21 @@ _BY_TIME_PAGE: tuple[str, tuple[Any, ...]] = (
 
 STORED = "stored"
 QUARANTINED = "quarantined"
+# Breach messages found (a progress count; the report counts the breaches kept).
+BREACHES = "breaches"
+
+# A breach found again (after a resume) replaces itself.
+_KEEP_BREACH = (
+    "INSERT INTO breaches VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (breach_id, state) DO UPDATE SET body = excluded.body"
+)
+
+
+def _breach_rows(breaches: Sequence[Breach]) -> list[tuple[str, str, str, bytes]]:
+    return [
+        (b.breach_id, b.state.value, b.app_id, orjson.dumps(b.model_dump(mode="json")))
+        for b in breaches
+    ]
 
 
 @dataclass
@@ -256,10 +273,8 @@ class JobFile:
 
     async def observed(self, app: str, page_size: int = 2000) -> AsyncIterator[list[ObservedEvent]]:
         """The app's documents as the detectors read them, page by page. An app whose events
-        all came from one partition: in source order, the order the live processor observed
-        them in, late arrivals where they arrived. An app spread over several partitions (a
-        hub without partition keys, several files): the live order depended on how their
-        reading interleaved, which no replay can know; event-time order then, ties in source
+        all came from one file: in source order, late arrivals where they arrived. An app
+        spread over several files (parts of one history): event-time order, ties in source
         order, through an index built for the first such app: once the read is done, in bulk,
         not row by row while collecting."""
 
@@ -288,19 +303,22 @@ class JobFile:
 
     async def detected(self, app: str, breaches: Sequence[Breach]) -> None:
         """Record an app's breaches and that its detection is done, together."""
-        rows = [
-            (b.breach_id, b.state.value, b.app_id, orjson.dumps(b.model_dump(mode="json")))
-            for b in breaches
-        ]
+        rows = _breach_rows(breaches)
 
         def write(connection: sqlite3.Connection) -> None:
             with transaction(connection):
-                connection.executemany(
-                    "INSERT INTO breaches VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (breach_id, state) DO UPDATE SET body = excluded.body",
-                    rows,
-                )
+                connection.executemany(_KEEP_BREACH, rows)
                 connection.execute("INSERT OR IGNORE INTO detected VALUES (?)", (app,))
+
+        await self._file.run(write, "record shadow breaches")
+
+    async def keep_breaches(self, breaches: Sequence[Breach]) -> None:
+        """Record breaches found while reading (detectors per partition)."""
+        rows = _breach_rows(breaches)
+
+        def write(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.executemany(_KEEP_BREACH, rows)
 
         await self._file.run(write, "record shadow breaches")
 

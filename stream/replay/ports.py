@@ -75,6 +75,11 @@ class ReplayReader(Protocol):
     unit: str
     # Files or parts of the source that could not be read: name -> why (the report lists them).
     unreadable: dict[str, str]
+    # Whether shadow detection keeps a detector state per planned partition, fed while reading,
+    # as the live processor keeps one per partition it reads: true when the partitions are the
+    # live ones (the log's, the hub's) or the only one (a single file). Several files are
+    # parts of one history: their apps are detected whole after reading (stream.replay.shadow).
+    detects_by_partition: bool
 
     async def __aenter__(self) -> ReplayReader: ...
 

@@ -18,12 +18,12 @@ from datetime import UTC, datetime, timedelta
 
 from common.retry import sleep_or_stop
 from common.turns import Turns
-from schemas import QuarantineRecord, TelemetryDocument
+from schemas import Breach, QuarantineRecord, TelemetryDocument
 from store.ports import ProcessorStore, StateSnapshot
 from stream.delivery import deliver
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
-from stream.replay.job import QUARANTINED, STORED, JobFile
+from stream.replay.job import BREACHES, QUARANTINED, STORED, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
 
 
@@ -55,13 +55,14 @@ class RangeSelection:
 
 class JobStore:
     """The ProcessorStore a replay hands the pipeline: documents and quarantine records go to
-    the real store (reprocess), to the job for shadow detection (shadow), or both; snapshots
-    and counts go to the job with the partition's checkpoint."""
+    the real store (reprocess), to the job for shadow detection after reading (``collect``:
+    shadow detection of several files), or both; snapshots (the detectors' too, when they run
+    while reading) and counts go to the job with the partition's checkpoint."""
 
-    def __init__(self, job: JobFile, store: ProcessorStore | None, shadow: bool) -> None:
+    def __init__(self, job: JobFile, store: ProcessorStore | None, collect: bool) -> None:
         self.job = job
         self.store = store
-        self.shadow = shadow
+        self.collect = collect
         self.tallies: dict[str, Counter[str]] = {}
         self.snapshots: dict[str, StateSnapshot] = {}
         # This run's counts, checkpointed or not (what a progress display shows).
@@ -77,7 +78,7 @@ class JobStore:
         if conflicts:
             refused = {id(doc) for doc in conflicts}
             kept = [doc for doc in documents if id(doc) not in refused]
-        if self.shadow and kept:
+        if self.collect and kept:
             await self.job.collect(kept)
         if kept:
             # One write holds (part of) one partition's batch.
@@ -109,6 +110,26 @@ class JobStore:
         await self.job.checkpoint(
             partition, position, self.snapshots.pop(partition, None), tally, finished
         )
+
+
+class JobAlerts:
+    """The AlertPublisher of a replay whose detectors run while it reads: breaches go to the
+    job's report, never to the alert topic (``--publish`` sends the report's at the end).
+    Found again after a resume (detectors restart from the partition's last snapshot), a
+    breach replaces itself: the report keeps one per id and state."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    async def __aenter__(self) -> JobAlerts:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def publish(self, breaches: Sequence[Breach]) -> None:
+        await self.store.job.keep_breaches(breaches)
+        self.store.totals[BREACHES] += len(breaches)
 
 
 class JobContext:

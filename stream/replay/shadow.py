@@ -1,10 +1,12 @@
-"""Shadow detection: fresh detectors over a replay's documents, app by app.
+"""Shadow detection after reading: fresh detectors over a replay's documents, app by app.
 
-Detector state is per app, so an app's breaches depend on its own documents only: each app
-gets a fresh hot path and its documents in the order the live processor observed them (source
-order, for an app of one partition; event-time order otherwise: JobFile.observed). An app's
-breaches and "done" are written together; a resumed job detects the apps not done yet, and
-deterministic detectors make its breaches the ones an uninterrupted run finds.
+A replay of several files detects this way; from the live partitions (or one file) the
+detectors run while reading instead, one state per partition as live (stream.replay.run,
+JobAlerts). Detector state is per app, so an app's breaches depend on its own documents
+only: each app gets a fresh hot path and its documents in source order when they came from
+one file, in event-time order when from several (JobFile.observed). An app's breaches and
+"done" are written together; a resumed job detects the apps not done yet, and deterministic
+detectors make its breaches the ones an uninterrupted run finds.
 """
 
 from __future__ import annotations

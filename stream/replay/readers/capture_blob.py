@@ -83,6 +83,8 @@ def file_time(name: str) -> datetime | None:
 class CaptureReader:
     source = SOURCE_NAME
     unit = "events"
+    # The live partitions (the Capture files of one are read in order, as one stream).
+    detects_by_partition = True
 
     def __init__(
         self,

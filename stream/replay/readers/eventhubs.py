@@ -43,6 +43,7 @@ QUIET_S = 5.0
 class EventHubsReader:
     source = SOURCE_NAME
     unit = "events"
+    detects_by_partition = True
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ from stream.sources.local_log import SOURCE_NAME, LocalLog
 class LogReader:
     source = SOURCE_NAME
     unit = "events"
+    detects_by_partition = True
 
     def __init__(self, path: Path, partitions: int) -> None:
         self.path = path

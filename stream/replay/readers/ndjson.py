@@ -79,6 +79,8 @@ class NdjsonReader:
         self.paths = list(paths)
         self.enqueued = enqueued
         self.unreadable: dict[str, str] = {}
+        # One file is one stream, each app in its order; several are parts of one history.
+        self.detects_by_partition = len(self.paths) == 1
 
     async def __aenter__(self) -> NdjsonReader:
         return self
