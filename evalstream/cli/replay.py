@@ -319,7 +319,9 @@ async def _execute(
             await stack.enter_async_context(wiring.alert_publisher(settings)) if publish else None
         )
         if job is None:
-            job = await _plan(settings, spec, stdin)
+            # The job's own description from here on (files found, stdin kept), as a resume
+            # reads it.
+            job, spec = await _plan(settings, spec, stdin)
             stack.callback(job.close)
         with ReplayDisplay(console) as display:
             pieces = replay_wiring.pieces(
@@ -340,8 +342,11 @@ async def _execute(
         return result
 
 
-async def _plan(settings: Settings, spec: ReplaySpec, stdin: bool) -> JobFile:
-    """Create the job: its plan is fixed now, whatever the source holds later."""
+async def _plan(
+    settings: Settings, spec: ReplaySpec, stdin: bool
+) -> tuple[JobFile, ReplaySpec]:
+    """Create the job: its plan is fixed now, whatever the source holds later. Returns it
+    with the description it keeps: a file pattern's matches, stdin's copy."""
     path = replay_wiring.jobs_dir(settings) / f"{spec.id}.db"
     if path.exists():
         raise ReplayMisconfigured(f"--id: a replay job {spec.id!r} exists already; --resume it")
@@ -378,7 +383,7 @@ async def _plan(settings: Settings, spec: ReplaySpec, stdin: bool) -> JobFile:
     console.print(
         f"replay {spec.id}: {amount} to read from {spec.source.value}, mode {spec.mode.value}"
     )
-    return job
+    return job, spec
 
 
 def _finish(

@@ -104,7 +104,10 @@ async def run(
     remaining = [(plan, position) for plan, position, finished in plans if not finished]
     # Detectors run while reading, a state per partition as live, unless the partitions are
     # several files: then their apps are detected whole after reading (stream.replay.shadow).
-    while_reading = spec.mode.detects and pieces.reader.detects_by_partition
+    # Decided from the job's plan, so a resumed job decides as it did.
+    while_reading = spec.mode.detects and (
+        pieces.reader.detects_by_partition or len(plans) == 1
+    )
     after_reading = spec.mode.detects and not while_reading
     job_store = JobStore(job, store if spec.mode.stores else None, collect=after_reading)
     before = job.counts()

@@ -77,8 +77,9 @@ class ReplayReader(Protocol):
     unreadable: dict[str, str]
     # Whether shadow detection keeps a detector state per planned partition, fed while reading,
     # as the live processor keeps one per partition it reads: true when the partitions are the
-    # live ones (the log's, the hub's) or the only one (a single file). Several files are
-    # parts of one history: their apps are detected whole after reading (stream.replay.shadow).
+    # live ones (the log's, the hub's). Several files are parts of one history: their apps are
+    # detected whole after reading (stream.replay.shadow). A job of one partition (one file)
+    # is one stream either way: its detectors run while reading.
     detects_by_partition: bool
 
     async def __aenter__(self) -> ReplayReader: ...

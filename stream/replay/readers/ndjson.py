@@ -74,13 +74,13 @@ def _unreadable(path: Path, exc: OSError) -> ReplayMisconfigured:
 class NdjsonReader:
     source = SOURCE_NAME
     unit = "bytes"
+    # Several files are parts of one history (a single one is one stream either way).
+    detects_by_partition = False
 
     def __init__(self, paths: Sequence[Path], enqueued: datetime) -> None:
         self.paths = list(paths)
         self.enqueued = enqueued
         self.unreadable: dict[str, str] = {}
-        # One file is one stream, each app in its order; several are parts of one history.
-        self.detects_by_partition = len(self.paths) == 1
 
     async def __aenter__(self) -> NdjsonReader:
         return self

@@ -120,7 +120,7 @@ def test_shadow_replays_find_exactly_the_live_breaches(live: Live, tmp_path: Pat
     halves = [tmp_path / "first.ndjson", tmp_path / "rest.ndjson"]
     halves[0].write_bytes(b"".join(lines[: len(lines) // 2]))
     halves[1].write_bytes(b"".join(lines[len(lines) // 2 :]))
-    replay(data_dir, *map(str, halves), "--id", "shadow-files", *live.window())
+    replay(data_dir, str(tmp_path / "*.ndjson"), "--id", "shadow-files", *live.window())
     for job in ("shadow-log", "shadow-file", "shadow-files"):
         found = report(data_dir, job)["breaches"]
         ids = sorted(f"{b['breach_id']}:{b['state']}" for b in found)
