@@ -488,6 +488,9 @@ def main() -> None:
         help="Only the sustained-load run, recorded in bench/results/workers_sustained.md.",
     )
     args = parser.parse_args()
+    if args.memory_apps <= 20:
+        # Memory per 1,000 apps is the difference from the scaling runs' 20 apps.
+        parser.error("--memory-apps: more than 20 apps, the scaling runs' own")
     counts = [int(value) for value in args.workers.split(",")]
     if args.sustained_only:
         sustained_only(args.sustained_s or 600.0, args.sustained_rate, not args.no_write)
