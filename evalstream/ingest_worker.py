@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -88,6 +89,8 @@ async def serve(spec: WorkerSpec, channel: Channel) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    # As the processor (evalstream.runtime): every thread's stack to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     registry = CollectorRegistry()
     buckets = SqliteBuckets(spec.rates_path) if spec.rates_path is not None else None
     try:

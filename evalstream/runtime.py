@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -46,7 +47,10 @@ class SimulatorRun:
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
-    """SIGTERM/SIGINT: graceful stop. A second SIGINT exits at once."""
+    """SIGTERM/SIGINT: graceful stop. A second SIGINT exits at once. SIGUSR1: every thread's
+    stack to stderr, the process going on (where a stuck one is)."""
+    # In C, at the signal: it answers even when the event loop is blocked.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     loop = asyncio.get_running_loop()
 
     def on_sigint() -> None:

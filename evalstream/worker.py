@@ -12,6 +12,7 @@ its supervisor is gone; interrupts from the terminal are the supervisor's to han
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -141,6 +142,8 @@ async def _work(read_fd: int, write_fd: int) -> int:
 def main() -> None:
     read_fd, write_fd = take_stdio()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # As the supervisor (evalstream.runtime): every thread's stack to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.exit(asyncio.run(_work(read_fd, write_fd)))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -192,19 +193,34 @@ def checkpoints(data_dir: Path, consumer_group: str = "$Default") -> dict[int, i
 
 
 def kill_at_points(data_dir: Path, env: dict[str, str], points: list[int]) -> None:
-    """Start the processor and SIGKILL it once ``point`` records are stored, for each point."""
+    """Start the processor and SIGKILL it once ``point`` records are stored, for each point.
+    A processor that exits first, or never gets there, fails the test with what it printed."""
     for point in points:
         process = start_processor(data_dir, env)
         try:
             wait_until(
-                lambda point=point: stored_count(data_dir) >= point,
+                lambda point=point: stored_count(data_dir) >= point or process.poll() is not None,
                 timeout=180,
                 what=f"{point} stored records",
                 interval=0.005,
             )
-        finally:
+        except AssertionError as exc:
+            # Stuck: every thread's stack of the command and its workers (SIGUSR1) first.
+            os.killpg(process.pid, signal.SIGUSR1)
+            assert process.stdout is not None
+            select.select([process.stdout], [], [], 10)
             kill_hard(process)
+            raise AssertionError(f"{exc}; the processor printed:\n{printed(process)}") from None
+        exited = process.poll()
+        kill_hard(process)
+        assert exited is None, f"exited with {exited} before {point}:\n{printed(process)}"
         assert process.returncode == -9
+
+
+def printed(process: subprocess.Popen[bytes]) -> str:
+    """What a finished processor wrote to its stdout and stderr."""
+    assert process.stdout is not None
+    return process.stdout.read().decode(errors="replace")
 
 
 def run_until_idle(data_dir: Path, env: dict[str, str]) -> None:

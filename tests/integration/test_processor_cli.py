@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -113,6 +114,27 @@ def test_sigterm_finishes_the_batch_and_checkpoints(tmp_path: Path) -> None:
     # event): the batch in flight was finished and checkpointed, nothing beyond it was written.
     processed = sum(sequence + 1 for sequence in checkpoints(data_dir).values())
     assert stored_count(data_dir) == processed > 0
+
+
+def test_sigusr1_prints_every_threads_stack_and_processing_goes_on(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    simulated = evalstream(
+        "simulate", "--data-dir", str(data_dir), "--count", "20000", "--no-pace", "--seed", "5",
+        "--start", (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+    )  # fmt: skip
+    assert simulated.returncode == 0, simulated.stderr.decode()
+    # The supervisor and two worker processes, each asked (a signal to the process group).
+    process = start_processor(data_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "2"})
+    wait_until(lambda: stored_count(data_dir) >= 2000, timeout=120, what="2000 stored records")
+    os.killpg(process.pid, signal.SIGUSR1)
+    wait_until(lambda: stored_count(data_dir) >= 20000, timeout=120, what="every event stored")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output.decode()
+    text = output.decode()
+    # One dump per process, each with its threads (the loop's, SQLite's helpers), each going on.
+    assert text.count("Current thread 0x") == 3, text
+    assert text.count("evalstream/worker.py") >= 2 and "evalstream/cli/process.py" in text, text
 
 
 def test_second_processor_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
