@@ -212,8 +212,8 @@ def kill_at_points(data_dir: Path, env: dict[str, str], points: list[int]) -> No
             kill_hard(process)
             raise AssertionError(f"{exc}; the processor printed:\n{printed(process)}") from None
         exited = process.poll()
-        kill_hard(process)
         assert exited is None, f"exited with {exited} before {point}:\n{printed(process)}"
+        kill_hard(process)
         assert process.returncode == -9
 
 
