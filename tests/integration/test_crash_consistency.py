@@ -52,10 +52,13 @@ def kill_between_snapshot_and_checkpoint(data_dir: Path, point: int, env: dict[s
     """SIGKILL the processor after a snapshot landed and before its checkpoint did: the test
     holds the log's write lock, so the checkpoint waits while the store (another file) takes
     the snapshot; the kill comes once one is ahead."""
+    # Past the point and stored by this processor: the lock must come once it is processing
+    # (taken while it opens the log, no batch would come to snapshot).
+    target = max(point, stored_count(data_dir) + 1)
     process = start_processor(data_dir, env)
     blocker = sqlite3.connect(data_dir / "log.db", timeout=30, isolation_level=None)
     try:
-        wait_until(lambda: stored_count(data_dir) >= point, 180, f"{point} stored records")
+        wait_until(lambda: stored_count(data_dir) >= target, 180, f"{target} stored records")
         blocker.execute("BEGIN IMMEDIATE")
         wait_until(lambda: snapshot_ahead_of_checkpoint(data_dir), 60, "a snapshot ahead")
     finally:
