@@ -39,9 +39,8 @@ CREATE TABLE IF NOT EXISTS counts (
 -- document what the hot path reads (stream.replay.observed). Clustered per app in source
 -- order, the order detection reads an app of one file in, rather than in the order rows
 -- arrive: a file interleaving every app made each app's scan touch every page (0.7-1.1
--- µs/event more). One row per stored document,
--- as the live hot path observes each: an event a producer sent twice, at two positions, is
--- observed twice.
+-- µs/event more). One row per stored document, as the live hot path observes each: an event
+-- a producer sent twice, at two positions, is observed twice.
 CREATE TABLE IF NOT EXISTS observed (
     pk TEXT NOT NULL, id TEXT NOT NULL, app TEXT NOT NULL, ts REAL NOT NULL,
     partition TEXT NOT NULL, sequence INTEGER NOT NULL, idx INTEGER NOT NULL,
