@@ -20,6 +20,7 @@ from tests.integration.processor_harness import (
     stored_count,
     stored_documents,
     wait_until,
+    worker_pids,
 )
 
 pytestmark = pytest.mark.integration
@@ -116,6 +117,16 @@ def test_sigterm_finishes_the_batch_and_checkpoints(tmp_path: Path) -> None:
     assert stored_count(data_dir) == processed > 0
 
 
+def catches_sigusr1(pid: int) -> bool:
+    """Whether the process has a handler for SIGUSR1 (Linux: its caught-signals mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # gone meanwhile (a worker restarting)
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)))
+
+
 def test_sigusr1_prints_every_threads_stack_and_processing_goes_on(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     simulated = evalstream(
@@ -126,6 +137,13 @@ def test_sigusr1_prints_every_threads_stack_and_processing_goes_on(tmp_path: Pat
     # The supervisor and two worker processes, each asked (a signal to the process group).
     process = start_processor(data_dir, {**ENV, "EVALSTREAM_EMBEDDED__WORKERS": "2"})
     wait_until(lambda: stored_count(data_dir) >= 2000, timeout=120, what="2000 stored records")
+    # Until a process has set its handler, SIGUSR1 ends it (a worker still starting, seen).
+    wait_until(
+        lambda: len(pids := [process.pid, *worker_pids(process)]) == 3
+        and all(map(catches_sigusr1, pids)),
+        timeout=120,
+        what="every process catching SIGUSR1",
+    )
     os.killpg(process.pid, signal.SIGUSR1)
     wait_until(lambda: stored_count(data_dir) >= 20000, timeout=120, what="every event stored")
     process.send_signal(signal.SIGTERM)
