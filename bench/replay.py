@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from stream.producers.simulator import Simulator
-from stream.sources.local_log import partition_for
+from stream.sources.local_log import item_partition
 
 RESULTS = Path(__file__).parent / "results" / "replay.md"
 SMALL = 500
@@ -122,7 +122,7 @@ def prepare(root: Path, count: int) -> Path:
     events = list(simulator.events(count))
     ndjson.write_bytes(b"\n".join(event.body for event in events) + b"\n")
     for part in range(PARTITIONS):
-        kept = [e.body for e in events if partition_for(e.app_id or e.body, PARTITIONS) == part]
+        kept = [e.body for e in events if item_partition(e.app_id, e.body, PARTITIONS) == part]
         split_file(template, part).write_bytes(b"\n".join(kept) + b"\n")
     subprocess.run(
         [sys.executable, "-m", "evalstream", "send", str(ndjson), "--data-dir", str(template)],

@@ -41,7 +41,7 @@ from stream.decode import Decoder
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
 from stream.producers.simulator import Simulator
-from stream.sources.local_log import LocalLog, partition_for
+from stream.sources.local_log import LocalLog, item_partition
 
 RESULTS = Path(__file__).parent / "results" / "workers.md"
 PARTITIONS = 4
@@ -410,8 +410,8 @@ def busiest_share(items: list[tuple[str | None, bytes]], partitions: int, worker
     (evalstream.workers.shares). A worker cannot go faster than its own partitions: this share
     bounds the speed-up at 1 / share, however many cores there are."""
     weights = [0] * partitions
-    for key, _ in items:
-        weights[partition_for(key or "", partitions)] += 1
+    for key, body in items:
+        weights[item_partition(key, body, partitions)] += 1
     owned = shares(list(range(min(workers, partitions))), weights)
     return max(sum(weights[p] for p in mine) for mine in owned.values()) / sum(weights)
 

@@ -63,6 +63,11 @@ def partition_for(key: str | bytes, partitions: int) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") % partitions
 
 
+def item_partition(key: str | None, body: bytes, partitions: int) -> int:
+    """The partition a log item goes to: its key's, or its body's when it has none."""
+    return partition_for(key if key is not None else body, partitions)
+
+
 # The log's queries: plain functions of a connection, run on the file's worker thread (from
 # the source and sink) or on the caller's thread (CLI, scripts) by LocalLog.
 
@@ -92,7 +97,7 @@ def _append(
         heads = dict(connection.execute("SELECT partition, next_sequence FROM heads").fetchall())
         rows = []
         for key, body, *user in items:
-            partition = partition_for(key if key is not None else body, partitions)
+            partition = item_partition(key, body, partitions)
             sequence = heads[partition]
             heads[partition] = sequence + 1
             pseudonym = " ".join(user[0]) if user and user[0] is not None else None
