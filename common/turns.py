@@ -17,12 +17,12 @@ TURN_S = 0.1
 
 
 class Turns:
-    """``await turns.take()`` after each step: gives the loop a turn once ``TURN_S`` has
+    """``await turns.take()`` after each step: gives the loop a turn once ``every_s`` has
     passed since the last one."""
 
-    def __init__(self) -> None:
+    def __init__(self, every_s: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        self._every_s = TURN_S
+        self._every_s = TURN_S if every_s is None else every_s
         self._next = self._loop.time() + self._every_s
 
     async def take(self) -> None:
