@@ -35,7 +35,7 @@ from evalstream.wiring import replay as replay_wiring
 from schemas import AppDirectory
 from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.replay import flow
-from stream.replay.job import QUARANTINED, STORED, JobFile
+from stream.replay.job import QUARANTINED, STORED, JobFile, running
 from stream.replay.ports import TimeBasis, Window
 from stream.replay.report import table
 from stream.replay.spec import JOB_ID, Mode, ReplaySpec, SourceKind, new_job_id
@@ -149,6 +149,16 @@ def replay(
             show_default=False,
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Worker processes sharing the job's partitions (a job of one partition, "
+            "e.g. one file, runs in one) \\[default: replay.workers, else one per core].",
+            show_default=False,
+        ),
+    ] = None,
     consumer_group: Annotated[
         str | None,
         typer.Option(
@@ -232,7 +242,7 @@ def replay(
             job_id,
         )
     try:
-        outcome = run(_execute(settings, spec, job, rate, publish, report, stdin))
+        outcome = run(_execute(settings, spec, job, rate, publish, report, stdin, workers=workers))
     finally:
         if job is not None:
             job.close()
@@ -244,7 +254,7 @@ def replay(
 
 
 def _open_existing(settings: Settings, job_id: str) -> JobFile:
-    path = replay_wiring.jobs_dir(settings) / f"{job_id}.db"
+    path = replay_wiring.job_path(settings, job_id)
     if not path.is_file():
         raise fail(f"--resume: no replay job {job_id!r} in {path.parent}")
     return JobFile(path)
@@ -309,12 +319,17 @@ async def _execute(
     publish: bool,
     report_path: Path | None,
     stdin: bool,
+    *,
+    workers: int | None,
 ) -> dict[str, Any] | None:
     from evalstream.runtime import install_signal_handlers
 
     stop = asyncio.Event()
     install_signal_handlers(stop)
     async with AsyncExitStack() as stack:
+        lock = await stack.enter_async_context(
+            running(replay_wiring.job_path(settings, spec.id).with_suffix(".lock"), spec.id)
+        )
         publisher = (
             await stack.enter_async_context(wiring.alert_publisher(settings)) if publish else None
         )
@@ -325,7 +340,13 @@ async def _execute(
             stack.callback(job.close)
         with ReplayDisplay(console) as display:
             pieces = replay_wiring.pieces(
-                settings, spec, rate=rate, publisher=publisher, watcher=display
+                settings,
+                spec,
+                rate=rate,
+                publisher=publisher,
+                watcher=display,
+                workers=replay_wiring.worker_count(settings, workers),
+                keep_fds=(lock,),
             )
             store = (
                 await stack.enter_async_context(wiring.store(settings))
@@ -342,12 +363,10 @@ async def _execute(
         return result
 
 
-async def _plan(
-    settings: Settings, spec: ReplaySpec, stdin: bool
-) -> tuple[JobFile, ReplaySpec]:
+async def _plan(settings: Settings, spec: ReplaySpec, stdin: bool) -> tuple[JobFile, ReplaySpec]:
     """Create the job: its plan is fixed now, whatever the source holds later. Returns it
     with the description it keeps: a file pattern's matches, stdin's copy."""
-    path = replay_wiring.jobs_dir(settings) / f"{spec.id}.db"
+    path = replay_wiring.job_path(settings, spec.id)
     if path.exists():
         raise ReplayMisconfigured(f"--id: a replay job {spec.id!r} exists already; --resume it")
     if stdin:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,8 +15,7 @@ from schemas import AppDirectory
 from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.pipeline import Pipeline
 from stream.ports import HotPathFactory, HotPathState
-from stream.replay.flow import Pieces, Quiet, Watcher
-from stream.replay.job import JobFile
+from stream.replay.flow import Pieces, Quiet, Watcher, Workers
 from stream.replay.ports import ReplayReader
 from stream.replay.run import JobAlerts, JobStore, RangeSelection
 from stream.replay.spec import ReplaySpec, SourceKind
@@ -25,8 +26,9 @@ def jobs_dir(settings: Settings) -> Path:
     return usable_data_dir(settings.embedded.data_dir) / "replays"
 
 
-def job_file(settings: Settings, job_id: str) -> JobFile:
-    return JobFile(jobs_dir(settings) / f"{job_id}.db")
+def job_path(settings: Settings, job_id: str) -> Path:
+    """The job's file; its lock file is beside it (``.lock``)."""
+    return jobs_dir(settings) / f"{job_id}.db"
 
 
 def reader(settings: Settings, spec: ReplaySpec) -> ReplayReader:
@@ -78,6 +80,12 @@ def shadow_hot_path(spec: ReplaySpec) -> HotPathFactory:
     return build
 
 
+def worker_count(settings: Settings, requested: int | None = None) -> int:
+    """Worker processes that share a job's partitions: ``requested`` (``--workers``), else
+    the setting, else one per core."""
+    return requested or settings.replay.workers or os.cpu_count() or 1
+
+
 def pieces(
     settings: Settings,
     spec: ReplaySpec,
@@ -85,7 +93,11 @@ def pieces(
     rate: float | None,
     publisher: AlertPublisher | None,
     watcher: Watcher | None = None,
+    workers: int = 1,
+    keep_fds: Sequence[int] = (),
 ) -> Pieces:
+    """The job's pieces; with ``workers`` > 1, a job of several partitions is read by that
+    many worker processes (at most one per partition), each holding ``keep_fds`` open."""
     source = reader(settings, spec)
     selection = RangeSelection(spec.window(), enqueued_times=spec.source is not SourceKind.NDJSON)
     decoder = wiring.decoder(settings)
@@ -116,4 +128,13 @@ def pieces(
         rate=rate,
         publisher=publisher,
         watcher=watcher or Quiet(),
+        workers=pool(settings, spec, workers, rate, keep_fds) if workers > 1 else None,
     )
+
+
+def pool(
+    settings: Settings, spec: ReplaySpec, workers: int, rate: float | None, keep_fds: Sequence[int]
+) -> Workers:
+    from evalstream.replay_pool import ReplayWorkers
+
+    return ReplayWorkers(settings, spec, job_path(settings, spec.id), workers, rate, keep_fds)

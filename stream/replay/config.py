@@ -25,4 +25,6 @@ class ReplaySettings(BaseModel):
     # positions are kept in the replay job, not in the checkpoint store.
     consumer_group: str = Field(default="evalstream-replay", min_length=1)
     batch_size: PositiveInt = Field(default=1000, le=100_000)
+    # Worker processes sharing a job's partitions (``replay --workers``); None: one per core.
+    workers: PositiveInt | None = None
     capture: CaptureSettings = Field(default_factory=CaptureSettings)

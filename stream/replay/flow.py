@@ -58,6 +58,31 @@ class Quiet:
     def app_detected(self, app: str, breaches: list[Breach]) -> None: ...
 
 
+class Workers(Protocol):
+    """Other processes that read a job's partitions (``replay --workers``)."""
+
+    async def read(
+        self,
+        plans: Sequence[tuple[PartitionPlan, int]],
+        reading: Reading,
+        totals: Counter[str],
+        on_events: Callable[[int, int], None],
+        stop: asyncio.Event,
+    ) -> bool:
+        """Read ``(plan, position)`` pairs as ``read`` does here, shared out between the
+        processes; their counts added into ``totals``. True when every partition finished."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a job's partitions are read: with the detectors running (``detecting``, a state per
+    partition), and keeping what they read for detection after reading (``collect``)."""
+
+    detecting: bool
+    collect: bool
+
+
 @dataclass
 class Pieces:
     reader: ReplayReader
@@ -70,6 +95,8 @@ class Pieces:
     rate: float | None = None
     publisher: AlertPublisher | None = None
     watcher: Watcher = field(default_factory=Quiet)
+    # Reads jobs of several partitions in worker processes; None: in this process.
+    workers: Workers | None = None
 
 
 def create(job: JobFile, spec: ReplaySpec, plans: Sequence[PartitionPlan]) -> None:
@@ -105,16 +132,10 @@ async def run(
     # Detectors run while reading, a state per partition as live, unless the partitions are
     # several files: then their apps are detected whole after reading (stream.replay.shadow).
     # Decided from the job's plan, so a resumed job decides as it did.
-    while_reading = spec.mode.detects and (
-        pieces.reader.detects_by_partition or len(plans) == 1
-    )
-    after_reading = spec.mode.detects and not while_reading
-    job_store = JobStore(job, store if spec.mode.stores else None, collect=after_reading)
+    detecting = spec.mode.detects and (pieces.reader.detects_by_partition or len(plans) == 1)
+    reading = Reading(detecting=detecting, collect=spec.mode.detects and not detecting)
     before = job.counts()
-
-    def counts() -> Counter[str]:
-        return before + job_store.totals
-
+    totals: Counter[str] = Counter()
     watcher.reading(
         sum(plan.size for plan, _, _ in plans),
         sum(
@@ -122,24 +143,18 @@ async def run(
             for plan, position, finished in plans
         ),
         pieces.reader.unit,
-        counts,
+        lambda: before + totals,
     )
     if remaining:
-        replay = Replay(
-            reader=pieces.reader,
-            pipeline=pieces.pipeline(job_store, while_reading),
-            store=job_store,
-            window=spec.window(),
-            max_future_skew=pieces.max_future_skew,
-            batch_size=pieces.batch_size,
-            rate=RateLimit(pieces.rate),
-            on_events=watcher.events,
-        )
-        # The processor's collector set-up: the same batches, the same allocations.
-        with tuned_gc():
-            if not await replay.run(remaining, stop):
-                return None
-    if after_reading:
+        if pieces.workers is not None and len(remaining) > 1:
+            done = await pieces.workers.read(remaining, reading, totals, watcher.events, stop)
+        else:
+            done = await read(
+                job, spec, pieces, remaining, reading, store, totals, watcher.events, stop
+            )
+        if not done:
+            return None
+    if reading.collect:
         assert pieces.hot_path is not None
         watcher.detecting(len(job.apps_to_detect()))
         with tuned_gc():
@@ -152,3 +167,34 @@ async def run(
     result = report.build(spec.for_report(), job.counts(), breaches, job.unreadable())
     job.put("report", orjson.dumps(result))
     return result
+
+
+async def read(
+    job: JobFile,
+    spec: ReplaySpec,
+    pieces: Pieces,
+    plans: Sequence[tuple[PartitionPlan, int]],
+    reading: Reading,
+    store: ProcessorStore | None,
+    totals: Counter[str],
+    on_events: Callable[[int, int], None],
+    stop: asyncio.Event,
+) -> bool:
+    """Read ``(plan, position)`` pairs of the job through the pipeline in this process, this
+    run's counts added into ``totals``; True when every partition reached its end."""
+    job_store = JobStore(
+        job, store if spec.mode.stores else None, collect=reading.collect, totals=totals
+    )
+    replay = Replay(
+        reader=pieces.reader,
+        pipeline=pieces.pipeline(job_store, reading.detecting),
+        store=job_store,
+        window=spec.window(),
+        max_future_skew=pieces.max_future_skew,
+        batch_size=pieces.batch_size,
+        rate=RateLimit(pieces.rate),
+        on_events=on_events,
+    )
+    # The processor's collector set-up: the same batches, the same allocations.
+    with tuned_gc():
+        return await replay.run(plans, stop)

@@ -8,15 +8,18 @@ events after the checkpoint are processed again (idempotently) and counted again
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from common.lock_file import try_lock
 from common.sqlite import SqliteFile, transaction
 from schemas import Breach, TelemetryDocument
 from store.ports import StateSnapshot
@@ -78,6 +81,10 @@ _BY_TIME_PAGE: tuple[str, tuple[Any, ...]] = (
     (float("-inf"), "", -1, -1),
 )
 
+# How long a job's lock may stay taken before a run is refused: the worker processes of a
+# command that was killed die a moment after it, and hold the lock until then.
+LOCK_WAIT_S = 10.0
+
 STORED = "stored"
 QUARANTINED = "quarantined"
 # Breach messages found (a progress count; the report counts the breaches kept).
@@ -97,12 +104,21 @@ def _breach_rows(breaches: Sequence[Breach]) -> list[tuple[str, str, str, bytes]
     ]
 
 
-@dataclass
-class Tally:
-    """What a partition's events gave since its last checkpoint: ``stored``,
-    ``quarantined`` and ``quarantined:<code>`` counts."""
-
-    counts: Counter[str] = field(default_factory=Counter)
+@contextlib.asynccontextmanager
+async def running(path: Path, job_id: str, wait_s: float = LOCK_WAIT_S) -> AsyncIterator[int]:
+    """Hold the lock of job ``job_id`` (the file ``path``) while it runs: two runs of one job
+    would read its partitions twice and count them twice. Yields the lock's descriptor, which
+    the job's worker processes inherit and hold too."""
+    deadline = time.monotonic() + wait_s
+    while (handle := try_lock(path)) is None:
+        if time.monotonic() >= deadline:
+            holder = path.read_text().strip() or "unknown"
+            raise ReplayError(f"replay job {job_id} is running in another process (pid {holder})")
+        await asyncio.sleep(0.05)
+    try:
+        yield handle.fileno()
+    finally:
+        handle.close()
 
 
 class JobFile:

@@ -59,14 +59,20 @@ class JobStore:
     shadow detection of several files), or both; snapshots (the detectors' too, when they run
     while reading) and counts go to the job with the partition's checkpoint."""
 
-    def __init__(self, job: JobFile, store: ProcessorStore | None, collect: bool) -> None:
+    def __init__(
+        self,
+        job: JobFile,
+        store: ProcessorStore | None,
+        collect: bool,
+        totals: Counter[str] | None = None,
+    ) -> None:
         self.job = job
         self.store = store
         self.collect = collect
         self.tallies: dict[str, Counter[str]] = {}
         self.snapshots: dict[str, StateSnapshot] = {}
         # This run's counts, checkpointed or not (what a progress display shows).
-        self.totals: Counter[str] = Counter()
+        self.totals: Counter[str] = Counter() if totals is None else totals
 
     async def write(
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]

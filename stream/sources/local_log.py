@@ -8,11 +8,9 @@ keep their own checkpoints. One processor at a time owns a log (a file lock says
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import functools
 import hashlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TypeVar
 
+from common.lock_file import try_lock
 from common.log_context import log_context
 from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, transaction
@@ -410,24 +409,6 @@ class _LocalPartitionContext:
         await self._log.update_checkpoint_async(self._consumer_group, self._partition, sequence)
         self.position = sequence
         return True
-
-
-def try_lock(path: Path) -> IO[str] | None:
-    """Take the exclusive lock of ``path`` (created if missing) and write our pid in it; None
-    when another process holds it. The lock lasts while the returned file is open, and the
-    kernel drops it when the process dies, however it dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 (the caller keeps it open: that is the lock)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
 
 
 class ProcessorLock:

@@ -18,10 +18,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+from common.lock_file import try_lock
 from common.log_context import log_context
 from common.retry import sleep_or_stop
 from stream.ports import BatchHandler
-from stream.sources.local_log import LocalLog, run_partition, try_lock
+from stream.sources.local_log import LocalLog, run_partition
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,116 @@
+"""One worker process of ``evalstream replay --workers N``: the in-process reader
+(``stream.replay.flow.read``) over the share of the job's partitions that its command
+(``evalstream.replay_pool``) hands it, its counts reported back for the progress display.
+
+Started as ``python -m evalstream.replay_worker``; the settings, the job and the share come over
+the pipe (``stream.sources.subprocess_channel``). It stops after its batches in flight, with
+their checkpoints, when asked or on SIGTERM; interrupts from the terminal are the command's to
+handle. It dies with the command, however the command dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import faulthandler
+import logging
+import os
+import signal
+import sys
+from collections import Counter
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from common.errors import leaves
+from evalstream import logs, wiring
+from evalstream.wiring import replay as replay_wiring
+from stream.exceptions import SourceUnavailable
+from stream.replay import flow
+from stream.replay.job import JobFile
+from stream.replay.spec import ReplaySpec
+from stream.sources.subprocess_channel import Channel, encode_error, open_pipes, take_stdio
+
+logger = logging.getLogger(__name__)
+
+# prctl(2): the signal this process gets when the thread that started it exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its command dies: a killed command's workers must not go on
+    reading beside its ``--resume``. Linux only; elsewhere a worker notices the closed pipe."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def _listen(channel: Channel, stop: asyncio.Event) -> None:
+    while (message := await channel.receive()) is not None:
+        if message[0] == "stop":
+            stop.set()
+    # The command is gone: finish what is in flight, checkpoint, and exit.
+    stop.set()
+
+
+async def _work(read_fd: int, write_fd: int) -> int:
+    channel = await open_pipes(read_fd, write_fd)
+    start = await channel.receive()
+    if start is None or start[0] != "start":
+        return 2
+    _, parent, settings, spec_json, job_path, share, reading, rate, level, log_format = start
+    if os.getppid() != parent:
+        return 2  # the command died before this process could ask to die with it
+    logs.configure(level, log_format)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    listener = asyncio.create_task(_listen(channel, stop), name="command-messages")
+    spec = ReplaySpec.model_validate_json(spec_json)
+    totals: Counter[str] = Counter()
+
+    def on_events(count: int, advanced: int) -> None:
+        if not channel.broken:
+            with contextlib.suppress(SourceUnavailable):
+                channel.send("events", count, advanced, dict(totals))
+
+    done, error = False, None
+    job = JobFile(Path(job_path))
+    try:
+        pieces = replay_wiring.pieces(settings, spec, rate=rate, publisher=None)
+        async with AsyncExitStack() as stack:
+            store = (
+                await stack.enter_async_context(wiring.store(settings))
+                if spec.mode.stores
+                else None
+            )
+            await stack.enter_async_context(pieces.reader)
+            done = await flow.read(
+                job, spec, pieces, share, reading, store, totals, on_events, stop
+            )
+            job.note_unreadable(pieces.reader.unreadable)
+    except Exception as exc:  # the worker's boundary: reported to the command, then exit 1
+        error = leaves(exc)[0]
+        logger.error("replay worker failed", exc_info=error)
+    finally:
+        await job.aclose()
+    listener.cancel()
+    try:
+        channel.send("finished", done, dict(totals), None if error is None else encode_error(error))
+        await channel.flush()
+    except SourceUnavailable:
+        return 1
+    await channel.close(cancel_answers=True)
+    return 0 if error is None else 1
+
+
+def main() -> None:
+    _die_with_parent()
+    read_fd, write_fd = take_stdio()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # As the command (evalstream.runtime): every thread's stack to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    sys.exit(asyncio.run(_work(read_fd, write_fd)))
+
+
+if __name__ == "__main__":
+    main()
