@@ -42,7 +42,7 @@ def split(plans: Sequence[tuple[PartitionPlan, int]], workers: int) -> list[Shar
     """``(plan, position)`` pairs shared out between at most ``workers`` processes, balanced
     by what is left to read of each."""
     weights = [max(0, plan.last - position) for plan, position in plans]
-    owned = shares(range(min(workers, len(plans))), weights)
+    owned = shares(range(workers), weights)
     return [[plans[index] for index in indices] for indices in owned.values() if indices]
 
 
@@ -67,6 +67,9 @@ class ReplayWorkers:
         self.rate = rate
         self.keep_fds = tuple(keep_fds)
 
+    def processes(self, partitions: int) -> int:
+        return min(self.workers, partitions)
+
     async def read(
         self,
         plans: Sequence[tuple[PartitionPlan, int]],
@@ -75,7 +78,7 @@ class ReplayWorkers:
         on_events: Callable[[int, int], None],
         stop: asyncio.Event,
     ) -> bool:
-        groups = split(plans, self.workers)
+        groups = split(plans, self.processes(len(plans)))
         rate = None if self.rate is None else self.rate / len(groups)
         # Set by the command's stop or by a worker's failure: every worker finishes and
         # checkpoints.

@@ -69,9 +69,19 @@ class ReplayDisplay:
     def __exit__(self, *exc_info: object) -> None:
         self.progress.stop()
 
-    def reading(self, total: int, done: int, unit: str, counts: Callable[[], Counter[str]]) -> None:
+    def reading(
+        self,
+        total: int,
+        done: int,
+        unit: str,
+        counts: Callable[[], Counter[str]],
+        processes: int = 1,
+    ) -> None:
         self._counts = counts
         self._started = asyncio.get_running_loop().time()
+        if processes > 1:
+            parts = "files" if unit == "bytes" else "partitions"
+            self.progress.console.print(f"{processes} worker processes share the {parts}")
         self.task = self.progress.add_task(
             "reading", total=total, completed=done, unit=unit, speed="", counts=self._describe()
         )

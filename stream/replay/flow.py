@@ -33,10 +33,17 @@ from stream.replay.spec import ReplaySpec
 class Watcher(Protocol):
     """What the command shows while a job runs (a progress bar, or nothing)."""
 
-    def reading(self, total: int, done: int, unit: str, counts: Callable[[], Counter[str]]) -> None:
+    def reading(
+        self,
+        total: int,
+        done: int,
+        unit: str,
+        counts: Callable[[], Counter[str]],
+        processes: int = 1,
+    ) -> None:
         """The read phase starts: ``total`` planned positions (``unit``: events, or bytes of
-        files), ``done`` of them read before (a resumed job); ``counts()`` gives the
-        stored/quarantined counts so far."""
+        files), ``done`` of them read before (a resumed job), by ``processes`` worker
+        processes (1: this one); ``counts()`` gives the stored/quarantined counts so far."""
 
     def events(self, count: int, advanced: int) -> None:
         """``count`` more events read, ``advanced`` more positions of the plan."""
@@ -48,7 +55,12 @@ class Watcher(Protocol):
 
 class Quiet:
     def reading(
-        self, total: int, done: int, unit: str, counts: Callable[[], Counter[str]]
+        self,
+        total: int,
+        done: int,
+        unit: str,
+        counts: Callable[[], Counter[str]],
+        processes: int = 1,
     ) -> None: ...
 
     def events(self, count: int, advanced: int) -> None: ...
@@ -60,6 +72,10 @@ class Quiet:
 
 class Workers(Protocol):
     """Other processes that read a job's partitions (``replay --workers``)."""
+
+    def processes(self, partitions: int) -> int:
+        """How many read a job of ``partitions`` unfinished partitions."""
+        ...
 
     async def read(
         self,
@@ -136,6 +152,7 @@ async def run(
     reading = Reading(detecting=detecting, collect=spec.mode.detects and not detecting)
     before = job.counts()
     totals: Counter[str] = Counter()
+    workers = pieces.workers if len(remaining) > 1 else None
     watcher.reading(
         sum(plan.size for plan, _, _ in plans),
         sum(
@@ -144,10 +161,11 @@ async def run(
         ),
         pieces.reader.unit,
         lambda: before + totals,
+        1 if workers is None else workers.processes(len(remaining)),
     )
     if remaining:
-        if pieces.workers is not None and len(remaining) > 1:
-            done = await pieces.workers.read(remaining, reading, totals, watcher.events, stop)
+        if workers is not None:
+            done = await workers.read(remaining, reading, totals, watcher.events, stop)
         else:
             done = await read(
                 job, spec, pieces, remaining, reading, store, totals, watcher.events, stop

@@ -83,7 +83,7 @@ _BY_TIME_PAGE: tuple[str, tuple[Any, ...]] = (
 
 # How long a job's lock may stay taken before a run is refused: the worker processes of a
 # command that was killed die a moment after it, and hold the lock until then.
-LOCK_WAIT_S = 10.0
+LOCK_WAIT_S = 5.0
 
 STORED = "stored"
 QUARANTINED = "quarantined"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.integration.processor_harness import drain_subscription, wait_until
@@ -112,7 +113,11 @@ def observed_rows(data_dir: Path, job: str) -> int:
 def test_shadow_replays_find_exactly_the_live_breaches(live: Live, tmp_path: Path) -> None:
     data_dir = copy(live, tmp_path / "d")
     before = documents(data_dir, without=())
-    replay(data_dir, "--id", "shadow-log", *live.window())
+    # The log's partitions read in this process, and shared by two worker processes.
+    one = replay(data_dir, "--id", "shadow-log", "--workers", "1", *live.window())
+    two = replay(data_dir, "--id", "shadow-log-2", "--workers", "2", *live.window())
+    assert "2 worker processes share the partitions" in two["stderr"]
+    assert "worker processes" not in one["stderr"]
     replay(data_dir, str(live.ndjson), "--id", "shadow-file", *live.window())
     # The same stream in two files, parts of one history: detected per app after reading, in
     # event-time order, which on this tidy stream is the order the live processor saw.
@@ -120,8 +125,12 @@ def test_shadow_replays_find_exactly_the_live_breaches(live: Live, tmp_path: Pat
     halves = [tmp_path / "first.ndjson", tmp_path / "rest.ndjson"]
     halves[0].write_bytes(b"".join(lines[: len(lines) // 2]))
     halves[1].write_bytes(b"".join(lines[len(lines) // 2 :]))
-    replay(data_dir, str(tmp_path / "*.ndjson"), "--id", "shadow-files", *live.window())
-    for job in ("shadow-log", "shadow-file", "shadow-files"):
+    files = replay(
+        data_dir, str(tmp_path / "*.ndjson"), "--id", "shadow-files", "--workers", "2",
+        *live.window(),
+    )  # fmt: skip
+    assert "2 worker processes share the files" in files["stderr"]
+    for job in ("shadow-log", "shadow-log-2", "shadow-file", "shadow-files"):
         found = report(data_dir, job)["breaches"]
         ids = sorted(f"{b['breach_id']}:{b['state']}" for b in found)
         assert ids == sorted(live.breach_ids), job
@@ -155,9 +164,9 @@ def test_replays_of_an_untidy_stream_find_the_live_breaches_and_documents(
     replay(data_dir, str(live.ndjson), "--id", "untidy-file", *live.window())
     for job in ("untidy-log", "untidy-file"):
         found = report(data_dir, job)["breaches"]
-        assert sorted(f"{b['breach_id']}:{b['state']}" for b in found) == sorted(
-            live.breach_ids
-        ), job
+        assert sorted(f"{b['breach_id']}:{b['state']}" for b in found) == sorted(live.breach_ids), (
+            job
+        )
     # Reprocessed into an empty store, from either source: the live documents again.
     for source in ([], [str(live.ndjson)]):
         fresh = copy(live, tmp_path / f"fresh-{len(source)}")
@@ -224,7 +233,8 @@ def test_a_killed_replay_resumes_to_the_same_store_and_report(live: Live, tmp_pa
     job = data_dir / "replays" / "job.db"
     total = len(documents(live.data_dir))
     points = sorted(random.Random(11).sample(range(total // 10, total * 9 // 10), 3))
-    args = ["replay", "--data-dir", str(data_dir), "--rate", "1500"]
+    # Two worker processes: a SIGKILL of the command ends them with it.
+    args = ["replay", "--data-dir", str(data_dir), "--rate", "1500", "--workers", "2"]
     first = [*args, "--mode", "both", "--id", "job", *live.window()]
     for number, point in enumerate(points):
         process = start(*(first if number == 0 else [*args, "--resume", "job"]))
@@ -243,6 +253,42 @@ def test_a_killed_replay_resumes_to_the_same_store_and_report(live: Live, tmp_pa
     assert process.returncode == 130, errors.decode()
     assert b"--resume job" in errors and b"Traceback" not in errors
     replay(data_dir, "--resume", "job")
+
+    assert report(data_dir, "job") == expected
+    assert documents(data_dir) == documents(live.data_dir)
+    assert quarantine(data_dir) == quarantine(live.data_dir)
+
+
+def test_a_killed_worker_stops_the_job_and_a_second_run_is_refused(
+    live: Live, tmp_path: Path
+) -> None:
+    reference_dir = copy(live, tmp_path / "reference")
+    replay(reference_dir, "--mode", "both", "--id", "job", "--workers", "1", *live.window())
+    expected = report(reference_dir, "job")
+
+    data_dir = copy(live, tmp_path / "d")
+    job = data_dir / "replays" / "job.db"
+    args = ["--data-dir", str(data_dir), "--workers", "2"]
+    process = start("replay", *args, "--rate", "400", "--mode", "both", "--id", "job",
+                    *live.window())  # fmt: skip
+    try:
+        wait_until(partial(_reached, job, 200), 120, "200 stored", 0.005)
+        # The job is running: another run of it is refused, and changes nothing.
+        again = evalstream("replay", *args, "--resume", "job")
+        assert again.returncode == 1, again.stderr
+        assert "replay job job is running in another process" in again.stderr
+        workers = psutil.Process(process.pid).children()
+        assert len(workers) == 2
+        workers[0].kill()
+        _, errors = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    # The other worker finished its batches and checkpointed; the command says how to go on.
+    assert process.returncode == 1, errors.decode()
+    assert b"exited with code -9" in errors and b"--resume job" in errors
+    assert b"Traceback" not in errors
+    assert not any(worker.is_running() for worker in workers)
+    replay(data_dir, "--resume", "job", "--workers", "2")
 
     assert report(data_dir, "job") == expected
     assert documents(data_dir) == documents(live.data_dir)

@@ -59,7 +59,7 @@ def test_the_progress_display_shows_rate_counts_and_the_summary(
     files = {"log": [], "ndjson": [str(live.ndjson)], "ndjson-halves": halves(live.ndjson)}[source]
     command = [
         sys.executable, "-m", "evalstream", "replay", *files, "--data-dir", str(data_dir),
-        "--mode", "both", "--rate", "600", "--id", "shown", *live.window(),
+        "--mode", "both", "--rate", "600", "--id", "shown", "--workers", "2", *live.window(),
     ]  # fmt: skip
     env = " ".join(f"{key}={shlex.quote(value)}" for key, value in ENV.items())
     session = f"replay-{uuid.uuid4().hex[:8]}"
@@ -90,6 +90,11 @@ def test_the_progress_display_shows_rate_counts_and_the_summary(
     # counts so far.
     assert "━" in reading and "ev/s" in reading, reading
     assert "stored" in reading and "quarantined" in reading and "breach message" in reading, reading
+    # Several partitions are shared by the two worker processes; one file is read by one.
+    shared = {"log": "partitions", "ndjson": None, "ndjson-halves": "files"}[source]
+    assert ("2 worker processes share" in running) == (shared is not None), running
+    if shared is not None:
+        assert f"2 worker processes share the {shared}" in running, running
     if source == "log":
         assert "/3000" in reading, reading
         assert "replay shown: 3000 events in" in running

@@ -1,0 +1,34 @@
+"""How ``replay --workers`` shares a job's partitions out: balanced by what is left of each."""
+
+from __future__ import annotations
+
+from evalstream.replay_pool import split
+from stream.replay.ports import PartitionPlan
+
+
+def plan(partition: str, after: int, last: int) -> PartitionPlan:
+    return PartitionPlan(partition, after, last)
+
+
+def test_every_partition_goes_to_one_worker_heaviest_first() -> None:
+    # The bench stream's four partitions (7.5 / 12.8 / 47.5 / 32.2 % of the events).
+    plans = [(plan("0", -1, 750), -1), (plan("1", -1, 1280), -1)]
+    plans += [(plan("2", -1, 4750), -1), (plan("3", -1, 3220), -1)]
+    groups = split(plans, 2)
+    # 47.5 % against 52.5 %: the heaviest alone, the three others together.
+    assert [[p.partition for p, _ in group] for group in groups] == [["2"], ["0", "1", "3"]]
+    assert sorted((pair for group in groups for pair in group), key=str) == sorted(plans, key=str)
+
+
+def test_what_is_left_counts_not_the_plans_size() -> None:
+    # Partition 0 is mostly read (a resumed job): the two others are the heavy ones.
+    plans = [(plan("0", 0, 1000), 990), (plan("1", 0, 600), 0), (plan("2", 0, 500), 0)]
+    groups = split(plans, 2)
+    assert [[p.partition for p, _ in group] for group in groups] == [["1"], ["0", "2"]]
+
+
+def test_never_more_workers_than_partitions_nor_an_empty_share() -> None:
+    plans = [(plan("a.ndjson", 0, 10), 0), (plan("b.ndjson", 0, 20), 0)]
+    groups = split(plans, 8)
+    assert len(groups) == 2 and all(groups)
+    assert split(plans[:1], 3) == [plans[:1]]
