@@ -39,76 +39,44 @@ PARTITIONS = 4
 ENV = {"EVALSTREAM_REPLAY__BATCH_SIZE": "1000"}
 
 
-def configurations(window: list[str]) -> dict[str, list[str]]:
-    """Name -> command arguments after ``evalstream`` (``{data}``, ``{ndjson}`` filled in)."""
-    # One worker process: a replay runs in one process, and the comparison is per process.
-    process = [
-        "process", "--data-dir", "{data}", "--no-ingest", "--until-idle", "0.3", "--workers", "1"
+# A configuration's reference: the processor with the same detectors setting and workers.
+STORE_ONLY, DETECTORS_ON = "store only", "detectors on"
+ONE, DEFAULT = "1 worker", "default workers"
+
+
+def configurations(window: list[str]) -> dict[str, tuple[list[str], tuple[str, str]]]:
+    """Name -> (command arguments after ``evalstream``, with ``{data}``, ``{ndjson}`` and
+    ``{ndjson4}`` filled in; the processor configuration it compares with). Per process
+    (``--workers 1`` for both commands), and as shipped (both commands' default: one worker
+    process per core)."""
+    process = ["process", "--data-dir", "{data}", "--no-ingest", "--until-idle", "0.3"]
+    sources = {"log": [], "NDJSON": ["{ndjson}"], "NDJSON ×4 files": ["{ndjson4}"]}
+    modes = {"reprocess": "reprocess", "shadow": "shadow", "reprocess + shadow": "both"}
+    one_process = [
+        ("log", "reprocess"), ("NDJSON", "reprocess"), ("NDJSON ×4 files", "reprocess"),
+        ("log", "shadow"), ("NDJSON", "shadow"), ("NDJSON ×4 files", "shadow"),
+        ("log", "reprocess + shadow"), ("NDJSON", "reprocess + shadow"),
     ]  # fmt: skip
-    return {
-        "process, store only": [*process],
-        "replay log, reprocess": ["replay", "--data-dir", "{data}", "--mode", "reprocess", *window],
-        "replay NDJSON, reprocess": [
-            "replay",
-            "{ndjson}",
-            "--data-dir",
-            "{data}",
-            "--mode",
-            "reprocess",
-            *window,
-        ],
-        "replay NDJSON ×4 files, reprocess": [
-            "replay",
-            "{ndjson4}",
-            "--data-dir",
-            "{data}",
-            "--mode",
-            "reprocess",
-            *window,
-        ],
-        "process, detectors on": [*process],
-        "replay log, shadow": ["replay", "--data-dir", "{data}", "--mode", "shadow", *window],
-        "replay NDJSON, shadow": [
-            "replay",
-            "{ndjson}",
-            "--data-dir",
-            "{data}",
-            "--mode",
-            "shadow",
-            *window,
-        ],
-        "replay NDJSON ×4 files, shadow": [
-            "replay",
-            "{ndjson4}",
-            "--data-dir",
-            "{data}",
-            "--mode",
-            "shadow",
-            *window,
-        ],
-        "replay log, reprocess + shadow": [
-            "replay",
-            "--data-dir",
-            "{data}",
-            "--mode",
-            "both",
-            *window,
-        ],
-        "replay NDJSON, reprocess + shadow": [
-            "replay",
-            "{ndjson}",
-            "--data-dir",
-            "{data}",
-            "--mode",
-            "both",
-            *window,
-        ],
-    }
-
-
-def detects(name: str) -> bool:
-    """Whether the configuration runs detectors (the processor's hot path, or shadow)."""
-    return "detectors on" in name or "shadow" in name
+    # As shipped: the sources of several partitions (one file is read by one process).
+    as_shipped = [
+        ("log", "reprocess"), ("NDJSON ×4 files", "reprocess"), ("log", "shadow"),
+        ("log", "reprocess + shadow"),
+    ]  # fmt: skip
+    configs: dict[str, tuple[list[str], tuple[str, str]]] = {}
+    for workers, rows in ((ONE, one_process), (DEFAULT, as_shipped)):
+        flag = ["--workers", "1"] if workers == ONE else []
+        suffix = "" if workers == ONE else ", default workers"
+        for detectors in (STORE_ONLY, DETECTORS_ON):
+            configs[f"process, {detectors}{suffix}"] = ([*process, *flag], (detectors, workers))
+            for source, mode in rows:
+                if (mode == "reprocess") != (detectors == STORE_ONLY):
+                    continue
+                args = ["replay", *sources[source], "--data-dir", "{data}", "--mode", modes[mode]]
+                configs[f"replay {source}, {mode}{suffix}"] = (
+                    [*args, *flag, *window],
+                    (detectors, workers),
+                )
+    return configs
 
 
 def prepare(root: Path, count: int) -> Path:
@@ -136,7 +104,9 @@ def split_file(template: Path, part: int) -> Path:
     return template.parent / f"{template.name}-part{part}.ndjson"
 
 
-def one_run(name: str, args: list[str], template: Path, scratch: Path) -> tuple[float, float]:
+def one_run(
+    args: list[str], detectors: bool, template: Path, scratch: Path
+) -> tuple[float, float]:
     """(wall s, CPU s of the command) of one run on a fresh copy of ``template`` and of its
     NDJSON file. The file is copied too, so that the replay finds it in the page cache as the
     processor finds the log copied with it: left in place, it was no longer there after a
@@ -151,7 +121,7 @@ def one_run(name: str, args: list[str], template: Path, scratch: Path) -> tuple[
     ndjson4 = str(scratch / "events-part*.ndjson")
     fills = {"{data}": str(data), "{ndjson}": str(ndjson), "{ndjson4}": ndjson4}
     filled = [functools.reduce(lambda a, kv: a.replace(*kv), fills.items(), arg) for arg in args]
-    env = {**os.environ, **ENV, "EVALSTREAM_PROCESSOR__HOT_PATH": str(detects(name)).lower()}
+    env = {**os.environ, **ENV, "EVALSTREAM_PROCESSOR__HOT_PATH": str(detectors).lower()}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(
@@ -199,8 +169,10 @@ def main() -> None:
             loads.append(" ".join(f"{value:.2f}" for value in os.getloadavg()))
             orjson_us.append(reference(large.with_suffix(".ndjson")))
             for name in order:
-                wall_large, cpu_large = one_run(name, configs[name], large, root)
-                wall_small, cpu_small = one_run(name, configs[name], small, root)
+                command, (detectors, _) = configs[name]
+                on = detectors == DETECTORS_ON
+                wall_large, cpu_large = one_run(command, on, large, root)
+                wall_small, cpu_small = one_run(command, on, small, root)
                 runs[name].append(
                     (
                         extra / max(wall_large - wall_small, 1e-9),
@@ -208,14 +180,12 @@ def main() -> None:
                     )
                 )
     ref = statistics.median(orjson_us)
-    process_rate = {
-        "store only": statistics.median(r for r, _ in runs["process, store only"]),
-        "detectors on": statistics.median(r for r, _ in runs["process, detectors on"]),
-    }
-    process_cpu = {
-        "store only": statistics.median(c for _, c in runs["process, store only"]),
-        "detectors on": statistics.median(c for _, c in runs["process, detectors on"]),
-    }
+    # The processor's medians per (detectors, workers), what each configuration compares with.
+    process_rate, process_cpu = {}, {}
+    for name, (command, kind) in configs.items():
+        if command[0] == "process":
+            process_rate[kind] = statistics.median(r for r, _ in runs[name])
+            process_cpu[kind] = statistics.median(c for _, c in runs[name])
     lines = [
         "# Replay throughput beside live processing",
         "",
@@ -235,7 +205,7 @@ def main() -> None:
     for name in names:
         rate = statistics.median(r for r, _ in runs[name])
         cpu = statistics.median(c for _, c in runs[name])
-        kind = "detectors on" if detects(name) else "store only"
+        kind = configs[name][1]
         live, live_cpu = process_rate[kind], process_cpu[kind]
         each = ", ".join(f"{r:,.0f}" for r, _ in runs[name])
         lines.append(
@@ -244,9 +214,11 @@ def main() -> None:
         )
     lines += [
         "",
-        "× process: against `evalstream process --workers 1` (a replay runs in one process) "
-        "with the same detectors setting (store only, "
-        "or detectors on for the runs with shadow detection), events/s and CPU per event. "
+        "× process: against `evalstream process` with the same detectors setting (store "
+        "only, or detectors on for the runs with shadow detection) and the same workers: "
+        "`--workers 1` for both commands (per process), or neither given (as shipped: one "
+        "worker process per core, at most one per partition, for both), events/s and CPU per "
+        "event. "
         "Shadow detection from the log and from one file runs the detectors while reading, a "
         "state per partition as the live hot path; from several files it does more: it keeps "
         "what the detectors read in the job and runs them per app in event-time order after "
