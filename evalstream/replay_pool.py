@@ -19,13 +19,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from evalstream import logs
 from evalstream.settings import Settings
+from evalstream.worker_pipe import start_worker
 from evalstream.workers import shares
 from stream.exceptions import ReplayError, StreamError
 from stream.replay.flow import Reading
@@ -112,19 +111,8 @@ class ReplayWorkers:
     ) -> bool | StreamError:
         """Run one worker over ``share``: True when it finished it, False when it stopped,
         the error that ended it."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
+        process, channel = await start_worker(
             "evalstream.replay_worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            pass_fds=self.keep_fds,
-        )
-        assert process.stdout is not None and process.stdin is not None
-        channel = Channel(process.stdout, process.stdin)
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        channel.send(
-            "start",
             os.getpid(),
             self.settings,
             self.spec.model_dump_json(),
@@ -132,8 +120,7 @@ class ReplayWorkers:
             share,
             reading,
             rate,
-            level,
-            logs.chosen_format(),
+            pass_fds=self.keep_fds,
         )
         stopper = asyncio.create_task(_forward_stop(channel, halt))
         seen: Counter[str] = Counter()
@@ -146,7 +133,7 @@ class ReplayWorkers:
                     _add(totals, seen, now)
                     on_events(count, advanced)
                 elif kind == "finished":
-                    _, done, now, error = message
+                    _, error, done, now = message
                     _add(totals, seen, now)
                     outcome = done if error is None else decode_error(error)
         finally:

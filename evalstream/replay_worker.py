@@ -13,23 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import faulthandler
 import logging
 import os
 import signal
-import sys
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 from common.errors import leaves
-from evalstream import logs, wiring
+from evalstream import wiring
 from evalstream.wiring import replay as replay_wiring
+from evalstream.worker_pipe import finished, run_worker, started
 from stream.exceptions import SourceUnavailable
 from stream.replay import flow
 from stream.replay.job import JobFile
 from stream.replay.spec import ReplaySpec
-from stream.sources.subprocess_channel import Channel, encode_error, open_pipes, take_stdio
+from stream.sources.subprocess_channel import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +53,12 @@ async def _listen(channel: Channel, stop: asyncio.Event) -> None:
 
 
 async def _work(read_fd: int, write_fd: int) -> int:
-    channel = await open_pipes(read_fd, write_fd)
-    start = await channel.receive()
-    if start is None or start[0] != "start":
+    begun = await started(read_fd, write_fd)
+    if begun is None:
         return 2
-    _, parent, settings, spec_json, job_path, share, reading, rate, level, log_format = start
+    channel, (parent, settings, spec_json, job_path, share, reading, rate), stop = begun
     if os.getppid() != parent:
         return 2  # the command died before this process could ask to die with it
-    logs.configure(level, log_format)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     listener = asyncio.create_task(_listen(channel, stop), name="command-messages")
     spec = ReplaySpec.model_validate_json(spec_json)
     totals: Counter[str] = Counter()
@@ -94,22 +89,12 @@ async def _work(read_fd: int, write_fd: int) -> int:
     finally:
         await job.aclose()
     listener.cancel()
-    try:
-        channel.send("finished", done, dict(totals), None if error is None else encode_error(error))
-        await channel.flush()
-    except SourceUnavailable:
-        return 1
-    await channel.close(cancel_answers=True)
-    return 0 if error is None else 1
+    return await finished(channel, error, done, dict(totals))
 
 
 def main() -> None:
     _die_with_parent()
-    read_fd, write_fd = take_stdio()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # As the command (evalstream.runtime): every thread's stack to stderr.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    sys.exit(asyncio.run(_work(read_fd, write_fd)))
+    run_worker(_work)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,19 @@ its supervisor is gone; interrupts from the terminal are the supervisor's to han
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import logging
-import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.errors import leaves
-from evalstream import logs, wiring
-from evalstream.settings import Settings
+from evalstream import wiring
+from evalstream.worker_pipe import finished, run_worker, started
 from schemas import Breach
 from stream.exceptions import SourceUnavailable
 from stream.ports import PartitionContext
 from stream.processor import tuned_gc
 from stream.sources.local_log_share import LocalLogShare
-from stream.sources.subprocess_channel import Channel, encode_error, open_pipes, take_stdio
+from stream.sources.subprocess_channel import Channel
 from stream.stats import ProcessorStats
 
 logger = logging.getLogger(__name__)
@@ -100,15 +97,10 @@ async def _listen(channel: Channel, source: LocalLogShare, stop: asyncio.Event) 
 
 
 async def _work(read_fd: int, write_fd: int) -> int:
-    channel = await open_pipes(read_fd, write_fd)
-    start = await channel.receive()
-    if start is None or start[0] != "start":
+    begun = await started(read_fd, write_fd)
+    if begun is None:
         return 2
-    settings: Settings
-    _, settings, level, log_format = start
-    logs.configure(level, log_format)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    channel, (settings,), stop = begun
     processor = settings.processor
     source = LocalLogShare(
         settings.embedded.log_path,
@@ -130,21 +122,11 @@ async def _work(read_fd: int, write_fd: int) -> int:
         error = leaves(exc)[0]
         logger.error("processing worker failed", exc_info=error)
     listener.cancel()
-    try:
-        channel.send("finished", None if error is None else encode_error(error))
-        await channel.flush()
-    except SourceUnavailable:
-        return 1
-    await channel.close(cancel_answers=True)
-    return 0 if error is None else 1
+    return await finished(channel, error)
 
 
 def main() -> None:
-    read_fd, write_fd = take_stdio()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # As the supervisor (evalstream.runtime): every thread's stack to stderr.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    sys.exit(asyncio.run(_work(read_fd, write_fd)))
+    run_worker(_work)
 
 
 if __name__ == "__main__":

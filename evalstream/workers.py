@@ -21,15 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
 
 from common.retry import Backoff, sleep_or_stop
-from evalstream import logs
 from evalstream.settings import Settings
+from evalstream.worker_pipe import start_worker
 from stream.exceptions import SourceError, StreamError
 from stream.ports import ReceivedEvent
 from stream.processor import report_status
@@ -95,11 +94,10 @@ class _Watched:
 class _Worker:
     """One running worker process and the pipe to it."""
 
-    def __init__(self, slot: int, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None and process.stdin is not None
+    def __init__(self, slot: int, process: asyncio.subprocess.Process, channel: Channel) -> None:
         self.slot = slot
         self.process = process
-        self.channel = Channel(process.stdout, process.stdin)
+        self.channel = channel
         self.batches = 0
         self.finished = False
         self.error: ErrorValue | None = None
@@ -211,16 +209,7 @@ class WorkerPool:
             await sleep_or_stop(pause, stop)
 
     async def _run_worker(self, slot: int, stop: asyncio.Event) -> _Worker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "evalstream.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        worker = _Worker(slot, process)
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        worker.channel.send("start", self.settings, level, logs.chosen_format())
+        worker = _Worker(slot, *await start_worker("evalstream.worker", self.settings))
         self.live[slot] = worker
         await self._rebalance()
         stopper = asyncio.create_task(self._forward_stop(worker, stop))
@@ -233,9 +222,9 @@ class WorkerPool:
             if not stop.is_set():
                 await self._rebalance()
             worker.channel.fail_calls()
-            if not worker.finished and process.returncode is None:
-                process.kill()
-            await asyncio.shield(process.wait())
+            if not worker.finished and worker.process.returncode is None:
+                worker.process.kill()
+            await asyncio.shield(worker.process.wait())
         return worker
 
     async def _rebalance(self) -> None:
