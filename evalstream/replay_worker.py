@@ -23,12 +23,11 @@ from pathlib import Path
 from common.errors import leaves
 from evalstream import wiring
 from evalstream.wiring import replay as replay_wiring
-from evalstream.worker_pipe import finished, run_worker, started
+from evalstream.worker_pipe import finished, listen, run_worker, started
 from stream.exceptions import SourceUnavailable
 from stream.replay import flow
 from stream.replay.job import JobFile
 from stream.replay.spec import ReplaySpec
-from stream.sources.subprocess_channel import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +43,6 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-async def _listen(channel: Channel, stop: asyncio.Event) -> None:
-    while (message := await channel.receive()) is not None:
-        if message[0] == "stop":
-            stop.set()
-    # The command is gone: finish what is in flight, checkpoint, and exit.
-    stop.set()
-
-
 async def _work(read_fd: int, write_fd: int) -> int:
     begun = await started(read_fd, write_fd)
     if begun is None:
@@ -59,7 +50,7 @@ async def _work(read_fd: int, write_fd: int) -> int:
     channel, (parent, settings, spec_json, job_path, share, reading, rate), stop = begun
     if os.getppid() != parent:
         return 2  # the command died before this process could ask to die with it
-    listener = asyncio.create_task(_listen(channel, stop), name="command-messages")
+    listener = asyncio.create_task(listen(channel, stop), name="command-messages")
     spec = ReplaySpec.model_validate_json(spec_json)
     totals: Counter[str] = Counter()
 

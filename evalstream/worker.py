@@ -15,10 +15,11 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import leaves
 from evalstream import wiring
-from evalstream.worker_pipe import finished, run_worker, started
+from evalstream.worker_pipe import finished, listen, run_worker, started
 from schemas import Breach
 from stream.exceptions import SourceUnavailable
 from stream.ports import PartitionContext
@@ -86,16 +87,6 @@ class _ReportingStats(ProcessorStats):
             logger.debug("not reported: the supervisor is gone")
 
 
-async def _listen(channel: Channel, source: LocalLogShare, stop: asyncio.Event) -> None:
-    while (message := await channel.receive()) is not None:
-        if message[0] == "assign":
-            source.assign(message[1])
-        elif message[0] == "stop":
-            stop.set()
-    # The supervisor is gone: finish what is in flight, checkpoint, and exit.
-    stop.set()
-
-
 async def _work(read_fd: int, write_fd: int) -> int:
     begun = await started(read_fd, write_fd)
     if begun is None:
@@ -111,7 +102,12 @@ async def _work(read_fd: int, write_fd: int) -> int:
         settings.embedded.partition_locks_path,
     )
     stats = _ReportingStats(channel=channel)
-    listener = asyncio.create_task(_listen(channel, source, stop), name="supervisor-messages")
+
+    def assign(message: tuple[Any, ...]) -> None:
+        if message[0] == "assign":
+            source.assign(message[1])
+
+    listener = asyncio.create_task(listen(channel, stop, assign), name="supervisor-messages")
     error = None
     try:
         async with wiring.store(settings) as store, wiring.publisher(settings) as publisher:

@@ -57,6 +57,19 @@ async def started(
     return channel, tuple(arguments), stop
 
 
+async def listen(
+    channel: Channel, stop: asyncio.Event, handle: Callable[[tuple[Any, ...]], None] | None = None
+) -> None:
+    """In the worker, until its command is gone: ``stop`` on "stop", other messages to
+    ``handle``. Then ``stop`` too: the worker finishes what is in flight, checkpoints, exits."""
+    while (message := await channel.receive()) is not None:
+        if message[0] == "stop":
+            stop.set()
+        elif handle is not None:
+            handle(message)
+    stop.set()
+
+
 async def finished(channel: Channel, error: BaseException | None, *outcome: object) -> int:
     """Tell the command how the work ended; the worker's exit code."""
     try:
