@@ -57,10 +57,11 @@ def configurations(window: list[str]) -> dict[str, tuple[list[str], tuple[str, s
         ("log", "shadow"), ("NDJSON", "shadow"), ("NDJSON ×4 files", "shadow"),
         ("log", "reprocess + shadow"), ("NDJSON", "reprocess + shadow"),
     ]  # fmt: skip
-    # As shipped: the sources of several partitions (one file is read by one process).
+    # As shipped: the log, files (a reprocess job cuts one big file in parts; detection reads
+    # a file whole, in one process).
     as_shipped = [
-        ("log", "reprocess"), ("NDJSON ×4 files", "reprocess"), ("log", "shadow"),
-        ("log", "reprocess + shadow"),
+        ("log", "reprocess"), ("NDJSON", "reprocess"), ("NDJSON ×4 files", "reprocess"),
+        ("log", "shadow"), ("log", "reprocess + shadow"),
     ]  # fmt: skip
     configs: dict[str, tuple[list[str], tuple[str, str]]] = {}
     for workers, rows in ((ONE, one_process), (DEFAULT, as_shipped)):

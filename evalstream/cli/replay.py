@@ -154,8 +154,9 @@ def replay(
         typer.Option(
             "--workers",
             min=1,
-            help="Worker processes sharing the job's partitions (a job of one partition, "
-            "e.g. one file, runs in one) \\[default: replay.workers, else one per core].",
+            help="Worker processes sharing the job's partitions; a new reprocess job cuts "
+            "NDJSON files over 1 MiB into parts for them \\[default: replay.workers, else one "
+            "per core].",
             show_default=False,
         ),
     ] = None,
@@ -336,7 +337,9 @@ async def _execute(
         if job is None:
             # The job's own description from here on (files found, stdin kept), as a resume
             # reads it.
-            job, spec = await _plan(settings, spec, stdin)
+            job, spec = await _plan(
+                settings, spec, stdin, replay_wiring.worker_count(settings, workers)
+            )
             stack.callback(job.close)
         with ReplayDisplay(console) as display:
             pieces = replay_wiring.pieces(
@@ -363,9 +366,12 @@ async def _execute(
         return result
 
 
-async def _plan(settings: Settings, spec: ReplaySpec, stdin: bool) -> tuple[JobFile, ReplaySpec]:
-    """Create the job: its plan is fixed now, whatever the source holds later. Returns it
-    with the description it keeps: a file pattern's matches, stdin's copy."""
+async def _plan(
+    settings: Settings, spec: ReplaySpec, stdin: bool, workers: int
+) -> tuple[JobFile, ReplaySpec]:
+    """Create the job, for ``workers`` processes: its plan is fixed now, whatever the source
+    holds later. Returns it with the description it keeps: a file pattern's matches, stdin's
+    copy."""
     path = replay_wiring.job_path(settings, spec.id)
     if path.exists():
         raise ReplayMisconfigured(f"--id: a replay job {spec.id!r} exists already; --resume it")
@@ -379,7 +385,7 @@ async def _plan(settings: Settings, spec: ReplaySpec, stdin: bool) -> tuple[JobF
         from stream.replay.readers.ndjson import expand
 
         spec = spec.model_copy(update={"paths": [str(p) for p in expand(spec.paths)]})
-    reader = replay_wiring.reader(settings, spec)
+    reader = replay_wiring.reader(settings, spec, workers)
     skew = timedelta(seconds=settings.processor.max_future_skew_s)
     async with reader:
         plans = await reader.plan(spec.window(), skew)
@@ -394,8 +400,10 @@ async def _plan(settings: Settings, spec: ReplaySpec, stdin: bool) -> tuple[JobF
     flow.create(job, spec, plans)
     job.note_unreadable(reader.unreadable)
     total = sum(p.size for p in plans)
+    files = len({plan.events_partition for plan in plans})
     amount = (
-        f"{total:,} bytes in {plural(len(plans), 'file')}"
+        f"{total:,} bytes in {plural(files, 'file')}"
+        + (f" ({len(plans)} parts)" if len(plans) > files else "")
         if reader.unit == "bytes"
         else f"{total} events in {len(plans)} partitions"
     )

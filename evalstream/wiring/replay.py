@@ -31,11 +31,14 @@ def job_path(settings: Settings, job_id: str) -> Path:
     return jobs_dir(settings) / f"{job_id}.db"
 
 
-def reader(settings: Settings, spec: ReplaySpec) -> ReplayReader:
+def reader(settings: Settings, spec: ReplaySpec, workers: int = 1) -> ReplayReader:
+    """The job's source. ``workers``: the processes a new job is planned for; a reprocess
+    job cuts big NDJSON files in parts for them (detection reads each file whole)."""
     if spec.source is SourceKind.NDJSON:
         from stream.replay.readers.ndjson import NdjsonReader
 
-        return NdjsonReader([Path(path) for path in spec.paths], spec.created)
+        parts = 1 if spec.mode.detects else workers
+        return NdjsonReader([Path(path) for path in spec.paths], spec.created, parts)
     if spec.source is SourceKind.LOG:
         from stream.replay.readers.local_log import LogReader
 

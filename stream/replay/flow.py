@@ -126,9 +126,9 @@ def load_spec(job: JobFile) -> ReplaySpec | None:
     spec = ReplaySpec.model_validate_json(raw)
     if job.get("format") != FORMAT:
         raise ReplayError(
-            f"replay job {spec.id} was made by an older evalstream (it numbered NDJSON lines, "
-            "or ran shadow detection otherwise); this one cannot resume it: start a new job "
-            "(its events land on the same documents)"
+            f"replay job {spec.id} was made by an older evalstream (its job file is laid out "
+            "otherwise); this one cannot resume it: start a new job (its events land on the "
+            "same documents)"
         )
     return spec
 

@@ -29,10 +29,12 @@ from stream.replay.ports import PartitionPlan
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+-- ``source``: the partition a part's events carry, when the row is a part of one (a file
+-- read by byte ranges).
 CREATE TABLE IF NOT EXISTS partitions (
     partition TEXT PRIMARY KEY, after INTEGER NOT NULL, last INTEGER NOT NULL,
     position INTEGER NOT NULL, finished INTEGER NOT NULL DEFAULT 0,
-    covered INTEGER, snapshot BLOB
+    covered INTEGER, snapshot BLOB, source TEXT
 );
 CREATE TABLE IF NOT EXISTS counts (
     partition TEXT NOT NULL, what TEXT NOT NULL, count INTEGER NOT NULL,
@@ -62,8 +64,9 @@ CREATE TABLE IF NOT EXISTS breaches (
 # NDJSON lines (its checkpoints mean nothing to this reader), kept shadow detection's rows by
 # event time and one per document id (not what the live hot path observes), kept whole
 # documents for it, or kept rows to detect after reading where detectors now run while it
-# reads (their snapshots are not in its checkpoints). ``flow.load_spec`` refuses to resume it.
-FORMAT = b"4"
+# reads (their snapshots are not in its checkpoints), or has no parts of partitions (its plan
+# table lacks their column). ``flow.load_spec`` refuses to resume it.
+FORMAT = b"5"
 # Event-time order of an app's rows, built when an app's events came from several files.
 _BY_TIME = (
     "CREATE INDEX IF NOT EXISTS observed_time ON observed (app, ts, partition, sequence, idx)"
@@ -164,8 +167,9 @@ class JobFile:
                 connection.execute("INSERT INTO meta VALUES ('spec', ?)", (spec,))
                 connection.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
                 connection.executemany(
-                    "INSERT INTO partitions (partition, after, last, position) VALUES (?, ?, ?, ?)",
-                    [(p.partition, p.after, p.last, p.after) for p in plans],
+                    "INSERT INTO partitions (partition, after, last, position, source) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(p.partition, p.after, p.last, p.after, p.source) for p in plans],
                 )
 
         self._file.run_blocking(write, "create the replay job")
@@ -174,11 +178,15 @@ class JobFile:
         """Each partition's plan, position reached, and whether it is finished."""
         rows = self._file.run_blocking(
             lambda c: c.execute(
-                "SELECT partition, after, last, position, finished FROM partitions ORDER BY rowid"
+                "SELECT partition, after, last, source, position, finished FROM partitions "
+                "ORDER BY rowid"
             ).fetchall(),
             "read the replay plan",
         )
-        return [(PartitionPlan(p, a, last), pos, bool(done)) for p, a, last, pos, done in rows]
+        return [
+            (PartitionPlan(p, a, last, source), pos, bool(done))
+            for p, a, last, source, pos, done in rows
+        ]
 
     def counts(self) -> Counter[str]:
         rows = self._file.run_blocking(

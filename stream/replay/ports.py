@@ -54,11 +54,19 @@ class Window:
 class PartitionPlan:
     """Deliver the events of ``partition`` with ``after < sequence ≤ last``. Sequences are
     the source's positions: event numbers, or byte offsets in a file (the reader's ``unit``),
-    so ``size`` counts events or bytes."""
+    so ``size`` counts events or bytes. A plan may be one part of a source partition, read
+    beside the others (a big file, by byte ranges): then ``partition`` names the part (its
+    progress in the job) and ``source`` the partition its events carry."""
 
     partition: str
     after: int
     last: int
+    source: str | None = None
+
+    @property
+    def events_partition(self) -> str:
+        """The partition the plan's events carry (documents and quarantine records)."""
+        return self.source or self.partition
 
     @property
     def size(self) -> int:

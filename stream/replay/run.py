@@ -14,6 +14,7 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 
 from common.retry import sleep_or_stop
@@ -53,6 +54,11 @@ class RangeSelection:
         return self.apps is None or app_id in self.apps
 
 
+# The plan whose events this task delivers (a task per plan): what a write counts goes to its
+# tally. Not the events' partition: the parts of one file carry the same one.
+_PLAN: ContextVar[str | None] = ContextVar("replay_plan", default=None)
+
+
 class JobStore:
     """The ProcessorStore a replay hands the pipeline: documents and quarantine records go to
     the real store (reprocess), to the job for shadow detection after reading (``collect``:
@@ -86,13 +92,14 @@ class JobStore:
             kept = [doc for doc in documents if id(doc) not in refused]
         if self.collect and kept:
             await self.job.collect(kept)
+        plan = _PLAN.get()
         if kept:
-            # One write holds (part of) one partition's batch.
-            self._tally(kept[0].ingest.partition)[STORED] += len(kept)
+            # One write holds (part of) one plan's batch.
+            self._tally(plan or kept[0].ingest.partition)[STORED] += len(kept)
         self.totals[STORED] += len(kept)
         for record in quarantined:
             code = f"{QUARANTINED}:{record.issues[0].code if record.issues else 'none'}"
-            tally = self._tally(record.partition or "")
+            tally = self._tally(plan or record.partition or "")
             tally[QUARANTINED] += 1
             tally[code] += 1
         self.totals[QUARANTINED] += len(quarantined)
@@ -220,6 +227,7 @@ class Replay:
         return all(task.result() for task in tasks)
 
     async def _partition(self, plan: PartitionPlan, position: int, stop: asyncio.Event) -> bool:
+        _PLAN.set(plan.partition)  # this task's own context
         context = JobContext(self.store, plan, position)
         await self.pipeline.on_partition_initialize(context)
         finished = False

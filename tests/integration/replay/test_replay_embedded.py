@@ -75,7 +75,12 @@ def test_reprocess_from_the_log_changes_nothing_but_ingest_fields(
 
 def test_reprocess_from_ndjson_lands_on_the_live_documents(live: Live, tmp_path: Path) -> None:
     data_dir = copy(live, tmp_path / "d")
-    replay(data_dir, str(live.ndjson), "--mode", "reprocess", "--id", "file", *live.window())
+    # Read in two parts (byte ranges) by two worker processes.
+    parts = replay(
+        data_dir, str(live.ndjson), "--mode", "reprocess", "--id", "file", "--workers", "2",
+        *live.window(),
+    )  # fmt: skip
+    assert "in 1 file (2 parts)" in parts["stderr"], parts["stderr"]
 
     assert documents(data_dir) == documents(live.data_dir)
     # A file carries no source position: its invalid lines are kept once each under their
@@ -92,9 +97,13 @@ def test_reprocess_from_ndjson_lands_on_the_live_documents(live: Live, tmp_path:
     codes = sorted(issue["code"] for r in from_file for issue in r["issues"])
     assert codes == sorted(issue["code"] for r in live_records.values() for issue in r["issues"])
 
-    # Again: the same records, updated in place (a message may say how far ahead of the new
-    # job's time an event was).
-    replay(data_dir, str(live.ndjson), "--mode", "reprocess", "--id", "again", *live.window())
+    # Again, the file whole in one process: the same records, updated in place (a message
+    # may say how far ahead of the new job's time an event was).
+    whole = replay(
+        data_dir, str(live.ndjson), "--mode", "reprocess", "--id", "again", "--workers", "1",
+        *live.window(),
+    )  # fmt: skip
+    assert "parts" not in whole["stderr"]
     again = quarantine(data_dir)
     assert again.keys() == records.keys()
     assert all(again[key]["raw"] == records[key]["raw"] for key in records)
@@ -257,6 +266,30 @@ def test_a_killed_replay_resumes_to_the_same_store_and_report(live: Live, tmp_pa
     assert report(data_dir, "job") == expected
     assert documents(data_dir) == documents(live.data_dir)
     assert quarantine(data_dir) == quarantine(live.data_dir)
+
+
+def test_a_file_read_in_parts_resumes_after_a_kill_with_exact_counts(
+    live: Live, tmp_path: Path
+) -> None:
+    data_dir = copy(live, tmp_path / "d")
+    for stored in data_dir.glob("store.db*"):
+        stored.unlink()
+    job = data_dir / "replays" / "parts.db"
+    args = ["replay", "--data-dir", str(data_dir), "--workers", "2", "--rate", "1500"]
+    process = start(*args, str(live.ndjson), "--mode", "reprocess", "--id", "parts",
+                    *live.window())  # fmt: skip
+    try:
+        wait_until(partial(_reached, job, EVENTS // 3), 120, "a third stored", 0.005)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    replay(data_dir, "--resume", "parts")
+
+    live_documents, live_records = documents(live.data_dir), quarantine(live.data_dir)
+    assert documents(data_dir) == live_documents
+    # Each part's counts are checkpointed with its own position: none twice, none lost.
+    events = report(data_dir, "parts")["events"]
+    assert (events["stored"], events["quarantined"]) == (len(live_documents), len(live_records))
 
 
 def test_a_killed_worker_stops_the_job_and_a_second_run_is_refused(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
 from evalstream.replay_pool import split
 from stream.replay.ports import PartitionPlan
 
@@ -32,3 +37,22 @@ def test_never_more_workers_than_partitions_nor_an_empty_share() -> None:
     groups = split(plans, 8)
     assert len(groups) == 2 and all(groups)
     assert split(plans[:1], 3) == [plans[:1]]
+
+
+@pytest.mark.parametrize(("mode", "parts"), [("reprocess", 4), ("shadow", 1), ("both", 1)])
+def test_only_a_reprocess_job_cuts_files_for_its_workers(
+    tmp_path: Path, mode: str, parts: int
+) -> None:
+    from evalstream.settings import load_settings
+    from evalstream.wiring import replay as replay_wiring
+    from stream.replay.readers.ndjson import NdjsonReader
+    from stream.replay.spec import Mode, ReplaySpec, SourceKind
+
+    now = datetime.now(UTC)
+    spec = ReplaySpec(
+        id="j", created=now, source=SourceKind.NDJSON, paths=["a.ndjson"], start=now,
+        end=now + timedelta(hours=1), mode=Mode(mode),
+    )  # fmt: skip
+    reader = replay_wiring.reader(load_settings(embedded={"data_dir": tmp_path}), spec, workers=4)
+    # Detection reads each file whole, in its order: its files are never cut.
+    assert isinstance(reader, NdjsonReader) and reader.parts == parts

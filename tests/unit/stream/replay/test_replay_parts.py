@@ -4,6 +4,7 @@ Capture readers' positions and times, the report's order."""
 from __future__ import annotations
 
 import io
+import itertools
 import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -230,3 +231,67 @@ def test_a_job_of_an_older_format_is_refused_on_resume_in_one_line(tmp_path: Pat
         flow.load_spec(older)
     for job in (current, older_log, older):
         job.close()
+
+
+def test_a_file_is_cut_at_the_start_of_a_line_whatever_its_endings(tmp_path: Path) -> None:
+    from stream.replay.readers.ndjson import _line_start
+
+    path = tmp_path / "mixed.ndjson"
+    content = b"\xef\xbb\xbf" + event("a", 0) + b"\r\n" + event("a", 1) + b"\r" + b"\n\n"
+    content += event("a", 2) + b"\n\r\n  " + event("a", 3) + b"\r\r" + event("a", 4)
+    path.write_bytes(content)
+    starts = [0]
+    for piece in content.splitlines(keepends=True):
+        starts.append(starts[-1] + len(piece))
+    # Every offset, against the line starts splitlines gives (as ndjson_lines splits).
+    for at in range(len(content) + 1):
+        expected = min(start for start in starts if start >= at)
+        assert _line_start(path, at, len(content)) == expected, at
+
+
+async def test_a_reprocess_job_reads_a_big_file_in_parts_that_give_the_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream.replay.readers import ndjson
+
+    monkeypatch.setattr(ndjson, "MIN_PART_BYTES", 1)
+    path = tmp_path / "events.ndjson"
+    endings = [b"\n", b"\r\n", b"\r", b"\n\n", b"\r\n\r\n"]
+    path.write_bytes(b"".join(event("a", m) + endings[m % 5] for m in range(200)))
+    window = Window(T0, T0 + 5 * HOUR)
+    whole_reader = NdjsonReader([path], T0)
+    [whole] = await whole_reader.plan(window, timedelta())
+    expected = [(e.partition, e.sequence, e.body) async for b in whole_reader.read(whole, -1, 7)
+                for e in b]  # fmt: skip
+    assert len(expected) == 200
+    for parts in (2, 3, 7):
+        reader = NdjsonReader([path], T0, parts)
+        plans = await reader.plan(window, timedelta())
+        assert len(plans) == parts
+        # Contiguous, each starting at a line's start, the whole file between them.
+        assert plans[0].after == -1 and plans[-1].last == whole.last
+        assert all(a.last == b.after for a, b in itertools.pairwise(plans))
+        assert {plan.events_partition for plan in plans} == {str(path)}
+        assert len({plan.partition for plan in plans}) == parts
+        read = [
+            (e.partition, e.sequence, e.body)
+            for plan in plans
+            async for batch in reader.read(plan, plan.after, 7)
+            for e in batch
+        ]
+        assert read == expected, parts
+        # A part resumed after a checkpoint (a line of it) reads on from there.
+        middle = plans[1]
+        mine = [item for item in expected if middle.after < item[1] <= middle.last]
+        again = [e.sequence async for b in reader.read(middle, mine[2][1], 5) for e in b]
+        assert again == [item[1] for item in mine[3:]]
+
+
+async def test_small_files_stay_whole(tmp_path: Path) -> None:
+    paths = [tmp_path / "a.ndjson", tmp_path / "b.ndjson"]
+    for path in paths:
+        path.write_bytes(b"\n".join(event("a", m) for m in range(50)))
+    window = Window(T0, T0 + 5 * HOUR)
+    # Below a MiB a part would cost more to start than to read: the files stay whole.
+    plans = await NdjsonReader(paths, T0, 8).plan(window, timedelta())
+    assert [(plan.partition, plan.source) for plan in plans] == [(str(p), None) for p in paths]
