@@ -155,8 +155,8 @@ def replay(
             "--workers",
             min=1,
             help="Worker processes sharing the job's partitions; a new reprocess job cuts "
-            "big partitions and files into parts for them \\[default: replay.workers, else "
-            "one per core].",
+            "NDJSON files over 1 MiB into parts for them \\[default: replay.workers, else one "
+            "per core].",
             show_default=False,
         ),
     ] = None,

@@ -33,17 +33,16 @@ def job_path(settings: Settings, job_id: str) -> Path:
 
 def reader(settings: Settings, spec: ReplaySpec, workers: int = 1) -> ReplayReader:
     """The job's source. ``workers``: the processes a new job is planned for; a reprocess
-    job cuts big partitions of the log and big NDJSON files in parts for them (detection
-    reads each partition whole, in its order)."""
-    parts = 1 if spec.mode.detects else workers
+    job cuts big NDJSON files in parts for them (detection reads each file whole)."""
     if spec.source is SourceKind.NDJSON:
         from stream.replay.readers.ndjson import NdjsonReader
 
+        parts = 1 if spec.mode.detects else workers
         return NdjsonReader([Path(path) for path in spec.paths], spec.created, parts)
     if spec.source is SourceKind.LOG:
         from stream.replay.readers.local_log import LogReader
 
-        return LogReader(settings.embedded.log_path, settings.embedded.partitions, parts)
+        return LogReader(settings.embedded.log_path, settings.embedded.partitions)
     if spec.source is SourceKind.EVENTHUBS:
         from stream.replay.readers.eventhubs import EventHubsReader
 

@@ -7,7 +7,7 @@ the same range, however far the source has grown since.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -71,21 +71,6 @@ class PartitionPlan:
     @property
     def size(self) -> int:
         return max(0, self.last - self.after)
-
-
-# A reprocess job for several workers cuts its partitions into about this many parts per
-# worker: shared out heaviest first, parts of about equal size keep the workers busy to the
-# end, where whole partitions (an app's events stay in one) leave one waiting for another.
-PARTS_PER_WORKER = 4
-
-
-def part_counts(sizes: Sequence[int], workers: int, smallest: int) -> list[int]:
-    """Into how many parts to cut partitions of ``sizes`` for ``workers`` processes: about
-    ``PARTS_PER_WORKER`` per worker over all of them, none smaller than ``smallest``."""
-    if workers <= 1:
-        return [1] * len(sizes)
-    part = max(sum(sizes) // (PARTS_PER_WORKER * workers), smallest, 1)
-    return [max(1, -(-size // part)) for size in sizes]
 
 
 class ReplayReader(Protocol):

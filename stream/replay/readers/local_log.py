@@ -6,7 +6,6 @@ touches the log's checkpoints: positions are the replay job's.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from pathlib import Path
@@ -14,23 +13,8 @@ from types import TracebackType
 
 from stream.exceptions import ReplayError
 from stream.ports import ReceivedEvent
-from stream.replay.ports import PartitionPlan, Window, part_counts
+from stream.replay.ports import PartitionPlan, Window
 from stream.sources.local_log import SOURCE_NAME, LocalLog
-
-# Smaller partitions stay whole: a part below this saves less than its task and reads cost.
-MIN_PART_EVENTS = 5_000
-
-
-def _cut(plan: PartitionPlan, count: int) -> list[PartitionPlan]:
-    """The partition's plan as ``count`` sequence ranges of about equal events."""
-    if count <= 1:
-        return [plan]
-    bounds = [plan.after + plan.size * k // count for k in range(count + 1)]
-    return [
-        PartitionPlan(f"{plan.partition}@{after + 1}", after, last, source=plan.partition)
-        for after, last in itertools.pairwise(bounds)
-        if last > after
-    ]
 
 
 class LogReader:
@@ -38,12 +22,9 @@ class LogReader:
     unit = "events"
     detects_by_partition = True
 
-    def __init__(self, path: Path, partitions: int, parts: int = 1) -> None:
-        """``parts``: the worker processes to plan for; above 1, partitions of more than
-        ``MIN_PART_EVENTS`` are cut into sequence ranges (``stream.replay.ports.part_counts``)."""
+    def __init__(self, path: Path, partitions: int) -> None:
         self.path = path
         self.partitions = partitions
-        self.parts = parts
         self._log: LocalLog | None = None
         self.unreadable: dict[str, str] = {}
 
@@ -69,23 +50,19 @@ class LogReader:
         return self._log
 
     async def plan(self, window: Window, max_future_skew: timedelta) -> list[PartitionPlan]:
-        whole = []
+        plans = []
         for partition in range(self.partitions):
             first, last = await self.log.sequences_between_async(
                 partition, window.enqueued_from(max_future_skew), window.enqueued_before()
             )
             if first is not None and last is not None:
-                whole.append(PartitionPlan(str(partition), first - 1, last))
-        counts = part_counts([plan.size for plan in whole], self.parts, MIN_PART_EVENTS)
-        return [
-            part for plan, count in zip(whole, counts, strict=True) for part in _cut(plan, count)
-        ]
+                plans.append(PartitionPlan(str(partition), first - 1, last))
+        return plans
 
     async def read(
         self, plan: PartitionPlan, after: int, batch_size: int
     ) -> AsyncGenerator[list[ReceivedEvent]]:
-        partition = int(plan.events_partition)
-
+        partition = int(plan.partition)
         while after < plan.last:
             events = await self.log.read_async(partition, after, min(batch_size, plan.last - after))
             if not events:

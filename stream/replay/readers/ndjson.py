@@ -27,7 +27,7 @@ from types import TracebackType
 from stream.decode import ndjson_lines
 from stream.exceptions import ReplayMisconfigured
 from stream.ports import ReceivedEvent, received
-from stream.replay.ports import PartitionPlan, TimeBasis, Window, part_counts
+from stream.replay.ports import PartitionPlan, TimeBasis, Window
 
 SOURCE_NAME = "ndjson"
 # No part of a file smaller than this: a worker's start costs what reading ~1 MiB does.
@@ -122,8 +122,8 @@ class NdjsonReader:
     detects_by_partition = False
 
     def __init__(self, paths: Sequence[Path], enqueued: datetime, parts: int = 1) -> None:
-        """``parts``: the worker processes to plan for; above 1, files over ``MIN_PART_BYTES``
-        are cut into parts (``stream.replay.ports.part_counts``)."""
+        """``parts``: plan the files as about this many parts of equal bytes (whole files,
+        or a big file cut in parts), to be read beside each other."""
         self.paths = list(paths)
         self.enqueued = enqueued
         self.parts = parts
@@ -145,12 +145,12 @@ class NdjsonReader:
             raise ReplayMisconfigured(
                 "--by enqueued: NDJSON files have no enqueued times; replay them by event time"
             )
-        sizes = [_size(path) for path in self.paths]
-        counts = part_counts(sizes, self.parts, MIN_PART_BYTES)
+        sizes = [(path, _size(path)) for path in self.paths]
+        part = max(sum(size for _, size in sizes) // self.parts, MIN_PART_BYTES)
         return [
             plan
-            for path, size, count in zip(self.paths, sizes, counts, strict=True)
-            for plan in _parts(path, size, count)
+            for path, size in sizes
+            for plan in _parts(path, size, round(size / part) if self.parts > 1 else 1)
         ]
 
     async def read(

@@ -24,7 +24,7 @@ from stream.pipeline import Pipeline
 from stream.ports import ReceivedEvent
 from stream.replay import flow, report
 from stream.replay.job import JobFile
-from stream.replay.ports import PartitionPlan, TimeBasis, Window, part_counts
+from stream.replay.ports import PartitionPlan, TimeBasis, Window
 from stream.replay.readers.capture_blob import CAPTURE_SCHEMA, enqueued_time, file_time
 from stream.replay.readers.ndjson import NdjsonReader, expand
 from stream.replay.run import RangeSelection
@@ -264,23 +264,22 @@ async def test_a_reprocess_job_reads_a_big_file_in_parts_that_give_the_whole(
     expected = [(e.partition, e.sequence, e.body) async for b in whole_reader.read(whole, -1, 7)
                 for e in b]  # fmt: skip
     assert len(expected) == 200
-    for workers in (2, 3, 7):
-        reader = NdjsonReader([path], T0, workers)
+    for parts in (2, 3, 7):
+        reader = NdjsonReader([path], T0, parts)
         plans = await reader.plan(window, timedelta())
-        # About four parts a worker (the last may be a sliver more).
-        assert 4 * workers <= len(plans) <= 4 * workers + 1
+        assert len(plans) == parts
         # Contiguous, each starting at a line's start, the whole file between them.
         assert plans[0].after == -1 and plans[-1].last == whole.last
         assert all(a.last == b.after for a, b in itertools.pairwise(plans))
         assert {plan.events_partition for plan in plans} == {str(path)}
-        assert len({plan.partition for plan in plans}) == len(plans)
+        assert len({plan.partition for plan in plans}) == parts
         read = [
             (e.partition, e.sequence, e.body)
             for plan in plans
             async for batch in reader.read(plan, plan.after, 7)
             for e in batch
         ]
-        assert read == expected, workers
+        assert read == expected, parts
         # A part resumed after a checkpoint (a line of it) reads on from there.
         middle = plans[1]
         mine = [item for item in expected if middle.after < item[1] <= middle.last]
@@ -296,49 +295,3 @@ async def test_small_files_stay_whole(tmp_path: Path) -> None:
     # Below a MiB a part would cost more to start than to read: the files stay whole.
     plans = await NdjsonReader(paths, T0, 8).plan(window, timedelta())
     assert [(plan.partition, plan.source) for plan in plans] == [(str(p), None) for p in paths]
-
-
-def test_part_counts_aim_at_a_few_parts_per_worker_and_none_too_small() -> None:
-    # The bench stream's partitions, 100,000 events, 2 workers: parts of 12,500 events.
-    assert part_counts([7_500, 12_800, 47_500, 32_200], 2, 5_000) == [1, 2, 4, 3]
-    assert part_counts([7_500, 12_800, 47_500, 32_200], 1, 5_000) == [1, 1, 1, 1]
-    assert part_counts([3_000, 4_000], 4, 5_000) == [1, 1]
-    assert part_counts([], 2, 1) == []
-
-
-async def test_a_reprocess_job_reads_the_log_in_parts_that_give_the_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from stream.replay.readers import local_log
-    from stream.replay.readers.local_log import LogReader
-    from stream.sources.local_log import LocalLog
-
-    monkeypatch.setattr(local_log, "MIN_PART_EVENTS", 10)
-    path = tmp_path / "log.db"
-    log = LocalLog(path, 2)
-    log.append([(f"app-{n % 3}", event(f"app-{n % 3}", n % 50)) for n in range(300)])
-    log.close()
-    window = Window(datetime.now(UTC) - HOUR, datetime.now(UTC) + HOUR)
-
-    async def everything(reader: LogReader) -> tuple[list[PartitionPlan], list[tuple[str, int]]]:
-        async with reader:
-            plans = await reader.plan(window, timedelta())
-            read = [
-                (e.partition, e.sequence)
-                for plan in plans
-                async for batch in reader.read(plan, plan.after, 7)
-                for e in batch
-            ]
-        return plans, read
-
-    whole, expected = await everything(LogReader(path, 2))
-    assert len(expected) == 300
-    plans, read = await everything(LogReader(path, 2, parts=2))
-    # Contiguous ranges of each partition, their events under the partition's name.
-    assert len(plans) > len(whole)
-    assert {plan.events_partition for plan in plans} == {plan.partition for plan in whole}
-    for partition in whole:
-        mine = [plan for plan in plans if plan.events_partition == partition.partition]
-        assert mine[0].after == partition.after and mine[-1].last == partition.last
-        assert all(a.last == b.after for a, b in itertools.pairwise(mine))
-    assert sorted(read) == sorted(expected)
