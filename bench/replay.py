@@ -226,7 +226,8 @@ def main() -> None:
         "reading. NDJSON ×4 files: the same events in one file per log partition (by app, as "
         "the log spreads them), so a replay reads four streams concurrently as the processor "
         "reads the log's four partitions; a single file is one stream, read and written batch "
-        "after batch.",
+        "after batch, except with default workers in reprocess mode: then the job cuts it into "
+        "a part (byte range) per worker.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
