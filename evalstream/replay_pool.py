@@ -45,9 +45,22 @@ def split(plans: Sequence[tuple[PartitionPlan, int]], workers: int) -> list[Shar
     return [[plans[index] for index in indices] for indices in owned.values() if indices]
 
 
+def rates(groups: Sequence[Share], rate: float | None) -> list[float | None]:
+    """``rate`` (events/s, None: unlimited) shared by what each share has left to read, so
+    limited workers finish together: an equal split would leave the lighter one done early and
+    the job below its limit for the rest."""
+    if rate is None:
+        return [None] * len(groups)
+    left = [sum(max(0, plan.last - position) for plan, position in share) for share in groups]
+    total = sum(left)
+    if total == 0:
+        return [rate / len(groups)] * len(groups)
+    return [max(rate * part / total, 1.0) for part in left]
+
+
 class ReplayWorkers:
     """``stream.replay.flow.Workers`` with worker processes: the job's file at ``job_path``,
-    at most ``workers`` of them, ``rate`` (events/s, None: unlimited) shared equally, and
+    at most ``workers`` of them, ``rate`` (events/s, None: unlimited) shared (``rates``), and
     ``keep_fds`` (the job's lock) held open by every worker."""
 
     def __init__(
@@ -78,7 +91,6 @@ class ReplayWorkers:
         stop: asyncio.Event,
     ) -> bool:
         groups = split(plans, self.processes(len(plans)))
-        rate = None if self.rate is None else self.rate / len(groups)
         # Set by the command's stop or by a worker's failure: every worker finishes and
         # checkpoints.
         halt = asyncio.Event()
@@ -89,7 +101,9 @@ class ReplayWorkers:
                     group.create_task(
                         self._worker(slot, share, reading, rate, totals, on_events, halt)
                     )
-                    for slot, share in enumerate(groups)
+                    for slot, (share, rate) in enumerate(
+                        zip(groups, rates(groups, self.rate), strict=True)
+                    )
                 ]
         finally:
             relay.cancel()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evalstream.replay_pool import split
+from evalstream.replay_pool import rates, split
 from stream.replay.ports import PartitionPlan
 
 
@@ -56,3 +56,13 @@ def test_only_a_reprocess_job_cuts_files_for_its_workers(
     reader = replay_wiring.reader(load_settings(embedded={"data_dir": tmp_path}), spec, workers=4)
     # Detection reads each file whole, in its order: its files are never cut.
     assert isinstance(reader, NdjsonReader) and reader.parts == parts
+
+
+def test_a_rate_limit_is_shared_by_what_each_worker_has_left() -> None:
+    heavy = [(plan("2", -1, 4750), -1)]
+    light = [(plan("0", -1, 750), -1), (plan("1", -1, 1280), 1000)]  # 751 + 280 left
+    shared = rates([heavy, light], 1000.0)
+    # In proportion, so both finish together; together at the limit.
+    assert shared == pytest.approx([1000 * 4751 / 5782, 1000 * 1031 / 5782])
+    assert sum(s for s in shared if s is not None) == pytest.approx(1000.0)
+    assert rates([heavy, light], None) == [None, None]
