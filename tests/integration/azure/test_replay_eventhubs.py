@@ -221,6 +221,8 @@ def test_replays_from_event_hubs_and_capture_land_on_the_live_store(
                 boundary.isoformat(),
                 "--id",
                 "eh",
+                "--workers",
+                "2",
                 *jobs,
             ],
             env,
@@ -228,6 +230,8 @@ def test_replays_from_event_hubs_and_capture_land_on_the_live_store(
         )
         asyncio.run(send(second_wave))
         assert replaying.wait(timeout=300) == 0, (tmp_path / "replay-eh.log").read_text()
+        # The hub's four partitions read by two worker processes, each its own receivers.
+        assert "2 worker processes share the partitions" in (tmp_path / "replay-eh.log").read_text()
         asyncio.run(wait_for(all_stored(expected_all), "the second wave stored", 240, logs))
 
         # Isolation: the live processor's checkpoints only moved forward; the replay's
@@ -258,12 +262,15 @@ def test_replays_from_event_hubs_and_capture_land_on_the_live_store(
                 span[1].isoformat(),
                 "--id",
                 "cap",
+                "--workers",
+                "2",
                 *jobs,
             ],
             env,
             tmp_path / "replay-capture.log",
         )
         assert captured.wait(timeout=300) == 0, (tmp_path / "replay-capture.log").read_text()
+        assert "2 worker processes" in (tmp_path / "replay-capture.log").read_text()
         capture_report = orjson.loads((tmp_path / "jobs" / "replays" / "cap.json").read_bytes())
         assert list(capture_report["unreadable"]) == [damaged]
         assert capture_report["events"]["stored"] == len(expected_first.telemetry)
