@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,16 +31,18 @@ from stream.replay.ports import PartitionPlan
 from stream.replay.spec import ReplaySpec
 from stream.sources.subprocess_channel import Channel, decode_error
 
-logger = logging.getLogger(__name__)
-
 Share = list[tuple[PartitionPlan, int]]
+
+
+def _left(plan: PartitionPlan, position: int) -> int:
+    """What is left to read of ``plan`` from ``position``."""
+    return max(0, plan.last - position)
 
 
 def split(plans: Sequence[tuple[PartitionPlan, int]], workers: int) -> list[Share]:
     """``(plan, position)`` pairs shared out between at most ``workers`` processes, balanced
     by what is left to read of each."""
-    weights = [max(0, plan.last - position) for plan, position in plans]
-    owned = shares(range(workers), weights)
+    owned = shares(range(workers), [_left(*pair) for pair in plans])
     return [[plans[index] for index in indices] for indices in owned.values() if indices]
 
 
@@ -51,7 +52,7 @@ def rates(groups: Sequence[Share], rate: float | None) -> list[float | None]:
     the job below its limit for the rest."""
     if rate is None:
         return [None] * len(groups)
-    left = [sum(max(0, plan.last - position) for plan, position in share) for share in groups]
+    left = [sum(_left(*pair) for pair in share) for share in groups]
     total = sum(left)
     if total == 0:
         return [rate / len(groups)] * len(groups)

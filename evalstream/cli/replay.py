@@ -327,6 +327,7 @@ async def _execute(
 
     stop = asyncio.Event()
     install_signal_handlers(stop)
+    processes = replay_wiring.worker_count(settings, workers)
     async with AsyncExitStack() as stack:
         lock = await stack.enter_async_context(
             running(replay_wiring.job_path(settings, spec.id).with_suffix(".lock"), spec.id)
@@ -337,9 +338,7 @@ async def _execute(
         if job is None:
             # The job's own description from here on (files found, stdin kept), as a resume
             # reads it.
-            job, spec = await _plan(
-                settings, spec, stdin, replay_wiring.worker_count(settings, workers)
-            )
+            job, spec = await _plan(settings, spec, stdin, processes)
             stack.callback(job.close)
         with ReplayDisplay(console) as display:
             pieces = replay_wiring.pieces(
@@ -348,7 +347,7 @@ async def _execute(
                 rate=rate,
                 publisher=publisher,
                 watcher=display,
-                workers=replay_wiring.worker_count(settings, workers),
+                workers=processes,
                 keep_fds=(lock,),
             )
             store = (
