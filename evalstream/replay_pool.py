@@ -88,7 +88,7 @@ class ReplayWorkers:
         plans: Sequence[tuple[PartitionPlan, int]],
         reading: Reading,
         totals: Counter[str],
-        on_events: Callable[[int, int], None],
+        on_events: Callable[[int, float], None],
         stop: asyncio.Event,
     ) -> bool:
         groups = split(plans, self.processes(len(plans)))
@@ -121,7 +121,7 @@ class ReplayWorkers:
         reading: Reading,
         rate: float | None,
         totals: Counter[str],
-        on_events: Callable[[int, int], None],
+        on_events: Callable[[int, float], None],
         halt: asyncio.Event,
     ) -> bool | StreamError:
         """Run one worker over ``share``: True when it finished it, False when it stopped,

@@ -54,7 +54,7 @@ async def _work(read_fd: int, write_fd: int) -> int:
     spec = ReplaySpec.model_validate_json(spec_json)
     totals: Counter[str] = Counter()
 
-    def on_events(count: int, advanced: int) -> None:
+    def on_events(count: int, advanced: float) -> None:
         if not channel.broken:
             with contextlib.suppress(SourceUnavailable):
                 channel.send("events", count, advanced, dict(totals))

@@ -400,9 +400,10 @@ async def _plan(
     job.note_unreadable(reader.unreadable)
     total = sum(p.size for p in plans)
     files = len({plan.events_partition for plan in plans})
+    by_app = any(plan.app_buckets for plan in plans)
     amount = (
-        f"{total:,} bytes in {plural(files, 'file')}"
-        + (f" ({len(plans)} parts)" if len(plans) > files else "")
+        f"{round(sum(p.share(p.size) for p in plans)):,} bytes in {plural(files, 'file')}"
+        + (f" ({len(plans)} parts{' by app' if by_app else ''})" if len(plans) > files else "")
         if reader.unit == "bytes"
         else f"{total} events in {len(plans)} partitions"
     )

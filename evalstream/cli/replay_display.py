@@ -71,8 +71,8 @@ class ReplayDisplay:
 
     def reading(
         self,
-        total: int,
-        done: int,
+        total: float,
+        done: float,
         unit: str,
         counts: Callable[[], Counter[str]],
         processes: int = 1,
@@ -83,7 +83,12 @@ class ReplayDisplay:
             parts = "files" if unit == "bytes" else "partitions"
             self.progress.console.print(f"{processes} worker processes share the {parts}")
         self.task = self.progress.add_task(
-            "reading", total=total, completed=done, unit=unit, speed="", counts=self._describe()
+            "reading",
+            total=total,
+            completed=round(done),
+            unit=unit,
+            speed="",
+            counts=self._describe(),
         )
 
     def _describe(self) -> str:
@@ -93,7 +98,7 @@ class ReplayDisplay:
             f"{plural(self.breaches + counts.get(BREACHES, 0), 'breach message')}"
         )
 
-    def events(self, count: int, advanced: int) -> None:
+    def events(self, count: int, advanced: float) -> None:
         self.read += count
         elapsed = asyncio.get_running_loop().time() - self._started
         if self.task is not None:

@@ -35,8 +35,8 @@ class Watcher(Protocol):
 
     def reading(
         self,
-        total: int,
-        done: int,
+        total: float,
+        done: float,
         unit: str,
         counts: Callable[[], Counter[str]],
         processes: int = 1,
@@ -45,7 +45,7 @@ class Watcher(Protocol):
         files), ``done`` of them read before (a resumed job), by ``processes`` worker
         processes (1: this one); ``counts()`` gives the stored/quarantined counts so far."""
 
-    def events(self, count: int, advanced: int) -> None:
+    def events(self, count: int, advanced: float) -> None:
         """``count`` more events read, ``advanced`` more positions of the plan."""
 
     def detecting(self, apps: int) -> None: ...
@@ -56,14 +56,14 @@ class Watcher(Protocol):
 class Quiet:
     def reading(
         self,
-        total: int,
-        done: int,
+        total: float,
+        done: float,
         unit: str,
         counts: Callable[[], Counter[str]],
         processes: int = 1,
     ) -> None: ...
 
-    def events(self, count: int, advanced: int) -> None: ...
+    def events(self, count: int, advanced: float) -> None: ...
 
     def detecting(self, apps: int) -> None: ...
 
@@ -82,7 +82,7 @@ class Workers(Protocol):
         plans: Sequence[tuple[PartitionPlan, int]],
         reading: Reading,
         totals: Counter[str],
-        on_events: Callable[[int, int], None],
+        on_events: Callable[[int, float], None],
         stop: asyncio.Event,
     ) -> bool:
         """Read ``(plan, position)`` pairs as ``read`` does here, shared out between the
@@ -154,9 +154,9 @@ async def run(
     totals: Counter[str] = Counter()
     workers = pieces.workers if len(remaining) > 1 else None
     watcher.reading(
-        sum(plan.size for plan, _, _ in plans),
+        sum(plan.share(plan.size) for plan, _, _ in plans),
         sum(
-            plan.size if finished else max(0, position - plan.after)
+            plan.share(plan.size if finished else max(0, position - plan.after))
             for plan, position, finished in plans
         ),
         pieces.reader.unit,
@@ -195,7 +195,7 @@ async def read(
     reading: Reading,
     store: ProcessorStore | None,
     totals: Counter[str],
-    on_events: Callable[[int, int], None],
+    on_events: Callable[[int, float], None],
     stop: asyncio.Event,
 ) -> bool:
     """Read ``(plan, position)`` pairs of the job through the pipeline in this process, this

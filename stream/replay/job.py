@@ -30,11 +30,11 @@ from stream.replay.ports import PartitionPlan
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- ``source``: the partition a part's events carry, when the row is a part of one (a file
--- read by byte ranges).
+-- read by byte ranges or by app); ``app_buckets``: a part by app's buckets, comma-separated.
 CREATE TABLE IF NOT EXISTS partitions (
     partition TEXT PRIMARY KEY, after INTEGER NOT NULL, last INTEGER NOT NULL,
     position INTEGER NOT NULL, finished INTEGER NOT NULL DEFAULT 0,
-    covered INTEGER, snapshot BLOB, source TEXT
+    covered INTEGER, snapshot BLOB, source TEXT, app_buckets TEXT
 );
 CREATE TABLE IF NOT EXISTS counts (
     partition TEXT NOT NULL, what TEXT NOT NULL, count INTEGER NOT NULL,
@@ -64,9 +64,9 @@ CREATE TABLE IF NOT EXISTS breaches (
 # NDJSON lines (its checkpoints mean nothing to this reader), kept shadow detection's rows by
 # event time and one per document id (not what the live hot path observes), kept whole
 # documents for it, or kept rows to detect after reading where detectors now run while it
-# reads (their snapshots are not in its checkpoints), or has no parts of partitions (its plan
-# table lacks their column). ``flow.load_spec`` refuses to resume it.
-FORMAT = b"5"
+# reads (their snapshots are not in its checkpoints), or has no parts of partitions or no
+# parts by app (its plan table lacks their columns). ``flow.load_spec`` refuses to resume it.
+FORMAT = b"6"
 # Event-time order of an app's rows, built when an app's events came from several files.
 _BY_TIME = (
     "CREATE INDEX IF NOT EXISTS observed_time ON observed (app, ts, partition, sequence, idx)"
@@ -98,6 +98,14 @@ _KEEP_BREACH = (
     "INSERT INTO breaches VALUES (?, ?, ?, ?) "
     "ON CONFLICT (breach_id, state) DO UPDATE SET body = excluded.body"
 )
+
+
+def _joined(buckets: Sequence[int]) -> str | None:
+    return ",".join(map(str, buckets)) if buckets else None
+
+
+def _split(buckets: str | None) -> tuple[int, ...]:
+    return tuple(int(bucket) for bucket in buckets.split(",")) if buckets else ()
 
 
 def _breach_rows(breaches: Sequence[Breach]) -> list[tuple[str, str, str, bytes]]:
@@ -167,9 +175,12 @@ class JobFile:
                 connection.execute("INSERT INTO meta VALUES ('spec', ?)", (spec,))
                 connection.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
                 connection.executemany(
-                    "INSERT INTO partitions (partition, after, last, position, source) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(p.partition, p.after, p.last, p.after, p.source) for p in plans],
+                    "INSERT INTO partitions (partition, after, last, position, source, "
+                    "app_buckets) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (p.partition, p.after, p.last, p.after, p.source, _joined(p.app_buckets))
+                        for p in plans
+                    ],
                 )
 
         self._file.run_blocking(write, "create the replay job")
@@ -178,14 +189,15 @@ class JobFile:
         """Each partition's plan, position reached, and whether it is finished."""
         rows = self._file.run_blocking(
             lambda c: c.execute(
-                "SELECT partition, after, last, source, position, finished FROM partitions "
-                "ORDER BY rowid"
+                "SELECT partition, after, last, source, app_buckets, position, finished "
+                "FROM partitions ORDER BY rowid"
             ).fetchall(),
             "read the replay plan",
         )
+        by_app = Counter(source for _, _, _, source, buckets, _, _ in rows if buckets)
         return [
-            (PartitionPlan(p, a, last, source), pos, bool(done))
-            for p, a, last, source, pos, done in rows
+            (PartitionPlan(p, a, last, source, _split(b), by_app[source] if b else 1), pos, bool(d))
+            for p, a, last, source, b, pos, d in rows
         ]
 
     def counts(self) -> Counter[str]:

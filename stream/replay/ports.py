@@ -55,13 +55,19 @@ class PartitionPlan:
     """Deliver the events of ``partition`` with ``after < sequence ≤ last``. Sequences are
     the source's positions: event numbers, or byte offsets in a file (the reader's ``unit``),
     so ``size`` counts events or bytes. A plan may be one part of a source partition, read
-    beside the others (a big file, by byte ranges): then ``partition`` names the part (its
-    progress in the job) and ``source`` the partition its events carry."""
+    beside the others (a big file, by byte ranges or by app): then ``partition`` names the
+    part (its progress in the job) and ``source`` the partition its events carry. A part by
+    app reads the whole range and keeps the events whose app falls in ``app_buckets`` (the
+    reader's hash of an app id, see stream.replay.readers.ndjson.app_bucket)."""
 
     partition: str
     after: int
     last: int
     source: str | None = None
+    app_buckets: tuple[int, ...] = ()
+    # How many parts by app its file is read in: each reads the whole file, so a part's
+    # progress counts for this share of the file's (``share``).
+    app_parts: int = 1
 
     @property
     def events_partition(self) -> str:
@@ -71,6 +77,10 @@ class PartitionPlan:
     @property
     def size(self) -> int:
         return max(0, self.last - self.after)
+
+    def share(self, positions: float) -> float:
+        """``positions`` of this plan as positions of its source (progress)."""
+        return positions / self.app_parts
 
 
 class ReplayReader(Protocol):

@@ -203,7 +203,7 @@ class Replay:
         max_future_skew: timedelta,
         batch_size: int,
         rate: RateLimit,
-        on_events: Callable[[int, int], None] = lambda read, advanced: None,
+        on_events: Callable[[int, float], None] = lambda read, advanced: None,
     ) -> None:
         self.reader = reader
         self.pipeline = pipeline
@@ -241,7 +241,7 @@ class Replay:
                 async for events in batches:
                     if stop.is_set() or not await self._deliver(context, events, stop):
                         break
-                    self.on_events(len(events), events[-1].sequence - position)
+                    self.on_events(len(events), plan.share(events[-1].sequence - position))
                     position = events[-1].sequence
                     await turns.take()
                 else:
@@ -250,7 +250,7 @@ class Replay:
             await self.pipeline.on_partition_close(context, CloseReason.SHUTDOWN)
         if finished:
             await self.store.checkpoint(plan.partition, plan.last, finished=True)
-            self.on_events(0, plan.last - position)
+            self.on_events(0, plan.share(plan.last - position))
         return finished
 
     async def _deliver(

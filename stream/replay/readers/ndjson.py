@@ -1,8 +1,10 @@
 """Replaying NDJSON files: one partition per file, a line's byte offset is its sequence.
 
-A reprocess job made for several worker processes reads a big file in parts (byte ranges cut
-at line starts), beside each other: its events still carry the file as their partition, so
-documents and quarantine records are the ones a whole read gives.
+A reprocess job made for several worker processes reads a big file in parts, beside each
+other: by app when the file's apps share out evenly (each part reads the whole file and keeps
+its apps' lines, so no two workers write one app's documents), else in byte ranges cut at line
+starts. The events still carry the file as their partition, so documents and quarantine records
+are the ones a whole read gives.
 
 Lines are split as ``evalstream send`` splits them (LF, CRLF or CR; a leading byte order
 mark dropped; blank lines skipped). A line's sequence is the offset of its first byte in the
@@ -19,6 +21,7 @@ import glob
 import itertools
 import os
 import re
+import zlib
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,6 +37,15 @@ SOURCE_NAME = "ndjson"
 MIN_PART_BYTES = 1 << 20
 _BLOCK = 1 << 16
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# Parts by app: an app id's hash picks one of this many buckets, and the buckets are shared
+# out between the parts by the bytes a sample of the file holds in each (this many blocks,
+# evenly spaced). When the heaviest part would hold more than BALANCE times an even share (one
+# app is most of the file), the file is cut in byte ranges instead.
+APP_BUCKETS = 256
+_SAMPLE_BLOCKS = 64
+BALANCE = 1.25
+# The first "app_id" key of a line and its string value, as written (escapes and all).
+_APP_ID = re.compile(rb'"app_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
 def expand(patterns: Sequence[str]) -> list[Path]:
@@ -87,15 +99,70 @@ def _line_start(path: Path, at: int, size: int) -> int:
 
 
 def _parts(path: Path, size: int, count: int) -> list[PartitionPlan]:
-    """The file as ``count`` plans of about equal bytes, each starting at a line's start."""
+    """The file as ``count`` parts by app or, failing that, of about equal bytes, each
+    starting at a line's start."""
     if count <= 1:
         return [PartitionPlan(str(path), -1, size - 1)]
+    by_app = _app_parts(path, size, count)
+    if by_app is not None:
+        return by_app
     cuts = {_line_start(path, size * k // count, size) for k in range(1, count)}
     bounds = sorted({0, size} | cuts)
     return [
         PartitionPlan(f"{path}@{first}", first - 1, end - 1, source=str(path))
         for first, end in itertools.pairwise(bounds)
     ]
+
+
+def app_bucket(line: bytes) -> int:
+    """The bucket of a line's app: a hash of the first ``"app_id"`` string in the line, as
+    written; 0 without one. No decoding (every part's reader runs this on every line of the
+    file): a line whose first ``"app_id"`` is not the event's goes to another app's bucket,
+    which costs balance, not correctness, since a line's bucket depends on its bytes alone and
+    the parts' buckets cover every bucket once."""
+    found = _APP_ID.search(line)
+    return zlib.crc32(found.group(1)) % APP_BUCKETS if found else 0
+
+
+def _bucket_bytes(path: Path, size: int) -> list[int]:
+    """Bytes per app bucket in a sample of the file: its whole lines in _SAMPLE_BLOCKS blocks,
+    evenly spaced (the whole file when it is smaller)."""
+    weights = [0] * APP_BUCKETS
+    step = max(size // _SAMPLE_BLOCKS, _BLOCK)
+    try:
+        with open(path, "rb") as handle:
+            for at in range(0, size, step):
+                handle.seek(at)
+                lines = handle.read(_BLOCK).splitlines()
+                # A block's first and last lines may be cut (the first is whole at offset 0).
+                for line in lines[0 if at == 0 else 1 : -1]:
+                    weights[app_bucket(line)] += len(line)
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    return weights
+
+
+def _app_parts(path: Path, size: int, count: int) -> list[PartitionPlan] | None:
+    """The file as ``count`` parts by app, each the whole file and a set of app buckets, or
+    None when they would not share the file out within BALANCE of even."""
+    weights = _bucket_bytes(path, size)
+    shares: list[list[int]] = [[] for _ in range(count)]
+    loads = [0] * count
+    # Heaviest first, each to the lightest part; buckets the sample did not see weigh 1, so
+    # they spread too.
+    for bucket in sorted(range(APP_BUCKETS), key=lambda b: (-weights[b], b)):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(bucket)
+        loads[lightest] += max(weights[bucket], 1)
+    if max(loads) > BALANCE * sum(loads) / count:
+        return None
+    return [
+        PartitionPlan(
+            f"{path}#apps-{k + 1}-of-{count}", -1, size - 1, source=str(path),
+            app_buckets=tuple(sorted(share)), app_parts=count,
+        )
+        for k, share in enumerate(shares)
+    ]  # fmt: skip
 
 
 def _lines(path: Path, after: int, last: int) -> Iterator[tuple[int, bytes]]:
@@ -157,8 +224,11 @@ class NdjsonReader:
         self, plan: PartitionPlan, after: int, batch_size: int
     ) -> AsyncGenerator[list[ReceivedEvent]]:
         partition, enqueued = plan.events_partition, self.enqueued
+        keep = frozenset(plan.app_buckets) if plan.app_buckets else None
         batch: list[ReceivedEvent] = []
         for offset, line in _lines(Path(partition), after, plan.last):
+            if keep is not None and app_bucket(line) not in keep:
+                continue
             batch.append(received(line, partition, offset, enqueued))
             if len(batch) >= batch_size:
                 yield batch

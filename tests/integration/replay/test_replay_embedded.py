@@ -75,12 +75,12 @@ def test_reprocess_from_the_log_changes_nothing_but_ingest_fields(
 
 def test_reprocess_from_ndjson_lands_on_the_live_documents(live: Live, tmp_path: Path) -> None:
     data_dir = copy(live, tmp_path / "d")
-    # Read in two parts (byte ranges) by two worker processes.
+    # Read in two parts by app by two worker processes.
     parts = replay(
         data_dir, str(live.ndjson), "--mode", "reprocess", "--id", "file", "--workers", "2",
         *live.window(),
     )  # fmt: skip
-    assert "in 1 file (2 parts)" in parts["stderr"], parts["stderr"]
+    assert "in 1 file (2 parts by app)" in parts["stderr"], parts["stderr"]
 
     assert documents(data_dir) == documents(live.data_dir)
     # A file carries no source position: its invalid lines are kept once each under their

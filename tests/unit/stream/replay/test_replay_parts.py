@@ -295,3 +295,82 @@ async def test_small_files_stay_whole(tmp_path: Path) -> None:
     # Below a MiB a part would cost more to start than to read: the files stay whole.
     plans = await NdjsonReader(paths, T0, 8).plan(window, timedelta())
     assert [(plan.partition, plan.source) for plan in plans] == [(str(p), None) for p in paths]
+
+
+def _app_of(body: bytes) -> object:
+    if b'"meta"' in body:
+        return None
+    try:
+        return orjson.loads(body).get("app_id")
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def test_a_file_of_many_apps_is_read_in_parts_by_app_that_give_the_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream.replay.readers import ndjson
+
+    monkeypatch.setattr(ndjson, "MIN_PART_BYTES", 1)
+    path = tmp_path / "events.ndjson"
+    # Twelve apps of unequal volume, interleaved, beside lines the reader cannot place by
+    # their app: no app id, not JSON, an "app_id" nested before the event's own, an escaped
+    # quote in an id.
+    apps = [f"app-{n:02d}" for n in range(12)]
+    lines = [event(apps[m % 17 % 12], m) for m in range(600)]
+    lines[5] = b'{"timestamp": "2026-12-01T12:00:00+00:00"}'
+    lines[17] = b'{"app_id": "app-01", "status": truncated'
+    lines[33] = b'{"meta": {"app_id": "elsewhere"}, "app_id": "app-03"}'
+    lines[41] = b'{"app_id": "app-\\"q\\"", "x": 1}'
+    path.write_bytes(b"".join(line + (b"\r\n" if i % 7 == 0 else b"\n") for i, line in
+                              enumerate(lines)))  # fmt: skip
+    window = Window(T0, T0 + 20 * HOUR)
+    whole_reader = NdjsonReader([path], T0)
+    [whole] = await whole_reader.plan(window, timedelta())
+    expected = [(e.partition, e.sequence, e.body) async for b in whole_reader.read(whole, -1, 7)
+                for e in b]  # fmt: skip
+    assert len(expected) == 600
+    for parts in (2, 3):
+        reader = NdjsonReader([path], T0, parts)
+        plans = await reader.plan(window, timedelta())
+        assert len(plans) == parts
+        # Each part reads the whole file for its buckets; the buckets cover all, once each.
+        assert all((p.after, p.last, p.source) == (-1, whole.last, str(path)) for p in plans)
+        buckets = [b for plan in plans for b in plan.app_buckets]
+        assert sorted(buckets) == list(range(ndjson.APP_BUCKETS))
+        assert all(plan.app_parts == parts for plan in plans)
+        per_part = [
+            [(e.partition, e.sequence, e.body) async for b in reader.read(plan, -1, 7) for e in b]
+            for plan in plans
+        ]
+        assert sorted(item for part in per_part for item in part) == expected, parts
+        # Every app's lines in one part only (but for the line whose first "app_id" is not its
+        # own), and each part has some.
+        for app in apps:
+            holding = [k for k, part in enumerate(per_part)
+                       if any(_app_of(body) == app for _, _, body in part)]  # fmt: skip
+            assert len(holding) == 1, (app, holding)
+        assert all(per_part)
+        # A part resumed after a checkpoint (a line of its own) reads on from there.
+        mine = per_part[1]
+        again = [e.sequence async for b in reader.read(plans[1], mine[2][1], 5) for e in b]
+        assert again == [item[1] for item in mine[3:]]
+        # The job keeps the parts as planned (a resume reads what the first run planned).
+        job = JobFile(tmp_path / f"job-{parts}.db")
+        job.create(b"{}", plans)
+        assert [plan for plan, _, _ in job.plans()] == plans
+        job.close()
+
+
+async def test_a_file_mostly_of_one_app_is_cut_in_byte_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream.replay.readers import ndjson
+
+    monkeypatch.setattr(ndjson, "MIN_PART_BYTES", 1)
+    path = tmp_path / "events.ndjson"
+    # Parts by app could not share it out evenly: one app is 90% of the lines.
+    path.write_bytes(b"\n".join(event("big" if m % 10 else f"small-{m}", m) for m in range(300)))
+    plans = await NdjsonReader([path], T0, 2).plan(Window(T0, T0 + 9 * HOUR), timedelta())
+    assert [plan.app_buckets for plan in plans] == [(), ()]
+    assert plans[0].last == plans[1].after
