@@ -154,9 +154,9 @@ def replay(
         typer.Option(
             "--workers",
             min=1,
-            help="Worker processes sharing the job's partitions; a new reprocess job cuts "
-            "NDJSON files over 1 MiB into parts for them \\[default: replay.workers, else one "
-            "per core].",
+            help="Worker processes sharing the job's partitions; a new reprocess job reads "
+            "NDJSON files over 1 MiB in parts for them, by app (or by byte ranges when one app "
+            "is most of a file) \\[default: replay.workers, else one per core].",
             show_default=False,
         ),
     ] = None,

@@ -45,7 +45,7 @@ APP_BUCKETS = 256
 _SAMPLE_BLOCKS = 64
 BALANCE = 1.25
 # The first "app_id" key of a line and its string value, as written (escapes and all).
-_APP_ID = re.compile(rb'"app_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_APP_ID = re.compile(rb'"app_id"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
 def expand(patterns: Sequence[str]) -> list[Path]:
