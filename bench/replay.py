@@ -226,8 +226,9 @@ def main() -> None:
         "reading. NDJSON ×4 files: the same events in one file per log partition (by app, as "
         "the log spreads them), so a replay reads four streams concurrently as the processor "
         "reads the log's four partitions; a single file is one stream, read and written batch "
-        "after batch, except with default workers in reprocess mode: then the job cuts it into "
-        "a part (byte range) per worker.",
+        "after batch, except with default workers in reprocess mode: then the job reads it in "
+        "a part per worker, by app (each worker reads the file and keeps its apps' lines; "
+        "byte ranges when one app is most of the file, not the case here).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
