@@ -49,18 +49,8 @@ def halves(path: Path) -> list[str]:
     return [str(part) for part in parts]
 
 
-@pytest.mark.parametrize("source", ["log", "ndjson", "ndjson-halves"])
-def test_the_progress_display_shows_rate_counts_and_the_summary(
-    tmp_path: Path, source: str
-) -> None:
-    live = live_run(tmp_path, 3_000, seed=5)
-    data_dir = tmp_path / "copy"
-    shutil.copytree(live.data_dir, data_dir)
-    files = {"log": [], "ndjson": [str(live.ndjson)], "ndjson-halves": halves(live.ndjson)}[source]
-    command = [
-        sys.executable, "-m", "evalstream", "replay", *files, "--data-dir", str(data_dir),
-        "--mode", "both", "--rate", "600", "--id", "shown", "--workers", "2", *live.window(),
-    ]  # fmt: skip
+def in_pane(command: list[str], tmp_path: Path) -> tuple[str, str]:
+    """``command`` run in a 100×40 tmux pane: the screen once it shows a rate, and at the end."""
     env = " ".join(f"{key}={shlex.quote(value)}" for key, value in ENV.items())
     session = f"replay-{uuid.uuid4().hex[:8]}"
     done = tmp_path / "done"
@@ -77,9 +67,24 @@ def test_the_progress_display_shows_rate_counts_and_the_summary(
         while not done.exists():
             assert time.monotonic() < deadline, capture(session)
             time.sleep(0.1)
-        finished = capture(session)
+        return running, capture(session)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+@pytest.mark.parametrize("source", ["log", "ndjson", "ndjson-halves"])
+def test_the_progress_display_shows_rate_counts_and_the_summary(
+    tmp_path: Path, source: str
+) -> None:
+    live = live_run(tmp_path, 3_000, seed=5)
+    data_dir = tmp_path / "copy"
+    shutil.copytree(live.data_dir, data_dir)
+    files = {"log": [], "ndjson": [str(live.ndjson)], "ndjson-halves": halves(live.ndjson)}[source]
+    command = [
+        sys.executable, "-m", "evalstream", "replay", *files, "--data-dir", str(data_dir),
+        "--mode", "both", "--rate", "600", "--id", "shown", "--workers", "2", *live.window(),
+    ]  # fmt: skip
+    running, finished = in_pane(command, tmp_path)
     suffix = "" if source == "log" else f"-{source}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"progress-running{suffix}.txt").write_text(running)
@@ -121,3 +126,28 @@ def test_the_progress_display_shows_rate_counts_and_the_summary(
         assert len(rows) == len(live.breach_ids), finished
     else:
         assert rows, finished
+
+
+def test_a_file_read_in_parts_by_app_shows_its_own_size(tmp_path: Path) -> None:
+    live = live_run(tmp_path, 3_000, seed=5)
+    data_dir = tmp_path / "copy"
+    shutil.copytree(live.data_dir, data_dir)
+    command = [
+        sys.executable, "-m", "evalstream", "replay", str(live.ndjson), "--data-dir",
+        str(data_dir), "--mode", "reprocess", "--rate", "1500", "--id", "parts", "--workers", "2",
+        *live.window(),
+    ]  # fmt: skip
+    running, finished = in_pane(command, tmp_path)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "progress-running-ndjson-parts.txt").write_text(running)
+    (ARTIFACTS / "progress-finished-ndjson-parts.txt").write_text(finished)
+
+    # Each part reads the whole file: the bar counts the file once, not once per part.
+    size = live.ndjson.stat().st_size
+    assert f"replay parts: {size:,} bytes in 1 file (2 parts by app) to read" in running, running
+    assert "2 worker processes share the files" in running, running
+    reading = next(line for line in running.splitlines() if line.startswith("reading"))
+    assert f"/{size / 1e6:.1f} MB" in reading, reading
+    read = next(line for line in finished.splitlines() if line.startswith("reading"))
+    assert f"{size / 1e6:.1f}/{size / 1e6:.1f} MB" in read, read
+    assert "replay parts complete:" in finished and "Traceback" not in finished
