@@ -249,6 +249,16 @@ def test_a_file_is_cut_at_the_start_of_a_line_whatever_its_endings(tmp_path: Pat
         assert _line_start(path, at, len(content)) == expected, at
 
 
+async def _whole(
+    path: Path, window: Window
+) -> tuple[PartitionPlan, list[tuple[str, int, bytes]]]:
+    """The file's plan as one part, and (partition, sequence, body) of what it reads."""
+    reader = NdjsonReader([path], T0)
+    [whole] = await reader.plan(window, timedelta())
+    return whole, [(e.partition, e.sequence, e.body)
+                   async for b in reader.read(whole, -1, 7) for e in b]  # fmt: skip
+
+
 async def test_a_reprocess_job_reads_a_big_file_in_parts_that_give_the_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -259,10 +269,7 @@ async def test_a_reprocess_job_reads_a_big_file_in_parts_that_give_the_whole(
     endings = [b"\n", b"\r\n", b"\r", b"\n\n", b"\r\n\r\n"]
     path.write_bytes(b"".join(event("a", m) + endings[m % 5] for m in range(200)))
     window = Window(T0, T0 + 5 * HOUR)
-    whole_reader = NdjsonReader([path], T0)
-    [whole] = await whole_reader.plan(window, timedelta())
-    expected = [(e.partition, e.sequence, e.body) async for b in whole_reader.read(whole, -1, 7)
-                for e in b]  # fmt: skip
+    whole, expected = await _whole(path, window)
     assert len(expected) == 200
     for parts in (2, 3, 7):
         reader = NdjsonReader([path], T0, parts)
@@ -325,10 +332,7 @@ async def test_a_file_of_many_apps_is_read_in_parts_by_app_that_give_the_whole(
     path.write_bytes(b"".join(line + (b"\r\n" if i % 7 == 0 else b"\n") for i, line in
                               enumerate(lines)))  # fmt: skip
     window = Window(T0, T0 + 20 * HOUR)
-    whole_reader = NdjsonReader([path], T0)
-    [whole] = await whole_reader.plan(window, timedelta())
-    expected = [(e.partition, e.sequence, e.body) async for b in whole_reader.read(whole, -1, 7)
-                for e in b]  # fmt: skip
+    whole, expected = await _whole(path, window)
     assert len(expected) == 600
     for parts in (2, 3):
         reader = NdjsonReader([path], T0, parts)
