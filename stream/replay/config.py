@@ -24,7 +24,11 @@ class ReplaySettings(BaseModel):
     # Event Hubs replays read through this consumer group, never the live processor's; its
     # positions are kept in the replay job, not in the checkpoint store.
     consumer_group: str = Field(default="evalstream-replay", min_length=1)
-    batch_size: PositiveInt = Field(default=1000, le=100_000)
+    # Events per partition batch: a store transaction each. Bigger than the live processor's
+    # (processor.batch_size, 1000, which bounds alert latency): a backfill has no alerts to
+    # hurry, and fewer, bigger transactions made a one-file reprocess 9% faster in events/s
+    # (per process: 16,915 -> 18,444 events/s, 4,000 against 1,000; 8,000 gave no more).
+    batch_size: PositiveInt = Field(default=4000, le=100_000)
     # Worker processes sharing a job's partitions (``replay --workers``); None: one per core.
     workers: PositiveInt | None = None
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
