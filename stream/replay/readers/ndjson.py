@@ -225,7 +225,7 @@ class NdjsonReader:
         partition, enqueued = plan.events_partition, self.enqueued
         keep = frozenset(plan.app_buckets) if plan.app_buckets else None
         batch: list[ReceivedEvent] = []
-        # Pieces, not lines: a part by app skips most of the file's lines, and looking at them
+        # Pieces, not lines: a part by app skips the other parts' lines, and looking at them
         # here costs less than taking them from ndjson_lines (1.84 against 2.45 µs a line,
         # splitting and finding the app, measured alone).
         for offset, pieces in _pieces(Path(partition), after, plan.last):
