@@ -294,7 +294,8 @@ def ndjson_pieces(
 ) -> Iterator[tuple[int, list[bytes]]]:
     """What ``ndjson_lines`` reads, a block at a time: (offset of the first, the block's lines
     with their endings, blank ones too). For a caller that skips most lines: looking at a
-    piece in its own loop costs a third less than taking lines one by one from a generator."""
+    piece in its own loop costs a quarter less than taking lines one by one from a generator
+    (1.84 against 2.45 µs a line, splitting and finding the app, measured alone)."""
     read = getattr(stream, "read1", stream.read)
     offset = start  # of ``pending``'s first byte
     pending = b""
