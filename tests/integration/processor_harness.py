@@ -205,16 +205,22 @@ def kill_at_points(data_dir: Path, env: dict[str, str], points: list[int]) -> No
                 interval=0.005,
             )
         except AssertionError as exc:
-            # Stuck: every thread's stack of the command and its workers (SIGUSR1) first.
-            os.killpg(process.pid, signal.SIGUSR1)
-            assert process.stdout is not None
-            select.select([process.stdout], [], [], 10)
-            kill_hard(process)
-            raise AssertionError(f"{exc}; the processor printed:\n{printed(process)}") from None
+            raise stuck(process, str(exc)) from None
         exited = process.poll()
         assert exited is None, f"exited with {exited} before {point}:\n{printed(process)}"
         kill_hard(process)
         assert process.returncode == -9
+
+
+def stuck(process: subprocess.Popen[bytes], what: str) -> AssertionError:
+    """The error for a processor that did not get where a test waited for it: every thread's
+    stack of the command and its workers (SIGUSR1) and all it printed, after killing it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGUSR1)
+        assert process.stdout is not None
+        select.select([process.stdout], [], [], 10)
+        kill_hard(process)
+    return AssertionError(f"{what}; the processor printed:\n{printed(process)}")
 
 
 def printed(process: subprocess.Popen[bytes]) -> str:
