@@ -242,7 +242,7 @@ def main() -> None:
         "byte ranges when one app is most of the file, not the case here). Both commands run "
         "with their default batch sizes: the replay's (replay.batch_size, 4,000 events, a store "
         "transaction each) is bigger than the processor's (1,000, which bounds alert latency); "
-        "the row \"batch 1000\" is the one-file replay with the processor's.",
+        'the row "batch 1000" is the one-file replay with the processor\'s.',
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -139,8 +139,10 @@ def test_sigusr1_prints_every_threads_stack_and_processing_goes_on(tmp_path: Pat
     wait_until(lambda: stored_count(data_dir) >= 2000, timeout=120, what="2000 stored records")
     # Until a process has set its handler, SIGUSR1 ends it (a worker still starting, seen).
     wait_until(
-        lambda: len(pids := [process.pid, *worker_pids(process)]) == 3
-        and all(map(catches_sigusr1, pids)),
+        lambda: (
+            len(pids := [process.pid, *worker_pids(process)]) == 3
+            and all(map(catches_sigusr1, pids))
+        ),
         timeout=120,
         what="every process catching SIGUSR1",
     )

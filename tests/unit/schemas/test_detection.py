@@ -60,6 +60,7 @@ def test_the_factory_passes_them_on() -> None:
         3,
         1e-4,
     )
+
     # The spread and tail detectors watch latency; scores and sizes only on request.
     def names(config: AppConfig, signal: str) -> list[str]:
         return [d.name for d in drift_detectors(config, signal)]

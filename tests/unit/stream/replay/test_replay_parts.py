@@ -249,9 +249,7 @@ def test_a_file_is_cut_at_the_start_of_a_line_whatever_its_endings(tmp_path: Pat
         assert _line_start(path, at, len(content)) == expected, at
 
 
-async def _whole(
-    path: Path, window: Window
-) -> tuple[PartitionPlan, list[tuple[str, int, bytes]]]:
+async def _whole(path: Path, window: Window) -> tuple[PartitionPlan, list[tuple[str, int, bytes]]]:
     """The file's plan as one part, and (partition, sequence, body) of what it reads."""
     reader = NdjsonReader([path], T0)
     [whole] = await reader.plan(window, timedelta())
