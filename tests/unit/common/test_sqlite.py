@@ -208,10 +208,11 @@ def test_two_writer_processes_keep_the_wal_bounded(
         writer.join(timeout=60)
         assert writer.exitcode == 0
     written = 2 * 800 * 20 * 1500  # 48 MB of rows
-    # Restarted, it peaks at ~2.8 MB here alone, and reached 12.7 MB once beside the whole
-    # suite (a fresh-clone CI run: a restart waits for the other writer's readers); with
-    # passive checkpoints alone it reached 79 MB. A third of the rows written tells them apart.
-    assert max(seen) < written // 3, f"WAL up to {max(seen):,} bytes for {written:,} of rows"
+    # Restarted, it peaks at ~2.8 MB here alone, and reached 12.7 MB and 20.1 MB beside the
+    # whole suite (fresh-clone CI runs: a restart waits for the other writer and its readers,
+    # and under load more of them run out of time); with passive checkpoints alone it reached
+    # 79 MB. Half the rows written tells them apart (a third failed the 20.1 MB run).
+    assert max(seen) < written // 2, f"WAL up to {max(seen):,} bytes for {written:,} of rows"
     file = SqliteFile(path, error_type=FileError, schema=SCHEMA)
     try:
         assert file.run_blocking(lambda c: c.execute("SELECT count(*) FROM item").fetchone()) == (
