@@ -197,19 +197,24 @@ def kill_at_points(data_dir: Path, env: dict[str, str], points: list[int]) -> No
     A processor that exits first, or never gets there, fails the test with what it printed."""
     for point in points:
         process = start_processor(data_dir, env)
-        try:
-            wait_until(
-                lambda point=point: stored_count(data_dir) >= point or process.poll() is not None,
-                timeout=180,
-                what=f"{point} stored records",
-                interval=0.005,
-            )
-        except AssertionError as exc:
-            raise stuck(process, str(exc)) from None
-        exited = process.poll()
-        assert exited is None, f"exited with {exited} before {point}:\n{printed(process)}"
+        wait_for_stored(data_dir, process, point)
         kill_hard(process)
         assert process.returncode == -9
+
+
+def wait_for_stored(data_dir: Path, process: subprocess.Popen[bytes], count: int) -> None:
+    """Wait until ``count`` records are stored by the running ``process``; one that exits
+    first, or never gets there, fails the test with its stacks and what it printed."""
+    try:
+        wait_until(
+            lambda: stored_count(data_dir) >= count or process.poll() is not None,
+            timeout=180,
+            what=f"{count} stored records",
+            interval=0.005,
+        )
+        assert process.poll() is None, f"exited with {process.returncode} before {count}"
+    except AssertionError as exc:
+        raise stuck(process, str(exc)) from None
 
 
 def stuck(process: subprocess.Popen[bytes], what: str) -> AssertionError:
