@@ -267,7 +267,6 @@ class Decoder:
 
 
 BOM = b"\xef\xbb\xbf"
-_LINE_ENDS = (b"\n", b"\r")
 # Read in blocks split in C: a Python loop over a file's lines cost ~1.1 µs per line.
 _BLOCK = 1 << 20
 
@@ -281,21 +280,20 @@ def ndjson_lines(
     dropped. ``start`` must be a line's first byte (0, or an offset this gave); reading stops
     at offset ``end`` (None: the stream's end). The stream is read with ``read1``, so a pipe's
     lines come as they arrive."""
-    for offset, pieces in ndjson_pieces(stream, start, end):
-        for piece in pieces:
+    for offset, block in ndjson_blocks(stream, start, end):
+        for piece in block.splitlines(keepends=True):
             line = bare_line(piece, offset)
             if line:
                 yield offset, line
             offset += len(piece)
 
 
-def ndjson_pieces(
+def ndjson_blocks(
     stream: BinaryIO, start: int = 0, end: int | None = None
-) -> Iterator[tuple[int, list[bytes]]]:
-    """What ``ndjson_lines`` reads, a block at a time: (offset of the first, the block's lines
-    with their endings, blank ones too). For a caller that skips most lines: looking at a
-    piece in its own loop costs a quarter less than taking lines one by one from a generator
-    (1.84 against 2.45 µs a line, splitting and finding the app, measured alone)."""
+) -> Iterator[tuple[int, bytes]]:
+    """What ``ndjson_lines`` reads, in blocks of whole lines with their endings: (offset of
+    the block's first byte, the block). Only the stream's last block may end without a line
+    ending."""
     read = getattr(stream, "read1", stream.read)
     offset = start  # of ``pending``'s first byte
     pending = b""
@@ -306,18 +304,24 @@ def ndjson_pieces(
             break
         if left is not None:
             left -= len(chunk)
-        data = pending + chunk if pending else chunk
-        pieces = data.splitlines(keepends=True)
-        pending = b"" if data.endswith(_LINE_ENDS) else pieces.pop()
-        if pieces:
-            yield offset, pieces
-            offset += len(data) - len(pending)
+        # After the last LF or CR (a CR at the very end ends its line, as splitlines has it).
+        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+        if not cut:
+            pending += chunk
+            continue
+        # The block in one copy (slicing the chunk, then concatenating, would make two).
+        block = (
+            b"".join((pending, memoryview(chunk)[:cut])) if cut < len(chunk) else pending + chunk
+        )
+        pending = chunk[cut:]
+        yield offset, block
+        offset += len(block)
     if pending:
-        yield offset, [pending]
+        yield offset, pending
 
 
 def bare_line(piece: bytes, offset: int) -> bytes:
-    """A piece of ``ndjson_pieces`` at ``offset`` as ``ndjson_lines`` gives its line: without
+    """A line of an ``ndjson_blocks`` block at ``offset`` as ``ndjson_lines`` gives it: without
     its ending, surrounding whitespace and (at offset 0) a byte order mark; empty when blank."""
     return (piece.removeprefix(BOM) if offset == 0 else piece).strip()
 

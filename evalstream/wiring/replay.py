@@ -102,7 +102,7 @@ def pieces(
     """The job's pieces; with ``workers`` > 1, a job of several partitions is read by that
     many worker processes (at most one per partition), each holding ``keep_fds`` open."""
     source = reader(settings, spec)
-    selection = RangeSelection(spec.window(), enqueued_times=spec.source is not SourceKind.NDJSON)
+    selection = RangeSelection(spec.window(), enqueued_times=source.enqueued_times)
     decoder = wiring.decoder(settings)
     enricher = wiring.enricher(settings, source.source)
 

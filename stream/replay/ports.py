@@ -99,6 +99,9 @@ class ReplayReader(Protocol):
     # detected whole after reading (stream.replay.shadow). A job of one partition (one file)
     # is one stream either way: its detectors run while reading.
     detects_by_partition: bool
+    # Whether events carry the source's enqueued times; false for a file, whose events all
+    # carry the job's creation time.
+    enqueued_times: bool
 
     async def __aenter__(self) -> ReplayReader: ...
 

@@ -260,11 +260,16 @@ class Replay:
         False when the replay stopped before it was processed."""
         await self.rate.take(len(events), stop)
         low, high = self._enqueued_from, self._enqueued_before
-        window = [
-            event
-            for event in events
-            if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
-        ]
+        if self.reader.enqueued_times:
+            window = [
+                event
+                for event in events
+                if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
+            ]
+        else:
+            # One time for all (a file's): the first event's decides for the batch.
+            first = events[0].enqueued_time if events else low
+            window = events if low <= first and (high is None or first < high) else []
         if not window:
             return True
         return await deliver(

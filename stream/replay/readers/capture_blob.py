@@ -85,6 +85,7 @@ class CaptureReader:
     unit = "events"
     # The live partitions (the Capture files of one are read in order, as one stream).
     detects_by_partition = True
+    enqueued_times = True
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ class EventHubsReader:
     source = SOURCE_NAME
     unit = "events"
     detects_by_partition = True
+    enqueued_times = True
 
     def __init__(
         self,

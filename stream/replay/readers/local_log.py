@@ -21,6 +21,7 @@ class LogReader:
     source = SOURCE_NAME
     unit = "events"
     detects_by_partition = True
+    enqueued_times = True
 
     def __init__(self, path: Path, partitions: int) -> None:
         self.path = path

@@ -22,12 +22,12 @@ import itertools
 import os
 import re
 import zlib
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
-from stream.decode import bare_line, ndjson_pieces
+from stream.decode import bare_line, ndjson_blocks
 from stream.exceptions import ReplayMisconfigured
 from stream.ports import ReceivedEvent, received
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
@@ -165,16 +165,59 @@ def _app_parts(path: Path, size: int, count: int) -> list[PartitionPlan] | None:
     ]  # fmt: skip
 
 
-def _pieces(path: Path, after: int, last: int) -> Iterator[tuple[int, list[bytes]]]:
-    """``ndjson_pieces`` of the file from the line that starts after ``after`` (or at 0)
-    to the one that starts at ``last``."""
+def _blocks(path: Path, after: int, last: int) -> Iterator[tuple[int, bytes]]:
+    """``ndjson_blocks`` of the file from the line that starts after ``after`` (or at 0) to
+    the one that starts at ``last``."""
     try:
         with open(path, "rb") as handle:
             start = max(after, 0)
             handle.seek(start)
-            yield from ndjson_pieces(handle, start, last + 1)
+            yield from ndjson_blocks(handle, start, last + 1)
     except OSError as exc:
         raise _unreadable(path, exc) from exc
+
+
+class AppLines:
+    """The lines of a block whose app falls in some buckets, without splitting the others off:
+    every part by app looks at every line of its file. Reading a part of half the lines of a
+    100,000-line file this way took 0.25 s of CPU against 0.29 s when every line was split
+    off first (three passes each, measured alone)."""
+
+    def __init__(self, buckets: frozenset[int]) -> None:
+        self.buckets = buckets
+        self._mine: dict[bytes, bool] = {}  # app id as written -> its bucket is one of ours
+        self._unnamed = 0 in buckets  # a line without an "app_id"
+
+    def of(self, block: bytes, offset: int) -> Iterable[tuple[int, bytes]]:
+        """(offset, piece) of the block's lines of our apps, in order; ``offset`` is the
+        block's. Pieces with their endings, as splitlines cuts them."""
+        if b"\r" in block and block.count(b"\r") != block.count(b"\r\n"):
+            # A CR-only line ending somewhere: the block's lines as splitlines cuts them.
+            buckets = self.buckets
+            return [line for line in _offsets(block, offset) if app_bucket(line[1]) in buckets]
+        ours: list[tuple[int, bytes]] = []
+        find, search, mine, unnamed = block.find, _APP_ID.search, self._mine, self._unnamed
+        at, size = 0, len(block)
+        while at < size:
+            end = find(b"\n", at) + 1 or size
+            found = search(block, at, end)
+            keep: bool | None = unnamed
+            if found is not None:
+                app = found[1]
+                keep = mine.get(app)
+                if keep is None:
+                    keep = mine[app] = zlib.crc32(app) % APP_BUCKETS in self.buckets
+            if keep:
+                ours.append((offset + at, block[at:end]))
+            at = end
+        return ours
+
+
+def _offsets(block: bytes, offset: int) -> Iterable[tuple[int, bytes]]:
+    """(offset, piece) of every line of a block at ``offset`` (pieces with their endings)."""
+    pieces = block.splitlines(keepends=True)
+    # The running offsets have one more (the block's end), which zip leaves.
+    return zip(itertools.accumulate(map(len, pieces), initial=offset), pieces, strict=False)
 
 
 def _unreadable(path: Path, exc: OSError) -> ReplayMisconfigured:
@@ -186,6 +229,8 @@ class NdjsonReader:
     unit = "bytes"
     # Several files are parts of one history (a single one is one stream either way).
     detects_by_partition = False
+    # Its events carry the job's creation time (see the module's docstring).
+    enqueued_times = False
 
     def __init__(self, paths: Sequence[Path], enqueued: datetime, parts: int = 1) -> None:
         """``parts``: plan the files as about this many parts of equal bytes (whole files,
@@ -223,20 +268,17 @@ class NdjsonReader:
         self, plan: PartitionPlan, after: int, batch_size: int
     ) -> AsyncGenerator[list[ReceivedEvent]]:
         partition, enqueued = plan.events_partition, self.enqueued
-        keep = frozenset(plan.app_buckets) if plan.app_buckets else None
+        apps = AppLines(frozenset(plan.app_buckets)) if plan.app_buckets else None
         batch: list[ReceivedEvent] = []
-        # Pieces, not lines: a part by app skips the other parts' lines, and looking at them
-        # here costs less than taking them from ndjson_lines (1.84 against 2.45 µs a line,
-        # splitting and finding the app, measured alone).
-        for offset, pieces in _pieces(Path(partition), after, plan.last):
-            for piece in pieces:
-                if offset > after and (keep is None or app_bucket(piece) in keep):
-                    line = bare_line(piece, offset)
+        for offset, block in _blocks(Path(partition), after, plan.last):
+            pieces = apps.of(block, offset) if apps is not None else _offsets(block, offset)
+            for at, piece in pieces:
+                if at > after:
+                    line = bare_line(piece, at)
                     if line:
-                        batch.append(received(line, partition, offset, enqueued))
+                        batch.append(received(line, partition, at, enqueued))
                         if len(batch) >= batch_size:
                             yield batch
                             batch = []
-                offset += len(piece)
         if batch:
             yield batch

@@ -14,6 +14,8 @@ from typing import cast
 import fastavro
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import AppDirectory, Breach, QuarantineRecord, TelemetryDocument
 from store.ports import ProcessorStore, StateSnapshot
@@ -26,7 +28,7 @@ from stream.replay import flow, report
 from stream.replay.job import JobFile
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
 from stream.replay.readers.capture_blob import CAPTURE_SCHEMA, enqueued_time, file_time
-from stream.replay.readers.ndjson import NdjsonReader, expand
+from stream.replay.readers.ndjson import APP_BUCKETS, AppLines, NdjsonReader, app_bucket, expand
 from stream.replay.run import RangeSelection
 from stream.replay.spec import ReplaySpec, SourceKind
 from stream.stats import ProcessorStats
@@ -362,6 +364,33 @@ async def test_a_file_of_many_apps_is_read_in_parts_by_app_that_give_the_whole(
         job.create(b"{}", plans)
         assert [plan for plan, _, _ in job.plans()] == plans
         job.close()
+
+
+# Pieces of a block where finding a line's app can go wrong: every kind of ending (a CR alone
+# too), blank lines, no app id, an app id with spaces or an escaped quote, one nested first.
+_APP_PIECES = st.sampled_from(
+    [b'{"app_id":"a"}', b'{"app_id" : "b", "x": 2}', b'{"app_id": "c\\"d"}', b"{}", b"x",
+     b'{"m": {"app_id": "e"}, "app_id": "a"}', b'"app_id":"f"', b" ", b"\n", b"\r", b"\r\n",
+     b"\xef\xbb\xbf"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_APP_PIECES, max_size=30), st.frozensets(st.integers(0, APP_BUCKETS - 1)))
+def test_a_part_by_app_keeps_the_lines_splitting_would_keep(
+    pieces: list[bytes], buckets: frozenset[int]
+) -> None:
+    # Our buckets among the ones these app ids fall in, so that both kinds of line come up.
+    block = b"".join(pieces)
+    found = {app_bucket(piece) for piece in block.splitlines(keepends=True)}
+    ours = frozenset(b for b in found if b in buckets or b % 2)
+    offset = 100
+    expected = []
+    for piece in block.splitlines(keepends=True):
+        if app_bucket(piece) in ours:
+            expected.append((offset, piece))
+        offset += len(piece)
+    assert list(AppLines(ours).of(block, 100)) == expected
 
 
 async def test_a_file_mostly_of_one_app_is_cut_in_byte_ranges(
