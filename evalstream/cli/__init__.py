@@ -13,6 +13,7 @@ fresh ``evalstream coldpath run-shard`` per shard task, and importing every comm
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from typing import Any, NamedTuple
 
@@ -126,7 +127,25 @@ class LazyCommands(typer.core.TyperGroup):
             target = single
         command = typer.main.get_command(target)
         command.name = cmd_name
-        return command
+        return reflowed(command)
+
+
+def reflowed(command: Any) -> Any:
+    """``command`` and its subcommands with each paragraph of their help on one line, so the
+    terminal wraps it at its own width. The docstrings break lines near 95 columns, and typer's
+    help keeps those breaks: in an 80-column terminal every paragraph came out ragged. A
+    paragraph with an indented or list line is left as written."""
+    if command.help:
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(
+            paragraph
+            if any(line[:1] in (" ", "-", "*", "\b") for line in paragraph.splitlines())
+            else " ".join(paragraph.split("\n"))
+            for paragraph in paragraphs
+        )
+    for sub in getattr(command, "commands", {}).values():
+        reflowed(sub)
+    return command
 
 
 app = typer.Typer(

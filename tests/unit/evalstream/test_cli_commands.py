@@ -63,3 +63,20 @@ def test_a_shard_task_does_not_import_the_other_commands() -> None:
     ).stdout
     assert "--group-index" in output
     assert output.strip().splitlines()[-1] == "[]"
+
+
+def _with_subcommands(command: click.Command) -> list[click.Command]:
+    subcommands = getattr(command, "commands", {}).values()
+    return [command, *(c for sub in subcommands for c in _with_subcommands(sub))]
+
+
+def test_help_paragraphs_wrap_at_the_terminal_width() -> None:
+    # Docstrings break their lines near 95 columns; kept, those breaks left a short line in the
+    # middle of a paragraph in an 80-column terminal.
+    for name in COMMANDS:
+        resolved = LazyCommands(name="evalstream").get_command(click.Context(app_command), name)
+        for command in _with_subcommands(resolved):
+            for paragraph in (command.help or "").split("\n\n"):
+                assert "\n" not in paragraph, (name, command.name, paragraph)
+    result = CliRunner().invoke(app, ["process", "--help"], env={"COLUMNS": "80"})
+    assert " checkpoints); a second Ctrl-C exits at once. " in result.output
