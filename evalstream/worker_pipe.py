@@ -18,7 +18,13 @@ from typing import Any
 
 from evalstream import logs
 from stream.exceptions import SourceUnavailable
-from stream.sources.subprocess_channel import Channel, encode_error, open_pipes, take_stdio
+from stream.sources.subprocess_channel import (
+    Channel,
+    encode_error,
+    open_pipes,
+    start_child,
+    take_stdio,
+)
 
 
 async def start_worker(
@@ -26,14 +32,7 @@ async def start_worker(
 ) -> tuple[asyncio.subprocess.Process, Channel]:
     """Start ``python -m module`` and send it ``arguments`` with this process's logging set-up;
     ``pass_fds``: descriptors it inherits."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        pass_fds=tuple(pass_fds),
-    )
+    process = await start_child(sys.executable, "-m", module, pass_fds=tuple(pass_fds))
     assert process.stdout is not None and process.stdin is not None
     channel = Channel(process.stdout, process.stdin)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())

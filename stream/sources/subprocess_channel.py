@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import pickle
+import signal
 import struct
 from collections.abc import Coroutine
 from datetime import datetime
@@ -167,6 +168,26 @@ class Channel:
 
 async def unknown_call(name: str) -> None:
     raise SourceError(f"the receiver process asked for an unknown call {name!r}")
+
+
+async def start_child(*argv: str, pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+    """``argv`` as a child process with a channel on its stdin and stdout (``take_stdio``).
+
+    Started with SIGINT blocked: a Ctrl-C in the terminal reaches the whole process group, and
+    the command that started the child handles it (it tells its children to stop). The child
+    ignores SIGINT once its module has loaded; one that came before, while it was still
+    importing, killed it with a KeyboardInterrupt (a replay ended "worker exited with code -2").
+    The blocked mask survives exec; setting SIGINT to ignored drops the pending one."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            pass_fds=pass_fds,
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def take_stdio() -> tuple[int, int]:

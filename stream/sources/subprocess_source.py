@@ -39,6 +39,7 @@ from stream.sources.subprocess_channel import (
     ErrorValue,
     decode_batch,
     decode_error,
+    start_child,
     unknown_call,
 )
 
@@ -289,13 +290,8 @@ class SubprocessSource:
             return
 
     async def _run_child(self, handler: BatchHandler, stop: asyncio.Event) -> _ParentSession:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            subprocess_worker.__name__,
-            str(self.window),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+        process = await start_child(
+            sys.executable, "-m", subprocess_worker.__name__, str(self.window)
         )
         self.child_pid = process.pid
         session = _ParentSession(process, handler, stop)

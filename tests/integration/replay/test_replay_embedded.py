@@ -5,6 +5,7 @@ after SIGKILL, filters, and bad input answered in one line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shutil
 import signal
@@ -326,6 +327,33 @@ def test_a_killed_worker_stops_the_job_and_a_second_run_is_refused(
     assert report(data_dir, "job") == expected
     assert documents(data_dir) == documents(live.data_dir)
     assert quarantine(data_dir) == quarantine(live.data_dir)
+
+
+def test_a_ctrl_c_while_the_workers_start_does_not_kill_them(live: Live, tmp_path: Path) -> None:
+    # A terminal's Ctrl-C reaches the command's whole process group; the command stops its
+    # workers itself. One that reached a worker still importing killed it (exit code -2).
+    data_dir = copy(live, tmp_path / "d")
+    process = start("replay", "--data-dir", str(data_dir), "--workers", "2", "--mode",
+                    "reprocess", "--id", "job", *live.window())  # fmt: skip
+    signalled: set[int] = set()
+    try:
+        command = psutil.Process(process.pid)
+
+        def interrupt_new_workers() -> bool:
+            for worker in command.children():
+                if worker.pid not in signalled:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        worker.send_signal(signal.SIGINT)
+                        signalled.add(worker.pid)
+            return len(signalled) == 2
+
+        wait_until(interrupt_new_workers, 60, "two workers signalled", 0.002)
+        _, errors = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, errors.decode()
+    assert b"KeyboardInterrupt" not in errors and b"exited with code" not in errors
+    assert documents(data_dir) == documents(live.data_dir)
 
 
 @pytest.mark.parametrize(
