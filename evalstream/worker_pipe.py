@@ -9,7 +9,6 @@ format, *arguments)``, the last one the worker sends ``("finished", error, *outc
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import logging
 import signal
 import sys
@@ -20,6 +19,7 @@ from evalstream import logs
 from stream.exceptions import SourceUnavailable
 from stream.sources.subprocess_channel import (
     Channel,
+    child_signals,
     encode_error,
     open_pipes,
     start_child,
@@ -85,6 +85,5 @@ def run_worker(work: Callable[[int, int], Coroutine[Any, Any, int]]) -> None:
     code. Interrupts from the terminal are the command's to handle (it tells the workers to
     stop); SIGUSR1 prints every thread's stack, as in the command (evalstream.runtime)."""
     read_fd, write_fd = take_stdio()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    child_signals()
     sys.exit(asyncio.run(work(read_fd, write_fd)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import fcntl
 import itertools
 import logging
@@ -35,6 +36,10 @@ _LENGTH = struct.Struct("!I")
 # (retryable, message, retry_after): errors cross the pipe as values, rebuilt on the other side.
 ErrorValue = tuple[bool, str, float | None]
 BatchColumns = tuple[list[bytes], list[int], list[datetime], list[str | None]]
+
+
+# Signals a child of start_child gets only once it has set them up (child_signals).
+_HELD_AT_START = {signal.SIGINT, signal.SIGUSR1}
 
 
 def encode_error(exc: BaseException) -> ErrorValue:
@@ -173,12 +178,13 @@ async def unknown_call(name: str) -> None:
 async def start_child(*argv: str, pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
     """``argv`` as a child process with a channel on its stdin and stdout (``take_stdio``).
 
-    Started with SIGINT blocked: a Ctrl-C in the terminal reaches the whole process group, and
-    the command that started the child handles it (it tells its children to stop). The child
-    ignores SIGINT once its module has loaded; one that came before, while it was still
-    importing, killed it with a KeyboardInterrupt (a replay ended "worker exited with code -2").
-    The blocked mask survives exec; setting SIGINT to ignored drops the pending one."""
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    Started with SIGINT and SIGUSR1 blocked (the mask survives exec) until the child has set
+    them up (``child_signals``): a Ctrl-C in the terminal reaches the whole process group, and
+    the command that started the child handles it (it tells its children to stop); one that
+    came while a child was still importing killed it with a KeyboardInterrupt (a replay ended
+    "worker exited with code -2"). SIGUSR1, sent to see every process's stacks, ended a child
+    still starting."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_AT_START)
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -187,7 +193,18 @@ async def start_child(*argv: str, pass_fds: tuple[int, ...] = ()) -> asyncio.sub
             pass_fds=pass_fds,
         )
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        # Unblocked, not set back to the mask found: two children started at once interleave
+        # here (the fork happens before the first await), and the second one's "mask found"
+        # was the first one's blocked mask, which then stayed on this thread.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_AT_START)
+
+
+def child_signals() -> None:
+    """In a child of ``start_child``: SIGINT ignored (a pending one dropped), SIGUSR1 prints
+    every thread's stack (as in the command, evalstream.runtime), and a pending one now."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_AT_START)
 
 
 def take_stdio() -> tuple[int, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from typing import Any
 
@@ -18,6 +17,7 @@ from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEve
 from stream.sources.subprocess_channel import (
     DEFAULT_WINDOW,
     Channel,
+    child_signals,
     encode_batch,
     encode_error,
     open_pipes,
@@ -148,7 +148,7 @@ def main() -> None:
     read_fd, write_fd = take_stdio()
     # Interrupts are the parent's to handle (a terminal sends them to both): it asks this
     # process to stop once its batches are processed.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child_signals()
     sys.exit(asyncio.run(_child(read_fd, write_fd, window)))
 
 

@@ -329,9 +329,10 @@ def test_a_killed_worker_stops_the_job_and_a_second_run_is_refused(
     assert quarantine(data_dir) == quarantine(live.data_dir)
 
 
-def test_a_ctrl_c_while_the_workers_start_does_not_kill_them(live: Live, tmp_path: Path) -> None:
+def test_signals_while_the_workers_start_do_not_kill_them(live: Live, tmp_path: Path) -> None:
     # A terminal's Ctrl-C reaches the command's whole process group; the command stops its
-    # workers itself. One that reached a worker still importing killed it (exit code -2).
+    # workers itself. One that reached a worker still importing killed it (exit code -2), and
+    # so did a SIGUSR1 (every process's stacks, as tests and operators ask for them).
     data_dir = copy(live, tmp_path / "d")
     process = start("replay", "--data-dir", str(data_dir), "--workers", "2", "--mode",
                     "reprocess", "--id", "job", *live.window())  # fmt: skip
@@ -339,20 +340,23 @@ def test_a_ctrl_c_while_the_workers_start_does_not_kill_them(live: Live, tmp_pat
     try:
         command = psutil.Process(process.pid)
 
-        def interrupt_new_workers() -> bool:
+        def signal_new_workers() -> bool:
             for worker in command.children():
                 if worker.pid not in signalled:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         worker.send_signal(signal.SIGINT)
+                        worker.send_signal(signal.SIGUSR1)
                         signalled.add(worker.pid)
             return len(signalled) == 2
 
-        wait_until(interrupt_new_workers, 60, "two workers signalled", 0.002)
+        wait_until(signal_new_workers, 60, "two workers signalled", 0.002)
         _, errors = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 0, errors.decode()
     assert b"KeyboardInterrupt" not in errors and b"exited with code" not in errors
+    # Each worker printed its stacks once it could.
+    assert errors.count(b"(most recent call first)") >= 2, errors.decode()
     assert documents(data_dir) == documents(live.data_dir)
 
 
