@@ -239,7 +239,7 @@ def main() -> None:
         "reads the log's four partitions; a single file is one stream, read and written batch "
         "after batch, except with default workers in reprocess mode: then the job reads it in "
         "a part per worker, by app (each worker reads the file and keeps its apps' lines; "
-        "byte ranges when one app is most of the file, not the case here). Both commands run "
+        "whole when one app is most of the file, not the case here). Both commands run "
         "with their default batch sizes: the replay's (replay.batch_size, 4,000 events, a store "
         "transaction each) is bigger than the processor's (1,000, which bounds alert latency); "
         'the row "batch 1000" is the one-file replay with the processor\'s.',

@@ -155,8 +155,8 @@ def replay(
             "--workers",
             min=1,
             help="Worker processes sharing the job's partitions; a new reprocess job reads "
-            "NDJSON files over 1 MiB in parts for them, by app (or by byte ranges when one app "
-            "is most of a file) \\[default: replay.workers, else one per core].",
+            "NDJSON files over 1 MiB in parts for them, by app (whole when one app is most of "
+            "a file) \\[default: replay.workers, else one per core].",
             show_default=False,
         ),
     ] = None,

@@ -30,7 +30,8 @@ from stream.replay.ports import PartitionPlan
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- ``source``: the partition a part's events carry, when the row is a part of one (a file
--- read by byte ranges or by app); ``app_buckets``: a part by app's buckets, comma-separated.
+-- read by app, or by byte ranges in jobs of earlier versions); ``app_buckets``: a part by
+-- app's buckets, comma-separated.
 CREATE TABLE IF NOT EXISTS partitions (
     partition TEXT PRIMARY KEY, after INTEGER NOT NULL, last INTEGER NOT NULL,
     position INTEGER NOT NULL, finished INTEGER NOT NULL DEFAULT 0,

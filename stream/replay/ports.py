@@ -55,10 +55,11 @@ class PartitionPlan:
     """Deliver the events of ``partition`` with ``after < sequence ≤ last``. Sequences are
     the source's positions: event numbers, or byte offsets in a file (the reader's ``unit``),
     so ``size`` counts events or bytes. A plan may be one part of a source partition, read
-    beside the others (a big file, by byte ranges or by app): then ``partition`` names the
-    part (its progress in the job) and ``source`` the partition its events carry. A part by
-    app reads the whole range and keeps the events whose app falls in ``app_buckets`` (the
-    reader's hash of an app id, see stream.replay.readers.ndjson.app_bucket)."""
+    beside the others (a big file by app; by byte ranges in jobs of earlier versions): then
+    ``partition`` names the part (its progress in the job) and ``source`` the partition its
+    events carry. A part by app reads the whole range and keeps the events whose app falls in
+    ``app_buckets`` (the reader's hash of an app id, see
+    stream.replay.readers.ndjson.app_bucket)."""
 
     partition: str
     after: int

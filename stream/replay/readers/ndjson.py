@@ -1,10 +1,11 @@
 """Replaying NDJSON files: one partition per file, a line's byte offset is its sequence.
 
-A reprocess job made for several worker processes reads a big file in parts, beside each
-other: by app when the file's apps share out evenly (each part reads the whole file and keeps
-its apps' lines, so no two workers write one app's documents), else in byte ranges cut at line
-starts. The events still carry the file as their partition, so documents and quarantine records
-are the ones a whole read gives.
+A reprocess job made for several worker processes reads a big file in parts by app, beside each
+other, when the file's apps share out evenly enough (each part reads the whole file and keeps its
+apps' lines, so one app's lines are written in file order by one worker, as a whole read writes
+them); else whole. The events still carry the file as their partition, so documents and
+quarantine records are the ones a whole read gives. (Jobs planned by earlier versions may hold
+parts of byte ranges; they are read as planned.)
 
 Lines are split as ``evalstream send`` splits them (LF, CRLF or CR; a leading byte order
 mark dropped; blank lines skipped). A line's sequence is the offset of its first byte in the
@@ -36,14 +37,15 @@ SOURCE_NAME = "ndjson"
 # No part of a file smaller than this: a worker's start costs what reading ~1 MiB does.
 MIN_PART_BYTES = 1 << 20
 _BLOCK = 1 << 16
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 # Parts by app: an app id's hash picks one of this many buckets, and the buckets are shared
 # out between the parts by the bytes a sample of the file holds in each (this many blocks,
 # evenly spaced). When the heaviest part would hold more than BALANCE times an even share (one
-# app is most of the file), the file is cut in byte ranges instead.
+# app is most of the file: with two parts, more than 80 %), the file is read whole. Byte ranges
+# would share it out, but two lines with one id (one app's) in two ranges would be written in
+# an order left to chance, and the one written last is what the store keeps.
 APP_BUCKETS = 256
 _SAMPLE_BLOCKS = 64
-BALANCE = 1.25
+BALANCE = 1.6
 # The first "app_id" key of a line and its string value, as written (escapes and all).
 _APP_ID = re.compile(rb'"app_id"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 
@@ -76,42 +78,10 @@ def _size(path: Path) -> int:
         raise _unreadable(path, exc) from exc
 
 
-def _line_start(path: Path, at: int, size: int) -> int:
-    """The offset of the first line that starts at or after ``at`` (``size`` when none),
-    as ``stream.decode.ndjson_lines`` ends lines (LF, CRLF, CR)."""
-    if at <= 0:
-        return 0
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(at - 1)
-            data = b""
-            while True:
-                block = handle.read(_BLOCK)
-                data += block
-                found = _LINE_END.search(data)
-                # A CR at the end of what was read may be the first half of a CRLF.
-                if found and (found.end() < len(data) or not block or data[-1:] == b"\n"):
-                    return min(at - 1 + found.end(), size)
-                if not block:
-                    return size
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
-
-
 def _parts(path: Path, size: int, count: int) -> list[PartitionPlan]:
-    """The file as ``count`` parts by app or, failing that, of about equal bytes, each
-    starting at a line's start."""
-    if count <= 1:
-        return [PartitionPlan(str(path), -1, size - 1)]
-    by_app = _app_parts(path, size, count)
-    if by_app is not None:
-        return by_app
-    cuts = {_line_start(path, size * k // count, size) for k in range(1, count)}
-    bounds = sorted({0, size} | cuts)
-    return [
-        PartitionPlan(f"{path}@{first}", first - 1, end - 1, source=str(path))
-        for first, end in itertools.pairwise(bounds)
-    ]
+    """The file as ``count`` parts by app or, failing that, whole."""
+    by_app = _app_parts(path, size, count) if count > 1 else None
+    return by_app or [PartitionPlan(str(path), -1, size - 1)]
 
 
 def app_bucket(line: bytes) -> int:

@@ -235,22 +235,6 @@ def test_a_job_of_an_older_format_is_refused_on_resume_in_one_line(tmp_path: Pat
         job.close()
 
 
-def test_a_file_is_cut_at_the_start_of_a_line_whatever_its_endings(tmp_path: Path) -> None:
-    from stream.replay.readers.ndjson import _line_start
-
-    path = tmp_path / "mixed.ndjson"
-    content = b"\xef\xbb\xbf" + event("a", 0) + b"\r\n" + event("a", 1) + b"\r" + b"\n\n"
-    content += event("a", 2) + b"\n\r\n  " + event("a", 3) + b"\r\r" + event("a", 4)
-    path.write_bytes(content)
-    starts = [0]
-    for piece in content.splitlines(keepends=True):
-        starts.append(starts[-1] + len(piece))
-    # Every offset, against the line starts splitlines gives (as ndjson_lines splits).
-    for at in range(len(content) + 1):
-        expected = min(start for start in starts if start >= at)
-        assert _line_start(path, at, len(content)) == expected, at
-
-
 async def _whole(path: Path, window: Window) -> tuple[PartitionPlan, list[tuple[str, int, bytes]]]:
     """The file's plan as one part, and (partition, sequence, body) of what it reads."""
     reader = NdjsonReader([path], T0)
@@ -259,27 +243,25 @@ async def _whole(path: Path, window: Window) -> tuple[PartitionPlan, list[tuple[
                    async for b in reader.read(whole, -1, 7) for e in b]  # fmt: skip
 
 
-async def test_a_reprocess_job_reads_a_big_file_in_parts_that_give_the_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from stream.replay.readers import ndjson
-
-    monkeypatch.setattr(ndjson, "MIN_PART_BYTES", 1)
+async def test_parts_of_byte_ranges_planned_before_read_as_the_whole(tmp_path: Path) -> None:
+    # Jobs planned by earlier versions may hold a file cut in byte ranges at line starts.
     path = tmp_path / "events.ndjson"
     endings = [b"\n", b"\r\n", b"\r", b"\n\n", b"\r\n\r\n"]
-    path.write_bytes(b"".join(event("a", m) + endings[m % 5] for m in range(200)))
+    content = b"".join(event("a", m) + endings[m % 5] for m in range(200))
+    path.write_bytes(content)
     window = Window(T0, T0 + 5 * HOUR)
-    whole, expected = await _whole(path, window)
+    _, expected = await _whole(path, window)
     assert len(expected) == 200
+    starts = list(itertools.accumulate(map(len, content.splitlines(keepends=True)), initial=0))
+    reader = NdjsonReader([path], T0, 2)
     for parts in (2, 3, 7):
-        reader = NdjsonReader([path], T0, parts)
-        plans = await reader.plan(window, timedelta())
-        assert len(plans) == parts
-        # Contiguous, each starting at a line's start, the whole file between them.
-        assert plans[0].after == -1 and plans[-1].last == whole.last
-        assert all(a.last == b.after for a, b in itertools.pairwise(plans))
-        assert {plan.events_partition for plan in plans} == {str(path)}
-        assert len({plan.partition for plan in plans}) == parts
+        bounds = sorted(
+            {0, len(content), *(starts[len(starts) * k // parts] for k in range(1, parts))}
+        )
+        plans = [
+            PartitionPlan(f"{path}@{first}", first - 1, end - 1, source=str(path))
+            for first, end in itertools.pairwise(bounds)
+        ]
         read = [
             (e.partition, e.sequence, e.body)
             for plan in plans
@@ -393,15 +375,19 @@ def test_a_part_by_app_keeps_the_lines_splitting_would_keep(
     assert list(AppLines(ours).of(block, 100)) == expected
 
 
-async def test_a_file_mostly_of_one_app_is_cut_in_byte_ranges(
+async def test_a_file_mostly_of_one_app_is_read_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stream.replay.readers import ndjson
 
     monkeypatch.setattr(ndjson, "MIN_PART_BYTES", 1)
     path = tmp_path / "events.ndjson"
-    # Parts by app could not share it out evenly: one app is 90% of the lines.
+    # Parts by app could not share it out: one app is 90% of the lines, and byte ranges would
+    # leave the order of its two lines with one id to chance.
     path.write_bytes(b"\n".join(event("big" if m % 10 else f"small-{m}", m) for m in range(300)))
     plans = await NdjsonReader([path], T0, 2).plan(Window(T0, T0 + 9 * HOUR), timedelta())
-    assert [plan.app_buckets for plan in plans] == [(), ()]
-    assert plans[0].last == plans[1].after
+    assert plans == [PartitionPlan(str(path), -1, path.stat().st_size - 1)]
+    # 75 % of one app still shares out by app.
+    path.write_bytes(b"\n".join(event("big" if m % 4 else f"small-{m}", m) for m in range(300)))
+    plans = await NdjsonReader([path], T0, 2).plan(Window(T0, T0 + 9 * HOUR), timedelta())
+    assert [plan.app_parts for plan in plans] == [2, 2]
