@@ -6,7 +6,8 @@ is judged alone, so one bad event never takes its valid neighbours down with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
@@ -280,12 +281,11 @@ def ndjson_lines(
     dropped. ``start`` must be a line's first byte (0, or an offset this gave); reading stops
     at offset ``end`` (None: the stream's end). The stream is read with ``read1``, so a pipe's
     lines come as they arrive."""
-    for offset, block in ndjson_blocks(stream, start, end):
-        for piece in block.splitlines(keepends=True):
+    for block_offset, block in ndjson_blocks(stream, start, end):
+        for offset, piece in block_lines(block, block_offset):
             line = bare_line(piece, offset)
             if line:
                 yield offset, line
-            offset += len(piece)
 
 
 def ndjson_blocks(
@@ -318,6 +318,14 @@ def ndjson_blocks(
         offset += len(block)
     if pending:
         yield offset, pending
+
+
+def block_lines(block: bytes, offset: int) -> Iterable[tuple[int, bytes]]:
+    """(offset, line with its ending) of every line of an ``ndjson_blocks`` block at
+    ``offset``, blank ones too."""
+    pieces = block.splitlines(keepends=True)
+    # The running offsets have one more (the block's end), which zip leaves.
+    return zip(itertools.accumulate(map(len, pieces), initial=offset), pieces, strict=False)
 
 
 def bare_line(piece: bytes, offset: int) -> bytes:

@@ -22,6 +22,7 @@ from tests.integration.processor_harness import (
     wait_until,
     worker_pids,
 )
+from tests.procfs import signal_set
 
 pytestmark = pytest.mark.integration
 
@@ -120,11 +121,9 @@ def test_sigterm_finishes_the_batch_and_checkpoints(tmp_path: Path) -> None:
 def catches_sigusr1(pid: int) -> bool:
     """Whether the process has a handler for SIGUSR1 (Linux: its caught-signals mask)."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        return signal.SIGUSR1 in signal_set(pid, "SigCgt")
     except FileNotFoundError:  # gone meanwhile (a worker restarting)
         return False
-    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
-    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)))
 
 
 def test_sigusr1_prints_every_threads_stack_and_processing_goes_on(tmp_path: Path) -> None:

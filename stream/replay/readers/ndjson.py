@@ -19,7 +19,6 @@ future-skew check and ``ingest.enqueued_time`` are the same on every resume.
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 import re
 import zlib
@@ -28,7 +27,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
-from stream.decode import bare_line, ndjson_blocks
+from stream.decode import bare_line, block_lines, ndjson_blocks
 from stream.exceptions import ReplayMisconfigured
 from stream.ports import ReceivedEvent, received
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
@@ -164,7 +163,7 @@ class AppLines:
         if b"\r" in block and block.count(b"\r") != block.count(b"\r\n"):
             # A CR-only line ending somewhere: the block's lines as splitlines cuts them.
             buckets = self.buckets
-            return [line for line in _offsets(block, offset) if app_bucket(line[1]) in buckets]
+            return [line for line in block_lines(block, offset) if app_bucket(line[1]) in buckets]
         ours: list[tuple[int, bytes]] = []
         find, search, mine, unnamed = block.find, _APP_ID.search, self._mine, self._unnamed
         at, size = 0, len(block)
@@ -183,13 +182,6 @@ class AppLines:
         return ours
 
 
-def _offsets(block: bytes, offset: int) -> Iterable[tuple[int, bytes]]:
-    """(offset, piece) of every line of a block at ``offset`` (pieces with their endings)."""
-    pieces = block.splitlines(keepends=True)
-    # The running offsets have one more (the block's end), which zip leaves.
-    return zip(itertools.accumulate(map(len, pieces), initial=offset), pieces, strict=False)
-
-
 def _unreadable(path: Path, exc: OSError) -> ReplayMisconfigured:
     return ReplayMisconfigured(f"{path}: cannot be read: {exc.strerror or exc}")
 
@@ -203,8 +195,8 @@ class NdjsonReader:
     enqueued_times = False
 
     def __init__(self, paths: Sequence[Path], enqueued: datetime, parts: int = 1) -> None:
-        """``parts``: plan the files as about this many parts of equal bytes (whole files,
-        or a big file cut in parts), to be read beside each other."""
+        """``parts``: plan the files as about this many parts of about equal bytes (whole
+        files, or a big file in parts by app), to be read beside each other."""
         self.paths = list(paths)
         self.enqueued = enqueued
         self.parts = parts
@@ -241,7 +233,7 @@ class NdjsonReader:
         apps = AppLines(frozenset(plan.app_buckets)) if plan.app_buckets else None
         batch: list[ReceivedEvent] = []
         for offset, block in _blocks(Path(partition), after, plan.last):
-            pieces = apps.of(block, offset) if apps is not None else _offsets(block, offset)
+            pieces = apps.of(block, offset) if apps is not None else block_lines(block, offset)
             for at, piece in pieces:
                 if at > after:
                     line = bare_line(piece, at)
