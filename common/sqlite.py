@@ -126,12 +126,13 @@ def map_error(
 class SqliteFile:
     """One SQLite file, opened with ``connect`` and the adapter's ``schema``.
 
-    ``run`` (async callers) does the call on the calling thread when it can finish without
-    waiting, and otherwise on this file's single worker thread, so the event loop never sleeps
-    on another process's write lock nor on an fsync. Handing every call to the thread would
-    be simpler, but its CPU cost is not small: the sqlite3 module releases the GIL around each
-    row step, and the two threads' hand-offs cost ~20% more CPU per processed event than the
-    same work on the loop thread (measured, bench/results/layout_processor.md).
+    ``run`` (async callers) does the call on the calling thread; when the file is busy
+    (another process holds the write lock) it waits on this file's single worker thread and
+    tries again, so the event loop never sleeps on another process's write lock. Calls stay on
+    the loop's thread because the sqlite3 module releases the GIL around each row step: on a
+    second thread the hand-offs cost ~20% more CPU per processed event (measured,
+    bench/results/layout_processor.md), and a transaction held the write lock longer (see
+    ``_wait_until_free``).
     ``run_blocking`` does the work on the calling thread for sync callers. Both map ``sqlite3``
     errors to ``error_type`` (passing causes to ``transient_type``, if given). WAL checkpoints
     due after ``run`` calls happen on a thread and connection of their own (see
@@ -166,6 +167,8 @@ class SqliteFile:
         )
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_connection: sqlite3.Connection | None = None
+        # Waits for another process's write lock (``_wait_until_free``), opened at the first.
+        self._probe: sqlite3.Connection | None = None
         connection: sqlite3.Connection | None = None
         try:
             connection = connect(
@@ -205,26 +208,58 @@ class SqliteFile:
             raise self._error(exc, what) from exc
 
     async def run(self, call: Callable[[sqlite3.Connection], T], what: str = "query") -> T:
-        """``call(connection)`` without blocking the event loop: here if the file is free now,
-        else on the worker thread."""
+        """``call(connection)`` on the calling thread, without blocking the event loop: a file
+        found busy is waited for on the worker thread (``_wait_until_free``), then the call is
+        tried again here; busy past the busy timeout, it fails as a busy SQLite call does."""
         if self._closed:
             raise self.error_type(f"{what}: {self.path} is closed")
-        if self._lock.acquire(blocking=False):
-            try:
-                done, result = self._run_without_waiting(call, what)
-            finally:
-                self._lock.release()
-            if done:
-                return result  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_when_free, call, what)
+        deadline = loop.time() + self._busy_timeout_ms / 1000
+        while (left := deadline - loop.time()) > 0:
+            if self._lock.acquire(blocking=False):
+                try:
+                    done, result = self._run_without_waiting(call, what)
+                finally:
+                    self._lock.release()
+                if done:
+                    return result  # type: ignore[return-value]
+            await loop.run_in_executor(self._executor, self._wait_until_free, left)
+        return await loop.run_in_executor(self._executor, self._run_or_fail, call, what)
 
-    def _run_when_free(self, call: Callable[[sqlite3.Connection], T], what: str) -> T:
-        """``run``'s call once the file was found busy, on the worker thread, with the busy
-        timeout; a checkpoint it makes due is queued like the loop's calls'."""
+    def _wait_until_free(self, timeout_s: float) -> None:
+        """Return once the file was free a moment ago, or after ``timeout_s``; on the worker
+        thread, holding the file's lock (a call of another thread of ours is waited for).
+
+        SQLite's busy handler waits for another process's write lock, on a connection of its
+        own that takes the lock and gives it back at once; the call itself then runs on the
+        loop's thread. Run here, it held the write lock several times longer: sqlite3 hands the
+        GIL over at every row, and the loop's thread, busy with the next batch, kept it for up
+        to a switch interval each time (a store write of 4,000 documents held the lock 0.07-0.25
+        s on this thread against ~0.03 s on the loop's, and the other processing process waited
+        for it; measured)."""
         with self._lock:
+            if self._closed:
+                return
             try:
-                return self._call(call, what)
+                if self._probe is None:
+                    self._probe = connect(self.path, busy_timeout_s=self._busy_timeout_ms / 1000)
+                with self._busy_timeout(max(1, int(timeout_s * 1000)), self._probe):
+                    self._probe.execute("BEGIN IMMEDIATE")
+                    self._probe.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the call, tried again, meets what is wrong and reports it
+
+    def _run_or_fail(self, call: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """``call(connection)`` once more, a busy file failing it at once (the busy timeout has
+        passed); on the worker thread. Called by ``run`` only."""
+        with self._lock:
+            if self._closed:
+                raise self.error_type(f"{what}: {self.path} is closed")
+            try:
+                with self._busy_timeout(0):
+                    return call(self._connection)
+            except sqlite3.Error as exc:
+                raise self._error(exc, what) from exc
             finally:
                 self._queue_checkpoint_if_due()
 
@@ -232,7 +267,7 @@ class SqliteFile:
         self, call: Callable[[sqlite3.Connection], T], what: str
     ) -> tuple[bool, T | None]:
         """(True, result), or (False, None) when the file was busy before the call changed
-        anything, so running it again on the worker thread is safe. Called holding the lock."""
+        anything, so running it again is safe. Called holding the lock."""
         if self._closed:
             raise self.error_type(f"{what}: {self.path} is closed")
         connection = self._connection
@@ -345,6 +380,8 @@ class SqliteFile:
                 return
             self._closed = True
             self._connection.close()
+            if self._probe is not None:
+                self._probe.close()
         with self._checkpoint_lock:  # after the checkpoint in progress, if any
             if self._checkpoint_connection is not None:
                 self._checkpoint_connection.close()

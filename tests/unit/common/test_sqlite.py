@@ -1,5 +1,5 @@
-"""SqliteFile.run: free calls on the loop thread, waits on the worker thread, checkpoints off
-the loop and out of the way."""
+"""SqliteFile.run: calls on the loop thread, waits for a busy file on the worker thread,
+checkpoints off the loop and out of the way."""
 
 from __future__ import annotations
 
@@ -58,16 +58,8 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
-async def test_a_free_file_is_used_on_the_calling_thread(file: SqliteFile) -> None:
-    assert await file.run(insert("a")) == threading.get_ident()
-    assert await file.run(count) == 1
-
-
-async def test_a_locked_file_waits_on_the_worker_thread_while_the_loop_runs(
-    file: SqliteFile,
-) -> None:
-    other = connect(file.path)
-    other.execute("BEGIN IMMEDIATE")
+async def loop_turns_while_pending(task: asyncio.Task[int], turns: int = 5) -> None:
+    """The loop takes ``turns`` turns (it is not blocked) while ``task`` stays pending."""
     ticks = 0
 
     async def tick() -> None:
@@ -77,15 +69,75 @@ async def test_a_locked_file_waits_on_the_worker_thread_while_the_loop_runs(
             await asyncio.sleep(0.01)
 
     ticker = asyncio.create_task(tick())
+    try:
+        await until(lambda: ticks >= turns)
+    finally:
+        ticker.cancel()
+    assert not task.done()
+
+
+async def test_a_free_file_is_used_on_the_calling_thread(file: SqliteFile) -> None:
+    assert await file.run(insert("a")) == threading.get_ident()
+    assert await file.run(count) == 1
+
+
+async def test_a_locked_file_is_waited_for_off_the_loop_and_the_call_runs_on_its_thread(
+    file: SqliteFile,
+) -> None:
+    other = connect(file.path)
+    other.execute("BEGIN IMMEDIATE")
     write = asyncio.create_task(file.run(insert("waited")))
-    await until(lambda: ticks >= 5)
-    assert not write.done()
+    await loop_turns_while_pending(write)
     other.execute("COMMIT")
     other.close()
     thread = await write
-    ticker.cancel()
-    assert thread != threading.get_ident()
+    # On the loop's thread: on the worker thread the transaction held the write lock for
+    # longer, handing the GIL to and fro with the loop at every row.
+    assert thread == threading.get_ident()
     assert await file.run(count) == 1
+
+
+async def test_a_call_of_another_thread_is_waited_for_without_blocking_the_loop(
+    file: SqliteFile,
+) -> None:
+    entered, leave = threading.Event(), threading.Event()
+
+    def held(connection: sqlite3.Connection) -> None:
+        entered.set()
+        leave.wait(10)
+
+    holder = threading.Thread(target=file.run_blocking, args=(held,))
+    holder.start()
+    assert entered.wait(10)
+    write = asyncio.create_task(file.run(insert("after")))
+    await loop_turns_while_pending(write)
+    leave.set()
+    assert await write == threading.get_ident()
+    holder.join(10)
+    assert await file.run(count) == 1
+
+
+async def test_a_lock_held_past_the_busy_timeout_fails_the_call_as_retryable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "f.db"
+    opened = SqliteFile(
+        path, error_type=FileError, transient_type=FileBusy, schema=SCHEMA, busy_timeout_s=0.3
+    )
+    other = connect(path)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(FileBusy, match="write: SQLite: database is locked") as raised:
+            await opened.run(insert("late"), "write")
+        assert raised.value.retryable
+        assert asyncio.get_running_loop().time() - started >= 0.3
+        other.execute("ROLLBACK")
+        await opened.run(insert("late"), "write")  # simply repeated
+        assert await opened.run(count) == 1
+    finally:
+        other.close()
+        opened.close()
 
 
 async def test_a_call_that_changed_rows_before_finding_the_file_busy_is_not_run_twice(
