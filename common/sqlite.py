@@ -171,8 +171,10 @@ class SqliteFile:
         )
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_connection: sqlite3.Connection | None = None
-        # Waits for another process's write lock (``_wait_until_free``), opened at the first.
+        # Waits for another process's write lock (``_wait_until_free``), opened at the first,
+        # and the lock that keeps closing from pulling it out from under a wait.
         self._probe: sqlite3.Connection | None = None
+        self._probe_lock = threading.Lock()
         connection: sqlite3.Connection | None = None
         try:
             connection = connect(
@@ -227,21 +229,29 @@ class SqliteFile:
                     self._lock.release()
                 if done:
                     return result  # type: ignore[return-value]
-            await loop.run_in_executor(self._executor, self._wait_until_free, left)
+                wait = self._wait_until_free  # another process holds the write lock
+            else:
+                wait = self._wait_for_lock  # a call of another thread of ours
+            await loop.run_in_executor(self._executor, wait, left)
         return await loop.run_in_executor(self._executor, self._run_or_fail, call, what)
 
-    def _wait_until_free(self, timeout_s: float) -> None:
-        """Return once the file was free a moment ago, or after ``timeout_s``; on the worker
-        thread, holding the file's lock (a call of another thread of ours is waited for).
+    def _wait_for_lock(self, timeout_s: float) -> None:
+        """Return once the call of another thread of ours is done, or after ``timeout_s``."""
+        if self._lock.acquire(timeout=timeout_s):
+            self._lock.release()
 
-        SQLite's busy handler waits for another process's write lock, on a connection of its
-        own that takes the lock and gives it back at once; the call itself then runs on the
-        loop's thread. Run here, it held the write lock several times longer: sqlite3 hands the
-        GIL over at every row, and the loop's thread, busy with the next batch, kept it for up
-        to a switch interval each time (a store write of 4,000 documents held the lock 0.07-0.25
-        s on this thread against ~0.03 s on the loop's, and the other processing process waited
-        for it; measured)."""
-        with self._lock:
+    def _wait_until_free(self, timeout_s: float) -> None:
+        """Return once no other connection held the write lock a moment ago, or after
+        ``timeout_s``; on the worker thread.
+
+        SQLite's busy handler waits for the lock on a connection of its own, which takes it
+        and gives it back at once; the call itself then runs on the loop's thread. Meanwhile
+        the loop's other calls go on (reads need no write lock). A call run here held the
+        write lock several times longer: sqlite3 hands the GIL over at every row, and the
+        loop's thread, busy with the next batch, kept it for up to a switch interval each time
+        (a store write of 4,000 documents held the lock 0.03-0.25 s on this thread against
+        ~0.03 s on the loop's, and the other processing process waited for it; measured)."""
+        with self._probe_lock:
             if self._closed:
                 return
             try:
@@ -368,9 +378,10 @@ class SqliteFile:
         the current writer and readers of older snapshots, then the next write starts the WAL
         over. Passive passes before it copy what came during the first (``_catch_up``), so
         that it holds writers back for less (2-worker processing, 4 paired runs: 24,026
-        against 23,092 events/s, medians). A busy timeout bounds that wait; when it runs out the WAL keeps growing until the
-        next checkpoint tries again. Restarting at every checkpoint instead kept the busiest of
-        two processing workers asleep 7 % of the time (bench/workers, one run)."""
+        against 23,092 events/s, medians). A busy timeout bounds that wait; when it runs out
+        the WAL keeps growing until the next checkpoint tries again. Restarting at every
+        checkpoint instead kept the busiest of two processing workers asleep 7 % of the time
+        (bench/workers, one run)."""
         try:
             frames = self._catch_up(connection)
             if frames * self._page_size > WAL_SIZE_LIMIT:
@@ -400,6 +411,7 @@ class SqliteFile:
                 return
             self._closed = True
             self._connection.close()
+        with self._probe_lock:  # after the wait in progress, if any
             if self._probe is not None:
                 self._probe.close()
         with self._checkpoint_lock:  # after the checkpoint in progress, if any

@@ -97,6 +97,23 @@ async def test_a_locked_file_is_waited_for_off_the_loop_and_the_call_runs_on_its
     assert await file.run(count) == 1
 
 
+async def test_reads_go_on_while_a_write_waits_for_another_process(file: SqliteFile) -> None:
+    """The wait holds neither the loop nor the file's connection: the processor's reads of
+    its log go on while a checkpoint write waits for another process's write lock."""
+    await file.run(insert("before"))
+    other = connect(file.path)
+    other.execute("BEGIN IMMEDIATE")
+    write = asyncio.create_task(file.run(insert("waited")))
+    await loop_turns_while_pending(write)
+    async with asyncio.timeout(5):
+        assert await file.run(count) == 1
+    assert not write.done()
+    other.execute("COMMIT")
+    other.close()
+    assert await write == threading.get_ident()
+    assert await file.run(count) == 2
+
+
 async def test_a_call_of_another_thread_is_waited_for_without_blocking_the_loop(
     file: SqliteFile,
 ) -> None:
