@@ -267,13 +267,11 @@ class SqliteFile:
         """``call(connection)`` once more, a busy file failing it at once (the busy timeout has
         passed); on the worker thread. Called by ``run`` only."""
         with self._lock:
-            if self._closed:
+            if self._closed:  # before the busy timeout is set on the closed connection
                 raise self.error_type(f"{what}: {self.path} is closed")
             try:
                 with self._busy_timeout(0):
-                    return call(self._connection)
-            except sqlite3.Error as exc:
-                raise self._error(exc, what) from exc
+                    return self._call(call, what)
             finally:
                 self._queue_checkpoint_if_due()
 
