@@ -231,9 +231,6 @@ class ScriptedCheckpoints:
     def fetchone(self) -> tuple[int, int, int]:
         return self.answers.pop(0)
 
-    def fetchall(self) -> list[tuple[int, int, int]]:
-        return [self.answers.pop(0)]
-
 
 # 16 KiB pages: 4,096 frames are the WAL's 64 MiB limit.
 @pytest.mark.parametrize(
@@ -254,6 +251,12 @@ class ScriptedCheckpoints:
         ),
         # Another process's checkpoint is running (busy): nothing more to do now.
         ([(1, -1, -1)], ["PASSIVE"]),
+        # The restart meets a writer or a reader twice: it tries again, and the third try
+        # starts the WAL over.
+        (
+            [(0, 5000, 5000), (0, 5010, 5010), (1, 5020, 5020), (1, 5030, 5030), (0, 5030, 5030)],
+            ["PASSIVE", "PASSIVE", "RESTART", "RESTART", "RESTART"],
+        ),
     ],
 )
 def test_a_wal_past_its_limit_is_caught_up_before_it_is_restarted(
@@ -265,6 +268,47 @@ def test_a_wal_past_its_limit_is_caught_up_before_it_is_restarted(
     file._checkpoint(connection)  # type: ignore[arg-type]
     assert connection.modes == modes
     assert connection.answers == []
+
+
+def test_a_restart_waiting_for_a_reader_lets_writers_go_on(
+    file: SqliteFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader of an older snapshot keeps the WAL from starting over; while the restart
+    waits for it, another connection still writes (SQLite's busy handler would wait holding
+    the write lock). Once the reader is done the restart goes through."""
+    monkeypatch.setattr(common.sqlite, "CHECKPOINT_WAIT_MS", 60_000)
+    for note in "abc":
+        file.run_blocking(insert(note))
+    reader = connect(file.path)
+    reader.execute("BEGIN")
+    assert count(reader) == 3
+    checkpointer = connect(file.path)
+    restarted: list[bool] = []
+    restart = threading.Thread(target=lambda: restarted.append(file._restart(checkpointer)))
+    restart.start()
+    writer = connect(file.path, busy_timeout_s=0)
+    try:
+        written_while_waiting = False
+        for _ in range(2000):  # ~10 s at most
+            try:
+                insert("d")(writer)
+            except sqlite3.OperationalError:
+                restart.join(0.005)
+                continue
+            written_while_waiting = restart.is_alive()
+            break
+        reader.execute("COMMIT")
+        restart.join(10)
+        assert written_while_waiting
+        assert restarted == [True]
+        # Started over: the next write is the WAL's first frames (a few, not the ~6 before).
+        insert("e")(writer)
+        _, frames, _ = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames <= 2
+        assert count(writer) == 5
+    finally:
+        for connection in (reader, checkpointer, writer):
+            connection.close()
 
 
 async def test_a_closed_file_refuses_calls(file: SqliteFile) -> None:
