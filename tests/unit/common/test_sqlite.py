@@ -311,6 +311,38 @@ def test_a_restart_waiting_for_a_reader_lets_writers_go_on(
             connection.close()
 
 
+def test_a_restarted_wal_keeps_its_file_up_to_the_kept_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL is started over past WAL_SIZE_LIMIT but its file is cut back only past
+    WAL_KEPT_SIZE: giving its blocks back and taking them again at every restart held writers
+    back (1 MiB and 4 MiB here)."""
+    monkeypatch.setattr(common.sqlite, "WAL_SIZE_LIMIT", 1024 * 1024)
+    monkeypatch.setattr(common.sqlite, "WAL_KEPT_SIZE", 4 * 1024 * 1024)
+    file = SqliteFile(tmp_path / "f.db", error_type=FileError, schema=SCHEMA)
+    wal = file.path.with_name(file.path.name + "-wal")
+    checkpointer = connect(file.path)
+
+    def grow_and_restart(megabytes: int) -> int:
+        """The WAL file's size after ``megabytes`` of rows, a restart and the next commit."""
+        row = "x" * 1000
+        for _ in range(megabytes):
+            file.run_blocking(
+                lambda c: c.executemany("INSERT INTO item (note) VALUES (?)", [(row,)] * 1000)
+            )
+        assert file._restart(checkpointer)
+        file.run_blocking(insert("after"))
+        return wal.stat().st_size
+
+    try:
+        kept = grow_and_restart(3)
+        assert 2 * 1024 * 1024 < kept <= 4 * 1024 * 1024 + 64 * 1024
+        assert grow_and_restart(6) <= 4 * 1024 * 1024
+    finally:
+        checkpointer.close()
+        file.close()
+
+
 async def test_a_closed_file_refuses_calls(file: SqliteFile) -> None:
     await file.aclose()
     with pytest.raises(FileError, match="closed"):
