@@ -51,6 +51,7 @@ test: install
 
 lint: $(PY_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy deploy/functions deploy/k8s
 
