@@ -400,14 +400,14 @@ class SqliteFile:
         """A RESTART checkpoint, tried again every RESTART_RETRY_S for up to
         CHECKPOINT_WAIT_MS while something is in its way; whether the WAL was started over.
 
-        SQLite's busy handler would wait inside the checkpoint, and once the checkpoint holds
+        With a busy timeout SQLite waits inside the checkpoint, and once the checkpoint holds
         the write lock (to copy the last frames) it waits for readers of older snapshots with
-        that lock held, sleeping up to 50-100 ms a turn: every writer stood still meanwhile
-        (restarts of 0.26 s were logged in 2-worker processing, against 0.02-0.08 s without
-        a reader in the way). Without a busy timeout a try that meets a writer copies what it
-        can as a passive pass, and one that meets a reader gives the write lock back at once;
-        writers go on between tries. When time runs out the WAL keeps growing until the next
-        checkpoint tries again."""
+        that lock held, its busy handler sleeping up to 50-100 ms a turn: every writer stands
+        still meanwhile (2-worker processing logged restarts of 0.02-0.26 s that way; tries
+        without a timeout took 0.02-0.08 s each, copying and syncing included). Without one, a
+        try that meets a writer copies what it can as a passive pass, and one that meets a
+        reader gives the write lock back at once; writers go on between tries. When time runs
+        out the WAL keeps growing until the next checkpoint tries again."""
         deadline = time.monotonic() + CHECKPOINT_WAIT_MS / 1000
         with self._busy_timeout(0, connection):
             while connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]:
