@@ -2,7 +2,7 @@
 ingest in worker processes of its own beside the processing workers, on this machine's cores.
 
 Run: ``python -m bench.ingest [--seconds S] [--repeats R] [--workers 1,2]``. Each run starts
-``evalstream process --ingest --ingest-workers K`` (default settings: hot path on, 4 partitions;
+``evalstream process --ingest --ingest-workers K`` (default settings: hot path on, 8 partitions;
 ``--workers 1 --ingest-workers 0`` for "before", the default one processing worker per core
 otherwise) on a fresh data dir; ``--clients`` closed-loop HTTP/1.1 keep-alive connections then
 post ``--batch``-event bodies of simulated ~1.2 KB events (each event once) for ``--seconds``.
@@ -42,6 +42,7 @@ from pathlib import Path
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from evalstream.settings import DEFAULT_PARTITIONS
 from stream.producers.simulator import Simulator
 
 RESULTS = Path(__file__).parent / "results" / "ingest.md"
@@ -439,8 +440,9 @@ def main() -> None:
         + "`",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
         f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, shared with "
-        "other work. Processor with default settings (hot path on, 4 partitions), a fresh data "
-        "dir per run; simulated ~1.2 KB events, each posted once per run; medians of "
+        f"other work. Processor with default settings (hot path on, {DEFAULT_PARTITIONS} "
+        "partitions), a fresh data dir per run; simulated ~1.2 KB events, each posted once per "
+        "run; medians of "
         f"{args.repeats} interleaved repeats.",
         "",
         "## Back to back",

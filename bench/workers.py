@@ -2,14 +2,14 @@
 
 Run: ``python -m bench.workers [--events N] [--repeats R] [--workers 1,2] [--memory-apps A]
 [--sustained-s S]``. Each repeat copies the same prepared log (simulated ~1.2 KB events, 20 apps,
-4 partitions, hot path on) to a fresh data dir and runs the real command on it, once per worker
-count, the counts interleaved (and their order alternated) so each sees the same machine load.
-events/s is counted from the first stored record to the last (the processes' start-up is not
-in it; it is reported apart, as the CPU of the whole run per event). Beside it, measured in the
-same run: the serial parts a model of more cores needs (the store's write lock held per event,
-a log read per event) and the workers' resident memory, also with ``--memory-apps`` apps, and
-optionally under a sustained simulated load. Results: medians, written to
-bench/results/workers.md.
+the default 8 partitions, hot path on) to a fresh data dir and runs the real command on it, once
+per worker count, the counts interleaved (and their order alternated) so each sees the same
+machine load. events/s is counted from the first stored record to the last (the processes'
+start-up is not in it; it is reported apart, as the CPU of the whole run per event). Beside it,
+measured in the same run: the serial parts a model of more cores needs (the store's write lock
+held per event, a log read per event) and the workers' resident memory, also with
+``--memory-apps`` apps, and optionally under a sustained simulated load. Results: medians,
+written to bench/results/workers.md.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import psutil
 
+from evalstream.settings import DEFAULT_PARTITIONS
 from evalstream.workers import shares
 from schemas import AppDirectory
 from store.sqlite import SqliteStore
@@ -44,7 +45,7 @@ from stream.producers.simulator import Simulator
 from stream.sources.local_log import LocalLog, item_partition
 
 RESULTS = Path(__file__).parent / "results" / "workers.md"
-PARTITIONS = 4
+PARTITIONS = DEFAULT_PARTITIONS
 # A log made with more partitions, for the model: the same events, spread by the same hash.
 MODEL_PARTITIONS = 16
 RSS_EVERY_S = 0.5

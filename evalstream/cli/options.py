@@ -82,13 +82,9 @@ def load(
 ) -> Settings:
     """The settings, ``--data-dir`` applied; exit 2 with one line naming a bad setting."""
     try:
-        settings = load_settings(config=config, backend=backend)
+        return load_settings(config=config, backend=backend, data_dir=data_dir)
     except SettingsError as exc:
         raise fail(one_line(exc)) from exc
-    if data_dir is not None:
-        embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
-        settings = settings.model_copy(update={"embedded": embedded})
-    return settings
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -201,6 +201,22 @@ def _sweep(connection: sqlite3.Connection, retention_s: float) -> int:
     return cursor.rowcount
 
 
+def created_partitions(path: Path) -> int | None:
+    """The partition count an existing log was created with; None when there is no log yet, or
+    it cannot be read here (opening it as LocalLog then reports why)."""
+    if not path.is_file():
+        return None
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return None
+    return int(row[0]) if row is not None else None
+
+
 class LocalLog:
     """Opens the log file and checks it was created with the same partition count.
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from evalstream.settings import DEFAULT_PARTITIONS
 from schemas import AppDirectory
 from stream.decode import Decoder
 from stream.enrich import Enricher, document_id, partition_key
@@ -22,7 +23,8 @@ from stream.ports import ReceivedEvent
 from stream.producers.simulator import Incident, Simulator
 from stream.sources.local_log import LocalLog
 
-PARTITIONS = 4
+# The shipped default: the commands these tests start create or read logs with it.
+PARTITIONS = DEFAULT_PARTITIONS
 # Processing in the command's own process (``--workers 1``): a worker process costs each run
 # an interpreter importing the pipeline. Tests about worker processes ask for them
 # (``EVALSTREAM_EMBEDDED__WORKERS`` in their env wins over this).

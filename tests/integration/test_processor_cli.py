@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from evalstream.settings import DEFAULT_PARTITIONS
 from tests.integration.processor_harness import (
     checkpoints,
     start_processor,
@@ -214,7 +215,9 @@ def test_log_format_json_gives_only_json_lines_with_component_and_partition(
     lines = [json.loads(line) for line in output.decode().splitlines()]
     assert all({"time", "level", "component", "message"} <= set(line) for line in lines)
     initialised = [line for line in lines if line["message"] == "partition initialised"]
-    assert sorted(line["partition"] for line in initialised) == ["0", "1", "2", "3"]
+    assert sorted(line["partition"] for line in initialised) == sorted(
+        str(p) for p in range(DEFAULT_PARTITIONS)
+    )
     assert lines[-1]["component"] == "evalstream.process"
     assert lines[-1]["message"].startswith("stopped: ")
     assert "stored 1" in lines[-1]["message"]

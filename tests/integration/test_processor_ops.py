@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from evalstream.settings import DEFAULT_PARTITIONS
 from tests.integration.processor_harness import start_processor, store_contents, wait_until
 
 pytestmark = pytest.mark.integration
@@ -105,11 +106,11 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
         assert sum(by_code.values()) == 3 and by_code.get("missing") == 1, by_code
         assert _value(samples, "evalstream_ingest_requests_total", status="202") == 2
         assert _value(samples, "evalstream_ingest_requests_total", status="207") == 1
-        assert _value(samples, "evalstream_partitions_owned") == 4
+        assert _value(samples, "evalstream_partitions_owned") == DEFAULT_PARTITIONS
         assert _value(samples, "evalstream_batch_duration_seconds_count") >= 43 / 7
         assert all(
             _value(samples, "evalstream_partition_lag_events", partition=str(p)) == 0
-            for p in range(4)
+            for p in range(DEFAULT_PARTITIONS)
         )
 
         wait_until(
@@ -135,7 +136,10 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
         finally:
             away.rename(data_dir / "store.db")
         again = httpx.get(f"{url}/readyz", timeout=10)
-        assert (again.status_code, again.json()) == (200, {"status": "ready", "partitions": 4})
+        assert (again.status_code, again.json()) == (
+            200,
+            {"status": "ready", "partitions": DEFAULT_PARTITIONS},
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from evalstream.settings import SettingsError, load_settings
+from evalstream.settings import DEFAULT_PARTITIONS, SettingsError, load_settings
 from schemas import AppDirectory
+from stream.exceptions import SourceError
+from stream.sources.local_log import LocalLog, created_partitions
 
 CONFIG = """
 backend = "embedded"
 
 [embedded]
 data_dir = "/tmp/evalstream-test"
-partitions = 8
+partitions = 6
 
 [processor]
 batch_size = 250
@@ -42,21 +44,52 @@ def config_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("EVALSTREAM_CONFIG", "EVALSTREAM_PROCESSOR__BATCH_SIZE", "EVALSTREAM_BACKEND"):
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in (
+        "EVALSTREAM_CONFIG",
+        "EVALSTREAM_PROCESSOR__BATCH_SIZE",
+        "EVALSTREAM_BACKEND",
+        "EVALSTREAM_EMBEDDED__PARTITIONS",
+    ):
         monkeypatch.delenv(name, raising=False)
+    # The default data dir is relative: a log left there by a run must not decide a default.
+    monkeypatch.chdir(tmp_path)
 
 
 def test_defaults_need_no_file() -> None:
     settings = load_settings()
     assert settings.backend == "embedded"
     assert settings.processor.batch_size == 1000
-    assert settings.embedded.partitions == 4
+    assert settings.embedded.partitions == 8
+
+
+def test_an_existing_log_keeps_its_partition_count_unless_one_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    LocalLog(data_dir / "log.db", 4).close()  # a data dir made when the default was 4
+    assert load_settings(data_dir=data_dir).embedded.partitions == 4
+    assert load_settings(embedded={"data_dir": data_dir}).embedded.partitions == 4
+    assert load_settings(data_dir=tmp_path / "new").embedded.partitions == DEFAULT_PARTITIONS
+    monkeypatch.setenv("EVALSTREAM_EMBEDDED__PARTITIONS", "8")
+    chosen = load_settings(data_dir=data_dir).embedded
+    assert chosen.partitions == 8
+    with pytest.raises(SourceError, match=r"has 4 partitions but embedded\.partitions is 8"):
+        LocalLog(chosen.log_path, chosen.partitions)
+
+
+def test_created_partitions_reads_only_an_existing_log(tmp_path: Path) -> None:
+    assert created_partitions(tmp_path / "log.db") is None
+    assert not (tmp_path / "log.db").exists()
+    LocalLog(tmp_path / "log.db", 3).close()
+    assert created_partitions(tmp_path / "log.db") == 3
+    (tmp_path / "other.db").write_bytes(b"not a database")
+    assert created_partitions(tmp_path / "other.db") is None
 
 
 def test_file_values_are_read(config_file: Path) -> None:
     settings = load_settings(config=config_file)
-    assert settings.embedded.partitions == 8
+    assert settings.embedded.partitions == 6
     assert settings.processor.batch_size == 250
     assert settings.embedded.store_path == Path("/tmp/evalstream-test/store.db")
 
@@ -65,7 +98,7 @@ def test_environment_overrides_file(config_file: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("EVALSTREAM_PROCESSOR__BATCH_SIZE", "99")
     settings = load_settings(config=config_file)
     assert settings.processor.batch_size == 99
-    assert settings.embedded.partitions == 8
+    assert settings.embedded.partitions == 6
 
 
 def test_config_path_from_environment(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
