@@ -27,6 +27,7 @@ from pathlib import Path
 
 import orjson
 
+from bench.processor_subjects import PARTITIONS
 from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
@@ -186,9 +187,10 @@ def main() -> None:
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
         f"Python {platform.python_version()}, {os.cpu_count()} cores; 1-minute load average "
         f"before → after each repeat: {'; '.join(loads)}.",
-        f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, 4 partitions. "
-        "Each configuration in its own child process, timed from its first event to its last "
-        "durable write (set-up excluded, the same for all); CPU of the whole process; medians "
+        f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, {PARTITIONS} "
+        "partitions. Each configuration in its own child process, timed from its first event to "
+        "its last durable write (set-up excluded, the same for all); CPU of the whole process; "
+        "medians "
         f"of {args.repeats} interleaved repeats.",
         *([f"Note: {skipped}."] if skipped else []),
         "",
