@@ -77,14 +77,19 @@ def _check_partitions(connection: sqlite3.Connection, partitions: int) -> int:
         columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
         if "user" not in columns:
             connection.execute(_USER_COLUMN)
-        row = connection.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
-        if row is None:
+        created_with = _recorded_partitions(connection)
+        if created_with is None:
             connection.execute("INSERT INTO meta VALUES ('partitions', ?)", (str(partitions),))
             connection.executemany(
                 "INSERT OR IGNORE INTO heads VALUES (?, 0)", [(p,) for p in range(partitions)]
             )
             return partitions
-    return int(row[0])
+    return created_with
+
+
+def _recorded_partitions(connection: sqlite3.Connection) -> int | None:
+    row = connection.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+    return int(row[0]) if row is not None else None
 
 
 def _append(
@@ -209,12 +214,11 @@ def created_partitions(path: Path) -> int | None:
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            row = connection.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+            return _recorded_partitions(connection)
         finally:
             connection.close()
     except sqlite3.Error:
         return None
-    return int(row[0]) if row is not None else None
 
 
 class LocalLog:
