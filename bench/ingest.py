@@ -298,6 +298,14 @@ def _name(workers: int) -> str:
     return f"{workers} ingest worker process{'es' if workers > 1 else ''}"
 
 
+# Issue 15's target for ingest beside the processor: this many times the one-process
+# configuration's events/s, p99 request latency at most this, and the processor keeping up,
+# read as processing at least this share of what ingest accepted over the same window.
+TARGET_RATIO = 2.0
+TARGET_P99_MS = 100.0
+KEEPING_UP = 0.95
+
+
 @dataclass
 class Phase:
     """Every configuration ``repeats`` times, interleaved, at one load (``rate``: paced)."""
@@ -391,7 +399,33 @@ def table(phase: Phase, args: argparse.Namespace) -> list[str]:
         *lines,
         "",
         f"Answers other than 202: {errors}; runs that ran out of prepared events: {exhausted}.",
+        "",
+        *verdicts(phase, before),
     ]
+
+
+def verdicts(phase: Phase, before: float) -> list[str]:
+    """Issue 15's target, judged per configuration from the medians above."""
+    lines = [
+        f"Target (issue 15): HTTP events/s ≥ {TARGET_RATIO:g}× before with p99 ≤ "
+        f"{TARGET_P99_MS:g} ms, the processor keeping up (processed events/s ≥ "
+        f"{KEEPING_UP:.0%} of the HTTP events/s, so the backlog does not keep growing):",
+        "",
+    ]
+    for workers, done in phase.runs.items():
+        if workers == 0:
+            continue
+        rate = statistics.median(run.rate for run in done)
+        p99 = statistics.median(run.latency(0.99) for run in done)
+        processed = statistics.median(run.processed_rate for run in done)
+        met = rate >= TARGET_RATIO * before and p99 <= TARGET_P99_MS
+        met = met and processed >= KEEPING_UP * rate
+        lines.append(
+            f"- {_name(workers)}: {rate / before:.2f}× before, p99 {p99:.1f} ms, processed "
+            f"{processed / rate:.0%} of the HTTP events/s — "
+            + ("**met**" if met else "**not met**")
+        )
+    return lines
 
 
 def main() -> None:
