@@ -16,7 +16,8 @@ import orjson
 from pydantic import ValidationError
 
 from schemas import TelemetryEvent, ValidationIssue
-from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW
+from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW, MIN_TIMESTAMP, Status, Tokens
+from schemas.trusted import construct_trusted
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_EVENTS_PER_BODY = 500
@@ -45,7 +46,7 @@ _set_index = Accepted.__dict__["index"].__set__
 _set_event = Accepted.__dict__["event"].__set__
 
 
-def _accepted(index: int, event: TelemetryEvent) -> Accepted:
+def accepted_event(index: int, event: TelemetryEvent) -> Accepted:
     accepted: Accepted = _new_accepted(Accepted)
     _set_index(accepted, index)
     _set_event(accepted, event)
@@ -137,6 +138,12 @@ def _guess_app_id(item: Any) -> str | None:
 _validate_python = TelemetryEvent.__pydantic_validator__.validate_python
 
 
+# What stream.privacy logs for an event evalstream validated: its canonical JSON, every field
+# but user_id in declared order (stream.enrich.canonical_json).
+_LOGGED_KEYS = tuple(name for name in TelemetryEvent.model_fields if name != "user_id")
+_STATUSES = {status.value: status for status in Status}
+
+
 class Decoder:
     """Validates bodies against TelemetryEvent with the configured limits."""
 
@@ -170,10 +177,63 @@ class Decoder:
         # decide as it does, with the same values (tests/unit/stream/test_decode_paths.py).
         if type(parsed) is dict and ("events" not in parsed or "app_id" in parsed):
             try:
-                return Decoded([_accepted(0, _validate_python(parsed, context=context))], [])
+                return Decoded([accepted_event(0, _validate_python(parsed, context=context))], [])
             except ValidationError:
                 pass
         return self.decode_value(parsed, context["now"], raw=body)
+
+    def logged_event(self, body: bytes, enqueued: datetime) -> TelemetryEvent | None:
+        """The event of a record evalstream wrote to its embedded log for an event it had
+        validated (stream.privacy marks those), rebuilt from its canonical JSON without
+        validating every field again: the checks that depend on settings (body size, future
+        skew from the enqueued time) still run. None when the body is not in that form (a
+        record of an older version) or fails those checks: it is then decoded like any body,
+        which decides the same as for the event it was made from
+        (tests/unit/stream/test_logged_events.py)."""
+        if len(body) > self.limits.max_body_bytes:
+            return None
+        try:
+            values = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if type(values) is not dict or tuple(values) != _LOGGED_KEYS:
+            return None
+        try:
+            timestamp = datetime.fromisoformat(values["timestamp"])
+            status = _STATUSES[values["status"]]
+        except (TypeError, ValueError, KeyError):
+            return None
+        if (
+            values["schema_version"] != 1
+            or timestamp.tzinfo is not UTC
+            or timestamp < MIN_TIMESTAMP
+            or timestamp > enqueued + self.limits.max_future_skew
+        ):
+            return None
+        tokens = values["tokens"]
+        # Every field in declared order, as validation would have set them.
+        return construct_trusted(
+            TelemetryEvent,
+            {
+                "schema_version": 1,
+                "app_id": values["app_id"],
+                "timestamp": timestamp,
+                "trace_id": values["trace_id"],
+                "event_id": values["event_id"],
+                "span_id": values["span_id"],
+                "model_id": values["model_id"],
+                "model_version": values["model_version"],
+                "input_text": values["input_text"],
+                "output_text": values["output_text"],
+                "latency_ms": values["latency_ms"],
+                "status": status,
+                "error_type": values["error_type"],
+                "tokens": None if tokens is None else construct_trusted(Tokens, tokens),
+                "scores": values["scores"],
+                "user_id": None,
+                "metadata": values["metadata"],
+            },
+        )
 
     def decode_value(self, parsed: Any, now: datetime, raw: bytes | None = None) -> Decoded:
         """Validate an already parsed JSON value of any transport shape."""
@@ -214,7 +274,9 @@ class Decoder:
                 )
                 continue
             try:
-                decoded.accepted.append(_accepted(index, _validate_python(item, context=context)))
+                decoded.accepted.append(
+                    accepted_event(index, _validate_python(item, context=context))
+                )
             except ValidationError as exc:
                 decoded.rejected.append(
                     Rejected(

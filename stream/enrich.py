@@ -176,7 +176,10 @@ class Enricher:
         index: int,
         processed_at: datetime,
         late: bool,
+        canonical: bytes | None = None,
     ) -> TelemetryDocument:
+        """The stored document of ``event``; ``canonical``: its canonical JSON when the caller
+        has it already (a record of the embedded log, stream.privacy)."""
         tokens = event.tokens
         input_text = event.input_text
         output_text = event.output_text
@@ -199,15 +202,17 @@ class Enricher:
         }
         # The event is serialised once: its canonical JSON gives the content id and, with the
         # enrichment appended, the stored JSON.
-        canonical = canonical_json(event)
+        if canonical is None:
+            canonical = canonical_json(event)
         user_id = event.user_id
         pseudonym = position.user
         if pseudonym is None or user_id is not None or pseudonym == SCRUBBED:
             document_id_ = event.event_id or _event_content_id(canonical, user_id)
             user_hash = self.user_hash(user_id) if user_id else None
         else:
-            # Logged without its user_id (stream.privacy): the producer made both from it.
-            user_hash, document_id_ = pseudonym
+            # Logged without its user_id (stream.privacy): the producer made both from it (no
+            # hash when the event had no user_id).
+            user_hash, document_id_ = pseudonym[0] or None, pseudonym[1]
             document_id_ = event.event_id or document_id_
         timestamp = event.timestamp
         app_id = event.app_id

@@ -19,7 +19,7 @@ from common.errors import Misconfigured, is_retryable
 from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, ValidationIssue
 from store.ports import ProcessorStore, StateSnapshot
-from stream.decode import Decoder, Rejected
+from stream.decode import Decoded, Decoder, Rejected, accepted_event
 from stream.enrich import Enricher, scrub_user_ids_in_text
 from stream.ports import (
     CloseReason,
@@ -357,8 +357,9 @@ class Pipeline:
         give nothing and do not move the watermark."""
         documents: list[TelemetryDocument] = []
         quarantined: list[QuarantineRecord] = []
-        decode, document, quarantine = (
+        decode, logged_event, document, quarantine = (
             self.decoder.decode,
+            self.decoder.logged_event,
             self.enricher.document,
             self.enricher.quarantine,
         )
@@ -369,7 +370,16 @@ class Pipeline:
         start, end, apps = (select.start, select.end, select.apps) if select else (now, now, None)
         for event in events:
             enqueued = event.enqueued_time
-            decoded = decode(event.body, enqueued)
+            # A record the embedded log holds for an event evalstream validated (its user
+            # pair carries the document id) is its canonical JSON: rebuilt, not validated again.
+            user = event.user
+            logged = logged_event(event.body, enqueued) if user is not None and user[1] else None
+            if logged is None:
+                decoded = decode(event.body, enqueued)
+                canonical = None
+            else:
+                decoded = Decoded([accepted_event(0, logged)], [])
+                canonical = event.body
             for accepted in decoded.accepted:
                 timestamp = accepted.event.timestamp
                 if select is not None and not (
@@ -380,7 +390,9 @@ class Pipeline:
                 seen = timestamp if timestamp < enqueued else enqueued
                 if watermark is None or seen > watermark:
                     watermark = seen
-                documents.append(document(accepted.event, event, accepted.index, now, late))
+                documents.append(
+                    document(accepted.event, event, accepted.index, now, late, canonical)
+                )
             for rejected in decoded.rejected:
                 if select is None or select.keeps_rejected(rejected.app_id, enqueued):
                     quarantined.append(quarantine(rejected, event, now))

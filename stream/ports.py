@@ -30,9 +30,10 @@ class ReceivedEvent:
     sequence: int
     enqueued_time: datetime
     offset: str | None = None
-    # From the embedded log, for a body whose user_id evalstream removed before keeping it:
-    # (user_hash, document id) as enrichment would have made them from the raw user_id; or
-    # SCRUBBED for a rejected body kept with each user_id value replaced by its hash already.
+    # From the embedded log, for the canonical JSON of an event evalstream validated, kept
+    # without its user_id: (user_hash, document id) as enrichment would have made them from
+    # the raw event (user_hash "" without a user_id); or SCRUBBED for a rejected body kept
+    # with each user_id value replaced by its hash already.
     user: tuple[str, str] | None = None
 
 

@@ -1,10 +1,12 @@
 """Raw user ids never kept: what producers append to the embedded log, and what quarantine
 keeps of a rejected input, carry the keyed hash of a ``user_id`` instead of the value.
 
-An accepted event is logged without its ``user_id``, beside the two things enrichment needs of
-it — the keyed hash and the document id (a content hash over the raw value) — so the stored
-document is byte for byte what the raw event would have given, whichever way it came in. A
-rejected input keeps its bytes with every ``user_id`` value replaced by its keyed hash.
+An accepted event is logged as its canonical JSON without its ``user_id``, beside the two things
+enrichment needs of it — the keyed hash and the document id (a content hash over the raw value)
+— so the stored document is byte for byte what the raw event would have given, whichever way it
+came in. Events ingest validated are logged that way even without a ``user_id`` (no hash), and
+the processor rebuilds them without validating them again. A rejected input keeps its bytes
+with every ``user_id`` value replaced by its keyed hash.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import UTC, datetime
 
 from schemas import TelemetryEvent
 from stream.decode import Decoder
-from stream.enrich import Enricher, document_id, scrub_user_ids
+from stream.enrich import Enricher, canonical_json, document_id, scrub_user_ids
 from stream.ports import SCRUBBED
 
 # Bodies without either can hold no user_id (an escaped key needs a backslash).
@@ -45,11 +47,11 @@ class Pseudonymizer:
         bodies: Sequence[tuple[str | None, bytes]],
         validated: Sequence[tuple[TelemetryEvent, str]],
     ) -> list[LogItem]:
-        """``items`` of bodies made from validated events with their document ids (ingest's):
-        an event with a user_id becomes its record straight away, where ``items`` would
-        validate its body again."""
+        """``items`` of bodies made from validated events with their document ids (ingest's,
+        each body the event's canonical JSON when it has no user_id, ``sent_form``): each
+        becomes its record straight away, where ``items`` would validate its body again."""
         return [
-            (key, body, None) if event.user_id is None else self.event_item(event, id_)
+            (key, body, ("", id_)) if event.user_id is None else self.event_item(event, id_)
             for (key, body), (event, id_) in zip(bodies, validated, strict=True)
         ]
 
@@ -74,10 +76,10 @@ class Pseudonymizer:
         return items
 
     def event_item(self, event: TelemetryEvent, id_: str | None = None) -> LogItem:
-        """The log record of a validated event: without user_id, with its hash and id
-        (``id_`` when the caller has it already)."""
-        if event.user_id is None:
-            return (event.app_id, event.model_dump_json(exclude_defaults=True).encode(), None)
-        user = (self.enricher.user_hash(event.user_id), id_ or document_id(event))
-        body = event.model_dump_json(exclude_defaults=True, exclude={"user_id"}).encode()
-        return (event.app_id, body, user)
+        """The log record of a validated event: its canonical JSON (without user_id) with
+        its user's hash ("" without one) and its document id (``id_`` when the caller has it
+        already). The processor rebuilds such a record's event without validating it again
+        (``Decoder.logged_event``)."""
+        body = canonical_json(event)
+        user_hash = self.enricher.user_hash(event.user_id) if event.user_id else ""
+        return (event.app_id, body, (user_hash, id_ or document_id(event, body)))

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import TelemetryEvent
-from stream.decode import Decoded, Decoder, _accepted, _json_error
+from stream.decode import Decoded, Decoder, _json_error, accepted_event
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 VALID = b'{"app_id": "a", "timestamp": "2026-11-22T11:00:00Z", "trace_id": "t"}'
@@ -34,7 +34,7 @@ class JsonFirstDecoder(Decoder):
         context = self._context_for(now or datetime.now(UTC))
         validator = TelemetryEvent.__pydantic_validator__
         try:
-            return Decoded([_accepted(0, validator.validate_json(body, context=context))], [])
+            return Decoded([accepted_event(0, validator.validate_json(body, context=context))], [])
         except ValidationError:
             pass
         try:
