@@ -178,14 +178,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     result = asyncio.run(run(args.rate, args.seconds))
+    load = f"{load_before:.2f} → {os.getloadavg()[0]:.2f}"
     latencies: list[float] = result["latencies"]  # type: ignore[assignment]
     lines = [
         "# Alert latency (embedded backend)",
         "",
         f"Command: `python -m bench.alert_latency --rate {args.rate:g} --seconds {args.seconds:g}`",
-        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; shared 2-core machine, processor in "
-        "its own process, producer and subscriber in the benchmark process.",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; shared 2-core machine (1-minute load "
+        f"average before → after: {load}), processor in its own process, producer and "
+        "subscriber in the benchmark process.",
         f"Producer rate achieved: {result['achieved_rate']:,.0f} events/s; breach messages "
         f"received: {result['breaches']}; with a measurable trigger: {len(latencies)}.",
         "",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         ["git", "rev-parse", "--short", args.base], check=True, capture_output=True, text=True
     ).stdout.strip()
     began = time.perf_counter()
+    load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"base": export(args.base, Path(scratch)), "head": Path.cwd()}
@@ -86,10 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Command: `python -m bench.detectors_cost --rounds {args.rounds}` — "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {time.perf_counter() - began:.0f} s on the "
-        f"shared 2-core machine. Base {base} (`{args.base}`), head {head} (the working tree "
-        "as run). Each round runs both checkouts as separate processes, alternating which "
-        "goes first; each run is the median of 3 timings of `HotPath.observe` per event "
-        "(bench/detectors.py `observe_us`).",
+        f"shared 2-core machine (1-minute load average {load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after). Base {base} (`{args.base}`), head {head} (the "
+        "working tree as run). Each round runs both checkouts as separate processes, "
+        "alternating which goes first; each run is the median of 3 timings of "
+        "`HotPath.observe` per event (bench/detectors.py `observe_us`).",
         "",
         "| documents | base µs/event (median of rounds) | head µs/event | head / base | "
         "budget ≤ 1.25 |",

@@ -30,7 +30,7 @@ BUSY_TIMEOUT_S = 30.0
 # SQLite's page cache, per connection (a processing worker holds a few). It fills as the files
 # grow and is then reused: 32 MiB kept a worker's resident memory climbing for the first ten
 # minutes of a sustained load; with 8 MiB it levels off after ~5 minutes, at no measurable
-# cost in throughput (bench/results/workers_sustained.md, bench/RESULTS.md).
+# cost in throughput (bench/results/workers_sustained.md; readings in bench/NOTES.md).
 CACHE_KIB = 8 * 1024
 # Pages of new files. Rows here are ~1-2 KB JSON documents or event bodies: with SQLite's
 # 4 KiB default only two fit a page, and an upsert batch costs ~25% more CPU (splits, WAL

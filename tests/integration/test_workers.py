@@ -121,7 +121,7 @@ def test_worker_memory_stays_flat_under_sustained_load(tmp_path: Path) -> None:
     warm-up (SQLite's page caches and the detectors of 50 apps filling) stays within 12 MB
     over the next ~30,000 events, so a leak of 400 bytes per event would break it. Measured
     here: ~92 MB per worker after warm-up, +3 to +7 MB over such a window, flat at ~100 MB
-    after 45 s (bench/RESULTS.md has the longer run)."""
+    after 45 s (bench/results/workers_sustained.md has the longer run)."""
     data_dir = tmp_path / "data"
     process = start_processor(
         data_dir,
