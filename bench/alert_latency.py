@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alerts.sqlite_bus import SqliteAlertReceiver
+from evalstream.settings import DEFAULT_PARTITIONS
 from schemas import Breach, BreachState
 from stream.producers.simulator import Incident, Simulator
 from stream.sources.local_log import LocalLogSink
@@ -127,7 +128,7 @@ async def run(rate: float, seconds: float) -> dict[str, object]:
             appended: dict[datetime, float] = {}
             received: dict[str, tuple[Breach, float]] = {}
             stop = asyncio.Event()
-            async with LocalLogSink(data_dir / "log.db", 4) as sink:
+            async with LocalLogSink(data_dir / "log.db", DEFAULT_PARTITIONS) as sink:
                 listener = asyncio.create_task(subscribe(data_dir / "alerts.db", received, stop))
                 achieved = await produce(sink, simulator, rate, int(rate * seconds), appended)
                 await asyncio.sleep(3)  # let the last breaches of the run arrive
