@@ -39,6 +39,8 @@ from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import BlobServiceClient
 from pydantic import SecretStr
 
+from evalstream import wiring
+from evalstream.settings import load_settings
 from schemas import AppDirectory, Breach
 from store.sqlite import SqliteStore
 from stream.config import ProcessorSettings
@@ -259,17 +261,11 @@ class MemoryPublisher:
 def hot_path_of(
     processor: ProcessorSettings,
 ) -> tuple[HotPathFactory | None, MemoryPublisher | None]:
-    """The detectors (default apps) and an in-memory publisher when the hot path is on."""
-    if not processor.hot_path:
-        return None, None
-    from stream.hotpath import HotPath
-
-    apps = AppDirectory()
-
-    def build(blob: bytes | None) -> HotPath:
-        return HotPath.restore(apps, blob) if blob else HotPath(apps)
-
-    return build, MemoryPublisher()
+    """The processor's detectors as the command wires them, and an in-memory publisher, when
+    the hot path is on."""
+    base = load_settings()
+    hot = wiring.hot_path(base.model_copy(update={"processor": processor}))
+    return hot, (MemoryPublisher() if hot is not None else None)
 
 
 async def processor_run(
