@@ -22,6 +22,7 @@ from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoded, Decoder, Rejected, accepted_event
 from stream.enrich import Enricher, scrub_user_ids_in_text
 from stream.ports import (
+    SCRUBBED,
     CloseReason,
     HotPathFactory,
     HotPathState,
@@ -370,10 +371,14 @@ class Pipeline:
         start, end, apps = (select.start, select.end, select.apps) if select else (now, now, None)
         for event in events:
             enqueued = event.enqueued_time
-            # A record the embedded log holds for an event evalstream validated (its user
-            # pair carries the document id) is its canonical JSON: rebuilt, not validated again.
+            # A record the embedded log holds for an event evalstream validated (a user pair that
+            # is not SCRUBBED) is its canonical JSON: rebuilt, not validated again.
             user = event.user
-            logged = logged_event(event.body, enqueued) if user is not None and user[1] else None
+            logged = (
+                logged_event(event.body, enqueued)
+                if user is not None and user != SCRUBBED
+                else None
+            )
             if logged is None:
                 decoded = decode(event.body, enqueued)
                 canonical = None
