@@ -1,8 +1,8 @@
 # Two entry points for people (README): `make run` and `make test`. Everything they need is
 # installed from this repository's own files: Python packages from pyproject.toml into .venv,
-# the local Azure servers from tests/emulators/package-lock.json, and Debian's chromium (the
-# browser tests open the HTML report in it headless) and tmux (the terminal tests look at the
-# progress display in it) with apt-get when they are missing.
+# the local Azure servers from tests/emulators/package-lock.json, and with apt-get when they are
+# missing Debian's gcc (setup.py compiles the hot path), chromium (the browser tests open the
+# HTML report in it headless) and tmux (the terminal tests look at the progress display in it).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,19 +11,20 @@ NPM_DIR := tests/emulators
 NPM_STAMP := $(NPM_DIR)/node_modules/.installed
 RUN_ARGS ?= --simulate
 DEBIAN_PACKAGES ?= chromium tmux
+COMPILER_PACKAGES ?= gcc
 # Test processes: most of the suite waits on local servers and child processes, so two keep a
 # 2-core machine busy (on this project's 2-core machine: 772 s in one process; 401-443 s in two,
 # together with the collector freeze between modules in tests/conftest.py).
 TEST_WORKERS ?= 2
 
-.PHONY: install run test lint bench servers clean debian
+.PHONY: install run test lint bench servers clean debian compiler
 
 install: $(PY_STAMP) $(NPM_STAMP) debian
 
 # apt-get as root, else through sudo when there is one; `apt-get update` first, once, since a
-# fresh machine's package lists may be empty or old.
-debian:
-	@missing=; for package in $(DEBIAN_PACKAGES); do \
+# fresh machine's package lists may be empty or old. Packages are named by their command.
+define apt_install
+	@missing=; for package in $(1); do \
 		command -v $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
 	[ -z "$$missing" ] || { \
 		if [ "$$(id -u)" = 0 ]; then sudo=; \
@@ -32,8 +33,20 @@ debian:
 		$$sudo apt-get update && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	}
+endef
 
-$(PY_STAMP): pyproject.toml
+debian:
+	$(call apt_install,$(DEBIAN_PACKAGES))
+
+# The C compiler setup.py compiles the hot path with (without one it installs plain Python).
+compiler:
+	$(call apt_install,$(COMPILER_PACKAGES))
+
+# setup.py compiles the hot path in place (an editable install): editing its sources reinstalls,
+# so `make run` and `make test` never load a compiled module older than its source.
+COMPILED_SOURCES := $(wildcard stream/hotpath/*.py)
+
+$(PY_STAMP): pyproject.toml setup.py $(COMPILED_SOURCES) | compiler
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -59,4 +72,5 @@ bench: $(PY_STAMP)
 	$(PY) -m bench.processor
 
 clean:
-	rm -rf $(VENV) $(NPM_DIR)/node_modules .pytest_cache var
+	rm -rf $(VENV) $(NPM_DIR)/node_modules .pytest_cache var build
+	find . -name '*.so' -not -path './node_modules/*' -not -path './$(VENV)/*' -delete

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 # Imported before any test module: CPython 3.11.7 can raise "SystemError: AST constructor
 # recursion depth mismatch" when the garbage collector finalises dead AMQP connections while
@@ -18,6 +19,24 @@ pytest_plugins: list[str] = [
     "tests.emulators.npm_fixtures",
     "tests.emulators.batch_fixtures",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test a compiled hot-path module older than its source (setup.py compiles
+    them in place): it would be the old code that runs. ``make test`` rebuilds first."""
+    folder = Path(__file__).resolve().parent.parent / "stream" / "hotpath"
+    stale = [
+        source.name
+        for source in folder.glob("*.py")
+        for built in folder.glob(f"{source.stem}.*.so")
+        if built.stat().st_mtime < source.stat().st_mtime
+    ]
+    if stale:
+        pytest.exit(
+            f"stream/hotpath: compiled modules older than their source ({', '.join(stale)}); "
+            "rebuild them with `make install`",
+            returncode=4,
+        )
 
 
 @pytest.fixture(autouse=True, scope="module")
