@@ -7,11 +7,12 @@ from typing import Any, Self
 
 from schemas.breach import BreachKind, Severity
 from schemas.detection import BurnRateRule
+from stream.hotpath.detector import Updated
 from stream.hotpath.detector import printed as _printed
 from stream.hotpath.packing import pack_varints, unpack_varints
 
 
-class BurnRate:
+class BurnRate(Updated):
     """Alarms while any of its rules burns the error budget too fast over both windows.
 
     A value is bad when it is above ``bad_above`` (latency over its SLO threshold, or an error

@@ -85,7 +85,25 @@ class Detector(Protocol):
     def load_state(self, state: Any) -> None: ...
 
 
-class StandardizedDrift:
+class Updated:
+    """What HotPath touches on every value: ``update`` and then ``alarm``; the shipped
+    detectors derive from it.
+
+    Compiled (setup.py), a call through this class goes straight to the subclass's code, its
+    floats unboxed, and ``alarm`` is read from the instance's struct: through the Protocol each
+    is a lookup by name on a boxed call, the larger part of what the engine's loop costs per
+    event. A detector that only follows the Protocol works with the breach lifecycle but not
+    in HotPath, which refuses it.
+    """
+
+    # A plain attribute, not a property: the engine reads it after every update.
+    alarm: bool
+
+    def update(self, x: float, t: float) -> Self:
+        raise NotImplementedError
+
+
+class StandardizedDrift(Updated):
     """Base of the drift detectors: learns a baseline, then tests standardised values.
 
     The first ``warmup`` values give the baseline mean and standard deviation (Welford); after
@@ -134,7 +152,6 @@ class StandardizedDrift:
     def __init__(self, warmup: int, clip: float) -> None:
         self.warmup = warmup
         self.clip = clip
-        # A plain attribute, not a property: the engine reads it after every update.
         self.alarm = False
         self._start_over(0.0)
 

@@ -14,7 +14,7 @@ import orjson
 from schemas.appconfig import AppConfig, AppDirectory
 from schemas.breach import MAX_SAMPLE_TRACE_IDS, Breach, BreachKind
 from schemas.telemetry import Status
-from stream.hotpath.detector import Detector
+from stream.hotpath.detector import Detector, Updated
 from stream.hotpath.errors import SnapshotError
 from stream.hotpath.factory import (
     ERROR,
@@ -72,24 +72,27 @@ class _Track:
         self.samples: deque[str] | None = deque(maxlen=MAX_SAMPLE_TRACE_IDS) if slo else None
         # A value above this is offending: its trace id goes to ``samples`` (inf: none is).
         self.above = math.inf
-        self.entries: list[tuple[Any, Detector, BreachTracker, deque[str]]] = []
+        self.entries: list[tuple[Updated, Detector, BreachTracker, deque[str]]] = []
         self.incident = Incident([tracker for _, tracker in pairs])
         self._link()
 
     def _link(self) -> None:
-        # Bound methods looked up once: this loop runs for every detector of every event.
+        # Looked up once: this loop runs for every detector of every event.
         self.entries = []
         self.above = math.inf
         for detector, tracker in self.pairs:
+            if not isinstance(detector, Updated):
+                name = type(detector).__name__
+                raise TypeError(f"{name} does not derive from stream.hotpath.detector.Updated")
             if detector.name in self.slo and self.samples is not None:
                 # Every burn-rate detector of a signal has the same bad threshold (the
                 # signal's SLO), and a value offends exactly when it is above it: the engine
                 # collects the sample before the updates instead of asking after each one.
                 if self.above == math.inf:
                     self.above = detector.bad_above  # type: ignore[attr-defined]
-                entry = (detector.update, detector, tracker, self.samples)
+                entry = (detector, detector, tracker, self.samples)
             else:
-                entry = (detector.update, detector, tracker, self.recent)
+                entry = (detector, detector, tracker, self.recent)
             self.entries.append(entry)
 
     def replace(self, index: int, detector: Detector) -> None:
@@ -179,16 +182,18 @@ class HotPath:
         failed = 1.0 if doc.status is Status.ERROR else 0.0
         # (track, value) of every signal of the event, in a fixed order: error, latency,
         # output length, tokens, scores.
-        work = [(app.error or self._track(app, doc.app_id, ERROR), failed)]
+        work: list[tuple[_Track, float]] = [
+            (app.error or self._fixed(app, doc.app_id, ERROR), failed)
+        ]
         latency = doc.latency_ms
         if latency is not None:
-            work.append((app.latency or self._track(app, doc.app_id, LATENCY), latency))
+            work.append((app.latency or self._fixed(app, doc.app_id, LATENCY), latency))
         if not failed:
             derived = doc.derived
-            output = app.output or self._track(app, doc.app_id, OUTPUT_CHARS)
+            output = app.output or self._fixed(app, doc.app_id, OUTPUT_CHARS)
             work.append((output, derived.output_chars))
             if doc.tokens is not None:
-                tokens = app.tokens or self._track(app, doc.app_id, TOKENS_TOTAL)
+                tokens = app.tokens or self._fixed(app, doc.app_id, TOKENS_TOTAL)
                 work.append((tokens, derived.tokens_total))
             if doc.scores:
                 by_score = app.by_score
@@ -201,16 +206,20 @@ class HotPath:
                         work.append((track, value))
         out: list[Breach] = []
         # One loop over every detector of the event, without a call per signal: this is the
-        # hottest code of the processor.
+        # hottest code of the processor. Each detector comes twice in its entry: typed as
+        # Updated for the update and the alarm (a direct call when compiled, see Updated), as
+        # the Protocol for the breach lifecycle.
         for track, x in work:
-            if x > track.above:  # type: ignore[union-attr]
-                track.samples.append(trace_id)  # type: ignore[union-attr]
-            for update, detector, tracker, samples in track.entries:  # type: ignore[union-attr]
-                update(x, t)
-                if detector.alarm or tracker.open is not None:
+            if x > track.above:
+                samples_of_slo = track.samples
+                if samples_of_slo is not None:
+                    samples_of_slo.append(trace_id)
+            for updated, detector, tracker, samples in track.entries:
+                updated.update(x, t)
+                if updated.alarm or tracker.open is not None:
                     breach = tracker.step(detector, app.watermark, doc, samples)
                     if breach is not None:
-                        message = track.incident.absorb(breach)  # type: ignore[union-attr]
+                        message = track.incident.absorb(breach)
                         if message is not None:
                             out.append(message)
         return out
@@ -219,6 +228,12 @@ class HotPath:
         app = _App(self._directory.resolve(app_id))
         self._apps[app_id] = app
         return app
+
+    def _fixed(self, app: _App, app_id: str, signal: str) -> _Track:
+        """The track of one of the signals every app has (never refused, unlike scores)."""
+        track = self._track(app, app_id, signal)
+        assert track is not None
+        return track
 
     def _track(self, app: _App, app_id: str, signal: str) -> _Track | None:
         if signal.startswith(SCORE_PREFIX):
