@@ -1,11 +1,12 @@
 """Builds the hot path's detectors as C extensions with mypyc (everything else is pyproject.toml).
 
 The detectors are the processor's per-event arithmetic: about eighteen updates per event, a
-quarter of its CPU. Compiled from the same type-checked sources they cost about a third less
-(bench/NOTES.md); what they compute does not change (tests/unit/stream/hotpath/test_compiled.py
-runs the same streams through both builds). Where no C compiler or Python headers exist the
-build says so and installs the same modules as plain Python: slower, otherwise the same.
-``COMPILE_HOTPATH=0`` asks for that plain build.
+fifth of its CPU as plain Python. Compiled from the same type-checked sources, ``HotPath.observe``
+costs about half as much (bench/results/detectors_cost.md, bench/NOTES.md); what it computes does
+not change (tests/unit/stream/hotpath/test_compiled.py runs the same stream through both
+builds). Where no C compiler or Python headers exist the build says so and installs the same
+modules as plain Python: slower, otherwise the same. ``COMPILE_HOTPATH=0`` asks for that plain
+build.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# Modules compiled together (mypyc links them into one library). Nothing here may import a
-# module that is not in the list and not in the standard library, numpy, river or schemas.
+# Modules compiled together (mypyc links them into one shared library); what they import from
+# elsewhere (schemas, river, scipy, the standard library) stays an ordinary Python import.
 COMPILED = [
     "stream/hotpath/adwin.py",
     "stream/hotpath/burn_rate.py",

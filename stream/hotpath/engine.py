@@ -77,7 +77,7 @@ class _Track:
         self._link()
 
     def _link(self) -> None:
-        # Looked up once: this loop runs for every detector of every event.
+        # Built once per track, read for every detector of every event.
         self.entries = []
         self.above = math.inf
         for detector, tracker in self.pairs:
