@@ -7,7 +7,7 @@ import math
 from collections import deque
 from functools import cache
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -72,7 +72,7 @@ class _Track:
         self.samples: deque[str] | None = deque(maxlen=MAX_SAMPLE_TRACE_IDS) if slo else None
         # A value above this is offending: its trace id goes to ``samples`` (inf: none is).
         self.above = math.inf
-        self.entries: list[tuple[Updated, Detector, BreachTracker, deque[str]]] = []
+        self.entries: list[tuple[Updated, BreachTracker, deque[str]]] = []
         self.incident = Incident([tracker for _, tracker in pairs])
         self._link()
 
@@ -90,10 +90,9 @@ class _Track:
                 # collects the sample before the updates instead of asking after each one.
                 if self.above == math.inf:
                     self.above = detector.bad_above  # type: ignore[attr-defined]
-                entry = (detector, detector, tracker, self.samples)
+                self.entries.append((detector, tracker, self.samples))
             else:
-                entry = (detector, detector, tracker, self.recent)
-            self.entries.append(entry)
+                self.entries.append((detector, tracker, self.recent))
 
     def replace(self, index: int, detector: Detector) -> None:
         self.pairs[index] = (detector, self.pairs[index][1])
@@ -206,18 +205,17 @@ class HotPath:
                         work.append((track, value))
         out: list[Breach] = []
         # One loop over every detector of the event, without a call per signal: this is the
-        # hottest code of the processor. Each detector comes twice in its entry: typed as
-        # Updated for the update and the alarm (a direct call when compiled, see Updated), as
-        # the Protocol for the breach lifecycle.
+        # hottest code of the processor. Detectors are reached through Updated (a direct call
+        # when compiled, see Updated); the breach lifecycle takes them as the Protocol.
         for track, x in work:
             if x > track.above:
                 samples_of_slo = track.samples
                 if samples_of_slo is not None:
                     samples_of_slo.append(trace_id)
-            for updated, detector, tracker, samples in track.entries:
-                updated.update(x, t)
-                if updated.alarm or tracker.open is not None:
-                    breach = tracker.step(detector, app.watermark, doc, samples)
+            for detector, tracker, samples in track.entries:
+                detector.update(x, t)
+                if detector.alarm or tracker.open is not None:
+                    breach = tracker.step(cast(Detector, detector), app.watermark, doc, samples)
                     if breach is not None:
                         message = track.incident.absorb(breach)
                         if message is not None:
