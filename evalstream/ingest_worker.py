@@ -37,6 +37,7 @@ from evalstream import logs, wiring
 from evalstream.settings import Settings
 from stream.exceptions import SourceUnavailable
 from stream.metrics import IngestMetrics, snapshot
+from stream.processor import tuned_gc
 from stream.producers.ingest_rates import SqliteBuckets
 from stream.producers.ingest_server import serving
 from stream.sources.subprocess_channel import Channel
@@ -108,18 +109,22 @@ async def serve(spec: WorkerSpec, channel: Channel) -> None:
                 buckets,
             )
             sock = socket.socket(fileno=spec.fd)
-            async with (
-                serving(
-                    app.app,
-                    settings.ingest.host,
-                    settings.ingest.port,
-                    header_timeout_s=settings.ingest.header_timeout_s,
-                    sock=sock,
-                ),
-                asyncio.TaskGroup() as group,
-            ):
-                group.create_task(_stop_when_orphaned(channel, stop))
-                group.create_task(_report(channel, registry, spec.metrics_interval_s, stop))
+            # As the processing workers: the start-up's objects (modules, the model's schemas)
+            # leave the collector's scans; full collections over them stalled every request
+            # in flight for tens of ms.
+            with tuned_gc():
+                async with (
+                    serving(
+                        app.app,
+                        settings.ingest.host,
+                        settings.ingest.port,
+                        header_timeout_s=settings.ingest.header_timeout_s,
+                        sock=sock,
+                    ),
+                    asyncio.TaskGroup() as group,
+                ):
+                    group.create_task(_stop_when_orphaned(channel, stop))
+                    group.create_task(_report(channel, registry, spec.metrics_interval_s, stop))
             # Out of serving: every request in flight has been answered.
             with contextlib.suppress(SourceUnavailable):
                 channel.send("metrics", snapshot(registry))

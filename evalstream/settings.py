@@ -56,6 +56,9 @@ class EmbeddedSettings(BaseModel):
     # Processing worker processes, each owning a share of the partitions (``process
     # --workers``); unset: one per core. 1 processes every partition in the command's process.
     workers: PositiveInt | None = Field(default=None, le=1024)
+    # Niceness the processing workers add to their own (0-19): beside ingest workers, a
+    # request waiting for the CPU behind a batch is what made ingest's slowest answers.
+    workers_nice: int = Field(default=5, ge=0, le=19)
     # Events older than this are deleted from the local event log (not from the store).
     retention_hours: PositiveFloat = 7 * 24
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,7 @@ async def _work(read_fd: int, write_fd: int) -> int:
     if begun is None:
         return 2
     channel, (settings,), stop = begun
+    os.nice(settings.embedded.workers_nice)
     processor = settings.processor
     source = LocalLogShare(
         settings.embedded.log_path,

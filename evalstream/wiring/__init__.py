@@ -128,7 +128,9 @@ def ingest_app(
     limit = settings.ingest.max_backlog
     if limit is not None and isinstance(sink, LocalLogSink):
         group = settings.processor.consumer_group
-        admission = Admission(functools.partial(sink.backlog, group), limit)
+        admission = Admission(
+            functools.partial(sink.backlog, group), limit, hold_s=settings.ingest.backlog_hold_s
+        )
     return IngestApp(
         decoder(settings),
         enricher(settings, "ingest"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from stream.producers.ingest_auth import IngestAuthSettings
 
@@ -26,4 +26,8 @@ class IngestSettings(BaseModel):
     # so that a load the processor cannot follow backs off instead of growing the log without
     # end. None (not expressible in TOML; for programs): accept whatever the backlog.
     max_backlog: PositiveInt | None = 100_000
+    # Past max_backlog a post first waits up to this long for the processor to work the backlog
+    # under the limit (its answer comes later: a producer posting back to back slows to the
+    # processor's pace); only then is it answered 503. 0: answer 503 at once.
+    backlog_hold_s: NonNegativeFloat = 2.0
     auth: IngestAuthSettings = Field(default_factory=IngestAuthSettings)

@@ -36,6 +36,9 @@ T = TypeVar("T")
 
 SOURCE_NAME = "local"
 RETENTION_SWEEP_INTERVAL_S = 60.0
+# How often a partition's progress is written: ingest holds and refuses posts by the backlog it
+# gives, which may lag by this much processing (the checkpoints alone lagged by a second).
+PROGRESS_INTERVAL_S = 0.05
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -50,6 +53,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (consumer_group, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- How far a consumer group has stored each partition: written after its batches (at most every
+-- PROGRESS_INTERVAL_S), ahead of its checkpoint, which waits for a detector snapshot. Read for
+-- the backlog only; a restart resumes from the checkpoint.
+CREATE TABLE IF NOT EXISTS progress (
+    consumer_group TEXT NOT NULL, partition INTEGER NOT NULL, sequence INTEGER NOT NULL,
+    PRIMARY KEY (consumer_group, partition)
+) WITHOUT ROWID;
 """
 # ``user``: (user_hash, document id) of a body logged without its user_id, as "<hash> <id>"
 # (see stream.privacy), NULL for every other body. Logs made before it get the column on open.
@@ -181,12 +191,25 @@ def _checkpoint(connection: sqlite3.Connection, consumer_group: str, partition: 
 
 def _backlog(connection: sqlite3.Connection, consumer_group: str) -> int:
     row = connection.execute(
-        "SELECT SUM(MAX(0, heads.next_sequence - 1 - COALESCE(checkpoints.sequence, -1))) "
-        "FROM heads LEFT JOIN checkpoints ON checkpoints.consumer_group = ? "
-        "AND checkpoints.partition = heads.partition",
+        "SELECT SUM(MAX(0, heads.next_sequence - 1 - MAX(COALESCE(checkpoints.sequence, -1), "
+        "COALESCE(progress.sequence, -1)))) FROM heads "
+        "LEFT JOIN checkpoints ON checkpoints.consumer_group = ?1 "
+        "AND checkpoints.partition = heads.partition "
+        "LEFT JOIN progress ON progress.consumer_group = ?1 "
+        "AND progress.partition = heads.partition",
         (consumer_group,),
     ).fetchone()
     return int(row[0] or 0)
+
+
+def _update_progress(
+    connection: sqlite3.Connection, consumer_group: str, partition: int, sequence: int
+) -> None:
+    connection.execute(
+        "INSERT INTO progress VALUES (?, ?, ?) ON CONFLICT (consumer_group, partition) "
+        "DO UPDATE SET sequence = excluded.sequence",
+        (consumer_group, partition, sequence),
+    )
 
 
 def _update_checkpoint(
@@ -306,8 +329,16 @@ class LocalLog:
         return await self._async("read a checkpoint", _checkpoint, consumer_group, partition)
 
     async def backlog_async(self, consumer_group: str) -> int:
-        """Events of every partition after ``consumer_group``'s checkpoint."""
+        """Events of every partition after what ``consumer_group`` checkpointed or stored."""
         return await self._async("read the backlog", _backlog, consumer_group)
+
+    async def update_progress_async(
+        self, consumer_group: str, partition: int, sequence: int
+    ) -> None:
+        """``consumer_group`` has stored ``partition`` up to ``sequence`` (not a checkpoint)."""
+        await self._async(
+            "write the progress", _update_progress, consumer_group, partition, sequence
+        )
 
     async def update_checkpoint_async(
         self, consumer_group: str, partition: int, sequence: int
@@ -511,6 +542,7 @@ async def run_partition(
     context = _LocalPartitionContext(log, consumer_group, partition, position)
     await handler.on_partition_initialize(context)
     turns = Turns()
+    progress_at = time.monotonic()
     while not stop.is_set():
         events = await log.read_async(partition, context.position, batch_size)
         if not events:
@@ -526,6 +558,9 @@ async def run_partition(
         if not delivered:
             break
         context.position = events[-1].sequence
+        if time.monotonic() - progress_at >= PROGRESS_INTERVAL_S:
+            progress_at = time.monotonic()
+            await log.update_progress_async(consumer_group, partition, context.position)
         await turns.take()
     await handler.on_partition_close(context, CloseReason.SHUTDOWN)
 

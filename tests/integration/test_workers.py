@@ -1,7 +1,7 @@
 """Worker processes (``process --workers 2``): SIGKILLing one worker of two at random points
 loses and duplicates nothing (its partitions move to the other, then back to its restarted
 successor), and the breaches are exactly a single-process run's; worker memory stays flat, and
-the status line adds the workers up."""
+the status line adds the workers up; the workers run at a lower priority."""
 
 from __future__ import annotations
 
@@ -141,6 +141,14 @@ def test_worker_memory_stays_flat_under_sustained_load(tmp_path: Path) -> None:
     samples: dict[int, list[int]] = {}
     try:
         pids = two_live_workers(process)
+        # They yield the CPU to ingest and the command (embedded.workers_nice, default 5), from
+        # when their settings have come over the pipe.
+        nice = min(psutil.Process(process.pid).nice() + 5, 19)
+        wait_until(
+            lambda: [psutil.Process(pid).nice() for pid in pids] == [nice] * 2,
+            timeout=30,
+            what="workers at a lower priority",
+        )
         wait_until(lambda: stored_count(data_dir) >= 20_000, timeout=60, what="warm-up")
         warm = stored_count(data_dir)
         deadline = time.monotonic() + 12

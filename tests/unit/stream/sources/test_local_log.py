@@ -12,6 +12,7 @@ import pytest
 import common.turns
 from stream.exceptions import SourceError
 from stream.ports import CloseReason, PartitionContext, ReceivedEvent
+from stream.sources import local_log
 from stream.sources.local_log import LocalLog, partition_for, run_partition
 
 
@@ -55,6 +56,11 @@ async def test_the_backlog_is_what_a_consumer_group_has_not_checkpointed(tmp_pat
         await log.update_checkpoint_async("g", others[0], by_partition[others[0]])
         expected = (by_partition[first] - by_partition[first] // 2) + by_partition[others[1]] + 1
         assert await log.backlog_async("g") == expected
+        assert await log.backlog_async("other") == 120
+        # Progress (stored, not yet checkpointed) counts where it is ahead of the checkpoint.
+        await log.update_progress_async("g", first, by_partition[first] - 1)
+        await log.update_progress_async("g", others[0], 0)
+        assert await log.backlog_async("g") == 1 + by_partition[others[1]] + 1
         assert await log.backlog_async("other") == 120
     finally:
         await log.aclose()
@@ -126,5 +132,26 @@ async def test_a_partition_catching_up_gives_the_loop_a_turn(
         handler = _StopAfterFirstBatch(stop)
         await run_partition(log, "g", 0, handler, stop, batch_size=50, batch_wait_s=0.01)
         assert handler.batches == 1
+    finally:
+        await log.aclose()
+
+
+@pytest.mark.parametrize(("interval_s", "backlog"), [(0.0, 1_950), (3600.0, 2_000)])
+async def test_a_partition_writes_its_progress_after_its_batches_every_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval_s: float, backlog: int
+) -> None:
+    """The handler stores a batch of 50 and checkpoints nothing: the backlog ingest reads
+    counts the batch as done once its progress is written (never, within an hour)."""
+    monkeypatch.setattr(local_log, "PROGRESS_INTERVAL_S", interval_s)
+    monkeypatch.setattr(common.turns, "TURN_S", 0.0)  # the stop lands after the first batch
+    log = LocalLog(tmp_path / "log.db", 1)
+    try:
+        log.append([("app-1", b"x")] * 2_000)
+        stop = asyncio.Event()
+        await run_partition(
+            log, "g", 0, _StopAfterFirstBatch(stop), stop, batch_size=50, batch_wait_s=0.01
+        )
+        assert await log.backlog_async("g") == backlog
+        assert log.checkpoint("g", 0) == -1
     finally:
         await log.aclose()
