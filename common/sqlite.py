@@ -62,6 +62,10 @@ WAL_KEPT_SIZE = 4 * WAL_SIZE_LIMIT
 # its way, and how long it pauses between tries (holding nothing).
 CHECKPOINT_WAIT_MS = 250
 RESTART_RETRY_S = 0.002
+# How often a call waiting for another process's write lock tries it. SQLite's own busy handler
+# sleeps longer the longer it waits (up to 100 ms a turn): an ingest append that met a lock held
+# for ~20 ms came back after 60-200 ms (measured), several posts at once.
+LOCK_POLL_S = 0.001
 # Passive checkpoints before that restart (``SqliteFile._catch_up``): at most this many more, until
 # one copies at most this many frames.
 CATCH_UP_PASSES = 3
@@ -253,8 +257,9 @@ class SqliteFile:
         """Return once no other connection held the write lock a moment ago, or after
         ``timeout_s``; on the worker thread.
 
-        SQLite's busy handler waits for the lock on a connection of its own, which takes it
-        and gives it back at once; the call itself then runs on the loop's thread. Meanwhile
+        A connection of its own tries the lock every LOCK_POLL_S (not SQLite's busy handler,
+        whose sleeps grow to 100 ms), taking it and giving it back at once; the call itself
+        then runs on the loop's thread. Meanwhile
         the loop's other calls go on (reads need no write lock). A call run here held the
         write lock several times longer: sqlite3 hands the GIL over at every row, and the
         loop's thread, busy with the next batch, kept it for up to a switch interval each time
@@ -263,12 +268,22 @@ class SqliteFile:
         with self._probe_lock:
             if self._closed:
                 return
+            deadline = time.monotonic() + timeout_s
             try:
                 if self._probe is None:
                     self._probe = connect(self.path, busy_timeout_s=self._busy_timeout_ms / 1000)
-                with self._busy_timeout(max(1, int(timeout_s * 1000)), self._probe):
-                    self._probe.execute("BEGIN IMMEDIATE")
-                    self._probe.execute("ROLLBACK")
+                with self._busy_timeout(0, self._probe):
+                    while True:
+                        try:
+                            self._probe.execute("BEGIN IMMEDIATE")
+                        except sqlite3.OperationalError as exc:
+                            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                            if not busy or time.monotonic() >= deadline:
+                                return
+                            time.sleep(LOCK_POLL_S)
+                            continue
+                        self._probe.execute("ROLLBACK")
+                        return
             except sqlite3.Error:
                 pass  # the call, tried again, meets what is wrong and reports it
 

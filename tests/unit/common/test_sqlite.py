@@ -97,6 +97,23 @@ async def test_a_locked_file_is_waited_for_off_the_loop_and_the_call_runs_on_its
     assert await file.run(count) == 1
 
 
+async def test_a_call_waiting_for_another_process_goes_on_soon_after_the_lock_is_free(
+    file: SqliteFile,
+) -> None:
+    """After ~0.24 s of waiting SQLite's own busy handler sleeps 100 ms a turn: a lock freed
+    then was taken up to ~90 ms later. The wait tries every LOCK_POLL_S instead."""
+    other = connect(file.path)
+    other.execute("BEGIN IMMEDIATE")
+    write = asyncio.create_task(file.run(insert("waited")))
+    await asyncio.sleep(0.235)  # the lock is held this long: what is measured is after it
+    assert not write.done()
+    other.execute("COMMIT")
+    freed = asyncio.get_running_loop().time()
+    await write
+    assert asyncio.get_running_loop().time() - freed < 0.04
+    other.close()
+
+
 async def test_reads_go_on_while_a_write_waits_for_another_process(file: SqliteFile) -> None:
     """The wait holds neither the loop nor the file's connection: the processor's reads of
     its log go on while a checkpoint write waits for another process's write lock."""
