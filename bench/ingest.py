@@ -15,9 +15,9 @@ its processing workers and of its ingest workers. Configurations alternate withi
 (order rotated); results are medians, written to bench/results/ingest.md.
 
 Three loads: back to back; back to back with ingest pushing back past ``--max-backlog`` events
-waiting for the processor (``ingest.max_backlog``: a post is held up to ``ingest.backlog_hold_s``
-for the backlog to fall, then answered 503 with Retry-After, and the client waits that long and
-sends the same request again, as a producer should); paced at
+waiting for the processor (``ingest.max_backlog``: posts are paced to the processor's rate; one
+that cannot go within ``ingest.backlog_hold_s`` is answered 503 with Retry-After, and the client
+waits that long and sends the same request again, as a producer should); paced at
 ``--paced`` × the before configuration's back-to-back rate. Latencies are those of the requests
 answered 202; refused requests are counted apart.
 """
@@ -357,9 +357,10 @@ def table(phase: Phase, args: argparse.Namespace) -> list[str]:
         if phase.rate
         else "posting back to back (each sends its next request when answered)"
         + (
-            f", ingest pushing back past {phase.max_backlog:,} events waiting (a post held "
-            f"up to {IngestSettings().backlog_hold_s:g} s, then 503 + Retry-After; the client "
-            "waits and sends the same request again)"
+            f", ingest pushing back past {phase.max_backlog:,} events waiting (posts paced to "
+            "the processor's rate; one that cannot go within "
+            f"{IngestSettings().backlog_hold_s:g} s is answered 503 + Retry-After, and the "
+            "client waits and sends the same request again)"
             if phase.max_backlog
             else ", ingest never pushing back"
         )

@@ -121,7 +121,8 @@ def ingest_app(
 ) -> IngestApp:
     """HTTP ingest as configured, in the processor's process or in a worker process of its own
     (``buckets``: the rate buckets the workers share)."""
-    from stream.producers.ingest import Admission, IngestApp
+    from stream.producers.admission import Admission
+    from stream.producers.ingest import IngestApp
     from stream.producers.ingest_auth import Authorizer
 
     admission = None

@@ -4,11 +4,11 @@ A request may carry one event, an array, or ``{"events": [...]}``. The answer li
 accepted and, per rejected event, every reason; rejected events are quarantined as well.
 Status: 202 all accepted, 207 some rejected, 422 none accepted, 400 unreadable body,
 408 body not complete within ``body_timeout_s`` of the request's start, 413 body or event count
-over the limit, 503 while the processor is more than ``max_backlog`` events behind, still after
-holding the post ``backlog_hold_s`` (with Retry-After; nothing of the request kept); with API
-keys configured also 401, 403 and 429 (``ingest_auth``). A client that disconnects before its
-body is complete keeps nothing of that request. Serving (socket, header deadline, half-closed
-bodies) is ``ingest_server``'s.
+over the limit, 503 when the processor is too far behind for the post to go within
+``backlog_hold_s`` (``admission``: paced past ``max_backlog``; with Retry-After; nothing of the
+request kept); with API keys configured also 401, 403 and 429 (``ingest_auth``). A client that
+disconnects before its body is complete keeps nothing of that request. Serving (socket, header
+deadline, half-closed bodies) is ``ingest_server``'s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ from stream.decode import Decoded, Decoder, Rejected
 from stream.enrich import Enricher, sent_form
 from stream.metrics import IngestMetrics
 from stream.ports import EventSink
+from stream.producers.admission import Admission
 from stream.producers.ingest_auth import Authorizer, Denied, Sender
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ UNAVAILABLE_RETRY_AFTER_S = 5
 # A producer refused for the backlog waits this long: long enough for the processor to work
 # some of it off, short enough that it never runs dry while the producers wait.
 BACKLOG_RETRY_AFTER_S = 1
-# How old a backlog figure may be: posts between two readings share one query.
-BACKLOG_REFRESH_S = 0.2
-# How often a held post's backlog is read again (the held posts of a process share one read).
-BACKLOG_HOLD_POLL_S = 0.01
 
 
 class _BodyTooLarge(Exception):
@@ -158,66 +155,6 @@ class CountRequests:
             self.metrics.seconds.observe(time.perf_counter() - started)
 
 
-class Admission:
-    """Whether the processor is too far behind to take more: ``backlog()`` (events waiting)
-    against ``limit``. The backlog is read at most every ``refresh_s``; between two readings
-    the events this process appended count too, so one process cannot run past the limit on
-    an old figure (others sharing the log can, by what they append in ``refresh_s``).
-
-    A post that finds the backlog past the limit is held up to ``hold_s`` (the backlog read
-    every ``hold_poll_s`` meanwhile) before it is refused: a producer posting back to back is
-    slowed to the processor's pace by answers that come later, rather than told to retry a
-    second later while the processor may run dry."""
-
-    def __init__(
-        self,
-        backlog: Callable[[], Awaitable[int]],
-        limit: int,
-        refresh_s: float = BACKLOG_REFRESH_S,
-        hold_s: float = 0.0,
-        hold_poll_s: float = BACKLOG_HOLD_POLL_S,
-    ) -> None:
-        self.backlog = backlog
-        self.limit = limit
-        self.refresh_s = refresh_s
-        self.hold_s = hold_s
-        self.hold_poll_s = hold_poll_s
-        self._known = 0
-        self._read_at = float("-inf")
-        # Held posts take turns: the first to come reads the backlog until it may go ahead.
-        self._held = asyncio.Lock()
-
-    async def behind(self) -> int | None:
-        """The backlog if it is past the limit, else None."""
-        return await self._behind(self.refresh_s)
-
-    async def _behind(self, max_age_s: float) -> int | None:
-        now = time.monotonic()
-        if now - self._read_at >= max_age_s:
-            self._read_at = now  # posts arriving meanwhile go by the last figure
-            self._known = await self.backlog()
-        return self._known if self._known > self.limit else None
-
-    async def admit(self) -> int | None:
-        """None once the backlog is within the limit (waiting up to ``hold_s`` for it), else
-        the backlog still past it. Held posts go ahead in the order they came, and a post
-        that comes while others are held waits behind them."""
-        if self.hold_s <= 0 or not self._held.locked():
-            behind = await self.behind()
-            if behind is None or self.hold_s <= 0:
-                return behind
-        try:
-            async with asyncio.timeout(self.hold_s), self._held:
-                while await self._behind(self.hold_poll_s) is not None:
-                    await asyncio.sleep(self.hold_poll_s)
-                return None
-        except TimeoutError:
-            return await self._behind(self.hold_poll_s)
-
-    def appended(self, events: int) -> None:
-        self._known += events
-
-
 class IngestApp:
     """The Starlette application; ``sink`` and ``store`` must be open while it serves."""
 
@@ -310,9 +247,9 @@ class IngestApp:
                 {
                     "error": "backlog",
                     "message": f"the processor is {behind:,} events behind (limit "
-                    f"{self.admission.limit:,}, still after {self.admission.hold_s:g} s); "
-                    "nothing of this request was kept: send it "
-                    f"again after {BACKLOG_RETRY_AFTER_S} s",
+                    f"{self.admission.limit:,}) and this request could not go within "
+                    f"{self.admission.hold_s:g} s; nothing of it was kept: send it again "
+                    f"after {BACKLOG_RETRY_AFTER_S} s",
                     "accepted": 0,
                 },
                 503,

@@ -21,13 +21,13 @@ class IngestSettings(BaseModel):
     # Processes serving ingest beside the processor's (0: in the processor's own process, on
     # its event loop; unset: half the cores, at least one). `process --ingest-workers` wins.
     workers: int | None = Field(default=None, ge=0, le=64)
-    # Embedded backend: past this many events waiting for the processor in the log, a post is
-    # answered 503 with Retry-After (its events are not kept; the producer sends them again),
-    # so that a load the processor cannot follow backs off instead of growing the log without
-    # end. None (not expressible in TOML; for programs): accept whatever the backlog.
+    # Embedded backend: past this many events waiting for the processor in the log, posts are
+    # paced to the processor's rate, and from twice as many they wait for the backlog to fall
+    # (stream.producers.admission), so that a load the processor cannot follow backs off
+    # instead of growing the log without end. None (not expressible in TOML; for programs):
+    # accept whatever the backlog.
     max_backlog: PositiveInt | None = 100_000
-    # Past max_backlog a post first waits up to this long for the processor to work the backlog
-    # under the limit (its answer comes later: a producer posting back to back slows to the
-    # processor's pace); only then is it answered 503. 0: answer 503 at once.
+    # How long a post may wait for its turn; then it is answered 503 with Retry-After (its events
+    # are not kept; the producer sends them again). 0: no pacing, 503 at once past max_backlog.
     backlog_hold_s: NonNegativeFloat = 2.0
     auth: IngestAuthSettings = Field(default_factory=IngestAuthSettings)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TypeVar
+from typing import IO, NamedTuple, TypeVar
 
 from common.lock_file import try_lock
 from common.log_context import log_context
@@ -189,17 +189,26 @@ def _checkpoint(connection: sqlite3.Connection, consumer_group: str, partition: 
     return int(row[0]) if row else -1
 
 
-def _backlog(connection: sqlite3.Connection, consumer_group: str) -> int:
+class Backlog(NamedTuple):
+    """Where a consumer group stands: events waiting for it, and events it has done (stored,
+    per its progress or checkpoints), summed over the partitions."""
+
+    waiting: int
+    done: int
+
+
+def _backlog(connection: sqlite3.Connection, consumer_group: str) -> Backlog:
     row = connection.execute(
-        "SELECT SUM(MAX(0, heads.next_sequence - 1 - MAX(COALESCE(checkpoints.sequence, -1), "
-        "COALESCE(progress.sequence, -1)))) FROM heads "
+        "SELECT SUM(MAX(0, next_sequence - 1 - done)), SUM(done + 1) FROM (SELECT "
+        "heads.next_sequence, MAX(COALESCE(checkpoints.sequence, -1), "
+        "COALESCE(progress.sequence, -1)) AS done FROM heads "
         "LEFT JOIN checkpoints ON checkpoints.consumer_group = ?1 "
         "AND checkpoints.partition = heads.partition "
         "LEFT JOIN progress ON progress.consumer_group = ?1 "
-        "AND progress.partition = heads.partition",
+        "AND progress.partition = heads.partition)",
         (consumer_group,),
     ).fetchone()
-    return int(row[0] or 0)
+    return Backlog(int(row[0] or 0), int(row[1] or 0))
 
 
 def _update_progress(
@@ -330,6 +339,9 @@ class LocalLog:
 
     async def backlog_async(self, consumer_group: str) -> int:
         """Events of every partition after what ``consumer_group`` checkpointed or stored."""
+        return (await self.position_async(consumer_group)).waiting
+
+    async def position_async(self, consumer_group: str) -> Backlog:
         return await self._async("read the backlog", _backlog, consumer_group)
 
     async def update_progress_async(
@@ -411,9 +423,9 @@ class LocalLogSink:
             raise SourceError("LocalLogSink used outside 'async with'")
         return self._log
 
-    async def backlog(self, consumer_group: str) -> int:
-        """Events appended but not yet checkpointed by ``consumer_group`` (the processor)."""
-        return await self._opened.backlog_async(consumer_group)
+    async def backlog(self, consumer_group: str) -> Backlog:
+        """Events appended but not yet done by ``consumer_group`` (the processor), and done."""
+        return await self._opened.position_async(consumer_group)
 
     async def append(
         self,

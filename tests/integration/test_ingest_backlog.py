@@ -1,6 +1,6 @@
-"""Ingest pushes back while the processor is too far behind: a post is held up to
-``backlog_hold_s``, then answered 503 with Retry-After, nothing of it kept; a post held while
-the processor catches up is accepted."""
+"""Ingest pushes back while the processor is too far behind: with no processor storing
+anything a post past the limit waits ``backlog_hold_s`` for its turn, then is answered 503 with
+Retry-After, nothing of it kept; once the processor has caught up posts are kept again."""
 
 from __future__ import annotations
 
@@ -79,7 +79,10 @@ async def test_posts_are_refused_past_the_backlog_limit_and_kept_again_after(
                 assert refused.headers["retry-after"] == "1"
                 body = refused.json()
                 assert body["error"] == "backlog" and body["accepted"] == 0
-                assert f"limit {LIMIT}, still after {HOLD_S:g} s" in body["message"]
+                assert (
+                    f"limit {LIMIT}) and this request could not go within {HOLD_S:g} s"
+                    in (body["message"])
+                )
                 assert "send it again" in body["message"]
                 # One ingest process: it counts what it appended since its last reading, so
                 # it refuses the first post after the backlog passed the limit.
