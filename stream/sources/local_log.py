@@ -211,24 +211,23 @@ def _backlog(connection: sqlite3.Connection, consumer_group: str) -> Backlog:
     return Backlog(int(row[0] or 0), int(row[1] or 0))
 
 
-def _update_progress(
-    connection: sqlite3.Connection, consumer_group: str, partition: int, sequence: int
-) -> None:
-    connection.execute(
-        "INSERT INTO progress VALUES (?, ?, ?) ON CONFLICT (consumer_group, partition) "
-        "DO UPDATE SET sequence = excluded.sequence",
-        (consumer_group, partition, sequence),
-    )
+# A partition's position in ``checkpoints`` or ``progress`` (both keyed the same way).
+_SET_POSITION = (
+    "INSERT INTO {} VALUES (?, ?, ?) ON CONFLICT (consumer_group, partition) "
+    "DO UPDATE SET sequence = excluded.sequence"
+)
+_SET_CHECKPOINT = _SET_POSITION.format("checkpoints")
+_SET_PROGRESS = _SET_POSITION.format("progress")
 
 
-def _update_checkpoint(
-    connection: sqlite3.Connection, consumer_group: str, partition: int, sequence: int
+def _set_position(
+    connection: sqlite3.Connection,
+    statement: str,
+    consumer_group: str,
+    partition: int,
+    sequence: int,
 ) -> None:
-    connection.execute(
-        "INSERT INTO checkpoints VALUES (?, ?, ?) ON CONFLICT (consumer_group, partition) "
-        "DO UPDATE SET sequence = excluded.sequence",
-        (consumer_group, partition, sequence),
-    )
+    connection.execute(statement, (consumer_group, partition, sequence))
 
 
 def _sweep(connection: sqlite3.Connection, retention_s: float) -> int:
@@ -349,14 +348,19 @@ class LocalLog:
     ) -> None:
         """``consumer_group`` has stored ``partition`` up to ``sequence`` (not a checkpoint)."""
         await self._async(
-            "write the progress", _update_progress, consumer_group, partition, sequence
+            "write the progress", _set_position, _SET_PROGRESS, consumer_group, partition, sequence
         )
 
     async def update_checkpoint_async(
         self, consumer_group: str, partition: int, sequence: int
     ) -> None:
         await self._async(
-            "write a checkpoint", _update_checkpoint, consumer_group, partition, sequence
+            "write a checkpoint",
+            _set_position,
+            _SET_CHECKPOINT,
+            consumer_group,
+            partition,
+            sequence,
         )
 
     async def sweep_async(self, retention_s: float) -> int:
