@@ -57,7 +57,7 @@ class EmbeddedSettings(BaseModel):
     # --workers``); unset: one per core. 1 processes every partition in the command's process.
     workers: PositiveInt | None = Field(default=None, le=1024)
     # Niceness the processing workers add to their own (0-19): beside ingest workers, a
-    # request waiting for the CPU behind a batch is what made ingest's slowest answers.
+    # request then waits less for the CPU behind a batch (bench/NOTES.md, 2026-12-06 09:33–).
     workers_nice: int = Field(default=5, ge=0, le=19)
     # Events older than this are deleted from the local event log (not from the store).
     retention_hours: PositiveFloat = 7 * 24

@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 SOURCE_NAME = "local"
 RETENTION_SWEEP_INTERVAL_S = 60.0
-# How often a partition's progress is written: ingest holds and refuses posts by the backlog it
+# How often a partition's progress is written: ingest paces and refuses posts by the backlog it
 # gives, which may lag by this much processing (the checkpoints alone lagged by a second).
 PROGRESS_INTERVAL_S = 0.05
 
