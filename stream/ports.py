@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from schemas import Breach, DerivedSizes, Status, TelemetryEvent
 
@@ -136,6 +136,14 @@ class EventSource(Protocol):
         """Deliver batches to ``handler`` until ``stop`` is set; then finish the batches in
         flight, close each partition with CloseReason.SHUTDOWN and return."""
         ...
+
+
+class Backlog(NamedTuple):
+    """Where a consumer group stands on the embedded log: events waiting for it, and events it
+    has done (stored, per its progress or checkpoints), summed over the partitions."""
+
+    waiting: int
+    done: int
 
 
 class EventSink(Protocol):

@@ -19,7 +19,8 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+
+from stream.ports import Backlog
 
 # How old a backlog figure may be: posts between two readings share one query.
 BACKLOG_REFRESH_S = 0.2
@@ -27,16 +28,6 @@ BACKLOG_REFRESH_S = 0.2
 BACKLOG_HOLD_POLL_S = 0.01
 # The processor's rate is smoothed over about this long: its figure moves by whole batches.
 RATE_WINDOW_S = 1.0
-
-
-class Position(Protocol):
-    """What the backlog callable gives: events waiting for the processor, events it has done."""
-
-    @property
-    def waiting(self) -> int: ...
-
-    @property
-    def done(self) -> int: ...
 
 
 class Admission:
@@ -47,7 +38,7 @@ class Admission:
 
     def __init__(
         self,
-        backlog: Callable[[], Awaitable[Position]],
+        backlog: Callable[[], Awaitable[Backlog]],
         limit: int,
         refresh_s: float = BACKLOG_REFRESH_S,
         hold_s: float = 0.0,

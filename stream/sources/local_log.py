@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, NamedTuple, TypeVar
+from typing import IO, TypeVar
 
 from common.lock_file import try_lock
 from common.log_context import log_context
@@ -27,7 +27,7 @@ from common.turns import Turns
 from schemas import TelemetryEvent
 from stream.delivery import deliver
 from stream.exceptions import SourceError
-from stream.ports import BatchHandler, CloseReason, ReceivedEvent, received
+from stream.ports import Backlog, BatchHandler, CloseReason, ReceivedEvent, received
 from stream.privacy import LogItem, Pseudonymizer
 
 logger = logging.getLogger(__name__)
@@ -187,14 +187,6 @@ def _checkpoint(connection: sqlite3.Connection, consumer_group: str, partition: 
         (consumer_group, partition),
     ).fetchone()
     return int(row[0]) if row else -1
-
-
-class Backlog(NamedTuple):
-    """Where a consumer group stands: events waiting for it, and events it has done (stored,
-    per its progress or checkpoints), summed over the partitions."""
-
-    waiting: int
-    done: int
 
 
 def _backlog(connection: sqlite3.Connection, consumer_group: str) -> Backlog:

@@ -8,8 +8,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from stream.ports import Backlog as Position
 from stream.producers.admission import Admission
-from stream.sources.local_log import Backlog as Position
 
 
 class Backlog:
