@@ -1,0 +1,160 @@
+"""stream.common_event against the model: whatever it accepts, the model accepts as an equal
+event — the same values of the same types in the same order, the same JSON, the same canonical
+form — and what it is unsure of it leaves to the model (None)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from pydantic import ValidationError
+
+from schemas import TelemetryEvent
+from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW
+from stream.common_event import common_event
+from stream.enrich import canonical_json
+from tests.unit.stream.event_bodies import bodies
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+LATEST = NOW + DEFAULT_MAX_FUTURE_SKEW
+CONTEXT = {"now": NOW, "max_future_skew": DEFAULT_MAX_FUTURE_SKEW}
+
+
+def model_event(body: bytes) -> TelemetryEvent | None:
+    try:
+        return TelemetryEvent.model_validate(orjson.loads(body), context=CONTEXT)
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+
+
+def assert_same(event: TelemetryEvent, model: TelemetryEvent | None) -> None:
+    assert model is not None, "accepted what the model refuses"
+    assert event == model
+    assert list(event.__dict__) == list(model.__dict__)
+    assert [type(v) for v in event.__dict__.values()] == [type(v) for v in model.__dict__.values()]
+    assert [type(v) for v in event.metadata.values()] == [type(v) for v in model.metadata.values()]
+    assert event.timestamp.tzinfo is model.timestamp.tzinfo is UTC
+    assert event.model_dump_json() == model.model_dump_json()
+    assert canonical_json(event) == canonical_json(model)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=bodies())
+def test_what_it_accepts_the_model_accepts_as_the_same_event(body: bytes) -> None:
+    event = common_event(body, LATEST)
+    if event is not None:
+        assert_same(event, model_event(body))
+
+
+def test_the_generated_bodies_reach_every_outcome() -> None:
+    """Accepted here, left to the model which accepts, refused by both: the property above
+    sees all three, or it proves little."""
+    seen = {"accepted": 0, "left to the model, accepted": 0, "refused": 0}
+
+    @settings(
+        max_examples=400,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(body=bodies())
+    def tally(body: bytes) -> None:
+        model = model_event(body)
+        if common_event(body, LATEST) is not None:
+            seen["accepted"] += 1
+        elif model is not None:
+            seen["left to the model, accepted"] += 1
+        else:
+            seen["refused"] += 1
+
+    tally()
+    assert all(count > 0 for count in seen.values()), seen
+
+
+BASE = {"app_id": "app-1", "timestamp": "2026-11-22T11:00:00Z", "trace_id": "t"}
+
+
+def body_of(**changes: object) -> bytes:
+    event = {**BASE, **changes}
+    return orjson.dumps({key: value for key, value in event.items() if value is not ...})
+
+
+ACCEPTED = [
+    body_of(),
+    body_of(timestamp="2026-11-22T13:00:00.123456+02:00"),
+    body_of(timestamp="2026-11-22T11:00:00.1-00:00"),
+    body_of(timestamp="2026-11-22T12:15:00Z"),  # the skew's last instant
+    body_of(trace_id=..., metadata={"trace_id": "from-metadata", "n": 1}),
+    body_of(latency_ms=5, scores={"a": 1, "b": -0.0}, tokens={"input": 3}),
+    body_of(metadata={"i": 2**63 - 1, "j": -(2**63), "f": 1.5, "b": True, "s": "x" * 512}),
+    body_of(input_text="💥" * 32_768, status="error"),
+    # A repeated key: the last value, in the first one's place, for both readers.
+    b'{"app_id":"a","timestamp":"2026-11-22T11:00:00Z","trace_id":"t","app_id":"b"}',
+    b' \n{"app_id":"a","timestamp":"2026-11-22T11:00:00Z","trace_id":"t"}\r\n',
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED)
+def test_common_bodies_are_read_here_as_the_model_reads_them(body: bytes) -> None:
+    event = common_event(body, LATEST)
+    assert event is not None
+    assert_same(event, model_event(body))
+
+
+# Each differs from the model in a way this reader would get wrong or need care for.
+LEFT_TO_THE_MODEL = {
+    "seven fraction digits (msgspec rounds)": body_of(timestamp="2026-11-22T11:00:00.9999999Z"),
+    "a space for the T": body_of(timestamp="2026-11-22 11:00:00Z"),
+    "unix seconds": body_of(timestamp=1_795_000_000),
+    "a metadata integer past 63 bits": body_of(metadata={"n": 2**63}),
+    "tokens past 63 bits": body_of(tokens={"input": 2**64 - 1}),
+    "an integral float for tokens": body_of(tokens={"input": 3.0}),
+    "schema_version 1.0": body_of(schema_version=1.0),
+    "an events envelope": orjson.dumps({"events": [BASE]}),
+    "an array": orjson.dumps([BASE]),
+}
+REFUSED = {
+    "a newline after app_id": body_of(app_id="app-1\n"),
+    "non-ASCII digits in the timestamp": body_of(timestamp="2026-11-22T11:00:0٠Z"),
+    "trace_id null beside metadata's": body_of(trace_id=None, metadata={"trace_id": "m"}),
+    "metadata trace_id not a string": body_of(trace_id=..., metadata={"trace_id": 7}),
+    "past the skew": body_of(timestamp="2026-11-22T12:15:00.000001Z"),
+    "before 1970": body_of(timestamp="1969-12-31T23:59:59Z"),
+    "before year 1 in UTC": body_of(timestamp="0001-01-01T00:00:00+05:00"),
+    "a leap second": body_of(timestamp="2026-11-22T11:00:60Z"),
+    "text one character too long": body_of(output_text="💥" * 32_769),
+    "an unknown field": body_of(region="eu"),
+    "negative tokens": body_of(tokens={"output": -1}),
+    "an unknown tokens field": body_of(tokens={"cached": 1}),
+    "negative latency": body_of(latency_ms=-0.5),
+    "an empty trace_id": body_of(trace_id=""),
+    "app_id of 129 characters": body_of(app_id="a" * 129),
+    "status in capitals": body_of(status="OK"),
+    "an empty metadata key": body_of(metadata={"": 1}),
+    "33 metadata entries": body_of(metadata={str(n): n for n in range(33)}),
+    "65 scores": body_of(scores={str(n): 0.5 for n in range(65)}),
+    "a metadata list": body_of(metadata={"l": [1]}),
+    "a metadata value of 513 characters": body_of(metadata={"s": "x" * 513}),
+    "a lone surrogate": b'{"app_id":"a","timestamp":"2026-11-22T11:00:00Z","trace_id":"\\ud800"}',
+    "a number beyond a double": body_of(trace_id="t").replace(b"}", b',"latency_ms":1e400}'),
+}
+
+
+@pytest.mark.parametrize("body", LEFT_TO_THE_MODEL.values(), ids=LEFT_TO_THE_MODEL.keys())
+def test_bodies_the_model_takes_otherwise_are_left_to_it(body: bytes) -> None:
+    assert common_event(body, LATEST) is None
+    assert model_event(body) is not None or body.startswith((b"[", b'{"events"'))
+
+
+@pytest.mark.parametrize("body", REFUSED.values(), ids=REFUSED.keys())
+def test_bodies_the_model_refuses_are_not_accepted(body: bytes) -> None:
+    assert model_event(body) is None
+    assert common_event(body, LATEST) is None
+
+
+def test_the_latest_timestamp_is_the_callers() -> None:
+    body = body_of(timestamp="2026-11-22T12:00:01Z")
+    assert common_event(body, NOW) is None
+    assert common_event(body, NOW + timedelta(seconds=1)) is not None
