@@ -191,6 +191,14 @@ class Decoder:
                 pass
         return self.decode_value(parsed, context["now"], raw=body)
 
+    def common_event(self, body: bytes, now: datetime) -> TelemetryEvent | None:
+        """The event of a body of the common shape (stream.common_event) within the limits,
+        as ``decode`` would accept it; None leaves the body to ``decode``."""
+        if len(body) > self.limits.max_body_bytes:
+            return None
+        self._context_for(now)
+        return common_event(body, self._latest)
+
     def logged_event(self, body: bytes, enqueued: datetime) -> TelemetryEvent | None:
         """The event of a record evalstream wrote to its embedded log for an event it had
         validated (stream.privacy marks those), rebuilt from its canonical JSON without

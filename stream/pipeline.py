@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -17,9 +18,9 @@ import orjson
 from alerts.ports import AlertPublisher
 from common.errors import Misconfigured, is_retryable
 from common.log_context import log_context
-from schemas import Breach, QuarantineRecord, TelemetryDocument, ValidationIssue
+from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent, ValidationIssue
 from store.ports import ProcessorStore, StateSnapshot
-from stream.decode import Decoded, Decoder, Rejected, accepted_event
+from stream.decode import Decoder, Rejected
 from stream.enrich import Enricher, scrub_user_ids_in_text
 from stream.ports import (
     SCRUBBED,
@@ -358,8 +359,9 @@ class Pipeline:
         give nothing and do not move the watermark."""
         documents: list[TelemetryDocument] = []
         quarantined: list[QuarantineRecord] = []
-        decode, logged_event, document, quarantine = (
+        decode, common_event, logged_event, document, quarantine = (
             self.decoder.decode,
+            self.decoder.common_event,
             self.decoder.logged_event,
             self.enricher.document,
             self.enricher.quarantine,
@@ -369,38 +371,43 @@ class Pipeline:
         # share of what a replay adds, and a live pipeline (no selection) skips it.
         select = self.selection
         start, end, apps = (select.start, select.end, select.apps) if select else (now, now, None)
+        rejected: Sequence[Rejected]
         for event in events:
             enqueued = event.enqueued_time
-            # A record the embedded log holds for an event evalstream validated (a user pair that
-            # is not SCRUBBED) is its canonical JSON: rebuilt, not validated again.
+            # Most inputs are one valid event, taken without a Decoded: a producer's body of the
+            # common shape, or a record the embedded log holds for an event evalstream
+            # validated (a user pair that is not SCRUBBED), its canonical JSON rebuilt.
             user = event.user
-            logged = (
-                logged_event(event.body, enqueued)
-                if user is not None and user != SCRUBBED
-                else None
-            )
-            if logged is None:
-                decoded = decode(event.body, enqueued)
+            if user is None:
+                single = common_event(event.body, enqueued)
                 canonical = None
-            else:
-                decoded = Decoded([accepted_event(0, logged)], [])
+            elif user != SCRUBBED:
+                single = logged_event(event.body, enqueued)
                 canonical = event.body
-            for accepted in decoded.accepted:
-                timestamp = accepted.event.timestamp
+            else:
+                single = None
+            if single is not None:
+                found: Sequence[tuple[int, TelemetryEvent]] = ((0, single),)
+                rejected = ()
+            else:
+                decoded = decode(event.body, enqueued)
+                found = [(accepted.index, accepted.event) for accepted in decoded.accepted]
+                rejected = decoded.rejected
+                canonical = None
+            for index, accepted in found:
+                timestamp = accepted.timestamp
                 if select is not None and not (
-                    start <= timestamp < end and (apps is None or accepted.event.app_id in apps)
+                    start <= timestamp < end and (apps is None or accepted.app_id in apps)
                 ):
                     continue
                 late = watermark is not None and timestamp < watermark - lateness
                 seen = timestamp if timestamp < enqueued else enqueued
                 if watermark is None or seen > watermark:
                     watermark = seen
-                documents.append(
-                    document(accepted.event, event, accepted.index, now, late, canonical)
-                )
-            for rejected in decoded.rejected:
-                if select is None or select.keeps_rejected(rejected.app_id, enqueued):
-                    quarantined.append(quarantine(rejected, event, now))
+                documents.append(document(accepted, event, index, now, late, canonical))
+            for refused in rejected:
+                if select is None or select.keeps_rejected(refused.app_id, enqueued):
+                    quarantined.append(quarantine(refused, event, now))
         return documents, quarantined, watermark
 
     def _refuse(

@@ -118,11 +118,17 @@ def test_records_not_in_the_logged_form_are_left_to_the_decoder() -> None:
 
 
 class CountingDecoder(Decoder):
-    """Counts the bodies validated in full and the records rebuilt without."""
+    """Counts the bodies validated in full (the common shape's reading, or else decode) and
+    the records rebuilt without."""
 
     def __init__(self) -> None:
         super().__init__()
         self.decoded = self.rebuilt = 0
+
+    def common_event(self, body: bytes, now: datetime) -> TelemetryEvent | None:
+        event = super().common_event(body, now)
+        self.decoded += event is not None
+        return event
 
     def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
         self.decoded += 1
