@@ -89,9 +89,16 @@ class _Event(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = {}
 
 
+class _Envelope(Struct, forbid_unknown_fields=True):
+    events: list[_Event]
+
+
 _decode = msgspec.json.Decoder(_Event).decode
+_decode_array = msgspec.json.Decoder(list[_Event]).decode
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _as_dict = msgspec.structs.asdict
 _from_iso = datetime.fromisoformat
+_WHITESPACE = b" \t\r\n"
 
 
 def common_event(body: bytes, latest: datetime) -> TelemetryEvent | None:
@@ -99,10 +106,43 @@ def common_event(body: bytes, latest: datetime) -> TelemetryEvent | None:
     timestamp from 1970 to ``latest`` (the validation context's now plus the allowed skew);
     else None, for the model to decide."""
     try:
-        values = _as_dict(_decode(body))
+        return _event(_decode(body), latest)
+    except msgspec.MsgspecError:
+        return None
+
+
+def common_events(body: bytes, latest: datetime, most: int) -> list[TelemetryEvent] | None:
+    """The events of ``body`` if it is one event, an array of 1 to ``most`` events or
+    ``{"events": [...]}`` of them, each as ``common_event`` accepts it; else None, for the
+    model to decide (an event it is unsure of leaves it the whole body: the model judges each
+    item alone)."""
+    try:
+        if body.lstrip(_WHITESPACE).startswith(b"["):
+            items = _decode_array(body)
+        else:
+            try:
+                items = _decode_envelope(body).events
+            except msgspec.ValidationError:
+                items = [_decode(body)]
+    except msgspec.MsgspecError:
+        return None
+    if not 0 < len(items) <= most:
+        return None
+    events = []
+    for item in items:
+        event = _event(item, latest)
+        if event is None:
+            return None
+        events.append(event)
+    return events
+
+
+def _event(item: _Event, latest: datetime) -> TelemetryEvent | None:
+    values = _as_dict(item)
+    try:
         # The form _TIMESTAMP admits reads the same here as in the model.
         timestamp = _from_iso(values["timestamp"]).astimezone(UTC)
-    except (msgspec.MsgspecError, ValueError, OverflowError):
+    except (ValueError, OverflowError):
         return None
     if not MIN_TIMESTAMP <= timestamp <= latest:
         return None

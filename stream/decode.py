@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from schemas import TelemetryEvent, ValidationIssue
 from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW, MIN_TIMESTAMP, Status, Tokens
 from schemas.trusted import construct_trusted
-from stream.common_event import common_event
+from stream.common_event import common_event, common_events
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_EVENTS_PER_BODY = 500
@@ -198,6 +198,15 @@ class Decoder:
             return None
         self._context_for(now)
         return common_event(body, self._latest)
+
+    def common_events(self, body: bytes, now: datetime) -> list[TelemetryEvent] | None:
+        """The events of a body of several of the common shape (an array, or ``{"events":
+        [...]}``; stream.common_event) within the limits, as ``decode`` would accept them
+        all; None leaves the body to ``decode``."""
+        if len(body) > self.limits.max_body_bytes:
+            return None
+        self._context_for(now)
+        return common_events(body, self._latest, self.limits.max_events_per_body)
 
     def logged_event(self, body: bytes, enqueued: datetime) -> TelemetryEvent | None:
         """The event of a record evalstream wrote to its embedded log for an event it had

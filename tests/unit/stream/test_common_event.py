@@ -1,19 +1,23 @@
 """stream.common_event against the model: whatever it accepts, the model accepts as an equal
 event — the same values of the same types in the same order, the same JSON, the same canonical
-form — and what it is unsure of it leaves to the model (None)."""
+form — and what it is unsure of it leaves to the model (None). Bodies of several events
+(``common_events``) against the decoder's item-by-item reading of them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import TelemetryEvent
 from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW
-from stream.common_event import common_event
+from stream.common_event import common_event, common_events
+from stream.decode import Decoder
 from stream.enrich import canonical_json
 from tests.unit.stream.event_bodies import bodies
 
@@ -158,3 +162,89 @@ def test_the_latest_timestamp_is_the_callers() -> None:
     body = body_of(timestamp="2026-11-22T12:00:01Z")
     assert common_event(body, NOW) is None
     assert common_event(body, NOW + timedelta(seconds=1)) is not None
+
+
+MOST = Decoder().limits.max_events_per_body
+
+
+def model_events(body: bytes) -> list[TelemetryEvent] | None:
+    """The events the decoder reads item by item, if it accepts every one."""
+    decoded = Decoder().decode_value(orjson.loads(body), NOW, raw=body)
+    if decoded.rejected:
+        return None
+    assert [accepted.index for accepted in decoded.accepted] == list(range(len(decoded.accepted)))
+    return [accepted.event for accepted in decoded.accepted]
+
+
+def wrapped(items: list[bytes], shape: str) -> bytes:
+    array = b"[" + b",".join(items) + b"]"
+    return array if shape == "array" else b'{"events": ' + array + b"}"
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=st.lists(bodies(), min_size=1, max_size=4), shape=st.sampled_from(["array", "envelope"])
+)
+def test_what_it_accepts_of_several_the_decoder_accepts_item_by_item(
+    items: list[bytes], shape: str
+) -> None:
+    body = wrapped(items, shape)
+    events = common_events(body, LATEST, MOST)
+    if events is not None:
+        model = model_events(body)
+        assert model is not None and len(events) == len(model) == len(items)
+        for event, expected in zip(events, model, strict=True):
+            assert_same(event, expected)
+
+
+def test_bodies_of_several_common_events_are_read_here() -> None:
+    items = ACCEPTED[:6]
+    for body in (
+        wrapped(items, "array"),
+        wrapped(items, "envelope"),
+        b" \n" + wrapped(items, "array"),
+    ):
+        events = common_events(body, LATEST, MOST)
+        assert events is not None and len(events) == len(items)
+        for event, item in zip(events, items, strict=True):
+            assert_same(event, model_event(item))
+    single = common_events(ACCEPTED[1], LATEST, MOST)
+    assert single is not None and len(single) == 1
+    assert_same(single[0], model_event(ACCEPTED[1]))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        wrapped([ACCEPTED[0], REFUSED["negative tokens"], ACCEPTED[1]], "array"),
+        wrapped([ACCEPTED[0], REFUSED["past the skew"]], "array"),
+        wrapped([REFUSED["metadata trace_id not a string"], ACCEPTED[0]], "envelope"),
+        wrapped([ACCEPTED[0], LEFT_TO_THE_MODEL["a space for the T"]], "envelope"),
+        b"[]",
+        b'{"events": []}',
+        b'{"events": [' + ACCEPTED[0] + b'], "source": "x"}',
+        wrapped([ACCEPTED[0]] * (MOST + 1), "array"),
+        b"[" + ACCEPTED[0] + b"] x",
+    ],
+    ids=[
+        "one refused",
+        "one past the skew",
+        "one without a trace_id",
+        "one left to the model",
+        "empty",
+        "empty envelope",
+        "envelope key",
+        "too many",
+        "trailing bytes",
+    ],
+)
+def test_several_with_any_doubt_are_left_to_the_decoder(body: bytes) -> None:
+    assert common_events(body, LATEST, MOST) is None
+
+
+def test_the_decoder_takes_bodies_of_several_within_its_limits() -> None:
+    body = wrapped(ACCEPTED[:3], "array")
+    events = Decoder().common_events(body, NOW)
+    assert events is not None and len(events) == 3
+    small = Decoder(replace(Decoder().limits, max_body_bytes=len(body) - 1))
+    assert small.common_events(body, NOW) is None
