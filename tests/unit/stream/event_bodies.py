@@ -7,8 +7,10 @@ strings belong and the other way round."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 BIG = [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**30, -(10**30)]
@@ -103,3 +105,20 @@ def bodies(draw: st.DrawFn) -> bytes:
             event[name] = draw(draw(st.sampled_from([valid] * 9 + [hostile])))
     # Python's JSON writer keeps integers of any size and writes floats exactly (repr).
     return json.dumps(event, ensure_ascii=draw(st.booleans())).encode()
+
+
+def over_the_same_bodies(check: Callable[[bytes], None], count: int = 400) -> None:
+    """``check`` on the same ``count`` generated bodies on every run: for tests of what the
+    generator reaches, not of a reader."""
+
+    @settings(
+        max_examples=count,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(body=bodies())
+    def run(body: bytes) -> None:
+        check(body)
+
+    run()

@@ -19,7 +19,7 @@ from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW
 from stream.common_event import common_event, common_events
 from stream.decode import Decoder
 from stream.enrich import canonical_json
-from tests.unit.stream.event_bodies import bodies
+from tests.unit.stream.event_bodies import bodies, over_the_same_bodies
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 LATEST = NOW + DEFAULT_MAX_FUTURE_SKEW
@@ -57,13 +57,6 @@ def test_the_generated_bodies_reach_every_outcome() -> None:
     sees all three, or it proves little."""
     seen = {"accepted": 0, "left to the model, accepted": 0, "refused": 0}
 
-    @settings(
-        max_examples=400,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    @given(body=bodies())
     def tally(body: bytes) -> None:
         model = model_event(body)
         if common_event(body, LATEST) is not None:
@@ -73,7 +66,7 @@ def test_the_generated_bodies_reach_every_outcome() -> None:
         else:
             seen["refused"] += 1
 
-    tally()
+    over_the_same_bodies(tally)
     assert all(count > 0 for count in seen.values()), seen
 
 
