@@ -71,6 +71,7 @@ class Run:
     pipelines: set[int]  # the processes running pipelines (workers, or the command)
     rss: list[int] = field(default_factory=list)  # per worker, at the end
     observer_cpu_s: float = 0.0  # this bench's own CPU over the window (polls, psutil)
+    steal: float = 0.0  # share of the machine's CPU time its hypervisor took, over the window
 
     @property
     def rate(self) -> float:
@@ -198,6 +199,15 @@ def schedstat(process: subprocess.Popen[bytes]) -> dict[int, tuple[float, float]
     return found
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(ticks stolen by the hypervisor, all ticks) of every CPU so far (Linux ``/proc/stat``):
+    on a virtual machine, time its CPUs were wanted but the host ran something else."""
+    with open("/proc/stat") as stat:
+        values = [int(value) for value in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    return values[7], sum(values[:8])
+
+
 def processing_pids(process: subprocess.Popen[bytes], workers: int) -> set[int]:
     """The processes running pipelines: the workers, or the command itself."""
     if workers == 1:
@@ -242,7 +252,8 @@ def one_run(template: Path, workers: int, total: int) -> Run:
         at_first: dict[int, tuple[float, float]] = {}
         at_done: dict[int, tuple[float, float]] = {}
         watch = StoreWatch(data_dir)
-        next_rss = observer_cpu = 0.0
+        next_rss = observer_cpu = steal = 0.0
+        ticks = (0, 0)
         try:
             while done is None:
                 count = watch.highest()
@@ -250,9 +261,12 @@ def one_run(template: Path, workers: int, total: int) -> Run:
                 if first is None and count > 0:
                     first, at_first = now, schedstat(process)
                     observer_cpu = time.process_time()
+                    ticks = machine_ticks()
                 if count >= total and watch.counted() >= total:
                     done, at_done = time.perf_counter(), schedstat(process)
                     observer_cpu = time.process_time() - observer_cpu
+                    stolen, all_ticks = (b - a for a, b in zip(ticks, machine_ticks(), strict=True))
+                    steal = stolen / all_ticks if all_ticks else 0.0
                     pipelines = processing_pids(process, workers)
                     rss = worker_rss(process, workers) or rss
                 if process.poll() is not None and done is None:
@@ -277,7 +291,7 @@ def one_run(template: Path, workers: int, total: int) -> Run:
             pid: (run - at_first.get(pid, (0.0, 0.0))[0], queue - at_first.get(pid, (0.0, 0.0))[1])
             for pid, (run, queue) in at_done.items()
         }
-        return Run(workers, total, done - first, cpu, shares, pipelines, rss, observer_cpu)
+        return Run(workers, total, done - first, cpu, shares, pipelines, rss, observer_cpu, steal)
 
 
 def serial_parts(items: list[tuple[str | None, bytes]], repeats: int) -> dict[str, float]:
@@ -538,10 +552,10 @@ def main() -> None:
         "",
         "| workers | events/s (median) | × 1 worker | runs (events/s) | CPU µs/event while "
         "processing | cores used | a pipeline process waiting for a CPU (most, share of the "
-        "window) | busiest pipeline process asleep | events/s on free cores (see below) "
-        "| × 1 worker | CPU µs/event, whole command incl. start-up | RSS per worker (MB) "
-        "| this bench's own CPU (share of a core) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "window) | the hypervisor's steal (share of the machine's CPU time) | busiest pipeline "
+        "process asleep | events/s on free cores (see below) | × 1 worker | CPU µs/event, whole "
+        "command incl. start-up | RSS per worker (MB) | this bench's own CPU (share of a core) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     free = {
         workers: statistics.median(run.free_cores_rate for run in runs if run.workers == workers)
@@ -558,11 +572,12 @@ def main() -> None:
             for run in mine
         )
         asleep = statistics.median(run.busiest_asleep for run in mine)
+        steal = statistics.median(run.steal for run in mine)
         observer = statistics.median(run.observer_cpu_s / run.seconds for run in mine)
         lines.append(
             f"| {workers} | {median[workers]:,.0f} | {median[workers] / base:.2f}× "
             f"| {', '.join(f'{run.rate:,.0f}' for run in mine)} | {window:.1f} | {busy:.2f} "
-            f"| {waiting:.0%} | {asleep:.0%} | {free[workers]:,.0f} "
+            f"| {waiting:.0%} | {steal:.0%} | {asleep:.0%} | {free[workers]:,.0f} "
             f"| {free[workers] / free[counts[0]]:.2f}× "
             f"| {cpu:.1f} | {rss} | {observer:.1%} |"
         )
@@ -571,7 +586,8 @@ def main() -> None:
         "events/s on free cores: the same runs' CPU work, had the cores been free and the work "
         "CPU-bound: events over the busiest pipeline process's CPU seconds (or all processes' "
         "CPU seconds over the cores, if more). Waiting for a CPU (Linux schedstat: other "
-        "programs on the shared machine) is what it takes out; sleeping (SQLite lock waits, "
+        "programs on the shared machine, and the host of this virtual machine: its steal is the "
+        "share of both CPUs' time it took) is what it takes out; sleeping (SQLite lock waits, "
         "pipes, idle polls) is left out too, so the column beside it says how much the busiest "
         "process slept. The measured events/s is the figure; this says how much of a shortfall "
         "is the machine's load. This bench's own CPU: what watching the store (a poll every "
