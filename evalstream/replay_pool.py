@@ -29,7 +29,7 @@ from stream.exceptions import ReplayError, StreamError
 from stream.replay.flow import Reading
 from stream.replay.ports import PartitionPlan
 from stream.replay.spec import ReplaySpec
-from stream.sources.subprocess_channel import Channel, decode_error
+from stream.sources.subprocess_channel import Channel, decode_error, end_child
 
 Share = list[tuple[PartitionPlan, int]]
 
@@ -154,9 +154,10 @@ class ReplayWorkers:
         finally:
             stopper.cancel()
             channel.fail_calls()
-            if outcome is None and process.returncode is None:
-                process.kill()
-            await asyncio.shield(process.wait())
+            if outcome is None:
+                await end_child(process)
+            else:
+                await asyncio.shield(process.wait())
         if outcome is None:
             partitions = ", ".join(plan.partition for plan, _ in share)
             outcome = ReplayError(

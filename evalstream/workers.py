@@ -33,7 +33,7 @@ from stream.exceptions import SourceError, StreamError
 from stream.ports import ReceivedEvent
 from stream.processor import report_status
 from stream.sources.local_log import LocalLog, ProcessorLock, sweep_until_stopped
-from stream.sources.subprocess_channel import Channel, ErrorValue, decode_error
+from stream.sources.subprocess_channel import Channel, ErrorValue, decode_error, end_child
 from stream.stats import ProcessorStats
 
 logger = logging.getLogger(__name__)
@@ -222,9 +222,10 @@ class WorkerPool:
             if not stop.is_set():
                 await self._rebalance()
             worker.channel.fail_calls()
-            if not worker.finished and worker.process.returncode is None:
-                worker.process.kill()
-            await asyncio.shield(worker.process.wait())
+            if worker.finished:
+                await asyncio.shield(worker.process.wait())
+            else:
+                await end_child(worker.process)
         return worker
 
     async def _rebalance(self) -> None:

@@ -199,6 +199,27 @@ async def start_child(*argv: str, pass_fds: tuple[int, ...] = ()) -> asyncio.sub
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_AT_START)
 
 
+# How long a child whose pipe closed gets to exit by itself before it is killed.
+CHILD_EXIT_GRACE_S = 1.0
+
+
+async def end_child(
+    process: asyncio.subprocess.Process, grace_s: float = CHILD_EXIT_GRACE_S
+) -> int:
+    """The exit code of a child that is ending (its pipe closed, or its parent gives up on it),
+    killed if it has not exited within ``grace_s``.
+
+    Killed only after that wait: killing a child that has exited but is not yet reaped reaps it
+    (``Popen.send_signal`` polls first), and asyncio's child watcher then reports 255 for it
+    instead of its code: a worker killed with SIGKILL was reported as "exited with code 255"
+    when its parent, finding the pipe closed, killed it to be sure."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(process.wait()), grace_s)
+    except TimeoutError:
+        process.kill()
+        return await asyncio.shield(process.wait())
+
+
 def child_signals() -> None:
     """In a child of ``start_child``: SIGINT ignored (a pending one dropped), SIGUSR1 prints
     every thread's stack (as in the command, evalstream.runtime), and a pending one now."""

@@ -39,6 +39,7 @@ from stream.sources.subprocess_channel import (
     ErrorValue,
     decode_batch,
     decode_error,
+    end_child,
     start_child,
     unknown_call,
 )
@@ -298,9 +299,10 @@ class SubprocessSource:
         try:
             await session.run(self.factory, self.setup)
         finally:
-            if process.returncode is None and not session.finished:
-                process.kill()
-            session.exit_code = await process.wait()
+            if session.finished:
+                session.exit_code = await process.wait()
+            else:
+                session.exit_code = await end_child(process)
             self.child_pid = None
         return session
 
