@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from schemas import TelemetryEvent
 from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW
-from stream.common_event import common_event, common_events
+from stream.common_event import _Event, common_event, common_events
 from stream.decode import Decoder
 from stream.enrich import canonical_json
 from tests.unit.stream.event_bodies import bodies, over_the_same_bodies
@@ -241,3 +242,11 @@ def test_the_decoder_takes_bodies_of_several_within_its_limits() -> None:
     assert events is not None and len(events) == 3
     small = Decoder(replace(Decoder().limits, max_body_bytes=len(body) - 1))
     assert small.common_events(body, NOW) is None
+
+
+def test_the_reader_has_the_models_fields_in_their_order() -> None:
+    """The struct restates the model's fields in msgspec's terms: a field added to the model
+    must be added there too (the event's __dict__ keeps the struct's order)."""
+    assert [field.name for field in msgspec.structs.fields(_Event)] == list(
+        TelemetryEvent.model_fields
+    )
