@@ -163,7 +163,9 @@ class Decoder:
             self._latest = now + skew
         return context
 
-    def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
+    def decode(self, body: bytes, now: datetime | None = None, *, common: bool = True) -> Decoded:
+        """``body``'s events and rejections. ``common``: try the common shape's reading first
+        (False when the caller has, and it returned None)."""
         context = self._context_for(now or datetime.now(UTC))
         if len(body) > self.limits.max_body_bytes:
             return self._reject_whole(
@@ -174,7 +176,7 @@ class Decoder:
                 ),
             )
         # The common body, one valid event object, read in one pass (stream.common_event).
-        event = common_event(body, self._latest)
+        event = common_event(body, self._latest) if common else None
         if event is not None:
             return Decoded([accepted_event(0, event)], [])
         try:

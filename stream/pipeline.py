@@ -390,7 +390,7 @@ class Pipeline:
                 found: Sequence[tuple[int, TelemetryEvent]] = ((0, single),)
                 rejected = ()
             else:
-                decoded = decode(event.body, enqueued)
+                decoded = decode(event.body, enqueued, common=user is not None)
                 found = [(accepted.index, accepted.event) for accepted in decoded.accepted]
                 rejected = decoded.rejected
                 canonical = None

@@ -29,7 +29,7 @@ VALID = b'{"app_id": "a", "timestamp": "2026-11-22T11:00:00Z", "trace_id": "t"}'
 class JsonFirstDecoder(Decoder):
     """The decoder before the fast path: the model reads the JSON itself."""
 
-    def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
+    def decode(self, body: bytes, now: datetime | None = None, *, common: bool = True) -> Decoded:
         context = self._context_for(now or datetime.now(UTC))
         validator = TelemetryEvent.__pydantic_validator__
         try:

@@ -130,9 +130,9 @@ class CountingDecoder(Decoder):
         self.decoded += event is not None
         return event
 
-    def decode(self, body: bytes, now: datetime | None = None) -> Decoded:
+    def decode(self, body: bytes, now: datetime | None = None, *, common: bool = True) -> Decoded:
         self.decoded += 1
-        return super().decode(body, now)
+        return super().decode(body, now, common=common)
 
     def logged_event(self, body: bytes, enqueued: datetime) -> TelemetryEvent | None:
         event = super().logged_event(body, enqueued)

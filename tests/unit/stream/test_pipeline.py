@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,11 @@ from schemas import (
     BreachState,
     Severity,
     TelemetryDocument,
+    TelemetryEvent,
 )
 from store.exceptions import StoreError, StoreMisconfigured, StoreUnavailable
 from store.sqlite import SqliteStore
-from stream.decode import Decoder
+from stream.decode import Decoded, Decoder
 from stream.enrich import Enricher
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
@@ -167,6 +169,35 @@ async def test_bad_events_are_quarantined_and_neighbours_stored(tmp_path: Path) 
         assert context.checkpoints == [3]
         reasons = [r.issues[0].code async for r in store.quarantine_records()]
         assert sorted(reasons) == ["greater_than_equal", "malformed_json"]
+
+
+class CommonReadings(Decoder):
+    """Counts the common shape's readings of each body, wherever they happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings: Counter[bytes] = Counter()
+
+    def common_event(self, body: bytes, now: datetime) -> TelemetryEvent | None:
+        self.readings[body] += 1
+        return super().common_event(body, now)
+
+    def decode(self, body: bytes, now: datetime | None = None, *, common: bool = True) -> Decoded:
+        self.readings[body] += common
+        return super().decode(body, now, common=common)
+
+
+async def test_each_body_is_read_as_the_common_shape_once(tmp_path: Path) -> None:
+    # A body the common reading leaves to the decoder is not read that way a second time.
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        decoder = pipeline.decoder = CommonReadings()
+        context = await started(pipeline)
+        batch = [received(0), received(1, b"{oops"), received(2, body(2, latency_ms=-1))]
+        await pipeline.on_batch(context, batch)
+        assert await store.count("telemetry") == 1
+        assert await store.count("quarantine") == 2
+        assert sorted(decoder.readings.values()) == [1, 1, 1]
 
 
 async def test_a_reused_event_id_is_quarantined_and_kept_from_the_detectors(
