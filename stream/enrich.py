@@ -220,7 +220,7 @@ class Enricher:
         timestamp = values["timestamp"]
         app_id = values["app_id"]
         pk = app_id + ":" + timestamp.date().isoformat()  # partition_key, inlined
-        app = self._app_fields.get(app_id) or self._app(app_id)
+        app = self._app(app_id)
         # orjson formats the ingest datetimes itself (UTC as "Z", like pydantic would).
         try:
             enrichment = _dumps(

@@ -266,8 +266,9 @@ class IngestApp:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
                 # The validator reads some JSON orjson refuses (e.g. nesting beyond orjson's
-                # depth); whatever it makes of the body is answered like any other.
-                decoded = self.decoder.decode(body, now)
+                # depth); whatever it makes of the body is answered like any other. The common
+                # reading has refused it already.
+                decoded = self.decoder.decode(body, now, common=False)
                 if not decoded.accepted:
                     await self._quarantine(decoded, now, body)
                     issue = decoded.rejected[0].issues[0]
