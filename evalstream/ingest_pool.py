@@ -44,7 +44,7 @@ from evalstream.settings import Settings
 from stream.exceptions import SourceUnavailable, StreamError
 from stream.metrics import SummedWorkers
 from stream.producers.ingest_server import bound_port, listen, serving
-from stream.sources.subprocess_channel import Channel
+from stream.sources.subprocess_channel import Channel, child_environment
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class IngestPool:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             pass_fds=(self.spec.fd,),
+            env=child_environment(),
             # Ctrl-C reaches this process only; the workers stop when it tells them to.
             start_new_session=True,
         )

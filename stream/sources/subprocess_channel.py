@@ -41,6 +41,19 @@ BatchColumns = tuple[list[bytes], list[int], list[datetime], list[str | None]]
 # Signals a child of start_child gets only once it has set them up (child_signals).
 _HELD_AT_START = {signal.SIGINT, signal.SIGUSR1}
 
+# A child's numeric libraries on one thread. OpenBLAS (numpy's copy, and scipy's that river
+# loads) starts a pool of threads as it loads, each spinning ~0.1 s of CPU before it sleeps; a
+# child is one core's worth of work, started one per core beside its siblings, so those threads
+# only took CPU from them (2 workers on 2 cores: 4 threads spinning as processing started; the
+# scaling went from 1.71x to 1.97x, bench/NOTES.md). A value the user set is kept.
+CHILD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1"}
+
+
+def child_environment() -> dict[str, str]:
+    """The environment a child is started with: this process's, with CHILD_ENVIRONMENT's
+    defaults for what it does not set."""
+    return {**CHILD_ENVIRONMENT, **os.environ}
+
 
 def encode_error(exc: BaseException) -> ErrorValue:
     retryable = bool(getattr(exc, "retryable", False))
@@ -191,6 +204,7 @@ async def start_child(*argv: str, pass_fds: tuple[int, ...] = ()) -> asyncio.sub
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             pass_fds=pass_fds,
+            env=child_environment(),
         )
     finally:
         # Unblocked, not set back to the mask found: two children started at once interleave

@@ -26,6 +26,7 @@ from evalstream.ingest_pool import IngestPool, ingest_in_workers
 from evalstream.settings import load_settings
 from stream.exceptions import StreamError
 from tests.integration.processor_harness import (
+    environment,
     run_until_idle,
     start_processor,
     store_contents,
@@ -187,6 +188,7 @@ def test_a_killed_ingest_worker_is_replaced_and_no_acknowledged_event_is_lost(
     try:
         wait_until(lambda: len(ingest_workers(process.pid)) == 2, 60, "two ingest workers")
         first = ingest_workers(process.pid)
+        assert [environment(pid).get("OPENBLAS_NUM_THREADS") for pid in first] == ["1", "1"]
         with Clients(url) as clients:
             wait_until(lambda: clients.acked() >= 2_000, 60, "2,000 acknowledged events")
             victim = min(first)

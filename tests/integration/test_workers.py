@@ -23,6 +23,7 @@ from tests.integration.processor_harness import (
     Expected,
     checkpoints,
     drain_breaches,
+    environment,
     prepare,
     start_processor,
     stored_count,
@@ -80,6 +81,8 @@ def test_sigkilling_one_worker_of_two_loses_nothing_and_breaches_match_one_proce
     kills = 0
     try:
         pids = two_live_workers(process)
+        # Each worker's numeric libraries on one thread (stream.sources.subprocess_channel).
+        assert [environment(pid).get("OPENBLAS_NUM_THREADS") for pid in pids] == ["1", "1"]
         for chunk in chunks:
             before = stored_count(killed_dir)
             part = prepare(killed_dir, chunk)

@@ -4,8 +4,11 @@ how they are ended."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+
+import pytest
 
 from stream.sources.subprocess_channel import end_child, start_child
 from tests.procfs import signal_set
@@ -43,3 +46,31 @@ async def test_a_child_that_does_not_exit_is_killed_after_the_grace() -> None:
     started = asyncio.get_running_loop().time()
     assert await end_child(child, grace_s=0.2) == -signal.SIGKILL
     assert asyncio.get_running_loop().time() - started >= 0.2
+
+
+# The threads a child has once numpy (and with it OpenBLAS, which starts its pool) is loaded.
+THREADS_WITH_NUMPY = "import os, numpy; print(len(os.listdir('/proc/self/task')))"
+
+
+async def threads_of_a_child_with_numpy() -> int:
+    child = await start_child(sys.executable, "-c", THREADS_WITH_NUMPY)
+    assert child.stdout is not None and child.stdin is not None
+    child.stdin.close()
+    output = await child.stdout.read()
+    assert await child.wait() == 0
+    return int(output)
+
+
+async def test_a_childs_numeric_libraries_start_no_threads_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert await threads_of_a_child_with_numpy() == 1
+
+
+async def test_a_thread_count_the_user_set_for_them_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    # OpenBLAS starts one thread per core at most, the calling thread among them.
+    assert await threads_of_a_child_with_numpy() == min(2, os.cpu_count() or 1)
