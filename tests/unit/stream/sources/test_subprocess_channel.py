@@ -1,5 +1,5 @@
-"""Children started for a channel: which signals they hold until they have set them up, and
-how they are ended."""
+"""Children started for a channel: which signals they hold until they have set them up, the
+threads their numeric libraries start, and how they are ended."""
 
 from __future__ import annotations
 
