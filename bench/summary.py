@@ -38,7 +38,7 @@ SECTIONS = (
     ),
     Section(
         "Worker processes: scaling, serial parts, memory (issue 15)",
-        "python -m bench.workers --events 100000 --repeats 5 --memory-apps 1000",
+        "python -m bench.workers --events 100000 --repeats 5 --workers 1,2 --memory-apps 1000",
         "workers.md",
     ),
     Section(
@@ -48,8 +48,8 @@ SECTIONS = (
     ),
     Section(
         "HTTP ingest in processes of its own (issue 15)",
-        "python -m bench.ingest --seconds 10 --repeats 5 --clients 4 --batch 100 "
-        "--workers 1,2 --paced 2 --max-backlog 60000",
+        "python -m bench.ingest --seconds 20 --repeats 5 --clients 4 --batch 100 "
+        "--workers 1,2 --paced 2 --max-backlog 10000",
         "ingest.md",
     ),
     Section(
@@ -132,6 +132,7 @@ hand-written floor, the bare SDK, the configuration before a change).
 """
 
 _HEADING = re.compile(r"^(#+) ", re.MULTILINE)
+_COMMAND = re.compile(r"^Command: `([^`]+)`", re.MULTILINE)
 _LINK = re.compile(r"\]\((?!https?:|/|#)([^)]+)\)")
 
 
@@ -158,10 +159,19 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
         path = results_dir / section.file
         if not path.is_file():
             raise SystemExit(f"bench.summary: {path} is missing: run `{section.command}` first")
+        text = path.read_text()
+        # The command shown is the one that wrote the file (which names it), so that a reader
+        # who runs it gets the run shown.
+        recorded = _COMMAND.search(text)
+        if recorded is not None and recorded.group(1) != section.command:
+            raise SystemExit(
+                f"bench.summary: {path} was written by `{recorded.group(1)}`, "
+                f"the summary names `{section.command}`"
+            )
         blocks.append(
             f"## {section.title}\n\n"
             f"`{section.command}` → [results/{section.file}](results/{section.file})\n\n"
-            + nested(excerpt(path.read_text()))
+            + nested(excerpt(text))
             + "\n"
         )
     return "\n".join(blocks)

@@ -45,3 +45,16 @@ def test_a_missing_results_file_stops_the_summary_with_its_command(tmp_path: Pat
         SystemExit, match=r"processor\.md is missing: run `python -m bench\.processor"
     ):
         summary.render(tmp_path)
+
+
+def test_a_file_written_by_another_command_stops_the_summary(tmp_path: Path) -> None:
+    for section in summary.SECTIONS:
+        (tmp_path / section.file).write_text(f"# {section.file}\n\nCommand: `{section.command}`\n")
+    summary.render(tmp_path)
+    (tmp_path / "processor.md").write_text(
+        "# Processor\n\nCommand: `python -m bench.processor --events 10 --repeats 1`\n"
+    )
+    with pytest.raises(
+        SystemExit, match=r"processor\.md was written by `python -m bench\.processor --events 10"
+    ):
+        summary.render(tmp_path)
