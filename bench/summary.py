@@ -42,6 +42,12 @@ SECTIONS = (
         "workers.md",
     ),
     Section(
+        "Worker processes: scaling on a 300,000-event backlog (issue 15)",
+        "python -m bench.workers --events 300000 --repeats 5 --workers 1,2 --memory-apps 1000 "
+        "--out workers_300k.md",
+        "workers_300k.md",
+    ),
+    Section(
         "Worker processes: memory under a sustained load (issue 15)",
         "python -m bench.workers --sustained-only --sustained-s 600 --sustained-rate 3000",
         "workers_sustained.md",

@@ -1,15 +1,17 @@
 """Worker-process scaling on the embedded backend: events/s of ``evalstream process --workers N``.
 
 Run: ``python -m bench.workers [--events N] [--repeats R] [--workers 1,2] [--memory-apps A]
-[--sustained-s S]``. Each repeat copies the same prepared log (simulated ~1.2 KB events, 20 apps,
-the default 8 partitions, hot path on) to a fresh data dir and runs the real command on it, once
+[--sustained-s S] [--out FILE]``. Each repeat copies the same prepared log (simulated ~1.2 KB
+events, 20 apps, the default 8 partitions, hot path on) to a fresh data dir and runs the real
+command on it, once
 per worker count, the counts interleaved (and their order alternated) so each sees the same
 machine load. events/s is counted from the first stored record to the last (the processes'
 start-up is not in it; it is reported apart, as the CPU of the whole run per event). Beside it,
 measured in the same run: the serial parts a model of more cores needs (the store's write lock
 held per event, a log read per event) and the workers' resident memory, also with
 ``--memory-apps`` apps, and optionally under a sustained simulated load. Results: medians,
-written to bench/results/workers.md.
+written to bench/results/workers.md, or the file ``--out`` names there (the recorded runs: 100,000
+events in workers.md, a 300,000-event backlog in workers_300k.md, on which a store fills further).
 """
 
 from __future__ import annotations
@@ -500,6 +502,12 @@ def main() -> None:
     parser.add_argument("--sustained-rate", type=float, default=3000.0)
     parser.add_argument("--no-write", action="store_true", help="Do not update the results file.")
     parser.add_argument(
+        "--out",
+        default=RESULTS.name,
+        help="Results file in bench/results/ (default %(default)s; another name keeps a second "
+        "configuration beside it, such as a longer backlog).",
+    )
+    parser.add_argument(
         "--sustained-only",
         action="store_true",
         help="Only the sustained-load run, recorded in bench/results/workers_sustained.md.",
@@ -542,7 +550,8 @@ def main() -> None:
         "",
         f"Command: `python -m bench.workers --events {args.events} --repeats {args.repeats} "
         f"--workers {args.workers} --memory-apps {args.memory_apps}"
-        + (f" --sustained-s {args.sustained_s:g}`" if args.sustained_s else "`"),
+        + (f" --sustained-s {args.sustained_s:g}" if args.sustained_s else "")
+        + (f" --out {args.out}`" if args.out != RESULTS.name else "`"),
         f"Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; load average (1, 5, "
         f"15 min) {', '.join(f'{x:.1f}' for x in load_before)} before, "
@@ -629,7 +638,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+        (RESULTS.parent / args.out).write_text(text)
 
 
 if __name__ == "__main__":
