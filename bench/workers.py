@@ -3,15 +3,14 @@
 Run: ``python -m bench.workers [--events N] [--repeats R] [--workers 1,2] [--memory-apps A]
 [--sustained-s S] [--out FILE]``. Each repeat copies the same prepared log (simulated ~1.2 KB
 events, 20 apps, the default 8 partitions, hot path on) to a fresh data dir and runs the real
-command on it, once
-per worker count, the counts interleaved (and their order alternated) so each sees the same
-machine load. events/s is counted from the first stored record to the last (the processes'
-start-up is not in it; it is reported apart, as the CPU of the whole run per event). Beside it,
-measured in the same run: the serial parts a model of more cores needs (the store's write lock
-held per event, a log read per event) and the workers' resident memory, also with
-``--memory-apps`` apps, and optionally under a sustained simulated load. Results: medians,
-written to bench/results/workers.md, or the file ``--out`` names there (the recorded runs: 100,000
-events in workers.md, a 300,000-event backlog in workers_300k.md, on which a store fills further).
+command on it, once per worker count, the counts interleaved (and their order alternated) so each
+sees the same machine load. events/s is counted from the first stored record to the last (the
+processes' start-up is not in it; it is reported apart, as the CPU of the whole run per event).
+Beside it, measured in the same run: the serial parts a model of more cores needs (the store's
+write lock held per event, a log read per event) and the workers' resident memory, also with
+``--memory-apps`` apps, and optionally under a sustained simulated load. Results: medians, written
+to bench/results/workers.md, or the file ``--out`` names there (the recorded runs: 100,000 events
+in workers.md, a 300,000-event backlog in workers_300k.md, on which a store fills further).
 """
 
 from __future__ import annotations

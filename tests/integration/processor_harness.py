@@ -172,12 +172,6 @@ def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
     return found
 
 
-def environment(pid: int) -> dict[str, str]:
-    """The environment process ``pid`` was started with."""
-    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(entry.decode().partition("=")[::2] for entry in entries if entry)
-
-
 def store_contents(data_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
     connection = sqlite3.connect(data_dir / "store.db")
     try:

@@ -26,12 +26,12 @@ from evalstream.ingest_pool import IngestPool, ingest_in_workers
 from evalstream.settings import load_settings
 from stream.exceptions import StreamError
 from tests.integration.processor_harness import (
-    environment,
     run_until_idle,
     start_processor,
     store_contents,
     wait_until,
 )
+from tests.procfs import environment
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,6 @@ from tests.integration.processor_harness import (
     Expected,
     checkpoints,
     drain_breaches,
-    environment,
     prepare,
     start_processor,
     stored_count,
@@ -31,6 +30,7 @@ from tests.integration.processor_harness import (
     wait_until,
     worker_pids,
 )
+from tests.procfs import environment
 
 pytestmark = pytest.mark.integration
 
