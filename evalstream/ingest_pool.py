@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from common.children import signal_child
 from common.retry import Backoff
 from evalstream import ingest_worker, logs
 from evalstream.ingest_worker import WorkerSpec
@@ -123,12 +124,11 @@ class IngestPool:
                 await channel.flush()
             await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not reading.done():
-                process.send_signal(signal.SIGTERM)  # drain: it answers what it accepted
+                signal_child(process, signal.SIGTERM)  # drain: it answers what it accepted
             await reading
             return await process.wait()
         except BaseException:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
+            signal_child(process, signal.SIGTERM)
             raise
         finally:
             reading.cancel()

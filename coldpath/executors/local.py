@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from coldpath.exceptions import ShardFailed
 from coldpath.ports import JobReport
+from common.children import signal_child
 from common.retry import Backoff, retry
 from schemas import JobManifest
 
@@ -131,7 +132,7 @@ class LocalExecutor:
         except BaseException:
             # Cancelled (the trigger is stopping): do not leave the shard running unwatched.
             if process.returncode is None:
-                process.kill()
+                signal_child(process)
                 await asyncio.shield(process.wait())
             raise
         if process.returncode != 0:

@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any
 
+from common.children import signal_child
 from stream.exceptions import SourceError, SourceUnavailable, StreamError
 from stream.ports import ReceivedEvent, received
 
@@ -223,14 +224,14 @@ async def end_child(
     """The exit code of a child that is ending (its pipe closed, or its parent gives up on it),
     killed if it has not exited within ``grace_s``.
 
-    Killed only after that wait: killing a child that has exited but is not yet reaped reaps it
-    (``Popen.send_signal`` polls first), and asyncio's child watcher then reports 255 for it
-    instead of its code: a worker killed with SIGKILL was reported as "exited with code 255"
-    when its parent, finding the pipe closed, killed it to be sure."""
+    Killed only after that wait, and without reaping it (``common.children.signal_child``): a
+    worker killed with SIGKILL was reported as "exited with code 255" when its parent, finding
+    the pipe closed, killed it to be sure; a child exiting just as the grace ran out could be
+    too."""
     try:
         return await asyncio.wait_for(asyncio.shield(process.wait()), grace_s)
     except TimeoutError:
-        process.kill()
+        signal_child(process, signal.SIGKILL)
         return await asyncio.shield(process.wait())
 
 

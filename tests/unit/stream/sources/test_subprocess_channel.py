@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 
 import pytest
 
@@ -39,6 +40,28 @@ async def test_a_child_whose_pipe_closed_ends_with_its_own_exit_code() -> None:
     assert child.stdout is not None
     assert await child.stdout.read() == b""
     assert await end_child(child, grace_s=10) == 3
+
+
+async def test_a_child_that_exits_as_the_grace_runs_out_keeps_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The child has exited and asyncio's child watcher (a thread waiting for it) has not yet
+    # reaped it when the grace runs out: that moment is held still here by holding the
+    # watcher's wait. end_child's kill must not reap the child itself, or the watcher, finding
+    # it gone, reports 255.
+    real_waitpid, watcher_may_reap = os.waitpid, threading.Event()
+
+    def held_waitpid(pid: int, options: int) -> tuple[int, int]:
+        if threading.current_thread() is not threading.main_thread():
+            watcher_may_reap.wait(10)
+        return real_waitpid(pid, options)
+
+    monkeypatch.setattr(os, "waitpid", held_waitpid)
+    child = await start_child(sys.executable, "-c", "import sys; sys.exit(5)")
+    # Until the child has exited, without reaping it.
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    asyncio.get_running_loop().call_later(0.1, watcher_may_reap.set)
+    assert await end_child(child, grace_s=0) == 5
 
 
 async def test_a_child_that_does_not_exit_is_killed_after_the_grace() -> None:
