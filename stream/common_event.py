@@ -36,10 +36,11 @@ from schemas.trusted import construct_trusted
 # msgspec checks patterns with Python's ``re``, whose ``$`` also matches before a final
 # newline; the model's (Rust) ``$`` does not: ``\Z`` is that.
 _APP_ID = APP_ID_PATTERN.removesuffix("$") + r"\Z"
-# [0-9], not \d: Python's \d takes every script's digits.
+# [0-9], not \d: Python's \d takes every script's digits. An offset's minutes to 59:
+# ``datetime.fromisoformat`` reads "+00:60" as an hour, the model refuses it.
 _TIMESTAMP = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
-    r"(Z|[+-][0-9]{2}:[0-9]{2})\Z"
+    r"(Z|[+-][0-9]{2}:[0-5][0-9])\Z"
 )
 # msgspec bounds integers to 64 signed bits at most; the model's upper bound (2**64 - 1) is
 # left to the model. The largest double bounds floats: JSON numbers beyond it are refused.

@@ -32,8 +32,40 @@ VALID_TIMES = [
     "2026-11-22 11:00:00Z",
     "2026-11-22T12:14:59Z",
 ]
+
+
+def _two_digits(low: int, high: int) -> st.SearchStrategy[str]:
+    return st.integers(low, high).map("{:02d}".format)
+
+
+_offsets = st.builds(
+    "{}{}{}{}".format,
+    st.sampled_from("+-"),
+    _two_digits(0, 25),
+    st.sampled_from([":", ""]),
+    _two_digits(0, 99),
+)
+# Timestamps built from their parts, each part reaching just past its range, where the model
+# and another date reader can disagree: offset minutes past 59 (datetime.fromisoformat reads
+# +00:60 as an hour), hour 24, a leap second, February 29th, day 0, lower-case separators,
+# fractions beyond microseconds.
+formed_timestamps = st.builds(
+    "{}-{}-{}{}{}:{}:{}{}{}".format,
+    st.sampled_from(["1970", "2024", "2026", "0001", "9999"]),
+    _two_digits(0, 13),
+    _two_digits(0, 32),
+    st.sampled_from(["T", "T", "t", " "]),
+    _two_digits(0, 25),
+    _two_digits(0, 61),
+    _two_digits(0, 61),
+    st.sampled_from(["", ".0", ".5", ".123456", ".1234567", ".000000001"]),
+    st.sampled_from(["Z", "z", "+00:00", "-00:00"]) | _offsets,
+)
 valid_timestamps = (
-    st.sampled_from(VALID_TIMES) | st.integers(0, 1_790_000_000) | st.floats(0, 1.79e9)
+    st.sampled_from(VALID_TIMES)
+    | formed_timestamps
+    | st.integers(0, 1_790_000_000)
+    | st.floats(0, 1.79e9)
 )
 # Naive, a date alone, past the allowed skew, before 1970 or before year 1 in UTC, far ahead.
 timestamps = st.one_of(
@@ -47,6 +79,7 @@ timestamps = st.one_of(
             "9999-12-31T23:59:59Z",
         ]
     ),
+    formed_timestamps,
     st.integers(min_value=-(10**12), max_value=10**13),
     scalars,
 )

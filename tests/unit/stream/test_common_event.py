@@ -122,6 +122,7 @@ REFUSED = {
     "before 1970": body_of(timestamp="1969-12-31T23:59:59Z"),
     "before year 1 in UTC": body_of(timestamp="0001-01-01T00:00:00+05:00"),
     "a leap second": body_of(timestamp="2026-11-22T11:00:60Z"),
+    "an offset of 60 minutes": body_of(timestamp="2026-11-22T11:00:00+00:60"),
     "text one character too long": body_of(output_text="💥" * 32_769),
     "an unknown field": body_of(region="eu"),
     "negative tokens": body_of(tokens={"output": -1}),
