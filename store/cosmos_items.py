@@ -91,10 +91,39 @@ def epoch_us(when: datetime) -> int:
     return (when.astimezone(UTC) - _EPOCH) // _MICROSECOND
 
 
+# Cosmos DB's numbers are doubles: integers beyond 2**53 lose their last digits (the service's
+# queries and JavaScript readers round them; cosmosdb-server stores them rounded), and a token
+# count of 2**64 - 1 read back as 2**64 no longer validates. The contract takes integers to 64
+# bits (and a token total, a sum, beyond): such an integer is written as its decimal string.
+# Token counts read back from it as they are (pydantic reads an integer from its digits);
+# metadata, whose values may be strings, lists the keys it wrote so in BIG_INTEGERS_FIELD.
+EXACT_INTEGER_LIMIT = 2**53
+BIG_INTEGERS_FIELD = "metadata_big_integers"
+
+
+def _beyond_doubles(value: object) -> bool:
+    return type(value) is int and not -EXACT_INTEGER_LIMIT <= value <= EXACT_INTEGER_LIMIT
+
+
 def telemetry_item(document: TelemetryDocument) -> dict[str, Any]:
     item: dict[str, Any] = orjson.loads(document.json_bytes())
     item["id"] = cosmos_id(document.id)
     item[EVENT_TIME_FIELD] = epoch_us(document.timestamp)
+    tokens = document.tokens
+    if tokens is not None:
+        for name, count in (("input", tokens.input), ("output", tokens.output)):
+            if _beyond_doubles(count):
+                item["tokens"][name] = str(count)
+    # From the model, not the JSON: orjson reads an integer beyond 64 bits as a float.
+    total = document.derived.tokens_total
+    if _beyond_doubles(total):
+        item["derived"]["tokens_total"] = str(total)
+    big = [key for key, value in document.metadata.items() if _beyond_doubles(value)]
+    if big:
+        metadata = item["metadata"]
+        for key in big:
+            metadata[key] = str(metadata[key])
+        item[BIG_INTEGERS_FIELD] = big
     return item
 
 
@@ -130,6 +159,11 @@ def state_item(snapshot: StateSnapshot) -> dict[str, Any]:
 
 def document_from_item(item: dict[str, Any]) -> TelemetryDocument:
     item["id"] = record_id(item["id"])
+    big = item.pop(BIG_INTEGERS_FIELD, None)
+    if big:
+        metadata = item["metadata"]
+        for key in big:
+            metadata[key] = int(metadata[key])
     return TelemetryDocument.model_validate(item)
 
 

@@ -505,3 +505,57 @@ async def test_pipeline_checkpoints_after_durable_writes_and_resumes_from_cosmos
     assert resumed.checkpoints == [299]
     assert await proxied_store.count("telemetry") == valid
     assert await proxied_store.count("quarantine") == 300 - valid
+
+
+# Values at the edges of what the decoder accepts (tests/unit/stream/test_value_gate.py): the
+# store keeps and reads back every one of them, as the embedded store does.
+EDGE_TAILS = [
+    b',"metadata":{"x":18446744073709551615,"y":-9223372036854775808,"z":1.7976931348623157e308,'
+    b'"w":9007199254740993,"v":-0.0}',
+    b',"tokens":{"input":18446744073709551615,"output":18446744073709551615},"event_id":"e1"',
+    b',"event_id":"e2","metadata":{"id":9223372036854775807}',
+    b',"tokens":{"input":9007199254740993,"output":1}',
+    b',"latency_ms":5e-324,"scores":{"s":1.7976931348623157e308,"t":-5e-324}',
+    b',"input_text":"NUL \\u0000, non-character \\uffff, astral \\ud83d\\ude00"',
+]
+
+
+async def test_values_at_the_edges_of_the_contract_read_back_equal(store: CosmosStore) -> None:
+    decoder = Decoder()
+    enricher = Enricher(AppDirectory(), b"test-key", "eventhubs")
+    now = datetime.now(UTC)
+    documents = []
+    for sequence, tail in enumerate(EDGE_TAILS):
+        body = b'{"app_id":"edge","trace_id":"t%d","timestamp":"%s"%s}' % (
+            sequence,
+            MIDNIGHT.isoformat().encode(),
+            tail,
+        )
+        decoded = decoder.decode(body, now)
+        assert [r.issues for r in decoded.rejected] == []
+        position = ReceivedEvent(body, "0", sequence, now, str(sequence))
+        documents += [
+            enricher.document(a.event, position, a.index, now, False) for a in decoded.accepted
+        ]
+
+    assert await store.write(documents, []) == []
+    # Written again (a re-read batch): the same events, not others under their event_ids.
+    assert await store.write(documents, []) == []
+    assert await store.count("telemetry") == len(documents)
+
+    for document in documents:
+        read = await store.get_telemetry(document.id, document.pk)
+        assert read == document
+        # Integers stay integers, to the last digit: 2**64 - 1 is not 1.8446744073709552e19
+        # (which equals 2**64), nor 9007199254740993 the double 9007199254740992.
+        for key, value in document.metadata.items():
+            if type(value) is int:
+                assert type(read.metadata[key]) is int and read.metadata[key] == value, key
+        assert repr(read.tokens) == repr(document.tokens)
+        assert read.derived.tokens_total == document.derived.tokens_total
+    window = [
+        doc
+        async for page in store.telemetry_window(["edge"], MIDNIGHT, MIDNIGHT + timedelta(1))
+        for doc in page
+    ]
+    assert sorted(window, key=lambda d: d.trace_id) == documents

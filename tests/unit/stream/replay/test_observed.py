@@ -6,15 +6,24 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+
 from schemas.appconfig import AppDirectory
-from schemas.document import TelemetryDocument
+from schemas.document import DerivedSizes, TelemetryDocument
+from schemas.telemetry import Tokens
+from stream.decode import Decoder
+from stream.enrich import Enricher
 from stream.hotpath import HotPath
+from stream.ports import ReceivedEvent
 from stream.replay.job import JobFile
 from stream.replay.observed import pack, unpack
 
+from ..event_bodies import bodies
 from ..hotpath.streams import document
 from ..hotpath.test_engine import incident_stream, run, uninterrupted
 
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+ENRICHER = Enricher(AppDirectory(), b"k", "local")
 FIELDS = ("id", "app_id", "timestamp", "trace_id", "status", "latency_ms", "scores", "derived")
 
 
@@ -41,6 +50,25 @@ def test_every_field_the_hot_path_reads_round_trips_exactly() -> None:
     local = odd.model_copy(update={"timestamp": datetime(2026, 12, 1, 3, 30, 0, 5, odd_offset)})
     for doc in (odd, shifted, whole_second, local):
         assert_same(doc)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=bodies())
+def test_every_document_the_pipeline_makes_round_trips(body: bytes) -> None:
+    # Whatever the decoder accepts, at the edges of each field: the compact form takes it too
+    # (token counts of 2**64 - 1 each make a total beyond what orjson writes).
+    position = ReceivedEvent(body, "0", 1, NOW, "1")
+    for accepted in Decoder().decode(body, NOW).accepted:
+        assert_same(ENRICHER.document(accepted.event, position, accepted.index, NOW, False))
+
+
+def test_a_token_total_beyond_64_bits_round_trips() -> None:
+    tokens = Tokens(input=2**64 - 1, output=2**64 - 1)
+    doc = document(1).model_copy(
+        update={"tokens": tokens, "derived": DerivedSizes(tokens_total=2**65 - 2)}
+    )
+    assert_same(doc)
+    assert unpack(doc.app_id, pack(doc)).derived.tokens_total == 2**65 - 2
 
 
 def test_the_hot_path_finds_the_same_breaches_in_the_compact_form() -> None:
