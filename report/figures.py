@@ -162,16 +162,37 @@ def usage(series: AppSeries) -> Figure:
     return _figure(traces, title, **layout)
 
 
-def scores(series: AppSeries) -> Figure:
-    traces: list[Trace] = [
-        {
+# plotly.js's violin draws a density whose bandwidth comes from the values' standard deviation:
+# with values beyond ~1e150 their squares overflow a double and the violin is not drawn at all
+# ("Something went wrong with computing the violin span"). Scores take any finite double, so a
+# score reaching that far is drawn as a box (quartiles, no density) instead; and an axis from
+# -1.8e308 to 1.8e308 is wider than a double, which leaves plotly.js an infinite path, so the box
+# draws values beyond ±1e300 at ±1e300 (its name says so).
+DENSITY_LIMIT = 1e150
+DRAWN_LIMIT = 1e300
+
+
+def _score_trace(name: str, values: npt.NDArray[np.float64]) -> Trace:
+    y = _y(values)
+    drawn = [value for value in y if value is not None]
+    if all(abs(value) <= DENSITY_LIMIT for value in drawn):
+        return {
             "type": "violin",
-            "y": _y(values),
-            "name": f"{name} (n={series.score_counts[name]:,})",
+            "y": y,
+            "name": name,
             "box": {"visible": True},
             "meanline": {"visible": True},
             "points": False,
         }
+    if any(abs(value) > DRAWN_LIMIT for value in drawn):
+        y = [None if v is None else min(max(v, -DRAWN_LIMIT), DRAWN_LIMIT) for v in y]
+        name += f", beyond ±{DRAWN_LIMIT:g} drawn at ±{DRAWN_LIMIT:g}"
+    return {"type": "box", "y": y, "name": name, "boxpoints": False}
+
+
+def scores(series: AppSeries) -> Figure:
+    traces = [
+        _score_trace(f"{name} (n={series.score_counts[name]:,})", values)
         for name, values in series.scores.items()
     ]
     return _figure(

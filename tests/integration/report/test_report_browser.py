@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -125,3 +126,63 @@ async def test_the_report_renders_in_headless_chromium_with_the_incident(
     assert any(row[2] == "evaluation" for row in incidents), incidents
     assert any(label.startswith("app-001") for label in incident_axis), incident_axis
     assert screenshot.stat().st_size > 50_000
+
+
+def edge_events(start: datetime, count: int) -> str:
+    """NDJSON of valid events at the edges of the contract: the largest and smallest doubles
+    for latency and scores, 64-bit token counts and metadata integers."""
+    largest = 1.7976931348623157e308
+    lines = []
+    for i in range(count):
+        event = {
+            "app_id": "edge",
+            "timestamp": (start + timedelta(seconds=i)).isoformat(),
+            "trace_id": f"t{i}",
+            "status": "error" if i % 3 == 0 else "ok",
+            "latency_ms": [0.0, largest, 5e-324, 123.5][i % 4],
+            "tokens": {"input": 2**64 - 1, "output": 2**64 - 1 if i % 2 else 0},
+            "scores": {"extreme": [largest, -largest, 5e-324, 0.5][i % 4], "usual": i / count},
+            "metadata": {"big": 2**64 - 1, "small": -(2**63)},
+        }
+        lines.append(orjson.dumps(event).decode())
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_report_of_values_at_the_edges_of_the_contract_draws_every_chart(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    events = tmp_path / "edge.ndjson"
+    events.write_text(edge_events(start, 60))
+    for step in (("send", str(events)), ("process", "--no-ingest", "--until-idle", "1")):
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    output = tmp_path / "edge.html"
+    reported = evalstream(
+        data_dir, "report", "-o", str(output),
+        "--from", (start - timedelta(minutes=1)).isoformat(),
+        "--to", (start + timedelta(minutes=2)).isoformat(),
+    )  # fmt: skip
+    assert reported.returncode == 0, reported.stderr
+    assert "1 apps, 60 requests" in reported.stderr, reported.stderr
+
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(output.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        charts = await page.evaluate(CHART_STATES)
+        score_names = await page.evaluate(
+            "[...document.querySelectorAll('div.chart[data-chart=scores] .xtick text')]"
+            ".map(t => t.textContent)"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-edge-values.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn, charts
+    # Both scores drawn: the one with the largest doubles as well as the usual one.
+    scores = [chart for chart in charts if chart["kind"] == "scores"]
+    assert [chart["traces"] for chart in scores] == [2], charts
+    assert sorted(name.split(" ")[0] for name in score_names) == ["extreme", "usual"], score_names
