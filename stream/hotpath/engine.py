@@ -43,6 +43,12 @@ APP_STATE = "*"
 # detector names).
 SAMPLES = "samples"
 INCIDENT = "incident"
+# Latencies and scores take any finite double, but the detectors square and sum what they are
+# fed: beyond ~1e154 a square overflows, their statistics turn infinite or NaN, and a breach
+# reported them as such (its JSON, null, no longer read back). Values beyond ±1e100 are fed as
+# ±1e100: still far beyond any real latency or score (a change to them is detected as one),
+# and sums of squares stay finite for 1e100 values.
+FED_LIMIT = 1e100
 
 
 @cache
@@ -186,6 +192,8 @@ class HotPath:
         ]
         latency = doc.latency_ms
         if latency is not None:
+            if latency > FED_LIMIT:
+                latency = FED_LIMIT
             work.append((app.latency or self._fixed(app, doc.app_id, LATENCY), latency))
         if not failed:
             derived = doc.derived
@@ -202,6 +210,8 @@ class HotPath:
                     else:
                         track = self._track(app, doc.app_id, SCORE_PREFIX + name)
                     if track is not None:
+                        if not -FED_LIMIT <= value <= FED_LIMIT:
+                            value = FED_LIMIT if value > 0 else -FED_LIMIT
                         work.append((track, value))
         out: list[Breach] = []
         # One loop over every detector of the event, without a call per signal: this is the

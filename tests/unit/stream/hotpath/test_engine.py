@@ -200,6 +200,37 @@ def test_score_shift_is_found_on_its_own_signal() -> None:
     assert ks.at > found[0].opened_at
 
 
+LARGEST = 1.7976931348623157e308
+
+
+@pytest.mark.parametrize(
+    "extremes",
+    [
+        [0.0, LARGEST, 5e-324, 100.0],  # latency and a score jumping to the largest double
+        [LARGEST, -LARGEST, 0.5],  # a score at both ends
+        [1e200, 1e300, 1.0],
+    ],
+)
+def test_values_at_the_ends_of_a_double_give_breaches_that_read_back(extremes: list[float]) -> None:
+    # Alternating quiet and extreme stretches, so that detectors fire on the extremes and
+    # resolve after them: every figure of every breach (and its evidence) is a finite double,
+    # and the breach's JSON reads back as the same breach.
+    rnd = random.Random(3)
+    engine = HotPath(AppDirectory())
+    breaches: list[Breach] = []
+    for i in range(9000):
+        extreme = (i // 1500) % 2 == 1
+        value = rnd.choice(extremes) if extreme else rnd.random()
+        doc = document(i, latency_ms=abs(value) if extreme else 300 + value, scores={"s": value})
+        breaches += engine.observe(doc)
+    assert len({b.signal for b in breaches}) >= 2, breaches
+    for breach in breaches:
+        for found in (breach, *breach.evidence):
+            figures = (found.observed, found.baseline, found.threshold)
+            assert all(v is None or math.isfinite(v) for v in figures), found
+        assert Breach.model_validate_json(breach.model_dump_json()) == breach
+
+
 def test_stable_signals_stay_quiet() -> None:
     noisy = {
         (b.app_id, b.signal)
