@@ -11,9 +11,13 @@ bus both absorb: nothing is lost and nothing is doubled.
 from __future__ import annotations
 
 import logging
+import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import numpy as np
 
 from alerts.ports import AlertPublisher
 from coldpath.exceptions import ColdpathError
@@ -64,6 +68,24 @@ def sample_status(outcome: MetricOutcome, min_sample_size: int) -> tuple[Evaluat
         )
         return "insufficient_data", reason
     return "ok", outcome.reason
+
+
+# Documents hold any finite double: sums and means of them may overflow. numpy's warning about it
+# is not a fault of the metric: the infinite or NaN value is what ``finite_value`` handles.
+def _overflow_is_a_value() -> np.errstate:
+    return np.errstate(over="ignore", invalid="ignore")
+
+
+def finite_value(value: float | None) -> float | None:
+    """A metric's value as it is stored and judged: beyond a double (a mean of latencies near
+    the largest double overflows) the largest double with its sign, NaN (sums of both signs)
+    undefined. JSON has neither: stored, they read back as null, and a breach built on one
+    could not be read back at all."""
+    if value is None or math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return None
+    return math.copysign(sys.float_info.max, value)
 
 
 def evaluation_breach(
@@ -206,11 +228,12 @@ class ShardRunner:
     ) -> None:
         pages = self.telemetry.telemetry_window([app_id], window.start, window.end, self.page_size)
         async for page in pages:
-            for accumulator in accumulators:
-                if reference:
-                    accumulator.add_reference(page)
-                else:
-                    accumulator.add(page)
+            with _overflow_is_a_value():
+                for accumulator in accumulators:
+                    if reference:
+                        accumulator.add_reference(page)
+                    else:
+                        accumulator.add(page)
 
     def _result(
         self,
@@ -224,10 +247,11 @@ class ShardRunner:
     ) -> tuple[EvaluationResult, list[Breach]]:
         window = manifest.window
         status, reason = sample_status(outcome, policy.min_sample_size)
+        values = {name: finite_value(value) for name, value in outcome.values.items()}
         breaches: list[Breach] = []
         if status == "ok":
             for value_name, thresholds in sorted(spec.thresholds.items()):
-                value = outcome.values.get(value_name)
+                value = values.get(value_name)
                 verdict = thresholds.judge(value)
                 if verdict is None or value is None:
                     continue
@@ -247,7 +271,7 @@ class ShardRunner:
             metric=metric.name,
             metric_version=metric.version,
             window=window,
-            values=dict(outcome.values),
+            values=values,
             sample_size=outcome.sample_size,
             status=status,
             reason=reason,
@@ -263,7 +287,8 @@ class ShardRunner:
 def _finish(accumulator: Accumulator, metric: Metric) -> MetricOutcome:
     """A metric that fails while finishing gives an unavailable result, not a failed shard."""
     try:
-        return accumulator.finish()
+        with _overflow_is_a_value():
+            return accumulator.finish()
     except Exception as exc:  # a metric bug must not hide the other metrics' results
         logger.exception("metric %s failed", metric.name)
         return MetricOutcome(values={}, sample_size=0, status="unavailable", reason=repr(exc))

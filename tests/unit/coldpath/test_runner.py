@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coldpath.policies.catalogue import CATALOGUE as BUILT_IN_CATALOGUE
 from coldpath.runner import ShardRunner
 from coldpath.shards import build_manifest
-from schemas import AppDirectory, EvaluationPolicy, JobManifest, Severity, Window
+from schemas import AppDirectory, Breach, EvaluationPolicy, JobManifest, Severity, Window
 from schemas.breach import breach_id_for
 from store.sqlite import SqliteStore
 from store.sqlite_evaluations import SqliteEvaluationStore
@@ -179,3 +181,46 @@ async def test_manifests_are_staged_once_and_progress_is_per_manifest(
     await runner(stores, RecordingPublisher()).run_shard(job, 0)
     assert await evaluations.done_units(job.id) == {u.key for u in job.shard(0)}
     assert await evaluations.done_units(manifest(run=1).id) == set()
+
+
+async def test_values_beyond_a_double_are_stored_and_judged_as_the_largest_double(
+    tmp_path: Path,
+) -> None:
+    # Latencies at the largest double: their mean overflows. What is stored and what breaches
+    # is the same finite number, and the breach reads back from its JSON.
+    largest = sys.float_info.max
+    documents = [
+        doc("a", START + timedelta(minutes=n), latency_ms=largest if n % 2 else 1.0, number=n)
+        for n in range(20)
+    ]
+    path = tmp_path / "store.db"
+    bus = RecordingPublisher()
+    async with SqliteStore(path) as telemetry, SqliteEvaluationStore(path) as evaluations:
+        await telemetry.write(documents, [])
+        policy = EvaluationPolicy.model_validate(
+            {
+                "name": "edge",
+                "window": "PT1H",
+                "min_sample_size": 10,
+                "metrics": [
+                    {
+                        "metric": "latency",
+                        "thresholds": {"mean": {"warning": {"max": 300}}},
+                    }
+                ],
+            }
+        )
+        job = build_manifest(WINDOW, [policy], ["a"], group_size=1, code_version="t", run=0)
+        shard_runner = ShardRunner(
+            telemetry=telemetry,
+            evaluations=evaluations,
+            publisher=bus,
+            catalogue=BUILT_IN_CATALOGUE,  # the shipped latency metric
+            apps=AppDirectory(),
+        )
+        await run_all(shard_runner, job)
+        (result,) = await evaluations.results()
+    assert result.values["mean"] == largest and result.status == "warning"
+    (breach,) = bus.published.values()
+    assert breach.observed == largest
+    assert Breach.model_validate_json(breach.model_dump_json()) == breach
