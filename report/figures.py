@@ -9,6 +9,7 @@ trace and layout attributes and are checked where it counts, by drawing them in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,9 +45,24 @@ def _x(moments: Sequence[datetime]) -> list[str]:
     return [utc_text(m) for m in moments]
 
 
+# plotly.js pads an axis beyond its largest value and measures it from end to end: past ~1e307
+# either overflows a double, the axis falls back to a default range and the point is not drawn
+# (or its path is "Infinity"). Values beyond ±1e300, which only the largest doubles a producer
+# may send reach, are drawn at ±1e300.
+DRAWN_LIMIT = 1e300
+
+
+def _drawn(value: float | None) -> float | None:
+    """A value as a chart draws it: NaN and infinities are gaps (null), the rest within
+    ±DRAWN_LIMIT."""
+    if value is None or not math.isfinite(value):
+        return None
+    return min(max(float(value), -DRAWN_LIMIT), DRAWN_LIMIT)
+
+
 def _y(values: npt.NDArray[np.float64] | npt.NDArray[np.int64]) -> list[float | None]:
-    """Values for JSON: NaN and infinities become gaps (null)."""
-    return [float(v) if np.isfinite(v) else None for v in values]
+    """Values for JSON, as charts draw them (``_drawn``)."""
+    return [_drawn(v) for v in values]
 
 
 def _figure(traces: list[Trace], title: str, *, height: int = HEIGHT, **layout: Any) -> Figure:
@@ -165,29 +181,24 @@ def usage(series: AppSeries) -> Figure:
 # plotly.js's violin draws a density whose bandwidth comes from the values' standard deviation:
 # with values beyond ~1e150 their squares overflow a double and the violin is not drawn at all
 # ("Something went wrong with computing the violin span"). Scores take any finite double, so a
-# score reaching that far is drawn as a box (quartiles, no density) instead; and an axis from
-# -1.8e308 to 1.8e308 is wider than a double, which leaves plotly.js an infinite path, so the box
-# draws values beyond ±1e300 at ±1e300 (its name says so).
+# score reaching that far is drawn as a box (quartiles, no density) instead, its name saying
+# where values beyond DRAWN_LIMIT are drawn.
 DENSITY_LIMIT = 1e150
-DRAWN_LIMIT = 1e300
 
 
 def _score_trace(name: str, values: npt.NDArray[np.float64]) -> Trace:
-    y = _y(values)
-    drawn = [value for value in y if value is not None]
-    if all(abs(value) <= DENSITY_LIMIT for value in drawn):
+    if all(not np.isfinite(v) or abs(v) <= DENSITY_LIMIT for v in values):
         return {
             "type": "violin",
-            "y": y,
+            "y": _y(values),
             "name": name,
             "box": {"visible": True},
             "meanline": {"visible": True},
             "points": False,
         }
-    if any(abs(value) > DRAWN_LIMIT for value in drawn):
-        y = [None if v is None else min(max(v, -DRAWN_LIMIT), DRAWN_LIMIT) for v in y]
+    if any(np.isfinite(v) and abs(v) > DRAWN_LIMIT for v in values):
         name += f", beyond ±{DRAWN_LIMIT:g} drawn at ±{DRAWN_LIMIT:g}"
-    return {"type": "box", "y": y, "name": name, "boxpoints": False}
+    return {"type": "box", "y": _y(values), "name": name, "boxpoints": False}
 
 
 def scores(series: AppSeries) -> Figure:
@@ -275,7 +286,7 @@ def evaluation(
             {
                 "type": "scatter",
                 "x": _x([r.window.start for r in mine]),
-                "y": [float(v) if v is not None else None for v in values],
+                "y": [_drawn(v) for v in values],
                 "mode": "lines+markers",
                 "name": app_id,
                 "marker": {

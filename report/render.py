@@ -37,9 +37,16 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
+# Beyond this a number is written in scientific notation: the largest double in fixed
+# notation is 309 digits long, wider than the page.
+FIXED_NOTATION_LIMIT = 1e15
+
+
 def _number(value: float | None, digits: int = 1) -> str:
     if value is None or not math.isfinite(value):
         return "–"
+    if abs(value) >= FIXED_NOTATION_LIMIT:
+        return f"{value:.{max(digits, 3)}e}"
     return f"{value:,.{digits}f}"
 
 

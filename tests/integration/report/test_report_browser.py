@@ -148,32 +148,65 @@ def edge_events(start: datetime, count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+EDGE_POLICY = """
+[[coldpath.policies]]
+name = "edge"
+window = "PT1H"
+lateness = "PT10M"
+min_sample_size = 10
+apps = "all"
+[[coldpath.policies.metrics]]
+metric = "latency"
+thresholds = { mean = { warning = { max = 300.0 } }, p95 = { warning = { max = 300.0 } } }
+[[coldpath.policies.metrics]]
+metric = "scores"
+thresholds = { "extreme.p10" = { warning = { min = -1.0 } } }
+"""
+# Evaluation charts: the markers of their first trace (the app's values).
+EVALUATION_POINTS = """
+[...document.querySelectorAll('div.chart[data-chart=evaluation]')].map(chart =>
+    chart.querySelectorAll('.scatterlayer .trace:first-child path.point').length)
+"""
+
+
 async def test_a_report_of_values_at_the_edges_of_the_contract_draws_every_chart(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    config = tmp_path / "edge.toml"
+    config.write_text(EDGE_POLICY)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
     events = tmp_path / "edge.ndjson"
-    events.write_text(edge_events(start, 60))
-    for step in (("send", str(events)), ("process", "--no-ingest", "--until-idle", "1")):
-        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+    events.write_text(edge_events(hour + timedelta(minutes=10), 60))
+    window = f"{hour.isoformat()}/{(hour + timedelta(hours=1)).isoformat()}"
+    steps = [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("coldpath", "trigger", "--policy", "edge", "--window", window),
+        ("report", "-o", str(tmp_path / "edge.html"),
+         "--from", hour.isoformat(), "--to", (hour + timedelta(hours=2)).isoformat()),
+    ]  # fmt: skip
+    for step in steps:
+        done = evalstream(
+            data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false",
+            EVALSTREAM_CONFIG=str(config),
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr
-    output = tmp_path / "edge.html"
-    reported = evalstream(
-        data_dir, "report", "-o", str(output),
-        "--from", (start - timedelta(minutes=1)).isoformat(),
-        "--to", (start + timedelta(minutes=2)).isoformat(),
-    )  # fmt: skip
-    assert reported.returncode == 0, reported.stderr
-    assert "1 apps, 60 requests" in reported.stderr, reported.stderr
+    assert "1 apps, 60 requests" in done.stderr, done.stderr
 
     async with Chromium(tmp_path / "profile") as browser:
-        page = await browser.open(output.as_uri())
+        page = await browser.open((tmp_path / "edge.html").as_uri())
         drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
         charts = await page.evaluate(CHART_STATES)
         score_names = await page.evaluate(
             "[...document.querySelectorAll('div.chart[data-chart=scores] .xtick text')]"
             ".map(t => t.textContent)"
+        )
+        points = await page.evaluate(EVALUATION_POINTS)
+        # The observed and threshold cells of each row.
+        figures = await page.evaluate(
+            "[...document.querySelectorAll('table.incidents tbody tr')]"
+            ".map(row => [...row.cells].slice(8, 10).map(cell => cell.textContent))"
         )
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(ARTIFACTS / "report-edge-values.png")
@@ -186,3 +219,10 @@ async def test_a_report_of_values_at_the_edges_of_the_contract_draws_every_chart
     scores = [chart for chart in charts if chart["kind"] == "scores"]
     assert [chart["traces"] for chart in scores] == [2], charts
     assert sorted(name.split(" ")[0] for name in score_names) == ["extreme", "usual"], score_names
+    # Every judged value drawn as a point, the largest doubles too (an axis padded beyond a
+    # double fell back to a default range without them).
+    assert points and all(count == 1 for count in points), points
+    # The breaches of those values are in the table, their figures readable (not 309 digits).
+    cells = [cell for row in figures for cell in row]
+    assert any(cell in ("1.798e+308", "-1.798e+308") for cell in cells), figures
+    assert max(len(cell) for cell in cells) < 20, figures
