@@ -72,9 +72,12 @@ def parse_window(text: str) -> Window:
     """``START/END`` in ISO-8601 (``2026-01-01T00:00Z/2026-01-01T01:00Z``)."""
     try:
         first, second = text.split("/")
-        return Window(start=_aware(_parse(first)), end=_aware(_parse(second)))
+        start, end = _aware(_parse(first)), _aware(_parse(second))
     except ValueError as exc:
         raise ValueError(f"window {text!r}: expected START/END in ISO-8601 ({exc})") from exc
+    if end <= start:
+        raise ValueError(f"window {text!r}: its end is not after its start")
+    return Window(start=start, end=end)
 
 
 def _parse(text: str) -> datetime:

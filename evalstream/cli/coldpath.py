@@ -98,6 +98,15 @@ def _moment(text: str, option: str) -> datetime:
         raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
+def _range(start: str, end: str) -> tuple[datetime, datetime]:
+    """``--from`` and ``--to``, the first before the second (an inverted range would select
+    nothing, silently)."""
+    first, stop = _moment(start, "--from"), _moment(end, "--to")
+    if stop <= first:
+        raise fail(f"--from ({first.isoformat()}) must be before --to ({stop.isoformat()})")
+    return first, stop
+
+
 @coldpath_app.command()
 def windows(
     policy: Annotated[str, typer.Option("--policy", "-p", help="Policy name.")],
@@ -112,7 +121,7 @@ def windows(
     from coldpath.windows import is_due
 
     now = datetime.now(UTC)
-    for window in windows_between(chosen, _moment(start, "--from"), _moment(end, "--to")):
+    for window in windows_between(chosen, *_range(start, end)):
         state = "due" if is_due(chosen, window, now) else "not due"
         typer.echo(f"{window.key}  {state}")
 
@@ -221,9 +230,8 @@ def backfill(
     logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     policies = _policies(settings, policy)
-    choice = WindowChoice(
-        last=False, range_start=_moment(start, "--from"), range_end=_moment(end, "--to")
-    )
+    first, stop = _range(start, end)
+    choice = WindowChoice(last=False, range_start=first, range_end=stop)
     _report(run(_trigger(settings, policies, choice, executor, rerun, True)))
 
 

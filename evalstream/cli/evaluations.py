@@ -11,7 +11,7 @@ from rich.table import Table
 
 from evalstream import wiring
 from evalstream.cli.coldpath import load
-from evalstream.cli.options import ConfigOption, DataDirOption, run
+from evalstream.cli.options import ConfigOption, DataDirOption, existing_store, run
 from schemas import EvaluationResult, Thresholds
 
 
@@ -54,13 +54,13 @@ STATUS_STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
 def evaluations(
     app_id: Annotated[str | None, typer.Option("--app", help="Only this app.")] = None,
     policy: Annotated[str | None, typer.Option("--policy", help="Only this policy.")] = None,
-    limit: Annotated[int, typer.Option(help="Most recent results to show.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Most recent results to show.")] = 50,
     json: Annotated[bool, typer.Option("--json", help="One JSON result per line.")] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Show stored evaluation results, newest window first, beside their thresholds."""
-    settings = load(config, data_dir)
+    settings = existing_store(load(config, data_dir))
 
     async def read() -> list[EvaluationResult]:
         async with wiring.evaluation_store(settings) as store:

@@ -87,6 +87,18 @@ def load(
         raise fail(one_line(exc)) from exc
 
 
+def existing_store(settings: Settings) -> Settings:
+    """The settings of a command that only reads the store: on the embedded backend its file
+    must be there (opening it would create an empty one, and the command would show nothing:
+    most likely a mistyped --data-dir); exit 2 naming it otherwise."""
+    if settings.backend == "embedded" and not settings.embedded.store_path.exists():
+        raise fail(
+            f"no store at {settings.embedded.store_path} (check --data-dir; the processor "
+            "creates it)"
+        )
+    return settings
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run``; the project's errors end the command with one line each (exit 2 when
     every one is a missing or contradictory setting, else 1)."""

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from common.errors import EvalstreamError, Misconfigured
 from evalstream.cli.coldpath import load
-from evalstream.cli.options import ConfigOption, DataDirOption
+from evalstream.cli.options import ConfigOption, DataDirOption, existing_store
 from store.exceptions import StoreError
 
 EXIT_FAILED = 1
@@ -72,11 +72,7 @@ def report(
     from evalstream.wiring.report import build_report
     from report import ReportRequest, render_html
 
-    settings = load(config, data_dir)
-    if settings.backend == "embedded" and not settings.embedded.store_path.exists():
-        # Opening the store would create an empty one: most likely a mistyped --data-dir.
-        console.print(f"[red]error:[/red] no store at {settings.embedded.store_path}")
-        raise typer.Exit(EXIT_USAGE)
+    settings = existing_store(load(config, data_dir))
     first, stop = time_range(start, end, datetime.now(UTC))
     request = ReportRequest(start=first, end=stop, app_ids=tuple(app or ()))
     try:

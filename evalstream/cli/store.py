@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from evalstream import wiring
-from evalstream.cli.options import ConfigOption, DataDirOption, load
+from evalstream.cli.options import ConfigOption, DataDirOption, existing_store, load
 
 
 def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Counts in the store and the processor's position in each partition."""
-    settings = load(config, data_dir)
+    settings = existing_store(load(config, data_dir))
 
     async def run() -> tuple[int, int]:
         async with wiring.store(settings) as store:
@@ -30,11 +30,11 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
 def quarantine(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
-    limit: Annotated[int, typer.Option(help="Most recent records to show.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="Most recent records to show.")] = 20,
     json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
 ) -> None:
     """Show quarantined inputs with every reason they were rejected."""
-    settings = load(config, data_dir)
+    settings = existing_store(load(config, data_dir))
 
     async def run() -> None:
         async with wiring.store(settings) as store:

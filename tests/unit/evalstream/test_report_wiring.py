@@ -70,16 +70,3 @@ def test_the_range_defaults_to_the_last_day_and_takes_durations() -> None:
     assert time_range("2026-03-01", None, NOW)[0] == datetime(2026, 3, 1, tzinfo=UTC)
     with pytest.raises(typer.BadParameter, match="not before"):
         time_range("2026-03-02", None, NOW)
-
-
-def test_a_data_dir_without_a_store_is_refused_and_left_alone(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from evalstream.cli import app
-
-    data_dir = tmp_path / "typo"
-    output = tmp_path / "report.html"
-    answer = CliRunner().invoke(app, ["report", "--data-dir", str(data_dir), "-o", str(output)])
-    assert answer.exit_code == 2
-    assert "no store at" in answer.output
-    assert not data_dir.exists() and not output.exists()

@@ -1,0 +1,64 @@
+"""Mistakes an operator makes on the command line end in one line naming them (exit 2), and a
+command that only reads creates nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from evalstream.cli import app
+
+READERS = {
+    "report": ["report", "-o", "{out}/report.html"],
+    "status": ["status"],
+    "quarantine": ["quarantine"],
+    "evaluations": ["evaluations"],
+}
+
+
+def invoke(args: list[str]) -> tuple[int, str]:
+    answer = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    return answer.exit_code, answer.output
+
+
+@pytest.mark.parametrize("args", READERS.values(), ids=READERS.keys())
+def test_a_data_dir_without_a_store_is_refused_and_left_alone(
+    tmp_path: Path, args: list[str]
+) -> None:
+    data_dir = tmp_path / "typo"
+    code, output = invoke(
+        [arg.format(out=tmp_path) for arg in args] + ["--data-dir", str(data_dir)]
+    )
+    assert code == 2, output
+    assert f"no store at {data_dir / 'store.db'}" in output
+    # Not created: an empty store would have answered "nothing there" to every later look.
+    assert not data_dir.exists()
+    assert [path.name for path in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["coldpath", "backfill", "--from", "2026-03-02", "--to", "2026-03-01"], "must be before"),
+        (
+            ["coldpath", "windows", "-p", "quality", "--from", "2026-03-01", "--to", "2026-03-01"],
+            "must be before",
+        ),
+        (
+            ["coldpath", "trigger", "--window", "2026-03-01T11:00Z/2026-03-01T10:00Z"],
+            "its end is not after its start",
+        ),
+        (["quarantine", "--limit", "0"], "greater than or equal to 1"),
+        (["evaluations", "--limit", "-5"], "greater than or equal to 1"),
+    ],
+)
+def test_an_empty_or_inverted_selection_is_refused(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    # A store that exists, so that only the selection is wrong.
+    (tmp_path / "store.db").touch()
+    code, output = invoke([*args, "--data-dir", str(tmp_path)])
+    assert code == 2, output
+    assert said in output, output
