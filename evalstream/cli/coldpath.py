@@ -273,7 +273,7 @@ async def _run_shard(
 
 @coldpath_app.command("run-shard")
 def run_shard(
-    group_index: Annotated[int, typer.Option("--group-index", help="Shard number, from 0.")],
+    group_index: Annotated[int, typer.Option("--group-index", min=0, help="Shard number, from 0.")],
     manifest: Annotated[
         str | None,
         typer.Option("--manifest", help="Staged manifest id, or a manifest JSON file."),

@@ -20,6 +20,7 @@ from evalstream.cli.options import (
     LogFormatOption,
     LogLevelOption,
     console,
+    fail,
     load,
 )
 from evalstream.settings import Settings, SettingsError
@@ -31,8 +32,10 @@ if TYPE_CHECKING:
     from stream.producers.simulator import Incident
 
 # The simulator's options, shared by `simulate` and `process --simulate`.
-AppsOption = Annotated[int, typer.Option(help="Simulated apps.")]
-RateOption = Annotated[float, typer.Option(help="Simulated events per second (event time).")]
+AppsOption = Annotated[int, typer.Option(min=1, help="Simulated apps.")]
+RateOption = Annotated[
+    float, typer.Option(min=0.001, help="Simulated events per second (event time).")
+]
 SeedOption = Annotated[int, typer.Option(help="Simulator seed: the same seed, the same events.")]
 IncidentOption = Annotated[
     list[str] | None,
@@ -68,7 +71,10 @@ def process(
         bool, typer.Option("--ingest/--no-ingest", help="Serve POST /api/telemetry.")
     ] = True,
     ingest_port: Annotated[
-        int | None, typer.Option(help="Ingest port (0 = any free port) [default: ingest.port].")
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Ingest port (0 = any free port) [default: ingest.port]."
+        ),
     ] = None,
     ingest_workers: Annotated[
         int | None,
@@ -81,7 +87,9 @@ def process(
     ] = None,
     until_idle: Annotated[
         float | None,
-        typer.Option(help="Stop after every partition is caught up and idle this many seconds."),
+        typer.Option(
+            min=0, help="Stop after every partition is caught up and idle this many seconds."
+        ),
     ] = None,
     workers: Annotated[
         int | None,
@@ -179,14 +187,17 @@ def send(
     path: Annotated[str, typer.Argument(help="NDJSON file, one event per line; - for stdin.")],
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
-    batch: Annotated[int, typer.Option(help="Events appended per transaction.")] = 1000,
+    batch: Annotated[int, typer.Option(min=1, help="Events appended per transaction.")] = 1000,
 ) -> None:
     """Append NDJSON events to the configured source, as a producer would.
 
     Lines are sent as they are: the processor validates them and quarantines bad ones.
     """
     settings = load(config, data_dir)
-    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    try:
+        stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror}") from None
     try:
         sent = asyncio.run(_send(settings, split_ndjson(stream), batch))
     finally:
@@ -224,14 +235,14 @@ def simulate(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     count: Annotated[
-        int | None, typer.Option(help="Events to produce [default: until stopped].")
+        int | None, typer.Option(min=0, help="Events to produce [default: until stopped].")
     ] = None,
     apps: AppsOption = 5,
     rate: RateOption = 200.0,
     seed: SeedOption = 7,
     incident: IncidentOption = None,
     invalid_fraction: Annotated[
-        float, typer.Option(help="Share of deliberately broken events.")
+        float, typer.Option(min=0.0, max=1.0, help="Share of deliberately broken events.")
     ] = 0.0,
     output: Annotated[
         str | None,

@@ -62,3 +62,29 @@ def test_an_empty_or_inverted_selection_is_refused(
     code, output = invoke([*args, "--data-dir", str(tmp_path)])
     assert code == 2, output
     assert said in output, output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["send", "{tmp}/missing.ndjson"], "cannot read {tmp}/missing.ndjson: No such file"),
+        (["send", "{tmp}"], "cannot read {tmp}: Is a directory"),
+        (["send", "-", "--batch", "0"], "'--batch'"),
+        (["simulate", "--apps", "0", "--count", "1"], "'--apps'"),
+        (["simulate", "--rate", "0", "--count", "1"], "'--rate'"),
+        (["simulate", "--count", "-1"], "'--count'"),
+        (["simulate", "--invalid-fraction", "1.5", "--count", "1"], "'--invalid-fraction'"),
+        (["process", "--ingest-port", "65536"], "'--ingest-port'"),
+        (["process", "--until-idle", "-1"], "'--until-idle'"),
+        (["coldpath", "run-shard", "--manifest", "m", "--group-index", "-1"], "'--group-index'"),
+    ],
+)
+def test_an_option_out_of_its_range_is_named_not_a_traceback(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    code, output = invoke(
+        [arg.format(tmp=tmp_path) for arg in args] + ["--data-dir", str(tmp_path)]
+    )
+    assert code == 2, output
+    assert said.format(tmp=tmp_path) in output, output
+    assert "Traceback" not in output
