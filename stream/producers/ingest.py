@@ -3,8 +3,9 @@
 A request may carry one event, an array, or ``{"events": [...]}``. The answer lists what was
 accepted and, per rejected event, every reason; rejected events are quarantined as well.
 Status: 202 all accepted, 207 some rejected, 422 none accepted, 400 unreadable body,
-408 body not complete within ``body_timeout_s`` of the request's start, 413 body or event count
-over the limit, 503 when the processor is too far behind for the post to go within
+408 body not complete within ``body_timeout_s`` of the request's start, 413 body (decompressed:
+gzip and deflate are read, ``content_encoding``) or event count over the limit, 415 another
+Content-Encoding, 503 when the processor is too far behind for the post to go within
 ``backlog_hold_s`` (``admission``: paced past ``max_backlog``; with Retry-After; nothing of the
 request kept); with API keys configured also 401, 403 and 429 (``ingest_auth``). A client that
 disconnects before its body is complete keeps nothing of that request. Serving (socket, header
@@ -34,13 +35,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import EvalstreamError
 from common.log_context import log_context
-from schemas import TelemetryEvent
+from schemas import TelemetryEvent, ValidationIssue
 from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected, accepted_event
 from stream.enrich import Enricher, sent_form
 from stream.metrics import IngestMetrics
 from stream.ports import EventSink
 from stream.producers.admission import Admission
+from stream.producers.content_encoding import Corrupt, TooLarge, Unsupported, decoded_body
 from stream.producers.ingest_auth import Authorizer, Denied, Sender
 
 logger = logging.getLogger(__name__)
@@ -242,6 +244,17 @@ class IngestApp:
                 },
                 413,
             )
+        try:
+            body = decoded_body(body, request.headers.get("content-encoding"), limit)
+        except Unsupported as exc:
+            return _json({"error": "unsupported_content_encoding", "message": str(exc)}, 415)
+        except TooLarge as exc:
+            return _json({"error": "body_too_large", "message": str(exc)}, 413)
+        except Corrupt as exc:
+            # Kept as sent (the quarantine record holds undecodable bytes as base64).
+            issue = ValidationIssue(code="invalid_content_encoding", location="$", message=str(exc))
+            await self._quarantine(Decoded(rejected=[Rejected(0, body, (issue,))]), now, body)
+            return _json({"error": issue.code, "message": issue.message, "accepted": 0}, 400)
         if self.admission is not None and (behind := await self.admission.admit()):
             response = _json(
                 {

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import base64
+import gzip
+import zlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,6 +161,74 @@ async def test_oversized_body_is_413_without_reading_it_all(ingest: Ingest) -> N
 async def test_deeply_nested_body_is_400(ingest: Ingest) -> None:
     response = await ingest.client.post("/api/telemetry", content=b"[" * 3000 + b"]" * 3000)
     assert (response.status_code, response.json()["error"]) == (400, "too_deeply_nested")
+
+
+def deflated(data: bytes) -> bytes:
+    return zlib.compress(data)
+
+
+def raw_deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [("gzip", gzip.compress), ("deflate", deflated), ("deflate", raw_deflated)],
+    ids=["gzip", "deflate", "raw-deflate"],
+)
+async def test_a_compressed_body_is_read(
+    ingest: Ingest, encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    events = orjson.dumps([GOOD, {**GOOD, "trace_id": "t2"}])
+    response = await ingest.client.post(
+        "/api/telemetry", content=compress(events), headers={"content-encoding": encoding}
+    )
+    assert response.status_code == 202, response.text
+    plain = await ingest.client.post("/api/telemetry", content=events)
+    # The same events, the same ids, whichever way they came.
+    assert response.json()["ids"] == plain.json()["ids"]
+    assert sorted(orjson.loads(body)["trace_id"] for body in ingest.logged()) == [
+        "t", "t", "t2", "t2"
+    ]  # fmt: skip
+
+
+async def test_a_body_too_large_once_decompressed_is_413_and_not_inflated_further(
+    ingest: Ingest,
+) -> None:
+    # 64 KiB is the limit here; this is ~50 KB compressed, 50 MB of JSON once inflated.
+    bomb = gzip.compress(orjson.dumps({**GOOD, "output_text": "x" * 50_000_000}))
+    assert len(bomb) < 64 * 1024
+    response = await ingest.client.post(
+        "/api/telemetry", content=bomb, headers={"content-encoding": "gzip"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+    assert "once decompressed" in response.json()["message"]
+    assert ingest.logged() == []
+
+
+async def test_a_corrupt_compressed_body_is_400_and_quarantined_as_sent(ingest: Ingest) -> None:
+    broken = gzip.compress(orjson.dumps(GOOD))[:-6]
+    response = await ingest.client.post(
+        "/api/telemetry", content=broken, headers={"content-encoding": "gzip"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_content_encoding"
+    (record,) = [r async for r in ingest.store.quarantine_records()]
+    assert record.raw_encoding == "base64" and base64.b64decode(record.raw) == broken
+    assert record.issues[0].code == "invalid_content_encoding"
+
+
+async def test_an_encoding_it_does_not_read_is_415_not_taken_as_plain(ingest: Ingest) -> None:
+    # Labelled br but sent plain: before, it was accepted as if there were no label.
+    response = await ingest.client.post(
+        "/api/telemetry", content=orjson.dumps(GOOD), headers={"content-encoding": "br"}
+    )
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported_content_encoding"
+    assert "gzip or deflate" in response.json()["message"]
+    assert ingest.logged() == []
 
 
 async def test_health(ingest: Ingest) -> None:
