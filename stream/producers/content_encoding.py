@@ -44,13 +44,29 @@ class TooLarge(Exception):
 
 @dataclass(frozen=True)
 class Corrupt(Exception):
-    """The body is not valid data of its encoding (400)."""
+    """The body is not valid data of its encoding (400). ``readable``: what decompressed before
+    the fault, which is what a quarantine record may keep (raw compressed bytes would hide
+    user_id values from the scrubbing that every kept input gets)."""
 
     encoding: str
     reason: str
+    readable: bytes = b""
 
     def __str__(self) -> str:
         return f"request body is not valid {self.encoding} data: {self.reason}"
+
+    def kept(self, body: bytes) -> bytes:
+        """What of ``body`` a quarantine record keeps: the part that decompressed, else the
+        body itself unless it is compressed data (a gzip or zlib header): nothing then."""
+        if self.readable or not _compressed(body):
+            return self.readable or body
+        return b""
+
+
+def _compressed(data: bytes) -> bool:
+    gzip_magic = data[:2] == b"\x1f\x8b"
+    zlib_header = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+    return gzip_magic or zlib_header
 
 
 def decoded_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
@@ -69,35 +85,51 @@ def decoded_body(body: bytes, content_encoding: str | None, limit: int) -> bytes
     return body
 
 
+# Compressed input is fed in slices, so that what decompressed before a fault is known.
+_SLICE = 16 * 1024
+
+
+class _Fault(Exception):
+    def __init__(self, reason: str, readable: bytes) -> None:
+        super().__init__(reason)
+        self.reason, self.readable = reason, readable
+
+
 def _inflate(data: bytes, coding: str, wbits: int, limit: int) -> bytes:
     try:
         return _members(data, wbits, limit)
-    except zlib.error as exc:
-        if wbits != _WBITS["deflate"]:
-            raise Corrupt(coding, str(exc)) from None
-        try:
-            return _members(data, _RAW_DEFLATE, limit)
-        except zlib.error:
-            raise Corrupt(coding, str(exc)) from None
+    except _Fault as fault:
+        if wbits == _WBITS["deflate"] and not fault.readable:
+            try:
+                return _members(data, _RAW_DEFLATE, limit)
+            except _Fault:
+                pass
+        raise Corrupt(coding, fault.reason, fault.readable) from None
 
 
 def _members(data: bytes, wbits: int, limit: int) -> bytes:
     """``data`` decompressed: for gzip every member of it (the format allows several in a
     row), else its one stream."""
-    out: list[bytes] = []
-    size = 0
+    out = bytearray()
     while True:
         inflater = zlib.decompressobj(wbits)
-        # At most one byte past the limit is produced: enough to know it was passed.
-        chunk = inflater.decompress(data, limit - size + 1)
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(limit)
-        out.append(chunk)
+        for start in range(0, len(data), _SLICE):
+            try:
+                # At most one byte past the limit is produced: enough to know it was passed.
+                out += inflater.decompress(data[start : start + _SLICE], limit - len(out) + 1)
+            except zlib.error as exc:
+                raise _Fault(str(exc), bytes(out)) from None
+            if len(out) > limit:
+                raise TooLarge(limit)
+            if inflater.unconsumed_tail:
+                # Output stopped at the bound with input of this slice left over.
+                raise TooLarge(limit)
+            if inflater.eof:
+                break
         if not inflater.eof:
-            raise zlib.error("the compressed data ends early")
+            raise _Fault("the compressed data ends early", bytes(out))
         data = inflater.unused_data
         if not data:
-            return b"".join(out)
+            return bytes(out)
         if wbits != _WBITS["gzip"]:
-            raise zlib.error("data after the end of the compressed stream")
+            raise _Fault("data after the end of the compressed stream", bytes(out))

@@ -251,9 +251,11 @@ class IngestApp:
         except TooLarge as exc:
             return _json({"error": "body_too_large", "message": str(exc)}, 413)
         except Corrupt as exc:
-            # Kept as sent (the quarantine record holds undecodable bytes as base64).
+            # The record keeps what decompressed (scrubbed of user_id values like any input),
+            # not compressed bytes, in which a user_id could not be found to be replaced.
             issue = ValidationIssue(code="invalid_content_encoding", location="$", message=str(exc))
-            await self._quarantine(Decoded(rejected=[Rejected(0, body, (issue,))]), now, body)
+            kept = exc.kept(body)
+            await self._quarantine(Decoded(rejected=[Rejected(0, kept, (issue,))]), now, body)
             return _json({"error": issue.code, "message": issue.message, "accepted": 0}, 400)
         if self.admission is not None and (behind := await self.admission.admit()):
             response = _json(

@@ -52,3 +52,21 @@ def test_data_that_is_not_of_its_encoding_is_corrupt(data: bytes, encoding: str)
 def test_other_encodings_are_refused_by_name(encoding: str) -> None:
     with pytest.raises(Unsupported, match="is not supported"):
         decoded_body(gzip.compress(BODY), encoding, 1000)
+
+
+def test_a_record_keeps_what_decompressed_never_compressed_bytes() -> None:
+    compressed = gzip.compress(BODY * 50)
+    with pytest.raises(Corrupt) as cut:
+        decoded_body(compressed[:-6], "gzip", 10_000)
+    assert cut.value.kept(compressed[:-6]) == BODY * 50
+    # Plain JSON labelled gzip: nothing decompressed, and it is no compressed data.
+    with pytest.raises(Corrupt) as plain:
+        decoded_body(BODY, "gzip", 10_000)
+    assert plain.value.kept(BODY) == BODY
+    # A stream whose check fails at its end: nothing is readable, and the bytes are not kept.
+    flipped = bytearray(compressed)
+    flipped[-5] ^= 0xFF
+    for data, encoding in ((bytes(flipped), "gzip"), (zlib.compress(BODY)[:-1] + b"!", "deflate")):
+        with pytest.raises(Corrupt) as failed:
+            decoded_body(data, encoding, 10_000)
+        assert failed.value.kept(data) == b""
