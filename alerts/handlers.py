@@ -20,6 +20,7 @@ from rich.text import Text
 
 from alerts.exceptions import AlertClientClosedError, AlertDeliveryError, WebhookRejectedError
 from alerts.ports import AlertHandler, ReceivedAlert
+from common.printable import printable
 from common.retry import Backoff, retry
 from schemas import Breach, BreachState, Severity
 
@@ -59,13 +60,14 @@ def render_breach(breach: Breach) -> Text:
     line.append("  ")
     line.append(f"{breach.state.value:<9}", style=_STATE_STYLE[breach.state])
     line.append("  ")
-    line.append(breach.app_id, style="cyan")
-    line.append(f"  {breach.signal}  {breach.kind.value}  ")
+    line.append(printable(breach.app_id), style="cyan")
+    # A score's name is the producer's text: printed with its control characters escaped.
+    line.append(f"  {printable(breach.signal)}  {breach.kind.value}  ")
     line.append(f"observed {_number(breach.observed)}")
     line.append(f" vs threshold {_number(breach.threshold)}")
     if breach.baseline is not None:
         line.append(f" (baseline {_number(breach.baseline)})", style="dim")
-    line.append(f"  detectors {'+'.join(breach.detectors)}")
+    line.append(f"  detectors {printable('+'.join(breach.detectors))}")
     line.append(f"  breach {breach.breach_id}", style="dim")
     return line
 

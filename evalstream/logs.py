@@ -17,6 +17,7 @@ from typing import Literal
 import orjson
 
 from common.log_context import ContextFilter
+from common.printable import printable
 
 LogFormat = Literal["text", "json"]
 
@@ -37,11 +38,19 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``2026-12-04 00:40:00,123 INFO stream.pipeline: partition initialised partition=2``."""
+    """``2026-12-04 00:40:00,123 INFO stream.pipeline: partition initialised partition=2``.
+
+    The message and the fields have their control characters escapes (``common.printable``):
+    an event id or a score name is the producer's text, and a newline in one would start a
+    line of its own (a traceback keeps its lines)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = " ".join(f"{key}={value}" for key, value in _fields(record).items())
+        shown = logging.makeLogRecord(vars(record))
+        shown.msg, shown.args = printable(record.getMessage()), None
+        line = super().format(shown)
+        fields = " ".join(
+            f"{key}={printable(str(value))}" for key, value in _fields(record).items()
+        )
         return f"{line} {fields}" if fields else line
 
 

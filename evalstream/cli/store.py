@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from common.printable import printable
 from evalstream import wiring
 from evalstream.cli.options import ConfigOption, DataDirOption, existing_store, load
 
@@ -47,6 +48,8 @@ def quarantine(
                         if record.partition
                         else record.source
                     )
-                    typer.echo(f"{record.received_at:%Y-%m-%d %H:%M:%S} {where} {record.reason}")
+                    # The reason names the producer's keys (a metadata key is any text).
+                    line = f"{record.received_at:%Y-%m-%d %H:%M:%S} {where} {record.reason}"
+                    typer.echo(printable(line))
 
     asyncio.run(run())

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
+from common.printable import printable
 from schemas import Breach, BreachState
 from stream.replay.job import QUARANTINED, STORED
 
@@ -55,13 +57,20 @@ def table(report: dict[str, Any]) -> Table:
         result.add_column(column, overflow="fold")
     # The breach id is in the JSON report; the table stays readable in 80 columns.
     for breach in report["breaches"]:
+        # Text, not markup, with control characters escaped: a score's name is the producer's
+        # ("[/]" in one made rich refuse the table, an escape sequence reached the terminal).
         result.add_row(
-            breach["app_id"],
-            breach["signal"],
-            breach["detector"],
-            breach["state"],
-            breach["severity"],
-            breach["opened_at"][:19].replace("T", " "),
-            f"{breach['observed']:.4g}",
+            *(
+                Text(printable(value))
+                for value in (
+                    breach["app_id"],
+                    breach["signal"],
+                    breach["detector"],
+                    breach["state"],
+                    breach["severity"],
+                    breach["opened_at"][:19].replace("T", " "),
+                    f"{breach['observed']:.4g}",
+                )
+            )
         )
     return result

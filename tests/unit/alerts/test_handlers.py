@@ -98,6 +98,17 @@ async def test_console_handler_prints_one_line_per_alert() -> None:
     assert lines[1].endswith("breach breach-00002")
 
 
+async def test_a_producers_control_characters_reach_no_terminal() -> None:
+    # A score's name is the producer's text: an escape sequence in it is printed escaped.
+    breach = make_breach(4).model_copy(update={"signal": "score:\x1b[2J\x1b]0;t\x07[/]\n"})
+    out = io.StringIO()
+    await ConsoleHandler(Console(file=out, width=300, highlight=False)).handle(received(breach))
+    printed = out.getvalue()
+    assert "\x1b" not in printed and "\x07" not in printed
+    assert printed.count("\n") == 1
+    assert "score:\\x1b[2J\\x1b]0;t\\x07[/]\\x0a" in printed
+
+
 async def test_console_handler_json_lines_are_the_breach() -> None:
     out = io.StringIO()
     handler = ConsoleHandler(json_lines=True, stream=out)

@@ -91,3 +91,20 @@ def test_text_lines_append_fields_as_key_value(
     with log_context(request_id="r1"):
         logging.getLogger("tests.logs").warning("slow", extra={"user_id": "u-9"})
     assert stream.getvalue() == "WARNING tests.logs: slow user_id=<redacted> request_id=r1\n"
+
+
+def test_a_producers_newline_or_escape_cannot_forge_or_colour_a_text_line(
+    captured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, handler = captured
+    handler.setFormatter(KeyValueFormatter("%(levelname)s %(name)s: %(message)s"))
+    forged = "e-1\n2026-12-06 00:00:00 ERROR evalstream: forged"
+    logging.getLogger("tests.logs").warning(
+        "event_id %s held by another event", forged, extra={"event_id": "\x1b[31mred"}
+    )
+    (line,) = stream.getvalue().splitlines()
+    assert "\x1b" not in line
+    assert line == (
+        "WARNING tests.logs: event_id e-1\\x0a2026-12-06 00:00:00 ERROR evalstream: forged held "
+        "by another event event_id=\\x1b[31mred"
+    )
