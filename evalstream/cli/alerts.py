@@ -30,6 +30,7 @@ from alerts.ports import (
     ReceivedAlert,
 )
 from common.errors import Misconfigured, leaves
+from common.printable import printable
 from evalstream import wiring
 from evalstream.cli.options import DataDirOption, load
 from evalstream.settings import Settings
@@ -288,11 +289,12 @@ def dlq(
         line = Text()
         line.append(dead.dead_lettered_at.strftime("%Y-%m-%d %H:%M:%S%z"), style="dim")
         line.append("  ")
-        line.append(dead.reason, style="bold red")
+        # The reason and description may quote a webhook's answer or a producer's text.
+        line.append(printable(dead.reason), style="bold red")
         line.append(f"  after {dead.delivery_count} deliveries  message {dead.message_id}")
         out.print(line)
         if dead.description:
-            out.print(Text(f"    {dead.description}"))
+            out.print(Text(f"    {printable(dead.description)}"))
         if dead.breach is not None:
             out.print(Text("    ").append_text(render_breach(dead.breach)))
         else:
