@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
 
 from schemas.detection import DetectorConfig, SloConfig
 
@@ -52,6 +52,11 @@ class AppDirectory(BaseModel):
 
     defaults: AppConfig = Field(default_factory=AppConfig)
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Apps whose signals one partition's hot path follows at most (each costs ~60 KB of
+    # detector state): a producer that sends a new app id per request (a bug, or hostile)
+    # would otherwise grow a worker's memory without bound. Events of apps beyond are stored
+    # but not detected, with a warning; apps named in ``overrides`` are always followed.
+    max_detected_apps: PositiveInt = 2000
     _resolved: dict[str, AppConfig] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:

@@ -110,10 +110,10 @@ class _App:
         "by_score",
         "config",
         "error",
-        "ignored",
         "latency",
         "output",
         "recent",
+        "refused_scores",
         "saved",
         "scores",
         "tokens",
@@ -130,7 +130,9 @@ class _App:
         self.recent: deque[str] = deque(maxlen=MAX_SAMPLE_TRACE_IDS)
         self.watermark = float("-inf")
         self.scores = 0
-        self.ignored: set[str] = set()
+        # Whether a score name was refused (past max_score_signals): warned once, and refused
+        # names are not remembered, so names that never repeat cannot grow anything.
+        self.refused_scores = False
         # The tracks of ``tracks`` again, for observe: the fixed signals by attribute and the
         # scores by their bare name (None: not tracked), so an event costs no signal-name
         # strings and no lookups of them.
@@ -170,12 +172,16 @@ class HotPath:
     def __init__(self, apps: AppDirectory) -> None:
         self._directory = apps
         self._apps: dict[str, _App] = {}
+        # Events of apps beyond ``max_detected_apps`` (stored, not detected), since start.
+        self.undetected_events = 0
 
     # -- feeding ---------------------------------------------------------------------------
     def observe(self, doc: Observed) -> list[Breach]:
         """Feed one stored event (in partition order); return breaches opened/resolved by it."""
         app = self._apps.get(doc.app_id)
         if app is None:
+            if not self._room_for(doc.app_id):
+                return []
             app = self._app(doc.app_id)
         app.saved = None
         t = doc.timestamp.timestamp()
@@ -232,6 +238,22 @@ class HotPath:
                             out.append(message)
         return out
 
+    def _room_for(self, app_id: str) -> bool:
+        """Whether a new app's signals are followed: within ``max_detected_apps``, or configured
+        by name (a flood of new app ids cannot crowd out an app the operator configured)."""
+        directory = self._directory
+        if len(self._apps) < directory.max_detected_apps or app_id in directory.overrides:
+            return True
+        if not self.undetected_events:
+            logger.warning(
+                "app not detected: this partition's hot path follows %d apps already "
+                "(apps.max_detected_apps); the events of new apps are stored, not detected",
+                len(self._apps),
+                extra={"app_id": app_id, "limit": directory.max_detected_apps},
+            )
+        self.undetected_events += 1
+        return False
+
     def _app(self, app_id: str) -> _App:
         app = _App(self._directory.resolve(app_id))
         self._apps[app_id] = app
@@ -245,15 +267,14 @@ class HotPath:
 
     def _track(self, app: _App, app_id: str, signal: str) -> _Track | None:
         if signal.startswith(SCORE_PREFIX):
-            if signal in app.ignored:
-                return None
             if app.scores >= app.config.detectors.max_score_signals:
-                app.ignored.add(signal)
-                app.by_score[signal.removeprefix(SCORE_PREFIX)] = None
-                logger.warning(
-                    "score not tracked: app has too many score names",
-                    extra={"app_id": app_id, "signal": signal, "limit": app.scores},
-                )
+                if not app.refused_scores:
+                    app.refused_scores = True
+                    logger.warning(
+                        "score not tracked: app has too many score names (this and further "
+                        "new names are stored, not detected)",
+                        extra={"app_id": app_id, "signal": signal, "limit": app.scores},
+                    )
                 return None
             app.scores += 1
         pairs = []

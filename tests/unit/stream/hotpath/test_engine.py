@@ -344,10 +344,32 @@ def test_score_names_are_bounded_per_app(caplog: pytest.LogCaptureFixture) -> No
     with caplog.at_level(logging.WARNING, logger="stream.hotpath.engine"):
         for i in range(3):
             engine.observe(document(i, scores={f"s{k}": 0.5 for k in range(5)}))
+        # Names that never repeat (a request id as a score name): nothing grows with them.
+        for i in range(3, 500):
+            engine.observe(document(i, scores={f"s{k}": 0.5 for k in range(3)} | {f"r{i}": 1.0}))
     scores = sorted(s for (_, s) in engine.state_sizes if s.startswith("score:"))
     assert scores == ["score:s0", "score:s1", "score:s2"]
-    # Logged once per ignored name, not once per event.
-    assert len([r for r in caplog.records if "too many score names" in r.getMessage()]) == 2
+    assert len(engine._apps["app-a"].by_score) == 3
+    # Logged once for the app, not once per refused name or event.
+    assert len([r for r in caplog.records if "too many score names" in r.getMessage()]) == 1
+
+
+def test_apps_beyond_the_limit_are_stored_not_detected(caplog: pytest.LogCaptureFixture) -> None:
+    apps = AppDirectory(max_detected_apps=3, overrides={"configured": {}})
+    engine = HotPath(apps)
+    with caplog.at_level(logging.WARNING, logger="stream.hotpath.engine"):
+        for i in range(200):
+            # A new app id per event, as a producer that put a request id there would send.
+            assert engine.observe(document(i, app_id=f"request-{i}")) == []
+        engine.observe(document(0, app_id="configured"))
+        engine.observe(document(1, app_id="request-0"))
+    followed = sorted({app_id for app_id, _ in engine.state_sizes})
+    assert followed == ["configured", "request-0", "request-1", "request-2"]
+    assert engine.undetected_events == 197
+    assert len([r for r in caplog.records if "app not detected" in r.getMessage()]) == 1
+    restored = HotPath.restore(apps, engine.snapshot())
+    restored.observe(document(300, app_id="request-300"))
+    assert sorted({app_id for app_id, _ in restored.state_sizes}) == followed
 
 
 def test_drift_detectors_follow_the_configuration() -> None:
