@@ -52,6 +52,7 @@ _WITHOUT_USER_ID = {"user_id"}
 # lists them in the same order, so orjson can serialise a copy of that dict directly.
 _EVENT_FIELDS = tuple(TelemetryEvent.model_fields)
 USER_HASH_CACHE_SIZE = 4096
+APP_FIELDS_CACHE_SIZE = 4096
 
 
 def canonical_json(event: TelemetryEvent) -> bytes:
@@ -166,6 +167,9 @@ class Enricher:
         fields = self._app_fields.get(app_id)
         if fields is None:
             fields = self.apps.resolve(app_id).metadata.as_document_fields()
+            # Bounded like the user hashes: app ids are the producers' to choose.
+            if len(self._app_fields) >= APP_FIELDS_CACHE_SIZE:
+                self._app_fields.clear()
             self._app_fields[app_id] = fields
         return fields
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from schemas import AppDirectory, TelemetryEvent
 from stream.decode import Decoder
 from stream.enrich import (
+    APP_FIELDS_CACHE_SIZE,
     USER_HASH_CACHE_SIZE,
     Enricher,
     canonical_json,
@@ -280,3 +281,13 @@ def test_token_counts_summing_beyond_64_bits_still_give_a_document() -> None:
     assert document.derived.tokens_total == 2**64 + 4
     assert orjson.loads(document.json_bytes())["tokens"] == {"input": 2**64 - 1, "output": 5}
     assert document.json_bytes() == document.model_dump_json().encode()
+
+
+def test_app_metadata_cached_per_app_stays_bounded_and_right() -> None:
+    # A producer that sends a new app id per event: the cache of their metadata stays bounded,
+    # and an app configured by name still gets its own metadata after the cache turned over.
+    enricher = Enricher(APPS, b"k", "local")
+    for n in range(APP_FIELDS_CACHE_SIZE * 2 + 5):
+        enricher._app(f"request-{n}")
+    assert len(enricher._app_fields) <= APP_FIELDS_CACHE_SIZE
+    assert enricher._app("checkout-bot")["owner"] == "payments"
