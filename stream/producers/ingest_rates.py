@@ -56,26 +56,49 @@ def decide(
     return {app: (refilled[app] - wants[app], now) for app in wants}, None
 
 
+def full_at(state: State, rate: float, burst: int) -> float:
+    """When a bucket in ``state`` is full again: from then on it is the same as no bucket, so
+    it can be forgotten (app ids are the producers' to choose: buckets must not pile up)."""
+    tokens, at = state
+    return at + (burst - tokens) / rate
+
+
+# Forgetting full buckets is looked at once this many are kept, and then as their number doubles.
+PRUNE_ABOVE = 10_000
+
+
 class MemoryBuckets:
     def __init__(self) -> None:
-        self._states: dict[tuple[str, str], State] = {}
+        self._states: dict[tuple[str, str], tuple[State, float]] = {}
+        self._prune_above = PRUNE_ABOVE
 
     def take(
         self, sender: str, rate: float, burst: int, wants: Mapping[str, int], now: float
     ) -> tuple[str, float] | None:
-        states = {app: self._states.get((sender, app)) for app in wants}
+        kept = self._states
+        states = {app: (kept[sender, app][0] if (sender, app) in kept else None) for app in wants}
         after, waiting = decide(states, rate, burst, wants, now)
         for app, state in after.items():
-            self._states[(sender, app)] = state
+            kept[sender, app] = (state, full_at(state, rate, burst))
+        if len(kept) > self._prune_above:
+            for key in [key for key, (_, full) in kept.items() if full <= now]:
+                del kept[key]
+            self._prune_above = max(PRUNE_ABOVE, 2 * len(kept))
         return waiting
+
+    def __len__(self) -> int:
+        return len(self._states)
 
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
     sender TEXT NOT NULL, app TEXT NOT NULL, tokens REAL NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY (sender, app)
+    full_at REAL NOT NULL, PRIMARY KEY (sender, app)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS buckets_full ON buckets (full_at);
 """
+# Full buckets are deleted every this many takes (the file is per run: no older layout).
+PRUNE_EVERY = 1000
 
 
 class SqliteBuckets:
@@ -84,6 +107,7 @@ class SqliteBuckets:
 
     def __init__(self, path: Path) -> None:
         self._file = SqliteFile(path, error_type=StreamError, schema=_SCHEMA, synchronous="OFF")
+        self._takes = 0
 
     def close(self) -> None:
         self._file.close()
@@ -102,9 +126,15 @@ class SqliteBuckets:
                     states[app] = (row[0], row[1]) if row else None
                 after, waiting = decide(states, rate, burst, wants, now)
                 connection.executemany(
-                    "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
-                    [(sender, app, tokens, at) for app, (tokens, at) in after.items()],
+                    "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (sender, app, *state, full_at(state, rate, burst))
+                        for app, state in after.items()
+                    ],
                 )
+                if self._takes % PRUNE_EVERY == 0:
+                    connection.execute("DELETE FROM buckets WHERE full_at <= ?", (now,))
             return waiting
 
+        self._takes += 1
         return self._file.run_blocking(run, "count the ingest rate")

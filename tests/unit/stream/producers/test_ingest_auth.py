@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from stream.producers.ingest_auth import (
     hash_key,
     require_auth_beyond_loopback,
 )
-from stream.producers.ingest_rates import SqliteBuckets
+from stream.producers.ingest_rates import MemoryBuckets, SqliteBuckets
 
 KEY = ApiKey(name="web", key_sha256=hash_key("s3cret"), apps=("web-app",), events_per_s=2, burst=4)
 
@@ -128,3 +129,24 @@ def test_buckets_are_per_app() -> None:
 def test_beyond_loopback_needs_a_key(host: str, refused: bool) -> None:
     assert (require_auth_beyond_loopback(host, IngestAuthSettings()) is not None) == refused
     assert require_auth_beyond_loopback(host, IngestAuthSettings(api_keys=(KEY,))) is None
+
+
+def test_full_buckets_are_forgotten_so_new_app_ids_cannot_pile_them_up(tmp_path: Path) -> None:
+    # A key for every app whose producer sends a new app id per request: buckets that are full
+    # again (the same as none) are dropped, and a bucket still being refilled is kept exactly.
+    memory, shared = MemoryBuckets(), SqliteBuckets(tmp_path / "rates.db")
+    try:
+        for buckets in (memory, shared):
+            for n in range(25_000):
+                # 2 tokens a second: every bucket is full again 0.5 s after it was taken from.
+                assert buckets.take("web", 2.0, 4, {f"request-{n}": 1}, n / 1000) is None
+            # The latest bucket, 3 tokens at 24.999 s (3.002 at 25 s): 4 wait 0.499 s.
+            waiting = buckets.take("web", 2.0, 4, {"request-24999": 4}, 25.0)
+            assert waiting is not None and waiting[0] == "request-24999"
+            assert waiting[1] == pytest.approx(0.499)
+        assert len(memory) < 12_000
+        with sqlite3.connect(tmp_path / "rates.db") as connection:
+            (rows,) = connection.execute("SELECT COUNT(*) FROM buckets").fetchone()
+        assert rows < 2_500
+    finally:
+        shared.close()
