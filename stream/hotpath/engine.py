@@ -134,13 +134,13 @@ class _App:
         # names are not remembered, so names that never repeat cannot grow anything.
         self.refused_scores = False
         # The tracks of ``tracks`` again, for observe: the fixed signals by attribute and the
-        # scores by their bare name (None: not tracked), so an event costs no signal-name
-        # strings and no lookups of them.
+        # tracked scores by their bare name, so an event costs no signal-name strings and no
+        # lookups of them (a refused name costs them, and nothing is kept of it).
         self.error: _Track | None = None
         self.latency: _Track | None = None
         self.output: _Track | None = None
         self.tokens: _Track | None = None
-        self.by_score: dict[str, _Track | None] = {}
+        self.by_score: dict[str, _Track] = {}
 
 
 class HotPath:
@@ -211,9 +211,8 @@ class HotPath:
             if doc.scores:
                 by_score = app.by_score
                 for name, value in doc.scores.items():
-                    if name in by_score:
-                        track = by_score[name]
-                    else:
+                    track = by_score.get(name)
+                    if track is None:
                         track = self._track(app, doc.app_id, SCORE_PREFIX + name)
                     if track is not None:
                         if not -FED_LIMIT <= value <= FED_LIMIT:
