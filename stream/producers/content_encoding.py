@@ -113,22 +113,21 @@ def _members(data: bytes, wbits: int, limit: int) -> bytes:
     out = bytearray()
     while True:
         inflater = zlib.decompressobj(wbits)
-        for start in range(0, len(data), _SLICE):
+        end = 0
+        while end < len(data) and not inflater.eof:
+            start, end = end, end + _SLICE
             try:
-                # At most one byte past the limit is produced: enough to know it was passed.
-                out += inflater.decompress(data[start : start + _SLICE], limit - len(out) + 1)
+                # At most one byte past the limit is produced: enough to know it was passed
+                # (and input left over then means the same).
+                out += inflater.decompress(data[start:end], limit - len(out) + 1)
             except zlib.error as exc:
                 raise _Fault(str(exc), bytes(out)) from None
-            if len(out) > limit:
+            if len(out) > limit or inflater.unconsumed_tail:
                 raise TooLarge(limit)
-            if inflater.unconsumed_tail:
-                # Output stopped at the bound with input of this slice left over.
-                raise TooLarge(limit)
-            if inflater.eof:
-                break
         if not inflater.eof:
             raise _Fault("the compressed data ends early", bytes(out))
-        data = inflater.unused_data
+        # What follows this member: the rest of its slice, and the slices not fed.
+        data = inflater.unused_data + data[end:]
         if not data:
             return bytes(out)
         if wbits != _WBITS["gzip"]:

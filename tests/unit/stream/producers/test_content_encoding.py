@@ -4,6 +4,7 @@ encoding."""
 from __future__ import annotations
 
 import gzip
+import random
 import zlib
 
 import pytest
@@ -15,6 +16,11 @@ BODY = b'{"app_id":"a","timestamp":"2026-11-22T11:00:00Z","trace_id":"t"}'
 
 def test_gzip_members_in_a_row_are_one_body() -> None:
     assert decoded_body(gzip.compress(BODY) + gzip.compress(BODY), "gzip", 1000) == BODY * 2
+    # Members larger than the slices the input is fed in, ending inside one.
+    big = random.Random(1).randbytes(40_000)
+    assert decoded_body(gzip.compress(big) * 3, "gzip", 200_000) == big * 3
+    with pytest.raises(Corrupt, match="data after the end"):
+        decoded_body(zlib.compress(big) + b"x" * 20_000, "deflate", 200_000)
 
 
 def test_codings_are_undone_last_first_and_identity_is_none() -> None:
