@@ -109,7 +109,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 class RequestIds:
     """ASGI middleware: each request gets an id — the client's ``X-Request-ID`` when it is a
     plain token, else a new one — echoed in the answer's ``X-Request-ID`` and on every log line
-    logged while answering (``request_id``)."""
+    logged while answering (``request_id``). Every answer also says ``X-Content-Type-Options:
+    nosniff``: an error in text/plain may quote what the client sent, and must stay text."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -123,7 +124,9 @@ class RequestIds:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                headers["x-content-type-options"] = "nosniff"
             await send(message)
 
         with log_context(request_id=request_id):

@@ -160,5 +160,7 @@ async def test_a_request_id_is_echoed_and_on_the_lines_logged_while_answering(
     assert given.headers["x-request-id"] == "abc-123"
     assert len(made.headers["x-request-id"]) == 32
     assert unsafe.headers["x-request-id"] not in ("a b", made.headers["x-request-id"])
+    # An answer may quote what was sent (an error in text/plain): no browser reads it as HTML.
+    assert {r.headers["x-content-type-options"] for r in (given, made, unsafe)} == {"nosniff"}
     rejected = [r for r in caplog.records if r.getMessage() == "ingest rejected events"]
     assert [getattr(r, "request_id", None) for r in rejected] == ["abc-123"]
