@@ -18,14 +18,18 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 1000
 DEFAULT_MAX_RESULTS = 10_000
+# Apps a report shows when none are named: each is four charts and ~0.3 MB of series while it
+# is built; thousands (a service can follow that many) would make a page no one can open and,
+# on the live /report, hold that much memory in the serving process.
+DEFAULT_MAX_APPS = 40
 
 __all__ = ["AppSeries", "Incident", "ReportData", "ReportRequest", "gather", "incidents"]
 
 
 @dataclass(frozen=True)
 class ReportRequest:
-    """Which telemetry to report on: ``start`` ≤ event time < ``end``; no apps = every app
-    with telemetry in the range."""
+    """Which telemetry to report on: ``start`` ≤ event time < ``end``; no apps = the apps with
+    telemetry in the range, the first ``max_apps`` of them by name (the rest noted)."""
 
     start: datetime
     end: datetime
@@ -33,6 +37,7 @@ class ReportRequest:
     page_size: int = DEFAULT_PAGE_SIZE
     max_buckets: int = DEFAULT_MAX_BUCKETS
     max_results: int = DEFAULT_MAX_RESULTS
+    max_apps: int = DEFAULT_MAX_APPS
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
@@ -122,7 +127,15 @@ async def gather(
     """Everything the report shows. Telemetry is read one page at a time and folded into
     fixed-size series, so memory does not grow with the number of documents."""
     notes: list[str] = []
-    app_ids = list(request.app_ids) or await evaluations.app_ids(request.start, request.end)
+    app_ids = list(request.app_ids)
+    if not app_ids:
+        found = await evaluations.app_ids(request.start, request.end)
+        app_ids = found[: request.max_apps]
+        if len(found) > request.max_apps:
+            notes.append(
+                f"{len(found):,} apps have telemetry in the range; the first {request.max_apps} "
+                "by name are shown: name others with --app (app= on /report)"
+            )
     series: list[SeriesAccumulator] = []
     for app_id in app_ids:
         accumulator = SeriesAccumulator(

@@ -45,7 +45,8 @@ def report(
         list[str] | None,
         typer.Option(
             "--app",
-            help="App id (repeatable) \\[default: every app with telemetry in the range].",
+            help="App id (repeatable) \\[default: the apps with telemetry in the range, the "
+            "first 40 by name; the page says how many there were].",
             show_default=False,
         ),
     ] = None,

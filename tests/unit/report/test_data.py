@@ -142,8 +142,42 @@ async def test_an_app_without_telemetry_and_a_backend_without_history_are_noted(
     assert any(note.startswith("breach timeline: not available") for note in data.notes)
 
 
+async def test_without_named_apps_a_report_shows_a_bounded_number_and_says_so(
+    stored: Path,
+) -> None:
+    request = ReportRequest(start=T0, end=T0 + HOUR, max_apps=1)
+    async with (
+        SqliteStore(stored / "store.db") as telemetry,
+        SqliteEvaluationStore(stored / "store.db") as evaluations,
+    ):
+        data = await gather(
+            request, telemetry=telemetry, evaluations=evaluations, breaches=None,
+            apps=AppDirectory(),
+        )  # fmt: skip
+        named = await gather(
+            ReportRequest(start=T0, end=T0 + HOUR, max_apps=1, app_ids=("a", "b")),
+            telemetry=telemetry, evaluations=evaluations, breaches=None, apps=AppDirectory(),
+        )  # fmt: skip
+    assert [s.app_id for s in data.apps] == ["a"]
+    assert any(
+        note.startswith("2 apps have telemetry in the range; the first 1") for note in data.notes
+    )
+    # Named apps are the reader's choice: all of them.
+    assert [s.app_id for s in named.apps] == ["a", "b"]
+
+
 def test_a_request_needs_an_aware_non_empty_range() -> None:
     with pytest.raises(ValueError, match="not after"):
         ReportRequest(start=T0, end=T0)
     with pytest.raises(ValueError, match="timezone"):
         ReportRequest(start=T0.replace(tzinfo=None), end=T0.replace(tzinfo=None) + HOUR)
+
+
+def test_the_help_names_the_default_number_of_apps() -> None:
+    from typer.testing import CliRunner
+
+    from evalstream.cli import app
+    from report.data import DEFAULT_MAX_APPS
+
+    shown = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "300"}).output
+    assert f"the first {DEFAULT_MAX_APPS} by name" in shown
