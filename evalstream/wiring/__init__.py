@@ -284,6 +284,7 @@ def evaluation_store(settings: Settings) -> EvaluationStore:
         return cosmos_evaluation_store(settings.azure.cosmos)
     from store.sqlite_evaluations import SqliteEvaluationStore
 
+    usable_data_dir(settings.embedded.data_dir)
     return SqliteEvaluationStore(settings.embedded.store_path)
 
 
@@ -306,6 +307,7 @@ def alert_receiver(settings: Settings, spec: SubscriptionSpec) -> AlertReceiver:
     if settings.backend == "embedded":
         from alerts.sqlite_bus import SqliteAlertReceiver
 
+        usable_data_dir(settings.embedded.data_dir)
         return SqliteAlertReceiver(settings.embedded.alerts_path, spec)
     from alerts.servicebus_receiver import servicebus_receiver
 

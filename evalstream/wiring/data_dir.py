@@ -25,6 +25,11 @@ _HINT = (
 def usable_data_dir(path: Path) -> Path:
     """``path``, created if missing, once a write of PROBE_BYTES in it succeeded and its
     database files (if any) are writable; else raise SettingsError saying which and why."""
+    if path.exists() and not path.is_dir():
+        raise SettingsError(
+            f"embedded.data_dir: {path} is not a directory; choose another directory "
+            "(--data-dir, embedded.data_dir)"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-") as probe:

@@ -21,6 +21,9 @@ COMMANDS = [
     ["process", "--no-ingest", "--until-idle", "1"],
     ["send", "-"],
     ["simulate", "--count", "10", "--no-pace"],
+    ["coldpath", "trigger"],
+    ["coldpath", "backfill", "--from", "2026-12-01", "--to", "2026-12-01T02:00Z"],
+    ["alerts", "dlq", "--subscription", "all"],
 ]
 
 
@@ -86,6 +89,17 @@ def test_a_data_dir_without_room_is_one_line_and_exit_2(tmp_path: Path, args: li
     result = run(args, tmp_path, [], _no_room_for_files)
     one_error_line(result, f"embedded.data_dir: {tmp_path} is full")
     assert [path.name for path in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda args: args[0])
+def test_a_file_given_as_the_data_dir_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str]
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a directory")
+    result = run(args, path, [])
+    one_error_line(result, f"embedded.data_dir: {path} is not a directory")
+    assert path.read_text() == "not a directory"
 
 
 def test_a_read_only_database_file_is_named(read_only_dir: tuple[Path, list[str]]) -> None:
