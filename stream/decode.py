@@ -6,9 +6,10 @@ is judged alone, so one bad event never takes its valid neighbours down with it.
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
@@ -192,6 +193,32 @@ class Decoder:
             except ValidationError:
                 pass
         return self.decode_value(parsed, context["now"], raw=body)
+
+    def decode_ndjson(self, body: bytes, now: datetime) -> Decoded:
+        """``body`` as NDJSON: each non-blank line a body of its own (split as ``send`` splits
+        a file: BOM, CR or CRLF), the events of all lines indexed in order, at most
+        ``max_events_per_body`` of them."""
+        lines = list(split_ndjson(io.BytesIO(body)))
+        if not lines:
+            return self._reject_whole(body, _issue("no_events", "the body holds no events"))
+        decoded = Decoded()
+        limit = self.limits.max_events_per_body
+        # Lines are counted before any is decoded (each holds one event at least).
+        for line in lines if len(lines) <= limit else ():
+            offset = len(decoded.accepted) + len(decoded.rejected)
+            one = self.decode(line, now)
+            decoded.accepted += [accepted_event(offset + a.index, a.event) for a in one.accepted]
+            decoded.rejected += [replace(r, index=offset + r.index) for r in one.rejected]
+        count = max(len(lines), len(decoded.accepted) + len(decoded.rejected))
+        if count > limit:
+            return self._reject_whole(
+                body,
+                _issue(
+                    "too_many_events",
+                    f"{count} events or more in one body, the limit is {limit}",
+                ),
+            )
+        return decoded
 
     def common_event(self, body: bytes, now: datetime) -> TelemetryEvent | None:
         """The event of a body of the common shape (stream.common_event) within the limits,

@@ -1,6 +1,7 @@
 """HTTP ingest: ``POST /api/telemetry`` validates events and appends the valid ones to the source.
 
-A request may carry one event, an array, or ``{"events": [...]}``. The answer lists what was
+A request may carry one event, an array, or ``{"events": [...]}``, or with an NDJSON content
+type (``application/x-ndjson``, ``application/jsonl``) one event per line. The answer lists what was
 accepted and, per rejected event, every reason; rejected events are quarantined as well.
 Status: 202 all accepted, 207 some rejected, 422 none accepted, 400 unreadable body,
 408 body not complete within ``body_timeout_s`` of the request's start, 413 body (decompressed:
@@ -85,6 +86,16 @@ async def _read_all(request: Request, limit: int) -> bytes:
             raise _BodyTooLarge(size)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# Content types of a body of events one per line (as ``send`` reads a file).
+NDJSON_TYPES = frozenset(
+    {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
 
 
 def _denied(denied: Denied) -> Response:
@@ -275,9 +286,12 @@ class IngestApp:
             response.headers["retry-after"] = str(BACKLOG_RETRY_AFTER_S)
             return response
         # A body of valid events of the common shape is read in one pass (stream.common_event);
-        # any other is decoded item by item.
-        events = self.decoder.common_events(body, now)
-        if events is not None:
+        # any other is decoded item by item; NDJSON line by line.
+        ndjson = _media_type(request.headers.get("content-type")) in NDJSON_TYPES
+        events = None if ndjson else self.decoder.common_events(body, now)
+        if ndjson:
+            decoded = self.decoder.decode_ndjson(body, now)
+        elif events is not None:
             decoded = Decoded([accepted_event(index, event) for index, event in enumerate(events)])
         else:
             try:

@@ -244,6 +244,39 @@ async def test_an_encoding_it_does_not_read_is_415_not_taken_as_plain(ingest: In
     assert ingest.logged() == []
 
 
+@pytest.mark.parametrize("content_type", ["application/x-ndjson", "application/jsonl"])
+async def test_an_ndjson_body_is_read_line_by_line(ingest: Ingest, content_type: str) -> None:
+    events = [GOOD, {**GOOD, "latency_ms": "slow"}, {**GOOD, "trace_id": "t2"}]
+    # A byte order mark, CRLF endings and a blank line, as `send` reads a file.
+    body = b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(e) for e in events) + b"\r\n\r\n"
+    response = await ingest.client.post(
+        "/api/telemetry", content=body, headers={"content-type": content_type}
+    )
+    assert response.status_code == 207, response.text
+    answer = response.json()
+    assert answer["accepted"] == 2
+    assert [(r["index"], r["errors"][0]["code"]) for r in answer["rejected"]] == [
+        (1, "float_parsing")
+    ]
+    # The same documents as the same events posted as an array.
+    as_array = await ingest.client.post("/api/telemetry", content=orjson.dumps(events))
+    assert as_array.json()["ids"] == answer["ids"]
+    (record,) = [r async for r in ingest.store.quarantine_records()][:1]
+    assert orjson.loads(record.raw)["latency_ms"] == "slow"
+
+
+async def test_an_ndjson_body_over_the_event_limit_is_413_before_it_is_read(
+    ingest: Ingest,
+) -> None:
+    body = b"\n".join([orjson.dumps(GOOD)] * 21)  # the limit here is 20
+    response = await ingest.client.post(
+        "/api/telemetry", content=body, headers={"content-type": "application/x-ndjson"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_many_events"
+    assert ingest.logged() == []
+
+
 async def test_health(ingest: Ingest) -> None:
     response = await ingest.client.get("/healthz")
     assert response.json() == {"status": "ok"}
