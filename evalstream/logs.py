@@ -40,7 +40,7 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
 class KeyValueFormatter(logging.Formatter):
     """``2026-12-04 00:40:00,123 INFO stream.pipeline: partition initialised partition=2``.
 
-    The message and the fields have their control characters escapes (``common.printable``):
+    The message and the fields have their control characters escaped (``common.printable``):
     an event id or a score name is the producer's text, and a newline in one would start a
     line of its own (a traceback keeps its lines)."""
 
