@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from starlette.applications import Starlette
@@ -44,7 +45,7 @@ from stream.metrics import IngestMetrics
 from stream.ports import EventSink
 from stream.producers.admission import Admission
 from stream.producers.content_encoding import Corrupt, TooLarge, Unsupported, decoded_body
-from stream.producers.ingest_auth import Authorizer, Denied, Sender
+from stream.producers.ingest_auth import ALL_APPS, Authorizer, Denied, Sender, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,46 @@ class RequestIds:
             await self.app(scope, receive, send_with_id)
 
 
+class ReportAccess:
+    """ASGI middleware: with ingest credentials configured, ``GET /report`` from beyond this
+    machine needs one too (the page shows every app's latency, errors and incidents), and shows
+    only the apps the key or token may post for. Loopback clients (a port-forward, the
+    processor's own machine) and the health and metrics paths need none."""
+
+    def __init__(self, app: ASGIApp, authorizer: Authorizer) -> None:
+        self.app = app
+        self.authorizer = authorizer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/report"
+            or not self.authorizer.enabled
+            or (client is not None and is_loopback(client[0]))
+        ):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        found = await self.authorizer.identify(request.headers)
+        if isinstance(found, Denied):
+            await _denied(found)(scope, receive, send)
+            return
+        asked = request.query_params.getlist("app")
+        refused = sorted(app for app in asked if not found.allows(app))
+        if refused:
+            denied = Denied(
+                403, "forbidden_app", f"{found.name!r} may not see {', '.join(refused)}"
+            )
+            await _denied(denied)(scope, receive, send)
+            return
+        if not asked and ALL_APPS not in found.apps:
+            query = [(k, v) for k, v in request.query_params.multi_items() if k != "app"]
+            query += [("app", app) for app in found.apps]
+            scope = {**scope, "query_string": urlencode(query).encode()}
+        await self.app(scope, receive, send)
+
+
 class CountRequests:
     """ASGI middleware: ingest requests by answer status and their duration."""
 
@@ -204,6 +245,7 @@ class IngestApp:
             middleware=[
                 Middleware(RequestIds),
                 *([Middleware(CountRequests, metrics=metrics)] if metrics is not None else []),
+                *([Middleware(ReportAccess, authorizer=authorizer)] if authorizer else []),
             ],
         )
 

@@ -93,7 +93,7 @@ def hash_key(key: str) -> str:
 
 def require_auth_beyond_loopback(host: str, auth: IngestAuthSettings) -> str | None:
     """The reason ingest must not start on ``host`` as configured, or None."""
-    if auth.api_keys or auth.entra is not None or _is_loopback(host):
+    if auth.api_keys or auth.entra is not None or is_loopback(host):
         return None
     return (
         f"ingest.host {host} is reachable beyond this machine and no ingest.auth.api_keys or "
@@ -102,7 +102,7 @@ def require_auth_beyond_loopback(host: str, auth: IngestAuthSettings) -> str | N
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
