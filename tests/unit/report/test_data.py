@@ -12,7 +12,7 @@ import pytest
 from alerts.config import SubscriptionSpec
 from alerts.sqlite_bus import SqliteAlertPublisher
 from report import ReportRequest, gather, render_html
-from report.data import incidents
+from report.data import ReportData, incidents
 from report.prices import PriceTable, TokenPrice
 from report.sqlite_breaches import SqliteBreachLog
 from schemas import AppDirectory, EvaluationResult, TelemetryDocument, Thresholds, Window
@@ -124,18 +124,30 @@ async def test_gather_reads_every_app_page_by_page(stored: Path) -> None:
     assert "<script src=" not in page  # plotly.js inlined, nothing fetched
 
 
-async def test_an_app_without_telemetry_and_a_backend_without_history_are_noted(
-    stored: Path,
-) -> None:
-    request = ReportRequest(start=T0, end=T0 + HOUR, app_ids=("a", "nobody"))
+async def gathered(stored: Path, *requests: ReportRequest) -> list[ReportData]:
+    """What ``gather`` finds for each request in the stored data, without a breach log."""
     async with (
         SqliteStore(stored / "store.db") as telemetry,
         SqliteEvaluationStore(stored / "store.db") as evaluations,
     ):
-        data = await gather(
-            request, telemetry=telemetry, evaluations=evaluations, breaches=None,
-            apps=AppDirectory(),
-        )  # fmt: skip
+        return [
+            await gather(
+                request,
+                telemetry=telemetry,
+                evaluations=evaluations,
+                breaches=None,
+                apps=AppDirectory(),
+            )  # fmt: skip
+            for request in requests
+        ]
+
+
+async def test_an_app_without_telemetry_and_a_backend_without_history_are_noted(
+    stored: Path,
+) -> None:
+    (data,) = await gathered(
+        stored, ReportRequest(start=T0, end=T0 + HOUR, app_ids=("a", "nobody"))
+    )
     assert [s.app_id for s in data.apps] == ["a"]
     assert data.incidents == []
     assert any(note.startswith("nobody: no telemetry") for note in data.notes)
@@ -145,19 +157,11 @@ async def test_an_app_without_telemetry_and_a_backend_without_history_are_noted(
 async def test_without_named_apps_a_report_shows_a_bounded_number_and_says_so(
     stored: Path,
 ) -> None:
-    request = ReportRequest(start=T0, end=T0 + HOUR, max_apps=1)
-    async with (
-        SqliteStore(stored / "store.db") as telemetry,
-        SqliteEvaluationStore(stored / "store.db") as evaluations,
-    ):
-        data = await gather(
-            request, telemetry=telemetry, evaluations=evaluations, breaches=None,
-            apps=AppDirectory(),
-        )  # fmt: skip
-        named = await gather(
-            ReportRequest(start=T0, end=T0 + HOUR, max_apps=1, app_ids=("a", "b")),
-            telemetry=telemetry, evaluations=evaluations, breaches=None, apps=AppDirectory(),
-        )  # fmt: skip
+    data, named = await gathered(
+        stored,
+        ReportRequest(start=T0, end=T0 + HOUR, max_apps=1),
+        ReportRequest(start=T0, end=T0 + HOUR, max_apps=1, app_ids=("a", "b")),
+    )
     assert [s.app_id for s in data.apps] == ["a"]
     assert any(
         note.startswith("2 apps have telemetry in the range; the first 1") for note in data.notes
