@@ -137,7 +137,7 @@ async def gathered(stored: Path, *requests: ReportRequest) -> list[ReportData]:
                 evaluations=evaluations,
                 breaches=None,
                 apps=AppDirectory(),
-            )  # fmt: skip
+            )
             for request in requests
         ]
 
