@@ -187,7 +187,9 @@ DENSITY_LIMIT = 1e150
 
 
 def _score_trace(name: str, values: npt.NDArray[np.float64]) -> Trace:
-    if all(not np.isfinite(v) or abs(v) <= DENSITY_LIMIT for v in values):
+    finite = np.abs(values[np.isfinite(values)])
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest <= DENSITY_LIMIT:
         return {
             "type": "violin",
             "y": _y(values),
@@ -196,7 +198,7 @@ def _score_trace(name: str, values: npt.NDArray[np.float64]) -> Trace:
             "meanline": {"visible": True},
             "points": False,
         }
-    if any(np.isfinite(v) and abs(v) > DRAWN_LIMIT for v in values):
+    if largest > DRAWN_LIMIT:
         name += f", beyond ±{DRAWN_LIMIT:g} drawn at ±{DRAWN_LIMIT:g}"
     return {"type": "box", "y": _y(values), "name": name, "boxpoints": False}
 

@@ -201,24 +201,25 @@ class Decoder:
         lines = list(split_ndjson(io.BytesIO(body)))
         if not lines:
             return self._reject_whole(body, _issue("no_events", "the body holds no events"))
-        decoded = Decoded()
-        limit = self.limits.max_events_per_body
         # Lines are counted before any is decoded (each holds one event at least).
-        for line in lines if len(lines) <= limit else ():
+        if len(lines) > self.limits.max_events_per_body:
+            return self._reject_whole(body, self._too_many_events(len(lines)))
+        decoded = Decoded()
+        for line in lines:
             offset = len(decoded.accepted) + len(decoded.rejected)
             one = self.decode(line, now)
             decoded.accepted += [accepted_event(offset + a.index, a.event) for a in one.accepted]
             decoded.rejected += [replace(r, index=offset + r.index) for r in one.rejected]
-        count = max(len(lines), len(decoded.accepted) + len(decoded.rejected))
-        if count > limit:
-            return self._reject_whole(
-                body,
-                _issue(
-                    "too_many_events",
-                    f"{count} events or more in one body, the limit is {limit}",
-                ),
-            )
+        count = len(decoded.accepted) + len(decoded.rejected)
+        if count > self.limits.max_events_per_body:
+            return self._reject_whole(body, self._too_many_events(count))
         return decoded
+
+    def _too_many_events(self, count: int) -> ValidationIssue:
+        return _issue(
+            "too_many_events",
+            f"{count} events in one body, the limit is {self.limits.max_events_per_body}",
+        )
 
     def common_event(self, body: bytes, now: datetime) -> TelemetryEvent | None:
         """The event of a body of the common shape (stream.common_event) within the limits,
@@ -303,12 +304,7 @@ class Decoder:
             )
         if len(items) > self.limits.max_events_per_body:
             return self._reject_whole(
-                raw if raw is not None else orjson.dumps(parsed),
-                _issue(
-                    "too_many_events",
-                    f"{len(items)} events in one body, "
-                    f"the limit is {self.limits.max_events_per_body}",
-                ),
+                raw if raw is not None else orjson.dumps(parsed), self._too_many_events(len(items))
             )
         decoded = Decoded()
         for index, item in enumerate(items):

@@ -58,9 +58,9 @@ class Corrupt(Exception):
     def kept(self, body: bytes) -> bytes:
         """What of ``body`` a quarantine record keeps: the part that decompressed, else the
         body itself unless it is compressed data (a gzip or zlib header): nothing then."""
-        if self.readable or not _compressed(body):
-            return self.readable or body
-        return b""
+        if self.readable:
+            return self.readable
+        return b"" if _compressed(body) else body
 
 
 def _compressed(data: bytes) -> bool:

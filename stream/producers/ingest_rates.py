@@ -76,7 +76,7 @@ class MemoryBuckets:
         self, sender: str, rate: float, burst: int, wants: Mapping[str, int], now: float
     ) -> tuple[str, float] | None:
         kept = self._states
-        states = {app: (kept[sender, app][0] if (sender, app) in kept else None) for app in wants}
+        states = {app: kept.get((sender, app), (None, 0.0))[0] for app in wants}
         after, waiting = decide(states, rate, burst, wants, now)
         for app, state in after.items():
             kept[sender, app] = (state, full_at(state, rate, burst))
