@@ -9,6 +9,7 @@ with a message naming it. The adapters' own models (``CosmosSettings``, ``Servic
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceSettingsError
 
 from alerts.config import AlertSettings
 from alerts.servicebus_config import ServiceBusSettings
@@ -151,6 +153,17 @@ def load_settings(*, data_dir: Path | None = None, **overrides: Any) -> Settings
             for error in exc.errors()
         ]
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        # The one file settings read; the CLI passes --config and EVALSTREAM_CONFIG as config.
+        name = config or "named by EVALSTREAM_CONFIG"
+        raise SettingsError(f"config file {name} is not valid TOML in UTF-8: {exc}") from exc
+    except OSError as exc:
+        raise SettingsError(f"config file cannot be read: {exc}") from exc
+    except SourceSettingsError as exc:
+        # A nested setting given as one environment variable must be JSON
+        # (EVALSTREAM_PROCESSOR='{"batch_size": 500}'); pydantic-settings says which.
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise SettingsError(f"{exc}{cause}") from exc
     if data_dir is not None:
         embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
         settings = settings.model_copy(update={"embedded": embedded})

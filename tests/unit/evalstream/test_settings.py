@@ -150,3 +150,30 @@ def test_bad_app_override_is_named() -> None:
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(config=tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"[processor\nbatch_size = 10\n", r"not valid TOML in UTF-8: .*line 1"),
+        (b"x = [\n", r"not valid TOML in UTF-8: Invalid value"),
+        (b"\xff\xfe[\x00p\x00]\x00", r"not valid TOML in UTF-8: 'utf-8' codec can't decode"),
+    ],
+    ids=["unclosed-table", "unclosed-array", "utf-16"],
+)
+def test_unreadable_config_file_is_one_error(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    with pytest.raises(SettingsError, match=reason) as refused:
+        load_settings(config=path)
+    assert str(refused.value).startswith(f"config file {path} is not valid TOML")
+
+
+@pytest.mark.parametrize("variable", ["EVALSTREAM_APPS", "EVALSTREAM_PROCESSOR"])
+def test_nested_setting_that_is_not_json_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "{batch_size: 10")
+    field = variable.removeprefix("EVALSTREAM_").lower()
+    with pytest.raises(SettingsError, match=rf'field "{field}" .*: Expecting property name'):
+        load_settings()
