@@ -29,7 +29,7 @@ from stream.decode import split_ndjson
 from stream.exceptions import StreamError
 
 if TYPE_CHECKING:
-    from stream.producers.simulator import Incident
+    from stream.producers.simulator import Incident, Simulator
 
 # The simulator's options, shared by `simulate` and `process --simulate`.
 AppsOption = Annotated[int, typer.Option(min=1, help="Simulated apps.")]
@@ -231,6 +231,23 @@ async def _send(settings: Settings, lines: Iterable[bytes], batch: int) -> int:
     return sent
 
 
+def _write_events(simulator: Simulator, count: int | None, output: str) -> None:
+    """``simulate --output``: NDJSON to stdout (``-``) or to a file, which needs a count (it
+    would grow until the disk is full); a file that cannot be written is one line, exit 2."""
+    if output == "-":
+        for event in simulator.events(count):
+            sys.stdout.buffer.write(event.body.replace(b"\n", b" ") + b"\n")
+        return
+    if count is None:
+        raise typer.BadParameter("writing to a file needs --count", param_hint="--output")
+    try:
+        with open(output, "wb") as target:
+            for event in simulator.events(count):
+                target.write(event.body.replace(b"\n", b" ") + b"\n")
+    except OSError as exc:
+        raise fail(f"cannot write {output}: {exc.strerror or exc}") from exc
+
+
 def simulate(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -249,7 +266,7 @@ def simulate(
         typer.Option(
             "--output",
             "-o",
-            help="Write NDJSON here (- = stdout) instead of sending.",
+            help="Write NDJSON here (- = stdout) instead of sending; a file needs --count.",
             show_default=False,
         ),
     ] = None,
@@ -273,13 +290,7 @@ def simulate(
         invalid_fraction=invalid_fraction,
     )
     if output is not None:
-        target = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
-        try:
-            for event in simulator.events(count):
-                target.write(event.body.replace(b"\n", b" ") + b"\n")
-        finally:
-            if target is not sys.stdout.buffer:
-                target.close()
+        _write_events(simulator, count, output)
         return
     if count is None and no_pace:
         raise typer.BadParameter("--no-pace needs --count", param_hint="--no-pace")

@@ -74,6 +74,12 @@ def test_an_empty_or_inverted_selection_is_refused(
         (["simulate", "--rate", "0", "--count", "1"], "'--rate'"),
         (["simulate", "--count", "-1"], "'--count'"),
         (["simulate", "--invalid-fraction", "1.5", "--count", "1"], "'--invalid-fraction'"),
+        (["simulate", "--output", "{tmp}/events.ndjson"], "writing to a file needs --count"),
+        (["simulate", "--count", "1", "--output", "{tmp}"], "cannot write {tmp}: Is a directory"),
+        (
+            ["simulate", "--count", "1", "--output", "{tmp}/missing/events.ndjson"],
+            "cannot write {tmp}/missing/events.ndjson: No such file",
+        ),
         (["process", "--ingest-port", "65536"], "'--ingest-port'"),
         (["process", "--until-idle", "-1"], "'--until-idle'"),
         (["coldpath", "run-shard", "--manifest", "m", "--group-index", "-1"], "'--group-index'"),
