@@ -45,7 +45,22 @@ DataDirOption = Annotated[
         show_default=False,
     ),
 ]
-LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+LogLevelOption = Annotated[
+    str,
+    typer.Option(
+        "--log-level", callback=_log_level, help="DEBUG, INFO, WARNING or ERROR (any case)."
+    ),
+]
 LogFormatOption = Annotated[
     LogFormat,
     typer.Option(

@@ -83,6 +83,9 @@ def test_an_empty_or_inverted_selection_is_refused(
         (["process", "--ingest-port", "65536"], "'--ingest-port'"),
         (["process", "--until-idle", "-1"], "'--until-idle'"),
         (["coldpath", "run-shard", "--manifest", "m", "--group-index", "-1"], "'--group-index'"),
+        (["process", "--log-level", "LOUD"], "'LOUD' is not one of DEBUG, INFO, WARNING, ERROR"),
+        (["replay", "--log-level", "verbose"], "'verbose' is not one of DEBUG"),
+        (["coldpath", "trigger", "--log-level", "warn"], "'warn' is not one of DEBUG"),
     ],
 )
 def test_an_option_out_of_its_range_is_named_not_a_traceback(
