@@ -116,6 +116,21 @@ def _display_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot take webhook posts, or None: it needs http(s), a host and a port in
+    range (checked before listening, not at the first breach)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError as exc:
+        return f"webhook URL is not valid: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"webhook URL must be http(s), got {_display_url(url)!r}"
+    if not parts.hostname:
+        return f"webhook URL has no host: {_display_url(url)!r}"
+    return None
+
+
 def _retry_after_s(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -147,8 +162,9 @@ class WebhookHandler:
         backoff: Backoff = DEFAULT_WEBHOOK_BACKOFF,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError(f"webhook URL must be http(s), got {_display_url(url)!r}")
+        problem = webhook_url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
         if backoff.max_retries is None:
             raise ValueError("the webhook backoff needs a max_retries: a delivery must end")
         self.url = url

@@ -22,7 +22,13 @@ from rich.text import Text
 
 from alerts.config import SubscriptionSpec
 from alerts.exceptions import AlertError, UnknownSubscriptionError
-from alerts.handlers import ConsoleHandler, HandlerChain, WebhookHandler, render_breach
+from alerts.handlers import (
+    ConsoleHandler,
+    HandlerChain,
+    WebhookHandler,
+    render_breach,
+    webhook_url_problem,
+)
 from alerts.listener import AlertListener
 from alerts.ports import (
     AlertHandler,
@@ -171,6 +177,13 @@ def _where(settings: Settings) -> str:
     return f"Service Bus topic {settings.azure.servicebus.topic!r}"
 
 
+def _webhook_url(url: str | None) -> str | None:
+    problem = webhook_url_problem(url) if url is not None else None
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return url
+
+
 @alerts_app.command(
     help=(
         "Print the alerts of a subscription as they arrive (and optionally forward them)."
@@ -192,6 +205,7 @@ def listen(
         typer.Option(
             "--webhook",
             metavar="URL",
+            callback=_webhook_url,
             help=(
                 "Also POST each breach as JSON to this URL (retried on 5xx, 408, 429 and "
                 "network errors; after the subscription's max delivery count it is "

@@ -79,6 +79,29 @@ def test_unknown_subscription_lists_the_known_ones(config: Path) -> None:
         assert "unknown subscription 'nope'; known subscriptions: all, critical" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("hooks.example.com/alerts", "webhook URL must be http(s), got"),
+        ("ftp://hooks.example.com/alerts", "webhook URL must be http(s), got"),
+        ("http://", "webhook URL has no host"),
+        ("https:///alerts", "webhook URL has no host"),
+        ("http://localhost:99999/alerts", "webhook URL is not valid: Port out of range"),
+        ("http://[::1/alerts", "webhook URL is not valid: Invalid IPv6 URL"),
+    ],
+)
+def test_a_webhook_that_cannot_take_posts_is_refused_before_listening(
+    config: Path, url: str, said: str
+) -> None:
+    result = CliRunner().invoke(
+        alerts_app,
+        ["listen", "-s", "all", "--webhook", url, "--max-alerts", "1", "--config", str(config)],
+    )
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.stderr.split()), result.stderr
+    assert "listening" not in result.output
+
+
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         alerts_app, ["dlq", "-s", "all", "--config", str(tmp_path / "missing.toml")]
