@@ -88,3 +88,17 @@ def test_an_option_out_of_its_range_is_named_not_a_traceback(
     assert code == 2, output
     assert said.format(tmp=tmp_path) in output, output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("job", ["../store", "../../elsewhere/x", "/tmp/job", ".hidden"])
+def test_resume_takes_a_job_id_not_a_path(tmp_path: Path, job: str) -> None:
+    # The job file is <data_dir>/replays/<id>.db: "../store" named the store itself, which was
+    # opened as a job (its tables created in the store) before being called never planned.
+    store = tmp_path / "store.db"
+    store.touch()
+    (tmp_path / "replays").mkdir()
+    code, output = invoke(["replay", "--resume", job, "--data-dir", str(tmp_path)])
+    assert code == 2, output
+    assert "--resume" in output and "not a job id" in output, output
+    assert store.stat().st_size == 0
+    assert not (tmp_path / "store.lock").exists()
