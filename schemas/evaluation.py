@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schemas.breach import Severity
 
 DAY = timedelta(days=1)
+# The longest window or lateness: a century, so that the latest due window (now - lateness -
+# window) and its reference stay in the calendar.
+MAX_LENGTH = timedelta(days=36_500)
 APP_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -42,6 +45,8 @@ def check_window_length(window: timedelta) -> timedelta:
         raise ValueError(f"window {window} does not divide a day into equal windows")
     if whole > day and whole % day:
         raise ValueError(f"window {window} longer than a day must be a whole number of days")
+    if window > MAX_LENGTH:
+        raise ValueError(f"window {window} must be at most {MAX_LENGTH.days} days")
     return window
 
 
@@ -158,6 +163,8 @@ class EvaluationPolicy(BaseModel):
     def _lateness(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):
             raise ValueError(f"lateness must not be negative, got {value}")
+        if value > MAX_LENGTH:
+            raise ValueError(f"lateness {value} must be at most {MAX_LENGTH.days} days")
         return value
 
     @model_validator(mode="after")

@@ -92,6 +92,19 @@ def test_per_app_overrides_merge_params_and_replace_thresholds() -> None:
     assert slow.thresholds["mean"] == default.thresholds["mean"]
 
 
+@pytest.mark.parametrize(
+    ("field", "length"), [("window", "P99999999D"), ("lateness", "P999999999D")]
+)
+def test_windows_and_lateness_beyond_the_calendar_are_refused(field: str, length: str) -> None:
+    # The latest due window is now - lateness - window: beyond the year 1, every cold path
+    # command (windows, trigger, backfill, status) ended in an OverflowError traceback.
+    with pytest.raises(ValidationError, match="at most 36500 days") as caught:
+        policies({"name": "q", field: length, "metrics": [{"metric": "latency"}]})
+    location = caught.value.errors()[0]["loc"]
+    assert setting_path(("coldpath", *location)) == f"coldpath.policies[0].{field}"
+    policies({"name": "q", field: "P36500D", "metrics": [{"metric": "latency"}]})
+
+
 def test_overrides_of_metrics_not_in_the_policy_are_refused() -> None:
     with pytest.raises(ValidationError, match="not in this policy"):
         policies(
