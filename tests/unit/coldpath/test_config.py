@@ -105,6 +105,27 @@ def test_windows_and_lateness_beyond_the_calendar_are_refused(field: str, length
     policies({"name": "q", field: "P36500D", "metrics": [{"metric": "latency"}]})
 
 
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (
+            {"apps": ["app-1", "bad app\x1b[2J"]},
+            "coldpath.policies[0].apps: item 1, 'bad app\\x1b[2J', is not",
+        ),
+        ({"overrides": {"x" * 129: {"latency": {}}}}, "coldpath.policies[0].overrides.xxx"),
+    ],
+)
+def test_app_ids_outside_the_app_id_pattern_are_refused(raw: dict[str, object], where: str) -> None:
+    # No event can carry such an id: trigger staged a unit for it and ended in a pydantic
+    # traceback (the unit refused it), and an override for it could never apply.
+    with pytest.raises(ValidationError) as caught:
+        policies({"name": "q", "metrics": [{"metric": "latency"}], **raw})
+    error = caught.value.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    shown = f"{setting_path(('coldpath', *error['loc']))}: {message}"
+    assert shown.startswith(where), shown
+
+
 def test_overrides_of_metrics_not_in_the_policy_are_refused() -> None:
     with pytest.raises(ValidationError, match="not in this policy"):
         policies(
