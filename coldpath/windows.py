@@ -42,6 +42,18 @@ def window_at(policy: EvaluationPolicy, moment: datetime) -> Window:
     return Window(start=start, end=start + policy.window)
 
 
+def check_window(policy: EvaluationPolicy, window: Window) -> None:
+    """Raise ValueError unless ``window`` is one of ``policy``'s windows: any other span would
+    be stored as its own result beside the policy's windows that overlap it, the same
+    documents counted in both."""
+    own = window_at(policy, window.start)
+    if own != window:
+        raise ValueError(
+            f"{window.key} is not a window of policy {policy.name!r} (its windows are "
+            f"{policy.window} long from UTC midnight, e.g. {own.key})"
+        )
+
+
 def is_due(policy: EvaluationPolicy, window: Window, now: datetime) -> bool:
     """True once ``window.end + lateness`` has passed at ``now``."""
     # Not ``end + lateness``: that is past the year 9999 for the calendar's last windows.
