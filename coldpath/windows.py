@@ -19,7 +19,15 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _aware(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"naive datetime {moment.isoformat()}: give a timezone (e.g. Z)")
-    return moment.astimezone(UTC)
+    return _utc(moment)
+
+
+def _utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # The year 1 at +14:00 is in the year 0 in UTC.
+        raise ValueError(f"{moment.isoformat()} is outside the years 1-9999 in UTC") from None
 
 
 def align(moment: datetime, length: timedelta) -> datetime:
@@ -34,9 +42,22 @@ def window_at(policy: EvaluationPolicy, moment: datetime) -> Window:
     return Window(start=start, end=start + policy.window)
 
 
+def check_window(policy: EvaluationPolicy, window: Window) -> None:
+    """Raise ValueError unless ``window`` is one of ``policy``'s windows: any other span would
+    be stored as its own result beside the policy's windows that overlap it, the same
+    documents counted in both."""
+    own = window_at(policy, window.start)
+    if own != window:
+        raise ValueError(
+            f"{window.key} is not a window of policy {policy.name!r} (its windows are "
+            f"{policy.window} long from UTC midnight, e.g. {own.key})"
+        )
+
+
 def is_due(policy: EvaluationPolicy, window: Window, now: datetime) -> bool:
     """True once ``window.end + lateness`` has passed at ``now``."""
-    return _aware(now) >= window.end + policy.lateness
+    # Not ``end + lateness``: that is past the year 9999 for the calendar's last windows.
+    return _aware(now) - policy.lateness >= window.end
 
 
 def last_due(policy: EvaluationPolicy, now: datetime) -> Window:
@@ -45,12 +66,21 @@ def last_due(policy: EvaluationPolicy, now: datetime) -> Window:
 
 
 def windows_between(policy: EvaluationPolicy, start: datetime, end: datetime) -> Iterator[Window]:
-    """Every window of ``policy`` that overlaps ``[start, end)``, oldest first."""
+    """Every window of ``policy`` that overlaps ``[start, end)``, oldest first (those the years
+    1-9999 hold whole)."""
     start, end = _aware(start), _aware(end)
-    cursor = align(start, policy.window)
+    try:
+        cursor = align(start, policy.window)
+    except OverflowError:
+        # The window holding the year 1's first moments starts before it: from the next.
+        cursor = align(start + policy.window, policy.window)
     while cursor < end:
-        yield Window(start=cursor, end=cursor + policy.window)
-        cursor += policy.window
+        try:
+            stop = cursor + policy.window
+        except OverflowError:
+            return  # the window would end after the year 9999
+        yield Window(start=cursor, end=stop)
+        cursor = stop
 
 
 def due_between(
@@ -87,4 +117,4 @@ def _parse(text: str) -> datetime:
 def parse_moment(text: str) -> datetime:
     """An ISO-8601 moment; a date alone means its UTC midnight, naive means UTC."""
     moment = _parse(text)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else _utc(moment)

@@ -9,6 +9,7 @@ window again lands on the same result and the same job. No I/O here.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -16,8 +17,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.breach import Severity
+from schemas.telemetry import AppId
 
 DAY = timedelta(days=1)
+# The longest window or lateness: a century, so that the latest due window (now - lateness -
+# window) and its reference stay in the calendar.
+MAX_LENGTH = timedelta(days=36_500)
 APP_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -42,6 +47,8 @@ def check_window_length(window: timedelta) -> timedelta:
         raise ValueError(f"window {window} does not divide a day into equal windows")
     if whole > day and whole % day:
         raise ValueError(f"window {window} longer than a day must be a whole number of days")
+    if window > MAX_LENGTH:
+        raise ValueError(f"window {window} must be at most {MAX_LENGTH.days} days")
     return window
 
 
@@ -146,18 +153,29 @@ class EvaluationPolicy(BaseModel):
     apps: Literal["all"] | tuple[str, ...] = "all"
     compute_class: ComputeClass = "light"
     reference: Literal["previous"] = "previous"
-    overrides: dict[str, dict[str, MetricOverride]] = Field(default_factory=dict)
+    overrides: dict[AppId, dict[str, MetricOverride]] = Field(default_factory=dict)
 
     @field_validator("window")
     @classmethod
     def _window(cls, value: timedelta) -> timedelta:
         return check_window_length(value)
 
+    @field_validator("apps")
+    @classmethod
+    def _apps(cls, value: Literal["all"] | tuple[str, ...]) -> Literal["all"] | tuple[str, ...]:
+        # Checked here, not by the type: a union's error would name its "all" branch.
+        for index, app_id in enumerate(() if value == "all" else value):
+            if not re.fullmatch(APP_PATTERN, app_id):
+                raise ValueError(f"item {index}, {app_id!r}, is not an app id ({APP_PATTERN})")
+        return value
+
     @field_validator("lateness")
     @classmethod
     def _lateness(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):
             raise ValueError(f"lateness must not be negative, got {value}")
+        if value > MAX_LENGTH:
+            raise ValueError(f"lateness {value} must be at most {MAX_LENGTH.days} days")
         return value
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from coldpath.exceptions import ColdpathError, ManifestNotFound
 from coldpath.ports import JobReport
 from coldpath.result_files import result_file_name, result_lines, shard_results
 from coldpath.trigger import WindowChoice, pending_units, plan, submit
-from coldpath.windows import parse_moment, parse_window, windows_between
+from coldpath.windows import check_window, parse_moment, parse_window, windows_between
 from evalstream import logs, wiring
 from evalstream.cli import options
 from evalstream.cli.options import (
@@ -206,9 +206,15 @@ def trigger(
         choice = WindowChoice()
     else:
         try:
-            choice = WindowChoice(last=False, window=parse_window(window))
+            chosen = parse_window(window)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--window") from exc
+        for each in policies:
+            try:
+                check_window(each, chosen)
+            except ValueError as exc:
+                raise fail(f"--window: {exc}") from None
+        choice = WindowChoice(last=False, window=chosen)
     _report(run(_trigger(settings, policies, choice, executor, rerun, wait)))
 
 

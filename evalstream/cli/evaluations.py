@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from common.printable import printable
 from evalstream import wiring
 from evalstream.cli.coldpath import load
 from evalstream.cli.options import ConfigOption, DataDirOption, existing_store, run
@@ -73,14 +75,15 @@ def evaluations(
         return
     table = Table("window start", "app", "policy", "metric", "n", "status", "values (thresholds)")
     for result in results:
-        style = STATUS_STYLE.get(result.status, "dim")
+        # Text, not markup: an app id may read as markup (":fire:" drew an emoji), and a
+        # reason may quote a judge's answer (control characters escaped).
         table.add_row(
             f"{result.window.start:%Y-%m-%d %H:%M}",
-            result.app_id,
-            f"{result.policy} v{result.policy_version}",
-            result.metric,
+            Text(result.app_id),
+            Text(f"{result.policy} v{result.policy_version}"),
+            Text(result.metric),
             str(result.sample_size),
-            f"[{style}]{result.status}[/{style}]",
-            _values(result) or result.reason,
+            Text(result.status, style=STATUS_STYLE.get(result.status, "dim")),
+            Text(printable(_values(result) or result.reason)),
         )
     Console().print(table)

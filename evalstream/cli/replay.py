@@ -255,6 +255,10 @@ def replay(
 
 
 def _open_existing(settings: Settings, job_id: str) -> JobFile:
+    # The id names <data_dir>/replays/<id>.db: a path in it ("../store") would open another
+    # SQLite file as a job and create the job's tables in it.
+    if not re.fullmatch(JOB_ID, job_id):
+        raise fail(f"--resume: {job_id!r} is not a job id (letters, digits, '.', '_' or '-')")
     path = replay_wiring.job_path(settings, job_id)
     if not path.is_file():
         raise fail(f"--resume: no replay job {job_id!r} in {path.parent}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
 from typing import Protocol
@@ -20,6 +20,13 @@ from stream.ports import ReceivedEvent
 class TimeBasis(StrEnum):
     EVENT = "event"
     ENQUEUED = "enqueued"
+
+
+def earlier(moment: datetime, span: timedelta) -> datetime:
+    """``moment - span``, or the first moment there is when that would be before it (a window
+    from the year 1: nothing was enqueued earlier)."""
+    first = datetime.min.replace(tzinfo=UTC)
+    return moment - span if moment - first > span else first
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,14 @@ class Window:
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("the window's times must carry a time zone")
+        for option, moment in (("--from", self.start), ("--to", self.end)):
+            # Compared in UTC: year 1 at +14:00 is before the first moment there is.
+            try:
+                moment.astimezone(UTC)
+            except OverflowError:
+                raise ValueError(
+                    f"{option} ({moment.isoformat()}) is outside the years 1-9999 in UTC"
+                ) from None
         if self.start >= self.end:
             raise ValueError(
                 f"--from ({self.start.isoformat()}) must be before --to ({self.end.isoformat()})"
@@ -42,7 +57,7 @@ class Window:
     def enqueued_from(self, max_future_skew: timedelta) -> datetime:
         """The earliest enqueued time an event of the window can have: an event time is
         accepted up to ``max_future_skew`` after its enqueued time."""
-        return self.start - max_future_skew if self.by is TimeBasis.EVENT else self.start
+        return earlier(self.start, max_future_skew) if self.by is TimeBasis.EVENT else self.start
 
     def enqueued_before(self) -> datetime | None:
         """Events enqueued at or after this are outside the window (None: late events of the

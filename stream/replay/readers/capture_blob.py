@@ -24,7 +24,7 @@ from azure.storage.blob.aio import ContainerClient
 from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.ports import ReceivedEvent
 from stream.replay.config import CaptureSettings
-from stream.replay.ports import PartitionPlan, Window
+from stream.replay.ports import PartitionPlan, Window, earlier
 from stream.sources.eventhubs_sdk import default_credential, map_error
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class CaptureReader:
     async def _files(self) -> dict[str, list[str]]:
         """The archive's files that can hold events of the range, per partition, in order."""
         prefix = self._prefix()
-        earliest = self.start - MAX_CAPTURE_WINDOW
+        earliest = earlier(self.start, MAX_CAPTURE_WINDOW)
         files: dict[str, list[str]] = {}
         try:
             async for blob in self.container.list_blobs(name_starts_with=prefix):

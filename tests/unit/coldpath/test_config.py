@@ -92,6 +92,40 @@ def test_per_app_overrides_merge_params_and_replace_thresholds() -> None:
     assert slow.thresholds["mean"] == default.thresholds["mean"]
 
 
+@pytest.mark.parametrize(
+    ("field", "length"), [("window", "P99999999D"), ("lateness", "P999999999D")]
+)
+def test_windows_and_lateness_beyond_the_calendar_are_refused(field: str, length: str) -> None:
+    # The latest due window is now - lateness - window: beyond the year 1, every cold path
+    # command (windows, trigger, backfill, status) ended in an OverflowError traceback.
+    with pytest.raises(ValidationError, match="at most 36500 days") as caught:
+        policies({"name": "q", field: length, "metrics": [{"metric": "latency"}]})
+    location = caught.value.errors()[0]["loc"]
+    assert setting_path(("coldpath", *location)) == f"coldpath.policies[0].{field}"
+    policies({"name": "q", field: "P36500D", "metrics": [{"metric": "latency"}]})
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (
+            {"apps": ["app-1", "bad app\x1b[2J"]},
+            "coldpath.policies[0].apps: item 1, 'bad app\\x1b[2J', is not",
+        ),
+        ({"overrides": {"x" * 129: {"latency": {}}}}, "coldpath.policies[0].overrides.xxx"),
+    ],
+)
+def test_app_ids_outside_the_app_id_pattern_are_refused(raw: dict[str, object], where: str) -> None:
+    # No event can carry such an id: trigger staged a unit for it and ended in a pydantic
+    # traceback (the unit refused it), and an override for it could never apply.
+    with pytest.raises(ValidationError) as caught:
+        policies({"name": "q", "metrics": [{"metric": "latency"}], **raw})
+    error = caught.value.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    shown = f"{setting_path(('coldpath', *error['loc']))}: {message}"
+    assert shown.startswith(where), shown
+
+
 def test_overrides_of_metrics_not_in_the_policy_are_refused() -> None:
     with pytest.raises(ValidationError, match="not in this policy"):
         policies(

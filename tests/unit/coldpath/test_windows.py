@@ -9,6 +9,7 @@ from coldpath.windows import (
     due_between,
     is_due,
     last_due,
+    parse_moment,
     parse_window,
     reference_window,
     window_at,
@@ -73,3 +74,21 @@ def test_parse_window_and_naive_times() -> None:
         parse_window("2026-03-01T10:00Z")
     with pytest.raises(ValueError, match="naive"):
         window_at(policy("PT1H"), datetime(2026, 3, 1, 10))
+
+
+def test_times_at_the_ends_of_the_calendar() -> None:
+    # Year 1 at +14:00 is in the year 0 in UTC, the end of the year 9999 at -12:00 in 10000:
+    # windows, backfill and trigger ended in an OverflowError traceback.
+    with pytest.raises(ValueError, match="outside the years 1-9999 in UTC"):
+        parse_moment("0001-01-01T00:00+14:00")
+    with pytest.raises(ValueError, match="outside the years 1-9999 in UTC"):
+        parse_window("9999-12-31T00:00Z/9999-12-31T23:00-12:00")
+    # Only the windows the calendar holds whole: the last day's would end in the year 10000,
+    # the first week's (weeks run from the epoch, a Thursday) would start before the year 1.
+    daily, weekly = policy("P1D"), policy("P7D")
+    end = list(windows_between(daily, at("9999-12-30T00:00"), at("9999-12-31T23:59")))
+    assert [w.start for w in end] == [at("9999-12-30T00:00")]
+    start = list(windows_between(weekly, parse_moment("0001-01-01"), parse_moment("0001-01-15")))
+    assert [w.start for w in start] == [at("0001-01-04T00:00"), at("0001-01-11T00:00")]
+    last = Window(start=at("9999-12-31T22:00"), end=at("9999-12-31T23:00"))
+    assert not is_due(policy("PT1H", "PT2H"), last, at("2026-03-01T00:00"))

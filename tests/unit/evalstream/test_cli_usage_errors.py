@@ -97,3 +97,37 @@ def test_an_option_out_of_its_range_is_named_not_a_traceback(
     assert code == 2, output
     assert said.format(tmp=tmp_path) in output, output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("job", ["../store", "../../elsewhere/x", "/tmp/job", ".hidden"])
+def test_resume_takes_a_job_id_not_a_path(tmp_path: Path, job: str) -> None:
+    # The job file is <data_dir>/replays/<id>.db: "../store" named the store itself, which was
+    # opened as a job (its tables created in the store) before being called never planned.
+    store = tmp_path / "store.db"
+    store.touch()
+    (tmp_path / "replays").mkdir()
+    code, output = invoke(["replay", "--resume", job, "--data-dir", str(tmp_path)])
+    assert code == 2, output
+    assert "--resume" in output and "not a job id" in output, output
+    assert store.stat().st_size == 0
+    assert not (tmp_path / "store.lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("window", "said"),
+    [
+        # Half an hour of the hourly default policy: stored as its own result beside the hour's,
+        # the same documents counted in both.
+        ("2026-03-01T10:30Z/2026-03-01T11:00Z", "is not a window of policy 'quality'"),
+        ("2026-03-01T10:00Z/2026-03-01T12:00Z", "is not a window of policy 'quality'"),
+        # 04:30-05:30 UTC: windows are UTC-aligned whatever the offset a time is given in.
+        ("2026-03-01T10:00+05:30/2026-03-01T11:00+05:30", "is not a window of policy 'quality'"),
+    ],
+)
+def test_trigger_takes_only_windows_of_the_policies(tmp_path: Path, window: str, said: str) -> None:
+    (tmp_path / "store.db").touch()
+    code, output = invoke(["coldpath", "trigger", "--window", window, "--data-dir", str(tmp_path)])
+    assert code == 2, output
+    assert said in output, output
+    assert len(output.strip().splitlines()) == 1, output
+    assert (tmp_path / "store.db").stat().st_size == 0

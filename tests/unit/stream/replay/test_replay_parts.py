@@ -7,7 +7,7 @@ import io
 import itertools
 import sqlite3
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import cast
 
@@ -105,6 +105,24 @@ def test_a_window_must_run_forwards_and_carry_zones() -> None:
     assert window.enqueued_from(timedelta(minutes=15)) == T0 - timedelta(minutes=15)
     assert window.enqueued_before() is None
     assert Window(T0, T0 + timedelta(hours=1), TimeBasis.ENQUEUED).enqueued_before() is not None
+
+
+def test_a_window_at_the_ends_of_the_calendar_is_refused_or_read_whole() -> None:
+    # Year 1 at +14:00 is in the year 0 in UTC, the end of the year 9999 at -12:00 in 10000:
+    # the replay compared in UTC and ended in an OverflowError traceback.
+    far = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
+    with pytest.raises(ValueError, match=r"--from \(0001-01-01T00:00:00\+14:00\) is outside"):
+        Window(early, far)
+    late = datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-12)))
+    with pytest.raises(ValueError, match=r"--to \(9999-12-31T23:59:00-12:00\) is outside"):
+        Window(T0, late)
+    # The first moment there is: no event can have been enqueued before it.
+    first = datetime.min.replace(tzinfo=UTC)
+    window = Window(first + timedelta(minutes=5), far)
+    assert window.enqueued_from(timedelta(minutes=15)) == first
+    selection = RangeSelection(window, enqueued_times=True)
+    assert (selection.start, selection.end) == (window.start, far)
 
 
 async def test_a_checkpoint_moves_position_snapshot_and_counts_together(tmp_path: Path) -> None:
