@@ -42,15 +42,22 @@ def window_at(policy: EvaluationPolicy, moment: datetime) -> Window:
     return Window(start=start, end=start + policy.window)
 
 
-def check_window(policy: EvaluationPolicy, window: Window) -> None:
-    """Raise ValueError unless ``window`` is one of ``policy``'s windows: any other span would
-    be stored as its own result beside the policy's windows that overlap it, the same
-    documents counted in both."""
+def check_window(policy: EvaluationPolicy, window: Window, now: datetime) -> None:
+    """Raise ValueError unless ``window`` is one of ``policy``'s windows and due at ``now``.
+
+    Any other span would be stored as its own result beside the policy's windows that overlap
+    it, the same documents counted in both; a window not due yet can still get events, which
+    its results would miss while a later trigger of it found every unit done."""
     own = window_at(policy, window.start)
     if own != window:
         raise ValueError(
             f"{window.key} is not a window of policy {policy.name!r} (its windows are "
             f"{policy.window} long from UTC midnight, e.g. {own.key})"
+        )
+    if not is_due(policy, window, now):
+        raise ValueError(
+            f"{window.key} of policy {policy.name!r} is not due yet: its events may arrive "
+            f"until {policy.lateness} after its end (the policy's lateness)"
         )
 
 

@@ -175,7 +175,10 @@ def trigger(
     policy: PolicyOption = None,
     window: Annotated[
         str,
-        typer.Option(help="'last' (the latest due window per policy) or START/END in ISO-8601."),
+        typer.Option(
+            help="'last' (the latest due window per policy) or START/END in ISO-8601: one of "
+            "each policy's windows, due (its lateness passed since its end)."
+        ),
     ] = "last",
     executor: ExecutorOption = "local",
     rerun: Annotated[
@@ -209,9 +212,10 @@ def trigger(
             chosen = parse_window(window)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--window") from exc
+        now = datetime.now(UTC)
         for each in policies:
             try:
-                check_window(each, chosen)
+                check_window(each, chosen, now)
             except ValueError as exc:
                 raise fail(f"--window: {exc}") from None
         choice = WindowChoice(last=False, window=chosen)

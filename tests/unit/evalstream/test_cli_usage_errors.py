@@ -3,6 +3,7 @@ command that only reads creates nothing."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -122,10 +123,18 @@ def test_resume_takes_a_job_id_not_a_path(tmp_path: Path, job: str) -> None:
         ("2026-03-01T10:00Z/2026-03-01T12:00Z", "is not a window of policy 'quality'"),
         # 04:30-05:30 UTC: windows are UTC-aligned whatever the offset a time is given in.
         ("2026-03-01T10:00+05:30/2026-03-01T11:00+05:30", "is not a window of policy 'quality'"),
+        # An hour of the year 9000 and the hour now: events of them may still arrive.
+        ("9000-03-01T10:00Z/9000-03-01T11:00Z", "of policy 'quality' is not due yet"),
+        (
+            "{hour:%Y-%m-%dT%H:00Z}/{next_hour:%Y-%m-%dT%H:00Z}",
+            "of policy 'quality' is not due yet: its events may arrive until",
+        ),
     ],
 )
 def test_trigger_takes_only_windows_of_the_policies(tmp_path: Path, window: str, said: str) -> None:
     (tmp_path / "store.db").touch()
+    hour = datetime.now(UTC)
+    window = window.format(hour=hour, next_hour=hour + timedelta(hours=1))
     code, output = invoke(["coldpath", "trigger", "--window", window, "--data-dir", str(tmp_path)])
     assert code == 2, output
     assert said in output, output
