@@ -7,7 +7,9 @@ answer, so one slow or broken client holds a connection (and a task) for as long
 * headers must be complete ``header_timeout_s`` after their first byte (or after the connection
   opens); otherwise the connection is answered 408 and closed;
 * a client that half-closes while its body is shorter than its ``Content-Length`` is answered 400
-  before the connection closes, and the app sees a disconnect.
+  before the connection closes, and the app sees a disconnect; one that half-closes after a
+  complete request (``nc -N``, some HTTP/1.0 clients) gets its answer, and those of the requests
+  it pipelined before, then the connection closes (uvicorn closed it at once, dropping them).
 
 The body's own deadline is the app's (``ingest.read_limited``): it knows which request it is
 answering.
@@ -43,6 +45,7 @@ class TimedH11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._client_done = False  # the client half-closed: close once nothing is left to answer
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,16 +62,24 @@ class TimedH11Protocol(H11Protocol):
         self._disarm_header_deadline()
         super().connection_lost(exc)
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # True: keep writing
         cycle = self.cycle
-        if (
-            cycle is not None
-            and not cycle.response_started
-            and self.conn.their_state is h11.SEND_BODY
-        ):
+        if cycle is None or cycle.response_complete:
+            return None  # nothing to answer: the transport closes
+        if not cycle.response_started and self.conn.their_state is h11.SEND_BODY:
             self.send_400_response("request body ended before its declared Content-Length")
             cycle.disconnected = True
             cycle.message_event.set()
+            return None
+        # The request is complete: the client only stopped sending. Keep the transport open
+        # for writing; on_response_complete closes it once the answers are written.
+        self._client_done = True
+        return True
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next pipelined request, if any
+        if self._client_done and self.cycle is not None and self.cycle.response_complete:
+            self.transport.close()
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()

@@ -14,6 +14,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from common.log_context import ContextFilter
 from schemas import AppDirectory
@@ -136,6 +140,34 @@ async def test_a_half_closed_short_body_is_answered_and_nothing_is_kept(
     assert errors == [], [r.getMessage() for r in errors]
     assert await server.store.count("quarantine") == 0
     writer.close()
+
+
+async def test_a_complete_request_then_a_half_close_is_answered() -> None:
+    # A client that stops sending once its request is out (`nc -N`, some HTTP/1.0 clients)
+    # still reads the answer: the half-close closed the connection and the answer was dropped.
+    released = asyncio.Event()
+
+    async def slow(request: Request) -> Response:
+        await released.wait()
+        return PlainTextResponse("answered")
+
+    async def fast(request: Request) -> Response:
+        return PlainTextResponse("fast")
+
+    app = Starlette(routes=[Route("/slow", slow), Route("/fast", fast)])
+    async with serving(app, "127.0.0.1", 0) as running:
+        port = bound_port(running)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        writer.write_eof()
+        # Another client answered: the server's loop has polled the half-closed one since.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/fast")).text == "fast"
+        released.set()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\nanswered")
 
 
 async def test_a_taken_port_is_a_one_line_error_naming_it(tmp_path: Path) -> None:

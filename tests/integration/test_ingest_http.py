@@ -282,6 +282,19 @@ async def test_health(ingest: Ingest) -> None:
     assert response.json() == {"status": "ok"}
 
 
+async def test_health_answers_a_client_that_half_closes(ingest: Ingest) -> None:
+    # As a health check by `printf 'GET /healthz HTTP/1.0\r\n\r\n' | nc -N host port`: in a
+    # worker process /healthz is forwarded, and the half-close closed the connection first.
+    url = ingest.client.base_url
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b'\r\n\r\n{"status":"ok"}')
+
+
 @pytest.mark.parametrize(
     "body",
     [
