@@ -9,7 +9,10 @@ answer, so one slow or broken client holds a connection (and a task) for as long
 * a client that half-closes while its body is shorter than its ``Content-Length`` is answered 400
   before the connection closes, and the app sees a disconnect; one that half-closes after a
   complete request (``nc -N``, some HTTP/1.0 clients) gets its answer, and those of the requests
-  it pipelined before, then the connection closes (uvicorn closed it at once, dropping them).
+  it pipelined before, then the connection closes (uvicorn closed it at once, dropping them);
+* a request answered before its body ended (401, 404, 413 at its headers) has as long as headers
+  have to send the rest, which is thrown away; then the connection closes (uvicorn read it with
+  no deadline: a byte now and then held the connection for ever).
 
 The body's own deadline is the app's (``ingest.read_limited``): it knows which request it is
 answering.
@@ -55,7 +58,7 @@ class TimedH11Protocol(H11Protocol):
         if self._header_deadline is None and self.conn.their_state is h11.IDLE:
             self._arm_header_deadline()  # the first byte of a next request on a kept connection
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
+        if self.conn.their_state is not h11.IDLE and not self._answered_early():
             self._disarm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -80,6 +83,11 @@ class TimedH11Protocol(H11Protocol):
         super().on_response_complete()  # starts the next pipelined request, if any
         if self._client_done and self.cycle is not None and self.cycle.response_complete:
             self.transport.close()
+        elif self._answered_early() and not self.transport.is_closing():
+            self._arm_header_deadline()  # for the rest of the body and the next headers
+
+    def _answered_early(self) -> bool:
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()
@@ -92,7 +100,12 @@ class TimedH11Protocol(H11Protocol):
 
     def _headers_late(self) -> None:
         self._header_deadline = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing():
+            return
+        if self._answered_early():
+            self.transport.close()  # answered already: nothing to say about the body's end
+            return
+        if self.conn.their_state is not h11.IDLE:
             return
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a response is still being written; the keep-alive rules take over after

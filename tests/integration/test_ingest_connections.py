@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -139,6 +140,31 @@ async def test_a_half_closed_short_body_is_answered_and_nothing_is_kept(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert await server.store.count("quarantine") == 0
+    writer.close()
+
+
+@pytest.mark.parametrize(("path", "status"), [("/api/telemetry", 413), ("/nowhere", 404)])
+async def test_the_rest_of_a_body_answered_before_its_end_is_not_waited_for(
+    server: Server, path: str, status: int
+) -> None:
+    # Answered at its headers, the body was still read (and thrown away) with no deadline: a
+    # client sending a byte now and then held the connection as long as it liked.
+    reader, writer = await server.connect()
+    writer.write(
+        b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n" % path.encode()
+    )
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 %d " % status)
+    started = time.monotonic()
+    while not reader.at_eof() and time.monotonic() - started < 5:
+        try:
+            writer.write(b"x")
+            await writer.drain()
+        except ConnectionError:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader.read(1024), 0.05)
+    assert time.monotonic() - started < 5
+    assert await server.post_good() == 202  # the server goes on
     writer.close()
 
 
