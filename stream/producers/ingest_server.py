@@ -12,7 +12,10 @@ answer, so one slow or broken client holds a connection (and a task) for as long
   it pipelined before, then the connection closes (uvicorn closed it at once, dropping them);
 * a request answered before its body ended (401, 404, 413 at its headers) has as long as headers
   have to send the rest, which is thrown away; then the connection closes (uvicorn read it with
-  no deadline: a byte now and then held the connection for ever).
+  no deadline: a byte now and then held the connection for ever);
+* a request with both ``Content-Length`` and ``Transfer-Encoding`` is answered 400 and the
+  connection closed (RFC 9112 §6.1: h11 read it as chunked and kept the connection, so a proxy
+  going by the ``Content-Length`` would see other requests than we do).
 
 The body's own deadline is the app's (``ingest.read_limited``): it knows which request it is
 answering.
@@ -29,6 +32,7 @@ from typing import Any
 
 import h11
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from stream.exceptions import StreamError
@@ -114,6 +118,29 @@ class TimedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+_TWO_FRAMINGS = b"a request may not carry both Content-Length and Transfer-Encoding"
+
+
+def _one_framing(app: ASGIApp) -> ASGIApp:
+    """``app`` behind a refusal of requests framed two ways."""
+
+    async def framed(scope: Scope, receive: Receive, send: Send) -> None:
+        names = {name for name, _ in scope.get("headers", ())}
+        if {b"content-length", b"transfer-encoding"} <= names:
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(_TWO_FRAMINGS)),
+                (b"connection", b"close"),
+                (b"x-content-type-options", b"nosniff"),
+            ]
+            await send({"type": "http.response.start", "status": 400, "headers": headers})
+            await send({"type": "http.response.body", "body": _TWO_FRAMINGS})
+            return
+        await app(scope, receive, send)
+
+    return framed
+
+
 def _timed_protocol(header_timeout_s: float) -> type[TimedH11Protocol]:
     return type("IngestH11Protocol", (TimedH11Protocol,), {"header_timeout_s": header_timeout_s})
 
@@ -158,7 +185,7 @@ async def serving(
     sock = listen(host, port) if sock is None else sock
     server = _EmbeddedServer(
         uvicorn.Config(
-            app,
+            _one_framing(app),
             log_level="warning",
             log_config=None,  # uvicorn's records go through the process's own handlers
             lifespan="off",

@@ -168,6 +168,26 @@ async def test_the_rest_of_a_body_answered_before_its_end_is_not_waited_for(
     writer.close()
 
 
+async def test_a_request_with_both_content_length_and_chunks_is_400_and_ends_the_connection(
+    server: Server,
+) -> None:
+    # Read as chunked and kept alive, what followed was taken for a next request: a proxy that
+    # goes by the Content-Length sees other requests than we do (request smuggling).
+    reader, writer = await server.connect()
+    writer.write(
+        b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n"
+        b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(GOOD), GOOD)
+        + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert b"connection: close\r\n" in answer.lower()
+    assert await server.post_good() == 202
+
+
 async def test_a_complete_request_then_a_half_close_is_answered() -> None:
     # A client that stops sending once its request is out (`nc -N`, some HTTP/1.0 clients)
     # still reads the answer: the half-close closed the connection and the answer was dropped.
