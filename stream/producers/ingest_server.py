@@ -13,6 +13,10 @@ answer, so one slow or broken client holds a connection (and a task) for as long
 * a request answered before its body ended (401, 404, 413 at its headers) has as long as headers
   have to send the rest, which is thrown away; then the connection closes (uvicorn read it with
   no deadline: a byte now and then held the connection for ever);
+* an answer the client does not read: once the socket takes no more of it, the client has
+  ``header_timeout_s`` to read some, again and again, or the connection is aborted (uvicorn
+  waited for room for ever: a client that never read held the connection, its task and every
+  byte buffered for it);
 * a request with both ``Content-Length`` and ``Transfer-Encoding`` is answered 400 and the
   connection closed (RFC 9112 §6.1: h11 read it as chunked and kept the connection, so a proxy
   going by the ``Content-Length`` would see other requests than we do).
@@ -52,6 +56,7 @@ class TimedH11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
         self._client_done = False  # the client half-closed: close once nothing is left to answer
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -67,7 +72,34 @@ class TimedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
+        self._disarm_write_deadline()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._arm_write_deadline()
+
+    def resume_writing(self) -> None:
+        self._disarm_write_deadline()
+        super().resume_writing()
+
+    def _arm_write_deadline(self) -> None:
+        self._disarm_write_deadline()
+        self._write_deadline = self.loop.call_later(
+            self.header_timeout_s, self._write_late, self.transport.get_write_buffer_size()
+        )
+
+    def _disarm_write_deadline(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _write_late(self, buffered: int) -> None:
+        self._write_deadline = None
+        if self.transport.get_write_buffer_size() < buffered:
+            self._arm_write_deadline()  # a slow reader, but a reader
+        else:
+            self.transport.abort()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # True: keep writing
         cycle = self.cycle

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from common.log_context import ContextFilter
 from schemas import AppDirectory
@@ -186,6 +187,29 @@ async def test_a_request_with_both_content_length_and_chunks_is_400_and_ends_the
     assert answer.count(b"HTTP/1.1 ") == 1
     assert b"connection: close\r\n" in answer.lower()
     assert await server.post_good() == 202
+
+
+async def test_a_client_that_reads_none_of_its_answer_is_cut_off() -> None:
+    # A client asking and never reading (or pipelining requests it never reads the answers to)
+    # held the connection, the task and every byte buffered for it for ever.
+    finished = asyncio.Event()
+
+    async def big(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        # More than the sockets' buffers hold: the rest waits in ours, the next send for room.
+        await send({"type": "http.response.body", "body": b"x" * 16_000_000, "more_body": True})
+        await send({"type": "http.response.body", "body": b"end"})
+        finished.set()
+
+    async with serving(big, "127.0.0.1", 0, header_timeout_s=TIMEOUT_S) as running:
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", bound_port(running)))
+            client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            started = time.monotonic()
+            await asyncio.wait_for(finished.wait(), 10)
+            assert TIMEOUT_S <= time.monotonic() - started < 10
+            assert not running.server_state.connections
 
 
 async def test_a_complete_request_then_a_half_close_is_answered() -> None:
