@@ -107,13 +107,25 @@ class TimedH11Protocol(H11Protocol):
             return None  # nothing to answer: the transport closes
         if not cycle.response_started and self.conn.their_state is h11.SEND_BODY:
             self.send_400_response("request body ended before its declared Content-Length")
-            cycle.disconnected = True
-            cycle.message_event.set()
             return None
         # The request is complete: the client only stopped sending. Keep the transport open
         # for writing; on_response_complete closes it once the answers are written.
         self._client_done = True
         return True
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 refuses (a broken chunk, say), which may come while
+        the app answers or after it has: the app then sees a disconnect, and the connection
+        closes without a 400 once an answer has begun (h11 refused either second answer, an
+        error with a traceback in the log)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            super().send_400_response(msg)
+        else:
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next pipelined request, if any

@@ -212,6 +212,30 @@ async def test_a_client_that_reads_none_of_its_answer_is_cut_off() -> None:
             assert not running.server_state.connections
 
 
+@pytest.mark.parametrize("path", ["/api/telemetry", "/nowhere"])
+async def test_a_broken_chunk_near_an_answer_logs_no_traceback(
+    server: Server, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    # h11 answers a broken chunk 400 itself: while the app was answering too (404 at once), the
+    # app's answer met h11's refusal; after the app had answered (404, 413 over the limit), the
+    # 400 did: each an error with a traceback in the log.
+    caplog.set_level(logging.INFO)
+    head = b"POST %s HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" % path.encode()
+    reader, writer = await server.connect()
+    writer.write(head + b"5\r\nhello\r\nzz\r\n")
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 4")
+    writer.close()
+    reader, writer = await server.connect()
+    writer.write(head + b"%x\r\n%s\r\n" % (70_000, b"x" * 70_000))
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 4")
+    writer.write(b"zz\r\n")
+    await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert await server.post_good() == 202
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
 async def test_a_complete_request_then_a_half_close_is_answered() -> None:
     # A client that stops sending once its request is out (`nc -N`, some HTTP/1.0 clients)
     # still reads the answer: the half-close closed the connection and the answer was dropped.
