@@ -42,9 +42,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from stream.exceptions import StreamError
 
 _LATE_BODY = b"request headers not complete in time"
+# As every answer of the app (ingest.RequestIds): what is text stays text.
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 _HEADERS_LATE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_LATE_BODY), _LATE_BODY)
+    b"connection: close\r\n%s: %s\r\ncontent-length: %d\r\n\r\n%s"
+    % (*_NOSNIFF, len(_LATE_BODY), _LATE_BODY)
 )
 
 
@@ -123,9 +126,17 @@ class TimedH11Protocol(H11Protocol):
             cycle.disconnected = True
             cycle.message_event.set()
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            super().send_400_response(msg)
-        else:
-            self.transport.close()
+            # uvicorn's 400 with the header every answer carries.
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"connection", b"close"),
+                _NOSNIFF,
+            ]
+            answer = h11.Response(status_code=400, headers=headers, reason="Bad Request")
+            body = h11.Data(data=msg.encode("ascii"))
+            for event in (answer, body, h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next pipelined request, if any
@@ -175,7 +186,7 @@ def _one_framing(app: ASGIApp) -> ASGIApp:
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", b"%d" % len(_TWO_FRAMINGS)),
                 (b"connection", b"close"),
-                (b"x-content-type-options", b"nosniff"),
+                _NOSNIFF,
             ]
             await send({"type": "http.response.start", "status": 400, "headers": headers})
             await send({"type": "http.response.body", "body": _TWO_FRAMINGS})

@@ -212,6 +212,29 @@ async def test_a_client_that_reads_none_of_its_answer_is_cut_off() -> None:
             assert not running.server_state.connections
 
 
+@pytest.mark.parametrize(
+    ("sent", "half_close", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", False, 400),
+        (b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n{", True, 400),
+        (b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\n", False, 408),
+    ],
+)
+async def test_the_servers_own_answers_say_nosniff_too(
+    server: Server, sent: bytes, half_close: bool, status: int
+) -> None:
+    # Answers the app never sees (a request h11 refuses, late headers, a short body) lacked it.
+    reader, writer = await server.connect()
+    writer.write(sent)
+    if half_close:
+        writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 %d " % status)
+    assert b"\r\nx-content-type-options: nosniff" in head
+
+
 @pytest.mark.parametrize("path", ["/api/telemetry", "/nowhere"])
 async def test_a_broken_chunk_near_an_answer_logs_no_traceback(
     server: Server, caplog: pytest.LogCaptureFixture, path: str
