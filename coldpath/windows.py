@@ -87,4 +87,9 @@ def _parse(text: str) -> datetime:
 def parse_moment(text: str) -> datetime:
     """An ISO-8601 moment; a date alone means its UTC midnight, naive means UTC."""
     moment = _parse(text)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise ValueError(f"{text.strip()} is beyond the calendar in UTC") from None
