@@ -104,15 +104,22 @@ def report_range(start: str | None, end: str | None, now: datetime) -> tuple[dat
     (``90m``, ``6h``, ``2d``; default 24 h)."""
     stop = _moment(end, "to") if end else now
     if start is None:
-        return stop - DEFAULT_SPAN, stop
+        return _back(stop, DEFAULT_SPAN.total_seconds(), "24h"), stop
     duration = _DURATION.match(start.strip())
     if duration:
-        first = stop - timedelta(seconds=float(duration[1]) * _UNITS[duration[2]])
+        first = _back(stop, float(duration[1]) * _UNITS[duration[2]], start)
     else:
         first = _moment(start, "from")
     if first >= stop:
         raise RangeError("from", f"{start} is not before to {stop.isoformat()}")
     return first, stop
+
+
+def _back(stop: datetime, seconds: float, given: str) -> datetime:
+    try:
+        return stop - timedelta(seconds=seconds)
+    except OverflowError:
+        raise RangeError("from", f"{given} before {stop.isoformat()} is too long ago") from None
 
 
 def _moment(text: str, field: str) -> datetime:

@@ -301,7 +301,9 @@ class IngestApp:
                 413,
             )
         try:
-            body = decoded_body(body, request.headers.get("content-encoding"), limit)
+            # Several header lines are one comma-separated list (RFC 9110 5.3), in order.
+            encodings = request.headers.getlist("content-encoding")
+            body = decoded_body(body, ", ".join(encodings) if encodings else None, limit)
         except Unsupported as exc:
             return _json({"error": "unsupported_content_encoding", "message": str(exc)}, 415)
         except TooLarge as exc:

@@ -16,6 +16,7 @@ class IngestSettings(BaseModel):
     max_events_per_request: PositiveInt = 500
     # A client gets this long from its first header byte to its last, and from the end of its
     # headers to the end of its body: a slow or stalled client cannot hold a connection longer.
+    # header_timeout_s is also how long an answer may wait for a client that reads none of it.
     header_timeout_s: PositiveFloat = 10.0
     body_timeout_s: PositiveFloat = 30.0
     # Processes serving ingest beside the processor's (0: in the processor's own process, on

@@ -42,6 +42,8 @@ def decide(
 ) -> tuple[dict[str, State], tuple[str, float] | None]:
     """The buckets' states after refilling to ``now`` and, when nothing waits, taking
     ``wants``; with the longest wait when something must (see ``Buckets.take``)."""
+    if not wants:  # a request whose events were all rejected: nothing to take
+        return {}, None
     refilled = {}
     for app in wants:
         tokens, at = states.get(app) or (float(burst), now)

@@ -120,6 +120,17 @@ async def test_over_the_rate_is_429_with_retry_after(ingest: Ingest) -> None:
     assert await ingest.kept() == (4, 0)
 
 
+async def test_a_key_with_a_rate_posting_only_invalid_events_gets_422_and_they_are_quarantined(
+    ingest: Ingest,
+) -> None:
+    # No accepted event is nothing to count: it was a 500 (an empty max() in the buckets).
+    invalid = orjson.dumps([{"app_id": "web-app", "timestamp": "not a time", "trace_id": "t"}])
+    response = await ingest.post("web-key", invalid)
+    assert response.status_code == 422
+    assert response.json()["rejected"][0]["errors"][0]["code"] == "datetime_from_date_parsing"
+    assert await ingest.kept() == (0, 1)
+
+
 async def test_a_valid_key_gets_the_usual_answers(ingest: Ingest) -> None:
     response = await ingest.post("ops-key", events("a") + b"")
     assert response.status_code == 202

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -14,6 +15,11 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from common.log_context import ContextFilter
 from schemas import AppDirectory
@@ -136,6 +142,149 @@ async def test_a_half_closed_short_body_is_answered_and_nothing_is_kept(
     assert errors == [], [r.getMessage() for r in errors]
     assert await server.store.count("quarantine") == 0
     writer.close()
+
+
+@pytest.mark.parametrize(("path", "status"), [("/api/telemetry", 413), ("/nowhere", 404)])
+async def test_the_rest_of_a_body_answered_before_its_end_is_not_waited_for(
+    server: Server, path: str, status: int
+) -> None:
+    # Answered at its headers, the body was still read (and thrown away) with no deadline: a
+    # client sending a byte now and then held the connection as long as it liked.
+    reader, writer = await server.connect()
+    writer.write(
+        b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n" % path.encode()
+    )
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 %d " % status)
+    started = time.monotonic()
+    while not reader.at_eof() and time.monotonic() - started < 5:
+        try:
+            writer.write(b"x")
+            await writer.drain()
+        except ConnectionError:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader.read(1024), 0.05)
+    assert time.monotonic() - started < 5
+    assert await server.post_good() == 202  # the server goes on
+    writer.close()
+
+
+async def test_a_request_with_both_content_length_and_chunks_is_400_and_ends_the_connection(
+    server: Server,
+) -> None:
+    # Read as chunked and kept alive, what followed was taken for a next request: a proxy that
+    # goes by the Content-Length sees other requests than we do (request smuggling).
+    reader, writer = await server.connect()
+    writer.write(
+        b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n"
+        b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(GOOD), GOOD)
+        + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert b"connection: close\r\n" in answer.lower()
+    assert await server.post_good() == 202
+
+
+async def test_a_client_that_reads_none_of_its_answer_is_cut_off() -> None:
+    # A client asking and never reading (or pipelining requests it never reads the answers to)
+    # held the connection, the task and every byte buffered for it for ever.
+    finished = asyncio.Event()
+
+    async def big(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        # More than the sockets' buffers hold: the rest waits in ours, the next send for room.
+        await send({"type": "http.response.body", "body": b"x" * 16_000_000, "more_body": True})
+        await send({"type": "http.response.body", "body": b"end"})
+        finished.set()
+
+    async with serving(big, "127.0.0.1", 0, header_timeout_s=TIMEOUT_S) as running:
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", bound_port(running)))
+            client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            started = time.monotonic()
+            await asyncio.wait_for(finished.wait(), 10)
+            assert TIMEOUT_S <= time.monotonic() - started < 10
+            assert not running.server_state.connections
+
+
+@pytest.mark.parametrize(
+    ("sent", "half_close", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", False, 400),
+        (b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n{", True, 400),
+        (b"POST /api/telemetry HTTP/1.1\r\nhost: x\r\n", False, 408),
+    ],
+)
+async def test_the_servers_own_answers_say_nosniff_too(
+    server: Server, sent: bytes, half_close: bool, status: int
+) -> None:
+    # Answers the app never sees (a request h11 refuses, late headers, a short body) lacked it.
+    reader, writer = await server.connect()
+    writer.write(sent)
+    if half_close:
+        writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 %d " % status)
+    assert b"\r\nx-content-type-options: nosniff" in head
+
+
+@pytest.mark.parametrize("path", ["/api/telemetry", "/nowhere"])
+async def test_a_broken_chunk_near_an_answer_logs_no_traceback(
+    server: Server, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    # h11 answers a broken chunk 400 itself: while the app was answering too (404 at once), the
+    # app's answer met h11's refusal; after the app had answered (404, 413 over the limit), the
+    # 400 did: each an error with a traceback in the log.
+    caplog.set_level(logging.INFO)
+    head = b"POST %s HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" % path.encode()
+    reader, writer = await server.connect()
+    writer.write(head + b"5\r\nhello\r\nzz\r\n")
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 4")
+    writer.close()
+    reader, writer = await server.connect()
+    writer.write(head + b"%x\r\n%s\r\n" % (70_000, b"x" * 70_000))
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 4")
+    writer.write(b"zz\r\n")
+    await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert await server.post_good() == 202
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_a_complete_request_then_a_half_close_is_answered() -> None:
+    # A client that stops sending once its request is out (`nc -N`, some HTTP/1.0 clients)
+    # still reads the answer: the half-close closed the connection and the answer was dropped.
+    released = asyncio.Event()
+
+    async def slow(request: Request) -> Response:
+        await released.wait()
+        return PlainTextResponse("answered")
+
+    async def fast(request: Request) -> Response:
+        return PlainTextResponse("fast")
+
+    app = Starlette(routes=[Route("/slow", slow), Route("/fast", fast)])
+    async with serving(app, "127.0.0.1", 0) as running:
+        port = bound_port(running)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        writer.write_eof()
+        # Another client answered: the server's loop has polled the half-closed one since.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/fast")).text == "fast"
+        released.set()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\nanswered")
 
 
 async def test_a_taken_port_is_a_one_line_error_naming_it(tmp_path: Path) -> None:

@@ -244,6 +244,25 @@ async def test_an_encoding_it_does_not_read_is_415_not_taken_as_plain(ingest: In
     assert ingest.logged() == []
 
 
+async def test_every_content_encoding_header_counts(ingest: Ingest) -> None:
+    # Two header lines are one list (RFC 9110 5.3): only the first was read, so a body labelled
+    # br on the second line was taken as plain, and one gzipped was refused as not UTF-8.
+    plain = orjson.dumps(GOOD)
+    labelled_br = await ingest.client.post(
+        "/api/telemetry",
+        content=plain,
+        headers=[("content-encoding", "identity"), ("content-encoding", "br")],
+    )
+    assert labelled_br.status_code == 415
+    gzipped = await ingest.client.post(
+        "/api/telemetry",
+        content=gzip.compress(plain),
+        headers=[("content-encoding", "identity"), ("content-encoding", "gzip")],
+    )
+    assert gzipped.status_code == 202
+    assert len(ingest.logged()) == 1
+
+
 @pytest.mark.parametrize("content_type", ["application/x-ndjson", "application/jsonl"])
 async def test_an_ndjson_body_is_read_line_by_line(ingest: Ingest, content_type: str) -> None:
     events = [GOOD, {**GOOD, "latency_ms": "slow"}, {**GOOD, "trace_id": "t2"}]
@@ -280,6 +299,19 @@ async def test_an_ndjson_body_over_the_event_limit_is_413_before_it_is_read(
 async def test_health(ingest: Ingest) -> None:
     response = await ingest.client.get("/healthz")
     assert response.json() == {"status": "ok"}
+
+
+async def test_health_answers_a_client_that_half_closes(ingest: Ingest) -> None:
+    # As a health check by `printf 'GET /healthz HTTP/1.0\r\n\r\n' | nc -N host port`: in a
+    # worker process /healthz is forwarded, and the half-close closed the connection first.
+    url = ingest.client.base_url
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b'\r\n\r\n{"status":"ok"}')
 
 
 @pytest.mark.parametrize(

@@ -70,3 +70,22 @@ def test_the_range_defaults_to_the_last_day_and_takes_durations() -> None:
     assert time_range("2026-03-01", None, NOW)[0] == datetime(2026, 3, 1, tzinfo=UTC)
     with pytest.raises(typer.BadParameter, match="not before"):
         time_range("2026-03-02", None, NOW)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        ("99999999999999999999d", None, "too long ago"),
+        ("1" * 400 + "s", None, "too long ago"),
+        ("1000000d", None, "too long ago"),
+        (None, "0001-01-01T00:00:00Z", "too long ago"),
+        ("0001-01-01T00:00:00+14:00", None, "outside the years 1-9999 in UTC"),
+        ("1h", "9999-12-31T23:59:59-14:00", "outside the years 1-9999 in UTC"),
+    ],
+)
+def test_a_range_beyond_the_calendar_is_the_options_error_not_a_traceback(
+    start: str | None, end: str | None, message: str
+) -> None:
+    # GET /report?from=99999999999999999999d was a 500 with an OverflowError in the log.
+    with pytest.raises(typer.BadParameter, match=message):
+        time_range(start, end, NOW)

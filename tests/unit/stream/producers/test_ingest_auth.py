@@ -86,6 +86,14 @@ def test_the_bucket_allows_its_burst_then_429_until_refilled(
     assert auth.admit(KEY, Counter({"web-app": 1})) is not None  # refused requests took nothing
 
 
+def test_a_request_without_accepted_events_takes_nothing_and_is_admitted(
+    auth: Authorizer,
+) -> None:
+    # Every event of it rejected: they are answered 422 and quarantined, not rate-limited.
+    assert auth.admit(KEY, Counter()) is None
+    assert auth.admit(KEY, Counter({"web-app": 4})) is None  # the bucket is still full
+
+
 def test_more_than_the_burst_in_one_request_is_413(auth: Authorizer) -> None:
     denied = auth.admit(KEY, Counter({"web-app": 5}))
     assert denied is not None and (denied.status, denied.retry_after_s) == (413, None)
