@@ -313,6 +313,8 @@ class IngestApp:
             # not compressed bytes, in which a user_id could not be found to be replaced.
             issue = ValidationIssue(code="invalid_content_encoding", location="$", message=str(exc))
             kept = exc.kept(body)
+            if refused := self._refused(key, Counter(), [None]):
+                return refused
             await self._quarantine(Decoded(rejected=[Rejected(0, kept, (issue,))]), now, body)
             return _json({"error": issue.code, "message": issue.message, "accepted": 0}, 400)
         if self.admission is not None and (behind := await self.admission.admit()):
@@ -346,6 +348,8 @@ class IngestApp:
                 # reading has refused it already.
                 decoded = self.decoder.decode(body, now, common=False)
                 if not decoded.accepted:
+                    if refused := self._refused(key, Counter(), [None]):
+                        return refused
                     await self._quarantine(decoded, now, body)
                     issue = decoded.rejected[0].issues[0]
                     return _json(
@@ -353,11 +357,9 @@ class IngestApp:
                     )
             else:
                 decoded = self.decoder.decode_value(parsed, now, raw=body)
-        if key is not None and self.authorizer is not None:
-            apps = Counter(accepted.event.app_id for accepted in decoded.accepted)
-            denied = self.authorizer.admit(key, apps)
-            if denied is not None:
-                return _denied(denied)
+        apps = Counter(accepted.event.app_id for accepted in decoded.accepted)
+        if refused := self._refused(key, apps, [r.app_id for r in decoded.rejected]):
+            return refused
         whole = (
             decoded.rejected[0].issues[0].code
             if decoded.rejected and not decoded.accepted
@@ -391,6 +393,16 @@ class IngestApp:
             },
             status,
         )
+
+    def _refused(
+        self, key: Sender | None, apps: Counter[str], rejected: Sequence[str | None]
+    ) -> Response | None:
+        """The answer when ``key`` may not post these events (accepted by app, the app each
+        rejected one names): an app it may not post for, or over its rate."""
+        if key is None or self.authorizer is None:
+            return None
+        denied = self.authorizer.admit(key, apps, rejected)
+        return None if denied is None else _denied(denied)
 
     async def _quarantine(self, decoded: Decoded, now: datetime, body: bytes) -> None:
         if decoded.rejected:

@@ -27,7 +27,7 @@ import ipaddress
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import jwt
 
 ALL_APPS = "*"
+# The bucket of a key's rejected events that name no app it may post for (no app id is empty).
+WITHOUT_APP = ""
 
 
 class Sender(BaseModel):
@@ -192,8 +194,15 @@ class Authorizer:
             burst=entra.burst,
         )
 
-    def admit(self, key: Sender, apps: Counter[str]) -> Denied | None:
-        """None when every app is allowed and within rate; then the events are counted."""
+    def admit(
+        self, key: Sender, apps: Counter[str], rejected: Sequence[str | None] = ()
+    ) -> Denied | None:
+        """None when every app of the accepted events is allowed and every event is within
+        rate; then the events are counted. ``rejected``: the app each rejected event names
+        (None: none, or the body unreadable as a whole). Those are kept in quarantine, so they
+        take tokens too (else a key with a rate could fill the disk with invalid events):
+        from the bucket of the app they name when the key may post for it, else from the
+        key's bucket of events without such an app."""
         refused = sorted(app for app in apps if not key.allows(app))
         if refused:
             return Denied(
@@ -201,19 +210,23 @@ class Authorizer:
             )
         if key.events_per_s is None:
             return None
-        waiting = self._buckets.take(key.name, key.events_per_s, key.burst, apps, self._clock())
+        wants = apps.copy()
+        for app in rejected:
+            wants[app if app is not None and key.allows(app) else WITHOUT_APP] += 1
+        waiting = self._buckets.take(key.name, key.events_per_s, key.burst, wants, self._clock())
         if waiting is None:
             return None
         app, wait = waiting
+        named = app if app != WITHOUT_APP else "events without an app it may post for"
         if wait == math.inf:  # waiting would not help: the request must be split
             return Denied(
                 413,
                 "too_many_events",
-                f"{apps[app]} events for {app} exceed {key.name!r}'s burst of {key.burst}",
+                f"{wants[app]} events for {named} exceed {key.name!r}'s burst of {key.burst}",
             )
         return Denied(
             429,
             "rate_limited",
-            f"{key.name!r} is over {key.events_per_s:g} events/s for {app}",
+            f"{key.name!r} is over {key.events_per_s:g} events/s for {named}",
             retry_after_s=max(1, math.ceil(wait)),
         )

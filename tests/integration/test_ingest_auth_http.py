@@ -131,6 +131,40 @@ async def test_a_key_with_a_rate_posting_only_invalid_events_gets_422_and_they_a
     assert await ingest.kept() == (0, 1)
 
 
+def invalid(*apps: str) -> bytes:
+    return orjson.dumps(
+        [{"app_id": app, "timestamp": "not a time", "trace_id": "t"} for app in apps]
+    )
+
+
+async def test_rejected_events_take_from_the_rate_as_they_are_kept(ingest: Ingest) -> None:
+    # Each rejected event is a quarantine record: without counting them, a key with a rate
+    # could post invalid events as fast as it likes and fill the disk.
+    assert (await ingest.post("web-key", invalid("web-app", "web-app"))).status_code == 422
+    assert (await ingest.post("web-key", invalid("web-app"))).status_code == 422
+    assert await ingest.kept() == (0, 3)
+    for body in (invalid("web-app"), events("web-app")):
+        response = await ingest.post("web-key", body)
+        assert response.status_code == 429
+        assert response.json()["message"] == "'web' is over 0.01 events/s for web-app"
+    assert await ingest.kept() == (0, 3)
+    # Events naming no app the key may post for, and unreadable bodies, share one bucket.
+    assert (await ingest.post("web-key", invalid("billing", "web app"))).status_code == 422
+    assert (await ingest.post("web-key", b"{not json")).status_code == 400
+    assert await ingest.kept() == (0, 6)
+    for body in (b"{not json", invalid("billing")):
+        response = await ingest.post("web-key", body)
+        assert response.status_code == 429
+        message = "'web' is over 0.01 events/s for events without an app it may post for"
+        assert response.json()["message"] == message
+    too_many = await ingest.post("web-key", invalid("billing", "billing", "x", "y"))
+    assert too_many.status_code == 413
+    assert too_many.json()["error"] == "too_many_events"
+    # A key without a rate is not limited.
+    assert (await ingest.post("ops-key", invalid("ops-app"))).status_code == 422
+    assert await ingest.kept() == (0, 7)
+
+
 async def test_a_valid_key_gets_the_usual_answers(ingest: Ingest) -> None:
     response = await ingest.post("ops-key", events("a") + b"")
     assert response.status_code == 202
