@@ -9,12 +9,19 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 from pydantic.dataclasses import dataclass
 
-from schemas import Breach
+from schemas import Breach, BreachKind, BreachState, Severity
+from schemas.telemetry import APP_ID_PATTERN, is_app_id
 
 DEFAULT_MAX_DELIVERY_COUNT = 5
 DEFAULT_LOCK_DURATION_S = 30.0
-# The keys of ``Breach.routing_properties``: the only ones a subscription filter can use.
-ROUTING_KEYS = frozenset({"app_id", "severity", "kind", "state"})
+# The keys of ``Breach.routing_properties``: the only ones a subscription filter can use, with
+# the values a breach can have (a filter matching none would never deliver anything).
+ROUTING_VALUES: dict[str, tuple[str, ...]] = {
+    "severity": tuple(Severity),
+    "kind": tuple(BreachKind),
+    "state": tuple(BreachState),
+}
+ROUTING_KEYS = frozenset({"app_id", *ROUTING_VALUES})
 
 
 # A (pydantic) dataclass rather than a model: the buses and tests build subscriptions
@@ -44,6 +51,16 @@ class SubscriptionSpec:
                 f"subscription filters on unknown keys {sorted(unknown)}; "
                 f"known keys: {sorted(ROUTING_KEYS)}"
             )
+        for key, value in filter_.items():
+            values = ROUTING_VALUES.get(key)
+            if values is not None and value not in values:
+                raise ValueError(
+                    f"{key} {value!r} is never a breach's, so the subscription would get "
+                    f"nothing; one of: {', '.join(values)}"
+                )
+        app_id = filter_.get("app_id")
+        if app_id is not None and not is_app_id(app_id):
+            raise ValueError(f"app_id {app_id!r} is not an app id ({APP_ID_PATTERN})")
         return filter_
 
     def matches(self, breach: Breach) -> bool:

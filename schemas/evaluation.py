@@ -9,7 +9,6 @@ window again lands on the same result and the same job. No I/O here.
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -17,13 +16,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.breach import Severity
-from schemas.telemetry import AppId
+from schemas.telemetry import APP_ID_PATTERN, AppId, is_app_id
 
 DAY = timedelta(days=1)
 # The longest window or lateness: a century, so that the latest due window (now - lateness -
 # window) and its reference stay in the calendar.
 MAX_LENGTH = timedelta(days=36_500)
-APP_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 EvaluationStatus = Literal["ok", "warning", "critical", "insufficient_data", "unavailable"]
@@ -165,8 +163,8 @@ class EvaluationPolicy(BaseModel):
     def _apps(cls, value: Literal["all"] | tuple[str, ...]) -> Literal["all"] | tuple[str, ...]:
         # Checked here, not by the type: a union's error would name its "all" branch.
         for index, app_id in enumerate(() if value == "all" else value):
-            if not re.fullmatch(APP_PATTERN, app_id):
-                raise ValueError(f"item {index}, {app_id!r}, is not an app id ({APP_PATTERN})")
+            if not is_app_id(app_id):
+                raise ValueError(f"item {index}, {app_id!r}, is not an app id ({APP_ID_PATTERN})")
         return value
 
     @field_validator("lateness")
@@ -291,7 +289,7 @@ class Unit(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    app_id: str = Field(pattern=APP_PATTERN)
+    app_id: str = Field(pattern=APP_ID_PATTERN)
     policy: str
 
     @property

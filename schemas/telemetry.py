@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -31,6 +32,13 @@ MAX_SCORES = 64
 DEFAULT_MAX_FUTURE_SKEW = timedelta(minutes=15)
 
 AppId = Annotated[str, StringConstraints(pattern=APP_ID_PATTERN)]
+
+
+def is_app_id(text: str) -> bool:
+    """Whether ``text`` is an app id (for settings that name apps outside a model's field)."""
+    return re.fullmatch(APP_ID_PATTERN, text) is not None
+
+
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]

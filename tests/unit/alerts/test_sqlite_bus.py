@@ -351,6 +351,29 @@ def test_subscription_spec_rejects_unknown_filter_keys() -> None:
         SubscriptionSpec("x", {"team": "a"})
 
 
+@pytest.mark.parametrize(
+    ("filter_", "said"),
+    [
+        # Values are matched exactly: "Critical" would never page anyone.
+        ({"severity": "Critical"}, "severity 'Critical' is never a breach's"),
+        ({"severity": "page"}, "one of: warning, critical"),
+        ({"kind": "errors"}, "one of: drift, latency, error_rate, evaluation"),
+        ({"state": "open"}, "one of: opened, escalated, resolved"),
+        ({"app_id": "web app"}, "app_id 'web app' is not an app id"),
+        ({"app_id": "web-app\n"}, "is not an app id"),
+    ],
+)
+def test_a_filter_no_breach_can_match_is_refused(filter_: dict[str, str], said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        SubscriptionSpec("x", filter_)
+
+
+def test_every_value_a_breach_routes_with_is_a_valid_filter() -> None:
+    breach = make_breach(1)
+    spec = SubscriptionSpec("x", breach.routing_properties)
+    assert spec.matches(breach)
+
+
 async def test_a_long_held_write_lock_raises_a_retryable_busy_error(
     bus_path: Path, clock: FakeClock
 ) -> None:
