@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
 
 from schemas.detection import DetectorConfig, SloConfig
+from schemas.telemetry import AppId
 
 
 class AppMetadata(BaseModel):
@@ -51,7 +52,8 @@ class AppDirectory(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     defaults: AppConfig = Field(default_factory=AppConfig)
-    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Keyed by app id: an override under any other key would never apply.
+    overrides: dict[AppId, dict[str, Any]] = Field(default_factory=dict)
     # Apps whose signals one partition's hot path follows at most (each costs ~60 KB of
     # detector state): a producer that sends a new app id per request (a bug, or hostile)
     # would otherwise grow a worker's memory without bound. Events of apps beyond are stored

@@ -147,6 +147,15 @@ def test_bad_app_override_is_named() -> None:
         AppDirectory(overrides={"a": {"slo": {"latency_threshold": 5}}})
 
 
+@pytest.mark.parametrize("app_id", ["web app", "web/app", "", "a" * 129])
+def test_an_override_for_what_is_not_an_app_id_is_named(tmp_path: Path, app_id: str) -> None:
+    # It could never apply: no event has such an app id.
+    path = tmp_path / "apps.toml"
+    path.write_text(f'[apps.overrides."{app_id}"]\nslo = {{ latency_threshold_ms = 5 }}\n')
+    with pytest.raises(SettingsError, match=r"apps\.overrides\..*\[key\]: String should match"):
+        load_settings(config=path)
+
+
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(config=tmp_path / "nope.toml")
