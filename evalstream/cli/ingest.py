@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import shlex
 from typing import Annotated
 
 import orjson
 import typer
 
-from stream.producers.ingest_auth import ALL_APPS, hash_key
+from stream.producers.ingest_auth import ALL_APPS, allowed_apps, hash_key
 
 
 def ingest_key(
@@ -29,11 +30,15 @@ def ingest_key(
     \\[ingest.auth], which holds only the key's SHA-256, plus the same entry as JSON for
     EVALSTREAM_INGEST__AUTH__API_KEYS. Senders present it as `Authorization: Bearer KEY`.
     """
+    try:
+        apps = allowed_apps(tuple(app or [ALL_APPS]))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--app") from None
     key = secrets.token_urlsafe(32)
     entry: dict[str, object] = {
         "name": name,
         "key_sha256": hash_key(key),
-        "apps": list(app or [ALL_APPS]),
+        "apps": list(apps),
         "burst": burst,
     }
     if events_per_s is not None:
@@ -42,4 +47,5 @@ def ingest_key(
     typer.echo("[[ingest.auth.api_keys]]")
     for field, value in entry.items():
         typer.echo(f"{field} = {orjson.dumps(value).decode()}")
-    typer.echo(f"\nEVALSTREAM_INGEST__AUTH__API_KEYS='{orjson.dumps([entry]).decode()}'")
+    # Quoted for a shell whatever the name holds (a quote, a $).
+    typer.echo(f"\nEVALSTREAM_INGEST__AUTH__API_KEYS={shlex.quote(orjson.dumps([entry]).decode())}")

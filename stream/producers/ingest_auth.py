@@ -29,10 +29,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
 
+from schemas.telemetry import APP_ID_PATTERN, is_app_id
 from stream.producers.ingest_rates import Buckets, MemoryBuckets
 
 if TYPE_CHECKING:
@@ -43,13 +52,24 @@ ALL_APPS = "*"
 WITHOUT_APP = ""
 
 
+def allowed_apps(apps: tuple[str, ...]) -> tuple[str, ...]:
+    """``apps`` of a key or tenant: ``*`` or app ids, at least one (an entry that is neither
+    would never match an event: a key scoped to it could post nothing)."""
+    if not apps:
+        raise ValueError("no app: give app ids, or '*' for every app")
+    for app in apps:
+        if app != ALL_APPS and not is_app_id(app):
+            raise ValueError(f"{app!r} is neither '*' nor an app id ({APP_ID_PATTERN})")
+    return apps
+
+
 class Sender(BaseModel):
     """Who posts (an API key's holder or a token's client) and what it may post."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
-    apps: tuple[str, ...] = (ALL_APPS,)
+    apps: Annotated[tuple[str, ...], AfterValidator(allowed_apps)] = (ALL_APPS,)
     # Events per second per app, refilled continuously; ``burst`` events may come at once.
     events_per_s: PositiveFloat | None = None
     burst: PositiveInt = 1000
@@ -73,7 +93,7 @@ class EntraIdSettings(BaseModel):
     jwks_url: str = Field(
         min_length=1, examples=["https://login.microsoftonline.com/TENANT/discovery/v2.0/keys"]
     )
-    apps: tuple[str, ...] = (ALL_APPS,)
+    apps: Annotated[tuple[str, ...], AfterValidator(allowed_apps)] = (ALL_APPS,)
     events_per_s: PositiveFloat | None = None
     burst: PositiveInt = 1000
     leeway_s: float = Field(default=60.0, ge=0)
@@ -87,6 +107,17 @@ class IngestAuthSettings(BaseModel):
 
     api_keys: tuple[ApiKey, ...] = ()
     entra: EntraIdSettings | None = None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _distinct(cls, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        # A key's rate is counted under its name, and a key is found by its hash: two of
+        # either would share one rate, or one key would hide the other's apps and rate.
+        for field in ("name", "key_sha256"):
+            values = [getattr(key, field) for key in keys]
+            if twice := sorted({value for value in values if values.count(value) > 1}):
+                raise ValueError(f"two keys with the same {field}: {', '.join(twice)}")
+        return keys
 
 
 def hash_key(key: str) -> str:

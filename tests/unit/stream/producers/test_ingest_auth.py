@@ -13,6 +13,7 @@ from stream.producers.ingest_auth import (
     ApiKey,
     Authorizer,
     Denied,
+    EntraIdSettings,
     IngestAuthSettings,
     hash_key,
     require_auth_beyond_loopback,
@@ -158,3 +159,37 @@ def test_full_buckets_are_forgotten_so_new_app_ids_cannot_pile_them_up(tmp_path:
         assert rows < 2_500
     finally:
         shared.close()
+
+
+@pytest.mark.parametrize(
+    ("apps", "said"),
+    [
+        ((), "no app: give app ids, or '\\*' for every app"),
+        (("web app",), "'web app' is neither '\\*' nor an app id"),
+        (("web-app", "all"), None),
+        (("web-app", "**"), "'\\*\\*' is neither"),
+    ],
+)
+def test_a_key_names_apps_it_can_post_for(apps: tuple[str, ...], said: str | None) -> None:
+    # An entry that is no app id matches no event: the key could post nothing for it.
+    if said is None:
+        assert ApiKey(name="k", key_sha256=hash_key("k"), apps=apps).allows("all")
+        return
+    with pytest.raises(ValueError, match=said):
+        ApiKey(name="k", key_sha256=hash_key("k"), apps=apps)
+    with pytest.raises(ValueError, match=said):
+        EntraIdSettings(issuer="i", audience="a", jwks_url="u", apps=apps)
+
+
+@pytest.mark.parametrize(
+    ("second", "said"),
+    [
+        (ApiKey(name="web", key_sha256=hash_key("other")), "two keys with the same name: web"),
+        (ApiKey(name="ops", key_sha256=hash_key("s3cret")), "two keys with the same key_sha256"),
+    ],
+)
+def test_two_keys_share_neither_a_name_nor_a_hash(second: ApiKey, said: str) -> None:
+    # A rate is counted under the key's name and a key found by its hash: one would hide the
+    # other's apps and rate.
+    with pytest.raises(ValueError, match=said):
+        IngestAuthSettings(api_keys=(KEY, second))
