@@ -72,3 +72,14 @@ class AlertSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     subscriptions: tuple[SubscriptionSpec, ...] = (SubscriptionSpec(name="all"),)
+
+    @field_validator("subscriptions")
+    @classmethod
+    def _unique_names(cls, specs: tuple[SubscriptionSpec, ...]) -> tuple[SubscriptionSpec, ...]:
+        # A subscription is its name on the bus: a second one would be the first, its filter
+        # and delivery settings silently one of the two.
+        names = [spec.name for spec in specs]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"[{index}].name: subscription {name!r} is defined twice")
+        return specs

@@ -17,6 +17,7 @@ from alerts import (
     SubscriptionSpec,
     UnknownSubscriptionError,
 )
+from alerts.config import AlertSettings
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from schemas import BreachKind, BreachState, Severity
 from tests.unit.alerts.factories import FakeClock, make_breach
@@ -366,6 +367,17 @@ def test_subscription_spec_rejects_unknown_filter_keys() -> None:
 def test_a_filter_no_breach_can_match_is_refused(filter_: dict[str, str], said: str) -> None:
     with pytest.raises(ValueError, match=said):
         SubscriptionSpec("x", filter_)
+
+
+def test_a_subscription_name_defined_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"\[2\]\.name: subscription 'pager' is defined twice"):
+        AlertSettings(
+            subscriptions=(
+                SubscriptionSpec("pager", {"severity": "critical"}),
+                SubscriptionSpec("all"),
+                SubscriptionSpec("pager", {"severity": "warning"}),
+            )
+        )
 
 
 def test_every_value_a_breach_routes_with_is_a_valid_filter() -> None:
