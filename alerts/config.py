@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 from pydantic.dataclasses import dataclass
 
+from common.names import check_named_once
 from schemas import Breach, BreachKind, BreachState, Severity
 from schemas.telemetry import APP_ID_PATTERN, is_app_id
 
@@ -78,8 +79,5 @@ class AlertSettings(BaseModel):
     def _unique_names(cls, specs: tuple[SubscriptionSpec, ...]) -> tuple[SubscriptionSpec, ...]:
         # A subscription is its name on the bus: a second one would be the first, its filter
         # and delivery settings silently one of the two.
-        names = [spec.name for spec in specs]
-        for index, name in enumerate(names):
-            if name in names[:index]:
-                raise ValueError(f"[{index}].name: subscription {name!r} is defined twice")
+        check_named_once([spec.name for spec in specs], "subscription")
         return specs

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 from coldpath.exceptions import PolicyConfigError
 from coldpath.policies.base import Metric
 from coldpath.policies.text.judge import JudgeModelConfig
+from common.names import check_named_once
 from schemas.evaluation import EvaluationPolicy, MetricSpec, Thresholds
 
 DEFAULT_CATALOGUE = "coldpath.policies.catalogue:CATALOGUE"
@@ -93,10 +94,7 @@ class ColdpathSettings(BaseModel):
     @field_validator("policies")
     @classmethod
     def _unique_names(cls, policies: tuple[EvaluationPolicy, ...]) -> tuple[EvaluationPolicy, ...]:
-        names = [policy.name for policy in policies]
-        for index, name in enumerate(names):
-            if name in names[:index]:
-                raise ValueError(f"[{index}].name: policy {name!r} is defined twice")
+        check_named_once([policy.name for policy in policies], "policy")
         return policies
 
     @property
