@@ -163,7 +163,12 @@ class WorkerPool:
                         )
                     )
                     sweeper = group.create_task(
-                        sweep_until_stopped(log, embedded.retention_hours * 3600, stop)
+                        sweep_until_stopped(
+                            log,
+                            embedded.retention_hours * 3600,
+                            self.settings.processor.consumer_group,
+                            stop,
+                        )
                     )
                     async with asyncio.TaskGroup() as slots:
                         for slot in range(self.workers):
