@@ -11,7 +11,8 @@ numbering its events without gaps or repeats.
 ``IngestPool.run`` keeps ``workers`` processes running: a worker that exits is started again
 after a pause that grows while workers keep dying young (1 s up to 10 s); it gives up (raises
 ``StreamError``, which stops the processor) after ``MAX_FAILED_STARTS`` in a row that died
-within ``HEALTHY_AFTER_S`` (a configuration that can never serve). When ``stop`` is set it
+within ``HEALTHY_AFTER_S`` (a configuration that can never serve), unless they exited for a
+passing cause (``EXIT_PASSING``: the data dir full), which is waited out. When ``stop`` is set it
 sends each worker SIGTERM and waits: a worker stops accepting, answers the requests in flight,
 then exits.
 
@@ -86,7 +87,8 @@ class IngestPool:
             if stop.is_set():
                 return
             failed = 0 if time.monotonic() - started >= HEALTHY_AFTER_S else failed + 1
-            if failed >= self.max_failed_starts:
+            # A passing cause (the data dir full) is waited out, pauses growing.
+            if failed >= self.max_failed_starts and code != ingest_worker.EXIT_PASSING:
                 raise StreamError(
                     f"ingest workers keep exiting at start ({failed} in a row, last exit "
                     f"code {code}): see their errors above"

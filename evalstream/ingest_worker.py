@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from common.errors import EvalstreamError
 from evalstream import logs, wiring
 from evalstream.settings import Settings
 from stream.exceptions import SourceUnavailable
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 FORWARDED_PATHS = ("/healthz", "/readyz", "/metrics", "/report")
 # How long a forwarded ops request may take (readiness pings the store for up to 5 s).
 FORWARD_TIMEOUT_S = 15.0
+# The exit code of a worker that could not serve for a passing cause: the pool starts it
+# again, however many times in a row that happens.
+EXIT_PASSING = os.EX_TEMPFAIL
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,19 @@ async def _main() -> int:
     logs.configure(spec.log_level, spec.log_format)
     # One line per forwarded health check or scrape is noise; its failures are answered 503.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    await serve(spec, channel)
+    return await start(spec, channel)
+
+
+async def start(spec: WorkerSpec, channel: Channel) -> int:
+    """Serve until stopped; the exit code: 0, or EXIT_PASSING when the worker cannot serve
+    for a passing cause (the data dir full as it starts), which the pool waits out."""
+    try:
+        await serve(spec, channel)
+    except EvalstreamError as exc:
+        if not exc.retryable:
+            raise
+        logger.error("ingest worker cannot serve now: %s", exc)
+        return EXIT_PASSING
     return 0
 
 

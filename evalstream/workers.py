@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 # Pauses before restarting a worker that died: 0.5 s doubling up to 10 s.
 RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
-# Starts in a row of one worker slot that die before processing any batch, before giving up.
+# Starts in a row of one worker slot that die before processing any batch, before giving up
+# (unless the worker said why and the cause is passing: a full data dir is waited out).
 MAX_FAILED_STARTS = 5
 
 
@@ -163,7 +164,12 @@ class WorkerPool:
                         )
                     )
                     sweeper = group.create_task(
-                        sweep_until_stopped(log, embedded.retention_hours * 3600, stop)
+                        sweep_until_stopped(
+                            log,
+                            embedded.retention_hours * 3600,
+                            self.settings.processor.consumer_group,
+                            stop,
+                        )
                     )
                     async with asyncio.TaskGroup() as slots:
                         for slot in range(self.workers):
@@ -190,7 +196,10 @@ class WorkerPool:
                 stop.set()
                 return
             failed_starts = 0 if worker.batches else failed_starts + 1
-            if failed_starts >= MAX_FAILED_STARTS:
+            # A passing cause (the data dir full) is waited out, pauses growing; anything
+            # else that keeps a worker from starting will not go away by itself.
+            passing = worker.error is not None and worker.error[0]
+            if failed_starts >= MAX_FAILED_STARTS and not passing:
                 self._fatal = SourceError(
                     f"processing worker {slot} failed {failed_starts} times in a row at start "
                     f"(last exit code {worker.process.returncode})"

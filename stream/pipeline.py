@@ -268,7 +268,17 @@ class Pipeline:
         # After losing ownership another instance checkpoints this partition: writing ours
         # could move its checkpoint backwards.
         if state is not None and reason is CloseReason.SHUTDOWN:
-            await self._checkpoint(context, state)
+            if state.pending is not None and state.observed > state.pending.sequence:
+                # A batch failed after its events reached the detectors (its breaches not
+                # published: the bus down or busy). A snapshot now would hold the detectors
+                # past the checkpoint, and the next owner would feed them those events again
+                # and never publish the breaches: it resumes from the last snapshot instead.
+                logger.warning(
+                    "partition closed with breaches unpublished: not checkpointed",
+                    extra={"partition": context.partition_id, "breaches": len(state.outbox)},
+                )
+            else:
+                await self._checkpoint(context, state)
         self.stats.detach(context.partition_id)
         logger.info(
             "partition closed", extra={"partition": context.partition_id, "reason": reason.value}

@@ -39,8 +39,11 @@ def usable_data_dir(path: Path) -> Path:
     except OSError as exc:
         full = exc.errno in _FULL
         state, fix = ("is full", "free space") if full else ("is not writable", "allow writes")
+        # Full is passing (as SQLite's "disk is full"): a worker process started while the
+        # disk is full is started again later, where a command starting then stops at once.
         raise SettingsError(
-            f"embedded.data_dir: {path} {state} ({exc.strerror}); {_HINT.format(fix=fix)}"
+            f"embedded.data_dir: {path} {state} ({exc.strerror}); {_HINT.format(fix=fix)}",
+            retryable=full,
         ) from None
     for name in _FILES:
         for file in (path / name, path / f"{name}-wal", path / f"{name}-shm"):

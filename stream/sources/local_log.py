@@ -222,11 +222,23 @@ def _set_position(
     connection.execute(statement, (consumer_group, partition, sequence))
 
 
-def _sweep(connection: sqlite3.Connection, retention_s: float) -> int:
-    cursor = connection.execute(
-        "DELETE FROM events WHERE enqueued < ?", (time.time() - retention_s,)
-    )
-    return cursor.rowcount
+def _sweep(connection: sqlite3.Connection, retention_s: float, consumer_group: str) -> int:
+    # Only what the consumer group has checkpointed: an event enqueued under a clock that was
+    # behind, or read after the clock jumped ahead, looks past retention before it is
+    # processed, and it was acknowledged (a partition left with nothing to read after its
+    # checkpoint also never caught up with its head).
+    horizon = time.time() - retention_s
+    deleted = 0
+    with transaction(connection):
+        for partition, sequence in connection.execute(
+            "SELECT partition, sequence FROM checkpoints WHERE consumer_group = ?",
+            (consumer_group,),
+        ).fetchall():
+            deleted += connection.execute(
+                "DELETE FROM events WHERE partition = ? AND sequence <= ? AND enqueued < ?",
+                (partition, sequence, horizon),
+            ).rowcount
+    return deleted
 
 
 def created_partitions(path: Path) -> int | None:
@@ -355,9 +367,10 @@ class LocalLog:
             sequence,
         )
 
-    async def sweep_async(self, retention_s: float) -> int:
-        """Delete events enqueued before the retention horizon; return how many."""
-        return await self._async("sweep the event log", _sweep, retention_s)
+    async def sweep_async(self, retention_s: float, consumer_group: str) -> int:
+        """Delete events enqueued before the retention horizon that ``consumer_group`` has
+        checkpointed; return how many."""
+        return await self._async("sweep the event log", _sweep, retention_s, consumer_group)
 
 
 class LocalLogSink:
@@ -532,7 +545,7 @@ class LocalLogSource:
         )
 
     async def _sweep(self, log: LocalLog, stop: asyncio.Event) -> None:
-        await sweep_until_stopped(log, self.retention_s, stop)
+        await sweep_until_stopped(log, self.retention_s, self.consumer_group, stop)
 
 
 async def run_partition(
@@ -573,10 +586,13 @@ async def run_partition(
     await handler.on_partition_close(context, CloseReason.SHUTDOWN)
 
 
-async def sweep_until_stopped(log: LocalLog, retention_s: float, stop: asyncio.Event) -> None:
-    """Delete events past retention now and then (one process per log does it)."""
+async def sweep_until_stopped(
+    log: LocalLog, retention_s: float, consumer_group: str, stop: asyncio.Event
+) -> None:
+    """Delete events past retention that ``consumer_group`` has checkpointed, now and then
+    (one process per log does it)."""
     while not stop.is_set():
-        deleted = await log.sweep_async(retention_s)
+        deleted = await log.sweep_async(retention_s, consumer_group)
         if deleted:
             logger.info("retention removed events", extra={"deleted": deleted})
         await sleep_or_stop(RETENTION_SWEEP_INTERVAL_S, stop)

@@ -1,13 +1,63 @@
-"""How many ingest worker processes the processor starts."""
+"""How many ingest worker processes the processor starts, and when it starts one again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from typing import cast
 
-from evalstream.ingest_pool import worker_count
+import pytest
+
+from common.retry import Backoff
+from evalstream import ingest_worker
+from evalstream.ingest_pool import MAX_FAILED_STARTS, IngestPool, worker_count
+from evalstream.ingest_worker import EXIT_PASSING, WorkerSpec
+from evalstream.settings import SettingsError
+from stream.metrics import SummedWorkers
+from stream.sources.subprocess_channel import Channel
 
 
 def test_ingest_workers_are_as_configured_else_half_the_usable_cores() -> None:
     assert worker_count(0) == 0
     assert worker_count(3) == 3
     assert worker_count(None) == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+async def test_a_worker_that_cannot_start_for_a_passing_cause_is_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The data dir full: each new worker exits at once, for longer than the failed starts
+    # the pool allows a configuration that can never serve, then there is room again.
+    spec = cast(WorkerSpec, None)
+    pool = IngestPool(spec, 1, SummedWorkers(), 0, restart_backoff=Backoff(0, 0, jitter=False))
+    stop = asyncio.Event()
+    starts = 0
+
+    async def run_one(slot: int, stop: asyncio.Event) -> int:
+        nonlocal starts
+        starts += 1
+        if starts > MAX_FAILED_STARTS + 2:
+            stop.set()
+            return 0
+        return EXIT_PASSING
+
+    monkeypatch.setattr(pool, "_run_one", run_one)
+    await pool.run(stop)
+    assert starts == MAX_FAILED_STARTS + 3
+
+
+async def test_a_worker_that_cannot_serve_for_a_passing_cause_says_so_in_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def full(spec: WorkerSpec, channel: object) -> None:
+        raise SettingsError("embedded.data_dir: /data is full", retryable=True)
+
+    monkeypatch.setattr(ingest_worker, "serve", full)
+    assert await ingest_worker.start(cast(WorkerSpec, None), cast(Channel, None)) == EXIT_PASSING
+
+    async def misconfigured(spec: WorkerSpec, channel: object) -> None:
+        raise SettingsError("ingest.auth: no key")
+
+    monkeypatch.setattr(ingest_worker, "serve", misconfigured)
+    with pytest.raises(SettingsError):
+        await ingest_worker.start(cast(WorkerSpec, None), cast(Channel, None))

@@ -268,6 +268,31 @@ async def test_failed_publish_keeps_breaches_and_does_not_double_count(tmp_path:
         assert hot.seen == list(range(10))
 
 
+async def test_a_shutdown_while_the_bus_is_down_leaves_the_breaches_to_the_next_owner(
+    tmp_path: Path,
+) -> None:
+    # A batch stored and observed, its breach not published (the bus busy or down), then the
+    # partition closes (SIGTERM, or moved to another worker): a snapshot then would hold the
+    # detectors past the batch, and the next owner would never publish its breach.
+    async with SqliteStore(tmp_path / "s.db") as store:
+        first = make_pipeline(store, Publisher(failures=1))
+        first.checkpoint_interval_s = 3600
+        context = await started(first)
+        await first.on_batch(context, [received(i) for i in range(5)])
+        with pytest.raises(ConnectionError):
+            await first.on_batch(context, [received(i) for i in range(5, 12)])
+        await first.on_partition_close(context, CloseReason.SHUTDOWN)
+
+        publisher = Publisher()
+        second = make_pipeline(store, publisher)
+        await second.on_partition_initialize(context)
+        await second.on_batch(context, [received(i) for i in range(12)])
+        assert publisher.published == ["b10"]
+        hot = second._partitions["0"].hot
+        assert isinstance(hot, RecordingHotPath) and hot.seen == list(range(12))
+        assert context.checkpoints == [11]
+
+
 async def test_restart_skips_detectors_for_covered_events(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as store:
         first = make_pipeline(store)

@@ -155,3 +155,25 @@ async def test_a_partition_writes_its_progress_after_its_batches_every_interval(
         assert log.checkpoint("g", 0) == -1
     finally:
         await log.aclose()
+
+
+async def test_retention_never_removes_events_the_processor_has_not_checkpointed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events enqueued under a clock that was behind (or read after a jump forward) look past
+    retention at once: only those the consumer group has checkpointed may go."""
+    log = LocalLog(tmp_path / "log.db", 2)
+    try:
+        positions = await log.append_async([("app-1", b"{}")] * 10)
+        partition = positions[0][0]
+        await log.update_checkpoint_async("g", partition, 3)
+        clock = local_log.time.time
+        monkeypatch.setattr(local_log.time, "time", lambda: clock() + 8 * 86400)
+        assert await log.sweep_async(7 * 86400, "g") == 4
+        events = await log.read_async(partition, -1, 100)
+        assert [event.sequence for event in events] == list(range(4, 10))
+        # Another group's checkpoint moves nothing.
+        await log.update_checkpoint_async("other", partition, 9)
+        assert await log.sweep_async(7 * 86400, "g") == 0
+    finally:
+        await log.aclose()
