@@ -191,7 +191,7 @@ class Pipeline:
             self.stats.store_error = None
             detecting = time.perf_counter()
             state.outbox.extend(self._detect(state, documents))
-            self.stats.metrics.detector_seconds.inc(time.perf_counter() - detecting)
+            self.stats.detected(time.perf_counter() - detecting)
             breaches = state.outbox
             if breaches:
                 await self._publish(breaches)
@@ -457,7 +457,7 @@ class Pipeline:
         """A detector that fails on one event must not stop the partition: the event is
         stored already, so it is only left out of detection, loudly. Detectors are
         deterministic, so a replay fails on the same event and ends in the same state."""
-        self.stats.metrics.detector_failures.inc()
+        self.stats.detector_failed()
         logger.error(
             "detectors failed on a stored event; it is left out of detection",
             exc_info=exc,

@@ -123,6 +123,14 @@ class ProcessorStats:
         if progress is not None:
             progress.last_checkpoint_at = time.monotonic()
 
+    def detected(self, seconds: float) -> None:
+        """The hot-path detectors took ``seconds`` over one batch."""
+        self.metrics.detector_seconds.inc(seconds)
+
+    def detector_failed(self) -> None:
+        """The detectors failed on one stored event (left out of detection)."""
+        self.metrics.detector_failures.inc()
+
     def store_failed(self, error: BaseException) -> None:
         self.store_error = f"{type(error).__name__}: {error}"
         self.metrics.store_failures.inc()
