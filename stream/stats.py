@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from schemas import Breach, BreachState, QuarantineRecord
-from stream.metrics import ProcessorMetrics
+from stream.metrics import ProcessorMetrics, quarantine_code
 from stream.ports import PartitionContext, ReceivedEvent
 
 
@@ -71,7 +71,7 @@ class ProcessorStats:
             partition_id,
             last.sequence,
             documents,
-            [record.issues[0].code if record.issues else "none" for record in quarantined],
+            [quarantine_code(record) for record in quarantined],
             breaches,
             seconds,
         )
