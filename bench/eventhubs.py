@@ -238,6 +238,9 @@ class CountingPipeline:
         await self.pipeline.on_batch(context, events)
         self.clock.add(len(events))
 
+    async def on_idle(self, context: PartitionContext) -> None:
+        await self.pipeline.on_idle(context)
+
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         await self.pipeline.on_partition_close(context, reason)
 

@@ -68,7 +68,25 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        try:
+            return orjson.dumps(line, default=str).decode()
+        except orjson.JSONEncodeError:
+            # Else logging writes its own multi-line error instead of the record.
+            return orjson.dumps(_encodable(line), default=lambda o: _encodable(str(o))).decode()
+
+
+def _encodable(value: object) -> object:
+    """``value`` with what orjson refuses made plain: lone surrogates (bytes of a path that is
+    not UTF-8) as backslash escapes, integers beyond 64 bits as text, keys as text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {_encodable(str(key)): _encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(item) for item in value]
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
 
 
 _chosen: LogFormat = "text"

@@ -9,6 +9,7 @@ with a message naming it. The adapters' own models (``CosmosSettings``, ``Servic
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -145,6 +146,8 @@ def load_settings(*, data_dir: Path | None = None, **overrides: Any) -> Settings
     config = overrides.get("config")
     if config is not None and not Path(config).is_file():
         raise SettingsError(f"config file {config} does not exist")
+    if unknown := _unknown_variables():
+        raise SettingsError("invalid settings:\n" + "\n".join(unknown))
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     except PydanticValidationError as exc:
@@ -168,6 +171,19 @@ def load_settings(*, data_dir: Path | None = None, **overrides: Any) -> Settings
         embedded = settings.embedded.model_copy(update={"data_dir": data_dir})
         settings = settings.model_copy(update={"embedded": embedded})
     return _with_log_partitions(settings)
+
+
+def _unknown_variables() -> list[str]:
+    """EVALSTREAM_* variables whose first part names no setting: pydantic-settings refuses a
+    misspelt nested field (EVALSTREAM_PROCESSOR__BATCH_SIZ) but skips a misspelt top-level one
+    (EVALSTREAM_BACKND, EVALSTREAM_PROCESOR__BATCH_SIZE) as if it were not there."""
+    prefix = str(Settings.model_config["env_prefix"])
+    return [
+        f"  {variable}: there is no setting {field}"
+        for variable in sorted(os.environ)
+        if variable.upper().startswith(prefix)
+        and (field := variable[len(prefix) :].split("__")[0].lower()) not in Settings.model_fields
+    ]
 
 
 def _with_log_partitions(settings: Settings) -> Settings:

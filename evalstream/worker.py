@@ -71,6 +71,14 @@ class _ReportingStats(ProcessorStats):
         super().checkpointed(partition_id)
         self._tell("checkpointed", partition_id)
 
+    def detected(self, seconds: float) -> None:
+        super().detected(seconds)
+        self._tell("detectors", seconds, 0)
+
+    def detector_failed(self) -> None:
+        super().detector_failed()
+        self._tell("detectors", 0.0, 1)
+
     def store_failed(self, error: BaseException) -> None:
         super().store_failed(error)
         self._tell("failing", "store", self.store_error)

@@ -267,6 +267,10 @@ class WorkerPool:
             worker.batches += 1
             stats.record_counts(partition, last, documents, codes, breaches, seconds)
             stats.store_error, stats.publish_error = store, publish
+        elif kind == "detectors":
+            _, seconds, failures = message
+            stats.metrics.detector_seconds.inc(seconds)
+            stats.metrics.detector_failures.inc(failures)
         elif kind == "checkpointed":
             stats.checkpointed(message[1])
         elif kind == "failing":

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from schemas import QuarantineRecord
+
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -108,6 +110,19 @@ class IngestMetrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        # Not evalstream_quarantined_events: ingest workers' families are summed beside the
+        # processor's, and one name may hold one family.
+        self.quarantined = Counter(
+            "evalstream_ingest_quarantined_events",
+            "Events ingest refused and kept in quarantine, by the code of their first issue.",
+            ["code"],
+            registry=registry,
+        )
+
+
+def quarantine_code(record: QuarantineRecord) -> str:
+    """The label a quarantined input is counted under: the code of its first issue."""
+    return record.issues[0].code if record.issues else "none"
 
 
 # One sample as it crosses a process boundary: (sample name, labels, value).

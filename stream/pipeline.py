@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from alerts.ports import AlertPublisher
-from common.errors import Misconfigured, is_retryable
+from common.errors import EvalstreamError, Misconfigured, is_retryable
 from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent, ValidationIssue
 from store.ports import ProcessorStore, StateSnapshot
@@ -191,7 +191,7 @@ class Pipeline:
             self.stats.store_error = None
             detecting = time.perf_counter()
             state.outbox.extend(self._detect(state, documents))
-            self.stats.metrics.detector_seconds.inc(time.perf_counter() - detecting)
+            self.stats.detected(time.perf_counter() - detecting)
             breaches = state.outbox
             if breaches:
                 await self._publish(breaches)
@@ -262,6 +262,21 @@ class Pipeline:
         )
         # Dealt with: readiness reports buses failing now, not a breach kept long ago.
         self.stats.publish_error = None
+
+    async def on_idle(self, context: PartitionContext) -> None:
+        """Checkpoint the last batches once the interval has passed: without a next batch they
+        stayed behind the checkpoint for as long as the partition was idle (shown as lag,
+        processed and counted again after a restart)."""
+        state = self._partitions.get(context.partition_id)
+        if state is None or state.pending is None:
+            return
+        if time.monotonic() - state.last_checkpoint < self.checkpoint_interval_s:
+            return
+        with log_context(partition=context.partition_id):
+            try:
+                await self._checkpoint(context, state)
+            except EvalstreamError as exc:  # the next idle turn or batch tries again
+                logger.warning("idle partition not checkpointed", exc_info=exc)
 
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         state = self._partitions.pop(context.partition_id, None)
@@ -457,7 +472,7 @@ class Pipeline:
         """A detector that fails on one event must not stop the partition: the event is
         stored already, so it is only left out of detection, loudly. Detectors are
         deterministic, so a replay fails on the same event and ends in the same state."""
-        self.stats.metrics.detector_failures.inc()
+        self.stats.detector_failed()
         logger.error(
             "detectors failed on a stored event; it is left out of detection",
             exc_info=exc,

@@ -125,6 +125,12 @@ class BatchHandler(Protocol):
         """Process one batch. If it raises, the batch is not checkpointed and is delivered again."""
         ...
 
+    async def on_idle(self, context: PartitionContext) -> None:
+        """Runs each time the source finds no new event in the partition (sources that can tell):
+        the end of a burst is checkpointed without waiting for a next event. A failure is the
+        handler's to log, not to raise: the source calls it again at its next idle turn."""
+        ...
+
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         """Runs when the partition is released: on shutdown (after the last batch) or when
         another instance took it over (its writes may race: everything must be idempotent)."""

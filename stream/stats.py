@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from schemas import Breach, BreachState, QuarantineRecord
-from stream.metrics import ProcessorMetrics
+from stream.metrics import ProcessorMetrics, quarantine_code
 from stream.ports import PartitionContext, ReceivedEvent
 
 
@@ -71,7 +71,7 @@ class ProcessorStats:
             partition_id,
             last.sequence,
             documents,
-            [record.issues[0].code if record.issues else "none" for record in quarantined],
+            [quarantine_code(record) for record in quarantined],
             breaches,
             seconds,
         )
@@ -122,6 +122,14 @@ class ProcessorStats:
         progress = self._partitions.get(partition_id)
         if progress is not None:
             progress.last_checkpoint_at = time.monotonic()
+
+    def detected(self, seconds: float) -> None:
+        """The hot-path detectors took ``seconds`` over one batch."""
+        self.metrics.detector_seconds.inc(seconds)
+
+    def detector_failed(self) -> None:
+        """The detectors failed on one stored event (left out of detection)."""
+        self.metrics.detector_failures.inc()
 
     def store_failed(self, error: BaseException) -> None:
         self.store_error = f"{type(error).__name__}: {error}"

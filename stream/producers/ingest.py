@@ -41,7 +41,7 @@ from schemas import TelemetryEvent, ValidationIssue
 from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected, accepted_event
 from stream.enrich import Enricher, sent_form
-from stream.metrics import IngestMetrics
+from stream.metrics import IngestMetrics, quarantine_code
 from stream.ports import EventSink
 from stream.producers.admission import Admission
 from stream.producers.content_encoding import Corrupt, TooLarge, Unsupported, decoded_body
@@ -229,6 +229,7 @@ class IngestApp:
         admission: Admission | None = None,
     ) -> None:
         self.body_timeout_s = body_timeout_s
+        self.metrics = metrics
         self.admission = admission
         self.authorizer = authorizer
         self.decoder = decoder
@@ -411,4 +412,7 @@ class IngestApp:
                 for rejected in decoded.rejected
             ]
             await self.store.write([], records)
+            if self.metrics is not None:
+                for record in records:
+                    self.metrics.quarantined.labels(quarantine_code(record)).inc()
             logger.info("ingest rejected events", extra={"rejected": len(records)})

@@ -567,6 +567,7 @@ async def run_partition(
     while not stop.is_set():
         events = await log.read_async(partition, context.position, batch_size)
         if not events:
+            await handler.on_idle(context)
             await sleep_or_stop(batch_wait_s, stop)
             continue
         delivered = await deliver(

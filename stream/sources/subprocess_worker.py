@@ -56,6 +56,11 @@ class _Forwarder:
         # waits in the buffer.
         self.channel.send("batch", context.partition_id, encode_batch(events))
 
+    async def on_idle(self, context: PartitionContext) -> None:
+        # Not forwarded: the parent's source does not tell idle turns (Event Hubs, the source
+        # run in a child in production, has none either).
+        pass
+
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         try:
             await self.channel.call("close", context.partition_id, reason.value)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -108,3 +109,20 @@ def test_a_producers_newline_or_escape_cannot_forge_or_colour_a_text_line(
         "WARNING tests.logs: event_id e-1\\x0a2026-12-06 00:00:00 ERROR evalstream: forged held "
         "by another event event_id=\\x1b[31mred"
     )
+
+
+def test_a_record_orjson_cannot_encode_is_still_one_json_line(
+    captured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    """A path that is not UTF-8 (Linux allows it; Python keeps its bytes as lone surrogates), a
+    number beyond 64 bits, a mapping with number keys: orjson refuses each, and logging wrote
+    its '--- Logging error ---' traceback, many lines that are not JSON, instead of the record."""
+    stream, handler = captured
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.logs")
+    logger.info("data in %s", "/var/lib/d\udcff", extra={"path": Path("/var/lib/d\udcff")})
+    logger.info("counted", extra={"total": 2**70, "by_partition": {0: 3}})
+
+    lines = _lines(stream)
+    assert lines[0]["message"] == "data in /var/lib/d\\udcff" == "data in " + lines[0]["path"]
+    assert (lines[1]["total"], lines[1]["by_partition"]) == (str(2**70), {"0": 3})

@@ -142,6 +142,24 @@ def test_misspelt_setting_in_file_is_named(tmp_path: Path) -> None:
         load_settings(config=path)
 
 
+@pytest.mark.parametrize(
+    ("variable", "name"),
+    [
+        ("EVALSTREAM_BACKND", "backnd"),
+        ("EVALSTREAM_USER_HASH_KY", "user_hash_ky"),
+        ("EVALSTREAM_PROCESOR__BATCH_SIZE", "procesor"),
+    ],
+)
+def test_misspelt_setting_in_the_environment_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, name: str
+) -> None:
+    """A nested field's typo was refused, a top-level one ignored: a pod whose manifest said
+    EVALSTREAM_BACKND=azure ran on the embedded backend."""
+    monkeypatch.setenv(variable, "azure")
+    with pytest.raises(SettingsError, match=rf"{variable}: .*no setting {name}"):
+        load_settings()
+
+
 def test_bad_app_override_is_named() -> None:
     with pytest.raises(ValueError, match="latency_threshold"):
         AppDirectory(overrides={"a": {"slo": {"latency_threshold": 5}}})

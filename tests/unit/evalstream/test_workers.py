@@ -1,6 +1,6 @@
 """The supervisor of processing workers: a worker that cannot start for a passing cause (the
 data dir full for a while) is started again until it can, not taken for a configuration that
-never works."""
+never works; what the workers' detectors count reaches the supervisor's metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from common.retry import Backoff
 from evalstream import workers
 from evalstream.settings import SettingsError, load_settings
 from evalstream.wiring.data_dir import usable_data_dir
+from evalstream.worker import _ReportingStats
 from evalstream.workers import MAX_FAILED_STARTS, WorkerPool, _Worker
 from stream.sources.subprocess_channel import encode_error
 from stream.stats import ProcessorStats
@@ -62,3 +63,34 @@ async def test_a_worker_that_keeps_failing_at_start_for_a_passing_cause_is_start
     await pool._keep(0, stop)
     assert pool._fatal is None
     assert starts == MAX_FAILED_STARTS + 3
+
+
+class _Sent:
+    """A channel that keeps what a worker sends its supervisor."""
+
+    broken = False
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[object, ...]] = []
+
+    def send(self, *message: object) -> None:
+        self.messages.append(message)
+
+
+async def test_the_workers_detector_time_and_failures_reach_the_supervisors_metrics(
+    tmp_path: Path,
+) -> None:
+    sent = _Sent()
+    worker_stats = _ReportingStats(channel=sent)  # type: ignore[arg-type]
+    worker_stats.detected(0.25)
+    worker_stats.detector_failed()
+    worker_stats.detected(0.5)
+    settings = load_settings(embedded={"data_dir": tmp_path, "workers": 2})
+    supervisor = ProcessorStats()
+    pool = WorkerPool(settings, supervisor, 2)
+    worker = _Worker(0, _Process(), None)  # type: ignore[arg-type]
+    for message in sent.messages:
+        await pool._dispatch(worker, message)
+    registry = supervisor.metrics.registry
+    assert registry.get_sample_value("evalstream_detector_seconds_total") == 0.75
+    assert registry.get_sample_value("evalstream_detector_failures_total") == 1

@@ -1,5 +1,6 @@
 """The embedded event log: positions per partition, checkpoints, SQLite errors as ours, and a
-partition catching up that still lets the loop run."""
+partition catching up that still lets the loop run, and an idle one that checkpoints its last
+batch."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 
 import common.turns
+from store.sqlite import SqliteStore
 from stream.exceptions import SourceError
 from stream.ports import CloseReason, PartitionContext, ReceivedEvent
 from stream.sources import local_log
 from stream.sources.local_log import LocalLog, partition_for, run_partition
+from tests.unit.stream.test_pipeline import body, make_pipeline
 
 
 async def test_appended_events_read_back_in_order_from_either_thread(tmp_path: Path) -> None:
@@ -175,5 +178,36 @@ async def test_retention_never_removes_events_the_processor_has_not_checkpointed
         # Another group's checkpoint moves nothing.
         await log.update_checkpoint_async("other", partition, 9)
         assert await log.sweep_async(7 * 86400, "g") == 0
+    finally:
+        await log.aclose()
+
+
+async def test_the_end_of_a_burst_is_checkpointed_while_the_partition_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst processed within the checkpoint interval of the last checkpoint, then nothing:
+    once the interval has passed, the idle partition checkpoints its last batch. Before, it
+    stayed behind until a next event came (``status`` showed the burst as lag on a caught-up
+    processor, and a restart processed and counted it again)."""
+    log = LocalLog(tmp_path / "log.db", 1)
+    stop = asyncio.Event()
+    at_idle: list[int] = []
+
+    async def idle(seconds: float, stop_: asyncio.Event) -> None:
+        at_idle.append(log.checkpoint("$Default", 0))
+        if len(at_idle) == 1:  # the interval passes
+            pipeline._partitions["0"].last_checkpoint -= pipeline.checkpoint_interval_s
+        else:
+            stop.set()
+
+    monkeypatch.setattr(local_log, "sleep_or_stop", idle)
+    try:
+        async with SqliteStore(tmp_path / "store.db") as store:
+            pipeline = make_pipeline(store, hot=False)
+            pipeline.checkpoint_interval_s = 3600.0
+            log.append([("a", body(i)) for i in range(30)])
+            await run_partition(log, "$Default", 0, pipeline, stop, batch_size=50, batch_wait_s=1)
+            assert await store.count("telemetry") == 30
+        assert at_idle == [-1, 29]
     finally:
         await log.aclose()

@@ -38,6 +38,9 @@ class Recorder:
         self.seen.extend((self.name, event.sequence) for event in events)
         self.last[context.partition_id] = events[-1]
 
+    async def on_idle(self, context: PartitionContext) -> None:
+        pass
+
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         assert reason is CloseReason.SHUTDOWN
         last = self.last.pop(context.partition_id, None)
