@@ -272,6 +272,8 @@ class Pipeline:
             return
         if time.monotonic() - state.last_checkpoint < self.checkpoint_interval_s:
             return
+        if state.observed > state.pending.sequence:
+            return  # a failed batch's breaches are unpublished: see on_partition_close
         with log_context(partition=context.partition_id):
             try:
                 await self._checkpoint(context, state)

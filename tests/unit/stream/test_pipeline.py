@@ -293,6 +293,30 @@ async def test_a_shutdown_while_the_bus_is_down_leaves_the_breaches_to_the_next_
         assert context.checkpoints == [11]
 
 
+async def test_an_idle_turn_after_a_batch_whose_breaches_are_unpublished_checkpoints_nothing(
+    tmp_path: Path,
+) -> None:
+    # As at a close: a snapshot would hold the detectors past the checkpoint.
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, Publisher(failures=1))
+        pipeline.checkpoint_interval_s = 3600
+        context = await started(pipeline)
+        await pipeline.on_batch(context, [received(i) for i in range(5)])
+        with pytest.raises(ConnectionError):
+            await pipeline.on_batch(context, [received(i) for i in range(5, 12)])
+        pipeline.checkpoint_interval_s = 0
+        await pipeline.on_idle(context)
+        assert context.checkpoints == []
+        assert await store.load_state("$Default", "0") is None
+        # Once the batch is delivered again and its breach published, the idle turn does.
+        pipeline.checkpoint_interval_s = 3600
+        await pipeline.on_batch(context, [received(i) for i in range(5, 12)])
+        assert context.checkpoints == []
+        pipeline.checkpoint_interval_s = 0
+        await pipeline.on_idle(context)
+        assert context.checkpoints == [11]
+
+
 async def test_restart_skips_detectors_for_covered_events(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as store:
         first = make_pipeline(store)
