@@ -167,6 +167,11 @@ class EventHubsSource:
         for batch in partition.ready(self.processor.batch_size, self.processor.batch_wait_s):
             if not await self._deliver(partition, batch):
                 return
+        if not events and not partition.pending:
+            # Nothing arrived for max_wait_time and the last events went: the handler may
+            # checkpoint the end of a burst (without this, not until a next event came).
+            assert self._handler is not None
+            await self._handler.on_idle(partition)
 
     async def _deliver(self, partition: EventHubsPartition, batch: list[ReceivedEvent]) -> bool:
         """Run the handler on ``batch`` until it succeeds (True) or the partition is closing

@@ -52,12 +52,18 @@ RESTART_BACKOFF = Backoff(initial_s=1.0, max_s=10.0)
 MAX_FAILED_STARTS = 5
 
 
+# The child's source had an idle turn (put in a partition's queue, after its batches): not a
+# batch of events, and not counted in the window of batches the child may send ahead.
+IDLE: list[ReceivedEvent] = []
+
+
 class _RemotePartition:
     """The PartitionContext handed to the handler here; its calls run in the child's source."""
 
     def __init__(self, partition_id: str, channel: Channel) -> None:
         self._partition_id = partition_id
         self._channel = channel
+        # Batches in order; IDLE: the child's source found nothing new; None: the end.
         self.queue: asyncio.Queue[list[ReceivedEvent] | None] = asyncio.Queue()
         self.worker: asyncio.Task[None] | None = None
         # closing: stop retrying and drop queued batches (ownership lost); abandoned: a batch
@@ -166,6 +172,10 @@ class _ParentSession:
                 self._ack(partition_id)
             else:
                 partition.queue.put_nowait(decode_batch(partition_id, batch))
+        elif kind == "idle":
+            partition = self.partitions.get(message[1])
+            if partition is not None and not partition.closing:
+                partition.queue.put_nowait(IDLE)
         elif kind == "call":
             _, call_id, name, args = message
             if name == "initialize":
@@ -203,6 +213,10 @@ class _ParentSession:
     async def _work(self, partition: _RemotePartition) -> None:
         handler = self.handler
         while (events := await partition.queue.get()) is not None:
+            if events is IDLE:
+                if not partition.abandoned and not partition.closing:
+                    await handler.on_idle(partition)
+                continue
             if not partition.abandoned and not partition.closing:
                 delivered = await deliver(
                     functools.partial(handler.on_batch, partition, events),
@@ -222,7 +236,8 @@ class _ParentSession:
             # Another instance owns the partition now: its batches not started are its own.
             partition.closing = True
             while not partition.queue.empty():
-                if partition.queue.get_nowait() is not None:
+                dropped = partition.queue.get_nowait()
+                if dropped is not None and dropped is not IDLE:
                     self._ack(partition_id)
         partition.queue.put_nowait(None)
         if partition.worker is not None:

@@ -57,9 +57,9 @@ class _Forwarder:
         self.channel.send("batch", context.partition_id, encode_batch(events))
 
     async def on_idle(self, context: PartitionContext) -> None:
-        # Not forwarded: the parent's source does not tell idle turns (Event Hubs, the source
-        # run in a child in production, has none either).
-        pass
+        # After the partition's batches (one pipe, in order): the parent's handler checkpoints
+        # the end of a burst. Outside the window: an idle turn holds no events.
+        self.channel.send("idle", context.partition_id)
 
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         try:

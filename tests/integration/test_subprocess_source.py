@@ -88,6 +88,9 @@ class Recorder:
         self.events.append(f"batch {context.partition_id}")
         await context.checkpoint(events[-1])
 
+    async def on_idle(self, context: PartitionContext) -> None:
+        self.events.append(f"idle {context.partition_id}")
+
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         self.events.append(f"close {context.partition_id}")
         self.closed.append((context.partition_id, reason))
@@ -139,6 +142,29 @@ async def test_batches_arrive_in_order_and_the_child_writes_the_checkpoints(
         mine = [e for e in recorder.events if e.endswith(f" {partition}")]
         assert mine[0] == f"init {partition}" and mine[-1] == f"close {partition}"
     assert source.restarts == 0 and source.child_pid is None
+
+
+async def test_the_childs_idle_turns_reach_the_handler_after_the_batches_before_them(
+    tmp_path: Path,
+) -> None:
+    # The handler checkpoints the end of a burst at an idle turn (Pipeline.on_idle): one that
+    # came before the burst's last batch was handled would checkpoint short of it.
+    log_path = tmp_path / "log.db"
+    appended = append(log_path, 1_000)
+    recorder = Recorder()
+
+    def idle_after_every_batch() -> bool:
+        last = {e.split()[1]: e.split()[0] for e in recorder.events if e.split()[0] != "init"}
+        return recorder.count() >= 1_000 and all(
+            last.get(str(p)) == "idle" for p in range(PARTITIONS)
+        )
+
+    await run_until(local_source(log_path), recorder, idle_after_every_batch)
+
+    assert recorder.processed == expected_sequences(appended)
+    for partition in map(str, range(PARTITIONS)):
+        mine = [e.split()[0] for e in recorder.events if e.endswith(f" {partition}")]
+        assert "idle" in mine[mine.index("batch") :], mine
 
 
 async def test_a_failed_batch_is_delivered_again_before_any_later_one(tmp_path: Path) -> None:

@@ -128,6 +128,9 @@ class Recorder:
         await self.pipeline.on_batch(context, events)
         self.delivered.setdefault(context.partition_id, []).extend(e.sequence for e in events)
 
+    async def on_idle(self, context: PartitionContext) -> None:
+        await self.pipeline.on_idle(context)
+
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         self.closes.append((context.partition_id, reason))
         if not self.crash_on_close:
@@ -282,6 +285,12 @@ async def test_processes_every_event_once_and_checkpoints_the_last_sequence(
     await wait_for(lambda: running.events >= harness.expected.events, "every event processed")
     # Lag from the service's last enqueued sequence (partition properties) and our progress.
     assert await recorder.pipeline.stats.lag() == {p: 0 for p in PARTITIONS}
+    # Idle, every partition checkpoints the end of the stream while running (not only at the
+    # stop): a crash now would not process any of it again.
+    last = harness.last_sequences()
+    async with asyncio.timeout(WAIT_S):
+        while await harness.checkpoints() != last:
+            await asyncio.sleep(0.05)
     await running.stop()
 
     await harness.assert_store_exact()
@@ -289,7 +298,6 @@ async def test_processes_every_event_once_and_checkpoints_the_last_sequence(
     assert recorder.failed == 3
     assert recorder.empty_batches == 0
     assert sorted(recorder.closes) == [(p, CloseReason.SHUTDOWN) for p in PARTITIONS]
-    last = harness.last_sequences()
     assert await harness.checkpoints() == last
     for p in PARTITIONS:
         # Every sequence of the partition was delivered successfully, in order, none skipped.
