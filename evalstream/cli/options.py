@@ -114,6 +114,28 @@ def existing_store(settings: Settings) -> Settings:
     return settings
 
 
+# What a command writes itself into the data dir (reports, replay reports, events): an
+# existing file of another kind there is the service's own (its store, log, key, lock).
+_WRITTEN_SUFFIXES = frozenset({".html", ".json", ".ndjson", ".jsonl"})
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def output_file(path: Path, option: str, data_dir: Path | None = None) -> Path:
+    """``path`` for a command's output, unless writing there would destroy data: an existing
+    SQLite file anywhere (a store, a log, an alert bus, a replay job) or an existing file of
+    the data dir other than what commands write there; exit 2 naming it otherwise."""
+    target = path.resolve()
+    if not target.is_file():
+        return path
+    with open(target, "rb") as existing:
+        sqlite = existing.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    inside = data_dir is not None and target.is_relative_to(data_dir.resolve())
+    if sqlite or (inside and target.suffix not in _WRITTEN_SUFFIXES):
+        kind = "a SQLite database" if sqlite else "a file of the data dir"
+        raise fail(f"{option}: {path} is {kind}; writing there would destroy it")
+    return path
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run``; the project's errors end the command with one line each (exit 2 when
     every one is a missing or contradictory setting, else 1)."""

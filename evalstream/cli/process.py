@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import orjson
@@ -22,6 +23,7 @@ from evalstream.cli.options import (
     console,
     fail,
     load,
+    output_file,
 )
 from evalstream.settings import Settings, SettingsError
 from schemas import Breach, TelemetryEvent
@@ -240,6 +242,7 @@ def _write_events(simulator: Simulator, count: int | None, output: str) -> None:
         return
     if count is None:
         raise typer.BadParameter("writing to a file needs --count", param_hint="--output")
+    output_file(Path(output), "--output")
     try:
         with open(output, "wb") as target:
             for event in simulator.events(count):

@@ -27,6 +27,7 @@ from evalstream.cli.options import (
     console,
     fail,
     load,
+    output_file,
     run,
 )
 from evalstream.cli.replay_display import ReplayDisplay, plural
@@ -206,6 +207,8 @@ def replay(
     """
     logs.configure(log_level, log_format)
     settings = load(config, data_dir)
+    if report is not None:
+        output_file(report, "--report", settings.embedded.data_dir)
     job: JobFile | None = None
     stdin = False
     if resume is not None:

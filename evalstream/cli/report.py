@@ -17,7 +17,7 @@ from rich.console import Console
 
 from common.errors import EvalstreamError, Misconfigured
 from evalstream.cli.coldpath import load
-from evalstream.cli.options import ConfigOption, DataDirOption, existing_store
+from evalstream.cli.options import ConfigOption, DataDirOption, existing_store, output_file
 from store.exceptions import StoreError
 
 EXIT_FAILED = 1
@@ -74,6 +74,7 @@ def report(
     from report import ReportRequest, render_html
 
     settings = existing_store(load(config, data_dir))
+    output_file(output, "--output", settings.embedded.data_dir)
     first, stop = time_range(start, end, datetime.now(UTC))
     request = ReportRequest(start=first, end=stop, app_ids=tuple(app or ()))
     try:

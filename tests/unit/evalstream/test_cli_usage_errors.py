@@ -3,6 +3,8 @@ command that only reads creates nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from evalstream.cli import app
+from store.sqlite import SqliteStore
 
 READERS = {
     "report": ["report", "-o", "{out}/report.html"],
@@ -140,3 +143,52 @@ def test_trigger_takes_only_windows_of_the_policies(tmp_path: Path, window: str,
     assert said in output, output
     assert len(output.strip().splitlines()) == 1, output
     assert (tmp_path / "store.db").stat().st_size == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "target", "said"),
+    [
+        (["report", "--output"], "store.db", "is a SQLite database"),
+        (["report", "-o"], "user-hash.key", "is a file of the data dir"),
+        (["simulate", "--count", "3", "--output"], "log.db", "is a SQLite database"),
+        (
+            ["replay", "--source", "log", "--from", "2026-03-01", "--to", "2026-03-02", "--report"],
+            "alerts.db",
+            "is a SQLite database",
+        ),
+        # Elsewhere than the data dir too: another processor's store.
+        (["report", "--output"], "../elsewhere/store.db", "is a SQLite database"),
+    ],
+)
+def test_an_output_over_the_services_own_files_is_refused(
+    tmp_path: Path, args: list[str], target: str, said: str
+) -> None:
+    data_dir = tmp_path / "data"
+    (tmp_path / "elsewhere").mkdir()
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "store.db") as connection:
+        connection.execute("CREATE TABLE kept (x)")
+    for name in ("log.db", "alerts.db"):
+        (data_dir / name).write_bytes((data_dir / "store.db").read_bytes())
+    (tmp_path / "elsewhere" / "store.db").write_bytes((data_dir / "store.db").read_bytes())
+    (data_dir / "user-hash.key").write_text("secret")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    path = data_dir / target
+    code, output = invoke([*args, str(path), "--data-dir", str(data_dir)])
+    assert code == 2, output
+    assert f"{path} {said}; writing there would destroy it" in output, output
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_a_report_may_replace_an_earlier_report_in_the_data_dir(tmp_path: Path) -> None:
+    async def create() -> None:
+        async with SqliteStore(tmp_path / "store.db"):
+            pass
+
+    asyncio.run(create())
+    (tmp_path / "report.html").write_text("an earlier report")
+    code, output = invoke(
+        ["report", "-o", str(tmp_path / "report.html"), "--data-dir", str(tmp_path)]
+    )
+    assert code == 0, output
+    assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
