@@ -119,7 +119,11 @@ def test_a_record_orjson_cannot_encode_is_still_one_json_line(
     its '--- Logging error ---' traceback, many lines that are not JSON, instead of the record."""
     stream, handler = captured
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("tests.logs")
+    # A logger of its own, outside the logging tree: pytest's capture (which reaches every
+    # logger of the tree) would keep the lone surrogate, which cannot cross to the xdist
+    # controller, and that stops the whole run.
+    logger = logging.Logger("tests.logs", logging.INFO)
+    logger.addHandler(handler)
     logger.info("data in %s", "/var/lib/d\udcff", extra={"path": Path("/var/lib/d\udcff")})
     logger.info("counted", extra={"total": 2**70, "by_partition": {0: 3}})
 
