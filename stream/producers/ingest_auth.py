@@ -184,7 +184,8 @@ class Authorizer:
         return bool(self._keys) or self._entra is not None
 
     async def identify(self, headers: Mapping[str, str]) -> Sender | Denied:
-        presented = headers.get("x-api-key")
+        # An empty X-API-Key (a client's unset variable) is no key: the bearer one counts.
+        presented = headers.get("x-api-key", "").strip() or None
         authorization = headers.get("authorization", "")
         if presented is None and authorization[:7].lower() == "bearer ":
             presented = authorization[7:].strip()

@@ -64,7 +64,17 @@ async def test_missing_or_unknown_keys_are_401(
     assert (denied.status, denied.message.startswith(message)) == (401, True)
 
 
-@pytest.mark.parametrize("headers", [{"authorization": "bearer s3cret"}, {"x-api-key": "s3cret"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": "bearer s3cret"},
+        {"x-api-key": "s3cret"},
+        # An empty X-API-Key beside the bearer key (a client's unset variable) is no key.
+        {"x-api-key": "", "authorization": "Bearer s3cret"},
+        {"x-api-key": " ", "authorization": "Bearer s3cret"},
+    ],
+    ids=["bearer", "x-api-key", "empty-x-api-key-and-bearer", "blank-x-api-key-and-bearer"],
+)
 async def test_a_known_key_is_found_by_its_hash(auth: Authorizer, headers: dict[str, str]) -> None:
     assert await auth.identify(headers) == KEY
 
