@@ -180,10 +180,13 @@ class Decoder:
         event = common_event(body, self._latest) if common else None
         if event is not None:
             return Decoded([accepted_event(0, event)], [])
+        # A UTF-8 byte order mark before the JSON (some Windows tools write one) is read past,
+        # as RFC 8259 allows and as NDJSON's first line is.
+        text = body[len(BOM) :] if body.startswith(BOM) else body
         try:
-            parsed = orjson.loads(body)
+            parsed = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            return self._reject_whole(body, _json_error(body, exc))
+            return self._reject_whole(body, _json_error(text, exc))
         # Any other single event object: orjson and the validator on Python values cost ~1.2
         # µs less per event than the validator reading the JSON itself, and decide as it does,
         # with the same values (tests/unit/stream/test_decode_paths.py).

@@ -105,6 +105,16 @@ async def test_one_valid_event_is_accepted_and_appended(ingest: Ingest) -> None:
     assert orjson.loads(logged)["trace_id"] == "t"
 
 
+async def test_a_body_after_a_byte_order_mark_is_read(ingest: Ingest) -> None:
+    # PowerShell's Out-File and Notepad write one; NDJSON bodies were already read past it.
+    plain = await ingest.client.post("/api/telemetry", content=orjson.dumps(GOOD))
+    marked = await ingest.client.post(
+        "/api/telemetry", content=b"\xef\xbb\xbf" + orjson.dumps([GOOD, GOOD])
+    )
+    assert marked.status_code == 202, marked.text
+    assert marked.json()["ids"] == plain.json()["ids"] * 2
+
+
 async def test_mixed_batch_reports_each_rejection_and_quarantines_it(ingest: Ingest) -> None:
     events = [GOOD, {**GOOD, "latency_ms": "slow"}, {**GOOD, "trace_id": "t2"}, 3]
     response = await ingest.client.post("/api/telemetry", content=orjson.dumps({"events": events}))

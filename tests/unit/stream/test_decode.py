@@ -81,6 +81,21 @@ def test_all_transport_shapes_are_accepted() -> None:
     assert len(decoder.decode(orjson.dumps({"events": [GOOD] * 3}), NOW).accepted) == 3
 
 
+@pytest.mark.parametrize(
+    "value", [GOOD, [GOOD, GOOD], {"events": [GOOD]}], ids=["object", "array", "envelope"]
+)
+def test_a_byte_order_mark_before_the_json_is_read_past(value: object) -> None:
+    # Some Windows tools write one; NDJSON's first line was already read past it.
+    plain = Decoder().decode(orjson.dumps(value), NOW)
+    marked = Decoder().decode(decode.BOM + orjson.dumps(value), NOW)
+    assert not marked.rejected
+    assert [a.event for a in marked.accepted] == [a.event for a in plain.accepted]
+    # Only at the start: one inside is malformed JSON.
+    assert codes(orjson.dumps(value)[:1] + decode.BOM + orjson.dumps(value)[1:]) == [
+        ["malformed_json"]
+    ]
+
+
 def test_huge_arrays_are_rejected_whole() -> None:
     decoder = Decoder(DecodeLimits(max_events_per_body=10))
     assert codes(orjson.dumps([GOOD] * 11), decoder) == [["too_many_events"]]
