@@ -50,13 +50,16 @@ IncidentOption = Annotated[
 ]
 
 
-def _incidents(values: list[str]) -> list[Incident]:
-    from stream.producers.simulator import Incident
+def _incidents(values: list[str], apps: int, seed: int) -> list[Incident]:
+    """The incidents, each checked against the simulated apps (its app and score exist)."""
+    from stream.producers.simulator import Incident, Simulator
 
     try:
-        return [Incident.parse(value) for value in values]
+        incidents = [Incident.parse(value) for value in values]
+        Simulator(apps=apps, seed=seed, start=datetime.now(UTC), incidents=incidents)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--incident") from exc
+    return incidents
 
 
 def process(
@@ -117,7 +120,9 @@ def process(
     if simulate and not incident:
         incident = ["latency_regression:app-001@60+120x4", "error_burst:app-002@150+60x0.3"]
     options = (
-        SimulatorRun(apps=apps, rate=rate, seed=seed, incidents=_incidents(incident or []))
+        SimulatorRun(
+            apps=apps, rate=rate, seed=seed, incidents=_incidents(incident or [], apps, seed)
+        )
         if simulate
         else None
     )
@@ -289,7 +294,7 @@ def simulate(
         rate=rate,
         seed=seed,
         start=first or datetime.now(UTC),
-        incidents=_incidents(incident or []),
+        incidents=_incidents(incident or [], apps, seed),
         invalid_fraction=invalid_fraction,
     )
     if output is not None:

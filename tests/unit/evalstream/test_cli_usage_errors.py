@@ -88,6 +88,14 @@ def test_an_empty_or_inverted_selection_is_refused(
         (["process", "--until-idle", "-1"], "'--until-idle'"),
         (["coldpath", "run-shard", "--manifest", "m", "--group-index", "-1"], "'--group-index'"),
         (["process", "--log-level", "LOUD"], "'LOUD' is not one of DEBUG, INFO, WARNING, ERROR"),
+        (
+            ["process", "--simulate", "--incident", "latency_regression:app-009@0+10x3"],
+            "names unknown app 'app-009'",
+        ),
+        (
+            ["simulate", "--count", "1", "--incident", "score_drift:app-001/nosuch@0+10x-2"],
+            "app app-001 has no score 'nosuch'",
+        ),
         (["replay", "--log-level", "verbose"], "'verbose' is not one of DEBUG"),
         (["coldpath", "trigger", "--log-level", "warn"], "'warn' is not one of DEBUG"),
     ],
