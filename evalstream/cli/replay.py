@@ -230,7 +230,10 @@ def replay(
             raise
         if spec is None:
             job.close()
-            raise fail(f"--resume: job {resume} was never planned; start it again")
+            raise fail(
+                f"--resume: job {resume} was never planned (its planning stopped); start it "
+                f"again with its options (--id {resume} may be given again)"
+            )
     else:
         spec, stdin = _new_spec(
             settings,
@@ -372,6 +375,16 @@ async def _execute(
         return result
 
 
+def _planned(path: Path) -> bool:
+    job = JobFile(path)
+    try:
+        return flow.load_spec(job) is not None
+    except ReplayError:
+        return True  # planned, by another version
+    finally:
+        job.close()
+
+
 async def _plan(
     settings: Settings, spec: ReplaySpec, stdin: bool, workers: int
 ) -> tuple[JobFile, ReplaySpec]:
@@ -380,7 +393,12 @@ async def _plan(
     copy."""
     path = replay_wiring.job_path(settings, spec.id)
     if path.exists():
-        raise ReplayMisconfigured(f"--id: a replay job {spec.id!r} exists already; --resume it")
+        if _planned(path):
+            raise ReplayMisconfigured(f"--id: a replay job {spec.id!r} exists already; --resume it")
+        # Its planning stopped before the plan was written (a full disk, a kill): nothing of it
+        # ran, and --resume cannot continue it, so it is planned afresh (its lock is held).
+        for leftover in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
     if stdin:
         kept = path.with_suffix(".stdin.ndjson")
         path.parent.mkdir(parents=True, exist_ok=True)
