@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, field_validator
 
 from common.retry import Backoff
 
@@ -38,6 +41,33 @@ class CosmosSettings(BaseModel):
     # The SDK follows the endpoints the account advertises; the Linux emulator advertises
     # 127.0.0.1, which is wrong from another container, so compose turns this off.
     enable_endpoint_discovery: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, endpoint: str | None) -> str | None:
+        # Checked here: the SDK takes any text and fails at the first request, as unreachable.
+        if endpoint is not None:
+            try:
+                parts = urlsplit(endpoint)
+                parts.port  # noqa: B018 - raises ValueError when out of range
+            except ValueError as exc:
+                raise ValueError(f"{endpoint!r} is not a URL: {exc}") from None
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(
+                    f"{endpoint!r} is not an account URL (https://ACCOUNT.documents.azure.com:443/)"
+                )
+        return endpoint
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, key: SecretStr | None) -> SecretStr | None:
+        # The SDK signs requests with the decoded key: one that is not base64 failed there.
+        if key is not None:
+            try:
+                base64.b64decode(key.get_secret_value(), validate=True)
+            except binascii.Error:
+                raise ValueError("is not a Cosmos DB key (the account's base64 key)") from None
+        return key
 
     @property
     def backoff(self) -> Backoff:

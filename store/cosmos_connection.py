@@ -11,13 +11,14 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from azure.core.exceptions import AzureError
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import ContainerProxy, CosmosClient, DatabaseProxy
 
 from common.retry import Backoff
 from store.cosmos_config import CosmosSettings
-from store.cosmos_errors import call
+from store.cosmos_errors import call, map_error
 from store.cosmos_items import PARTITION_KEY_PATH
 from store.exceptions import StoreMisconfigured
 
@@ -68,7 +69,7 @@ async def open_containers(
     )
     opened: dict[str, ContainerProxy] = {}
     try:
-        await client.__aenter__()
+        await _enter(client, endpoint)
         db = await call(
             "open database",
             functools.partial(_database, client, database, create_if_missing),
@@ -84,6 +85,15 @@ async def open_containers(
         await asyncio.shield(client.close())
         raise
     return client, opened
+
+
+async def _enter(client: CosmosClient, endpoint: str) -> None:
+    """Enter the client, which reads the account: the SDK's errors as the store's (its own
+    retries, for an unreachable account, have run)."""
+    try:
+        await client.__aenter__()
+    except AzureError as exc:
+        raise map_error(exc, f"open the Cosmos DB account at {endpoint}") from exc
 
 
 async def _database(client: CosmosClient, name: str, create: bool) -> DatabaseProxy:

@@ -10,6 +10,7 @@ from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponse
 
 from common.errors import Misconfigured
 from common.retry import Backoff
+from store.cosmos import CosmosStore
 from store.cosmos_config import CosmosSettings
 from store.cosmos_errors import call, map_error, retry_after_s
 from store.exceptions import StoreConflict, StoreError, StoreMisconfigured, StoreUnavailable
@@ -160,3 +161,34 @@ async def test_cancellation_during_backoff_propagates() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert operation.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "said"),
+    [
+        ("not a url", "is not an account URL"),
+        ("ftp://account.documents.azure.com/", "is not an account URL"),
+        ("https://", "is not an account URL"),
+        ("https://[::1", "is not a URL: Invalid IPv6 URL"),
+        ("https://account.documents.azure.com:99999/", "is not a URL: Port out of range"),
+    ],
+)
+def test_an_endpoint_that_is_no_account_url_is_named(endpoint: str, said: str) -> None:
+    # The SDK takes any text and fails at the first request, reported as unreachable.
+    with pytest.raises(ValueError, match=said):
+        CosmosSettings(endpoint=endpoint)
+
+
+def test_a_key_that_is_not_base64_is_named() -> None:
+    # The SDK signs each request with the decoded key: binascii.Error at the first one.
+    with pytest.raises(ValueError, match="is not a Cosmos DB key"):
+        CosmosSettings(endpoint="https://a.documents.azure.com:443/", key="not-base64!")
+    assert CosmosSettings(endpoint="https://localhost:8081/", key="a2V5").key is not None
+
+
+async def test_an_unreachable_account_is_one_store_error() -> None:
+    # Nothing listens on port 1: the SDK's own error was raised as it is (a traceback).
+    store = CosmosStore("http://127.0.0.1:1/", "a2V5", backoff=Backoff(max_retries=0))
+    with pytest.raises(StoreUnavailable, match=r"open the Cosmos DB account at .*unreachable"):
+        async with store:
+            pass
