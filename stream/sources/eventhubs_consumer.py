@@ -28,7 +28,7 @@ from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
-from stream.sources.eventhubs_partition import EventHubsPartition
+from stream.sources.eventhubs_partition import CheckpointStore, EventHubsPartition
 from stream.sources.eventhubs_sdk import default_credential, map_error
 
 if TYPE_CHECKING:
@@ -215,12 +215,12 @@ class EventHubsSource:
     def _checkpoint_store(self, credential: AsyncTokenCredential | None) -> BlobCheckpointStore:
         settings = self.settings
         if settings.checkpoint_connection_string is not None:
-            return BlobCheckpointStore.from_connection_string(
+            return CheckpointStore.from_connection_string(
                 settings.checkpoint_connection_string.get_secret_value(),
                 settings.checkpoint_container,
             )
         assert settings.checkpoint_account_url is not None
-        return BlobCheckpointStore(
+        return CheckpointStore(
             settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
         )
 

@@ -1,6 +1,6 @@
 """One owned Event Hubs partition: the PartitionContext the handler checkpoints through (into
 Blob storage), and the source's delivery state for it (events gathered into batches, the batch
-in flight, duplicates after a reconnect dropped)."""
+in flight, duplicates after a reconnect dropped); and the Blob checkpoint store it uses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import AzureError
 from azure.eventhub import EventData
@@ -65,6 +65,56 @@ def received_event(
     return received(
         _body(event), partition, sequence, when, None if offset is None else str(offset)
     )
+
+
+# What an unreadable checkpoint reads as: the partition's start (the offset before the first
+# event), so the partition is read again from there.
+START_CHECKPOINT = {"offset": "-1", "sequence_number": -1}
+
+
+class CheckpointStore(BlobCheckpointStore):
+    """The SDK's Blob checkpoint store, except that a checkpoint blob it cannot read (metadata
+    missing or not numbers: another tool, a partial restore) does not stop every partition.
+
+    The SDK lists all checkpoints whenever it starts partitions, and one unreadable blob made
+    that listing fail at every load-balancing round: no partition started, for ever. Such a
+    checkpoint reads as the partition's start, logged as an error naming the blob: the events
+    are read again, which stores nothing twice (writes are idempotent, and what the store's
+    snapshot covers is skipped), where starting at the latest event would lose some.
+    """
+
+    async def list_checkpoints(
+        self, fully_qualified_namespace: str, eventhub_name: str, consumer_group: str, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        prefix = f"{fully_qualified_namespace}/{eventhub_name}/{consumer_group}/checkpoint/"
+        blobs = self._container_client.list_blobs(
+            name_starts_with=prefix.lower(), include=["metadata"], **kwargs
+        )
+        checkpoints: list[dict[str, Any]] = []
+        async for blob in blobs:
+            metadata = blob.metadata or {}
+            position: dict[str, Any]
+            try:
+                offset = str(metadata["offset"])
+                position = {"offset": offset, "sequence_number": int(metadata["sequencenumber"])}
+                if not offset:
+                    raise ValueError("empty offset")
+            except (KeyError, ValueError):
+                logger.error(
+                    "checkpoint unreadable: its partition is read again from its start",
+                    extra={"blob": blob.name, "metadata": dict(metadata)},
+                )
+                position = dict(START_CHECKPOINT)
+            checkpoints.append(
+                {
+                    "fully_qualified_namespace": fully_qualified_namespace,
+                    "eventhub_name": eventhub_name,
+                    "consumer_group": consumer_group,
+                    "partition_id": blob.name.split("/")[-1],
+                    **position,
+                }
+            )
+        return checkpoints
 
 
 class EventHubsPartition:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+from azure.storage.blob.aio import ContainerClient
 from pydantic import SecretStr
 
 from schemas import AppDirectory
@@ -35,7 +36,11 @@ from stream.pipeline import Pipeline
 from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
 from stream.producers.simulator import Simulator
 from stream.sources.eventhubs_config import EventHubsSettings
-from stream.sources.eventhubs_consumer import SOURCE_NAME, EventHubsSource
+from stream.sources.eventhubs_consumer import (
+    CHECKPOINT_API_VERSION,
+    SOURCE_NAME,
+    EventHubsSource,
+)
 from stream.sources.eventhubs_producer import EventHubsSink
 from stream.sources.subprocess_source import SubprocessSource
 from stream.stats import ProcessorStats
@@ -361,6 +366,47 @@ async def test_abandoned_failed_batch_is_delivered_again_after_restart(
     await running.stop()
     for p in PARTITIONS:
         assert healthy.delivered[p][0] == 0
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == harness.last_sequences()
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"offset": "12", "sequencenumber": "not-a-number"}, {}],
+    ids=["unparsable-sequence", "no-metadata"],
+)
+async def test_an_unreadable_checkpoint_restarts_its_partition_and_stops_no_other(
+    harness: Harness, sink: EventHubsSink, metadata: dict[str, str]
+) -> None:
+    await harness.send(sink, simulated(400, seed=12))
+    running = Running(harness.source(), harness.recorder())
+    await wait_for(lambda: running.events >= harness.expected.events, "the first round")
+    await running.stop()
+    checkpoints = await harness.checkpoints()
+    # Someone (a tool, another SDK's format, a partial restore) leaves partition 1's
+    # checkpoint blob unreadable to the checkpoint store.
+    blob = f"{harness.namespace}/{harness.hub}/{CONSUMER_GROUP}/checkpoint/1".lower()
+    async with ContainerClient.from_connection_string(
+        harness.azurite.connection_string, harness.container, api_version=CHECKPOINT_API_VERSION
+    ) as container:
+        await container.get_blob_client(blob).set_blob_metadata(metadata)
+
+    await harness.send(sink, simulated(400, seed=13))
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        last = harness.last_sequences()
+        await wait_for(
+            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in PARTITIONS),
+            "every partition processed to its last event",
+        )
+    finally:
+        await running.stop()
+    # Partition 1 is read again from its start (what its snapshot covers is not stored
+    # again); the others carry on after their checkpoints.
+    assert recorder.delivered["1"][0] == 0
+    for p in ("0", "2", "3"):
+        assert recorder.delivered[p][0] == checkpoints[p] + 1
     await harness.assert_store_exact()
     assert await harness.checkpoints() == harness.last_sequences()
 
