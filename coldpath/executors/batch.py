@@ -5,7 +5,8 @@ making a second one; tasks are added with the add-task-collection call in chunks
 tasks and 1 MB (a chunk refused for its size is split in halves, one refused for a passing cause
 is retried with the common backoff, and "TaskExists" on a retried chunk counts as added). Each
 task runs ``evalstream coldpath run-shard --manifest-url <blob SAS URL> --group-index I`` under
-an explicit retry count and wall-clock limit; the job terminates when all its tasks complete.
+an explicit retry count and wall-clock limit; once every task is added the job is set to
+terminate when they all complete (not at creation: Batch would end a job without tasks).
 Following the job (``follow=True``) reports failed shards with the end of their stderr.
 """
 
@@ -163,6 +164,7 @@ class BatchExecutor:
             state = await self._ensure_job(client, manifest)
             if state == "active":
                 self.last_submit = await self.submit(client, manifest, url)
+                await self._end_when_tasks_complete(client, manifest.id)
             else:
                 logger.info("job %s is %s: not adding tasks", manifest.id, state)
             if not self.follow:
@@ -183,7 +185,10 @@ class BatchExecutor:
                 models.EnvironmentSetting(name=name, value=value.get_secret_value())
                 for name, value in sorted(s.environment.items())
             ],
-            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.TERMINATE_JOB,
+            # Not terminatejob yet: Batch would end the job while it has no tasks (all of none
+            # are complete), or between two chunks once the first chunk's tasks are done, and
+            # refuse the rest (409 JobCompleted). Set once every task is added.
+            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.NO_ACTION,
             metadata=[
                 models.BatchMetadataItem(name="window", value=manifest.window.key),
                 models.BatchMetadataItem(name="run", value=str(manifest.run)),
@@ -207,6 +212,16 @@ class BatchExecutor:
             return "active"
 
         return await retry(create, backoff=self.backoff, what=f"creating job {manifest.id}")
+
+    async def _end_when_tasks_complete(self, client: BatchClient, job_id: str) -> None:
+        """Every task is added: the job may now terminate once they all complete."""
+        options = models.BatchJobUpdateOptions(
+            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.TERMINATE_JOB
+        )
+        await self._call(
+            lambda: client.update_job(job_id, options),
+            f"setting job {job_id} to terminate when its tasks complete",
+        )
 
     # -- tasks ---------------------------------------------------------------------------
 

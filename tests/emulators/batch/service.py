@@ -231,6 +231,28 @@ class BatchService:
         job_body.setdefault("constraints", {"maxTaskRetryCount": 0})
         job = Job(job_body)
         self.jobs[job_id.lower()] = job
+        # The service documents that a job without tasks has all its tasks complete: created
+        # with terminatejob, it ends before a task can be added.
+        self._after_completion(job)
+        return job
+
+    def update_job(self, job_id: str, body: Json) -> Job:
+        """PATCH: the given properties replace the job's; terminatejob cannot be undone."""
+        job = self.job(job_id)
+        mode = body.get("onAllTasksComplete")
+        if mode is not None:
+            if mode not in ("noaction", "terminatejob"):
+                raise invalid_property("onAllTasksComplete", f"unknown value {mode!r}")
+            if mode == "noaction" and job.body.get("onAllTasksComplete") == "terminatejob":
+                raise invalid_property(
+                    "onAllTasksComplete", "automatic job termination cannot be turned off"
+                )
+        for name in ("priority", "maxParallelTasks", "onAllTasksComplete", "constraints"):
+            if name in body:
+                job.body[name] = body[name]
+        job.body["eTag"] = new_etag()
+        job.body["lastModified"] = now()
+        self._after_completion(job)
         return job
 
     def list_jobs(self) -> list[Json]:
@@ -526,7 +548,7 @@ class BatchService:
     def _after_completion(self, job: Job) -> None:
         if job.state != "active" or job.body.get("onAllTasksComplete") != "terminatejob":
             return
-        if job.tasks and all(t.state == "completed" for t in job.tasks.values()):
+        if all(t.state == "completed" for t in job.tasks.values()):
             self._complete_job(job, "AllTasksComplete")
 
     def _kill(self, task: Task, reason: str) -> None:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,12 +21,15 @@ from typing import Any
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from coldpath.executors.batch import BatchExecutor, batch_client
+from coldpath.executors.batch import BatchExecutor, batch_client, wire_text
+from coldpath.executors.batch_config import BatchSettings, PoolSettings
 from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
 from coldpath.executors.inline import InlineExecutor
 from coldpath.ports import JobReport
 from coldpath.runner import ShardRunner
+from coldpath.shards import build_manifest
 from coldpath.trigger import WindowChoice, plan
 from evalstream import wiring
 from evalstream.coldpath_entry import plan_due, submit_manifests
@@ -35,13 +39,16 @@ from store.cosmos import CosmosStore
 from tests.emulators.batch_fixtures import BatchServer
 from tests.emulators.fault_proxy import FaultProxy
 from tests.integration.coldpath.batch_harness import (
+    POOL_ID,
     START,
     AzureColdpath,
     comparable,
     documents,
     ensure_pool,
+    run_async,
 )
 from tests.unit.coldpath.fakes import CATALOGUE, RecordingPublisher
+from tests.unit.coldpath.test_runner import POLICY, WINDOW
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -376,3 +383,38 @@ def test_the_durable_hand_off_of_heavy_manifests_runs_them_on_batch(cold: AzureC
     on_batch = asyncio.run(cold.results("durable"))
     assert len(on_batch) == 2 * 3
     assert comparable(on_batch) == comparable(local)
+
+
+def test_a_job_ends_once_every_task_is_added_not_before(batch_server: BatchServer) -> None:
+    # Batch ends a job with "terminate when all tasks complete" as soon as they are, and a job
+    # without tasks has them all complete: one created so ended before its first chunk (or, on
+    # a fast shard, between two chunks) and refused the rest (409 JobCompleted).
+    run_async(ensure_pool(batch_server))
+    settings = BatchSettings(
+        account_url=batch_server.url,
+        account_name=batch_server.account_name,
+        account_key=SecretStr(batch_server.account_key),
+        pool=PoolSettings(id=POOL_ID),
+        command="true",
+        chunk_size=1,
+        submit_concurrency=1,
+        poll_interval_s=0.05,
+    )
+    manifest = build_manifest(
+        WINDOW, [POLICY], ["a", "b", "c"], group_size=1, code_version=uuid.uuid4().hex, run=0
+    )
+
+    async def stage(_: JobManifest) -> str:
+        return "https://staging.invalid/manifest.json"
+
+    async def scenario() -> tuple[JobReport, Any]:
+        report = await BatchExecutor(settings, stage=stage).run(manifest)
+        async with batch_client(settings) as client:
+            return report, await client.get_job(manifest.id)
+
+    report, job = run_async(scenario())
+
+    assert report.failed == {}
+    assert sorted(report.succeeded) == [0, 1, 2]
+    assert wire_text(job.state) == "completed"
+    assert job.execution_info.termination_reason == "AllTasksComplete"
