@@ -25,7 +25,12 @@ from typing import Any
 from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
 
 from coldpath.exceptions import ColdpathError
 from coldpath.executors.batch_config import MAX_BYTES_PER_CALL, BatchSettings
@@ -161,6 +166,7 @@ class BatchExecutor:
             what=f"staging manifest {manifest.id}",
         )
         async with batch_client(self.settings) as client:
+            await self._check_pool(client)
             state = await self._ensure_job(client, manifest)
             if state == "active":
                 self.last_submit = await self.submit(client, manifest, url)
@@ -172,6 +178,29 @@ class BatchExecutor:
             return await self.wait(client, manifest)
 
     # -- job -----------------------------------------------------------------------------
+
+    async def _check_pool(self, client: BatchClient) -> None:
+        """Refuse a pool that does not exist: Batch accepts a job on it and never runs its
+        tasks (a followed job would be waited for for ever)."""
+        pool_id = self.settings.pool.id
+
+        async def read() -> None:
+            try:
+                await client.get_pool(pool_id, select=["id"])
+            except ResourceNotFoundError as exc:
+                raise BatchMisconfigured(
+                    f"Batch pool {pool_id!r} does not exist in {self.settings.account_url}: "
+                    "create it (`evalstream coldpath pool ensure`) or set azure.batch.pool.id"
+                ) from exc
+            except HttpResponseError as exc:
+                if exc.status_code != 403:
+                    raise map_error(exc, f"reading pool {pool_id}") from exc
+                # An identity that may submit jobs but not read pools: nothing to check with.
+                logger.info("pool %s not checked: reading it is not allowed", pool_id)
+            except AzureError as exc:
+                raise map_error(exc, f"reading pool {pool_id}") from exc
+
+        await retry(read, backoff=self.backoff, what=f"reading pool {pool_id}")
 
     def _job_options(self, manifest: JobManifest) -> models.BatchJobCreateOptions:
         s = self.settings

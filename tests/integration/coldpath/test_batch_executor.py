@@ -23,7 +23,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from coldpath.executors.batch import BatchExecutor, batch_client, wire_text
+from coldpath.executors.batch import BatchExecutor, BatchMisconfigured, batch_client, wire_text
 from coldpath.executors.batch_config import BatchSettings, PoolSettings
 from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
 from coldpath.executors.inline import InlineExecutor
@@ -31,6 +31,7 @@ from coldpath.ports import JobReport
 from coldpath.runner import ShardRunner
 from coldpath.shards import build_manifest
 from coldpath.trigger import WindowChoice, plan
+from common.errors import Misconfigured
 from evalstream import wiring
 from evalstream.coldpath_entry import plan_due, submit_manifests
 from evalstream.settings import Settings
@@ -385,30 +386,64 @@ def test_the_durable_hand_off_of_heavy_manifests_runs_them_on_batch(cold: AzureC
     assert comparable(on_batch) == comparable(local)
 
 
-def test_a_job_ends_once_every_task_is_added_not_before(batch_server: BatchServer) -> None:
-    # Batch ends a job with "terminate when all tasks complete" as soon as they are, and a job
-    # without tasks has them all complete: one created so ended before its first chunk (or, on
-    # a fast shard, between two chunks) and refused the rest (409 JobCompleted).
-    run_async(ensure_pool(batch_server))
-    settings = BatchSettings(
-        account_url=batch_server.url,
-        account_name=batch_server.account_name,
-        account_key=SecretStr(batch_server.account_key),
-        pool=PoolSettings(id=POOL_ID),
+def executor_settings(server: BatchServer, pool_id: str = POOL_ID) -> BatchSettings:
+    """Tasks that run `true` (any arguments, exit 0) on the test server's pool."""
+    return BatchSettings(
+        account_url=server.url,
+        account_name=server.account_name,
+        account_key=SecretStr(server.account_key),
+        pool=PoolSettings(id=pool_id),
         command="true",
         chunk_size=1,
         submit_concurrency=1,
         poll_interval_s=0.05,
     )
-    manifest = build_manifest(
-        WINDOW, [POLICY], ["a", "b", "c"], group_size=1, code_version=uuid.uuid4().hex, run=0
+
+
+async def stage_nowhere(_: JobManifest) -> str:
+    return "https://staging.invalid/manifest.json"
+
+
+def one_off_manifest(apps: int) -> JobManifest:
+    names = [f"app-{n}" for n in range(apps)]
+    return build_manifest(
+        WINDOW, [POLICY], names, group_size=1, code_version=uuid.uuid4().hex, run=0
     )
 
-    async def stage(_: JobManifest) -> str:
-        return "https://staging.invalid/manifest.json"
+
+def test_a_pool_that_does_not_exist_is_one_clear_error(batch_server: BatchServer) -> None:
+    # Batch accepts a job on a missing pool and never runs its tasks: followed, the trigger
+    # waited for ever; not followed, the window was never evaluated, without a word.
+    settings = executor_settings(batch_server, pool_id=f"no-such-pool-{uuid.uuid4().hex[:6]}")
+    manifest = one_off_manifest(1)
+
+    async def scenario() -> None:
+        async with asyncio.timeout(30):
+            await BatchExecutor(settings, stage=stage_nowhere).run(manifest)
+
+    with pytest.raises(BatchMisconfigured, match=r"pool 'no-such-pool-.*' does not exist") as error:
+        run_async(scenario())
+    assert isinstance(error.value, Misconfigured)
+    assert "\n" not in str(error.value)
+    # Refused before anything was made.
+    assert manifest.id not in run_async(_job_ids(settings))
+
+
+async def _job_ids(settings: BatchSettings) -> list[str]:
+    async with batch_client(settings) as client:
+        return [job.id async for job in client.list_jobs()]
+
+
+def test_a_job_ends_once_every_task_is_added_not_before(batch_server: BatchServer) -> None:
+    # Batch ends a job with "terminate when all tasks complete" as soon as they are, and a job
+    # without tasks has them all complete: one created so ended before its first chunk (or, on
+    # a fast shard, between two chunks) and refused the rest (409 JobCompleted).
+    run_async(ensure_pool(batch_server))
+    settings = executor_settings(batch_server)
+    manifest = one_off_manifest(3)
 
     async def scenario() -> tuple[JobReport, Any]:
-        report = await BatchExecutor(settings, stage=stage).run(manifest)
+        report = await BatchExecutor(settings, stage=stage_nowhere).run(manifest)
         async with batch_client(settings) as client:
             return report, await client.get_job(manifest.id)
 
