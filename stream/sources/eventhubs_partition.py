@@ -18,6 +18,7 @@ from azure.eventhub.amqp import AmqpMessageBodyType
 from azure.eventhub.exceptions import EventHubError
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
+from common.amqp import body_bytes
 from stream.exceptions import SourceError
 from stream.ports import ReceivedEvent, received
 from stream.sources.eventhubs_sdk import map_error
@@ -36,12 +37,9 @@ def _body(event: EventData) -> bytes:
     message = event.raw_amqp_message
     if message.body_type == AmqpMessageBodyType.DATA:
         return b"".join(message.body)
-    # Producers of other SDKs may send value or sequence bodies: keep their text so the
+    # Producers of other SDKs may send value or sequence bodies: keep their content so the
     # decoder quarantines (or accepts) it instead of the event vanishing.
-    try:
-        return event.body_as_str().encode()
-    except TypeError:
-        return repr(message.body).encode()
+    return body_bytes(message.body_type, message.body)
 
 
 def received_event(

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from azure.eventhub.aio import EventHubProducerClient
+from azure.eventhub.amqp import AmqpAnnotatedMessage
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import ContainerClient
 from pydantic import SecretStr
@@ -545,6 +547,38 @@ async def test_sdk_errors_map_to_retryable_or_permanent_source_errors() -> None:
     forbidden = HttpResponseError("no")
     forbidden.status_code = 403
     assert map_error(forbidden, "checkpoint").retryable is False
+
+
+async def test_value_and_sequence_bodies_keep_their_content_in_quarantine(
+    harness: Harness,
+) -> None:
+    # Producers of other SDKs may send AMQP value or sequence bodies instead of data.
+    good = b'{"app_id":"v","trace_id":"t","timestamp":"2026-12-06T21:00:00Z","latency_ms":5}'
+    messages = [
+        AmqpAnnotatedMessage(value_body=good),
+        AmqpAnnotatedMessage(value_body=b"\xff\xfe not UTF-8"),
+        AmqpAnnotatedMessage(sequence_body=[[1, "x"], [2]]),
+    ]
+    async with EventHubProducerClient.from_connection_string(
+        harness.broker.eventhubs_connection_string(harness.hub), eventhub_name=harness.hub
+    ) as producer:
+        for message in messages:
+            await producer.send_event(message, partition_id="0")
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        await wait_for(lambda: len(recorder.delivered.get("0", [])) == 3, "the three events")
+    finally:
+        await running.stop()
+
+    assert await harness.store.count("telemetry") == 1
+    kept = {r.sequence: r async for r in harness.store.quarantine_records(limit=10)}
+    assert sorted(kept) == [1, 2]
+    # The value's bytes themselves, not their repr; the sequence's values, not a generator's.
+    assert kept[1].raw_encoding == "base64"
+    assert base64.b64decode(kept[1].raw) == b"\xff\xfe not UTF-8"
+    # (pyamqp reads the AMQP string back as bytes.)
+    assert kept[2].raw in ("[[1, 'x'], [2]]", "[[1, b'x'], [2]]")
 
 
 async def test_sink_refuses_use_outside_its_context_and_reuse(harness: Harness) -> None:
