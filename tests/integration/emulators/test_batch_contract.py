@@ -345,6 +345,24 @@ def test_a_terminatejob_job_without_tasks_ends_at_once(client: BatchClient) -> N
     assert refused.value.error is not None and refused.value.error.code == "JobCompleted"
 
 
+def test_a_task_writing_one_long_stderr_line_completes_with_all_of_it(
+    client: BatchClient,
+) -> None:
+    job_id = _job(client, _pool(client))
+    client.create_task(
+        job_id,
+        batch.BatchTaskCreateOptions(
+            id="long-line", command_line="head -c 3000000 /dev/zero >&2; echo end >&2"
+        ),
+    )
+
+    (task,) = _all_completed(client, job_id)
+
+    assert task.execution_info is not None and task.execution_info.exit_code == 0
+    properties = client.get_task_file_properties(job_id, "long-line", "stderr.txt")
+    assert int(properties.content_length) == 3_000_000 + len("end\n")
+
+
 def test_wrong_key_is_refused(batch_server: BatchServer) -> None:
     wrong = AzureNamedKeyCredential(batch_server.account_name, "d3Jvbmcta2V5LXdyb25nLWtleQ==")
     with (
