@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
@@ -453,3 +454,37 @@ def test_a_job_ends_once_every_task_is_added_not_before(batch_server: BatchServe
     assert sorted(report.succeeded) == [0, 1, 2]
     assert wire_text(job.state) == "completed"
     assert job.execution_info.termination_reason == "AllTasksComplete"
+
+
+def test_a_failed_task_s_huge_stderr_is_read_from_its_end_only(
+    batch_server: BatchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The report quotes the end of a failed task's stderr. Read whole, 2 MB here (a task
+    # logging in a loop makes gigabytes) went into the trigger's memory (512 MiB on AKS).
+    run_async(ensure_pool(batch_server))
+    settings = executor_settings(batch_server).model_copy(
+        update={
+            "command": "head -c 2000000 /dev/zero >&2; echo the-last-words >&2; false",
+            "max_task_retry_count": 0,
+        }
+    )
+    downloaded: list[int] = []
+    original = BatchClient.download_task_file
+
+    async def counting(self: BatchClient, *args: Any, **kwargs: Any) -> Any:
+        chunks = await original(self, *args, **kwargs)
+
+        async def counted() -> Any:
+            async for chunk in chunks:
+                downloaded.append(len(chunk))
+                yield chunk
+
+        return counted()
+
+    monkeypatch.setattr(BatchClient, "download_task_file", counting)
+
+    report = run_async(BatchExecutor(settings, stage=stage_nowhere).run(one_off_manifest(1)))
+
+    assert list(report.failed) == [0]
+    assert report.failed[0].endswith("the-last-words")
+    assert 0 < sum(downloaded) <= settings.stderr_excerpt_bytes
