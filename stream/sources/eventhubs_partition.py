@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.amqp import AmqpMessageBodyType
@@ -123,10 +123,12 @@ class EventHubsPartition:
         sdk: SdkPartitionContext,
         client: EventHubConsumerClient,
         store: BlobCheckpointStore,
+        ensure_container: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._sdk = sdk
         self._client = client
         self._store = store
+        self._ensure_container = ensure_container
         self.initialized = False
         # Set when a failed batch was abandoned on stop: later batches must not be delivered,
         # their checkpoint would cover the abandoned one.
@@ -228,7 +230,21 @@ class EventHubsPartition:
             "sequence_number": event.sequence,
         }
         try:
-            await self._store.update_checkpoint(checkpoint)
+            try:
+                await self._store.update_checkpoint(checkpoint)
+            except ResourceNotFoundError as exc:
+                # The Storage SDK sets error_code on the errors it raises.
+                code = getattr(exc, "error_code", None)
+                if code != "ContainerNotFound" or self._ensure_container is None:
+                    raise
+                # Deleted while running: every checkpoint would fail, and the batch with it,
+                # for ever. Made again as at start (ownerships are claimed again in it).
+                logger.error(
+                    "checkpoint container not found: creating it again",
+                    extra={"partition": self.partition_id},
+                )
+                await self._ensure_container()
+                await self._store.update_checkpoint(checkpoint)
         except AzureError as exc:
             raise map_error(exc, "checkpoint update") from exc
 

@@ -413,6 +413,34 @@ async def test_an_unreadable_checkpoint_restarts_its_partition_and_stops_no_othe
     assert await harness.checkpoints() == harness.last_sequences()
 
 
+async def test_a_checkpoint_container_deleted_while_running_is_made_again(
+    harness: Harness, sink: EventHubsSink
+) -> None:
+    await harness.send(sink, simulated(200, seed=14))
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        await wait_for(lambda: running.events >= harness.expected.events, "the first events")
+        async with ContainerClient.from_connection_string(
+            harness.azurite.connection_string,
+            harness.container,
+            api_version=CHECKPOINT_API_VERSION,
+        ) as container:
+            await container.delete_container()
+        await harness.send(sink, simulated(200, seed=15))
+        last = harness.last_sequences()
+        # Every batch failed at its checkpoint (404 ContainerNotFound) and was delivered again,
+        # for ever; as at start, the source makes the container again.
+        await wait_for(
+            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in PARTITIONS),
+            "every partition processed to its last event",
+        )
+    finally:
+        await running.stop()
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == harness.last_sequences()
+
+
 async def test_two_sources_share_the_partitions_and_one_takes_over(
     harness: Harness, sink: EventHubsSink
 ) -> None:
