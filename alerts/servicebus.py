@@ -74,7 +74,6 @@ from typing import Any
 from azure.core.exceptions import AzureError
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient
-from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
@@ -96,6 +95,7 @@ from alerts.exceptions import (
     LockLostError,
 )
 from alerts.servicebus_config import ServiceBusSettings
+from common.amqp import body_bytes as amqp_body_bytes
 from schemas import Breach
 
 CONTENT_TYPE = "application/json"
@@ -155,17 +155,7 @@ def utc(value: datetime | None) -> datetime:
 
 def body_bytes(message: ServiceBusReceivedMessage) -> bytes:
     """The raw body; messages written by other tools may use a value body instead of data."""
-    body_type = message.body_type
-    if body_type == AmqpMessageBodyType.DATA:
-        return b"".join(bytes(part) for part in message.body)
-    if body_type == AmqpMessageBodyType.SEQUENCE:
-        return repr(list(message.body)).encode()
-    body = message.body
-    if isinstance(body, bytes | bytearray | memoryview):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode()
-    return repr(body).encode()
+    return amqp_body_bytes(message.body_type, message.body)
 
 
 class ServiceBusConnection:

@@ -12,6 +12,7 @@ Pure functions: no SDK, no I/O.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -70,16 +71,29 @@ _ID_UNSAFE = re.compile(r"[/\\#?\t\r\n%~]| \Z")
 _ID_ESCAPE = re.compile(r"~([0-9A-F]{2})")
 
 
+# Cosmos DB takes ids of at most 1,023 bytes of UTF-8; the contract allows event_ids of 256
+# characters (1,024 bytes of four-byte characters, 768 of escapes). A longer id is stored as
+# ``~H`` and its SHA-256: no escape starts so ('H' is no hex digit, '~' itself is escaped),
+# and such an item's record id is its event_id (content-hash ids are short).
+MAX_ID_BYTES = 1023
+_LONG_ID_PREFIX = "~H"
+
+
 def cosmos_id(value: str) -> str:
     """The Cosmos item id of a record id: the same string unless it holds characters Cosmos
-    refuses, which become ``~XX`` (hex); reversible, and the identity for the usual ids."""
-    if _ID_UNSAFE.search(value) is None:
-        return value
-    return _ID_UNSAFE.sub(lambda m: f"~{ord(m.group()):02X}", value)
+    refuses, which become ``~XX`` (hex), or is too long, which becomes a hash; the identity for
+    the usual ids."""
+    item_id = value
+    if _ID_UNSAFE.search(value) is not None:
+        item_id = _ID_UNSAFE.sub(lambda m: f"~{ord(m.group()):02X}", value)
+    if len(item_id) * 4 > MAX_ID_BYTES and len(item_id.encode()) > MAX_ID_BYTES:
+        return _LONG_ID_PREFIX + hashlib.sha256(value.encode()).hexdigest()
+    return item_id
 
 
 def record_id(item_id: str) -> str:
-    """The record id of a Cosmos item id (inverse of ``cosmos_id``)."""
+    """The record id of a Cosmos item id (inverse of ``cosmos_id``, except for a hashed long
+    id: see ``document_from_item``)."""
     if "~" not in item_id:
         return item_id
     return _ID_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), item_id)
@@ -158,7 +172,8 @@ def state_item(snapshot: StateSnapshot) -> dict[str, Any]:
 
 
 def document_from_item(item: dict[str, Any]) -> TelemetryDocument:
-    item["id"] = record_id(item["id"])
+    item_id = item["id"]
+    item["id"] = item["event_id"] if item_id.startswith(_LONG_ID_PREFIX) else record_id(item_id)
     big = item.pop(BIG_INTEGERS_FIELD, None)
     if big:
         metadata = item["metadata"]

@@ -5,7 +5,8 @@ making a second one; tasks are added with the add-task-collection call in chunks
 tasks and 1 MB (a chunk refused for its size is split in halves, one refused for a passing cause
 is retried with the common backoff, and "TaskExists" on a retried chunk counts as added). Each
 task runs ``evalstream coldpath run-shard --manifest-url <blob SAS URL> --group-index I`` under
-an explicit retry count and wall-clock limit; the job terminates when all its tasks complete.
+an explicit retry count and wall-clock limit; once every task is added the job is set to
+terminate when they all complete (not at creation: Batch would end a job without tasks).
 Following the job (``follow=True``) reports failed shards with the end of their stderr.
 """
 
@@ -24,7 +25,12 @@ from typing import Any
 from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
 
 from coldpath.exceptions import ColdpathError
 from coldpath.executors.batch_config import MAX_BYTES_PER_CALL, BatchSettings
@@ -160,9 +166,11 @@ class BatchExecutor:
             what=f"staging manifest {manifest.id}",
         )
         async with batch_client(self.settings) as client:
+            await self._check_pool(client)
             state = await self._ensure_job(client, manifest)
             if state == "active":
                 self.last_submit = await self.submit(client, manifest, url)
+                await self._end_when_tasks_complete(client, manifest.id)
             else:
                 logger.info("job %s is %s: not adding tasks", manifest.id, state)
             if not self.follow:
@@ -170,6 +178,29 @@ class BatchExecutor:
             return await self.wait(client, manifest)
 
     # -- job -----------------------------------------------------------------------------
+
+    async def _check_pool(self, client: BatchClient) -> None:
+        """Refuse a pool that does not exist: Batch accepts a job on it and never runs its
+        tasks (a followed job would be waited for for ever)."""
+        pool_id = self.settings.pool.id
+
+        async def read() -> None:
+            try:
+                await client.get_pool(pool_id, select=["id"])
+            except ResourceNotFoundError as exc:
+                raise BatchMisconfigured(
+                    f"Batch pool {pool_id!r} does not exist in {self.settings.account_url}: "
+                    "create it (`evalstream coldpath pool ensure`) or set azure.batch.pool.id"
+                ) from exc
+            except HttpResponseError as exc:
+                if exc.status_code != 403:
+                    raise map_error(exc, f"reading pool {pool_id}") from exc
+                # An identity that may submit jobs but not read pools: nothing to check with.
+                logger.info("pool %s not checked: reading it is not allowed", pool_id)
+            except AzureError as exc:
+                raise map_error(exc, f"reading pool {pool_id}") from exc
+
+        await retry(read, backoff=self.backoff, what=f"reading pool {pool_id}")
 
     def _job_options(self, manifest: JobManifest) -> models.BatchJobCreateOptions:
         s = self.settings
@@ -183,7 +214,10 @@ class BatchExecutor:
                 models.EnvironmentSetting(name=name, value=value.get_secret_value())
                 for name, value in sorted(s.environment.items())
             ],
-            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.TERMINATE_JOB,
+            # Not terminatejob yet: Batch would end the job while it has no tasks (all of none
+            # are complete), or between two chunks once the first chunk's tasks are done, and
+            # refuse the rest (409 JobCompleted). Set once every task is added.
+            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.NO_ACTION,
             metadata=[
                 models.BatchMetadataItem(name="window", value=manifest.window.key),
                 models.BatchMetadataItem(name="run", value=str(manifest.run)),
@@ -207,6 +241,16 @@ class BatchExecutor:
             return "active"
 
         return await retry(create, backoff=self.backoff, what=f"creating job {manifest.id}")
+
+    async def _end_when_tasks_complete(self, client: BatchClient, job_id: str) -> None:
+        """Every task is added: the job may now terminate once they all complete."""
+        options = models.BatchJobUpdateOptions(
+            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.TERMINATE_JOB
+        )
+        await self._call(
+            lambda: client.update_job(job_id, options),
+            f"setting job {job_id} to terminate when its tasks complete",
+        )
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -410,14 +454,22 @@ class BatchExecutor:
         return await retry(read, backoff=self.backoff, what=f"listing tasks of {job_id}")
 
     async def stderr_excerpt(self, client: BatchClient, job_id: str, task: str) -> str:
-        """The end of the task's stderr.txt ('' when it cannot be read)."""
+        """The end of the task's stderr.txt ('' when it cannot be read). Only the end is
+        downloaded: a task's stderr may run to gigabytes."""
+        limit = self.settings.stderr_excerpt_bytes
         try:
-            chunks = await client.download_task_file(job_id, task, "stderr.txt")
+            properties = await client.get_task_file_properties(job_id, task, "stderr.txt")
+            size = int(properties.content_length)
+            if size == 0:
+                return ""
+            chunks = await client.download_task_file(
+                job_id, task, "stderr.txt", ocp_range=f"bytes={max(size - limit, 0)}-{size - 1}"
+            )
             data = b"".join([chunk async for chunk in chunks])
         except AzureError as exc:
             logger.warning("stderr of %s/%s unreadable: %s", job_id, task, exc)
             return ""
-        limit = self.settings.stderr_excerpt_bytes
+        # A range the service ignored gives the whole file: keep its end all the same.
         return data[-limit:].decode(errors="replace").strip()
 
     async def status(self, client: BatchClient, job_id: str) -> JobStatus:

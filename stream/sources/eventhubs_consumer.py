@@ -10,6 +10,7 @@ twice after a reconnect is delivered once. The sink is in ``eventhubs_producer``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
-from stream.sources.eventhubs_partition import EventHubsPartition
+from stream.sources.eventhubs_partition import CheckpointStore, EventHubsPartition
 from stream.sources.eventhubs_sdk import default_credential, map_error
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class EventHubsSource:
         self._stop = asyncio.Event()
         self._client: EventHubConsumerClient | None = None
         self._store: BlobCheckpointStore | None = None
+        self._credential: AsyncTokenCredential | None = None
         self._partitions: dict[str, EventHubsPartition] = {}
         self.errors = 0
 
@@ -88,6 +90,7 @@ class EventHubsSource:
             raise SourceError("EventHubsSource.run is already running")
         self._handler, self._stop = handler, stop
         credential = self.credential_factory() if self.needs_credential else None
+        self._credential = credential
         try:
             store = self._checkpoint_store(credential)
             async with store:
@@ -98,6 +101,7 @@ class EventHubsSource:
                     await self._receive(client, stop)
         finally:
             self._handler, self._client, self._store = None, None, None
+            self._credential = None
             self._partitions.clear()
             if credential is not None:
                 await credential.close()
@@ -140,7 +144,12 @@ class EventHubsSource:
 
     async def _on_partition_initialize(self, sdk: SdkPartitionContext) -> None:
         assert self._handler is not None and self._client is not None and self._store is not None
-        partition = EventHubsPartition(sdk, self._client, self._store)
+        partition = EventHubsPartition(
+            sdk,
+            self._client,
+            self._store,
+            functools.partial(self._ensure_container, self._credential),
+        )
         self._partitions[partition.partition_id] = partition
         handler = self._handler
         # The SDK would log a failed initialisation and deliver batches anyway: retry until it
@@ -220,12 +229,12 @@ class EventHubsSource:
     def _checkpoint_store(self, credential: AsyncTokenCredential | None) -> BlobCheckpointStore:
         settings = self.settings
         if settings.checkpoint_connection_string is not None:
-            return BlobCheckpointStore.from_connection_string(
+            return CheckpointStore.from_connection_string(
                 settings.checkpoint_connection_string.get_secret_value(),
                 settings.checkpoint_container,
             )
         assert settings.checkpoint_account_url is not None
-        return BlobCheckpointStore(
+        return CheckpointStore(
             settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
         )
 

@@ -1,23 +1,24 @@
 """One owned Event Hubs partition: the PartitionContext the handler checkpoints through (into
 Blob storage), and the source's delivery state for it (events gathered into batches, the batch
-in flight, duplicates after a reconnect dropped)."""
+in flight, duplicates after a reconnect dropped); and the Blob checkpoint store it uses."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.amqp import AmqpMessageBodyType
 from azure.eventhub.exceptions import EventHubError
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
+from common.amqp import body_bytes
 from stream.exceptions import SourceError
 from stream.ports import ReceivedEvent, received
 from stream.sources.eventhubs_sdk import map_error
@@ -36,12 +37,9 @@ def _body(event: EventData) -> bytes:
     message = event.raw_amqp_message
     if message.body_type == AmqpMessageBodyType.DATA:
         return b"".join(message.body)
-    # Producers of other SDKs may send value or sequence bodies: keep their text so the
+    # Producers of other SDKs may send value or sequence bodies: keep their content so the
     # decoder quarantines (or accepts) it instead of the event vanishing.
-    try:
-        return event.body_as_str().encode()
-    except TypeError:
-        return repr(message.body).encode()
+    return body_bytes(message.body_type, message.body)
 
 
 def received_event(
@@ -67,6 +65,56 @@ def received_event(
     )
 
 
+# What an unreadable checkpoint reads as: the partition's start (the offset before the first
+# event), so the partition is read again from there.
+START_CHECKPOINT = {"offset": "-1", "sequence_number": -1}
+
+
+class CheckpointStore(BlobCheckpointStore):
+    """The SDK's Blob checkpoint store, except that a checkpoint blob it cannot read (metadata
+    missing or not numbers: another tool, a partial restore) does not stop every partition.
+
+    The SDK lists all checkpoints whenever it starts partitions, and one unreadable blob made
+    that listing fail at every load-balancing round: no partition started, for ever. Such a
+    checkpoint reads as the partition's start, logged as an error naming the blob: the events
+    are read again, which stores nothing twice (writes are idempotent, and what the store's
+    snapshot covers is skipped), where starting at the latest event would lose some.
+    """
+
+    async def list_checkpoints(
+        self, fully_qualified_namespace: str, eventhub_name: str, consumer_group: str, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        prefix = f"{fully_qualified_namespace}/{eventhub_name}/{consumer_group}/checkpoint/"
+        blobs = self._container_client.list_blobs(
+            name_starts_with=prefix.lower(), include=["metadata"], **kwargs
+        )
+        checkpoints: list[dict[str, Any]] = []
+        async for blob in blobs:
+            metadata = blob.metadata or {}
+            position: dict[str, Any]
+            try:
+                offset = str(metadata["offset"])
+                position = {"offset": offset, "sequence_number": int(metadata["sequencenumber"])}
+                if not offset:
+                    raise ValueError("empty offset")
+            except (KeyError, ValueError):
+                logger.error(
+                    "checkpoint unreadable: its partition is read again from its start",
+                    extra={"blob": blob.name, "metadata": dict(metadata)},
+                )
+                position = dict(START_CHECKPOINT)
+            checkpoints.append(
+                {
+                    "fully_qualified_namespace": fully_qualified_namespace,
+                    "eventhub_name": eventhub_name,
+                    "consumer_group": consumer_group,
+                    "partition_id": blob.name.split("/")[-1],
+                    **position,
+                }
+            )
+        return checkpoints
+
+
 class EventHubsPartition:
     """Our PartitionContext for one owned partition, plus the source's delivery state."""
 
@@ -75,10 +123,12 @@ class EventHubsPartition:
         sdk: SdkPartitionContext,
         client: EventHubConsumerClient,
         store: BlobCheckpointStore,
+        ensure_container: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._sdk = sdk
         self._client = client
         self._store = store
+        self._ensure_container = ensure_container
         self.initialized = False
         # Set when a failed batch was abandoned on stop: later batches must not be delivered,
         # their checkpoint would cover the abandoned one.
@@ -180,7 +230,21 @@ class EventHubsPartition:
             "sequence_number": event.sequence,
         }
         try:
-            await self._store.update_checkpoint(checkpoint)
+            try:
+                await self._store.update_checkpoint(checkpoint)
+            except ResourceNotFoundError as exc:
+                # The Storage SDK sets error_code on the errors it raises.
+                code = getattr(exc, "error_code", None)
+                if code != "ContainerNotFound" or self._ensure_container is None:
+                    raise
+                # Deleted while running: every checkpoint would fail, and the batch with it,
+                # for ever. Made again as at start (ownerships are claimed again in it).
+                logger.error(
+                    "checkpoint container not found: creating it again",
+                    extra={"partition": self.partition_id},
+                )
+                await self._ensure_container()
+                await self._store.update_checkpoint(checkpoint)
         except AzureError as exc:
             raise map_error(exc, "checkpoint update") from exc
 

@@ -230,6 +230,13 @@ async def get_job(request: web.Request) -> web.StreamResponse:
     return _json(200, select(job.body, request.query.get("$select")), _entity_headers(job.body))
 
 
+async def update_job(request: web.Request) -> web.StreamResponse:
+    job = _service(request).update_job(
+        request.match_info["job_id"], _object(await _read_json(request))
+    )
+    return _empty(200, _entity_headers(job.body))
+
+
 async def terminate_job(request: web.Request) -> web.StreamResponse:
     body = _object(await _read_json(request))
     reason = body.get("terminateReason")
@@ -407,6 +414,7 @@ def make_app(service: BatchService, *, account_key: str | None) -> web.Applicati
     router.add_post("/jobs", create_job)
     router.add_get("/jobs", list_jobs)
     router.add_get("/jobs/{job_id}", get_job)
+    router.add_patch("/jobs/{job_id}", update_job)
     router.add_delete("/jobs/{job_id}", delete_job)
     router.add_post("/jobs/{job_id}/terminate", terminate_job)
     router.add_get("/jobs/{job_id}/taskcounts", job_task_counts)

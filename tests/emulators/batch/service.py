@@ -47,6 +47,8 @@ from tests.emulators.batch.tasks import record_attempt, task_environment
 
 logger = logging.getLogger(__name__)
 
+STDERR_CHUNK_BYTES = 64 * 1024
+
 STDERR_LINE_LIMIT = 1024 * 1024
 
 
@@ -231,6 +233,28 @@ class BatchService:
         job_body.setdefault("constraints", {"maxTaskRetryCount": 0})
         job = Job(job_body)
         self.jobs[job_id.lower()] = job
+        # The service documents that a job without tasks has all its tasks complete: created
+        # with terminatejob, it ends before a task can be added.
+        self._after_completion(job)
+        return job
+
+    def update_job(self, job_id: str, body: Json) -> Job:
+        """PATCH: the given properties replace the job's; terminatejob cannot be undone."""
+        job = self.job(job_id)
+        mode = body.get("onAllTasksComplete")
+        if mode is not None:
+            if mode not in ("noaction", "terminatejob"):
+                raise invalid_property("onAllTasksComplete", f"unknown value {mode!r}")
+            if mode == "noaction" and job.body.get("onAllTasksComplete") == "terminatejob":
+                raise invalid_property(
+                    "onAllTasksComplete", "automatic job termination cannot be turned off"
+                )
+        for name in ("priority", "maxParallelTasks", "onAllTasksComplete", "constraints"):
+            if name in body:
+                job.body[name] = body[name]
+        job.body["eTag"] = new_etag()
+        job.body["lastModified"] = now()
+        self._after_completion(job)
         return job
 
     def list_jobs(self) -> list[Json]:
@@ -467,7 +491,7 @@ class BatchService:
                         str(task.body["commandLine"]),
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=out,
-                        # Through this server, line by line, so kill faults can watch it.
+                        # Through this server, so kill faults can watch its lines.
                         stderr=asyncio.subprocess.PIPE,
                         limit=STDERR_LINE_LIMIT,
                         cwd=task_dir / "wd",
@@ -501,32 +525,54 @@ class BatchService:
     async def _copy_stderr(
         self, job: Job, task: Task, process: asyncio.subprocess.Process, err: BinaryIO
     ) -> None:
-        """Copy the attempt's stderr into stderr.txt, firing kill faults on matching lines."""
+        """Copy the attempt's stderr into stderr.txt, firing kill faults on matching lines.
+
+        Read in chunks, not lines: a line longer than the reader's limit (STDERR_LINE_LIMIT)
+        made ``readline`` raise, which left the task running for ever."""
         stream = process.stderr
         assert stream is not None
         matched: dict[int, int] = {}
-        while line := await stream.readline():
-            err.write(line)
+        partial = b""
+        while chunk := await stream.read(STDERR_CHUNK_BYTES):
+            err.write(chunk)
             err.flush()
             if not self.faults.watching(job.id, task.id):
                 continue
+            *lines, partial = (partial + chunk).split(b"\n")
+            # Faults match lines of a few words: the start of an endless line is enough.
+            partial = partial[:STDERR_CHUNK_BYTES]
+            self._kill_on_match(job, task, process, matched, [line + b"\n" for line in lines])
+        if partial and self.faults.watching(job.id, task.id):
+            self._kill_on_match(job, task, process, matched, [partial])
+
+    def _kill_on_match(
+        self,
+        job: Job,
+        task: Task,
+        process: asyncio.subprocess.Process,
+        matched: dict[int, int],
+        lines: list[bytes],
+    ) -> None:
+        for line in lines:
             fault = self.faults.kill_for(job.id, task.id, matched, line.decode(errors="replace"))
-            if fault is not None:
-                logger.info(
-                    "fault: %s task %s/%s",
-                    "preempting" if fault.preempt else "killing",
-                    job.id,
-                    task.id,
-                )
-                task.preempted = fault.preempt
-                if process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
+            if fault is None:
+                continue
+            logger.info(
+                "fault: %s task %s/%s",
+                "preempting" if fault.preempt else "killing",
+                job.id,
+                task.id,
+            )
+            task.preempted = fault.preempt
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            return
 
     def _after_completion(self, job: Job) -> None:
         if job.state != "active" or job.body.get("onAllTasksComplete") != "terminatejob":
             return
-        if job.tasks and all(t.state == "completed" for t in job.tasks.values()):
+        if all(t.state == "completed" for t in job.tasks.values()):
             self._complete_job(job, "AllTasksComplete")
 
     def _kill(self, task: Task, reason: str) -> None:

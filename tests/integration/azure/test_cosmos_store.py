@@ -18,6 +18,7 @@ import pytest
 
 from common.retry import Backoff
 from schemas import AppDirectory, Breach, QuarantineRecord, TelemetryDocument
+from schemas.telemetry import MAX_ID_CHARS
 from store.cosmos import CosmosStore, cosmos_store
 from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot
@@ -31,6 +32,7 @@ from stream.producers.simulator import Simulator
 from stream.stats import ProcessorStats
 from tests.emulators.fault_proxy import FaultProxy
 from tests.emulators.npm_fixtures import CosmosServer
+from tests.unit.store import event_id_conflicts
 from tests.unit.store.event_id_conflicts import check_event_id_conflicts
 
 pytestmark = pytest.mark.integration
@@ -177,6 +179,39 @@ async def test_ids_cosmos_refuses_are_stored_and_read_back(store: CosmosStore) -
     state = StateSnapshot("group/with?odd#chars", "partition/0", 5, b"s")
     await store.save_state(state)
     assert await store.load_state(state.consumer_group, state.partition) == state
+
+
+async def test_event_ids_beyond_cosmos_id_limit_are_stored_and_read_back(
+    store: CosmosStore,
+) -> None:
+    # The contract allows 256 characters; Cosmos DB takes ids of at most 1,023 UTF-8 bytes
+    # (its limit is in bytes; cosmosdb-server does not enforce it, so the ids sent are checked
+    # here). Four-byte characters, and escapes ('/' is sent as '~2F'), go beyond it.
+    longest = ["\U0001f600" * MAX_ID_CHARS, "/" * MAX_ID_CHARS, "\U0001f600" * 255 + "/"]
+    batch = simulated_batch(len(longest) + 1, event_ids=longest)
+    assert [d.id for d in batch.documents[: len(longest)]] == longest
+
+    assert await store.write(batch.documents, []) == []
+    assert await store.write(batch.documents, []) == []
+
+    ids = await _stored_ids(store)
+    assert len(ids) == len(batch.documents)
+    assert all(len(item_id.encode()) <= 1023 for _, item_id in ids)
+    for document in batch.documents:
+        assert await store.get_telemetry(document.id, document.pk) == document
+    apps = sorted({d.app_id for d in batch.documents})
+    window = [
+        doc
+        async for page in store.telemetry_window(apps, START, MIDNIGHT + timedelta(1))
+        for doc in page
+    ]
+    assert sorted(d.id for d in window) == sorted(d.id for d in batch.documents)
+    # Another event under a long event_id is still refused, not stored over the first.
+    first = event_id_conflicts.document(1, event_id=longest[0], latency_ms=100.0)
+    other = event_id_conflicts.document(2, event_id=longest[0], latency_ms=999.0)
+    assert await store.write([first], []) == []
+    assert await store.write([other], []) == [other]
+    assert await store.get_telemetry(first.id, first.pk) == first
 
 
 async def test_an_event_id_held_by_another_event_is_refused_and_a_reread_replaces(

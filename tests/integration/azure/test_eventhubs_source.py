@@ -21,7 +21,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from azure.eventhub.aio import EventHubProducerClient
+from azure.eventhub.amqp import AmqpAnnotatedMessage
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+from azure.storage.blob.aio import ContainerClient
 from pydantic import SecretStr
 
 from schemas import AppDirectory
@@ -35,7 +38,11 @@ from stream.pipeline import Pipeline
 from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
 from stream.producers.simulator import Simulator
 from stream.sources.eventhubs_config import EventHubsSettings
-from stream.sources.eventhubs_consumer import SOURCE_NAME, EventHubsSource
+from stream.sources.eventhubs_consumer import (
+    CHECKPOINT_API_VERSION,
+    SOURCE_NAME,
+    EventHubsSource,
+)
 from stream.sources.eventhubs_producer import EventHubsSink
 from stream.sources.subprocess_source import SubprocessSource
 from stream.stats import ProcessorStats
@@ -373,6 +380,75 @@ async def test_abandoned_failed_batch_is_delivered_again_after_restart(
     assert await harness.checkpoints() == harness.last_sequences()
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [{"offset": "12", "sequencenumber": "not-a-number"}, {}],
+    ids=["unparsable-sequence", "no-metadata"],
+)
+async def test_an_unreadable_checkpoint_restarts_its_partition_and_stops_no_other(
+    harness: Harness, sink: EventHubsSink, metadata: dict[str, str]
+) -> None:
+    await harness.send(sink, simulated(400, seed=12))
+    running = Running(harness.source(), harness.recorder())
+    await wait_for(lambda: running.events >= harness.expected.events, "the first round")
+    await running.stop()
+    checkpoints = await harness.checkpoints()
+    # Someone (a tool, another SDK's format, a partial restore) leaves partition 1's
+    # checkpoint blob unreadable to the checkpoint store.
+    blob = f"{harness.namespace}/{harness.hub}/{CONSUMER_GROUP}/checkpoint/1".lower()
+    async with ContainerClient.from_connection_string(
+        harness.azurite.connection_string, harness.container, api_version=CHECKPOINT_API_VERSION
+    ) as container:
+        await container.get_blob_client(blob).set_blob_metadata(metadata)
+
+    await harness.send(sink, simulated(400, seed=13))
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        last = harness.last_sequences()
+        await wait_for(
+            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in PARTITIONS),
+            "every partition processed to its last event",
+        )
+    finally:
+        await running.stop()
+    # Partition 1 is read again from its start (what its snapshot covers is not stored
+    # again); the others carry on after their checkpoints.
+    assert recorder.delivered["1"][0] == 0
+    for p in ("0", "2", "3"):
+        assert recorder.delivered[p][0] == checkpoints[p] + 1
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == harness.last_sequences()
+
+
+async def test_a_checkpoint_container_deleted_while_running_is_made_again(
+    harness: Harness, sink: EventHubsSink
+) -> None:
+    await harness.send(sink, simulated(200, seed=14))
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        await wait_for(lambda: running.events >= harness.expected.events, "the first events")
+        async with ContainerClient.from_connection_string(
+            harness.azurite.connection_string,
+            harness.container,
+            api_version=CHECKPOINT_API_VERSION,
+        ) as container:
+            await container.delete_container()
+        await harness.send(sink, simulated(200, seed=15))
+        last = harness.last_sequences()
+        # Every batch failed at its checkpoint (404 ContainerNotFound) and was delivered again,
+        # for ever; as at start, the source makes the container again.
+        await wait_for(
+            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in PARTITIONS),
+            "every partition processed to its last event",
+        )
+    finally:
+        await running.stop()
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == harness.last_sequences()
+
+
 async def test_two_sources_share_the_partitions_and_one_takes_over(
     harness: Harness, sink: EventHubsSink
 ) -> None:
@@ -507,6 +583,38 @@ async def test_sdk_errors_map_to_retryable_or_permanent_source_errors() -> None:
     forbidden = HttpResponseError("no")
     forbidden.status_code = 403
     assert map_error(forbidden, "checkpoint").retryable is False
+
+
+async def test_value_and_sequence_bodies_keep_their_content_in_quarantine(
+    harness: Harness,
+) -> None:
+    # Producers of other SDKs may send AMQP value or sequence bodies instead of data.
+    good = b'{"app_id":"v","trace_id":"t","timestamp":"2026-12-06T21:00:00Z","latency_ms":5}'
+    messages = [
+        AmqpAnnotatedMessage(value_body=good),
+        AmqpAnnotatedMessage(value_body=b"\xff\xfe not UTF-8"),
+        AmqpAnnotatedMessage(sequence_body=[[1, "x"], [2]]),
+    ]
+    async with EventHubProducerClient.from_connection_string(
+        harness.broker.eventhubs_connection_string(harness.hub), eventhub_name=harness.hub
+    ) as producer:
+        for message in messages:
+            await producer.send_event(message, partition_id="0")
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        await wait_for(lambda: len(recorder.delivered.get("0", [])) == 3, "the three events")
+    finally:
+        await running.stop()
+
+    assert await harness.store.count("telemetry") == 1
+    kept = {r.sequence: r async for r in harness.store.quarantine_records(limit=10)}
+    assert sorted(kept) == [1, 2]
+    # The value's bytes themselves, not their repr; the sequence's values, not a generator's.
+    assert kept[1].raw_encoding == "base64"
+    assert base64.b64decode(kept[1].raw) == b"\xff\xfe not UTF-8"
+    # (pyamqp reads the AMQP string back as bytes.)
+    assert kept[2].raw in ("[[1, 'x'], [2]]", "[[1, b'x'], [2]]")
 
 
 async def test_sink_refuses_use_outside_its_context_and_reuse(harness: Harness) -> None:

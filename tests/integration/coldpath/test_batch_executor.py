@@ -12,21 +12,27 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from coldpath.executors.batch import BatchExecutor, batch_client
+from coldpath.executors.batch import BatchExecutor, BatchMisconfigured, batch_client, wire_text
+from coldpath.executors.batch_config import BatchSettings, PoolSettings
 from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
 from coldpath.executors.inline import InlineExecutor
 from coldpath.ports import JobReport
 from coldpath.runner import ShardRunner
+from coldpath.shards import build_manifest
 from coldpath.trigger import WindowChoice, plan
+from common.errors import Misconfigured
 from evalstream import wiring
 from evalstream.coldpath_entry import plan_due, submit_manifests
 from evalstream.settings import Settings
@@ -35,13 +41,16 @@ from store.cosmos import CosmosStore
 from tests.emulators.batch_fixtures import BatchServer
 from tests.emulators.fault_proxy import FaultProxy
 from tests.integration.coldpath.batch_harness import (
+    POOL_ID,
     START,
     AzureColdpath,
     comparable,
     documents,
     ensure_pool,
+    run_async,
 )
 from tests.unit.coldpath.fakes import CATALOGUE, RecordingPublisher
+from tests.unit.coldpath.test_runner import POLICY, WINDOW
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -376,3 +385,106 @@ def test_the_durable_hand_off_of_heavy_manifests_runs_them_on_batch(cold: AzureC
     on_batch = asyncio.run(cold.results("durable"))
     assert len(on_batch) == 2 * 3
     assert comparable(on_batch) == comparable(local)
+
+
+def executor_settings(server: BatchServer, pool_id: str = POOL_ID) -> BatchSettings:
+    """Tasks that run `true` (any arguments, exit 0) on the test server's pool."""
+    return BatchSettings(
+        account_url=server.url,
+        account_name=server.account_name,
+        account_key=SecretStr(server.account_key),
+        pool=PoolSettings(id=pool_id),
+        command="true",
+        chunk_size=1,
+        submit_concurrency=1,
+        poll_interval_s=0.05,
+    )
+
+
+async def stage_nowhere(_: JobManifest) -> str:
+    return "https://staging.invalid/manifest.json"
+
+
+def one_off_manifest(apps: int) -> JobManifest:
+    names = [f"app-{n}" for n in range(apps)]
+    return build_manifest(
+        WINDOW, [POLICY], names, group_size=1, code_version=uuid.uuid4().hex, run=0
+    )
+
+
+def test_a_pool_that_does_not_exist_is_one_clear_error(batch_server: BatchServer) -> None:
+    # Batch accepts a job on a missing pool and never runs its tasks: followed, the trigger
+    # waited for ever; not followed, the window was never evaluated, without a word.
+    settings = executor_settings(batch_server, pool_id=f"no-such-pool-{uuid.uuid4().hex[:6]}")
+    manifest = one_off_manifest(1)
+
+    async def scenario() -> None:
+        async with asyncio.timeout(30):
+            await BatchExecutor(settings, stage=stage_nowhere).run(manifest)
+
+    with pytest.raises(BatchMisconfigured, match=r"pool 'no-such-pool-.*' does not exist") as error:
+        run_async(scenario())
+    assert isinstance(error.value, Misconfigured)
+    assert "\n" not in str(error.value)
+    # Refused before anything was made.
+    assert manifest.id not in run_async(_job_ids(settings))
+
+
+async def _job_ids(settings: BatchSettings) -> list[str]:
+    async with batch_client(settings) as client:
+        return [job.id async for job in client.list_jobs()]
+
+
+def test_a_job_ends_once_every_task_is_added_not_before(batch_server: BatchServer) -> None:
+    # Batch ends a job with "terminate when all tasks complete" as soon as they are, and a job
+    # without tasks has them all complete: one created so ended before its first chunk (or, on
+    # a fast shard, between two chunks) and refused the rest (409 JobCompleted).
+    run_async(ensure_pool(batch_server))
+    settings = executor_settings(batch_server)
+    manifest = one_off_manifest(3)
+
+    async def scenario() -> tuple[JobReport, Any]:
+        report = await BatchExecutor(settings, stage=stage_nowhere).run(manifest)
+        async with batch_client(settings) as client:
+            return report, await client.get_job(manifest.id)
+
+    report, job = run_async(scenario())
+
+    assert report.failed == {}
+    assert sorted(report.succeeded) == [0, 1, 2]
+    assert wire_text(job.state) == "completed"
+    assert job.execution_info.termination_reason == "AllTasksComplete"
+
+
+def test_a_failed_task_s_huge_stderr_is_read_from_its_end_only(
+    batch_server: BatchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The report quotes the end of a failed task's stderr. Read whole, 2 MB here (a task
+    # logging in a loop makes gigabytes) went into the trigger's memory (512 MiB on AKS).
+    run_async(ensure_pool(batch_server))
+    settings = executor_settings(batch_server).model_copy(
+        update={
+            "command": "head -c 2000000 /dev/zero >&2; echo the-last-words >&2; false",
+            "max_task_retry_count": 0,
+        }
+    )
+    downloaded: list[int] = []
+    original = BatchClient.download_task_file
+
+    async def counting(self: BatchClient, *args: Any, **kwargs: Any) -> Any:
+        chunks = await original(self, *args, **kwargs)
+
+        async def counted() -> Any:
+            async for chunk in chunks:
+                downloaded.append(len(chunk))
+                yield chunk
+
+        return counted()
+
+    monkeypatch.setattr(BatchClient, "download_task_file", counting)
+
+    report = run_async(BatchExecutor(settings, stage=stage_nowhere).run(one_off_manifest(1)))
+
+    assert list(report.failed) == [0]
+    assert report.failed[0].endswith("the-last-words")
+    assert 0 < sum(downloaded) <= settings.stderr_excerpt_bytes

@@ -296,9 +296,8 @@ def test_terminate_job_kills_running_tasks_and_refuses_new_ones(client: BatchCli
 
 
 def test_job_with_terminatejob_completes_when_its_tasks_do(client: BatchClient) -> None:
-    job_id = _job(
-        client, _pool(client), all_tasks_complete_mode=batch.BatchAllTasksCompleteMode.TERMINATE_JOB
-    )
+    # The documented pattern: add the tasks under noaction, then engage termination.
+    job_id = _job(client, _pool(client))
     client.create_task_collection(
         job_id,
         batch.BatchTaskGroup(
@@ -307,6 +306,10 @@ def test_job_with_terminatejob_completes_when_its_tasks_do(client: BatchClient) 
             ]
         ),
     )
+    terminate = batch.BatchJobUpdateOptions(
+        all_tasks_complete_mode=batch.BatchAllTasksCompleteMode.TERMINATE_JOB
+    )
+    client.update_job(job_id, terminate)
 
     _wait_for(
         lambda: client.get_job(job_id).state == batch.BatchJobState.COMPLETED, "job completion"
@@ -318,6 +321,46 @@ def test_job_with_terminatejob_completes_when_its_tasks_do(client: BatchClient) 
         and job.execution_info.termination_reason == "AllTasksComplete"
     )
     assert job_id in {j.id for j in client.list_jobs(filter="state eq 'completed'")}
+    # Once engaged, automatic termination cannot be turned off.
+    with pytest.raises(HttpResponseError) as refused:
+        client.update_job(
+            job_id,
+            batch.BatchJobUpdateOptions(
+                all_tasks_complete_mode=batch.BatchAllTasksCompleteMode.NO_ACTION
+            ),
+        )
+    assert refused.value.status_code == 400
+
+
+def test_a_terminatejob_job_without_tasks_ends_at_once(client: BatchClient) -> None:
+    # "If a job contains no tasks, then all tasks are considered complete" (the service's docs).
+    job_id = _job(
+        client, _pool(client), all_tasks_complete_mode=batch.BatchAllTasksCompleteMode.TERMINATE_JOB
+    )
+
+    assert client.get_job(job_id).state == batch.BatchJobState.COMPLETED
+    with pytest.raises(HttpResponseError) as refused:
+        client.create_task(job_id, batch.BatchTaskCreateOptions(id="late", command_line="true"))
+    assert refused.value.status_code == 409
+    assert refused.value.error is not None and refused.value.error.code == "JobCompleted"
+
+
+def test_a_task_writing_one_long_stderr_line_completes_with_all_of_it(
+    client: BatchClient,
+) -> None:
+    job_id = _job(client, _pool(client))
+    client.create_task(
+        job_id,
+        batch.BatchTaskCreateOptions(
+            id="long-line", command_line="head -c 3000000 /dev/zero >&2; echo end >&2"
+        ),
+    )
+
+    (task,) = _all_completed(client, job_id)
+
+    assert task.execution_info is not None and task.execution_info.exit_code == 0
+    properties = client.get_task_file_properties(job_id, "long-line", "stderr.txt")
+    assert int(properties.content_length) == 3_000_000 + len("end\n")
 
 
 def test_wrong_key_is_refused(batch_server: BatchServer) -> None:
