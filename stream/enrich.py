@@ -98,8 +98,12 @@ def sent_form(event: TelemetryEvent) -> tuple[bytes, str]:
     return body, document_id(event, canonical)
 
 
-# A user_id member and its value: a JSON string, or any other scalar token.
-_USER_ID = re.compile(rb'("user_id"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
+# A user_id member and its value: a JSON string, or any other scalar token. Single quotes too:
+# an AMQP sequence body, or a value body of a map, is kept as its Python repr
+# (common.amqp.body_bytes), ``{'user_id': 'u-1'}``.
+_USER_ID = re.compile(
+    rb"""(["']user_id["']\s*:\s*)("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^,}\]\s]+)"""
+)
 
 
 def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
@@ -125,7 +129,7 @@ def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str
         try:
             value = orjson.loads(token)
         except orjson.JSONDecodeError:
-            value = token
+            value = token[1:-1] if token.startswith("'") else token
         shown = value if isinstance(value, str) else token
         if shown and shown in text:
             text = text.replace(shown, user_hash(token))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import orjson
 
+from common.amqp import body_bytes
 from schemas import AppDirectory, TelemetryDocument
 from stream.decode import Decoder
-from stream.enrich import Enricher, scrub_user_ids, sent_form
+from stream.enrich import Enricher, scrub_user_ids, scrub_user_ids_in_text, sent_form
 from stream.privacy import Pseudonymizer
 from stream.sources.local_log import LocalLog, LocalLogSink
 from tests.unit.stream.test_output_golden import APPS, NOW, _bodies
@@ -160,3 +161,22 @@ async def test_ingest_handing_over_its_validated_events_logs_the_same_records(
     ]
     assert sum(user is None for *_, user in rows[0]) > 50
     assert rows[1] == marked
+
+
+def test_quarantine_scrubs_the_user_ids_of_amqp_sequence_and_map_bodies() -> None:
+    """An Event Hubs sequence body, or a value body of a map, is kept as its Python repr
+    (common.amqp.body_bytes): single-quoted, which the JSON-only scrub let through raw."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    event = {"app_id": "a", "user_id": "alice@example.com", "metadata": {"user_id": 987654321}}
+    for raw in (
+        body_bytes("sequence", iter([[event], [b'{"user_id": "alice@example.com"}']])),
+        body_bytes("value", event),
+    ):
+        decoded = Decoder().decode(raw, NOW)
+        record = enricher.quarantine(decoded.rejected[0], None, NOW)
+        assert "alice" not in record.raw and "987654321" not in record.raw, record.raw
+        assert enricher.user_hash("'alice@example.com'") in record.raw
+    text = scrub_user_ids_in_text(
+        "no event in: alice@example.com", body_bytes("value", event), enricher.user_hash
+    )
+    assert "alice" not in text
