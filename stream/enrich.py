@@ -113,7 +113,7 @@ def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
         return raw
 
     def hashed(match: re.Match[bytes]) -> bytes:
-        value = match.group(2).decode("utf-8", "surrogateescape")
+        value = match.group(2).decode("utf-8", "backslashreplace")
         return match.group(1) + b'"' + user_hash(value).encode() + b'"'
 
     return _USER_ID.sub(hashed, raw)
@@ -125,11 +125,12 @@ def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str
     if b"user_id" not in raw:
         return text
     for match in _USER_ID.finditer(raw):
-        token = match.group(2).decode("utf-8", "surrogateescape")
+        token = match.group(2).decode("utf-8", "backslashreplace")
         try:
             value = orjson.loads(token)
         except orjson.JSONDecodeError:
-            value = token[1:-1] if token.startswith("'") else token
+            # A single-quoted repr (common.amqp), or a string that is not UTF-8.
+            value = token[1:-1] if token[0] in "'\"" else token
         shown = value if isinstance(value, str) else token
         if shown and shown in text:
             text = text.replace(shown, user_hash(token))

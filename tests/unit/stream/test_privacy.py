@@ -180,3 +180,16 @@ def test_quarantine_scrubs_the_user_ids_of_amqp_sequence_and_map_bodies() -> Non
         "no event in: alice@example.com", body_bytes("value", event), enricher.user_hash
     )
     assert "alice" not in text
+
+
+def test_a_user_id_that_is_not_utf8_is_scrubbed() -> None:
+    """Its bytes were read as lone surrogates, which the hash could not encode: the request
+    was a 500 (a traceback, nothing quarantined), and a processor would fail the batch."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    raw = b'{"app_id": "a b", "user_id": "alice\xe9"}'
+    kept = scrub_user_ids(raw, enricher.user_hash)
+    assert b"alice" not in kept and enricher.user_hash('"alice\\xe9"').encode() in kept
+    text = scrub_user_ids_in_text("user alice\\xe9 refused", raw, enricher.user_hash)
+    assert "alice" not in text
+    record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
+    assert "alice" not in record.raw
