@@ -98,11 +98,11 @@ def sent_form(event: TelemetryEvent) -> tuple[bytes, str]:
     return body, document_id(event, canonical)
 
 
-# A user_id member and its value: a JSON string, or any other scalar token. Single quotes too:
-# an AMQP sequence body, or a value body of a map, is kept as its Python repr
-# (common.amqp.body_bytes), ``{'user_id': 'u-1'}``.
+# A user_id member and its value: a JSON string, or any other scalar token. Python literals too:
+# an AMQP sequence body, or a value body of a map, is kept as its repr (common.amqp.body_bytes),
+# ``{'user_id': 'u-1'}``, or ``{b'user_id': b'u-1'}`` as pyamqp reads AMQP strings back.
 _USER_ID = re.compile(
-    rb"""(["']user_id["']\s*:\s*)("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^,}\]\s]+)"""
+    rb"""(["']user_id["']\s*:\s*)(b?"(?:[^"\\]|\\.)*"|b?'(?:[^'\\]|\\.)*'|[^,}\]\s]+)"""
 )
 
 
@@ -130,7 +130,8 @@ def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str
             value = orjson.loads(token)
         except orjson.JSONDecodeError:
             # A single-quoted repr (common.amqp), or a string that is not UTF-8.
-            value = token[1:-1] if token[0] in "'\"" else token
+            quoted = token.removeprefix("b")
+            value = quoted[1:-1] if quoted[:1] in ("'", '"') else token
         shown = value if isinstance(value, str) else token
         if shown and shown in text:
             text = text.replace(shown, user_hash(token))
