@@ -98,33 +98,56 @@ def sent_form(event: TelemetryEvent) -> tuple[bytes, str]:
     return body, document_id(event, canonical)
 
 
-# A user_id member and its value: a JSON string, or any other scalar token. Python literals too:
-# an AMQP sequence body, or a value body of a map, is kept as its repr (common.amqp.body_bytes),
+# A user_id member's value: a JSON string, or any other scalar token. Python literals too: an
+# AMQP sequence body, or a value body of a map, is kept as its repr (common.amqp.body_bytes),
 # ``{'user_id': 'u-1'}``, or ``{b'user_id': b'u-1'}`` as pyamqp reads AMQP strings back.
-_USER_ID = re.compile(
-    rb"""(["']user_id["']\s*:\s*)(b?"(?:[^"\\]|\\.)*"|b?'(?:[^'\\]|\\.)*'|[^,}\]\s]+)"""
-)
+_VALUE = rb"""b?"(?:[^"\\]|\\.)*"|b?'(?:[^'\\]|\\.)*'|[^,}\]\s]+"""
+_USER_ID = re.compile(rb"""(["']user_id["']\s*:\s*)(""" + _VALUE + rb")")
+# Any member with a scalar value (an object's or array's members are matched themselves): one
+# whose key has a \u escape may be user_id too ("user\u005fid"), which only reading it tells.
+_MEMBER = re.compile(rb'("(?:[^"\\]|\\.)*"\s*:\s*)(?![{\[])(' + _VALUE + rb")")
+
+
+def _is_escaped_user_id(key: bytes) -> bool:
+    """Whether a member's ``"key":`` text has an escape and reads as user_id."""
+    if b"\\" not in key:
+        return False
+    try:
+        return bool(orjson.loads(key.rstrip().removesuffix(b":").rstrip()) == "user_id")
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _user_id_members(raw: bytes) -> list[re.Match[bytes]]:
+    """The matches of every user_id member of ``raw``, its key spelt out or escaped."""
+    found = list(_USER_ID.finditer(raw))
+    if b"\\u" in raw:
+        found += [m for m in _MEMBER.finditer(raw) if _is_escaped_user_id(m.group(1))]
+    return found
 
 
 def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
     """``raw`` with the value of every ``"user_id"`` member replaced by its keyed hash (of the
     value's JSON text), as a string: a rejected input stays readable, its user does not."""
-    if b"user_id" not in raw:
+    if b"user_id" not in raw and b"\\u" not in raw:
         return raw
-
-    def hashed(match: re.Match[bytes]) -> bytes:
-        value = match.group(2).decode("utf-8", "backslashreplace")
-        return match.group(1) + b'"' + user_hash(value).encode() + b'"'
-
-    return _USER_ID.sub(hashed, raw)
+    members = sorted(_user_id_members(raw), key=lambda member: member.start())
+    kept, end = [], 0
+    for member in members:
+        if member.start() < end:
+            continue
+        value = member.group(2).decode("utf-8", "backslashreplace")
+        kept += [raw[end : member.start()], member.group(1), b'"', user_hash(value).encode(), b'"']
+        end = member.end()
+    return b"".join([*kept, raw[end:]])
 
 
 def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str]) -> str:
     """``text`` (an error message about ``raw``) with every user_id value of ``raw`` replaced
     by the hash ``scrub_user_ids`` gives it: an exception may quote the value."""
-    if b"user_id" not in raw:
+    if b"user_id" not in raw and b"\\u" not in raw:
         return text
-    for match in _USER_ID.finditer(raw):
+    for match in _user_id_members(raw):
         token = match.group(2).decode("utf-8", "backslashreplace")
         try:
             value = orjson.loads(token)

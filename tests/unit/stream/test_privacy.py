@@ -203,3 +203,25 @@ def test_a_user_id_that_is_not_utf8_is_scrubbed() -> None:
     assert "alice" not in text
     record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
     assert "alice" not in record.raw
+
+
+def test_a_user_id_key_spelt_with_escapes_is_scrubbed() -> None:
+    """A body that is not JSON is kept as sent: a key written with \\u escapes, which any JSON
+    reader takes for user_id, kept its value raw (valid bodies are kept re-serialised)."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    raw = (
+        b'{"app_id": "a", "user\\u005fid": "alice smith", "n": 1, '
+        b'"metadata": {"k": "v", "\\u0075ser_id": 987654321, "user_id": "bob"}, "user_id": '
+    )
+    kept = scrub_user_ids(raw, enricher.user_hash)
+    for value in (b"alice", b"987654321", b"bob"):
+        assert value not in kept, kept
+    assert kept.startswith(b'{"app_id": "a", "user\\u005fid": "')
+    assert b'"n": 1, "metadata": {"k": "v", "\\u0075ser_id": "' in kept
+    text = scrub_user_ids_in_text("alice smith and 987654321", raw, enricher.user_hash)
+    assert "alice" not in text and "987654321" not in text
+    record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
+    assert "alice" not in record.raw and "987654321" not in record.raw
+    # Keys with other escapes are left as they are.
+    other = b'{"us\\u0065r": "carol", "note": "a\\u0020b"}'
+    assert scrub_user_ids(other, enricher.user_hash) == other
