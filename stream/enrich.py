@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -128,9 +129,11 @@ def _user_id_members(raw: bytes) -> list[re.Match[bytes]]:
 
 def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
     """``raw`` with the value of every ``"user_id"`` member replaced by its keyed hash (of the
-    value's JSON text), as a string: a rejected input stays readable, its user does not."""
+    value's JSON text), as a string: a rejected input stays readable, its user does not. JSON
+    in UTF-16 or UTF-32 holding a user_id is scrubbed as its UTF-8 text."""
     if b"user_id" not in raw and b"\\u" not in raw:
-        return raw
+        wide = _wide_text(raw)
+        return raw if wide is None else scrub_user_ids(wide, user_hash)
     members = sorted(_user_id_members(raw), key=lambda member: member.start())
     kept, end = [], 0
     for member in members:
@@ -140,6 +143,18 @@ def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
         kept += [raw[end : member.start()], member.group(1), b'"', user_hash(value).encode(), b'"']
         end = member.end()
     return b"".join([*kept, raw[end:]])
+
+
+def _wide_text(raw: bytes) -> bytes | None:
+    """``raw`` as UTF-8 when it is JSON in UTF-16 or UTF-32 (RFC 4627's detection, a byte order
+    mark or the zero bytes of its first characters) that may hold a user_id, else None."""
+    encoding = json.detect_encoding(raw)
+    if encoding.startswith("utf-8"):
+        return None
+    text = raw.decode(encoding, "backslashreplace")
+    if "user_id" not in text and "\\u" not in text:
+        return None
+    return text.encode("utf-8", "backslashreplace")
 
 
 def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str]) -> str:

@@ -4,6 +4,7 @@ documents are byte for byte what the raw events give."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import orjson
@@ -225,3 +226,21 @@ def test_a_user_id_key_spelt_with_escapes_is_scrubbed() -> None:
     # Keys with other escapes are left as they are.
     other = b'{"us\\u0065r": "carol", "note": "a\\u0020b"}'
     assert scrub_user_ids(other, enricher.user_hash) == other
+
+
+def test_a_user_id_in_a_utf16_or_utf32_body_is_scrubbed() -> None:
+    """Such a body is not UTF-8 (400 over HTTP, quarantined from a source) and was kept as
+    its bytes, in base64: the user_id within, only spelt with zero bytes, was kept too."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    body = '{"app_id": "a", "user_id": "alice smith", "metadata": {"user\\u005fid": 987654321}}'
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"):
+        raw = body.encode(encoding)
+        kept = scrub_user_ids(raw, enricher.user_hash)
+        assert b'"user_id": "' + enricher.user_hash('"alice smith"').encode() in kept, encoding
+        assert b"987654321" not in kept, encoding
+        record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
+        shown = base64.b64decode(record.raw) if record.raw_encoding == "base64" else record.raw
+        for text in (str(shown), shown.decode(encoding, "replace") if shown != record.raw else ""):
+            assert "alice" not in text and "987654321" not in text, (encoding, shown)
+    # Bytes that are not JSON in any of them stay as they are.
+    assert scrub_user_ids(b"\xff\xfe not UTF-8", enricher.user_hash) == b"\xff\xfe not UTF-8"
