@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import re
+import zlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -130,10 +131,19 @@ def _user_id_members(raw: bytes) -> list[re.Match[bytes]]:
 def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
     """``raw`` with the value of every ``"user_id"`` member replaced by its keyed hash (of the
     value's JSON text), as a string: a rejected input stays readable, its user does not. JSON
-    in UTF-16 or UTF-32 holding a user_id is scrubbed as its UTF-8 text."""
+    in UTF-16 or UTF-32 holding a user_id is scrubbed as its UTF-8 text, gzip or zlib data as
+    (the start of) what it holds."""
     if b"user_id" not in raw and b"\\u" not in raw:
-        wide = _wide_text(raw)
-        return raw if wide is None else scrub_user_ids(wide, user_hash)
+        inflated = _inflated(raw)
+        text = _wide_text(raw if inflated is None else inflated)
+        if inflated is not None:
+            # Kept as what it holds, even without a user_id in its start: the compressed
+            # bytes quarantine keeps could hold more than that start.
+            raw = inflated if text is None else text
+        elif text is None:
+            return raw
+        else:
+            raw = text
     members = sorted(_user_id_members(raw), key=lambda member: member.start())
     kept, end = [], 0
     for member in members:
@@ -155,6 +165,25 @@ def _wide_text(raw: bytes) -> bytes | None:
     if "user_id" not in text and "\\u" not in text:
         return None
     return text.encode("utf-8", "backslashreplace")
+
+
+# What of a compressed body is read to scrub it: quarantine keeps no more.
+MAX_INFLATED_BYTES = MAX_QUARANTINE_RAW_BYTES
+
+
+def _inflated(raw: bytes) -> bytes | None:
+    """The first ``MAX_INFLATED_BYTES`` of ``raw`` decompressed when it is gzip or zlib data (a
+    source's body is not decompressed, as ingest's is), else None."""
+    if raw[:2] == b"\x1f\x8b":
+        wbits = 31
+    elif len(raw) > 1 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0:
+        wbits = 15
+    else:
+        return None
+    try:
+        return zlib.decompressobj(wbits).decompress(raw, MAX_INFLATED_BYTES)
+    except zlib.error:
+        return None
 
 
 def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str]) -> str:

@@ -5,6 +5,8 @@ documents are byte for byte what the raw events give."""
 from __future__ import annotations
 
 import base64
+import gzip
+import zlib
 from pathlib import Path
 
 import orjson
@@ -244,3 +246,24 @@ def test_a_user_id_in_a_utf16_or_utf32_body_is_scrubbed() -> None:
             assert "alice" not in text and "987654321" not in text, (encoding, shown)
     # Bytes that are not JSON in any of them stay as they are.
     assert scrub_user_ids(b"\xff\xfe not UTF-8", enricher.user_hash) == b"\xff\xfe not UTF-8"
+
+
+def test_a_user_id_in_a_compressed_body_is_scrubbed() -> None:
+    """A source's body is not decompressed (ingest's is): gzip or zlib data was quarantined
+    as its bytes, in base64, with every user_id it holds."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    body = b'{"app_id": "a", "user_id": "alice smith", "metadata": {"user_id": 987654321}}'
+    padding = b'{"app_id": "a", "note": "' + b"x" * 100_000 + b'"}\n'
+    for raw in (
+        gzip.compress(body),
+        zlib.compress(body),
+        gzip.compress(body.decode().encode("utf-16")),
+        # Its user beyond what is read of it: the start is kept, not the compressed whole.
+        gzip.compress(padding + body),
+    ):
+        record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
+        assert record.raw_encoding == "utf-8", record.raw[:100]
+        assert "alice" not in record.raw and "987654321" not in record.raw
+    assert scrub_user_ids(gzip.compress(body), enricher.user_hash).startswith(
+        b'{"app_id": "a", "user_id": "' + enricher.user_hash('"alice smith"').encode()
+    )
