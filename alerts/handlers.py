@@ -110,6 +110,10 @@ class HandlerChain:
 def _display_url(url: str) -> str:
     # Webhook URLs often carry a secret in the query or userinfo: never log those parts.
     parts = urlsplit(url)
+    if not parts.netloc:
+        # Without "//" urlsplit reads userinfo as a scheme and a path ("user:password@host/x"
+        # is scheme "user"): what comes before the last "@" is left out, whatever it is.
+        return url.partition("#")[0].partition("?")[0].rpartition("@")[2]
     host = parts.hostname or ""
     if parts.port is not None:
         host = f"{host}:{parts.port}"

@@ -46,15 +46,24 @@ class CosmosSettings(BaseModel):
     @classmethod
     def _endpoint(cls, endpoint: str | None) -> str | None:
         # Checked here: the SDK takes any text and fails at the first request, as unreachable.
+        # The value is not quoted: a connection string pasted here holds the account key, and
+        # the endpoint is named in errors later on, so it may hold no userinfo or query.
         if endpoint is not None:
             try:
                 parts = urlsplit(endpoint)
                 parts.port  # noqa: B018 - raises ValueError when out of range
             except ValueError as exc:
-                raise ValueError(f"{endpoint!r} is not a URL: {exc}") from None
-            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"is not a URL: {exc}") from None
+            if (
+                parts.scheme not in ("https", "http")
+                or not parts.hostname
+                or "@" in parts.netloc
+                or parts.query
+                or parts.fragment
+            ):
                 raise ValueError(
-                    f"{endpoint!r} is not an account URL (https://ACCOUNT.documents.azure.com:443/)"
+                    "is not an account URL (https://ACCOUNT.documents.azure.com:443/; "
+                    "the key goes in azure.cosmos.key)"
                 )
         return endpoint
 

@@ -35,6 +35,11 @@ from stream.stats import ProcessorStats
 
 logger = logging.getLogger(__name__)
 
+
+class ScrubbedError(Exception):
+    """An exception as logged: its type's name and its message, user ids hashed."""
+
+
 SNAPSHOT_VERSION = 1
 
 
@@ -320,7 +325,7 @@ class Pipeline:
             logger.warning(
                 "batch failed (%s: %s); splitting it to find the events that fail",
                 type(exc).__name__,
-                exc,
+                self._scrubbed(exc, events),
                 extra={"first_sequence": events[0].sequence, "events": len(events)},
             )
         middle = len(events) // 2
@@ -344,7 +349,7 @@ class Pipeline:
         self, event: ReceivedEvent, exc: Exception, now: datetime
     ) -> QuarantineRecord:
         # The exception may quote the event, user id included: that is hashed as in the raw.
-        text = scrub_user_ids_in_text(str(exc), event.body, self.enricher.user_hash)
+        text = self._scrubbed(exc, [event])
         issue = ValidationIssue(
             code="processing_error",
             location="$",
@@ -367,12 +372,22 @@ class Pipeline:
                 }
             )
             await self.store.write([], [record])
+        # Its traceback, ending in the message as quarantined (not the exception's own, nor
+        # the ones it was raised from).
+        shown = ScrubbedError(f"{type(exc).__name__}: {text}")
         logger.error(
             "event quarantined: processing it failed",
-            exc_info=exc,
+            exc_info=(ScrubbedError, shown, exc.__traceback__),
             extra={"sequence": event.sequence},
         )
         return record
+
+    def _scrubbed(self, exc: Exception, events: Sequence[ReceivedEvent]) -> str:
+        """The message of ``exc`` with the user ids of ``events`` hashed as in quarantine."""
+        text = str(exc)
+        for event in events:
+            text = scrub_user_ids_in_text(text, event.body, self.enricher.user_hash)
+        return text
 
     def _transform(
         self, watermark: datetime | None, events: list[ReceivedEvent], now: datetime

@@ -617,6 +617,36 @@ async def test_value_and_sequence_bodies_keep_their_content_in_quarantine(
     assert kept[2].raw in ("[[1, 'x'], [2]]", "[[1, b'x'], [2]]")
 
 
+async def test_user_ids_in_value_and_sequence_bodies_are_scrubbed_in_quarantine(
+    harness: Harness,
+) -> None:
+    # Kept as their Python repr, single-quoted (and, read back by pyamqp, as bytes literals).
+    event = {"app_id": "v", "user_id": "alice smith", "metadata": {"user_id": 987654321}}
+    messages = [
+        AmqpAnnotatedMessage(value_body=event),
+        AmqpAnnotatedMessage(sequence_body=[[event], ["bob jones", {"user_id": "bob jones"}]]),
+    ]
+    async with EventHubProducerClient.from_connection_string(
+        harness.broker.eventhubs_connection_string(harness.hub), eventhub_name=harness.hub
+    ) as producer:
+        for message in messages:
+            await producer.send_event(message, partition_id="0")
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        await wait_for(lambda: len(recorder.delivered.get("0", [])) == 2, "the two events")
+    finally:
+        await running.stop()
+
+    kept = [r.raw async for r in harness.store.quarantine_records(limit=10)]
+    assert len(kept) == 2
+    for raw in kept:
+        assert "user_id" in raw
+        assert "alice" not in raw and "smith" not in raw and "987654321" not in raw, raw
+    # Only the user_id member's value goes: the sequence's own text stays.
+    assert sum("bob jones" in raw for raw in kept) == 1
+
+
 async def test_sink_refuses_use_outside_its_context_and_reuse(harness: Harness) -> None:
     sink = EventHubsSink(harness.settings)
     with pytest.raises(SourceError, match="outside 'async with'"):

@@ -102,6 +102,27 @@ def test_a_webhook_that_cannot_take_posts_is_refused_before_listening(
     assert "listening" not in result.output
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "admin:s3cr3t-pw@hooks.example.com/alerts?sig=s3cr3t-sig",
+        "https:/admin:s3cr3t-pw@hooks.example.com/alerts?sig=s3cr3t-sig",
+        "ftp://admin:s3cr3t-pw@hooks.example.com/alerts?sig=s3cr3t-sig#s3cr3t",
+        "https://admin:s3cr3t-pw@/alerts?sig=s3cr3t-sig",
+    ],
+)
+def test_a_refused_webhook_url_is_named_without_its_secrets(config: Path, url: str) -> None:
+    """Without "//" (a URL typed without its scheme) urlsplit reads the userinfo as a scheme
+    and a path, which the error quoted whole."""
+    result = CliRunner().invoke(
+        alerts_app,
+        ["listen", "-s", "all", "--webhook", url, "--max-alerts", "1", "--config", str(config)],
+    )
+    assert result.exit_code == 2, result.output
+    assert "webhook URL" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.output
+
+
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         alerts_app, ["dlq", "-s", "all", "--config", str(tmp_path / "missing.toml")]

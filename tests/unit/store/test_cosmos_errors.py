@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
 from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
+from pydantic import ValidationError
 
 from common.errors import Misconfigured
 from common.retry import Backoff
@@ -177,6 +178,27 @@ def test_an_endpoint_that_is_no_account_url_is_named(endpoint: str, said: str) -
     # The SDK takes any text and fails at the first request, reported as unreachable.
     with pytest.raises(ValueError, match=said):
         CosmosSettings(endpoint=endpoint)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "AccountEndpoint=https://account.documents.azure.com:443/;AccountKey=s3cr3tK3y==;",
+        "https://admin:s3cr3t@account.documents.azure.com:443/",
+        "https://account.documents.azure.com:443/?sig=s3cr3t",
+        "https://admin:s3cr3t@account.documents.azure.com:99999/",
+    ],
+)
+def test_an_endpoint_holding_a_secret_is_refused_without_quoting_it(endpoint: str) -> None:
+    """A connection string pasted as the endpoint was quoted whole, its AccountKey with it
+    (error: azure.cosmos.endpoint: 'AccountEndpoint=...;AccountKey=...' is not an account
+    URL); and userinfo or a query passed, to be named in every later store error."""
+    with pytest.raises(ValidationError) as refused:
+        CosmosSettings(endpoint=endpoint)
+    # What load_settings prints (the error's input stays out of it).
+    said = refused.value.errors()[0]["msg"]
+    assert "azure.cosmos.key" in said or "is not a URL" in said
+    assert "s3cr3t" not in said
 
 
 def test_a_key_that_is_not_base64_is_named() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -724,17 +725,22 @@ async def test_one_event_from_a_clock_far_ahead_does_not_make_the_rest_late(
         assert [doc.trace_id for doc in await _stored(store) if doc.ingest.late] == []
 
 
+QUOTED_USER = "alice@example.com"
+
+
 class QuotingStore(SqliteStore):
     """Refuses a document by quoting its event, as a store's error may."""
 
     async def write(self, documents, quarantined):  # type: ignore[no-untyped-def]
         for doc in documents:
             if doc.trace_id == "quoted":
-                raise StoreError(f"cannot store {doc.trace_id} of user alice@example.com")
+                raise StoreError(f"cannot store {doc.trace_id} of user {QUOTED_USER}")
         return await super().write(documents, quarantined)
 
 
-async def test_a_processing_error_never_keeps_a_raw_user_id(tmp_path: Path) -> None:
+async def test_a_processing_error_never_keeps_a_raw_user_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with QuotingStore(tmp_path / "s.db") as store:
         pipeline = make_pipeline(store, hot=False)
         context = await started(pipeline)
@@ -746,6 +752,11 @@ async def test_a_processing_error_never_keeps_a_raw_user_id(tmp_path: Path) -> N
         assert "alice" not in message and "alice" not in record.raw
         hashed = pipeline.enricher.user_hash('"alice@example.com"')
         assert f"of user {hashed}" in message and hashed in record.raw
+        # Nor logs it: the error's traceback ended in the exception's own message.
+        logged = [logging.Formatter().format(r) for r in caplog.records]
+        assert any("processing it failed" in line for line in logged)
+        assert not [line for line in logged if "alice" in line]
+        assert any(f"of user {hashed}" in line and "Traceback" in line for line in logged)
 
 
 class RefusingPublisher(Publisher):

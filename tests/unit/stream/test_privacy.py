@@ -4,13 +4,17 @@ documents are byte for byte what the raw events give."""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import zlib
 from pathlib import Path
 
 import orjson
 
+from common.amqp import body_bytes
 from schemas import AppDirectory, TelemetryDocument
 from stream.decode import Decoder
-from stream.enrich import Enricher, scrub_user_ids, sent_form
+from stream.enrich import Enricher, scrub_user_ids, scrub_user_ids_in_text, sent_form
 from stream.privacy import Pseudonymizer
 from stream.sources.local_log import LocalLog, LocalLogSink
 from tests.unit.stream.test_output_golden import APPS, NOW, _bodies
@@ -160,3 +164,106 @@ async def test_ingest_handing_over_its_validated_events_logs_the_same_records(
     ]
     assert sum(user is None for *_, user in rows[0]) > 50
     assert rows[1] == marked
+
+
+def test_quarantine_scrubs_the_user_ids_of_amqp_sequence_and_map_bodies() -> None:
+    """An Event Hubs sequence body, or a value body of a map, is kept as its Python repr
+    (common.amqp.body_bytes): single-quoted, which the JSON-only scrub let through raw."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    event = {"app_id": "a", "user_id": "alice@example.com", "metadata": {"user_id": 987654321}}
+    for raw in (
+        body_bytes("sequence", iter([[event], [b'{"user_id": "alice@example.com"}']])),
+        body_bytes("value", event),
+        # pyamqp reads AMQP strings back as bytes (a bytes literal's text ended at a space).
+        body_bytes(
+            "value",
+            {
+                b"app_id": b"a",
+                b"user_id": b"alice example",
+                b"metadata": {b"user_id": 987654321},
+            },
+        ),
+    ):
+        decoded = Decoder().decode(raw, NOW)
+        record = enricher.quarantine(decoded.rejected[0], None, NOW)
+        assert "alice" not in record.raw and "example" not in record.raw, record.raw
+        assert "987654321" not in record.raw, record.raw
+        assert "user_id" in record.raw
+    text = scrub_user_ids_in_text(
+        "no event in: alice@example.com", body_bytes("value", event), enricher.user_hash
+    )
+    assert "alice" not in text
+
+
+def test_a_user_id_that_is_not_utf8_is_scrubbed() -> None:
+    """Its bytes were read as lone surrogates, which the hash could not encode: the request
+    was a 500 (a traceback, nothing quarantined), and a processor would fail the batch."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    raw = b'{"app_id": "a b", "user_id": "alice\xe9"}'
+    kept = scrub_user_ids(raw, enricher.user_hash)
+    assert b"alice" not in kept and enricher.user_hash('"alice\\xe9"').encode() in kept
+    text = scrub_user_ids_in_text("user alice\\xe9 refused", raw, enricher.user_hash)
+    assert "alice" not in text
+    record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
+    assert "alice" not in record.raw
+
+
+def test_a_user_id_key_spelt_with_escapes_is_scrubbed() -> None:
+    """A body that is not JSON is kept as sent: a key written with \\u escapes, which any JSON
+    reader takes for user_id, kept its value raw (valid bodies are kept re-serialised)."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    raw = (
+        b'{"app_id": "a", "user\\u005fid": "alice smith", "n": 1, '
+        b'"metadata": {"k": "v", "\\u0075ser_id": 987654321, "user_id": "bob"}, "user_id": '
+    )
+    kept = scrub_user_ids(raw, enricher.user_hash)
+    for value in (b"alice", b"987654321", b"bob"):
+        assert value not in kept, kept
+    assert kept.startswith(b'{"app_id": "a", "user\\u005fid": "')
+    assert b'"n": 1, "metadata": {"k": "v", "\\u0075ser_id": "' in kept
+    text = scrub_user_ids_in_text("alice smith and 987654321", raw, enricher.user_hash)
+    assert "alice" not in text and "987654321" not in text
+    record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
+    assert "alice" not in record.raw and "987654321" not in record.raw
+    # Keys with other escapes are left as they are.
+    other = b'{"us\\u0065r": "carol", "note": "a\\u0020b"}'
+    assert scrub_user_ids(other, enricher.user_hash) == other
+
+
+def test_a_user_id_in_a_utf16_or_utf32_body_is_scrubbed() -> None:
+    """Such a body is not UTF-8 (400 over HTTP, quarantined from a source) and was kept as
+    its bytes, in base64: the user_id within, only spelt with zero bytes, was kept too."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    body = '{"app_id": "a", "user_id": "alice smith", "metadata": {"user\\u005fid": 987654321}}'
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"):
+        raw = body.encode(encoding)
+        kept = scrub_user_ids(raw, enricher.user_hash)
+        assert b'"user_id": "' + enricher.user_hash('"alice smith"').encode() in kept, encoding
+        assert b"987654321" not in kept, encoding
+        record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
+        shown = base64.b64decode(record.raw) if record.raw_encoding == "base64" else record.raw
+        for text in (str(shown), shown.decode(encoding, "replace") if shown != record.raw else ""):
+            assert "alice" not in text and "987654321" not in text, (encoding, shown)
+    # Bytes that are not JSON in any of them stay as they are.
+    assert scrub_user_ids(b"\xff\xfe not UTF-8", enricher.user_hash) == b"\xff\xfe not UTF-8"
+
+
+def test_a_user_id_in_a_compressed_body_is_scrubbed() -> None:
+    """A source's body is not decompressed (ingest's is): gzip or zlib data was quarantined
+    as its bytes, in base64, with every user_id it holds."""
+    enricher = Enricher(AppDirectory(), KEY, "local")
+    body = b'{"app_id": "a", "user_id": "alice smith", "metadata": {"user_id": 987654321}}'
+    padding = b'{"app_id": "a", "note": "' + b"x" * 100_000 + b'"}\n'
+    for raw in (
+        gzip.compress(body),
+        zlib.compress(body),
+        gzip.compress(body.decode().encode("utf-16")),
+        # Its user beyond what is read of it: the start is kept, not the compressed whole.
+        gzip.compress(padding + body),
+    ):
+        record = enricher.quarantine(Decoder().decode(raw, NOW).rejected[0], None, NOW)
+        assert record.raw_encoding == "utf-8", record.raw[:100]
+        assert "alice" not in record.raw and "987654321" not in record.raw
+    assert scrub_user_ids(gzip.compress(body), enricher.user_hash).startswith(
+        b'{"app_id": "a", "user_id": "' + enricher.user_hash('"alice smith"').encode()
+    )
