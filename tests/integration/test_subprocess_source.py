@@ -95,6 +95,10 @@ class Recorder:
         self.events.append(f"close {context.partition_id}")
         self.closed.append((context.partition_id, reason))
 
+    def of(self, partition: str) -> list[str]:
+        """What happened to ``partition``, in order: init, batch, idle, close."""
+        return [e.split()[0] for e in self.events if e.split()[1] == partition]
+
     def count(self) -> int:
         return sum(len(sequences) for sequences in self.processed.values())
 
@@ -139,8 +143,8 @@ async def test_batches_arrive_in_order_and_the_child_writes_the_checkpoints(
     assert sorted(recorder.closed) == [(str(p), CloseReason.SHUTDOWN) for p in range(PARTITIONS)]
     for partition in map(str, range(PARTITIONS)):
         # Initialised before its first batch, closed after its last.
-        mine = [e for e in recorder.events if e.endswith(f" {partition}")]
-        assert mine[0] == f"init {partition}" and mine[-1] == f"close {partition}"
+        mine = recorder.of(partition)
+        assert mine[0] == "init" and mine[-1] == "close"
     assert source.restarts == 0 and source.child_pid is None
 
 
@@ -154,16 +158,15 @@ async def test_the_childs_idle_turns_reach_the_handler_after_the_batches_before_
     recorder = Recorder()
 
     def idle_after_every_batch() -> bool:
-        last = {e.split()[1]: e.split()[0] for e in recorder.events if e.split()[0] != "init"}
         return recorder.count() >= 1_000 and all(
-            last.get(str(p)) == "idle" for p in range(PARTITIONS)
+            recorder.of(str(p))[-1:] == ["idle"] for p in range(PARTITIONS)
         )
 
     await run_until(local_source(log_path), recorder, idle_after_every_batch)
 
     assert recorder.processed == expected_sequences(appended)
     for partition in map(str, range(PARTITIONS)):
-        mine = [e.split()[0] for e in recorder.events if e.endswith(f" {partition}")]
+        mine = recorder.of(partition)
         assert "idle" in mine[mine.index("batch") :], mine
 
 

@@ -157,6 +157,18 @@ async def test_rewriting_a_batch_changes_nothing(store: CosmosStore) -> None:
     assert sorted(ids) == sorted((d.pk, d.id) for d in batch.documents)
 
 
+async def window_ids(store: CosmosStore, documents: list[TelemetryDocument]) -> list[str]:
+    """The ids the day's window read of the documents' apps gives, sorted."""
+    apps = sorted({d.app_id for d in documents})
+    return sorted(
+        [
+            doc.id
+            async for page in store.telemetry_window(apps, START, MIDNIGHT + timedelta(1))
+            for doc in page
+        ]
+    )
+
+
 async def test_ids_cosmos_refuses_are_stored_and_read_back(store: CosmosStore) -> None:
     # Producers choose event_id; azure-cosmos refuses some characters in ids outright.
     awkward = ["order/42", "a?b#c", "back\\slash", "tab\there", "trailing ", "100%", "~7E"]
@@ -169,13 +181,7 @@ async def test_ids_cosmos_refuses_are_stored_and_read_back(store: CosmosStore) -
     for document in batch.documents:
         assert await store.get_telemetry(document.id, document.pk) == document
     assert await store.count("telemetry") == len(batch.documents)
-    apps = sorted({d.app_id for d in batch.documents})
-    window = [
-        doc
-        async for page in store.telemetry_window(apps, START, MIDNIGHT + timedelta(1))
-        for doc in page
-    ]
-    assert sorted(d.id for d in window) == sorted(d.id for d in batch.documents)
+    assert await window_ids(store, batch.documents) == sorted(d.id for d in batch.documents)
     state = StateSnapshot("group/with?odd#chars", "partition/0", 5, b"s")
     await store.save_state(state)
     assert await store.load_state(state.consumer_group, state.partition) == state
@@ -199,13 +205,7 @@ async def test_event_ids_beyond_cosmos_id_limit_are_stored_and_read_back(
     assert all(len(item_id.encode()) <= 1023 for _, item_id in ids)
     for document in batch.documents:
         assert await store.get_telemetry(document.id, document.pk) == document
-    apps = sorted({d.app_id for d in batch.documents})
-    window = [
-        doc
-        async for page in store.telemetry_window(apps, START, MIDNIGHT + timedelta(1))
-        for doc in page
-    ]
-    assert sorted(d.id for d in window) == sorted(d.id for d in batch.documents)
+    assert await window_ids(store, batch.documents) == sorted(d.id for d in batch.documents)
     # Another event under a long event_id is still refused, not stored over the first.
     first = event_id_conflicts.document(1, event_id=longest[0], latency_ms=100.0)
     other = event_id_conflicts.document(2, event_id=longest[0], latency_ms=999.0)

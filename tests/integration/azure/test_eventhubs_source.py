@@ -233,6 +233,15 @@ class Harness:
         assert stored == self.expected.quarantined
 
 
+async def processed_to_the_end(harness: Harness, recorder: Recorder) -> None:
+    """Wait until every partition's last event (as the broker holds them now) was delivered."""
+    last = harness.last_sequences()
+    await wait_for(
+        lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in PARTITIONS),
+        "every partition processed to its last event",
+    )
+
+
 class Running:
     """A source running a recorder in a background task, with its own stop event."""
 
@@ -405,11 +414,7 @@ async def test_an_unreadable_checkpoint_restarts_its_partition_and_stops_no_othe
     recorder = harness.recorder()
     running = Running(harness.source(), recorder)
     try:
-        last = harness.last_sequences()
-        await wait_for(
-            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in PARTITIONS),
-            "every partition processed to its last event",
-        )
+        await processed_to_the_end(harness, recorder)
     finally:
         await running.stop()
     # Partition 1 is read again from its start (what its snapshot covers is not stored
@@ -436,13 +441,9 @@ async def test_a_checkpoint_container_deleted_while_running_is_made_again(
         ) as container:
             await container.delete_container()
         await harness.send(sink, simulated(200, seed=15))
-        last = harness.last_sequences()
         # Every batch failed at its checkpoint (404 ContainerNotFound) and was delivered again,
         # for ever; as at start, the source makes the container again.
-        await wait_for(
-            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in PARTITIONS),
-            "every partition processed to its last event",
-        )
+        await processed_to_the_end(harness, recorder)
     finally:
         await running.stop()
     await harness.assert_store_exact()
@@ -529,11 +530,7 @@ async def test_connection_drop_mid_stream_loses_nothing(
         await harness.send(sink, simulated(1000, seed=10))
         # Not a count of processed events: a partition claimed again repeats the events
         # after its checkpoint.
-        last = harness.last_sequences()
-        await wait_for(
-            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in PARTITIONS),
-            "every partition processed to its last event",
-        )
+        await processed_to_the_end(harness, recorder)
     finally:
         await running.stop()
     await harness.assert_store_exact()
@@ -585,6 +582,23 @@ async def test_sdk_errors_map_to_retryable_or_permanent_source_errors() -> None:
     assert map_error(forbidden, "checkpoint").retryable is False
 
 
+async def process_amqp_messages(harness: Harness, messages: list[AmqpAnnotatedMessage]) -> None:
+    """Send ``messages`` to partition 0 as they are and run the source until all were read."""
+    async with EventHubProducerClient.from_connection_string(
+        harness.broker.eventhubs_connection_string(harness.hub), eventhub_name=harness.hub
+    ) as producer:
+        for message in messages:
+            await producer.send_event(message, partition_id="0")
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        await wait_for(
+            lambda: len(recorder.delivered.get("0", [])) == len(messages), "every message"
+        )
+    finally:
+        await running.stop()
+
+
 async def test_value_and_sequence_bodies_keep_their_content_in_quarantine(
     harness: Harness,
 ) -> None:
@@ -595,17 +609,7 @@ async def test_value_and_sequence_bodies_keep_their_content_in_quarantine(
         AmqpAnnotatedMessage(value_body=b"\xff\xfe not UTF-8"),
         AmqpAnnotatedMessage(sequence_body=[[1, "x"], [2]]),
     ]
-    async with EventHubProducerClient.from_connection_string(
-        harness.broker.eventhubs_connection_string(harness.hub), eventhub_name=harness.hub
-    ) as producer:
-        for message in messages:
-            await producer.send_event(message, partition_id="0")
-    recorder = harness.recorder()
-    running = Running(harness.source(), recorder)
-    try:
-        await wait_for(lambda: len(recorder.delivered.get("0", [])) == 3, "the three events")
-    finally:
-        await running.stop()
+    await process_amqp_messages(harness, messages)
 
     assert await harness.store.count("telemetry") == 1
     kept = {r.sequence: r async for r in harness.store.quarantine_records(limit=10)}
@@ -626,17 +630,7 @@ async def test_user_ids_in_value_and_sequence_bodies_are_scrubbed_in_quarantine(
         AmqpAnnotatedMessage(value_body=event),
         AmqpAnnotatedMessage(sequence_body=[[event], ["bob jones", {"user_id": "bob jones"}]]),
     ]
-    async with EventHubProducerClient.from_connection_string(
-        harness.broker.eventhubs_connection_string(harness.hub), eventhub_name=harness.hub
-    ) as producer:
-        for message in messages:
-            await producer.send_event(message, partition_id="0")
-    recorder = harness.recorder()
-    running = Running(harness.source(), recorder)
-    try:
-        await wait_for(lambda: len(recorder.delivered.get("0", [])) == 2, "the two events")
-    finally:
-        await running.stop()
+    await process_amqp_messages(harness, messages)
 
     kept = [r.raw async for r in harness.store.quarantine_records(limit=10)]
     assert len(kept) == 2

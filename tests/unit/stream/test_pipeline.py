@@ -269,6 +269,18 @@ async def test_failed_publish_keeps_breaches_and_does_not_double_count(tmp_path:
         assert hot.seen == list(range(10))
 
 
+async def with_a_breach_unpublished(store: SqliteStore) -> tuple[Pipeline, Context]:
+    """A pipeline whose second batch (5-11) was stored and observed, then failed publishing
+    its breach (the bus busy or down); nothing checkpointed (a long interval)."""
+    pipeline = make_pipeline(store, Publisher(failures=1))
+    pipeline.checkpoint_interval_s = 3600
+    context = await started(pipeline)
+    await pipeline.on_batch(context, [received(i) for i in range(5)])
+    with pytest.raises(ConnectionError):
+        await pipeline.on_batch(context, [received(i) for i in range(5, 12)])
+    return pipeline, context
+
+
 async def test_a_shutdown_while_the_bus_is_down_leaves_the_breaches_to_the_next_owner(
     tmp_path: Path,
 ) -> None:
@@ -276,12 +288,7 @@ async def test_a_shutdown_while_the_bus_is_down_leaves_the_breaches_to_the_next_
     # partition closes (SIGTERM, or moved to another worker): a snapshot then would hold the
     # detectors past the batch, and the next owner would never publish its breach.
     async with SqliteStore(tmp_path / "s.db") as store:
-        first = make_pipeline(store, Publisher(failures=1))
-        first.checkpoint_interval_s = 3600
-        context = await started(first)
-        await first.on_batch(context, [received(i) for i in range(5)])
-        with pytest.raises(ConnectionError):
-            await first.on_batch(context, [received(i) for i in range(5, 12)])
+        first, context = await with_a_breach_unpublished(store)
         await first.on_partition_close(context, CloseReason.SHUTDOWN)
 
         publisher = Publisher()
@@ -299,12 +306,7 @@ async def test_an_idle_turn_after_a_batch_whose_breaches_are_unpublished_checkpo
 ) -> None:
     # As at a close: a snapshot would hold the detectors past the checkpoint.
     async with SqliteStore(tmp_path / "s.db") as store:
-        pipeline = make_pipeline(store, Publisher(failures=1))
-        pipeline.checkpoint_interval_s = 3600
-        context = await started(pipeline)
-        await pipeline.on_batch(context, [received(i) for i in range(5)])
-        with pytest.raises(ConnectionError):
-            await pipeline.on_batch(context, [received(i) for i in range(5, 12)])
+        pipeline, context = await with_a_breach_unpublished(store)
         pipeline.checkpoint_interval_s = 0
         await pipeline.on_idle(context)
         assert context.checkpoints == []
