@@ -30,6 +30,9 @@ th:first-child, td:first-child, td.text { text-align: left; }
 .critical { color: #c62828; font-weight: 600; } .warning { color: #b26a00; font-weight: 600; }
 .ok { color: #2e7d32; }
 .chart { margin: 8px 0 20px; }
+/* An app id is up to 128 characters without a space: it breaks anywhere rather than widening
+   the page beyond the window (a table cell or heading does not wrap such a word otherwise). */
+h3, .meta, .note, td.text { overflow-wrap: anywhere; }
 """
 
 

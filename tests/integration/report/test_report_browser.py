@@ -226,3 +226,67 @@ async def test_a_report_of_values_at_the_edges_of_the_contract_draws_every_chart
     cells = [cell for row in figures for cell in row]
     assert any(cell in ("1.798e+308", "-1.798e+308") for cell in cells), figures
     assert max(len(cell) for cell in cells) < 20, figures
+
+
+LONGEST_APP = "a" * 128
+# Score names as producers send them: up to 64 characters, right-to-left, CJK, emoji.
+SCORE_NAMES = (
+    "a_long_score_name_that_goes_on_and_on_until_the_sixty_fourth_ch",
+    "מדד_רלוונטיות_ארוך",
+    "关联性评分指标",
+    "😀emoji_score",
+)
+
+
+@pytest.fixture(scope="module")
+def report_of_long_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An app with the longest id and scores with long and non-Latin names, beside an app
+    with a short id; five minutes of traffic, reported."""
+    data_dir = tmp_path_factory.mktemp("long-names")
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    lines = []
+    for i in range(120):
+        event = {
+            "app_id": LONGEST_APP if i % 2 else "short",
+            "timestamp": (start + timedelta(seconds=2 * i)).isoformat(),
+            "trace_id": f"t{i}",
+            "status": "ok",
+            "latency_ms": 100.0 + i,
+            "scores": {name: (i % 10) / 10 for name in SCORE_NAMES},
+        }
+        lines.append(orjson.dumps(event).decode())
+    events = data_dir / "events.ndjson"
+    events.write_text("\n".join(lines) + "\n")
+    output = data_dir / "report.html"
+    steps = [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", "1h"),
+    ]
+    for step in steps:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    assert "2 apps, 120 requests" in done.stderr, done.stderr
+    return output
+
+
+async def test_an_app_id_of_128_characters_does_not_widen_the_page(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile", width=1280) as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        widths = await page.evaluate(
+            "({page: document.documentElement.scrollWidth, window: window.innerWidth,"
+            " summary: document.querySelector('table').getBoundingClientRect().right})"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-long-names.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    # Nothing beyond the window's right edge: no horizontal scrolling to read a row or heading.
+    assert widths["page"] <= widths["window"], widths
+    assert widths["summary"] <= widths["window"], widths
