@@ -192,7 +192,8 @@ def _score_trace(name: str, values: npt.NDArray[np.float64]) -> Trace:
     if largest <= DENSITY_LIMIT:
         return {
             "type": "violin",
-            "y": _y(values),
+            "orientation": "h",
+            "x": _y(values),
             "name": name,
             "box": {"visible": True},
             "meanline": {"visible": True},
@@ -200,10 +201,17 @@ def _score_trace(name: str, values: npt.NDArray[np.float64]) -> Trace:
         }
     if largest > DRAWN_LIMIT:
         name += f", beyond ±{DRAWN_LIMIT:g} drawn at ±{DRAWN_LIMIT:g}"
-    return {"type": "box", "y": _y(values), "name": name, "boxpoints": False}
+    return {"type": "box", "orientation": "h", "x": _y(values), "name": name, "boxpoints": False}
+
+
+# Per score: the height of its row in the score chart.
+SCORE_ROW_PX = 56
 
 
 def scores(series: AppSeries) -> Figure:
+    """One horizontal violin per score, its name on the y axis: names are up to 64 characters
+    in any script, which upright violins could show only as rotated labels cut off by the
+    chart's bottom edge."""
     traces = [
         _score_trace(f"{name} (n={series.score_counts[name]:,})", values)
         for name, values in series.scores.items()
@@ -211,8 +219,11 @@ def scores(series: AppSeries) -> Figure:
     return _figure(
         traces,
         f"{series.app_id} · score distributions (uniform sample of ≤ 2,000 per score)",
+        height=max(HEIGHT, 110 + SCORE_ROW_PX * len(traces)),
         showlegend=False,
-        xaxis={"type": "category"},
+        xaxis={"type": "linear", "title": {"text": "score"}},
+        # The first score on top, names given the room they need.
+        yaxis={"type": "category", "automargin": True, "autorange": "reversed"},
     )
 
 

@@ -199,7 +199,7 @@ async def test_a_report_of_values_at_the_edges_of_the_contract_draws_every_chart
         drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
         charts = await page.evaluate(CHART_STATES)
         score_names = await page.evaluate(
-            "[...document.querySelectorAll('div.chart[data-chart=scores] .xtick text')]"
+            "[...document.querySelectorAll('div.chart[data-chart=scores] .ytick text')]"
             ".map(t => t.textContent)"
         )
         points = await page.evaluate(EVALUATION_POINTS)
@@ -290,3 +290,39 @@ async def test_an_app_id_of_128_characters_does_not_widen_the_page(
     # Nothing beyond the window's right edge: no horizontal scrolling to read a row or heading.
     assert widths["page"] <= widths["window"], widths
     assert widths["summary"] <= widths["window"], widths
+
+
+# Per score chart, each score's name on its axis and whether it lies wholly inside the chart.
+SCORE_LABELS = """
+[...document.querySelectorAll('div.chart[data-chart=scores]')].map(chart => {
+    const svg = chart.querySelector('svg.main-svg').getBoundingClientRect();
+    const ticks = [...chart.querySelectorAll('.xtick text, .ytick text')];
+    return ticks.filter(text => text.textContent.includes('(n=')).map(text => {
+        const box = text.getBoundingClientRect();
+        return {name: text.textContent, inside: box.left >= svg.left && box.right <= svg.right
+            && box.top >= svg.top && box.bottom <= svg.bottom};
+    });
+})
+"""
+
+
+async def test_long_and_non_latin_score_names_are_shown_whole(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        labels = await page.evaluate(SCORE_LABELS)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-score-names.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    assert len(labels) == 2, labels
+    for chart in labels:
+        # Every name whole and within the chart: rotated labels ran past its bottom edge.
+        names = sorted(label["name"] for label in chart)
+        assert names == sorted(f"{n} (n=60)" for n in SCORE_NAMES), chart
+        assert all(label["inside"] for label in chart), chart
