@@ -79,6 +79,21 @@ def _figure(traces: list[Trace], title: str, *, height: int = HEIGHT, **layout: 
     }
 
 
+Window = tuple[datetime, datetime]
+
+
+def _time_axis(window: Window) -> dict[str, Any]:
+    """A date axis over the whole report range: fitted to the telemetry alone, one event's axis
+    spanned a millisecond and a burst filled the chart as if it were the whole range."""
+    return {"type": "date", "title": {"text": "UTC"}, "range": _x(window)}
+
+
+def _bucket_bars(series: AppSeries) -> dict[str, Any]:
+    """Bars as wide as their buckets, from each bucket's start: plotly.js otherwise sizes them
+    by the gaps between bars, and a lone bar on an axis over the whole range is a hairline."""
+    return {"width": series.width_s * 1000, "offset": 0}
+
+
 def _flat(x: Sequence[str], y: float, name: str, colour: str, axis: str = "y") -> Trace:
     """A horizontal reference line across the series, as a trace: it has a legend entry and
     can sit on a secondary axis."""
@@ -95,7 +110,7 @@ def _flat(x: Sequence[str], y: float, name: str, colour: str, axis: str = "y") -
     }
 
 
-def latency(series: AppSeries) -> Figure:
+def latency(series: AppSeries, window: Window) -> Figure:
     x = _x(series.starts)
     traces: list[Trace] = [
         {
@@ -108,25 +123,27 @@ def latency(series: AppSeries) -> Figure:
         }
         for column, q in enumerate(QUANTILES)
     ]
-    traces.append(_flat(x, series.slo.latency_threshold_ms, "SLO threshold", "#c62828"))
+    traces.append(_flat(_x(window), series.slo.latency_threshold_ms, "SLO threshold", "#c62828"))
     return _figure(
         traces,
         f"{series.app_id} · latency percentiles per {series.width_s} s (ms)",
+        xaxis=_time_axis(window),
         yaxis={"title": {"text": "ms"}, "rangemode": "tozero"},
     )
 
 
-def errors(series: AppSeries) -> Figure:
+def errors(series: AppSeries, window: Window) -> Figure:
     x = _x(series.starts)
     traces: list[Trace] = [
         {
             "type": "bar",
             "x": x,
+            **_bucket_bars(series),
             "y": _y(series.error_rate * 100),
             "name": "error rate %",
             "marker": {"color": "#ef9a9a"},
         },
-        _flat(x, series.slo.error_budget * 100, "error budget %", "#c62828"),
+        _flat(_x(window), series.slo.error_budget * 100, "error budget %", "#c62828"),
         {
             "type": "scatter",
             "x": x,
@@ -143,24 +160,41 @@ def errors(series: AppSeries) -> Figure:
             "mode": "lines",
             "name": "latency-budget burn ×",
         },
-        _flat(x, 1.0, "burn 1× (budget spent at its pace)", "#555555", axis="y2"),
+        _flat(_x(window), 1.0, "burn 1× (budget spent at its pace)", "#555555", axis="y2"),
     ]
     return _figure(
         traces,
         f"{series.app_id} · errors and SLO budget burn per {series.width_s} s",
+        xaxis=_time_axis(window),
         yaxis={"title": {"text": "error rate %"}, "rangemode": "tozero"},
         yaxis2={**SECONDARY_AXIS, "title": {"text": "burn rate ×"}},
     )
 
 
-def usage(series: AppSeries) -> Figure:
+def usage(series: AppSeries, window: Window) -> Figure:
     x = _x(series.starts)
     traces: list[Trace] = [
-        {"type": "bar", "x": x, "y": _y(series.tokens_in), "name": "input tokens"},
-        {"type": "bar", "x": x, "y": _y(series.tokens_out), "name": "output tokens"},
+        {
+            "type": "bar",
+            "x": x,
+            **_bucket_bars(series),
+            "y": _y(series.tokens_in),
+            "name": "input tokens",
+        },
+        {
+            "type": "bar",
+            "x": x,
+            **_bucket_bars(series),
+            "y": _y(series.tokens_out),
+            "name": "output tokens",
+        },
     ]
     title = f"{series.app_id} · tokens per {series.width_s} s"
-    layout: dict[str, Any] = {"barmode": "stack", "yaxis": {"title": {"text": "tokens"}}}
+    layout: dict[str, Any] = {
+        "barmode": "stack",
+        "xaxis": _time_axis(window),
+        "yaxis": {"title": {"text": "tokens"}},
+    }
     if series.priced:
         traces.append(
             {

@@ -164,12 +164,12 @@ def _incidents(data: ReportData, chart: _Charts) -> str:
     return chart(figures.incident_timeline(data.incidents, data.request.end), "incidents") + table
 
 
-def _app(series: AppSeries, chart: _Charts) -> str:
+def _app(series: AppSeries, window: figures.Window, chart: _Charts) -> str:
     parts = [
         f'<h3 id="app-{_e(series.app_id)}">{_e(series.app_id)}</h3>',
-        chart(figures.latency(series), "latency"),
-        chart(figures.errors(series), "errors"),
-        chart(figures.usage(series), "usage"),
+        chart(figures.latency(series, window), "latency"),
+        chart(figures.errors(series, window), "errors"),
+        chart(figures.usage(series, window), "usage"),
     ]
     if series.scores:
         parts.append(chart(figures.scores(series), "scores"))
@@ -250,7 +250,7 @@ def render_html(data: ReportData) -> str:
         '<p class="meta">Breaches the hot and cold paths published, from the alert topic.</p>',
         _incidents(data, chart),
         "<h2>Apps</h2>",
-        *(_app(series, chart) for series in data.apps),
+        *(_app(series, (request.start, request.end), chart) for series in data.apps),
         '<h2 id="evaluations">Evaluations</h2>',
         _evaluations(data.evaluations, chart),
     ]

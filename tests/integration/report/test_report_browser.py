@@ -326,3 +326,65 @@ async def test_long_and_non_latin_score_names_are_shown_whole(
         names = sorted(label["name"] for label in chart)
         assert names == sorted(f"{n} (n=60)" for n in SCORE_NAMES), chart
         assert all(label["inside"] for label in chart), chart
+
+
+# Per time chart: its drawn x range in hours, the tick labels, the widest bar in pixels.
+TIME_AXES = """
+[...document.querySelectorAll('div.chart:is([data-chart=latency], [data-chart=errors],'
+    + ' [data-chart=usage])')].map(chart => {
+    const range = chart.querySelector('.plotly-graph-div')._fullLayout.xaxis.range;
+    return {
+        kind: chart.dataset.chart,
+        hours: (new Date(range[1] + 'Z') - new Date(range[0] + 'Z')) / 3.6e6,
+        ticks: [...chart.querySelectorAll('.xtick text')].map(t => t.textContent),
+        bar: Math.max(0, ...[...chart.querySelectorAll('.bars path')].map(
+            p => p.getBoundingClientRect().width)),
+    };
+})
+"""
+
+
+async def test_one_event_in_a_day_is_drawn_on_the_day_not_on_a_millisecond(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    moment = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    event = {
+        "app_id": "solo",
+        "timestamp": moment.isoformat(),
+        "trace_id": "t1",
+        "status": "ok",
+        "latency_ms": 120.5,
+        "tokens": {"input": 10, "output": 20},
+    }
+    events = tmp_path / "one.ndjson"
+    events.write_text(orjson.dumps(event).decode() + "\n")
+    output = tmp_path / "one.html"
+    for step in [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", "24h"),
+    ]:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    assert "1 apps, 1 requests" in done.stderr, done.stderr
+
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(output.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        axes = await page.evaluate(TIME_AXES)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-one-event.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    assert [axis["kind"] for axis in axes] == ["latency", "errors", "usage"], axes
+    for axis in axes:
+        # The axis spans the day asked for (it spanned a millisecond around the event, with
+        # ticks like 22:30:20.9995), so a reader sees when in the day the request came.
+        assert 23.9 < axis["hours"] < 24.1, axis
+        assert not any("." in tick for tick in axis["ticks"]), axis
+    # The event's tokens are a bar a reader can see, not a hairline.
+    assert axes[2]["bar"] >= 4, axes
