@@ -33,6 +33,8 @@ STATUS_COLOURS = {
     "unavailable": "#616161",
 }
 HEIGHT = 340
+LEGEND_ENTRIES_PER_ROW = 6
+LEGEND_ROW_PX = 20
 SECONDARY_AXIS = {"overlaying": "y", "side": "right", "rangemode": "tozero", "showgrid": False}
 
 
@@ -72,8 +74,11 @@ def _figure(traces: list[Trace], title: str, *, height: int = HEIGHT, **layout: 
             "title": {"text": title, "x": 0.01},
             "height": height,
             "margin": {"l": 60, "r": 60, "t": 50, "b": 40},
-            "legend": {"orientation": "h", "y": -0.2},
-            "xaxis": {"type": "date", "title": {"text": "UTC"}},
+            # Below the x axis and its title, however many rows it takes: plotly.js moves the
+            # plot area up to make room (at y -0.2 of the plot area, a legend of two rows or
+            # more, or one under a date axis of two-line ticks, covered the axis title).
+            "legend": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom"},
+            "xaxis": {"type": "date", "title": {"text": "UTC"}, "automargin": True},
             **layout,
         },
     }
@@ -85,7 +90,7 @@ Window = tuple[datetime, datetime]
 def _time_axis(window: Window) -> dict[str, Any]:
     """A date axis over the whole report range: fitted to the telemetry alone, one event's axis
     spanned a millisecond and a burst filled the chart as if it were the whole range."""
-    return {"type": "date", "title": {"text": "UTC"}, "range": _x(window)}
+    return {"type": "date", "title": {"text": "UTC"}, "automargin": True, "range": _x(window)}
 
 
 def _bucket_bars(series: AppSeries) -> dict[str, Any]:
@@ -355,4 +360,11 @@ def evaluation(
             seen.add((label, value))
             colour = SEVERITY_COLOURS["critical" if label.startswith("critical") else "warning"]
             traces.append(_flat(x, value, f"{label} {value:g}", colour))
-    return _figure(traces, f"evaluation {policy} · {metric} · {value_name} per window start")
+    # A legend row holds about six apps; the chart grows by the rows beyond the first so that
+    # the legend, below the axis, does not squeeze the plot to a strip.
+    rows = math.ceil(len(traces) / LEGEND_ENTRIES_PER_ROW)
+    return _figure(
+        traces,
+        f"evaluation {policy} · {metric} · {value_name} per window start",
+        height=HEIGHT + LEGEND_ROW_PX * max(rows - 1, 0),
+    )

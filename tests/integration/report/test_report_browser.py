@@ -388,3 +388,35 @@ async def test_one_event_in_a_day_is_drawn_on_the_day_not_on_a_millisecond(
         assert not any("." in tick for tick in axis["ticks"]), axis
     # The event's tokens are a bar a reader can see, not a hairline.
     assert axes[2]["bar"] >= 4, axes
+
+
+# Per chart: whether its legend covers the x axis's title or tick labels.
+LEGEND_OVERLAPS = """
+[...document.querySelectorAll('div.chart')].map(chart => {
+    const legend = chart.querySelector('g.legend')?.getBoundingClientRect();
+    const covered = [...chart.querySelectorAll('.g-xtitle text, .xtick text')].filter(text => {
+        const box = text.getBoundingClientRect();
+        return legend && box.width > 0 && box.left < legend.right && legend.left < box.right
+            && box.top < legend.bottom && legend.top < box.bottom;
+    });
+    const plot = chart.querySelector('.plotly-graph-div')._fullLayout._size.h;
+    return {kind: chart.dataset.chart, covered: covered.map(text => text.textContent), plot};
+})
+"""
+
+
+async def test_no_legend_covers_an_axis_title_or_tick(
+    report_of_an_incident: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_an_incident.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        overlaps = await page.evaluate(LEGEND_OVERLAPS)
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    assert overlaps and all(chart["covered"] == [] for chart in overlaps), overlaps
+    # The room the legend takes below the axis leaves the plot itself readable.
+    assert all(chart["plot"] >= 150 for chart in overlaps), overlaps
