@@ -28,7 +28,7 @@ table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; }
 th:first-child, td:first-child, td.text { text-align: left; }
 .critical { color: #c62828; font-weight: 600; } .warning { color: #b26a00; font-weight: 600; }
-.ok { color: #2e7d32; }
+.ok { color: #2e7d32; } td.few { color: #888; font-style: italic; }
 .chart { margin: 8px 0 20px; }
 /* An app id is up to 128 characters without a space: it breaks anywhere rather than widening
    the page beyond the window (a table cell or heading does not wrap such a word otherwise). */
@@ -84,22 +84,36 @@ class _Charts:
         return f'<div class="chart" data-chart="{_e(kind)}">{div}</div>'
 
 
+def _percentile_cell(value: float, quantile: float, measured: int) -> str:
+    """A latency percentile, marked (greyed, its count beside it) when it comes from fewer
+    values than it takes to say anything beyond the largest of them: a p99 needs 100."""
+    if measured >= math.ceil(1 / (1 - quantile) - 1e-9):
+        return _td(_number(value, 0))
+    return (
+        f'<td class="few" title="from {measured:,} latencies">'
+        f"{_e(_number(value, 0))} (n={measured:,})</td>"
+    )
+
+
 def _summary(data: ReportData) -> str:
     open_by_app = Counter(i.app_id for i in data.incidents)
     rows = []
+    few = False
     for s in data.apps:
         p50, p95, p99 = (float(v) for v in s.latency_overall)
         requests = s.requests
-        over = int(s.over_slo.sum()) / max(int(s.with_latency.sum()), 1)
+        measured = int(s.with_latency.sum())
+        few = few or measured < 100
+        over = int(s.over_slo.sum()) / max(measured, 1)
         cost = _number(float(s.cost.sum()), 4) if s.priced else "no price table"
         rows.append(
             [
                 _td(s.app_id, "text"),
                 _td(f"{requests:,}"),
                 _td(_number(100 * int(s.errors.sum()) / max(requests, 1), 2)),
-                _td(_number(p50, 0)),
-                _td(_number(p95, 0)),
-                _td(_number(p99, 0)),
+                _percentile_cell(p50, 0.5, measured),
+                _percentile_cell(p95, 0.95, measured),
+                _percentile_cell(p99, 0.99, measured),
                 _td(_number(s.slo.latency_threshold_ms, 0)),
                 _td(_number(100 * over, 2)),
                 _td(f"{int(s.tokens_in.sum() + s.tokens_out.sum()):,}"),
@@ -122,6 +136,11 @@ def _summary(data: ReportData) -> str:
             "incidents",
         ],
         rows,
+    ) + (
+        '<p class="note">A greyed percentile, its count beside it, comes from fewer latencies '
+        "than it needs to mean more than their largest (p95: 20, p99: 100).</p>"
+        if few
+        else ""
     )
 
 

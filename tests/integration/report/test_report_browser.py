@@ -420,3 +420,58 @@ async def test_no_legend_covers_an_axis_title_or_tick(
     assert overlaps and all(chart["covered"] == [] for chart in overlaps), overlaps
     # The room the legend takes below the axis leaves the plot itself readable.
     assert all(chart["plot"] >= 150 for chart in overlaps), overlaps
+
+
+async def test_percentiles_of_three_requests_are_marked_as_such(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    events = tmp_path / "three.ndjson"
+    events.write_text(
+        "".join(
+            orjson.dumps(
+                {
+                    "app_id": "few",
+                    "timestamp": (start + timedelta(seconds=i)).isoformat(),
+                    "trace_id": f"t{i}",
+                    "status": "ok",
+                    "latency_ms": latency,
+                }
+            ).decode()
+            + "\n"
+            for i, latency in enumerate((100.0, 200.0, 3000.0))
+        )
+    )
+    output = tmp_path / "three.html"
+    for step in [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", "1h"),
+    ]:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    assert "1 apps, 3 requests" in done.stderr, done.stderr
+
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(output.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        # The p50, p95 and p99 cells of the summary: their text and whether they are greyed.
+        cells = await page.evaluate(
+            "[...document.querySelector('table').rows[1].cells].slice(3, 6).map(cell =>"
+            " [cell.textContent, getComputedStyle(cell).fontStyle])"
+        )
+        notes = await page.evaluate(
+            "[...document.querySelectorAll('p.note')].map(p => p.textContent)"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-three-requests.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    # A p99 of three latencies is their largest: shown with its count, greyed, explained.
+    p50, p95, p99 = cells
+    assert "(n=" not in p50[0] and p50[1] == "normal", cells
+    assert p95[0].endswith("(n=3)") and p95[1] == "italic", cells
+    assert p99[0].endswith("(n=3)") and p99[1] == "italic", cells
+    assert any("fewer latencies" in note for note in notes), notes
