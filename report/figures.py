@@ -43,6 +43,14 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
+def duration_text(seconds: int) -> str:
+    """A bucket width in the largest unit that divides it: 30 min, 6 h, 4 d (not 345600 s)."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:,} {unit}"
+    return f"{seconds:,} s"
+
+
 def _x(moments: Sequence[datetime]) -> list[str]:
     return [utc_text(m) for m in moments]
 
@@ -131,7 +139,7 @@ def latency(series: AppSeries, window: Window) -> Figure:
     traces.append(_flat(_x(window), series.slo.latency_threshold_ms, "SLO threshold", "#c62828"))
     return _figure(
         traces,
-        f"{series.app_id} · latency percentiles per {series.width_s} s (ms)",
+        f"{series.app_id} · latency percentiles per {duration_text(series.width_s)} (ms)",
         xaxis=_time_axis(window),
         yaxis={"title": {"text": "ms"}, "rangemode": "tozero"},
     )
@@ -169,7 +177,7 @@ def errors(series: AppSeries, window: Window) -> Figure:
     ]
     return _figure(
         traces,
-        f"{series.app_id} · errors and SLO budget burn per {series.width_s} s",
+        f"{series.app_id} · errors and SLO budget burn per {duration_text(series.width_s)}",
         xaxis=_time_axis(window),
         yaxis={"title": {"text": "error rate %"}, "rangemode": "tozero"},
         yaxis2={**SECONDARY_AXIS, "title": {"text": "burn rate ×"}},
@@ -194,7 +202,7 @@ def usage(series: AppSeries, window: Window) -> Figure:
             "name": "output tokens",
         },
     ]
-    title = f"{series.app_id} · tokens per {series.width_s} s"
+    title = f"{series.app_id} · tokens per {duration_text(series.width_s)}"
     layout: dict[str, Any] = {
         "barmode": "stack",
         "xaxis": _time_axis(window),

@@ -260,7 +260,7 @@ def render_html(data: ReportData) -> str:
         "<h1>evalstream report</h1>",
         f'<p class="meta">Event time {_e(figures.utc_text(request.start))} to '
         f"{_e(figures.utc_text(request.end))} UTC · apps: {_e(apps)}"
-        + (f" · buckets of {width} s" if width else "")
+        + (f" · buckets of {figures.duration_text(width)}" if width else "")
         + f" · generated {_e(figures.utc_text(data.generated_at.replace(microsecond=0)))} UTC</p>",
         *(f'<p class="note">{_e(note)}</p>' for note in data.notes),
         "<h2>Summary</h2>",

@@ -475,3 +475,47 @@ async def test_percentiles_of_three_requests_are_marked_as_such(tmp_path: Path) 
     assert p95[0].endswith("(n=3)") and p95[1] == "italic", cells
     assert p99[0].endswith("(n=3)") and p99[1] == "italic", cells
     assert any("fewer latencies" in note for note in notes), notes
+
+
+async def test_a_year_is_in_buckets_named_in_days(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    event = {
+        "app_id": "yearly",
+        "timestamp": (datetime.now(UTC) - timedelta(days=100)).isoformat(),
+        "trace_id": "t1",
+        "status": "ok",
+        "latency_ms": 80.0,
+        "tokens": {"input": 3, "output": 4},
+    }
+    events = tmp_path / "year.ndjson"
+    events.write_text(orjson.dumps(event).decode() + "\n")
+    output = tmp_path / "year.html"
+    for step in [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", "365d"),
+    ]:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(output.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        titles = await page.evaluate(
+            "[...document.querySelectorAll('div.chart .gtitle')].map(t => t.textContent)"
+        )
+        meta = await page.evaluate("document.querySelector('p.meta').textContent")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-year.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    # A year in at most 120 buckets: 4 days each, said so (not "per 345600 s").
+    assert [title.split(" per ")[1] for title in titles if " per " in title] == [
+        "4 d (ms)",
+        "4 d",
+        "4 d",
+    ], titles
+    assert "buckets of 4 d" in meta, meta
