@@ -7,6 +7,7 @@ import html
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
@@ -250,6 +251,12 @@ def _evaluations(results: Sequence[EvaluationResult], chart: _Charts) -> str:
     return "\n".join(parts)
 
 
+def _second(moment: datetime) -> str:
+    """A moment in UTC to the second, for reading: a range ending now (the default) has
+    microseconds no one needs ("23:04:51.148878")."""
+    return figures.utc_text(moment.replace(microsecond=0))
+
+
 def render_html(data: ReportData) -> str:
     """The whole page. Every chart is a ``div.plotly-graph-div`` inside a ``div.chart``."""
     chart = _Charts()
@@ -258,10 +265,10 @@ def render_html(data: ReportData) -> str:
     width = data.apps[0].width_s if data.apps else None
     body = [
         "<h1>evalstream report</h1>",
-        f'<p class="meta">Event time {_e(figures.utc_text(request.start))} to '
-        f"{_e(figures.utc_text(request.end))} UTC · apps: {_e(apps)}"
+        f'<p class="meta">Event time {_e(_second(request.start))} to '
+        f"{_e(_second(request.end))} UTC · apps: {_e(apps)}"
         + (f" · buckets of {figures.duration_text(width)}" if width else "")
-        + f" · generated {_e(figures.utc_text(data.generated_at.replace(microsecond=0)))} UTC</p>",
+        + f" · generated {_e(_second(data.generated_at))} UTC</p>",
         *(f'<p class="note">{_e(note)}</p>' for note in data.notes),
         "<h2>Summary</h2>",
         _summary(data) if data.apps else '<p class="note">No telemetry in the range.</p>',

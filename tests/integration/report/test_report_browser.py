@@ -5,6 +5,7 @@ incident on the page. The screenshot and the page are kept in test-artifacts/rep
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -519,3 +520,19 @@ async def test_a_year_is_in_buckets_named_in_days(tmp_path: Path) -> None:
         "4 d",
     ], titles
     assert "buckets of 4 d" in meta, meta
+
+
+async def test_the_header_gives_its_times_to_the_second(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        meta = await page.evaluate("document.querySelector('p.meta').textContent")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    # The range ends now (--from 1h): its ends and the time of writing to the second, in UTC.
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.match(rf"Event time {stamp} to {stamp} UTC · ", meta), meta
+    assert re.search(rf" · generated {stamp} UTC$", meta), meta
