@@ -34,6 +34,7 @@ th:first-child, td:first-child, td.text { text-align: left; }
 /* An app id is up to 128 characters without a space: it breaks anywhere rather than widening
    the page beyond the window (a table cell or heading does not wrap such a word otherwise). */
 h3, .meta, .note, td.text { overflow-wrap: anywhere; }
+td.time { white-space: nowrap; }
 """
 
 
@@ -52,6 +53,12 @@ def _number(value: float | None, digits: int = 1) -> str:
     if abs(value) >= FIXED_NOTATION_LIMIT:
         return f"{value:.{max(digits, 3)}e}"
     return f"{value:,.{digits}f}"
+
+
+def _second(moment: datetime) -> str:
+    """A moment in UTC to the second, for reading: a range ending now (the default) has
+    microseconds no one needs ("23:04:51.148878")."""
+    return figures.utc_text(moment.replace(microsecond=0))
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]], css: str = "") -> str:
@@ -156,8 +163,8 @@ def _incidents(data: ReportData, chart: _Charts) -> str:
             _td(i.signal, "text"),
             _td(i.detector, "text"),
             _td(i.source, "text"),
-            _td(figures.utc_text(i.opened_at), "text"),
-            _td(figures.utc_text(i.resolved_at) if i.resolved_at else "open", "text"),
+            _td(_second(i.opened_at), "text time"),
+            _td(_second(i.resolved_at) if i.resolved_at else "open", "text time"),
             _td(_number(i.observed, 3)),
             _td(_number(i.threshold, 3)),
             _td(i.message, "text"),
@@ -231,7 +238,7 @@ def _evaluations(results: Sequence[EvaluationResult], chart: _Charts) -> str:
     if breaching:
         rows = [
             [
-                _td(figures.utc_text(r.window.start), "text"),
+                _td(_second(r.window.start), "text time"),
                 _td(r.app_id, "text"),
                 _td(f"{r.policy} · {r.metric}", "text"),
                 _td(r.status, r.status),
@@ -249,12 +256,6 @@ def _evaluations(results: Sequence[EvaluationResult], chart: _Charts) -> str:
             _table(["window (UTC)", "app", "policy · metric", "status", "values", "reason"], rows)
         )
     return "\n".join(parts)
-
-
-def _second(moment: datetime) -> str:
-    """A moment in UTC to the second, for reading: a range ending now (the default) has
-    microseconds no one needs ("23:04:51.148878")."""
-    return figures.utc_text(moment.replace(microsecond=0))
 
 
 def render_html(data: ReportData) -> str:

@@ -101,6 +101,12 @@ async def test_the_report_renders_in_headless_chromium_with_the_incident(
             "[...document.querySelectorAll('table.incidents tbody tr')]"
             ".map(row => [...row.cells].map(cell => cell.textContent))"
         )
+        # The lines the opened time takes in its cell.
+        opened_lines = await page.evaluate(
+            "[...document.querySelectorAll('table.incidents tbody tr')].map(row => {"
+            " const range = document.createRange(); range.selectNodeContents(row.cells[6]);"
+            " return range.getClientRects().length; })"
+        )
         incident_axis = await page.evaluate(
             "[...document.querySelectorAll('div.chart[data-chart=incidents] .yaxislayer-above "
             "text')].map(t => t.textContent)"
@@ -126,6 +132,10 @@ async def test_the_report_renders_in_headless_chromium_with_the_incident(
     assert any(row[2] == "drift" and row[3] == "latency_ms" for row in incidents), incidents
     assert any(row[2] == "evaluation" for row in incidents), incidents
     assert any(label.startswith("app-001") for label in incident_axis), incident_axis
+    # Opened and resolved to the second, each on one line (they had microseconds, wrapped).
+    moment = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+    assert all(moment.fullmatch(row[6]) for row in incidents), incidents
+    assert opened_lines and all(lines == 1 for lines in opened_lines), opened_lines
     assert screenshot.stat().st_size > 50_000
 
 
