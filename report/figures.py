@@ -51,6 +51,19 @@ def duration_text(seconds: int) -> str:
     return f"{seconds:,} s"
 
 
+# plotly.js draws a title on one line, under the chart's tool bar when it is long: an app id in
+# a title is cut to this many characters (the heading above the charts gives it whole).
+TITLE_ID_CHARS = 40
+
+
+def _title_id(app_id: str) -> str:
+    return app_id if len(app_id) <= TITLE_ID_CHARS else app_id[: TITLE_ID_CHARS - 1] + "…"
+
+
+def _per(series: AppSeries) -> str:
+    return duration_text(series.width_s)
+
+
 def _x(moments: Sequence[datetime]) -> list[str]:
     return [utc_text(m) for m in moments]
 
@@ -139,7 +152,7 @@ def latency(series: AppSeries, window: Window) -> Figure:
     traces.append(_flat(_x(window), series.slo.latency_threshold_ms, "SLO threshold", "#c62828"))
     return _figure(
         traces,
-        f"{series.app_id} · latency percentiles per {duration_text(series.width_s)} (ms)",
+        f"{_title_id(series.app_id)} · latency percentiles per {_per(series)} (ms)",
         xaxis=_time_axis(window),
         yaxis={"title": {"text": "ms"}, "rangemode": "tozero"},
     )
@@ -177,7 +190,7 @@ def errors(series: AppSeries, window: Window) -> Figure:
     ]
     return _figure(
         traces,
-        f"{series.app_id} · errors and SLO budget burn per {duration_text(series.width_s)}",
+        f"{_title_id(series.app_id)} · errors and SLO budget burn per {_per(series)}",
         xaxis=_time_axis(window),
         yaxis={"title": {"text": "error rate %"}, "rangemode": "tozero"},
         yaxis2={**SECONDARY_AXIS, "title": {"text": "burn rate ×"}},
@@ -202,7 +215,7 @@ def usage(series: AppSeries, window: Window) -> Figure:
             "name": "output tokens",
         },
     ]
-    title = f"{series.app_id} · tokens per {duration_text(series.width_s)}"
+    title = f"{_title_id(series.app_id)} · tokens per {_per(series)}"
     layout: dict[str, Any] = {
         "barmode": "stack",
         "xaxis": _time_axis(window),
@@ -265,7 +278,7 @@ def scores(series: AppSeries) -> Figure:
     ]
     return _figure(
         traces,
-        f"{series.app_id} · score distributions (uniform sample of ≤ 2,000 per score)",
+        f"{_title_id(series.app_id)} · score distributions (uniform sample of ≤ 2,000 per score)",
         height=max(HEIGHT, 110 + SCORE_ROW_PX * len(traces)),
         showlegend=False,
         xaxis={"type": "linear", "title": {"text": "score"}},

@@ -546,3 +546,31 @@ async def test_the_header_gives_its_times_to_the_second(
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
     assert re.match(rf"Event time {stamp} to {stamp} UTC · ", meta), meta
     assert re.search(rf" · generated {stamp} UTC$", meta), meta
+
+
+# Per chart: its title's right edge and the left edge of its tool bar (the modebar).
+TITLE_EDGES = """
+[...document.querySelectorAll('div.chart')].map(chart => ({
+    title: chart.querySelector('.gtitle').textContent,
+    right: chart.querySelector('.gtitle').getBoundingClientRect().right,
+    bar: chart.querySelector('.modebar').getBoundingClientRect().left,
+}))
+"""
+
+
+async def test_no_chart_title_runs_under_its_tool_bar(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        # The tool bar is drawn on hover too; it is in the page from the start, hidden.
+        edges = await page.evaluate(TITLE_EDGES)
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    assert edges and all(edge["right"] < edge["bar"] for edge in edges), edges
+    # The app of the longest id is still named, its id cut, in its charts' titles.
+    assert any(edge["title"].startswith("a" * 39 + "…") for edge in edges), edges
