@@ -124,7 +124,11 @@ def _summary(data: ReportData) -> str:
                 _percentile_cell(p99, 0.99, measured),
                 _td(_number(s.slo.latency_threshold_ms, 0)),
                 _td(_number(100 * over, 2)),
-                _td(f"{int(s.tokens_in.sum() + s.tokens_out.sum()):,}"),
+                _td(
+                    f"{int(s.tokens_in.sum() + s.tokens_out.sum()):,}"
+                    if int(s.with_tokens.sum())
+                    else "–"
+                ),
                 _td(cost),
                 _td(open_by_app.get(s.app_id, 0)),
             ]
@@ -196,8 +200,13 @@ def _app(series: AppSeries, window: figures.Window, chart: _Charts) -> str:
         f'<h3 id="app-{_e(series.app_id)}">{_e(series.app_id)}</h3>',
         chart(figures.latency(series, window), "latency"),
         chart(figures.errors(series, window), "errors"),
-        chart(figures.usage(series, window), "usage"),
     ]
+    # Without a token count from any request there is nothing to draw: a chart of zeros read
+    # as requests that used no tokens.
+    if int(series.with_tokens.sum()):
+        parts.append(chart(figures.usage(series, window), "usage"))
+    else:
+        parts.append('<p class="note">No token counts reported.</p>')
     if series.scores:
         parts.append(chart(figures.scores(series), "scores"))
     else:

@@ -574,3 +574,29 @@ async def test_no_chart_title_runs_under_its_tool_bar(
     assert edges and all(edge["right"] < edge["bar"] for edge in edges), edges
     # The app of the longest id is still named, its id cut, in its charts' titles.
     assert any(edge["title"].startswith("a" * 39 + "…") for edge in edges), edges
+
+
+async def test_apps_that_report_no_tokens_have_no_chart_of_zero_tokens(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        charts = await page.evaluate(CHART_STATES)
+        notes = await page.evaluate(
+            "[...document.querySelectorAll('p.note')].map(p => p.textContent)"
+        )
+        # The tokens column of the summary.
+        tokens = await page.evaluate(
+            "[...document.querySelector('table').rows].slice(1)"
+            ".map(row => row.cells[8].textContent)"
+        )
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    # Neither app's events carry token counts: said so, not drawn as a flat line at 0.
+    assert [chart["kind"] for chart in charts].count("usage") == 0, charts
+    assert notes.count("No token counts reported.") == 2, notes
+    assert tokens == ["–", "–"], tokens
