@@ -72,7 +72,9 @@ def forwarded_routes(client: httpx.AsyncClient, paths: Sequence[str]) -> list[Ba
 
     async def forward(request: Request) -> Response:
         try:
-            answer = await client.get(request.url.path, params=request.query_params)
+            # Every value of a repeated key (/report?app=a&app=b): the query as a mapping kept
+            # only the last.
+            answer = await client.get(request.url.path, params=httpx.QueryParams(request.url.query))
         except httpx.HTTPError as exc:
             return Response(
                 orjson.dumps({"status": "unavailable", "problems": [f"processor: {exc!r}"]}),

@@ -28,7 +28,7 @@ class LiveReport:
 
     async def page(self, request: Request) -> Response:
         # Imported on the first request: the plotting library is not the processor's start-up.
-        from evalstream.wiring.report import RangeError, build_report, report_range
+        from evalstream.wiring.report import RangeError, build_report, report_apps, report_range
         from report import ReportRequest, render_html
 
         query = request.query_params
@@ -36,9 +36,10 @@ class LiveReport:
             start, end = report_range(
                 query.get("from", DEFAULT_FROM), query.get("to"), datetime.now(UTC)
             )
+            apps = report_apps(query.getlist("app"))
         except RangeError as exc:
             return PlainTextResponse(f"{exc.field}: {exc}", status_code=400)
-        wanted = ReportRequest(start=start, end=end, app_ids=tuple(query.getlist("app")))
+        wanted = ReportRequest(start=start, end=end, app_ids=apps)
         try:
             data = await build_report(self.settings, wanted)
         except EvalstreamError as exc:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from report.ports import BreachLog
 from report.prices import PriceTable
-from report.series import DEFAULT_MAX_BUCKETS, AppSeries, SeriesAccumulator
+from report.series import DEFAULT_MAX_BUCKETS, AppSeries, SeriesAccumulator, width_for
 from schemas import AppDirectory, Breach, BreachState, EvaluationResult
 from store.ports import EvaluationStore, TelemetryStore
 
@@ -137,9 +137,12 @@ async def gather(
                 "by name are shown: name others with --app (app= on /report)"
             )
     series: list[SeriesAccumulator] = []
+    # Buckets as wide as the range needs, not only the telemetry found in it: the charts span
+    # the range, where buckets fitted to one event or a short burst are too narrow to see.
+    min_width_s = width_for((request.end - request.start).total_seconds(), request.max_buckets)
     for app_id in app_ids:
         accumulator = SeriesAccumulator(
-            app_id, apps.resolve(app_id).slo, prices(app_id), request.max_buckets
+            app_id, apps.resolve(app_id).slo, prices(app_id), request.max_buckets, min_width_s
         )
         pages = telemetry.telemetry_window([app_id], request.start, request.end, request.page_size)
         async for page in pages:

@@ -33,12 +33,35 @@ STATUS_COLOURS = {
     "unavailable": "#616161",
 }
 HEIGHT = 340
+LEGEND_ENTRIES_PER_ROW = 6
+LEGEND_ROW_PX = 20
 SECONDARY_AXIS = {"overlaying": "y", "side": "right", "rangemode": "tozero", "showgrid": False}
 
 
 def utc_text(moment: datetime) -> str:
     """A moment as plotly reads dates: naive ISO text, here always UTC."""
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+
+
+def duration_text(seconds: int) -> str:
+    """A bucket width in the largest unit that divides it: 30 min, 6 h, 4 d (not 345600 s)."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:,} {unit}"
+    return f"{seconds:,} s"
+
+
+# plotly.js draws a title on one line, under the chart's tool bar when it is long: an app id in
+# a title is cut to this many characters (the heading above the charts gives it whole).
+TITLE_ID_CHARS = 40
+
+
+def _title_id(app_id: str) -> str:
+    return app_id if len(app_id) <= TITLE_ID_CHARS else app_id[: TITLE_ID_CHARS - 1] + "…"
+
+
+def _per(series: AppSeries) -> str:
+    return duration_text(series.width_s)
 
 
 def _x(moments: Sequence[datetime]) -> list[str]:
@@ -72,11 +95,29 @@ def _figure(traces: list[Trace], title: str, *, height: int = HEIGHT, **layout: 
             "title": {"text": title, "x": 0.01},
             "height": height,
             "margin": {"l": 60, "r": 60, "t": 50, "b": 40},
-            "legend": {"orientation": "h", "y": -0.2},
-            "xaxis": {"type": "date", "title": {"text": "UTC"}},
+            # Below the x axis and its title, however many rows it takes: plotly.js moves the
+            # plot area up to make room (at y -0.2 of the plot area, a legend of two rows or
+            # more, or one under a date axis of two-line ticks, covered the axis title).
+            "legend": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom"},
+            "xaxis": {"type": "date", "title": {"text": "UTC"}, "automargin": True},
             **layout,
         },
     }
+
+
+Window = tuple[datetime, datetime]
+
+
+def _time_axis(window: Window) -> dict[str, Any]:
+    """A date axis over the whole report range: fitted to the telemetry alone, one event's axis
+    spanned a millisecond and a burst filled the chart as if it were the whole range."""
+    return {"type": "date", "title": {"text": "UTC"}, "automargin": True, "range": _x(window)}
+
+
+def _bucket_bars(series: AppSeries) -> dict[str, Any]:
+    """Bars as wide as their buckets, from each bucket's start: plotly.js otherwise sizes them
+    by the gaps between bars, and a lone bar on an axis over the whole range is a hairline."""
+    return {"width": series.width_s * 1000, "offset": 0}
 
 
 def _flat(x: Sequence[str], y: float, name: str, colour: str, axis: str = "y") -> Trace:
@@ -95,7 +136,7 @@ def _flat(x: Sequence[str], y: float, name: str, colour: str, axis: str = "y") -
     }
 
 
-def latency(series: AppSeries) -> Figure:
+def latency(series: AppSeries, window: Window) -> Figure:
     x = _x(series.starts)
     traces: list[Trace] = [
         {
@@ -108,25 +149,27 @@ def latency(series: AppSeries) -> Figure:
         }
         for column, q in enumerate(QUANTILES)
     ]
-    traces.append(_flat(x, series.slo.latency_threshold_ms, "SLO threshold", "#c62828"))
+    traces.append(_flat(_x(window), series.slo.latency_threshold_ms, "SLO threshold", "#c62828"))
     return _figure(
         traces,
-        f"{series.app_id} · latency percentiles per {series.width_s} s (ms)",
+        f"{_title_id(series.app_id)} · latency percentiles per {_per(series)} (ms)",
+        xaxis=_time_axis(window),
         yaxis={"title": {"text": "ms"}, "rangemode": "tozero"},
     )
 
 
-def errors(series: AppSeries) -> Figure:
+def errors(series: AppSeries, window: Window) -> Figure:
     x = _x(series.starts)
     traces: list[Trace] = [
         {
             "type": "bar",
             "x": x,
+            **_bucket_bars(series),
             "y": _y(series.error_rate * 100),
             "name": "error rate %",
             "marker": {"color": "#ef9a9a"},
         },
-        _flat(x, series.slo.error_budget * 100, "error budget %", "#c62828"),
+        _flat(_x(window), series.slo.error_budget * 100, "error budget %", "#c62828"),
         {
             "type": "scatter",
             "x": x,
@@ -143,24 +186,41 @@ def errors(series: AppSeries) -> Figure:
             "mode": "lines",
             "name": "latency-budget burn ×",
         },
-        _flat(x, 1.0, "burn 1× (budget spent at its pace)", "#555555", axis="y2"),
+        _flat(_x(window), 1.0, "burn 1× (budget spent at its pace)", "#555555", axis="y2"),
     ]
     return _figure(
         traces,
-        f"{series.app_id} · errors and SLO budget burn per {series.width_s} s",
+        f"{_title_id(series.app_id)} · errors and SLO budget burn per {_per(series)}",
+        xaxis=_time_axis(window),
         yaxis={"title": {"text": "error rate %"}, "rangemode": "tozero"},
         yaxis2={**SECONDARY_AXIS, "title": {"text": "burn rate ×"}},
     )
 
 
-def usage(series: AppSeries) -> Figure:
+def usage(series: AppSeries, window: Window) -> Figure:
     x = _x(series.starts)
     traces: list[Trace] = [
-        {"type": "bar", "x": x, "y": _y(series.tokens_in), "name": "input tokens"},
-        {"type": "bar", "x": x, "y": _y(series.tokens_out), "name": "output tokens"},
+        {
+            "type": "bar",
+            "x": x,
+            **_bucket_bars(series),
+            "y": _y(series.tokens_in),
+            "name": "input tokens",
+        },
+        {
+            "type": "bar",
+            "x": x,
+            **_bucket_bars(series),
+            "y": _y(series.tokens_out),
+            "name": "output tokens",
+        },
     ]
-    title = f"{series.app_id} · tokens per {series.width_s} s"
-    layout: dict[str, Any] = {"barmode": "stack", "yaxis": {"title": {"text": "tokens"}}}
+    title = f"{_title_id(series.app_id)} · tokens per {_per(series)}"
+    layout: dict[str, Any] = {
+        "barmode": "stack",
+        "xaxis": _time_axis(window),
+        "yaxis": {"title": {"text": "tokens"}},
+    }
     if series.priced:
         traces.append(
             {
@@ -192,7 +252,8 @@ def _score_trace(name: str, values: npt.NDArray[np.float64]) -> Trace:
     if largest <= DENSITY_LIMIT:
         return {
             "type": "violin",
-            "y": _y(values),
+            "orientation": "h",
+            "x": _y(values),
             "name": name,
             "box": {"visible": True},
             "meanline": {"visible": True},
@@ -200,19 +261,29 @@ def _score_trace(name: str, values: npt.NDArray[np.float64]) -> Trace:
         }
     if largest > DRAWN_LIMIT:
         name += f", beyond ±{DRAWN_LIMIT:g} drawn at ±{DRAWN_LIMIT:g}"
-    return {"type": "box", "y": _y(values), "name": name, "boxpoints": False}
+    return {"type": "box", "orientation": "h", "x": _y(values), "name": name, "boxpoints": False}
+
+
+# Per score: the height of its row in the score chart.
+SCORE_ROW_PX = 56
 
 
 def scores(series: AppSeries) -> Figure:
+    """One horizontal violin per score, its name on the y axis: names are up to 64 characters
+    in any script, which upright violins could show only as rotated labels cut off by the
+    chart's bottom edge."""
     traces = [
         _score_trace(f"{name} (n={series.score_counts[name]:,})", values)
         for name, values in series.scores.items()
     ]
     return _figure(
         traces,
-        f"{series.app_id} · score distributions (uniform sample of ≤ 2,000 per score)",
+        f"{_title_id(series.app_id)} · score distributions (uniform sample of ≤ 2,000 per score)",
+        height=max(HEIGHT, 110 + SCORE_ROW_PX * len(traces)),
         showlegend=False,
-        xaxis={"type": "category"},
+        xaxis={"type": "linear", "title": {"text": "score"}},
+        # The first score on top, names given the room they need.
+        yaxis={"type": "category", "automargin": True, "autorange": "reversed"},
     )
 
 
@@ -310,4 +381,11 @@ def evaluation(
             seen.add((label, value))
             colour = SEVERITY_COLOURS["critical" if label.startswith("critical") else "warning"]
             traces.append(_flat(x, value, f"{label} {value:g}", colour))
-    return _figure(traces, f"evaluation {policy} · {metric} · {value_name} per window start")
+    # A legend row holds about six apps; the chart grows by the rows beyond the first so that
+    # the legend, below the axis, does not squeeze the plot to a strip.
+    rows = math.ceil(len(traces) / LEGEND_ENTRIES_PER_ROW)
+    return _figure(
+        traces,
+        f"evaluation {policy} · {metric} · {value_name} per window start",
+        height=HEIGHT + LEGEND_ROW_PX * max(rows - 1, 0),
+    )

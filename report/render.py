@@ -7,6 +7,7 @@ import html
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
@@ -28,8 +29,12 @@ table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; }
 th:first-child, td:first-child, td.text { text-align: left; }
 .critical { color: #c62828; font-weight: 600; } .warning { color: #b26a00; font-weight: 600; }
-.ok { color: #2e7d32; }
+.ok { color: #2e7d32; } td.few { color: #888; font-style: italic; }
 .chart { margin: 8px 0 20px; }
+/* An app id is up to 128 characters without a space: it breaks anywhere rather than widening
+   the page beyond the window (a table cell or heading does not wrap such a word otherwise). */
+h3, .meta, .note, td.text { overflow-wrap: anywhere; }
+td.time { white-space: nowrap; }
 """
 
 
@@ -48,6 +53,12 @@ def _number(value: float | None, digits: int = 1) -> str:
     if abs(value) >= FIXED_NOTATION_LIMIT:
         return f"{value:.{max(digits, 3)}e}"
     return f"{value:,.{digits}f}"
+
+
+def _second(moment: datetime) -> str:
+    """A moment in UTC to the second, for reading: a range ending now (the default) has
+    microseconds no one needs ("23:04:51.148878")."""
+    return figures.utc_text(moment.replace(microsecond=0))
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]], css: str = "") -> str:
@@ -81,25 +92,43 @@ class _Charts:
         return f'<div class="chart" data-chart="{_e(kind)}">{div}</div>'
 
 
+def _percentile_cell(value: float, quantile: float, measured: int) -> str:
+    """A latency percentile, marked (greyed, its count beside it) when it comes from fewer
+    values than it takes to say anything beyond the largest of them: a p99 needs 100."""
+    if measured >= math.ceil(1 / (1 - quantile) - 1e-9):
+        return _td(_number(value, 0))
+    return (
+        f'<td class="few" title="from {measured:,} latencies">'
+        f"{_e(_number(value, 0))} (n={measured:,})</td>"
+    )
+
+
 def _summary(data: ReportData) -> str:
     open_by_app = Counter(i.app_id for i in data.incidents)
     rows = []
+    few = False
     for s in data.apps:
         p50, p95, p99 = (float(v) for v in s.latency_overall)
         requests = s.requests
-        over = int(s.over_slo.sum()) / max(int(s.with_latency.sum()), 1)
+        measured = int(s.with_latency.sum())
+        few = few or measured < 100
+        over = int(s.over_slo.sum()) / max(measured, 1)
         cost = _number(float(s.cost.sum()), 4) if s.priced else "no price table"
         rows.append(
             [
                 _td(s.app_id, "text"),
                 _td(f"{requests:,}"),
                 _td(_number(100 * int(s.errors.sum()) / max(requests, 1), 2)),
-                _td(_number(p50, 0)),
-                _td(_number(p95, 0)),
-                _td(_number(p99, 0)),
+                _percentile_cell(p50, 0.5, measured),
+                _percentile_cell(p95, 0.95, measured),
+                _percentile_cell(p99, 0.99, measured),
                 _td(_number(s.slo.latency_threshold_ms, 0)),
                 _td(_number(100 * over, 2)),
-                _td(f"{int(s.tokens_in.sum() + s.tokens_out.sum()):,}"),
+                _td(
+                    f"{int(s.tokens_in.sum() + s.tokens_out.sum()):,}"
+                    if int(s.with_tokens.sum())
+                    else "–"
+                ),
                 _td(cost),
                 _td(open_by_app.get(s.app_id, 0)),
             ]
@@ -119,6 +148,11 @@ def _summary(data: ReportData) -> str:
             "incidents",
         ],
         rows,
+    ) + (
+        '<p class="note">A greyed percentile, its count beside it, comes from fewer latencies '
+        "than it needs to mean more than their largest (p95: 20, p99: 100).</p>"
+        if few
+        else ""
     )
 
 
@@ -133,8 +167,8 @@ def _incidents(data: ReportData, chart: _Charts) -> str:
             _td(i.signal, "text"),
             _td(i.detector, "text"),
             _td(i.source, "text"),
-            _td(figures.utc_text(i.opened_at), "text"),
-            _td(figures.utc_text(i.resolved_at) if i.resolved_at else "open", "text"),
+            _td(_second(i.opened_at), "text time"),
+            _td(_second(i.resolved_at) if i.resolved_at else "open", "text time"),
             _td(_number(i.observed, 3)),
             _td(_number(i.threshold, 3)),
             _td(i.message, "text"),
@@ -161,13 +195,18 @@ def _incidents(data: ReportData, chart: _Charts) -> str:
     return chart(figures.incident_timeline(data.incidents, data.request.end), "incidents") + table
 
 
-def _app(series: AppSeries, chart: _Charts) -> str:
+def _app(series: AppSeries, window: figures.Window, chart: _Charts) -> str:
     parts = [
         f'<h3 id="app-{_e(series.app_id)}">{_e(series.app_id)}</h3>',
-        chart(figures.latency(series), "latency"),
-        chart(figures.errors(series), "errors"),
-        chart(figures.usage(series), "usage"),
+        chart(figures.latency(series, window), "latency"),
+        chart(figures.errors(series, window), "errors"),
     ]
+    # Without a token count from any request there is nothing to draw: a chart of zeros read
+    # as requests that used no tokens.
+    if int(series.with_tokens.sum()):
+        parts.append(chart(figures.usage(series, window), "usage"))
+    else:
+        parts.append('<p class="note">No token counts reported.</p>')
     if series.scores:
         parts.append(chart(figures.scores(series), "scores"))
     else:
@@ -208,7 +247,7 @@ def _evaluations(results: Sequence[EvaluationResult], chart: _Charts) -> str:
     if breaching:
         rows = [
             [
-                _td(figures.utc_text(r.window.start), "text"),
+                _td(_second(r.window.start), "text time"),
                 _td(r.app_id, "text"),
                 _td(f"{r.policy} · {r.metric}", "text"),
                 _td(r.status, r.status),
@@ -236,10 +275,10 @@ def render_html(data: ReportData) -> str:
     width = data.apps[0].width_s if data.apps else None
     body = [
         "<h1>evalstream report</h1>",
-        f'<p class="meta">Event time {_e(figures.utc_text(request.start))} to '
-        f"{_e(figures.utc_text(request.end))} UTC · apps: {_e(apps)}"
-        + (f" · buckets of {width} s" if width else "")
-        + f" · generated {_e(figures.utc_text(data.generated_at.replace(microsecond=0)))} UTC</p>",
+        f'<p class="meta">Event time {_e(_second(request.start))} to '
+        f"{_e(_second(request.end))} UTC · apps: {_e(apps)}"
+        + (f" · buckets of {figures.duration_text(width)}" if width else "")
+        + f" · generated {_e(_second(data.generated_at))} UTC</p>",
         *(f'<p class="note">{_e(note)}</p>' for note in data.notes),
         "<h2>Summary</h2>",
         _summary(data) if data.apps else '<p class="note">No telemetry in the range.</p>',
@@ -247,7 +286,7 @@ def render_html(data: ReportData) -> str:
         '<p class="meta">Breaches the hot and cold paths published, from the alert topic.</p>',
         _incidents(data, chart),
         "<h2>Apps</h2>",
-        *(_app(series, chart) for series in data.apps),
+        *(_app(series, (request.start, request.end), chart) for series in data.apps),
         '<h2 id="evaluations">Evaluations</h2>',
         _evaluations(data.evaluations, chart),
     ]

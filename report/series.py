@@ -41,6 +41,15 @@ def next_width(width_s: int) -> int:
     return width_s * 2
 
 
+def width_for(span_s: float, max_buckets: int = DEFAULT_MAX_BUCKETS) -> int:
+    """The narrowest width of the ladder whose buckets cover ``span_s`` seconds, wherever they
+    start, in at most ``max_buckets`` buckets."""
+    width = WIDTHS_S[0]
+    while math.ceil(span_s / width) + 1 > max_buckets:
+        width = next_width(width)
+    return width
+
+
 class ScoreSample:
     """A uniform sample of at most ``size`` values of one score (reservoir sampling, seeded)."""
 

@@ -36,6 +36,16 @@ def time_range(start: str | None, end: str | None, now: datetime) -> tuple[datet
         raise typer.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
 
 
+def app_ids(values: list[str] | None) -> tuple[str, ...]:
+    """``--app`` values as ``report_apps`` reads them, errors as the option's."""
+    from evalstream.wiring.report import RangeError, report_apps
+
+    try:
+        return report_apps(values or ())
+    except RangeError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
+
+
 def report(
     output: Annotated[
         Path,
@@ -76,7 +86,7 @@ def report(
     settings = existing_store(load(config, data_dir))
     output_file(output, "--output", settings.embedded.data_dir)
     first, stop = time_range(start, end, datetime.now(UTC))
-    request = ReportRequest(start=first, end=stop, app_ids=tuple(app or ()))
+    request = ReportRequest(start=first, end=stop, app_ids=app_ids(app))
     try:
         data = asyncio.run(build_report(settings, request))
     except Misconfigured as exc:

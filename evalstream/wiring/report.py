@@ -4,7 +4,7 @@ backend and the price table; the report room itself never sees the settings."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,6 +14,7 @@ from coldpath.windows import parse_moment
 from evalstream import wiring
 from evalstream.settings import Settings, SettingsError
 from report import BreachLog, PriceTable, ReportData, ReportRequest, TokenPrice, gather
+from schemas.telemetry import APP_ID_PATTERN, is_app_id
 from store.ports import EvaluationStore, TelemetryStore
 
 USAGE_METRIC = "usage"
@@ -92,11 +93,20 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 class RangeError(ValueError):
-    """A report's ``from``/``to`` cannot be read; ``field`` says which."""
+    """A report's ``from``/``to`` or ``app`` cannot be read; ``field`` says which."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def report_apps(values: Sequence[str]) -> tuple[str, ...]:
+    """``app`` values, each an app id: an empty ``?app=`` (or ``--app ""``) was reported as an
+    app with no telemetry, headed ': no telemetry in the range'."""
+    for value in values:
+        if not is_app_id(value):
+            raise RangeError("app", f"{value!r} is not an app id ({APP_ID_PATTERN})")
+    return tuple(values)
 
 
 def report_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:

@@ -5,6 +5,7 @@ incident on the page. The screenshot and the page are kept in test-artifacts/rep
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,12 @@ async def test_the_report_renders_in_headless_chromium_with_the_incident(
             "[...document.querySelectorAll('table.incidents tbody tr')]"
             ".map(row => [...row.cells].map(cell => cell.textContent))"
         )
+        # The lines the opened time takes in its cell.
+        opened_lines = await page.evaluate(
+            "[...document.querySelectorAll('table.incidents tbody tr')].map(row => {"
+            " const range = document.createRange(); range.selectNodeContents(row.cells[6]);"
+            " return range.getClientRects().length; })"
+        )
         incident_axis = await page.evaluate(
             "[...document.querySelectorAll('div.chart[data-chart=incidents] .yaxislayer-above "
             "text')].map(t => t.textContent)"
@@ -125,6 +132,10 @@ async def test_the_report_renders_in_headless_chromium_with_the_incident(
     assert any(row[2] == "drift" and row[3] == "latency_ms" for row in incidents), incidents
     assert any(row[2] == "evaluation" for row in incidents), incidents
     assert any(label.startswith("app-001") for label in incident_axis), incident_axis
+    # Opened and resolved to the second, each on one line (they had microseconds, wrapped).
+    moment = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+    assert all(moment.fullmatch(row[6]) for row in incidents), incidents
+    assert opened_lines and all(lines == 1 for lines in opened_lines), opened_lines
     assert screenshot.stat().st_size > 50_000
 
 
@@ -199,7 +210,7 @@ async def test_a_report_of_values_at_the_edges_of_the_contract_draws_every_chart
         drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
         charts = await page.evaluate(CHART_STATES)
         score_names = await page.evaluate(
-            "[...document.querySelectorAll('div.chart[data-chart=scores] .xtick text')]"
+            "[...document.querySelectorAll('div.chart[data-chart=scores] .ytick text')]"
             ".map(t => t.textContent)"
         )
         points = await page.evaluate(EVALUATION_POINTS)
@@ -226,3 +237,366 @@ async def test_a_report_of_values_at_the_edges_of_the_contract_draws_every_chart
     cells = [cell for row in figures for cell in row]
     assert any(cell in ("1.798e+308", "-1.798e+308") for cell in cells), figures
     assert max(len(cell) for cell in cells) < 20, figures
+
+
+LONGEST_APP = "a" * 128
+# Score names as producers send them: up to 64 characters, right-to-left, CJK, emoji.
+SCORE_NAMES = (
+    "a_long_score_name_that_goes_on_and_on_until_the_sixty_fourth_ch",
+    "מדד_רלוונטיות_ארוך",
+    "关联性评分指标",
+    "😀emoji_score",
+)
+
+
+@pytest.fixture(scope="module")
+def report_of_long_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An app with the longest id and scores with long and non-Latin names, beside an app
+    with a short id; five minutes of traffic, reported."""
+    data_dir = tmp_path_factory.mktemp("long-names")
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    lines = []
+    for i in range(120):
+        event = {
+            "app_id": LONGEST_APP if i % 2 else "short",
+            "timestamp": (start + timedelta(seconds=2 * i)).isoformat(),
+            "trace_id": f"t{i}",
+            "status": "ok",
+            "latency_ms": 100.0 + i,
+            "scores": {name: (i % 10) / 10 for name in SCORE_NAMES},
+        }
+        lines.append(orjson.dumps(event).decode())
+    events = data_dir / "events.ndjson"
+    events.write_text("\n".join(lines) + "\n")
+    output = data_dir / "report.html"
+    steps = [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", "1h"),
+    ]
+    for step in steps:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    assert "2 apps, 120 requests" in done.stderr, done.stderr
+    return output
+
+
+async def test_an_app_id_of_128_characters_does_not_widen_the_page(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile", width=1280) as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        widths = await page.evaluate(
+            "({page: document.documentElement.scrollWidth, window: window.innerWidth,"
+            " summary: document.querySelector('table').getBoundingClientRect().right})"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-long-names.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    # Nothing beyond the window's right edge: no horizontal scrolling to read a row or heading.
+    assert widths["page"] <= widths["window"], widths
+    assert widths["summary"] <= widths["window"], widths
+
+
+# Per score chart, each score's name on its axis and whether it lies wholly inside the chart.
+SCORE_LABELS = """
+[...document.querySelectorAll('div.chart[data-chart=scores]')].map(chart => {
+    const svg = chart.querySelector('svg.main-svg').getBoundingClientRect();
+    const ticks = [...chart.querySelectorAll('.xtick text, .ytick text')];
+    return ticks.filter(text => text.textContent.includes('(n=')).map(text => {
+        const box = text.getBoundingClientRect();
+        return {name: text.textContent, inside: box.left >= svg.left && box.right <= svg.right
+            && box.top >= svg.top && box.bottom <= svg.bottom};
+    });
+})
+"""
+
+
+async def test_long_and_non_latin_score_names_are_shown_whole(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        labels = await page.evaluate(SCORE_LABELS)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-score-names.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    assert len(labels) == 2, labels
+    for chart in labels:
+        # Every name whole and within the chart: rotated labels ran past its bottom edge.
+        names = sorted(label["name"] for label in chart)
+        assert names == sorted(f"{n} (n=60)" for n in SCORE_NAMES), chart
+        assert all(label["inside"] for label in chart), chart
+
+
+# Per time chart: its drawn x range in hours, the tick labels, the widest bar in pixels.
+TIME_AXES = """
+[...document.querySelectorAll('div.chart:is([data-chart=latency], [data-chart=errors],'
+    + ' [data-chart=usage])')].map(chart => {
+    const range = chart.querySelector('.plotly-graph-div')._fullLayout.xaxis.range;
+    return {
+        kind: chart.dataset.chart,
+        hours: (new Date(range[1] + 'Z') - new Date(range[0] + 'Z')) / 3.6e6,
+        ticks: [...chart.querySelectorAll('.xtick text')].map(t => t.textContent),
+        bar: Math.max(0, ...[...chart.querySelectorAll('.bars path')].map(
+            p => p.getBoundingClientRect().width)),
+    };
+})
+"""
+
+
+async def test_one_event_in_a_day_is_drawn_on_the_day_not_on_a_millisecond(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    moment = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    event = {
+        "app_id": "solo",
+        "timestamp": moment.isoformat(),
+        "trace_id": "t1",
+        "status": "ok",
+        "latency_ms": 120.5,
+        "tokens": {"input": 10, "output": 20},
+    }
+    events = tmp_path / "one.ndjson"
+    events.write_text(orjson.dumps(event).decode() + "\n")
+    output = tmp_path / "one.html"
+    for step in [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", "24h"),
+    ]:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    assert "1 apps, 1 requests" in done.stderr, done.stderr
+
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(output.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        axes = await page.evaluate(TIME_AXES)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-one-event.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    assert [axis["kind"] for axis in axes] == ["latency", "errors", "usage"], axes
+    for axis in axes:
+        # The axis spans the day asked for (it spanned a millisecond around the event, with
+        # ticks like 22:30:20.9995), so a reader sees when in the day the request came.
+        assert 23.9 < axis["hours"] < 24.1, axis
+        assert not any("." in tick for tick in axis["ticks"]), axis
+    # The event's tokens are a bar a reader can see, not a hairline.
+    assert axes[2]["bar"] >= 4, axes
+
+
+# Per chart: whether its legend covers the x axis's title or tick labels.
+LEGEND_OVERLAPS = """
+[...document.querySelectorAll('div.chart')].map(chart => {
+    const legend = chart.querySelector('g.legend')?.getBoundingClientRect();
+    const covered = [...chart.querySelectorAll('.g-xtitle text, .xtick text')].filter(text => {
+        const box = text.getBoundingClientRect();
+        return legend && box.width > 0 && box.left < legend.right && legend.left < box.right
+            && box.top < legend.bottom && legend.top < box.bottom;
+    });
+    const plot = chart.querySelector('.plotly-graph-div')._fullLayout._size.h;
+    return {kind: chart.dataset.chart, covered: covered.map(text => text.textContent), plot};
+})
+"""
+
+
+async def test_no_legend_covers_an_axis_title_or_tick(
+    report_of_an_incident: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_an_incident.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        overlaps = await page.evaluate(LEGEND_OVERLAPS)
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    assert overlaps and all(chart["covered"] == [] for chart in overlaps), overlaps
+    # The room the legend takes below the axis leaves the plot itself readable.
+    assert all(chart["plot"] >= 150 for chart in overlaps), overlaps
+
+
+async def test_percentiles_of_three_requests_are_marked_as_such(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    events = tmp_path / "three.ndjson"
+    events.write_text(
+        "".join(
+            orjson.dumps(
+                {
+                    "app_id": "few",
+                    "timestamp": (start + timedelta(seconds=i)).isoformat(),
+                    "trace_id": f"t{i}",
+                    "status": "ok",
+                    "latency_ms": latency,
+                }
+            ).decode()
+            + "\n"
+            for i, latency in enumerate((100.0, 200.0, 3000.0))
+        )
+    )
+    output = tmp_path / "three.html"
+    for step in [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", "1h"),
+    ]:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    assert "1 apps, 3 requests" in done.stderr, done.stderr
+
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(output.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        # The p50, p95 and p99 cells of the summary: their text and whether they are greyed.
+        cells = await page.evaluate(
+            "[...document.querySelector('table').rows[1].cells].slice(3, 6).map(cell =>"
+            " [cell.textContent, getComputedStyle(cell).fontStyle])"
+        )
+        notes = await page.evaluate(
+            "[...document.querySelectorAll('p.note')].map(p => p.textContent)"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-three-requests.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    # A p99 of three latencies is their largest: shown with its count, greyed, explained.
+    p50, p95, p99 = cells
+    assert "(n=" not in p50[0] and p50[1] == "normal", cells
+    assert p95[0].endswith("(n=3)") and p95[1] == "italic", cells
+    assert p99[0].endswith("(n=3)") and p99[1] == "italic", cells
+    assert any("fewer latencies" in note for note in notes), notes
+
+
+async def test_a_year_is_in_buckets_named_in_days(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    event = {
+        "app_id": "yearly",
+        "timestamp": (datetime.now(UTC) - timedelta(days=100)).isoformat(),
+        "trace_id": "t1",
+        "status": "ok",
+        "latency_ms": 80.0,
+        "tokens": {"input": 3, "output": 4},
+    }
+    events = tmp_path / "year.ndjson"
+    events.write_text(orjson.dumps(event).decode() + "\n")
+    output = tmp_path / "year.html"
+    for step in [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", "365d"),
+    ]:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(output.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        titles = await page.evaluate(
+            "[...document.querySelectorAll('div.chart .gtitle')].map(t => t.textContent)"
+        )
+        meta = await page.evaluate("document.querySelector('p.meta').textContent")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(ARTIFACTS / "report-year.png")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    # A year in at most 120 buckets: 4 days each, said so (not "per 345600 s").
+    assert [title.split(" per ")[1] for title in titles if " per " in title] == [
+        "4 d (ms)",
+        "4 d",
+        "4 d",
+    ], titles
+    assert "buckets of 4 d" in meta, meta
+
+
+async def test_the_header_gives_its_times_to_the_second(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        meta = await page.evaluate("document.querySelector('p.meta').textContent")
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    # The range ends now (--from 1h): its ends and the time of writing to the second, in UTC.
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.match(rf"Event time {stamp} to {stamp} UTC · ", meta), meta
+    assert re.search(rf" · generated {stamp} UTC$", meta), meta
+
+
+# Per chart: its title's right edge and the left edge of its tool bar (the modebar).
+TITLE_EDGES = """
+[...document.querySelectorAll('div.chart')].map(chart => ({
+    title: chart.querySelector('.gtitle').textContent,
+    right: chart.querySelector('.gtitle').getBoundingClientRect().right,
+    bar: chart.querySelector('.modebar').getBoundingClientRect().left,
+}))
+"""
+
+
+async def test_no_chart_title_runs_under_its_tool_bar(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        # The tool bar is drawn on hover too; it is in the page from the start, hidden.
+        edges = await page.evaluate(TITLE_EDGES)
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    assert edges and all(edge["right"] < edge["bar"] for edge in edges), edges
+    # The app of the longest id is still named, its id cut, in its charts' titles.
+    assert any(edge["title"].startswith("a" * 39 + "…") for edge in edges), edges
+
+
+async def test_apps_that_report_no_tokens_have_no_chart_of_zero_tokens(
+    report_of_long_names: Path, tmp_path: Path
+) -> None:
+    async with Chromium(tmp_path / "profile") as browser:
+        page = await browser.open(report_of_long_names.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        charts = await page.evaluate(CHART_STATES)
+        notes = await page.evaluate(
+            "[...document.querySelectorAll('p.note')].map(p => p.textContent)"
+        )
+        # The tokens column of the summary.
+        tokens = await page.evaluate(
+            "[...document.querySelector('table').rows].slice(1)"
+            ".map(row => row.cells[8].textContent)"
+        )
+        log = page.log
+        await page.close()
+
+    assert log.errors == [], log.errors
+    assert drawn
+    # Neither app's events carry token counts: said so, not drawn as a flat line at 0.
+    assert [chart["kind"] for chart in charts].count("usage") == 0, charts
+    assert notes.count("No token counts reported.") == 2, notes
+    assert tokens == ["–", "–"], tokens

@@ -6,7 +6,9 @@ import asyncio
 import os
 from typing import cast
 
+import httpx
 import pytest
+from starlette.applications import Starlette
 
 from common.retry import Backoff
 from evalstream import ingest_worker
@@ -61,3 +63,23 @@ async def test_a_worker_that_cannot_serve_for_a_passing_cause_says_so_in_its_exi
     monkeypatch.setattr(ingest_worker, "serve", misconfigured)
     with pytest.raises(SettingsError):
         await ingest_worker.start(cast(WorkerSpec, None), cast(Channel, None))
+
+
+async def test_a_forwarded_request_keeps_every_value_of_a_repeated_query_key() -> None:
+    """/report?app=a&app=b through a worker: the processor sees both apps."""
+    seen: list[str] = []
+
+    def processor(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.query.decode())
+        return httpx.Response(200, text="page")
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(processor), base_url="http://processor"
+    ) as upstream:
+        worker = Starlette(routes=ingest_worker.forwarded_routes(upstream, ["/report"]))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=worker), base_url="http://worker"
+        ) as client:
+            answer = await client.get("/report?app=a&app=b&from=2h")
+    assert answer.status_code == 200
+    assert seen == ["app=a&app=b&from=2h"]

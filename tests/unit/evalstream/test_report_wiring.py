@@ -7,7 +7,7 @@ import pytest
 import typer
 
 from coldpath.config import QUALITY_POLICY
-from evalstream.cli.report import time_range
+from evalstream.cli.report import app_ids, time_range
 from evalstream.settings import Settings, SettingsError
 from evalstream.wiring.report import breach_log, price_table
 from report import PriceTable, TokenPrice
@@ -89,3 +89,15 @@ def test_a_range_beyond_the_calendar_is_the_options_error_not_a_traceback(
     # GET /report?from=99999999999999999999d was a 500 with an OverflowError in the log.
     with pytest.raises(typer.BadParameter, match=message):
         time_range(start, end, NOW)
+
+
+@pytest.mark.parametrize("app", ["", "two words", "a" * 129])
+def test_an_app_that_cannot_be_an_app_id_is_the_options_error(app: str) -> None:
+    # --app "" (and GET /report?app=) was reported as an app: ': no telemetry in the range'.
+    with pytest.raises(typer.BadParameter, match="is not an app id"):
+        app_ids(["app-001", app])
+
+
+def test_app_ids_pass_as_given() -> None:
+    assert app_ids(["app-001", "a" * 128]) == ("app-001", "a" * 128)
+    assert app_ids(None) == ()

@@ -109,7 +109,8 @@ async def test_gather_reads_every_app_page_by_page(stored: Path) -> None:
     assert [s.app_id for s in data.apps] == ["a", "b"]
     assert telemetry.pages == [50] * 12  # 300 documents per app, never more than a page held
     a, b = data.apps
-    assert a.width_s == b.width_s == 10 and a.requests == b.requests == 300
+    # An hour in at most 60 buckets: 5 minutes each, whatever span the telemetry has.
+    assert a.width_s == b.width_s == 300 and a.requests == b.requests == 300
     assert a.priced and not b.priced
     assert float(a.cost.sum()) == pytest.approx(300 * 10 / 1000)
     assert [i.app_id for i in data.incidents] == ["a"]
