@@ -11,6 +11,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -51,6 +52,37 @@ def evalstream(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedPr
         cwd=ROOT,
         env={**os.environ, **IN_PROCESS, "COLUMNS": "200", **env},
     )
+
+
+async def drawn_and_evaluated(
+    tmp_path: Path, report: Path, script: str, width: int | None = None
+) -> Any:
+    """Open ``report`` in headless Chromium, wait until every chart is drawn, and give what
+    ``script`` finds in the page; no console error on the way."""
+    options = {} if width is None else {"width": width}
+    async with Chromium(tmp_path / "profile", **options) as browser:
+        page = await browser.open(report.as_uri())
+        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
+        found = await page.evaluate(script)
+        log = page.log
+        await page.close()
+    assert log.errors == [], log.errors
+    assert drawn
+    return found
+
+
+def sent_processed_reported(
+    data_dir: Path, events: Path, output: Path, start: str
+) -> subprocess.CompletedProcess[str]:
+    """``send`` the events, process them, write the report of ``--from start``; the last run."""
+    for step in [
+        ("send", str(events)),
+        ("process", "--no-ingest", "--until-idle", "1"),
+        ("report", "-o", str(output), "--from", start),
+    ]:
+        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
+        assert done.returncode == 0, done.stderr
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -269,14 +301,7 @@ def report_of_long_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
     events = data_dir / "events.ndjson"
     events.write_text("\n".join(lines) + "\n")
     output = data_dir / "report.html"
-    steps = [
-        ("send", str(events)),
-        ("process", "--no-ingest", "--until-idle", "1"),
-        ("report", "-o", str(output), "--from", "1h"),
-    ]
-    for step in steps:
-        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
-        assert done.returncode == 0, done.stderr
+    done = sent_processed_reported(data_dir, events, output, "1h")
     assert "2 apps, 120 requests" in done.stderr, done.stderr
     return output
 
@@ -371,13 +396,7 @@ async def test_one_event_in_a_day_is_drawn_on_the_day_not_on_a_millisecond(
     events = tmp_path / "one.ndjson"
     events.write_text(orjson.dumps(event).decode() + "\n")
     output = tmp_path / "one.html"
-    for step in [
-        ("send", str(events)),
-        ("process", "--no-ingest", "--until-idle", "1"),
-        ("report", "-o", str(output), "--from", "24h"),
-    ]:
-        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
-        assert done.returncode == 0, done.stderr
+    done = sent_processed_reported(data_dir, events, output, "24h")
     assert "1 apps, 1 requests" in done.stderr, done.stderr
 
     async with Chromium(tmp_path / "profile") as browser:
@@ -419,15 +438,7 @@ LEGEND_OVERLAPS = """
 async def test_no_legend_covers_an_axis_title_or_tick(
     report_of_an_incident: Path, tmp_path: Path
 ) -> None:
-    async with Chromium(tmp_path / "profile") as browser:
-        page = await browser.open(report_of_an_incident.as_uri())
-        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
-        overlaps = await page.evaluate(LEGEND_OVERLAPS)
-        log = page.log
-        await page.close()
-
-    assert log.errors == [], log.errors
-    assert drawn
+    overlaps = await drawn_and_evaluated(tmp_path, report_of_an_incident, LEGEND_OVERLAPS)
     assert overlaps and all(chart["covered"] == [] for chart in overlaps), overlaps
     # The room the legend takes below the axis leaves the plot itself readable.
     assert all(chart["plot"] >= 150 for chart in overlaps), overlaps
@@ -453,13 +464,7 @@ async def test_percentiles_of_three_requests_are_marked_as_such(tmp_path: Path) 
         )
     )
     output = tmp_path / "three.html"
-    for step in [
-        ("send", str(events)),
-        ("process", "--no-ingest", "--until-idle", "1"),
-        ("report", "-o", str(output), "--from", "1h"),
-    ]:
-        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
-        assert done.returncode == 0, done.stderr
+    done = sent_processed_reported(data_dir, events, output, "1h")
     assert "1 apps, 3 requests" in done.stderr, done.stderr
 
     async with Chromium(tmp_path / "profile") as browser:
@@ -501,13 +506,7 @@ async def test_a_year_is_in_buckets_named_in_days(tmp_path: Path) -> None:
     events = tmp_path / "year.ndjson"
     events.write_text(orjson.dumps(event).decode() + "\n")
     output = tmp_path / "year.html"
-    for step in [
-        ("send", str(events)),
-        ("process", "--no-ingest", "--until-idle", "1"),
-        ("report", "-o", str(output), "--from", "365d"),
-    ]:
-        done = evalstream(data_dir, *step, EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS="false")
-        assert done.returncode == 0, done.stderr
+    sent_processed_reported(data_dir, events, output, "365d")
 
     async with Chromium(tmp_path / "profile") as browser:
         page = await browser.open(output.as_uri())
@@ -561,16 +560,8 @@ TITLE_EDGES = """
 async def test_no_chart_title_runs_under_its_tool_bar(
     report_of_long_names: Path, tmp_path: Path
 ) -> None:
-    async with Chromium(tmp_path / "profile") as browser:
-        page = await browser.open(report_of_long_names.as_uri())
-        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
-        # The tool bar is drawn on hover too; it is in the page from the start, hidden.
-        edges = await page.evaluate(TITLE_EDGES)
-        log = page.log
-        await page.close()
-
-    assert log.errors == [], log.errors
-    assert drawn
+    # The tool bar is drawn on hover too; it is in the page from the start, hidden.
+    edges = await drawn_and_evaluated(tmp_path, report_of_long_names, TITLE_EDGES)
     assert edges and all(edge["right"] < edge["bar"] for edge in edges), edges
     # The app of the longest id is still named, its id cut, in its charts' titles.
     assert any(edge["title"].startswith("a" * 39 + "…") for edge in edges), edges
