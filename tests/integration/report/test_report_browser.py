@@ -55,15 +55,23 @@ def evalstream(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedPr
 
 
 async def drawn_and_evaluated(
-    tmp_path: Path, report: Path, script: str, width: int | None = None
+    tmp_path: Path,
+    report: Path,
+    script: str,
+    width: int | None = None,
+    screenshot: str | None = None,
 ) -> Any:
     """Open ``report`` in headless Chromium, wait until every chart is drawn, and give what
-    ``script`` finds in the page; no console error on the way."""
+    ``script`` finds in the page (after a screenshot to test-artifacts, if named); no console
+    error on the way."""
     options = {} if width is None else {"width": width}
     async with Chromium(tmp_path / "profile", **options) as browser:
         page = await browser.open(report.as_uri())
         drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
         found = await page.evaluate(script)
+        if screenshot is not None:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(ARTIFACTS / screenshot)
         log = page.log
         await page.close()
     assert log.errors == [], log.errors
@@ -309,20 +317,14 @@ def report_of_long_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_an_app_id_of_128_characters_does_not_widen_the_page(
     report_of_long_names: Path, tmp_path: Path
 ) -> None:
-    async with Chromium(tmp_path / "profile", width=1280) as browser:
-        page = await browser.open(report_of_long_names.as_uri())
-        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
-        widths = await page.evaluate(
-            "({page: document.documentElement.scrollWidth, window: window.innerWidth,"
-            " summary: document.querySelector('table').getBoundingClientRect().right})"
-        )
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(ARTIFACTS / "report-long-names.png")
-        log = page.log
-        await page.close()
-
-    assert log.errors == [], log.errors
-    assert drawn
+    widths = await drawn_and_evaluated(
+        tmp_path,
+        report_of_long_names,
+        "({page: document.documentElement.scrollWidth, window: window.innerWidth,"
+        " summary: document.querySelector('table').getBoundingClientRect().right})",
+        width=1280,
+        screenshot="report-long-names.png",
+    )
     # Nothing beyond the window's right edge: no horizontal scrolling to read a row or heading.
     assert widths["page"] <= widths["window"], widths
     assert widths["summary"] <= widths["window"], widths
@@ -345,17 +347,9 @@ SCORE_LABELS = """
 async def test_long_and_non_latin_score_names_are_shown_whole(
     report_of_long_names: Path, tmp_path: Path
 ) -> None:
-    async with Chromium(tmp_path / "profile") as browser:
-        page = await browser.open(report_of_long_names.as_uri())
-        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
-        labels = await page.evaluate(SCORE_LABELS)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(ARTIFACTS / "report-score-names.png")
-        log = page.log
-        await page.close()
-
-    assert log.errors == [], log.errors
-    assert drawn
+    labels = await drawn_and_evaluated(
+        tmp_path, report_of_long_names, SCORE_LABELS, screenshot="report-score-names.png"
+    )
     assert len(labels) == 2, labels
     for chart in labels:
         # Every name whole and within the chart: rotated labels ran past its bottom edge.
@@ -399,17 +393,7 @@ async def test_one_event_in_a_day_is_drawn_on_the_day_not_on_a_millisecond(
     done = sent_processed_reported(data_dir, events, output, "24h")
     assert "1 apps, 1 requests" in done.stderr, done.stderr
 
-    async with Chromium(tmp_path / "profile") as browser:
-        page = await browser.open(output.as_uri())
-        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
-        axes = await page.evaluate(TIME_AXES)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(ARTIFACTS / "report-one-event.png")
-        log = page.log
-        await page.close()
-
-    assert log.errors == [], log.errors
-    assert drawn
+    axes = await drawn_and_evaluated(tmp_path, output, TIME_AXES, screenshot="report-one-event.png")
     assert [axis["kind"] for axis in axes] == ["latency", "errors", "usage"], axes
     for axis in axes:
         # The axis spans the day asked for (it spanned a millisecond around the event, with
