@@ -69,6 +69,30 @@ def test_bad_policies_are_refused_at_start_naming_the_setting(
     assert lines[0].startswith(f"error: {setting}"), lines[0]
 
 
+def test_a_threshold_on_a_value_the_metric_never_reports_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    # Before, the misspelt p959 loaded, ran, and was never judged.
+    done = evalstream(
+        tmp_path,
+        GOOD.replace("p95 =", "p959 ="),
+        "coldpath",
+        "windows",
+        "--policy",
+        "speed",
+        "--from",
+        "2026-03-01T00:00Z",
+        "--to",
+        "2026-03-01T02:00Z",
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert done.stderr.strip().splitlines() == [
+        "error: coldpath.policies[0].metrics[0].thresholds: policy 'speed', metric 'latency' "
+        "has no value 'p959' to judge (its values: p95, mean)"
+    ]
+
+
 def test_trigger_evaluates_a_window_once_and_evaluations_shows_it(tmp_path: Path) -> None:
     start = datetime(2026, 3, 1, 10, tzinfo=UTC)
     documents = [
