@@ -12,6 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from coldpath.shards import build_manifest
+from schemas import EvaluationPolicy, Window
 from store.sqlite import SqliteStore
 from tests.unit.coldpath.fakes import doc
 
@@ -90,6 +92,31 @@ def test_a_threshold_on_a_value_the_metric_never_reports_is_one_line_and_exit_2(
     assert done.stderr.strip().splitlines() == [
         "error: coldpath.policies[0].metrics[0].thresholds: policy 'speed', metric 'latency' "
         "has no value 'p959' to judge (its values: p95, mean)"
+    ]
+
+
+def test_run_shard_refuses_a_manifest_file_judging_a_value_no_metric_reports(
+    tmp_path: Path,
+) -> None:
+    # A manifest file carries its own policies: the settings' check never saw them.
+    policy = EvaluationPolicy.model_validate(
+        {
+            "name": "speed",
+            "metrics": [{"metric": "latency", "thresholds": {"p959": {"warning": {"max": 1}}}}],
+        }
+    )
+    start = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    window = Window(start=start, end=start + timedelta(hours=1))
+    job = build_manifest(window, [policy], ["app-a"], group_size=1, code_version="t", run=0)
+    path = tmp_path / "manifest.json"
+    path.write_text(job.model_dump_json())
+    done = evalstream(
+        tmp_path, GOOD, "coldpath", "run-shard", "--manifest", str(path), "--group-index", "0"
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: manifest {job.id} policies[0].metrics[0].thresholds: policy 'speed', metric "
+        "'latency' has no value 'p959' to judge (its values: p95, mean)"
     ]
 
 
