@@ -3,16 +3,17 @@
 Composed into ``evalstream.settings.Settings`` as ``coldpath`` (TOML ``[coldpath]``, environment
 ``EVALSTREAM_COLDPATH__...``). Pydantic checks each policy's shape when settings load (window
 length, inverted bounds); ``check_policies`` checks what needs the metric catalogue (unknown
-metrics, wrong parameters) and raises ``PolicyConfigError`` naming the setting
-(``coldpath.policies[0].metrics[1].metric: ...``). Per-app overrides of thresholds and
-parameters live in each policy's ``overrides``; apps without one get the policy as written.
+metrics, wrong parameters, thresholds on values the metric never reports) and raises
+``PolicyConfigError`` naming the setting (``coldpath.policies[0].metrics[1].metric: ...``).
+Per-app overrides of thresholds and parameters live in each policy's ``overrides``; apps
+without one get the policy as written.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -123,10 +124,16 @@ def load_catalogue(reference: str) -> Mapping[str, Metric]:
     return catalogue
 
 
-def check_policies(policies: tuple[EvaluationPolicy, ...], catalogue: Mapping[str, Metric]) -> None:
-    """Refuse unknown metrics and wrong parameters, naming the setting; called at start."""
+def check_policies(
+    policies: Sequence[EvaluationPolicy],
+    catalogue: Mapping[str, Metric],
+    setting: str = "coldpath.policies",
+) -> None:
+    """Refuse unknown metrics, wrong parameters and thresholds on values a metric never reports
+    (a misspelt ``p959`` would never be judged), naming the setting; called at start.
+    ``setting`` names where the policies come from (a manifest's, when a shard is given one)."""
     for index, policy in enumerate(policies):
-        where = f"coldpath.policies[{index}]"
+        where = f"{setting}[{index}]"
         for position, spec in enumerate(policy.metrics):
             metric = catalogue.get(spec.metric)
             if metric is None:
@@ -136,14 +143,28 @@ def check_policies(policies: tuple[EvaluationPolicy, ...], catalogue: Mapping[st
                     f"(known: {known})"
                 )
             _check_params(metric, spec.params, f"{where}.metrics[{position}].params")
+            named = dict.fromkeys(spec.thresholds, f"{where}.metrics[{position}].thresholds")
+            _check_thresholds(policy, metric, spec.params, named)
         for app_id, per_metric in policy.overrides.items():
             for name, override in per_metric.items():
-                merged = {**_spec(policy, name).params, **override.params}
-                _check_params(catalogue[name], merged, f"{where}.overrides.{app_id}.{name}.params")
+                position, spec = _spec(policy, name)
+                merged = {**spec.params, **override.params}
+                at = f"{where}.overrides.{app_id}.{name}"
+                _check_params(catalogue[name], merged, f"{at}.params")
+                # The app's thresholds: its own, and the policy's under the app's parameters
+                # (an override of ``types`` can leave a policy's ``rate.timeout`` nothing to judge).
+                named = {
+                    **dict.fromkeys(
+                        spec.thresholds,
+                        f"{at}.params (for the thresholds of {where}.metrics[{position}])",
+                    ),
+                    **dict.fromkeys(override.thresholds, f"{at}.thresholds"),
+                }
+                _check_thresholds(policy, catalogue[name], merged, named)
 
 
-def _spec(policy: EvaluationPolicy, name: str) -> MetricSpec:
-    return next(spec for spec in policy.metrics if spec.metric == name)
+def _spec(policy: EvaluationPolicy, name: str) -> tuple[int, MetricSpec]:
+    return next((at, spec) for at, spec in enumerate(policy.metrics) if spec.metric == name)
 
 
 def _check_params(metric: Metric, params: Mapping[str, Any], where: str) -> None:
@@ -151,6 +172,22 @@ def _check_params(metric: Metric, params: Mapping[str, Any], where: str) -> None
         metric.validate_params(params)
     except (ValueError, TypeError) as exc:
         raise PolicyConfigError(f"{where}: {exc}") from exc
+
+
+def _check_thresholds(
+    policy: EvaluationPolicy,
+    metric: Metric,
+    params: Mapping[str, Any],
+    named: Mapping[str, str],
+) -> None:
+    """``named`` maps each thresholded value name to the setting that put it there."""
+    reported = metric.value_names(params)
+    for value_name in sorted(named):
+        if value_name not in reported:
+            raise PolicyConfigError(
+                f"{named[value_name]}: policy {policy.name!r}, metric {metric.name!r} has no "
+                f"value {value_name!r} to judge (its values: {reported.describe()})"
+            )
 
 
 def setting_path(location: tuple[int | str, ...]) -> str:

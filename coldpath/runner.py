@@ -1,6 +1,8 @@
 """The shard task: evaluate every unit of one shard of a manifest, exactly once in effect.
 
-For each unit, in order: skip it when progress says done for this manifest; read the
+A manifest's policies are checked against the catalogue before its first unit runs (a
+manifest file or one staged by other settings may name values no metric reports). For each
+unit, in order: skip it when progress says done for this manifest; read the
 reference window (when a metric needs it) and the window, page by page, into one accumulator
 per metric; judge each outcome against the thresholds; publish the evaluation breaches; upsert
 the results; mark the unit done. Killed at any instant and run again, the same results (same
@@ -20,6 +22,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from alerts.ports import AlertPublisher
+from coldpath.config import check_policies
 from coldpath.exceptions import ColdpathError
 from coldpath.policies.base import Accumulator, Metric, MetricOutcome
 from coldpath.windows import reference_window
@@ -68,6 +71,25 @@ def sample_status(outcome: MetricOutcome, min_sample_size: int) -> tuple[Evaluat
         )
         return "insufficient_data", reason
     return "ok", outcome.reason
+
+
+def judged_status(
+    breaches: Sequence[Breach], unjudged: Sequence[str], reason: str
+) -> tuple[EvaluationStatus, str]:
+    """The status of an outcome after its thresholds: a crossed bound is ``critical`` or
+    ``warning``; otherwise a thresholded value the window left undefined (a score that did not
+    occur, too few values for a drift statistic) is ``insufficient_data`` naming it, never a
+    plain ``ok`` that would claim the threshold held. Both are reported in the reason."""
+    parts = [breach.message for breach in breaches]
+    if unjudged:
+        names = ", ".join(unjudged)
+        parts.append(f"not judged, no value in this window: threshold on {names}")
+    if breaches:
+        critical = any(breach.severity is Severity.CRITICAL for breach in breaches)
+        return ("critical" if critical else "warning"), "; ".join(parts)
+    if unjudged:
+        return "insufficient_data", "; ".join(parts)
+    return "ok", reason
 
 
 # Documents hold any finite double: sums and means of them may overflow. numpy's warning about it
@@ -146,6 +168,7 @@ class ShardRunner:
         self.apps = apps
         self.page_size = page_size
         self.clock = clock or (lambda: datetime.now(UTC))
+        self._checked: set[str] = set()
 
     async def run_shard(self, manifest: JobManifest, group_index: int) -> list[UnitOutcome]:
         """Evaluate shard ``group_index`` of ``manifest``; units already done are skipped."""
@@ -177,6 +200,7 @@ class ShardRunner:
     async def run_unit(self, manifest: JobManifest, unit: Unit) -> UnitOutcome:
         """Evaluate one unit, publish its breaches, upsert its results (progress is the
         caller's: it must come after both)."""
+        self._check(manifest)
         policy = manifest.policy(unit.policy)
         specs = policy.metrics_for(unit.app_id)
         app = self.apps.resolve(unit.app_id)
@@ -217,6 +241,13 @@ class ShardRunner:
         )
         return UnitOutcome(unit, tuple(results), tuple(breaches))
 
+    def _check(self, manifest: JobManifest) -> None:
+        """Refuse (``PolicyConfigError``) a manifest whose policies this catalogue cannot
+        evaluate as written, before any result of it is stored."""
+        if manifest.id not in self._checked:
+            check_policies(manifest.policies, self.catalogue, f"manifest {manifest.id} policies")
+            self._checked.add(manifest.id)
+
     def _metric(self, spec: MetricSpec) -> Metric:
         metric = self.catalogue.get(spec.metric)
         if metric is None:
@@ -250,16 +281,18 @@ class ShardRunner:
         values = {name: finite_value(value) for name, value in outcome.values.items()}
         breaches: list[Breach] = []
         if status == "ok":
+            unjudged: list[str] = []
             for value_name, thresholds in sorted(spec.thresholds.items()):
                 value = values.get(value_name)
-                verdict = thresholds.judge(value)
-                if verdict is None or value is None:
+                if value is None:
+                    unjudged.append(value_name)
                     continue
-                breaches.append(evaluation_breach(unit, spec, value_name, value, window, verdict))
-            if breaches:
-                critical = any(breach.severity is Severity.CRITICAL for breach in breaches)
-                status = "critical" if critical else "warning"
-                reason = "; ".join(breach.message for breach in breaches)
+                verdict = thresholds.judge(value)
+                if verdict is not None:
+                    breaches.append(
+                        evaluation_breach(unit, spec, value_name, value, window, verdict)
+                    )
+            status, reason = judged_status(breaches, unjudged, reason)
         result = EvaluationResult(
             id=evaluation_result_id(
                 unit.app_id, policy.name, policy.version, window, metric.name, metric.version

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from coldpath.policies import params as check
-from coldpath.policies.base import Accumulator, MetricOutcome
+from coldpath.policies.base import Accumulator, MetricOutcome, ValueNames
 from coldpath.policies.columns import Category, Columns, FloatArray, columns, present
 from coldpath.policies.distance import clamp_unit, jensen_shannon, ks_statistic, psi
 from coldpath.policies.sketch import EXACT_CAP, Sample, comparable
@@ -60,6 +60,18 @@ class DriftMetric:
 
     def validate_params(self, params: Mapping[str, Any]) -> None:
         _Settings(params)
+
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        settings = _Settings(params)
+        numeric = [s for s in settings.numeric if s != ALL_SCORES]
+        fields = [*settings.categorical, *(f"metadata.{key}" for key in settings.metadata)]
+        exact = (
+            *(f"{test}.{signal}" for signal in numeric for test in ("psi", "ks")),
+            *(f"js.{field}" for field in fields),
+        )
+        patterns = ("psi.score.<name>", "ks.score.<name>") if settings.all_scores else ()
+        hint = "list the signals in params.numeric, categorical or metadata"
+        return ValueNames(exact, patterns, hint)
 
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         return DriftAccumulator(_Settings(params))

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from coldpath.policies import params as check
-from coldpath.policies.base import Accumulator, MetricOutcome
+from coldpath.policies.base import Accumulator, MetricOutcome, ValueNames
 from coldpath.policies.columns import columns
 from coldpath.policies.tally import OTHER, BoundedCounts
 from schemas import AppConfig, TelemetryDocument
@@ -26,7 +26,10 @@ class ErrorsMetric:
 
     A document is an error when its ``status`` is ``error``; its ``error_type`` names the
     breakdown (``unspecified`` when absent; past 50 distinct types, new ones are counted as
-    ``_other``). Exact. Zero documents → None rates, status ``insufficient_data``.
+    ``_other``). Parameter ``types``: error types always reported, 0 in a window without them,
+    and the only ones a threshold may name (``rate.timeout`` needs ``types = ["timeout"]``: a
+    misspelt type is refused at start rather than never matching). Exact. Zero documents →
+    None rates, status ``insufficient_data``.
     """
 
     name: ClassVar[str] = "errors"
@@ -34,17 +37,34 @@ class ErrorsMetric:
     needs_reference: ClassVar[bool] = False
 
     def validate_params(self, params: Mapping[str, Any]) -> None:
-        check.reject_unknown(params, set())
+        _types(params)
+
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        types = _types(params)
+        exact = (
+            "count",
+            "errors",
+            "rate",
+            *(f"{n}.{t}" for t in types for n in ("errors", "rate")),
+        )
+        return ValueNames(exact, hint="errors.<type> and rate.<type> need the type in params.types")
 
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
-        self.validate_params(params)
-        return ErrorsAccumulator()
+        return ErrorsAccumulator(_types(params))
+
+
+def _types(params: Mapping[str, Any]) -> tuple[str, ...]:
+    check.reject_unknown(params, {"types"})
+    return check.names(params, "types", ())
 
 
 class ErrorsAccumulator:
-    def __init__(self) -> None:
+    def __init__(self, types: tuple[str, ...] = ()) -> None:
         self.documents = 0
-        self.types = BoundedCounts(MAX_ERROR_TYPES)
+        # Declared types hold their own slots from the start: counted under their own name
+        # however many other types come first, and reported (0) when none occurred.
+        self.types = BoundedCounts(MAX_ERROR_TYPES + len(set(types)))
+        self.types.counts.update(dict.fromkeys(types, 0))
 
     def add_reference(self, documents: Sequence[TelemetryDocument]) -> None:
         pass
@@ -67,8 +87,8 @@ class ErrorsAccumulator:
         }
         for kind, count in sorted(self.types.counts.items(), key=lambda item: str(item[0])):
             values[f"errors.{kind}"] = count
-            values[f"rate.{kind}"] = count / n
+            values[f"rate.{kind}"] = count / n if n else None
         if not n:
             return MetricOutcome(values, 0, "insufficient_data", "no document in the window")
-        details = {"types_capped": OTHER in self.types.counts}
+        details = {"types_capped": self.types.counts.get(OTHER, 0) > 0}
         return MetricOutcome(values, n, details=details)

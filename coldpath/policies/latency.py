@@ -8,12 +8,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from coldpath.policies import params as check
-from coldpath.policies.base import Accumulator, MetricOutcome
+from coldpath.policies.base import Accumulator, MetricOutcome, ValueNames
 from coldpath.policies.columns import columns, present
 from coldpath.policies.sketch import EXACT_CAP, Sample
 from schemas import AppConfig, TelemetryDocument
 
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+VALUE_NAMES = ValueNames(("count", "missing", "mean", *PERCENTILES, "slo_attainment"))
 
 
 class LatencyMetric:
@@ -35,6 +36,9 @@ class LatencyMetric:
     def validate_params(self, params: Mapping[str, Any]) -> None:
         check.reject_unknown(params, {"threshold_ms"})
         check.number(params, "threshold_ms", None, positive=True)
+
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        return VALUE_NAMES
 
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         self.validate_params(params)

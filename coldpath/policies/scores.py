@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from coldpath.policies import params as check
-from coldpath.policies.base import Accumulator, MetricOutcome
+from coldpath.policies.base import Accumulator, MetricOutcome, ValueNames
 from coldpath.policies.columns import columns, present
 from coldpath.policies.sketch import EXACT_CAP, Sample
 from schemas import AppConfig, TelemetryDocument
@@ -19,6 +19,7 @@ DEFAULT_BAR = 0.5
 # details as untracked rather than growing the state without bound.
 MAX_SCORE_NAMES = 64
 PERCENTILES = {"p10": 0.1, "p50": 0.5}
+STATISTICS = ("count", "mean", *PERCENTILES, "below")
 
 
 class ScoresMetric:
@@ -39,6 +40,13 @@ class ScoresMetric:
 
     def validate_params(self, params: Mapping[str, Any]) -> None:
         _parse(params)
+
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        names = _parse(params)[2]
+        if names is None:
+            return ValueNames((), tuple(f"<score>.{statistic}" for statistic in STATISTICS))
+        exact = tuple(f"{name}.{statistic}" for name in names for statistic in STATISTICS)
+        return ValueNames(exact, hint="scores outside params.names are not summarised")
 
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         bar, bars, names = _parse(params)

@@ -9,11 +9,26 @@ from typing import Any, ClassVar
 import numpy as np
 
 from coldpath.policies import params as check
-from coldpath.policies.base import Accumulator, MetricOutcome
+from coldpath.policies.base import Accumulator, MetricOutcome, ValueNames
 from coldpath.policies.columns import columns
 from schemas import AppConfig, TelemetryDocument
 
 PRICE_FIELDS = ("input_per_1k", "output_per_1k")
+VALUE_NAMES = ValueNames(
+    (
+        "requests",
+        "with_tokens",
+        "without_tokens",
+        "tokens_in_mean",
+        "tokens_out_mean",
+        "tokens_in_total",
+        "tokens_out_total",
+        "tokens_total",
+        "cost",
+        "cost_per_request",
+        "unpriced",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,9 @@ class UsageMetric:
 
     def validate_params(self, params: Mapping[str, Any]) -> None:
         parse_prices(params)
+
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        return VALUE_NAMES
 
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         prices, default = parse_prices(params)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from coldpath.policies.base import Accumulator, MetricOutcome
+from coldpath.policies.base import Accumulator, MetricOutcome, ValueNames
 from coldpath.policies.text import _text_sdk as _sdk
 from coldpath.policies.text import inputs
 from coldpath.policies.text.params import JudgeParams, check
@@ -36,6 +36,9 @@ from coldpath.policies.text.sampling import BottomK
 from schemas import AppConfig, TelemetryDocument
 
 DEFAULT_API_VERSION = "2024-10-21"
+VALUE_NAMES = ValueNames(
+    ("mean", "evaluated", "failed", "capped", "sampled", "eligible", "skipped", "calls", "tokens")
+)
 
 
 class JudgeModelConfig(BaseModel):
@@ -216,6 +219,9 @@ class JudgeMetric:
 
     def validate_params(self, params: Mapping[str, Any]) -> None:
         check(JudgeParams, params)
+
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        return VALUE_NAMES
 
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         return _JudgeAccumulator(self, check(JudgeParams, params), self.judge)

@@ -16,11 +16,20 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from coldpath.policies.base import Accumulator, MetricOutcome
+from coldpath.policies.base import Accumulator, MetricOutcome, ValueNames
 from coldpath.policies.text import _text_sdk as _sdk
 from coldpath.policies.text import inputs
 from coldpath.policies.text.params import OverlapParams, RougeParams, check
 from schemas import AppConfig, TelemetryDocument
+
+# Besides the evaluator's means: documents scored, without a reference, and failed.
+COUNTS = ("count", "skipped", "failed")
+F1_KEYS = {"mean": "f1_score"}
+ROUGE_KEYS = {
+    "mean": "rouge",
+    "precision_mean": "rouge_properties.rouge_precision",
+    "recall_mean": "rouge_properties.rouge_recall",
+}
 
 
 class _Overlap:
@@ -81,7 +90,7 @@ class _Overlap:
             name: (total / self._count if self._count else None)
             for name, total in self._sums.items()
         }
-        values.update(count=self._count, skipped=self._skipped, failed=failed)
+        values.update(zip(COUNTS, (self._count, self._skipped, failed), strict=True))
         details = {"failures": dict(self._failures)} if self._failures else {}
         if self._count:
             return MetricOutcome(values, self._count, details=details)
@@ -119,10 +128,13 @@ class F1Metric:
     def validate_params(self, params: Mapping[str, Any]) -> None:
         check(OverlapParams, params)
 
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        return ValueNames((*F1_KEYS, *COUNTS))
+
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         parsed = check(OverlapParams, params)
         evaluator, why = _build("F1ScoreEvaluator")
-        return _Overlap(evaluator, {"mean": "f1_score"}, parsed.reference_key, why)
+        return _Overlap(evaluator, F1_KEYS, parsed.reference_key, why)
 
 
 class RougeMetric:
@@ -136,15 +148,13 @@ class RougeMetric:
     def validate_params(self, params: Mapping[str, Any]) -> None:
         check(RougeParams, params)
 
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        return ValueNames((*ROUGE_KEYS, *COUNTS))
+
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         parsed = check(RougeParams, params)
         try:
             evaluator, why = _build("RougeScoreEvaluator", _sdk.rouge_type(parsed.rouge_type))
         except _sdk.SdkUnavailable as exc:
             evaluator, why = None, str(exc)
-        keys = {
-            "mean": "rouge",
-            "precision_mean": "rouge_properties.rouge_precision",
-            "recall_mean": "rouge_properties.rouge_recall",
-        }
-        return _Overlap(evaluator, keys, parsed.reference_key, why)
+        return _Overlap(evaluator, ROUGE_KEYS, parsed.reference_key, why)

@@ -12,6 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from coldpath.shards import build_manifest
+from schemas import EvaluationPolicy, Window
 from store.sqlite import SqliteStore
 from tests.unit.coldpath.fakes import doc
 
@@ -67,6 +69,55 @@ def test_bad_policies_are_refused_at_start_naming_the_setting(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"error: {setting}"), lines[0]
+
+
+def test_a_threshold_on_a_value_the_metric_never_reports_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    # Before, the misspelt p959 loaded, ran, and was never judged.
+    done = evalstream(
+        tmp_path,
+        GOOD.replace("p95 =", "p959 ="),
+        "coldpath",
+        "windows",
+        "--policy",
+        "speed",
+        "--from",
+        "2026-03-01T00:00Z",
+        "--to",
+        "2026-03-01T02:00Z",
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert done.stderr.strip().splitlines() == [
+        "error: coldpath.policies[0].metrics[0].thresholds: policy 'speed', metric 'latency' "
+        "has no value 'p959' to judge (its values: p95, mean)"
+    ]
+
+
+def test_run_shard_refuses_a_manifest_file_judging_a_value_no_metric_reports(
+    tmp_path: Path,
+) -> None:
+    # A manifest file carries its own policies: the settings' check never saw them.
+    policy = EvaluationPolicy.model_validate(
+        {
+            "name": "speed",
+            "metrics": [{"metric": "latency", "thresholds": {"p959": {"warning": {"max": 1}}}}],
+        }
+    )
+    start = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    window = Window(start=start, end=start + timedelta(hours=1))
+    job = build_manifest(window, [policy], ["app-a"], group_size=1, code_version="t", run=0)
+    path = tmp_path / "manifest.json"
+    path.write_text(job.model_dump_json())
+    done = evalstream(
+        tmp_path, GOOD, "coldpath", "run-shard", "--manifest", str(path), "--group-index", "0"
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: manifest {job.id} policies[0].metrics[0].thresholds: policy 'speed', metric "
+        "'latency' has no value 'p959' to judge (its values: p95, mean)"
+    ]
 
 
 def test_trigger_evaluates_a_window_once_and_evaluations_shows_it(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from coldpath.policies.base import Accumulator, Metric, MetricOutcome
+from coldpath.policies.base import Accumulator, Metric, MetricOutcome, ValueNames
 from schemas import AppConfig, Breach, TelemetryDocument
 from schemas.document import DerivedSizes, IngestInfo
 
@@ -83,6 +83,9 @@ class LatencyMetric:
         if set(params) - {"scale"}:
             raise ValueError(f"unknown parameters {sorted(set(params) - {'scale'})}")
 
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        return ValueNames(("p95", "mean"))
+
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         return _Latency()
 
@@ -111,6 +114,9 @@ class ErrorsMetric:
 
     def validate_params(self, params: Mapping[str, Any]) -> None:
         pass
+
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        return ValueNames(("rate",))
 
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         return _Errors()
@@ -146,6 +152,9 @@ class MeanShiftMetric:
 
     def validate_params(self, params: Mapping[str, Any]) -> None:
         pass
+
+    def value_names(self, params: Mapping[str, Any]) -> ValueNames:
+        return ValueNames(("shift",))
 
     def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
         return _Shift()

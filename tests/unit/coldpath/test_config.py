@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from pydantic import ValidationError
 
@@ -12,6 +14,7 @@ from coldpath.config import (
     setting_path,
 )
 from coldpath.exceptions import PolicyConfigError
+from coldpath.policies.catalogue import CATALOGUE as BUILT_IN_CATALOGUE
 from schemas import EvaluationPolicy, Thresholds
 from tests.unit.coldpath.fakes import CATALOGUE
 
@@ -148,3 +151,126 @@ def test_shipped_policies_are_valid_and_catalogue_reference_loads() -> None:
     with pytest.raises(PolicyConfigError, match=r"^coldpath\.catalogue"):
         load_catalogue("no.such.module:CATALOGUE")
     assert ColdpathSettings(workers=3).worker_count == 3
+
+
+def builtin_check(metric: Mapping[str, object], **policy: object) -> None:
+    """``metric`` in a policy named ``q``, checked against the shipped catalogue."""
+    check_policies(policies({"name": "q", "metrics": [metric], **policy}), BUILT_IN_CATALOGUE)
+
+
+def test_shipped_policies_judge_only_values_their_metrics_report() -> None:
+    check_policies((QUALITY_POLICY, DEMO_POLICY), BUILT_IN_CATALOGUE)
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "known"),
+    [
+        ({"metric": "latency"}, "p959", "count, missing, mean, p50, p90, p95, p99, slo_attainment"),
+        (
+            {"metric": "errors", "params": {"types": ["timeout"]}},
+            "rate.timout",
+            "count, errors, rate, errors.timeout, rate.timeout; errors.<type> and rate.<type> "
+            "need the type in params.types",
+        ),
+        (
+            {"metric": "errors"},
+            "rate.timeout",
+            "count, errors, rate; errors.<type> and rate.<type> need the type in params.types",
+        ),
+        ({"metric": "usage"}, "tokens", "requests, with_tokens, without_tokens"),
+        ({"metric": "scores"}, "toxicity.maen", "<score>.count, <score>.mean, <score>.p10"),
+        (
+            {"metric": "scores", "params": {"names": ["toxicity"]}},
+            "toxicty.mean",
+            "toxicity.count, toxicity.mean, toxicity.p10, toxicity.p50, toxicity.below; scores "
+            "outside params.names are not summarised",
+        ),
+        ({"metric": "drift"}, "psi.latncy_ms", "psi.latency_ms, ks.latency_ms"),
+        ({"metric": "drift", "params": {"numeric": ["latency_ms"]}}, "psi.score.toxicity", ""),
+        ({"metric": "text.f1"}, "f1", "mean, count, skipped, failed"),
+        ({"metric": "text.rouge"}, "rouge", "mean, precision_mean, recall_mean, count"),
+        ({"metric": "text.relevance"}, "score", "mean, evaluated, failed, capped"),
+    ],
+)
+def test_a_threshold_on_a_value_the_metric_never_reports_is_refused(
+    metric: dict[str, object], value: str, known: str
+) -> None:
+    thresholds = {value: {"warning": {"max": 1.0}}}
+    with pytest.raises(PolicyConfigError) as caught:
+        builtin_check({**metric, "thresholds": thresholds})
+    message = str(caught.value)
+    assert message.startswith(
+        f"coldpath.policies[0].metrics[0].thresholds: policy 'q', metric {metric['metric']!r} "
+        f"has no value {value!r} to judge (its values: "
+    ), message
+    assert known in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("metric", "value"),
+    [
+        ({"metric": "latency"}, "p99"),
+        ({"metric": "errors", "params": {"types": ["timeout"]}}, "rate.timeout"),
+        ({"metric": "errors", "params": {"types": ["timeout"]}}, "errors.timeout"),
+        ({"metric": "scores"}, "any.score.below"),
+        ({"metric": "scores", "params": {"names": ["toxicity"]}}, "toxicity.p10"),
+        ({"metric": "drift"}, "ks.score.toxicity"),
+        ({"metric": "drift", "params": {"metadata": ["locale"]}}, "js.metadata.locale"),
+        ({"metric": "drift", "params": {"categorical": ["error_type"]}}, "js.error_type"),
+        ({"metric": "usage"}, "cost_per_request"),
+        ({"metric": "text.rouge"}, "recall_mean"),
+        ({"metric": "text.groundedness"}, "mean"),
+    ],
+)
+def test_a_threshold_on_a_value_the_metric_can_report_is_accepted(
+    metric: dict[str, object], value: str
+) -> None:
+    builtin_check({**metric, "thresholds": {value: {"warning": {"max": 1.0}}}})
+
+
+def test_a_misspelt_value_in_an_app_override_names_the_override() -> None:
+    override = {"thresholds": {"p955": {"warning": {"max": 1.0}}}}
+    with pytest.raises(PolicyConfigError) as caught:
+        builtin_check({"metric": "latency"}, overrides={"app-1": {"latency": override}})
+    assert str(caught.value).startswith(
+        "coldpath.policies[0].overrides.app-1.latency.thresholds: policy 'q', metric 'latency' "
+        "has no value 'p955' to judge"
+    )
+
+
+def test_override_params_that_leave_a_policy_threshold_nothing_to_judge_are_refused() -> None:
+    # The policy judges rate.timeout; app-1's types no longer list timeout, so for app-1 that
+    # threshold could never be judged.
+    metric = {
+        "metric": "errors",
+        "params": {"types": ["timeout"]},
+        "thresholds": {"rate.timeout": {"warning": {"max": 0.1}}},
+    }
+    builtin_check(metric)
+    override = {"params": {"types": ["rate_limited"]}}
+    with pytest.raises(PolicyConfigError) as caught:
+        builtin_check(metric, overrides={"app-1": {"errors": override}})
+    assert str(caught.value).startswith(
+        "coldpath.policies[0].overrides.app-1.errors.params (for the thresholds of "
+        "coldpath.policies[0].metrics[0]): policy 'q', metric 'errors' has no value "
+        "'rate.timeout' to judge"
+    )
+
+
+def test_a_manifest_s_policies_are_named_by_where_they_come_from() -> None:
+    configured = policies(
+        {
+            "name": "q",
+            "metrics": [
+                {
+                    "metric": "latency",
+                    "thresholds": {
+                        "mean": {"warning": {"max": 1.0}},
+                        "p959": {"warning": {"max": 1.0}},
+                    },
+                }
+            ],
+        }
+    )
+    with pytest.raises(PolicyConfigError, match=r"^manifest m1 policies\[0\]\.metrics\[0\]"):
+        check_policies(configured, CATALOGUE, "manifest m1 policies")

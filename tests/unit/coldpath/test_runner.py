@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from coldpath.exceptions import PolicyConfigError
 from coldpath.policies.catalogue import CATALOGUE as BUILT_IN_CATALOGUE
 from coldpath.runner import ShardRunner
 from coldpath.shards import build_manifest
-from schemas import AppDirectory, Breach, EvaluationPolicy, JobManifest, Severity, Window
+from schemas import (
+    AppDirectory,
+    Breach,
+    EvaluationPolicy,
+    EvaluationResult,
+    JobManifest,
+    Severity,
+    TelemetryDocument,
+    Window,
+)
 from schemas.breach import breach_id_for
 from store.sqlite import SqliteStore
 from store.sqlite_evaluations import SqliteEvaluationStore
@@ -224,3 +234,106 @@ async def test_values_beyond_a_double_are_stored_and_judged_as_the_largest_doubl
     (breach,) = bus.published.values()
     assert breach.observed == largest
     assert Breach.model_validate_json(breach.model_dump_json()) == breach
+
+
+async def evaluate_builtin(
+    tmp_path: Path, metric: Mapping[str, object], documents: list[TelemetryDocument]
+) -> tuple[EvaluationResult, RecordingPublisher]:
+    """``metric`` of a one-metric policy over ``documents`` of app "a", with the shipped
+    catalogue: the one result and what was published."""
+    path = tmp_path / "store.db"
+    bus = RecordingPublisher()
+    policy = EvaluationPolicy.model_validate(
+        {"name": "edge", "window": "PT1H", "min_sample_size": 5, "metrics": [metric]}
+    )
+    job = build_manifest(WINDOW, [policy], ["a"], group_size=1, code_version="t", run=0)
+    async with SqliteStore(path) as telemetry, SqliteEvaluationStore(path) as evaluations:
+        await telemetry.write(documents, [])
+        shard_runner = ShardRunner(
+            telemetry=telemetry,
+            evaluations=evaluations,
+            publisher=bus,
+            catalogue=BUILT_IN_CATALOGUE,
+            apps=AppDirectory(),
+        )
+        await run_all(shard_runner, job)
+        (result,) = await evaluations.results()
+    return result, bus
+
+
+def scored(n: int, scores: dict[str, float], *, error: bool = False) -> TelemetryDocument:
+    document = doc("a", START + timedelta(minutes=n), number=n, error=error)
+    return document.model_copy(update={"scores": scores})
+
+
+async def test_a_rate_of_an_error_type_that_did_not_occur_is_judged_as_zero(
+    tmp_path: Path,
+) -> None:
+    metric = {
+        "metric": "errors",
+        "params": {"types": ["timeout"]},
+        "thresholds": {"rate.timeout": {"warning": {"max": 0.1}}},
+    }
+    result, bus = await evaluate_builtin(tmp_path, metric, [scored(n, {}) for n in range(10)])
+    assert result.values["rate.timeout"] == 0.0
+    assert (result.status, result.reason) == ("ok", "")
+    assert not bus.published
+
+
+async def test_a_thresholded_value_the_window_left_undefined_is_insufficient_data(
+    tmp_path: Path,
+) -> None:
+    # No document carried a toxicity score: its mean is not 0 and the bound did not hold;
+    # it could not be judged, and the status says so instead of "ok".
+    metric = {"metric": "scores", "thresholds": {"toxicity.mean": {"warning": {"max": 0.5}}}}
+    documents = [scored(n, {"relevance": 0.9}) for n in range(10)]
+    result, bus = await evaluate_builtin(tmp_path, metric, documents)
+    assert result.status == "insufficient_data"
+    assert result.reason == "not judged, no value in this window: threshold on toxicity.mean"
+    assert not bus.published
+
+
+async def test_a_breach_is_still_reported_beside_an_unjudged_threshold(tmp_path: Path) -> None:
+    metric = {
+        "metric": "scores",
+        "params": {"names": ["relevance", "toxicity"]},
+        "thresholds": {
+            "relevance.mean": {"warning": {"min": 0.95}},
+            "toxicity.mean": {"warning": {"max": 0.5}},
+        },
+    }
+    documents = [scored(n, {"relevance": 0.9}) for n in range(10)]
+    result, bus = await evaluate_builtin(tmp_path, metric, documents)
+    (breach,) = bus.published.values()
+    assert breach.detector == "relevance.mean" and breach.severity is Severity.WARNING
+    assert result.status == "warning"
+    assert result.reason == (
+        f"{breach.message}; not judged, no value in this window: threshold on toxicity.mean"
+    )
+
+
+async def test_a_manifest_judging_a_value_no_metric_reports_is_refused_before_any_result(
+    stores: tuple[SqliteStore, SqliteEvaluationStore],
+) -> None:
+    # A manifest file (run-shard --manifest file.json) or one staged under other settings
+    # brings its own policies: they are checked like the settings' own.
+    typo = POLICY.model_copy(
+        update={
+            "metrics": (
+                POLICY.metrics[0].model_copy(
+                    update={"thresholds": {"p959": POLICY.metrics[0].thresholds["p95"]}}
+                ),
+                *POLICY.metrics[1:],
+            )
+        }
+    )
+    job = build_manifest(WINDOW, [typo], ["a"], group_size=1, code_version="t", run=0)
+    bus = RecordingPublisher()
+    with pytest.raises(PolicyConfigError) as caught:
+        await runner(stores, bus).run_shard(job, 0)
+    assert str(caught.value).startswith(
+        f"manifest {job.id} policies[0].metrics[0].thresholds: policy 'quality', metric "
+        "'latency' has no value 'p959' to judge (its values: p95, mean)"
+    )
+    assert await stores[1].results() == [] and not bus.published
+    assert await stores[1].done_units(job.id) == set()
