@@ -70,9 +70,7 @@ async def test_pages_are_built_one_at_a_time_in_a_child_process(tmp_path: Path) 
         async with httpx.AsyncClient(timeout=120) as client:
             watcher = asyncio.create_task(watch())
             head = await client.head(f"{url}/report")
-            answers = await asyncio.gather(
-                *(client.get(f"{url}/report") for _ in range(REQUESTS))
-            )
+            answers = await asyncio.gather(*(client.get(f"{url}/report") for _ in range(REQUESTS)))
             done.set()
             await watcher
     finally:
