@@ -47,8 +47,12 @@ logger = logging.getLogger(__name__)
 
 # Paths the processor's ops server answers; a worker forwards them there.
 FORWARDED_PATHS = ("/healthz", "/readyz", "/metrics", "/report")
-# How long a forwarded ops request may take (readiness pings the store for up to 5 s).
+# How long a forwarded ops request may take (readiness pings the store for up to 5 s); a report
+# page waits for those before it (evalstream.live_report) and reads a range of the store.
 FORWARD_TIMEOUT_S = 15.0
+REPORT_FORWARD_TIMEOUT_S = 600.0
+# The answer's headers a forwarded answer keeps (not its length or encoding: httpx decoded it).
+KEPT_HEADERS = ("content-type", "retry-after")
 # The exit code of a worker that could not serve for a passing cause: the pool starts it
 # again, however many times in a row that happens.
 EXIT_PASSING = os.EX_TEMPFAIL
@@ -68,26 +72,30 @@ class WorkerSpec:
 
 
 def forwarded_routes(client: httpx.AsyncClient, paths: Sequence[str]) -> list[BaseRoute]:
-    """GET routes answered by whatever ``client``'s server answers for the same path."""
+    """GET (and HEAD) routes answered by whatever ``client``'s server answers for the same path
+    and method, with the headers that tell a client what to do next (Retry-After)."""
 
     async def forward(request: Request) -> Response:
+        path = request.url.path
         try:
             # Every value of a repeated key (/report?app=a&app=b): the query as a mapping kept
-            # only the last.
-            answer = await client.get(request.url.path, params=httpx.QueryParams(request.url.query))
+            # only the last. A HEAD stays a HEAD: as a GET it had the processor build a page.
+            answer = await client.request(
+                request.method,
+                path,
+                params=httpx.QueryParams(request.url.query),
+                timeout=REPORT_FORWARD_TIMEOUT_S if path == "/report" else FORWARD_TIMEOUT_S,
+            )
         except httpx.HTTPError as exc:
             return Response(
                 orjson.dumps({"status": "unavailable", "problems": [f"processor: {exc!r}"]}),
                 status_code=503,
                 media_type="application/json",
             )
-        return Response(
-            answer.content,
-            status_code=answer.status_code,
-            media_type=answer.headers.get("content-type"),
-        )
+        headers = {name: answer.headers[name] for name in KEPT_HEADERS if name in answer.headers}
+        return Response(answer.content, status_code=answer.status_code, headers=headers)
 
-    return [Route(path, forward, methods=["GET"]) for path in paths]
+    return [Route(path, forward, methods=["GET", "HEAD"]) for path in paths]
 
 
 async def serve(spec: WorkerSpec, channel: Channel) -> None:

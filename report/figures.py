@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from report import histogram
 from report.data import Incident
 from report.series import QUANTILES, AppSeries
 from schemas import EvaluationResult, Thresholds
@@ -136,17 +137,36 @@ def _flat(x: Sequence[str], y: float, name: str, colour: str, axis: str = "y") -
     }
 
 
+BEYOND_TEXT = f"beyond {histogram.HIGH_MS:,.0f} ms"
+
+
+def _percentile_trace(x: list[str], values: npt.NDArray[np.float64], name: str) -> Trace:
+    """A percentile over time; one beyond the histogram's range (infinite) is drawn at its top
+    edge as an upward triangle that says so when hovered, not left out: it is the worst point."""
+    beyond = np.isposinf(values)
+    trace: Trace = {
+        "type": "scatter",
+        "x": x,
+        "y": _y(np.where(beyond, histogram.HIGH_MS, values)),
+        "mode": "lines+markers",
+        "marker": {"size": 4},
+        "name": name,
+    }
+    if beyond.any():
+        trace["marker"] = {
+            "size": [9 if b else 4 for b in beyond],
+            "symbol": ["triangle-up" if b else "circle" for b in beyond],
+        }
+        # Hovered, such a point shows its drawn value with what it stands for.
+        trace["hovertext"] = [BEYOND_TEXT if b else "" for b in beyond]
+        trace["hoverinfo"] = "x+y+text+name"
+    return trace
+
+
 def latency(series: AppSeries, window: Window) -> Figure:
     x = _x(series.starts)
     traces: list[Trace] = [
-        {
-            "type": "scatter",
-            "x": x,
-            "y": _y(series.latency_percentiles[:, column]),
-            "mode": "lines+markers",
-            "marker": {"size": 4},
-            "name": f"p{round(q * 100)}",
-        }
+        _percentile_trace(x, series.latency_percentiles[:, column], f"p{round(q * 100)}")
         for column, q in enumerate(QUANTILES)
     ]
     traces.append(_flat(_x(window), series.slo.latency_threshold_ms, "SLO threshold", "#c62828"))

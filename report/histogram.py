@@ -2,7 +2,10 @@
 
 Bins are 1/40 of a decade wide from 0.1 ms to 10⁷ ms (about 2.8 hours); a value is reported
 as its bin's geometric middle, so a percentile is off by at most half a bin (≈ 2.9 %). Values
-below the first edge land in bin 0, above the last in the last bin.
+below the first edge land in bin 0. Values from the last edge up (a request stuck for hours)
+land in one more bin, ``OVERFLOW``, whose percentile is infinite: "beyond ``HIGH_MS``" is all
+the histogram knows of them, and a middle of the last bin (9,716,280 ms) would be a made-up
+figure.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ import numpy.typing as npt
 BINS_PER_DECADE = 40
 LOW_MS = 0.1
 DECADES = 8
-BIN_COUNT = BINS_PER_DECADE * DECADES
+HIGH_MS = LOW_MS * 10.0**DECADES
+OVERFLOW = BINS_PER_DECADE * DECADES
+BIN_COUNT = OVERFLOW + 1
 _LOG_LOW = np.log10(LOW_MS)
-# Geometric middle of each bin, what a percentile falling in the bin reads as.
-MIDDLES_MS: npt.NDArray[np.float64] = 10.0 ** (
-    _LOG_LOW + (np.arange(BIN_COUNT, dtype=np.float64) + 0.5) / BINS_PER_DECADE
+# Geometric middle of each bin, what a percentile falling in the bin reads as (the overflow
+# bin's: infinity).
+MIDDLES_MS: npt.NDArray[np.float64] = np.append(
+    10.0 ** (_LOG_LOW + (np.arange(OVERFLOW, dtype=np.float64) + 0.5) / BINS_PER_DECADE), np.inf
 )
 
 
 def bin_of(latencies_ms: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
-    """The bin of each latency (finite, ≥ 0)."""
+    """The bin of each latency (finite, ≥ 0); ``OVERFLOW`` from ``HIGH_MS`` up."""
     with np.errstate(divide="ignore"):
         position = (np.log10(latencies_ms) - _LOG_LOW) * BINS_PER_DECADE
     bins: npt.NDArray[np.intp] = np.clip(np.floor(position), 0, BIN_COUNT - 1).astype(np.intp)
@@ -33,7 +39,8 @@ def percentiles(
     counts: npt.NDArray[np.int64], quantiles: tuple[float, ...]
 ) -> npt.NDArray[np.float64]:
     """Percentiles of each row of ``counts`` (shape ``(rows, BIN_COUNT)``): shape
-    ``(rows, len(quantiles))``, NaN for an empty row. The q-quantile is the value of rank
+    ``(rows, len(quantiles))``, NaN for an empty row, infinity for one beyond ``HIGH_MS``
+    (the overflow bin). The q-quantile is the value of rank
     ``ceil(q · n)`` (1-based), as numpy's ``inverted_cdf`` method defines it."""
     rows = counts.shape[0]
     result = np.full((rows, len(quantiles)), np.nan)

@@ -12,7 +12,7 @@ from datetime import datetime
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from report import figures
+from report import figures, histogram
 from report.data import ReportData
 from report.series import AppSeries
 from schemas import EvaluationResult
@@ -95,12 +95,11 @@ class _Charts:
 def _percentile_cell(value: float, quantile: float, measured: int) -> str:
     """A latency percentile, marked (greyed, its count beside it) when it comes from fewer
     values than it takes to say anything beyond the largest of them: a p99 needs 100."""
+    # Beyond the histogram's range the percentile is known only to be larger than its top.
+    text = "> " + _number(histogram.HIGH_MS, 0) if math.isinf(value) else _number(value, 0)
     if measured >= math.ceil(1 / (1 - quantile) - 1e-9):
-        return _td(_number(value, 0))
-    return (
-        f'<td class="few" title="from {measured:,} latencies">'
-        f"{_e(_number(value, 0))} (n={measured:,})</td>"
-    )
+        return _td(text)
+    return f'<td class="few" title="from {measured:,} latencies">{_e(text)} (n={measured:,})</td>'
 
 
 def _summary(data: ReportData) -> str:

@@ -477,6 +477,54 @@ async def test_percentiles_of_three_requests_are_marked_as_such(tmp_path: Path) 
     assert any("fewer latencies" in note for note in notes), notes
 
 
+async def test_a_percentile_beyond_the_histogram_says_so(tmp_path: Path) -> None:
+    """Two of 100 requests took ~14 hours: their p99 is "> 10,000,000" in the summary and an
+    upward triangle at the chart's top edge that says so, not a made-up 9,716,280 ms."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    events = tmp_path / "stuck.ndjson"
+    events.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "app_id": "stuck",
+                    "timestamp": (start + timedelta(seconds=i)).isoformat(),
+                    "trace_id": f"t{i}",
+                    "status": "ok",
+                    "latency_ms": 5e7 if i >= 98 else 100.0,
+                }
+            )
+            + b"\n"
+            for i in range(100)
+        )
+    )
+    output = tmp_path / "stuck.html"
+    sent_processed_reported(tmp_path / "data", events, output, "1h")
+    found = await drawn_and_evaluated(
+        tmp_path,
+        output,
+        "({cells: [...document.querySelector('table').rows[1].cells].slice(3, 6)"
+        ".map(cell => cell.textContent),"
+        " p99: document.querySelector('[data-chart=latency] .plotly-graph-div').data"
+        ".find(trace => trace.name === 'p99'),"
+        " triangles: document.querySelectorAll('[data-chart=latency] path.point').length,"
+        " text: document.body.textContent})",
+        screenshot="report-beyond-range.png",
+    )
+    p50, p95, p99 = found["cells"]
+    # 100 ms read within half a bin (≈ 2.9 %, shown in whole ms); the p99 only as beyond.
+    assert p50 == p95 and abs(float(p50) / 100 - 1) < 0.035, found["cells"]
+    assert p99 == "> 10,000,000", found["cells"]
+    assert "9,716,280" not in found["text"]
+    trace = found["p99"]
+    beyond = [i for i, text in enumerate(trace["hovertext"]) if text]
+    assert beyond, trace
+    assert all(
+        trace["y"][i] == 1e7 and trace["marker"]["symbol"][i] == "triangle-up" for i in beyond
+    )
+    assert all(trace["hovertext"][i] == "beyond 10,000,000 ms" for i in beyond)
+    assert found["triangles"] > 0
+
+
 async def test_a_year_is_in_buckets_named_in_days(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     event = {

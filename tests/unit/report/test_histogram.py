@@ -22,3 +22,16 @@ def test_an_empty_row_has_no_percentiles_and_extremes_land_in_the_edge_bins() ->
     found = histogram.percentiles(counts, (0.5,))
     assert np.isnan(found[0, 0])
     assert found[1, 0] == histogram.MIDDLES_MS[10]
+
+
+def test_a_percentile_beyond_the_range_is_infinite_not_the_last_bins_middle() -> None:
+    # Two of 100 requests stuck for ~14 hours: the p99 is beyond the histogram's 10⁷ ms, and
+    # nothing within it (the last bin's middle read 9,716,280 ms) says how far.
+    values = np.array([100.0] * 98 + [5e7, 5e7])
+    counts = np.bincount(histogram.bin_of(values), minlength=histogram.BIN_COUNT)[None, :]
+    p95, p99 = histogram.percentiles(counts.astype(np.int64), (0.95, 0.99))[0]
+    assert p95 == histogram.MIDDLES_MS[histogram.bin_of(np.array([100.0]))[0]]
+    assert p99 == np.inf
+    # Up to the top edge a value keeps its bin: the last one below the overflow.
+    edges = histogram.bin_of(np.array([0.999 * histogram.HIGH_MS, histogram.HIGH_MS]))
+    assert list(edges) == [histogram.OVERFLOW - 1, histogram.OVERFLOW]
