@@ -22,6 +22,7 @@ from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent,
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected
 from stream.enrich import Enricher, scrub_user_ids_in_text
+from stream.exceptions import PartitionLost
 from stream.ports import (
     SCRUBBED,
     CloseReason,
@@ -300,7 +301,10 @@ class Pipeline:
                     extra={"partition": context.partition_id, "breaches": len(state.outbox)},
                 )
             else:
-                await self._checkpoint(context, state)
+                try:
+                    await self._checkpoint(context, state)
+                except PartitionLost as exc:
+                    logger.warning("partition closed without a checkpoint: %s", exc)
         self.stats.detach(context.partition_id)
         logger.info(
             "partition closed", extra={"partition": context.partition_id, "reason": reason.value}
@@ -500,7 +504,16 @@ class Pipeline:
         event = state.pending
         if event is None:
             return
+        if not await context.owned():
+            # This batch finished after another processor took the partition over: that owner
+            # may have saved a snapshot and checkpoint already, which ours must not replace.
+            raise PartitionLost(
+                f"partition {context.partition_id} is owned by another processor now: snapshot "
+                f"and checkpoint at sequence {event.sequence} not written"
+            )
         state.covered = max(state.covered, event.sequence)
+        # The store keeps a snapshot covering a later position (an owner's that raced this
+        # one); the checkpoint likewise never moves backwards (PartitionContext.checkpoint).
         await self.store.save_state(
             StateSnapshot(
                 self.consumer_group, context.partition_id, state.covered, _encode_snapshot(state)

@@ -20,7 +20,6 @@ from azure.eventhub import CloseReason as SdkCloseReason
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.exceptions import EventHubError
-from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import ContainerClient
 
 from common.retry import retry
@@ -75,7 +74,7 @@ class EventHubsSource:
         self._handler: BatchHandler | None = None
         self._stop = asyncio.Event()
         self._client: EventHubConsumerClient | None = None
-        self._store: BlobCheckpointStore | None = None
+        self._store: CheckpointStore | None = None
         self._credential: AsyncTokenCredential | None = None
         self._partitions: dict[str, EventHubsPartition] = {}
         self.errors = 0
@@ -166,7 +165,7 @@ class EventHubsSource:
 
     async def _on_event_batch(self, sdk: SdkPartitionContext, events: list[EventData]) -> None:
         partition = self._partitions.get(str(sdk.partition_id))
-        if partition is None or not partition.initialized or partition.abandoned:
+        if partition is None or not partition.initialized or partition.abandoned or partition.lost:
             return
         if events:
             partition.add(partition.received(events))
@@ -188,10 +187,12 @@ class EventHubsSource:
         handler = self._handler
         assert handler is not None
         delivered = await deliver(
-            lambda: partition.attempt(handler.on_batch(partition, batch)),
+            lambda: partition.attempt(
+                handler.on_batch(partition, batch), stopping=self._stop.is_set
+            ),
             partition_id=partition.partition_id,
             first_sequence=batch[0].sequence,
-            closing=lambda: partition.closing,
+            closing=lambda: partition.closing or partition.lost,
             stop=self._stop,
         )
         if not delivered:
@@ -203,6 +204,10 @@ class EventHubsSource:
         if partition is None:
             return
         partition.closing = True
+        if reason is SdkCloseReason.OWNERSHIP_LOST:
+            # The batch in flight may finish after the new owner saved its snapshot and
+            # checkpoint: it must not write its own over them.
+            partition.lost = True
         if not partition.initialized:
             partition.closed = True
             return
@@ -226,13 +231,16 @@ class EventHubsSource:
             },
         )
 
-    def _checkpoint_store(self, credential: AsyncTokenCredential | None) -> BlobCheckpointStore:
+    def _checkpoint_store(self, credential: AsyncTokenCredential | None) -> CheckpointStore:
         settings = self.settings
         if settings.checkpoint_connection_string is not None:
-            return CheckpointStore.from_connection_string(
+            store = CheckpointStore.from_connection_string(
                 settings.checkpoint_connection_string.get_secret_value(),
                 settings.checkpoint_container,
             )
+            # The SDK's classmethod is typed as returning its own class.
+            assert isinstance(store, CheckpointStore)
+            return store
         assert settings.checkpoint_account_url is not None
         return CheckpointStore(
             settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
@@ -269,7 +277,7 @@ class EventHubsSource:
                 raise map_error(exc, "checkpoint container check") from exc
 
     def _consumer_client(
-        self, store: BlobCheckpointStore, credential: AsyncTokenCredential | None
+        self, store: CheckpointStore, credential: AsyncTokenCredential | None
     ) -> EventHubConsumerClient:
         settings = self.settings
         return consumer_client(

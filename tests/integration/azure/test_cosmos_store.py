@@ -480,6 +480,9 @@ class Context:
     async def checkpoint(self, event: ReceivedEvent) -> None:
         self.checkpoints.append(event.sequence)
 
+    async def owned(self) -> bool:
+        return True
+
     async def last_enqueued_sequence(self) -> int | None:
         return None
 

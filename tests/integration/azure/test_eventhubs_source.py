@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from schemas import AppDirectory
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
+from store.ports import StateSnapshot
 from store.sqlite import SqliteStore
 from stream.config import ProcessorSettings
 from stream.decode import Decoder
@@ -43,6 +44,7 @@ from stream.sources.eventhubs_consumer import (
     SOURCE_NAME,
     EventHubsSource,
 )
+from stream.sources.eventhubs_partition import CheckpointStore
 from stream.sources.eventhubs_producer import EventHubsSink
 from stream.sources.subprocess_source import SubprocessSource
 from stream.stats import ProcessorStats
@@ -716,3 +718,145 @@ async def test_stop_finishes_the_batches_in_flight_before_closing(
     for p in PARTITIONS:
         assert recorder.delivered[p], f"the held batch of partition {p} was not processed"
         assert checkpoints[p] == max(recorder.delivered[p])
+
+
+class NewOwner:
+    """Stands in for another processor taking a partition over: claims its ownership blob
+    (with the etag the current owner left), then saves its snapshot and checkpoint."""
+
+    SNAPSHOT = b"the new owner's snapshot"
+
+    def __init__(self, harness: Harness, partition: str) -> None:
+        self.harness = harness
+        self.partition = partition
+
+    def _blob_store(self) -> BlobCheckpointStore:
+        return BlobCheckpointStore.from_connection_string(
+            self.harness.azurite.connection_string, self.harness.container
+        )
+
+    async def take_over(self) -> None:
+        harness = self.harness
+        async with self._blob_store() as store:
+            ownerships = await store.list_ownership(harness.namespace, harness.hub, CONSUMER_GROUP)
+            (current,) = [o for o in ownerships if o["partition_id"] == self.partition]
+            claimed = await store.claim_ownership([{**current, "owner_id": "the-new-owner"}])
+            assert [o["partition_id"] for o in claimed] == [self.partition]
+
+    async def save(self) -> int:
+        """The new owner's snapshot and checkpoint at the partition's last event."""
+        harness = self.harness
+        last = harness.broker.events(harness.hub, self.partition)[-1]
+        await harness.store.save_state(
+            StateSnapshot(CONSUMER_GROUP, self.partition, last.sequence_number, self.SNAPSHOT)
+        )
+        async with self._blob_store() as store:
+            await store.update_checkpoint(
+                {
+                    "fully_qualified_namespace": harness.namespace,
+                    "eventhub_name": harness.hub,
+                    "consumer_group": CONSUMER_GROUP,
+                    "partition_id": self.partition,
+                    "offset": str(last.offset),
+                    "sequence_number": last.sequence_number,
+                }
+            )
+        return int(last.sequence_number)
+
+
+@pytest.mark.parametrize(
+    "noticed",
+    [
+        # The load balancer's next round is far off: only the ownership blob tells.
+        False,
+        # The load balancer saw the new owner and closes the partition (OWNERSHIP_LOST), which
+        # waits for the batch in flight.
+        True,
+    ],
+    ids=["before-the-sdk-notices", "after-the-sdk-closes-the-partition"],
+)
+async def test_a_batch_finishing_after_a_takeover_writes_neither_snapshot_nor_checkpoint(
+    harness: Harness, sink: EventHubsSink, noticed: bool
+) -> None:
+    # The stand-in owner does not renew its claim: it must not expire during the test.
+    harness.settings = harness.settings.model_copy(
+        update={
+            "load_balancing_interval_s": 0.5 if noticed else 30.0,
+            "partition_ownership_expiration_s": 120.0,
+        }
+    )
+    await harness.send(sink, simulated(400, seed=16))
+    recorder = harness.recorder()  # every batch saves a snapshot and checkpoints
+    recorder.hold_after = 0  # every partition's first batch waits at the door
+    source = harness.source(batch_size=20)
+    running = Running(source, recorder)
+    new_owner = NewOwner(harness, "1")
+    try:
+        await wait_for(lambda: recorder.held == len(PARTITIONS), "a batch held on every partition")
+        await new_owner.take_over()
+        covered = await new_owner.save()
+        if noticed:
+            assert source._client is not None
+            (processor,) = source._client._event_processors.values()
+            await wait_for(
+                lambda: processor._tasks["1"].cancelling() > 0,
+                "the load balancer to cancel partition 1",
+            )
+        recorder.hold_after = None
+        recorder.release.set()
+        last = harness.last_sequences()
+        await wait_for(
+            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in ("0", "2", "3")),
+            "the partitions still owned to be processed",
+        )
+        # Partition 1's batch ran into the takeover: given up (or, without the ownership
+        # check, processed and its position written).
+        await wait_for(
+            lambda: (
+                "1" in recorder.delivered
+                or "1" not in source._partitions
+                or source._partitions["1"].abandoned
+            ),
+            "partition 1's held batch to end",
+        )
+    finally:
+        await running.stop()
+    assert await harness.store.load_state(CONSUMER_GROUP, "1") == StateSnapshot(
+        CONSUMER_GROUP, "1", covered, NewOwner.SNAPSHOT
+    )
+    checkpoints = await harness.checkpoints()
+    assert checkpoints["1"] == covered
+    assert "1" not in recorder.delivered
+    for p in ("0", "2", "3"):
+        assert checkpoints[p] == last[p]
+
+
+async def test_a_checkpoint_never_moves_backwards_whatever_the_order_of_writes(
+    harness: Harness,
+) -> None:
+    def checkpoint(sequence: int) -> dict[str, Any]:
+        return {
+            "fully_qualified_namespace": harness.namespace,
+            "eventhub_name": harness.hub,
+            "consumer_group": CONSUMER_GROUP,
+            "partition_id": "2",
+            "offset": str(sequence * 10),
+            "sequence_number": sequence,
+        }
+
+    await harness.source()._ensure_container(None)
+    store = CheckpointStore.from_connection_string(
+        harness.azurite.connection_string, harness.container
+    )
+    async with store:
+        await store.update_checkpoint(checkpoint(50))
+        # A late write of an owner that lost the partition.
+        await store.update_checkpoint(checkpoint(20))
+        assert await harness.checkpoints() == {"2": 50}
+        # Writers racing on the blob (its creation included, on partition 3 below): each
+        # write is conditional on the blob it read, so the latest position stays.
+        await asyncio.gather(*(store.update_checkpoint(checkpoint(s)) for s in range(70, 50, -1)))
+        assert await harness.checkpoints() == {"2": 70}
+        racing = [{**checkpoint(s), "partition_id": "3"} for s in (5, 9, 7, 8, 6)]
+        await asyncio.gather(*(store.update_checkpoint(c) for c in racing))
+        assert await harness.checkpoints() == {"2": 70, "3": 9}
