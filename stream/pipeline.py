@@ -144,7 +144,8 @@ class Pipeline:
         """Never continue silently past lost writes: the store's snapshot covers every event
         up to ``covered`` and is saved before the source checkpoint, so a checkpoint beyond it
         means the store lost writes (e.g. a power cut) and a source that ends before it lost
-        events. Either way processing resumes after ``covered``, and says so."""
+        events. Either way processing resumes after ``covered``, and says so; as it does when
+        there is a snapshot but no checkpoint."""
         try:
             checkpointed = await context.checkpointed_sequence()
             last = await context.last_enqueued_sequence()
@@ -163,6 +164,20 @@ class Pipeline:
                 "source lost events; new events are numbered after them"
             )
         else:
+            if checkpointed is None and covered >= 0:
+                # Lost, or never written (a stop between the first snapshot and its
+                # checkpoint). The snapshot is saved once its events are stored: resume after
+                # it, as Event Hubs does (eventhubs_partition.StartingPositions).
+                await context.resume_after(covered)
+                logger.warning(
+                    "partition %s has no checkpoint but a snapshot covering sequence %d: "
+                    "reading from sequence %d",
+                    context.partition_id,
+                    covered,
+                    covered + 1,
+                    extra={"partition": context.partition_id},
+                )
+                return
             return
         await context.resume_after(covered)
         logger.error(

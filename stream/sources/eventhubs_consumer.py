@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.eventhub import CloseReason as SdkCloseReason
@@ -28,7 +28,12 @@ from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
-from stream.sources.eventhubs_partition import CheckpointStore, EventHubsPartition
+from stream.sources.eventhubs_partition import (
+    CheckpointStore,
+    CoveredSequences,
+    EventHubsPartition,
+    StartingPositions,
+)
 from stream.sources.eventhubs_sdk import default_credential, map_error
 
 if TYPE_CHECKING:
@@ -64,6 +69,7 @@ class EventHubsSource:
         *,
         credential_factory: Callable[[], AsyncTokenCredential] | None = None,
         client_options: dict[str, Any] | None = None,
+        covered: CoveredSequences | None = None,
     ) -> None:
         check_settings(settings, checkpoints=True)
         self.settings = settings
@@ -71,6 +77,9 @@ class EventHubsSource:
         self.credential_factory = credential_factory or default_credential
         # Extra EventHubConsumerClient keyword arguments (retry policy, transport, ...).
         self.client_options = dict(client_options or {})
+        # What each partition's snapshot covers (the processor's store): where a partition
+        # without a checkpoint starts, when it has a snapshot (see StartingPositions).
+        self.covered = covered
         self._handler: BatchHandler | None = None
         self._stop = asyncio.Event()
         self._client: EventHubConsumerClient | None = None
@@ -92,6 +101,9 @@ class EventHubsSource:
         self._credential = credential
         try:
             store = self._checkpoint_store(credential)
+            store.starting_positions = StartingPositions(
+                _STARTING_POSITIONS[self.settings.starting_position], self.covered
+            )
             async with store:
                 await self._ensure_container(credential)
                 client = self._consumer_client(store, credential)
@@ -106,12 +118,14 @@ class EventHubsSource:
                 await credential.close()
 
     async def _receive(self, client: EventHubConsumerClient, stop: asyncio.Event) -> None:
+        assert self._store is not None
         receiving = asyncio.create_task(
             client.receive_batch(
                 self._on_event_batch,
                 max_batch_size=self.processor.batch_size,
                 max_wait_time=self.processor.batch_wait_s,
-                starting_position=_STARTING_POSITIONS[self.settings.starting_position],
+                # The SDK reads a per-partition mapping with get() only (typed as a dict).
+                starting_position=cast(dict[str, Any], self._store.starting_positions),
                 prefetch=self.settings.prefetch,
                 on_error=self._on_error,
                 on_partition_initialize=self._on_partition_initialize,
@@ -315,5 +329,9 @@ def consumer_client(
     )
 
 
-def eventhubs_source(settings: EventHubsSettings, processor: ProcessorSettings) -> EventHubsSource:
-    return EventHubsSource(settings, processor)
+def eventhubs_source(
+    settings: EventHubsSettings,
+    processor: ProcessorSettings,
+    covered: CoveredSequences | None = None,
+) -> EventHubsSource:
+    return EventHubsSource(settings, processor, covered=covered)

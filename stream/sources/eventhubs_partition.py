@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,53 @@ def received_event(
 START_CHECKPOINT = {"offset": "-1", "sequence_number": -1}
 
 
+# What a partition's snapshot covers, by partition id (for the ids asked, those with a snapshot).
+CoveredSequences = Callable[[list[str]], Awaitable[dict[str, int]]]
+
+
+class StartingPositions(Mapping[str, str | int]):
+    """Where the SDK starts a partition that has no checkpoint (it reads this mapping then):
+    after the sequence the partition's snapshot covers when it has one, else ``default``.
+
+    A snapshot is saved before each checkpoint and covers every event up to its sequence, all
+    of them stored. A partition with a snapshot but no checkpoint (its blob deleted, or lost
+    with its container) must resume after it: the configured "latest" would skip every event
+    since, and "earliest" would read again what the store holds already. ``refresh`` looks the
+    snapshots up before the SDK starts the partitions it claimed.
+    """
+
+    def __init__(self, default: str, covered: CoveredSequences | None = None) -> None:
+        self.default = default
+        self.covered = covered
+        self._after: dict[str, int] = {}
+
+    def __getitem__(self, partition: str) -> str | int:
+        # An int is a sequence number to the SDK, and the start is exclusive: the event after.
+        return self._after.get(partition, self.default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._after)
+
+    def __len__(self) -> int:
+        return len(self._after)
+
+    async def refresh(self, without_checkpoint: list[str]) -> None:
+        if self.covered is None or not without_checkpoint:
+            self._after = {}
+            return
+        after = await self.covered(sorted(without_checkpoint))
+        for partition, sequence in sorted(after.items()):
+            logger.warning(
+                "partition %s has no checkpoint but a snapshot covering sequence %d: starting "
+                "after it, not at %s",
+                partition,
+                sequence,
+                self.default,
+                extra={"partition": partition, "covered_sequence": sequence},
+            )
+        self._after = after
+
+
 def _stored_sequence(metadata: dict[str, str] | None) -> int | None:
     """The sequence number a checkpoint blob's metadata holds (None: none, or unreadable)."""
     try:
@@ -99,11 +146,15 @@ class CheckpointStore(BlobCheckpointStore):
     An owner whose batch finished after another processor took the partition over would
     otherwise replace the new owner's checkpoint with an older one.
 
-    It remembers the owner id the load balancer claims with, so a partition can tell whether
-    the ownership blob still names this processor (``owner``).
+    It remembers the owner id the load balancer claims with and the partitions it claimed, so
+    a partition can tell whether the ownership blob still names this processor (``owner``), and
+    the claimed partitions without a checkpoint start where their snapshot ends
+    (``starting_positions``, refreshed whenever checkpoints are listed).
     """
 
     owner_id: str | None = None
+    claimed: frozenset[str] = frozenset()
+    starting_positions: StartingPositions | None = None
 
     async def claim_ownership(
         self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any
@@ -113,7 +164,14 @@ class CheckpointStore(BlobCheckpointStore):
             # A release claims with an empty owner id.
             if ownership.get("owner_id"):
                 self.owner_id = str(ownership["owner_id"])
-        return await super().claim_ownership(ownerships, **kwargs)
+        claimed = list(await super().claim_ownership(ownerships, **kwargs))
+        if self.owner_id is not None:
+            self.claimed = frozenset(
+                str(ownership["partition_id"])
+                for ownership in claimed
+                if ownership.get("owner_id") == self.owner_id
+            )
+        return claimed
 
     async def owner(
         self,
@@ -201,6 +259,9 @@ class CheckpointStore(BlobCheckpointStore):
                     **position,
                 }
             )
+        if self.starting_positions is not None:
+            listed = {str(checkpoint["partition_id"]) for checkpoint in checkpoints}
+            await self.starting_positions.refresh(sorted(self.claimed - listed))
         return checkpoints
 
 

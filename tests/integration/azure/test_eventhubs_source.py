@@ -11,6 +11,7 @@ import base64
 import functools
 import gc
 import hashlib
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -149,6 +150,18 @@ class Recorder:
         return set(self.pipeline._partitions)
 
 
+async def covered_in(path: Path, partitions: list[str]) -> dict[str, int]:
+    """What the snapshots in the store at ``path`` cover (as the processor's wiring gives the
+    source; a module function, so a child process's source can be given it too)."""
+    covered = {}
+    async with SqliteStore(path) as store:
+        for partition in partitions:
+            snapshot = await store.load_state(CONSUMER_GROUP, partition)
+            if snapshot is not None:
+                covered[partition] = snapshot.covered_sequence
+    return covered
+
+
 class Harness:
     """One hub + checkpoint container + SQLite store; builds sources and runs them."""
 
@@ -188,7 +201,12 @@ class Harness:
         processor = ProcessorSettings(
             consumer_group=CONSUMER_GROUP, batch_size=batch_size, batch_wait_s=0.05
         )
-        return EventHubsSource(self.settings, processor, client_options=client_options)
+        return EventHubsSource(
+            self.settings,
+            processor,
+            client_options=client_options,
+            covered=functools.partial(covered_in, self.store.path),
+        )
 
     def child_source(
         self, batch_size: int = 300, client_options: dict[str, Any] | None = None
@@ -199,7 +217,11 @@ class Harness:
         )
         return SubprocessSource(
             functools.partial(
-                EventHubsSource, self.settings, processor, client_options=client_options
+                EventHubsSource,
+                self.settings,
+                processor,
+                client_options=client_options,
+                covered=functools.partial(covered_in, self.store.path),
             )
         )
 
@@ -829,6 +851,53 @@ async def test_a_batch_finishing_after_a_takeover_writes_neither_snapshot_nor_ch
     assert "1" not in recorder.delivered
     for p in ("0", "2", "3"):
         assert checkpoints[p] == last[p]
+
+
+@pytest.mark.parametrize("receiver", ["same-process", "child-process"])
+async def test_a_partition_whose_checkpoint_blob_is_deleted_resumes_after_its_snapshot(
+    harness: Harness, sink: EventHubsSink, caplog: pytest.LogCaptureFixture, receiver: str
+) -> None:
+    await harness.send(sink, simulated(400, seed=17))
+    first = harness.recorder()
+    running = Running(harness.source(), first)
+    try:
+        await processed_to_the_end(harness, first)
+    finally:
+        await running.stop()
+    before = await harness.checkpoints()
+    snapshot = await harness.store.load_state(CONSUMER_GROUP, "1")
+    assert snapshot is not None and snapshot.covered_sequence == before["1"]
+    # Partition 1's checkpoint blob is lost (deleted by hand, a cleanup, a partial restore)
+    # while events keep coming.
+    blob = f"{harness.namespace}/{harness.hub}/{CONSUMER_GROUP}/checkpoint/1".lower()
+    async with ContainerClient.from_connection_string(
+        harness.azurite.connection_string, harness.container, api_version=CHECKPOINT_API_VERSION
+    ) as container:
+        await container.delete_blob(blob)
+    await harness.send(sink, simulated(400, seed=18))
+
+    # New partitions start at the newest event; this one has a snapshot.
+    harness.settings = harness.settings.model_copy(update={"starting_position": "latest"})
+    second = harness.recorder()
+    caplog.set_level(logging.WARNING, logger="stream.sources.eventhubs_partition")
+    source = harness.source() if receiver == "same-process" else harness.child_source()
+    running = Running(source, second)
+    try:
+        await processed_to_the_end(harness, second)
+    finally:
+        await running.stop()
+    # Not from the latest event: every event after the snapshot, none it covers.
+    assert second.delivered["1"][0] == before["1"] + 1
+    for p in ("0", "2", "3"):
+        assert second.delivered[p][0] == before[p] + 1
+    if receiver == "same-process":  # the child's log lines go to its stderr
+        assert any(
+            "partition 1 has no checkpoint but a snapshot covering sequence "
+            f"{before['1']}: starting after it, not at @latest" in r.getMessage()
+            for r in caplog.records
+        )
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == harness.last_sequences()
 
 
 async def test_a_checkpoint_never_moves_backwards_whatever_the_order_of_writes(

@@ -342,6 +342,20 @@ async def test_restart_skips_detectors_for_covered_events(tmp_path: Path) -> Non
         assert await store.count("telemetry") == 8
 
 
+async def test_a_partition_without_checkpoint_resumes_after_its_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store)
+        context = await started(pipeline)
+        await pipeline.on_batch(context, [received(i) for i in range(5)])
+        # The checkpoint is gone (or the stop came between snapshot and checkpoint).
+        fresh = Context()
+        await make_pipeline(store).on_partition_initialize(fresh)
+        assert getattr(fresh, "resumed_after", None) == 4
+        assert "partition 0 has no checkpoint but a snapshot covering sequence 4" in caplog.text
+
+
 async def test_shutdown_checkpoints_pending_work(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as store:
         pipeline = make_pipeline(store, hot=False)
