@@ -313,6 +313,9 @@ class _Context:
     async def checkpoint(self, event: ReceivedEvent) -> None:
         return None
 
+    async def owned(self) -> bool:
+        return True
+
     async def last_enqueued_sequence(self) -> int | None:
         return None
 

@@ -88,6 +88,9 @@ class _Watched:
     async def checkpoint(self, event: ReceivedEvent) -> None:
         raise SourceError("the supervisor does not checkpoint: the partition's worker does")
 
+    async def owned(self) -> bool:
+        return False  # it writes nothing for the partition (see checkpoint)
+
     async def resume_after(self, sequence: int) -> bool:
         return False
 

@@ -14,8 +14,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
+from azure.core import MatchConditions
 from azure.cosmos.aio import ContainerProxy, CosmosClient
-from azure.cosmos.exceptions import CosmosResourceNotFoundError
+from azure.cosmos.exceptions import (
+    CosmosAccessConditionFailedError,
+    CosmosResourceExistsError,
+    CosmosResourceNotFoundError,
+)
 
 from common.retry import Backoff
 from schemas import QuarantineRecord, TelemetryDocument
@@ -187,7 +192,7 @@ class CosmosStore:
         state = self._container_named(self.state_container)
         await self._call(
             f"save state {snapshot.consumer_group}/{snapshot.partition}",
-            functools.partial(state.upsert_item, state_item(snapshot), no_response=True),
+            functools.partial(_save_unless_behind, state, state_item(snapshot)),
         )
 
     # -- reads ---------------------------------------------------------------------------------
@@ -383,6 +388,32 @@ async def _read_or_none(container: ContainerProxy, item_id: str, pk: str) -> dic
         return await container.read_item(item_id, partition_key=pk)
     except CosmosResourceNotFoundError:
         return None
+
+
+async def _save_unless_behind(state: ContainerProxy, item: dict[str, Any]) -> None:
+    """Write a snapshot item unless the stored one covers a later position (a late batch of an
+    owner that lost the partition must not replace the new owner's snapshot). The write is
+    conditional on the item read (its etag, or its absence): a write that came between is read
+    and compared again."""
+    covered = int(item["covered_sequence"])
+    while True:
+        stored = await _read_or_none(state, item["id"], item["pk"])
+        try:
+            if stored is None:
+                await state.create_item(item, no_response=True)
+            elif int(stored["covered_sequence"]) > covered:
+                return
+            else:
+                await state.replace_item(
+                    item["id"],
+                    item,
+                    etag=stored["_etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                    no_response=True,
+                )
+        except (CosmosAccessConditionFailedError, CosmosResourceExistsError):
+            continue
+        return
 
 
 async def _query_all(

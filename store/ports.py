@@ -54,7 +54,10 @@ class ProcessorStore(Protocol):
 
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None: ...
 
-    async def save_state(self, snapshot: StateSnapshot) -> None: ...
+    async def save_state(self, snapshot: StateSnapshot) -> None:
+        """Store the partition's snapshot, unless the stored one covers a later position
+        (then nothing changes): a snapshot never moves backwards."""
+        ...
 
 
 class TelemetryStore(ProcessorStore, Protocol):

@@ -144,7 +144,10 @@ class SqliteStore:
                 "INSERT INTO state (consumer_group, partition, covered_sequence, blob) "
                 "VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (consumer_group, partition) DO UPDATE SET "
-                "covered_sequence = excluded.covered_sequence, blob = excluded.blob",
+                "covered_sequence = excluded.covered_sequence, blob = excluded.blob "
+                # Never backwards: a late batch of an owner that lost the partition must not
+                # replace the new owner's snapshot with an older one.
+                "WHERE excluded.covered_sequence >= state.covered_sequence",
                 row,
             )
 

@@ -4,7 +4,9 @@ EvalstreamError (common.errors)
 └── StreamError            sources, decoding, processing
     ├── SourceError        an event source cannot be opened or used as configured; retryable
     │   │                  only when the cause says so (e.g. a SQLite file locked for now)
-    │   └── SourceUnavailable  the source's service cannot be reached or is busy (retryable)
+    │   ├── SourceUnavailable  the source's service cannot be reached or is busy (retryable)
+    │   └── PartitionLost  another processor owns the partition now: this one must not write
+    │                      its snapshot or checkpoint (they could move the new owner's back)
     ├── SnapshotError      a detector snapshot cannot be restored (stream.hotpath.errors)
     └── ReplayError        a replay cannot start or resume as asked (one line for the CLI)
         └── ReplayMisconfigured  its options contradict each other or the job (exit 2)
@@ -29,6 +31,10 @@ class SourceMisconfigured(SourceError, Misconfigured):
 
 class SourceUnavailable(SourceError):
     retryable = True
+
+
+class PartitionLost(SourceError):
+    pass
 
 
 class ReplayError(StreamError):

@@ -22,6 +22,7 @@ from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent,
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected
 from stream.enrich import Enricher, scrub_user_ids_in_text
+from stream.exceptions import PartitionLost
 from stream.ports import (
     SCRUBBED,
     CloseReason,
@@ -143,7 +144,8 @@ class Pipeline:
         """Never continue silently past lost writes: the store's snapshot covers every event
         up to ``covered`` and is saved before the source checkpoint, so a checkpoint beyond it
         means the store lost writes (e.g. a power cut) and a source that ends before it lost
-        events. Either way processing resumes after ``covered``, and says so."""
+        events. Either way processing resumes after ``covered``, and says so; as it does when
+        there is a snapshot but no checkpoint."""
         try:
             checkpointed = await context.checkpointed_sequence()
             last = await context.last_enqueued_sequence()
@@ -162,6 +164,20 @@ class Pipeline:
                 "source lost events; new events are numbered after them"
             )
         else:
+            if checkpointed is None and covered >= 0:
+                # Lost, or never written (a stop between the first snapshot and its
+                # checkpoint). The snapshot is saved once its events are stored: resume after
+                # it, as Event Hubs does (eventhubs_partition.StartingPositions).
+                await context.resume_after(covered)
+                logger.warning(
+                    "partition %s has no checkpoint but a snapshot covering sequence %d: "
+                    "reading from sequence %d",
+                    context.partition_id,
+                    covered,
+                    covered + 1,
+                    extra={"partition": context.partition_id},
+                )
+                return
             return
         await context.resume_after(covered)
         logger.error(
@@ -300,7 +316,10 @@ class Pipeline:
                     extra={"partition": context.partition_id, "breaches": len(state.outbox)},
                 )
             else:
-                await self._checkpoint(context, state)
+                try:
+                    await self._checkpoint(context, state)
+                except PartitionLost as exc:
+                    logger.warning("partition closed without a checkpoint: %s", exc)
         self.stats.detach(context.partition_id)
         logger.info(
             "partition closed", extra={"partition": context.partition_id, "reason": reason.value}
@@ -500,7 +519,16 @@ class Pipeline:
         event = state.pending
         if event is None:
             return
+        if not await context.owned():
+            # This batch finished after another processor took the partition over: that owner
+            # may have saved a snapshot and checkpoint already, which ours must not replace.
+            raise PartitionLost(
+                f"partition {context.partition_id} is owned by another processor now: snapshot "
+                f"and checkpoint at sequence {event.sequence} not written"
+            )
         state.covered = max(state.covered, event.sequence)
+        # The store keeps a snapshot covering a later position (an owner's that raced this
+        # one); the checkpoint likewise never moves backwards (PartitionContext.checkpoint).
         await self.store.save_state(
             StateSnapshot(
                 self.consumer_group, context.partition_id, state.covered, _encode_snapshot(state)

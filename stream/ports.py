@@ -98,7 +98,15 @@ class PartitionContext(Protocol):
         ...
 
     async def checkpoint(self, event: ReceivedEvent) -> None:
-        """Record that every event up to and including ``event`` is fully processed."""
+        """Record that every event up to and including ``event`` is fully processed. Never
+        moves a stored checkpoint backwards; raises PartitionLost once another processor owns
+        the partition."""
+        ...
+
+    async def owned(self) -> bool:
+        """Whether this processor still owns the partition. Asked before the snapshot is
+        saved: an owner that lost the partition (its batch finished late) must write neither
+        snapshot nor checkpoint over the new owner's."""
         ...
 
     async def last_enqueued_sequence(self) -> int | None:

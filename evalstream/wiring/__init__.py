@@ -160,18 +160,34 @@ async def covered_positions(settings: Settings) -> dict[int, int]:
     return covered
 
 
+async def covered_sequences(settings: Settings, partitions: list[str]) -> dict[str, int]:
+    """Of these partitions, the last sequence the store's snapshot covers (the processor's
+    consumer group), for those that have one: where Event Hubs partitions without a
+    checkpoint resume. Opens the store itself, so the source can run in a child process."""
+    covered = {}
+    async with store(settings) as store_:
+        for partition in partitions:
+            snapshot = await store_.load_state(settings.processor.consumer_group, partition)
+            if snapshot is not None:
+                covered[partition] = snapshot.covered_sequence
+    return covered
+
+
 def source(settings: Settings) -> EventSource:
     if settings.backend == "azure":
         from stream.sources.eventhubs_consumer import eventhubs_source
 
+        covered = functools.partial(covered_sequences, settings)
         if not settings.azure.eventhubs.receive_in_child_process:
-            return eventhubs_source(settings.azure.eventhubs, settings.processor)
+            return eventhubs_source(settings.azure.eventhubs, settings.processor, covered)
         from stream.sources.subprocess_source import SubprocessSource
 
         # The child logs like this process (its stderr is ours).
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         return SubprocessSource(
-            functools.partial(eventhubs_source, settings.azure.eventhubs, settings.processor),
+            functools.partial(
+                eventhubs_source, settings.azure.eventhubs, settings.processor, covered
+            ),
             setup=functools.partial(logs.configure, level, logs.chosen_format()),
         )
     usable_data_dir(settings.embedded.data_dir)

@@ -163,6 +163,10 @@ class JobContext:
         await self._store.checkpoint(self.plan.partition, event.sequence)
         self.position = max(self.position, event.sequence)
 
+    async def owned(self) -> bool:
+        # A replay job's partitions are its own (one runner per job).
+        return True
+
     async def last_enqueued_sequence(self) -> int | None:
         return self.plan.last
 

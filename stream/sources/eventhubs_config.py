@@ -31,7 +31,8 @@ class EventHubsSettings(BaseModel):
     checkpoint_connection_string: SecretStr | None = None
     checkpoint_account_url: str | None = None
     checkpoint_container: str = "evalstream-checkpoints"
-    # Where a partition without a checkpoint starts: the oldest retained event or new ones only.
+    # Where a partition without a checkpoint starts: the oldest retained event or new ones only
+    # (one whose snapshot is in the store resumes after the event the snapshot covers).
     starting_position: Literal["earliest", "latest"] = "earliest"
     load_balancing_interval_s: PositiveFloat = 10.0
     partition_ownership_expiration_s: PositiveFloat = 60.0

@@ -13,14 +13,13 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.eventhub import CloseReason as SdkCloseReason
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.exceptions import EventHubError
-from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import ContainerClient
 
 from common.retry import retry
@@ -29,7 +28,12 @@ from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
 from stream.exceptions import SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
-from stream.sources.eventhubs_partition import CheckpointStore, EventHubsPartition
+from stream.sources.eventhubs_partition import (
+    CheckpointStore,
+    CoveredSequences,
+    EventHubsPartition,
+    StartingPositions,
+)
 from stream.sources.eventhubs_sdk import default_credential, map_error
 
 if TYPE_CHECKING:
@@ -65,6 +69,7 @@ class EventHubsSource:
         *,
         credential_factory: Callable[[], AsyncTokenCredential] | None = None,
         client_options: dict[str, Any] | None = None,
+        covered: CoveredSequences | None = None,
     ) -> None:
         check_settings(settings, checkpoints=True)
         self.settings = settings
@@ -72,10 +77,13 @@ class EventHubsSource:
         self.credential_factory = credential_factory or default_credential
         # Extra EventHubConsumerClient keyword arguments (retry policy, transport, ...).
         self.client_options = dict(client_options or {})
+        # What each partition's snapshot covers (the processor's store): where a partition
+        # without a checkpoint starts, when it has a snapshot (see StartingPositions).
+        self.covered = covered
         self._handler: BatchHandler | None = None
         self._stop = asyncio.Event()
         self._client: EventHubConsumerClient | None = None
-        self._store: BlobCheckpointStore | None = None
+        self._store: CheckpointStore | None = None
         self._credential: AsyncTokenCredential | None = None
         self._partitions: dict[str, EventHubsPartition] = {}
         self.errors = 0
@@ -93,6 +101,9 @@ class EventHubsSource:
         self._credential = credential
         try:
             store = self._checkpoint_store(credential)
+            store.starting_positions = StartingPositions(
+                _STARTING_POSITIONS[self.settings.starting_position], self.covered
+            )
             async with store:
                 await self._ensure_container(credential)
                 client = self._consumer_client(store, credential)
@@ -107,12 +118,14 @@ class EventHubsSource:
                 await credential.close()
 
     async def _receive(self, client: EventHubConsumerClient, stop: asyncio.Event) -> None:
+        assert self._store is not None
         receiving = asyncio.create_task(
             client.receive_batch(
                 self._on_event_batch,
                 max_batch_size=self.processor.batch_size,
                 max_wait_time=self.processor.batch_wait_s,
-                starting_position=_STARTING_POSITIONS[self.settings.starting_position],
+                # The SDK reads a per-partition mapping with get() only (typed as a dict).
+                starting_position=cast(dict[str, Any], self._store.starting_positions),
                 prefetch=self.settings.prefetch,
                 on_error=self._on_error,
                 on_partition_initialize=self._on_partition_initialize,
@@ -166,7 +179,7 @@ class EventHubsSource:
 
     async def _on_event_batch(self, sdk: SdkPartitionContext, events: list[EventData]) -> None:
         partition = self._partitions.get(str(sdk.partition_id))
-        if partition is None or not partition.initialized or partition.abandoned:
+        if partition is None or not partition.initialized or partition.abandoned or partition.lost:
             return
         if events:
             partition.add(partition.received(events))
@@ -188,10 +201,12 @@ class EventHubsSource:
         handler = self._handler
         assert handler is not None
         delivered = await deliver(
-            lambda: partition.attempt(handler.on_batch(partition, batch)),
+            lambda: partition.attempt(
+                handler.on_batch(partition, batch), stopping=self._stop.is_set
+            ),
             partition_id=partition.partition_id,
             first_sequence=batch[0].sequence,
-            closing=lambda: partition.closing,
+            closing=lambda: partition.closing or partition.lost,
             stop=self._stop,
         )
         if not delivered:
@@ -203,6 +218,10 @@ class EventHubsSource:
         if partition is None:
             return
         partition.closing = True
+        if reason is SdkCloseReason.OWNERSHIP_LOST:
+            # The batch in flight may finish after the new owner saved its snapshot and
+            # checkpoint: it must not write its own over them.
+            partition.lost = True
         if not partition.initialized:
             partition.closed = True
             return
@@ -226,13 +245,16 @@ class EventHubsSource:
             },
         )
 
-    def _checkpoint_store(self, credential: AsyncTokenCredential | None) -> BlobCheckpointStore:
+    def _checkpoint_store(self, credential: AsyncTokenCredential | None) -> CheckpointStore:
         settings = self.settings
         if settings.checkpoint_connection_string is not None:
-            return CheckpointStore.from_connection_string(
+            store = CheckpointStore.from_connection_string(
                 settings.checkpoint_connection_string.get_secret_value(),
                 settings.checkpoint_container,
             )
+            # The SDK's classmethod is typed as returning its own class.
+            assert isinstance(store, CheckpointStore)
+            return store
         assert settings.checkpoint_account_url is not None
         return CheckpointStore(
             settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
@@ -269,7 +291,7 @@ class EventHubsSource:
                 raise map_error(exc, "checkpoint container check") from exc
 
     def _consumer_client(
-        self, store: BlobCheckpointStore, credential: AsyncTokenCredential | None
+        self, store: CheckpointStore, credential: AsyncTokenCredential | None
     ) -> EventHubConsumerClient:
         settings = self.settings
         return consumer_client(
@@ -307,5 +329,9 @@ def consumer_client(
     )
 
 
-def eventhubs_source(settings: EventHubsSettings, processor: ProcessorSettings) -> EventHubsSource:
-    return EventHubsSource(settings, processor)
+def eventhubs_source(
+    settings: EventHubsSettings,
+    processor: ProcessorSettings,
+    covered: CoveredSequences | None = None,
+) -> EventHubsSource:
+    return EventHubsSource(settings, processor, covered=covered)

@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.amqp import AmqpMessageBodyType
@@ -19,7 +24,7 @@ from azure.eventhub.exceptions import EventHubError
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
 from common.amqp import body_bytes
-from stream.exceptions import SourceError
+from stream.exceptions import PartitionLost, SourceError
 from stream.ports import ReceivedEvent, received
 from stream.sources.eventhubs_sdk import map_error
 
@@ -70,16 +75,158 @@ def received_event(
 START_CHECKPOINT = {"offset": "-1", "sequence_number": -1}
 
 
-class CheckpointStore(BlobCheckpointStore):
-    """The SDK's Blob checkpoint store, except that a checkpoint blob it cannot read (metadata
-    missing or not numbers: another tool, a partial restore) does not stop every partition.
+# What a partition's snapshot covers, by partition id (for the ids asked, those with a snapshot).
+CoveredSequences = Callable[[list[str]], Awaitable[dict[str, int]]]
 
-    The SDK lists all checkpoints whenever it starts partitions, and one unreadable blob made
-    that listing fail at every load-balancing round: no partition started, for ever. Such a
-    checkpoint reads as the partition's start, logged as an error naming the blob: the events
-    are read again, which stores nothing twice (writes are idempotent, and what the store's
-    snapshot covers is skipped), where starting at the latest event would lose some.
+
+class StartingPositions(Mapping[str, str | int]):
+    """Where the SDK starts a partition that has no checkpoint (it reads this mapping then):
+    after the sequence the partition's snapshot covers when it has one, else ``default``.
+
+    A snapshot is saved before each checkpoint and covers every event up to its sequence, all
+    of them stored. A partition with a snapshot but no checkpoint (its blob deleted, or lost
+    with its container) must resume after it: the configured "latest" would skip every event
+    since, and "earliest" would read again what the store holds already. ``refresh`` looks the
+    snapshots up before the SDK starts the partitions it claimed.
     """
+
+    def __init__(self, default: str, covered: CoveredSequences | None = None) -> None:
+        self.default = default
+        self.covered = covered
+        self._after: dict[str, int] = {}
+
+    def __getitem__(self, partition: str) -> str | int:
+        # An int is a sequence number to the SDK, and the start is exclusive: the event after.
+        return self._after.get(partition, self.default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._after)
+
+    def __len__(self) -> int:
+        return len(self._after)
+
+    async def refresh(self, without_checkpoint: list[str]) -> None:
+        if self.covered is None or not without_checkpoint:
+            self._after = {}
+            return
+        after = await self.covered(sorted(without_checkpoint))
+        for partition, sequence in sorted(after.items()):
+            logger.warning(
+                "partition %s has no checkpoint but a snapshot covering sequence %d: starting "
+                "after it, not at %s",
+                partition,
+                sequence,
+                self.default,
+                extra={"partition": partition, "covered_sequence": sequence},
+            )
+        self._after = after
+
+
+def _stored_sequence(metadata: dict[str, str] | None) -> int | None:
+    """The sequence number a checkpoint blob's metadata holds (None: none, or unreadable)."""
+    try:
+        return int((metadata or {})["sequencenumber"])
+    except (KeyError, ValueError):
+        return None
+
+
+class CheckpointStore(BlobCheckpointStore):
+    """The SDK's Blob checkpoint store, with three changes.
+
+    A checkpoint blob it cannot read (metadata missing or not numbers: another tool, a partial
+    restore) does not stop every partition. The SDK lists all checkpoints whenever it starts
+    partitions, and one unreadable blob made that listing fail at every load-balancing round:
+    no partition started, for ever. Such a checkpoint reads as the partition's start, logged as
+    an error naming the blob: the events are read again, which stores nothing twice (writes are
+    idempotent, and what the store's snapshot covers is skipped), where starting at the latest
+    event would lose some.
+
+    A checkpoint never moves backwards: ``update_checkpoint`` writes on the condition that the
+    blob is still the one it read (its etag, or its absence), and not over a later position.
+    An owner whose batch finished after another processor took the partition over would
+    otherwise replace the new owner's checkpoint with an older one.
+
+    It remembers the owner id the load balancer claims with and the partitions it claimed, so
+    a partition can tell whether the ownership blob still names this processor (``owner``), and
+    the claimed partitions without a checkpoint start where their snapshot ends
+    (``starting_positions``, refreshed whenever checkpoints are listed).
+    """
+
+    owner_id: str | None = None
+    claimed: frozenset[str] = frozenset()
+    starting_positions: StartingPositions | None = None
+
+    async def claim_ownership(
+        self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any
+    ) -> Iterable[dict[str, Any]]:
+        ownerships = list(ownership_list)
+        for ownership in ownerships:
+            # A release claims with an empty owner id.
+            if ownership.get("owner_id"):
+                self.owner_id = str(ownership["owner_id"])
+        claimed = list(await super().claim_ownership(ownerships, **kwargs))
+        if self.owner_id is not None:
+            self.claimed = frozenset(
+                str(ownership["partition_id"])
+                for ownership in claimed
+                if ownership.get("owner_id") == self.owner_id
+            )
+        return claimed
+
+    async def owner(
+        self,
+        fully_qualified_namespace: str,
+        eventhub_name: str,
+        consumer_group: str,
+        partition: str,
+    ) -> str | None:
+        """The owner id the partition's ownership blob names now (None: no such blob)."""
+        name = f"{fully_qualified_namespace}/{eventhub_name}/{consumer_group}/ownership/{partition}"
+        blob = self._container_client.get_blob_client(name.lower())
+        try:
+            properties = await blob.get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return str((properties.metadata or {}).get("ownerid", ""))
+
+    async def update_checkpoint(self, checkpoint: dict[str, Any], **kwargs: Any) -> None:
+        name = "{}/{}/{}/checkpoint/{}".format(
+            checkpoint["fully_qualified_namespace"],
+            checkpoint["eventhub_name"],
+            checkpoint["consumer_group"],
+            checkpoint["partition_id"],
+        )
+        blob = self._container_client.get_blob_client(name.lower())
+        sequence = int(checkpoint["sequence_number"])
+        metadata = {"offset": str(checkpoint["offset"]), "sequencenumber": str(sequence)}
+        while True:
+            try:
+                properties = await blob.get_blob_properties()
+            except ResourceNotFoundError as exc:
+                if getattr(exc, "error_code", None) == "ContainerNotFound":
+                    raise
+                try:
+                    # Without overwrite, the upload fails if the blob exists by now.
+                    await blob.upload_blob(b"", metadata=metadata)
+                except ResourceExistsError:
+                    continue
+                return
+            stored = _stored_sequence(properties.metadata)
+            if stored is not None and stored > sequence:
+                logger.warning(
+                    "checkpoint not moved back: the stored one is at a later position",
+                    extra={
+                        "partition": checkpoint["partition_id"],
+                        "sequence": sequence,
+                        "stored_sequence": stored,
+                    },
+                )
+                return
+            try:
+                await blob.set_blob_metadata(metadata, if_match=properties.etag)
+            except ResourceModifiedError:
+                continue
+            return
 
     async def list_checkpoints(
         self, fully_qualified_namespace: str, eventhub_name: str, consumer_group: str, **kwargs: Any
@@ -112,6 +259,9 @@ class CheckpointStore(BlobCheckpointStore):
                     **position,
                 }
             )
+        if self.starting_positions is not None:
+            listed = {str(checkpoint["partition_id"]) for checkpoint in checkpoints}
+            await self.starting_positions.refresh(sorted(self.claimed - listed))
         return checkpoints
 
 
@@ -122,7 +272,7 @@ class EventHubsPartition:
         self,
         sdk: SdkPartitionContext,
         client: EventHubConsumerClient,
-        store: BlobCheckpointStore,
+        store: CheckpointStore,
         ensure_container: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._sdk = sdk
@@ -137,6 +287,9 @@ class EventHubsPartition:
         # close ran, so nothing may checkpoint through this context any more.
         self.closing = False
         self.closed = False
+        # Another processor owns the partition now (the SDK closed it with OWNERSHIP_LOST, or
+        # the ownership blob names another owner): nothing may be written for it any more.
+        self.lost = False
         self.in_flight: asyncio.Future[None] | None = None
         self.last_sequence = -1
         # Received but not yet delivered: gathered into batches (see EventHubsSource).
@@ -148,16 +301,23 @@ class EventHubsPartition:
     def partition_id(self) -> str:
         return str(self._sdk.partition_id)
 
-    async def attempt(self, work: Awaitable[None]) -> None:
+    async def attempt(
+        self, work: Awaitable[None], *, stopping: Callable[[], bool] | None = None
+    ) -> None:
         """Await one handler call; if cancelled meanwhile, let it finish first, then re-raise.
 
         The SDK cancels a partition's task on close and on ownership loss. A batch cut off
         half-way would leave detector state ahead of the checkpoint the close handler writes.
+        Cancelled while the source is not ``stopping``, the partition is lost (its load
+        balancer saw another owner, or its receive failed and it is released): the batch
+        finishes without writing its snapshot or checkpoint over the next owner's.
         """
         task = self.in_flight = asyncio.ensure_future(work)
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
+            if stopping is not None and not stopping():
+                self.lost = True
             if not task.done():
                 await asyncio.wait([task])
             if not task.cancelled() and task.exception() is not None:
@@ -210,7 +370,36 @@ class EventHubsPartition:
         self.last_sequence = last
         return out
 
+    async def owned(self) -> bool:
+        if self.lost:
+            return False
+        sdk = self._sdk
+        try:
+            owner = await self._store.owner(
+                sdk.fully_qualified_namespace,
+                sdk.eventhub_name,
+                sdk.consumer_group,
+                self.partition_id,
+            )
+        except AzureError as exc:
+            raise map_error(exc, "ownership check") from exc
+        # No ownership blob (its container deleted and not made again yet): nobody else has
+        # claimed the partition, and the checkpoint makes the container again.
+        if owner is None or owner == self._store.owner_id:
+            return True
+        self.lost = True
+        logger.warning(
+            "partition taken over by another processor",
+            extra={"partition": self.partition_id, "owner": owner},
+        )
+        return False
+
     async def checkpoint(self, event: ReceivedEvent) -> None:
+        if self.lost:
+            raise PartitionLost(
+                f"partition {self.partition_id} is owned by another processor now: checkpoint "
+                f"at sequence {event.sequence} not written"
+            )
         if self.closed:
             # A batch the SDK left running after closing the partition (it waits for a
             # failed receive's batch one second only): its owner may have moved on.

@@ -468,6 +468,10 @@ class _LocalPartitionContext:
             self._consumer_group, self._partition, event.sequence
         )
 
+    async def owned(self) -> bool:
+        # One processor per log (ProcessorLock): its partitions are never taken over.
+        return True
+
     async def last_enqueued_sequence(self) -> int | None:
         return await self._log.last_sequence_async(self._partition)
 

@@ -85,6 +85,15 @@ class _RemotePartition:
         )
         await self._channel.call("checkpoint", self._partition_id, position)
 
+    async def owned(self) -> bool:
+        if self.closed:
+            return False
+        value: bool = await self._channel.call("owned", self._partition_id)
+        if not value:
+            # As when the child closes it on ownership loss: no retries, queued batches dropped.
+            self.closing = True
+        return value
+
     async def last_enqueued_sequence(self) -> int | None:
         try:
             value: int | None = await self._channel.call(

@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 # How long a child whose parent is gone may take to cancel its source before it exits anyway.
 ORPHAN_EXIT_S = 5.0
 # The PartitionContext methods the parent may call on the child's contexts.
-_CONTEXT_CALLS = frozenset({"checkpoint", "last_enqueued_sequence", "checkpointed_sequence"})
+_CONTEXT_CALLS = frozenset(
+    {"checkpoint", "owned", "last_enqueued_sequence", "checkpointed_sequence"}
+)
 
 
 class _Forwarder:

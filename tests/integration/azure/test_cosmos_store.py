@@ -6,6 +6,7 @@ are the processor's own. Each test gets its own database: counts see only its ow
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -259,6 +260,26 @@ async def test_state_round_trip(store: CosmosStore) -> None:
     assert await store.load_state("$Default", "4") is None
 
 
+async def test_a_snapshot_never_replaces_one_covering_a_later_position(
+    store: CosmosStore,
+) -> None:
+    # The late batch of an owner that lost the partition saves after the new owner did.
+    newer = StateSnapshot("$Default", "5", 120, b"new owner")
+    await store.save_state(newer)
+    await store.save_state(StateSnapshot("$Default", "5", 80, b"old owner"))
+    assert await store.load_state("$Default", "5") == newer
+    again = StateSnapshot("$Default", "5", 120, b"same position again")
+    await store.save_state(again)
+    assert await store.load_state("$Default", "5") == again
+    # Writers racing on one item: each write is conditional on what it read, so the one
+    # covering the latest position is what stays, whatever their order.
+    racing = [
+        StateSnapshot("$Default", "5", sequence, b"%d" % sequence) for sequence in range(121, 133)
+    ]
+    await asyncio.gather(*(store.save_state(snapshot) for snapshot in reversed(racing)))
+    assert await store.load_state("$Default", "5") == racing[-1]
+
+
 async def test_window_pages_in_time_order_across_days(store: CosmosStore, tmp_path: Path) -> None:
     batch = simulated_batch(300, apps=3)
     days = {d.pk.rsplit(":", 1)[1] for d in batch.documents}
@@ -458,6 +479,9 @@ class Context:
 
     async def checkpoint(self, event: ReceivedEvent) -> None:
         self.checkpoints.append(event.sequence)
+
+    async def owned(self) -> bool:
+        return True
 
     async def last_enqueued_sequence(self) -> int | None:
         return None

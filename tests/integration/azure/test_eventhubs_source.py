@@ -11,6 +11,7 @@ import base64
 import functools
 import gc
 import hashlib
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from pydantic import SecretStr
 
 from schemas import AppDirectory
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
+from store.ports import StateSnapshot
 from store.sqlite import SqliteStore
 from stream.config import ProcessorSettings
 from stream.decode import Decoder
@@ -43,6 +45,7 @@ from stream.sources.eventhubs_consumer import (
     SOURCE_NAME,
     EventHubsSource,
 )
+from stream.sources.eventhubs_partition import CheckpointStore
 from stream.sources.eventhubs_producer import EventHubsSink
 from stream.sources.subprocess_source import SubprocessSource
 from stream.stats import ProcessorStats
@@ -147,6 +150,18 @@ class Recorder:
         return set(self.pipeline._partitions)
 
 
+async def covered_in(path: Path, partitions: list[str]) -> dict[str, int]:
+    """What the snapshots in the store at ``path`` cover (as the processor's wiring gives the
+    source; a module function, so a child process's source can be given it too)."""
+    covered = {}
+    async with SqliteStore(path) as store:
+        for partition in partitions:
+            snapshot = await store.load_state(CONSUMER_GROUP, partition)
+            if snapshot is not None:
+                covered[partition] = snapshot.covered_sequence
+    return covered
+
+
 class Harness:
     """One hub + checkpoint container + SQLite store; builds sources and runs them."""
 
@@ -186,7 +201,12 @@ class Harness:
         processor = ProcessorSettings(
             consumer_group=CONSUMER_GROUP, batch_size=batch_size, batch_wait_s=0.05
         )
-        return EventHubsSource(self.settings, processor, client_options=client_options)
+        return EventHubsSource(
+            self.settings,
+            processor,
+            client_options=client_options,
+            covered=functools.partial(covered_in, self.store.path),
+        )
 
     def child_source(
         self, batch_size: int = 300, client_options: dict[str, Any] | None = None
@@ -197,7 +217,11 @@ class Harness:
         )
         return SubprocessSource(
             functools.partial(
-                EventHubsSource, self.settings, processor, client_options=client_options
+                EventHubsSource,
+                self.settings,
+                processor,
+                client_options=client_options,
+                covered=functools.partial(covered_in, self.store.path),
             )
         )
 
@@ -716,3 +740,192 @@ async def test_stop_finishes_the_batches_in_flight_before_closing(
     for p in PARTITIONS:
         assert recorder.delivered[p], f"the held batch of partition {p} was not processed"
         assert checkpoints[p] == max(recorder.delivered[p])
+
+
+class NewOwner:
+    """Stands in for another processor taking a partition over: claims its ownership blob
+    (with the etag the current owner left), then saves its snapshot and checkpoint."""
+
+    SNAPSHOT = b"the new owner's snapshot"
+
+    def __init__(self, harness: Harness, partition: str) -> None:
+        self.harness = harness
+        self.partition = partition
+
+    def _blob_store(self) -> BlobCheckpointStore:
+        return BlobCheckpointStore.from_connection_string(
+            self.harness.azurite.connection_string, self.harness.container
+        )
+
+    async def take_over(self) -> None:
+        harness = self.harness
+        async with self._blob_store() as store:
+            ownerships = await store.list_ownership(harness.namespace, harness.hub, CONSUMER_GROUP)
+            (current,) = [o for o in ownerships if o["partition_id"] == self.partition]
+            claimed = await store.claim_ownership([{**current, "owner_id": "the-new-owner"}])
+            assert [o["partition_id"] for o in claimed] == [self.partition]
+
+    async def save(self) -> int:
+        """The new owner's snapshot and checkpoint at the partition's last event."""
+        harness = self.harness
+        last = harness.broker.events(harness.hub, self.partition)[-1]
+        await harness.store.save_state(
+            StateSnapshot(CONSUMER_GROUP, self.partition, last.sequence_number, self.SNAPSHOT)
+        )
+        async with self._blob_store() as store:
+            await store.update_checkpoint(
+                {
+                    "fully_qualified_namespace": harness.namespace,
+                    "eventhub_name": harness.hub,
+                    "consumer_group": CONSUMER_GROUP,
+                    "partition_id": self.partition,
+                    "offset": str(last.offset),
+                    "sequence_number": last.sequence_number,
+                }
+            )
+        return int(last.sequence_number)
+
+
+@pytest.mark.parametrize(
+    "noticed",
+    [
+        # The load balancer's next round is far off: only the ownership blob tells.
+        False,
+        # The load balancer saw the new owner and closes the partition (OWNERSHIP_LOST), which
+        # waits for the batch in flight.
+        True,
+    ],
+    ids=["before-the-sdk-notices", "after-the-sdk-closes-the-partition"],
+)
+async def test_a_batch_finishing_after_a_takeover_writes_neither_snapshot_nor_checkpoint(
+    harness: Harness, sink: EventHubsSink, noticed: bool
+) -> None:
+    # The stand-in owner does not renew its claim: it must not expire during the test.
+    harness.settings = harness.settings.model_copy(
+        update={
+            "load_balancing_interval_s": 0.5 if noticed else 30.0,
+            "partition_ownership_expiration_s": 120.0,
+        }
+    )
+    await harness.send(sink, simulated(400, seed=16))
+    recorder = harness.recorder()  # every batch saves a snapshot and checkpoints
+    recorder.hold_after = 0  # every partition's first batch waits at the door
+    source = harness.source(batch_size=20)
+    running = Running(source, recorder)
+    new_owner = NewOwner(harness, "1")
+    try:
+        await wait_for(lambda: recorder.held == len(PARTITIONS), "a batch held on every partition")
+        await new_owner.take_over()
+        covered = await new_owner.save()
+        if noticed:
+            assert source._client is not None
+            (processor,) = source._client._event_processors.values()
+            await wait_for(
+                lambda: processor._tasks["1"].cancelling() > 0,
+                "the load balancer to cancel partition 1",
+            )
+        recorder.hold_after = None
+        recorder.release.set()
+        last = harness.last_sequences()
+        await wait_for(
+            lambda: all(max(recorder.delivered.get(p, [-1])) >= last[p] for p in ("0", "2", "3")),
+            "the partitions still owned to be processed",
+        )
+        # Partition 1's batch ran into the takeover: given up (or, without the ownership
+        # check, processed and its position written).
+        await wait_for(
+            lambda: (
+                "1" in recorder.delivered
+                or "1" not in source._partitions
+                or source._partitions["1"].abandoned
+            ),
+            "partition 1's held batch to end",
+        )
+    finally:
+        await running.stop()
+    assert await harness.store.load_state(CONSUMER_GROUP, "1") == StateSnapshot(
+        CONSUMER_GROUP, "1", covered, NewOwner.SNAPSHOT
+    )
+    checkpoints = await harness.checkpoints()
+    assert checkpoints["1"] == covered
+    assert "1" not in recorder.delivered
+    for p in ("0", "2", "3"):
+        assert checkpoints[p] == last[p]
+
+
+@pytest.mark.parametrize("receiver", ["same-process", "child-process"])
+async def test_a_partition_whose_checkpoint_blob_is_deleted_resumes_after_its_snapshot(
+    harness: Harness, sink: EventHubsSink, caplog: pytest.LogCaptureFixture, receiver: str
+) -> None:
+    await harness.send(sink, simulated(400, seed=17))
+    first = harness.recorder()
+    running = Running(harness.source(), first)
+    try:
+        await processed_to_the_end(harness, first)
+    finally:
+        await running.stop()
+    before = await harness.checkpoints()
+    snapshot = await harness.store.load_state(CONSUMER_GROUP, "1")
+    assert snapshot is not None and snapshot.covered_sequence == before["1"]
+    # Partition 1's checkpoint blob is lost (deleted by hand, a cleanup, a partial restore)
+    # while events keep coming.
+    blob = f"{harness.namespace}/{harness.hub}/{CONSUMER_GROUP}/checkpoint/1".lower()
+    async with ContainerClient.from_connection_string(
+        harness.azurite.connection_string, harness.container, api_version=CHECKPOINT_API_VERSION
+    ) as container:
+        await container.delete_blob(blob)
+    await harness.send(sink, simulated(400, seed=18))
+
+    # New partitions start at the newest event; this one has a snapshot.
+    harness.settings = harness.settings.model_copy(update={"starting_position": "latest"})
+    second = harness.recorder()
+    caplog.set_level(logging.WARNING, logger="stream.sources.eventhubs_partition")
+    source = harness.source() if receiver == "same-process" else harness.child_source()
+    running = Running(source, second)
+    try:
+        await processed_to_the_end(harness, second)
+    finally:
+        await running.stop()
+    # Not from the latest event: every event after the snapshot, none it covers.
+    assert second.delivered["1"][0] == before["1"] + 1
+    for p in ("0", "2", "3"):
+        assert second.delivered[p][0] == before[p] + 1
+    if receiver == "same-process":  # the child's log lines go to its stderr
+        assert any(
+            "partition 1 has no checkpoint but a snapshot covering sequence "
+            f"{before['1']}: starting after it, not at @latest" in r.getMessage()
+            for r in caplog.records
+        )
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == harness.last_sequences()
+
+
+async def test_a_checkpoint_never_moves_backwards_whatever_the_order_of_writes(
+    harness: Harness,
+) -> None:
+    def checkpoint(sequence: int) -> dict[str, Any]:
+        return {
+            "fully_qualified_namespace": harness.namespace,
+            "eventhub_name": harness.hub,
+            "consumer_group": CONSUMER_GROUP,
+            "partition_id": "2",
+            "offset": str(sequence * 10),
+            "sequence_number": sequence,
+        }
+
+    await harness.source()._ensure_container(None)
+    store = CheckpointStore.from_connection_string(
+        harness.azurite.connection_string, harness.container
+    )
+    async with store:
+        await store.update_checkpoint(checkpoint(50))
+        # A late write of an owner that lost the partition.
+        await store.update_checkpoint(checkpoint(20))
+        assert await harness.checkpoints() == {"2": 50}
+        # Writers racing on the blob (its creation included, on partition 3 below): each
+        # write is conditional on the blob it read, so the latest position stays.
+        await asyncio.gather(*(store.update_checkpoint(checkpoint(s)) for s in range(70, 50, -1)))
+        assert await harness.checkpoints() == {"2": 70}
+        racing = [{**checkpoint(s), "partition_id": "3"} for s in (5, 9, 7, 8, 6)]
+        await asyncio.gather(*(store.update_checkpoint(c) for c in racing))
+        assert await harness.checkpoints() == {"2": 70, "3": 9}

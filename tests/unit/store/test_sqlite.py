@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from store.exceptions import StoreError, StoreUnavailable
+from store.ports import StateSnapshot
 from store.sqlite import SqliteStore
 from tests.unit.store.event_id_conflicts import check_event_id_conflicts
 
@@ -48,3 +49,15 @@ async def test_an_event_id_held_by_another_event_is_refused_and_a_reread_replace
 ) -> None:
     async with SqliteStore(tmp_path / "store.db") as store:
         await check_event_id_conflicts(store)
+
+
+async def test_a_snapshot_never_replaces_one_covering_a_later_position(tmp_path: Path) -> None:
+    # The late batch of an owner that lost the partition saves after the new owner did.
+    newer = StateSnapshot("$Default", "1", 120, b"new owner")
+    async with SqliteStore(tmp_path / "store.db") as store:
+        await store.save_state(newer)
+        await store.save_state(StateSnapshot("$Default", "1", 80, b"old owner"))
+        assert await store.load_state("$Default", "1") == newer
+        again = StateSnapshot("$Default", "1", 120, b"same position again")
+        await store.save_state(again)
+        assert await store.load_state("$Default", "1") == again

@@ -27,6 +27,7 @@ from store.exceptions import StoreError, StoreMisconfigured, StoreUnavailable
 from store.sqlite import SqliteStore
 from stream.decode import Decoded, Decoder
 from stream.enrich import Enricher
+from stream.exceptions import PartitionLost
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
 from stream.stats import ProcessorStats
@@ -50,11 +51,16 @@ class Context:
     rewindable: bool = True
     checkpoints: list[int] = field(default_factory=list)
     log: list[str] | None = None
+    # False once another processor took the partition over.
+    still_owned: bool = True
 
     async def checkpoint(self, event: ReceivedEvent) -> None:
         self.checkpoints.append(event.sequence)
         if self.log is not None:
             self.log.append(f"checkpoint {event.sequence}")
+
+    async def owned(self) -> bool:
+        return self.still_owned
 
     async def last_enqueued_sequence(self) -> int | None:
         return None
@@ -336,6 +342,20 @@ async def test_restart_skips_detectors_for_covered_events(tmp_path: Path) -> Non
         assert await store.count("telemetry") == 8
 
 
+async def test_a_partition_without_checkpoint_resumes_after_its_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store)
+        context = await started(pipeline)
+        await pipeline.on_batch(context, [received(i) for i in range(5)])
+        # The checkpoint is gone (or the stop came between snapshot and checkpoint).
+        fresh = Context()
+        await make_pipeline(store).on_partition_initialize(fresh)
+        assert getattr(fresh, "resumed_after", None) == 4
+        assert "partition 0 has no checkpoint but a snapshot covering sequence 4" in caplog.text
+
+
 async def test_shutdown_checkpoints_pending_work(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as store:
         pipeline = make_pipeline(store, hot=False)
@@ -357,6 +377,23 @@ async def test_lost_partition_is_not_checkpointed(tmp_path: Path) -> None:
         await pipeline.on_batch(context, [received(0)])
         await pipeline.on_partition_close(context, CloseReason.OWNERSHIP_LOST)
         assert context.checkpoints == []
+
+
+async def test_a_batch_ending_after_a_takeover_writes_neither_snapshot_nor_checkpoint(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store)
+        context = await started(pipeline)
+        await pipeline.on_batch(context, [received(i) for i in range(5)])
+        saved = await store.load_state("$Default", "0")
+        assert saved is not None and saved.covered_sequence == 4
+        # Another processor owns the partition by the time the next batch is done.
+        context.still_owned = False
+        with pytest.raises(PartitionLost, match="partition 0 is owned by another processor"):
+            await pipeline.on_batch(context, [received(i) for i in range(5, 9)])
+        assert await store.load_state("$Default", "0") == saved
+        assert context.checkpoints == [4]
 
 
 async def test_late_events_are_stored_and_flagged(tmp_path: Path) -> None:
