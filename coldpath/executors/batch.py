@@ -19,80 +19,67 @@ import shlex
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import (
-    AzureError,
     HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
 )
 
-from coldpath.exceptions import ColdpathError
 from coldpath.executors.batch_config import MAX_BYTES_PER_CALL, BatchSettings
+from coldpath.executors.batch_errors import (
+    SDK_FAILURES,
+    BatchError,
+    BatchJobConflict,
+    BatchJobStalled,
+    BatchMisconfigured,
+    map_error,
+)
+from coldpath.executors.batch_job import (
+    DISABLED_STATES,
+    ENDED_STATES,
+    FoundJob,
+    Next,
+    decide,
+    disabled_message,
+    group_index,
+    task_id,
+)
 from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
 from coldpath.ports import JobReport
-from common.errors import Misconfigured
 from common.retry import Backoff, retry
 from schemas import JobManifest
+
+__all__ = [
+    "BatchError",
+    "BatchExecutor",
+    "BatchJobConflict",
+    "BatchJobStalled",
+    "BatchMisconfigured",
+    "batch_client",
+    "group_index",
+    "map_error",
+    "task_id",
+    "wire_text",
+]
 
 logger = logging.getLogger(__name__)
 
 Stage = Callable[[JobManifest], Awaitable[str]]
+T = TypeVar("T")
 # Room for the request envelope ({"value": [...]}) under the service's 1 MB limit.
 CHUNK_BYTES = MAX_BYTES_PER_CALL - 4096
-TASK_ID_WIDTH = 6
 BATCH_DONE = ("completed",)
-
-
-class BatchMisconfigured(ColdpathError, Misconfigured):
-    """A Batch setting is missing."""
-
-
-class BatchError(ColdpathError):
-    """A Batch call failed; ``retryable`` (5xx, 429, connection) with ``retry_after``."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        code: str | None = None,
-        retryable: bool | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, retryable=retryable, retry_after=retry_after)
-        self.status = status
-        self.code = code
 
 
 class _TooLarge(Exception):
     """A chunk the service refused for its size (413 RequestBodyTooLarge)."""
-
-
-def map_error(exc: AzureError, what: str) -> BatchError:
-    """An SDK error as ours: 408/429/5xx and connection failures are retryable."""
-    status = getattr(exc, "status_code", None)
-    code = getattr(getattr(exc, "error", None), "code", None)
-    retry_after: float | None = None
-    response = getattr(exc, "response", None)
-    if response is not None:
-        header = response.headers.get("Retry-After")
-        if header and header.isdigit():
-            retry_after = float(header)
-    retryable = status is None or status in (408, 429) or status >= 500
-    message = exc.message.splitlines()[0] if exc.message else type(exc).__name__
-    return BatchError(
-        f"{what}: {status or ''} {code or ''} {message}".replace("  ", " "),
-        status=status,
-        code=code,
-        retryable=retryable,
-        retry_after=retry_after,
-    )
 
 
 def batch_client(settings: BatchSettings) -> BatchClient:
@@ -102,7 +89,7 @@ def batch_client(settings: BatchSettings) -> BatchClient:
     credential: Any
     if settings.account_key is not None:
         if not settings.account_name:
-            raise BatchError("azure.batch.account_name is required with account_key")
+            raise BatchMisconfigured("azure.batch.account_name is required with account_key")
         credential = AzureNamedKeyCredential(
             settings.account_name, settings.account_key.get_secret_value()
         )
@@ -116,15 +103,6 @@ def batch_client(settings: BatchSettings) -> BatchClient:
 def wire_text(value: object) -> str:
     """An SDK enum member (a str subclass) or a plain string as its wire value."""
     return str(value.value) if isinstance(value, Enum) else str(value)
-
-
-def task_id(group_index: int) -> str:
-    return f"shard-{group_index:0{TASK_ID_WIDTH}d}"
-
-
-def group_index(task: str) -> int | None:
-    prefix, _, number = task.partition("-")
-    return int(number) if prefix == "shard" and number.isdigit() else None
 
 
 @dataclass
@@ -167,21 +145,46 @@ class BatchExecutor:
         )
         async with batch_client(self.settings) as client:
             await self._check_pool(client)
-            state = await self._ensure_job(client, manifest)
-            if state == "active":
+            if await self._ensure_job(client, manifest) is Next.SUBMIT:
                 self.last_submit = await self.submit(client, manifest, url)
                 await self._end_when_tasks_complete(client, manifest.id)
             else:
-                logger.info("job %s is %s: not adding tasks", manifest.id, state)
+                logger.info("job %s has every shard's task: not adding tasks", manifest.id)
             if not self.follow:
                 return JobReport(manifest.id, manifest.shard_count)
             return await self.wait(client, manifest)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """``attempt`` under the executor's backoff; a passing failure that outlasts the
+        retries says so."""
+        try:
+            return await retry(attempt, backoff=self.backoff, what=what)
+        except BatchError as exc:
+            if not exc.retryable or self.backoff.max_retries is None:
+                raise
+            raise type(exc)(
+                f"{exc} (gave up after {self.backoff.max_retries} retries, "
+                "azure.batch.submit_retries)",
+                status=exc.status,
+                code=exc.code,
+                retryable=True,
+                retry_after=exc.retry_after,
+            ) from exc
+
+    async def _call(self, operation: Callable[[], Awaitable[Any]], what: str) -> Any:
+        async def attempt() -> Any:
+            try:
+                return await operation()
+            except SDK_FAILURES as exc:
+                raise map_error(exc, what) from exc
+
+        return await self._retrying(attempt, what)
 
     # -- job -----------------------------------------------------------------------------
 
     async def _check_pool(self, client: BatchClient) -> None:
         """Refuse a pool that does not exist: Batch accepts a job on it and never runs its
-        tasks (a followed job would be waited for for ever)."""
+        tasks (a followed job would be waited for until its deadline)."""
         pool_id = self.settings.pool.id
 
         async def read() -> None:
@@ -197,10 +200,10 @@ class BatchExecutor:
                     raise map_error(exc, f"reading pool {pool_id}") from exc
                 # An identity that may submit jobs but not read pools: nothing to check with.
                 logger.info("pool %s not checked: reading it is not allowed", pool_id)
-            except AzureError as exc:
+            except SDK_FAILURES as exc:
                 raise map_error(exc, f"reading pool {pool_id}") from exc
 
-        await retry(read, backoff=self.backoff, what=f"reading pool {pool_id}")
+        await self._retrying(read, f"reading pool {pool_id}")
 
     def _job_options(self, manifest: JobManifest) -> models.BatchJobCreateOptions:
         s = self.settings
@@ -225,22 +228,50 @@ class BatchExecutor:
             ],
         )
 
-    async def _ensure_job(self, client: BatchClient, manifest: JobManifest) -> str:
-        """Create the job, or find the one a previous trigger made; its state."""
+    async def _ensure_job(self, client: BatchClient, manifest: JobManifest) -> Next:
+        """Create the job, or decide what to do with the one found under its id
+        (``batch_job.decide``: per state and pool; a job being deleted is waited out)."""
+        what = f"creating job {manifest.id}"
 
-        async def create() -> str:
+        async def create() -> Next:
             try:
                 await client.create_job(self._job_options(manifest))
             except ResourceExistsError:
-                job = await client.get_job(manifest.id)
-                logger.info("job %s exists (%s): re-using it", manifest.id, job.state)
-                return wire_text(job.state)
-            except AzureError as exc:
-                raise map_error(exc, f"creating job {manifest.id}") from exc
+                found = await self._found_job(client, manifest.id)
+                next_step = decide(
+                    found, pool_id=self.settings.pool.id, shards=manifest.shard_count
+                )
+                logger.info("job %s exists (%s): %s", manifest.id, found.state, next_step.value)
+                return next_step
+            except SDK_FAILURES as exc:
+                raise map_error(exc, what) from exc
             logger.info("job %s created for %s", manifest.id, manifest.window.key)
-            return "active"
+            return Next.SUBMIT
 
-        return await retry(create, backoff=self.backoff, what=f"creating job {manifest.id}")
+        return await self._retrying(create, what)
+
+    async def _found_job(self, client: BatchClient, job_id: str) -> FoundJob:
+        what = f"reading existing job {job_id}"
+        try:
+            job = await client.get_job(job_id)
+            if not isinstance(job, models.BatchJob) or job.state is None:
+                raise BatchError(f"{what}: the answer is not a Batch job", retryable=False)
+            state = wire_text(job.state)
+            task_ids = None
+            if state in ENDED_STATES:
+                task_ids = frozenset(
+                    [task.id async for task in client.list_tasks(job_id, select=["id"])]
+                )
+        except SDK_FAILURES as exc:
+            raise map_error(exc, what) from exc
+        shards = next((m.value for m in job.metadata or [] if m.name == "shards"), None)
+        return FoundJob(
+            id=job_id,
+            state=state,
+            pool_id=job.pool_info.pool_id if job.pool_info is not None else None,
+            shards=shards,
+            task_ids=task_ids,
+        )
 
     async def _end_when_tasks_complete(self, client: BatchClient, job_id: str) -> None:
         """Every task is added: the job may now terminate once they all complete."""
@@ -342,14 +373,12 @@ class BatchExecutor:
                 result = await client.create_task_collection(
                     job_id, models.BatchTaskGroup(task_values=pending)
                 )
-            except HttpResponseError as exc:
-                if exc.status_code == 413:
+            except SDK_FAILURES as exc:
+                if isinstance(exc, HttpResponseError) and exc.status_code == 413:
                     raise _TooLarge from exc
-                stats.retried += 1
-                raise map_error(exc, f"adding {len(pending)} tasks to job {job_id}") from exc
-            except AzureError as exc:
-                stats.retried += 1
-                raise map_error(exc, f"adding {len(pending)} tasks to job {job_id}") from exc
+                error = map_error(exc, f"adding {len(pending)} tasks to job {job_id}")
+                stats.retried += error.retryable
+                raise error from exc
             by_id = {item.id: item for item in pending}
             again: list[models.BatchTaskCreateOptions] = []
             for outcome in result.result_values or []:
@@ -375,7 +404,7 @@ class BatchExecutor:
                 raise BatchError(f"{len(again)} tasks of job {job_id} not added", retryable=True)
 
         try:
-            await retry(attempt, backoff=self.backoff, what=f"adding tasks to job {job_id}")
+            await self._retrying(attempt, f"adding tasks to job {job_id}")
         except _TooLarge:
             if len(pending) == 1:
                 raise BatchError(
@@ -393,30 +422,92 @@ class BatchExecutor:
     # -- following -----------------------------------------------------------------------
 
     async def wait(self, client: BatchClient, manifest: JobManifest) -> JobReport:
-        """Follow the job until every task completed; the report names failed shards."""
+        """Follow the job until every task completed; the report names failed shards.
+
+        Raises ``BatchJobConflict`` when an operator disables or deletes the job meanwhile,
+        and ``BatchJobStalled`` when it is not done by ``settings.follow_deadline`` (tasks that
+        never get a node: a pool of zero nodes, a failing resize); the job is left as it is."""
         job_id = manifest.id
+        limit = self.settings.follow_deadline(manifest.shard_count)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit.total_seconds()
         while True:
-            state = await self._call(lambda: client.get_job(job_id), f"reading job {job_id}")
-            counts = await self._call(
-                lambda: client.get_job_task_counts(job_id), f"reading task counts of {job_id}"
-            )
-            done = counts.task_counts.completed
-            if wire_text(state.state) in BATCH_DONE or (
-                done >= manifest.shard_count
-                and counts.task_counts.active == 0
-                and counts.task_counts.running == 0
+            job = await self._call(lambda: client.get_job(job_id), f"reading job {job_id}")
+            state = wire_text(job.state)
+            if state in DISABLED_STATES:
+                raise BatchJobConflict(disabled_message(job_id, state, followed=True))
+            if state == "deleting":
+                raise BatchJobConflict(f"Batch job {job_id} is being deleted while it was followed")
+            counts = (
+                await self._call(
+                    lambda: client.get_job_task_counts(job_id), f"reading task counts of {job_id}"
+                )
+            ).task_counts
+            if state in BATCH_DONE or (
+                counts.completed >= manifest.shard_count
+                and counts.active == 0
+                and counts.running == 0
             ):
                 break
+            if loop.time() >= deadline:
+                raise BatchJobStalled(await self._stalled(client, manifest, state, counts, limit))
             logger.info(
                 "job %s: %d active, %d running, %d completed of %d",
                 job_id,
-                counts.task_counts.active,
-                counts.task_counts.running,
-                done,
+                counts.active,
+                counts.running,
+                counts.completed,
                 manifest.shard_count,
             )
-            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.sleep(min(self.settings.poll_interval_s, deadline - loop.time()))
         return await self.report(client, manifest)
+
+    async def _stalled(
+        self,
+        client: BatchClient,
+        manifest: JobManifest,
+        state: str,
+        counts: models.BatchTaskCounts,
+        limit: timedelta,
+    ) -> str:
+        """One line: what the job, its tasks and its pool were doing when following it ended."""
+        job_id, pool_id = manifest.id, self.settings.pool.id
+        setting = (
+            "azure.batch.follow_timeout"
+            if self.settings.follow_timeout is not None
+            else "derived from max_wall_clock_time, max_task_retry_count and the pool's size; "
+            "set azure.batch.follow_timeout to change it"
+        )
+        return (
+            f"Batch job {job_id} not done after {limit} ({setting}): job {state}; tasks "
+            f"{counts.active} active, {counts.running} running, {counts.completed} completed "
+            f"({counts.succeeded} succeeded, {counts.failed} failed) of {manifest.shard_count}; "
+            f"{await self._pool_summary(client, pool_id)}. The job is left as it is: "
+            f"`evalstream coldpath status {job_id}`, or delete it "
+            f"(`az batch job delete --job-id {job_id}`)"
+        )
+
+    async def _pool_summary(self, client: BatchClient, pool_id: str) -> str:
+        """The pool's nodes against its targets and its last resize and autoscale errors, as
+        far as they can be read (a failure to read it is said, not raised: this only explains
+        an error already being raised)."""
+        try:
+            pool = await client.get_pool(pool_id)
+        except SDK_FAILURES as exc:
+            return f"pool {pool_id} unreadable ({map_error(exc, 'reading it')})"
+        parts = [
+            f"pool {pool_id} {wire_text(pool.state)}, "
+            f"allocation {wire_text(pool.allocation_state)}",
+            f"{pool.current_dedicated_nodes or 0} of {pool.target_dedicated_nodes or 0} dedicated "
+            f"and {pool.current_low_priority_nodes or 0} of {pool.target_low_priority_nodes or 0} "
+            "Spot nodes",
+        ]
+        for error in pool.resize_errors or []:
+            parts.append(f"resize error {error.code}: {error.message}")
+        run = pool.auto_scale_run
+        if run is not None and run.error is not None:
+            parts.append(f"autoscale error {run.error.code}: {run.error.message}")
+        return ", ".join(parts)
 
     async def report(self, client: BatchClient, manifest: JobManifest) -> JobReport:
         records = await self.records(client, manifest.id)
@@ -446,12 +537,9 @@ class BatchExecutor:
 
     async def records(self, client: BatchClient, job_id: str) -> list[TaskRecord]:
         async def read() -> list[TaskRecord]:
-            try:
-                return [_record(task) async for task in client.list_tasks(job_id)]
-            except AzureError as exc:
-                raise map_error(exc, f"listing tasks of {job_id}") from exc
+            return [_record(task) async for task in client.list_tasks(job_id)]
 
-        return await retry(read, backoff=self.backoff, what=f"listing tasks of {job_id}")
+        return await self._call(read, f"listing tasks of {job_id}")  # type: ignore[no-any-return]
 
     async def stderr_excerpt(self, client: BatchClient, job_id: str, task: str) -> str:
         """The end of the task's stderr.txt ('' when it cannot be read). Only the end is
@@ -466,8 +554,8 @@ class BatchExecutor:
                 job_id, task, "stderr.txt", ocp_range=f"bytes={max(size - limit, 0)}-{size - 1}"
             )
             data = b"".join([chunk async for chunk in chunks])
-        except AzureError as exc:
-            logger.warning("stderr of %s/%s unreadable: %s", job_id, task, exc)
+        except SDK_FAILURES as exc:
+            logger.warning("stderr of %s/%s unreadable: %s", job_id, task, map_error(exc, "read"))
             return ""
         # A range the service ignored gives the whole file: keep its end all the same.
         return data[-limit:].decode(errors="replace").strip()
@@ -475,15 +563,6 @@ class BatchExecutor:
     async def status(self, client: BatchClient, job_id: str) -> JobStatus:
         job = await self._call(lambda: client.get_job(job_id), f"reading job {job_id}")
         return job_status(job_id, wire_text(job.state), await self.records(client, job_id))
-
-    async def _call(self, operation: Callable[[], Awaitable[Any]], what: str) -> Any:
-        async def attempt() -> Any:
-            try:
-                return await operation()
-            except AzureError as exc:
-                raise map_error(exc, what) from exc
-
-        return await retry(attempt, backoff=self.backoff, what=what)
 
 
 def _record(task: models.BatchTask) -> TaskRecord:

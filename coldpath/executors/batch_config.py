@@ -6,10 +6,22 @@ by the adapter modules (``coldpath.executors.batch``, ``batch_pool``, ``blob_sta
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 from datetime import timedelta
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 # The service's documented limits of one add-task-collection call.
 MAX_TASKS_PER_CALL = 100
@@ -17,6 +29,10 @@ MAX_BYTES_PER_CALL = 1024 * 1024
 # Batch evaluates an autoscale formula at most this often.
 MIN_EVALUATION_INTERVAL = timedelta(minutes=5)
 MAX_FORMULA_BYTES = 8 * 1024
+# Batch's default resize timeout: how long a pool may take to get the nodes it asked for.
+RESIZE_TIMEOUT = timedelta(minutes=15)
+# Attempts a task with unlimited retries (max_task_retry_count = -1) is counted for.
+UNLIMITED_RETRIES_COUNTED_AS = 10
 
 
 class ImageSettings(BaseModel):
@@ -71,6 +87,13 @@ class PoolSettings(BaseModel):
         if self.evaluation_interval < MIN_EVALUATION_INTERVAL:
             raise ValueError("evaluation_interval: Batch evaluates autoscale at most every 5 min")
         return self
+
+    @property
+    def capacity(self) -> int:
+        """Tasks the pool runs at once at its largest (autoscale's max_nodes, or its fixed
+        size), by these settings."""
+        nodes = self.max_nodes if self.autoscale else self.dedicated_nodes + self.spot_nodes
+        return nodes * self.task_slots_per_node
 
     @property
     def effective_spot_share(self) -> float:
@@ -162,3 +185,47 @@ class BatchSettings(BaseModel):
     # How often --wait reads the job's task counts, and how much stderr a failed task shows.
     poll_interval_s: float = Field(default=5.0, gt=0)
     stderr_excerpt_bytes: PositiveInt = 2000
+    # How long --wait follows a job before giving up on it (the job is left as it is); None:
+    # derived from the tasks' limits (``follow_deadline``).
+    follow_timeout: timedelta | None = Field(default=None, gt=timedelta(0))
+
+    @field_validator("account_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL: give the Batch account's URL "
+                "(https://<account>.<region>.batch.azure.com)"
+            )
+        return value
+
+    @field_validator("account_key")
+    @classmethod
+    def _base64_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                base64.b64decode(value.get_secret_value(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(
+                    "is not base64: copy a key of the Batch account (portal: Keys)"
+                ) from None
+        return value
+
+    def follow_deadline(self, shards: int) -> timedelta:
+        """How long following a job of ``shards`` tasks may take: ``follow_timeout``, or the
+        longest its tasks can take when they get nodes — (max_task_retry_count + 1) ×
+        max_wall_clock_time for each wave of tasks the pool runs at once (shards ÷ the pool's
+        capacity, rounded up) — plus an autoscale interval and Batch's resize timeout for
+        nodes to arrive."""
+        if self.follow_timeout is not None:
+            return self.follow_timeout
+        retries = self.max_task_retry_count
+        attempts = UNLIMITED_RETRIES_COUNTED_AS if retries < 0 else retries + 1
+        waves = max(1, math.ceil(shards / max(1, self.pool.capacity)))
+        allocation = RESIZE_TIMEOUT
+        if self.pool.autoscale:
+            allocation += self.pool.evaluation_interval
+        return allocation + self.max_wall_clock_time * attempts * waves

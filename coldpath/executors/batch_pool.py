@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 from azure.batch import models
 from azure.batch.aio import BatchClient
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import ResourceExistsError
 
-from coldpath.executors.batch import BatchError, map_error, wire_text
+from coldpath.executors.batch import wire_text
 from coldpath.executors.batch_config import PoolSettings, autoscale_formula
+from coldpath.executors.batch_errors import SDK_FAILURES, BatchError, map_error
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _view(pool: models.BatchPool, wanted: PoolSettings) -> PoolView:
 async def show(client: BatchClient, pool: PoolSettings) -> PoolView:
     try:
         return _view(await client.get_pool(pool.id), pool)
-    except AzureError as exc:
+    except SDK_FAILURES as exc:
         raise map_error(exc, f"reading pool {pool.id}") from exc
 
 
@@ -145,7 +146,7 @@ async def ensure(client: BatchClient, pool: PoolSettings) -> tuple[str, PoolView
                 )
                 action = "updated"
         view = _view(await client.get_pool(pool.id), pool)
-    except AzureError as exc:
+    except SDK_FAILURES as exc:
         raise map_error(exc, f"ensuring pool {pool.id}") from exc
     logger.info("pool %s %s", pool.id, action)
     return action, view
@@ -158,7 +159,7 @@ async def evaluate(client: BatchClient, pool_id: str, formula: str) -> dict[str,
         run = await client.evaluate_pool_auto_scale(
             pool_id, models.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula=formula)
         )
-    except AzureError as exc:
+    except SDK_FAILURES as exc:
         raise map_error(exc, f"evaluating the autoscale formula on pool {pool_id}") from exc
     if run.error is not None:
         raise map_error_from_run(pool_id, run.error)

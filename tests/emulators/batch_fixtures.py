@@ -54,14 +54,23 @@ class BatchServer:
         match: str = ".*",
         method: str | None = None,
         retry_after_s: int | None = None,
+        body: str | None = None,
     ) -> None:
-        """Answer the next `count` matching requests with `status` (503, 500, 429...)."""
+        """Answer the next `count` matching requests with `status` (503, 500, 429...), or
+        with `body` as an HTML page of that status (a proxy's answer, not the service's)."""
         fault: dict[str, object] = {"status": status, "count": count, "match": match}
         if method is not None:
             fault["method"] = method
         if retry_after_s is not None:
             fault["retry_after_s"] = retry_after_s
+        if body is not None:
+            fault["body"] = body
         self._control("POST", "faults/http", fault)
+
+    def fail_allocations(self, pool: str, *, code: str, message: str) -> None:
+        """`pool` gets no nodes and reports a resize error of `code` until faults are reset
+        (set it before the pool is created)."""
+        self._control("POST", "faults/allocation", {"pool": pool, "code": code, "message": message})
 
     def kill_task(
         self,

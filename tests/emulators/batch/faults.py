@@ -2,7 +2,11 @@
 
 - ``http``: answer the next ``count`` requests whose method and path match with an error status
   (503, 500, 429 with ``Retry-After``) before they reach the service: nothing happens to the
-  account, as when the service sheds load.
+  account, as when the service sheds load. With ``body``, the answer is that text as an HTML
+  page with the given status (200 too): what a proxy or captive portal answers.
+- ``allocation``: the pool ``pool`` gets no nodes, and reports a resize error of ``code`` and
+  ``message`` (e.g. AccountCoreQuotaReached), until faults are reset: set it before the pool is
+  created or resized.
 - ``kill``: watch running tasks' stderr line by line; when a task of ``job`` (and ``task``, if
   given) has written ``after_lines`` lines matching ``pattern`` in its current attempt, SIGKILL
   its process group. ``preempt=False`` is a task killed on its node (exit -9, retried within
@@ -31,6 +35,7 @@ class HttpFault:
     match: re.Pattern[str]
     method: str | None = None
     retry_after_s: int | None = None
+    body: str | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and bool(self.match.search(path))
@@ -54,6 +59,13 @@ class KillFault:
 
 
 @dataclass
+class AllocationFault:
+    pool: str
+    code: str
+    message: str
+
+
+@dataclass
 class CollectionSizeFault:
     max_bytes: int
     count: int
@@ -66,6 +78,7 @@ class Faults:
     http: list[HttpFault] = field(default_factory=list)
     kills: list[KillFault] = field(default_factory=list)
     collection_size: list[CollectionSizeFault] = field(default_factory=list)
+    allocations: list[AllocationFault] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)
     injected: Counter[str] = field(default_factory=Counter)
 
@@ -75,6 +88,7 @@ class Faults:
             status = _int(body, "status")
             retry_after = body.get("retry_after_s")
             method = body.get("method")
+            text = body.get("body")
             self.http.append(
                 HttpFault(
                     status=status,
@@ -82,6 +96,7 @@ class Faults:
                     match=re.compile(str(body.get("match", ".*"))),
                     method=str(method).upper() if method else None,
                     retry_after_s=int(retry_after) if isinstance(retry_after, int) else None,
+                    body=str(text) if text is not None else None,
                 )
             )
         elif kind == "kill":
@@ -99,8 +114,18 @@ class Faults:
             self.collection_size.append(
                 CollectionSizeFault(max_bytes=_int(body, "max_bytes"), count=_int(body, "count", 1))
             )
+        elif kind == "allocation":
+            self.allocations.append(
+                AllocationFault(
+                    pool=str(body["pool"]),
+                    code=str(body.get("code", "AllocationFailed")),
+                    message=str(body.get("message", "Injected by a test fault.")),
+                )
+            )
         else:
-            raise ValueError(f"unknown fault kind {kind!r} (http, kill, collection_size)")
+            raise ValueError(
+                f"unknown fault kind {kind!r} (http, kill, collection_size, allocation)"
+            )
 
     def take_http(self, method: str, path: str) -> HttpFault | None:
         for fault in self.http:
@@ -109,6 +134,10 @@ class Faults:
                 self.injected[f"http_{fault.status}"] += 1
                 return fault
         return None
+
+    def allocation_failure(self, pool_id: str) -> AllocationFault | None:
+        """The fault that keeps ``pool_id`` from getting nodes, if any."""
+        return next((f for f in self.allocations if f.pool.lower() == pool_id.lower()), None)
 
     def take_collection_size(self, size: int) -> int | None:
         """The limit a collection body of ``size`` bytes breaks, if a fault applies."""
@@ -141,6 +170,7 @@ class Faults:
         self.http.clear()
         self.kills.clear()
         self.collection_size.clear()
+        self.allocations.clear()
         self.requests.clear()
         self.injected.clear()
 

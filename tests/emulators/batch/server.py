@@ -1,10 +1,11 @@
 """The Batch REST API over HTTP (aiohttp), as azure-batch 15.x's BatchClient calls it.
 
 Operations: pools create/get/enable autoscale/evaluate autoscale; jobs create/get/list/
-terminate/delete/task counts; tasks create/create collection (``addtaskcollection``)/list/get;
-task files list/properties/download. Test controls under ``/_test/`` inject faults and count
-requests (tests/emulators/batch/faults.py). Requests need an ``api-version`` and, unless the
-server was started without a key, a valid SharedKey signature (``AzureNamedKeyCredential``).
+update/disable/enable/terminate/delete/task counts; tasks create/create collection
+(``addtaskcollection``)/list/get; task files list/properties/download. Test controls under
+``/_test/`` inject faults and count requests (tests/emulators/batch/faults.py). Requests need
+an ``api-version`` and, unless the server was started without a key, a valid SharedKey
+signature (``AzureNamedKeyCredential``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from tests.emulators.batch.auth import check_shared_key
 from tests.emulators.batch.entities import MAX_COLLECTION_BYTES, Json
-from tests.emulators.batch.errors import BatchServiceError, not_found
+from tests.emulators.batch.errors import BatchServiceError, missing_property, not_found
 from tests.emulators.batch.faults import HttpFault
 from tests.emulators.batch.odata import compile_filter, select
 from tests.emulators.batch.service import BatchService
@@ -109,6 +110,9 @@ async def _batch_protocol(request: web.Request, handler: Handler) -> web.StreamR
     faults.requests[f"{request.method} {route.canonical if route else request.path}"] += 1
     try:
         fault = faults.take_http(request.method, request.path)
+        if fault is not None and fault.body is not None:
+            # Not the service's answer at all (a proxy's or captive portal's page).
+            return web.Response(status=fault.status, text=fault.body, content_type="text/html")
         if fault is not None:
             raise _injected(fault)
         if request.query.get("api-version") is None:
@@ -242,6 +246,22 @@ async def terminate_job(request: web.Request) -> web.StreamResponse:
     reason = body.get("terminateReason")
     service = _service(request)
     service.terminate_job(request.match_info["job_id"], reason if isinstance(reason, str) else None)
+    return _empty(202, _entity_headers(service.job(request.match_info["job_id"]).body))
+
+
+async def disable_job(request: web.Request) -> web.StreamResponse:
+    body = _object(await _read_json(request))
+    disable_tasks = body.get("disableTasks")
+    if not isinstance(disable_tasks, str):
+        raise missing_property("disableTasks")
+    service = _service(request)
+    service.disable_job(request.match_info["job_id"], disable_tasks)
+    return _empty(202, _entity_headers(service.job(request.match_info["job_id"]).body))
+
+
+async def enable_job(request: web.Request) -> web.StreamResponse:
+    service = _service(request)
+    service.enable_job(request.match_info["job_id"])
     return _empty(202, _entity_headers(service.job(request.match_info["job_id"]).body))
 
 
@@ -417,6 +437,8 @@ def make_app(service: BatchService, *, account_key: str | None) -> web.Applicati
     router.add_patch("/jobs/{job_id}", update_job)
     router.add_delete("/jobs/{job_id}", delete_job)
     router.add_post("/jobs/{job_id}/terminate", terminate_job)
+    router.add_post("/jobs/{job_id}/disable", disable_job)
+    router.add_post("/jobs/{job_id}/enable", enable_job)
     router.add_get("/jobs/{job_id}/taskcounts", job_task_counts)
     router.add_post("/jobs/{job_id}/tasks", create_task)
     router.add_get("/jobs/{job_id}/tasks", list_tasks)

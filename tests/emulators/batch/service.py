@@ -192,7 +192,16 @@ class BatchService:
         return run
 
     def _allocate(self, pool: Pool) -> None:
-        # Nodes appear at once: there is no VM to boot here.
+        """Nodes appear at once (there is no VM to boot here), unless an allocation fault
+        holds the pool: then it gets none and reports the fault's resize error, as the
+        service does when it cannot allocate (a core quota reached, no capacity)."""
+        failure = self.faults.allocation_failure(pool.id)
+        if failure is not None:
+            pool.body["currentDedicatedNodes"] = 0
+            pool.body["currentLowPriorityNodes"] = 0
+            pool.body["resizeErrors"] = [{"code": failure.code, "message": failure.message}]
+            return
+        pool.body.pop("resizeErrors", None)
         pool.body["currentDedicatedNodes"] = pool.body.get("targetDedicatedNodes", 0)
         pool.body["currentLowPriorityNodes"] = pool.body.get("targetLowPriorityNodes", 0)
 
@@ -285,6 +294,44 @@ class BatchService:
         assert isinstance(info, dict)
         info["endTime"] = now()
         info["terminateReason"] = reason
+
+    def disable_job(self, job_id: str, disable_tasks: str) -> None:
+        """The job stops scheduling tasks: ``disabling`` until its running tasks are dealt
+        with (``requeue``: killed and back to active, ``terminate``: killed and completed,
+        ``wait``: left to finish), then ``disabled``."""
+        job = self.job(job_id)
+        if job.state not in ("active", "disabling", "disabled"):
+            raise BatchServiceError(
+                409, "JobNotActive", f"The specified job is {job.state}: it cannot be disabled."
+            )
+        if disable_tasks not in ("requeue", "terminate", "wait"):
+            raise invalid_property("disableTasks", f"unknown value {disable_tasks!r}")
+        if job.state == "disabled":
+            return
+        set_state(job.body, "disabling")
+        for task in job.tasks.values():
+            if task.state != "running":
+                continue
+            if disable_tasks == "requeue":
+                task.preempted = True
+                self._kill(task, None)
+            elif disable_tasks == "terminate":
+                self._kill(task, "disable")
+        self._after_disabling(job)
+
+    def _after_disabling(self, job: Job) -> None:
+        if job.state == "disabling" and not any(t.runner is not None for t in job.tasks.values()):
+            set_state(job.body, "disabled")
+
+    def enable_job(self, job_id: str) -> None:
+        """A disabled (or disabling) job schedules its tasks again."""
+        job = self.job(job_id)
+        if job.state not in ("disabled", "disabling", "enabling"):
+            raise BatchServiceError(
+                409, "JobNotDisabled", f"The specified job is {job.state}, not disabled."
+            )
+        set_state(job.body, "active")
+        self.schedule()
 
     def delete_job(self, job_id: str) -> None:
         job = self.job(job_id)
@@ -520,6 +567,7 @@ class BatchService:
             self._running.discard(task)
         if record_attempt(job, task, exit_code, launch_error):
             self._after_completion(job)
+        self._after_disabling(job)
         self.schedule()
 
     async def _copy_stderr(
@@ -575,8 +623,11 @@ class BatchService:
         if all(t.state == "completed" for t in job.tasks.values()):
             self._complete_job(job, "AllTasksComplete")
 
-    def _kill(self, task: Task, reason: str) -> None:
-        task.killed_reason = reason
+    def _kill(self, task: Task, reason: str | None) -> None:
+        """SIGKILL the task's process; with a ``reason`` its attempt ends as "ended by user
+        request", without one as its ``preempted`` flag says."""
+        if reason is not None:
+            task.killed_reason = reason
         process = task.process
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):

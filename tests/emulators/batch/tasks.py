@@ -77,9 +77,9 @@ def record_attempt(job: Job, task: Task, exit_code: int | None, launch_error: st
         info["requeueCount"] = as_int(info.get("requeueCount"), 0) + 1
         info["lastRequeueTime"] = stamp
         info.pop("exitCode", None)
-        if job.state == "active":
+        if job.state in ("active", "disabling", "disabled"):
             set_state(task.body, "active")
-            logger.info("task %s/%s requeued after preemption", job.id, task.id)
+            logger.info("task %s/%s requeued (preempted, or its job disabled)", job.id, task.id)
             return False
         info["result"] = "failure"
         set_state(task.body, "completed")

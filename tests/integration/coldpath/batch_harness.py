@@ -23,13 +23,17 @@ from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import ResourceExistsError
 from azure.cosmos.aio import CosmosClient
+from pydantic import SecretStr
 
+from coldpath.executors.batch_config import BatchSettings, PoolSettings
+from coldpath.shards import build_manifest
 from evalstream.settings import Settings, load_settings
-from schemas import EvaluationResult
+from schemas import EvaluationResult, JobManifest
 from store.cosmos import CosmosStore
 from store.cosmos_evaluations import CosmosEvaluationStore
 from tests.emulators.batch_fixtures import BatchServer
 from tests.unit.coldpath.fakes import doc
+from tests.unit.coldpath.test_runner import POLICY, WINDOW
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 START = datetime(2026, 3, 1, 0, tzinfo=UTC)
@@ -227,6 +231,31 @@ async def ensure_pool(server: BatchServer, *, nodes: int = 2, slots: int = 4) ->
                     task_slots_per_node=slots,
                 )
             )
+
+
+def executor_settings(server: BatchServer, pool_id: str = POOL_ID) -> BatchSettings:
+    """Tasks that run `true` (any arguments, exit 0) on the test server's pool."""
+    return BatchSettings(
+        account_url=server.url,
+        account_name=server.account_name,
+        account_key=SecretStr(server.account_key),
+        pool=PoolSettings(id=pool_id),
+        command="true",
+        chunk_size=1,
+        submit_concurrency=1,
+        poll_interval_s=0.05,
+    )
+
+
+async def stage_nowhere(_: JobManifest) -> str:
+    return "https://staging.invalid/manifest.json"
+
+
+def one_off_manifest(apps: int) -> JobManifest:
+    names = [f"app-{n}" for n in range(apps)]
+    return build_manifest(
+        WINDOW, [POLICY], names, group_size=1, code_version=uuid.uuid4().hex, run=0
+    )
 
 
 def comparable(results: list[EvaluationResult]) -> dict[str, dict[str, Any]]:

@@ -22,15 +22,13 @@ import pytest
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from coldpath.executors.batch import BatchExecutor, BatchMisconfigured, batch_client, wire_text
-from coldpath.executors.batch_config import BatchSettings, PoolSettings
+from coldpath.executors.batch_config import BatchSettings
 from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
 from coldpath.executors.inline import InlineExecutor
 from coldpath.ports import JobReport
 from coldpath.runner import ShardRunner
-from coldpath.shards import build_manifest
 from coldpath.trigger import WindowChoice, plan
 from common.errors import Misconfigured
 from evalstream import wiring
@@ -41,16 +39,17 @@ from store.cosmos import CosmosStore
 from tests.emulators.batch_fixtures import BatchServer
 from tests.emulators.fault_proxy import FaultProxy
 from tests.integration.coldpath.batch_harness import (
-    POOL_ID,
     START,
     AzureColdpath,
     comparable,
     documents,
     ensure_pool,
+    executor_settings,
+    one_off_manifest,
     run_async,
+    stage_nowhere,
 )
 from tests.unit.coldpath.fakes import CATALOGUE, RecordingPublisher
-from tests.unit.coldpath.test_runner import POLICY, WINDOW
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -387,31 +386,6 @@ def test_the_durable_hand_off_of_heavy_manifests_runs_them_on_batch(cold: AzureC
     on_batch = asyncio.run(cold.results("durable"))
     assert len(on_batch) == 2 * 3
     assert comparable(on_batch) == comparable(local)
-
-
-def executor_settings(server: BatchServer, pool_id: str = POOL_ID) -> BatchSettings:
-    """Tasks that run `true` (any arguments, exit 0) on the test server's pool."""
-    return BatchSettings(
-        account_url=server.url,
-        account_name=server.account_name,
-        account_key=SecretStr(server.account_key),
-        pool=PoolSettings(id=pool_id),
-        command="true",
-        chunk_size=1,
-        submit_concurrency=1,
-        poll_interval_s=0.05,
-    )
-
-
-async def stage_nowhere(_: JobManifest) -> str:
-    return "https://staging.invalid/manifest.json"
-
-
-def one_off_manifest(apps: int) -> JobManifest:
-    names = [f"app-{n}" for n in range(apps)]
-    return build_manifest(
-        WINDOW, [POLICY], names, group_size=1, code_version=uuid.uuid4().hex, run=0
-    )
 
 
 def test_a_pool_that_does_not_exist_is_one_clear_error(batch_server: BatchServer) -> None:

@@ -295,6 +295,75 @@ def test_terminate_job_kills_running_tasks_and_refuses_new_ones(client: BatchCli
     assert refused.value.error is not None and refused.value.error.code == "JobCompleted"
 
 
+def test_disable_requeues_running_tasks_and_enable_runs_them_again(client: BatchClient) -> None:
+    job_id = _job(client, _pool(client))
+    client.create_task(job_id, batch.BatchTaskCreateOptions(id="long", command_line="sleep 60"))
+
+    def state() -> object:
+        return client.get_task(job_id, "long").state
+
+    _wait_for(lambda: state() == batch.BatchTaskState.RUNNING, "start")
+
+    client.begin_disable_job(
+        job_id, batch.BatchJobDisableOptions(disable_tasks="requeue"), polling_interval=0
+    ).result()
+
+    assert client.get_job(job_id).state == batch.BatchJobState.DISABLED
+    task = client.get_task(job_id, "long")
+    assert task.state == batch.BatchTaskState.ACTIVE
+    assert task.execution_info is not None and task.execution_info.requeue_count == 1
+    # Added while disabled: accepted, not scheduled.
+    client.create_task(job_id, batch.BatchTaskCreateOptions(id="later", command_line="true"))
+    assert client.get_task(job_id, "later").state == batch.BatchTaskState.ACTIVE
+
+    client.begin_enable_job(job_id, polling_interval=0).result()
+
+    assert client.get_job(job_id).state == batch.BatchJobState.ACTIVE
+    _wait_for(lambda: state() == batch.BatchTaskState.RUNNING, "the requeued task to run again")
+    client.begin_delete_job(job_id, polling_interval=0)
+
+
+def test_disable_with_wait_stays_disabling_while_tasks_run(client: BatchClient) -> None:
+    job_id = _job(client, _pool(client))
+    client.create_task(job_id, batch.BatchTaskCreateOptions(id="short", command_line="sleep 1"))
+    _wait_for(
+        lambda: client.get_task(job_id, "short").state == batch.BatchTaskState.RUNNING, "start"
+    )
+
+    client.begin_disable_job(job_id, batch.BatchJobDisableOptions(disable_tasks="wait"))
+
+    assert client.get_job(job_id).state == batch.BatchJobState.DISABLING
+    _wait_for(
+        lambda: client.get_job(job_id).state == batch.BatchJobState.DISABLED,
+        "the job to be disabled once its task ended",
+    )
+    task = client.get_task(job_id, "short")
+    assert task.execution_info is not None
+    assert task.execution_info.result == batch.BatchTaskExecutionResult.SUCCESS
+
+
+def test_a_pool_whose_allocation_fails_reports_a_resize_error(
+    client: BatchClient, batch_server: BatchServer
+) -> None:
+    pool_id = _id("pool")
+    batch_server.fail_allocations(pool_id, code="AccountCoreQuotaReached", message="quota")
+    try:
+        client.create_pool(
+            batch.BatchPoolCreateOptions(
+                id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=2
+            )
+        )
+        pool = client.get_pool(pool_id)
+    finally:
+        batch_server.reset_faults()
+
+    assert (pool.target_dedicated_nodes, pool.current_dedicated_nodes) == (2, 0)
+    assert pool.allocation_state == batch.AllocationState.STEADY
+    assert [(e.code, e.message) for e in pool.resize_errors or []] == [
+        ("AccountCoreQuotaReached", "quota")
+    ]
+
+
 def test_job_with_terminatejob_completes_when_its_tasks_do(client: BatchClient) -> None:
     # The documented pattern: add the tasks under noaction, then engage termination.
     job_id = _job(client, _pool(client))

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from coldpath.executors.batch_config import MAX_FORMULA_BYTES, PoolSettings, autoscale_formula
+from coldpath.executors.batch_config import (
+    MAX_FORMULA_BYTES,
+    BatchSettings,
+    PoolSettings,
+    autoscale_formula,
+)
 from coldpath.executors.batch_metrics import exposition
 from coldpath.executors.batch_status import TaskRecord, job_status, percentiles
 from evalstream.settings import load_settings
@@ -43,6 +48,52 @@ def test_pool_settings_refuse_wrong_bounds() -> None:
         PoolSettings(min_nodes=3, max_nodes=2)
     with pytest.raises(ValidationError, match="at most every 5 min"):
         PoolSettings(evaluation_interval=timedelta(minutes=1))
+
+
+def test_the_follow_deadline_is_the_longest_its_tasks_can_take() -> None:
+    # Every attempt of every wave of tasks at its wall-clock limit, after nodes had an
+    # autoscale interval and a resize timeout to arrive.
+    hour = timedelta(hours=1)
+    default = BatchSettings()  # 3 retries, 1 h, autoscale up to 10 nodes × 4 slots
+    assert default.follow_deadline(40) == timedelta(minutes=5 + 15) + 4 * hour
+    assert default.follow_deadline(41) == timedelta(minutes=20) + 8 * hour
+    fixed = BatchSettings(
+        max_task_retry_count=0,
+        max_wall_clock_time=timedelta(minutes=10),
+        pool=PoolSettings(autoscale=False, dedicated_nodes=1, task_slots_per_node=2),
+    )
+    assert fixed.follow_deadline(5) == timedelta(minutes=15 + 3 * 10)
+    # A pool of no nodes at all still waits one wave, not for ever.
+    empty = fixed.model_copy(update={"pool": PoolSettings(autoscale=False, dedicated_nodes=0)})
+    assert empty.follow_deadline(5) == timedelta(minutes=15 + 5 * 10)
+    unlimited = BatchSettings(max_task_retry_count=-1, max_wall_clock_time=timedelta(minutes=1))
+    assert unlimited.follow_deadline(1) == timedelta(minutes=20 + 10)
+    chosen = BatchSettings(follow_timeout=timedelta(minutes=30))
+    assert chosen.follow_deadline(10_000) == timedelta(minutes=30)
+    with pytest.raises(ValidationError, match="follow_timeout"):
+        BatchSettings(follow_timeout=timedelta(0))
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"account_url": "myaccount.westeurope.batch.azure.com"}, "is not an http(s) URL"),
+        ({"account_url": "ftp://myaccount"}, "is not an http(s) URL"),
+        ({"account_key": SecretStr("not a key!")}, "is not base64"),
+    ],
+    ids=["no-scheme", "ftp", "key"],
+)
+def test_batch_account_settings_that_can_never_work_are_refused(
+    fields: dict[str, object], says: str
+) -> None:
+    # Taken as they were, every call failed (a URL without a scheme was even retried) or
+    # crashed (a key that is not base64, at the first signature).
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        BatchSettings.model_validate(fields)
+    assert BatchSettings(
+        account_url="https://myaccount.westeurope.batch.azure.com",
+        account_key=SecretStr("bG9jYWwta2V5"),
+    ).account_url
 
 
 def test_job_status_figures() -> None:
