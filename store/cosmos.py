@@ -14,14 +14,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
+from azure.core.exceptions import AzureError
 from azure.cosmos.aio import ContainerProxy, CosmosClient
-from azure.cosmos.exceptions import CosmosResourceNotFoundError
 
 from common.retry import Backoff
 from schemas import QuarantineRecord, TelemetryDocument
 from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
 from store.cosmos_connection import credential_from, open_containers
-from store.cosmos_errors import call
+from store.cosmos_errors import call, map_error, read_item_or_none
 from store.cosmos_items import (
     COUNT_QUERY,
     QUARANTINE_INDEXING,
@@ -155,8 +155,10 @@ class CosmosStore:
             raise StoreError(f"Cosmos store {self.endpoint} is not open: use `async with`")
         return container
 
-    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        return await call(what, operation, self.backoff)
+    async def _call(
+        self, what: str, operation: Callable[[], Awaitable[T]], container: ContainerProxy
+    ) -> T:
+        return await call(what, operation, self.backoff, container.id)
 
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the state container can be read now (one try, no retry:
@@ -164,6 +166,8 @@ class CosmosStore:
         state = self._container_named(self.state_container)
         try:
             await state.read()
+        except AzureError as exc:
+            raise map_error(exc, f"Cosmos store {self.endpoint}", state.id) from exc
         except Exception as exc:
             raise StoreError(f"Cosmos store {self.endpoint} cannot be reached: {exc}") from exc
 
@@ -188,6 +192,7 @@ class CosmosStore:
         await self._call(
             f"save state {snapshot.consumer_group}/{snapshot.partition}",
             functools.partial(state.upsert_item, state_item(snapshot), no_response=True),
+            state,
         )
 
     # -- reads ---------------------------------------------------------------------------------
@@ -196,7 +201,8 @@ class CosmosStore:
         state = self._container_named(self.state_container)
         item = await self._call(
             f"load state {consumer_group}/{partition}",
-            functools.partial(_read_or_none, state, cosmos_id(partition), consumer_group),
+            functools.partial(read_item_or_none, state, cosmos_id(partition), consumer_group),
+            state,
         )
         return None if item is None else snapshot_from_item(item)
 
@@ -204,7 +210,8 @@ class CosmosStore:
         telemetry = self._container_named(self.telemetry_container)
         item = await self._call(
             f"read telemetry {pk}/{document_id}",
-            functools.partial(_read_or_none, telemetry, cosmos_id(document_id), pk),
+            functools.partial(read_item_or_none, telemetry, cosmos_id(document_id), pk),
+            telemetry,
         )
         return None if item is None else document_from_item(item)
 
@@ -216,7 +223,7 @@ class CosmosStore:
         )
         # Cross-partition: one partial count per partition range may come back; add them up.
         values = await self._call(
-            f"count {kind}", functools.partial(_query_all, container, COUNT_QUERY, [])
+            f"count {kind}", functools.partial(_query_all, container, COUNT_QUERY, []), container
         )
         return int(sum(values))
 
@@ -247,6 +254,7 @@ class CosmosStore:
                         functools.partial(
                             _query_page, telemetry, WINDOW_QUERY, parameters, pk, page_size, token
                         ),
+                        telemetry,
                     )
                     page.extend(document_from_item(item) for item in items)
                     while len(page) >= page_size:
@@ -264,6 +272,7 @@ class CosmosStore:
             functools.partial(
                 _query_all, quarantine, QUARANTINE_QUERY, [{"name": "@limit", "value": limit}]
             ),
+            quarantine,
         )
         for item in items:
             yield quarantine_from_item(item)
@@ -333,6 +342,7 @@ async def write_all(
                     f"upsert {container.id}/{item['id']}",
                     functools.partial(container.upsert_item, item, no_response=True),
                     backoff,
+                    container.id,
                 )
 
     try:
@@ -359,6 +369,7 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
             f"create {name}",
             functools.partial(container.create_item, item, no_response=True),
             backoff,
+            container.id,
         )
         return True
     except StoreConflict:
@@ -367,6 +378,7 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
         f"read {name}",
         functools.partial(container.read_item, item["id"], partition_key=item["pk"]),
         backoff,
+        container.id,
     )
     if event_fields(stored) != event_fields(item):
         return False
@@ -374,15 +386,9 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
         f"upsert {name}",
         functools.partial(container.upsert_item, item, no_response=True),
         backoff,
+        container.id,
     )
     return True
-
-
-async def _read_or_none(container: ContainerProxy, item_id: str, pk: str) -> dict[str, Any] | None:
-    try:
-        return await container.read_item(item_id, partition_key=pk)
-    except CosmosResourceNotFoundError:
-        return None
 
 
 async def _query_all(
