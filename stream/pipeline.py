@@ -164,11 +164,34 @@ class Pipeline:
         self._partitions[partition_id] = state
         if context.rewindable:
             await self._check_positions(context, state.covered)
+        elif snapshot is None and state.hot is not None:
+            await self._check_snapshot_kept(context)
         await self.stats.attach(context)
         logger.info(
             "partition initialised",
             extra={"partition": partition_id, "covered_sequence": state.covered},
         )
+
+    async def _check_snapshot_kept(self, context: PartitionContext) -> None:
+        """A source that cannot rewind (Event Hubs) resumes from its checkpoint whatever the
+        store holds, and every checkpoint follows a saved snapshot: a checkpoint without one
+        means the snapshots were lost (the state container emptied, or deleted and created
+        again). The detectors can only start afresh from there; that is said loudly, not
+        passed off as a first start."""
+        try:
+            checkpointed = await context.checkpointed_sequence()
+        except Exception as exc:
+            # A check, not processing: an unreachable checkpoint store must not stop the start.
+            logger.warning("snapshot not checked against the checkpoint: %s", exc)
+            return
+        if checkpointed is not None:
+            logger.error(
+                "no detector snapshot although the source checkpoint is at sequence %d: the "
+                "store lost its snapshots (state container emptied or created again?); the "
+                "detectors start afresh from there",
+                checkpointed,
+                extra={"partition": context.partition_id},
+            )
 
     async def _check_positions(self, context: PartitionContext, covered: int) -> None:
         """Never continue silently past lost writes: the store's snapshot covers every event
