@@ -15,18 +15,15 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from azure.core import MatchConditions
+from azure.core.exceptions import AzureError
 from azure.cosmos.aio import ContainerProxy, CosmosClient
-from azure.cosmos.exceptions import (
-    CosmosAccessConditionFailedError,
-    CosmosResourceExistsError,
-    CosmosResourceNotFoundError,
-)
+from azure.cosmos.exceptions import CosmosAccessConditionFailedError, CosmosResourceExistsError
 
 from common.retry import Backoff
 from schemas import QuarantineRecord, TelemetryDocument
 from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
 from store.cosmos_connection import credential_from, open_containers
-from store.cosmos_errors import call
+from store.cosmos_errors import call, map_error, read_item_or_none
 from store.cosmos_items import (
     COUNT_QUERY,
     QUARANTINE_INDEXING,
@@ -160,8 +157,10 @@ class CosmosStore:
             raise StoreError(f"Cosmos store {self.endpoint} is not open: use `async with`")
         return container
 
-    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        return await call(what, operation, self.backoff)
+    async def _call(
+        self, what: str, operation: Callable[[], Awaitable[T]], container: ContainerProxy
+    ) -> T:
+        return await call(what, operation, self.backoff, container.id)
 
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the state container can be read now (one try, no retry:
@@ -169,6 +168,8 @@ class CosmosStore:
         state = self._container_named(self.state_container)
         try:
             await state.read()
+        except AzureError as exc:
+            raise map_error(exc, f"Cosmos store {self.endpoint}", state.id) from exc
         except Exception as exc:
             raise StoreError(f"Cosmos store {self.endpoint} cannot be reached: {exc}") from exc
 
@@ -193,6 +194,7 @@ class CosmosStore:
         await self._call(
             f"save state {snapshot.consumer_group}/{snapshot.partition}",
             functools.partial(_save_unless_behind, state, state_item(snapshot)),
+            state,
         )
 
     # -- reads ---------------------------------------------------------------------------------
@@ -201,7 +203,8 @@ class CosmosStore:
         state = self._container_named(self.state_container)
         item = await self._call(
             f"load state {consumer_group}/{partition}",
-            functools.partial(_read_or_none, state, cosmos_id(partition), consumer_group),
+            functools.partial(read_item_or_none, state, cosmos_id(partition), consumer_group),
+            state,
         )
         return None if item is None else snapshot_from_item(item)
 
@@ -209,7 +212,8 @@ class CosmosStore:
         telemetry = self._container_named(self.telemetry_container)
         item = await self._call(
             f"read telemetry {pk}/{document_id}",
-            functools.partial(_read_or_none, telemetry, cosmos_id(document_id), pk),
+            functools.partial(read_item_or_none, telemetry, cosmos_id(document_id), pk),
+            telemetry,
         )
         return None if item is None else document_from_item(item)
 
@@ -221,7 +225,7 @@ class CosmosStore:
         )
         # Cross-partition: one partial count per partition range may come back; add them up.
         values = await self._call(
-            f"count {kind}", functools.partial(_query_all, container, COUNT_QUERY, [])
+            f"count {kind}", functools.partial(_query_all, container, COUNT_QUERY, []), container
         )
         return int(sum(values))
 
@@ -252,6 +256,7 @@ class CosmosStore:
                         functools.partial(
                             _query_page, telemetry, WINDOW_QUERY, parameters, pk, page_size, token
                         ),
+                        telemetry,
                     )
                     page.extend(document_from_item(item) for item in items)
                     while len(page) >= page_size:
@@ -269,6 +274,7 @@ class CosmosStore:
             functools.partial(
                 _query_all, quarantine, QUARANTINE_QUERY, [{"name": "@limit", "value": limit}]
             ),
+            quarantine,
         )
         for item in items:
             yield quarantine_from_item(item)
@@ -338,6 +344,7 @@ async def write_all(
                     f"upsert {container.id}/{item['id']}",
                     functools.partial(container.upsert_item, item, no_response=True),
                     backoff,
+                    container.id,
                 )
 
     try:
@@ -364,6 +371,7 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
             f"create {name}",
             functools.partial(container.create_item, item, no_response=True),
             backoff,
+            container.id,
         )
         return True
     except StoreConflict:
@@ -372,6 +380,7 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
         f"read {name}",
         functools.partial(container.read_item, item["id"], partition_key=item["pk"]),
         backoff,
+        container.id,
     )
     if event_fields(stored) != event_fields(item):
         return False
@@ -379,15 +388,9 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
         f"upsert {name}",
         functools.partial(container.upsert_item, item, no_response=True),
         backoff,
+        container.id,
     )
     return True
-
-
-async def _read_or_none(container: ContainerProxy, item_id: str, pk: str) -> dict[str, Any] | None:
-    try:
-        return await container.read_item(item_id, partition_key=pk)
-    except CosmosResourceNotFoundError:
-        return None
 
 
 async def _save_unless_behind(state: ContainerProxy, item: dict[str, Any]) -> None:
@@ -397,7 +400,7 @@ async def _save_unless_behind(state: ContainerProxy, item: dict[str, Any]) -> No
     and compared again."""
     covered = int(item["covered_sequence"])
     while True:
-        stored = await _read_or_none(state, item["id"], item["pk"])
+        stored = await read_item_or_none(state, item["id"], item["pk"])
         try:
             if stored is None:
                 await state.create_item(item, no_response=True)

@@ -80,6 +80,7 @@ async def open_containers(
                 f"open container {name}",
                 functools.partial(_container, db, name, indexing, create_if_missing),
                 backoff,
+                name,
             )
     except BaseException:
         await asyncio.shield(client.close())

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import orjson
 from azure.cosmos.aio import ContainerProxy, CosmosClient
-from azure.cosmos.exceptions import CosmosResourceNotFoundError
 
 from common.retry import Backoff
 from schemas import EvaluationResult, JobManifest, ShardProgress
@@ -109,8 +108,10 @@ class CosmosEvaluationStore:
             raise StoreError(f"Cosmos evaluation store {self.endpoint} is not open")
         return self._containers[self.names[index]]
 
-    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        return await call(what, operation, self.backoff)
+    async def _call(
+        self, what: str, operation: Callable[[], Awaitable[T]], container: ContainerProxy
+    ) -> T:
+        return await call(what, operation, self.backoff, container.id)
 
     async def upsert_results(self, results: Sequence[EvaluationResult]) -> None:
         container = self._container(0)
@@ -119,7 +120,9 @@ class CosmosEvaluationStore:
         async def one(result: EvaluationResult) -> None:
             async with slots:
                 item = result_item(result)
-                await self._call(f"upsert result {result.id}", lambda: container.upsert_item(item))
+                await self._call(
+                    f"upsert result {result.id}", lambda: container.upsert_item(item), container
+                )
 
         async with asyncio.TaskGroup() as group:
             for result in results:
@@ -166,7 +169,7 @@ class CosmosEvaluationStore:
             pk=f"coldpath:progress:{progress.manifest_id}",
             unit_key=progress.unit.key,
         )
-        await self._call("mark unit done", lambda: container.upsert_item(item))
+        await self._call("mark unit done", lambda: container.upsert_item(item), container)
 
     async def stage_manifest(self, manifest: JobManifest) -> None:
         container = self._container(1)
@@ -176,7 +179,7 @@ class CosmosEvaluationStore:
             "manifest": orjson.loads(manifest.model_dump_json()),
         }
         # Same id, same content by construction: an upsert is as good as insert-if-absent.
-        await self._call("stage manifest", lambda: container.upsert_item(item))
+        await self._call("stage manifest", lambda: container.upsert_item(item), container)
 
     async def load_manifest(self, manifest_id: str) -> JobManifest | None:
         pk = f"coldpath:manifest:{manifest_id}"
@@ -213,12 +216,9 @@ class CosmosEvaluationStore:
                 options["partition_key"] = pk
             return [item async for item in container.query_items(query, **options)]
 
-        try:
-            return await self._call(what, run)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, CosmosResourceNotFoundError):
-                return []
-            raise
+        # A query answers no rows for "nothing there"; its 404 is the container (or database)
+        # gone, which must not read as "no progress", "no manifest" or "no apps".
+        return await self._call(what, run, container)
 
 
 def _item_id(key: str) -> str:

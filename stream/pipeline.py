@@ -7,6 +7,7 @@ snapshots record the position they cover so a restart neither double counts nor 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -119,8 +120,38 @@ class Pipeline:
         self.publisher = publisher
         self.selection = selection
         self._partitions: dict[str, _Partition] = {}
+        # The failure no retry mends that ends processing (see ``_give_up``); ``failed`` is set
+        # with it, for whoever runs the source to stop it.
+        self.failure: Misconfigured | None = None
+        self.failed = asyncio.Event()
+
+    def _give_up(self, exc: Misconfigured) -> None:
+        """The store (or bus) is set up wrongly: a container deleted while running, credentials
+        revoked. Unlike an outage it does not pass by itself, so retrying each batch for ever
+        would only repeat the error while the processor looked alive. Said once, here; the
+        processor then stops (``failed``) without checkpointing any batch not written, and
+        exits with the error (exit 2), so the orchestrator shows it and restarts the process
+        once the setup is right again (the store creates missing containers at start)."""
+        if self.failure is not None:
+            return
+        self.failure = exc
+        logger.error("processing stops, the store or alert bus is set up wrongly: %s", exc)
+        self.failed.set()
+
+    async def stop_when_failed(self, stop: asyncio.Event) -> None:
+        """Set ``stop`` once the pipeline has given up (``failure``): for whoever runs the
+        source, which then stops retrying and closes its partitions."""
+        await self.failed.wait()
+        stop.set()
 
     async def on_partition_initialize(self, context: PartitionContext) -> None:
+        try:
+            await self._initialize(context)
+        except Misconfigured as exc:
+            self._give_up(exc)
+            raise
+
+    async def _initialize(self, context: PartitionContext) -> None:
         partition_id = context.partition_id
         snapshot = await self.store.load_state(self.consumer_group, partition_id)
         state = _Partition()
@@ -134,11 +165,34 @@ class Pipeline:
         self._partitions[partition_id] = state
         if context.rewindable:
             await self._check_positions(context, state.covered)
+        elif snapshot is None and state.hot is not None:
+            await self._check_snapshot_kept(context)
         await self.stats.attach(context)
         logger.info(
             "partition initialised",
             extra={"partition": partition_id, "covered_sequence": state.covered},
         )
+
+    async def _check_snapshot_kept(self, context: PartitionContext) -> None:
+        """A source that cannot rewind (Event Hubs) resumes from its checkpoint whatever the
+        store holds, and every checkpoint follows a saved snapshot: a checkpoint without one
+        means the snapshots were lost (the state container emptied, or deleted and created
+        again). The detectors can only start afresh from there; that is said loudly, not
+        passed off as a first start."""
+        try:
+            checkpointed = await context.checkpointed_sequence()
+        except Exception as exc:
+            # A check, not processing: an unreachable checkpoint store must not stop the start.
+            logger.warning("snapshot not checked against the checkpoint: %s", exc)
+            return
+        if checkpointed is not None:
+            logger.error(
+                "no detector snapshot although the source checkpoint is at sequence %d: the "
+                "store lost its snapshots (state container emptied or created again?); the "
+                "detectors start afresh from there",
+                checkpointed,
+                extra={"partition": context.partition_id},
+            )
 
     async def _check_positions(self, context: PartitionContext, covered: int) -> None:
         """Never continue silently past lost writes: the store's snapshot covers every event
@@ -189,7 +243,11 @@ class Pipeline:
 
     async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         with log_context(partition=context.partition_id):
-            await self._on_batch(context, events)
+            try:
+                await self._on_batch(context, events)
+            except Misconfigured as exc:
+                self._give_up(exc)
+                raise
 
     async def _on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         started = time.perf_counter()
@@ -298,6 +356,8 @@ class Pipeline:
         with log_context(partition=context.partition_id):
             try:
                 await self._checkpoint(context, state)
+            except Misconfigured as exc:
+                self._give_up(exc)
             except EvalstreamError as exc:  # the next idle turn or batch tries again
                 logger.warning("idle partition not checkpointed", exc_info=exc)
 
@@ -320,6 +380,16 @@ class Pipeline:
                     await self._checkpoint(context, state)
                 except PartitionLost as exc:
                     logger.warning("partition closed without a checkpoint: %s", exc)
+                except Misconfigured as exc:
+                    if self.failure is None:
+                        raise
+                    # Stopping for that reason already, said once: the partition resumes
+                    # from its last checkpoint.
+                    logger.warning(
+                        "partition closed without a checkpoint: %s",
+                        type(exc).__name__,
+                        extra={"partition": context.partition_id},
+                    )
         self.stats.detach(context.partition_id)
         logger.info(
             "partition closed", extra={"partition": context.partition_id, "reason": reason.value}
@@ -529,11 +599,18 @@ class Pipeline:
         state.covered = max(state.covered, event.sequence)
         # The store keeps a snapshot covering a later position (an owner's that raced this
         # one); the checkpoint likewise never moves backwards (PartitionContext.checkpoint).
-        await self.store.save_state(
-            StateSnapshot(
-                self.consumer_group, context.partition_id, state.covered, _encode_snapshot(state)
+        try:
+            await self.store.save_state(
+                StateSnapshot(
+                    self.consumer_group,
+                    context.partition_id,
+                    state.covered,
+                    _encode_snapshot(state),
+                )
             )
-        )
+        except Exception as exc:
+            self.stats.store_failed(exc)  # readiness says so, as for a failing write
+            raise
         await context.checkpoint(event)
         state.pending = None
         state.last_checkpoint = time.monotonic()

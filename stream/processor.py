@@ -66,7 +66,11 @@ class Processor:
         self.on_status = on_status or (lambda line: logger.info(line))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process until ``stop`` is set, then finish the batches in flight and checkpoint."""
+        """Process until ``stop`` is set, then finish the batches in flight and checkpoint.
+
+        A failure of the pipeline that no retry mends (the store set up wrongly, e.g. a
+        container deleted) sets ``stop`` as well: the source stops retrying, partitions close
+        with what was durably written checkpointed, and the failure is raised here."""
         with tuned_gc():
             async with asyncio.TaskGroup() as group:
                 reporter = group.create_task(
@@ -74,11 +78,15 @@ class Processor:
                         self.stats.status_line, self.status_interval_s, self.on_status, stop
                     )
                 )
+                stopper = group.create_task(self.pipeline.stop_when_failed(stop))
                 try:
                     await self.source.run(self.pipeline, stop)
                 finally:
                     reporter.cancel()
+                    stopper.cancel()
         self.on_status("stopped: " + await self.stats.status_line())
+        if self.pipeline.failure is not None:
+            raise self.pipeline.failure
 
 
 async def report_status(

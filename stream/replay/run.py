@@ -223,11 +223,23 @@ class Replay:
         self._enqueued_before = None if before is None else before.astimezone(UTC)
 
     async def run(self, plans: Sequence[tuple[PartitionPlan, int]], stop: asyncio.Event) -> bool:
-        """Replay ``(plan, position)`` pairs; True when every partition reached its end."""
+        """Replay ``(plan, position)`` pairs; True when every partition reached its end.
+
+        A failure of the pipeline that no retry mends (the store set up wrongly, e.g. a
+        container deleted) stops every partition, as the processor does, and is raised here:
+        the job keeps what was checkpointed and resumes from it."""
         async with asyncio.TaskGroup() as group:
+            stopper = group.create_task(self.pipeline.stop_when_failed(stop))
             tasks = [
                 group.create_task(self._partition(plan, position, stop)) for plan, position in plans
             ]
+            try:
+                if tasks:  # (asyncio.wait refuses none)
+                    await asyncio.wait(tasks)
+            finally:
+                stopper.cancel()
+        if self.pipeline.failure is not None:
+            raise self.pipeline.failure
         return all(task.result() for task in tasks)
 
     async def _partition(self, plan: PartitionPlan, position: int, stop: asyncio.Event) -> bool:

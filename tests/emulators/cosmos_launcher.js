@@ -11,6 +11,9 @@
 //     upsert/replace/delete/read: copy the header into each operation;
 //   * `SELECT DISTINCT VALUE …` is a parser error in the server's query library: such a query runs
 //     as `SELECT VALUE …` over every match in one page and repeats are dropped, as Cosmos DB does.
+//   * a create of a document in a container that does not exist answers 500 (the handler
+//     dereferences the missing container): it answers 404 instead, as the server's own upsert
+//     does and as Cosmos DB does.
 //
 // Usage: node cosmos_launcher.js [--port N] [--host 127.0.0.1] [--no-ssl]
 // Port and host also come from COSMOS_PORT / COSMOS_HOST; port 0 picks a free port. Prints one
@@ -20,6 +23,16 @@
 const path = require("path");
 
 const lib = path.join(__dirname, "node_modules", "@vercel", "cosmosdb-server", "lib");
+// The routes table takes each handler's default export when it loads: wrap it before.
+const createDocument = require(path.join(lib, "handler", "create-document"));
+const createInContainer = createDocument.default;
+createDocument.default = async (account, req, res, params) => {
+  if (!account.database(params.dbId).collection(params.collId).read()) {
+    res.statusCode = 404;
+    return {};
+  }
+  return createInContainer(account, req, res, params);
+};
 const cosmos = require(lib);
 const jsonBody = require(path.join(lib, "json"));
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from azure.cosmos.aio import CosmosClient
 from azure.eventhub.aio import EventHubProducerClient
 from azure.eventhub.amqp import AmqpAnnotatedMessage
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
@@ -30,6 +31,8 @@ from pydantic import SecretStr
 
 from schemas import AppDirectory
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
+from store.cosmos import CosmosStore
+from store.exceptions import ContainerNotFound
 from store.ports import StateSnapshot
 from store.sqlite import SqliteStore
 from stream.config import ProcessorSettings
@@ -38,6 +41,7 @@ from stream.enrich import Enricher, document_id, partition_key, scrub_user_ids
 from stream.exceptions import SourceError
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
+from stream.processor import Processor
 from stream.producers.simulator import Simulator
 from stream.sources.eventhubs_config import EventHubsSettings
 from stream.sources.eventhubs_consumer import (
@@ -929,3 +933,50 @@ async def test_a_checkpoint_never_moves_backwards_whatever_the_order_of_writes(
         racing = [{**checkpoint(s), "partition_id": "3"} for s in (5, 9, 7, 8, 6)]
         await asyncio.gather(*(store.update_checkpoint(c) for c in racing))
         assert await harness.checkpoints() == {"2": 70, "3": 9}
+
+
+@pytest.mark.parametrize("receiver", ["same-process", "child-process"])
+async def test_a_cosmos_container_deleted_while_receiving_stops_the_processor(
+    harness: Harness, sink: EventHubsSink, cosmos_server: Any, receiver: str
+) -> None:
+    database = f"eh-gone-{hashlib.sha1(receiver.encode()).hexdigest()[:8]}-{time.time_ns()}"
+    stats = ProcessorStats()
+    stop = asyncio.Event()
+    await harness.send(sink, simulated(400, seed=11))
+    try:
+        async with CosmosStore(
+            cosmos_server.endpoint, cosmos_server.key, database=database
+        ) as store:
+            pipeline = Pipeline(
+                store=store,
+                decoder=Decoder(),
+                enricher=ENRICHER,
+                consumer_group=CONSUMER_GROUP,
+                lateness=timedelta(seconds=300),
+                checkpoint_interval_s=0,
+                stats=stats,
+            )
+            source = harness.source() if receiver == "same-process" else harness.child_source()
+            running = asyncio.create_task(Processor(source, pipeline, stats, 3600).run(stop))
+            last = harness.last_sequences()
+            await wait_for(
+                lambda: stats.events >= harness.expected.events or running.done(),
+                "every event processed",
+            )
+            async with asyncio.timeout(WAIT_S):
+                while await harness.checkpoints() != last and not running.done():
+                    await asyncio.sleep(0.05)
+            assert not running.done()
+            async with CosmosClient(cosmos_server.endpoint, cosmos_server.key) as client:
+                await client.get_database_client(database).delete_container("telemetry")
+            await harness.send(sink, simulated(200, seed=12))
+
+            async with asyncio.timeout(WAIT_S):  # it retried every batch for ever before
+                with pytest.raises(ContainerNotFound, match="container 'telemetry'"):
+                    await running
+    finally:
+        async with CosmosClient(cosmos_server.endpoint, cosmos_server.key) as client:
+            await client.delete_database(database)
+    assert stop.is_set()
+    # No checkpoint passed the batches that could not be written.
+    assert await harness.checkpoints() == last

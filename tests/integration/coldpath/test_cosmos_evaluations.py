@@ -13,6 +13,7 @@ from coldpath.shards import build_manifest
 from schemas import EvaluationPolicy, EvaluationResult, ShardProgress, Window
 from schemas.evaluation import evaluation_pk, evaluation_result_id
 from store.cosmos_evaluations import CosmosEvaluationStore
+from store.exceptions import ContainerNotFound
 from tests.emulators.npm_fixtures import CosmosServer
 
 pytestmark = pytest.mark.integration
@@ -97,3 +98,32 @@ async def test_the_apps_of_a_window_are_listed_once_each(
                 }
             )
     assert await store.app_ids(WINDOW.start, WINDOW.end) == ["a", "b", "c"]
+
+
+async def test_a_deleted_container_is_an_error_not_nothing_done_or_found(
+    store: CosmosEvaluationStore, cosmos_server: CosmosServer
+) -> None:
+    manifest = build_manifest(WINDOW, [POLICY], ["a"], group_size=1, code_version="t")
+    await store.stage_manifest(manifest)
+    await store.upsert_results([result("a", 1.0)])
+    async with CosmosClient(cosmos_server.endpoint, cosmos_server.key) as client:
+        database = client.get_database_client(store.database)
+        for name in ("evaluations", "state", "telemetry"):
+            await database.delete_container(name)
+
+    # Read as "nothing", a shard would redo every unit (its progress "empty"), a trigger would
+    # stage the manifest again into nothing, and a window would have no apps to evaluate.
+    with pytest.raises(ContainerNotFound, match="container 'state'"):
+        await store.done_units(manifest.id)
+    with pytest.raises(ContainerNotFound, match="container 'state'"):
+        await store.load_manifest(manifest.id)
+    with pytest.raises(ContainerNotFound, match="container 'evaluations'"):
+        await store.results()
+    with pytest.raises(ContainerNotFound, match="container 'telemetry'"):
+        await store.app_ids(WINDOW.start, WINDOW.end)
+    unit = manifest.units[0]
+    progress = ShardProgress(
+        manifest_id=manifest.id, unit=unit, group_index=0, done_at=datetime.now(UTC)
+    )
+    with pytest.raises(ContainerNotFound, match="container 'state'"):
+        await store.mark_done(progress)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from azure.core import MatchConditions
@@ -68,6 +68,32 @@ async def test_read_of_missing_item_is_404(container: ContainerProxy) -> None:
     # An existing id under another partition key is missing too.
     with pytest.raises(exceptions.CosmosResourceNotFoundError):
         await container.read_item("present", partition_key="other")
+
+
+async def test_every_call_in_a_deleted_container_is_404(
+    client: CosmosClient, container: ContainerProxy
+) -> None:
+    await container.create_item({"id": "present", "pk": "p"})
+    await client.get_database_client(container.database_link.split("/")[-1]).delete_container(
+        container.id
+    )
+
+    # A bare 404 (no sub-status) for all of them, the point read included: unlike Cosmos DB,
+    # which marks a missing container with sub-status 1003, the server does not tell a missing
+    # container from a missing item (the store reads the container to tell them apart).
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: container.read_item("present", partition_key="p"),
+        lambda: container.upsert_item({"id": "new", "pk": "p"}),
+        lambda: container.create_item({"id": "new", "pk": "p"}),  # 500 without the launcher fix
+        container.read,
+    ]
+    for call in calls:
+        with pytest.raises(exceptions.CosmosResourceNotFoundError) as missing:
+            await call()
+        assert (missing.value.status_code, missing.value.sub_status) == (404, None)
+    query = container.query_items("SELECT * FROM c WHERE c.pk = 'p'", partition_key="p")
+    with pytest.raises(exceptions.CosmosResourceNotFoundError):
+        [item async for item in query]
 
 
 async def test_upsert_is_idempotent(container: ContainerProxy) -> None:

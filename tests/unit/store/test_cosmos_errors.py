@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from typing import Any
 
 import pytest
 from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
-from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
+from azure.cosmos.exceptions import (
+    CosmosClientTimeoutError,
+    CosmosHttpResponseError,
+    CosmosResourceNotFoundError,
+)
 from pydantic import ValidationError
 
 from common.errors import Misconfigured
 from common.retry import Backoff
 from store.cosmos import CosmosStore
 from store.cosmos_config import CosmosSettings
-from store.cosmos_errors import call, map_error, retry_after_s
-from store.exceptions import StoreConflict, StoreError, StoreMisconfigured, StoreUnavailable
+from store.cosmos_errors import call, map_error, read_item_or_none, retry_after_s
+from store.exceptions import (
+    ContainerNotFound,
+    StoreConflict,
+    StoreError,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 
 
 def http_error(status: int, retry_after_ms: str | None = None) -> CosmosHttpResponseError:
@@ -44,6 +56,79 @@ def test_setup_errors_are_misconfiguration_not_a_bad_request(status: int) -> Non
     error = map_error(http_error(status), "upsert x")
     assert isinstance(error, StoreMisconfigured) and isinstance(error, Misconfigured)
     assert error.retryable is False
+
+
+def not_found(sub_status: int | None) -> CosmosResourceNotFoundError:
+    error = CosmosResourceNotFoundError(status_code=404, message="Resource Not Found")
+    error.sub_status = sub_status
+    return error
+
+
+@pytest.mark.parametrize("sub_status", [None, 0, 1003])
+def test_a_404_that_reaches_the_mapping_names_the_missing_container(sub_status: int | None) -> None:
+    error = map_error(not_found(sub_status), "save state $Default/0", "state")
+    assert isinstance(error, ContainerNotFound) and isinstance(error, StoreMisconfigured)
+    assert error.retryable is False
+    said = str(error)
+    assert said.startswith("save state $Default/0: Cosmos DB answered 404")
+    assert "container 'state' or its database does not exist" in said
+    assert "create_if_missing" in said  # what to do about it
+
+
+@pytest.mark.parametrize("sub_status", [1002, 1013])
+def test_a_404_that_passes_is_retried(sub_status: int) -> None:
+    # 1002: the replica has not caught up with the session; 1013: the container is still
+    # being created. Neither is a container that is gone.
+    error = map_error(not_found(sub_status), "read state", "state")
+    assert isinstance(error, StoreUnavailable) and error.retryable is True
+
+
+class Container:
+    """A container whose point reads answer 404 with ``sub_status``; ``exists`` says
+    whether reading the container itself works."""
+
+    id = "state"
+
+    def __init__(self, sub_status: int | None, exists: bool) -> None:
+        self.sub_status = sub_status
+        self.exists = exists
+        self.container_reads = 0
+
+    async def read_item(self, item: str, partition_key: str) -> dict[str, Any]:
+        raise not_found(self.sub_status)
+
+    async def read(self) -> dict[str, Any]:
+        self.container_reads += 1
+        if not self.exists:
+            raise not_found(None)
+        return {"id": self.id}
+
+
+@pytest.mark.parametrize("sub_status", [None, 0])
+async def test_a_bare_404_of_an_item_in_an_existing_container_is_no_item(
+    sub_status: int | None,
+) -> None:
+    container = Container(sub_status, exists=True)
+    assert await read_item_or_none(container, "p0", "$Default") is None  # type: ignore[arg-type]
+    assert container.container_reads == 1
+
+
+@pytest.mark.parametrize("sub_status", [None, 0])
+async def test_a_bare_404_of_an_item_in_a_container_that_is_gone_is_an_error(
+    sub_status: int | None,
+) -> None:
+    container = Container(sub_status, exists=False)
+    operation = functools.partial(read_item_or_none, container, "p0", "$Default")
+    with pytest.raises(ContainerNotFound, match="container 'state'"):
+        await call("load state", operation, FAST, "state")
+
+
+async def test_a_404_marked_as_a_missing_container_is_an_error_without_reading_it() -> None:
+    container = Container(1003, exists=True)  # the service's word is taken as it is
+    operation = functools.partial(read_item_or_none, container, "p0", "$Default")
+    with pytest.raises(ContainerNotFound):
+        await call("load state", operation, FAST, "state")
+    assert container.container_reads == 0
 
 
 def test_a_full_partition_key_is_a_refusal_of_its_events_not_misconfiguration() -> None:

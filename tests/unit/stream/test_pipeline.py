@@ -831,3 +831,22 @@ async def test_a_bus_that_is_down_still_fails_the_batch(tmp_path: Path) -> None:
         with pytest.raises(ConnectionError):
             await pipeline.on_batch(context, [received(i) for i in range(10)])
         assert context.checkpoints == [] and [r async for r in store.quarantine_records()] == []
+
+
+@pytest.mark.parametrize("checkpointed", [None, 41])
+async def test_a_checkpoint_without_a_snapshot_on_a_source_that_cannot_rewind_is_said_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, checkpointed: int | None
+) -> None:
+    # Every checkpoint follows a saved snapshot: a checkpoint without one means the store lost
+    # its snapshots (the state container emptied or created again), not a first start.
+    context = Context(rewindable=False, checkpoints=[] if checkpointed is None else [41])
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store)
+        with caplog.at_level(logging.ERROR, logger="stream.pipeline"):
+            await pipeline.on_partition_initialize(context)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    if checkpointed is None:
+        assert said == []  # a first start
+    else:
+        assert len(said) == 1 and "checkpoint is at sequence 41" in said[0]
+        assert "lost its snapshots" in said[0]
