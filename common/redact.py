@@ -3,100 +3,147 @@ endpoint it names, never the credentials users put in URLs.
 
 A URL can carry a secret in its userinfo (``user:password@``), its query (a SAS token's
 ``sig=``) or, for webhooks, its path (``https://hooks.slack.com/services/T000/B000/XXXX``: the
-path is the credential). ``endpoint`` keeps scheme, host, port and path (for account URLs,
-whose path names a resource); ``webhook`` replaces the path with a short fingerprint, enough
-to tell two hooks apart; ``scrub`` takes a URL's secret parts out of a text that may echo them
-(a server's answer, a library's error).
+path is the credential); a connection string holds a key. ``endpoint`` keeps scheme, host and
+port (and the path where it names a resource, such as a blob); ``webhook`` replaces the path
+with a short fingerprint, enough to tell two hooks apart; ``scrub`` takes a URL's secret parts
+out of a text that may echo them (a server's answer, a library's error).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from urllib.parse import SplitResult, unquote, urlsplit
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 REDACTED = "<redacted>"
 # Shorter parts are left in a scrubbed text: replacing every "a" would garble it, and a one- or
 # two-character password protects nothing.
 _MIN_SCRUBBED = 4
 # A scheme only where "/" follows: "admin:password@host" starts with userinfo, not a scheme.
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/")
+# A host (name, IPv4 or IPv6 literal) and a port of digits: whatever follows is not shown.
+# A connection string starts with a setting ("AccountEndpoint=", "DefaultEndpointsProtocol=").
+_SETTING = re.compile(r"\s*[A-Za-z][A-Za-z0-9 ]*=")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]*\]?|[\w.-]*)(:\d+)?")
 
 
-def endpoint(url: str) -> str:
-    """``scheme://host:port/path`` of ``url``: no userinfo, query or fragment."""
-    scheme, host, path, _ = _parts(url)
-    return _joined(scheme, host, path)
+@dataclass(frozen=True)
+class _Url:
+    scheme: str
+    host: str  # with its port
+    path: str
+    tail: str  # all that follows the host but the fragment
+    secrets: frozenset[str]
+
+
+def endpoint(url: str, *, path: bool = False) -> str:
+    """``scheme://host:port`` of ``url`` (and its path with ``path``: for a URL whose path
+    names a resource, a blob): never userinfo, query or fragment."""
+    parsed = _parse(url)
+    return _joined(parsed.scheme, parsed.host, parsed.path if path else "") or REDACTED
 
 
 def webhook(url: str) -> str:
     """``scheme://host:port`` of ``url`` and a fingerprint of what follows the host (path and
     query: ``https://hooks.slack.com/<sha256:1a2b3c4d>``), never the path itself."""
-    scheme, host, _, tail = _parts(url)
-    if tail in ("", "/"):
-        return _joined(scheme, host, tail)
-    digest = hashlib.sha256(tail.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return _joined(scheme, host, f"/<sha256:{digest}>")
+    parsed = _parse(url)
+    if parsed.tail in ("", "/"):
+        return _joined(parsed.scheme, parsed.host, parsed.tail)
+    digest = hashlib.sha256(parsed.tail.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return _joined(parsed.scheme, parsed.host, f"/<sha256:{digest}>")
 
 
 def scrub(text: str, url: str) -> str:
     """``text`` with every part of ``url`` that may be secret (userinfo, path, query, fragment,
     each query value), as given or percent-decoded, replaced by ``<redacted>``."""
-    for secret in sorted(_secrets(url), key=len, reverse=True):
+    for secret in sorted(_parse(url).secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
 
 
-def _secrets(url: str) -> set[str]:
-    parts = _split(url)
-    if parts is None or not parts.netloc:
-        # Not a URL urlsplit reads whole: all but the host may be a secret.
-        _, host, _, _ = _parts(url)
-        found = {piece for piece in url.split(host) if piece} if host else {url}
-    else:
-        userinfo = parts.netloc.rpartition("@")[0]
-        found = {userinfo, userinfo.partition(":")[2], parts.path, parts.query, parts.fragment}
-        found |= {value for _, _, value in (pair.partition("=") for pair in parts.query.split("&"))}
-        authority = f"//{parts.netloc}"
-        found.add(url[url.find(authority) + len(authority) :])
-    found |= {unquote(secret) for secret in found}
-    return {secret for secret in found if len(secret) >= _MIN_SCRUBBED}
-
-
-def _split(url: str) -> SplitResult | None:
+def _parse(url: str) -> _Url:
+    if _SETTING.match(url):
+        return _connection_string(url)
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+        port = parts.port
+        whole = bool(parts.netloc) and _HOST.fullmatch(parts.netloc.rpartition("@")[2]) is not None
     except ValueError:
-        return None
-    return parts
-
-
-def _parts(url: str) -> tuple[str, str, str, str]:
-    """Scheme, ``host[:port]``, path, and path with query of ``url`` (no userinfo, no
-    fragment)."""
-    parts = _split(url)
-    if parts is not None and parts.netloc:
+        whole = False
+    if whole:
         host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
+        userinfo = parts.netloc.rpartition("@")[0]
+        authority = f"//{parts.netloc}"
         tail = f"{parts.path}?{parts.query}" if parts.query else parts.path
-        return parts.scheme, host, parts.path, tail
-    # Without "//" (or with a port or an IPv6 address urlsplit refuses) urlsplit reads the
-    # userinfo as a scheme and a path ("user:password@host/x" is scheme "user"): what comes
-    # before the last "@" is left out, but a scheme (followed by "/"), and the host is what
-    # follows up to the first "/".
-    text = url.partition("#")[0]
+        return _Url(
+            parts.scheme,
+            (f"[{host}]" if ":" in host else host) + ("" if port is None else f":{port}"),
+            parts.path,
+            tail,
+            _secrets(
+                userinfo,
+                parts.path,
+                parts.query,
+                parts.fragment,
+                url[url.find(authority) + len(authority) :],
+            ),
+        )
+    # Not read whole by urlsplit: without "//" it reads the userinfo as a scheme and a path
+    # ("user:password@host/x" is scheme "user"); with a port that is no number it refuses
+    # ("host:443;AccountKey=..."). All before the last "@" but a scheme is userinfo, the host
+    # is what follows up to the first character no host has, and the rest is not shown.
+    text, _, fragment = url.partition("#")
     before, at, rest = text.rpartition("@")
     scheme = _SCHEME.match(before if at else rest)
+    userinfo = before[scheme.end() :] if scheme and at else before
     if scheme is not None and not at:
         rest = rest[scheme.end() - 1 :]
-    host, slash, tail = rest.lstrip("/").partition("/")
-    host, question, query = host.partition("?")
-    tail = slash + tail if slash else question + query
-    return scheme.group(1) if scheme else "", host, tail.partition("?")[0], tail
+    rest = rest.lstrip("/")
+    shown = _HOST.match(rest)
+    host = shown.group() if shown else ""
+    tail = rest[len(host) :]
+    path, _, query = tail.partition("?")
+    if not path.startswith("/"):
+        path = ""  # what stopped the host ("host:443;AccountKey=..."): no path to show
+    return _Url(
+        scheme.group(1) if scheme else "",
+        host,
+        path,
+        tail,
+        _secrets(userinfo, path, query, fragment, tail),
+    )
+
+
+def _connection_string(text: str) -> _Url:
+    """A connection string (``Endpoint=sb://host/;SharedAccessKey=...``) as its endpoint; every
+    value in it may be a secret."""
+    settings = dict(
+        (key.strip().lower(), value)
+        for key, _, value in (part.partition("=") for part in text.split(";"))
+    )
+    endpoint = next((value for key, value in settings.items() if key.endswith("endpoint")), "")
+    parsed = (
+        _parse(endpoint)
+        if endpoint and not _SETTING.match(endpoint)
+        else _Url("", "", "", "", frozenset())
+    )
+    found = {value for value in settings.values() if value != endpoint} | {text}
+    found |= {unquote(secret) for secret in found}
+    return _Url(
+        parsed.scheme,
+        parsed.host,
+        parsed.path,
+        parsed.tail,
+        parsed.secrets | {secret for secret in found if len(secret) >= _MIN_SCRUBBED},
+    )
+
+
+def _secrets(userinfo: str, path: str, query: str, fragment: str, rest: str) -> frozenset[str]:
+    found = {userinfo, userinfo.partition(":")[2], path, query, fragment, rest}
+    found |= {value for _, _, value in (pair.partition("=") for pair in query.split("&"))}
+    found |= {unquote(secret) for secret in found}
+    return frozenset(secret for secret in found if len(secret) >= _MIN_SCRUBBED)
 
 
 def _joined(scheme: str, host: str, path: str) -> str:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, field_validator
 
+from common import redact
 from common.retry import Backoff
 
 # The SDK already retries a throttled (429) request after the server's x-ms-retry-after-ms and
@@ -47,17 +48,19 @@ class CosmosSettings(BaseModel):
     def _endpoint(cls, endpoint: str | None) -> str | None:
         # Checked here: the SDK takes any text and fails at the first request, as unreachable.
         # The value is not quoted: a connection string pasted here holds the account key, and
-        # the endpoint is named in errors later on, so it may hold no userinfo or query.
+        # the endpoint is named in errors later on, so it may hold no userinfo, path or query
+        # (urlsplit's error quotes a port that is no number: "443;AccountKey=...").
         if endpoint is not None:
             try:
                 parts = urlsplit(endpoint)
                 parts.port  # noqa: B018 - raises ValueError when out of range
             except ValueError as exc:
-                raise ValueError(f"is not a URL: {exc}") from None
+                raise ValueError(f"is not a URL: {redact.scrub(str(exc), endpoint)}") from None
             if (
                 parts.scheme not in ("https", "http")
                 or not parts.hostname
                 or "@" in parts.netloc
+                or parts.path not in ("", "/")
                 or parts.query
                 or parts.fragment
             ):

@@ -75,3 +75,16 @@ def test_publisher_backoff_grows_exponentially_up_to_the_cap_with_jitter_below()
 def test_publisher_rejects_a_nonsense_attempt_timeout() -> None:
     with pytest.raises(ValueError, match="attempt_timeout_s"):
         ServiceBusAlertPublisher(ServiceBusSettings(connection_string="x"), attempt_timeout_s=0.0)
+
+
+def test_a_namespace_is_named_without_a_key_pasted_into_it() -> None:
+    """A connection string set as fully_qualified_namespace was named whole in the errors of a
+    missing topic or subscription, its SharedAccessKey with it."""
+    pasted = (
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;"
+        "SharedAccessKey=s3cr3tK3y="
+    )
+    publisher = ServiceBusAlertPublisher(ServiceBusSettings(fully_qualified_namespace=pasted))
+    assert publisher.where == "sb://ns.servicebus.windows.net"
+    named = ServiceBusSettings(fully_qualified_namespace="ns.servicebus.windows.net")
+    assert ServiceBusAlertPublisher(named).where == "ns.servicebus.windows.net"

@@ -10,23 +10,47 @@ SECRETS = ("s3cr3t-pw", "s3cr3t-sig", "s3cr3t-frag", "s3cr3t-path")
 
 
 @pytest.mark.parametrize(
-    ("url", "shown"),
+    ("url", "shown", "with_path"),
     [
         (
             "https://admin:s3cr3t-pw@acct.blob.core.windows.net/c?sv=2024&sig=s3cr3t-sig#s3cr3t-frag",
+            "https://acct.blob.core.windows.net",
             "https://acct.blob.core.windows.net/c",
         ),
-        ("https://acct.westeurope.batch.azure.com", "https://acct.westeurope.batch.azure.com"),
-        ("http://127.0.0.1:8081/", "http://127.0.0.1:8081/"),
-        ("https://[::1]:443/x?sig=s3cr3t-sig", "https://[::1]:443/x"),
+        (
+            "https://acct.westeurope.batch.azure.com",
+            "https://acct.westeurope.batch.azure.com",
+            "https://acct.westeurope.batch.azure.com",
+        ),
+        ("http://127.0.0.1:8081/", "http://127.0.0.1:8081", "http://127.0.0.1:8081/"),
+        ("https://[::1]:443/x?sig=s3cr3t-sig", "https://[::1]:443", "https://[::1]:443/x"),
         # Typed without "//": urlsplit would read the userinfo as a scheme and a path.
-        ("admin:s3cr3t-pw@acct.example.com/c?sig=s3cr3t-sig", "acct.example.com/c"),
-        ("https:/admin:s3cr3t-pw@acct.example.com/c?sig=s3cr3t-sig", "https://acct.example.com/c"),
-        ("localhost:99999/c?sig=s3cr3t-sig", "localhost:99999/c"),
+        (
+            "admin:s3cr3t-pw@acct.example.com/c?sig=s3cr3t-sig",
+            "acct.example.com",
+            "acct.example.com/c",
+        ),
+        (
+            "https:/admin:s3cr3t-pw@acct.example.com/c?sig=s3cr3t-sig",
+            "https://acct.example.com",
+            "https://acct.example.com/c",
+        ),
+        ("localhost:99999/c?sig=s3cr3t-sig", "localhost:99999", "localhost:99999/c"),
+        # A port urlsplit refuses, as when a connection string's key follows it.
+        (
+            "https://acct.documents.azure.com:443;AccountKey=s3cr3t-pw==",
+            "https://acct.documents.azure.com:443",
+            "https://acct.documents.azure.com:443",
+        ),
+        ("https://admin:s3cr3t-pw@/x?sig=s3cr3t-sig", "https://", "https:///x"),
     ],
 )
-def test_an_endpoint_keeps_scheme_host_port_and_path(url: str, shown: str) -> None:
+def test_an_endpoint_is_scheme_host_and_port_and_the_path_when_asked(
+    url: str, shown: str, with_path: str
+) -> None:
     assert redact.endpoint(url) == shown
+    assert redact.endpoint(url, path=True) == with_path
+    assert not any(secret in redact.scrub(f"error at {url}", url) for secret in SECRETS)
 
 
 @pytest.mark.parametrize(
@@ -69,3 +93,33 @@ def test_scrub_takes_every_secret_part_out_of_a_text_that_quotes_the_url() -> No
 def test_scrub_leaves_a_text_without_the_url_and_short_parts_alone() -> None:
     assert redact.scrub("connection refused", "https://h.example/x?a=1") == "connection refused"
     assert redact.scrub("a 1 x", "https://u:a@h.example/x?a=1") == "a 1 x"
+
+
+@pytest.mark.parametrize(
+    ("connection_string", "shown"),
+    [
+        (
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;"
+            "SharedAccessKey=s3cr3t-pw=",
+            "sb://ns.servicebus.windows.net",
+        ),
+        (
+            "AccountEndpoint=https://acct.documents.azure.com:443/;AccountKey=s3cr3t-pw==;",
+            "https://acct.documents.azure.com:443",
+        ),
+        (
+            "BlobEndpoint=https://acct.blob.core.windows.net/;"
+            "SharedAccessSignature=sv=2024&sig=s3cr3t-sig",
+            "https://acct.blob.core.windows.net",
+        ),
+        (
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=s3cr3t-pw==;"
+            "EndpointSuffix=core.windows.net",
+            "<redacted>",
+        ),
+    ],
+)
+def test_a_connection_string_is_its_endpoint(connection_string: str, shown: str) -> None:
+    assert redact.endpoint(connection_string) == shown
+    scrubbed = redact.scrub(f"bad setting {connection_string}", connection_string)
+    assert not any(secret in scrubbed for secret in SECRETS), scrubbed
