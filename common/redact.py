@@ -25,6 +25,7 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/")
 # A host (name, IPv4 or IPv6 literal) and a port of digits: whatever follows is not shown.
 # A connection string starts with a setting ("AccountEndpoint=", "DefaultEndpointsProtocol=").
 _SETTING = re.compile(r"\s*[A-Za-z][A-Za-z0-9 ]*=")
+_PIECES = re.compile(r"[/?&=;:@#'\"]")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]*\]?|[\w.-]*)(:\d+)?")
 
 
@@ -111,7 +112,8 @@ def _parse(url: str) -> _Url:
         host,
         path,
         tail,
-        _secrets(userinfo, path, query, fragment, tail),
+        # With the pieces of the tail: a library's error quotes one ("Invalid port: 'KEY'").
+        _secrets(userinfo, path, query, fragment, tail, *_PIECES.split(tail)),
     )
 
 
@@ -139,8 +141,12 @@ def _connection_string(text: str) -> _Url:
     )
 
 
-def _secrets(userinfo: str, path: str, query: str, fragment: str, rest: str) -> frozenset[str]:
-    found = {userinfo, userinfo.partition(":")[2], path, query, fragment, rest}
+def _secrets(
+    userinfo: str, path: str, query: str, fragment: str, rest: str, *more: str
+) -> frozenset[str]:
+    found = {userinfo, userinfo.partition(":")[2], path, query, fragment, rest, *more}
+    # Each segment of the path: a server may quote one alone (a Slack hook's last segment).
+    found |= set(path.split("/"))
     found |= {value for _, _, value in (pair.partition("=") for pair in query.split("&"))}
     found |= {unquote(secret) for secret in found}
     return frozenset(secret for secret in found if len(secret) >= _MIN_SCRUBBED)

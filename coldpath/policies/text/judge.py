@@ -33,6 +33,7 @@ from coldpath.policies.text import _text_sdk as _sdk
 from coldpath.policies.text import inputs
 from coldpath.policies.text.params import JudgeParams, check
 from coldpath.policies.text.sampling import BottomK
+from common import redact
 from schemas import AppConfig, TelemetryDocument
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -131,7 +132,7 @@ class _JudgeAccumulator:
                 {**base, "mean": None, "evaluated": 0, "failed": 0, "capped": len(rows)},
                 0,
                 "unavailable",
-                str(exc),
+                self._said(exc),
             )
         _sdk.run_sync(lambda: self._judge(evaluator, rows, tally))
         return self._outcome(base, tally)
@@ -167,9 +168,15 @@ class _JudgeAccumulator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of one call is counted, never raised
-                tally.failures[_sdk.describe(exc)] += 1
+                tally.failures[self._said(exc)] += 1
             finally:
                 tally.in_flight -= 1
+
+    def _said(self, exc: BaseException) -> str:
+        """The reason of a failed call, as results and reports keep it: without what of the
+        configured endpoint may be a secret (an error may quote it: "Invalid port: '...'")."""
+        reason = str(exc) if isinstance(exc, _sdk.SdkUnavailable) else _sdk.describe(exc)
+        return redact.scrub(reason, self._model.endpoint) if self._model else reason
 
     def _outcome(self, base: dict[str, float | None], tally: _Tally) -> MetricOutcome:
         evaluated = len(tally.scores)

@@ -123,3 +123,13 @@ def test_a_connection_string_is_its_endpoint(connection_string: str, shown: str)
     assert redact.endpoint(connection_string) == shown
     scrubbed = redact.scrub(f"bad setting {connection_string}", connection_string)
     assert not any(secret in scrubbed for secret in SECRETS), scrubbed
+
+
+def test_scrub_takes_out_a_piece_a_library_quotes_alone() -> None:
+    # httpx: "Invalid port: '...'"; a server's 404 page may quote the hook's last segment.
+    assert redact.scrub("Invalid port: 's3cr3t-pw'", "https://res.example.com:s3cr3t-pw/") == (
+        "Invalid port: '<redacted>'"
+    )
+    assert redact.scrub(
+        "no hook s3cr3t-path", "https://hooks.example.com/services/T000/B000/s3cr3t-path"
+    ) == ("no hook <redacted>")
