@@ -6,7 +6,9 @@ A URL can carry a secret in its userinfo (``user:password@``), its query (a SAS 
 path is the credential); a connection string holds a key. ``endpoint`` keeps scheme, host and
 port (and the path where it names a resource, such as a blob); ``webhook`` replaces the path
 with a short fingerprint, enough to tell two hooks apart; ``scrub`` takes a URL's secret parts
-out of a text that may echo them (a server's answer, a library's error).
+out of a text that may echo them (a server's answer, a library's error). ``check_account_url``
+is the check of a setting that names an account (Cosmos DB, Batch), which a later error may
+quote: it holds no userinfo, path or query, and its refusal does not quote it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,28 @@ def scrub(text: str, url: str) -> str:
     for secret in sorted(_parse(url).secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def check_account_url(url: str, example: str) -> str:
+    """``url`` if it is an account URL: http(s), a host, a port in range, nothing else (but
+    a "/"); else ValueError saying so and showing ``example``, never ``url``. An SDK takes any
+    text and fails at its first request, with an error that quotes the URL (a key pasted into
+    it with it)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"is not a URL: {scrub(str(exc), url)}") from None
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(f"is not an account URL ({example})")
+    return url
 
 
 def _parse(url: str) -> _Url:

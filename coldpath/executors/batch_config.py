@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from common import redact
 
 # The service's documented limits of one add-task-collection call.
 MAX_TASKS_PER_CALL = 100
@@ -162,3 +172,15 @@ class BatchSettings(BaseModel):
     # How often --wait reads the job's task counts, and how much stderr a failed task shows.
     poll_interval_s: float = Field(default=5.0, gt=0)
     stderr_excerpt_bytes: PositiveInt = 2000
+
+    @field_validator("account_url")
+    @classmethod
+    def _account_url(cls, url: str | None) -> str | None:
+        # Checked here: the SDK fails at the first request, and its error quotes the URL
+        # whole (a SAS or userinfo pasted into it with it).
+        if url is not None:
+            redact.check_account_url(
+                url,
+                "https://ACCOUNT.REGION.batch.azure.com; the key goes in azure.batch.account_key",
+            )
+        return url
