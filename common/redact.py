@@ -65,11 +65,12 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
-def check_account_url(url: str, example: str) -> str:
-    """``url`` if it is an account URL: http(s), a host, a port in range, nothing else (but
-    a "/"); else ValueError saying so and showing ``example``, never ``url``. An SDK takes any
-    text and fails at its first request, with an error that quotes the URL (a key pasted into
-    it with it)."""
+def check_account_url(url: str, example: str, *, path: bool = False, query: bool = False) -> str:
+    """``url`` if it is an account URL: http(s), a host, a port in range, no userinfo, and no
+    path (but "/") or query unless allowed (a Blob account's: Azurite's account path, a SAS);
+    else ValueError saying so and showing ``example``, never ``url``. An SDK takes any text and
+    fails at its first request, with an error that quotes the URL (a key pasted into it with
+    it)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError when out of range or not a number
@@ -79,12 +80,18 @@ def check_account_url(url: str, example: str) -> str:
         parts.scheme not in ("https", "http")
         or not parts.hostname
         or "@" in parts.netloc
-        or parts.path not in ("", "/")
-        or parts.query
+        or (parts.path not in ("", "/") and not path)
+        or (parts.query and not query)
         or parts.fragment
     ):
         raise ValueError(f"is not an account URL ({example})")
     return url
+
+
+def check_blob_account_url(url: str) -> str:
+    """``check_account_url`` for a Blob storage account, whose URL may carry a SAS."""
+    example = "https://ACCOUNT.blob.core.windows.net, a SAS as its query if need be"
+    return check_account_url(url, example, path=True, query=True)
 
 
 def _parse(url: str) -> _Url:

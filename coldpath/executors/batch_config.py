@@ -134,6 +134,11 @@ class StagingSettings(BaseModel):
     # Write each shard's results as JSON lines beside the manifest (besides the store).
     result_files: bool = False
 
+    @field_validator("account_url")
+    @classmethod
+    def _account_url(cls, url: str | None) -> str | None:
+        return None if url is None else redact.check_blob_account_url(url)
+
 
 class BatchSettings(BaseModel):
     """The Azure Batch executor: one job per manifest, one task per shard.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, field_validator
+
+from common import redact
 
 
 class CaptureSettings(BaseModel):
@@ -16,6 +18,11 @@ class CaptureSettings(BaseModel):
     account_url: str | None = None
     container: str = "capture"
     prefix: str = ""
+
+    @field_validator("account_url")
+    @classmethod
+    def _account_url(cls, url: str | None) -> str | None:
+        return None if url is None else redact.check_blob_account_url(url)
 
 
 class ReplaySettings(BaseModel):

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, SecretStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+)
 
+from common import redact
 from stream.exceptions import SourceMisconfigured
 
 
@@ -39,6 +47,11 @@ class EventHubsSettings(BaseModel):
     # Receive in a child process: the SDK's pure-Python AMQP receive costs about as much CPU
     # per event as the pipeline, and in one process the two would share one core.
     receive_in_child_process: bool = True
+
+    @field_validator("checkpoint_account_url")
+    @classmethod
+    def _checkpoint_account_url(cls, url: str | None) -> str | None:
+        return None if url is None else redact.check_blob_account_url(url)
 
 
 def check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:

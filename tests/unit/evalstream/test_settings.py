@@ -204,3 +204,53 @@ def test_nested_setting_that_is_not_json_is_named(
     field = variable.removeprefix("EVALSTREAM_").lower()
     with pytest.raises(SettingsError, match=rf'field "{field}" .*: Expecting property name'):
         load_settings()
+
+
+BLOB_ACCOUNT_URLS = (
+    "azure.batch.staging.account_url",
+    "azure.eventhubs.checkpoint_account_url",
+    "replay.capture.account_url",
+)
+
+
+@pytest.mark.parametrize("setting", BLOB_ACCOUNT_URLS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        # The SDK's first request failed quoting it whole, the SAS with it:
+        # "https://acct.blob.core.windows.net:<key>/c?restype=container&comp=list&sig=<sas>".
+        "https://acct.blob.core.windows.net:s3cr3t-key/?sv=2024&sig=s3cr3t-sig",
+        "https://admin:s3cr3t-pw@acct.blob.core.windows.net/?sig=s3cr3t-sig",
+        "acct.blob.core.windows.net/?sig=s3cr3t-sig",
+    ],
+)
+def test_a_blob_account_url_that_is_not_one_is_refused_without_quoting_it(
+    setting: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVALSTREAM_" + setting.upper().replace(".", "__"), url)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert f"{setting}: " in said
+    assert "s3cr3t" not in said
+
+
+@pytest.mark.parametrize("setting", BLOB_ACCOUNT_URLS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://acct.blob.core.windows.net",
+        "http://127.0.0.1:10000/devstoreaccount1",  # Azurite's: the account in the path
+        "https://acct.blob.core.windows.net/?sv=2024-11-04&ss=b&sig=abc%3D",  # a SAS
+    ],
+)
+def test_a_blob_account_url_is_taken_as_it_is(
+    setting: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVALSTREAM_" + setting.upper().replace(".", "__"), url)
+    settings = load_settings()
+    section, *path, field = setting.split(".")
+    value: object = getattr(settings, section)
+    for name in path:
+        value = getattr(value, name)
+    assert getattr(value, field) == url
