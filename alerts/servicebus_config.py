@@ -3,7 +3,9 @@ without the SDK."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+
+from common import redact
 
 
 class ServiceBusSettings(BaseModel):
@@ -15,3 +17,12 @@ class ServiceBusSettings(BaseModel):
     connection_string: SecretStr | None = None
     fully_qualified_namespace: str | None = None
     topic: str = "breaches"
+
+    @field_validator("fully_qualified_namespace")
+    @classmethod
+    def _namespace(cls, name: str | None) -> str | None:
+        example = (
+            "NAMESPACE.servicebus.windows.net; a connection string goes in "
+            "azure.servicebus.connection_string"
+        )
+        return None if name is None else redact.check_namespace(name, example)

@@ -7,8 +7,9 @@ path is the credential); a connection string holds a key. ``endpoint`` keeps sch
 port (and the path where it names a resource, such as a blob); ``webhook`` replaces the path
 with a short fingerprint, enough to tell two hooks apart; ``scrub`` takes a URL's secret parts
 out of a text that may echo them (a server's answer, a library's error). ``check_account_url``
-is the check of a setting that names an account (Cosmos DB, Batch), which a later error may
-quote: it holds no userinfo, path or query, and its refusal does not quote it.
+is the check of a setting that names an account (Cosmos DB, Batch, Blob storage), which a later
+error may quote: it holds no userinfo (nor path or query, but where they are the account's),
+and its refusal does not quote it; ``check_namespace`` the same for a namespace's host name.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def check_blob_account_url(url: str) -> str:
     """``check_account_url`` for a Blob storage account, whose URL may carry a SAS."""
     example = "https://ACCOUNT.blob.core.windows.net, a SAS as its query if need be"
     return check_account_url(url, example, path=True, query=True)
+
+
+def check_namespace(name: str, example: str) -> str:
+    """``name`` if it is a host name (with a port at most), as the Event Hubs and Service Bus
+    SDKs take a namespace; else ValueError showing ``example``, never ``name`` (a connection
+    string pasted there holds the key)."""
+    if not name or _HOST.fullmatch(name) is None:
+        raise ValueError(f"is not a namespace host name ({example})")
+    return name
 
 
 def _parse(url: str) -> _Url:

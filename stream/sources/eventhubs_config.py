@@ -48,6 +48,15 @@ class EventHubsSettings(BaseModel):
     # per event as the pipeline, and in one process the two would share one core.
     receive_in_child_process: bool = True
 
+    @field_validator("fully_qualified_namespace")
+    @classmethod
+    def _namespace(cls, name: str | None) -> str | None:
+        example = (
+            "NAMESPACE.servicebus.windows.net; a connection string goes in "
+            "azure.eventhubs.connection_string"
+        )
+        return None if name is None else redact.check_namespace(name, example)
+
     @field_validator("checkpoint_account_url")
     @classmethod
     def _checkpoint_account_url(cls, url: str | None) -> str | None:

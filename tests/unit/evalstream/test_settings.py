@@ -254,3 +254,35 @@ def test_a_blob_account_url_is_taken_as_it_is(
     for name in path:
         value = getattr(value, name)
     assert getattr(value, field) == url
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["azure.eventhubs.fully_qualified_namespace", "azure.servicebus.fully_qualified_namespace"],
+)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;SharedAccessKey=s3cr3t=",
+        "ns.servicebus.windows.net:s3cr3t",  # the SDK's error quoted the port
+        "sb://ns.servicebus.windows.net/",
+        "",
+    ],
+)
+def test_a_namespace_that_is_no_host_name_is_refused_without_quoting_it(
+    setting: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVALSTREAM_" + setting.upper().replace(".", "__"), name)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert f"{setting}: Value error, is not a namespace host name (NAMESPACE." in said
+    assert "s3cr3t" not in said
+
+
+def test_a_namespace_host_name_is_taken_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVALSTREAM_AZURE__EVENTHUBS__FULLY_QUALIFIED_NAMESPACE", "hubs.example.net")
+    monkeypatch.setenv("EVALSTREAM_AZURE__SERVICEBUS__FULLY_QUALIFIED_NAMESPACE", "127.0.0.1:5672")
+    settings = load_settings()
+    assert settings.azure.eventhubs.fully_qualified_namespace == "hubs.example.net"
+    assert settings.azure.servicebus.fully_qualified_namespace == "127.0.0.1:5672"
