@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from coldpath.policies.base import Accumulator, MetricOutcome
 from coldpath.policies.text import _text_sdk as _sdk
@@ -52,6 +52,14 @@ class JudgeModelConfig(BaseModel):
     deployment: str = Field(min_length=1)
     api_version: str = DEFAULT_API_VERSION
     api_key: SecretStr
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, endpoint: str) -> str:
+        # A path is allowed (a gateway in front of the deployment); a key in the URL is not,
+        # and the SDK's errors quote what it cannot read of it ("Invalid port: '...'").
+        example = "https://RESOURCE.openai.azure.com; the key goes in coldpath.judge.api_key"
+        return redact.check_account_url(endpoint, example, path=True)
 
     def sdk_configuration(self) -> dict[str, str]:
         return {

@@ -196,7 +196,8 @@ def test_a_wrong_key_is_reported_not_raised(server: JudgeServer, judge: JudgeMod
 def test_a_reason_quoting_the_endpoint_is_kept_without_its_secret() -> None:
     """httpx refuses a port that is no number and quotes it; the reason, kept in the results
     (and shown by reports), quoted the text after the host whole ("Invalid port: '...'")."""
-    pasted = JudgeModelConfig(
+    # Made without its checks (which refuse it), as a program using the metrics may.
+    pasted = JudgeModelConfig.model_construct(
         endpoint="https://res.openai.azure.com:s3cr3t-key/",
         deployment="judge-4o",
         api_key=SecretStr("a-key"),

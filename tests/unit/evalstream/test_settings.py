@@ -286,3 +286,29 @@ def test_a_namespace_host_name_is_taken_as_it_is(monkeypatch: pytest.MonkeyPatch
     settings = load_settings()
     assert settings.azure.eventhubs.fully_qualified_namespace == "hubs.example.net"
     assert settings.azure.servicebus.fully_qualified_namespace == "127.0.0.1:5672"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://res.openai.azure.com:s3cr3t-key/",
+        "https://res.openai.azure.com/?api-key=s3cr3t-key",
+        "https://admin:s3cr3t-key@res.openai.azure.com/",
+    ],
+)
+def test_a_judge_endpoint_holding_a_key_is_refused_without_quoting_it(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accepted, every judge call failed with the SDK's error quoting it ("InvalidURL: Invalid
+    port: '<key>'"), kept as the metric's reason in the results that reports show."""
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__ENDPOINT", endpoint)
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__DEPLOYMENT", "judge-4o")
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__API_KEY", "a-key")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert "coldpath.judge.endpoint: " in said
+    assert "s3cr3t" not in said
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__ENDPOINT", "https://gateway.example.net/aoai")
+    judge = load_settings().coldpath.judge
+    assert judge is not None and judge.endpoint == "https://gateway.example.net/aoai"
