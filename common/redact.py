@@ -26,10 +26,13 @@ _MIN_SCRUBBED = 4
 # A scheme only where "/" follows: "admin:password@host" starts with userinfo, not a scheme.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/")
 # A host (name, IPv4 or IPv6 literal) and a port of digits: whatever follows is not shown.
-# A connection string starts with a setting ("AccountEndpoint=", "DefaultEndpointsProtocol=").
-_SETTING = re.compile(r"\s*[A-Za-z][A-Za-z0-9 ]*=")
-_PIECES = re.compile(r"[/?&=;:@#'\"]")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]*\]?|[\w.-]*)(:\d+)?")
+# Where a URL that urlsplit cannot read is cut into pieces a library's error may quote alone.
+_PIECES = re.compile(r"[/?&=;:@#'\"]")
+# A connection string starts with a setting ("AccountEndpoint=", "DefaultEndpointsProtocol=");
+# the settings whose values are secrets (AccountKey, SharedAccessKey, SharedAccessSignature).
+_SETTING = re.compile(r"\s*[A-Za-z][A-Za-z0-9 ]*=")
+_SECRET_SETTING = re.compile(r"key|signature|secret|password|token", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,8 @@ def _parse(url: str) -> _Url:
 
 
 def _connection_string(text: str) -> _Url:
-    """A connection string (``Endpoint=sb://host/;SharedAccessKey=...``) as its endpoint; every
-    value in it may be a secret."""
+    """A connection string (``Endpoint=sb://host/;SharedAccessKey=...``) as its endpoint; the
+    secrets are the whole text and the values of its key, signature or password settings."""
     settings = dict(
         (key.strip().lower(), value)
         for key, _, value in (part.partition("=") for part in text.split(";"))
@@ -171,7 +174,7 @@ def _connection_string(text: str) -> _Url:
         if endpoint and not _SETTING.match(endpoint)
         else _Url("", "", "", "", frozenset())
     )
-    found = {value for value in settings.values() if value != endpoint} | {text}
+    found = {value for key, value in settings.items() if _SECRET_SETTING.search(key)} | {text}
     found |= {unquote(secret) for secret in found}
     return _Url(
         parsed.scheme,

@@ -133,3 +133,14 @@ def test_scrub_takes_out_a_piece_a_library_quotes_alone() -> None:
     assert redact.scrub(
         "no hook s3cr3t-path", "https://hooks.example.com/services/T000/B000/s3cr3t-path"
     ) == ("no hook <redacted>")
+
+
+def test_scrub_takes_a_connection_strings_keys_out_and_leaves_its_other_settings() -> None:
+    connection_string = (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=s3cr3t-pw==;"
+        "EndpointSuffix=core.windows.net"
+    )
+    text = "GET https://acct.blob.core.windows.net failed with key s3cr3t-pw=="
+    assert redact.scrub(text, connection_string) == (
+        "GET https://acct.blob.core.windows.net failed with key <redacted>"
+    )
