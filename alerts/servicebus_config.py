@@ -3,7 +3,7 @@ without the SDK."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from common import redact
 
@@ -15,14 +15,5 @@ class ServiceBusSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_string: SecretStr | None = None
-    fully_qualified_namespace: str | None = None
+    fully_qualified_namespace: redact.NamespaceName | None = None
     topic: str = "breaches"
-
-    @field_validator("fully_qualified_namespace")
-    @classmethod
-    def _namespace(cls, name: str | None) -> str | None:
-        example = (
-            "NAMESPACE.servicebus.windows.net; a connection string goes in "
-            "azure.servicebus.connection_string"
-        )
-        return None if name is None else redact.check_namespace(name, example)

@@ -17,7 +17,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import unquote, urlsplit
+
+from pydantic import AfterValidator
 
 REDACTED = "<redacted>"
 # Shorter parts are left in a scrubbed text: replacing every "a" would garble it, and a one- or
@@ -98,13 +101,21 @@ def check_blob_account_url(url: str) -> str:
     return check_account_url(url, example, path=True, query=True)
 
 
-def check_namespace(name: str, example: str) -> str:
+def check_namespace(name: str) -> str:
     """``name`` if it is a host name (with a port at most), as the Event Hubs and Service Bus
-    SDKs take a namespace; else ValueError showing ``example``, never ``name`` (a connection
-    string pasted there holds the key)."""
+    SDKs take a namespace; else ValueError, never quoting ``name`` (a connection string pasted
+    there holds the key)."""
     if not name or _HOST.fullmatch(name) is None:
-        raise ValueError(f"is not a namespace host name ({example})")
+        raise ValueError(
+            "is not a namespace host name (NAMESPACE.servicebus.windows.net; a connection "
+            "string goes in the connection_string setting beside it)"
+        )
     return name
+
+
+# The two checks as types of settings (pydantic runs them when the settings load).
+BlobAccountUrl = Annotated[str, AfterValidator(check_blob_account_url)]
+NamespaceName = Annotated[str, AfterValidator(check_namespace)]
 
 
 def _parse(url: str) -> _Url:

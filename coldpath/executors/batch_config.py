@@ -127,17 +127,12 @@ class StagingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_string: SecretStr | None = None
-    account_url: str | None = None
+    account_url: redact.BlobAccountUrl | None = None
     container: str = "coldpath-manifests"
     # How long a task's SAS URL stays valid: longer than a job can wait and retry.
     sas_ttl: timedelta = timedelta(days=7)
     # Write each shard's results as JSON lines beside the manifest (besides the store).
     result_files: bool = False
-
-    @field_validator("account_url")
-    @classmethod
-    def _account_url(cls, url: str | None) -> str | None:
-        return None if url is None else redact.check_blob_account_url(url)
 
 
 class BatchSettings(BaseModel):

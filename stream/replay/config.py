@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
 
 from common import redact
 
@@ -15,14 +15,9 @@ class CaptureSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_string: SecretStr | None = None
-    account_url: str | None = None
+    account_url: redact.BlobAccountUrl | None = None
     container: str = "capture"
     prefix: str = ""
-
-    @field_validator("account_url")
-    @classmethod
-    def _account_url(cls, url: str | None) -> str | None:
-        return None if url is None else redact.check_blob_account_url(url)
 
 
 class ReplaySettings(BaseModel):

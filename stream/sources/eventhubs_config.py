@@ -5,14 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    PositiveFloat,
-    PositiveInt,
-    SecretStr,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, SecretStr
 
 from common import redact
 from stream.exceptions import SourceMisconfigured
@@ -30,14 +23,14 @@ class EventHubsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_string: SecretStr | None = None
-    fully_qualified_namespace: str | None = None
+    fully_qualified_namespace: redact.NamespaceName | None = None
     eventhub_name: str = "telemetry"
     # The hub's partition count (set it to the hub's): at most this many processors share the
     # work, so an autoscaler must not go past it (deploy/k8s's KEDA maximum is checked against
     # this setting).
     partitions: PositiveInt = 4
     checkpoint_connection_string: SecretStr | None = None
-    checkpoint_account_url: str | None = None
+    checkpoint_account_url: redact.BlobAccountUrl | None = None
     checkpoint_container: str = "evalstream-checkpoints"
     # Where a partition without a checkpoint starts: the oldest retained event or new ones only.
     starting_position: Literal["earliest", "latest"] = "earliest"
@@ -47,20 +40,6 @@ class EventHubsSettings(BaseModel):
     # Receive in a child process: the SDK's pure-Python AMQP receive costs about as much CPU
     # per event as the pipeline, and in one process the two would share one core.
     receive_in_child_process: bool = True
-
-    @field_validator("fully_qualified_namespace")
-    @classmethod
-    def _namespace(cls, name: str | None) -> str | None:
-        example = (
-            "NAMESPACE.servicebus.windows.net; a connection string goes in "
-            "azure.eventhubs.connection_string"
-        )
-        return None if name is None else redact.check_namespace(name, example)
-
-    @field_validator("checkpoint_account_url")
-    @classmethod
-    def _checkpoint_account_url(cls, url: str | None) -> str | None:
-        return None if url is None else redact.check_blob_account_url(url)
 
 
 def check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:
