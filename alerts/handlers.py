@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Self, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 from rich.console import Console
@@ -20,6 +20,7 @@ from rich.text import Text
 
 from alerts.exceptions import AlertClientClosedError, AlertDeliveryError, WebhookRejectedError
 from alerts.ports import AlertHandler, ReceivedAlert
+from common import redact
 from common.printable import printable
 from common.retry import Backoff, retry
 from schemas import Breach, BreachState, Severity
@@ -107,19 +108,6 @@ class HandlerChain:
             await handler.handle(alert)
 
 
-def _display_url(url: str) -> str:
-    # Webhook URLs often carry a secret in the query or userinfo: never log those parts.
-    parts = urlsplit(url)
-    if not parts.netloc:
-        # Without "//" urlsplit reads userinfo as a scheme and a path ("user:password@host/x"
-        # is scheme "user"): what comes before the last "@" is left out, whatever it is.
-        return url.partition("#")[0].partition("?")[0].rpartition("@")[2]
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def webhook_url_problem(url: str) -> str | None:
     """Why ``url`` cannot take webhook posts, or None: it needs http(s), a host and a port in
     range (checked before listening, not at the first breach)."""
@@ -127,11 +115,11 @@ def webhook_url_problem(url: str) -> str | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError when out of range or not a number
     except ValueError as exc:
-        return f"webhook URL is not valid: {exc}"
+        return f"webhook URL is not valid: {redact.scrub(str(exc), url)}"
     if parts.scheme not in ("http", "https"):
-        return f"webhook URL must be http(s), got {_display_url(url)!r}"
+        return f"webhook URL must be http(s), got {redact.webhook(url)!r}"
     if not parts.hostname:
-        return f"webhook URL has no host: {_display_url(url)!r}"
+        return f"webhook URL has no host: {redact.webhook(url)!r}"
     return None
 
 
@@ -208,8 +196,13 @@ class WebhookHandler:
             "idempotency-key": alert.message_id,
             "x-evalstream-delivery-count": str(alert.delivery_count),
         }
-        target = _display_url(self.url)
+        # A webhook's path is its credential (Slack, Teams): errors name the host and a
+        # fingerprint of the rest, and take the URL out of what the server or httpx said.
+        target = redact.webhook(self.url)
         client = self._client
+
+        def said(text: str) -> str:
+            return redact.scrub(text, self.url)
 
         async def post() -> None:
             try:
@@ -218,14 +211,14 @@ class WebhookHandler:
                 )
             except httpx.TransportError as exc:
                 raise AlertDeliveryError(
-                    f"POST {target} failed: {type(exc).__name__}: {exc}", retryable=True
+                    f"POST {target} failed: {type(exc).__name__}: {said(str(exc))}", retryable=True
                 ) from exc
             except httpx.HTTPError as exc:
-                raise AlertDeliveryError(f"POST {target} failed: {exc}") from exc
+                raise AlertDeliveryError(f"POST {target} failed: {said(str(exc))}") from exc
             status = response.status_code
             if 200 <= status < 300:
                 return
-            message = f"POST {target} answered {status}: {response.text[:200]}"
+            message = f"POST {target} answered {status}: {said(response.text)[:200]}"
             if status >= 500 or status in TRANSIENT_4XX:
                 asked = _retry_after_s(response)
                 # A server asking for hours must not hold the alert's lock that long.

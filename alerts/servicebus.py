@@ -95,6 +95,7 @@ from alerts.exceptions import (
     LockLostError,
 )
 from alerts.servicebus_config import ServiceBusSettings
+from common import redact
 from common.amqp import body_bytes as amqp_body_bytes
 from schemas import Breach
 
@@ -175,7 +176,9 @@ class ServiceBusConnection:
 
     @property
     def where(self) -> str:
-        return self.settings.fully_qualified_namespace or "the namespace of the connection string"
+        # By its host only: a connection string pasted as the namespace holds the key.
+        namespace = self.settings.fully_qualified_namespace
+        return redact.endpoint(namespace) if namespace else "the namespace of the connection string"
 
     async def _open_client(self) -> tuple[contextlib.AsyncExitStack, ServiceBusClient]:
         if self._closed:

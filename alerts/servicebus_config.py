@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from common import redact
+
 
 class ServiceBusSettings(BaseModel):
     """Service Bus alert topic. ``connection_string``, or ``fully_qualified_namespace`` with
@@ -13,5 +15,5 @@ class ServiceBusSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_string: SecretStr | None = None
-    fully_qualified_namespace: str | None = None
+    fully_qualified_namespace: redact.NamespaceName | None = None
     topic: str = "breaches"

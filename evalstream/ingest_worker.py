@@ -189,9 +189,9 @@ async def _main() -> int:
     if message is None or message[0] != "spec":
         return 2
     spec: WorkerSpec = message[1]
+    # (httpx's line per forwarded health check or scrape is left out: its failures are
+    # answered 503.)
     logs.configure(spec.log_level, spec.log_format)
-    # One line per forwarded health check or scrape is noise; its failures are answered 503.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     return await start(spec, channel)
 
 

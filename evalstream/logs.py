@@ -110,5 +110,7 @@ def configure(level: str = "INFO", log_format: LogFormat = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The Azure SDKs log every HTTP request at INFO.
+    # The Azure SDKs log every HTTP request at INFO; httpx too, with its whole URL (a webhook's
+    # path is its credential), and an ingest worker's forwarded health checks would be noise.
     logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)

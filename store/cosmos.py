@@ -19,6 +19,7 @@ from azure.core.exceptions import AzureError
 from azure.cosmos.aio import ContainerProxy, CosmosClient
 from azure.cosmos.exceptions import CosmosAccessConditionFailedError, CosmosResourceExistsError
 
+from common import redact
 from common.retry import Backoff
 from schemas import QuarantineRecord, TelemetryDocument
 from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
@@ -79,6 +80,8 @@ class CosmosStore:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.endpoint = endpoint
+        # What errors and logs name: the endpoint without anything that may be a secret.
+        self.shown_endpoint = redact.endpoint(endpoint)
         self.credential = credential
         self.database = database
         self.telemetry_container = telemetry_container
@@ -97,7 +100,7 @@ class CosmosStore:
 
     async def __aenter__(self) -> CosmosStore:
         if self._closed:
-            raise StoreError(f"Cosmos store {self.endpoint} is closed")
+            raise StoreError(f"Cosmos store {self.shown_endpoint} is closed")
         if self._client is None:
             try:
                 await self._open()
@@ -146,15 +149,15 @@ class CosmosStore:
         )
         logger.info(
             "Cosmos store open",
-            extra={"cosmos_endpoint": self.endpoint, "cosmos_database": self.database},
+            extra={"cosmos_endpoint": self.shown_endpoint, "cosmos_database": self.database},
         )
 
     def _container_named(self, name: str) -> ContainerProxy:
         if self._closed:
-            raise StoreError(f"Cosmos store {self.endpoint} is closed")
+            raise StoreError(f"Cosmos store {self.shown_endpoint} is closed")
         container = self._containers.get(name)
         if container is None:
-            raise StoreError(f"Cosmos store {self.endpoint} is not open: use `async with`")
+            raise StoreError(f"Cosmos store {self.shown_endpoint} is not open: use `async with`")
         return container
 
     async def _call(
@@ -171,7 +174,10 @@ class CosmosStore:
         except AzureError as exc:
             raise map_error(exc, f"Cosmos store {self.endpoint}", state.id) from exc
         except Exception as exc:
-            raise StoreError(f"Cosmos store {self.endpoint} cannot be reached: {exc}") from exc
+            raise StoreError(
+                f"Cosmos store {self.shown_endpoint} cannot be reached: "
+                f"{redact.scrub(str(exc), self.endpoint)}"
+            ) from exc
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, field_validator
 
+from common import redact
 from common.retry import Backoff
 
 # The SDK already retries a throttled (429) request after the server's x-ms-retry-after-ms and
@@ -46,25 +46,12 @@ class CosmosSettings(BaseModel):
     @classmethod
     def _endpoint(cls, endpoint: str | None) -> str | None:
         # Checked here: the SDK takes any text and fails at the first request, as unreachable.
-        # The value is not quoted: a connection string pasted here holds the account key, and
-        # the endpoint is named in errors later on, so it may hold no userinfo or query.
+        # A connection string pasted here holds the account key.
         if endpoint is not None:
-            try:
-                parts = urlsplit(endpoint)
-                parts.port  # noqa: B018 - raises ValueError when out of range
-            except ValueError as exc:
-                raise ValueError(f"is not a URL: {exc}") from None
-            if (
-                parts.scheme not in ("https", "http")
-                or not parts.hostname
-                or "@" in parts.netloc
-                or parts.query
-                or parts.fragment
-            ):
-                raise ValueError(
-                    "is not an account URL (https://ACCOUNT.documents.azure.com:443/; "
-                    "the key goes in azure.cosmos.key)"
-                )
+            redact.check_account_url(
+                endpoint,
+                "https://ACCOUNT.documents.azure.com:443/; the key goes in azure.cosmos.key",
+            )
         return endpoint
 
     @field_validator("key")

@@ -16,6 +16,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import ContainerProxy, CosmosClient, DatabaseProxy
 
+from common import redact
 from common.retry import Backoff
 from store.cosmos_config import CosmosSettings
 from store.cosmos_errors import call, map_error
@@ -94,7 +95,7 @@ async def _enter(client: CosmosClient, endpoint: str) -> None:
     try:
         await client.__aenter__()
     except AzureError as exc:
-        raise map_error(exc, f"open the Cosmos DB account at {endpoint}") from exc
+        raise map_error(exc, f"open the Cosmos DB account at {redact.endpoint(endpoint)}") from exc
 
 
 async def _database(client: CosmosClient, name: str, create: bool) -> DatabaseProxy:

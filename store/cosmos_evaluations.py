@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import orjson
 from azure.cosmos.aio import ContainerProxy, CosmosClient
 
+from common import redact
 from common.retry import Backoff
 from schemas import EvaluationResult, JobManifest, ShardProgress
 from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
@@ -62,6 +63,8 @@ class CosmosEvaluationStore:
     ) -> None:
         self._close_credential = close_credential
         self.endpoint = endpoint
+        # What errors name: the endpoint without anything that may be a secret.
+        self.shown_endpoint = redact.endpoint(endpoint)
         self.credential = credential
         self.database = database
         self.names = (evaluations_container, state_container, telemetry_container)
@@ -75,7 +78,7 @@ class CosmosEvaluationStore:
 
     async def __aenter__(self) -> CosmosEvaluationStore:
         if self._closed:
-            raise StoreError(f"Cosmos evaluation store {self.endpoint} is closed")
+            raise StoreError(f"Cosmos evaluation store {self.shown_endpoint} is closed")
         self._client, self._containers = await open_containers(
             self.endpoint,
             self.credential,
@@ -105,7 +108,7 @@ class CosmosEvaluationStore:
 
     def _container(self, index: int) -> ContainerProxy:
         if self._closed or self._client is None:
-            raise StoreError(f"Cosmos evaluation store {self.endpoint} is not open")
+            raise StoreError(f"Cosmos evaluation store {self.shown_endpoint} is not open")
         return self._containers[self.names[index]]
 
     async def _call(

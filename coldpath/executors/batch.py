@@ -53,6 +53,7 @@ from coldpath.executors.batch_job import (
 )
 from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
 from coldpath.ports import JobReport
+from common import redact
 from common.retry import Backoff, retry
 from schemas import JobManifest
 
@@ -191,8 +192,10 @@ class BatchExecutor:
             try:
                 await client.get_pool(pool_id, select=["id"])
             except ResourceNotFoundError as exc:
+                # The account by its endpoint: a SAS or userinfo in the URL is never shown.
+                account = redact.endpoint(self.settings.account_url or "")
                 raise BatchMisconfigured(
-                    f"Batch pool {pool_id!r} does not exist in {self.settings.account_url}: "
+                    f"Batch pool {pool_id!r} does not exist in {account}: "
                     "create it (`evalstream coldpath pool ensure`) or set azure.batch.pool.id"
                 ) from exc
             except HttpResponseError as exc:

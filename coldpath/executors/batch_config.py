@@ -11,7 +11,6 @@ import binascii
 import math
 from datetime import timedelta
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -22,6 +21,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from common import redact
 
 # The service's documented limits of one add-task-collection call.
 MAX_TASKS_PER_CALL = 100
@@ -140,7 +141,7 @@ class StagingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_string: SecretStr | None = None
-    account_url: str | None = None
+    account_url: redact.BlobAccountUrl | None = None
     container: str = "coldpath-manifests"
     # How long a task's SAS URL stays valid: longer than a job can wait and retry.
     sas_ttl: timedelta = timedelta(days=7)
@@ -189,19 +190,6 @@ class BatchSettings(BaseModel):
     # derived from the tasks' limits (``follow_deadline``).
     follow_timeout: timedelta | None = Field(default=None, gt=timedelta(0))
 
-    @field_validator("account_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.netloc:
-            raise ValueError(
-                f"{value!r} is not an http(s) URL: give the Batch account's URL "
-                "(https://<account>.<region>.batch.azure.com)"
-            )
-        return value
-
     @field_validator("account_key")
     @classmethod
     def _base64_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -229,3 +217,15 @@ class BatchSettings(BaseModel):
         if self.pool.autoscale:
             allocation += self.pool.evaluation_interval
         return allocation + self.max_wall_clock_time * attempts * waves
+
+    @field_validator("account_url")
+    @classmethod
+    def _account_url(cls, url: str | None) -> str | None:
+        # Checked here: the SDK fails at the first request, and its error quotes the URL
+        # whole (a SAS or userinfo pasted into it with it).
+        if url is not None:
+            redact.check_account_url(
+                url,
+                "https://ACCOUNT.REGION.batch.azure.com; the key goes in azure.batch.account_key",
+            )
+        return url

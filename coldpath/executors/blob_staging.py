@@ -23,6 +23,7 @@ from azure.storage.blob.aio import BlobClient, BlobServiceClient
 
 from coldpath.exceptions import ColdpathError, ManifestNotFound
 from coldpath.executors.batch_config import StagingSettings
+from common import redact
 from schemas import JobManifest
 
 logger = logging.getLogger(__name__)
@@ -141,11 +142,13 @@ async def fetch_manifest(url: str) -> JobManifest:
             stream = await blob.download_blob()
             data = await stream.readall()
     except AzureError as exc:
-        raise _mapped(exc, f"manifest {url.split('?')[0]}") from exc
+        raise _mapped(exc, f"manifest {redact.endpoint(url, path=True)}") from exc
     finally:
         if credential is not None:
             await credential.close()
     try:
         return JobManifest.model_validate_json(data)
     except ValueError as exc:
-        raise StagingError(f"manifest at {url.split('?')[0]} is not valid: {exc}") from exc
+        raise StagingError(
+            f"manifest at {redact.endpoint(url, path=True)} is not valid: {exc}"
+        ) from exc

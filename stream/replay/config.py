@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
 
+from common import redact
+
 
 class CaptureSettings(BaseModel):
     """Event Hubs Capture's archive: Avro files in a Blob container, named by Capture's
@@ -13,7 +15,7 @@ class CaptureSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_string: SecretStr | None = None
-    account_url: str | None = None
+    account_url: redact.BlobAccountUrl | None = None
     container: str = "capture"
     prefix: str = ""
 

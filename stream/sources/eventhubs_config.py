@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, SecretStr
 
+from common import redact
 from stream.exceptions import SourceMisconfigured
 
 
@@ -22,14 +23,14 @@ class EventHubsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_string: SecretStr | None = None
-    fully_qualified_namespace: str | None = None
+    fully_qualified_namespace: redact.NamespaceName | None = None
     eventhub_name: str = "telemetry"
     # The hub's partition count (set it to the hub's): at most this many processors share the
     # work, so an autoscaler must not go past it (deploy/k8s's KEDA maximum is checked against
     # this setting).
     partitions: PositiveInt = 4
     checkpoint_connection_string: SecretStr | None = None
-    checkpoint_account_url: str | None = None
+    checkpoint_account_url: redact.BlobAccountUrl | None = None
     checkpoint_container: str = "evalstream-checkpoints"
     # Where a partition without a checkpoint starts: the oldest retained event or new ones only
     # (one whose snapshot is in the store resumes after the event the snapshot covers).

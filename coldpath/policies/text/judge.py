@@ -26,13 +26,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from coldpath.policies.base import Accumulator, MetricOutcome, ValueNames
 from coldpath.policies.text import _text_sdk as _sdk
 from coldpath.policies.text import inputs
 from coldpath.policies.text.params import JudgeParams, check
 from coldpath.policies.text.sampling import BottomK
+from common import redact
 from schemas import AppConfig, TelemetryDocument
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -54,6 +55,14 @@ class JudgeModelConfig(BaseModel):
     deployment: str = Field(min_length=1)
     api_version: str = DEFAULT_API_VERSION
     api_key: SecretStr
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, endpoint: str) -> str:
+        # A path is allowed (a gateway in front of the deployment); a key in the URL is not,
+        # and the SDK's errors quote what it cannot read of it ("Invalid port: '...'").
+        example = "https://RESOURCE.openai.azure.com; the key goes in coldpath.judge.api_key"
+        return redact.check_account_url(endpoint, example, path=True)
 
     def sdk_configuration(self) -> dict[str, str]:
         return {
@@ -134,7 +143,7 @@ class _JudgeAccumulator:
                 {**base, "mean": None, "evaluated": 0, "failed": 0, "capped": len(rows)},
                 0,
                 "unavailable",
-                str(exc),
+                self._said(exc),
             )
         _sdk.run_sync(lambda: self._judge(evaluator, rows, tally))
         return self._outcome(base, tally)
@@ -170,9 +179,15 @@ class _JudgeAccumulator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of one call is counted, never raised
-                tally.failures[_sdk.describe(exc)] += 1
+                tally.failures[self._said(exc)] += 1
             finally:
                 tally.in_flight -= 1
+
+    def _said(self, exc: BaseException) -> str:
+        """The reason of a failed call, as results and reports keep it: without what of the
+        configured endpoint may be a secret (an error may quote it: "Invalid port: '...'")."""
+        reason = str(exc) if isinstance(exc, _sdk.SdkUnavailable) else _sdk.describe(exc)
+        return redact.scrub(reason, self._model.endpoint) if self._model else reason
 
     def _outcome(self, base: dict[str, float | None], tally: _Tally) -> MetricOutcome:
         evaluated = len(tally.scores)

@@ -193,6 +193,21 @@ def test_a_wrong_key_is_reported_not_raised(server: JudgeServer, judge: JudgeMod
     assert len(server.requests) == 0  # refused before the judge logs a call
 
 
+def test_a_reason_quoting_the_endpoint_is_kept_without_its_secret() -> None:
+    """httpx refuses a port that is no number and quotes it; the reason, kept in the results
+    (and shown by reports), quoted the text after the host whole ("Invalid port: '...'")."""
+    # Made without its checks (which refuse it), as a program using the metrics may.
+    pasted = JudgeModelConfig.model_construct(
+        endpoint="https://res.openai.azure.com:s3cr3t-key/",
+        deployment="judge-4o",
+        api_key=SecretStr("a-key"),
+    )
+    outcome = run(pasted, "text.fluency", [doc(0), doc(1)])
+    assert outcome.status == "unavailable"
+    assert "InvalidURL: Invalid port: '<redacted>'" in outcome.reason
+    assert "s3cr3t" not in outcome.reason + repr(outcome.details)
+
+
 @pytest.mark.parametrize("name", AI_METRICS)
 def test_no_judge_configured_is_unavailable_with_the_reason(server: JudgeServer, name: str) -> None:
     server.reset()

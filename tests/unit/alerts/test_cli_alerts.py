@@ -109,6 +109,9 @@ def test_a_webhook_that_cannot_take_posts_is_refused_before_listening(
         "https:/admin:s3cr3t-pw@hooks.example.com/alerts?sig=s3cr3t-sig",
         "ftp://admin:s3cr3t-pw@hooks.example.com/alerts?sig=s3cr3t-sig#s3cr3t",
         "https://admin:s3cr3t-pw@/alerts?sig=s3cr3t-sig",
+        # A Slack-style hook: the path is the credential.
+        "ftp://hooks.example.com/services/T000/B000/s3cr3t-path",
+        "hooks.example.com/services/T000/B000/s3cr3t-path",
     ],
 )
 def test_a_refused_webhook_url_is_named_without_its_secrets(config: Path, url: str) -> None:

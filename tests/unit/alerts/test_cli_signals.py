@@ -1,4 +1,5 @@
-"""``alerts listen`` as a real process: SIGTERM stops it gracefully, Ctrl-C (SIGINT) at once."""
+"""``alerts listen`` as a real process: SIGTERM stops it gracefully, Ctrl-C (SIGINT) at once; a
+failing webhook's errors name its host, never its path."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from alerts import SubscriptionSpec
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from evalstream.cli.alerts import alerts_app
+from tests.unit.alerts.conftest import HOOK_SECRETS, Hook
 from tests.unit.alerts.factories import make_breach
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -21,13 +25,14 @@ SPEC = SubscriptionSpec("all")
 CLI = "from evalstream.cli.alerts import alerts_app; alerts_app()"
 
 
-def start_listener(tmp_path: Path) -> subprocess.Popen[str]:
+def start_listener(tmp_path: Path, *options: str, config_text: str = "") -> subprocess.Popen[str]:
     config = tmp_path / "evalstream.toml"
-    config.write_text(f'[embedded]\ndata_dir = "{tmp_path}"\n')
+    config.write_text(f'[embedded]\ndata_dir = "{tmp_path}"\n{config_text}')
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVALSTREAM_")}
     env["PYTHONPATH"] = str(ROOT)
+    command = [sys.executable, "-c", CLI, "listen", "-s", "all", "--json", *options]
     return subprocess.Popen(
-        [sys.executable, "-c", CLI, "listen", "-s", "all", "--json", "--config", str(config)],
+        [*command, "--config", str(config)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -45,7 +50,9 @@ def wait_exit(process: subprocess.Popen[str], timeout_s: float) -> int:
         raise AssertionError("listener did not exit in time") from None
 
 
-async def publish_and_see_it_printed(process: subprocess.Popen[str], bus: Path) -> None:
+async def publish_once_listening(
+    process: subprocess.Popen[str], bus: Path, spec: SubscriptionSpec = SPEC
+) -> None:
     # The subscription exists once the listener opened; publish through it then.
     deadline = time.monotonic() + 30
     while True:
@@ -56,8 +63,12 @@ async def publish_and_see_it_printed(process: subprocess.Popen[str], bus: Path) 
                 break
         except Exception:
             await asyncio.sleep(0.05)
-    async with SqliteAlertPublisher(bus, [SPEC]) as pub:
+    async with SqliteAlertPublisher(bus, [spec]) as pub:
         await pub.publish([make_breach(1)])
+
+
+async def publish_and_see_it_printed(process: subprocess.Popen[str], bus: Path) -> None:
+    await publish_once_listening(process, bus)
     assert process.stdout is not None
     line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
     assert '"breach_id":"breach-00001"' in line
@@ -80,3 +91,44 @@ async def test_listen_stops_on_signals(tmp_path: Path, signum: int, exit_code: i
             # Graceful: the alert in flight was completed before the listener exited.
             # (After Ctrl-C it may be completed or handed back, depending on the instant.)
             assert await rx.receive(1, 0) == []
+
+
+@pytest.mark.integration
+async def test_a_failing_webhooks_errors_name_its_host_not_its_path(
+    tmp_path: Path, hook: Hook
+) -> None:
+    """The hook answers 500 (quoting the request's path and query) to every attempt of the one
+    delivery: neither the listener's lines nor the dead letter show the hook's credential."""
+    hook.statuses.extend([500] * 3)
+    spec = SubscriptionSpec("all", max_delivery_count=1)
+    config_text = '[[alerts.subscriptions]]\nname = "all"\nmax_delivery_count = 1\n'
+    process = start_listener(tmp_path, "--webhook", hook.url, config_text=config_text)
+    try:
+        await publish_once_listening(process, tmp_path / "alerts.db", spec)
+        async with SqliteAlertReceiver(tmp_path / "alerts.db", spec) as rx:
+            deadline = time.monotonic() + 30
+            while not await rx.dead_letters(1):
+                assert time.monotonic() < deadline, "the alert was not dead-lettered"
+                await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(wait_exit, process, 10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    stderr = process.stderr.read()
+    port = hook.url.split(":")[2].split("/")[0]
+    assert f"POST http://127.0.0.1:{port}/<sha256:" in stderr
+    assert "answered 500" in stderr
+    dlq = await asyncio.to_thread(
+        CliRunner().invoke,
+        alerts_app,
+        ["dlq", "-s", "all", "--config", str(tmp_path / "evalstream.toml")],
+    )
+    assert dlq.exit_code == 0, dlq.output
+    assert "AlertDeliveryError" in dlq.stdout
+    assert "answered 500" in dlq.stdout
+    for secret in HOOK_SECRETS:
+        assert secret not in stderr
+        assert secret not in dlq.stdout

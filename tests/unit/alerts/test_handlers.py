@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import socket
-from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp import web
 from rich.console import Console
 
 from alerts import AlertDeliveryError, ReceivedAlert, SubscriptionSpec, WebhookRejectedError
@@ -23,6 +20,7 @@ from alerts.listener import AlertListener
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from common.retry import Backoff
 from schemas import Breach, BreachKind, BreachState, Evidence, Severity
+from tests.unit.alerts.conftest import HOOK_PATH, HOOK_SECRETS, Hook
 from tests.unit.alerts.factories import make_breach
 
 
@@ -123,44 +121,26 @@ async def test_console_handler_json_lines_are_the_breach() -> None:
 # --- webhook -------------------------------------------------------------------------------
 
 
-@dataclass
-class Hook:
-    url: str
-    statuses: deque[int] = field(default_factory=deque)  # answered in order, then 200
-    delay_s: float = 0.0
-    requests: list[tuple[Mapping[str, str], bytes]] = field(default_factory=list)
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    state = Hook(url="")
-
-    async def receive(request: web.Request) -> web.Response:
-        state.requests.append((request.headers.copy(), await request.read()))
-        if state.delay_s:
-            await asyncio.sleep(state.delay_s)
-        status = state.statuses.popleft() if state.statuses else 200
-        headers = {"Retry-After": "0"} if status == 429 else {}
-        return web.Response(status=status, text=f"status {status}", headers=headers)
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    state.url = f"http://127.0.0.1:{port}/hook?token=s3cret"
-    try:
-        yield state
-    finally:
-        await runner.cleanup()
-
-
 def webhook(url: str, max_attempts: int = 3, **kw: object) -> WebhookHandler:
     """A webhook handler making ``max_attempts`` requests per delivery, quickly."""
     backoff = Backoff(initial_s=0.01, max_s=0.05, jitter=False, max_retries=max_attempts - 1)
     return WebhookHandler(url, backoff=backoff, **kw)  # type: ignore[arg-type]
+
+
+def assert_no_hook_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in HOOK_SECRETS:
+            assert secret not in text, text
+
+
+def our_log(caplog: pytest.LogCaptureFixture) -> str:
+    """The lines the handler and the retry loop logged: not the test server's access log, nor
+    httpx's request lines (which ``evalstream.logs.configure`` keeps out, tested there)."""
+    return "\n".join(
+        record.getMessage()
+        for record in caplog.records
+        if not record.name.startswith(("aiohttp", "httpx", "httpcore"))
+    )
 
 
 @pytest.mark.integration
@@ -193,19 +173,43 @@ async def test_webhook_does_not_retry_4xx(hook: Hook) -> None:
     assert len(hook.requests) == 1
     assert caught.value.status_code == 404
     assert caught.value.retryable is False
-    assert "s3cret" not in str(caught.value)
+    # The host is named, the path (the hook's credential) is not, nor the answer quoting it.
+    assert str(caught.value).startswith("POST http://127.0.0.1:")
+    assert "answered 404: status 404 for POST <redacted>" in str(caught.value)
+    assert_no_hook_secret(str(caught.value))
 
 
 @pytest.mark.integration
-async def test_webhook_raises_when_every_attempt_fails(hook: Hook) -> None:
+async def test_webhook_raises_when_every_attempt_fails(
+    hook: Hook, caplog: pytest.LogCaptureFixture
+) -> None:
     hook.statuses.extend([500, 500, 500, 500])
     async with webhook(hook.url, max_attempts=3) as handler:
-        with pytest.raises(AlertDeliveryError) as caught:
+        with caplog.at_level(logging.DEBUG), pytest.raises(AlertDeliveryError) as caught:
             await handler.handle(received(make_breach(1)))
     assert len(hook.requests) == 3
     assert (caught.value.status_code, caught.value.retryable) == (500, True)
     assert "answered 500" in str(caught.value)
-    assert "s3cret" not in str(caught.value)
+    # Each retried attempt was logged, with the same redacted text.
+    retried = [record for record in caplog.records if record.name == "common.retry"]
+    assert len(retried) == 2
+    assert_no_hook_secret(str(caught.value), our_log(caplog))
+
+
+@pytest.mark.integration
+async def test_a_webhook_host_that_does_not_resolve_is_named_without_the_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # .invalid never resolves (RFC 6761): at once, or after the timeout on a machine whose
+    # resolver cannot be reached.
+    url = f"https://hooks.evalstream.invalid{HOOK_PATH}"
+    async with webhook(url, max_attempts=2, timeout_s=5.0) as handler:
+        with caplog.at_level(logging.DEBUG), pytest.raises(AlertDeliveryError) as caught:
+            await handler.handle(received(make_breach(1)))
+    assert isinstance(caught.value.__cause__, httpx.ConnectError | httpx.ConnectTimeout)
+    assert str(caught.value).startswith("POST https://hooks.evalstream.invalid/<sha256:")
+    assert "common.retry" in {record.name for record in caplog.records}
+    assert_no_hook_secret(str(caught.value), our_log(caplog))
 
 
 @pytest.mark.integration
@@ -229,16 +233,32 @@ async def test_webhook_retries_connection_errors() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # Nothing listens on that port now: every attempt is refused.
-    async with webhook(f"http://127.0.0.1:{port}/hook", max_attempts=3) as handler:
+    async with webhook(f"http://127.0.0.1:{port}{HOOK_PATH}", max_attempts=3) as handler:
         with pytest.raises(AlertDeliveryError) as caught:
             await handler.handle(received(make_breach(1)))
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
     assert caught.value.retryable is True
+    assert str(caught.value).startswith(f"POST http://127.0.0.1:{port}/<sha256:")
+    assert_no_hook_secret(str(caught.value))
 
 
 def test_webhook_rejects_non_http_urls() -> None:
     with pytest.raises(ValueError, match="http"):
         WebhookHandler("ftp://example.org/hook")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"ftp://hooks.example.com{HOOK_PATH}",
+        f"hooks.example.com{HOOK_PATH}",
+        f"https://{HOOK_PATH}",
+    ],
+)
+def test_a_refused_webhook_url_is_named_without_its_path(url: str) -> None:
+    with pytest.raises(ValueError, match="webhook URL") as caught:
+        WebhookHandler(url)
+    assert_no_hook_secret(str(caught.value))
 
 
 @pytest.mark.integration

@@ -75,3 +75,18 @@ def test_publisher_backoff_grows_exponentially_up_to_the_cap_with_jitter_below()
 def test_publisher_rejects_a_nonsense_attempt_timeout() -> None:
     with pytest.raises(ValueError, match="attempt_timeout_s"):
         ServiceBusAlertPublisher(ServiceBusSettings(connection_string="x"), attempt_timeout_s=0.0)
+
+
+def test_a_namespace_is_named_without_a_key_pasted_into_it() -> None:
+    """A connection string set as fully_qualified_namespace was named whole in the errors of a
+    missing topic or subscription, its SharedAccessKey with it."""
+    pasted = (
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;"
+        "SharedAccessKey=s3cr3tK3y="
+    )
+    # Settings made without their checks (which refuse it), as a program using the bus may.
+    settings = ServiceBusSettings.model_construct(fully_qualified_namespace=pasted)
+    publisher = ServiceBusAlertPublisher(settings)
+    assert publisher.where == "sb://ns.servicebus.windows.net"
+    named = ServiceBusSettings(fully_qualified_namespace="ns.servicebus.windows.net")
+    assert ServiceBusAlertPublisher(named).where == "ns.servicebus.windows.net"

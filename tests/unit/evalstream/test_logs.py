@@ -8,11 +8,12 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from common.log_context import ContextFilter, log_context
-from evalstream.logs import JsonFormatter, KeyValueFormatter
+from evalstream.logs import JsonFormatter, KeyValueFormatter, configure
 
 
 @pytest.fixture
@@ -130,3 +131,25 @@ def test_a_record_orjson_cannot_encode_is_still_one_json_line(
     lines = _lines(stream)
     assert lines[0]["message"] == "data in /var/lib/d\\udcff" == "data in " + lines[0]["path"]
     assert (lines[1]["total"], lines[1]["by_partition"]) == (str(2**70), {"0": 3})
+
+
+def test_httpx_request_lines_are_left_out_as_they_carry_the_whole_url(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """httpx logs each request at INFO with its URL, the path and query a webhook's credential:
+    ``configure`` leaves them out at any level, as it does the Azure SDKs' request lines."""
+    root, quiet = logging.getLogger(), ("httpx", "azure")
+    saved = root.handlers[:], root.level, [logging.getLogger(name).level for name in quiet]
+    try:
+        configure("DEBUG")
+        answer = httpx.MockTransport(lambda request: httpx.Response(500))
+        with httpx.Client(transport=answer) as client:
+            client.post("https://hooks.example.com/services/T000/B000/s3cr3t-path?sig=s3cr3t")
+        logging.getLogger("tests.logs").warning("the webhook answered 500")
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        for name, level in zip(quiet, saved[2], strict=True):
+            logging.getLogger(name).setLevel(level)
+    stderr = capsys.readouterr().err
+    assert "the webhook answered 500" in stderr
+    assert "s3cr3t" not in stderr

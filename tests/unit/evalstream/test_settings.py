@@ -204,3 +204,111 @@ def test_nested_setting_that_is_not_json_is_named(
     field = variable.removeprefix("EVALSTREAM_").lower()
     with pytest.raises(SettingsError, match=rf'field "{field}" .*: Expecting property name'):
         load_settings()
+
+
+BLOB_ACCOUNT_URLS = (
+    "azure.batch.staging.account_url",
+    "azure.eventhubs.checkpoint_account_url",
+    "replay.capture.account_url",
+)
+
+
+@pytest.mark.parametrize("setting", BLOB_ACCOUNT_URLS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        # The SDK's first request failed quoting it whole, the SAS with it:
+        # "https://acct.blob.core.windows.net:<key>/c?restype=container&comp=list&sig=<sas>".
+        "https://acct.blob.core.windows.net:s3cr3t-key/?sv=2024&sig=s3cr3t-sig",
+        "https://admin:s3cr3t-pw@acct.blob.core.windows.net/?sig=s3cr3t-sig",
+        "acct.blob.core.windows.net/?sig=s3cr3t-sig",
+    ],
+)
+def test_a_blob_account_url_that_is_not_one_is_refused_without_quoting_it(
+    setting: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVALSTREAM_" + setting.upper().replace(".", "__"), url)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert f"{setting}: " in said
+    assert "s3cr3t" not in said
+
+
+@pytest.mark.parametrize("setting", BLOB_ACCOUNT_URLS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://acct.blob.core.windows.net",
+        "http://127.0.0.1:10000/devstoreaccount1",  # Azurite's: the account in the path
+        "https://acct.blob.core.windows.net/?sv=2024-11-04&ss=b&sig=abc%3D",  # a SAS
+    ],
+)
+def test_a_blob_account_url_is_taken_as_it_is(
+    setting: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVALSTREAM_" + setting.upper().replace(".", "__"), url)
+    settings = load_settings()
+    section, *path, field = setting.split(".")
+    value: object = getattr(settings, section)
+    for name in path:
+        value = getattr(value, name)
+    assert getattr(value, field) == url
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["azure.eventhubs.fully_qualified_namespace", "azure.servicebus.fully_qualified_namespace"],
+)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;SharedAccessKey=s3cr3t=",
+        "ns.servicebus.windows.net:s3cr3t",  # the SDK's error quoted the port
+        "sb://ns.servicebus.windows.net/",
+        "",
+    ],
+)
+def test_a_namespace_that_is_no_host_name_is_refused_without_quoting_it(
+    setting: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVALSTREAM_" + setting.upper().replace(".", "__"), name)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert f"{setting}: Value error, is not a namespace host name (NAMESPACE." in said
+    assert "s3cr3t" not in said
+
+
+def test_a_namespace_host_name_is_taken_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVALSTREAM_AZURE__EVENTHUBS__FULLY_QUALIFIED_NAMESPACE", "hubs.example.net")
+    monkeypatch.setenv("EVALSTREAM_AZURE__SERVICEBUS__FULLY_QUALIFIED_NAMESPACE", "127.0.0.1:5672")
+    settings = load_settings()
+    assert settings.azure.eventhubs.fully_qualified_namespace == "hubs.example.net"
+    assert settings.azure.servicebus.fully_qualified_namespace == "127.0.0.1:5672"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://res.openai.azure.com:s3cr3t-key/",
+        "https://res.openai.azure.com/?api-key=s3cr3t-key",
+        "https://admin:s3cr3t-key@res.openai.azure.com/",
+    ],
+)
+def test_a_judge_endpoint_holding_a_key_is_refused_without_quoting_it(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accepted, every judge call failed with the SDK's error quoting it ("InvalidURL: Invalid
+    port: '<key>'"), kept as the metric's reason in the results that reports show."""
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__ENDPOINT", endpoint)
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__DEPLOYMENT", "judge-4o")
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__API_KEY", "a-key")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert "coldpath.judge.endpoint: " in said
+    assert "s3cr3t" not in said
+    monkeypatch.setenv("EVALSTREAM_COLDPATH__JUDGE__ENDPOINT", "https://gateway.example.net/aoai")
+    judge = load_settings().coldpath.judge
+    assert judge is not None and judge.endpoint == "https://gateway.example.net/aoai"

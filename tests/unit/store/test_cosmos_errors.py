@@ -20,6 +20,7 @@ from common.retry import Backoff
 from store.cosmos import CosmosStore
 from store.cosmos_config import CosmosSettings
 from store.cosmos_errors import call, map_error, read_item_or_none, retry_after_s
+from store.cosmos_evaluations import CosmosEvaluationStore
 from store.exceptions import (
     ContainerNotFound,
     StoreConflict,
@@ -272,6 +273,10 @@ def test_an_endpoint_that_is_no_account_url_is_named(endpoint: str, said: str) -
         "https://admin:s3cr3t@account.documents.azure.com:443/",
         "https://account.documents.azure.com:443/?sig=s3cr3t",
         "https://admin:s3cr3t@account.documents.azure.com:99999/",
+        # urlsplit's error quoted a port that is no number, the key after it with it.
+        "https://account.documents.azure.com:443;AccountKey=s3cr3tK3y==",
+        # Passed, to be named in every later store error.
+        "https://account.documents.azure.com:443/;AccountKey=s3cr3tK3y==;",
     ],
 )
 def test_an_endpoint_holding_a_secret_is_refused_without_quoting_it(endpoint: str) -> None:
@@ -299,3 +304,18 @@ async def test_an_unreachable_account_is_one_store_error() -> None:
     with pytest.raises(StoreUnavailable, match=r"open the Cosmos DB account at .*unreachable"):
         async with store:
             pass
+
+
+async def test_a_stores_errors_name_its_endpoint_without_what_may_be_secret() -> None:
+    """A store made with an endpoint that holds a query or userinfo (not through the settings,
+    which refuse them) named it whole in its errors."""
+    endpoint = "https://admin:s3cr3t@account.documents.azure.com:443/?sig=s3cr3t"
+    store = CosmosStore(endpoint, "a2V5")
+    with pytest.raises(StoreError) as error:
+        await store.ping()
+    assert str(error.value).startswith("Cosmos store https://account.documents.azure.com:443 ")
+    assert "s3cr3t" not in str(error.value)
+    evaluations = CosmosEvaluationStore(endpoint, "a2V5", database="evalstream")
+    with pytest.raises(StoreError) as error:
+        await evaluations.load_manifest("m")
+    assert "s3cr3t" not in str(error.value)
