@@ -77,8 +77,8 @@ def test_the_follow_deadline_is_the_longest_its_tasks_can_take() -> None:
 @pytest.mark.parametrize(
     ("fields", "says"),
     [
-        ({"account_url": "myaccount.westeurope.batch.azure.com"}, "is not an http(s) URL"),
-        ({"account_url": "ftp://myaccount"}, "is not an http(s) URL"),
+        ({"account_url": "myaccount.westeurope.batch.azure.com"}, "is not an account URL"),
+        ({"account_url": "ftp://myaccount"}, "is not an account URL"),
         ({"account_key": SecretStr("not a key!")}, "is not base64"),
     ],
     ids=["no-scheme", "ftp", "key"],
