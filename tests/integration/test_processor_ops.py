@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evalstream.settings import DEFAULT_PARTITIONS
-from tests.integration.processor_harness import start_processor, store_contents, wait_until
+from tests.integration.processor_harness import (
+    answers,
+    free_port,
+    start_processor,
+    store_contents,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +35,6 @@ ENV = {
     "EVALSTREAM_EMBEDDED__WORKERS": "2",
 }
 WHEN = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
 
 
 def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -67,11 +67,11 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
         check=False,
     )
     assert sent.returncode == 0, sent.stderr.decode()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start_processor(data_dir, ENV, "--ingest", "--ingest-port", str(port))
     try:
-        wait_until(lambda: _answers(f"{url}/healthz"), timeout=60, what="the processor's port")
+        wait_until(lambda: answers(f"{url}/healthz"), timeout=60, what="the processor's port")
         posted = [
             httpx.post(
                 f"{url}/api/telemetry",
@@ -144,10 +144,3 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)
     assert process.returncode == 0
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
