@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from schemas import Breach, BreachState, QuarantineRecord
-from stream.metrics import ProcessorMetrics, quarantine_code
+from stream.metrics import INGEST_QUARANTINED, ProcessorMetrics, counted, quarantine_code
 from stream.ports import PartitionContext, ReceivedEvent
 
 # The holder of a partition this process processes itself (a supervisor's workers are held
@@ -250,7 +250,16 @@ class ProcessorStats:
         lags = await self.lag()
         lag_text = " ".join(f"p{p}={'?' if lag is None else lag}" for p, lag in lags.items())
         return (
-            f"{rate:,.0f} events/s | stored {self.documents:,} | quarantined {self.quarantined:,} "
+            f"{rate:,.0f} events/s | stored {self.documents:,} | {self._quarantined_text()} "
             f"| breaches opened {self.breaches_opened} resolved {self.breaches_resolved} "
             f"| lag {lag_text or '-'}"
         )
+
+    def _quarantined_text(self) -> str:
+        """Every input kept in quarantine: the processor's and those ingest refused at the
+        door (its counts, in this registry; an ingest worker's arrive every half second)."""
+        at_ingest = int(counted(self.metrics.registry, INGEST_QUARANTINED))
+        total = self.quarantined + at_ingest
+        if not at_ingest:
+            return f"quarantined {total:,}"
+        return f"quarantined {total:,} ({at_ingest:,} by ingest)"

@@ -1,9 +1,10 @@
-"""A running processor as an operator sees it: /metrics agree with the store, /readyz tells
-what is wrong and recovers, /healthz answers."""
+"""A running processor as an operator sees it: /metrics and the status line agree with the store,
+/readyz tells what is wrong and recovers, /healthz answers."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -69,7 +70,9 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
     assert sent.returncode == 0, sent.stderr.decode()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_processor(data_dir, ENV, "--ingest", "--ingest-port", str(port))
+    process = start_processor(
+        data_dir, ENV, "--ingest", "--ingest-port", str(port), "--log-level", "INFO"
+    )
     try:
         wait_until(lambda: answers(f"{url}/healthz"), timeout=60, what="the processor's port")
         posted = [
@@ -104,6 +107,7 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
             if name == "evalstream_quarantined_events_total"
         }
         assert sum(by_code.values()) == 3 and by_code.get("missing") == 1, by_code
+        assert _value(samples, "evalstream_ingest_quarantined_events_total", code="missing") == 1
         assert _value(samples, "evalstream_ingest_requests_total", status="202") == 2
         assert _value(samples, "evalstream_ingest_requests_total", status="207") == 1
         assert _value(samples, "evalstream_partitions_owned") == DEFAULT_PARTITIONS
@@ -142,5 +146,9 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
         )
     finally:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
-    assert process.returncode == 0
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output.decode()[-3000:]
+    # The operator's count of quarantined inputs is the store's: the processor's and ingest's.
+    stopped = re.search(r"stopped: .*\| (quarantined [^|]*) \|", output.decode())
+    assert stopped is not None, output.decode()[-3000:]
+    assert stopped[1] == "quarantined 4 (1 by ingest)"

@@ -1,14 +1,17 @@
-"""Processor statistics count an incident once, whatever its messages; readiness knows which
-partitions a supervisor's workers hold."""
+"""Processor statistics count an incident once, whatever its messages; the quarantined inputs
+on the status line include what ingest refused; readiness knows which partitions a supervisor's
+workers hold."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from schemas import BreachState, Severity
 from stream import stats as stats_module
+from stream.metrics import IngestMetrics, SummedWorkers, snapshot
 from stream.ports import ReceivedEvent
 from stream.stats import MAX_UNHELD_S, ProcessorStats
 from tests.unit.alerts.factories import make_breach
@@ -134,3 +137,25 @@ async def test_a_processor_that_runs_its_partitions_itself_holds_what_it_attache
     assert (await stats.problems(60), _owned(stats)) == ([], 1)
     stats.detach("0")
     assert (await stats.problems(60), _owned(stats)) == (["no partition owned"], 0)
+
+
+async def test_the_status_line_counts_what_ingest_quarantined_in_this_process() -> None:
+    stats = ProcessorStats()
+    ingest = IngestMetrics(stats.metrics.registry)  # in-process ingest shares the registry
+    stats.record_counts("0", 1, 5, ["missing"], [])
+    assert "| quarantined 1 |" in await stats.status_line()
+    ingest.quarantined.labels("missing").inc(2)
+    ingest.quarantined.labels("invalid_type").inc()
+    assert "| quarantined 4 (3 by ingest) |" in await stats.status_line()
+
+
+async def test_the_status_line_counts_what_ingest_workers_quarantined() -> None:
+    stats = ProcessorStats()
+    summed = SummedWorkers()
+    stats.metrics.registry.register(summed)
+    worker = CollectorRegistry()
+    IngestMetrics(worker).quarantined.labels("missing").inc(7)
+    summed.update(0, snapshot(worker))
+    summed.retire(0)  # restarted: what it counted still counts
+    summed.update(0, snapshot(worker))
+    assert "| quarantined 14 (14 by ingest) |" in await stats.status_line()
