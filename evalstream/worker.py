@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from stream.ports import PartitionContext
 from stream.processor import tuned_gc
 from stream.sources.local_log_share import LocalLogShare
 from stream.sources.subprocess_channel import Channel
-from stream.stats import ProcessorStats
+from stream.stats import THIS_PROCESS, ProcessorStats
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,17 @@ class _ReportingStats(ProcessorStats):
             self.publish_error,
         )
 
-    async def attach(self, context: PartitionContext) -> None:
-        await super().attach(context)
-        # Where this partition resumes (after the pipeline's check of lost writes or events).
-        self._tell("attached", context.partition_id, await context.checkpointed_sequence())
+    async def attach(self, context: PartitionContext, holder: int | None = THIS_PROCESS) -> None:
+        await super().attach(context, holder)
+        # Where this partition resumes (after the pipeline's check of lost writes or events),
+        # and when it was taken: the monotonic clock is the machine's, so the supervisor can
+        # order what two workers report over their separate pipes.
+        resumed = await context.checkpointed_sequence()
+        self._tell("attached", context.partition_id, resumed, time.monotonic())
+
+    def detach(self, partition_id: str) -> None:
+        super().detach(partition_id)
+        self._tell("detached", partition_id)
 
     def checkpointed(self, partition_id: str) -> None:
         super().checkpointed(partition_id)

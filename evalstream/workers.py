@@ -11,7 +11,10 @@ written by its owner before it lets go, so the next owner resumes from them exac
 
 Workers report each batch's outcome over their pipe; the supervisor adds them up into one
 ProcessorStats, so the status line, ``--until-idle``, readiness and the metrics cover all of
-them. It also holds the log's processor lock (one processing command per data dir) and sweeps
+them. They also report each partition they take and let go: readiness is not ready while no
+worker holds a partition (every worker dead, or restarting after dying at start), and names a
+partition no live worker has taken (since the start, or for longer than a restart takes).
+The supervisor holds the log's processor lock (one processing command per data dir) and sweeps
 retention. Stopping (Ctrl-C, SIGTERM, ``--until-idle``): every worker finishes its batches in
 flight and checkpoints, then exits; the supervisor returns after the last.
 """
@@ -125,6 +128,8 @@ class WorkerPool:
         self.on_status = on_status or (lambda line: logger.info(line))
         self.live: dict[int, _Worker] = {}
         self.restarts = 0
+        # When the latest holder of each partition took it (the machine's monotonic clock).
+        self._taken_at: dict[str, float] = {}
         self._fatal: StreamError | None = None
         self._log: LocalLog | None = None
 
@@ -156,7 +161,8 @@ class WorkerPool:
             try:
                 self._log = log
                 for partition in range(embedded.partitions):
-                    await self.stats.attach(_Watched(log, partition))
+                    await self.stats.attach(_Watched(log, partition), holder=None)
+                self._count_running()
                 async with asyncio.TaskGroup() as group:
                     reporter = group.create_task(
                         report_status(
@@ -223,6 +229,7 @@ class WorkerPool:
     async def _run_worker(self, slot: int, stop: asyncio.Event) -> _Worker:
         worker = _Worker(slot, *await start_worker("evalstream.worker", self.settings))
         self.live[slot] = worker
+        self._count_running()
         await self._rebalance()
         stopper = asyncio.create_task(self._forward_stop(worker, stop))
         try:
@@ -231,6 +238,8 @@ class WorkerPool:
         finally:
             stopper.cancel()
             del self.live[slot]
+            self.stats.released(slot)
+            self._count_running()
             if not stop.is_set():
                 await self._rebalance()
             worker.channel.fail_calls()
@@ -239,6 +248,9 @@ class WorkerPool:
             else:
                 await end_child(worker.process)
         return worker
+
+    def _count_running(self) -> None:
+        self.stats.workers = (len(self.live), self.workers)
 
     async def _rebalance(self) -> None:
         assert self._log is not None
@@ -263,8 +275,14 @@ class WorkerPool:
         kind = message[0]
         stats = self.stats
         if kind == "attached" and self._log is not None:
-            _, partition, resumed = message
-            await stats.attach(_Watched(self._log, int(partition), resumed))
+            _, partition, resumed, taken_at = message
+            # A report older than the latest holder's (its pipe read later): that worker has
+            # let go of the partition since.
+            if taken_at >= self._taken_at.get(partition, 0.0):
+                self._taken_at[partition] = taken_at
+                await stats.attach(_Watched(self._log, int(partition), resumed), worker.slot)
+        elif kind == "detached":
+            stats.released(worker.slot, message[1])
         elif kind == "batch":
             _, partition, last, documents, codes, breaches, seconds, store, publish = message
             worker.batches += 1

@@ -16,6 +16,10 @@ from prometheus_client.registry import Collector
 
 from schemas import QuarantineRecord
 
+# Events ingest refused and kept in quarantine: counted by ingest (in the processor's process or
+# summed over ingest workers), not by the processor, which never sees them.
+INGEST_QUARANTINED = "evalstream_ingest_quarantined_events"
+
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -28,7 +32,8 @@ class ProcessorMetrics:
         )
         self.quarantined = Counter(
             "evalstream_quarantined_events",
-            "Quarantined inputs, by the code of their first issue.",
+            "Inputs the processor quarantined, by the code of their first issue (those ingest "
+            "refused: evalstream_ingest_quarantined_events).",
             ["code"],
             registry=r,
         )
@@ -113,11 +118,23 @@ class IngestMetrics:
         # Not evalstream_quarantined_events: ingest workers' families are summed beside the
         # processor's, and one name may hold one family.
         self.quarantined = Counter(
-            "evalstream_ingest_quarantined_events",
+            INGEST_QUARANTINED,
             "Events ingest refused and kept in quarantine, by the code of their first issue.",
             ["code"],
             registry=registry,
         )
+
+
+def counted(registry: CollectorRegistry, family: str) -> float:
+    """A counter family's total over its labels, from whichever collector of ``registry``
+    holds it (a counter of this process, or ``SummedWorkers``); 0 when none does yet."""
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        if metric.name == family
+        for sample in metric.samples
+        if sample.name == f"{family}_total"
+    )
 
 
 def quarantine_code(record: QuarantineRecord) -> str:

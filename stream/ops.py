@@ -1,10 +1,11 @@
 """What operators and orchestrators ask a running processor over HTTP.
 
 * ``GET /healthz``: the process is alive and its event loop answers (200).
-* ``GET /readyz``: 200 when it does its job, else 503 with every reason: no partition owned,
-  a partition with events waiting and no batch or checkpoint for ``max_silence_s``, the store
-  not readable now (``ping``, bounded by ``ping_timeout_s``), the latest write or publish
-  failing.
+* ``GET /readyz``: 200 when it does its job, else 503 with every reason: no partition owned
+  (under a supervisor: held by none of its workers), a partition no worker has taken or none
+  has held for a while, a partition with events waiting and no batch or checkpoint for
+  ``max_silence_s``, the store not readable now (``ping``, bounded by ``ping_timeout_s``), the
+  latest write or publish failing.
 * ``GET /metrics``: Prometheus text format of the processor's registry (and ingest's, which
   shares it).
 """

@@ -1,6 +1,6 @@
 """Counters of a running processor: the periodic one-line status, the Prometheus metrics
-(``stream.metrics``) and what readiness looks at (last batch, last checkpoint, failing writes and
-publishes per partition)."""
+(``stream.metrics``) and what readiness looks at (who holds each partition, last batch, last
+checkpoint, failing writes and publishes per partition)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,21 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from schemas import Breach, BreachState, QuarantineRecord
-from stream.metrics import ProcessorMetrics, quarantine_code
+from stream.metrics import INGEST_QUARANTINED, ProcessorMetrics, counted, quarantine_code
 from stream.ports import PartitionContext, ReceivedEvent
+
+# The holder of a partition this process processes itself (a supervisor's workers are held
+# under their slot numbers, 0 and up).
+THIS_PROCESS: Final = -1
+
+# A partition a supervisor watches may be without a holder while it moves to a worker that is
+# (re)starting: that worker's interpreter imports the pipeline first (measured on the project's
+# 2-core machine: 1-2 s for a restarted worker, 3.5 s for the command's two starting together;
+# more when it is loaded). Longer than this, nobody is processing it.
+MAX_UNHELD_S: Final = 20.0
 
 
 @dataclass
@@ -21,6 +32,10 @@ class _PartitionProgress:
     attached_at: float = field(default_factory=time.monotonic)
     last_batch_at: float | None = None
     last_checkpoint_at: float | None = None
+    # Who processes it: THIS_PROCESS, a worker's slot, or None (a supervisor watching it while
+    # no live worker holds it: since ``released_at``, or since the start when that is None).
+    holder: int | None = THIS_PROCESS
+    released_at: float | None = None
 
 
 @dataclass
@@ -39,24 +54,44 @@ class ProcessorStats:
     # Set while the latest attempt failed, cleared by the next success: readiness reports them.
     store_error: str | None = None
     publish_error: str | None = None
+    # Under a supervisor: its processing workers (running, configured); readiness names them
+    # when no partition is held.
+    workers: tuple[int, int] | None = None
     _partitions: dict[str, _PartitionProgress] = field(default_factory=dict)
     _open: dict[str, str] = field(default_factory=dict)
     _last_report: tuple[float, int] = (0.0, 0)
 
-    async def attach(self, context: PartitionContext) -> None:
+    async def attach(self, context: PartitionContext, holder: int | None = THIS_PROCESS) -> None:
+        """Follow a partition from its checkpoint on, processed by ``holder``: this process, a
+        supervisor's worker (its slot), or None for a supervisor that watches a partition no
+        worker has taken yet."""
         checkpointed = await context.checkpointed_sequence()
         self._partitions[context.partition_id] = _PartitionProgress(
-            context, -1 if checkpointed is None else checkpointed
+            context, -1 if checkpointed is None else checkpointed, holder=holder
         )
-
-        self.metrics.partitions.set(len(self._partitions))
+        self._count_held()
 
     def detach(self, partition_id: str) -> None:
         self._partitions.pop(partition_id, None)
-        self.metrics.partitions.set(len(self._partitions))
+        self._count_held()
         for gauge in (self.metrics.lag, self.metrics.checkpoint_age):
             with contextlib.suppress(KeyError):  # never scraped while owned
                 gauge.remove(partition_id)
+
+    def released(self, holder: int, partition_id: str | None = None) -> None:
+        """``holder`` (a worker) let go of ``partition_id``, or of every partition it held (it
+        exited). A partition another worker has taken since stays with that one: the workers'
+        reports cross separate pipes and may arrive out of order."""
+        now = time.monotonic()
+        for key, progress in self._partitions.items():
+            if progress.holder == holder and partition_id in (None, key):
+                progress.holder, progress.released_at = None, now
+        self._count_held()
+
+    def _count_held(self) -> None:
+        self.metrics.partitions.set(
+            sum(1 for progress in self._partitions.values() if progress.holder is not None)
+        )
 
     def record(
         self,
@@ -151,15 +186,25 @@ class ProcessorStats:
             self.metrics.checkpoint_age.labels(partition_id).set(now - since)
 
     async def problems(self, max_silence_s: float) -> list[str]:
-        """Why this processor is not ready, or nothing: no partition owned, a partition with
-        work waiting but no batch or checkpoint for ``max_silence_s``, failing writes or
+        """Why this processor is not ready, or nothing: no partition owned; a partition no
+        worker has taken since the start, or none has held for MAX_UNHELD_S; a partition
+        with work waiting but no batch or checkpoint for ``max_silence_s``; failing writes or
         publishes."""
         found: list[str] = []
-        if not self._partitions:
-            found.append("no partition owned")
+        held = any(progress.holder is not None for progress in self._partitions.values())
+        if not held:
+            found.append("no partition owned" + self._workers_running())
         lags = await self.lag()
         now = time.monotonic()
         for partition_id, progress in sorted(self._partitions.items()):
+            if progress.holder is None and held:  # else "no partition owned" says it all
+                if progress.released_at is None:
+                    found.append(f"partition {partition_id}: not taken by a worker yet")
+                elif now - progress.released_at > MAX_UNHELD_S:
+                    found.append(
+                        f"partition {partition_id}: no live worker has held it for "
+                        f"{now - progress.released_at:.0f} s"
+                    )
             if not lags.get(partition_id):
                 continue  # caught up: silence is fine
             batch = progress.last_batch_at or progress.attached_at
@@ -179,6 +224,14 @@ class ProcessorStats:
             found.append(f"alert bus: {self.publish_error}")
         return found
 
+    def _workers_running(self) -> str:
+        if self.workers is None:
+            return ""
+        running, configured = self.workers
+        if not running:
+            return f": no processing worker running (0 of {configured})"
+        return f": {running} of {configured} processing workers running, none holds a partition"
+
     async def lag(self) -> dict[str, int | None]:
         """Events enqueued but not yet processed, per owned partition."""
         lags: dict[str, int | None] = {}
@@ -197,7 +250,16 @@ class ProcessorStats:
         lags = await self.lag()
         lag_text = " ".join(f"p{p}={'?' if lag is None else lag}" for p, lag in lags.items())
         return (
-            f"{rate:,.0f} events/s | stored {self.documents:,} | quarantined {self.quarantined:,} "
+            f"{rate:,.0f} events/s | stored {self.documents:,} | {self._quarantined_text()} "
             f"| breaches opened {self.breaches_opened} resolved {self.breaches_resolved} "
             f"| lag {lag_text or '-'}"
         )
+
+    def _quarantined_text(self) -> str:
+        """Every input kept in quarantine: the processor's and those ingest refused at the
+        door (its counts, in this registry; an ingest worker's arrive every half second)."""
+        at_ingest = int(counted(self.metrics.registry, INGEST_QUARANTINED))
+        total = self.quarantined + at_ingest
+        if not at_ingest:
+            return f"quarantined {total:,}"
+        return f"quarantined {total:,} ({at_ingest:,} by ingest)"

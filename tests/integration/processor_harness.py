@@ -6,6 +6,7 @@ import os
 import random
 import select
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import httpx
 
 from evalstream.settings import DEFAULT_PARTITIONS
 from schemas import AppDirectory
@@ -113,7 +116,14 @@ def processor_command(data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def start_processor(data_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+def start_processor(
+    data_dir: Path,
+    env: dict[str, str],
+    *extra: str,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``preexec_fn``: run in the command's process before it starts (its worker processes
+    inherit what it sets: limits, ignored signals)."""
     # Its own process group: a hard kill takes its worker processes too (``kill_hard``).
     return subprocess.Popen(
         processor_command(data_dir, *extra),
@@ -121,7 +131,21 @@ def start_processor(data_dir: Path, env: dict[str, str], *extra: str) -> subproc
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+def answers(url: str) -> bool:
+    """``url`` answers 200 now."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def stored_count(data_dir: Path) -> int:

@@ -1,11 +1,11 @@
-"""A running processor as an operator sees it: /metrics agree with the store, /readyz tells
-what is wrong and recovers, /healthz answers."""
+"""A running processor as an operator sees it: /metrics and the status line agree with the store,
+/readyz tells what is wrong and recovers, /healthz answers."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -16,7 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evalstream.settings import DEFAULT_PARTITIONS
-from tests.integration.processor_harness import start_processor, store_contents, wait_until
+from tests.integration.processor_harness import (
+    answers,
+    free_port,
+    start_processor,
+    store_contents,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +36,6 @@ ENV = {
     "EVALSTREAM_EMBEDDED__WORKERS": "2",
 }
 WHEN = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
 
 
 def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -67,11 +68,13 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
         check=False,
     )
     assert sent.returncode == 0, sent.stderr.decode()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_processor(data_dir, ENV, "--ingest", "--ingest-port", str(port))
+    process = start_processor(
+        data_dir, ENV, "--ingest", "--ingest-port", str(port), "--log-level", "INFO"
+    )
     try:
-        wait_until(lambda: _answers(f"{url}/healthz"), timeout=60, what="the processor's port")
+        wait_until(lambda: answers(f"{url}/healthz"), timeout=60, what="the processor's port")
         posted = [
             httpx.post(
                 f"{url}/api/telemetry",
@@ -104,6 +107,7 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
             if name == "evalstream_quarantined_events_total"
         }
         assert sum(by_code.values()) == 3 and by_code.get("missing") == 1, by_code
+        assert _value(samples, "evalstream_ingest_quarantined_events_total", code="missing") == 1
         assert _value(samples, "evalstream_ingest_requests_total", status="202") == 2
         assert _value(samples, "evalstream_ingest_requests_total", status="207") == 1
         assert _value(samples, "evalstream_partitions_owned") == DEFAULT_PARTITIONS
@@ -142,12 +146,9 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
         )
     finally:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
-    assert process.returncode == 0
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output.decode()[-3000:]
+    # The operator's count of quarantined inputs is the store's: the processor's and ingest's.
+    stopped = re.search(r"stopped: .*\| (quarantined [^|]*) \|", output.decode())
+    assert stopped is not None, output.decode()[-3000:]
+    assert stopped[1] == "quarantined 4 (1 by ingest)"

@@ -1,6 +1,7 @@
 """The supervisor of processing workers: a worker that cannot start for a passing cause (the
 data dir full for a while) is started again until it can, not taken for a configuration that
-never works; what the workers' detectors count reaches the supervisor's metrics."""
+never works; what the workers' detectors count reaches the supervisor's metrics; the supervisor
+knows which worker holds each partition, whatever order the workers' reports arrive in."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from evalstream import workers
 from evalstream.settings import SettingsError, load_settings
 from evalstream.wiring.data_dir import usable_data_dir
 from evalstream.worker import _ReportingStats
-from evalstream.workers import MAX_FAILED_STARTS, WorkerPool, _Worker
+from evalstream.workers import MAX_FAILED_STARTS, WorkerPool, _Watched, _Worker
+from stream.sources.local_log import LocalLog
 from stream.sources.subprocess_channel import encode_error
 from stream.stats import ProcessorStats
 
@@ -94,3 +96,48 @@ async def test_the_workers_detector_time_and_failures_reach_the_supervisors_metr
     registry = supervisor.metrics.registry
     assert registry.get_sample_value("evalstream_detector_seconds_total") == 0.75
     assert registry.get_sample_value("evalstream_detector_failures_total") == 1
+
+
+class _Context:
+    partition_id = "0"
+    rewindable = False
+
+    async def checkpointed_sequence(self) -> int | None:
+        return 41
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return 41
+
+
+def _owned(stats: ProcessorStats) -> float | None:
+    return stats.metrics.registry.get_sample_value("evalstream_partitions_owned")
+
+
+async def test_the_supervisor_knows_which_worker_holds_a_partition_in_the_order_they_took_it(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(embedded={"data_dir": tmp_path, "workers": 2, "partitions": 1})
+    supervisor = ProcessorStats()
+    pool = WorkerPool(settings, supervisor, 2)
+    pool._log = LocalLog(tmp_path / "log.db", 1)
+    try:
+        await supervisor.attach(_Watched(pool._log, 0), holder=None)
+        first, second = (_Worker(slot, _Process(), None) for slot in (0, 1))  # type: ignore[arg-type]
+        # What a worker reports as its pipeline takes the partition and closes it.
+        sent = _Sent()
+        reporting = _ReportingStats(channel=sent)  # type: ignore[arg-type]
+        await reporting.attach(_Context())  # type: ignore[arg-type]
+        reporting.detach("0")
+        (attached, partition, resumed, taken_at), detached = sent.messages
+        assert (attached, partition, resumed, detached) == ("attached", "0", 41, ("detached", "0"))
+        # The second worker took the partition after the first let go of it, but the first
+        # one's reports (taken, then let go) are read after the second's.
+        await pool._dispatch(second, ("attached", "0", 41, taken_at))
+        await pool._dispatch(first, ("attached", "0", 41, taken_at - 1))
+        await pool._dispatch(first, ("detached", "0"))
+        assert (_owned(supervisor), await supervisor.problems(60)) == (1, [])
+        await pool._dispatch(second, detached)
+        assert _owned(supervisor) == 0
+        assert await supervisor.problems(60) == ["no partition owned"]
+    finally:
+        await pool._log.aclose()
