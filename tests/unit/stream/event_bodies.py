@@ -111,7 +111,7 @@ FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     "user_id": (ids, scalars),
     "metadata": (
         st.dictionaries(
-            keys | st.just("trace_id") | st.just("user_id"),
+            keys | st.just("trace_id"),
             scalars.filter(lambda v: v is not None) | st.sampled_from(BIG),
         ),
         st.dictionaries(keys, values, max_size=4) | scalars,
