@@ -2,6 +2,19 @@
 
 Adds the deterministic id, the synthetic partition key, the ingest position and lag, the
 owner's app metadata, derived sizes, and replaces user_id with a keyed hash.
+
+A user id is kept nowhere raw: ``user_id`` becomes the document's ``user_hash``, and a
+``metadata.user_id`` entry is stored with the same keyed hash as its value (a string: a
+string's hash, ``user_hash("u-1")``, or another scalar's of its JSON text, ``user_hash("42")``).
+The entry is the one a JSON reader names ``user_id``, so ``"user\\u005fid"`` is it too, as
+quarantine's scrub (``scrub_user_ids``) reads keys; ``"User_Id"`` is another tag, stored as
+sent, there as here. The content id of an event without an ``event_id`` is made from the event
+as sent, raw ``metadata.user_id`` included, like the raw ``user_id`` it also covers: the same
+bytes give the same id wherever they are read from and under any key, ingest answers it before
+the log without the key (``sent_form``), and a log record carries it beside its hashed body
+(stream.privacy). A document stored raw by an older version keeps its id (a replay does not
+duplicate it) but not its place: the store takes the hashed one for another event under that
+id, as after a change of key.
 """
 
 from __future__ import annotations
@@ -92,7 +105,8 @@ def sent_form(event: TelemetryEvent) -> tuple[bytes, str]:
     Without a user_id the body is the canonical JSON, which also gives the id: it reads back
     as an equal event (tests/unit/stream/test_enrich.py), so the processor stores the same
     document. With one, the body is the event with its user_id, for the log's pseudonymiser
-    (stream.privacy) to replace by its hash.
+    (stream.privacy) to replace by its hash; so is a ``metadata.user_id`` (the body keeps it
+    as sent, like the id: see the module docstring).
     """
     canonical = canonical_json(event)
     user_id = event.user_id
@@ -236,6 +250,21 @@ class Enricher:
             self._user_hashes[user_id] = cached
         return cached
 
+    def pseudonymised(self, event: TelemetryEvent) -> TelemetryEvent:
+        """``event`` as stored: its ``metadata.user_id`` value replaced by the keyed hash (the
+        module docstring says of what), in place among the entries; ``event`` itself when its
+        metadata has no user_id."""
+        metadata = event.metadata
+        if "user_id" not in metadata:
+            return event
+        value = metadata["user_id"]
+        text = value if isinstance(value, str) else _dumps(value).decode()
+        # A copy of a validated event with one metadata value changed (a string, as validation
+        # keeps one): model_copy would cost as much again.
+        values = event.__dict__.copy()
+        values["metadata"] = {**metadata, "user_id": self.user_hash(text)}
+        return construct_trusted(TelemetryEvent, values)
+
     def _app(self, app_id: str) -> dict[str, str]:
         fields = self._app_fields.get(app_id)
         if fields is None:
@@ -289,9 +318,14 @@ class Enricher:
         if pseudonym is None or user_id is not None or pseudonym == SCRUBBED:
             document_id_ = values["event_id"] or _event_content_id(canonical, user_id)
             user_hash = self.user_hash(user_id) if user_id else None
+            if "user_id" in values["metadata"]:
+                # The id is the event's as sent (above); what is stored holds the hash.
+                event = self.pseudonymised(event)
+                values = event.__dict__
+                canonical = canonical_json(event)
         else:
-            # Logged without its user_id (stream.privacy): the producer made both from it (no
-            # hash when the event had no user_id).
+            # Logged without its user_id, its metadata.user_id hashed already (stream.privacy):
+            # the producer made both from the event as sent (no hash without a user_id).
             user_hash, document_id_ = pseudonym[0] or None, pseudonym[1]
             document_id_ = values["event_id"] or document_id_
         timestamp = values["timestamp"]
@@ -422,7 +456,8 @@ class Enricher:
 
     def conflict(self, document: TelemetryDocument, received_at: datetime) -> QuarantineRecord:
         """The record of a document the store refused because its ``event_id`` is held by a
-        different event: the event as sent (without user_id), at its source position."""
+        different event: the event as stored (without user_id; a metadata.user_id, hashed
+        already, kept as it is), at its source position."""
         ingest = document.ingest
         stored = orjson.loads(document.json_bytes())
         event = {key: stored[key] for key in _EVENT_FIELDS if key in stored}
@@ -432,8 +467,9 @@ class Enricher:
             message=f"event_id {document.event_id!r} is already stored for a different event "
             f"of {document.pk}; this one was not stored",
         )
+        hashed = SCRUBBED if "user_id" in document.metadata else None
         position = ReceivedEvent(
-            b"", ingest.partition, ingest.sequence, ingest.enqueued_time, ingest.offset
+            b"", ingest.partition, ingest.sequence, ingest.enqueued_time, ingest.offset, hashed
         )
         rejected = Rejected(ingest.index, _dumps(event), (issue,), document.app_id)
         return self.quarantine(rejected, position, received_at)

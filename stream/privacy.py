@@ -1,12 +1,14 @@
 """Raw user ids never kept: what producers append to the embedded log, and what quarantine
 keeps of a rejected input, carry the keyed hash of a ``user_id`` instead of the value.
 
-An accepted event is logged as its canonical JSON without its ``user_id``, beside the two things
-enrichment needs of it — the keyed hash and the document id (a content hash over the raw value)
-— so the stored document is byte for byte what the raw event would have given, whichever way it
-came in. Events ingest validated are logged that way even without a ``user_id`` (no hash), and
-the processor rebuilds them without validating them again. A rejected input keeps its bytes
-with every ``user_id`` value replaced by its keyed hash.
+An accepted event is logged as its canonical JSON without its ``user_id`` and with the value of
+a ``metadata.user_id`` replaced by its keyed hash (as stored: ``Enricher.pseudonymised``),
+beside the two things enrichment needs of it — the hash of the ``user_id`` and the document id
+(a content hash over the event as sent, raw values included: stream.enrich) — so the stored
+document is byte for byte what the raw event would have given, whichever way it came in.
+Events ingest validated are logged that way even without a user id (no hash), and the
+processor rebuilds them without validating them again. A rejected input keeps its bytes with
+every ``user_id`` value replaced by its keyed hash.
 """
 
 from __future__ import annotations
@@ -51,13 +53,17 @@ class Pseudonymizer:
         each body the event's canonical JSON when it has no user_id, ``sent_form``): each
         becomes its record straight away, where ``items`` would validate its body again."""
         return [
-            (key, body, ("", id_)) if event.user_id is None else self.event_item(event, id_)
+            (key, body, ("", id_))
+            if event.user_id is None and "user_id" not in event.metadata
+            else self.event_item(event, id_)
             for (key, body), (event, id_) in zip(bodies, validated, strict=True)
         ]
 
     def _rewrite(self, key: str | None, body: bytes, now: datetime) -> list[LogItem]:
         decoded = self.decoder.decode(body, now)
-        if not decoded.rejected and all(a.event.user_id is None for a in decoded.accepted):
+        if not decoded.rejected and all(
+            a.event.user_id is None and "user_id" not in a.event.metadata for a in decoded.accepted
+        ):
             return [(key, body, None)]
         user_hash = self.enricher.user_hash
         if any(rejected.raw == body for rejected in decoded.rejected):
@@ -76,10 +82,13 @@ class Pseudonymizer:
         return items
 
     def event_item(self, event: TelemetryEvent, id_: str | None = None) -> LogItem:
-        """The log record of a validated event: its canonical JSON (without user_id) with
-        its user's hash ("" without one) and its document id (``id_`` when the caller has it
-        already). The processor rebuilds such a record's event without validating it again
-        (``Decoder.logged_event``)."""
-        body = canonical_json(event)
+        """The log record of a validated event: its canonical JSON as stored (without user_id,
+        a metadata.user_id hashed) with its user's hash ("" without one) and its document id
+        (``id_`` when the caller has it already). The processor rebuilds such a record's event
+        without validating it again (``Decoder.logged_event``)."""
+        stored = self.enricher.pseudonymised(event)
+        body = canonical_json(stored)
+        # The id is the event's as sent: its canonical JSON is the body unless that was hashed.
+        id_ = id_ or document_id(event, body if stored is event else None)
         user_hash = self.enricher.user_hash(event.user_id) if event.user_id else ""
-        return (event.app_id, body, (user_hash, id_ or document_id(event, body)))
+        return (event.app_id, body, (user_hash, id_))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import sys
@@ -76,8 +77,10 @@ def replay(
     paths: Annotated[
         list[str] | None,
         typer.Argument(
-            help="NDJSON files or globs for --source ndjson; - reads stdin (kept in the job, "
-            "so it can resume).",
+            help="NDJSON files or globs for --source ndjson; - reads stdin, copied as read "
+            "(user ids too) to <data_dir>/replays/<id>.stdin.ndjson, readable by its owner "
+            "only, so a stopped or failed job can resume; the copy is removed once the job "
+            "completes.",
             show_default=False,
         ),
     ] = None,
@@ -260,6 +263,22 @@ def replay(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+def _stdin_copy(settings: Settings, job_id: str) -> Path:
+    """Where a job keeps the stdin it reads, beside its file, until it completes."""
+    return replay_wiring.job_path(settings, job_id).with_suffix(".stdin.ndjson")
+
+
+def _keep_stdin(kept: Path) -> None:
+    """Copy stdin to ``kept``, readable by its owner only: it holds the events as sent, raw
+    user ids included."""
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A copy left by a planning that stopped keeps its mode when opened again.
+    os.fchmod(descriptor, 0o600)
+    with open(descriptor, "wb") as handle:
+        shutil.copyfileobj(sys.stdin.buffer, handle)
+
+
 def _open_existing(settings: Settings, job_id: str) -> JobFile:
     # The id names <data_dir>/replays/<id>.db: a path in it ("../store") would open another
     # SQLite file as a job and create the job's tables in it.
@@ -371,6 +390,8 @@ async def _execute(
                 seconds = asyncio.get_running_loop().time() - started
         if result is None:
             return None
+        # Complete: nothing is read again (a resume gives the report), so stdin's copy goes.
+        _stdin_copy(settings, spec.id).unlink(missing_ok=True)
         _finish(settings, spec, result, report_path, display.read, seconds)
         return result
 
@@ -390,7 +411,7 @@ async def _plan(
 ) -> tuple[JobFile, ReplaySpec]:
     """Create the job, for ``workers`` processes: its plan is fixed now, whatever the source
     holds later. Returns it with the description it keeps: a file pattern's matches, stdin's
-    copy."""
+    copy (removed again when the job is not planned: nothing could resume it)."""
     path = replay_wiring.job_path(settings, spec.id)
     if path.exists():
         if _planned(path):
@@ -399,12 +420,23 @@ async def _plan(
         # ran, and --resume cannot continue it, so it is planned afresh (its lock is held).
         for leftover in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
             leftover.unlink(missing_ok=True)
-    if stdin:
-        kept = path.with_suffix(".stdin.ndjson")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(kept, "wb") as handle:
-            shutil.copyfileobj(sys.stdin.buffer, handle)
+    if not stdin:
+        return await _planned_job(settings, spec, path, workers)
+    kept = _stdin_copy(settings, spec.id)
+    try:
+        _keep_stdin(kept)
         spec = spec.model_copy(update={"paths": [str(kept) if p == "-" else p for p in spec.paths]})
+        return await _planned_job(settings, spec, path, workers)
+    except BaseException:
+        if not (path.is_file() and _planned(path)):
+            kept.unlink(missing_ok=True)
+        raise
+
+
+async def _planned_job(
+    settings: Settings, spec: ReplaySpec, path: Path, workers: int
+) -> tuple[JobFile, ReplaySpec]:
+    """The job of ``spec`` (its paths as read) planned in a new file at ``path``."""
     if spec.source is SourceKind.NDJSON:
         from stream.replay.readers.ndjson import expand
 

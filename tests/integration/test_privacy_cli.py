@@ -22,6 +22,8 @@ from stream.producers.ingest_server import bound_port, serving
 pytestmark = pytest.mark.integration
 
 USERS = ["alice@example.com", "bob@example.com", "carol@example.com", "dave@example.com"]
+# Users named in metadata (over HTTP, with send): stored and logged as their keyed hashes.
+TAGGED = ["erin@example.com", "frank@example.com"]
 
 
 def event(user: str, **fields: object) -> dict[str, object]:
@@ -53,11 +55,18 @@ async def test_no_raw_user_id_is_kept_or_printed(tmp_path: Path) -> None:
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{bound_port(server)}") as client,
     ):
         answer = await client.post(
-            "/api/telemetry", json=[event(USERS[0]), event(USERS[1], latency_ms=-1)]
+            "/api/telemetry",
+            json=[
+                event(USERS[0], metadata={"user_id": TAGGED[0]}),
+                event(USERS[1], latency_ms=-1),
+            ],
         )
     assert answer.status_code == 207, answer.text
     [http_id] = answer.json()["ids"]
-    lines = [event(USERS[2]), [event(USERS[3], status="maybe"), event(USERS[2], latency_ms=5)]]
+    lines = [
+        event(USERS[2], metadata={"user_id": TAGGED[1], "k": "v"}),
+        [event(USERS[3], status="maybe"), event(USERS[2], latency_ms=5)],
+    ]
     (tmp_path / "in.ndjson").write_bytes(b"\n".join(orjson.dumps(line) for line in lines))
 
     assert evalstream(tmp_path, "send", str(tmp_path / "in.ndjson")).returncode == 0
@@ -70,11 +79,11 @@ async def test_no_raw_user_id_is_kept_or_printed(tmp_path: Path) -> None:
     fields = sorted(r["issues"][0]["location"].rsplit(".")[-1] for r in records)
     assert fields == ["latency_ms", "status"]
     for shown in [p.stdout + p.stderr for p in printed] + [processed.stdout + processed.stderr]:
-        assert not [user for user in USERS if user.encode() in shown], shown.decode()
+        assert not [user for user in USERS + TAGGED if user.encode() in shown], shown.decode()
     kept = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
     assert {"log.db", "store.db"} <= set(kept)
-    assert [(n, u) for n, data in kept.items() for u in USERS if u.encode() in data] == [
-        ("in.ndjson", u) for u in USERS[2:]
+    assert [(n, u) for n, data in kept.items() for u in USERS + TAGGED if u.encode() in data] == [
+        ("in.ndjson", u) for u in [*USERS[2:], TAGGED[1]]
     ]  # only the user's own input file
     async with wiring.store(settings) as store:
         assert await store.count("telemetry") == 3
@@ -85,5 +94,13 @@ async def test_no_raw_user_id_is_kept_or_printed(tmp_path: Path) -> None:
             for doc in page
             if doc.trace_id == "t-alice"
         ]  # fmt: skip
+        tagged = [
+            doc.metadata["user_id"]
+            async for page in store.telemetry_window(["app-1"], datetime(2026, 1, 1, tzinfo=UTC),
+                                                     datetime.now(UTC))
+            for doc in page
+            if "user_id" in doc.metadata
+        ]  # fmt: skip
     assert stored.id == http_id
     assert stored.user_hash == enricher.user_hash(USERS[0])
+    assert sorted(tagged) == sorted(enricher.user_hash(user) for user in TAGGED)

@@ -7,10 +7,11 @@ import random
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -70,10 +71,25 @@ def evalstream(
     )
 
 
-def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.Popen[bytes]:
+    """The command running, reading ``stdin`` (from a file: the test need not feed a pipe)."""
+    if stdin is None:
+        return _popen(args, env, None)
+    with tempfile.TemporaryFile() as given:
+        given.write(stdin)
+        given.seek(0)
+        return _popen(args, env, given)
+
+
+def _popen(
+    args: tuple[str, ...], env: dict[str, str] | None, stdin: IO[bytes] | None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "evalstream", *args],
         env={**os.environ, **ENV, **(env or {})},
+        stdin=stdin,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -413,20 +413,55 @@ def test_a_truncated_line_is_quarantined_and_the_rest_replayed(live: Live, tmp_p
     assert counts["stored"] == len(live_documents) - 1
 
 
-def test_stdin_is_kept_in_the_job_so_it_can_resume(live: Live, tmp_path: Path) -> None:
+def test_stdin_is_kept_owner_only_while_the_job_can_resume_and_removed_once_complete(
+    live: Live, tmp_path: Path
+) -> None:
+    """The copy of stdin (raw user ids included) stayed after the job completed, as readable
+    as the umask made it; it now lives only while a resume may read it."""
     data_dir = copy(live, tmp_path / "d")
-    result = evalstream(
-        "replay",
-        "--data-dir",
-        str(data_dir),
-        "-",
-        "--id",
-        "piped",
-        *live.window(),
-        stdin=live.ndjson.read_bytes(),
+    kept, job = data_dir / "replays" / "piped.stdin.ndjson", data_dir / "replays" / "piped.db"
+    sent = live.ndjson.read_bytes()
+    args = ["replay", "--data-dir", str(data_dir), "--mode", "both"]
+    process = start(*args, "-", "--id", "piped", "--rate", "400", *live.window(), stdin=sent)
+    try:
+        wait_until(partial(_reached, job, 200), 120, "200 stored", 0.005)
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, errors.decode()
+    # Stopped: kept for --resume, for its owner only.
+    assert kept.read_bytes() == sent
+    assert kept.stat().st_mode & 0o777 == 0o600
+    replay(data_dir, "--resume", "piped")
+    assert not kept.exists()
+    assert _breach_ids(data_dir, "piped") == sorted(live.breach_ids)
+    assert documents(data_dir) == documents(live.data_dir)
+    # Complete, it reads nothing again: a resume gives its report without the copy.
+    replay(data_dir, "--resume", "piped")
+    assert _breach_ids(data_dir, "piped") == sorted(live.breach_ids)
+
+
+def _breach_ids(data_dir: Path, job: str) -> list[str]:
+    return sorted(f"{b['breach_id']}:{b['state']}" for b in report(data_dir, job)["breaches"])
+
+
+def test_stdin_is_not_kept_by_a_job_that_completes_or_is_never_planned(
+    live: Live, tmp_path: Path
+) -> None:
+    data_dir = copy(live, tmp_path / "d")
+    sent = live.ndjson.read_bytes()
+    completed = evalstream(
+        "replay", "--data-dir", str(data_dir), "-", "--id", "whole", *live.window(), stdin=sent
     )
-    assert result.returncode == 0, result.stderr
-    kept = data_dir / "replays" / "piped.stdin.ndjson"
-    assert kept.read_bytes() == live.ndjson.read_bytes()
-    ids = sorted(f"{b['breach_id']}:{b['state']}" for b in report(data_dir, "piped")["breaches"])
-    assert ids == sorted(live.breach_ids)
+    assert completed.returncode == 0, completed.stderr
+    assert "replay whole complete" in completed.stderr
+    # Refused while planning: no job to resume, no copy.
+    refused = evalstream(
+        "replay", "--data-dir", str(data_dir), "-", "--id", "refused", "--by", "enqueued",
+        *live.window(), stdin=sent,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "no enqueued times" in refused.stderr
+    assert not (data_dir / "replays" / "refused.db").exists()
+    assert sorted(path.name for path in (data_dir / "replays").glob("*.ndjson")) == []

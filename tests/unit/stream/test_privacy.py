@@ -15,8 +15,10 @@ from common.amqp import body_bytes
 from schemas import AppDirectory, TelemetryDocument
 from stream.decode import Decoder
 from stream.enrich import Enricher, scrub_user_ids, scrub_user_ids_in_text, sent_form
+from stream.ports import ReceivedEvent
 from stream.privacy import Pseudonymizer
 from stream.sources.local_log import LocalLog, LocalLogSink
+from tests.unit.stream.test_logged_events import _processed
 from tests.unit.stream.test_output_golden import APPS, NOW, _bodies
 
 KEY = b"test-key"
@@ -267,3 +269,85 @@ def test_a_user_id_in_a_compressed_body_is_scrubbed() -> None:
     assert scrub_user_ids(gzip.compress(body), enricher.user_hash).startswith(
         b'{"app_id": "a", "user_id": "' + enricher.user_hash('"alice smith"').encode()
     )
+
+
+def _metadata_body(metadata: bytes, **fields: object) -> bytes:
+    """An event whose metadata object is ``metadata`` as written (escapes kept)."""
+    event = orjson.dumps({"app_id": "meta-app", "timestamp": TS, "trace_id": "t", **fields})
+    return event[:-1] + b',"metadata":' + metadata + b"}"
+
+
+TS = "2026-11-22T10:00:00Z"
+# Bodies with a metadata.user_id, and the text the stored value is the keyed hash of.
+METADATA_USERS: tuple[tuple[bytes, str], ...] = (
+    (_metadata_body(b'{"a":1,"user_id":"alice smith","z":"w"}'), "alice smith"),
+    (_metadata_body(b'{"user_id":987654321}', event_id="evt-9"), "987654321"),
+    (_metadata_body(b'{"user_id":true,"k":"v"}', user_id="bob jones"), "true"),
+    (_metadata_body(b'{"user_id":1.5}', input_text="x"), "1.5"),
+    # A JSON reader's user_id, as quarantine's scrub reads keys.
+    (_metadata_body(b'{"user\\u005fid":"carol white"}', span_id="s"), "carol white"),
+)
+
+
+async def test_a_metadata_user_id_is_stored_and_logged_as_its_hash(tmp_path: Path) -> None:
+    """A metadata.user_id of an accepted event was stored as sent, and logged so. It is now the
+    users' keyed hash — the same ``user_hash`` a user_id gives — in place among the entries,
+    however the event came in (a producer's body, ``send`` into the log, ingest's validated
+    events), on the document id made from the event as sent, which ingest answers."""
+    enricher, decoder = Enricher(APPS, KEY, "local"), Decoder()
+    bodies = [body for body, _ in METADATA_USERS]
+    events = [a.event for body in bodies for a in decoder.decode(body, NOW).accepted]
+    assert len(events) == len(bodies)
+    sent = [sent_form(event) for event in events]
+    async with LocalLogSink(tmp_path / "raw.db", 4) as raw_sink:
+        await raw_sink.append([(None, body) for body in bodies])
+    async with LocalLogSink(tmp_path / "sent.db", 4, Pseudonymizer(Decoder(), enricher)) as sink:
+        await sink.append([(None, body) for body in bodies])
+    async with LocalLogSink(tmp_path / "ingest.db", 4, Pseudonymizer(Decoder(), enricher)) as sink:
+        await sink.append(
+            [(event.app_id, body) for event, (body, _) in zip(events, sent, strict=True)],
+            [(event, id_) for event, (_, id_) in zip(events, sent, strict=True)],
+        )
+    for name in ("sent.db", "ingest.db"):
+        kept = (tmp_path / name).read_bytes() + _wal(tmp_path / name)
+        users = [b"alice", b"987654321", b"bob", b"carol"]
+        assert [user for user in users if user in kept] == [], name
+
+    from_raw, _ = await _processed(tmp_path / "raw.db", tmp_path / "a.db")
+    from_sent, _ = await _processed(tmp_path / "sent.db", tmp_path / "b.db")
+    from_ingest, _ = await _processed(tmp_path / "ingest.db", tmp_path / "c.db")
+    assert from_sent == from_raw and from_ingest == from_raw
+    assert set(from_raw) == {id_ for _, id_ in sent}
+    for (_, id_), (_, text) in zip(sent, METADATA_USERS, strict=True):
+        stored = orjson.loads(from_raw[id_] + b"}")
+        assert stored["metadata"]["user_id"] == enricher.user_hash(text), text
+    first = orjson.loads(from_raw[sent[0][1]] + b"}")
+    assert list(first["metadata"]) == ["a", "user_id", "z"]
+    assert orjson.loads(from_raw[sent[2][1]] + b"}")["user_hash"] == enricher.user_hash("bob jones")
+
+
+def test_a_metadata_key_of_another_case_is_another_tag_here_as_in_quarantine() -> None:
+    """Keys are read as JSON reads them: ``User_Id`` is not ``user_id``, in a stored document
+    as in quarantine's scrub (which hashes ``user\\u005fid``, tested above)."""
+    enricher = Enricher(APPS, KEY, "local")
+    body = _metadata_body(b'{"User_Id":"dave brown"}')
+    [accepted] = Decoder().decode(body, NOW).accepted
+    doc = enricher.document(accepted.event, ReceivedEvent(body, "0", 0, NOW), 0, NOW, False)
+    assert doc.metadata == {"User_Id": "dave brown"}
+    assert scrub_user_ids(body, enricher.user_hash) == body
+    # The document of an event without metadata.user_id is the one it always was.
+    assert doc.id == sent_form(accepted.event)[1]
+
+
+def test_an_event_id_conflict_keeps_the_metadata_user_ids_hash() -> None:
+    """The record of an event refused for its event_id is made from its document: its
+    metadata.user_id, a hash already, is kept as it is (hashed again, it named no user)."""
+    enricher = Enricher(APPS, KEY, "local")
+    body, _ = METADATA_USERS[0]
+    body = body.replace(b'"trace_id":"t"', b'"trace_id":"t","event_id":"e-1"')
+    [accepted] = Decoder().decode(body, NOW).accepted
+    doc = enricher.document(accepted.event, ReceivedEvent(body, "0", 3, NOW), 0, NOW, False)
+    record = enricher.conflict(doc, NOW)
+    assert record.issues[0].code == "duplicate_event_id_conflict"
+    assert "alice" not in record.raw
+    assert orjson.loads(record.raw)["metadata"]["user_id"] == enricher.user_hash("alice smith")
