@@ -34,19 +34,26 @@ def _breach_opened(url: str) -> bool:
     return 'evalstream_breaches_total{severity="warning",state="opened"}' in metrics
 
 
-async def test_the_live_report_shows_the_simulated_incident(tmp_path: Path) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
+def serving_processor(tmp_path: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
+    """``evalstream process`` in one process, its ops and /report on ``port`` (stderr kept)."""
+    return subprocess.Popen(
         [
-            sys.executable, "-m", "evalstream", "process", "--simulate", "--apps", "2",
-            "--rate", "500", "--incident", "latency_regression:app-001@5+60x4",
+            sys.executable, "-m", "evalstream", "process", *args,
             "--data-dir", str(tmp_path / "data"), "--ingest-port", str(port),
         ],
         cwd=ROOT,
         env={**os.environ, **IN_PROCESS, "EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS": "false"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def test_the_live_report_shows_the_simulated_incident(tmp_path: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = serving_processor(
+        tmp_path, port, "--simulate", "--apps", "2", "--rate", "500",
+        "--incident", "latency_regression:app-001@5+60x4",
     )  # fmt: skip
     try:
         wait_until(lambda: _breach_opened(url), timeout=90, what="the breach", interval=0.5)

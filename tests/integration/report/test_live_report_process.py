@@ -6,10 +6,7 @@ Retry-After."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,9 +14,8 @@ import psutil
 import pytest
 
 from evalstream.live_report import BUSY_RETRY_AFTER_S, MAX_WAITING
-from tests.integration.processor_harness import IN_PROCESS, wait_until
-from tests.integration.report.test_live_report_browser import _free_port
-from tests.integration.report.test_report_browser import ROOT
+from tests.integration.processor_harness import wait_until
+from tests.integration.report.test_live_report_browser import _free_port, serving_processor
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +43,7 @@ def _ready(url: str) -> bool:
 async def test_pages_are_built_one_at_a_time_in_a_child_process(tmp_path: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "evalstream", "process",
-            "--data-dir", str(tmp_path / "data"), "--ingest-port", str(port),
-        ],
-        cwd=ROOT,
-        env={**os.environ, **IN_PROCESS, "EVALSTREAM_COLDPATH__SCHEDULE_IN_PROCESS": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    process = serving_processor(tmp_path, port)
     try:
         wait_until(lambda: _ready(url), timeout=60, what="the processor's /healthz")
         seen: list[int] = []
