@@ -37,6 +37,20 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
+def replay_pipeline(store: ProcessorStore, window: Window, enqueued_times: bool) -> Pipeline:
+    """The pipeline a replay of ``window`` runs (reprocess mode), over ``store``."""
+    return Pipeline(
+        store=store,
+        decoder=Decoder(),
+        enricher=Enricher(AppDirectory(), b"k", "log"),
+        consumer_group="replay:test",
+        lateness=timedelta(minutes=1),
+        checkpoint_interval_s=0,
+        stats=ProcessorStats(),
+        selection=RangeSelection(window, enqueued_times=enqueued_times),
+    )
+
+
 def event(app: str, minutes: int) -> bytes:
     return orjson.dumps(
         {
@@ -54,16 +68,8 @@ def transformed(
     window: Window, body: bytes, enqueued: datetime, *, enqueued_times: bool = True
 ) -> tuple[list[TelemetryDocument], list[QuarantineRecord]]:
     """What the live pipeline makes of one body (its pure step), kept to the window."""
-    pipeline = Pipeline(
-        store=cast(ProcessorStore, None),  # the pure step touches no store
-        decoder=Decoder(),
-        enricher=Enricher(AppDirectory(), b"k", "log"),
-        consumer_group="replay:test",
-        lateness=timedelta(minutes=1),
-        checkpoint_interval_s=0,
-        stats=ProcessorStats(),
-        selection=RangeSelection(window, enqueued_times=enqueued_times),
-    )
+    # The pure step touches no store.
+    pipeline = replay_pipeline(cast(ProcessorStore, None), window, enqueued_times)
     documents, quarantined, _ = pipeline._transform(
         None, [ReceivedEvent(body, "0", 0, enqueued)], enqueued
     )

@@ -13,17 +13,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas import AppDirectory, QuarantineRecord, TelemetryDocument
+from schemas import QuarantineRecord, TelemetryDocument
 from store.exceptions import StoreMisconfigured
 from store.sqlite import SqliteStore
-from stream.decode import Decoder
-from stream.enrich import Enricher
-from stream.pipeline import Pipeline
 from stream.replay.job import JobFile
 from stream.replay.ports import Window
 from stream.replay.readers.ndjson import NdjsonReader
-from stream.replay.run import JobStore, RangeSelection, RateLimit, Replay
-from stream.stats import ProcessorStats
+from stream.replay.run import JobStore, RateLimit, Replay
+from tests.unit.stream.replay.test_replay_parts import replay_pipeline
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 GONE = "upsert telemetry/x: Cosmos DB answered 404 — container 'telemetry' does not exist"
@@ -68,16 +65,7 @@ async def test_a_store_set_up_wrongly_stops_the_replay_with_its_error(
     job.create(b"{}", plans)
     async with GoneAfter(tmp_path / "store.db", writes=2) as store:
         job_store = JobStore(job, store, collect=False, totals=Counter())
-        pipeline = Pipeline(
-            store=job_store,
-            decoder=Decoder(),
-            enricher=Enricher(AppDirectory(), b"k", "log"),
-            consumer_group="replay:test",
-            lateness=timedelta(minutes=1),
-            checkpoint_interval_s=0,
-            stats=ProcessorStats(),
-            selection=RangeSelection(window, enqueued_times=False),
-        )
+        pipeline = replay_pipeline(job_store, window, enqueued_times=False)
         replay = Replay(
             reader=reader,
             pipeline=pipeline,
