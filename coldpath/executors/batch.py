@@ -31,6 +31,8 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 
+from coldpath.executors import batch_answers as answers
+from coldpath.executors.batch_answers import wire_text
 from coldpath.executors.batch_config import MAX_BYTES_PER_CALL, BatchSettings
 from coldpath.executors.batch_errors import (
     SDK_FAILURES,
@@ -40,7 +42,7 @@ from coldpath.executors.batch_errors import (
     BatchMisconfigured,
     map_error,
 )
-from coldpath.executors.batch_follow import JobFollower, wire_text
+from coldpath.executors.batch_follow import JobFollower
 from coldpath.executors.batch_job import ENDED_STATES, FoundJob, Next, decide, group_index, task_id
 from coldpath.executors.batch_status import JobStatus, TaskRecord
 from coldpath.ports import JobReport
@@ -173,10 +175,11 @@ class BatchExecutor:
         """Refuse a pool that does not exist: Batch accepts a job on it and never runs its
         tasks (a followed job would be waited for until its deadline)."""
         pool_id = self.settings.pool.id
+        what = f"reading pool {pool_id}"
 
         async def read() -> None:
             try:
-                await client.get_pool(pool_id, select=["id"])
+                answers.pool(await client.get_pool(pool_id, select=["id"]), what)
             except ResourceNotFoundError as exc:
                 # The account by its endpoint: a SAS or userinfo in the URL is never shown.
                 account = redact.endpoint(self.settings.account_url or "")
@@ -186,13 +189,13 @@ class BatchExecutor:
                 ) from exc
             except HttpResponseError as exc:
                 if exc.status_code != 403:
-                    raise map_error(exc, f"reading pool {pool_id}") from exc
+                    raise map_error(exc, what) from exc
                 # An identity that may submit jobs but not read pools: nothing to check with.
                 logger.info("pool %s not checked: reading it is not allowed", pool_id)
             except SDK_FAILURES as exc:
-                raise map_error(exc, f"reading pool {pool_id}") from exc
+                raise map_error(exc, what) from exc
 
-        await self._retrying(read, f"reading pool {pool_id}")
+        await self._retrying(read, what)
 
     def _job_options(self, manifest: JobManifest) -> models.BatchJobCreateOptions:
         s = self.settings
@@ -242,14 +245,14 @@ class BatchExecutor:
     async def _found_job(self, client: BatchClient, job_id: str) -> FoundJob:
         what = f"reading existing job {job_id}"
         try:
-            job = await client.get_job(job_id)
-            if not isinstance(job, models.BatchJob) or job.state is None:
-                raise BatchError(f"{what}: the answer is not a Batch job", retryable=False)
-            state = wire_text(job.state)
+            job, state = answers.job(await client.get_job(job_id), what)
             task_ids = None
             if state in ENDED_STATES:
+                pages = client.list_tasks(
+                    job_id, select=["id"], raw_response_hook=answers.list_page(what)
+                )
                 task_ids = frozenset(
-                    [task.id async for task in client.list_tasks(job_id, select=["id"])]
+                    [answers.task(task, what, with_state=False).id async for task in pages]
                 )
         except SDK_FAILURES as exc:
             raise map_error(exc, what) from exc
@@ -358,6 +361,7 @@ class BatchExecutor:
         async def attempt() -> None:
             nonlocal pending
             stats.calls += 1
+            what = f"adding {len(pending)} tasks to job {job_id}"
             try:
                 result = await client.create_task_collection(
                     job_id, models.BatchTaskGroup(task_values=pending)
@@ -365,12 +369,13 @@ class BatchExecutor:
             except SDK_FAILURES as exc:
                 if isinstance(exc, HttpResponseError) and exc.status_code == 413:
                     raise _TooLarge from exc
-                error = map_error(exc, f"adding {len(pending)} tasks to job {job_id}")
+                error = map_error(exc, what)
                 stats.retried += error.retryable
                 raise error from exc
             by_id = {item.id: item for item in pending}
+            outcomes = answers.task_add_results(result, what, by_id)
             again: list[models.BatchTaskCreateOptions] = []
-            for outcome in result.result_values or []:
+            for outcome in outcomes:
                 code = outcome.error.code if outcome.error is not None else None
                 if outcome.status == models.BatchTaskAddStatus.SUCCESS:
                     stats.tasks_added += 1
@@ -385,7 +390,7 @@ class BatchExecutor:
                         code=code,
                         retryable=False,
                     )
-            answered = {outcome.task_id for outcome in result.result_values or []}
+            answered = {outcome.task_id for outcome in outcomes}
             again.extend(item for item in pending if item.id not in answered)
             if again:
                 pending = again

@@ -12,15 +12,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from enum import Enum
 from typing import Any
 
 from azure.batch import models
 from azure.batch.aio import BatchClient
 
+from coldpath.executors import batch_answers as answers
+from coldpath.executors.batch_answers import wire_text
 from coldpath.executors.batch_config import BatchSettings
 from coldpath.executors.batch_errors import (
     SDK_FAILURES,
+    BatchError,
     BatchJobConflict,
     BatchJobStalled,
     map_error,
@@ -35,11 +37,6 @@ logger = logging.getLogger(__name__)
 # A Batch call under the executor's retries: the operation and what it is, for its errors.
 Call = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
 BATCH_DONE = ("completed",)
-
-
-def wire_text(value: object) -> str:
-    """An SDK enum member (a str subclass) or a plain string as its wire value."""
-    return str(value.value) if isinstance(value, Enum) else str(value)
 
 
 class JobFollower:
@@ -60,17 +57,15 @@ class JobFollower:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit.total_seconds()
         while True:
-            job = await self.call(lambda: client.get_job(job_id), f"reading job {job_id}")
-            state = wire_text(job.state)
+            _, state = await self.job(client, job_id)
             if state in DISABLED_STATES:
                 raise BatchJobConflict(disabled_message(job_id, state, followed=True))
             if state == "deleting":
                 raise BatchJobConflict(f"Batch job {job_id} is being deleted while it was followed")
-            counts = (
-                await self.call(
-                    lambda: client.get_job_task_counts(job_id), f"reading task counts of {job_id}"
-                )
-            ).task_counts
+            what = f"reading task counts of {job_id}"
+            counts = answers.task_counts(
+                await self.call(lambda: client.get_job_task_counts(job_id), what), what
+            )
             if state in BATCH_DONE or (
                 counts.completed >= manifest.shard_count
                 and counts.active == 0
@@ -89,6 +84,11 @@ class JobFollower:
             )
             await asyncio.sleep(min(self.settings.poll_interval_s, deadline - loop.time()))
         return await self.report(client, manifest)
+
+    async def job(self, client: BatchClient, job_id: str) -> tuple[models.BatchJob, str]:
+        """The job and its state, checked."""
+        what = f"reading job {job_id}"
+        return answers.job(await self.call(lambda: client.get_job(job_id), what), what)
 
     async def stalled(
         self,
@@ -120,7 +120,9 @@ class JobFollower:
         far as they can be read (a failure to read it is said, not raised: this only explains
         an error already being raised)."""
         try:
-            pool = await client.get_pool(pool_id)
+            pool = answers.pool(await client.get_pool(pool_id), "reading it")
+        except BatchError as exc:
+            return f"pool {pool_id} unreadable ({exc})"
         except SDK_FAILURES as exc:
             return f"pool {pool_id} unreadable ({map_error(exc, 'reading it')})"
         parts = [
@@ -164,10 +166,13 @@ class JobFollower:
         return JobReport(manifest.id, manifest.shard_count, tuple(sorted(succeeded)), failed)
 
     async def records(self, client: BatchClient, job_id: str) -> list[TaskRecord]:
-        async def read() -> list[TaskRecord]:
-            return [task_record(task) async for task in client.list_tasks(job_id)]
+        what = f"listing tasks of {job_id}"
 
-        return await self.call(read, f"listing tasks of {job_id}")  # type: ignore[no-any-return]
+        async def read() -> list[TaskRecord]:
+            pages = client.list_tasks(job_id, raw_response_hook=answers.list_page(what))
+            return [task_record(answers.task(task, what)) async for task in pages]
+
+        return await self.call(read, what)  # type: ignore[no-any-return]
 
     async def stderr_excerpt(self, client: BatchClient, job_id: str, task: str) -> str:
         """The end of the task's stderr.txt ('' when it cannot be read). Only the end is
@@ -189,8 +194,8 @@ class JobFollower:
         return data[-limit:].decode(errors="replace").strip()
 
     async def status(self, client: BatchClient, job_id: str) -> JobStatus:
-        job = await self.call(lambda: client.get_job(job_id), f"reading job {job_id}")
-        return job_status(job_id, wire_text(job.state), await self.records(client, job_id))
+        _, state = await self.job(client, job_id)
+        return job_status(job_id, state, await self.records(client, job_id))
 
 
 def task_record(task: models.BatchTask) -> TaskRecord:
