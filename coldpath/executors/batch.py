@@ -7,7 +7,8 @@ is retried with the common backoff, and "TaskExists" on a retried chunk counts a
 task runs ``evalstream coldpath run-shard --manifest-url <blob SAS URL> --group-index I`` under
 an explicit retry count and wall-clock limit; once every task is added the job is set to
 terminate when they all complete (not at creation: Batch would end a job without tasks).
-Following the job (``follow=True``) reports failed shards with the end of their stderr.
+Following the job (``follow=True``, ``batch_follow``) reports failed shards with the end of their
+stderr.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import shlex
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from enum import Enum
 from typing import Any, TypeVar
 
 from azure.batch import models
@@ -32,6 +31,8 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 
+from coldpath.executors import batch_answers as answers
+from coldpath.executors.batch_answers import wire_text
 from coldpath.executors.batch_config import MAX_BYTES_PER_CALL, BatchSettings
 from coldpath.executors.batch_errors import (
     SDK_FAILURES,
@@ -41,17 +42,9 @@ from coldpath.executors.batch_errors import (
     BatchMisconfigured,
     map_error,
 )
-from coldpath.executors.batch_job import (
-    DISABLED_STATES,
-    ENDED_STATES,
-    FoundJob,
-    Next,
-    decide,
-    disabled_message,
-    group_index,
-    task_id,
-)
-from coldpath.executors.batch_status import JobStatus, TaskRecord, job_status
+from coldpath.executors.batch_follow import JobFollower
+from coldpath.executors.batch_job import ENDED_STATES, FoundJob, Next, decide, group_index, task_id
+from coldpath.executors.batch_status import JobStatus, TaskRecord
 from coldpath.ports import JobReport
 from common import redact
 from common.retry import Backoff, retry
@@ -76,7 +69,6 @@ Stage = Callable[[JobManifest], Awaitable[str]]
 T = TypeVar("T")
 # Room for the request envelope ({"value": [...]}) under the service's 1 MB limit.
 CHUNK_BYTES = MAX_BYTES_PER_CALL - 4096
-BATCH_DONE = ("completed",)
 
 
 class _TooLarge(Exception):
@@ -99,11 +91,6 @@ def batch_client(settings: BatchSettings) -> BatchClient:
 
         credential = DefaultAzureCredential()
     return BatchClient(settings.account_url, credential, retry_total=0)
-
-
-def wire_text(value: object) -> str:
-    """An SDK enum member (a str subclass) or a plain string as its wire value."""
-    return str(value.value) if isinstance(value, Enum) else str(value)
 
 
 @dataclass
@@ -137,6 +124,7 @@ class BatchExecutor:
             initial_s=0.2, max_s=10.0, max_retries=settings.submit_retries
         )
         self.last_submit = SubmitStats()
+        self.follower = JobFollower(settings, self._call)
 
     async def run(self, manifest: JobManifest) -> JobReport:
         url = await retry(
@@ -187,10 +175,11 @@ class BatchExecutor:
         """Refuse a pool that does not exist: Batch accepts a job on it and never runs its
         tasks (a followed job would be waited for until its deadline)."""
         pool_id = self.settings.pool.id
+        what = f"reading pool {pool_id}"
 
         async def read() -> None:
             try:
-                await client.get_pool(pool_id, select=["id"])
+                answers.pool(await client.get_pool(pool_id, select=["id"]), what)
             except ResourceNotFoundError as exc:
                 # The account by its endpoint: a SAS or userinfo in the URL is never shown.
                 account = redact.endpoint(self.settings.account_url or "")
@@ -200,13 +189,13 @@ class BatchExecutor:
                 ) from exc
             except HttpResponseError as exc:
                 if exc.status_code != 403:
-                    raise map_error(exc, f"reading pool {pool_id}") from exc
+                    raise map_error(exc, what) from exc
                 # An identity that may submit jobs but not read pools: nothing to check with.
                 logger.info("pool %s not checked: reading it is not allowed", pool_id)
             except SDK_FAILURES as exc:
-                raise map_error(exc, f"reading pool {pool_id}") from exc
+                raise map_error(exc, what) from exc
 
-        await self._retrying(read, f"reading pool {pool_id}")
+        await self._retrying(read, what)
 
     def _job_options(self, manifest: JobManifest) -> models.BatchJobCreateOptions:
         s = self.settings
@@ -256,14 +245,14 @@ class BatchExecutor:
     async def _found_job(self, client: BatchClient, job_id: str) -> FoundJob:
         what = f"reading existing job {job_id}"
         try:
-            job = await client.get_job(job_id)
-            if not isinstance(job, models.BatchJob) or job.state is None:
-                raise BatchError(f"{what}: the answer is not a Batch job", retryable=False)
-            state = wire_text(job.state)
+            job, state = answers.job(await client.get_job(job_id), what)
             task_ids = None
             if state in ENDED_STATES:
+                pages = client.list_tasks(
+                    job_id, select=["id"], raw_response_hook=answers.list_page(what)
+                )
                 task_ids = frozenset(
-                    [task.id async for task in client.list_tasks(job_id, select=["id"])]
+                    [answers.task(task, what, with_state=False).id async for task in pages]
                 )
         except SDK_FAILURES as exc:
             raise map_error(exc, what) from exc
@@ -372,6 +361,7 @@ class BatchExecutor:
         async def attempt() -> None:
             nonlocal pending
             stats.calls += 1
+            what = f"adding {len(pending)} tasks to job {job_id}"
             try:
                 result = await client.create_task_collection(
                     job_id, models.BatchTaskGroup(task_values=pending)
@@ -379,12 +369,13 @@ class BatchExecutor:
             except SDK_FAILURES as exc:
                 if isinstance(exc, HttpResponseError) and exc.status_code == 413:
                     raise _TooLarge from exc
-                error = map_error(exc, f"adding {len(pending)} tasks to job {job_id}")
+                error = map_error(exc, what)
                 stats.retried += error.retryable
                 raise error from exc
             by_id = {item.id: item for item in pending}
+            outcomes = answers.task_add_results(result, what, by_id)
             again: list[models.BatchTaskCreateOptions] = []
-            for outcome in result.result_values or []:
+            for outcome in outcomes:
                 code = outcome.error.code if outcome.error is not None else None
                 if outcome.status == models.BatchTaskAddStatus.SUCCESS:
                     stats.tasks_added += 1
@@ -399,7 +390,7 @@ class BatchExecutor:
                         code=code,
                         retryable=False,
                     )
-            answered = {outcome.task_id for outcome in result.result_values or []}
+            answered = {outcome.task_id for outcome in outcomes}
             again.extend(item for item in pending if item.id not in answered)
             if again:
                 pending = again
@@ -425,163 +416,11 @@ class BatchExecutor:
     # -- following -----------------------------------------------------------------------
 
     async def wait(self, client: BatchClient, manifest: JobManifest) -> JobReport:
-        """Follow the job until every task completed; the report names failed shards.
-
-        Raises ``BatchJobConflict`` when an operator disables or deletes the job meanwhile,
-        and ``BatchJobStalled`` when it is not done by ``settings.follow_deadline`` (tasks that
-        never get a node: a pool of zero nodes, a failing resize); the job is left as it is."""
-        job_id = manifest.id
-        limit = self.settings.follow_deadline(manifest.shard_count)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit.total_seconds()
-        while True:
-            job = await self._call(lambda: client.get_job(job_id), f"reading job {job_id}")
-            state = wire_text(job.state)
-            if state in DISABLED_STATES:
-                raise BatchJobConflict(disabled_message(job_id, state, followed=True))
-            if state == "deleting":
-                raise BatchJobConflict(f"Batch job {job_id} is being deleted while it was followed")
-            counts = (
-                await self._call(
-                    lambda: client.get_job_task_counts(job_id), f"reading task counts of {job_id}"
-                )
-            ).task_counts
-            if state in BATCH_DONE or (
-                counts.completed >= manifest.shard_count
-                and counts.active == 0
-                and counts.running == 0
-            ):
-                break
-            if loop.time() >= deadline:
-                raise BatchJobStalled(await self._stalled(client, manifest, state, counts, limit))
-            logger.info(
-                "job %s: %d active, %d running, %d completed of %d",
-                job_id,
-                counts.active,
-                counts.running,
-                counts.completed,
-                manifest.shard_count,
-            )
-            await asyncio.sleep(min(self.settings.poll_interval_s, deadline - loop.time()))
-        return await self.report(client, manifest)
-
-    async def _stalled(
-        self,
-        client: BatchClient,
-        manifest: JobManifest,
-        state: str,
-        counts: models.BatchTaskCounts,
-        limit: timedelta,
-    ) -> str:
-        """One line: what the job, its tasks and its pool were doing when following it ended."""
-        job_id, pool_id = manifest.id, self.settings.pool.id
-        setting = (
-            "azure.batch.follow_timeout"
-            if self.settings.follow_timeout is not None
-            else "derived from max_wall_clock_time, max_task_retry_count and the pool's size; "
-            "set azure.batch.follow_timeout to change it"
-        )
-        return (
-            f"Batch job {job_id} not done after {limit} ({setting}): job {state}; tasks "
-            f"{counts.active} active, {counts.running} running, {counts.completed} completed "
-            f"({counts.succeeded} succeeded, {counts.failed} failed) of {manifest.shard_count}; "
-            f"{await self._pool_summary(client, pool_id)}. The job is left as it is: "
-            f"`evalstream coldpath status {job_id}`, or delete it "
-            f"(`az batch job delete --job-id {job_id}`)"
-        )
-
-    async def _pool_summary(self, client: BatchClient, pool_id: str) -> str:
-        """The pool's nodes against its targets and its last resize and autoscale errors, as
-        far as they can be read (a failure to read it is said, not raised: this only explains
-        an error already being raised)."""
-        try:
-            pool = await client.get_pool(pool_id)
-        except SDK_FAILURES as exc:
-            return f"pool {pool_id} unreadable ({map_error(exc, 'reading it')})"
-        parts = [
-            f"pool {pool_id} {wire_text(pool.state)}, "
-            f"allocation {wire_text(pool.allocation_state)}",
-            f"{pool.current_dedicated_nodes or 0} of {pool.target_dedicated_nodes or 0} dedicated "
-            f"and {pool.current_low_priority_nodes or 0} of {pool.target_low_priority_nodes or 0} "
-            "Spot nodes",
-        ]
-        for error in pool.resize_errors or []:
-            parts.append(f"resize error {error.code}: {error.message}")
-        run = pool.auto_scale_run
-        if run is not None and run.error is not None:
-            parts.append(f"autoscale error {run.error.code}: {run.error.message}")
-        return ", ".join(parts)
-
-    async def report(self, client: BatchClient, manifest: JobManifest) -> JobReport:
-        records = await self.records(client, manifest.id)
-        succeeded = []
-        failed: dict[int, str] = {}
-        seen = set()
-        for record in records:
-            index = group_index(record.task_id)
-            if index is None:
-                continue
-            seen.add(index)
-            if record.state == "completed" and record.result == "success":
-                succeeded.append(index)
-            elif record.state == "completed":
-                excerpt = await self.stderr_excerpt(client, manifest.id, record.task_id)
-                failed[index] = (
-                    f"task {record.task_id} failed (exit code {record.exit_code}, "
-                    f"{record.retries} retries, {record.requeues} requeues): {record.failure}"
-                    + (f"\n{excerpt}" if excerpt else "")
-                )
-            else:
-                failed[index] = f"task {record.task_id} did not complete ({record.state})"
-        for index in range(manifest.shard_count):
-            if index not in seen:
-                failed[index] = f"task {task_id(index)} was never added"
-        return JobReport(manifest.id, manifest.shard_count, tuple(sorted(succeeded)), failed)
+        """Follow the job to its end (``JobFollower.wait``)."""
+        return await self.follower.wait(client, manifest)
 
     async def records(self, client: BatchClient, job_id: str) -> list[TaskRecord]:
-        async def read() -> list[TaskRecord]:
-            return [_record(task) async for task in client.list_tasks(job_id)]
-
-        return await self._call(read, f"listing tasks of {job_id}")  # type: ignore[no-any-return]
-
-    async def stderr_excerpt(self, client: BatchClient, job_id: str, task: str) -> str:
-        """The end of the task's stderr.txt ('' when it cannot be read). Only the end is
-        downloaded: a task's stderr may run to gigabytes."""
-        limit = self.settings.stderr_excerpt_bytes
-        try:
-            properties = await client.get_task_file_properties(job_id, task, "stderr.txt")
-            size = int(properties.content_length)
-            if size == 0:
-                return ""
-            chunks = await client.download_task_file(
-                job_id, task, "stderr.txt", ocp_range=f"bytes={max(size - limit, 0)}-{size - 1}"
-            )
-            data = b"".join([chunk async for chunk in chunks])
-        except SDK_FAILURES as exc:
-            logger.warning("stderr of %s/%s unreadable: %s", job_id, task, map_error(exc, "read"))
-            return ""
-        # A range the service ignored gives the whole file: keep its end all the same.
-        return data[-limit:].decode(errors="replace").strip()
+        return await self.follower.records(client, job_id)
 
     async def status(self, client: BatchClient, job_id: str) -> JobStatus:
-        job = await self._call(lambda: client.get_job(job_id), f"reading job {job_id}")
-        return job_status(job_id, wire_text(job.state), await self.records(client, job_id))
-
-
-def _record(task: models.BatchTask) -> TaskRecord:
-    info = task.execution_info
-    failure = None
-    if info is not None and info.failure_info is not None:
-        failure = f"{info.failure_info.code}: {info.failure_info.message}"
-    return TaskRecord(
-        task_id=task.id,
-        state=wire_text(task.state),
-        result=wire_text(info.result) if info is not None and info.result is not None else None,
-        created=task.creation_time,
-        started=info.start_time if info is not None else None,
-        ended=info.end_time if info is not None else None,
-        retries=info.retry_count if info is not None else 0,
-        requeues=info.requeue_count if info is not None else 0,
-        exit_code=info.exit_code if info is not None else None,
-        failure=failure,
-    )
+        return await self.follower.status(client, job_id)

@@ -10,8 +10,9 @@
 
 Only passing conditions are retryable: 408, 429 and 5xx answers, and a connection that could
 not be made or broke (refused, reset, timed out, a temporary DNS failure). An answer that is not
-the Batch service's (not JSON, not the expected shape), a TLS failure, a host name that does not
-exist, and a credential that is missing or refused are not: the same call would fail the same way.
+the Batch service's (not JSON, or JSON of another shape: ``batch_answers``), a TLS failure, a host
+name that does not exist, and a credential that is missing or refused are not: the same call would
+fail the same way.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Figures of one Batch job from its tasks: states, retries, queue latency, run time, failures.
 
-Pure: the adapter (``coldpath.executors.batch``) turns SDK tasks into ``TaskRecord`` values.
+Pure: the adapter (``coldpath.executors.batch_follow``) turns SDK tasks into ``TaskRecord`` values.
 """
 
 from __future__ import annotations

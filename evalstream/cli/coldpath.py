@@ -1,8 +1,9 @@
 """The ``evalstream coldpath`` commands and ``evalstream evaluations``: plan, run and show
 evaluations of stored windows.
 
-Exit codes: 0 done, 1 some shards failed (after their retries), 2 invalid settings or options
-(one line naming the setting).
+Exit codes: 0 done, 1 some shards failed (after their retries) or a followed Batch job was not
+done by its follow deadline (left as it is), 2 invalid settings or options (one line naming the
+setting).
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ PolicyOption = Annotated[
         show_default=False,
     ),
 ]
+# What following a Batch job promises, said by every command that follows one.
+BATCH_FOLLOW_HELP = (
+    "A Batch job is followed for at most azure.batch.follow_timeout (default: derived from "
+    "the task limits, (max_task_retry_count + 1) × max_wall_clock_time for each wave of tasks "
+    "the pool runs at once, plus the time nodes take to arrive). When that passes, the job is "
+    "left as it is (not deleted or stopped; its tasks may still run) and the command exits "
+    "with code 1 and one line saying what the job, its tasks and its pool were doing; look at "
+    "the job later with `evalstream coldpath status JOB` (JOB: the manifest id)."
+)
 ExecutorOption = Annotated[
     str,
     typer.Option(
@@ -190,7 +200,7 @@ def trigger(
             "--wait/--no-wait",
             help="Run the shards and follow them to completion; --no-wait only stages the "
             "manifests (run them later with run-shard or another trigger), or with --executor "
-            "batch submits the jobs without following them.",
+            "batch submits the jobs without following them. " + BATCH_FOLLOW_HELP,
         ),
     ] = True,
     config: ConfigOption = None,
@@ -222,7 +232,10 @@ def trigger(
     _report(run(_trigger(settings, policies, choice, executor, rerun, wait)))
 
 
-@coldpath_app.command()
+@coldpath_app.command(
+    help="Evaluate every due window of the policies that overlaps [--from, --to), following "
+    "each window's shards to completion.\n\n" + BATCH_FOLLOW_HELP
+)
 def backfill(
     start: Annotated[str, typer.Option("--from", help="ISO-8601 start (UTC if no zone).")],
     end: Annotated[str, typer.Option("--to", help="ISO-8601 end, exclusive.")],
@@ -236,7 +249,6 @@ def backfill(
     log_level: LogLevelOption = "WARNING",
     log_format: LogFormatOption = "text",
 ) -> None:
-    """Evaluate every due window of the policies that overlaps [--from, --to)."""
     logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     policies = _policies(settings, policy)

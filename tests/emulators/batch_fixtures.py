@@ -55,9 +55,13 @@ class BatchServer:
         method: str | None = None,
         retry_after_s: int | None = None,
         body: str | None = None,
+        answer: object = None,
+        after: int = 0,
     ) -> None:
         """Answer the next `count` matching requests with `status` (503, 500, 429...), or
-        with `body` as an HTML page of that status (a proxy's answer, not the service's)."""
+        with `body` as an HTML page of that status (a proxy's answer, not the service's), or
+        with `answer` as JSON (a shape the service never gives for that call); the first
+        `after` matching requests are served as usual."""
         fault: dict[str, object] = {"status": status, "count": count, "match": match}
         if method is not None:
             fault["method"] = method
@@ -65,6 +69,10 @@ class BatchServer:
             fault["retry_after_s"] = retry_after_s
         if body is not None:
             fault["body"] = body
+        if answer is not None:
+            fault["json"] = answer
+        if after:
+            fault["after"] = after
         self._control("POST", "faults/http", fault)
 
     def fail_allocations(self, pool: str, *, code: str, message: str) -> None:

@@ -3,7 +3,10 @@
 - ``http``: answer the next ``count`` requests whose method and path match with an error status
   (503, 500, 429 with ``Retry-After``) before they reach the service: nothing happens to the
   account, as when the service sheds load. With ``body``, the answer is that text as an HTML
-  page with the given status (200 too): what a proxy or captive portal answers.
+  page with the given status (200 too): what a proxy or captive portal answers. With ``json``,
+  the answer is that JSON value with the given status: a JSON answer of a shape the service
+  never gives (``[]`` for a job, a task without ``state``). With ``after``, that many matching
+  requests are served as usual first (the second read of a pool, not the first).
 - ``allocation``: the pool ``pool`` gets no nodes, and reports a resize error of ``code`` and
   ``message`` (e.g. AccountCoreQuotaReached), until faults are reset: set it before the pool is
   created or resized.
@@ -21,6 +24,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +40,8 @@ class HttpFault:
     method: str | None = None
     retry_after_s: int | None = None
     body: str | None = None
+    answer: str | None = None  # a JSON answer, encoded
+    after: int = 0  # matching requests still let through before the fault answers
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and bool(self.match.search(path))
@@ -89,6 +95,7 @@ class Faults:
             retry_after = body.get("retry_after_s")
             method = body.get("method")
             text = body.get("body")
+            answer = json.dumps(body["json"]) if "json" in body else None
             self.http.append(
                 HttpFault(
                     status=status,
@@ -97,6 +104,8 @@ class Faults:
                     method=str(method).upper() if method else None,
                     retry_after_s=int(retry_after) if isinstance(retry_after, int) else None,
                     body=str(text) if text is not None else None,
+                    answer=answer,
+                    after=_int(body, "after", 0),
                 )
             )
         elif kind == "kill":
@@ -130,6 +139,9 @@ class Faults:
     def take_http(self, method: str, path: str) -> HttpFault | None:
         for fault in self.http:
             if fault.count > 0 and fault.matches(method, path):
+                if fault.after > 0:
+                    fault.after -= 1
+                    return None
                 fault.count -= 1
                 self.injected[f"http_{fault.status}"] += 1
                 return fault

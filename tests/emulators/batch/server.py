@@ -113,6 +113,11 @@ async def _batch_protocol(request: web.Request, handler: Handler) -> web.StreamR
         if fault is not None and fault.body is not None:
             # Not the service's answer at all (a proxy's or captive portal's page).
             return web.Response(status=fault.status, text=fault.body, content_type="text/html")
+        if fault is not None and fault.answer is not None:
+            # JSON, but not of the shape the service gives for this call.
+            return web.Response(
+                status=fault.status, text=fault.answer, headers={"Content-Type": JSON_TYPE}
+            )
         if fault is not None:
             raise _injected(fault)
         if request.query.get("api-version") is None:
