@@ -190,6 +190,13 @@ class JobFollower:
         except SDK_FAILURES as exc:
             logger.warning("stderr of %s/%s unreadable: %s", job_id, task, map_error(exc, "read"))
             return ""
+        except (KeyError, TypeError, ValueError) as exc:
+            # An answer without a Content-Length, or not a number (a proxy's): the SDK reads
+            # the header as it is, and the report of the failed shards goes on without it.
+            logger.warning(
+                "stderr of %s/%s unreadable: no size in the answer (%r)", job_id, task, exc
+            )
+            return ""
         # A range the service ignored gives the whole file: keep its end all the same.
         return data[-limit:].decode(errors="replace").strip()
 
