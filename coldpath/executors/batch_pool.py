@@ -17,7 +17,8 @@ from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import ResourceExistsError
 
-from coldpath.executors.batch import wire_text
+from coldpath.executors import batch_answers as answers
+from coldpath.executors.batch_answers import wire_text
 from coldpath.executors.batch_config import PoolSettings, autoscale_formula
 from coldpath.executors.batch_errors import SDK_FAILURES, BatchError, map_error
 
@@ -118,7 +119,8 @@ def _view(pool: models.BatchPool, wanted: PoolSettings) -> PoolView:
 
 async def show(client: BatchClient, pool: PoolSettings) -> PoolView:
     try:
-        return _view(await client.get_pool(pool.id), pool)
+        what = f"reading pool {pool.id}"
+        return _view(answers.pool(await client.get_pool(pool.id), what), pool)
     except SDK_FAILURES as exc:
         raise map_error(exc, f"reading pool {pool.id}") from exc
 
@@ -131,7 +133,7 @@ async def ensure(client: BatchClient, pool: PoolSettings) -> tuple[str, PoolView
             await client.create_pool(pool_options(pool))
             action = "created"
         except ResourceExistsError:
-            current = await client.get_pool(pool.id)
+            current = answers.pool(await client.get_pool(pool.id), f"reading pool {pool.id}")
             action = "unchanged"
             formula = autoscale_formula(pool) if pool.autoscale else None
             if formula is not None and (
@@ -145,7 +147,7 @@ async def ensure(client: BatchClient, pool: PoolSettings) -> tuple[str, PoolView
                     ),
                 )
                 action = "updated"
-        view = _view(await client.get_pool(pool.id), pool)
+        view = _view(answers.pool(await client.get_pool(pool.id), f"reading pool {pool.id}"), pool)
     except SDK_FAILURES as exc:
         raise map_error(exc, f"ensuring pool {pool.id}") from exc
     logger.info("pool %s %s", pool.id, action)

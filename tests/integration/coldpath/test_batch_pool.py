@@ -18,6 +18,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from coldpath.executors import batch_pool
 from coldpath.executors.batch_config import PoolSettings, autoscale_formula
+from coldpath.executors.batch_errors import BatchError
 from tests.emulators.batch_fixtures import BatchServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -141,3 +142,30 @@ def test_pool_commands(batch_server: BatchServer) -> None:
     assert "$TargetDedicatedNodes = 0" in evaluated
     assert "$TargetLowPriorityNodes = 0" in evaluated
     assert "$NodeDeallocationOption = taskcompletion" in evaluated
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [([], "a pool is a JSON object, not []"), ({}, "the pool's id is None")],
+    ids=["pool-as-a-list", "pool-without-id"],
+)
+def test_pool_show_refuses_an_answer_of_the_wrong_shape(
+    batch_server: BatchServer, answer: object, problem: str
+) -> None:
+    pool_id = f"shape-{uuid.uuid4().hex[:8]}"
+    settings = PoolSettings(id=pool_id, profile="cost_saving", max_nodes=2)
+
+    async def shown() -> None:
+        async with client(batch_server) as c:
+            await batch_pool.ensure(c, settings)
+            batch_server.fail_requests(
+                200, 1, match=f"/pools/{pool_id}$", method="GET", answer=answer
+            )
+            await batch_pool.show(c, settings)
+
+    with pytest.raises(
+        BatchError, match="the answer is not of the Batch service's shape"
+    ) as caught:
+        asyncio.run(shown())
+    assert f"reading pool {pool_id}" in str(caught.value) and problem in str(caught.value)
+    assert not caught.value.retryable
