@@ -349,8 +349,9 @@ def metric_catalogue(settings: Settings) -> Mapping[str, Metric]:
 
 def policies(settings: Settings) -> tuple[EvaluationPolicy, ...]:
     """The configured policies, once the metric catalogue accepts them (``metric_catalogue``):
-    how code that only reads the policies (prices, planning) gets them, never from the
-    settings directly, so a policy the catalogue refuses is never planned or priced."""
+    how code that reads the policies without having built the catalogue (the report's prices,
+    the deploy entry points' planning) gets them, so a refused policy is never planned or
+    priced. The ``coldpath`` commands and the in-process schedule check at their start."""
     metric_catalogue(settings)
     return settings.coldpath.policies
 
