@@ -121,7 +121,30 @@ def load_catalogue(reference: str) -> Mapping[str, Metric]:
     catalogue = found() if callable(found) else found
     if not isinstance(catalogue, Mapping):
         raise PolicyConfigError(f"coldpath.catalogue: {reference!r} is not a mapping of metrics")
+    for name, metric in sorted(catalogue.items()):
+        _check_metric(reference, name, metric)
     return catalogue
+
+
+# What the Metric protocol asks of every catalogue entry, read from the protocol itself so a
+# method added to it is checked too (a catalogue written before ``value_names`` failed with an
+# AttributeError deep in the policy check).
+_METRIC_ATTRIBUTES = tuple(sorted(Metric.__annotations__))
+_METRIC_METHODS = tuple(
+    sorted(name for name, member in vars(Metric).items() if callable(member) and name[0] != "_")
+)
+
+
+def _check_metric(reference: str, name: str, metric: object) -> None:
+    """Refuse a catalogue entry lacking what the Metric protocol asks, naming what is missing."""
+    missing = [attr for attr in _METRIC_ATTRIBUTES if not hasattr(metric, attr)] + [
+        f"{method}()" for method in _METRIC_METHODS if not callable(getattr(metric, method, None))
+    ]
+    if missing:
+        raise PolicyConfigError(
+            f"coldpath.catalogue: metric {name!r} of {reference!r} lacks "
+            f"{', '.join(missing)} (see the Metric protocol in coldpath.policies.base)"
+        )
 
 
 def check_policies(

@@ -2,7 +2,8 @@
 the Durable orchestration's activities); the AKS CronJob and plain cron run the CLI instead.
 
 Every function opens what it needs from the settings and closes it before returning, so a
-function host can call them from any invocation. Payloads crossing the Durable boundary are
+function host can call them from any invocation; policies the metric catalogue refuses raise
+``PolicyConfigError`` before anything is planned or run. Payloads crossing the Durable boundary are
 the small models below (JSON by ``model_dump(mode="json")``), never whole manifests: those are
 staged in the evaluation store and read back by id.
 """
@@ -116,9 +117,10 @@ async def trigger_due(
     """Plan the latest due window of every policy and run it on ``executor`` (the timer's
     work; the same as ``evalstream coldpath trigger``). Done windows are no-ops."""
     name = executor_name(settings, executor)
+    policies = wiring.policies(settings)
     async with wiring.evaluation_store(settings) as store:
         manifests = await plan(
-            list(settings.coldpath.policies),
+            list(policies),
             WindowChoice(),
             store,
             now=now,
@@ -134,8 +136,9 @@ async def plan_due(settings: Settings, now: datetime) -> list[PlannedManifest]:
     """Stage the latest due window's manifests, one set per compute class, so light units can
     fan out as activities while heavy policies go to Batch as whole manifests."""
     planned = []
+    classes = by_compute_class(wiring.policies(settings))
     async with wiring.evaluation_store(settings) as store:
-        for compute_class, policies in sorted(by_compute_class(settings.coldpath.policies).items()):
+        for compute_class, policies in sorted(classes.items()):
             manifests = await plan(
                 policies,
                 WindowChoice(),

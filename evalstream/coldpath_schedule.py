@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
 from alerts.ports import AlertPublisher
 from coldpath.config import DEMO_POLICY
+from coldpath.exceptions import PolicyConfigError
 from coldpath.executors.inline import InlineExecutor
+from coldpath.policies.base import Metric
 from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan, submit
 from common.errors import EvalstreamError
@@ -36,6 +38,27 @@ SHORT_WINDOW = timedelta(minutes=5)
 def enabled(settings: Settings, simulating: bool) -> bool:
     configured = settings.coldpath.schedule_in_process
     return simulating if configured is None else configured
+
+
+def catalogue_at_start(settings: Settings, scheduled: bool) -> Mapping[str, Metric] | None:
+    """The metric catalogue, the policies checked against it when the processor starts.
+
+    Scheduled in process, a policy the catalogue refuses stops the processor
+    (``PolicyConfigError``): a typo must not leave a long-running service whose evaluations
+    never run. Not scheduled, the processor has no use for the policies but its ``/report``
+    (their prices), which refuses them too: a warning says so at start, and None is returned.
+    """
+    if scheduled:
+        return wiring.metric_catalogue(settings)
+    try:
+        wiring.metric_catalogue(settings)
+    except PolicyConfigError as exc:
+        logger.warning(
+            "cold path policies refused (%s): not scheduled in this process; /report and the "
+            "coldpath commands refuse to run until the setting is fixed",
+            exc,
+        )
+    return None
 
 
 def demo_policies(settings: Settings) -> list[EvaluationPolicy]:
@@ -73,18 +96,15 @@ class _Reporting:
 
 async def run_schedule(
     settings: Settings,
+    catalogue: Mapping[str, Metric],
     telemetry: TelemetryStore,
     stop: asyncio.Event,
     on_status: Callable[[str], None],
     on_breach: Callable[[Breach], None] | None = None,
     metrics: ProcessorMetrics | None = None,
 ) -> None:
-    """Until ``stop``: evaluate the newly due windows every ``coldpath.schedule_interval_s``."""
-    try:
-        catalogue = wiring.metric_catalogue(settings)
-    except EvalstreamError as exc:
-        on_status(f"cold path: not scheduled ({exc})")
-        return
+    """Until ``stop``: evaluate the newly due windows every ``coldpath.schedule_interval_s``
+    (``catalogue``: from ``catalogue_at_start``, the policies checked against it)."""
     policies = [p for p in demo_policies(settings) if all(s.metric in catalogue for s in p.metrics)]
     on_status(
         "cold path: evaluating "

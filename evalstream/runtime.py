@@ -114,6 +114,8 @@ async def run_processor(
     refused = ingest and require_auth_beyond_loopback(settings.ingest.host, settings.ingest.auth)
     if refused:
         raise SettingsError(refused)
+    scheduled = coldpath_schedule.enabled(settings, simulate is not None)
+    catalogue = coldpath_schedule.catalogue_at_start(settings, scheduled)
     stop = asyncio.Event()
     install_signal_handlers(stop)
     stats = ProcessorStats(on_breach=on_breach)
@@ -183,13 +185,13 @@ async def run_processor(
                 from evalstream.azure_monitor import AzureMonitorExport
 
                 group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
-            if coldpath_schedule.enabled(settings, simulate is not None):
+            if catalogue is not None:
                 group.create_task(
                     _once_caught_up(
                         stats,
                         stop,
                         lambda: coldpath_schedule.run_schedule(
-                            settings, store, stop, on_status, on_breach, stats.metrics
+                            settings, catalogue, store, stop, on_status, on_breach, stats.metrics
                         ),
                     )
                 )

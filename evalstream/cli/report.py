@@ -16,8 +16,7 @@ import typer
 from rich.console import Console
 
 from common.errors import EvalstreamError, Misconfigured
-from evalstream.cli.coldpath import load
-from evalstream.cli.options import ConfigOption, DataDirOption, existing_store, output_file
+from evalstream.cli.options import ConfigOption, DataDirOption, existing_store, load, output_file
 from store.exceptions import StoreError
 
 EXIT_FAILED = 1

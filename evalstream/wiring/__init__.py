@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from coldpath.ports import Executor
     from coldpath.runner import ShardRunner
     from evalstream.workers import WorkerPool
-    from schemas import JobManifest
+    from schemas import EvaluationPolicy, JobManifest
     from store.ports import EvaluationStore, TelemetryStore
     from stream.metrics import IngestMetrics
     from stream.pipeline import Pipeline
@@ -331,8 +331,11 @@ def alert_receiver(settings: Settings, spec: SubscriptionSpec) -> AlertReceiver:
 
 
 def metric_catalogue(settings: Settings) -> Mapping[str, Metric]:
-    """The metric catalogue, with every configured policy checked against it (raises
-    ``PolicyConfigError`` naming the setting)."""
+    """The metric catalogue, each of its metrics checked against the Metric protocol and every
+    configured policy against it (raises ``PolicyConfigError`` naming the setting). Settings
+    load without this check (a shard task's settings may name a catalogue only its node has):
+    it is made here, when the cold path's parts are built, by every command that reads the
+    policies."""
     from coldpath.config import check_policies, load_catalogue
 
     catalogue = load_catalogue(settings.coldpath.catalogue)
@@ -342,6 +345,15 @@ def metric_catalogue(settings: Settings) -> Mapping[str, Metric]:
         catalogue = with_judge(catalogue, settings.coldpath.judge)
     check_policies(settings.coldpath.policies, catalogue)
     return catalogue
+
+
+def policies(settings: Settings) -> tuple[EvaluationPolicy, ...]:
+    """The configured policies, once the metric catalogue accepts them (``metric_catalogue``):
+    how code that reads the policies without having built the catalogue (the report's prices,
+    the deploy entry points' planning) gets them, so a refused policy is never planned or
+    priced. The ``coldpath`` commands and the in-process schedule check at their start."""
+    metric_catalogue(settings)
+    return settings.coldpath.policies
 
 
 def shard_command(settings: Settings) -> Callable[[str, int], list[str]]:

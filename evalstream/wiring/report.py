@@ -14,16 +14,18 @@ from coldpath.windows import parse_moment
 from evalstream import wiring
 from evalstream.settings import Settings, SettingsError
 from report import BreachLog, PriceTable, ReportData, ReportRequest, TokenPrice, gather
+from schemas import EvaluationPolicy
 from schemas.telemetry import APP_ID_PATTERN, is_app_id
 from store.ports import EvaluationStore, TelemetryStore
 
 USAGE_METRIC = "usage"
 
 
-def price_table(settings: Settings, app_id: str) -> PriceTable | None:
+def price_table(policies: Sequence[EvaluationPolicy], app_id: str) -> PriceTable | None:
     """The prices of the first policy whose ``usage`` metric has any for this app (with the
-    app's overrides), so the report's cost is the cold path's; None when no policy has any."""
-    for index, policy in enumerate(settings.coldpath.policies):
+    app's overrides), so the report's cost is the cold path's; None when no policy has any.
+    ``policies``: as ``wiring.policies`` gives them, checked against the catalogue."""
+    for index, policy in enumerate(policies):
         if not policy.applies_to(app_id):
             continue
         for spec in policy.metrics_for(app_id):
@@ -76,6 +78,9 @@ async def report_sources(settings: Settings) -> AsyncIterator[ReportSources]:
 
 
 async def build_report(settings: Settings, request: ReportRequest) -> ReportData:
+    """The report's data; policies the catalogue refuses raise ``PolicyConfigError`` before
+    anything is read (their prices are not the cold path's: it refuses to run them)."""
+    policies = wiring.policies(settings)
     async with report_sources(settings) as sources:
         return await gather(
             request,
@@ -83,7 +88,7 @@ async def build_report(settings: Settings, request: ReportRequest) -> ReportData
             evaluations=sources.evaluations,
             breaches=sources.breaches,
             apps=settings.apps,
-            prices=lambda app_id: price_table(settings, app_id),
+            prices=lambda app_id: price_table(policies, app_id),
         )
 
 

@@ -32,9 +32,11 @@ thresholds = { p95 = { warning = { max = 150.0 } } }
 """
 
 
-def evalstream(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProcess[str]:
+def evalstream(
+    tmp_path: Path, config: str, *args: str, header: str = HEADER
+) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "evalstream.toml"
-    path.write_text(HEADER + config)
+    path.write_text(header + config)
     return subprocess.run(
         [
             sys.executable,
@@ -92,6 +94,20 @@ def test_a_threshold_on_a_value_the_metric_never_reports_is_one_line_and_exit_2(
     assert done.stderr.strip().splitlines() == [
         "error: coldpath.policies[0].metrics[0].thresholds: policy 'speed', metric 'latency' "
         "has no value 'p959' to judge (its values: p95, mean)"
+    ]
+
+
+def test_a_custom_catalogue_lacking_a_protocol_method_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    # Before: a traceback ending in AttributeError: ... has no attribute 'value_names'.
+    outdated = HEADER.replace("fakes:CATALOGUE", "fakes:OUTDATED_CATALOGUE")
+    done = evalstream(tmp_path, GOOD, "coldpath", "status", header=outdated)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: coldpath.catalogue: metric 'latency' of "
+        "'tests.unit.coldpath.fakes:OUTDATED_CATALOGUE' lacks value_names() (see the Metric "
+        "protocol in coldpath.policies.base)"
     ]
 
 

@@ -75,3 +75,43 @@ async def test_pages_are_built_one_at_a_time_in_a_child_process(tmp_path: Path) 
             assert "waiting already" in answer.text
     # Every page came from a child, and never two children at once.
     assert max(seen) == 1, sorted(set(seen))
+
+
+def test_policies_the_catalogue_refuses_make_the_page_unavailable_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    # Not scheduled in process, the processor runs (with a warning at start); before, its
+    # /report priced tokens from the refused policy's usage params and said nothing.
+    config = tmp_path / "evalstream.toml"
+    config.write_text(
+        "[coldpath]\nschedule_in_process = false\n"
+        '[[coldpath.policies]]\nname = "costs"\n'
+        '[[coldpath.policies.metrics]]\nmetric = "usage"\n'
+        "params = { prices = { gpt = { input_per_1k = 1.0, output_per_1k = 2.0 } } }\n"
+        '[[coldpath.policies.metrics]]\nmetric = "latenzy"\n'
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "evalstream", "process", "--config", str(config),
+            "--data-dir", str(tmp_path / "data"), "--ingest-port", str(port),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **IN_PROCESS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _ready(url), timeout=60, what="the processor's /healthz")
+        answer = httpx.get(f"{url}/report", timeout=120)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors.decode()[-2000:]
+    assert answer.status_code == 503, answer.text[:200]
+    assert answer.text.startswith(
+        "the report cannot be built now: coldpath.policies[0].metrics[1].metric: unknown metric "
+        "'latenzy'"
+    )
+    assert "WARNING evalstream.coldpath_schedule: cold path policies refused" in errors.decode()

@@ -165,6 +165,27 @@ CATALOGUE: dict[str, Metric] = {
 }
 
 
+class OutdatedLatencyMetric:
+    """A custom metric written before the Metric protocol had ``value_names``."""
+
+    name: ClassVar[str] = "latency"
+    version: ClassVar[int] = 1
+    needs_reference: ClassVar[bool] = False
+
+    def validate_params(self, params: Mapping[str, Any]) -> None:
+        LatencyMetric().validate_params(params)
+
+    def accumulator(self, params: Mapping[str, Any], app: AppConfig) -> Accumulator:
+        return _Latency()
+
+
+# A custom catalogue of that age (``coldpath.catalogue = "...fakes:OUTDATED_CATALOGUE"``).
+OUTDATED_CATALOGUE: dict[str, object] = {
+    "latency": OutdatedLatencyMetric(),
+    "errors": ErrorsMetric(),
+}
+
+
 class RecordingPublisher:
     """An AlertPublisher that keeps what it was given, deduplicated by message id like a bus."""
 

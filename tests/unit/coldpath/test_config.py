@@ -153,6 +153,17 @@ def test_shipped_policies_are_valid_and_catalogue_reference_loads() -> None:
     assert ColdpathSettings(workers=3).worker_count == 3
 
 
+def test_a_catalogue_metric_lacking_a_protocol_method_is_refused_naming_it() -> None:
+    # Before, the catalogue loaded and the policy check failed with
+    # AttributeError: 'OutdatedLatencyMetric' object has no attribute 'value_names'.
+    with pytest.raises(PolicyConfigError) as refused:
+        load_catalogue("tests.unit.coldpath.fakes:OUTDATED_CATALOGUE")
+    assert str(refused.value) == (
+        "coldpath.catalogue: metric 'latency' of 'tests.unit.coldpath.fakes:OUTDATED_CATALOGUE' "
+        "lacks value_names() (see the Metric protocol in coldpath.policies.base)"
+    )
+
+
 def builtin_check(metric: Mapping[str, object], **policy: object) -> None:
     """``metric`` in a policy named ``q``, checked against the shipped catalogue."""
     check_policies(policies({"name": "q", "metrics": [metric], **policy}), BUILT_IN_CATALOGUE)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -7,10 +8,11 @@ import pytest
 import typer
 
 from coldpath.config import QUALITY_POLICY
+from coldpath.exceptions import PolicyConfigError
 from evalstream.cli.report import app_ids, time_range
 from evalstream.settings import Settings, SettingsError
-from evalstream.wiring.report import breach_log, price_table
-from report import PriceTable, TokenPrice
+from evalstream.wiring.report import breach_log, build_report, price_table
+from report import PriceTable, ReportRequest, TokenPrice
 from report.sqlite_breaches import SqliteBreachLog
 from schemas import EvaluationPolicy, MetricOverride, MetricSpec
 
@@ -37,12 +39,12 @@ def test_prices_come_from_the_usage_metric_with_the_apps_overrides() -> None:
             }
         },
     )
-    settings = with_policies(QUALITY_POLICY, policy)
+    policies = (QUALITY_POLICY, policy)
     gpt = TokenPrice(1.0, 2.0)
-    assert price_table(settings, "any") == PriceTable({"gpt": gpt})
-    assert price_table(settings, "cheap") == PriceTable({"gpt": gpt}, TokenPrice(0.1, 0.1))
+    assert price_table(policies, "any") == PriceTable({"gpt": gpt})
+    assert price_table(policies, "cheap") == PriceTable({"gpt": gpt}, TokenPrice(0.1, 0.1))
     # The default policy's usage metric has no prices: tokens only.
-    assert price_table(with_policies(QUALITY_POLICY), "any") is None
+    assert price_table((QUALITY_POLICY,), "any") is None
 
 
 def test_a_wrong_price_table_names_the_policy() -> None:
@@ -50,7 +52,26 @@ def test_a_wrong_price_table_names_the_policy() -> None:
         name="bad", metrics=(MetricSpec(metric="usage", params={"prices": {"m": {}}}),)
     )
     with pytest.raises(SettingsError, match=r"coldpath.policies\[0\] usage params"):
-        price_table(with_policies(bad), "any")
+        price_table((bad,), "any")
+
+
+def test_the_report_refuses_policies_the_catalogue_refuses_before_reading(tmp_path: Path) -> None:
+    # Before, the report (and the processor's live /report) priced tokens from a policy the
+    # cold path refuses to run, and said nothing.
+    prices = {"prices": {"gpt": {"input_per_1k": 1.0, "output_per_1k": 2.0}}}
+    typo = EvaluationPolicy(
+        name="costs",
+        metrics=(MetricSpec(metric="usage", params=prices), MetricSpec(metric="latenzy")),
+    )
+    settings = with_policies(typo)
+    embedded = settings.embedded.model_copy(update={"data_dir": tmp_path})
+    settings = settings.model_copy(update={"embedded": embedded})
+    request = ReportRequest(start=NOW - timedelta(hours=1), end=NOW)
+    with pytest.raises(
+        PolicyConfigError, match=r"^coldpath\.policies\[0\]\.metrics\[1\]\.metric: unknown"
+    ):
+        asyncio.run(build_report(settings, request))
+    assert list(tmp_path.iterdir()) == []  # no store opened
 
 
 def test_the_embedded_backend_has_a_breach_log_azure_has_none(tmp_path: Path) -> None:
