@@ -92,16 +92,7 @@ def test_policies_the_catalogue_refuses_make_the_page_unavailable_naming_the_set
     )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "evalstream", "process", "--config", str(config),
-            "--data-dir", str(tmp_path / "data"), "--ingest-port", str(port),
-        ],
-        cwd=ROOT,
-        env={**os.environ, **IN_PROCESS},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    process = serving_processor(tmp_path, port, "--config", str(config))
     try:
         wait_until(lambda: _ready(url), timeout=60, what="the processor's /healthz")
         answer = httpx.get(f"{url}/report", timeout=120)
