@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -38,11 +39,13 @@ from alerts.ports import (
 from common.errors import Misconfigured, leaves
 from common.printable import printable
 from evalstream import wiring
-from evalstream.cli.options import DataDirOption, load
+from evalstream.cli.options import DataDirOption, fail, load, with_logging
 from evalstream.settings import Settings
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+logger = logging.getLogger(__name__)
 
 alerts_app = typer.Typer(
     name="alerts",
@@ -94,15 +97,6 @@ def find_subscription(settings: Settings, name: str) -> SubscriptionSpec:
     return specs[name]
 
 
-def _errors() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    _errors().print(Text(f"error: {message}", style="red"))
-    return typer.Exit(code)
-
-
 def _load(
     config: Path | None, subscription: str, backend: str | None, data_dir: Path | None = None
 ) -> tuple[Settings, SubscriptionSpec]:
@@ -110,7 +104,7 @@ def _load(
     try:
         return settings, find_subscription(settings, subscription)
     except UnknownSubscriptionError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 def _exit_code(errors: list[BaseException]) -> int:
@@ -163,10 +157,13 @@ async def _listen(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, listener.stop)
             stack.callback(loop.remove_signal_handler, signal.SIGTERM)
-        _errors().print(
-            f"listening to subscription {spec.name!r} "
-            f"({settings.backend}: {_where(settings)}); Ctrl-C to stop",
-            style="dim",
+        # A log record, not a console line: with --log-format json stderr holds only JSON.
+        logger.info(
+            "listening to subscription %r (%s: %s); Ctrl-C to stop",
+            spec.name,
+            settings.backend,
+            _where(settings),
+            extra={"subscription": spec.name},
         )
         await listener.run()
 
@@ -194,6 +191,7 @@ def _webhook_url(url: str | None) -> str | None:
         "each alert goes to one of them."
     )
 )
+@with_logging("INFO")
 def listen(
     subscription: SubscriptionOption,
     json_output: Annotated[
@@ -238,7 +236,7 @@ def listen(
         except* (AlertError, ValueError) as group:
             # The listener supervises a task group: its errors arrive grouped.
             errors = leaves(group)
-            raise _fail("; ".join(map(str, errors)), code=_exit_code(errors)) from None
+            raise fail("; ".join(map(str, errors)), code=_exit_code(errors)) from None
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -290,7 +288,7 @@ def dlq(
     try:
         dead_letters = asyncio.run(_dead_letters(settings, spec, max_count))
     except AlertError as exc:
-        raise _fail(str(exc), code=_exit_code([exc])) from exc
+        raise fail(str(exc), code=_exit_code([exc])) from exc
     if json_output:
         for dead in dead_letters:
             sys.stdout.write(_dead_letter_json(dead).decode() + "\n")
