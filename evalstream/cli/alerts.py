@@ -36,6 +36,7 @@ from alerts.ports import (
     DeadLetteredAlert,
     ReceivedAlert,
 )
+from common import redact
 from common.errors import Misconfigured, leaves
 from common.printable import printable
 from evalstream import wiring
@@ -252,8 +253,8 @@ def _dead_letter_json(dead: DeadLetteredAlert) -> bytes:
     return orjson.dumps(
         {
             "message_id": dead.message_id,
-            "reason": dead.reason,
-            "description": dead.description,
+            "reason": redact.scrub_urls(dead.reason),
+            "description": redact.scrub_urls(dead.description),
             "delivery_count": dead.delivery_count,
             "dead_lettered_at": dead.dead_lettered_at.isoformat(),
             "breach": dead.breach.model_dump(mode="json") if dead.breach is not None else None,
@@ -269,6 +270,11 @@ def _dead_letter_json(dead: DeadLetteredAlert) -> bytes:
         "Each entry says why it was dead-lettered (the handler's error, or "
         "MaxDeliveryCountExceeded when its locks kept expiring), after how many deliveries, "
         "and which breach it carries."
+        "\n\n"
+        "A URL in a reason or description is shown as its host and a fingerprint of its path "
+        "and query (a webhook's path is its credential), and what of it a server's answer "
+        "echoed as <redacted>: also in dead letters recorded before errors were redacted. "
+        "The stored records are not changed."
     )
 )
 def dlq(
@@ -302,11 +308,11 @@ def dlq(
         line.append(dead.dead_lettered_at.strftime("%Y-%m-%d %H:%M:%S%z"), style="dim")
         line.append("  ")
         # The reason and description may quote a webhook's answer or a producer's text.
-        line.append(printable(dead.reason), style="bold red")
+        line.append(printable(redact.scrub_urls(dead.reason)), style="bold red")
         line.append(f"  after {dead.delivery_count} deliveries  message {dead.message_id}")
         out.print(line)
         if dead.description:
-            out.print(Text(f"    {printable(dead.description)}"))
+            out.print(Text(f"    {printable(redact.scrub_urls(dead.description))}"))
         if dead.breach is not None:
             out.print(Text("    ").append_text(render_breach(dead.breach)))
         else:
