@@ -193,3 +193,26 @@ async def test_listen_logs_as_its_options_say_and_keeps_running_after_a_dead_let
     assert dead["component"] == "alerts.listener"
     assert "breach-00001:opened" in dead["message"]
     assert "AlertDeliveryError" in dead["message"] and "answered 500" in dead["message"]
+
+
+@pytest.mark.integration
+async def test_listen_at_debug_shows_the_first_failures_traceback_once(
+    tmp_path: Path, hook: Hook
+) -> None:
+    """Every delivery of the alert fails the same way: the handler's traceback is shown once,
+    at DEBUG, and the redelivery and the dead letter are one line each, in the text format."""
+    process = await dead_letter_through_failing_hook(tmp_path, hook, "--log-level", "debug")
+    try:
+        stderr = await stop_listener(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert stderr.count("Traceback (most recent call last)") == 1
+    [first] = [line for line in stderr.splitlines() if "first AlertDeliveryError" in line]
+    assert " DEBUG alerts.listener: alert breach-00001:opened: first AlertDeliveryError" in first
+    listener = [line for line in stderr.splitlines() if " alerts.listener: " in line]
+    assert [line.split()[2] for line in listener] == ["DEBUG", "WARNING", "ERROR"]
+    assert "breach-00001:opened failed on delivery 1 of 2, retrying" in listener[1]
+    assert "alert breach-00001:opened dead-lettered" in listener[2]
+    assert "AlertDeliveryError: POST http://127.0.0.1:" in listener[2]
