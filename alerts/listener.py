@@ -79,6 +79,7 @@ class AlertListener:
         self.completed = 0
         self.abandoned = 0
         self.dead_lettered = 0
+        self._failures_seen: set[type[Exception]] = set()
 
     def stop(self) -> None:
         """Stop receiving; ``run()`` returns when the alerts in flight are settled.
@@ -141,14 +142,18 @@ class AlertListener:
     async def _handler_failed(
         self, alert: ReceivedAlert, exc: Exception, renewal: _LockRenewal
     ) -> None:
-        if alert.delivery_count >= self.max_delivery_count:
-            logger.error(
-                "alert %s failed on its last delivery (%d of %d), dead-lettering: %r",
+        # A destination that is down fails every alert the same way: one line per failure,
+        # the traceback of the first failure of each kind at DEBUG.
+        failure = f"{type(exc).__name__}: {exc}"
+        if type(exc) not in self._failures_seen:
+            self._failures_seen.add(type(exc))
+            logger.debug(
+                "alert %s: first %s from the handler",
                 alert.message_id,
-                alert.delivery_count,
-                self.max_delivery_count,
-                exc,
+                type(exc).__name__,
+                exc_info=exc,
             )
+        if alert.delivery_count >= self.max_delivery_count:
             description = (
                 f"{exc} (handler failed on delivery {alert.delivery_count} "
                 f"of {self.max_delivery_count})"
@@ -156,15 +161,24 @@ class AlertListener:
             reason = type(exc).__name__
             if await self._settle(self.receiver.dead_letter, alert, reason, description):
                 self.dead_lettered += 1
+                logger.error(
+                    "alert %s dead-lettered: failed on its last delivery (%d of %d): %s",
+                    alert.message_id,
+                    alert.delivery_count,
+                    self.max_delivery_count,
+                    failure,
+                    extra={"message_id": alert.message_id, "reason": reason},
+                )
             return
         delay = self.backoff_s(alert.delivery_count)
         logger.warning(
-            "alert %s failed on delivery %d of %d, retrying in %.2f s: %r",
+            "alert %s failed on delivery %d of %d, retrying in %.2f s: %s",
             alert.message_id,
             alert.delivery_count,
             self.max_delivery_count,
             delay,
-            exc,
+            failure,
+            extra={"message_id": alert.message_id},
         )
         async with renewal.running():
             await sleep_or_stop(delay, self._stopping)

@@ -36,6 +36,12 @@ _PIECES = re.compile(r"[/?&=;:@#'\"]")
 # the settings whose values are secrets (AccountKey, SharedAccessKey, SharedAccessSignature).
 _SETTING = re.compile(r"\s*[A-Za-z][A-Za-z0-9 ]*=")
 _SECRET_SETTING = re.compile(r"key|signature|secret|password|token", re.IGNORECASE)
+# A URL in a text: from its scheme to the first blank or quote; punctuation closing the sentence
+# around it is not its.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_CLOSING = ".,;:)]}"
+# What followed a scrubbed path in an echoed request line ("POST <redacted>?token=...").
+_QUERY_AFTER_REDACTED = re.compile(re.escape(REDACTED) + r"\?[^\s'\"<>]*")
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,24 @@ def scrub(text: str, url: str) -> str:
     for secret in sorted(_parse(url).secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def scrub_urls(text: str) -> str:
+    """``text`` with each URL in it shown as ``webhook`` shows it and that URL's secret parts
+    ``scrub``-bed out of the rest (a server's answer echoing its path), a query that followed
+    a scrubbed path with them: for a text kept from before its URLs were redacted (an old
+    dead letter's reason), whose URL is known only from the text itself."""
+    found: list[str] = []
+
+    def shown(match: re.Match[str]) -> str:
+        url = match.group().rstrip(_CLOSING)
+        found.append(url)
+        return webhook(url) + match.group()[len(url) :]
+
+    text = _URL_IN_TEXT.sub(shown, text)
+    for url in found:
+        text = scrub(text, url)
+    return _QUERY_AFTER_REDACTED.sub(REDACTED, text)
 
 
 def check_account_url(url: str, example: str, *, path: bool = False, query: bool = False) -> str:

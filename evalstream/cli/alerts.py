@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -35,14 +36,17 @@ from alerts.ports import (
     DeadLetteredAlert,
     ReceivedAlert,
 )
+from common import redact
 from common.errors import Misconfigured, leaves
 from common.printable import printable
 from evalstream import wiring
-from evalstream.cli.options import DataDirOption, load
+from evalstream.cli.options import DataDirOption, fail, load, with_logging
 from evalstream.settings import Settings
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+logger = logging.getLogger(__name__)
 
 alerts_app = typer.Typer(
     name="alerts",
@@ -94,15 +98,6 @@ def find_subscription(settings: Settings, name: str) -> SubscriptionSpec:
     return specs[name]
 
 
-def _errors() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    _errors().print(Text(f"error: {message}", style="red"))
-    return typer.Exit(code)
-
-
 def _load(
     config: Path | None, subscription: str, backend: str | None, data_dir: Path | None = None
 ) -> tuple[Settings, SubscriptionSpec]:
@@ -110,7 +105,7 @@ def _load(
     try:
         return settings, find_subscription(settings, subscription)
     except UnknownSubscriptionError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 def _exit_code(errors: list[BaseException]) -> int:
@@ -163,10 +158,13 @@ async def _listen(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, listener.stop)
             stack.callback(loop.remove_signal_handler, signal.SIGTERM)
-        _errors().print(
-            f"listening to subscription {spec.name!r} "
-            f"({settings.backend}: {_where(settings)}); Ctrl-C to stop",
-            style="dim",
+        # A log record, not a console line: with --log-format json stderr holds only JSON.
+        logger.info(
+            "listening to subscription %r (%s: %s); Ctrl-C to stop",
+            spec.name,
+            settings.backend,
+            _where(settings),
+            extra={"subscription": spec.name},
         )
         await listener.run()
 
@@ -194,6 +192,7 @@ def _webhook_url(url: str | None) -> str | None:
         "each alert goes to one of them."
     )
 )
+@with_logging("INFO")
 def listen(
     subscription: SubscriptionOption,
     json_output: Annotated[
@@ -238,7 +237,7 @@ def listen(
         except* (AlertError, ValueError) as group:
             # The listener supervises a task group: its errors arrive grouped.
             errors = leaves(group)
-            raise _fail("; ".join(map(str, errors)), code=_exit_code(errors)) from None
+            raise fail("; ".join(map(str, errors)), code=_exit_code(errors)) from None
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -254,8 +253,8 @@ def _dead_letter_json(dead: DeadLetteredAlert) -> bytes:
     return orjson.dumps(
         {
             "message_id": dead.message_id,
-            "reason": dead.reason,
-            "description": dead.description,
+            "reason": redact.scrub_urls(dead.reason),
+            "description": redact.scrub_urls(dead.description),
             "delivery_count": dead.delivery_count,
             "dead_lettered_at": dead.dead_lettered_at.isoformat(),
             "breach": dead.breach.model_dump(mode="json") if dead.breach is not None else None,
@@ -271,6 +270,11 @@ def _dead_letter_json(dead: DeadLetteredAlert) -> bytes:
         "Each entry says why it was dead-lettered (the handler's error, or "
         "MaxDeliveryCountExceeded when its locks kept expiring), after how many deliveries, "
         "and which breach it carries."
+        "\n\n"
+        "A URL in a reason or description is shown as its host and a fingerprint of its path "
+        "and query (a webhook's path is its credential), and what of it a server's answer "
+        "echoed as <redacted>: also in dead letters recorded before errors were redacted. "
+        "The stored records are not changed."
     )
 )
 def dlq(
@@ -290,7 +294,7 @@ def dlq(
     try:
         dead_letters = asyncio.run(_dead_letters(settings, spec, max_count))
     except AlertError as exc:
-        raise _fail(str(exc), code=_exit_code([exc])) from exc
+        raise fail(str(exc), code=_exit_code([exc])) from exc
     if json_output:
         for dead in dead_letters:
             sys.stdout.write(_dead_letter_json(dead).decode() + "\n")
@@ -304,11 +308,11 @@ def dlq(
         line.append(dead.dead_lettered_at.strftime("%Y-%m-%d %H:%M:%S%z"), style="dim")
         line.append("  ")
         # The reason and description may quote a webhook's answer or a producer's text.
-        line.append(printable(dead.reason), style="bold red")
+        line.append(printable(redact.scrub_urls(dead.reason)), style="bold red")
         line.append(f"  after {dead.delivery_count} deliveries  message {dead.message_id}")
         out.print(line)
         if dead.description:
-            out.print(Text(f"    {printable(dead.description)}"))
+            out.print(Text(f"    {printable(redact.scrub_urls(dead.description))}"))
         if dead.breach is not None:
             out.print(Text("    ").append_text(render_breach(dead.breach)))
         else:

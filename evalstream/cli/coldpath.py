@@ -21,17 +21,16 @@ from coldpath.ports import JobReport
 from coldpath.result_files import result_file_name, result_lines, shard_results
 from coldpath.trigger import WindowChoice, pending_units, plan, submit
 from coldpath.windows import check_window, parse_moment, parse_window, windows_between
-from evalstream import logs, wiring
+from evalstream import wiring
 from evalstream.cli import options
 from evalstream.cli.options import (
     EXIT_FAILED,
     ConfigOption,
     DataDirOption,
-    LogFormatOption,
-    LogLevelOption,
     console,
     fail,
     run,
+    with_logging,
 )
 from evalstream.cli.pool import pool_app
 from evalstream.settings import Settings, SettingsError
@@ -181,6 +180,7 @@ def _report(reports: list[JobReport]) -> None:
 
 
 @coldpath_app.command()
+@with_logging("WARNING")
 def trigger(
     policy: PolicyOption = None,
     window: Annotated[
@@ -205,14 +205,11 @@ def trigger(
     ] = True,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
-    log_level: LogLevelOption = "WARNING",
-    log_format: LogFormatOption = "text",
 ) -> None:
     """Evaluate the due window of each policy: stage its manifest and run its shards.
 
     Triggering a window again finds the same manifest with every unit done and does nothing.
     """
-    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     policies = _policies(settings, policy)
     if window == "last":
@@ -236,6 +233,7 @@ def trigger(
     help="Evaluate every due window of the policies that overlaps [--from, --to), following "
     "each window's shards to completion.\n\n" + BATCH_FOLLOW_HELP
 )
+@with_logging("WARNING")
 def backfill(
     start: Annotated[str, typer.Option("--from", help="ISO-8601 start (UTC if no zone).")],
     end: Annotated[str, typer.Option("--to", help="ISO-8601 end, exclusive.")],
@@ -246,10 +244,7 @@ def backfill(
     ] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
-    log_level: LogLevelOption = "WARNING",
-    log_format: LogFormatOption = "text",
 ) -> None:
-    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     policies = _policies(settings, policy)
     first, stop = _range(start, end)
@@ -294,6 +289,7 @@ async def _run_shard(
 
 
 @coldpath_app.command("run-shard")
+@with_logging("WARNING")
 def run_shard(
     group_index: Annotated[int, typer.Option("--group-index", min=0, help="Shard number, from 0.")],
     manifest: Annotated[
@@ -310,12 +306,9 @@ def run_shard(
     ] = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
-    log_level: LogLevelOption = "WARNING",
-    log_format: LogFormatOption = "text",
 ) -> None:
     """Evaluate one shard of a manifest (the task executors run). Safe to repeat: units done
     for this manifest are skipped, results and breaches are idempotent."""
-    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     try:
         evaluated = run(_run_shard(settings, manifest, manifest_url, group_index))

@@ -5,7 +5,10 @@ as one line each."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -14,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from common.errors import EvalstreamError, Misconfigured, leaves
+from evalstream import logs
 from evalstream.logs import LogFormat
 from evalstream.settings import Settings, SettingsError, load_settings
 
@@ -69,9 +73,70 @@ LogFormatOption = Annotated[
 ]
 
 
+def with_logging(default_level: str = "INFO") -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A long-running command's ``--log-level`` (default ``default_level``) and ``--log-format``,
+    the same options with the same help on every one, and its logging set up from them before
+    its body runs: without that set-up its records reach only Python's last-resort handler
+    (bare WARNING lines on stderr, no INFO, never JSON). The command reads the chosen format
+    from ``logs.chosen_format()``."""
+
+    def decorate(command: Callable[..., T]) -> Callable[..., T]:
+        signature = inspect.signature(command, eval_str=True)
+        added = [
+            inspect.Parameter(
+                "log_level",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default_level,
+                annotation=LogLevelOption,
+            ),
+            inspect.Parameter(
+                "log_format",
+                inspect.Parameter.KEYWORD_ONLY,
+                default="text",
+                annotation=LogFormatOption,
+            ),
+        ]
+
+        @functools.wraps(command)
+        def configured(
+            *args: Any,
+            log_level: str = default_level,
+            log_format: LogFormat = "text",
+            **kwargs: Any,
+        ) -> T:
+            logs.configure(log_level, log_format)
+            return command(*args, **kwargs)
+
+        # What typer reads the options from: the command's own parameters, then these two.
+        configured.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*signature.parameters.values(), *added]
+        )
+        return configured
+
+    return decorate
+
+
+def say(message: str) -> None:
+    """A command's status line on stderr: an INFO record of ``evalstream.cli`` when the
+    command logs JSON, else a plain line."""
+    if logs.chosen_format() == "json":
+        logging.getLogger("evalstream.cli").info(message)
+    else:
+        console.print(message)
+
+
+def error(message: str) -> None:
+    """``error: message`` on stderr: a log record of ``evalstream.cli`` when the command logs
+    JSON (a collector reads only JSON lines), else the CLI's red line."""
+    if logs.chosen_format() == "json":
+        logging.getLogger("evalstream.cli").error(message)
+    else:
+        console.print(Text(f"error: {message}", style="red"))
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print ``error: message`` on stderr; the caller raises the returned Exit."""
-    console.print(Text(f"error: {message}", style="red"))
+    """Say ``error: message`` (``error``); the caller raises the returned Exit."""
+    error(message)
     return typer.Exit(code)
 
 

@@ -14,16 +14,17 @@ import orjson
 import typer
 
 from common.errors import Misconfigured, leaves
-from evalstream import logs, wiring
+from evalstream import wiring
 from evalstream.cli.options import (
     ConfigOption,
     DataDirOption,
-    LogFormatOption,
-    LogLevelOption,
     console,
+    error,
     fail,
     load,
     output_file,
+    say,
+    with_logging,
 )
 from evalstream.settings import Settings, SettingsError
 from schemas import Breach, TelemetryEvent
@@ -62,6 +63,7 @@ def _incidents(values: list[str], apps: int, seed: int) -> list[Incident]:
     return incidents
 
 
+@with_logging("INFO")
 def process(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -105,8 +107,6 @@ def process(
             show_default=False,
         ),
     ] = None,
-    log_level: LogLevelOption = "INFO",
-    log_format: LogFormatOption = "text",
 ) -> None:
     """Run the processor: consume, validate, store, detect, alert, checkpoint.
 
@@ -115,7 +115,6 @@ def process(
     """
     from evalstream.runtime import SimulatorRun, run_processor
 
-    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     if simulate and not incident:
         incident = ["latency_regression:app-001@60+120x4", "error_burst:app-002@150+60x0.3"]
@@ -126,7 +125,7 @@ def process(
         if simulate
         else None
     )
-    say = _Lines(log_format)
+    say = _Lines()
     try:
         count = wiring.worker_count(settings, workers)
     except SettingsError as refused:
@@ -163,9 +162,8 @@ class _Lines:
     format (``--log-format text``) and a collector gets only JSON lines (``json``). Errors
     that end the command are the CLI's one ``error:`` line on a terminal."""
 
-    def __init__(self, log_format: str) -> None:
+    def __init__(self) -> None:
         self.logger = logging.getLogger("evalstream.process")
-        self.json = log_format == "json"
 
     def status(self, line: str) -> None:
         self.logger.info(line)
@@ -184,10 +182,7 @@ class _Lines:
         )
 
     def error(self, message: str) -> None:
-        if self.json:
-            self.logger.error(message)
-        else:
-            console.print(f"[red]error:[/red] {message}")
+        error(message)
 
 
 def send(
@@ -256,6 +251,7 @@ def _write_events(simulator: Simulator, count: int | None, output: str) -> None:
         raise fail(f"cannot write {output}: {exc.strerror or exc}") from exc
 
 
+@with_logging("INFO")
 def simulate(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -314,7 +310,7 @@ def simulate(
                 )
             return await pace_simulator(simulator, sink, rate, stop, count)
 
-    console.print(f"sent {asyncio.run(run())} events")
+    say(f"sent {asyncio.run(run())} events")
 
 
 def schema() -> None:

@@ -17,19 +17,18 @@ import orjson
 import typer
 from pydantic import ValidationError
 
-from evalstream import logs, wiring
+from evalstream import wiring
 from evalstream.cli.options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     ConfigOption,
     DataDirOption,
-    LogFormatOption,
-    LogLevelOption,
     console,
     fail,
     load,
     output_file,
     run,
+    with_logging,
 )
 from evalstream.cli.replay_display import ReplayDisplay, plural
 from evalstream.settings import Settings
@@ -73,6 +72,7 @@ def _detectors(path: Path | None, settings: Settings) -> dict[str, Any]:
     return apps.model_dump(mode="json")
 
 
+@with_logging("WARNING")
 def replay(
     paths: Annotated[
         list[str] | None,
@@ -195,8 +195,6 @@ def replay(
     ] = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
-    log_level: LogLevelOption = "WARNING",
-    log_format: LogFormatOption = "text",
 ) -> None:
     """Re-run a time range of a source through the pipeline, as a resumable job.
 
@@ -208,7 +206,6 @@ def replay(
     in flight and checkpoint; --resume ID continues. Exit 0 complete, 1 failed, 2 bad
     options, 130 stopped.
     """
-    logs.configure(log_level, log_format)
     settings = load(config, data_dir)
     if report is not None:
         output_file(report, "--report", settings.embedded.data_dir)

@@ -4,8 +4,9 @@ server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,19 @@ from tests.unit.alerts.factories import FakeClock
 # Where a Slack-style hook keeps its credential: in the path, and here in the query too.
 HOOK_SECRETS = ("T0SECRET", "B0SECRET", "XXsecretXXpathXX", "s3cret-token")
 HOOK_PATH = "/services/T0SECRET/B0SECRET/XXsecretXXpathXX?token=s3cret-token"
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """``alerts listen`` run in-process sets up logging (a handler on the runner's stderr):
+    the next test gets the root logger as it was."""
+    root = logging.getLogger()
+    quiet = [logging.getLogger(name) for name in ("azure", "httpx")]
+    saved = root.handlers[:], root.level, [logger.level for logger in quiet]
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for logger, level in zip(quiet, saved[2], strict=True):
+        logger.setLevel(level)
 
 
 @pytest.fixture

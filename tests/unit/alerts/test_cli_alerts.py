@@ -11,9 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from common import redact
 from evalstream.cli.alerts import alerts_app, find_subscription
 from evalstream.settings import load_settings
 from schemas import Breach, Severity
+from tests.unit.alerts.conftest import HOOK_PATH, HOOK_SECRETS
 from tests.unit.alerts.factories import make_breach
 
 
@@ -150,7 +152,8 @@ def test_dlq_shows_reason_description_and_breach(config: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "WebhookRejectedError  after 1 deliveries  message breach-00004:opened" in lines[0]
-    assert lines[1].strip() == "POST https://hooks/x answered 404"
+    # The path of a webhook URL is its credential: shown as a fingerprint.
+    assert lines[1].strip() == f"POST {redact.webhook('https://hooks/x')} answered 404"
     assert "CRITICAL" in lines[2] and "breach breach-00004" in lines[2]
     assert lines[3] == "1 dead-lettered alert(s) in subscription 'critical'"
 
@@ -166,6 +169,40 @@ def test_dlq_shows_reason_description_and_breach(config: Path) -> None:
     # The other subscription's dead-letter queue is its own.
     result = runner.invoke(alerts_app, ["dlq", "-s", "all", "--json", "--config", str(config)])
     assert result.stdout == ""
+
+
+def test_dlq_shows_a_dead_letter_kept_from_before_redaction_without_the_hooks_secrets(
+    config: Path,
+) -> None:
+    """A dead letter written before webhook errors were redacted holds the hook's whole URL
+    and the server's echo of its path and query; ``dlq`` shows neither, in either output."""
+    url = f"https://hooks.example.com{HOOK_PATH}"
+    publish(config, [make_breach(5)])
+    description = (
+        f"POST {url} answered 500: status 500 for POST {HOOK_PATH} "
+        "(handler failed on delivery 5 of 5)"
+    )
+    dead_letter(config, "all", "AlertDeliveryError", description)
+    runner = CliRunner()
+
+    result = runner.invoke(alerts_app, ["dlq", "-s", "all", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    shown = result.stdout.splitlines()[1].strip()
+    assert shown == (
+        f"POST {redact.webhook(url)} answered 500: status 500 for POST <redacted> "
+        "(handler failed on delivery 5 of 5)"
+    )
+    result = runner.invoke(alerts_app, ["dlq", "-s", "all", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)
+    assert entry["description"] == shown
+    for secret in HOOK_SECRETS:
+        assert secret not in result.stdout
+
+    result = CliRunner().invoke(alerts_app, ["dlq", "--help"])
+    help_text = " ".join(result.stdout.replace("│", " ").split())
+    assert "shown as its host and a fingerprint of its path" in help_text
+    assert "also in dead letters recorded before errors were redacted" in help_text
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ failing webhook's errors name its host, never its path."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -132,3 +133,86 @@ async def test_a_failing_webhooks_errors_name_its_host_not_its_path(
     for secret in HOOK_SECRETS:
         assert secret not in stderr
         assert secret not in dlq.stdout
+
+
+async def dead_letter_through_failing_hook(
+    tmp_path: Path, hook: Hook, *options: str
+) -> subprocess.Popen[str]:
+    """A listener (max delivery count 2) forwarding to ``hook``, which answers 500 to every
+    request of both deliveries of one alert: returned once that alert is dead-lettered."""
+    hook.statuses.extend([500] * 6)
+    spec = SubscriptionSpec("all", max_delivery_count=2)
+    config_text = '[[alerts.subscriptions]]\nname = "all"\nmax_delivery_count = 2\n'
+    process = start_listener(tmp_path, "--webhook", hook.url, *options, config_text=config_text)
+    await publish_once_listening(process, tmp_path / "alerts.db", spec)
+    async with SqliteAlertReceiver(tmp_path / "alerts.db", spec) as rx:
+        deadline = time.monotonic() + 30
+        while not await rx.dead_letters(1):
+            assert time.monotonic() < deadline, "the alert was not dead-lettered"
+            await asyncio.sleep(0.05)
+    return process
+
+
+async def stop_listener(process: subprocess.Popen[str]) -> str:
+    """SIGTERM, exit 0; the listener's stderr."""
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(wait_exit, process, 10) == 0
+    assert process.stderr is not None
+    return process.stderr.read()
+
+
+@pytest.mark.integration
+async def test_listen_logs_as_its_options_say_and_keeps_running_after_a_dead_letter(
+    tmp_path: Path, hook: Hook
+) -> None:
+    """``--log-format json``: every line on stderr is a JSON record, INFO ones included (the
+    listener started); each retry is one WARNING record without a traceback; the dead letter
+    is one ERROR record naming the alert and why; the next alert is still handled."""
+    process = await dead_letter_through_failing_hook(tmp_path, hook, "--log-format", "json")
+    try:
+        async with SqliteAlertPublisher(tmp_path / "alerts.db", [SPEC]) as pub:
+            await pub.publish([make_breach(2)])
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
+        assert '"breach_id":"breach-00002"' in line
+        stderr = await stop_listener(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    records = [json.loads(line) for line in stderr.splitlines()]
+    assert all({"time", "level", "component", "message"} <= set(each) for each in records)
+    started = [each for each in records if each["message"].startswith("listening to")]
+    assert [each["level"] for each in started] == ["INFO"]
+    assert started[0]["subscription"] == "all"
+    # Three requests per delivery, two deliveries: 2 + 2 webhook retries, 1 redelivery.
+    warnings = [each for each in records if each["level"] == "WARNING"]
+    assert len(warnings) == 5
+    assert not any("error" in each or "\n" in each["message"] for each in warnings)
+    [dead] = [each for each in records if each["level"] == "ERROR"]
+    assert dead["component"] == "alerts.listener"
+    assert "breach-00001:opened" in dead["message"]
+    assert "AlertDeliveryError" in dead["message"] and "answered 500" in dead["message"]
+
+
+@pytest.mark.integration
+async def test_listen_at_debug_shows_the_first_failures_traceback_once(
+    tmp_path: Path, hook: Hook
+) -> None:
+    """Every delivery of the alert fails the same way: the handler's traceback is shown once,
+    at DEBUG, and the redelivery and the dead letter are one line each, in the text format."""
+    process = await dead_letter_through_failing_hook(tmp_path, hook, "--log-level", "debug")
+    try:
+        stderr = await stop_listener(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert stderr.count("Traceback (most recent call last)") == 1
+    [first] = [line for line in stderr.splitlines() if "first AlertDeliveryError" in line]
+    assert " DEBUG alerts.listener: alert breach-00001:opened: first AlertDeliveryError" in first
+    listener = [line for line in stderr.splitlines() if " alerts.listener: " in line]
+    assert [line.split()[2] for line in listener] == ["DEBUG", "WARNING", "ERROR"]
+    assert "breach-00001:opened failed on delivery 1 of 2, retrying" in listener[1]
+    assert "alert breach-00001:opened dead-lettered" in listener[2]
+    assert "AlertDeliveryError: POST http://127.0.0.1:" in listener[2]

@@ -144,3 +144,28 @@ def test_scrub_takes_a_connection_strings_keys_out_and_leaves_its_other_settings
     assert redact.scrub(text, connection_string) == (
         "GET https://acct.blob.core.windows.net failed with key <redacted>"
     )
+
+
+def test_scrub_urls_shows_every_url_of_a_text_as_a_webhook_and_scrubs_its_echoes() -> None:
+    hook = "https://hooks.example.com/services/T0/B0/XXsecretXX?token=s3cret-token"
+    longer = "https://hooks.example.com/services/T0/B0/XXsecretXX/more"
+    text = f"POST {hook} answered 500: no such hook /services/T0/B0/XXsecretXX?token=s3cret-token"
+    assert redact.scrub_urls(text) == (
+        f"POST {redact.webhook(hook)} answered 500: no such hook <redacted>"
+    )
+    # A URL that starts another, and one closing a sentence: each shown whole, its own.
+    assert redact.scrub_urls(f"tried {longer} then ({hook}).") == (
+        f"tried {redact.webhook(longer)} then ({redact.webhook(hook)})."
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "MaxDeliveryCountExceeded",
+        "POST http://127.0.0.1:9/<sha256:7382f7b8> failed: ConnectError: refused",
+        "POST https://hooks.example.com/ answered 404",
+    ],
+)
+def test_scrub_urls_leaves_a_text_without_secret_urls_as_it_is(text: str) -> None:
+    assert redact.scrub_urls(text) == text

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import typer.main
@@ -80,3 +83,47 @@ def test_help_paragraphs_wrap_at_the_terminal_width() -> None:
                 assert "\n" not in paragraph, (name, command.name, paragraph)
     result = CliRunner().invoke(app, ["process", "--help"], env={"COLUMNS": "80"})
     assert " checkpoints); a second Ctrl-C exits at once. " in result.output
+
+
+# The commands that run until stopped or run a job, with their default log level.
+LONG_RUNNING = {
+    ("process",): "INFO",
+    ("simulate",): "INFO",
+    ("replay",): "WARNING",
+    ("coldpath", "trigger"): "WARNING",
+    ("coldpath", "backfill"): "WARNING",
+    ("coldpath", "run-shard"): "WARNING",
+    ("alerts", "listen"): "INFO",
+}
+
+
+def test_every_long_running_command_takes_the_same_logging_options() -> None:
+    shown: dict[str, set[tuple[str | None, object]]] = {"log_level": set(), "log_format": set()}
+    for path, level in LONG_RUNNING.items():
+        command = LazyCommands(name="evalstream").get_command(click.Context(app_command), path[0])
+        for name in path[1:]:
+            command = command.commands[name]
+        options = {param.name: param for param in command.params}
+        assert {"log_level", "log_format"} <= set(options), path
+        assert options["log_level"].default == level, path
+        assert options["log_format"].default == "text", path
+        for name, seen in shown.items():
+            option = options[name]
+            seen.add((getattr(option, "help", None), tuple(option.opts)))
+    # One option each, with one help text, on every one of them.
+    assert all(len(seen) == 1 for seen in shown.values()), shown
+
+
+def test_simulate_logs_json_lines_only_with_log_format_json(tmp_path: Path) -> None:
+    command = ["simulate", "--count", "3", "--no-pace", "--data-dir", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-m", "evalstream", *command, "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("EVALSTREAM_")},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [record["message"] for record in records][-1] == "sent 3 events"
+    assert records[-1]["level"] == "INFO"
