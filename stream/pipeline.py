@@ -385,7 +385,7 @@ class Pipeline:
                         raise
                     # Stopping for that reason already, said once: the partition resumes
                     # from its last checkpoint.
-                    logger.warning(
+                    logger.debug(
                         "partition closed without a checkpoint: %s",
                         type(exc).__name__,
                         extra={"partition": context.partition_id},
