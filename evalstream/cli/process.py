@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
-from common.errors import leaves
+from common.errors import Misconfigured, leaves
 from evalstream import logs, wiring
 from evalstream.cli.options import (
     ConfigOption,
@@ -152,7 +152,7 @@ def process(
                 ingest_workers=ingest_workers,
             )
         )
-    except* (SettingsError, StreamError) as group:
+    except* (Misconfigured, StreamError) as group:
         for exc in leaves(group):
             say.error(str(exc))
         raise typer.Exit(2) from None
