@@ -174,29 +174,52 @@ async def run_processor(
                 f"health and metrics: http://{settings.ingest.host}:{bound_port(server)}"
                 "/healthz, /readyz, /metrics, /report"
             )
-        async with asyncio.TaskGroup() as group:
-            if pool is not None:
-                group.create_task(pool.run(stop))
-            if simulate is not None and sink is not None:
-                group.create_task(_simulate(simulate, sink, stop, on_status))
-            if until_idle_s is not None:
-                group.create_task(_stop_when_idle(stats, until_idle_s, stop))
-            if settings.azure.monitor.connection_string is not None:
-                from evalstream.azure_monitor import AzureMonitorExport
+        # The processor's failure (the store set up wrongly) is kept rather than raised in the
+        # group, where it would cancel the rest: the ingest pool's workers killed instead of
+        # drained, the simulator cut off mid-append. With ``stop`` set they end as on a
+        # signal (ingest answers what it accepted, the pool drains); then it is raised.
+        failure: Exception | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                if pool is not None:
+                    group.create_task(pool.run(stop))
+                if simulate is not None and sink is not None:
+                    group.create_task(_simulate(simulate, sink, stop, on_status))
+                if until_idle_s is not None:
+                    group.create_task(_stop_when_idle(stats, until_idle_s, stop))
+                if settings.azure.monitor.connection_string is not None:
+                    from evalstream.azure_monitor import AzureMonitorExport
 
-                group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
-            if catalogue is not None:
-                group.create_task(
-                    _once_caught_up(
-                        stats,
-                        stop,
-                        lambda: coldpath_schedule.run_schedule(
-                            settings, catalogue, store, stop, on_status, on_breach, stats.metrics
-                        ),
+                    group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
+                if catalogue is not None:
+                    group.create_task(
+                        _once_caught_up(
+                            stats,
+                            stop,
+                            lambda: coldpath_schedule.run_schedule(
+                                settings,
+                                catalogue,
+                                store,
+                                stop,
+                                on_status,
+                                on_breach,
+                                stats.metrics,
+                            ),
+                        )
                     )
-                )
-            await processor.run(stop)
-            stop.set()
+                try:
+                    await processor.run(stop)
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    stop.set()
+        except BaseExceptionGroup as others:
+            if failure is None:
+                raise
+            # Something beside the processor failed too while stopping: both are said.
+            raise BaseExceptionGroup("processing stopped", [failure, *others.exceptions]) from None
+        if failure is not None:
+            raise failure
     return stats
 
 

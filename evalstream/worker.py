@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import leaves
+from common.errors import Misconfigured, leaves
 from evalstream import wiring
 from evalstream.worker_pipe import finished, listen, run_worker, started
 from schemas import Breach
 from stream.exceptions import SourceUnavailable
 from stream.ports import PartitionContext
-from stream.processor import tuned_gc
+from stream.processor import drive, tuned_gc
 from stream.sources.local_log_share import LocalLogShare
 from stream.sources.subprocess_channel import Channel
 from stream.stats import THIS_PROCESS, ProcessorStats
@@ -131,10 +131,13 @@ async def _work(read_fd: int, write_fd: int) -> int:
         async with wiring.store(settings) as store, wiring.publisher(settings) as publisher:
             pipeline = wiring.pipeline(settings, store, stats, publisher)
             with tuned_gc():
-                await source.run(pipeline, stop)
+                await drive(source, pipeline, stop)
+            if pipeline.failure is not None:
+                raise pipeline.failure
     except Exception as exc:  # the worker's supervision boundary: reported, then exit 1
         error = leaves(exc)[0]
-        logger.error("processing worker failed", exc_info=error)
+        if not isinstance(error, Misconfigured):  # the command says that one, once
+            logger.error("processing worker failed", exc_info=error)
     listener.cancel()
     return await finished(channel, error)
 

@@ -11,6 +11,7 @@ briefly unavailable account slows the shard down instead of failing it.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -20,6 +21,7 @@ import orjson
 from azure.cosmos.aio import ContainerProxy, CosmosClient
 
 from common import redact
+from common.errors import is_retryable
 from common.retry import Backoff
 from schemas import EvaluationResult, JobManifest, ShardProgress
 from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
@@ -117,19 +119,43 @@ class CosmosEvaluationStore:
         return await call(what, operation, self.backoff, container.id)
 
     async def upsert_results(self, results: Sequence[EvaluationResult]) -> None:
+        """Upsert every result, ``MAX_CONCURRENCY`` at a time. A write that gives up stops the
+        others from starting (those in flight finish); then one error is raised, not a group
+        of them: the first that no retry mends (else the first), with how many failed."""
         container = self._container(0)
-        slots = asyncio.Semaphore(MAX_CONCURRENCY)
+        pending = iter(results)
+        failures: list[StoreError] = []
+        written = 0
 
-        async def one(result: EvaluationResult) -> None:
-            async with slots:
+        async def write_pending() -> None:
+            nonlocal written
+            # Workers share one iterator: bounded concurrency without a task per result.
+            for result in pending:
+                if failures:
+                    return
                 item = result_item(result)
-                await self._call(
-                    f"upsert result {result.id}", lambda: container.upsert_item(item), container
-                )
+                try:
+                    await self._call(
+                        f"upsert result {result.id}",
+                        functools.partial(container.upsert_item, item),
+                        container,
+                    )
+                except StoreError as exc:
+                    failures.append(exc)
+                else:
+                    written += 1
 
         async with asyncio.TaskGroup() as group:
-            for result in results:
-                group.create_task(one(result))
+            for _ in range(min(MAX_CONCURRENCY, len(results))):
+                group.create_task(write_pending())
+        if failures:
+            first = next((exc for exc in failures if not is_retryable(exc)), failures[0])
+            raise type(first)(
+                f"{first} ({len(failures)} writes failed; {len(results) - written} of "
+                f"{len(results)} results not written)",
+                retryable=first.retryable,
+                retry_after=first.retry_after,
+            ) from first
 
     async def results(
         self,

@@ -8,18 +8,23 @@ checkpoint cover it) and when they stop (the partition is closing, or the source
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
+from common.errors import Misconfigured
 from common.retry import Backoff, Stopped, retry
+
+logger = logging.getLogger(__name__)
 
 # Pauses between attempts of a failed batch (and of a failed partition initialisation):
 # 0.1 s doubling up to 5 s, or longer when the error asks for it (``retry_after``).
 HANDLER_BACKOFF = Backoff(initial_s=0.1, max_s=5.0)
 
 
-def any_failure(_: BaseException) -> bool:
-    """The handler is the supervision boundary: whatever it raised, the batch is due again."""
-    return True
+def any_failure(exc: BaseException) -> bool:
+    """The handler is the supervision boundary: whatever it raised, the batch is due again;
+    unless the handler gave up (``Misconfigured``: no retry mends it)."""
+    return not isinstance(exc, Misconfigured)
 
 
 async def deliver(
@@ -30,9 +35,9 @@ async def deliver(
     closing: Callable[[], bool],
     stop: asyncio.Event,
 ) -> bool:
-    """Run ``attempt`` until it succeeds (True), or until the partition is closing or the
-    source stopping (False: the batch is abandoned, and the caller must abandon later ones,
-    whose checkpoint would cover it)."""
+    """Run ``attempt`` until it succeeds (True), or until the partition is closing, the
+    source stopping or the handler giving up (False: the batch is abandoned, and the caller
+    must abandon later ones, whose checkpoint would cover it)."""
     try:
         await retry(
             attempt,
@@ -45,5 +50,14 @@ async def deliver(
             log_traceback=True,
         )
     except Stopped:
+        return False
+    except Misconfigured as exc:
+        # The handler logged the error and stops the source (Pipeline.failed): one line for
+        # the whole processor, not a retry warning per partition.
+        logger.debug(
+            "batch abandoned: %s",
+            type(exc).__name__,
+            extra={"partition": partition_id, "first_sequence": first_sequence},
+        )
         return False
     return True

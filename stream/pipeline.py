@@ -128,14 +128,20 @@ class Pipeline:
     def _give_up(self, exc: Misconfigured) -> None:
         """The store (or bus) is set up wrongly: a container deleted while running, credentials
         revoked. Unlike an outage it does not pass by itself, so retrying each batch for ever
-        would only repeat the error while the processor looked alive. Said once, here; the
-        processor then stops (``failed``) without checkpointing any batch not written, and
-        exits with the error (exit 2), so the orchestrator shows it and restarts the process
-        once the setup is right again (the store creates missing containers at start)."""
+        would only repeat the error while the processor looked alive. The processor then
+        stops (``failed``) without checkpointing any batch not written, and raises the error
+        (``Processor.run``): the one line that says it (the command's, exit 2), so the
+        orchestrator shows it and restarts the process once the setup is right again (the
+        store creates missing containers at start). Here it is only noted that stopping
+        began, not said a second time."""
         if self.failure is not None:
             return
         self.failure = exc
-        logger.error("processing stops, the store or alert bus is set up wrongly: %s", exc)
+        logger.info(
+            "processing stops: the store or alert bus is set up wrongly (%s); the partitions "
+            "close, then the run ends with it",
+            type(exc).__name__,
+        )
         self.failed.set()
 
     async def stop_when_failed(self, stop: asyncio.Event) -> None:
@@ -385,7 +391,7 @@ class Pipeline:
                         raise
                     # Stopping for that reason already, said once: the partition resumes
                     # from its last checkpoint.
-                    logger.warning(
+                    logger.debug(
                         "partition closed without a checkpoint: %s",
                         type(exc).__name__,
                         extra={"partition": context.partition_id},

@@ -78,15 +78,25 @@ class Processor:
                         self.stats.status_line, self.status_interval_s, self.on_status, stop
                     )
                 )
-                stopper = group.create_task(self.pipeline.stop_when_failed(stop))
                 try:
-                    await self.source.run(self.pipeline, stop)
+                    await drive(self.source, self.pipeline, stop)
                 finally:
                     reporter.cancel()
-                    stopper.cancel()
         self.on_status("stopped: " + await self.stats.status_line())
         if self.pipeline.failure is not None:
             raise self.pipeline.failure
+
+
+async def drive(source: EventSource, pipeline: Pipeline, stop: asyncio.Event) -> None:
+    """Run ``source`` through ``pipeline`` until ``stop``, which the pipeline giving up sets
+    too (its ``failure``, raised by the caller once the partitions are closed): delivery
+    abandons a batch that fails so, and without the stop the source would go on without it."""
+    async with asyncio.TaskGroup() as group:
+        stopper = group.create_task(pipeline.stop_when_failed(stop))
+        try:
+            await source.run(pipeline, stop)
+        finally:
+            stopper.cancel()
 
 
 async def report_status(

@@ -22,6 +22,7 @@ from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.exceptions import EventHubError
 from azure.storage.blob.aio import ContainerClient
 
+from common.errors import Misconfigured
 from common.retry import retry
 from stream.config import ProcessorSettings
 from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
@@ -167,14 +168,24 @@ class EventHubsSource:
         handler = self._handler
         # The SDK would log a failed initialisation and deliver batches anyway: retry until it
         # works (or the partition is closed, which cancels this).
-        await retry(
-            lambda: handler.on_partition_initialize(partition),
-            backoff=HANDLER_BACKOFF,
-            what="partition initialisation",
-            retryable=any_failure,
-            log_fields={"partition": partition.partition_id},
-            log_traceback=True,
-        )
+        try:
+            await retry(
+                lambda: handler.on_partition_initialize(partition),
+                backoff=HANDLER_BACKOFF,
+                what="partition initialisation",
+                retryable=any_failure,
+                log_fields={"partition": partition.partition_id},
+                log_traceback=True,
+            )
+        except Misconfigured as exc:
+            # The handler gave up, said so once and stops the source; raised to the SDK it
+            # would be logged again for each partition. Its batches are not delivered.
+            logger.debug(
+                "partition not initialised: %s",
+                type(exc).__name__,
+                extra={"partition": partition.partition_id},
+            )
+            return
         partition.initialized = True
 
     async def _on_event_batch(self, sdk: SdkPartitionContext, events: list[EventData]) -> None:

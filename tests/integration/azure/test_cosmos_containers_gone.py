@@ -130,17 +130,21 @@ async def test_a_container_deleted_while_processing_stops_the_processor_with_one
 
         await delete_container(cosmos_server, database, deleted)
         append(log_path, [event.body for event in simulated[FIRST:]])
-        with caplog.at_level(logging.ERROR, logger="stream.pipeline"):
+        with caplog.at_level(logging.DEBUG):
             async with asyncio.timeout(STOP_WITHIN_S):
                 with pytest.raises(ContainerNotFound) as raised:
                     await running
 
     assert stop.is_set()
     assert f"container {deleted!r}" in str(raised.value)
-    stops = [
-        r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "stream.pipeline"
-    ]
-    assert len(stops) == 1 and deleted in stops[0].getMessage()
+    # Said once, by whoever runs the processor (the command: one error line, exit 2), from
+    # the error raised: nothing logged above INFO, neither the error nor a "batch failed ...;
+    # retry 1 of ∞" warning with its traceback per partition, nor a partition closing
+    # without its checkpoint for that reason.
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [], [r.getMessage() for r in said]
+    stops = [r for r in caplog.records if r.getMessage().startswith("processing stops")]
+    assert len(stops) == 1 and "ContainerNotFound" in stops[0].getMessage()
     # Nothing after the deletion was checkpointed: none of its batches was written whole.
     assert positions(log_path)[0] == checkpointed
 

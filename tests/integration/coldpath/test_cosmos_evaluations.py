@@ -119,6 +119,9 @@ async def test_a_deleted_container_is_an_error_not_nothing_done_or_found(
         await store.load_manifest(manifest.id)
     with pytest.raises(ContainerNotFound, match="container 'evaluations'"):
         await store.results()
+    # Every write fails: one error saying so, not a group of them.
+    with pytest.raises(ContainerNotFound, match=r"container 'evaluations'.*3 of 3 results not"):
+        await store.upsert_results([result("a", 1.0), result("b", 2.0), result("c", 3.0)])
     with pytest.raises(ContainerNotFound, match="container 'telemetry'"):
         await store.app_ids(WINDOW.start, WINDOW.end)
     unit = manifest.units[0]

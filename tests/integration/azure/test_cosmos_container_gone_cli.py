@@ -1,0 +1,137 @@
+"""``evalstream process`` on the Azure backend (Event Hubs on the AMQP test broker, checkpoints
+in Azurite, Cosmos on cosmosdb-server) when the telemetry container is deleted while it runs:
+the requests ingest accepted are answered, and the command exits 2 with one error line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from azure.cosmos.aio import CosmosClient
+
+from stream.producers.simulator import Simulator
+from tests.emulators.npm_fixtures import CosmosServer
+from tests.integration.processor_harness import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+START = datetime(2026, 11, 21, tzinfo=UTC)
+
+
+@pytest.fixture
+def database(cosmos_server: CosmosServer) -> Iterator[str]:
+    name = f"gonecli-{uuid.uuid4().hex[:10]}"
+    yield name
+
+    async def drop() -> None:
+        async with CosmosClient(cosmos_server.endpoint, cosmos_server.key) as client:
+            await client.delete_database(name)
+
+    asyncio.run(drop())
+
+
+def telemetry_count(server: CosmosServer, database: str) -> int:
+    async def count() -> int:
+        async with CosmosClient(server.endpoint, server.key) as client:
+            container = client.get_database_client(database).get_container_client("telemetry")
+            query = "SELECT VALUE COUNT(1) FROM c"
+            found: list[Any] = [n async for n in container.query_items(query)]
+            return int(found[0])
+
+    return asyncio.run(count())
+
+
+def delete_telemetry(server: CosmosServer, database: str) -> None:
+    async def delete() -> None:
+        async with CosmosClient(server.endpoint, server.key) as client:
+            await client.get_database_client(database).delete_container("telemetry")
+
+    asyncio.run(delete())
+
+
+def wait_for(condition: Callable[[], bool], what: str, output: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s\n{output.read_text()}")
+        time.sleep(0.1)
+
+
+def post(url: str, bodies: list[bytes]) -> int:
+    return httpx.post(url, content=b"[" + b",".join(bodies) + b"]", timeout=30).status_code
+
+
+def test_a_container_deleted_under_process_ends_it_with_one_error_line_and_exit_2(
+    tmp_path: Path, amqp_broker: Any, azurite: Any, cosmos_server: CosmosServer, database: str
+) -> None:
+    hub = database
+    amqp_broker.create_hub(hub, 2)
+    port = free_port()
+    env = {
+        **os.environ,
+        "EVALSTREAM_BACKEND": "azure",
+        "EVALSTREAM_USER_HASH_KEY": "test-key",
+        "EVALSTREAM_AZURE__EVENTHUBS__CONNECTION_STRING": amqp_broker.eventhubs_connection_string(
+            hub
+        ),
+        "EVALSTREAM_AZURE__EVENTHUBS__EVENTHUB_NAME": hub,
+        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING": azurite.connection_string,
+        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONTAINER": hub,
+        "EVALSTREAM_AZURE__EVENTHUBS__LOAD_BALANCING_INTERVAL_S": "1",
+        "EVALSTREAM_AZURE__COSMOS__ENDPOINT": cosmos_server.endpoint,
+        "EVALSTREAM_AZURE__COSMOS__KEY": cosmos_server.key,
+        "EVALSTREAM_AZURE__COSMOS__DATABASE": database,
+        "EVALSTREAM_AZURE__SERVICEBUS__CONNECTION_STRING": (
+            amqp_broker.servicebus_connection_string()
+        ),
+        "EVALSTREAM_AZURE__SERVICEBUS__TOPIC": f"{hub}-breaches",
+        "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.5",
+    }
+    amqp_broker.create_topic(f"{hub}-breaches")
+    simulator = Simulator(apps=4, rate=10.0, seed=11, start=START)
+    events = list(simulator.events(80))
+    bodies = [event.body for event in events]
+    first_valid = sum(1 for event in events[:40] if event.valid)
+    output = tmp_path / "process.out"
+    url = f"http://127.0.0.1:{port}/api/telemetry"
+    with open(output, "wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "evalstream", "process", "--ingest-port", str(port)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        text = output.read_text
+        wait_for(lambda: text().count("partition initialised") == 2, "partitions owned", output)
+        assert post(url, bodies[:40]) == 202
+        # All stored, so the processor meets the deletion only with the next events.
+        wait_for(
+            lambda: telemetry_count(cosmos_server, database) == first_valid,
+            "first events stored",
+            output,
+        )
+
+        delete_telemetry(cosmos_server, database)
+        assert post(url, bodies[40:]) == 202  # accepted into the hub: not lost
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    said = output.read_text()
+    assert code == 2, said
+    errors = [line for line in said.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, said
+    assert "container 'telemetry'" in errors[0] and "create it again" in errors[0]
+    assert "retry" not in said and "Traceback" not in said, said
