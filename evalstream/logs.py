@@ -56,7 +56,7 @@ class KeyValueFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time``, ``level``, ``component``, ``message``, the fields,
-    and ``error`` with the traceback when there is one."""
+    and ``error`` with the traceback when there is one (or its text, ``exc_text``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -68,6 +68,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # a traceback given as text (a worker process's)
+            line["error"] = record.exc_text
         try:
             return orjson.dumps(line, default=str).decode()
         except orjson.JSONEncodeError:

@@ -62,6 +62,13 @@ class EmbeddedSettings(BaseModel):
     # Niceness the processing workers add to their own (0-19): beside ingest workers, a
     # request then waits less for the CPU behind a batch (bench/NOTES.md, 2026-12-06 09:33–).
     workers_nice: int = Field(default=5, ge=0, le=19)
+    # A processing worker whose event loop has sent no heartbeat for this long is stuck
+    # (stopped, deadlocked, blocked on a hung file system): the supervisor names it in
+    # readiness and kills it, so its partitions move and it is restarted. Far above the longest
+    # pause of a healthy worker's loop: 3.6 s measured (its store opening, then its first
+    # batches, 2 workers at 3,000 events/s with the hot path on 2 busy cores; 1.1 s at most over
+    # a 123,000-event backlog with batches of 1,000 or 10,000 and the store's checkpoints).
+    worker_stall_s: float = Field(default=30.0, ge=2.0, le=3600.0)
     # Events older than this are deleted from the local event log (not from the store).
     retention_hours: PositiveFloat = 7 * 24
 

@@ -15,11 +15,12 @@ import asyncio
 import logging
 import os
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import Misconfigured, leaves
+from common.errors import leaves
 from evalstream import wiring
 from evalstream.worker_pipe import finished, listen, run_worker, started
 from schemas import Breach
@@ -31,6 +32,10 @@ from stream.sources.subprocess_channel import Channel
 from stream.stats import THIS_PROCESS, ProcessorStats
 
 logger = logging.getLogger(__name__)
+
+# How often the worker's event loop tells its supervisor it is alive: the supervisor kills a
+# worker silent for ``embedded.worker_stall_s`` (evalstream.workers).
+HEARTBEAT_S = 0.5
 
 
 @dataclass
@@ -51,7 +56,7 @@ class _ReportingStats(ProcessorStats):
         super().record_counts(
             partition_id, last_sequence, documents, quarantine_codes, breaches, seconds
         )
-        self._tell(
+        self.tell(
             "batch",
             partition_id,
             last_sequence,
@@ -69,33 +74,33 @@ class _ReportingStats(ProcessorStats):
         # and when it was taken: the monotonic clock is the machine's, so the supervisor can
         # order what two workers report over their separate pipes.
         resumed = await context.checkpointed_sequence()
-        self._tell("attached", context.partition_id, resumed, time.monotonic())
+        self.tell("attached", context.partition_id, resumed, time.monotonic())
 
     def detach(self, partition_id: str) -> None:
         super().detach(partition_id)
-        self._tell("detached", partition_id)
+        self.tell("detached", partition_id)
 
     def checkpointed(self, partition_id: str) -> None:
         super().checkpointed(partition_id)
-        self._tell("checkpointed", partition_id)
+        self.tell("checkpointed", partition_id)
 
     def detected(self, seconds: float) -> None:
         super().detected(seconds)
-        self._tell("detectors", seconds, 0)
+        self.tell("detectors", seconds, 0)
 
     def detector_failed(self) -> None:
         super().detector_failed()
-        self._tell("detectors", 0.0, 1)
+        self.tell("detectors", 0.0, 1)
 
     def store_failed(self, error: BaseException) -> None:
         super().store_failed(error)
-        self._tell("failing", "store", self.store_error)
+        self.tell("failing", "store", self.store_error)
 
     def publish_failed(self, error: BaseException) -> None:
         super().publish_failed(error)
-        self._tell("failing", "publish", self.publish_error)
+        self.tell("failing", "publish", self.publish_error)
 
-    def _tell(self, *message: object) -> None:
+    def tell(self, *message: object) -> None:
         if self.channel is None or self.channel.broken:
             return
         try:
@@ -126,20 +131,32 @@ async def _work(read_fd: int, write_fd: int) -> int:
             source.assign(message[1])
 
     listener = asyncio.create_task(listen(channel, stop, assign), name="supervisor-messages")
+    heartbeat = asyncio.create_task(_beat(stats), name="heartbeat")
     error = None
     try:
         async with wiring.store(settings) as store, wiring.publisher(settings) as publisher:
             pipeline = wiring.pipeline(settings, store, stats, publisher)
+            # Only now does the supervisor give this worker partitions: until here they are
+            # processed by the other workers instead of waiting for this one's start.
+            stats.tell("started")
             with tuned_gc():
                 await drive(source, pipeline, stop)
             if pipeline.failure is not None:
                 raise pipeline.failure
     except Exception as exc:  # the worker's supervision boundary: reported, then exit 1
         error = leaves(exc)[0]
-        if not isinstance(error, Misconfigured):  # the command says that one, once
-            logger.error("processing worker failed", exc_info=error)
+    heartbeat.cancel()
     listener.cancel()
-    return await finished(channel, error)
+    trace = None if error is None else "".join(traceback.format_exception(error)).rstrip()
+    # The supervisor logs a worker's failures: a crash loop's once per cause, not every restart.
+    return await finished(channel, error, trace, unsent=logger)
+
+
+async def _beat(stats: _ReportingStats) -> None:
+    """Tell the supervisor, every HEARTBEAT_S, that this event loop turns."""
+    while True:
+        stats.tell("alive")
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 def main() -> None:

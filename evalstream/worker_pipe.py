@@ -69,12 +69,21 @@ async def listen(
     stop.set()
 
 
-async def finished(channel: Channel, error: BaseException | None, *outcome: object) -> int:
-    """Tell the command how the work ended; the worker's exit code."""
+async def finished(
+    channel: Channel,
+    error: BaseException | None,
+    *outcome: object,
+    unsent: logging.Logger | None = None,
+) -> int:
+    """Tell the command how the work ended; the worker's exit code. ``unsent``: where to log
+    ``error`` if the command is gone before hearing of it (a worker that leaves the logging of
+    its failures to its command)."""
     try:
         channel.send("finished", None if error is None else encode_error(error), *outcome)
         await channel.flush()
     except SourceUnavailable:
+        if unsent is not None and error is not None:
+            unsent.error("worker failed (its command is gone)", exc_info=error)
         return 1
     await channel.close(cancel_answers=True)
     return 0 if error is None else 1

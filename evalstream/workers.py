@@ -4,10 +4,14 @@ One process's event loop runs on one core; the pipeline is CPU-bound. The superv
 N worker processes (``evalstream.worker``), each running the whole pipeline over a share of the
 log's partitions, and gives every partition an owner, balancing the partitions' events over the
 live workers (``shares``): a dead worker's partitions move to the others, and move back when it
-is restarted (after a pause). The promise "never two workers on one partition" does not rest on
-this bookkeeping: a worker processes a partition only while it holds the partition's lock file
-(``stream.sources.local_log_share``), and a partition's detector snapshot and checkpoint are
-written by its owner before it lets go, so the next owner resumes from them exactly.
+is restarted (after a pause) and says it has started (until then the others process them). A
+worker whose event loop sends no heartbeat for ``embedded.worker_stall_s`` is stuck (stopped,
+deadlocked, blocked on a hung file system): readiness names it and its partitions, and it is
+killed, so its partitions move and it is restarted like any dead worker. The promise "never two
+workers on one partition" does not rest on this bookkeeping: a worker processes a partition only
+while it holds the partition's lock file (``stream.sources.local_log_share``), and a partition's
+detector snapshot and checkpoint are written by its owner before it lets go, so the next owner
+resumes from them exactly.
 
 Workers report each batch's outcome over their pipe; the supervisor adds them up into one
 ProcessorStats, so the status line, ``--until-idle``, readiness and the metrics cover all of
@@ -24,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psutil
@@ -46,6 +52,13 @@ RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 # Starts in a row of one worker slot that die before processing any batch, before giving up
 # (unless the worker said why and the cause is passing: a full data dir is waited out).
 MAX_FAILED_STARTS = 5
+# How often the supervisor looks at its workers' heartbeats (evalstream.worker.HEARTBEAT_S).
+HEARTBEAT_CHECK_S = 0.5
+# The stuck bound before a worker's first message: its interpreter imports the pipeline first
+# (1-3.5 s measured on the project's 2-core machine, more when it is loaded).
+START_S = 60.0
+# A crash loop's repeats of one error are summed up in at most one line this often.
+REPEAT_LOG_S = 60.0
 
 
 def shares(live: Sequence[int], weights: Sequence[int]) -> dict[int, list[int]]:
@@ -106,8 +119,77 @@ class _Worker:
         self.process = process
         self.channel = channel
         self.batches = 0
+        # Said it has started (its store open): only then does it get partitions.
+        self.started = False
+        self.stuck = False  # killed for it
         self.finished = False
         self.error: ErrorValue | None = None
+        self.trace: str | None = None
+        self.spawned_at = self.heard_at = time.monotonic()
+
+
+class _Failures:
+    """How the failed runs of the workers are logged. In a crash loop (the data dir full at
+    every restart) a worker fails every 0.5-10 s with the same error: the first failure is
+    logged with its traceback, then one line per distinct error at most every REPEAT_LOG_S
+    with its count and the next restart, and one line when a worker starts again."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        # Per error: failures since it was last logged, and when that was.
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self._failing: dict[int, int] = {}  # slot: failed runs since it last started
+        self._looping = False  # a failure was logged with its traceback, none started since
+
+    def failed(self, slot: int, worker: _Worker, pause: float) -> None:
+        if worker.error is not None:
+            cause = worker.error[1]
+        else:
+            cause = f"exited with code {worker.process.returncode} before it started"
+        self._failing[slot] = self._failing.get(slot, 0) + 1
+        now = self.clock()
+        restart = (datetime.now(UTC) + timedelta(seconds=pause)).strftime("%H:%M:%S")
+        if not self._looping:
+            self._looping = True
+            self._logged_at[cause] = now
+            record = logger.makeRecord(
+                logger.name,
+                logging.ERROR,
+                __file__,
+                0,
+                "processing worker %d failed: %s; restarting it in %.1f s",
+                (slot, cause, pause),
+                None,
+            )
+            # The worker's traceback, as text: its exception stayed in its process.
+            record.exc_text = worker.trace
+            logger.handle(record)
+            return
+        self._unlogged[cause] = self._unlogged.get(cause, 0) + 1
+        if now - self._logged_at.get(cause, float("-inf")) < REPEAT_LOG_S:
+            return
+        count = self._unlogged.pop(cause)
+        logger.warning(
+            "processing workers still failing: %s (%d more failure%s since it was last "
+            "logged); worker %d restarts at %s UTC",
+            cause,
+            count,
+            "" if count == 1 else "s",
+            slot,
+            restart,
+        )
+        self._logged_at[cause] = now
+
+    def recovered(self, slot: int) -> None:
+        failures = self._failing.pop(slot, 0)
+        if not failures:
+            return
+        logger.warning("processing worker %d started again after %d failed runs", slot, failures)
+        if not self._failing:
+            self._unlogged.clear()
+            self._logged_at.clear()
+            self._looping = False
 
 
 class WorkerPool:
@@ -131,6 +213,7 @@ class WorkerPool:
         # When the latest holder of each partition took it (the machine's monotonic clock).
         self._taken_at: dict[str, float] = {}
         self._fatal: StreamError | None = None
+        self._failures = _Failures()
         self._log: LocalLog | None = None
 
     def pids(self) -> dict[int, int]:
@@ -196,6 +279,8 @@ class WorkerPool:
         failed_starts = 0
         while not stop.is_set():
             worker = await self._run_worker(slot, stop)
+            if not worker.stuck:  # the slot's stuck worker was replaced, started or not
+                self.stats.stuck.pop(slot, None)
             if worker.finished and worker.error is None and stop.is_set():
                 return
             if worker.error is not None and not worker.error[0]:
@@ -216,13 +301,16 @@ class WorkerPool:
                 stop.set()
                 return
             pause = RESTART_BACKOFF.delay(failed_starts)
-            logger.warning(
-                "processing worker %d exited (code %s); its partitions moved, restarting it in "
-                "%.1f s",
-                slot,
-                worker.process.returncode,
-                pause,
-            )
+            if worker.started and worker.error is None:
+                logger.warning(
+                    "processing worker %d exited (code %s); its partitions moved, restarting "
+                    "it in %.1f s",
+                    slot,
+                    worker.process.returncode,
+                    pause,
+                )
+            else:
+                self._failures.failed(slot, worker, pause)
             self.restarts += 1
             await sleep_or_stop(pause, stop)
 
@@ -230,13 +318,15 @@ class WorkerPool:
         worker = _Worker(slot, *await start_worker("evalstream.worker", self.settings))
         self.live[slot] = worker
         self._count_running()
-        await self._rebalance()
         stopper = asyncio.create_task(self._forward_stop(worker, stop))
+        watchdog = asyncio.create_task(self._watch(worker))
         try:
             while (message := await worker.channel.receive()) is not None:
+                worker.heard_at = time.monotonic()
                 await self._dispatch(worker, message)
         finally:
             stopper.cancel()
+            watchdog.cancel()
             del self.live[slot]
             self.stats.released(slot)
             self._count_running()
@@ -249,6 +339,34 @@ class WorkerPool:
                 await end_child(worker.process)
         return worker
 
+    async def _watch(self, worker: _Worker) -> None:
+        """Kill ``worker`` once it has been silent (no heartbeat, no message) for
+        ``embedded.worker_stall_s``: a stuck worker holds its partitions' locks for as long as
+        it lives, so nobody else can process them. Killed, it exits as any dead worker does:
+        its partitions move (its batch in flight is processed again by their next owner, which
+        resumes from their checkpoints) and it is restarted."""
+        bound = self.settings.embedded.worker_stall_s
+        while True:
+            # Before its first message the interpreter is still importing the pipeline, which
+            # takes seconds on a loaded machine: a stuck start gets a longer bound.
+            allowed = bound if worker.heard_at > worker.spawned_at else max(bound, START_S)
+            silent = time.monotonic() - worker.heard_at
+            if silent <= allowed:
+                await asyncio.sleep(min(allowed - silent, HEARTBEAT_CHECK_S) + 0.01)
+                continue
+            held = self.stats.held_by(worker.slot)
+            problem = (
+                f"processing worker {worker.slot} (pid {worker.process.pid}) stuck: no heartbeat "
+                f"for {silent:.0f} s, holding partitions {', '.join(held) or 'none'}; killed, "
+                "restarting it"
+            )
+            logger.error(problem)
+            self.stats.stuck[worker.slot] = problem
+            worker.stuck = True
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+            return
+
     def _count_running(self) -> None:
         self.stats.workers = (len(self.live), self.workers)
 
@@ -258,9 +376,10 @@ class WorkerPool:
             await self._log.last_sequence_async(partition) + 1
             for partition in range(self.settings.embedded.partitions)
         ]
-        for slot, owned in shares(list(self.live), weights).items():
+        started = [slot for slot, worker in self.live.items() if worker.started]
+        for slot, owned in shares(started, weights).items():
             worker = self.live.get(slot)
-            if worker is not None:
+            if worker is not None and worker.started:
                 with contextlib.suppress(StreamError):  # gone: its own task notices
                     worker.channel.send("assign", owned)
 
@@ -274,7 +393,14 @@ class WorkerPool:
     async def _dispatch(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
         stats = self.stats
-        if kind == "attached" and self._log is not None:
+        if kind == "alive":
+            return
+        if kind == "started":
+            worker.started = True
+            self.stats.stuck.pop(worker.slot, None)
+            self._failures.recovered(worker.slot)
+            await self._rebalance()
+        elif kind == "attached" and self._log is not None:
             _, partition, resumed, taken_at = message
             # A report older than the latest holder's (its pipe read later): that worker has
             # let go of the partition since.
@@ -303,6 +429,6 @@ class WorkerPool:
                 stats.publish_error = error
                 stats.metrics.publish_failures.inc()
         elif kind == "finished":
-            worker.finished, worker.error = True, message[1]
+            worker.finished, worker.error, worker.trace = True, message[1], message[2]
         else:
             logger.error("unknown message from a processing worker", extra={"kind": kind})

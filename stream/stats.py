@@ -18,10 +18,11 @@ from stream.ports import PartitionContext, ReceivedEvent
 # under their slot numbers, 0 and up).
 THIS_PROCESS: Final = -1
 
-# A partition a supervisor watches may be without a holder while it moves to a worker that is
-# (re)starting: that worker's interpreter imports the pipeline first (measured on the project's
-# 2-core machine: 1-2 s for a restarted worker, 3.5 s for the command's two starting together;
-# more when it is loaded). Longer than this, nobody is processing it.
+# A partition a supervisor watches is without a holder while it moves between workers (the
+# previous one's batch in flight and checkpoint) and at the command's start, until a worker has
+# started: its interpreter imports the pipeline first (measured on the project's 2-core machine:
+# 1-2 s for a restarted worker, 3.5 s for the command's two starting together; more when it is
+# loaded). Longer than this, nobody is processing it.
 MAX_UNHELD_S: Final = 20.0
 
 
@@ -57,6 +58,9 @@ class ProcessorStats:
     # Under a supervisor: its processing workers (running, configured); readiness names them
     # when no partition is held.
     workers: tuple[int, int] | None = None
+    # Under a supervisor: workers it found stuck and killed (slot: what readiness says), until
+    # that slot's next worker has started.
+    stuck: dict[int, str] = field(default_factory=dict)
     _partitions: dict[str, _PartitionProgress] = field(default_factory=dict)
     _open: dict[str, str] = field(default_factory=dict)
     _last_report: tuple[float, int] = (0.0, 0)
@@ -87,6 +91,13 @@ class ProcessorStats:
             if progress.holder == holder and partition_id in (None, key):
                 progress.holder, progress.released_at = None, now
         self._count_held()
+
+    def held_by(self, holder: int) -> list[str]:
+        """The partitions ``holder`` holds, in order."""
+        return sorted(
+            (key for key, progress in self._partitions.items() if progress.holder == holder),
+            key=lambda key: (len(key), key),
+        )
 
     def _count_held(self) -> None:
         self.metrics.partitions.set(
@@ -186,11 +197,12 @@ class ProcessorStats:
             self.metrics.checkpoint_age.labels(partition_id).set(now - since)
 
     async def problems(self, max_silence_s: float) -> list[str]:
-        """Why this processor is not ready, or nothing: no partition owned; a partition no
+        """Why this processor is not ready, or nothing: a worker found stuck (and killed); no
+        partition owned; a partition no
         worker has taken since the start, or none has held for MAX_UNHELD_S; a partition
         with work waiting but no batch or checkpoint for ``max_silence_s``; failing writes or
         publishes."""
-        found: list[str] = []
+        found = [self.stuck[slot] for slot in sorted(self.stuck)]
         held = any(progress.holder is not None for progress in self._partitions.values())
         if not held:
             found.append("no partition owned" + self._workers_running())

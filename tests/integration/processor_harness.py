@@ -196,6 +196,16 @@ def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
     return found
 
 
+def flocks_held(pid: int) -> int:
+    """How many ``flock`` locks process ``pid`` holds (a worker's: its partitions' lock files)."""
+    count = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1:2] == ["FLOCK"] and fields[4] == str(pid):
+            count += 1
+    return count
+
+
 def store_contents(data_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
     connection = sqlite3.connect(data_dir / "store.db")
     try:

@@ -23,6 +23,7 @@ from tests.integration.processor_harness import (
     Expected,
     checkpoints,
     drain_breaches,
+    flocks_held,
     prepare,
     start_processor,
     stored_count,
@@ -50,13 +51,14 @@ def without_enqueued_time(data_dir: Path) -> dict[tuple[str, str], dict[str, obj
 
 
 def two_live_workers(process: subprocess.Popen[bytes], gone: int | None = None) -> list[int]:
-    """Wait until two workers run (``gone`` not among them); their pids."""
+    """Wait until two workers run and hold partitions (``gone`` not among them: a restarted
+    worker gets partitions once it has started); their pids."""
     found: list[int] = []
 
     def ready() -> bool:
         nonlocal found
         found = worker_pids(process)
-        return len(found) == 2 and gone not in found
+        return len(found) == 2 and gone not in found and all(map(flocks_held, found))
 
     wait_until(ready, timeout=60, what="two live workers", interval=0.02)
     return found

@@ -1,11 +1,16 @@
 """Readiness of ``process --workers 2``: not ready while no worker holds a partition (every worker
 dead, or restarted into a data dir too full to start in), nor while a partition is left without
 a holder; ready again once the workers hold every partition. One worker that cannot start again
-leaves its partitions to the other, which stays ready."""
+leaves its partitions to the other, which stays ready. A stuck worker (SIGSTOPped) is named with
+its partitions and killed, its successor takes over, and every event is stored exactly once; a
+restarting worker gets partitions only once it has started (the other processes them
+meanwhile); a crash loop logs its error's traceback once, and its recovery."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import resource
 import signal
 from collections.abc import Iterator
@@ -13,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,10 +28,15 @@ from evalstream.wiring.data_dir import PROBE_BYTES
 from stream.sources.local_log import LocalLog
 from stream.sources.local_log_share import lock_path
 from tests.integration.processor_harness import (
+    KILL_ENV,
     answers,
+    flocks_held,
     free_port,
+    prepare,
+    simulated_bodies,
     start_processor,
     stored_count,
+    stored_documents,
     stuck,
     wait_until,
     worker_pids,
@@ -51,15 +62,17 @@ def _ignore_file_size_signal() -> None:
 class _Processor:
     """``process --workers 2 --no-ingest`` with its ops port, for the test's ``with`` block."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.output = ""
         self.process = start_processor(
             data_dir,
             {
                 "EVALSTREAM_EMBEDDED__WORKERS": "2",
                 "EVALSTREAM_PROCESSOR__OPS_PORT": str(port),
                 "EVALSTREAM_PROCESSOR__HOT_PATH": "false",
+                **(env or {}),
             },
             preexec_fn=_ignore_file_size_signal,
         )
@@ -120,8 +133,9 @@ class _Processor:
         if stopping:
             self.process.send_signal(signal.SIGTERM)
         output, _ = self.process.communicate(timeout=120)
+        self.output = output.decode(errors="replace")
         if stopping and exc_info[0] is None:
-            assert self.process.returncode == 0, output.decode(errors="replace")[-3000:]
+            assert self.process.returncode == 0, self.output[-3000:]
 
 
 @pytest.fixture
@@ -211,3 +225,130 @@ def test_one_worker_that_cannot_start_again_leaves_its_partitions_to_the_other(
         raise stuck(processor.process, str(exc)) from None
     assert processor.ready() == (200, READY)
     assert processor.process.poll() is None
+
+
+def _both_holding(processor: _Processor) -> list[int]:
+    """Wait until both workers have started and hold partitions (the first to start takes
+    them all, then gives the other its share); their pids."""
+    processor.wait_held_and_ready("every partition held")
+    pids: list[int] = []
+
+    def holding() -> bool:
+        nonlocal pids
+        pids = worker_pids(processor.process)
+        return len(pids) == 2 and all(flocks_held(pid) for pid in pids)
+
+    wait_until(holding, timeout=60, what="both workers holding partitions")
+    return pids
+
+
+def _successor(processor: _Processor, *gone: int) -> int:
+    """Wait for the worker started in place of ``gone``; its pid."""
+    found: list[int] = []
+
+    def started() -> bool:
+        nonlocal found
+        found = [pid for pid in worker_pids(processor.process) if pid not in gone]
+        return len(found) == 1
+
+    wait_until(started, timeout=60, what="a new worker", interval=0.01)
+    return found[0]
+
+
+def test_a_stuck_worker_is_named_killed_and_replaced_and_every_event_stored_once(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    bound = 5
+    env = {
+        **KILL_ENV,
+        "EVALSTREAM_PROCESSOR__HOT_PATH": "false",
+        "EVALSTREAM_EMBEDDED__WORKER_STALL_S": str(bound),
+    }
+    with _Processor(data_dir, env) as processor:
+        survivor, victim = _both_holding(processor)
+        expected = prepare(data_dir, simulated_bodies(11)[:6000])
+        total = len(expected.telemetry) + len(expected.quarantine)
+        wait_until(lambda: stored_count(data_dir) >= total // 5, timeout=90, what="processing")
+        # Stopped with partitions and a batch in hand: alive, silent, holding their locks.
+        os.kill(victim, signal.SIGSTOP)
+        named = re.compile(
+            rf"processing worker \d \(pid {victim}\) stuck: no heartbeat for \d+ s, holding "
+            r"partitions \d(, \d)*; killed, restarting it"
+        )
+        processor.wait_ready(
+            "the stuck worker named",
+            lambda status, body: (
+                status == 503 and any(named.fullmatch(p) for p in body.get("problems", []))
+            ),
+        )
+        wait_until(lambda: not psutil.pid_exists(victim), timeout=30, what="the stuck one killed")
+        successor = _successor(processor, survivor, victim)
+        wait_until(lambda: stored_count(data_dir) == total, timeout=120, what="every event")
+        processor.wait_held_and_ready("every partition held again")
+        assert flocks_held(successor) > 0  # it took its share back
+    assert set(stored_documents(data_dir)) == expected.telemetry
+    assert stored_count(data_dir) == total
+    assert processor.output.count("stuck: no heartbeat") == 1, processor.output
+
+
+def test_a_restarted_worker_gets_partitions_once_it_has_started(
+    processor: _Processor, tmp_path: Path
+) -> None:
+    survivor, victim = _both_holding(processor)
+    _kill([victim])
+    # Its successor held while its interpreter starts: until it says it has started, the
+    # survivor processes every partition.
+    successor = _successor(processor, survivor, victim)
+    os.kill(successor, signal.SIGSTOP)
+    try:
+        expected = prepare(
+            tmp_path / "data", [(f"app-{i}", b'{"not": "an event"}') for i in range(40)]
+        )
+        try:
+            wait_until(
+                lambda: (
+                    stored_count(tmp_path / "data") == 40
+                    and processor.partitions_owned() == DEFAULT_PARTITIONS
+                ),
+                timeout=60,
+                what="every partition processed by the survivor",
+            )
+        except AssertionError as exc:
+            raise stuck(processor.process, str(exc)) from None
+        assert flocks_held(successor) == 0
+        assert len(expected.last_sequence) == DEFAULT_PARTITIONS  # events in every partition
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed by a failed wait (stuck)
+            os.kill(successor, signal.SIGCONT)
+    processor.wait_ready(
+        "the successor holding its share",
+        lambda status, body: (status, body) == (200, READY) and flocks_held(successor) > 0,
+    )
+
+
+def test_a_crash_loop_logs_its_traceback_once_then_a_line_and_its_recovery(
+    tmp_path: Path,
+) -> None:
+    with _Processor(tmp_path / "data") as processor:
+        first = _both_holding(processor)
+        processor.disk_full_for_new_workers()
+        _kill(first)
+        seen: set[int] = set()
+
+        def restarted_six_times() -> bool:
+            seen.update(worker_pids(processor.process))
+            return len(seen - set(first)) >= 6
+
+        wait_until(restarted_six_times, timeout=90, what="six failed restarts", interval=0.02)
+        processor.disk_freed()
+        _both_holding(processor)
+    lines = processor.output.splitlines()
+    failed = [line for line in lines if re.search(r"processing worker \d failed: ", line)]
+    assert len(failed) == 1, processor.output
+    assert "full" in failed[0], processor.output
+    assert processor.output.count("Traceback (most recent call last)") == 1, processor.output
+    # At most one summary per REPEAT_LOG_S (60 s) of the loop.
+    assert len([line for line in lines if "still failing" in line]) <= 1, processor.output
+    recovered = [line for line in lines if "started again after" in line]
+    assert len(recovered) == 2, processor.output

@@ -85,6 +85,26 @@ def test_errors_keep_their_traceback_in_json(captured: tuple[io.StringIO, loggin
     assert "ValueError: boom" in str(line["error"])
 
 
+@pytest.mark.parametrize(
+    "formatter", [JsonFormatter(), KeyValueFormatter("%(message)s")], ids=["json", "text"]
+)
+def test_a_traceback_given_as_text_keeps_its_lines(
+    captured: tuple[io.StringIO, logging.Handler], formatter: logging.Formatter
+) -> None:
+    # A worker process's traceback reaches its supervisor as text (evalstream.workers).
+    stream, handler = captured
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("tests.logs")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "worker failed", (), None)
+    record.exc_text = "Traceback (most recent call last):\n  ...\nOSError: full"
+    logger.handle(record)
+    if isinstance(formatter, JsonFormatter):
+        (line,) = _lines(stream)
+        assert (line["message"], line["error"]) == ("worker failed", record.exc_text)
+    else:
+        assert stream.getvalue() == f"worker failed\n{record.exc_text}\n"
+
+
 def test_text_lines_append_fields_as_key_value(
     captured: tuple[io.StringIO, logging.Handler],
 ) -> None:

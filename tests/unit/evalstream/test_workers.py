@@ -1,12 +1,15 @@
 """The supervisor of processing workers: a worker that cannot start for a passing cause (the
 data dir full for a while) is started again until it can, not taken for a configuration that
 never works; what the workers' detectors count reaches the supervisor's metrics; the supervisor
-knows which worker holds each partition, whatever order the workers' reports arrive in."""
+knows which worker holds each partition, whatever order the workers' reports arrive in; a crash
+loop is logged once per cause and interval, with its traceback once, and its recovery."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -17,7 +20,14 @@ from evalstream import workers
 from evalstream.settings import SettingsError, load_settings
 from evalstream.wiring.data_dir import usable_data_dir
 from evalstream.worker import _ReportingStats
-from evalstream.workers import MAX_FAILED_STARTS, WorkerPool, _Watched, _Worker
+from evalstream.workers import (
+    MAX_FAILED_STARTS,
+    REPEAT_LOG_S,
+    WorkerPool,
+    _Failures,
+    _Watched,
+    _Worker,
+)
 from stream.sources.local_log import LocalLog
 from stream.sources.subprocess_channel import encode_error
 from stream.stats import ProcessorStats
@@ -141,3 +151,61 @@ async def test_the_supervisor_knows_which_worker_holds_a_partition_in_the_order_
         assert await supervisor.problems(60) == ["no partition owned"]
     finally:
         await pool._log.aclose()
+
+
+class _Killed:
+    returncode = -9
+
+
+def test_a_crash_loop_is_logged_once_per_cause_and_interval_then_its_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = 0.0
+    failures = _Failures(clock=lambda: now)
+    full = encode_error(SettingsError("embedded.data_dir: /d is full", retryable=True))
+    trace = (
+        "Traceback (most recent call last):\n  ...\nSettingsError: embedded.data_dir: /d is full"
+    )
+
+    def fail(slot: int, error: bool = True) -> None:
+        worker = _Worker(slot, _Killed() if not error else _Process(), None)  # type: ignore[arg-type]
+        if error:
+            worker.error, worker.trace = full, trace
+        failures.failed(slot, worker, 10.0)
+
+    caplog.set_level(logging.INFO, logger="evalstream.workers")
+    # Both workers fail every 10 s for 70 s, then one is killed before it starts.
+    for second in range(0, 80, 10):
+        now = float(second)
+        fail(0)
+        fail(1)
+    now = 85.0
+    fail(1, error=False)
+    failures.recovered(0)
+    failures.recovered(1)
+
+    records = [r for r in caplog.records if r.name == "evalstream.workers"]
+    lines = [r.getMessage() for r in records]
+    assert len(lines) == 5, lines
+    assert lines[0] == (
+        "processing worker 0 failed: SettingsError: embedded.data_dir: /d is full; restarting "
+        "it in 10.0 s"
+    )
+    assert (records[0].levelname, records[0].exc_text) == ("ERROR", trace)
+    # One summary once REPEAT_LOG_S passed, counting every failure since the first line.
+    assert REPEAT_LOG_S == 60.0
+    assert re.fullmatch(
+        r"processing workers still failing: SettingsError: embedded.data_dir: /d is full "
+        r"\(12 more failures since it was last logged\); worker 0 restarts at \d\d:\d\d:\d\d UTC",
+        lines[1],
+    ), lines[1]
+    assert re.fullmatch(
+        r"processing workers still failing: exited with code -9 before it started \(1 more "
+        r"failure since it was last logged\); worker 1 restarts at \d\d:\d\d:\d\d UTC",
+        lines[2],
+    ), lines[2]
+    assert lines[3:] == [
+        "processing worker 0 started again after 8 failed runs",
+        "processing worker 1 started again after 9 failed runs",
+    ]
+    assert all(r.exc_text is None for r in records[1:])
