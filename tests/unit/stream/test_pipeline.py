@@ -789,7 +789,7 @@ async def test_a_processing_error_never_keeps_a_raw_user_id(
         [record] = [r async for r in store.quarantine_records()]
         message = record.issues[0].message
         assert "alice" not in message and "alice" not in record.raw
-        hashed = pipeline.enricher.user_hash('"alice@example.com"')
+        hashed = pipeline.enricher.user_hash("alice@example.com")  # as its documents' user_hash
         assert f"of user {hashed}" in message and hashed in record.raw
         # Nor logs it: the error's traceback ended in the exception's own message.
         logged = [logging.Formatter().format(r) for r in caplog.records]
