@@ -175,22 +175,34 @@ def _inflated(raw: bytes) -> bytes | None:
 def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str]) -> str:
     """``text`` (an error message about ``raw``) with every user_id value of ``raw`` replaced
     by the hash ``scrub_user_ids`` gives it, however the message quotes it: as written, as its
-    value, or as the value's JSON or repr."""
+    JSON or its repr (the hash kept in those quotes), or as the value itself."""
     readable, maybe = _readable(raw)
     if not maybe:
         return text
-    hashes: dict[str, str] = {}
+    shown: dict[str, str] = {}
     for member in _user_id_members(readable):
         token = member.group(2)
         value = _value_text(token)
         hashed = user_hash(value)
+        as_json, as_repr = orjson.dumps(value).decode(), repr(value)
         written = token.decode("utf-8", "backslashreplace")
-        for form in (written, value, orjson.dumps(value).decode()[1:-1], repr(value)[1:-1]):
+        quoted = [(form, _in_quotes_of(form, hashed)) for form in (written, as_json, as_repr)]
+        bare = [(form, hashed) for form in (value, as_json[1:-1], as_repr[1:-1])]
+        for form, replacement in quoted + bare:
             if form and form in text:
-                hashes.setdefault(form, hashed)
-    if not hashes:
+                shown.setdefault(form, replacement)
+    if not shown:
         return text
-    # One pass, the longest form first: a hash put in is never read as a value again.
-    forms = sorted(hashes, key=len, reverse=True)
+    # One pass, the longest form first: a value inside its own quoted form (``"`` in ``"\\""``)
+    # is not replaced alone, and a hash put in is never read as a value again.
+    forms = sorted(shown, key=len, reverse=True)
     pattern = re.compile("|".join(map(re.escape, forms)))
-    return pattern.sub(lambda match: hashes[match.group()], text)
+    return pattern.sub(lambda match: shown[match.group()], text)
+
+
+def _in_quotes_of(form: str, hashed: str) -> str:
+    """``hashed`` in the quotes (and ``b`` prefix) ``form`` is written in, if any."""
+    quoted = form.removeprefix("b")
+    if len(quoted) > 1 and quoted[0] in "'\"" and quoted[-1] == quoted[0]:
+        return form[: len(form) - len(quoted) + 1] + hashed + quoted[-1]
+    return hashed

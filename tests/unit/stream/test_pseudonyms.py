@@ -31,7 +31,16 @@ HASH = re.compile(r"[0-9a-f]{32}")
 # User ids as producers write them: quotes, backslashes, control characters, non-ASCII and
 # astral characters (escaped as surrogate pairs by an ASCII-only writer), Python quotes.
 user_ids = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30)
-_SPELLED = ('a"b', "a\\b", "it's", "\\u0041", "é", "\x00\x1f", "😀", "b'x'", "'q'", '"q"')
+_SPELLED = ('"', "'", 'a"b', "a\\b", "it's", "\\u0041", "é", "\x00\x1f", "😀", "b'x'", "'q'", '"q"')
+
+
+def spelled_examples(test: Callable[[str], None]) -> Callable[[str], None]:
+    """``test`` run on each of ``_SPELLED`` too, every time."""
+    for user_id in ("alice", *_SPELLED):
+        test = example(user_id)(test)
+    return test
+
+
 # Scalars a metadata.user_id may hold (validation takes 64-bit integers and finite floats).
 scalars = (
     st.booleans()
@@ -88,8 +97,8 @@ def _kept_json(text: str) -> tuple[object, object]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(user_ids | st.sampled_from(_SPELLED))
-@example("alice")
+@given(user_ids)
+@spelled_examples
 def test_a_quarantined_user_id_is_hashed_as_the_stored_documents_hash_it(user_id: str) -> None:
     user_hash, metadata_hash = _stored(user_id, user_id)
     assert user_hash == metadata_hash == ENRICHER.user_hash(user_id)
@@ -166,7 +175,8 @@ def _scrubbed_messages(value: str, raw: bytes, hash_: Callable[[str], str]) -> l
 
 
 @settings(max_examples=200, deadline=None)
-@given(user_ids | st.sampled_from(_SPELLED))
+@given(user_ids)
+@spelled_examples
 def test_an_error_message_quoting_a_user_id_shows_the_same_hash(user_id: str) -> None:
     user_hash, _ = _stored(user_id, 1)
     event = _event("a b", user_id=user_id)
