@@ -13,8 +13,9 @@ without an ``event_id`` is made from the event as sent, raw ``metadata.user_id``
 the raw ``user_id`` it also covers: the same bytes give the same id wherever they are read from
 and under any key, ingest answers it before the log without the key (``sent_form``), and a log
 record carries it beside its hashed body (stream.privacy). A document stored raw by an older
-version keeps its id (a replay does not duplicate it) but not its place: the store takes the
-hashed one for another event under that id, as after a change of key.
+version keeps its id, so a replay of its event replaces it with the hashed one: the store takes
+two documents that differ only in their pseudonyms' values for the same event (store.ports), as
+after a change of key.
 """
 
 from __future__ import annotations
