@@ -148,8 +148,17 @@ _EVENT_KEYS = (*(name for name in TelemetryEvent.model_fields if name != "user_i
 
 def event_fields(item: dict[str, Any]) -> dict[str, Any]:
     """The part of a telemetry item that identifies its event: equal for a re-read or a
-    replay of the same event, different for another event under a reused ``event_id``."""
-    return {key: item.get(key) for key in _EVENT_KEYS}
+    replay of the same event, different for another event under a reused ``event_id``.
+
+    The user pseudonyms (``user_hash``, ``metadata.user_id``) count only as being there or not:
+    their values are made with a key, not sent, so another key, or an older version that kept
+    metadata.user_id raw, gives the same event other values (as store.sqlite decides)."""
+    fields = {key: item.get(key) for key in _EVENT_KEYS}
+    fields["user_hash"] = fields["user_hash"] is not None
+    metadata = fields["metadata"]
+    if isinstance(metadata, dict) and "user_id" in metadata:
+        fields["metadata"] = {**metadata, "user_id": True}
+    return fields
 
 
 def quarantine_item(record: QuarantineRecord) -> dict[str, Any]:

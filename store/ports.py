@@ -47,9 +47,11 @@ class ProcessorStore(Protocol):
         """Upsert documents and quarantine records; durable when it returns.
 
         A document replaces the stored one of its id only if both hold the same event (the
-        fields the producer sent; ingest, app and derived fields may differ). The documents
-        whose id is held by a different event are not written and are returned: the caller
-        quarantines them (``duplicate_event_id_conflict``)."""
+        fields the producer sent; ingest, app and derived fields may differ, and so may the
+        values of the user pseudonyms, ``user_hash`` and ``metadata.user_id``: made with a key,
+        they change with it, and an older version stored metadata.user_id raw; whether the
+        event has them may not). The documents whose id is held by a different event are not
+        written and are returned: the caller quarantines them (``duplicate_event_id_conflict``)."""
         ...
 
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None: ...

@@ -39,20 +39,31 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 
+def _event_of(doc: str) -> str:
+    """SQL for the event a document (the column or parameter ``doc``) holds: the document
+    without what the processor adds (ingest, app, derived fields), its user pseudonyms
+    (``user_hash``, ``metadata.user_id``) reduced to whether it has them. Their values are made
+    with a key, not sent: another key, or an older version that kept metadata.user_id raw, gives
+    other values for the same event."""
+    text = f"CAST({doc} AS TEXT)"
+    return (
+        f"json_replace(json_remove({text}, '$.ingest', '$.app', '$.derived'), "
+        f"'$.user_hash', json_type({text}, '$.user_hash'), '$.metadata.user_id', '')"
+    )
+
+
 # A document replaces the stored one of its id only when both carry the same event (a re-read,
-# a replay, an enrichment fix): the documents without what the processor adds are equal. The
-# WHERE runs only on a key conflict, so new ids cost nothing.
+# a replay, an enrichment fix, a change of key). The WHERE runs only on a key conflict, so new
+# ids cost nothing. (The statements are made of constants only.)
 _UPSERT_TELEMETRY = (
-    "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?) "
+    "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?) "  # noqa: S608
     "ON CONFLICT (pk, id) DO UPDATE SET "
     "app_id = excluded.app_id, ts = excluded.ts, doc = excluded.doc "
-    "WHERE json_remove(CAST(telemetry.doc AS TEXT), '$.ingest', '$.app', '$.derived') "
-    "= json_remove(CAST(excluded.doc AS TEXT), '$.ingest', '$.app', '$.derived')"
+    f"WHERE {_event_of('telemetry.doc')} = {_event_of('excluded.doc')}"
 )
+# Numbered parameters: the document is read twice.
 _SAME_EVENT = (
-    "SELECT json_remove(CAST(doc AS TEXT), '$.ingest', '$.app', '$.derived') "
-    "= json_remove(CAST(? AS TEXT), '$.ingest', '$.app', '$.derived') "
-    "FROM telemetry WHERE pk = ? AND id = ?"
+    f"SELECT {_event_of('doc')} = {_event_of('?1')} FROM telemetry WHERE pk = ?2 AND id = ?3"  # noqa: S608
 )
 _UPSERT_QUARANTINE = (
     "INSERT INTO quarantine (id, pk, received, doc) VALUES (?, ?, ?, ?) "

@@ -5,16 +5,17 @@ owner's app metadata, derived sizes, and replaces user_id with a keyed hash.
 
 A user id is kept nowhere raw: ``user_id`` becomes the document's ``user_hash``, and a
 ``metadata.user_id`` entry is stored with the same keyed hash as its value (a string: a
-string's hash, ``user_hash("u-1")``, or another scalar's of its JSON text, ``user_hash("42")``).
-The entry is the one a JSON reader names ``user_id``, so ``"user\\u005fid"`` is it too, as
-quarantine's scrub (``scrub_user_ids``) reads keys; ``"User_Id"`` is another tag, stored as
-sent, there as here. The content id of an event without an ``event_id`` is made from the event
-as sent, raw ``metadata.user_id`` included, like the raw ``user_id`` it also covers: the same
-bytes give the same id wherever they are read from and under any key, ingest answers it before
-the log without the key (``sent_form``), and a log record carries it beside its hashed body
-(stream.privacy). A document stored raw by an older version keeps its id (a replay does not
-duplicate it) but not its place: the store takes the hashed one for another event under that
-id, as after a change of key.
+string's hash, ``user_hash("u-1")``, or another scalar's of its JSON text, ``user_hash("42")``;
+quarantine hashes a rejected input's user ids alike: stream.pseudonyms). The entry is the one
+a JSON reader names ``user_id``, so ``"user\\u005fid"`` is it too, as quarantine's scrub reads
+keys; ``"User_Id"`` is another tag, stored as sent, there as here. The content id of an event
+without an ``event_id`` is made from the event as sent, raw ``metadata.user_id`` included, like
+the raw ``user_id`` it also covers: the same bytes give the same id wherever they are read from
+and under any key, ingest answers it before the log without the key (``sent_form``), and a log
+record carries it beside its hashed body (stream.privacy). A document stored raw by an older
+version keeps its id, so a replay of its event replaces it with the hashed one: the store takes
+two documents that differ only in their pseudonyms' values for the same event (store.ports), as
+after a change of key.
 """
 
 from __future__ import annotations
@@ -22,10 +23,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
-import re
-import zlib
-from collections.abc import Callable
 from datetime import datetime
 
 import orjson
@@ -44,6 +41,7 @@ from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
 from schemas.trusted import construct_trusted
 from stream.decode import Rejected
 from stream.ports import SCRUBBED, ReceivedEvent
+from stream.pseudonyms import scrub_user_ids, user_id_text
 
 
 def content_id(*parts: bytes | str) -> str:
@@ -114,111 +112,6 @@ def sent_form(event: TelemetryEvent) -> tuple[bytes, str]:
     return body, document_id(event, canonical)
 
 
-# A user_id member's value: a JSON string, or any other scalar token. Python literals too: an
-# AMQP sequence body, or a value body of a map, is kept as its repr (common.amqp.body_bytes),
-# ``{'user_id': 'u-1'}``, or ``{b'user_id': b'u-1'}`` as pyamqp reads AMQP strings back.
-_VALUE = rb"""b?"(?:[^"\\]|\\.)*"|b?'(?:[^'\\]|\\.)*'|[^,}\]\s]+"""
-_USER_ID = re.compile(rb"""(["']user_id["']\s*:\s*)(""" + _VALUE + rb")")
-# Any member with a scalar value (an object's or array's members are matched themselves): one
-# whose key has a \u escape may be user_id too ("user\u005fid"), which only reading it tells.
-_MEMBER = re.compile(rb'("(?:[^"\\]|\\.)*"\s*:\s*)(?![{\[])(' + _VALUE + rb")")
-
-
-def _is_escaped_user_id(key: bytes) -> bool:
-    """Whether a member's ``"key":`` text has an escape and reads as user_id."""
-    if b"\\" not in key:
-        return False
-    try:
-        return bool(orjson.loads(key.rstrip().removesuffix(b":").rstrip()) == "user_id")
-    except orjson.JSONDecodeError:
-        return False
-
-
-def _user_id_members(raw: bytes) -> list[re.Match[bytes]]:
-    """The matches of every user_id member of ``raw``, its key spelt out or escaped."""
-    found = list(_USER_ID.finditer(raw))
-    if b"\\u" in raw:
-        found += [m for m in _MEMBER.finditer(raw) if _is_escaped_user_id(m.group(1))]
-    return found
-
-
-def scrub_user_ids(raw: bytes, user_hash: Callable[[str], str]) -> bytes:
-    """``raw`` with the value of every ``"user_id"`` member replaced by its keyed hash (of the
-    value's JSON text), as a string: a rejected input stays readable, its user does not. JSON
-    in UTF-16 or UTF-32 holding a user_id is scrubbed as its UTF-8 text, gzip or zlib data as
-    (the start of) what it holds."""
-    if b"user_id" not in raw and b"\\u" not in raw:
-        inflated = _inflated(raw)
-        text = _wide_text(raw if inflated is None else inflated)
-        if inflated is not None:
-            # Kept as what it holds, even without a user_id in its start: the compressed
-            # bytes quarantine keeps could hold more than that start.
-            raw = inflated if text is None else text
-        elif text is None:
-            return raw
-        else:
-            raw = text
-    members = sorted(_user_id_members(raw), key=lambda member: member.start())
-    kept, end = [], 0
-    for member in members:
-        if member.start() < end:
-            continue
-        value = member.group(2).decode("utf-8", "backslashreplace")
-        kept += [raw[end : member.start()], member.group(1), b'"', user_hash(value).encode(), b'"']
-        end = member.end()
-    return b"".join([*kept, raw[end:]])
-
-
-def _wide_text(raw: bytes) -> bytes | None:
-    """``raw`` as UTF-8 when it is JSON in UTF-16 or UTF-32 (RFC 4627's detection, a byte order
-    mark or the zero bytes of its first characters) that may hold a user_id, else None."""
-    encoding = json.detect_encoding(raw)
-    if encoding.startswith("utf-8"):
-        return None
-    text = raw.decode(encoding, "backslashreplace")
-    if "user_id" not in text and "\\u" not in text:
-        return None
-    return text.encode("utf-8", "backslashreplace")
-
-
-# What of a compressed body is read to scrub it: quarantine keeps no more.
-MAX_INFLATED_BYTES = MAX_QUARANTINE_RAW_BYTES
-
-
-def _inflated(raw: bytes) -> bytes | None:
-    """The first ``MAX_INFLATED_BYTES`` of ``raw`` decompressed when it is gzip or zlib data (a
-    source's body is not decompressed, as ingest's is), else None."""
-    if raw[:2] == b"\x1f\x8b":
-        wbits = 31
-    elif len(raw) > 1 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0:
-        wbits = 15
-    else:
-        return None
-    try:
-        return zlib.decompressobj(wbits).decompress(raw, MAX_INFLATED_BYTES)
-    except zlib.error:
-        return None
-
-
-def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str]) -> str:
-    """``text`` (an error message about ``raw``) with every user_id value of ``raw`` replaced
-    by the hash ``scrub_user_ids`` gives it: an exception may quote the value."""
-    if b"user_id" not in raw and b"\\u" not in raw:
-        return text
-    for match in _user_id_members(raw):
-        token = match.group(2).decode("utf-8", "backslashreplace")
-        try:
-            value = orjson.loads(token)
-        except orjson.JSONDecodeError:
-            # A single-quoted repr (common.amqp), or a string that is not UTF-8.
-            quoted = token.removeprefix("b")
-            value = quoted[1:-1] if quoted[:1] in ("'", '"') else token
-        shown = value if isinstance(value, str) else token
-        if shown and shown in text:
-            text = text.replace(shown, user_hash(token))
-    return text
-
-
 def partition_key(app_id: str, when: datetime) -> str:
     """``<app_id>:<YYYY-MM-DD>`` of the (UTC) event time.
 
@@ -257,12 +150,11 @@ class Enricher:
         metadata = event.metadata
         if "user_id" not in metadata:
             return event
-        value = metadata["user_id"]
-        text = value if isinstance(value, str) else _dumps(value).decode()
         # A copy of a validated event with one metadata value changed (a string, as validation
         # keeps one): model_copy would cost as much again.
         values = event.__dict__.copy()
-        values["metadata"] = {**metadata, "user_id": self.user_hash(text)}
+        hashed = self.user_hash(user_id_text(metadata["user_id"]))
+        values["metadata"] = {**metadata, "user_id": hashed}
         return construct_trusted(TelemetryEvent, values)
 
     def _app(self, app_id: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent, ValidationIssue
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected
-from stream.enrich import Enricher, scrub_user_ids_in_text
+from stream.enrich import Enricher
 from stream.exceptions import PartitionLost
 from stream.ports import (
     SCRUBBED,
@@ -33,6 +33,7 @@ from stream.ports import (
     ReceivedEvent,
     Selection,
 )
+from stream.pseudonyms import scrub_user_ids_in_text
 from stream.stats import ProcessorStats
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 
 from schemas import TelemetryEvent
 from stream.decode import Decoder
-from stream.enrich import Enricher, canonical_json, document_id, scrub_user_ids
+from stream.enrich import Enricher, canonical_json, document_id
 from stream.ports import SCRUBBED
+from stream.pseudonyms import scrub_user_ids
 
 # Bodies without either can hold no user_id (an escaped key needs a backslash).
 _MAYBE_USER_ID = (b"user_id", b"\\u")

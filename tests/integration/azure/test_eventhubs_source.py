@@ -37,12 +37,13 @@ from store.ports import StateSnapshot
 from store.sqlite import SqliteStore
 from stream.config import ProcessorSettings
 from stream.decode import Decoder
-from stream.enrich import Enricher, document_id, partition_key, scrub_user_ids
+from stream.enrich import Enricher, document_id, partition_key
 from stream.exceptions import SourceError
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
 from stream.processor import Processor
 from stream.producers.simulator import Simulator
+from stream.pseudonyms import scrub_user_ids
 from stream.sources.eventhubs_config import EventHubsSettings
 from stream.sources.eventhubs_consumer import (
     CHECKPOINT_API_VERSION,

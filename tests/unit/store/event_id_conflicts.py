@@ -1,11 +1,15 @@
 """One scenario for every TelemetryStore: an ``event_id`` reused by a different event is refused
 (returned by ``write``, the stored event kept), while a re-read or replay of the same event
-updates its document in place. Shared by the SQLite (unit) and Cosmos (integration) tests."""
+updates its document in place — also when its user pseudonyms differ (made with another key, or
+a ``metadata.user_id`` an older version stored raw). Shared by the SQLite (unit) and Cosmos
+(integration) tests."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from schemas import AppDirectory, TelemetryDocument, TelemetryEvent
 from store.ports import TelemetryStore
@@ -16,13 +20,30 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 _ENRICHER = Enricher(AppDirectory(), b"k", "local")
 
 
-def document(sequence: int, *, index: int = 0, **fields: Any) -> TelemetryDocument:
-    """A document of app ``a`` read at ``sequence`` (enqueued ``sequence`` seconds after NOW)."""
+def document(
+    sequence: int, *, index: int = 0, key: bytes = b"k", **fields: Any
+) -> TelemetryDocument:
+    """A document of app ``a`` read at ``sequence`` (enqueued ``sequence`` seconds after NOW),
+    its user pseudonyms made with ``key``."""
     values = {"app_id": "a", "timestamp": "2026-11-22T10:00:00Z", "trace_id": "t", **fields}
     event = TelemetryEvent.model_validate(values, context={"now": NOW})
     enqueued = NOW + timedelta(seconds=sequence)
     position = ReceivedEvent(b"{}", "0", sequence, enqueued, str(sequence))
-    return _ENRICHER.document(event, position, index, enqueued, False)
+    enricher = (
+        _ENRICHER if key == _ENRICHER.user_hash_key else Enricher(AppDirectory(), key, "local")
+    )
+    return enricher.document(event, position, index, enqueued, False)
+
+
+def stored_raw(document: TelemetryDocument, user_id: str | int) -> TelemetryDocument:
+    """``document`` as a version that did not hash ``metadata.user_id`` stored it: the same
+    bytes but that value, as sent, under the same id (a content id is made from the event as
+    sent)."""
+    stored = orjson.loads(document.json_bytes())
+    stored["metadata"]["user_id"] = user_id
+    raw = document.model_copy(update={"metadata": stored["metadata"]})
+    raw._json = orjson.dumps(stored)
+    return raw
 
 
 async def check_event_id_conflicts(store: TelemetryStore) -> None:
@@ -32,16 +53,46 @@ async def check_event_id_conflicts(store: TelemetryStore) -> None:
 
     reread = document(7, event_id="e-1", latency_ms=100.0, user_id="u-1")
     other = document(8, event_id="e-1", latency_ms=999.0, user_id="u-1")
-    other_user = document(8, index=1, event_id="e-1", latency_ms=100.0, user_id="u-2")
+    # Whether an event names a user is the event's: one without is another event.
+    anonymous = document(8, index=1, event_id="e-1", latency_ms=100.0)
     # Alone in its batch, so only what is stored can refuse it.
     refused = await store.write([other], [])
     assert len(refused) == 1 and refused[0] is other
-    refused = await store.write([reread, other_user], [])
-    assert len(refused) == 1 and refused[0] is other_user
+    refused = await store.write([reread, anonymous], [])
+    assert len(refused) == 1 and refused[0] is anonymous
     # The re-read replaced the first read (ingest fields), the other events changed nothing.
     assert await store.get_telemetry("e-1", first.pk) == reread
     assert await store.get_telemetry(plain.id, plain.pk) == plain
     assert await store.count("telemetry") == 2
+
+    # The user pseudonyms are made with a key, not sent: the same event hashed with another
+    # key is the same event, and its document replaces the stored one, hashes and all. Another
+    # event is refused as before.
+    rekeyed = document(11, event_id="e-1", latency_ms=100.0, user_id="u-1", key=b"k2")
+    assert rekeyed.user_hash != reread.user_hash
+    assert await store.write([rekeyed], []) == []
+    assert await store.get_telemetry("e-1", first.pk) == rekeyed
+    other_rekeyed = document(12, event_id="e-1", latency_ms=999.0, user_id="u-1", key=b"k2")
+    assert await store.write([other_rekeyed], []) == [other_rekeyed]
+    # A document stored with its metadata.user_id raw (before it was hashed), under an event_id
+    # or a content id: a replay stores the hash in its place.
+    for event_id in ("e-3", None):
+        hashed = document(13, metadata={"k": "v", "user_id": 987654321}, event_id=event_id)
+        raw = stored_raw(hashed, 987654321)
+        assert raw.id == hashed.id and raw.metadata["user_id"] != hashed.metadata["user_id"]
+        assert await store.write([raw], []) == []
+        assert await store.write([hashed], []) == []
+        assert await store.get_telemetry(hashed.id, hashed.pk) == hashed
+    # Whether it has a metadata.user_id is the event's, as another tag's value is.
+    without = document(14, metadata={"k": "v"}, event_id="e-3")
+    tagged = document(14, index=1, metadata={"k": "w", "user_id": 987654321}, event_id="e-3")
+    for different in (without, tagged):
+        assert await store.write([different], []) == [different]
+    # In one batch alike: the later read of the event replaces the earlier.
+    batched = document(15, metadata={"user_id": "dave"}, event_id="e-4")
+    assert await store.write([stored_raw(batched, "dave"), batched], []) == []
+    assert await store.get_telemetry("e-4", batched.pk) == batched
+    assert await store.count("telemetry") == 5
 
     # Within one batch the first event to use an id keeps it, whatever follows; writing the
     # same batch again refuses the same documents (a retried batch decides alike).
@@ -55,4 +106,4 @@ async def check_event_id_conflicts(store: TelemetryStore) -> None:
     # An event_id on another day is another document (ids are unique per partition key).
     next_day = document(10, event_id="e-1", timestamp="2026-11-21T10:00:00Z")
     assert await store.write([next_day], []) == []
-    assert await store.count("telemetry") == 4
+    assert await store.count("telemetry") == 7

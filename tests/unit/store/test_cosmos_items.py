@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
 
 import orjson
 from hypothesis import given
@@ -13,6 +14,7 @@ from schemas import AppDirectory, TelemetryDocument, TelemetryEvent
 from store.cosmos_items import (
     cosmos_id,
     epoch_us,
+    event_fields,
     record_id,
     snapshot_from_item,
     state_item,
@@ -22,6 +24,8 @@ from store.cosmos_items import (
 from store.ports import StateSnapshot
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
+from tests.unit.store.event_id_conflicts import document as conflict_document
+from tests.unit.store.event_id_conflicts import stored_raw
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -98,3 +102,21 @@ def test_awkward_ids_are_escaped_readably() -> None:
     assert cosmos_id("order/42?x#1") == "order~2F42~3Fx~231"
     assert cosmos_id("~7E") == "~7E7E"
     assert record_id("~7E7E") == "~7E"
+
+
+def test_an_events_user_pseudonyms_do_not_make_it_another_event() -> None:
+    """Made with a key, they differ after a change of key, or from a raw metadata.user_id an
+    older version stored: the same event all the same. Whether it has them is the event's."""
+    fields: dict[str, Any] = {"event_id": "e-1", "user_id": "u-1", "metadata": {"user_id": 42}}
+    stored = conflict_document(1, **fields)
+    for same in (
+        conflict_document(2, key=b"another key", **fields),
+        stored_raw(stored, 42),
+    ):
+        assert event_fields(telemetry_item(same)) == event_fields(telemetry_item(stored))
+    for other in (
+        conflict_document(2, **{**fields, "user_id": None}),
+        conflict_document(2, **{**fields, "metadata": {}}),
+        conflict_document(2, **{**fields, "metadata": {"k": "w", "user_id": 42}}),
+    ):
+        assert event_fields(telemetry_item(other)) != event_fields(telemetry_item(stored))

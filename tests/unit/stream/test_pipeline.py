@@ -31,6 +31,7 @@ from stream.exceptions import PartitionLost
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
 from stream.stats import ProcessorStats
+from tests.unit.store.event_id_conflicts import stored_raw
 
 # Event times an hour back: the pipeline validates against the wall clock.
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -229,6 +230,38 @@ async def test_a_reused_event_id_is_quarantined_and_kept_from_the_detectors(
         assert orjson.loads(record.raw)["trace_id"] == "t1"
         assert hot.seen == [0, 2]
         assert pipeline.stats.quarantined == 1
+
+
+async def test_a_replay_updates_a_document_stored_raw_or_with_another_key(
+    tmp_path: Path,
+) -> None:
+    """A document an older version stored with its metadata.user_id raw, or one hashed with a
+    key since changed, was taken for another event under its id: the replay was quarantined
+    (duplicate_event_id_conflict) and the raw value stayed. The replay now replaces it."""
+    async with SqliteStore(tmp_path / "s.db") as store:
+        events = [
+            body(0, event_id="e-1", user_id="u-1", metadata={"user_id": "u-1"}),
+            body(1, user_id="u-2", metadata={"user_id": 42}),
+        ]
+        before = Enricher(AppDirectory(), b"the key before", "local")
+        decoded = [Decoder().decode(event, T0).accepted[0].event for event in events]
+        stored = [
+            before.document(event, received(i), 0, T0, False) for i, event in enumerate(decoded)
+        ]
+        older = [stored_raw(stored[0], "u-1"), stored_raw(stored[1], 42)]
+        assert await store.write(older, []) == []
+
+        pipeline = make_pipeline(store, hot=False)
+        await pipeline.on_batch(
+            await started(pipeline), [received(i, b) for i, b in enumerate(events)]
+        )
+
+        assert await store.count("quarantine") == 0 and await store.count("telemetry") == 2
+        for doc, user_id, tag in zip(stored, ("u-1", "u-2"), ("u-1", "42"), strict=True):
+            replayed = await store.get_telemetry(doc.id, doc.pk)
+            assert replayed is not None
+            assert replayed.user_hash == pipeline.enricher.user_hash(user_id)
+            assert replayed.metadata["user_id"] == pipeline.enricher.user_hash(tag)
 
 
 async def test_a_failed_write_is_not_checkpointed(tmp_path: Path) -> None:
@@ -789,7 +822,7 @@ async def test_a_processing_error_never_keeps_a_raw_user_id(
         [record] = [r async for r in store.quarantine_records()]
         message = record.issues[0].message
         assert "alice" not in message and "alice" not in record.raw
-        hashed = pipeline.enricher.user_hash('"alice@example.com"')
+        hashed = pipeline.enricher.user_hash("alice@example.com")  # as its documents' user_hash
         assert f"of user {hashed}" in message and hashed in record.raw
         # Nor logs it: the error's traceback ended in the exception's own message.
         logged = [logging.Formatter().format(r) for r in caplog.records]
