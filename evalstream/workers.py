@@ -59,6 +59,11 @@ HEARTBEAT_CHECK_S = 0.5
 START_S = 60.0
 # A crash loop's repeats of one error are summed up in at most one line this often.
 REPEAT_LOG_S = 60.0
+# At the command's start the partitions are shared once every worker has started, or after
+# this long among those that have: shared as each one started, the first would take them all
+# and hand half over a moment later, a partition move per partition at every start (2 workers
+# over 100,000 events: 40,500-47,000 events/s against 47,300-48,000 with shares given once).
+FIRST_SHARES_WAIT_S = 10.0
 
 
 def shares(live: Sequence[int], weights: Sequence[int]) -> dict[int, list[int]]:
@@ -215,6 +220,9 @@ class WorkerPool:
         self._fatal: StreamError | None = None
         self._failures = _Failures()
         self._log: LocalLog | None = None
+        # Slots whose first worker has not started yet: no shares until it has (or the wait ends).
+        self._first_starts = set(range(self.workers))
+        self._all_started = asyncio.Event()
 
     def pids(self) -> dict[int, int]:
         """Process id of each live worker slot."""
@@ -266,6 +274,8 @@ class WorkerPool:
                     async with asyncio.TaskGroup() as slots:
                         for slot in range(self.workers):
                             slots.create_task(self._keep(slot, stop))
+                        first = slots.create_task(self._first_shares(stop))
+                    first.cancel()
                     reporter.cancel()
                     sweeper.cancel()
                 if self._fatal is not None:
@@ -370,8 +380,21 @@ class WorkerPool:
     def _count_running(self) -> None:
         self.stats.workers = (len(self.live), self.workers)
 
+    async def _first_shares(self, stop: asyncio.Event) -> None:
+        """Share the partitions once every worker has started, or after FIRST_SHARES_WAIT_S
+        among those that have (a worker that cannot start gets its share when it does)."""
+        try:
+            await asyncio.wait_for(self._all_started.wait(), FIRST_SHARES_WAIT_S)
+        except TimeoutError:
+            self._first_starts.clear()
+            if not stop.is_set():
+                await self._rebalance()
+        # Else the last one to start has shared them (``_dispatch``).
+
     async def _rebalance(self) -> None:
         assert self._log is not None
+        if self._first_starts:
+            return
         weights = [
             await self._log.last_sequence_async(partition) + 1
             for partition in range(self.settings.embedded.partitions)
@@ -397,6 +420,9 @@ class WorkerPool:
             return
         if kind == "started":
             worker.started = True
+            self._first_starts.discard(worker.slot)
+            if not self._first_starts:
+                self._all_started.set()
             self.stats.stuck.pop(worker.slot, None)
             self._failures.recovered(worker.slot)
             await self._rebalance()
