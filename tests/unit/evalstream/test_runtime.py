@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,22 +14,10 @@ import pytest
 
 from evalstream import runtime, wiring
 from evalstream.settings import load_settings
-from schemas import QuarantineRecord, TelemetryDocument
 from store.exceptions import StoreMisconfigured
-from store.sqlite import SqliteStore
 from stream.producers.simulator import Simulator
 from stream.sources.local_log import LocalLog
-
-GONE = "telemetry table gone: create it again"
-
-
-class GoneStore(SqliteStore):
-    """The store set up wrongly once the processor runs: every write fails for good."""
-
-    async def write(
-        self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
-    ) -> list[TelemetryDocument]:
-        raise StoreMisconfigured(GONE)
+from tests.unit.stream.test_processor import GONE, GoneStore
 
 
 class DrainingPool:
