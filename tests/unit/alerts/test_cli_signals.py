@@ -100,17 +100,8 @@ async def test_a_failing_webhooks_errors_name_its_host_not_its_path(
 ) -> None:
     """The hook answers 500 (quoting the request's path and query) to every attempt of the one
     delivery: neither the listener's lines nor the dead letter show the hook's credential."""
-    hook.statuses.extend([500] * 3)
-    spec = SubscriptionSpec("all", max_delivery_count=1)
-    config_text = '[[alerts.subscriptions]]\nname = "all"\nmax_delivery_count = 1\n'
-    process = start_listener(tmp_path, "--webhook", hook.url, config_text=config_text)
+    process = await dead_letter_through_failing_hook(tmp_path, hook, deliveries=1)
     try:
-        await publish_once_listening(process, tmp_path / "alerts.db", spec)
-        async with SqliteAlertReceiver(tmp_path / "alerts.db", spec) as rx:
-            deadline = time.monotonic() + 30
-            while not await rx.dead_letters(1):
-                assert time.monotonic() < deadline, "the alert was not dead-lettered"
-                await asyncio.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(wait_exit, process, 10) == 0
     finally:
@@ -136,13 +127,13 @@ async def test_a_failing_webhooks_errors_name_its_host_not_its_path(
 
 
 async def dead_letter_through_failing_hook(
-    tmp_path: Path, hook: Hook, *options: str
+    tmp_path: Path, hook: Hook, *options: str, deliveries: int = 2
 ) -> subprocess.Popen[str]:
-    """A listener (max delivery count 2) forwarding to ``hook``, which answers 500 to every
-    request of both deliveries of one alert: returned once that alert is dead-lettered."""
-    hook.statuses.extend([500] * 6)
-    spec = SubscriptionSpec("all", max_delivery_count=2)
-    config_text = '[[alerts.subscriptions]]\nname = "all"\nmax_delivery_count = 2\n'
+    """A listener (max delivery count ``deliveries``) forwarding to ``hook``, which answers 500
+    to every request (three a delivery) of one alert: returned once it is dead-lettered."""
+    hook.statuses.extend([500] * 3 * deliveries)
+    spec = SubscriptionSpec("all", max_delivery_count=deliveries)
+    config_text = f'[[alerts.subscriptions]]\nname = "all"\nmax_delivery_count = {deliveries}\n'
     process = start_listener(tmp_path, "--webhook", hook.url, *options, config_text=config_text)
     await publish_once_listening(process, tmp_path / "alerts.db", spec)
     async with SqliteAlertReceiver(tmp_path / "alerts.db", spec) as rx:
