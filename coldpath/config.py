@@ -116,9 +116,13 @@ def load_catalogue(reference: str) -> Mapping[str, Metric]:
     try:
         module = importlib.import_module(module_name)
         found: Any = getattr(module, attribute or "CATALOGUE")
+        catalogue = found() if callable(found) else found
     except (ImportError, AttributeError) as exc:
         raise PolicyConfigError(f"coldpath.catalogue: cannot load {reference!r}: {exc}") from exc
-    catalogue = found() if callable(found) else found
+    except Exception as exc:  # the user's module failing in its own way: said in one line
+        raise PolicyConfigError(
+            f"coldpath.catalogue: {reference!r} failed as it loaded: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(catalogue, Mapping):
         raise PolicyConfigError(f"coldpath.catalogue: {reference!r} is not a mapping of metrics")
     for name, metric in sorted(catalogue.items()):

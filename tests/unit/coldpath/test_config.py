@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -161,6 +162,32 @@ def test_a_catalogue_metric_lacking_a_protocol_method_is_refused_naming_it() -> 
     assert str(refused.value) == (
         "coldpath.catalogue: metric 'latency' of 'tests.unit.coldpath.fakes:OUTDATED_CATALOGUE' "
         "lacks value_names() (see the Metric protocol in coldpath.policies.base)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ('raise ValueError("no prices file")\n', "ValueError: no prices file"),
+        (
+            'def CATALOGUE():\n    raise KeyError("latency")\n',
+            "KeyError: 'latency'",
+        ),
+    ],
+    ids=["module-raises", "factory-raises"],
+)
+def test_a_catalogue_that_fails_as_it_loads_is_one_setting_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, said: str
+) -> None:
+    # Before, any error but ImportError and AttributeError came out of every command that
+    # loads the catalogue as a traceback.
+    module = f"failing_catalogue_{len(source)}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PolicyConfigError) as refused:
+        load_catalogue(f"{module}:CATALOGUE")
+    assert str(refused.value) == (
+        f"coldpath.catalogue: '{module}:CATALOGUE' failed as it loaded: {said}"
     )
 
 
