@@ -8,9 +8,10 @@ snapshots record the position they cover so a restart neither double counts nor 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -145,11 +146,20 @@ class Pipeline:
         )
         self.failed.set()
 
-    async def stop_when_failed(self, stop: asyncio.Event) -> None:
-        """Set ``stop`` once the pipeline has given up (``failure``): for whoever runs the
-        source, which then stops retrying and closes its partitions."""
-        await self.failed.wait()
-        stop.set()
+    @contextlib.asynccontextmanager
+    async def stopping_on_failure(self, stop: asyncio.Event) -> AsyncIterator[None]:
+        """While inside, ``stop`` is set once the pipeline gives up (``failure``): for whoever
+        runs the source, which then stops retrying and closes its partitions."""
+
+        async def stop_when_failed() -> None:
+            await self.failed.wait()
+            stop.set()
+
+        stopper = asyncio.create_task(stop_when_failed())
+        try:
+            yield
+        finally:
+            stopper.cancel()
 
     async def on_partition_initialize(self, context: PartitionContext) -> None:
         try:
@@ -238,7 +248,6 @@ class Pipeline:
                     covered + 1,
                     extra={"partition": context.partition_id},
                 )
-                return
             return
         await context.resume_after(covered)
         logger.error(

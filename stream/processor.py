@@ -91,12 +91,8 @@ async def drive(source: EventSource, pipeline: Pipeline, stop: asyncio.Event) ->
     """Run ``source`` through ``pipeline`` until ``stop``, which the pipeline giving up sets
     too (its ``failure``, raised by the caller once the partitions are closed): delivery
     abandons a batch that fails so, and without the stop the source would go on without it."""
-    async with asyncio.TaskGroup() as group:
-        stopper = group.create_task(pipeline.stop_when_failed(stop))
-        try:
-            await source.run(pipeline, stop)
-        finally:
-            stopper.cancel()
+    async with pipeline.stopping_on_failure(stop):
+        await source.run(pipeline, stop)
 
 
 async def report_status(

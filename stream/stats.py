@@ -198,10 +198,9 @@ class ProcessorStats:
 
     async def problems(self, max_silence_s: float) -> list[str]:
         """Why this processor is not ready, or nothing: a worker found stuck (and killed); no
-        partition owned; a partition no
-        worker has taken since the start, or none has held for MAX_UNHELD_S; a partition
-        with work waiting but no batch or checkpoint for ``max_silence_s``; failing writes or
-        publishes."""
+        partition owned; a partition no worker has taken since the start, or none has held for
+        MAX_UNHELD_S; a partition with work waiting but no batch or checkpoint for
+        ``max_silence_s``; failing writes or publishes."""
         found = [self.stuck[slot] for slot in sorted(self.stuck)]
         held = any(progress.holder is not None for progress in self._partitions.values())
         if not held:

@@ -228,16 +228,10 @@ class Replay:
         A failure of the pipeline that no retry mends (the store set up wrongly, e.g. a
         container deleted) stops every partition, as the processor does, and is raised here:
         the job keeps what was checkpointed and resumes from it."""
-        async with asyncio.TaskGroup() as group:
-            stopper = group.create_task(self.pipeline.stop_when_failed(stop))
+        async with self.pipeline.stopping_on_failure(stop), asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._partition(plan, position, stop)) for plan, position in plans
             ]
-            try:
-                if tasks:  # (asyncio.wait refuses none)
-                    await asyncio.wait(tasks)
-            finally:
-                stopper.cancel()
         if self.pipeline.failure is not None:
             raise self.pipeline.failure
         return all(task.result() for task in tasks)
