@@ -602,23 +602,16 @@ async def test_no_chart_title_runs_under_its_tool_bar(
 async def test_apps_that_report_no_tokens_have_no_chart_of_zero_tokens(
     report_of_long_names: Path, tmp_path: Path
 ) -> None:
-    async with Chromium(tmp_path / "profile") as browser:
-        page = await browser.open(report_of_long_names.as_uri())
-        drawn = await page.wait_for(ALL_DRAWN, timeout_s=20)
-        charts = await page.evaluate(CHART_STATES)
-        notes = await page.evaluate(
-            "[...document.querySelectorAll('p.note')].map(p => p.textContent)"
-        )
+    found = await drawn_and_evaluated(
+        tmp_path,
+        report_of_long_names,
+        f"({{charts: {CHART_STATES.strip()},"
+        " notes: [...document.querySelectorAll('p.note')].map(p => p.textContent),"
         # The tokens column of the summary.
-        tokens = await page.evaluate(
-            "[...document.querySelector('table').rows].slice(1)"
-            ".map(row => row.cells[8].textContent)"
-        )
-        log = page.log
-        await page.close()
-
-    assert log.errors == [], log.errors
-    assert drawn
+        " tokens: [...document.querySelector('table').rows].slice(1)"
+        ".map(row => row.cells[8].textContent)})",
+    )
+    charts, notes, tokens = found["charts"], found["notes"], found["tokens"]
     # Neither app's events carry token counts: said so, not drawn as a flat line at 0.
     assert [chart["kind"] for chart in charts].count("usage") == 0, charts
     assert notes.count("No token counts reported.") == 2, notes
