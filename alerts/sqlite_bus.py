@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -35,7 +34,7 @@ from alerts.exceptions import (
     UnknownSubscriptionError,
 )
 from alerts.ports import DeadLetteredAlert, ReceivedAlert
-from common.sqlite import SqliteFile, Synchronous, transaction
+from common.sqlite import SqliteFile, Synchronous, sqlite3, transaction
 from schemas import Breach
 
 logger = logging.getLogger(__name__)

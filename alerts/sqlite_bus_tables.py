@@ -15,7 +15,6 @@ Each write is one ``BEGIN IMMEDIATE`` transaction (``common.sqlite.transaction``
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from alerts.ports import (
     DeadLetteredAlert,
     ReceivedAlert,
 )
-from common.sqlite import transaction
+from common.sqlite import sqlite3, transaction
 from schemas import Breach
 
 # Service Bus caps dead-letter reason and description at 4096 characters each.

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import resource
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -55,6 +54,7 @@ from bench.coldpath_data import (
 from coldpath.executors.local import LocalExecutor
 from coldpath.shards import build_manifest
 from coldpath.trigger import WindowChoice, plan
+from common.sqlite import sqlite3
 from evalstream import wiring
 from evalstream.settings import Settings
 from schemas import EvaluationPolicy, MetricSpec, Window

@@ -12,7 +12,6 @@ back through the store, so a row the store could not read fails the benchmark up
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ import numpy as np
 import orjson
 
 from coldpath.config import QUALITY_POLICY
+from common.sqlite import sqlite3
 from evalstream.settings import Settings, load_settings
 from schemas import AppDirectory, EvaluationPolicy, Window
 from store.sqlite import SqliteStore

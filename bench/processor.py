@@ -116,7 +116,9 @@ def peer_python() -> tuple[Path | None, str]:
     python = PEER_VENV / "bin" / "python"
     from importlib.metadata import version
 
-    wanted = [*PEER_PACKAGES, f"pydantic=={version('pydantic')}", f"orjson=={version('orjson')}"]
+    # The peer's SQLite sink writes through the same SQLite library as the floor and evalstream.
+    same = ("pydantic", "orjson", "pysqlite3")
+    wanted = [*PEER_PACKAGES, *(f"{name}=={version(name)}" for name in same)]
     marker = PEER_VENV / "installed.txt"
     if marker.exists() and marker.read_text() == "\n".join(wanted):
         return python, ""

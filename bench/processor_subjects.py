@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+
+from common.sqlite import sqlite3
 
 BATCH = 1000
 

@@ -29,7 +29,6 @@ import argparse
 import os
 import platform
 import secrets
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import common.sqlite
-from common.sqlite import CHECKPOINT_EVERY_CHANGES, connect, transaction
+from common.sqlite import CHECKPOINT_EVERY_CHANGES, connect, sqlite3, transaction
 from store.sqlite import _SCHEMA, _UPSERT_TELEMETRY
 
 RESULTS = Path(__file__).parent / "results" / "store_scale.md"

@@ -22,7 +22,6 @@ import platform
 import resource
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import psutil
 
+from common.sqlite import sqlite3
 from evalstream.settings import DEFAULT_PARTITIONS
 from evalstream.workers import shares
 from schemas import AppDirectory

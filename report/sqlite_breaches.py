@@ -10,7 +10,6 @@ subscription ``all`` keeps every breach until someone listens on it.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Self
 
 from pydantic import ValidationError
 
-from common.sqlite import SqliteFile
+from common.sqlite import SqliteFile, sqlite3
 from report.exceptions import ReportError
 from schemas import Breach
 

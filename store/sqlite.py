@@ -9,13 +9,12 @@ connection run on the file's worker thread, so the event loop never waits on the
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from common.sqlite import SqliteFile, transaction
+from common.sqlite import SqliteFile, sqlite3, transaction
 from schemas import QuarantineRecord, TelemetryDocument
 from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot

@@ -7,13 +7,12 @@ transaction, durable across kill -9 when it returns.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from common.sqlite import SqliteFile, transaction
+from common.sqlite import SqliteFile, sqlite3, transaction
 from schemas import EvaluationResult, JobManifest, ShardProgress
 from store.exceptions import StoreError, StoreUnavailable
 

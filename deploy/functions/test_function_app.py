@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from durable_replay import ReplayHost
 
 from coldpath.exceptions import ColdpathError
 from coldpath.windows import last_due
+from common.sqlite import sqlite3
 from evalstream.coldpath_entry import UnitReport, evaluate_unit
 from evalstream.settings import load_settings
 from schemas import TelemetryDocument, Unit

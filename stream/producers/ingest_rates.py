@@ -11,12 +11,11 @@ request of a key with a rate; times are ``time.monotonic``, which is system-wide
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from common.sqlite import SqliteFile, transaction
+from common.sqlite import SqliteFile, sqlite3, transaction
 from stream.exceptions import StreamError
 
 # (tokens, when they were counted) of one bucket.

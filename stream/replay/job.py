@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +19,7 @@ from typing import Any
 import orjson
 
 from common.lock_file import try_lock
-from common.sqlite import SqliteFile, transaction
+from common.sqlite import SqliteFile, sqlite3, transaction
 from schemas import Breach, TelemetryDocument
 from store.ports import StateSnapshot
 from stream.exceptions import ReplayError

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from typing import IO, TypeVar
 from common.lock_file import try_lock
 from common.log_context import log_context
 from common.retry import sleep_or_stop
-from common.sqlite import SqliteFile, transaction
+from common.sqlite import SqliteFile, sqlite3, transaction
 from common.turns import Turns
 from schemas import TelemetryEvent
 from stream.delivery import deliver

@@ -7,7 +7,6 @@ import random
 import select
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from common.sqlite import sqlite3
 from evalstream.settings import DEFAULT_PARTITIONS
 from schemas import AppDirectory
 from stream.decode import Decoder

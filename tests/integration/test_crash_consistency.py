@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from common.sqlite import sqlite3
 from tests.integration.conftest import SimulatedRun
 from tests.integration.processor_harness import (
     KILL_ENV,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from common.sqlite import sqlite3
 from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import Decoder

@@ -10,7 +10,6 @@ import itertools
 import os
 import signal
 import socket
-import sqlite3
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from common.retry import Backoff
+from common.sqlite import sqlite3
 from evalstream.ingest_pool import IngestPool, ingest_in_workers
 from evalstream.settings import load_settings
 from stream.exceptions import StreamError

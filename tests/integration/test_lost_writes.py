@@ -64,7 +64,7 @@ def process(data_dir: Path) -> str:
 
 
 def stored(data_dir: Path) -> tuple[list[dict[str, object]], list[str]]:
-    import sqlite3
+    from common.sqlite import sqlite3
 
     connection = sqlite3.connect(data_dir / "store.db")
     try:

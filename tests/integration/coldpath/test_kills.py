@@ -10,7 +10,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from common.sqlite import sqlite3
 from store.sqlite import SqliteStore
 from tests.unit.coldpath.fakes import doc
 

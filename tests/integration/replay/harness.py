@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from typing import IO, Any
 
 import orjson
 
+from common.sqlite import sqlite3
 from stream.producers.simulator import Incident, Simulator
 
 INCIDENTS = [

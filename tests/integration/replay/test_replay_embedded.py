@@ -9,7 +9,6 @@ import contextlib
 import random
 import shutil
 import signal
-import sqlite3
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from common.sqlite import sqlite3
 from tests.integration.processor_harness import drain_subscription, wait_until
 from tests.integration.replay.harness import (
     Live,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from alerts import (
 )
 from alerts.config import AlertSettings
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from common.sqlite import sqlite3
 from schemas import BreachKind, BreachState, Severity
 from tests.unit.alerts.factories import FakeClock, make_breach
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import multiprocessing
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.queues import Queue
@@ -16,7 +15,7 @@ import pytest
 
 import common.sqlite
 from common.errors import EvalstreamError
-from common.sqlite import SqliteFile, connect, transaction
+from common.sqlite import SqliteFile, connect, sqlite3, transaction
 
 
 class FileError(EvalstreamError):

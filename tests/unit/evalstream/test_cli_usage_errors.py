@@ -4,13 +4,13 @@ command that only reads creates nothing."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from common.sqlite import sqlite3
 from evalstream.cli import app
 from store.sqlite import SqliteStore
 

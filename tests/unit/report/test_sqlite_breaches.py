@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from alerts.config import SubscriptionSpec
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
+from common.sqlite import sqlite3
 from report.exceptions import ReportError
 from report.sqlite_breaches import SqliteBreachLog
 from tests.unit.report.docs import T0, breach

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from common.sqlite import sqlite3
 from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot
 from store.sqlite import SqliteStore

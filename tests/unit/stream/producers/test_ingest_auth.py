@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from common.sqlite import sqlite3
 from stream.producers.ingest_auth import (
     ApiKey,
     Authorizer,

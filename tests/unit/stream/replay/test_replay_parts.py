@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.sqlite import sqlite3
 from schemas import AppDirectory, Breach, QuarantineRecord, TelemetryDocument
 from store.ports import ProcessorStore, StateSnapshot
 from stream.decode import Decoder

@@ -5,12 +5,12 @@ batch."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 import common.turns
+from common.sqlite import sqlite3
 from store.sqlite import SqliteStore
 from stream.exceptions import SourceError
 from stream.ports import CloseReason, PartitionContext, ReceivedEvent
