@@ -43,6 +43,7 @@ from pathlib import Path
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.sqlite import sqlite3
 from evalstream.settings import DEFAULT_PARTITIONS
 from stream.producers.ingest_config import IngestSettings
 from stream.producers.simulator import Simulator
@@ -477,7 +478,8 @@ def main() -> None:
         + ("" if args.results == RESULTS else f" --results {args.results}")
         + "`",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, shared with "
+        f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, SQLite "
+        f"{sqlite3.sqlite_version}, shared with "
         f"other work. Processor with default settings (hot path on, {DEFAULT_PARTITIONS} "
         "partitions), a fresh data dir per run; simulated ~1.2 KB events, each posted once per "
         "run; medians of "

@@ -28,6 +28,7 @@ from pathlib import Path
 import orjson
 
 from bench.processor_subjects import PARTITIONS
+from common.sqlite import sqlite3
 from schemas import AppDirectory
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
@@ -192,7 +193,8 @@ def main() -> None:
         f"Command: `python -m bench.processor --events {args.events} --repeats {args.repeats}"
         + (" --no-peer`" if args.no_peer else "`"),
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"Python {platform.python_version()}, {os.cpu_count()} cores; 1-minute load average "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} "
+        "cores; 1-minute load average "
         f"before → after each repeat: {'; '.join(loads)}.",
         f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, {PARTITIONS} "
         "partitions. Each configuration in its own child process, timed from its first event to "

@@ -410,7 +410,8 @@ def sustained_only(seconds: float, rate: float, write: bool) -> None:
         f"Command: `python -m bench.workers --sustained-only --sustained-s {seconds:g} "
         f"--sustained-rate {rate:g}`",
         f"Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} "
-        f"cores, Python {platform.python_version()}; load average (1, 5, 15 min) "
+        f"cores, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}; load "
+        "average (1, 5, 15 min) "
         f"{', '.join(f'{x:.1f}' for x in load_before)} before, "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} after.",
         "",
@@ -552,7 +553,8 @@ def main() -> None:
         + (f" --sustained-s {args.sustained_s:g}" if args.sustained_s else "")
         + (f" --out {args.out}`" if args.out != RESULTS.name else "`"),
         f"Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}; load average (1, 5, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, SQLite "
+        f"{sqlite3.sqlite_version}; load average (1, 5, "
         f"15 min) {', '.join(f'{x:.1f}' for x in load_before)} before, "
         f"{', '.join(f'{x:.1f}' for x in load_after)} after (other processes share the cores).",
         f"Events: {args.events:,} simulated, mean {size:,.0f} bytes, 20 apps, {PARTITIONS} "
