@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 else:
     from pysqlite3 import dbapi2 as sqlite3
 
+# The first release of each line with the WAL-reset fix: 3.44.6 and 3.50.7 are backports, every
+# release from 3.51.3 has it.
+WAL_RESET_BACKPORTS = {(3, 44): (3, 44, 6), (3, 50): (3, 50, 7)}
+WAL_RESET_FIXED_IN = (3, 51, 3)
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,30 @@ CATCH_UP_PASSES = 3
 CATCH_UP_FRAMES = 256
 
 
+def has_wal_reset_fix(version: tuple[int, int, int]) -> bool:
+    """Whether SQLite ``version`` has the WAL-reset fix (https://sqlite.org/wal.html#walresetbug)."""
+    backport = WAL_RESET_BACKPORTS.get(version[:2])
+    return version >= (backport or WAL_RESET_FIXED_IN)
+
+
+_warned_of_wal_reset_bug = False
+
+
+def _warn_of_wal_reset_bug() -> None:
+    """Once per process, when the linked SQLite lacks the fix: pysqlite3 built from source (no
+    wheel for the platform) links the system's SQLite, which may be older."""
+    global _warned_of_wal_reset_bug
+    if _warned_of_wal_reset_bug or has_wal_reset_fix(sqlite3.sqlite_version_info):
+        return
+    _warned_of_wal_reset_bug = True
+    log.warning(
+        "SQLite %s has the WAL-reset bug (fixed in 3.51.3): processes sharing a file "
+        "(processing workers, ingest) can lose committed transactions; install a pysqlite3 "
+        "build with a newer SQLite (its wheels bundle one)",
+        sqlite3.sqlite_version,
+    )
+
+
 def connect(
     path: Path,
     *,
@@ -102,6 +131,7 @@ def connect(
     ``page_size`` applies to files this call creates (SQLite keeps an existing file's).
     Autocommit mode (``isolation_level=None``): transactions are explicit, see ``transaction``.
     """
+    _warn_of_wal_reset_bug()
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(
         path,

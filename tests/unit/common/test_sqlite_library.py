@@ -4,20 +4,15 @@ files with (common/sqlite.py says why)."""
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
-from common.sqlite import sqlite3
+import pytest
+
+import common.sqlite
+from common.sqlite import connect, has_wal_reset_fix, sqlite3
 
 ROOT = Path(__file__).resolve().parents[3]
-# The first release of each line with the fix (https://sqlite.org/wal.html#walresetbug):
-# 3.44.6 and 3.50.7 are backports, 3.51.3 and later have it.
-FIXED = {(3, 44): (3, 44, 6), (3, 50): (3, 50, 7)}
-FIXED_FROM = (3, 51, 3)
-
-
-def has_wal_reset_fix(version: tuple[int, int, int]) -> bool:
-    backport = FIXED.get(version[:2])
-    return version >= backport if backport is not None else version >= FIXED_FROM
 
 
 def test_the_rule_tells_fixed_releases_from_affected_ones() -> None:
@@ -31,6 +26,28 @@ def test_the_rule_tells_fixed_releases_from_affected_ones() -> None:
 
 def test_the_linked_sqlite_has_the_wal_reset_fix() -> None:
     assert has_wal_reset_fix(sqlite3.sqlite_version_info), sqlite3.sqlite_version
+
+
+def test_a_sqlite_without_the_fix_is_named_in_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(common.sqlite, "_warned_of_wal_reset_bug", False)
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 40, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.40.1")
+    with caplog.at_level(logging.WARNING, logger="common.sqlite"):
+        for name in ("a.db", "b.db"):
+            connect(tmp_path / name).close()
+    warnings = [r.getMessage() for r in caplog.records if "WAL-reset" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("SQLite 3.40.1 has the WAL-reset bug")
+
+
+def test_a_sqlite_with_the_fix_opens_files_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(common.sqlite, "_warned_of_wal_reset_bug", False)
+    with caplog.at_level(logging.WARNING, logger="common.sqlite"):
+        connect(tmp_path / "a.db").close()
+    assert "WAL-reset" not in caplog.text
 
 
 def test_no_module_opens_files_with_the_standard_librarys_sqlite3() -> None:
