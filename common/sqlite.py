@@ -108,10 +108,11 @@ def _warn_of_wal_reset_bug() -> None:
         return
     _warned_of_wal_reset_bug = True
     log.warning(
-        "SQLite %s has the WAL-reset bug (fixed in 3.51.3): processes sharing a file "
+        "SQLite %s has the WAL-reset bug (fixed in %s): processes sharing a file "
         "(processing workers, ingest) can lose committed transactions; install a pysqlite3 "
         "build with a newer SQLite (its wheels bundle one)",
         sqlite3.sqlite_version,
+        ".".join(map(str, WAL_RESET_FIXED_IN)),
     )
 
 

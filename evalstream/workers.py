@@ -274,8 +274,8 @@ class WorkerPool:
                     async with asyncio.TaskGroup() as slots:
                         for slot in range(self.workers):
                             slots.create_task(self._keep(slot, stop))
-                        first = slots.create_task(self._first_shares(stop))
-                    first.cancel()
+                        # Done within FIRST_SHARES_WAIT_S: the group waits for it.
+                        slots.create_task(self._first_shares(stop))
                     reporter.cancel()
                     sweeper.cancel()
                 if self._fatal is not None:
