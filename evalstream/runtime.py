@@ -174,53 +174,70 @@ async def run_processor(
                 f"health and metrics: http://{settings.ingest.host}:{bound_port(server)}"
                 "/healthz, /readyz, /metrics, /report"
             )
-        # The processor's failure (the store set up wrongly) is kept rather than raised in the
-        # group, where it would cancel the rest: the ingest pool's workers killed instead of
-        # drained, the simulator cut off mid-append. With ``stop`` set they end as on a
-        # signal (ingest answers what it accepted, the pool drains); then it is raised.
-        failure: Exception | None = None
-        try:
-            async with asyncio.TaskGroup() as group:
-                if pool is not None:
-                    group.create_task(pool.run(stop))
-                if simulate is not None and sink is not None:
-                    group.create_task(_simulate(simulate, sink, stop, on_status))
-                if until_idle_s is not None:
-                    group.create_task(_stop_when_idle(stats, until_idle_s, stop))
-                if settings.azure.monitor.connection_string is not None:
-                    from evalstream.azure_monitor import AzureMonitorExport
+        # A failure (the processor's: the store set up wrongly; or a task's beside it: the
+        # ingest pool's workers failing at start) is kept rather than raised in the group,
+        # where it would cancel the rest: the processor cut off mid-batch instead of finishing
+        # its batches and checkpointing, the ingest pool's workers killed instead of drained,
+        # the simulator cut off mid-append. ``stop`` is set instead, so everything ends as on
+        # a signal; then the failures are raised (the processor's first).
+        failures: list[Exception] = []
+        async with asyncio.TaskGroup() as group:
 
-                    group.create_task(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
-                if catalogue is not None:
-                    group.create_task(
-                        _once_caught_up(
-                            stats,
+            def beside(work: Awaitable[None]) -> None:
+                group.create_task(_stopping_on_failure(work, stop, failures))
+
+            if pool is not None:
+                beside(pool.run(stop))
+            if simulate is not None and sink is not None:
+                beside(_simulate(simulate, sink, stop, on_status))
+            if until_idle_s is not None:
+                beside(_stop_when_idle(stats, until_idle_s, stop))
+            if settings.azure.monitor.connection_string is not None:
+                from evalstream.azure_monitor import AzureMonitorExport
+
+                beside(AzureMonitorExport(settings.azure.monitor, stats).run(stop))
+            if catalogue is not None:
+                beside(
+                    _once_caught_up(
+                        stats,
+                        stop,
+                        lambda: coldpath_schedule.run_schedule(
+                            settings,
+                            catalogue,
+                            store,
                             stop,
-                            lambda: coldpath_schedule.run_schedule(
-                                settings,
-                                catalogue,
-                                store,
-                                stop,
-                                on_status,
-                                on_breach,
-                                stats.metrics,
-                            ),
-                        )
+                            on_status,
+                            on_breach,
+                            stats.metrics,
+                        ),
                     )
-                try:
-                    await processor.run(stop)
-                except Exception as exc:
-                    failure = exc
-                finally:
-                    stop.set()
-        except BaseExceptionGroup as others:
-            if failure is None:
-                raise
-            # Something beside the processor failed too while stopping: both are said.
-            raise BaseExceptionGroup("processing stopped", [failure, *others.exceptions]) from None
-        if failure is not None:
-            raise failure
+                )
+            try:
+                await processor.run(stop)
+            except Exception as exc:
+                failures.insert(0, exc)
+            finally:
+                stop.set()
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            # Something else failed too while stopping: each is said.
+            raise ExceptionGroup("processing stopped", failures)
     return stats
+
+
+async def _stopping_on_failure(
+    work: Awaitable[None], stop: asyncio.Event, failures: list[Exception]
+) -> None:
+    """Run ``work`` beside the processor. If it fails, its error is kept in ``failures`` and
+    ``stop`` set: the processor finishes its batches in flight and checkpoints, as on a
+    signal, and the error is raised once everything has ended (run_processor)."""
+    try:
+        await work
+    except Exception as exc:
+        logger.error("stopping: %s: %s", type(exc).__name__, exc)
+        failures.append(exc)
+        stop.set()
 
 
 async def _simulate(

@@ -1,5 +1,6 @@
-"""How ``process`` (evalstream/runtime.run_processor) stops when processing fails for good: the
-rest ends as on a signal (the ingest pool drains), then the one failure is raised."""
+"""How ``process`` (evalstream/runtime.run_processor) stops when processing, or a task beside
+it, fails for good: the rest ends as on a signal (the processor checkpoints, the ingest pool
+drains), then the one failure is raised."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from common.sqlite import sqlite3
 from evalstream import runtime, wiring
 from evalstream.settings import load_settings
 from store.exceptions import StoreMisconfigured
+from stream.exceptions import StreamError
 from stream.producers.simulator import Simulator
 from stream.sources.local_log import LocalLog
 from tests.unit.stream.test_processor import GONE, GoneStore
@@ -83,3 +86,88 @@ async def test_a_processing_failure_lets_the_ingest_pool_drain_then_is_raised_al
     # The failure itself, not a group of the tasks it cut short: one line at the command line.
     with pytest.raises(StoreMisconfigured, match=GONE):
         running.result()
+
+
+class FailingPool:
+    """Stands for an ingest pool whose workers keep failing at start: it fails once the
+    processor has stored ``after`` documents."""
+
+    def __init__(self, store_path: Path, after: int) -> None:
+        self.store_path = store_path
+        self.after = after
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while _stored(self.store_path) < self.after:
+            await asyncio.sleep(0.01)
+        raise StreamError("ingest workers keep exiting at start (5 in a row, last exit code 1)")
+
+
+def _stored(path: Path) -> int:
+    if not path.exists():
+        return 0
+    connection = sqlite3.connect(path)
+    try:
+        return int(connection.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0])
+    except sqlite3.OperationalError:  # the table is not made yet
+        return 0
+    finally:
+        connection.close()
+
+
+async def test_a_failure_beside_the_processor_stops_it_as_a_signal_would_then_is_raised_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(
+        embedded={"data_dir": tmp_path}, processor={"batch_size": 50, "checkpoint_interval_s": 3600}
+    )
+    simulator = Simulator(apps=3, rate=100.0, seed=4, start=datetime(2026, 12, 1, tzinfo=UTC))
+    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
+    try:
+        log.append([(event.app_id, event.body) for event in simulator.events(2000)])
+    finally:
+        log.close()
+    pool = FailingPool(settings.embedded.store_path, after=100)
+
+    @contextlib.asynccontextmanager
+    async def ingest_in_workers(*_: Any) -> AsyncIterator[FailingPool]:
+        yield pool
+
+    monkeypatch.setattr(runtime, "ingest_in_workers", ingest_in_workers)
+    statuses: list[str] = []
+    with pytest.raises(StreamError, match="keep exiting at start"):
+        async with asyncio.timeout(60):
+            await runtime.run_processor(
+                settings,
+                ingest=True,
+                ingest_port=0,
+                simulate=None,
+                until_idle_s=None,
+                on_status=statuses.append,
+                ingest_workers=1,
+            )
+    # Ended as on a signal (a cancelled processor says nothing), its batches checkpointed:
+    # each partition's checkpoint is the last event stored of it, although the checkpoint
+    # interval had not passed.
+    assert any(line.startswith("stopped: ") for line in statuses)
+    store = sqlite3.connect(settings.embedded.store_path)
+    try:
+        stored = dict(
+            store.execute(
+                "SELECT doc ->> '$.ingest.partition', MAX(doc ->> '$.ingest.sequence') "
+                "FROM telemetry GROUP BY 1"
+            ).fetchall()
+        )
+    finally:
+        store.close()
+    log_file = sqlite3.connect(settings.embedded.log_path)
+    try:
+        checkpoints = {
+            str(partition): sequence
+            for partition, sequence in log_file.execute(
+                "SELECT partition, sequence FROM checkpoints"
+            ).fetchall()
+        }
+    finally:
+        log_file.close()
+    assert sum(last + 1 for last in stored.values()) >= 100  # events covered
+    assert checkpoints == stored
