@@ -90,6 +90,11 @@ class _Forwarder:
     async def _call_context(self, name: str, partition_id: str, *args: Any) -> Any:
         context = self.contexts.get(partition_id)
         if context is None:
+            if name == "owned":
+                # Closed here (lost, or shut down) while the parent finished a batch of it:
+                # the answer the parent acts on (no snapshot, no checkpoint), not an error it
+                # would retry until the partition's close reaches it.
+                return False
             raise SourceError(f"partition {partition_id} is not owned by this receiver")
         return await getattr(context, name)(*args)
 
