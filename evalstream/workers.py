@@ -6,9 +6,10 @@ log's partitions, and gives every partition an owner, balancing the partitions' 
 live workers (``shares``): a dead worker's partitions move to the others, and move back when it
 is restarted (after a pause) and says it has started (until then the others process them). A
 worker whose event loop sends no heartbeat for ``embedded.worker_stall_s`` is stuck (stopped,
-deadlocked, blocked on a hung file system): readiness names it and its partitions, and it is
-killed, so its partitions move and it is restarted like any dead worker. The promise "never two
-workers on one partition" does not rest on this bookkeeping: a worker processes a partition only
+deadlocked, blocked on a hung file system; counted while the supervisor listens: a supervisor
+held up itself blames nobody): readiness names it and its partitions, and it is killed, so its
+partitions move and it is restarted like any dead worker. The promise "never two workers on one
+partition" does not rest on this bookkeeping: a worker processes a partition only
 while it holds the partition's lock file (``stream.sources.local_log_share``), and a partition's
 detector snapshot and checkpoint are written by its owner before it lets go, so the next owner
 resumes from them exactly.
@@ -54,6 +55,8 @@ RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 MAX_FAILED_STARTS = 5
 # How often the supervisor looks at its workers' heartbeats (evalstream.worker.HEARTBEAT_S).
 HEARTBEAT_CHECK_S = 0.5
+# A check of the heartbeats this much later than planned: the supervisor itself was held up.
+HELD_UP_S = 1.0
 # The stuck bound before a worker's first message: its interpreter imports the pipeline first
 # (1-3.5 s measured on the project's 2-core machine, more when it is loaded).
 START_S = 60.0
@@ -356,13 +359,21 @@ class WorkerPool:
         its partitions move (its batch in flight is processed again by their next owner, which
         resumes from their checkpoints) and it is restarted."""
         bound = self.settings.embedded.worker_stall_s
+        # Silence counts only while this process was listening: when it was held up itself
+        # (frozen with its container, stopped, its loop blocked), the workers' heartbeats of
+        # that time wait unread in their pipes, and the silence is its own.
+        listening_since = worker.spawned_at
         while True:
             # Before its first message the interpreter is still importing the pipeline, which
             # takes seconds on a loaded machine: a stuck start gets a longer bound.
             allowed = bound if worker.heard_at > worker.spawned_at else max(bound, START_S)
-            silent = time.monotonic() - worker.heard_at
+            now = time.monotonic()
+            silent = now - max(worker.heard_at, listening_since)
             if silent <= allowed:
-                await asyncio.sleep(min(allowed - silent, HEARTBEAT_CHECK_S) + 0.01)
+                pause = min(allowed - silent, HEARTBEAT_CHECK_S) + 0.01
+                await asyncio.sleep(pause)
+                if time.monotonic() - (now + pause) > HELD_UP_S:
+                    listening_since = time.monotonic()
                 continue
             held = self.stats.held_by(worker.slot)
             problem = (

@@ -3,8 +3,9 @@ dead, or restarted into a data dir too full to start in), nor while a partition 
 a holder; ready again once the workers hold every partition. One worker that cannot start again
 leaves its partitions to the other, which stays ready. A stuck worker (SIGSTOPped) is named with
 its partitions and killed, its successor takes over, and every event is stored exactly once; a
-restarting worker gets partitions only once it has started (the other processes them
-meanwhile); a crash loop logs its error's traceback once, and its recovery."""
+supervisor frozen itself longer than the bound kills nobody; a restarting worker gets partitions
+only once it has started (the other processes them meanwhile); a crash loop logs its error's
+traceback once, and its recovery."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import re
 import resource
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,6 +292,32 @@ def test_a_stuck_worker_is_named_killed_and_replaced_and_every_event_stored_once
     assert set(stored_documents(data_dir)) == expected.telemetry
     assert stored_count(data_dir) == total
     assert processor.output.count("stuck: no heartbeat") == 1, processor.output
+
+
+def test_a_supervisor_held_up_itself_kills_no_worker(tmp_path: Path) -> None:
+    """The supervisor frozen longer than the stuck bound (as with its container, or stopped):
+    its workers' heartbeats of that time wait in their pipes; once it runs again it reads
+    them, and both workers go on."""
+    data_dir = tmp_path / "data"
+    bound = 3
+    env = {
+        **KILL_ENV,
+        "EVALSTREAM_PROCESSOR__HOT_PATH": "false",
+        "EVALSTREAM_EMBEDDED__WORKER_STALL_S": str(bound),
+    }
+    with _Processor(data_dir, env) as processor:
+        workers = _both_holding(processor)
+        expected = prepare(data_dir, simulated_bodies(12)[:6000])
+        total = len(expected.telemetry) + len(expected.quarantine)
+        wait_until(lambda: stored_count(data_dir) >= total // 5, timeout=90, what="processing")
+        os.kill(processor.process.pid, signal.SIGSTOP)
+        time.sleep(2 * bound)  # the freeze itself: twice the bound
+        os.kill(processor.process.pid, signal.SIGCONT)
+        wait_until(lambda: stored_count(data_dir) == total, timeout=120, what="every event")
+        processor.wait_held_and_ready("every partition held")
+        assert sorted(worker_pids(processor.process)) == sorted(workers)
+    assert "stuck: no heartbeat" not in processor.output, processor.output
+    assert set(stored_documents(data_dir)) == expected.telemetry
 
 
 def test_a_restarted_worker_gets_partitions_once_it_has_started(
