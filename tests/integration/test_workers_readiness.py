@@ -257,17 +257,20 @@ def _successor(processor: _Processor, *gone: int) -> int:
     return found[0]
 
 
+def _stall_bound(seconds: int) -> dict[str, str]:
+    """The environment of a run whose workers are stuck after ``seconds`` of silence."""
+    return {
+        **KILL_ENV,
+        "EVALSTREAM_PROCESSOR__HOT_PATH": "false",
+        "EVALSTREAM_EMBEDDED__WORKER_STALL_S": str(seconds),
+    }
+
+
 def test_a_stuck_worker_is_named_killed_and_replaced_and_every_event_stored_once(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
-    bound = 5
-    env = {
-        **KILL_ENV,
-        "EVALSTREAM_PROCESSOR__HOT_PATH": "false",
-        "EVALSTREAM_EMBEDDED__WORKER_STALL_S": str(bound),
-    }
-    with _Processor(data_dir, env) as processor:
+    with _Processor(data_dir, _stall_bound(5)) as processor:
         survivor, victim = _both_holding(processor)
         expected = prepare(data_dir, simulated_bodies(11)[:6000])
         total = len(expected.telemetry) + len(expected.quarantine)
@@ -300,12 +303,7 @@ def test_a_supervisor_held_up_itself_kills_no_worker(tmp_path: Path) -> None:
     them, and both workers go on."""
     data_dir = tmp_path / "data"
     bound = 3
-    env = {
-        **KILL_ENV,
-        "EVALSTREAM_PROCESSOR__HOT_PATH": "false",
-        "EVALSTREAM_EMBEDDED__WORKER_STALL_S": str(bound),
-    }
-    with _Processor(data_dir, env) as processor:
+    with _Processor(data_dir, _stall_bound(bound)) as processor:
         workers = _both_holding(processor)
         expected = prepare(data_dir, simulated_bodies(12)[:6000])
         total = len(expected.telemetry) + len(expected.quarantine)

@@ -15,12 +15,22 @@ import pytest
 
 from common.sqlite import sqlite3
 from evalstream import runtime, wiring
-from evalstream.settings import load_settings
+from evalstream.settings import Settings, load_settings
 from store.exceptions import StoreMisconfigured
 from stream.exceptions import StreamError
 from stream.producers.simulator import Simulator
 from stream.sources.local_log import LocalLog
 from tests.unit.stream.test_processor import GONE, GoneStore
+
+START = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _append_simulated(settings: Settings, simulator: Simulator, count: int) -> None:
+    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
+    try:
+        log.append([(event.app_id, event.body) for event in simulator.events(count)])
+    finally:
+        log.close()
 
 
 class DrainingPool:
@@ -46,12 +56,7 @@ async def test_a_processing_failure_lets_the_ingest_pool_drain_then_is_raised_al
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = load_settings(embedded={"data_dir": tmp_path})
-    simulator = Simulator(apps=2, rate=10.0, seed=3, start=datetime(2026, 12, 1, tzinfo=UTC))
-    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
-    try:
-        log.append([(event.app_id, event.body) for event in simulator.events(20)])
-    finally:
-        log.close()
+    _append_simulated(settings, Simulator(apps=2, rate=10.0, seed=3, start=START), 20)
     pool = DrainingPool()
 
     @contextlib.asynccontextmanager
@@ -120,12 +125,7 @@ async def test_a_failure_beside_the_processor_stops_it_as_a_signal_would_then_is
     settings = load_settings(
         embedded={"data_dir": tmp_path}, processor={"batch_size": 50, "checkpoint_interval_s": 3600}
     )
-    simulator = Simulator(apps=3, rate=100.0, seed=4, start=datetime(2026, 12, 1, tzinfo=UTC))
-    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
-    try:
-        log.append([(event.app_id, event.body) for event in simulator.events(2000)])
-    finally:
-        log.close()
+    _append_simulated(settings, Simulator(apps=3, rate=100.0, seed=4, start=START), 2000)
     pool = FailingPool(settings.embedded.store_path, after=100)
 
     @contextlib.asynccontextmanager
