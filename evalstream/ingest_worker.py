@@ -37,8 +37,8 @@ from common.errors import EvalstreamError
 from evalstream import logs, wiring
 from evalstream.settings import Settings
 from stream.exceptions import SourceUnavailable
+from stream.memory import tuned_memory
 from stream.metrics import IngestMetrics, snapshot
-from stream.processor import tuned_gc
 from stream.producers.ingest_rates import SqliteBuckets
 from stream.producers.ingest_server import serving
 from stream.sources.subprocess_channel import Channel
@@ -126,7 +126,7 @@ async def serve(spec: WorkerSpec, channel: Channel) -> None:
             # As the processing workers: the start-up's objects (modules, the model's schemas)
             # leave the collector's scans; full collections over them stalled every request
             # in flight for tens of ms.
-            with tuned_gc():
+            with tuned_memory():
                 async with (
                     serving(
                         app.app,

@@ -25,8 +25,9 @@ from evalstream import wiring
 from evalstream.worker_pipe import finished, listen, run_worker, started
 from schemas import Breach
 from stream.exceptions import SourceUnavailable
+from stream.memory import tuned_memory
 from stream.ports import PartitionContext
-from stream.processor import drive, tuned_gc
+from stream.processor import drive
 from stream.sources.local_log_share import LocalLogShare
 from stream.sources.subprocess_channel import Channel
 from stream.stats import THIS_PROCESS, ProcessorStats
@@ -139,7 +140,7 @@ async def _work(read_fd: int, write_fd: int) -> int:
             # Only now does the supervisor give this worker partitions: until here they are
             # processed by the other workers instead of waiting for this one's start.
             stats.tell("started")
-            with tuned_gc():
+            with tuned_memory():
                 await drive(source, pipeline, stop)
             if pipeline.failure is not None:
                 raise pipeline.failure

@@ -4,50 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
+from stream.memory import tuned_memory
 from stream.pipeline import Pipeline
 from stream.ports import EventSource
 from stream.stats import ProcessorStats
 
 logger = logging.getLogger(__name__)
-
-# Young-generation threshold while processing: a 1,000-event batch allocates about 12 tracked
-# objects per event, so CPython's default (700) collects many times per batch, scanning the
-# batch's still-live documents each time (measured ≈ 7 µs/event, ~10% of the pipeline).
-GC_YOUNG_THRESHOLD = 20_000
-
-
-class _TunedGC:
-    """Collect less often while processing: the pipeline makes few reference cycles, and what
-    it allocates per batch is freed by reference counting when the batch ends. Restored when
-    the last processor of the process ends (it may run inside a larger program, such as a
-    test session, or beside another processor)."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.saved = gc.get_threshold()
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        if self.depth == 0:
-            self.saved = gc.get_threshold()
-            # Objects alive at start (modules, settings, clients) leave the collector's scans.
-            gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *self.saved[1:])
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-            if self.depth == 0:
-                gc.set_threshold(*self.saved)
-                gc.unfreeze()
-
-
-tuned_gc = _TunedGC()
 
 
 class Processor:
@@ -71,7 +36,7 @@ class Processor:
         A failure of the pipeline that no retry mends (the store set up wrongly, e.g. a
         container deleted) sets ``stop`` as well: the source stops retrying, partitions close
         with what was durably written checkpointed, and the failure is raised here."""
-        with tuned_gc():
+        with tuned_memory():
             async with asyncio.TaskGroup() as group:
                 reporter = group.create_task(
                     report_status(

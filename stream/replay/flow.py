@@ -19,9 +19,9 @@ from alerts.ports import AlertPublisher
 from schemas import Breach
 from store.ports import ProcessorStore
 from stream.exceptions import ReplayError
+from stream.memory import tuned_memory
 from stream.pipeline import Pipeline
 from stream.ports import HotPathFactory
-from stream.processor import tuned_gc
 from stream.replay import report
 from stream.replay.job import FORMAT, JobFile
 from stream.replay.ports import PartitionPlan, ReplayReader
@@ -175,7 +175,7 @@ async def run(
     if reading.collect:
         assert pieces.hot_path is not None
         watcher.detecting(len(job.apps_to_detect()))
-        with tuned_gc():
+        with tuned_memory():
             if not await detect(job, pieces.hot_path, stop, watcher.app_detected):
                 return None
     job.note_unreadable(pieces.reader.unreadable)
@@ -214,5 +214,5 @@ async def read(
         on_events=on_events,
     )
     # The processor's collector set-up: the same batches, the same allocations.
-    with tuned_gc():
+    with tuned_memory():
         return await replay.run(plans, stop)
