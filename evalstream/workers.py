@@ -277,7 +277,8 @@ class WorkerPool:
                     async with asyncio.TaskGroup() as slots:
                         for slot in range(self.workers):
                             slots.create_task(self._keep(slot, stop))
-                        # Done within FIRST_SHARES_WAIT_S: the group waits for it.
+                        # Done within FIRST_SHARES_WAIT_S, or at the stop: the group waits
+                        # for it.
                         slots.create_task(self._first_shares(stop))
                     reporter.cancel()
                     sweeper.cancel()
@@ -394,12 +395,21 @@ class WorkerPool:
     async def _first_shares(self, stop: asyncio.Event) -> None:
         """Share the partitions once every worker has started, or after FIRST_SHARES_WAIT_S
         among those that have (a worker that cannot start gets its share when it does)."""
+        started = asyncio.ensure_future(self._all_started.wait())
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait_for(self._all_started.wait(), FIRST_SHARES_WAIT_S)
-        except TimeoutError:
+            await asyncio.wait(
+                {started, stopping},
+                timeout=FIRST_SHARES_WAIT_S,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            started.cancel()
+            stopping.cancel()
+        # A stop ends the wait at once: the task group waits for this task.
+        if not self._all_started.is_set() and not stop.is_set():
             self._first_starts.clear()
-            if not stop.is_set():
-                await self._rebalance()
+            await self._rebalance()
         # Else the last one to start has shared them (``_dispatch``).
 
     async def _rebalance(self) -> None:

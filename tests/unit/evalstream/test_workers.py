@@ -209,3 +209,32 @@ def test_a_crash_loop_is_logged_once_per_cause_and_interval_then_its_recovery(
         "processing worker 1 started again after 9 failed runs",
     ]
     assert all(r.exc_text is None for r in records[1:])
+
+
+async def test_a_stop_before_every_worker_has_started_ends_the_wait_for_the_first_shares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(embedded={"data_dir": tmp_path, "workers": 2})
+    pool = WorkerPool(settings, ProcessorStats(), 2)
+    shared: list[str] = []
+
+    async def rebalance() -> None:
+        shared.append("shares")
+
+    monkeypatch.setattr(pool, "_rebalance", rebalance)
+    # A worker that never says it has started (its interpreter stuck at import, say): the
+    # wait for it would last the hour; the stop ends it, and nothing is shared after a stop.
+    monkeypatch.setattr(workers, "FIRST_SHARES_WAIT_S", 3600.0)
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(pool._first_shares(stop))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stop.set()
+    async with asyncio.timeout(5):
+        await waiting
+    assert shared == []
+    # Without a stop, the wait ends after FIRST_SHARES_WAIT_S and the started ones share.
+    monkeypatch.setattr(workers, "FIRST_SHARES_WAIT_S", 0.01)
+    async with asyncio.timeout(5):
+        await pool._first_shares(asyncio.Event())
+    assert shared == ["shares"]
