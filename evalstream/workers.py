@@ -9,10 +9,10 @@ worker whose event loop sends no heartbeat for ``embedded.worker_stall_s`` is st
 deadlocked, blocked on a hung file system; counted while the supervisor listens: a supervisor
 held up itself blames nobody): readiness names it and its partitions, and it is killed, so its
 partitions move and it is restarted like any dead worker. The promise "never two workers on one
-partition" does not rest on this bookkeeping: a worker processes a partition only
-while it holds the partition's lock file (``stream.sources.local_log_share``), and a partition's
-detector snapshot and checkpoint are written by its owner before it lets go, so the next owner
-resumes from them exactly.
+partition" does not rest on this bookkeeping: a worker processes a partition only while it holds
+the partition's lock file (``stream.sources.local_log_share``), and a partition's detector
+snapshot and checkpoint are written by its owner before it lets go, so the next owner resumes
+from them exactly.
 
 Workers report each batch's outcome over their pipe; the supervisor adds them up into one
 ProcessorStats, so the status line, ``--until-idle``, readiness and the metrics cover all of

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 # objects per event, so CPython's default (700) collects many times per batch, scanning the
 # batch's still-live documents each time (measured ≈ 7 µs/event, ~10% of the pipeline).
 GC_YOUNG_THRESHOLD = 20_000
-# How often freed heap memory is handed back (one call took 0.6-1.2 ms in a processing worker).
+# How often freed heap memory is handed back (a call took 0.5-1.0 ms, 4.4 at most, in a
+# processing worker under load).
 TRIM_INTERVAL_S = 10.0
 
 
@@ -35,7 +36,7 @@ class _Trimmer:
     glibc's malloc keeps what is freed for reuse and gives back to the system only free memory
     at the top of its heap. A processing process frees each batch's documents (~1.5 KB
     buffers) between longer-lived allocations (SQLite's pages, caches), so the free memory it
-    keeps sits between them: in a worker under a sustained load it grew from 4 to 29 MB in 5
+    keeps sits between them: in a worker under a sustained load it grew from 4 to 26-30 MB in 7
     minutes, live memory flat at 17-21 MB (bench/NOTES.md), and the process's resident size
     with it. ``malloc_trim(0)`` returns every whole free page wherever it is (glibc ≥ 2.8),
     which keeps the resident size at what is in use. A thread, so that every loop it runs
