@@ -201,14 +201,8 @@ async def run_processor(
                     _once_caught_up(
                         stats,
                         stop,
-                        lambda: coldpath_schedule.run_schedule(
-                            settings,
-                            catalogue,
-                            store,
-                            stop,
-                            on_status,
-                            on_breach,
-                            stats.metrics,
+                        lambda: coldpath_schedule.run_schedule_apart(
+                            settings, catalogue, stop, on_status, on_breach, stats.metrics
                         ),
                     )
                 )
