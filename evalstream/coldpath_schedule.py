@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
 
 from alerts.ports import AlertPublisher
 from coldpath.config import DEMO_POLICY
@@ -164,32 +163,30 @@ async def run_schedule_apart(
     workers' heartbeats. On a thread the interpreter switches between them every few
     milliseconds instead. ``on_status``, ``on_breach`` and ``metrics`` are called from that
     thread (logging and the metrics are thread-safe)."""
-    loop = asyncio.get_running_loop()
-    # Set once the thread's loop runs: the way to tell it to stop from this loop.
-    ready: asyncio.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = loop.create_future()
+    # The thread's loop is made here, so this loop can tell it to stop at any time: a
+    # callback handed to it before it runs waits for it to start.
+    runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
+    other = runner.get_loop()
+    stopping = asyncio.Event()  # bound to the loop that first waits on it: the thread's
 
     async def apart() -> None:
-        stopping = asyncio.Event()
-        loop.call_soon_threadsafe(ready.set_result, (asyncio.get_running_loop(), stopping))
         async with wiring.store(settings) as telemetry:
             await run_schedule(
                 settings, catalogue, telemetry, stopping, on_status, on_breach, metrics
             )
 
-    thread = asyncio.ensure_future(asyncio.to_thread(asyncio.run, apart()))
+    def run() -> None:
+        with runner:
+            runner.run(apart())
+
+    thread = asyncio.ensure_future(asyncio.to_thread(run))
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({thread, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
-        if not thread.done():
-            # Stopped before its loop ran, maybe: it is told once it does.
-            either: set[asyncio.Future[Any]] = {ready, thread}
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if ready.done():
-                other, stopping = ready.result()
-                with contextlib.suppress(RuntimeError):  # its loop has closed already
-                    other.call_soon_threadsafe(stopping.set)
+        with contextlib.suppress(RuntimeError):  # its loop has closed already
+            other.call_soon_threadsafe(stopping.set)
         # The thread finishes its evaluation in progress and closes its stores before this
         # returns (the process exits only after).
         await asyncio.shield(thread)
