@@ -26,7 +26,7 @@ from common.errors import Misconfigured
 from common.retry import retry
 from stream.config import ProcessorSettings
 from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
-from stream.exceptions import SourceError
+from stream.exceptions import PartitionLost, SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
 from stream.sources.eventhubs_partition import (
@@ -190,7 +190,19 @@ class EventHubsSource:
 
     async def _on_event_batch(self, sdk: SdkPartitionContext, events: list[EventData]) -> None:
         partition = self._partitions.get(str(sdk.partition_id))
-        if partition is None or not partition.initialized or partition.abandoned or partition.lost:
+        if partition is None or not partition.initialized:
+            return
+        if partition.lost:
+            # The ownership check saw another owner before the SDK did. The SDK closes the
+            # partition when its load balancer sees that owner, but not when the owner's claim
+            # is gone by then (it died before receiving): it claims the partition back and
+            # keeps this receive running, which must not deliver. Ending the receive makes the
+            # SDK close the partition and start it afresh from its checkpoint once it claims it.
+            raise PartitionLost(
+                f"partition {partition.partition_id} was claimed by another processor: its "
+                "receive ends and the partition starts again from its checkpoint if it comes back"
+            )
+        if partition.abandoned:
             return
         if events:
             partition.add(partition.received(events))

@@ -38,7 +38,7 @@ from store.sqlite import SqliteStore
 from stream.config import ProcessorSettings
 from stream.decode import Decoder
 from stream.enrich import Enricher, document_id, partition_key
-from stream.exceptions import SourceError
+from stream.exceptions import PartitionLost, SourceError
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
 from stream.processor import Processor
@@ -126,6 +126,8 @@ class Recorder:
         self.hold_after: int | None = None
         self.held = 0
         self.release = asyncio.Event()
+        # Partitions whose batch found the partition taken over (one entry per attempt).
+        self.lost: list[str] = []
 
     async def on_partition_initialize(self, context: PartitionContext) -> None:
         await self.pipeline.on_partition_initialize(context)
@@ -140,7 +142,11 @@ class Recorder:
             self.failures -= 1
             self.failed += 1
             raise RuntimeError("injected batch failure")
-        await self.pipeline.on_batch(context, events)
+        try:
+            await self.pipeline.on_batch(context, events)
+        except PartitionLost:
+            self.lost.append(context.partition_id)
+            raise
         self.delivered.setdefault(context.partition_id, []).extend(e.sequence for e in events)
 
     async def on_idle(self, context: PartitionContext) -> None:
@@ -756,6 +762,7 @@ class NewOwner:
     def __init__(self, harness: Harness, partition: str) -> None:
         self.harness = harness
         self.partition = partition
+        self.claimed: dict[str, Any] = {}
 
     def _blob_store(self) -> BlobCheckpointStore:
         return BlobCheckpointStore.from_connection_string(
@@ -769,6 +776,13 @@ class NewOwner:
             (current,) = [o for o in ownerships if o["partition_id"] == self.partition]
             claimed = await store.claim_ownership([{**current, "owner_id": "the-new-owner"}])
             assert [o["partition_id"] for o in claimed] == [self.partition]
+            self.claimed = claimed[0]
+
+    async def release(self) -> None:
+        """Give the claim up, as the SDK does for its partitions when it shuts down."""
+        async with self._blob_store() as store:
+            released = await store.claim_ownership([{**self.claimed, "owner_id": ""}])
+            assert [o["partition_id"] for o in released] == [self.partition]
 
     async def save(self) -> int:
         """The new owner's snapshot and checkpoint at the partition's last event."""
@@ -856,6 +870,42 @@ async def test_a_batch_finishing_after_a_takeover_writes_neither_snapshot_nor_ch
     assert "1" not in recorder.delivered
     for p in ("0", "2", "3"):
         assert checkpoints[p] == last[p]
+
+
+@pytest.mark.parametrize("receiver", ["same-process", "child-process"])
+async def test_a_partition_claimed_by_an_owner_that_died_before_receiving_comes_back(
+    harness: Harness, sink: EventHubsSink, receiver: str
+) -> None:
+    # Another processor claims partition 1 and dies before it attaches a receiver (killed
+    # while initialising it), and its claim is gone before this processor's load balancer
+    # looks again: the SDK then claims the partition back without ever having closed it.
+    harness.settings = harness.settings.model_copy(
+        update={"load_balancing_interval_s": 10.0, "partition_ownership_expiration_s": 60.0}
+    )
+    await harness.send(sink, simulated(400, seed=21))
+    recorder = harness.recorder()  # every batch checkpoints, so checks its ownership first
+    recorder.hold_after = 0  # every partition's first batch waits at the door
+    source = (
+        harness.source(batch_size=20)
+        if receiver == "same-process"
+        else harness.child_source(batch_size=20)
+    )
+    running = Running(source, recorder)
+    new_owner = NewOwner(harness, "1")
+    try:
+        await wait_for(lambda: recorder.held == len(PARTITIONS), "a batch held on every partition")
+        await new_owner.take_over()
+        recorder.hold_after = None
+        recorder.release.set()
+        await wait_for(lambda: "1" in recorder.lost, "partition 1's batch to find the new owner")
+        await new_owner.release()
+        await harness.send(sink, simulated(400, seed=22))
+        # Without the fix the partition stayed claimed and delivered nothing, for ever.
+        await processed_to_the_end(harness, recorder)
+    finally:
+        await running.stop()
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == harness.last_sequences()
 
 
 @pytest.mark.parametrize("receiver", ["same-process", "child-process"])
