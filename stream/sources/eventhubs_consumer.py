@@ -87,6 +87,8 @@ class EventHubsSource:
         self._store: CheckpointStore | None = None
         self._credential: AsyncTokenCredential | None = None
         self._partitions: dict[str, EventHubsPartition] = {}
+        # Partitions whose close is running: the checkpoint store does not claim them.
+        self._closing: set[str] = set()
         self.errors = 0
 
     @property
@@ -102,6 +104,7 @@ class EventHubsSource:
         self._credential = credential
         try:
             store = self._checkpoint_store(credential)
+            store.closing = self._closing
             store.starting_positions = StartingPositions(
                 _STARTING_POSITIONS[self.settings.starting_position], self.covered
             )
@@ -240,6 +243,14 @@ class EventHubsSource:
         partition = self._partitions.pop(str(sdk.partition_id), None)
         if partition is None:
             return
+        # Not claimed again until this close ended (see CheckpointStore).
+        self._closing.add(partition.partition_id)
+        try:
+            await self._close(partition, reason)
+        finally:
+            self._closing.discard(partition.partition_id)
+
+    async def _close(self, partition: EventHubsPartition, reason: SdkCloseReason) -> None:
         partition.closing = True
         if reason is SdkCloseReason.OWNERSHIP_LOST:
             # The batch in flight may finish after the new owner saved its snapshot and

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -131,7 +131,7 @@ def _stored_sequence(metadata: dict[str, str] | None) -> int | None:
 
 
 class CheckpointStore(BlobCheckpointStore):
-    """The SDK's Blob checkpoint store, with three changes.
+    """The SDK's Blob checkpoint store, with four changes.
 
     A checkpoint blob it cannot read (metadata missing or not numbers: another tool, a partial
     restore) does not stop every partition. The SDK lists all checkpoints whenever it starts
@@ -150,11 +150,18 @@ class CheckpointStore(BlobCheckpointStore):
     a partition can tell whether the ownership blob still names this processor (``owner``), and
     the claimed partitions without a checkpoint start where their snapshot ends
     (``starting_positions``, refreshed whenever checkpoints are listed).
+
+    It does not claim a partition whose close is still running in this processor (``closing``,
+    kept by the source). The SDK cancels a partition it lost again at each round while the
+    close runs, which ends the partition's task early; claimed back then (its new owner gone),
+    the partition would start while the close still runs, and the close would end what the
+    start set up (both name the same partition).
     """
 
     owner_id: str | None = None
     claimed: frozenset[str] = frozenset()
     starting_positions: StartingPositions | None = None
+    closing: Container[str] = frozenset()
 
     async def claim_ownership(
         self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any
@@ -164,6 +171,11 @@ class CheckpointStore(BlobCheckpointStore):
             # A release claims with an empty owner id.
             if ownership.get("owner_id"):
                 self.owner_id = str(ownership["owner_id"])
+        ownerships = [
+            ownership
+            for ownership in ownerships
+            if not (ownership.get("owner_id") and str(ownership["partition_id"]) in self.closing)
+        ]
         claimed = list(await super().claim_ownership(ownerships, **kwargs))
         if self.owner_id is not None:
             self.claimed = frozenset(

@@ -128,9 +128,13 @@ class Recorder:
         self.release = asyncio.Event()
         # Partitions whose batch found the partition taken over (one entry per attempt).
         self.lost: list[str] = []
+        self.initialized: list[str] = []
+        # When set, a close of partition ``hold_close[0]`` waits for ``hold_close[1]``.
+        self.hold_close: tuple[str, asyncio.Event] | None = None
 
     async def on_partition_initialize(self, context: PartitionContext) -> None:
         await self.pipeline.on_partition_initialize(context)
+        self.initialized.append(context.partition_id)
 
     async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         if not events:
@@ -154,6 +158,8 @@ class Recorder:
 
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         self.closes.append((context.partition_id, reason))
+        if self.hold_close is not None and self.hold_close[0] == context.partition_id:
+            await self.hold_close[1].wait()
         if not self.crash_on_close:
             await self.pipeline.on_partition_close(context, reason)
 
@@ -904,6 +910,56 @@ async def test_a_partition_claimed_by_an_owner_that_died_before_receiving_comes_
         await processed_to_the_end(harness, recorder)
     finally:
         await running.stop()
+    await harness.assert_store_exact()
+    assert await harness.checkpoints() == harness.last_sequences()
+
+
+async def test_a_partition_claimed_back_while_its_close_still_runs_starts_after_it(
+    harness: Harness, sink: EventHubsSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Partition 1 is taken over and its close takes longer than load-balancing rounds (a
+    # batch in flight, a slow store); the new owner dies meanwhile and the partition is free
+    # to claim again. Its next start must come after that close, or the close ends what the
+    # start set up (both name the same partition).
+    rounds = 0
+    list_ownership = CheckpointStore.list_ownership
+
+    async def counted(self: CheckpointStore, *args: Any, **kwargs: Any) -> Any:
+        nonlocal rounds
+        rounds += 1
+        return await list_ownership(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointStore, "list_ownership", counted)
+    await harness.send(sink, simulated(400, seed=23))
+    recorder = harness.recorder()
+    release_close = asyncio.Event()
+    recorder.hold_close = ("1", release_close)
+    source = harness.source(batch_size=20)
+    running = Running(source, recorder)
+    new_owner = NewOwner(harness, "1")
+    try:
+        await processed_to_the_end(harness, recorder)
+        assert source._client is not None
+        (processor,) = source._client._event_processors.values()
+        await new_owner.take_over()
+        await wait_for(
+            lambda: ("1", CloseReason.OWNERSHIP_LOST) in recorder.closes,
+            "the load balancer to close partition 1",
+        )
+        # The SDK cancels the partition again at its next round: its task ends, though the
+        # close goes on (shielded), and the SDK forgets it.
+        await wait_for(lambda: "1" not in processor._tasks, "the SDK to drop partition 1's task")
+        await new_owner.release()
+        since = rounds
+        await wait_for(lambda: rounds >= since + 3, "three load-balancing rounds")
+        starts_during_the_close = recorder.initialized.count("1")
+        release_close.set()
+        await harness.send(sink, simulated(400, seed=24))
+        await processed_to_the_end(harness, recorder)
+    finally:
+        release_close.set()
+        await running.stop()
+    assert starts_during_the_close == 1, "partition 1 started again before its close ended"
     await harness.assert_store_exact()
     assert await harness.checkpoints() == harness.last_sequences()
 
