@@ -66,14 +66,28 @@ def initialised(log: Path) -> set[str]:
     return set(re.findall(r"partition initialised partition=(\d+)", log.read_text()))
 
 
+def story(log: Path) -> str:
+    """What a log says of partitions and trouble (every such line), then its last lines."""
+    lines = log.read_text().splitlines()
+    said = [
+        line[:300]
+        for line in lines
+        if re.search(r"WARNING|ERROR|partition (initialised|closed)", line)
+        and "Cosmos store open" not in line
+    ]
+    return "\n".join([*said[-60:], "... last lines:", *lines[-8:]])
+
+
 async def wait_for(
     condition: Callable[[], Any], what: str, timeout: float, logs: list[Path]
 ) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
         if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what}\n"
+                + "\n".join(f"--- {log.name}\n{story(log)}" for log in logs)
+            )
         await asyncio.sleep(0.2)
 
 
