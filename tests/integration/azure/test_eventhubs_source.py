@@ -273,6 +273,10 @@ class Harness:
             assert record.source == SOURCE_NAME
         assert stored == self.expected.quarantined
 
+    async def assert_exact_and_checkpointed_to_the_end(self) -> None:
+        await self.assert_store_exact()
+        assert await self.checkpoints() == self.last_sequences()
+
 
 async def processed_to_the_end(harness: Harness, recorder: Recorder) -> None:
     """Wait until every partition's last event (as the broker holds them now) was delivered."""
@@ -379,8 +383,7 @@ async def test_restart_resumes_after_the_checkpoints(harness: Harness, sink: Eve
     for p in PARTITIONS:
         delivered = second.delivered.get(p, [])
         assert delivered == list(range(checkpoints[p] + 1, harness.last_sequences()[p] + 1))
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
 
     # A crash: the processor checkpoints on its cadence only (its close never runs). The
     # restart repeats exactly the events after each partition's last checkpoint.
@@ -426,8 +429,7 @@ async def test_abandoned_failed_batch_is_delivered_again_after_restart(
     await running.stop()
     for p in PARTITIONS:
         assert healthy.delivered[p][0] == 0
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
 
 
 @pytest.mark.parametrize(
@@ -463,8 +465,7 @@ async def test_an_unreadable_checkpoint_restarts_its_partition_and_stops_no_othe
     assert recorder.delivered["1"][0] == 0
     for p in ("0", "2", "3"):
         assert recorder.delivered[p][0] == checkpoints[p] + 1
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
 
 
 async def test_a_checkpoint_container_deleted_while_running_is_made_again(
@@ -487,8 +488,7 @@ async def test_a_checkpoint_container_deleted_while_running_is_made_again(
         await processed_to_the_end(harness, recorder)
     finally:
         await running.stop()
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
 
 
 async def test_two_sources_share_the_partitions_and_one_takes_over(
@@ -527,8 +527,7 @@ async def test_two_sources_share_the_partitions_and_one_takes_over(
         if not b.task.done():
             await b.stop()
         await a.stop()
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
     # Between them, both delivered every event at least once (a takeover may repeat a few).
     assert a.events + b.events >= harness.expected.events
     assert b.events > 0 and a.events > 0
@@ -574,8 +573,7 @@ async def test_connection_drop_mid_stream_loses_nothing(
         await processed_to_the_end(harness, recorder)
     finally:
         await running.stop()
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
     for p in PARTITIONS:
         assert set(recorder.delivered[p]) == set(range(harness.last_sequences()[p] + 1))
     lost = [p for p, reason in recorder.closes if reason is CloseReason.OWNERSHIP_LOST]
@@ -906,12 +904,12 @@ async def test_a_partition_claimed_by_an_owner_that_died_before_receiving_comes_
         await wait_for(lambda: "1" in recorder.lost, "partition 1's batch to find the new owner")
         await new_owner.release()
         await harness.send(sink, simulated(400, seed=22))
-        # Without the fix the partition stayed claimed and delivered nothing, for ever.
+        # Claimed back without a close, the partition must deliver again (it delivered
+        # nothing, for ever).
         await processed_to_the_end(harness, recorder)
     finally:
         await running.stop()
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
 
 
 async def test_a_partition_claimed_back_while_its_close_still_runs_starts_after_it(
@@ -960,8 +958,7 @@ async def test_a_partition_claimed_back_while_its_close_still_runs_starts_after_
         release_close.set()
         await running.stop()
     assert starts_during_the_close == 1, "partition 1 started again before its close ended"
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
 
 
 @pytest.mark.parametrize("receiver", ["same-process", "child-process"])
@@ -1007,8 +1004,7 @@ async def test_a_partition_whose_checkpoint_blob_is_deleted_resumes_after_its_sn
             f"{before['1']}: starting after it, not at @latest" in r.getMessage()
             for r in caplog.records
         )
-    await harness.assert_store_exact()
-    assert await harness.checkpoints() == harness.last_sequences()
+    await harness.assert_exact_and_checkpointed_to_the_end()
 
 
 async def test_a_checkpoint_never_moves_backwards_whatever_the_order_of_writes(
