@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from common.errors import Misconfigured
 from common.retry import Backoff, Stopped, retry
+from stream.exceptions import PartitionLost
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,11 @@ def any_failure(exc: BaseException) -> bool:
     return not isinstance(exc, Misconfigured)
 
 
+def _worth_another_attempt(exc: BaseException) -> bool:
+    # Another processor owns the partition now: the batch and those after it are its own.
+    return any_failure(exc) and not isinstance(exc, PartitionLost)
+
+
 async def deliver(
     attempt: Callable[[], Awaitable[None]],
     *,
@@ -35,21 +41,29 @@ async def deliver(
     closing: Callable[[], bool],
     stop: asyncio.Event,
 ) -> bool:
-    """Run ``attempt`` until it succeeds (True), or until the partition is closing, the
-    source stopping or the handler giving up (False: the batch is abandoned, and the caller
-    must abandon later ones, whose checkpoint would cover it)."""
+    """Run ``attempt`` until it succeeds (True), or until the partition is closing or lost to
+    another processor, the source stopping or the handler giving up (False: the batch is
+    abandoned, and the caller must abandon later ones, whose checkpoint would cover it)."""
     try:
         await retry(
             attempt,
             backoff=HANDLER_BACKOFF,
             what="batch",
-            retryable=any_failure,
+            retryable=_worth_another_attempt,
             stop=stop,
             giving_up=closing,
             log_fields={"partition": partition_id, "first_sequence": first_sequence},
             log_traceback=True,
         )
     except Stopped:
+        return False
+    except PartitionLost as exc:
+        # A hand-over, not a fault: said in one line, without a traceback.
+        logger.warning(
+            "batch abandoned: %s",
+            exc,
+            extra={"partition": partition_id, "first_sequence": first_sequence},
+        )
         return False
     except Misconfigured as exc:
         # The handler logged the error and stops the source (Pipeline.failed): one line for
