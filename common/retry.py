@@ -68,6 +68,16 @@ class Stopped(Exception):
     """``retry`` gave up because its caller stopped it; the last failure is the cause."""
 
 
+async def until_set(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Return once any of ``events`` is set, or after ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 async def sleep_or_stop(seconds: float, stop: asyncio.Event | None) -> bool:
     """Sleep up to ``seconds``; True when ``stop`` was set meanwhile."""
     if stop is None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from common.retry import Backoff, sleep_or_stop
+from common.retry import Backoff, sleep_or_stop, until_set
 from evalstream.settings import Settings
 from evalstream.worker_pipe import start_worker
 from stream.exceptions import SourceError, StreamError
@@ -395,17 +395,7 @@ class WorkerPool:
     async def _first_shares(self, stop: asyncio.Event) -> None:
         """Share the partitions once every worker has started, or after FIRST_SHARES_WAIT_S
         among those that have (a worker that cannot start gets its share when it does)."""
-        started = asyncio.ensure_future(self._all_started.wait())
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait(
-                {started, stopping},
-                timeout=FIRST_SHARES_WAIT_S,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            started.cancel()
-            stopping.cancel()
+        await until_set(self._all_started, stop, timeout=FIRST_SHARES_WAIT_S)
         # A stop ends the wait at once: the task group waits for this task.
         if not self._all_started.is_set() and not stop.is_set():
             self._first_starts.clear()

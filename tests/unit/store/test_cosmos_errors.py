@@ -28,6 +28,7 @@ from store.exceptions import (
     StoreMisconfigured,
     StoreUnavailable,
 )
+from tests.unit.flaky import Flaky
 
 
 def http_error(status: int, retry_after_ms: str | None = None) -> CosmosHttpResponseError:
@@ -186,20 +187,6 @@ def test_the_max_retries_setting_sets_the_limit_of_the_default_schedule() -> Non
     assert CosmosSettings(max_retries=2).backoff == Backoff(
         initial_s=0.1, max_s=10.0, max_retries=2
     )
-
-
-class Flaky:
-    """An operation failing with the given errors in turn, then answering "ok"."""
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "ok"
 
 
 FAST = Backoff(initial_s=0.001, max_s=0.002, max_retries=3)

@@ -10,38 +10,28 @@ import pytest
 
 from stream.delivery import deliver
 from stream.exceptions import PartitionLost
+from tests.unit.flaky import Flaky
 
 
-class Handler:
-    def __init__(self, *failures: Exception) -> None:
-        self.failures = list(failures)
-        self.attempts = 0
-
-    async def __call__(self) -> None:
-        self.attempts += 1
-        if self.failures:
-            raise self.failures.pop(0)
-
-
-async def run(handler: Handler) -> bool:
+async def run(handler: Flaky) -> bool:
     return await deliver(
         handler, partition_id="3", first_sequence=40, closing=lambda: False, stop=asyncio.Event()
     )
 
 
 async def test_a_failing_batch_is_attempted_again_until_it_succeeds() -> None:
-    handler = Handler(RuntimeError("store down"), ValueError("a bug"))
+    handler = Flaky(RuntimeError("store down"), ValueError("a bug"))
     assert await run(handler) is True
-    assert handler.attempts == 3
+    assert handler.calls == 3
 
 
 async def test_a_batch_of_a_partition_lost_to_another_processor_is_given_up_in_one_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="stream.delivery")
-    handler = Handler(PartitionLost("partition 3 is owned by another processor now"))
+    handler = Flaky(PartitionLost("partition 3 is owned by another processor now"))
     assert await run(handler) is False
-    assert handler.attempts == 1
+    assert handler.calls == 1
     (record,) = [r for r in caplog.records if r.name == "stream.delivery"]
     assert record.getMessage() == ("batch abandoned: partition 3 is owned by another processor now")
     assert record.levelno == logging.WARNING and record.exc_info is None
