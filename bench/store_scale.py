@@ -3,10 +3,12 @@
 Run: ``python -m bench.store_scale [--rows N] [--repeats R]``.
 
 Documents are keyed by (pk, id): pk is the app and the day, id is derived from the event (a
-trace id: random). Every write of a 1,000-document batch therefore lands its ids at random
-places in the app-day's part of the key index; once that part has more pages than a batch has
-rows, each row costs a page of its own (WAL frame, checkpoint copy, cache miss). The other
-benches start from an empty store and never get there.
+content hash, or a producer's event_id: random either way). An index led by (pk, id) lands every
+write of a 1,000-document batch at random places in the app-day's part of it; once that part
+has more pages than a batch has rows, each row costs a page of its own (WAL frame, checkpoint
+copy, cache miss). The store's key is therefore led by the time, (pk, ts, id), with a (pk, id)
+index only for rows of a producer's event_id (store.sqlite). The other benches start from an
+empty store and never get there.
 
 Each configuration writes ``--rows`` synthetic documents of one app-day (random 32-hex ids,
 1,500-byte documents, time-ordered) in 1,000-row transactions through the store's own schema
@@ -15,10 +17,11 @@ synchronous=NORMAL), with a checkpoint every ``CHECKPOINT_EVERY_CHANGES`` rows a
 runs them (then the WAL starts over), and measures CPU (process time) and WAL bytes per row over
 each tenth of the run:
 
-- ``store``: as shipped (``common.sqlite.CACHE_KIB`` page cache);
-- ``store, 64 MiB cache``: the same with a larger page cache;
-- ``floor: no key index``: plain inserts without the (pk, id) unique index (what the rows
-  and the time index cost alone; not a correct store: duplicates would not be found).
+- ``store, content ids``: as shipped, rows without an event_id (the time-led key only);
+- ``store, event_ids``: as shipped, every row with a producer's event_id (both indexes);
+- ``before: (pk, id) key``: the key files made before the time-led one keep;
+- ``floor: no key index``: plain inserts without a unique key (what the rows and the time
+  index cost alone; not a correct store: duplicates would not be found).
 
 Configurations interleave, ``--repeats`` times; medians. Results: bench/results/store_scale.md.
 """
@@ -39,30 +42,29 @@ from pathlib import Path
 
 import common.sqlite
 from common.sqlite import CHECKPOINT_EVERY_CHANGES, connect, sqlite3, transaction
-from store.sqlite import _SCHEMA, _UPSERT_TELEMETRY
+from store.sqlite import _KEYS, _LEGACY_KEY, _LEGACY_UPSERT_TELEMETRY, _SCHEMA, _UPSERT_TELEMETRY
 
 RESULTS = Path(__file__).parent / "results" / "store_scale.md"
 BATCH = 1_000
 DOCUMENT = b'{"pad":"' + b"x" * 1_488 + b'"}'
-_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_key ON telemetry (pk, id);"
 _INSERT = "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)
 class Config:
     name: str
-    cache_kib: int
     schema: str
     statement: str
+    # The row's ``named`` value (a producer's event_id), or None: a statement without it.
+    named: bool | None
 
 
 def configurations() -> list[Config]:
-    assert _KEY_INDEX in _SCHEMA, "the store's key index changed: update this bench"
-    shipped = common.sqlite.CACHE_KIB
     return [
-        Config("store", shipped, _SCHEMA, _UPSERT_TELEMETRY),
-        Config("store, 64 MiB cache", 64 * 1024, _SCHEMA, _UPSERT_TELEMETRY),
-        Config("floor: no key index", shipped, _SCHEMA.replace(_KEY_INDEX, ""), _INSERT),
+        Config("store, content ids", _SCHEMA + _KEYS, _UPSERT_TELEMETRY, False),
+        Config("store, event_ids", _SCHEMA + _KEYS, _UPSERT_TELEMETRY, True),
+        Config("before: (pk, id) key", _SCHEMA + _LEGACY_KEY, _LEGACY_UPSERT_TELEMETRY, None),
+        Config("floor: no key index", _SCHEMA, _INSERT, None),
     ]
 
 
@@ -71,12 +73,7 @@ def one_run(config: Config, rows: int, directory: Path) -> list[tuple[float, flo
     path = directory / "store.db"
     for suffix in ("", "-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
-    shipped = common.sqlite.CACHE_KIB
-    common.sqlite.CACHE_KIB = config.cache_kib  # read by connect() as it opens the file
-    try:
-        connection = connect(path)
-    finally:
-        common.sqlite.CACHE_KIB = shipped
+    connection = connect(path)
     connection.execute("PRAGMA wal_autocheckpoint=0")
     connection.executescript(config.schema)
     page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
@@ -85,12 +82,11 @@ def one_run(config: Config, rows: int, directory: Path) -> list[tuple[float, flo
     parts = []
     try:
         for _ in range(10):
-            rows_of_tenth = []
+            rows_of_tenth: list[tuple[object, ...]] = []
             for _ in range(tenth):
                 stamp += 0.001
-                rows_of_tenth.append(
-                    (secrets.token_hex(16), "app-000:2026-12-04", "app-000", stamp, DOCUMENT)
-                )
+                row = (secrets.token_hex(16), "app-000:2026-12-04", "app-000", stamp, DOCUMENT)
+                rows_of_tenth.append(row if config.named is None else (*row, config.named))
             frames, cpu_before = 0, time.process_time()
             for done in range(BATCH, tenth + 1, BATCH):
                 with transaction(connection):

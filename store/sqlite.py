@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from common.sqlite import SqliteFile, sqlite3, transaction
 from schemas import QuarantineRecord, TelemetryDocument
@@ -21,11 +23,22 @@ from store.ports import StateSnapshot
 
 # Rowid tables with a unique key rather than WITHOUT ROWID: documents are ~1-2 KB, and SQLite
 # advises WITHOUT ROWID only for rows much smaller than a page (measured: 4x slower upserts).
+#
+# A telemetry document's key is (pk, id), but its unique index is (pk, ts, id): ids are random
+# (a content hash, or a producer's event_id), so an index led by (pk, id) took each row to a
+# random page of its app-day, and once an app-day outgrew a batch every row dirtied a 16 KiB
+# page of its own (WAL, checkpoint), the write cost growing 4x over a million documents
+# (bench/results/store_scale.md). Led by the time, an app's rows land together. It is the same
+# key for a content id: equal ids are equal events, so equal times. A producer's event_id
+# ("named" rows) can come back with another event at another time, which must be refused as
+# before, so those rows keep a (pk, id) index of their own. Not covered: a producer's event_id
+# equal to the content id of another event of the same app and day (two 128-bit hashes
+# colliding, or a producer copying one).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS telemetry (
-    id TEXT NOT NULL, pk TEXT NOT NULL, app_id TEXT NOT NULL, ts REAL NOT NULL, doc BLOB NOT NULL
+    id TEXT NOT NULL, pk TEXT NOT NULL, app_id TEXT NOT NULL, ts REAL NOT NULL, doc BLOB NOT NULL,
+    named INTEGER NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX IF NOT EXISTS telemetry_key ON telemetry (pk, id);
 CREATE INDEX IF NOT EXISTS telemetry_app_ts ON telemetry (app_id, ts);
 CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT NOT NULL, pk TEXT NOT NULL, received REAL NOT NULL, doc BLOB NOT NULL
@@ -36,6 +49,12 @@ CREATE TABLE IF NOT EXISTS state (
     blob BLOB NOT NULL, PRIMARY KEY (consumer_group, partition)
 );
 """
+_KEYS = """
+CREATE UNIQUE INDEX IF NOT EXISTS telemetry_time_key ON telemetry (pk, ts, id);
+CREATE UNIQUE INDEX IF NOT EXISTS telemetry_named_key ON telemetry (pk, id) WHERE named;
+"""
+# Files made before the time-led key have no ``named`` column and keep their (pk, id) index.
+_LEGACY_KEY = "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_key ON telemetry (pk, id);"
 
 
 def _event_of(doc: str) -> str:
@@ -53,21 +72,68 @@ def _event_of(doc: str) -> str:
 
 # A document replaces the stored one of its id only when both carry the same event (a re-read,
 # a replay, an enrichment fix, a change of key). The WHERE runs only on a key conflict, so new
-# ids cost nothing. (The statements are made of constants only.)
+# ids cost nothing; a named row found at another time is another event, left alone. (The
+# statements are made of constants only.)
+_SAME = f"{_event_of('telemetry.doc')} = {_event_of('excluded.doc')}"
 _UPSERT_TELEMETRY = (
+    "INSERT INTO telemetry (id, pk, app_id, ts, doc, named) VALUES (?, ?, ?, ?, ?, ?) "  # noqa: S608
+    "ON CONFLICT (pk, ts, id) DO UPDATE SET app_id = excluded.app_id, doc = excluded.doc "
+    f"WHERE {_SAME} "
+    "ON CONFLICT (pk, id) WHERE named DO NOTHING"
+)
+_LEGACY_UPSERT_TELEMETRY = (
     "INSERT INTO telemetry (id, pk, app_id, ts, doc) VALUES (?, ?, ?, ?, ?) "  # noqa: S608
     "ON CONFLICT (pk, id) DO UPDATE SET "
-    "app_id = excluded.app_id, ts = excluded.ts, doc = excluded.doc "
-    f"WHERE {_event_of('telemetry.doc')} = {_event_of('excluded.doc')}"
+    f"app_id = excluded.app_id, ts = excluded.ts, doc = excluded.doc WHERE {_SAME}"
 )
-# Numbered parameters: the document is read twice.
+# Whether the stored document of (pk, id) holds the same event; numbered parameters: ?1 the
+# document, ?2 pk, ?3 id, ?4 ts. Each branch is one index's lookup (an OR would scan the day).
 _SAME_EVENT = (
+    f"SELECT {_event_of('doc')} = {_event_of('?1')} FROM telemetry "  # noqa: S608
+    "WHERE pk = ?2 AND ts = ?4 AND id = ?3 UNION ALL "
+    f"SELECT {_event_of('doc')} = {_event_of('?1')} FROM telemetry "
+    "WHERE pk = ?2 AND id = ?3 AND named LIMIT 1"
+)
+_LEGACY_SAME_EVENT = (
     f"SELECT {_event_of('doc')} = {_event_of('?1')} FROM telemetry WHERE pk = ?2 AND id = ?3"  # noqa: S608
 )
+# A point read: the named rows' index, else the app-day's rows by the time-led key.
+_GET_TELEMETRY = (
+    "SELECT doc FROM telemetry WHERE pk = ?1 AND id = ?2 AND named UNION ALL "
+    "SELECT doc FROM telemetry WHERE pk = ?1 AND id = ?2 LIMIT 1"
+)
+_LEGACY_GET_TELEMETRY = "SELECT doc FROM telemetry WHERE pk = ?1 AND id = ?2"
 _UPSERT_QUARANTINE = (
     "INSERT INTO quarantine (id, pk, received, doc) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (pk, id) DO UPDATE SET received = excluded.received, doc = excluded.doc"
 )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The telemetry statements of a file's layout (time-led key, or the legacy one)."""
+
+    upsert: str
+    same_event: str
+    get: str
+    time_led: bool
+
+
+_TIME_LED = _Layout(_UPSERT_TELEMETRY, _SAME_EVENT, _GET_TELEMETRY, time_led=True)
+_LEGACY = _Layout(
+    _LEGACY_UPSERT_TELEMETRY, _LEGACY_SAME_EVENT, _LEGACY_GET_TELEMETRY, time_led=False
+)
+
+
+def _layout(connection: sqlite3.Connection) -> _Layout:
+    """The file's layout, its key indexes made if missing (a new file, or one being opened by
+    several processes at once: ``IF NOT EXISTS``)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(telemetry)")}
+    if "named" in columns:
+        connection.executescript(_KEYS)
+        return _TIME_LED
+    connection.executescript(_LEGACY_KEY)
+    return _LEGACY
 
 
 class SqliteStore:
@@ -78,6 +144,7 @@ class SqliteStore:
         self._file = SqliteFile(
             path, error_type=StoreError, transient_type=StoreUnavailable, schema=_SCHEMA
         )
+        self._layout = self._file.run_blocking(_layout, "open the telemetry keys")
 
     async def __aenter__(self) -> SqliteStore:
         self._check_open()
@@ -102,10 +169,25 @@ class SqliteStore:
         self, documents: Sequence[TelemetryDocument], quarantined: Sequence[QuarantineRecord]
     ) -> list[TelemetryDocument]:
         self._check_open()
-        telemetry = [
-            (doc.id, doc.pk, doc.app_id, doc.timestamp.timestamp(), doc.json_bytes())
-            for doc in documents
-        ]
+        layout = self._layout
+        telemetry: list[tuple[Any, ...]]
+        if layout.time_led:
+            telemetry = [
+                (
+                    doc.id,
+                    doc.pk,
+                    doc.app_id,
+                    doc.timestamp.timestamp(),
+                    doc.json_bytes(),
+                    doc.event_id is not None,
+                )
+                for doc in documents
+            ]
+        else:
+            telemetry = [
+                (doc.id, doc.pk, doc.app_id, doc.timestamp.timestamp(), doc.json_bytes())
+                for doc in documents
+            ]
         quarantine = [
             (rec.id, rec.pk, rec.received_at.timestamp(), rec.model_dump_json())
             for rec in quarantined
@@ -116,9 +198,9 @@ class SqliteStore:
                 conflicts: list[int] = []
                 if telemetry:
                     before = connection.total_changes
-                    connection.executemany(_UPSERT_TELEMETRY, telemetry)
+                    connection.executemany(layout.upsert, telemetry)
                     if connection.total_changes - before < len(telemetry):
-                        conflicts = _conflicts(connection, telemetry)
+                        conflicts = _conflicts(connection, layout, telemetry)
                 if quarantine:
                     connection.executemany(_UPSERT_QUARANTINE, quarantine)
                 return conflicts
@@ -167,9 +249,7 @@ class SqliteStore:
         self._check_open()
 
         def read(connection: sqlite3.Connection) -> bytes | None:
-            row = connection.execute(
-                "SELECT doc FROM telemetry WHERE pk = ? AND id = ?", (pk, document_id)
-            ).fetchone()
+            row = connection.execute(self._layout.get, (pk, document_id)).fetchone()
             return None if row is None else bytes(row[0])
 
         doc = await self._file.run(read, "read telemetry")
@@ -245,12 +325,14 @@ class SqliteStore:
 
 
 def _conflicts(
-    connection: sqlite3.Connection, telemetry: list[tuple[str, str, str, float, bytes]]
+    connection: sqlite3.Connection, layout: _Layout, telemetry: Sequence[tuple[Any, ...]]
 ) -> list[int]:
     """Indexes of the rows the upsert left alone: another event holds their id."""
     conflicts = []
-    for index, (doc_id, pk, _, _, doc) in enumerate(telemetry):
-        same = connection.execute(_SAME_EVENT, (doc, pk, doc_id)).fetchone()
+    for index, row in enumerate(telemetry):
+        doc_id, pk, _, ts, doc = row[:5]
+        parameters = (doc, pk, doc_id, ts) if layout.time_led else (doc, pk, doc_id)
+        same = connection.execute(layout.same_event, parameters).fetchone()
         if same is not None and not same[0]:
             conflicts.append(index)
     return conflicts

@@ -17,6 +17,7 @@ from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+LATER = "2026-11-22T11:00:00Z"
 _ENRICHER = Enricher(AppDirectory(), b"k", "local")
 
 
@@ -55,9 +56,13 @@ async def check_event_id_conflicts(store: TelemetryStore) -> None:
     other = document(8, event_id="e-1", latency_ms=999.0, user_id="u-1")
     # Whether an event names a user is the event's: one without is another event.
     anonymous = document(8, index=1, event_id="e-1", latency_ms=100.0)
-    # Alone in its batch, so only what is stored can refuse it.
-    refused = await store.write([other], [])
-    assert len(refused) == 1 and refused[0] is other
+    # Alone in its batch, so only what is stored can refuse it; at another time of the same
+    # app-day too (the embedded store's key is led by the time).
+    later = document(8, event_id="e-1", latency_ms=100.0, user_id="u-1", timestamp=LATER)
+    assert later.pk == first.pk and later.timestamp != first.timestamp
+    for different in (other, later):
+        refused = await store.write([different], [])
+        assert len(refused) == 1 and refused[0] is different
     refused = await store.write([reread, anonymous], [])
     assert len(refused) == 1 and refused[0] is anonymous
     # The re-read replaced the first read (ingest fields), the other events changed nothing.
