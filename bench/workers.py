@@ -6,7 +6,9 @@ events, 20 apps, the default 8 partitions, hot path on) to a fresh data dir and 
 command on it, once per worker count, the counts interleaved (and their order alternated) so each
 sees the same machine load. events/s is counted from the first stored record to the last (the
 processes' start-up is not in it; it is reported apart, as the CPU of the whole run per event).
-Beside it, measured in the same run: the serial parts a model of more cores needs (the store's
+Interleaved with them, the machine's own scaling as a reference: two ``process --workers 1`` at
+once, each on its own copy of half the log (the same machine, nothing else shared). Beside it,
+measured in the same run: the serial parts a model of more cores needs (the store's
 write lock held per event, a log read per event) and the workers' resident memory, also with
 ``--memory-apps`` apps, and optionally under a sustained simulated load. Results: medians, written
 to bench/results/workers.md, or the file ``--out`` names there (the recorded runs: 100,000 events
@@ -295,6 +297,50 @@ def one_run(template: Path, workers: int, total: int) -> Run:
         return Run(workers, total, done - first, cpu, shares, pipelines, rss, observer_cpu, steal)
 
 
+def pair_run(templates: list[Path], totals: list[int]) -> float:
+    """events/s of two ``process --workers 1`` at once, each on its own copy of a log, from the
+    first record either stores to the last of both: what the machine gives two processes that
+    share nothing but it (no file, no lock), the reference the 2-worker figure is read against."""
+    with tempfile.TemporaryDirectory() as folder:
+        started: list[tuple[subprocess.Popen[bytes], StoreWatch]] = []
+        try:
+            for number, template in enumerate(templates):
+                data_dir = Path(folder) / f"data{number}"
+                shutil.copytree(template, data_dir)
+                process = subprocess.Popen(
+                    command(data_dir, 1, "--until-idle", "0.5"),
+                    env={**os.environ, **ENV},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                started.append((process, StoreWatch(data_dir)))
+            first: float | None = None
+            left = set(range(len(started)))
+            while left:
+                for number in sorted(left):
+                    process, watch = started[number]
+                    count = watch.highest()
+                    if first is None and count > 0:
+                        first = time.perf_counter()
+                    if count >= totals[number] and watch.counted() >= totals[number]:
+                        left.discard(number)
+                    elif process.poll() is not None:
+                        raise RuntimeError(f"a process of the pair ended early: {process.args!r}")
+                time.sleep(0.02)
+            done = time.perf_counter()
+            for process, _ in started:
+                _, errors = process.communicate(timeout=300)
+                if process.returncode != 0:
+                    raise RuntimeError(errors.decode())
+        finally:
+            for process, watch in started:
+                watch.close()
+                if process.poll() is None:
+                    process.kill()
+    assert first is not None
+    return sum(totals) / (done - first)
+
+
 def serial_parts(items: list[tuple[str | None, bytes]], repeats: int) -> dict[str, float]:
     """Median wall µs per event of what every worker shares: the store's write transaction
     (one writer at a time holds SQLite's lock), and a read of the log (WAL readers do not
@@ -517,6 +563,8 @@ def main() -> None:
         # Memory per 1,000 apps is the difference from the scaling runs' 20 apps.
         parser.error("--memory-apps: more than 20 apps, the scaling runs' own")
     counts = [int(value) for value in args.workers.split(",")]
+    if 1 not in counts:
+        parser.error("--workers: 1 among the counts, the reference of the others")
     if args.sustained_only:
         sustained_only(args.sustained_s or 600.0, args.sustained_rate, not args.no_write)
         return
@@ -526,13 +574,22 @@ def main() -> None:
     items = bodies(args.events, 20)
     size = statistics.mean(len(body) for _, body in items)
     runs: list[Run] = []
+    pairs: list[float] = []
+    halves = [items[0::2], items[1::2]]
     with tempfile.TemporaryDirectory() as folder:
         template = prepared(Path(folder) / "template", items)
+        half_templates = [
+            prepared(Path(folder) / f"half{number}", half) for number, half in enumerate(halves)
+        ]
         for repeat in range(args.repeats):
-            order = counts if repeat % 2 == 0 else counts[::-1]
-            for workers in order:
-                run = one_run(template, workers, args.events)
-                print(f"repeat {repeat}: {workers} workers: {run.rate:,.0f} events/s", flush=True)
+            order: list[int | None] = [*counts, None]
+            for subject in order if repeat % 2 == 0 else order[::-1]:
+                if subject is None:
+                    pairs.append(pair_run(half_templates, [len(half) for half in halves]))
+                    print(f"repeat {repeat}: pair: {pairs[-1]:,.0f} events/s", flush=True)
+                    continue
+                run = one_run(template, subject, args.events)
+                print(f"repeat {repeat}: {subject} workers: {run.rate:,.0f} events/s", flush=True)
                 runs.append(run)
         memory_template = prepared(Path(folder) / "apps", bodies(args.events, args.memory_apps))
         many_apps = one_run(memory_template, 2, args.events)
@@ -602,6 +659,16 @@ def main() -> None:
         "process slept. The measured events/s is the figure; this says how much of a shortfall "
         "is the machine's load. This bench's own CPU: what watching the store (a poll every "
         "20 ms) and the workers' memory took from the same two cores during the window.",
+    ]
+    pair = statistics.median(pairs)
+    reach = f"; 2 workers reach {median[2] / pair:.0%} of it" if 2 in counts else ""
+    lines += [
+        "",
+        "The machine's own scaling, measured in the same run (interleaved with the runs above): "
+        "two `process --workers 1` at once, each on its own copy of half the log (every other "
+        "event, all 20 apps), sharing nothing but the machine: "
+        f"**{pair:,.0f} events/s = {pair / median[1]:.3f}× one worker** "
+        f"(runs: {', '.join(f'{rate:,.0f}' for rate in pairs)}){reach}.",
     ]
     if 1 in counts and 2 in counts:
         scaling = median[2] / median[1]
