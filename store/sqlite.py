@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from common.sqlite import SqliteFile, sqlite3, transaction
+from common.sqlite import SqliteFile, connect, map_error, sqlite3, transaction
 from schemas import QuarantineRecord, TelemetryDocument
 from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot
@@ -125,15 +125,66 @@ _LEGACY = _Layout(
 )
 
 
+def _telemetry_columns(connection: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in connection.execute("PRAGMA table_info(telemetry)")}
+
+
 def _layout(connection: sqlite3.Connection) -> _Layout:
     """The file's layout, its key indexes made if missing (a new file, or one being opened by
     several processes at once: ``IF NOT EXISTS``)."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(telemetry)")}
-    if "named" in columns:
+    if "named" in _telemetry_columns(connection):
         connection.executescript(_KEYS)
         return _TIME_LED
     connection.executescript(_LEGACY_KEY)
     return _LEGACY
+
+
+@dataclass(frozen=True)
+class KeyUpgrade:
+    """What ``upgrade_key`` changed: the documents it re-keyed, and how many of them carry a
+    producer's event_id (named rows)."""
+
+    documents: int
+    named: int
+
+
+def upgrade_key(path: Path) -> KeyUpgrade | None:
+    """Give a store file made before the time-led key that key, in one transaction: each row
+    is marked named when its document has an event_id, the two indexes are built and the
+    (pk, id) index dropped. No document changes. Returns None when the file has the key already
+    or no telemetry table.
+    The file's other writers wait for the transaction (up to their busy timeout), so this is
+    best run with the processor stopped. Building the indexes reads every document once."""
+    try:
+        connection = connect(path)
+    except sqlite3.Error as exc:
+        raise map_error(exc, f"opening {path}", StoreError, StoreUnavailable) from exc
+    try:
+        with transaction(connection):
+            columns = _telemetry_columns(connection)
+            # No telemetry table yet (another of the file's tables made it): the store makes
+            # the table with the key.
+            if not columns or "named" in columns:
+                return None
+            connection.execute("ALTER TABLE telemetry ADD COLUMN named INTEGER NOT NULL DEFAULT 0")
+            connection.execute(
+                "UPDATE telemetry SET named = 1 "
+                "WHERE json_extract(CAST(doc AS TEXT), '$.event_id') IS NOT NULL"
+            )
+            # One statement at a time: executescript would commit the transaction first.
+            for statement in filter(None, (line.strip() for line in _KEYS.split(";"))):
+                connection.execute(statement)
+            connection.execute("DROP INDEX telemetry_key")
+            documents, named = connection.execute(
+                "SELECT count(*), coalesce(sum(named), 0) FROM telemetry"
+            ).fetchone()
+        return KeyUpgrade(int(documents), int(named))
+    except sqlite3.Error as exc:
+        raise map_error(
+            exc, f"upgrading the telemetry key of {path}", StoreError, StoreUnavailable
+        ) from exc
+    finally:
+        connection.close()
 
 
 class SqliteStore:

@@ -1,9 +1,9 @@
 """The ``evalstream`` command line: one module per command group, assembled here.
 
-process.py (process, send, simulate, schema), store.py (status, quarantine), replay.py (+ its
-progress display in replay_display.py), alerts.py,
-coldpath.py (+ pool.py), evaluations.py, report.py; options.py holds what they share. Commands
-get their adapters from ``evalstream.wiring`` only.
+process.py (process, send, simulate, schema), store.py (status, quarantine, upgrade-store),
+replay.py (+ its progress display in replay_display.py), alerts.py, coldpath.py (+ pool.py),
+evaluations.py, report.py; options.py holds what they share. Commands get their adapters from
+``evalstream.wiring`` only.
 
 A command's module is imported when that command runs, not before: a Batch node starts a
 fresh ``evalstream coldpath run-shard`` per shard task, and importing every command's module
@@ -69,6 +69,11 @@ COMMANDS: dict[str, Command] = {
         "evalstream.cli.store",
         "quarantine",
         "Show quarantined inputs with every reason they were rejected.",
+    ),
+    "upgrade-store": Command(
+        "evalstream.cli.store",
+        "upgrade_store",
+        "Give an embedded store made by an earlier version the time-led telemetry key.",
     ),
     "alerts": Command(
         "evalstream.cli.alerts", "alerts_app", "Alert subscriptions: listen, dead letters."

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from evalstream import logs
 from evalstream.settings import Settings, SettingsError
 from evalstream.wiring.data_dir import usable_data_dir
-from store.sqlite import SqliteStore
+from store.sqlite import KeyUpgrade, SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
 from stream.privacy import Pseudonymizer
@@ -439,6 +439,16 @@ def log_positions(settings: Settings) -> list[tuple[int, int, int]]:
         ]
     finally:
         log.close()
+
+
+def upgrade_store_key(settings: Settings) -> KeyUpgrade | None:
+    """The embedded store given the time-led telemetry key (store.sqlite.upgrade_key), under the
+    processor's lock of the data dir: a ``SourceError`` names the processor running on it."""
+    from store.sqlite import upgrade_key
+    from stream.sources.local_log import ProcessorLock
+
+    with ProcessorLock(settings.embedded.data_dir / "processor.lock"):
+        return upgrade_key(settings.embedded.store_path)
 
 
 @asynccontextmanager

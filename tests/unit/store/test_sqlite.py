@@ -9,8 +9,14 @@ import pytest
 from common.sqlite import sqlite3
 from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot
-from store.sqlite import SqliteStore
-from tests.unit.store.event_id_conflicts import check_event_id_conflicts
+from store.sqlite import KeyUpgrade, SqliteStore, upgrade_key
+from tests.unit.store.event_id_conflicts import LATER, check_event_id_conflicts, document
+from tests.unit.store.layouts import (
+    EARLIER_INDEXES,
+    TIME_LED_INDEXES,
+    earlier_file,
+    telemetry_indexes,
+)
 
 
 def test_a_file_that_cannot_be_opened_is_a_retryable_store_error(tmp_path: Path) -> None:
@@ -63,32 +69,10 @@ async def test_a_snapshot_never_replaces_one_covering_a_later_position(tmp_path:
         assert await store.load_state("$Default", "1") == again
 
 
-# The telemetry table and key of files made before the key was led by the time.
-_LEGACY_TELEMETRY = """
-CREATE TABLE telemetry (
-    id TEXT NOT NULL, pk TEXT NOT NULL, app_id TEXT NOT NULL, ts REAL NOT NULL, doc BLOB NOT NULL
-);
-CREATE UNIQUE INDEX telemetry_key ON telemetry (pk, id);
-CREATE INDEX telemetry_app_ts ON telemetry (app_id, ts);
-"""
-
-
-def _indexes(path: Path) -> set[str]:
-    connection = sqlite3.connect(path)
-    try:
-        return {row[1] for row in connection.execute("PRAGMA index_list(telemetry)")}
-    finally:
-        connection.close()
-
-
 async def test_a_new_file_keys_telemetry_by_time_and_producer_ids_by_id(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "store.db") as store:
         await check_event_id_conflicts(store)
-    assert _indexes(tmp_path / "store.db") == {
-        "telemetry_time_key",
-        "telemetry_named_key",
-        "telemetry_app_ts",
-    }
+    assert telemetry_indexes(tmp_path / "store.db") == TIME_LED_INDEXES
     connection = sqlite3.connect(tmp_path / "store.db")
     try:
         rows = connection.execute("SELECT named, doc ->> '$.event_id' FROM telemetry").fetchall()
@@ -103,9 +87,44 @@ async def test_a_file_made_before_the_time_led_key_keeps_its_key_and_its_rules(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "store.db"
-    connection = sqlite3.connect(path)
-    connection.executescript(_LEGACY_TELEMETRY)
-    connection.close()
+    earlier_file(path)
     async with SqliteStore(path) as store:
         await check_event_id_conflicts(store)
-    assert _indexes(path) == {"telemetry_key", "telemetry_app_ts"}
+    assert telemetry_indexes(path) == EARLIER_INDEXES
+
+
+async def test_a_file_made_before_is_given_the_time_led_key_with_its_documents(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    earlier_file(path)
+    named = document(1, event_id="e-1", latency_ms=100.0)
+    plain = document(2, latency_ms=5.0)
+    async with SqliteStore(path) as store:
+        assert await store.write([named, plain], []) == []
+
+    assert upgrade_key(path) == KeyUpgrade(documents=2, named=1)
+    assert telemetry_indexes(path) == TIME_LED_INDEXES
+    assert upgrade_key(path) is None
+    async with SqliteStore(path) as store:
+        assert await store.get_telemetry("e-1", named.pk) == named
+        assert await store.get_telemetry(plain.id, plain.pk) == plain
+        # The stored producer id keeps its key: another event under it, at another time, is
+        # refused; the same events written again replace their documents.
+        later = document(3, event_id="e-1", latency_ms=100.0, timestamp=LATER)
+        assert await store.write([later], []) == [later]
+        again = [document(4, event_id="e-1", latency_ms=100.0), document(5, latency_ms=5.0)]
+        assert await store.write(again, []) == []
+        assert await store.count("telemetry") == 2
+        assert await store.get_telemetry(plain.id, plain.pk) == again[1]
+
+
+async def test_upgrading_a_new_file_or_one_without_telemetry_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    assert upgrade_key(empty) is None
+    async with SqliteStore(tmp_path / "store.db"):
+        pass
+    assert upgrade_key(tmp_path / "store.db") is None
