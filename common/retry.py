@@ -78,6 +78,16 @@ async def until_set(*events: asyncio.Event, timeout: float | None = None) -> Non
             wait.cancel()
 
 
+async def until_done_or_set(future: asyncio.Future[Any], stop: asyncio.Event) -> None:
+    """Return once ``future`` is done or ``stop`` is set; the future is left as it is (running,
+    if the stop came first: the caller decides what to do with it)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({future, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+
+
 async def sleep_or_stop(seconds: float, stop: asyncio.Event | None) -> bool:
     """Sleep up to ``seconds``; True when ``stop`` was set meanwhile."""
     if stop is None:

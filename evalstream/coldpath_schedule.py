@@ -25,6 +25,7 @@ from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan, submit
 from common.errors import EvalstreamError
 from common.log_context import log_context
+from common.retry import until_done_or_set
 from evalstream import wiring
 from evalstream.settings import Settings
 from schemas import Breach, EvaluationPolicy
@@ -180,11 +181,9 @@ async def run_schedule_apart(
             runner.run(apart())
 
     thread = asyncio.ensure_future(asyncio.to_thread(run))
-    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({thread, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await until_done_or_set(thread, stop)
     finally:
-        stopped.cancel()
         with contextlib.suppress(RuntimeError):  # its loop has closed already
             other.call_soon_threadsafe(stopping.set)
         # The thread finishes its evaluation in progress and closes its stores before this

@@ -39,7 +39,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from common.children import signal_child
-from common.retry import Backoff
+from common.retry import Backoff, until_done_or_set
 from evalstream import ingest_worker, logs
 from evalstream.ingest_worker import WorkerSpec
 from evalstream.settings import Settings
@@ -119,12 +119,11 @@ class IngestPool:
         assert process.stdout is not None and process.stdin is not None
         channel = Channel(process.stdout, process.stdin)
         reading = asyncio.ensure_future(self._read(slot, channel))
-        stopping = asyncio.ensure_future(stop.wait())
         try:
             with contextlib.suppress(SourceUnavailable):  # it exited at once: see its code
                 channel.send("spec", self.spec)
                 await channel.flush()
-            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await until_done_or_set(reading, stop)
             if not reading.done():
                 signal_child(process, signal.SIGTERM)  # drain: it answers what it accepted
             await reading
@@ -134,7 +133,6 @@ class IngestPool:
             raise
         finally:
             reading.cancel()
-            stopping.cancel()
             self.metrics.retire(slot)
             process.stdin.close()
 

@@ -34,6 +34,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from common.errors import EvalstreamError
+from common.retry import until_done_or_set
 from evalstream import logs, wiring
 from evalstream.settings import Settings
 from stream.exceptions import SourceUnavailable
@@ -151,13 +152,13 @@ async def serve(spec: WorkerSpec, channel: Channel) -> None:
 async def _stop_when_orphaned(channel: Channel, stop: asyncio.Event) -> None:
     """The processor's process closes our stdin only by exiting: stop then, too."""
     receiving = asyncio.ensure_future(channel.receive())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if receiving.done() and receiving.result() is None and not stop.is_set():
-        logger.warning("the processor's process is gone: ingest worker stopping")
-        stop.set()
-    receiving.cancel()
-    stopping.cancel()
+    try:
+        await until_done_or_set(receiving, stop)
+        if receiving.done() and receiving.result() is None and not stop.is_set():
+            logger.warning("the processor's process is gone: ingest worker stopping")
+            stop.set()
+    finally:
+        receiving.cancel()
 
 
 async def _report(

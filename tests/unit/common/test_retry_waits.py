@@ -1,12 +1,17 @@
 """The waits the retry loops and supervisors share (common.retry): for any of several events,
-bounded by a timeout."""
+bounded by a timeout; for a future or a stop."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from common.retry import until_set
+from common.retry import until_done_or_set, until_set
+
+
+def _no_wait_left_behind() -> bool:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    return all(t.done() or t.cancelling() for t in others)
 
 
 async def test_until_set_returns_at_the_first_event_set_and_leaves_no_wait_behind() -> None:
@@ -16,8 +21,7 @@ async def test_until_set_returns_at_the_first_event_set_and_leaves_no_wait_behin
     await until_set(first, second, timeout=30.0)
     assert second.is_set() and not first.is_set()
     assert time.monotonic() - started < 5.0
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    assert all(t.done() or t.cancelling() for t in others)
+    assert _no_wait_left_behind()
 
 
 async def test_until_set_returns_after_the_timeout_when_no_event_is_set() -> None:
@@ -26,3 +30,21 @@ async def test_until_set_returns_after_the_timeout_when_no_event_is_set() -> Non
     await until_set(event, timeout=0.1)
     assert not event.is_set()
     assert time.monotonic() - started >= 0.1
+
+
+async def test_until_done_or_set_returns_at_the_stop_and_leaves_the_future_running() -> None:
+    stop = asyncio.Event()
+    work = asyncio.ensure_future(asyncio.Event().wait())
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    await until_done_or_set(work, stop)
+    assert stop.is_set() and not work.done()
+    work.cancel()
+    assert _no_wait_left_behind()
+
+
+async def test_until_done_or_set_returns_when_the_future_is_done_first() -> None:
+    stop = asyncio.Event()
+    work = asyncio.ensure_future(asyncio.sleep(0.05, result="done"))
+    await until_done_or_set(work, stop)
+    assert work.result() == "done" and not stop.is_set()
+    assert _no_wait_left_behind()
