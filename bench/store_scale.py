@@ -19,9 +19,10 @@ each tenth of the run:
 
 - ``store, content ids``: as shipped, rows without an event_id (the time-led key only);
 - ``store, event_ids``: as shipped, every row with a producer's event_id (both indexes);
-- ``before: (pk, id) key``: the key files made before the time-led one keep;
-- ``floor: no key index``: plain inserts without a unique key (what the rows and the time
-  index cost alone; not a correct store: duplicates would not be found).
+- ``before: (pk, id) key``: the key and the (app_id, ts) index files made before the time-led
+  key keep;
+- ``floor: no index``: plain inserts into the table without any index (what the rows cost
+  alone; not a correct store: duplicates would not be found).
 
 Configurations interleave, ``--repeats`` times; medians. Results: bench/results/store_scale.md.
 """
@@ -64,7 +65,7 @@ def configurations() -> list[Config]:
         Config("store, content ids", _SCHEMA + _KEYS, _UPSERT_TELEMETRY, False),
         Config("store, event_ids", _SCHEMA + _KEYS, _UPSERT_TELEMETRY, True),
         Config("before: (pk, id) key", _SCHEMA + _LEGACY_KEY, _LEGACY_UPSERT_TELEMETRY, None),
-        Config("floor: no key index", _SCHEMA, _INSERT, None),
+        Config("floor: no index", _SCHEMA, _INSERT, None),
     ]
 
 

@@ -41,10 +41,9 @@ from store.cosmos_items import (
     snapshot_from_item,
     state_item,
     telemetry_item,
-    window_days,
 )
 from store.exceptions import StoreConflict, StoreError
-from store.ports import StateSnapshot
+from store.ports import StateSnapshot, window_days
 
 logger = logging.getLogger(__name__)
 

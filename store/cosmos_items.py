@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -203,10 +203,3 @@ def snapshot_from_item(item: dict[str, Any]) -> StateSnapshot:
         covered_sequence=int(item["covered_sequence"]),
         blob=base64.b64decode(item["blob"]),
     )
-
-
-def window_days(start: datetime, end: datetime) -> list[date]:
-    """The UTC days that [start, end) touches: one telemetry partition per app and day."""
-    first = start.astimezone(UTC).date()
-    last = (end - _MICROSECOND).astimezone(UTC).date()
-    return [first + timedelta(days=n) for n in range((last - first).days + 1)]

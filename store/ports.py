@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import Protocol
 
@@ -20,6 +20,15 @@ from schemas import (
     ShardProgress,
     TelemetryDocument,
 )
+
+
+def window_days(start: datetime, end: datetime) -> list[date]:
+    """The UTC days that [start, end) touches: a document's pk is its app and the UTC day of its
+    timestamp (stream.enrich.partition_key), so a window reads one pk per app and day, and the
+    days concatenated in order are in time order."""
+    first = start.astimezone(UTC).date()
+    last = (end - timedelta(microseconds=1)).astimezone(UTC).date()
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
 @dataclass(frozen=True)

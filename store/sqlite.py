@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from common.sqlite import SqliteFile, connect, map_error, sqlite3, transaction
 from schemas import QuarantineRecord, TelemetryDocument
 from store.exceptions import StoreError, StoreUnavailable
-from store.ports import StateSnapshot
+from store.ports import StateSnapshot, window_days
 
 # Rowid tables with a unique key rather than WITHOUT ROWID: documents are ~1-2 KB, and SQLite
 # advises WITHOUT ROWID only for rows much smaller than a page (measured: 4x slower upserts).
@@ -33,13 +33,13 @@ from store.ports import StateSnapshot
 # ("named" rows) can come back with another event at another time, which must be refused as
 # before, so those rows keep a (pk, id) index of their own. Not covered: a producer's event_id
 # equal to the content id of another event of the same app and day (two 128-bit hashes
-# colliding, or a producer copying one).
+# colliding, or a producer copying one). The same key reads an app's window: its pk for each day,
+# in day order (as the Cosmos store reads it).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS telemetry (
     id TEXT NOT NULL, pk TEXT NOT NULL, app_id TEXT NOT NULL, ts REAL NOT NULL, doc BLOB NOT NULL,
     named INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS telemetry_app_ts ON telemetry (app_id, ts);
 CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT NOT NULL, pk TEXT NOT NULL, received REAL NOT NULL, doc BLOB NOT NULL
 );
@@ -53,8 +53,13 @@ _KEYS = """
 CREATE UNIQUE INDEX IF NOT EXISTS telemetry_time_key ON telemetry (pk, ts, id);
 CREATE UNIQUE INDEX IF NOT EXISTS telemetry_named_key ON telemetry (pk, id) WHERE named;
 """
-# Files made before the time-led key have no ``named`` column and keep their (pk, id) index.
-_LEGACY_KEY = "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_key ON telemetry (pk, id);"
+# Files made before the time-led key have no ``named`` column and keep their (pk, id) index, and
+# their (app_id, ts) index for window reads; the time-led key serves those (one pk per app and
+# day, store.ports.window_days), one index fewer to write.
+_LEGACY_KEY = """
+CREATE UNIQUE INDEX IF NOT EXISTS telemetry_key ON telemetry (pk, id);
+CREATE INDEX IF NOT EXISTS telemetry_app_ts ON telemetry (app_id, ts);
+"""
 
 
 def _event_of(doc: str) -> str:
@@ -151,10 +156,10 @@ class KeyUpgrade:
 def upgrade_key(path: Path) -> KeyUpgrade | None:
     """Give a store file made before the time-led key that key, in one transaction: each row
     is marked named when its document has an event_id, the two indexes are built and the
-    (pk, id) index dropped. No document changes. Returns None when the file has the key already
-    or no telemetry table.
-    The file's other writers wait for the transaction (up to their busy timeout), so this is
-    best run with the processor stopped. Building the indexes reads every document once."""
+    (pk, id) and (app_id, ts) indexes dropped. No document changes. Returns None when the
+    file has the key already or no telemetry table. The file's other writers wait for the
+    transaction (up to their busy timeout), so this is best run with the processor stopped.
+    Building the indexes reads every document once."""
     try:
         connection = connect(path)
     except sqlite3.Error as exc:
@@ -175,6 +180,7 @@ def upgrade_key(path: Path) -> KeyUpgrade | None:
             for statement in filter(None, (line.strip() for line in _KEYS.split(";"))):
                 connection.execute(statement)
             connection.execute("DROP INDEX telemetry_key")
+            connection.execute("DROP INDEX IF EXISTS telemetry_app_ts")
             documents, named = connection.execute(
                 "SELECT count(*), coalesce(sum(named), 0) FROM telemetry"
             ).fetchone()
@@ -347,18 +353,26 @@ class SqliteStore:
     ) -> AsyncIterator[list[TelemetryDocument]]:
         self._check_open()
         for app_id in app_ids:
-            # Keyset paging on (ts, id): every id sorts after "", so the first page starts at
-            # start inclusive.
+            # The time-led key: the app's pk of each day, in day order; an earlier file: the
+            # (app_id, ts) index.
+            scopes: list[tuple[Literal["pk", "app_id"], str]] = (
+                [("pk", f"{app_id}:{day.isoformat()}") for day in window_days(start, end)]
+                if self._layout.time_led
+                else [("app_id", app_id)]
+            )
+            # Keyset paging on (ts, id), on through the days: every id sorts after "", so the
+            # first page starts at start inclusive.
             last_ts, last_id = start.timestamp(), ""
-            while True:
-                rows = await self._file.run(
-                    _window_page(app_id, end.timestamp(), last_ts, last_id, page_size),
-                    f"read window of {app_id}",
-                )
-                if not rows:
-                    break
-                last_ts, last_id = rows[-1][0], rows[-1][1]
-                yield [TelemetryDocument.model_validate_json(row[2]) for row in rows]
+            for column, value in scopes:
+                while True:
+                    rows = await self._file.run(
+                        _window_page(column, value, end.timestamp(), last_ts, last_id, page_size),
+                        f"read window of {app_id}",
+                    )
+                    if not rows:
+                        break
+                    last_ts, last_id = rows[-1][0], rows[-1][1]
+                    yield [TelemetryDocument.model_validate_json(row[2]) for row in rows]
 
     async def quarantine_records(self, limit: int = 100) -> AsyncIterator[QuarantineRecord]:
         self._check_open()
@@ -390,17 +404,56 @@ def _conflicts(
 
 
 def _window_page(
-    app_id: str, end: float, last_ts: float, last_id: str, page_size: int
+    column: Literal["pk", "app_id"],
+    value: str,
+    end: float,
+    last_ts: float,
+    last_id: str,
+    page_size: int,
 ) -> Callable[[sqlite3.Connection], list[tuple[float, str, bytes]]]:
-    """One keyset page of an app's telemetry after (last_ts, last_id), before ``end``."""
+    """One keyset page of the telemetry of a pk or an app after (last_ts, last_id), before
+    ``end``."""
 
     def read(connection: sqlite3.Connection) -> list[tuple[float, str, bytes]]:
         return connection.execute(
             # `ts >= ?` on its own gives the index scan its lower bound: with only the OR, SQLite
             # bounds it from above and every page walks the app's whole earlier history.
-            "SELECT ts, id, doc FROM telemetry WHERE app_id = ? AND ts < ? AND ts >= ? AND "
+            f"SELECT ts, id, doc FROM telemetry WHERE {column} = ? AND ts < ? AND ts >= ? AND "  # noqa: S608
             "(ts > ? OR id > ?) ORDER BY ts, id LIMIT ?",
-            (app_id, end, last_ts, last_ts, last_id, page_size),
+            (value, end, last_ts, last_ts, last_id, page_size),
         ).fetchall()
 
     return read
+
+
+# The apps with telemetry in [start, end) on the time-led key: its distinct pks walked with one
+# index seek each (a pk ends with its day, ``:YYYY-MM-DD``), those of the window's days kept when
+# one of their rows falls in it. Numbered parameters: ?1 and ?2 the first and last day, ?3 and ?4
+# the window's bounds.
+_APPS_BETWEEN = """
+WITH RECURSIVE pks(pk) AS (
+    SELECT min(pk) FROM telemetry
+    UNION ALL
+    SELECT (SELECT min(pk) FROM telemetry WHERE pk > pks.pk) FROM pks WHERE pks.pk IS NOT NULL
+)
+SELECT DISTINCT substr(pk, 1, length(pk) - 11) AS app_id FROM pks
+WHERE pk IS NOT NULL AND substr(pk, -10) BETWEEN ?1 AND ?2
+    AND EXISTS (SELECT 1 FROM telemetry WHERE telemetry.pk = pks.pk AND ts >= ?3 AND ts < ?4)
+ORDER BY app_id
+"""
+_LEGACY_APPS_BETWEEN = (
+    "SELECT DISTINCT app_id FROM telemetry WHERE ts >= ?3 AND ts < ?4 ORDER BY app_id"
+)
+
+
+def apps_between(connection: sqlite3.Connection, start: datetime, end: datetime) -> list[str]:
+    """The apps with telemetry stored in [start, end) (none before the table exists)."""
+    columns = _telemetry_columns(connection)
+    if not columns:
+        return []
+    days = window_days(start, end)
+    if not days:
+        return []
+    statement = _APPS_BETWEEN if "named" in columns else _LEGACY_APPS_BETWEEN
+    parameters = (days[0].isoformat(), days[-1].isoformat(), start.timestamp(), end.timestamp())
+    return [row[0] for row in connection.execute(statement, parameters)]

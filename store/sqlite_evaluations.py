@@ -15,6 +15,7 @@ from types import TracebackType
 from common.sqlite import SqliteFile, sqlite3, transaction
 from schemas import EvaluationResult, JobManifest, ShardProgress
 from store.exceptions import StoreError, StoreUnavailable
+from store.sqlite import apps_between
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -151,18 +152,8 @@ class SqliteEvaluationStore:
         return None if doc is None else JobManifest.model_validate_json(doc)
 
     async def app_ids(self, start: datetime, end: datetime) -> list[str]:
-        def read(connection: sqlite3.Connection) -> list[str]:
-            try:
-                rows = connection.execute(
-                    "SELECT DISTINCT app_id FROM telemetry WHERE ts >= ? AND ts < ? "
-                    "ORDER BY app_id",
-                    (start.timestamp(), end.timestamp()),
-                ).fetchall()
-            except sqlite3.OperationalError as exc:
-                # The telemetry store creates its table; before its first write there is none.
-                if "no such table" in str(exc):
-                    return []
-                raise
-            return [row[0] for row in rows]
-
-        return await self._file.run(read, "list apps in window")
+        # The telemetry store's tables and keys are its own (store.sqlite); before it first
+        # opens the file there is no table, and no app.
+        return await self._file.run(
+            lambda connection: apps_between(connection, start, end), "list apps in window"
+        )

@@ -15,7 +15,7 @@ CREATE UNIQUE INDEX telemetry_key ON telemetry (pk, id);
 CREATE INDEX telemetry_app_ts ON telemetry (app_id, ts);
 """
 EARLIER_INDEXES = {"telemetry_key", "telemetry_app_ts"}
-TIME_LED_INDEXES = {"telemetry_time_key", "telemetry_named_key", "telemetry_app_ts"}
+TIME_LED_INDEXES = {"telemetry_time_key", "telemetry_named_key"}
 
 
 def earlier_file(path: Path) -> None:

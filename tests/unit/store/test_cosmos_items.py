@@ -19,9 +19,8 @@ from store.cosmos_items import (
     snapshot_from_item,
     state_item,
     telemetry_item,
-    window_days,
 )
-from store.ports import StateSnapshot
+from store.ports import StateSnapshot, window_days
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
 from tests.unit.store.event_id_conflicts import document as conflict_document

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from common.sqlite import sqlite3
 from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot
 from store.sqlite import KeyUpgrade, SqliteStore, upgrade_key
+from store.sqlite_evaluations import SqliteEvaluationStore
 from tests.unit.store.event_id_conflicts import LATER, check_event_id_conflicts, document
 from tests.unit.store.layouts import (
     EARLIER_INDEXES,
@@ -128,3 +130,40 @@ async def test_upgrading_a_new_file_or_one_without_telemetry_changes_nothing(
     async with SqliteStore(tmp_path / "store.db"):
         pass
     assert upgrade_key(tmp_path / "store.db") is None
+
+
+# (app, timestamp, latency) of documents around a window of two days and six hours.
+_AROUND_WINDOW = [
+    ("a", "2026-11-20T23:59:59.500000Z", 1.0),
+    ("a", "2026-11-21T00:00:00Z", 2.0),
+    ("a", "2026-11-21T23:59:59Z", 3.0),
+    ("a", "2026-11-22T00:00:00Z", 4.0),
+    ("a", "2026-11-22T00:00:00Z", 5.0),
+    ("team:b", "2026-11-21T12:00:00Z", 6.0),
+    ("c", "2026-11-22T11:00:00Z", 7.0),
+]
+_WINDOW = (datetime(2026, 11, 21, tzinfo=UTC), datetime(2026, 11, 22, 6, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("made", ["new", "earlier"])
+async def test_a_window_reads_each_app_in_time_order_across_days(tmp_path: Path, made: str) -> None:
+    path = tmp_path / "store.db"
+    if made == "earlier":
+        earlier_file(path)
+    documents = [
+        document(number, app_id=app, timestamp=when, latency_ms=latency)
+        for number, (app, when, latency) in enumerate(_AROUND_WINDOW)
+    ]
+    async with SqliteStore(path) as store:
+        assert await store.write(documents, []) == []
+        # One document a page: the keyset goes on from one day to the next.
+        pages = [page async for page in store.telemetry_window(["a", "team:b", "c"], *_WINDOW, 1)]
+    read = [doc for page in pages for doc in page]
+    in_window = [doc for doc in documents if _WINDOW[0] <= doc.timestamp < _WINDOW[1]]
+    expected = sorted(in_window, key=lambda doc: (doc.app_id != "a", doc.timestamp, doc.id))
+    assert [doc.id for doc in read] == [doc.id for doc in expected]
+    assert len(read) == 5 and all(len(page) == 1 for page in pages)
+    async with SqliteEvaluationStore(path) as evaluations:
+        assert await evaluations.app_ids(*_WINDOW) == ["a", "team:b"]
+        assert await evaluations.app_ids(_WINDOW[1], _WINDOW[1] + timedelta(hours=6)) == ["c"]
+        assert await evaluations.app_ids(_WINDOW[1], _WINDOW[1]) == []
