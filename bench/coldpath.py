@@ -58,6 +58,7 @@ from common.sqlite import sqlite3
 from evalstream import wiring
 from evalstream.settings import Settings
 from schemas import EvaluationPolicy, MetricSpec, Window
+from store.ports import window_days
 from store.sqlite import SqliteStore
 
 RESULTS = Path(__file__).parent / "results" / "coldpath.md"
@@ -99,11 +100,16 @@ async def evaluate(settings: Settings, run: int) -> dict[str, dict[str, Any]]:
 def load_frame(connection: sqlite3.Connection, window: Window) -> pd.DataFrame:
     # What pandas.read_sql does for a SQLite connection (it warns about any but the standard
     # library's, which evalstream does not use: common/sqlite.py).
-    cursor = connection.execute(
-        "SELECT doc FROM telemetry WHERE app_id = ? AND ts >= ? AND ts < ?",
-        (APP, window.start.timestamp(), window.end.timestamp()),
-    )
-    rows = pd.DataFrame.from_records(cursor.fetchall(), columns=["doc"])
+    # By the store's key, as the store reads a window: the app's pk of each day.
+    docs = [
+        row
+        for day in window_days(window.start, window.end)
+        for row in connection.execute(
+            "SELECT doc FROM telemetry WHERE pk = ? AND ts >= ? AND ts < ?",
+            (f"{APP}:{day.isoformat()}", window.start.timestamp(), window.end.timestamp()),
+        )
+    ]
+    rows = pd.DataFrame.from_records(docs, columns=["doc"])
     return pd.json_normalize(rows["doc"].map(json.loads).tolist())
 
 
