@@ -361,18 +361,26 @@ class SqliteStore:
                 else [("app_id", app_id)]
             )
             # Keyset paging on (ts, id), on through the days: every id sorts after "", so the
-            # first page starts at start inclusive.
+            # first page starts at start inclusive. A page fills across days: pages hold
+            # page_size documents but the app's last.
             last_ts, last_id = start.timestamp(), ""
+            page: list[TelemetryDocument] = []
             for column, value in scopes:
                 while True:
+                    wanted = page_size - len(page)
                     rows = await self._file.run(
-                        _window_page(column, value, end.timestamp(), last_ts, last_id, page_size),
+                        _window_page(column, value, end.timestamp(), last_ts, last_id, wanted),
                         f"read window of {app_id}",
                     )
                     if not rows:
                         break
                     last_ts, last_id = rows[-1][0], rows[-1][1]
-                    yield [TelemetryDocument.model_validate_json(row[2]) for row in rows]
+                    page.extend(TelemetryDocument.model_validate_json(row[2]) for row in rows)
+                    if len(page) == page_size:
+                        yield page
+                        page = []
+            if page:
+                yield page
 
     async def quarantine_records(self, limit: int = 100) -> AsyncIterator[QuarantineRecord]:
         self._check_open()

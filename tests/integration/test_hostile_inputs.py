@@ -247,6 +247,11 @@ EXAMPLES = settings(
 )
 
 
+# A failing example is printed, and these are large on purpose: the warning that its text is
+# large, an error under the suite's filterwarnings, would hide the failure it prints.
+@pytest.mark.filterwarnings(
+    "ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning"
+)
 @EXAMPLES
 @given(bodies=st.lists(body(), min_size=10, max_size=25))
 async def test_hostile_inputs_over_http_and_send_are_each_kept_once(

@@ -145,8 +145,11 @@ _AROUND_WINDOW = [
 _WINDOW = (datetime(2026, 11, 21, tzinfo=UTC), datetime(2026, 11, 22, 6, tzinfo=UTC))
 
 
+@pytest.mark.parametrize("page_size", [1, 3])
 @pytest.mark.parametrize("made", ["new", "earlier"])
-async def test_a_window_reads_each_app_in_time_order_across_days(tmp_path: Path, made: str) -> None:
+async def test_a_window_reads_each_app_in_time_order_across_days(
+    tmp_path: Path, made: str, page_size: int
+) -> None:
     path = tmp_path / "store.db"
     if made == "earlier":
         earlier_file(path)
@@ -156,13 +159,15 @@ async def test_a_window_reads_each_app_in_time_order_across_days(tmp_path: Path,
     ]
     async with SqliteStore(path) as store:
         assert await store.write(documents, []) == []
-        # One document a page: the keyset goes on from one day to the next.
-        pages = [page async for page in store.telemetry_window(["a", "team:b", "c"], *_WINDOW, 1)]
+        # The keyset goes on from one day to the next, and a page fills across them.
+        apps = ["a", "team:b", "c"]
+        pages = [page async for page in store.telemetry_window(apps, *_WINDOW, page_size)]
     read = [doc for page in pages for doc in page]
     in_window = [doc for doc in documents if _WINDOW[0] <= doc.timestamp < _WINDOW[1]]
     expected = sorted(in_window, key=lambda doc: (doc.app_id != "a", doc.timestamp, doc.id))
     assert [doc.id for doc in read] == [doc.id for doc in expected]
-    assert len(read) == 5 and all(len(page) == 1 for page in pages)
+    # Four documents of "a" over two days, one of "team:b": full pages but each app's last.
+    assert [len(page) for page in pages] == ([1] * 5 if page_size == 1 else [3, 1, 1])
     async with SqliteEvaluationStore(path) as evaluations:
         assert await evaluations.app_ids(*_WINDOW) == ["a", "team:b"]
         assert await evaluations.app_ids(_WINDOW[1], _WINDOW[1] + timedelta(hours=6)) == ["c"]
