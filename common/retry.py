@@ -68,24 +68,19 @@ class Stopped(Exception):
     """``retry`` gave up because its caller stopped it; the last failure is the cause."""
 
 
-async def until_set(*events: asyncio.Event, timeout: float | None = None) -> None:
-    """Return once any of ``events`` is set, or after ``timeout`` seconds."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
+async def until_first(
+    *waits: asyncio.Event | asyncio.Future[Any], timeout: float | None = None
+) -> None:
+    """Return once any of ``waits`` is set (an event) or done (a future), or after ``timeout``
+    seconds. The futures are left as they are (running, if another came first: the caller
+    decides what to do with them); nothing waiting on the events is left behind."""
+    mine = [asyncio.ensure_future(wait.wait()) for wait in waits if isinstance(wait, asyncio.Event)]
+    theirs = [wait for wait in waits if not isinstance(wait, asyncio.Event)]
     try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*mine, *theirs], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for wait in waits:
+        for wait in mine:
             wait.cancel()
-
-
-async def until_done_or_set(future: asyncio.Future[Any], stop: asyncio.Event) -> None:
-    """Return once ``future`` is done or ``stop`` is set; the future is left as it is (running,
-    if the stop came first: the caller decides what to do with it)."""
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({future, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
 
 
 async def sleep_or_stop(seconds: float, stop: asyncio.Event | None) -> bool:

@@ -25,7 +25,7 @@ from coldpath.runner import ShardRunner
 from coldpath.trigger import WindowChoice, plan, submit
 from common.errors import EvalstreamError
 from common.log_context import log_context
-from common.retry import until_done_or_set
+from common.retry import until_first
 from evalstream import wiring
 from evalstream.settings import Settings
 from schemas import Breach, EvaluationPolicy
@@ -182,7 +182,7 @@ async def run_schedule_apart(
 
     thread = asyncio.ensure_future(asyncio.to_thread(run))
     try:
-        await until_done_or_set(thread, stop)
+        await until_first(thread, stop)
     finally:
         with contextlib.suppress(RuntimeError):  # its loop has closed already
             other.call_soon_threadsafe(stopping.set)

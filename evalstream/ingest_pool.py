@@ -39,7 +39,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from common.children import signal_child
-from common.retry import Backoff, until_done_or_set
+from common.retry import Backoff, until_first
 from evalstream import ingest_worker, logs
 from evalstream.ingest_worker import WorkerSpec
 from evalstream.settings import Settings
@@ -123,7 +123,7 @@ class IngestPool:
             with contextlib.suppress(SourceUnavailable):  # it exited at once: see its code
                 channel.send("spec", self.spec)
                 await channel.flush()
-            await until_done_or_set(reading, stop)
+            await until_first(reading, stop)
             if not reading.done():
                 signal_child(process, signal.SIGTERM)  # drain: it answers what it accepted
             await reading

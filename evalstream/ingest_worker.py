@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from common.errors import EvalstreamError
-from common.retry import until_done_or_set
+from common.retry import until_first
 from evalstream import logs, wiring
 from evalstream.settings import Settings
 from stream.exceptions import SourceUnavailable
@@ -153,7 +153,7 @@ async def _stop_when_orphaned(channel: Channel, stop: asyncio.Event) -> None:
     """The processor's process closes our stdin only by exiting: stop then, too."""
     receiving = asyncio.ensure_future(channel.receive())
     try:
-        await until_done_or_set(receiving, stop)
+        await until_first(receiving, stop)
         if receiving.done() and receiving.result() is None and not stop.is_set():
             logger.warning("the processor's process is gone: ingest worker stopping")
             stop.set()

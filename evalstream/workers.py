@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from common.retry import Backoff, sleep_or_stop, until_set
+from common.retry import Backoff, sleep_or_stop, until_first
 from evalstream.settings import Settings
 from evalstream.worker_pipe import start_worker
 from stream.exceptions import SourceError, StreamError
@@ -395,7 +395,7 @@ class WorkerPool:
     async def _first_shares(self, stop: asyncio.Event) -> None:
         """Share the partitions once every worker has started, or after FIRST_SHARES_WAIT_S
         among those that have (a worker that cannot start gets its share when it does)."""
-        await until_set(self._all_started, stop, timeout=FIRST_SHARES_WAIT_S)
+        await until_first(self._all_started, stop, timeout=FIRST_SHARES_WAIT_S)
         # A stop ends the wait at once: the task group waits for this task.
         if not self._all_started.is_set() and not stop.is_set():
             self._first_starts.clear()

@@ -20,7 +20,7 @@ from typing import IO
 
 from common.lock_file import try_lock
 from common.log_context import log_context
-from common.retry import sleep_or_stop, until_set
+from common.retry import sleep_or_stop, until_first
 from stream.ports import BatchHandler
 from stream.sources.local_log import LocalLog, run_partition
 
@@ -82,7 +82,7 @@ class LocalLogShare:
                         if partition not in self._wanted:
                             halt.set()
                     self._changed.clear()
-                    await until_set(self._changed, stop)
+                    await until_first(self._changed, stop)
                 for halt in self._running.values():
                     halt.set()
         finally:
