@@ -108,6 +108,24 @@ _GET_TELEMETRY = (
     "SELECT doc FROM telemetry WHERE pk = ?1 AND id = ?2 LIMIT 1"
 )
 _LEGACY_GET_TELEMETRY = "SELECT doc FROM telemetry WHERE pk = ?1 AND id = ?2"
+# The apps with telemetry in [start, end) on the time-led key: its distinct pks walked with one
+# index seek each (a pk ends with its day, ``:YYYY-MM-DD``), those of the window's days kept when
+# one of their rows falls in it. Numbered parameters: ?1 and ?2 the first and last day, ?3 and ?4
+# the window's bounds.
+_APPS_BETWEEN = """
+WITH RECURSIVE pks(pk) AS (
+    SELECT min(pk) FROM telemetry
+    UNION ALL
+    SELECT (SELECT min(pk) FROM telemetry WHERE pk > pks.pk) FROM pks WHERE pks.pk IS NOT NULL
+)
+SELECT DISTINCT substr(pk, 1, length(pk) - 11) AS app_id FROM pks
+WHERE pk IS NOT NULL AND substr(pk, -10) BETWEEN ?1 AND ?2
+    AND EXISTS (SELECT 1 FROM telemetry WHERE telemetry.pk = pks.pk AND ts >= ?3 AND ts < ?4)
+ORDER BY app_id
+"""
+_LEGACY_APPS_BETWEEN = (
+    "SELECT DISTINCT app_id FROM telemetry WHERE ts >= ?3 AND ts < ?4 ORDER BY app_id"
+)
 _UPSERT_QUARANTINE = (
     "INSERT INTO quarantine (id, pk, received, doc) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (pk, id) DO UPDATE SET received = excluded.received, doc = excluded.doc"
@@ -121,12 +139,21 @@ class _Layout:
     upsert: str
     same_event: str
     get: str
+    apps_between: str
+    indexes: str
     time_led: bool
 
 
-_TIME_LED = _Layout(_UPSERT_TELEMETRY, _SAME_EVENT, _GET_TELEMETRY, time_led=True)
+_TIME_LED = _Layout(
+    _UPSERT_TELEMETRY, _SAME_EVENT, _GET_TELEMETRY, _APPS_BETWEEN, _KEYS, time_led=True
+)
 _LEGACY = _Layout(
-    _LEGACY_UPSERT_TELEMETRY, _LEGACY_SAME_EVENT, _LEGACY_GET_TELEMETRY, time_led=False
+    _LEGACY_UPSERT_TELEMETRY,
+    _LEGACY_SAME_EVENT,
+    _LEGACY_GET_TELEMETRY,
+    _LEGACY_APPS_BETWEEN,
+    _LEGACY_KEY,
+    time_led=False,
 )
 
 
@@ -134,14 +161,16 @@ def _telemetry_columns(connection: sqlite3.Connection) -> set[str]:
     return {row[1] for row in connection.execute("PRAGMA table_info(telemetry)")}
 
 
+def _layout_of(columns: set[str]) -> _Layout:
+    return _TIME_LED if "named" in columns else _LEGACY
+
+
 def _layout(connection: sqlite3.Connection) -> _Layout:
     """The file's layout, its key indexes made if missing (a new file, or one being opened by
     several processes at once: ``IF NOT EXISTS``)."""
-    if "named" in _telemetry_columns(connection):
-        connection.executescript(_KEYS)
-        return _TIME_LED
-    connection.executescript(_LEGACY_KEY)
-    return _LEGACY
+    layout = _layout_of(_telemetry_columns(connection))
+    connection.executescript(layout.indexes)
+    return layout
 
 
 @dataclass(frozen=True)
@@ -169,7 +198,7 @@ def upgrade_key(path: Path) -> KeyUpgrade | None:
             columns = _telemetry_columns(connection)
             # No telemetry table yet (another of the file's tables made it): the store makes
             # the table with the key.
-            if not columns or "named" in columns:
+            if not columns or _layout_of(columns).time_led:
                 return None
             connection.execute("ALTER TABLE telemetry ADD COLUMN named INTEGER NOT NULL DEFAULT 0")
             connection.execute(
@@ -227,24 +256,19 @@ class SqliteStore:
     ) -> list[TelemetryDocument]:
         self._check_open()
         layout = self._layout
-        telemetry: list[tuple[Any, ...]]
-        if layout.time_led:
-            telemetry = [
-                (
-                    doc.id,
-                    doc.pk,
-                    doc.app_id,
-                    doc.timestamp.timestamp(),
-                    doc.json_bytes(),
-                    doc.event_id is not None,
-                )
-                for doc in documents
-            ]
-        else:
-            telemetry = [
-                (doc.id, doc.pk, doc.app_id, doc.timestamp.timestamp(), doc.json_bytes())
-                for doc in documents
-            ]
+        telemetry: list[tuple[Any, ...]] = [
+            (
+                doc.id,
+                doc.pk,
+                doc.app_id,
+                doc.timestamp.timestamp(),
+                doc.json_bytes(),
+                doc.event_id is not None,
+            )
+            for doc in documents
+        ]
+        if not layout.time_led:
+            telemetry = [row[:5] for row in telemetry]  # no named column
         quarantine = [
             (rec.id, rec.pk, rec.received_at.timestamp(), rec.model_dump_json())
             for rec in quarantined
@@ -434,34 +458,11 @@ def _window_page(
     return read
 
 
-# The apps with telemetry in [start, end) on the time-led key: its distinct pks walked with one
-# index seek each (a pk ends with its day, ``:YYYY-MM-DD``), those of the window's days kept when
-# one of their rows falls in it. Numbered parameters: ?1 and ?2 the first and last day, ?3 and ?4
-# the window's bounds.
-_APPS_BETWEEN = """
-WITH RECURSIVE pks(pk) AS (
-    SELECT min(pk) FROM telemetry
-    UNION ALL
-    SELECT (SELECT min(pk) FROM telemetry WHERE pk > pks.pk) FROM pks WHERE pks.pk IS NOT NULL
-)
-SELECT DISTINCT substr(pk, 1, length(pk) - 11) AS app_id FROM pks
-WHERE pk IS NOT NULL AND substr(pk, -10) BETWEEN ?1 AND ?2
-    AND EXISTS (SELECT 1 FROM telemetry WHERE telemetry.pk = pks.pk AND ts >= ?3 AND ts < ?4)
-ORDER BY app_id
-"""
-_LEGACY_APPS_BETWEEN = (
-    "SELECT DISTINCT app_id FROM telemetry WHERE ts >= ?3 AND ts < ?4 ORDER BY app_id"
-)
-
-
 def apps_between(connection: sqlite3.Connection, start: datetime, end: datetime) -> list[str]:
     """The apps with telemetry stored in [start, end) (none before the table exists)."""
     columns = _telemetry_columns(connection)
-    if not columns:
-        return []
     days = window_days(start, end)
-    if not days:
+    if not columns or not days:
         return []
-    statement = _APPS_BETWEEN if "named" in columns else _LEGACY_APPS_BETWEEN
     parameters = (days[0].isoformat(), days[-1].isoformat(), start.timestamp(), end.timestamp())
-    return [row[0] for row in connection.execute(statement, parameters)]
+    return [row[0] for row in connection.execute(_layout_of(columns).apps_between, parameters)]
