@@ -42,7 +42,12 @@ from evalstream.worker_pipe import start_worker
 from stream.exceptions import SourceError, StreamError
 from stream.ports import ReceivedEvent
 from stream.processor import report_status
-from stream.sources.local_log import LocalLog, ProcessorLock, sweep_until_stopped
+from stream.sources.local_log import (
+    PROCESSOR_LOCK,
+    LocalLog,
+    ProcessorLock,
+    sweep_until_stopped,
+)
 from stream.sources.subprocess_channel import Channel, ErrorValue, decode_error, end_child
 from stream.stats import ProcessorStats
 
@@ -250,7 +255,7 @@ class WorkerPool:
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set, then let every worker finish and checkpoint."""
         embedded = self.settings.embedded
-        with ProcessorLock(embedded.data_dir / "processor.lock"):
+        with ProcessorLock(embedded.data_dir / PROCESSOR_LOCK):
             log = LocalLog(embedded.log_path, embedded.partitions)
             try:
                 self._log = log

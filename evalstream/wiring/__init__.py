@@ -445,9 +445,9 @@ def upgrade_store_key(settings: Settings) -> KeyUpgrade | None:
     """The embedded store given the time-led telemetry key (store.sqlite.upgrade_key), under the
     processor's lock of the data dir: a ``SourceError`` names the processor running on it."""
     from store.sqlite import upgrade_key
-    from stream.sources.local_log import ProcessorLock
+    from stream.sources.local_log import PROCESSOR_LOCK, ProcessorLock
 
-    with ProcessorLock(settings.embedded.data_dir / "processor.lock"):
+    with ProcessorLock(settings.embedded.data_dir / PROCESSOR_LOCK):
         return upgrade_key(settings.embedded.store_path)
 
 

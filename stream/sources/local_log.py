@@ -486,6 +486,10 @@ class _LocalPartitionContext:
         return True
 
 
+# The lock file beside the log, held by the one processor of a data dir.
+PROCESSOR_LOCK = "processor.lock"
+
+
 class ProcessorLock:
     """An exclusive lock file: two processors on one log would checkpoint over each other."""
 
@@ -529,7 +533,7 @@ class LocalLogSource:
         self.retention_s = retention_s
 
     async def run(self, handler: BatchHandler, stop: asyncio.Event) -> None:
-        with ProcessorLock(self.path.with_name("processor.lock")):
+        with ProcessorLock(self.path.with_name(PROCESSOR_LOCK)):
             log = LocalLog(self.path, self.partitions)
             try:
                 async with asyncio.TaskGroup() as group:
