@@ -185,14 +185,21 @@ class CosmosStore:
     ) -> list[TelemetryDocument]:
         telemetry = self._container_named(self.telemetry_container)
         quarantine = self._container_named(self.quarantine_container)
-        latest, refused = _one_per_id(documents)
-        # A content-hash id names one event; an id the producer chose (event_id) may be reused
-        # for another, which must not replace the stored one: those are created, not upserted.
-        items = [(telemetry, item, doc.event_id is not None) for doc, item in latest]
-        items += [(quarantine, quarantine_item(rec), False) for rec in quarantined]
-        written = await write_all(items, max_concurrency=self.max_concurrency, backoff=self.backoff)
-        refused += [doc for (doc, _), ok in zip(latest, written, strict=False) if not ok]
-        return refused
+        items = [(quarantine, quarantine_item(rec), False) for rec in quarantined]
+        refused: set[int] = set()
+        # Quarantine records go with the first round (a batch of them alone is one round).
+        for round_ in _rounds(documents) or [[]]:
+            # A content-hash id names one event; an id the producer chose (event_id) may be
+            # reused for another, which must not replace the stored one: those are created, not
+            # upserted.
+            items += [(telemetry, telemetry_item(doc), doc.event_id is not None) for doc in round_]
+            written = await write_all(
+                items, max_concurrency=self.max_concurrency, backoff=self.backoff
+            )
+            written = written[len(written) - len(round_) :]
+            refused.update(id(doc) for doc, ok in zip(round_, written, strict=True) if not ok)
+            items = []
+        return [doc for doc in documents if id(doc) in refused]
 
     async def save_state(self, snapshot: StateSnapshot) -> None:
         state = self._container_named(self.state_container)
@@ -305,23 +312,23 @@ def cosmos_store(settings: CosmosSettings) -> CosmosStore:
     )
 
 
-def _one_per_id(
-    documents: Sequence[TelemetryDocument],
-) -> tuple[list[tuple[TelemetryDocument, dict[str, Any]]], list[TelemetryDocument]]:
-    """One item per (pk, id) of a batch, as SQLite's in-order upserts would leave it: a later
-    read of the same event replaces an earlier one, another event under a used id is refused.
-    (Concurrent writes of one id would otherwise race.)"""
-    latest: dict[tuple[str, str], tuple[TelemetryDocument, dict[str, Any]]] = {}
-    refused: list[TelemetryDocument] = []
+def _rounds(documents: Sequence[TelemetryDocument]) -> list[list[TelemetryDocument]]:
+    """The batch in rounds that leave what SQLite's in-order upserts leave: the n-th document of
+    each (pk, id) in the n-th round, so each is decided against what the one before it left (a
+    re-read of the stored event after another event under its id replaces it, the other event is
+    refused). Rounds run one after another, each concurrently (concurrent writes of one id would
+    race); most batches have one. Of a content id only the last document: its earlier ones are
+    the same event, which it replaces."""
+    per_id: dict[tuple[str, str], list[TelemetryDocument]] = {}
     for doc in documents:
-        item = telemetry_item(doc)
-        key = (doc.pk, doc.id)
-        earlier = latest.get(key)
-        if earlier is not None and event_fields(earlier[1]) != event_fields(item):
-            refused.append(doc)
-        else:
-            latest[key] = (doc, item)
-    return list(latest.values()), refused
+        per_id.setdefault((doc.pk, doc.id), []).append(doc)
+    rounds: list[list[TelemetryDocument]] = []
+    for same_id in per_id.values():
+        for number, doc in enumerate(same_id if same_id[0].event_id else same_id[-1:]):
+            if number == len(rounds):
+                rounds.append([])
+            rounds[number].append(doc)
+    return rounds
 
 
 async def write_all(

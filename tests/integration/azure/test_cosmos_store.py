@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from common.retry import Backoff
 from schemas import AppDirectory, Breach, QuarantineRecord, TelemetryDocument
@@ -35,6 +36,7 @@ from tests.emulators.fault_proxy import FaultProxy
 from tests.emulators.npm_fixtures import CosmosServer
 from tests.unit.store import event_id_conflicts
 from tests.unit.store.event_id_conflicts import check_event_id_conflicts
+from tests.unit.store.upsert_model import BATCHES, Event, check_upsert_model
 
 pytestmark = pytest.mark.integration
 
@@ -219,6 +221,18 @@ async def test_an_event_id_held_by_another_event_is_refused_and_a_reread_replace
     store: CosmosStore,
 ) -> None:
     await check_event_id_conflicts(store)
+
+
+# One database for the examples (a database each would cost seconds): each writes an app of its
+# own, so its pks and count are its own.
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=BATCHES)
+async def test_the_upsert_decides_as_its_rule_on_generated_batches(
+    store: CosmosStore, batches: list[list[Event]]
+) -> None:
+    await check_upsert_model(store, batches, app_id=f"app-{uuid.uuid4().hex[:8]}")
 
 
 async def test_missing_document_is_none(store: CosmosStore) -> None:

@@ -112,3 +112,12 @@ async def check_event_id_conflicts(store: TelemetryStore) -> None:
     next_day = document(10, event_id="e-1", timestamp="2026-11-21T10:00:00Z")
     assert await store.write([next_day], []) == []
     assert await store.count("telemetry") == 7
+
+    # Another event under a stored id, then a re-read of the stored event, in one batch: each is
+    # decided against what the one before it left, so the other is refused and the re-read
+    # replaces the stored document.
+    other_first = document(16, event_id="e-2", status="ok")
+    reread_after = document(16, index=1, event_id="e-2", status="error", error_type="Timeout")
+    assert await store.write([other_first, reread_after], []) == [other_first]
+    assert await store.get_telemetry("e-2", fresh.pk) == reread_after
+    assert await store.count("telemetry") == 7

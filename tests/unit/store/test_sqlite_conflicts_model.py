@@ -1,12 +1,6 @@
-"""The embedded store's upsert against a model of its rule, on generated batches: a document is
-stored when its (pk, id) is free, replaces the stored one when both carry the same event, and is
-refused (returned by ``write``) otherwise, one document after another in batch order. Both
-layouts: the time-led key (a producer's event_id reused at another time of the day is refused
-through the named rows' index) and the (pk, id) key of files made before.
-
-The example scenario (event_id_conflicts.py) names the cases; this one mixes them: reused
-event_ids at the same and other times, in one batch and across batches, over two days, with
-re-reads of the same event (other ingest fields) among them."""
+"""The embedded store's upsert against the model of its rule (upsert_model.py), on both layouts:
+the time-led key (a producer's event_id reused at another time of the day is refused through the
+named rows' index) and the (pk, id) key of files made before."""
 
 from __future__ import annotations
 
@@ -16,63 +10,15 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from schemas import TelemetryDocument
 from store.sqlite import SqliteStore
-from tests.unit.store.event_id_conflicts import document
 from tests.unit.store.layouts import earlier_file
-
-# An event is (timestamp, event_id, latency): two times of one day and one of the day before,
-# two producer ids and none (a content id), two latencies. So equal events recur, and a reused
-# event_id can be the same event or another, at its time or at another of the same day.
-TIMES = ("2026-11-22T10:00:00Z", "2026-11-22T11:00:00Z", "2026-11-21T10:00:00Z")
-EVENT_IDS = (None, "e-1", "e-2")
-LATENCIES = (1.0, 2.0)
-EVENT = st.tuples(st.sampled_from(TIMES), st.sampled_from(EVENT_IDS), st.sampled_from(LATENCIES))
-BATCHES = st.lists(st.lists(EVENT, min_size=1, max_size=6), min_size=1, max_size=5)
-
-Event = tuple[str, str | None, float]
-
-
-def expected(
-    stored: dict[tuple[str, str], tuple[Event, TelemetryDocument]],
-    batch: list[tuple[Event, TelemetryDocument]],
-) -> list[TelemetryDocument]:
-    """The model: ``stored`` after the batch, and the documents it refuses, in order."""
-    refused = []
-    for event, doc in batch:
-        key = (doc.pk, doc.id)
-        held = stored.get(key)
-        if held is None or held[0] == event:
-            stored[key] = (event, doc)
-        else:
-            refused.append(doc)
-    return refused
+from tests.unit.store.upsert_model import BATCHES, Event, check_upsert_model
 
 
 async def check(path: Path, batches: list[list[Event]]) -> None:
-    stored: dict[tuple[str, str], tuple[Event, TelemetryDocument]] = {}
-    sequence = 0
     async with SqliteStore(path) as store:
-        for events in batches:
-            batch = []
-            for index, (timestamp, event_id, latency) in enumerate(events):
-                sequence += 1
-                doc = document(
-                    sequence,
-                    index=index,
-                    timestamp=timestamp,
-                    event_id=event_id,
-                    latency_ms=latency,
-                )
-                batch.append(((timestamp, event_id, latency), doc))
-            refused = expected(stored, batch)
-            got = await store.write([doc for _, doc in batch], [])
-            assert [id(doc) for doc in got] == [id(doc) for doc in refused], (events, got)
-        for (pk, doc_id), (_, doc) in stored.items():
-            assert await store.get_telemetry(doc_id, pk) == doc
-        assert await store.count("telemetry") == len(stored)
+        await check_upsert_model(store, batches)
 
 
 @pytest.mark.parametrize("layout", ["time-led", "earlier"])
