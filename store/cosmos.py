@@ -185,20 +185,19 @@ class CosmosStore:
     ) -> list[TelemetryDocument]:
         telemetry = self._container_named(self.telemetry_container)
         quarantine = self._container_named(self.quarantine_container)
-        items = [(quarantine, quarantine_item(rec), False) for rec in quarantined]
-        refused: set[int] = set()
         # Quarantine records go with the first round (a batch of them alone is one round).
+        records = [(quarantine, quarantine_item(rec), False) for rec in quarantined]
+        refused: set[int] = set()
         for round_ in _rounds(documents) or [[]]:
             # A content-hash id names one event; an id the producer chose (event_id) may be
             # reused for another, which must not replace the stored one: those are created, not
             # upserted.
-            items += [(telemetry, telemetry_item(doc), doc.event_id is not None) for doc in round_]
+            items = [(telemetry, telemetry_item(doc), doc.event_id is not None) for doc in round_]
             written = await write_all(
-                items, max_concurrency=self.max_concurrency, backoff=self.backoff
+                items + records, max_concurrency=self.max_concurrency, backoff=self.backoff
             )
-            written = written[len(written) - len(round_) :]
-            refused.update(id(doc) for doc, ok in zip(round_, written, strict=True) if not ok)
-            items = []
+            refused.update(id(doc) for doc, ok in zip(round_, written, strict=False) if not ok)
+            records = []
         return [doc for doc in documents if id(doc) in refused]
 
     async def save_state(self, snapshot: StateSnapshot) -> None:
