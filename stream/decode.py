@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from schemas import TelemetryEvent, ValidationIssue
 from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW, MIN_TIMESTAMP, Status, Tokens
 from schemas.trusted import construct_trusted
 from stream.common_event import common_event, common_events
+from stream.exceptions import NotUtf8
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_EVENTS_PER_BODY = 500
@@ -39,6 +41,25 @@ class Rejected:
     raw: bytes
     issues: tuple[ValidationIssue, ...]
     app_id: str | None = None
+
+
+def refusal_text(rejected: Rejected) -> str:
+    """The decision of a rejected input as the embedded log keeps it beside the input's
+    scrubbed bytes (stream.privacy): its index, app and issues, JSON."""
+    issues = [[issue.code, issue.location, issue.message] for issue in rejected.issues]
+    return orjson.dumps(
+        {"index": rejected.index, "app_id": rejected.app_id, "issues": issues}
+    ).decode()
+
+
+def refusal(text: str, raw: bytes) -> Rejected:
+    """The Rejected ``refusal_text`` wrote, its input ``raw`` (as logged)."""
+    decision = orjson.loads(text)
+    issues = tuple(
+        ValidationIssue(code=code, location=location, message=message)
+        for code, location, message in decision["issues"]
+    )
+    return Rejected(decision["index"], raw, issues, decision["app_id"])
 
 
 # Accepted without the frozen dataclass __init__ (one object.__setattr__ per field, 2.5× the
@@ -201,7 +222,10 @@ class Decoder:
         """``body`` as NDJSON: each non-blank line a body of its own (split as ``send`` splits
         a file: BOM, CR or CRLF), the events of all lines indexed in order, at most
         ``max_events_per_body`` of them."""
-        lines = list(split_ndjson(io.BytesIO(body)))
+        try:
+            lines = list(split_ndjson(io.BytesIO(body)))
+        except NotUtf8 as exc:
+            return self._reject_whole(body, _issue("invalid_utf8", f"body: {exc}"))
         if not lines:
             return self._reject_whole(body, _issue("no_events", "the body holds no events"))
         # Lines are counted before any is decoded (each holds one event at least).
@@ -418,6 +442,8 @@ def ndjson_blocks(
         chunk = read(_BLOCK if left is None else min(_BLOCK, left))
         if not chunk:
             break
+        if offset == 0 and not pending:
+            refuse_wide(chunk)
         if left is not None:
             left -= len(chunk)
         # After the last LF or CR (a CR at the very end ends its line, as splitlines has it).
@@ -434,6 +460,18 @@ def ndjson_blocks(
         offset += len(block)
     if pending:
         yield offset, pending
+
+
+def refuse_wide(start: bytes) -> None:
+    """Raise NotUtf8 when a stream starting with ``start`` is JSON in UTF-16 or UTF-32 (a byte
+    order mark, or the zero bytes of its first characters: RFC 4627's detection). Its lines
+    cannot be split on bytes, and each piece would be quarantined apart, unreadable."""
+    encoding = json.detect_encoding(start[:4])
+    if not encoding.startswith("utf-8"):
+        raise NotUtf8(
+            f"the NDJSON is {encoding.upper()}, not UTF-8: convert it first "
+            f"(e.g. iconv -f {encoding.upper()} -t UTF-8)"
+        )
 
 
 def block_lines(block: bytes, offset: int) -> Iterable[tuple[int, bytes]]:

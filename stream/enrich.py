@@ -40,7 +40,7 @@ from schemas import (
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
 from schemas.trusted import construct_trusted
 from stream.decode import Rejected
-from stream.ports import SCRUBBED, ReceivedEvent
+from stream.ports import SCRUBBED, ReceivedEvent, scrubbed_already
 from stream.pseudonyms import scrub_user_ids, user_id_text
 
 
@@ -283,7 +283,7 @@ class Enricher:
         index) when it was read from a source; else the request body it came in (``origin``)
         and its index there, so two equal bad events of one request are two records and the
         same request sent again lands on the same ones."""
-        if position is not None and position.user == SCRUBBED:
+        if position is not None and scrubbed_already(position.user):
             kept = rejected.raw
         else:
             kept = scrub_user_ids(rejected.raw, self.user_hash)

@@ -7,6 +7,8 @@ EvalstreamError (common.errors)
     │   ├── SourceUnavailable  the source's service cannot be reached or is busy (retryable)
     │   └── PartitionLost  another processor owns the partition now: this one must not write
     │                      its snapshot or checkpoint (they could move the new owner's back)
+    ├── NotUtf8            an NDJSON stream in UTF-16 or UTF-32 (lines split on bytes would
+    │                      cut its characters; it is refused whole)
     ├── SnapshotError      a detector snapshot cannot be restored (stream.hotpath.errors)
     └── ReplayError        a replay cannot start or resume as asked (one line for the CLI)
         └── ReplayMisconfigured  its options contradict each other or the job (exit 2)
@@ -34,6 +36,10 @@ class SourceUnavailable(SourceError):
 
 
 class PartitionLost(SourceError):
+    pass
+
+
+class NotUtf8(StreamError):
     pass
 
 

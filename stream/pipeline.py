@@ -22,10 +22,11 @@ from common.errors import EvalstreamError, Misconfigured, is_retryable
 from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent, ValidationIssue
 from store.ports import ProcessorStore, StateSnapshot
-from stream.decode import Decoder, Rejected
+from stream.decode import Decoder, Rejected, refusal
 from stream.enrich import Enricher
 from stream.exceptions import PartitionLost
 from stream.ports import (
+    REFUSED,
     SCRUBBED,
     CloseReason,
     HotPathFactory,
@@ -519,23 +520,27 @@ class Pipeline:
         select = self.selection
         start, end, apps = (select.start, select.end, select.apps) if select else (now, now, None)
         rejected: Sequence[Rejected]
+        found: Sequence[tuple[int, TelemetryEvent]]
         for event in events:
             enqueued = event.enqueued_time
             # Most inputs are one valid event, taken without a Decoded: a producer's body of the
             # common shape, or a record the embedded log holds for an event evalstream
-            # validated (a user pair that is not SCRUBBED), its canonical JSON rebuilt.
+            # validated (a user pair, neither SCRUBBED nor REFUSED), its canonical JSON rebuilt.
             user = event.user
             if user is None:
                 single = common_event(event.body, enqueued)
                 canonical = None
-            elif user != SCRUBBED:
+            elif user != SCRUBBED and user[0] != REFUSED:
                 single = logged_event(event.body, enqueued)
                 canonical = event.body
             else:
                 single = None
             if single is not None:
-                found: Sequence[tuple[int, TelemetryEvent]] = ((0, single),)
+                found = ((0, single),)
                 rejected = ()
+            elif user is not None and user[0] == REFUSED:
+                # Rejected as sent, logged scrubbed beside that decision (stream.privacy).
+                found, rejected = (), (refusal(user[1], event.body),)
             else:
                 decoded = decode(event.body, enqueued, common=user is not None)
                 found = [(accepted.index, accepted.event) for accepted in decoded.accepted]

@@ -67,7 +67,18 @@ def received(
 
 # ``ReceivedEvent.user`` of a rejected body whose user_id values are keyed hashes already:
 # its quarantine record keeps it as it is (hashing them again would hide which user it was).
+# Records of older versions: the processor decides such a body again.
 SCRUBBED: tuple[str, str] = ("", "")
+# The first of ``ReceivedEvent.user`` for a rejected input logged with the decision made of it
+# as sent (stream.privacy): the second is that decision (stream.decode.refusal_text). Its body
+# is scrubbed like SCRUBBED's; deciding the scrubbed bytes again could accept them (a user_id
+# of 42 becomes a hash, a string) or read other reasons. Never a user hash (hex digits).
+REFUSED = "!"
+
+
+def scrubbed_already(user: tuple[str, str] | None) -> bool:
+    """Whether a body with this ``ReceivedEvent.user`` had its user ids hashed when logged."""
+    return user is not None and (user == SCRUBBED or user[0] == REFUSED)
 
 
 class CloseReason(StrEnum):

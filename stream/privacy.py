@@ -8,19 +8,21 @@ beside the two things enrichment needs of it — the hash of the ``user_id`` and
 document is byte for byte what the raw event would have given, whichever way it came in.
 Events ingest validated are logged that way even without a user id (no hash), and the
 processor rebuilds them without validating them again. A rejected input keeps its bytes with
-every ``user_id`` value replaced by its keyed hash.
+every ``user_id`` value replaced by its keyed hash, beside the decision made of it as sent,
+which the processor quarantines as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from schemas import TelemetryEvent
-from stream.decode import Decoder
+from stream.decode import Decoder, Rejected, refusal_text
 from stream.enrich import Enricher, canonical_json, document_id
-from stream.ports import SCRUBBED
-from stream.pseudonyms import scrub_user_ids
+from stream.ports import REFUSED
+from stream.pseudonyms import scrub_user_ids, scrub_user_ids_in_text
 
 # Bodies without either can hold no user_id (an escaped key needs a backslash).
 _MAYBE_USER_ID = (b"user_id", b"\\u")
@@ -66,21 +68,30 @@ class Pseudonymizer:
             a.event.user_id is None and "user_id" not in a.event.metadata for a in decoded.accepted
         ):
             return [(key, body, None)]
-        user_hash = self.enricher.user_hash
-        if any(rejected.raw == body for rejected in decoded.rejected):
-            # Rejected as a whole, or an item nested too deeply to write alone: the body stays
-            # one record, scrubbed (its valid events, if any, then carry a hash as user_id).
-            return [(key, scrub_user_ids(body, user_hash), SCRUBBED)]
-        # One record per event: each accepted one with its own hash and id, each rejected
-        # one as its scrubbed bytes, which the processor rejects (and quarantines) again.
-        items: list[LogItem] = []
-        for accepted in decoded.accepted:
-            items.append(self.event_item(accepted.event))
-        for rejected in decoded.rejected:
-            items.append(
-                (rejected.app_id or key, scrub_user_ids(rejected.raw, user_hash), SCRUBBED)
-            )
+        # One record per event: each accepted one with its own hash and id, each rejected one
+        # (or the body, rejected as a whole) as its scrubbed bytes with the decision made of it
+        # as sent, which the processor quarantines as it is: the scrubbed bytes are not the
+        # input, and deciding them again could accept them or give other reasons.
+        items: list[LogItem] = [self.event_item(accepted.event) for accepted in decoded.accepted]
+        items.extend(self.refused_item(key, rejected) for rejected in decoded.rejected)
         return items
+
+    def refused_item(self, key: str | None, rejected: Rejected) -> LogItem:
+        """The log record of a rejected input: its bytes with each user_id value hashed, and
+        its decision (issues, index, app), their messages' user ids hashed too."""
+        user_hash = self.enricher.user_hash
+        issues = tuple(
+            issue.model_copy(
+                update={"message": scrub_user_ids_in_text(issue.message, rejected.raw, user_hash)}
+            )
+            for issue in rejected.issues
+        )
+        decision = replace(rejected, issues=issues)
+        return (
+            rejected.app_id or key,
+            scrub_user_ids(rejected.raw, user_hash),
+            (REFUSED, refusal_text(decision)),
+        )
 
     def event_item(self, event: TelemetryEvent, id_: str | None = None) -> LogItem:
         """The log record of a validated event: its canonical JSON as stored (without user_id,

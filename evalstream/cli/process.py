@@ -29,7 +29,7 @@ from evalstream.cli.options import (
 from evalstream.settings import Settings, SettingsError
 from schemas import Breach, TelemetryEvent
 from stream.decode import split_ndjson
-from stream.exceptions import StreamError
+from stream.exceptions import NotUtf8, StreamError
 
 if TYPE_CHECKING:
     from stream.producers.simulator import Incident, Simulator
@@ -202,6 +202,9 @@ def send(
         raise fail(f"cannot read {path}: {exc.strerror}") from None
     try:
         sent = asyncio.run(_send(settings, split_ndjson(stream), batch))
+    except NotUtf8 as exc:
+        # Found in the stream's first bytes, before any line was sent.
+        raise fail(f"{path}: {exc}") from None
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()

@@ -248,3 +248,26 @@ def test_send_reads_ndjson_with_a_bom_and_any_line_ending(tmp_path: Path) -> Non
     assert quarantine == []
     stored = sorted(str(fields["trace_id"]) for fields in stored_documents(data_dir).values())
     assert stored == sorted(f"x{n}-{i}" for n in range(len(endings)) for i in range(3))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-32-be"])
+def test_send_refuses_ndjson_that_is_not_utf8_whole(tmp_path: Path, encoding: str) -> None:
+    """Lines split on bytes would cut a wide encoding's characters (and each piece would be
+    quarantined apart, its user id unreadable to the scrubber): the file is refused, one line,
+    exit 2, before anything is logged."""
+    data_dir = tmp_path / "data"
+    when = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    text = "".join(
+        json.dumps({"app_id": "a1", "timestamp": when, "trace_id": f"w-{i}", "user_id": "wide"})
+        + "\n"
+        for i in range(2)
+    )
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(text.encode(encoding))
+    sent = evalstream("send", str(path), "--data-dir", str(data_dir))
+    assert sent.returncode == 2, sent.stderr.decode()
+    message = sent.stderr.decode()
+    assert "not UTF-8" in message and "Traceback" not in message, message
+    assert len(message.strip().splitlines()) == 1, message
+    log = data_dir / "log.db"
+    assert not log.exists() or b"wide" not in log.read_bytes()

@@ -27,8 +27,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
-from stream.decode import bare_line, block_lines, ndjson_blocks
-from stream.exceptions import ReplayMisconfigured
+from stream.decode import bare_line, block_lines, ndjson_blocks, refuse_wide
+from stream.exceptions import NotUtf8, ReplayMisconfigured
 from stream.ports import ReceivedEvent, received
 from stream.replay.ports import PartitionPlan, TimeBasis, Window
 
@@ -69,12 +69,16 @@ def expand(patterns: Sequence[str]) -> list[Path]:
 
 
 def _size(path: Path) -> int:
-    """The file's size now; opened, so an unreadable file is found when the job is planned."""
+    """The file's size now; opened, so an unreadable file (or one not in UTF-8) is found when
+    the job is planned."""
     try:
         with open(path, "rb") as handle:
+            refuse_wide(handle.read(4))
             return os.fstat(handle.fileno()).st_size
     except OSError as exc:
         raise _unreadable(path, exc) from exc
+    except NotUtf8 as exc:
+        raise ReplayMisconfigured(f"{path}: {exc}") from None
 
 
 def _parts(path: Path, size: int, count: int) -> list[PartitionPlan]:

@@ -194,3 +194,15 @@ def test_ndjson_lines_split_and_place_every_line(pieces: list[bytes], block: int
         for end in range(len(data) + 1):
             bounded = [line for _, line in ndjson_lines(io.BytesIO(data), 0, end)]
             assert bounded == _lines_one_by_one(data[:end])
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-le"])
+def test_an_ndjson_body_in_utf16_or_utf32_is_rejected_whole(encoding: str) -> None:
+    lines = [orjson.dumps(GOOD).decode(), orjson.dumps({**GOOD, "trace_id": "t-2"}).decode()]
+    body = "\n".join(lines).encode(encoding)
+    decoded = Decoder().decode_ndjson(body, NOW)
+    assert decoded.accepted == []
+    assert [(r.index, r.raw, [i.code for i in r.issues]) for r in decoded.rejected] == [
+        (0, body, ["invalid_utf8"])
+    ]
+    assert "not UTF-8" in decoded.rejected[0].issues[0].message

@@ -415,3 +415,11 @@ async def test_a_file_mostly_of_one_app_is_read_whole(
     path.write_bytes(b"\n".join(event("big" if m % 4 else f"small-{m}", m) for m in range(300)))
     plans = await NdjsonReader([path], T0, 2).plan(Window(T0, T0 + 9 * HOUR), timedelta())
     assert [plan.app_parts for plan in plans] == [2, 2]
+
+
+async def test_an_ndjson_file_that_is_not_utf8_is_refused_when_planned(tmp_path: Path) -> None:
+    path = tmp_path / "wide.ndjson"
+    path.write_bytes((event("a", 0) + b"\n").decode().encode("utf-16"))
+    reader = NdjsonReader(expand([str(path)]), T0)
+    with pytest.raises(ReplayMisconfigured, match="UTF-16, not UTF-8"):
+        await reader.plan(Window(T0, T0 + timedelta(hours=1)), timedelta(minutes=15))
