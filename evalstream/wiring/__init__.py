@@ -146,17 +146,23 @@ def ingest_app(
 
 
 async def covered_positions(settings: Settings) -> dict[int, int]:
-    """Per partition of the embedded log, the last sequence the store's snapshot covers (the
-    processor's consumer group; none before the store exists)."""
+    """Per partition of the embedded log, the last sequence the store holds: what its snapshot
+    covers (the processor's consumer group), or a document or record written after it (none
+    before the store exists)."""
     path = settings.embedded.store_path
     if not path.exists():
         return {}
     covered = {}
     async with SqliteStore(path) as store:
+        written = await store.written_sequences(SOURCE_NAME)
         for partition in range(settings.embedded.partitions):
             snapshot = await store.load_state(settings.processor.consumer_group, str(partition))
-            if snapshot is not None:
-                covered[partition] = snapshot.covered_sequence
+            last = max(
+                snapshot.covered_sequence if snapshot is not None else -1,
+                written.get(str(partition), -1),
+            )
+            if last >= 0:
+                covered[partition] = last
     return covered
 
 

@@ -376,9 +376,11 @@ class LocalLogSink:
     """EventSink appending to the local log (``evalstream send``, the simulator, ingest).
 
     With a Pseudonymizer (as the commands build it) no raw user_id reaches the file. With
-    ``covered`` (the store's snapshot positions per partition, as the commands give it) a log
-    that lost its last events (a power cut) numbers new ones after what the store covers
-    before the first append: the processor skips numbers its snapshot covers."""
+    ``covered`` (per partition, the last position the store holds: its snapshot's, or a
+    document's or record's written after it, as the commands give it) a log that lost its last
+    events (a power cut) numbers new ones after what the store holds before the first append:
+    the processor skips numbers its snapshot covers, and a number the store holds a record of
+    is never given to another event (its quarantine record would be replaced)."""
 
     def __init__(
         self,
@@ -409,8 +411,8 @@ class LocalLogSink:
             if last < sequence:
                 await log.raise_head_async(partition, sequence + 1)
                 logger.error(
-                    "the event log ends at sequence %d but the store covers up to %d: the log "
-                    "lost events (a power cut?); new events are numbered after them",
+                    "the event log ends at sequence %d but the store holds events up to %d: the "
+                    "log lost events (a power cut?); new events are numbered after them",
                     last,
                     sequence,
                     extra={"partition": str(partition)},

@@ -172,3 +172,30 @@ async def test_a_window_reads_each_app_in_time_order_across_days(
         assert await evaluations.app_ids(*_WINDOW) == ["a", "team:b"]
         assert await evaluations.app_ids(_WINDOW[1], _WINDOW[1] + timedelta(hours=6)) == ["c"]
         assert await evaluations.app_ids(_WINDOW[1], _WINDOW[1]) == []
+
+
+async def test_the_last_position_written_is_kept_per_source_partition(tmp_path: Path) -> None:
+    """What an embedded log that lost its end numbers new events after (evalstream.wiring):
+    a write's last document, its quarantine records, never moving back."""
+    from schemas import AppDirectory, ValidationIssue
+    from stream.decode import Rejected
+    from stream.enrich import Enricher
+    from stream.ports import ReceivedEvent
+
+    enricher = Enricher(AppDirectory(), b"k", "local")
+    issue = ValidationIssue(code="c", location="$", message="m")
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+
+    def record(sequence: int) -> object:
+        position = ReceivedEvent(b"{}", "0", sequence, now, str(sequence))
+        return enricher.quarantine(Rejected(0, b"{}", (issue,)), position, now)
+
+    async with SqliteStore(tmp_path / "store.db") as store:
+        assert await store.written_sequences("local") == {}
+        await store.write([document(3, trace_id="a"), document(7, trace_id="b")], [])
+        assert await store.written_sequences("local") == {"0": 7}
+        await store.write([document(8, trace_id="c")], [record(12)])  # type: ignore[list-item]
+        assert await store.written_sequences("local") == {"0": 12}
+        await store.write([document(5, trace_id="d")], [])  # a re-read: never backwards
+        assert await store.written_sequences("local") == {"0": 12}
+        assert await store.written_sequences("eventhubs") == {}
