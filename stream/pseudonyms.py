@@ -383,19 +383,22 @@ def may_hold_user_id(body: bytes) -> bool:
 def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str]) -> str:
     """``text`` (an error message about ``raw``) with every user_id value of ``raw`` replaced
     by the hash ``scrub_user_ids`` gives it, however the message quotes it: as written, as its
-    JSON or its repr (the hash kept in those quotes), or as the value itself."""
+    JSON or its repr (the hash kept in those quotes), or as the value itself. An array's or
+    object's strings and scalars are replaced by its hash one by one too."""
     seen: _Seen = []
     _scrubbed_readable(raw, user_hash, seen)
     shown: dict[str, str] = {}
-    for token, value in seen:
-        hashed = user_hash(value)
-        as_json, as_repr = orjson.dumps(value).decode(), repr(value)
-        written = token.decode("utf-8", "backslashreplace")
-        quoted = [(form, _in_quotes_of(form, hashed)) for form in (written, as_json, as_repr)]
-        bare = [(form, hashed) for form in (value, as_json[1:-1], as_repr[1:-1])]
-        for form, replacement in quoted + bare:
-            if form and form in text:
-                shown.setdefault(form, replacement)
+    for member, member_value in seen:
+        hashed = user_hash(member_value)
+        for token, value in [(member, member_value), *_leaves(member)]:
+            as_json, as_repr = orjson.dumps(value).decode(), repr(value)
+            written = token.decode("utf-8", "backslashreplace")
+            spellings = (written, as_json, as_repr)
+            quoted = [(form, _in_quotes_of(form, hashed)) for form in spellings]
+            bare = [(form, hashed) for form in (value, as_json[1:-1], as_repr[1:-1])]
+            for form, replacement in quoted + bare:
+                if form and form in text:
+                    shown.setdefault(form, replacement)
     if not shown:
         return text
     # One pass, the longest form first: a value inside its own quoted form (``"`` in ``"\\""``)
@@ -403,6 +406,24 @@ def scrub_user_ids_in_text(text: str, raw: bytes, user_hash: Callable[[str], str
     forms = sorted(shown, key=len, reverse=True)
     pattern = re.compile("|".join(map(re.escape, forms)))
     return pattern.sub(lambda match: shown[match.group()], text)
+
+
+def _leaves(written: bytes) -> _Seen:
+    """The strings and scalars (not keys) of a value written as ``written`` when it is an
+    array or object, each as written with its text, else none."""
+    if written[:1] not in (b"[", b"{"):
+        return []
+    leaves: _Seen = []
+    for token in _TOKEN.finditer(written):
+        first = written[token.start()]
+        if first in _QUOTES and _COLON.match(written, token.end()) is not None:
+            continue
+        # A key's colon may lead a scalar's run (``"n":1``); a bytes literal's ``b`` is no value.
+        leaf = token.group().lstrip(b":")
+        if first in _SPACE or first in b"[]{}," or leaf in (b"", b"b", b"B"):
+            continue
+        leaves.append((leaf, _value_text(leaf)))
+    return leaves
 
 
 def _in_quotes_of(form: str, hashed: str) -> str:

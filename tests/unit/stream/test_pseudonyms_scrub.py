@@ -208,3 +208,16 @@ def test_a_megabyte_body_is_scrubbed_whole() -> None:
     assert kept.count(b'"user_id":"') == 20_000
     assert HASH("user-19999").encode() in kept
     assert HASH('["last one"]').encode() in kept
+
+
+def test_an_error_message_quoting_an_array_value_or_its_items_shows_its_hash() -> None:
+    raw = EVENT + b'"user_id":["jane@example.com", "jane.doe@example.com", 31337],"n":1}'
+    hashed = HASH('["jane@example.com","jane.doe@example.com",31337]')
+    for message in (
+        "input_value=['jane@example.com', 'jane.doe@example.com', 31337]",
+        'user_id ["jane@example.com", "jane.doe@example.com", 31337] refused',
+        "unknown user jane.doe@example.com",
+    ):
+        text = scrub_user_ids_in_text(message, raw, HASH)
+        assert "jane" not in text and "31337" not in text, text
+        assert hashed in text
