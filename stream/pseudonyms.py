@@ -56,6 +56,8 @@ _UNOPENED_KEY = re.compile(rb"((?:\w|\\u[0-9A-Fa-f]{4})+)\\?\Z")
 # The longest a user_id key is written: every character a \\u escape.
 _MAX_KEY_BYTES = 48
 _QUOTES = b"\"'"
+# What a Python literal's string follows: the start, a bracket, a separator or whitespace.
+_SINGLE_QUOTE_AFTER = b" \t\n\r\f\v([{,:="
 _SPACE = b" \t\n\r\f\v"
 _USER_ID_KEYS = (b'"user_id"', b"'user_id'")
 # A string is read for members inside it this many strings deep (a repr in JSON in a message).
@@ -98,7 +100,9 @@ def _replacements(
         token = _SCAN.match(raw, pos, end)
         assert token is not None  # every byte starts a token
         token_end = token.end()
-        if raw[pos] not in _QUOTES:
+        if raw[pos] not in _QUOTES or not _opens_string(raw, pos, start):
+            if raw[pos] in _QUOTES:
+                token_end = pos + 1
             # Outside strings, as read: a key there lost its opening quote to a string before
             # it that never closed where meant (``{"a":"x, "user_id":"bob"}``).
             key = _UNOPENED_KEY.search(raw, max(pos, token_end - _MAX_KEY_BYTES), token_end)
@@ -119,6 +123,18 @@ def _replacements(
             found += _string_replacements(raw, pos, token_end, closed, nesting + 1, user_hash, seen)
         pos = token_end
     return found
+
+
+def _opens_string(raw: bytes, pos: int, start: int) -> bool:
+    """Whether the quote at ``pos`` starts a string: a double quote does; a single quote where
+    a Python literal's may start, not inside a word (``it's``, ``o'brien``), which would make
+    all that follows it up to the next one a string."""
+    if raw[pos] == ord('"'):
+        return True
+    before = pos - 1
+    if before >= start and raw[before] in b"bB":
+        before -= 1
+    return before < start or raw[before] in _SINGLE_QUOTE_AFTER
 
 
 def _replace_value(

@@ -221,3 +221,15 @@ def test_an_error_message_quoting_an_array_value_or_its_items_shows_its_hash() -
         text = scrub_user_ids_in_text(message, raw, HASH)
         assert "jane" not in text and "31337" not in text, text
         assert hashed in text
+
+
+def test_an_apostrophe_inside_a_word_starts_no_string() -> None:
+    """Taken for a Python literal's quote, it made all up to the next one a string: members
+    after it were read from the wrong place and a value kept (``o'brien secret``)."""
+    for raw, secret, hashed in (
+        (b'{note: it\'s bad, "user_id": "o\'brien secret"}', "brien", "o'brien secret"),
+        (b"{'app_id': 'a1, 'user_id': 'bob two'}", "bob", "bob two"),
+        (b"{\"msg\": \"don't use 'user_id': 'bob two'\"}", "bob", "bob two"),
+    ):
+        kept = scrub_user_ids(raw, HASH)
+        _assert_scrubbed(kept, (secret,), hashed)
