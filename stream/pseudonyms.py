@@ -205,18 +205,22 @@ def _value_end(raw: bytes, start: int, end: int) -> int:
     """Where the value starting at ``start`` ends: before the comma or closing bracket that
     ends its member (brackets inside it matched, strings inside it skipped), its trailing
     whitespace left out; at ``end`` when nothing ends it."""
-    depth, last = 0, start
-    for token in _TOKEN.finditer(raw, start, end):
-        first = raw[token.start()]
-        if first in _SPACE:
+    depth, last, pos = 0, start, start
+    while pos < end:
+        token = _TOKEN.match(raw, pos, end)
+        assert token is not None  # every byte starts a token
+        first, pos = raw[token.start()], token.end()
+        if first in _QUOTES and not _opens_string(raw, token.start(), start):
+            pos = token.start() + 1
+        elif first in _SPACE:
             continue
-        if first in b",]}" and depth == 0:
+        elif first in b",]}" and depth == 0:
             break
-        if first in b"[{":
+        elif first in b"[{":
             depth += 1
         elif first in b"]}":
             depth -= 1
-        last = token.end()
+        last = pos
     return last
 
 

@@ -230,6 +230,8 @@ def test_an_apostrophe_inside_a_word_starts_no_string() -> None:
         (b'{note: it\'s bad, "user_id": "o\'brien secret"}', "brien", "o'brien secret"),
         (b"{'app_id': 'a1, 'user_id': 'bob two'}", "bob", "bob two"),
         (b"{\"msg\": \"don't use 'user_id': 'bob two'\"}", "bob", "bob two"),
+        (b'{"user_id": o\'brien secret, "n": 1}', "brien", "o'brien secret"),
     ):
         kept = scrub_user_ids(raw, HASH)
         _assert_scrubbed(kept, (secret,), hashed)
+        assert kept.endswith(b"}"), kept
