@@ -17,7 +17,8 @@ value the input ends in (a string never closed, an array never closed: a cut-off
 replaced through the end, hashed as its text after its opening quote. Members are found by
 reading the input token by token, strings whole, so no text inside a string is taken for a
 member; a string that holds members itself (a repr or JSON quoted in a message) has them
-replaced too.
+replaced too. ``may_hold_user_id`` tells, without scrubbing, whether an input may hold such a
+member at all: an input it says holds none may be kept as it is.
 """
 
 from __future__ import annotations
@@ -375,7 +376,7 @@ def _inflated(raw: bytes) -> bytes | None:
 
 
 # How much of compressed data ``may_hold_user_id`` reads: data that holds more may hold one.
-MAX_CHECKED_BYTES = 64 * 1024 * 1024
+MAX_CHECKED_BYTES = 8 * 1024 * 1024
 # What a user_id member's key shows in a body, in every encoding the scrub reads.
 _MARKERS = (b"user_id", b"\\u", *(m for markers in _WIDE_MARKERS.values() for m in markers))
 
