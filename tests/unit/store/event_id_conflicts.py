@@ -124,7 +124,8 @@ async def check_event_id_conflicts(store: TelemetryStore) -> None:
 
     # JSON objects are unordered: the same event with its objects' keys in another order (a
     # producer retrying through another serializer) is the same event, decided against the
-    # stored document or the batch's one before it.
+    # stored document or the batch's one before it. A value of another type is another event:
+    # ``true`` is not ``1`` (whether ``1.0`` is differs: Cosmos DB's numbers are doubles).
     ordered = document(17, event_id="e-5", metadata=TAGS, scores=SCORES)
     reordered = document(18, event_id="e-5", metadata=reverse(TAGS), scores=reverse(SCORES))
     assert list(reordered.metadata) != list(ordered.metadata)
@@ -134,6 +135,9 @@ async def check_event_id_conflicts(store: TelemetryStore) -> None:
     again = document(19, event_id="e-5", metadata=TAGS, scores=SCORES)
     reordered_again = document(19, index=1, event_id="e-5", metadata=reverse(TAGS), scores=SCORES)
     assert await store.write([again, reordered_again], []) == []
+    assert await store.get_telemetry("e-5", ordered.pk) == reordered_again
+    retyped = document(20, event_id="e-5", metadata={**reverse(TAGS), "n": True}, scores=SCORES)
+    assert await store.write([retyped], []) == [retyped]
     assert await store.get_telemetry("e-5", ordered.pk) == reordered_again
     assert await store.count("telemetry") == 8
 
