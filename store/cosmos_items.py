@@ -152,13 +152,29 @@ def event_fields(item: dict[str, Any]) -> dict[str, Any]:
 
     The user pseudonyms (``user_hash``, ``metadata.user_id``) count only as being there or not:
     their values are made with a key, not sent, so another key, or an older version that kept
-    metadata.user_id raw, gives the same event other values (as store.sqlite decides)."""
+    metadata.user_id raw, gives the same event other values (as store.sqlite decides).
+
+    Compared with ``==``: objects (dicts) are equal whatever the order of their keys, as JSON
+    objects are; numbers equal whether integer or not (Cosmos DB's numbers are doubles: 1.0
+    reads back as 1); a boolean never equals a number (``_booleans_apart``)."""
     fields = {key: item.get(key) for key in _EVENT_KEYS}
     fields["user_hash"] = fields["user_hash"] is not None
     metadata = fields["metadata"]
     if isinstance(metadata, dict) and "user_id" in metadata:
         fields["metadata"] = {**metadata, "user_id": True}
-    return fields
+    return {key: _booleans_apart(value) for key, value in fields.items()}
+
+
+def _booleans_apart(value: Any) -> Any:
+    """``value`` with each boolean in it as a pair, which no JSON value equals: Python has
+    ``True == 1``, JSON has ``true`` and ``1``, two values of a tag."""
+    if isinstance(value, bool):
+        return (bool, value)
+    if isinstance(value, dict):
+        return {key: _booleans_apart(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_booleans_apart(item) for item in value]
+    return value
 
 
 def quarantine_item(record: QuarantineRecord) -> dict[str, Any]:

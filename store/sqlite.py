@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import orjson
+
 from common.sqlite import SqliteFile, connect, map_error, sqlite3, transaction
 from schemas import QuarantineRecord, TelemetryDocument
 from store.exceptions import StoreError, StoreUnavailable
@@ -74,16 +76,29 @@ CREATE INDEX IF NOT EXISTS telemetry_app_ts ON telemetry (app_id, ts);
 """
 
 
+# The SQL function ``event_key`` (``_event_key``), registered on the store's connection.
+_EVENT_KEY = "event_key"
+
+
+def _event_key(event: str) -> bytes:
+    """The canonical text of a JSON value: its objects' keys sorted, so that the same event
+    sent with its keys in another order (metadata, scores: JSON objects are unordered) gives
+    the same text. Types stay apart (``true`` and ``1``, ``1`` and ``1.0`` differ), which
+    comparing the values in Python would not keep. orjson reads every number the contract
+    admits exactly (integers to 64 bits, floats)."""
+    return orjson.dumps(orjson.loads(event), option=orjson.OPT_SORT_KEYS)
+
+
 def _event_of(doc: str) -> str:
-    """SQL for the event a document (the column or parameter ``doc``) holds: the document
-    without what the processor adds (ingest, app, derived fields), its user pseudonyms
-    (``user_hash``, ``metadata.user_id``) reduced to whether it has them. Their values are made
-    with a key, not sent: another key, or an older version that kept metadata.user_id raw, gives
-    other values for the same event."""
+    """SQL for the event a document (the column or parameter ``doc``) holds, as canonical text
+    (``_event_key``): the document without what the processor adds (ingest, app, derived
+    fields), its user pseudonyms (``user_hash``, ``metadata.user_id``) reduced to whether it has
+    them. Their values are made with a key, not sent: another key, or an older version that
+    kept metadata.user_id raw, gives other values for the same event."""
     text = f"CAST({doc} AS TEXT)"
     return (
-        f"json_replace(json_remove({text}, '$.ingest', '$.app', '$.derived'), "
-        f"'$.user_hash', json_type({text}, '$.user_hash'), '$.metadata.user_id', '')"
+        f"{_EVENT_KEY}(json_replace(json_remove({text}, '$.ingest', '$.app', '$.derived'), "
+        f"'$.user_hash', json_type({text}, '$.user_hash'), '$.metadata.user_id', ''))"
     )
 
 
@@ -179,7 +194,9 @@ def _layout_of(columns: set[str]) -> _Layout:
 
 def _layout(connection: sqlite3.Connection) -> _Layout:
     """The file's layout, its key indexes made if missing (a new file, or one being opened by
-    several processes at once: ``IF NOT EXISTS``)."""
+    several processes at once: ``IF NOT EXISTS``), and ``event_key`` registered for its
+    statements (deterministic: SQLite may compute it once for a statement's document)."""
+    connection.create_function(_EVENT_KEY, 1, _event_key, deterministic=True)
     layout = _layout_of(_telemetry_columns(connection))
     connection.executescript(layout.indexes)
     return layout

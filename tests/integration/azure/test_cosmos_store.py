@@ -36,7 +36,7 @@ from tests.emulators.fault_proxy import FaultProxy
 from tests.emulators.npm_fixtures import CosmosServer
 from tests.unit.store import event_id_conflicts
 from tests.unit.store.event_id_conflicts import check_event_id_conflicts
-from tests.unit.store.upsert_model import BATCHES, Event, check_upsert_model
+from tests.unit.store.upsert_model import BATCHES, Read, check_upsert_model
 
 pytestmark = pytest.mark.integration
 
@@ -230,7 +230,7 @@ async def test_an_event_id_held_by_another_event_is_refused_and_a_reread_replace
 )
 @given(batches=BATCHES)
 async def test_the_upsert_decides_as_its_rule_on_generated_batches(
-    store: CosmosStore, batches: list[list[Event]]
+    store: CosmosStore, batches: list[list[Read]]
 ) -> None:
     await check_upsert_model(store, batches, app_id=f"app-{uuid.uuid4().hex[:8]}")
 

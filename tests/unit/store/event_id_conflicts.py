@@ -1,8 +1,8 @@
 """One scenario for every TelemetryStore: an ``event_id`` reused by a different event is refused
 (returned by ``write``, the stored event kept), while a re-read or replay of the same event
 updates its document in place — also when its user pseudonyms differ (made with another key, or
-a ``metadata.user_id`` an older version stored raw). Shared by the SQLite (unit) and Cosmos
-(integration) tests."""
+a ``metadata.user_id`` an older version stored raw), or its objects list their keys in another
+order. Shared by the SQLite (unit) and Cosmos (integration) tests."""
 
 from __future__ import annotations
 
@@ -121,3 +121,32 @@ async def check_event_id_conflicts(store: TelemetryStore) -> None:
     assert await store.write([other_first, reread_after], []) == [other_first]
     assert await store.get_telemetry("e-2", fresh.pk) == reread_after
     assert await store.count("telemetry") == 7
+
+    # JSON objects are unordered: the same event with its objects' keys in another order (a
+    # producer retrying through another serializer) is the same event, decided against the
+    # stored document or the batch's one before it. A value of another type is another event:
+    # ``true`` is not ``1`` (whether ``1.0`` is differs: Cosmos DB's numbers are doubles).
+    ordered = document(17, event_id="e-5", metadata=TAGS, scores=SCORES)
+    reordered = document(18, event_id="e-5", metadata=reverse(TAGS), scores=reverse(SCORES))
+    assert list(reordered.metadata) != list(ordered.metadata)
+    assert await store.write([ordered], []) == []
+    assert await store.write([reordered], []) == []
+    assert await store.get_telemetry("e-5", ordered.pk) == reordered
+    again = document(19, event_id="e-5", metadata=TAGS, scores=SCORES)
+    reordered_again = document(19, index=1, event_id="e-5", metadata=reverse(TAGS), scores=SCORES)
+    assert await store.write([again, reordered_again], []) == []
+    assert await store.get_telemetry("e-5", ordered.pk) == reordered_again
+    retyped = document(20, event_id="e-5", metadata={**reverse(TAGS), "n": True}, scores=SCORES)
+    assert await store.write([retyped], []) == [retyped]
+    assert await store.get_telemetry("e-5", ordered.pk) == reordered_again
+    assert await store.count("telemetry") == 8
+
+
+# An event's objects: tags of every kind (a pseudonym among them) and scores.
+TAGS: dict[str, Any] = {"a": "x", "n": 1, "flag": False, "user_id": "dave", "f": 0.5}
+SCORES = {"relevance": 0.9, "toxicity": 0.1, "faithfulness": 0.75}
+
+
+def reverse(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The same object, its keys in reverse order."""
+    return dict(reversed(mapping.items()))

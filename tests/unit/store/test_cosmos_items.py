@@ -24,7 +24,7 @@ from store.ports import StateSnapshot, window_days
 from stream.enrich import Enricher
 from stream.ports import ReceivedEvent
 from tests.unit.store.event_id_conflicts import document as conflict_document
-from tests.unit.store.event_id_conflicts import stored_raw
+from tests.unit.store.event_id_conflicts import reverse, stored_raw
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -119,3 +119,20 @@ def test_an_events_user_pseudonyms_do_not_make_it_another_event() -> None:
         conflict_document(2, **{**fields, "metadata": {"k": "w", "user_id": 42}}),
     ):
         assert event_fields(telemetry_item(other)) != event_fields(telemetry_item(stored))
+
+
+def test_an_events_key_order_does_not_make_it_another_event_a_boolean_does() -> None:
+    """JSON objects are unordered; ``true`` is not ``1`` (Python has True == 1), while ``1.0``
+    is ``1`` in Cosmos DB, whose numbers are doubles (it reads 1.0 back as 1)."""
+    tags: dict[str, Any] = {"a": "x", "n": 1, "flag": False, "user_id": 42}
+    scores = {"relevance": 0.9, "toxicity": 0.1}
+    stored = telemetry_item(conflict_document(1, event_id="e-1", metadata=tags, scores=scores))
+    reordered = conflict_document(2, event_id="e-1", metadata=reverse(tags), scores=reverse(scores))
+    as_read_back = {**stored, "metadata": {**stored["metadata"], "n": 1.0}}
+    for same in (telemetry_item(reordered), as_read_back):
+        assert event_fields(same) == event_fields(stored)
+    for value in (True, "1"):
+        other = conflict_document(2, event_id="e-1", metadata={**tags, "n": value}, scores=scores)
+        assert event_fields(telemetry_item(other)) != event_fields(stored)
+    flag = conflict_document(2, event_id="e-1", metadata={**tags, "flag": 0}, scores=scores)
+    assert event_fields(telemetry_item(flag)) != event_fields(stored)

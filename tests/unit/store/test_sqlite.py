@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import store.sqlite
 from common.sqlite import sqlite3
 from store.exceptions import StoreError, StoreUnavailable
 from store.ports import StateSnapshot
@@ -57,6 +58,49 @@ async def test_an_event_id_held_by_another_event_is_refused_and_a_reread_replace
 ) -> None:
     async with SqliteStore(tmp_path / "store.db") as store:
         await check_event_id_conflicts(store)
+
+
+@pytest.mark.parametrize("layout", ["time-led", "earlier"])
+async def test_a_number_of_another_type_is_another_event_whatever_the_key_order(
+    tmp_path: Path, layout: str
+) -> None:
+    # JSON keeps 1 and 1.0 apart, and so does the embedded store (Cosmos DB's doubles do not).
+    path = tmp_path / "store.db"
+    if layout == "earlier":
+        earlier_file(path)
+    stored = document(1, event_id="e-1", metadata={"a": "x", "n": 1})
+    async with SqliteStore(path) as store:
+        assert await store.write([stored], []) == []
+        for sequence, value in enumerate((1.0, True, "1"), start=2):
+            other = document(sequence, event_id="e-1", metadata={"n": value, "a": "x"})
+            assert await store.write([other], []) == [other]
+        reread = document(5, event_id="e-1", metadata={"n": 1, "a": "x"})
+        assert await store.write([reread], []) == []
+        assert await store.get_telemetry("e-1", stored.pk) == reread
+
+
+@pytest.mark.parametrize("layout", ["time-led", "earlier"])
+async def test_documents_are_compared_only_on_a_key_conflict(
+    tmp_path: Path, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The comparison is a Python function: new ids must not pay for it, row by row."""
+    compared: list[str] = []
+    event_key = store.sqlite._event_key
+
+    def counted(event: str) -> bytes:
+        compared.append(event)
+        return event_key(event)
+
+    monkeypatch.setattr(store.sqlite, "_event_key", counted)
+    path = tmp_path / "store.db"
+    if layout == "earlier":
+        earlier_file(path)
+    async with SqliteStore(path) as opened:
+        fresh = [document(n, event_id=f"e-{n}" if n % 2 else None, latency_ms=n) for n in range(20)]
+        assert await opened.write(fresh, []) == []
+        assert compared == []
+        assert await opened.write([document(21, event_id="e-1", latency_ms=1)], []) == []
+        assert compared
 
 
 async def test_a_snapshot_never_replaces_one_covering_a_later_position(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 
 from store.sqlite import SqliteStore
 from tests.unit.store.layouts import earlier_file
-from tests.unit.store.upsert_model import BATCHES, Event, check_upsert_model
+from tests.unit.store.upsert_model import BATCHES, Read, check_upsert_model
 
 
-async def check(path: Path, batches: list[list[Event]]) -> None:
+async def check(path: Path, batches: list[list[Read]]) -> None:
     async with SqliteStore(path) as store:
         await check_upsert_model(store, batches)
 
@@ -25,7 +25,7 @@ async def check(path: Path, batches: list[list[Event]]) -> None:
 @settings(max_examples=60, deadline=None)
 @given(batches=BATCHES)
 def test_the_upsert_decides_as_its_rule_on_generated_batches(
-    layout: str, batches: list[list[Event]]
+    layout: str, batches: list[list[Read]]
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "store.db"
