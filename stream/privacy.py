@@ -15,17 +15,13 @@ which the processor quarantines as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from schemas import TelemetryEvent
 from stream.decode import Decoder, Rejected, refusal_text
 from stream.enrich import Enricher, canonical_json, document_id
 from stream.ports import REFUSED
-from stream.pseudonyms import scrub_user_ids, scrub_user_ids_in_text
-
-# Bodies without either can hold no user_id (an escaped key needs a backslash).
-_MAYBE_USER_ID = (b"user_id", b"\\u")
+from stream.pseudonyms import may_hold_user_id, scrub_user_ids
 
 LogItem = tuple[str | None, bytes, tuple[str, str] | None]
 
@@ -41,7 +37,7 @@ class Pseudonymizer:
         now = datetime.now(UTC)
         items: list[LogItem] = []
         for key, body in bodies:
-            if not any(marker in body for marker in _MAYBE_USER_ID):
+            if not may_hold_user_id(body):
                 items.append((key, body, None))
             else:
                 items.extend(self._rewrite(key, body, now))
@@ -78,19 +74,13 @@ class Pseudonymizer:
 
     def refused_item(self, key: str | None, rejected: Rejected) -> LogItem:
         """The log record of a rejected input: its bytes with each user_id value hashed, and
-        its decision (issues, index, app), their messages' user ids hashed too."""
-        user_hash = self.enricher.user_hash
-        issues = tuple(
-            issue.model_copy(
-                update={"message": scrub_user_ids_in_text(issue.message, rejected.raw, user_hash)}
-            )
-            for issue in rejected.issues
-        )
-        decision = replace(rejected, issues=issues)
+        its decision (issues, index, app) as the decoder gave it: an issue's message names
+        what is wrong, never a value (quarantine keeps the same issues for an input ingest
+        refused)."""
         return (
             rejected.app_id or key,
-            scrub_user_ids(rejected.raw, user_hash),
-            (REFUSED, refusal_text(decision)),
+            scrub_user_ids(rejected.raw, self.enricher.user_hash),
+            (REFUSED, refusal_text(rejected)),
         )
 
     def event_item(self, event: TelemetryEvent, id_: str | None = None) -> LogItem:

@@ -356,3 +356,19 @@ def test_an_event_id_conflict_keeps_the_metadata_user_ids_hash() -> None:
     assert record.issues[0].code == "duplicate_event_id_conflict"
     assert "alice" not in record.raw
     assert orjson.loads(record.raw)["metadata"]["user_id"] == enricher.user_hash("alice smith")
+
+
+def test_the_log_keeps_no_user_id_of_a_body_in_utf16_or_utf32() -> None:
+    """A body the log is handed in a wide encoding (a line of a file in another encoding than
+    the rest) is rewritten before it is kept, as a UTF-8 one is: the scrubber reads it."""
+    enricher = Enricher(APPS, KEY, "local")
+    event = {"app_id": "app-1", "timestamp": "2026-11-22T10:00:00Z", "trace_id": "t"}
+    text = orjson.dumps({**event, "user_id": "wideSecret"}).decode()
+    for encoding in ("utf-16", "utf-16-le", "utf-32-be"):
+        [(_, kept, pair)] = Pseudonymizer(Decoder(), enricher).items(
+            [(None, text.encode(encoding))]
+        )
+        assert pair is not None, encoding
+        for form in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+            assert "wideSecret".encode(form) not in kept, (encoding, form)
+        assert enricher.user_hash("wideSecret").encode() in kept, encoding
