@@ -284,13 +284,17 @@ class SigningKeys:
             found = jwt.PyJWKSet.from_dict(document).keys
         except jwt.PyJWTError as exc:
             raise KeysUnavailable(f"the answer is not a usable key set: {exc}") from exc
+        # Only RSA signing keys can check an RS256 token: a token naming another key (an EC
+        # one would make PyJWT raise TypeError) finds none, as if its kid were unknown.
         keys = {
             key.key_id: key
             for key in found
-            if key.key_id is not None and key.public_key_use in ("sig", None)
+            if key.key_id is not None
+            and key.key_type == "RSA"
+            and key.public_key_use in ("sig", None)
         }
         if not keys:
-            raise KeysUnavailable("the key set holds no signing key with a kid")
+            raise KeysUnavailable("the key set holds no RSA signing key with a kid")
         return keys
 
 

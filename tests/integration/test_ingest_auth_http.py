@@ -22,8 +22,8 @@ import httpx
 import jwt
 import orjson
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -353,10 +353,14 @@ class KeyServer:
         return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/keys"
 
     async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+        await self._server.wait_closed()
+
+    def stop(self) -> None:
+        """Refuse connections and close the open ones (a fetch waiting on one ends)."""
         self._server.close()
         for writer in self._open:
             writer.close()
-        await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -482,14 +486,23 @@ async def test_a_token_is_judged_against_a_valid_key_set_fetched_from_a_raw_serv
     tmp_path: Path,
 ) -> None:
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    # Beside the tenant's RSA key, an EC key: no RS256 token can be checked with it.
+    ec_key = orjson.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    key_set = orjson.loads(_key_set(PROBE))
+    key_set["keys"].append({**ec_key, "kid": "ec", "use": "sig"})
     async with (
-        KeyServer(_http("200 OK", _key_set(PROBE))) as jwks_url,
+        KeyServer(_http("200 OK", orjson.dumps(key_set))) as jwks_url,
         entra_ingest(tmp_path, jwks_url) as ingest,
     ):
-        refused = await ingest.post(PROBE.token(signing=other), events("web-app"))
-        assert refused.status_code == 401
-        assert refused.json()["error"] == "invalid_token"
-        assert "Signature verification failed" in refused.json()["message"]
+        for token, reason in [
+            (PROBE.token(signing=other), "Signature verification failed"),
+            # PyJWT raised TypeError for an RS256 token checked with an EC key: a 500.
+            (Tenant(other, kid="ec").token(), 'Unable to find a signing key that matches: "ec"'),
+        ]:
+            refused = await ingest.post(token, events("web-app"))
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"] == "invalid_token"
+            assert reason in refused.json()["message"]
         assert (await ingest.post(PROBE.token(), events("web-app"))).status_code == 202
 
 
@@ -548,13 +561,18 @@ async def test_a_key_server_that_never_answers_holds_no_thread_and_answers_503_i
             asyncio.create_task(ingest.post(Tenant(PROBE.signing, kid=f"kid-{n}").token(), b"[]"))
             for n in range(requests)
         ]
-        async with authorizer.changed:
-            await authorizer.changed.wait_for(lambda: authorizer.entered == requests)
-        ready = await ingest.client.get("/readyz")
-        assert not any(post.done() for post in posts)  # readiness answered while they wait
-        assert ready.status_code == 200, ready.text
-        answers = await asyncio.gather(*posts)
-        assert time.monotonic() - started < timeout_s + 2
+        try:
+            async with authorizer.changed:
+                await authorizer.changed.wait_for(lambda: authorizer.entered == requests)
+            ready = await ingest.client.get("/readyz")
+            assert not any(post.done() for post in posts)  # readiness answered while they wait
+            assert ready.status_code == 200, ready.text
+            answers = await asyncio.gather(*posts)
+            assert time.monotonic() - started < timeout_s + 2
+        finally:
+            # Before ingest stops, which waits for its requests: a fetch stuck in a thread
+            # would hold its request (and this test) until the connection ends.
+            server.stop()
         assert {answer.status_code for answer in answers} == {503}
         assert {answer.headers["retry-after"] for answer in answers} == {"60"}
         assert f"no key set within {timeout_s:g} s" in answers[0].json()["message"]
