@@ -5,11 +5,13 @@ Keys are configured by their SHA-256 only (``evalstream ingest-key`` makes a key
 setting), so a leaked config file leaks no key. A request names its key as
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. With ``entra`` configured, a bearer
 value that is a JWT is checked as an Entra ID access token instead: RS256 signature against the
-tenant's JWKS (fetched, cached, fetched again for an unknown ``kid`` so key rotation works),
-``iss``, ``aud``, ``exp``/``nbf``; the sender is its ``azp``/``appid`` claim.
+tenant's JWKS (``SigningKeys``: fetched, kept, fetched again for an unknown ``kid`` so key
+rotation works), ``iss``, ``aud``, ``exp``/``nbf``; the sender is its ``azp``/``appid`` claim.
 
 * no credentials, an unknown key or a token that fails a check → 401 (``WWW-Authenticate:
   Bearer``), the reason in the body;
+* a token that cannot be checked because the tenant's key set cannot be had now (unreachable,
+  too slow, not a key set) → 503 with ``Retry-After``: the token was not judged;
 * an event for an app the key does not list → 403, nothing of the request is kept;
 * more events for an app than the key's rate allows → 429 with ``Retry-After`` (seconds until
   the bucket holds enough), nothing of the request is kept (the buckets are ``ingest_rates``':
@@ -24,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -42,10 +46,13 @@ from pydantic import (
 )
 
 from schemas.telemetry import APP_ID_PATTERN, is_app_id
+from stream.exceptions import StreamError
 from stream.producers.ingest_rates import Buckets, MemoryBuckets
 
 if TYPE_CHECKING:
     import jwt
+
+logger = logging.getLogger(__name__)
 
 ALL_APPS = "*"
 # The bucket of a key's rejected events that name no app it may post for (no app id is empty).
@@ -100,6 +107,20 @@ class EntraIdSettings(BaseModel):
     # A token with an unknown kid fetches the JWKS again, at most this often (so made-up kids
     # cannot make us hammer the tenant's endpoint); Entra publishes new keys before using them.
     jwks_refresh_cooldown_s: float = Field(default=30.0, ge=0)
+    # The whole fetch (connect, answer, body): a request waiting on it is answered 503 then.
+    jwks_timeout_s: float = Field(default=10.0, gt=0)
+    # After a failed fetch, tokens that need the key set are answered 503 for this long without
+    # fetching again (the answer's Retry-After), so a failing endpoint is not asked per request.
+    jwks_retry_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        # Checked with the settings: a URL of another kind could never be fetched.
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url
 
 
 class IngestAuthSettings(BaseModel):
@@ -152,6 +173,131 @@ class Denied:
     retry_after_s: int | None = None
 
 
+class KeysUnavailable(StreamError):
+    """The tenant's key set cannot be had now: a token needing it cannot be judged."""
+
+    retryable = True
+
+
+class SigningKeys:
+    """The signing keys of one tenant's JWKS by ``kid``, fetched on the event loop (no thread:
+    a fetch that never ends cannot hold a thread other work needs, nor delay shutdown).
+
+    ``key`` answers a known ``kid`` from memory. For an unknown one it fetches the set again,
+    at most once per ``refresh_cooldown_s`` after a fetch that succeeded (made-up kids cannot
+    make us hammer the endpoint), and raises ``jwt.PyJWKClientError`` if the kid is still
+    unknown. One fetch at a time: callers that need it meanwhile wait for that one. A fetch
+    lasts at most ``timeout_s``; when it fails, whatever the reason (refused, reset, too slow,
+    an HTTP error, not a key set), every caller waiting for it, and every caller needing a
+    fetch during ``retry_s`` after, raises ``KeysUnavailable``. The keys of the latest fetch
+    that succeeded keep being used meanwhile.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        refresh_cooldown_s: float,
+        retry_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.refresh_cooldown_s = refresh_cooldown_s
+        self.retry_s = retry_s
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] | None = None
+        self._fetched_at = -math.inf
+        # Why the latest fetch failed (None: it succeeded), and until when not to fetch again.
+        self._failure: str | None = None
+        self._retry_at = -math.inf
+        self._fetching: asyncio.Task[None] | None = None
+
+    async def key(self, kid: str) -> jwt.PyJWK:
+        import jwt
+
+        if self._keys is not None and kid in self._keys:
+            return self._keys[kid]
+        if not self._joinable():
+            now = self._clock()
+            if self._failure is not None and now < self._retry_at:
+                raise KeysUnavailable(self._failure, retry_after=self._retry_at - now)
+            if self._keys is not None and now - self._fetched_at < self.refresh_cooldown_s:
+                raise jwt.PyJWKClientError(f'Unable to find a signing key that matches: "{kid}"')
+            self._fetching = asyncio.create_task(self._fetch())
+        assert self._fetching is not None
+        # Shielded: a caller that goes away (its client disconnected) leaves the fetch to the
+        # others waiting for it; the fetch ends by itself within timeout_s.
+        await asyncio.shield(self._fetching)
+        if self._failure is not None:
+            raise KeysUnavailable(self._failure, retry_after=self.retry_s)
+        if self._keys is None or kid not in self._keys:
+            raise jwt.PyJWKClientError(f'Unable to find a signing key that matches: "{kid}"')
+        return self._keys[kid]
+
+    def _joinable(self) -> bool:
+        # A task of another event loop (a test's, closed) can never be awaited here.
+        fetching = self._fetching
+        return (
+            fetching is not None
+            and not fetching.done()
+            and fetching.get_loop() is asyncio.get_running_loop()
+        )
+
+    async def _fetch(self) -> None:
+        """Fetch the key set and keep it, or keep why it could not be had; raises nothing (a
+        task's exception no waiter retrieved would be logged as lost)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                keys = await self._get()
+        except TimeoutError:
+            failure = f"no key set within {self.timeout_s:g} s"
+        except KeysUnavailable as exc:
+            failure = str(exc)
+        except Exception as exc:
+            # Whatever a key server answers or a connection does is a fault of the key set,
+            # not of the token: none of it may become a 500, nor a 401.
+            failure = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        else:
+            self._keys, self._fetched_at, self._failure = keys, self._clock(), None
+            return
+        self._failure, self._retry_at = failure, self._clock() + self.retry_s
+        logger.warning("the signing keys of %s cannot be fetched: %s", self.url, failure)
+
+    async def _get(self) -> dict[str, jwt.PyJWK]:
+        # Imported here, as jwt is: httpx takes a while to import and most commands never fetch.
+        import httpx
+        import jwt
+
+        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+            response = await client.get(self.url, headers={"accept": "application/json"})
+        if response.status_code != 200:
+            raise KeysUnavailable(f"HTTP {response.status_code} {response.reason_phrase}")
+        try:
+            document = response.json()
+        except ValueError as exc:
+            raise KeysUnavailable(f"the answer is not JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise KeysUnavailable("the answer is not a JSON object")
+        try:
+            found = jwt.PyJWKSet.from_dict(document).keys
+        except jwt.PyJWTError as exc:
+            raise KeysUnavailable(f"the answer is not a usable key set: {exc}") from exc
+        # Only RSA signing keys can check an RS256 token: a token naming another key (an EC
+        # one would make PyJWT raise TypeError) finds none, as if its kid were unknown.
+        keys = {
+            key.key_id: key
+            for key in found
+            if key.key_id is not None
+            and key.key_type == "RSA"
+            and key.public_key_use in ("sig", None)
+        }
+        if not keys:
+            raise KeysUnavailable("the key set holds no RSA signing key with a kid")
+        return keys
+
+
 class Authorizer:
     """Checks one request's key, apps and rate; keeps the rate buckets of the process."""
 
@@ -163,17 +309,14 @@ class Authorizer:
     ) -> None:
         self._keys = {key.key_sha256: key for key in settings.api_keys}
         self._entra = settings.entra
-        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks: SigningKeys | None = None
         if settings.entra is not None:
-            # Imported only with Entra ID configured: PyJWT loads cryptography, a tenth of a
-            # second at every start of every command that reads the settings.
-            import jwt
-
-            self._jwks = jwt.PyJWKClient(
+            self._jwks = SigningKeys(
                 settings.entra.jwks_url,
-                cache_keys=True,
-                timeout=10,
-                cooldown_duration=settings.entra.jwks_refresh_cooldown_s,
+                timeout_s=settings.entra.jwks_timeout_s,
+                refresh_cooldown_s=settings.entra.jwks_refresh_cooldown_s,
+                retry_s=settings.entra.jwks_retry_s,
+                clock=clock,
             )
         self._clock = clock
         # Shared with other ingest processes when given (ingest_rates.SqliteBuckets).
@@ -202,11 +345,16 @@ class Authorizer:
 
     async def _token_sender(self, token: str, entra: EntraIdSettings) -> Sender | Denied:
         assert self._jwks is not None
+        # Imported only with Entra ID configured: PyJWT loads cryptography, a tenth of a
+        # second at every start of every command that reads the settings.
         import jwt
 
         try:
-            # The JWKS fetch is a blocking urllib call (cached after the first).
-            signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            kid = jwt.get_unverified_header(token).get("kid")
+            if not isinstance(kid, str):
+                # No lookup, so no fetch: such a token can match no key of the set.
+                raise jwt.InvalidTokenError("the token names no signing key (a string kid)")
+            signing = await self._jwks.key(kid)
             claims = jwt.decode(
                 token,
                 signing.key,
@@ -215,6 +363,14 @@ class Authorizer:
                 issuer=entra.issuer,
                 leeway=entra.leeway_s,
                 options={"require": ["exp", "iss", "aud"]},
+            )
+        except KeysUnavailable as exc:
+            return Denied(
+                503,
+                "keys_unavailable",
+                f"the bearer token cannot be checked now: the signing keys of {self._jwks.url} "
+                f"could not be fetched ({exc}); send again later",
+                retry_after_s=max(1, math.ceil(exc.retry_after or 0)),
             )
         except jwt.PyJWTError as exc:
             return Denied(401, "invalid_token", f"the bearer token is not accepted: {exc}")

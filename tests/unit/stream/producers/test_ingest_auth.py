@@ -188,7 +188,7 @@ def test_a_key_names_apps_it_can_post_for(apps: tuple[str, ...], said: str | Non
     with pytest.raises(ValueError, match=said):
         ApiKey(name="k", key_sha256=hash_key("k"), apps=apps)
     with pytest.raises(ValueError, match=said):
-        EntraIdSettings(issuer="i", audience="a", jwks_url="u", apps=apps)
+        EntraIdSettings(issuer="i", audience="a", jwks_url="https://keys.test/k", apps=apps)
 
 
 @pytest.mark.parametrize(
@@ -203,3 +203,22 @@ def test_two_keys_share_neither_a_name_nor_a_hash(second: ApiKey, said: str) -> 
     # other's apps and rate.
     with pytest.raises(ValueError, match=said):
         IngestAuthSettings(api_keys=(KEY, second))
+
+
+@pytest.mark.parametrize(
+    ("url", "valid"),
+    [
+        ("https://login.microsoftonline.com/tenant/discovery/v2.0/keys", True),
+        ("http://127.0.0.1:8080/keys", True),
+        ("file:///etc/keys.json", False),
+        ("login.microsoftonline.com/tenant/discovery/v2.0/keys", False),
+        ("https://", False),
+    ],
+)
+def test_the_key_set_url_is_an_http_url(url: str, valid: bool) -> None:
+    # Found when the settings are read, not as every token's 503 once ingest serves.
+    if valid:
+        assert EntraIdSettings(issuer="i", audience="a", jwks_url=url).jwks_url == url
+        return
+    with pytest.raises(ValueError, match="is not an http\\(s\\) URL"):
+        EntraIdSettings(issuer="i", audience="a", jwks_url=url)
