@@ -5,17 +5,20 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
     AliasPath,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -48,6 +51,85 @@ MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_META
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=UINT64_MAX)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind, as an error message names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float) or (isinstance(value, int) and abs(value) < 10**30):
+        return f"a number ({value!r})"
+    if isinstance(value, int):
+        return "a number"  # no digits: an integer of thousands of them would fill the message
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _json_number(value: Any) -> Any:
+    """A float field's value as JSON has it: a number. Lax validation would read a boolean as
+    0 or 1 and a string such as "1_000" as a number; both are refused with the codes pydantic
+    gives a string it cannot read and a value of the wrong type."""
+    if type(value) is int or type(value) is float:
+        return value
+    if isinstance(value, str):
+        raise PydanticCustomError("float_parsing", "Input should be a JSON number, got a string")
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "Input should be a JSON number, got a boolean")
+    return value  # the strict float schema refuses the rest (null, arrays, objects)
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer field's value as JSON has it: an integer written without a fraction or an
+    exponent, as the common event reader (msgspec) takes it. 100.0 and 1e2 are refused, as are
+    booleans and strings. An integer beyond 64 bits is ``int_parsing_size`` whichever way it
+    arrives: the decoder's JSON reader (orjson) gives such an integer as a float."""
+    if type(value) is int:
+        if not INT64_MIN <= value <= UINT64_MAX:
+            raise _beyond_64_bits()
+        return value
+    if type(value) is float:
+        if value.is_integer() and not INT64_MIN <= value <= UINT64_MAX:
+            raise _beyond_64_bits()
+        raise PydanticCustomError(
+            "int_from_float",
+            "Input should be a JSON integer, without a fraction or an exponent, got {number}",
+            {"number": repr(value)},
+        )
+    if isinstance(value, str):
+        raise PydanticCustomError("int_parsing", "Input should be a JSON integer, got a string")
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a JSON integer, got a boolean")
+    return value  # the strict int schema refuses the rest (null, arrays, objects)
+
+
+def _beyond_64_bits() -> PydanticCustomError:
+    return PydanticCustomError(
+        "int_parsing_size",
+        "Input should be an integer within 64 bits, at most {max}",
+        {"max": UINT64_MAX},
+    )
+
+
+# A JSON number (an integer or not) for a float field, finite: not a boolean, not a string.
+JsonFloat = Annotated[float, Strict(), Field(allow_inf_nan=False), BeforeValidator(_json_number)]
+# Bounded in the same Annotated (not by a Field on the optional field): the JSON Schema then
+# says "minimum", where a Field outside the validator gave pydantic's own "ge".
+NonNegativeJsonFloat = Annotated[
+    float, Strict(), Field(ge=0, allow_inf_nan=False), BeforeValidator(_json_number)
+]
+# A JSON integer for a count: not 100.0, not a boolean, not a string.
+Count = Annotated[int, Strict(), Field(ge=0, le=UINT64_MAX), BeforeValidator(_json_integer)]
+# Timestamps in RFC 3339's form (section 5.6) with its time zone: Z or an offset with a colon,
+# seconds always, any fraction digits; T, t or a space (as its note allows) before the time.
+# The model's own reader (speedate) takes more: unix times and their strings, "+0200",
+# "11:00Z", "11:00:00,5Z".
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+).fullmatch
 # Event time bounds: before 1970 no producer clock is right, and the bounds keep every
 # derived time (watermark minus lateness, microseconds since the epoch) representable.
 MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
@@ -65,10 +147,14 @@ class Status(StrEnum):
 
 
 class Tokens(BaseModel):
+    """Token counts: JSON integers from 0 to 2**64 - 1, written without a fraction or an
+    exponent (12, not 12.0 or 1.2e1; ``int_from_float``). Booleans (``int_type``) and strings,
+    digits or not (``int_parsing``), are refused: counts are read as JSON writes numbers."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input: int = Field(default=0, ge=0, le=UINT64_MAX)
-    output: int = Field(default=0, ge=0, le=UINT64_MAX)
+    input: Count = 0
+    output: Count = 0
 
 
 class SourcePosition(BaseModel):
@@ -90,6 +176,21 @@ class TelemetryEvent(BaseModel):
     instead of silently losing a field; free-form tags belong in ``metadata``.
     Validation takes an optional context ``{"now": datetime, "max_future_skew": timedelta}``
     for the future-timestamp check (defaults: the wall clock, 15 minutes).
+
+    Values are read as their JSON types, never converted from another (pydantic's lax mode
+    would, silently), with the same decision whether the event is validated from JSON or
+    from the Python values a JSON reader made of it:
+
+    - ``timestamp``: an RFC 3339 string with a time zone (``_RFC3339``; fractions beyond
+      microseconds are cut). A number, unix time or not, is ``datetime_type``: its unit is a
+      guess (lax mode read 253402300799, year 9999 in seconds, as milliseconds: 1978); a
+      string in another form the date reader knows (digits, "+0200") is
+      ``timestamp_not_rfc3339``. From Python, an aware ``datetime`` is taken too.
+    - ``latency_ms`` and ``scores``' values: finite JSON numbers, integers or not. A boolean is
+      ``float_type``, a string (even "5") ``float_parsing``.
+    - ``tokens``: see Tokens (JSON integers only).
+    - ``schema_version``: the JSON integer 1 (``literal_error`` for 1.0, true or "1").
+    - ``metadata`` values keep their JSON type: a string, a boolean, an integer or a float.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
@@ -108,15 +209,50 @@ class TelemetryEvent(BaseModel):
     model_version: Identifier | None = None
     input_text: Text | None = None
     output_text: Text | None = None
-    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    latency_ms: NonNegativeJsonFloat | None = None
     status: Status = Status.OK
     error_type: Identifier | None = None
     tokens: Tokens | None = None
-    scores: dict[MetadataKey, FiniteFloat] = Field(default_factory=dict, max_length=MAX_SCORES)
+    scores: dict[MetadataKey, JsonFloat] = Field(default_factory=dict, max_length=MAX_SCORES)
     user_id: Identifier | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=MAX_METADATA_ENTRIES
     )
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _schema_version_is_an_integer(cls, value: Any) -> Any:
+        # Lax mode takes true and 1.0 for the literal 1.
+        if type(value) is not int:
+            raise PydanticCustomError(
+                "literal_error",
+                "Input should be the JSON integer 1, got {kind}",
+                {"kind": _kind(value)},
+            )
+        return value
+
+    # Defined before _not_in_future, so that it runs first: the form, then the range.
+    @field_validator("timestamp", mode="wrap")
+    @classmethod
+    def _rfc3339_string(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> datetime:
+        if isinstance(value, datetime):
+            return handler(value)  # type: ignore[no-any-return]
+        if type(value) is not str:
+            raise PydanticCustomError(
+                "datetime_type",
+                "timestamp should be an RFC 3339 string with a time zone, such as "
+                "2026-11-22T10:15:00Z, got {kind}",
+                {"kind": _kind(value)},
+            )
+        parsed: datetime = handler(value)  # the reader's own reason first: no zone, no date
+        if _RFC3339(value) is None:
+            raise PydanticCustomError(
+                "timestamp_not_rfc3339",
+                "timestamp '{timestamp}' is not in RFC 3339 form, such as 2026-11-22T10:15:00Z "
+                "or 2026-11-22T12:15:00.5+02:00",
+                {"timestamp": value[:64]},
+            )
+        return parsed
 
     @field_validator("timestamp")
     @classmethod

@@ -109,8 +109,9 @@ def epoch_us(when: datetime) -> int:
 # queries and JavaScript readers round them; cosmosdb-server stores them rounded), and a token
 # count of 2**64 - 1 read back as 2**64 no longer validates. The contract takes integers to 64
 # bits (and a token total, a sum, beyond): such an integer is written as its decimal string.
-# Token counts read back from it as they are (pydantic reads an integer from its digits);
-# metadata, whose values may be strings, lists the keys it wrote so in BIG_INTEGERS_FIELD.
+# Token counts, which are never strings otherwise, are read back from their digits here (the
+# model takes JSON integers only); metadata, whose values may be strings, lists the keys it
+# wrote so in BIG_INTEGERS_FIELD.
 EXACT_INTEGER_LIMIT = 2**53
 BIG_INTEGERS_FIELD = "metadata_big_integers"
 
@@ -204,6 +205,11 @@ def document_from_item(item: dict[str, Any]) -> TelemetryDocument:
         metadata = item["metadata"]
         for key in big:
             metadata[key] = int(metadata[key])
+    tokens = item.get("tokens")
+    if tokens:
+        for name, count in tokens.items():
+            if type(count) is str:
+                tokens[name] = int(count)
     return TelemetryDocument.model_validate(item)
 
 

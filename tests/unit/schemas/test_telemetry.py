@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -108,6 +108,21 @@ def test_top_level_trace_id_wins_over_metadata() -> None:
         ),
         (event(metadata={"k": "v" * 513}), ("metadata.k.constrained-str", "string_too_long")),
         (event(schema_version=2), ("schema_version", "literal_error")),
+        # Values of another JSON type are refused, not converted (lax mode converted them).
+        (event(timestamp=1765101600), ("timestamp", "datetime_type")),
+        (event(timestamp=253402300799), ("timestamp", "datetime_type")),
+        (event(timestamp="1765101600"), ("timestamp", "timestamp_not_rfc3339")),
+        (event(timestamp="2026-11-22T11:59Z"), ("timestamp", "timestamp_not_rfc3339")),
+        (event(latency_ms=True), ("latency_ms", "float_type")),
+        (event(latency_ms="1_000"), ("latency_ms", "float_parsing")),
+        (event(tokens={"input": "100"}), ("tokens.input", "int_parsing")),
+        (event(tokens={"input": False}), ("tokens.input", "int_type")),
+        (event(tokens={"output": 100.0}), ("tokens.output", "int_from_float")),
+        (event(tokens={"input": 2.0**64}), ("tokens.input", "int_parsing_size")),
+        (event(scores={"g": True}), ("scores.g", "float_type")),
+        (event(scores={"g": "0.5"}), ("scores.g", "float_parsing")),
+        (event(schema_version=True), ("schema_version", "literal_error")),
+        (event(schema_version=1.0), ("schema_version", "literal_error")),
         (event(unexpected="field"), ("unexpected", "extra_forbidden")),
     ],
 )
@@ -130,3 +145,27 @@ def test_json_schema_is_published_for_producers() -> None:
     schema = TelemetryEvent.model_json_schema()
     assert {"app_id", "timestamp", "trace_id"} <= set(schema["required"])
     assert schema["additionalProperties"] is False
+    properties = schema["properties"]
+    assert properties["timestamp"] == {
+        "format": "date-time",
+        "title": "Timestamp",
+        "type": "string",
+    }
+    # JSON Schema's word for the bound ("ge" is pydantic's own, which no validator reads).
+    assert {"minimum": 0, "type": "number"} in properties["latency_ms"]["anyOf"]
+    assert schema["$defs"]["Tokens"]["properties"]["input"]["type"] == "integer"
+
+
+def test_json_numbers_are_taken_as_numbers_of_the_fields_type() -> None:
+    parsed = validate(event(latency_ms=5, scores={"g": 1}, tokens={"input": 2**64 - 1}))
+    assert (parsed.latency_ms, type(parsed.latency_ms)) == (5.0, float)
+    assert (parsed.scores["g"], type(parsed.scores["g"])) == (1.0, float)
+    assert parsed.tokens is not None and parsed.tokens.input == 2**64 - 1
+
+
+def test_python_callers_may_give_an_aware_datetime() -> None:
+    when = datetime(2026, 11, 22, 13, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert validate(event(timestamp=when)).timestamp == datetime(2026, 11, 22, 11, tzinfo=UTC)
+    assert ("timestamp", "timezone_aware") in error_types(
+        event(timestamp=when.replace(tzinfo=None))
+    )

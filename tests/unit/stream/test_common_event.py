@@ -20,7 +20,7 @@ from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW
 from stream.common_event import _Event, common_event, common_events
 from stream.decode import Decoder
 from stream.enrich import canonical_json
-from tests.unit.stream.event_bodies import bodies, over_the_same_bodies
+from tests.unit.stream.event_bodies import bodies, number_texts, over_the_same_bodies
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 LATEST = NOW + DEFAULT_MAX_FUTURE_SKEW
@@ -101,15 +101,34 @@ def test_common_bodies_are_read_here_as_the_model_reads_them(body: bytes) -> Non
     assert_same(event, model_event(body))
 
 
+# Values of another JSON type than the field's, or another form, that pydantic's lax mode
+# would convert: refused by both readers (tests/unit/stream/test_decode_types.py has the
+# decoder's codes for each).
+WRONG_TYPES = {
+    "unix seconds": body_of(timestamp=1_765_101_600),
+    "unix seconds in a string": body_of(timestamp="1765101600"),
+    "year 9999 in unix seconds": body_of(timestamp=253_402_300_799),
+    "unix milliseconds": body_of(timestamp=1_765_101_600_000),
+    "a timestamp without seconds": body_of(timestamp="2026-11-22T11:00Z"),
+    "an offset without its colon": body_of(timestamp="2026-11-22T11:00:00+0000"),
+    "latency true": body_of(latency_ms=True),
+    "latency in a string": body_of(latency_ms="1_000"),
+    "tokens in a string": body_of(tokens={"input": "100"}),
+    "tokens false": body_of(tokens={"input": False}),
+    "an integral float for tokens": body_of(tokens={"input": 3.0}),
+    "a score true": body_of(scores={"a": True}),
+    "a score in a string": body_of(scores={"a": "0.5"}),
+    "schema_version true": body_of(schema_version=True),
+    "schema_version 1.0": body_of(schema_version=1.0),
+}
+
 # Each differs from the model in a way this reader would get wrong or need care for.
 LEFT_TO_THE_MODEL = {
     "seven fraction digits (msgspec rounds)": body_of(timestamp="2026-11-22T11:00:00.9999999Z"),
     "a space for the T": body_of(timestamp="2026-11-22 11:00:00Z"),
-    "unix seconds": body_of(timestamp=1_795_000_000),
+    "a lower-case t and z": body_of(timestamp="2026-11-22t11:00:00z"),
     "a metadata integer past 63 bits": body_of(metadata={"n": 2**63}),
     "tokens past 63 bits": body_of(tokens={"input": 2**64 - 1}),
-    "an integral float for tokens": body_of(tokens={"input": 3.0}),
-    "schema_version 1.0": body_of(schema_version=1.0),
     "an events envelope": orjson.dumps({"events": [BASE]}),
     "an array": orjson.dumps([BASE]),
 }
@@ -138,6 +157,7 @@ REFUSED = {
     "a metadata value of 513 characters": body_of(metadata={"s": "x" * 513}),
     "a lone surrogate": b'{"app_id":"a","timestamp":"2026-11-22T11:00:00Z","trace_id":"\\ud800"}',
     "a number beyond a double": body_of(trace_id="t").replace(b"}", b',"latency_ms":1e400}'),
+    **WRONG_TYPES,
 }
 
 
@@ -151,6 +171,53 @@ def test_bodies_the_model_takes_otherwise_are_left_to_it(body: bytes) -> None:
 def test_bodies_the_model_refuses_are_not_accepted(body: bytes) -> None:
     assert model_event(body) is None
     assert common_event(body, LATEST) is None
+
+
+# Per field, values a lax reading would convert to the field's type: a number or digits for the
+# timestamp (whose unit is a guess), booleans and strings of digits for numbers, integral floats
+# for integers; and timestamps in a form outside RFC 3339 that the model's date reader takes.
+_zones = st.sampled_from(["Z", "+00:00", "-01:00", "+0000"])
+_not_rfc3339 = st.one_of(
+    _zones.map("2026-11-22T11:00{}".format),  # no seconds
+    _zones.map("2026-11-22T11:00:00,5{}".format),  # a comma before the fraction
+    st.builds(
+        "2026-11-22T11:00:00{}{}".format,
+        st.sampled_from(["", ".5"]),
+        st.sampled_from(["+0000", "-0100", "+0530"]),  # an offset without its colon
+    ),
+)
+WRONG_KIND = {
+    "timestamp": st.one_of(
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.integers(0, 10**13).map(str),
+        st.floats(0, 1.8e9).map(str),
+        _not_rfc3339,
+    ),
+    "latency_ms": st.booleans() | number_texts,
+    "tokens": st.dictionaries(
+        st.sampled_from(["input", "output"]),
+        st.booleans() | number_texts | st.integers(0, 2**53).map(float),
+        min_size=1,
+    ),
+    "scores": st.dictionaries(
+        st.sampled_from(["g", "h"]), st.booleans() | number_texts, min_size=1
+    ),
+    "schema_version": st.sampled_from([True, False, 1.0, "1"]),
+}
+FULL = {"latency_ms": 5, "tokens": {"input": 3, "output": 4}, "scores": {"g": 0.5, "h": 1}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(sorted(WRONG_KIND)), data=st.data())
+def test_values_a_lax_reading_would_convert_are_refused_by_both_readers(
+    field: str, data: st.DataObject
+) -> None:
+    body = body_of(**{**FULL, field: data.draw(WRONG_KIND[field], label=field)})
+    assert model_event(body) is None
+    assert common_event(body, LATEST) is None
+    assert common_events(b"[" + body + b"]", LATEST, MOST) is None
 
 
 def test_the_latest_timestamp_is_the_callers() -> None:

@@ -152,7 +152,8 @@ def test_canonical_json_is_byte_identical_to_pydantic_serialisation() -> None:
         b'"latency_ms":1e-7,"scores":{"x":1,"y":1e300,"z":0.30000000000000004},'
         b'"metadata":{"b":false,"i":-9223372036854775808,"f":-0.0,"s":"\\u2028\\u0000"},'
         b'"tokens":{"output":2},"status":"error","error_type":"Timeout"}',
-        b'{"app_id":"a","timestamp":1795000000,"metadata":{"trace_id":"m","u":18446744073709551615}}',
+        b'{"app_id":"a","timestamp":"2026-11-18T11:06:40Z",'
+        b'"metadata":{"trace_id":"m","u":18446744073709551615}}',
     ]
     for body in bodies:
         event = TelemetryEvent.model_validate_json(body, context={"now": NOW})
