@@ -16,13 +16,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     SecretStr,
     field_validator,
     model_validator,
 )
 
 from common import redact
+from schemas.bounds import (
+    MAX_COUNT,
+    MAX_DURATION_MINUTES,
+    Count,
+    Duration,
+    PositiveCount,
+    PositiveSeconds,
+)
 
 # The service's documented limits of one add-task-collection call.
 MAX_TASKS_PER_CALL = 100
@@ -65,15 +72,15 @@ class PoolSettings(BaseModel):
     vm_size: str = "standard_d2s_v3"
     image: ImageSettings = Field(default_factory=ImageSettings)
     # Fixed size when autoscale is off.
-    dedicated_nodes: int = Field(default=1, ge=0)
-    spot_nodes: int = Field(default=0, ge=0)
+    dedicated_nodes: Count = 1
+    spot_nodes: Count = 0
     autoscale: bool = True
-    min_nodes: int = Field(default=0, ge=0)
-    max_nodes: PositiveInt = 10
+    min_nodes: Count = 0
+    max_nodes: PositiveCount = 10
     spot_share: float | None = Field(default=None, ge=0.0, le=1.0)
-    evaluation_interval: timedelta = MIN_EVALUATION_INTERVAL
+    evaluation_interval: Duration = MIN_EVALUATION_INTERVAL
     # How many of the last minutes' pending-task samples the formula looks at.
-    sample_minutes: PositiveInt = 5
+    sample_minutes: int = Field(default=5, gt=0, le=MAX_DURATION_MINUTES)
     # Shard tasks are mostly I/O (store reads, bus publishes): several per core.
     task_slots_per_node: int = Field(default=4, ge=1, le=256)
     scheduling: Literal["pack", "spread"] = "pack"
@@ -144,7 +151,7 @@ class StagingSettings(BaseModel):
     account_url: redact.BlobAccountUrl | None = None
     container: str = "coldpath-manifests"
     # How long a task's SAS URL stays valid: longer than a job can wait and retry.
-    sas_ttl: timedelta = timedelta(days=7)
+    sas_ttl: Duration = timedelta(days=7)
     # Write each shard's results as JSON lines beside the manifest (besides the store).
     result_files: bool = False
 
@@ -166,9 +173,9 @@ class BatchSettings(BaseModel):
     pool: PoolSettings = Field(default_factory=PoolSettings)
     staging: StagingSettings = Field(default_factory=StagingSettings)
     # Retries after a failing exit (a preempted node's requeue does not count).
-    max_task_retry_count: int = Field(default=3, ge=-1)
-    max_wall_clock_time: timedelta = timedelta(hours=1)
-    retention_time: timedelta = timedelta(days=7)
+    max_task_retry_count: int = Field(default=3, ge=-1, le=MAX_COUNT)
+    max_wall_clock_time: Duration = timedelta(hours=1)
+    retention_time: Duration = timedelta(days=7)
     # The program on the node; the task appends `coldpath run-shard --manifest-url ...`.
     command: str = "evalstream"
     task_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -181,14 +188,14 @@ class BatchSettings(BaseModel):
     priority: int = Field(default=0, ge=-1000, le=1000)
     # Submission: tasks per add-task-collection call (≤ 100) and calls in flight.
     chunk_size: int = Field(default=MAX_TASKS_PER_CALL, ge=1, le=MAX_TASKS_PER_CALL)
-    submit_concurrency: PositiveInt = 8
-    submit_retries: int = Field(default=6, ge=0)
+    submit_concurrency: PositiveCount = 8
+    submit_retries: Count = 6
     # How often --wait reads the job's task counts, and how much stderr a failed task shows.
-    poll_interval_s: float = Field(default=5.0, gt=0)
-    stderr_excerpt_bytes: PositiveInt = 2000
+    poll_interval_s: PositiveSeconds = 5.0
+    stderr_excerpt_bytes: PositiveCount = 2000
     # How long --wait follows a job before giving up on it (the job is left as it is); None:
     # derived from the tasks' limits (``follow_deadline``).
-    follow_timeout: timedelta | None = Field(default=None, gt=timedelta(0))
+    follow_timeout: Duration | None = Field(default=None, gt=timedelta(0))
 
     @field_validator("account_key")
     @classmethod
