@@ -25,6 +25,7 @@ from common import redact
 from schemas.bounds import (
     MAX_COUNT,
     MAX_DURATION_MINUTES,
+    MAX_DURATION_S,
     Count,
     Duration,
     PositiveCount,
@@ -39,6 +40,7 @@ MIN_EVALUATION_INTERVAL = timedelta(minutes=5)
 MAX_FORMULA_BYTES = 8 * 1024
 # Batch's default resize timeout: how long a pool may take to get the nodes it asked for.
 RESIZE_TIMEOUT = timedelta(minutes=15)
+MAX_DURATION = timedelta(seconds=MAX_DURATION_S)
 # Attempts a task with unlimited retries (max_task_retry_count = -1) is counted for.
 UNLIMITED_RETRIES_COUNTED_AS = 10
 
@@ -214,7 +216,7 @@ class BatchSettings(BaseModel):
         longest its tasks can take when they get nodes — (max_task_retry_count + 1) ×
         max_wall_clock_time for each wave of tasks the pool runs at once (shards ÷ the pool's
         capacity, rounded up) — plus an autoscale interval and Batch's resize timeout for
-        nodes to arrive."""
+        nodes to arrive; at most MAX_DURATION_S (each is bounded, their product is not)."""
         if self.follow_timeout is not None:
             return self.follow_timeout
         retries = self.max_task_retry_count
@@ -223,7 +225,8 @@ class BatchSettings(BaseModel):
         allocation = RESIZE_TIMEOUT
         if self.pool.autoscale:
             allocation += self.pool.evaluation_interval
-        return allocation + self.max_wall_clock_time * attempts * waves
+        tasks_s = self.max_wall_clock_time.total_seconds() * attempts * waves
+        return min(allocation + timedelta(seconds=min(tasks_s, MAX_DURATION_S)), MAX_DURATION)
 
     @field_validator("account_url")
     @classmethod
