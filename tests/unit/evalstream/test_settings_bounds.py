@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from typer.testing import CliRunner
 
+from coldpath.policies.text.params import JudgeParams
 from evalstream import wiring
 from evalstream.cli import app
 from evalstream.settings import Settings, SettingsError, load_settings
@@ -39,7 +40,12 @@ FINITE_ONLY = {
     "ApiKey.events_per_s",
     "EntraIdSettings.events_per_s",
 }
+# Any integer works: only its text is hashed (coldpath.policies.text.sampling.priority).
+ANY_INTEGER = {"JudgeParams.seed"}
 NUMBERS = (int, float, timedelta)
+# Models validated from the settings although no field names them: a text metric's parameters
+# (a policy's params table).
+PARAMETER_MODELS: list[type] = [JudgeParams]
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -68,7 +74,7 @@ def numeric_settings() -> list[tuple[type, str, type]]:
     """Every int, float and timedelta field of every model the settings are made of."""
     found: list[tuple[type, str, type]] = []
     seen: set[type] = set()
-    todo: list[type] = [Settings]
+    todo: list[type] = [Settings, *PARAMETER_MODELS]
     while todo:
         cls = todo.pop()
         if cls in seen:
@@ -104,6 +110,7 @@ def test_the_walk_finds_the_settings_of_every_model() -> None:
         "DetectorConfig.tail_window",
         "ColdpathSettings.schedule_catch_up",
         "BatchSettings.max_wall_clock_time",
+        "JudgeParams.max_tokens",
     } <= names
     assert FINITE_ONLY - names <= {"Sender.events_per_s"}
 
@@ -120,6 +127,8 @@ def test_a_number_the_code_cannot_use_is_refused(cls: type, name: str, kind: typ
         bad = [math.inf, -math.inf, math.nan]
     else:
         bad = [1e300, 1e11, math.inf, math.nan]
+    if f"{cls.__name__}.{name}" in ANY_INTEGER:
+        bad = [math.inf, math.nan]
     for value in bad:
         assert refusals(cls, name, value), f"{cls.__name__}.{name} took {value!r}"
 
