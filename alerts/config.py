@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from common.names import check_named_once
 from schemas import Breach, BreachKind, BreachState, Severity
+from schemas.bounds import PositiveCount, PositiveSeconds
 from schemas.telemetry import APP_ID_PATTERN, is_app_id
 
 DEFAULT_MAX_DELIVERY_COUNT = 5
@@ -40,8 +41,8 @@ class SubscriptionSpec:
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     # Left out of the hash: a mapping is not hashable, the name identifies the subscription.
     filter: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
-    max_delivery_count: PositiveInt = DEFAULT_MAX_DELIVERY_COUNT
-    lock_duration_s: PositiveFloat = DEFAULT_LOCK_DURATION_S
+    max_delivery_count: PositiveCount = DEFAULT_MAX_DELIVERY_COUNT
+    lock_duration_s: PositiveSeconds = DEFAULT_LOCK_DURATION_S
 
     @field_validator("filter")
     @classmethod

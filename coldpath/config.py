@@ -23,6 +23,7 @@ from coldpath.exceptions import PolicyConfigError
 from coldpath.policies.base import Metric
 from coldpath.policies.text.judge import JudgeModelConfig
 from common.names import check_named_once
+from schemas.bounds import Count, Duration, PositiveCount, PositiveSeconds, Seconds
 from schemas.evaluation import EvaluationPolicy, MetricSpec, Thresholds
 
 DEFAULT_CATALOGUE = "coldpath.policies.catalogue:CATALOGUE"
@@ -75,19 +76,19 @@ class ColdpathSettings(BaseModel):
     policies: tuple[EvaluationPolicy, ...] = (QUALITY_POLICY,)
     # Where metric names resolve: ``module:attribute``, a mapping of name to Metric.
     catalogue: str = DEFAULT_CATALOGUE
-    group_size: PositiveInt = DEFAULT_GROUP_SIZE
+    group_size: PositiveCount = DEFAULT_GROUP_SIZE
     # Local executor processes; None = every core.
-    workers: PositiveInt | None = None
+    workers: PositiveCount | None = None
     # Attempts after the first for a failed shard, with backoff, before it is reported.
-    shard_retries: int = Field(default=DEFAULT_SHARD_RETRIES, ge=0)
-    shard_backoff_s: float = Field(default=0.5, ge=0)
+    shard_retries: Count = DEFAULT_SHARD_RETRIES
+    shard_backoff_s: Seconds = 0.5
     page_size: PositiveInt = Field(default=1000, le=100_000)
     # Run the trigger periodically inside `evalstream process` (embedded demo). None = only
     # when the processor runs its simulator.
     schedule_in_process: bool | None = None
-    schedule_interval_s: float = Field(default=15.0, gt=0)
+    schedule_interval_s: PositiveSeconds = 15.0
     # How far back the in-process schedule looks for due windows when it starts.
-    schedule_catch_up: timedelta = timedelta(hours=6)
+    schedule_catch_up: Duration = timedelta(hours=6)
     # The Azure OpenAI deployment that judges the AI-assisted text metrics (groundedness,
     # relevance, coherence, fluency). Without one they report `unavailable` with the reason.
     judge: JudgeModelConfig | None = None

@@ -8,6 +8,7 @@ them with ``raise ... from exc``. ``retryable`` says whether the same call may s
     ├── Misconfigured            a setting is missing or contradicts another (mixed into
     │                            the packages' errors below; SettingsError is one)
     ├── SettingsError            a setting is invalid (evalstream.settings)
+    ├── LockFileError            a lock file cannot be used (common.lock_file; Misconfigured)
     ├── StoreError               store adapters (store.exceptions)
     ├── StreamError              sources, decoding, processing (stream.exceptions)
     ├── AlertError               alert buses and handlers (alerts.exceptions)

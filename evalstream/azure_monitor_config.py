@@ -3,7 +3,9 @@ apart from it so that reading the settings does not import OpenTelemetry."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from schemas.bounds import PositiveSeconds
 
 
 class AzureMonitorSettings(BaseModel):
@@ -12,4 +14,4 @@ class AzureMonitorSettings(BaseModel):
     # Application Insights' connection string (InstrumentationKey=…;IngestionEndpoint=…);
     # unset: no export.
     connection_string: SecretStr | None = None
-    export_interval_s: PositiveFloat = 60.0
+    export_interval_s: PositiveSeconds = 60.0

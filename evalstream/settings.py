@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -31,6 +31,7 @@ from coldpath.executors.batch_config import BatchSettings
 from common.errors import Misconfigured
 from evalstream.azure_monitor_config import AzureMonitorSettings
 from schemas import AppDirectory
+from schemas.bounds import MAX_DURATION_HOURS
 from store.cosmos_config import CosmosSettings
 from stream.config import ProcessorSettings
 from stream.producers.ingest_config import IngestSettings
@@ -70,7 +71,7 @@ class EmbeddedSettings(BaseModel):
     # a 123,000-event backlog with batches of 1,000 or 10,000 and the store's checkpoints).
     worker_stall_s: float = Field(default=30.0, ge=2.0, le=3600.0)
     # Events older than this are deleted from the local event log (not from the store).
-    retention_hours: PositiveFloat = 7 * 24
+    retention_hours: float = Field(default=7 * 24, gt=0, le=MAX_DURATION_HOURS, allow_inf_nan=False)
 
     @property
     def log_path(self) -> Path:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from schemas.bounds import PositiveCount
 from schemas.detection import DetectorConfig, SloConfig
 from schemas.telemetry import AppId
 
@@ -58,7 +59,7 @@ class AppDirectory(BaseModel):
     # detector state): a producer that sends a new app id per request (a bug, or hostile)
     # would otherwise grow a worker's memory without bound. Events of apps beyond are stored
     # but not detected, with a warning; apps named in ``overrides`` are always followed.
-    max_detected_apps: PositiveInt = 2000
+    max_detected_apps: PositiveCount = 2000
     _resolved: dict[str, AppConfig] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:

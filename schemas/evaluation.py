@@ -15,6 +15,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.bounds import MAX_COUNT, Count, Finite
 from schemas.breach import Severity
 from schemas.telemetry import APP_ID_PATTERN, AppId, is_app_id
 
@@ -55,8 +56,8 @@ class Bound(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min: float | None = None
-    max: float | None = None
+    min: Finite | None = None
+    max: Finite | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Bound:
@@ -141,13 +142,13 @@ class EvaluationPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=NAME_PATTERN)
-    version: int = Field(default=1, ge=1)
+    version: int = Field(default=1, ge=1, le=MAX_COUNT)
     window: timedelta = timedelta(hours=1)
     lateness: timedelta = timedelta(minutes=5)
     # When the scheduler triggers it; "@window" = each window as soon as it is due.
     schedule: str = "@window"
     metrics: tuple[MetricSpec, ...] = Field(min_length=1)
-    min_sample_size: int = Field(default=20, ge=0)
+    min_sample_size: Count = 20
     apps: Literal["all"] | tuple[str, ...] = "all"
     compute_class: ComputeClass = "light"
     reference: Literal["previous"] = "previous"

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, field
 
 from common import redact
 from common.retry import Backoff
+from schemas.bounds import Count
 
 # The SDK already retries a throttled (429) request after the server's x-ms-retry-after-ms and
 # a 503 once; this backoff comes on top, so a throttled account or a short outage slows the
@@ -35,7 +36,7 @@ class CosmosSettings(BaseModel):
     # Concurrent upserts per batch: bounded so a throttled account slows the processor down
     # instead of queueing without limit.
     max_concurrency: PositiveInt = Field(default=32, le=512)
-    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
+    max_retries: Count = DEFAULT_MAX_RETRIES
     # Local emulators use self-signed certificates.
     connection_verify: bool = True
     # The SDK follows the endpoints the account advertises; the Linux emulator advertises

@@ -16,13 +16,21 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     SecretStr,
     field_validator,
     model_validator,
 )
 
 from common import redact
+from schemas.bounds import (
+    MAX_COUNT,
+    MAX_DURATION_MINUTES,
+    MAX_DURATION_S,
+    Count,
+    Duration,
+    PositiveCount,
+    PositiveSeconds,
+)
 
 # The service's documented limits of one add-task-collection call.
 MAX_TASKS_PER_CALL = 100
@@ -32,6 +40,7 @@ MIN_EVALUATION_INTERVAL = timedelta(minutes=5)
 MAX_FORMULA_BYTES = 8 * 1024
 # Batch's default resize timeout: how long a pool may take to get the nodes it asked for.
 RESIZE_TIMEOUT = timedelta(minutes=15)
+MAX_DURATION = timedelta(seconds=MAX_DURATION_S)
 # Attempts a task with unlimited retries (max_task_retry_count = -1) is counted for.
 UNLIMITED_RETRIES_COUNTED_AS = 10
 
@@ -65,15 +74,15 @@ class PoolSettings(BaseModel):
     vm_size: str = "standard_d2s_v3"
     image: ImageSettings = Field(default_factory=ImageSettings)
     # Fixed size when autoscale is off.
-    dedicated_nodes: int = Field(default=1, ge=0)
-    spot_nodes: int = Field(default=0, ge=0)
+    dedicated_nodes: Count = 1
+    spot_nodes: Count = 0
     autoscale: bool = True
-    min_nodes: int = Field(default=0, ge=0)
-    max_nodes: PositiveInt = 10
+    min_nodes: Count = 0
+    max_nodes: PositiveCount = 10
     spot_share: float | None = Field(default=None, ge=0.0, le=1.0)
-    evaluation_interval: timedelta = MIN_EVALUATION_INTERVAL
+    evaluation_interval: Duration = MIN_EVALUATION_INTERVAL
     # How many of the last minutes' pending-task samples the formula looks at.
-    sample_minutes: PositiveInt = 5
+    sample_minutes: int = Field(default=5, gt=0, le=MAX_DURATION_MINUTES)
     # Shard tasks are mostly I/O (store reads, bus publishes): several per core.
     task_slots_per_node: int = Field(default=4, ge=1, le=256)
     scheduling: Literal["pack", "spread"] = "pack"
@@ -144,7 +153,7 @@ class StagingSettings(BaseModel):
     account_url: redact.BlobAccountUrl | None = None
     container: str = "coldpath-manifests"
     # How long a task's SAS URL stays valid: longer than a job can wait and retry.
-    sas_ttl: timedelta = timedelta(days=7)
+    sas_ttl: Duration = timedelta(days=7)
     # Write each shard's results as JSON lines beside the manifest (besides the store).
     result_files: bool = False
 
@@ -166,9 +175,9 @@ class BatchSettings(BaseModel):
     pool: PoolSettings = Field(default_factory=PoolSettings)
     staging: StagingSettings = Field(default_factory=StagingSettings)
     # Retries after a failing exit (a preempted node's requeue does not count).
-    max_task_retry_count: int = Field(default=3, ge=-1)
-    max_wall_clock_time: timedelta = timedelta(hours=1)
-    retention_time: timedelta = timedelta(days=7)
+    max_task_retry_count: int = Field(default=3, ge=-1, le=MAX_COUNT)
+    max_wall_clock_time: Duration = timedelta(hours=1)
+    retention_time: Duration = timedelta(days=7)
     # The program on the node; the task appends `coldpath run-shard --manifest-url ...`.
     command: str = "evalstream"
     task_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -181,14 +190,14 @@ class BatchSettings(BaseModel):
     priority: int = Field(default=0, ge=-1000, le=1000)
     # Submission: tasks per add-task-collection call (≤ 100) and calls in flight.
     chunk_size: int = Field(default=MAX_TASKS_PER_CALL, ge=1, le=MAX_TASKS_PER_CALL)
-    submit_concurrency: PositiveInt = 8
-    submit_retries: int = Field(default=6, ge=0)
+    submit_concurrency: PositiveCount = 8
+    submit_retries: Count = 6
     # How often --wait reads the job's task counts, and how much stderr a failed task shows.
-    poll_interval_s: float = Field(default=5.0, gt=0)
-    stderr_excerpt_bytes: PositiveInt = 2000
+    poll_interval_s: PositiveSeconds = 5.0
+    stderr_excerpt_bytes: PositiveCount = 2000
     # How long --wait follows a job before giving up on it (the job is left as it is); None:
     # derived from the tasks' limits (``follow_deadline``).
-    follow_timeout: timedelta | None = Field(default=None, gt=timedelta(0))
+    follow_timeout: Duration | None = Field(default=None, gt=timedelta(0))
 
     @field_validator("account_key")
     @classmethod
@@ -207,7 +216,7 @@ class BatchSettings(BaseModel):
         longest its tasks can take when they get nodes — (max_task_retry_count + 1) ×
         max_wall_clock_time for each wave of tasks the pool runs at once (shards ÷ the pool's
         capacity, rounded up) — plus an autoscale interval and Batch's resize timeout for
-        nodes to arrive."""
+        nodes to arrive; at most MAX_DURATION_S (each is bounded, their product is not)."""
         if self.follow_timeout is not None:
             return self.follow_timeout
         retries = self.max_task_retry_count
@@ -216,7 +225,8 @@ class BatchSettings(BaseModel):
         allocation = RESIZE_TIMEOUT
         if self.pool.autoscale:
             allocation += self.pool.evaluation_interval
-        return allocation + self.max_wall_clock_time * attempts * waves
+        tasks_s = self.max_wall_clock_time.total_seconds() * attempts * waves
+        return min(allocation + timedelta(seconds=min(tasks_s, MAX_DURATION_S)), MAX_DURATION)
 
     @field_validator("account_url")
     @classmethod

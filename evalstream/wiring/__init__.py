@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import secrets
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 from evalstream import logs
 from evalstream.settings import Settings, SettingsError
 from evalstream.wiring.data_dir import usable_data_dir
+from evalstream.wiring.key_file import key_file
 from store.sqlite import KeyUpgrade, SqliteStore
 from stream.decode import DecodeLimits, Decoder
 from stream.enrich import Enricher
@@ -50,20 +50,24 @@ logger = logging.getLogger(__name__)
 
 
 def user_hash_key(settings: Settings) -> bytes:
-    """The configured key; on the embedded backend, else one created once in the data dir."""
+    """The configured key (refused when empty); on the embedded backend, else the key file of
+    the data dir, created once (``key_file``: whole or absent, never replaced, refused when it
+    holds no usable key)."""
     if settings.user_hash_key is not None:
-        return settings.user_hash_key.get_secret_value().encode()
+        key = settings.user_hash_key.get_secret_value()
+        if not key:
+            raise SettingsError(
+                "user_hash_key: empty; set EVALSTREAM_USER_HASH_KEY to a long random secret"
+                + (" or leave it unset" if settings.backend == "embedded" else "")
+            )
+        return key.encode()
     if settings.backend != "embedded":
         raise SettingsError(
             "user_hash_key: required on the azure backend (every processor instance must hash "
             "user ids with the same key); set EVALSTREAM_USER_HASH_KEY"
         )
     path = usable_data_dir(settings.embedded.data_dir) / USER_HASH_KEY_FILE
-    if not path.exists():
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return key_file(path)
 
 
 def decoder(settings: Settings) -> Decoder:

@@ -40,11 +40,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
-    PositiveInt,
     field_validator,
 )
 
+from schemas.bounds import PositiveCount, PositiveSeconds, Rate, Seconds
 from schemas.telemetry import APP_ID_PATTERN, is_app_id
 from stream.exceptions import StreamError
 from stream.producers.ingest_rates import Buckets, MemoryBuckets
@@ -78,8 +77,8 @@ class Sender(BaseModel):
     name: str = Field(min_length=1)
     apps: Annotated[tuple[str, ...], AfterValidator(allowed_apps)] = (ALL_APPS,)
     # Events per second per app, refilled continuously; ``burst`` events may come at once.
-    events_per_s: PositiveFloat | None = None
-    burst: PositiveInt = 1000
+    events_per_s: Rate | None = None
+    burst: PositiveCount = 1000
 
     def allows(self, app_id: str) -> bool:
         return ALL_APPS in self.apps or app_id in self.apps
@@ -101,17 +100,17 @@ class EntraIdSettings(BaseModel):
         min_length=1, examples=["https://login.microsoftonline.com/TENANT/discovery/v2.0/keys"]
     )
     apps: Annotated[tuple[str, ...], AfterValidator(allowed_apps)] = (ALL_APPS,)
-    events_per_s: PositiveFloat | None = None
-    burst: PositiveInt = 1000
-    leeway_s: float = Field(default=60.0, ge=0)
+    events_per_s: Rate | None = None
+    burst: PositiveCount = 1000
+    leeway_s: Seconds = 60.0
     # A token with an unknown kid fetches the JWKS again, at most this often (so made-up kids
     # cannot make us hammer the tenant's endpoint); Entra publishes new keys before using them.
-    jwks_refresh_cooldown_s: float = Field(default=30.0, ge=0)
+    jwks_refresh_cooldown_s: Seconds = 30.0
     # The whole fetch (connect, answer, body): a request waiting on it is answered 503 then.
-    jwks_timeout_s: float = Field(default=10.0, gt=0)
+    jwks_timeout_s: PositiveSeconds = 10.0
     # After a failed fetch, tokens that need the key set are answered 503 for this long without
     # fetching again (the answer's Retry-After), so a failing endpoint is not asked per request.
-    jwks_retry_s: float = Field(default=5.0, ge=0)
+    jwks_retry_s: Seconds = 5.0
 
     @field_validator("jwks_url")
     @classmethod

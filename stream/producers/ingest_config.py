@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.bounds import PositiveCount, PositiveSeconds, Seconds
 from stream.producers.ingest_auth import IngestAuthSettings
 
 
@@ -12,13 +13,13 @@ class IngestSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    max_request_bytes: PositiveInt = 1024 * 1024
-    max_events_per_request: PositiveInt = 500
+    max_request_bytes: PositiveCount = 1024 * 1024
+    max_events_per_request: PositiveCount = 500
     # A client gets this long from its first header byte to its last, and from the end of its
     # headers to the end of its body: a slow or stalled client cannot hold a connection longer.
     # header_timeout_s is also how long an answer may wait for a client that reads none of it.
-    header_timeout_s: PositiveFloat = 10.0
-    body_timeout_s: PositiveFloat = 30.0
+    header_timeout_s: PositiveSeconds = 10.0
+    body_timeout_s: PositiveSeconds = 30.0
     # Processes serving ingest beside the processor's (0: in the processor's own process, on
     # its event loop; unset: half the cores, at least one). `process --ingest-workers` wins.
     workers: int | None = Field(default=None, ge=0, le=64)
@@ -27,8 +28,8 @@ class IngestSettings(BaseModel):
     # (stream.producers.admission), so that a load the processor cannot follow backs off
     # instead of growing the log without end. None (not expressible in TOML; for programs):
     # accept whatever the backlog.
-    max_backlog: PositiveInt | None = 100_000
+    max_backlog: PositiveCount | None = 100_000
     # How long a post may wait for its turn; then it is answered 503 with Retry-After (its events
     # are not kept; the producer sends them again). 0: no pacing, 503 at once past max_backlog.
-    backlog_hold_s: NonNegativeFloat = 2.0
+    backlog_hold_s: Seconds = 2.0
     auth: IngestAuthSettings = Field(default_factory=IngestAuthSettings)

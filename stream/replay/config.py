@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
 
 from common import redact
+from schemas.bounds import PositiveCount
 
 
 class CaptureSettings(BaseModel):
@@ -32,5 +33,5 @@ class ReplaySettings(BaseModel):
     # (per process: 16,915 -> 18,444 events/s, 4,000 against 1,000; 8,000 gave no more).
     batch_size: PositiveInt = Field(default=4000, le=100_000)
     # Worker processes sharing a job's partitions (``replay --workers``); None: one per core.
-    workers: PositiveInt | None = None
+    workers: PositiveCount | None = None
     capture: CaptureSettings = Field(default_factory=CaptureSettings)

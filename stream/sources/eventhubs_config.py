@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from common import redact
+from schemas.bounds import PositiveCount, PositiveSeconds
 from stream.exceptions import SourceMisconfigured
 
 
@@ -28,16 +29,16 @@ class EventHubsSettings(BaseModel):
     # The hub's partition count (set it to the hub's): at most this many processors share the
     # work, so an autoscaler must not go past it (deploy/k8s's KEDA maximum is checked against
     # this setting).
-    partitions: PositiveInt = 4
+    partitions: PositiveCount = 4
     checkpoint_connection_string: SecretStr | None = None
     checkpoint_account_url: redact.BlobAccountUrl | None = None
     checkpoint_container: str = "evalstream-checkpoints"
     # Where a partition without a checkpoint starts: the oldest retained event or new ones only
     # (one whose snapshot is in the store resumes after the event the snapshot covers).
     starting_position: Literal["earliest", "latest"] = "earliest"
-    load_balancing_interval_s: PositiveFloat = 10.0
-    partition_ownership_expiration_s: PositiveFloat = 60.0
-    prefetch: PositiveInt = 300
+    load_balancing_interval_s: PositiveSeconds = 10.0
+    partition_ownership_expiration_s: PositiveSeconds = 60.0
+    prefetch: PositiveCount = 300
     # Receive in a child process: the SDK's pure-Python AMQP receive costs about as much CPU
     # per event as the pipeline, and in one process the two would share one core.
     receive_in_child_process: bool = True

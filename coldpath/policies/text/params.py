@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coldpath.policies.text.inputs import DEFAULT_CONTEXT_KEY, DEFAULT_REFERENCE_KEY
+from schemas.bounds import MAX_COUNT
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -41,9 +42,10 @@ class JudgeParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sample_size: int = Field(default=DEFAULT_SAMPLE_SIZE, ge=1, le=10_000)
+    # Any integer: only its text is hashed (sampling.priority).
     seed: int = 0
-    max_calls: int | None = Field(default=None, ge=1)
-    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
+    max_calls: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_COUNT)
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=64)
     call_timeout_s: float = Field(default=DEFAULT_CALL_TIMEOUT_S, gt=0, le=3600)
     context_key: str = Field(default=DEFAULT_CONTEXT_KEY, min_length=1)

@@ -21,6 +21,7 @@ from coldpath.executors.batch_config import (
 from coldpath.executors.batch_metrics import exposition
 from coldpath.executors.batch_status import TaskRecord, job_status, percentiles
 from evalstream.settings import load_settings
+from schemas.bounds import MAX_COUNT, MAX_DURATION_S
 from tests.emulators.batch import autoscale
 
 
@@ -72,6 +73,17 @@ def test_the_follow_deadline_is_the_longest_its_tasks_can_take() -> None:
     assert chosen.follow_deadline(10_000) == timedelta(minutes=30)
     with pytest.raises(ValidationError, match="follow_timeout"):
         BatchSettings(follow_timeout=timedelta(0))
+
+
+def test_the_follow_deadline_of_the_largest_settings_is_a_usable_duration() -> None:
+    # Each setting is bounded, their product is not: it overflowed timedelta.
+    largest = BatchSettings(
+        max_task_retry_count=MAX_COUNT,
+        max_wall_clock_time=timedelta(seconds=MAX_DURATION_S),
+        pool=PoolSettings(autoscale=False, dedicated_nodes=1, task_slots_per_node=1),
+    )
+    assert largest.follow_deadline(MAX_COUNT) == timedelta(seconds=MAX_DURATION_S)
+    assert datetime.now(UTC) + largest.follow_deadline(MAX_COUNT) < datetime.max.replace(tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
