@@ -23,9 +23,11 @@ from evalstream.cli.options import (
     EXIT_INTERRUPTED,
     ConfigOption,
     DataDirOption,
+    checked_app_ids,
     console,
     fail,
     load,
+    moment,
     output_file,
     run,
     with_logging,
@@ -42,16 +44,6 @@ from stream.replay.report import table
 from stream.replay.spec import JOB_ID, Mode, ReplaySpec, SourceKind, new_job_id
 
 SOURCES = ", ".join(kind.value for kind in SourceKind)
-
-
-def _when(value: str, option: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise fail(
-            f"{option}: {value!r} is not an ISO 8601 time (e.g. 2026-12-01T08:00Z)"
-        ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _detectors(path: Path | None, settings: Settings) -> dict[str, Any]:
@@ -313,13 +305,15 @@ def _new_spec(
         raise fail(f"PATHS are NDJSON files: use --source ndjson, not {kind.value}")
     if kind is SourceKind.NDJSON and not paths:
         raise fail("--source ndjson needs files (PATHS) or - for stdin")
-    window_start, window_end = _when(start, "--from"), _when(end, "--to")
+    window_start, window_end = moment(start, "--from"), moment(end, "--to")
     try:
         Window(window_start, window_end, by)
     except ValueError as exc:
         raise fail(str(exc)) from None
     if job_id is not None and not re.fullmatch(JOB_ID, job_id):
         raise fail(f"--id: {job_id!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+    # A value no event can carry was planned and read through, to end in "nothing replayed".
+    checked_app_ids(apps, "--app")
     now = datetime.now(UTC)
     spec = ReplaySpec(
         id=job_id or new_job_id(now),
@@ -355,9 +349,12 @@ async def _execute(
     install_signal_handlers(stop)
     processes = replay_wiring.worker_count(settings, workers)
     async with AsyncExitStack() as stack:
-        lock = await stack.enter_async_context(
-            running(replay_wiring.job_path(settings, spec.id).with_suffix(".lock"), spec.id)
-        )
+        job_path = replay_wiring.job_path(settings, spec.id)
+        lock_path = job_path.with_suffix(".lock")
+        lock = await stack.enter_async_context(running(lock_path, spec.id))
+        # A job refused while planned ("nothing to replay", a job of that id exists) leaves no
+        # lock behind; removed while still held, so no other run can hold this one meanwhile.
+        stack.callback(lambda: None if job_path.exists() else lock_path.unlink(missing_ok=True))
         publisher = (
             await stack.enter_async_context(wiring.alert_publisher(settings)) if publish else None
         )
