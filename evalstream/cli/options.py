@@ -38,7 +38,7 @@ ConfigOption = Annotated[
         "--config",
         "-c",
         envvar="EVALSTREAM_CONFIG",
-        help="TOML config file (see README).",
+        help="TOML config file (see README) \\[default: none: the built-in settings].",
         show_default=False,
         dir_okay=False,
     ),
@@ -171,7 +171,11 @@ def load(
         raise fail(one_line(exc)) from exc
     folder = settings.embedded.data_dir
     if settings.backend == "embedded" and folder.exists() and not folder.is_dir():
-        raise fail(f"data dir {folder} is not a directory (check --data-dir or embedded.data_dir)")
+        # As the data dir's own check words it (wiring.data_dir), only earlier.
+        raise fail(
+            f"embedded.data_dir: {folder} is not a directory; choose another directory "
+            "(--data-dir, embedded.data_dir)"
+        )
     return settings
 
 

@@ -48,7 +48,8 @@ IncidentOption = Annotated[
     typer.Option(
         help="Scripted incident KIND:APP@START+DURATIONxMAGNITUDE (seconds after the start), "
         "e.g. latency_regression:app-001@60+120x4; kinds latency_regression, score_drift, "
-        "error_burst. Repeatable.",
+        "error_burst. Repeatable \\[default: none; with process --simulate, "
+        "latency_regression:app-001@60+120x4 and error_burst:app-002@150+60x0.3].",
         show_default=False,
     ),
 ]
@@ -212,6 +213,8 @@ def send(
         # Found in the stream's first bytes, before any line was sent.
         raise fail(f"{path}: {exc}") from None
     except EvalstreamError as exc:
+        if sent.events == 0 and isinstance(exc, Misconfigured):
+            raise fail(str(exc)) from None  # a setting or the data dir: nothing was sent
         raise fail(f"{exc}; {sent.said(path)}", EXIT_FAILED) from None
     finally:
         if stream is not sys.stdin.buffer:
@@ -304,7 +307,8 @@ def simulate(
         typer.Option(
             "--output",
             "-o",
-            help="Write NDJSON here (- = stdout) instead of sending; a file needs --count.",
+            help="Write NDJSON here (- = stdout) instead of sending; a file needs --count "
+            "\\[default: send to the configured source].",
             show_default=False,
         ),
     ] = None,

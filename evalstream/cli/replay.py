@@ -106,7 +106,9 @@ def replay(
     ] = None,
     app: Annotated[
         list[str] | None,
-        typer.Option("--app", help="Only this app (repeatable).", show_default=False),
+        typer.Option(
+            "--app", help="Only this app (repeatable) \\[default: every app].", show_default=False
+        ),
     ] = None,
     mode: Annotated[
         Mode | None,
@@ -141,7 +143,8 @@ def replay(
         typer.Option(
             "--rate",
             min=1.0,
-            help="At most this many events/s (spares the store's throughput).",
+            help="At most this many events/s (spares the store's throughput) \\[default: no "
+            "limit].",
             show_default=False,
         ),
     ] = None,
@@ -352,9 +355,8 @@ async def _execute(
         job_path = replay_wiring.job_path(settings, spec.id)
         lock_path = job_path.with_suffix(".lock")
         lock = await stack.enter_async_context(running(lock_path, spec.id))
-        # A job refused while planned ("nothing to replay", a job of that id exists) leaves no
-        # lock behind; removed while still held, so no other run can hold this one meanwhile.
-        stack.callback(lambda: None if job_path.exists() else lock_path.unlink(missing_ok=True))
+        # Runs before the lock is released: no other run holds this file meanwhile.
+        stack.callback(_drop_unplanned_lock, job_path, lock_path)
         publisher = (
             await stack.enter_async_context(wiring.alert_publisher(settings)) if publish else None
         )
@@ -388,6 +390,13 @@ async def _execute(
         _stdin_copy(settings, spec.id).unlink(missing_ok=True)
         _finish(settings, spec, result, report_path, display.read, seconds)
         return result
+
+
+def _drop_unplanned_lock(job_path: Path, lock_path: Path) -> None:
+    """Remove the lock of a job refused before it was planned ("nothing to replay"): it was
+    left behind in replays/ with no job beside it."""
+    if not job_path.exists():
+        lock_path.unlink(missing_ok=True)
 
 
 def _planned(path: Path) -> bool:

@@ -366,8 +366,8 @@ def test_a_data_dir_that_is_a_file_is_one_line_before_the_banner(tmp_path: Path)
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"error: data dir {tmp_path / 'file'} is not a directory (check --data-dir or "
-        "embedded.data_dir)"
+        f"error: embedded.data_dir: {tmp_path / 'file'} is not a directory; choose another "
+        "directory (--data-dir, embedded.data_dir)"
     ]
 
 
