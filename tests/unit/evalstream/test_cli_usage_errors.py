@@ -23,6 +23,7 @@ READERS = {
     "status": ["status"],
     "quarantine": ["quarantine"],
     "evaluations": ["evaluations"],
+    "coldpath status": ["coldpath", "status"],
 }
 
 
@@ -409,3 +410,21 @@ def test_a_send_that_fails_midway_says_what_was_appended_and_where_to_resend(
     ], output
     # What the message says to resend is exactly what was not appended.
     assert path.read_bytes()[offset:].splitlines() == lines[2:]
+
+
+@pytest.mark.parametrize("args", READERS.values(), ids=READERS.keys())
+def test_a_reader_creates_no_file_beside_an_existing_store(tmp_path: Path, args: list[str]) -> None:
+    # status opened the event log to show its partitions, creating log.db beside the store.
+    data_dir = tmp_path / "data"
+
+    async def create() -> None:
+        async with SqliteStore(data_dir / "store.db"):
+            pass
+
+    asyncio.run(create())
+    before = files(data_dir)
+    code, output = invoke(
+        [arg.format(out=tmp_path) for arg in args] + ["--data-dir", str(data_dir)]
+    )
+    assert code == 0, output
+    assert files(data_dir) == before
