@@ -228,14 +228,16 @@ _WRITTEN_SUFFIXES = frozenset({".html", ".json", ".ndjson", ".jsonl"})
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def output_file(path: Path, option: str, data_dir: Path | None = None) -> Path:
+def output_file(given: Path | str, option: str, data_dir: Path | None = None) -> Path:
     """``path`` for a command's output, checked before the command does any work: its folder
     must exist (no command creates it: a mistyped folder is refused, not made) and be
     writable, the path must not be a directory, and writing there must not destroy data (an
     existing SQLite file anywhere: a store, a log, an alert bus, a replay job; or an existing
-    file of the data dir other than what commands write there); exit 2 naming it otherwise."""
+    file of the data dir other than what commands write there); exit 2 naming it otherwise.
+    ``given`` as typed, if it can be: a trailing / names a directory, which Path drops."""
+    path = Path(given)
     target = path.resolve()
-    problem = _unwritable(target)
+    problem = "Is a directory" if str(given).endswith(os.sep) else _unwritable(target)
     if problem is not None:
         raise fail(f"{option}: cannot write {path}: {problem}")
     if not target.is_file():

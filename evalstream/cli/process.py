@@ -8,7 +8,6 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import orjson
@@ -279,7 +278,7 @@ def _write_events(simulator: Simulator, count: int | None, output: str) -> None:
         return
     if count is None:
         raise typer.BadParameter("writing to a file needs --count", param_hint="--output")
-    output_file(Path(output), "--output")
+    output_file(output, "--output")
     try:
         with open(output, "wb") as target:
             for event in simulator.events(count):

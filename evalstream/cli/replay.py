@@ -185,7 +185,6 @@ def replay(
             "--report",
             help="Also write the JSON report here \\[default: <data_dir>/replays/<id>.json].",
             show_default=False,
-            dir_okay=False,
         ),
     ] = None,
     config: ConfigOption = None,

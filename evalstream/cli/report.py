@@ -52,7 +52,6 @@ def report(
             "--output",
             "-o",
             help="HTML file to write; its folder must exist.",
-            dir_okay=False,
         ),
     ],
     app: Annotated[
