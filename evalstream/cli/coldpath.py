@@ -275,6 +275,8 @@ async def _load_manifest(settings: Settings, reference: str) -> JobManifest:
     if path.suffix == ".json" and path.is_file():
         try:
             return JobManifest.model_validate_json(path.read_bytes())
+        except OSError as exc:
+            raise ManifestNotFound(f"--manifest: cannot read {path}: {exc.strerror}") from None
         except ValidationError as exc:
             raise ManifestNotFound(
                 f"--manifest: {path} is not a valid manifest: {options.first_problem(exc)}"

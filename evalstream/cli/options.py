@@ -217,9 +217,9 @@ def first_problem(exc: ValidationError) -> str:
     """A model's validation errors as one line: the first, where it is, and how many more."""
     errors = exc.errors()
     first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(the whole)"
+    where = ".".join(str(part) for part in first["loc"])
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where + ': ' if where else ''}{first['msg']}{more}"
 
 
 # What a command writes itself into the data dir (reports, replay reports, events): an

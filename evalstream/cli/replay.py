@@ -26,6 +26,7 @@ from evalstream.cli.options import (
     checked_app_ids,
     console,
     fail,
+    first_problem,
     load,
     moment,
     output_file,
@@ -58,9 +59,7 @@ def _detectors(path: Path | None, settings: Settings) -> dict[str, Any]:
     try:
         apps = AppDirectory.model_validate(data.get("apps", data))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise fail(f"--detectors: {path}: {where}: {first['msg']}") from None
+        raise fail(f"--detectors: {path}: {first_problem(exc)}") from None
     return apps.model_dump(mode="json")
 
 

@@ -318,18 +318,26 @@ def test_an_operator_error_is_one_line_and_exit_2_before_any_work(
     assert files(tmp_path) == before
 
 
-def test_an_invalid_manifest_file_is_one_line_naming_its_first_problem(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"id": 3}', "id: Input should be a valid string (and 5 more)"),
+        ("garbage", "Invalid JSON: expected value at line 1 column 1"),
+    ],
+)
+def test_an_invalid_manifest_file_is_one_line_naming_its_first_problem(
+    tmp_path: Path, text: str, said: str
+) -> None:
     (tmp_path / "store.db").touch()
     manifest = tmp_path / "m.json"
-    manifest.write_text('{"id": 3}')
+    manifest.write_text(text)
     code, output = invoke(
         ["coldpath", "run-shard", "--group-index", "0", "--manifest", str(manifest),
          "--data-dir", str(tmp_path)]
     )  # fmt: skip
     assert code == 2, output
     assert output.strip().splitlines() == [
-        f"error: --manifest: {manifest} is not a valid manifest: id: Input should be a valid "
-        "string (and 5 more)"
+        f"error: --manifest: {manifest} is not a valid manifest: {said}"
     ], output
 
 
