@@ -40,7 +40,7 @@ from common import redact
 from common.errors import Misconfigured, leaves
 from common.printable import printable
 from evalstream import wiring
-from evalstream.cli.options import DataDirOption, fail, load, with_logging
+from evalstream.cli.options import DataDirOption, existing_store, fail, load, with_logging
 from evalstream.settings import Settings
 
 EXIT_USAGE = 2
@@ -291,6 +291,8 @@ def dlq(
 ) -> None:
     """Show the dead-lettered alerts of a subscription, oldest first, without removing them."""
     settings, spec = _load(config, subscription, backend, data_dir)
+    # Reading only: a mistyped --data-dir made an empty alert bus and showed no dead letters.
+    existing_store(settings, settings.embedded.alerts_path, "alert bus")
     try:
         dead_letters = asyncio.run(_dead_letters(settings, spec, max_count))
     except AlertError as exc:

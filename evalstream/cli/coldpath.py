@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -55,7 +56,7 @@ PolicyOption = Annotated[
     typer.Option(
         "--policy",
         "-p",
-        help="Policy name (repeatable) [default: every policy].",
+        help="Policy name (repeatable) \\[default: every policy].",
         show_default=False,
     ),
 ]
@@ -91,7 +92,7 @@ def load(config: Path | None, data_dir: Path | None) -> Settings:
     return settings
 
 
-def _policies(settings: Settings, names: list[str] | None) -> list[EvaluationPolicy]:
+def named_policies(settings: Settings, names: list[str] | None) -> list[EvaluationPolicy]:
     try:
         if not names:
             return list(settings.coldpath.policies)
@@ -126,7 +127,7 @@ def windows(
 ) -> None:
     """List a policy's UTC-aligned windows overlapping [--from, --to), and which are due."""
     settings = load(config, data_dir)
-    (chosen,) = _policies(settings, [policy])
+    (chosen,) = named_policies(settings, [policy])
     from coldpath.windows import is_due
 
     now = datetime.now(UTC)
@@ -211,7 +212,7 @@ def trigger(
     Triggering a window again finds the same manifest with every unit done and does nothing.
     """
     settings = load(config, data_dir)
-    policies = _policies(settings, policy)
+    policies = named_policies(settings, policy)
     if window == "last":
         choice = WindowChoice()
     else:
@@ -246,27 +247,60 @@ def backfill(
     data_dir: DataDirOption = None,
 ) -> None:
     settings = load(config, data_dir)
-    policies = _policies(settings, policy)
+    policies = named_policies(settings, policy)
     first, stop = _range(start, end)
+    _some_due(policies, first, stop, datetime.now(UTC))
     choice = WindowChoice(last=False, range_start=first, range_end=stop)
     _report(run(_trigger(settings, policies, choice, executor, rerun, True)))
+
+
+def _some_due(
+    policies: list[EvaluationPolicy], first: datetime, stop: datetime, now: datetime
+) -> None:
+    """Exit 2 unless some policy has a due window in [first, stop): a backfill of none did
+    nothing and said nothing, as if it had evaluated the range."""
+    from coldpath.windows import due_between, last_due
+
+    if any(next(due_between(each, first, stop, now), None) for each in policies):
+        return
+    latest = ", ".join(f"{each.name} {last_due(each, now).key}" for each in policies)
+    raise fail(
+        f"no window between --from {first.isoformat()} and --to {stop.isoformat()} is due yet "
+        f"(its events may still arrive); the latest due windows: {latest or 'no policies'}"
+    )
 
 
 async def _load_manifest(settings: Settings, reference: str) -> JobManifest:
     path = Path(reference)
     if path.suffix == ".json" and path.is_file():
-        return JobManifest.model_validate_json(path.read_bytes())
+        try:
+            return JobManifest.model_validate_json(path.read_bytes())
+        except OSError as exc:
+            raise ManifestNotFound(f"--manifest: cannot read {path}: {exc.strerror}") from None
+        except ValidationError as exc:
+            raise ManifestNotFound(
+                f"--manifest: {path} is not a valid manifest: {options.first_problem(exc)}"
+            ) from None
+    missing = ManifestNotFound(
+        f"--manifest: no manifest {reference!r} staged and no such JSON file"
+    )
+    if settings.backend == "embedded" and not settings.embedded.store_path.exists():
+        raise missing  # and opening the store would create an empty one
     async with wiring.evaluation_store(settings) as store:
         manifest = await store.load_manifest(reference)
     if manifest is None:
-        raise ManifestNotFound(f"no manifest {reference!r} staged and no such JSON file")
+        raise missing
     return manifest
 
 
-async def _run_shard(
-    settings: Settings, reference: str | None, url: str | None, group_index: int
-) -> int:
-    if url is not None:
+async def _find_manifest(
+    settings: Settings, reference: str | None, url: str | None
+) -> JobManifest | str:
+    """The manifest to run, or why there is none to (an operator's error: exit 2)."""
+    try:
+        if url is None:
+            assert reference is not None
+            return await _load_manifest(settings, reference)
         from coldpath.executors.blob_staging import fetch_manifest
 
         manifest = await fetch_manifest(url)
@@ -274,10 +308,12 @@ async def _run_shard(
             raise ManifestNotFound(
                 f"the manifest at --manifest-url is {manifest.id}, not {reference}"
             )
-    elif reference is not None:
-        manifest = await _load_manifest(settings, reference)
-    else:
-        raise ManifestNotFound("give --manifest or --manifest-url")
+        return manifest
+    except ManifestNotFound as exc:
+        return str(exc)
+
+
+async def _run_shard(settings: Settings, manifest: JobManifest, group_index: int) -> int:
     async with wiring.shard_runner(settings) as runner:
         outcomes = await runner.run_shard(manifest, group_index)
         if settings.azure.batch.staging.result_files:
@@ -309,9 +345,14 @@ def run_shard(
 ) -> None:
     """Evaluate one shard of a manifest (the task executors run). Safe to repeat: units done
     for this manifest are skipped, results and breaches are idempotent."""
+    if manifest is None and manifest_url is None:
+        raise fail("give --manifest or --manifest-url")
     settings = load(config, data_dir)
+    found = run(_find_manifest(settings, manifest, manifest_url))
+    if isinstance(found, str):
+        raise fail(found)
     try:
-        evaluated = run(_run_shard(settings, manifest, manifest_url, group_index))
+        evaluated = run(_run_shard(settings, found, group_index))
     except ValueError as exc:
         raise fail(str(exc)) from exc
     typer.echo(f"shard {group_index}: {evaluated} units evaluated")
@@ -415,15 +456,31 @@ def status(
     """Show each policy's latest due window: its manifest and how many units are done; or,
     given a Batch JOB, its tasks by state, retries, queue latency and run time percentiles and
     failure rate."""
+    if job is None:
+        given = {"--metrics": metrics, "--textfile": textfile, "--push-gateway": push_gateway}
+        if named := [name for name, value in given.items() if value]:
+            raise fail(f"{', '.join(named)}: only with JOB (a Batch job's id): give one")
+    elif policy:
+        raise fail("--policy: not with JOB (a Batch job has the policies of its manifest)")
     settings = load(config, data_dir)
     if job is not None:
+        if not settings.azure.batch.account_url:
+            raise fail(
+                f"JOB {job!r}: a Batch job's figures need an Azure Batch account "
+                "(setting azure.batch.account_url); without JOB, status shows the policies' "
+                "windows"
+            )
+        if textfile is not None:
+            options.output_file(textfile, "--textfile", settings.embedded.data_dir)
         try:
             _batch_status(settings, job, metrics, textfile, push_gateway)
         except SettingsError as exc:
             raise fail(str(exc)) from exc
         return
+    # Reading only: a mistyped --data-dir made an empty store and showed nothing due.
+    options.existing_store(settings)
     table = Table("window", "policies", "manifest", "units", "done", "shards")
-    for manifest, pending in run(_status(settings, _policies(settings, policy))):
+    for manifest, pending in run(_status(settings, named_policies(settings, policy))):
         table.add_row(
             manifest.window.key,
             ", ".join(p.name for p in manifest.policies),

@@ -12,8 +12,14 @@ from rich.text import Text
 
 from common.printable import printable
 from evalstream import wiring
-from evalstream.cli.coldpath import load
-from evalstream.cli.options import ConfigOption, DataDirOption, existing_store, run
+from evalstream.cli.coldpath import load, named_policies
+from evalstream.cli.options import (
+    ConfigOption,
+    DataDirOption,
+    checked_app_ids,
+    existing_store,
+    run,
+)
 from schemas import EvaluationResult, Thresholds
 
 
@@ -63,6 +69,11 @@ def evaluations(
 ) -> None:
     """Show stored evaluation results, newest window first, beside their thresholds."""
     settings = existing_store(load(config, data_dir))
+    # Either would show an empty table, as if nothing had been evaluated.
+    if app_id is not None:
+        checked_app_ids([app_id], "--app")
+    if policy is not None:
+        named_policies(settings, [policy])
 
     async def read() -> list[EvaluationResult]:
         async with wiring.evaluation_store(settings) as store:

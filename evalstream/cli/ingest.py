@@ -9,6 +9,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from evalstream.cli.options import fail
 from stream.producers.ingest_auth import ALL_APPS, allowed_apps, hash_key
 
 
@@ -30,6 +31,9 @@ def ingest_key(
     \\[ingest.auth], which holds only the key's SHA-256, plus the same entry as JSON for
     EVALSTREAM_INGEST__AUTH__API_KEYS. Senders present it as `Authorization: Bearer KEY`.
     """
+    if not name.strip():
+        # It names the key in the errors senders get: an empty one names nobody.
+        raise fail("NAME: the key's holder needs a name (it is shown in errors)")
     try:
         apps = allowed_apps(tuple(app or [ALL_APPS]))
     except ValueError as exc:

@@ -8,11 +8,14 @@ import asyncio
 import functools
 import inspect
 import logging
+import os
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
@@ -35,7 +38,7 @@ ConfigOption = Annotated[
         "--config",
         "-c",
         envvar="EVALSTREAM_CONFIG",
-        help="TOML config file (see README).",
+        help="TOML config file (see README) \\[default: none: the built-in settings].",
         show_default=False,
         dir_okay=False,
     ),
@@ -160,23 +163,63 @@ def one_line(exc: SettingsError) -> str:
 def load(
     config: Path | None, data_dir: Path | None = None, *, backend: str | None = None
 ) -> Settings:
-    """The settings, ``--data-dir`` applied; exit 2 with one line naming a bad setting."""
+    """The settings, ``--data-dir`` applied; exit 2 with one line naming a bad setting, or a
+    data dir that is a file (every command would fail on it later, some after starting)."""
     try:
-        return load_settings(config=config, backend=backend, data_dir=data_dir)
+        settings = load_settings(config=config, backend=backend, data_dir=data_dir)
     except SettingsError as exc:
         raise fail(one_line(exc)) from exc
-
-
-def existing_store(settings: Settings) -> Settings:
-    """The settings of a command that only reads the store: on the embedded backend its file
-    must be there (opening it would create an empty one, and the command would show nothing:
-    most likely a mistyped --data-dir); exit 2 naming it otherwise."""
-    if settings.backend == "embedded" and not settings.embedded.store_path.exists():
+    folder = settings.embedded.data_dir
+    if settings.backend == "embedded" and folder.exists() and not folder.is_dir():
+        # As the data dir's own check words it (wiring.data_dir), only earlier.
         raise fail(
-            f"no store at {settings.embedded.store_path} (check --data-dir; the processor "
-            "creates it)"
+            f"embedded.data_dir: {folder} is not a directory; choose another directory "
+            "(--data-dir, embedded.data_dir)"
         )
     return settings
+
+
+def existing_store(settings: Settings, path: Path | None = None, what: str = "store") -> Settings:
+    """The settings of a command that only reads the store (or ``path``, another file of the
+    embedded data dir, called ``what``): on the embedded backend the file must be there
+    (opening it would create an empty one, and the command would show nothing: most likely a
+    mistyped --data-dir); exit 2 naming it otherwise."""
+    needed = path or settings.embedded.store_path
+    if settings.backend == "embedded" and not needed.exists():
+        raise fail(f"no {what} at {needed} (check --data-dir; the processor creates it)")
+    return settings
+
+
+def moment(value: str, option: str) -> datetime:
+    """An ISO 8601 time given as ``option``: no zone means UTC, a date alone its UTC midnight
+    (``Z`` is accepted); exit 2 naming the option otherwise."""
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise fail(
+            f"{option}: {value!r} is not an ISO 8601 time (e.g. 2026-12-01T08:00Z)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def checked_app_ids(values: list[str] | None, option: str) -> list[str]:
+    """``values`` given as ``option``, each an app id by the rule events are validated with
+    (``report --app`` applies it too); exit 2 naming the first that is not."""
+    from schemas.telemetry import APP_ID_PATTERN, is_app_id
+
+    for value in values or ():
+        if not is_app_id(value):
+            raise fail(f"{option}: {value!r} is not an app id ({APP_ID_PATTERN})")
+    return list(values or ())
+
+
+def first_problem(exc: ValidationError) -> str:
+    """A model's validation errors as one line: the first, where it is, and how many more."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where + ': ' if where else ''}{first['msg']}{more}"
 
 
 # What a command writes itself into the data dir (reports, replay reports, events): an
@@ -185,11 +228,18 @@ _WRITTEN_SUFFIXES = frozenset({".html", ".json", ".ndjson", ".jsonl"})
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def output_file(path: Path, option: str, data_dir: Path | None = None) -> Path:
-    """``path`` for a command's output, unless writing there would destroy data: an existing
-    SQLite file anywhere (a store, a log, an alert bus, a replay job) or an existing file of
-    the data dir other than what commands write there; exit 2 naming it otherwise."""
+def output_file(given: Path | str, option: str, data_dir: Path | None = None) -> Path:
+    """``path`` for a command's output, checked before the command does any work: its folder
+    must exist (no command creates it: a mistyped folder is refused, not made) and be
+    writable, the path must not be a directory, and writing there must not destroy data (an
+    existing SQLite file anywhere: a store, a log, an alert bus, a replay job; or an existing
+    file of the data dir other than what commands write there); exit 2 naming it otherwise.
+    ``given`` as typed, if it can be: a trailing / names a directory, which Path drops."""
+    path = Path(given)
     target = path.resolve()
+    problem = "Is a directory" if str(given).endswith(os.sep) else _unwritable(target)
+    if problem is not None:
+        raise fail(f"{option}: cannot write {path}: {problem}")
     if not target.is_file():
         return path
     with open(target, "rb") as existing:
@@ -199,6 +249,29 @@ def output_file(path: Path, option: str, data_dir: Path | None = None) -> Path:
         kind = "a SQLite database" if sqlite else "a file of the data dir"
         raise fail(f"{option}: {path} is {kind}; writing there would destroy it")
     return path
+
+
+def _unwritable(target: Path) -> str | None:
+    """Why ``target`` (resolved) cannot be written, or None."""
+    if target.is_dir():
+        return "Is a directory"
+    if target.exists() and not target.is_file():
+        return None  # a device or a pipe (/dev/stdout): opening one to try it could block
+    folder = target.parent
+    if not folder.exists():
+        return f"No such file or directory ({folder} does not exist; create it first)"
+    if not folder.is_dir():
+        return f"Not a directory ({folder} is a file)"
+    try:
+        # Opened as the command will open it, without truncating an existing file; one made
+        # here goes again (a refused command leaves nothing behind).
+        flags = os.O_WRONLY | (0 if target.exists() else os.O_CREAT | os.O_EXCL)
+        os.close(os.open(target, flags, 0o644))
+        if flags & os.O_CREAT:
+            target.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -6,29 +6,31 @@ import asyncio
 import logging
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
 
-from common.errors import Misconfigured, leaves
+from common.errors import EvalstreamError, Misconfigured, leaves
 from evalstream import wiring
 from evalstream.cli.options import (
+    EXIT_FAILED,
     ConfigOption,
     DataDirOption,
     console,
     error,
     fail,
     load,
+    moment,
     output_file,
     say,
     with_logging,
 )
 from evalstream.settings import Settings, SettingsError
 from schemas import Breach, TelemetryEvent
-from stream.decode import split_ndjson
+from stream.decode import ndjson_lines
 from stream.exceptions import NotUtf8, StreamError
 
 if TYPE_CHECKING:
@@ -45,7 +47,8 @@ IncidentOption = Annotated[
     typer.Option(
         help="Scripted incident KIND:APP@START+DURATIONxMAGNITUDE (seconds after the start), "
         "e.g. latency_regression:app-001@60+120x4; kinds latency_regression, score_drift, "
-        "error_burst. Repeatable.",
+        "error_burst. Repeatable \\[default: none; with process --simulate, "
+        "latency_regression:app-001@60+120x4 and error_burst:app-002@150+60x0.3].",
         show_default=False,
     ),
 ]
@@ -80,7 +83,7 @@ def process(
     ingest_port: Annotated[
         int | None,
         typer.Option(
-            min=0, max=65535, help="Ingest port (0 = any free port) [default: ingest.port]."
+            min=0, max=65535, help="Ingest port (0 = any free port) \\[default: ingest.port]."
         ),
     ] = None,
     ingest_workers: Annotated[
@@ -88,7 +91,7 @@ def process(
         typer.Option(
             min=0,
             help="Processes serving ingest beside the processor (0 = in the processor's own "
-            "process) [default: ingest.workers, else half the cores, at least 1].",
+            "process) \\[default: ingest.workers, else half the cores, at least 1].",
             show_default=False,
         ),
     ] = None,
@@ -103,7 +106,7 @@ def process(
         typer.Option(
             min=1,
             help="Processing worker processes on the embedded backend, each owning a share of "
-            "the partitions [default: embedded.workers, else one per core].",
+            "the partitions \\[default: embedded.workers, else one per core].",
             show_default=False,
         ),
     ] = None,
@@ -193,22 +196,48 @@ def send(
 ) -> None:
     """Append NDJSON events to the configured source, as a producer would.
 
-    Lines are sent as they are: the processor validates them and quarantines bad ones.
+    Lines are sent as they are: the processor validates them and quarantines bad ones. Each
+    batch is committed when appended: a send that fails says how many events were appended
+    before it and where to resend from, so none is sent twice.
     """
     settings = load(config, data_dir)
     try:
         stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         raise fail(f"cannot read {path}: {exc.strerror}") from None
+    sent = Sent()
     try:
-        sent = asyncio.run(_send(settings, split_ndjson(stream), batch))
+        asyncio.run(_send(settings, ndjson_lines(stream), batch, sent))
     except NotUtf8 as exc:
         # Found in the stream's first bytes, before any line was sent.
         raise fail(f"{path}: {exc}") from None
+    except EvalstreamError as exc:
+        if sent.events == 0 and isinstance(exc, Misconfigured):
+            raise fail(str(exc)) from None  # a setting or the data dir: nothing was sent
+        raise fail(f"{exc}; {sent.said(path)}", EXIT_FAILED) from None
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-    console.print(f"sent {sent} events")
+    console.print(f"sent {sent.events} events")
+
+
+@dataclass
+class Sent:
+    """How far a send got: the events appended (committed, so a retry must skip them) and the
+    stream offset of the first line not appended."""
+
+    events: int = 0
+    resume_offset: int = 0
+
+    def said(self, path: str) -> str:
+        if self.events == 0:
+            return "no event was appended: send it all again"
+        source = "stdin" if path == "-" else path
+        return (
+            f"{self.events} events (the first {self.events} non-blank lines of {source}) were "
+            f"appended before it: resend from the next line, at byte {self.resume_offset} "
+            f"(tail -c +{self.resume_offset + 1}), not to send them twice"
+        )
 
 
 def _partition_key(line: bytes) -> str | None:
@@ -220,20 +249,24 @@ def _partition_key(line: bytes) -> str | None:
     return app_id if isinstance(app_id, str) else None
 
 
-async def _send(settings: Settings, lines: Iterable[bytes], batch: int) -> int:
-    sent = 0
+async def _send(
+    settings: Settings, lines: Iterable[tuple[int, bytes]], batch: int, sent: Sent
+) -> None:
+    """Append ``lines`` ((offset, line) pairs) ``batch`` at a time, counting in ``sent`` what
+    was committed: when an append fails, ``sent`` tells what was not."""
     async with wiring.sink(settings) as sink:
         chunk: list[tuple[str | None, bytes]] = []
-        for line in lines:
+        for offset, line in lines:
+            if not chunk:
+                sent.resume_offset = offset
             chunk.append((_partition_key(line), line))
             if len(chunk) >= batch:
                 await sink.append(chunk)
-                sent += len(chunk)
+                sent.events += len(chunk)
                 chunk = []
         if chunk:
             await sink.append(chunk)
-            sent += len(chunk)
-    return sent
+            sent.events += len(chunk)
 
 
 def _write_events(simulator: Simulator, count: int | None, output: str) -> None:
@@ -245,7 +278,7 @@ def _write_events(simulator: Simulator, count: int | None, output: str) -> None:
         return
     if count is None:
         raise typer.BadParameter("writing to a file needs --count", param_hint="--output")
-    output_file(Path(output), "--output")
+    output_file(output, "--output")
     try:
         with open(output, "wb") as target:
             for event in simulator.events(count):
@@ -259,7 +292,7 @@ def simulate(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     count: Annotated[
-        int | None, typer.Option(min=0, help="Events to produce [default: until stopped].")
+        int | None, typer.Option(min=0, help="Events to produce \\[default: until stopped].")
     ] = None,
     apps: AppsOption = 5,
     rate: RateOption = 200.0,
@@ -273,13 +306,17 @@ def simulate(
         typer.Option(
             "--output",
             "-o",
-            help="Write NDJSON here (- = stdout) instead of sending; a file needs --count.",
+            help="Write NDJSON here (- = stdout) instead of sending; a file needs --count "
+            "\\[default: send to the configured source].",
             show_default=False,
         ),
     ] = None,
     start: Annotated[
-        datetime | None,
-        typer.Option(help="Event time of the first event [default: now].", show_default=False),
+        str | None,
+        typer.Option(
+            help="Event time of the first event, ISO 8601 (no zone = UTC) \\[default: now].",
+            show_default=False,
+        ),
     ] = None,
     no_pace: Annotated[bool, typer.Option("--no-pace", help="Send as fast as possible.")] = False,
 ) -> None:
@@ -287,12 +324,13 @@ def simulate(
     from evalstream.runtime import install_signal_handlers, pace_simulator
     from stream.producers.simulator import Simulator
 
-    first = (start or datetime.now(UTC)).astimezone(UTC) if start and start.tzinfo else start
+    # Read as replay and coldpath read a time: a naive one is UTC (the simulator refused it).
+    first = moment(start, "--start").astimezone(UTC) if start is not None else datetime.now(UTC)
     simulator = Simulator(
         apps=apps,
         rate=rate,
         seed=seed,
-        start=first or datetime.now(UTC),
+        start=first,
         incidents=_incidents(incident or [], apps, seed),
         invalid_fraction=invalid_fraction,
     )
@@ -308,9 +346,10 @@ def simulate(
         install_signal_handlers(stop)
         async with wiring.sink(settings) as sink:
             if no_pace:
-                return await _send(
-                    settings, (event.body for event in simulator.events(count)), 1000
-                )
+                sent = Sent()
+                bodies = enumerate(event.body for event in simulator.events(count))
+                await _send(settings, bodies, 1000, sent)
+                return sent.events
             return await pace_simulator(simulator, sink, rate, stop, count)
 
     say(f"sent {asyncio.run(run())} events")

@@ -23,9 +23,12 @@ from evalstream.cli.options import (
     EXIT_INTERRUPTED,
     ConfigOption,
     DataDirOption,
+    checked_app_ids,
     console,
     fail,
+    first_problem,
     load,
+    moment,
     output_file,
     run,
     with_logging,
@@ -44,16 +47,6 @@ from stream.replay.spec import JOB_ID, Mode, ReplaySpec, SourceKind, new_job_id
 SOURCES = ", ".join(kind.value for kind in SourceKind)
 
 
-def _when(value: str, option: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise fail(
-            f"{option}: {value!r} is not an ISO 8601 time (e.g. 2026-12-01T08:00Z)"
-        ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def _detectors(path: Path | None, settings: Settings) -> dict[str, Any]:
     """The apps table to detect with: the file's (its ``[apps]`` table, or the whole file),
     else the live settings'."""
@@ -66,9 +59,7 @@ def _detectors(path: Path | None, settings: Settings) -> dict[str, Any]:
     try:
         apps = AppDirectory.model_validate(data.get("apps", data))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise fail(f"--detectors: {path}: {where}: {first['msg']}") from None
+        raise fail(f"--detectors: {path}: {first_problem(exc)}") from None
     return apps.model_dump(mode="json")
 
 
@@ -114,7 +105,9 @@ def replay(
     ] = None,
     app: Annotated[
         list[str] | None,
-        typer.Option("--app", help="Only this app (repeatable).", show_default=False),
+        typer.Option(
+            "--app", help="Only this app (repeatable) \\[default: every app].", show_default=False
+        ),
     ] = None,
     mode: Annotated[
         Mode | None,
@@ -149,7 +142,8 @@ def replay(
         typer.Option(
             "--rate",
             min=1.0,
-            help="At most this many events/s (spares the store's throughput).",
+            help="At most this many events/s (spares the store's throughput) \\[default: no "
+            "limit].",
             show_default=False,
         ),
     ] = None,
@@ -190,7 +184,6 @@ def replay(
             "--report",
             help="Also write the JSON report here \\[default: <data_dir>/replays/<id>.json].",
             show_default=False,
-            dir_okay=False,
         ),
     ] = None,
     config: ConfigOption = None,
@@ -313,13 +306,15 @@ def _new_spec(
         raise fail(f"PATHS are NDJSON files: use --source ndjson, not {kind.value}")
     if kind is SourceKind.NDJSON and not paths:
         raise fail("--source ndjson needs files (PATHS) or - for stdin")
-    window_start, window_end = _when(start, "--from"), _when(end, "--to")
+    window_start, window_end = moment(start, "--from"), moment(end, "--to")
     try:
         Window(window_start, window_end, by)
     except ValueError as exc:
         raise fail(str(exc)) from None
     if job_id is not None and not re.fullmatch(JOB_ID, job_id):
         raise fail(f"--id: {job_id!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+    # A value no event can carry was planned and read through, to end in "nothing replayed".
+    checked_app_ids(apps, "--app")
     now = datetime.now(UTC)
     spec = ReplaySpec(
         id=job_id or new_job_id(now),
@@ -355,9 +350,11 @@ async def _execute(
     install_signal_handlers(stop)
     processes = replay_wiring.worker_count(settings, workers)
     async with AsyncExitStack() as stack:
-        lock = await stack.enter_async_context(
-            running(replay_wiring.job_path(settings, spec.id).with_suffix(".lock"), spec.id)
-        )
+        job_path = replay_wiring.job_path(settings, spec.id)
+        lock_path = job_path.with_suffix(".lock")
+        lock = await stack.enter_async_context(running(lock_path, spec.id))
+        # Runs before the lock is released: no other run holds this file meanwhile.
+        stack.callback(_drop_unplanned_lock, job_path, lock_path)
         publisher = (
             await stack.enter_async_context(wiring.alert_publisher(settings)) if publish else None
         )
@@ -391,6 +388,13 @@ async def _execute(
         _stdin_copy(settings, spec.id).unlink(missing_ok=True)
         _finish(settings, spec, result, report_path, display.read, seconds)
         return result
+
+
+def _drop_unplanned_lock(job_path: Path, lock_path: Path) -> None:
+    """Remove the lock of a job refused before it was planned ("nothing to replay"): it was
+    left behind in replays/ with no job beside it."""
+    if not job_path.exists():
+        lock_path.unlink(missing_ok=True)
 
 
 def _planned(path: Path) -> bool:

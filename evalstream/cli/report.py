@@ -48,7 +48,11 @@ def app_ids(values: list[str] | None) -> tuple[str, ...]:
 def report(
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="HTML file to write.", dir_okay=False),
+        typer.Option(
+            "--output",
+            "-o",
+            help="HTML file to write; its folder must exist.",
+        ),
     ],
     app: Annotated[
         list[str] | None,
@@ -94,7 +98,6 @@ def report(
     except (EvalstreamError, StoreError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_FAILED) from exc
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render_html(data), encoding="utf-8")
     requests = sum(series.requests for series in data.apps)
     console.print(

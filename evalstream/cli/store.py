@@ -34,6 +34,10 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     typer.echo(f"telemetry documents {telemetry}, quarantined {quarantined}")
     if settings.backend != "embedded":
         return
+    if not settings.embedded.log_path.exists():
+        # Opening it would create it: a store copied without its log, say.
+        typer.echo(f"no event log at {settings.embedded.log_path}: no partition positions")
+        return
     for partition, last, done in wiring.log_positions(settings):
         typer.echo(f"partition {partition}: last {last} checkpoint {done} lag {last - done}")
 

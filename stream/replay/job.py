@@ -22,7 +22,7 @@ from common.lock_file import try_lock
 from common.sqlite import SqliteFile, sqlite3, transaction
 from schemas import Breach, TelemetryDocument
 from store.ports import StateSnapshot
-from stream.exceptions import ReplayError
+from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.replay.observed import ObservedEvent, pack, unpack
 from stream.replay.ports import PartitionPlan
 
@@ -124,7 +124,10 @@ async def running(path: Path, job_id: str, wait_s: float = LOCK_WAIT_S) -> Async
     while (handle := try_lock(path)) is None:
         if time.monotonic() >= deadline:
             holder = path.read_text().strip() or "unknown"
-            raise ReplayError(f"replay job {job_id} is running in another process (pid {holder})")
+            # An operator's error (exit 2), like any other refused start: nothing of it ran.
+            raise ReplayMisconfigured(
+                f"replay job {job_id} is running in another process (pid {holder})"
+            )
         await asyncio.sleep(0.05)
     try:
         yield handle.fileno()

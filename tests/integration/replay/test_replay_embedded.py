@@ -309,7 +309,7 @@ def test_a_killed_worker_stops_the_job_and_a_second_run_is_refused(
         wait_until(partial(_reached, job, 200), 120, "200 stored", 0.005)
         # The job is running: another run of it is refused, and changes nothing.
         again = evalstream("replay", *args, "--resume", "job")
-        assert again.returncode == 1, again.stderr
+        assert again.returncode == 2, again.stderr
         assert "replay job job is running in another process" in again.stderr
         workers = psutil.Process(process.pid).children()
         assert len(workers) == 2

@@ -137,9 +137,18 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_dlq_when_empty(config: Path) -> None:
+    publish(config, [])  # the bus exists, with nothing dead-lettered
     result = CliRunner().invoke(alerts_app, ["dlq", "-s", "all", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "no dead-lettered alerts in subscription 'all'"
+
+
+def test_dlq_refuses_a_data_dir_without_a_bus_and_creates_none(config: Path) -> None:
+    # Opening it made an empty alerts.db: a mistyped --data-dir showed "no dead letters".
+    result = CliRunner().invoke(alerts_app, ["dlq", "-s", "all", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"no alert bus at {bus(config)}" in result.output
+    assert not bus(config).parent.exists()
 
 
 def test_dlq_shows_reason_description_and_breach(config: Path) -> None:
@@ -246,8 +255,10 @@ def test_data_dir_picks_the_embedded_bus_for_dlq_and_listen(config: Path, tmp_pa
     moved = runner.invoke(
         alerts_app, ["dlq", "-s", "critical", "--config", str(config), "--data-dir", str(elsewhere)]
     )
-    assert moved.exit_code == 0, moved.output
-    assert moved.stdout.strip() == "no dead-lettered alerts in subscription 'critical'"
+    # The other data dir is the one read: it has no bus, so nothing is shown (and none made).
+    assert moved.exit_code == 2, moved.output
+    assert f"no alert bus at {elsewhere / 'alerts.db'}" in moved.output
+    assert not elsewhere.exists()
 
     data_dir = str(bus(config).parent)
     here = runner.invoke(

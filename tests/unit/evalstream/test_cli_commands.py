@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,35 @@ def test_simulate_logs_json_lines_only_with_log_format_json(tmp_path: Path) -> N
     records = [json.loads(line) for line in result.stderr.splitlines()]
     assert [record["message"] for record in records][-1] == "sent 3 events"
     assert records[-1]["level"] == "INFO"
+
+
+def _with_paths(
+    command: click.Command, path: tuple[str, ...]
+) -> list[tuple[tuple[str, ...], click.Command]]:
+    subcommands = getattr(command, "commands", {}).items()
+    return [(path, command), *(p for n, sub in subcommands for p in _with_paths(sub, (*path, n)))]
+
+
+# "[default: ...]" written in a help text, escaped (\[) or not: Rich takes it for markup and
+# drops an unescaped one from --help.
+WRITTEN_DEFAULT = re.compile(r"\\?\[default[^\]]*\]")
+
+
+def test_every_default_written_in_a_help_text_is_shown_by_help() -> None:
+    checked = 0
+    for name in COMMANDS:
+        resolved = LazyCommands(name="evalstream").get_command(click.Context(app_command), name)
+        for path, command in _with_paths(resolved, (name,)):
+            texts = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+            written = [m.replace("\\[", "[") for t in texts for m in WRITTEN_DEFAULT.findall(t)]
+            if not written:
+                continue
+            result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "300"})
+            assert result.exit_code == 0, (path, result.output)
+            # The help's boxes and wrapping aside, each must be there as written.
+            shown = " ".join(result.output.replace("│", " ").split())
+            for default in written:
+                assert " ".join(default.split()) in shown, (path, default)
+                checked += 1
+    # process, simulate, replay, report, coldpath's --policy and --data-dir everywhere.
+    assert checked > 20, checked

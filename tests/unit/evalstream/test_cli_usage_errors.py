@@ -4,6 +4,9 @@ command that only reads creates nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,12 +16,14 @@ from typer.testing import CliRunner
 from common.sqlite import sqlite3
 from evalstream.cli import app
 from store.sqlite import SqliteStore
+from stream.exceptions import SourceError
 
 READERS = {
     "report": ["report", "-o", "{out}/report.html"],
     "status": ["status"],
     "quarantine": ["quarantine"],
     "evaluations": ["evaluations"],
+    "coldpath status": ["coldpath", "status"],
 }
 
 
@@ -200,3 +205,235 @@ def test_a_report_may_replace_an_earlier_report_in_the_data_dir(tmp_path: Path) 
     )
     assert code == 0, output
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def _log_with_events(data_dir: Path) -> None:
+    """A data dir whose log holds 20 events of 2026-12-07 and whose store exists."""
+    events = data_dir.parent / "events.ndjson"
+    code, output = invoke(
+        ["simulate", "--count", "20", "--start", "2026-12-07T00:00Z", "-o", str(events)]
+    )
+    assert code == 0, output
+    code, output = invoke(["send", str(events), "--data-dir", str(data_dir)])
+    assert code == 0, output
+
+    async def create() -> None:
+        async with SqliteStore(data_dir / "store.db"):
+            pass
+
+    asyncio.run(create())
+
+
+def files(folder: Path) -> list[Path]:
+    # Loading the settings reads the log's partition count: SQLite's -wal and -shm may appear.
+    return sorted(p for p in folder.rglob("*") if not p.name.endswith(("-wal", "-shm")))
+
+
+WRITERS = {
+    "replay --report": ["replay", "--from", "2026-12-07", "--to", "2026-12-08", "--report"],
+    "report -o": ["report", "-o"],
+    "simulate -o": ["simulate", "--count", "3", "-o"],
+}
+BAD_OUTPUTS = {
+    "missing folder": ("{tmp}/missing/out.json", "{tmp}/missing does not exist"),
+    "folder is a file": ("{tmp}/events.ndjson/out.json", "{tmp}/events.ndjson is a file"),
+    "in /proc": ("/proc/out.json", "No such file or directory"),
+    "a directory's name": ("{tmp}/", "Is a directory"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_OUTPUTS.values(), ids=BAD_OUTPUTS.keys())
+@pytest.mark.parametrize("args", WRITERS.values(), ids=WRITERS.keys())
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, args: list[str], bad: tuple[str, str]
+) -> None:
+    # Replay ran the whole job before failing on its report (exit 1, a traceback); report made
+    # missing folders (or failed with a traceback); each command now refuses the same way.
+    data_dir = tmp_path / "data"
+    _log_with_events(data_dir)
+    before = files(tmp_path)
+    path, said = (text.format(tmp=tmp_path) for text in bad)
+    code, output = invoke([*args, path, "--data-dir", str(data_dir)])
+    assert code == 2, output
+    assert output.strip().splitlines() == [output.strip()], output
+    assert f"cannot write {path.rstrip('/')}: " in output and said in output, output
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("start", ["2026-12-07T00:00", "2026-12-07", "2026-12-07T01:00+01:00"])
+def test_simulate_reads_a_time_without_a_zone_as_utc(start: str) -> None:
+    answer = CliRunner().invoke(app, ["simulate", "--count", "1", "--start", start, "-o", "-"])
+    assert answer.exit_code == 0, answer.output
+    first = json.loads(answer.stdout.splitlines()[0])
+    assert datetime.fromisoformat(first["timestamp"]) == datetime(2026, 12, 7, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["replay", "--from", "2026-12-07", "--to", "2026-12-08", "--app", "bad app"],
+            "--app: 'bad app' is not an app id",
+        ),
+        (["evaluations", "--app", "<bad>"], "--app: '<bad>' is not an app id"),
+        (["evaluations", "--policy", "nope"], "no policy named 'nope'"),
+        (
+            ["coldpath", "backfill", "--from", "2027-12-06", "--to", "2027-12-07"],
+            "no window between --from 2027-12-06T00:00:00+00:00 and --to",
+        ),
+        (
+            ["coldpath", "backfill", "--from", "{now:%Y-%m-%dT%H:00}", "--to", "9999-01-01"],
+            "is due yet",
+        ),
+        (["coldpath", "run-shard", "--group-index", "0"], "give --manifest or --manifest-url"),
+        (
+            ["coldpath", "run-shard", "--group-index", "0", "--manifest", "nosuch"],
+            "--manifest: no manifest 'nosuch' staged",
+        ),
+        (["coldpath", "status", "--metrics"], "--metrics: only with JOB"),
+        (
+            ["coldpath", "status", "--textfile", "{tmp}/m.prom", "--push-gateway", "http://x"],
+            "--textfile, --push-gateway: only with JOB",
+        ),
+        (["coldpath", "status", "m1", "-p", "quality"], "--policy: not with JOB"),
+        (["coldpath", "status", "m1"], "JOB 'm1': a Batch job's figures need an Azure Batch"),
+        (["ingest-key", ""], "NAME: the key's holder needs a name"),
+        (["ingest-key", "  "], "NAME: the key's holder needs a name"),
+    ],
+)
+def test_an_operator_error_is_one_line_and_exit_2_before_any_work(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    data_dir = tmp_path / "data"
+    _log_with_events(data_dir)
+    before = files(tmp_path)
+    now = datetime.now(UTC)
+    args = [arg.format(tmp=tmp_path, now=now) for arg in args]
+    where = [] if args[0] == "ingest-key" else ["--data-dir", str(data_dir)]
+    code, output = invoke([*args, *where])
+    assert code == 2, output
+    assert said in output, output
+    assert output.strip().splitlines() == [output.strip()], output
+    assert "--executor" not in output
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"id": 3}', "id: Input should be a valid string (and 5 more)"),
+        ("garbage", "Invalid JSON: expected value at line 1 column 1"),
+    ],
+)
+def test_an_invalid_manifest_file_is_one_line_naming_its_first_problem(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    (tmp_path / "store.db").touch()
+    manifest = tmp_path / "m.json"
+    manifest.write_text(text)
+    code, output = invoke(
+        ["coldpath", "run-shard", "--group-index", "0", "--manifest", str(manifest),
+         "--data-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 2, output
+    assert output.strip().splitlines() == [
+        f"error: --manifest: {manifest} is not a valid manifest: {said}"
+    ], output
+
+
+def test_read_only_commands_create_nothing_in_a_mistyped_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "typo"
+    code, output = invoke(["coldpath", "status", "--data-dir", str(data_dir)])
+    assert code == 2, output
+    assert f"no store at {data_dir / 'store.db'}" in output
+    code, output = invoke(["alerts", "dlq", "-s", "all", "--data-dir", str(data_dir)])
+    assert code == 2, output
+    assert f"no alert bus at {data_dir / 'alerts.db'}" in output
+    assert not data_dir.exists()
+
+
+def test_a_replay_refused_once_planned_leaves_no_lock(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    _log_with_events(data_dir)
+    # A process of its own: the replay installs signal handlers on its real stderr.
+    done = subprocess.run(
+        [sys.executable, "-m", "evalstream", "replay", "--from", "2027-01-01", "--to",
+         "2027-01-02", "--id", "j", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "nothing to replay" in done.stderr
+    assert list((data_dir / "replays").iterdir()) == []
+
+
+def test_a_data_dir_that_is_a_file_is_one_line_before_the_banner(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "evalstream", "process", "--data-dir", str(tmp_path / "file")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: embedded.data_dir: {tmp_path / 'file'} is not a directory; choose another "
+        "directory (--data-dir, embedded.data_dir)"
+    ]
+
+
+class FullAfterOneBatch:
+    """A sink that commits its first batch and fails on the next, as a full disk does."""
+
+    def __init__(self) -> None:
+        self.appended: list[bytes] = []
+
+    async def __aenter__(self) -> FullAfterOneBatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def append(self, items: list[tuple[str | None, bytes]]) -> None:
+        if self.appended:
+            raise SourceError("append to the event log: database or disk is full")
+        self.appended.extend(line for _, line in items)
+
+
+def test_a_send_that_fails_midway_says_what_was_appended_and_where_to_resend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = FullAfterOneBatch()
+    monkeypatch.setattr("evalstream.wiring.sink", lambda settings: sink)
+    lines = [b'{"n": %d}' % n for n in range(5)]
+    # A blank line is not an event: the count is of events, the place a byte offset.
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(lines[0] + b"\n\n" + b"\n".join(lines[1:]) + b"\n")
+    code, output = invoke(["send", str(path), "--batch", "2", "--data-dir", str(tmp_path)])
+    assert code == 1, output
+    assert sink.appended == lines[:2]
+    offset = path.read_bytes().index(lines[2])
+    assert output.strip().splitlines() == [
+        "error: append to the event log: database or disk is full; 2 events (the first 2 "
+        f"non-blank lines of {path}) were appended before it: resend from the next line, at "
+        f"byte {offset} (tail -c +{offset + 1}), not to send them twice"
+    ], output
+    # What the message says to resend is exactly what was not appended.
+    assert path.read_bytes()[offset:].splitlines() == lines[2:]
+
+
+@pytest.mark.parametrize("args", READERS.values(), ids=READERS.keys())
+def test_a_reader_creates_no_file_beside_an_existing_store(tmp_path: Path, args: list[str]) -> None:
+    # status opened the event log to show its partitions, creating log.db beside the store.
+    data_dir = tmp_path / "data"
+
+    async def create() -> None:
+        async with SqliteStore(data_dir / "store.db"):
+            pass
+
+    asyncio.run(create())
+    before = files(data_dir)
+    code, output = invoke(
+        [arg.format(out=tmp_path) for arg in args] + ["--data-dir", str(data_dir)]
+    )
+    assert code == 0, output
+    assert files(data_dir) == before
