@@ -140,6 +140,9 @@ def _figure_spec(traces: list[Trace], title: str, *, height: int, **layout: Any)
             # more, or one under a date axis of two-line ticks, covered the axis title).
             "legend": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom"},
             "xaxis": {"type": "date", "title": {"text": "UTC"}, "automargin": True},
+            # Trace names whole in hover labels: plotly.js cuts them to 15 characters of their
+            # escaped text, which could end inside an entity and show "&am" for "&".
+            "hoverlabel": {"namelength": -1},
             **layout,
         },
     }

@@ -622,13 +622,23 @@ async def test_apps_that_report_no_tokens_have_no_chart_of_zero_tokens(
 
 # What a page drew of the producers' text: links and bold anywhere (plotly.js draws "<a>" as
 # an SVG link, "<b>" as a bold tspan), the score axis, the chart titles, the incident axis,
-# the lines of the incident's hover label, and the text of the table cells and notes.
+# the lines of the incident's hover label, the hover labels of a score and of the evaluated
+# app, and the text of the table cells and notes.
 DRAWN_TEXT = """
 (() => {
     const texts = selector => [...document.querySelectorAll(selector)].map(t => t.textContent);
+    const hovered = kind => {
+        const chart = document.querySelector(`div.chart[data-chart=${kind}] .plotly-graph-div`);
+        Plotly.Fx.hover(chart, [{curveNumber: 0, pointNumber: 0}]);
+        return [...chart.querySelectorAll('.hoverlayer text')].map(t => t.textContent);
+    };
+    const scoreHover = hovered('scores');
+    const evaluationHover = hovered('evaluation');
     const incidents = document.querySelector('div.chart[data-chart=incidents] .plotly-graph-div');
     Plotly.Fx.hover(incidents, [{curveNumber: 0, pointNumber: 0}]);
     return {
+        scoreHover,
+        evaluationHover,
         links: document.querySelectorAll('a').length,
         // A link's target in any namespace (plotly.js writes xlink:href).
         evil: document.querySelectorAll('[*|href*="evil.example"]').length,
@@ -663,5 +673,9 @@ async def test_the_producers_text_is_shown_as_typed_not_as_markup(tmp_path: Path
     assert found["incident"] == [f"{HOSTILE_APP} · {HOSTILE[0]} · {HOSTILE[2]} · {HOSTILE[3]}"]
     # The hover label's four lines, the message's "<br>" among its text.
     assert len(found["hover"]) == 4 and found["hover"][3] == "one<br>two", found["hover"]
+    # Hovered, a trace's name is whole: cut to 15 characters of its escaped text it ended
+    # inside an entity ("&lt;i&am...").
+    assert any(f"{name} (n=10)" in found["scoreHover"] for name in HOSTILE), found["scoreHover"]
+    assert HOSTILE_APP in found["evaluationHover"], found["evaluationHover"]
     for text in (HOSTILE_APP, *HOSTILE):
         assert any(text in cell for cell in found["cells"]), (text, found["cells"])
