@@ -5,10 +5,17 @@ Plain dicts rather than plotly's Python figure objects: those validate every pro
 plotly's schema, which cost seconds per report; these specifications use only documented
 trace and layout attributes and are checked where it counts, by drawing them in a browser
 (tests/integration/report).
+
+plotly.js reads every string it draws (names, titles, hover and bar text, category labels) as
+its own subset of HTML: a link, bold, an entity. The strings here are the producers' (score
+names, app ids, signals, reasons) and are shown as they are: ``_figure``, which every chart
+goes through, escapes every string of the specification (``literal``); a line break meant as
+one is asked for with ``Lines``.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -89,7 +96,39 @@ def _y(values: npt.NDArray[np.float64] | npt.NDArray[np.int64]) -> list[float | 
     return [_drawn(v) for v in values]
 
 
+class Lines(tuple[str, ...]):
+    """Text of several lines, each shown as it is: the one markup a figure asks for."""
+
+    __slots__ = ()
+
+
+def literal(text: str) -> str:
+    """``text`` as plotly.js shows it unchanged: its markup characters as the entities it
+    decodes. Quotes as numeric entities: plotly.js decodes those but not ``&quot;``."""
+    return html.escape(text, quote=False).replace('"', "&#34;").replace("'", "&#39;")
+
+
+def _literal(spec: Any) -> Any:
+    """Every string of a figure specification escaped (``literal``), ``Lines`` joined by
+    plotly's line break: dates, colours and plotly's own names have nothing to escape."""
+    if isinstance(spec, Lines):
+        return "<br>".join(literal(line) for line in spec)
+    if isinstance(spec, str):
+        return literal(spec)
+    if isinstance(spec, dict):
+        return {key: _literal(value) for key, value in spec.items()}
+    if isinstance(spec, list | tuple):
+        return [_literal(value) for value in spec]
+    return spec
+
+
 def _figure(traces: list[Trace], title: str, *, height: int = HEIGHT, **layout: Any) -> Figure:
+    """The figure of ``traces``, every string in it shown literally (``_literal``)."""
+    figure: Figure = _literal(_figure_spec(traces, title, height=height, **layout))
+    return figure
+
+
+def _figure_spec(traces: list[Trace], title: str, *, height: int, **layout: Any) -> Figure:
     return {
         "data": traces,
         "layout": {
@@ -101,6 +140,9 @@ def _figure(traces: list[Trace], title: str, *, height: int = HEIGHT, **layout: 
             # more, or one under a date axis of two-line ticks, covered the axis title).
             "legend": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom"},
             "xaxis": {"type": "date", "title": {"text": "UTC"}, "automargin": True},
+            # Trace names whole in hover labels: plotly.js cuts them to 15 characters of their
+            # escaped text, which could end inside an entity and show "&am" for "&".
+            "hoverlabel": {"namelength": -1},
             **layout,
         },
     }
@@ -331,9 +373,14 @@ def incident_timeline(incidents: Sequence[Incident], end: datetime) -> Figure:
                 "marker": {"color": colour},
                 "text": ["open" if i.resolved_at is None else "" for i in chosen],
                 "hovertext": [
-                    f"{i.app_id} {i.kind} {i.severity}<br>opened {utc_text(i.opened_at)}<br>"
-                    + (f"resolved {utc_text(i.resolved_at)}" if i.resolved_at else "open")
-                    + f"<br>{i.message}"
+                    Lines(
+                        (
+                            f"{i.app_id} {i.kind} {i.severity}",
+                            f"opened {utc_text(i.opened_at)}",
+                            f"resolved {utc_text(i.resolved_at)}" if i.resolved_at else "open",
+                            i.message,
+                        )
+                    )
                     for i in chosen
                 ],
                 "hoverinfo": "text",

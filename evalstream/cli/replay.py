@@ -33,13 +33,13 @@ from evalstream.cli.options import (
     run,
     with_logging,
 )
-from evalstream.cli.replay_display import ReplayDisplay, plural
+from evalstream.cli.replay_display import ReplayDisplay, events_text, plural
 from evalstream.settings import Settings
 from evalstream.wiring import replay as replay_wiring
 from schemas import AppDirectory
 from stream.exceptions import ReplayError, ReplayMisconfigured
 from stream.replay import flow
-from stream.replay.job import QUARANTINED, STORED, JobFile, running
+from stream.replay.job import JobFile, outcomes, running
 from stream.replay.ports import TimeBasis, Window
 from stream.replay.report import table
 from stream.replay.spec import JOB_ID, Mode, ReplaySpec, SourceKind, new_job_id
@@ -485,7 +485,8 @@ def _finish(
     if report_path is not None:
         report_path.write_bytes(text)
     events = result["events"]
-    if events[STORED] + events[QUARANTINED] == 0:
+    accepted, rejected = outcomes(spec.mode.stores)
+    if events[accepted] + events[rejected] == 0:
         raise fail(
             f"nothing replayed: none of the {read} events read from {spec.source.value} is in "
             f"the window {spec.start.isoformat()} – {spec.end.isoformat()} (by {spec.by.value} "
@@ -496,7 +497,7 @@ def _finish(
         console.print(table(result))
     rate = f", {read / seconds:,.0f} events/s" if seconds > 0 and read else ""
     console.print(
-        f"replay {spec.id} complete: {events[STORED]} stored, {events[QUARANTINED]} "
-        f"quarantined, {plural(len(result['breaches']), 'breach message')}{rate}; "
+        f"replay {spec.id} complete: {events_text(events, accepted, rejected)}, "
+        f"{plural(len(result['breaches']), 'breach message')}{rate}; "
         f"report {default}"
     )

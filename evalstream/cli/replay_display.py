@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from rich.console import Console
 from rich.progress import (
@@ -21,11 +21,19 @@ from rich.progress import (
 from rich.text import Text
 
 from schemas import Breach
-from stream.replay.job import BREACHES, QUARANTINED, STORED
+from stream.replay.job import BREACHES, STORED, outcomes
 
 
 def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def events_text(counts: Mapping[str, int], accepted: str, rejected: str) -> str:
+    """The events a job accepted and rejected, said as what it did with them: "3 stored, 1
+    quarantined", or for a shadow job, which stores nothing, "3 valid, 1 invalid (none
+    stored)"."""
+    text = f"{counts.get(accepted, 0):,} {accepted}, {counts.get(rejected, 0):,} {rejected}"
+    return text if accepted == STORED else f"{text} (none stored)"
 
 
 class DoneColumn(ProgressColumn):
@@ -60,6 +68,7 @@ class ReplayDisplay:
         self.read = 0
         self.breaches = 0
         self._counts: Callable[[], Counter[str]] = Counter
+        self._outcomes = outcomes(stores=True)
         self._started = 0.0
 
     def __enter__(self) -> ReplayDisplay:
@@ -76,8 +85,10 @@ class ReplayDisplay:
         unit: str,
         counts: Callable[[], Counter[str]],
         processes: int = 1,
+        stores: bool = True,
     ) -> None:
         self._counts = counts
+        self._outcomes = outcomes(stores)
         self._started = asyncio.get_running_loop().time()
         if processes > 1:
             parts = "files" if unit == "bytes" else "partitions"
@@ -94,8 +105,8 @@ class ReplayDisplay:
     def _describe(self) -> str:
         counts = self._counts()
         return (
-            f"{counts.get(STORED, 0):,} stored, {counts.get(QUARANTINED, 0):,} quarantined, "
-            f"{plural(self.breaches + counts.get(BREACHES, 0), 'breach message')}"
+            events_text(counts, *self._outcomes)
+            + f", {plural(self.breaches + counts.get(BREACHES, 0), 'breach message')}"
         )
 
     def events(self, count: int, advanced: float) -> None:

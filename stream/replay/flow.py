@@ -40,10 +40,12 @@ class Watcher(Protocol):
         unit: str,
         counts: Callable[[], Counter[str]],
         processes: int = 1,
+        stores: bool = True,
     ) -> None:
         """The read phase starts: ``total`` planned positions (``unit``: events, or bytes of
         files), ``done`` of them read before (a resumed job), by ``processes`` worker
-        processes (1: this one); ``counts()`` gives the stored/quarantined counts so far."""
+        processes (1: this one); ``counts()`` gives the counts so far, stored and quarantined
+        (``stores``) or valid and invalid (a shadow job: ``job.outcomes``)."""
 
     def events(self, count: int, advanced: float) -> None:
         """``count`` more events read, ``advanced`` more positions of the plan."""
@@ -61,6 +63,7 @@ class Quiet:
         unit: str,
         counts: Callable[[], Counter[str]],
         processes: int = 1,
+        stores: bool = True,
     ) -> None: ...
 
     def events(self, count: int, advanced: float) -> None: ...
@@ -162,6 +165,7 @@ async def run(
         pieces.reader.unit,
         lambda: before + totals,
         1 if workers is None else workers.processes(len(remaining)),
+        stores=spec.mode.stores,
     )
     if remaining:
         if workers is not None:

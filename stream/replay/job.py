@@ -90,8 +90,19 @@ LOCK_WAIT_S = 5.0
 
 STORED = "stored"
 QUARANTINED = "quarantined"
+# A shadow job stores nothing: it counts the events the pipeline accepted and those it
+# rejected, under names that do not say they were stored or quarantined.
+VALID = "valid"
+INVALID = "invalid"
 # Breach messages found (a progress count; the report counts the breaches kept).
 BREACHES = "breaches"
+
+
+def outcomes(stores: bool) -> tuple[str, str]:
+    """The names a job counts its accepted and rejected events under: stored and quarantined
+    when it writes to the store, valid and invalid when it does not (shadow)."""
+    return (STORED, QUARANTINED) if stores else (VALID, INVALID)
+
 
 # A breach found again (after a resume) replaces itself.
 _KEEP_BREACH = (

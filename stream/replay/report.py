@@ -12,7 +12,8 @@ from rich.text import Text
 
 from common.printable import printable
 from schemas import Breach, BreachState
-from stream.replay.job import QUARANTINED, STORED
+from stream.replay.job import outcomes
+from stream.replay.spec import Mode
 
 
 def build(
@@ -25,7 +26,9 @@ def build(
         breaches,
         key=lambda b: (b.app_id, b.opened_at, b.breach_id, list(BreachState).index(b.state)),
     )
-    prefix = f"{QUARANTINED}:"
+    # A shadow job's events are valid and invalid, not stored and quarantined: it stores none.
+    accepted, rejected = outcomes(Mode(spec["mode"]).stores)
+    prefix = f"{rejected}:"
     return {
         "job": spec["id"],
         "source": spec["source"],
@@ -33,9 +36,9 @@ def build(
         "mode": spec["mode"],
         "detectors": spec["detectors_file"],
         "events": {
-            STORED: counts.get(STORED, 0),
-            QUARANTINED: counts.get(QUARANTINED, 0),
-            "quarantined_by_code": {
+            accepted: counts.get(accepted, 0),
+            rejected: counts.get(rejected, 0),
+            f"{rejected}_by_code": {
                 key.removeprefix(prefix): n
                 for key, n in sorted(counts.items())
                 if key.startswith(prefix)

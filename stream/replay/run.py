@@ -24,7 +24,7 @@ from store.ports import ProcessorStore, StateSnapshot
 from stream.delivery import deliver
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
-from stream.replay.job import BREACHES, QUARANTINED, STORED, JobFile
+from stream.replay.job import BREACHES, JobFile, outcomes
 from stream.replay.ports import PartitionPlan, ReplayReader, TimeBasis, Window
 
 
@@ -63,7 +63,9 @@ class JobStore:
     """The ProcessorStore a replay hands the pipeline: documents and quarantine records go to
     the real store (reprocess), to the job for shadow detection after reading (``collect``:
     shadow detection of several files), or both; snapshots (the detectors' too, when they run
-    while reading) and counts go to the job with the partition's checkpoint."""
+    while reading) and counts go to the job with the partition's checkpoint. Counts are named
+    by what happened (``outcomes``): stored and quarantined with a store, valid and invalid
+    without one."""
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class JobStore:
         self.job = job
         self.store = store
         self.collect = collect
+        self.accepted, self.rejected = outcomes(store is not None)
         self.tallies: dict[str, Counter[str]] = {}
         self.snapshots: dict[str, StateSnapshot] = {}
         # This run's counts, checkpointed or not (what a progress display shows).
@@ -95,14 +98,14 @@ class JobStore:
         plan = _PLAN.get()
         if kept:
             # One write holds (part of) one plan's batch.
-            self._tally(plan or kept[0].ingest.partition)[STORED] += len(kept)
-        self.totals[STORED] += len(kept)
+            self._tally(plan or kept[0].ingest.partition)[self.accepted] += len(kept)
+        self.totals[self.accepted] += len(kept)
         for record in quarantined:
-            code = f"{QUARANTINED}:{record.issues[0].code if record.issues else 'none'}"
+            code = f"{self.rejected}:{record.issues[0].code if record.issues else 'none'}"
             tally = self._tally(plan or record.partition or "")
-            tally[QUARANTINED] += 1
+            tally[self.rejected] += 1
             tally[code] += 1
-        self.totals[QUARANTINED] += len(quarantined)
+        self.totals[self.rejected] += len(quarantined)
         return conflicts
 
     def _tally(self, partition: str) -> Counter[str]:

@@ -18,8 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from evalstream.cli import app
+from report import render_html
 from tests.browser.chromium import Chromium
 from tests.integration.processor_harness import IN_PROCESS
+from tests.unit.report.docs import HOSTILE, HOSTILE_APP, hostile_report
 
 pytestmark = pytest.mark.integration
 
@@ -616,3 +618,64 @@ async def test_apps_that_report_no_tokens_have_no_chart_of_zero_tokens(
     assert [chart["kind"] for chart in charts].count("usage") == 0, charts
     assert notes.count("No token counts reported.") == 2, notes
     assert tokens == ["–", "–"], tokens
+
+
+# What a page drew of the producers' text: links and bold anywhere (plotly.js draws "<a>" as
+# an SVG link, "<b>" as a bold tspan), the score axis, the chart titles, the incident axis,
+# the lines of the incident's hover label, the hover labels of a score and of the evaluated
+# app, and the text of the table cells and notes.
+DRAWN_TEXT = """
+(() => {
+    const texts = selector => [...document.querySelectorAll(selector)].map(t => t.textContent);
+    const hovered = kind => {
+        const chart = document.querySelector(`div.chart[data-chart=${kind}] .plotly-graph-div`);
+        Plotly.Fx.hover(chart, [{curveNumber: 0, pointNumber: 0}]);
+        return [...chart.querySelectorAll('.hoverlayer text')].map(t => t.textContent);
+    };
+    const scoreHover = hovered('scores');
+    const evaluationHover = hovered('evaluation');
+    const incidents = document.querySelector('div.chart[data-chart=incidents] .plotly-graph-div');
+    Plotly.Fx.hover(incidents, [{curveNumber: 0, pointNumber: 0}]);
+    return {
+        scoreHover,
+        evaluationHover,
+        links: document.querySelectorAll('a').length,
+        // A link's target in any namespace (plotly.js writes xlink:href).
+        evil: document.querySelectorAll('[*|href*="evil.example"]').length,
+        bold: document.querySelectorAll('b').length + [...document.querySelectorAll('tspan')]
+            .filter(t => (t.getAttribute('style') || '').includes('bold')).length,
+        scores: texts('div.chart[data-chart=scores] .ytick text'),
+        titles: texts('div.chart .gtitle'),
+        incident: texts('div.chart[data-chart=incidents] .ytick text'),
+        hover: texts('div.chart[data-chart=incidents] .hoverlayer .hovertext tspan.line'),
+        cells: texts('td, p.note, h3'),
+    };
+})()
+"""
+
+
+async def test_the_producers_text_is_shown_as_typed_not_as_markup(tmp_path: Path) -> None:
+    output = tmp_path / "hostile.html"
+    output.write_text(render_html(hostile_report()), encoding="utf-8")
+    found = await drawn_and_evaluated(
+        tmp_path, output, DRAWN_TEXT, screenshot="report-hostile-text.png"
+    )
+    # No link, no bold: "<a href=…>", "<b>" in a score name, an app id, an incident or an
+    # evaluation are text.
+    assert found["links"] == 0 and found["evil"] == 0 and found["bold"] == 0, found
+    assert sorted(found["scores"]) == sorted(f"{name} (n=10)" for name in HOSTILE), found
+    # Titles, "&amp;" as typed (plotly.js showed "&").
+    assert sum(title.startswith(HOSTILE_APP) for title in found["titles"]) == 4, found
+    assert (
+        f"evaluation {HOSTILE[0]} · {HOSTILE[1]} · {HOSTILE[2]} per window start"
+        in (found["titles"])
+    )
+    assert found["incident"] == [f"{HOSTILE_APP} · {HOSTILE[0]} · {HOSTILE[2]} · {HOSTILE[3]}"]
+    # The hover label's four lines, the message's "<br>" among its text.
+    assert len(found["hover"]) == 4 and found["hover"][3] == "one<br>two", found["hover"]
+    # Hovered, a trace's name is whole: cut to 15 characters of its escaped text it ended
+    # inside an entity ("&lt;i&am...").
+    assert any(f"{name} (n=10)" in found["scoreHover"] for name in HOSTILE), found["scoreHover"]
+    assert HOSTILE_APP in found["evaluationHover"], found["evaluationHover"]
+    for text in (HOSTILE_APP, *HOSTILE):
+        assert any(text in cell for cell in found["cells"]), (text, found["cells"])

@@ -8,7 +8,7 @@ import itertools
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import fastavro
 import orjson
@@ -211,7 +211,13 @@ def _breach(app: str, minutes: int, breach_id: str, state: str) -> Breach:
 
 
 def test_the_report_orders_breaches_whatever_order_they_came_in() -> None:
-    spec = {"id": "j", "source": {}, "window": {}, "mode": "shadow", "detectors_file": None}
+    spec: dict[str, Any] = {
+        "id": "j",
+        "source": {},
+        "window": {},
+        "mode": "both",
+        "detectors_file": None,
+    }
     breaches = [_breach("b", 1, "x", "opened"), _breach("a", 5, "y", "resolved"),
                 _breach("a", 5, "y", "opened"), _breach("a", 2, "z", "opened"),
                 _breach("a", 5, "y", "escalated")]  # fmt: skip
@@ -223,6 +229,22 @@ def test_the_report_orders_breaches_whatever_order_they_came_in() -> None:
         ("a", "y", "resolved"), ("b", "x", "opened"),
     ]  # fmt: skip
     assert one["events"] == {"stored": 3, "quarantined": 0, "quarantined_by_code": {"bad": 1}}
+
+
+def test_a_shadow_report_counts_valid_and_invalid_events_not_stored_ones() -> None:
+    spec: dict[str, Any] = {
+        "id": "j",
+        "source": {},
+        "window": {},
+        "mode": "shadow",
+        "detectors_file": None,
+    }
+    counts = Counter(valid=3, invalid=1, **{"invalid:bad": 1})
+    assert report.build(spec, counts, [], {})["events"] == {
+        "valid": 3,
+        "invalid": 1,
+        "invalid_by_code": {"bad": 1},
+    }
 
 
 def test_a_job_of_an_older_format_is_refused_on_resume_in_one_line(tmp_path: Path) -> None:
