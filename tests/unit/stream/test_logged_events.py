@@ -143,32 +143,39 @@ class CountingDecoder(Decoder):
         return event
 
 
+async def process_log(
+    log_path: Path, store: SqliteStore, decoder: Decoder, partitions: int = 4
+) -> None:
+    """Every record of the log at ``log_path`` through a Pipeline into ``store``."""
+    log = LocalLog(log_path, partitions)
+    pipeline = Pipeline(
+        store=store,
+        decoder=decoder,
+        enricher=Enricher(APPS, KEY, "local"),
+        consumer_group="$Default",
+        # Every event on time whatever its partition's order.
+        lateness=timedelta(days=3650),
+        checkpoint_interval_s=0,
+        stats=ProcessorStats(),
+    )
+    try:
+        for partition in range(partitions):
+            context = Context(partition_id=str(partition))
+            await pipeline.on_partition_initialize(context)
+            # A source hands no empty batches (a few events leave partitions empty).
+            if events := log.read(partition, -1, 100_000):
+                await pipeline.on_batch(context, events)
+    finally:
+        log.close()
+
+
 async def _processed(log_path: Path, store_path: Path) -> tuple[dict[str, bytes], CountingDecoder]:
     """Every record of the log through a Pipeline into a store: the stored documents by id,
     without their ingest positions (the two logs place the events differently)."""
     decoder = CountingDecoder()
-    log = LocalLog(log_path, 4)
     documents: dict[str, bytes] = {}
     async with SqliteStore(store_path) as store:
-        pipeline = Pipeline(
-            store=store,
-            decoder=decoder,
-            enricher=Enricher(APPS, KEY, "local"),
-            consumer_group="$Default",
-            # Every event on time whatever its partition's order.
-            lateness=timedelta(days=3650),
-            checkpoint_interval_s=0,
-            stats=ProcessorStats(),
-        )
-        try:
-            for partition in range(4):
-                context = Context(partition_id=str(partition))
-                await pipeline.on_partition_initialize(context)
-                # A source hands no empty batches (a few events leave partitions empty).
-                if events := log.read(partition, -1, 100_000):
-                    await pipeline.on_batch(context, events)
-        finally:
-            log.close()
+        await process_log(log_path, store, decoder)
         for pk, id_ in await store.telemetry_ids():
             doc = await store.get_telemetry(id_, pk)
             assert doc is not None

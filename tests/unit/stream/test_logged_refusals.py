@@ -15,12 +15,10 @@ from schemas import QuarantineRecord
 from store.sqlite import SqliteStore
 from stream.decode import Decoder
 from stream.enrich import Enricher
-from stream.pipeline import Pipeline
 from stream.privacy import Pseudonymizer
-from stream.sources.local_log import LocalLog, LocalLogSink
-from stream.stats import ProcessorStats
+from stream.sources.local_log import LocalLogSink
+from tests.unit.stream.test_logged_events import process_log
 from tests.unit.stream.test_output_golden import APPS, NOW
-from tests.unit.stream.test_pipeline import Context
 
 KEY = b"test-key"
 PARTITIONS = 2
@@ -71,27 +69,10 @@ async def _outcome(
     of the bodies logged through ``pseudonymizer`` (None: as sent) and processed."""
     async with LocalLogSink(tmp_path / f"{name}.db", PARTITIONS, pseudonymizer) as sink:
         await sink.append([(None, body) for body in bodies])
-    log = LocalLog(tmp_path / f"{name}.db", PARTITIONS)
     documents: list[bytes] = []
     records: list[QuarantineRecord] = []
     async with SqliteStore(tmp_path / f"{name}-store.db") as store:
-        pipeline = Pipeline(
-            store=store,
-            decoder=Decoder(),
-            enricher=Enricher(APPS, KEY, "local"),
-            consumer_group="$Default",
-            lateness=timedelta(days=3650),
-            checkpoint_interval_s=0,
-            stats=ProcessorStats(),
-        )
-        try:
-            for partition in range(PARTITIONS):
-                context = Context(partition_id=str(partition))
-                await pipeline.on_partition_initialize(context)
-                if events := log.read(partition, -1, 100_000):
-                    await pipeline.on_batch(context, events)
-        finally:
-            log.close()
+        await process_log(tmp_path / f"{name}.db", store, Decoder(), PARTITIONS)
         for pk, id_ in await store.telemetry_ids():
             doc = await store.get_telemetry(id_, pk)
             assert doc is not None
