@@ -527,10 +527,14 @@ class Pipeline:
             # common shape, or a record the embedded log holds for an event evalstream
             # validated (a user pair, neither SCRUBBED nor REFUSED), its canonical JSON rebuilt.
             user = event.user
+            refused = None
             if user is None:
                 single = common_event(event.body, enqueued)
                 canonical = None
-            elif user != SCRUBBED and user[0] != REFUSED:
+            elif user[0] == REFUSED:
+                # Rejected as sent, logged scrubbed beside that decision (stream.privacy).
+                single, refused = None, refusal(user[1], event.body)
+            elif user != SCRUBBED:
                 single = logged_event(event.body, enqueued)
                 canonical = event.body
             else:
@@ -538,9 +542,8 @@ class Pipeline:
             if single is not None:
                 found = ((0, single),)
                 rejected = ()
-            elif user is not None and user[0] == REFUSED:
-                # Rejected as sent, logged scrubbed beside that decision (stream.privacy).
-                found, rejected = (), (refusal(user[1], event.body),)
+            elif refused is not None:
+                found, rejected = (), (refused,)
             else:
                 decoded = decode(event.body, enqueued, common=user is not None)
                 found = [(accepted.index, accepted.event) for accepted in decoded.accepted]
