@@ -29,6 +29,7 @@ from schemas.evaluation import EvaluationPolicy, MetricSpec, Thresholds
 DEFAULT_CATALOGUE = "coldpath.policies.catalogue:CATALOGUE"
 DEFAULT_GROUP_SIZE = 25
 DEFAULT_SHARD_RETRIES = 3
+DEFAULT_SHARD_TIMEOUT_S = 3600.0
 
 
 def _thresholds(warning_max: float, critical_max: float) -> Thresholds:
@@ -82,6 +83,10 @@ class ColdpathSettings(BaseModel):
     # Attempts after the first for a failed shard, with backoff, before it is reported.
     shard_retries: Count = DEFAULT_SHARD_RETRIES
     shard_backoff_s: Seconds = 0.5
+    # The longest one attempt of a shard may run on the local executor before it is killed and
+    # counted as failed (then retried like any failure): a shard stuck on a hung file or call
+    # must not hold its job forever. Batch's own limit is azure.batch.max_wall_clock_time.
+    shard_timeout: PositiveSeconds = DEFAULT_SHARD_TIMEOUT_S
     page_size: PositiveInt = Field(default=1000, le=100_000)
     # Run the trigger periodically inside `evalstream process` (embedded demo). None = only
     # when the processor runs its simulator.

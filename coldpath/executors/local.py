@@ -3,8 +3,9 @@
 Each shard runs as its own process (``evalstream coldpath run-shard``, the same task Azure
 Batch runs), at most ``workers`` at a time. A shard that exits non-zero (or is killed) is
 retried with the common backoff up to ``retries`` times, then reported with the end of its
-error output. Killing the executor at any point is safe: shard tasks are idempotent and skip
-units already done.
+error output. An attempt that runs longer than ``timeout_s`` is killed and counts as a
+failure. Killing the executor at any point is safe: shard tasks are idempotent and skip units
+already done.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class LocalExecutor:
     """Runs shards as processes from ``command(manifest_id, group_index)``.
 
     ``workers`` bounds concurrent shards (default: every core); ``backoff`` paces retries of a
-    failed shard and its ``max_retries`` bounds them. ``console`` shows a progress bar (shards
+    failed shard and its ``max_retries`` bounds them; ``timeout_s`` bounds one attempt (None:
+    no bound). ``console`` shows a progress bar (shards
     done/failed, units/s, ETA) when it is a terminal.
     """
 
@@ -56,12 +58,14 @@ class LocalExecutor:
         *,
         workers: int | None = None,
         backoff: Backoff | None = None,
+        timeout_s: float | None = None,
         console: Console | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.command = command
         self.workers = workers or os.cpu_count() or 1
         self.backoff = backoff or Backoff(initial_s=0.5, max_s=10.0, max_retries=3)
+        self.timeout_s = timeout_s
         self.console = console
         self.env = env
 
@@ -128,7 +132,14 @@ class LocalExecutor:
             env=self.env,
         )
         try:
-            _, stderr = await process.communicate()
+            async with asyncio.timeout(self.timeout_s):
+                _, stderr = await process.communicate()
+        except TimeoutError:
+            signal_child(process)
+            await process.wait()
+            raise ShardFailed(
+                index, f"still running after {self.timeout_s:g} s (coldpath.shard_timeout): killed"
+            ) from None
         except BaseException:
             # Cancelled (the trigger is stopping): do not leave the shard running unwatched.
             if process.returncode is None:

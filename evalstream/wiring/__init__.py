@@ -398,7 +398,11 @@ def executor(
         max_retries=cold.shard_retries,
     )
     return LocalExecutor(
-        shard_command(settings), workers=cold.worker_count, backoff=backoff, console=console
+        shard_command(settings),
+        workers=cold.worker_count,
+        backoff=backoff,
+        timeout_s=cold.shard_timeout,
+        console=console,
     )
 
 
