@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from schemas import Breach
 
@@ -69,6 +69,42 @@ class AlertPublisher(Protocol):
         ``retryable`` is true the whole call may be repeated safely.
         """
         ...
+
+
+@runtime_checkable
+class NumberingPublisher(Protocol):
+    """A publisher whose topic can lose its last commits (the embedded SQLite file: its WAL cut,
+    an older copy put back) and therefore records what it holds of each processor partition.
+
+    The processor numbers the breaches of a partition 0, 1, 2, ... (the numbers are as
+    deterministic as the breaches) and keeps the count in its snapshot, saved after the
+    publish. The topic records the highest number it took for the partition in the same
+    transaction as the breaches, so at start the processor compares the two: a topic behind
+    the snapshot lost breaches (``stream.pipeline``). Service Bus does not lose what it
+    acknowledged and keeps no such record: its publisher is a plain ``AlertPublisher``.
+    """
+
+    async def publish_numbered(
+        self, breaches: Sequence[Breach], partition: PublishedPosition
+    ) -> None:
+        """``AlertPublisher.publish``, recording ``partition`` (the number and event sequence
+        of the last of ``breaches``) in the same transaction. A record never moves back."""
+        ...
+
+    async def held_through(self, consumer_group: str, partition: str) -> PublishedPosition | None:
+        """The partition's highest recorded position (None: no breach of it recorded)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PublishedPosition:
+    """The last breach a topic holds of a processor partition: its number among the
+    partition's breaches and the sequence of the event that raised it."""
+
+    consumer_group: str
+    partition: str
+    number: int
+    sequence: int
 
 
 class AlertReceiver(Protocol):

@@ -33,7 +33,7 @@ from alerts.exceptions import (
     AlertError,
     UnknownSubscriptionError,
 )
-from alerts.ports import DeadLetteredAlert, ReceivedAlert
+from alerts.ports import DeadLetteredAlert, PublishedPosition, ReceivedAlert
 from common.sqlite import SqliteFile, Synchronous, sqlite3, transaction
 from schemas import Breach
 
@@ -155,6 +155,24 @@ class SqliteAlertPublisher(_SqliteClient):
         is skipped (and logged at debug level), so repeating a failed or interrupted call is
         always safe.
         """
+        await self._publish_async(breaches, None)
+
+    async def publish_numbered(
+        self, breaches: Sequence[Breach], partition: PublishedPosition
+    ) -> None:
+        """``publish``, and the partition's last breach recorded in the same transaction
+        (``alerts.ports.NumberingPublisher``)."""
+        await self._publish_async(breaches, partition)
+
+    async def held_through(self, consumer_group: str, partition: str) -> PublishedPosition | None:
+        return await self._run(
+            lambda connection: tables.held(connection, consumer_group, partition),
+            f"reading what the bus holds of partition {partition}",
+        )
+
+    async def _publish_async(
+        self, breaches: Sequence[Breach], position: PublishedPosition | None
+    ) -> None:
         if not breaches:
             if self._file is None:
                 raise AlertClientClosedError("SqliteAlertPublisher is not open")
@@ -165,7 +183,7 @@ class SqliteAlertPublisher(_SqliteClient):
         ]
 
         def publish(connection: sqlite3.Connection) -> tuple[int, int]:
-            return self._publish(connection, items)
+            return self._publish(connection, items, position)
 
         published, duplicates = await self._run(publish, "publishing alerts")
         logger.debug("published alerts", extra={"published": published, "duplicates": duplicates})
@@ -174,6 +192,7 @@ class SqliteAlertPublisher(_SqliteClient):
         self,
         connection: sqlite3.Connection,
         items: list[tuple[str, bytes, dict[str, str]]],
+        position: PublishedPosition | None,
     ) -> tuple[int, int]:
         now = self.clock()
         expired_before = now - self.duplicate_window_s
@@ -181,6 +200,8 @@ class SqliteAlertPublisher(_SqliteClient):
             counts = tables.publish(
                 connection, items, self._current_filters(connection), now, expired_before
             )
+            if position is not None:
+                tables.record_held(connection, position)
             if now >= self._next_purge:
                 tables.purge_message_ids(connection, expired_before)
                 self._next_purge = now + PURGE_INTERVAL_S

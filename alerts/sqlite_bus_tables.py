@@ -8,6 +8,9 @@ Tables::
     messages       one row per (subscription, message); visible_at is the enqueue time, or the
                    lock expiry while locked (lock_token set), or the abandon time
     dead_letters   one row per dead-lettered (subscription, message), with reason and description
+    held           (consumer group, partition) → the number and event sequence of the last of its
+                   breaches published: what the processor compares with its snapshot at start
+                   (alerts.ports.NumberingPublisher); kept for good, unlike message ids
 
 Each write is one ``BEGIN IMMEDIATE`` transaction (``common.sqlite.transaction``).
 """
@@ -27,6 +30,7 @@ from alerts.ports import (
     INVALID_BODY,
     MAX_DELIVERY_COUNT_EXCEEDED,
     DeadLetteredAlert,
+    PublishedPosition,
     ReceivedAlert,
 )
 from common.sqlite import sqlite3, transaction
@@ -75,6 +79,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_lettered_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_subscription ON dead_letters (subscription, seq);
+CREATE TABLE IF NOT EXISTS held (
+    consumer_group TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,
+    PRIMARY KEY (consumer_group, partition)
+);
 COMMIT;
 """
 
@@ -177,6 +188,32 @@ def publish(
         rows,
     )
     return published, duplicates
+
+
+def record_held(connection: sqlite3.Connection, position: PublishedPosition) -> None:
+    """Record the partition's last published breach, never moving back (an older batch of an
+    owner that lost the partition, published late). Call inside the publish's transaction."""
+    connection.execute(
+        """
+        INSERT INTO held (consumer_group, partition, number, sequence) VALUES (?, ?, ?, ?)
+        ON CONFLICT (consumer_group, partition) DO UPDATE SET
+            number = excluded.number, sequence = excluded.sequence
+        WHERE excluded.number > held.number
+        """,
+        (position.consumer_group, position.partition, position.number, position.sequence),
+    )
+
+
+def held(
+    connection: sqlite3.Connection, consumer_group: str, partition: str
+) -> PublishedPosition | None:
+    row = connection.execute(
+        "SELECT number, sequence FROM held WHERE consumer_group = ? AND partition = ?",
+        (consumer_group, partition),
+    ).fetchone()
+    if row is None:
+        return None
+    return PublishedPosition(consumer_group, partition, int(row[0]), int(row[1]))
 
 
 def purge_message_ids(connection: sqlite3.Connection, expired_before: float) -> None:

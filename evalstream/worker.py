@@ -101,6 +101,10 @@ class _ReportingStats(ProcessorStats):
         super().publish_failed(error)
         self.tell("failing", "publish", self.publish_error)
 
+    def alerts_lost(self, partition_id: str, which: str) -> None:
+        super().alerts_lost(partition_id, which)
+        self.tell("alerts lost", partition_id, which)
+
     def tell(self, *message: object) -> None:
         if self.channel is None or self.channel.broken:
             return

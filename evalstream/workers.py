@@ -470,6 +470,8 @@ class WorkerPool:
             else:
                 stats.publish_error = error
                 stats.metrics.publish_failures.inc()
+        elif kind == "alerts lost":
+            stats.alerts_lost(message[1], message[2])
         elif kind == "finished":
             worker.finished, worker.error, worker.trace = True, message[1], message[2]
         else:

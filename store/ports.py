@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from schemas import (
+    Breach,
     EvaluationResult,
     JobManifest,
     QuarantineRecord,
@@ -68,6 +69,35 @@ class ProcessorStore(Protocol):
     async def save_state(self, snapshot: StateSnapshot) -> None:
         """Store the partition's snapshot, unless the stored one covers a later position
         (then nothing changes): a snapshot never moves backwards."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeptBreach:
+    """A breach the processor published, as its journal keeps it: its number among the
+    partition's breaches (0, 1, 2, ...) and the sequence of the event that raised it."""
+
+    number: int
+    sequence: int
+    breach: Breach
+
+
+@runtime_checkable
+class BreachJournal(Protocol):
+    """Where the processor keeps every breach before publishing it, so that a topic that lost
+    its last commits (alerts.ports.NumberingPublisher) is given them again, with the same
+    ids. The embedded store has it; on Azure, Service Bus keeps what it acknowledged."""
+
+    async def keep_breaches(
+        self, consumer_group: str, partition: str, breaches: Sequence[KeptBreach]
+    ) -> None:
+        """Upsert by (consumer group, partition, number); durable when it returns."""
+        ...
+
+    async def kept_breaches(
+        self, consumer_group: str, partition: str, first: int, last: int
+    ) -> list[KeptBreach]:
+        """The kept breaches numbered ``first`` to ``last`` (both included), by number."""
         ...
 
 

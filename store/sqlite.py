@@ -20,8 +20,9 @@ import orjson
 
 from common.sqlite import SqliteFile, connect, map_error, sqlite3, transaction
 from schemas import QuarantineRecord, TelemetryDocument
+from store import sqlite_breaches
 from store.exceptions import StoreError, StoreUnavailable
-from store.ports import StateSnapshot, window_days
+from store.ports import KeptBreach, StateSnapshot, window_days
 
 # Rowid tables with a unique key rather than WITHOUT ROWID: documents are ~1-2 KB, and SQLite
 # advises WITHOUT ROWID only for rows much smaller than a page (measured: 4x slower upserts).
@@ -257,7 +258,10 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = SqliteFile(
-            path, error_type=StoreError, transient_type=StoreUnavailable, schema=_SCHEMA
+            path,
+            error_type=StoreError,
+            transient_type=StoreUnavailable,
+            schema=_SCHEMA + sqlite_breaches.SCHEMA,
         )
         self._layout = self._file.run_blocking(_layout, "open the telemetry keys")
 
@@ -370,6 +374,28 @@ class SqliteStore:
             )
 
         await self._file.run(write, "save state")
+
+    async def keep_breaches(
+        self, consumer_group: str, partition: str, breaches: Sequence[KeptBreach]
+    ) -> None:
+        self._check_open()
+        await self._file.run(
+            lambda connection: sqlite_breaches.keep(
+                connection, consumer_group, partition, breaches
+            ),
+            "keep breaches",
+        )
+
+    async def kept_breaches(
+        self, consumer_group: str, partition: str, first: int, last: int
+    ) -> list[KeptBreach]:
+        self._check_open()
+        return await self._file.run(
+            lambda connection: sqlite_breaches.kept(
+                connection, consumer_group, partition, first, last
+            ),
+            "read kept breaches",
+        )
 
     async def get_telemetry(self, document_id: str, pk: str) -> TelemetryDocument | None:
         self._check_open()

@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from alerts.ports import AlertPublisher
+from alerts.ports import AlertPublisher, NumberingPublisher, PublishedPosition
 from common.errors import EvalstreamError, Misconfigured, is_retryable
 from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent, ValidationIssue
-from store.ports import ProcessorStore, StateSnapshot
+from store.ports import BreachJournal, KeptBreach, ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected, refusal
 from stream.enrich import Enricher
 from stream.exceptions import PartitionLost
@@ -53,8 +53,13 @@ class _Partition:
     covered: int = -1
     # Highest sequence fed to detectors; above ``covered`` until the next snapshot.
     observed: int = -1
-    # Breaches detected but not yet durably published (kept across a failed batch's retry).
+    # Breaches detected but not yet durably published (kept across a failed batch's retry),
+    # and the sequence of the event that raised each.
     outbox: list[Breach] = field(default_factory=list)
+    outbox_at: list[int] = field(default_factory=list)
+    # Breaches of this partition numbered so far, the outbox's the last of them: the snapshot
+    # keeps the count of those published, which the bus must hold (``_check_bus_holds``).
+    numbered: int = 0
     watermark: datetime | None = None
     hot: HotPathState | None = None
     pending: ReceivedEvent | None = None
@@ -79,18 +84,36 @@ def _encode_snapshot(partition: _Partition) -> bytes:
         "version": SNAPSHOT_VERSION,
         "watermark": partition.watermark.isoformat() if partition.watermark else None,
         "hot": partition.hot is not None,
+        # Every breach numbered below this is published: a snapshot waits for its batch's.
+        "breaches": partition.numbered - len(partition.outbox),
     }
     hot = partition.hot.snapshot() if partition.hot is not None else b""
     return orjson.dumps(header) + b"\n" + hot
 
 
-def _decode_snapshot(blob: bytes) -> tuple[datetime | None, bytes | None]:
+def _decode_snapshot(blob: bytes) -> tuple[datetime | None, bytes | None, int]:
+    """The watermark, the hot path's snapshot and the count of breaches published (0 in
+    snapshots of versions that did not number them: their partitions number from there)."""
     header_bytes, _, hot = blob.partition(b"\n")
     header = orjson.loads(header_bytes)
     if header.get("version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported processor snapshot version {header.get('version')!r}")
     watermark = datetime.fromisoformat(header["watermark"]) if header["watermark"] else None
-    return watermark, (hot if header["hot"] else None)
+    return watermark, (hot if header["hot"] else None), int(header.get("breaches", 0))
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """Sorted numbers as ranges: ``3..7, 9``."""
+    parts: list[str] = []
+    start = previous = numbers[0]
+    for number in [*numbers[1:], None]:
+        if number is not None and number == previous + 1:
+            previous = number
+            continue
+        parts.append(str(start) if start == previous else f"{start}..{previous}")
+        if number is not None:
+            start = previous = number
+    return ", ".join(parts)
 
 
 class Pipeline:
@@ -122,6 +145,13 @@ class Pipeline:
         self.hot_path = hot_path
         self.publisher = publisher
         self.selection = selection
+        # A bus that can lose its last commits (the embedded SQLite topic) records what it holds
+        # of each partition, and the store's journal keeps what was published: together they
+        # let a start find and give again what the bus lost (``_check_bus_holds``).
+        self._numbering = publisher if isinstance(publisher, NumberingPublisher) else None
+        self._journal = (
+            store if self._numbering is not None and isinstance(store, BreachJournal) else None
+        )
         self._partitions: dict[str, _Partition] = {}
         # The failure no retry mends that ends processing (see ``_give_up``); ``failed`` is set
         # with it, for whoever runs the source to stop it.
@@ -176,7 +206,7 @@ class Pipeline:
         hot_blob: bytes | None = None
         if snapshot is not None:
             state.covered = snapshot.covered_sequence
-            state.watermark, hot_blob = _decode_snapshot(snapshot.blob)
+            state.watermark, hot_blob, state.numbered = _decode_snapshot(snapshot.blob)
         state.observed = state.covered
         if self.hot_path is not None:
             state.hot = self.hot_path(hot_blob)
@@ -185,6 +215,7 @@ class Pipeline:
             await self._check_positions(context, state.covered)
         elif snapshot is None and state.hot is not None:
             await self._check_snapshot_kept(context)
+        await self._check_bus_holds(partition_id, state)
         await self.stats.attach(context)
         logger.info(
             "partition initialised",
@@ -211,6 +242,55 @@ class Pipeline:
                 checkpointed,
                 extra={"partition": context.partition_id},
             )
+
+    async def _check_bus_holds(self, partition: str, state: _Partition) -> None:
+        """Never continue silently past breaches the alert bus lost: the snapshot counts the
+        breaches published up to what it covers, and the bus records the last it took in the
+        same transaction as the breaches, so a bus behind the snapshot lost its last commits
+        (its WAL cut or deleted, an older copy of its file put back). The lost breaches are
+        published again from the store's journal, with their ids (subscribers see a breach
+        they had already as a duplicate); what the journal lacks is said with its numbers.
+        A failure to read or publish fails the start: new breaches would move the bus's record
+        past the gap, and the next start would no longer see it."""
+        numbering = self._numbering
+        if numbering is None or state.numbered == 0:
+            return
+        held = await numbering.held_through(self.consumer_group, partition)
+        first = 0 if held is None else held.number + 1
+        last = state.numbered - 1
+        if first > last:
+            return
+        found = (
+            await self._journal.kept_breaches(self.consumer_group, partition, first, last)
+            if self._journal is not None
+            else []
+        )
+        if found:
+            await self._publish(partition, found)
+        after = "" if held is None else f" after sequence {held.sequence}"
+        problem = (
+            f"the alert bus lost {last - first + 1} published breaches of partition "
+            f"{partition} (numbers {first}..{last}, raised by events{after} up to sequence "
+            f"{state.covered}): the bus file lost its last commits"
+        )
+        numbers = {kept.number for kept in found}
+        missing = [number for number in range(first, last + 1) if number not in numbers]
+        if not missing:
+            logger.error(
+                "%s; published them again from the store's journal, with their ids",
+                problem,
+                extra={"partition": partition},
+            )
+            return
+        lost = f"{len(missing)} breaches of partition {partition} (numbers {_ranges(missing)})"
+        logger.error(
+            "%s; %d published again from the store's journal, %s are not in it and are lost",
+            problem,
+            len(found),
+            lost,
+            extra={"partition": partition},
+        )
+        self.stats.alerts_lost(partition, lost)
 
     async def _check_positions(self, context: PartitionContext, covered: int) -> None:
         """Never continue silently past lost writes: the store's snapshot covers every event
@@ -286,12 +366,16 @@ class Pipeline:
             documents, quarantined = await self._store(state, events, now)
             self.stats.store_error = None
             detecting = time.perf_counter()
-            state.outbox.extend(self._detect(state, documents))
+            detected, raised_at = self._detect(state, documents)
             self.stats.detected(time.perf_counter() - detecting)
+            if detected:
+                state.outbox.extend(detected)
+                state.outbox_at.extend(raised_at)
+                state.numbered += len(detected)
             breaches = state.outbox
             if breaches:
-                await self._publish(breaches)
-                state.outbox = []
+                await self._publish_outbox(context.partition_id, state)
+                state.outbox, state.outbox_at = [], []
         except BaseException:
             # The source delivers this batch again (or, after a crash, from the checkpoint):
             # its events must be decided from the watermark before it, as on a first attempt,
@@ -327,25 +411,51 @@ class Pipeline:
         if time.monotonic() - state.last_checkpoint >= self.checkpoint_interval_s:
             await self._checkpoint(context, state)
 
-    async def _publish(self, breaches: list[Breach]) -> None:
+    async def _publish_outbox(self, partition: str, state: _Partition) -> None:
+        """Keep the outbox's breaches in the store's journal (when the bus is one that records
+        what it holds), then publish them."""
+        first = state.numbered - len(state.outbox)
+        kept = [
+            KeptBreach(first + index, sequence, breach)
+            for index, (breach, sequence) in enumerate(
+                zip(state.outbox, state.outbox_at, strict=True)
+            )
+        ]
+        if self._journal is not None:
+            try:
+                await self._journal.keep_breaches(self.consumer_group, partition, kept)
+            except Exception as exc:
+                self.stats.store_failed(exc)
+                raise
+        await self._publish(partition, kept)
+
+    async def _publish(self, partition: str, kept: list[KeptBreach]) -> None:
         """Publish durably. A failure that is passing or not the breaches' (bus unreachable,
         busy, set up wrongly) fails the batch, which is delivered again. A bus that refuses
         breaches for good (a message it cannot take) must not stop the partition: the batch is
         split until they are found, and each is kept in quarantine (``breach_unpublishable``,
         its JSON as the raw bytes) and logged, so it is not lost either."""
         assert self.publisher is not None
+        breaches = [item.breach for item in kept]
         try:
-            await self.publisher.publish(breaches)
+            if self._numbering is not None:
+                last = kept[-1]
+                await self._numbering.publish_numbered(
+                    breaches,
+                    PublishedPosition(self.consumer_group, partition, last.number, last.sequence),
+                )
+            else:
+                await self.publisher.publish(breaches)
         except Exception as exc:
             self.stats.publish_failed(exc)
             if is_not_the_events(exc):
                 raise
-            if len(breaches) == 1:
+            if len(kept) == 1:
                 await self._keep_unpublishable(breaches[0], exc)
                 return
-            middle = len(breaches) // 2
-            await self._publish(breaches[:middle])
-            await self._publish(breaches[middle:])
+            middle = len(kept) // 2
+            await self._publish(partition, kept[:middle])
+            await self._publish(partition, kept[middle:])
             return
         self.stats.publish_error = None
 
@@ -579,24 +689,32 @@ class Pipeline:
         kept = [doc for doc in documents if id(doc) not in refused]
         return kept, [self.enricher.conflict(doc, now) for doc in conflicts]
 
-    def _detect(self, state: _Partition, documents: list[TelemetryDocument]) -> list[Breach]:
+    def _detect(
+        self, state: _Partition, documents: list[TelemetryDocument]
+    ) -> tuple[list[Breach], list[int]]:
+        """The breaches the documents raise, and the sequence of the event that raised each."""
         hot = state.hot
         if hot is None:
-            return []
+            return [], []
         observed = state.observed
         breaches: list[Breach] = []
+        raised_at: list[int] = []
         for doc in documents:
             # Events a restored snapshot already covers, or that a failed attempt of this batch
             # already fed, update documents but not detectors.
             sequence = doc.ingest.sequence
             if sequence > observed:
                 try:
-                    breaches.extend(hot.observe(doc))
+                    found = hot.observe(doc)
                 except Exception as exc:
                     self._detector_failed(doc, exc)
+                    continue
+                if found:
+                    breaches.extend(found)
+                    raised_at.extend([sequence] * len(found))
         if documents:
             state.observed = max(observed, documents[-1].ingest.sequence)
-        return breaches
+        return breaches, raised_at
 
     def _detector_failed(self, doc: TelemetryDocument, exc: Exception) -> None:
         """A detector that fails on one event must not stop the partition: the event is

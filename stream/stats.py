@@ -61,6 +61,9 @@ class ProcessorStats:
     # Under a supervisor: workers it found stuck and killed (slot: what readiness says), until
     # that slot's next worker has started.
     stuck: dict[int, str] = field(default_factory=dict)
+    # Breaches the alert bus lost that nothing could give again (partition: which), found at
+    # start (stream.pipeline): the status line says them for as long as the run lasts.
+    lost_alerts: dict[str, str] = field(default_factory=dict)
     _partitions: dict[str, _PartitionProgress] = field(default_factory=dict)
     _open: dict[str, str] = field(default_factory=dict)
     _last_report: tuple[float, int] = (0.0, 0)
@@ -185,6 +188,9 @@ class ProcessorStats:
         self.publish_error = f"{type(error).__name__}: {error}"
         self.metrics.publish_failures.inc()
 
+    def alerts_lost(self, partition_id: str, which: str) -> None:
+        self.lost_alerts[partition_id] = which
+
     async def refresh(self) -> None:
         """Set the gauges read from the source (lag) and the clock (checkpoint age)."""
         lags = await self.lag()
@@ -260,10 +266,11 @@ class ProcessorStats:
         self._last_report = (now, self.events)
         lags = await self.lag()
         lag_text = " ".join(f"p{p}={'?' if lag is None else lag}" for p, lag in lags.items())
+        lost = "; ".join(self.lost_alerts[p] for p in sorted(self.lost_alerts))
         return (
             f"{rate:,.0f} events/s | stored {self.documents:,} | {self._quarantined_text()} "
             f"| breaches opened {self.breaches_opened} resolved {self.breaches_resolved} "
-            f"| lag {lag_text or '-'}"
+            f"| lag {lag_text or '-'}" + (f" | alert bus lost {lost}" if lost else "")
         )
 
     def _quarantined_text(self) -> str:

@@ -17,6 +17,7 @@ from alerts import (
     UnknownSubscriptionError,
 )
 from alerts.config import AlertSettings
+from alerts.ports import PublishedPosition
 from alerts.sqlite_bus import SqliteAlertPublisher, SqliteAlertReceiver
 from common.sqlite import sqlite3
 from schemas import BreachKind, BreachState, Severity
@@ -402,3 +403,23 @@ async def test_a_long_held_write_lock_raises_a_retryable_busy_error(
         await pub.publish([make_breach(1)])  # the failed call is simply repeated
     async with receiver(bus_path, clock) as rx:
         assert await drain(rx) == ["breach-00001:opened"]
+
+
+async def test_a_numbered_publish_records_the_partitions_last_breach_and_never_moves_back(
+    bus_path: Path, clock: FakeClock
+) -> None:
+    def at(number: int, sequence: int) -> PublishedPosition:
+        return PublishedPosition("$Default", "3", number, sequence)
+
+    async with publisher(bus_path, clock) as pub:
+        assert await pub.held_through("$Default", "3") is None
+        await pub.publish_numbered([make_breach(1), make_breach(2)], at(1, 40))
+        # A late batch of an owner that lost the partition: its breaches are taken (duplicate
+        # detection decides), the record stays where it is.
+        await pub.publish_numbered([make_breach(3)], at(0, 12))
+        await pub.publish([make_breach(4)])  # not numbered (the cold path): no record
+        assert await pub.held_through("$Default", "3") == at(1, 40)
+        assert await pub.held_through("$Default", "4") is None
+        assert await pub.held_through("replay", "3") is None
+    async with receiver(bus_path, clock) as rx:
+        assert len(await drain(rx)) == 4
