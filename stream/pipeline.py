@@ -48,6 +48,19 @@ class ScrubbedError(Exception):
 SNAPSHOT_VERSION = 1
 
 
+class _Nothing:
+    """The selection that keeps no input (Pipeline.watermark_after)."""
+
+    start = end = datetime.min.replace(tzinfo=UTC)
+    apps: frozenset[str] | None = frozenset()
+
+    def keeps_rejected(self, app_id: str | None, enqueued: datetime) -> bool:
+        return False
+
+
+_NOTHING = _Nothing()
+
+
 @dataclass
 class _Partition:
     covered: int = -1
@@ -338,6 +351,21 @@ class Pipeline:
             extra={"partition": context.partition_id},
         )
 
+    def watermark_after(
+        self, watermark: datetime | None, events: Sequence[ReceivedEvent]
+    ) -> datetime | None:
+        """The watermark ``events`` move ``watermark`` to, as processing them would (in any
+        order: it is their highest mark), storing nothing: for a replay of a part of a
+        partition, the mark of the events before it."""
+        return self._transform(watermark, events, datetime.now(UTC), _NOTHING)[2]
+
+    def seed(self, partition_id: str, watermark: datetime | None) -> None:
+        """Raise the initialised partition's watermark to ``watermark``: a replay that starts
+        within a partition, where the live processor had seen the events before."""
+        state = self._partitions[partition_id]
+        if watermark is not None and (state.watermark is None or watermark > state.watermark):
+            state.watermark = watermark
+
     async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
         with log_context(partition=context.partition_id):
             try:
@@ -606,15 +634,21 @@ class Pipeline:
         return text
 
     def _transform(
-        self, watermark: datetime | None, events: list[ReceivedEvent], now: datetime
+        self,
+        watermark: datetime | None,
+        events: Sequence[ReceivedEvent],
+        now: datetime,
+        selection: Selection | None = None,
     ) -> tuple[list[TelemetryDocument], list[QuarantineRecord], datetime | None]:
         """Documents and quarantine records of the events, and the watermark after them.
 
         Every decision depends on the event and its source position only: the future-skew
         limit counts from the enqueued time, not from now, and an event moves the watermark
         no further than its enqueued time (one event from a clock far ahead cannot make the
-        partition's later events late). Inputs the selection (a replay's range) leaves out
-        give nothing and do not move the watermark."""
+        partition's later events late). Inputs the selection (``selection``, else the
+        pipeline's: a replay's range) leaves out give nothing, but its accepted events move
+        the watermark as they did live: whether a kept event is late depends on every event
+        the partition held before it, of any app and time."""
         documents: list[TelemetryDocument] = []
         quarantined: list[QuarantineRecord] = []
         decode, common_event, logged_event, document, quarantine = (
@@ -627,7 +661,7 @@ class Pipeline:
         lateness = self.lateness
         # The selection's test is written out in the loop: a call per event is a measurable
         # share of what a replay adds, and a live pipeline (no selection) skips it.
-        select = self.selection
+        select = self.selection if selection is None else selection
         start, end, apps = (select.start, select.end, select.apps) if select else (now, now, None)
         rejected: Sequence[Rejected]
         found: Sequence[tuple[int, TelemetryEvent]]
@@ -661,14 +695,14 @@ class Pipeline:
                 canonical = None
             for index, accepted in found:
                 timestamp = accepted.timestamp
-                if select is not None and not (
-                    start <= timestamp < end and (apps is None or accepted.app_id in apps)
-                ):
-                    continue
                 late = watermark is not None and timestamp < watermark - lateness
                 seen = timestamp if timestamp < enqueued else enqueued
                 if watermark is None or seen > watermark:
                     watermark = seen
+                if select is not None and not (
+                    start <= timestamp < end and (apps is None or accepted.app_id in apps)
+                ):
+                    continue
                 documents.append(document(accepted, event, index, now, late, canonical))
             for refused in rejected:
                 if select is None or select.keeps_rejected(refused.app_id, enqueued):

@@ -138,3 +138,13 @@ class ReplayReader(Protocol):
         """The plan's events after ``after`` (a checkpoint, or the plan's start), in
         sequence order, in batches of at most ``batch_size``; ends at ``plan.last``."""
         ...
+
+    def preceding(
+        self, plan: PartitionPlan, batch_size: int
+    ) -> AsyncGenerator[list[ReceivedEvent]]:
+        """The partition's events before the plan's start, newest enqueued first (the caller
+        stops once older ones can no longer matter), in batches of at most ``batch_size``.
+        Whether an event of the window is late depends on them: they moved the partition's
+        watermark when the live processor read them. A source without the history the live
+        processor read (a file) yields nothing."""
+        ...

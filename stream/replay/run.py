@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -243,6 +244,10 @@ class Replay:
         _PLAN.set(plan.partition)  # this task's own context
         context = JobContext(self.store, plan, position)
         await self.pipeline.on_partition_initialize(context)
+        if position == plan.after:
+            # Nothing read yet, so no snapshot of the job holds the watermark: the events
+            # before the plan give it, as they gave it the live processor.
+            self.pipeline.seed(plan.partition, await self._watermark_before(plan))
         finished = False
         turns = Turns()
         batch_size = self.batch_size
@@ -266,25 +271,49 @@ class Replay:
             self.on_events(0, plan.share(plan.last - position))
         return finished
 
+    async def _watermark_before(self, plan: PartitionPlan) -> datetime | None:
+        """The watermark of the partition's events before the plan. The reader gives them
+        newest enqueued first, and an event moves the watermark no further than its enqueued
+        time: once one is enqueued at or before the watermark, no older one can raise it."""
+        watermark = None
+        async with contextlib.aclosing(self.reader.preceding(plan, self.batch_size)) as batches:
+            async for events in batches:
+                watermark = self.pipeline.watermark_after(watermark, events)
+                if watermark is not None and events[-1].enqueued_time <= watermark:
+                    break
+        return watermark
+
     async def _deliver(
         self, context: JobContext, events: list[ReceivedEvent], stop: asyncio.Event
     ) -> bool:
         """Hand the batch's events of the window to the pipeline, retried as a source does;
-        False when the replay stopped before it was processed."""
+        False when the replay stopped before it was processed. Events the plan's range holds
+        but whose enqueued times fall outside the window (enqueued out of sequence order)
+        are not processed, but move the watermark where they stand, as they did live."""
         await self.rate.take(len(events), stop)
         low, high = self._enqueued_from, self._enqueued_before
-        if self.reader.enqueued_times:
-            window = [
-                event
-                for event in events
-                if low <= event.enqueued_time and (high is None or event.enqueued_time < high)
-            ]
-        else:
+        if not self.reader.enqueued_times:
             # One time for all (a file's): the first event's decides for the batch.
             first = events[0].enqueued_time if events else low
-            window = events if low <= first and (high is None or first < high) else []
-        if not window:
-            return True
+            inside = low <= first and (high is None or first < high)
+            return not inside or await self._process(context, events, stop)
+        runs = itertools.groupby(
+            events,
+            lambda event: (
+                low <= event.enqueued_time and (high is None or event.enqueued_time < high)
+            ),
+        )
+        for inside, run in runs:
+            if not inside:
+                pipeline = self.pipeline
+                pipeline.seed(context.partition_id, pipeline.watermark_after(None, list(run)))
+            elif not await self._process(context, list(run), stop):
+                return False
+        return True
+
+    async def _process(
+        self, context: JobContext, window: list[ReceivedEvent], stop: asyncio.Event
+    ) -> bool:
         return await deliver(
             functools.partial(self.pipeline.on_batch, context, window),
             partition_id=context.partition_id,

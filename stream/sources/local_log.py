@@ -135,6 +135,34 @@ def _read(
         "ORDER BY sequence LIMIT ?",
         (partition, after, limit),
     ).fetchall()
+    return _received(partition, rows)
+
+
+# The key a newest-first read starts below: above every (enqueued, sequence).
+NEWEST = (float("inf"), 0)
+
+
+def _read_newest_first(
+    connection: sqlite3.Connection,
+    partition: int,
+    last: int,
+    below: tuple[float, int],
+    limit: int,
+) -> tuple[list[ReceivedEvent], tuple[float, int]]:
+    # By the enqueued-time index: newest first even where the enqueued times are out of
+    # sequence order (appenders' clocks taken before their transactions).
+    rows = connection.execute(
+        "SELECT sequence, enqueued, body, user FROM events WHERE partition = ? AND sequence <= ? "
+        "AND (enqueued, sequence) < (?, ?) ORDER BY enqueued DESC, sequence DESC LIMIT ?",
+        (partition, last, *below, limit),
+    ).fetchall()
+    # The next page's key as stored: a datetime rounds the enqueued time to microseconds.
+    return _received(partition, rows), ((rows[-1][1], rows[-1][0]) if rows else below)
+
+
+def _received(
+    partition: int, rows: list[tuple[int, float, bytes, str | None]]
+) -> list[ReceivedEvent]:
     name = str(partition)
     # Events appended together share their enqueued time: convert each value once.
     times: dict[float, datetime] = {}
@@ -309,6 +337,16 @@ class LocalLog:
 
     async def read_async(self, partition: int, after: int, limit: int) -> list[ReceivedEvent]:
         return await self._async("read the event log", _read, partition, after, limit)
+
+    async def read_newest_first_async(
+        self, partition: int, last: int, below: tuple[float, int], limit: int
+    ) -> tuple[list[ReceivedEvent], tuple[float, int]]:
+        """Up to ``limit`` events of ``partition`` at or before sequence ``last``, newest
+        enqueued first (then highest sequence), of those below the (enqueued POSIX time,
+        sequence) key ``below`` (NEWEST: from the newest); and the key to read on below."""
+        return await self._async(
+            "read the event log", _read_newest_first, partition, last, below, limit
+        )
 
     async def sequences_between_async(
         self, partition: int, start: datetime, end: datetime | None

@@ -14,7 +14,7 @@ from types import TracebackType
 from stream.exceptions import ReplayError
 from stream.ports import ReceivedEvent
 from stream.replay.ports import PartitionPlan, Window
-from stream.sources.local_log import SOURCE_NAME, LocalLog
+from stream.sources.local_log import NEWEST, SOURCE_NAME, LocalLog
 
 
 class LogReader:
@@ -70,3 +70,16 @@ class LogReader:
                 return  # the rest was removed by retention since the plan was made
             yield events
             after = events[-1].sequence
+
+    async def preceding(
+        self, plan: PartitionPlan, batch_size: int
+    ) -> AsyncGenerator[list[ReceivedEvent]]:
+        # What retention left of them: the events it removed were enqueued before all these.
+        partition, below = int(plan.partition), NEWEST
+        while True:
+            events, below = await self.log.read_newest_first_async(
+                partition, plan.after, below, batch_size
+            )
+            if not events:
+                return
+            yield events

@@ -110,9 +110,16 @@ class Live:
 
 
 def live_run(
-    directory: Path, count: int, seed: int, resent: float = 0.0, late: float = 0.0
+    directory: Path,
+    count: int,
+    seed: int,
+    resent: float = 0.0,
+    late: float = 0.0,
+    *,
+    env: dict[str, str] | None = None,
 ) -> Live:
-    """Send a simulated stream with the real producer path, process it with the hot path."""
+    """Send a simulated stream with the real producer path, process it with the hot path
+    (``env``: settings of both commands)."""
     from tests.integration.processor_harness import drain_subscription
 
     began = datetime.now(UTC) - timedelta(hours=2)
@@ -120,7 +127,7 @@ def live_run(
     ndjson = directory / "stream.ndjson"
     ndjson.write_bytes(b"\n".join(body for _, body in bodies) + b"\n")
     data_dir = directory / "live"
-    sent = evalstream("send", str(ndjson), "--data-dir", str(data_dir))
+    sent = evalstream("send", str(ndjson), "--data-dir", str(data_dir), env=env)
     assert sent.returncode == 0, sent.stderr
     processed = evalstream(
         "process",
@@ -131,6 +138,7 @@ def live_run(
         "1",
         "--log-level",
         "WARNING",
+        env=env,
     )
     assert processed.returncode == 0, processed.stderr
     import asyncio
@@ -157,6 +165,21 @@ def documents(
             for name in without:
                 fields.pop(name, None)
             out[(pk, id_)] = fields
+        return out
+    finally:
+        connection.close()
+
+
+def stored_bytes(data_dir: Path) -> dict[tuple[str, str], bytes]:
+    """Stored documents by (pk, id), as stored but for when they were processed (``ingest``'s
+    ``processed_at`` and ``lag_ms``)."""
+    connection = sqlite3.connect(data_dir / "store.db")
+    try:
+        out = {}
+        for pk, id_, doc in connection.execute("SELECT pk, id, doc FROM telemetry"):
+            fields = orjson.loads(doc)
+            del fields["ingest"]["processed_at"], fields["ingest"]["lag_ms"]
+            out[(pk, id_)] = orjson.dumps(fields)
         return out
     finally:
         connection.close()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import orjson
 import psutil
 import pytest
 
@@ -26,6 +27,7 @@ from tests.integration.replay.harness import (
     quarantine,
     report,
     start,
+    stored_bytes,
 )
 
 pytestmark = pytest.mark.integration
@@ -43,7 +45,7 @@ def copy(live: Live, target: Path) -> Path:
     return target
 
 
-def replay(data_dir: Path, *args: str) -> dict[str, object]:
+def replay(data_dir: Path, *args: str) -> dict[str, str]:
     result = evalstream("replay", "--data-dir", str(data_dir), *args)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -167,7 +169,9 @@ def test_replays_of_an_untidy_stream_find_the_live_breaches_and_documents(
     # app's events): the live hot path observes each copy the store takes, where it arrives.
     # Keeping one row per document id, or reading an app by event time, found other breaches
     # than the live ones on these streams.
-    live = live_run(tmp_path, 20_000, seed=5, **disorder)
+    live = live_run(
+        tmp_path, 20_000, seed=5, resent=disorder.get("resent", 0.0), late=disorder.get("late", 0.0)
+    )
     assert live.breach_ids  # the incidents open breaches: something to compare
     data_dir = copy(live, tmp_path / "d")
     replay(data_dir, "--id", "untidy-log", *live.window())
@@ -183,6 +187,35 @@ def test_replays_of_an_untidy_stream_find_the_live_breaches_and_documents(
         (fresh / "store.db").unlink()
         replay(fresh, *source, "--mode", "reprocess", "--id", "again", *live.window())
         assert documents(fresh) == documents(live.data_dir), source
+
+
+def test_a_reprocessed_sub_range_stores_the_live_documents(tmp_path: Path) -> None:
+    # Events held back by a producer, late by a 5 s allowance. Whether one is late depends on
+    # every event the partition held before it: a replay of the middle third read them too
+    # (the log was sent at once), but only the window's moved its watermark, and some of its
+    # documents had their late flag flipped.
+    lateness = {"EVALSTREAM_PROCESSOR__LATENESS_S": "5"}
+    live = live_run(tmp_path, 4_000, seed=7, late=0.2, env=lateness)
+    everything = stored_bytes(live.data_dir)
+    times = sorted(orjson.loads(doc)["timestamp"] for doc in everything.values())
+    start_at, end_at = times[len(times) // 3], times[len(times) * 2 // 3]
+    data_dir = copy(live, tmp_path / "d")
+    for path in data_dir.glob("store.db*"):
+        path.unlink()
+    result = evalstream(
+        "replay", "--data-dir", str(data_dir), "--mode", "reprocess", "--id", "middle",
+        "--from", start_at, "--to", end_at, env=lateness,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    replayed = stored_bytes(data_dir)
+    assert set(replayed) == {
+        key
+        for key, doc in everything.items()
+        if start_at <= orjson.loads(doc)["timestamp"] < end_at
+    }
+    assert sum(b'"late":true' in doc for doc in replayed.values()) > 20
+    assert {key: everything[key] for key in replayed} == replayed
 
 
 def test_filters_keep_only_the_window_and_apps(live: Live, tmp_path: Path) -> None:
