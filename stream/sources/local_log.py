@@ -461,7 +461,10 @@ class LocalLogSink:
             if validated is None
             else pseudonymizer.validated_items(bodies, validated)
         )
-        items.extend(pseudonymizer.refused_item(None, rejected) for rejected in refused)
+        if refused:
+            # First: in a partition, a request's records come before its events, as when
+            # ingest wrote them to the store before appending the events.
+            items[:0] = [pseudonymizer.refused_item(None, rejected) for rejected in refused]
         await log.append_async(items)
 
 
