@@ -24,7 +24,7 @@ from stream.ports import ReceivedEvent
 from stream.privacy import Pseudonymizer
 from stream.sources.local_log import LocalLog, LocalLogSink
 from stream.stats import ProcessorStats
-from tests.unit.stream.test_decode_paths import bodies
+from tests.unit.stream.event_bodies import bodies
 from tests.unit.stream.test_output_golden import APPS, _bodies
 from tests.unit.stream.test_pipeline import Context
 
