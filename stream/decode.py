@@ -35,21 +35,30 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """An input that is not a valid event; ``raw`` is the part that was rejected."""
+    """An input that is not a valid event; ``raw`` is the part that was rejected.
+    ``record_id``: the id of its quarantine record when HTTP ingest refused it (made of the
+    request and the index there: stream.enrich.request_record_id), else None."""
 
     index: int
     raw: bytes
     issues: tuple[ValidationIssue, ...]
     app_id: str | None = None
+    record_id: str | None = None
 
 
 def refusal_text(rejected: Rejected) -> str:
     """The decision of a rejected input as the embedded log keeps it beside the input's
-    scrubbed bytes (stream.privacy): its index, app and issues, JSON."""
+    scrubbed bytes (stream.privacy): its index, app and issues, JSON; and the id of its
+    quarantine record when ingest gave it one."""
     issues = [[issue.code, issue.location, issue.message] for issue in rejected.issues]
-    return orjson.dumps(
-        {"index": rejected.index, "app_id": rejected.app_id, "issues": issues}
-    ).decode()
+    decision: dict[str, object] = {
+        "index": rejected.index,
+        "app_id": rejected.app_id,
+        "issues": issues,
+    }
+    if rejected.record_id is not None:
+        decision["record_id"] = rejected.record_id
+    return orjson.dumps(decision).decode()
 
 
 def refusal(text: str, raw: bytes) -> Rejected:
@@ -59,7 +68,7 @@ def refusal(text: str, raw: bytes) -> Rejected:
         ValidationIssue(code=code, location=location, message=message)
         for code, location, message in decision["issues"]
     )
-    return Rejected(decision["index"], raw, issues, decision["app_id"])
+    return Rejected(decision["index"], raw, issues, decision["app_id"], decision.get("record_id"))
 
 
 # Accepted without the frozen dataclass __init__ (one object.__setattr__ per field, 2.5× the

@@ -50,6 +50,18 @@ def content_id(*parts: bytes | str) -> str:
     return hashlib.blake2b(data + b"\x1f", digest_size=16).hexdigest()
 
 
+# The source of a quarantine record the processor made of an input HTTP ingest refused and
+# logged (stream.privacy): counted by ingest, not by the processor (stream.metrics).
+INGEST_SOURCE = "ingest"
+
+
+def request_record_id(origin: bytes, index: int) -> str:
+    """The id of the quarantine record of the input at ``index`` of a request body ``origin``:
+    two equal bad inputs of one request are two records, the same request sent again lands on
+    the same ones."""
+    return content_id("direct", origin, str(index))
+
+
 def _event_content_id(canonical: bytes, user_id: str | None) -> str:
     """``content_id(canonical, user_id or "")`` without copying the canonical bytes."""
     digest = _blake2b(canonical, digest_size=16)
@@ -279,10 +291,11 @@ class Enricher:
         received_at: datetime,
         origin: bytes | None = None,
     ) -> QuarantineRecord:
-        """The record of a rejected input. Its id is its place: (source, partition, sequence,
-        index) when it was read from a source; else the request body it came in (``origin``)
-        and its index there, so two equal bad events of one request are two records and the
-        same request sent again lands on the same ones."""
+        """The record of a rejected input. Its id is the one HTTP ingest gave it
+        (``rejected.record_id``: of the request it came in, ``request_record_id``), whether
+        ingest keeps the record or the processor makes it from the log (source
+        INGEST_SOURCE); else its place: (source, partition, sequence, index) when it was read
+        from a source, or the request body it came in (``origin``) and its index there."""
         if position is not None and scrubbed_already(position.user):
             kept = rejected.raw
         else:
@@ -293,16 +306,18 @@ class Enricher:
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         if position is not None:
-            record_id = content_id(
+            record_id = rejected.record_id or content_id(
                 self.source, position.partition, str(position.sequence), str(rejected.index)
             )
+            source = self.source if rejected.record_id is None else INGEST_SOURCE
             day = position.enqueued_time
         else:
-            record_id = (
+            record_id = rejected.record_id or (
                 content_id("direct", rejected.raw)
                 if origin is None
-                else content_id("direct", origin, str(rejected.index))
+                else request_record_id(origin, rejected.index)
             )
+            source = "direct"
             day = received_at
         return QuarantineRecord(
             id=record_id,
@@ -312,7 +327,7 @@ class Enricher:
             raw_size=len(kept),
             truncated=len(kept) > MAX_QUARANTINE_RAW_BYTES,
             issues=list(rejected.issues),
-            source=self.source if position is not None else "direct",
+            source=source,
             partition=position.partition if position else None,
             sequence=position.sequence if position else None,
             offset=position.offset if position else None,

@@ -8,16 +8,17 @@ because lag is read from the source.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from schemas import QuarantineRecord
+from schemas import QuarantineRecord, ValidationIssue
 
 # Events ingest refused and kept in quarantine: counted by ingest (in the processor's process or
-# summed over ingest workers), not by the processor, which never sees them.
+# summed over ingest workers) as it answers, not by the processor, which on the embedded backend
+# makes their records from the log (source stream.enrich.INGEST_SOURCE) without counting them.
 INGEST_QUARANTINED = "evalstream_ingest_quarantined_events"
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -139,7 +140,12 @@ def counted(registry: CollectorRegistry, family: str) -> float:
 
 def quarantine_code(record: QuarantineRecord) -> str:
     """The label a quarantined input is counted under: the code of its first issue."""
-    return record.issues[0].code if record.issues else "none"
+    return issue_code(record.issues)
+
+
+def issue_code(issues: Sequence[ValidationIssue]) -> str:
+    """``quarantine_code`` of a record with these issues."""
+    return issues[0].code if issues else "none"
 
 
 # One sample as it crosses a process boundary: (sample name, labels, value).

@@ -23,7 +23,7 @@ from common.log_context import log_context
 from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent, ValidationIssue
 from store.ports import BreachJournal, KeptBreach, ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected, refusal
-from stream.enrich import Enricher
+from stream.enrich import INGEST_SOURCE, Enricher
 from stream.exceptions import PartitionLost
 from stream.ports import (
     REFUSED,
@@ -432,6 +432,9 @@ class Pipeline:
         seconds: float,
     ) -> None:
         """A batch is durable: count it, and checkpoint when the interval has passed."""
+        if quarantined:
+            # Inputs HTTP ingest refused and logged are counted by ingest (stream.metrics).
+            quarantined = [record for record in quarantined if record.source != INGEST_SOURCE]
         self.stats.record(
             context.partition_id, last, len(documents), quarantined, breaches, seconds
         )

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from schemas import Breach, DerivedSizes, Status, TelemetryEvent
+
+if TYPE_CHECKING:
+    from stream.decode import Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,15 @@ class Backlog(NamedTuple):
 class EventSink(Protocol):
     """The producer side: append raw event bodies to the source (send, simulate, ingest)."""
 
+    @property
+    def logs_refusals(self) -> bool:
+        """Whether ``append`` takes ``refused``: the embedded log keeps a rejected input with
+        the decision made of it, and the processor quarantines it as it reads it, so a store
+        that lost its last commits gets the record back by reading the log again, like the
+        events. False (Event Hubs: a message carries no decision): whoever refused the
+        inputs keeps them in quarantine itself."""
+        ...
+
     async def __aenter__(self) -> EventSink: ...
 
     async def __aexit__(
@@ -187,11 +199,13 @@ class EventSink(Protocol):
         self,
         bodies: list[tuple[str | None, bytes]],
         validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
+        refused: Sequence[Rejected] = (),
     ) -> None:
         """Append (partition key, body) pairs; durable when it returns. ``validated``: the
         events the bodies were made from and their document ids, one per body (ingest has
         them), so a sink that rewrites bodies (the log's pseudonymiser) need not read them
-        again."""
+        again. ``refused``: inputs rejected already, appended with their decision in the same
+        transaction (only where ``logs_refusals``; else ValueError)."""
         ...
 
 

@@ -2,7 +2,8 @@
 
 A request may carry one event, an array, or ``{"events": [...]}``, or with an NDJSON content
 type (``application/x-ndjson``, ``application/jsonl``) one event per line. The answer lists what was
-accepted and, per rejected event, every reason; rejected events are quarantined as well.
+accepted and, per rejected event, every reason; rejected events are quarantined as well (on the
+embedded backend logged with that decision, beside the accepted ones: the processor keeps them).
 Status: 202 all accepted, 207 some rejected, 422 none accepted, 400 unreadable body,
 408 body not complete within ``body_timeout_s`` of the request's start, 413 body (decompressed:
 gzip and deflate are read, ``content_encoding``) or event count over the limit, 415 another
@@ -22,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -40,8 +42,8 @@ from common.log_context import log_context
 from schemas import TelemetryEvent, ValidationIssue
 from store.ports import TelemetryStore
 from stream.decode import Decoded, Decoder, Rejected, accepted_event
-from stream.enrich import Enricher, sent_form
-from stream.metrics import IngestMetrics, quarantine_code
+from stream.enrich import Enricher, request_record_id, sent_form
+from stream.metrics import IngestMetrics, issue_code
 from stream.ports import EventSink
 from stream.producers.admission import Admission
 from stream.producers.content_encoding import Corrupt, TooLarge, Unsupported, decoded_body
@@ -316,7 +318,7 @@ class IngestApp:
             kept = exc.kept(body)
             if refused := self._refused(key, Counter(), [None]):
                 return refused
-            await self._quarantine(Decoded(rejected=[Rejected(0, kept, (issue,))]), now, body)
+            await self._keep([Rejected(0, kept, (issue,))], now, body)
             return _json({"error": issue.code, "message": issue.message, "accepted": 0}, 400)
         if self.admission is not None and (behind := await self.admission.admit()):
             response = _json(
@@ -351,7 +353,7 @@ class IngestApp:
                 if not decoded.accepted:
                     if refused := self._refused(key, Counter(), [None]):
                         return refused
-                    await self._quarantine(decoded, now, body)
+                    await self._keep(decoded.rejected, now, body)
                     issue = decoded.rejected[0].issues[0]
                     return _json(
                         {"error": issue.code, "message": issue.message, "accepted": 0}, 400
@@ -372,25 +374,21 @@ class IngestApp:
             if decoded.rejected and not decoded.accepted
             else None
         )
-        await self._quarantine(decoded, now, body)
+        ids: list[str] = []
+        bodies: list[tuple[str | None, bytes]] = []
+        validated: list[tuple[TelemetryEvent, str]] = []
+        for accepted in decoded.accepted:
+            body_of_event, id_of_event = sent_form(accepted.event)
+            bodies.append((accepted.event.app_id, body_of_event))
+            validated.append((accepted.event, id_of_event))
+            ids.append(id_of_event)
+        await self._keep(decoded.rejected, now, body, bodies, validated)
         if whole in WHOLE_BODY_CODES:
             issue = decoded.rejected[0].issues[0]
             return _json(
                 {"error": issue.code, "message": issue.message, "accepted": 0},
                 WHOLE_BODY_CODES[whole],
             )
-        ids: list[str] = []
-        if decoded.accepted:
-            bodies: list[tuple[str | None, bytes]] = []
-            validated: list[tuple[TelemetryEvent, str]] = []
-            for accepted in decoded.accepted:
-                body_of_event, id_of_event = sent_form(accepted.event)
-                bodies.append((accepted.event.app_id, body_of_event))
-                validated.append((accepted.event, id_of_event))
-                ids.append(id_of_event)
-            await self.sink.append(bodies, validated)
-            if self.admission is not None:
-                self.admission.appended(len(bodies))
         status = 202 if not decoded.rejected else (207 if decoded.accepted else 422)
         return _json(
             {
@@ -411,14 +409,35 @@ class IngestApp:
         denied = self.authorizer.admit(key, apps, rejected)
         return None if denied is None else _denied(denied)
 
-    async def _quarantine(self, decoded: Decoded, now: datetime, body: bytes) -> None:
-        if decoded.rejected:
-            records = [
-                self.enricher.quarantine(rejected, None, now, origin=body)
-                for rejected in decoded.rejected
-            ]
-            await self.store.write([], records)
+    async def _keep(
+        self,
+        rejected: Sequence[Rejected],
+        now: datetime,
+        body: bytes,
+        bodies: list[tuple[str | None, bytes]] | None = None,
+        validated: Sequence[tuple[TelemetryEvent, str]] = (),
+    ) -> None:
+        """Append a request's accepted events (``bodies``) and keep its rejected inputs in
+        quarantine, each record named by the request ``body`` and its index there. Where the
+        sink logs refusals (the embedded log) they go with the events, in one append: the
+        processor makes their records as it reads the log, so a store that lost its last
+        commits gets them back by reading it again, as it gets the events back; a request
+        answered 503 kept nothing. Else (Event Hubs) they are written to the store here,
+        before the events are appended."""
+        bodies = bodies or []
+        named = [
+            replace(refused, record_id=request_record_id(body, refused.index))
+            for refused in rejected
+        ]
+        logged = named if named and self.sink.logs_refusals else []
+        if named and not logged:
+            await self.store.write([], [self.enricher.quarantine(r, None, now) for r in named])
+        if bodies or logged:
+            await self.sink.append(bodies, validated, logged)
+            if self.admission is not None:
+                self.admission.appended(len(bodies) + len(logged))
+        if named:
             if self.metrics is not None:
-                for record in records:
-                    self.metrics.quarantined.labels(quarantine_code(record)).inc()
-            logger.info("ingest rejected events", extra={"rejected": len(records)})
+                for refused in named:
+                    self.metrics.quarantined.labels(issue_code(refused.issues)).inc()
+            logger.info("ingest rejected events", extra={"rejected": len(named)})

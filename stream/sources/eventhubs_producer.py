@@ -19,6 +19,8 @@ from stream.sources.eventhubs_sdk import default_credential, map_error
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
+    from stream.decode import Rejected
+
 
 class EventHubsSink:
     """EventSink sending to an Event Hub: one batch (or several, when full) per partition key.
@@ -80,11 +82,18 @@ class EventHubsSink:
             if credential is not None:
                 await credential.close()
 
+    # An Event Hubs message carries no decision, and the store it feeds (Cosmos DB) keeps what
+    # it acknowledged: ingest keeps the inputs it refuses in quarantine itself.
+    logs_refusals = False
+
     async def append(
         self,
         bodies: list[tuple[str | None, bytes]],
         validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
+        refused: Sequence[Rejected] = (),
     ) -> None:
+        if refused:
+            raise ValueError("an EventHubsSink logs no refusals (logs_refusals)")
         client = self._client
         if client is None:
             raise SourceError(f"EventHubsSink used outside 'async with' (state: {self._state})")

@@ -24,6 +24,7 @@ from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, sqlite3, transaction
 from common.turns import Turns
 from schemas import TelemetryEvent
+from stream.decode import Rejected
 from stream.delivery import deliver
 from stream.exceptions import SourceError
 from stream.ports import Backlog, BatchHandler, CloseReason, ReceivedEvent, received
@@ -418,7 +419,8 @@ class LocalLogSink:
     document's or record's written after it, as the commands give it) a log that lost its last
     events (a power cut) numbers new ones after what the store holds before the first append:
     the processor skips numbers its snapshot covers, and a number the store holds a record of
-    is never given to another event (its quarantine record would be replaced)."""
+    is never given to another event (its quarantine record would be replaced). It logs
+    refusals (``logs_refusals``) with a Pseudonymizer only: their user ids are hashed."""
 
     def __init__(
         self,
@@ -475,18 +477,33 @@ class LocalLogSink:
         """Events appended but not yet done by ``consumer_group`` (the processor), and done."""
         return await self._opened.position_async(consumer_group)
 
+    @property
+    def logs_refusals(self) -> bool:
+        return self.pseudonymizer is not None
+
     async def append(
         self,
         bodies: list[tuple[str | None, bytes]],
         validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
+        refused: Sequence[Rejected] = (),
     ) -> None:
         log = self._opened
-        if self.pseudonymizer is None:
+        pseudonymizer = self.pseudonymizer
+        if pseudonymizer is None:
+            if refused:
+                raise ValueError("a LocalLogSink without a Pseudonymizer logs no refusals")
             await log.append_async(bodies)
-        elif validated is not None:
-            await log.append_async(self.pseudonymizer.validated_items(bodies, validated))
-        else:
-            await log.append_async(self.pseudonymizer.items(bodies))
+            return
+        items = (
+            pseudonymizer.items(bodies)
+            if validated is None
+            else pseudonymizer.validated_items(bodies, validated)
+        )
+        if refused:
+            # First: in a partition, a request's records come before its events, as when
+            # ingest wrote them to the store before appending the events.
+            items[:0] = [pseudonymizer.refused_item(None, rejected) for rejected in refused]
+        await log.append_async(items)
 
 
 class _LocalPartitionContext:

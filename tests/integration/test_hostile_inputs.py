@@ -24,14 +24,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from common.sqlite import sqlite3
-from schemas import AppDirectory
-from store.sqlite import SqliteStore
+from evalstream import wiring
+from evalstream.settings import load_settings
 from stream.decode import Decoder
-from stream.enrich import Enricher
 from stream.producers.ingest import IngestApp
 from stream.producers.ingest_server import bound_port, serving
-from stream.sources.local_log import LocalLogSink
-from tests.integration.processor_harness import PARTITIONS, checkpoints, run_until_idle
+from tests.integration.processor_harness import checkpoints, run_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -221,10 +219,14 @@ class Ingest:
 @pytest.fixture
 async def ingest(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ingest]:
     data_dir = tmp_path_factory.mktemp("hostile")
-    enricher = Enricher(AppDirectory(), b"k", "ingest")
+    # The store and the log as the commands open them (the log's pseudonymiser logs refused
+    # inputs with their decision: the processor quarantines them), with the user hash key the
+    # processor started on the data dir reads.
+    settings = load_settings(data_dir=data_dir)
+    enricher = wiring.enricher(settings, "ingest")
     async with (
-        SqliteStore(data_dir / "store.db") as store,
-        LocalLogSink(data_dir / "log.db", PARTITIONS) as sink,
+        wiring.store(settings) as store,
+        wiring.sink(settings) as sink,
         serving(IngestApp(Decoder(), enricher, sink, store).app, "127.0.0.1", 0) as server,
     ):
         url = f"http://127.0.0.1:{bound_port(server)}"

@@ -1,4 +1,7 @@
-"""HTTP ingest over a real socket: clear answers, quarantine of rejects, valid events appended."""
+"""HTTP ingest over a real socket: clear answers, quarantine of rejects, valid events appended.
+
+On the embedded backend ingest logs what it rejects beside what it accepts, and the processor
+makes the quarantine records as it reads the log (``Ingest.quarantine`` reads it as it does)."""
 
 from __future__ import annotations
 
@@ -17,16 +20,19 @@ from prometheus_client import CollectorRegistry
 
 from evalstream.ingest_pool import ingest_in_workers
 from evalstream.settings import load_settings
-from schemas import AppDirectory, TelemetryEvent
+from schemas import AppDirectory, QuarantineRecord, TelemetryEvent
 from store.sqlite import SqliteStore
-from stream.decode import DecodeLimits, Decoder
-from stream.enrich import Enricher
+from stream.decode import DecodeLimits, Decoder, Rejected
+from stream.enrich import INGEST_SOURCE, Enricher
 from stream.exceptions import SourceError
 from stream.ops import OpsRoutes
+from stream.ports import REFUSED
+from stream.privacy import Pseudonymizer
 from stream.producers.ingest import IngestApp
 from stream.producers.ingest_server import bound_port, serving
 from stream.sources.local_log import LocalLog, LocalLogSink
 from stream.stats import ProcessorStats
+from tests.unit.stream.test_logged_events import process_log
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +47,24 @@ class Ingest:
     log_path: Path
 
     def logged(self) -> list[bytes]:
+        """The events the log holds (not the inputs logged as refused)."""
         log = LocalLog(self.log_path, 2)
         try:
-            return [event.body for p in range(2) for event in log.read(p, -1, 10_000)]
+            return [
+                event.body
+                for p in range(2)
+                for event in log.read(p, -1, 10_000)
+                if event.user is None or event.user[0] != REFUSED
+            ]
         finally:
             log.close()
+
+    async def quarantine(self) -> list[QuarantineRecord]:
+        """The quarantine records once the log is processed, as the processor would."""
+        await process_log(self.log_path, self.store, Decoder(), 2)
+        records = [record async for record in self.store.quarantine_records(limit=1000)]
+        assert {record.source for record in records} <= {INGEST_SOURCE}
+        return records
 
 
 @pytest.fixture(params=["in-process", "worker-processes"])
@@ -59,9 +78,11 @@ async def ingest(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         return
     decoder = Decoder(DecodeLimits(max_body_bytes=64 * 1024, max_events_per_body=20))
     enricher = Enricher(AppDirectory(), b"k", "ingest")
+    # As the commands build it (evalstream.wiring.sink): no raw user id reaches the log.
+    pseudonymizer = Pseudonymizer(decoder, Enricher(AppDirectory(), b"k", "local"))
     async with (
         SqliteStore(tmp_path / "store.db") as store,
-        LocalLogSink(tmp_path / "log.db", 2) as sink,
+        LocalLogSink(tmp_path / "log.db", 2, pseudonymizer) as sink,
         serving(IngestApp(decoder, enricher, sink, store).app, "127.0.0.1", 0) as server,
     ):
         url = f"http://127.0.0.1:{bound_port(server)}"
@@ -128,7 +149,7 @@ async def test_mixed_batch_reports_each_rejection_and_quarantines_it(ingest: Ing
         (3, "not_an_object", "$.events[3]"),
     ]
     assert len(ingest.logged()) == 2
-    assert await ingest.store.count("quarantine") == 2
+    assert len(await ingest.quarantine()) == 2
 
 
 async def test_all_rejected_is_422(ingest: Ingest) -> None:
@@ -137,13 +158,15 @@ async def test_all_rejected_is_422(ingest: Ingest) -> None:
     assert response.status_code == 422
     assert response.json()["rejected"][0]["errors"][0]["code"] == "timezone_aware"
     assert ingest.logged() == []
+    [record] = await ingest.quarantine()
+    assert record.issues[0].code == "timezone_aware"
 
 
 async def test_malformed_json_is_400_and_quarantined(ingest: Ingest) -> None:
     response = await ingest.client.post("/api/telemetry", content=b'{"app_id": ')
     assert response.status_code == 400
     assert response.json()["error"] == "malformed_json"
-    records = [r async for r in ingest.store.quarantine_records()]
+    records = await ingest.quarantine()
     assert records[0].raw == '{"app_id": '
 
 
@@ -157,7 +180,7 @@ async def test_too_many_events_is_413(ingest: Ingest) -> None:
     assert response.status_code == 413
     assert response.json()["error"] == "too_many_events"
     assert ingest.logged() == []
-    assert await ingest.store.count("quarantine") == 1
+    assert len(await ingest.quarantine()) == 1
 
 
 async def test_oversized_body_is_413_without_reading_it_all(ingest: Ingest) -> None:
@@ -233,7 +256,7 @@ async def test_a_corrupt_compressed_body_is_400_and_its_readable_part_quarantine
         )
         assert response.status_code == 400
         assert response.json()["error"] == "invalid_content_encoding"
-    records = sorted([r async for r in ingest.store.quarantine_records()], key=lambda r: r.raw)
+    records = sorted(await ingest.quarantine(), key=lambda r: r.raw)
     assert [r.issues[0].code for r in records] == ["invalid_content_encoding"] * 3
     nothing, readable, plain = records
     assert nothing.raw == ""
@@ -290,7 +313,7 @@ async def test_an_ndjson_body_is_read_line_by_line(ingest: Ingest, content_type:
     # The same documents as the same events posted as an array.
     as_array = await ingest.client.post("/api/telemetry", content=orjson.dumps(events))
     assert as_array.json()["ids"] == answer["ids"]
-    (record,) = [r async for r in ingest.store.quarantine_records()][:1]
+    (record,) = (await ingest.quarantine())[:1]
     assert orjson.loads(record.raw)["latency_ms"] == "slow"
 
 
@@ -343,7 +366,7 @@ async def test_values_nothing_later_could_keep_are_4xx_and_quarantined(
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["accepted"] == 0
     assert ingest.logged() == []
-    assert await ingest.store.count("quarantine") == 1
+    assert len(await ingest.quarantine()) == 1
 
 
 async def test_two_equal_invalid_events_of_one_request_are_two_records(ingest: Ingest) -> None:
@@ -353,16 +376,19 @@ async def test_two_equal_invalid_events_of_one_request_are_two_records(ingest: I
         response = await ingest.client.post("/api/telemetry", content=body)
         assert response.status_code == 422
         assert [r["index"] for r in response.json()["rejected"]] == [0, 1]
-    assert await ingest.store.count("quarantine") == 2
+    assert len(await ingest.quarantine()) == 2
 
 
 class FullSink:
     """A log on a full disk: every append fails as the embedded log reports it."""
 
+    logs_refusals = True
+
     async def append(
         self,
         bodies: list[tuple[str | None, bytes]],
         validated: Sequence[tuple[TelemetryEvent, str]] | None = None,
+        refused: Sequence[Rejected] = (),
     ) -> None:
         raise SourceError("append to the event log: database or disk is full", retryable=True)
 
@@ -375,7 +401,11 @@ async def test_a_log_that_cannot_take_events_is_503_with_retry_after(tmp_path: P
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{bound_port(server)}") as client,
     ):
         response = await client.post("/api/telemetry", json=GOOD)
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "5"
-    assert response.json()["error"] == "unavailable"
-    assert "disk is full" in response.json()["message"]
+        # Its rejected inputs go with its events: nothing of the request is kept.
+        mixed = await client.post("/api/telemetry", json=[GOOD, {"app_id": "a"}])
+        assert await store.count("quarantine") == 0
+    for answer in (response, mixed):
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "5"
+        assert answer.json()["error"] == "unavailable"
+        assert "disk is full" in answer.json()["message"]

@@ -5,6 +5,7 @@ was lost (all but processing-time fields)."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -12,9 +13,15 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from evalstream import wiring
+from evalstream.settings import load_settings
+from stream.metrics import IngestMetrics, counted
+from stream.producers.ingest_server import bound_port, serving
 from tests.integration.processor_harness import (
     IN_PROCESS,
     checkpoints,
@@ -137,6 +144,97 @@ def test_a_log_that_lost_its_last_events_numbers_new_ones_after_what_was_stored(
     )
     assert len(quarantine) == len([n for n in range(1000) if n % 7 == 0])
     assert all(checkpoints(data)[p] > heads[p] for p in heads)
+
+
+def http_event(n: int, **fields: object) -> dict[str, object]:
+    when = (START + timedelta(seconds=n)).isoformat()
+    return {"app_id": f"app-{n % 5}", "timestamp": when, "trace_id": f"h-{n}", **fields}
+
+
+# Posts with inputs ingest rejects (each with a user id, never to be kept raw), beside valid
+# events: (body, content type, content encoding, answer status, rejected inputs).
+POSTS = [
+    (
+        orjson.dumps(
+            {
+                "events": [
+                    http_event(0, user_id="alice"),
+                    http_event(1, latency_ms=-1, user_id="bob"),
+                    3,
+                ]
+            }
+        ),
+        "application/json",
+        None,
+        207,
+        2,
+    ),
+    (
+        orjson.dumps([http_event(2, timestamp="2026-11-22T10:00:00", user_id="carol")]),
+        None,
+        None,
+        422,
+        1,
+    ),
+    (b'{"app_id": "app-1", "user_id": "dave", "trace_id": ', None, None, 400, 1),
+    (gzip.compress(orjson.dumps([http_event(3, user_id="erin")]))[:-6], None, "gzip", 400, 1),
+    (
+        orjson.dumps(http_event(4, user_id="frank"))
+        + b"\n"
+        + orjson.dumps(http_event(5, status="maybe", user_id="grace")),
+        "application/x-ndjson",
+        None,
+        207,
+        1,
+    ),
+]
+USERS = [b"alice", b"bob", b"carol", b"dave", b"erin", b"frank", b"grace"]
+
+
+async def post_over_http(data_dir: Path) -> float:
+    """POSTS to HTTP ingest built as an ingest worker builds it; what it counted as quarantined."""
+    settings = load_settings(data_dir=data_dir, user_hash_key="k")
+    registry = CollectorRegistry()
+    async with wiring.store(settings) as store, wiring.sink(settings) as sink:
+        app = wiring.ingest_app(settings, sink, store, IngestMetrics(registry), [])
+        async with (
+            serving(app.app, "127.0.0.1", 0) as server,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{bound_port(server)}") as client,
+        ):
+            for body, content_type, encoding, status, _ in POSTS:
+                headers = {"content-type": content_type or "application/json"}
+                if encoding is not None:
+                    headers["content-encoding"] = encoding
+                answer = await client.post("/api/telemetry", content=body, headers=headers)
+                assert answer.status_code == status, answer.text
+    return counted(registry, "evalstream_ingest_quarantined_events")
+
+
+async def test_inputs_ingest_rejected_are_kept_when_the_store_loses_its_last_commits(
+    tmp_path: Path,
+) -> None:
+    """Ingest's quarantine records come back like the events when the store is caught up
+    from the log: none of them was kept by the store alone."""
+    data, reference = tmp_path / "data", tmp_path / "reference"
+    evalstream(data, "send", str(ndjson(tmp_path / "a.ndjson", 0, 400)))
+    process(data)
+    keep_files(data, "store.db", tmp_path / "store-then")
+    rejected = sum(post[-1] for post in POSTS)
+    assert await post_over_http(data) == rejected  # ingest's own count, as before
+    process(data)
+    shutil.copytree(data, reference)
+    _, quarantine = stored(reference)
+    assert len(quarantine) == len([n for n in range(400) if n % 7 == 0]) + rejected
+
+    put_back(tmp_path / "store-then", data, "store.db")  # the last commits are gone
+    said = process(data)
+
+    assert "the store lost writes; reading again from sequence" in said
+    documents, quarantine = stored(data)
+    assert [id_ for id_ in stored(reference)[1] if id_ not in quarantine] == []  # none lost
+    assert (documents, quarantine) == stored(reference)
+    kept = [path.read_bytes() for path in data.iterdir() if path.name.startswith("log.db")]
+    assert not [user for user in USERS for content in kept if user in content]
 
 
 def cut_wal(database: Path) -> None:

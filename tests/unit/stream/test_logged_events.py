@@ -24,7 +24,7 @@ from stream.ports import ReceivedEvent
 from stream.privacy import Pseudonymizer
 from stream.sources.local_log import LocalLog, LocalLogSink
 from stream.stats import ProcessorStats
-from tests.unit.stream.test_decode_paths import bodies
+from tests.unit.stream.event_bodies import bodies
 from tests.unit.stream.test_output_golden import APPS, _bodies
 from tests.unit.stream.test_pipeline import Context
 
@@ -144,7 +144,11 @@ class CountingDecoder(Decoder):
 
 
 async def process_log(
-    log_path: Path, store: SqliteStore, decoder: Decoder, partitions: int = 4
+    log_path: Path,
+    store: SqliteStore,
+    decoder: Decoder,
+    partitions: int = 4,
+    stats: ProcessorStats | None = None,
 ) -> None:
     """Every record of the log at ``log_path`` through a Pipeline into ``store``."""
     log = LocalLog(log_path, partitions)
@@ -156,7 +160,7 @@ async def process_log(
         # Every event on time whatever its partition's order.
         lateness=timedelta(days=3650),
         checkpoint_interval_s=0,
-        stats=ProcessorStats(),
+        stats=stats or ProcessorStats(),
     )
     try:
         for partition in range(partitions):

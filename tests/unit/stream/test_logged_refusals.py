@@ -5,6 +5,7 @@ string) — so ``send`` and HTTP ingest, which decides the raw bytes, agree."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import pytest
 
 from schemas import QuarantineRecord
 from store.sqlite import SqliteStore
-from stream.decode import Decoder
-from stream.enrich import Enricher
+from stream.decode import Decoder, refusal, refusal_text
+from stream.enrich import INGEST_SOURCE, Enricher, request_record_id, sent_form
 from stream.privacy import Pseudonymizer
-from stream.sources.local_log import LocalLogSink
+from stream.sources.local_log import LocalLog, LocalLogSink
+from stream.stats import ProcessorStats
 from tests.unit.stream.test_logged_events import process_log
 from tests.unit.stream.test_output_golden import APPS, NOW
 
@@ -117,3 +119,53 @@ async def test_send_refuses_what_http_refuses(tmp_path: Path, user_id: object) -
     assert [codes for _, codes in records] == [
         tuple((issue.code, issue.location, issue.message) for issue in expected[0].issues)
     ]
+
+
+async def test_inputs_ingest_refused_are_logged_and_quarantined_under_the_ids_ingest_gave(
+    tmp_path: Path,
+) -> None:
+    """HTTP ingest logs what it refuses (beside what it accepts, in one append) with the id
+    of each record — the one it gave the records it wrote itself — and counts them: the
+    processor makes the records from the log under those ids, and counts none of them."""
+    enricher = Enricher(APPS, KEY, "local")
+    body = _line([_event("t-ok"), _event("t-bad", user_id="alice", latency_ms=-1), 3])
+    decoded = Decoder().decode(body, NOW)
+    named = [replace(r, record_id=request_record_id(body, r.index)) for r in decoded.rejected]
+    direct = [enricher.quarantine(r, None, NOW, origin=body) for r in decoded.rejected]
+    async with LocalLogSink(
+        tmp_path / "log.db", PARTITIONS, Pseudonymizer(Decoder(), enricher)
+    ) as sink:
+        assert sink.logs_refusals
+        [accepted] = decoded.accepted
+        sent, id_ = sent_form(accepted.event)
+        await sink.append([("app-1", sent)], [(accepted.event, id_)], named)
+    log = LocalLog(tmp_path / "log.db", PARTITIONS)
+    try:
+        logged = [event for p in range(PARTITIONS) for event in log.read(p, -1, 100)]
+    finally:
+        log.close()
+    assert b"alice" not in b"".join(event.body for event in logged)
+    stats = ProcessorStats()
+    async with SqliteStore(tmp_path / "store.db") as store:
+        await process_log(tmp_path / "log.db", store, Decoder(), PARTITIONS, stats)
+        assert await store.count("telemetry") == 1
+        records = sorted(
+            [record async for record in store.quarantine_records()], key=lambda r: r.id
+        )
+    assert [r.id for r in records] == sorted(r.id for r in direct)
+    assert {r.source for r in records} == {INGEST_SOURCE}
+    assert all(r.partition is not None and r.sequence is not None for r in records)
+    by_id = {r.id: r for r in direct}
+    assert [(r.issues, r.app_id, r.raw) for r in records] == [
+        (by_id[r.id].issues, by_id[r.id].app_id, by_id[r.id].raw) for r in records
+    ]
+    assert (stats.documents, stats.quarantined) == (1, 0)
+
+
+def test_a_refusal_is_logged_with_its_record_id_only_when_ingest_gave_one() -> None:
+    [rejected] = Decoder().decode(b"[1]", NOW).rejected
+    text = refusal_text(rejected)
+    assert "record_id" not in text  # send's records as before
+    assert refusal(text, rejected.raw) == rejected
+    named = replace(rejected, record_id="r-1")
+    assert refusal(refusal_text(named), rejected.raw) == named
