@@ -18,8 +18,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TypeVar
 
+from common.errors import is_retryable
 from common.lock_file import try_lock
 from common.log_context import log_context
+from common.repeated import RepeatedFailure
 from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, sqlite3, transaction
 from common.turns import Turns
@@ -38,6 +40,10 @@ RETENTION_SWEEP_INTERVAL_S = 60.0
 # How often a partition's progress is written: ingest paces and refuses posts by the backlog it
 # gives, which may lag by this much processing (the checkpoints alone lagged by a second).
 PROGRESS_INTERVAL_S = 0.05
+# Progress writes and sweeps failing for a passing cause (a full disk) are retried later, and
+# said once for all partitions (then reminded, then their end).
+PROGRESS_FAILURES = RepeatedFailure("event log progress writes", logger)
+SWEEP_FAILURES = RepeatedFailure("event log retention sweeps", logger)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -573,6 +579,7 @@ async def run_partition(
     await handler.on_partition_initialize(context)
     turns = Turns()
     progress_at = time.monotonic()
+    key = f"partition {partition}"
     while not stop.is_set():
         events = await log.read_async(partition, context.position, batch_size)
         if not events:
@@ -591,8 +598,18 @@ async def run_partition(
         context.position = events[-1].sequence
         if time.monotonic() - progress_at >= PROGRESS_INTERVAL_S:
             progress_at = time.monotonic()
-            await log.update_progress_async(consumer_group, partition, context.position)
+            try:
+                await log.update_progress_async(consumer_group, partition, context.position)
+            except SourceError as exc:
+                # Only a hint for the backlog (not a checkpoint): a full disk must not stop the
+                # partition over it. The next batch's writes it again.
+                if not is_retryable(exc):
+                    raise
+                PROGRESS_FAILURES.failed(key, exc)
+            else:
+                PROGRESS_FAILURES.succeeded(key)
         await turns.take()
+    PROGRESS_FAILURES.given_up(key)
     await handler.on_partition_close(context, CloseReason.SHUTDOWN)
 
 
@@ -602,7 +619,15 @@ async def sweep_until_stopped(
     """Delete events past retention that ``consumer_group`` has checkpointed, now and then
     (one process per log does it)."""
     while not stop.is_set():
-        deleted = await log.sweep_async(retention_s, consumer_group)
-        if deleted:
-            logger.info("retention removed events", extra={"deleted": deleted})
+        try:
+            deleted = await log.sweep_async(retention_s, consumer_group)
+        except SourceError as exc:
+            # Deleting needs room too (the log's journal): a full disk waits for the next sweep.
+            if not is_retryable(exc):
+                raise
+            SWEEP_FAILURES.failed("the event log", exc, RETENTION_SWEEP_INTERVAL_S)
+        else:
+            SWEEP_FAILURES.succeeded("the event log")
+            if deleted:
+                logger.info("retention removed events", extra={"deleted": deleted})
         await sleep_or_stop(RETENTION_SWEEP_INTERVAL_S, stop)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.integration.processor_harness import (
     answers,
     free_port,
     prepare,
+    printed,
     simulated_bodies,
     start_processor,
     store_contents,
@@ -225,3 +227,56 @@ def test_healthz_stays_up_under_load_and_says_503_in_the_probe_s_time_once_froze
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output.decode()[-3000:]
+
+
+def test_a_full_disk_is_one_line_then_its_end_and_nothing_is_lost(tmp_path: Path) -> None:
+    """The processor's writes fail as on a full disk (RLIMIT_FSIZE: EFBIG) for several retries:
+    one line says so, without a traceback (one per partition and retry before), one says it
+    is over, and every event is stored once the disk has room again."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_processor(
+        data_dir,
+        {"EVALSTREAM_PROCESSOR__OPS_PORT": str(port), "EVALSTREAM_PROCESSOR__HOT_PATH": "false"},
+        preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
+    )
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        # Started (its files open, its partitions owned): a data dir full at start is another
+        # case (one line, exit 2).
+        wait_until(lambda: answers(f"{url}/readyz"), timeout=60, what="the processor ready")
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1, hard))
+        expected = prepare(
+            data_dir,
+            [
+                (
+                    f"a{i % 3}",
+                    json.dumps(
+                        {"app_id": f"a{i % 3}", "timestamp": WHEN, "trace_id": f"f{i}"}
+                    ).encode(),
+                )
+                for i in range(60)
+            ],
+        )
+
+        def failed_for_a_while() -> bool:
+            try:
+                return _value(_samples(url), "evalstream_store_failures_total") >= 6
+            except httpx.TransportError:
+                return process.poll() is not None
+
+        wait_until(failed_for_a_while, timeout=60, what="writes failing for a while", interval=0.1)
+        assert process.poll() is None, printed(process)
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        wait_for_stored(data_dir, process, len(expected.telemetry))
+    finally:
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    text = output.decode()
+    assert process.returncode == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    failing = re.findall(r"ERROR stream\.delivery: batches failing: (.*)", text)
+    assert len(failing) == 1 and "SQLite: disk" in failing[0], text[-3000:]
+    assert len(re.findall(r"batches succeed again, after \d+ failures", text)) == 1, text[-3000:]
