@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from common.errors import EvalstreamError
+from common.errors import EvalstreamError, UnusableFile
 
 # The SQLite library every module (tests and benchmarks too) imports from here, never the
 # standard library's ``sqlite3``: Python's ``sqlite3`` module built against a SQLite of its own
@@ -62,6 +62,9 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 # write lock, or the disk is full or failing for now. Anything else (constraint, corrupt file,
 # bad SQL) will fail the same way again.
 _TRANSIENT = ("locked", "busy", "disk is full", "disk i/o error", "unable to open")
+# Messages of a file that is no database of ours (SQLITE_NOTADB, SQLITE_CORRUPT): an operator
+# has to replace it, as a wrong setting (exit 2).
+_UNUSABLE = ("file is not a database", "database disk image is malformed")
 
 # Rows changed between two WAL checkpoints. SQLite's own automatic checkpoint (1,000 pages) runs
 # inside whichever commit crosses it, fsync included; ``SqliteFile`` turns it off and runs the
@@ -178,11 +181,29 @@ def map_error(
     A passing cause (locked, busy, disk full) is retryable, and of ``transient_type`` when the
     adapter has a type of its own for "try again later"."""
     text = str(exc)
+    if any(marker in text.lower() for marker in _UNUSABLE):
+        return _unusable(error_type)(
+            f"{what}: SQLite: {text}; restore the file, or move it away to start afresh"
+        )
     transient = isinstance(exc, sqlite3.OperationalError) and any(
         marker in text.lower() for marker in _TRANSIENT
     )
     kind = transient_type if transient and transient_type is not None else error_type
     return kind(f"{what}: SQLite: {text}", retryable=transient)
+
+
+_UNUSABLE_TYPES: dict[type[EvalstreamError], type[EvalstreamError]] = {}
+
+
+def _unusable(error_type: type[EvalstreamError]) -> type[EvalstreamError]:
+    """``error_type`` mixed with UnusableFile (one class per adapter error): callers catching
+    the adapter's error still do, and the command line answers it as every Misconfigured
+    (one line, exit 2)."""
+    if issubclass(error_type, UnusableFile):
+        return error_type
+    if error_type not in _UNUSABLE_TYPES:
+        _UNUSABLE_TYPES[error_type] = type(error_type.__name__, (error_type, UnusableFile), {})
+    return _UNUSABLE_TYPES[error_type]
 
 
 class SqliteFile:

@@ -174,7 +174,8 @@ def evalstream() -> None:
 
 def main() -> None:
     """Run the command; a project error no command handled is one line on stderr, never a
-    traceback: exit 2 for a missing or contradictory setting, 1 for anything else."""
+    traceback: exit 2 for a missing or contradictory setting or an unusable data file
+    (Misconfigured), 1 for anything else."""
     try:
         app()
     except BaseException as exc:

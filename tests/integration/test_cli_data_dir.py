@@ -111,3 +111,41 @@ def test_a_read_only_database_file_is_named(read_only_dir: tuple[Path, list[str]
     (data_dir / "log.db").chmod(0o444)
     result = run(["send", "-"], data_dir, prefix)
     one_error_line(result, f"embedded.data_dir: {data_dir / 'log.db'} is read-only")
+
+
+@pytest.mark.parametrize("name", ["log.db", "store.db", "alerts.db"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["evaluations"],
+        ["send", "-"],
+        ["process", "--no-ingest", "--until-idle", "1", "--workers", "1"],
+    ],
+    ids=" ".join,
+)
+def test_a_data_file_that_is_not_a_database_is_one_line_and_exit_2(
+    tmp_path: Path, name: str, args: list[str]
+) -> None:
+    """Every unusable data file the same way, whichever file and command: a corrupt store
+    exited 1 and a corrupt log 2 (process), or 1 (status)."""
+    data_dir = tmp_path / "data"
+    # Every file made, so whichever command opens it meets the broken one.
+    made = run(["process", "--no-ingest", "--until-idle", "0.2", "--workers", "1"], data_dir, [])
+    assert made.returncode == 0, made.stderr
+    assert {"log.db", "store.db", "alerts.db"} <= {path.name for path in data_dir.iterdir()}
+    (data_dir / name).write_bytes(b"not a database, " * 512)
+    for suffix in ("-wal", "-shm"):
+        (data_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    result = run(args, data_dir, [])
+    if result.returncode == 0:
+        # Commands that never open that file (evaluations: the store only; status and send:
+        # no alert bus).
+        assert (args[0], name) in {
+            ("evaluations", "log.db"),
+            ("evaluations", "alerts.db"),
+            ("status", "alerts.db"),
+            ("send", "alerts.db"),
+        }, result.stderr
+        return
+    one_error_line(result, f"{name}: SQLite: file is not a database")
