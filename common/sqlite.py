@@ -153,6 +153,48 @@ def connect(
     return connection
 
 
+def connect_read_only(
+    path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S, check_same_thread: bool = False
+) -> sqlite3.Connection:
+    """Open an existing file only to read it, changing nothing in its folder (read-only
+    commands). ``mode=ro``; and ``immutable`` when it has no ``-wal`` or ``-shm`` beside it:
+    then no connection has it open (the first one makes them, the last one removes them), and
+    a read-only connection would make both and could not remove them when it closes."""
+    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    flags = "mode=ro" if any(file.exists() for file in beside) else "mode=ro&immutable=1"
+    connection = sqlite3.connect(
+        f"{path.resolve().as_uri()}?{flags}",
+        uri=True,
+        timeout=busy_timeout_s,
+        isolation_level=None,
+        check_same_thread=check_same_thread,
+    )
+    connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    # Tables of a file made before them (below) stay in memory, never in a file of /tmp.
+    connection.execute("PRAGMA temp_store=MEMORY")
+    return connection
+
+
+def _stand_in_for_missing_tables(connection: sqlite3.Connection, schema: str) -> None:
+    """Empty TEMP tables for the ``schema``'s tables the file does not have (made before them,
+    e.g. a store the cold path never wrote to): a read of them finds nothing, as it would
+    once they are made, instead of failing."""
+    present = {
+        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    statement = ""
+    for line in schema.splitlines(keepends=True):
+        statement += line
+        if not sqlite3.complete_statement(statement):
+            continue
+        words = statement.split()
+        if words[:5] == ["CREATE", "TABLE", "IF", "NOT", "EXISTS"]:
+            name = words[5].split("(")[0]
+            if name not in present:
+                connection.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+        statement = ""
+
+
 @contextmanager
 def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so a busy file makes
@@ -216,7 +258,9 @@ class SqliteFile:
     second thread the hand-offs cost ~20% more CPU per processed event (measured,
     bench/results/layout_processor.md), and a transaction held the write lock longer (see
     ``_wait_until_free``).
-    ``run_blocking`` does the work on the calling thread for sync callers. Both map ``sqlite3``
+    ``run_blocking`` does the work on the calling thread for sync callers. ``read_only``: an
+    existing file opened to read only (``connect_read_only``), the schema's missing tables
+    standing in empty, nothing written in its folder. Both map ``sqlite3``
     errors to ``error_type`` (passing causes to ``transient_type``, if given). WAL checkpoints
     due after ``run`` calls happen on a thread and connection of their own (see
     ``_checkpoint_apart``); after ``run_blocking`` calls, on the caller's thread. Never inside a
@@ -233,8 +277,10 @@ class SqliteFile:
         page_size: int = DEFAULT_PAGE_SIZE,
         synchronous: Synchronous = "NORMAL",
         busy_timeout_s: float = BUSY_TIMEOUT_S,
+        read_only: bool = False,
     ) -> None:
         self.path = path
+        self.read_only = read_only
         self.error_type = error_type
         self.transient_type = transient_type
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
@@ -256,12 +302,21 @@ class SqliteFile:
         self._probe_lock = threading.Lock()
         connection: sqlite3.Connection | None = None
         try:
-            connection = connect(
-                path, page_size=page_size, synchronous=synchronous, busy_timeout_s=busy_timeout_s
-            )
-            connection.execute("PRAGMA wal_autocheckpoint=0")
-            if schema:
-                connection.executescript(schema)
+            if read_only:
+                if not path.is_file():
+                    raise sqlite3.OperationalError(f"no such file: {path}")
+                connection = connect_read_only(path, busy_timeout_s=busy_timeout_s)
+                _stand_in_for_missing_tables(connection, schema)
+            else:
+                connection = connect(
+                    path,
+                    page_size=page_size,
+                    synchronous=synchronous,
+                    busy_timeout_s=busy_timeout_s,
+                )
+                connection.execute("PRAGMA wal_autocheckpoint=0")
+                if schema:
+                    connection.executescript(schema)
         except sqlite3.Error as exc:
             if connection is not None:
                 connection.close()
@@ -331,6 +386,10 @@ class SqliteFile:
         loop's thread, busy with the next batch, kept it for up to a switch interval each time
         (a store write of 4,000 documents held the lock 0.03-0.25 s on this thread against
         ~0.03 s on the loop's, and the other processing process waited for it; measured)."""
+        if self.read_only:
+            # Its probe would take the write lock (and make the -wal a reader must not).
+            time.sleep(LOCK_POLL_S)
+            return
         with self._probe_lock:
             if self._closed:
                 return

@@ -23,7 +23,7 @@ from common.lock_file import try_lock
 from common.log_context import log_context
 from common.repeated import RepeatedFailure
 from common.retry import sleep_or_stop
-from common.sqlite import SqliteFile, sqlite3, transaction
+from common.sqlite import SqliteFile, connect_read_only, sqlite3, transaction
 from common.turns import Turns
 from schemas import TelemetryEvent
 from stream.delivery import deliver
@@ -252,7 +252,7 @@ def created_partitions(path: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        connection = connect_read_only(path)
         try:
             return _recorded_partitions(connection)
         finally:
@@ -269,14 +269,20 @@ class LocalLog:
     errors come out as SourceError (retryable when the cause is passing: locked, busy, full).
     """
 
-    def __init__(self, path: Path, partitions: int) -> None:
+    def __init__(self, path: Path, partitions: int, *, read_only: bool = False) -> None:
+        """``read_only``: an existing log, only read (status: the data dir unchanged)."""
         self.path = path
         self.partitions = partitions
-        self._file = SqliteFile(path, error_type=SourceError, schema=_SCHEMA)
+        self._file = SqliteFile(path, error_type=SourceError, schema=_SCHEMA, read_only=read_only)
         try:
             created_with = self._file.run_blocking(
-                functools.partial(_check_partitions, partitions=partitions), "open the event log"
+                _recorded_partitions
+                if read_only
+                else functools.partial(_check_partitions, partitions=partitions),
+                "open the event log",
             )
+            if created_with is None:  # read only, and nothing recorded: an empty log
+                created_with = partitions
         except BaseException:
             self._file.close()
             raise
