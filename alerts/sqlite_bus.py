@@ -58,8 +58,10 @@ class _SqliteClient:
         busy_timeout_s: float,
         synchronous: Synchronous,
         clock: Callable[[], float],
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self.busy_timeout_s = busy_timeout_s
         self.synchronous = synchronous
         self.clock = clock
@@ -102,6 +104,7 @@ class _SqliteClient:
             schema=tables.SCHEMA,
             synchronous=self.synchronous,
             busy_timeout_s=self.busy_timeout_s,
+            read_only=self.read_only,
         )
 
     def _on_open(self, connection: sqlite3.Connection) -> None:
@@ -235,8 +238,17 @@ class SqliteAlertReceiver(_SqliteClient):
         # A lost settlement (power loss only) means one redelivery, which at-least-once allows.
         synchronous: Synchronous = "NORMAL",
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
-        super().__init__(path, busy_timeout_s=busy_timeout_s, synchronous=synchronous, clock=clock)
+        """``read_only``: only to read (``dead_letters``): the subscription is not created
+        or updated, and the bus's file and folder stay as they are."""
+        super().__init__(
+            path,
+            busy_timeout_s=busy_timeout_s,
+            synchronous=synchronous,
+            clock=clock,
+            read_only=read_only,
+        )
         if poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
         self.poll_interval_s = poll_interval_s
@@ -253,13 +265,18 @@ class SqliteAlertReceiver(_SqliteClient):
         return self._spec
 
     def _on_open(self, connection: sqlite3.Connection) -> None:
-        if isinstance(self.subscription, SubscriptionSpec):
-            tables.upsert_subscriptions(connection, [self.subscription], self.clock())
+        given = self.subscription
+        if isinstance(given, SubscriptionSpec) and not self.read_only:
+            tables.upsert_subscriptions(connection, [given], self.clock())
             return
         specs = {spec.name: spec for spec in tables.load_subscriptions(connection)}
-        if self.subscription not in specs:
-            raise UnknownSubscriptionError(self.subscription, list(specs))
-        self._spec = specs[self.subscription]
+        if isinstance(given, SubscriptionSpec):
+            # Read only: as stored, or as configured when nothing made it yet (no messages).
+            self._spec = specs.get(given.name, given)
+            return
+        if given not in specs:
+            raise UnknownSubscriptionError(given, list(specs))
+        self._spec = specs[given]
 
     async def receive(self, max_count: int, max_wait_s: float) -> list[ReceivedAlert]:
         if max_count < 1:

@@ -6,7 +6,8 @@ them with ``raise ... from exc``. ``retryable`` says whether the same call may s
 
     EvalstreamError
     ├── Misconfigured            a setting is missing or contradicts another (mixed into
-    │                            the packages' errors below; SettingsError is one)
+    │   │                        the packages' errors below; SettingsError is one)
+    │   └── UnusableFile         a data file is not a database or is corrupt
     ├── SettingsError            a setting is invalid (evalstream.settings)
     ├── LockFileError            a lock file cannot be used (common.lock_file; Misconfigured)
     ├── StoreError               store adapters (store.exceptions)
@@ -38,6 +39,12 @@ class Misconfigured(EvalstreamError):
     mixed into their own error (``class StoreMisconfigured(StoreError, Misconfigured)``), so
     callers catching the package's error still do; the command line answers it with one line
     and exit 2, whichever command met it."""
+
+
+class UnusableFile(Misconfigured):
+    """A data file that is not what it must be (not a database, or a corrupt one): no retry
+    mends it, so whichever command meets it says so in one line and exits 2, as for a wrong
+    setting. Mixed into the adapter's own error by ``common.sqlite.map_error``."""
 
 
 def is_retryable(exc: BaseException) -> bool:

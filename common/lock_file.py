@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -44,7 +45,9 @@ def try_lock(path: Path) -> IO[str] | None:
         handle.write(str(os.getpid()))
         handle.flush()
     except OSError as exc:
-        handle.close()
+        # Closing flushes again what could not be written (a full disk): it fails the same.
+        with contextlib.suppress(OSError):
+            handle.close()
         raise _unusable(path, exc) from None
     return handle
 

@@ -105,6 +105,7 @@ async def retry(
     giving_up: Callable[[], bool] | None = None,
     log_fields: Mapping[str, Any] | None = None,
     log_traceback: bool = False,
+    on_failure: Callable[[BaseException, float], None] | None = None,
 ) -> T:
     """Run ``operation`` until it succeeds and return its value.
 
@@ -116,6 +117,8 @@ async def retry(
     ``Stopped``. Cancellation always propagates. ``log_traceback`` adds the failure's
     traceback to the warning of each retry: for callers that retry any failure at a
     supervision boundary, where the cause may be a bug rather than a passing condition.
+    ``on_failure(error, wait)`` replaces that warning: for callers that say a lasting failure
+    once rather than at each retry (``common.repeated``).
     """
     attempt = 0
     while True:
@@ -137,15 +140,18 @@ async def retry(
             wait = backoff.delay(attempt, getattr(error, "retry_after", None))
             attempt += 1
             limit = "∞" if backoff.max_retries is None else str(backoff.max_retries)
-            logger.warning(
-                "%s failed (%s); retry %d of %s in %.2fs",
-                what,
-                error,
-                attempt,
-                limit,
-                wait,
-                extra={"retry_attempt": attempt, "retry_wait_s": wait, **(log_fields or {})},
-                exc_info=exc if log_traceback else None,
-            )
+            if on_failure is not None:
+                on_failure(error, wait)
+            else:
+                logger.warning(
+                    "%s failed (%s); retry %d of %s in %.2fs",
+                    what,
+                    error,
+                    attempt,
+                    limit,
+                    wait,
+                    extra={"retry_attempt": attempt, "retry_wait_s": wait, **(log_fields or {})},
+                    exc_info=exc if log_traceback else None,
+                )
             if await sleep_or_stop(wait, stop):
                 raise Stopped(what) from exc

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from common.errors import EvalstreamError
+from common.errors import EvalstreamError, UnusableFile
 
 # The SQLite library every module (tests and benchmarks too) imports from here, never the
 # standard library's ``sqlite3``: Python's ``sqlite3`` module built against a SQLite of its own
@@ -62,6 +62,9 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 # write lock, or the disk is full or failing for now. Anything else (constraint, corrupt file,
 # bad SQL) will fail the same way again.
 _TRANSIENT = ("locked", "busy", "disk is full", "disk i/o error", "unable to open")
+# Messages of a file that is no database of ours (SQLITE_NOTADB, SQLITE_CORRUPT): an operator
+# has to replace it, as a wrong setting (exit 2).
+_UNUSABLE = ("file is not a database", "database disk image is malformed")
 
 # Rows changed between two WAL checkpoints. SQLite's own automatic checkpoint (1,000 pages) runs
 # inside whichever commit crosses it, fsync included; ``SqliteFile`` turns it off and runs the
@@ -150,6 +153,48 @@ def connect(
     return connection
 
 
+def connect_read_only(
+    path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S, check_same_thread: bool = False
+) -> sqlite3.Connection:
+    """Open an existing file only to read it, changing nothing in its folder (read-only
+    commands). ``mode=ro``; and ``immutable`` when it has no ``-wal`` or ``-shm`` beside it:
+    then no connection has it open (the first one makes them, the last one removes them), and
+    a read-only connection would make both and could not remove them when it closes."""
+    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    flags = "mode=ro" if any(file.exists() for file in beside) else "mode=ro&immutable=1"
+    connection = sqlite3.connect(
+        f"{path.resolve().as_uri()}?{flags}",
+        uri=True,
+        timeout=busy_timeout_s,
+        isolation_level=None,
+        check_same_thread=check_same_thread,
+    )
+    connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    # Tables of a file made before them (below) stay in memory, never in a file of /tmp.
+    connection.execute("PRAGMA temp_store=MEMORY")
+    return connection
+
+
+def _stand_in_for_missing_tables(connection: sqlite3.Connection, schema: str) -> None:
+    """Empty TEMP tables for the ``schema``'s tables the file does not have (made before them,
+    e.g. a store the cold path never wrote to): a read of them finds nothing, as it would
+    once they are made, instead of failing."""
+    present = {
+        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    statement = ""
+    for line in schema.splitlines(keepends=True):
+        statement += line
+        if not sqlite3.complete_statement(statement):
+            continue
+        words = statement.split()
+        if words[:5] == ["CREATE", "TABLE", "IF", "NOT", "EXISTS"]:
+            name = words[5].split("(")[0]
+            if name not in present:
+                connection.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+        statement = ""
+
+
 @contextmanager
 def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so a busy file makes
@@ -178,11 +223,29 @@ def map_error(
     A passing cause (locked, busy, disk full) is retryable, and of ``transient_type`` when the
     adapter has a type of its own for "try again later"."""
     text = str(exc)
+    if any(marker in text.lower() for marker in _UNUSABLE):
+        return _unusable(error_type)(
+            f"{what}: SQLite: {text}; restore the file, or move it away to start afresh"
+        )
     transient = isinstance(exc, sqlite3.OperationalError) and any(
         marker in text.lower() for marker in _TRANSIENT
     )
     kind = transient_type if transient and transient_type is not None else error_type
     return kind(f"{what}: SQLite: {text}", retryable=transient)
+
+
+_UNUSABLE_TYPES: dict[type[EvalstreamError], type[EvalstreamError]] = {}
+
+
+def _unusable(error_type: type[EvalstreamError]) -> type[EvalstreamError]:
+    """``error_type`` mixed with UnusableFile (one class per adapter error): callers catching
+    the adapter's error still do, and the command line answers it as every Misconfigured
+    (one line, exit 2)."""
+    if issubclass(error_type, UnusableFile):
+        return error_type
+    if error_type not in _UNUSABLE_TYPES:
+        _UNUSABLE_TYPES[error_type] = type(error_type.__name__, (error_type, UnusableFile), {})
+    return _UNUSABLE_TYPES[error_type]
 
 
 class SqliteFile:
@@ -195,7 +258,9 @@ class SqliteFile:
     second thread the hand-offs cost ~20% more CPU per processed event (measured,
     bench/results/layout_processor.md), and a transaction held the write lock longer (see
     ``_wait_until_free``).
-    ``run_blocking`` does the work on the calling thread for sync callers. Both map ``sqlite3``
+    ``run_blocking`` does the work on the calling thread for sync callers. ``read_only``: an
+    existing file opened to read only (``connect_read_only``), the schema's missing tables
+    standing in empty, nothing written in its folder. Both map ``sqlite3``
     errors to ``error_type`` (passing causes to ``transient_type``, if given). WAL checkpoints
     due after ``run`` calls happen on a thread and connection of their own (see
     ``_checkpoint_apart``); after ``run_blocking`` calls, on the caller's thread. Never inside a
@@ -212,8 +277,10 @@ class SqliteFile:
         page_size: int = DEFAULT_PAGE_SIZE,
         synchronous: Synchronous = "NORMAL",
         busy_timeout_s: float = BUSY_TIMEOUT_S,
+        read_only: bool = False,
     ) -> None:
         self.path = path
+        self.read_only = read_only
         self.error_type = error_type
         self.transient_type = transient_type
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
@@ -235,12 +302,21 @@ class SqliteFile:
         self._probe_lock = threading.Lock()
         connection: sqlite3.Connection | None = None
         try:
-            connection = connect(
-                path, page_size=page_size, synchronous=synchronous, busy_timeout_s=busy_timeout_s
-            )
-            connection.execute("PRAGMA wal_autocheckpoint=0")
-            if schema:
-                connection.executescript(schema)
+            if read_only:
+                if not path.is_file():
+                    raise sqlite3.OperationalError(f"no such file: {path}")
+                connection = connect_read_only(path, busy_timeout_s=busy_timeout_s)
+                _stand_in_for_missing_tables(connection, schema)
+            else:
+                connection = connect(
+                    path,
+                    page_size=page_size,
+                    synchronous=synchronous,
+                    busy_timeout_s=busy_timeout_s,
+                )
+                connection.execute("PRAGMA wal_autocheckpoint=0")
+                if schema:
+                    connection.executescript(schema)
         except sqlite3.Error as exc:
             if connection is not None:
                 connection.close()
@@ -310,6 +386,10 @@ class SqliteFile:
         loop's thread, busy with the next batch, kept it for up to a switch interval each time
         (a store write of 4,000 documents held the lock 0.03-0.25 s on this thread against
         ~0.03 s on the loop's, and the other processing process waited for it; measured)."""
+        if self.read_only:
+            # Its probe would take the write lock (and make the -wal a reader must not).
+            time.sleep(LOCK_POLL_S)
+            return
         with self._probe_lock:
             if self._closed:
                 return

@@ -72,12 +72,23 @@ class WorkerSpec:
     metrics_interval_s: float = 0.5
 
 
-def forwarded_routes(client: httpx.AsyncClient, paths: Sequence[str]) -> list[BaseRoute]:
+def forwarded_routes(
+    client: httpx.AsyncClient, paths: Sequence[str], health_timeout_s: float = 3.0
+) -> list[BaseRoute]:
     """GET (and HEAD) routes answered by whatever ``client``'s server answers for the same path
-    and method, with the headers that tell a client what to do next (Retry-After)."""
+    and method, with the headers that tell a client what to do next (Retry-After).
+
+    ``/healthz`` waits ``health_timeout_s`` at most (``processor.health_timeout_s``): a frozen
+    processor is then a prompt 503, within the liveness probe's own timeout."""
+
+    def timeout_for(path: str) -> float:
+        if path == "/report":
+            return REPORT_FORWARD_TIMEOUT_S
+        return health_timeout_s if path == "/healthz" else FORWARD_TIMEOUT_S
 
     async def forward(request: Request) -> Response:
         path = request.url.path
+        timeout = timeout_for(path)
         try:
             # Every value of a repeated key (/report?app=a&app=b): the query as a mapping kept
             # only the last. A HEAD stays a HEAD: as a GET it had the processor build a page.
@@ -85,18 +96,24 @@ def forwarded_routes(client: httpx.AsyncClient, paths: Sequence[str]) -> list[Ba
                 request.method,
                 path,
                 params=httpx.QueryParams(request.url.query),
-                timeout=REPORT_FORWARD_TIMEOUT_S if path == "/report" else FORWARD_TIMEOUT_S,
+                timeout=timeout,
             )
+        except httpx.TimeoutException:
+            return _unavailable(f"processor: no answer within {timeout:g} s")
         except httpx.HTTPError as exc:
-            return Response(
-                orjson.dumps({"status": "unavailable", "problems": [f"processor: {exc!r}"]}),
-                status_code=503,
-                media_type="application/json",
-            )
+            return _unavailable(f"processor: {exc!r}")
         headers = {name: answer.headers[name] for name in KEPT_HEADERS if name in answer.headers}
         return Response(answer.content, status_code=answer.status_code, headers=headers)
 
     return [Route(path, forward, methods=["GET", "HEAD"]) for path in paths]
+
+
+def _unavailable(problem: str) -> Response:
+    return Response(
+        orjson.dumps({"status": "unavailable", "problems": [problem]}),
+        status_code=503,
+        media_type="application/json",
+    )
 
 
 async def serve(spec: WorkerSpec, channel: Channel) -> None:
@@ -120,7 +137,7 @@ async def serve(spec: WorkerSpec, channel: Channel) -> None:
                 sink,
                 store,
                 IngestMetrics(registry),
-                forwarded_routes(ops, FORWARDED_PATHS),
+                forwarded_routes(ops, FORWARDED_PATHS, settings.processor.health_timeout_s),
                 buckets,
             )
             sock = socket.socket(fileno=spec.fd)

@@ -58,7 +58,8 @@ class SqliteBreachLog:
         if self._closed:
             raise ReportError(f"breach log {self.path} was closed")
         if self.path.exists():
-            self._file = SqliteFile(self.path, error_type=ReportError)
+            # Reading only: the alert bus's file and its folder stay as they are.
+            self._file = SqliteFile(self.path, error_type=ReportError, read_only=True)
         return self
 
     async def __aexit__(

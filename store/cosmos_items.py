@@ -157,12 +157,20 @@ def event_fields(item: dict[str, Any]) -> dict[str, Any]:
 
     Compared with ``==``: objects (dicts) are equal whatever the order of their keys, as JSON
     objects are; numbers equal whether integer or not (Cosmos DB's numbers are doubles: 1.0
-    reads back as 1); a boolean never equals a number (``_booleans_apart``)."""
+    reads back as 1); a boolean never equals a number (``_booleans_apart``). A metadata integer
+    kept as its decimal string (``BIG_INTEGERS_FIELD``) is compared as the integer: its digits
+    sent as a string are another event, as in store.sqlite, where JSON types stay apart."""
     fields = {key: item.get(key) for key in _EVENT_KEYS}
     fields["user_hash"] = fields["user_hash"] is not None
     metadata = fields["metadata"]
-    if isinstance(metadata, dict) and "user_id" in metadata:
-        fields["metadata"] = {**metadata, "user_id": True}
+    if isinstance(metadata, dict):
+        metadata = {**metadata}
+        for key in item.get(BIG_INTEGERS_FIELD) or ():
+            if type(metadata.get(key)) is str:
+                metadata[key] = int(metadata[key])
+        if "user_id" in metadata:
+            metadata["user_id"] = True
+        fields["metadata"] = metadata
     return {key: _booleans_apart(value) for key, value in fields.items()}
 
 

@@ -9,6 +9,7 @@ connection run on the file's worker thread, so the event loop never waits on the
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -193,13 +194,14 @@ def _layout_of(columns: set[str]) -> _Layout:
     return _TIME_LED if "named" in columns else _LEGACY
 
 
-def _layout(connection: sqlite3.Connection) -> _Layout:
+def _layout(connection: sqlite3.Connection, make_indexes: bool = True) -> _Layout:
     """The file's layout, its key indexes made if missing (a new file, or one being opened by
     several processes at once: ``IF NOT EXISTS``), and ``event_key`` registered for its
     statements (deterministic: SQLite may compute it once for a statement's document)."""
     connection.create_function(_EVENT_KEY, 1, _event_key, deterministic=True)
     layout = _layout_of(_telemetry_columns(connection))
-    connection.executescript(layout.indexes)
+    if make_indexes:
+        connection.executescript(layout.indexes)
     return layout
 
 
@@ -255,15 +257,19 @@ def upgrade_key(path: Path) -> KeyUpgrade | None:
 class SqliteStore:
     """TelemetryStore on SQLite (WAL): the processor writes while the cold path and tools read."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """``read_only``: an existing file, only read (status, report: the data dir unchanged)."""
         self.path = path
         self._file = SqliteFile(
             path,
             error_type=StoreError,
             transient_type=StoreUnavailable,
             schema=_SCHEMA + sqlite_breaches.SCHEMA,
+            read_only=read_only,
         )
-        self._layout = self._file.run_blocking(_layout, "open the telemetry keys")
+        self._layout = self._file.run_blocking(
+            functools.partial(_layout, make_indexes=not read_only), "open the telemetry keys"
+        )
 
     async def __aenter__(self) -> SqliteStore:
         self._check_open()

@@ -40,10 +40,15 @@ _UPSERT = (
 class SqliteEvaluationStore:
     """EvaluationStore on SQLite (WAL): several shard processes may write at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """``read_only``: an existing file, only read (evaluations, coldpath status, report)."""
         self.path = path
         self._file = SqliteFile(
-            path, error_type=StoreError, transient_type=StoreUnavailable, schema=_SCHEMA
+            path,
+            error_type=StoreError,
+            transient_type=StoreUnavailable,
+            schema=_SCHEMA,
+            read_only=read_only,
         )
 
     async def __aenter__(self) -> SqliteEvaluationStore:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from common.errors import Misconfigured
+from common.repeated import RepeatedFailure
 from common.retry import Backoff, Stopped, retry
 from stream.exceptions import PartitionLost
 
@@ -20,6 +21,9 @@ logger = logging.getLogger(__name__)
 # Pauses between attempts of a failed batch (and of a failed partition initialisation):
 # 0.1 s doubling up to 5 s, or longer when the error asks for it (``retry_after``).
 HANDLER_BACKOFF = Backoff(initial_s=0.1, max_s=5.0)
+# This process's failing batches, every partition's: a full disk fails them all at once, and
+# is said once (then reminded, then its end), not once per partition and retry.
+BATCH_FAILURES = RepeatedFailure("batches", logger)
 
 
 def any_failure(exc: BaseException) -> bool:
@@ -40,10 +44,13 @@ async def deliver(
     first_sequence: int,
     closing: Callable[[], bool],
     stop: asyncio.Event,
+    failures: RepeatedFailure = BATCH_FAILURES,
 ) -> bool:
     """Run ``attempt`` until it succeeds (True), or until the partition is closing or lost to
     another processor, the source stopping or the handler giving up (False: the batch is
-    abandoned, and the caller must abandon later ones, whose checkpoint would cover it)."""
+    abandoned, and the caller must abandon later ones, whose checkpoint would cover it).
+    Failures are said through ``failures``: once as they start, not at each retry."""
+    key = f"partition {partition_id}"
     try:
         await retry(
             attempt,
@@ -53,11 +60,13 @@ async def deliver(
             stop=stop,
             giving_up=closing,
             log_fields={"partition": partition_id, "first_sequence": first_sequence},
-            log_traceback=True,
+            on_failure=lambda exc, wait: failures.failed(key, exc, wait),
         )
     except Stopped:
+        failures.given_up(key)
         return False
     except PartitionLost as exc:
+        failures.given_up(key)
         # A hand-over, not a fault: said in one line, without a traceback.
         logger.warning(
             "batch abandoned: %s",
@@ -66,6 +75,7 @@ async def deliver(
         )
         return False
     except Misconfigured as exc:
+        failures.given_up(key)
         # The handler logged the error and stops the source (Pipeline.failed): one line for
         # the whole processor, not a retry warning per partition.
         logger.debug(
@@ -74,4 +84,5 @@ async def deliver(
             extra={"partition": partition_id, "first_sequence": first_sequence},
         )
         return False
+    failures.succeeded(key)
     return True

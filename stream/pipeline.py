@@ -20,6 +20,7 @@ import orjson
 from alerts.ports import AlertPublisher, NumberingPublisher, PublishedPosition
 from common.errors import EvalstreamError, Misconfigured, is_retryable
 from common.log_context import log_context
+from common.repeated import RepeatedFailure
 from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent, ValidationIssue
 from store.ports import BreachJournal, KeptBreach, ProcessorStore, StateSnapshot
 from stream.decode import Decoder, Rejected, refusal
@@ -166,6 +167,8 @@ class Pipeline:
             store if self._numbering is not None and isinstance(store, BreachJournal) else None
         )
         self._partitions: dict[str, _Partition] = {}
+        # Tried at each idle turn (every batch_wait_s): a full disk is said once, not each time.
+        self._idle_failures = RepeatedFailure("idle checkpoints", logger)
         # The failure no retry mends that ends processing (see ``_give_up``); ``failed`` is set
         # with it, for whoever runs the source to stop it.
         self.failure: Misconfigured | None = None
@@ -504,8 +507,10 @@ class Pipeline:
         """Checkpoint the last batches once the interval has passed: without a next batch they
         stayed behind the checkpoint for as long as the partition was idle (shown as lag,
         processed and counted again after a restart)."""
+        key = f"partition {context.partition_id}"
         state = self._partitions.get(context.partition_id)
         if state is None or state.pending is None:
+            self._idle_failures.succeeded(key)  # a batch's checkpoint came since
             return
         if time.monotonic() - state.last_checkpoint < self.checkpoint_interval_s:
             return
@@ -517,9 +522,12 @@ class Pipeline:
             except Misconfigured as exc:
                 self._give_up(exc)
             except EvalstreamError as exc:  # the next idle turn or batch tries again
-                logger.warning("idle partition not checkpointed", exc_info=exc)
+                self._idle_failures.failed(key, exc)
+            else:
+                self._idle_failures.succeeded(key)
 
     async def on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
+        self._idle_failures.given_up(f"partition {context.partition_id}")
         state = self._partitions.pop(context.partition_id, None)
         # After losing ownership another instance checkpoints this partition: writing ours
         # could move its checkpoint backwards.

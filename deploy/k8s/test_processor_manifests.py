@@ -197,6 +197,21 @@ def test_the_settings_load_and_ingest_may_listen_beyond_loopback(
     assert settings.user_hash_key is not None
 
 
+def test_a_frozen_processor_fails_the_liveness_probe_with_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ingest serves the pod's port from a worker process, which answers /healthz 503 once the
+    processor has not answered for ``processor.health_timeout_s``: that must come before the
+    probe gives up (a second for the worker's own answer and the network), and a frozen pod be
+    restarted within a minute."""
+    settings = _settings(monkeypatch)
+    assert settings.ingest.workers is not None and settings.ingest.workers >= 1
+    (container,) = documents()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    liveness = container["livenessProbe"]
+    assert settings.processor.health_timeout_s + 1 <= liveness["timeoutSeconds"]
+    assert liveness["failureThreshold"] * liveness["periodSeconds"] <= 60
+
+
 def test_probes_ports_and_arguments_match_the_processor() -> None:
     found = documents()
     pod = found["Deployment"]["spec"]["template"]

@@ -12,14 +12,19 @@ fresh ``evalstream coldpath run-shard`` per shard task, and importing every comm
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import sys
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import typer
 import typer.core
 import typer.main
+
+# typer vendors click (0.29: ``typer._click``); its usage errors are that copy's classes.
+from typer._click import exceptions as click_exceptions
 
 from common.errors import EvalstreamError, Misconfigured, leaves
 
@@ -118,6 +123,15 @@ class LazyCommands(typer.core.TyperGroup):
         finally:
             self._listing = False
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_error_in_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        # A subcommand's arguments are parsed in here (its own make_context).
+        with _usage_error_in_one_line():
+            return super().invoke(ctx)
+
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in COMMANDS:
             return None
@@ -133,6 +147,24 @@ class LazyCommands(typer.core.TyperGroup):
         command = typer.main.get_command(target)
         command.name = cmd_name
         return reflowed(command)
+
+
+@contextlib.contextmanager
+def _usage_error_in_one_line() -> Iterator[None]:
+    """A usage error of click's (an unknown option, a missing argument, a value out of range)
+    as the project's other operator errors: one ``error:`` line, exit 2, rather than typer's
+    box of usage, hint and framed message. A bare group's help (no arguments) stays."""
+    try:
+        yield
+    except click_exceptions.NoArgsIsHelpError:
+        raise
+    except click_exceptions.ClickException as exc:
+        from evalstream.cli.options import error
+
+        context = getattr(exc, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        error(exc.format_message() + hint)
+        raise typer.Exit(exc.exit_code) from None
 
 
 def reflowed(command: Any) -> Any:
@@ -174,7 +206,8 @@ def evalstream() -> None:
 
 def main() -> None:
     """Run the command; a project error no command handled is one line on stderr, never a
-    traceback: exit 2 for a missing or contradictory setting, 1 for anything else."""
+    traceback: exit 2 for a missing or contradictory setting or an unusable data file
+    (Misconfigured), 1 for anything else."""
     try:
         app()
     except BaseException as exc:

@@ -245,7 +245,7 @@ def listen(
 async def _dead_letters(
     settings: Settings, spec: SubscriptionSpec, max_count: int
 ) -> list[DeadLetteredAlert]:
-    async with wiring.alert_receiver(settings, spec) as receiver:
+    async with wiring.alert_receiver(settings, spec, read_only=True) as receiver:
         return await receiver.dead_letters(max_count)
 
 

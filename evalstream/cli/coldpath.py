@@ -361,7 +361,7 @@ def run_shard(
 async def _status(
     settings: Settings, policies: list[EvaluationPolicy]
 ) -> list[tuple[JobManifest, int]]:
-    async with wiring.evaluation_store(settings) as store:
+    async with wiring.evaluation_store(settings, read_only=True) as store:
         manifests = await plan(
             policies,
             WindowChoice(),

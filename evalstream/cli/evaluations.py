@@ -74,7 +74,7 @@ def evaluations(
         checked_app_ids([app_id], "--app")
 
     async def read() -> list[EvaluationResult]:
-        async with wiring.evaluation_store(settings) as store:
+        async with wiring.evaluation_store(settings, read_only=True) as store:
             return await store.results(app_id=app_id, policy=policy, limit=limit)
 
     results = run(read())

@@ -114,7 +114,8 @@ def process(
     """Run the processor: consume, validate, store, detect, alert, checkpoint.
 
     Stops gracefully on SIGTERM or Ctrl-C (finishes the batch in flight and checkpoints);
-    a second Ctrl-C exits at once.
+    a second Ctrl-C exits at once. /healthz (liveness) answers 503 when the processor has
+    not answered within processor.health_timeout_s (3 s); /readyz lists what is wrong.
     """
     from evalstream.runtime import SimulatorRun, run_processor
 

@@ -27,7 +27,7 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     settings = existing_store(load(config, data_dir))
 
     async def run() -> tuple[int, int]:
-        async with wiring.store(settings) as store:
+        async with wiring.store(settings, read_only=True) as store:
             return await store.count("telemetry"), await store.count("quarantine")
 
     telemetry, quarantined = asyncio.run(run())
@@ -52,7 +52,7 @@ def quarantine(
     settings = existing_store(load(config, data_dir))
 
     async def run() -> None:
-        async with wiring.store(settings) as store:
+        async with wiring.store(settings, read_only=True) as store:
             async for record in store.quarantine_records(limit):
                 if json:
                     typer.echo(record.model_dump_json())

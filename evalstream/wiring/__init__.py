@@ -88,12 +88,16 @@ def _source_name(settings: Settings) -> str:
     return SOURCE_NAME if settings.backend == "embedded" else "eventhubs"
 
 
-def store(settings: Settings) -> TelemetryStore:
-    """The telemetry store of the configured backend (an async context manager)."""
+def store(settings: Settings, *, read_only: bool = False) -> TelemetryStore:
+    """The telemetry store of the configured backend (an async context manager).
+    ``read_only`` (commands that only read): the embedded store, existing, opened so that
+    nothing in the data dir changes (no write check, no schema, no -wal or -shm left)."""
     if settings.backend == "azure":
         from store.cosmos import cosmos_store
 
         return cosmos_store(settings.azure.cosmos)
+    if read_only:
+        return SqliteStore(settings.embedded.store_path, read_only=True)
     usable_data_dir(settings.embedded.data_dir)
     return SqliteStore(settings.embedded.store_path)
 
@@ -302,14 +306,17 @@ def processor(
     )
 
 
-def evaluation_store(settings: Settings) -> EvaluationStore:
-    """The cold path's store of results, progress and manifests (an async context manager)."""
+def evaluation_store(settings: Settings, *, read_only: bool = False) -> EvaluationStore:
+    """The cold path's store of results, progress and manifests (an async context manager);
+    ``read_only`` as for ``store``."""
     if settings.backend == "azure":
         from store.cosmos_evaluations import cosmos_evaluation_store
 
         return cosmos_evaluation_store(settings.azure.cosmos)
     from store.sqlite_evaluations import SqliteEvaluationStore
 
+    if read_only:
+        return SqliteEvaluationStore(settings.embedded.store_path, read_only=True)
     usable_data_dir(settings.embedded.data_dir)
     return SqliteEvaluationStore(settings.embedded.store_path)
 
@@ -328,11 +335,16 @@ def alert_publisher(settings: Settings) -> AlertPublisher:
     return servicebus_publisher(settings.azure.servicebus)
 
 
-def alert_receiver(settings: Settings, spec: SubscriptionSpec) -> AlertReceiver:
-    """The receiver for one subscription on the configured backend (not yet entered)."""
+def alert_receiver(
+    settings: Settings, spec: SubscriptionSpec, *, read_only: bool = False
+) -> AlertReceiver:
+    """The receiver for one subscription on the configured backend (not yet entered);
+    ``read_only`` as for ``store`` (only its dead letters are read)."""
     if settings.backend == "embedded":
         from alerts.sqlite_bus import SqliteAlertReceiver
 
+        if read_only:
+            return SqliteAlertReceiver(settings.embedded.alerts_path, spec, read_only=True)
         usable_data_dir(settings.embedded.data_dir)
         return SqliteAlertReceiver(settings.embedded.alerts_path, spec)
     from alerts.servicebus_receiver import servicebus_receiver
@@ -444,7 +456,7 @@ def log_positions(settings: Settings) -> list[tuple[int, int, int]]:
     """Per partition of the embedded log: (partition, last sequence, checkpoint)."""
     from stream.sources.local_log import LocalLog
 
-    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions)
+    log = LocalLog(settings.embedded.log_path, settings.embedded.partitions, read_only=True)
     try:
         group = settings.processor.consumer_group
         return [

@@ -70,8 +70,11 @@ class ReportSources:
 @asynccontextmanager
 async def report_sources(settings: Settings) -> AsyncIterator[ReportSources]:
     async with AsyncExitStack() as stack:
-        telemetry = await stack.enter_async_context(wiring.store(settings))
-        evaluations = await stack.enter_async_context(wiring.evaluation_store(settings))
+        # Reading only: a report changes nothing in the data dir.
+        telemetry = await stack.enter_async_context(wiring.store(settings, read_only=True))
+        evaluations = await stack.enter_async_context(
+            wiring.evaluation_store(settings, read_only=True)
+        )
         log = breach_log(settings)
         breaches = await stack.enter_async_context(log) if log is not None else None
         yield ReportSources(telemetry, evaluations, breaches)

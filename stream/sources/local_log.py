@@ -18,10 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TypeVar
 
+from common.errors import is_retryable
 from common.lock_file import try_lock
 from common.log_context import log_context
+from common.repeated import RepeatedFailure
 from common.retry import sleep_or_stop
-from common.sqlite import SqliteFile, sqlite3, transaction
+from common.sqlite import SqliteFile, connect_read_only, sqlite3, transaction
 from common.turns import Turns
 from schemas import TelemetryEvent
 from stream.decode import Rejected
@@ -39,6 +41,10 @@ RETENTION_SWEEP_INTERVAL_S = 60.0
 # How often a partition's progress is written: ingest paces and refuses posts by the backlog it
 # gives, which may lag by this much processing (the checkpoints alone lagged by a second).
 PROGRESS_INTERVAL_S = 0.05
+# Progress writes and sweeps failing for a passing cause (a full disk) are retried later, and
+# said once for all partitions (then reminded, then their end).
+PROGRESS_FAILURES = RepeatedFailure("event log progress writes", logger)
+SWEEP_FAILURES = RepeatedFailure("event log retention sweeps", logger)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -275,7 +281,7 @@ def created_partitions(path: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        connection = connect_read_only(path)
         try:
             return _recorded_partitions(connection)
         finally:
@@ -292,14 +298,20 @@ class LocalLog:
     errors come out as SourceError (retryable when the cause is passing: locked, busy, full).
     """
 
-    def __init__(self, path: Path, partitions: int) -> None:
+    def __init__(self, path: Path, partitions: int, *, read_only: bool = False) -> None:
+        """``read_only``: an existing log, only read (status: the data dir unchanged)."""
         self.path = path
         self.partitions = partitions
-        self._file = SqliteFile(path, error_type=SourceError, schema=_SCHEMA)
+        self._file = SqliteFile(path, error_type=SourceError, schema=_SCHEMA, read_only=read_only)
         try:
             created_with = self._file.run_blocking(
-                functools.partial(_check_partitions, partitions=partitions), "open the event log"
+                _recorded_partitions
+                if read_only
+                else functools.partial(_check_partitions, partitions=partitions),
+                "open the event log",
             )
+            if created_with is None:  # read only, and nothing recorded: an empty log
+                created_with = partitions
         except BaseException:
             self._file.close()
             raise
@@ -628,6 +640,7 @@ async def run_partition(
     await handler.on_partition_initialize(context)
     turns = Turns()
     progress_at = time.monotonic()
+    key = f"partition {partition}"
     while not stop.is_set():
         events = await log.read_async(partition, context.position, batch_size)
         if not events:
@@ -646,8 +659,18 @@ async def run_partition(
         context.position = events[-1].sequence
         if time.monotonic() - progress_at >= PROGRESS_INTERVAL_S:
             progress_at = time.monotonic()
-            await log.update_progress_async(consumer_group, partition, context.position)
+            try:
+                await log.update_progress_async(consumer_group, partition, context.position)
+            except SourceError as exc:
+                # Only a hint for the backlog (not a checkpoint): a full disk must not stop the
+                # partition over it. The next batch's writes it again.
+                if not is_retryable(exc):
+                    raise
+                PROGRESS_FAILURES.failed(key, exc)
+            else:
+                PROGRESS_FAILURES.succeeded(key)
         await turns.take()
+    PROGRESS_FAILURES.given_up(key)
     await handler.on_partition_close(context, CloseReason.SHUTDOWN)
 
 
@@ -657,7 +680,15 @@ async def sweep_until_stopped(
     """Delete events past retention that ``consumer_group`` has checkpointed, now and then
     (one process per log does it)."""
     while not stop.is_set():
-        deleted = await log.sweep_async(retention_s, consumer_group)
-        if deleted:
-            logger.info("retention removed events", extra={"deleted": deleted})
+        try:
+            deleted = await log.sweep_async(retention_s, consumer_group)
+        except SourceError as exc:
+            # Deleting needs room too (the log's journal): a full disk waits for the next sweep.
+            if not is_retryable(exc):
+                raise
+            SWEEP_FAILURES.failed("the event log", exc, RETENTION_SWEEP_INTERVAL_S)
+        else:
+            SWEEP_FAILURES.succeeded("the event log")
+            if deleted:
+                logger.info("retention removed events", extra={"deleted": deleted})
         await sleep_or_stop(RETENTION_SWEEP_INTERVAL_S, stop)

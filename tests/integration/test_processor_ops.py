@@ -4,23 +4,33 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import signal
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from evalstream.settings import DEFAULT_PARTITIONS
 from tests.integration.processor_harness import (
+    KILL_ENV,
     answers,
     free_port,
+    prepare,
+    printed,
+    simulated_bodies,
     start_processor,
     store_contents,
+    wait_for_stored,
     wait_until,
 )
 
@@ -152,3 +162,121 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
     stopped = re.search(r"stopped: .*\| (quarantined [^|]*) \|", output.decode())
     assert stopped is not None, output.decode()[-3000:]
     assert stopped[1] == "quarantined 4 (1 by ingest)"
+
+
+def _liveness_probe() -> dict[str, int]:
+    manifest = Path(__file__).parents[2] / "deploy" / "k8s" / "processor.yaml"
+    (deployment,) = (
+        doc for doc in yaml.safe_load_all(manifest.read_text()) if doc["kind"] == "Deployment"
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    probe: dict[str, int] = container["livenessProbe"]
+    return probe
+
+
+def test_healthz_stays_up_under_load_and_says_503_in_the_probe_s_time_once_frozen(
+    tmp_path: Path,
+) -> None:
+    """With ingest in a worker process (as the shipped manifest runs it), /healthz is 200 all
+    through a backlog worked through in process, and a stopped processor is a 503 within the
+    liveness probe's timeout (not a hanging request), 200 again once it goes on."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/healthz"
+    env = {
+        **KILL_ENV,
+        "EVALSTREAM_INGEST__WORKERS": "1",
+        "EVALSTREAM_PROCESSOR__BATCH_SIZE": "1000",
+    }
+    process = start_processor(data_dir, env, "--ingest", "--ingest-port", str(port))
+    probe_timeout_s = _liveness_probe()["timeoutSeconds"]
+    answered: list[int | str] = []
+    busy = threading.Event()
+
+    def poll() -> None:
+        while busy.is_set():
+            try:
+                answered.append(httpx.get(url, timeout=probe_timeout_s).status_code)
+            except httpx.HTTPError as exc:
+                answered.append(repr(exc))
+
+    try:
+        wait_until(lambda: answers(url), timeout=60, what="the processor's port")
+        busy.set()
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            expected = prepare(data_dir, simulated_bodies(seed=3))
+            wait_for_stored(data_dir, process, len(expected.telemetry) + len(expected.quarantine))
+        finally:
+            busy.clear()
+            poller.join()
+        assert len(answered) > 1 and set(answered) == {200}, answered
+
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            frozen = httpx.get(url, timeout=probe_timeout_s)
+            assert time.monotonic() - started < probe_timeout_s
+            assert frozen.status_code == 503
+            assert frozen.json()["problems"] == ["processor: no answer within 3 s"]
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        wait_until(lambda: answers(url), timeout=30, what="/healthz 200 again")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output.decode()[-3000:]
+
+
+def test_a_full_disk_is_one_line_then_its_end_and_nothing_is_lost(tmp_path: Path) -> None:
+    """The processor's writes fail as on a full disk (RLIMIT_FSIZE: EFBIG) for several retries:
+    one line says so, without a traceback (one per partition and retry before), one says it
+    is over, and every event is stored once the disk has room again."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_processor(
+        data_dir,
+        {"EVALSTREAM_PROCESSOR__OPS_PORT": str(port), "EVALSTREAM_PROCESSOR__HOT_PATH": "false"},
+        preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
+    )
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        # Started (its files open, its partitions owned): a data dir full at start is another
+        # case (one line, exit 2).
+        wait_until(lambda: answers(f"{url}/readyz"), timeout=60, what="the processor ready")
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1, hard))
+        expected = prepare(
+            data_dir,
+            [
+                (
+                    f"a{i % 3}",
+                    json.dumps(
+                        {"app_id": f"a{i % 3}", "timestamp": WHEN, "trace_id": f"f{i}"}
+                    ).encode(),
+                )
+                for i in range(60)
+            ],
+        )
+
+        def failed_for_a_while() -> bool:
+            try:
+                return _value(_samples(url), "evalstream_store_failures_total") >= 6
+            except httpx.TransportError:
+                return process.poll() is not None
+
+        wait_until(failed_for_a_while, timeout=60, what="writes failing for a while", interval=0.1)
+        assert process.poll() is None, printed(process)
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        wait_for_stored(data_dir, process, len(expected.telemetry))
+    finally:
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    text = output.decode()
+    assert process.returncode == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    failing = re.findall(r"ERROR stream\.delivery: batches failing: (.*)", text)
+    assert len(failing) == 1 and "SQLite: disk" in failing[0], text[-3000:]
+    assert len(re.findall(r"batches succeed again, after \d+ failures", text)) == 1, text[-3000:]

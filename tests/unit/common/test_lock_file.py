@@ -68,6 +68,35 @@ def test_a_full_disk_is_a_passing_error(tmp_path: Path, monkeypatch: pytest.Monk
     assert caught.value.retryable
 
 
+class _FullFile:
+    """A lock file on a full disk: opened and locked, its pid never written. Like a buffered
+    file, closing it flushes again and fails the same."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        self.real.close()
+        self.flush()
+
+
+def test_a_lock_file_whose_pid_the_full_disk_refuses_is_a_passing_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing it raised the bare OSError again: a traceback at start instead of one line."""
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: _FullFile(real_open(*a, **k)))
+    with pytest.raises(LockFileError, match="free space") as caught:
+        try_lock(tmp_path / "x.lock")
+    assert caught.value.retryable
+
+
 async def test_a_replay_jobs_lock_that_is_a_directory_is_one_error(tmp_path: Path) -> None:
     path = tmp_path / "job.lock"
     path.mkdir()

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import common.sqlite
-from common.errors import EvalstreamError
+from common.errors import EvalstreamError, Misconfigured, UnusableFile
 from common.sqlite import SqliteFile, connect, sqlite3, transaction
+from store.exceptions import StoreError
 
 
 class FileError(EvalstreamError):
@@ -434,3 +435,15 @@ def test_two_writer_processes_keep_the_wal_bounded(
         )
     finally:
         file.close()
+
+
+def test_a_file_that_is_not_a_database_is_an_unusable_file_of_the_adapters_error(
+    tmp_path: Path,
+) -> None:
+    """Exit 2 at the command line (Misconfigured), as the adapter's own error type."""
+    path = tmp_path / "x.db"
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(StoreError, match=r"x\.db: SQLite: file is not a database") as raised:
+        SqliteFile(path, error_type=StoreError, schema="CREATE TABLE IF NOT EXISTS t (a)")
+    assert isinstance(raised.value, UnusableFile) and isinstance(raised.value, Misconfigured)
+    assert not raised.value.retryable

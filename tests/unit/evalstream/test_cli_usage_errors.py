@@ -437,3 +437,42 @@ def test_a_reader_creates_no_file_beside_an_existing_store(tmp_path: Path, args:
     )
     assert code == 0, output
     assert files(data_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["status", "--bogus"], "No such option: --bogus (see '{prog} status --help')"),
+        (["report"], "Missing option '--output' / '-o'. (see '{prog} report --help')"),
+        (["send"], "Missing argument 'path'. (see '{prog} send --help')"),
+        (["nosuch"], "No such command 'nosuch'. (see '{prog} --help')"),
+        (
+            ["process", "--workers", "0"],
+            "Invalid value for '--workers': Input should be greater than or equal to 1"
+            " (see '{prog} process --help')",
+        ),
+        (["alerts", "listen", "--bogus"], "No such option: --bogus (see '{prog} alerts listen"),
+    ],
+)
+def test_a_usage_error_of_the_parser_is_one_error_line_and_exit_2(
+    args: list[str], said: str
+) -> None:
+    """As every other operator error: not typer's box of usage, hint and framed message."""
+    result = subprocess.run(
+        [sys.executable, "-m", "evalstream", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: " + said.format(prog="python -m evalstream")), line
+
+
+def test_help_is_left_as_it_was() -> None:
+    result = CliRunner().invoke(app, ["status", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "Usage: root status [OPTIONS]" in result.output
+    assert "╭─ Options ─" in result.output

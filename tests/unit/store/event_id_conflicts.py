@@ -141,6 +141,22 @@ async def check_event_id_conflicts(store: TelemetryStore) -> None:
     assert await store.get_telemetry("e-5", ordered.pk) == reordered_again
     assert await store.count("telemetry") == 8
 
+    # An integer beyond a double's exact range is another event than its digits as a string
+    # (Cosmos DB keeps the integer as its decimal string: that string is not the event's).
+    big = 12345678901234567890
+    numbered = document(21, event_id="e-6", metadata={"n": big})
+    assert await store.write([numbered], []) == []
+    digits = document(22, event_id="e-6", metadata={"n": str(big)})
+    assert await store.write([digits], []) == [digits]
+    assert await store.get_telemetry("e-6", numbered.pk) == numbered
+    assert await store.write([document(23, event_id="e-6", metadata={"n": big})], []) == []
+    worded = document(24, event_id="e-7", metadata={"n": str(big)})
+    assert await store.write([worded], []) == []
+    numbers = document(25, event_id="e-7", metadata={"n": big})
+    assert await store.write([numbers], []) == [numbers]
+    assert await store.get_telemetry("e-7", worded.pk) == worded
+    assert await store.count("telemetry") == 10
+
 
 # An event's objects: tags of every kind (a pseudonym among them) and scores.
 TAGS: dict[str, Any] = {"a": "x", "n": 1, "flag": False, "user_id": "dave", "f": 0.5}

@@ -151,3 +151,15 @@ def test_an_events_key_order_does_not_make_it_another_event_a_boolean_does() -> 
         assert event_fields(telemetry_item(other)) != event_fields(stored)
     flag = conflict_document(2, event_id="e-1", metadata={**tags, "flag": 0}, scores=scores)
     assert event_fields(telemetry_item(flag)) != event_fields(stored)
+
+
+def test_a_big_integer_kept_as_its_digits_is_not_the_event_that_sent_the_digits() -> None:
+    """Beyond a double's exact range a metadata integer is written as its decimal string: the
+    same event compares equal, the digits sent as a string do not (as in the SQLite store)."""
+    big = 12345678901234567890
+    stored = telemetry_item(conflict_document(1, event_id="e-1", metadata={"n": big}))
+    assert stored["metadata"]["n"] == str(big)
+    same = telemetry_item(conflict_document(2, event_id="e-1", metadata={"n": big}))
+    digits = telemetry_item(conflict_document(2, event_id="e-1", metadata={"n": str(big)}))
+    assert event_fields(same) == event_fields(stored)
+    assert event_fields(digits) != event_fields(stored)

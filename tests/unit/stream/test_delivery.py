@@ -8,6 +8,10 @@ import logging
 
 import pytest
 
+from common.repeated import RepeatedFailure
+from common.retry import Backoff
+from store.exceptions import StoreUnavailable
+from stream import delivery
 from stream.delivery import deliver
 from stream.exceptions import PartitionLost
 from tests.unit.flaky import Flaky
@@ -36,3 +40,32 @@ async def test_a_batch_of_a_partition_lost_to_another_processor_is_given_up_in_o
     assert record.getMessage() == ("batch abandoned: partition 3 is owned by another processor now")
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert not [r for r in caplog.records if r.name == "common.retry"]
+
+
+async def test_a_lasting_failure_is_said_once_without_traceback_and_its_end_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: one line as it starts, not a traceback at each retry; one as it ends."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(delivery, "HANDLER_BACKOFF", Backoff(initial_s=0.001, max_s=0.001))
+    full = StoreUnavailable("write telemetry: SQLite: database or disk is full", retryable=True)
+    handler = Flaky(*[full] * 5)
+    failures = RepeatedFailure("batches", logging.getLogger("stream.delivery"))
+    delivered = await deliver(
+        handler,
+        partition_id="3",
+        first_sequence=40,
+        closing=lambda: False,
+        stop=asyncio.Event(),
+        failures=failures,
+    )
+    assert delivered is True and handler.calls == 6
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            "batches failing: write telemetry: SQLite: database or disk is full (partition 3);"
+            " retrying until they succeed (next in 0.0 s), nothing is lost",
+            None,
+        ),
+        (logging.WARNING, "batches succeed again, after 5 failures over 0 s", None),
+    ]

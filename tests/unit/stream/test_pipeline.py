@@ -883,3 +883,42 @@ async def test_a_checkpoint_without_a_snapshot_on_a_source_that_cannot_rewind_is
     else:
         assert len(said) == 1 and "checkpoint is at sequence 41" in said[0]
         assert "lost its snapshots" in said[0]
+
+
+class FullDiskStore(SqliteStore):
+    """Its snapshots fail ``failures`` times as on a full disk."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    async def save_state(self, snapshot):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("save state: SQLite: database or disk is full", retryable=True)
+        return await super().save_state(snapshot)
+
+
+async def test_idle_checkpoints_on_a_full_disk_are_said_once_and_their_end_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried at every idle turn (0.1 s), each failure was a warning with its traceback."""
+    caplog.set_level(logging.WARNING, logger="stream.pipeline")
+    async with FullDiskStore(tmp_path / "s.db", failures=20) as store:
+        pipeline = make_pipeline(store, hot=False)
+        pipeline.checkpoint_interval_s = 3600
+        context = await started(pipeline)
+        await pipeline.on_batch(context, [received(i) for i in range(5)])
+        pipeline.checkpoint_interval_s = 0
+        for _ in range(21):
+            await pipeline.on_idle(context)
+        assert context.checkpoints == [4]
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            "idle checkpoints failing: save state: SQLite: database or disk is full"
+            " (partition 0); retrying until they succeed, nothing is lost",
+            None,
+        ),
+        (logging.WARNING, "idle checkpoints succeed again, after 20 failures over 0 s", None),
+    ]

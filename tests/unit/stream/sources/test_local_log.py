@@ -5,6 +5,7 @@ batch."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,86 @@ async def test_the_end_of_a_burst_is_checkpointed_while_the_partition_is_idle(
         assert at_idle == [-1, 29]
     finally:
         await log.aclose()
+
+
+class _StopAfterBatches(_StopAfterFirstBatch):
+    def __init__(self, stop: asyncio.Event, batches: int) -> None:
+        super().__init__(stop)
+        self.wanted = batches
+
+    async def on_batch(self, context: PartitionContext, events: list[ReceivedEvent]) -> None:
+        self.batches += 1
+        if self.batches == self.wanted:
+            asyncio.get_running_loop().call_soon(self.stop.set)
+
+
+FULL = "SQLite: database or disk is full"
+
+
+async def test_a_progress_write_on_a_full_disk_is_said_once_and_the_partition_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Progress is a hint for the backlog, not a checkpoint: failing for a passing cause, it
+    neither stops the partition (it ended the processor: ``error: write the progress``) nor
+    logs at each batch; the next batch writes it."""
+    caplog.set_level(logging.INFO, logger="stream.sources.local_log")
+    monkeypatch.setattr(local_log, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(common.turns, "TURN_S", 0.0)
+    log = LocalLog(tmp_path / "log.db", 1)
+    written = log.update_progress_async
+    failing = [SourceError(f"write the progress: {FULL}", retryable=True)] * 3
+
+    async def progress(group: str, partition: int, sequence: int) -> None:
+        if failing:
+            raise failing.pop()
+        await written(group, partition, sequence)
+
+    monkeypatch.setattr(log, "update_progress_async", progress)
+    try:
+        log.append([("app-1", b"x")] * 250)
+        stop = asyncio.Event()
+        handler = _StopAfterBatches(stop, 5)
+        await run_partition(log, "g", 0, handler, stop, batch_size=50, batch_wait_s=0.01)
+        assert handler.batches == 5
+        assert await log.backlog_async("g") == 0
+    finally:
+        await log.aclose()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            f"event log progress writes failing: write the progress: {FULL} (partition 0);"
+            " retrying until they succeed, nothing is lost",
+        ),
+        (logging.WARNING, "event log progress writes succeed again, after 3 failures over 0 s"),
+    ]
+
+
+async def test_a_retention_sweep_on_a_full_disk_waits_for_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stream.sources.local_log")
+    log = LocalLog(tmp_path / "log.db", 1)
+    stop = asyncio.Event()
+    sweeps: list[int] = []
+
+    async def sweep(retention_s: float, group: str) -> int:
+        sweeps.append(1)
+        if len(sweeps) < 3:
+            raise SourceError(f"sweep the event log: {FULL}", retryable=True)
+        stop.set()
+        return 0
+
+    async def pause(seconds: float, stop_: asyncio.Event) -> bool:
+        return stop_.is_set()
+
+    monkeypatch.setattr(log, "sweep_async", sweep)
+    monkeypatch.setattr(local_log, "sleep_or_stop", pause)
+    try:
+        await local_log.sweep_until_stopped(log, 3600.0, "g", stop)
+    finally:
+        await log.aclose()
+    assert len(sweeps) == 3
+    assert [r.getMessage()[:48] for r in caplog.records] == [
+        "event log retention sweeps failing: sweep the ev",
+        "event log retention sweeps succeed again, after ",
+    ]
