@@ -40,6 +40,7 @@ from evalstream.settings import Settings
 from stream.exceptions import SourceUnavailable
 from stream.memory import tuned_memory
 from stream.metrics import IngestMetrics, snapshot
+from stream.ops import PING_TIMEOUT_S
 from stream.producers.ingest_rates import SqliteBuckets
 from stream.producers.ingest_server import serving
 from stream.sources.subprocess_channel import Channel
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 # Paths the processor's ops server answers; a worker forwards them there.
 FORWARDED_PATHS = ("/healthz", "/readyz", "/metrics", "/report")
+# /readyz: the processor's own bound on its store ping and a second for the rest of its answer,
+# so a frozen processor is "unready" before the readiness probe (8 s) gives up on the worker.
+READY_FORWARD_TIMEOUT_S = PING_TIMEOUT_S + 1.0
 # How long a forwarded ops request may take (readiness pings the store for up to 5 s); a report
 # page waits for those before it (evalstream.live_report) and reads a range of the store.
 FORWARD_TIMEOUT_S = 15.0
@@ -84,6 +88,8 @@ def forwarded_routes(
     def timeout_for(path: str) -> float:
         if path == "/report":
             return REPORT_FORWARD_TIMEOUT_S
+        if path == "/readyz":
+            return READY_FORWARD_TIMEOUT_S
         return health_timeout_s if path == "/healthz" else FORWARD_TIMEOUT_S
 
     async def forward(request: Request) -> Response:

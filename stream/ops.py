@@ -23,6 +23,9 @@ from starlette.routing import Route
 
 from stream.stats import ProcessorStats
 
+# How long /readyz waits for the store's answer before it reports it unreadable.
+PING_TIMEOUT_S = 5.0
+
 
 @runtime_checkable
 class Pingable(Protocol):
@@ -36,7 +39,7 @@ class OpsRoutes:
         store: object,
         *,
         max_silence_s: float = 60.0,
-        ping_timeout_s: float = 5.0,
+        ping_timeout_s: float = PING_TIMEOUT_S,
     ) -> None:
         self.stats = stats
         # Stores without a ping (test doubles) are judged by their latest write only.

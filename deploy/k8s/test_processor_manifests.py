@@ -25,6 +25,7 @@ import typer
 import yaml
 
 from evalstream.cli import app
+from evalstream.ingest_worker import READY_FORWARD_TIMEOUT_S
 from evalstream.settings import load_settings
 from stream.producers.ingest_auth import ApiKey, hash_key
 
@@ -267,3 +268,11 @@ def test_workload_identity_and_secrets_are_wired() -> None:
             "volumeAttributes": {"secretProviderClass": provider["metadata"]["name"]},
         }
     ]
+
+
+def test_a_frozen_processor_is_unready_before_the_readiness_probe_gives_up() -> None:
+    """The ingest worker forwards /readyz for as long as the processor may take to ping its
+    store (and a second more): a frozen processor is a 503 before the probe's own timeout."""
+    (container,) = documents()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    readiness = container["readinessProbe"]
+    assert readiness["timeoutSeconds"] >= READY_FORWARD_TIMEOUT_S + 1

@@ -164,17 +164,17 @@ def test_metrics_match_the_store_and_readiness_follows_the_store(tmp_path: Path)
     assert stopped[1] == "quarantined 4 (1 by ingest)"
 
 
-def _liveness_probe() -> dict[str, int]:
+def _probe(kind: str) -> dict[str, int]:
     manifest = Path(__file__).parents[2] / "deploy" / "k8s" / "processor.yaml"
     (deployment,) = (
         doc for doc in yaml.safe_load_all(manifest.read_text()) if doc["kind"] == "Deployment"
     )
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    probe: dict[str, int] = container["livenessProbe"]
+    probe: dict[str, int] = container[kind]
     return probe
 
 
-def test_healthz_stays_up_under_load_and_says_503_in_the_probe_s_time_once_frozen(
+def test_healthz_stays_up_under_load_and_says_503_in_the_probes_time_once_frozen(
     tmp_path: Path,
 ) -> None:
     """With ingest in a worker process (as the shipped manifest runs it), /healthz is 200 all
@@ -189,7 +189,7 @@ def test_healthz_stays_up_under_load_and_says_503_in_the_probe_s_time_once_froze
         "EVALSTREAM_PROCESSOR__BATCH_SIZE": "1000",
     }
     process = start_processor(data_dir, env, "--ingest", "--ingest-port", str(port))
-    probe_timeout_s = _liveness_probe()["timeoutSeconds"]
+    probe_timeout_s = _probe("livenessProbe")["timeoutSeconds"]
     answered: list[int | str] = []
     busy = threading.Event()
 
@@ -220,6 +220,13 @@ def test_healthz_stays_up_under_load_and_says_503_in_the_probe_s_time_once_froze
             assert time.monotonic() - started < probe_timeout_s
             assert frozen.status_code == 503
             assert frozen.json()["problems"] == ["processor: no answer within 3 s"]
+            # Readiness too answers within its probe's time: unready, not a hanging request.
+            ready_timeout_s = _probe("readinessProbe")["timeoutSeconds"]
+            started = time.monotonic()
+            unready = httpx.get(url.replace("/healthz", "/readyz"), timeout=ready_timeout_s)
+            assert time.monotonic() - started < ready_timeout_s
+            assert unready.status_code == 503
+            assert unready.json()["problems"] == ["processor: no answer within 6 s"]
         finally:
             os.kill(process.pid, signal.SIGCONT)
         wait_until(lambda: answers(url), timeout=30, what="/healthz 200 again")
