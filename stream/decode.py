@@ -22,6 +22,7 @@ from schemas.telemetry import DEFAULT_MAX_FUTURE_SKEW, MIN_TIMESTAMP, Status, To
 from schemas.trusted import construct_trusted
 from stream.common_event import common_event, common_events
 from stream.exceptions import NotUtf8
+from stream.ports import Rejected
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_EVENTS_PER_BODY = 500
@@ -31,19 +32,6 @@ DEFAULT_MAX_EVENTS_PER_BODY = 500
 class Accepted:
     index: int
     event: TelemetryEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """An input that is not a valid event; ``raw`` is the part that was rejected.
-    ``record_id``: the id of its quarantine record when HTTP ingest refused it (made of the
-    request and the index there: stream.enrich.request_record_id), else None."""
-
-    index: int
-    raw: bytes
-    issues: tuple[ValidationIssue, ...]
-    app_id: str | None = None
-    record_id: str | None = None
 
 
 def refusal_text(rejected: Rejected) -> str:

@@ -39,8 +39,7 @@ from schemas import (
 )
 from schemas.quarantine import MAX_QUARANTINE_RAW_BYTES
 from schemas.trusted import construct_trusted
-from stream.decode import Rejected
-from stream.ports import SCRUBBED, ReceivedEvent, scrubbed_already
+from stream.ports import SCRUBBED, ReceivedEvent, Rejected, scrubbed_already
 from stream.pseudonyms import scrub_user_ids, user_id_text
 
 

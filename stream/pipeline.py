@@ -23,7 +23,7 @@ from common.log_context import log_context
 from common.repeated import RepeatedFailure
 from schemas import Breach, QuarantineRecord, TelemetryDocument, TelemetryEvent, ValidationIssue
 from store.ports import BreachJournal, KeptBreach, ProcessorStore, StateSnapshot
-from stream.decode import Decoder, Rejected, refusal
+from stream.decode import Decoder, refusal
 from stream.enrich import INGEST_SOURCE, Enricher
 from stream.exceptions import PartitionLost
 from stream.ports import (
@@ -34,6 +34,7 @@ from stream.ports import (
     HotPathState,
     PartitionContext,
     ReceivedEvent,
+    Rejected,
     Selection,
 )
 from stream.pseudonyms import scrub_user_ids_in_text

@@ -16,12 +16,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-from schemas import Breach, DerivedSizes, Status, TelemetryEvent
+from schemas import Breach, DerivedSizes, Status, TelemetryEvent, ValidationIssue
 
-if TYPE_CHECKING:
-    from stream.decode import Rejected
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input that is not a valid event (stream.decode decides them); ``raw`` is the part
+    that was rejected. ``record_id``: the id of its quarantine record when HTTP ingest refused
+    it (made of the request and the index there: stream.enrich.request_record_id), else None."""
+
+    index: int
+    raw: bytes
+    issues: tuple[ValidationIssue, ...]
+    app_id: str | None = None
+    record_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from schemas import TelemetryEvent
-from stream.decode import Decoder, Rejected, refusal_text
+from stream.decode import Decoder, refusal_text
 from stream.enrich import Enricher, canonical_json, document_id
-from stream.ports import REFUSED
+from stream.ports import REFUSED, Rejected
 from stream.pseudonyms import may_hold_user_id, scrub_user_ids
 
 LogItem = tuple[str | None, bytes, tuple[str, str] | None]

@@ -41,10 +41,10 @@ from common.errors import EvalstreamError
 from common.log_context import log_context
 from schemas import TelemetryEvent, ValidationIssue
 from store.ports import TelemetryStore
-from stream.decode import Decoded, Decoder, Rejected, accepted_event
+from stream.decode import Decoded, Decoder, accepted_event
 from stream.enrich import Enricher, request_record_id, sent_form
 from stream.metrics import IngestMetrics, issue_code
-from stream.ports import EventSink
+from stream.ports import EventSink, Rejected
 from stream.producers.admission import Admission
 from stream.producers.content_encoding import Corrupt, TooLarge, Unsupported, decoded_body
 from stream.producers.ingest_auth import ALL_APPS, Authorizer, Denied, Sender, is_loopback

@@ -19,7 +19,7 @@ from stream.sources.eventhubs_sdk import default_credential, map_error
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
-    from stream.decode import Rejected
+    from stream.ports import Rejected
 
 
 class EventHubsSink:

@@ -26,10 +26,9 @@ from common.retry import sleep_or_stop
 from common.sqlite import SqliteFile, connect_read_only, sqlite3, transaction
 from common.turns import Turns
 from schemas import TelemetryEvent
-from stream.decode import Rejected
 from stream.delivery import deliver
 from stream.exceptions import SourceError
-from stream.ports import Backlog, BatchHandler, CloseReason, ReceivedEvent, received
+from stream.ports import Backlog, BatchHandler, CloseReason, ReceivedEvent, Rejected, received
 from stream.privacy import LogItem, Pseudonymizer
 
 logger = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from evalstream.ingest_pool import ingest_in_workers
 from evalstream.settings import load_settings
 from schemas import AppDirectory, QuarantineRecord, TelemetryEvent
 from store.sqlite import SqliteStore
-from stream.decode import DecodeLimits, Decoder, Rejected
+from stream.decode import DecodeLimits, Decoder
 from stream.enrich import INGEST_SOURCE, Enricher
 from stream.exceptions import SourceError
 from stream.ops import OpsRoutes
-from stream.ports import REFUSED
+from stream.ports import REFUSED, Rejected
 from stream.privacy import Pseudonymizer
 from stream.producers.ingest import IngestApp
 from stream.producers.ingest_server import bound_port, serving

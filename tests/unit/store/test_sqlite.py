@@ -222,9 +222,8 @@ async def test_the_last_position_written_is_kept_per_source_partition(tmp_path: 
     """What an embedded log that lost its end numbers new events after (evalstream.wiring):
     a write's last document, its quarantine records, never moving back."""
     from schemas import AppDirectory, ValidationIssue
-    from stream.decode import Rejected
     from stream.enrich import Enricher
-    from stream.ports import ReceivedEvent
+    from stream.ports import ReceivedEvent, Rejected
 
     enricher = Enricher(AppDirectory(), b"k", "local")
     issue = ValidationIssue(code="c", location="$", message="m")
