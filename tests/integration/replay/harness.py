@@ -16,6 +16,7 @@ import orjson
 
 from common.sqlite import sqlite3
 from stream.producers.simulator import Incident, Simulator
+from tests.integration.processor_harness import stored_documents
 
 INCIDENTS = [
     Incident.parse("latency_regression:app-000@60+120x5"),
@@ -172,17 +173,8 @@ def documents(
 
 def stored_bytes(data_dir: Path) -> dict[tuple[str, str], bytes]:
     """Stored documents by (pk, id), as stored but for when they were processed (``ingest``'s
-    ``processed_at`` and ``lag_ms``)."""
-    connection = sqlite3.connect(data_dir / "store.db")
-    try:
-        out = {}
-        for pk, id_, doc in connection.execute("SELECT pk, id, doc FROM telemetry"):
-            fields = orjson.loads(doc)
-            del fields["ingest"]["processed_at"], fields["ingest"]["lag_ms"]
-            out[(pk, id_)] = orjson.dumps(fields)
-        return out
-    finally:
-        connection.close()
+    ``processed_at`` and ``lag_ms``): their JSON, in the stored order of their fields."""
+    return {key: orjson.dumps(fields) for key, fields in stored_documents(data_dir).items()}
 
 
 def quarantine(data_dir: Path) -> dict[tuple[str, str], Any]:
