@@ -185,7 +185,7 @@ class Pipeline:
             await self._check_positions(context, state.covered)
         elif snapshot is None and state.hot is not None:
             await self._check_snapshot_kept(context)
-        await self.stats.attach(context)
+        await self.stats.attach(context, covered=state.covered)
         logger.info(
             "partition initialised",
             extra={"partition": partition_id, "covered_sequence": state.covered},
