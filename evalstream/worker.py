@@ -53,9 +53,10 @@ class _ReportingStats(ProcessorStats):
         quarantine_codes: Sequence[str],
         breaches: Sequence[Breach],
         seconds: float = 0.0,
+        holder: int | None = THIS_PROCESS,
     ) -> None:
         super().record_counts(
-            partition_id, last_sequence, documents, quarantine_codes, breaches, seconds
+            partition_id, last_sequence, documents, quarantine_codes, breaches, seconds, holder
         )
         self.tell(
             "batch",
@@ -69,20 +70,23 @@ class _ReportingStats(ProcessorStats):
             self.publish_error,
         )
 
-    async def attach(self, context: PartitionContext, holder: int | None = THIS_PROCESS) -> None:
-        await super().attach(context, holder)
+    async def attach(
+        self, context: PartitionContext, holder: int | None = THIS_PROCESS, covered: int = -1
+    ) -> None:
+        await super().attach(context, holder, covered)
         # Where this partition resumes (after the pipeline's check of lost writes or events),
-        # and when it was taken: the monotonic clock is the machine's, so the supervisor can
-        # order what two workers report over their separate pipes.
+        # when it was taken (the monotonic clock is the machine's, so the supervisor can order
+        # what two workers report over their separate pipes), and what its snapshot covers
+        # (events this worker does not count again).
         resumed = await context.checkpointed_sequence()
-        self.tell("attached", context.partition_id, resumed, time.monotonic())
+        self.tell("attached", context.partition_id, resumed, time.monotonic(), covered)
 
     def detach(self, partition_id: str) -> None:
         super().detach(partition_id)
         self.tell("detached", partition_id)
 
-    def checkpointed(self, partition_id: str) -> None:
-        super().checkpointed(partition_id)
+    def checkpointed(self, partition_id: str, holder: int | None = THIS_PROCESS) -> None:
+        super().checkpointed(partition_id, holder)
         self.tell("checkpointed", partition_id)
 
     def detected(self, seconds: float) -> None:

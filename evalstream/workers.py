@@ -16,9 +16,12 @@ from them exactly.
 
 Workers report each batch's outcome over their pipe; the supervisor adds them up into one
 ProcessorStats, so the status line, ``--until-idle``, readiness and the metrics cover all of
-them. They also report each partition they take and let go: readiness is not ready while no
-worker holds a partition (every worker dead, or restarting after dying at start), and names a
-partition no live worker has taken (since the start, or for longer than a restart takes).
+them. A batch counts once its partition's checkpoint covers it: a killed worker's batches past
+its checkpoint are processed again by the partition's next holder, and counted then (what the
+next holder resumes after, its checkpoint or snapshot, decides which ones). They also report
+each partition they take and let go: readiness is not ready while no worker holds a partition
+(every worker dead, or restarting after dying at start), and names a partition no live worker
+has taken (since the start, or for longer than a restart takes).
 The supervisor holds the log's processor lock (one processing command per data dir) and sweeps
 retention. Stopping (Ctrl-C, SIGTERM, ``--until-idle``): every worker finishes its batches in
 flight and checkpoints, then exits; the supervisor returns after the last.
@@ -443,25 +446,29 @@ class WorkerPool:
             self._failures.recovered(worker.slot)
             await self._rebalance()
         elif kind == "attached" and self._log is not None:
-            _, partition, resumed, taken_at = message
+            _, partition, resumed, taken_at, covered = message
             # A report older than the latest holder's (its pipe read later): that worker has
             # let go of the partition since.
             if taken_at >= self._taken_at.get(partition, 0.0):
                 self._taken_at[partition] = taken_at
-                await stats.attach(_Watched(self._log, int(partition), resumed), worker.slot)
+                await stats.attach(
+                    _Watched(self._log, int(partition), resumed), worker.slot, covered
+                )
         elif kind == "detached":
             stats.released(worker.slot, message[1])
         elif kind == "batch":
             _, partition, last, documents, codes, breaches, seconds, store, publish = message
             worker.batches += 1
-            stats.record_counts(partition, last, documents, codes, breaches, seconds)
+            stats.record_counts(
+                partition, last, documents, codes, breaches, seconds, holder=worker.slot
+            )
             stats.store_error, stats.publish_error = store, publish
         elif kind == "detectors":
             _, seconds, failures = message
             stats.metrics.detector_seconds.inc(seconds)
             stats.metrics.detector_failures.inc(failures)
         elif kind == "checkpointed":
-            stats.checkpointed(message[1])
+            stats.checkpointed(message[1], worker.slot)
         elif kind == "failing":
             _, what, error = message
             if what == "store":

@@ -28,13 +28,19 @@ class ProcessorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Counted once the partition's checkpoint covers them (ProcessorStats): events a
+        # killed worker processed past its checkpoint are processed again and counted once.
         self.events = Counter(
-            "evalstream_events", "Events processed, by outcome.", ["outcome"], registry=r
+            "evalstream_events",
+            "Events processed and checkpointed, by outcome (stored: documents written; "
+            "quarantined). An event processed again after a crash counts once.",
+            ["outcome"],
+            registry=r,
         )
         self.quarantined = Counter(
             "evalstream_quarantined_events",
-            "Inputs the processor quarantined, by the code of their first issue (those ingest "
-            "refused: evalstream_ingest_quarantined_events).",
+            "Inputs the processor quarantined, by the code of their first issue, once "
+            "checkpointed (those ingest refused: evalstream_ingest_quarantined_events).",
             ["code"],
             registry=r,
         )
@@ -49,7 +55,8 @@ class ProcessorMetrics:
         )
         self.breaches = Counter(
             "evalstream_breaches",
-            "Breach messages published, by state and severity.",
+            "Breach messages published, by state and severity, once checkpointed (one "
+            "published again after a crash, under its message id, counts once).",
             ["state", "severity"],
             registry=r,
         )

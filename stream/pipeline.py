@@ -233,7 +233,7 @@ class Pipeline:
         elif snapshot is None and state.hot is not None:
             await self._check_snapshot_kept(context)
         await self._check_bus_holds(partition_id, state)
-        await self.stats.attach(context)
+        await self.stats.attach(context, covered=state.covered)
         logger.info(
             "partition initialised",
             extra={"partition": partition_id, "covered_sequence": state.covered},

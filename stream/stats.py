@@ -27,9 +27,24 @@ MAX_UNHELD_S: Final = 20.0
 
 
 @dataclass
+class _Batch:
+    """A batch's counts, held back until its partition's checkpoint covers it."""
+
+    last_sequence: int
+    documents: int
+    quarantine_codes: Sequence[str]
+    breaches: Sequence[Breach]
+
+
+@dataclass
 class _PartitionProgress:
     context: PartitionContext
     last_sequence: int = -1
+    # Where its holder resumed counting (it counts only what follows: its checkpoint, or its
+    # snapshot when later), and up to where the batches' counts are final: the checkpoint it
+    # resumed from, then each one it writes. Lag counts from the latter.
+    resumed_sequence: int = -1
+    counted_sequence: int = -1
     attached_at: float = field(default_factory=time.monotonic)
     last_batch_at: float | None = None
     last_checkpoint_at: float | None = None
@@ -41,6 +56,12 @@ class _PartitionProgress:
 
 @dataclass
 class ProcessorStats:
+    """What the processor did. The counts (events, documents, quarantined, breaches; the status
+    line's and the metrics') are those of batches a checkpoint covers: a batch is counted once
+    its partition's checkpoint covers it, so a batch processed again from the checkpoint (its
+    holder killed, or the partition closed without one) is counted once, by whoever
+    checkpoints it. Until then it is in flight and shows in the lag."""
+
     events: int = 0
     documents: int = 0
     quarantined: int = 0
@@ -66,20 +87,34 @@ class ProcessorStats:
     lost_alerts: dict[str, str] = field(default_factory=dict)
     _partitions: dict[str, _PartitionProgress] = field(default_factory=dict)
     _open: dict[str, str] = field(default_factory=dict)
+    # Per partition: batches processed, not yet covered by a checkpoint (held back).
+    _uncounted: dict[str, list[_Batch]] = field(default_factory=dict)
     _last_report: tuple[float, int] = (0.0, 0)
 
-    async def attach(self, context: PartitionContext, holder: int | None = THIS_PROCESS) -> None:
+    async def attach(
+        self, context: PartitionContext, holder: int | None = THIS_PROCESS, covered: int = -1
+    ) -> None:
         """Follow a partition from its checkpoint on, processed by ``holder``: this process, a
         supervisor's worker (its slot), or None for a supervisor that watches a partition no
-        worker has taken yet."""
+        worker has taken yet. ``covered``: the sequence its stored snapshot covers, when later
+        (events up to it are not processed again). A previous holder's batches held back are
+        counted up to where this one resumes; the rest it processes, and counts, again."""
         checkpointed = await context.checkpointed_sequence()
+        position = -1 if checkpointed is None else checkpointed
+        resumed = max(position, covered)
         self._partitions[context.partition_id] = _PartitionProgress(
-            context, -1 if checkpointed is None else checkpointed, holder=holder
+            context, position, resumed, position, holder=holder
         )
         self._count_held()
+        if holder is not None:
+            self._count_up_to(context.partition_id, resumed)
+            self._uncounted.pop(context.partition_id, None)
 
     def detach(self, partition_id: str) -> None:
+        """Stop following a partition (this process closed it): batches no checkpoint covers
+        are left to its next owner, which processes and counts them again."""
         self._partitions.pop(partition_id, None)
+        self._uncounted.pop(partition_id, None)
         self._count_held()
         for gauge in (self.metrics.lag, self.metrics.checkpoint_age):
             with contextlib.suppress(KeyError):  # never scraped while owned
@@ -133,14 +168,43 @@ class ProcessorStats:
         quarantine_codes: Sequence[str],
         breaches: Sequence[Breach],
         seconds: float = 0.0,
+        holder: int | None = THIS_PROCESS,
     ) -> None:
         """``record`` from what a batch's outcome reduces to (what a worker process sends its
-        supervisor): the quarantine records' first issue codes instead of the records."""
+        supervisor, ``holder`` its slot): the quarantine records' first issue codes instead of
+        the records. Counted once a checkpoint covers it (``checkpointed``); a batch of a
+        partition nobody is followed for is counted at once. A batch of a previous holder,
+        reported after the partition's next holder took it (their reports cross separate
+        pipes), is counted if that one resumed after it, else left to it."""
         self.last_batch_at = now = time.monotonic()
+        self.metrics.batch_seconds.observe(seconds)
+        batch = _Batch(last_sequence, documents, quarantine_codes, breaches)
         progress = self._partitions.get(partition_id)
-        if progress is not None:
-            progress.last_sequence = last_sequence
+        if progress is None:
+            self._count(batch)
+        elif progress.holder != holder:
+            if last_sequence <= progress.resumed_sequence:
+                self._count(batch)
+        else:
+            # Events a snapshot covers, read again from an older checkpoint, move nothing back.
+            progress.last_sequence = max(progress.last_sequence, last_sequence)
             progress.last_batch_at = now
+            self._uncounted.setdefault(partition_id, []).append(batch)
+
+    def _count_up_to(self, partition_id: str, sequence: int) -> None:
+        """Count the held-back batches of ``partition_id`` up to ``sequence``."""
+        batches = self._uncounted.get(partition_id, [])
+        for batch in batches:
+            if batch.last_sequence <= sequence:
+                self._count(batch)
+        self._uncounted[partition_id] = [b for b in batches if b.last_sequence > sequence]
+
+    def _count(self, batch: _Batch) -> None:
+        documents, quarantine_codes, breaches = (
+            batch.documents,
+            batch.quarantine_codes,
+            batch.breaches,
+        )
         self.documents += documents
         self.quarantined += len(quarantine_codes)
         self.events += documents + len(quarantine_codes)
@@ -149,7 +213,6 @@ class ProcessorStats:
         metrics.events.labels("quarantined").inc(len(quarantine_codes))
         for code in quarantine_codes:
             metrics.quarantined.labels(code).inc()
-        metrics.batch_seconds.observe(seconds)
         for breach in breaches:
             if self.on_breach is not None:
                 self.on_breach(breach)
@@ -167,10 +230,14 @@ class ProcessorStats:
                 sum(1 for value in self._open.values() if value == severity)
             )
 
-    def checkpointed(self, partition_id: str) -> None:
+    def checkpointed(self, partition_id: str, holder: int | None = THIS_PROCESS) -> None:
+        """``holder`` checkpointed the partition after its latest batch: its batches count."""
         progress = self._partitions.get(partition_id)
-        if progress is not None:
-            progress.last_checkpoint_at = time.monotonic()
+        if progress is None or progress.holder != holder:
+            return  # a previous holder's, reported late: ``attach`` counted its batches
+        progress.last_checkpoint_at = time.monotonic()
+        progress.counted_sequence = progress.last_sequence
+        self._count_up_to(partition_id, progress.last_sequence)
 
     def detected(self, seconds: float) -> None:
         """The hot-path detectors took ``seconds`` over one batch."""
@@ -250,11 +317,12 @@ class ProcessorStats:
         return f": {running} of {configured} processing workers running, none holds a partition"
 
     async def lag(self) -> dict[str, int | None]:
-        """Events enqueued but not yet processed, per owned partition."""
+        """Events enqueued but not yet processed and checkpointed (counted), per owned
+        partition."""
         lags: dict[str, int | None] = {}
         for partition_id, progress in sorted(self._partitions.items()):
             last = await progress.context.last_enqueued_sequence()
-            lags[partition_id] = None if last is None else max(0, last - progress.last_sequence)
+            lags[partition_id] = None if last is None else max(0, last - progress.counted_sequence)
         return lags
 
     async def status_line(self) -> str:

@@ -138,12 +138,18 @@ async def test_the_supervisor_knows_which_worker_holds_a_partition_in_the_order_
         reporting = _ReportingStats(channel=sent)  # type: ignore[arg-type]
         await reporting.attach(_Context())  # type: ignore[arg-type]
         reporting.detach("0")
-        (attached, partition, resumed, taken_at), detached = sent.messages
-        assert (attached, partition, resumed, detached) == ("attached", "0", 41, ("detached", "0"))
+        (attached, partition, resumed, taken_at, covered), detached = sent.messages
+        assert (attached, partition, resumed, covered, detached) == (
+            "attached",
+            "0",
+            41,
+            -1,
+            ("detached", "0"),
+        )
         # The second worker took the partition after the first let go of it, but the first
         # one's reports (taken, then let go) are read after the second's.
-        await pool._dispatch(second, ("attached", "0", 41, taken_at))
-        await pool._dispatch(first, ("attached", "0", 41, taken_at - 1))
+        await pool._dispatch(second, ("attached", "0", 41, taken_at, -1))
+        await pool._dispatch(first, ("attached", "0", 41, taken_at - 1, -1))
         await pool._dispatch(first, ("detached", "0"))
         assert (_owned(supervisor), await supervisor.problems(60)) == (1, [])
         await pool._dispatch(second, detached)

@@ -159,3 +159,94 @@ async def test_the_status_line_counts_what_ingest_workers_quarantined() -> None:
     summed.retire(0)  # restarted: what it counted still counts
     summed.update(0, snapshot(worker))
     assert "| quarantined 14 (14 by ingest) |" in await stats.status_line()
+
+
+class _Resumed(_Partition):
+    """A partition as its holder takes it: checkpointed at ``checkpoint``, ``head`` its last
+    event."""
+
+    def __init__(self, checkpoint: int | None, head: int = 99) -> None:
+        super().__init__("0")
+        self.checkpoint, self.head = checkpoint, head
+
+    async def last_enqueued_sequence(self) -> int | None:
+        return self.head
+
+    async def checkpointed_sequence(self) -> int | None:
+        return self.checkpoint
+
+
+def _stored(stats: ProcessorStats) -> tuple[int, float]:
+    """The status line's stored count and the metric's."""
+    metric = stats.metrics.registry.get_sample_value(
+        "evalstream_events_total", {"outcome": "stored"}
+    )
+    return stats.documents, metric or 0.0
+
+
+async def test_a_batch_counts_once_a_checkpoint_covers_it() -> None:
+    stats = ProcessorStats()
+    await stats.attach(_Resumed(None))
+    stats.record_counts("0", 9, 10, ["missing"], [make_breach(1)])
+    # Processed, not checkpointed: in flight, shown as lag.
+    assert (_stored(stats), stats.quarantined, stats.breaches_opened) == ((0, 0.0), 0, 0)
+    assert await stats.lag() == {"0": 99 + 1}
+    stats.checkpointed("0")
+    assert (_stored(stats), stats.quarantined, stats.breaches_opened) == ((10, 10.0), 1, 1)
+    assert await stats.lag() == {"0": 99 - 9}
+    # Closed without a checkpoint (ownership lost): its next owner processes, and counts,
+    # the batch again.
+    stats.record_counts("0", 19, 10, [], [])
+    stats.detach("0")
+    await stats.attach(_Resumed(9))
+    stats.record_counts("0", 19, 10, [], [])
+    stats.checkpointed("0")
+    assert _stored(stats) == (20, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "covered", "stored"),
+    [
+        # Killed past its checkpoint at 9: its batch 10-19 is processed again by the next one.
+        (9, -1, 30),
+        # Killed between the snapshot covering 19 and its checkpoint: the next one skips 10-19.
+        (9, 19, 30),
+    ],
+)
+async def test_a_killed_workers_batches_past_its_checkpoint_count_once(
+    monkeypatch: pytest.MonkeyPatch, checkpoint: int, covered: int, stored: int
+) -> None:
+    stats, _ = await _supervised(monkeypatch, 1)
+    await stats.attach(_Resumed(None), holder=0)
+    stats.record_counts("0", 9, 10, [], [], holder=0)
+    stats.checkpointed("0", 0)
+    stats.record_counts("0", 19, 10, [], [], holder=0)
+    stats.released(0)  # killed
+    # Restarted in the same slot; its batches need not end where the killed one's did.
+    await stats.attach(_Resumed(checkpoint), holder=0, covered=covered)
+    if covered < 19:
+        stats.record_counts("0", 14, 5, [], [], holder=0)
+        stats.record_counts("0", 19, 5, [], [], holder=0)
+    stats.record_counts("0", 29, 10, [], [], holder=0)
+    stats.checkpointed("0", 0)
+    assert _stored(stats) == (stored, float(stored))
+
+
+async def test_a_previous_holders_batch_read_after_the_next_one_took_over_counts_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Worker 0 checkpointed at 19 and let go; worker 1 took the partition from there. Worker
+    # 0's reports of its last batches are read after worker 1's, over its own pipe.
+    stats, _ = await _supervised(monkeypatch, 1)
+    await stats.attach(_Resumed(None), holder=0)
+    stats.record_counts("0", 9, 10, [], [], holder=0)
+    await stats.attach(_Resumed(19), holder=1)
+    assert _stored(stats) == (10, 10.0)  # covered by the checkpoint worker 1 resumed from
+    stats.record_counts("0", 19, 10, [], [], holder=0)
+    stats.checkpointed("0", 0)
+    # Past that checkpoint (not covered when it let go): worker 1 processes it again.
+    stats.record_counts("0", 29, 10, [], [], holder=0)
+    stats.record_counts("0", 24, 5, [], [], holder=1)
+    assert _stored(stats) == (20, 20.0)
+    stats.checkpointed("0", 1)
+    assert _stored(stats) == (25, 25.0)
