@@ -75,7 +75,7 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
         self._client: ServiceBusClient | None = None
         self._sender: ServiceBusSender | None = None
         self._lock = asyncio.Lock()
-        # Every retry of every partition's publish used to be a warning of its own.
+        # Shared by every partition's publishes: a lasting failure is said once, not per retry.
         self._failures = RepeatedFailure("breach publishes", logger)
 
     async def __aenter__(self) -> Self:
