@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
-from azure.servicebus.aio import ServiceBusSender
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError, MessagingEntityNotFoundError
 
 from alerts.exceptions import AlertBusError, AlertError
@@ -26,6 +26,7 @@ from alerts.servicebus import (
     mapped_error,
 )
 from alerts.servicebus_config import ServiceBusSettings
+from common.repeated import RepeatedFailure
 from common.retry import Backoff, retry
 from schemas import Breach
 
@@ -42,7 +43,20 @@ _T = TypeVar("_T")
 
 
 class ServiceBusAlertPublisher(ServiceBusConnection):
-    """Publishes breaches to the topic ``settings.topic``, in as few batches as fit."""
+    """Publishes breaches to the topic ``settings.topic``, in as few batches as fit.
+
+    One instance serves every partition of a processor, so ``publish`` is called concurrently;
+    the SDK's sender is not coroutine-safe (its README says so: concurrent sends on one link
+    lost deliveries, which then timed out), so each call on it holds ``_lock``. The lock is
+    held per attempt, never across the waits between attempts.
+
+    A sender whose call failed is closed and the next attempt opens a new one. A failed call
+    may leave its link dead in a way the SDK does not repair: a busy broker echoes an attach
+    and then detaches it with ``com.microsoft:server-busy``; the SDK opens on the echo, its
+    keep-alive later reads the detach, and from then on every send raises that error again
+    without touching the broker (server-busy does not make the SDK reconnect). Seen as
+    "Service Bus is busy" for minutes after a busy spell ended.
+    """
 
     def __init__(
         self,
@@ -55,22 +69,23 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
             raise ValueError(f"attempt_timeout_s must be > 0, got {attempt_timeout_s}")
         self.backoff = backoff
         self.attempt_timeout_s = attempt_timeout_s
-        # The SDK's own retries are off: this class retries, with its own bound and logging,
-        # and the SDK reconnects the sender on the next call after a failure.
+        # The SDK's own retries are off: this class retries, with its own bound and logging.
         super().__init__(settings, retry_total=0, backoff_max_s=backoff.max_s)
         self.topic = settings.topic
+        self._client: ServiceBusClient | None = None
         self._sender: ServiceBusSender | None = None
+        self._lock = asyncio.Lock()
+        # Shared by every partition's publishes: a lasting failure is said once, not per retry.
+        self._failures = RepeatedFailure("breach publishes", logger)
 
     async def __aenter__(self) -> Self:
-        stack, client = await self._open_client()
-        sender = client.get_topic_sender(self.topic)
+        _stack, self._client = await self._open_client()
         try:
             # Retried like a send: a processor starting during a short outage waits it out.
-            await self._attempts("opening a sender", lambda: stack.enter_async_context(sender))
+            await self._attempts("opening a sender", _opened)
         except BaseException:
-            await self._close()
+            await self.__aexit__(None, None, None)
             raise
-        self._sender = sender
         return self
 
     async def __aexit__(
@@ -79,7 +94,8 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._sender = None
+        # Closing the client closes every sender it made.
+        self._sender = self._client = None
         await self._close()
 
     def _missing_topic(self) -> AlertError:
@@ -102,7 +118,7 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
         sent = 0
         batches = 0
         while sent < len(messages):
-            batch = await self._attempts("preparing a batch", self._new_batch)
+            batch = await self._attempts("preparing a batch", _new_batch)
             added = self._fill(batch, messages, sent)
             await self._attempts("sending breaches", functools.partial(self._send, batch))
             sent += added
@@ -111,13 +127,8 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
             "published alerts", extra={"topic": self.topic, "count": sent, "batches": batches}
         )
 
-    async def _new_batch(self) -> ServiceBusMessageBatch:
-        assert self._sender is not None
-        return await self._sender.create_message_batch()
-
-    async def _send(self, batch: ServiceBusMessageBatch) -> None:
-        assert self._sender is not None
-        await self._sender.send_messages(batch, timeout=self.attempt_timeout_s)
+    async def _send(self, batch: ServiceBusMessageBatch, sender: ServiceBusSender) -> None:
+        await sender.send_messages(batch, timeout=self.attempt_timeout_s)
 
     def _fill(
         self, batch: ServiceBusMessageBatch, messages: list[ServiceBusMessage], start: int
@@ -137,15 +148,45 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
             added += 1
         return added
 
-    async def _attempts(self, doing: str, operation: Callable[[], Awaitable[_T]]) -> _T:
-        """Run ``operation`` under the backoff; map the SDK error that ends it."""
-        what = f"{doing} for topic {self.topic!r}"
+    async def _with_sender(self, operation: Callable[[ServiceBusSender], Awaitable[_T]]) -> _T:
+        """One attempt: ``operation`` on the open sender (opened first if there is none),
+        alone on it; a sender that fails is closed, the next attempt opens another."""
+        async with self._lock:
+            self._require_open()  # it may have been closed while this call waited
+            assert self._client is not None
+            sender = self._sender
+            try:
+                # The SDK bounds sends itself; this bound also covers opening and
+                # reconnecting, which can hang on a broker that stopped answering.
+                async with asyncio.timeout(self.attempt_timeout_s * 2):
+                    if sender is None:
+                        sender = self._client.get_topic_sender(self.topic)
+                        await sender.__aenter__()
+                        self._sender = sender
+                    return await operation(sender)
+            except BaseException:
+                self._sender = None
+                if sender is not None:
+                    await self._discard(sender)
+                raise
 
-        async def attempt() -> _T:
-            # The SDK bounds sends itself; this bound also covers reconnecting, which can hang
-            # on a broker that stopped answering.
-            async with asyncio.timeout(self.attempt_timeout_s * 2):
-                return await operation()
+    async def _discard(self, sender: ServiceBusSender) -> None:
+        try:
+            # Bounded: a broker that stopped answering does not answer a detach either.
+            async with asyncio.timeout(self.attempt_timeout_s):
+                await asyncio.shield(sender.close())
+        except Exception as exc:
+            # The link is given up either way; the client closes what is left at exit.
+            logger.debug("closing a failed sender failed: %r", exc, extra={"topic": self.topic})
+
+    async def _attempts(
+        self, doing: str, operation: Callable[[ServiceBusSender], Awaitable[_T]]
+    ) -> _T:
+        """Run ``operation`` under the backoff; map the SDK error that ends it. Failures are
+        said through ``_failures``: once as they start, not at each retry, and their end once
+        a call succeeds again (one that gave up is repeated by its caller: still failing)."""
+        what = f"{doing} for topic {self.topic!r}"
+        key = f"topic {self.topic!r}"
 
         def mapped(exc: Exception) -> BaseException:
             if isinstance(exc, MessagingEntityNotFoundError):
@@ -153,7 +194,13 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
             return mapped_error(exc, what) if isinstance(exc, SDK_ERRORS) else exc
 
         try:
-            return await retry(attempt, backoff=self.backoff, what=what, map_error=mapped)
+            result = await retry(
+                functools.partial(self._with_sender, operation),
+                backoff=self.backoff,
+                what=what,
+                map_error=mapped,
+                on_failure=lambda exc, wait: self._failures.failed(key, exc, wait),
+            )
         except AlertError as exc:
             if not exc.retryable:
                 raise
@@ -164,6 +211,16 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
                 retryable=True,
                 retry_after=exc.retry_after,
             ) from exc.__cause__
+        self._failures.succeeded(key)
+        return result
+
+
+async def _opened(sender: ServiceBusSender) -> None:
+    """Nothing more: the attempt opened the sender."""
+
+
+async def _new_batch(sender: ServiceBusSender) -> ServiceBusMessageBatch:
+    return await sender.create_message_batch()
 
 
 def servicebus_publisher(

@@ -53,10 +53,21 @@ class RepeatedFailure:
     def failing(self) -> bool:
         return bool(self._failing)
 
-    def failed(self, key: str, exc: BaseException, retry_in: float | None = None) -> None:
+    def failed(
+        self,
+        key: str,
+        exc: BaseException,
+        retry_in: float | None = None,
+        *,
+        kind: str | None = None,
+    ) -> None:
+        """``key`` failed with ``exc``. Failures of one ``kind`` are said once; by default
+        the kind is the error's text, which must then not name the item that failed (pass a
+        ``kind`` without it, e.g. "503" for a write of any document)."""
         now = self.clock()
         again = f" (next in {retry_in:.1f} s)" if retry_in is not None else ""
         cause = describe(exc)
+        said_as = cause if kind is None else kind
         if not self._failing:
             self._since = now
             self._count = 0
@@ -64,8 +75,8 @@ class RepeatedFailure:
             self._said.clear()
         self._failing.add(key)
         self._count += 1
-        if cause not in self._said:
-            self._said.add(cause)
+        if said_as not in self._said:
+            self._said.add(said_as)
             self._logged_at = now
             # A cause that is not a passing one may be a bug: its traceback, once.
             self.logger.error(

@@ -20,11 +20,12 @@ from azure.cosmos.aio import ContainerProxy, CosmosClient
 from azure.cosmos.exceptions import CosmosAccessConditionFailedError, CosmosResourceExistsError
 
 from common import redact
+from common.repeated import RepeatedFailure
 from common.retry import Backoff
 from schemas import QuarantineRecord, TelemetryDocument
 from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
 from store.cosmos_connection import credential_from, open_containers
-from store.cosmos_errors import call, map_error, read_item_or_none
+from store.cosmos_errors import call, map_error, read_item_or_none, request_failures
 from store.cosmos_items import (
     COUNT_QUERY,
     QUARANTINE_INDEXING,
@@ -93,6 +94,9 @@ class CosmosStore:
         self.connection_verify = connection_verify
         self.enable_endpoint_discovery = enable_endpoint_discovery
         self._close_credential = close_credential
+        # Shared by every request of this store: a lasting failure is said once, not per
+        # document and retry.
+        self.failures = request_failures()
         self._client: CosmosClient | None = None
         self._containers: dict[str, ContainerProxy] = {}
         self._closed = False
@@ -162,7 +166,7 @@ class CosmosStore:
     async def _call(
         self, what: str, operation: Callable[[], Awaitable[T]], container: ContainerProxy
     ) -> T:
-        return await call(what, operation, self.backoff, container.id)
+        return await call(what, operation, self.backoff, container.id, self.failures)
 
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the state container can be read now (one try, no retry:
@@ -194,7 +198,10 @@ class CosmosStore:
             # upserted.
             items = [(telemetry, telemetry_item(doc), doc.event_id is not None) for doc in round_]
             written = await write_all(
-                items + records, max_concurrency=self.max_concurrency, backoff=self.backoff
+                items + records,
+                max_concurrency=self.max_concurrency,
+                backoff=self.backoff,
+                failures=self.failures,
             )
             refused.update(id(doc) for doc, ok in zip(round_, written, strict=False) if not ok)
             records = []
@@ -335,6 +342,7 @@ async def write_all(
     *,
     max_concurrency: int,
     backoff: Backoff,
+    failures: RepeatedFailure | None = None,
 ) -> list[bool]:
     """Write every (container, item, keyed) with at most ``max_concurrency`` requests in
     flight: upserted, or when ``keyed`` created unless an item with the same event holds the
@@ -349,13 +357,14 @@ async def write_all(
         # Workers share one iterator: bounded concurrency without a task per item.
         for index, (container, item, keyed) in pending:
             if keyed:
-                written[index] = await put_keyed(container, item, backoff)
+                written[index] = await put_keyed(container, item, backoff, failures)
             else:
                 await call(
                     f"upsert {container.id}/{item['id']}",
                     functools.partial(container.upsert_item, item, no_response=True),
                     backoff,
                     container.id,
+                    failures,
                 )
 
     try:
@@ -373,7 +382,12 @@ async def write_all(
     return written
 
 
-async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Backoff) -> bool:
+async def put_keyed(
+    container: ContainerProxy,
+    item: dict[str, Any],
+    backoff: Backoff,
+    failures: RepeatedFailure | None = None,
+) -> bool:
     """Create the item; if its id exists, replace it only when the stored item holds the same
     event (a re-read or replay). False: a different event holds the id, nothing written."""
     name = f"{container.id}/{item['id']}"
@@ -383,6 +397,7 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
             functools.partial(container.create_item, item, no_response=True),
             backoff,
             container.id,
+            failures,
         )
         return True
     except StoreConflict:
@@ -392,6 +407,7 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
         functools.partial(container.read_item, item["id"], partition_key=item["pk"]),
         backoff,
         container.id,
+        failures,
     )
     if event_fields(stored) != event_fields(item):
         return False
@@ -400,6 +416,7 @@ async def put_keyed(container: ContainerProxy, item: dict[str, Any], backoff: Ba
         functools.partial(container.upsert_item, item, no_response=True),
         backoff,
         container.id,
+        failures,
     )
     return True
 

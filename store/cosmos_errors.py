@@ -13,6 +13,7 @@ store set up wrongly (``ContainerNotFound``), never "nothing there".
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from azure.cosmos.exceptions import (
     CosmosResourceNotFoundError,
 )
 
+from common.repeated import RepeatedFailure
 from common.retry import Backoff, retry
 from store.exceptions import (
     ContainerNotFound,
@@ -34,6 +36,8 @@ from store.exceptions import (
 )
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 # 408 timeout, 410 gone (partition moved), 429 throttled, 449 retry-with (concurrent update of
 # the same item), 5xx: the same request may well succeed later.
@@ -99,20 +103,49 @@ def map_error(exc: AzureError, what: str, container: str | None = None) -> Store
     return StoreError(f"{what}: {exc}")
 
 
+def failure_kind(exc: BaseException) -> str:
+    """What a failure is, without the request or item it hit and without the parts of the
+    answer that differ per request (Cosmos DB names an activity id in every message)."""
+    if isinstance(exc, CosmosHttpResponseError):
+        sub_status = f"/{exc.sub_status}" if exc.sub_status else ""
+        return f"Cosmos DB answered {exc.status_code}{sub_status}"
+    return type(exc).__name__
+
+
+def request_failures() -> RepeatedFailure:
+    """How a store says its requests failing: one line as they start (per kind of failure), a
+    reminder a minute, one line as they end, not a warning per document and retry (a 90 s
+    outage was 2,704 lines)."""
+    return RepeatedFailure("Cosmos DB requests", logger)
+
+
 async def call(
     what: str,
     operation: Callable[[], Awaitable[T]],
     backoff: Backoff,
     container: str | None = None,
+    failures: RepeatedFailure | None = None,
 ) -> T:
     """Run one Cosmos call (in ``container``, when it is one container's) under the common
     retry loop: SDK errors become store errors, the retryable ones are retried on
-    ``backoff``; raise the StoreError that ends it."""
+    ``backoff``; raise the StoreError that ends it. Retries are said through ``failures``
+    (a store's requests share one), or else through a ``request_failures()`` of the call's own.
+    A call that gives up leaves its container failing: its batch is retried further out."""
+    failures = failures if failures is not None else request_failures()
+    key = f"container {container!r}" if container else "the database"
+    kind = ""
 
     def mapped(exc: Exception) -> BaseException:
+        nonlocal kind
+        kind = failure_kind(exc)
         return map_error(exc, what, container) if isinstance(exc, AzureError) else exc
 
-    return await retry(operation, backoff=backoff, what=what, map_error=mapped)
+    def failed(error: BaseException, wait: float) -> None:
+        failures.failed(key, error, wait, kind=f"{kind} ({key})")
+
+    result = await retry(operation, backoff=backoff, what=what, map_error=mapped, on_failure=failed)
+    failures.succeeded(key)
+    return result
 
 
 async def read_item_or_none(

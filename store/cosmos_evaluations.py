@@ -26,7 +26,7 @@ from common.retry import Backoff
 from schemas import EvaluationResult, JobManifest, ShardProgress
 from store.cosmos_config import DEFAULT_BACKOFF, CosmosSettings
 from store.cosmos_connection import credential_from, open_containers
-from store.cosmos_errors import call
+from store.cosmos_errors import call, request_failures
 from store.exceptions import StoreError
 
 T = TypeVar("T")
@@ -74,6 +74,8 @@ class CosmosEvaluationStore:
         self.backoff = backoff or DEFAULT_BACKOFF
         self.connection_verify = connection_verify
         self.enable_endpoint_discovery = enable_endpoint_discovery
+        # Shared by every request: a lasting failure is said once, not per result and retry.
+        self.failures = request_failures()
         self._client: CosmosClient | None = None
         self._containers: dict[str, ContainerProxy] = {}
         self._closed = False
@@ -116,7 +118,7 @@ class CosmosEvaluationStore:
     async def _call(
         self, what: str, operation: Callable[[], Awaitable[T]], container: ContainerProxy
     ) -> T:
-        return await call(what, operation, self.backoff, container.id)
+        return await call(what, operation, self.backoff, container.id, self.failures)
 
     async def upsert_results(self, results: Sequence[EvaluationResult]) -> None:
         """Upsert every result, ``MAX_CONCURRENCY`` at a time. A write that gives up stops the

@@ -4,6 +4,7 @@ picks its HTTP transport, without a server."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 from common.retry import Backoff
 from store.cosmos import write_all
 from store.cosmos_connection import transport_options
+from store.cosmos_errors import request_failures
 from store.exceptions import StoreUnavailable
 
 
@@ -34,7 +36,7 @@ class FakeContainer:
         try:
             await asyncio.sleep(0.001)
             if item["id"] in self.fail_ids:
-                raise CosmosHttpResponseError(status_code=503, message="down")
+                raise CosmosHttpResponseError(status_code=503, message="down")  # type: ignore[no-untyped-call]
             self.stored.append(item["id"])
         finally:
             self.in_flight -= 1
@@ -72,6 +74,51 @@ async def test_first_failure_raises_a_store_error_and_stops_the_rest() -> None:
 
 async def test_nothing_to_write_makes_no_request() -> None:
     await write_all([], max_concurrency=4, backoff=NO_RETRY)
+
+
+class OutageContainer(FakeContainer):
+    """Answers 503 to its first ``failures`` requests, each with an activity id of its own as
+    Cosmos DB does, then stores."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.id = "telemetry"
+        self.failures_left = failures
+
+    async def upsert_item(self, item: dict[str, Any], *, no_response: bool) -> None:
+        await asyncio.sleep(0)
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            message = f"unavailable ActivityId: {self.failures_left}"
+            raise CosmosHttpResponseError(status_code=503, message=message)  # type: ignore[no-untyped-call]
+        self.stored.append(item["id"])
+
+
+async def test_an_outage_is_said_in_two_lines_not_one_per_document_and_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 90 s outage of Cosmos DB wrote 2,704 lines: a warning per document per retry."""
+    caplog.set_level(logging.INFO)
+    container = OutageContainer(failures=600)
+    items: list[tuple[Any, dict[str, Any], bool]] = [
+        (container, {"id": str(i)}, False) for i in range(200)
+    ]
+    every_retry = Backoff(initial_s=0.0, max_s=0.0, jitter=False, max_retries=None)
+
+    await write_all(items, max_concurrency=8, backoff=every_retry, failures=request_failures())
+
+    assert sorted(container.stored, key=int) == [str(i) for i in range(200)]
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert len(said) == 2, said
+    (first_level, first), (last_level, last) = said
+    assert first_level == logging.ERROR
+    assert first.startswith("Cosmos DB requests failing: upsert telemetry/")
+    assert ": Cosmos DB answered 503: Status code: 503 unavailable ActivityId: " in first
+    assert first.endswith(
+        "(container 'telemetry'); retrying until they succeed (next in 0.0 s), nothing is lost"
+    )
+    assert last_level == logging.WARNING
+    assert last.startswith("Cosmos DB requests succeed again, after 600 failures over ")
 
 
 def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
