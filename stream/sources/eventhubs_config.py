@@ -4,6 +4,7 @@ load (and fail early with a clear message) on machines without the Azure SDK."""
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -76,3 +77,18 @@ def check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:
             "(DefaultAzureCredential) for its Blob checkpoints"
         )
 
+
+def namespace_shown(settings: EventHubsSettings) -> str:
+    """The namespace the settings name, and which setting names it, for an error to say where
+    it looked (its host only: never the key of the connection string)."""
+    if settings.connection_string is not None:
+        parts = dict(
+            part.split("=", 1)
+            for part in settings.connection_string.get_secret_value().split(";")
+            if "=" in part
+        )
+        endpoints = [value for key, value in parts.items() if key.strip().lower() == "endpoint"]
+        host = urlsplit(endpoints[0].strip()).netloc if endpoints else ""
+        return f"namespace {host or '?'} of azure.eventhubs.connection_string"
+    namespace = settings.fully_qualified_namespace
+    return f"namespace {namespace} of azure.eventhubs.fully_qualified_namespace"
