@@ -35,7 +35,7 @@ from stream.sources.eventhubs_partition import (
     EventHubsPartition,
     StartingPositions,
 )
-from stream.sources.eventhubs_sdk import default_credential, map_error
+from stream.sources.eventhubs_sdk import checkpoint_error, default_credential, map_error
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -47,6 +47,11 @@ SOURCE_NAME = "eventhubs"
 # The checkpoint store pins this Storage API version; the container check uses the same one
 # so both work against the same services (Azurite included).
 CHECKPOINT_API_VERSION = "2019-07-07"
+# The Storage SDK's retries of the container check at start: waits of about 1, 3 and 5 s. Its
+# default (15, 18 and 24 s, plus jitter) kept an unreachable account unreported for 90 s per
+# start; whoever runs the source retries the start itself.
+CHECK_RETRY: dict[str, Any] = {"retry_total": 3, "initial_backoff": 1, "increment_base": 2}
+
 _STARTING_POSITIONS: dict[str, str] = {"earliest": "-1", "latest": "@latest"}
 _CLOSE_REASONS: dict[SdkCloseReason, CloseReason] = {
     SdkCloseReason.SHUTDOWN: CloseReason.SHUTDOWN,
@@ -329,6 +334,7 @@ class EventHubsSource:
                 settings.checkpoint_connection_string.get_secret_value(),
                 settings.checkpoint_container,
                 api_version=CHECKPOINT_API_VERSION,
+                **CHECK_RETRY,
             )
         else:
             assert settings.checkpoint_account_url is not None
@@ -337,6 +343,7 @@ class EventHubsSource:
                 settings.checkpoint_container,
                 credential=credential,
                 api_version=CHECKPOINT_API_VERSION,
+                **CHECK_RETRY,
             )
         async with container:
             try:
@@ -347,9 +354,9 @@ class EventHubsSource:
                 except ResourceExistsError:
                     pass
                 except AzureError as exc:
-                    raise map_error(exc, "checkpoint container creation") from exc
+                    raise checkpoint_error(exc, "container creation", settings) from exc
             except AzureError as exc:
-                raise map_error(exc, "checkpoint container check") from exc
+                raise checkpoint_error(exc, "container check", settings) from exc
 
     def _consumer_client(
         self, store: CheckpointStore, credential: AsyncTokenCredential | None

@@ -74,6 +74,35 @@ def map_error(
     return SourceError(message)
 
 
+def checkpoint_error(exc: Exception, action: str, settings: EventHubsSettings) -> SourceError:
+    """The project's error for a Storage SDK error of the checkpoint store, in one line: the
+    service's error code and the first line of its message (not the XML body the SDK appends),
+    and the settings it is about. Refused credentials or a container name the service rejects
+    are configuration errors; unreachable or busy storage is retryable."""
+    account = (
+        "azure.eventhubs.checkpoint_connection_string"
+        if settings.checkpoint_connection_string is not None
+        else f"azure.eventhubs.checkpoint_account_url {settings.checkpoint_account_url}"
+    )
+    where = (
+        f"azure.eventhubs.checkpoint_container {settings.checkpoint_container!r} in the "
+        f"account of {account}"
+    )
+    if not isinstance(exc, HttpResponseError):
+        mapped = map_error(exc, f"checkpoint store {action}")
+        return type(mapped)(f"{mapped} ({where})", retry_after=mapped.retry_after)
+    status = exc.status_code or 0
+    code = getattr(exc, "error_code", None) or exc.reason or status
+    code = getattr(code, "value", code)  # the Storage SDK's StorageErrorCode enum
+    message = f"checkpoint store {action} failed: {status} {code}: {_first_line(exc)} ({where})"
+    if status == 429 or status >= 500:
+        return SourceUnavailable(message, retry_after=_retry_after(exc))
+    if status in (400, 401, 403):
+        # The key, the SAS or the role (403), or the container's name (400): no retry mends it.
+        return SourceMisconfigured(message)
+    return SourceError(message)
+
+
 def _first_line(exc: Exception) -> str:
     # The Event Hubs SDK's errors repeat their message over two more lines ("Error condition:
     # ...", " Error Description: ..."); the first says it all.

@@ -117,6 +117,46 @@ def test_an_unreachable_namespace_is_never_idle_with_until_idle(
 
 
 @pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        (
+            "CHECKPOINT_CONNECTION_STRING",
+            lambda cs: cs.replace("AccountKey=Eby8", "AccountKey=AAAA"),
+            "403 AuthorizationFailure: Server failed to authenticate the request.",
+        ),
+        ("CHECKPOINT_CONTAINER", lambda _: "ab", "400 OutOfRangeInput: The specified resource"),
+    ],
+)
+def test_a_refused_checkpoint_store_is_one_line_naming_it_and_exit_2(
+    tmp_path: Path, env: dict[str, str], setting: str, value: Any, says: str
+) -> None:
+    name = f"EVALSTREAM_AZURE__EVENTHUBS__{setting}"
+    env[name] = value(env[name])
+    result = run(tmp_path, env, "process", "--no-ingest", "--until-idle", "2")
+    error = the_error(result)
+    assert result.returncode == 2, result.stderr
+    assert says in error, error
+    assert "azure.eventhubs.checkpoint_container" in error, error
+    assert "azure.eventhubs.checkpoint_connection_string" in error, error
+
+
+def test_an_unreachable_checkpoint_store_is_never_idle_with_until_idle(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    connection = env["EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING"]
+    start = connection.index("BlobEndpoint=")
+    end = connection.index(";", start)
+    env["EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING"] = (
+        connection[:start] + "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1" + connection[end:]
+    )
+    env["EVALSTREAM_AZURE__EVENTHUBS__RECEIVE_IN_CHILD_PROCESS"] = "false"
+    result = run(tmp_path, env, "process", "--no-ingest", "--until-idle", "2")
+    error = the_error(result)
+    assert "Connect call failed" in error, error
+    assert "azure.eventhubs.checkpoint_connection_string" in error, error
+
+
+@pytest.mark.parametrize(
     "command", [["send", "events.ndjson"], ["simulate", "--count", "3", "--no-pace"]]
 )
 @pytest.mark.parametrize("fault", ["missing hub", "unreachable namespace"])
