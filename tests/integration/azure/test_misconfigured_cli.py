@@ -180,3 +180,16 @@ def test_send_and_simulate_to_a_missing_or_unreachable_hub_say_it_in_one_line(
         assert f"event hub {hub!r} does not exist" in error, error
     else:
         assert "namespace 127.0.0.1:1 of azure.eventhubs.connection_string" in error, error
+
+
+def test_a_missing_alert_topic_ends_process_at_start_with_exit_2(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """As ``alerts listen`` says a missing subscription at start; before, process started and
+    retried its first breach's publish for ever (the test broker refuses a sender's attach to
+    a missing topic with an attach and a detach, which the SDK's sender only meets at a send)."""
+    env["EVALSTREAM_AZURE__SERVICEBUS__TOPIC"] = "no-such-topic"
+    result = run(tmp_path, env, "process", "--no-ingest", "--until-idle", "2")
+    error = the_error(result)
+    assert result.returncode == 2, result.stderr
+    assert "Service Bus topic 'no-such-topic' (azure.servicebus.topic) does not exist" in error
