@@ -68,12 +68,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
-from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
@@ -99,6 +100,8 @@ from common import redact
 from common.amqp import body_bytes as amqp_body_bytes
 from schemas import Breach
 
+logger = logging.getLogger(__name__)
+
 CONTENT_TYPE = "application/json"
 # The longest wait between the SDK's own retries (receivers) and between the publisher's.
 DEFAULT_BACKOFF_MAX_S = 8.0
@@ -114,9 +117,46 @@ _TRANSIENT = (
     ServiceBusQuotaExceededError,
     MessagingEntityDisabledError,
 )
+# The AMQP error condition of a refused link to a missing entity.
+NOT_FOUND = b"amqp:not-found"
 # What the SDK can raise besides its own errors (credential errors are AzureErrors, sockets
 # and timeouts can surface unwrapped from the AMQP layer).
 SDK_ERRORS = (ServiceBusError, MessageAlreadySettled, AzureError, OSError, TimeoutError)
+
+
+async def refused_as_missing(
+    link: ServiceBusSender | ServiceBusReceiver, path: str
+) -> Exception | None:
+    """The link's error if its entity does not exist (``amqp:not-found``), found right after
+    opening it rather than at its first send or receive; None otherwise.
+
+    Service Bus answers the attach of a missing entity with an attach and an immediate detach
+    (``amqp:not-found``), and the SDK's open returns between the two. One turn of the SDK's
+    frame loop reads the detach; the next raises it. A receiver without prefetch has no credit
+    and a sender sends nothing in it, so no message moves. It reaches into the SDK's private
+    handler (azure-servicebus is pinned to 7.15); without it the first send or receive meets
+    the same error: a sender, after retrying its attach until its deadline.
+    """
+    handler = getattr(link, "_handler", None)
+    do_work = getattr(handler, "do_work_async", None)
+    if do_work is None:
+        return None
+    try:
+        await do_work()
+        # The first turn reads the detach and marks the link failed; the next raises.
+        state = getattr(getattr(handler, "_link", None), "state", None)
+        if getattr(state, "name", None) == "ERROR":
+            await do_work()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # The SDK's private AMQP layer: its errors are not ServiceBusErrors yet.
+        condition = getattr(exc, "condition", None)
+        if getattr(condition, "value", condition) == NOT_FOUND:
+            return exc
+        # Anything else is for the first send or receive to retry or report.
+        logger.debug("probing the link of %s failed: %r", path, exc)
+    return None
 
 
 def correlation_filter(spec: SubscriptionSpec) -> dict[str, str]:

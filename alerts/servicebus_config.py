@@ -3,9 +3,10 @@ without the SDK."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict
 
 from common import redact
+from common.connection_strings import NamespaceConnectionString
 
 
 class ServiceBusSettings(BaseModel):
@@ -14,6 +15,6 @@ class ServiceBusSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    connection_string: SecretStr | None = None
+    connection_string: NamespaceConnectionString | None = None
     fully_qualified_namespace: redact.NamespaceName | None = None
     topic: str = "breaches"

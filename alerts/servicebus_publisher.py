@@ -17,13 +17,14 @@ from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError, MessagingEntityNotFoundError
 
-from alerts.exceptions import AlertBusError, AlertError
+from alerts.exceptions import AlertBusError, AlertBusMisconfigured, AlertError
 from alerts.servicebus import (
     DEFAULT_BACKOFF_MAX_S,
     SDK_ERRORS,
     ServiceBusConnection,
     breach_message,
     mapped_error,
+    refused_as_missing,
 )
 from alerts.servicebus_config import ServiceBusSettings
 from common.repeated import RepeatedFailure
@@ -83,6 +84,14 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
         try:
             # Retried like a send: a processor starting during a short outage waits it out.
             await self._attempts("opening a sender", _opened)
+            # A missing topic is said at start, as a listener says a missing subscription:
+            # otherwise only the first breach met it, and its publish was retried for ever.
+            # (Another error the probe reads, e.g. a busy detach, is for the first send: a
+            # failed send opens a fresh sender.)
+            assert self._sender is not None
+            refused = await refused_as_missing(self._sender, self.topic)
+            if refused is not None:
+                raise self._missing_topic() from refused
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -99,9 +108,9 @@ class ServiceBusAlertPublisher(ServiceBusConnection):
         await self._close()
 
     def _missing_topic(self) -> AlertError:
-        return AlertBusError(
-            f"Service Bus topic {self.topic!r} does not exist in {self.where}; topics are "
-            "provisioned infrastructure (see alerts/servicebus.py)"
+        return AlertBusMisconfigured(
+            f"Service Bus topic {self.topic!r} (azure.servicebus.topic) does not exist in "
+            f"{self.where}; topics are provisioned infrastructure (see alerts/servicebus.py)"
         )
 
     async def publish(self, breaches: Sequence[Breach]) -> None:

@@ -6,7 +6,6 @@ a subscription that is not provisioned is reported as ``UnknownSubscriptionError
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from alerts.servicebus import (
     ServiceBusConnection,
     body_bytes,
     mapped_error,
+    refused_as_missing,
     utc,
 )
 from alerts.servicebus_config import ServiceBusSettings
@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 # A received message whose lock ran out this long ago is forgotten even if never settled.
 FORGET_AFTER_S = 300.0
-# The AMQP error condition of a refused link to a missing entity.
-NOT_FOUND = b"amqp:not-found"
 # receive_messages refuses a wait of 0; the smallest wait that still means "do not wait".
 MIN_WAIT_S = 0.01
 _T = TypeVar("_T")
@@ -113,33 +111,10 @@ class ServiceBusAlertReceiver(ServiceBusConnection):
         return self
 
     async def _confirm_attached(self, receiver: ServiceBusReceiver) -> None:
-        """Fail here, not at the first receive, when the subscription does not exist.
-
-        Service Bus answers the attach of a missing entity with an attach and an immediate
-        detach (``amqp:not-found``), and the SDK's open returns between the two. One turn of
-        the SDK's frame loop reads the detach; with no prefetch the link has no credit, so this
-        cannot receive a message. It reaches into the SDK's private handler (azure-servicebus
-        is pinned to 7.15); without it the first receive reports the same error.
-        """
-        handler = getattr(receiver, "_handler", None)
-        do_work = getattr(handler, "do_work_async", None)
-        if do_work is None:
-            return
-        try:
-            await do_work()
-            # The first turn reads the detach and marks the link failed; the next raises.
-            state = getattr(getattr(handler, "_link", None), "state", None)
-            if getattr(state, "name", None) == "ERROR":
-                await do_work()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The SDK's private AMQP layer: its errors are not ServiceBusErrors yet.
-            condition = getattr(exc, "condition", None)
-            if getattr(condition, "value", condition) == NOT_FOUND:
-                raise _MissingSubscriptionError(self.spec.name, self.topic, self.where) from exc
-            # Anything else is for the first receive to retry or report.
-            logger.debug("probing the link of %s failed: %r", self.path, exc)
+        """Fail here, not at the first receive, when the subscription does not exist."""
+        refused = await refused_as_missing(receiver, self.path)
+        if refused is not None:
+            raise _MissingSubscriptionError(self.spec.name, self.topic, self.where) from refused
 
     async def __aexit__(
         self,

@@ -260,12 +260,16 @@ async def _stop_when_idle(stats: ProcessorStats, idle_s: float, stop: asyncio.Ev
 
     The lag is polled (every 0.2 s at most) but the quiet time counts from the last batch's
     own time, and the last wait ends when ``idle_s`` has passed since it: the command stops
-    ``idle_s`` after its last batch, not up to a polling interval later."""
+    ``idle_s`` after its last batch, not up to a polling interval later.
+
+    While no partition is owned nothing is caught up: a source not reached yet (a namespace
+    or checkpoint store unreachable, retried) is not idle, and the run ends with its error
+    when it gives up, never with "stopped" and exit 0."""
     last_change = time.monotonic()
     while not stop.is_set():
         lags = await stats.lag()
         now = time.monotonic()
-        if any(lag for lag in lags.values()):
+        if not lags or any(lag for lag in lags.values()):
             last_change = now
         if stats.last_batch_at is not None:
             last_change = max(last_change, stats.last_batch_at)

@@ -61,8 +61,10 @@ class CosmosSettings(BaseModel):
         # The SDK signs requests with the decoded key: one that is not base64 failed there.
         if key is not None:
             try:
-                base64.b64decode(key.get_secret_value(), validate=True)
-            except binascii.Error:
+                # An empty key decodes too, and signs every request wrongly.
+                if not base64.b64decode(key.get_secret_value(), validate=True):
+                    raise ValueError("empty")
+            except (binascii.Error, ValueError):
                 raise ValueError("is not a Cosmos DB key (the account's base64 key)") from None
         return key
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from common import redact
+from common.connection_strings import StorageConnectionString
 from schemas.bounds import (
     MAX_COUNT,
     MAX_DURATION_MINUTES,
@@ -149,7 +150,7 @@ class StagingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    connection_string: SecretStr | None = None
+    connection_string: StorageConnectionString | None = None
     account_url: redact.BlobAccountUrl | None = None
     container: str = "coldpath-manifests"
     # How long a task's SAS URL stays valid: longer than a job can wait and retry.
@@ -204,7 +205,9 @@ class BatchSettings(BaseModel):
     def _base64_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             try:
-                base64.b64decode(value.get_secret_value(), validate=True)
+                # An empty key decodes too, and signs every request wrongly.
+                if not base64.b64decode(value.get_secret_value(), validate=True):
+                    raise ValueError("empty")
             except (binascii.Error, ValueError):
                 raise ValueError(
                     "is not base64: copy a key of the Batch account (portal: Keys)"

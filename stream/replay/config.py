@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from common import redact
+from common.connection_strings import StorageConnectionString
 from schemas.bounds import PositiveCount
 
 
@@ -15,7 +16,7 @@ class CaptureSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    connection_string: SecretStr | None = None
+    connection_string: StorageConnectionString | None = None
     account_url: redact.BlobAccountUrl | None = None
     container: str = "capture"
     prefix: str = ""

@@ -4,10 +4,12 @@ load (and fail early with a clear message) on machines without the Azure SDK."""
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict
 
 from common import redact
+from common.connection_strings import NamespaceConnectionString, StorageConnectionString
 from schemas.bounds import PositiveCount, PositiveSeconds
 from stream.exceptions import SourceMisconfigured
 
@@ -23,14 +25,14 @@ class EventHubsSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    connection_string: SecretStr | None = None
+    connection_string: NamespaceConnectionString | None = None
     fully_qualified_namespace: redact.NamespaceName | None = None
     eventhub_name: str = "telemetry"
     # The hub's partition count (set it to the hub's): at most this many processors share the
     # work, so an autoscaler must not go past it (deploy/k8s's KEDA maximum is checked against
     # this setting).
     partitions: PositiveCount = 4
-    checkpoint_connection_string: SecretStr | None = None
+    checkpoint_connection_string: StorageConnectionString | None = None
     checkpoint_account_url: redact.BlobAccountUrl | None = None
     checkpoint_container: str = "evalstream-checkpoints"
     # Where a partition without a checkpoint starts: the oldest retained event or new ones only
@@ -74,3 +76,19 @@ def check_settings(settings: EventHubsSettings, *, checkpoints: bool) -> None:
             "azure.eventhubs needs checkpoint_connection_string or checkpoint_account_url "
             "(DefaultAzureCredential) for its Blob checkpoints"
         )
+
+
+def namespace_shown(settings: EventHubsSettings) -> str:
+    """The namespace the settings name, and which setting names it, for an error to say where
+    it looked (its host only: never the key of the connection string)."""
+    if settings.connection_string is not None:
+        parts = dict(
+            part.split("=", 1)
+            for part in settings.connection_string.get_secret_value().split(";")
+            if "=" in part
+        )
+        endpoints = [value for key, value in parts.items() if key.strip().lower() == "endpoint"]
+        host = urlsplit(endpoints[0].strip()).netloc if endpoints else ""
+        return f"namespace {host or '?'} of azure.eventhubs.connection_string"
+    namespace = settings.fully_qualified_namespace
+    return f"namespace {namespace} of azure.eventhubs.fully_qualified_namespace"

@@ -23,7 +23,7 @@ from azure.eventhub.exceptions import EventHubError
 from azure.storage.blob.aio import ContainerClient
 
 from common.errors import Misconfigured
-from common.retry import retry
+from common.retry import retry, until_first
 from stream.config import ProcessorSettings
 from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
 from stream.exceptions import PartitionLost, SourceError
@@ -35,7 +35,7 @@ from stream.sources.eventhubs_partition import (
     EventHubsPartition,
     StartingPositions,
 )
-from stream.sources.eventhubs_sdk import default_credential, map_error
+from stream.sources.eventhubs_sdk import checkpoint_error, default_credential, map_error
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -47,6 +47,10 @@ SOURCE_NAME = "eventhubs"
 # The checkpoint store pins this Storage API version; the container check uses the same one
 # so both work against the same services (Azurite included).
 CHECKPOINT_API_VERSION = "2019-07-07"
+# The Storage SDK's retries of the container check at start: waits of about 1, 3 and 5 s. Its
+# default (15, 18 and 24 s, plus jitter) kept an unreachable account unreported for 90 s per
+# start; whoever runs the source retries the start itself.
+CHECK_RETRY: dict[str, Any] = {"retry_total": 3, "initial_backoff": 1, "increment_base": 2}
 
 _STARTING_POSITIONS: dict[str, str] = {"earliest": "-1", "latest": "@latest"}
 _CLOSE_REASONS: dict[SdkCloseReason, CloseReason] = {
@@ -113,6 +117,7 @@ class EventHubsSource:
                 client = self._consumer_client(store, credential)
                 self._client, self._store = client, store
                 async with client:
+                    await self._check_hub(client, stop)
                     await self._receive(client, stop)
         finally:
             self._handler, self._client, self._store = None, None, None
@@ -120,6 +125,27 @@ class EventHubsSource:
             self._partitions.clear()
             if credential is not None:
                 await credential.close()
+
+    async def _check_hub(self, client: EventHubConsumerClient, stop: asyncio.Event) -> None:
+        """Reach the hub once before receiving. The SDK's receive loop meets a missing hub or
+        an unreachable namespace only in its load-balancing rounds, which report it to
+        ``on_error`` and try again, for ever, owning no partition: a missing hub is a
+        configuration error (raised), an unreachable namespace a retryable one (whoever runs
+        the source decides how long to retry). A stop meanwhile ends the check (the SDK's own
+        retries of it take seconds)."""
+        checking = asyncio.ensure_future(client.get_partition_ids())
+        try:
+            await until_first(checking, stop)
+        finally:
+            if not checking.done():
+                checking.cancel()
+                await asyncio.wait([checking])
+        if checking.cancelled():
+            return
+        try:
+            checking.result()
+        except (EventHubError, AzureError) as exc:
+            raise map_error(exc, "start check", self.settings) from exc
 
     async def _receive(self, client: EventHubConsumerClient, stop: asyncio.Event) -> None:
         assert self._store is not None
@@ -269,13 +295,19 @@ class EventHubsSource:
 
     async def _on_error(self, sdk: SdkPartitionContext | None, error: Exception) -> None:
         # The SDK recovers by itself (reconnects, re-claims partitions from their checkpoint);
-        # this is where its errors become visible.
+        # this is where its errors become visible. The service's are errors, not warnings:
+        # while one lasts, partitions are not received (an unreachable namespace, a hub
+        # deleted meanwhile); a receive this source ended itself (PartitionLost) is a warning.
         self.errors += 1
-        logger.warning(
+        service = isinstance(error, (EventHubError, AzureError))
+        logger.log(
+            logging.ERROR if service else logging.WARNING,
             "Event Hubs error",
             extra={
                 "partition": None if sdk is None else sdk.partition_id,
-                "error": f"{type(error).__name__}: {error}",
+                "error": str(map_error(error, "receive", self.settings))
+                if service
+                else f"{type(error).__name__}: {error}",
             },
         )
 
@@ -302,6 +334,7 @@ class EventHubsSource:
                 settings.checkpoint_connection_string.get_secret_value(),
                 settings.checkpoint_container,
                 api_version=CHECKPOINT_API_VERSION,
+                **CHECK_RETRY,
             )
         else:
             assert settings.checkpoint_account_url is not None
@@ -310,6 +343,7 @@ class EventHubsSource:
                 settings.checkpoint_container,
                 credential=credential,
                 api_version=CHECKPOINT_API_VERSION,
+                **CHECK_RETRY,
             )
         async with container:
             try:
@@ -320,9 +354,9 @@ class EventHubsSource:
                 except ResourceExistsError:
                     pass
                 except AzureError as exc:
-                    raise map_error(exc, "checkpoint container creation") from exc
+                    raise checkpoint_error(exc, "container creation", settings) from exc
             except AzureError as exc:
-                raise map_error(exc, "checkpoint container check") from exc
+                raise checkpoint_error(exc, "container check", settings) from exc
 
     def _consumer_client(
         self, store: CheckpointStore, credential: AsyncTokenCredential | None

@@ -104,7 +104,7 @@ class EventHubsSink:
             for key, group in groups.items():
                 await self._send(client, key, group)
         except (EventHubError, AzureError) as exc:
-            raise map_error(exc, "send") from exc
+            raise map_error(exc, "send", self.settings) from exc
 
     async def _send(
         self, client: EventHubProducerClient, key: str | None, bodies: list[bytes]

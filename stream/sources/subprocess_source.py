@@ -303,6 +303,15 @@ class SubprocessSource:
             # ever; a configuration error (not retryable) is reported at once.
             return is_retryable(error) and failed_starts < MAX_FAILED_STARTS
 
+        def said(error: BaseException, wait: float) -> None:
+            # An error, not a warning: nothing is received until a child works.
+            logger.error(
+                "receiver process failed (%s); starting another in %.2fs",
+                error,
+                wait,
+                extra={"failed_starts": failed_starts, "retry_wait_s": wait},
+            )
+
         try:
             await retry(
                 one_child,
@@ -310,6 +319,7 @@ class SubprocessSource:
                 what="receiver process",
                 retryable=worth_restarting,
                 stop=stop,
+                on_failure=said,
             )
         except Stopped:
             return

@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any
 
+from common.errors import EvalstreamError
 from stream.exceptions import SourceError, SourceUnavailable
 from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
 from stream.sources.subprocess_channel import (
@@ -125,7 +126,11 @@ async def _child(read_fd: int, write_fd: int, window: int) -> int:
         await asyncio.wait({running}, timeout=ORPHAN_EXIT_S)
         return 1
     error = running.exception()
-    if error is not None:
+    if isinstance(error, EvalstreamError):
+        # Ours, in one line: the parent says it (each restart, or as the run's error). A
+        # traceback per restart buried that line under the SDK's chained errors.
+        logger.debug("source failed in the receiver process", exc_info=error)
+    elif error is not None:
         logger.error("source failed in the receiver process", exc_info=error)
     try:
         channel.send("finished", None if error is None else encode_error(error))

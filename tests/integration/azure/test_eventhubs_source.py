@@ -628,7 +628,12 @@ async def test_settings_without_credentials_are_refused() -> None:
         EventHubsSink(EventHubsSettings())
     with pytest.raises(SourceError, match="checkpoint"):
         EventHubsSource(
-            EventHubsSettings(connection_string=SecretStr("Endpoint=sb://x/")), ProcessorSettings()
+            EventHubsSettings(
+                connection_string=SecretStr(
+                    "Endpoint=sb://x/;SharedAccessKeyName=k;SharedAccessKey=a2V5"
+                )
+            ),
+            ProcessorSettings(),
         )
 
 

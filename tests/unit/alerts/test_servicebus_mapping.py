@@ -12,6 +12,7 @@ from azure.servicebus.exceptions import (
     ServiceBusConnectionError,
     ServiceBusServerBusyError,
 )
+from pydantic import SecretStr
 
 from alerts.config import SubscriptionSpec
 from alerts.exceptions import AlertBusError, LockLostError
@@ -20,6 +21,8 @@ from alerts.servicebus_config import ServiceBusSettings
 from alerts.servicebus_publisher import DEFAULT_BACKOFF, ServiceBusAlertPublisher
 from schemas import Breach, BreachKind, Severity
 from tests.unit.alerts.factories import make_breach
+
+CONNECTION = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=a2V5"
 
 
 def test_breach_message_carries_id_subject_routing_properties_and_json_body() -> None:
@@ -74,7 +77,9 @@ def test_publisher_backoff_grows_exponentially_up_to_the_cap_with_jitter_below()
 
 def test_publisher_rejects_a_nonsense_attempt_timeout() -> None:
     with pytest.raises(ValueError, match="attempt_timeout_s"):
-        ServiceBusAlertPublisher(ServiceBusSettings(connection_string="x"), attempt_timeout_s=0.0)
+        ServiceBusAlertPublisher(
+            ServiceBusSettings(connection_string=SecretStr(CONNECTION)), attempt_timeout_s=0.0
+        )
 
 
 def test_a_namespace_is_named_without_a_key_pasted_into_it() -> None:

@@ -55,3 +55,20 @@ async def test_it_never_stops_while_a_partition_has_a_backlog() -> None:
     stats.last_batch_at = time.monotonic()
     await asyncio.wait_for(waiter, timeout=5)
     assert stop.is_set()
+
+
+async def test_it_never_stops_while_no_partition_is_owned() -> None:
+    # A source not reached (its namespace or checkpoint store unreachable, retried) owns no
+    # partition: that is not "caught up", and the run must end with the source's error.
+    stats, stop = Stats(lag=0), asyncio.Event()
+    stats.lags = {}
+    waiter = asyncio.create_task(_stop_when_idle(stats, 0.05, stop))  # type: ignore[arg-type]
+    started = time.monotonic()
+    while stats.polls < 5:  # more than idle_s of polls
+        assert not waiter.done() and not stop.is_set()
+        await asyncio.wait_for(stats.next_poll(), timeout=2)
+    assert time.monotonic() - started > 0.05
+    assert not stop.is_set()
+    stats.lags = {"0": 0}  # reached: a partition owned and caught up
+    await asyncio.wait_for(waiter, timeout=5)
+    assert stop.is_set()
