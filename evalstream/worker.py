@@ -69,12 +69,16 @@ class _ReportingStats(ProcessorStats):
             self.publish_error,
         )
 
-    async def attach(self, context: PartitionContext, holder: int | None = THIS_PROCESS) -> None:
-        await super().attach(context, holder)
+    async def attach(
+        self, context: PartitionContext, holder: int | None = THIS_PROCESS, *, done: int = -1
+    ) -> None:
+        await super().attach(context, holder, done=done)
         # Where this partition resumes (after the pipeline's check of lost writes or events),
         # and when it was taken: the monotonic clock is the machine's, so the supervisor can
         # order what two workers report over their separate pipes.
-        resumed = await context.checkpointed_sequence()
+        checkpointed = await context.checkpointed_sequence()
+        position = max(-1 if checkpointed is None else checkpointed, done)
+        resumed = None if position < 0 else position
         self.tell("attached", context.partition_id, resumed, time.monotonic())
 
     def detach(self, partition_id: str) -> None:

@@ -68,13 +68,16 @@ class ProcessorStats:
     _open: dict[str, str] = field(default_factory=dict)
     _last_report: tuple[float, int] = (0.0, 0)
 
-    async def attach(self, context: PartitionContext, holder: int | None = THIS_PROCESS) -> None:
-        """Follow a partition from its checkpoint on, processed by ``holder``: this process, a
-        supervisor's worker (its slot), or None for a supervisor that watches a partition no
-        worker has taken yet."""
+    async def attach(
+        self, context: PartitionContext, holder: int | None = THIS_PROCESS, *, done: int = -1
+    ) -> None:
+        """Follow a partition from its checkpoint on (or from ``done``, the last sequence known
+        processed, when that is later), processed by ``holder``: this process, a supervisor's
+        worker (its slot), or None for a supervisor that watches a partition no worker has
+        taken yet."""
         checkpointed = await context.checkpointed_sequence()
         self._partitions[context.partition_id] = _PartitionProgress(
-            context, -1 if checkpointed is None else checkpointed, holder=holder
+            context, max(done, -1 if checkpointed is None else checkpointed), holder=holder
         )
         self._count_held()
 
