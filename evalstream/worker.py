@@ -77,8 +77,7 @@ class _ReportingStats(ProcessorStats):
         # and when it was taken: the monotonic clock is the machine's, so the supervisor can
         # order what two workers report over their separate pipes.
         checkpointed = await context.checkpointed_sequence()
-        position = max(-1 if checkpointed is None else checkpointed, done)
-        resumed = None if position < 0 else position
+        resumed = checkpointed if checkpointed is not None or done < 0 else done
         self.tell("attached", context.partition_id, resumed, time.monotonic())
 
     def detach(self, partition_id: str) -> None:

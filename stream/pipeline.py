@@ -235,8 +235,8 @@ class Pipeline:
         elif state.hot is not None:
             await self._check_snapshot_kept(context)
         await self._check_bus_holds(partition_id, state)
-        # What the snapshot covers is done (its events are skipped): the lag counts from it
-        # when no checkpoint is there yet (lost, or not yet written after it).
+        # Without a checkpoint (lost, or not yet written after the snapshot) the source resumes
+        # after the snapshot: the lag counts from there.
         await self.stats.attach(context, done=state.covered)
         logger.info(
             "partition initialised",

@@ -71,13 +71,13 @@ class ProcessorStats:
     async def attach(
         self, context: PartitionContext, holder: int | None = THIS_PROCESS, *, done: int = -1
     ) -> None:
-        """Follow a partition from its checkpoint on (or from ``done``, the last sequence known
-        processed, when that is later), processed by ``holder``: this process, a supervisor's
-        worker (its slot), or None for a supervisor that watches a partition no worker has
-        taken yet."""
+        """Follow a partition from its checkpoint on, or without one from ``done`` (where the
+        source resumes then: after the snapshot), processed by ``holder``: this process, a
+        supervisor's worker (its slot), or None for a supervisor that watches a partition no
+        worker has taken yet."""
         checkpointed = await context.checkpointed_sequence()
         self._partitions[context.partition_id] = _PartitionProgress(
-            context, max(done, -1 if checkpointed is None else checkpointed), holder=holder
+            context, done if checkpointed is None else checkpointed, holder=holder
         )
         self._count_held()
 

@@ -153,18 +153,23 @@ class StartingPositions(Mapping[str, str | int]):
         where: dict[str, str],
     ) -> dict[str, Any]:
         if said != START_OFFSET:
-            held = " and ".join(
+            past = " and ".join(
                 f"{what} at sequence {sequence}"
                 for what, sequence in (("checkpoint", checkpointed), ("snapshot", snapshot))
-                if sequence is not None and sequence >= 0
+                if sequence is not None and sequence > end.last_sequence
+            )
+            last = (
+                f"its last event is {end.last_sequence}"
+                if end.last_sequence >= 0
+                else "it has no event"
             )
             logger.error(
-                "partition %s: its %s but the partition's last event is %d: the event hub was "
-                "deleted and created again (its sequence numbers start again); reading the "
-                "partition from its start (what the store holds is written again unchanged)",
+                "partition %s: its %s but %s: the event hub was deleted and created again (its "
+                "sequence numbers start again); reading the partition from its start (what the "
+                "store holds is written again unchanged)",
                 partition,
-                held,
-                end.last_sequence,
+                past,
+                last,
                 extra={"partition": partition, "last_sequence": end.last_sequence},
             )
         row = {**where, "partition_id": partition, **START_CHECKPOINT}
