@@ -39,9 +39,8 @@ ErrorValue = tuple[bool, str, float | None]
 BatchColumns = tuple[list[bytes], list[int], list[datetime], list[str | None]]
 
 
-# Signals a child of start_child gets only once it has set them up (child_signals); SIGTERM
-# too, for a child that leaves it to its parent (stream.sources.subprocess_worker).
-_HELD_AT_START = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
+# Signals a child of start_child gets only once it has set them up (child_signals).
+_HELD_AT_START = {signal.SIGINT, signal.SIGUSR1}
 
 # A child's numeric libraries on one thread. OpenBLAS (numpy's copy, and scipy's that river
 # loads) starts a pool of threads as it loads, each spinning ~0.1 s of CPU before it sleeps; a
@@ -198,8 +197,7 @@ async def start_child(*argv: str, pass_fds: tuple[int, ...] = ()) -> asyncio.sub
     the command that started the child handles it (it tells its children to stop); one that
     came while a child was still importing killed it with a KeyboardInterrupt (a replay ended
     "worker exited with code -2"). SIGUSR1, sent to see every process's stacks, ended a child
-    still starting. SIGTERM likewise: a child that leaves it to the command ignores it before
-    it is let through."""
+    still starting."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_AT_START)
     try:
         return await asyncio.create_subprocess_exec(

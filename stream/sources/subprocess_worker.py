@@ -168,7 +168,9 @@ def main() -> None:
     # Interrupts are the parent's to handle (a terminal sends them to both): it asks this
     # process to stop once its batches are processed. So is a SIGTERM sent to the whole
     # process group (kill -TERM -PGID, systemd's default KillMode): ended by it, this process
-    # could not write the final checkpoints, and the parent took the end for a crash.
+    # could not write the final checkpoints, and the parent took the end for a crash. (Not
+    # held back at start like SIGINT: the mask start_child sets can reach a child another
+    # task forks meanwhile, and an ingest worker is drained with SIGTERM.)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     child_signals()
     sys.exit(asyncio.run(_child(read_fd, write_fd, window)))
