@@ -109,7 +109,9 @@ class StartingPositions(Mapping[str, str | int]):
             # ``starting`` again when it claims another one.
             said = self._after.pop(partition, None)
             row = rows.get(partition)
+            # One set back to cover nothing (its hub created again) is no position.
             snapshot = covered.get(partition)
+            snapshot = None if snapshot is None or snapshot < 0 else snapshot
             if row is None and snapshot is None:
                 continue
             end = await self._end(partition)

@@ -143,6 +143,18 @@ async def test_positions_past_the_partitions_end_start_it_from_its_start_said_on
     assert [r for r in caplog.records if r.levelno == logging.ERROR] == []
 
 
+async def test_a_snapshot_set_back_to_cover_nothing_is_no_position(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What the processor leaves of a snapshot past the end of a hub created again.
+    caplog.set_level(logging.WARNING, logger="stream.sources.eventhubs_start")
+    starting = positions({"0": PartitionEnd(-1, None)}, {"0": -1}, default="@latest")
+    blobs = Blobs()
+    assert await starting.settle([], ["0"], blobs, WHERE) == []
+    assert dict(starting) == {} and blobs.updated == blobs.reset == []
+    assert caplog.records == []
+
+
 def test_an_emptied_partitions_end_is_where_its_numbering_went() -> None:
     # Every event expired: no last enqueued event, but the next one is numbered 42.
     properties = {
