@@ -78,7 +78,9 @@ class _ReportingStats(ProcessorStats):
         # when it was taken (the monotonic clock is the machine's, so the supervisor can order
         # what two workers report over their separate pipes), and what its snapshot covers
         # (events this worker does not count again).
-        resumed = await context.checkpointed_sequence()
+        checkpointed = await context.checkpointed_sequence()
+        # Without a checkpoint the source resumes after the snapshot.
+        resumed = checkpointed if checkpointed is not None or covered < 0 else covered
         self.tell("attached", context.partition_id, resumed, time.monotonic(), covered)
 
     def detach(self, partition_id: str) -> None:

@@ -207,11 +207,14 @@ class CosmosStore:
             records = []
         return [doc for doc in documents if id(doc) in refused]
 
-    async def save_state(self, snapshot: StateSnapshot) -> None:
+    async def save_state(self, snapshot: StateSnapshot, *, replace: bool = False) -> None:
         state = self._container_named(self.state_container)
+        item = state_item(snapshot)
         await self._call(
             f"save state {snapshot.consumer_group}/{snapshot.partition}",
-            functools.partial(_save_unless_behind, state, state_item(snapshot)),
+            functools.partial(state.upsert_item, item, no_response=True)
+            if replace
+            else functools.partial(_save_unless_behind, state, item),
             state,
         )
 

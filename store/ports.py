@@ -66,9 +66,10 @@ class ProcessorStore(Protocol):
 
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None: ...
 
-    async def save_state(self, snapshot: StateSnapshot) -> None:
+    async def save_state(self, snapshot: StateSnapshot, *, replace: bool = False) -> None:
         """Store the partition's snapshot, unless the stored one covers a later position
-        (then nothing changes): a snapshot never moves backwards."""
+        (then nothing changes): a snapshot never moves backwards, unless ``replace`` (the
+        partition's numbers started again: the processor sets its snapshot back)."""
         ...
 
 

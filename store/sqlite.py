@@ -358,7 +358,7 @@ class SqliteStore:
         row = await self._file.run(read, "load state")
         return None if row is None else StateSnapshot(consumer_group, partition, *row)
 
-    async def save_state(self, snapshot: StateSnapshot) -> None:
+    async def save_state(self, snapshot: StateSnapshot, *, replace: bool = False) -> None:
         self._check_open()
         row = (
             snapshot.consumer_group,
@@ -375,8 +375,8 @@ class SqliteStore:
                 "covered_sequence = excluded.covered_sequence, blob = excluded.blob "
                 # Never backwards: a late batch of an owner that lost the partition must not
                 # replace the new owner's snapshot with an older one.
-                "WHERE excluded.covered_sequence >= state.covered_sequence",
-                row,
+                "WHERE excluded.covered_sequence >= state.covered_sequence OR ?",
+                (*row, replace),
             )
 
         await self._file.run(write, "save state")

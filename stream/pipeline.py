@@ -230,9 +230,13 @@ class Pipeline:
         self._partitions[partition_id] = state
         if context.rewindable:
             await self._check_positions(context, state.covered)
-        elif snapshot is None and state.hot is not None:
+        elif snapshot is not None:
+            await self._check_snapshot_within(context, state)
+        elif state.hot is not None:
             await self._check_snapshot_kept(context)
         await self._check_bus_holds(partition_id, state)
+        # Without a checkpoint (lost, or not yet written after the snapshot) the source resumes
+        # after the snapshot: the lag counts from there.
         await self.stats.attach(context, covered=state.covered)
         logger.info(
             "partition initialised",
@@ -259,6 +263,37 @@ class Pipeline:
                 checkpointed,
                 extra={"partition": context.partition_id},
             )
+
+    async def _check_snapshot_within(self, context: PartitionContext, state: _Partition) -> None:
+        """A source that cannot rewind (Event Hubs) never numbers an event again, so a snapshot
+        covering a sequence past the partition's last event is of an earlier partition of the
+        same name: the event hub was deleted and created again, and its numbers start again
+        (the source reads it from its start, and says so). Its events would all be taken for
+        ones the snapshot covers and kept from the detectors: the snapshot is set back to
+        cover none. The detectors keep their state, as when the embedded log lost events and
+        numbers new ones after them."""
+        try:
+            last = await context.last_enqueued_sequence()
+        except Exception as exc:
+            # A check, not processing: an unreachable source must not stop the start.
+            logger.warning("snapshot not checked against the partition's end: %s", exc)
+            return
+        if last is None or last >= state.covered:
+            return
+        logger.warning(
+            "partition %s: the store's snapshot covers sequence %d, past the partition's last "
+            "event %d (its numbers started again): its events go to the detectors from its "
+            "start, and the detectors keep their state",
+            context.partition_id,
+            state.covered,
+            last,
+            extra={"partition": context.partition_id},
+        )
+        state.covered = state.observed = -1
+        await self.store.save_state(
+            StateSnapshot(self.consumer_group, context.partition_id, -1, _encode_snapshot(state)),
+            replace=True,
+        )
 
     async def _check_bus_holds(self, partition: str, state: _Partition) -> None:
         """Never continue silently past breaches the alert bus lost: the snapshot counts the
@@ -777,12 +812,17 @@ class Pipeline:
         event = state.pending
         if event is None:
             return
-        if not await context.owned():
-            # This batch finished after another processor took the partition over: that owner
-            # may have saved a snapshot and checkpoint already, which ours must not replace.
+        not_written = f"snapshot and checkpoint at sequence {event.sequence} not written"
+        # This batch finished after the source let the partition go (another processor may
+        # own it): that owner may have saved a snapshot and checkpoint already, which ours
+        # must not replace.
+        try:
+            owned = await context.owned()
+        except PartitionLost as exc:
+            raise PartitionLost(f"{exc}: {not_written}") from exc
+        if not owned:
             raise PartitionLost(
-                f"partition {context.partition_id} is owned by another processor now: snapshot "
-                f"and checkpoint at sequence {event.sequence} not written"
+                f"partition {context.partition_id} is owned by another processor now: {not_written}"
             )
         state.covered = max(state.covered, event.sequence)
         # The store keeps a snapshot covering a later position (an owner's that raced this

@@ -128,9 +128,10 @@ class PartitionContext(Protocol):
         ...
 
     async def owned(self) -> bool:
-        """Whether this processor still owns the partition. Asked before the snapshot is
-        saved: an owner that lost the partition (its batch finished late) must write neither
-        snapshot nor checkpoint over the new owner's."""
+        """Whether this processor still owns the partition, or PartitionLost saying why not
+        (from a source that knows). Asked before the snapshot is saved: an owner that lost the
+        partition (its batch finished late) must write neither snapshot nor checkpoint over
+        the new owner's."""
         ...
 
     async def last_enqueued_sequence(self) -> int | None:

@@ -94,13 +94,14 @@ class ProcessorStats:
     async def attach(
         self, context: PartitionContext, holder: int | None = THIS_PROCESS, covered: int = -1
     ) -> None:
-        """Follow a partition from its checkpoint on, processed by ``holder``: this process, a
+        """Follow a partition from its checkpoint on, or without one from ``covered`` (where the
+        source resumes then: after the snapshot), processed by ``holder``: this process, a
         supervisor's worker (its slot), or None for a supervisor that watches a partition no
         worker has taken yet. ``covered``: the sequence its stored snapshot covers, when later
         (events up to it are not processed again). A previous holder's batches held back are
         counted up to where this one resumes; the rest it processes, and counts, again."""
         checkpointed = await context.checkpointed_sequence()
-        position = -1 if checkpointed is None else checkpointed
+        position = covered if checkpointed is None else checkpointed
         resumed = max(position, covered)
         self._partitions[context.partition_id] = _PartitionProgress(
             context, position, resumed, position, holder=holder

@@ -136,8 +136,7 @@ def process(
         say.error(str(refused))
         raise typer.Exit(2) from None
     say.status(
-        f"evalstream processor: backend {settings.backend}, data in {settings.embedded.data_dir}, "
-        f"{settings.embedded.partitions} partitions"
+        f"evalstream processor: backend {settings.backend}, {_where(settings)}"
         + (f", {count} worker processes" if count > 1 else "")
         + "; Ctrl-C to stop"
     )
@@ -159,6 +158,27 @@ def process(
         for exc in leaves(group):
             say.error(str(exc))
         raise typer.Exit(2) from None
+
+
+# How long the start line waits for the event hub's partition count.
+HUB_LOOKUP_S = 10.0
+
+
+def _where(settings: Settings) -> str:
+    """Where the processor reads and how many partitions: the embedded log's, or the event
+    hub's as the service gives them (the setting is only what autoscaling is checked against).
+    Without an answer the line names the hub only: the processor says what is wrong."""
+    if settings.backend == "embedded":
+        embedded = settings.embedded
+        return f"data in {embedded.data_dir}, {embedded.partitions} partitions"
+    hub = settings.azure.eventhubs.eventhub_name
+    try:
+        positions = asyncio.run(
+            asyncio.wait_for(wiring.hub_positions(settings, checkpoints=False), HUB_LOOKUP_S)
+        )
+    except (EvalstreamError, TimeoutError):
+        return f"event hub {hub}"
+    return f"event hub {hub}, {len(positions)} partitions"
 
 
 class _Lines:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,10 @@ from evalstream.cli.options import (
     load,
     say,
 )
+from evalstream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.sources.eventhubs_consumer import PartitionPosition
 
 
 def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
@@ -33,6 +37,8 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     telemetry, quarantined = asyncio.run(run())
     typer.echo(f"telemetry documents {telemetry}, quarantined {quarantined}")
     if settings.backend != "embedded":
+        for line in _hub_status(settings):
+            typer.echo(line)
         return
     if not settings.embedded.log_path.exists():
         # Opening it would create it: a store copied without its log, say.
@@ -40,6 +46,50 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
         return
     for partition, last, done in wiring.log_positions(settings):
         typer.echo(f"partition {partition}: last {last} checkpoint {done} lag {last - done}")
+
+
+def _hub_status(settings: Settings) -> list[str]:
+    """A line per event hub partition: its last sequence, the processor's checkpoint, and the
+    lag from where the processor resumes (its checkpoint, or the store's snapshot when that
+    covers more: a lost checkpoint is resumed after it)."""
+    from stream.exceptions import SourceError
+
+    group = settings.processor.consumer_group
+
+    async def read() -> tuple[list[PartitionPosition], dict[str, int]]:
+        positions = await wiring.hub_positions(settings)
+        async with wiring.store(settings, read_only=True) as store:
+            covered = {}
+            for position in positions:
+                snapshot = await store.load_state(group, position.partition)
+                if snapshot is not None:
+                    covered[position.partition] = snapshot.covered_sequence
+        return positions, covered
+
+    try:
+        positions, covered = asyncio.run(read())
+    except SourceError as exc:
+        raise fail(f"partition positions not read: {exc}", EXIT_FAILED) from None
+    lines = []
+    for position in positions:
+        last, checkpoint = position.last_sequence, position.checkpoint
+        snapshot = covered.get(position.partition, -1)
+        resumed = max(-1 if checkpoint is None else checkpoint, snapshot)
+        line = (
+            f"partition {position.partition}: last {last} checkpoint "
+            f"{'none' if checkpoint is None else checkpoint}"
+        )
+        if snapshot >= 0 and (checkpoint is None or snapshot != checkpoint):
+            line += f" (snapshot {snapshot})"
+        if resumed > last:
+            line += (
+                ": past the partition's end (the event hub was created again?), the processor "
+                "reads it from its start"
+            )
+        else:
+            line += f" lag {last - resumed}"
+        lines.append(line)
+    return lines
 
 
 def quarantine(

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from stream.processor import Processor
     from stream.producers.ingest import IngestApp
     from stream.producers.ingest_rates import Buckets
+    from stream.sources.eventhubs_consumer import PartitionPosition
     from stream.stats import ProcessorStats
 
 USER_HASH_KEY_FILE = "user-hash.key"
@@ -465,6 +466,15 @@ def log_positions(settings: Settings) -> list[tuple[int, int, int]]:
         ]
     finally:
         log.close()
+
+
+async def hub_positions(settings: Settings, *, checkpoints: bool = True) -> list[PartitionPosition]:
+    """Per partition of the event hub: its last sequence and the processor's checkpoint."""
+    from stream.sources.eventhubs_consumer import partition_positions
+
+    return await partition_positions(
+        settings.azure.eventhubs, settings.processor.consumer_group, checkpoints=checkpoints
+    )
 
 
 def upgrade_store_key(settings: Settings) -> KeyUpgrade | None:

@@ -118,7 +118,7 @@ class JobStore:
     async def load_state(self, consumer_group: str, partition: str) -> StateSnapshot | None:
         return await self.job.load_snapshot(partition)
 
-    async def save_state(self, snapshot: StateSnapshot) -> None:
+    async def save_state(self, snapshot: StateSnapshot, *, replace: bool = False) -> None:
         # Written by the checkpoint that follows, with the counts: one transaction.
         self.snapshots[snapshot.partition] = snapshot
 

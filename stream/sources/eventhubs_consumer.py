@@ -10,9 +10,11 @@ twice after a reconnect is delivered once. The sink is in ``eventhubs_producer``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
@@ -29,13 +31,9 @@ from stream.delivery import HANDLER_BACKOFF, any_failure, deliver
 from stream.exceptions import PartitionLost, SourceError
 from stream.ports import BatchHandler, CloseReason, ReceivedEvent
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
-from stream.sources.eventhubs_partition import (
-    CheckpointStore,
-    CoveredSequences,
-    EventHubsPartition,
-    StartingPositions,
-)
+from stream.sources.eventhubs_partition import CheckpointStore, EventHubsPartition, read_end
 from stream.sources.eventhubs_sdk import checkpoint_error, default_credential, map_error
+from stream.sources.eventhubs_start import CoveredSequences, StartingPositions
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -108,13 +106,15 @@ class EventHubsSource:
         self._credential = credential
         try:
             store = self._checkpoint_store(credential)
-            store.closing = self._closing
-            store.starting_positions = StartingPositions(
+            store.closing, store.running = self._closing, self._partitions
+            starting = StartingPositions(
                 _STARTING_POSITIONS[self.settings.starting_position], self.covered
             )
+            store.starting_positions = starting
             async with store:
                 await self._ensure_container(credential)
                 client = self._consumer_client(store, credential)
+                starting.ends = functools.partial(read_end, client)
                 self._client, self._store = client, store
                 async with client:
                     await self._check_hub(client, stop)
@@ -228,8 +228,8 @@ class EventHubsSource:
             # keeps this receive running, which must not deliver. Ending the receive makes the
             # SDK close the partition and start it afresh from its checkpoint once it claims it.
             raise PartitionLost(
-                f"partition {partition.partition_id} was claimed by another processor: its "
-                "receive ends and the partition starts again from its checkpoint if it comes back"
+                f"{partition.lost_reason}: its receive ends and the partition starts again from "
+                "its checkpoint if it comes back"
             )
         if partition.abandoned:
             return
@@ -279,9 +279,10 @@ class EventHubsSource:
     async def _close(self, partition: EventHubsPartition, reason: SdkCloseReason) -> None:
         partition.closing = True
         if reason is SdkCloseReason.OWNERSHIP_LOST:
-            # The batch in flight may finish after the new owner saved its snapshot and
-            # checkpoint: it must not write its own over them.
-            partition.lost = True
+            # The SDK says so after a failed receive too, and the partition may have another
+            # owner by then: the batch in flight may finish after that owner saved its
+            # snapshot and checkpoint, and must not write its own over them.
+            partition.let_go_by_sdk()
         if not partition.initialized:
             partition.closed = True
             return
@@ -299,6 +300,10 @@ class EventHubsSource:
         # while one lasts, partitions are not received (an unreachable namespace, a hub
         # deleted meanwhile); a receive this source ended itself (PartitionLost) is a warning.
         self.errors += 1
+        if sdk is not None:
+            partition = self._partitions.get(str(sdk.partition_id))
+            if partition is not None:
+                partition.receive_error = f"{type(error).__name__}: {error}"
         service = isinstance(error, (EventHubError, AzureError))
         logger.log(
             logging.ERROR if service else logging.WARNING,
@@ -312,19 +317,7 @@ class EventHubsSource:
         )
 
     def _checkpoint_store(self, credential: AsyncTokenCredential | None) -> CheckpointStore:
-        settings = self.settings
-        if settings.checkpoint_connection_string is not None:
-            store = CheckpointStore.from_connection_string(
-                settings.checkpoint_connection_string.get_secret_value(),
-                settings.checkpoint_container,
-            )
-            # The SDK's classmethod is typed as returning its own class.
-            assert isinstance(store, CheckpointStore)
-            return store
-        assert settings.checkpoint_account_url is not None
-        return CheckpointStore(
-            settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
-        )
+        return checkpoint_store(self.settings, credential)
 
     async def _ensure_container(self, credential: AsyncTokenCredential | None) -> None:
         # With a missing container the checkpoint store fails its ownership claims quietly.
@@ -371,6 +364,80 @@ class EventHubsSource:
             partition_ownership_expiration_interval=settings.partition_ownership_expiration_s,
             **self.client_options,
         )
+
+
+def checkpoint_store(
+    settings: EventHubsSettings, credential: AsyncTokenCredential | None
+) -> CheckpointStore:
+    """The checkpoint store of the configured container, by connection string or credential."""
+    if settings.checkpoint_connection_string is not None:
+        store = CheckpointStore.from_connection_string(
+            settings.checkpoint_connection_string.get_secret_value(),
+            settings.checkpoint_container,
+        )
+        # The SDK's classmethod is typed as returning its own class.
+        assert isinstance(store, CheckpointStore)
+        return store
+    assert settings.checkpoint_account_url is not None
+    return CheckpointStore(
+        settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
+    )
+
+
+@dataclass(frozen=True)
+class PartitionPosition:
+    """A partition's last sequence number (-1: none yet) and the consumer group's checkpoint
+    in it (None: none)."""
+
+    partition: str
+    last_sequence: int
+    checkpoint: int | None
+
+
+async def partition_positions(
+    settings: EventHubsSettings, consumer_group: str, *, checkpoints: bool = True
+) -> list[PartitionPosition]:
+    """Every partition of the hub, with its end (from the service) and, when ``checkpoints``,
+    the consumer group's checkpoint (read only: a missing container holds none)."""
+    check_settings(settings, checkpoints=checkpoints)
+    needs_credential = settings.connection_string is None or (
+        checkpoints and settings.checkpoint_connection_string is None
+    )
+    credential = default_credential() if needs_credential else None
+    try:
+        client = consumer_client(settings, consumer_group, credential)
+        async with client:
+            ends = {
+                partition: await read_end(client, partition)
+                for partition in await client.get_partition_ids()
+            }
+            # The SDK's processor keys checkpoints by the namespace as the client parsed it
+            # (host, and port): the same attribute it reads.
+            namespace = str(client._address.hostname)
+        rows: list[dict[str, Any]] = []
+        if checkpoints:
+            store = checkpoint_store(settings, credential)
+            async with store:
+                with contextlib.suppress(ResourceNotFoundError):
+                    rows = await store.read_checkpoints(
+                        namespace, settings.eventhub_name, consumer_group
+                    )
+    except (EventHubError, AzureError) as exc:
+        raise map_error(exc, "partition positions read") from exc
+    except ValueError as exc:  # the SDK's word for a connection string it cannot use
+        raise SourceError(f"Event Hubs partition positions refused: {exc}") from exc
+    finally:
+        if credential is not None:
+            await credential.close()
+    checkpointed = {str(row["partition_id"]): int(row["sequence_number"]) for row in rows}
+    return [
+        PartitionPosition(
+            partition,
+            end.last_sequence,
+            checkpointed[partition] if checkpointed.get(partition, -1) >= 0 else None,
+        )
+        for partition, end in ends.items()
+    ]
 
 
 def consumer_client(

@@ -1,13 +1,14 @@
 """One owned Event Hubs partition: the PartitionContext the handler checkpoints through (into
 Blob storage), and the source's delivery state for it (events gathered into batches, the batch
-in flight, duplicates after a reconnect dropped); and the Blob checkpoint store it uses."""
+in flight, duplicates after a reconnect dropped); and the Blob checkpoint store it uses (where
+claimed partitions start: ``eventhubs_start``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,13 @@ from common.amqp import body_bytes
 from stream.exceptions import PartitionLost, SourceError
 from stream.ports import ReceivedEvent, received
 from stream.sources.eventhubs_sdk import map_error
+from stream.sources.eventhubs_start import (
+    START_CHECKPOINT,
+    PartitionEnd,
+    StartingPositions,
+    claimed_to_start,
+    partition_end,
+)
 
 if TYPE_CHECKING:
     from azure.eventhub.aio import PartitionContext as SdkPartitionContext
@@ -70,58 +78,6 @@ def received_event(
     )
 
 
-# What an unreadable checkpoint reads as: the partition's start (the offset before the first
-# event), so the partition is read again from there.
-START_CHECKPOINT = {"offset": "-1", "sequence_number": -1}
-
-
-# What a partition's snapshot covers, by partition id (for the ids asked, those with a snapshot).
-CoveredSequences = Callable[[list[str]], Awaitable[dict[str, int]]]
-
-
-class StartingPositions(Mapping[str, str | int]):
-    """Where the SDK starts a partition that has no checkpoint (it reads this mapping then):
-    after the sequence the partition's snapshot covers when it has one, else ``default``.
-
-    A snapshot is saved before each checkpoint and covers every event up to its sequence, all
-    of them stored. A partition with a snapshot but no checkpoint (its blob deleted, or lost
-    with its container) must resume after it: the configured "latest" would skip every event
-    since, and "earliest" would read again what the store holds already. ``refresh`` looks the
-    snapshots up before the SDK starts the partitions it claimed.
-    """
-
-    def __init__(self, default: str, covered: CoveredSequences | None = None) -> None:
-        self.default = default
-        self.covered = covered
-        self._after: dict[str, int] = {}
-
-    def __getitem__(self, partition: str) -> str | int:
-        # An int is a sequence number to the SDK, and the start is exclusive: the event after.
-        return self._after.get(partition, self.default)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._after)
-
-    def __len__(self) -> int:
-        return len(self._after)
-
-    async def refresh(self, without_checkpoint: list[str]) -> None:
-        if self.covered is None or not without_checkpoint:
-            self._after = {}
-            return
-        after = await self.covered(sorted(without_checkpoint))
-        for partition, sequence in sorted(after.items()):
-            logger.warning(
-                "partition %s has no checkpoint but a snapshot covering sequence %d: starting "
-                "after it, not at %s",
-                partition,
-                sequence,
-                self.default,
-                extra={"partition": partition, "covered_sequence": sequence},
-            )
-        self._after = after
-
-
 def _stored_sequence(metadata: dict[str, str] | None) -> int | None:
     """The sequence number a checkpoint blob's metadata holds (None: none, or unreadable)."""
     try:
@@ -148,8 +104,9 @@ class CheckpointStore(BlobCheckpointStore):
 
     It remembers the owner id the load balancer claims with and the partitions it claimed, so
     a partition can tell whether the ownership blob still names this processor (``owner``), and
-    the claimed partitions without a checkpoint start where their snapshot ends
-    (``starting_positions``, refreshed whenever checkpoints are listed).
+    the claimed partitions it is about to start (not ``running``) start where they must: their
+    checkpoint checked against the partition's end, or without one where their snapshot ends
+    (``starting_positions``, settled whenever the SDK lists checkpoints).
 
     It does not claim a partition whose close is still running in this processor (``closing``,
     kept by the source). The SDK cancels a partition it lost again at each round while the
@@ -162,6 +119,7 @@ class CheckpointStore(BlobCheckpointStore):
     claimed: frozenset[str] = frozenset()
     starting_positions: StartingPositions | None = None
     closing: Container[str] = frozenset()
+    running: Container[str] = frozenset()
 
     async def claim_ownership(
         self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any
@@ -202,13 +160,7 @@ class CheckpointStore(BlobCheckpointStore):
         return str((properties.metadata or {}).get("ownerid", ""))
 
     async def update_checkpoint(self, checkpoint: dict[str, Any], **kwargs: Any) -> None:
-        name = "{}/{}/{}/checkpoint/{}".format(
-            checkpoint["fully_qualified_namespace"],
-            checkpoint["eventhub_name"],
-            checkpoint["consumer_group"],
-            checkpoint["partition_id"],
-        )
-        blob = self._container_client.get_blob_client(name.lower())
+        blob = self._container_client.get_blob_client(_checkpoint_blob(checkpoint))
         sequence = int(checkpoint["sequence_number"])
         metadata = {"offset": str(checkpoint["offset"]), "sequencenumber": str(sequence)}
         while True:
@@ -240,9 +192,38 @@ class CheckpointStore(BlobCheckpointStore):
                 continue
             return
 
+    async def reset_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Write ``checkpoint`` whatever the blob holds (it may move it backwards): for a
+        partition whose numbering started again (see StartingPositions)."""
+        blob = self._container_client.get_blob_client(_checkpoint_blob(checkpoint))
+        metadata = {
+            "offset": str(checkpoint["offset"]),
+            "sequencenumber": str(checkpoint["sequence_number"]),
+        }
+        await blob.upload_blob(b"", metadata=metadata, overwrite=True)
+
     async def list_checkpoints(
         self, fully_qualified_namespace: str, eventhub_name: str, consumer_group: str, **kwargs: Any
     ) -> list[dict[str, Any]]:
+        # The SDK lists them to start the partitions it claimed: they are checked first.
+        checkpoints = await self.read_checkpoints(
+            fully_qualified_namespace, eventhub_name, consumer_group, **kwargs
+        )
+        if self.starting_positions is None:
+            return checkpoints
+        where = {
+            "fully_qualified_namespace": fully_qualified_namespace,
+            "eventhub_name": eventhub_name,
+            "consumer_group": consumer_group,
+        }
+        return await self.starting_positions.settle(
+            checkpoints, claimed_to_start(self.claimed, self.running), self, where
+        )
+
+    async def read_checkpoints(
+        self, fully_qualified_namespace: str, eventhub_name: str, consumer_group: str, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """The stored checkpoints, an unreadable one as the partition's start."""
         prefix = f"{fully_qualified_namespace}/{eventhub_name}/{consumer_group}/checkpoint/"
         blobs = self._container_client.list_blobs(
             name_starts_with=prefix.lower(), include=["metadata"], **kwargs
@@ -271,10 +252,17 @@ class CheckpointStore(BlobCheckpointStore):
                     **position,
                 }
             )
-        if self.starting_positions is not None:
-            listed = {str(checkpoint["partition_id"]) for checkpoint in checkpoints}
-            await self.starting_positions.refresh(sorted(self.claimed - listed))
         return checkpoints
+
+
+def _checkpoint_blob(checkpoint: dict[str, Any]) -> str:
+    name = "{}/{}/{}/checkpoint/{}".format(
+        checkpoint["fully_qualified_namespace"],
+        checkpoint["eventhub_name"],
+        checkpoint["consumer_group"],
+        checkpoint["partition_id"],
+    )
+    return name.lower()
 
 
 class EventHubsPartition:
@@ -299,9 +287,11 @@ class EventHubsPartition:
         # close ran, so nothing may checkpoint through this context any more.
         self.closing = False
         self.closed = False
-        # Another processor owns the partition now (the SDK closed it with OWNERSHIP_LOST, or
+        # Why this processor no longer holds the partition (the SDK closed its receiver, or
         # the ownership blob names another owner): nothing may be written for it any more.
-        self.lost = False
+        self.lost_reason: str | None = None
+        # The SDK's last receive error for this partition (it closes the partition then).
+        self.receive_error: str | None = None
         self.in_flight: asyncio.Future[None] | None = None
         self.last_sequence = -1
         # Received but not yet delivered: gathered into batches (see EventHubsSource).
@@ -312,6 +302,25 @@ class EventHubsPartition:
     @property
     def partition_id(self) -> str:
         return str(self._sdk.partition_id)
+
+    @property
+    def lost(self) -> bool:
+        return self.lost_reason is not None
+
+    def lose(self, reason: str) -> None:
+        """This processor no longer holds the partition, for ``reason`` (the first one given
+        is what happened; later ones follow from it)."""
+        if self.lost_reason is None:
+            self.lost_reason = reason
+
+    def let_go_by_sdk(self) -> None:
+        """The SDK closed (or cancelled) the partition's receiver while the source runs."""
+        why = (
+            f"its receive failed ({self.receive_error})"
+            if self.receive_error is not None
+            else "its load balancer no longer holds it for this processor"
+        )
+        self.lose(f"the SDK closed partition {self.partition_id}'s receiver: {why}")
 
     async def attempt(
         self, work: Awaitable[None], *, stopping: Callable[[], bool] | None = None
@@ -329,7 +338,7 @@ class EventHubsPartition:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             if stopping is not None and not stopping():
-                self.lost = True
+                self.let_go_by_sdk()
             if not task.done():
                 await asyncio.wait([task])
             if not task.cancelled() and task.exception() is not None:
@@ -383,8 +392,9 @@ class EventHubsPartition:
         return out
 
     async def owned(self) -> bool:
-        if self.lost:
-            return False
+        """True, or PartitionLost saying why this processor no longer holds the partition."""
+        if self.lost_reason is not None:
+            raise PartitionLost(self.lost_reason)
         sdk = self._sdk
         try:
             owner = await self._store.owner(
@@ -399,18 +409,20 @@ class EventHubsPartition:
         # claimed the partition, and the checkpoint makes the container again.
         if owner is None or owner == self._store.owner_id:
             return True
-        self.lost = True
+        self.lose(
+            f"partition {self.partition_id} is owned by another processor now (its ownership "
+            f"names {owner})"
+        )
         logger.warning(
             "partition taken over by another processor",
             extra={"partition": self.partition_id, "owner": owner},
         )
-        return False
+        raise PartitionLost(self.lost_reason or "")
 
     async def checkpoint(self, event: ReceivedEvent) -> None:
-        if self.lost:
+        if self.lost_reason is not None:
             raise PartitionLost(
-                f"partition {self.partition_id} is owned by another processor now: checkpoint "
-                f"at sequence {event.sequence} not written"
+                f"{self.lost_reason}: checkpoint at sequence {event.sequence} not written"
             )
         if self.closed:
             # A batch the SDK left running after closing the partition (it waits for a
@@ -451,14 +463,14 @@ class EventHubsPartition:
 
     async def last_enqueued_sequence(self) -> int | None:
         try:
-            properties = await self._client.get_partition_properties(self.partition_id)
+            end = await read_end(self._client, self.partition_id)
         except asyncio.CancelledError:
             raise
         except (EventHubError, AzureError) as exc:
             # Lag is reporting only: an unreachable service must not stop processing.
             logger.debug("partition properties unavailable", extra={"error": str(exc)})
             return None
-        return int(properties["last_enqueued_sequence_number"])
+        return end.last_sequence
 
     # Event Hubs numbers events itself and the SDK chose the starting position already; its
     # writes and Cosmos DB's are acknowledged durable, so there is no lost tail to look for.
@@ -470,12 +482,19 @@ class EventHubsPartition:
     async def checkpointed_sequence(self) -> int | None:
         sdk = self._sdk
         try:
-            rows = await self._store.list_checkpoints(
+            rows = await self._store.read_checkpoints(
                 sdk.fully_qualified_namespace, sdk.eventhub_name, sdk.consumer_group
             )
         except AzureError as exc:
             raise map_error(exc, "checkpoint listing") from exc
         for row in rows:
             if row["partition_id"] == self.partition_id:
-                return int(row["sequence_number"])
+                sequence = int(row["sequence_number"])
+                # At the partition's start (reset, or unreadable): no event checkpointed.
+                return sequence if sequence >= 0 else None
         return None
+
+
+async def read_end(client: EventHubConsumerClient, partition: str) -> PartitionEnd:
+    """The partition's end, from the service (raises the SDK's errors)."""
+    return partition_end(await client.get_partition_properties(partition))

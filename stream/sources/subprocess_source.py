@@ -30,7 +30,7 @@ from typing import Any
 from common.errors import is_retryable
 from common.retry import Backoff, Stopped, retry
 from stream.delivery import deliver
-from stream.exceptions import SourceError, SourceUnavailable
+from stream.exceptions import PartitionLost, SourceError, SourceUnavailable
 from stream.ports import BatchHandler, CloseReason, EventSource, ReceivedEvent
 from stream.sources import subprocess_worker
 from stream.sources.subprocess_channel import (
@@ -88,10 +88,13 @@ class _RemotePartition:
     async def owned(self) -> bool:
         if self.closed:
             return False
-        value: bool = await self._channel.call("owned", self._partition_id)
-        if not value:
+        # True, False, or why the child's source no longer holds the partition.
+        value: bool | str = await self._channel.call("owned", self._partition_id)
+        if value is not True:
             # As when the child closes it on ownership loss: no retries, queued batches dropped.
             self.closing = True
+        if isinstance(value, str):
+            raise PartitionLost(value)
         return value
 
     async def last_enqueued_sequence(self) -> int | None:

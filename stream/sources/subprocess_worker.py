@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from typing import Any
 
 from common.errors import EvalstreamError
-from stream.exceptions import SourceError, SourceUnavailable
+from stream.exceptions import PartitionLost, SourceError, SourceUnavailable
 from stream.ports import CloseReason, EventSource, PartitionContext, ReceivedEvent
 from stream.sources.subprocess_channel import (
     DEFAULT_WINDOW,
@@ -97,6 +98,12 @@ class _Forwarder:
                 # would retry until the partition's close reaches it.
                 return False
             raise SourceError(f"partition {partition_id} is not owned by this receiver")
+        if name == "owned":
+            try:
+                return await context.owned()
+            except PartitionLost as exc:
+                # Why it is not held any more, as a value: errors cross as SourceError.
+                return str(exc)
         return await getattr(context, name)(*args)
 
 
@@ -164,7 +171,12 @@ def main() -> None:
     window = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_WINDOW
     read_fd, write_fd = take_stdio()
     # Interrupts are the parent's to handle (a terminal sends them to both): it asks this
-    # process to stop once its batches are processed.
+    # process to stop once its batches are processed. So is a SIGTERM sent to the whole
+    # process group (kill -TERM -PGID, systemd's default KillMode): ended by it, this process
+    # could not write the final checkpoints, and the parent took the end for a crash. (Not
+    # held back at start like SIGINT: the mask start_child sets can reach a child another
+    # task forks meanwhile, and an ingest worker is drained with SIGTERM.)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     child_signals()
     sys.exit(asyncio.run(_child(read_fd, write_fd, window)))
 

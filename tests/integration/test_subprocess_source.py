@@ -227,6 +227,34 @@ async def test_a_killed_child_closes_its_partitions_as_lost_and_a_new_one_resume
     }
 
 
+async def test_a_sigterm_to_the_child_leaves_stopping_to_the_parent(tmp_path: Path) -> None:
+    """SIGTERM sent to the whole process group (kill -TERM -PGID, systemd) reaches the child
+    too. It killed it (exit -15): the parent started another one ("retry 1 of ∞") while
+    stopping, and the partitions closed as lost, without their final checkpoints."""
+    log_path = tmp_path / "log.db"
+    appended = append(log_path, 400)
+    recorder = Recorder()
+    source = local_source(log_path)
+    stop = asyncio.Event()
+    running = asyncio.create_task(source.run(recorder, stop))
+    try:
+        await wait_for(lambda: recorder.count() >= 400, "the first events")
+        pid = source.child_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        # Still the same child, still receiving.
+        more = append(log_path, 400, start=400)
+        await wait_for(lambda: recorder.count() >= 800, "the events after the SIGTERM")
+        assert source.child_pid == pid and source.restarts == 0
+    finally:
+        stop.set()  # what the parent's own SIGTERM handler does
+        async with asyncio.timeout(60):
+            await running
+    assert source.restarts == 0
+    assert sorted(recorder.closed) == [(str(p), CloseReason.SHUTDOWN) for p in range(PARTITIONS)]
+    assert checkpoints(log_path) == {p: (appended[p] + more[p])[-1] for p in range(PARTITIONS)}
+
+
 async def test_a_configuration_error_in_the_child_ends_the_run_with_its_message() -> None:
     # No connection string and no namespace: EventHubsSource refuses in the child.
     source = SubprocessSource(

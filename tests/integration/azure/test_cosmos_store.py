@@ -292,6 +292,10 @@ async def test_a_snapshot_never_replaces_one_covering_a_later_position(
     ]
     await asyncio.gather(*(store.save_state(snapshot) for snapshot in reversed(racing)))
     assert await store.load_state("$Default", "5") == racing[-1]
+    # Unless replaced: the partition's numbers started again (its event hub created again).
+    restarted = StateSnapshot("$Default", "5", -1, b"numbers start again")
+    await store.save_state(restarted, replace=True)
+    assert await store.load_state("$Default", "5") == restarted
 
 
 async def test_window_pages_in_time_order_across_days(store: CosmosStore, tmp_path: Path) -> None:

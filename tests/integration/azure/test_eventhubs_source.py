@@ -49,6 +49,8 @@ from stream.sources.eventhubs_consumer import (
     CHECKPOINT_API_VERSION,
     SOURCE_NAME,
     EventHubsSource,
+    PartitionPosition,
+    partition_positions,
 )
 from stream.sources.eventhubs_partition import CheckpointStore
 from stream.sources.eventhubs_producer import EventHubsSink
@@ -1048,6 +1050,128 @@ async def test_a_partition_whose_checkpoint_blob_is_deleted_resumes_after_its_sn
             for r in caplog.records
         )
     await harness.assert_exact_and_checkpointed_to_the_end()
+
+
+async def delete_checkpoint_blobs(harness: Harness, partitions: tuple[str, ...]) -> None:
+    async with ContainerClient.from_connection_string(
+        harness.azurite.connection_string, harness.container, api_version=CHECKPOINT_API_VERSION
+    ) as container:
+        for p in partitions:
+            blob = f"{harness.namespace}/{harness.hub}/{CONSUMER_GROUP}/checkpoint/{p}"
+            await container.delete_blob(blob.lower())
+
+
+@pytest.mark.parametrize("receiver", ["same-process", "child-process"])
+async def test_snapshots_at_the_end_without_checkpoints_get_them_and_show_no_lag(
+    harness: Harness, sink: EventHubsSink, caplog: pytest.LogCaptureFixture, receiver: str
+) -> None:
+    """Every checkpoint blob lost after everything was processed, and nothing new: reading
+    resumed after the snapshots, but no event came to checkpoint, so the lag counted each
+    whole partition for ever (``--until-idle`` never stopped) and the next start was no
+    cleaner. The warning was said 5 times per partition."""
+    await harness.send(sink, simulated(400, seed=19))
+    first = harness.recorder()
+    running = Running(harness.source(), first)
+    try:
+        await processed_to_the_end(harness, first)
+    finally:
+        await running.stop()
+    last = harness.last_sequences()
+    assert await harness.checkpoints() == last
+    await delete_checkpoint_blobs(harness, PARTITIONS)
+
+    caplog.set_level(logging.WARNING, logger="stream.sources.eventhubs_start")
+    second = harness.recorder()
+    source = harness.source() if receiver == "same-process" else harness.child_source()
+    running = Running(source, second)
+    try:
+        await wait_for(
+            lambda: set(second.initialized) == set(PARTITIONS), "every partition initialised"
+        )
+        assert await second.pipeline.stats.lag() == {p: 0 for p in PARTITIONS}
+        assert await harness.checkpoints() == last
+    finally:
+        await running.stop()
+    assert second.delivered == {}
+    if receiver == "same-process":  # the child's log lines go to its stderr
+        said = [r.getMessage() for r in caplog.records]
+        assert sorted(said) == [
+            f"partition {p} has no checkpoint but a snapshot covering sequence {last[p]}, its "
+            "last event: checkpoint written there"
+            for p in PARTITIONS
+        ]
+
+
+@pytest.mark.parametrize("receiver", ["same-process", "child-process"])
+async def test_a_hub_deleted_and_created_again_is_read_from_its_start(
+    harness: Harness, caplog: pytest.LogCaptureFixture, receiver: str
+) -> None:
+    """Its numbers start again: checkpoints and snapshots past the partitions' new ends made
+    every new event up to them be skipped, without a word."""
+    async with EventHubsSink(harness.settings) as sink:
+        await harness.send(sink, simulated(800, seed=20))
+    first = harness.recorder()
+    running = Running(harness.source(), first)
+    try:
+        await processed_to_the_end(harness, first)
+    finally:
+        await running.stop()
+    before = await harness.checkpoints()
+    assert before == harness.last_sequences()
+
+    harness.broker.delete_hub(harness.hub)
+    harness.broker.create_hub(harness.hub, len(PARTITIONS))
+    async with EventHubsSink(harness.settings) as sink:
+        await harness.send(sink, simulated(200, seed=21))
+    last = harness.last_sequences()
+    assert all(last[p] < before[p] for p in PARTITIONS)
+
+    caplog.set_level(logging.WARNING, logger="stream.sources.eventhubs_start")
+    second = harness.recorder()
+    source = harness.source() if receiver == "same-process" else harness.child_source()
+    running = Running(source, second)
+    try:
+        await processed_to_the_end(harness, second)
+        async with asyncio.timeout(WAIT_S):
+            while await harness.checkpoints() != last:
+                await asyncio.sleep(0.05)
+    finally:
+        await running.stop()
+    for p in PARTITIONS:
+        assert second.delivered[p] == list(range(last[p] + 1))
+        snapshot = await harness.store.load_state(CONSUMER_GROUP, p)
+        assert snapshot is not None and snapshot.covered_sequence == last[p]
+    await harness.assert_exact_and_checkpointed_to_the_end()
+    if receiver == "same-process":
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert sorted(errors) == [
+            f"partition {p}: its checkpoint at sequence {before[p]} and snapshot at sequence "
+            f"{before[p]} but its last event is {last[p]}: the event hub was deleted and "
+            "created again (its sequence numbers start again); reading the partition from its "
+            "start (what the store holds is written again unchanged)"
+            for p in PARTITIONS
+        ]
+
+
+async def test_partition_positions_are_the_hubs_ends_and_the_checkpoints(
+    harness: Harness, sink: EventHubsSink
+) -> None:
+    """What ``evalstream status`` shows on Azure (it showed only the store's counts)."""
+    assert await partition_positions(harness.settings, CONSUMER_GROUP) == [
+        PartitionPosition(p, -1, None) for p in PARTITIONS
+    ]
+    await harness.send(sink, simulated(300, seed=22))
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        await processed_to_the_end(harness, recorder)
+    finally:
+        await running.stop()
+    await delete_checkpoint_blobs(harness, ("2",))
+    last = harness.last_sequences()
+    assert await partition_positions(harness.settings, CONSUMER_GROUP) == [
+        PartitionPosition(p, last[p], None if p == "2" else last[p]) for p in PARTITIONS
+    ]
 
 
 async def test_a_checkpoint_never_moves_backwards_whatever_the_order_of_writes(

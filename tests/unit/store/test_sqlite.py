@@ -113,6 +113,10 @@ async def test_a_snapshot_never_replaces_one_covering_a_later_position(tmp_path:
         again = StateSnapshot("$Default", "1", 120, b"same position again")
         await store.save_state(again)
         assert await store.load_state("$Default", "1") == again
+        # Unless replaced: the partition's numbers started again (its event hub created again).
+        restarted = StateSnapshot("$Default", "1", -1, b"numbers start again")
+        await store.save_state(restarted, replace=True)
+        assert await store.load_state("$Default", "1") == restarted
 
 
 async def test_a_new_file_keys_telemetry_by_time_and_producer_ids_by_id(tmp_path: Path) -> None:

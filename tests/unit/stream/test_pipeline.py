@@ -892,11 +892,11 @@ class FullDiskStore(SqliteStore):
         super().__init__(path)
         self.failures = failures
 
-    async def save_state(self, snapshot):  # type: ignore[no-untyped-def]
+    async def save_state(self, snapshot, *, replace=False):  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
             raise StoreUnavailable("save state: SQLite: database or disk is full", retryable=True)
-        return await super().save_state(snapshot)
+        return await super().save_state(snapshot, replace=replace)
 
 
 async def test_idle_checkpoints_on_a_full_disk_are_said_once_and_their_end_once(
@@ -922,3 +922,77 @@ async def test_idle_checkpoints_on_a_full_disk_are_said_once_and_their_end_once(
         ),
         (logging.WARNING, "idle checkpoints succeed again, after 20 failures over 0 s", None),
     ]
+
+
+async def test_without_a_checkpoint_the_lag_counts_from_the_snapshot(tmp_path: Path) -> None:
+    """Event Hubs resumes a partition without a checkpoint after its snapshot: the events the
+    snapshot covers are not waiting. Counted from the missing checkpoint, the whole partition
+    was shown as lag (and ``--until-idle`` never stopped)."""
+    async with SqliteStore(tmp_path / "s.db") as store:
+        first = make_pipeline(store)
+        await first.on_batch(await started(first), [received(i) for i in range(50)])
+
+        again = make_pipeline(store)
+        checkpoint_lost = HeadContext(rewindable=False, head=51)
+        await again.on_partition_initialize(checkpoint_lost)
+        assert await again.stats.lag() == {"0": 2}
+
+
+async def test_a_snapshot_past_the_partitions_end_is_set_back_and_its_events_detected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event hub deleted and created again: its numbers start again, below what the
+    snapshot covers. Its events were all taken for ones the snapshot covers (stored, kept
+    from the detectors), and the snapshot, never moved back, kept it so after a restart."""
+    caplog.set_level(logging.WARNING, logger="stream.pipeline")
+    async with SqliteStore(tmp_path / "s.db") as store:
+        first = make_pipeline(store)
+        context = await started(first)
+        await first.on_batch(context, [received(i) for i in range(50)])
+        saved = await store.load_state("$Default", "0")
+        assert saved is not None and saved.covered_sequence == 49
+
+        again = make_pipeline(store)
+        created_again = HeadContext(rewindable=False, head=9)
+        await again.on_partition_initialize(created_again)
+        snapshot = await store.load_state("$Default", "0")
+        assert snapshot is not None and snapshot.covered_sequence == -1
+        new = [received(100 + i) for i in range(10)]
+        new = [ReceivedEvent(e.body, "0", i, e.enqueued_time, str(i)) for i, e in enumerate(new)]
+        await again.on_batch(created_again, new)
+
+        hot = again._partitions["0"].hot
+        # The detectors kept their state and saw the new events.
+        assert isinstance(hot, RecordingHotPath) and hot.seen == list(range(50)) + list(range(10))
+        stored = await store.load_state("$Default", "0")
+        assert stored is not None and stored.covered_sequence == 9
+        assert created_again.checkpoints == [9]
+    assert [r.getMessage() for r in caplog.records] == [
+        "partition 0: the store's snapshot covers sequence 49, past the partition's last event "
+        "9 (its numbers started again): its events go to the detectors from its start, and the "
+        "detectors keep their state"
+    ]
+
+
+@dataclass
+class LetGoContext(Context):
+    """A partition its source let go of, knowing why."""
+
+    async def owned(self) -> bool:
+        raise PartitionLost("the SDK closed partition 0's receiver: its receive failed (boom)")
+
+
+async def test_a_partition_let_go_says_why_not_that_another_processor_owns_it(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        pipeline = make_pipeline(store, hot=False)
+        context = LetGoContext()
+        await pipeline.on_partition_initialize(context)
+        with pytest.raises(PartitionLost) as raised:
+            await pipeline.on_batch(context, [received(0)])
+        assert str(raised.value) == (
+            "the SDK closed partition 0's receiver: its receive failed (boom): snapshot and "
+            "checkpoint at sequence 0 not written"
+        )
+        assert await store.load_state("$Default", "0") is None

@@ -1,0 +1,150 @@
+"""``evalstream process`` and ``status`` on the Azure backend (Event Hubs on the AMQP test
+broker, checkpoints in Azurite, Cosmos on cosmosdb-server): the start line names the hub's
+partition count, a SIGTERM to the whole process group is a clean stop, and ``status`` shows
+each partition's last sequence, checkpoint and lag."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.cosmos.aio import CosmosClient
+from azure.cosmos.exceptions import CosmosResourceNotFoundError
+from pydantic import SecretStr
+
+from stream.producers.simulator import Simulator
+from stream.sources.eventhubs_config import EventHubsSettings
+from stream.sources.eventhubs_producer import EventHubsSink
+from tests.emulators.npm_fixtures import CosmosServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+START = datetime(2026, 11, 21, tzinfo=UTC)
+PARTITIONS = 3  # neither the setting's default (4) nor the embedded log's (8)
+
+
+@pytest.fixture
+def database(cosmos_server: CosmosServer) -> Iterator[str]:
+    name = f"ehcli-{uuid.uuid4().hex[:10]}"
+    yield name
+
+    async def drop() -> None:
+        async with CosmosClient(cosmos_server.endpoint, cosmos_server.key) as client:
+            with contextlib.suppress(CosmosResourceNotFoundError):  # the test failed early
+                await client.delete_database(name)
+
+    asyncio.run(drop())
+
+
+def telemetry_count(server: CosmosServer, database: str) -> int:
+    async def count() -> int:
+        async with CosmosClient(server.endpoint, server.key) as client:
+            container = client.get_database_client(database).get_container_client("telemetry")
+            query = "SELECT VALUE COUNT(1) FROM c"
+            found: list[Any] = [n async for n in container.query_items(query)]
+            return int(found[0])
+
+    try:
+        return asyncio.run(count())
+    except CosmosResourceNotFoundError:  # not created yet
+        return -1
+
+
+def wait_for(condition: Callable[[], bool], what: str, output: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s\n{output.read_text()}")
+        time.sleep(0.1)
+
+
+def test_process_names_the_hubs_partitions_stops_cleanly_on_sigterm_and_status_shows_them(
+    tmp_path: Path, amqp_broker: Any, azurite: Any, cosmos_server: CosmosServer, database: str
+) -> None:
+    hub = database
+    amqp_broker.create_hub(hub, PARTITIONS)
+    amqp_broker.create_topic(f"{hub}-breaches")
+    env = {
+        **os.environ,
+        "EVALSTREAM_BACKEND": "azure",
+        "EVALSTREAM_USER_HASH_KEY": "test-key",
+        "EVALSTREAM_AZURE__EVENTHUBS__CONNECTION_STRING": amqp_broker.eventhubs_connection_string(
+            hub
+        ),
+        "EVALSTREAM_AZURE__EVENTHUBS__EVENTHUB_NAME": hub,
+        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING": azurite.connection_string,
+        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONTAINER": hub,
+        "EVALSTREAM_AZURE__EVENTHUBS__LOAD_BALANCING_INTERVAL_S": "1",
+        "EVALSTREAM_AZURE__COSMOS__ENDPOINT": cosmos_server.endpoint,
+        "EVALSTREAM_AZURE__COSMOS__KEY": cosmos_server.key,
+        "EVALSTREAM_AZURE__COSMOS__DATABASE": database,
+        "EVALSTREAM_AZURE__SERVICEBUS__CONNECTION_STRING": (
+            amqp_broker.servicebus_connection_string()
+        ),
+        "EVALSTREAM_AZURE__SERVICEBUS__TOPIC": f"{hub}-breaches",
+    }
+    events = list(Simulator(apps=16, rate=10.0, seed=5, start=START).events(90))
+    settings = EventHubsSettings(
+        connection_string=SecretStr(amqp_broker.eventhubs_connection_string(hub)),
+        eventhub_name=hub,
+    )
+
+    async def send() -> None:
+        async with EventHubsSink(settings) as sink:
+            await sink.append([(event.app_id, event.body) for event in events])
+
+    asyncio.run(send())
+    valid = sum(1 for event in events if event.valid)
+    last = {str(p): amqp_broker.events(hub, str(p))[-1].sequence_number for p in range(PARTITIONS)}
+
+    output = tmp_path / "process.out"
+    with open(output, "wb") as handle:
+        # Its own process group, as a service manager starts it: the group gets the SIGTERM.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "evalstream", "process", "--no-ingest"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: telemetry_count(cosmos_server, database) == valid, "events stored", output)
+        os.killpg(process.pid, signal.SIGTERM)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    said = output.read_text()
+    assert code == 0, said
+    assert f"backend azure, event hub {hub}, {PARTITIONS} partitions;" in said, said
+    assert "data in" not in said
+    # The receiver child left the stop to its parent: no crash, no restart, final checkpoints.
+    assert "receiver process" not in said and "Traceback" not in said, said
+    assert said.count("partition closed") == PARTITIONS, said
+    assert "reason=ownership_lost" not in said, said
+
+    status = subprocess.run(
+        [sys.executable, "-m", "evalstream", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[1:] == [
+        f"partition {p}: last {last[str(p)]} checkpoint {last[str(p)]} lag 0"
+        for p in range(PARTITIONS)
+    ], status.stdout
