@@ -132,11 +132,12 @@ def process(
     say = _Lines()
     try:
         count = wiring.worker_count(settings, workers)
-    except SettingsError as refused:
+        where = _where(settings)
+    except (SettingsError, Misconfigured) as refused:
         say.error(str(refused))
         raise typer.Exit(2) from None
     say.status(
-        f"evalstream processor: backend {settings.backend}, {_where(settings)}"
+        f"evalstream processor: backend {settings.backend}, {where}"
         + (f", {count} worker processes" if count > 1 else "")
         + "; Ctrl-C to stop"
     )
@@ -167,15 +168,18 @@ HUB_LOOKUP_S = 10.0
 def _where(settings: Settings) -> str:
     """Where the processor reads and how many partitions: the embedded log's, or the event
     hub's as the service gives them (the setting is only what autoscaling is checked against).
-    Without an answer the line names the hub only: the processor says what is wrong."""
+    The hub is asked once: a hub that does not exist ends the command here (``Misconfigured``;
+    the SDK would retry it for seconds at each step); without an answer the line names the hub
+    only, and the processor says what is wrong."""
     if settings.backend == "embedded":
         embedded = settings.embedded
         return f"data in {embedded.data_dir}, {embedded.partitions} partitions"
     hub = settings.azure.eventhubs.eventhub_name
+    lookup = wiring.hub_positions(settings, checkpoints=False, retries=False)
     try:
-        positions = asyncio.run(
-            asyncio.wait_for(wiring.hub_positions(settings, checkpoints=False), HUB_LOOKUP_S)
-        )
+        positions = asyncio.run(asyncio.wait_for(lookup, HUB_LOOKUP_S))
+    except Misconfigured:
+        raise
     except (EvalstreamError, TimeoutError):
         return f"event hub {hub}"
     return f"event hub {hub}, {len(positions)} partitions"

@@ -468,12 +468,18 @@ def log_positions(settings: Settings) -> list[tuple[int, int, int]]:
         log.close()
 
 
-async def hub_positions(settings: Settings, *, checkpoints: bool = True) -> list[PartitionPosition]:
-    """Per partition of the event hub: its last sequence and the processor's checkpoint."""
+async def hub_positions(
+    settings: Settings, *, checkpoints: bool = True, retries: bool = True
+) -> list[PartitionPosition]:
+    """Per partition of the event hub: its last sequence and the processor's checkpoint.
+    Without ``retries`` the service is asked once (the SDK retries even a missing hub)."""
     from stream.sources.eventhubs_consumer import partition_positions
 
     return await partition_positions(
-        settings.azure.eventhubs, settings.processor.consumer_group, checkpoints=checkpoints
+        settings.azure.eventhubs,
+        settings.processor.consumer_group,
+        checkpoints=checkpoints,
+        client_options=None if retries else {"retry_total": 0},
     )
 
 

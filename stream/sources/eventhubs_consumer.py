@@ -395,17 +395,23 @@ class PartitionPosition:
 
 
 async def partition_positions(
-    settings: EventHubsSettings, consumer_group: str, *, checkpoints: bool = True
+    settings: EventHubsSettings,
+    consumer_group: str,
+    *,
+    checkpoints: bool = True,
+    client_options: dict[str, Any] | None = None,
 ) -> list[PartitionPosition]:
     """Every partition of the hub, with its end (from the service) and, when ``checkpoints``,
-    the consumer group's checkpoint (read only: a missing container holds none)."""
+    the consumer group's checkpoint (read only: a missing container holds none). A hub that
+    does not exist is a ``SourceMisconfigured`` naming it; ``client_options`` are the consumer
+    client's (``retry_total=0``: one try, no backoff)."""
     check_settings(settings, checkpoints=checkpoints)
     needs_credential = settings.connection_string is None or (
         checkpoints and settings.checkpoint_connection_string is None
     )
     credential = default_credential() if needs_credential else None
     try:
-        client = consumer_client(settings, consumer_group, credential)
+        client = consumer_client(settings, consumer_group, credential, **(client_options or {}))
         async with client:
             ends = {
                 partition: await read_end(client, partition)
@@ -423,7 +429,7 @@ async def partition_positions(
                         namespace, settings.eventhub_name, consumer_group
                     )
     except (EventHubError, AzureError) as exc:
-        raise map_error(exc, "partition positions read") from exc
+        raise map_error(exc, "partition positions read", settings) from exc
     except ValueError as exc:  # the SDK's word for a connection string it cannot use
         raise SourceError(f"Event Hubs partition positions refused: {exc}") from exc
     finally:

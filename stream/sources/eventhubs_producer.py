@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -12,7 +13,7 @@ from azure.eventhub.aio import EventHubProducerClient
 from azure.eventhub.exceptions import EventHubError
 
 from schemas import TelemetryEvent
-from stream.exceptions import SourceError
+from stream.exceptions import SourceError, SourceMisconfigured
 from stream.sources.eventhubs_config import EventHubsSettings, check_settings
 from stream.sources.eventhubs_sdk import default_credential, map_error
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
     from stream.ports import Rejected
+
+# How long opening a sink waits for the hub's answer to "do you exist".
+HUB_CHECK_S = 5.0
 
 
 class EventHubsSink:
@@ -47,24 +51,47 @@ class EventHubsSink:
     async def __aenter__(self) -> EventHubsSink:
         if self._state != "new":
             raise SourceError("an EventHubsSink can be opened once")
+        if self.settings.connection_string is None:
+            self._credential = self.credential_factory()
+        self._client = self._producer(**self.client_options)
+        self._state = "open"
+        try:
+            await self._refuse_a_missing_hub()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    def _producer(self, **options: Any) -> EventHubProducerClient:
         settings = self.settings
         if settings.connection_string is not None:
-            self._client = EventHubProducerClient.from_connection_string(
+            return EventHubProducerClient.from_connection_string(
                 settings.connection_string.get_secret_value(),
                 eventhub_name=settings.eventhub_name,
-                **self.client_options,
+                **options,
             )
-        else:
-            assert settings.fully_qualified_namespace is not None
-            self._credential = self.credential_factory()
-            self._client = EventHubProducerClient(
-                fully_qualified_namespace=settings.fully_qualified_namespace,
-                eventhub_name=settings.eventhub_name,
-                credential=self._credential,
-                **self.client_options,
-            )
-        self._state = "open"
-        return self
+        assert settings.fully_qualified_namespace is not None
+        return EventHubProducerClient(
+            fully_qualified_namespace=settings.fully_qualified_namespace,
+            eventhub_name=settings.eventhub_name,
+            credential=self._credential,
+            **options,
+        )
+
+    async def _refuse_a_missing_hub(self) -> None:
+        """A hub that does not exist fails the open at once: the SDK retries each send to it
+        for seconds as it would an unreachable service. One try, bounded; any other failure
+        of it is left to the sends and their retries."""
+        checker = self._producer(**{**self.client_options, "retry_total": 0})
+        try:
+            async with checker:
+                await asyncio.wait_for(checker.get_partition_ids(), HUB_CHECK_S)
+        except (EventHubError, AzureError) as exc:
+            error = map_error(exc, "open", self.settings)
+            if isinstance(error, SourceMisconfigured):
+                raise error from exc
+        except TimeoutError:
+            pass
 
     async def __aexit__(
         self,
