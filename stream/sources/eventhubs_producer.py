@@ -70,7 +70,7 @@ class EventHubsSink:
                 eventhub_name=settings.eventhub_name,
                 **options,
             )
-        assert settings.fully_qualified_namespace is not None
+        assert settings.fully_qualified_namespace is not None and self._credential is not None
         return EventHubProducerClient(
             fully_qualified_namespace=settings.fully_qualified_namespace,
             eventhub_name=settings.eventhub_name,
