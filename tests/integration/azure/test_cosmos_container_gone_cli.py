@@ -8,9 +8,8 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from azure.cosmos.aio import CosmosClient
 
 from stream.producers.simulator import Simulator
 from tests.emulators.npm_fixtures import CosmosServer
+from tests.integration.azure.cli import azure_env, wait_for
 from tests.integration.processor_harness import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -59,14 +59,6 @@ def delete_telemetry(server: CosmosServer, database: str) -> None:
     asyncio.run(delete())
 
 
-def wait_for(condition: Callable[[], bool], what: str, output: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s\n{output.read_text()}")
-        time.sleep(0.1)
-
-
 def post(url: str, bodies: list[bytes]) -> int:
     return httpx.post(url, content=b"[" + b",".join(bodies) + b"]", timeout=30).status_code
 
@@ -79,22 +71,9 @@ def test_a_container_deleted_under_process_ends_it_with_one_error_line_and_exit_
     port = free_port()
     env = {
         **os.environ,
-        "EVALSTREAM_BACKEND": "azure",
-        "EVALSTREAM_USER_HASH_KEY": "test-key",
-        "EVALSTREAM_AZURE__EVENTHUBS__CONNECTION_STRING": amqp_broker.eventhubs_connection_string(
-            hub
+        **azure_env(
+            amqp_broker, azurite, cosmos_server, hub=hub, database=database, topic=f"{hub}-breaches"
         ),
-        "EVALSTREAM_AZURE__EVENTHUBS__EVENTHUB_NAME": hub,
-        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING": azurite.connection_string,
-        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONTAINER": hub,
-        "EVALSTREAM_AZURE__EVENTHUBS__LOAD_BALANCING_INTERVAL_S": "1",
-        "EVALSTREAM_AZURE__COSMOS__ENDPOINT": cosmos_server.endpoint,
-        "EVALSTREAM_AZURE__COSMOS__KEY": cosmos_server.key,
-        "EVALSTREAM_AZURE__COSMOS__DATABASE": database,
-        "EVALSTREAM_AZURE__SERVICEBUS__CONNECTION_STRING": (
-            amqp_broker.servicebus_connection_string()
-        ),
-        "EVALSTREAM_AZURE__SERVICEBUS__TOPIC": f"{hub}-breaches",
         "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.5",
     }
     amqp_broker.create_topic(f"{hub}-breaches")

@@ -11,9 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from stream.producers.simulator import Simulator
 from stream.sources.eventhubs_config import EventHubsSettings
 from stream.sources.eventhubs_producer import EventHubsSink
 from tests.emulators.npm_fixtures import CosmosServer
+from tests.integration.azure.cli import azure_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -61,14 +61,6 @@ def telemetry_count(server: CosmosServer, database: str) -> int:
         return -1
 
 
-def wait_for(condition: Callable[[], bool], what: str, output: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s\n{output.read_text()}")
-        time.sleep(0.1)
-
-
 def test_process_names_the_hubs_partitions_stops_cleanly_on_sigterm_and_status_shows_them(
     tmp_path: Path, amqp_broker: Any, azurite: Any, cosmos_server: CosmosServer, database: str
 ) -> None:
@@ -77,22 +69,9 @@ def test_process_names_the_hubs_partitions_stops_cleanly_on_sigterm_and_status_s
     amqp_broker.create_topic(f"{hub}-breaches")
     env = {
         **os.environ,
-        "EVALSTREAM_BACKEND": "azure",
-        "EVALSTREAM_USER_HASH_KEY": "test-key",
-        "EVALSTREAM_AZURE__EVENTHUBS__CONNECTION_STRING": amqp_broker.eventhubs_connection_string(
-            hub
+        **azure_env(
+            amqp_broker, azurite, cosmos_server, hub=hub, database=database, topic=f"{hub}-breaches"
         ),
-        "EVALSTREAM_AZURE__EVENTHUBS__EVENTHUB_NAME": hub,
-        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING": azurite.connection_string,
-        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONTAINER": hub,
-        "EVALSTREAM_AZURE__EVENTHUBS__LOAD_BALANCING_INTERVAL_S": "1",
-        "EVALSTREAM_AZURE__COSMOS__ENDPOINT": cosmos_server.endpoint,
-        "EVALSTREAM_AZURE__COSMOS__KEY": cosmos_server.key,
-        "EVALSTREAM_AZURE__COSMOS__DATABASE": database,
-        "EVALSTREAM_AZURE__SERVICEBUS__CONNECTION_STRING": (
-            amqp_broker.servicebus_connection_string()
-        ),
-        "EVALSTREAM_AZURE__SERVICEBUS__TOPIC": f"{hub}-breaches",
     }
     events = list(Simulator(apps=16, rate=10.0, seed=5, start=START).events(90))
     settings = EventHubsSettings(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.emulators.npm_fixtures import CosmosServer
+from tests.integration.azure.cli import azure_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -37,22 +38,9 @@ def env(amqp_broker: Any, azurite: Any, cosmos_server: CosmosServer) -> dict[str
     return {
         **clean,
         "COLUMNS": "300",
-        "EVALSTREAM_BACKEND": "azure",
-        "EVALSTREAM_USER_HASH_KEY": "test-key",
-        "EVALSTREAM_AZURE__EVENTHUBS__CONNECTION_STRING": amqp_broker.eventhubs_connection_string(
-            name
+        **azure_env(
+            amqp_broker, azurite, cosmos_server, hub=name, database=name, topic=f"{name}-breaches"
         ),
-        "EVALSTREAM_AZURE__EVENTHUBS__EVENTHUB_NAME": name,
-        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING": azurite.connection_string,
-        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONTAINER": name,
-        "EVALSTREAM_AZURE__EVENTHUBS__LOAD_BALANCING_INTERVAL_S": "1",
-        "EVALSTREAM_AZURE__COSMOS__ENDPOINT": cosmos_server.endpoint,
-        "EVALSTREAM_AZURE__COSMOS__KEY": cosmos_server.key,
-        "EVALSTREAM_AZURE__COSMOS__DATABASE": name,
-        "EVALSTREAM_AZURE__SERVICEBUS__CONNECTION_STRING": (
-            amqp_broker.servicebus_connection_string()
-        ),
-        "EVALSTREAM_AZURE__SERVICEBUS__TOPIC": f"{name}-breaches",
     }
 
 

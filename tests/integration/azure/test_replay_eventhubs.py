@@ -29,6 +29,7 @@ from stream.sources.eventhubs_config import EventHubsSettings
 from stream.sources.eventhubs_producer import eventhubs_sink
 from tests.emulators.amqp.codec import SECTION_DATA
 from tests.emulators.amqp.message import read_section
+from tests.integration.azure.cli import azure_env
 from tests.integration.azure.test_end_to_end import run, wait_for
 from tests.integration.processor_harness import prepare
 from tests.integration.replay.harness import stream
@@ -144,22 +145,15 @@ def test_replays_from_event_hubs_and_capture_land_on_the_live_store(
         connection_string=SecretStr(amqp_broker.servicebus_connection_string()), topic=topic
     )
     env = {
-        "EVALSTREAM_BACKEND": "azure",
-        "EVALSTREAM_USER_HASH_KEY": "shared-test-key",
-        "EVALSTREAM_AZURE__EVENTHUBS__CONNECTION_STRING": amqp_broker.eventhubs_connection_string(
-            name
+        **azure_env(
+            amqp_broker,
+            azurite,
+            cosmos_server,
+            hub=name,
+            database=name,
+            topic=topic,
+            user_hash_key="shared-test-key",
         ),
-        "EVALSTREAM_AZURE__EVENTHUBS__EVENTHUB_NAME": name,
-        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONNECTION_STRING": azurite.connection_string,
-        "EVALSTREAM_AZURE__EVENTHUBS__CHECKPOINT_CONTAINER": name,
-        "EVALSTREAM_AZURE__EVENTHUBS__LOAD_BALANCING_INTERVAL_S": "1",
-        "EVALSTREAM_AZURE__COSMOS__ENDPOINT": cosmos_server.endpoint,
-        "EVALSTREAM_AZURE__COSMOS__KEY": cosmos_server.key,
-        "EVALSTREAM_AZURE__COSMOS__DATABASE": name,
-        "EVALSTREAM_AZURE__SERVICEBUS__CONNECTION_STRING": (
-            amqp_broker.servicebus_connection_string()
-        ),
-        "EVALSTREAM_AZURE__SERVICEBUS__TOPIC": topic,
         "EVALSTREAM_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.5",
         "EVALSTREAM_PROCESSOR__BATCH_SIZE": "200",
         "EVALSTREAM_REPLAY__BATCH_SIZE": "200",
