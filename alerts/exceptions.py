@@ -60,8 +60,9 @@ class AlertClientClosedError(AlertError):
     """A publisher or receiver was used outside its ``async with`` block."""
 
 
-class UnknownSubscriptionError(AlertError):
-    """The named subscription does not exist; ``known`` lists the ones that do."""
+class UnknownSubscriptionError(AlertError, Misconfigured):
+    """The named subscription does not exist; ``known`` lists the ones that do. The operator's
+    to fix (a setting, or provisioning): the CLI's exit code 2."""
 
     def __init__(self, name: str, known: Sequence[str]) -> None:
         listed = ", ".join(sorted(known)) or "(none)"

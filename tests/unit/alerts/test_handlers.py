@@ -214,8 +214,10 @@ async def test_a_webhook_host_that_does_not_resolve_is_named_without_the_path(
 
 @pytest.mark.integration
 async def test_webhook_retries_timeouts(hook: Hook) -> None:
-    hook.delay_s = 0.5
-    async with webhook(hook.url, max_attempts=2, timeout_s=0.1) as handler:
+    # An answer far later than the timeout, and a timeout long enough for each request to
+    # reach the server on a loaded machine (at 0.1 s one sometimes timed out before it did).
+    hook.delay_s = 2.0
+    async with webhook(hook.url, max_attempts=2, timeout_s=1.0) as handler:
         with pytest.raises(AlertDeliveryError) as caught:
             await handler.handle(received(make_breach(1)))
     assert isinstance(caught.value.__cause__, httpx.TimeoutException)
