@@ -32,6 +32,7 @@ from evalstream.settings import Settings, SettingsError
 from schemas import Breach, TelemetryEvent
 from stream.decode import ndjson_lines
 from stream.exceptions import NotUtf8, StreamError
+from stream.sources.eventhubs_config import check_settings
 
 if TYPE_CHECKING:
     from stream.producers.simulator import Incident, Simulator
@@ -175,6 +176,10 @@ def _where(settings: Settings) -> str:
         embedded = settings.embedded
         return f"data in {embedded.data_dir}, {embedded.partitions} partitions"
     hub = settings.azure.eventhubs.eventhub_name
+    try:
+        check_settings(settings.azure.eventhubs, checkpoints=False)
+    except Misconfigured:
+        return f"event hub {hub}"  # the processor names what is not set, the store's first
     lookup = wiring.hub_positions(settings, checkpoints=False, retries=False)
     try:
         positions = asyncio.run(asyncio.wait_for(lookup, HUB_LOOKUP_S))
