@@ -28,8 +28,11 @@ from store.cosmos_connection import credential_from, open_containers
 from store.cosmos_errors import call, map_error, read_item_or_none, request_failures
 from store.cosmos_items import (
     COUNT_QUERY,
+    EVENT_TIME_FIELD,
+    MARKS_QUERY,
     QUARANTINE_INDEXING,
     QUARANTINE_QUERY,
+    SEQUENCE_MARKS_QUERY,
     STATE_INDEXING,
     TELEMETRY_INDEXING,
     WINDOW_QUERY,
@@ -37,6 +40,7 @@ from store.cosmos_items import (
     document_from_item,
     epoch_us,
     event_fields,
+    from_epoch_us,
     quarantine_from_item,
     quarantine_item,
     snapshot_from_item,
@@ -44,7 +48,7 @@ from store.cosmos_items import (
     telemetry_item,
 )
 from store.exceptions import StoreConflict, StoreError
-from store.ports import StateSnapshot, window_days
+from store.ports import EventMark, StateSnapshot, window_days
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +291,50 @@ class CosmosStore:
                         break
             if page:
                 yield page
+
+    async def marks_before(
+        self, source: str, partition: str, sequence: int, limit: int
+    ) -> list[EventMark]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        telemetry = self._container_named(self.telemetry_container)
+        parameters: list[dict[str, Any]] = [
+            {"name": "@source", "value": source},
+            {"name": "@partition", "value": partition},
+            {"name": "@sequence", "value": sequence},
+        ]
+        what = f"read marks of partition {partition}"
+        items = await self._call(
+            what,
+            functools.partial(
+                _query_all,
+                telemetry,
+                MARKS_QUERY,
+                [*parameters, {"name": "@limit", "value": limit}],
+            ),
+            telemetry,
+        )
+        if len(items) == limit:
+            # The page may end inside a message's events: its lowest sequence is read whole
+            # (when it is all there is), else left for the next call.
+            lowest = items[-1]["sequence"]
+            if items[0]["sequence"] == lowest:
+                parameters[2]["value"] = lowest
+                items = await self._call(
+                    what,
+                    functools.partial(_query_all, telemetry, SEQUENCE_MARKS_QUERY, parameters),
+                    telemetry,
+                )
+            else:
+                items = [item for item in items if item["sequence"] != lowest]
+        return [
+            EventMark(
+                item["sequence"],
+                from_epoch_us(item[EVENT_TIME_FIELD]),
+                datetime.fromisoformat(item["enqueued_time"]),
+            )
+            for item in items
+        ]
 
     async def quarantine_records(self, limit: int = 100) -> AsyncIterator[QuarantineRecord]:
         quarantine = self._container_named(self.quarantine_container)

@@ -63,6 +63,17 @@ WINDOW_QUERY = (
 )
 QUARANTINE_QUERY = "SELECT TOP @limit * FROM c ORDER BY c.received_us DESC"
 COUNT_QUERY = "SELECT VALUE COUNT(1) FROM c"
+# Cross-partition: a source partition's events are spread over the apps' and days' keys.
+MARKS_QUERY = (
+    "SELECT TOP @limit c.ingest.sequence, c.event_time_us, c.ingest.enqueued_time FROM c "
+    "WHERE c.ingest.source = @source AND c.ingest.partition = @partition "
+    "AND c.ingest.sequence <= @sequence ORDER BY c.ingest.sequence DESC"
+)
+SEQUENCE_MARKS_QUERY = (
+    "SELECT c.ingest.sequence, c.event_time_us, c.ingest.enqueued_time FROM c "
+    "WHERE c.ingest.source = @source AND c.ingest.partition = @partition "
+    "AND c.ingest.sequence = @sequence"
+)
 
 
 # What azure-cosmos refuses in an id (a ValueError before any request), '%' (point reads put the
@@ -103,6 +114,11 @@ def epoch_us(when: datetime) -> int:
     """Microseconds since the epoch (a naive datetime is taken as local time, like
     ``datetime.timestamp``)."""
     return (when.astimezone(UTC) - _EPOCH) // _MICROSECOND
+
+
+def from_epoch_us(value: float) -> datetime:
+    """The UTC time ``epoch_us`` gave ``value`` for (a JSON number may come back a double)."""
+    return _EPOCH + timedelta(microseconds=int(value))
 
 
 # Cosmos DB's numbers are doubles: integers beyond 2**53 lose their last digits (the service's

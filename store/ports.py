@@ -46,6 +46,30 @@ class StateSnapshot:
     blob: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class EventMark:
+    """Where a stored event sits in its source partition and its two times: what moved the
+    partition's watermark when the processor read it (stream.pipeline)."""
+
+    sequence: int
+    timestamp: datetime
+    enqueued_time: datetime
+
+
+@runtime_checkable
+class MarkedStore(Protocol):
+    """A store that finds its documents by source position (Cosmos DB: the query engine
+    filters and orders on any field; the embedded store keeps ``ingest`` inside the blob)."""
+
+    async def marks_before(
+        self, source: str, partition: str, sequence: int, limit: int
+    ) -> list[EventMark]:
+        """The documents of ``source``'s ``partition`` at or before ``sequence``, highest
+        sequence first: whole sequences (a message's events) of at most ``limit`` documents
+        in all, or one sequence's however many; none when nothing is stored there."""
+        ...
+
+
 class ProcessorStore(Protocol):
     """What the processing pipeline writes: documents, quarantine records and its snapshots.
     A replay hands the pipeline its own (stream.replay.job_store), which keeps snapshots in

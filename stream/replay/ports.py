@@ -118,6 +118,10 @@ class ReplayReader(Protocol):
     # Whether events carry the source's enqueued times; false for a file, whose events all
     # carry the job's creation time.
     enqueued_times: bool
+    # Whether the events before a plan are found in the live store rather than by
+    # ``preceding``: a hub partition (or its Capture archive) cannot be read newest first,
+    # and reading its retention up to the window before every job costs as much as the job.
+    preceded_in_store: bool
 
     async def __aenter__(self) -> ReplayReader: ...
 
@@ -146,5 +150,6 @@ class ReplayReader(Protocol):
         stops once older ones can no longer matter), in batches of at most ``batch_size``.
         Whether an event of the window is late depends on them: they moved the partition's
         watermark when the live processor read them. A source without the history the live
-        processor read (a file) yields nothing."""
+        processor read (a file), or whose history is read from the store
+        (``preceded_in_store``), yields nothing."""
         ...

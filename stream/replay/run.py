@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from common.retry import sleep_or_stop
 from common.turns import Turns
 from schemas import Breach, QuarantineRecord, TelemetryDocument
-from store.ports import ProcessorStore, StateSnapshot
+from store.ports import MarkedStore, ProcessorStore, StateSnapshot
 from stream.delivery import deliver
 from stream.pipeline import Pipeline
 from stream.ports import CloseReason, ReceivedEvent
@@ -244,10 +244,12 @@ class Replay:
         _PLAN.set(plan.partition)  # this task's own context
         context = JobContext(self.store, plan, position)
         await self.pipeline.on_partition_initialize(context)
-        if position == plan.after:
-            # Nothing read yet, so no snapshot of the job holds the watermark: the events
-            # before the plan give it, as they gave it the live processor.
+        # Nothing read yet, so no snapshot of the job holds the watermark: the events before
+        # the plan give it, as they gave it the live processor.
+        unseeded = position == plan.after
+        if unseeded and not self.reader.preceded_in_store:
             self.pipeline.seed(plan.partition, await self._watermark_before(plan))
+            unseeded = False
         finished = False
         turns = Turns()
         batch_size = self.batch_size
@@ -257,6 +259,12 @@ class Replay:
             # Closed at once when left early (Ctrl-C): a reader holds a connection per read.
             async with contextlib.aclosing(self.reader.read(plan, position, batch_size)) as batches:
                 async for events in batches:
+                    if unseeded:
+                        # A hub is read from the window's start: the events before the first
+                        # one read give the watermark.
+                        unseeded = False
+                        watermark = await self._stored_watermark_before(plan, events[0].sequence)
+                        self.pipeline.seed(plan.partition, watermark)
                     if stop.is_set() or not await self._deliver(context, events, stop):
                         break
                     self.on_events(len(events), plan.share(events[-1].sequence - position))
@@ -281,6 +289,34 @@ class Replay:
                 watermark = self.pipeline.watermark_after(watermark, events)
                 if watermark is not None and events[-1].enqueued_time <= watermark:
                     break
+        return watermark
+
+    async def _stored_watermark_before(self, plan: PartitionPlan, first: int) -> datetime | None:
+        """``_watermark_before`` from the live store's documents of the partition's events
+        before sequence ``first``, highest first (a hub's enqueued times rise with its
+        sequences). Valid
+        events alone move a watermark, and the live processor stored each one; a replay that
+        stores nothing (shadow), or into a store that cannot find documents by position (the
+        embedded one), starts the plan without one: its first events are decided from the
+        watermark of the events read, so their ``late`` may differ from the live processor's."""
+        store = self.store.store
+        if not isinstance(store, MarkedStore):
+            return None
+        watermark = None
+        below = first - 1
+        while below >= 0:
+            marks = await store.marks_before(
+                self.reader.source, plan.events_partition, below, self.batch_size
+            )
+            for mark in marks:
+                if watermark is not None and mark.enqueued_time <= watermark:
+                    return watermark
+                seen = min(mark.timestamp, mark.enqueued_time)
+                if watermark is None or seen > watermark:
+                    watermark = seen
+            if not marks:
+                break
+            below = marks[-1].sequence - 1
         return watermark
 
     async def _deliver(

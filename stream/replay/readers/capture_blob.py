@@ -82,6 +82,7 @@ def file_time(name: str) -> datetime | None:
 
 class CaptureReader:
     source = SOURCE_NAME
+    preceded_in_store = True
     unit = "events"
     # The live partitions (the Capture files of one are read in order, as one stream).
     detects_by_partition = True
@@ -212,7 +213,6 @@ class CaptureReader:
     async def preceding(
         self, plan: PartitionPlan, batch_size: int
     ) -> AsyncGenerator[list[ReceivedEvent]]:
-        # Not read, as from the hub itself (stream.replay.readers.eventhubs): the window's
-        # first events are decided from the watermark of the events read.
+        # Not read, as from the hub itself (preceded_in_store).
         return
         yield

@@ -42,6 +42,7 @@ QUIET_S = 5.0
 
 class EventHubsReader:
     source = SOURCE_NAME
+    preceded_in_store = True
     unit = "events"
     detects_by_partition = True
     enqueued_times = True
@@ -163,9 +164,6 @@ class EventHubsReader:
     async def preceding(
         self, plan: PartitionPlan, batch_size: int
     ) -> AsyncGenerator[list[ReceivedEvent]]:
-        # Not read: a hub partition cannot be read newest first, and reading its retention
-        # up to the window before every job costs as much as the job. The window's first
-        # events are decided from the watermark of the events read (their ``late`` may differ
-        # from the live processor's).
+        # Not read: a hub partition cannot be read newest first (preceded_in_store).
         return
         yield

@@ -19,6 +19,7 @@ from stream.sources.local_log import NEWEST, SOURCE_NAME, LocalLog
 
 class LogReader:
     source = SOURCE_NAME
+    preceded_in_store = False
     unit = "events"
     detects_by_partition = True
     enqueued_times = True

@@ -192,6 +192,7 @@ def _unreadable(path: Path, exc: OSError) -> ReplayMisconfigured:
 
 class NdjsonReader:
     source = SOURCE_NAME
+    preceded_in_store = False
     unit = "bytes"
     # Several files are parts of one history (a single one is one stream either way).
     detects_by_partition = False

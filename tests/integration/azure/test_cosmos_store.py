@@ -235,6 +235,55 @@ async def test_the_upsert_decides_as_its_rule_on_generated_batches(
     await check_upsert_model(store, batches, app_id=f"app-{uuid.uuid4().hex[:8]}")
 
 
+def placed_documents(positions: list[tuple[str, str, int]]) -> list[TelemetryDocument]:
+    """A simulated event's document at each (source, partition, sequence)."""
+    simulator = Simulator(apps=3, rate=10.0, seed=5, start=START, invalid_fraction=0.0)
+    decoder = Decoder()
+    now = datetime.now(UTC)
+    documents = []
+    for (source, partition, sequence), simulated in zip(
+        positions, simulator.events(len(positions)), strict=True
+    ):
+        enricher = Enricher(AppDirectory(), b"test-key", source)
+        position = ReceivedEvent(simulated.body, partition, sequence, now, str(sequence))
+        [accepted] = decoder.decode(simulated.body, now).accepted
+        documents.append(enricher.document(accepted.event, position, 0, now, False))
+    return documents
+
+
+async def test_marks_before_come_in_whole_sequences_highest_first(store: CosmosStore) -> None:
+    """A message of several events is one sequence: a page never ends inside one (the rest
+    of it would be skipped), and a message larger than a page comes whole."""
+    # On partition "1": sequences 9 ×3 (one message), 8, 7 ×2, 6, 5 ×4 and 3; beside them a
+    # document of another source and one of another partition at the same positions.
+    shape = [9, 9, 9, 8, 7, 7, 6, 5, 5, 5, 5, 3]
+    documents = placed_documents(
+        [("eventhubs", "1", sequence) for sequence in shape]
+        + [("ndjson", "1", 8), ("eventhubs", "2", 8)]
+    )
+    await store.write(documents, [])
+    placed = documents[: len(shape)]
+    times = {(doc.ingest.sequence, doc.timestamp, doc.ingest.enqueued_time) for doc in placed}
+
+    async def pages(below: int, limit: int) -> list[list[int]]:
+        found: list[list[int]] = []
+        while below >= 0:
+            marks = await store.marks_before("eventhubs", "1", below, limit)
+            if not marks:
+                break
+            assert {(m.sequence, m.timestamp, m.enqueued_time) for m in marks} <= times
+            found.append([m.sequence for m in marks])
+            below = marks[-1].sequence - 1
+        return found
+
+    # A full page leaves its lowest sequence to the next call unless that is all it holds.
+    assert await pages(9, 4) == [[9, 9, 9], [8, 7, 7], [6], [5, 5, 5, 5], [3]]
+    assert await pages(9, 2) == [[9, 9, 9], [8], [7, 7], [6], [5, 5, 5, 5], [3]]
+    assert await pages(8, 100) == [[8, 7, 7, 6, 5, 5, 5, 5, 3]]
+    assert await pages(2, 100) == []
+    assert await store.marks_before("eventhubs", "3", 9, 10) == []
+
+
 async def test_missing_document_is_none(store: CosmosStore) -> None:
     batch = simulated_batch(1)
     await store.write(batch.documents, [])

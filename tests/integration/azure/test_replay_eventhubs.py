@@ -293,3 +293,95 @@ def test_replays_from_event_hubs_and_capture_land_on_the_live_store(
     for job_report in (eh_report, capture_report):
         replayed = sorted(f"{b['breach_id']}:{b['state']}" for b in job_report["breaches"])
         assert replayed == live_breaches
+
+
+async def late_flags(settings: CosmosSettings, start: datetime, end: datetime) -> dict[str, bool]:
+    """Each stored document's ``ingest.late``, by id."""
+    async with cosmos_store(settings) as store:
+        apps = [f"app-{n:03d}" for n in range(4)]
+        return {
+            doc.id: doc.ingest.late
+            async for page in store.telemetry_window(apps, start, end, page_size=1000)
+            for doc in page
+        }
+
+
+def test_replays_of_a_later_range_flag_late_events_as_the_live_processor_did(
+    tmp_path: Path, amqp_broker: Any, azurite: Any, cosmos_server: Any
+) -> None:
+    """Events enqueued inside the range but timed long before what their partition had seen
+    are late, live and replayed alike, from Event Hubs or Capture: the replay takes each
+    partition's watermark from the live store's documents of the events before its range.
+    Before, both started every partition without one and stored those events as not late."""
+    name = f"rl-{uuid.uuid4().hex[:8]}"
+    began = datetime.now(UTC) - timedelta(hours=1)
+    first = stream(300, 81, began)
+    # Timed 20 minutes before the first events: late by far more than processor.lateness_s.
+    second = stream(200, 82, began - timedelta(minutes=20))
+    amqp_broker.create_hub(name, 2, consumer_groups=(REPLAY_GROUP,))
+    topic = f"{name}-breaches"
+    amqp_broker.create_topic(topic)
+    eventhubs = EventHubsSettings(
+        connection_string=SecretStr(amqp_broker.eventhubs_connection_string(name)),
+        eventhub_name=name,
+    )
+    cosmos = CosmosSettings(
+        endpoint=cosmos_server.endpoint, key=SecretStr(cosmos_server.key), database=name
+    )
+    env = {
+        **azure_env(amqp_broker, azurite, cosmos_server, hub=name, database=name, topic=topic),
+        "EVALSTREAM_REPLAY__CAPTURE__CONNECTION_STRING": azurite.connection_string,
+        "EVALSTREAM_REPLAY__CAPTURE__CONTAINER": f"{name}-capture",
+        "EVALSTREAM_REPLAY__CAPTURE__PREFIX": f"ns/{name}",
+    }
+    span = (began - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1))
+
+    async def send(bodies: list[tuple[str | None, bytes]]) -> None:
+        async with eventhubs_sink(eventhubs) as sink:
+            await sink.append(bodies)
+
+    def process(log: str) -> None:
+        live = run(["process", "--no-ingest", "--until-idle", "1"], env, tmp_path / log)
+        assert live.wait(timeout=120) == 0, (tmp_path / log).read_text()[-3000:]
+
+    asyncio.run(send(first))
+    process("live-1.log")
+    boundary = datetime.now(UTC)
+    asyncio.run(send(second))
+    process("live-2.log")
+    live = asyncio.run(late_flags(cosmos, *span))
+    assert sum(live.values()) > 150, "the premise: the second wave's events are late live"
+
+    last = {p: amqp_broker.events(name, p)[-1].sequence_number for p in "01"}
+    asyncio.run(
+        upload(azurite.connection_string, f"{name}-capture", capture_files(amqp_broker, name, last))
+    )
+    for source in ("eventhubs", "capture"):
+        log = tmp_path / f"replay-{source}.log"
+        replay = run(
+            [
+                "replay",
+                "--source",
+                source,
+                "--mode",
+                "reprocess",
+                "--by",
+                "enqueued",
+                "--from",
+                boundary.isoformat(),
+                "--to",
+                span[1].isoformat(),
+                "--id",
+                source,
+                "--workers",
+                "1",
+                "--data-dir",
+                str(tmp_path / "jobs"),
+            ],
+            env,
+            log,
+        )
+        assert replay.wait(timeout=120) == 0, log.read_text()[-3000:]
+        report = orjson.loads((tmp_path / "jobs" / "replays" / f"{source}.json").read_bytes())
+        assert report["events"]["stored"] > 150, report
+        assert asyncio.run(late_flags(cosmos, *span)) == live, log.read_text()[-3000:]
