@@ -214,6 +214,20 @@ def _raise_head(connection: sqlite3.Connection, partition: int, next_sequence: i
     )
 
 
+def _first_kept(connection: sqlite3.Connection, partition: int) -> int:
+    """The lowest sequence the log still holds of the partition; its next one when retention
+    removed them all."""
+    (first,) = connection.execute(
+        "SELECT MIN(sequence) FROM events WHERE partition = ?", (partition,)
+    ).fetchone()
+    if first is not None:
+        return int(first)
+    head = connection.execute(
+        "SELECT next_sequence FROM heads WHERE partition = ?", (partition,)
+    ).fetchone()
+    return int(head[0]) if head else 0
+
+
 def _checkpoint(connection: sqlite3.Connection, consumer_group: str, partition: int) -> int:
     row = connection.execute(
         "SELECT sequence FROM checkpoints WHERE consumer_group = ? AND partition = ?",
@@ -377,6 +391,9 @@ class LocalLog:
 
     async def last_sequence_async(self, partition: int) -> int:
         return await self._async("read the log head", _last_sequence, partition)
+
+    async def first_kept_async(self, partition: int) -> int:
+        return await self._async("read the oldest event kept", _first_kept, partition)
 
     async def raise_head_async(self, partition: int, next_sequence: int) -> None:
         """New events of the partition get ``next_sequence`` or later (never a used number)."""
@@ -547,6 +564,21 @@ class _LocalPartitionContext:
         return None if sequence < 0 else sequence
 
     async def resume_after(self, sequence: int) -> bool:
+        first = await self._log.first_kept_async(self._partition)
+        if first > sequence + 1:
+            # A store put back from a copy older than the log's retention: what it lost there
+            # is gone for good (the reading resumes at the oldest event kept).
+            logger.error(
+                "partition %d: sequences %d-%d are no longer in the event log (retention removed "
+                "them): the %d events the store lost there cannot be read again",
+                self._partition,
+                sequence + 1,
+                first - 1,
+                first - 1 - sequence,
+                extra={"partition": self.partition_id},
+            )
+            # Nothing to wait for there: the lag and --until-idle count from what is kept.
+            sequence = first - 1
         await self._log.raise_head_async(self._partition, sequence + 1)
         # The checkpoint follows: never ahead of what the store holds, never behind new events.
         await self._log.update_checkpoint_async(self._consumer_group, self._partition, sequence)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,11 +53,17 @@ def ndjson(path: Path, first: int, count: int) -> Path:
     return path
 
 
-def evalstream(data_dir: Path, *args: str) -> str:
+def evalstream(data_dir: Path, *args: str, settings: dict[str, str] | None = None) -> str:
     env = {key: value for key, value in os.environ.items() if not key.startswith("EVALSTREAM_")}
     result = subprocess.run(
         [sys.executable, "-m", "evalstream", *args, "--data-dir", str(data_dir)],
-        env={**env, **IN_PROCESS, "EVALSTREAM_USER_HASH_KEY": "k", "COLUMNS": "300"},
+        env={
+            **env,
+            **IN_PROCESS,
+            "EVALSTREAM_USER_HASH_KEY": "k",
+            "COLUMNS": "300",
+            **(settings or {}),
+        },
         capture_output=True,
         text=True,
         timeout=180,
@@ -66,8 +73,8 @@ def evalstream(data_dir: Path, *args: str) -> str:
     return result.stderr
 
 
-def process(data_dir: Path) -> str:
-    return evalstream(data_dir, "process", "--no-ingest", "--until-idle", "1")
+def process(data_dir: Path, settings: dict[str, str] | None = None) -> str:
+    return evalstream(data_dir, "process", "--no-ingest", "--until-idle", "1", settings=settings)
 
 
 def stored(data_dir: Path) -> tuple[list[dict[str, object]], list[str]]:
@@ -117,6 +124,44 @@ def test_a_store_that_lost_its_last_commits_is_caught_up_from_the_log(tmp_path: 
     assert "the store lost writes; reading again from sequence" in said
     assert stored(data) == stored(reference)
     assert "lost writes" not in process(data)  # found once, repaired: the next start is quiet
+
+
+def test_a_store_older_than_the_logs_retention_names_the_events_it_lost_for_good(
+    tmp_path: Path,
+) -> None:
+    """Put back from a copy older than what the log still holds, the store cannot be caught
+    up: the start says which sequences are gone and how many events (before, it said only
+    "reading again from sequence N", and read on from the oldest event kept)."""
+    data = tmp_path / "data"
+    evalstream(data, "send", str(ndjson(tmp_path / "a.ndjson", 0, 400)))
+    process(data)
+    keep_files(data, "store.db", tmp_path / "store-then")
+    evalstream(data, "send", str(ndjson(tmp_path / "b.ndjson", 400, 600)))
+    process(data)
+    # Retention of 0.36 s: the next start removes every event processed so far.
+    assert "retention removed events" in process(
+        data, {"EVALSTREAM_EMBEDDED__RETENTION_HOURS": "0.0001"}
+    )
+
+    put_back(tmp_path / "store-then", data, "store.db")
+    said = process(data)
+    assert "the store lost writes; reading again from sequence" in said
+    gone = re.findall(
+        r"partition (\d+): sequences (\d+)-(\d+) are no longer in the event log \(retention "
+        r"removed them\): the (\d+) events the store lost there cannot be read again",
+        said,
+    )
+    assert gone, said
+    assert all(int(n) == int(last) - int(first) + 1 for _, first, last, n in gone)
+    # Every event of the second file, on whichever partition its app maps to.
+    assert sum(int(n) for *_, n in gone) == 600, said
+    # New events are read and stored after the gap; then a start is quiet.
+    evalstream(data, "send", str(ndjson(tmp_path / "c.ndjson", 1000, 300)))
+    process(data)
+    assert "lost" not in process(data)
+    documents, _ = stored(data)
+    kept = {str(d["trace_id"]) for d in documents}
+    assert kept == {f"t-{n}" for n in [*range(400), *range(1000, 1300)] if n % 7}
 
 
 def test_a_log_that_lost_its_last_events_numbers_new_ones_after_what_was_stored(
