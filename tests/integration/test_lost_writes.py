@@ -107,16 +107,23 @@ def put_back(kept: Path, data_dir: Path, name: str) -> None:
         shutil.copy2(path, data_dir / path.name)
 
 
-def test_a_store_that_lost_its_last_commits_is_caught_up_from_the_log(tmp_path: Path) -> None:
-    data, reference = tmp_path / "data", tmp_path / "reference"
+def sent_twice(tmp_path: Path, data: Path, keep: str, second: int) -> Path:
+    """400 events sent and processed, a copy of the data dir's file ``keep`` taken, then
+    ``second`` more sent and processed: the copy's folder."""
     evalstream(data, "send", str(ndjson(tmp_path / "a.ndjson", 0, 400)))
     process(data)
-    keep_files(data, "store.db", tmp_path / "store-then")
-    evalstream(data, "send", str(ndjson(tmp_path / "b.ndjson", 400, 600)))
+    keep_files(data, keep, tmp_path / f"{keep}-then")
+    evalstream(data, "send", str(ndjson(tmp_path / "b.ndjson", 400, second)))
     process(data)
+    return tmp_path / f"{keep}-then"
+
+
+def test_a_store_that_lost_its_last_commits_is_caught_up_from_the_log(tmp_path: Path) -> None:
+    data, reference = tmp_path / "data", tmp_path / "reference"
+    then = sent_twice(tmp_path, data, "store.db", 600)
     shutil.copytree(data, reference)
 
-    put_back(tmp_path / "store-then", data, "store.db")  # the last commits are gone
+    put_back(then, data, "store.db")  # the last commits are gone
     before = stored(data)
     assert len(before[0]) < len(stored(reference)[0])
     said = process(data)
@@ -133,17 +140,13 @@ def test_a_store_older_than_the_logs_retention_names_the_events_it_lost_for_good
     up: the start says which sequences are gone and how many events (before, it said only
     "reading again from sequence N", and read on from the oldest event kept)."""
     data = tmp_path / "data"
-    evalstream(data, "send", str(ndjson(tmp_path / "a.ndjson", 0, 400)))
-    process(data)
-    keep_files(data, "store.db", tmp_path / "store-then")
-    evalstream(data, "send", str(ndjson(tmp_path / "b.ndjson", 400, 600)))
-    process(data)
+    then = sent_twice(tmp_path, data, "store.db", 600)
     # Retention of 0.36 s: the next start removes every event processed so far.
     assert "retention removed events" in process(
         data, {"EVALSTREAM_EMBEDDED__RETENTION_HOURS": "0.0001"}
     )
 
-    put_back(tmp_path / "store-then", data, "store.db")
+    put_back(then, data, "store.db")
     said = process(data)
     assert "the store lost writes; reading again from sequence" in said
     gone = re.findall(
@@ -168,14 +171,10 @@ def test_a_log_that_lost_its_last_events_numbers_new_ones_after_what_was_stored(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    evalstream(data, "send", str(ndjson(tmp_path / "a.ndjson", 0, 400)))
-    process(data)
-    keep_files(data, "log.db", tmp_path / "log-then")
-    evalstream(data, "send", str(ndjson(tmp_path / "b.ndjson", 400, 300)))
-    process(data)
+    then = sent_twice(tmp_path, data, "log.db", 300)
     heads = checkpoints(data)
 
-    put_back(tmp_path / "log-then", data, "log.db")  # the last appends are gone
+    put_back(then, data, "log.db")  # the last appends are gone
     said = process(data)
     assert "the source lost events; new events are numbered after them" in said
     evalstream(data, "send", str(ndjson(tmp_path / "c.ndjson", 700, 300)))
