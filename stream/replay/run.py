@@ -294,11 +294,11 @@ class Replay:
     async def _stored_watermark_before(self, plan: PartitionPlan, first: int) -> datetime | None:
         """``_watermark_before`` from the live store's documents of the partition's events
         before sequence ``first``, highest first (a hub's enqueued times rise with its
-        sequences). Valid
-        events alone move a watermark, and the live processor stored each one; a replay that
-        stores nothing (shadow), or into a store that cannot find documents by position (the
-        embedded one), starts the plan without one: its first events are decided from the
-        watermark of the events read, so their ``late`` may differ from the live processor's."""
+        sequences). Valid events alone move a watermark, and the live processor stored each
+        one; a replay that stores nothing (shadow), or into a store that cannot find documents
+        by position (the embedded one), starts the plan without one: its first events are
+        decided from the watermark of the events read, so their ``late`` may differ from the
+        live processor's."""
         store = self.store.store
         if not isinstance(store, MarkedStore):
             return None
