@@ -343,6 +343,17 @@ class Running:
         await asyncio.wait_for(self.task, WAIT_S)
 
 
+async def read_to_the_end(harness: Harness) -> Recorder:
+    """A source of its own reads every event sent so far and stops: its recorder."""
+    recorder = harness.recorder()
+    running = Running(harness.source(), recorder)
+    try:
+        await processed_to_the_end(harness, recorder)
+    finally:
+        await running.stop()
+    return recorder
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def harness(
     amqp_broker: Any, azurite: Any, tmp_path: Path, request: Any
@@ -494,12 +505,7 @@ async def test_an_unreadable_checkpoint_restarts_its_partition_and_stops_no_othe
         await container.get_blob_client(blob).set_blob_metadata(metadata)
 
     await harness.send(sink, simulated(400, seed=13))
-    recorder = harness.recorder()
-    running = Running(harness.source(), recorder)
-    try:
-        await processed_to_the_end(harness, recorder)
-    finally:
-        await running.stop()
+    recorder = await read_to_the_end(harness)
     # Partition 1 is read again from its start (what its snapshot covers is not stored
     # again); the others carry on after their checkpoints.
     assert recorder.delivered["1"][0] == 0
@@ -1022,12 +1028,7 @@ async def test_a_partition_whose_checkpoint_blob_is_deleted_resumes_after_its_sn
     harness: Harness, sink: EventHubsSink, caplog: pytest.LogCaptureFixture, receiver: str
 ) -> None:
     await harness.send(sink, simulated(400, seed=17))
-    first = harness.recorder()
-    running = Running(harness.source(), first)
-    try:
-        await processed_to_the_end(harness, first)
-    finally:
-        await running.stop()
+    await read_to_the_end(harness)
     before = await harness.checkpoints()
     snapshot = await harness.store.load_state(CONSUMER_GROUP, "1")
     assert snapshot is not None and snapshot.covered_sequence == before["1"]
@@ -1081,12 +1082,7 @@ async def test_snapshots_at_the_end_without_checkpoints_get_them_and_show_no_lag
     whole partition for ever (``--until-idle`` never stopped) and the next start was no
     cleaner. The warning was said 5 times per partition."""
     await harness.send(sink, simulated(400, seed=19))
-    first = harness.recorder()
-    running = Running(harness.source(), first)
-    try:
-        await processed_to_the_end(harness, first)
-    finally:
-        await running.stop()
+    await read_to_the_end(harness)
     last = harness.last_sequences()
     assert await harness.checkpoints() == last
     await delete_checkpoint_blobs(harness, PARTITIONS)
@@ -1124,12 +1120,7 @@ async def test_a_hub_deleted_and_created_again_is_read_from_its_start(
     every new event up to them be skipped, without a word."""
     async with EventHubsSink(harness.settings) as sink:
         await harness.send(sink, simulated(800, seed=20))
-    first = harness.recorder()
-    running = Running(harness.source(), first)
-    try:
-        await processed_to_the_end(harness, first)
-    finally:
-        await running.stop()
+    await read_to_the_end(harness)
     before = await harness.checkpoints()
     assert before == harness.last_sequences()
 
@@ -1179,12 +1170,7 @@ async def test_partition_positions_are_the_hubs_ends_and_the_checkpoints(
         PartitionPosition(p, -1, None) for p in PARTITIONS
     ]
     await harness.send(sink, simulated(300, seed=22))
-    recorder = harness.recorder()
-    running = Running(harness.source(), recorder)
-    try:
-        await processed_to_the_end(harness, recorder)
-    finally:
-        await running.stop()
+    await read_to_the_end(harness)
     await delete_checkpoint_blobs(harness, ("2",))
     last = harness.last_sequences()
     assert await partition_positions(harness.settings, CONSUMER_GROUP) == [
