@@ -3,10 +3,16 @@ settings over the local servers, and a wait on what it wrote."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from azure.cosmos.aio import CosmosClient
+from azure.cosmos.exceptions import CosmosResourceNotFoundError
 
 from tests.emulators.npm_fixtures import CosmosServer
 
@@ -51,3 +57,32 @@ def wait_for(condition: Callable[[], bool], what: str, output: Path, timeout: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:g} s\n{output.read_text()}")
         time.sleep(0.1)
+
+
+def cosmos_database(server: CosmosServer, prefix: str) -> Iterator[str]:
+    """A fresh database name (the processor creates it), dropped afterwards (a fixture's body)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    yield name
+
+    async def drop() -> None:
+        async with CosmosClient(server.endpoint, server.key) as client:
+            with contextlib.suppress(CosmosResourceNotFoundError):  # the test failed early
+                await client.delete_database(name)
+
+    asyncio.run(drop())
+
+
+def telemetry_count(server: CosmosServer, database: str) -> int:
+    """Documents in the database's telemetry container; -1 before it is created."""
+
+    async def count() -> int:
+        async with CosmosClient(server.endpoint, server.key) as client:
+            container = client.get_database_client(database).get_container_client("telemetry")
+            query = "SELECT VALUE COUNT(1) FROM c"
+            found: list[Any] = [n async for n in container.query_items(query)]
+            return int(found[0])
+
+    try:
+        return asyncio.run(count())
+    except CosmosResourceNotFoundError:
+        return -1

@@ -8,7 +8,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from azure.cosmos.aio import CosmosClient
 
 from stream.producers.simulator import Simulator
 from tests.emulators.npm_fixtures import CosmosServer
-from tests.integration.azure.cli import azure_env, wait_for
+from tests.integration.azure.cli import azure_env, cosmos_database, telemetry_count, wait_for
 from tests.integration.processor_harness import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -30,25 +29,7 @@ START = datetime(2026, 11, 21, tzinfo=UTC)
 
 @pytest.fixture
 def database(cosmos_server: CosmosServer) -> Iterator[str]:
-    name = f"gonecli-{uuid.uuid4().hex[:10]}"
-    yield name
-
-    async def drop() -> None:
-        async with CosmosClient(cosmos_server.endpoint, cosmos_server.key) as client:
-            await client.delete_database(name)
-
-    asyncio.run(drop())
-
-
-def telemetry_count(server: CosmosServer, database: str) -> int:
-    async def count() -> int:
-        async with CosmosClient(server.endpoint, server.key) as client:
-            container = client.get_database_client(database).get_container_client("telemetry")
-            query = "SELECT VALUE COUNT(1) FROM c"
-            found: list[Any] = [n async for n in container.query_items(query)]
-            return int(found[0])
-
-    return asyncio.run(count())
+    yield from cosmos_database(cosmos_server, "gonecli")
 
 
 def delete_telemetry(server: CosmosServer, database: str) -> None:

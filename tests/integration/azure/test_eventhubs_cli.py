@@ -6,27 +6,23 @@ each partition's last sequence, checkpoint and lag."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.cosmos.aio import CosmosClient
-from azure.cosmos.exceptions import CosmosResourceNotFoundError
 from pydantic import SecretStr
 
 from stream.producers.simulator import Simulator
 from stream.sources.eventhubs_config import EventHubsSettings
 from stream.sources.eventhubs_producer import EventHubsSink
 from tests.emulators.npm_fixtures import CosmosServer
-from tests.integration.azure.cli import azure_env, wait_for
+from tests.integration.azure.cli import azure_env, cosmos_database, telemetry_count, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -36,29 +32,7 @@ PARTITIONS = 3  # neither the setting's default (4) nor the embedded log's (8)
 
 @pytest.fixture
 def database(cosmos_server: CosmosServer) -> Iterator[str]:
-    name = f"ehcli-{uuid.uuid4().hex[:10]}"
-    yield name
-
-    async def drop() -> None:
-        async with CosmosClient(cosmos_server.endpoint, cosmos_server.key) as client:
-            with contextlib.suppress(CosmosResourceNotFoundError):  # the test failed early
-                await client.delete_database(name)
-
-    asyncio.run(drop())
-
-
-def telemetry_count(server: CosmosServer, database: str) -> int:
-    async def count() -> int:
-        async with CosmosClient(server.endpoint, server.key) as client:
-            container = client.get_database_client(database).get_container_client("telemetry")
-            query = "SELECT VALUE COUNT(1) FROM c"
-            found: list[Any] = [n async for n in container.query_items(query)]
-            return int(found[0])
-
-    try:
-        return asyncio.run(count())
-    except CosmosResourceNotFoundError:  # not created yet
-        return -1
+    yield from cosmos_database(cosmos_server, "ehcli")
 
 
 def test_process_names_the_hubs_partitions_stops_cleanly_on_sigterm_and_status_shows_them(
